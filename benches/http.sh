@@ -1,0 +1,550 @@
+#!/usr/bin/env bash
+# HTTP proxy benchmark: geolb beside HAProxy and nginx (run by hand, never in CI).
+#
+# Layout (2-core machine):
+#   CPU 0: the proxy under test, one worker (geolb worker_threads=1,
+#          haproxy nbthread 1, nginx worker_processes 1)
+#   CPU 1: wrk (-t1 -c64 --latency) and one nginx serving three backends
+# Each proxy round-robins over the same three loopback backends with
+# keep-alive to them. Workloads: "/" (tiny body) and "/1k" (1 KiB body).
+# Rounds are interleaved: every round runs every target once per workload.
+#
+# Environment:
+#   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
+#   BASELINE=1      also measure wrk straight to one backend ("direct")
+#   ROUNDS=3        interleaved rounds (the table shows the median)
+#   DURATION=10     seconds per measured run
+#   WARMUP=2        seconds of warm-up per target and workload, before round 1
+#   CONNS=64        wrk connections
+#   WAIT_QUIET=0    before each run, wait up to this many seconds for other
+#                   processes to use < 10% of a core (0 = don't wait)
+#   GEOLB=/work/main/target/release/geolb
+#   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
+#
+# Requires: haproxy, nginx (nginx-light is enough), wrk, taskset, python3, curl.
+#   apt-get install -y haproxy nginx-light wrk
+set -uo pipefail
+
+PROXIES=${PROXIES:-"geolb haproxy nginx"}
+BASELINE=${BASELINE:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+WAIT_QUIET=${WAIT_QUIET:-0}
+GEOLB=${GEOLB:-/work/main/target/release/geolb}
+PROXY_CPU=0
+LOAD_CPU=1
+WORKLOADS=(tiny 1k)
+declare -A WL_PATH=([tiny]=/ [1k]=/1k)
+
+declare -a PIDS=()          # every long-running process this script started
+declare -A TARGET_PID=()    # target -> pid of the proxy (empty for direct)
+declare -A TARGET_PORT=()   # target -> port wrk connects to
+declare -a TARGETS=()       # targets that started and passed the sanity check
+BACKEND_PID=""
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- lifecycle
+
+# All direct children of a pid (nginx master -> worker).
+children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
+
+stop_all() {
+  local pid i all=()
+  for pid in "${PIDS[@]}"; do
+    all+=("$pid" $(children_of "$pid"))
+  done
+  ((${#all[@]})) || return 0
+  kill -TERM "${all[@]}" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
+    kill -0 "${all[@]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  for pid in "${all[@]}"; do
+    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
+  done
+  wait 2>/dev/null
+}
+
+cleanup() {
+  stop_all
+  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
+}
+
+# start_bg CPU LOGFILE CMD... : run CMD pinned to CPU in the background; sets STARTED_PID.
+start_bg() {
+  local cpu=$1 logf=$2; shift 2
+  taskset -c "$cpu" "$@" >"$logf" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+# wait_port PORT PID : until PORT accepts a connection (deadline 10 s), or PID dies.
+wait_port() {
+  local port=$1 pid=$2 i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# free_ports N : N distinct free loopback ports (bound together, then released).
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# ---------------------------------------------------------------- configs
+
+nginx_common() {   # shared top of both nginx configs; $1 = name
+  cat <<EOF
+$([[ $EUID -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+
+nginx_http_common() {
+  cat <<EOF
+    access_log off;
+    client_body_temp_path $WORK/$1-tmp/body;
+    proxy_temp_path $WORK/$1-tmp/proxy;
+    fastcgi_temp_path $WORK/$1-tmp/fastcgi;
+    uwsgi_temp_path $WORK/$1-tmp/uwsgi;
+    scgi_temp_path $WORK/$1-tmp/scgi;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+EOF
+}
+
+write_backend_conf() {   # three server blocks; body of "/" names the backend
+  local kib i
+  kib=$(printf 'x%.0s' $(seq 1024))
+  mkdir -p "$WORK/backend-tmp"
+  {
+    nginx_common backend
+    echo "http {"
+    nginx_http_common backend
+    echo "    default_type text/plain;"
+    for i in 1 2 3; do
+      cat <<EOF
+    server {
+        listen 127.0.0.1:${BACKEND_PORTS[i-1]};
+        location = /   { return 200 "b$i\n"; }
+        location = /1k { return 200 "$kib"; }
+        location /     { return 404; }
+    }
+EOF
+    done
+    echo "}"
+  } >"$WORK/backend.conf"
+}
+
+write_nginx_proxy_conf() {
+  mkdir -p "$WORK/nginx-tmp"
+  {
+    nginx_common nginx
+    echo "http {"
+    nginx_http_common nginx
+    cat <<EOF
+    upstream bench {
+        server 127.0.0.1:${BACKEND_PORTS[0]};
+        server 127.0.0.1:${BACKEND_PORTS[1]};
+        server 127.0.0.1:${BACKEND_PORTS[2]};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:${TARGET_PORT[nginx]};
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  } >"$WORK/nginx.conf"
+}
+
+write_haproxy_conf() {
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    no log
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:${TARGET_PORT[haproxy]}
+    default_backend be
+
+backend be
+    balance roundrobin
+    server b1 127.0.0.1:${BACKEND_PORTS[0]}
+    server b2 127.0.0.1:${BACKEND_PORTS[1]}
+    server b3 127.0.0.1:${BACKEND_PORTS[2]}
+EOF
+}
+
+write_geolb_conf() {
+  cat >"$WORK/geolb.toml" <<EOF
+[runtime]
+worker_threads = 1
+shutdown_grace = "1s"
+
+[[pool]]
+name = "bench"
+backends = [{ addr = "127.0.0.1:${BACKEND_PORTS[0]}" }, { addr = "127.0.0.1:${BACKEND_PORTS[1]}" }, { addr = "127.0.0.1:${BACKEND_PORTS[2]}" }]
+
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:${TARGET_PORT[geolb]}"
+pool = "bench"
+EOF
+}
+
+# ---------------------------------------------------------------- processes
+
+start_backends() {
+  write_backend_conf
+  nginx -t -q -e "$WORK/backend-error.log" -p "$WORK" -c "$WORK/backend.conf" \
+    || die "backend nginx config rejected (see $WORK/backend.conf)"
+  start_bg "$LOAD_CPU" "$RESULTS/logs/backend.log" \
+    nginx -e "$WORK/backend-error.log" -p "$WORK" -c "$WORK/backend.conf"
+  BACKEND_PID=$STARTED_PID
+  local p
+  for p in "${BACKEND_PORTS[@]}"; do
+    wait_port "$p" "$BACKEND_PID" || die "backend nginx did not listen on $p ($(tail -3 "$WORK/backend-error.log" 2>/dev/null))"
+  done
+  log "backends: nginx pid $BACKEND_PID on CPU $LOAD_CPU, ports ${BACKEND_PORTS[*]}"
+}
+
+# start_proxy NAME : start one proxy on CPU 0; returns non-zero (and says why) to skip it.
+start_proxy() {
+  local name=$1 logf="$RESULTS/logs/$1.log"
+  case $name in
+    geolb)
+      if [[ ! -x $GEOLB ]]; then
+        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
+        return 1
+      fi
+      write_geolb_conf
+      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
+      ;;
+    haproxy)
+      write_haproxy_conf
+      haproxy -c -q -f "$WORK/haproxy.cfg" >"$logf" 2>&1 || { log "SKIP haproxy: config rejected: $(tail -3 "$logf")"; return 1; }
+      start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
+      ;;
+    nginx)
+      write_nginx_proxy_conf
+      nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
+        || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
+      start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
+      ;;
+    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
+  esac
+  TARGET_PID[$name]=$STARTED_PID
+  if ! wait_port "${TARGET_PORT[$name]}" "$STARTED_PID"; then
+    if kill -0 "$STARTED_PID" 2>/dev/null; then
+      log "SKIP $name: not listening on ${TARGET_PORT[$name]} within 10 s; log tail:"
+    else
+      wait "$STARTED_PID"
+      log "SKIP $name: exited with status $? before listening on ${TARGET_PORT[$name]}; log tail:"
+    fi
+    tail -5 "$logf" >&2
+    return 1
+  fi
+  log "$name: pid $STARTED_PID on CPU $PROXY_CPU, port ${TARGET_PORT[$name]}"
+}
+
+# sanity_check NAME : 200s with the right bodies, and which backends answered.
+sanity_check() {
+  local name=$1 port=${TARGET_PORT[$1]} i out seen=() size
+  for ((i = 0; i < 6; i++)); do
+    out=$(curl -s -m 2 "http://127.0.0.1:$port/") || { log "SKIP $name: GET / failed"; return 1; }
+    [[ $out == b[123] ]] || { log "SKIP $name: GET / answered '${out:0:60}'"; return 1; }
+    seen+=("$out")
+  done
+  size=$(curl -s -m 2 -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$port/1k")
+  [[ $size == "200 1024" ]] || { log "SKIP $name: GET /1k gave '$size', want '200 1024'"; return 1; }
+  log "$name: sanity ok, backends seen over 6 requests: $(printf '%s\n' "${seen[@]}" | sort | uniq -c | tr -s ' \n' ' ')"
+}
+
+# ---------------------------------------------------------------- measuring
+
+# Sum of utime+stime (clock ticks) over the given pids.
+ticks_of() {
+  local p
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] && sed 's/^.*) //' "/proc/$p/stat"
+  done | awk '{ t += $12 + $13 } END { print t + 0 }'
+}
+
+# Clock ticks used by processes that are not ours (not descendants of this
+# script, not kernel threads): a compile started by someone else mid-run
+# shows up here. Children reaped during the run count via the parent's
+# cutime/cstime, so short-lived processes are included.
+foreign_ticks() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v me="$$" '
+    { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+      ppid[pid] = f[2]; t[pid] = f[12] + f[13] + f[14] + f[15] }
+    END {
+      for (p in t) {
+        q = p; ours = 0
+        for (d = 0; q > 0 && d < 64; d++) {
+          if (q == me || q == 2) { ours = 1; break }
+          q = ppid[q]
+        }
+        if (!ours) s += t[p]
+      }
+      print s + 0
+    }'
+}
+
+# wait_quiet : up to WAIT_QUIET s, until foreign processes use < 10% of a core for 1 s.
+wait_quiet() {
+  local start=$SECONDS a b
+  while ((SECONDS - start < WAIT_QUIET)); do
+    a=$(foreign_ticks); sleep 1; b=$(foreign_ticks)
+    if (((b - a) * 100 < HZ * 10)); then
+      ((SECONDS - start > 1)) && log "other processes quiet after $((SECONDS - start)) s"
+      return 0
+    fi
+  done
+  log "other processes still busy after ${WAIT_QUIET} s; measuring anyway"
+}
+
+# "busy total" jiffies of CPU 0 and CPU 1 from /proc/stat.
+cpu_snapshot() {
+  awk '$1 == "cpu0" || $1 == "cpu1" {
+         t = 0; for (i = 2; i <= 9; i++) t += $i   # user..steal
+         printf "%d %d ", t - $5 - $6, t }' /proc/stat   # minus idle, iowait
+}
+
+# Parse wrk --latency output: rps p50_ms p99_ms non2xx socket_errors
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+      return v + 0
+    }
+    /^Requests\/sec:/   { rps = $2 }
+    /^ +50%/            { p50 = ms($2) }
+    /^ +99%/            { p99 = ms($2) }
+    /Non-2xx or 3xx/    { non2xx = $NF }
+    /Socket errors:/    { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
+    END {
+      if (rps == "") { print "NA\tNA\tNA\tNA\tNA"; exit }
+      printf "%s\t%.3f\t%.3f\t%d\t%d\n", rps, p50, p99, non2xx, sock
+    }' "$1"
+}
+
+run_wrk() {   # run_wrk SECONDS URL OUTFILE
+  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
+    wrk -t1 -c"$CONNS" -d"$1"s --latency "$2" >"$3" 2>&1
+}
+
+# measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv
+measure() {
+  local round=$1 target=$2 wl=$3
+  local url="http://127.0.0.1:${TARGET_PORT[$target]}${WL_PATH[$wl]}"
+  local out="$RESULTS/raw/r${round}-${target}-${wl}.wrk"
+  local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row
+
+  ((WAIT_QUIET > 0)) && wait_quiet
+  [[ -n ${TARGET_PID[$target]:-} ]] && ppids=("${TARGET_PID[$target]}" $(children_of "${TARGET_PID[$target]}"))
+  bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
+
+  f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
+  run_wrk "$DURATION" "$url" "$out"
+  p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
+
+  row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
+            -v has_proxy="${#ppids[@]}" -v c0="$c0" -v c1="$c1" -v f0="$f0" -v f1="$f1" 'BEGIN {
+      el = t1 - t0
+      split(c0, a, " "); split(c1, b, " ")
+      cpu0 = (b[2] - a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0
+      cpu1 = (b[4] - a[4]) ? 100 * (b[3] - a[3]) / (b[4] - a[4]) : 0
+      proxy = has_proxy ? sprintf("%.1f", 100 * (p1 - p0) / hz / el) : "NA"
+      foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
+      printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
+    }')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(parse_wrk "$out")" "$row" >>"$RESULTS/results.tsv"
+  tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
+    printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
+      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ($13 > 5 ? "  << NOISY" : "") }' >&2
+}
+
+# ---------------------------------------------------------------- summary
+
+summarize() {
+  python3 - "$RESULTS/results.tsv" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+def num(v):
+    try: return float(v)
+    except ValueError: return None
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+groups = {}
+for r in rows:
+    groups.setdefault((r["target"], r["workload"]), []).append(r)
+order = ["direct", "geolb", "haproxy", "nginx"]
+targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
+workloads = [w for w in ("tiny", "1k") if any(w == k[1] for k in groups)]
+summary = {}
+for key, rs in groups.items():
+    s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu")}
+    s["errors"] = sum(int(num(r["non2xx"]) or 0) + int(num(r["sock_err"]) or 0) for r in rs)
+    s["n"] = sum(1 for r in rs if num(r["rps"]) is not None)
+    summary[key] = s
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for w in workloads:
+    for t in targets:
+        s = summary.get((t, w))
+        if not s: continue
+        def ratio(ref):
+            r = summary.get((ref, w))
+            return s["rps"] / r["rps"] if r and r["rps"] and s["rps"] is not None else None
+        per_core = s["rps"] / (s["proxy_cpu"] / 100) if s["rps"] and s["proxy_cpu"] else None
+        print(f"| {t} | {w} | {s['n']} | {fmt(s['rps'], ',.0f')} | {fmt(ratio('nginx'), '.2f')} | "
+              f"{fmt(ratio('haproxy'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
+              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
+if noisy:
+    print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
+          "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
+    for r in noisy:
+        print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
+EOF
+}
+
+# ---------------------------------------------------------------- main
+
+preflight() {
+  local c
+  for c in haproxy nginx wrk taskset python3 curl ps; do
+    command -v "$c" >/dev/null || die "$c not found (apt-get install -y haproxy nginx-light wrk)"
+  done
+  (($(nproc --all) >= 2)) || die "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)"
+  ((ROUNDS >= 1 && DURATION >= 1 && WARMUP >= 0)) || die "bad ROUNDS/DURATION/WARMUP"
+  HZ=$(getconf CLK_TCK)
+}
+
+# Warn when the machine is not idle: a busy CPU skews every number.
+idle_check() {
+  local a b
+  a=$(cpu_snapshot); sleep 1; b=$(cpu_snapshot)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    c0 = 100 * (y[1] - x[1]) / (y[2] - x[2]); c1 = 100 * (y[3] - x[3]) / (y[4] - x[4])
+    printf "idle check: CPU0 %.0f%% busy, CPU1 %.0f%% busy\n", c0, c1
+    if (c0 > 10 || c1 > 10) print "WARNING: the machine is not idle; results will be noisy" }' | tee -a "$RESULTS/env.txt" >&2
+}
+
+write_env() {
+  {
+    echo "date: $(date -Is)"
+    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB $0"
+    echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "haproxy: $(haproxy -v 2>&1 | head -1)"
+    echo "nginx: $(nginx -v 2>&1)"
+    echo "wrk: $(wrk --version 2>&1 | head -1)"
+    [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
+    echo "loadavg: $(cat /proc/loadavg)"
+  } >"$RESULTS/env.txt"
+}
+
+main() {
+  preflight
+  RESULTS=${RESULTS_DIR:-$(mktemp -d /tmp/geolb-http-bench.XXXXXX)}
+  mkdir -p "$RESULTS/raw" "$RESULTS/logs" "$RESULTS/configs"
+  WORK=$(mktemp -d /tmp/geolb-bench-work.XXXXXX)
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  log "results: $RESULTS"
+  write_env
+  idle_check
+
+  local ports
+  read -ra ports <<<"$(free_ports 6)"
+  BACKEND_PORTS=("${ports[@]:0:3}")
+  TARGET_PORT[geolb]=${ports[3]}; TARGET_PORT[haproxy]=${ports[4]}; TARGET_PORT[nginx]=${ports[5]}
+  TARGET_PORT[direct]=${BACKEND_PORTS[0]}
+
+  start_backends
+  ((BASELINE)) && TARGETS+=(direct)
+  local name
+  for name in $PROXIES; do
+    if start_proxy "$name" && sanity_check "$name"; then
+      TARGETS+=("$name")
+    elif [[ -n ${TARGET_PID[$name]:-} ]]; then
+      kill -TERM "${TARGET_PID[$name]}" $(children_of "${TARGET_PID[$name]}") 2>/dev/null   # skipped: free CPU 0
+    fi
+  done
+  cp "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$RESULTS/configs/" 2>/dev/null
+  ((${#TARGETS[@]})) || die "nothing to measure"
+  log "targets: ${TARGETS[*]}; ${ROUNDS} rounds x ${#WORKLOADS[@]} workloads x ${DURATION}s" \
+      "(~$(( (ROUNDS * DURATION + WARMUP) * ${#TARGETS[@]} * ${#WORKLOADS[@]} ))s)"
+
+  local t wl round i n=${#TARGETS[@]}
+  if ((WARMUP > 0)); then
+    for t in "${TARGETS[@]}"; do
+      for wl in "${WORKLOADS[@]}"; do
+        run_wrk "$WARMUP" "http://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}" "$RESULTS/raw/warmup-$t-$wl.wrk"
+      done
+    done
+    log "warm-up done"
+  fi
+
+  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\n' >"$RESULTS/results.tsv"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for wl in "${WORKLOADS[@]}"; do
+      for ((i = 0; i < n; i++)); do            # rotate the order each round
+        t=${TARGETS[(i + round - 1) % n]}
+        measure "$round" "$t" "$wl"
+      done
+    done
+  done
+
+  summarize | tee "$RESULTS/summary.md"
+  cat >>"$RESULTS/summary.md" <<EOF
+
+Median over $ROUNDS round(s) of ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
+"direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
+EOF
+  log "raw results: $RESULTS (results.tsv, summary.md, raw/*.wrk, configs/, logs/, env.txt)"
+}
+
+main "$@"

@@ -1,0 +1,229 @@
+//! The admin listener: /healthz, /metrics, /status, /reload and a human
+//! status page. Small and boring on purpose: it reads the same snapshot
+//! and health table as the data path and never blocks it.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::app::{BoundListener, Daemon};
+use crate::metrics;
+
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = daemon.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let daemon = daemon.clone();
+                async move { Ok::<_, Infallible>(route(req, &daemon).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn route(req: Request<Incoming>, daemon: &Daemon) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(&daemon.metrics, &daemon.snapshot.load()),
+        ),
+        (&Method::GET, "/status") => reply(
+            StatusCode::OK,
+            JSON,
+            serde_json::to_vec_pretty(&status(daemon)).unwrap_or_default(),
+        ),
+        (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", status_page(&status(daemon))),
+        (&Method::POST, "/reload") => match daemon.reload().await {
+            Ok(summary) => reply(
+                StatusCode::OK,
+                JSON,
+                serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+            ),
+            Err(errors) => {
+                let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    JSON,
+                    serde_json::to_vec_pretty(&serde_json::json!({ "errors": list }))
+                        .unwrap_or_default(),
+                )
+            }
+        },
+        (_, "/healthz" | "/metrics" | "/status" | "/" | "/reload") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
+        }
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+    }
+}
+
+#[derive(Serialize)]
+struct Status {
+    config_generation: u64,
+    listeners: Vec<BoundListener>,
+    dns: DnsStatus,
+    datacenters: Vec<DatacenterStatus>,
+    pools: Vec<PoolStatus>,
+}
+
+#[derive(Serialize)]
+struct DnsStatus {
+    udp: Vec<String>,
+    tcp: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DatacenterStatus {
+    name: String,
+    up: bool,
+    drain: bool,
+}
+
+#[derive(Serialize)]
+struct PoolStatus {
+    name: String,
+    healthy: usize,
+    min_healthy: usize,
+    balance: String,
+    backends: Vec<BackendStatus>,
+}
+
+#[derive(Serialize)]
+struct BackendStatus {
+    addr: String,
+    state: &'static str,
+    up: bool,
+    drain: bool,
+    weight: u32,
+    active: usize,
+}
+
+fn status(daemon: &Daemon) -> Status {
+    let snapshot = daemon.snapshot.load();
+    Status {
+        config_generation: snapshot.generation,
+        listeners: daemon.listeners.clone(),
+        dns: DnsStatus {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        },
+        datacenters: Vec::new(),
+        pools: snapshot
+            .pools
+            .iter()
+            .map(|p| PoolStatus {
+                name: p.name.to_string(),
+                healthy: p.healthy(),
+                min_healthy: p.config.min_healthy,
+                balance: format!("{:?}", p.config.balance),
+                backends: p
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let state = b.health.state();
+                        BackendStatus {
+                            addr: b.label.to_string(),
+                            state: state.as_str(),
+                            up: state == crate::health::State::Up,
+                            drain: b.drain,
+                            weight: b.weight,
+                            active: b.shared.active(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn status_page(status: &Status) -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>geolb status</title>\
+         <meta http-equiv=\"refresh\" content=\"5\">\
+         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
+         td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}.up{color:#070}.down{color:#b00}\
+         .unknown{color:#777}</style></head><body><h1>geolb</h1>",
+    );
+    let _ = write!(
+        html,
+        "<p>config generation {} &middot; version {}</p><h2>Listeners</h2><table><tr><th>name</th><th>protocol</th><th>bind</th><th>bound</th></tr>",
+        status.config_generation,
+        env!("CARGO_PKG_VERSION")
+    );
+    for l in &status.listeners {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(&l.name),
+            l.protocol,
+            l.bind,
+            l.local_addr
+        );
+    }
+    html.push_str("</table><h2>Pools</h2>");
+    for p in &status.pools {
+        let _ = write!(
+            html,
+            "<h3>{} &middot; {} healthy (min {}) &middot; {}</h3><table><tr><th>backend</th><th>state</th><th>drain</th><th>weight</th><th>active</th></tr>",
+            html_escape(&p.name),
+            p.healthy,
+            p.min_healthy,
+            p.balance
+        );
+        for b in &p.backends {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                b.addr, b.state, b.state, b.drain, b.weight, b.active
+            );
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("</body></html>\n");
+    html
+}

@@ -1,0 +1,336 @@
+//! Wiring: load the config, bind every socket, run one round of health
+//! checks, start serving, then wait for signals. Shutdown order: stop
+//! accepting, let in-flight work finish within the grace period, exit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, ConfigError, ConfigErrors, Probe, Protocol};
+use crate::health::HealthTable;
+use crate::metrics;
+use crate::proxy::http::{self as http_proxy, HttpContext};
+use crate::state::{self, BackendRegistry, SharedSnapshot};
+
+/// Features the contract names that this version does not serve yet.
+/// `run` and `check` refuse them rather than accept and ignore them.
+pub fn unsupported(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut refuse = |path: String, what: &str| {
+        errors.push(ConfigError {
+            path,
+            message: format!("{what} is not served by this version of geolb; remove it"),
+            line: None,
+        })
+    };
+    if config.geoip.is_some() {
+        refuse("geoip".into(), "GeoIP");
+    }
+    if config.dns.is_some() {
+        refuse("dns".into(), "DNS");
+    }
+    if !config.datacenters.is_empty() {
+        refuse("datacenter".into(), "[[datacenter]]");
+    }
+    for (i, pool) in config.pools.iter().enumerate() {
+        if pool.balance != config::Balance::RoundRobin {
+            refuse(
+                format!("pool[{i}].balance"),
+                "a balance other than round_robin",
+            );
+        }
+        if pool.proxy_protocol.is_some() {
+            refuse(format!("pool[{i}].proxy_protocol"), "PROXY protocol");
+        }
+        if let Some(check) = &pool.check
+            && matches!(&check.probe, Probe::Http(h) if h.tls)
+        {
+            refuse(format!("pool[{i}].check.kind"), "an https check");
+        }
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if listener.protocol != Protocol::Http {
+            refuse(
+                format!("listener[{i}].protocol"),
+                "a protocol other than http",
+            );
+        }
+        if listener.accept_proxy_protocol {
+            refuse(
+                format!("listener[{i}].accept_proxy_protocol"),
+                "accepting PROXY protocol",
+            );
+        }
+    }
+    errors
+}
+
+/// Everything `geolb check` reports, or the config.
+pub fn load_checked(path: &Path) -> Result<Config, ConfigErrors> {
+    let config = config::load(path)?;
+    let mut errors = config::check_files(&config);
+    errors.extend(unsupported(&config));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundListener {
+    pub name: String,
+    pub protocol: &'static str,
+    pub bind: SocketAddr,
+    pub local_addr: SocketAddr,
+}
+
+/// The running daemon, shared by the admin endpoints and signal handling.
+pub struct Daemon {
+    pub config_path: PathBuf,
+    pub snapshot: SharedSnapshot,
+    pub health: Arc<HealthTable>,
+    pub registry: BackendRegistry,
+    pub metrics: PrometheusHandle,
+    pub listeners: Vec<BoundListener>,
+    pub admin_addr: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a reload changed, for `POST /reload`.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadSummary {
+    pub config_generation: u64,
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+}
+
+impl Daemon {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the config file and swaps it in whole, or changes nothing.
+    pub async fn reload(&self) -> Result<ReloadSummary, ConfigErrors> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload();
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+        match &result {
+            Ok(s) => tracing::info!(generation = s.config_generation, "config reloaded"),
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("reload refused: {e}");
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<ReloadSummary, ConfigErrors> {
+        let config = load_checked(&self.config_path)?;
+        let old = self.snapshot.load();
+        let mut old_binds: Vec<SocketAddr> = old.config.listeners.iter().map(|l| l.bind).collect();
+        let mut new_binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
+        old_binds.sort();
+        new_binds.sort();
+        let mut errors = Vec::new();
+        if old_binds != new_binds {
+            errors.push(ConfigError {
+                path: "listener".into(),
+                message: "adding, removing or moving listeners needs a restart in this version".into(),
+                line: None,
+            });
+        }
+        if old.config.admin != config.admin {
+            errors.push(ConfigError {
+                path: "admin.listen".into(),
+                message: "changing the admin listener needs a restart".into(),
+                line: None,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let new = state::compile(Arc::new(config), generation, &self.health, &self.registry);
+        let summary = summarize(&old, &new);
+        self.snapshot.store(Arc::new(new));
+        Ok(summary)
+    }
+}
+
+fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
+    let names = |s: &state::Snapshot| -> Vec<String> { s.pools.iter().map(|p| p.name.to_string()).collect() };
+    let backends = |s: &state::Snapshot| -> Vec<String> {
+        s.pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| format!("{}/{}", p.name, b.label)))
+            .collect()
+    };
+    let diff = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    let (old_pools, new_pools) = (names(old), names(new));
+    let (old_backends, new_backends) = (backends(old), backends(new));
+    ReloadSummary {
+        config_generation: new.generation,
+        pools_added: diff(&new_pools, &old_pools),
+        pools_removed: diff(&old_pools, &new_pools),
+        backends_added: diff(&new_backends, &old_backends),
+        backends_removed: diff(&old_backends, &new_backends),
+    }
+}
+
+/// Binds every socket of `config`; fails if any cannot be bound.
+async fn bind_all(config: &Config) -> anyhow::Result<(Vec<(TcpListener, BoundListener)>, Option<TcpListener>)> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.bind))?;
+        let local_addr = socket.local_addr()?;
+        out.push((
+            socket,
+            BoundListener {
+                name: l.name.clone(),
+                protocol: match l.protocol {
+                    Protocol::Http => "http",
+                    Protocol::Https => "https",
+                    Protocol::Tcp => "tcp",
+                },
+                bind: l.bind,
+                local_addr,
+            },
+        ));
+    }
+    let admin = match &config.admin {
+        Some(a) => Some(
+            TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("admin: cannot bind {}", a.listen))?,
+        ),
+        None => None,
+    };
+    Ok((out, admin))
+}
+
+/// Runs the daemon until a signal stops it. `ready` is told the admin
+/// address once everything serves (used by `geolb demo`).
+pub async fn serve(
+    config_path: PathBuf,
+    config: Config,
+    ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
+) -> anyhow::Result<()> {
+    let metrics = metrics::install().context("cannot install the metrics recorder")?;
+    let (sockets, admin_socket) = bind_all(&config).await?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let health = HealthTable::new(shutdown.child_token());
+    let registry = BackendRegistry::default();
+    let grace = config.runtime.shutdown_grace;
+    let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(
+        Arc::new(config),
+        1,
+        &health,
+        &registry,
+    )));
+    // The first requests must see real states: one round of checks first.
+    health
+        .wait_first_round(health.longest_timeout() + Duration::from_millis(200))
+        .await;
+
+    let daemon = Arc::new(Daemon {
+        config_path,
+        snapshot: snapshot.clone(),
+        health,
+        registry,
+        metrics,
+        listeners: sockets.iter().map(|(_, b)| b.clone()).collect(),
+        admin_addr: admin_socket.as_ref().and_then(|s| s.local_addr().ok()),
+        shutdown: shutdown.clone(),
+        generation: AtomicU64::new(1),
+        reload_lock: tokio::sync::Mutex::new(()),
+    });
+    for (socket, bound) in sockets {
+        tracing::info!(listener = %bound.name, addr = %bound.local_addr, "listening");
+        let ctx = HttpContext::new(
+            snapshot.clone(),
+            bound.bind,
+            "http",
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(http_proxy::serve(socket, ctx));
+    }
+    if let Some(socket) = admin_socket {
+        tracing::info!(addr = %socket.local_addr()?, "admin listening");
+        tasks.spawn(crate::admin::serve(socket, daemon.clone()));
+    }
+    if let Some(ready) = ready {
+        let _ = ready.send(daemon.clone());
+    }
+
+    wait_for_stop(&daemon).await;
+    tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
+    shutdown.cancel();
+    tasks.close();
+    tokio::select! {
+        _ = tasks.wait() => tracing::info!("all connections finished"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; exiting with connections open"),
+        _ = second_signal() => tracing::warn!("second signal; exiting at once"),
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop(daemon: &Daemon) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = daemon.reload().await;
+            }
+            _ = daemon.shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn second_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

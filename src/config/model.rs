@@ -1,0 +1,301 @@
+//! The validated configuration: what the rest of the daemon reads.
+//!
+//! Every value here has passed validation, so consumers never re-check
+//! ranges or cross-references. Names that the DNS side uses are stored
+//! absolute, lower-case and with a trailing dot (`api.mysite.com.`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from (absolute when loaded from disk).
+    pub source: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub admin: Option<AdminConfig>,
+    pub geoip: Option<GeoIpConfig>,
+    pub dns: Option<DnsConfig>,
+    pub datacenters: Vec<DatacenterConfig>,
+    pub pools: Vec<PoolConfig>,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// `[runtime]` (an extension of the contract; the whole section is optional).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// `worker_threads` (optional, the number of CPUs).
+    pub worker_threads: Option<usize>,
+    /// `shutdown_grace` (optional, "30s"): how long in-flight work may take after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_threads: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoIpConfig {
+    /// Absolute path (resolved against the config file's directory).
+    pub database: Option<PathBuf>,
+    pub networks: Vec<GeoNetwork>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address with every bit past `prefix` zero.
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatLon {
+    /// Degrees, -90..=90.
+    pub lat: f64,
+    /// Degrees, -180..=180.
+    pub lon: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoNetwork {
+    pub cidr: Cidr,
+    pub location: LatLon,
+    /// Upper-case ISO 3166-1 alpha-2.
+    pub country: Option<String>,
+    /// Upper-case two-letter continent code (AF AN AS EU NA OC SA).
+    pub continent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub zones: Vec<ZoneConfig>,
+    pub geo: Vec<GeoNameConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneConfig {
+    /// Absolute, lower-case, trailing dot.
+    pub origin: String,
+    /// `ttl` (optional, 3600): TTL of static records.
+    pub ttl: u32,
+    pub soa: SoaConfig,
+    /// Absolute names.
+    pub ns: Vec<String>,
+    /// Absolute path of an RFC 1035 master file, if any.
+    pub file: Option<PathBuf>,
+    pub records: Vec<RecordConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoaConfig {
+    pub mname: String,
+    pub rname: String,
+    pub serial: u32,
+    pub refresh: Duration,
+    pub retry: Duration,
+    pub expire: Duration,
+    pub minimum: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordConfig {
+    /// Absolute owner name.
+    pub name: String,
+    /// `ttl` (optional, the zone's ttl).
+    pub ttl: u32,
+    pub data: RecordData,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordData {
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    /// Absolute target.
+    Cname(String),
+    Ns(String),
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
+    Txt(String),
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: String,
+    },
+    Caa {
+        flags: u8,
+        tag: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoNameConfig {
+    /// Absolute, lower-case, trailing dot; inside one of the zones.
+    pub name: String,
+    pub ttl: u32,
+    /// Candidate data-center names, in the order used for unknown locations.
+    pub datacenters: Vec<String>,
+    /// 1..=datacenters.len()
+    pub answers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatacenterConfig {
+    pub name: String,
+    pub location: LatLon,
+    pub addresses: Vec<IpAddr>,
+    pub pools: Vec<String>,
+    pub check: Option<RemoteCheck>,
+    pub drain: bool,
+}
+
+/// A data center's remote check: where to probe, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteCheck {
+    /// `host:port` taken from `url` (http/https) or `addr` (tcp).
+    pub target: String,
+    pub check: CheckConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckConfig {
+    pub probe: Probe,
+    /// `interval` (optional, "2s")
+    pub interval: Duration,
+    /// `timeout` (optional, "1s")
+    pub timeout: Duration,
+    /// `rise` (optional, 2), >= 1
+    pub rise: u32,
+    /// `fall` (optional, 3), >= 1
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// Connect, then close.
+    Tcp,
+    Http(HttpProbe),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpProbe {
+    /// `kind = "https"`
+    pub tls: bool,
+    /// Starts with `/` (for remote checks: the URL's path and query).
+    pub path: String,
+    /// Host header and SNI; None = the target address.
+    pub host: Option<String>,
+    /// Accepted status codes (optional, [200]).
+    pub expect: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    RandomTwo,
+    Maglev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HashKey {
+    ClientIp,
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub hash: HashKey,
+    pub min_healthy: usize,
+    pub check: Option<CheckConfig>,
+    pub backends: Vec<BackendConfig>,
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub addr: SocketAddr,
+    /// >= 1
+    pub weight: u32,
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    pub pool: String,
+    pub routes: Vec<RouteConfig>,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+    pub tls: Vec<TlsCertConfig>,
+    pub accept_proxy_protocol: bool,
+    /// `access_log` (extension; optional, false): one line per request on stderr.
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Lower-case, without a port.
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub header: Duration,
+    pub request: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            header: Duration::from_secs(10),
+            request: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCertConfig {
+    /// Absolute paths.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}

@@ -1,0 +1,2097 @@
+//! TOML text -> validated [`Config`].
+//!
+//! The document is parsed with spans (`toml::de::DeTable`), then walked by
+//! hand. Every parser below reports its own errors and returns `None` for a
+//! bad value; callers evaluate all their fields before combining them with
+//! `?`, so one bad key never hides the errors of its neighbours.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt::{Display, Write as _};
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::error::{ConfigError, ConfigErrors};
+use super::model::*;
+
+/// Reads and validates the file at `path`; `Config::source` is made absolute.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let text = std::fs::read_to_string(&source).map_err(|e| ConfigError {
+        path: String::new(),
+        message: format!("cannot read {}: {e}", source.display()),
+        line: None,
+    })?;
+    parse_str(&text, &source)
+}
+
+/// Validates `text`; relative paths in it are resolved against `source`'s
+/// directory. No file is opened (see [`check_files`]).
+pub fn parse_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    let lines = Lines::new(text);
+    let root = DeTable::parse(text).map_err(|e| syntax_error(&e, text, &lines))?;
+    let mut ctx = Ctx {
+        lines,
+        base: source.parent().unwrap_or(Path::new("")).to_path_buf(),
+        errors: Vec::new(),
+        binds: HashMap::new(),
+    };
+    let config = ctx.config(root.get_ref(), source);
+    if ctx.errors.is_empty() {
+        return Ok(config);
+    }
+    ctx.errors.sort_by_key(|(offset, _)| *offset);
+    Err(ConfigErrors(
+        ctx.errors.into_iter().map(|(_, e)| e).collect(),
+    ))
+}
+
+/// Opens every file `config` names (GeoIP database, zone files, TLS
+/// certificates and keys) and reports each one that cannot be opened.
+pub fn check_files(config: &Config) -> Vec<ConfigError> {
+    let mut files: Vec<(String, &Path)> = Vec::new();
+    if let Some(db) = config.geoip.as_ref().and_then(|g| g.database.as_deref()) {
+        files.push(("geoip.database".to_owned(), db));
+    }
+    if let Some(dns) = &config.dns {
+        for (i, zone) in dns.zones.iter().enumerate() {
+            if let Some(file) = &zone.file {
+                files.push((format!("dns.zone[{i}].file"), file));
+            }
+        }
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        for (j, tls) in listener.tls.iter().enumerate() {
+            files.push((format!("listener[{i}].tls[{j}].cert"), &tls.cert));
+            files.push((format!("listener[{i}].tls[{j}].key"), &tls.key));
+        }
+    }
+    // The validated Config keeps no spans; the lines come from the source
+    // file when it still parses (best effort: it may have changed since).
+    let text = std::fs::read_to_string(&config.source).ok();
+    let located = text
+        .as_deref()
+        .and_then(|text| Some((DeTable::parse(text).ok()?, Lines::new(text))));
+    files
+        .into_iter()
+        .filter_map(|(path, file)| {
+            let problem = match std::fs::File::open(file).and_then(|f| f.metadata()) {
+                Ok(meta) if meta.is_file() => return None,
+                Ok(_) => "not a regular file".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let line = located.as_ref().and_then(|(root, lines)| {
+                locate(root.get_ref(), &path).map(|offset| lines.line(offset))
+            });
+            let mut shown = String::new();
+            quote(&file.display().to_string(), &mut shown);
+            Some(ConfigError {
+                message: format!("= {shown}: cannot open: {problem}"),
+                path,
+                line,
+            })
+        })
+        .collect()
+}
+
+/// The byte offset of the value at a key path like `listener[1].tls[0].cert`.
+fn locate(root: &DeTable<'_>, path: &str) -> Option<usize> {
+    let mut table = root;
+    let mut found: Option<&Spanned<DeValue<'_>>> = None;
+    for segment in path.split('.') {
+        if let Some(value) = found {
+            table = value.get_ref().as_table()?;
+        }
+        let (key, index) = match segment.split_once('[') {
+            Some((key, rest)) => (key, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        let mut value = table.get(key)?;
+        if let Some(i) = index {
+            value = value.get_ref().as_array()?.get(i)?;
+        }
+        found = Some(value);
+    }
+    found.map(|value| value.span().start)
+}
+
+fn syntax_error(e: &toml::de::Error, text: &str, lines: &Lines) -> ConfigError {
+    match e.span() {
+        Some(span) => ConfigError {
+            path: String::new(),
+            message: format!(
+                "TOML syntax error at column {}: {}",
+                lines.column(text, span.start),
+                e.message()
+            ),
+            line: Some(lines.line(span.start)),
+        },
+        None => ConfigError {
+            path: String::new(),
+            message: format!("TOML syntax error: {}", e.message()),
+            line: None,
+        },
+    }
+}
+
+/// Byte offsets of line starts, to turn spans into 1-based line numbers.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        Lines(
+            std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        )
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset)
+    }
+
+    fn column(&self, text: &str, offset: usize) -> usize {
+        let start = self.0.get(self.line(offset) - 1).copied().unwrap_or(0);
+        text.get(start..offset).map_or(1, |s| s.chars().count() + 1)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Walking the document
+
+/// A value and its key path (`pool[1].backends[0].addr`).
+#[derive(Clone)]
+struct Field<'t, 'i> {
+    path: String,
+    value: &'t Spanned<DeValue<'i>>,
+}
+
+impl<'t, 'i> Field<'t, 'i> {
+    fn get(&self) -> &'t DeValue<'i> {
+        self.value.get_ref()
+    }
+
+    fn offset(&self) -> usize {
+        self.value.span().start
+    }
+}
+
+/// A table whose keys have been checked against the accepted ones.
+struct Tbl<'t, 'i> {
+    path: String,
+    /// Where a missing key is reported: the `[[header]]` or the `{`.
+    offset: usize,
+    map: &'t DeTable<'i>,
+}
+
+impl<'t, 'i> Tbl<'t, 'i> {
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn field(&self, key: &str) -> Option<Field<'t, 'i>> {
+        self.map.get(key).map(|value| Field {
+            path: self.key_path(key),
+            value,
+        })
+    }
+}
+
+/// Records `key` as first seen at `path`; on a second sighting returns the
+/// first one's path.
+fn first_seen<K: Eq + Hash>(seen: &mut HashMap<K, String>, key: K, path: &str) -> Option<String> {
+    match seen.entry(key) {
+        Entry::Occupied(e) => Some(e.get().clone()),
+        Entry::Vacant(e) => {
+            e.insert(path.to_owned());
+            None
+        }
+    }
+}
+
+struct Ctx {
+    lines: Lines,
+    base: PathBuf,
+    /// With the byte offset they are sorted by.
+    errors: Vec<(usize, ConfigError)>,
+    /// TCP addresses bound so far (admin, DNS, listeners), with the key that
+    /// binds each: two sockets cannot share one.
+    binds: HashMap<SocketAddr, String>,
+}
+
+const ROOT_KEYS: &[&str] = &[
+    "runtime",
+    "admin",
+    "geoip",
+    "dns",
+    "datacenter",
+    "pool",
+    "listener",
+];
+const RUNTIME_KEYS: &[&str] = &["worker_threads", "shutdown_grace"];
+const ADMIN_KEYS: &[&str] = &["listen"];
+const GEOIP_KEYS: &[&str] = &["database", "network"];
+const NETWORK_KEYS: &[&str] = &["cidr", "location", "country", "continent"];
+const LOCATION_KEYS: &[&str] = &["lat", "lon"];
+const DNS_KEYS: &[&str] = &["listen", "zone", "geo"];
+const ZONE_KEYS: &[&str] = &["origin", "ttl", "soa", "ns", "file", "records"];
+const SOA_KEYS: &[&str] = &[
+    "mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
+];
+const RECORD_KEYS: &[&str] = &["name", "type", "value", "ttl"];
+const GEO_KEYS: &[&str] = &["name", "ttl", "datacenters", "answers"];
+const DATACENTER_KEYS: &[&str] = &["name", "location", "addresses", "pools", "check", "drain"];
+const REMOTE_CHECK_KEYS: &[&str] = &[
+    "kind", "url", "addr", "expect", "interval", "timeout", "rise", "fall",
+];
+const POOL_KEYS: &[&str] = &[
+    "name",
+    "balance",
+    "hash",
+    "min_healthy",
+    "check",
+    "backends",
+    "proxy_protocol",
+];
+const POOL_CHECK_KEYS: &[&str] = &[
+    "kind", "path", "host", "expect", "interval", "timeout", "rise", "fall",
+];
+const BACKEND_KEYS: &[&str] = &["addr", "weight", "drain"];
+const LISTENER_KEYS: &[&str] = &[
+    "name",
+    "bind",
+    "protocol",
+    "pool",
+    "routes",
+    "timeouts",
+    "retries",
+    "tls",
+    "accept_proxy_protocol",
+    "access_log",
+];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
+const TIMEOUT_KEYS: &[&str] = &["connect", "header", "request", "idle"];
+const TLS_KEYS: &[&str] = &["cert", "key"];
+
+const LOCATION_EXAMPLE: &str = "{ lat = 50.11, lon = 8.68 }";
+const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", \
+     serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }";
+/// RFC 2181 §8: TTLs with the top bit set are treated as 0 by resolvers.
+const MAX_TTL: i64 = 0x7fff_ffff;
+
+const BALANCES: &[(&str, Balance)] = &[
+    ("round_robin", Balance::RoundRobin),
+    ("least_conn", Balance::LeastConn),
+    ("random_two", Balance::RandomTwo),
+    ("maglev", Balance::Maglev),
+];
+const PROTOCOLS: &[(&str, Protocol)] = &[
+    ("http", Protocol::Http),
+    ("https", Protocol::Https),
+    ("tcp", Protocol::Tcp),
+];
+const PROXY_VERSIONS: &[(&str, ProxyProtocolVersion)] = &[
+    ("v1", ProxyProtocolVersion::V1),
+    ("v2", ProxyProtocolVersion::V2),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum CheckKind {
+    Http,
+    Https,
+    Tcp,
+}
+
+const CHECK_KINDS: &[(&str, CheckKind)] = &[
+    ("http", CheckKind::Http),
+    ("https", CheckKind::Https),
+    ("tcp", CheckKind::Tcp),
+];
+
+/// The probe-independent part of a check.
+struct Timing {
+    interval: Duration,
+    timeout: Duration,
+    rise: u32,
+    fall: u32,
+}
+
+impl Timing {
+    fn with(self, probe: Probe) -> CheckConfig {
+        CheckConfig {
+            probe,
+            interval: self.interval,
+            timeout: self.timeout,
+            rise: self.rise,
+            fall: self.fall,
+        }
+    }
+}
+
+/// A zone as far as it could be validated: later checks (geo names, nested
+/// zones) need its origin and good records even when something else in it
+/// is bad.
+struct ParsedZone<'t, 'i> {
+    origin: Option<String>,
+    /// Each valid record with its table, where conflicts are reported.
+    records: Vec<(Field<'t, 'i>, RecordConfig)>,
+    config: Option<ZoneConfig>,
+}
+
+impl Ctx {
+    // --- reporting -------------------------------------------------------
+
+    fn err(&mut self, path: String, offset: usize, message: String) {
+        let line = Some(self.lines.line(offset));
+        self.errors.push((offset, ConfigError { path, message, line }));
+    }
+
+    fn bad(&mut self, f: &Field<'_, '_>, message: impl Display) {
+        let message = format!("= {}: {message}", show(f.get()));
+        self.err(f.path.clone(), f.offset(), message);
+    }
+
+    fn missing(&mut self, t: &Tbl<'_, '_>, key: &str, example: &str) {
+        self.err(
+            t.key_path(key),
+            t.offset,
+            format!("required key is missing; add e.g. {key} = {example}"),
+        );
+    }
+
+    // --- structure -------------------------------------------------------
+
+    fn table<'t, 'i>(
+        &mut self,
+        f: &Field<'t, 'i>,
+        keys: &[&str],
+        expected: &str,
+    ) -> Option<Tbl<'t, 'i>> {
+        let DeValue::Table(map) = f.get() else {
+            self.bad(f, expected);
+            return None;
+        };
+        let t = Tbl {
+            path: f.path.clone(),
+            offset: f.offset(),
+            map,
+        };
+        self.unknown_keys(&t, keys);
+        Some(t)
+    }
+
+    fn unknown_keys(&mut self, t: &Tbl<'_, '_>, keys: &[&str]) {
+        for (key, _) in t.map.iter() {
+            let name: &str = key.get_ref();
+            if keys.contains(&name) {
+                continue;
+            }
+            let hint = suggest(name, keys.iter().copied())
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
+            self.err(
+                t.key_path(name),
+                key.span().start,
+                format!("unknown key{hint}; accepted here: {}", keys.join(", ")),
+            );
+        }
+    }
+
+    fn array<'t, 'i>(&mut self, f: &Field<'t, 'i>, expected: &str) -> Option<Vec<Field<'t, 'i>>> {
+        let DeValue::Array(items) = f.get() else {
+            self.bad(f, expected);
+            return None;
+        };
+        Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, value)| Field {
+                    path: format!("{}[{i}]", f.path),
+                    value,
+                })
+                .collect(),
+        )
+    }
+
+    /// Parses every item, reporting all bad ones; `None` if any was bad.
+    fn each<'t, 'i, T>(
+        &mut self,
+        items: &[Field<'t, 'i>],
+        mut parse: impl FnMut(&mut Self, &Field<'t, 'i>) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match parse(self, item) {
+                Some(value) => out.push(value),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn req<'t, 'i, T>(
+        &mut self,
+        t: &Tbl<'t, 'i>,
+        key: &str,
+        example: &str,
+        parse: impl FnOnce(&mut Self, &Field<'t, 'i>) -> Option<T>,
+    ) -> Option<T> {
+        match t.field(key) {
+            Some(f) => parse(self, &f),
+            None => {
+                self.missing(t, key, example);
+                None
+            }
+        }
+    }
+
+    fn opt<'t, 'i, T>(
+        &mut self,
+        t: &Tbl<'t, 'i>,
+        key: &str,
+        default: T,
+        parse: impl FnOnce(&mut Self, &Field<'t, 'i>) -> Option<T>,
+    ) -> Option<T> {
+        match t.field(key) {
+            Some(f) => parse(self, &f),
+            None => Some(default),
+        }
+    }
+
+    /// An optional key without a default: `Some(None)` when absent.
+    fn maybe<'t, 'i, T>(
+        &mut self,
+        t: &Tbl<'t, 'i>,
+        key: &str,
+        parse: impl FnOnce(&mut Self, &Field<'t, 'i>) -> Option<T>,
+    ) -> Option<Option<T>> {
+        match t.field(key) {
+            Some(f) => parse(self, &f).map(Some),
+            None => Some(None),
+        }
+    }
+
+    /// Reports each of `keys` that is present: they do not apply here.
+    fn misplaced(&mut self, t: &Tbl<'_, '_>, keys: &[&str], why: &str) -> bool {
+        let mut any = false;
+        for f in keys.iter().filter_map(|key| t.field(key)) {
+            self.bad(&f, why);
+            any = true;
+        }
+        any
+    }
+
+    // --- scalars ---------------------------------------------------------
+
+    fn string<'t>(&mut self, f: &Field<'t, '_>) -> Option<&'t str> {
+        match f.get() {
+            DeValue::String(s) => Some(&**s),
+            DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => {
+                self.bad(f, "expected a string (in quotes)");
+                None
+            }
+            _ => {
+                self.bad(f, "expected a string");
+                None
+            }
+        }
+    }
+
+    /// A string checked by `parse`, whose error message is reported as is.
+    fn parsed<T>(&mut self, f: &Field<'_, '_>, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let s = self.string(f)?;
+        parse(s).map_err(|message| self.bad(f, message)).ok()
+    }
+
+    fn bool(&mut self, f: &Field<'_, '_>) -> Option<bool> {
+        match f.get() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.bad(f, "expected true or false");
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max` (`max == i64::MAX` means no upper bound).
+    fn int(&mut self, f: &Field<'_, '_>, min: i64, max: i64) -> Option<i64> {
+        let expected = if max == i64::MAX {
+            format!("expected an integer >= {min}")
+        } else {
+            format!("expected an integer from {min} to {max}")
+        };
+        match f.get() {
+            DeValue::Integer(n) => match i64::from_str_radix(n.as_str(), n.radix()) {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                _ => {
+                    self.bad(f, expected);
+                    None
+                }
+            },
+            DeValue::String(s) if s.trim().parse::<i64>().is_ok() => {
+                self.bad(f, format!("{expected}, without quotes"));
+                None
+            }
+            _ => {
+                self.bad(f, expected);
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, f: &Field<'_, '_>, min: i64, max: i64) -> Option<u32> {
+        self.int(f, min, max.min(u32::MAX.into())).map(|n| n as u32)
+    }
+
+    fn ttl(&mut self, f: &Field<'_, '_>) -> Option<u32> {
+        self.uint(f, 0, MAX_TTL)
+    }
+
+    fn duration(&mut self, f: &Field<'_, '_>, zero_ok: bool) -> Option<Duration> {
+        match f.get() {
+            DeValue::String(s) => match parse_duration(s) {
+                Ok(d) if d.is_zero() && !zero_ok => {
+                    self.bad(f, "must be longer than 0");
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(message) => {
+                    self.bad(f, message);
+                    None
+                }
+            },
+            DeValue::Integer(n) => {
+                self.bad(f, format!("{DURATION_FORM}: write \"{n}s\" for seconds"));
+                None
+            }
+            _ => {
+                self.bad(f, DURATION_FORM);
+                None
+            }
+        }
+    }
+
+    /// A listening address; a fixed port may be bound only once.
+    fn bind(&mut self, f: &Field<'_, '_>) -> Option<SocketAddr> {
+        let addr = self.parsed(f, |s| parse_socket(s, true))?;
+        // Port 0 asks the kernel for a fresh port, so those never collide.
+        if addr.port() != 0
+            && let Some(first) = first_seen(&mut self.binds, addr, &f.path)
+        {
+            self.bad(f, format!("{first} already listens on this address"));
+        }
+        Some(addr)
+    }
+
+    fn path(&mut self, f: &Field<'_, '_>) -> Option<PathBuf> {
+        let base = self.base.clone();
+        self.parsed(f, |s| {
+            if s.is_empty() {
+                Err("expected a file path".to_owned())
+            } else {
+                Ok(base.join(s))
+            }
+        })
+    }
+
+    fn choice<T: Copy>(&mut self, f: &Field<'_, '_>, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(f)?;
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == s) {
+            return Some(*value);
+        }
+        let names: Vec<String> = options.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+        let hint = suggest(s, options.iter().map(|(name, _)| *name))
+            .map(|name| format!(" (did you mean \"{name}\"?)"))
+            .unwrap_or_default();
+        self.bad(f, format!("expected one of {}{hint}", names.join(" | ")));
+        None
+    }
+
+    fn degrees(&mut self, f: &Field<'_, '_>, limit: f64) -> Option<f64> {
+        let value = match f.get() {
+            DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
+            DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix()).ok().map(|n| n as f64),
+            _ => None,
+        };
+        match value {
+            Some(v) if (-limit..=limit).contains(&v) => Some(v),
+            _ => {
+                self.bad(f, format!("expected a number of degrees from -{limit} to {limit}"));
+                None
+            }
+        }
+    }
+
+    fn location(&mut self, f: &Field<'_, '_>) -> Option<LatLon> {
+        let t = self.table(f, LOCATION_KEYS, &format!("expected a table like {LOCATION_EXAMPLE}"))?;
+        let lat = self.req(&t, "lat", "50.11", |c, f| c.degrees(f, 90.0));
+        let lon = self.req(&t, "lon", "8.68", |c, f| c.degrees(f, 180.0));
+        Some(LatLon { lat: lat?, lon: lon? })
+    }
+
+    /// A reference to a `[[kind]]` by name.
+    fn reference(&mut self, f: &Field<'_, '_>, kind: &str, defined: &[String]) -> Option<String> {
+        let s = self.string(f)?;
+        if defined.iter().any(|name| name == s) {
+            return Some(s.to_owned());
+        }
+        let message = if defined.is_empty() {
+            format!("no [[{kind}]] is defined")
+        } else {
+            let hint = suggest(s, defined.iter().map(String::as_str))
+                .map(|name| format!(" (did you mean \"{name}\"?)"))
+                .unwrap_or_default();
+            format!("no [[{kind}]] has this name{hint}; defined: {}", defined.join(", "))
+        };
+        self.bad(f, message);
+        None
+    }
+
+    fn references(&mut self, f: &Field<'_, '_>, kind: &str, defined: &[String]) -> Option<Vec<String>> {
+        let items = self.array(f, &format!("expected a list of [[{kind}]] names"))?;
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            let name = c.reference(item, kind, defined)?;
+            if let Some(first) = first_seen(&mut seen, name.clone(), &item.path) {
+                c.bad(item, format!("listed twice (also {first})"));
+                return None;
+            }
+            Some(name)
+        })
+    }
+
+    // --- sections --------------------------------------------------------
+
+    fn config(&mut self, root: &DeTable<'_>, source: &Path) -> Config {
+        let t = Tbl {
+            path: String::new(),
+            offset: 0,
+            map: root,
+        };
+        self.unknown_keys(&t, ROOT_KEYS);
+        let runtime = t.field("runtime").and_then(|f| self.runtime(&f)).unwrap_or_default();
+        let admin = t.field("admin").and_then(|f| self.admin(&f));
+        let geoip = t.field("geoip").and_then(|f| self.geoip(&f));
+        let mut pool_names = Vec::new();
+        let pools = t
+            .field("pool")
+            .map(|f| self.pools(&f, &mut pool_names))
+            .unwrap_or_default();
+        let mut dc_names = Vec::new();
+        let datacenters = t
+            .field("datacenter")
+            .map(|f| self.datacenters(&f, &mut dc_names, &pool_names))
+            .unwrap_or_default();
+        let listeners = t
+            .field("listener")
+            .map(|f| self.listeners(&f, &pools, &pool_names))
+            .unwrap_or_default();
+        let dns = t.field("dns").and_then(|f| self.dns(&f, &dc_names));
+        Config {
+            source: source.to_path_buf(),
+            runtime,
+            admin,
+            geoip,
+            dns,
+            datacenters,
+            pools,
+            listeners,
+        }
+    }
+
+    fn runtime(&mut self, f: &Field<'_, '_>) -> Option<RuntimeConfig> {
+        let t = self.table(f, RUNTIME_KEYS, "expected a [runtime] table")?;
+        let worker_threads = self.maybe(&t, "worker_threads", |c, f| {
+            c.int(f, 1, 1024).map(|n| n as usize)
+        });
+        // 0 is meaningful here: stop at once, without waiting for anything.
+        let shutdown_grace = self.opt(
+            &t,
+            "shutdown_grace",
+            RuntimeConfig::default().shutdown_grace,
+            |c, f| c.duration(f, true),
+        );
+        Some(RuntimeConfig {
+            worker_threads: worker_threads?,
+            shutdown_grace: shutdown_grace?,
+        })
+    }
+
+    fn admin(&mut self, f: &Field<'_, '_>) -> Option<AdminConfig> {
+        let t = self.table(f, ADMIN_KEYS, "expected an [admin] table")?;
+        let listen = self.req(&t, "listen", "\"127.0.0.1:9100\"", Ctx::bind);
+        Some(AdminConfig { listen: listen? })
+    }
+
+    fn geoip(&mut self, f: &Field<'_, '_>) -> Option<GeoIpConfig> {
+        let t = self.table(f, GEOIP_KEYS, "expected a [geoip] table")?;
+        let database = self.maybe(&t, "database", Ctx::path);
+        let networks = self.opt(&t, "network", Vec::new(), Ctx::networks);
+        Some(GeoIpConfig {
+            database: database?,
+            networks: networks?,
+        })
+    }
+
+    fn networks(&mut self, f: &Field<'_, '_>) -> Option<Vec<GeoNetwork>> {
+        let items = self.array(f, "expected [[geoip.network]] tables (note the double brackets)")?;
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            let t = c.table(item, NETWORK_KEYS, "expected a [[geoip.network]] table")?;
+            let cidr = c.req(&t, "cidr", "\"10.0.0.0/8\"", |c, f| {
+                let cidr = c.parsed(f, parse_cidr)?;
+                if let Some(first) = first_seen(&mut seen, cidr, &f.path) {
+                    c.bad(f, format!("duplicate network: {first} is the same"));
+                }
+                Some(cidr)
+            });
+            let location = c.req(&t, "location", LOCATION_EXAMPLE, Ctx::location);
+            let country = c.maybe(&t, "country", |c, f| c.parsed(f, country));
+            let continent = c.maybe(&t, "continent", |c, f| c.parsed(f, continent));
+            Some(GeoNetwork {
+                cidr: cidr?,
+                location: location?,
+                country: country?,
+                continent: continent?,
+            })
+        })
+    }
+
+    /// The `[[kind]]` tables under `f`, each with its name. Names are
+    /// collected into `names` even when the rest of their table is bad, so
+    /// that references to them are not also reported.
+    fn named_tables<'t, 'i>(
+        &mut self,
+        f: &Field<'t, 'i>,
+        kind: &str,
+        keys: &[&str],
+        names: &mut Vec<String>,
+    ) -> Vec<(Tbl<'t, 'i>, Option<String>)> {
+        let Some(items) = self.array(f, &format!("expected [[{kind}]] tables (note the double brackets)")) else {
+            return Vec::new();
+        };
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for item in &items {
+            let Some(t) = self.table(item, keys, &format!("expected a [[{kind}]] table")) else {
+                continue;
+            };
+            let name = self.req(&t, "name", "\"web\"", |c, f| {
+                let name = c.parsed(f, ident)?;
+                match first_seen(&mut seen, name.clone(), &f.path) {
+                    Some(first) => c.bad(f, format!("duplicate name: {first} is the same")),
+                    None => names.push(name.clone()),
+                }
+                Some(name)
+            });
+            out.push((t, name));
+        }
+        out
+    }
+
+    fn pools(&mut self, f: &Field<'_, '_>, names: &mut Vec<String>) -> Vec<PoolConfig> {
+        self.named_tables(f, "pool", POOL_KEYS, names)
+            .into_iter()
+            .filter_map(|(t, name)| self.pool(&t, name))
+            .collect()
+    }
+
+    fn pool(&mut self, t: &Tbl<'_, '_>, name: Option<String>) -> Option<PoolConfig> {
+        let balance = self.opt(t, "balance", Balance::RoundRobin, |c, f| c.choice(f, BALANCES));
+        let hash = self.opt(t, "hash", HashKey::ClientIp, |c, f| c.parsed(f, hash_key));
+        let check = self.maybe(t, "check", Ctx::pool_check);
+        let backends = self.req(t, "backends", "[{ addr = \"127.0.0.1:8080\" }]", Ctx::backends);
+        let count = t
+            .map
+            .get("backends")
+            .and_then(|b| b.get_ref().as_array())
+            .map_or(0, |a| a.len());
+        let min_healthy = self.opt(t, "min_healthy", 1, |c, f| {
+            let n = c.int(f, 0, i64::MAX)? as usize;
+            // With no backends at all, `backends` already carries the error.
+            if count > 0 && n > count {
+                c.bad(f, format!("more than the pool's {count} backends: at most {count}"));
+                return None;
+            }
+            Some(n)
+        });
+        let proxy_protocol = self.maybe(t, "proxy_protocol", |c, f| c.choice(f, PROXY_VERSIONS));
+        Some(PoolConfig {
+            name: name?,
+            balance: balance?,
+            hash: hash?,
+            min_healthy: min_healthy?,
+            check: check?,
+            backends: backends?,
+            proxy_protocol: proxy_protocol?,
+        })
+    }
+
+    fn backends(&mut self, f: &Field<'_, '_>) -> Option<Vec<BackendConfig>> {
+        let example = "[{ addr = \"127.0.0.1:8080\" }]";
+        let items = self.array(f, format!("expected a list of backends like {example}").as_str())?;
+        if items.is_empty() {
+            self.bad(f, format!("a pool needs at least one backend, like {example}"));
+            return None;
+        }
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            let t = c.table(item, BACKEND_KEYS, "expected a table like { addr = \"127.0.0.1:8080\", weight = 1 }")?;
+            let addr = c.req(&t, "addr", "\"127.0.0.1:8080\"", |c, f| {
+                let addr = c.parsed(f, |s| parse_socket(s, false))?;
+                if let Some(first) = first_seen(&mut seen, addr, &f.path) {
+                    c.bad(f, format!("duplicate backend: {first} is the same address"));
+                }
+                Some(addr)
+            });
+            let weight = c.opt(&t, "weight", 1, |c, f| c.uint(f, 1, 1_000_000));
+            let drain = c.opt(&t, "drain", false, Ctx::bool);
+            Some(BackendConfig {
+                addr: addr?,
+                weight: weight?,
+                drain: drain?,
+            })
+        })
+    }
+
+    fn timing(&mut self, t: &Tbl<'_, '_>) -> Option<Timing> {
+        let interval = self.opt(t, "interval", Duration::from_secs(2), |c, f| c.duration(f, false));
+        let timeout = self.opt(t, "timeout", Duration::from_secs(1), |c, f| c.duration(f, false));
+        let rise = self.opt(t, "rise", 2, |c, f| c.uint(f, 1, 1000));
+        let fall = self.opt(t, "fall", 3, |c, f| c.uint(f, 1, 1000));
+        Some(Timing {
+            interval: interval?,
+            timeout: timeout?,
+            rise: rise?,
+            fall: fall?,
+        })
+    }
+
+    fn expect(&mut self, f: &Field<'_, '_>) -> Option<Vec<u16>> {
+        let status = |c: &mut Self, f: &Field<'_, '_>| c.int(f, 100, 599).map(|n| n as u16);
+        match f.get() {
+            DeValue::Array(items) if items.is_empty() => {
+                self.bad(f, "list at least one status code, like [200, 204]");
+                None
+            }
+            DeValue::Array(_) => {
+                let items = self.array(f, "expected a status code or a list of them")?;
+                self.each(&items, status)
+            }
+            _ => status(self, f).map(|n| vec![n]),
+        }
+    }
+
+    fn pool_check(&mut self, f: &Field<'_, '_>) -> Option<CheckConfig> {
+        let t = self.table(f, POOL_CHECK_KEYS, "expected a table like { kind = \"http\", path = \"/health\" }")?;
+        let kind = self.req(&t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
+        let path = self.opt(&t, "path", "/".to_owned(), |c, f| c.parsed(f, http_path));
+        let host = self.maybe(&t, "host", |c, f| c.parsed(f, host_name));
+        let expect = self.opt(&t, "expect", vec![200], Ctx::expect);
+        let timing = self.timing(&t);
+        let probe = match kind? {
+            CheckKind::Tcp => {
+                let why = "a tcp check only connects: path, host and expect are for http and https checks";
+                if self.misplaced(&t, &["path", "host", "expect"], why) {
+                    return None;
+                }
+                Probe::Tcp
+            }
+            kind => Probe::Http(HttpProbe {
+                tls: kind == CheckKind::Https,
+                path: path?,
+                host: host?,
+                expect: expect?,
+            }),
+        };
+        Some(timing?.with(probe))
+    }
+
+    fn remote_check(&mut self, f: &Field<'_, '_>) -> Option<RemoteCheck> {
+        let t = self.table(
+            f,
+            REMOTE_CHECK_KEYS,
+            "expected a table like { kind = \"http\", url = \"http://192.0.2.1:9100/datacenters/eu-west\" }",
+        )?;
+        let kind = self.req(&t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
+        let url = self.maybe(&t, "url", |c, f| c.parsed(f, parse_url));
+        let addr = self.maybe(&t, "addr", |c, f| c.parsed(f, |s| parse_socket(s, false)));
+        let expect = self.opt(&t, "expect", vec![200], Ctx::expect);
+        let timing = self.timing(&t);
+        let (target, probe) = match kind? {
+            CheckKind::Tcp => {
+                let why = "a tcp check connects to addr: url and expect are for http and https checks";
+                let misplaced = self.misplaced(&t, &["url", "expect"], why);
+                let Some(addr) = addr? else {
+                    self.missing(&t, "addr", "\"192.0.2.1:443\"");
+                    return None;
+                };
+                if misplaced {
+                    return None;
+                }
+                (addr.to_string(), Probe::Tcp)
+            }
+            kind => {
+                let tls = kind == CheckKind::Https;
+                let why = "an http or https check fetches url: addr is for tcp checks \
+                           (put the address in the url, like \"http://192.0.2.1:9100/\")";
+                let misplaced = self.misplaced(&t, &["addr"], why);
+                let Some(url) = url? else {
+                    self.missing(&t, "url", "\"http://192.0.2.1:9100/datacenters/eu-west\"");
+                    return None;
+                };
+                if url.tls != tls {
+                    if let Some(f) = t.field("url") {
+                        let scheme = if tls { "https" } else { "http" };
+                        self.bad(&f, format!("the url's scheme must match kind: {scheme}://"));
+                    }
+                    return None;
+                }
+                if misplaced {
+                    return None;
+                }
+                let probe = HttpProbe {
+                    tls,
+                    path: url.path,
+                    host: Some(url.host),
+                    expect: expect?,
+                };
+                (url.target, Probe::Http(probe))
+            }
+        };
+        Some(RemoteCheck {
+            target,
+            check: timing?.with(probe),
+        })
+    }
+
+    fn datacenters(
+        &mut self,
+        f: &Field<'_, '_>,
+        names: &mut Vec<String>,
+        pool_names: &[String],
+    ) -> Vec<DatacenterConfig> {
+        self.named_tables(f, "datacenter", DATACENTER_KEYS, names)
+            .into_iter()
+            .filter_map(|(t, name)| self.datacenter(&t, name, pool_names))
+            .collect()
+    }
+
+    fn datacenter(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        name: Option<String>,
+        pool_names: &[String],
+    ) -> Option<DatacenterConfig> {
+        let location = self.req(t, "location", LOCATION_EXAMPLE, Ctx::location);
+        let addresses = self.req(t, "addresses", "[\"198.51.100.10\"]", Ctx::dc_addresses);
+        let pools = self.opt(t, "pools", Vec::new(), |c, f| c.references(f, "pool", pool_names));
+        let check = self.maybe(t, "check", Ctx::remote_check);
+        let drain = self.opt(t, "drain", false, Ctx::bool);
+        Some(DatacenterConfig {
+            name: name?,
+            location: location?,
+            addresses: addresses?,
+            pools: pools?,
+            check: check?,
+            drain: drain?,
+        })
+    }
+
+    fn dc_addresses(&mut self, f: &Field<'_, '_>) -> Option<Vec<IpAddr>> {
+        let items = self.array(f, "expected a list of IP addresses like [\"198.51.100.10\", \"2001:db8::10\"]")?;
+        if items.is_empty() {
+            self.bad(f, "a data center needs at least one address to give out in DNS answers");
+            return None;
+        }
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            let ip = c.parsed(item, public_ip)?;
+            if let Some(first) = first_seen(&mut seen, ip, &item.path) {
+                c.bad(item, format!("listed twice (also {first})"));
+            }
+            Some(ip)
+        })
+    }
+
+    fn listeners(
+        &mut self,
+        f: &Field<'_, '_>,
+        pools: &[PoolConfig],
+        pool_names: &[String],
+    ) -> Vec<ListenerConfig> {
+        let mut names = Vec::new();
+        self.named_tables(f, "listener", LISTENER_KEYS, &mut names)
+            .into_iter()
+            .filter_map(|(t, name)| self.listener(&t, name, pools, pool_names))
+            .collect()
+    }
+
+    fn listener(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        name: Option<String>,
+        pools: &[PoolConfig],
+        pool_names: &[String],
+    ) -> Option<ListenerConfig> {
+        let bind = self.req(t, "bind", "\"127.0.0.1:8080\"", Ctx::bind);
+        let protocol = self.opt(t, "protocol", Protocol::Http, |c, f| c.choice(f, PROTOCOLS));
+        let pool = self.req(t, "pool", "\"web\"", |c, f| c.reference(f, "pool", pool_names));
+        let routes = self.opt(t, "routes", Vec::new(), |c, f| c.routes(f, pool_names));
+        let timeouts = self.opt(t, "timeouts", Timeouts::default(), Ctx::timeouts);
+        let retries = self.opt(t, "retries", 2, |c, f| c.uint(f, 0, 100));
+        let tls = self.maybe(t, "tls", Ctx::tls);
+        let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
+        let access_log = self.opt(t, "access_log", false, Ctx::bool);
+        let protocol = protocol?;
+        if !self.protocol_rules(t, protocol, pools) {
+            return None;
+        }
+        Some(ListenerConfig {
+            name: name?,
+            bind: bind?,
+            protocol,
+            pool: pool?,
+            routes: routes?,
+            timeouts: timeouts?,
+            retries: retries?,
+            tls: tls?.unwrap_or_default(),
+            accept_proxy_protocol: accept_proxy_protocol?,
+            access_log: access_log?,
+        })
+    }
+
+    /// What a listener's protocol requires of its other keys; false if broken.
+    fn protocol_rules(&mut self, t: &Tbl<'_, '_>, protocol: Protocol, pools: &[PoolConfig]) -> bool {
+        let before = self.errors.len();
+        let tls = t.field("tls");
+        match (protocol, &tls) {
+            (Protocol::Https, None) => {
+                self.missing(t, "tls", "[{ cert = \"cert.pem\", key = \"key.pem\" }]");
+            }
+            (Protocol::Https, Some(f)) => {
+                if f.get().as_array().is_some_and(|a| a.is_empty()) {
+                    self.bad(f, "an https listener needs at least one certificate");
+                }
+            }
+            (_, Some(f)) => {
+                self.bad(f, "only https listeners use certificates: set protocol = \"https\" or remove tls");
+            }
+            (_, None) => {}
+        }
+        if protocol == Protocol::Tcp {
+            if let Some(f) = t.field("routes")
+                && f.get().as_array().is_some_and(|a| !a.is_empty())
+            {
+                self.bad(&f, "routes choose a pool by HTTP host and path, which a tcp listener never sees: remove them");
+            }
+            return self.errors.len() == before;
+        }
+        // A PROXY header names one client, but HTTP backend connections are
+        // pooled and reused for requests of many clients.
+        let mut refs: Vec<Field<'_, '_>> = t.field("pool").into_iter().collect();
+        if let Some(routes) = t.field("routes")
+            && let DeValue::Array(items) = routes.get()
+        {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(value) = item.get_ref().as_table().and_then(|r| r.get("pool")) {
+                    refs.push(Field {
+                        path: format!("{}[{i}].pool", routes.path),
+                        value,
+                    });
+                }
+            }
+        }
+        for f in &refs {
+            let Some(name) = f.get().as_str() else { continue };
+            if let Some(version) = pools.iter().find(|p| p.name == name).and_then(|p| p.proxy_protocol) {
+                let version = PROXY_VERSIONS.iter().find(|(_, v)| *v == version).map_or("", |(s, _)| s);
+                self.bad(
+                    f,
+                    format!(
+                        "pool \"{name}\" has proxy_protocol = \"{version}\", which only tcp listeners \
+                         can send: HTTP connections to backends carry requests of many clients"
+                    ),
+                );
+            }
+        }
+        self.errors.len() == before
+    }
+
+    fn routes(&mut self, f: &Field<'_, '_>, pool_names: &[String]) -> Option<Vec<RouteConfig>> {
+        let example = "{ host = \"us.mysite.com\", pool = \"web-us\" }";
+        let items = self.array(f, &format!("expected a list like [{example}]"))?;
+        self.each(&items, |c, item| {
+            let t = c.table(item, ROUTE_KEYS, &format!("expected a table like {example}"))?;
+            let host = c.maybe(&t, "host", |c, f| c.parsed(f, host_name));
+            let path_prefix = c.maybe(&t, "path_prefix", |c, f| c.parsed(f, path_prefix));
+            let pool = c.req(&t, "pool", "\"web\"", |c, f| c.reference(f, "pool", pool_names));
+            if t.field("host").is_none() && t.field("path_prefix").is_none() {
+                c.err(
+                    t.path.clone(),
+                    t.offset,
+                    "a route needs host, path_prefix or both (requests matching no route go to the listener's pool)"
+                        .to_owned(),
+                );
+                return None;
+            }
+            Some(RouteConfig {
+                host: host?,
+                path_prefix: path_prefix?,
+                pool: pool?,
+            })
+        })
+    }
+
+    fn timeouts(&mut self, f: &Field<'_, '_>) -> Option<Timeouts> {
+        let t = self.table(f, TIMEOUT_KEYS, "expected a table like { connect = \"5s\", idle = \"60s\" }")?;
+        let d = Timeouts::default();
+        let connect = self.opt(&t, "connect", d.connect, |c, f| c.duration(f, false));
+        let header = self.opt(&t, "header", d.header, |c, f| c.duration(f, false));
+        let request = self.opt(&t, "request", d.request, |c, f| c.duration(f, false));
+        let idle = self.opt(&t, "idle", d.idle, |c, f| c.duration(f, false));
+        Some(Timeouts {
+            connect: connect?,
+            header: header?,
+            request: request?,
+            idle: idle?,
+        })
+    }
+
+    fn tls(&mut self, f: &Field<'_, '_>) -> Option<Vec<TlsCertConfig>> {
+        let example = "{ cert = \"cert.pem\", key = \"key.pem\" }";
+        let items = self.array(f, &format!("expected a list like [{example}]"))?;
+        self.each(&items, |c, item| {
+            let t = c.table(item, TLS_KEYS, &format!("expected a table like {example}"))?;
+            let cert = c.req(&t, "cert", "\"cert.pem\"", Ctx::path);
+            let key = c.req(&t, "key", "\"key.pem\"", Ctx::path);
+            Some(TlsCertConfig { cert: cert?, key: key? })
+        })
+    }
+
+    // --- DNS -------------------------------------------------------------
+
+    fn dns(&mut self, f: &Field<'_, '_>, dc_names: &[String]) -> Option<DnsConfig> {
+        let t = self.table(f, DNS_KEYS, "expected a [dns] table")?;
+        let listen = self.req(&t, "listen", "[\"127.0.0.1:53\"]", |c, f| {
+            let items = c.array(f, "expected a list of addresses like [\"127.0.0.1:53\"]")?;
+            if items.is_empty() {
+                c.bad(f, "list at least one address to serve DNS on, like [\"127.0.0.1:53\"]");
+                return None;
+            }
+            c.each(&items, Ctx::bind)
+        });
+        let zones = t.field("zone").map(|f| self.zones(&f)).unwrap_or_default();
+        self.records_in_child_zones(&zones);
+        let geo = self.opt(&t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
+        let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
+        Some(DnsConfig {
+            listen: listen?,
+            zones: zones?,
+            geo: geo?,
+        })
+    }
+
+    fn zones<'t, 'i>(&mut self, f: &Field<'t, 'i>) -> Vec<ParsedZone<'t, 'i>> {
+        let Some(items) = self.array(f, "expected [[dns.zone]] tables (note the double brackets)") else {
+            return Vec::new();
+        };
+        let mut seen = HashMap::new();
+        items
+            .iter()
+            .filter_map(|item| {
+                let t = self.table(item, ZONE_KEYS, "expected a [[dns.zone]] table")?;
+                Some(self.zone(&t, &mut seen))
+            })
+            .collect()
+    }
+
+    fn zone<'t, 'i>(&mut self, t: &Tbl<'t, 'i>, seen: &mut HashMap<String, String>) -> ParsedZone<'t, 'i> {
+        let origin = self.req(t, "origin", "\"mysite.com\"", |c, f| {
+            let origin = c.parsed(f, |s| dns_name(s, None, false))?;
+            if let Some(first) = first_seen(seen, origin.clone(), &f.path) {
+                c.bad(f, format!("duplicate zone: {first} is the same"));
+            }
+            Some(origin)
+        });
+        let ttl = self.opt(t, "ttl", 3600, Ctx::ttl);
+        // With a bad origin, relative names are still checked, against the root.
+        let rel = origin.clone().unwrap_or_else(|| ".".to_owned());
+        let soa = self.req(t, "soa", SOA_EXAMPLE, |c, f| c.soa(f, &rel));
+        let ns = self.req(t, "ns", "[\"ns1.mysite.com.\"]", |c, f| c.ns_list(f, &rel));
+        let file = self.maybe(t, "file", Ctx::path);
+        let (records, records_ok) = match t.field("records") {
+            Some(f) => self.records(&f, &rel, ttl.unwrap_or(3600)),
+            None => (Vec::new(), true),
+        };
+        self.record_rules(&rel, &records);
+        let config = match (origin.clone(), ttl, soa, ns, file, records_ok) {
+            (Some(origin), Some(ttl), Some(soa), Some(ns), Some(file), true) => Some(ZoneConfig {
+                origin,
+                ttl,
+                soa,
+                ns,
+                file,
+                records: records.iter().map(|(_, r)| r.clone()).collect(),
+            }),
+            _ => None,
+        };
+        ParsedZone {
+            origin,
+            records,
+            config,
+        }
+    }
+
+    fn soa(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<SoaConfig> {
+        let t = self.table(f, SOA_KEYS, &format!("expected a table like {SOA_EXAMPLE}"))?;
+        let mname = self.req(&t, "mname", "\"ns1.mysite.com.\"", |c, f| {
+            c.parsed(f, |s| dns_name(s, Some(origin), false))
+        });
+        let rname = self.req(&t, "rname", "\"hostmaster.mysite.com.\"", |c, f| {
+            c.parsed(f, |s| mailbox(s, origin))
+        });
+        let serial = self.req(&t, "serial", "2026112701", |c, f| c.uint(f, 0, u32::MAX.into()));
+        let refresh = self.req(&t, "refresh", "\"1h\"", |c, f| c.soa_timer(f, false));
+        let retry = self.req(&t, "retry", "\"10m\"", |c, f| c.soa_timer(f, false));
+        let expire = self.req(&t, "expire", "\"14d\"", |c, f| c.soa_timer(f, false));
+        // A negative-caching time of 0 is legitimate: do not cache misses.
+        let minimum = self.req(&t, "minimum", "\"60s\"", |c, f| c.soa_timer(f, true));
+        Some(SoaConfig {
+            mname: mname?,
+            rname: rname?,
+            serial: serial?,
+            refresh: refresh?,
+            retry: retry?,
+            expire: expire?,
+            minimum: minimum?,
+        })
+    }
+
+    /// SOA timers go on the wire as 32-bit seconds.
+    fn soa_timer(&mut self, f: &Field<'_, '_>, zero_ok: bool) -> Option<Duration> {
+        let d = self.duration(f, zero_ok)?;
+        if d.subsec_nanos() != 0 {
+            self.bad(f, "SOA timers are whole seconds");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn ns_list(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<Vec<String>> {
+        let items = self.array(f, "expected a list of name servers like [\"ns1.mysite.com.\"]")?;
+        if items.is_empty() {
+            self.bad(f, "list at least one name server, like [\"ns1.mysite.com.\"]");
+            return None;
+        }
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            let name = c.parsed(item, |s| dns_name(s, Some(origin), false))?;
+            if let Some(first) = first_seen(&mut seen, name.clone(), &item.path) {
+                c.bad(item, format!("listed twice (also {first})"));
+            }
+            Some(name)
+        })
+    }
+
+    /// The valid records, and whether all were valid.
+    fn records<'t, 'i>(
+        &mut self,
+        f: &Field<'t, 'i>,
+        origin: &str,
+        zone_ttl: u32,
+    ) -> (Vec<(Field<'t, 'i>, RecordConfig)>, bool) {
+        let Some(items) = self.array(
+            f,
+            "expected a list like [{ name = \"www\", type = \"A\", value = \"192.0.2.1\" }]",
+        ) else {
+            return (Vec::new(), false);
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.record(&item, origin, zone_ttl) {
+                Some(record) => out.push((item, record)),
+                None => ok = false,
+            }
+        }
+        (out, ok)
+    }
+
+    fn record(&mut self, f: &Field<'_, '_>, origin: &str, zone_ttl: u32) -> Option<RecordConfig> {
+        let t = self.table(
+            f,
+            RECORD_KEYS,
+            "expected a table like { name = \"www\", type = \"A\", value = \"192.0.2.1\" }",
+        )?;
+        let name = self.req(&t, "name", "\"www\"", |c, f| c.parsed(f, |s| owner_name(s, origin)));
+        let rtype = self.req(&t, "type", "\"A\"", |c, f| c.parsed(f, record_type));
+        let ttl = self.opt(&t, "ttl", zone_ttl, Ctx::ttl);
+        let data = match rtype {
+            Some(rtype) => self.req(&t, "value", rtype.example(), |c, f| {
+                c.parsed(f, |s| record_data(rtype, s, origin))
+            }),
+            None => None,
+        };
+        Some(RecordConfig {
+            name: name?,
+            ttl: ttl?,
+            data: data?,
+        })
+    }
+
+    /// Rules between the records of one zone.
+    fn record_rules(&mut self, origin: &str, records: &[(Field<'_, '_>, RecordConfig)]) {
+        let mut seen = HashMap::new();
+        let mut by_owner: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (f, r)) in records.iter().enumerate() {
+            match &r.data {
+                RecordData::Ns(_) if r.name != origin => self.bad(
+                    f,
+                    format!(
+                        "an NS record below the apex would delegate {} to other servers, \
+                         which geolb does not do; serve it as its own [[dns.zone]]",
+                        r.name
+                    ),
+                ),
+                RecordData::Cname(_) if r.name == origin => self.bad(
+                    f,
+                    "a CNAME cannot be at the zone apex, which holds the SOA and NS records",
+                ),
+                _ => {}
+            }
+            let key = (r.name.clone(), format!("{:?}", r.data));
+            if let Some(first) = first_seen(&mut seen, key, &f.path) {
+                self.bad(f, format!("duplicate record: {first} has the same name, type and value"));
+            }
+            by_owner.entry(r.name.as_str()).or_default().push(i);
+        }
+        for indexes in by_owner.values() {
+            let has_cname = indexes
+                .iter()
+                .any(|&i| matches!(records[i].1.data, RecordData::Cname(_)));
+            if let [first, rest @ ..] = indexes.as_slice()
+                && has_cname
+            {
+                let first = &records[*first].0.path;
+                for &i in rest {
+                    let (f, r) = &records[i];
+                    let message = format!(
+                        "{first} is also at {}, and a CNAME must be the only record at its name",
+                        r.name
+                    );
+                    self.bad(f, message);
+                }
+            }
+        }
+    }
+
+    /// A record inside a nested zone would never be served from the parent.
+    fn records_in_child_zones(&mut self, zones: &[ParsedZone<'_, '_>]) {
+        let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
+        for zone in zones {
+            let Some(origin) = zone.origin.as_deref() else { continue };
+            for (f, r) in &zone.records {
+                if let Some(child) = origins
+                    .iter()
+                    .find(|o| **o != origin && in_zone(o, origin) && in_zone(&r.name, o))
+                {
+                    self.bad(f, format!("{} lies in the zone {child}, which answers for it: move the record there", r.name));
+                }
+            }
+        }
+    }
+
+    fn geos(
+        &mut self,
+        f: &Field<'_, '_>,
+        zones: &[ParsedZone<'_, '_>],
+        dc_names: &[String],
+    ) -> Option<Vec<GeoNameConfig>> {
+        let items = self.array(f, "expected [[dns.geo]] tables (note the double brackets)")?;
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| c.geo(item, zones, dc_names, &mut seen))
+    }
+
+    fn geo(
+        &mut self,
+        f: &Field<'_, '_>,
+        zones: &[ParsedZone<'_, '_>],
+        dc_names: &[String],
+        seen: &mut HashMap<String, String>,
+    ) -> Option<GeoNameConfig> {
+        let t = self.table(f, GEO_KEYS, "expected a [[dns.geo]] table")?;
+        let name = self.req(&t, "name", "\"api.mysite.com\"", |c, f| {
+            let name = c.parsed(f, |s| dns_name(s, None, false))?;
+            if let Some(first) = first_seen(seen, name.clone(), &f.path) {
+                c.bad(f, format!("duplicate geo name: {first} is the same"));
+            }
+            // A zone with a bad origin has its own error; this one would be noise.
+            let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
+            if origins.len() == zones.len() && !origins.iter().any(|o| in_zone(&name, o)) {
+                let message = if origins.is_empty() {
+                    "not inside any zone: add a [[dns.zone]] whose origin contains it".to_owned()
+                } else {
+                    format!("not inside any zone (origins: {})", origins.join(", "))
+                };
+                c.bad(f, message);
+                return None;
+            }
+            for (rf, r) in zones.iter().flat_map(|z| &z.records) {
+                if r.name == name {
+                    c.bad(
+                        rf,
+                        format!(
+                            "{name} is a geo name ({}): its answers come from the data centers, \
+                             so it cannot have static records",
+                            f.path
+                        ),
+                    );
+                }
+            }
+            Some(name)
+        });
+        let ttl = self.opt(&t, "ttl", 30, Ctx::ttl);
+        let datacenters = self.maybe(&t, "datacenters", |c, f| {
+            let list = c.references(f, "datacenter", dc_names)?;
+            if list.is_empty() {
+                c.bad(f, "list at least one data center, or leave datacenters out to use all of them");
+                return None;
+            }
+            Some(list)
+        });
+        if t.field("datacenters").is_none() && dc_names.is_empty() {
+            self.err(
+                t.key_path("datacenters"),
+                t.offset,
+                "no [[datacenter]] is defined to answer with".to_owned(),
+            );
+        }
+        let candidates = match &datacenters {
+            Some(Some(list)) => Some(list.len()),
+            Some(None) => Some(dc_names.len()),
+            None => None,
+        };
+        let answers = self.opt(&t, "answers", 1, |c, f| {
+            let n = c.int(f, 1, i64::MAX)? as usize;
+            if let Some(max) = candidates
+                && max > 0
+                && n > max
+            {
+                c.bad(f, format!("more than the {max} candidate data centers"));
+                return None;
+            }
+            Some(n)
+        });
+        Some(GeoNameConfig {
+            name: name?,
+            ttl: ttl?,
+            datacenters: datacenters?.unwrap_or_else(|| dc_names.to_vec()),
+            answers: answers?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Values
+
+const DURATION_FORM: &str =
+    "expected a whole number and a unit (ms, s, m, h or d), like \"250ms\", \"2s\", \"5m\" or \"14d\"";
+/// Also keeps every duration representable as 32-bit seconds (SOA timers)
+/// and far from `Instant` overflow.
+const MAX_DURATION_MS: u64 = u32::MAX as u64 * 1000;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    if number.is_empty() {
+        return Err(DURATION_FORM.to_owned());
+    }
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "" => return Err(format!("{DURATION_FORM}: the unit is missing (\"{number}s\" for seconds)")),
+        _ if unit.starts_with('.') => return Err(format!("{DURATION_FORM}: whole numbers only (\"1500ms\", not \"1.5s\")")),
+        _ if unit.starts_with(char::is_whitespace) => return Err(format!("{DURATION_FORM}, without a space")),
+        _ => return Err(DURATION_FORM.to_owned()),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .map(Duration::from_millis)
+        .ok_or_else(|| "too long: at most 4294967295s (about 136 years)".to_owned())
+}
+
+fn parse_socket(s: &str, bind: bool) -> Result<SocketAddr, String> {
+    const FORM: &str = "expected an IP address and port like \"127.0.0.1:8080\"";
+    let Ok(addr) = s.parse::<SocketAddr>() else {
+        let why = if let Ok(ip) = s.parse::<IpAddr>() {
+            match ip {
+                IpAddr::V4(_) => " (the port is missing)".to_owned(),
+                IpAddr::V6(_) => format!(" (the port is missing; IPv6 goes in brackets: \"[{ip}]:8080\")"),
+            }
+        } else if s.starts_with('[') && s.ends_with(']') {
+            " (the port is missing)".to_owned()
+        } else if s
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok())
+        {
+            " (host names are not accepted: give an IP address)".to_owned()
+        } else {
+            " or \"[::1]:8080\"".to_owned()
+        };
+        return Err(format!("{FORM}{why}"));
+    };
+    if !bind {
+        if addr.port() == 0 {
+            return Err("port 0 is only for listening: give the port to connect to".to_owned());
+        }
+        if addr.ip().is_unspecified() {
+            return Err(format!("{} is not an address to connect to", addr.ip()));
+        }
+    }
+    Ok(addr)
+}
+
+/// An address given out in DNS answers.
+fn public_ip(s: &str) -> Result<IpAddr, String> {
+    match s.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Err(format!("{ip} cannot be given out in DNS answers")),
+        Ok(ip) => Ok(ip),
+        Err(_) if s.parse::<SocketAddr>().is_ok() => {
+            Err("expected an IP address without a port".to_owned())
+        }
+        Err(_) => Err("expected an IP address like \"198.51.100.10\" or \"2001:db8::10\"".to_owned()),
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    const FORM: &str = "expected a network like \"10.0.0.0/8\" or \"2001:db8::/32\"";
+    let Some((ip, prefix)) = s.split_once('/') else {
+        return Err(match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => format!("{FORM} (the prefix length is missing: \"{s}/32\" for one address)"),
+            Ok(IpAddr::V6(_)) => format!("{FORM} (the prefix length is missing: \"{s}/128\" for one address)"),
+            Err(_) => FORM.to_owned(),
+        });
+    };
+    let addr: IpAddr = ip.parse().map_err(|_| FORM.to_owned())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = Some(prefix)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u8>().ok())
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("{FORM} (the prefix length is 0 to {max})"))?;
+    let network = match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    };
+    if network != addr {
+        return Err(format!(
+            "bits are set past the /{prefix} prefix: write \"{network}/{prefix}\""
+        ));
+    }
+    Ok(Cidr {
+        addr: network,
+        prefix,
+    })
+}
+
+/// Pool, listener and data-center names: they appear in metric labels and
+/// in admin URLs (`/datacenters/NAME`), hence no "." or "..".
+fn ident(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a name of letters, digits, '_', '.' and '-', like \"web-eu\"".to_owned())
+    }
+}
+
+fn country(s: &str) -> Result<String, String> {
+    if s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(s.to_ascii_uppercase())
+    } else {
+        Err("expected a two-letter country code (ISO 3166-1), like \"DE\"".to_owned())
+    }
+}
+
+fn continent(s: &str) -> Result<String, String> {
+    const CODES: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+    let upper = s.to_ascii_uppercase();
+    if CODES.contains(&upper.as_str()) {
+        Ok(upper)
+    } else {
+        Err(format!("expected a continent code: one of {}", CODES.join(", ")))
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn hash_key(s: &str) -> Result<HashKey, String> {
+    const FORM: &str = "expected \"client_ip\", \"header:<name>\" or \"cookie:<name>\"";
+    if s == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    let (kind, name) = s.split_once(':').ok_or(FORM)?;
+    if !matches!(kind, "header" | "cookie") {
+        return Err(FORM.to_owned());
+    }
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!(
+            "{FORM}, where <name> is letters, digits and !#$%&'*+-.^_`|~"
+        ));
+    }
+    Ok(if kind == "header" {
+        HashKey::Header(name.to_ascii_lowercase())
+    } else {
+        HashKey::Cookie(name.to_owned())
+    })
+}
+
+fn http_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err("expected a path starting with \"/\", like \"/health\"".to_owned());
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("spaces and non-ASCII characters must be percent-encoded (\"%20\")".to_owned());
+    }
+    if s.contains('#') {
+        return Err("a #fragment is never sent to a server: remove it".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+fn path_prefix(s: &str) -> Result<String, String> {
+    let path = http_path(s)?;
+    if path.contains('?') {
+        return Err("path_prefix matches the path only: remove the ?query".to_owned());
+    }
+    Ok(path)
+}
+
+/// A Host header / SNI name or an IP address, lower-case, without a port
+/// or a trailing dot; IPv6 in brackets.
+fn host_name(s: &str) -> Result<String, String> {
+    const FORM: &str = "expected a host name like \"mysite.com\" or an IP address";
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|ip| format!("[{ip}]"))
+            .map_err(|_| FORM.to_owned());
+    }
+    if s.contains(':') {
+        return Err(if s.parse::<Ipv6Addr>().is_ok() {
+            format!("IPv6 addresses go in brackets: \"[{s}]\"")
+        } else {
+            format!("{FORM}, without a port")
+        });
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() || name.ends_with('.') {
+        return Err(FORM.to_owned());
+    }
+    let mut name = dns_name(name, None, false)?;
+    name.pop();
+    Ok(name)
+}
+
+struct Url {
+    tls: bool,
+    /// As in [`host_name`].
+    host: String,
+    /// `host:port`.
+    target: String,
+    /// Path and query; at least "/".
+    path: String,
+}
+
+fn parse_url(s: &str) -> Result<Url, String> {
+    const FORM: &str = "expected a URL like \"http://192.0.2.1:9100/datacenters/eu-west\"";
+    let scheme_end = s.find("://").ok_or(FORM)?;
+    let tls = match s[..scheme_end].to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => return Err(format!("{FORM} (http:// or https://)")),
+    };
+    let rest = &s[scheme_end + 3..];
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err("user names and passwords in the URL are not supported".to_owned());
+    }
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    let host = host_name(host).map_err(|e| format!("in the URL's host: {e}"))?;
+    let port = match port {
+        None => if tls { 443 } else { 80 },
+        Some(p) => Some(p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or("the URL's port must be a number from 1 to 65535")?,
+    };
+    let path = match path {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => http_path(&format!("/{p}"))?,
+        p => http_path(p)?,
+    };
+    Ok(Url {
+        tls,
+        target: format!("{host}:{port}"),
+        host,
+        path,
+    })
+}
+
+/// An absolute, lower-case domain name with a trailing dot.
+///
+/// With an `origin`, names without a trailing dot are relative to it and "@"
+/// is the origin itself; without one, the trailing dot is optional. A `*`
+/// is accepted as the whole leftmost label only when `wildcard`.
+fn dns_name(s: &str, origin: Option<&str>, wildcard: bool) -> Result<String, String> {
+    if s == "@" {
+        return origin
+            .map(str::to_owned)
+            .ok_or_else(|| "\"@\" (the zone's origin) is only meaningful inside a zone: give the full name".to_owned());
+    }
+    if s == "." {
+        return Ok(".".to_owned());
+    }
+    if s.is_empty() {
+        return Err("expected a domain name like \"mysite.com\"".to_owned());
+    }
+    if !s.is_ascii() {
+        return Err("write international names in their ASCII (xn--) form".to_owned());
+    }
+    let lower = s.to_ascii_lowercase();
+    let (body, absolute) = match lower.strip_suffix('.') {
+        Some(body) => (body, true),
+        None => (lower.as_str(), false),
+    };
+    for (i, label) in body.split('.').enumerate() {
+        if label.is_empty() {
+            return Err("empty label: two dots in a row, or a leading dot".to_owned());
+        }
+        if label == "*" {
+            if wildcard && i == 0 {
+                continue;
+            }
+            return Err("\"*\" is only allowed as the whole leftmost label of a record's name".to_owned());
+        }
+        if label.len() > 63 {
+            return Err(format!("the label \"{label}\" is longer than 63 characters"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!(
+                "the label \"{label}\" may hold only letters, digits, '-' and '_'"
+            ));
+        }
+    }
+    let name = match (absolute, origin) {
+        (false, Some(origin)) if origin != "." => format!("{body}.{origin}"),
+        _ => format!("{body}."),
+    };
+    if name.len() > 254 {
+        return Err(format!("{name} is longer than 253 characters"));
+    }
+    Ok(name)
+}
+
+fn in_zone(name: &str, origin: &str) -> bool {
+    origin == "."
+        || name == origin
+        || name
+            .strip_suffix(origin)
+            .is_some_and(|head| head.ends_with('.'))
+}
+
+/// A record's owner: relative to `origin`, and inside its zone.
+fn owner_name(s: &str, origin: &str) -> Result<String, String> {
+    let name = dns_name(s, Some(origin), true)?;
+    if !in_zone(&name, origin) {
+        return Err(format!(
+            "{name} is outside the zone {origin}: write names relative to the origin (\"www\"), \
+             or ending in \".{origin}\""
+        ));
+    }
+    Ok(name)
+}
+
+/// The SOA RNAME: a mailbox written as a name.
+fn mailbox(s: &str, origin: &str) -> Result<String, String> {
+    if s.contains('@') {
+        let fixed = s.replacen('@', ".", 1);
+        let fixed = if fixed.ends_with('.') { fixed } else { fixed + "." };
+        return Err(format!("a mailbox is written as a name: \"{fixed}\""));
+    }
+    dns_name(s, Some(origin), false)
+}
+
+#[derive(Clone, Copy)]
+enum RecordType {
+    A,
+    Aaaa,
+    Cname,
+    Ns,
+    Mx,
+    Txt,
+    Srv,
+    Caa,
+}
+
+impl RecordType {
+    fn example(self) -> &'static str {
+        match self {
+            RecordType::A => "\"192.0.2.1\"",
+            RecordType::Aaaa => "\"2001:db8::1\"",
+            RecordType::Cname => "\"api.mysite.com.\"",
+            RecordType::Ns => "\"ns1.mysite.com.\"",
+            RecordType::Mx => "\"10 mail.mysite.com.\"",
+            RecordType::Txt => "\"v=spf1 -all\"",
+            RecordType::Srv => "\"10 5 5060 sip.mysite.com.\"",
+            RecordType::Caa => "'0 issue \"letsencrypt.org\"'",
+        }
+    }
+}
+
+fn record_type(s: &str) -> Result<RecordType, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "A" => Ok(RecordType::A),
+        "AAAA" => Ok(RecordType::Aaaa),
+        "CNAME" => Ok(RecordType::Cname),
+        "NS" => Ok(RecordType::Ns),
+        "MX" => Ok(RecordType::Mx),
+        "TXT" => Ok(RecordType::Txt),
+        "SRV" => Ok(RecordType::Srv),
+        "CAA" => Ok(RecordType::Caa),
+        "SOA" => Err("the zone's SOA record comes from its soa key: remove this record".to_owned()),
+        _ => Err("expected one of A, AAAA, CNAME, NS, MX, TXT, SRV, CAA".to_owned()),
+    }
+}
+
+fn number<T: std::str::FromStr>(s: &str, what: &str, max: u32) -> Result<T, String> {
+    Some(s)
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("the {what} must be a number from 0 to {max}"))
+}
+
+fn record_data(rtype: RecordType, s: &str, origin: &str) -> Result<RecordData, String> {
+    let name = |s: &str, what: &str| {
+        dns_name(s, Some(origin), false).map_err(|e| format!("the {what}: {e}"))
+    };
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    match rtype {
+        RecordType::A => s.parse().map(RecordData::A).map_err(|_| {
+            if s.parse::<Ipv6Addr>().is_ok() {
+                "an IPv6 address goes in type = \"AAAA\"".to_owned()
+            } else {
+                "expected an IPv4 address like \"192.0.2.1\"".to_owned()
+            }
+        }),
+        RecordType::Aaaa => s.parse().map(RecordData::Aaaa).map_err(|_| {
+            if s.parse::<Ipv4Addr>().is_ok() {
+                "an IPv4 address goes in type = \"A\"".to_owned()
+            } else {
+                "expected an IPv6 address like \"2001:db8::1\"".to_owned()
+            }
+        }),
+        RecordType::Cname => name(s, "target").map(RecordData::Cname),
+        RecordType::Ns => name(s, "name server").map(RecordData::Ns),
+        RecordType::Txt => Ok(RecordData::Txt(s.to_owned())),
+        RecordType::Mx => match parts[..] {
+            [preference, exchange] => Ok(RecordData::Mx {
+                preference: number(preference, "preference", u16::MAX.into())?,
+                exchange: name(exchange, "exchange")?,
+            }),
+            _ => Err("expected \"preference exchange\", like \"10 mail.mysite.com.\"".to_owned()),
+        },
+        RecordType::Srv => match parts[..] {
+            [priority, weight, port, target] => Ok(RecordData::Srv {
+                priority: number(priority, "priority", u16::MAX.into())?,
+                weight: number(weight, "weight", u16::MAX.into())?,
+                port: number(port, "port", u16::MAX.into())?,
+                target: name(target, "target")?,
+            }),
+            _ => Err("expected \"priority weight port target\", like \"10 5 5060 sip.mysite.com.\"".to_owned()),
+        },
+        RecordType::Caa => caa(s),
+    }
+}
+
+fn caa(s: &str) -> Result<RecordData, String> {
+    const FORM: &str = "expected \"flags tag value\", like '0 issue \"letsencrypt.org\"'";
+    let (flags, rest) = s.trim().split_once(char::is_whitespace).ok_or(FORM)?;
+    let (tag, value) = rest.trim_start().split_once(char::is_whitespace).ok_or(FORM)?;
+    let flags = number(flags, "flags", u8::MAX.into())?;
+    if tag.is_empty() || tag.len() > 15 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("the tag is letters and digits, like issue, issuewild or iodef".to_owned());
+    }
+    let value = value.trim();
+    let value = match value.strip_prefix('"') {
+        Some(quoted) => quoted
+            .strip_suffix('"')
+            .filter(|inner| !inner.contains('"'))
+            .ok_or("the quoted value needs its closing quote, and no quote inside")?,
+        None if value.contains('"') => return Err(FORM.to_owned()),
+        None => value,
+    };
+    Ok(RecordData::Caa {
+        flags,
+        tag: tag.to_ascii_lowercase(),
+        value: value.to_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Messages
+
+/// How much of a value an error shows.
+const SHOW_LIMIT: usize = 80;
+
+/// A value as TOML-ish text, shortened for an error message.
+fn show(value: &DeValue<'_>) -> String {
+    let mut out = String::new();
+    render(value, &mut out);
+    if out.len() > SHOW_LIMIT {
+        let mut end = SHOW_LIMIT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push_str("...");
+    }
+    out
+}
+
+fn render(value: &DeValue<'_>, out: &mut String) {
+    match value {
+        DeValue::String(s) => quote(s, out),
+        DeValue::Integer(n) => {
+            let _ = write!(out, "{n}");
+        }
+        DeValue::Float(x) => out.push_str(x.as_str()),
+        DeValue::Boolean(b) => {
+            let _ = write!(out, "{b}");
+        }
+        DeValue::Datetime(d) => {
+            let _ = write!(out, "{d}");
+        }
+        DeValue::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if out.len() > SHOW_LIMIT {
+                    break;
+                }
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                render(item.get_ref(), out);
+            }
+            out.push(']');
+        }
+        DeValue::Table(table) if table.is_empty() => out.push_str("{}"),
+        DeValue::Table(table) => {
+            out.push_str("{ ");
+            for (i, (key, item)) in table.iter().enumerate() {
+                if out.len() > SHOW_LIMIT {
+                    break;
+                }
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let key: &str = key.get_ref();
+                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                    out.push_str(key);
+                } else {
+                    quote(key, out);
+                }
+                out.push_str(" = ");
+                render(item.get_ref(), out);
+            }
+            out.push_str(" }");
+        }
+    }
+}
+
+/// A TOML basic string.
+fn quote(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        if out.len() > SHOW_LIMIT * 2 {
+            break;
+        }
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The closest of `options` to a misspelt `word`, if close enough to be a
+/// plausible typo.
+fn suggest<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    if word.len() > 64 {
+        return None;
+    }
+    let word = word.to_ascii_lowercase();
+    let allowed = if word.chars().count() <= 4 { 1 } else { 2 };
+    options
+        .into_iter()
+        .map(|option| (edit_distance(&word, &option.to_ascii_lowercase()), option))
+        .filter(|(distance, _)| *distance <= allowed)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, option)| option)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}

@@ -1,0 +1,28 @@
+//! geolb: a GeoDNS server and an L7/L4 load balancer in one daemon.
+//!
+//! # Layout
+//!
+//! One module per step of the data flow:
+//!
+//! - [`config`]: TOML text -> validated [`config::Config`], every error
+//!   with its key path and line.
+//! - [`state`]: a config compiled into the [`state::Snapshot`] the data
+//!   path reads, swapped whole through one `ArcSwap`.
+//! - [`health`]: active checks and the health table, kept outside the
+//!   snapshot so that a reload keeps backend states.
+//! - [`balance`]: pure backend selection.
+//! - [`proxy`]: the HTTP data path (accept, route, pick, forward, stream).
+//! - [`admin`]: /healthz, /metrics, /status, /reload, the status page.
+//! - [`metrics`]: metric names, descriptions and buckets.
+//! - [`app`]: wiring, signals and shutdown order.
+//! - [`demo`]: `geolb demo`, a self-contained setup on loopback.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod state;

@@ -1,0 +1,113 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "geolb", version, about = "GeoDNS server and L7/L4 load balancer in one daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (logs to stderr).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config without binding anything, like `nginx -t`.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A self-contained demo on loopback, with built-in backends.
+    Demo,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GEOLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match geolb::app::load_checked(&config) {
+            Ok(c) => {
+                let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
+                println!(
+                    "{}: ok: {} listener(s), {} pool(s) with {} backend(s), {} data center(s), {} zone(s)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.pools.len(),
+                    backends,
+                    c.datacenters.len(),
+                    c.dns.as_ref().map_or(0, |d| d.zones.len()),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: invalid, {} error(s):", config.display(), errors.0.len());
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config: path } => {
+            init_logging();
+            let config = match geolb::app::load_checked(&path) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{}: cannot start, {} error(s):", path.display(), errors.0.len());
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = match runtime(config.runtime.worker_threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let path = std::path::absolute(&path).unwrap_or(path);
+            match rt.block_on(geolb::app::serve(path, config, None)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("geolb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => {
+            init_logging();
+            let rt = match runtime(None) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(geolb::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("geolb demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

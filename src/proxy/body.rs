@@ -1,0 +1,196 @@
+//! Bodies on the proxy path: streamed, never buffered whole.
+//!
+//! [`ResponseBody`] carries what must happen when a response ends: the
+//! backend connection goes back to the idle list (only after a clean end),
+//! the active count drops, and the request is counted and logged once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::activity::Activity;
+use super::pool::Sender;
+use crate::metrics::RouteMetrics;
+use crate::state::BackendShared;
+
+pub type BackendRequestBody = Either<Incoming, Empty<Bytes>>;
+
+/// Holds one unit of a backend's active count until dropped.
+pub struct ActiveGuard(Arc<BackendShared>);
+
+impl ActiveGuard {
+    pub fn new(shared: Arc<BackendShared>) -> Self {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(shared)
+    }
+
+    pub fn shared(&self) -> &Arc<BackendShared> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One line of the access log, filled in as the request goes.
+pub struct AccessLog {
+    pub client: std::net::SocketAddr,
+    pub listener: Arc<str>,
+    pub pool: Arc<str>,
+    pub backend: Option<Arc<str>>,
+    pub method: http::Method,
+    pub host: String,
+    pub path: String,
+    pub retries: u32,
+}
+
+/// What to do when a response ends, however it ends.
+pub struct Completion {
+    pub start: Instant,
+    pub status: u16,
+    pub metrics: Arc<RouteMetrics>,
+    /// Told when the response ends, for the connection's header timer.
+    pub activity: Arc<Activity>,
+    pub active: Option<ActiveGuard>,
+    /// Returned to the backend's idle list after a clean end of body.
+    pub sender: Option<Sender>,
+    pub bytes: u64,
+    pub access: Option<Box<AccessLog>>,
+}
+
+impl Completion {
+    fn finish_clean(&mut self) {
+        if let (Some(sender), Some(active)) = (self.sender.take(), self.active.as_ref()) {
+            active.shared().idle.put(sender);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.activity.request_ended();
+        let elapsed = self.start.elapsed();
+        self.metrics.record(self.status, elapsed.as_secs_f64());
+        if let Some(a) = self.access.take() {
+            tracing::info!(
+                target: "geolb::access",
+                client = %a.client.ip(),
+                listener = %a.listener,
+                pool = %a.pool,
+                backend = a.backend.as_deref().unwrap_or("-"),
+                method = %a.method,
+                host = %a.host,
+                path = %a.path,
+                status = self.status,
+                bytes = self.bytes,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                retries = a.retries,
+            );
+        }
+    }
+}
+
+enum Inner {
+    Backend(Incoming),
+    Message(Option<Bytes>),
+}
+
+pub struct ResponseBody {
+    inner: Inner,
+    completion: Option<Completion>,
+}
+
+impl ResponseBody {
+    pub fn from_backend(body: Incoming, mut completion: Completion) -> Self {
+        let done = body.is_end_stream();
+        if done {
+            completion.finish_clean();
+        }
+        ResponseBody {
+            inner: Inner::Backend(body),
+            completion: if done { None } else { Some(completion) },
+        }
+    }
+
+    pub fn message(text: Bytes, completion: Option<Completion>) -> Self {
+        ResponseBody {
+            inner: Inner::Message(Some(text)),
+            completion,
+        }
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody {
+            inner: Inner::Message(None),
+            completion: None,
+        }
+    }
+
+    fn end(&mut self, clean: bool) {
+        if let Some(mut c) = self.completion.take()
+            && clean
+        {
+            c.finish_clean();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Message(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Inner::Backend(body) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                match frame {
+                    Some(Ok(frame)) => {
+                        if let (Some(data), Some(c)) = (frame.data_ref(), this.completion.as_mut()) {
+                            c.bytes += data.len() as u64;
+                        }
+                        if body.is_end_stream() {
+                            this.end(true);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    None => {
+                        this.end(true);
+                        Poll::Ready(None)
+                    }
+                    Some(Err(e)) => {
+                        this.end(false);
+                        Poll::Ready(Some(Err(e)))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Backend(body) => body.is_end_stream(),
+            Inner::Message(text) => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Backend(body) => body.size_hint(),
+            Inner::Message(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+        }
+    }
+}

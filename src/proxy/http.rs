@@ -1,0 +1,444 @@
+//! The L7 path: accept, read a request, route it to a pool, pick a
+//! backend, forward with timeouts and retries, stream the answer back.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::activity::{Activity, TrackedIo};
+use super::body::{AccessLog, ActiveGuard, BackendRequestBody, Completion, ResponseBody};
+use super::headers;
+use super::pool;
+use crate::state::SharedSnapshot;
+
+/// What every connection of one listener shares.
+pub struct HttpContext {
+    pub snapshot: SharedSnapshot,
+    /// The listener's identity in the snapshot.
+    pub bind: SocketAddr,
+    pub proto: &'static str,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    server: auto::Builder<TokioExecutor>,
+}
+
+impl HttpContext {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        bind: SocketAddr,
+        proto: &'static str,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        // 64 KiB of head is plenty for real clients; past it: 431.
+        server.http1().max_buf_size(64 * 1024).half_close(false);
+        Arc::new(HttpContext {
+            snapshot,
+            bind,
+            proto,
+            tasks,
+            shutdown,
+            server,
+        })
+    }
+}
+
+/// Accepts until `shutdown`, handing each connection to its own task.
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let ctx2 = ctx.clone();
+                ctx.tasks
+                    .spawn(async move { serve_connection(stream, peer, ctx2).await });
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(listener = %ctx.bind, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct ConnCtx {
+    ctx: Arc<HttpContext>,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeouts = match ctx.snapshot.load().listeners.get(&ctx.bind) {
+        Some(l) => l.config.timeouts,
+        None => return,
+    };
+    let activity = Activity::new();
+    let conn_ctx = Arc::new(ConnCtx {
+        ctx: ctx.clone(),
+        peer,
+        activity: activity.clone(),
+    });
+    let service = service_fn(move |req| {
+        let conn_ctx = conn_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &conn_ctx).await) }
+    });
+    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let conn = ctx.server.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
+    tokio::pin!(watchdog);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %peer, error = %e, "client connection ended");
+                }
+                return;
+            }
+            reason = &mut watchdog => {
+                tracing::debug!(client = %peer, reason, "client connection cut");
+                return;
+            }
+            _ = ctx.shutdown.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// Why no backend answered.
+enum Failure {
+    NoBackend,
+    Connect(Arc<str>, io::Error),
+    Timeout(Arc<str>, Duration),
+    Backend(Arc<str>, hyper::Error),
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// The host a request is for, lower-case and without a port.
+fn host_name(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    let host = if let Some(rest) = s.strip_prefix('[') {
+        rest.split(']').next()?
+    } else {
+        s.rsplit_once(':').map_or(s, |(h, _)| h)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
+    let start = Instant::now();
+    conn.activity.request_started();
+    let snapshot = conn.ctx.snapshot.load();
+    let Some(listener) = snapshot.listeners.get(&conn.ctx.bind).cloned() else {
+        conn.activity.request_ended();
+        return message(StatusCode::SERVICE_UNAVAILABLE, "this listener is shutting down", None);
+    };
+    drop(snapshot);
+
+    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let host = host_value.as_ref().and_then(host_name);
+    let route = listener.route(host.as_deref(), req.uri().path());
+    let pool = route.pool.clone();
+    let mut completion = Completion {
+        start,
+        status: 0,
+        metrics: route.metrics.clone(),
+        activity: conn.activity.clone(),
+        active: None,
+        sender: None,
+        bytes: 0,
+        access: listener.config.access_log.then(|| {
+            Box::new(AccessLog {
+                client: conn.peer,
+                listener: listener.config.name.as_str().into(),
+                pool: pool.name.clone(),
+                backend: None,
+                method: req.method().clone(),
+                host: host.clone().unwrap_or_default(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                retries: 0,
+            })
+        }),
+    };
+
+    // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
+    // carried a Content-Length too (hyper keeps only the chunked framing);
+    // close the connection after it rather than trust what follows.
+    let close_after = req.headers().contains_key(header::TRANSFER_ENCODING);
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    headers::add_forwarded(
+        req.headers_mut(),
+        conn.peer.ip(),
+        conn.ctx.proto,
+        host_value.clone(),
+    );
+    if !req.headers().contains_key(header::HOST)
+        && let Some(h) = host_value
+    {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    // Backends get origin-form over HTTP/1.1, whatever the client spoke.
+    if req.uri().authority().is_some() {
+        let origin = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = origin;
+    }
+    *req.version_mut() = Version::HTTP_11;
+
+    let (parts, body) = req.into_parts();
+    // A body-less idempotent request can be rebuilt and sent again after a
+    // backend closed on it; anything with a body cannot.
+    let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+    let mut pending: Option<Request<BackendRequestBody>> =
+        Some(Request::from_parts(parts, Either::Left(body)));
+    let rebuild = || {
+        replay.as_ref().map(|(method, uri, headers)| {
+            let mut r = Request::new(Either::Right(Empty::<Bytes>::new()));
+            *r.method_mut() = method.clone();
+            *r.uri_mut() = uri.clone();
+            *r.headers_mut() = headers.clone();
+            r
+        })
+    };
+
+    let timeouts = listener.config.timeouts;
+    let retries = listener.config.retries as usize;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut failure = Failure::NoBackend;
+    // Stale pooled connections are retried on the same backend without
+    // counting as a retry; this bounds how often that can happen.
+    let mut stale_left = 8;
+    while tried.len() <= retries {
+        let Some(index) = pool.pick(&tried, 0) else {
+            break;
+        };
+        let Some(request) = pending.take().or_else(rebuild) else {
+            break;
+        };
+        if !tried.is_empty() {
+            route.metrics.retried();
+        }
+        tried.push(index);
+        let backend = &pool.backends[index];
+        let mut sender = match backend.shared.idle.take() {
+            Some(s) => s,
+            None => match pool::connect(backend.addr, timeouts.connect).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                    failure = Failure::Connect(backend.label.clone(), e);
+                    pending = Some(request);
+                    continue;
+                }
+            },
+        };
+        let active = ActiveGuard::new(backend.shared.clone());
+        match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
+            Err(_) => {
+                failure = Failure::Timeout(backend.label.clone(), timeouts.request);
+                break;
+            }
+            Ok(Ok(mut resp)) => {
+                if let Some(a) = completion.access.as_mut() {
+                    a.backend = Some(backend.label.clone());
+                    a.retries = (tried.len() - 1) as u32;
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade
+                {
+                    let backend_upgrade = hyper::upgrade::on(&mut resp);
+                    conn.ctx.tasks.spawn(tunnel(
+                        client_upgrade,
+                        backend_upgrade,
+                        active,
+                        timeouts.idle,
+                    ));
+                    headers::strip_hop_by_hop(resp.headers_mut(), true);
+                    completion.status = 101;
+                    let (parts, _) = resp.into_parts();
+                    return Response::from_parts(parts, ResponseBody::message(Bytes::new(), Some(completion)));
+                }
+                headers::strip_hop_by_hop(resp.headers_mut(), false);
+                if close_after {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                completion.status = resp.status().as_u16();
+                completion.active = Some(active);
+                completion.sender = Some(sender);
+                let (parts, body) = resp.into_parts();
+                return Response::from_parts(parts, ResponseBody::from_backend(body, completion));
+            }
+            Ok(Err(mut e)) => {
+                if let Some(request) = e.take_message() {
+                    // Closed before our request was written: nothing was
+                    // sent, so the same backend may be tried afresh.
+                    pending = Some(request);
+                    if stale_left > 0 {
+                        stale_left -= 1;
+                        tried.pop();
+                    }
+                    continue;
+                }
+                let err = e.into_error();
+                let retryable = replay.is_some() && err.is_incomplete_message();
+                tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
+                failure = Failure::Backend(backend.label.clone(), err);
+                if !retryable {
+                    break;
+                }
+            }
+        }
+    }
+    let (status, text) = match failure {
+        Failure::NoBackend if tried.is_empty() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no healthy backend in pool {}", pool.name),
+        ),
+        Failure::NoBackend => (
+            StatusCode::BAD_GATEWAY,
+            format!("every backend of pool {} failed", pool.name),
+        ),
+        Failure::Connect(b, e) if e.kind() == io::ErrorKind::TimedOut => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("could not connect to backend {b} within {:?}", timeouts.connect),
+        ),
+        Failure::Connect(b, e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("could not connect to backend {b}: {e}"),
+        ),
+        Failure::Timeout(b, t) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("backend {b} did not answer within {t:?}"),
+        ),
+        Failure::Backend(b, e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("backend {b} failed: {}", error_chain(&e)),
+        ),
+    };
+    completion.status = status.as_u16();
+    message(status, &text, Some(completion))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// A short plain-text answer of our own.
+pub fn message(status: StatusCode, text: &str, completion: Option<Completion>) -> Response<ResponseBody> {
+    let body = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        text
+    );
+    let mut resp = Response::new(ResponseBody::message(Bytes::from(body), completion));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Copies both ways between an upgraded client and backend until both
+/// close or nothing moves for `idle`.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, active: ActiveGuard, idle: Duration) {
+    let (client, backend) = match tokio::join!(client, backend) {
+        (Ok(c), Ok(b)) => (c, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let mut client = TrackedIo::new(TokioIo::new(client), activity.clone());
+    let mut backend = TokioIo::new(backend);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel ended");
+            }
+        }
+        reason = activity.watchdog(None, idle) => {
+            tracing::debug!(reason, "tunnel cut");
+        }
+    }
+    drop(active);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names() {
+        let h = |s: &'static str| host_name(&HeaderValue::from_static(s));
+        assert_eq!(h("Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(h("example.com").as_deref(), Some("example.com"));
+        assert_eq!(h("[::1]:80").as_deref(), Some("::1"));
+    }
+}

@@ -1,0 +1,263 @@
+//! The snapshot: a config compiled into what the data path reads, swapped
+//! whole through one `ArcSwap`. A request loads it once and sees one
+//! consistent generation from routing to backend choice.
+//!
+//! What must outlive a snapshot (health, active counts, idle backend
+//! connections) is owned elsewhere and referenced by key, so a new
+//! snapshot for a config that keeps a backend keeps its state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+
+use crate::balance::{self, Balancer, Candidates};
+use crate::config::{Config, ListenerConfig, PoolConfig, RouteConfig};
+use crate::health::{Health, HealthKey, HealthTable};
+use crate::metrics::RouteMetrics;
+use crate::proxy::pool::IdleConnections;
+
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    /// In config order.
+    pub pools: Vec<Arc<Pool>>,
+    /// By bind address: the identity of a listener across reloads.
+    pub listeners: HashMap<SocketAddr, Arc<Listener>>,
+}
+
+impl Snapshot {
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+pub struct Listener {
+    pub config: ListenerConfig,
+    pub default_route: Route,
+    pub routes: Vec<(RouteConfig, Route)>,
+}
+
+impl Listener {
+    /// First matching route, else the listener's pool. `host` is lower-case
+    /// without a port.
+    pub fn route(&self, host: Option<&str>, path: &str) -> &Route {
+        self.routes
+            .iter()
+            .find(|(rule, _)| {
+                rule.host.as_deref().is_none_or(|h| Some(h) == host)
+                    && rule
+                        .path_prefix
+                        .as_deref()
+                        .is_none_or(|p| path.starts_with(p))
+            })
+            .map_or(&self.default_route, |(_, route)| route)
+    }
+}
+
+/// A pool as seen from one listener: the pool and that pair's metrics.
+pub struct Route {
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    pub config: PoolConfig,
+    pub backends: Vec<Backend>,
+    balancer: Box<dyn Balancer>,
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// `addr` as text, for labels and logs.
+    pub label: Arc<str>,
+    pub weight: u32,
+    pub drain: bool,
+    pub health: Arc<Health>,
+    pub shared: Arc<BackendShared>,
+}
+
+impl Backend {
+    /// Up and not drained: may take new work.
+    pub fn is_available(&self) -> bool {
+        !self.drain && self.health.is_up()
+    }
+}
+
+/// Per backend address, shared by every pool and generation naming it.
+pub struct BackendShared {
+    pub active: AtomicUsize,
+    pub idle: IdleConnections,
+}
+
+impl BackendShared {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+impl Pool {
+    /// Backends up and not drained.
+    pub fn healthy(&self) -> usize {
+        self.backends.iter().filter(|b| b.is_available()).count()
+    }
+
+    /// Picks an available backend not in `tried`.
+    pub fn pick(&self, tried: &[usize], key: u64) -> Option<usize> {
+        self.balancer.pick(&PickView { pool: self, tried }, key)
+    }
+}
+
+struct PickView<'a> {
+    pool: &'a Pool,
+    tried: &'a [usize],
+}
+
+impl Candidates for PickView<'_> {
+    fn count(&self) -> usize {
+        self.pool.backends.len()
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.pool.backends[i].weight
+    }
+    fn eligible(&self, i: usize) -> bool {
+        self.pool.backends[i].is_available() && !self.tried.contains(&i)
+    }
+    fn active(&self, i: usize) -> usize {
+        self.pool.backends[i].shared.active()
+    }
+}
+
+/// Per-address state that must survive snapshots. Entries die with the
+/// last snapshot that names them.
+#[derive(Default)]
+pub struct BackendRegistry {
+    by_addr: Mutex<HashMap<SocketAddr, Weak<BackendShared>>>,
+}
+
+impl BackendRegistry {
+    fn get(&self, addr: SocketAddr) -> Arc<BackendShared> {
+        let mut map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(shared) = map.get(&addr).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let shared = Arc::new(BackendShared {
+            active: AtomicUsize::new(0),
+            idle: IdleConnections::default(),
+        });
+        map.insert(addr, Arc::downgrade(&shared));
+        shared
+    }
+}
+
+/// The health keys a config needs: one per (backend address, pool check).
+pub fn health_keys(config: &Config) -> Vec<HealthKey> {
+    let mut keys = Vec::new();
+    for pool in &config.pools {
+        for backend in &pool.backends {
+            if let Some(key) = pool_check_key(pool, backend.addr)
+                && !keys.contains(&key)
+            {
+                keys.push(key);
+            }
+        }
+    }
+    for dc in &config.datacenters {
+        if let Some(remote) = &dc.check {
+            let key = HealthKey {
+                target: remote.target.clone(),
+                check: remote.check.clone(),
+                proxy_protocol: None,
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+fn pool_check_key(pool: &PoolConfig, addr: SocketAddr) -> Option<HealthKey> {
+    pool.check.as_ref().map(|check| HealthKey {
+        target: addr.to_string(),
+        check: check.clone(),
+        proxy_protocol: pool.proxy_protocol,
+    })
+}
+
+/// Compiles `config` into a snapshot, (re)starting health checkers so that
+/// exactly the config's checks run.
+pub fn compile(
+    config: Arc<Config>,
+    generation: u64,
+    health: &Arc<HealthTable>,
+    registry: &BackendRegistry,
+) -> Snapshot {
+    let healths = health.sync(&health_keys(&config));
+    let pools: Vec<Arc<Pool>> = config
+        .pools
+        .iter()
+        .map(|pc| {
+            let backends = pc
+                .backends
+                .iter()
+                .map(|bc| Backend {
+                    addr: bc.addr,
+                    label: bc.addr.to_string().into(),
+                    weight: bc.weight,
+                    drain: bc.drain,
+                    health: pool_check_key(pc, bc.addr)
+                        .and_then(|k| healths.get(&k).cloned())
+                        .unwrap_or_else(Health::always_up),
+                    shared: registry.get(bc.addr),
+                })
+                .collect::<Vec<_>>();
+            let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+            Arc::new(Pool {
+                name: pc.name.as_str().into(),
+                config: pc.clone(),
+                balancer: balance::build(pc.balance, &weights),
+                backends,
+            })
+        })
+        .collect();
+    let find = |name: &str| {
+        pools
+            .iter()
+            .find(|p| &*p.name == name)
+            .cloned()
+            .expect("validated config: every referenced pool exists")
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|lc| {
+            let route = |pool: &str| Route {
+                pool: find(pool),
+                metrics: RouteMetrics::get(&lc.name, pool),
+            };
+            let listener = Listener {
+                default_route: route(&lc.pool),
+                routes: lc
+                    .routes
+                    .iter()
+                    .map(|r| (r.clone(), route(&r.pool)))
+                    .collect(),
+                config: lc.clone(),
+            };
+            (lc.bind, Arc::new(listener))
+        })
+        .collect();
+    Snapshot {
+        generation,
+        config,
+        pools,
+        listeners,
+    }
+}
