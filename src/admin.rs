@@ -46,13 +46,21 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -71,7 +79,11 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Response<Full<Bytes>>
             JSON,
             serde_json::to_vec_pretty(&status(daemon)).unwrap_or_default(),
         ),
-        (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", status_page(&status(daemon))),
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page(&status(daemon)),
+        ),
         (&Method::POST, "/reload") => match daemon.reload().await {
             Ok(summary) => reply(
                 StatusCode::OK,

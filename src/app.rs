@@ -152,7 +152,8 @@ impl Daemon {
         if old_binds != new_binds {
             errors.push(ConfigError {
                 path: "listener".into(),
-                message: "adding, removing or moving listeners needs a restart in this version".into(),
+                message: "adding, removing or moving listeners needs a restart in this version"
+                    .into(),
                 line: None,
             });
         }
@@ -175,11 +176,17 @@ impl Daemon {
 }
 
 fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
-    let names = |s: &state::Snapshot| -> Vec<String> { s.pools.iter().map(|p| p.name.to_string()).collect() };
+    let names = |s: &state::Snapshot| -> Vec<String> {
+        s.pools.iter().map(|p| p.name.to_string()).collect()
+    };
     let backends = |s: &state::Snapshot| -> Vec<String> {
         s.pools
             .iter()
-            .flat_map(|p| p.backends.iter().map(move |b| format!("{}/{}", p.name, b.label)))
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(move |b| format!("{}/{}", p.name, b.label))
+            })
             .collect()
     };
     let diff = |a: &[String], b: &[String]| -> Vec<String> {
@@ -197,7 +204,9 @@ fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
 }
 
 /// Binds every socket of `config`; fails if any cannot be bound.
-async fn bind_all(config: &Config) -> anyhow::Result<(Vec<(TcpListener, BoundListener)>, Option<TcpListener>)> {
+async fn bind_all(
+    config: &Config,
+) -> anyhow::Result<(Vec<(TcpListener, BoundListener)>, Option<TcpListener>)> {
     let mut out = Vec::new();
     for l in &config.listeners {
         let socket = TcpListener::bind(l.bind)
@@ -324,7 +333,10 @@ async fn wait_for_stop(daemon: &Daemon) {
 #[cfg(unix)]
 async fn second_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

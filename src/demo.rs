@@ -16,7 +16,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-const DATACENTERS: [(&str, &str); 3] = [("eu-west", "eu"), ("us-east", "us"), ("ap-southeast", "ap")];
+const DATACENTERS: [(&str, &str); 3] =
+    [("eu-west", "eu"), ("us-east", "us"), ("ap-southeast", "ap")];
 
 /// Starts a backend on an ephemeral loopback port that answers every path
 /// with its name (and `/health` with `ok`).
@@ -31,7 +32,11 @@ pub async fn spawn_backend(name: String) -> anyhow::Result<SocketAddr> {
                     let body = if req.uri().path() == "/health" {
                         "ok\n".to_string()
                     } else {
-                        format!("hello from {name} ({} {})\n", req.method(), req.uri().path())
+                        format!(
+                            "hello from {name} ({} {})\n",
+                            req.method(),
+                            req.uri().path()
+                        )
                     };
                     async move {
                         let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -82,8 +87,10 @@ pub async fn run() -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("geolb-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("geolb.toml");
-    std::fs::write(&path, &config_text).with_context(|| format!("cannot write {}", path.display()))?;
-    let config = crate::app::load_checked(&path).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    std::fs::write(&path, &config_text)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let config =
+        crate::app::load_checked(&path).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(crate::app::serve(path.clone(), config, Some(ready_tx)));
@@ -95,7 +102,9 @@ pub async fn run() -> anyhow::Result<()> {
         .first()
         .map(|l| l.local_addr)
         .context("the demo listener did not start")?;
-    let admin_addr = daemon.admin_addr.context("the admin listener did not start")?;
+    let admin_addr = daemon
+        .admin_addr
+        .context("the admin listener did not start")?;
     println!(
         "\ngeolb demo is running (config: {config}). Try, in another terminal:\n\n\
          \x20 curl http://{web_addr}/                        # web-eu, round robin over eu-west-1..3\n\

@@ -4,7 +4,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "geolb", version, about = "GeoDNS server and L7/L4 load balancer in one daemon")]
+#[command(
+    name = "geolb",
+    version,
+    about = "GeoDNS server and L7/L4 load balancer in one daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -61,7 +66,11 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprintln!("{}: invalid, {} error(s):", config.display(), errors.0.len());
+                eprintln!(
+                    "{}: invalid, {} error(s):",
+                    config.display(),
+                    errors.0.len()
+                );
                 eprintln!("{errors}");
                 ExitCode::FAILURE
             }
@@ -71,7 +80,11 @@ fn main() -> ExitCode {
             let config = match geolb::app::load_checked(&path) {
                 Ok(c) => c,
                 Err(errors) => {
-                    eprintln!("{}: cannot start, {} error(s):", path.display(), errors.0.len());
+                    eprintln!(
+                        "{}: cannot start, {} error(s):",
+                        path.display(),
+                        errors.0.len()
+                    );
                     eprintln!("{errors}");
                     return ExitCode::FAILURE;
                 }

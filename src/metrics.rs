@@ -85,7 +85,10 @@ impl RouteMetrics {
 
     pub fn record(&self, status: u16, seconds: f64) {
         self.duration.record(seconds);
-        let Some(slot) = status.checked_sub(100).and_then(|i| self.codes.get(usize::from(i))) else {
+        let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.codes.get(usize::from(i)))
+        else {
             return;
         };
         slot.get_or_init(|| {

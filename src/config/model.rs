@@ -199,7 +199,7 @@ pub struct HttpProbe {
     pub path: String,
     /// Host header and SNI; None = the target address.
     pub host: Option<String>,
-    /// Accepted status codes (optional, [200]).
+    /// Accepted status codes (optional, `[200]`).
     pub expect: Vec<u16>,
 }
 

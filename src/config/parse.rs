@@ -352,7 +352,14 @@ impl Ctx {
 
     fn err(&mut self, path: String, offset: usize, message: String) {
         let line = Some(self.lines.line(offset));
-        self.errors.push((offset, ConfigError { path, message, line }));
+        self.errors.push((
+            offset,
+            ConfigError {
+                path,
+                message,
+                line,
+            },
+        ));
     }
 
     fn bad(&mut self, f: &Field<'_, '_>, message: impl Display) {
@@ -509,7 +516,11 @@ impl Ctx {
     }
 
     /// A string checked by `parse`, whose error message is reported as is.
-    fn parsed<T>(&mut self, f: &Field<'_, '_>, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+    fn parsed<T>(
+        &mut self,
+        f: &Field<'_, '_>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
         let s = self.string(f)?;
         parse(s).map_err(|message| self.bad(f, message)).ok()
     }
@@ -610,7 +621,10 @@ impl Ctx {
         if let Some((_, value)) = options.iter().find(|(name, _)| *name == s) {
             return Some(*value);
         }
-        let names: Vec<String> = options.iter().map(|(name, _)| format!("\"{name}\"")).collect();
+        let names: Vec<String> = options
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect();
         let hint = suggest(s, options.iter().map(|(name, _)| *name))
             .map(|name| format!(" (did you mean \"{name}\"?)"))
             .unwrap_or_default();
@@ -621,23 +635,35 @@ impl Ctx {
     fn degrees(&mut self, f: &Field<'_, '_>, limit: f64) -> Option<f64> {
         let value = match f.get() {
             DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
-            DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix()).ok().map(|n| n as f64),
+            DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix())
+                .ok()
+                .map(|n| n as f64),
             _ => None,
         };
         match value {
             Some(v) if (-limit..=limit).contains(&v) => Some(v),
             _ => {
-                self.bad(f, format!("expected a number of degrees from -{limit} to {limit}"));
+                self.bad(
+                    f,
+                    format!("expected a number of degrees from -{limit} to {limit}"),
+                );
                 None
             }
         }
     }
 
     fn location(&mut self, f: &Field<'_, '_>) -> Option<LatLon> {
-        let t = self.table(f, LOCATION_KEYS, &format!("expected a table like {LOCATION_EXAMPLE}"))?;
+        let t = self.table(
+            f,
+            LOCATION_KEYS,
+            &format!("expected a table like {LOCATION_EXAMPLE}"),
+        )?;
         let lat = self.req(&t, "lat", "50.11", |c, f| c.degrees(f, 90.0));
         let lon = self.req(&t, "lon", "8.68", |c, f| c.degrees(f, 180.0));
-        Some(LatLon { lat: lat?, lon: lon? })
+        Some(LatLon {
+            lat: lat?,
+            lon: lon?,
+        })
     }
 
     /// A reference to a `[[kind]]` by name.
@@ -652,13 +678,21 @@ impl Ctx {
             let hint = suggest(s, defined.iter().map(String::as_str))
                 .map(|name| format!(" (did you mean \"{name}\"?)"))
                 .unwrap_or_default();
-            format!("no [[{kind}]] has this name{hint}; defined: {}", defined.join(", "))
+            format!(
+                "no [[{kind}]] has this name{hint}; defined: {}",
+                defined.join(", ")
+            )
         };
         self.bad(f, message);
         None
     }
 
-    fn references(&mut self, f: &Field<'_, '_>, kind: &str, defined: &[String]) -> Option<Vec<String>> {
+    fn references(
+        &mut self,
+        f: &Field<'_, '_>,
+        kind: &str,
+        defined: &[String],
+    ) -> Option<Vec<String>> {
         let items = self.array(f, &format!("expected a list of [[{kind}]] names"))?;
         let mut seen = HashMap::new();
         self.each(&items, |c, item| {
@@ -680,7 +714,10 @@ impl Ctx {
             map: root,
         };
         self.unknown_keys(&t, ROOT_KEYS);
-        let runtime = t.field("runtime").and_then(|f| self.runtime(&f)).unwrap_or_default();
+        let runtime = t
+            .field("runtime")
+            .and_then(|f| self.runtime(&f))
+            .unwrap_or_default();
         let admin = t.field("admin").and_then(|f| self.admin(&f));
         let geoip = t.field("geoip").and_then(|f| self.geoip(&f));
         let mut pool_names = Vec::new();
@@ -693,11 +730,11 @@ impl Ctx {
             .field("datacenter")
             .map(|f| self.datacenters(&f, &mut dc_names, &pool_names))
             .unwrap_or_default();
+        let dns = t.field("dns").and_then(|f| self.dns(&f, &dc_names));
         let listeners = t
             .field("listener")
             .map(|f| self.listeners(&f, &pools, &pool_names))
             .unwrap_or_default();
-        let dns = t.field("dns").and_then(|f| self.dns(&f, &dc_names));
         Config {
             source: source.to_path_buf(),
             runtime,
@@ -745,7 +782,10 @@ impl Ctx {
     }
 
     fn networks(&mut self, f: &Field<'_, '_>) -> Option<Vec<GeoNetwork>> {
-        let items = self.array(f, "expected [[geoip.network]] tables (note the double brackets)")?;
+        let items = self.array(
+            f,
+            "expected [[geoip.network]] tables (note the double brackets)",
+        )?;
         let mut seen = HashMap::new();
         self.each(&items, |c, item| {
             let t = c.table(item, NETWORK_KEYS, "expected a [[geoip.network]] table")?;
@@ -778,7 +818,10 @@ impl Ctx {
         keys: &[&str],
         names: &mut Vec<String>,
     ) -> Vec<(Tbl<'t, 'i>, Option<String>)> {
-        let Some(items) = self.array(f, &format!("expected [[{kind}]] tables (note the double brackets)")) else {
+        let Some(items) = self.array(
+            f,
+            &format!("expected [[{kind}]] tables (note the double brackets)"),
+        ) else {
             return Vec::new();
         };
         let mut seen = HashMap::new();
@@ -787,7 +830,7 @@ impl Ctx {
             let Some(t) = self.table(item, keys, &format!("expected a [[{kind}]] table")) else {
                 continue;
             };
-            let name = self.req(&t, "name", "\"web\"", |c, f| {
+            let name = self.req(&t, "name", &format!("\"my-{kind}\""), |c, f| {
                 let name = c.parsed(f, ident)?;
                 match first_seen(&mut seen, name.clone(), &f.path) {
                     Some(first) => c.bad(f, format!("duplicate name: {first} is the same")),
@@ -808,10 +851,17 @@ impl Ctx {
     }
 
     fn pool(&mut self, t: &Tbl<'_, '_>, name: Option<String>) -> Option<PoolConfig> {
-        let balance = self.opt(t, "balance", Balance::RoundRobin, |c, f| c.choice(f, BALANCES));
+        let balance = self.opt(t, "balance", Balance::RoundRobin, |c, f| {
+            c.choice(f, BALANCES)
+        });
         let hash = self.opt(t, "hash", HashKey::ClientIp, |c, f| c.parsed(f, hash_key));
         let check = self.maybe(t, "check", Ctx::pool_check);
-        let backends = self.req(t, "backends", "[{ addr = \"127.0.0.1:8080\" }]", Ctx::backends);
+        let backends = self.req(
+            t,
+            "backends",
+            "[{ addr = \"127.0.0.1:8080\" }]",
+            Ctx::backends,
+        );
         let count = t
             .map
             .get("backends")
@@ -821,7 +871,10 @@ impl Ctx {
             let n = c.int(f, 0, i64::MAX)? as usize;
             // With no backends at all, `backends` already carries the error.
             if count > 0 && n > count {
-                c.bad(f, format!("more than the pool's {count} backends: at most {count}"));
+                c.bad(
+                    f,
+                    format!("the pool has only {count} backend(s): at most {count}"),
+                );
                 return None;
             }
             Some(n)
@@ -840,14 +893,21 @@ impl Ctx {
 
     fn backends(&mut self, f: &Field<'_, '_>) -> Option<Vec<BackendConfig>> {
         let example = "[{ addr = \"127.0.0.1:8080\" }]";
-        let items = self.array(f, format!("expected a list of backends like {example}").as_str())?;
+        let items = self.array(f, &format!("expected a list of backends like {example}"))?;
         if items.is_empty() {
-            self.bad(f, format!("a pool needs at least one backend, like {example}"));
+            self.bad(
+                f,
+                format!("a pool needs at least one backend, like {example}"),
+            );
             return None;
         }
         let mut seen = HashMap::new();
         self.each(&items, |c, item| {
-            let t = c.table(item, BACKEND_KEYS, "expected a table like { addr = \"127.0.0.1:8080\", weight = 1 }")?;
+            let t = c.table(
+                item,
+                BACKEND_KEYS,
+                "expected a table like { addr = \"127.0.0.1:8080\", weight = 1 }",
+            )?;
             let addr = c.req(&t, "addr", "\"127.0.0.1:8080\"", |c, f| {
                 let addr = c.parsed(f, |s| parse_socket(s, false))?;
                 if let Some(first) = first_seen(&mut seen, addr, &f.path) {
@@ -866,8 +926,12 @@ impl Ctx {
     }
 
     fn timing(&mut self, t: &Tbl<'_, '_>) -> Option<Timing> {
-        let interval = self.opt(t, "interval", Duration::from_secs(2), |c, f| c.duration(f, false));
-        let timeout = self.opt(t, "timeout", Duration::from_secs(1), |c, f| c.duration(f, false));
+        let interval = self.opt(t, "interval", Duration::from_secs(2), |c, f| {
+            c.duration(f, false)
+        });
+        let timeout = self.opt(t, "timeout", Duration::from_secs(1), |c, f| {
+            c.duration(f, false)
+        });
         let rise = self.opt(t, "rise", 2, |c, f| c.uint(f, 1, 1000));
         let fall = self.opt(t, "fall", 3, |c, f| c.uint(f, 1, 1000));
         Some(Timing {
@@ -894,7 +958,11 @@ impl Ctx {
     }
 
     fn pool_check(&mut self, f: &Field<'_, '_>) -> Option<CheckConfig> {
-        let t = self.table(f, POOL_CHECK_KEYS, "expected a table like { kind = \"http\", path = \"/health\" }")?;
+        let t = self.table(
+            f,
+            POOL_CHECK_KEYS,
+            "expected a table like { kind = \"http\", path = \"/health\" }",
+        )?;
         let kind = self.req(&t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
         let path = self.opt(&t, "path", "/".to_owned(), |c, f| c.parsed(f, http_path));
         let host = self.maybe(&t, "host", |c, f| c.parsed(f, host_name));
@@ -902,7 +970,8 @@ impl Ctx {
         let timing = self.timing(&t);
         let probe = match kind? {
             CheckKind::Tcp => {
-                let why = "a tcp check only connects: path, host and expect are for http and https checks";
+                let why = "a tcp check only connects: \
+                           path, host and expect are for http and https checks";
                 if self.misplaced(&t, &["path", "host", "expect"], why) {
                     return None;
                 }
@@ -931,7 +1000,8 @@ impl Ctx {
         let timing = self.timing(&t);
         let (target, probe) = match kind? {
             CheckKind::Tcp => {
-                let why = "a tcp check connects to addr: url and expect are for http and https checks";
+                let why =
+                    "a tcp check connects to addr: url and expect are for http and https checks";
                 let misplaced = self.misplaced(&t, &["url", "expect"], why);
                 let Some(addr) = addr? else {
                     self.missing(&t, "addr", "\"192.0.2.1:443\"");
@@ -996,7 +1066,9 @@ impl Ctx {
     ) -> Option<DatacenterConfig> {
         let location = self.req(t, "location", LOCATION_EXAMPLE, Ctx::location);
         let addresses = self.req(t, "addresses", "[\"198.51.100.10\"]", Ctx::dc_addresses);
-        let pools = self.opt(t, "pools", Vec::new(), |c, f| c.references(f, "pool", pool_names));
+        let pools = self.opt(t, "pools", Vec::new(), |c, f| {
+            c.references(f, "pool", pool_names)
+        });
         let check = self.maybe(t, "check", Ctx::remote_check);
         let drain = self.opt(t, "drain", false, Ctx::bool);
         Some(DatacenterConfig {
@@ -1010,9 +1082,15 @@ impl Ctx {
     }
 
     fn dc_addresses(&mut self, f: &Field<'_, '_>) -> Option<Vec<IpAddr>> {
-        let items = self.array(f, "expected a list of IP addresses like [\"198.51.100.10\", \"2001:db8::10\"]")?;
+        let items = self.array(
+            f,
+            "expected a list of IP addresses like [\"198.51.100.10\", \"2001:db8::10\"]",
+        )?;
         if items.is_empty() {
-            self.bad(f, "a data center needs at least one address to give out in DNS answers");
+            self.bad(
+                f,
+                "a data center needs at least one address to give out in DNS answers",
+            );
             return None;
         }
         let mut seen = HashMap::new();
@@ -1047,7 +1125,9 @@ impl Ctx {
     ) -> Option<ListenerConfig> {
         let bind = self.req(t, "bind", "\"127.0.0.1:8080\"", Ctx::bind);
         let protocol = self.opt(t, "protocol", Protocol::Http, |c, f| c.choice(f, PROTOCOLS));
-        let pool = self.req(t, "pool", "\"web\"", |c, f| c.reference(f, "pool", pool_names));
+        let pool = self.req(t, "pool", "\"web\"", |c, f| {
+            c.reference(f, "pool", pool_names)
+        });
         let routes = self.opt(t, "routes", Vec::new(), |c, f| c.routes(f, pool_names));
         let timeouts = self.opt(t, "timeouts", Timeouts::default(), Ctx::timeouts);
         let retries = self.opt(t, "retries", 2, |c, f| c.uint(f, 0, 100));
@@ -1073,7 +1153,12 @@ impl Ctx {
     }
 
     /// What a listener's protocol requires of its other keys; false if broken.
-    fn protocol_rules(&mut self, t: &Tbl<'_, '_>, protocol: Protocol, pools: &[PoolConfig]) -> bool {
+    fn protocol_rules(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        protocol: Protocol,
+        pools: &[PoolConfig],
+    ) -> bool {
         let before = self.errors.len();
         let tls = t.field("tls");
         match (protocol, &tls) {
@@ -1086,7 +1171,10 @@ impl Ctx {
                 }
             }
             (_, Some(f)) => {
-                self.bad(f, "only https listeners use certificates: set protocol = \"https\" or remove tls");
+                self.bad(
+                    f,
+                    "only https listeners use certificates: set protocol = \"https\" or remove tls",
+                );
             }
             (_, None) => {}
         }
@@ -1094,7 +1182,9 @@ impl Ctx {
             if let Some(f) = t.field("routes")
                 && f.get().as_array().is_some_and(|a| !a.is_empty())
             {
-                self.bad(&f, "routes choose a pool by HTTP host and path, which a tcp listener never sees: remove them");
+                let why = "routes choose a pool by HTTP host and path, \
+                           which a tcp listener never sees: remove them";
+                self.bad(&f, why);
             }
             return self.errors.len() == before;
         }
@@ -1114,9 +1204,18 @@ impl Ctx {
             }
         }
         for f in &refs {
-            let Some(name) = f.get().as_str() else { continue };
-            if let Some(version) = pools.iter().find(|p| p.name == name).and_then(|p| p.proxy_protocol) {
-                let version = PROXY_VERSIONS.iter().find(|(_, v)| *v == version).map_or("", |(s, _)| s);
+            let Some(name) = f.get().as_str() else {
+                continue;
+            };
+            if let Some(version) = pools
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.proxy_protocol)
+            {
+                let version = PROXY_VERSIONS
+                    .iter()
+                    .find(|(_, v)| *v == version)
+                    .map_or("", |(s, _)| s);
                 self.bad(
                     f,
                     format!(
@@ -1155,7 +1254,11 @@ impl Ctx {
     }
 
     fn timeouts(&mut self, f: &Field<'_, '_>) -> Option<Timeouts> {
-        let t = self.table(f, TIMEOUT_KEYS, "expected a table like { connect = \"5s\", idle = \"60s\" }")?;
+        let t = self.table(
+            f,
+            TIMEOUT_KEYS,
+            "expected a table like { connect = \"5s\", idle = \"60s\" }",
+        )?;
         let d = Timeouts::default();
         let connect = self.opt(&t, "connect", d.connect, |c, f| c.duration(f, false));
         let header = self.opt(&t, "header", d.header, |c, f| c.duration(f, false));
@@ -1176,7 +1279,10 @@ impl Ctx {
             let t = c.table(item, TLS_KEYS, &format!("expected a table like {example}"))?;
             let cert = c.req(&t, "cert", "\"cert.pem\"", Ctx::path);
             let key = c.req(&t, "key", "\"key.pem\"", Ctx::path);
-            Some(TlsCertConfig { cert: cert?, key: key? })
+            Some(TlsCertConfig {
+                cert: cert?,
+                key: key?,
+            })
         })
     }
 
@@ -1187,7 +1293,10 @@ impl Ctx {
         let listen = self.req(&t, "listen", "[\"127.0.0.1:53\"]", |c, f| {
             let items = c.array(f, "expected a list of addresses like [\"127.0.0.1:53\"]")?;
             if items.is_empty() {
-                c.bad(f, "list at least one address to serve DNS on, like [\"127.0.0.1:53\"]");
+                c.bad(
+                    f,
+                    "list at least one address to serve DNS on, like [\"127.0.0.1:53\"]",
+                );
                 return None;
             }
             c.each(&items, Ctx::bind)
@@ -1204,7 +1313,8 @@ impl Ctx {
     }
 
     fn zones<'t, 'i>(&mut self, f: &Field<'t, 'i>) -> Vec<ParsedZone<'t, 'i>> {
-        let Some(items) = self.array(f, "expected [[dns.zone]] tables (note the double brackets)") else {
+        let Some(items) = self.array(f, "expected [[dns.zone]] tables (note the double brackets)")
+        else {
             return Vec::new();
         };
         let mut seen = HashMap::new();
@@ -1217,7 +1327,11 @@ impl Ctx {
             .collect()
     }
 
-    fn zone<'t, 'i>(&mut self, t: &Tbl<'t, 'i>, seen: &mut HashMap<String, String>) -> ParsedZone<'t, 'i> {
+    fn zone<'t, 'i>(
+        &mut self,
+        t: &Tbl<'t, 'i>,
+        seen: &mut HashMap<String, String>,
+    ) -> ParsedZone<'t, 'i> {
         let origin = self.req(t, "origin", "\"mysite.com\"", |c, f| {
             let origin = c.parsed(f, |s| dns_name(s, None, false))?;
             if let Some(first) = first_seen(seen, origin.clone(), &f.path) {
@@ -1262,7 +1376,9 @@ impl Ctx {
         let rname = self.req(&t, "rname", "\"hostmaster.mysite.com.\"", |c, f| {
             c.parsed(f, |s| mailbox(s, origin))
         });
-        let serial = self.req(&t, "serial", "2026112701", |c, f| c.uint(f, 0, u32::MAX.into()));
+        let serial = self.req(&t, "serial", "2026112701", |c, f| {
+            c.uint(f, 0, u32::MAX.into())
+        });
         let refresh = self.req(&t, "refresh", "\"1h\"", |c, f| c.soa_timer(f, false));
         let retry = self.req(&t, "retry", "\"10m\"", |c, f| c.soa_timer(f, false));
         let expire = self.req(&t, "expire", "\"14d\"", |c, f| c.soa_timer(f, false));
@@ -1290,9 +1406,15 @@ impl Ctx {
     }
 
     fn ns_list(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<Vec<String>> {
-        let items = self.array(f, "expected a list of name servers like [\"ns1.mysite.com.\"]")?;
+        let items = self.array(
+            f,
+            "expected a list of name servers like [\"ns1.mysite.com.\"]",
+        )?;
         if items.is_empty() {
-            self.bad(f, "list at least one name server, like [\"ns1.mysite.com.\"]");
+            self.bad(
+                f,
+                "list at least one name server, like [\"ns1.mysite.com.\"]",
+            );
             return None;
         }
         let mut seen = HashMap::new();
@@ -1335,7 +1457,9 @@ impl Ctx {
             RECORD_KEYS,
             "expected a table like { name = \"www\", type = \"A\", value = \"192.0.2.1\" }",
         )?;
-        let name = self.req(&t, "name", "\"www\"", |c, f| c.parsed(f, |s| owner_name(s, origin)));
+        let name = self.req(&t, "name", "\"www\"", |c, f| {
+            c.parsed(f, |s| owner_name(s, origin))
+        });
         let rtype = self.req(&t, "type", "\"A\"", |c, f| c.parsed(f, record_type));
         let ttl = self.opt(&t, "ttl", zone_ttl, Ctx::ttl);
         let data = match rtype {
@@ -1354,6 +1478,7 @@ impl Ctx {
     /// Rules between the records of one zone.
     fn record_rules(&mut self, origin: &str, records: &[(Field<'_, '_>, RecordConfig)]) {
         let mut seen = HashMap::new();
+        let mut rrset_ttls: HashMap<_, (u32, &str)> = HashMap::new();
         let mut by_owner: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, (f, r)) in records.iter().enumerate() {
             match &r.data {
@@ -1373,7 +1498,25 @@ impl Ctx {
             }
             let key = (r.name.clone(), format!("{:?}", r.data));
             if let Some(first) = first_seen(&mut seen, key, &f.path) {
-                self.bad(f, format!("duplicate record: {first} has the same name, type and value"));
+                self.bad(
+                    f,
+                    format!("duplicate record: {first} has the same name, type and value"),
+                );
+            }
+            // RFC 2181 §5.2: the records of one name and type share one TTL.
+            let rrset = (r.name.as_str(), std::mem::discriminant(&r.data));
+            match rrset_ttls.get(&rrset) {
+                Some((ttl, first)) if *ttl != r.ttl => self.bad(
+                    f,
+                    format!(
+                        "{first} has the same name and type with ttl = {ttl}: \
+                         records of one name and type share one TTL"
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    rrset_ttls.insert(rrset, (r.ttl, f.path.as_str()));
+                }
             }
             by_owner.entry(r.name.as_str()).or_default().push(i);
         }
@@ -1401,13 +1544,19 @@ impl Ctx {
     fn records_in_child_zones(&mut self, zones: &[ParsedZone<'_, '_>]) {
         let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
         for zone in zones {
-            let Some(origin) = zone.origin.as_deref() else { continue };
+            let Some(origin) = zone.origin.as_deref() else {
+                continue;
+            };
             for (f, r) in &zone.records {
                 if let Some(child) = origins
                     .iter()
                     .find(|o| **o != origin && in_zone(o, origin) && in_zone(&r.name, o))
                 {
-                    self.bad(f, format!("{} lies in the zone {child}, which answers for it: move the record there", r.name));
+                    let message = format!(
+                        "{} lies in the zone {child}, which answers for it: move the record there",
+                        r.name
+                    );
+                    self.bad(f, message);
                 }
             }
         }
@@ -1466,7 +1615,10 @@ impl Ctx {
         let datacenters = self.maybe(&t, "datacenters", |c, f| {
             let list = c.references(f, "datacenter", dc_names)?;
             if list.is_empty() {
-                c.bad(f, "list at least one data center, or leave datacenters out to use all of them");
+                c.bad(
+                    f,
+                    "list at least one data center, or leave datacenters out to use all of them",
+                );
                 return None;
             }
             Some(list)
@@ -1489,7 +1641,10 @@ impl Ctx {
                 && max > 0
                 && n > max
             {
-                c.bad(f, format!("more than the {max} candidate data centers"));
+                c.bad(
+                    f,
+                    format!("only {max} data center(s) are candidates: at most {max}"),
+                );
                 return None;
             }
             Some(n)
@@ -1506,8 +1661,8 @@ impl Ctx {
 // ---------------------------------------------------------------------------
 // Values
 
-const DURATION_FORM: &str =
-    "expected a whole number and a unit (ms, s, m, h or d), like \"250ms\", \"2s\", \"5m\" or \"14d\"";
+const DURATION_FORM: &str = "expected a whole number and a unit (ms, s, m, h or d), \
+                             like \"250ms\", \"2s\", \"5m\" or \"14d\"";
 /// Also keeps every duration representable as 32-bit seconds (SOA timers)
 /// and far from `Instant` overflow.
 const MAX_DURATION_MS: u64 = u32::MAX as u64 * 1000;
@@ -1524,9 +1679,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        "" => return Err(format!("{DURATION_FORM}: the unit is missing (\"{number}s\" for seconds)")),
-        _ if unit.starts_with('.') => return Err(format!("{DURATION_FORM}: whole numbers only (\"1500ms\", not \"1.5s\")")),
-        _ if unit.starts_with(char::is_whitespace) => return Err(format!("{DURATION_FORM}, without a space")),
+        "" => {
+            return Err(format!(
+                "{DURATION_FORM}: the unit is missing (\"{number}s\" for seconds)"
+            ));
+        }
+        _ if unit.starts_with('.') => {
+            return Err(format!(
+                "{DURATION_FORM}: whole numbers only (\"1500ms\", not \"1.5s\")"
+            ));
+        }
+        _ if unit.starts_with(char::is_whitespace) => {
+            return Err(format!("{DURATION_FORM}, without a space"));
+        }
         _ => return Err(DURATION_FORM.to_owned()),
     };
     number
@@ -1544,14 +1709,15 @@ fn parse_socket(s: &str, bind: bool) -> Result<SocketAddr, String> {
         let why = if let Ok(ip) = s.parse::<IpAddr>() {
             match ip {
                 IpAddr::V4(_) => " (the port is missing)".to_owned(),
-                IpAddr::V6(_) => format!(" (the port is missing; IPv6 goes in brackets: \"[{ip}]:8080\")"),
+                IpAddr::V6(_) => {
+                    format!(" (the port is missing; IPv6 goes in brackets: \"[{ip}]:8080\")")
+                }
             }
         } else if s.starts_with('[') && s.ends_with(']') {
             " (the port is missing)".to_owned()
-        } else if s
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok())
-        {
+        } else if s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+        }) {
             " (host names are not accepted: give an IP address)".to_owned()
         } else {
             " or \"[::1]:8080\"".to_owned()
@@ -1577,7 +1743,9 @@ fn public_ip(s: &str) -> Result<IpAddr, String> {
         Err(_) if s.parse::<SocketAddr>().is_ok() => {
             Err("expected an IP address without a port".to_owned())
         }
-        Err(_) => Err("expected an IP address like \"198.51.100.10\" or \"2001:db8::10\"".to_owned()),
+        Err(_) => {
+            Err("expected an IP address like \"198.51.100.10\" or \"2001:db8::10\"".to_owned())
+        }
     }
 }
 
@@ -1585,8 +1753,12 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
     const FORM: &str = "expected a network like \"10.0.0.0/8\" or \"2001:db8::/32\"";
     let Some((ip, prefix)) = s.split_once('/') else {
         return Err(match s.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => format!("{FORM} (the prefix length is missing: \"{s}/32\" for one address)"),
-            Ok(IpAddr::V6(_)) => format!("{FORM} (the prefix length is missing: \"{s}/128\" for one address)"),
+            Ok(IpAddr::V4(_)) => {
+                format!("{FORM} (the prefix length is missing: \"{s}/32\" for one address)")
+            }
+            Ok(IpAddr::V6(_)) => {
+                format!("{FORM} (the prefix length is missing: \"{s}/128\" for one address)")
+            }
             Err(_) => FORM.to_owned(),
         });
     };
@@ -1624,7 +1796,8 @@ fn ident(s: &str) -> Result<String, String> {
     let valid = !s.is_empty()
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if valid {
         Ok(s.to_owned())
     } else {
@@ -1646,7 +1819,10 @@ fn continent(s: &str) -> Result<String, String> {
     if CODES.contains(&upper.as_str()) {
         Ok(upper)
     } else {
-        Err(format!("expected a continent code: one of {}", CODES.join(", ")))
+        Err(format!(
+            "expected a continent code: one of {}",
+            CODES.join(", ")
+        ))
     }
 }
 
@@ -1752,7 +1928,13 @@ fn parse_url(s: &str) -> Result<Url, String> {
     };
     let host = host_name(host).map_err(|e| format!("in the URL's host: {e}"))?;
     let port = match port {
-        None => if tls { 443 } else { 80 },
+        None => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
         Some(p) => Some(p)
             .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|p| p.parse::<u16>().ok())
@@ -1779,9 +1961,10 @@ fn parse_url(s: &str) -> Result<Url, String> {
 /// is accepted as the whole leftmost label only when `wildcard`.
 fn dns_name(s: &str, origin: Option<&str>, wildcard: bool) -> Result<String, String> {
     if s == "@" {
-        return origin
-            .map(str::to_owned)
-            .ok_or_else(|| "\"@\" (the zone's origin) is only meaningful inside a zone: give the full name".to_owned());
+        return origin.map(str::to_owned).ok_or_else(|| {
+            "\"@\" (the zone's origin) is only meaningful inside a zone: give the full name"
+                .to_owned()
+        });
     }
     if s == "." {
         return Ok(".".to_owned());
@@ -1805,12 +1988,19 @@ fn dns_name(s: &str, origin: Option<&str>, wildcard: bool) -> Result<String, Str
             if wildcard && i == 0 {
                 continue;
             }
-            return Err("\"*\" is only allowed as the whole leftmost label of a record's name".to_owned());
+            return Err(
+                "\"*\" is only allowed as the whole leftmost label of a record's name".to_owned(),
+            );
         }
         if label.len() > 63 {
-            return Err(format!("the label \"{label}\" is longer than 63 characters"));
+            return Err(format!(
+                "the label \"{label}\" is longer than 63 characters"
+            ));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(format!(
                 "the label \"{label}\" may hold only letters, digits, '-' and '_'"
             ));
@@ -1850,13 +2040,17 @@ fn owner_name(s: &str, origin: &str) -> Result<String, String> {
 fn mailbox(s: &str, origin: &str) -> Result<String, String> {
     if s.contains('@') {
         let fixed = s.replacen('@', ".", 1);
-        let fixed = if fixed.ends_with('.') { fixed } else { fixed + "." };
+        let fixed = if fixed.ends_with('.') {
+            fixed
+        } else {
+            fixed + "."
+        };
         return Err(format!("a mailbox is written as a name: \"{fixed}\""));
     }
     dns_name(s, Some(origin), false)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum RecordType {
     A,
     Aaaa,
@@ -1942,7 +2136,10 @@ fn record_data(rtype: RecordType, s: &str, origin: &str) -> Result<RecordData, S
                 port: number(port, "port", u16::MAX.into())?,
                 target: name(target, "target")?,
             }),
-            _ => Err("expected \"priority weight port target\", like \"10 5 5060 sip.mysite.com.\"".to_owned()),
+            _ => Err(
+                "expected \"priority weight port target\", like \"10 5 5060 sip.mysite.com.\""
+                    .to_owned(),
+            ),
         },
         RecordType::Caa => caa(s),
     }
@@ -1951,7 +2148,10 @@ fn record_data(rtype: RecordType, s: &str, origin: &str) -> Result<RecordData, S
 fn caa(s: &str) -> Result<RecordData, String> {
     const FORM: &str = "expected \"flags tag value\", like '0 issue \"letsencrypt.org\"'";
     let (flags, rest) = s.trim().split_once(char::is_whitespace).ok_or(FORM)?;
-    let (tag, value) = rest.trim_start().split_once(char::is_whitespace).ok_or(FORM)?;
+    let (tag, value) = rest
+        .trim_start()
+        .split_once(char::is_whitespace)
+        .ok_or(FORM)?;
     let flags = number(flags, "flags", u8::MAX.into())?;
     if tag.is_empty() || tag.len() > 15 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err("the tag is letters and digits, like issue, issuewild or iodef".to_owned());
@@ -1995,7 +2195,11 @@ fn show(value: &DeValue<'_>) -> String {
 
 fn render(value: &DeValue<'_>, out: &mut String) {
     match value {
-        DeValue::String(s) => quote(s, out),
+        DeValue::String(s) => {
+            // Only the start of a long string is shown anyway.
+            let head: String = s.chars().take(SHOW_LIMIT).collect();
+            quote(&head, out);
+        }
         DeValue::Integer(n) => {
             let _ = write!(out, "{n}");
         }
@@ -2030,7 +2234,11 @@ fn render(value: &DeValue<'_>, out: &mut String) {
                     out.push_str(", ");
                 }
                 let key: &str = key.get_ref();
-                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                if !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
                     out.push_str(key);
                 } else {
                     quote(key, out);
@@ -2047,9 +2255,6 @@ fn render(value: &DeValue<'_>, out: &mut String) {
 fn quote(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
-        if out.len() > SHOW_LIMIT * 2 {
-            break;
-        }
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -2076,22 +2281,986 @@ fn suggest<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> Option
     options
         .into_iter()
         .map(|option| (edit_distance(&word, &option.to_ascii_lowercase()), option))
-        .filter(|(distance, _)| *distance <= allowed)
+        // A one-letter word is "close" to every other one-letter word.
+        .filter(|(distance, _)| *distance <= allowed && *distance < word.len())
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, option)| option)
 }
 
+/// Levenshtein distance where swapping two neighbours also counts as one
+/// edit (optimal string alignment), the commonest typo.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
+    let width = b.len() + 1;
+    let mut d: Vec<usize> = vec![0; (a.len() + 1) * width];
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            d[i * width + j] = if i == 0 || j == 0 {
+                i + j
+            } else {
+                let substitution = d[(i - 1) * width + j - 1] + usize::from(a[i - 1] != b[j - 1]);
+                let mut best = substitution
+                    .min(d[(i - 1) * width + j] + 1)
+                    .min(d[i * width + j - 1] + 1);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[(i - 2) * width + j - 2] + 1);
+                }
+                best
+            };
         }
     }
-    row[b.len()]
+    d[a.len() * width + b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration half of the outside contract, which lives beside
+    /// the project rather than in it (CI lays `shared/` beside the clone too).
+    const CONTRACT_PATH: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/contract/geolb.toml");
+
+    fn contract() -> String {
+        std::fs::read_to_string(CONTRACT_PATH)
+            .unwrap_or_else(|e| panic!("cannot read {CONTRACT_PATH}: {e}"))
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        parse_str(text, Path::new("/etc/geolb/geolb.toml"))
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match parse(text) {
+            Ok(_) => panic!("expected errors from:\n{text}"),
+            Err(ConfigErrors(errors)) => errors,
+        }
+    }
+
+    #[test]
+    fn contract_file_parses_with_its_meaning() {
+        let config =
+            parse_str(&contract(), Path::new(CONTRACT_PATH)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.runtime, RuntimeConfig::default());
+        assert_eq!(
+            config.admin.unwrap().listen,
+            "127.0.0.1:9100".parse().unwrap()
+        );
+
+        let geoip = config.geoip.unwrap();
+        assert_eq!(
+            geoip.database,
+            Some(PathBuf::from("/var/lib/geolb/GeoLite2-City.mmdb"))
+        );
+        let network = &geoip.networks[0];
+        assert_eq!(
+            network.cidr,
+            Cidr {
+                addr: "10.0.0.0".parse().unwrap(),
+                prefix: 8
+            }
+        );
+        assert_eq!(
+            network.location,
+            LatLon {
+                lat: 50.11,
+                lon: 8.68
+            }
+        );
+        assert_eq!(network.country.as_deref(), Some("DE"));
+        assert_eq!(network.continent.as_deref(), Some("EU"));
+
+        let pools = &config.pools;
+        assert_eq!(pools.len(), 3);
+        assert_eq!(pools[0].balance, Balance::RoundRobin);
+        assert_eq!(pools[0].hash, HashKey::ClientIp);
+        assert_eq!(pools[0].min_healthy, 1);
+        let check = pools[0].check.as_ref().unwrap();
+        assert_eq!(
+            check.probe,
+            Probe::Http(HttpProbe {
+                tls: false,
+                path: "/health".into(),
+                host: None,
+                expect: vec![200]
+            })
+        );
+        assert_eq!(
+            (check.interval, check.timeout, check.rise, check.fall),
+            (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
+        );
+        let weights: Vec<(u32, bool)> = pools[0]
+            .backends
+            .iter()
+            .map(|b| (b.weight, b.drain))
+            .collect();
+        assert_eq!(weights, [(1, false), (2, false), (1, true)]);
+        assert_eq!(pools[1].balance, Balance::LeastConn);
+        assert_eq!(pools[1].check.as_ref().unwrap().probe, Probe::Tcp);
+        assert_eq!(pools[2].proxy_protocol, Some(ProxyProtocolVersion::V2));
+        assert_eq!(pools[0].proxy_protocol, None);
+
+        let listeners = &config.listeners;
+        assert_eq!(listeners[0].protocol, Protocol::Http);
+        assert_eq!(
+            listeners[0].timeouts,
+            Timeouts {
+                connect: Duration::from_secs(2),
+                header: Duration::from_secs(10),
+                request: Duration::from_secs(30),
+                idle: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(listeners[0].retries, 2);
+        assert_eq!(
+            listeners[0].routes,
+            [
+                RouteConfig {
+                    host: Some("us.mysite.com".into()),
+                    path_prefix: None,
+                    pool: "web-us".into()
+                },
+                RouteConfig {
+                    host: None,
+                    path_prefix: Some("/us/".into()),
+                    pool: "web-us".into()
+                },
+            ]
+        );
+        assert_eq!(listeners[1].protocol, Protocol::Https);
+        assert_eq!(listeners[1].timeouts, Timeouts::default());
+        assert_eq!(
+            listeners[1].tls[0].cert,
+            Path::new(CONTRACT_PATH).with_file_name("certs/mysite.com.pem")
+        );
+        assert_eq!(
+            listeners[1].tls[1].key,
+            Path::new(CONTRACT_PATH).with_file_name("certs/us.mysite.com.key")
+        );
+        assert_eq!(listeners[2].protocol, Protocol::Tcp);
+        assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
+
+        let dcs = &config.datacenters;
+        assert_eq!(dcs[0].name, "eu-west");
+        assert_eq!(
+            dcs[0].location,
+            LatLon {
+                lat: 53.35,
+                lon: -6.26
+            }
+        );
+        assert_eq!(
+            dcs[0].addresses,
+            [
+                "198.51.100.10".parse::<IpAddr>().unwrap(),
+                "2001:db8:e::10".parse().unwrap()
+            ]
+        );
+        assert_eq!(dcs[0].pools, ["web-eu"]);
+        assert!(!dcs[0].drain && dcs[0].check.is_none());
+        assert!(dcs[1].pools == ["web-us"] && dcs[2].pools.is_empty());
+        let remote = dcs[2].check.as_ref().unwrap();
+        assert_eq!(remote.target, "127.0.0.1:18093");
+        assert_eq!(remote.check.probe, Probe::Tcp);
+
+        let dns = config.dns.unwrap();
+        assert_eq!(
+            dns.listen,
+            ["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
+        let zone = &dns.zones[0];
+        assert_eq!(zone.origin, "mysite.com.");
+        assert_eq!(zone.ttl, 300);
+        assert_eq!(zone.soa.serial, 2026112701);
+        assert_eq!(zone.soa.expire, Duration::from_secs(14 * 86400));
+        assert_eq!(zone.ns, ["ns1.mysite.com.", "ns2.mysite.com."]);
+        assert_eq!(zone.file, None);
+        let www = &zone.records[2];
+        assert_eq!((www.name.as_str(), www.ttl), ("www.mysite.com.", 300));
+        assert_eq!(www.data, RecordData::Cname("api.mysite.com.".into()));
+        assert_eq!(zone.records[3].name, "mysite.com.");
+        assert_eq!(
+            zone.records[3].data,
+            RecordData::Mx {
+                preference: 10,
+                exchange: "mail.mysite.com.".into()
+            }
+        );
+        assert_eq!(zone.records[4].data, RecordData::Txt("v=spf1 -all".into()));
+        let geo = &dns.geo[0];
+        assert_eq!(geo.name, "api.mysite.com.");
+        assert_eq!((geo.ttl, geo.answers), (30, 1));
+        assert_eq!(geo.datacenters, ["us-east", "eu-west", "ap-southeast"]);
+    }
+
+    #[test]
+    fn the_example_configs_parse() {
+        for text in [
+            include_str!("../../config/geolb.toml"),
+            include_str!("../../config/minimal.toml"),
+        ] {
+            parse(text).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_an_empty_config() {
+        let config = parse("").unwrap();
+        assert_eq!(
+            config,
+            Config {
+                source: PathBuf::from("/etc/geolb/geolb.toml"),
+                runtime: RuntimeConfig::default(),
+                admin: None,
+                geoip: None,
+                dns: None,
+                datacenters: vec![],
+                pools: vec![],
+                listeners: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_and_extensions() {
+        let config = parse(
+            r#"
+            [runtime]
+            worker_threads = 4
+            shutdown_grace = "0s"
+            [[pool]]
+            name = "p"
+            balance = "maglev"
+            hash = "header:X-User"
+            check = { kind = "https", host = "App.Example.com" }
+            backends = [{ addr = "[::1]:8080" }]
+            [[listener]]
+            name = "l"
+            bind = "[::]:0"
+            pool = "p"
+            access_log = true
+            accept_proxy_protocol = true
+            [[datacenter]]
+            name = "dc"
+            location = { lat = -33, lon = 151.2 }
+            addresses = ["192.0.2.1"]
+            check = { kind = "https", url = "HTTPS://Status.Example.com?q=1", expect = [200, 204] }
+            [dns]
+            listen = ["127.0.0.1:0", "[::1]:0"]
+            [[dns.zone]]
+            origin = "Example.COM."
+            soa = { mname = "ns1", rname = "hostmaster", serial = 0, refresh = "1h", retry = "10m", expire = "14d", minimum = "0s" }
+            ns = ["ns1", "ns.other.net."]
+            file = "zones/example.com.zone"
+            records = [
+              { name = "*.WILD", type = "a", value = "192.0.2.9", ttl = 5 },
+              { name = "_sip._udp", type = "SRV", value = "10 5 5060 sip" },
+              { name = "@", type = "CAA", value = "0 issue \"letsencrypt.org\"" },
+              { name = "@", type = "NS", value = "ns3.other.net." },
+            ]
+            [[dns.zone]]
+            origin = "example.net"
+            soa = { mname = "ns1", rname = "hostmaster", serial = 0, refresh = "1h", retry = "10m", expire = "14d", minimum = "0s" }
+            ns = ["ns1.example.com."]
+            [[dns.geo]]
+            name = "example.net"
+            [[dns.geo]]
+            name = "www.example.com"
+            ttl = 0
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.runtime.worker_threads, Some(4));
+        assert_eq!(config.runtime.shutdown_grace, Duration::ZERO);
+        let pool = &config.pools[0];
+        assert_eq!(pool.hash, HashKey::Header("x-user".into()));
+        assert_eq!(
+            pool.check.as_ref().unwrap().probe,
+            Probe::Http(HttpProbe {
+                tls: true,
+                path: "/".into(),
+                host: Some("app.example.com".into()),
+                expect: vec![200]
+            })
+        );
+        let listener = &config.listeners[0];
+        assert!(listener.access_log && listener.accept_proxy_protocol);
+        assert_eq!(listener.bind, "[::]:0".parse().unwrap());
+        let remote = config.datacenters[0].check.as_ref().unwrap();
+        assert_eq!(remote.target, "status.example.com:443");
+        assert_eq!(
+            remote.check.probe,
+            Probe::Http(HttpProbe {
+                tls: true,
+                path: "/?q=1".into(),
+                host: Some("status.example.com".into()),
+                expect: vec![200, 204],
+            })
+        );
+        let dns = config.dns.unwrap();
+        let zone = &dns.zones[0];
+        assert_eq!(zone.origin, "example.com.");
+        assert_eq!(zone.ttl, 3600);
+        assert_eq!(zone.soa.mname, "ns1.example.com.");
+        assert_eq!(zone.soa.rname, "hostmaster.example.com.");
+        assert_eq!(zone.ns, ["ns1.example.com.", "ns.other.net."]);
+        assert_eq!(
+            zone.file,
+            Some(PathBuf::from("/etc/geolb/zones/example.com.zone"))
+        );
+        assert_eq!(zone.records[0].name, "*.wild.example.com.");
+        assert_eq!(zone.records[0].ttl, 5);
+        assert_eq!(
+            zone.records[1].data,
+            RecordData::Srv {
+                priority: 10,
+                weight: 5,
+                port: 5060,
+                target: "sip.example.com.".into()
+            }
+        );
+        assert_eq!(
+            zone.records[2].data,
+            RecordData::Caa {
+                flags: 0,
+                tag: "issue".into(),
+                value: "letsencrypt.org".into()
+            }
+        );
+        assert_eq!(dns.geo[0].name, "example.net.");
+        assert_eq!(dns.geo[0].datacenters, ["dc"]);
+        assert_eq!((dns.geo[1].ttl, dns.geo[1].answers), (0, 1));
+    }
+
+    /// Each case: a config, then the key path and line of one error it must report.
+    #[test]
+    fn each_mistake_is_reported_with_its_key_path_and_line() {
+        const POOL: &str = "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:8080\" }]\n";
+        const PROXY_POOL: &str = "[[pool]]\nname = \"pp\"\nproxy_protocol = \"v1\"\nbackends = [{ addr = \"127.0.0.1:5432\" }]\n";
+        const DC: &str = "[[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = [\"192.0.2.1\"]\n";
+        const ZONE: &str = "[dns]\nlisten = [\"127.0.0.1:5353\"]\n[[dns.zone]]\norigin = \"mysite.com\"\n\
+            soa = { mname = \"ns1\", rname = \"hostmaster\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
+            ns = [\"ns1\"]\n";
+        let cases: Vec<(String, &str, usize)> = vec![
+            ("[admin]\nlisten = \"127.0.0.1\"".into(), "admin.listen", 2),
+            ("admin = 5".into(), "admin", 1),
+            ("\n[pools]\n".into(), "pools", 2),
+            ("[runtime]\nworker_threads = 0".into(), "runtime.worker_threads", 2),
+            ("[runtime]\n\nshutdown_grace = \"30\"".into(), "runtime.shutdown_grace", 3),
+            (
+                "[[geoip.network]]\ncidr = \"10.0.0.1/8\"\nlocation = { lat = 1, lon = 2 }".into(),
+                "geoip.network[0].cidr",
+                2,
+            ),
+            (
+                "[[geoip.network]]\ncidr = \"10.0.0.0/8\"\nlocation = { lat = 91, lon = 2 }".into(),
+                "geoip.network[0].location.lat",
+                3,
+            ),
+            ("[geoip]\n[[geoip.network]]\ncidr = \"10.0.0.0/8\"".into(), "geoip.network[0].location", 2),
+            (
+                "[[pool]]\nname = \"p\"\nbackends = [\n  { addr = \"127.0.0.1\" },\n]".into(),
+                "pool[0].backends[0].addr",
+                4,
+            ),
+            ("[[pool]]\nname = \"p\"".into(), "pool[0].backends", 1),
+            (format!("{POOL}{POOL}"), "pool[1].name", 5),
+            (format!("{POOL}balance = \"fastest\""), "pool[0].balance", 4),
+            (format!("{POOL}hash = \"header:\""), "pool[0].hash", 4),
+            (format!("{POOL}min_healthy = 2"), "pool[0].min_healthy", 4),
+            (format!("{POOL}\ncheck = {{ path = \"/\" }}"), "pool[0].check.kind", 5),
+            (format!("{POOL}check = {{ kind = \"tcp\", path = \"/\" }}"), "pool[0].check.path", 4),
+            (format!("{POOL}check = {{ kind = \"http\", expect = 600 }}"), "pool[0].check.expect", 4),
+            (
+                "[[pool]]\nname = \"p\"\nbackends = [\n{ addr = \"127.0.0.1:1\" },\n{ addr = \"127.0.0.1:1\" }]".into(),
+                "pool[0].backends[1].addr",
+                5,
+            ),
+            (
+                "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\", weight = 0 }]".into(),
+                "pool[0].backends[0].weight",
+                3,
+            ),
+            (format!("{POOL}proxy_protocol = \"v3\""), "pool[0].proxy_protocol", 4),
+            (format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"q\""), "listener[0].pool", 7),
+            (
+                format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"https\""),
+                "listener[0].tls",
+                4,
+            ),
+            (
+                format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\ntls = [{{ cert = \"c\", key = \"k\" }}]"),
+                "listener[0].tls",
+                8,
+            ),
+            (
+                format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nroutes = [{{ host = \"a.com\", pool = \"p\" }}]"),
+                "listener[0].routes",
+                9,
+            ),
+            (
+                format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\ntimeouts = {{ connect = \"0s\" }}"),
+                "listener[0].timeouts.connect",
+                8,
+            ),
+            (
+                format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nretries = 101"),
+                "listener[0].retries",
+                8,
+            ),
+            (
+                format!("{POOL}[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\n[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:80\"\npool = \"p\""),
+                "listener[1].bind",
+                10,
+            ),
+            (
+                format!("{PROXY_POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"pp\""),
+                "listener[0].pool",
+                8,
+            ),
+            (
+                format!("{POOL}{PROXY_POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [\n{{ path_prefix = \"/db/\", pool = \"pp\" }}]"),
+                "listener[0].routes[0].pool",
+                13,
+            ),
+            (
+                format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [{{ path_prefix = \"us/\", pool = \"p\" }}]"),
+                "listener[0].routes[0].path_prefix",
+                8,
+            ),
+            (format!("{DC}check = {{ kind = \"ftp\" }}"), "datacenter[0].check.kind", 5),
+            (format!("{DC}check = {{ kind = \"tcp\", url = \"http://192.0.2.1/\" }}"), "datacenter[0].check.url", 5),
+            (format!("{DC}check = {{ kind = \"https\", url = \"http://192.0.2.1/\" }}"), "datacenter[0].check.url", 5),
+            (format!("{DC}pools = [\"nope\"]"), "datacenter[0].pools[0]", 5),
+            (format!("{DC}{DC}"), "datacenter[1].name", 6),
+            ("[[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = []".into(), "datacenter[0].addresses", 4),
+            ("[dns]\nlisten = []".into(), "dns.listen", 2),
+            ("[dns]\n".into(), "dns.listen", 1),
+            (format!("{ZONE}records = [\n{{ name = \"www\", type = \"A\", value = \"192.0.2.300\" }}]"), "dns.zone[0].records[0].value", 8),
+            (format!("{ZONE}records = [\n{{ name = \"@\", type = \"SOA\", value = \"x\" }}]"), "dns.zone[0].records[0].type", 8),
+            (
+                format!("{ZONE}records = [\n{{ name = \"www\", type = \"CNAME\", value = \"api\" }},\n{{ name = \"www\", type = \"TXT\", value = \"x\" }}]"),
+                "dns.zone[0].records[1]",
+                9,
+            ),
+            (format!("{ZONE}records = [{{ name = \"x.other.com.\", type = \"A\", value = \"192.0.2.1\" }}]"), "dns.zone[0].records[0].name", 7),
+            (format!("{ZONE}ttl = -1"), "dns.zone[0].ttl", 7),
+            (
+                format!("{ZONE}records = [\n{{ name = \"@\", type = \"TXT\", value = \"a\" }},\n{{ name = \"@\", type = \"TXT\", value = \"b\", ttl = 5 }}]"),
+                "dns.zone[0].records[1]",
+                9,
+            ),
+            (
+                format!("{ZONE}records = [\n{{ name = \"@\", type = \"TXT\", value = \"a\" }},\n{{ name = \"@\", type = \"TXT\", value = \"a\" }}]"),
+                "dns.zone[0].records[1]",
+                9,
+            ),
+            (format!("{ZONE}records = [{{ name = \"@\", type = \"CNAME\", value = \"www\" }}]"), "dns.zone[0].records[0]", 7),
+            (format!("{ZONE}records = [{{ name = \"sub\", type = \"NS\", value = \"ns.other.net.\" }}]"), "dns.zone[0].records[0]", 7),
+            (
+                format!(
+                    "{ZONE}records = [{{ name = \"a.sub\", type = \"A\", value = \"192.0.2.1\" }}]\n\
+                     [[dns.zone]]\norigin = \"sub.mysite.com\"\nns = [\"ns1\"]\n\
+                     soa = {{ mname = \"ns1\", rname = \"h\", serial = 1, refresh = \"1h\", retry = \"1h\", expire = \"1h\", minimum = \"1h\" }}"
+                ),
+                "dns.zone[0].records[0]",
+                7,
+            ),
+            (
+                ZONE.replace("serial = 1", "serial = -1"),
+                "dns.zone[0].soa.serial",
+                5,
+            ),
+            (format!("{ZONE}[[dns.zone]]\norigin = \"MYSITE.com.\""), "dns.zone[1].origin", 8),
+            (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.other.com\""), "dns.geo[0].name", 12),
+            (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\nanswers = 2"), "dns.geo[0].answers", 13),
+            (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\ndatacenters = [\"eu\", \"us\"]"), "dns.geo[0].datacenters[1]", 13),
+            (
+                format!("{DC}{ZONE}records = [{{ name = \"api\", type = \"A\", value = \"192.0.2.1\" }}]\n[[dns.geo]]\nname = \"api.mysite.com\""),
+                "dns.zone[0].records[0]",
+                11,
+            ),
+        ];
+        assert!(cases.len() >= 25);
+        for (text, path, line) in &cases {
+            let found = errors(text);
+            assert!(
+                found
+                    .iter()
+                    .any(|e| e.path == *path && e.line == Some(*line)),
+                "expected an error at {path} on line {line} from:\n{text}\ngot:\n{}",
+                ConfigErrors(found.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn every_mistake_in_one_file_is_reported_in_line_order() {
+        let text = r#"
+[runtime]
+worker_threads = 0
+[admin]
+listen = "localhost:9100"
+[[pool]]
+name = "web"
+balance = "roundrobin"
+backends = [{ addr = "127.0.0.1" }, { addr = "127.0.0.1:8081", weight = 0 }]
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+pool = "wbe"
+timeouts = { connect = "5" }
+"#;
+        let found = errors(text);
+        let got: Vec<(&str, Option<usize>)> =
+            found.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("runtime.worker_threads", Some(3)),
+                ("admin.listen", Some(5)),
+                ("pool[0].balance", Some(8)),
+                ("pool[0].backends[0].addr", Some(9)),
+                ("pool[0].backends[1].weight", Some(9)),
+                ("listener[0].pool", Some(13)),
+                ("listener[0].timeouts.connect", Some(14)),
+            ]
+        );
+        assert!(
+            found[2].message.contains("did you mean \"round_robin\""),
+            "{}",
+            found[2]
+        );
+        assert!(
+            found[5].message.contains("did you mean \"web\""),
+            "{}",
+            found[5]
+        );
+    }
+
+    #[test]
+    fn messages_show_the_value_and_what_is_accepted() {
+        let found = errors("[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1\" }]");
+        assert_eq!(
+            found[0].to_string(),
+            "line 3: pool[0].backends[0].addr = \"127.0.0.1\": expected an IP address and port like \
+             \"127.0.0.1:8080\" (the port is missing)"
+        );
+        let found = errors("[[pool]]\nname = \"p\"\nbackends = [{ addr = \"db.local:5432\" }]");
+        assert!(
+            found[0].message.contains("host names are not accepted"),
+            "{}",
+            found[0]
+        );
+        let found = errors("[admin]\nlisen = \"127.0.0.1:1\"");
+        let texts: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "line 1: admin.listen: required key is missing; add e.g. listen = \"127.0.0.1:9100\"",
+                "line 2: admin.lisen: unknown key (did you mean listen?); accepted here: listen",
+            ]
+        );
+        let syntax = errors("[admin\nlisten = 1");
+        assert_eq!(syntax.len(), 1);
+        assert_eq!((syntax[0].path.as_str(), syntax[0].line), ("", Some(1)));
+        assert!(
+            syntax[0]
+                .to_string()
+                .starts_with("line 1: TOML syntax error"),
+            "{}",
+            syntax[0]
+        );
+        let all = ConfigErrors(vec![
+            ConfigError {
+                path: "a".into(),
+                message: "= 1: bad".into(),
+                line: Some(2),
+            },
+            ConfigError {
+                path: String::new(),
+                message: "cannot read x".into(),
+                line: None,
+            },
+        ]);
+        assert_eq!(all.to_string(), "line 2: a = 1: bad\ncannot read x");
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("250ms", Duration::from_millis(250)),
+            ("2s", Duration::from_secs(2)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("14d", Duration::from_secs(14 * 86400)),
+            ("0s", Duration::ZERO),
+            ("4294967295s", Duration::from_secs(u32::MAX.into())),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for text in [
+            "",
+            "2",
+            "2 s",
+            " 2s",
+            "-2s",
+            "+2s",
+            "1.5s",
+            "2sec",
+            "s",
+            "2S",
+            "4294967296s",
+            "99999999999999999999999d",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        let found = errors(
+            "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\ncheck = { kind = \"tcp\", interval = 2, timeout = \"0ms\" }",
+        );
+        let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["pool[0].check.interval", "pool[0].check.timeout"]);
+        assert!(found[0].message.contains("write \"2s\""), "{}", found[0]);
+        let found = errors(&contract().replace("minimum = \"60s\"", "minimum = \"1500ms\""));
+        assert_eq!(found[0].path, "dns.zone[0].soa.minimum");
+    }
+
+    #[test]
+    fn cidrs() {
+        let cidr = |s| parse_cidr(s).map(|c| (c.addr.to_string(), c.prefix));
+        assert_eq!(cidr("10.0.0.0/8"), Ok(("10.0.0.0".into(), 8)));
+        assert_eq!(cidr("0.0.0.0/0"), Ok(("0.0.0.0".into(), 0)));
+        assert_eq!(cidr("192.0.2.1/32"), Ok(("192.0.2.1".into(), 32)));
+        assert_eq!(cidr("2001:db8::/32"), Ok(("2001:db8::".into(), 32)));
+        assert_eq!(cidr("::/0"), Ok(("::".into(), 0)));
+        assert_eq!(cidr("2001:db8::1/128"), Ok(("2001:db8::1".into(), 128)));
+        let err = parse_cidr("10.1.2.3/8").unwrap_err();
+        assert!(err.contains("write \"10.0.0.0/8\""), "{err}");
+        let err = parse_cidr("2001:db8::1/32").unwrap_err();
+        assert!(err.contains("\"2001:db8::/32\""), "{err}");
+        let err = parse_cidr("10.0.0.1").unwrap_err();
+        assert!(err.contains("\"10.0.0.1/32\""), "{err}");
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "x/8",
+            "10.0.0.0/8/8",
+            "",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            dns_name("MySite.COM", None, false),
+            Ok("mysite.com.".into())
+        );
+        assert_eq!(
+            dns_name("mysite.com.", None, false),
+            Ok("mysite.com.".into())
+        );
+        assert_eq!(
+            dns_name("_sip._tcp.x", None, false),
+            Ok("_sip._tcp.x.".into())
+        );
+        assert_eq!(dns_name(".", None, false), Ok(".".into()));
+        let long_label = "a".repeat(64);
+        let long_name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62),
+        ]
+        .join(".");
+        assert_eq!(long_name.len(), 254);
+        assert!(dns_name(&long_name[1..], None, false).is_ok());
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a b",
+            "é.com",
+            "*.a",
+            "a.*",
+            "-@",
+            "@",
+            &long_label,
+            &long_name,
+        ] {
+            assert!(dns_name(bad, None, false).is_err(), "{bad}");
+        }
+        assert!(dns_name("*.a", Some("x."), true).is_ok());
+        assert!(dns_name("a.*", Some("x."), true).is_err());
+        assert!(dns_name("a*", Some("x."), true).is_err());
+
+        assert_eq!(ident("web-eu_1.a"), Ok("web-eu_1.a".into()));
+        for bad in ["", "a b", "a/b", ".", "..", "é"] {
+            assert!(ident(bad).is_err(), "{bad}");
+        }
+        assert_eq!(host_name("US.MySite.com"), Ok("us.mysite.com".into()));
+        assert_eq!(host_name("mysite.com."), Ok("mysite.com".into()));
+        assert_eq!(host_name("[2001:DB8::1]"), Ok("[2001:db8::1]".into()));
+        assert_eq!(host_name("192.0.2.1"), Ok("192.0.2.1".into()));
+        for bad in ["", ".", "a..", "mysite.com:80", "::1", "a b", "[x]"] {
+            assert!(host_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            hash_key("cookie:Session"),
+            Ok(HashKey::Cookie("Session".into()))
+        );
+        for bad in ["header:", "cookie:a b", "ip", "header:a:b", "Header:x"] {
+            assert!(hash_key(bad).is_err(), "{bad}");
+        }
+        assert!(in_zone("a.b.", "b.") && in_zone("b.", "b.") && in_zone("x.", "."));
+        assert!(!in_zone("ab.", "b.") && !in_zone("b.", "a.b."));
+    }
+
+    #[test]
+    fn relative_names_resolve_against_the_origin() {
+        let origin = "mysite.com.";
+        assert_eq!(owner_name("www", origin), Ok("www.mysite.com.".into()));
+        assert_eq!(owner_name("@", origin), Ok(origin.into()));
+        assert_eq!(
+            owner_name("WWW.MySite.Com.", origin),
+            Ok("www.mysite.com.".into())
+        );
+        assert_eq!(owner_name("*", origin), Ok("*.mysite.com.".into()));
+        assert!(owner_name("www.other.com.", origin).is_err());
+        assert!(owner_name("mysite.com", origin).is_ok_and(|n| n == "mysite.com.mysite.com."));
+        assert_eq!(dns_name("www", Some("."), false), Ok("www.".into()));
+        assert_eq!(
+            mailbox("hostmaster", origin),
+            Ok("hostmaster.mysite.com.".into())
+        );
+        assert!(
+            mailbox("hostmaster@mysite.com", origin)
+                .unwrap_err()
+                .contains("\"hostmaster.mysite.com.\"")
+        );
+
+        let data = |t: &str, v: &str| record_data(record_type(t).unwrap(), v, origin);
+        assert_eq!(
+            data("CNAME", "api"),
+            Ok(RecordData::Cname("api.mysite.com.".into()))
+        );
+        assert_eq!(data("CNAME", "@"), Ok(RecordData::Cname(origin.into())));
+        assert_eq!(
+            data("NS", "ns.other.net."),
+            Ok(RecordData::Ns("ns.other.net.".into()))
+        );
+        assert_eq!(
+            data("MX", "10 mail"),
+            Ok(RecordData::Mx {
+                preference: 10,
+                exchange: "mail.mysite.com.".into()
+            })
+        );
+        assert_eq!(
+            data("MX", "0 ."),
+            Ok(RecordData::Mx {
+                preference: 0,
+                exchange: ".".into()
+            })
+        );
+        assert_eq!(
+            data("SRV", "1 2 443 svc.other.org."),
+            Ok(RecordData::Srv {
+                priority: 1,
+                weight: 2,
+                port: 443,
+                target: "svc.other.org.".into()
+            })
+        );
+        assert_eq!(
+            data("CAA", "128 iodef mailto:x@mysite.com"),
+            Ok(RecordData::Caa {
+                flags: 128,
+                tag: "iodef".into(),
+                value: "mailto:x@mysite.com".into()
+            })
+        );
+        assert_eq!(
+            data("TXT", "a \"quoted\" text"),
+            Ok(RecordData::Txt("a \"quoted\" text".into()))
+        );
+        assert_eq!(
+            data("AAAA", "2001:db8::1"),
+            Ok(RecordData::Aaaa("2001:db8::1".parse().unwrap()))
+        );
+        for (t, v) in [
+            ("A", "2001:db8::1"),
+            ("AAAA", "192.0.2.1"),
+            ("MX", "mail"),
+            ("MX", "-1 mail"),
+            ("MX", "70000 mail"),
+            ("SRV", "1 2 mail"),
+            ("CAA", "0 issue"),
+            ("CAA", "256 issue x"),
+            ("CAA", "0 is-sue x"),
+            ("CAA", "0 issue \"x"),
+            ("CNAME", "a..b"),
+        ] {
+            assert!(data(t, v).is_err(), "{t} {v}");
+        }
+        assert!(record_type("SOA").unwrap_err().contains("soa key"));
+        assert!(record_type("PTR").is_err());
+    }
+
+    #[test]
+    fn addresses_and_urls() {
+        assert_eq!(
+            parse_socket("[::1]:53", true),
+            Ok("[::1]:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_socket("0.0.0.0:0", true),
+            Ok("0.0.0.0:0".parse().unwrap())
+        );
+        for bad in [
+            "127.0.0.1:0",
+            "0.0.0.0:80",
+            "[::]:80",
+            "localhost:80",
+            "127.0.0.1",
+            "::1:53",
+            "[::1]",
+            "127.0.0.1:65536",
+            "",
+        ] {
+            assert!(parse_socket(bad, false).is_err(), "{bad}");
+        }
+        assert!(
+            parse_socket("::1", true)
+                .unwrap_err()
+                .contains("\"[::1]:8080\"")
+        );
+
+        let url = parse_url("http://[2001:db8::1]/datacenters/eu").unwrap();
+        assert_eq!(
+            (
+                url.target.as_str(),
+                url.host.as_str(),
+                url.path.as_str(),
+                url.tls
+            ),
+            (
+                "[2001:db8::1]:80",
+                "[2001:db8::1]",
+                "/datacenters/eu",
+                false
+            )
+        );
+        let url = parse_url("https://192.0.2.1:9443").unwrap();
+        assert_eq!(
+            (url.target.as_str(), url.path.as_str(), url.tls),
+            ("192.0.2.1:9443", "/", true)
+        );
+        for bad in [
+            "192.0.2.1:80/x",
+            "ftp://a/",
+            "http://",
+            "http://a:0/",
+            "http://a:x/",
+            "http://u@a/",
+            "http://a/#x",
+            "http://a/b c",
+            "http://a:b:c/",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_input_never_panics() {
+        let contract = contract();
+        let mut inputs: Vec<String> = contract
+            .char_indices()
+            .map(|(i, _)| contract[..i].to_owned())
+            .step_by(7)
+            .collect();
+        let lines: Vec<&str> = contract.lines().collect();
+        for skip in 0..lines.len() {
+            let mut without = lines.clone();
+            without.remove(skip);
+            inputs.push(without.join("\n"));
+        }
+        inputs.extend(
+            [
+                "pool = [[]]",
+                "pool = [1, 2]",
+                "[[pool]]\nname = 1\nbackends = {}",
+                "[[pool]]\nbackends = [[], {}, { addr = 1 }]\nmin_healthy = -1\ncheck = []",
+                "[dns]\nlisten = \"127.0.0.1:53\"\nzone = [{ soa = [], ns = [1], records = [{}] }]\ngeo = 5",
+                "[[dns.zone]]\norigin = \"@\"\nrecords = [{ name = \"@\", type = \"CNAME\", value = \"@\" }]",
+                "[[dns.geo]]\nname = \"a.\"\nanswers = 99999999999999999999999\ndatacenters = []",
+                "[[datacenter]]\nlocation = 1970-01-01T00:00:00Z\naddresses = [1.5]\ncheck = { kind = \"http\" }",
+                "[[listener]]\nprotocol = \"https\"\ntls = [{ cert = \"\" }]\nroutes = [{}, 1]\ntimeouts = []",
+                "[geoip]\nnetwork = { cidr = \"x\" }\ndatabase = 1",
+                "[runtime]\nworker_threads = 1e400\nshutdown_grace = \"18446744073709551615d\"",
+                "a.b.c.d.e = 1\n\"\u{7f}é\" = \"\u{0}\"",
+            ]
+            .map(str::to_owned),
+        );
+        let deep = format!("[admin]\nlisten = {}1{}", "[".repeat(60), "]".repeat(60));
+        inputs.push(deep);
+        for input in &inputs {
+            let _ = parse(input);
+        }
+    }
+
+    #[test]
+    fn check_files_names_each_unreadable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("geo.mmdb")).unwrap();
+        let text = r#"[geoip]
+database = "geo.mmdb"
+[[pool]]
+name = "p"
+backends = [{ addr = "127.0.0.1:1" }]
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+pool = "p"
+protocol = "https"
+tls = [
+  { cert = "cert.pem", key = "missing.key" },
+]
+"#;
+        let path = dir.path().join("geolb.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.source, path);
+        let found = check_files(&config);
+        let got: Vec<(&str, Option<usize>)> =
+            found.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("geoip.database", Some(2)),
+                ("listener[0].tls[0].key", Some(12))
+            ]
+        );
+        assert!(
+            found[0].message.contains("not a regular file"),
+            "{}",
+            found[0]
+        );
+        assert!(found[1].message.contains("missing.key"), "{}", found[1]);
+
+        let missing = load(&dir.path().join("nope.toml")).unwrap_err();
+        assert_eq!(missing.0.len(), 1);
+        assert_eq!((missing.0[0].path.as_str(), missing.0[0].line), ("", None));
+        assert!(
+            missing.0[0].message.starts_with("cannot read "),
+            "{missing}"
+        );
+    }
 }

@@ -139,9 +139,7 @@ impl HealthTable {
         let mut changes = self.changed.subscribe();
         let all_known = || {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries
-                .values()
-                .all(|e| e.health.state() != State::Unknown)
+            entries.values().all(|e| e.health.state() != State::Unknown)
         };
         let _ = tokio::time::timeout(limit, async {
             while !all_known() {

@@ -30,9 +30,7 @@ pub async fn probe(key: &HealthKey) -> io::Result<()> {
 fn local_proxy_header(version: ProxyProtocolVersion) -> &'static [u8] {
     match version {
         ProxyProtocolVersion::V1 => b"PROXY UNKNOWN\r\n",
-        ProxyProtocolVersion::V2 => {
-            b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
-        }
+        ProxyProtocolVersion::V2 => b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00",
     }
 }
 

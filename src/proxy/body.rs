@@ -159,7 +159,8 @@ impl Body for ResponseBody {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 match frame {
                     Some(Ok(frame)) => {
-                        if let (Some(data), Some(c)) = (frame.data_ref(), this.completion.as_mut()) {
+                        if let (Some(data), Some(c)) = (frame.data_ref(), this.completion.as_mut())
+                        {
                             c.bytes += data.len() as u64;
                         }
                         if body.is_end_stream() {
@@ -190,7 +191,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Backend(body) => body.size_hint(),
-            Inner::Message(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            Inner::Message(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
         }
     }
 }

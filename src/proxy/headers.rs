@@ -141,7 +141,12 @@ mod tests {
             ("x-forwarded-host", "evil"),
         ]);
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        add_forwarded(&mut h, mapped, "http", Some(HeaderValue::from_static("a.example")));
+        add_forwarded(
+            &mut h,
+            mapped,
+            "http",
+            Some(HeaderValue::from_static("a.example")),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");

@@ -165,7 +165,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let snapshot = conn.ctx.snapshot.load();
     let Some(listener) = snapshot.listeners.get(&conn.ctx.bind).cloned() else {
         conn.activity.request_ended();
-        return message(StatusCode::SERVICE_UNAVAILABLE, "this listener is shutting down", None);
+        return message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this listener is shutting down",
+            None,
+        );
     };
     drop(snapshot);
 
@@ -310,7 +314,10 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     headers::strip_hop_by_hop(resp.headers_mut(), true);
                     completion.status = 101;
                     let (parts, _) = resp.into_parts();
-                    return Response::from_parts(parts, ResponseBody::message(Bytes::new(), Some(completion)));
+                    return Response::from_parts(
+                        parts,
+                        ResponseBody::message(Bytes::new(), Some(completion)),
+                    );
                 }
                 headers::strip_hop_by_hop(resp.headers_mut(), false);
                 if close_after {
@@ -355,7 +362,10 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         ),
         Failure::Connect(b, e) if e.kind() == io::ErrorKind::TimedOut => (
             StatusCode::GATEWAY_TIMEOUT,
-            format!("could not connect to backend {b} within {:?}", timeouts.connect),
+            format!(
+                "could not connect to backend {b} within {:?}",
+                timeouts.connect
+            ),
         ),
         Failure::Connect(b, e) => (
             StatusCode::BAD_GATEWAY,
@@ -386,7 +396,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A short plain-text answer of our own.
-pub fn message(status: StatusCode, text: &str, completion: Option<Completion>) -> Response<ResponseBody> {
+pub fn message(
+    status: StatusCode,
+    text: &str,
+    completion: Option<Completion>,
+) -> Response<ResponseBody> {
     let body = format!(
         "{} {}: {}\n",
         status.as_u16(),

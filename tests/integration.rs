@@ -1,0 +1,674 @@
+//! End-to-end tests: the real binary, real sockets on port 0.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Backend, Geolb, eventually, get, raw, request, status_of};
+
+fn config(body: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
+}
+
+fn backend_list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One pool "p" with an http check every 100 ms, one listener "web".
+fn simple(backends: &str, extra_listener: &str) -> String {
+    config(&format!(
+        "[[pool]]\nname = \"p\"\n\
+         check = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n\
+         backends = [{backends}]\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{extra_listener}\n"
+    ))
+}
+
+async fn body_of(addr: SocketAddr, path: &str) -> String {
+    let (code, _, body) = get(addr, path, &[]).await.expect("request");
+    assert_eq!(code, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn weighted_round_robin_is_exact_over_cycles() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let backends = format!(
+        "{{ addr = \"{}\", weight = 1 }}, {{ addr = \"{}\", weight = 2 }}, {{ addr = \"{}\", weight = 3 }}",
+        a.addr, b.addr, c.addr
+    );
+    let geolb = Geolb::start(&simple(&backends, "")).await;
+    let web = geolb.listener("web");
+    for _ in 0..60 {
+        body_of(web, "/").await;
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (10, 20, 30));
+}
+
+#[tokio::test]
+async fn a_killed_backend_costs_no_request_and_is_marked_down() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let geolb = Geolb::start(&simple(&backend_list(&[&a, &b, &c]), "retries = 2")).await;
+    let web = geolb.listener("web");
+    let load = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        let mut n = 0;
+        let end = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while tokio::time::Instant::now() < end {
+            for _ in 0..4 {
+                match get(web, "/", &[]).await {
+                    Ok((200, _, _)) => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+                n += 1;
+            }
+        }
+        (n, failures)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    b.kill();
+    let (n, failures) = load.await.unwrap();
+    assert!(n > 50, "only {n} requests ran");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {failures:?}",
+        failures.len()
+    );
+    eventually("b marked down", Duration::from_secs(3), || async {
+        geolb.backend_state("p", b.addr).await == "down"
+    })
+    .await;
+    let before = (a.hits(), c.hits());
+    for _ in 0..10 {
+        body_of(web, "/").await;
+    }
+    assert_eq!(a.hits() + c.hits(), before.0 + before.1 + 10);
+}
+
+#[tokio::test]
+async fn failing_check_drops_a_backend_and_rise_brings_it_back() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let geolb = Geolb::start(&simple(&backend_list(&[&a, &b]), "")).await;
+    let web = geolb.listener("web");
+    b.set_health(503);
+    eventually("b down after fall", Duration::from_secs(3), || async {
+        geolb.backend_state("p", b.addr).await == "down"
+    })
+    .await;
+    let hits = b.hits();
+    for _ in 0..10 {
+        assert_eq!(body_of(web, "/").await, "a");
+    }
+    assert_eq!(b.hits(), hits);
+    b.set_health(200);
+    eventually("b up after rise", Duration::from_secs(3), || async {
+        geolb.backend_state("p", b.addr).await == "up"
+    })
+    .await;
+    let mut seen_b = false;
+    for _ in 0..4 {
+        seen_b |= body_of(web, "/").await == "b";
+    }
+    assert!(seen_b);
+    let metrics = geolb.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "geolb_backend_up{{pool=\"p\",backend=\"{}\"}} 1",
+            b.addr
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn drained_backends_take_no_requests() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let backends = format!(
+        "{{ addr = \"{}\" }}, {{ addr = \"{}\", drain = true }}",
+        a.addr, b.addr
+    );
+    let geolb = Geolb::start(&simple(&backends, "")).await;
+    for _ in 0..10 {
+        assert_eq!(body_of(geolb.listener("web"), "/").await, "a");
+    }
+    assert_eq!(b.hits(), 0);
+    let status = geolb.status().await;
+    assert_eq!(status["pools"][0]["healthy"], 1, "{status}");
+    assert_eq!(status["pools"][0]["backends"][1]["drain"], true);
+}
+
+#[tokio::test]
+async fn all_backends_down_gives_503_with_a_reason() {
+    let a = Backend::start("a").await;
+    a.set_health(500);
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    let (code, _, body) = get(geolb.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(code, 503);
+    assert!(String::from_utf8_lossy(&body).contains("no healthy backend in pool p"));
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn startup_with_a_dead_backend_never_picks_it() {
+    let a = Backend::start("a").await;
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let backends = format!("{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}", a.addr);
+    let geolb = Geolb::start(&simple(&backends, "retries = 0")).await;
+    // No retries allowed: any pick of the dead backend would fail a request.
+    for _ in 0..10 {
+        assert_eq!(body_of(geolb.listener("web"), "/").await, "a");
+    }
+    assert_eq!(geolb.backend_state("p", dead).await, "down");
+}
+
+#[tokio::test]
+async fn routes_by_host_then_path_prefix() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"pa\"\nbackends = [{}]\n\
+         [[pool]]\nname = \"pb\"\nbackends = [{}]\n\
+         [[pool]]\nname = \"pc\"\nbackends = [{}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"pa\"\n\
+         routes = [{{ host = \"b.example\", pool = \"pb\" }}, {{ path_prefix = \"/c/\", pool = \"pc\" }}]\n",
+        backend_list(&[&a]),
+        backend_list(&[&b]),
+        backend_list(&[&c])
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    let body = |h: &'static str, p: &'static str| async move {
+        let (_, _, b) = get(web, p, &[("host", h)]).await.unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    assert_eq!(body("a.example", "/").await, "a");
+    assert_eq!(
+        body("B.Example:8080", "/c/x").await,
+        "b",
+        "host wins: first match"
+    );
+    assert_eq!(body("a.example", "/c/x").await, "c");
+    assert_eq!(body("a.example", "/cx").await, "a");
+}
+
+#[tokio::test]
+async fn forwarded_and_hop_by_hop_headers() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    let (code, headers, body) = get(
+        geolb.listener("web"),
+        "/headers",
+        &[
+            ("host", "site.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("x-end-to-end", "kept"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let seen = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: site.example\n"), "{seen}");
+    assert!(seen.contains("host: site.example\n"), "{seen}");
+    assert!(seen.contains("x-end-to-end: kept\n"), "{seen}");
+    for gone in ["x-private", "keep-alive", "proxy-connection", "te:"] {
+        assert!(!seen.contains(gone), "{gone} reached the backend: {seen}");
+    }
+    assert!(!headers.contains_key("keep-alive"));
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_in_bounded_memory() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    let web = geolb.listener("web");
+    let size: u64 = 256 * 1024 * 1024;
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse().ok())
+            .unwrap()
+    };
+    let pid = geolb.pid();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(rss(pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if peak == u64::MAX {
+                return peak;
+            }
+        }
+    });
+    // Download: counted as it streams, never collected whole here either.
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("/bytes?n={size}"))
+        .header("host", "x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut received = 0u64;
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, size);
+    // Upload: a streamed body of the same size.
+    let chunk = Bytes::from(vec![b'y'; 1 << 20]);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(2);
+    tokio::spawn(async move {
+        for _ in 0..(size >> 20) {
+            if tx
+                .send(Ok(hyper::body::Frame::data(chunk.clone())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    struct Rx(
+        tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+    );
+    impl hyper::body::Body for Rx {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/upload")
+        .header("host", "x")
+        .body(Rx(rx))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let count = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&count), size.to_string());
+    sampler.abort();
+    let peak_kb = rss(pid);
+    assert!(
+        peak_kb < 64 * 1024,
+        "geolb RSS reached {peak_kb} KiB moving {size} bytes"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"hello"[..], b"through the tunnel"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_never_reach_a_backend() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(
+        &backend_list(&[&a]),
+        "timeouts = { header = \"500ms\" }",
+    ))
+    .await;
+    let web = geolb.listener("web");
+    let limit = Duration::from_secs(5);
+    let cases: &[(&str, &[u8], u16)] = &[
+        (
+            "bad header bytes",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
+            400,
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Foo : b\r\n\r\n",
+            400,
+        ),
+        (
+            "differing content-lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "te not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            400,
+        ),
+        ("no http version", b"GET /\r\n\r\n", 400),
+    ];
+    for (what, bytes, expected) in cases {
+        let resp = raw(web, bytes, limit).await;
+        assert_eq!(status_of(&resp), *expected, "{what}: {resp:?}");
+    }
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let resp = raw(web, huge.as_bytes(), limit).await;
+    assert_eq!(status_of(&resp), 431, "{resp:?}");
+    assert_eq!(a.hits(), 0);
+
+    // Both framings: handled as chunked, Content-Length never forwarded,
+    // and the connection closed after it.
+    let smuggle = b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n";
+    let resp = raw(web, smuggle, limit).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(!lower.contains("content-length: 4"), "{resp}");
+    assert!(lower.contains("connection: close"), "{resp}");
+    assert_eq!(
+        lower.matches("http/1.1 ").count(),
+        1,
+        "a second request was served: {resp}"
+    );
+
+    // A head sent too slowly is cut after timeouts.header.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("connection was not cut");
+    assert!(n.is_ok() || buf.is_empty());
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(
+        &backend_list(&[&a]),
+        "timeouts = { header = \"300ms\", idle = \"5s\" }",
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = http::Request::get("/")
+            .header("host", "x")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("kept-alive connection still open");
+        assert_eq!(resp.status(), 200);
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+}
+
+#[tokio::test]
+async fn backend_timeout_is_504_and_a_dead_backend_is_502() {
+    let a = Backend::start("a").await;
+    let cfg = simple(
+        &backend_list(&[&a]),
+        "timeouts = { request = \"300ms\" }\nretries = 0",
+    );
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    let (code, _, body) = get(web, "/slow?ms=2000", &[]).await.unwrap();
+    assert_eq!(code, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("did not answer within"));
+
+    // A pool without checks whose only backend refuses connections.
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{dead}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n"
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let (code, _, body) = get(geolb.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(code, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("could not connect"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
+    let a = Backend::start("a").await;
+    let mut geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    let web = geolb.listener("web");
+    let in_flight = tokio::spawn(async move { get(web, "/slow?ms=1000", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    geolb.signal("TERM");
+    let (code, _, body) = in_flight.await.unwrap().expect("in-flight request");
+    assert_eq!((code, &body[..]), (200, &b"a"[..]));
+    let status = geolb.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", geolb.log());
+}
+
+#[tokio::test]
+async fn metrics_have_the_contract_families() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    body_of(geolb.listener("web"), "/").await;
+    let metrics = geolb.metrics().await;
+    for family in [
+        "geolb_http_requests_total",
+        "geolb_http_request_duration_seconds",
+        "geolb_backend_up",
+        "geolb_backend_active_connections",
+        "geolb_config_reloads_total",
+        "geolb_build_info",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "no TYPE for {family}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("geolb_http_requests_total{listener=\"web\",pool=\"p\",code=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "geolb_http_request_duration_seconds_bucket{listener=\"web\",pool=\"p\",le=\"0.005\"}"
+        ),
+        "{metrics}"
+    );
+    // promtool is the judge where it is installed (.ci/run installs it).
+    if let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(metrics.as_bytes())?;
+            child.wait_with_output()
+        })
+    {
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else if std::env::var_os("CI").is_some() {
+        panic!("promtool is not installed; .ci/run should install it");
+    }
+}
+
+#[tokio::test]
+async fn reload_swaps_pools_and_rejects_bad_configs() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    let web = geolb.listener("web");
+    assert_eq!(body_of(web, "/").await, "a");
+    let admin = geolb.admin;
+    let reload = || async move {
+        request(admin, "POST", "/reload", &[], Bytes::new())
+            .await
+            .unwrap()
+    };
+
+    std::fs::write(geolb.config_path(), simple(&backend_list(&[&b]), "")).unwrap();
+    let (code, _, body) = reload().await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(summary["config_generation"], 2);
+    eventually("b serves after reload", Duration::from_secs(3), || async {
+        get(web, "/", &[])
+            .await
+            .map(|r| r.2 == "b")
+            .unwrap_or(false)
+    })
+    .await;
+    let metrics = geolb.metrics().await;
+    assert!(
+        !metrics.contains(&a.addr.to_string()),
+        "removed backend still in metrics:\n{metrics}"
+    );
+
+    std::fs::write(geolb.config_path(), "[[pool]]\nname = 1\n").unwrap();
+    let (code, _, body) = reload().await;
+    assert_eq!(code, 400);
+    let errors: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        errors["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("pool[0].name")),
+        "{errors}"
+    );
+    assert_eq!(body_of(web, "/").await, "b", "the old config keeps serving");
+    assert!(
+        geolb
+            .metrics()
+            .await
+            .contains("geolb_config_reloads_total{result=\"failure\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn check_reports_every_error_with_path_and_line() {
+    let (ok, _, stderr) = support::geolb_check(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1\" }]\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"missing\"\nbogus = 1\n",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 6: pool[0].backends[0].addr"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 11: listener[0].pool"), "{stderr}");
+    assert!(stderr.contains("listener[0].bogus"), "{stderr}");
+    let (ok, stdout, stderr) =
+        support::geolb_check("[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:9\" }]\n");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn the_shipped_configs_pass_check() {
+    for name in ["geolb.toml", "minimal.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

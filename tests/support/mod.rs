@@ -1,0 +1,469 @@
+//! Test servers and clients: the real `geolb` binary on port 0, backends
+//! whose behaviour a test steers, and raw and hyper clients.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Waits for `cond` with a deadline; panics with `what` if it never holds.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `geolb run` process.
+pub struct Geolb {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, SocketAddr>,
+}
+
+impl Geolb {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("geolb.toml")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Starts geolb with `config` (which must have `[admin] listen =
+    /// "127.0.0.1:0"`) and waits until its admin answers.
+    pub async fn start(config: &str) -> Geolb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("geolb.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_geolb"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("GEOLB_LOG", "info,geolb=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn geolb");
+        let mut geolb = Geolb {
+            child: Some(child),
+            dir,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            listeners: HashMap::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(addr) = geolb
+                .log()
+                .lines()
+                .find(|l| l.contains("admin listening"))
+                .and_then(|l| l.rsplit("addr=").next())
+                .and_then(|a| a.trim().parse().ok())
+            {
+                geolb.admin = addr;
+                break;
+            }
+            if let Some(status) = geolb.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("geolb exited with {status} during start:\n{}", geolb.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "geolb did not start:\n{}",
+                geolb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = geolb.status().await;
+        for l in status["listeners"].as_array().unwrap() {
+            geolb.listeners.insert(
+                l["name"].as_str().unwrap().to_string(),
+                l["local_addr"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+        geolb
+    }
+
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners[name]
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, _, body) = get(self.admin, "/status", &[]).await.expect("GET /status");
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).expect("status JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (_, _, body) = get(self.admin, "/metrics", &[])
+            .await
+            .expect("GET /metrics");
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The `state` of backend `addr` in pool `pool` per /status.
+    pub async fn backend_state(&self, pool: &str, addr: SocketAddr) -> String {
+        let status = self.status().await;
+        for p in status["pools"].as_array().unwrap() {
+            if p["name"] == pool {
+                for b in p["backends"].as_array().unwrap() {
+                    if b["addr"] == addr.to_string() {
+                        return b["state"].as_str().unwrap().to_string();
+                    }
+                }
+            }
+        }
+        panic!("no backend {addr} in pool {pool}: {status}");
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit (deadline `limit`).
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "geolb did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Geolb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn geolb_check(config: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("geolb.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> TestBody {
+    Full::new(body.into()).boxed()
+}
+
+/// A backend a test can steer: answers `/health` with `health_status`,
+/// counts hits, and has a few special paths:
+/// `/headers` (echoes request headers, one `name: value` per line),
+/// `/slow?ms=N`, `/bytes?n=N` (streams N bytes), `/upload` (counts the
+/// body), `/ws` (101 then echoes bytes), `/close` (closes without answering).
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub health_status: Arc<AtomicU16>,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, listener)
+    }
+
+    /// Starts on a given address (e.g. one that was down before).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Backend {
+        let backend = Backend {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::new(AtomicUsize::new(0)),
+            health_status: Arc::new(AtomicU16::new(200)),
+            stop: CancellationToken::new(),
+        };
+        let (name, hits, health, stop) = (
+            backend.name.clone(),
+            backend.hits.clone(),
+            backend.health_status.clone(),
+            backend.stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (name, hits, health, stop) =
+                    (name.clone(), hits.clone(), health.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (name, hits, health) = (name.clone(), hits.clone(), health.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &name, &hits, &health).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        backend
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Stops accepting and cuts every open connection.
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn query_number(req: &Request<Incoming>, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    name: &str,
+    hits: &AtomicUsize,
+    health: &AtomicU16,
+) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        let code = health.load(Ordering::SeqCst);
+        let mut r = Response::new(full("health\n"));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+        return r;
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    match path.as_str() {
+        "/headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(text))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query_number(&req, "ms"))).await;
+            Response::new(full(name.to_string()))
+        }
+        "/bytes" => {
+            let n = query_number(&req, "n");
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_stream(n, chunk);
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map(|f| f.into_data()) {
+                    total += data.map_or(0, |d| d.len() as u64);
+                }
+            }
+            Response::new(full(total.to_string()))
+        }
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if io.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r
+        }
+        _ => Response::new(full(name.to_string())),
+    }
+}
+
+fn futures_stream(
+    mut remaining: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while remaining > 0 {
+            let n = remaining.min(chunk.len() as u64) as usize;
+            if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                return;
+            }
+            remaining -= n as u64;
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    struct S(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+    impl futures_core::Stream for S {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    S(rx)
+}
+
+/// One request on a fresh connection; the whole body collected.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", addr.to_string());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, body))
+}
+
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    request(addr, "GET", path, headers, Bytes::new()).await
+}
+
+/// Sends raw bytes and reads until the peer closes or `limit` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response text.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
