@@ -43,12 +43,6 @@ pub fn unsupported(config: &Config) -> Vec<ConfigError> {
         refuse("datacenter".into(), "[[datacenter]]");
     }
     for (i, pool) in config.pools.iter().enumerate() {
-        if pool.balance != config::Balance::RoundRobin {
-            refuse(
-                format!("pool[{i}].balance"),
-                "a balance other than round_robin",
-            );
-        }
         if pool.proxy_protocol.is_some() {
             refuse(format!("pool[{i}].proxy_protocol"), "PROXY protocol");
         }

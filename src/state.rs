@@ -218,11 +218,10 @@ pub fn compile(
                     shared: registry.get(bc.addr),
                 })
                 .collect::<Vec<_>>();
-            let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
             Arc::new(Pool {
                 name: pc.name.as_str().into(),
                 config: pc.clone(),
-                balancer: balance::build(pc.balance, &weights),
+                balancer: balance::build(pc.balance, &pc.backends),
                 backends,
             })
         })

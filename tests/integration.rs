@@ -672,3 +672,118 @@ fn the_shipped_configs_pass_check() {
         );
     }
 }
+
+fn pool_toml(name: &str, balance: &str, extra: &str, backends: &[&Backend]) -> String {
+    format!(
+        "[[pool]]\nname = \"{name}\"\nbalance = \"{balance}\"\n{extra}\nbackends = [{}]\n\n",
+        backend_list(backends)
+    )
+}
+
+#[tokio::test]
+async fn every_balance_algorithm_serves_through_a_listener() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let all = [&a, &b, &c];
+    let mut cfg = String::new();
+    for (name, balance) in [
+        ("rr", "round_robin"),
+        ("lc", "least_conn"),
+        ("r2", "random_two"),
+        ("mg", "maglev"),
+    ] {
+        cfg.push_str(&pool_toml(name, balance, "", &all));
+    }
+    cfg.push_str(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"rr\"\n\
+         routes = [{ path_prefix = \"/lc/\", pool = \"lc\" }, { path_prefix = \"/r2/\", pool = \"r2\" }, { path_prefix = \"/mg/\", pool = \"mg\" }]\n",
+    );
+    let geolb = Geolb::start(&config(&cfg)).await;
+    let web = geolb.listener("web");
+    for prefix in ["/", "/lc/", "/r2/"] {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..60 {
+            seen.insert(body_of(web, prefix).await);
+        }
+        assert_eq!(seen.len(), 3, "{prefix} used only {seen:?}");
+    }
+    // Maglev by client address: every request from here lands on one backend.
+    let first = body_of(web, "/mg/").await;
+    for _ in 0..20 {
+        assert_eq!(body_of(web, "/mg/").await, first);
+    }
+}
+
+#[tokio::test]
+async fn maglev_header_and_cookie_keys_keep_a_client_on_one_backend() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let all = [&a, &b, &c];
+    let cfg = config(&format!(
+        "{}{}[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"by-header\"\n\
+         routes = [{{ path_prefix = \"/c/\", pool = \"by-cookie\" }}]\n",
+        pool_toml("by-header", "maglev", "hash = \"header:X-User\"", &all),
+        pool_toml("by-cookie", "maglev", "hash = \"cookie:session\"", &all),
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    let mut used = std::collections::HashSet::new();
+    for user in 0..24 {
+        let id = format!("user-{user}");
+        let cookie = format!("theme=dark; session={id}");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let (_, _, h) = get(web, "/", &[("x-user", &id)]).await.unwrap();
+            seen.insert(h);
+            let (_, _, c) = get(web, "/c/", &[("cookie", &cookie)]).await.unwrap();
+            seen.insert(Bytes::from(format!(
+                "cookie:{}",
+                String::from_utf8_lossy(&c)
+            )));
+        }
+        assert_eq!(seen.len(), 2, "{id} moved between backends: {seen:?}");
+        used.extend(seen);
+    }
+    assert!(
+        used.len() >= 4,
+        "24 users should spread over backends: {used:?}"
+    );
+}
+
+#[tokio::test]
+async fn least_conn_steers_new_work_away_from_a_busy_backend() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    // Active counts are per backend address, across pools: "hold" loads a.
+    let cfg = config(&format!(
+        "{}{}[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"lc\"\n\
+         routes = [{{ path_prefix = \"/slow\", pool = \"hold\" }}]\n",
+        pool_toml("hold", "round_robin", "", &[&a]),
+        pool_toml("lc", "least_conn", "", &[&a, &b]),
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    let held: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(web, "/slow?ms=1500", &[]).await }))
+        .collect();
+    eventually("a holds 4 requests", Duration::from_secs(3), || async {
+        let status = geolb.status().await;
+        status["pools"][1]["backends"][0]["active"] == 4
+    })
+    .await;
+    assert!(geolb.metrics().await.contains(&format!(
+        "geolb_backend_active_connections{{pool=\"lc\",backend=\"{}\"}} 4",
+        a.addr
+    )));
+    for _ in 0..10 {
+        assert_eq!(body_of(web, "/").await, "b");
+    }
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().0, 200);
+    }
+}

@@ -3,12 +3,12 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,8 @@ use super::activity::{Activity, TrackedIo};
 use super::body::{AccessLog, ActiveGuard, BackendRequestBody, Completion, ResponseBody};
 use super::headers;
 use super::pool;
+use crate::balance;
+use crate::config::{Balance, HashKey, PoolConfig};
 use crate::state::SharedSnapshot;
 
 /// What every connection of one listener shares.
@@ -178,7 +181,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let host = host_value.as_ref().and_then(host_name);
+    // Parsing the host costs an allocation; only routes and the access log need it.
+    let host = if listener.routes.is_empty() && !listener.config.access_log {
+        None
+    } else {
+        host_value.as_ref().and_then(host_name)
+    };
     let route = listener.route(host.as_deref(), req.uri().path());
     let pool = route.pool.clone();
     let mut completion = Completion {
@@ -237,6 +245,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     }
     *req.version_mut() = Version::HTTP_11;
 
+    let key = request_key(&pool.config, conn.peer.ip(), req.headers());
     let (parts, body) = req.into_parts();
     // A body-less idempotent request can be rebuilt and sent again after a
     // backend closed on it; anything with a body cannot.
@@ -261,13 +270,13 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
 
     let timeouts = listener.config.timeouts;
     let retries = listener.config.retries as usize;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut failure = Failure::NoBackend;
     // Stale pooled connections are retried on the same backend without
     // counting as a retry; this bounds how often that can happen.
     let mut stale_left = 8;
     while tried.len() <= retries {
-        let Some(index) = pool.pick(&tried, 0) else {
+        let Some(index) = pool.pick(&tried, key) else {
             break;
         };
         let Some(request) = pending.take().or_else(rebuild) else {
@@ -384,6 +393,37 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     message(status, &text, Some(completion))
 }
 
+/// The key a hashing balancer places this request by; a request without
+/// the configured header or cookie falls back to the client address.
+fn request_key(pool: &PoolConfig, client: IpAddr, headers: &HeaderMap) -> u64 {
+    if pool.balance != Balance::Maglev {
+        return 0;
+    }
+    let by_client = || match client.to_canonical() {
+        IpAddr::V4(a) => balance::hash_key(&a.octets()),
+        IpAddr::V6(a) => balance::hash_key(&a.octets()),
+    };
+    match &pool.hash {
+        HashKey::ClientIp => by_client(),
+        HashKey::Header(name) => headers
+            .get(name.as_str())
+            .map_or_else(by_client, |v| balance::hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => cookie(headers, name).map_or_else(by_client, balance::hash_key),
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -454,5 +494,15 @@ mod tests {
         assert_eq!(h("Example.COM:8080").as_deref(), Some("example.com"));
         assert_eq!(h("example.com").as_deref(), Some("example.com"));
         assert_eq!(h("[::1]:80").as_deref(), Some("::1"));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; session=abc"));
+        h.append(header::COOKIE, HeaderValue::from_static("other=2"));
+        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "other"), Some(&b"2"[..]));
+        assert_eq!(cookie(&h, "sess"), None);
     }
 }
