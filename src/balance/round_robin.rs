@@ -42,35 +42,14 @@ impl Balancer for SmoothWeightedRoundRobin {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::super::test_support::Pool;
     use super::*;
-
-    pub struct Fixed {
-        pub weights: Vec<u32>,
-        pub eligible: Vec<bool>,
-    }
-
-    impl Candidates for Fixed {
-        fn count(&self) -> usize {
-            self.weights.len()
-        }
-        fn weight(&self, i: usize) -> u32 {
-            self.weights[i]
-        }
-        fn eligible(&self, i: usize) -> bool {
-            self.eligible[i]
-        }
-        fn active(&self, _: usize) -> usize {
-            0
-        }
-    }
 
     fn counts(weights: &[u32], eligible: &[bool], picks: usize) -> Vec<usize> {
         let rr = SmoothWeightedRoundRobin::new(weights.len());
-        let c = Fixed {
-            weights: weights.to_vec(),
-            eligible: eligible.to_vec(),
-        };
+        let mut c = Pool::new(weights);
+        c.eligible = eligible.to_vec();
         let mut n = vec![0; weights.len()];
         for _ in 0..picks {
             n[rr.pick(&c, 0).expect("an eligible backend")] += 1;
@@ -87,10 +66,7 @@ pub(crate) mod tests {
     #[test]
     fn heavy_backend_turns_are_spread() {
         let rr = SmoothWeightedRoundRobin::new(3);
-        let c = Fixed {
-            weights: vec![5, 1, 1],
-            eligible: vec![true; 3],
-        };
+        let c = Pool::new(&[5, 1, 1]);
         let seq: Vec<usize> = (0..7).map(|_| rr.pick(&c, 0).unwrap()).collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
@@ -100,10 +76,8 @@ pub(crate) mod tests {
         let n = counts(&[3, 1, 1], &[false, true, true], 1000);
         assert_eq!(n, vec![0, 500, 500]);
         let rr = SmoothWeightedRoundRobin::new(2);
-        let none = Fixed {
-            weights: vec![1, 1],
-            eligible: vec![false, false],
-        };
+        let mut none = Pool::new(&[1, 1]);
+        none.eligible = vec![false, false];
         assert_eq!(rr.pick(&none, 0), None);
     }
 }
