@@ -7,7 +7,7 @@
 //!
 //! | `balance`     | type                        | per pick            |
 //! |---------------|-----------------------------|---------------------|
-//! | `round_robin` | [`SmoothWeightedRoundRobin`] | O(n), one mutex     |
+//! | `round_robin` | [`SmoothWeightedRoundRobin`] | O(1) expected, lock-free |
 //! | `least_conn`  | [`LeastConn`]               | O(n), lock-free     |
 //! | `random_two`  | [`RandomTwo`]               | O(log n) expected   |
 //! | `maglev`      | [`Maglev`]                  | O(1) expected       |
@@ -45,7 +45,9 @@ pub trait Balancer: Send + Sync {
 /// same order.
 pub fn build(balance: Balance, backends: &[BackendConfig]) -> Box<dyn Balancer> {
     match balance {
-        Balance::RoundRobin => Box::new(SmoothWeightedRoundRobin::new(backends.len())),
+        Balance::RoundRobin => Box::new(SmoothWeightedRoundRobin::new(
+            &backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        )),
         Balance::LeastConn => Box::new(LeastConn::new()),
         Balance::RandomTwo => Box::new(RandomTwo::new(backends.iter().map(|b| b.weight))),
         Balance::Maglev => Box::new(Maglev::new(backends)),
