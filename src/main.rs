@@ -41,10 +41,17 @@ fn init_logging() {
 }
 
 fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
+    // One worker: a current-thread runtime runs every task on this thread
+    // with no work-stealing queues or cross-thread wake-ups.
+    let mut builder = if worker_threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = worker_threads {
+            b.worker_threads(n);
+        }
+        b
+    };
     builder.enable_all().build()
 }
 

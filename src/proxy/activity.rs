@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const WAITING: u8 = 0;
@@ -30,7 +29,6 @@ pub struct Activity {
     phase: AtomicU8,
     /// Requests whose response has not ended yet.
     open_requests: AtomicU64,
-    head_begun: Notify,
 }
 
 impl Activity {
@@ -41,7 +39,6 @@ impl Activity {
             head_started: AtomicU64::new(0),
             phase: AtomicU8::new(WAITING),
             open_requests: AtomicU64::new(0),
-            head_begun: Notify::new(),
         })
     }
 
@@ -59,7 +56,6 @@ impl Activity {
                 .is_ok()
         {
             self.head_started.store(now, Ordering::Relaxed);
-            self.head_begun.notify_one();
         }
     }
 
@@ -93,19 +89,21 @@ impl Activity {
                 return "idle timeout";
             }
             let mut deadline = idle_deadline;
-            if let Some(header_ms) = header_ms
-                && self.phase.load(Ordering::Relaxed) == READING_HEAD
-            {
-                let header_deadline = self.head_started.load(Ordering::Relaxed) + header_ms;
-                if now >= header_deadline {
-                    return "header timeout";
+            if let Some(header_ms) = header_ms {
+                if self.phase.load(Ordering::Relaxed) == READING_HEAD {
+                    let header_deadline = self.head_started.load(Ordering::Relaxed) + header_ms;
+                    if now >= header_deadline {
+                        return "header timeout";
+                    }
+                    deadline = deadline.min(header_deadline);
+                } else {
+                    // Nothing signals a head starting (that would cost a
+                    // wake-up per request); looking again within `header`
+                    // is enough to cut a slow head exactly on time.
+                    deadline = deadline.min(now + header_ms);
                 }
-                deadline = deadline.min(header_deadline);
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(self.origin + Duration::from_millis(deadline)) => {}
-                _ = self.head_begun.notified() => {}
-            }
+            tokio::time::sleep_until(self.origin + Duration::from_millis(deadline)).await;
         }
     }
 }

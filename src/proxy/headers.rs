@@ -27,6 +27,14 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and
 /// `Connection: upgrade` is set again, so the next hop sees the upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names is cheaper
+    // than a hashed removal per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -58,34 +66,61 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`, replacing what the client sent for the latter two.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &ClientAddr,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let client = client.to_canonical().to_string();
-    let mut xff = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                xff.push_str(s);
-                xff.push_str(", ");
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut xff = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    xff.push_str(s);
+                    xff.push_str(", ");
+                }
             }
         }
-    }
-    xff.push_str(&client);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+        xff.push_str(&client.text);
+        HeaderValue::from_str(&xff).unwrap_or_else(|_| client.header.clone())
+    } else {
+        client.header.clone()
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// A client address as forwarded headers write it, formatted once per
+/// connection rather than per request.
+pub struct ClientAddr {
+    text: String,
+    header: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        // IPv4-mapped IPv6 clients are written as IPv4.
+        let text = ip.to_canonical().to_string();
+        let header = HeaderValue::from_str(&text).expect("an IP address is a valid header value");
+        ClientAddr { text, header }
+    }
 }
 
 #[cfg(test)]
@@ -143,12 +178,15 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         add_forwarded(
             &mut h,
-            mapped,
+            &ClientAddr::new(mapped),
             "http",
             Some(HeaderValue::from_static("a.example")),
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
+        let mut fresh = HeaderMap::new();
+        add_forwarded(&mut fresh, &ClientAddr::new(mapped), "https", None);
+        assert_eq!(fresh["x-forwarded-for"], "192.0.2.1");
     }
 }

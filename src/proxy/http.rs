@@ -89,6 +89,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
 struct ConnCtx {
     ctx: Arc<HttpContext>,
     peer: SocketAddr,
+    client: headers::ClientAddr,
     activity: Arc<Activity>,
 }
 
@@ -104,6 +105,7 @@ where
     let conn_ctx = Arc::new(ConnCtx {
         ctx: ctx.clone(),
         peer,
+        client: headers::ClientAddr::new(peer.ip()),
         activity: activity.clone(),
     });
     let service = service_fn(move |req| {
@@ -224,7 +226,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     headers::add_forwarded(
         req.headers_mut(),
-        conn.peer.ip(),
+        &conn.client,
         conn.ctx.proto,
         host_value.clone(),
     );

@@ -1,0 +1,270 @@
+//! The L4 path: accept, optionally read the client's PROXY header, pick a
+//! backend, connect (retrying on others), optionally send a PROXY header,
+//! then copy bytes both ways until both sides have closed.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::metrics::{Counter, counter};
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::activity::{Activity, TrackedIo};
+use super::body::ActiveGuard;
+use super::proxy_protocol::{self, Addresses};
+use crate::balance;
+use crate::config::{Balance, PoolConfig};
+use crate::metrics::TCP_CONNECTIONS;
+use crate::state::{Pool, SharedSnapshot};
+
+/// Bytes copied, `direction` = `in` (client to backend) or `out`.
+pub const TCP_BYTES: &str = "geolb_tcp_bytes_total";
+/// Failed connection attempts to backends (each retry counts).
+pub const TCP_CONNECT_ERRORS: &str = "geolb_tcp_connect_errors_total";
+
+/// What every connection of one tcp listener shares.
+pub struct TcpContext {
+    pub snapshot: SharedSnapshot,
+    /// The listener's identity in the snapshot.
+    pub bind: SocketAddr,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl TcpContext {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        bind: SocketAddr,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(TcpContext {
+            snapshot,
+            bind,
+            tasks,
+            shutdown,
+        })
+    }
+}
+
+/// Accepts until `shutdown`. Open connections are not cut by it: they run
+/// until they end, within the grace period the caller enforces.
+pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                ctx.tasks.spawn(connection(stream, peer, ctx.clone()));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(listener = %ctx.bind, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>) {
+    // One generation for the connection's whole life: a reload does not
+    // move an open connection, and the old pool's state stays valid for it.
+    let Some(listener) = ctx.snapshot.load().listeners.get(&ctx.bind).cloned() else {
+        return;
+    };
+    let config = &listener.config;
+    let local = client.local_addr().unwrap_or(ctx.bind);
+    let addresses = if config.accept_proxy_protocol {
+        match proxy_protocol::accept(
+            &mut client,
+            peer,
+            local,
+            config.timeouts.header,
+            &config.name,
+        )
+        .await
+        {
+            Some(a) => a,
+            None => return,
+        }
+    } else {
+        Addresses {
+            source: peer,
+            destination: local,
+        }
+    };
+    let pool = &listener.default_route.pool;
+    let labels = Labels {
+        listener: &config.name,
+        pool: &pool.name,
+    };
+    counter!(TCP_CONNECTIONS, "listener" => labels.listener.to_string(), "pool" => labels.pool.to_string()).increment(1);
+
+    let key = client_key(&pool.config, addresses.source.ip());
+    let Some((mut backend, index, active)) = connect(
+        pool,
+        key,
+        config.retries as usize,
+        config.timeouts.connect,
+        labels,
+    )
+    .await
+    else {
+        tracing::debug!(client = %addresses.source, pool = %pool.name, "no backend reachable; closing");
+        return;
+    };
+    let label = &pool.backends[index].label;
+    if let Some(version) = pool.config.proxy_protocol {
+        let header = proxy_protocol::encode(version, addresses.source, addresses.destination);
+        if let Err(e) = backend.write_all(&header).await {
+            tracing::debug!(backend = %label, error = %e, "writing the PROXY header failed");
+            return;
+        }
+    }
+    let _ = client.set_nodelay(true);
+
+    let activity = Activity::new();
+    let direction = |d: &'static str| {
+        counter!(TCP_BYTES, "listener" => labels.listener.to_string(), "pool" => labels.pool.to_string(), "direction" => d)
+    };
+    // Only the client side is tracked: every byte either way passes it.
+    let mut client = Counted {
+        inner: TrackedIo::new(client, activity.clone()),
+        counter: direction("in"),
+    };
+    let mut backend = Counted {
+        inner: backend,
+        counter: direction("out"),
+    };
+    // copy_bidirectional forwards a FIN from either side as shutdown(Write)
+    // on the other and keeps copying the open direction: half-close works.
+    // Any error (a reset backend) ends both at once.
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => match r {
+            Ok((up, down)) => tracing::debug!(client = %addresses.source, backend = %label, up, down, "tcp connection closed"),
+            Err(e) => tracing::debug!(client = %addresses.source, backend = %label, error = %e, "tcp connection failed"),
+        },
+        reason = activity.watchdog(None, config.timeouts.idle) => {
+            tracing::debug!(client = %addresses.source, backend = %label, reason, "tcp connection cut");
+        }
+    }
+    drop(active);
+}
+
+/// A connected backend: tries up to `retries` others after a failure.
+async fn connect(
+    pool: &Pool,
+    key: u64,
+    retries: usize,
+    timeout: Duration,
+    labels: Labels<'_>,
+) -> Option<(TcpStream, usize, ActiveGuard)> {
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    while tried.len() <= retries {
+        let index = pool.pick(&tried, key)?;
+        tried.push(index);
+        let backend = &pool.backends[index];
+        // Counted from the attempt on, so least_conn sees a burst of new
+        // connections spread before any of them completes.
+        let active = ActiveGuard::new(backend.shared.clone());
+        let result = match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {timeout:?}"),
+            )),
+        };
+        match result {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, index, active));
+            }
+            Err(e) => {
+                tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                counter!(TCP_CONNECT_ERRORS, "listener" => labels.listener.to_string(), "pool" => labels.pool.to_string()).increment(1);
+            }
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy)]
+struct Labels<'a> {
+    listener: &'a str,
+    pool: &'a str,
+}
+
+/// The maglev key of a connection: its client address (the only request
+/// attribute L4 has, so header and cookie keys fall back to it too).
+fn client_key(pool: &PoolConfig, client: IpAddr) -> u64 {
+    if pool.balance != Balance::Maglev {
+        return 0;
+    }
+    match client.to_canonical() {
+        IpAddr::V4(a) => balance::hash_key(&a.octets()),
+        IpAddr::V6(a) => balance::hash_key(&a.octets()),
+    }
+}
+
+/// Counts the bytes read from `inner` as they pass, so long-lived
+/// connections show their traffic before they end.
+struct Counted<T> {
+    inner: T,
+    counter: Counter,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counter.increment(n as u64);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
