@@ -100,6 +100,19 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Response<Full<Bytes>>
                 )
             }
         },
+        (&Method::GET, path) if path.starts_with("/datacenters/") => {
+            let name = &path["/datacenters/".len()..];
+            let snapshot = daemon.snapshot.load();
+            match snapshot
+                .datacenters
+                .iter()
+                .find(|dc| dc.config.name == name)
+            {
+                Some(dc) if dc.up() => reply(StatusCode::OK, TEXT, "up\n"),
+                Some(_) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "down\n"),
+                None => reply(StatusCode::NOT_FOUND, TEXT, "no such data center\n"),
+            }
+        }
         (_, "/healthz" | "/metrics" | "/status" | "/" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
@@ -125,8 +138,13 @@ struct DnsStatus {
 #[derive(Serialize)]
 struct DatacenterStatus {
     name: String,
+    /// Healthy and not drained: DNS answers with it.
     up: bool,
     drain: bool,
+    /// Its pools have `min_healthy` backends and its remote check passes.
+    healthy: bool,
+    pools: Vec<String>,
+    remote_check: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -154,10 +172,21 @@ fn status(daemon: &Daemon) -> Status {
         config_generation: snapshot.generation,
         listeners: daemon.listeners.clone(),
         dns: DnsStatus {
-            udp: Vec::new(),
-            tcp: Vec::new(),
+            udp: daemon.dns_addrs.iter().map(|a| a.to_string()).collect(),
+            tcp: daemon.dns_addrs.iter().map(|a| a.to_string()).collect(),
         },
-        datacenters: Vec::new(),
+        datacenters: snapshot
+            .datacenters
+            .iter()
+            .map(|dc| DatacenterStatus {
+                name: dc.config.name.clone(),
+                up: dc.up(),
+                drain: dc.config.drain,
+                healthy: dc.healthy(),
+                pools: dc.config.pools.clone(),
+                remote_check: dc.remote_check.as_ref().map(|h| h.state().as_str()),
+            })
+            .collect(),
         pools: snapshot
             .pools
             .iter()
@@ -217,7 +246,28 @@ fn status_page(status: &Status) -> String {
             l.local_addr
         );
     }
-    html.push_str("</table><h2>Pools</h2>");
+    html.push_str("</table><h2>Data centers</h2><table><tr><th>name</th><th>state</th><th>drain</th><th>pools</th><th>remote check</th></tr>");
+    for dc in &status.datacenters {
+        let state = if dc.up { "up" } else { "down" };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"{state}\">{state}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(&dc.name),
+            dc.drain,
+            html_escape(&dc.pools.join(", ")),
+            dc.remote_check.unwrap_or("-"),
+        );
+    }
+    if !status.dns.udp.is_empty() {
+        let _ = write!(
+            html,
+            "</table><p>DNS on {} (udp and tcp)</p>",
+            status.dns.udp.join(", ")
+        );
+    } else {
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>Pools</h2>");
     for p in &status.pools {
         let _ = write!(
             html,

@@ -17,10 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError, ConfigErrors, Probe, Protocol};
+use crate::dns::{self, DnsData, SharedDnsData};
+use crate::geoip::{self, Locator};
 use crate::health::HealthTable;
 use crate::metrics;
 use crate::proxy::http::{self as http_proxy, HttpContext};
 use crate::state::{self, BackendRegistry, SharedSnapshot};
+
+/// How often the GeoIP database file is looked at for a replacement.
+const GEOIP_RECHECK: Duration = Duration::from_secs(5);
 
 /// Features the contract names that this version does not serve yet.
 /// `run` and `check` refuse them rather than accept and ignore them.
@@ -33,15 +38,6 @@ pub fn unsupported(config: &Config) -> Vec<ConfigError> {
             line: None,
         })
     };
-    if config.geoip.is_some() {
-        refuse("geoip".into(), "GeoIP");
-    }
-    if config.dns.is_some() {
-        refuse("dns".into(), "DNS");
-    }
-    if !config.datacenters.is_empty() {
-        refuse("datacenter".into(), "[[datacenter]]");
-    }
     for (i, pool) in config.pools.iter().enumerate() {
         if pool.proxy_protocol.is_some() {
             refuse(format!("pool[{i}].proxy_protocol"), "PROXY protocol");
@@ -69,16 +65,48 @@ pub fn unsupported(config: &Config) -> Vec<ConfigError> {
     errors
 }
 
-/// Everything `geolb check` reports, or the config.
-pub fn load_checked(path: &Path) -> Result<Config, ConfigErrors> {
+/// A config that passed every check, with what checking it built.
+pub struct Checked {
+    pub config: Config,
+    pub locator: Arc<Locator>,
+}
+
+/// Everything `geolb check` reports, or the config. `previous` lets a
+/// reload keep a GeoIP database whose file did not change.
+pub fn load_checked(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigErrors> {
     let config = config::load(path)?;
     let mut errors = config::check_files(&config);
     errors.extend(unsupported(&config));
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
     }
+    let locator = Arc::new(geoip::load(&config, previous)?);
+    // Zone files are read here too, so `check` reports their errors.
+    dns::compile(&config, locator.clone(), Arc::new(dns::AllUp)).map_err(ConfigErrors)?;
+    Ok(Checked { config, locator })
+}
+
+/// The DNS side's view of data-center health: the data centers of one
+/// snapshot, so indexes always match the config the DNS data came from.
+struct DatacenterView(Arc<[state::Datacenter]>);
+
+impl dns::DatacenterHealth for DatacenterView {
+    fn is_up(&self, index: usize) -> bool {
+        self.0.get(index).is_some_and(state::Datacenter::healthy)
+    }
+}
+
+fn compile_dns(
+    config: &Config,
+    locator: Arc<Locator>,
+    snapshot: &state::Snapshot,
+) -> Result<DnsData, ConfigErrors> {
+    dns::compile(
+        config,
+        locator,
+        Arc::new(DatacenterView(snapshot.datacenters.clone())),
+    )
+    .map_err(ConfigErrors)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +126,9 @@ pub struct Daemon {
     pub metrics: PrometheusHandle,
     pub listeners: Vec<BoundListener>,
     pub admin_addr: Option<SocketAddr>,
+    /// Bound DNS addresses (UDP and TCP share each).
+    pub dns_addrs: Vec<SocketAddr>,
+    pub dns: SharedDnsData,
     pub shutdown: CancellationToken,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
@@ -136,35 +167,43 @@ impl Daemon {
     }
 
     fn try_reload(&self) -> Result<ReloadSummary, ConfigErrors> {
-        let config = load_checked(&self.config_path)?;
-        let old = self.snapshot.load();
-        let mut old_binds: Vec<SocketAddr> = old.config.listeners.iter().map(|l| l.bind).collect();
-        let mut new_binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-        old_binds.sort();
-        new_binds.sort();
+        let current_dns = self.dns.load_full();
+        let Checked { config, locator } =
+            load_checked(&self.config_path, Some(current_dns.locator()))?;
+        let old = self.snapshot.load_full();
         let mut errors = Vec::new();
-        if old_binds != new_binds {
+        let mut needs_restart = |path: &str, what: &str| {
             errors.push(ConfigError {
-                path: "listener".into(),
-                message: "adding, removing or moving listeners needs a restart in this version"
-                    .into(),
+                path: path.into(),
+                message: format!("{what} needs a restart in this version"),
                 line: None,
-            });
+            })
+        };
+        let binds = |c: &Config| {
+            let mut b: Vec<SocketAddr> = c.listeners.iter().map(|l| l.bind).collect();
+            b.sort();
+            b
+        };
+        if binds(&old.config) != binds(&config) {
+            needs_restart("listener", "adding, removing or moving listeners");
         }
         if old.config.admin != config.admin {
-            errors.push(ConfigError {
-                path: "admin.listen".into(),
-                message: "changing the admin listener needs a restart".into(),
-                line: None,
-            });
+            needs_restart("admin.listen", "changing the admin listener");
+        }
+        let dns_listen = |c: &Config| c.dns.as_ref().map(|d| d.listen.clone());
+        if dns_listen(&old.config) != dns_listen(&config) {
+            needs_restart("dns.listen", "changing the DNS listen addresses");
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let config = Arc::new(config);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let new = state::compile(Arc::new(config), generation, &self.health, &self.registry);
+        let new = state::compile(config.clone(), generation, &self.health, &self.registry);
+        let dns_data = compile_dns(&config, locator, &new)?;
         let summary = summarize(&old, &new);
         self.snapshot.store(Arc::new(new));
+        self.dns.store(Arc::new(dns_data));
         Ok(summary)
     }
 }
@@ -198,9 +237,15 @@ fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
 }
 
 /// Binds every socket of `config`; fails if any cannot be bound.
+type DnsSockets = Vec<(tokio::net::UdpSocket, TcpListener)>;
+
 async fn bind_all(
     config: &Config,
-) -> anyhow::Result<(Vec<(TcpListener, BoundListener)>, Option<TcpListener>)> {
+) -> anyhow::Result<(
+    Vec<(TcpListener, BoundListener)>,
+    Option<TcpListener>,
+    DnsSockets,
+)> {
     let mut out = Vec::new();
     for l in &config.listeners {
         let socket = TcpListener::bind(l.bind)
@@ -229,29 +274,41 @@ async fn bind_all(
         ),
         None => None,
     };
-    Ok((out, admin))
+    let dns = match &config.dns {
+        Some(d) => dns::bind(&d.listen)
+            .await
+            .with_context(|| format!("dns: cannot bind {:?}", d.listen))?,
+        None => Vec::new(),
+    };
+    Ok((out, admin, dns))
 }
 
 /// Runs the daemon until a signal stops it. `ready` is told the admin
 /// address once everything serves (used by `geolb demo`).
 pub async fn serve(
     config_path: PathBuf,
-    config: Config,
+    checked: Checked,
     ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
 ) -> anyhow::Result<()> {
+    let Checked { config, locator } = checked;
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
-    let (sockets, admin_socket) = bind_all(&config).await?;
+    dns::describe();
+    let (sockets, admin_socket, dns_sockets) = bind_all(&config).await?;
+    let dns_addrs: Vec<SocketAddr> = dns_sockets
+        .iter()
+        .filter_map(|(udp, _)| udp.local_addr().ok())
+        .collect();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let health = HealthTable::new(shutdown.child_token());
     let registry = BackendRegistry::default();
     let grace = config.runtime.shutdown_grace;
-    let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(
-        Arc::new(config),
-        1,
-        &health,
-        &registry,
-    )));
+    let config = Arc::new(config);
+    let first = state::compile(config.clone(), 1, &health, &registry);
+    let dns_data: SharedDnsData = Arc::new(ArcSwap::from_pointee(
+        compile_dns(&config, locator, &first).map_err(|e| anyhow::anyhow!("{e}"))?,
+    ));
+    let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(first));
     // The first requests must see real states: one round of checks first.
     health
         .wait_first_round(health.longest_timeout() + Duration::from_millis(200))
@@ -265,6 +322,8 @@ pub async fn serve(
         metrics,
         listeners: sockets.iter().map(|(_, b)| b.clone()).collect(),
         admin_addr: admin_socket.as_ref().and_then(|s| s.local_addr().ok()),
+        dns_addrs: dns_addrs.clone(),
+        dns: dns_data.clone(),
         shutdown: shutdown.clone(),
         generation: AtomicU64::new(1),
         reload_lock: tokio::sync::Mutex::new(()),
@@ -279,6 +338,23 @@ pub async fn serve(
             shutdown.clone(),
         );
         tasks.spawn(http_proxy::serve(socket, ctx));
+    }
+    if !dns_sockets.is_empty() {
+        tracing::info!(addrs = ?dns_addrs, "dns listening (udp and tcp)");
+        let data = dns_data.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = dns::serve(dns_sockets, data, stop).await {
+                tracing::error!(error = %e, "dns server failed");
+            }
+        });
+        if config.geoip.as_ref().is_some_and(|g| g.database.is_some()) {
+            tasks.spawn(dns::watch_geoip(
+                dns_data.clone(),
+                GEOIP_RECHECK,
+                shutdown.clone(),
+            ));
+        }
     }
     if let Some(socket) = admin_socket {
         tracing::info!(addr = %socket.local_addr()?, "admin listening");

@@ -12,6 +12,10 @@
 //!   snapshot so that a reload keeps backend states.
 //! - [`balance`]: pure backend selection.
 //! - [`proxy`]: the HTTP data path (accept, route, pick, forward, stream).
+//! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides:
+//!   an address -> a location and the network that decided it.
+//! - [`dns`]: the authoritative GeoDNS server (zones, geo names, ECS).
+//! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained.
 //! - [`admin`]: /healthz, /metrics, /status, /reload, the status page.
 //! - [`metrics`]: metric names, descriptions and buckets.
 //! - [`app`]: wiring, signals and shutdown order.
@@ -22,7 +26,10 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod dns;
+pub mod geoip;
 pub mod health;
+pub mod lookup;
 pub mod metrics;
 pub mod proxy;
 pub mod state;

@@ -26,13 +26,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Explain a GeoDNS decision: where the client is, each candidate data
+    /// center's distance and state, and the answer.
+    Lookup {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client (or resolver subnet) address.
+        ip: std::net::IpAddr,
+        /// A geo name (default: every geo name).
+        #[arg(long)]
+        name: Option<String>,
+        /// A running daemon's admin address, for live data-center states.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// A self-contained demo on loopback, with built-in backends.
     Demo,
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GEOLB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GEOLB_LOG").unwrap_or_else(|_| {
+        // hickory logs every query at info and every bad OPT at warn.
+        tracing_subscriber::EnvFilter::new("info,hickory_server=warn,hickory_proto=error")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -58,8 +74,9 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match geolb::app::load_checked(&config) {
-            Ok(c) => {
+        Command::Check { config } => match geolb::app::load_checked(&config, None) {
+            Ok(checked) => {
+                let c = &checked.config;
                 let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
                 println!(
                     "{}: ok: {} listener(s), {} pool(s) with {} backend(s), {} data center(s), {} zone(s)",
@@ -84,7 +101,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config: path } => {
             init_logging();
-            let config = match geolb::app::load_checked(&path) {
+            let checked = match geolb::app::load_checked(&path, None) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!(
@@ -96,7 +113,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let rt = match runtime(config.runtime.worker_threads) {
+            let rt = match runtime(checked.config.runtime.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -104,13 +121,32 @@ fn main() -> ExitCode {
                 }
             };
             let path = std::path::absolute(&path).unwrap_or(path);
-            match rt.block_on(geolb::app::serve(path, config, None)) {
+            match rt.block_on(geolb::app::serve(path, checked, None)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("geolb: {e:#}");
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Lookup {
+            config,
+            ip,
+            name,
+            admin,
+        } => {
+            let rt = match runtime(Some(1)) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(geolb::lookup::run(&config, ip, name.as_deref(), admin)) {
+                Ok(report) => print!("{report}"),
+                Err(e) => eprintln!("geolb lookup: {e:#}"),
+            }
+            ExitCode::SUCCESS
         }
         Command::Demo => {
             init_logging();

@@ -21,6 +21,7 @@ pub const TCP_CONNECTIONS: &str = "geolb_tcp_connections_total";
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
+pub const DATACENTER_UP: &str = "geolb_datacenter_up";
 pub const CONFIG_RELOADS: &str = "geolb_config_reloads_total";
 pub const BUILD_INFO: &str = "geolb_build_info";
 
@@ -152,6 +153,18 @@ pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot) -> String {
             "{POOL_HEALTHY}{{pool=\"{}\"}} {}",
             escape(&pool.name),
             pool.healthy()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {DATACENTER_UP} 1 if the data center is healthy and not drained (DNS answers with it), else 0.\n# TYPE {DATACENTER_UP} gauge"
+    );
+    for dc in snapshot.datacenters.iter() {
+        let _ = writeln!(
+            out,
+            "{DATACENTER_UP}{{datacenter=\"{}\"}} {}",
+            escape(&dc.config.name),
+            u8::from(dc.up())
         );
     }
     out

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use crate::balance::{self, Balancer, Candidates};
-use crate::config::{Config, ListenerConfig, PoolConfig, RouteConfig};
+use crate::config::{Config, DatacenterConfig, ListenerConfig, PoolConfig, RouteConfig};
 use crate::health::{Health, HealthKey, HealthTable};
 use crate::metrics::RouteMetrics;
 use crate::proxy::pool::IdleConnections;
@@ -28,6 +28,31 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// By bind address: the identity of a listener across reloads.
     pub listeners: HashMap<SocketAddr, Arc<Listener>>,
+    /// In config order (the DNS side indexes them so).
+    pub datacenters: Arc<[Datacenter]>,
+}
+
+pub struct Datacenter {
+    pub config: DatacenterConfig,
+    /// Its local pools, read from the same health table the balancer uses.
+    pub pools: Vec<Arc<Pool>>,
+    pub remote_check: Option<Arc<Health>>,
+}
+
+impl Datacenter {
+    /// Every local pool has `min_healthy` healthy backends and the remote
+    /// check (if any) passes. Drain aside.
+    pub fn healthy(&self) -> bool {
+        self.pools
+            .iter()
+            .all(|p| p.healthy() >= p.config.min_healthy)
+            && self.remote_check.as_ref().is_none_or(|h| h.is_up())
+    }
+
+    /// Healthy and not drained: what DNS answers with first.
+    pub fn up(&self) -> bool {
+        !self.config.drain && self.healthy()
+    }
 }
 
 impl Snapshot {
@@ -168,19 +193,20 @@ pub fn health_keys(config: &Config) -> Vec<HealthKey> {
             }
         }
     }
-    for dc in &config.datacenters {
-        if let Some(remote) = &dc.check {
-            let key = HealthKey {
-                target: remote.target.clone(),
-                check: remote.check.clone(),
-                proxy_protocol: None,
-            };
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
+    for key in config.datacenters.iter().filter_map(remote_check_key) {
+        if !keys.contains(&key) {
+            keys.push(key);
         }
     }
     keys
+}
+
+fn remote_check_key(dc: &DatacenterConfig) -> Option<HealthKey> {
+    dc.check.as_ref().map(|remote| HealthKey {
+        target: remote.target.clone(),
+        check: remote.check.clone(),
+        proxy_protocol: None,
+    })
 }
 
 fn pool_check_key(pool: &PoolConfig, addr: SocketAddr) -> Option<HealthKey> {
@@ -253,10 +279,20 @@ pub fn compile(
             (lc.bind, Arc::new(listener))
         })
         .collect();
+    let datacenters = config
+        .datacenters
+        .iter()
+        .map(|dc| Datacenter {
+            config: dc.clone(),
+            pools: dc.pools.iter().map(|name| find(name)).collect(),
+            remote_check: remote_check_key(dc).and_then(|k| healths.get(&k).cloned()),
+        })
+        .collect();
     Snapshot {
         generation,
         config,
         pools,
         listeners,
+        datacenters,
     }
 }

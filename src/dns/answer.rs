@@ -1,0 +1,722 @@
+//! One query in, one reply out: a pure function of the [`DnsData`] and the
+//! request, so every rule is testable without sockets.
+
+use std::net::IpAddr;
+
+use hickory_proto::ProtoError;
+use hickory_proto::op::{Edns, LowerQuery, Metadata, OpCode, ResponseCode, emit_message_parts};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use smallvec::SmallVec;
+
+use super::DnsData;
+use super::ecs;
+use super::geo::{self, Ranking};
+use super::zone::{Found, Zone};
+use crate::geoip::Location;
+
+/// The UDP payload geolb answers within and advertises: the DNS flag day
+/// 2020 size, which avoids IP fragmentation on common paths.
+pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
+/// RFC 1035 §4.2.1: UDP without EDNS.
+const PLAIN_UDP_PAYLOAD: u16 = 512;
+/// CNAME hops followed inside our zones before giving up on a loop.
+const MAX_CHAIN: usize = 8;
+
+/// A reply ready to encode: sized for its transport.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub metadata: Metadata,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    /// Present when the query had EDNS.
+    pub edns: Option<Edns>,
+    /// The geo name answered and the data centers chosen, for metrics.
+    pub geo: Option<(usize, SmallVec<[usize; 4]>)>,
+}
+
+/// Where the client is, as far as the query tells.
+struct Client {
+    src: IpAddr,
+    ecs: Option<ecs::ClientSubnet>,
+}
+
+/// The outcome of looking a name up in the zones.
+struct Resolution {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    /// ECS scope when the answer depends on the location.
+    scope: Option<u8>,
+    geo: Option<(usize, SmallVec<[usize; 4]>)>,
+}
+
+impl Resolution {
+    fn new(rcode: ResponseCode, authoritative: bool) -> Resolution {
+        Resolution {
+            rcode,
+            authoritative,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            scope: None,
+            geo: None,
+        }
+    }
+
+    /// NOERROR without answers for this name (NODATA); RFC 2308 §2.2.
+    fn no_data(&mut self, zone: &Zone) {
+        self.authorities.push(zone.negative_soa.clone());
+    }
+}
+
+/// Answers `request`.
+pub(crate) fn respond(data: &DnsData, request: &Request) -> Reply {
+    let mut reply = Reply {
+        metadata: Metadata::response_from_request(&request.metadata),
+        answers: Vec::new(),
+        authorities: Vec::new(),
+        edns: request.edns.as_ref().map(|_| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(MAX_UDP_PAYLOAD);
+            edns
+        }),
+        geo: None,
+    };
+    let code = |mut reply: Reply, rcode| {
+        reply.metadata.response_code = rcode;
+        reply
+    };
+    if request.metadata.op_code != OpCode::Query {
+        return code(reply, ResponseCode::NotImp);
+    }
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return code(reply, ResponseCode::BADVERS);
+    }
+    let ecs = match request.edns {
+        Some(_) => match ecs::client_subnet(request.as_slice()) {
+            Ok(ecs) => ecs,
+            Err(malformed) => {
+                tracing::debug!(src = %request.src(), reason = malformed.0, "FORMERR");
+                return code(reply, ResponseCode::FormErr);
+            }
+        },
+        None => None,
+    };
+    let [query] = request.queries.queries() else {
+        return code(reply, ResponseCode::FormErr);
+    };
+    let client = Client {
+        src: request.src().ip(),
+        ecs,
+    };
+    let resolution = match (query.query_class(), query.query_type()) {
+        (_, RecordType::OPT) => return code(reply, ResponseCode::FormErr),
+        // Zone transfers are not offered.
+        (_, RecordType::AXFR | RecordType::IXFR) => Resolution::new(ResponseCode::Refused, false),
+        (DNSClass::IN, qtype) => resolve(data, query.name(), qtype, &client),
+        _ => Resolution::new(ResponseCode::Refused, false),
+    };
+    reply.metadata.response_code = resolution.rcode;
+    reply.metadata.authoritative = resolution.authoritative;
+    reply.answers = resolution.answers;
+    reply.authorities = resolution.authorities;
+    reply.geo = resolution.geo;
+    if let (Some(ecs), Some(edns)) = (client.ecs, reply.edns.as_mut()) {
+        // RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX and ADDRESS as received.
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(
+                ecs.addr,
+                ecs.source_prefix,
+                resolution.scope.unwrap_or(0),
+            )));
+    }
+    fit(reply, request)
+}
+
+/// The largest response the client takes over `request`'s transport.
+fn limit(request: &Request) -> usize {
+    match request.protocol() {
+        Protocol::Udp => match &request.edns {
+            Some(edns) => edns.max_payload().clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
+            None => PLAIN_UDP_PAYLOAD,
+        },
+        _ => u16::MAX,
+    }
+    .into()
+}
+
+/// A reply that does not fit loses its records and gets TC, keeping the
+/// question and OPT (with ECS) so the client retries over TCP.
+fn fit(mut reply: Reply, request: &Request) -> Reply {
+    // Over TCP anything up to 64 KiB goes, and hickory truncates past it.
+    if request.protocol() != Protocol::Udp {
+        return reply;
+    }
+    match encode(&reply, request) {
+        Ok(bytes) if bytes.len() <= limit(request) => reply,
+        Ok(_) => {
+            reply.answers.clear();
+            reply.authorities.clear();
+            reply.metadata.truncation = true;
+            reply
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot encode a DNS reply");
+            reply.answers.clear();
+            reply.authorities.clear();
+            reply.metadata.response_code = ResponseCode::ServFail;
+            reply
+        }
+    }
+}
+
+/// The reply as hickory-server will put it on the wire (same question
+/// bytes, same name compression).
+pub(crate) fn encode(reply: &Reply, request: &Request) -> Result<Vec<u8>, ProtoError> {
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    emit_message_parts(
+        &reply.metadata,
+        &mut request.queries.queries().iter().map(LowerQuery::original),
+        &mut reply.answers.iter(),
+        &mut reply.authorities.iter(),
+        &mut std::iter::empty::<&Record>(),
+        reply.edns.as_ref(),
+        None,
+        &mut encoder,
+    )?;
+    Ok(bytes)
+}
+
+fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client) -> Resolution {
+    let zones = &data.compiled.zones;
+    let Some(mut zone) = zones.zone_for(qname) else {
+        return Resolution::new(ResponseCode::Refused, false);
+    };
+    let mut res = Resolution::new(ResponseCode::NoError, true);
+    let mut name = qname.clone();
+    for _ in 0..MAX_CHAIN {
+        match zone.find(&name) {
+            Found::Missing => {
+                res.rcode = ResponseCode::NXDomain;
+                res.authorities.push(zone.negative_soa.clone());
+                return res;
+            }
+            Found::EmptyNonTerminal => {
+                res.no_data(zone);
+                return res;
+            }
+            Found::Geo { index, node } => {
+                // A geo name at an apex keeps its SOA and NS.
+                let apex = node.and_then(|n| n.get(qtype));
+                if let (Some(set), false) =
+                    (apex, matches!(qtype, RecordType::A | RecordType::AAAA))
+                {
+                    res.answers.extend(set.records.iter().cloned());
+                    return res;
+                }
+                let (ranking, scope) = decide(data, index, client);
+                res.scope = scope;
+                let records = geo_records(data, index, &ranking, qtype);
+                if records.is_empty() {
+                    res.no_data(zone);
+                }
+                res.answers.extend(records);
+                res.geo = Some((index, ranking.chosen));
+                return res;
+            }
+            Found::Node { node, wildcard } => {
+                let owned = |r: &Record| {
+                    let mut r = r.clone();
+                    if wildcard {
+                        r.name = Name::from(&name);
+                    }
+                    r
+                };
+                // RFC 8482: one RRset is a complete answer to ANY.
+                let set = match qtype {
+                    RecordType::ANY => node.rrsets.first(),
+                    _ => node.get(qtype),
+                };
+                if let Some(set) = set {
+                    res.answers.extend(set.records.iter().map(owned));
+                    return res;
+                }
+                let Some(cname) = node.get(RecordType::CNAME) else {
+                    res.no_data(zone);
+                    return res;
+                };
+                res.answers.extend(cname.records.iter().map(owned));
+                let RData::CNAME(target) = &cname.records[0].data else {
+                    return res;
+                };
+                let target = LowerName::from(&target.0);
+                // A target outside our zones is the resolver's to follow.
+                match zones.zone_for(&target) {
+                    Some(next) => {
+                        zone = next;
+                        name = target;
+                    }
+                    None => return res,
+                }
+            }
+        }
+    }
+    res
+}
+
+/// Ranks the candidates of geo name `index` for `client`: the ranking and
+/// the ECS scope to return (None without ECS).
+fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking, Option<u8>) {
+    let (addr, scope_cap) = match client.ecs {
+        Some(ecs) if ecs.source_prefix > 0 => (ecs.addr, Some(ecs.source_prefix)),
+        // RFC 7871 §7.1.2: source prefix 0 asks for the resolver's own
+        // address to be used, and the answer is scoped to everyone.
+        Some(_) => (client.src, Some(0)),
+        None => (client.src, None),
+    };
+    let location: Location = data.locator.locate(addr);
+    let scope = scope_cap.map(|cap| location.prefix_len.min(cap));
+    let geo = &data.compiled.geo[index];
+    let ranking = geo::rank(
+        &geo.candidates,
+        &data.compiled.datacenters,
+        location.coords,
+        geo.answers,
+        |i| data.state(i),
+    );
+    (ranking, scope)
+}
+
+fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {
+    let geo = &data.compiled.geo[index];
+    let dcs = &data.compiled.datacenters;
+    let chosen = || ranking.chosen.iter().map(|&i| &dcs[i]);
+    let record = |rdata: RData| Record::from_rdata(geo.name.clone(), geo.ttl, rdata);
+    let v4 = || {
+        chosen()
+            .flat_map(|dc| dc.v4.iter())
+            .map(|a| record(RData::A(A(*a))))
+    };
+    let v6 = || {
+        chosen()
+            .flat_map(|dc| dc.v6.iter())
+            .map(|a| record(RData::AAAA(AAAA(*a))))
+    };
+    match qtype {
+        RecordType::A => v4().collect(),
+        RecordType::AAAA => v6().collect(),
+        RecordType::ANY => {
+            let a: Vec<Record> = v4().collect();
+            if a.is_empty() { v6().collect() } else { a }
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use hickory_proto::op::{Message, MessageType, Query};
+
+    use super::*;
+    use crate::dns::{DatacenterHealth, compile};
+    use crate::geoip::{GeoDb, Locator};
+
+    const CONFIG: &str = r#"
+[geoip]
+database = "GEOIP"
+
+[[geoip.network]]
+cidr = "10.0.0.0/8"
+location = { lat = 50.11, lon = 8.68 }
+
+[dns]
+listen = ["127.0.0.1:0"]
+
+[[dns.zone]]
+origin = "mysite.com"
+ttl = 300
+soa = { mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }
+ns = ["ns1.mysite.com."]
+records = [
+  { name = "ns1", type = "A", value = "192.0.2.53" },
+  { name = "www", type = "CNAME", value = "api.mysite.com." },
+  { name = "alias", type = "CNAME", value = "www.mysite.com." },
+  { name = "away", type = "CNAME", value = "elsewhere.example." },
+  { name = "gone", type = "CNAME", value = "nothing.mysite.com." },
+  { name = "loop1", type = "CNAME", value = "loop2.mysite.com." },
+  { name = "loop2", type = "CNAME", value = "loop1.mysite.com." },
+  { name = "a.deep", type = "A", value = "192.0.2.1" },
+  { name = "*.wild", type = "A", value = "192.0.2.2" },
+  { name = "@", type = "MX", value = "10 mail.mysite.com." },
+  { name = "big", type = "TXT", value = "BIG" },
+]
+
+[[dns.zone]]
+origin = "apex.test"
+soa = { mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }
+ns = ["ns1.mysite.com."]
+
+[[dns.geo]]
+name = "apex.test"
+
+[[dns.geo]]
+name = "api.mysite.com"
+datacenters = ["us-east", "eu-west", "ap-southeast"]
+
+[[dns.geo]]
+name = "two.mysite.com"
+answers = 2
+
+[[datacenter]]
+name = "eu-west"
+location = { lat = 53.35, lon = -6.26 }
+addresses = ["198.51.100.10", "2001:db8:e::10"]
+
+[[datacenter]]
+name = "us-east"
+location = { lat = 39.04, lon = -77.49 }
+addresses = ["203.0.113.10", "2001:db8:a::10"]
+
+[[datacenter]]
+name = "ap-southeast"
+location = { lat = 1.35, lon = 103.82 }
+addresses = ["192.0.2.10"]
+"#;
+
+    fn data(health: Arc<dyn DatacenterHealth>) -> DnsData {
+        let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
+        let text = CONFIG
+            .replace("GEOIP", &db.display().to_string())
+            .replace("BIG", &"x".repeat(700));
+        let config = crate::config::parse_str(&text, Path::new("/tmp/geolb.toml")).unwrap();
+        let geoip = config.geoip.as_ref().unwrap();
+        let locator = Locator::new(
+            Some(Arc::new(
+                GeoDb::open(geoip.database.as_ref().unwrap()).unwrap(),
+            )),
+            &geoip.networks,
+        );
+        compile(&config, Arc::new(locator), health).unwrap()
+    }
+
+    struct Ask<'a> {
+        name: &'a str,
+        qtype: RecordType,
+        /// (address, source prefix)
+        ecs: Option<(&'a str, u8)>,
+        edns: Option<u16>,
+        src: &'a str,
+        protocol: Protocol,
+    }
+
+    fn ask(name: &str, qtype: RecordType) -> Ask<'_> {
+        Ask {
+            name,
+            qtype,
+            ecs: None,
+            edns: Some(1232),
+            src: "192.0.2.200:5353",
+            protocol: Protocol::Udp,
+        }
+    }
+
+    impl Ask<'_> {
+        fn ecs(mut self, addr: &'static str, prefix: u8) -> Self {
+            self.ecs = Some((addr, prefix));
+            self
+        }
+
+        fn request(&self) -> Request {
+            let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(
+                Name::from_ascii(self.name).unwrap(),
+                self.qtype,
+            ));
+            if let Some(size) = self.edns {
+                let mut edns = Edns::new();
+                edns.set_max_payload(size);
+                if let Some((addr, prefix)) = self.ecs {
+                    edns.options_mut()
+                        .insert(EdnsOption::Subnet(ClientSubnet::new(
+                            addr.parse().unwrap(),
+                            prefix,
+                            0,
+                        )));
+                }
+                m.set_edns(edns);
+            }
+            let src: SocketAddr = self.src.parse().unwrap();
+            Request::from_bytes(m.to_vec().unwrap(), src, self.protocol).unwrap()
+        }
+
+        fn on(&self, data: &DnsData) -> Message {
+            let request = self.request();
+            let reply = respond(data, &request);
+            Message::from_vec(&encode(&reply, &request).unwrap()).unwrap()
+        }
+    }
+
+    fn all_up() -> DnsData {
+        data(Arc::new(crate::dns::AllUp))
+    }
+
+    fn addresses(m: &Message) -> Vec<String> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn scope(m: &Message) -> Option<(u8, u8)> {
+        match m
+            .edns
+            .as_ref()?
+            .option(hickory_proto::rr::rdata::opt::EdnsCode::Subnet)?
+        {
+            EdnsOption::Subnet(s) => Some((s.source_prefix(), s.scope_prefix())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn authoritative_answers_refusals_and_negative_answers() {
+        let d = all_up();
+        let m = ask("ns1.mysite.com.", RecordType::A).on(&d);
+        assert!(m.metadata.authoritative);
+        assert_eq!(addresses(&m), ["192.0.2.53"]);
+
+        let m = ask("example.org.", RecordType::A).on(&d);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        assert!(!m.metadata.authoritative);
+
+        let m = ask("nothing.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(m.authorities.len(), 1);
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(m.authorities[0].ttl, 60, "min(300, minimum 60)");
+
+        for (name, qtype) in [
+            ("ns1.mysite.com.", RecordType::MX),
+            ("deep.mysite.com.", RecordType::A),
+        ] {
+            let m = ask(name, qtype).on(&d);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert!(m.answers.is_empty(), "{name}");
+            assert_eq!(m.authorities[0].record_type(), RecordType::SOA, "{name}");
+        }
+
+        let m = ask("mysite.com.", RecordType::SOA).on(&d);
+        assert_eq!(m.answers[0].ttl, 300);
+        let m = ask("mysite.com.", RecordType::ANY).on(&d);
+        assert_eq!(m.answers.len(), 1, "RFC 8482: one RRset");
+    }
+
+    #[test]
+    fn cname_chains_are_followed_inside_the_zones() {
+        let d = all_up();
+        let m = ask("alias.mysite.com.", RecordType::A)
+            .ecs("81.2.69.160", 32)
+            .on(&d);
+        let types: Vec<RecordType> = m.answers.iter().map(|r| r.record_type()).collect();
+        assert_eq!(types, [RecordType::CNAME, RecordType::CNAME, RecordType::A]);
+        assert_eq!(addresses(&m), ["198.51.100.10"]);
+        assert_eq!(scope(&m), Some((32, 27)), "the chain ends in a geo answer");
+
+        let m = ask("www.mysite.com.", RecordType::CNAME).on(&d);
+        assert_eq!(m.answers.len(), 1);
+
+        let m = ask("away.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(
+            (m.answers.len(), m.metadata.response_code),
+            (1, ResponseCode::NoError)
+        );
+
+        let m = ask("gone.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(m.answers.len(), 1);
+
+        let m = ask("loop1.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(m.answers.len(), MAX_CHAIN);
+    }
+
+    #[test]
+    fn a_geo_name_at_an_apex_keeps_its_soa_and_ns() {
+        let d = all_up();
+        let m = ask("apex.test.", RecordType::SOA)
+            .ecs("81.2.69.160", 27)
+            .on(&d);
+        assert_eq!(m.answers[0].record_type(), RecordType::SOA);
+        assert_eq!(scope(&m), Some((27, 0)));
+        let m = ask("apex.test.", RecordType::NS).on(&d);
+        assert_eq!(m.answers[0].record_type(), RecordType::NS);
+        let m = ask("apex.test.", RecordType::A)
+            .ecs("81.2.69.160", 27)
+            .on(&d);
+        assert_eq!(addresses(&m), ["198.51.100.10"]);
+        assert_eq!(scope(&m), Some((27, 27)));
+    }
+
+    #[test]
+    fn wildcards_take_the_queried_name() {
+        let d = all_up();
+        let m = ask("x.wild.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(addresses(&m), ["192.0.2.2"]);
+        assert_eq!(
+            m.answers[0].name,
+            Name::from_ascii("x.wild.mysite.com.").unwrap()
+        );
+    }
+
+    #[test]
+    fn geo_answers_follow_the_client_and_carry_the_scope() {
+        let d = all_up();
+        let cases = [
+            ("81.2.69.160", 27, "198.51.100.10", 27),
+            ("216.160.83.56", 32, "203.0.113.10", 29),
+            ("214.0.0.0", 24, "192.0.2.10", 24),
+            // An override: Frankfurt is nearest to eu-west.
+            ("10.1.0.0", 16, "198.51.100.10", 8),
+            // The source prefix caps the scope.
+            ("81.2.69.0", 24, "203.0.113.10", 24),
+        ];
+        for (addr, prefix, expected, expected_scope) in cases {
+            let m = ask("api.mysite.com.", RecordType::A)
+                .ecs(addr, prefix)
+                .on(&d);
+            assert_eq!(addresses(&m), [expected], "{addr}/{prefix}");
+            assert_eq!(scope(&m), Some((prefix, expected_scope)), "{addr}/{prefix}");
+        }
+        // Unknown location (database miss): the configured order, scoped to
+        // the empty network.
+        let m = ask("api.mysite.com.", RecordType::A)
+            .ecs("1.1.1.0", 24)
+            .on(&d);
+        assert_eq!(addresses(&m), ["203.0.113.10"]);
+        let (_, miss_scope) = scope(&m).unwrap();
+        assert!(miss_scope > 0 && miss_scope <= 24, "{miss_scope}");
+
+        // Without ECS: the source address decides, and no option comes back.
+        let mut q = ask("api.mysite.com.", RecordType::A);
+        q.src = "81.2.69.161:40000";
+        let m = q.on(&d);
+        assert_eq!(addresses(&m), ["198.51.100.10"]);
+        assert_eq!(scope(&m), None);
+        // Source prefix 0: the resolver's address decides, scope 0.
+        let mut q = ask("api.mysite.com.", RecordType::A).ecs("0.0.0.0", 0);
+        q.src = "214.0.0.7:40000";
+        let m = q.on(&d);
+        assert_eq!(addresses(&m), ["192.0.2.10"]);
+        assert_eq!(scope(&m), Some((0, 0)));
+
+        // Two answers, nearest first.
+        let m = ask("two.mysite.com.", RecordType::A)
+            .ecs("216.160.83.56", 32)
+            .on(&d);
+        assert_eq!(addresses(&m), ["203.0.113.10", "198.51.100.10"]);
+    }
+
+    #[test]
+    fn nodata_for_a_missing_family_keeps_the_scope_and_static_answers_have_scope_0() {
+        let d = all_up();
+        let m = ask("api.mysite.com.", RecordType::AAAA)
+            .ecs("214.0.0.0", 24)
+            .on(&d);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(scope(&m), Some((24, 24)));
+        let m = ask("api.mysite.com.", RecordType::AAAA)
+            .ecs("81.2.69.160", 27)
+            .on(&d);
+        assert_eq!(addresses(&m), ["2001:db8:e::10"]);
+        let m = ask("api.mysite.com.", RecordType::MX)
+            .ecs("81.2.69.160", 27)
+            .on(&d);
+        assert_eq!(scope(&m), Some((27, 27)), "ranked whatever the type");
+
+        for name in ["ns1.mysite.com.", "nothing.mysite.com.", "example.org."] {
+            let m = ask(name, RecordType::A).ecs("81.2.69.160", 27).on(&d);
+            assert_eq!(scope(&m), Some((27, 0)), "{name}");
+        }
+    }
+
+    #[test]
+    fn health_and_drain_move_the_answer() {
+        // eu-west (index 0) down.
+        let d = data(Arc::new(|i: usize| i != 0));
+        let m = ask("api.mysite.com.", RecordType::A)
+            .ecs("81.2.69.160", 27)
+            .on(&d);
+        assert_eq!(addresses(&m), ["203.0.113.10"]);
+        // Everything down: fail open to the nearest.
+        let d = data(Arc::new(|_: usize| false));
+        let m = ask("api.mysite.com.", RecordType::A)
+            .ecs("81.2.69.160", 27)
+            .on(&d);
+        assert_eq!(addresses(&m), ["198.51.100.10"]);
+    }
+
+    #[test]
+    fn big_answers_truncate_over_udp_and_fit_over_tcp() {
+        let d = all_up();
+        let mut q = ask("big.mysite.com.", RecordType::TXT).ecs("81.2.69.160", 27);
+        q.edns = Some(512);
+        let m = q.on(&d);
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty());
+        assert_eq!(scope(&m), Some((27, 0)), "TC keeps the OPT with ECS");
+
+        q.edns = None;
+        q.ecs = None;
+        assert!(q.on(&d).metadata.truncation);
+
+        q.edns = Some(4096);
+        let m = q.on(&d);
+        assert!(!m.metadata.truncation, "700 bytes fit the 1232 cap");
+        assert_eq!(m.answers.len(), 1);
+
+        let mut q = ask("big.mysite.com.", RecordType::TXT);
+        q.edns = None;
+        q.protocol = Protocol::Tcp;
+        let m = q.on(&d);
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 1);
+    }
+
+    #[test]
+    fn malformed_ecs_badvers_and_odd_queries() {
+        let d = all_up();
+        // Bits past the prefix: hickory accepts it, we do not.
+        let m = ask("api.mysite.com.", RecordType::A)
+            .ecs("81.2.69.160", 25)
+            .on(&d);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+
+        let q = ask("api.mysite.com.", RecordType::A);
+        let mut bytes = q.request().as_slice().to_vec();
+        // The OPT record ends the message: ... TTL(ext-rcode, version,
+        // flags x2), RDLENGTH x2, no options.
+        let version = bytes.len() - 5;
+        bytes[version] = 1;
+        let request = Request::from_bytes(bytes, q.src.parse().unwrap(), Protocol::Udp).unwrap();
+        let reply = respond(&d, &request);
+        assert_eq!(reply.metadata.response_code, ResponseCode::BADVERS);
+
+        let m = ask("mysite.com.", RecordType::AXFR).on(&d);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+}

@@ -1,0 +1,294 @@
+//! The authoritative GeoDNS server.
+//!
+//! - [`compile`]: a config (plus the GeoIP [`Locator`] and the data
+//!   centers' health) -> one immutable [`DnsData`], swapped whole on reload
+//!   through a [`SharedDnsData`].
+//! - `zone`: zones from `[[dns.zone]]` and their master files.
+//! - `answer`: one query -> one reply, a pure function of the data.
+//! - `geo`: distances and the choice of data centers.
+//! - `ecs`: the Client Subnet option, read from the wire.
+//! - `server`: sockets and hickory-server; [`bind`], [`serve`].
+
+mod answer;
+mod ecs;
+mod geo;
+mod server;
+mod zone;
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name};
+
+use crate::config::{Config, ConfigError};
+use crate::geoip::{Location, Locator};
+
+pub use geo::{DcState, Tier, haversine_km};
+pub use server::{TCP_IDLE_TIMEOUT, bind, serve, watch_geoip};
+
+/// `geolb_dns_queries_total{qtype, rcode}`
+pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
+/// `geolb_dns_geo_answers_total{name, datacenter}`
+pub const DNS_GEO_ANSWERS: &str = "geolb_dns_geo_answers_total";
+
+/// Describes the DNS metrics; call once at start-up, after the recorder is
+/// installed.
+pub fn describe() {
+    metrics::describe_counter!(
+        DNS_QUERIES,
+        "DNS queries answered, by query type (known types, else other) and response code."
+    );
+    metrics::describe_counter!(
+        DNS_GEO_ANSWERS,
+        "Answers for geo names, by name and chosen data center (A, AAAA and ANY queries)."
+    );
+}
+
+/// Whether a data center is healthy, drain aside (drain comes from the
+/// config). `index` is into `config.datacenters` of the config the
+/// [`DnsData`] holding this was compiled from.
+pub trait DatacenterHealth: Send + Sync {
+    fn is_up(&self, index: usize) -> bool;
+}
+
+/// Every data center is healthy: for `geolb check`, `geolb lookup` without
+/// a daemon, and tests.
+pub struct AllUp;
+
+impl DatacenterHealth for AllUp {
+    fn is_up(&self, _index: usize) -> bool {
+        true
+    }
+}
+
+impl<F: Fn(usize) -> bool + Send + Sync> DatacenterHealth for F {
+    fn is_up(&self, index: usize) -> bool {
+        self(index)
+    }
+}
+
+/// What the DNS server answers from: zones, geo names, data centers, the
+/// locator and the health view, all of one config generation. Immutable;
+/// a reload or a new GeoIP database builds a new one.
+pub struct DnsData {
+    compiled: Arc<Compiled>,
+    locator: Arc<Locator>,
+    /// Inside, not beside, the data: indexes into the data centers must
+    /// come from the same config as the data centers themselves.
+    health: Arc<dyn DatacenterHealth>,
+}
+
+/// The config-derived part, shared between a `DnsData` and the one built
+/// from it when only the locator or the health view changes.
+struct Compiled {
+    zones: zone::Zones,
+    geo: Vec<geo::GeoName>,
+    datacenters: Vec<geo::Datacenter>,
+}
+
+/// The handle the server answers from; `store` a new [`DnsData`] to swap.
+pub type SharedDnsData = Arc<ArcSwap<DnsData>>;
+
+/// Compiles the `[dns]` part of `config` (reading zone files) and its data
+/// centers. Errors name `dns.zone[i].file` (or `dns.zone[i]`). Without
+/// `[dns]`, the data has no zones and every query is refused.
+pub fn compile(
+    config: &Config,
+    locator: Arc<Locator>,
+    health: Arc<dyn DatacenterHealth>,
+) -> Result<DnsData, Vec<ConfigError>> {
+    let datacenters: Vec<geo::Datacenter> = config
+        .datacenters
+        .iter()
+        .map(geo::Datacenter::from_config)
+        .collect();
+    let mut errors = Vec::new();
+    let mut geo = Vec::new();
+    if let Some(dns) = &config.dns {
+        for (i, g) in dns.geo.iter().enumerate() {
+            let name = match Name::from_ascii(&g.name) {
+                Ok(name) => name,
+                Err(e) => {
+                    errors.push(ConfigError {
+                        path: format!("dns.geo[{i}].name"),
+                        message: format!("= {:?}: not a domain name: {e}", g.name),
+                        line: None,
+                    });
+                    continue;
+                }
+            };
+            let candidates: Vec<usize> = if g.datacenters.is_empty() {
+                (0..datacenters.len()).collect()
+            } else {
+                g.datacenters
+                    .iter()
+                    .filter_map(|n| datacenters.iter().position(|dc| dc.name == *n))
+                    .collect()
+            };
+            if candidates.is_empty() {
+                errors.push(ConfigError {
+                    path: format!("dns.geo[{i}].datacenters"),
+                    message: "no known data center to answer with".to_owned(),
+                    line: None,
+                });
+                continue;
+            }
+            geo.push(geo::GeoName {
+                lower: LowerName::from(&name),
+                name,
+                ttl: g.ttl,
+                answers: g.answers.clamp(1, candidates.len()),
+                counters: candidates.iter().map(|_| OnceLock::new()).collect(),
+                candidates,
+            });
+        }
+    }
+    let lowers: Vec<LowerName> = geo.iter().map(|g| g.lower.clone()).collect();
+    let zones = match &config.dns {
+        Some(dns) => zone::compile(dns, &lowers).unwrap_or_else(|e| {
+            errors.extend(e);
+            zone::Zones::default()
+        }),
+        None => zone::Zones::default(),
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(DnsData {
+        compiled: Arc::new(Compiled {
+            zones,
+            geo,
+            datacenters,
+        }),
+        locator,
+        health,
+    })
+}
+
+impl DnsData {
+    pub fn locator(&self) -> &Arc<Locator> {
+        &self.locator
+    }
+
+    /// The same zones and data centers with another locator (a GeoIP
+    /// database that changed on disk).
+    pub fn with_locator(&self, locator: Arc<Locator>) -> DnsData {
+        DnsData {
+            compiled: self.compiled.clone(),
+            locator,
+            health: self.health.clone(),
+        }
+    }
+
+    /// The same data with another health view.
+    pub fn with_health(&self, health: Arc<dyn DatacenterHealth>) -> DnsData {
+        DnsData {
+            compiled: self.compiled.clone(),
+            locator: self.locator.clone(),
+            health,
+        }
+    }
+
+    /// Zone origins, for logs and status.
+    pub fn origins(&self) -> Vec<String> {
+        let mut origins: Vec<String> = self
+            .compiled
+            .zones
+            .iter()
+            .map(|z| z.origin.to_ascii())
+            .collect();
+        origins.sort();
+        origins
+    }
+
+    /// The data centers' states as the ranking sees them.
+    fn state(&self, index: usize) -> DcState {
+        DcState {
+            up: self.health.is_up(index),
+            drain: self.compiled.datacenters[index].drain,
+        }
+    }
+
+    /// Explains the decision for one geo name and client address, with the
+    /// data-center states `state` gives (None: unknown, ranked as healthy
+    /// with the config's drain). For `geolb lookup`.
+    pub(crate) fn explain(
+        &self,
+        geo_index: usize,
+        location: &Location,
+        state: &dyn Fn(&str) -> Option<DcState>,
+    ) -> GeoExplanation {
+        let geo = &self.compiled.geo[geo_index];
+        let dcs = &self.compiled.datacenters;
+        let known = |i: usize| state(&dcs[i].name);
+        let ranking = geo::rank(&geo.candidates, dcs, location.coords, geo.answers, |i| {
+            known(i).unwrap_or(DcState {
+                up: true,
+                drain: dcs[i].drain,
+            })
+        });
+        let chosen = &ranking.chosen;
+        GeoExplanation {
+            name: geo.name.to_ascii(),
+            ttl: geo.ttl,
+            answers: geo.answers,
+            tier: ranking.tier,
+            candidates: ranking
+                .order
+                .iter()
+                .map(|&(i, distance_km)| CandidateExplanation {
+                    name: dcs[i].name.clone(),
+                    distance_km,
+                    state: known(i),
+                    config_drain: dcs[i].drain,
+                    chosen: chosen.contains(&i),
+                })
+                .collect(),
+            a: chosen
+                .iter()
+                .flat_map(|&i| dcs[i].v4.iter().map(|a| IpAddr::V4(*a)))
+                .collect(),
+            aaaa: chosen
+                .iter()
+                .flat_map(|&i| dcs[i].v6.iter().map(|a| IpAddr::V6(*a)))
+                .collect(),
+        }
+    }
+
+    /// Index of the geo name `name` (absolute or not, any case).
+    pub(crate) fn geo_index(&self, name: &str) -> Option<usize> {
+        let name = Name::from_ascii(name).ok()?;
+        let mut name = name.to_lowercase();
+        name.set_fqdn(true);
+        let lower = LowerName::from(name);
+        self.compiled.geo.iter().position(|g| g.lower == lower)
+    }
+
+    pub(crate) fn geo_count(&self) -> usize {
+        self.compiled.geo.len()
+    }
+}
+
+/// One geo name's decision, for people.
+#[derive(Debug, Clone)]
+pub(crate) struct GeoExplanation {
+    pub name: String,
+    pub ttl: u32,
+    pub answers: usize,
+    pub tier: Tier,
+    /// Nearest first (the configured order when the location is unknown).
+    pub candidates: Vec<CandidateExplanation>,
+    pub a: Vec<IpAddr>,
+    pub aaaa: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CandidateExplanation {
+    pub name: String,
+    pub distance_km: Option<f64>,
+    /// None: unknown (no daemon to ask).
+    pub state: Option<DcState>,
+    pub config_drain: bool,
+    pub chosen: bool,
+}

@@ -1,0 +1,647 @@
+//! The DNS server over real sockets: started in-process on 127.0.0.1:0 and
+//! queried with UDP and TCP packets built with hickory-proto.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use geolb::config::Config;
+use geolb::dns::{self, DatacenterHealth, SharedDnsData};
+use geolb::geoip::Locator;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(2);
+
+/// The contract's zone and data centers, plus names the tests need.
+const CONFIG: &str = r#"
+[geoip]
+database = "GEOIP"
+
+[dns]
+listen = ["127.0.0.1:0"]
+
+[[dns.zone]]
+origin = "mysite.com"
+ttl = 300
+soa = { mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 2026112701, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }
+ns = ["ns1.mysite.com.", "ns2.mysite.com."]
+records = [
+  { name = "ns1", type = "A", value = "192.0.2.53" },
+  { name = "ns2", type = "AAAA", value = "2001:db8::53" },
+  { name = "www", type = "CNAME", value = "api.mysite.com." },
+  { name = "@", type = "MX", value = "10 mail.mysite.com." },
+  { name = "@", type = "TXT", value = "v=spf1 -all" },
+  { name = "host.lab", type = "A", value = "192.0.2.80" },
+  { name = "big", type = "TXT", value = "BIG" },
+]
+
+[[dns.geo]]
+name = "api.mysite.com"
+ttl = 30
+datacenters = ["us-east", "eu-west", "ap-southeast"]
+answers = 1
+
+[[datacenter]]
+name = "eu-west"
+location = { lat = 53.35, lon = -6.26 }
+addresses = ["198.51.100.10", "2001:db8:e::10"]
+drain = DRAIN
+
+[[datacenter]]
+name = "us-east"
+location = { lat = 39.04, lon = -77.49 }
+addresses = ["203.0.113.10", "2001:db8:a::10"]
+
+[[datacenter]]
+name = "ap-southeast"
+location = { lat = 1.35, lon = 103.82 }
+addresses = ["192.0.2.10"]
+"#;
+
+fn geoip_db() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb")
+}
+
+fn config(drain_eu: bool) -> Config {
+    let text = CONFIG
+        .replace("GEOIP", &geoip_db().display().to_string())
+        .replace("BIG", &"x".repeat(1000))
+        .replace("DRAIN", &drain_eu.to_string());
+    geolb::config::parse_str(&text, Path::new("/tmp/geolb-dns-test.toml")).unwrap()
+}
+
+fn compile(config: &Config, health: Arc<dyn DatacenterHealth>) -> dns::DnsData {
+    let locator = Locator::from_config(config.geoip.as_ref(), None).unwrap();
+    dns::compile(config, Arc::new(locator), health).unwrap()
+}
+
+struct Running {
+    addr: SocketAddr,
+    data: SharedDnsData,
+    shutdown: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(health: Arc<dyn DatacenterHealth>) -> Running {
+    let config = config(false);
+    let data: SharedDnsData = Arc::new(ArcSwap::from_pointee(compile(&config, health)));
+    let sockets = dns::bind(&config.dns.as_ref().unwrap().listen)
+        .await
+        .unwrap();
+    let addr = sockets[0].0.local_addr().unwrap();
+    assert_eq!(
+        sockets[0].1.local_addr().unwrap(),
+        addr,
+        "TCP on UDP's port"
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(dns::serve(sockets, data.clone(), shutdown.clone()));
+    Running {
+        addr,
+        data,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the server stops promptly")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Q {
+    name: &'static str,
+    qtype: RecordType,
+    edns: Option<u16>,
+    /// Raw Client Subnet option data, sent as is.
+    ecs: Option<Vec<u8>>,
+}
+
+fn q(name: &'static str, qtype: RecordType) -> Q {
+    Q {
+        name,
+        qtype,
+        edns: Some(1232),
+        ecs: None,
+    }
+}
+
+/// Client Subnet option data: family, source prefix, scope, address octets.
+fn ecs_raw(family: u16, source: u8, address: &[u8]) -> Vec<u8> {
+    let mut data = family.to_be_bytes().to_vec();
+    data.extend([source, 0]);
+    data.extend(address);
+    data
+}
+
+fn ecs(addr: &str, source: u8) -> Vec<u8> {
+    let subnet = ClientSubnet::new(addr.parse().unwrap(), source, 0);
+    Vec::<u8>::try_from(&subnet).unwrap()
+}
+
+impl Q {
+    fn ecs(mut self, addr: &str, source: u8) -> Q {
+        self.ecs = Some(ecs(addr, source));
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(
+            Name::from_ascii(self.name).unwrap(),
+            self.qtype,
+        ));
+        if let Some(size) = self.edns {
+            let mut edns = Edns::new();
+            edns.set_max_payload(size);
+            if let Some(data) = &self.ecs {
+                edns.options_mut()
+                    .insert(EdnsOption::Unknown(8, data.clone()));
+            }
+            m.set_edns(edns);
+        }
+        m.to_vec().unwrap()
+    }
+}
+
+async fn udp_raw(server: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    match tokio::time::timeout(WAIT, socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+async fn udp(server: SocketAddr, query: &Q) -> Message {
+    let bytes = udp_raw(server, &query.bytes())
+        .await
+        .expect("an answer over UDP");
+    Message::from_vec(&bytes).unwrap()
+}
+
+async fn tcp(server: SocketAddr, query: &Q) -> Message {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let packet = query.bytes();
+    stream
+        .write_all(&(packet.len() as u16).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&packet).await.unwrap();
+    let read = async {
+        let len = stream.read_u16().await.unwrap();
+        let mut buf = vec![0u8; len.into()];
+        stream.read_exact(&mut buf).await.unwrap();
+        buf
+    };
+    let bytes = tokio::time::timeout(WAIT, read)
+        .await
+        .expect("an answer over TCP");
+    Message::from_vec(&bytes).unwrap()
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (source prefix, scope prefix) of the answer's Client Subnet option.
+fn scope(m: &Message) -> Option<(u8, u8)> {
+    match m.edns.as_ref()?.option(EdnsCode::Subnet)? {
+        EdnsOption::Subnet(s) => Some((s.source_prefix(), s.scope_prefix())),
+        _ => None,
+    }
+}
+
+fn all_up() -> Arc<dyn DatacenterHealth> {
+    Arc::new(dns::AllUp)
+}
+
+#[tokio::test]
+async fn authoritative_refused_negative_and_cname_answers_over_udp_and_tcp() {
+    let server = start(all_up()).await;
+    for over_tcp in [false, true] {
+        let ask = |query: Q| {
+            let addr = server.addr;
+            async move {
+                if over_tcp {
+                    tcp(addr, &query).await
+                } else {
+                    udp(addr, &query).await
+                }
+            }
+        };
+        let m = ask(q("ns1.mysite.com.", RecordType::A)).await;
+        assert_eq!(m.metadata.id, 0x4242);
+        assert!(m.metadata.authoritative, "AA");
+        assert!(m.metadata.recursion_desired && !m.metadata.recursion_available);
+        assert_eq!(addresses(&m), ["192.0.2.53"]);
+        assert_eq!(m.answers[0].ttl, 300);
+
+        let m = ask(q("www.example.org.", RecordType::A)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        assert!(m.answers.is_empty() && !m.metadata.authoritative);
+
+        let m = ask(q("nope.mysite.com.", RecordType::A)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert!(m.metadata.authoritative);
+        let soa = &m.authorities[0];
+        assert_eq!(soa.record_type(), RecordType::SOA);
+        assert_eq!(soa.ttl, 60, "negative TTL = min(SOA TTL 300, minimum 60)");
+
+        // NODATA: the name exists without the type.
+        let m = ask(q("ns1.mysite.com.", RecordType::AAAA)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(m.authorities[0].ttl, 60);
+
+        // Empty non-terminal: lab.mysite.com has only host.lab below it.
+        let m = ask(q("lab.mysite.com.", RecordType::A)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+
+        // www -> api (a geo name), in one answer, placed by ECS in London.
+        let m = ask(q("www.mysite.com.", RecordType::A).ecs("81.2.69.160", 32)).await;
+        assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(addresses(&m), ["198.51.100.10"]);
+        assert_eq!(m.answers[1].ttl, 30, "the geo name's ttl");
+        assert_eq!(scope(&m), Some((32, 27)));
+
+        let m = ask(q("mysite.com.", RecordType::MX)).await;
+        assert_eq!(m.answers.len(), 1);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn geo_answers_by_ecs_with_the_deciding_networks_scope() {
+    let server = start(all_up()).await;
+    let a = server.addr;
+    // London -> eu-west; Milton, WA -> us-east; Singapore -> ap-southeast.
+    let cases = [
+        ("81.2.69.160", 27, RecordType::A, vec!["198.51.100.10"], 27),
+        (
+            "81.2.69.160",
+            27,
+            RecordType::AAAA,
+            vec!["2001:db8:e::10"],
+            27,
+        ),
+        ("216.160.83.56", 32, RecordType::A, vec!["203.0.113.10"], 29),
+        (
+            "216.160.83.56",
+            32,
+            RecordType::AAAA,
+            vec!["2001:db8:a::10"],
+            29,
+        ),
+        ("214.0.0.1", 32, RecordType::A, vec!["192.0.2.10"], 24),
+        // ap-southeast has no IPv6: NODATA, still scoped.
+        ("214.0.0.0", 24, RecordType::AAAA, vec![], 24),
+        ("2001:480:10::", 48, RecordType::A, vec!["203.0.113.10"], 48),
+    ];
+    for (addr, source, qtype, expected, expected_scope) in cases {
+        let m = udp(a, &q("api.mysite.com.", qtype).ecs(addr, source)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{addr}");
+        assert_eq!(addresses(&m), expected, "{addr} {qtype}");
+        assert_eq!(scope(&m), Some((source, expected_scope)), "{addr} {qtype}");
+        if expected.is_empty() {
+            assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+        }
+    }
+    // A database miss: the configured order (us-east first), scoped to the
+    // empty network the database reports, never past the source prefix.
+    let m = udp(a, &q("api.mysite.com.", RecordType::A).ecs("1.1.1.0", 24)).await;
+    assert_eq!(addresses(&m), ["203.0.113.10"]);
+    let (source, miss_scope) = scope(&m).unwrap();
+    assert_eq!(source, 24);
+    assert!((1..=24).contains(&miss_scope), "{miss_scope}");
+
+    // Static answers carry scope 0, the option is echoed as sent.
+    let m = udp(
+        a,
+        &q("ns1.mysite.com.", RecordType::A).ecs("81.2.69.160", 32),
+    )
+    .await;
+    assert_eq!(scope(&m), Some((32, 0)));
+    let subnet = match m.edns.as_ref().unwrap().option(EdnsCode::Subnet) {
+        Some(EdnsOption::Subnet(s)) => *s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        subnet.addr(),
+        "81.2.69.160".parse::<std::net::IpAddr>().unwrap()
+    );
+    let m = udp(
+        a,
+        &q("nope.mysite.com.", RecordType::A).ecs("81.2.69.160", 32),
+    )
+    .await;
+    assert_eq!(scope(&m), Some((32, 0)));
+    let m = udp(a, &q("example.org.", RecordType::A).ecs("81.2.69.160", 32)).await;
+    assert_eq!(scope(&m), Some((32, 0)));
+
+    // No ECS: the source address (127.0.0.1, a miss) decides: configured order.
+    let m = udp(a, &q("api.mysite.com.", RecordType::A)).await;
+    assert_eq!(addresses(&m), ["203.0.113.10"]);
+    assert_eq!(scope(&m), None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_client_subnet_is_formerr_through_real_sockets() {
+    let server = start(all_up()).await;
+    let bad = [
+        // Bits set past the source prefix (hickory-proto accepts these).
+        ecs_raw(1, 25, &[81, 2, 69, 160]),
+        // More address octets than the prefix needs (also accepted by it).
+        ecs_raw(1, 16, &[81, 2, 0]),
+        // Prefix longer than the family allows, unknown family, too few
+        // octets: hickory-server answers FORMERR before us.
+        ecs_raw(1, 33, &[1, 2, 3, 4, 5]),
+        ecs_raw(2, 129, &[0; 17]),
+        ecs_raw(3, 8, &[10]),
+        ecs_raw(1, 24, &[81, 2]),
+    ];
+    for option in bad {
+        let mut query = q("api.mysite.com.", RecordType::A);
+        query.ecs = Some(option.clone());
+        let bytes = udp_raw(server.addr, &query.bytes())
+            .await
+            .unwrap_or_else(|| panic!("no answer for {option:?}"));
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::FormErr,
+            "{option:?}"
+        );
+        assert_eq!(m.metadata.id, 0x4242);
+        assert!(m.answers.is_empty());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn big_answers_set_tc_over_udp_and_come_whole_over_tcp() {
+    let server = start(all_up()).await;
+    let mut query = q("big.mysite.com.", RecordType::TXT).ecs("81.2.69.160", 32);
+    query.edns = Some(512);
+    let m = udp(server.addr, &query).await;
+    assert!(m.metadata.truncation, "TC");
+    assert!(m.answers.is_empty());
+    assert_eq!(scope(&m), Some((32, 0)), "the OPT record with ECS stays");
+
+    let m = tcp(server.addr, &query).await;
+    assert!(!m.metadata.truncation);
+    let RData::TXT(txt) = &m.answers[0].data else {
+        panic!("{m:?}")
+    };
+    let total: usize = txt.txt_data.iter().map(|s| s.len()).sum();
+    assert_eq!(total, 1000);
+
+    // Without EDNS: 512 bytes.
+    query.edns = None;
+    assert!(udp(server.addr, &query).await.metadata.truncation);
+    // 1232 is enough.
+    query.edns = Some(4096);
+    let m = udp(server.addr, &query).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn down_and_drained_data_centers_move_the_answer() {
+    let eu_down = Arc::new(AtomicBool::new(false));
+    let flag = eu_down.clone();
+    let health = Arc::new(move |i: usize| !(i == 0 && flag.load(Ordering::Relaxed)));
+    let server = start(health.clone()).await;
+    let london = || q("api.mysite.com.", RecordType::A).ecs("81.2.69.160", 32);
+
+    assert_eq!(
+        addresses(&udp(server.addr, &london()).await),
+        ["198.51.100.10"]
+    );
+    eu_down.store(true, Ordering::Relaxed);
+    assert_eq!(
+        addresses(&udp(server.addr, &london()).await),
+        ["203.0.113.10"],
+        "eu-west down: the next nearest, us-east"
+    );
+    eu_down.store(false, Ordering::Relaxed);
+    assert_eq!(
+        addresses(&udp(server.addr, &london()).await),
+        ["198.51.100.10"]
+    );
+
+    // A reload that drains eu-west swaps the data whole.
+    server
+        .data
+        .store(Arc::new(compile(&config(true), health.clone())));
+    assert_eq!(
+        addresses(&udp(server.addr, &london()).await),
+        ["203.0.113.10"]
+    );
+    // Drained and everything else down: fail open to undrained ones.
+    let none_up: Arc<dyn DatacenterHealth> = Arc::new(|_: usize| false);
+    server.data.store(Arc::new(compile(&config(true), none_up)));
+    assert_eq!(
+        addresses(&udp(server.addr, &london()).await),
+        ["203.0.113.10"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_packets_do_not_kill_the_server() {
+    let server = start(all_up()).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut seed = 0x2545_f491_u32;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect()
+    };
+    let valid = q("api.mysite.com.", RecordType::A)
+        .ecs("81.2.69.160", 32)
+        .bytes();
+    let mut packets: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0xff; 11], vec![0xff; 12]];
+    packets.extend((0..200).map(|i| random(1 + i * 7 % 600)));
+    // Every prefix of a valid query, and the valid query with bytes flipped.
+    packets.extend((0..valid.len()).map(|n| valid[..n].to_vec()));
+    packets.extend((12..valid.len()).map(|i| {
+        let mut p = valid.clone();
+        p[i] ^= 0xff;
+        p
+    }));
+    // A response (QR set): never answered, to avoid reflection.
+    let mut response = valid.clone();
+    response[2] |= 0x80;
+    packets.push(response);
+    for p in &packets {
+        socket.send_to(p, server.addr).await.unwrap();
+    }
+    // Garbage over TCP too: a length, then noise, then a hang-up.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&[0, 40]).await.unwrap();
+    stream.write_all(&random(40)).await.unwrap();
+    drop(stream);
+
+    let m = udp(
+        server.addr,
+        &q("api.mysite.com.", RecordType::A).ecs("81.2.69.160", 32),
+    )
+    .await;
+    assert_eq!(addresses(&m), ["198.51.100.10"]);
+    let m = tcp(server.addr, &q("api.mysite.com.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lookup_explains_the_decision_with_the_daemons_states() {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("geolb.toml");
+    let text = CONFIG
+        .replace("GEOIP", &geoip_db().display().to_string())
+        .replace("BIG", "small")
+        .replace("DRAIN", "false");
+    std::fs::write(&path, text).unwrap();
+
+    // A stand-in for the daemon's /status: eu-west down.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    let body = r#"{"datacenters": [
+                        {"name": "eu-west", "up": false, "drain": false},
+                        {"name": "us-east", "up": true, "drain": false},
+                        {"name": "ap-southeast", "up": true, "drain": true}]}"#;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+
+    let ip = "81.2.69.160".parse().unwrap();
+    let report = geolb::lookup::run(&path, ip, Some("api.mysite.com"), Some(admin))
+        .await
+        .unwrap();
+    for expected in [
+        "London",
+        "GB",
+        "81.2.69.160/27",
+        "GeoIP2-City",
+        "eu-west",
+        "down",
+        "drained",
+        " km",
+        "203.0.113.10",
+        "2001:db8:a::10",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected:?} missing from:\n{report}"
+        );
+    }
+    let chosen: Vec<&str> = report.lines().filter(|l| l.contains("<- answer")).collect();
+    assert!(
+        chosen.len() == 1 && chosen[0].contains("us-east"),
+        "{report}"
+    );
+
+    // No daemon: states unknown, the nearest is answered.
+    let report = geolb::lookup::run(&path, ip, None, None).await.unwrap();
+    assert!(report.contains("unknown"), "{report}");
+    assert!(report.contains("198.51.100.10"), "{report}");
+    let unplaced = geolb::lookup::run(&path, "1.1.1.1".parse().unwrap(), None, None)
+        .await
+        .unwrap();
+    assert!(unplaced.contains("unknown coordinates"), "{unplaced}");
+    let not_geo = geolb::lookup::run(&path, ip, Some("www.mysite.com"), None)
+        .await
+        .unwrap();
+    assert!(not_geo.contains("not a geo name"), "{not_geo}");
+}
+
+#[tokio::test]
+async fn a_geoip_database_changed_on_disk_is_reread_and_a_bad_one_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    std::fs::copy(geoip_db(), &db).unwrap();
+    let mut config = config(false);
+    config.geoip.as_mut().unwrap().database = Some(db.clone());
+    let data: SharedDnsData = Arc::new(ArcSwap::from_pointee(compile(&config, all_up())));
+    let shutdown = CancellationToken::new();
+    let watcher = tokio::spawn(dns::watch_geoip(
+        data.clone(),
+        Duration::from_millis(20),
+        shutdown.clone(),
+    ));
+    let first = data.load_full();
+
+    // Overwritten in place with garbage: refused, the old data stays.
+    std::fs::write(&db, b"not a database").unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(Arc::ptr_eq(&first, &data.load_full()));
+
+    // Replaced by rename, as geoipupdate does: picked up.
+    let next = dir.path().join("next.mmdb");
+    std::fs::copy(geoip_db(), &next).unwrap();
+    std::fs::rename(&next, &db).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while Arc::ptr_eq(&first, &data.load_full()) {
+        assert!(tokio::time::Instant::now() < deadline, "never re-read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fresh = data.load_full();
+    assert!(!Arc::ptr_eq(
+        first.locator().database().unwrap(),
+        fresh.locator().database().unwrap()
+    ));
+    let london = fresh.locator().locate("81.2.69.160".parse().unwrap());
+    assert_eq!(london.city.as_deref(), Some("London"));
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, watcher).await.unwrap().unwrap();
+}
