@@ -543,6 +543,8 @@ main() {
 
 Median over $ROUNDS round(s) of ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
+Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
+Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
 EOF
   log "raw results: $RESULTS (results.tsv, summary.md, raw/*.wrk, configs/, logs/, env.txt)"
 }

@@ -787,3 +787,132 @@ async fn least_conn_steers_new_work_away_from_a_busy_backend() {
         assert_eq!(h.await.unwrap().unwrap().0, 200);
     }
 }
+
+/// One A query over UDP with an ECS option for the client `subnet`/32; the
+/// addresses answered.
+async fn dns_a(server: SocketAddr, name: &str, subnet: &str) -> Vec<String> {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut msg = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let mut edns = Edns::new();
+    edns.options_mut()
+        .insert(EdnsOption::Subnet(ClientSubnet::new(
+            subnet.parse().unwrap(),
+            32,
+            0,
+        )));
+    msg.set_edns(edns);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&msg.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("a DNS answer")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn geodns_answers_follow_pool_health_and_drain() {
+    let (eu, us) = (Backend::start("eu").await, Backend::start("us").await);
+    let geoip =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
+    let cfg = |drain_us: bool| {
+        config(&format!(
+            "[geoip]\ndatabase = \"{}\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [[dns.zone]]\norigin = \"mysite.com\"\n\
+             soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+             ns = [\"ns1.mysite.com.\"]\n\n\
+             [[dns.geo]]\nname = \"api.mysite.com\"\n\n\
+             [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\npools = [\"web-eu\"]\n\n\
+             [[datacenter]]\nname = \"us-east\"\nlocation = {{ lat = 39.04, lon = -77.49 }}\naddresses = [\"203.0.113.10\"]\npools = [\"web-us\"]\ndrain = {drain_us}\n\n\
+             [[pool]]\nname = \"web-eu\"\ncheck = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\nbackends = [{}]\n\n\
+             [[pool]]\nname = \"web-us\"\nbackends = [{}]\n",
+            geoip.display(),
+            backend_list(&[&eu]),
+            backend_list(&[&us]),
+        ))
+    };
+    let geolb = Geolb::start(&cfg(false)).await;
+    let status = geolb.status().await;
+    let server: SocketAddr = status["dns"]["udp"][0].as_str().unwrap().parse().unwrap();
+    assert_eq!(status["dns"]["tcp"][0], status["dns"]["udp"][0]);
+    let london = "81.2.69.160";
+    let milton = "216.160.83.56";
+    assert_eq!(
+        dns_a(server, "api.mysite.com", london).await,
+        ["198.51.100.10"]
+    );
+    assert_eq!(
+        dns_a(server, "api.mysite.com", milton).await,
+        ["203.0.113.10"]
+    );
+    let (code, _, body) = get(geolb.admin, "/datacenters/eu-west", &[]).await.unwrap();
+    assert_eq!((code, &body[..]), (200, &b"up\n"[..]));
+
+    // The eu pool loses its only backend: eu-west is down, London goes to us-east.
+    eu.set_health(503);
+    eventually("eu-west down", Duration::from_secs(3), || async {
+        get(geolb.admin, "/datacenters/eu-west", &[])
+            .await
+            .unwrap()
+            .0
+            == 503
+    })
+    .await;
+    assert_eq!(
+        dns_a(server, "api.mysite.com", london).await,
+        ["203.0.113.10"]
+    );
+    assert!(
+        geolb
+            .metrics()
+            .await
+            .contains("geolb_datacenter_up{datacenter=\"eu-west\"} 0")
+    );
+    let lookup = std::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .args(["lookup", "--config"])
+        .arg(geolb.config_path())
+        .args(["81.2.69.160", "--admin", &geolb.admin.to_string()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&lookup.stdout);
+    assert!(lookup.status.success());
+    assert!(report.contains("London"), "{report}");
+    assert!(
+        report.contains("eu-west") && report.contains("down"),
+        "{report}"
+    );
+    assert!(report.contains("203.0.113.10"), "{report}");
+
+    // Back up; then a drill by config: us-east drained, Milton goes to eu-west.
+    eu.set_health(200);
+    eventually("eu-west up", Duration::from_secs(3), || async {
+        dns_a(server, "api.mysite.com", london).await == ["198.51.100.10"]
+    })
+    .await;
+    std::fs::write(geolb.config_path(), cfg(true)).unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        dns_a(server, "api.mysite.com", milton).await,
+        ["198.51.100.10"]
+    );
+    let (code, _, _) = get(geolb.admin, "/datacenters/us-east", &[]).await.unwrap();
+    assert_eq!(code, 503, "drained counts as down");
+}
