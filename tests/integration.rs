@@ -916,3 +916,56 @@ async fn geodns_answers_follow_pool_health_and_drain() {
     let (code, _, _) = get(geolb.admin, "/datacenters/us-east", &[]).await.unwrap();
     assert_eq!(code, 503, "drained counts as down");
 }
+
+#[tokio::test]
+async fn the_demo_prints_commands_that_work() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .arg("demo")
+        .env("GEOLB_DEMO_EPHEMERAL", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("Ctrl-C stops it");
+            printed.push(line);
+            if done {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the demo printed its commands");
+    let word_after = |prefix: &str| -> String {
+        printed
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in {printed:#?}"))
+            .to_string()
+    };
+    let web: SocketAddr = word_after("curl http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let body = body_of(web, "/").await;
+    assert!(body.starts_with("hello from eu-west-"), "{body}");
+    let dig_line = printed
+        .iter()
+        .find(|l| l.contains("+subnet=216.160.83.56/32"))
+        .unwrap();
+    let mut words = dig_line.split_whitespace();
+    let ip = words.nth(1).unwrap().trim_start_matches('@').to_string();
+    let port = words.nth(1).unwrap().to_string();
+    let dns: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    assert_eq!(
+        dns_a(dns, "api.mysite.test", "216.160.83.56").await,
+        ["203.0.113.10"]
+    );
+    let _ = child.kill().await;
+}
