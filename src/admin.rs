@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{BoundListener, Daemon};
 use crate::metrics;
+use crate::state::Override;
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     loop {
@@ -113,11 +114,75 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Response<Full<Bytes>>
                 None => reply(StatusCode::NOT_FOUND, TEXT, "no such data center\n"),
             }
         }
+        (&Method::POST, path)
+            if path.starts_with("/backends/") || path.starts_with("/datacenters/") =>
+        {
+            set_override(daemon, path)
+        }
         (_, "/healthz" | "/metrics" | "/status" | "/" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
     }
+}
+
+/// `POST /backends/ADDR/STATE` and `POST /datacenters/NAME/STATE`, STATE
+/// being `drain`, `down` or `auto` (back to config and health checks).
+fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let mut parts = path.trim_start_matches('/').splitn(3, '/');
+    let (Some(kind), Some(target), Some(state)) = (parts.next(), parts.next(), parts.next()) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "use POST /backends/ADDR/(drain|down|auto) or /datacenters/NAME/(drain|down|auto)\n",
+        );
+    };
+    let Some(state) = Override::parse(state) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!("unknown state {state:?}: use drain, down or auto\n"),
+        );
+    };
+    let snapshot = daemon.snapshot.load();
+    let cell = match kind {
+        "backends" => target
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .and_then(|addr| {
+                snapshot
+                    .pools
+                    .iter()
+                    .flat_map(|p| p.backends.iter())
+                    .find(|b| b.addr == addr)
+                    .map(|b| b.runtime_override.clone())
+            }),
+        _ => snapshot
+            .datacenters
+            .iter()
+            .find(|dc| dc.config.name == target)
+            .map(|dc| dc.runtime_override.clone()),
+    };
+    let Some(cell) = cell else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!(
+                "no {} {target:?} in the running config\n",
+                kind.trim_end_matches('s')
+            ),
+        );
+    };
+    state.store(&cell);
+    tracing::warn!(kind, target, state = state.as_str(), "runtime override set");
+    ::metrics::counter!(metrics::OVERRIDES, "kind" => kind.trim_end_matches('s').to_string(), "state" => state.as_str())
+        .increment(1);
+    reply(
+        StatusCode::OK,
+        TEXT,
+        format!("{target}: {}\n", state.as_str()),
+    )
 }
 
 #[derive(Serialize)]
@@ -143,6 +208,9 @@ struct DatacenterStatus {
     drain: bool,
     /// Its pools have `min_healthy` backends and its remote check passes.
     healthy: bool,
+    /// Runtime override: auto, drain or down.
+    #[serde(rename = "override")]
+    runtime_override: &'static str,
     pools: Vec<String>,
     remote_check: Option<&'static str>,
 }
@@ -162,6 +230,8 @@ struct BackendStatus {
     state: &'static str,
     up: bool,
     drain: bool,
+    #[serde(rename = "override")]
+    runtime_override: &'static str,
     weight: u32,
     active: usize,
 }
@@ -170,7 +240,7 @@ fn status(daemon: &Daemon) -> Status {
     let snapshot = daemon.snapshot.load();
     Status {
         config_generation: snapshot.generation,
-        listeners: daemon.listeners.clone(),
+        listeners: daemon.listeners(),
         dns: DnsStatus {
             udp: daemon.dns_addrs.iter().map(|a| a.to_string()).collect(),
             tcp: daemon.dns_addrs.iter().map(|a| a.to_string()).collect(),
@@ -181,8 +251,9 @@ fn status(daemon: &Daemon) -> Status {
             .map(|dc| DatacenterStatus {
                 name: dc.config.name.clone(),
                 up: dc.up(),
-                drain: dc.config.drain,
+                drain: dc.drained(),
                 healthy: dc.healthy(),
+                runtime_override: dc.override_state().as_str(),
                 pools: dc.config.pools.clone(),
                 remote_check: dc.remote_check.as_ref().map(|h| h.state().as_str()),
             })
@@ -204,7 +275,8 @@ fn status(daemon: &Daemon) -> Status {
                             addr: b.label.to_string(),
                             state: state.as_str(),
                             up: state == crate::health::State::Up,
-                            drain: b.drain,
+                            drain: b.drained(),
+                            runtime_override: b.override_state().as_str(),
                             weight: b.weight,
                             active: b.shared.active(),
                         }

@@ -25,7 +25,7 @@ use crate::proxy::http::{self as http_proxy, HttpContext};
 use crate::state::{self, BackendRegistry, SharedSnapshot};
 
 /// How often the GeoIP database file is looked at for a replacement.
-const GEOIP_RECHECK: Duration = Duration::from_secs(5);
+const GEOIP_RECHECK: Duration = Duration::from_secs(1);
 
 /// Features the contract names that this version does not serve yet.
 /// `run` and `check` refuse them rather than accept and ignore them.
@@ -94,6 +94,10 @@ impl dns::DatacenterHealth for DatacenterView {
     fn is_up(&self, index: usize) -> bool {
         self.0.get(index).is_some_and(state::Datacenter::healthy)
     }
+
+    fn is_drained(&self, index: usize) -> bool {
+        self.0.get(index).is_some_and(state::Datacenter::drained)
+    }
 }
 
 fn compile_dns(
@@ -124,7 +128,8 @@ pub struct Daemon {
     pub health: Arc<HealthTable>,
     pub registry: BackendRegistry,
     pub metrics: PrometheusHandle,
-    pub listeners: Vec<BoundListener>,
+    listeners: std::sync::Mutex<Vec<RunningListener>>,
+    tasks: TaskTracker,
     pub admin_addr: Option<SocketAddr>,
     /// Bound DNS addresses (UDP and TCP share each).
     pub dns_addrs: Vec<SocketAddr>,
@@ -142,6 +147,12 @@ pub struct ReloadSummary {
     pub pools_removed: Vec<String>,
     pub backends_added: Vec<String>,
     pub backends_removed: Vec<String>,
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+    pub datacenters_added: Vec<String>,
+    pub datacenters_removed: Vec<String>,
+    pub datacenters_changed: Vec<String>,
+    pub zones_changed: bool,
 }
 
 impl Daemon {
@@ -172,6 +183,20 @@ impl Daemon {
             load_checked(&self.config_path, Some(current_dns.locator()))?;
         let old = self.snapshot.load_full();
         let mut errors = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if let Some(before) = old.config.listeners.iter().find(|o| o.bind == l.bind)
+                && before.protocol != l.protocol
+            {
+                errors.push(ConfigError {
+                    path: format!("listener[{i}].protocol"),
+                    message: format!(
+                        "the listener on {} changes protocol: move it to another bind address (or restart)",
+                        l.bind
+                    ),
+                    line: None,
+                });
+            }
+        }
         let mut needs_restart = |path: &str, what: &str| {
             errors.push(ConfigError {
                 path: path.into(),
@@ -179,14 +204,6 @@ impl Daemon {
                 line: None,
             })
         };
-        let binds = |c: &Config| {
-            let mut b: Vec<SocketAddr> = c.listeners.iter().map(|l| l.bind).collect();
-            b.sort();
-            b
-        };
-        if binds(&old.config) != binds(&config) {
-            needs_restart("listener", "adding, removing or moving listeners");
-        }
         if old.config.admin != config.admin {
             needs_restart("admin.listen", "changing the admin listener");
         }
@@ -197,19 +214,48 @@ impl Daemon {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        // Bind what is new before anything changes, so a taken port
+        // rejects the reload whole.
+        let running: Vec<SocketAddr> = self.listener_binds();
+        let mut added = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if running.contains(&l.bind) {
+                continue;
+            }
+            match bind_listener(l) {
+                Ok(bound) => added.push(bound),
+                Err(e) => errors.push(ConfigError {
+                    path: format!("listener[{i}].bind"),
+                    message: format!("= \"{}\": {e:#}", l.bind),
+                    line: None,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let removed: Vec<SocketAddr> = running
+            .into_iter()
+            .filter(|b| !config.listeners.iter().any(|l| l.bind == *b))
+            .collect();
         let config = Arc::new(config);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let new = state::compile(config.clone(), generation, &self.health, &self.registry);
         let dns_data = compile_dns(&config, locator, &new)?;
-        let summary = summarize(&old, &new);
+        let mut summary = summarize(&old, &new);
         self.snapshot.store(Arc::new(new));
         self.dns.store(Arc::new(dns_data));
+        summary.listeners_added = added.iter().map(|(_, b)| b.name.clone()).collect();
+        for (socket, bound) in added {
+            self.start_listener(socket, bound);
+        }
+        summary.listeners_removed = self.stop_listeners(&removed);
         Ok(summary)
     }
 }
 
 fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
-    let names = |s: &state::Snapshot| -> Vec<String> {
+    let pools = |s: &state::Snapshot| -> Vec<String> {
         s.pools.iter().map(|p| p.name.to_string()).collect()
     };
     let backends = |s: &state::Snapshot| -> Vec<String> {
@@ -222,22 +268,119 @@ fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
             })
             .collect()
     };
+    let datacenters = |s: &state::Snapshot| -> Vec<String> {
+        s.datacenters
+            .iter()
+            .map(|d| d.config.name.clone())
+            .collect()
+    };
     let diff = |a: &[String], b: &[String]| -> Vec<String> {
         a.iter().filter(|x| !b.contains(x)).cloned().collect()
     };
-    let (old_pools, new_pools) = (names(old), names(new));
+    let (old_pools, new_pools) = (pools(old), pools(new));
     let (old_backends, new_backends) = (backends(old), backends(new));
+    let (old_dcs, new_dcs) = (datacenters(old), datacenters(new));
     ReloadSummary {
         config_generation: new.generation,
         pools_added: diff(&new_pools, &old_pools),
         pools_removed: diff(&old_pools, &new_pools),
         backends_added: diff(&new_backends, &old_backends),
         backends_removed: diff(&old_backends, &new_backends),
+        listeners_added: Vec::new(),
+        listeners_removed: Vec::new(),
+        datacenters_added: diff(&new_dcs, &old_dcs),
+        datacenters_removed: diff(&old_dcs, &new_dcs),
+        datacenters_changed: new
+            .datacenters
+            .iter()
+            .filter(|d| {
+                old.datacenters
+                    .iter()
+                    .any(|o| o.config.name == d.config.name && o.config != d.config)
+            })
+            .map(|d| d.config.name.clone())
+            .collect(),
+        zones_changed: old.config.dns.as_ref().map(|d| &d.zones)
+            != new.config.dns.as_ref().map(|d| &d.zones),
     }
 }
 
-/// Binds every socket of `config`; fails if any cannot be bound.
 type DnsSockets = Vec<(tokio::net::UdpSocket, TcpListener)>;
+
+/// Binds one listener's socket (synchronously, so a reload can bind
+/// without awaiting while it holds no lock across the swap).
+fn bind_listener(l: &config::ListenerConfig) -> anyhow::Result<(TcpListener, BoundListener)> {
+    let std_socket = std::net::TcpListener::bind(l.bind)
+        .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.bind))?;
+    std_socket.set_nonblocking(true)?;
+    let socket = TcpListener::from_std(std_socket)?;
+    let local_addr = socket.local_addr()?;
+    Ok((
+        socket,
+        BoundListener {
+            name: l.name.clone(),
+            protocol: match l.protocol {
+                Protocol::Http => "http",
+                Protocol::Https => "https",
+                Protocol::Tcp => "tcp",
+            },
+            bind: l.bind,
+            local_addr,
+        },
+    ))
+}
+
+/// A listener accepting now; `stop` ends its accept loop and drains its
+/// connections.
+struct RunningListener {
+    bound: BoundListener,
+    stop: CancellationToken,
+}
+
+impl Daemon {
+    /// The listeners serving now, for /status.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        running.iter().map(|r| r.bound.clone()).collect()
+    }
+
+    fn listener_binds(&self) -> Vec<SocketAddr> {
+        let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        running.iter().map(|r| r.bound.bind).collect()
+    }
+
+    fn start_listener(&self, socket: TcpListener, bound: BoundListener) {
+        tracing::info!(listener = %bound.name, addr = %bound.local_addr, protocol = bound.protocol, "listening");
+        let stop = self.shutdown.child_token();
+        let ctx = HttpContext::new(
+            self.snapshot.clone(),
+            bound.bind,
+            "http",
+            self.tasks.clone(),
+            stop.clone(),
+        );
+        self.tasks.spawn(http_proxy::serve(socket, ctx));
+        let mut running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        running.push(RunningListener { bound, stop });
+    }
+
+    /// Stops accepting on `binds`; their open connections finish on their
+    /// own. Returns the names of the listeners stopped.
+    fn stop_listeners(&self, binds: &[SocketAddr]) -> Vec<String> {
+        let mut running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = Vec::new();
+        running.retain(|r| {
+            let keep = !binds.contains(&r.bound.bind);
+            if !keep {
+                tracing::info!(listener = %r.bound.name, addr = %r.bound.local_addr, "listener removed: no new connections");
+                r.stop.cancel();
+                names.push(r.bound.name.clone());
+            }
+            keep
+        });
+        names
+    }
+}
 
 async fn bind_all(
     config: &Config,
@@ -248,23 +391,7 @@ async fn bind_all(
 )> {
     let mut out = Vec::new();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind)
-            .await
-            .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.bind))?;
-        let local_addr = socket.local_addr()?;
-        out.push((
-            socket,
-            BoundListener {
-                name: l.name.clone(),
-                protocol: match l.protocol {
-                    Protocol::Http => "http",
-                    Protocol::Https => "https",
-                    Protocol::Tcp => "tcp",
-                },
-                bind: l.bind,
-                local_addr,
-            },
-        ));
+        out.push(bind_listener(l)?);
     }
     let admin = match &config.admin {
         Some(a) => Some(
@@ -320,7 +447,8 @@ pub async fn serve(
         health,
         registry,
         metrics,
-        listeners: sockets.iter().map(|(_, b)| b.clone()).collect(),
+        listeners: std::sync::Mutex::new(Vec::new()),
+        tasks: tasks.clone(),
         admin_addr: admin_socket.as_ref().and_then(|s| s.local_addr().ok()),
         dns_addrs: dns_addrs.clone(),
         dns: dns_data.clone(),
@@ -329,15 +457,7 @@ pub async fn serve(
         reload_lock: tokio::sync::Mutex::new(()),
     });
     for (socket, bound) in sockets {
-        tracing::info!(listener = %bound.name, addr = %bound.local_addr, "listening");
-        let ctx = HttpContext::new(
-            snapshot.clone(),
-            bound.bind,
-            "http",
-            tasks.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(http_proxy::serve(socket, ctx));
+        daemon.start_listener(socket, bound);
     }
     if !dns_sockets.is_empty() {
         tracing::info!(addrs = ?dns_addrs, "dns listening (udp and tcp)");

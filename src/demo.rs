@@ -146,7 +146,7 @@ pub async fn run() -> anyhow::Result<()> {
         return server.await?;
     };
     let web_addr = daemon
-        .listeners
+        .listeners()
         .first()
         .map(|l| l.local_addr)
         .context("the demo listener did not start")?;

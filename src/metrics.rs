@@ -22,6 +22,7 @@ pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
 pub const DATACENTER_UP: &str = "geolb_datacenter_up";
+pub const OVERRIDES: &str = "geolb_overrides_total";
 pub const CONFIG_RELOADS: &str = "geolb_config_reloads_total";
 pub const BUILD_INFO: &str = "geolb_build_info";
 
@@ -54,6 +55,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         CONFIG_RELOADS,
         "Configuration reloads, by result (success or failure)."
+    );
+    describe_counter!(
+        OVERRIDES,
+        "Runtime overrides set through the admin API, by kind (backend, datacenter) and state."
     );
     // Both results exist from the start, so a failure is a rate change and
     // not a series appearing.

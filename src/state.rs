@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
@@ -37,6 +37,7 @@ pub struct Datacenter {
     /// Its local pools, read from the same health table the balancer uses.
     pub pools: Vec<Arc<Pool>>,
     pub remote_check: Option<Arc<Health>>,
+    pub runtime_override: Arc<AtomicU8>,
 }
 
 impl Datacenter {
@@ -51,7 +52,16 @@ impl Datacenter {
 
     /// Healthy and not drained: what DNS answers with first.
     pub fn up(&self) -> bool {
-        !self.config.drain && self.healthy()
+        !self.drained() && self.healthy()
+    }
+
+    pub fn override_state(&self) -> Override {
+        Override::load(&self.runtime_override)
+    }
+
+    /// Drained by config or by a runtime override.
+    pub fn drained(&self) -> bool {
+        self.config.drain || self.override_state() == Override::Drain
     }
 }
 
@@ -105,12 +115,84 @@ pub struct Backend {
     pub drain: bool,
     pub health: Arc<Health>,
     pub shared: Arc<BackendShared>,
+    pub runtime_override: Arc<AtomicU8>,
 }
 
 impl Backend {
-    /// Up and not drained: may take new work.
+    /// Up and not drained (by config or at runtime): may take new work.
     pub fn is_available(&self) -> bool {
-        !self.drain && self.health.is_up()
+        !self.drain && self.health.is_up() && self.override_state() == Override::Auto
+    }
+
+    pub fn override_state(&self) -> Override {
+        Override::load(&self.runtime_override)
+    }
+
+    /// Drained by config or by a runtime override.
+    pub fn drained(&self) -> bool {
+        self.drain || self.override_state() == Override::Drain
+    }
+}
+
+/// A runtime override from the admin API, for drills that must not wait
+/// for a config edit. Kept outside snapshots, so it survives reloads until
+/// set back to `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Override {
+    Auto,
+    /// No new work; in-flight work finishes.
+    Drain,
+    /// Treated as failing its health check.
+    Down,
+}
+
+impl Override {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Override::Auto => "auto",
+            Override::Drain => "drain",
+            Override::Down => "down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Override> {
+        match s {
+            "auto" => Some(Override::Auto),
+            "drain" => Some(Override::Drain),
+            "down" => Some(Override::Down),
+            _ => None,
+        }
+    }
+
+    fn load(cell: &AtomicU8) -> Override {
+        match cell.load(Ordering::Relaxed) {
+            1 => Override::Drain,
+            2 => Override::Down,
+            _ => Override::Auto,
+        }
+    }
+
+    pub fn store(self, cell: &AtomicU8) {
+        cell.store(self as u8, Ordering::Relaxed);
+    }
+}
+
+/// Runtime overrides by backend address and data-center name.
+#[derive(Default)]
+pub struct Overrides {
+    backends: Mutex<HashMap<SocketAddr, Arc<AtomicU8>>>,
+    datacenters: Mutex<HashMap<String, Arc<AtomicU8>>>,
+}
+
+impl Overrides {
+    pub fn backend(&self, addr: SocketAddr) -> Arc<AtomicU8> {
+        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(addr).or_default().clone()
+    }
+
+    pub fn datacenter(&self, name: &str) -> Arc<AtomicU8> {
+        let mut map = self.datacenters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_default().clone()
     }
 }
 
@@ -163,6 +245,7 @@ impl Candidates for PickView<'_> {
 #[derive(Default)]
 pub struct BackendRegistry {
     by_addr: Mutex<HashMap<SocketAddr, Weak<BackendShared>>>,
+    pub overrides: Overrides,
 }
 
 impl BackendRegistry {
@@ -242,6 +325,7 @@ pub fn compile(
                         .and_then(|k| healths.get(&k).cloned())
                         .unwrap_or_else(Health::always_up),
                     shared: registry.get(bc.addr),
+                    runtime_override: registry.overrides.backend(bc.addr),
                 })
                 .collect::<Vec<_>>();
             Arc::new(Pool {
@@ -286,6 +370,7 @@ pub fn compile(
             config: dc.clone(),
             pools: dc.pools.iter().map(|name| find(name)).collect(),
             remote_check: remote_check_key(dc).and_then(|k| healths.get(&k).cloned()),
+            runtime_override: registry.overrides.datacenter(&dc.name),
         })
         .collect();
     Snapshot {

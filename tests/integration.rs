@@ -969,3 +969,382 @@ async fn the_demo_prints_commands_that_work() {
     );
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn fifty_reloads_under_load_fail_no_request() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let with = |extra: bool| {
+        let mut body = format!(
+            "[[pool]]\nname = \"p\"\ncheck = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"300ms\" }}\nbackends = [{}]\n\n",
+            if extra {
+                backend_list(&[&a, &b])
+            } else {
+                backend_list(&[&a])
+            }
+        );
+        if extra {
+            body.push_str(&format!(
+                "[[pool]]\nname = \"extra\"\nbackends = [{}]\n\n",
+                backend_list(&[&c])
+            ));
+        }
+        body.push_str("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n");
+        if extra {
+            body.push_str("routes = [{ path_prefix = \"/extra/\", pool = \"extra\" }]\n");
+        }
+        config(&body)
+    };
+    let geolb = Geolb::start(&with(false)).await;
+    let web = geolb.listener("web");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.is_cancelled() {
+                    let path = if i % 2 == 0 { "/" } else { "/extra/x" };
+                    match get(web, path, &[]).await {
+                        Ok((200, _, _)) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let admin = geolb.admin;
+    for i in 0..50 {
+        std::fs::write(geolb.config_path(), with(i % 2 == 0)).unwrap();
+        let (code, _, body) = request(admin, "POST", "/reload", &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "reload {i}: {}", String::from_utf8_lossy(&body));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stop.cancel();
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        total += ok;
+    }
+    assert!(total > 200, "only {total} requests");
+    assert!(
+        b.hits() > 0 && c.hits() > 0,
+        "added backends got no traffic: b {} c {}",
+        b.hits(),
+        c.hits()
+    );
+    assert_eq!(geolb.status().await["config_generation"], 51);
+}
+
+#[tokio::test]
+async fn a_long_request_and_a_websocket_survive_a_reload_that_removes_their_pool() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let pool = |bk: &Backend| {
+        config(&format!(
+            "[[pool]]\nname = \"{}\"\nbackends = [{}]\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"{}\"\n",
+            bk.name,
+            backend_list(&[bk]),
+            bk.name
+        ))
+    };
+    let geolb = Geolb::start(&pool(&a)).await;
+    let web = geolb.listener("web");
+    let long = tokio::spawn(async move { get(web, "/slow?ms=1500", &[]).await });
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ws = tokio::net::TcpStream::connect(web).await.unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(geolb.config_path(), pool(&b)).unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(summary["pools_removed"][0], "a");
+    assert_eq!(body_of(web, "/").await, "b");
+    ws.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(3), ws.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"still here");
+    let (code, _, body) = long.await.unwrap().unwrap();
+    assert_eq!((code, &body[..]), (200, &b"a"[..]));
+}
+
+#[tokio::test]
+async fn listeners_are_added_removed_and_moved_by_reload() {
+    let a = Backend::start("a").await;
+    let listener = |name: &str| {
+        format!("[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n")
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pool = format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{}]\n",
+        backend_list(&[&a])
+    );
+    let geolb = Geolb::start(&config(&format!("{pool}{}", listener("one")))).await;
+    let one = geolb.listener("one");
+    // A bind that is taken rejects the reload whole.
+    std::fs::write(
+        geolb.config_path(),
+        config(&format!(
+            "{pool}{}[[listener]]\nname = \"two\"\nbind = \"{}\"\npool = \"p\"\n",
+            listener("one"),
+            taken.local_addr().unwrap()
+        )),
+    )
+    .unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("listener[1].bind"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Add "two" on a free address, keep "one".
+    std::fs::write(
+        geolb.config_path(),
+        config(&format!(
+            "{pool}{}[[listener]]\nname = \"two\"\nbind = \"{fixed}\"\npool = \"p\"\n",
+            listener("one")
+        )),
+    )
+    .unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body_of(fixed, "/").await, "a");
+    assert_eq!(body_of(one, "/").await, "a");
+    // A kept-alive connection to "one" finishes its request when "one" goes.
+    let stream = tokio::net::TcpStream::connect(one).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let in_flight = sender.send_request(
+        http::Request::get("/slow?ms=800")
+            .header("host", "x")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap(),
+    );
+    let in_flight = tokio::spawn(in_flight);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Move: "one" disappears, "two" stays; one's port stops accepting.
+    std::fs::write(
+        geolb.config_path(),
+        config(&format!(
+            "{pool}[[listener]]\nname = \"two\"\nbind = \"{fixed}\"\npool = \"p\"\n"
+        )),
+    )
+    .unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(summary["listeners_removed"][0], "one");
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request finished");
+    assert_eq!(resp.status(), 200);
+    eventually("one stops accepting", Duration::from_secs(3), || async {
+        tokio::net::TcpStream::connect(one).await.is_err()
+    })
+    .await;
+    assert_eq!(body_of(fixed, "/").await, "a");
+    let names: Vec<String> = geolb.status().await["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["two"]);
+}
+
+#[tokio::test]
+async fn sighup_with_a_bad_config_keeps_the_old_one() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    std::fs::write(
+        geolb.config_path(),
+        "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"nope\" }]\n",
+    )
+    .unwrap();
+    geolb.signal("HUP");
+    eventually("the failure is counted", Duration::from_secs(3), || async {
+        geolb
+            .metrics()
+            .await
+            .contains("geolb_config_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
+    assert!(
+        geolb.log().contains("pool[0].backends[0].addr"),
+        "{}",
+        geolb.log()
+    );
+    assert_eq!(body_of(geolb.listener("web"), "/").await, "a");
+}
+
+#[tokio::test]
+async fn runtime_overrides_drain_backends_and_move_dns_answers() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = config(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[dns.zone]]\norigin = \"mysite.com\"\n\
+         soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+         ns = [\"ns1.mysite.com.\"]\n\
+         [[dns.geo]]\nname = \"api.mysite.com\"\n\
+         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\n\
+         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"192.0.2.2\"]\n\
+         [[pool]]\nname = \"p\"\nbackends = [{}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        backend_list(&[&a, &b])
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let dns: SocketAddr = geolb.status().await["dns"]["udp"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let post = |path: String| async move {
+        request(geolb.admin, "POST", &path, &[], Bytes::new())
+            .await
+            .unwrap()
+    };
+    // No location known: config order, "one" first.
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.1"]
+    );
+    assert_eq!(post("/datacenters/one/drain".into()).await.0, 200);
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.2"]
+    );
+    let status = geolb.status().await;
+    assert_eq!(status["datacenters"][0]["override"], "drain");
+    assert_eq!(status["datacenters"][0]["drain"], true);
+    // It survives a reload until cleared.
+    let (code, _, _) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.2"]
+    );
+    assert_eq!(post("/datacenters/one/auto".into()).await.0, 200);
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.1"]
+    );
+    assert_eq!(post("/datacenters/nowhere/drain".into()).await.0, 404);
+    assert_eq!(post("/datacenters/one/sideways".into()).await.0, 400);
+
+    // A backend drained at runtime takes no new requests.
+    assert_eq!(post(format!("/backends/{}/drain", b.addr)).await.0, 200);
+    let before = b.hits();
+    for _ in 0..6 {
+        assert_eq!(body_of(geolb.listener("web"), "/").await, "a");
+    }
+    assert_eq!(b.hits(), before);
+    assert_eq!(post(format!("/backends/{}/auto", b.addr)).await.0, 200);
+    let mut seen_b = false;
+    for _ in 0..4 {
+        seen_b |= body_of(geolb.listener("web"), "/").await == "b";
+    }
+    assert!(seen_b);
+    assert!(
+        geolb
+            .metrics()
+            .await
+            .contains("geolb_overrides_total{kind=\"datacenter\",state=\"drain\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_geoip_database_is_picked_up_and_a_corrupt_one_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip");
+    std::fs::copy(repo.join("GeoIP2-City-Test.mmdb"), &db).unwrap();
+    let cfg = config(&format!(
+        "[geoip]\ndatabase = \"{}\"\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[dns.zone]]\norigin = \"mysite.com\"\n\
+         soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+         ns = [\"ns1.mysite.com.\"]\n\
+         [[dns.geo]]\nname = \"api.mysite.com\"\n\
+         [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\n\
+         [[datacenter]]\nname = \"ap-southeast\"\nlocation = {{ lat = 1.35, lon = 103.82 }}\naddresses = [\"192.0.2.10\"]\n",
+        db.display()
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let dns: SocketAddr = geolb.status().await["dns"]["udp"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Melbourne (214.0.1.1) is nearer Singapore than Dublin.
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "214.0.1.1").await,
+        ["192.0.2.10"]
+    );
+    // GeoLite2-City-Test does not know 214.0.1.1: config order, eu-west first.
+    let tmp = dir.path().join("new.mmdb");
+    std::fs::copy(repo.join("GeoLite2-City-Test.mmdb"), &tmp).unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    eventually(
+        "answers follow the new database",
+        Duration::from_secs(5),
+        || async { dns_a(dns, "api.mysite.com", "214.0.1.1").await == ["198.51.100.10"] },
+    )
+    .await;
+    // A corrupt replacement is refused; the last good one keeps serving.
+    std::fs::write(&tmp, b"not a database").unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    eventually("the bad file is logged", Duration::from_secs(5), || async {
+        geolb.log().contains("city.mmdb")
+    })
+    .await;
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "214.0.1.1").await,
+        ["198.51.100.10"]
+    );
+    assert_eq!(
+        dns_a(dns, "api.mysite.com", "81.2.69.160").await,
+        ["198.51.100.10"]
+    );
+}

@@ -50,6 +50,12 @@ pub fn describe() {
 /// [`DnsData`] holding this was compiled from.
 pub trait DatacenterHealth: Send + Sync {
     fn is_up(&self, index: usize) -> bool;
+
+    /// Drained at runtime (an admin override), on top of the config's
+    /// `drain`.
+    fn is_drained(&self, _index: usize) -> bool {
+        false
+    }
 }
 
 /// Every data center is healthy: for `geolb check`, `geolb lookup` without
@@ -206,7 +212,7 @@ impl DnsData {
     fn state(&self, index: usize) -> DcState {
         DcState {
             up: self.health.is_up(index),
-            drain: self.compiled.datacenters[index].drain,
+            drain: self.compiled.datacenters[index].drain || self.health.is_drained(index),
         }
     }
 

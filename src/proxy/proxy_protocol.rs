@@ -11,8 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
 
 use crate::config::ProxyProtocolVersion;
+use crate::state::SharedSnapshot;
 
 /// Connections dropped because their PROXY header was missing, malformed or late.
 pub const PROXY_PROTOCOL_ERRORS: &str = "geolb_proxy_protocol_errors_total";
@@ -240,9 +242,42 @@ pub async fn accept<R: AsyncRead + Unpin>(
     None
 }
 
+/// Creates a listener's error series at 0 (for listeners that expect
+/// PROXY headers), so the first error is a rate change.
+pub fn register_series(listener: &str) {
+    ::metrics::counter!(PROXY_PROTOCOL_ERRORS, "listener" => listener.to_string()).increment(0);
+}
+
+/// For an http or https listener (`bind` in `snapshot`): the address of
+/// the client, `peer` itself or, when the listener expects a PROXY header,
+/// the one that header states. `None`: drop the connection (logged and
+/// counted, or the listener is gone).
+pub async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    snapshot: &SharedSnapshot,
+    bind: SocketAddr,
+) -> Option<SocketAddr> {
+    let (name, deadline) = match snapshot.load().listeners.get(&bind) {
+        Some(l) if l.config.accept_proxy_protocol => {
+            (l.config.name.clone(), l.config.timeouts.header)
+        }
+        Some(_) => return Some(peer),
+        None => return None,
+    };
+    let local = stream.local_addr().unwrap_or(bind);
+    accept(stream, peer, local, deadline, &name)
+        .await
+        .map(|a| a.source)
+}
+
 /// The header that tells a backend the client's real endpoints. Mixed
 /// families (an IPv4 client on an IPv6 listener) are sent as IPv6.
-pub fn encode(version: ProxyProtocolVersion, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+pub fn encode(
+    version: ProxyProtocolVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> Vec<u8> {
     let (src, dst) = match (source.ip().to_canonical(), destination.ip().to_canonical()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => (IpAddr::V4(s), IpAddr::V4(d)),
         (s, d) => (IpAddr::V6(as_v6(s)), IpAddr::V6(as_v6(d))),
@@ -318,7 +353,10 @@ mod tests {
     #[test]
     fn v1_tcp4_and_tcp6_leave_the_payload_unread() {
         let (r, rest) = parse(b"PROXY TCP4 192.0.2.1 198.51.100.2 51234 443\r\nGET / HTTP/1.1\r\n");
-        assert_eq!(r.unwrap(), Some(addrs("192.0.2.1:51234", "198.51.100.2:443")));
+        assert_eq!(
+            r.unwrap(),
+            Some(addrs("192.0.2.1:51234", "198.51.100.2:443"))
+        );
         assert_eq!(rest, b"GET / HTTP/1.1\r\n");
 
         let (r, rest) = parse(b"PROXY TCP6 2001:db8::1 ::1 1 65535\r\n\x16\x03\x01");
@@ -446,7 +484,9 @@ mod tests {
             "198.51.100.2:443".parse().unwrap(),
         );
         let mut want = V2_SIGNATURE.to_vec();
-        want.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2, 1, 2, 1, 0xbb]);
+        want.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2, 1, 2, 1, 0xbb,
+        ]);
         assert_eq!(h, want);
     }
 

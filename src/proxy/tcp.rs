@@ -57,6 +57,7 @@ impl TcpContext {
 /// Accepts until `shutdown`. Open connections are not cut by it: they run
 /// until they end, within the grace period the caller enforces.
 pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
+    register_series(&ctx);
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -75,6 +76,25 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
     }
 }
 
+/// Creates the listener's series at 0, so that the first connection is a
+/// rate change and not a series appearing.
+fn register_series(ctx: &TcpContext) {
+    let snapshot = ctx.snapshot.load();
+    let Some(listener) = snapshot.listeners.get(&ctx.bind) else {
+        return;
+    };
+    let labels = Labels {
+        listener: &listener.config.name,
+        pool: &listener.default_route.pool.name,
+    };
+    labels.counter(TCP_CONNECTIONS).increment(0);
+    labels.bytes("in").increment(0);
+    labels.bytes("out").increment(0);
+    if listener.config.accept_proxy_protocol {
+        proxy_protocol::register_series(&listener.config.name);
+    }
+}
+
 async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>) {
     // One generation for the connection's whole life: a reload does not
     // move an open connection, and the old pool's state stays valid for it.
@@ -82,7 +102,13 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
         return;
     };
     let config = &listener.config;
-    let local = client.local_addr().unwrap_or(ctx.bind);
+    let pool = &listener.default_route.pool;
+    // getsockname only for the PROXY headers that need it.
+    let local = if config.accept_proxy_protocol || pool.config.proxy_protocol.is_some() {
+        client.local_addr().unwrap_or(ctx.bind)
+    } else {
+        ctx.bind
+    };
     let addresses = if config.accept_proxy_protocol {
         match proxy_protocol::accept(
             &mut client,
@@ -102,12 +128,11 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
             destination: local,
         }
     };
-    let pool = &listener.default_route.pool;
     let labels = Labels {
         listener: &config.name,
         pool: &pool.name,
     };
-    counter!(TCP_CONNECTIONS, "listener" => labels.listener.to_string(), "pool" => labels.pool.to_string()).increment(1);
+    labels.counter(TCP_CONNECTIONS).increment(1);
 
     let key = client_key(&pool.config, addresses.source.ip());
     let Some((mut backend, index, active)) = connect(
@@ -133,23 +158,20 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     let _ = client.set_nodelay(true);
 
     let activity = Activity::new();
-    let direction = |d: &'static str| {
-        counter!(TCP_BYTES, "listener" => labels.listener.to_string(), "pool" => labels.pool.to_string(), "direction" => d)
-    };
     // Only the client side is tracked: every byte either way passes it.
     let mut client = Counted {
         inner: TrackedIo::new(client, activity.clone()),
-        counter: direction("in"),
+        counter: labels.bytes("in"),
     };
     let mut backend = Counted {
         inner: backend,
-        counter: direction("out"),
+        counter: labels.bytes("out"),
     };
     // copy_bidirectional forwards a FIN from either side as shutdown(Write)
     // on the other and keeps copying the open direction: half-close works.
     // Any error (a reset backend) ends both at once.
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => match r {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, 16384, 16384) => match r {
             Ok((up, down)) => tracing::debug!(client = %addresses.source, backend = %label, up, down, "tcp connection closed"),
             Err(e) => tracing::debug!(client = %addresses.source, backend = %label, error = %e, "tcp connection failed"),
         },
@@ -176,8 +198,7 @@ async fn connect(
         // Counted from the attempt on, so least_conn sees a burst of new
         // connections spread before any of them completes.
         let active = ActiveGuard::new(backend.shared.clone());
-        let result = match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await
-        {
+        let result = match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -191,7 +212,7 @@ async fn connect(
             }
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
-                counter!(TCP_CONNECT_ERRORS, "listener" => labels.listener.to_string(), "pool" => labels.pool.to_string()).increment(1);
+                labels.counter(TCP_CONNECT_ERRORS).increment(1);
             }
         }
     }
@@ -202,6 +223,25 @@ async fn connect(
 struct Labels<'a> {
     listener: &'a str,
     pool: &'a str,
+}
+
+impl Labels<'_> {
+    fn counter(self, name: &'static str) -> Counter {
+        counter!(
+            name,
+            "listener" => self.listener.to_string(),
+            "pool" => self.pool.to_string()
+        )
+    }
+
+    fn bytes(self, direction: &'static str) -> Counter {
+        counter!(
+            TCP_BYTES,
+            "listener" => self.listener.to_string(),
+            "pool" => self.pool.to_string(),
+            "direction" => direction
+        )
+    }
 }
 
 /// The maglev key of a connection: its client address (the only request

@@ -1,0 +1,414 @@
+//! TLS termination for `https` listeners: certificates from PEM files,
+//! chosen by SNI, then the decrypted stream goes down the HTTP path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use x509_parser::extensions::GeneralName;
+
+use super::http::{self, HttpContext};
+use super::proxy_protocol;
+use crate::config::{ConfigError, TlsCertConfig};
+
+/// Seconds until a certificate's notAfter (negative once expired), by
+/// `listener` and `cert` (the certificate file).
+pub const TLS_CERT_EXPIRY: &str = "geolb_tls_certificate_expiry_seconds";
+/// Client connections whose handshake failed or did not finish in time.
+pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
+/// Certificates closer than this to their expiry are warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// What was loaded from one `tls` entry, for expiry metrics and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertInfo {
+    /// The certificate file, as configured.
+    pub cert: PathBuf,
+    /// The DNS names of its subject alternative names (what SNI selects by).
+    pub names: Vec<String>,
+    /// notAfter, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Seconds from `now` until the certificate expires; negative after.
+    pub fn seconds_left(&self, now: SystemTime) -> i64 {
+        let now = match now.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        self.not_after - now
+    }
+}
+
+/// Logs a warning for each certificate that expires within
+/// [`EXPIRY_WARNING`] (or has expired). Never an error: an expired
+/// certificate is the operator's to replace, not a reason to stop serving.
+pub fn warn_expiring(listener: &str, certs: &[CertInfo], now: SystemTime) {
+    for c in certs {
+        let left = c.seconds_left(now);
+        if left < EXPIRY_WARNING.as_secs() as i64 {
+            tracing::warn!(
+                listener,
+                cert = %c.cert.display(),
+                days_left = left / 86_400,
+                "TLS certificate expires soon or has expired"
+            );
+        }
+    }
+}
+
+/// Appends the [`TLS_CERT_EXPIRY`] family for `certs` (listener name, its
+/// certificates) to a Prometheus text exposition. Rendered at scrape time
+/// because the value moves with the clock, not with events.
+pub fn render_expiry(out: &mut String, certs: &[(String, Vec<CertInfo>)], now: SystemTime) {
+    use std::fmt::Write as _;
+    if certs.iter().all(|(_, c)| c.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {TLS_CERT_EXPIRY} Seconds until the certificate's notAfter; negative once expired.\n# TYPE {TLS_CERT_EXPIRY} gauge"
+    );
+    for (listener, infos) in certs {
+        for c in infos {
+            let _ = writeln!(
+                out,
+                "{TLS_CERT_EXPIRY}{{listener=\"{}\",cert=\"{}\"}} {}",
+                escape_label(listener),
+                escape_label(&c.cert.display().to_string()),
+                c.seconds_left(now)
+            );
+        }
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The server config of an https listener (`listener[listener_index]`):
+/// every certificate and key loaded and checked against each other, SNI
+/// choosing among them (the first is the default), ALPN h2 and http/1.1,
+/// TLS 1.2 and 1.3. Errors name the key path of the file at fault.
+pub fn server_config(
+    listener_index: usize,
+    certs: &[TlsCertConfig],
+) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut errors = Vec::new();
+    let mut loaded = Vec::new();
+    for (j, entry) in certs.iter().enumerate() {
+        let path = |what: &str| format!("listener[{listener_index}].tls[{j}].{what}");
+        match load(entry, &provider, path("cert"), path("key")) {
+            Ok(l) => loaded.push(l),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if certs.is_empty() {
+        errors.push(ConfigError {
+            path: format!("listener[{listener_index}].tls"),
+            message: "an https listener needs at least one certificate".into(),
+            line: None,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let resolver = SniResolver::new(&loaded);
+    let infos = loaded.into_iter().map(|(_, info)| info).collect();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| vec![general(listener_index, e)])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless resumption: returning clients skip the full handshake
+    // without a per-client cache entry here.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| vec![general(listener_index, e)])?;
+    Ok((Arc::new(config), infos))
+}
+
+fn general(listener_index: usize, e: rustls::Error) -> ConfigError {
+    ConfigError {
+        path: format!("listener[{listener_index}].tls"),
+        message: format!("cannot build the TLS configuration: {e}"),
+        line: None,
+    }
+}
+
+fn file_error(key_path: String, file: &Path, problem: impl std::fmt::Display) -> ConfigError {
+    ConfigError {
+        message: format!("= {:?}: {problem}", file.display().to_string()),
+        path: key_path,
+        line: None,
+    }
+}
+
+fn load(
+    entry: &TlsCertConfig,
+    provider: &CryptoProvider,
+    cert_path: String,
+    key_path: String,
+) -> Result<(Arc<CertifiedKey>, CertInfo), Vec<ConfigError>> {
+    let chain = read_chain(&entry.cert).map_err(|p| file_error(cert_path.clone(), &entry.cert, p));
+    let key =
+        read_key(&entry.key, provider).map_err(|p| file_error(key_path.clone(), &entry.key, p));
+    let ((chain, info), key) = match (chain, key) {
+        (Ok(c), Ok(k)) => (c, k),
+        (c, k) => return Err(c.err().into_iter().chain(k.err()).collect()),
+    };
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        // A key type whose public half rustls cannot derive: nothing to compare.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(vec![file_error(
+                key_path,
+                &entry.key,
+                format_args!(
+                    "does not match the certificate in {:?}",
+                    entry.cert.display().to_string()
+                ),
+            )]);
+        }
+        Err(e) => return Err(vec![file_error(cert_path, &entry.cert, e)]),
+    }
+    Ok((Arc::new(certified), info))
+}
+
+fn read_chain(file: &Path) -> Result<(Vec<CertificateDer<'static>>, CertInfo), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    let Some(leaf) = chain.first() else {
+        return Err("no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)".into());
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("its first certificate cannot be parsed: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push(normalize(dns));
+            }
+        }
+    }
+    let info = CertInfo {
+        cert: file.to_path_buf(),
+        names,
+        not_after: parsed.validity().not_after.timestamp(),
+    };
+    Ok((chain, info))
+}
+
+fn read_key(
+    file: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            "no private key in it (expected a PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)"
+                .to_string()
+        }
+        e => format!("not a PEM private key file: {e}"),
+    })?;
+    provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unusable private key: {e}"))
+}
+
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Picks a certificate by SNI: an exact SAN first, then a `*.` wildcard
+/// one label up, else the first certificate. Earlier certificates win
+/// names they share with later ones.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the part after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// `loaded` is non-empty.
+    fn new(loaded: &[(Arc<CertifiedKey>, CertInfo)]) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (key, info) in loaded {
+            for name in &info.names {
+                let (map, name) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut wildcard, parent),
+                    None => (&mut exact, name.as_str()),
+                };
+                map.entry(name.to_string()).or_insert_with(|| key.clone());
+            }
+        }
+        SniResolver {
+            default: loaded[0].0.clone(),
+            exact,
+            wildcard,
+        }
+    }
+
+    fn pick(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return &self.default;
+        };
+        let name = normalize(name);
+        self.exact
+            .get(&name)
+            .or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+            .unwrap_or(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()).clone())
+    }
+}
+
+/// Accepts until `ctx.shutdown`: per connection, the PROXY header if the
+/// listener expects one, the TLS handshake (both within the listener's
+/// header timeout), then the HTTP path. `tls` may be swapped (a reload
+/// with new certificates); each handshake uses the current config.
+pub async fn serve_https(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    tls: Arc<ArcSwap<ServerConfig>>,
+) {
+    if let Some(l) = ctx.snapshot.load().listeners.get(&ctx.bind) {
+        // Series at 0 from the start: the first failure is a rate change.
+        ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => l.config.name.clone()).increment(0);
+        if l.config.accept_proxy_protocol {
+            proxy_protocol::register_series(&l.config.name);
+        }
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                ctx.tasks
+                    .spawn(connection(stream, peer, ctx.clone(), tls.clone()));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(listener = %ctx.bind, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<HttpContext>,
+    tls: Arc<ArcSwap<ServerConfig>>,
+) {
+    let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.bind) {
+        Some(l) => (
+            l.config.name.clone(),
+            l.config.timeouts.header,
+            l.config.accept_proxy_protocol,
+        ),
+        None => return,
+    };
+    // One deadline for everything before the first request, so a PROXY
+    // header and a handshake cannot each take the whole timeout.
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let mut client = peer;
+    if accept_proxy {
+        let local = stream.local_addr().unwrap_or(ctx.bind);
+        match proxy_protocol::accept(&mut stream, peer, local, header_timeout, &name).await {
+            Some(a) => client = a.source,
+            None => return,
+        }
+    }
+    let acceptor = TlsAcceptor::from(tls.load_full());
+    let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => return http::serve_connection(tls_stream, client, ctx).await,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("handshake not done within {header_timeout:?}"),
+    };
+    tracing::debug!(listener = %name, %client, %problem, "TLS handshake failed");
+    ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => name).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(names: &[&str]) -> CertInfo {
+        CertInfo {
+            cert: PathBuf::from("c.pem"),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            not_after: 0,
+        }
+    }
+
+    #[test]
+    fn expiry_arithmetic() {
+        let c = CertInfo {
+            not_after: 1_000,
+            ..info(&[])
+        };
+        assert_eq!(c.seconds_left(UNIX_EPOCH + Duration::from_secs(400)), 600);
+        assert_eq!(
+            c.seconds_left(UNIX_EPOCH + Duration::from_secs(1_500)),
+            -500
+        );
+    }
+
+    #[test]
+    fn expiry_family_is_valid_exposition() {
+        let mut out = String::new();
+        let certs = vec![(
+            "web\"tls".to_string(),
+            vec![CertInfo {
+                cert: PathBuf::from("/etc/a\\b.pem"),
+                names: vec![],
+                not_after: 100,
+            }],
+        )];
+        render_expiry(&mut out, &certs, UNIX_EPOCH + Duration::from_secs(40));
+        assert_eq!(
+            out,
+            "# HELP geolb_tls_certificate_expiry_seconds Seconds until the certificate's notAfter; negative once expired.\n\
+             # TYPE geolb_tls_certificate_expiry_seconds gauge\n\
+             geolb_tls_certificate_expiry_seconds{listener=\"web\\\"tls\",cert=\"/etc/a\\\\b.pem\"} 60\n"
+        );
+        let mut none = String::new();
+        render_expiry(&mut none, &[], UNIX_EPOCH);
+        assert!(none.is_empty());
+    }
+}
