@@ -65,7 +65,7 @@ fn reply(
     resp
 }
 
-async fn route(req: Request<Incoming>, daemon: &Daemon) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     match (req.method(), req.uri().path()) {

@@ -153,6 +153,8 @@ pub struct ReloadSummary {
     pub datacenters_removed: Vec<String>,
     pub datacenters_changed: Vec<String>,
     pub zones_changed: bool,
+    /// From the reload's start to the new config serving.
+    pub took_ms: f64,
 }
 
 impl Daemon {
@@ -161,20 +163,35 @@ impl Daemon {
     }
 
     /// Re-reads the config file and swaps it in whole, or changes nothing.
-    pub async fn reload(&self) -> Result<ReloadSummary, ConfigErrors> {
+    pub async fn reload(self: &Arc<Self>) -> Result<ReloadSummary, ConfigErrors> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let result = self.try_reload();
+        let started = std::time::Instant::now();
+        // Parsing and compiling a large config (a 10,000-backend Maglev
+        // table) must not stall the threads that serve traffic.
+        let this = self.clone();
+        let result = match tokio::task::spawn_blocking(move || this.try_reload()).await {
+            Ok(result) => result,
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("the reload task failed: {e}"),
+                line: None,
+            }])),
+        };
         let outcome = if result.is_ok() { "success" } else { "failure" };
         ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
-        match &result {
-            Ok(s) => tracing::info!(generation = s.config_generation, "config reloaded"),
+        match result {
+            Ok(mut summary) => {
+                summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(generation = summary.config_generation, took_ms = summary.took_ms, "config reloaded");
+                Ok(summary)
+            }
             Err(errors) => {
                 for e in &errors.0 {
                     tracing::error!("reload refused: {e}");
                 }
+                Err(errors)
             }
         }
-        result
     }
 
     fn try_reload(&self) -> Result<ReloadSummary, ConfigErrors> {
@@ -275,6 +292,7 @@ fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
             .collect()
     };
     let diff = |a: &[String], b: &[String]| -> Vec<String> {
+        let b: std::collections::HashSet<&String> = b.iter().collect();
         a.iter().filter(|x| !b.contains(x)).cloned().collect()
     };
     let (old_pools, new_pools) = (pools(old), pools(new));
@@ -302,6 +320,7 @@ fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
             .collect(),
         zones_changed: old.config.dns.as_ref().map(|d| &d.zones)
             != new.config.dns.as_ref().map(|d| &d.zones),
+        took_ms: 0.0,
     }
 }
 
@@ -497,7 +516,7 @@ pub async fn serve(
 }
 
 #[cfg(unix)]
-async fn wait_for_stop(daemon: &Daemon) {
+async fn wait_for_stop(daemon: &Arc<Daemon>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),

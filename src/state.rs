@@ -249,9 +249,14 @@ pub struct BackendRegistry {
 }
 
 impl BackendRegistry {
-    fn get(&self, addr: SocketAddr) -> Arc<BackendShared> {
+    /// Forgets addresses no snapshot names any more.
+    fn prune(&self) {
         let mut map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, weak| weak.strong_count() > 0);
+    }
+
+    fn get(&self, addr: SocketAddr) -> Arc<BackendShared> {
+        let mut map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(shared) = map.get(&addr).and_then(Weak::upgrade) {
             return shared;
         }
@@ -266,22 +271,18 @@ impl BackendRegistry {
 
 /// The health keys a config needs: one per (backend address, pool check).
 pub fn health_keys(config: &Config) -> Vec<HealthKey> {
-    let mut keys = Vec::new();
-    for pool in &config.pools {
-        for backend in &pool.backends {
-            if let Some(key) = pool_check_key(pool, backend.addr)
-                && !keys.contains(&key)
-            {
-                keys.push(key);
-            }
-        }
-    }
-    for key in config.datacenters.iter().filter_map(remote_check_key) {
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys
+    let mut seen = std::collections::HashSet::new();
+    config
+        .pools
+        .iter()
+        .flat_map(|pool| {
+            pool.backends
+                .iter()
+                .filter_map(move |b| pool_check_key(pool, b.addr))
+        })
+        .chain(config.datacenters.iter().filter_map(remote_check_key))
+        .filter(|key| seen.insert(key.clone()))
+        .collect()
 }
 
 fn remote_check_key(dc: &DatacenterConfig) -> Option<HealthKey> {
@@ -308,6 +309,7 @@ pub fn compile(
     health: &Arc<HealthTable>,
     registry: &BackendRegistry,
 ) -> Snapshot {
+    registry.prune();
     let healths = health.sync(&health_keys(&config));
     let pools: Vec<Arc<Pool>> = config
         .pools
