@@ -73,7 +73,15 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(&daemon.metrics, &daemon.snapshot.load()),
+            {
+                let mut text = metrics::render(&daemon.metrics, &daemon.snapshot.load());
+                crate::proxy::tls::render_expiry(
+                    &mut text,
+                    &daemon.certs.load(),
+                    std::time::SystemTime::now(),
+                );
+                text
+            },
         ),
         (&Method::GET, "/status") => reply(
             StatusCode::OK,

@@ -22,6 +22,8 @@ use crate::geoip::{self, Locator};
 use crate::health::HealthTable;
 use crate::metrics;
 use crate::proxy::http::{self as http_proxy, HttpContext};
+use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
+use crate::proxy::tls::{self, CertInfo};
 use crate::state::{self, BackendRegistry, SharedSnapshot};
 
 /// How often the GeoIP database file is looked at for a replacement.
@@ -39,27 +41,10 @@ pub fn unsupported(config: &Config) -> Vec<ConfigError> {
         })
     };
     for (i, pool) in config.pools.iter().enumerate() {
-        if pool.proxy_protocol.is_some() {
-            refuse(format!("pool[{i}].proxy_protocol"), "PROXY protocol");
-        }
         if let Some(check) = &pool.check
             && matches!(&check.probe, Probe::Http(h) if h.tls)
         {
             refuse(format!("pool[{i}].check.kind"), "an https check");
-        }
-    }
-    for (i, listener) in config.listeners.iter().enumerate() {
-        if listener.protocol != Protocol::Http {
-            refuse(
-                format!("listener[{i}].protocol"),
-                "a protocol other than http",
-            );
-        }
-        if listener.accept_proxy_protocol {
-            refuse(
-                format!("listener[{i}].accept_proxy_protocol"),
-                "accepting PROXY protocol",
-            );
         }
     }
     errors
@@ -69,6 +54,47 @@ pub fn unsupported(config: &Config) -> Vec<ConfigError> {
 pub struct Checked {
     pub config: Config,
     pub locator: Arc<Locator>,
+    /// Per listener, in config order: an https listener's TLS config and
+    /// what its certificates say; None for the others.
+    pub tls: Vec<Option<LoadedTls>>,
+}
+
+pub type LoadedTls = (Arc<rustls::ServerConfig>, Vec<CertInfo>);
+
+/// Loads every https listener's certificates and keys, adding what is wrong
+/// to `errors`. Files that `check_files` already reported are not tried
+/// again, so each problem is said once.
+fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<LoadedTls>> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let prefix = format!("listener[{i}].tls");
+            if l.protocol != Protocol::Https || errors.iter().any(|e| e.path.starts_with(&prefix)) {
+                return None;
+            }
+            tls::server_config(i, &l.tls)
+                .map_err(|e| errors.extend(e))
+                .ok()
+        })
+        .collect()
+}
+
+/// (listener name, its certificates) for the expiry gauge; warns about the
+/// ones close to expiry.
+fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<CertInfo>)> {
+    let now = std::time::SystemTime::now();
+    config
+        .listeners
+        .iter()
+        .zip(tls)
+        .filter_map(|(l, t)| {
+            let (_, infos) = t.as_ref()?;
+            tls::warn_expiring(&l.name, infos, now);
+            Some((l.name.clone(), infos.clone()))
+        })
+        .collect()
 }
 
 /// Everything `geolb check` reports, or the config. `previous` lets a
@@ -76,6 +102,7 @@ pub struct Checked {
 pub fn load_checked(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigErrors> {
     let config = config::load(path)?;
     let mut errors = config::check_files(&config);
+    let tls = load_tls(&config, &mut errors);
     errors.extend(unsupported(&config));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -83,7 +110,11 @@ pub fn load_checked(path: &Path, previous: Option<&Locator>) -> Result<Checked, 
     let locator = Arc::new(geoip::load(&config, previous)?);
     // Zone files are read here too, so `check` reports their errors.
     dns::compile(&config, locator.clone(), Arc::new(dns::AllUp)).map_err(ConfigErrors)?;
-    Ok(Checked { config, locator })
+    Ok(Checked {
+        config,
+        locator,
+        tls,
+    })
 }
 
 /// The DNS side's view of data-center health: the data centers of one
@@ -134,6 +165,8 @@ pub struct Daemon {
     /// Bound DNS addresses (UDP and TCP share each).
     pub dns_addrs: Vec<SocketAddr>,
     pub dns: SharedDnsData,
+    /// (listener name, its certificates), for the expiry gauge.
+    pub certs: ArcSwap<Vec<(String, Vec<CertInfo>)>>,
     pub shutdown: CancellationToken,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
@@ -182,7 +215,11 @@ impl Daemon {
         match result {
             Ok(mut summary) => {
                 summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;
-                tracing::info!(generation = summary.config_generation, took_ms = summary.took_ms, "config reloaded");
+                tracing::info!(
+                    generation = summary.config_generation,
+                    took_ms = summary.took_ms,
+                    "config reloaded"
+                );
                 Ok(summary)
             }
             Err(errors) => {
@@ -196,8 +233,11 @@ impl Daemon {
 
     fn try_reload(&self) -> Result<ReloadSummary, ConfigErrors> {
         let current_dns = self.dns.load_full();
-        let Checked { config, locator } =
-            load_checked(&self.config_path, Some(current_dns.locator()))?;
+        let Checked {
+            config,
+            locator,
+            tls,
+        } = load_checked(&self.config_path, Some(current_dns.locator()))?;
         let old = self.snapshot.load_full();
         let mut errors = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -240,7 +280,9 @@ impl Daemon {
                 continue;
             }
             match bind_listener(l) {
-                Ok(bound) => added.push(bound),
+                Ok((socket, bound)) => {
+                    added.push((socket, bound, tls[i].as_ref().map(|(s, _)| s.clone())))
+                }
                 Err(e) => errors.push(ConfigError {
                     path: format!("listener[{i}].bind"),
                     message: format!("= \"{}\": {e:#}", l.bind),
@@ -262,9 +304,11 @@ impl Daemon {
         let mut summary = summarize(&old, &new);
         self.snapshot.store(Arc::new(new));
         self.dns.store(Arc::new(dns_data));
-        summary.listeners_added = added.iter().map(|(_, b)| b.name.clone()).collect();
-        for (socket, bound) in added {
-            self.start_listener(socket, bound);
+        self.swap_tls(&config, &tls);
+        self.certs.store(Arc::new(certificates(&config, &tls)));
+        summary.listeners_added = added.iter().map(|(_, b, _)| b.name.clone()).collect();
+        for (socket, bound, server) in added {
+            self.start_listener(socket, bound, server);
         }
         summary.listeners_removed = self.stop_listeners(&removed);
         Ok(summary)
@@ -354,6 +398,9 @@ fn bind_listener(l: &config::ListenerConfig) -> anyhow::Result<(TcpListener, Bou
 struct RunningListener {
     bound: BoundListener,
     stop: CancellationToken,
+    /// An https listener's TLS config, swapped by reloads: new handshakes
+    /// get new certificates, open connections keep theirs.
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 impl Daemon {
@@ -368,19 +415,68 @@ impl Daemon {
         running.iter().map(|r| r.bound.bind).collect()
     }
 
-    fn start_listener(&self, socket: TcpListener, bound: BoundListener) {
+    /// `tls`: an https listener's config (load_checked made one for each).
+    fn start_listener(
+        &self,
+        socket: TcpListener,
+        bound: BoundListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
         tracing::info!(listener = %bound.name, addr = %bound.local_addr, protocol = bound.protocol, "listening");
         let stop = self.shutdown.child_token();
-        let ctx = HttpContext::new(
-            self.snapshot.clone(),
-            bound.bind,
-            "http",
-            self.tasks.clone(),
-            stop.clone(),
-        );
-        self.tasks.spawn(http_proxy::serve(socket, ctx));
+        let tls = tls.map(|server| Arc::new(ArcSwap::new(server)));
+        match (bound.protocol, &tls) {
+            ("tcp", _) => {
+                let ctx = TcpContext::new(
+                    self.snapshot.clone(),
+                    bound.bind,
+                    self.tasks.clone(),
+                    stop.clone(),
+                );
+                self.tasks.spawn(tcp_proxy::serve(socket, ctx));
+            }
+            ("https", Some(server)) => {
+                let ctx = HttpContext::new(
+                    self.snapshot.clone(),
+                    bound.bind,
+                    "https",
+                    self.tasks.clone(),
+                    stop.clone(),
+                );
+                self.tasks
+                    .spawn(tls::serve_https(socket, ctx, server.clone()));
+            }
+            _ => {
+                let ctx = HttpContext::new(
+                    self.snapshot.clone(),
+                    bound.bind,
+                    "http",
+                    self.tasks.clone(),
+                    stop.clone(),
+                );
+                self.tasks.spawn(http_proxy::serve(socket, ctx));
+            }
+        }
         let mut running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        running.push(RunningListener { bound, stop });
+        running.push(RunningListener { bound, stop, tls });
+    }
+
+    /// Hands the https listeners that keep running their reloaded TLS.
+    fn swap_tls(&self, config: &Config, tls: &[Option<LoadedTls>]) {
+        let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for r in running.iter() {
+            let Some(swap) = &r.tls else {
+                continue;
+            };
+            let loaded = config
+                .listeners
+                .iter()
+                .position(|l| l.bind == r.bound.bind)
+                .and_then(|i| tls[i].as_ref());
+            if let Some((server, _)) = loaded {
+                swap.store(server.clone());
+            }
+        }
     }
 
     /// Stops accepting on `binds`; their open connections finish on their
@@ -436,7 +532,11 @@ pub async fn serve(
     checked: Checked,
     ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
 ) -> anyhow::Result<()> {
-    let Checked { config, locator } = checked;
+    let Checked {
+        config,
+        locator,
+        tls,
+    } = checked;
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
     dns::describe();
     let (sockets, admin_socket, dns_sockets) = bind_all(&config).await?;
@@ -471,12 +571,14 @@ pub async fn serve(
         admin_addr: admin_socket.as_ref().and_then(|s| s.local_addr().ok()),
         dns_addrs: dns_addrs.clone(),
         dns: dns_data.clone(),
+        certs: ArcSwap::from_pointee(certificates(&config, &tls)),
         shutdown: shutdown.clone(),
         generation: AtomicU64::new(1),
         reload_lock: tokio::sync::Mutex::new(()),
     });
-    for (socket, bound) in sockets {
-        daemon.start_listener(socket, bound);
+    // bind_all keeps config order: tls[i] belongs to sockets[i].
+    for ((socket, bound), tls) in sockets.into_iter().zip(tls) {
+        daemon.start_listener(socket, bound, tls.map(|(server, _)| server));
     }
     if !dns_sockets.is_empty() {
         tracing::info!(addrs = ?dns_addrs, "dns listening (udp and tcp)");

@@ -18,6 +18,9 @@ pub const HTTP_REQUESTS: &str = "geolb_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "geolb_http_request_duration_seconds";
 pub const HTTP_RETRIES: &str = "geolb_http_retries_total";
 pub const TCP_CONNECTIONS: &str = "geolb_tcp_connections_total";
+pub use crate::proxy::proxy_protocol::PROXY_PROTOCOL_ERRORS;
+pub use crate::proxy::tcp::{TCP_BYTES, TCP_CONNECT_ERRORS};
+pub use crate::proxy::tls::{TLS_CERT_EXPIRY, TLS_HANDSHAKE_ERRORS};
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
@@ -51,6 +54,27 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         HTTP_RETRIES,
         "Requests sent again to another backend after a failure, by listener and pool."
+    );
+    describe_counter!(
+        TCP_CONNECTIONS,
+        "Client connections accepted by tcp listeners, by listener and pool."
+    );
+    describe_counter!(
+        TCP_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes copied by tcp listeners, by listener, pool and direction (in: client to backend)."
+    );
+    describe_counter!(
+        TCP_CONNECT_ERRORS,
+        "Failed connection attempts from tcp listeners to backends, by listener and pool."
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_ERRORS,
+        "Client connections dropped for a missing, malformed or late PROXY header, by listener."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_ERRORS,
+        "Client TLS handshakes that failed or timed out, by listener."
     );
     describe_counter!(
         CONFIG_RELOADS,

@@ -26,6 +26,7 @@ use super::activity::{Activity, TrackedIo};
 use super::body::{AccessLog, ActiveGuard, BackendRequestBody, Completion, ResponseBody};
 use super::headers;
 use super::pool;
+use super::proxy_protocol;
 use crate::balance;
 use crate::config::{Balance, HashKey, PoolConfig};
 use crate::state::SharedSnapshot;
@@ -71,11 +72,24 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((mut stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let ctx2 = ctx.clone();
-                ctx.tasks
-                    .spawn(async move { serve_connection(stream, peer, ctx2).await });
+                ctx.tasks.spawn(async move {
+                    // Read in the connection's task: a slow PROXY header
+                    // must not hold up accepting.
+                    let Some(client) = proxy_protocol::client_address(
+                        &mut stream,
+                        peer,
+                        &ctx2.snapshot,
+                        ctx2.bind,
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    serve_connection(stream, client, ctx2).await
+                });
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.

@@ -20,7 +20,7 @@ use super::activity::{Activity, TrackedIo};
 use super::body::ActiveGuard;
 use super::proxy_protocol::{self, Addresses};
 use crate::balance;
-use crate::config::{Balance, PoolConfig};
+use crate::config::Balance;
 use crate::metrics::TCP_CONNECTIONS;
 use crate::state::{Pool, SharedSnapshot};
 
@@ -134,7 +134,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     };
     labels.counter(TCP_CONNECTIONS).increment(1);
 
-    let key = client_key(&pool.config, addresses.source.ip());
+    let key = client_key(pool.config.balance, addresses.source.ip());
     let Some((mut backend, index, active)) = connect(
         pool,
         key,
@@ -169,9 +169,12 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     };
     // copy_bidirectional forwards a FIN from either side as shutdown(Write)
     // on the other and keeps copying the open direction: half-close works.
-    // Any error (a reset backend) ends both at once.
+    // Any error (a reset backend) ends both at once. Its 8 KiB buffers each
+    // way suit the many mostly idle connections L4 pools see (databases);
+    // 32 KiB ones copied about twice as fast on loopback but cost 4x the
+    // memory of every open connection.
     tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, 16384, 16384) => match r {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => match r {
             Ok((up, down)) => tracing::debug!(client = %addresses.source, backend = %label, up, down, "tcp connection closed"),
             Err(e) => tracing::debug!(client = %addresses.source, backend = %label, error = %e, "tcp connection failed"),
         },
@@ -246,8 +249,8 @@ impl Labels<'_> {
 
 /// The maglev key of a connection: its client address (the only request
 /// attribute L4 has, so header and cookie keys fall back to it too).
-fn client_key(pool: &PoolConfig, client: IpAddr) -> u64 {
-    if pool.balance != Balance::Maglev {
+fn client_key(balance: Balance, client: IpAddr) -> u64 {
+    if balance != Balance::Maglev {
         return 0;
     }
     match client.to_canonical() {
@@ -306,5 +309,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maglev_keys_by_the_canonical_client_address() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let key = |ip| client_key(Balance::Maglev, ip);
+        assert_eq!(key(v4), balance::hash_key(&[192, 0, 2, 1]));
+        assert_eq!(key(mapped), key(v4));
+        assert_ne!(key("192.0.2.2".parse().unwrap()), key(v4));
+        assert_eq!(client_key(Balance::RoundRobin, v4), 0);
     }
 }

@@ -1,0 +1,1078 @@
+//! L4 proxying, the PROXY protocol and TLS termination, over real sockets
+//! on loopback (port 0 everywhere; every wait bounded).
+//!
+//! Two layers:
+//! - `library`: drives `geolb::proxy::{tcp, tls, proxy_protocol}` in
+//!   process, with a config compiled by `geolb::state::compile`, so a
+//!   failure points at the data path itself (these need only
+//!   `src/proxy/mod.rs` to declare the modules).
+//! - `binary`: the real `geolb run` / `geolb check`, for what only the
+//!   wiring shows (listeners bound from the config, /metrics, `check`
+//!   output).
+
+#[path = "support/mod.rs"]
+mod support;
+#[path = "tcp_tls_support/mod.rs"]
+mod tls_support;
+
+use std::time::Duration;
+
+use tls_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `[[pool]]` named `name` over `addrs`, plus extra keys.
+fn pool(name: &str, addrs: &[std::net::SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    format!(
+        "[[pool]]\nname = \"{name}\"\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+fn listener<'a>(name: &'a str, protocol: &'a str, pool: &'a str, extra: &str) -> ListenerSpec<'a> {
+    ListenerSpec {
+        name,
+        protocol,
+        pool,
+        extra: extra.to_string(),
+    }
+}
+
+/// Sends `out` (then FIN) while reading everything the peer sends until
+/// its FIN; returns what was read.
+async fn exchange<S>(stream: S, out: Vec<u8>) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        for chunk in out.chunks(64 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    got
+}
+
+/// The expected v2 header for TCP over IPv4.
+fn v2_inet(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src.ip().octets());
+    h.extend_from_slice(&dst.ip().octets());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+fn v4(addr: std::net::SocketAddr) -> std::net::SocketAddrV4 {
+    match addr {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("expected IPv4, got {other}"),
+    }
+}
+
+mod library {
+    use super::*;
+    use geolb::proxy::{proxy_protocol, tcp, tls};
+
+    #[tokio::test]
+    async fn tens_of_mib_pass_byte_identical_both_ways() {
+        let backend = TcpBackend::echo().await;
+        let lb = Lb::start(
+            &pool("bulk", &[backend.addr], ""),
+            &[listener("bulk", "tcp", "bulk", "")],
+        )
+        .await;
+        const SIZE: usize = 48 << 20;
+        let data = pattern(7, SIZE);
+        let stream = TcpStream::connect(lb.addr("bulk")).await.unwrap();
+        let got = bounded(LIMIT, "48 MiB echo", exchange(stream, data.clone())).await;
+        assert_eq!(got.len(), SIZE);
+        assert!(got == data, "echoed bytes differ");
+
+        let text = metrics().render();
+        let series = |d| {
+            metric(
+                &text,
+                "geolb_tcp_bytes_total",
+                &[("listener", "bulk"), ("pool", "bulk"), ("direction", d)],
+            )
+        };
+        assert_eq!(series("in"), Some(SIZE as f64), "{text}");
+        assert_eq!(series("out"), Some(SIZE as f64), "{text}");
+        assert_eq!(
+            metric(
+                &text,
+                "geolb_tcp_connections_total",
+                &[("listener", "bulk"), ("pool", "bulk")]
+            ),
+            Some(1.0)
+        );
+        bounded(LIMIT, "active count back to 0", async {
+            while lb.active("bulk", 0) != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn half_close_lets_the_backend_answer_after_the_client_finished() {
+        let backend = TcpBackend::start(count_then_answer).await;
+        let lb = Lb::start(
+            &pool("half", &[backend.addr], ""),
+            &[listener("half", "tcp", "half", "")],
+        )
+        .await;
+        let mut stream = TcpStream::connect(lb.addr("half")).await.unwrap();
+        stream.write_all(&pattern(1, 300_000)).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = String::new();
+        bounded(
+            LIMIT,
+            "answer after FIN",
+            stream.read_to_string(&mut answer),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer, "got 300000 bytes");
+    }
+
+    #[tokio::test]
+    async fn backend_half_close_keeps_the_client_direction_open() {
+        // The backend says its piece and closes its write side, then still
+        // reads and reports what the client sends afterwards.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let backend = TcpBackend::start(move |mut s: TcpStream| {
+            let tx = tx.clone();
+            async move {
+                s.write_all(b"hello").await.unwrap();
+                let (mut r, mut w) = s.split();
+                w.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                let _ = r.read_to_end(&mut got).await;
+                let _ = tx.send(got);
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("bhalf", &[backend.addr], ""),
+            &[listener("bhalf", "tcp", "bhalf", "")],
+        )
+        .await;
+        let mut stream = TcpStream::connect(lb.addr("bhalf")).await.unwrap();
+        let mut got = Vec::new();
+        bounded(
+            LIMIT,
+            "backend FIN reaches client",
+            stream.read_to_end(&mut got),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, b"hello");
+        stream.write_all(b"late words").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let seen = bounded(LIMIT, "backend got the late words", rx.recv()).await;
+        assert_eq!(seen.as_deref(), Some(&b"late words"[..]));
+        bounded(LIMIT, "connection released", async {
+            while lb.active("bhalf", 0) != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_backend_dying_mid_stream_closes_the_client_promptly() {
+        // Reads a little, then resets: what a crashed backend looks like.
+        let backend = TcpBackend::start(|mut s: TcpStream| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let _ = s.read_exact(&mut buf).await;
+            let _ = s.write_all(b"partial").await;
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(s);
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("dies", &[backend.addr], ""),
+            &[listener(
+                "dies",
+                "tcp",
+                "dies",
+                "timeouts = { idle = \"60s\" }",
+            )],
+        )
+        .await;
+        let stream = TcpStream::connect(lb.addr("dies")).await.unwrap();
+        let (mut r, mut w) = stream.into_split();
+        // Keeps sending far more than the backend will ever read.
+        let writer = tokio::spawn(async move {
+            let chunk = pattern(3, 64 * 1024);
+            for _ in 0..4096 {
+                if w.write_all(&chunk).await.is_err() {
+                    return true;
+                }
+            }
+            false
+        });
+        let mut got = Vec::new();
+        let _ = bounded(
+            Duration::from_secs(5),
+            "client side closed after the backend died",
+            r.read_to_end(&mut got),
+        )
+        .await;
+        assert!(got.len() <= b"partial".len(), "{got:?}");
+        assert!(
+            bounded(Duration::from_secs(5), "client writes fail", writer)
+                .await
+                .unwrap(),
+            "the client could write 256 MiB into a dead connection"
+        );
+        bounded(Duration::from_secs(5), "active count back to 0", async {
+            while lb.active("dies", 0) != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_cut_and_a_busy_one_is_not() {
+        let backend = TcpBackend::echo().await;
+        let lb = Lb::start(
+            &pool("idle", &[backend.addr], ""),
+            &[listener(
+                "idle",
+                "tcp",
+                "idle",
+                "timeouts = { idle = \"400ms\" }",
+            )],
+        )
+        .await;
+        // Busy: a byte every 150 ms for over a second outlives the timeout.
+        let mut busy = TcpStream::connect(lb.addr("idle")).await.unwrap();
+        for i in 0..8u8 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            busy.write_all(&[i]).await.unwrap();
+            let mut b = [0u8; 1];
+            bounded(LIMIT, "echo", busy.read_exact(&mut b))
+                .await
+                .unwrap();
+            assert_eq!(b[0], i);
+        }
+        // Then silent: closed once the idle timeout has passed.
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = bounded(
+            Duration::from_secs(5),
+            "idle cut",
+            busy.read_to_end(&mut buf),
+        )
+        .await;
+        let waited = started.elapsed();
+        assert!(buf.is_empty());
+        // The watchdog counts whole milliseconds: allow for that much.
+        assert!(waited >= Duration::from_millis(390), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_but_open_connections_go_on() {
+        let backend = TcpBackend::echo().await;
+        let lb = Lb::start(
+            &pool("stop", &[backend.addr], ""),
+            &[listener("stop", "tcp", "stop", "")],
+        )
+        .await;
+        let mut open = TcpStream::connect(lb.addr("stop")).await.unwrap();
+        open.write_all(b"before").await.unwrap();
+        let mut b = [0u8; 6];
+        bounded(LIMIT, "echo before", open.read_exact(&mut b))
+            .await
+            .unwrap();
+        lb.shutdown();
+        lb.tasks.close();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The accept loop has returned and dropped its socket.
+        assert!(TcpStream::connect(lb.addr("stop")).await.is_err());
+        open.write_all(b"after!").await.unwrap();
+        bounded(LIMIT, "echo after", open.read_exact(&mut b))
+            .await
+            .unwrap();
+        assert_eq!(&b, b"after!");
+        open.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        bounded(LIMIT, "close", open.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        bounded(
+            LIMIT,
+            "every task ends once the connection does",
+            lb.tasks.wait(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_is_retried_on_another_backend() {
+        let live = TcpBackend::echo().await;
+        let dead = dead_addr();
+        let lb = Lb::start(
+            &format!(
+                "{}{}",
+                pool("retry", &[dead, live.addr], ""),
+                pool("nothing", &[dead_addr()], "")
+            ),
+            &[
+                listener("retry", "tcp", "retry", "retries = 1"),
+                listener("nothing", "tcp", "nothing", ""),
+            ],
+        )
+        .await;
+        for i in 0..6u8 {
+            let stream = TcpStream::connect(lb.addr("retry")).await.unwrap();
+            let got = bounded(LIMIT, "echo via retry", exchange(stream, vec![i; 1000])).await;
+            assert_eq!(got, vec![i; 1000], "connection {i}");
+        }
+        let text = metrics().render();
+        let errors = metric(
+            &text,
+            "geolb_tcp_connect_errors_total",
+            &[("listener", "retry"), ("pool", "retry")],
+        );
+        assert!(errors.is_some_and(|n| n >= 1.0), "{text}");
+
+        // No backend reachable at all: the client is closed, not left hanging.
+        let mut stream = TcpStream::connect(lb.addr("nothing")).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = bounded(
+            Duration::from_secs(5),
+            "closed when no backend answers",
+            stream.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn proxy_v1_and_v2_carry_the_real_client_address_to_backends() {
+        let backend = TcpBackend::echo().await;
+        let lb = Lb::start(
+            &format!(
+                "{}{}",
+                pool("pv1", &[backend.addr], "proxy_protocol = \"v1\""),
+                pool("pv2", &[backend.addr], "proxy_protocol = \"v2\"")
+            ),
+            &[
+                listener("pv1", "tcp", "pv1", ""),
+                listener("pv2", "tcp", "pv2", ""),
+            ],
+        )
+        .await;
+
+        let stream = TcpStream::connect(lb.addr("pv1")).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let got = bounded(LIMIT, "v1", exchange(stream, b"ping".to_vec())).await;
+        let want = format!(
+            "PROXY TCP4 {} {} {} {}\r\nping",
+            client.ip(),
+            lb.addr("pv1").ip(),
+            client.port(),
+            lb.addr("pv1").port()
+        );
+        assert_eq!(String::from_utf8_lossy(&got), want);
+
+        let stream = TcpStream::connect(lb.addr("pv2")).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let got = bounded(LIMIT, "v2", exchange(stream, b"ping".to_vec())).await;
+        let mut want = v2_inet(v4(client), v4(lb.addr("pv2")));
+        want.extend_from_slice(b"ping");
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn proxy_v2_over_ipv6() {
+        let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback here; skipped");
+            return;
+        };
+        drop(probe);
+        let backend = TcpBackend::start_on("[::1]:0", echo).await;
+        let socket = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let bind = socket.local_addr().unwrap();
+        let text = format!(
+            "{}\n[[listener]]\nname = \"six\"\nbind = \"{bind}\"\nprotocol = \"tcp\"\npool = \"six\"\n",
+            pool("six", &[backend.addr], "proxy_protocol = \"v2\"")
+        );
+        let config =
+            geolb::config::parse_str(&text, std::path::Path::new("/tmp/geolb.toml")).unwrap();
+        let health = geolb::health::HealthTable::new(tokio_util::sync::CancellationToken::new());
+        let snapshot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(geolb::state::compile(
+            std::sync::Arc::new(config),
+            1,
+            &health,
+            &Default::default(),
+        )));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(tcp::serve(
+            socket,
+            tcp::TcpContext::new(snapshot, bind, tasks.clone(), shutdown.clone()),
+        ));
+
+        let stream = TcpStream::connect(bind).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let got = bounded(LIMIT, "v2 over IPv6", exchange(stream, b"six".to_vec())).await;
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+        for a in [client, bind] {
+            let std::net::IpAddr::V6(ip) = a.ip() else {
+                unreachable!()
+            };
+            want.extend_from_slice(&ip.octets());
+        }
+        want.extend_from_slice(&client.port().to_be_bytes());
+        want.extend_from_slice(&bind.port().to_be_bytes());
+        want.extend_from_slice(b"six");
+        assert_eq!(got, want);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_tcp_listener_takes_the_client_address_from_a_proxy_header() {
+        let backend = TcpBackend::echo().await;
+        let lb = Lb::start(
+            &pool("fwd", &[backend.addr], "proxy_protocol = \"v1\""),
+            &[listener(
+                "front",
+                "tcp",
+                "fwd",
+                "accept_proxy_protocol = true\ntimeouts = { header = \"300ms\" }",
+            )],
+        )
+        .await;
+        let front = lb.addr("front");
+
+        // v1 in, v1 out: the client's stated addresses pass through.
+        let stream = TcpStream::connect(front).await.unwrap();
+        let got = bounded(
+            LIMIT,
+            "v1 in",
+            exchange(
+                stream,
+                b"PROXY TCP4 203.0.113.7 198.51.100.9 4711 443\r\nping".to_vec(),
+            ),
+        )
+        .await;
+        assert_eq!(got, b"PROXY TCP4 203.0.113.7 198.51.100.9 4711 443\r\nping");
+
+        // v2 IPv6 in, written onward as v1 TCP6.
+        let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+        header.extend_from_slice(
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        header.extend_from_slice(
+            &"2001:db8::9"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        header.extend_from_slice(&4711u16.to_be_bytes());
+        header.extend_from_slice(&443u16.to_be_bytes());
+        header.extend_from_slice(b"ping");
+        let stream = TcpStream::connect(front).await.unwrap();
+        let got = bounded(LIMIT, "v2 in", exchange(stream, header)).await;
+        assert_eq!(got, b"PROXY TCP6 2001:db8::7 2001:db8::9 4711 443\r\nping");
+
+        // v2 LOCAL: the connection's own endpoints.
+        let stream = TcpStream::connect(front).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let mut local = proxy_protocol::local(geolb::config::ProxyProtocolVersion::V2).to_vec();
+        local.extend_from_slice(b"ping");
+        let got = bounded(LIMIT, "v2 local", exchange(stream, local)).await;
+        let want = format!(
+            "PROXY TCP4 {} {} {} {}\r\nping",
+            client.ip(),
+            front.ip(),
+            client.port(),
+            front.port()
+        );
+        assert_eq!(String::from_utf8_lossy(&got), want);
+
+        // No header, a malformed one, and silence: closed, each counted.
+        let before = metric(
+            &metrics().render(),
+            "geolb_proxy_protocol_errors_total",
+            &[("listener", "front")],
+        )
+        .unwrap_or(0.0);
+        for attempt in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+            b"",
+        ] {
+            let mut stream = TcpStream::connect(front).await.unwrap();
+            stream.write_all(attempt).await.unwrap();
+            let mut buf = Vec::new();
+            let _ = bounded(
+                Duration::from_secs(3),
+                "refused header closes",
+                stream.read_to_end(&mut buf),
+            )
+            .await;
+            assert!(buf.is_empty(), "backend reached with {attempt:?}");
+        }
+        let after = metric(
+            &metrics().render(),
+            "geolb_proxy_protocol_errors_total",
+            &[("listener", "front")],
+        );
+        assert_eq!(after, Some(before + 3.0));
+    }
+
+    #[tokio::test]
+    async fn https_picks_certificates_by_sni() {
+        let pki = Pki::new();
+        let first = pki.leaf("first", &["a.test", "*.wild.test", "127.0.0.1"]);
+        let second = pki.leaf("second", &["b.test", "*.b.test"]);
+        let web = support::Backend::start("web").await;
+        let lb = Lb::start(
+            &pool("web", &[web.addr], ""),
+            &[listener(
+                "tls",
+                "https",
+                "web",
+                &tls_list(&[&first, &second]),
+            )],
+        )
+        .await;
+        let addr = lb.addr("tls");
+        let client = pki.client(&[]);
+        for (sni, want) in [
+            ("a.test", &first),
+            ("A.Test", &first),
+            ("x.wild.test", &first),
+            ("b.test", &second),
+            ("deep.b.test", &second),
+            // An IP address sends no SNI: the first certificate.
+            ("127.0.0.1", &first),
+        ] {
+            let tls = bounded(LIMIT, "handshake", tls_connect(&client, addr, sni))
+                .await
+                .unwrap_or_else(|e| panic!("{sni}: {e}"));
+            let presented = &tls.get_ref().1.peer_certificates().unwrap()[0];
+            assert_eq!(presented, &want.der, "certificate for {sni}");
+        }
+        // An unknown name gets the default certificate, which a verifying
+        // client then refuses as not valid for that name.
+        let err = tls_connect(&client, addr, "unknown.test")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not valid for name"), "{err}");
+        // Two-level wildcards do not match.
+        assert!(tls_connect(&client, addr, "x.y.wild.test").await.is_err());
+
+        let infos = &lb.certs["tls"];
+        assert_eq!(infos.len(), 2);
+        assert_eq!(infos[1].names, ["b.test", "*.b.test"]);
+        assert!(infos[0].seconds_left(std::time::SystemTime::now()) > 0);
+    }
+
+    #[tokio::test]
+    async fn https_serves_h2_and_http11_by_alpn_with_forwarded_proto() {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let pki = Pki::new();
+        let cert = pki.leaf("site", &["site.test"]);
+        let web = support::Backend::start("web").await;
+        let lb = Lb::start(
+            &pool("web", &[web.addr], ""),
+            &[listener("tls", "https", "web", &tls_list(&[&cert]))],
+        )
+        .await;
+        let addr = lb.addr("tls");
+
+        // h2
+        let tls = tls_connect(&pki.client(&[b"h2", b"http/1.1"]), addr, "site.test")
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..3 {
+            let req = http::Request::get("https://site.test/headers")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = bounded(LIMIT, "h2 request", sender.send_request(req))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("x-forwarded-proto: https"), "{body}");
+            assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+        }
+
+        // http/1.1, by ALPN and without any ALPN.
+        for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+            let tls = tls_connect(&pki.client(alpn), addr, "site.test")
+                .await
+                .unwrap();
+            let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            assert_eq!(negotiated, alpn.first().map(|p| p.to_vec()));
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get("/headers")
+                .header("host", "site.test")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = bounded(LIMIT, "http/1.1 request", sender.send_request(req))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), http::Version::HTTP_11);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains("x-forwarded-proto: https"));
+        }
+
+        // TLS 1.2 still works.
+        let tls = tls_connect(&pki.client_tls12(), addr, "site.test")
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+    }
+
+    #[tokio::test]
+    async fn https_with_a_proxy_header_forwards_the_stated_client() {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::rt::TokioIo;
+
+        let pki = Pki::new();
+        let cert = pki.leaf("site", &["site.test"]);
+        let web = support::Backend::start("web").await;
+        let lb = Lb::start(
+            &pool("web", &[web.addr], ""),
+            &[listener(
+                "tls",
+                "https",
+                "web",
+                &format!("{}\naccept_proxy_protocol = true", tls_list(&[&cert])),
+            )],
+        )
+        .await;
+        let mut tcp = TcpStream::connect(lb.addr("tls")).await.unwrap();
+        tcp.write_all(b"PROXY TCP4 203.0.113.7 198.51.100.9 4711 443\r\n")
+            .await
+            .unwrap();
+        let tls = pki
+            .client(&[b"http/1.1"])
+            .connect("site.test".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/headers")
+            .header("host", "site.test")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = bounded(LIMIT, "request", sender.send_request(req))
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("x-forwarded-for: 203.0.113.7\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_handshake_is_cut_at_the_header_timeout() {
+        let pki = Pki::new();
+        let cert = pki.leaf("site", &["site.test"]);
+        let lb = Lb::start(
+            &pool("web", &[dead_addr()], ""),
+            &[listener(
+                "slowtls",
+                "https",
+                "web",
+                &format!(
+                    "{}\ntimeouts = {{ header = \"300ms\" }}",
+                    tls_list(&[&cert])
+                ),
+            )],
+        )
+        .await;
+        let mut tcp = TcpStream::connect(lb.addr("slowtls")).await.unwrap();
+        let started = std::time::Instant::now();
+        // The start of a record header, then nothing.
+        tcp.write_all(b"\x16\x03\x01").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = bounded(
+            Duration::from_secs(3),
+            "handshake deadline",
+            tcp.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(290));
+        let text = metrics().render();
+        assert!(
+            metric(
+                &text,
+                "geolb_tls_handshake_errors_total",
+                &[("listener", "slowtls")]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_config_errors_name_the_file_and_key_path() {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"]);
+        let b = pki.leaf("b", &["b.test"]);
+        let dir = pki.dir.path();
+        let entry = |cert: &std::path::Path, key: &std::path::Path| geolb::config::TlsCertConfig {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        };
+
+        // A key that belongs to another certificate.
+        let errors =
+            tls::server_config(2, &[entry(&a.cert, &a.key), entry(&a.cert, &b.key)]).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "listener[2].tls[1].key");
+        let shown = errors[0].to_string();
+        assert!(shown.contains(&path_str(&b.key)), "{shown}");
+        assert!(shown.contains("does not match the certificate"), "{shown}");
+        assert!(shown.contains(&path_str(&a.cert)), "{shown}");
+
+        // Missing files, a certificate file without certificates, a key file
+        // without a key: every one reported, each at its own key path.
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        let missing = dir.join("missing.key");
+        let errors = tls::server_config(
+            0,
+            &[
+                entry(&empty, &a.key),
+                entry(&a.cert, &missing),
+                entry(&b.key, &b.cert),
+            ],
+        )
+        .unwrap_err();
+        let shown: Vec<(String, String)> = errors
+            .iter()
+            .map(|e| (e.path.clone(), e.to_string()))
+            .collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert_eq!(shown[0].0, "listener[0].tls[0].cert");
+        assert!(shown[0].1.contains("no certificate"), "{shown:#?}");
+        assert_eq!(shown[1].0, "listener[0].tls[1].key");
+        assert!(shown[1].1.contains("cannot read"), "{shown:#?}");
+        assert!(shown[1].1.contains(&path_str(&missing)), "{shown:#?}");
+        assert_eq!(shown[2].0, "listener[0].tls[2].cert");
+        assert_eq!(shown[3].0, "listener[0].tls[2].key");
+        assert!(shown[3].1.contains("no private key"), "{shown:#?}");
+    }
+
+    #[test]
+    fn an_expired_certificate_loads_and_reports_its_expiry() {
+        let pki = Pki::new();
+        let old = pki.leaf_with("old", &["old.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        });
+        let (_, infos) = tls::server_config(
+            0,
+            &[geolb::config::TlsCertConfig {
+                cert: old.cert.clone(),
+                key: old.key.clone(),
+            }],
+        )
+        .expect("an expired certificate still loads");
+        assert_eq!(infos[0].not_after, 1_577_836_800);
+        assert_eq!(infos[0].cert, old.cert);
+        assert!(infos[0].seconds_left(std::time::SystemTime::now()) < 0);
+    }
+}
+
+/// Through `geolb run` and `geolb check`: what app.rs wires (listeners by
+/// protocol, PROXY headers on http listeners, TLS reloads, /metrics).
+mod binary {
+    use super::support::{Backend, Geolb, geolb_check};
+    use super::*;
+
+    fn config(body: &str) -> String {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"2s\"\n\n{body}")
+    }
+
+    #[tokio::test]
+    async fn tcp_listener_with_proxy_v2_and_metrics() {
+        let backend = TcpBackend::echo().await;
+        let geolb = Geolb::start(&config(&format!(
+            "{}\n[[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"db\"\n",
+            pool(
+                "db",
+                &[backend.addr],
+                "proxy_protocol = \"v2\"\ncheck = { kind = \"tcp\", interval = \"200ms\", timeout = \"500ms\" }"
+            )
+        )))
+        .await;
+        let db = geolb.listener("db");
+        let stream = TcpStream::connect(db).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let data = pattern(11, 8 << 20);
+        let got = bounded(
+            LIMIT,
+            "8 MiB through the binary",
+            exchange(stream, data.clone()),
+        )
+        .await;
+        let header = v2_inet(v4(client), v4(db));
+        assert_eq!(&got[..header.len()], &header[..]);
+        assert!(got[header.len()..] == data[..], "payload differs");
+
+        let text = geolb.metrics().await;
+        let labels = [("listener", "db"), ("pool", "db")];
+        assert_eq!(
+            metric(&text, "geolb_tcp_connections_total", &labels),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "geolb_tcp_bytes_total",
+                &[labels[0], labels[1], ("direction", "in")]
+            ),
+            Some(data.len() as f64),
+            "{text}"
+        );
+        promtool_check(&text);
+    }
+
+    #[tokio::test]
+    async fn http_listener_takes_the_client_address_from_a_proxy_header() {
+        let web = Backend::start("web").await;
+        let geolb = Geolb::start(&config(&format!(
+            "{}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\naccept_proxy_protocol = true\ntimeouts = {{ header = \"500ms\" }}\n",
+            pool("web", &[web.addr], "")
+        )))
+        .await;
+        let addr = geolb.listener("web");
+        let answer = super::support::raw(
+            addr,
+            b"PROXY TCP4 203.0.113.7 198.51.100.9 4711 80\r\nGET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.contains("x-forwarded-for: 203.0.113.7\n"),
+            "{answer}"
+        );
+
+        let refused = super::support::raw(
+            addr,
+            b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(refused, "", "a request without a PROXY header was served");
+        let text = geolb.metrics().await;
+        assert_eq!(
+            metric(
+                &text,
+                "geolb_proxy_protocol_errors_total",
+                &[("listener", "web")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_listener_with_sni_h2_and_expiry_metric() {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let pki = Pki::new();
+        let first = pki.leaf("first", &["a.test"]);
+        let second = pki.leaf("second", &["b.test"]);
+        let web = Backend::start("web").await;
+        let geolb = Geolb::start(&config(&format!(
+            "{}\n[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\npool = \"web\"\n{}\n",
+            pool("web", &[web.addr], ""),
+            tls_list(&[&first, &second])
+        )))
+        .await;
+        let addr = geolb.listener("tls");
+        let client = pki.client(&[b"h2", b"http/1.1"]);
+        for (sni, want) in [("a.test", &first), ("b.test", &second)] {
+            let tls = tls_connect(&client, addr, sni).await.unwrap();
+            assert_eq!(&tls.get_ref().1.peer_certificates().unwrap()[0], &want.der);
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get(format!("https://{sni}/headers"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = bounded(LIMIT, "h2 via the binary", sender.send_request(req))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains("x-forwarded-proto: https"));
+        }
+        let text = geolb.metrics().await;
+        for leaf in [&first, &second] {
+            let left = metric(
+                &text,
+                "geolb_tls_certificate_expiry_seconds",
+                &[("listener", "tls"), ("cert", &path_str(&leaf.cert))],
+            );
+            assert!(left.is_some_and(|s| s > 86_400.0), "{text}");
+        }
+        promtool_check(&text);
+
+        // New files at the same paths and a reload: new handshakes get the
+        // new certificate, without a restart.
+        let renewed = pki.leaf("first", &["a.test"]);
+        assert_ne!(renewed.der, first.der);
+        let (code, _, body) =
+            super::support::request(geolb.admin, "POST", "/reload", &[], bytes::Bytes::new())
+                .await
+                .unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let tls = tls_connect(&client, addr, "a.test").await.unwrap();
+        assert_eq!(
+            &tls.get_ref().1.peer_certificates().unwrap()[0],
+            &renewed.der
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_and_https_listeners_added_by_a_reload_serve() {
+        let web = Backend::start("web").await;
+        let echo = TcpBackend::echo().await;
+        let pki = Pki::new();
+        let cert = pki.leaf("site", &["site.test"]);
+        let pools = format!(
+            "{}{}",
+            pool("web", &[web.addr], ""),
+            pool("echo", &[echo.addr], "proxy_protocol = \"v1\"")
+        );
+        let geolb = Geolb::start(&config(&format!(
+            "{pools}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n"
+        )))
+        .await;
+        // Other loopback addresses: a listener is known by its bind address.
+        std::fs::write(
+            geolb.config_path(),
+            config(&format!(
+                "{pools}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
+                 [[listener]]\nname = \"db\"\nbind = \"127.0.0.2:0\"\nprotocol = \"tcp\"\npool = \"echo\"\n\n\
+                 [[listener]]\nname = \"tls\"\nbind = \"127.0.0.3:0\"\nprotocol = \"https\"\npool = \"web\"\n{}\n",
+                tls_list(&[&cert])
+            )),
+        )
+        .unwrap();
+        let (code, _, body) =
+            super::support::request(geolb.admin, "POST", "/reload", &[], bytes::Bytes::new())
+                .await
+                .unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let status = geolb.status().await;
+        let addr_of = |name: &str| -> std::net::SocketAddr {
+            status["listeners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["name"] == name)
+                .unwrap_or_else(|| panic!("no listener {name}: {status}"))["local_addr"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+
+        let db = addr_of("db");
+        let stream = TcpStream::connect(db).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let got = bounded(LIMIT, "tcp after reload", exchange(stream, b"hi".to_vec())).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!(
+                "PROXY TCP4 {} {} {} {}\r\nhi",
+                client.ip(),
+                db.ip(),
+                client.port(),
+                db.port()
+            )
+        );
+
+        let tls = tls_connect(&pki.client(&[b"http/1.1"]), addr_of("tls"), "site.test")
+            .await
+            .unwrap();
+        assert_eq!(&tls.get_ref().1.peer_certificates().unwrap()[0], &cert.der);
+    }
+
+    #[test]
+    fn check_refuses_a_mismatched_key_naming_its_file() {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"]);
+        let b = pki.leaf("b", &["b.test"]);
+        let config = |cert: &str, key: &str| {
+            format!(
+                "[[pool]]\nname = \"web\"\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n\n\
+                 [[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\npool = \"web\"\n\
+                 tls = [{{ cert = {cert:?}, key = {key:?} }}]\n"
+            )
+        };
+        let (ok, stdout, stderr) = geolb_check(&config(&path_str(&a.cert), &path_str(&b.key)));
+        assert!(!ok, "{stdout}{stderr}");
+        assert!(stderr.contains("listener[0].tls[0].key"), "{stderr}");
+        assert!(stderr.contains(&path_str(&b.key)), "{stderr}");
+        assert!(stderr.contains("does not match"), "{stderr}");
+
+        // A missing file is reported once, by the file check.
+        let missing = pki.dir.path().join("missing.key");
+        let (ok, _, stderr) = geolb_check(&config(&path_str(&a.cert), &path_str(&missing)));
+        assert!(!ok);
+        assert_eq!(
+            stderr.matches("listener[0].tls[0].key").count(),
+            1,
+            "{stderr}"
+        );
+
+        let (ok, stdout, stderr) = geolb_check(&config(&path_str(&a.cert), &path_str(&a.key)));
+        assert!(ok, "{stdout}{stderr}");
+    }
+}

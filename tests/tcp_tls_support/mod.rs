@@ -1,0 +1,432 @@
+//! Helpers for `tcp_tls.rs`: a test PKI, TLS clients, raw TCP backends,
+//! an in-process load balancer built from the library, and metric lookup.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use geolb::proxy::http::{self as http_proxy, HttpContext};
+use geolb::proxy::tcp::{self, TcpContext};
+use geolb::proxy::tls::{self, CertInfo};
+use geolb::state::{self, BackendRegistry, SharedSnapshot};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Fails the test instead of hanging it.
+pub async fn bounded<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
+}
+
+/// A deterministic byte stream that is not all one value, so shifted or
+/// dropped bytes show.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+// ---- PKI ----
+
+/// A CA made for one test, and leaf certificates it signs into files.
+pub struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "geolb test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki {
+            ca,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// `name.pem` (leaf then CA, as servers usually ship chains) and `name.key`.
+    pub fn leaf(&self, name: &str, sans: &[&str]) -> Leaf {
+        self.leaf_with(name, sans, |_| {})
+    }
+
+    pub fn leaf_with(
+        &self,
+        name: &str,
+        sans: &[&str],
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        tweak(&mut params);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert_path = self.dir.path().join(format!("{name}.pem"));
+        let key_path = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.ca.pem())).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+        }
+    }
+
+    pub fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// A client that only speaks TLS 1.2.
+    pub fn client_tls12(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// `tls = [...]` for a listener.
+pub fn tls_list(leaves: &[&Leaf]) -> String {
+    let entries: Vec<String> = leaves
+        .iter()
+        .map(|l| {
+            format!(
+                "{{ cert = {:?}, key = {:?} }}",
+                l.cert.display().to_string(),
+                l.key.display().to_string()
+            )
+        })
+        .collect();
+    format!("tls = [{}]", entries.join(", "))
+}
+
+/// A handshake with `server_name` as SNI (an IP address sends none).
+pub async fn tls_connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    server_name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
+        .await
+}
+
+// ---- raw TCP backends ----
+
+/// A TCP server whose per-connection behaviour a test supplies. Stops
+/// accepting (and cuts its connections) when dropped.
+pub struct TcpBackend {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl TcpBackend {
+    pub async fn start<F, Fut>(handler: F) -> TcpBackend
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self::start_on("127.0.0.1:0", handler).await
+    }
+
+    pub async fn start_on<F, Fut>(bind: &str, handler: F) -> TcpBackend
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let stop2 = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let work = handler(stream);
+                let stop3 = stop2.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = work => {}
+                        _ = stop3.cancelled() => {}
+                    }
+                });
+            }
+        });
+        TcpBackend { addr, stop }
+    }
+
+    /// Echoes every byte; closes its write side after the client's FIN.
+    pub async fn echo() -> TcpBackend {
+        Self::start(echo).await
+    }
+}
+
+impl Drop for TcpBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn echo(mut stream: TcpStream) {
+    let (mut r, mut w) = stream.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
+}
+
+/// Reads until the client's FIN, then answers with how much it got.
+pub async fn count_then_answer(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(_) => return,
+        }
+    }
+    let _ = stream
+        .write_all(format!("got {total} bytes").as_bytes())
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// An address where nothing listens (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+// ---- the load balancer, in process ----
+
+/// The process-wide metrics recorder (installed once for all tests).
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| geolb::metrics::install().expect("metrics recorder"))
+}
+
+/// The value of one series in Prometheus text, if present.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let all = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        let count = if label_text.is_empty() {
+            0
+        } else {
+            label_text.split(',').count()
+        };
+        (all && count == labels.len())
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// promtool judges a /metrics text where it is installed (CI installs it).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let run = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        });
+    match run {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("promtool is not installed; .ci/run should install it")
+        }
+        Err(_) => {}
+    }
+}
+
+pub struct ListenerSpec<'a> {
+    pub name: &'a str,
+    /// "tcp", "https" or "http"
+    pub protocol: &'a str,
+    pub pool: &'a str,
+    /// More listener keys (timeouts, retries, tls, accept_proxy_protocol).
+    pub extra: String,
+}
+
+/// `geolb::proxy`'s tcp and https paths (and plain http) serving a config
+/// built in the test, without the binary: the library API as the daemon
+/// wires it.
+pub struct Lb {
+    pub addrs: HashMap<String, SocketAddr>,
+    pub snapshot: SharedSnapshot,
+    pub certs: HashMap<String, Vec<CertInfo>>,
+    pub tasks: TaskTracker,
+    shutdown: CancellationToken,
+    _health: Arc<geolb::health::HealthTable>,
+    _dir: tempfile::TempDir,
+}
+
+impl Lb {
+    pub async fn start(pools: &str, listeners: &[ListenerSpec<'_>]) -> Lb {
+        metrics();
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = pools.to_string();
+        let mut sockets = Vec::new();
+        for l in listeners {
+            let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            text.push_str(&format!(
+                "\n[[listener]]\nname = \"{}\"\nbind = \"{addr}\"\nprotocol = \"{}\"\npool = \"{}\"\n{}\n",
+                l.name, l.protocol, l.pool, l.extra
+            ));
+            sockets.push((l.name.to_string(), l.protocol, socket, addr));
+        }
+        let config = geolb::config::parse_str(&text, &dir.path().join("geolb.toml"))
+            .unwrap_or_else(|e| panic!("config refused:\n{e}\n---\n{text}"));
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let health = geolb::health::HealthTable::new(shutdown.child_token());
+        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(
+            Arc::new(config.clone()),
+            1,
+            &health,
+            &BackendRegistry::default(),
+        )));
+        let mut addrs = HashMap::new();
+        let mut certs = HashMap::new();
+        for (i, (name, protocol, socket, addr)) in sockets.into_iter().enumerate() {
+            match protocol {
+                "tcp" => {
+                    let ctx =
+                        TcpContext::new(snapshot.clone(), addr, tasks.clone(), shutdown.clone());
+                    tasks.spawn(tcp::serve(socket, ctx));
+                }
+                "https" => {
+                    let (server, infos) = tls::server_config(i, &config.listeners[i].tls)
+                        .unwrap_or_else(|e| panic!("tls config refused: {e:?}"));
+                    certs.insert(name.clone(), infos);
+                    let ctx = HttpContext::new(
+                        snapshot.clone(),
+                        addr,
+                        "https",
+                        tasks.clone(),
+                        shutdown.clone(),
+                    );
+                    tasks.spawn(tls::serve_https(
+                        socket,
+                        ctx,
+                        Arc::new(ArcSwap::new(server)),
+                    ));
+                }
+                _ => {
+                    let ctx = HttpContext::new(
+                        snapshot.clone(),
+                        addr,
+                        "http",
+                        tasks.clone(),
+                        shutdown.clone(),
+                    );
+                    tasks.spawn(http_proxy::serve(socket, ctx));
+                }
+            }
+            addrs.insert(name, addr);
+        }
+        Lb {
+            addrs,
+            snapshot,
+            certs,
+            tasks,
+            shutdown,
+            _health: health,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs[name]
+    }
+
+    /// Active count of backend `index` of pool `pool`.
+    pub fn active(&self, pool: &str, index: usize) -> usize {
+        self.snapshot.load().pool(pool).unwrap().backends[index]
+            .shared
+            .active()
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
