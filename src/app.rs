@@ -24,7 +24,7 @@ use crate::metrics;
 use crate::proxy::http::{self as http_proxy, HttpContext};
 use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
 use crate::proxy::tls::{self, CertInfo};
-use crate::state::{self, BackendRegistry, SharedSnapshot};
+use crate::state::{self, BackendRegistry, ListenerId, SharedSnapshot};
 
 /// How often the GeoIP database file is looked at for a replacement.
 const GEOIP_RECHECK: Duration = Duration::from_secs(1);
@@ -150,6 +150,8 @@ pub struct BoundListener {
     pub protocol: &'static str,
     pub bind: SocketAddr,
     pub local_addr: SocketAddr,
+    #[serde(skip)]
+    pub id: ListenerId,
 }
 
 /// The running daemon, shared by the admin endpoints and signal handling.
@@ -241,7 +243,11 @@ impl Daemon {
         let old = self.snapshot.load_full();
         let mut errors = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            if let Some(before) = old.config.listeners.iter().find(|o| o.bind == l.bind)
+            if let Some(before) = old
+                .config
+                .listeners
+                .iter()
+                .find(|o| ListenerId::of(o) == ListenerId::of(l))
                 && before.protocol != l.protocol
             {
                 errors.push(ConfigError {
@@ -273,10 +279,10 @@ impl Daemon {
         }
         // Bind what is new before anything changes, so a taken port
         // rejects the reload whole.
-        let running: Vec<SocketAddr> = self.listener_binds();
+        let running: Vec<ListenerId> = self.listener_ids();
         let mut added = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            if running.contains(&l.bind) {
+            if running.contains(&ListenerId::of(l)) {
                 continue;
             }
             match bind_listener(l) {
@@ -293,9 +299,9 @@ impl Daemon {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let removed: Vec<SocketAddr> = running
+        let removed: Vec<ListenerId> = running
             .into_iter()
-            .filter(|b| !config.listeners.iter().any(|l| l.bind == *b))
+            .filter(|id| !config.listeners.iter().any(|l| ListenerId::of(l) == *id))
             .collect();
         let config = Arc::new(config);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -389,6 +395,7 @@ fn bind_listener(l: &config::ListenerConfig) -> anyhow::Result<(TcpListener, Bou
             },
             bind: l.bind,
             local_addr,
+            id: ListenerId::of(l),
         },
     ))
 }
@@ -410,9 +417,9 @@ impl Daemon {
         running.iter().map(|r| r.bound.clone()).collect()
     }
 
-    fn listener_binds(&self) -> Vec<SocketAddr> {
+    fn listener_ids(&self) -> Vec<ListenerId> {
         let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        running.iter().map(|r| r.bound.bind).collect()
+        running.iter().map(|r| r.bound.id.clone()).collect()
     }
 
     /// `tls`: an https listener's config (load_checked made one for each).
@@ -429,7 +436,7 @@ impl Daemon {
             ("tcp", _) => {
                 let ctx = TcpContext::new(
                     self.snapshot.clone(),
-                    bound.bind,
+                    bound.id.clone(),
                     self.tasks.clone(),
                     stop.clone(),
                 );
@@ -438,7 +445,7 @@ impl Daemon {
             ("https", Some(server)) => {
                 let ctx = HttpContext::new(
                     self.snapshot.clone(),
-                    bound.bind,
+                    bound.id.clone(),
                     "https",
                     self.tasks.clone(),
                     stop.clone(),
@@ -449,7 +456,7 @@ impl Daemon {
             _ => {
                 let ctx = HttpContext::new(
                     self.snapshot.clone(),
-                    bound.bind,
+                    bound.id.clone(),
                     "http",
                     self.tasks.clone(),
                     stop.clone(),
@@ -471,7 +478,7 @@ impl Daemon {
             let loaded = config
                 .listeners
                 .iter()
-                .position(|l| l.bind == r.bound.bind)
+                .position(|l| ListenerId::of(l) == r.bound.id)
                 .and_then(|i| tls[i].as_ref());
             if let Some((server, _)) = loaded {
                 swap.store(server.clone());
@@ -481,11 +488,11 @@ impl Daemon {
 
     /// Stops accepting on `binds`; their open connections finish on their
     /// own. Returns the names of the listeners stopped.
-    fn stop_listeners(&self, binds: &[SocketAddr]) -> Vec<String> {
+    fn stop_listeners(&self, ids: &[ListenerId]) -> Vec<String> {
         let mut running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let mut names = Vec::new();
         running.retain(|r| {
-            let keep = !binds.contains(&r.bound.bind);
+            let keep = !ids.contains(&r.bound.id);
             if !keep {
                 tracing::info!(listener = %r.bound.name, addr = %r.bound.local_addr, "listener removed: no new connections");
                 r.stop.cancel();

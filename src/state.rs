@@ -27,7 +27,7 @@ pub struct Snapshot {
     /// In config order.
     pub pools: Vec<Arc<Pool>>,
     /// By bind address: the identity of a listener across reloads.
-    pub listeners: HashMap<SocketAddr, Arc<Listener>>,
+    pub listeners: HashMap<ListenerId, Arc<Listener>>,
     /// In config order (the DNS side indexes them so).
     pub datacenters: Arc<[Datacenter]>,
 }
@@ -68,6 +68,32 @@ impl Datacenter {
 impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+/// A listener's identity across reloads: its bind address, plus its name
+/// where the address is not unique on its own (port 0, as tests use).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerId {
+    pub bind: SocketAddr,
+    name: Option<Arc<str>>,
+}
+
+impl ListenerId {
+    pub fn of(config: &ListenerConfig) -> Self {
+        ListenerId {
+            bind: config.bind,
+            name: (config.bind.port() == 0).then(|| config.name.as_str().into()),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{} ({name})", self.bind),
+            None => write!(f, "{}", self.bind),
+        }
     }
 }
 
@@ -362,7 +388,7 @@ pub fn compile(
                     .collect(),
                 config: lc.clone(),
             };
-            (lc.bind, Arc::new(listener))
+            (ListenerId::of(lc), Arc::new(listener))
         })
         .collect();
     let datacenters = config

@@ -1348,3 +1348,28 @@ async fn a_replaced_geoip_database_is_picked_up_and_a_corrupt_one_ignored() {
         ["198.51.100.10"]
     );
 }
+
+#[tokio::test]
+async fn two_listeners_on_port_zero_keep_their_own_pools() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"pa\"\nbackends = [{}]\n[[pool]]\nname = \"pb\"\nbackends = [{}]\n\
+         [[listener]]\nname = \"la\"\nbind = \"127.0.0.1:0\"\npool = \"pa\"\n\
+         [[listener]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\npool = \"pb\"\n",
+        backend_list(&[&a]),
+        backend_list(&[&b])
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(body_of(geolb.listener("la"), "/").await, "a");
+        assert_eq!(body_of(geolb.listener("lb"), "/").await, "b");
+    }
+    // A reload keeps both (identity: address plus name for port 0).
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(summary["listeners_added"].as_array().unwrap().len(), 0);
+    assert_eq!(body_of(geolb.listener("lb"), "/").await, "b");
+}

@@ -418,6 +418,7 @@ mod library {
         );
         let config =
             geolb::config::parse_str(&text, std::path::Path::new("/tmp/geolb.toml")).unwrap();
+        let id = geolb::state::ListenerId::of(&config.listeners[0]);
         let health = geolb::health::HealthTable::new(tokio_util::sync::CancellationToken::new());
         let snapshot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(geolb::state::compile(
             std::sync::Arc::new(config),
@@ -429,7 +430,7 @@ mod library {
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(tcp::serve(
             socket,
-            tcp::TcpContext::new(snapshot, bind, tasks.clone(), shutdown.clone()),
+            tcp::TcpContext::new(snapshot, id, tasks.clone(), shutdown.clone()),
         ));
 
         let stream = TcpStream::connect(bind).await.unwrap();

@@ -29,13 +29,13 @@ use super::pool;
 use super::proxy_protocol;
 use crate::balance;
 use crate::config::{Balance, HashKey, PoolConfig};
-use crate::state::SharedSnapshot;
+use crate::state::{ListenerId, SharedSnapshot};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
     pub snapshot: SharedSnapshot,
     /// The listener's identity in the snapshot.
-    pub bind: SocketAddr,
+    pub id: ListenerId,
     pub proto: &'static str,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -45,7 +45,7 @@ pub struct HttpContext {
 impl HttpContext {
     pub fn new(
         snapshot: SharedSnapshot,
-        bind: SocketAddr,
+        id: ListenerId,
         proto: &'static str,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -55,7 +55,7 @@ impl HttpContext {
         server.http1().max_buf_size(64 * 1024).half_close(false);
         Arc::new(HttpContext {
             snapshot,
-            bind,
+            id,
             proto,
             tasks,
             shutdown,
@@ -78,13 +78,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
                 ctx.tasks.spawn(async move {
                     // Read in the connection's task: a slow PROXY header
                     // must not hold up accepting.
-                    let Some(client) = proxy_protocol::client_address(
-                        &mut stream,
-                        peer,
-                        &ctx2.snapshot,
-                        ctx2.bind,
-                    )
-                    .await
+                    let Some(client) =
+                        proxy_protocol::client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id)
+                            .await
                     else {
                         return;
                     };
@@ -93,7 +89,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %ctx.bind, error = %e, "accept failed");
+                tracing::warn!(listener = %ctx.id, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -111,7 +107,7 @@ pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = match ctx.snapshot.load().listeners.get(&ctx.bind) {
+    let timeouts = match ctx.snapshot.load().listeners.get(&ctx.id) {
         Some(l) => l.config.timeouts,
         None => return,
     };
@@ -182,7 +178,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let start = Instant::now();
     conn.activity.request_started();
     let snapshot = conn.ctx.snapshot.load();
-    let Some(listener) = snapshot.listeners.get(&conn.ctx.bind).cloned() else {
+    let Some(listener) = snapshot.listeners.get(&conn.ctx.id).cloned() else {
         conn.activity.request_ended();
         return message(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::config::ProxyProtocolVersion;
-use crate::state::SharedSnapshot;
+use crate::state::{ListenerId, SharedSnapshot};
 
 /// Connections dropped because their PROXY header was missing, malformed or late.
 pub const PROXY_PROTOCOL_ERRORS: &str = "geolb_proxy_protocol_errors_total";
@@ -256,16 +256,16 @@ pub async fn client_address(
     stream: &mut TcpStream,
     peer: SocketAddr,
     snapshot: &SharedSnapshot,
-    bind: SocketAddr,
+    id: &ListenerId,
 ) -> Option<SocketAddr> {
-    let (name, deadline) = match snapshot.load().listeners.get(&bind) {
+    let (name, deadline) = match snapshot.load().listeners.get(id) {
         Some(l) if l.config.accept_proxy_protocol => {
             (l.config.name.clone(), l.config.timeouts.header)
         }
         Some(_) => return Some(peer),
         None => return None,
     };
-    let local = stream.local_addr().unwrap_or(bind);
+    let local = stream.local_addr().unwrap_or(id.bind);
     accept(stream, peer, local, deadline, &name)
         .await
         .map(|a| a.source)

@@ -22,7 +22,7 @@ use super::proxy_protocol::{self, Addresses};
 use crate::balance;
 use crate::config::Balance;
 use crate::metrics::TCP_CONNECTIONS;
-use crate::state::{Pool, SharedSnapshot};
+use crate::state::{ListenerId, Pool, SharedSnapshot};
 
 /// Bytes copied, `direction` = `in` (client to backend) or `out`.
 pub const TCP_BYTES: &str = "geolb_tcp_bytes_total";
@@ -33,7 +33,7 @@ pub const TCP_CONNECT_ERRORS: &str = "geolb_tcp_connect_errors_total";
 pub struct TcpContext {
     pub snapshot: SharedSnapshot,
     /// The listener's identity in the snapshot.
-    pub bind: SocketAddr,
+    pub id: ListenerId,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -41,13 +41,13 @@ pub struct TcpContext {
 impl TcpContext {
     pub fn new(
         snapshot: SharedSnapshot,
-        bind: SocketAddr,
+        id: ListenerId,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(TcpContext {
             snapshot,
-            bind,
+            id,
             tasks,
             shutdown,
         })
@@ -69,7 +69,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %ctx.bind, error = %e, "accept failed");
+                tracing::warn!(listener = %ctx.id, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -80,7 +80,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
 /// rate change and not a series appearing.
 fn register_series(ctx: &TcpContext) {
     let snapshot = ctx.snapshot.load();
-    let Some(listener) = snapshot.listeners.get(&ctx.bind) else {
+    let Some(listener) = snapshot.listeners.get(&ctx.id) else {
         return;
     };
     let labels = Labels {
@@ -98,16 +98,16 @@ fn register_series(ctx: &TcpContext) {
 async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>) {
     // One generation for the connection's whole life: a reload does not
     // move an open connection, and the old pool's state stays valid for it.
-    let Some(listener) = ctx.snapshot.load().listeners.get(&ctx.bind).cloned() else {
+    let Some(listener) = ctx.snapshot.load().listeners.get(&ctx.id).cloned() else {
         return;
     };
     let config = &listener.config;
     let pool = &listener.default_route.pool;
     // getsockname only for the PROXY headers that need it.
     let local = if config.accept_proxy_protocol || pool.config.proxy_protocol.is_some() {
-        client.local_addr().unwrap_or(ctx.bind)
+        client.local_addr().unwrap_or(ctx.id.bind)
     } else {
-        ctx.bind
+        ctx.id.bind
     };
     let addresses = if config.accept_proxy_protocol {
         match proxy_protocol::accept(

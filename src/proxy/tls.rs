@@ -302,7 +302,7 @@ pub async fn serve_https(
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
 ) {
-    if let Some(l) = ctx.snapshot.load().listeners.get(&ctx.bind) {
+    if let Some(l) = ctx.snapshot.load().listeners.get(&ctx.id) {
         // Series at 0 from the start: the first failure is a rate change.
         ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => l.config.name.clone()).increment(0);
         if l.config.accept_proxy_protocol {
@@ -322,7 +322,7 @@ pub async fn serve_https(
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %ctx.bind, error = %e, "accept failed");
+                tracing::warn!(listener = %ctx.id, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -335,7 +335,7 @@ async fn connection(
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
 ) {
-    let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.bind) {
+    let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.id) {
         Some(l) => (
             l.config.name.clone(),
             l.config.timeouts.header,
@@ -348,7 +348,7 @@ async fn connection(
     let deadline = tokio::time::Instant::now() + header_timeout;
     let mut client = peer;
     if accept_proxy {
-        let local = stream.local_addr().unwrap_or(ctx.bind);
+        let local = stream.local_addr().unwrap_or(ctx.id.bind);
         match proxy_protocol::accept(&mut stream, peer, local, header_timeout, &name).await {
             Some(a) => client = a.source,
             None => return,

@@ -358,10 +358,11 @@ impl Lb {
         let mut addrs = HashMap::new();
         let mut certs = HashMap::new();
         for (i, (name, protocol, socket, addr)) in sockets.into_iter().enumerate() {
+            let id = state::ListenerId::of(&config.listeners[i]);
             match protocol {
                 "tcp" => {
                     let ctx =
-                        TcpContext::new(snapshot.clone(), addr, tasks.clone(), shutdown.clone());
+                        TcpContext::new(snapshot.clone(), id, tasks.clone(), shutdown.clone());
                     tasks.spawn(tcp::serve(socket, ctx));
                 }
                 "https" => {
@@ -370,7 +371,7 @@ impl Lb {
                     certs.insert(name.clone(), infos);
                     let ctx = HttpContext::new(
                         snapshot.clone(),
-                        addr,
+                        id,
                         "https",
                         tasks.clone(),
                         shutdown.clone(),
@@ -384,7 +385,7 @@ impl Lb {
                 _ => {
                     let ctx = HttpContext::new(
                         snapshot.clone(),
-                        addr,
+                        id,
                         "http",
                         tasks.clone(),
                         shutdown.clone(),
