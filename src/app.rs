@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, ConfigError, ConfigErrors, Probe, Protocol};
+use crate::config::{self, Config, ConfigError, ConfigErrors, Protocol};
 use crate::dns::{self, DnsData, SharedDnsData};
 use crate::geoip::{self, Locator};
 use crate::health::HealthTable;
@@ -28,27 +28,6 @@ use crate::state::{self, BackendRegistry, ListenerId, SharedSnapshot};
 
 /// How often the GeoIP database file is looked at for a replacement.
 const GEOIP_RECHECK: Duration = Duration::from_secs(1);
-
-/// Features the contract names that this version does not serve yet.
-/// `run` and `check` refuse them rather than accept and ignore them.
-pub fn unsupported(config: &Config) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
-    let mut refuse = |path: String, what: &str| {
-        errors.push(ConfigError {
-            path,
-            message: format!("{what} is not served by this version of geolb; remove it"),
-            line: None,
-        })
-    };
-    for (i, pool) in config.pools.iter().enumerate() {
-        if let Some(check) = &pool.check
-            && matches!(&check.probe, Probe::Http(h) if h.tls)
-        {
-            refuse(format!("pool[{i}].check.kind"), "an https check");
-        }
-    }
-    errors
-}
 
 /// A config that passed every check, with what checking it built.
 pub struct Checked {
@@ -103,7 +82,6 @@ pub fn load_checked(path: &Path, previous: Option<&Locator>) -> Result<Checked, 
     let config = config::load(path)?;
     let mut errors = config::check_files(&config);
     let tls = load_tls(&config, &mut errors);
-    errors.extend(unsupported(&config));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }

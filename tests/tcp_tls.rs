@@ -825,8 +825,103 @@ mod library {
 /// Through `geolb run` and `geolb check`: what app.rs wires (listeners by
 /// protocol, PROXY headers on http listeners, TLS reloads, /metrics).
 mod binary {
-    use super::support::{Backend, Geolb, geolb_check};
+    use super::support::{Backend, Geolb, eventually, geolb_check};
     use super::*;
+
+    #[tokio::test]
+    async fn https_health_checks_verify_the_backend_certificate() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let pki = Pki::new();
+        let leaf = pki.leaf("backend", &["backend.test"]);
+        let acceptor = pki.acceptor(&leaf);
+        let status = Arc::new(AtomicU16::new(200));
+        let answer = status.clone();
+        let backend = TcpBackend::start(move |stream| {
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
+            async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let code = answer.load(Ordering::SeqCst);
+                let reply =
+                    format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        })
+        .await;
+        let ca = pki.ca_file();
+        let check = |extra: &str| {
+            format!(
+                "check = {{ kind = \"https\", path = \"/health\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1, {extra} }}"
+            )
+        };
+        let pools = [
+            (
+                "good",
+                check(&format!(
+                    "host = \"backend.test\", ca = \"{}\"",
+                    path_str(&ca)
+                )),
+            ),
+            (
+                "wrong-name",
+                check(&format!(
+                    "host = \"other.test\", ca = \"{}\"",
+                    path_str(&ca)
+                )),
+            ),
+            ("untrusted", check("host = \"backend.test\"")),
+            ("unverified", check("host = \"anything\", verify = false")),
+        ];
+        let mut cfg = String::new();
+        for (name, extra) in &pools {
+            cfg.push_str(&pool(name, &[backend.addr], extra));
+        }
+        cfg.push_str("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"good\"\n");
+        let geolb = Geolb::start(&config(&cfg)).await;
+        for (name, want) in [
+            ("good", "up"),
+            ("wrong-name", "down"),
+            ("untrusted", "down"),
+            ("unverified", "up"),
+        ] {
+            assert_eq!(
+                geolb.backend_state(name, backend.addr).await,
+                want,
+                "{name}: {}",
+                geolb.log()
+            );
+        }
+        status.store(503, Ordering::SeqCst);
+        eventually("the good check sees the 503", LIMIT, || async {
+            geolb.backend_state("good", backend.addr).await == "down"
+        })
+        .await;
+        let (ok, _, stderr) = geolb_check(&config(&pool(
+            "p",
+            &[backend.addr],
+            "check = { kind = \"https\", ca = \"/nonexistent/ca.pem\" }",
+        )));
+        assert!(!ok);
+        assert!(stderr.contains("pool[0].check.ca"), "{stderr}");
+        let (ok, _, stderr) = geolb_check(&config(&pool(
+            "p",
+            &[backend.addr],
+            "check = { kind = \"http\", verify = false }",
+        )));
+        assert!(!ok);
+        assert!(stderr.contains("verify"), "{stderr}");
+    }
 
     fn config(body: &str) -> String {
         format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"2s\"\n\n{body}")

@@ -201,6 +201,11 @@ pub struct HttpProbe {
     pub host: Option<String>,
     /// Accepted status codes (optional, `[200]`).
     pub expect: Vec<u16>,
+    /// https: a PEM file of CA certificates to verify the target with
+    /// (optional: the bundled Mozilla roots).
+    pub ca: Option<PathBuf>,
+    /// https: verify the certificate (optional, true).
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

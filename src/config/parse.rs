@@ -71,6 +71,22 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
             files.push((format!("listener[{i}].tls[{j}].key"), &tls.key));
         }
     }
+    let ca_of = |check: &'_ CheckConfig| match &check.probe {
+        Probe::Http(h) => h.ca.clone(),
+        Probe::Tcp => None,
+    };
+    let mut cas: Vec<(String, PathBuf)> = Vec::new();
+    for (i, pool) in config.pools.iter().enumerate() {
+        if let Some(ca) = pool.check.as_ref().and_then(ca_of) {
+            cas.push((format!("pool[{i}].check.ca"), ca));
+        }
+    }
+    for (i, dc) in config.datacenters.iter().enumerate() {
+        if let Some(ca) = dc.check.as_ref().and_then(|r| ca_of(&r.check)) {
+            cas.push((format!("datacenter[{i}].check.ca"), ca));
+        }
+    }
+    files.extend(cas.iter().map(|(k, p)| (k.clone(), p.as_path())));
     // The validated Config keeps no spans; the lines come from the source
     // file when it still parses (best effort: it may have changed since).
     let text = std::fs::read_to_string(&config.source).ok();
@@ -251,7 +267,7 @@ const RECORD_KEYS: &[&str] = &["name", "type", "value", "ttl"];
 const GEO_KEYS: &[&str] = &["name", "ttl", "datacenters", "answers"];
 const DATACENTER_KEYS: &[&str] = &["name", "location", "addresses", "pools", "check", "drain"];
 const REMOTE_CHECK_KEYS: &[&str] = &[
-    "kind", "url", "addr", "expect", "interval", "timeout", "rise", "fall",
+    "kind", "url", "addr", "expect", "interval", "timeout", "rise", "fall", "ca", "verify",
 ];
 const POOL_KEYS: &[&str] = &[
     "name",
@@ -263,7 +279,7 @@ const POOL_KEYS: &[&str] = &[
     "proxy_protocol",
 ];
 const POOL_CHECK_KEYS: &[&str] = &[
-    "kind", "path", "host", "expect", "interval", "timeout", "rise", "fall",
+    "kind", "path", "host", "expect", "interval", "timeout", "rise", "fall", "ca", "verify",
 ];
 const BACKEND_KEYS: &[&str] = &["addr", "weight", "drain"];
 const LISTENER_KEYS: &[&str] = &[
@@ -967,8 +983,16 @@ impl Ctx {
         let path = self.opt(&t, "path", "/".to_owned(), |c, f| c.parsed(f, http_path));
         let host = self.maybe(&t, "host", |c, f| c.parsed(f, host_name));
         let expect = self.opt(&t, "expect", vec![200], Ctx::expect);
+        let ca = self.maybe(&t, "ca", Ctx::path);
+        let verify = self.opt(&t, "verify", true, Ctx::bool);
         let timing = self.timing(&t);
-        let probe = match kind? {
+        let kind = kind?;
+        if kind != CheckKind::Https
+            && self.misplaced(&t, &["ca", "verify"], "ca and verify are for https checks")
+        {
+            return None;
+        }
+        let probe = match kind {
             CheckKind::Tcp => {
                 let why = "a tcp check only connects: \
                            path, host and expect are for http and https checks";
@@ -982,6 +1006,8 @@ impl Ctx {
                 path: path?,
                 host: host?,
                 expect: expect?,
+                ca: ca?,
+                verify: verify?,
             }),
         };
         Some(timing?.with(probe))
@@ -997,8 +1023,16 @@ impl Ctx {
         let url = self.maybe(&t, "url", |c, f| c.parsed(f, parse_url));
         let addr = self.maybe(&t, "addr", |c, f| c.parsed(f, |s| parse_socket(s, false)));
         let expect = self.opt(&t, "expect", vec![200], Ctx::expect);
+        let ca = self.maybe(&t, "ca", Ctx::path);
+        let verify = self.opt(&t, "verify", true, Ctx::bool);
         let timing = self.timing(&t);
-        let (target, probe) = match kind? {
+        let kind = kind?;
+        if kind != CheckKind::Https
+            && self.misplaced(&t, &["ca", "verify"], "ca and verify are for https checks")
+        {
+            return None;
+        }
+        let (target, probe) = match kind {
             CheckKind::Tcp => {
                 let why =
                     "a tcp check connects to addr: url and expect are for http and https checks";
@@ -1036,6 +1070,8 @@ impl Ctx {
                     path: url.path,
                     host: Some(url.host),
                     expect: expect?,
+                    ca: ca?,
+                    verify: verify?,
                 };
                 (url.target, Probe::Http(probe))
             }
@@ -2383,7 +2419,9 @@ mod tests {
                 tls: false,
                 path: "/health".into(),
                 host: None,
-                expect: vec![200]
+                expect: vec![200],
+                ca: None,
+                verify: true,
             })
         );
         assert_eq!(
@@ -2581,7 +2619,9 @@ mod tests {
                 tls: true,
                 path: "/".into(),
                 host: Some("app.example.com".into()),
-                expect: vec![200]
+                expect: vec![200],
+                ca: None,
+                verify: true,
             })
         );
         let listener = &config.listeners[0];
@@ -2596,6 +2636,8 @@ mod tests {
                 path: "/?q=1".into(),
                 host: Some("status.example.com".into()),
                 expect: vec![200, 204],
+                ca: None,
+                verify: true,
             })
         );
         let dns = config.dns.unwrap();

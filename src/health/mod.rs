@@ -198,10 +198,16 @@ async fn run_checker(
     changed: watch::Sender<u64>,
 ) {
     let mut hysteresis = Hysteresis { streak: 0 };
+    let prober = probe::Prober::new(&key);
     loop {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(key.check.timeout, probe::probe(&key)) => r,
+        let result = match &prober {
+            Ok(prober) => tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(key.check.timeout, prober.probe(&key)) => r,
+            },
+            // An unusable check setup (a CA file gone since start-up)
+            // fails every probe, saying why.
+            Err(e) => Ok(Err(std::io::Error::new(e.kind(), e.to_string()))),
         };
         let (ok, why) = match result {
             Ok(Ok(())) => (true, String::new()),

@@ -1,27 +1,147 @@
-//! One probe of a target: connect (tcp) or GET and read the status (http).
-//! The caller bounds it with the check's timeout.
+//! One probe of a target: connect (tcp), or GET and read the status (http,
+//! and https over rustls). The caller bounds it with the check's timeout.
 
 use std::io;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::HealthKey;
 use crate::config::{HttpProbe, Probe, ProxyProtocolVersion};
 
-pub async fn probe(key: &HealthKey) -> io::Result<()> {
-    let mut stream = TcpStream::connect(key.target.as_str()).await?;
-    match &key.check.probe {
-        Probe::Tcp => {
-            if let Some(version) = key.proxy_protocol {
-                stream.write_all(local_proxy_header(version)).await?;
+/// How to probe one target, prepared once per checker (an https check's
+/// TLS client config reads its CA file once, not on every probe).
+pub struct Prober {
+    tls: Option<TlsConnector>,
+}
+
+impl Prober {
+    pub fn new(key: &HealthKey) -> io::Result<Prober> {
+        let tls = match &key.check.probe {
+            Probe::Http(http) if http.tls => Some(tls_connector(http)?),
+            _ => None,
+        };
+        Ok(Prober { tls })
+    }
+
+    pub async fn probe(&self, key: &HealthKey) -> io::Result<()> {
+        let mut stream = TcpStream::connect(key.target.as_str()).await?;
+        match (&key.check.probe, &self.tls) {
+            (Probe::Tcp, _) => {
+                if let Some(version) = key.proxy_protocol {
+                    stream.write_all(local_proxy_header(version)).await?;
+                }
+                Ok(())
             }
-            Ok(())
+            (Probe::Http(http), Some(tls)) => {
+                let name = server_name(http.host.as_deref(), &key.target)?;
+                let mut stream = tls.connect(name, stream).await?;
+                http_status(&mut stream, &key.target, http).await
+            }
+            (Probe::Http(http), None) => http_status(&mut stream, &key.target, http).await,
         }
-        Probe::Http(http) if http.tls => Err(io::Error::other(
-            "https checks are not available in this version",
-        )),
-        Probe::Http(http) => http_status(&mut stream, &key.target, http).await,
+    }
+}
+
+/// SNI and the name the certificate must carry: the check's `host`, else
+/// the target's host part (an IP address is checked as one).
+fn server_name(host: Option<&str>, target: &str) -> io::Result<ServerName<'static>> {
+    let host = match host {
+        Some(h) => h,
+        None => target
+            .rsplit_once(':')
+            .map_or(target, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+    };
+    ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))
+}
+
+fn tls_connector(http: &HttpProbe) -> io::Result<TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?;
+    let mut config = if !http.verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        match &http.ca {
+            Some(ca) => {
+                let certs = CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| io::Error::other(format!("ca file {}: {e}", ca.display())))?;
+                for cert in certs {
+                    let cert = cert
+                        .map_err(|e| io::Error::other(format!("ca file {}: {e}", ca.display())))?;
+                    roots.add(cert).map_err(io::Error::other)?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// `verify = false`: the check still speaks TLS but trusts any
+/// certificate (self-signed backends on a private network).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -34,7 +154,11 @@ fn local_proxy_header(version: ProxyProtocolVersion) -> &'static [u8] {
     }
 }
 
-async fn http_status(stream: &mut TcpStream, target: &str, http: &HttpProbe) -> io::Result<()> {
+async fn http_status<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: &str,
+    http: &HttpProbe,
+) -> io::Result<()> {
     let host = http.host.as_deref().unwrap_or(target);
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: geolb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",

@@ -78,6 +78,33 @@ impl Pki {
         self.ca.der().clone()
     }
 
+    /// The CA certificate alone, as a PEM file (a check's `ca`).
+    pub fn ca_file(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
+
+    /// A TLS acceptor serving `leaf`.
+    pub fn acceptor(&self, leaf: &Leaf) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// `name.pem` (leaf then CA, as servers usually ship chains) and `name.key`.
     pub fn leaf(&self, name: &str, sans: &[&str]) -> Leaf {
         self.leaf_with(name, sans, |_| {})
