@@ -1,16 +1,20 @@
 //! Metric names, their descriptions and buckets, in one place.
 //!
-//! Counters and histograms go through the `metrics` facade into the
-//! Prometheus recorder. Gauges that mirror live state (backend up, active
-//! connections) are not recorded at all: the admin endpoint renders them
-//! from the current snapshot at scrape time, so a backend removed by a
-//! reload simply stops appearing.
+//! Most counters go through the `metrics` facade into the Prometheus
+//! recorder. Series labelled by what a reload can remove are not: the
+//! per-(listener, pool) HTTP metrics live in [`RouteMetrics`], and gauges
+//! that mirror live state (backend up, active connections, data centers)
+//! are rendered from the current snapshot at scrape time, so a pool,
+//! backend or data center removed by a reload simply stops appearing.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, describe_counter, describe_histogram, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, describe_counter};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::state::Snapshot;
 
@@ -36,25 +40,7 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// Installs the global recorder. Call once, before any metric is touched.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(HTTP_REQUEST_DURATION.to_string()),
-            DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
-    describe_counter!(
-        HTTP_REQUESTS,
-        "HTTP requests answered, by listener, pool and status code."
-    );
-    describe_histogram!(
-        HTTP_REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Time from a request's head to the end of its response, by listener and pool."
-    );
-    describe_counter!(
-        HTTP_RETRIES,
-        "Requests sent again to another backend after a failure, by listener and pool."
-    );
+    let handle = PrometheusBuilder::new().install_recorder()?;
     describe_counter!(
         TCP_CONNECTIONS,
         "Client connections accepted by tcp listeners, by listener and pool."
@@ -91,50 +77,153 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Per (listener, pool): the handles a request records into, resolved once
-/// per snapshot instead of per request.
+/// Per (listener, pool): what a request records into. Kept here rather
+/// than in the recorder so that the series of a pool or listener removed by
+/// a reload leave `/metrics` (the recorder cannot forget a series), and so
+/// that recording is a few relaxed atomic adds. Shared across generations
+/// while any snapshot names the pair, so counters survive reloads.
 pub struct RouteMetrics {
     listener: String,
     pool: String,
-    duration: Histogram,
-    retries: Counter,
     /// Indexed by status code - 100.
-    codes: Box<[OnceLock<Counter>]>,
+    codes: Box<[AtomicU64]>,
+    /// Per bucket of [`DURATION_BUCKETS`] (not cumulative), then +Inf.
+    buckets: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+    retries: AtomicU64,
+}
+
+type RouteKey = (String, String);
+
+fn route_registry() -> &'static Mutex<HashMap<RouteKey, Weak<RouteMetrics>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<RouteKey, Weak<RouteMetrics>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
 }
 
 impl RouteMetrics {
     pub fn get(listener: &str, pool: &str) -> Arc<RouteMetrics> {
-        Arc::new(RouteMetrics {
+        let mut registry = route_registry().lock().unwrap_or_else(|e| e.into_inner());
+        registry.retain(|_, weak| weak.strong_count() > 0);
+        let key = (listener.to_string(), pool.to_string());
+        if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let fresh = Arc::new(RouteMetrics {
             listener: listener.to_string(),
             pool: pool.to_string(),
-            duration: histogram!(HTTP_REQUEST_DURATION, "listener" => listener.to_string(), "pool" => pool.to_string()),
-            retries: counter!(HTTP_RETRIES, "listener" => listener.to_string(), "pool" => pool.to_string()),
-            codes: (100..600).map(|_| OnceLock::new()).collect(),
-        })
+            codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..=DURATION_BUCKETS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            sum_nanos: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        registry.insert(key, Arc::downgrade(&fresh));
+        fresh
     }
 
-    pub fn record(&self, status: u16, seconds: f64) {
-        self.duration.record(seconds);
-        let Some(slot) = status
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        if let Some(slot) = status
             .checked_sub(100)
             .and_then(|i| self.codes.get(usize::from(i)))
-        else {
-            return;
-        };
-        slot.get_or_init(|| {
-            counter!(HTTP_REQUESTS, "listener" => self.listener.clone(), "pool" => self.pool.clone(), "code" => status.to_string())
-        })
-        .increment(1);
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = elapsed.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn retried(&self) {
-        self.retries.increment(1);
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The route metrics of `snapshot`'s listeners, once per (listener, pool).
+fn render_routes(out: &mut String, snapshot: &Snapshot) {
+    let mut routes: Vec<&Arc<RouteMetrics>> = Vec::new();
+    let mut listeners: Vec<_> = snapshot.listeners.values().collect();
+    listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    for l in listeners {
+        for route in std::iter::once(&l.default_route).chain(l.routes.iter().map(|(_, r)| r)) {
+            if !routes.iter().any(|m| Arc::ptr_eq(m, &route.metrics)) {
+                routes.push(&route.metrics);
+            }
+        }
+    }
+    let labels = |m: &RouteMetrics| {
+        format!(
+            "listener=\"{}\",pool=\"{}\"",
+            escape(&m.listener),
+            escape(&m.pool)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {HTTP_REQUESTS} HTTP requests answered, by listener, pool and status code.\n# TYPE {HTTP_REQUESTS} counter"
+    );
+    for m in &routes {
+        for (i, n) in m.codes.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "{HTTP_REQUESTS}{{{},code=\"{}\"}} {n}",
+                    labels(m),
+                    i + 100
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {HTTP_REQUEST_DURATION} Time from a request's head to the end of its response, by listener and pool.\n# TYPE {HTTP_REQUEST_DURATION} histogram"
+    );
+    for m in &routes {
+        let labels = labels(m);
+        let mut cumulative = 0;
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += m.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{HTTP_REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += m.buckets[DURATION_BUCKETS.len()].load(Ordering::Relaxed);
+        let sum = m.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{HTTP_REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(out, "{HTTP_REQUEST_DURATION}_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "{HTTP_REQUEST_DURATION}_count{{{labels}}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {HTTP_RETRIES} Requests sent again to another backend after a failure, by listener and pool.\n# TYPE {HTTP_RETRIES} counter"
+    );
+    for m in &routes {
+        let _ = writeln!(
+            out,
+            "{HTTP_RETRIES}{{{}}} {}",
+            labels(m),
+            m.retries.load(Ordering::Relaxed)
+        );
     }
 }
 
 /// Renders the recorder's families plus the state gauges of `snapshot`.
 pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot) -> String {
     let mut out = handle.render();
+    render_routes(&mut out, snapshot);
     let _ = writeln!(
         out,
         "# HELP {BUILD_INFO} Build information; always 1.\n# TYPE {BUILD_INFO} gauge\n{BUILD_INFO}{{version=\"{}\"}} 1",

@@ -1091,6 +1091,12 @@ async fn a_long_request_and_a_websocket_survive_a_reload_that_removes_their_pool
     assert_eq!(&back, b"still here");
     let (code, _, body) = long.await.unwrap().unwrap();
     assert_eq!((code, &body[..]), (200, &b"a"[..]));
+    let metrics = geolb.metrics().await;
+    assert!(metrics.contains("pool=\"b\""), "{metrics}");
+    assert!(
+        !metrics.contains("pool=\"a\""),
+        "removed pool still in /metrics:\n{metrics}"
+    );
 }
 
 #[tokio::test]

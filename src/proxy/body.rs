@@ -79,7 +79,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         self.activity.request_ended();
         let elapsed = self.start.elapsed();
-        self.metrics.record(self.status, elapsed.as_secs_f64());
+        self.metrics.record(self.status, elapsed);
         if let Some(a) = self.access.take() {
             tracing::info!(
                 target: "geolb::access",
