@@ -1,0 +1,689 @@
+#!/usr/bin/env bash
+# TCP (L4) proxy benchmark: geolb's tcp listener beside HAProxy `mode tcp`
+# and nginx `stream` (run by hand, never in CI).
+#
+# Layout (2-core machine):
+#   CPU 0: the proxy under test, one worker (geolb worker_threads=1,
+#          haproxy nbthread 1, nginx worker_processes 1)
+#   CPU 1: the load generators (iperf3 -c, wrk -t1) and the backends
+#          (iperf3 -s, one nginx returning a tiny body)
+# Every proxy has two TCP listeners: one forwarding to the iperf3 server,
+# one forwarding to the nginx backend.
+# Workloads:
+#   iperf  bulk throughput: iperf3 -c (one stream, client -> server) for
+#          DURATION s, Gbit/s sender/receiver
+#   conn   new-connection rate: wrk -t1 -c32 -H "Connection: close", every
+#          request on a new TCP connection through the proxy (and a new
+#          proxy -> backend connection), connections/s = requests/s
+# Rounds are interleaved: every round runs every target once per workload,
+# the order of the targets rotating from round to round.
+#
+# Environment:
+#   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
+#   BASELINE=1      also measure without a proxy ("direct")
+#   WORKLOADS="iperf conn"
+#   ROUNDS=3        interleaved rounds (the tables show the median)
+#   DURATION=10     seconds per measured run
+#   WARMUP=2        seconds of warm-up per target and workload, before round 1
+#   CONNS=32        wrk connections for the conn workload
+#   WAIT_QUIET=0    before each run, wait up to this many seconds for other
+#                   processes to use < 10% of a core (0 = don't wait)
+#   NOISY_RETRIES=0 measure a run again (up to this many times) when other
+#                   processes used > 5% of a core during it; the noisy
+#                   attempts go to discarded.tsv
+#   GEOLB=/work/main/target/release/geolb
+#   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-tcp-bench.XXXXXX)
+#
+# Requires: iperf3, haproxy, nginx with the stream module (Debian:
+# libnginx-mod-stream), wrk, taskset, python3, curl.
+#   apt-get install -y iperf3 haproxy nginx-light libnginx-mod-stream wrk
+set -uo pipefail
+
+PROXIES=${PROXIES:-"geolb haproxy nginx"}
+BASELINE=${BASELINE:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-32}
+WAIT_QUIET=${WAIT_QUIET:-0}
+NOISY_RETRIES=${NOISY_RETRIES:-0}
+GEOLB=${GEOLB:-/work/main/target/release/geolb}
+read -ra WORKLOADS <<<"${WORKLOADS:-iperf conn}"
+PROXY_CPU=0
+LOAD_CPU=1
+
+declare -a PIDS=()          # every long-running process this script started
+declare -A TARGET_PID=()    # target -> pid of the proxy (empty for direct)
+declare -A IPERF_PORT=()    # target -> port iperf3 -c connects to
+declare -A HTTP_PORT=()     # target -> port wrk connects to
+declare -a TARGETS=()       # targets that started and passed the sanity check
+BACKEND_PID=""
+IPERF_PID=""
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- lifecycle
+
+# All direct children of a pid (nginx master -> worker).
+children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
+
+# stop_pids PID... : SIGTERM them and their children, SIGKILL after 5 s.
+stop_pids() {
+  local pid i all=()
+  for pid in "$@"; do
+    all+=("$pid" $(children_of "$pid"))
+  done
+  ((${#all[@]})) || return 0
+  kill -TERM "${all[@]}" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
+    kill -0 "${all[@]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  for pid in "${all[@]}"; do
+    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
+  done
+}
+
+# forget_pid PID : reap a process stopped early and drop it from PIDS, so that
+# the final cleanup never signals a pid that may have been reused.
+forget_pid() {
+  local p keep=()
+  wait "$1" 2>/dev/null
+  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+cleanup() {
+  stop_pids "${PIDS[@]}"
+  wait 2>/dev/null
+  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
+}
+
+# start_bg CPU LOGFILE CMD... : run CMD pinned to CPU in the background; sets STARTED_PID.
+start_bg() {
+  local cpu=$1 logf=$2; shift 2
+  taskset -c "$cpu" "$@" >"$logf" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+# listening PORT : something listens on 127.0.0.1:PORT (from /proc/net/tcp,
+# without connecting: a stray connection would upset the iperf3 server).
+listening() {
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v p="0100007F:$hex" '$2 == p && $4 == "0A" { f = 1 } END { exit !f }' /proc/net/tcp
+}
+
+# wait_listen PORT PID : until PORT is listening (deadline 10 s), or PID dies.
+wait_listen() {
+  local port=$1 pid=$2 i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    listening "$port" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# free_ports N : N distinct free loopback ports (bound together, then released).
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# ---------------------------------------------------------------- configs
+
+nginx_common() {   # shared top of both nginx configs; $1 = name
+  cat <<EOF
+$([[ $EUID -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+
+write_backend_conf() {   # tiny body; Connection: close from the client closes
+  mkdir -p "$WORK/backend-tmp"
+  {
+    nginx_common backend
+    cat <<EOF
+http {
+    access_log off;
+    client_body_temp_path $WORK/backend-tmp/body;
+    proxy_temp_path $WORK/backend-tmp/proxy;
+    fastcgi_temp_path $WORK/backend-tmp/fastcgi;
+    uwsgi_temp_path $WORK/backend-tmp/uwsgi;
+    scgi_temp_path $WORK/backend-tmp/scgi;
+    keepalive_requests 1000000;
+    default_type text/plain;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        location = / { return 200 "ok\n"; }
+        location /   { return 404; }
+    }
+}
+EOF
+  } >"$WORK/backend.conf"
+}
+
+# The stream module: built in, or a dynamic module to load (Debian's
+# libnginx-mod-stream). Sets STREAM_LOAD to the load_module line (or empty);
+# returns non-zero when nginx has no stream module at all.
+find_stream_module() {
+  local v dir f
+  v=$(nginx -V 2>&1)
+  STREAM_LOAD=""
+  if grep -q -- '--with-stream=dynamic' <<<"$v"; then
+    dir=$(grep -o -- '--modules-path=[^ ]*' <<<"$v" | cut -d= -f2)
+    for f in "${dir:-/usr/lib/nginx/modules}/ngx_stream_module.so" /usr/lib/nginx/modules/ngx_stream_module.so; do
+      [[ -f $f ]] && { STREAM_LOAD="load_module $f;"; return 0; }
+    done
+    return 1
+  fi
+  grep -q -- '--with-stream\b' <<<"$v"
+}
+
+write_nginx_proxy_conf() {   # nginx stream: default proxy_buffer_size 16k
+  {
+    echo "$STREAM_LOAD"
+    nginx_common nginx
+    cat <<EOF
+stream {
+    server {
+        listen 127.0.0.1:${IPERF_PORT[nginx]} backlog=4096;
+        proxy_pass 127.0.0.1:$IPERF_SERVER_PORT;
+    }
+    server {
+        listen 127.0.0.1:${HTTP_PORT[nginx]} backlog=4096;
+        proxy_pass 127.0.0.1:$BACKEND_PORT;
+    }
+}
+EOF
+  } >"$WORK/nginx.conf"
+}
+
+write_haproxy_conf() {   # mode tcp, default buffers (16k), no splicing
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+
+defaults
+    mode tcp
+    no log
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend iperf
+    bind 127.0.0.1:${IPERF_PORT[haproxy]}
+    default_backend iperf
+
+backend iperf
+    server s1 127.0.0.1:$IPERF_SERVER_PORT
+
+frontend http
+    bind 127.0.0.1:${HTTP_PORT[haproxy]}
+    default_backend http
+
+backend http
+    server b1 127.0.0.1:$BACKEND_PORT
+EOF
+}
+
+write_geolb_conf() {
+  cat >"$WORK/geolb.toml" <<EOF
+[runtime]
+worker_threads = 1
+shutdown_grace = "1s"
+
+[[pool]]
+name = "iperf"
+backends = [{ addr = "127.0.0.1:$IPERF_SERVER_PORT" }]
+
+[[pool]]
+name = "http"
+backends = [{ addr = "127.0.0.1:$BACKEND_PORT" }]
+
+[[listener]]
+name = "iperf"
+bind = "127.0.0.1:${IPERF_PORT[geolb]}"
+protocol = "tcp"
+pool = "iperf"
+
+[[listener]]
+name = "http"
+bind = "127.0.0.1:${HTTP_PORT[geolb]}"
+protocol = "tcp"
+pool = "http"
+EOF
+}
+
+# ---------------------------------------------------------------- processes
+
+start_backends() {
+  write_backend_conf
+  nginx -t -q -e "$WORK/backend-error.log" -p "$WORK" -c "$WORK/backend.conf" \
+    || die "backend nginx config rejected (see $WORK/backend.conf)"
+  start_bg "$LOAD_CPU" "$RESULTS/logs/backend.log" \
+    nginx -e "$WORK/backend-error.log" -p "$WORK" -c "$WORK/backend.conf"
+  BACKEND_PID=$STARTED_PID
+  wait_listen "$BACKEND_PORT" "$BACKEND_PID" || die "backend nginx did not listen on $BACKEND_PORT ($(tail -3 "$WORK/backend-error.log" 2>/dev/null))"
+  log "backend: nginx pid $BACKEND_PID on CPU $LOAD_CPU, port $BACKEND_PORT"
+
+  start_bg "$LOAD_CPU" "$RESULTS/logs/iperf3-server.log" \
+    iperf3 -s -B 127.0.0.1 -p "$IPERF_SERVER_PORT" --rcv-timeout 10000
+  IPERF_PID=$STARTED_PID
+  wait_listen "$IPERF_SERVER_PORT" "$IPERF_PID" || die "iperf3 -s did not listen on $IPERF_SERVER_PORT ($(tail -3 "$RESULTS/logs/iperf3-server.log"))"
+  log "backend: iperf3 -s pid $IPERF_PID on CPU $LOAD_CPU, port $IPERF_SERVER_PORT"
+}
+
+# start_proxy NAME : start one proxy on CPU 0; returns non-zero (and says why) to skip it.
+start_proxy() {
+  local name=$1 logf="$RESULTS/logs/$1.log" p
+  case $name in
+    geolb)
+      if [[ ! -x $GEOLB ]]; then
+        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
+        return 1
+      fi
+      write_geolb_conf
+      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
+      ;;
+    haproxy)
+      write_haproxy_conf
+      haproxy -c -q -f "$WORK/haproxy.cfg" >"$logf" 2>&1 || { log "SKIP haproxy: config rejected: $(tail -3 "$logf")"; return 1; }
+      start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
+      ;;
+    nginx)
+      find_stream_module || { log "SKIP nginx: no stream module (Debian: apt-get install -y libnginx-mod-stream)"; return 1; }
+      write_nginx_proxy_conf
+      nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
+        || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
+      start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
+      ;;
+    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
+  esac
+  TARGET_PID[$name]=$STARTED_PID
+  for p in "${HTTP_PORT[$name]}" "${IPERF_PORT[$name]}"; do
+    if ! wait_listen "$p" "$STARTED_PID"; then
+      if kill -0 "$STARTED_PID" 2>/dev/null; then
+        log "SKIP $name: not listening on $p within 10 s; log tail:"
+      else
+        wait "$STARTED_PID"
+        log "SKIP $name: exited with status $? before listening on $p; log tail:"
+      fi
+      tail -5 "$logf" >&2
+      return 1
+    fi
+  done
+  log "$name: pid $STARTED_PID on CPU $PROXY_CPU, ports ${IPERF_PORT[$name]} (iperf3) ${HTTP_PORT[$name]} (http)"
+}
+
+# sanity_check NAME : the http port answers the backend's body over a new
+# connection, and a one-second iperf3 run gets data through.
+sanity_check() {
+  local name=$1 out res
+  out=$(curl -s -m 2 -H 'Connection: close' "http://127.0.0.1:${HTTP_PORT[$name]}/") || { log "SKIP $name: GET / failed"; return 1; }
+  [[ $out == ok ]] || { log "SKIP $name: GET / answered '${out:0:60}'"; return 1; }
+  run_iperf 1 "${IPERF_PORT[$name]}" "$RESULTS/raw/sanity-$name.json"
+  res=$(parse_iperf "$RESULTS/raw/sanity-$name.json")
+  [[ $res != NA* ]] || { log "SKIP $name: iperf3 through it failed: $(grep -m1 '"error"' "$RESULTS/raw/sanity-$name.json")"; return 1; }
+  log "$name: sanity ok (GET / = ok; iperf3 1 s: $(cut -f1 <<<"$res") Gbit/s received)"
+}
+
+# ---------------------------------------------------------------- measuring
+
+# Sum of utime+stime (clock ticks) over the given pids.
+ticks_of() {
+  local p
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] && sed 's/^.*) //' "/proc/$p/stat"
+  done | awk '{ t += $12 + $13 } END { print t + 0 }'
+}
+
+# Clock ticks used by processes that are not ours (not descendants of this
+# script, not kernel threads): a compile started by someone else mid-run
+# shows up here. Children reaped during the run count via the parent's
+# cutime/cstime, so short-lived processes are included.
+foreign_ticks() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v me="$$" '
+    { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+      ppid[pid] = f[2]; t[pid] = f[12] + f[13] + f[14] + f[15] }
+    END {
+      for (p in t) {
+        q = p; ours = 0
+        for (d = 0; q > 0 && d < 64; d++) {
+          if (q == me || q == 2) { ours = 1; break }
+          q = ppid[q]
+        }
+        if (!ours) s += t[p]
+      }
+      print s + 0
+    }'
+}
+
+# wait_quiet : up to WAIT_QUIET s, until foreign processes use < 10% of a core for 1 s.
+wait_quiet() {
+  local start=$SECONDS a b
+  while ((SECONDS - start < WAIT_QUIET)); do
+    a=$(foreign_ticks); sleep 1; b=$(foreign_ticks)
+    if (((b - a) * 100 < HZ * 10)); then
+      ((SECONDS - start > 1)) && log "other processes quiet after $((SECONDS - start)) s"
+      return 0
+    fi
+  done
+  log "other processes still busy after ${WAIT_QUIET} s; measuring anyway"
+}
+
+# "busy total" jiffies of CPU 0 and CPU 1 from /proc/stat.
+cpu_snapshot() {
+  awk '$1 == "cpu0" || $1 == "cpu1" {
+         t = 0; for (i = 2; i <= 9; i++) t += $i   # user..steal
+         printf "%d %d ", t - $5 - $6, t }' /proc/stat   # minus idle, iowait
+}
+
+# Parse wrk --latency output:
+#   rps  NA  requests  p50_ms  p99_ms  errors(non2xx + socket)  NA
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+      return v + 0
+    }
+    /^Requests\/sec:/        { rps = $2 }
+    / requests in /          { reqs = $1 }
+    /^ +50%/                 { p50 = ms($2) }
+    /^ +99%/                 { p99 = ms($2) }
+    /Non-2xx or 3xx/         { non2xx = $NF }
+    /Socket errors:/         { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
+    END {
+      if (rps == "") { print "NA\tNA\tNA\tNA\tNA\tNA\tNA"; exit }
+      printf "%s\tNA\t%d\t%.3f\t%.3f\t%d\tNA\n", rps, reqs, p50, p99, non2xx + sock
+    }' "$1"
+}
+
+# Parse iperf3 -J output:
+#   recv_gbps  sent_gbps  bytes_received  NA  NA  errors(0)  retransmits
+parse_iperf() {
+  python3 - "$1" <<'EOF'
+import json, sys
+try:
+    j = json.load(open(sys.argv[1]))
+    if j.get("error"):
+        raise ValueError(j["error"])
+    s, r = j["end"]["sum_sent"], j["end"]["sum_received"]
+    if not r.get("bytes"):
+        raise ValueError("nothing received")
+    print(f'{r["bits_per_second"] / 1e9:.3f}\t{s["bits_per_second"] / 1e9:.3f}\t{r["bytes"]}\tNA\tNA\t0\t{s.get("retransmits", "NA")}')
+except Exception:
+    print("NA\tNA\tNA\tNA\tNA\tNA\tNA")
+EOF
+}
+
+run_wrk() {   # run_wrk SECONDS PORT OUTFILE
+  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
+    wrk -t1 -c"$CONNS" -d"$1"s --latency -H "Connection: close" "http://127.0.0.1:$2/" >"$3" 2>&1
+}
+
+run_iperf() {   # run_iperf SECONDS PORT OUTFILE
+  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
+    iperf3 -c 127.0.0.1 -p "$2" -t "$1" -J --connect-timeout 3000 >"$3" 2>&1
+}
+
+# measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv.
+# With NOISY_RETRIES=N, a run during which other processes used more than 5 %
+# of a core is moved to discarded.tsv (its raw output renamed *.noisyK) and
+# measured again, up to N times; the last attempt is kept whatever it shows.
+measure() {
+  local a last f
+  for ((a = 1; ; a++)); do
+    measure_once "$@"
+    last=$(tail -1 "$RESULTS/results.tsv")
+    awk -F'\t' '{ exit !($16 > 5) }' <<<"$last" || return 0
+    ((a <= NOISY_RETRIES)) || return 0
+    echo "$last" >>"$RESULTS/discarded.tsv"
+    sed -i '$d' "$RESULTS/results.tsv"
+    for f in "$RESULTS/raw/r$1-$2-$3".{json,wrk}; do [[ -f $f ]] && mv "$f" "$f.noisy$a"; done
+    log "  noisy run discarded, measuring again (retry $a of $NOISY_RETRIES)"
+  done
+}
+
+measure_once() {
+  local round=$1 target=$2 wl=$3 out parsed
+  local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row
+
+  ((WAIT_QUIET > 0)) && wait_quiet
+  [[ -n ${TARGET_PID[$target]:-} ]] && ppids=("${TARGET_PID[$target]}" $(children_of "${TARGET_PID[$target]}"))
+  if [[ $wl == iperf ]]; then
+    out="$RESULTS/raw/r${round}-${target}-${wl}.json"; bpids=("$IPERF_PID")
+  else
+    out="$RESULTS/raw/r${round}-${target}-${wl}.wrk"; bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
+  fi
+
+  f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
+  if [[ $wl == iperf ]]; then
+    run_iperf "$DURATION" "${IPERF_PORT[$target]}" "$out"
+  else
+    run_wrk "$DURATION" "${HTTP_PORT[$target]}" "$out"
+  fi
+  p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
+  if [[ $wl == iperf ]]; then parsed=$(parse_iperf "$out"); else parsed=$(parse_wrk "$out"); fi
+
+  row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
+            -v has_proxy="${#ppids[@]}" -v c0="$c0" -v c1="$c1" -v f0="$f0" -v f1="$f1" 'BEGIN {
+      el = t1 - t0
+      split(c0, a, " "); split(c1, b, " ")
+      cpu0 = (b[2] - a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0
+      cpu1 = (b[4] - a[4]) ? 100 * (b[3] - a[3]) / (b[4] - a[4]) : 0
+      proxy = has_proxy ? sprintf("%.1f\t%.2f", 100 * (p1 - p0) / hz / el, (p1 - p0) / hz) : "NA\tNA"
+      foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
+      printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
+    }')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" >>"$RESULTS/results.tsv"
+  tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
+    if ($3 == "iperf") v = sprintf("%7s Gbit/s recv %7s sent  retrans %5s", $4, $5, $10)
+    else v = sprintf("%9s conn/s  p50 %6s ms  p99 %6s ms  errs %s", $4, $7, $8, $9)
+    printf "  round %s %-8s %-5s %s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
+      $1, $2, $3, v, $11, $13, $14, $15, $16, ($16 > 5 ? "  << NOISY" : "") }' >&2
+}
+
+# ---------------------------------------------------------------- summary
+
+summarize() {
+  python3 - "$RESULTS/results.tsv" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+def num(v):
+    try: return float(v)
+    except (TypeError, ValueError): return None
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+for r in rows:   # proxy CPU per unit of work, per run
+    cpu_s, units = num(r["proxy_cpu_s"]), num(r["units"])
+    r["per_unit"] = None
+    if cpu_s is not None and units:
+        # iperf: CPU-seconds per GB received; conn: CPU-ms per 1000 connections
+        r["per_unit"] = cpu_s / (units / 1e9) if r["workload"] == "iperf" else cpu_s * 1e3 / (units / 1e3)
+groups = {}
+for r in rows:
+    groups.setdefault((r["target"], r["workload"]), []).append(r)
+order = ["direct", "geolb", "haproxy", "nginx"]
+targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
+summary = {}
+for key, rs in groups.items():
+    s = {f: med(num(r[f]) for r in rs) for f in ("rate", "sent_gbps", "p50_ms", "p99_ms", "retrans", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu")}
+    s["per_unit"] = med(r["per_unit"] for r in rs)
+    s["errors"] = sum(int(num(r["errors"]) or 0) for r in rs)
+    s["n"] = sum(1 for r in rs if num(r["rate"]) is not None)
+    s["failed"] = len(rs) - s["n"]
+    summary[key] = s
+def ratio(s, ref, w):
+    r = summary.get((ref, w))
+    return s["rate"] / r["rate"] if r and r["rate"] and s["rate"] is not None else None
+if any(w == "iperf" for _, w in groups):
+    print("**Throughput** (iperf3, one TCP stream client -> server)\n")
+    print("| target | runs | Gbit/s received (median) | Gbit/s sent | vs haproxy | vs nginx | retransmits | proxy CPU % | proxy CPU-s per GB | CPU0 busy % | CPU1 busy % | foreign CPU % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        s = summary.get((t, "iperf"))
+        if not s: continue
+        print(f"| {t} | {s['n']}{' (+%d failed)' % s['failed'] if s['failed'] else ''} | {fmt(s['rate'], '.2f')} | {fmt(s['sent_gbps'], '.2f')} | "
+              f"{fmt(ratio(s, 'haproxy', 'iperf'), '.2f')} | {fmt(ratio(s, 'nginx', 'iperf'), '.2f')} | {fmt(s['retrans'], '.0f')} | "
+              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_unit'], '.3f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+    print()
+if any(w == "conn" for _, w in groups):
+    print("**New connections** (wrk -t1, `Connection: close`: one TCP connection per request)\n")
+    print("| target | runs | connections/s (median) | vs haproxy | vs nginx | p50 ms | p99 ms | errors | proxy CPU % | proxy CPU-ms per 1k conns | CPU0 busy % | CPU1 busy % | foreign CPU % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        s = summary.get((t, "conn"))
+        if not s: continue
+        print(f"| {t} | {s['n']}{' (+%d failed)' % s['failed'] if s['failed'] else ''} | {fmt(s['rate'], ',.0f')} | "
+              f"{fmt(ratio(s, 'haproxy', 'conn'), '.2f')} | {fmt(ratio(s, 'nginx', 'conn'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | "
+              f"{s['errors']} | {fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_unit'], '.1f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
+try:
+    discarded = sum(1 for _ in open(sys.argv[1].replace("results.tsv", "discarded.tsv"))) - 1
+except OSError:
+    discarded = 0
+if discarded > 0:
+    print(f"\n{discarded} noisy run(s) were discarded and measured again (NOISY_RETRIES); see discarded.tsv.")
+if noisy:
+    print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
+          "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
+    for r in noisy:
+        print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
+EOF
+}
+
+# ---------------------------------------------------------------- main
+
+preflight() {
+  local c w
+  for c in iperf3 haproxy nginx wrk taskset python3 curl ps; do
+    command -v "$c" >/dev/null || die "$c not found (apt-get install -y iperf3 haproxy nginx-light libnginx-mod-stream wrk)"
+  done
+  (($(nproc --all) >= 2)) || die "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)"
+  ((ROUNDS >= 1 && DURATION >= 1 && WARMUP >= 0 && WAIT_QUIET >= 0 && NOISY_RETRIES >= 0)) \
+    || die "bad ROUNDS/DURATION/WARMUP/WAIT_QUIET/NOISY_RETRIES"
+  for w in "${WORKLOADS[@]}"; do [[ $w == iperf || $w == conn ]] || die "unknown workload $w (known: iperf conn)"; done
+  HZ=$(getconf CLK_TCK)
+}
+
+# Warn when the machine is not idle: a busy CPU skews every number.
+idle_check() {
+  local a b
+  a=$(cpu_snapshot); sleep 1; b=$(cpu_snapshot)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    c0 = 100 * (y[1] - x[1]) / (y[2] - x[2]); c1 = 100 * (y[3] - x[3]) / (y[4] - x[4])
+    printf "idle check: CPU0 %.0f%% busy, CPU1 %.0f%% busy\n", c0, c1
+    if (c0 > 10 || c1 > 10) print "WARNING: the machine is not idle; results will be noisy" }' | tee -a "$RESULTS/env.txt" >&2
+}
+
+write_env() {
+  {
+    echo "date: $(date -Is)"
+    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE WORKLOADS='${WORKLOADS[*]}' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB $0"
+    echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "haproxy: $(haproxy -v 2>&1 | head -1)"
+    echo "nginx: $(nginx -v 2>&1)"
+    echo "iperf3: $(iperf3 --version 2>&1 | head -1)"
+    echo "wrk: $(wrk --version 2>&1 | head -1)"
+    echo "net.ipv4.tcp_tw_reuse: $(cat /proc/sys/net/ipv4/tcp_tw_reuse)  ip_local_port_range: $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range)"
+    [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
+    echo "loadavg: $(cat /proc/loadavg)"
+  } >"$RESULTS/env.txt"
+}
+
+main() {
+  preflight
+  RESULTS=${RESULTS_DIR:-$(mktemp -d /tmp/geolb-tcp-bench.XXXXXX)}
+  mkdir -p "$RESULTS/raw" "$RESULTS/logs" "$RESULTS/configs"
+  WORK=$(mktemp -d /tmp/geolb-bench-work.XXXXXX)
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  log "results: $RESULTS"
+  write_env
+  idle_check
+
+  local ports
+  read -ra ports <<<"$(free_ports 8)"
+  BACKEND_PORT=${ports[0]}; IPERF_SERVER_PORT=${ports[1]}
+  IPERF_PORT[direct]=$IPERF_SERVER_PORT; HTTP_PORT[direct]=$BACKEND_PORT
+  IPERF_PORT[geolb]=${ports[2]};   HTTP_PORT[geolb]=${ports[3]}
+  IPERF_PORT[haproxy]=${ports[4]}; HTTP_PORT[haproxy]=${ports[5]}
+  IPERF_PORT[nginx]=${ports[6]};   HTTP_PORT[nginx]=${ports[7]}
+
+  start_backends
+  ((BASELINE)) && TARGETS+=(direct)
+  local name
+  for name in $PROXIES; do
+    if start_proxy "$name" && sanity_check "$name"; then
+      TARGETS+=("$name")
+    elif [[ -n ${TARGET_PID[$name]:-} ]]; then
+      stop_pids "${TARGET_PID[$name]}"; forget_pid "${TARGET_PID[$name]}"   # skipped: free CPU 0
+    fi
+  done
+  cp "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$RESULTS/configs/" 2>/dev/null
+  ((${#TARGETS[@]})) || die "nothing to measure"
+  log "targets: ${TARGETS[*]}; ${ROUNDS} rounds x ${#WORKLOADS[@]} workloads x ${DURATION}s" \
+      "(~$(( (ROUNDS * DURATION + WARMUP) * ${#TARGETS[@]} * ${#WORKLOADS[@]} ))s)"
+
+  local t wl round i n=${#TARGETS[@]}
+  if ((WARMUP > 0)); then
+    for t in "${TARGETS[@]}"; do
+      for wl in "${WORKLOADS[@]}"; do
+        if [[ $wl == iperf ]]; then
+          run_iperf "$WARMUP" "${IPERF_PORT[$t]}" "$RESULTS/raw/warmup-$t-$wl.json"
+        else
+          run_wrk "$WARMUP" "${HTTP_PORT[$t]}" "$RESULTS/raw/warmup-$t-$wl.wrk"
+        fi
+      done
+    done
+    log "warm-up done"
+  fi
+
+  printf 'round\ttarget\tworkload\trate\tsent_gbps\tunits\tp50_ms\tp99_ms\terrors\tretrans\tproxy_cpu\tproxy_cpu_s\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\n' >"$RESULTS/results.tsv"
+  head -1 "$RESULTS/results.tsv" >"$RESULTS/discarded.tsv"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for wl in "${WORKLOADS[@]}"; do
+      for ((i = 0; i < n; i++)); do            # rotate the order each round
+        t=${TARGETS[(i + round - 1) % n]}
+        measure "$round" "$t" "$wl"
+      done
+    done
+  done
+
+  summarize | tee "$RESULTS/summary.md"
+  cat >>"$RESULTS/summary.md" <<EOF
+
+Median over $ROUNDS round(s) of ${DURATION}s; proxy on CPU $PROXY_CPU; iperf3 -c/-s, wrk -t1 -c$CONNS and the nginx backend on CPU $LOAD_CPU.
+"direct" = no proxy (iperf3 -c straight to iperf3 -s, wrk straight to the backend).
+rate = iperf3 receiver Gbit/s, or wrk requests/s (= connections/s, each request uses a new connection).
+Errors = non-2xx/3xx + wrk socket errors, summed over rounds. Proxy CPU % = utime+stime of the proxy processes
+(softirq time may be counted only in CPU0 busy %). Per-unit CPU = proxy CPU-seconds / GB received, or
+proxy CPU-milliseconds / 1000 connections (median of the per-run values).
+Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
+EOF
+  log "raw results: $RESULTS (results.tsv, summary.md, raw/, configs/, logs/, env.txt)"
+}
+
+main "$@"
