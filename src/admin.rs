@@ -250,8 +250,8 @@ fn status(daemon: &Daemon) -> Status {
         config_generation: snapshot.generation,
         listeners: daemon.listeners(),
         dns: DnsStatus {
-            udp: daemon.dns_addrs.iter().map(|a| a.to_string()).collect(),
-            tcp: daemon.dns_addrs.iter().map(|a| a.to_string()).collect(),
+            udp: daemon.dns_addrs().iter().map(|a| a.to_string()).collect(),
+            tcp: daemon.dns_addrs().iter().map(|a| a.to_string()).collect(),
         },
         datacenters: snapshot
             .datacenters

@@ -142,8 +142,8 @@ pub struct Daemon {
     listeners: std::sync::Mutex<Vec<RunningListener>>,
     tasks: TaskTracker,
     pub admin_addr: Option<SocketAddr>,
-    /// Bound DNS addresses (UDP and TCP share each).
-    pub dns_addrs: Vec<SocketAddr>,
+    /// DNS servers, one per `dns.listen` address (UDP and TCP share it).
+    dns_servers: std::sync::Mutex<Vec<RunningDns>>,
     pub dns: SharedDnsData,
     /// (listener name, its certificates), for the expiry gauge.
     pub certs: ArcSwap<Vec<(String, Vec<CertInfo>)>>,
@@ -248,10 +248,6 @@ impl Daemon {
         if old.config.admin != config.admin {
             needs_restart("admin.listen", "changing the admin listener");
         }
-        let dns_listen = |c: &Config| c.dns.as_ref().map(|d| d.listen.clone());
-        if dns_listen(&old.config) != dns_listen(&config) {
-            needs_restart("dns.listen", "changing the DNS listen addresses");
-        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -274,9 +270,36 @@ impl Daemon {
                 }),
             }
         }
+        let dns_running = self.dns_listen();
+        let dns_wanted: Vec<SocketAddr> = config
+            .dns
+            .as_ref()
+            .map(|d| d.listen.clone())
+            .unwrap_or_default();
+        let dns_new: Vec<SocketAddr> = dns_wanted
+            .iter()
+            .copied()
+            .filter(|a| !dns_running.contains(a))
+            .collect();
+        // This runs on a blocking thread: waiting for the binds is fine.
+        let dns_added = match tokio::runtime::Handle::current().block_on(dns::bind(&dns_new)) {
+            Ok(sockets) => dns_new.into_iter().zip(sockets).collect::<Vec<_>>(),
+            Err(e) => {
+                errors.push(ConfigError {
+                    path: "dns.listen".into(),
+                    message: format!("{e}"),
+                    line: None,
+                });
+                Vec::new()
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let dns_removed: Vec<SocketAddr> = dns_running
+            .into_iter()
+            .filter(|a| !dns_wanted.contains(a))
+            .collect();
         let removed: Vec<ListenerId> = running
             .into_iter()
             .filter(|id| !config.listeners.iter().any(|l| ListenerId::of(l) == *id))
@@ -295,6 +318,10 @@ impl Daemon {
             self.start_listener(socket, bound, server);
         }
         summary.listeners_removed = self.stop_listeners(&removed);
+        for (listen, sockets) in dns_added {
+            self.start_dns(listen, sockets);
+        }
+        self.stop_dns(&dns_removed);
         Ok(summary)
     }
 }
@@ -378,6 +405,15 @@ fn bind_listener(l: &config::ListenerConfig) -> anyhow::Result<(TcpListener, Bou
     ))
 }
 
+/// A DNS server on one `dns.listen` address.
+struct RunningDns {
+    /// As configured (its identity across reloads).
+    listen: SocketAddr,
+    /// As bound (port 0 resolved).
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
 /// A listener accepting now; `stop` ends its accept loop and drains its
 /// connections.
 struct RunningListener {
@@ -393,6 +429,47 @@ impl Daemon {
     pub fn listeners(&self) -> Vec<BoundListener> {
         let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         running.iter().map(|r| r.bound.clone()).collect()
+    }
+
+    /// The bound DNS addresses, for /status.
+    pub fn dns_addrs(&self) -> Vec<SocketAddr> {
+        let running = self.dns_servers.lock().unwrap_or_else(|e| e.into_inner());
+        running.iter().map(|d| d.local).collect()
+    }
+
+    fn dns_listen(&self) -> Vec<SocketAddr> {
+        let running = self.dns_servers.lock().unwrap_or_else(|e| e.into_inner());
+        running.iter().map(|d| d.listen).collect()
+    }
+
+    fn start_dns(&self, listen: SocketAddr, sockets: (tokio::net::UdpSocket, TcpListener)) {
+        let local = sockets.0.local_addr().unwrap_or(listen);
+        tracing::info!(addr = %local, "dns listening (udp and tcp)");
+        let stop = self.shutdown.child_token();
+        let (data, token) = (self.dns.clone(), stop.clone());
+        self.tasks.spawn(async move {
+            if let Err(e) = dns::serve(vec![sockets], data, token).await {
+                tracing::error!(error = %e, "dns server failed");
+            }
+        });
+        let mut running = self.dns_servers.lock().unwrap_or_else(|e| e.into_inner());
+        running.push(RunningDns {
+            listen,
+            local,
+            stop,
+        });
+    }
+
+    fn stop_dns(&self, listen: &[SocketAddr]) {
+        let mut running = self.dns_servers.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|d| {
+            let keep = !listen.contains(&d.listen);
+            if !keep {
+                tracing::info!(addr = %d.local, "dns address removed");
+                d.stop.cancel();
+            }
+            keep
+        });
     }
 
     fn listener_ids(&self) -> Vec<ListenerId> {
@@ -525,10 +602,6 @@ pub async fn serve(
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
     dns::describe();
     let (sockets, admin_socket, dns_sockets) = bind_all(&config).await?;
-    let dns_addrs: Vec<SocketAddr> = dns_sockets
-        .iter()
-        .filter_map(|(udp, _)| udp.local_addr().ok())
-        .collect();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let health = HealthTable::new(shutdown.child_token());
@@ -554,7 +627,7 @@ pub async fn serve(
         listeners: std::sync::Mutex::new(Vec::new()),
         tasks: tasks.clone(),
         admin_addr: admin_socket.as_ref().and_then(|s| s.local_addr().ok()),
-        dns_addrs: dns_addrs.clone(),
+        dns_servers: std::sync::Mutex::new(Vec::new()),
         dns: dns_data.clone(),
         certs: ArcSwap::from_pointee(certificates(&config, &tls)),
         shutdown: shutdown.clone(),
@@ -565,23 +638,21 @@ pub async fn serve(
     for ((socket, bound), tls) in sockets.into_iter().zip(tls) {
         daemon.start_listener(socket, bound, tls.map(|(server, _)| server));
     }
-    if !dns_sockets.is_empty() {
-        tracing::info!(addrs = ?dns_addrs, "dns listening (udp and tcp)");
-        let data = dns_data.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = dns::serve(dns_sockets, data, stop).await {
-                tracing::error!(error = %e, "dns server failed");
-            }
-        });
-        if config.geoip.as_ref().is_some_and(|g| g.database.is_some()) {
-            tasks.spawn(dns::watch_geoip(
-                dns_data.clone(),
-                GEOIP_RECHECK,
-                shutdown.clone(),
-            ));
-        }
+    // dns::bind keeps the order of dns.listen.
+    let dns_listen = config
+        .dns
+        .as_ref()
+        .map(|d| d.listen.clone())
+        .unwrap_or_default();
+    for (listen, sockets) in dns_listen.into_iter().zip(dns_sockets) {
+        daemon.start_dns(listen, sockets);
     }
+    // Also without a database now: a reload may add one.
+    tasks.spawn(dns::watch_geoip(
+        dns_data.clone(),
+        GEOIP_RECHECK,
+        shutdown.clone(),
+    ));
     if let Some(socket) = admin_socket {
         tracing::info!(addr = %socket.local_addr()?, "admin listening");
         tasks.spawn(crate::admin::serve(socket, daemon.clone()));

@@ -154,7 +154,7 @@ pub async fn run() -> anyhow::Result<()> {
         .admin_addr
         .context("the admin listener did not start")?;
     let dns_addr = daemon
-        .dns_addrs
+        .dns_addrs()
         .first()
         .copied()
         .context("the DNS listener did not start")?;

@@ -1379,3 +1379,58 @@ async fn two_listeners_on_port_zero_keep_their_own_pools() {
     assert_eq!(summary["listeners_added"].as_array().unwrap().len(), 0);
     assert_eq!(body_of(geolb.listener("lb"), "/").await, "b");
 }
+
+#[tokio::test]
+async fn dns_listen_addresses_change_by_reload() {
+    let free = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let (first, second) = (free(), free());
+    let cfg = |listen: &[SocketAddr]| {
+        let list: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
+        config(&format!(
+            "[dns]\nlisten = [{}]\n\
+             [[dns.zone]]\norigin = \"mysite.com\"\n\
+             soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+             ns = [\"ns1.mysite.com.\"]\n\
+             [[dns.geo]]\nname = \"api.mysite.com\"\n\
+             [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\n",
+            list.join(", ")
+        ))
+    };
+    let geolb = Geolb::start(&cfg(&[first])).await;
+    assert_eq!(
+        dns_a(first, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.1"]
+    );
+    std::fs::write(geolb.config_path(), cfg(&[first, second])).unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        dns_a(second, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.1"]
+    );
+    std::fs::write(geolb.config_path(), cfg(&[second])).unwrap();
+    let (code, _, _) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        dns_a(second, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.1"]
+    );
+    let status = geolb.status().await;
+    assert_eq!(
+        status["dns"]["udp"],
+        serde_json::json!([second.to_string()])
+    );
+    eventually(
+        "the first address stops answering",
+        Duration::from_secs(3),
+        || async { tokio::net::TcpStream::connect(first).await.is_err() },
+    )
+    .await;
+}
