@@ -6,8 +6,9 @@
 #      backends, median of RELOADS_PER_SIZE reloads;
 #   2. failed requests during 100 reloads under wrk load (two configs
 #      alternating, adding and removing a backend and a pool);
-#   3. memory (RSS and VmHWM from /proc) after the first reload and after
-#      1,000 reloads;
+#   3. memory after the first reload and after 1,000 reloads: heap bytes
+#      from the allocator (geolb_allocated_bytes, in a binary built with
+#      `cargo build --release --features alloc-stats`) and RSS/VmHWM;
 #   4. time from a data center's only backend dying to DNS answers moving,
 #      with 200 ms checks (fall = 2), polled with dig every 10 ms.
 #
@@ -128,7 +129,10 @@ echo
 echo "100 reloads under wrk -c32: $requests requests, failures: ${errors:-none}"
 
 # ---- 3. memory after 1 and 1,000 reloads
-rss() { awk '/^(VmRSS|VmHWM)/ {printf "%s %s kB  ", $1, $2}' "/proc/$GEOLB_PID/status"; }
+rss() {
+  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^geolb_allocated_bytes/ {printf "heap %s bytes  ", $2}'
+  awk '/^(VmRSS|VmHWM)/ {printf "%s %s kB  ", $1, $2}' "/proc/$GEOLB_PID/status"
+}
 curl -s -o /dev/null -X POST "http://127.0.0.1:$ADMIN/reload"
 after_one=$(rss)
 for i in $(seq 1 1000); do

@@ -22,6 +22,8 @@
 //! - [`demo`]: `geolb demo`, a self-contained setup on loopback.
 
 pub mod admin;
+#[cfg(feature = "alloc-stats")]
+pub mod alloc_stats;
 pub mod app;
 pub mod balance;
 pub mod config;

@@ -224,6 +224,12 @@ fn render_routes(out: &mut String, snapshot: &Snapshot) {
 pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot) -> String {
     let mut out = handle.render();
     render_routes(&mut out, snapshot);
+    #[cfg(feature = "alloc-stats")]
+    let _ = writeln!(
+        out,
+        "# HELP geolb_allocated_bytes Heap bytes currently allocated (alloc-stats builds).\n# TYPE geolb_allocated_bytes gauge\ngeolb_allocated_bytes {}",
+        crate::alloc_stats::allocated()
+    );
     let _ = writeln!(
         out,
         "# HELP {BUILD_INFO} Build information; always 1.\n# TYPE {BUILD_INFO} gauge\n{BUILD_INFO}{{version=\"{}\"}} 1",
