@@ -62,6 +62,15 @@ const KEY_HASH_KEYS: (u64, u64) = (0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344)
 /// The hash key of a request attribute (client IP octets, a header or cookie
 /// value), for [`Balancer::pick`]. Stable across processes, machines and
 /// releases, unlike `std`'s `RandomState`.
+/// The key of a client address: IPv4-mapped IPv6 hashes as IPv4, so a
+/// client keeps its backend whichever way it reached us.
+pub fn client_ip_key(client: std::net::IpAddr) -> u64 {
+    match client.to_canonical() {
+        std::net::IpAddr::V4(a) => hash_key(&a.octets()),
+        std::net::IpAddr::V6(a) => hash_key(&a.octets()),
+    }
+}
+
 pub fn hash_key(bytes: &[u8]) -> u64 {
     SipHasher13::new_with_keys(KEY_HASH_KEYS.0, KEY_HASH_KEYS.1).hash(bytes)
 }

@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::HealthKey;
-use crate::config::{HttpProbe, Probe, ProxyProtocolVersion};
+use crate::config::{HttpProbe, Probe};
+use crate::proxy::proxy_protocol;
 
 /// How to probe one target, prepared once per checker (an https check's
 /// TLS client config reads its CA file once, not on every probe).
@@ -36,7 +37,9 @@ impl Prober {
         match (&key.check.probe, &self.tls) {
             (Probe::Tcp, _) => {
                 if let Some(version) = key.proxy_protocol {
-                    stream.write_all(local_proxy_header(version)).await?;
+                    // A LOCAL (v2) / UNKNOWN (v1) header: "this connection is the
+                    // proxy's own", for backends that refuse one without it.
+                    stream.write_all(proxy_protocol::local(version)).await?;
                 }
                 Ok(())
             }
@@ -145,15 +148,6 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// A PROXY header that says "this connection is the proxy's own"
-/// (v2 LOCAL, v1 UNKNOWN), for backends that refuse connections without one.
-fn local_proxy_header(version: ProxyProtocolVersion) -> &'static [u8] {
-    match version {
-        ProxyProtocolVersion::V1 => b"PROXY UNKNOWN\r\n",
-        ProxyProtocolVersion::V2 => b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00",
-    }
-}
-
 async fn http_status<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     target: &str,
@@ -226,13 +220,5 @@ mod tests {
         assert_eq!(parse_status_line(b"HTTP/2 200"), None);
         assert_eq!(parse_status_line(b"HTTP/1.1 2x0 OK"), None);
         assert_eq!(parse_status_line(b""), None);
-    }
-
-    #[test]
-    fn v2_local_header_is_well_formed() {
-        let h = local_proxy_header(ProxyProtocolVersion::V2);
-        assert_eq!(&h[..12], b"\r\n\r\n\x00\r\nQUIT\n");
-        assert_eq!(h[12], 0x20, "version 2, command LOCAL");
-        assert_eq!(h.len(), 16, "no address block");
     }
 }

@@ -411,10 +411,7 @@ fn request_key(pool: &PoolConfig, client: IpAddr, headers: &HeaderMap) -> u64 {
     if pool.balance != Balance::Maglev {
         return 0;
     }
-    let by_client = || match client.to_canonical() {
-        IpAddr::V4(a) => balance::hash_key(&a.octets()),
-        IpAddr::V6(a) => balance::hash_key(&a.octets()),
-    };
+    let by_client = || balance::client_ip_key(client);
     match &pool.hash {
         HashKey::ClientIp => by_client(),
         HashKey::Header(name) => headers

@@ -256,10 +256,7 @@ fn client_key(balance: Balance, client: IpAddr) -> u64 {
     if balance != Balance::Maglev {
         return 0;
     }
-    match client.to_canonical() {
-        IpAddr::V4(a) => balance::hash_key(&a.octets()),
-        IpAddr::V6(a) => balance::hash_key(&a.octets()),
-    }
+    balance::client_ip_key(client)
 }
 
 /// Counts the bytes read from `inner` as they pass, so long-lived
