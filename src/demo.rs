@@ -171,7 +171,7 @@ pub async fn run() -> anyhow::Result<()> {
          GeoDNS (the bundled MaxMind test database places these subnets):\n\n\
          \x20 {dig} api.mysite.test +subnet=81.2.69.160/32    # London    -> eu-west 198.51.100.10\n\
          \x20 {dig} api.mysite.test +subnet=216.160.83.56/32  # Milton WA -> us-east 203.0.113.10\n\
-         \x20 {dig} api.mysite.test +subnet=214.0.0.1/32      # Singapore -> ap-southeast 192.0.2.10\n\
+         \x20 {dig} api.mysite.test +subnet=175.16.199.1/32   # Changchun -> ap-southeast 192.0.2.10\n\
          \x20 {dig} www.mysite.test                           # CNAME chain to the geo name\n\
          \x20 cargo run --release -- lookup --config {config} 81.2.69.160 --admin {admin_addr}\n\n\
          Ctrl-C stops it.\n",

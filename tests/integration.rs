@@ -1434,3 +1434,68 @@ async fn dns_listen_addresses_change_by_reload() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest() {
+    let cfg = config(
+        "[[geoip.network]]\ncidr = \"127.0.0.2/32\"\nlocation = { lat = 1.3, lon = 103.8 }\ncountry = \"SG\"\n\
+         [[geoip.network]]\ncidr = \"127.0.0.3/32\"\nlocation = { lat = 53.3, lon = -6.2 }\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[dns.zone]]\norigin = \"mysite.com\"\n\
+         soa = { mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
+         ns = [\"ns1.mysite.com.\"]\n\
+         [[dns.geo]]\nname = \"api.mysite.com\"\nanswers = 2\n\
+         [[datacenter]]\nname = \"us-east\"\nlocation = { lat = 39.04, lon = -77.49 }\naddresses = [\"203.0.113.10\"]\n\
+         [[datacenter]]\nname = \"eu-west\"\nlocation = { lat = 53.35, lon = -6.26 }\naddresses = [\"198.51.100.10\"]\n\
+         [[datacenter]]\nname = \"ap-southeast\"\nlocation = { lat = 1.35, lon = 103.82 }\naddresses = [\"192.0.2.10\"]\n",
+    );
+    let geolb = Geolb::start(&cfg).await;
+    let server: SocketAddr = geolb.status().await["dns"]["udp"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // No ECS: the source address decides, placed by the overrides.
+    let ask_from = |source: &'static str| async move {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{Name, RData, RecordType};
+        let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+        msg.add_query(Query::query(
+            Name::from_ascii("api.mysite.com.").unwrap(),
+            RecordType::A,
+        ));
+        let socket = tokio::net::UdpSocket::bind(format!("{source}:0"))
+            .await
+            .unwrap();
+        socket
+            .send_to(&msg.to_vec().unwrap(), server)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        reply
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Singapore: ap-southeast, then eu-west (10,900 km) before us-east (15,500 km).
+    let mut sg = ask_from("127.0.0.2").await;
+    sg.sort();
+    assert_eq!(sg, ["192.0.2.10", "198.51.100.10"]);
+    // Dublin: eu-west, then us-east.
+    let mut ie = ask_from("127.0.0.3").await;
+    ie.sort();
+    assert_eq!(ie, ["198.51.100.10", "203.0.113.10"]);
+    // Unplaced: the configured order, first two.
+    let mut unknown = ask_from("127.0.0.4").await;
+    unknown.sort();
+    assert_eq!(unknown, ["198.51.100.10", "203.0.113.10"]);
+}
