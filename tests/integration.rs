@@ -967,6 +967,19 @@ async fn the_demo_prints_commands_that_work() {
         dns_a(dns, "api.mysite.test", "216.160.83.56").await,
         ["203.0.113.10"]
     );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("+subnet=175.16.199.1/32"))
+    );
+    assert_eq!(
+        dns_a(dns, "api.mysite.test", "175.16.199.1").await,
+        ["192.0.2.10"]
+    );
+    assert_eq!(
+        dns_a(dns, "api.mysite.test", "81.2.69.160").await,
+        ["198.51.100.10"]
+    );
     let _ = child.kill().await;
 }
 
