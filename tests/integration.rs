@@ -1119,10 +1119,6 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
         format!("[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n")
     };
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let pool = format!(
         "[[pool]]\nname = \"p\"\nbackends = [{}]\n",
         backend_list(&[&a])
@@ -1152,7 +1148,7 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
     std::fs::write(
         geolb.config_path(),
         config(&format!(
-            "{pool}{}[[listener]]\nname = \"two\"\nbind = \"{fixed}\"\npool = \"p\"\n",
+            "{pool}{}[[listener]]\nname = \"two\"\nbind = \"127.0.0.2:0\"\npool = \"p\"\n",
             listener("one")
         )),
     )
@@ -1161,6 +1157,16 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
         .await
         .unwrap();
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let fixed: SocketAddr = geolb.status().await["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "two")
+        .expect("listener two runs")["local_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(body_of(fixed, "/").await, "a");
     assert_eq!(body_of(one, "/").await, "a");
     // A kept-alive connection to "one" finishes its request when "one" goes.
@@ -1182,7 +1188,7 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
     std::fs::write(
         geolb.config_path(),
         config(&format!(
-            "{pool}[[listener]]\nname = \"two\"\nbind = \"{fixed}\"\npool = \"p\"\n"
+            "{pool}[[listener]]\nname = \"two\"\nbind = \"127.0.0.2:0\"\npool = \"p\"\n"
         )),
     )
     .unwrap();
@@ -1395,12 +1401,8 @@ async fn two_listeners_on_port_zero_keep_their_own_pools() {
 
 #[tokio::test]
 async fn dns_listen_addresses_change_by_reload() {
-    let free = || {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
-    };
-    let (first, second) = (free(), free());
-    let cfg = |listen: &[SocketAddr]| {
+    // Port 0 on two loopback addresses: no port is picked ahead and raced.
+    let cfg = |listen: &[&str]| {
         let list: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
         config(&format!(
             "[dns]\nlisten = [{}]\n\
@@ -1412,33 +1414,43 @@ async fn dns_listen_addresses_change_by_reload() {
             list.join(", ")
         ))
     };
-    let geolb = Geolb::start(&cfg(&[first])).await;
+    let dns_addrs = |status: serde_json::Value| -> Vec<SocketAddr> {
+        status["dns"]["udp"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let geolb = Geolb::start(&cfg(&["127.0.0.1:0"])).await;
+    let first = dns_addrs(geolb.status().await)[0];
     assert_eq!(
         dns_a(first, "api.mysite.com", "127.0.0.9").await,
         ["192.0.2.1"]
     );
-    std::fs::write(geolb.config_path(), cfg(&[first, second])).unwrap();
+    std::fs::write(geolb.config_path(), cfg(&["127.0.0.1:0", "127.0.0.2:0"])).unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let both = dns_addrs(geolb.status().await);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[0], first, "the kept address keeps its socket");
+    let second = both[1];
+    assert_eq!(second.ip().to_string(), "127.0.0.2");
     assert_eq!(
         dns_a(second, "api.mysite.com", "127.0.0.9").await,
         ["192.0.2.1"]
     );
-    std::fs::write(geolb.config_path(), cfg(&[second])).unwrap();
+    std::fs::write(geolb.config_path(), cfg(&["127.0.0.2:0"])).unwrap();
     let (code, _, _) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
     assert_eq!(code, 200);
+    assert_eq!(dns_addrs(geolb.status().await), [second]);
     assert_eq!(
         dns_a(second, "api.mysite.com", "127.0.0.9").await,
         ["192.0.2.1"]
-    );
-    let status = geolb.status().await;
-    assert_eq!(
-        status["dns"]["udp"],
-        serde_json::json!([second.to_string()])
     );
     eventually(
         "the first address stops answering",
