@@ -20,11 +20,14 @@ fn backend_list(backends: &[&Backend]) -> String {
         .join(", ")
 }
 
-/// One pool "p" with an http check every 100 ms, one listener "web".
+/// One pool "p" with an http check every 100 ms, one listener "web". The
+/// check timeout is long so that a loaded CI machine does not fail the
+/// checks of healthy backends: tests turn backends down by status or by
+/// closing them, which fails a check at once.
 fn simple(backends: &str, extra_listener: &str) -> String {
     config(&format!(
         "[[pool]]\nname = \"p\"\n\
-         check = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\n\
+         check = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"2s\", rise = 2, fall = 2 }}\n\
          backends = [{backends}]\n\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{extra_listener}\n"
     ))
@@ -839,7 +842,7 @@ async fn geodns_answers_follow_pool_health_and_drain() {
              [[dns.geo]]\nname = \"api.mysite.com\"\n\n\
              [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\npools = [\"web-eu\"]\n\n\
              [[datacenter]]\nname = \"us-east\"\nlocation = {{ lat = 39.04, lon = -77.49 }}\naddresses = [\"203.0.113.10\"]\npools = [\"web-us\"]\ndrain = {drain_us}\n\n\
-             [[pool]]\nname = \"web-eu\"\ncheck = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"300ms\", rise = 2, fall = 2 }}\nbackends = [{}]\n\n\
+             [[pool]]\nname = \"web-eu\"\ncheck = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"2s\", rise = 2, fall = 2 }}\nbackends = [{}]\n\n\
              [[pool]]\nname = \"web-us\"\nbackends = [{}]\n",
             geoip.display(),
             backend_list(&[&eu]),
@@ -992,7 +995,7 @@ async fn fifty_reloads_under_load_fail_no_request() {
     );
     let with = |extra: bool| {
         let mut body = format!(
-            "[[pool]]\nname = \"p\"\ncheck = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"300ms\" }}\nbackends = [{}]\n\n",
+            "[[pool]]\nname = \"p\"\ncheck = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"2s\" }}\nbackends = [{}]\n\n",
             if extra {
                 backend_list(&[&a, &b])
             } else {
@@ -1523,4 +1526,46 @@ async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest(
     let mut unknown = ask_from("127.0.0.4").await;
     unknown.sort();
     assert_eq!(unknown, ["198.51.100.10", "203.0.113.10"]);
+}
+
+#[tokio::test]
+async fn a_reset_before_any_answer_is_retried_for_idempotent_requests_only() {
+    use tokio::io::AsyncReadExt;
+    // Reads a request head, then resets the connection (SO_LINGER 0).
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_addr = resetter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = resetter.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    let a = Backend::start("a").await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{reset_addr}\" }}, {{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nretries = 1\n",
+        a.addr
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    for _ in 0..6 {
+        assert_eq!(body_of(web, "/").await, "a");
+    }
+    // A POST may have had effects: never sent twice, a 502 instead.
+    let mut saw_502 = false;
+    for _ in 0..4 {
+        let (code, _, body) = request(web, "POST", "/", &[], Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert!(
+            code == 200 || code == 502,
+            "{code}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        saw_502 |= code == 502;
+    }
+    assert!(saw_502, "round robin sent no POST to the resetting backend");
 }

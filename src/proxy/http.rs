@@ -363,7 +363,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     continue;
                 }
                 let err = e.into_error();
-                let retryable = replay.is_some() && err.is_incomplete_message();
+                let retryable = replay.is_some() && closed_without_answer(&err);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
                 failure = Failure::Backend(backend.label.clone(), err);
                 if !retryable {
@@ -430,6 +430,26 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
             (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+/// The backend went away before a byte of its response: closed cleanly
+/// (hyper: incomplete message) or reset. A response that began and then
+/// failed is not this (hyper returned it as Ok), nor is a garbled one.
+fn closed_without_answer(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() {
+        return true;
+    }
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            )
         })
 }
 
