@@ -11,15 +11,20 @@
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
 //! - [`balance`]: pure backend selection.
-//! - [`proxy`]: the HTTP data path (accept, route, pick, forward, stream).
+//! - [`proxy`]: the data paths: HTTP (accept, route, pick, forward,
+//!   stream), TLS termination in front of it, TCP (pick, connect, copy),
+//!   PROXY protocol for both.
 //! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides:
 //!   an address -> a location and the network that decided it.
 //! - [`dns`]: the authoritative GeoDNS server (zones, geo names, ECS).
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained.
 //! - [`admin`]: /healthz, /metrics, /status, /reload, the status page.
 //! - [`metrics`]: metric names, descriptions and buckets.
-//! - [`app`]: wiring, signals and shutdown order.
+//! - [`app`]: wiring, reload (listeners and DNS addresses included),
+//!   signals and shutdown order.
 //! - [`demo`]: `geolb demo`, a self-contained setup on loopback.
+//! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
+//!   benchmark.
 
 pub mod admin;
 #[cfg(feature = "alloc-stats")]
