@@ -22,6 +22,7 @@ use crate::geoip::{self, Locator};
 use crate::health::HealthTable;
 use crate::metrics;
 use crate::proxy::http::{self as http_proxy, HttpContext};
+use crate::proxy::pool::Upstream;
 use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
 use crate::proxy::tls::{self, CertInfo};
 use crate::state::{self, BackendRegistry, ListenerId, SharedSnapshot};
@@ -60,6 +61,24 @@ fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<Loaded
         .collect()
 }
 
+/// Reads each TLS pool's CA file as its connections will, so that a bad
+/// one is a config error rather than failing every request.
+fn check_upstream_tls(config: &Config, errors: &mut Vec<ConfigError>) {
+    for (i, pool) in config.pools.iter().enumerate() {
+        let path = format!("pool[{i}].tls");
+        if pool.tls.is_none() || errors.iter().any(|e| e.path.starts_with(&path)) {
+            continue;
+        }
+        if let Err(e) = Upstream::check(pool) {
+            errors.push(ConfigError {
+                path,
+                message: e.to_string(),
+                line: None,
+            });
+        }
+    }
+}
+
 /// (listener name, its certificates) for the expiry gauge; warns about the
 /// ones close to expiry.
 fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<CertInfo>)> {
@@ -82,6 +101,7 @@ pub fn load_checked(path: &Path, previous: Option<&Locator>) -> Result<Checked, 
     let config = config::load(path)?;
     let mut errors = config::check_files(&config);
     let tls = load_tls(&config, &mut errors);
+    check_upstream_tls(&config, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }

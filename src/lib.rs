@@ -18,6 +18,8 @@
 //!   an address -> a location and the network that decided it.
 //! - [`dns`]: the authoritative GeoDNS server (zones, geo names, ECS).
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained.
+//! - [`tls_client`]: TLS client settings for https checks and TLS
+//!   backends.
 //! - [`admin`]: /healthz, /metrics, /status, /reload, the status page.
 //! - [`metrics`]: metric names, descriptions and buckets.
 //! - [`app`]: wiring, reload (listeners and DNS addresses included),
@@ -40,3 +42,4 @@ pub mod lookup;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
+pub mod tls_client;

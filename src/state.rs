@@ -17,7 +17,7 @@ use crate::balance::{self, Balancer, Candidates};
 use crate::config::{Config, DatacenterConfig, ListenerConfig, PoolConfig, RouteConfig};
 use crate::health::{Health, HealthKey, HealthTable};
 use crate::metrics::RouteMetrics;
-use crate::proxy::pool::IdleConnections;
+use crate::proxy::pool::{IdleConnections, Upstream};
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
@@ -130,6 +130,8 @@ pub struct Pool {
     pub name: Arc<str>,
     pub config: PoolConfig,
     pub backends: Vec<Backend>,
+    /// How its backends are spoken to (HTTP/1.1 or HTTP/2, TLS or not).
+    pub upstream: Upstream,
     balancer: Box<dyn Balancer>,
 }
 
@@ -360,6 +362,7 @@ pub fn compile(
                 name: pc.name.as_str().into(),
                 config: pc.clone(),
                 balancer: balance::build(pc.balance, &pc.backends),
+                upstream: Upstream::new(pc),
                 backends,
             })
         })

@@ -824,6 +824,185 @@ mod library {
 
 /// Through `geolb run` and `geolb check`: what app.rs wires (listeners by
 /// protocol, PROXY headers on http listeners, TLS reloads, /metrics).
+/// GET `path` over HTTP/1.1 with `Connection: close` (plus `extra` header
+/// lines); the status and the whole rest of the response.
+async fn get_close(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: site.test\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    bounded(LIMIT, "response", stream.read_to_end(&mut got))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    (status, text)
+}
+
+/// Backends spoken to over TLS and HTTP/2 (`tls`, `backend_protocol`).
+mod upstream {
+    use super::*;
+
+    #[tokio::test]
+    async fn tls_backends_are_verified_against_the_pools_settings() {
+        let pki = Pki::new();
+        let leaf = pki.leaf("origin", &["origin.test", "127.0.0.1"]);
+        let origin = Origin::start(Some(pki.acceptor_alpn(&leaf, &[b"h2", b"http/1.1"]))).await;
+        let ca = path_str(&pki.ca_file());
+        let cases = [
+            ("by-ip", format!("tls = {{ ca = {ca:?} }}"), 200),
+            (
+                "by-sni",
+                format!("tls = {{ ca = {ca:?}, sni = \"origin.test\" }}"),
+                200,
+            ),
+            (
+                "wrong-name",
+                format!("tls = {{ ca = {ca:?}, sni = \"other.test\" }}"),
+                502,
+            ),
+            // The bundled Mozilla roots do not know the test CA.
+            ("untrusted", "tls = true".to_owned(), 502),
+            (
+                "unverified",
+                "tls = { verify = false, sni = \"anything\" }".to_owned(),
+                200,
+            ),
+        ];
+        let pools: String = cases
+            .iter()
+            .map(|(name, extra, _)| pool(name, &[origin.addr], extra))
+            .collect();
+        let listeners: Vec<ListenerSpec> = cases
+            .iter()
+            .map(|(name, _, _)| listener(name, "http", name, "retries = 0"))
+            .collect();
+        let lb = Lb::start(&pools, &listeners).await;
+        for (name, _, want) in &cases {
+            let (status, text) = get_close(lb.addr(name), "/path?q=1", "").await;
+            assert_eq!(status, *want, "{name}: {text}");
+            if *want == 200 {
+                assert!(
+                    text.ends_with("HTTP/1.1 GET /path?q=1 host=site.test proto=http"),
+                    "{name}: {text}"
+                );
+            } else {
+                assert!(text.contains("TLS"), "{name}: the reason is given: {text}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_backend_connections_are_kept_alive() {
+        let pki = Pki::new();
+        let leaf = pki.leaf("origin", &["127.0.0.1"]);
+        let origin = Origin::start(Some(pki.acceptor(&leaf))).await;
+        let ca = path_str(&pki.ca_file());
+        let lb = Lb::start(
+            &pool("tls", &[origin.addr], &format!("tls = {{ ca = {ca:?} }}")),
+            &[listener("web", "http", "tls", "")],
+        )
+        .await;
+        // One client connection, requests one after another: the backend
+        // connection (and its handshake) is reused.
+        let mut client = TcpStream::connect(lb.addr("web")).await.unwrap();
+        for i in 0..5 {
+            client
+                .write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let want = format!("HTTP/1.1 GET /{i} host=x proto=http");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).ends_with(&want) {
+                let n = bounded(LIMIT, "response", client.read(&mut buf))
+                    .await
+                    .unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert_eq!(
+            origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn http2_backends_cleartext_and_over_tls() {
+        let pki = Pki::new();
+        let leaf = pki.leaf("origin", &["127.0.0.1"]);
+        let h2c = Origin::start(None).await;
+        let h2 = Origin::start(Some(pki.acceptor_alpn(&leaf, &[b"h2", b"http/1.1"]))).await;
+        // A server without ALPN at all completes the handshake with none.
+        let http1_only = Origin::start(Some(pki.acceptor(&leaf))).await;
+        let ca = path_str(&pki.ca_file());
+        let pools = format!(
+            "{}{}{}",
+            pool("h2c", &[h2c.addr], "backend_protocol = \"h2c\""),
+            pool(
+                "h2",
+                &[h2.addr],
+                &format!("backend_protocol = \"h2\"\ntls = {{ ca = {ca:?} }}")
+            ),
+            pool(
+                "no-alpn",
+                &[http1_only.addr],
+                &format!("backend_protocol = \"h2\"\ntls = {{ ca = {ca:?} }}")
+            ),
+        );
+        let lb = Lb::start(
+            &pools,
+            &[
+                listener("h2c", "http", "h2c", ""),
+                listener("h2", "http", "h2", ""),
+                listener("no-alpn", "http", "no-alpn", "retries = 0"),
+            ],
+        )
+        .await;
+        for (name, scheme) in [("h2c", "http"), ("h2", "https")] {
+            // Concurrent requests share one HTTP/2 connection.
+            let addr = lb.addr(name);
+            let requests: Vec<_> = (0..8)
+                .map(|i| tokio::spawn(async move { get_close(addr, &format!("/r{i}"), "").await }))
+                .collect();
+            for (i, r) in requests.into_iter().enumerate() {
+                let (status, text) = r.await.unwrap();
+                assert_eq!(status, 200, "{name}: {text}");
+                // Host travels as :authority (RFC 9113 §8.3.1), not as a header.
+                let want = format!("HTTP/2.0 GET {scheme}://site.test/r{i} host=- proto=http");
+                assert!(text.ends_with(&want), "{name}: {text}");
+            }
+        }
+        let opened = |o: &Origin| o.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            opened(&h2c) <= 2 && opened(&h2) <= 2,
+            "h2c {} h2 {}",
+            opened(&h2c),
+            opened(&h2)
+        );
+
+        let (status, text) = get_close(lb.addr("no-alpn"), "/", "").await;
+        assert_eq!(status, 502, "{text}");
+        assert!(text.contains("did not agree to h2"), "{text}");
+
+        // An HTTP/1.1 upgrade cannot travel over HTTP/2 to the backend.
+        let (status, text) = get_close(
+            lb.addr("h2c"),
+            "/ws",
+            "Upgrade: websocket\r\nConnection: upgrade\r\n",
+        )
+        .await;
+        assert_eq!(status, 502, "{text}");
+        assert!(text.contains("HTTP/2"), "{text}");
+    }
+}
+
 mod binary {
     use super::support::{Backend, Geolb, eventually, geolb_check};
     use super::*;
@@ -921,6 +1100,27 @@ mod binary {
         )));
         assert!(!ok);
         assert!(stderr.contains("verify"), "{stderr}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_pools_ca_file_is_checked_like_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let addr = dead_addr();
+        for (ca, want) in [
+            (dir.path().join("missing.pem"), "pool[0].tls.ca"),
+            (empty, "no PEM certificate"),
+        ] {
+            let (ok, stdout, stderr) = geolb_check(&config(&pool(
+                "p",
+                &[addr],
+                &format!("tls = {{ ca = {:?} }}", path_str(&ca)),
+            )));
+            assert!(!ok, "{stdout}{stderr}");
+            assert!(stderr.contains(want), "{stderr}");
+            assert!(stderr.contains(&path_str(&ca)), "{stderr}");
+        }
     }
 
     fn config(body: &str) -> String {

@@ -239,6 +239,35 @@ pub struct PoolConfig {
     pub check: Option<CheckConfig>,
     pub backends: Vec<BackendConfig>,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// How requests are spoken to the backends (optional, HTTP/1.1).
+    pub backend_protocol: BackendProtocol,
+    /// Backends are reached over TLS (`tls = true` or a table).
+    pub tls: Option<BackendTls>,
+}
+
+/// `backend_protocol` of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 in cleartext, by prior knowledge (RFC 9113 §3.3).
+    H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN; needs `tls`.
+    H2,
+}
+
+/// `tls = true` or `tls = { ca = "...", verify = ..., sni = "..." }` on a
+/// pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTls {
+    /// PEM CA certificates to verify backends with (optional: the bundled
+    /// Mozilla roots).
+    pub ca: Option<PathBuf>,
+    /// Verify the backend's certificate (optional, true).
+    pub verify: bool,
+    /// SNI and the name the certificate must carry (optional: the
+    /// backend's IP address, checked against its IP SANs).
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

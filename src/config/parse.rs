@@ -80,6 +80,9 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
         if let Some(ca) = pool.check.as_ref().and_then(ca_of) {
             cas.push((format!("pool[{i}].check.ca"), ca));
         }
+        if let Some(ca) = pool.tls.as_ref().and_then(|t| t.ca.clone()) {
+            cas.push((format!("pool[{i}].tls.ca"), ca));
+        }
     }
     for (i, dc) in config.datacenters.iter().enumerate() {
         if let Some(ca) = dc.check.as_ref().and_then(|r| ca_of(&r.check)) {
@@ -277,7 +280,10 @@ const POOL_KEYS: &[&str] = &[
     "check",
     "backends",
     "proxy_protocol",
+    "backend_protocol",
+    "tls",
 ];
+const BACKEND_TLS_KEYS: &[&str] = &["ca", "verify", "sni"];
 const POOL_CHECK_KEYS: &[&str] = &[
     "kind", "path", "host", "expect", "interval", "timeout", "rise", "fall", "ca", "verify",
 ];
@@ -314,6 +320,11 @@ const PROTOCOLS: &[(&str, Protocol)] = &[
     ("http", Protocol::Http),
     ("https", Protocol::Https),
     ("tcp", Protocol::Tcp),
+];
+const BACKEND_PROTOCOLS: &[(&str, BackendProtocol)] = &[
+    ("http1", BackendProtocol::Http1),
+    ("h2c", BackendProtocol::H2c),
+    ("h2", BackendProtocol::H2),
 ];
 const PROXY_VERSIONS: &[(&str, ProxyProtocolVersion)] = &[
     ("v1", ProxyProtocolVersion::V1),
@@ -896,6 +907,25 @@ impl Ctx {
             Some(n)
         });
         let proxy_protocol = self.maybe(t, "proxy_protocol", |c, f| c.choice(f, PROXY_VERSIONS));
+        let backend_protocol = self.opt(t, "backend_protocol", BackendProtocol::Http1, |c, f| {
+            c.choice(f, BACKEND_PROTOCOLS)
+        });
+        let tls = self.opt(t, "tls", None, Ctx::backend_tls);
+        if let (Some(protocol), Some(tls), Some(f)) =
+            (backend_protocol, &tls, t.field("backend_protocol"))
+        {
+            match (protocol, tls) {
+                (BackendProtocol::H2c, Some(_)) => self.bad(
+                    &f,
+                    "h2c is HTTP/2 in cleartext, but this pool has tls: use \"h2\" for HTTP/2 over TLS",
+                ),
+                (BackendProtocol::H2, None) => self.bad(
+                    &f,
+                    "h2 is HTTP/2 over TLS: add tls = true, or use \"h2c\" for cleartext",
+                ),
+                _ => {}
+            }
+        }
         Some(PoolConfig {
             name: name?,
             balance: balance?,
@@ -904,7 +934,34 @@ impl Ctx {
             check: check?,
             backends: backends?,
             proxy_protocol: proxy_protocol?,
+            backend_protocol: backend_protocol?,
+            tls: tls?,
         })
+    }
+
+    /// A pool's `tls`: `true`/`false`, or a table of settings (which means
+    /// TLS on).
+    fn backend_tls(&mut self, f: &Field<'_, '_>) -> Option<Option<BackendTls>> {
+        if let DeValue::Boolean(on) = f.get() {
+            return Some(on.then_some(BackendTls {
+                ca: None,
+                verify: true,
+                sni: None,
+            }));
+        }
+        let t = self.table(
+            f,
+            BACKEND_TLS_KEYS,
+            "expected true, false or a table like { ca = \"certs/ca.pem\", sni = \"origin.internal\" }",
+        )?;
+        let ca = self.maybe(&t, "ca", Ctx::path);
+        let verify = self.opt(&t, "verify", true, Ctx::bool);
+        let sni = self.maybe(&t, "sni", |c, f| c.parsed(f, host_name));
+        Some(Some(BackendTls {
+            ca: ca?,
+            verify: verify?,
+            sni: sni?,
+        }))
     }
 
     fn backends(&mut self, f: &Field<'_, '_>) -> Option<Vec<BackendConfig>> {
@@ -1221,6 +1278,19 @@ impl Ctx {
                 let why = "routes choose a pool by HTTP host and path, \
                            which a tcp listener never sees: remove them";
                 self.bad(&f, why);
+            }
+            if let Some(f) = t.field("pool")
+                && let Some(name) = f.get().as_str()
+                && let Some(pool) = pools.iter().find(|p| p.name == name)
+                && (pool.tls.is_some() || pool.backend_protocol != BackendProtocol::Http1)
+            {
+                self.bad(
+                    &f,
+                    format!(
+                        "pool \"{name}\" sets tls or backend_protocol, which only http and https \
+                         listeners use: a tcp listener copies bytes as they come"
+                    ),
+                );
             }
             return self.errors.len() == before;
         }
@@ -2761,6 +2831,21 @@ mod tests {
                 "listener[0].pool",
                 8,
             ),
+            (format!("{POOL}backend_protocol = \"h3\""), "pool[0].backend_protocol", 4),
+            (format!("{POOL}backend_protocol = \"h2\""), "pool[0].backend_protocol", 4),
+            (
+                format!("{POOL}tls = true\nbackend_protocol = \"h2c\""),
+                "pool[0].backend_protocol",
+                5,
+            ),
+            (format!("{POOL}tls = \"yes\""), "pool[0].tls", 4),
+            (format!("{POOL}tls = {{ cafile = \"ca.pem\" }}"), "pool[0].tls.cafile", 4),
+            (format!("{POOL}tls = {{ sni = \"a b\" }}"), "pool[0].tls.sni", 4),
+            (
+                format!("{POOL}tls = true\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\""),
+                "listener[0].pool",
+                9,
+            ),
             (
                 format!("{POOL}{PROXY_POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [\n{{ path_prefix = \"/db/\", pool = \"pp\" }}]"),
                 "listener[0].routes[0].pool",
@@ -3303,6 +3388,43 @@ tls = [
         assert!(
             missing.0[0].message.starts_with("cannot read "),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn backend_tls_and_protocol() {
+        let pools = |extra: &str| {
+            let text = format!(
+                "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:8443\" }}]\n{extra}"
+            );
+            let config = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+            let pool = &config.pools[0];
+            (pool.backend_protocol, pool.tls.clone())
+        };
+        assert_eq!(pools(""), (BackendProtocol::Http1, None));
+        assert_eq!(pools("tls = false"), (BackendProtocol::Http1, None));
+        assert_eq!(
+            pools("backend_protocol = \"h2c\""),
+            (BackendProtocol::H2c, None)
+        );
+        let on = BackendTls {
+            ca: None,
+            verify: true,
+            sni: None,
+        };
+        assert_eq!(pools("tls = true"), (BackendProtocol::Http1, Some(on)));
+        assert_eq!(
+            pools(
+                "backend_protocol = \"h2\"\ntls = { ca = \"ca.pem\", verify = false, sni = \"origin.internal\" }"
+            ),
+            (
+                BackendProtocol::H2,
+                Some(BackendTls {
+                    ca: Some(PathBuf::from("/etc/geolb/ca.pem")),
+                    verify: false,
+                    sni: Some("origin.internal".into()),
+                })
+            )
         );
     }
 }

@@ -3,12 +3,7 @@
 
 use std::io;
 
-use std::sync::Arc;
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -16,6 +11,7 @@ use tokio_rustls::TlsConnector;
 use super::HealthKey;
 use crate::config::{HttpProbe, Probe};
 use crate::proxy::proxy_protocol;
+use crate::tls_client;
 
 /// How to probe one target, prepared once per checker (an https check's
 /// TLS client config reads its CA file once, not on every probe).
@@ -56,96 +52,14 @@ impl Prober {
 /// SNI and the name the certificate must carry: the check's `host`, else
 /// the target's host part (an IP address is checked as one).
 fn server_name(host: Option<&str>, target: &str) -> io::Result<ServerName<'static>> {
-    let host = match host {
-        Some(h) => h,
-        None => target
-            .rsplit_once(':')
-            .map_or(target, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']'),
-    };
-    ServerName::try_from(host.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))
+    tls_client::server_name(
+        host.unwrap_or_else(|| target.rsplit_once(':').map_or(target, |(h, _)| h)),
+    )
 }
 
 fn tls_connector(http: &HttpProbe) -> io::Result<TlsConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?;
-    let mut config = if !http.verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = RootCertStore::empty();
-        match &http.ca {
-            Some(ca) => {
-                let certs = CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| io::Error::other(format!("ca file {}: {e}", ca.display())))?;
-                for cert in certs {
-                    let cert = cert
-                        .map_err(|e| io::Error::other(format!("ca file {}: {e}", ca.display())))?;
-                    roots.add(cert).map_err(io::Error::other)?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-/// `verify = false`: the check still speaks TLS but trusts any
-/// certificate (self-signed backends on a private network).
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let config = tls_client::client_config(http.ca.as_deref(), http.verify, &[b"http/1.1"])?;
+    Ok(TlsConnector::from(config))
 }
 
 async fn http_status<S: AsyncRead + AsyncWrite + Unpin>(

@@ -25,7 +25,6 @@ use tokio_util::task::TaskTracker;
 use super::activity::{Activity, TrackedIo};
 use super::body::{AccessLog, ActiveGuard, BackendRequestBody, Completion, ResponseBody};
 use super::headers;
-use super::pool;
 use super::proxy_protocol;
 use crate::balance;
 use crate::config::{Balance, HashKey, PoolConfig};
@@ -256,6 +255,17 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         *req.uri_mut() = origin;
     }
     *req.version_mut() = Version::HTTP_11;
+    if upgrade && pool.upstream.is_http2() {
+        completion.status = 502;
+        return message(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "pool {} speaks HTTP/2 to its backends, which cannot carry an HTTP/1.1 upgrade",
+                pool.name
+            ),
+            Some(completion),
+        );
+    }
 
     let key = request_key(&pool.config, conn.peer.ip(), req.headers());
     let (parts, body) = req.into_parts();
@@ -270,12 +280,16 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     });
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
+    if let Some(r) = pending.as_mut() {
+        pool.upstream.adapt(r);
+    }
     let rebuild = || {
         replay.as_ref().map(|(method, uri, headers)| {
             let mut r = Request::new(Either::Right(Empty::<Bytes>::new()));
             *r.method_mut() = method.clone();
             *r.uri_mut() = uri.clone();
             *r.headers_mut() = headers.clone();
+            pool.upstream.adapt(&mut r);
             r
         })
     };
@@ -299,17 +313,18 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
         tried.push(index);
         let backend = &pool.backends[index];
-        let mut sender = match backend.shared.idle.take() {
-            Some(s) => s,
-            None => match pool::connect(backend.addr, timeouts.connect).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(backend = %backend.label, error = %e, "connect failed");
-                    failure = Failure::Connect(backend.label.clone(), e);
-                    pending = Some(request);
-                    continue;
-                }
-            },
+        let sender = pool
+            .upstream
+            .sender(&backend.shared.idle, backend.addr, timeouts.connect)
+            .await;
+        let mut sender = match sender {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                failure = Failure::Connect(backend.label.clone(), e);
+                pending = Some(request);
+                continue;
+            }
         };
         let active = ActiveGuard::new(backend.shared.clone());
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {

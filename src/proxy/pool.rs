@@ -1,21 +1,32 @@
-//! Keep-alive connections to backends.
+//! Connections to backends: how they are opened (a pool's
+//! `backend_protocol` and `tls`) and kept.
 //!
-//! A connection goes back to its backend's idle list only once its response
-//! body has been read to the end, so whatever is taken from the list is
-//! free for a new request. It may still have been closed by the backend in
-//! the meantime: `try_send_request` then hands the request back unwritten,
-//! and the caller tries again.
+//! An HTTP/1.1 connection goes back to its backend's idle list only once
+//! its response body has been read to the end, so whatever is taken from
+//! the list is free for a new request. It may still have been closed by
+//! the backend in the meantime: `try_send_request` then hands the request
+//! back unwritten, and the caller tries again. An HTTP/2 connection carries
+//! many requests at once, so one per backend is shared rather than taken.
 
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::body::BackendRequestBody;
+use crate::config::{BackendProtocol, PoolConfig};
+use crate::tls_client;
 
 /// Below the common backend keep-alive timeouts (Apache httpd: 5 s), so we
 /// drop a connection before the backend is likely to.
@@ -23,59 +34,307 @@ const IDLE_LIMIT: Duration = Duration::from_secs(4);
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 256;
 
-pub type Sender = SendRequest<BackendRequestBody>;
+/// How a pool's backends are spoken to; built with the snapshot.
+pub struct Upstream {
+    protocol: BackendProtocol,
+    tls: Option<UpstreamTls>,
+    /// Tells connections opened one way from those opened another, for
+    /// the idle lists, which are per backend address and outlive pools.
+    profile: u64,
+}
 
+struct UpstreamTls {
+    /// Err: the CA file could not be read when the snapshot was built
+    /// (it was readable when the config was checked); every connect
+    /// fails with this.
+    connector: Result<TlsConnector, Arc<str>>,
+    sni: Option<ServerName<'static>>,
+}
+
+impl Upstream {
+    pub fn new(pool: &PoolConfig) -> Upstream {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (pool.backend_protocol, &pool.tls).hash(&mut hasher);
+        let profile = match (pool.backend_protocol, &pool.tls) {
+            (BackendProtocol::Http1, None) => 0,
+            _ => hasher.finish() | 1,
+        };
+        let tls = pool.tls.as_ref().map(|_| UpstreamTls {
+            connector: tls_connector(pool).map_err(|e| e.to_string().into()),
+            sni: pool
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.as_deref())
+                .and_then(|name| tls_client::server_name(name).ok()),
+        });
+        Upstream {
+            protocol: pool.backend_protocol,
+            tls,
+            profile,
+        }
+    }
+
+    /// What `geolb check` and a reload report about a pool's TLS settings.
+    pub fn check(pool: &PoolConfig) -> io::Result<()> {
+        tls_connector(pool).map(drop)
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.protocol != BackendProtocol::Http1
+    }
+
+    /// Readies a request made for an HTTP/1.1 backend (origin-form, `Host`)
+    /// for an HTTP/2 one: the target in `:scheme` and `:authority`, taken
+    /// from `Host` (RFC 9113 §8.3.1).
+    pub fn adapt(&self, req: &mut Request<BackendRequestBody>) {
+        if !self.is_http2() {
+            return;
+        }
+        let scheme = if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+        // Without a Host (HTTP/1.0), h2 sends the origin-form as is.
+        let Some(authority) = authority else {
+            return;
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+
+    /// A connection to `addr` from the backend's idle list, or a new one
+    /// within `timeout` (TCP connect, TLS and HTTP/2 handshakes).
+    pub async fn sender(
+        &self,
+        idle: &IdleConnections,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<Sender> {
+        if let Some(sender) = idle.take(self.profile) {
+            return Ok(sender);
+        }
+        let connect = async {
+            if !self.is_http2() {
+                return self.connect(addr).await;
+            }
+            // Requests arriving together wait for one HTTP/2 connection
+            // rather than each opening its own.
+            let _one_at_a_time = idle.http2_connecting.lock().await;
+            if let Some(sender) = idle.take(self.profile) {
+                return Ok(sender);
+            }
+            let sender = self.connect(addr).await?;
+            if let Kind::Http2(h2) = &sender.kind {
+                idle.share(self.profile, h2.clone());
+            }
+            Ok(sender)
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Sender> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let Some(tls) = &self.tls else {
+            return self.handshake(stream, addr).await;
+        };
+        let connector = tls.connector.as_ref().map_err(|e| io::Error::other(&**e))?;
+        let name = tls
+            .sni
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS: {e}")))?;
+        if self.protocol == BackendProtocol::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2")
+        {
+            return Err(io::Error::other(
+                "TLS: the backend did not agree to h2 (ALPN)",
+            ));
+        }
+        self.handshake(stream, addr).await
+    }
+
+    async fn handshake<S>(&self, stream: S, addr: SocketAddr) -> io::Result<Sender>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let io = TokioIo::new(stream);
+        let kind = if self.is_http2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(backend = %addr, error = %e, "backend connection ended");
+                }
+            });
+            Kind::Http2(sender)
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(backend = %addr, error = %e, "backend connection ended");
+                }
+            });
+            Kind::Http1(sender)
+        };
+        Ok(Sender {
+            kind,
+            profile: self.profile,
+        })
+    }
+}
+
+fn tls_connector(pool: &PoolConfig) -> io::Result<TlsConnector> {
+    let Some(tls) = &pool.tls else {
+        return Err(io::Error::other("no tls"));
+    };
+    let alpn: &[&[u8]] = match pool.backend_protocol {
+        BackendProtocol::H2 => &[b"h2"],
+        _ => &[b"http/1.1"],
+    };
+    if let Some(sni) = &tls.sni {
+        tls_client::server_name(sni)?;
+    }
+    let config = tls_client::client_config(tls.ca.as_deref(), tls.verify, alpn)?;
+    Ok(TlsConnector::from(config))
+}
+
+/// A connection ready for one request.
+pub struct Sender {
+    kind: Kind,
+    profile: u64,
+}
+
+enum Kind {
+    Http1(http1::SendRequest<BackendRequestBody>),
+    Http2(http2::SendRequest<BackendRequestBody>),
+}
+
+impl Sender {
+    /// Sends `req`; a request the connection could not take (closed
+    /// before it was written) comes back in the error.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<BackendRequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<BackendRequestBody>>> {
+        let mut resp = match &mut self.kind {
+            Kind::Http1(s) => s.try_send_request(req).await?,
+            Kind::Http2(s) => s.try_send_request(req).await?,
+        };
+        // Clients get HTTP/1.1 or HTTP/2 from their own connection.
+        *resp.version_mut() = Version::HTTP_11;
+        Ok(resp)
+    }
+
+    /// Whether this connection can carry an HTTP/1.1 upgrade (WebSocket).
+    pub fn can_upgrade(&self) -> bool {
+        matches!(self.kind, Kind::Http1(_))
+    }
+}
+
+/// A backend's kept connections; per address, shared by every pool that
+/// lists it and kept across reloads.
 #[derive(Default)]
 pub struct IdleConnections {
-    conns: Mutex<Vec<(Sender, Instant)>>,
+    http1: Mutex<Vec<Idle>>,
+    http2: Mutex<Vec<(u64, http2::SendRequest<BackendRequestBody>)>>,
+    http2_connecting: tokio::sync::Mutex<()>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<BackendRequestBody>,
+    since: Instant,
+    profile: u64,
 }
 
 impl IdleConnections {
-    /// The most recently used idle connection that still looks open.
-    pub fn take(&self) -> Option<Sender> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+    /// The shared HTTP/2 connection of `profile`, else the most recently
+    /// used idle HTTP/1.1 one that still looks open.
+    fn take(&self, profile: u64) -> Option<Sender> {
+        if profile != 0 {
+            let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+            shared.retain(|(_, s)| !s.is_closed());
+            if let Some((_, s)) = shared.iter().find(|(p, _)| *p == profile) {
+                return Some(Sender {
+                    kind: Kind::Http2(s.clone()),
+                    profile,
+                });
+            }
+        }
+        let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        while let Some((sender, since)) = conns.pop() {
-            if !sender.is_closed() && now.duration_since(since) < IDLE_LIMIT {
-                return Some(sender);
+        // Newest first; stale ones met on the way are dropped.
+        let mut at = conns.len();
+        while at > 0 {
+            at -= 1;
+            let c = &conns[at];
+            if c.sender.is_closed() || now.duration_since(c.since) >= IDLE_LIMIT {
+                conns.remove(at);
+            } else if c.profile == profile {
+                return Some(Sender {
+                    kind: Kind::Http1(conns.remove(at).sender),
+                    profile,
+                });
             }
         }
         None
     }
 
+    /// Makes a new HTTP/2 connection the one shared for `profile`, unless
+    /// another request opened one first.
+    fn share(&self, profile: u64, sender: http2::SendRequest<BackendRequestBody>) {
+        let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|(_, s)| !s.is_closed());
+        if !shared.iter().any(|(p, _)| *p == profile) {
+            shared.push((profile, sender));
+        }
+    }
+
+    /// Gives back a connection whose response ended cleanly.
     pub fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+        let Kind::Http1(http1) = sender.kind else {
+            // Shared, never taken.
+            return;
+        };
+        if http1.is_closed() {
             return;
         }
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
         if conns.len() < MAX_IDLE {
-            conns.push((sender, Instant::now()));
+            conns.push(Idle {
+                sender: http1,
+                since: Instant::now(),
+                profile: sender.profile,
+            });
         }
     }
 
     pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.http1.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + self.http2.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Opens a new connection to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Sender> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(backend = %addr, error = %e, "backend connection ended");
-        }
-    });
-    Ok(sender)
 }

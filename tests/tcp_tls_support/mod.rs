@@ -87,6 +87,12 @@ impl Pki {
 
     /// A TLS acceptor serving `leaf`.
     pub fn acceptor(&self, leaf: &Leaf) -> tokio_rustls::TlsAcceptor {
+        self.acceptor_alpn(leaf, &[])
+    }
+
+    /// A TLS acceptor serving `leaf` and agreeing to the first of `alpn`
+    /// the client offers.
+    pub fn acceptor_alpn(&self, leaf: &Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf.cert)
@@ -102,6 +108,8 @@ impl Pki {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .unwrap();
+        let mut config = config;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
@@ -267,6 +275,75 @@ pub async fn count_then_answer(mut stream: TcpStream) {
         .write_all(format!("got {total} bytes").as_bytes())
         .await;
     let _ = stream.shutdown().await;
+}
+
+// ---- HTTP origins (hyper) ----
+
+/// An HTTP server speaking HTTP/1.1 and HTTP/2 (cleartext by prior
+/// knowledge, or over TLS by ALPN when given an acceptor) that answers
+/// every request with what it saw: `version method uri host=... proto=...`.
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// Connections accepted (TLS handshakes included when TLS).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    _backend: TcpBackend,
+}
+
+impl Origin {
+    pub async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
+        use std::sync::atomic::Ordering;
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let backend = TcpBackend::start(move |stream| {
+            let (tls, counter) = (tls.clone(), counter.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_origin(stream).await;
+                        }
+                    }
+                    None => serve_origin(stream).await,
+                }
+            }
+        })
+        .await;
+        Origin {
+            addr: backend.addr,
+            connections,
+            _backend: backend,
+        }
+    }
+}
+
+async fn serve_origin<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let service =
+        hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map_or("-", |v| v.to_str().unwrap_or("?"))
+                    .to_owned()
+            };
+            let body = format!(
+                "{:?} {} {} host={} proto={}",
+                req.version(),
+                req.method(),
+                req.uri(),
+                header("host"),
+                header("x-forwarded-proto")
+            );
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+        });
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }
 
 /// An address where nothing listens (bound, then released).
