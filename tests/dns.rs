@@ -42,6 +42,7 @@ records = [
   { name = "@", type = "TXT", value = "v=spf1 -all" },
   { name = "host.lab", type = "A", value = "192.0.2.80" },
   { name = "big", type = "TXT", value = "BIG" },
+  { name = "edge", type = "TXT", value = "EDGE" },
 ]
 
 [[dns.geo]]
@@ -75,6 +76,7 @@ fn config(drain_eu: bool) -> Config {
     let text = CONFIG
         .replace("GEOIP", &geoip_db().display().to_string())
         .replace("BIG", &"x".repeat(1000))
+        .replace("EDGE", &"e".repeat(480))
         .replace("DRAIN", &drain_eu.to_string());
     geolb::config::parse_str(&text, Path::new("/tmp/geolb-dns-test.toml")).unwrap()
 }
@@ -432,6 +434,39 @@ async fn big_answers_set_tc_over_udp_and_come_whole_over_tcp() {
     let m = udp(server.addr, &query).await;
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 1);
+    server.stop().await;
+}
+
+/// Whatever size a client advertises, the UDP answer fits it: whole when
+/// it can, else truncated with TC.
+#[tokio::test]
+async fn udp_answers_never_exceed_the_clients_size() {
+    let server = start(all_up()).await;
+    let mut whole = None;
+    for size in (500..=560).chain([1232, 4096]) {
+        let mut query = q("edge.mysite.com.", RecordType::TXT);
+        query.edns = Some(size);
+        let bytes = udp_raw(server.addr, &query.bytes())
+            .await
+            .expect("an answer");
+        let allowed = usize::from(size.clamp(512, 1232));
+        assert!(
+            bytes.len() <= allowed,
+            "{} bytes for a client of {size}",
+            bytes.len()
+        );
+        let m = Message::from_vec(&bytes).unwrap();
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty());
+            assert!(whole.is_none(), "TC at {size} after a whole answer");
+        } else {
+            assert_eq!(m.answers.len(), 1, "{size}");
+            whole.get_or_insert(bytes.len());
+        }
+    }
+    // The 480-byte TXT (538 bytes of answer) fits from some size on.
+    let first_whole = whole.expect("a whole answer at 1232");
+    assert!(first_whole > 512 && first_whole <= 560, "{first_whole}");
     server.stop().await;
 }
 

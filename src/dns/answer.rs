@@ -4,11 +4,13 @@
 use std::net::IpAddr;
 
 use hickory_proto::ProtoError;
-use hickory_proto::op::{Edns, LowerQuery, Metadata, OpCode, ResponseCode, emit_message_parts};
+use hickory_proto::op::{
+    Edns, Header, LowerQuery, Metadata, OpCode, ResponseCode, emit_message_parts,
+};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use smallvec::SmallVec;
@@ -74,8 +76,14 @@ impl Resolution {
     }
 }
 
-/// Answers `request`.
+/// Answers `request`, sized for its transport.
 pub(crate) fn respond(data: &DnsData, request: &Request) -> Reply {
+    let reply = build(data, request);
+    fit(reply, request)
+}
+
+/// Answers `request`, whatever its size.
+pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     let mut reply = Reply {
         metadata: Metadata::response_from_request(&request.metadata),
         answers: Vec::new(),
@@ -135,11 +143,11 @@ pub(crate) fn respond(data: &DnsData, request: &Request) -> Reply {
                 resolution.scope.unwrap_or(0),
             )));
     }
-    fit(reply, request)
+    reply
 }
 
 /// The largest response the client takes over `request`'s transport.
-fn limit(request: &Request) -> usize {
+pub(crate) fn limit(request: &Request) -> usize {
     match request.protocol() {
         Protocol::Udp => match &request.edns {
             Some(edns) => edns.max_payload().clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
@@ -175,11 +183,24 @@ fn fit(mut reply: Reply, request: &Request) -> Reply {
     }
 }
 
-/// The reply as hickory-server will put it on the wire (same question
-/// bytes, same name compression).
+/// The reply as it goes on the wire over UDP (see `encode_into`).
 pub(crate) fn encode(reply: &Reply, request: &Request) -> Result<Vec<u8>, ProtoError> {
     let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
+    encode_into(reply, request, u16::MAX, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Appends `reply` to `bytes` within `max` bytes. The question is written
+/// anew (original case), so answer names are compressed against it. A
+/// record that does not fit is left out and the header gets TC.
+pub(crate) fn encode_into(
+    reply: &Reply,
+    request: &Request,
+    max: u16,
+    bytes: &mut Vec<u8>,
+) -> Result<Header, ProtoError> {
+    let mut encoder = BinEncoder::new(bytes);
+    encoder.set_max_size(max);
     emit_message_parts(
         &reply.metadata,
         &mut request.queries.queries().iter().map(LowerQuery::original),
@@ -189,8 +210,42 @@ pub(crate) fn encode(reply: &Reply, request: &Request) -> Result<Vec<u8>, ProtoE
         reply.edns.as_ref(),
         None,
         &mut encoder,
-    )?;
-    Ok(bytes)
+    )
+}
+
+/// `reply` for a UDP client, into `bytes` (cleared first): whole if it
+/// fits the client's size, else with no records and TC, keeping the
+/// question and OPT (with ECS) so the client retries over TCP; a reply
+/// that cannot be encoded at all becomes SERVFAIL.
+pub(crate) fn encode_udp(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+    let max = limit(request) as u16;
+    bytes.clear();
+    match encode_into(&reply, request, max, bytes) {
+        Ok(header) if !header.metadata.truncation => return,
+        Ok(_) => reply.metadata.truncation = true,
+        Err(error) => {
+            tracing::warn!(%error, "cannot encode a DNS reply");
+            reply.metadata.response_code = ResponseCode::ServFail;
+        }
+    }
+    reply.answers.clear();
+    reply.authorities.clear();
+    bytes.clear();
+    if let Err(error) = encode_into(&reply, request, max, bytes) {
+        // Only a question too large for the client's size gets here.
+        tracing::debug!(%error, "cannot encode even an empty DNS reply");
+        bytes.clear();
+        let header = Header {
+            metadata: {
+                let mut m = reply.metadata;
+                m.response_code = ResponseCode::ServFail;
+                m
+            },
+            counts: Default::default(),
+        };
+        let mut encoder = BinEncoder::new(bytes);
+        let _ = header.emit(&mut encoder);
+    }
 }
 
 fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client) -> Resolution {

@@ -7,12 +7,15 @@
 //! - `answer`: one query -> one reply, a pure function of the data.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
-//! - `server`: sockets and hickory-server; [`bind`], [`serve`].
+//! - `server`: sockets; hickory-server for TCP; [`bind`], [`serve`].
+//! - `udp`: the UDP path, a thread per socket answering without
+//!   hickory-server.
 
 mod answer;
 mod ecs;
 mod geo;
 mod server;
+mod udp;
 mod zone;
 
 use std::net::IpAddr;

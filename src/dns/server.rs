@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Reply};
+use super::udp;
 use super::{DNS_GEO_ANSWERS, DNS_QUERIES, DnsData, SharedDnsData};
 
 /// A TCP connection that sends no query for this long is closed.
@@ -72,9 +73,11 @@ pub async fn serve(
         shutdown.cancelled().await;
         return Ok(());
     }
-    let mut server = Server::new(Handler { data });
+    let mut server = Server::new(Handler { data: data.clone() });
+    let udp_stop = CancellationToken::new();
+    let mut udp_threads = Vec::with_capacity(sockets.len());
     for (udp, tcp) in sockets {
-        server.register_socket(udp);
+        udp_threads.push(udp::spawn(udp, data.clone(), udp_stop.clone())?);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     }
     let stop = server.shutdown_token().clone();
@@ -83,12 +86,20 @@ pub async fn serve(
         stop.cancel();
         std::future::pending::<()>().await
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server.block_until_done() => {
             result.map_err(|e| io::Error::other(format!("DNS server stopped: {e}")))
         }
         () = forward => unreachable!("pending never completes"),
-    }
+    };
+    udp_stop.cancel();
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in udp_threads {
+            let _ = thread.join();
+        }
+    });
+    let _ = joined.await;
+    result
 }
 
 /// Re-reads the GeoIP database when its file changes on disk, checking
@@ -207,7 +218,7 @@ const RCODES: [(ResponseCode, &str); 7] = [
 static QUERY_COUNTERS: [[OnceLock<Counter>; RCODES.len() + 1]; QTYPES.len() + 1] =
     [const { [const { OnceLock::new() }; RCODES.len() + 1] }; QTYPES.len() + 1];
 
-fn count(data: &DnsData, request: &Request, reply: &Reply) {
+pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
     let qtype = request
         .queries
         .queries()
