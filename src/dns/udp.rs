@@ -21,6 +21,8 @@ use super::{DnsData, SharedDnsData};
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Longer datagrams are cut here, as hickory-server does.
 const MAX_RECEIVE: usize = 4096;
+/// SO_RCVBUF asked for (what gdnsd asks for too, within rmem_max).
+const RECEIVE_BUFFER: usize = 1 << 20;
 
 /// Serves `socket` on a thread of its own until `shutdown`; the returned
 /// handle ends soon after (within [`SHUTDOWN_POLL`]).
@@ -32,6 +34,9 @@ pub fn spawn(
     let socket = socket.into_std()?;
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(SHUTDOWN_POLL))?;
+    // Room for bursts while the thread is busy or descheduled; the kernel
+    // caps it at net.core.rmem_max.
+    let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(RECEIVE_BUFFER);
     let local = socket.local_addr()?;
     std::thread::Builder::new()
         .name(format!("dns-udp {local}"))
