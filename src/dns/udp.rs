@@ -1,16 +1,23 @@
-//! DNS over UDP without hickory-server: one thread per socket receives,
-//! answers from the current [`DnsData`] and sends, reusing its buffers.
+//! DNS over UDP without hickory-server: one thread per socket receives a
+//! batch of queries (`recvmmsg`), answers them from the current
+//! [`DnsData`] into reused buffers and sends the batch (`sendmmsg`).
 //! hickory-server spawns a task per packet and hands each reply through a
 //! channel; at DNS rates that bookkeeping costs more than the answer.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
@@ -43,36 +50,116 @@ pub fn spawn(
         .spawn(move || serve(&socket, &data, &shutdown))
 }
 
+/// Datagrams taken from (and answers given to) the kernel per system call.
+const BATCH: usize = 32;
+
+/// Receives up to [`BATCH`] queries per `recvmmsg`, answers them from one
+/// load of the data, and sends the answers with one `sendmmsg`.
 fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken) {
-    let mut packet = vec![0u8; MAX_RECEIVE];
-    let mut reply = Vec::with_capacity(answer::MAX_UDP_PAYLOAD.into());
+    let fd = socket.as_raw_fd();
+    let mut packets: Vec<Box<[u8]>> = (0..BATCH)
+        .map(|_| vec![0u8; MAX_RECEIVE].into_boxed_slice())
+        .collect();
+    let mut replies: Vec<Vec<u8>> = (0..BATCH)
+        .map(|_| Vec::with_capacity(answer::MAX_UDP_PAYLOAD.into()))
+        .collect();
+    let mut received: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut receive_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     while !shutdown.is_cancelled() {
-        let (len, src) = match socket.recv_from(&mut packet) {
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
+        received.clear();
+        {
+            // An array, not a Vec: recvmmsg ties the borrow of the slices
+            // to their contents, which a type with a destructor cannot
+            // satisfy.
+            let mut buffers = packets.iter_mut();
+            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+                [IoSliceMut::new(
+                    buffers.next().map_or(&mut [][..], |p| &mut p[..]),
+                )]
+            });
+            // WAITFORONE: block (up to the read timeout) for the first
+            // datagram only, then take what is already queued.
+            match recvmmsg(
+                fd,
+                &mut receive_headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => {
+                    for (i, msg) in results.enumerate() {
+                        if let Some(src) = msg.address.as_ref().and_then(std_addr) {
+                            received.push((i, msg.bytes, src));
+                        }
+                    }
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS UDP receive failed");
+                    continue;
+                }
             }
-            Err(e) => {
-                // ICMP errors from earlier sends (ECONNREFUSED) land here
-                // on some systems; nothing to do but go on.
-                tracing::debug!(error = %e, "DNS UDP receive failed");
-                continue;
-            }
-        };
-        if !answer_packet(&data.load(), &packet[..len], src, &mut reply) {
-            continue;
         }
-        if let Err(e) = socket.send_to(&reply, src) {
-            tracing::debug!(%src, error = %e, "cannot send a DNS response");
+        destinations.clear();
+        {
+            let data = data.load();
+            for &(i, len, src) in &received {
+                let reply = &mut replies[destinations.len()];
+                if answer_packet(&data, &packets[i][..len], src, reply) {
+                    destinations.push(Some(SockaddrStorage::from(src)));
+                }
+            }
+        }
+        send_all(
+            fd,
+            &mut send_headers,
+            &replies[..destinations.len()],
+            &destinations,
+        );
+    }
+}
+
+/// Sends `replies[i]` to `destinations[i]`, skipping one that fails.
+fn send_all(
+    fd: std::os::fd::RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[Vec<u8>],
+    destinations: &[Option<SockaddrStorage>],
+) {
+    let mut sent = 0;
+    while sent < replies.len() {
+        let slices: SmallVec<[[IoSlice<'_>; 1]; BATCH]> =
+            replies[sent..].iter().map(|r| [IoSlice::new(r)]).collect();
+        let no_control: [ControlMessage<'_>; 0] = [];
+        match sendmmsg(
+            fd,
+            headers,
+            slices.iter(),
+            &destinations[sent..],
+            no_control,
+            MsgFlags::empty(),
+        ) {
+            Ok(results) => match results.count() {
+                0 => return,
+                n => sent += n,
+            },
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                tracing::debug!(dst = ?destinations[sent], error = %e, "cannot send a DNS response");
+                sent += 1;
+            }
         }
     }
+}
+
+fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// Writes the answer to `packet` from `src` into `reply`; false when
