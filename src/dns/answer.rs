@@ -25,7 +25,7 @@ use crate::geoip::Location;
 /// 2020 size, which avoids IP fragmentation on common paths.
 pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
 /// RFC 1035 §4.2.1: UDP without EDNS.
-const PLAIN_UDP_PAYLOAD: u16 = 512;
+pub(crate) const PLAIN_UDP_PAYLOAD: u16 = 512;
 /// CNAME hops followed inside our zones before giving up on a loop.
 const MAX_CHAIN: usize = 8;
 
@@ -42,9 +42,9 @@ pub(crate) struct Reply {
 }
 
 /// Where the client is, as far as the query tells.
-struct Client {
-    src: IpAddr,
-    ecs: Option<ecs::ClientSubnet>,
+pub(super) struct Client {
+    pub src: IpAddr,
+    pub ecs: Option<ecs::ClientSubnet>,
 }
 
 /// The outcome of looking a name up in the zones.
@@ -327,7 +327,7 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
 
 /// Ranks the candidates of geo name `index` for `client`: the ranking and
 /// the ECS scope to return (None without ECS).
-fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking, Option<u8>) {
+pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking, Option<u8>) {
     let (addr, scope_cap) = match client.ecs {
         Some(ecs) if ecs.source_prefix > 0 => (ecs.addr, Some(ecs.source_prefix)),
         // RFC 7871 §7.1.2: source prefix 0 asks for the resolver's own
@@ -375,7 +375,7 @@ fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordTyp
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::SocketAddr;
     use std::path::Path;
     use std::sync::Arc;
@@ -448,7 +448,7 @@ location = { lat = 1.35, lon = 103.82 }
 addresses = ["192.0.2.10"]
 "#;
 
-    fn data(health: Arc<dyn DatacenterHealth>) -> DnsData {
+    pub(crate) fn data(health: Arc<dyn DatacenterHealth>) -> DnsData {
         let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
         let text = CONFIG
             .replace("GEOIP", &db.display().to_string())

@@ -47,7 +47,7 @@ pub(crate) fn client_subnet(message: &[u8]) -> Result<Option<ClientSubnet>, Malf
     Ok(found)
 }
 
-fn parse(data: &[u8]) -> Result<ClientSubnet, Malformed> {
+pub(super) fn parse(data: &[u8]) -> Result<ClientSubnet, Malformed> {
     let [f0, f1, source_prefix, _scope, address @ ..] = data else {
         return Err(Malformed("Client Subnet option shorter than 4 bytes"));
     };

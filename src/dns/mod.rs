@@ -5,6 +5,8 @@
 //!   through a [`SharedDnsData`].
 //! - `zone`: zones from `[[dns.zone]]` and their master files.
 //! - `answer`: one query -> one reply, a pure function of the data.
+//! - `fast`: the common A/AAAA queries over UDP, answered from the wire
+//!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
 //! - `server`: sockets; hickory-server for TCP; [`bind`], [`serve`].
@@ -13,6 +15,7 @@
 
 mod answer;
 mod ecs;
+mod fast;
 mod geo;
 mod server;
 mod udp;
@@ -92,6 +95,8 @@ pub struct DnsData {
 /// from it when only the locator or the health view changes.
 struct Compiled {
     zones: zone::Zones,
+    /// What the UDP fast path answers from.
+    fast: fast::Index,
     geo: Vec<geo::GeoName>,
     datacenters: Vec<geo::Datacenter>,
 }
@@ -166,6 +171,7 @@ pub fn compile(
     }
     Ok(DnsData {
         compiled: Arc::new(Compiled {
+            fast: fast::Index::build(&zones, &geo),
             zones,
             geo,
             datacenters,

@@ -219,16 +219,23 @@ static QUERY_COUNTERS: [[OnceLock<Counter>; RCODES.len() + 1]; QTYPES.len() + 1]
     [const { [const { OnceLock::new() }; RCODES.len() + 1] }; QTYPES.len() + 1];
 
 pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
-    let qtype = request
-        .queries
-        .queries()
-        .first()
-        .map(|q| q.query_type())
+    let qtype = request.queries.queries().first().map(|q| q.query_type());
+    count_query(qtype, reply.metadata.response_code);
+    if let (Some((index, chosen)), Some(RecordType::A | RecordType::AAAA | RecordType::ANY)) =
+        (&reply.geo, qtype)
+    {
+        count_geo(data, *index, chosen);
+    }
+}
+
+/// `geolb_dns_queries_total` for one query.
+pub(super) fn count_query(qtype: Option<RecordType>, rcode: ResponseCode) {
+    let qtype = qtype
         .and_then(|t| QTYPES.iter().position(|(known, _)| *known == t))
         .unwrap_or(QTYPES.len());
     let rcode = RCODES
         .iter()
-        .position(|(known, _)| *known == reply.metadata.response_code)
+        .position(|(known, _)| *known == rcode)
         .unwrap_or(RCODES.len());
     QUERY_COUNTERS[qtype][rcode]
         .get_or_init(|| {
@@ -237,18 +244,12 @@ pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
             metrics::counter!(DNS_QUERIES, "qtype" => qtype, "rcode" => rcode)
         })
         .increment(1);
+}
 
-    let Some((index, chosen)) = &reply.geo else {
-        return;
-    };
-    let asked = request.queries.queries().first().map(|q| q.query_type());
-    if !matches!(
-        asked,
-        Some(RecordType::A | RecordType::AAAA | RecordType::ANY)
-    ) {
-        return;
-    }
-    let geo = &data.compiled.geo[*index];
+/// `geolb_dns_geo_answers_total` for the data centers chosen for geo name
+/// `index`.
+pub(super) fn count_geo(data: &DnsData, index: usize, chosen: &[usize]) {
+    let geo = &data.compiled.geo[index];
     for dc in chosen {
         let Some(slot) = geo.candidates.iter().position(|c| c == dc) else {
             continue;

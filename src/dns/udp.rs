@@ -21,7 +21,8 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
-use super::server::count;
+use super::fast;
+use super::server::{count, count_geo, count_query};
 use super::{DnsData, SharedDnsData};
 
 /// How often a thread blocked on an idle socket looks at the shutdown token.
@@ -173,6 +174,24 @@ pub(crate) fn answer_packet(
     if !answerable_source(src) {
         return false;
     }
+    if let Some(answered) = fast::answer(data, packet, src, reply) {
+        count_query(Some(answered.qtype), ResponseCode::NoError);
+        if let Some((index, chosen)) = &answered.geo {
+            count_geo(data, *index, chosen);
+        }
+        return true;
+    }
+    answer_general(data, packet, src, reply)
+}
+
+/// [`answer_packet`] for what the fast path leaves: through hickory-proto's
+/// parser and the general answer.
+pub(crate) fn answer_general(
+    data: &DnsData,
+    packet: &[u8],
+    src: SocketAddr,
+    reply: &mut Vec<u8>,
+) -> bool {
     let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
         Ok(request) => request,
         Err(error) => {

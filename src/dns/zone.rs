@@ -141,6 +141,11 @@ impl Zone {
         Found::Missing
     }
 
+    /// Every name with records of its own.
+    pub fn nodes(&self) -> impl Iterator<Item = (&LowerName, &Node)> {
+        self.nodes.iter()
+    }
+
     fn exists(&self, name: &LowerName) -> bool {
         self.nodes.contains_key(name)
             || self.geo.contains_key(name)

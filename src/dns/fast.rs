@@ -1,0 +1,517 @@
+//! The common UDP queries answered straight from the wire: an A or AAAA
+//! query (at most one OPT, with at most a Client Subnet option) for a geo
+//! name or a name with records of that type. Everything else, and every
+//! answer this cannot write exactly as the general path would, goes to
+//! the general path (`answer`), which stays the definition: a test checks
+//! that both give the same bytes.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hickory_proto::rr::{LowerName, RData, RecordType};
+
+use super::answer::{self, Client};
+use super::zone::{Found, Zones};
+use super::{DnsData, ecs, geo};
+
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+const OPTION_ECS: u16 = 8;
+/// A compression pointer to the question's name, right after the header.
+const QUESTION_NAME: [u8; 2] = [0xc0, 12];
+const HEADER_LEN: usize = 12;
+
+/// What a name answers with, when the fast path can write it.
+pub(super) enum Target {
+    /// A geo name (index into the geo names); not at a zone apex.
+    Geo(usize),
+    /// Fixed A and/or AAAA records (ttl, address), in zone order.
+    Fixed {
+        a: Vec<(u32, Ipv4Addr)>,
+        aaaa: Vec<(u32, Ipv6Addr)>,
+    },
+}
+
+/// Owner names (lower-case wire form) the fast path answers for, with the
+/// owner as written in the config (its case is what answers carry).
+#[derive(Default)]
+pub(super) struct Index {
+    names: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
+}
+
+/// The owner as the config spells it (wire form), and what it answers.
+type Entry = (Box<[u8]>, Target);
+
+impl Index {
+    /// Indexes what `zones` answer from fixed data for an exact name: geo
+    /// names and nodes with A/AAAA records, as `find` sees them in the
+    /// zone `zone_for` picks.
+    pub(super) fn build(zones: &Zones, geo: &[geo::GeoName]) -> Index {
+        let mut names = HashMap::default();
+        for (index, g) in geo.iter().enumerate() {
+            let Some(zone) = zones.zone_for(&g.lower) else {
+                continue;
+            };
+            if let Found::Geo { node: None, .. } = zone.find(&g.lower) {
+                names.insert(lower_wire(&g.lower), (wire_of(&g.name), Target::Geo(index)));
+            }
+        }
+        for zone in zones.iter() {
+            for (lower, node) in zone.nodes() {
+                let owner_zone = zones.zone_for(lower);
+                if !owner_zone.is_some_and(|z| std::ptr::eq(z, zone)) {
+                    continue;
+                }
+                if !matches!(
+                    zone.find(lower),
+                    Found::Node {
+                        wildcard: false,
+                        ..
+                    }
+                ) {
+                    continue;
+                }
+                let records = || {
+                    node.rrsets
+                        .iter()
+                        .filter(|s| matches!(s.rtype, RecordType::A | RecordType::AAAA))
+                        .flat_map(|s| s.records.iter())
+                };
+                let Some(first) = records().next() else {
+                    continue;
+                };
+                let owner = wire_of(&first.name);
+                // One spelling of the owner, so one compression pointer fits all.
+                if records().any(|r| wire_of(&r.name) != owner) {
+                    continue;
+                }
+                let (mut a, mut aaaa) = (Vec::new(), Vec::new());
+                for r in records() {
+                    match &r.data {
+                        RData::A(v4) => a.push((r.ttl, v4.0)),
+                        RData::AAAA(v6) => aaaa.push((r.ttl, v6.0)),
+                        _ => {}
+                    }
+                }
+                names.insert(lower_wire(lower), (owner, Target::Fixed { a, aaaa }));
+            }
+        }
+        Index { names }
+    }
+}
+
+fn wire_of(name: &hickory_proto::rr::Name) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(name.len() + 1);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    out.into_boxed_slice()
+}
+
+fn lower_wire(name: &LowerName) -> Box<[u8]> {
+    let mut out = wire_of(&hickory_proto::rr::Name::from(name));
+    out.make_ascii_lowercase();
+    out
+}
+
+/// A query the fast path can read: the fields it needs, borrowed.
+struct Query<'p> {
+    id: [u8; 2],
+    /// RD (kept in the reply), as in the request's third byte.
+    rd: u8,
+    /// CD (kept in the reply), as in the request's fourth byte.
+    cd: u8,
+    /// Name, type and class, as sent (the reply repeats them).
+    question: &'p [u8],
+    name_len: usize,
+    qtype: u16,
+    /// The request's OPT: the client's UDP size and its Client Subnet
+    /// option data.
+    edns: Option<(u16, Option<&'p [u8]>)>,
+}
+
+/// Reads a plain query; None for anything the general path must see.
+fn parse(packet: &[u8]) -> Option<Query<'_>> {
+    let header = packet.get(..HEADER_LEN)?;
+    // QR = 0, opcode QUERY, no TC; Z, AD and rcode 0 … unless set: then
+    // the general path decides.
+    if header[2] & 0xfa != 0 || header[3] & 0xef != 0 {
+        return None;
+    }
+    let count = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
+    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+        return None;
+    }
+    // The name: plain labels only (a pointer here would be odd anyway).
+    let mut at = HEADER_LEN;
+    loop {
+        let len = usize::from(*packet.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+        if at - HEADER_LEN > 255 {
+            return None;
+        }
+    }
+    let name_len = at - HEADER_LEN;
+    let fixed = packet.get(at..at + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    if !matches!(qtype, TYPE_A | TYPE_AAAA) || u16::from_be_bytes([fixed[2], fixed[3]]) != CLASS_IN
+    {
+        return None;
+    }
+    let question = &packet[HEADER_LEN..at + 4];
+    at += 4;
+    let edns = if count(10) == 1 {
+        Some(parse_opt(packet.get(at..)?)?)
+    } else {
+        None
+    };
+    Some(Query {
+        id: [header[0], header[1]],
+        rd: header[2] & 0x01,
+        cd: header[3] & 0x10,
+        question,
+        name_len,
+        qtype,
+        edns,
+    })
+}
+
+/// An OPT record with EDNS version 0, extended rcode 0, and no option but
+/// one well-formed Client Subnet; trailing bytes send it elsewhere too.
+fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
+    let [
+        0,
+        t0,
+        t1,
+        c0,
+        c1,
+        rcode_high,
+        version,
+        _,
+        _,
+        l0,
+        l1,
+        rdata @ ..,
+    ] = record
+    else {
+        return None;
+    };
+    if u16::from_be_bytes([*t0, *t1]) != TYPE_OPT || *rcode_high != 0 || *version != 0 {
+        return None;
+    }
+    if rdata.len() != usize::from(u16::from_be_bytes([*l0, *l1])) {
+        return None;
+    }
+    let size = u16::from_be_bytes([*c0, *c1]);
+    let ecs = match rdata {
+        [] => None,
+        [o0, o1, n0, n1, data @ ..]
+            if u16::from_be_bytes([*o0, *o1]) == OPTION_ECS
+                && data.len() == usize::from(u16::from_be_bytes([*n0, *n1])) =>
+        {
+            Some(data)
+        }
+        _ => return None,
+    };
+    Some((size, ecs))
+}
+
+/// What the caller counts for an answered query.
+pub(super) struct Answered {
+    pub qtype: RecordType,
+    /// The geo name and chosen data centers, for geo answers.
+    pub geo: Option<(usize, smallvec::SmallVec<[usize; 4]>)>,
+}
+
+/// Writes the answer to `packet` into `reply` when the fast path can;
+/// None leaves it to the general path (`reply` is then garbage).
+pub(super) fn answer(
+    data: &DnsData,
+    packet: &[u8],
+    src: SocketAddr,
+    reply: &mut Vec<u8>,
+) -> Option<Answered> {
+    let query = parse(packet)?;
+    let name = &query.question[..query.name_len];
+    let mut key = [0u8; 255];
+    let key = &mut key[..name.len()];
+    key.copy_from_slice(name);
+    key.make_ascii_lowercase();
+    let (owner, target) = data.compiled.fast.names.get(&*key)?;
+    // The general path compresses an owner against the question only when
+    // they are spelled alike, case included.
+    if **owner != *name {
+        return None;
+    }
+    let ecs = match query.edns.and_then(|(_, ecs)| ecs) {
+        Some(option) => Some(ecs::parse(option).ok()?),
+        None => None,
+    };
+    let (scope, geo, v4, v6): (Option<u8>, _, SmallAddrs<Ipv4Addr>, SmallAddrs<Ipv6Addr>) =
+        match target {
+            Target::Geo(index) => {
+                let client = Client { src: src.ip(), ecs };
+                let (ranking, scope) = answer::decide(data, *index, &client);
+                let g = &data.compiled.geo[*index];
+                let dcs = &data.compiled.datacenters;
+                let chosen = || ranking.chosen.iter().map(|&i| &dcs[i]);
+                let (v4, v6) = match query.qtype {
+                    TYPE_A => (
+                        chosen()
+                            .flat_map(|dc| dc.v4.iter().map(|a| (g.ttl, *a)))
+                            .collect(),
+                        SmallAddrs::new(),
+                    ),
+                    _ => (
+                        SmallAddrs::new(),
+                        chosen()
+                            .flat_map(|dc| dc.v6.iter().map(|a| (g.ttl, *a)))
+                            .collect(),
+                    ),
+                };
+                (scope, Some((*index, ranking.chosen)), v4, v6)
+            }
+            Target::Fixed { a, aaaa } => match query.qtype {
+                TYPE_A => (None, None, a.iter().copied().collect(), SmallAddrs::new()),
+                _ => (
+                    None,
+                    None,
+                    SmallAddrs::new(),
+                    aaaa.iter().copied().collect(),
+                ),
+            },
+        };
+    let answers = v4.len() + v6.len();
+    // NODATA carries the SOA: the general path's business.
+    if answers == 0 {
+        return None;
+    }
+    reply.clear();
+    reply.extend_from_slice(&query.id);
+    reply.push(0x80 | 0x04 | query.rd);
+    reply.push(query.cd);
+    reply.extend_from_slice(&1u16.to_be_bytes());
+    reply.extend_from_slice(&(answers as u16).to_be_bytes());
+    reply.extend_from_slice(&0u16.to_be_bytes());
+    reply.extend_from_slice(&u16::from(query.edns.is_some()).to_be_bytes());
+    reply.extend_from_slice(query.question);
+    let mut record = |rtype: u16, ttl: u32, rdata: &[u8]| {
+        reply.extend_from_slice(&QUESTION_NAME);
+        reply.extend_from_slice(&rtype.to_be_bytes());
+        reply.extend_from_slice(&CLASS_IN.to_be_bytes());
+        reply.extend_from_slice(&ttl.to_be_bytes());
+        reply.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        reply.extend_from_slice(rdata);
+    };
+    for (ttl, addr) in &v4 {
+        record(TYPE_A, *ttl, &addr.octets());
+    }
+    for (ttl, addr) in &v6 {
+        record(TYPE_AAAA, *ttl, &addr.octets());
+    }
+    let mut limit = answer::PLAIN_UDP_PAYLOAD;
+    if let Some((size, option)) = query.edns {
+        limit = size.clamp(answer::PLAIN_UDP_PAYLOAD, answer::MAX_UDP_PAYLOAD);
+        reply.push(0);
+        reply.extend_from_slice(&TYPE_OPT.to_be_bytes());
+        reply.extend_from_slice(&answer::MAX_UDP_PAYLOAD.to_be_bytes());
+        reply.extend_from_slice(&0u32.to_be_bytes());
+        match option {
+            Some(option) => {
+                reply.extend_from_slice(&(option.len() as u16 + 4).to_be_bytes());
+                reply.extend_from_slice(&OPTION_ECS.to_be_bytes());
+                reply.extend_from_slice(&(option.len() as u16).to_be_bytes());
+                let at = reply.len();
+                reply.extend_from_slice(option);
+                // FAMILY, SOURCE PREFIX and ADDRESS as received; our scope.
+                reply[at + 3] = scope.unwrap_or(0);
+            }
+            None => reply.extend_from_slice(&0u16.to_be_bytes()),
+        }
+    }
+    // Too big for the client: the general path truncates.
+    if reply.len() > usize::from(limit) {
+        return None;
+    }
+    Some(Answered {
+        qtype: if query.qtype == TYPE_A {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        },
+        geo,
+    })
+}
+
+type SmallAddrs<T> = smallvec::SmallVec<[(u32, T); 8]>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::dns::udp::answer_general;
+    use crate::dns::{AllUp, DatacenterHealth};
+
+    /// A query as a resolver would send it.
+    struct Packet {
+        name: &'static str,
+        qtype: u16,
+        rd: bool,
+        cd: bool,
+        /// (UDP size, Client Subnet option data)
+        edns: Option<(u16, Option<Vec<u8>>)>,
+    }
+
+    impl Packet {
+        fn bytes(&self) -> Vec<u8> {
+            let mut p = vec![
+                0x12,
+                0x34,
+                u8::from(self.rd),
+                if self.cd { 0x10 } else { 0 },
+            ];
+            p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(self.edns.is_some())]);
+            for label in self.name.trim_end_matches('.').split('.') {
+                p.push(label.len() as u8);
+                p.extend_from_slice(label.as_bytes());
+            }
+            p.push(0);
+            p.extend_from_slice(&self.qtype.to_be_bytes());
+            p.extend_from_slice(&CLASS_IN.to_be_bytes());
+            if let Some((size, ecs)) = &self.edns {
+                p.extend_from_slice(&[0, 0, 41]);
+                p.extend_from_slice(&size.to_be_bytes());
+                p.extend_from_slice(&[0, 0, 0x80, 0]); // DO set: ignored by both paths
+                match ecs {
+                    Some(data) => {
+                        p.extend_from_slice(&(data.len() as u16 + 4).to_be_bytes());
+                        p.extend_from_slice(&OPTION_ECS.to_be_bytes());
+                        p.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                        p.extend_from_slice(data);
+                    }
+                    None => p.extend_from_slice(&[0, 0]),
+                }
+            }
+            p
+        }
+    }
+
+    fn ecs(family: u16, source: u8, address: &[u8]) -> Vec<u8> {
+        let mut d = family.to_be_bytes().to_vec();
+        d.extend_from_slice(&[source, 0]);
+        d.extend_from_slice(address);
+        d
+    }
+
+    /// Every combination below: whatever the fast path answers is exactly
+    /// what the general path answers, and it answers the common ones.
+    #[test]
+    fn fast_answers_are_the_general_answers_byte_for_byte() {
+        let eu_down: Arc<dyn DatacenterHealth> = Arc::new(|i: usize| i != 0);
+        let names = [
+            "api.mysite.com.",
+            "API.mysite.com.",
+            "two.mysite.com.",
+            "ns1.mysite.com.",
+            "Ns1.MySite.com.",
+            "a.deep.mysite.com.",
+            "x.wild.mysite.com.",
+            "www.mysite.com.",
+            "mysite.com.",
+            "nothing.mysite.com.",
+            "apex.test.",
+            "elsewhere.example.",
+        ];
+        let edns = [
+            None,
+            Some((512, None)),
+            Some((100, None)),
+            Some((1232, Some(ecs(1, 24, &[81, 2, 69])))),
+            Some((4096, Some(ecs(1, 32, &[175, 16, 199, 0])))),
+            Some((1232, Some(ecs(2, 56, &[0x24, 0x0, 0x1, 0x0, 0, 0, 0])))),
+            Some((1232, Some(ecs(1, 0, &[])))),
+            Some((1232, Some(ecs(1, 20, &[81, 2, 64])))),
+            // Malformed: bits past the source prefix (FORMERR).
+            Some((1232, Some(ecs(1, 20, &[81, 2, 69])))),
+        ];
+        let sources = [
+            "192.0.2.200:5353",
+            "81.2.69.160:53",
+            "10.1.2.3:53",
+            "[2001:db8::1]:53",
+            "[::ffff:81.2.69.160]:53",
+        ];
+        let mut fast_answers = 0;
+        let mut total = 0;
+        for health in [Arc::new(AllUp) as Arc<dyn DatacenterHealth>, eu_down] {
+            let data = crate::dns::answer::tests::data(health);
+            for name in names {
+                for qtype in [TYPE_A, TYPE_AAAA, 16, 255] {
+                    for edns in &edns {
+                        for (rd, cd) in [(true, false), (false, true)] {
+                            for src in sources {
+                                let src: SocketAddr = src.parse().unwrap();
+                                let packet = Packet {
+                                    name,
+                                    qtype,
+                                    rd,
+                                    cd,
+                                    edns: edns.clone(),
+                                }
+                                .bytes();
+                                total += 1;
+                                let mut fast = Vec::new();
+                                if answer(&data, &packet, src, &mut fast).is_none() {
+                                    continue;
+                                }
+                                fast_answers += 1;
+                                let mut general = Vec::new();
+                                assert!(answer_general(&data, &packet, src, &mut general));
+                                assert_eq!(
+                                    fast, general,
+                                    "{name} type {qtype} edns {edns:?} rd {rd} from {src}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(fast_answers > 0 && fast_answers < total);
+
+        // The common queries do take the fast path.
+        let data = crate::dns::answer::tests::data(Arc::new(AllUp));
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        for (name, qtype, edns) in [
+            ("api.mysite.com.", TYPE_A, None),
+            ("api.mysite.com.", TYPE_A, edns[3].clone()),
+            ("api.mysite.com.", TYPE_AAAA, edns[5].clone()),
+            ("ns1.mysite.com.", TYPE_A, edns[1].clone()),
+        ] {
+            let packet = Packet {
+                name,
+                qtype,
+                rd: false,
+                cd: false,
+                edns,
+            };
+            let mut reply = Vec::new();
+            assert!(
+                answer(&data, &packet.bytes(), src, &mut reply).is_some(),
+                "{name} {qtype}"
+            );
+        }
+    }
+}
