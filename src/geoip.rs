@@ -95,6 +95,13 @@ struct CityRecord<'a> {
     location: Option<Coordinates>,
 }
 
+/// [`CityRecord`] less the names.
+#[derive(Deserialize)]
+struct PositionRecord {
+    #[serde(default)]
+    location: Option<Coordinates>,
+}
+
 #[derive(Deserialize)]
 struct Named<'a> {
     #[serde(borrow, default)]
@@ -220,7 +227,7 @@ impl GeoDb {
     }
 
     /// `ip` is looked up as given (callers unmap IPv4-mapped addresses).
-    fn lookup(&self, ip: IpAddr) -> DbAnswer {
+    fn lookup(&self, ip: IpAddr, names: bool) -> DbAnswer {
         let whole = |ip: IpAddr| match ip {
             IpAddr::V4(_) => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             IpAddr::V6(_) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
@@ -238,8 +245,20 @@ impl GeoDb {
             Ok(net) if net.ip().is_ipv4() == ip.is_ipv4() => (net.ip(), net.prefix()),
             _ => whole(ip),
         };
-        let place = match result.decode::<CityRecord<'_>>() {
-            Ok(Some(record)) => Some(record.into()),
+        let decoded = if names {
+            result
+                .decode::<CityRecord<'_>>()
+                .map(|r| r.map(Place::from))
+        } else {
+            result.decode::<PositionRecord>().map(|r| {
+                r.map(|r| Place {
+                    coords: r.location.and_then(Coordinates::valid),
+                    ..Place::default()
+                })
+            })
+        };
+        let place = match decoded {
+            Ok(Some(place)) => Some(place),
             Ok(None) => None,
             Err(error) => {
                 if !self.decode_failure_logged.swap(true, Ordering::Relaxed) {
@@ -257,18 +276,21 @@ impl GeoDb {
     }
 }
 
+impl Coordinates {
+    fn valid(self) -> Option<LatLon> {
+        let (lat, lon) = (self.latitude?, self.longitude?);
+        let valid = lat.is_finite()
+            && lon.is_finite()
+            && (-90.0..=90.0).contains(&lat)
+            && (-180.0..=180.0).contains(&lon);
+        valid.then_some(LatLon { lat, lon })
+    }
+}
+
 impl From<CityRecord<'_>> for Place {
     fn from(r: CityRecord<'_>) -> Place {
-        let coords = r.location.and_then(|l| {
-            let (lat, lon) = (l.latitude?, l.longitude?);
-            let valid = lat.is_finite()
-                && lon.is_finite()
-                && (-90.0..=90.0).contains(&lat)
-                && (-180.0..=180.0).contains(&lon);
-            valid.then_some(LatLon { lat, lon })
-        });
         Place {
-            coords,
+            coords: r.location.and_then(Coordinates::valid),
             city: r
                 .city
                 .and_then(|c| c.names)
@@ -397,6 +419,16 @@ impl Locator {
     }
 
     pub fn locate(&self, ip: IpAddr) -> Location {
+        self.locate_with(ip, true)
+    }
+
+    /// [`locate`](Self::locate) without the place names (None): what
+    /// answering needs, without decoding and copying names per query.
+    pub fn position(&self, ip: IpAddr) -> Location {
+        self.locate_with(ip, false)
+    }
+
+    fn locate_with(&self, ip: IpAddr, names: bool) -> Location {
         let (addr, offset) = match ip {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => (IpAddr::V4(v4), 96),
@@ -410,13 +442,13 @@ impl Locator {
                 network: (o.cidr.addr, o.cidr.prefix),
                 prefix_len: o.cidr.prefix,
                 city: None,
-                country: o.country.clone(),
-                continent: o.continent.clone(),
+                country: o.country.clone().filter(|_| names),
+                continent: o.continent.clone().filter(|_| names),
                 source: LocationSource::Override,
             }
         } else {
             let answer = match &self.db {
-                Some(db) => db.lookup(addr),
+                Some(db) => db.lookup(addr, names),
                 None => DbAnswer {
                     network: (unspecified_like(addr), 0),
                     place: None,
@@ -597,6 +629,22 @@ mod tests {
             assert_eq!(loc.country.as_deref(), Some(country), "{addr}");
             assert_eq!(loc.continent.as_deref(), Some(continent), "{addr}");
             assert_eq!(loc.coords, Some(LatLon { lat, lon }), "{addr}");
+            // What answers use: the same place, without the names.
+            let position = l.position(ip(addr));
+            assert_eq!(
+                (
+                    position.coords,
+                    position.network,
+                    position.prefix_len,
+                    position.source
+                ),
+                (loc.coords, loc.network, loc.prefix_len, loc.source),
+                "{addr}"
+            );
+            assert!(
+                position.city.is_none() && position.country.is_none(),
+                "{addr}"
+            );
         }
     }
 

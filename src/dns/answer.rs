@@ -335,7 +335,7 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking,
         Some(_) => (client.src, Some(0)),
         None => (client.src, None),
     };
-    let location: Location = data.locator.locate(addr);
+    let location: Location = data.locator.position(addr);
     let scope = scope_cap.map(|cap| location.prefix_len.min(cap));
     let geo = &data.compiled.geo[index];
     let ranking = geo::rank(
