@@ -9,6 +9,8 @@
 #   geo     "api.mysite.com A": geolb [[dns.geo]], gdnsd geoip plugin (DYNA
 #           geoip!api, same three data centers and coordinates, the MaxMind
 #           test database), Knot a static A (Knot has no geo; reference only)
+#   geo-ecs "api.mysite.com A" with Client Subnet 81.2.69.160/32 (London):
+#           a database hit per query (geolb and gdnsd answer eu-west)
 #   static  "ns1.mysite.com A": a plain zone record on all three
 # Queries come from 127.0.0.1, which has no location in the test database:
 # geolb and gdnsd both fall back to their configured data-center order, so
@@ -50,8 +52,11 @@ GEOLB=${GEOLB:-/work/main/target/release/geolb}
 GEOIP_DB=${GEOIP_DB:-/work/main/geoip/GeoIP2-City-Test.mmdb}
 SERVER_CPU=0
 LOAD_CPU=1
-WORKLOADS=(geo static)
-declare -A WL_QUERY=([geo]="api.mysite.com A" [static]="ns1.mysite.com A")
+WORKLOADS=(geo geo-ecs static)
+declare -A WL_QUERY=([geo]="api.mysite.com A" [geo-ecs]="api.mysite.com A" [static]="ns1.mysite.com A")
+# geo-ecs: every query carries Client Subnet 81.2.69.160/32 (London in the
+# test database), so the server does a real database hit per query.
+declare -A WL_ARGS=([geo-ecs]="-E 8:00012000510245a0")
 
 declare -a PIDS=()          # every long-running process this script started
 declare -A SERVER_PID=()
@@ -92,7 +97,7 @@ start_bg() {
 }
 
 # ask PORT NAME : the A answer (dig +short), one line.
-ask() { dig @127.0.0.1 -p "$1" "$2" A +short +time=1 +tries=2 2>/dev/null | grep -E '^[0-9.]+$' | tr '\n' ' ' | sed 's/ $//'; }
+ask() { dig @127.0.0.1 -p "$1" "$2" A "${@:3}" +short +time=1 +tries=2 2>/dev/null | grep -E '^[0-9.]+$' | tr '\n' ' ' | sed 's/ $//'; }
 
 # wait_dns PORT PID : until ns1.mysite.com answers (deadline 10 s), or PID dies.
 wait_dns() {
@@ -292,6 +297,7 @@ start_server() {
   fi
   log "$name: pid $STARTED_PID on CPU $SERVER_CPU, port ${SERVER_PORT[$name]};" \
       "api -> $(ask "${SERVER_PORT[$name]}" api.mysite.com) [${GEO_MODE[$name]}]," \
+      "api from London by ECS -> $(ask "${SERVER_PORT[$name]}" api.mysite.com +subnet=81.2.69.160/32)," \
       "ns1 -> $(ask "${SERVER_PORT[$name]}" ns1.mysite.com)"
   [[ -n $(ask "${SERVER_PORT[$name]}" api.mysite.com) ]] || { log "SKIP $name: no A answer for api.mysite.com"; return 1; }
 }
@@ -345,7 +351,7 @@ cpu_snapshot() {   # "busy total" jiffies of CPU 0 and CPU 1
 run_dnsperf() {   # run_dnsperf SECONDS PORT WORKLOAD OUTFILE
   timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
     dnsperf -s 127.0.0.1 -p "$2" -d "$WORK/$3.queries" -l "$1" -T 1 -c "$CLIENTS" -q "$OUTSTANDING" -t 1 \
-      $( ((MAX_QPS > 0)) && echo "-Q $MAX_QPS") >"$4" 2>&1
+      ${WL_ARGS[$3]:-} $( ((MAX_QPS > 0)) && echo "-Q $MAX_QPS") >"$4" 2>&1
 }
 
 # Parse dnsperf output: qps sent completed lost noerror avg_latency_ms
@@ -425,14 +431,14 @@ order = ["geolb", "gdnsd", "knot"]
 servers = sorted({k[0] for k in S}, key=lambda t: order.index(t) if t in order else 99)
 print("| server | workload | answers with | runs | qps (median) | server CPU % | qps per core | per core vs gdnsd | per core vs knot | avg latency ms | lost | CPU0 busy % | CPU1 busy % | foreign CPU % |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for w in ("geo", "static"):
+for w in ("geo", "geo-ecs", "static"):
     for t in servers:
         s = summary.get((t, w))
         if not s: continue
         def ratio(ref):
             r = summary.get((ref, w))
             return s["per_core"] / r["per_core"] if r and r["per_core"] and s["per_core"] else None
-        how = modes.get(t, "") if w == "geo" else "static A"
+        how = modes.get(t, "") if w.startswith("geo") else "static A"
         print(f"| {t} | {w} | {how} | {s['n']} | {fmt(s['qps'], ',.0f')} | {fmt(s['server_cpu'], '.0f')} | "
               f"{fmt(s['per_core'], ',.0f')} | {fmt(ratio('gdnsd'), '.2f')} | {fmt(ratio('knot'), '.2f')} | "
               f"{fmt(s['lat_ms'], '.3f')} | {s['lost']} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")

@@ -7,12 +7,13 @@
 //! stamp (size, mtime, inode) and re-opened whole; a bad new file leaves
 //! the old one serving.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -71,7 +72,13 @@ pub struct GeoDb {
     reader: maxminddb::Reader<Vec<u8>>,
     /// A record that fails to decode is logged once, not per query.
     decode_failure_logged: AtomicBool,
+    /// Coordinates by record (data-section offset): a City record is
+    /// mostly names to skip, and few records serve most clients.
+    positions: Mutex<HashMap<usize, Option<LatLon>, foldhash::fast::FixedState>>,
 }
+
+/// Records whose coordinates are kept; past this the cache starts over.
+const POSITIONS_KEPT: usize = 1 << 16;
 
 impl std::fmt::Debug for GeoDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +183,7 @@ impl GeoDb {
             stamp,
             reader,
             decode_failure_logged: AtomicBool::new(false),
+            positions: Mutex::default(),
         };
         // A few addresses spread over the tree: a schema that does not
         // decode fails here rather than on the first query.
@@ -250,9 +258,9 @@ impl GeoDb {
                 .decode::<CityRecord<'_>>()
                 .map(|r| r.map(Place::from))
         } else {
-            result.decode::<PositionRecord>().map(|r| {
-                r.map(|r| Place {
-                    coords: r.location.and_then(Coordinates::valid),
+            self.position(&result).map(|found| {
+                found.map(|coords| Place {
+                    coords,
                     ..Place::default()
                 })
             })
@@ -273,6 +281,39 @@ impl GeoDb {
             }
         };
         DbAnswer { network, place }
+    }
+}
+
+impl GeoDb {
+    /// The record's coordinates (`Some(None)`: a record without usable
+    /// ones), from the cache when it was seen before.
+    fn position(
+        &self,
+        result: &maxminddb::LookupResult<'_, Vec<u8>>,
+    ) -> Result<Option<Option<LatLon>>, maxminddb::MaxMindDbError> {
+        let Some(offset) = result.offset() else {
+            return Ok(None);
+        };
+        let cached = |positions: &Mutex<HashMap<_, _, _>>| {
+            positions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&offset)
+                .copied()
+        };
+        if let Some(coords) = cached(&self.positions) {
+            return Ok(Some(coords));
+        }
+        let Some(record) = result.decode::<PositionRecord>()? else {
+            return Ok(None);
+        };
+        let coords = record.location.and_then(Coordinates::valid);
+        let mut positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        if positions.len() >= POSITIONS_KEPT {
+            positions.clear();
+        }
+        positions.insert(offset, coords);
+        Ok(Some(coords))
     }
 }
 
