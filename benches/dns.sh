@@ -21,6 +21,7 @@
 #
 # Environment:
 #   SERVERS="geolb gdnsd knot"  servers to measure (any subset, any order)
+#   WORKLOADS="geo geo-ecs static"  workloads to run (any subset)
 #   ROUNDS=3        interleaved rounds (the table shows the median)
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per server and workload, before round 1
@@ -52,7 +53,7 @@ GEOLB=${GEOLB:-/work/main/target/release/geolb}
 GEOIP_DB=${GEOIP_DB:-/work/main/geoip/GeoIP2-City-Test.mmdb}
 SERVER_CPU=0
 LOAD_CPU=1
-WORKLOADS=(geo geo-ecs static)
+read -r -a WORKLOADS <<<"${WORKLOADS:-geo geo-ecs static}"
 declare -A WL_QUERY=([geo]="api.mysite.com A" [geo-ecs]="api.mysite.com A" [static]="ns1.mysite.com A")
 # geo-ecs: every query carries Client Subnet 81.2.69.160/32 (London in the
 # test database), so the server does a real database hit per query.
