@@ -268,6 +268,10 @@ impl Daemon {
         if old.config.admin != config.admin {
             needs_restart("admin.listen", "changing the admin listener");
         }
+        let udp_threads = |c: &Config| c.dns.as_ref().map_or(1, |d| d.udp_threads);
+        if udp_threads(&old.config) != udp_threads(&config) {
+            needs_restart("dns.udp_threads", "changing the number of DNS UDP threads");
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -302,7 +306,8 @@ impl Daemon {
             .filter(|a| !dns_running.contains(a))
             .collect();
         // This runs on a blocking thread: waiting for the binds is fine.
-        let dns_added = match tokio::runtime::Handle::current().block_on(dns::bind(&dns_new)) {
+        let bound = dns::bind(&dns_new, udp_threads(&config));
+        let dns_added = match tokio::runtime::Handle::current().block_on(bound) {
             Ok(sockets) => dns_new.into_iter().zip(sockets).collect::<Vec<_>>(),
             Err(e) => {
                 errors.push(ConfigError {
@@ -399,7 +404,7 @@ fn summarize(old: &state::Snapshot, new: &state::Snapshot) -> ReloadSummary {
     }
 }
 
-type DnsSockets = Vec<(tokio::net::UdpSocket, TcpListener)>;
+type BoundDns = Vec<dns::DnsSockets>;
 
 /// Binds one listener's socket (synchronously, so a reload can bind
 /// without awaiting while it holds no lock across the swap).
@@ -462,8 +467,8 @@ impl Daemon {
         running.iter().map(|d| d.listen).collect()
     }
 
-    fn start_dns(&self, listen: SocketAddr, sockets: (tokio::net::UdpSocket, TcpListener)) {
-        let local = sockets.0.local_addr().unwrap_or(listen);
+    fn start_dns(&self, listen: SocketAddr, sockets: dns::DnsSockets) {
+        let local = sockets.local_addr().unwrap_or(listen);
         tracing::info!(addr = %local, "dns listening (udp and tcp)");
         let stop = self.shutdown.child_token();
         let (data, token) = (self.dns.clone(), stop.clone());
@@ -584,7 +589,7 @@ async fn bind_all(
 ) -> anyhow::Result<(
     Vec<(TcpListener, BoundListener)>,
     Option<TcpListener>,
-    DnsSockets,
+    BoundDns,
 )> {
     let mut out = Vec::new();
     for l in &config.listeners {
@@ -599,7 +604,7 @@ async fn bind_all(
         None => None,
     };
     let dns = match &config.dns {
-        Some(d) => dns::bind(&d.listen)
+        Some(d) => dns::bind(&d.listen, d.udp_threads)
             .await
             .with_context(|| format!("dns: cannot bind {:?}", d.listen))?,
         None => Vec::new(),

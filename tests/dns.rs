@@ -96,12 +96,12 @@ struct Running {
 async fn start(health: Arc<dyn DatacenterHealth>) -> Running {
     let config = config(false);
     let data: SharedDnsData = Arc::new(ArcSwap::from_pointee(compile(&config, health)));
-    let sockets = dns::bind(&config.dns.as_ref().unwrap().listen)
+    let sockets = dns::bind(&config.dns.as_ref().unwrap().listen, 1)
         .await
         .unwrap();
-    let addr = sockets[0].0.local_addr().unwrap();
+    let addr = sockets[0].udp[0].local_addr().unwrap();
     assert_eq!(
-        sockets[0].1.local_addr().unwrap(),
+        sockets[0].tcp.local_addr().unwrap(),
         addr,
         "TCP on UDP's port"
     );
@@ -468,6 +468,39 @@ async fn udp_answers_never_exceed_the_clients_size() {
     let first_whole = whole.expect("a whole answer at 1232");
     assert!(first_whole > 512 && first_whole <= 560, "{first_whole}");
     server.stop().await;
+}
+
+/// `udp_threads = 2`: two sockets share the port (SO_REUSEPORT), each with
+/// its thread; clients spread over them by the kernel all get answers.
+#[tokio::test]
+async fn several_udp_threads_share_one_port() {
+    let config = config(false);
+    let data: SharedDnsData = Arc::new(ArcSwap::from_pointee(compile(&config, all_up())));
+    let sockets = dns::bind(&config.dns.as_ref().unwrap().listen, 2)
+        .await
+        .unwrap();
+    let addr = sockets[0].local_addr().unwrap();
+    let ports: Vec<u16> = sockets[0]
+        .udp
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    assert_eq!(ports, [addr.port(), addr.port()]);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(dns::serve(sockets, data, shutdown.clone()));
+    let query = q("api.mysite.com.", RecordType::A).ecs("81.2.69.160", 32);
+    // Many client ports, so both sockets are very likely picked; each
+    // client must be answered whichever one it lands on.
+    for _ in 0..40 {
+        let m = udp(addr, &query).await;
+        assert_eq!(addresses(&m), ["198.51.100.10"]);
+    }
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the server stops promptly")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

@@ -79,6 +79,9 @@ pub struct GeoNetwork {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsConfig {
     pub listen: Vec<SocketAddr>,
+    /// UDP sockets (and threads) per listen address, sharing its port by
+    /// SO_REUSEPORT (optional, 1).
+    pub udp_threads: usize,
     pub zones: Vec<ZoneConfig>,
     pub geo: Vec<GeoNameConfig>,
 }

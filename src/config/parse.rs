@@ -261,7 +261,7 @@ const ADMIN_KEYS: &[&str] = &["listen"];
 const GEOIP_KEYS: &[&str] = &["database", "network"];
 const NETWORK_KEYS: &[&str] = &["cidr", "location", "country", "continent"];
 const LOCATION_KEYS: &[&str] = &["lat", "lon"];
-const DNS_KEYS: &[&str] = &["listen", "zone", "geo"];
+const DNS_KEYS: &[&str] = &["listen", "udp_threads", "zone", "geo"];
 const ZONE_KEYS: &[&str] = &["origin", "ttl", "soa", "ns", "file", "records"];
 const SOA_KEYS: &[&str] = &[
     "mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
@@ -1407,12 +1407,14 @@ impl Ctx {
             }
             c.each(&items, Ctx::bind)
         });
+        let udp_threads = self.opt(&t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
         let zones = t.field("zone").map(|f| self.zones(&f)).unwrap_or_default();
         self.records_in_child_zones(&zones);
         let geo = self.opt(&t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
         let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
         Some(DnsConfig {
             listen: listen?,
+            udp_threads: udp_threads? as usize,
             zones: zones?,
             geo: geo?,
         })
@@ -2830,6 +2832,11 @@ mod tests {
                 format!("{PROXY_POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"pp\""),
                 "listener[0].pool",
                 8,
+            ),
+            (
+                "[dns]\nlisten = [\"127.0.0.1:5353\"]\nudp_threads = 0".into(),
+                "dns.udp_threads",
+                3,
             ),
             (format!("{POOL}backend_protocol = \"h3\""), "pool[0].backend_protocol", 4),
             (format!("{POOL}backend_protocol = \"h2\""), "pool[0].backend_protocol", 4),

@@ -1,5 +1,6 @@
 //! The common UDP queries answered straight from the wire: an A or AAAA
-//! query (at most one OPT, with at most a Client Subnet option) for a geo
+//! query (at most one OPT, with at most a Client Subnet option, cookies and
+//! padding aside) for a geo
 //! name or a name with records of that type. Everything else, and every
 //! answer this cannot write exactly as the general path would, goes to
 //! the general path (`answer`), which stays the definition: a test checks
@@ -19,6 +20,10 @@ const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_ECS: u16 = 8;
+/// DNS Cookies (RFC 7873), which BIND sends by default.
+const OPTION_COOKIE: u16 = 10;
+/// EDNS padding (RFC 7830).
+const OPTION_PADDING: u16 = 12;
 /// A compression pointer to the question's name, right after the header.
 const QUESTION_NAME: [u8; 2] = [0xc0, 12];
 const HEADER_LEN: usize = 12;
@@ -214,16 +219,21 @@ fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
         return None;
     }
     let size = u16::from_be_bytes([*c0, *c1]);
-    let ecs = match rdata {
-        [] => None,
-        [o0, o1, n0, n1, data @ ..]
-            if u16::from_be_bytes([*o0, *o1]) == OPTION_ECS
-                && data.len() == usize::from(u16::from_be_bytes([*n0, *n1])) =>
-        {
-            Some(data)
+    let mut ecs = None;
+    let mut rest = rdata;
+    while !rest.is_empty() {
+        let [o0, o1, n0, n1, tail @ ..] = rest else {
+            return None;
+        };
+        let (data, tail) = tail.split_at_checked(usize::from(u16::from_be_bytes([*n0, *n1])))?;
+        match u16::from_be_bytes([*o0, *o1]) {
+            OPTION_ECS if ecs.is_none() => ecs = Some(data),
+            // Neither changes the answer (the general path ignores them).
+            OPTION_COOKIE | OPTION_PADDING => {}
+            _ => return None,
         }
-        _ => return None,
-    };
+        rest = tail;
+    }
     Some((size, ecs))
 }
 
@@ -375,6 +385,31 @@ mod tests {
     }
 
     impl Packet {
+        /// `bytes` with extra EDNS options (code, data) after the ECS one.
+        fn with_options(&self, extra: &[(u16, &[u8])]) -> Vec<u8> {
+            let mut p = self.bytes();
+            if self.edns.is_none() || extra.is_empty() {
+                return p;
+            }
+            let rdlen_at = p.len()
+                - 2
+                - self
+                    .edns
+                    .as_ref()
+                    .unwrap()
+                    .1
+                    .as_ref()
+                    .map_or(0, |d| d.len() + 4);
+            for (code, data) in extra {
+                p.extend_from_slice(&code.to_be_bytes());
+                p.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                p.extend_from_slice(data);
+            }
+            let rdlen = (p.len() - rdlen_at - 2) as u16;
+            p[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+            p
+        }
+
         fn bytes(&self) -> Vec<u8> {
             let mut p = vec![
                 0x12,
@@ -453,6 +488,14 @@ mod tests {
             "[2001:db8::1]:53",
             "[::ffff:81.2.69.160]:53",
         ];
+        let cookie: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+        let option_sets: [&[(u16, &[u8])]; 4] = [
+            &[],
+            &[(OPTION_COOKIE, cookie)],
+            &[(OPTION_PADDING, &[0; 7]), (OPTION_COOKIE, &[9; 24])],
+            // NSID and an unknown option: the general path's.
+            &[(3, &[]), (65001, &[1, 2])],
+        ];
         let mut fast_answers = 0;
         let mut total = 0;
         for health in [Arc::new(AllUp) as Arc<dyn DatacenterHealth>, eu_down] {
@@ -461,7 +504,10 @@ mod tests {
                 for qtype in [TYPE_A, TYPE_AAAA, 16, 255] {
                     for edns in &edns {
                         for (rd, cd) in [(true, false), (false, true)] {
-                            for src in sources {
+                            for (src, options) in sources
+                                .iter()
+                                .flat_map(|s| option_sets.iter().map(move |o| (*s, *o)))
+                            {
                                 let src: SocketAddr = src.parse().unwrap();
                                 let packet = Packet {
                                     name,
@@ -470,7 +516,7 @@ mod tests {
                                     cd,
                                     edns: edns.clone(),
                                 }
-                                .bytes();
+                                .with_options(options);
                                 total += 1;
                                 let mut fast = Vec::new();
                                 if answer(&data, &packet, src, &mut fast).is_none() {

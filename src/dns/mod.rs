@@ -31,7 +31,7 @@ use crate::config::{Config, ConfigError};
 use crate::geoip::{Location, Locator};
 
 pub use geo::{DcState, Tier, haversine_km};
-pub use server::{TCP_IDLE_TIMEOUT, bind, serve, watch_geoip};
+pub use server::{DnsSockets, TCP_IDLE_TIMEOUT, bind, serve, watch_geoip};
 
 /// `geolb_dns_queries_total{qtype, rcode}`
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";

@@ -13,7 +13,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use metrics::Counter;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Reply};
@@ -27,17 +27,33 @@ const TCP_RESPONSE_BUFFER: usize = 16;
 /// Attempts at finding a port free for both UDP and TCP when binding port 0.
 const PORT_ZERO_ATTEMPTS: usize = 16;
 
-/// Binds UDP and TCP on each address; with port 0, UDP first and TCP on
-/// the port UDP got. Errors name the address.
-pub async fn bind(listen: &[SocketAddr]) -> io::Result<Vec<(UdpSocket, TcpListener)>> {
+/// One `dns.listen` address, bound: its UDP sockets (one per UDP thread,
+/// sharing the port by SO_REUSEPORT when there are several) and its TCP
+/// listener on the same port.
+pub struct DnsSockets {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: TcpListener,
+}
+
+impl DnsSockets {
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Binds `udp_threads` UDP sockets and a TCP listener on each address;
+/// with port 0, UDP first and the rest on the port it got. Errors name the
+/// address.
+pub async fn bind(listen: &[SocketAddr], udp_threads: usize) -> io::Result<Vec<DnsSockets>> {
     let mut sockets = Vec::with_capacity(listen.len());
     for &addr in listen {
-        sockets.push(bind_one(addr).await?);
+        sockets.push(bind_one(addr, udp_threads.max(1)).await?);
     }
     Ok(sockets)
 }
 
-async fn bind_one(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+async fn bind_one(addr: SocketAddr, udp_threads: usize) -> io::Result<DnsSockets> {
     let context = |e: io::Error, proto: &str, at: SocketAddr| {
         io::Error::new(e.kind(), format!("DNS: cannot bind {proto} {at}: {e}"))
     };
@@ -46,14 +62,19 @@ async fn bind_one(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     } else {
         1
     };
+    let shared = udp_threads > 1;
     let mut attempt = 1;
     loop {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|e| context(e, "UDP", addr))?;
-        let local = udp.local_addr()?;
+        let first = udp_socket(addr, shared).map_err(|e| context(e, "UDP", addr))?;
+        let local = first.local_addr()?;
         match TcpListener::bind(local).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..udp_threads {
+                    udp.push(udp_socket(local, true).map_err(|e| context(e, "UDP", local))?);
+                }
+                return Ok(DnsSockets { udp, tcp });
+            }
             // The port UDP got may be taken for TCP: try another.
             Err(e) if attempt < attempts && e.kind() == io::ErrorKind::AddrInUse => attempt += 1,
             Err(e) => return Err(context(e, "TCP", local)),
@@ -61,11 +82,21 @@ async fn bind_one(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     }
 }
 
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Serves DNS on `sockets` from whatever `data` holds at each query, until
 /// `shutdown` is cancelled: then stops receiving and returns once hickory's
 /// tasks have ended (open TCP connections are closed).
 pub async fn serve(
-    sockets: Vec<(UdpSocket, TcpListener)>,
+    sockets: Vec<DnsSockets>,
     data: SharedDnsData,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -76,8 +107,10 @@ pub async fn serve(
     let mut server = Server::new(Handler { data: data.clone() });
     let udp_stop = CancellationToken::new();
     let mut udp_threads = Vec::with_capacity(sockets.len());
-    for (udp, tcp) in sockets {
-        udp_threads.push(udp::spawn(udp, data.clone(), udp_stop.clone())?);
+    for DnsSockets { udp, tcp } in sockets {
+        for socket in udp {
+            udp_threads.push(udp::spawn(socket, data.clone(), udp_stop.clone())?);
+        }
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     }
     let stop = server.shutdown_token().clone();

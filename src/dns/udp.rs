@@ -35,11 +35,10 @@ const RECEIVE_BUFFER: usize = 1 << 20;
 /// Serves `socket` on a thread of its own until `shutdown`; the returned
 /// handle ends soon after (within [`SHUTDOWN_POLL`]).
 pub fn spawn(
-    socket: tokio::net::UdpSocket,
+    socket: UdpSocket,
     data: SharedDnsData,
     shutdown: CancellationToken,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    let socket = socket.into_std()?;
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(SHUTDOWN_POLL))?;
     // Room for bursts while the thread is busy or descheduled; the kernel

@@ -559,6 +559,7 @@ mod tests {
     fn dns(zones: Vec<ZoneConfig>) -> DnsConfig {
         DnsConfig {
             listen: vec![],
+            udp_threads: 1,
             zones,
             geo: vec![],
         }
