@@ -18,6 +18,10 @@
 #   CONNS=64        wrk connections
 #   WAIT_QUIET=0    before each run, wait up to this many seconds for other
 #                   processes to use < 10% of a core (0 = don't wait)
+#   BACKEND_PROTO=http1  how the proxies speak to the backends:
+#                   http1 (cleartext HTTP/1.1), tls (HTTP/1.1 over TLS 1.3,
+#                   certificate not verified by any proxy), h2c (HTTP/2 by
+#                   prior knowledge; nginx cannot proxy it and is skipped)
 #   GEOLB=/work/main/target/release/geolb
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
 #
@@ -32,6 +36,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 WAIT_QUIET=${WAIT_QUIET:-0}
+BACKEND_PROTO=${BACKEND_PROTO:-http1}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
 PROXY_CPU=0
 LOAD_CPU=1
@@ -141,10 +146,19 @@ write_backend_conf() {   # three server blocks; body of "/" names the backend
     echo "http {"
     nginx_http_common backend
     echo "    default_type text/plain;"
+    local listen_opts="" tls_lines=""
+    case $BACKEND_PROTO in
+      tls)
+        listen_opts=" ssl"
+        tls_lines="ssl_certificate $WORK/backend.pem; ssl_certificate_key $WORK/backend.key; ssl_protocols TLSv1.3;"
+        ;;
+      h2c) listen_opts=" http2" ;;
+    esac
     for i in 1 2 3; do
       cat <<EOF
     server {
-        listen 127.0.0.1:${BACKEND_PORTS[i-1]};
+        listen 127.0.0.1:${BACKEND_PORTS[i-1]}$listen_opts;
+        $tls_lines
         location = /   { return 200 "b$i\n"; }
         location = /1k { return 200 "$kib"; }
         location /     { return 404; }
@@ -172,7 +186,9 @@ write_nginx_proxy_conf() {
     server {
         listen 127.0.0.1:${TARGET_PORT[nginx]};
         location / {
-            proxy_pass http://bench;
+            proxy_pass $([[ $BACKEND_PROTO == tls ]] && echo https || echo http)://bench;
+            proxy_ssl_session_reuse on;
+            proxy_ssl_protocols TLSv1.2 TLSv1.3;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
@@ -204,10 +220,17 @@ frontend fe
 
 backend be
     balance roundrobin
-    server b1 127.0.0.1:${BACKEND_PORTS[0]}
-    server b2 127.0.0.1:${BACKEND_PORTS[1]}
-    server b3 127.0.0.1:${BACKEND_PORTS[2]}
+    server b1 127.0.0.1:${BACKEND_PORTS[0]}$(haproxy_server_opts)
+    server b2 127.0.0.1:${BACKEND_PORTS[1]}$(haproxy_server_opts)
+    server b3 127.0.0.1:${BACKEND_PORTS[2]}$(haproxy_server_opts)
 EOF
+}
+
+haproxy_server_opts() {
+  case $BACKEND_PROTO in
+    tls) echo " ssl verify none" ;;
+    h2c) echo " proto h2" ;;
+  esac
 }
 
 write_geolb_conf() {
@@ -219,6 +242,10 @@ shutdown_grace = "1s"
 [[pool]]
 name = "bench"
 backends = [{ addr = "127.0.0.1:${BACKEND_PORTS[0]}" }, { addr = "127.0.0.1:${BACKEND_PORTS[1]}" }, { addr = "127.0.0.1:${BACKEND_PORTS[2]}" }]
+$(case $BACKEND_PROTO in
+    tls) echo 'tls = { verify = false }' ;;
+    h2c) echo 'backend_protocol = "h2c"' ;;
+  esac)
 
 [[listener]]
 name = "bench"
@@ -230,6 +257,11 @@ EOF
 # ---------------------------------------------------------------- processes
 
 start_backends() {
+  if [[ $BACKEND_PROTO == tls ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj /CN=backend -keyout "$WORK/backend.key" -out "$WORK/backend.pem" 2>/dev/null \
+      || die "openssl could not make the backend certificate"
+  fi
   write_backend_conf
   nginx -t -q -e "$WORK/backend-error.log" -p "$WORK" -c "$WORK/backend.conf" \
     || die "backend nginx config rejected (see $WORK/backend.conf)"
@@ -261,6 +293,10 @@ start_proxy() {
       start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
       ;;
     nginx)
+      if [[ $BACKEND_PROTO == h2c ]]; then
+        log "SKIP nginx: it cannot proxy to HTTP/2 backends"
+        return 1
+      fi
       write_nginx_proxy_conf
       nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
         || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
@@ -476,7 +512,7 @@ idle_check() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB $0"
+    echo "command: PROXIES='$PROXIES' BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
@@ -504,7 +540,8 @@ main() {
   TARGET_PORT[direct]=${BACKEND_PORTS[0]}
 
   start_backends
-  ((BASELINE)) && TARGETS+=(direct)
+  # wrk speaks cleartext HTTP/1.1 only: no direct baseline for tls/h2c backends.
+  ((BASELINE)) && [[ $BACKEND_PROTO == http1 ]] && TARGETS+=(direct)
   local name
   for name in $PROXIES; do
     if start_proxy "$name" && sanity_check "$name"; then
