@@ -7,6 +7,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
@@ -107,8 +108,16 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
             let data = data.load();
             for &(i, len, src) in &received {
                 let reply = &mut replies[destinations.len()];
-                if answer_packet(&data, &packets[i][..len], src, reply) {
-                    destinations.push(Some(SockaddrStorage::from(src)));
+                let packet = &packets[i][..len];
+                // A bug met by one packet must not end UDP service, as it
+                // would end only that packet's task under hickory-server.
+                let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    answer_packet(&data, packet, src, reply)
+                }));
+                match answered {
+                    Ok(true) => destinations.push(Some(SockaddrStorage::from(src))),
+                    Ok(false) => {}
+                    Err(_) => tracing::error!(%src, "answering a DNS query panicked; dropped"),
                 }
             }
         }
