@@ -878,6 +878,35 @@ async fn geodns_answers_follow_pool_health_and_drain() {
         dns_a(server, "api.mysite.com", milton).await,
         ["203.0.113.10"]
     );
+    // Outside every zone: REFUSED, counted apart.
+    assert!(dns_a(server, "other.example", london).await.is_empty());
+    let metrics = geolb.metrics().await;
+    let value = |name: &str, labels: &[&str]| -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let queries = "geolb_dns_queries_total";
+    assert_eq!(
+        value(queries, &["qtype=\"A\"", "rcode=\"NOERROR\""]),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(queries, &["qtype=\"A\"", "rcode=\"REFUSED\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+    for dc in ["eu-west", "us-east"] {
+        let labels = ["name=\"api.mysite.com\"", &format!("datacenter=\"{dc}\"")];
+        assert_eq!(
+            value("geolb_dns_geo_answers_total", &labels),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
     let (code, _, body) = get(geolb.admin, "/datacenters/eu-west", &[]).await.unwrap();
     assert_eq!((code, &body[..]), (200, &b"up\n"[..]));
 
