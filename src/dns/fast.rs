@@ -560,4 +560,46 @@ mod tests {
             );
         }
     }
+
+    /// Damaged queries (every prefix, every byte changed a few ways) are
+    /// answered or dropped by both paths, never a panic.
+    #[test]
+    fn damaged_queries_never_panic() {
+        let data = crate::dns::answer::tests::data(Arc::new(AllUp));
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        let cookie: &[u8] = &[7; 8];
+        let packets = [
+            Packet {
+                name: "api.mysite.com.",
+                qtype: TYPE_A,
+                rd: true,
+                cd: false,
+                edns: Some((1232, Some(ecs(1, 24, &[81, 2, 69])))),
+            }
+            .with_options(&[(OPTION_COOKIE, cookie)]),
+            Packet {
+                name: "ns1.mysite.com.",
+                qtype: TYPE_AAAA,
+                rd: false,
+                cd: true,
+                edns: None,
+            }
+            .bytes(),
+        ];
+        let mut reply = Vec::new();
+        for valid in &packets {
+            let mut damaged: Vec<Vec<u8>> = (0..valid.len()).map(|n| valid[..n].to_vec()).collect();
+            for i in 0..valid.len() {
+                for change in [0x00, 0xff, 0x80, 0x3f, 0xc0] {
+                    let mut p = valid.clone();
+                    p[i] = change;
+                    damaged.push(p);
+                }
+            }
+            for p in &damaged {
+                let _ = answer(&data, p, src, &mut reply);
+                let _ = answer_general(&data, p, src, &mut reply);
+            }
+        }
+    }
 }

@@ -121,7 +121,7 @@ impl Upstream {
         addr: SocketAddr,
         timeout: Duration,
     ) -> io::Result<Sender> {
-        if let Some(sender) = idle.take(self.profile) {
+        if let Some(sender) = idle.take(self.profile, self.is_http2()) {
             return Ok(sender);
         }
         let connect = async {
@@ -131,7 +131,7 @@ impl Upstream {
             // Requests arriving together wait for one HTTP/2 connection
             // rather than each opening its own.
             let _one_at_a_time = idle.http2_connecting.lock().await;
-            if let Some(sender) = idle.take(self.profile) {
+            if let Some(sender) = idle.take(self.profile, true) {
                 return Ok(sender);
             }
             let sender = self.connect(addr).await?;
@@ -268,10 +268,10 @@ struct Idle {
 }
 
 impl IdleConnections {
-    /// The shared HTTP/2 connection of `profile`, else the most recently
-    /// used idle HTTP/1.1 one that still looks open.
-    fn take(&self, profile: u64) -> Option<Sender> {
-        if profile != 0 {
+    /// The shared HTTP/2 connection of `profile` (`http2`), else the most
+    /// recently used idle HTTP/1.1 one that still looks open.
+    fn take(&self, profile: u64, http2: bool) -> Option<Sender> {
+        if http2 {
             let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
             shared.retain(|(_, s)| !s.is_closed());
             if let Some((_, s)) = shared.iter().find(|(p, _)| *p == profile) {
@@ -280,6 +280,7 @@ impl IdleConnections {
                     profile,
                 });
             }
+            return None;
         }
         let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
