@@ -1505,6 +1505,24 @@ async fn dns_listen_addresses_change_by_reload() {
         || async { tokio::net::TcpStream::connect(first).await.is_err() },
     )
     .await;
+
+    // The number of UDP threads is fixed at start: a reload changing it is
+    // refused whole, and DNS goes on as it was.
+    let threads = cfg(&["127.0.0.2:0"]).replace("[dns]\n", "[dns]\nudp_threads = 2\n");
+    std::fs::write(geolb.config_path(), threads).unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_ne!(code, 200, "{body}");
+    assert!(
+        body.contains("dns.udp_threads") && body.contains("restart"),
+        "{body}"
+    );
+    assert_eq!(
+        dns_a(second, "api.mysite.com", "127.0.0.9").await,
+        ["192.0.2.1"]
+    );
 }
 
 #[tokio::test]
