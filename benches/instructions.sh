@@ -46,5 +46,6 @@ for _ in $(seq 1 200); do curl -s -o /dev/null "127.0.0.1:$WEB/" && break; sleep
 # Start-up is a few million instructions: negligible against 10k+ requests.
 N=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$WEB/" | awk '/requests in/ {print $1}')
 kill -TERM $VG; wait $VG 2>/dev/null
+[[ -n ${KEEP:-} ]] && cp "$WORK/cg.out" "$KEEP"
 IR=$(callgrind_annotate "$WORK/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
 echo "requests=$N instructions=$IR per_request=$((IR / N))"

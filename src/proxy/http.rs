@@ -333,6 +333,8 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 break;
             }
             Ok(Ok(mut resp)) => {
+                // Clients get HTTP/1.1 or HTTP/2 from their own connection.
+                *resp.version_mut() = Version::HTTP_11;
                 if let Some(a) = completion.access.as_mut() {
                     a.backend = Some(backend.label.clone());
                     a.retries = (tried.len() - 1) as u32;

@@ -23,6 +23,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use super::body::BackendRequestBody;
 use crate::config::{BackendProtocol, PoolConfig};
@@ -124,6 +125,18 @@ impl Upstream {
         if let Some(sender) = idle.take(self.profile, self.is_http2()) {
             return Ok(sender);
         }
+        // Boxed: connecting (TLS and HTTP/2 handshakes included) is the rare
+        // path, and inline its state would enlarge every request's future,
+        // which is moved as a whole.
+        Box::pin(self.connect_within(idle, addr, timeout)).await
+    }
+
+    async fn connect_within(
+        &self,
+        idle: &IdleConnections,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<Sender> {
         let connect = async {
             if !self.is_http2() {
                 return self.connect(addr).await;
@@ -232,18 +245,19 @@ enum Kind {
 
 impl Sender {
     /// Sends `req`; a request the connection could not take (closed
-    /// before it was written) comes back in the error.
-    pub async fn try_send_request(
+    /// before it was written) comes back in the error. The response
+    /// carries the backend's HTTP version: callers set the client's.
+    pub fn try_send_request(
         &mut self,
         req: Request<BackendRequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<BackendRequestBody>>> {
-        let mut resp = match &mut self.kind {
-            Kind::Http1(s) => s.try_send_request(req).await?,
-            Kind::Http2(s) => s.try_send_request(req).await?,
-        };
-        // Clients get HTTP/1.1 or HTTP/2 from their own connection.
-        *resp.version_mut() = Version::HTTP_11;
-        Ok(resp)
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<BackendRequestBody>>>>
+    + use<> {
+        // hyper's own futures, not a wrapper around them: this is awaited
+        // once per request.
+        match &mut self.kind {
+            Kind::Http1(s) => Either::Left(s.try_send_request(req)),
+            Kind::Http2(s) => Either::Right(s.try_send_request(req)),
+        }
     }
 
     /// Whether this connection can carry an HTTP/1.1 upgrade (WebSocket).
