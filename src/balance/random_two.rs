@@ -96,7 +96,11 @@ mod tests {
     use super::super::test_support::Pool;
     use super::*;
 
+    /// Picks draw from the thread's RNG: seeded here so that a share
+    /// check sees the same sample every run rather than failing on an
+    /// unlucky one now and then.
     fn counts(rt: &RandomTwo, pool: &Pool, picks: usize) -> Vec<usize> {
+        fastrand::seed(0x5eed_0f_2c);
         let mut n = vec![0; pool.weights.len()];
         for _ in 0..picks {
             n[rt.pick(pool, 0).expect("an eligible backend")] += 1;
@@ -139,6 +143,7 @@ mod tests {
     fn load_spreads_on_skewed_backends() {
         // Requests of random length; backend 0 is 10x slower to finish.
         let mut rng = fastrand::Rng::with_seed(11);
+        fastrand::seed(12);
         let mut pool = Pool::new(&[1; 4]);
         let rt = RandomTwo::new(pool.weights.clone());
         let mut n = [0usize; 4];

@@ -1,10 +1,9 @@
 //! The common UDP queries answered straight from the wire: an A or AAAA
-//! query (at most one OPT, with at most a Client Subnet option, cookies and
-//! padding aside) for a geo
-//! name or a name with records of that type. Everything else, and every
-//! answer this cannot write exactly as the general path would, goes to
-//! the general path (`answer`), which stays the definition: a test checks
-//! that both give the same bytes.
+//! query (at most one OPT, with at most a Client Subnet option, cookies
+//! and padding aside) for a geo name or a name with records of that type.
+//! Everything else, and every answer this cannot write exactly as the
+//! general path would, goes to the general path (`answer`), which stays
+//! the definition: a test checks that both give the same bytes.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
