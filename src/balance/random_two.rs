@@ -100,7 +100,7 @@ mod tests {
     /// check sees the same sample every run rather than failing on an
     /// unlucky one now and then.
     fn counts(rt: &RandomTwo, pool: &Pool, picks: usize) -> Vec<usize> {
-        fastrand::seed(0x5eed_0f_2c);
+        fastrand::seed(0x5eed_0f2c);
         let mut n = vec![0; pool.weights.len()];
         for _ in 0..picks {
             n[rt.pick(pool, 0).expect("an eligible backend")] += 1;
