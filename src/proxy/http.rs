@@ -256,15 +256,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     }
     *req.version_mut() = Version::HTTP_11;
     if upgrade && pool.upstream.is_http2() {
-        completion.status = 502;
-        return message(
-            StatusCode::BAD_GATEWAY,
-            &format!(
-                "pool {} speaks HTTP/2 to its backends, which cannot carry an HTTP/1.1 upgrade",
-                pool.name
-            ),
-            Some(completion),
-        );
+        return no_upgrade_over_http2(&pool.name, completion);
     }
 
     let key = request_key(&pool.config, conn.peer.ip(), req.headers());
@@ -313,10 +305,15 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
         tried.push(index);
         let backend = &pool.backends[index];
-        let sender = pool
-            .upstream
-            .sender(&backend.shared.idle, backend.addr, timeouts.connect)
-            .await;
+        let sender = match pool.upstream.idle(&backend.shared.idle) {
+            Some(kept) => Ok(kept),
+            None => {
+                let upstream = &pool.upstream;
+                upstream
+                    .connect(&backend.shared.idle, backend.addr, timeouts.connect)
+                    .await
+            }
+        };
         let mut sender = match sender {
             Ok(s) => s,
             Err(e) => {
@@ -420,6 +417,15 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     completion.status = status.as_u16();
     message(status, &text, Some(completion))
+}
+
+#[cold]
+fn no_upgrade_over_http2(pool: &str, mut completion: Completion) -> Response<ResponseBody> {
+    completion.status = 502;
+    let text = format!(
+        "pool {pool} speaks HTTP/2 to its backends, which cannot carry an HTTP/1.1 upgrade"
+    );
+    message(StatusCode::BAD_GATEWAY, &text, Some(completion))
 }
 
 /// The key a hashing balancer places this request by; a request without

@@ -11,6 +11,7 @@
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,21 +115,22 @@ impl Upstream {
         }
     }
 
-    /// A connection to `addr` from the backend's idle list, or a new one
-    /// within `timeout` (TCP connect, TLS and HTTP/2 handshakes).
-    pub async fn sender(
-        &self,
-        idle: &IdleConnections,
+    /// A kept connection from the backend's idle list, if one is ready.
+    pub fn idle(&self, idle: &IdleConnections) -> Option<Sender> {
+        idle.take(self.profile, self.is_http2())
+    }
+
+    /// A new connection to `addr` within `timeout` (TCP connect, TLS and
+    /// HTTP/2 handshakes); for HTTP/2, the shared one if another request
+    /// opened it meanwhile. Boxed: connecting is the rare path, and inline
+    /// its state would enlarge every request's future.
+    pub fn connect<'a>(
+        &'a self,
+        idle: &'a IdleConnections,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> io::Result<Sender> {
-        if let Some(sender) = idle.take(self.profile, self.is_http2()) {
-            return Ok(sender);
-        }
-        // Boxed: connecting (TLS and HTTP/2 handshakes included) is the rare
-        // path, and inline its state would enlarge every request's future,
-        // which is moved as a whole.
-        Box::pin(self.connect_within(idle, addr, timeout)).await
+    ) -> Pin<Box<dyn Future<Output = io::Result<Sender>> + Send + 'a>> {
+        Box::pin(self.connect_within(idle, addr, timeout))
     }
 
     async fn connect_within(
@@ -139,7 +141,7 @@ impl Upstream {
     ) -> io::Result<Sender> {
         let connect = async {
             if !self.is_http2() {
-                return self.connect(addr).await;
+                return self.open(addr).await;
             }
             // Requests arriving together wait for one HTTP/2 connection
             // rather than each opening its own.
@@ -147,7 +149,7 @@ impl Upstream {
             if let Some(sender) = idle.take(self.profile, true) {
                 return Ok(sender);
             }
-            let sender = self.connect(addr).await?;
+            let sender = self.open(addr).await?;
             if let Kind::Http2(h2) = &sender.kind {
                 idle.share(self.profile, h2.clone());
             }
@@ -158,7 +160,7 @@ impl Upstream {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
-    async fn connect(&self, addr: SocketAddr) -> io::Result<Sender> {
+    async fn open(&self, addr: SocketAddr) -> io::Result<Sender> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let Some(tls) = &self.tls else {
@@ -258,11 +260,6 @@ impl Sender {
             Kind::Http1(s) => Either::Left(s.try_send_request(req)),
             Kind::Http2(s) => Either::Right(s.try_send_request(req)),
         }
-    }
-
-    /// Whether this connection can carry an HTTP/1.1 upgrade (WebSocket).
-    pub fn can_upgrade(&self) -> bool {
-        matches!(self.kind, Kind::Http1(_))
     }
 }
 
