@@ -39,6 +39,8 @@
 # Requires: dnsperf, gdnsd (3.x), knot (knotd 3.x), dig, taskset, python3.
 #   apt-get install -y dnsperf gdnsd knot bind9-dnsutils
 set -uo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SERVERS=${SERVERS:-"geolb gdnsd knot"}
 ROUNDS=${ROUNDS:-3}
@@ -89,13 +91,6 @@ cleanup() {
   [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
 }
 
-# start_bg LOGFILE CMD... : run CMD pinned to SERVER_CPU in the background; sets STARTED_PID.
-start_bg() {
-  local logf=$1; shift
-  taskset -c "$SERVER_CPU" "$@" >"$logf" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
 
 # ask PORT NAME : the A answer (dig +short), one line.
 ask() { dig @127.0.0.1 -p "$1" "$2" A "${@:3}" +short +time=1 +tries=2 2>/dev/null | grep -E '^[0-9.]+$' | tr '\n' ' ' | sed 's/ $//'; }
@@ -111,8 +106,8 @@ wait_dns() {
   return 1
 }
 
-# free_ports N : N distinct free loopback UDP+TCP ports.
-free_ports() {
+# free_udp_tcp_ports N : N distinct loopback ports free for both UDP and TCP.
+free_udp_tcp_ports() {
   python3 - "$1" <<'EOF'
 import socket, sys
 socks, ports = [], []
@@ -270,7 +265,7 @@ start_server() {
       write_geolb_conf
       "$GEOLB" check --config "$WORK/geolb.toml" >"$logf" 2>&1 || { log "SKIP geolb: config rejected: $(tail -3 "$logf")"; return 1; }
       GEO_MODE[geolb]="geo ([[dns.geo]])"
-      start_bg "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
+      start_bg "$SERVER_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
       ;;
     gdnsd)
       write_gdnsd_conf geoip
@@ -281,12 +276,12 @@ start_server() {
         GEO_MODE[gdnsd]="STATIC A (geoip fallback)"
         gdnsd -c "$WORK/gdnsd" checkconf >"$logf" 2>&1 || { log "SKIP gdnsd: config rejected: $(tail -3 "$logf")"; return 1; }
       fi
-      start_bg "$logf" gdnsd -c "$WORK/gdnsd" start
+      start_bg "$SERVER_CPU" "$logf" gdnsd -c "$WORK/gdnsd" start
       ;;
     knot)
       write_knot_conf
       GEO_MODE[knot]="static A (no geo)"
-      start_bg "$logf" knotd -c "$WORK/knot/knot.conf" -s "$WORK/knot/knot.sock"
+      start_bg "$SERVER_CPU" "$logf" knotd -c "$WORK/knot/knot.conf" -s "$WORK/knot/knot.sock"
       ;;
     *) log "SKIP $name: unknown server (known: geolb gdnsd knot)"; return 1 ;;
   esac
@@ -305,49 +300,9 @@ start_server() {
 
 # ---------------------------------------------------------------- measuring
 
-# Clock ticks used by processes that are not ours (not descendants of this
-# script, not kernel threads): a compile started by someone else mid-run
-# shows up here. Children reaped during the run count via the parent's
-# cutime/cstime, so short-lived processes are included.
-foreign_ticks() {
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v me="$$" '
-    { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
-      ppid[pid] = f[2]; t[pid] = f[12] + f[13] + f[14] + f[15] }
-    END {
-      for (p in t) {
-        q = p; ours = 0
-        for (d = 0; q > 0 && d < 64; d++) {
-          if (q == me || q == 2) { ours = 1; break }
-          q = ppid[q]
-        }
-        if (!ours) s += t[p]
-      }
-      print s + 0
-    }'
-}
 
-# wait_quiet : up to WAIT_QUIET s, until foreign processes use < 10% of a core for 1 s.
-wait_quiet() {
-  local start=$SECONDS a b
-  while ((SECONDS - start < WAIT_QUIET)); do
-    a=$(foreign_ticks); sleep 1; b=$(foreign_ticks)
-    if (((b - a) * 100 < HZ * 10)); then
-      ((SECONDS - start > 1)) && log "other processes quiet after $((SECONDS - start)) s"
-      return 0
-    fi
-  done
-  log "other processes still busy after ${WAIT_QUIET} s; measuring anyway"
-}
 
-ticks_of() {   # utime+stime (clock ticks) of one pid, all threads
-  [[ -r /proc/$1/stat ]] && sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }' || echo 0
-}
 
-cpu_snapshot() {   # "busy total" jiffies of CPU 0 and CPU 1
-  awk '$1 == "cpu0" || $1 == "cpu1" {
-         t = 0; for (i = 2; i <= 9; i++) t += $i
-         printf "%d %d ", t - $5 - $6, t }' /proc/stat
-}
 
 run_dnsperf() {   # run_dnsperf SECONDS PORT WORKLOAD OUTFILE
   timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
@@ -488,7 +443,7 @@ main() {
   write_env
 
   local ports wl name
-  read -ra ports <<<"$(free_ports 3)"
+  read -ra ports <<<"$(free_udp_tcp_ports 3)"
   SERVER_PORT[geolb]=${ports[0]}; SERVER_PORT[gdnsd]=${ports[1]}; SERVER_PORT[knot]=${ports[2]}
   for wl in "${WORKLOADS[@]}"; do echo "${WL_QUERY[$wl]}" >"$WORK/$wl.queries"; done
 
