@@ -149,13 +149,18 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
 /// The largest response the client takes over `request`'s transport.
 pub(crate) fn limit(request: &Request) -> usize {
     match request.protocol() {
-        Protocol::Udp => match &request.edns {
-            Some(edns) => edns.max_payload().clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
-            None => PLAIN_UDP_PAYLOAD,
-        },
+        Protocol::Udp => udp_limit(request.edns.as_ref().map(Edns::max_payload)),
         _ => u16::MAX,
     }
     .into()
+}
+
+/// The largest UDP response for a client advertising `edns_size` (None:
+/// no EDNS).
+pub(crate) fn udp_limit(edns_size: Option<u16>) -> u16 {
+    edns_size.map_or(PLAIN_UDP_PAYLOAD, |size| {
+        size.clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
+    })
 }
 
 /// A reply that does not fit loses its records and gets TC, keeping the

@@ -329,9 +329,7 @@ pub(super) fn answer(
     for (ttl, addr) in &v6 {
         record(TYPE_AAAA, *ttl, &addr.octets());
     }
-    let mut limit = answer::PLAIN_UDP_PAYLOAD;
-    if let Some((size, option)) = query.edns {
-        limit = size.clamp(answer::PLAIN_UDP_PAYLOAD, answer::MAX_UDP_PAYLOAD);
+    if let Some((_, option)) = query.edns {
         reply.push(0);
         reply.extend_from_slice(&TYPE_OPT.to_be_bytes());
         reply.extend_from_slice(&answer::MAX_UDP_PAYLOAD.to_be_bytes());
@@ -350,7 +348,7 @@ pub(super) fn answer(
         }
     }
     // Too big for the client: the general path truncates.
-    if reply.len() > usize::from(limit) {
+    if reply.len() > usize::from(answer::udp_limit(query.edns.map(|(size, _)| size))) {
         return None;
     }
     Some(Answered {

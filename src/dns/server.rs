@@ -13,6 +13,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use metrics::Counter;
+use smallvec::SmallVec;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -253,16 +254,32 @@ static QUERY_COUNTERS: [[OnceLock<Counter>; RCODES.len() + 1]; QTYPES.len() + 1]
 
 pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
     let qtype = request.queries.queries().first().map(|q| q.query_type());
-    count_query(qtype, reply.metadata.response_code);
+    count_answer(
+        data,
+        qtype,
+        reply.metadata.response_code,
+        reply.geo.as_ref(),
+    );
+}
+
+/// Counts one answered query: its type and rcode, and for address queries
+/// to a geo name, the data centers chosen (`geo`).
+pub(super) fn count_answer(
+    data: &DnsData,
+    qtype: Option<RecordType>,
+    rcode: ResponseCode,
+    geo: Option<&(usize, SmallVec<[usize; 4]>)>,
+) {
+    count_query(qtype, rcode);
     if let (Some((index, chosen)), Some(RecordType::A | RecordType::AAAA | RecordType::ANY)) =
-        (&reply.geo, qtype)
+        (geo, qtype)
     {
         count_geo(data, *index, chosen);
     }
 }
 
 /// `geolb_dns_queries_total` for one query.
-pub(super) fn count_query(qtype: Option<RecordType>, rcode: ResponseCode) {
+fn count_query(qtype: Option<RecordType>, rcode: ResponseCode) {
     let qtype = qtype
         .and_then(|t| QTYPES.iter().position(|(known, _)| *known == t))
         .unwrap_or(QTYPES.len());
@@ -281,7 +298,7 @@ pub(super) fn count_query(qtype: Option<RecordType>, rcode: ResponseCode) {
 
 /// `geolb_dns_geo_answers_total` for the data centers chosen for geo name
 /// `index`.
-pub(super) fn count_geo(data: &DnsData, index: usize, chosen: &[usize]) {
+fn count_geo(data: &DnsData, index: usize, chosen: &[usize]) {
     let geo = &data.compiled.geo[index];
     for dc in chosen {
         let Some(slot) = geo.candidates.iter().position(|c| c == dc) else {

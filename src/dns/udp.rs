@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::answer;
 use super::fast;
-use super::server::{count, count_geo, count_query};
+use super::server::{count, count_answer};
 use super::{DnsData, SharedDnsData};
 
 /// How often a thread blocked on an idle socket looks at the shutdown token.
@@ -183,10 +183,12 @@ pub(crate) fn answer_packet(
         return false;
     }
     if let Some(answered) = fast::answer(data, packet, src, reply) {
-        count_query(Some(answered.qtype), ResponseCode::NoError);
-        if let Some((index, chosen)) = &answered.geo {
-            count_geo(data, *index, chosen);
-        }
+        count_answer(
+            data,
+            Some(answered.qtype),
+            ResponseCode::NoError,
+            answered.geo.as_ref(),
+        );
         return true;
     }
     answer_general(data, packet, src, reply)
