@@ -81,6 +81,26 @@ fn v4(addr: std::net::SocketAddr) -> std::net::SocketAddrV4 {
     }
 }
 
+/// `GET /headers` with `Host: site.test` over HTTP/1.1 on `io` (bounded
+/// by [`LIMIT`], `what` naming it if it hangs); the response.
+async fn get_headers_http1<S>(io: S, what: &str) -> http::Response<hyper::body::Incoming>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/headers")
+        .header("host", "site.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    bounded(LIMIT, what, sender.send_request(req))
+        .await
+        .unwrap()
+}
+
 mod library {
     use super::*;
     use geolb::proxy::{proxy_protocol, tcp, tls};
@@ -640,17 +660,7 @@ mod library {
                 .unwrap();
             let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             assert_eq!(negotiated, alpn.first().map(|p| p.to_vec()));
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let req = http::Request::get("/headers")
-                .header("host", "site.test")
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
-            let resp = bounded(LIMIT, "http/1.1 request", sender.send_request(req))
-                .await
-                .unwrap();
+            let resp = get_headers_http1(tls, "http/1.1 request").await;
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.version(), http::Version::HTTP_11);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -669,8 +679,7 @@ mod library {
 
     #[tokio::test]
     async fn https_with_a_proxy_header_forwards_the_stated_client() {
-        use http_body_util::{BodyExt, Empty};
-        use hyper_util::rt::TokioIo;
+        use http_body_util::BodyExt;
 
         let pki = Pki::new();
         let cert = pki.leaf("site", &["site.test"]);
@@ -694,17 +703,7 @@ mod library {
             .connect("site.test".try_into().unwrap(), tcp)
             .await
             .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("/headers")
-            .header("host", "site.test")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = bounded(LIMIT, "request", sender.send_request(req))
-            .await
-            .unwrap();
+        let resp = get_headers_http1(tls, "request").await;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let body = String::from_utf8_lossy(&body);
         assert!(body.contains("x-forwarded-for: 203.0.113.7\n"), "{body}");
