@@ -22,10 +22,10 @@ use crate::geoip::{self, Locator};
 use crate::health::HealthTable;
 use crate::metrics;
 use crate::proxy::http::{self as http_proxy, HttpContext};
-use crate::proxy::pool::Upstream;
 use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
 use crate::proxy::tls::{self, CertInfo};
 use crate::state::{self, BackendRegistry, ListenerId, SharedSnapshot};
+use crate::upstream::Upstream;
 
 /// How often the GeoIP database file is looked at for a replacement.
 const GEOIP_RECHECK: Duration = Duration::from_secs(1);
@@ -625,7 +625,6 @@ pub async fn serve(
         tls,
     } = checked;
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
-    dns::describe();
     let (sockets, admin_socket, dns_sockets) = bind_all(&config).await?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

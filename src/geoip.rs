@@ -18,6 +18,10 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
+mod watch;
+
+pub use watch::watch;
+
 use crate::config::{Cidr, Config, ConfigError, GeoIpConfig, GeoNetwork, LatLon};
 
 #[derive(Debug, thiserror::Error)]

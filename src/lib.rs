@@ -28,6 +28,7 @@
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
 //!   benchmark.
 
+pub mod accept;
 pub mod admin;
 #[cfg(feature = "alloc-stats")]
 pub mod alloc_stats;
@@ -41,5 +42,7 @@ pub mod health;
 pub mod lookup;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod state;
 pub mod tls_client;
+pub mod upstream;

@@ -16,15 +16,21 @@ use std::time::Duration;
 use metrics::{counter, describe_counter};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::state::Snapshot;
-
 pub const HTTP_REQUESTS: &str = "geolb_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "geolb_http_request_duration_seconds";
 pub const HTTP_RETRIES: &str = "geolb_http_retries_total";
 pub const TCP_CONNECTIONS: &str = "geolb_tcp_connections_total";
-pub use crate::proxy::proxy_protocol::PROXY_PROTOCOL_ERRORS;
-pub use crate::proxy::tcp::{TCP_BYTES, TCP_CONNECT_ERRORS};
-pub use crate::proxy::tls::{TLS_CERT_EXPIRY, TLS_HANDSHAKE_ERRORS};
+/// Bytes copied, `direction` = `in` (client to backend) or `out`.
+pub const TCP_BYTES: &str = "geolb_tcp_bytes_total";
+/// Failed connection attempts to backends (each retry counts).
+pub const TCP_CONNECT_ERRORS: &str = "geolb_tcp_connect_errors_total";
+/// Connections dropped because their PROXY header was missing, malformed or late.
+pub const PROXY_PROTOCOL_ERRORS: &str = "geolb_proxy_protocol_errors_total";
+/// Seconds until a certificate's notAfter (negative once expired), by
+/// `listener` and `cert` (the certificate file).
+pub const TLS_CERT_EXPIRY: &str = "geolb_tls_certificate_expiry_seconds";
+/// Client connections whose handshake failed or did not finish in time.
+pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
@@ -32,6 +38,10 @@ pub const DATACENTER_UP: &str = "geolb_datacenter_up";
 pub const OVERRIDES: &str = "geolb_overrides_total";
 pub const CONFIG_RELOADS: &str = "geolb_config_reloads_total";
 pub const BUILD_INFO: &str = "geolb_build_info";
+/// `geolb_dns_queries_total{qtype, rcode}`
+pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
+/// `geolb_dns_geo_answers_total{name, datacenter}`
+pub const DNS_GEO_ANSWERS: &str = "geolb_dns_geo_answers_total";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -69,6 +79,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         OVERRIDES,
         "Runtime overrides set through the admin API, by kind (backend, datacenter) and state."
+    );
+    describe_counter!(
+        DNS_QUERIES,
+        "DNS queries answered, by query type (known types, else other) and response code."
+    );
+    describe_counter!(
+        DNS_GEO_ANSWERS,
+        "Answers for geo names, by name and chosen data center (A, AAAA and ANY queries)."
     );
     // Both results exist from the start, so a failure is a rate change and
     // not a series appearing.
@@ -144,30 +162,21 @@ impl RouteMetrics {
     }
 }
 
-/// The route metrics of `snapshot`'s listeners, once per (listener, pool).
-fn render_routes(out: &mut String, snapshot: &Snapshot) {
-    let mut routes: Vec<&Arc<RouteMetrics>> = Vec::new();
-    let mut listeners: Vec<_> = snapshot.listeners.values().collect();
-    listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-    for l in listeners {
-        for route in std::iter::once(&l.default_route).chain(l.routes.iter().map(|(_, r)| r)) {
-            if !routes.iter().any(|m| Arc::ptr_eq(m, &route.metrics)) {
-                routes.push(&route.metrics);
-            }
-        }
-    }
+/// The HTTP families (requests, durations, retries) of `routes`, each
+/// listed once, in the Prometheus text exposition.
+pub fn render_routes(out: &mut String, routes: &[&Arc<RouteMetrics>]) {
     let labels = |m: &RouteMetrics| {
         format!(
             "listener=\"{}\",pool=\"{}\"",
-            escape(&m.listener),
-            escape(&m.pool)
+            escape_label(&m.listener),
+            escape_label(&m.pool)
         )
     };
     let _ = writeln!(
         out,
         "# HELP {HTTP_REQUESTS} HTTP requests answered, by listener, pool and status code.\n# TYPE {HTTP_REQUESTS} counter"
     );
-    for m in &routes {
+    for m in routes {
         for (i, n) in m.codes.iter().enumerate() {
             let n = n.load(Ordering::Relaxed);
             if n > 0 {
@@ -184,7 +193,7 @@ fn render_routes(out: &mut String, snapshot: &Snapshot) {
         out,
         "# HELP {HTTP_REQUEST_DURATION} Time from a request's head to the end of its response, by listener and pool.\n# TYPE {HTTP_REQUEST_DURATION} histogram"
     );
-    for m in &routes {
+    for m in routes {
         let labels = labels(m);
         let mut cumulative = 0;
         for (i, le) in DURATION_BUCKETS.iter().enumerate() {
@@ -210,7 +219,7 @@ fn render_routes(out: &mut String, snapshot: &Snapshot) {
         out,
         "# HELP {HTTP_RETRIES} Requests sent again to another backend after a failure, by listener and pool.\n# TYPE {HTTP_RETRIES} counter"
     );
-    for m in &routes {
+    for m in routes {
         let _ = writeln!(
             out,
             "{HTTP_RETRIES}{{{}}} {}",
@@ -220,81 +229,8 @@ fn render_routes(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
-/// Renders the recorder's families plus the state gauges of `snapshot`.
-pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot) -> String {
-    let mut out = handle.render();
-    render_routes(&mut out, snapshot);
-    #[cfg(feature = "alloc-stats")]
-    let _ = writeln!(
-        out,
-        "# HELP geolb_allocated_bytes Heap bytes currently allocated (alloc-stats builds).\n# TYPE geolb_allocated_bytes gauge\ngeolb_allocated_bytes {}",
-        crate::alloc_stats::allocated()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP {BUILD_INFO} Build information; always 1.\n# TYPE {BUILD_INFO} gauge\n{BUILD_INFO}{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    let backends = || {
-        snapshot
-            .pools
-            .iter()
-            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
-    };
-    let _ = writeln!(
-        out,
-        "# HELP {BACKEND_UP} 1 if the backend's health check passes (or it has none), else 0.\n# TYPE {BACKEND_UP} gauge"
-    );
-    for (pool, b) in backends() {
-        let _ = writeln!(
-            out,
-            "{BACKEND_UP}{{pool=\"{}\",backend=\"{}\"}} {}",
-            escape(&pool.name),
-            b.label,
-            u8::from(b.health.is_up())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {BACKEND_ACTIVE} Requests or connections in progress on the backend (all pools).\n# TYPE {BACKEND_ACTIVE} gauge"
-    );
-    for (pool, b) in backends() {
-        let _ = writeln!(
-            out,
-            "{BACKEND_ACTIVE}{{pool=\"{}\",backend=\"{}\"}} {}",
-            escape(&pool.name),
-            b.label,
-            b.shared.active()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {POOL_HEALTHY} Backends of the pool that are up and not drained.\n# TYPE {POOL_HEALTHY} gauge"
-    );
-    for pool in &snapshot.pools {
-        let _ = writeln!(
-            out,
-            "{POOL_HEALTHY}{{pool=\"{}\"}} {}",
-            escape(&pool.name),
-            pool.healthy()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {DATACENTER_UP} 1 if the data center is healthy and not drained (DNS answers with it), else 0.\n# TYPE {DATACENTER_UP} gauge"
-    );
-    for dc in snapshot.datacenters.iter() {
-        let _ = writeln!(
-            out,
-            "{DATACENTER_UP}{{datacenter=\"{}\"}} {}",
-            escape(&dc.config.name),
-            u8::from(dc.up())
-        );
-    }
-    out
-}
-
-fn escape(value: &str) -> String {
+/// A label value escaped for the Prometheus text exposition.
+pub fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

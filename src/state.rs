@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use crate::balance::{self, Balancer, Candidates};
-use crate::config::{Config, DatacenterConfig, ListenerConfig, PoolConfig, RouteConfig};
+use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
 use crate::health::{Health, HealthKey, HealthTable};
 use crate::metrics::RouteMetrics;
-use crate::proxy::pool::{IdleConnections, Upstream};
+use crate::upstream::{IdleConnections, Upstream};
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
@@ -242,6 +242,12 @@ impl Pool {
         self.backends.iter().filter(|b| b.is_available()).count()
     }
 
+    /// What the pool's algorithm hashes requests on; None when it does
+    /// not hash, so callers need not compute a key.
+    pub fn hash_on(&self) -> Option<&HashKey> {
+        self.balancer.hashes().then_some(&self.config.hash)
+    }
+
     /// Picks an available backend not in `tried`.
     pub fn pick(&self, tried: &[usize], key: u64) -> Option<usize> {
         self.balancer.pick(&PickView { pool: self, tried }, key)
@@ -265,6 +271,26 @@ impl Candidates for PickView<'_> {
     }
     fn active(&self, i: usize) -> usize {
         self.pool.backends[i].shared.active()
+    }
+}
+
+/// Holds one unit of a backend's active count until dropped.
+pub struct ActiveGuard(Arc<BackendShared>);
+
+impl ActiveGuard {
+    pub fn new(shared: Arc<BackendShared>) -> Self {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(shared)
+    }
+
+    pub fn shared(&self) -> &Arc<BackendShared> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

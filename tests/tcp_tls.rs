@@ -103,7 +103,8 @@ where
 
 mod library {
     use super::*;
-    use geolb::proxy::{proxy_protocol, tcp, tls};
+    use geolb::proxy::{tcp, tls};
+    use geolb::proxy_protocol;
 
     #[tokio::test]
     async fn tens_of_mib_pass_byte_identical_both_ways() {

@@ -182,6 +182,10 @@ impl Balancer for Maglev {
         let start = (fallback(key, FALLBACK_DRAWS + 1) % count as u64) as usize;
         (start..count).chain(0..start).find(|&i| usable(i))
     }
+
+    fn hashes(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

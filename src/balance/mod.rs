@@ -39,6 +39,11 @@ pub trait Balancer: Send + Sync {
     /// An eligible backend's index, or None if no backend is eligible.
     /// `key` is the request's hash key, for algorithms that use one.
     fn pick(&self, candidates: &dyn Candidates, key: u64) -> Option<usize>;
+
+    /// Whether `pick` uses its key: callers compute one only then.
+    fn hashes(&self) -> bool {
+        false
+    }
 }
 
 /// The balancer for a pool of `backends.len()` backends, indexed in the

@@ -9,46 +9,51 @@
 //!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
-//! - `server`: sockets; hickory-server for TCP; [`bind`], [`serve`].
+//! - `server`: sockets and their lifetime: [`bind`], [`serve`].
 //! - `udp`: the UDP path, a thread per socket answering without
 //!   hickory-server.
+//! - `tcp`: the TCP path, through hickory-server.
+//! - `count`: the query counters both paths record into.
 
 mod answer;
+mod count;
 mod ecs;
 mod fast;
 mod geo;
 mod server;
+mod tcp;
 mod udp;
 mod zone;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::geoip::{Location, Locator};
 
 pub use geo::{DcState, Tier, haversine_km};
-pub use server::{DnsSockets, TCP_IDLE_TIMEOUT, bind, serve, watch_geoip};
+pub use server::{DnsSockets, bind, serve};
+pub use tcp::TCP_IDLE_TIMEOUT;
 
-/// `geolb_dns_queries_total{qtype, rcode}`
-pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
-/// `geolb_dns_geo_answers_total{name, datacenter}`
-pub const DNS_GEO_ANSWERS: &str = "geolb_dns_geo_answers_total";
-
-/// Describes the DNS metrics; call once at start-up, after the recorder is
-/// installed.
-pub fn describe() {
-    metrics::describe_counter!(
-        DNS_QUERIES,
-        "DNS queries answered, by query type (known types, else other) and response code."
-    );
-    metrics::describe_counter!(
-        DNS_GEO_ANSWERS,
-        "Answers for geo names, by name and chosen data center (A, AAAA and ANY queries)."
-    );
+/// Swaps in data with a fresh locator whenever the GeoIP database file
+/// changes on disk (see [`crate::geoip::watch`]), until `shutdown`.
+pub async fn watch_geoip(data: SharedDnsData, every: Duration, shutdown: CancellationToken) {
+    let current = || data.load().locator().clone();
+    let install = |old: &Arc<Locator>, fresh: Arc<Locator>| {
+        let now = data.load_full();
+        // A reload in between built its own locator from the file.
+        if !Arc::ptr_eq(now.locator(), old) {
+            return false;
+        }
+        let previous = data.compare_and_swap(&now, Arc::new(now.with_locator(fresh)));
+        Arc::ptr_eq(&previous, &now)
+    };
+    crate::geoip::watch(every, shutdown, current, install).await
 }
 
 /// Whether a data center is healthy, drain aside (drain comes from the

@@ -22,8 +22,8 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
+use super::count::{count, count_answer};
 use super::fast;
-use super::server::{count, count_answer};
 use super::{DnsData, SharedDnsData};
 
 /// How often a thread blocked on an idle socket looks at the shutdown token.

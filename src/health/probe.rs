@@ -10,7 +10,7 @@ use tokio_rustls::TlsConnector;
 
 use super::HealthKey;
 use crate::config::{HttpProbe, Probe};
-use crate::proxy::proxy_protocol;
+use crate::proxy_protocol;
 use crate::tls_client;
 
 /// How to probe one target, prepared once per checker (an https check's

@@ -6,40 +6,16 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::activity::Activity;
-use super::pool::Sender;
 use crate::metrics::RouteMetrics;
-use crate::state::BackendShared;
-
-pub type BackendRequestBody = Either<Incoming, Empty<Bytes>>;
-
-/// Holds one unit of a backend's active count until dropped.
-pub struct ActiveGuard(Arc<BackendShared>);
-
-impl ActiveGuard {
-    pub fn new(shared: Arc<BackendShared>) -> Self {
-        shared.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(shared)
-    }
-
-    pub fn shared(&self) -> &Arc<BackendShared> {
-        &self.0
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::state::ActiveGuard;
+use crate::upstream::Sender;
 
 /// One line of the access log, filled in as the request goes.
 pub struct AccessLog {

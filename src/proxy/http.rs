@@ -18,17 +18,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, TrackedIo};
-use super::body::{AccessLog, ActiveGuard, BackendRequestBody, Completion, ResponseBody};
+use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
-use super::proxy_protocol;
+use crate::accept::accept_loop;
 use crate::balance;
-use crate::config::{Balance, HashKey, PoolConfig};
-use crate::state::{ListenerId, SharedSnapshot};
+use crate::config::HashKey;
+use crate::proxy_protocol;
+use crate::state::{ActiveGuard, ListenerId, SharedSnapshot};
+use crate::upstream::BackendRequestBody;
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -65,34 +67,44 @@ impl HttpContext {
 
 /// Accepts until `shutdown`, handing each connection to its own task.
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((mut stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let ctx2 = ctx.clone();
-                ctx.tasks.spawn(async move {
-                    // Read in the connection's task: a slow PROXY header
-                    // must not hold up accepting.
-                    let Some(client) =
-                        proxy_protocol::client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id)
-                            .await
-                    else {
-                        return;
-                    };
-                    serve_connection(stream, client, ctx2).await
-                });
-            }
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %ctx.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+    let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
+    accept_loop(listener, name, shutdown, |mut stream, peer| {
+        let _ = stream.set_nodelay(true);
+        let ctx2 = ctx.clone();
+        ctx.tasks.spawn(async move {
+            // Read in the connection's task: a slow PROXY header must not
+            // hold up accepting.
+            let Some(client) = client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id).await
+            else {
+                return;
+            };
+            serve_connection(stream, client, ctx2).await
+        });
+    })
+    .await
+}
+
+/// For an http or https listener (`bind` in `snapshot`): the address of
+/// the client, `peer` itself or, when the listener expects a PROXY header,
+/// the one that header states. `None`: drop the connection (logged and
+/// counted, or the listener is gone).
+async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    snapshot: &SharedSnapshot,
+    id: &ListenerId,
+) -> Option<SocketAddr> {
+    let (name, deadline) = match snapshot.load().listeners.get(id) {
+        Some(l) if l.config.accept_proxy_protocol => {
+            (l.config.name.clone(), l.config.timeouts.header)
         }
-    }
+        Some(_) => return Some(peer),
+        None => return None,
+    };
+    let local = stream.local_addr().unwrap_or(id.bind);
+    proxy_protocol::accept(stream, peer, local, deadline, &name)
+        .await
+        .map(|a| a.source)
 }
 
 struct ConnCtx {
@@ -259,7 +271,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         return no_upgrade_over_http2(&pool.name, completion);
     }
 
-    let key = request_key(&pool.config, conn.peer.ip(), req.headers());
+    let key = pool
+        .hash_on()
+        .map_or(0, |on| request_key(on, conn.peer.ip(), req.headers()));
     let (parts, body) = req.into_parts();
     // A body-less idempotent request can be rebuilt and sent again after a
     // backend closed on it; anything with a body cannot.
@@ -430,12 +444,9 @@ fn no_upgrade_over_http2(pool: &str, mut completion: Completion) -> Response<Res
 
 /// The key a hashing balancer places this request by; a request without
 /// the configured header or cookie falls back to the client address.
-fn request_key(pool: &PoolConfig, client: IpAddr, headers: &HeaderMap) -> u64 {
-    if pool.balance != Balance::Maglev {
-        return 0;
-    }
+fn request_key(on: &HashKey, client: IpAddr, headers: &HeaderMap) -> u64 {
     let by_client = || balance::client_ip_key(client);
-    match &pool.hash {
+    match on {
         HashKey::ClientIp => by_client(),
         HashKey::Header(name) => headers
             .get(name.as_str())

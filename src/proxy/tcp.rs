@@ -17,17 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, TrackedIo};
-use super::body::ActiveGuard;
-use super::proxy_protocol::{self, Addresses};
+use crate::accept::accept_loop;
 use crate::balance;
-use crate::config::Balance;
-use crate::metrics::TCP_CONNECTIONS;
-use crate::state::{ListenerId, Pool, SharedSnapshot};
-
-/// Bytes copied, `direction` = `in` (client to backend) or `out`.
-pub const TCP_BYTES: &str = "geolb_tcp_bytes_total";
-/// Failed connection attempts to backends (each retry counts).
-pub const TCP_CONNECT_ERRORS: &str = "geolb_tcp_connect_errors_total";
+use crate::config::HashKey;
+use crate::metrics::{TCP_BYTES, TCP_CONNECT_ERRORS, TCP_CONNECTIONS};
+use crate::proxy_protocol::{self, Addresses};
+use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
 
 /// What every connection of one tcp listener shares.
 /// Bytes buffered per direction of a TCP connection.
@@ -61,22 +56,11 @@ impl TcpContext {
 /// until they end, within the grace period the caller enforces.
 pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
     register_series(&ctx);
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                ctx.tasks.spawn(connection(stream, peer, ctx.clone()));
-            }
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %ctx.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
+    accept_loop(listener, name, shutdown, |stream, peer| {
+        ctx.tasks.spawn(connection(stream, peer, ctx.clone()));
+    })
+    .await
 }
 
 /// Creates the listener's series at 0, so that the first connection is a
@@ -137,7 +121,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     };
     labels.counter(TCP_CONNECTIONS).increment(1);
 
-    let key = client_key(pool.config.balance, addresses.source.ip());
+    let key = client_key(pool.hash_on(), addresses.source.ip());
     let Some((mut backend, index, active)) = connect(
         pool,
         key,
@@ -250,13 +234,10 @@ impl Labels<'_> {
     }
 }
 
-/// The maglev key of a connection: its client address (the only request
+/// The hash key of a connection, for pools that hash: its client address (the only request
 /// attribute L4 has, so header and cookie keys fall back to it too).
-fn client_key(balance: Balance, client: IpAddr) -> u64 {
-    if balance != Balance::Maglev {
-        return 0;
-    }
-    balance::client_ip_key(client)
+fn client_key(hash_on: Option<&HashKey>, client: IpAddr) -> u64 {
+    hash_on.map_or(0, |_| balance::client_ip_key(client))
 }
 
 /// Counts the bytes read from `inner` as they pass, so long-lived
@@ -320,10 +301,10 @@ mod tests {
     fn maglev_keys_by_the_canonical_client_address() {
         let v4: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        let key = |ip| client_key(Balance::Maglev, ip);
+        let key = |ip| client_key(Some(&HashKey::ClientIp), ip);
         assert_eq!(key(v4), balance::hash_key(&[192, 0, 2, 1]));
         assert_eq!(key(mapped), key(v4));
         assert_ne!(key("192.0.2.2".parse().unwrap()), key(v4));
-        assert_eq!(client_key(Balance::RoundRobin, v4), 0);
+        assert_eq!(client_key(None, v4), 0);
     }
 }

@@ -19,14 +19,11 @@ use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
 use super::http::{self, HttpContext};
-use super::proxy_protocol;
+use crate::accept::accept_loop;
 use crate::config::{ConfigError, TlsCertConfig};
+use crate::metrics::TLS_HANDSHAKE_ERRORS;
+use crate::proxy_protocol;
 
-/// Seconds until a certificate's notAfter (negative once expired), by
-/// `listener` and `cert` (the certificate file).
-pub const TLS_CERT_EXPIRY: &str = "geolb_tls_certificate_expiry_seconds";
-/// Client connections whose handshake failed or did not finish in time.
-pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
 /// Certificates closer than this to their expiry are warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
@@ -67,38 +64,6 @@ pub fn warn_expiring(listener: &str, certs: &[CertInfo], now: SystemTime) {
             );
         }
     }
-}
-
-/// Appends the [`TLS_CERT_EXPIRY`] family for `certs` (listener name, its
-/// certificates) to a Prometheus text exposition. Rendered at scrape time
-/// because the value moves with the clock, not with events.
-pub fn render_expiry(out: &mut String, certs: &[(String, Vec<CertInfo>)], now: SystemTime) {
-    use std::fmt::Write as _;
-    if certs.iter().all(|(_, c)| c.is_empty()) {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {TLS_CERT_EXPIRY} Seconds until the certificate's notAfter; negative once expired.\n# TYPE {TLS_CERT_EXPIRY} gauge"
-    );
-    for (listener, infos) in certs {
-        for c in infos {
-            let _ = writeln!(
-                out,
-                "{TLS_CERT_EXPIRY}{{listener=\"{}\",cert=\"{}\"}} {}",
-                escape_label(listener),
-                escape_label(&c.cert.display().to_string()),
-                c.seconds_left(now)
-            );
-        }
-    }
-}
-
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The server config of an https listener (`listener[listener_index]`):
@@ -309,24 +274,13 @@ pub async fn serve_https(
             proxy_protocol::register_series(&l.config.name);
         }
     }
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                ctx.tasks
-                    .spawn(connection(stream, peer, ctx.clone(), tls.clone()));
-            }
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %ctx.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
+    accept_loop(listener, name, shutdown, |stream, peer| {
+        let _ = stream.set_nodelay(true);
+        ctx.tasks
+            .spawn(connection(stream, peer, ctx.clone(), tls.clone()));
+    })
+    .await
 }
 
 async fn connection(
@@ -387,28 +341,5 @@ mod tests {
             c.seconds_left(UNIX_EPOCH + Duration::from_secs(1_500)),
             -500
         );
-    }
-
-    #[test]
-    fn expiry_family_is_valid_exposition() {
-        let mut out = String::new();
-        let certs = vec![(
-            "web\"tls".to_string(),
-            vec![CertInfo {
-                cert: PathBuf::from("/etc/a\\b.pem"),
-                names: vec![],
-                not_after: 100,
-            }],
-        )];
-        render_expiry(&mut out, &certs, UNIX_EPOCH + Duration::from_secs(40));
-        assert_eq!(
-            out,
-            "# HELP geolb_tls_certificate_expiry_seconds Seconds until the certificate's notAfter; negative once expired.\n\
-             # TYPE geolb_tls_certificate_expiry_seconds gauge\n\
-             geolb_tls_certificate_expiry_seconds{listener=\"web\\\"tls\",cert=\"/etc/a\\\\b.pem\"} 60\n"
-        );
-        let mut none = String::new();
-        render_expiry(&mut none, &[], UNIX_EPOCH);
-        assert!(none.is_empty());
     }
 }

@@ -16,24 +16,16 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+mod exposition;
+
+use crate::accept::accept_loop;
 use crate::app::{BoundListener, Daemon};
 use crate::metrics;
 use crate::state::Override;
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = daemon.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, _) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let shutdown = daemon.shutdown.clone();
+    accept_loop(listener, "admin", shutdown, |stream, _| {
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -44,7 +36,8 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 fn reply(
@@ -73,15 +66,12 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            {
-                let mut text = metrics::render(&daemon.metrics, &daemon.snapshot.load());
-                crate::proxy::tls::render_expiry(
-                    &mut text,
-                    &daemon.certs.load(),
-                    std::time::SystemTime::now(),
-                );
-                text
-            },
+            exposition::render(
+                &daemon.metrics,
+                &daemon.snapshot.load(),
+                &daemon.certs.load(),
+                std::time::SystemTime::now(),
+            ),
         ),
         (&Method::GET, "/status") => reply(
             StatusCode::OK,

@@ -11,13 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
 
 use crate::config::ProxyProtocolVersion;
-use crate::state::{ListenerId, SharedSnapshot};
-
-/// Connections dropped because their PROXY header was missing, malformed or late.
-pub const PROXY_PROTOCOL_ERRORS: &str = "geolb_proxy_protocol_errors_total";
+use crate::metrics::PROXY_PROTOCOL_ERRORS;
 
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The spec's limit for a v1 line, CRLF included.
@@ -246,29 +242,6 @@ pub async fn accept<R: AsyncRead + Unpin>(
 /// PROXY headers), so the first error is a rate change.
 pub fn register_series(listener: &str) {
     ::metrics::counter!(PROXY_PROTOCOL_ERRORS, "listener" => listener.to_string()).increment(0);
-}
-
-/// For an http or https listener (`bind` in `snapshot`): the address of
-/// the client, `peer` itself or, when the listener expects a PROXY header,
-/// the one that header states. `None`: drop the connection (logged and
-/// counted, or the listener is gone).
-pub async fn client_address(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    snapshot: &SharedSnapshot,
-    id: &ListenerId,
-) -> Option<SocketAddr> {
-    let (name, deadline) = match snapshot.load().listeners.get(id) {
-        Some(l) if l.config.accept_proxy_protocol => {
-            (l.config.name.clone(), l.config.timeouts.header)
-        }
-        Some(_) => return Some(peer),
-        None => return None,
-    };
-    let local = stream.local_addr().unwrap_or(id.bind);
-    accept(stream, peer, local, deadline, &name)
-        .await
-        .map(|a| a.source)
 }
 
 /// The header that tells a backend the client's real endpoints. Mixed

@@ -26,9 +26,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
-use super::body::BackendRequestBody;
 use crate::config::{BackendProtocol, PoolConfig};
 use crate::tls_client;
+
+/// What is sent to a backend: the client's body streamed on, or none.
+pub type BackendRequestBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 
 /// Below the common backend keep-alive timeouts (Apache httpd: 5 s), so we
 /// drop a connection before the backend is likely to.

@@ -1,0 +1,169 @@
+//! The `/metrics` page. Series that mirror live state (backend up,
+//! active connections, data centers, certificate expiry) are rendered from
+//! the current snapshot at scrape time, so whatever a reload removes
+//! simply stops appearing.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::metrics::{
+    self, BACKEND_ACTIVE, BACKEND_UP, BUILD_INFO, DATACENTER_UP, POOL_HEALTHY, RouteMetrics,
+    TLS_CERT_EXPIRY, escape_label,
+};
+use crate::proxy::tls::CertInfo;
+use crate::state::Snapshot;
+
+/// The route metrics of `snapshot`'s listeners, once per (listener, pool).
+fn routes(snapshot: &Snapshot) -> Vec<&Arc<RouteMetrics>> {
+    let mut routes: Vec<&Arc<RouteMetrics>> = Vec::new();
+    let mut listeners: Vec<_> = snapshot.listeners.values().collect();
+    listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    for l in listeners {
+        for route in std::iter::once(&l.default_route).chain(l.routes.iter().map(|(_, r)| r)) {
+            if !routes.iter().any(|m| Arc::ptr_eq(m, &route.metrics)) {
+                routes.push(&route.metrics);
+            }
+        }
+    }
+    routes
+}
+
+/// The whole `/metrics` page: the recorder's families, the HTTP families
+/// of `snapshot`'s routes, the state gauges of `snapshot` and the expiry
+/// of `certs` at `now`.
+pub fn render(
+    handle: &PrometheusHandle,
+    snapshot: &Snapshot,
+    certs: &[(String, Vec<CertInfo>)],
+    now: SystemTime,
+) -> String {
+    let mut out = handle.render();
+    metrics::render_routes(&mut out, &routes(snapshot));
+    #[cfg(feature = "alloc-stats")]
+    let _ = writeln!(
+        out,
+        "# HELP geolb_allocated_bytes Heap bytes currently allocated (alloc-stats builds).\n# TYPE geolb_allocated_bytes gauge\ngeolb_allocated_bytes {}",
+        crate::alloc_stats::allocated()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP {BUILD_INFO} Build information; always 1.\n# TYPE {BUILD_INFO} gauge\n{BUILD_INFO}{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let backends = || {
+        snapshot
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {BACKEND_UP} 1 if the backend's health check passes (or it has none), else 0.\n# TYPE {BACKEND_UP} gauge"
+    );
+    for (pool, b) in backends() {
+        let _ = writeln!(
+            out,
+            "{BACKEND_UP}{{pool=\"{}\",backend=\"{}\"}} {}",
+            escape_label(&pool.name),
+            b.label,
+            u8::from(b.health.is_up())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {BACKEND_ACTIVE} Requests or connections in progress on the backend (all pools).\n# TYPE {BACKEND_ACTIVE} gauge"
+    );
+    for (pool, b) in backends() {
+        let _ = writeln!(
+            out,
+            "{BACKEND_ACTIVE}{{pool=\"{}\",backend=\"{}\"}} {}",
+            escape_label(&pool.name),
+            b.label,
+            b.shared.active()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {POOL_HEALTHY} Backends of the pool that are up and not drained.\n# TYPE {POOL_HEALTHY} gauge"
+    );
+    for pool in &snapshot.pools {
+        let _ = writeln!(
+            out,
+            "{POOL_HEALTHY}{{pool=\"{}\"}} {}",
+            escape_label(&pool.name),
+            pool.healthy()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {DATACENTER_UP} 1 if the data center is healthy and not drained (DNS answers with it), else 0.\n# TYPE {DATACENTER_UP} gauge"
+    );
+    for dc in snapshot.datacenters.iter() {
+        let _ = writeln!(
+            out,
+            "{DATACENTER_UP}{{datacenter=\"{}\"}} {}",
+            escape_label(&dc.config.name),
+            u8::from(dc.up())
+        );
+    }
+    render_expiry(&mut out, certs, now);
+    out
+}
+
+/// Appends the [`TLS_CERT_EXPIRY`] family for `certs` (listener name, its
+/// certificates) to a Prometheus text exposition. Rendered at scrape time
+/// because the value moves with the clock, not with events.
+fn render_expiry(out: &mut String, certs: &[(String, Vec<CertInfo>)], now: SystemTime) {
+    if certs.iter().all(|(_, c)| c.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {TLS_CERT_EXPIRY} Seconds until the certificate's notAfter; negative once expired.\n# TYPE {TLS_CERT_EXPIRY} gauge"
+    );
+    for (listener, infos) in certs {
+        for c in infos {
+            let _ = writeln!(
+                out,
+                "{TLS_CERT_EXPIRY}{{listener=\"{}\",cert=\"{}\"}} {}",
+                escape_label(listener),
+                escape_label(&c.cert.display().to_string()),
+                c.seconds_left(now)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn expiry_family_is_valid_exposition() {
+        let mut out = String::new();
+        let certs = vec![(
+            "web\"tls".to_string(),
+            vec![CertInfo {
+                cert: PathBuf::from("/etc/a\\b.pem"),
+                names: vec![],
+                not_after: 100,
+            }],
+        )];
+        render_expiry(&mut out, &certs, UNIX_EPOCH + Duration::from_secs(40));
+        assert_eq!(
+            out,
+            "# HELP geolb_tls_certificate_expiry_seconds Seconds until the certificate's notAfter; negative once expired.\n\
+             # TYPE geolb_tls_certificate_expiry_seconds gauge\n\
+             geolb_tls_certificate_expiry_seconds{listener=\"web\\\"tls\",cert=\"/etc/a\\\\b.pem\"} 60\n"
+        );
+        let mut none = String::new();
+        render_expiry(&mut none, &[], UNIX_EPOCH);
+        assert!(none.is_empty());
+    }
+}
