@@ -138,7 +138,7 @@ pub async fn run() -> anyhow::Result<()> {
     std::fs::write(&path, &config_text)
         .with_context(|| format!("cannot write {}", path.display()))?;
     let config =
-        crate::app::load_checked(&path, None).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+        crate::reload::check(&path, None).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(crate::app::serve(path.clone(), config, Some(ready_tx)));

@@ -74,7 +74,7 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match geolb::app::load_checked(&config, None) {
+        Command::Check { config } => match geolb::reload::check(&config, None) {
             Ok(checked) => {
                 let c = &checked.config;
                 let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config: path } => {
             init_logging();
-            let checked = match geolb::app::load_checked(&path, None) {
+            let checked = match geolb::reload::check(&path, None) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!(

@@ -356,9 +356,11 @@ fn pool_check_key(pool: &PoolConfig, addr: SocketAddr) -> Option<HealthKey> {
 }
 
 /// Compiles `config` into a snapshot, (re)starting health checkers so that
-/// exactly the config's checks run.
+/// exactly the config's checks run. `upstreams`: one per pool, in order
+/// (`reload::check` builds them).
 pub fn compile(
     config: Arc<Config>,
+    upstreams: Vec<Upstream>,
     generation: u64,
     health: &Arc<HealthTable>,
     registry: &BackendRegistry,
@@ -368,7 +370,8 @@ pub fn compile(
     let pools: Vec<Arc<Pool>> = config
         .pools
         .iter()
-        .map(|pc| {
+        .zip(upstreams)
+        .map(|(pc, upstream)| {
             let backends = pc
                 .backends
                 .iter()
@@ -388,7 +391,7 @@ pub fn compile(
                 name: pc.name.as_str().into(),
                 config: pc.clone(),
                 balancer: balance::build(pc.balance, &pc.backends),
-                upstream: Upstream::new(pc),
+                upstream,
                 backends,
             })
         })

@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
@@ -48,39 +48,36 @@ pub struct Upstream {
 }
 
 struct UpstreamTls {
-    /// Err: the CA file could not be read when the snapshot was built
-    /// (it was readable when the config was checked); every connect
-    /// fails with this.
-    connector: Result<TlsConnector, Arc<str>>,
+    connector: TlsConnector,
     sni: Option<ServerName<'static>>,
 }
 
 impl Upstream {
-    pub fn new(pool: &PoolConfig) -> Upstream {
+    /// Builds how `pool`'s backends are spoken to, reading its CA file:
+    /// the error (a bad CA file or `sni`) is the config's, reported by
+    /// `geolb check` and by reloads rather than by every request.
+    pub fn new(pool: &PoolConfig) -> io::Result<Upstream> {
         let mut hasher = std::hash::DefaultHasher::new();
         (pool.backend_protocol, &pool.tls).hash(&mut hasher);
         let profile = match (pool.backend_protocol, &pool.tls) {
             (BackendProtocol::Http1, None) => 0,
             _ => hasher.finish() | 1,
         };
-        let tls = pool.tls.as_ref().map(|_| UpstreamTls {
-            connector: tls_connector(pool).map_err(|e| e.to_string().into()),
-            sni: pool
-                .tls
-                .as_ref()
-                .and_then(|t| t.sni.as_deref())
-                .and_then(|name| tls_client::server_name(name).ok()),
-        });
-        Upstream {
+        let tls = match &pool.tls {
+            None => None,
+            Some(tls) => Some(UpstreamTls {
+                connector: tls_connector(pool)?,
+                sni: match tls.sni.as_deref() {
+                    Some(name) => Some(tls_client::server_name(name)?),
+                    None => None,
+                },
+            }),
+        };
+        Ok(Upstream {
             protocol: pool.backend_protocol,
             tls,
             profile,
-        }
-    }
-
-    /// What `geolb check` and a reload report about a pool's TLS settings.
-    pub fn check(pool: &PoolConfig) -> io::Result<()> {
-        tls_connector(pool).map(drop)
+        })
     }
 
     pub fn is_http2(&self) -> bool {
@@ -168,7 +165,7 @@ impl Upstream {
         let Some(tls) = &self.tls else {
             return self.handshake(stream, addr).await;
         };
-        let connector = tls.connector.as_ref().map_err(|e| io::Error::other(&**e))?;
+        let connector = &tls.connector;
         let name = tls
             .sni
             .clone()
@@ -229,9 +226,6 @@ fn tls_connector(pool: &PoolConfig) -> io::Result<TlsConnector> {
         BackendProtocol::H2 => &[b"h2"],
         _ => &[b"http/1.1"],
     };
-    if let Some(sni) = &tls.sni {
-        tls_client::server_name(sni)?;
-    }
     let config = tls_client::client_config(tls.ca.as_deref(), tls.verify, alpn)?;
     Ok(TlsConnector::from(config))
 }

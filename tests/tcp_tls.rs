@@ -442,7 +442,12 @@ mod library {
         let id = geolb::state::ListenerId::of(&config.listeners[0]);
         let health = geolb::health::HealthTable::new(tokio_util::sync::CancellationToken::new());
         let snapshot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(geolb::state::compile(
-            std::sync::Arc::new(config),
+            std::sync::Arc::new(config.clone()),
+            config
+                .pools
+                .iter()
+                .map(|p| geolb::upstream::Upstream::new(p).unwrap())
+                .collect(),
             1,
             &health,
             &Default::default(),

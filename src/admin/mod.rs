@@ -19,8 +19,9 @@ use tokio::net::TcpListener;
 mod exposition;
 
 use crate::accept::accept_loop;
-use crate::app::{BoundListener, Daemon};
+use crate::daemon::{BoundListener, Daemon};
 use crate::metrics;
+use crate::reload;
 use crate::state::Override;
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
@@ -83,7 +84,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
             "text/html; charset=utf-8",
             status_page(&status(daemon)),
         ),
-        (&Method::POST, "/reload") => match daemon.reload().await {
+        (&Method::POST, "/reload") => match reload::reload(daemon).await {
             Ok(summary) => reply(
                 StatusCode::OK,
                 JSON,
@@ -218,7 +219,7 @@ struct PoolStatus {
     name: String,
     healthy: usize,
     min_healthy: usize,
-    balance: String,
+    balance: &'static str,
     backends: Vec<BackendStatus>,
 }
 
@@ -263,7 +264,7 @@ fn status(daemon: &Daemon) -> Status {
                 name: p.name.to_string(),
                 healthy: p.healthy(),
                 min_healthy: p.config.min_healthy,
-                balance: format!("{:?}", p.config.balance),
+                balance: p.config.balance.as_str(),
                 backends: p
                     .backends
                     .iter()
@@ -311,7 +312,7 @@ fn status_page(status: &Status) -> String {
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html_escape(&l.name),
-            l.protocol,
+            l.protocol.as_str(),
             l.bind,
             l.local_addr
         );

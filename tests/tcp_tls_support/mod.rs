@@ -455,6 +455,11 @@ impl Lb {
         let health = geolb::health::HealthTable::new(shutdown.child_token());
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(
             Arc::new(config.clone()),
+            config
+                .pools
+                .iter()
+                .map(|p| geolb::upstream::Upstream::new(p).unwrap())
+                .collect(),
             1,
             &health,
             &BackendRegistry::default(),

@@ -1,0 +1,259 @@
+//! The running daemon: the current snapshot and DNS data, the health
+//! table, and the set of listeners and DNS servers serving now, with how
+//! each is started and stopped. Admin endpoints and signals act on it;
+//! [`crate::reload`] changes it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ListenerConfig, Protocol};
+use crate::dns::{self, SharedDnsData};
+use crate::health::HealthTable;
+use crate::proxy::http::{self as http_proxy, HttpContext};
+use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
+use crate::proxy::tls::{self, CertInfo};
+use crate::state::{BackendRegistry, ListenerId, SharedSnapshot};
+
+/// A listener's socket, bound, as /status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundListener {
+    pub name: String,
+    #[serde(serialize_with = "spelled")]
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    pub local_addr: SocketAddr,
+    #[serde(skip)]
+    pub id: ListenerId,
+}
+
+fn spelled<S: serde::Serializer>(protocol: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(protocol.as_str())
+}
+
+/// Binds one listener's socket (synchronously, so a reload can bind
+/// without awaiting while it holds no lock across the swap).
+pub fn bind_listener(l: &ListenerConfig) -> std::io::Result<(TcpListener, BoundListener)> {
+    let std_socket = std::net::TcpListener::bind(l.bind).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind),
+        )
+    })?;
+    std_socket.set_nonblocking(true)?;
+    let socket = TcpListener::from_std(std_socket)?;
+    let local_addr = socket.local_addr()?;
+    Ok((
+        socket,
+        BoundListener {
+            name: l.name.clone(),
+            protocol: l.protocol,
+            bind: l.bind,
+            local_addr,
+            id: ListenerId::of(l),
+        },
+    ))
+}
+
+/// A listener accepting now; `stop` ends its accept loop and drains its
+/// connections.
+struct RunningListener {
+    bound: BoundListener,
+    stop: CancellationToken,
+    /// An https listener's TLS config, swapped by reloads: new handshakes
+    /// get new certificates, open connections keep theirs.
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+}
+
+/// A DNS server on one `dns.listen` address.
+struct RunningDns {
+    /// As configured (its identity across reloads).
+    listen: SocketAddr,
+    /// As bound (port 0 resolved).
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The running daemon, shared by the admin endpoints and signal handling.
+pub struct Daemon {
+    pub config_path: PathBuf,
+    pub snapshot: SharedSnapshot,
+    pub health: Arc<HealthTable>,
+    pub registry: BackendRegistry,
+    pub metrics: PrometheusHandle,
+    pub admin_addr: Option<SocketAddr>,
+    pub dns: SharedDnsData,
+    /// (listener name, its certificates), for the expiry gauge.
+    pub certs: ArcSwap<Vec<(String, Vec<CertInfo>)>>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    generation: AtomicU64,
+    /// Held by a reload from its check to its last start or stop.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    listeners: Mutex<Vec<RunningListener>>,
+    /// DNS servers, one per `dns.listen` address (UDP and TCP share it).
+    dns_servers: Mutex<Vec<RunningDns>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Daemon {
+    /// A daemon serving `snapshot` and `dns` as generation 0, with nothing
+    /// listening yet: [`crate::reload::apply`] brings in the first config.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config_path: PathBuf,
+        snapshot: SharedSnapshot,
+        health: Arc<HealthTable>,
+        registry: BackendRegistry,
+        metrics: PrometheusHandle,
+        admin_addr: Option<SocketAddr>,
+        dns: SharedDnsData,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Daemon {
+        Daemon {
+            config_path,
+            snapshot,
+            health,
+            registry,
+            metrics,
+            admin_addr,
+            dns,
+            certs: ArcSwap::from_pointee(Vec::new()),
+            shutdown,
+            tasks,
+            generation: AtomicU64::new(0),
+            reload_lock: tokio::sync::Mutex::new(()),
+            listeners: Mutex::new(Vec::new()),
+            dns_servers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The generation the next snapshot gets.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The listeners serving now, for /status.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        locked(&self.listeners)
+            .iter()
+            .map(|r| r.bound.clone())
+            .collect()
+    }
+
+    pub fn listener_ids(&self) -> Vec<ListenerId> {
+        locked(&self.listeners)
+            .iter()
+            .map(|r| r.bound.id.clone())
+            .collect()
+    }
+
+    /// The bound DNS addresses, for /status.
+    pub fn dns_addrs(&self) -> Vec<SocketAddr> {
+        locked(&self.dns_servers).iter().map(|d| d.local).collect()
+    }
+
+    /// The DNS addresses serving now, as configured.
+    pub fn dns_listen(&self) -> Vec<SocketAddr> {
+        locked(&self.dns_servers).iter().map(|d| d.listen).collect()
+    }
+
+    pub fn start_dns(&self, listen: SocketAddr, sockets: dns::DnsSockets) {
+        let local = sockets.local_addr().unwrap_or(listen);
+        tracing::info!(addr = %local, "dns listening (udp and tcp)");
+        let stop = self.shutdown.child_token();
+        let (data, token) = (self.dns.clone(), stop.clone());
+        self.tasks.spawn(async move {
+            if let Err(e) = dns::serve(vec![sockets], data, token).await {
+                tracing::error!(error = %e, "dns server failed");
+            }
+        });
+        locked(&self.dns_servers).push(RunningDns {
+            listen,
+            local,
+            stop,
+        });
+    }
+
+    pub fn stop_dns(&self, listen: &[SocketAddr]) {
+        locked(&self.dns_servers).retain(|d| {
+            let keep = !listen.contains(&d.listen);
+            if !keep {
+                tracing::info!(addr = %d.local, "dns address removed");
+                d.stop.cancel();
+            }
+            keep
+        });
+    }
+
+    /// `tls`: an https listener's server config.
+    pub fn start_listener(
+        &self,
+        socket: TcpListener,
+        bound: BoundListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
+        tracing::info!(listener = %bound.name, addr = %bound.local_addr, protocol = bound.protocol.as_str(), "listening");
+        let stop = self.shutdown.child_token();
+        let tls = tls.map(|server| Arc::new(ArcSwap::new(server)));
+        let (snapshot, id, tasks) = (self.snapshot.clone(), bound.id.clone(), self.tasks.clone());
+        match (bound.protocol, &tls) {
+            (Protocol::Tcp, _) => {
+                let ctx = TcpContext::new(snapshot, id, tasks, stop.clone());
+                self.tasks.spawn(tcp_proxy::serve(socket, ctx));
+            }
+            (Protocol::Https, Some(server)) => {
+                let ctx = HttpContext::new(snapshot, id, "https", tasks, stop.clone());
+                self.tasks
+                    .spawn(tls::serve_https(socket, ctx, server.clone()));
+            }
+            _ => {
+                let ctx = HttpContext::new(snapshot, id, "http", tasks, stop.clone());
+                self.tasks.spawn(http_proxy::serve(socket, ctx));
+            }
+        }
+        locked(&self.listeners).push(RunningListener { bound, stop, tls });
+    }
+
+    /// Hands each https listener that keeps running the TLS config
+    /// `server_for` gives for its identity.
+    pub fn swap_tls(&self, server_for: impl Fn(&ListenerId) -> Option<Arc<rustls::ServerConfig>>) {
+        for r in locked(&self.listeners).iter() {
+            if let (Some(swap), Some(server)) = (&r.tls, server_for(&r.bound.id)) {
+                swap.store(server);
+            }
+        }
+    }
+
+    /// Stops accepting on `ids`; their open connections finish on their
+    /// own. Returns the names of the listeners stopped.
+    pub fn stop_listeners(&self, ids: &[ListenerId]) -> Vec<String> {
+        let mut names = Vec::new();
+        locked(&self.listeners).retain(|r| {
+            let keep = !ids.contains(&r.bound.id);
+            if !keep {
+                tracing::info!(listener = %r.bound.name, addr = %r.bound.local_addr, "listener removed: no new connections");
+                r.stop.cancel();
+                names.push(r.bound.name.clone());
+            }
+            keep
+        });
+        names
+    }
+}

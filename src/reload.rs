@@ -1,0 +1,429 @@
+//! How a config comes into service, at start-up and on every reload
+//! (SIGHUP, `POST /reload`): two steps.
+//!
+//! - [`check`]: parse and validate the file, and build every artifact it
+//!   implies, once: TLS server configs, upstream connectors, the GeoIP
+//!   locator, the DNS data. `geolb check` stops here.
+//! - [`apply`]: diff against what runs. Changes that need a restart are
+//!   refused; new listener and DNS sockets are bound (the last step that
+//!   can fail, so a taken port rejects the reload whole); then the
+//!   snapshot is compiled, swapped in with the DNS data, listeners start
+//!   and stop, and a summary says what changed.
+//!
+//! A failure at any point leaves the running config serving untouched.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{self, Config, ConfigError, ConfigErrors, Protocol};
+use crate::daemon::{Daemon, bind_listener};
+use crate::dns::{self, DnsData};
+use crate::geoip::{self, Locator};
+use crate::metrics;
+use crate::proxy::tls::{self, CertInfo};
+use crate::state::{self, ListenerId, Snapshot};
+use crate::upstream::Upstream;
+
+/// An https listener's TLS config and what its certificates say.
+pub type LoadedTls = (Arc<rustls::ServerConfig>, Vec<CertInfo>);
+
+/// A config that passed every check, with everything checking it built.
+pub struct Checked {
+    pub config: Config,
+    /// Per listener, in config order: an https listener's TLS; None for
+    /// the others.
+    tls: Vec<Option<LoadedTls>>,
+    /// Per pool, in config order.
+    upstreams: Vec<Upstream>,
+    /// Compiled without a health view; [`apply`] gives it the snapshot's.
+    dns: DnsData,
+}
+
+impl Checked {
+    pub fn locator(&self) -> &Arc<Locator> {
+        self.dns.locator()
+    }
+}
+
+/// Step one: everything `geolb check` reports, or the config with its
+/// artifacts. `previous` lets a reload keep a GeoIP database whose file
+/// did not change.
+pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigErrors> {
+    let config = config::load(path)?;
+    let mut errors = config::check_files(&config);
+    let tls = load_tls(&config, &mut errors);
+    let upstreams = build_upstreams(&config, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let locator = Arc::new(geoip::load(&config, previous)?);
+    let dns = dns::compile(&config, locator, Arc::new(dns::AllUp)).map_err(ConfigErrors)?;
+    Ok(Checked {
+        config,
+        tls,
+        upstreams,
+        dns,
+    })
+}
+
+/// Loads every https listener's certificates and keys, adding what is wrong
+/// to `errors`. Files that `check_files` already reported are not tried
+/// again, so each problem is said once.
+fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<LoadedTls>> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let prefix = format!("listener[{i}].tls");
+            if l.protocol != Protocol::Https || errors.iter().any(|e| e.path.starts_with(&prefix)) {
+                return None;
+            }
+            tls::server_config(i, &l.tls)
+                .map_err(|e| errors.extend(e))
+                .ok()
+        })
+        .collect()
+}
+
+/// Each pool's connector, its CA file read as its connections will use
+/// it, so that a bad one is a config error rather than failing every
+/// request.
+fn build_upstreams(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Upstream> {
+    let mut upstreams = Vec::with_capacity(config.pools.len());
+    for (i, pool) in config.pools.iter().enumerate() {
+        let path = format!("pool[{i}].tls");
+        if errors.iter().any(|e| e.path.starts_with(&path)) {
+            continue;
+        }
+        match Upstream::new(pool) {
+            Ok(upstream) => upstreams.push(upstream),
+            Err(e) => errors.push(ConfigError {
+                path,
+                message: e.to_string(),
+                line: None,
+            }),
+        }
+    }
+    upstreams
+}
+
+/// What a reload changed, for `POST /reload`.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadSummary {
+    pub config_generation: u64,
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+    pub datacenters_added: Vec<String>,
+    pub datacenters_removed: Vec<String>,
+    pub datacenters_changed: Vec<String>,
+    pub zones_changed: bool,
+    /// From the reload's start to the new config serving.
+    pub took_ms: f64,
+}
+
+/// Re-reads the daemon's config file and brings it into service whole, or
+/// changes nothing; counted and logged either way.
+pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors> {
+    let _one_at_a_time = daemon.reload_lock.lock().await;
+    let started = Instant::now();
+    // Parsing and compiling a large config (a 10,000-backend Maglev
+    // table) must not stall the threads that serve traffic.
+    let this = daemon.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let previous = this.dns.load_full();
+        let checked = check(&this.config_path, Some(previous.locator()))?;
+        apply(&this, checked, Start::Now)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("the reload task failed: {e}"),
+            line: None,
+        }]))
+    });
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+    match result {
+        Ok(mut summary) => {
+            summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(
+                generation = summary.config_generation,
+                took_ms = summary.took_ms,
+                "config reloaded"
+            );
+            Ok(summary)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("reload refused: {e}");
+            }
+            Err(errors)
+        }
+    }
+}
+
+/// Beyond the longest check timeout, for a first round's results to land.
+const FIRST_ROUND_MARGIN: Duration = Duration::from_millis(200);
+
+/// When new listeners start accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At once (a reload: backends that stay keep their health).
+    Now,
+    /// Once every health check has a first result, or its timeout passed
+    /// (start-up: the first requests must see real states).
+    AfterFirstChecks,
+}
+
+/// Step two: brings `checked` into service on `daemon`. Runs on a blocking
+/// thread: it waits for binds (and, with [`Start::AfterFirstChecks`], the
+/// first health results) inside.
+pub fn apply(
+    daemon: &Daemon,
+    checked: Checked,
+    start: Start,
+) -> Result<ReloadSummary, ConfigErrors> {
+    let Checked {
+        config,
+        tls,
+        upstreams,
+        dns: dns_data,
+    } = checked;
+    let old = daemon.snapshot.load_full();
+    let serving = daemon.generation() > 0;
+    if serving {
+        refuse_restart_only(&old.config, &config)?;
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let mut errors = Vec::new();
+
+    // Bind what is new before anything changes.
+    let running = daemon.listener_ids();
+    let mut added = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if running.contains(&ListenerId::of(l)) {
+            continue;
+        }
+        match bind_listener(l) {
+            Ok((socket, bound)) => {
+                added.push((socket, bound, tls[i].as_ref().map(|(s, _)| s.clone())))
+            }
+            Err(e) => errors.push(ConfigError {
+                path: format!("listener[{i}].bind"),
+                message: format!("= \"{}\": {e}", l.bind),
+                line: None,
+            }),
+        }
+    }
+    let dns_running = daemon.dns_listen();
+    let dns_wanted = dns_listen(&config);
+    let dns_new: Vec<SocketAddr> = dns_wanted
+        .iter()
+        .copied()
+        .filter(|a| !dns_running.contains(a))
+        .collect();
+    let dns_added = match runtime.block_on(dns::bind(&dns_new, udp_threads(&config))) {
+        Ok(sockets) => dns_new.into_iter().zip(sockets).collect::<Vec<_>>(),
+        Err(e) => {
+            errors.push(ConfigError {
+                path: "dns.listen".into(),
+                message: format!("{e}"),
+                line: None,
+            });
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    // Nothing can fail from here on.
+    let dns_removed: Vec<SocketAddr> = dns_running
+        .into_iter()
+        .filter(|a| !dns_wanted.contains(a))
+        .collect();
+    let removed: Vec<ListenerId> = running
+        .into_iter()
+        .filter(|id| !config.listeners.iter().any(|l| ListenerId::of(l) == *id))
+        .collect();
+    let config = Arc::new(config);
+    let generation = daemon.next_generation();
+    let new = state::compile(
+        config.clone(),
+        upstreams,
+        generation,
+        &daemon.health,
+        &daemon.registry,
+    );
+    let dns_data = dns_data.with_health(Arc::new(DatacenterView(new.datacenters.clone())));
+    let mut summary = summarize(&old, &new);
+    daemon.snapshot.store(Arc::new(new));
+    daemon.dns.store(Arc::new(dns_data));
+    daemon.swap_tls(|id| {
+        let i = config
+            .listeners
+            .iter()
+            .position(|l| ListenerId::of(l) == *id)?;
+        tls[i].as_ref().map(|(server, _)| server.clone())
+    });
+    daemon.certs.store(Arc::new(certificates(&config, &tls)));
+    if start == Start::AfterFirstChecks {
+        let limit = daemon.health.longest_timeout() + FIRST_ROUND_MARGIN;
+        runtime.block_on(daemon.health.wait_first_round(limit));
+    }
+    summary.listeners_added = added.iter().map(|(_, b, _)| b.name.clone()).collect();
+    for (socket, bound, server) in added {
+        daemon.start_listener(socket, bound, server);
+    }
+    summary.listeners_removed = daemon.stop_listeners(&removed);
+    for (listen, sockets) in dns_added {
+        daemon.start_dns(listen, sockets);
+    }
+    daemon.stop_dns(&dns_removed);
+    Ok(summary)
+}
+
+fn dns_listen(config: &Config) -> Vec<SocketAddr> {
+    config
+        .dns
+        .as_ref()
+        .map(|d| d.listen.clone())
+        .unwrap_or_default()
+}
+
+fn udp_threads(config: &Config) -> usize {
+    config.dns.as_ref().map_or(1, |d| d.udp_threads)
+}
+
+/// What this version cannot change in place.
+fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    for (i, l) in new.listeners.iter().enumerate() {
+        if let Some(before) = old
+            .listeners
+            .iter()
+            .find(|o| ListenerId::of(o) == ListenerId::of(l))
+            && before.protocol != l.protocol
+        {
+            errors.push(ConfigError {
+                path: format!("listener[{i}].protocol"),
+                message: format!(
+                    "the listener on {} changes protocol: move it to another bind address (or restart)",
+                    l.bind
+                ),
+                line: None,
+            });
+        }
+    }
+    let mut needs_restart = |path: &str, what: &str| {
+        errors.push(ConfigError {
+            path: path.into(),
+            message: format!("{what} needs a restart in this version"),
+            line: None,
+        })
+    };
+    if old.admin != new.admin {
+        needs_restart("admin.listen", "changing the admin listener");
+    }
+    if udp_threads(old) != udp_threads(new) {
+        needs_restart("dns.udp_threads", "changing the number of DNS UDP threads");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The DNS side's view of data-center health: the data centers of one
+/// snapshot, so indexes always match the config the DNS data came from.
+struct DatacenterView(Arc<[state::Datacenter]>);
+
+impl dns::DatacenterHealth for DatacenterView {
+    fn is_up(&self, index: usize) -> bool {
+        self.0.get(index).is_some_and(state::Datacenter::healthy)
+    }
+
+    fn is_drained(&self, index: usize) -> bool {
+        self.0.get(index).is_some_and(state::Datacenter::drained)
+    }
+}
+
+/// (listener name, its certificates) for the expiry gauge; warns about the
+/// ones close to expiry.
+fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<CertInfo>)> {
+    let now = std::time::SystemTime::now();
+    config
+        .listeners
+        .iter()
+        .zip(tls)
+        .filter_map(|(l, t)| {
+            let (_, infos) = t.as_ref()?;
+            tls::warn_expiring(&l.name, infos, now);
+            Some((l.name.clone(), infos.clone()))
+        })
+        .collect()
+}
+
+fn summarize(old: &Snapshot, new: &Snapshot) -> ReloadSummary {
+    let pools =
+        |s: &Snapshot| -> Vec<String> { s.pools.iter().map(|p| p.name.to_string()).collect() };
+    let backends = |s: &Snapshot| -> Vec<String> {
+        s.pools
+            .iter()
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(move |b| format!("{}/{}", p.name, b.label))
+            })
+            .collect()
+    };
+    let datacenters = |s: &Snapshot| -> Vec<String> {
+        s.datacenters
+            .iter()
+            .map(|d| d.config.name.clone())
+            .collect()
+    };
+    let diff = |a: &[String], b: &[String]| -> Vec<String> {
+        let b: HashSet<&String> = b.iter().collect();
+        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    let (old_pools, new_pools) = (pools(old), pools(new));
+    let (old_backends, new_backends) = (backends(old), backends(new));
+    let (old_dcs, new_dcs) = (datacenters(old), datacenters(new));
+    ReloadSummary {
+        config_generation: new.generation,
+        pools_added: diff(&new_pools, &old_pools),
+        pools_removed: diff(&old_pools, &new_pools),
+        backends_added: diff(&new_backends, &old_backends),
+        backends_removed: diff(&old_backends, &new_backends),
+        listeners_added: Vec::new(),
+        listeners_removed: Vec::new(),
+        datacenters_added: diff(&new_dcs, &old_dcs),
+        datacenters_removed: diff(&old_dcs, &new_dcs),
+        datacenters_changed: new
+            .datacenters
+            .iter()
+            .filter(|d| {
+                old.datacenters
+                    .iter()
+                    .any(|o| o.config.name == d.config.name && o.config != d.config)
+            })
+            .map(|d| d.config.name.clone())
+            .collect(),
+        zones_changed: old.config.dns.as_ref().map(|d| &d.zones)
+            != new.config.dns.as_ref().map(|d| &d.zones),
+        took_ms: 0.0,
+    }
+}
