@@ -1,6 +1,8 @@
 //! The DNS server over real sockets: started in-process on 127.0.0.1:0 and
 //! queried with UDP and TCP packets built with hickory-proto.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use support::eventually;
 
 const WAIT: Duration = Duration::from_secs(2);
 
@@ -704,11 +708,10 @@ async fn a_geoip_database_changed_on_disk_is_reread_and_a_bad_one_ignored() {
     let next = dir.path().join("next.mmdb");
     std::fs::copy(geoip_db(), &next).unwrap();
     std::fs::rename(&next, &db).unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while Arc::ptr_eq(&first, &data.load_full()) {
-        assert!(tokio::time::Instant::now() < deadline, "never re-read");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the replaced database re-read", WAIT, || async {
+        !Arc::ptr_eq(&first, &data.load_full())
+    })
+    .await;
     let fresh = data.load_full();
     assert!(!Arc::ptr_eq(
         first.locator().database().unwrap(),

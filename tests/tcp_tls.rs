@@ -10,14 +10,12 @@
 //!   wiring shows (listeners bound from the config, /metrics, `check`
 //!   output).
 
-#[path = "support/mod.rs"]
 mod support;
-#[path = "tcp_tls_support/mod.rs"]
-mod tls_support;
 
 use std::time::Duration;
 
-use tls_support::*;
+use support::library::*;
+use support::{bounded, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -139,10 +137,8 @@ mod library {
             ),
             Some(1.0)
         );
-        bounded(LIMIT, "active count back to 0", async {
-            while lb.active("bulk", 0) != 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        eventually("active count back to 0", LIMIT, || async {
+            lb.active("bulk", 0) == 0
         })
         .await;
     }
@@ -205,10 +201,8 @@ mod library {
         stream.shutdown().await.unwrap();
         let seen = bounded(LIMIT, "backend got the late words", rx.recv()).await;
         assert_eq!(seen.as_deref(), Some(&b"late words"[..]));
-        bounded(LIMIT, "connection released", async {
-            while lb.active("bhalf", 0) != 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        eventually("connection released", LIMIT, || async {
+            lb.active("bhalf", 0) == 0
         })
         .await;
     }
@@ -262,10 +256,8 @@ mod library {
                 .unwrap(),
             "the client could write 256 MiB into a dead connection"
         );
-        bounded(Duration::from_secs(5), "active count back to 0", async {
-            while lb.active("dies", 0) != 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        eventually("active count back to 0", Duration::from_secs(5), || async {
+            lb.active("dies", 0) == 0
         })
         .await;
     }

@@ -1,7 +1,11 @@
-//! Test servers and clients: the real `geolb` binary on port 0, backends
-//! whose behaviour a test steers, and raw and hyper clients.
+//! The one test support library of every integration test file: waiting
+//! with a deadline (`eventually`, `bounded`), the real `geolb` binary on
+//! port 0, backends whose behaviour a test steers, raw and hyper clients;
+//! `library` for tests that build the proxy in process.
 
 #![allow(dead_code)]
+
+pub mod library;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -39,6 +43,13 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Fails the test instead of hanging it.
+pub async fn bounded<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
 }
 
 /// A running `geolb run` process.

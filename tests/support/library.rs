@@ -1,14 +1,12 @@
-//! Helpers for `tcp_tls.rs`: a test PKI, TLS clients, raw TCP backends,
-//! an in-process load balancer built from the library, and metric lookup.
-
-#![allow(dead_code)]
+//! For tests that run the proxy in process: a test PKI, TLS clients, raw
+//! TCP backends, a load balancer built from the library, and metric
+//! lookup.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use geolb::proxy::http::{self as http_proxy, HttpContext};
@@ -24,13 +22,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Fails the test instead of hanging it.
-pub async fn bounded<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
-}
 
 /// A deterministic byte stream that is not all one value, so shifted or
 /// dropped bytes show.
