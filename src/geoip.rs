@@ -538,11 +538,7 @@ pub fn load(config: &Config, previous: Option<&Locator>) -> Result<Locator, Conf
             .and_then(|g| g.database.as_ref())
             .map(|p| format!("{:?}", p.display().to_string()))
             .unwrap_or_default();
-        ConfigError {
-            path: "geoip.database".to_owned(),
-            message: format!("= {shown}: {e}"),
-            line: None,
-        }
+        ConfigError::value("geoip.database", shown, e)
     })
 }
 

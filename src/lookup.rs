@@ -217,47 +217,55 @@ fn client_section(out: &mut String, ip: IpAddr, l: &Location, data: &dns::DnsDat
     );
 }
 
+/// Why the daemon's data-center states could not be had.
+#[derive(Debug, thiserror::Error)]
+enum StatusError {
+    #[error("{0}")]
+    Connect(#[from] std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("HTTP {0}")]
+    Status(http::StatusCode),
+    #[error("not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("no \"datacenters\" list in the JSON")]
+    NoDatacenters,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// `name -> state` from the daemon's `GET /status`.
-async fn fetch_status(addr: SocketAddr) -> Result<HashMap<String, DcState>, String> {
+async fn fetch_status(addr: SocketAddr) -> Result<HashMap<String, DcState>, StatusError> {
     let fetch = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let request = http::Request::get("/status")
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
+        let mut request = http::Request::new(Empty::<Bytes>::new());
+        *request.uri_mut() = http::Uri::from_static("/status");
+        if let Ok(host) = http::HeaderValue::try_from(addr.to_string()) {
+            request.headers_mut().insert(http::header::HOST, host);
         }
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let response = sender.send_request(request).await?;
+        if !response.status().is_success() {
+            return Err(StatusError::Status(response.status()));
+        }
+        let body = response.into_body().collect().await?.to_bytes();
         parse_status(&body)
     };
     tokio::time::timeout(STATUS_TIMEOUT, fetch)
         .await
-        .map_err(|_| format!("no answer within {STATUS_TIMEOUT:?}"))?
+        .map_err(|_| StatusError::Timeout(STATUS_TIMEOUT))?
 }
 
-fn parse_status(body: &[u8]) -> Result<HashMap<String, DcState>, String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+fn parse_status(body: &[u8]) -> Result<HashMap<String, DcState>, StatusError> {
+    let json: serde_json::Value = serde_json::from_slice(body)?;
     let list = json
         .get("datacenters")
         .and_then(|d| d.as_array())
-        .ok_or("no \"datacenters\" list in the JSON")?;
+        .ok_or(StatusError::NoDatacenters)?;
     Ok(list
         .iter()
         .filter_map(|dc| {

@@ -49,7 +49,7 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global recorder. Call once, before any metric is touched.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe_counter!(
         TCP_CONNECTIONS,

@@ -103,11 +103,7 @@ fn build_upstreams(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Upstre
         }
         match Upstream::new(pool) {
             Ok(upstream) => upstreams.push(upstream),
-            Err(e) => errors.push(ConfigError {
-                path,
-                message: e.to_string(),
-                line: None,
-            }),
+            Err(e) => errors.push(ConfigError::at(path, e)),
         }
     }
     upstreams
@@ -146,11 +142,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     })
     .await
     .unwrap_or_else(|e| {
-        Err(ConfigErrors(vec![ConfigError {
-            path: String::new(),
-            message: format!("the reload task failed: {e}"),
-            line: None,
-        }]))
+        Err(ConfigError::at("", format_args!("the reload task failed: {e}")).into())
     });
     let outcome = if result.is_ok() { "success" } else { "failure" };
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
@@ -219,11 +211,11 @@ pub fn apply(
             Ok((socket, bound)) => {
                 added.push((socket, bound, tls[i].as_ref().map(|(s, _)| s.clone())))
             }
-            Err(e) => errors.push(ConfigError {
-                path: format!("listener[{i}].bind"),
-                message: format!("= \"{}\": {e}", l.bind),
-                line: None,
-            }),
+            Err(e) => errors.push(ConfigError::value(
+                format!("listener[{i}].bind"),
+                format_args!("\"{}\"", l.bind),
+                e,
+            )),
         }
     }
     let dns_running = daemon.dns_listen();
@@ -236,11 +228,7 @@ pub fn apply(
     let dns_added = match runtime.block_on(dns::bind(&dns_new, udp_threads(&config))) {
         Ok(sockets) => dns_new.into_iter().zip(sockets).collect::<Vec<_>>(),
         Err(e) => {
-            errors.push(ConfigError {
-                path: "dns.listen".into(),
-                message: format!("{e}"),
-                line: None,
-            });
+            errors.push(ConfigError::at("dns.listen", e));
             Vec::new()
         }
     };
@@ -316,22 +304,20 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
             .find(|o| ListenerId::of(o) == ListenerId::of(l))
             && before.protocol != l.protocol
         {
-            errors.push(ConfigError {
-                path: format!("listener[{i}].protocol"),
-                message: format!(
+            errors.push(ConfigError::at(
+                format!("listener[{i}].protocol"),
+                format_args!(
                     "the listener on {} changes protocol: move it to another bind address (or restart)",
                     l.bind
                 ),
-                line: None,
-            });
+            ));
         }
     }
     let mut needs_restart = |path: &str, what: &str| {
-        errors.push(ConfigError {
-            path: path.into(),
-            message: format!("{what} needs a restart in this version"),
-            line: None,
-        })
+        errors.push(ConfigError::at(
+            path,
+            format_args!("{what} needs a restart in this version"),
+        ))
     };
     if old.admin != new.admin {
         needs_restart("admin.listen", "changing the admin listener");

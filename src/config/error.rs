@@ -16,6 +16,27 @@ pub struct ConfigError {
     pub line: Option<usize>,
 }
 
+impl ConfigError {
+    /// A problem with the key at `path` as a whole; the line is looked up
+    /// by whoever knows the file (or stays unknown).
+    pub fn at(path: impl Into<String>, message: impl fmt::Display) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.to_string(),
+            line: None,
+        }
+    }
+
+    /// A bad value at `path`: `<path> = <shown value>: <problem>`.
+    pub fn value(
+        path: impl Into<String>,
+        shown: impl fmt::Display,
+        problem: impl fmt::Display,
+    ) -> Self {
+        Self::at(path, format!("= {shown}: {problem}"))
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(line) = self.line {

@@ -129,11 +129,11 @@ pub fn compile(
             let name = match Name::from_ascii(&g.name) {
                 Ok(name) => name,
                 Err(e) => {
-                    errors.push(ConfigError {
-                        path: format!("dns.geo[{i}].name"),
-                        message: format!("= {:?}: not a domain name: {e}", g.name),
-                        line: None,
-                    });
+                    errors.push(ConfigError::value(
+                        format!("dns.geo[{i}].name"),
+                        format_args!("{:?}", g.name),
+                        format_args!("not a domain name: {e}"),
+                    ));
                     continue;
                 }
             };
@@ -146,11 +146,10 @@ pub fn compile(
                     .collect()
             };
             if candidates.is_empty() {
-                errors.push(ConfigError {
-                    path: format!("dns.geo[{i}].datacenters"),
-                    message: "no known data center to answer with".to_owned(),
-                    line: None,
-                });
+                errors.push(ConfigError::at(
+                    format!("dns.geo[{i}].datacenters"),
+                    "no known data center to answer with",
+                ));
                 continue;
             }
             geo.push(geo::GeoName {

@@ -176,13 +176,7 @@ pub(crate) fn compile(dns: &DnsConfig, geo: &[LowerName]) -> Result<Zones, Vec<C
         } else {
             format!("dns.zone[{i}]")
         };
-        let mut report = |message: String| {
-            errors.push(ConfigError {
-                path: key.clone(),
-                message,
-                line: None,
-            })
-        };
+        let mut report = |message: String| errors.push(ConfigError::at(&key, message));
         match compile_zone(config, &origins, geo) {
             Ok(zone) => {
                 zones.by_origin.insert(zone.lower_origin.clone(), zone);
@@ -206,8 +200,30 @@ pub(crate) fn compile(dns: &DnsConfig, geo: &[LowerName]) -> Result<Zones, Vec<C
     }
 }
 
-fn name(s: &str) -> Result<Name, String> {
-    Name::from_ascii(s).map_err(|e| format!("{s}: not a domain name: {e}"))
+/// A name in the config that hickory cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: not a domain name: {source}")]
+struct BadName {
+    name: String,
+    source: hickory_proto::ProtoError,
+}
+
+/// A master file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum ZoneFileError {
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("line {line}: {error}")]
+    AtLine { line: usize, error: ParseError },
+    #[error("{0}")]
+    Parse(ParseError),
+}
+
+fn name(s: &str) -> Result<Name, BadName> {
+    Name::from_ascii(s).map_err(|source| BadName {
+        name: s.to_owned(),
+        source,
+    })
 }
 
 fn compile_zone(
@@ -215,13 +231,13 @@ fn compile_zone(
     origins: &[LowerName],
     geo_names: &[LowerName],
 ) -> Result<Zone, Vec<String>> {
-    let origin = name(&config.origin).map_err(|e| vec![e])?;
+    let origin = name(&config.origin).map_err(|e| vec![e.to_string()])?;
     let lower_origin = LowerName::from(&origin);
     let soa_config = &config.soa;
     let secs = |d: std::time::Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
     let soa_data = SOA::new(
-        name(&soa_config.mname).map_err(|e| vec![e])?,
-        name(&soa_config.rname).map_err(|e| vec![e])?,
+        name(&soa_config.mname).map_err(|e| vec![e.to_string()])?,
+        name(&soa_config.rname).map_err(|e| vec![e.to_string()])?,
         soa_config.serial,
         secs(soa_config.refresh),
         secs(soa_config.retry),
@@ -236,7 +252,7 @@ fn compile_zone(
         .iter()
         .map(|n| name(n))
         .collect::<Result<_, _>>()
-        .map_err(|e| vec![e])?;
+        .map_err(|e| vec![e.to_string()])?;
 
     // Everything but the SOA and NS, which come from the config.
     let mut records: Vec<(Record, Source)> = Vec::new();
@@ -246,13 +262,13 @@ fn compile_zone(
             Ok((owner, data)) => {
                 records.push((Record::from_rdata(owner, r.ttl, data), Source::Inline))
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     if let Some(path) = &config.file {
         match parse_file(path, &origin, config.ttl) {
             Ok(from_file) => records.extend(from_file.into_iter().map(|r| (r, Source::File))),
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
 
@@ -429,7 +445,7 @@ fn compile_zone(
     })
 }
 
-fn rdata(data: &RecordData) -> Result<RData, String> {
+fn rdata(data: &RecordData) -> Result<RData, BadName> {
     Ok(match data {
         RecordData::A(ip) => RData::A(A(*ip)),
         RecordData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
@@ -467,8 +483,8 @@ fn rdata(data: &RecordData) -> Result<RData, String> {
 }
 
 /// The records of a master file; names without a TTL get the zone's.
-fn parse_file(path: &Path, origin: &Name, ttl: u32) -> Result<Vec<Record>, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+fn parse_file(path: &Path, origin: &Name, ttl: u32) -> Result<Vec<Record>, ZoneFileError> {
+    let text = fs::read_to_string(path)?;
     let parse = |body: &str| {
         Parser::new(
             format!("$TTL {ttl}\n{body}"),
@@ -483,8 +499,8 @@ fn parse_file(path: &Path, origin: &Name, ttl: u32) -> Result<Vec<Record>, Strin
             .flat_map(|set| set.records_without_rrsigs().cloned())
             .collect()),
         Err(error) => Err(match error_line(&text, parse) {
-            Some(line) => format!("line {line}: {error}"),
-            None => error.to_string(),
+            Some(line) => ZoneFileError::AtLine { line, error },
+            None => ZoneFileError::Parse(error),
         }),
     }
 }

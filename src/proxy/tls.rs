@@ -85,11 +85,10 @@ pub fn server_config(
         }
     }
     if certs.is_empty() {
-        errors.push(ConfigError {
-            path: format!("listener[{listener_index}].tls"),
-            message: "an https listener needs at least one certificate".into(),
-            line: None,
-        });
+        errors.push(ConfigError::at(
+            format!("listener[{listener_index}].tls"),
+            "an https listener needs at least one certificate",
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -110,19 +109,18 @@ pub fn server_config(
 }
 
 fn general(listener_index: usize, e: rustls::Error) -> ConfigError {
-    ConfigError {
-        path: format!("listener[{listener_index}].tls"),
-        message: format!("cannot build the TLS configuration: {e}"),
-        line: None,
-    }
+    ConfigError::at(
+        format!("listener[{listener_index}].tls"),
+        format_args!("cannot build the TLS configuration: {e}"),
+    )
 }
 
 fn file_error(key_path: String, file: &Path, problem: impl std::fmt::Display) -> ConfigError {
-    ConfigError {
-        message: format!("= {:?}: {problem}", file.display().to_string()),
-        path: key_path,
-        line: None,
-    }
+    ConfigError::value(
+        key_path,
+        format_args!("{:?}", file.display().to_string()),
+        problem,
+    )
 }
 
 fn load(
@@ -157,16 +155,38 @@ fn load(
     Ok((Arc::new(certified), info))
 }
 
-fn read_chain(file: &Path) -> Result<(Vec<CertificateDer<'static>>, CertInfo), String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+/// What is wrong with a certificate or key file (the key path and file
+/// name are added by [`file_error`]).
+#[derive(Debug, thiserror::Error)]
+enum PemFileError {
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("not a PEM certificate file: {0}")]
+    NotCertificates(pem::Error),
+    #[error("no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
+    NoCertificate,
+    #[error("its first certificate cannot be parsed: {0}")]
+    BadCertificate(String),
+    #[error(
+        "no private key in it (expected a PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)"
+    )]
+    NoKey,
+    #[error("not a PEM private key file: {0}")]
+    NotKey(pem::Error),
+    #[error("unusable private key: {0}")]
+    UnusableKey(rustls::Error),
+}
+
+fn read_chain(file: &Path) -> Result<(Vec<CertificateDer<'static>>, CertInfo), PemFileError> {
+    let bytes = std::fs::read(file)?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        .map_err(PemFileError::NotCertificates)?;
     let Some(leaf) = chain.first() else {
-        return Err("no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)".into());
+        return Err(PemFileError::NoCertificate);
     };
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("its first certificate cannot be parsed: {e}"))?;
+        .map_err(|e| PemFileError::BadCertificate(e.to_string()))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -186,19 +206,16 @@ fn read_chain(file: &Path) -> Result<(Vec<CertificateDer<'static>>, CertInfo), S
 fn read_key(
     file: &Path,
     provider: &CryptoProvider,
-) -> Result<Arc<dyn rustls::sign::SigningKey>, String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+) -> Result<Arc<dyn rustls::sign::SigningKey>, PemFileError> {
+    let bytes = std::fs::read(file)?;
     let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        pem::Error::NoItemsFound => {
-            "no private key in it (expected a PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)"
-                .to_string()
-        }
-        e => format!("not a PEM private key file: {e}"),
+        pem::Error::NoItemsFound => PemFileError::NoKey,
+        e => PemFileError::NotKey(e),
     })?;
     provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("unusable private key: {e}"))
+        .map_err(PemFileError::UnusableKey)
 }
 
 fn normalize(name: &str) -> String {
