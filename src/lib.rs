@@ -2,31 +2,63 @@
 //!
 //! # Layout
 //!
-//! One module per step of the data flow:
+//! One module per step of the data flow, in layers that only import
+//! downward (no module names one above it; where a lower one needs a
+//! service from above, it declares a trait, as `dns::DatacenterHealth`):
 //!
-//! - [`config`]: TOML text -> validated [`config::Config`], every error
-//!   with its key path and line.
+//! ```text
+//! main -> app -> admin -> reload -> daemon -> (proxy | dns)
+//!      -> (state, upstream, health, balance, geoip, tls_client)
+//!      -> (config, metrics, proxy_protocol, accept)
+//! ```
+//!
+//! - [`app`]: start-up, signals and shutdown order.
+//! - [`admin`]: /healthz, /metrics (rendered in `admin::exposition`),
+//!   /status, /reload, overrides, the status page.
+//! - [`reload`]: how a config comes into service, at start-up and after:
+//!   `check` builds every artifact once, `apply` diffs and swaps.
+//! - [`daemon`]: the running daemon: snapshot, DNS data, health table,
+//!   and the listeners and DNS servers serving now.
+//! - [`proxy`]: the data paths: HTTP (route, pick, forward, stream), TLS
+//!   termination in front of it, TCP (pick, connect, copy).
+//! - [`dns`]: the authoritative GeoDNS server (zones, geo names, ECS; UDP
+//!   threads, TCP through hickory-server, query counters).
 //! - [`state`]: a config compiled into the [`state::Snapshot`] the data
 //!   path reads, swapped whole through one `ArcSwap`.
+//! - [`upstream`]: opening and keeping backend connections (HTTP/1.1 or
+//!   HTTP/2, cleartext or TLS).
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
 //! - [`balance`]: pure backend selection.
-//! - [`proxy`]: the data paths: HTTP (accept, route, pick, forward,
-//!   stream), TLS termination in front of it, TCP (pick, connect, copy),
-//!   PROXY protocol for both.
-//! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides:
-//!   an address -> a location and the network that decided it.
-//! - [`dns`]: the authoritative GeoDNS server (zones, geo names, ECS).
-//! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained.
-//! - [`tls_client`]: TLS client settings for https checks and TLS
-//!   backends.
-//! - [`admin`]: /healthz, /metrics, /status, /reload, the status page.
-//! - [`metrics`]: metric names, descriptions and buckets.
-//! - [`app`]: wiring, reload (listeners and DNS addresses included),
-//!   signals and shutdown order.
-//! - [`demo`]: `geolb demo`, a self-contained setup on loopback.
+//! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides,
+//!   and the watcher that re-reads a replaced database file.
+//! - [`tls_client`]: TLS client settings for https checks and backends.
+//! - [`config`]: TOML text -> validated [`config::Config`], every error
+//!   with its key path and line.
+//! - [`metrics`]: every metric name, its description and buckets.
+//! - [`proxy_protocol`]: the PROXY protocol codec (proxy and health).
+//! - [`accept`]: the one accept loop of every listener.
+//! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
+//!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
 //!   benchmark.
+//!
+//! # Who owns each event
+//!
+//! - **HTTP request**: `proxy::http` (accepted by `accept`, TLS by
+//!   `proxy::tls`): loads the snapshot once, routes, asks the pool for a
+//!   backend (the pool's balancer says whether to hash and on what),
+//!   forwards through `upstream`, settles in `proxy::body` when the
+//!   response ends.
+//! - **TCP connection**: `proxy::tcp`: picks, connects with retries,
+//!   copies both ways.
+//! - **DNS query**: `dns::udp` (or `dns::tcp`) receives, `dns::fast` or
+//!   `dns::answer` answers from the current `DnsData`, `dns::count`
+//!   counts.
+//! - **Health result**: a checker task of `health` probes and flips its
+//!   entry's state; readers see it on their next load.
+//! - **Reload**: `reload::reload` runs `check` then `apply` off the
+//!   serving threads; a failure leaves everything as it was.
 
 pub mod accept;
 pub mod admin;
