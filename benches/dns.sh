@@ -67,44 +67,16 @@ declare -A SERVER_PORT=()
 declare -A GEO_MODE=()      # server -> how it answers the geo workload
 declare -a TARGETS=()       # servers that started and answered
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # ---------------------------------------------------------------- lifecycle
-
-stop_all() {
-  local pid i
-  ((${#PIDS[@]})) || return 0
-  kill -TERM "${PIDS[@]}" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
-    kill -0 "${PIDS[@]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do
-    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
-  done
-  wait 2>/dev/null
-}
-
-cleanup() {
-  stop_all
-  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
-}
-
 
 # ask PORT NAME : the A answer (dig +short), one line.
 ask() { dig @127.0.0.1 -p "$1" "$2" A "${@:3}" +short +time=1 +tries=2 2>/dev/null | grep -E '^[0-9.]+$' | tr '\n' ' ' | sed 's/ $//'; }
 
-# wait_dns PORT PID : until ns1.mysite.com answers (deadline 10 s), or PID dies.
-wait_dns() {
-  local port=$1 pid=$2 i
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ -n $(ask "$port" ns1.mysite.com) ]] && return 0
-    sleep 0.2
-  done
-  return 1
-}
+# answers PORT : ns1.mysite.com has an A answer on PORT.
+answers() { [[ -n $(ask "$1" ns1.mysite.com) ]]; }
+
+# wait_dns PORT PID : until ns1.mysite.com answers (50 tries 0.2 s apart), or PID dies.
+wait_dns() { wait_until "$2" 50 0.2 answers "$1"; }
 
 # free_udp_tcp_ports N : N distinct loopback ports free for both UDP and TCP.
 free_udp_tcp_ports() {
@@ -305,9 +277,9 @@ start_server() {
 
 
 run_dnsperf() {   # run_dnsperf SECONDS PORT WORKLOAD OUTFILE
-  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
+  run_load "$1" "$4" \
     dnsperf -s 127.0.0.1 -p "$2" -d "$WORK/$3.queries" -l "$1" -T 1 -c "$CLIENTS" -q "$OUTSTANDING" -t 1 \
-      ${WL_ARGS[$3]:-} $( ((MAX_QPS > 0)) && echo "-Q $MAX_QPS") >"$4" 2>&1
+      ${WL_ARGS[$3]:-} $( ((MAX_QPS > 0)) && echo "-Q $MAX_QPS")
 }
 
 # Parse dnsperf output: qps sent completed lost noerror avg_latency_ms
@@ -343,20 +315,6 @@ measure() {
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-6s %-6s %10s qps  lost %s  server %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
       $1, $2, $3, $4, $7, $10, $11, $12, $13, ($13 > 5 ? "  << NOISY" : "") }' >&2
-}
-
-# measure_retrying ROUND SERVER WORKLOAD : measure; re-measure noisy runs up to NOISY_RETRIES times.
-measure_retrying() {
-  local try out="$RESULTS/raw/r$1-$2-$3.dnsperf"
-  measure "$@"
-  for ((try = 1; try <= NOISY_RETRIES; try++)); do
-    awk -F'\t' 'END { exit !($13 > 5) }' "$RESULTS/results.tsv" || return 0
-    tail -1 "$RESULTS/results.tsv" >>"$RESULTS/discarded.tsv"
-    sed -i '$d' "$RESULTS/results.tsv"
-    mv "$out" "$out.noisy$try"
-    log "  noisy run discarded, measuring again ($try/$NOISY_RETRIES)"
-    measure "$@"
-  done
 }
 
 # ---------------------------------------------------------------- summary
@@ -453,7 +411,7 @@ main() {
       TARGETS+=("$name")
       printf '%s\t%s\n' "$name" "${GEO_MODE[$name]}" >>"$RESULTS/geo_modes.tsv"
     elif [[ -n ${SERVER_PID[$name]:-} ]]; then
-      kill -TERM "${SERVER_PID[$name]}" 2>/dev/null   # skipped: free CPU 0
+      stop_pids "${SERVER_PID[$name]}"; forget_pid "${SERVER_PID[$name]}"   # skipped: free CPU 0
     fi
   done
   cp -r "$WORK"/geolb.toml "$WORK"/gdnsd "$WORK"/knot "$RESULTS/configs/" 2>/dev/null

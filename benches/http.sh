@@ -42,6 +42,7 @@ BACKEND_PROTO=${BACKEND_PROTO:-http1}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
 PROXY_CPU=0
 LOAD_CPU=1
+NGINX_WORKER_CONNECTIONS=4096
 WORKLOADS=(tiny 1k)
 declare -A WL_PATH=([tiny]=/ [1k]=/1k)
 
@@ -51,82 +52,15 @@ declare -A TARGET_PORT=()   # target -> port wrk connects to
 declare -a TARGETS=()       # targets that started and passed the sanity check
 BACKEND_PID=""
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------- lifecycle
-
-# All direct children of a pid (nginx master -> worker).
-children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
-
-stop_all() {
-  local pid i all=()
-  for pid in "${PIDS[@]}"; do
-    all+=("$pid" $(children_of "$pid"))
-  done
-  ((${#all[@]})) || return 0
-  kill -TERM "${all[@]}" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
-    kill -0 "${all[@]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  for pid in "${all[@]}"; do
-    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
-  done
-  wait 2>/dev/null
-}
-
-cleanup() {
-  stop_all
-  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
-}
-
-
-# wait_port PORT PID : until PORT accepts a connection (deadline 10 s), or PID dies.
-wait_port() {
-  local port=$1 pid=$2 i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-
 # ---------------------------------------------------------------- configs
-
-nginx_common() {   # shared top of both nginx configs; $1 = name
-  cat <<EOF
-$([[ $EUID -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1-error.log warn;
-events { worker_connections 4096; }
-EOF
-}
-
-nginx_http_common() {
-  cat <<EOF
-    access_log off;
-    client_body_temp_path $WORK/$1-tmp/body;
-    proxy_temp_path $WORK/$1-tmp/proxy;
-    fastcgi_temp_path $WORK/$1-tmp/fastcgi;
-    uwsgi_temp_path $WORK/$1-tmp/uwsgi;
-    scgi_temp_path $WORK/$1-tmp/scgi;
-    keepalive_timeout 65s;
-    keepalive_requests 1000000;
-EOF
-}
 
 write_backend_conf() {   # three server blocks; body of "/" names the backend
   local kib i
   kib=$(printf 'x%.0s' $(seq 1024))
-  mkdir -p "$WORK/backend-tmp"
   {
     nginx_common backend
     echo "http {"
+    echo "    access_log off;"
     nginx_http_common backend
     echo "    default_type text/plain;"
     local listen_opts="" tls_lines=""
@@ -153,10 +87,10 @@ EOF
 }
 
 write_nginx_proxy_conf() {
-  mkdir -p "$WORK/nginx-tmp"
   {
     nginx_common nginx
     echo "http {"
+    echo "    access_log off;"
     nginx_http_common nginx
     cat <<EOF
     upstream bench {
@@ -258,47 +192,9 @@ start_backends() {
   log "backends: nginx pid $BACKEND_PID on CPU $LOAD_CPU, ports ${BACKEND_PORTS[*]}"
 }
 
-# start_proxy NAME : start one proxy on CPU 0; returns non-zero (and says why) to skip it.
-start_proxy() {
-  local name=$1 logf="$RESULTS/logs/$1.log"
-  case $name in
-    geolb)
-      if [[ ! -x $GEOLB ]]; then
-        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
-        return 1
-      fi
-      write_geolb_conf
-      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
-      ;;
-    haproxy)
-      write_haproxy_conf
-      haproxy -c -q -f "$WORK/haproxy.cfg" >"$logf" 2>&1 || { log "SKIP haproxy: config rejected: $(tail -3 "$logf")"; return 1; }
-      start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
-      ;;
-    nginx)
-      if [[ $BACKEND_PROTO == h2c ]]; then
-        log "SKIP nginx: it cannot proxy to HTTP/2 backends"
-        return 1
-      fi
-      write_nginx_proxy_conf
-      nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
-        || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
-      start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
-      ;;
-    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
-  esac
-  TARGET_PID[$name]=$STARTED_PID
-  if ! wait_port "${TARGET_PORT[$name]}" "$STARTED_PID"; then
-    if kill -0 "$STARTED_PID" 2>/dev/null; then
-      log "SKIP $name: not listening on ${TARGET_PORT[$name]} within 10 s; log tail:"
-    else
-      wait "$STARTED_PID"
-      log "SKIP $name: exited with status $? before listening on ${TARGET_PORT[$name]}; log tail:"
-    fi
-    tail -5 "$logf" >&2
-    return 1
-  fi
-  log "$name: pid $STARTED_PID on CPU $PROXY_CPU, port ${TARGET_PORT[$name]}"
+# nginx_usable : nginx cannot proxy to HTTP/2 backends.
+nginx_usable() {
+  [[ $BACKEND_PROTO != h2c ]] || { log "SKIP nginx: it cannot proxy to HTTP/2 backends"; return 1; }
 }
 
 # sanity_check NAME : 200s with the right bodies, and which backends answered.
@@ -320,32 +216,6 @@ sanity_check() {
 
 
 
-# Parse wrk --latency output: rps p50_ms p99_ms non2xx socket_errors
-parse_wrk() {
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
-      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
-      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
-      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
-      return v + 0
-    }
-    /^Requests\/sec:/   { rps = $2 }
-    /^ +50%/            { p50 = ms($2) }
-    /^ +99%/            { p99 = ms($2) }
-    /Non-2xx or 3xx/    { non2xx = $NF }
-    /Socket errors:/    { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
-    END {
-      if (rps == "") { print "NA\tNA\tNA\tNA\tNA"; exit }
-      printf "%s\t%.3f\t%.3f\t%d\t%d\n", rps, p50, p99, non2xx, sock
-    }' "$1"
-}
-
-run_wrk() {   # run_wrk SECONDS URL OUTFILE
-  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
-    wrk -t1 -c"$CONNS" -d"$1"s --latency "$2" >"$3" 2>&1
-}
-
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv
 measure() {
   local round=$1 target=$2 wl=$3
@@ -358,7 +228,7 @@ measure() {
   bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
 
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
-  run_wrk "$DURATION" "$url" "$out"
+  run_wrk "$DURATION" "$out" -c"$CONNS" "$url"
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
 
   row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
@@ -371,7 +241,7 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(parse_wrk "$out")" "$row" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(parse_wrk "$out" rps p50 p99 non2xx sock)" "$row" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
       $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ($13 > 5 ? "  << NOISY" : "") }' >&2
@@ -473,10 +343,10 @@ main() {
   ((BASELINE)) && [[ $BACKEND_PROTO == http1 ]] && TARGETS+=(direct)
   local name
   for name in $PROXIES; do
-    if start_proxy "$name" && sanity_check "$name"; then
+    if start_proxy "$name" "${TARGET_PORT[$name]}" && sanity_check "$name"; then
       TARGETS+=("$name")
     elif [[ -n ${TARGET_PID[$name]:-} ]]; then
-      kill -TERM "${TARGET_PID[$name]}" $(children_of "${TARGET_PID[$name]}") 2>/dev/null   # skipped: free CPU 0
+      stop_pids "${TARGET_PID[$name]}"; forget_pid "${TARGET_PID[$name]}"   # skipped: free CPU 0
     fi
   done
   cp "$WORK"/*.conf "$WORK"/*.cfg "$WORK"/*.toml "$RESULTS/configs/" 2>/dev/null
@@ -488,7 +358,7 @@ main() {
   if ((WARMUP > 0)); then
     for t in "${TARGETS[@]}"; do
       for wl in "${WORKLOADS[@]}"; do
-        run_wrk "$WARMUP" "http://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}" "$RESULTS/raw/warmup-$t-$wl.wrk"
+        run_wrk "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.wrk" -c"$CONNS" "http://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
       done
     done
     log "warm-up done"

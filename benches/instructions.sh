@@ -6,13 +6,14 @@
 # Requires: valgrind (callgrind_annotate), nginx, wrk, curl.
 #   GEOLB=target/release/geolb benches/instructions.sh
 set -u
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GEOLB=${GEOLB:-$(cd "$(dirname "$0")/.." && pwd)/target/release/geolb}
 DURATION=${DURATION:-10}
 WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BACKEND=$(free_port); WEB=$(free_port)
+trap cleanup EXIT
+read -r BACKEND WEB <<<"$(free_ports 2)"
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -42,10 +43,10 @@ PIDS+=($!)
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$GEOLB" run --config "$WORK/geolb.toml" > "$WORK/vg.log" 2>&1 &
 VG=$!
 PIDS+=($VG)
-for _ in $(seq 1 200); do curl -s -o /dev/null "127.0.0.1:$WEB/" && break; sleep 0.1; done
+wait_until "$VG" 200 0.1 curl -s -o /dev/null "127.0.0.1:$WEB/"
 # Start-up is a few million instructions: negligible against 10k+ requests.
 N=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$WEB/" | awk '/requests in/ {print $1}')
-kill -TERM $VG; wait $VG 2>/dev/null
+kill -TERM "$VG"; forget_pid "$VG"   # no SIGKILL: callgrind writes its output at exit
 [[ -n ${KEEP:-} ]] && cp "$WORK/cg.out" "$KEEP"
 IR=$(callgrind_annotate "$WORK/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
 echo "requests=$N instructions=$IR per_request=$((IR / N))"

@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
 # Helpers shared by the benchmark scripts (sourced, never run). They expect
-# the sourcing script to define log(), the PIDS array and, for idle_check,
-# RESULTS; CPU numbers and pids are passed in.
+# the sourcing script to set the PIDS array (every long-running process it
+# started: start_bg adds to it, stop_all and cleanup stop it) and, where
+# used: WORK (cleanup removes it), RESULTS (idle_check, measure_retrying),
+# LOAD_CPU (run_load, run_wrk), WAIT_QUIET and HZ (wait_quiet), PROXY_CPU,
+# GEOLB, the TARGET_PID map and the write_*_conf functions (start_proxy),
+# NOISY_RETRIES and a measure function (measure_retrying),
+# NGINX_WORKER_CONNECTIONS (nginx_common, default 8192). CPU numbers, ports
+# and pids are passed in.
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes
+
+# All direct children of a pid (nginx master -> worker).
+children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
 
 # start_bg CPU LOGFILE CMD... : run CMD pinned to CPU in the background; sets STARTED_PID.
 start_bg() {
@@ -10,6 +24,64 @@ start_bg() {
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
 }
+
+# stop_pids PID... : SIGTERM them and their children, SIGKILL after 5 s.
+stop_pids() {
+  local pid i all=()
+  for pid in "$@"; do
+    # shellcheck disable=SC2207  # one pid per word
+    all+=("$pid" $(children_of "$pid"))
+  done
+  ((${#all[@]})) || return 0
+  kill -TERM "${all[@]}" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
+    kill -0 "${all[@]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  for pid in "${all[@]}"; do
+    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
+  done
+}
+
+# forget_pid PID : reap a process stopped early and drop it from PIDS, so that
+# the final cleanup never signals a pid that may have been reused.
+forget_pid() {
+  local p keep=()
+  wait "$1" 2>/dev/null
+  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+# stop_all : stop every process in PIDS (and their children) and reap them.
+stop_all() {
+  stop_pids "${PIDS[@]}"
+  wait 2>/dev/null
+}
+
+# cleanup : the EXIT trap: stop_all, then remove WORK.
+cleanup() {
+  stop_all
+  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
+}
+
+# wait_until PID TRIES PAUSE CMD... : run CMD up to TRIES times, PAUSE s
+# apart, until it succeeds (0); 1 when PID dies first or the tries run out.
+wait_until() {
+  local pid=$1 tries=$2 pause=$3 i
+  shift 3
+  for ((i = 0; i < tries; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    "$@" && return 0
+    sleep "$pause"
+  done
+  return 1
+}
+
+# port_open PORT : 127.0.0.1:PORT accepts a TCP connection.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT PID : until PORT accepts a connection (deadline 10 s), or PID dies.
+wait_port() { wait_until "$2" 100 0.1 port_open "$1"; }
 
 # free_ports N : N distinct free loopback ports (bound together, then released).
 free_ports() {
@@ -81,4 +153,166 @@ idle_check() {
     c0 = 100 * (y[1] - x[1]) / (y[2] - x[2]); c1 = 100 * (y[3] - x[3]) / (y[4] - x[4])
     printf "idle check: CPU0 %.0f%% busy, CPU1 %.0f%% busy\n", c0, c1
     if (c0 > 10 || c1 > 10) print "WARNING: the machine is not idle; results will be noisy" }' | tee -a "$RESULTS/env.txt" >&2
+}
+
+# start_proxy NAME PORT... : start proxy NAME (geolb, haproxy or nginx) on
+# PROXY_CPU with the config the script writes (write_geolb_conf ->
+# WORK/geolb.toml, write_haproxy_conf -> WORK/haproxy.cfg,
+# write_nginx_proxy_conf -> WORK/nginx.conf), set TARGET_PID[NAME], and wait
+# until every PORT listens (PROXY_WAIT PORT PID, default wait_port). Returns
+# non-zero (and says why) to skip the proxy. A script whose nginx may be
+# unable to do the job defines nginx_usable, which says why and fails.
+start_proxy() {
+  local name=$1 logf="$RESULTS/logs/$1.log" p
+  shift
+  case $name in
+    geolb)
+      if [[ ! -x $GEOLB ]]; then
+        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
+        return 1
+      fi
+      write_geolb_conf
+      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
+      ;;
+    haproxy)
+      write_haproxy_conf
+      haproxy -c -q -f "$WORK/haproxy.cfg" >"$logf" 2>&1 || { log "SKIP haproxy: config rejected: $(tail -3 "$logf")"; return 1; }
+      start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
+      ;;
+    nginx)
+      if declare -F nginx_usable >/dev/null; then nginx_usable || return 1; fi
+      write_nginx_proxy_conf
+      nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
+        || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
+      start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
+      ;;
+    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
+  esac
+  # shellcheck disable=SC2034,SC2004  # the sourcing script's associative array
+  TARGET_PID[$name]=$STARTED_PID
+  for p in "$@"; do
+    if ! "${PROXY_WAIT:-wait_port}" "$p" "$STARTED_PID"; then
+      if kill -0 "$STARTED_PID" 2>/dev/null; then
+        log "SKIP $name: not listening on $p within 10 s; log tail:"
+      else
+        wait "$STARTED_PID"
+        log "SKIP $name: exited with status $? before listening on $p; log tail:"
+      fi
+      tail -5 "$logf" >&2
+      return 1
+    fi
+  done
+  log "$name: pid $STARTED_PID on CPU $PROXY_CPU, port$( (($# > 1)) && echo s) $*"
+}
+
+# ---------------------------------------------------------------- load and results
+
+# run_load SECONDS OUTFILE CMD... : CMD (a SECONDS-long load run) pinned to
+# LOAD_CPU, output to OUTFILE; killed if it runs 30 s past SECONDS.
+run_load() {
+  local secs=$1 out=$2
+  shift 2
+  timeout -k 5 $((secs + 30)) taskset -c "$LOAD_CPU" "$@" >"$out" 2>&1
+}
+
+# run_wrk SECONDS OUTFILE WRK_ARGS... : wrk -t1 --latency for SECONDS on
+# LOAD_CPU; WRK_PRELOAD, when set, is LD_PRELOADed into wrk (not into
+# timeout and taskset).
+run_wrk() {
+  local secs=$1 out=$2 pre=()
+  shift 2
+  [[ -n ${WRK_PRELOAD:-} ]] && pre=(env LD_PRELOAD="$WRK_PRELOAD")
+  run_load "$secs" "$out" "${pre[@]}" wrk -t1 -d"$secs"s --latency "$@"
+}
+
+# parse_wrk FILE FIELD... : one tab-separated line from wrk --latency output.
+# FIELDs: rps (requests/s as wrk prints it), requests, p50 and p99 (ms, three
+# decimals), non2xx, sock (socket errors), errors (non2xx + sock), NA (the
+# literal NA). Every field is NA when wrk printed no result.
+parse_wrk() {
+  local file=$1
+  shift
+  awk -v fields="$*" '
+    function ms(v) {
+      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+      return v + 0
+    }
+    /^Requests\/sec:/   { rps = $2 }
+    / requests in /     { reqs = $1 }
+    /^ +50%/            { p50 = ms($2) }
+    /^ +99%/            { p99 = ms($2) }
+    /Non-2xx or 3xx/    { non2xx = $NF }
+    /Socket errors:/    { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
+    END {
+      n = split(fields, f, " ")
+      for (i = 1; i <= n; i++) {
+        if (rps == "" || f[i] == "NA") v = "NA"
+        else if (f[i] == "rps")      v = rps
+        else if (f[i] == "requests") v = sprintf("%d", reqs)
+        else if (f[i] == "p50")      v = sprintf("%.3f", p50)
+        else if (f[i] == "p99")      v = sprintf("%.3f", p99)
+        else if (f[i] == "non2xx")   v = sprintf("%d", non2xx)
+        else if (f[i] == "sock")     v = sprintf("%d", sock)
+        else if (f[i] == "errors")   v = sprintf("%d", non2xx + sock)
+        else                         v = "?" f[i]
+        printf "%s%s", v, (i < n ? "\t" : "\n")
+      }
+    }' "$file"
+}
+
+# measure_retrying ROUND TARGET WORKLOAD : run the script's measure (one run,
+# one row appended to $RESULTS/results.tsv). With NOISY_RETRIES=N, a run
+# during which other processes used more than 5 % of a core (the row's
+# foreign_cpu column) is moved to discarded.tsv, its raw output
+# raw/rROUND-TARGET-WORKLOAD.* renamed *.noisyK, and measured again, up to N
+# times; the last attempt is kept whatever it shows.
+measure_retrying() {
+  local try f
+  measure "$@"
+  for ((try = 1; try <= NOISY_RETRIES; try++)); do
+    awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "foreign_cpu") c = i }
+                END { exit !(c && $c > 5) }' "$RESULTS/results.tsv" || return 0
+    tail -1 "$RESULTS/results.tsv" >>"$RESULTS/discarded.tsv"
+    sed -i '$d' "$RESULTS/results.tsv"
+    for f in "$RESULTS/raw/r$1-$2-$3".*; do
+      [[ -f $f && $f != *.noisy* ]] && mv "$f" "$f.noisy$try"
+    done
+    log "  noisy run discarded, measuring again (retry $try of $NOISY_RETRIES)"
+    measure "$@"
+  done
+}
+
+# ---------------------------------------------------------------- nginx configs
+
+# nginx_common NAME : the top of an nginx config (one worker, foreground,
+# pid and error log in WORK named after NAME); NGINX_WORKER_CONNECTIONS
+# (default 8192) per worker.
+nginx_common() {
+  cat <<EOF
+$([[ $EUID -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
+events { worker_connections ${NGINX_WORKER_CONNECTIONS:-8192}; }
+EOF
+}
+
+# nginx_http_common NAME : lines for an http {} block: temp paths under
+# WORK/NAME-tmp (created here) and long-lived keep-alive. access_log is
+# left to the caller.
+nginx_http_common() {
+  mkdir -p "$WORK/$1-tmp"
+  cat <<EOF
+    client_body_temp_path $WORK/$1-tmp/body;
+    proxy_temp_path $WORK/$1-tmp/proxy;
+    fastcgi_temp_path $WORK/$1-tmp/fastcgi;
+    uwsgi_temp_path $WORK/$1-tmp/uwsgi;
+    scgi_temp_path $WORK/$1-tmp/scgi;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+EOF
 }

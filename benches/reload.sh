@@ -15,6 +15,8 @@
 # Requires: nginx, wrk, dig (dnsutils), curl, python3, taskset.
 # geolb on CPU 0, everything else on CPU 1. Every loop is bounded.
 set -uo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 GEOLB=${GEOLB:-$(cd "$(dirname "$0")/.." && pwd)/target/release/geolb}
 RELOADS_PER_SIZE=${RELOADS_PER_SIZE:-5}
@@ -22,18 +24,12 @@ SIZES=${SIZES:-"10 1000 10000"}
 PARTS=${PARTS:-"1 2 3 4"}   # which of the four measurements to run
 WORK=$(mktemp -d /tmp/geolb-reload-bench.XXXXXX)
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$WORK"
-}
 trap cleanup EXIT
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+LOAD_CPU=1
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+read -r B1 B2 ADMIN WEB DNS <<<"$(free_ports 5)"
 
 # One nginx with two ports serves as the live backends.
-B1=$(free_port); B2=$(free_port)
 cat > "$WORK/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -45,22 +41,15 @@ http {
   server { listen 127.0.0.1:$B1; listen 127.0.0.1:$B2; location / { return 200 "ok\n"; } }
 }
 EOF
-taskset -c 1 nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
-PIDS+=($!)
-
-ADMIN=$(free_port); WEB=$(free_port); DNS=$(free_port)
+start_bg "$LOAD_CPU" /dev/null nginx -c "$WORK/nginx.conf" -p "$WORK"
 
 start_geolb() { # config file
-  taskset -c 0 "$GEOLB" run --config "$1" > "$WORK/geolb.log" 2>&1 &
-  GEOLB_PID=$!
-  PIDS+=($GEOLB_PID)
-  for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && return 0
-    sleep 0.05
-  done
+  start_bg 0 "$WORK/geolb.log" "$GEOLB" run --config "$1"
+  GEOLB_PID=$STARTED_PID
+  wait_until "$GEOLB_PID" 200 0.05 curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/healthz" && return 0
   log "geolb did not start:"; cat "$WORK/geolb.log" >&2; exit 1
 }
-stop_geolb() { kill "$GEOLB_PID" 2>/dev/null; wait "$GEOLB_PID" 2>/dev/null; }
+stop_geolb() { stop_pids "$GEOLB_PID"; forget_pid "$GEOLB_PID"; }
 
 head_config() {
   printf '[admin]\nlisten = "127.0.0.1:%s"\n[runtime]\nworker_threads = 1\nshutdown_grace = "1s"\n' "$ADMIN"

@@ -61,47 +61,9 @@ declare -A HTTP_PORT=()     # target -> port wrk connects to
 declare -a TARGETS=()       # targets that started and passed the sanity check
 BACKEND_PID=""
 IPERF_PID=""
-
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+PROXY_WAIT=wait_listen   # start_proxy: never connect to the iperf3 port
 
 # ---------------------------------------------------------------- lifecycle
-
-# All direct children of a pid (nginx master -> worker).
-children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
-
-# stop_pids PID... : SIGTERM them and their children, SIGKILL after 5 s.
-stop_pids() {
-  local pid i all=()
-  for pid in "$@"; do
-    all+=("$pid" $(children_of "$pid"))
-  done
-  ((${#all[@]})) || return 0
-  kill -TERM "${all[@]}" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
-    kill -0 "${all[@]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  for pid in "${all[@]}"; do
-    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
-  done
-}
-
-# forget_pid PID : reap a process stopped early and drop it from PIDS, so that
-# the final cleanup never signals a pid that may have been reused.
-forget_pid() {
-  local p keep=()
-  wait "$1" 2>/dev/null
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-cleanup() {
-  stop_pids "${PIDS[@]}"
-  wait 2>/dev/null
-  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
-}
-
 
 # listening PORT : something listens on 127.0.0.1:PORT (from /proc/net/tcp,
 # without connecting: a stray connection would upset the iperf3 server).
@@ -112,43 +74,18 @@ listening() {
 }
 
 # wait_listen PORT PID : until PORT is listening (deadline 10 s), or PID dies.
-wait_listen() {
-  local port=$1 pid=$2 i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    listening "$port" && return 0
-    sleep 0.1
-  done
-  return 1
-}
+wait_listen() { wait_until "$2" 100 0.1 listening "$1"; }
 
 
 # ---------------------------------------------------------------- configs
 
-nginx_common() {   # shared top of both nginx configs; $1 = name
-  cat <<EOF
-$([[ $EUID -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1-error.log warn;
-events { worker_connections 8192; }
-EOF
-}
-
 write_backend_conf() {   # tiny body; Connection: close from the client closes
-  mkdir -p "$WORK/backend-tmp"
   {
     nginx_common backend
+    echo "http {"
+    echo "    access_log off;"
+    nginx_http_common backend
     cat <<EOF
-http {
-    access_log off;
-    client_body_temp_path $WORK/backend-tmp/body;
-    proxy_temp_path $WORK/backend-tmp/proxy;
-    fastcgi_temp_path $WORK/backend-tmp/fastcgi;
-    uwsgi_temp_path $WORK/backend-tmp/uwsgi;
-    scgi_temp_path $WORK/backend-tmp/scgi;
-    keepalive_requests 1000000;
     default_type text/plain;
     server {
         listen 127.0.0.1:$BACKEND_PORT backlog=4096;
@@ -272,46 +209,9 @@ start_backends() {
   log "backend: iperf3 -s pid $IPERF_PID on CPU $LOAD_CPU, port $IPERF_SERVER_PORT"
 }
 
-# start_proxy NAME : start one proxy on CPU 0; returns non-zero (and says why) to skip it.
-start_proxy() {
-  local name=$1 logf="$RESULTS/logs/$1.log" p
-  case $name in
-    geolb)
-      if [[ ! -x $GEOLB ]]; then
-        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
-        return 1
-      fi
-      write_geolb_conf
-      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
-      ;;
-    haproxy)
-      write_haproxy_conf
-      haproxy -c -q -f "$WORK/haproxy.cfg" >"$logf" 2>&1 || { log "SKIP haproxy: config rejected: $(tail -3 "$logf")"; return 1; }
-      start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
-      ;;
-    nginx)
-      find_stream_module || { log "SKIP nginx: no stream module (Debian: apt-get install -y libnginx-mod-stream)"; return 1; }
-      write_nginx_proxy_conf
-      nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
-        || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
-      start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
-      ;;
-    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
-  esac
-  TARGET_PID[$name]=$STARTED_PID
-  for p in "${HTTP_PORT[$name]}" "${IPERF_PORT[$name]}"; do
-    if ! wait_listen "$p" "$STARTED_PID"; then
-      if kill -0 "$STARTED_PID" 2>/dev/null; then
-        log "SKIP $name: not listening on $p within 10 s; log tail:"
-      else
-        wait "$STARTED_PID"
-        log "SKIP $name: exited with status $? before listening on $p; log tail:"
-      fi
-      tail -5 "$logf" >&2
-      return 1
-    fi
-  done
-  log "$name: pid $STARTED_PID on CPU $PROXY_CPU, ports ${IPERF_PORT[$name]} (iperf3) ${HTTP_PORT[$name]} (http)"
+# nginx_usable : nginx has the stream module (sets STREAM_LOAD).
+nginx_usable() {
+  find_stream_module || { log "SKIP nginx: no stream module (Debian: apt-get install -y libnginx-mod-stream)"; return 1; }
 }
 
 # sanity_check NAME : the http port answers the backend's body over a new
@@ -332,29 +232,6 @@ sanity_check() {
 
 
 
-# Parse wrk --latency output:
-#   rps  NA  requests  p50_ms  p99_ms  errors(non2xx + socket)  NA
-parse_wrk() {
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
-      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
-      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
-      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
-      return v + 0
-    }
-    /^Requests\/sec:/        { rps = $2 }
-    / requests in /          { reqs = $1 }
-    /^ +50%/                 { p50 = ms($2) }
-    /^ +99%/                 { p99 = ms($2) }
-    /Non-2xx or 3xx/         { non2xx = $NF }
-    /Socket errors:/         { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
-    END {
-      if (rps == "") { print "NA\tNA\tNA\tNA\tNA\tNA\tNA"; exit }
-      printf "%s\tNA\t%d\t%.3f\t%.3f\t%d\tNA\n", rps, reqs, p50, p99, non2xx + sock
-    }' "$1"
-}
-
 # Parse iperf3 -J output:
 #   recv_gbps  sent_gbps  bytes_received  NA  NA  errors(0)  retransmits
 parse_iperf() {
@@ -373,35 +250,16 @@ except Exception:
 EOF
 }
 
-run_wrk() {   # run_wrk SECONDS PORT OUTFILE
-  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
-    wrk -t1 -c"$CONNS" -d"$1"s --latency -H "Connection: close" "http://127.0.0.1:$2/" >"$3" 2>&1
+conn_wrk() {   # conn_wrk SECONDS PORT OUTFILE : wrk, a new connection per request
+  run_wrk "$1" "$3" -c"$CONNS" -H "Connection: close" "http://127.0.0.1:$2/"
 }
 
 run_iperf() {   # run_iperf SECONDS PORT OUTFILE
-  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" \
-    iperf3 -c 127.0.0.1 -p "$2" -t "$1" -J --connect-timeout 3000 >"$3" 2>&1
+  run_load "$1" "$3" iperf3 -c 127.0.0.1 -p "$2" -t "$1" -J --connect-timeout 3000
 }
 
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv.
-# With NOISY_RETRIES=N, a run during which other processes used more than 5 %
-# of a core is moved to discarded.tsv (its raw output renamed *.noisyK) and
-# measured again, up to N times; the last attempt is kept whatever it shows.
 measure() {
-  local a last f
-  for ((a = 1; ; a++)); do
-    measure_once "$@"
-    last=$(tail -1 "$RESULTS/results.tsv")
-    awk -F'\t' '{ exit !($16 > 5) }' <<<"$last" || return 0
-    ((a <= NOISY_RETRIES)) || return 0
-    echo "$last" >>"$RESULTS/discarded.tsv"
-    sed -i '$d' "$RESULTS/results.tsv"
-    for f in "$RESULTS/raw/r$1-$2-$3".{json,wrk}; do [[ -f $f ]] && mv "$f" "$f.noisy$a"; done
-    log "  noisy run discarded, measuring again (retry $a of $NOISY_RETRIES)"
-  done
-}
-
-measure_once() {
   local round=$1 target=$2 wl=$3 out parsed
   local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row
 
@@ -417,10 +275,10 @@ measure_once() {
   if [[ $wl == iperf ]]; then
     run_iperf "$DURATION" "${IPERF_PORT[$target]}" "$out"
   else
-    run_wrk "$DURATION" "${HTTP_PORT[$target]}" "$out"
+    conn_wrk "$DURATION" "${HTTP_PORT[$target]}" "$out"
   fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
-  if [[ $wl == iperf ]]; then parsed=$(parse_iperf "$out"); else parsed=$(parse_wrk "$out"); fi
+  if [[ $wl == iperf ]]; then parsed=$(parse_iperf "$out"); else parsed=$(parse_wrk "$out" rps NA requests p50 p99 errors NA); fi
 
   row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
             -v has_proxy="${#ppids[@]}" -v c0="$c0" -v c1="$c1" -v f0="$f0" -v f1="$f1" 'BEGIN {
@@ -565,7 +423,7 @@ main() {
   ((BASELINE)) && TARGETS+=(direct)
   local name
   for name in $PROXIES; do
-    if start_proxy "$name" && sanity_check "$name"; then
+    if start_proxy "$name" "${HTTP_PORT[$name]}" "${IPERF_PORT[$name]}" && sanity_check "$name"; then
       TARGETS+=("$name")
     elif [[ -n ${TARGET_PID[$name]:-} ]]; then
       stop_pids "${TARGET_PID[$name]}"; forget_pid "${TARGET_PID[$name]}"   # skipped: free CPU 0
@@ -583,7 +441,7 @@ main() {
         if [[ $wl == iperf ]]; then
           run_iperf "$WARMUP" "${IPERF_PORT[$t]}" "$RESULTS/raw/warmup-$t-$wl.json"
         else
-          run_wrk "$WARMUP" "${HTTP_PORT[$t]}" "$RESULTS/raw/warmup-$t-$wl.wrk"
+          conn_wrk "$WARMUP" "${HTTP_PORT[$t]}" "$RESULTS/raw/warmup-$t-$wl.wrk"
         fi
       done
     done
@@ -596,7 +454,7 @@ main() {
     for wl in "${WORKLOADS[@]}"; do
       for ((i = 0; i < n; i++)); do            # rotate the order each round
         t=${TARGETS[(i + round - 1) % n]}
-        measure "$round" "$t" "$wl"
+        measure_retrying "$round" "$t" "$wl"
       done
     done
   done

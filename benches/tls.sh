@@ -69,59 +69,6 @@ declare -a TARGETS=()       # targets that started and passed the sanity check
 BACKEND_PID=""
 SHIM=""
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------- lifecycle
-
-# All direct children of a pid (nginx master -> worker).
-children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
-
-# stop_pids PID... : SIGTERM them and their children, SIGKILL after 5 s.
-stop_pids() {
-  local pid i all=()
-  for pid in "$@"; do
-    all+=("$pid" $(children_of "$pid"))
-  done
-  ((${#all[@]})) || return 0
-  kill -TERM "${all[@]}" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do          # up to 5 s for a clean exit
-    kill -0 "${all[@]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  for pid in "${all[@]}"; do
-    kill -0 "$pid" 2>/dev/null && { log "pid $pid still running, SIGKILL"; kill -KILL "$pid" 2>/dev/null; }
-  done
-}
-
-# forget_pid PID : reap a process stopped early and drop it from PIDS, so that
-# the final cleanup never signals a pid that may have been reused.
-forget_pid() {
-  local p keep=()
-  wait "$1" 2>/dev/null
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-cleanup() {
-  stop_pids "${PIDS[@]}"
-  wait 2>/dev/null
-  [[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
-}
-
-
-# wait_port PORT PID : until PORT accepts a connection (deadline 10 s), or PID dies.
-wait_port() {
-  local port=$1 pid=$2 i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-
 # ---------------------------------------------------------------- certificate and shim
 
 make_cert() {   # one self-signed ECDSA P-256 certificate; HAProxy wants cert + key in one file
@@ -163,30 +110,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- configs
-
-nginx_common() {   # shared top of the nginx configs; $1 = name
-  cat <<EOF
-$([[ $EUID -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1-error.log warn;
-events { worker_connections 8192; }
-EOF
-}
-
-nginx_http_common() {
-  mkdir -p "$WORK/$1-tmp"
-  cat <<EOF
-    client_body_temp_path $WORK/$1-tmp/body;
-    proxy_temp_path $WORK/$1-tmp/proxy;
-    fastcgi_temp_path $WORK/$1-tmp/fastcgi;
-    uwsgi_temp_path $WORK/$1-tmp/uwsgi;
-    scgi_temp_path $WORK/$1-tmp/scgi;
-    keepalive_timeout 65s;
-    keepalive_requests 1000000;
-EOF
-}
 
 nginx_tls() {   # the TLS settings of the nginx proxy and the probe
   cat <<EOF
@@ -351,44 +274,6 @@ probe_wrk() {
   forget_pid "$pid"
 }
 
-# start_proxy NAME : start one proxy on CPU 0; returns non-zero (and says why) to skip it.
-start_proxy() {
-  local name=$1 logf="$RESULTS/logs/$1.log"
-  case $name in
-    geolb)
-      if [[ ! -x $GEOLB ]]; then
-        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
-        return 1
-      fi
-      write_geolb_conf
-      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
-      ;;
-    haproxy)
-      write_haproxy_conf
-      haproxy -c -q -f "$WORK/haproxy.cfg" >"$logf" 2>&1 || { log "SKIP haproxy: config rejected: $(tail -3 "$logf")"; return 1; }
-      start_bg "$PROXY_CPU" "$logf" haproxy -db -f "$WORK/haproxy.cfg"
-      ;;
-    nginx)
-      write_nginx_proxy_conf
-      nginx -t -q -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" >"$logf" 2>&1 \
-        || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
-      start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
-      ;;
-    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
-  esac
-  TARGET_PID[$name]=$STARTED_PID
-  if ! wait_port "${TARGET_PORT[$name]}" "$STARTED_PID"; then
-    if kill -0 "$STARTED_PID" 2>/dev/null; then
-      log "SKIP $name: not listening on ${TARGET_PORT[$name]} within 10 s; log tail:"
-    else
-      wait "$STARTED_PID"
-      log "SKIP $name: exited with status $? before listening on ${TARGET_PORT[$name]}; log tail:"
-    fi
-    tail -5 "$logf" >&2
-    return 1
-  fi
-  log "$name: pid $STARTED_PID on CPU $PROXY_CPU, port ${TARGET_PORT[$name]}"
-}
 
 # s_client PORT ARGS... : one HTTP/1.1 request over TLS, output of openssl s_client.
 s_client() {
@@ -416,7 +301,7 @@ sanity_check() {
   [[ $reused == yes ]] || log "WARNING $name: a second s_client connection did not resume; 'resumed' measures full handshakes for it"
   # wrk sends the IP address as SNI; one short run must get 200s.
   timeout -k 2 10 taskset -c "$LOAD_CPU" wrk -t1 -c2 -d1s -H "Connection: close" "https://127.0.0.1:$port/" >"$RESULTS/raw/sanity-$name.wrk" 2>&1
-  out=$(parse_wrk "$RESULTS/raw/sanity-$name.wrk")
+  out=$(parse_wrk "$RESULTS/raw/sanity-$name.wrk" rps requests p50 p99 errors)
   [[ $out != NA* && $(cut -f2 <<<"$out") -gt 0 && $(cut -f5 <<<"$out") -eq 0 ]] \
     || { log "SKIP $name: wrk over TLS failed: $(grep -m3 -iE 'error|requests in' "$RESULTS/raw/sanity-$name.wrk" | tr '\n' ' ')"; return 1; }
   log "$name: sanity ok: ${TARGET_TLS[$name]}"
@@ -428,58 +313,17 @@ sanity_check() {
 
 
 
-# Parse wrk --latency output: rps requests p50_ms p99_ms errors(non2xx + socket)
-parse_wrk() {
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
-      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
-      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
-      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
-      return v + 0
-    }
-    /^Requests\/sec:/   { rps = $2 }
-    / requests in /     { reqs = $1 }
-    /^ +50%/            { p50 = ms($2) }
-    /^ +99%/            { p99 = ms($2) }
-    /Non-2xx or 3xx/    { non2xx = $NF }
-    /Socket errors:/    { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
-    END {
-      if (rps == "") { print "NA\tNA\tNA\tNA\tNA"; exit }
-      printf "%s\t%d\t%.3f\t%.3f\t%d\n", rps, reqs, p50, p99, non2xx + sock
-    }' "$1"
-}
-
-run_wrk() {   # run_wrk SECONDS TARGET WORKLOAD OUTFILE
-  local args=(-t1 -d"$1"s --latency) pre=()
+tls_wrk() {   # tls_wrk SECONDS TARGET WORKLOAD OUTFILE : wrk as the workload asks
+  local url="https://127.0.0.1:${TARGET_PORT[$2]}/"
   case $3 in
-    full)      args+=(-c"$HS_CONNS" -H "Connection: close"); pre=(env LD_PRELOAD="$SHIM") ;;
-    resumed)   args+=(-c"$HS_CONNS" -H "Connection: close") ;;
-    keepalive) args+=(-c"$KA_CONNS") ;;
+    full)      WRK_PRELOAD=$SHIM run_wrk "$1" "$4" -c"$HS_CONNS" -H "Connection: close" "$url" ;;
+    resumed)   run_wrk "$1" "$4" -c"$HS_CONNS" -H "Connection: close" "$url" ;;
+    keepalive) run_wrk "$1" "$4" -c"$KA_CONNS" "$url" ;;
   esac
-  timeout -k 5 $(($1 + 30)) taskset -c "$LOAD_CPU" "${pre[@]}" \
-    wrk "${args[@]}" "https://127.0.0.1:${TARGET_PORT[$2]}/" >"$4" 2>&1
 }
 
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv.
-# With NOISY_RETRIES=N, a run during which other processes used more than 5 %
-# of a core is moved to discarded.tsv (its raw output renamed *.noisyK) and
-# measured again, up to N times; the last attempt is kept whatever it shows.
 measure() {
-  local a last f
-  for ((a = 1; ; a++)); do
-    measure_once "$@"
-    last=$(tail -1 "$RESULTS/results.tsv")
-    awk -F'\t' '{ exit !($14 > 5) }' <<<"$last" || return 0
-    ((a <= NOISY_RETRIES)) || return 0
-    echo "$last" >>"$RESULTS/discarded.tsv"
-    sed -i '$d' "$RESULTS/results.tsv"
-    for f in "$RESULTS/raw/r$1-$2-$3".wrk; do [[ -f $f ]] && mv "$f" "$f.noisy$a"; done
-    log "  noisy run discarded, measuring again (retry $a of $NOISY_RETRIES)"
-  done
-}
-
-measure_once() {
   local round=$1 target=$2 wl=$3
   local out="$RESULTS/raw/r${round}-${target}-${wl}.wrk"
   local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row
@@ -489,7 +333,7 @@ measure_once() {
   bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
 
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
-  run_wrk "$DURATION" "$target" "$wl" "$out"
+  tls_wrk "$DURATION" "$target" "$wl" "$out"
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
 
   row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
@@ -502,7 +346,7 @@ measure_once() {
       printf "%.1f\t%.2f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", 100 * (p1 - p0) / hz / el, (p1 - p0) / hz,
         100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(parse_wrk "$out")" "$row" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(parse_wrk "$out" rps requests p50 p99 errors)" "$row" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-8s %-9s %10s req/s  p50 %7s ms  p99 %7s ms  errs %s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
       $1, $2, $3, $4, $6, $7, $8, $9, $11, $12, $13, $14, ($14 > 5 ? "  << NOISY" : "") }' >&2
@@ -629,7 +473,7 @@ main() {
   start_backend
   local name
   for name in $PROXIES; do
-    if start_proxy "$name" && sanity_check "$name"; then
+    if start_proxy "$name" "${TARGET_PORT[$name]}" && sanity_check "$name"; then
       TARGETS+=("$name")
     elif [[ -n ${TARGET_PID[$name]:-} ]]; then
       stop_pids "${TARGET_PID[$name]}"; forget_pid "${TARGET_PID[$name]}"   # skipped: free CPU 0
@@ -644,7 +488,7 @@ main() {
   if ((WARMUP > 0)); then
     for t in "${TARGETS[@]}"; do
       for wl in "${WORKLOADS[@]}"; do
-        run_wrk "$WARMUP" "$t" "$wl" "$RESULTS/raw/warmup-$t-$wl.wrk"
+        tls_wrk "$WARMUP" "$t" "$wl" "$RESULTS/raw/warmup-$t-$wl.wrk"
       done
     done
     log "warm-up done"
@@ -656,7 +500,7 @@ main() {
     for wl in "${WORKLOADS[@]}"; do
       for ((i = 0; i < n; i++)); do            # rotate the order each round
         t=${TARGETS[(i + round - 1) % n]}
-        measure "$round" "$t" "$wl"
+        measure_retrying "$round" "$t" "$wl"
       done
     done
   done
