@@ -219,6 +219,19 @@ pub enum Balance {
     Maglev,
 }
 
+impl Balance {
+    pub const SPELLINGS: &[(&str, Self)] = &[
+        ("round_robin", Self::RoundRobin),
+        ("least_conn", Self::LeastConn),
+        ("random_two", Self::RandomTwo),
+        ("maglev", Self::Maglev),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HashKey {
     ClientIp,
@@ -231,6 +244,14 @@ pub enum HashKey {
 pub enum ProxyProtocolVersion {
     V1,
     V2,
+}
+
+impl ProxyProtocolVersion {
+    pub const SPELLINGS: &[(&str, Self)] = &[("v1", Self::V1), ("v2", Self::V2)];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +278,15 @@ pub enum BackendProtocol {
     H2c,
     /// HTTP/2 over TLS, negotiated by ALPN; needs `tls`.
     H2,
+}
+
+impl BackendProtocol {
+    pub const SPELLINGS: &[(&str, Self)] =
+        &[("http1", Self::Http1), ("h2c", Self::H2c), ("h2", Self::H2)];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
 }
 
 /// `tls = true` or `tls = { ca = "...", verify = ..., sni = "..." }` on a
@@ -286,6 +316,18 @@ pub enum Protocol {
     Http,
     Https,
     Tcp,
+}
+
+impl Protocol {
+    pub const SPELLINGS: &[(&str, Self)] = &[
+        ("http", Self::Http),
+        ("https", Self::Https),
+        ("tcp", Self::Tcp),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -335,4 +377,44 @@ pub struct TlsCertConfig {
     /// Absolute paths.
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The config spelling of `value`: one table per enum serves both the
+/// parser and everything that shows the value (/status, logs), so the two
+/// never disagree.
+fn spelling<T: Copy + PartialEq>(table: &[(&'static str, T)], value: T) -> &'static str {
+    table
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or_else(|| unreachable!("every variant has a spelling"), |(s, _)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trips<T: Copy + PartialEq + std::fmt::Debug>(
+        table: &[(&str, T)],
+        as_str: fn(T) -> &'static str,
+    ) {
+        for (name, value) in table {
+            assert_eq!(as_str(*value), *name, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn each_value_is_shown_as_it_is_spelt_in_the_config() {
+        round_trips(Balance::SPELLINGS, Balance::as_str);
+        round_trips(Protocol::SPELLINGS, Protocol::as_str);
+        round_trips(BackendProtocol::SPELLINGS, BackendProtocol::as_str);
+        round_trips(
+            ProxyProtocolVersion::SPELLINGS,
+            ProxyProtocolVersion::as_str,
+        );
+        assert_eq!(Balance::RoundRobin.as_str(), "round_robin");
+        assert_eq!(Balance::Maglev.as_str(), "maglev");
+        assert_eq!(Protocol::Tcp.as_str(), "tcp");
+        assert_eq!(BackendProtocol::H2c.as_str(), "h2c");
+        assert_eq!(ProxyProtocolVersion::V2.as_str(), "v2");
+    }
 }

@@ -310,27 +310,6 @@ const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.m
 /// RFC 2181 §8: TTLs with the top bit set are treated as 0 by resolvers.
 const MAX_TTL: i64 = 0x7fff_ffff;
 
-const BALANCES: &[(&str, Balance)] = &[
-    ("round_robin", Balance::RoundRobin),
-    ("least_conn", Balance::LeastConn),
-    ("random_two", Balance::RandomTwo),
-    ("maglev", Balance::Maglev),
-];
-const PROTOCOLS: &[(&str, Protocol)] = &[
-    ("http", Protocol::Http),
-    ("https", Protocol::Https),
-    ("tcp", Protocol::Tcp),
-];
-const BACKEND_PROTOCOLS: &[(&str, BackendProtocol)] = &[
-    ("http1", BackendProtocol::Http1),
-    ("h2c", BackendProtocol::H2c),
-    ("h2", BackendProtocol::H2),
-];
-const PROXY_VERSIONS: &[(&str, ProxyProtocolVersion)] = &[
-    ("v1", ProxyProtocolVersion::V1),
-    ("v2", ProxyProtocolVersion::V2),
-];
-
 #[derive(Clone, Copy, PartialEq)]
 enum CheckKind {
     Http,
@@ -879,7 +858,7 @@ impl Ctx {
 
     fn pool(&mut self, t: &Tbl<'_, '_>, name: Option<String>) -> Option<PoolConfig> {
         let balance = self.opt(t, "balance", Balance::RoundRobin, |c, f| {
-            c.choice(f, BALANCES)
+            c.choice(f, Balance::SPELLINGS)
         });
         let hash = self.opt(t, "hash", HashKey::ClientIp, |c, f| c.parsed(f, hash_key));
         let check = self.maybe(t, "check", Ctx::pool_check);
@@ -906,9 +885,11 @@ impl Ctx {
             }
             Some(n)
         });
-        let proxy_protocol = self.maybe(t, "proxy_protocol", |c, f| c.choice(f, PROXY_VERSIONS));
+        let proxy_protocol = self.maybe(t, "proxy_protocol", |c, f| {
+            c.choice(f, ProxyProtocolVersion::SPELLINGS)
+        });
         let backend_protocol = self.opt(t, "backend_protocol", BackendProtocol::Http1, |c, f| {
-            c.choice(f, BACKEND_PROTOCOLS)
+            c.choice(f, BackendProtocol::SPELLINGS)
         });
         let tls = self.opt(t, "tls", None, Ctx::backend_tls);
         if let (Some(protocol), Some(tls), Some(f)) =
@@ -1217,7 +1198,9 @@ impl Ctx {
         pool_names: &[String],
     ) -> Option<ListenerConfig> {
         let bind = self.req(t, "bind", "\"127.0.0.1:8080\"", Ctx::bind);
-        let protocol = self.opt(t, "protocol", Protocol::Http, |c, f| c.choice(f, PROTOCOLS));
+        let protocol = self.opt(t, "protocol", Protocol::Http, |c, f| {
+            c.choice(f, Protocol::SPELLINGS)
+        });
         let pool = self.req(t, "pool", "\"web\"", |c, f| {
             c.reference(f, "pool", pool_names)
         });
@@ -1318,10 +1301,7 @@ impl Ctx {
                 .find(|p| p.name == name)
                 .and_then(|p| p.proxy_protocol)
             {
-                let version = PROXY_VERSIONS
-                    .iter()
-                    .find(|(_, v)| *v == version)
-                    .map_or("", |(s, _)| s);
+                let version = version.as_str();
                 self.bad(
                     f,
                     format!(
