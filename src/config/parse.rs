@@ -5,6 +5,7 @@
 //! bad value; callers evaluate all their fields before combining them with
 //! `?`, so one bad key never hides the errors of its neighbours.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt::{Display, Write as _};
@@ -33,22 +34,32 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates `text`; relative paths in it are resolved against `source`'s
 /// directory. No file is opened (see [`check_files`]).
 pub fn parse_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    let (config, mut ctx) = read_document(text, source)?;
+    if ctx.errors.is_empty() {
+        return Ok(config);
+    }
+    ctx.errors.sort_by_key(|(at, _)| *at);
+    Err(ConfigErrors(
+        ctx.errors.into_iter().map(|(_, e)| e).collect(),
+    ))
+}
+
+/// The whole walk, with what it found along the way. The config is only
+/// valid when `errors` is empty.
+fn read_document(text: &str, source: &Path) -> Result<(Config, Ctx), ConfigError> {
     let lines = Lines::new(text);
     let root = DeTable::parse(text).map_err(|e| syntax_error(&e, text, &lines))?;
     let mut ctx = Ctx {
         lines,
         base: source.parent().unwrap_or(Path::new("")).to_path_buf(),
         errors: Vec::new(),
+        seq: 0,
         binds: HashMap::new(),
+        #[cfg(test)]
+        looked_up: Default::default(),
     };
     let config = ctx.config(root.get_ref(), source);
-    if ctx.errors.is_empty() {
-        return Ok(config);
-    }
-    ctx.errors.sort_by_key(|(offset, _)| *offset);
-    Err(ConfigErrors(
-        ctx.errors.into_iter().map(|(_, e)| e).collect(),
-    ))
+    Ok((config, ctx))
 }
 
 /// Opens every file `config` names (GeoIP database, zone files, TLS
@@ -200,12 +211,21 @@ impl<'t, 'i> Field<'t, 'i> {
     }
 }
 
-/// A table whose keys have been checked against the accepted ones.
+/// A table being read. Every key the code asks for, present or not, is
+/// recorded: those are the keys this table accepts, so once its code has
+/// run, any other key in it is unknown (see [`Ctx::table`]). No list of
+/// keys is kept by hand, so a new key cannot be forgotten in one.
 struct Tbl<'t, 'i> {
     path: String,
     /// Where a missing key is reported: the `[[header]]` or the `{`.
     offset: usize,
     map: &'t DeTable<'i>,
+    /// In the order first asked for, which is the order they are listed
+    /// in "accepted here".
+    known: RefCell<Vec<&'static str>>,
+    /// Where this table's unknown keys sort among errors at the same
+    /// offset: as if they were reported on entering the table.
+    seq: usize,
 }
 
 impl<'t, 'i> Tbl<'t, 'i> {
@@ -217,12 +237,35 @@ impl<'t, 'i> Tbl<'t, 'i> {
         }
     }
 
-    fn field(&self, key: &str) -> Option<Field<'t, 'i>> {
+    fn field(&self, key: &'static str) -> Option<Field<'t, 'i>> {
+        let mut known = self.known.borrow_mut();
+        if !known.contains(&key) {
+            known.push(key);
+        }
         self.map.get(key).map(|value| Field {
             path: self.key_path(key),
             value,
         })
     }
+}
+
+/// `pool[2].backends[0].addr` -> `pool[].backends[].addr`.
+#[cfg(test)]
+fn normalise(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => {
+                in_index = false;
+                out.push_str("[]");
+            }
+            _ if in_index => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Records `key` as first seen at `path`; on a second sighting returns the
@@ -240,69 +283,19 @@ fn first_seen<K: Eq + Hash>(seen: &mut HashMap<K, String>, key: K, path: &str) -
 struct Ctx {
     lines: Lines,
     base: PathBuf,
-    /// With the byte offset they are sorted by.
-    errors: Vec<(usize, ConfigError)>,
+    /// Sorted by byte offset, then by `seq` so that errors at one offset
+    /// stay in the order the walk met them.
+    errors: Vec<((usize, usize), ConfigError)>,
+    /// The next error's place among errors at its offset.
+    seq: usize,
     /// TCP addresses bound so far (admin, DNS, listeners), with the key that
     /// binds each: two sockets cannot share one.
     binds: HashMap<SocketAddr, String>,
+    /// Every key path asked for (array indexes as `[]`), and whether it was
+    /// present anywhere: the reference config must set every one.
+    #[cfg(test)]
+    looked_up: std::collections::BTreeMap<String, bool>,
 }
-
-const ROOT_KEYS: &[&str] = &[
-    "runtime",
-    "admin",
-    "geoip",
-    "dns",
-    "datacenter",
-    "pool",
-    "listener",
-];
-const RUNTIME_KEYS: &[&str] = &["worker_threads", "shutdown_grace"];
-const ADMIN_KEYS: &[&str] = &["listen"];
-const GEOIP_KEYS: &[&str] = &["database", "network"];
-const NETWORK_KEYS: &[&str] = &["cidr", "location", "country", "continent"];
-const LOCATION_KEYS: &[&str] = &["lat", "lon"];
-const DNS_KEYS: &[&str] = &["listen", "udp_threads", "zone", "geo"];
-const ZONE_KEYS: &[&str] = &["origin", "ttl", "soa", "ns", "file", "records"];
-const SOA_KEYS: &[&str] = &[
-    "mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
-];
-const RECORD_KEYS: &[&str] = &["name", "type", "value", "ttl"];
-const GEO_KEYS: &[&str] = &["name", "ttl", "datacenters", "answers"];
-const DATACENTER_KEYS: &[&str] = &["name", "location", "addresses", "pools", "check", "drain"];
-const REMOTE_CHECK_KEYS: &[&str] = &[
-    "kind", "url", "addr", "expect", "interval", "timeout", "rise", "fall", "ca", "verify",
-];
-const POOL_KEYS: &[&str] = &[
-    "name",
-    "balance",
-    "hash",
-    "min_healthy",
-    "check",
-    "backends",
-    "proxy_protocol",
-    "backend_protocol",
-    "tls",
-];
-const BACKEND_TLS_KEYS: &[&str] = &["ca", "verify", "sni"];
-const POOL_CHECK_KEYS: &[&str] = &[
-    "kind", "path", "host", "expect", "interval", "timeout", "rise", "fall", "ca", "verify",
-];
-const BACKEND_KEYS: &[&str] = &["addr", "weight", "drain"];
-const LISTENER_KEYS: &[&str] = &[
-    "name",
-    "bind",
-    "protocol",
-    "pool",
-    "routes",
-    "timeouts",
-    "retries",
-    "tls",
-    "accept_proxy_protocol",
-    "access_log",
-];
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
-const TIMEOUT_KEYS: &[&str] = &["connect", "header", "request", "idle"];
-const TLS_KEYS: &[&str] = &["cert", "key"];
 
 const LOCATION_EXAMPLE: &str = "{ lat = 50.11, lon = 8.68 }";
 const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", \
@@ -357,9 +350,19 @@ impl Ctx {
     // --- reporting -------------------------------------------------------
 
     fn err(&mut self, path: String, offset: usize, message: String) {
-        let line = Some(self.lines.line(offset));
+        let seq = self.next_seq();
+        self.push((offset, seq), path, message);
+    }
+
+    fn next_seq(&mut self) -> usize {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn push(&mut self, at: (usize, usize), path: String, message: String) {
+        let line = Some(self.lines.line(at.0));
         self.errors.push((
-            offset,
+            at,
             ConfigError {
                 path,
                 message,
@@ -383,38 +386,60 @@ impl Ctx {
 
     // --- structure -------------------------------------------------------
 
-    fn table<'t, 'i>(
+    /// Reads the table at `f` with `read`, then reports every key in it
+    /// that `read` never asked for.
+    fn table<'t, 'i, T>(
         &mut self,
         f: &Field<'t, 'i>,
-        keys: &[&str],
         expected: &str,
-    ) -> Option<Tbl<'t, 'i>> {
+        read: impl FnOnce(&mut Self, &Tbl<'t, 'i>) -> Option<T>,
+    ) -> Option<T> {
         let DeValue::Table(map) = f.get() else {
             self.bad(f, expected);
             return None;
         };
-        let t = Tbl {
-            path: f.path.clone(),
-            offset: f.offset(),
-            map,
-        };
-        self.unknown_keys(&t, keys);
-        Some(t)
+        self.walk(f.path.clone(), f.offset(), map, read)
     }
 
-    fn unknown_keys(&mut self, t: &Tbl<'_, '_>, keys: &[&str]) {
+    /// [`Ctx::table`] for a table already known to be one (the root).
+    fn walk<'t, 'i, T>(
+        &mut self,
+        path: String,
+        offset: usize,
+        map: &'t DeTable<'i>,
+        read: impl FnOnce(&mut Self, &Tbl<'t, 'i>) -> T,
+    ) -> T {
+        let t = Tbl {
+            path,
+            offset,
+            map,
+            known: RefCell::default(),
+            seq: self.next_seq(),
+        };
+        let out = read(self, &t);
+        self.unknown_keys(&t);
+        out
+    }
+
+    fn unknown_keys(&mut self, t: &Tbl<'_, '_>) {
+        let known = t.known.borrow();
+        #[cfg(test)]
+        for key in known.iter() {
+            let path = normalise(&t.key_path(key));
+            *self.looked_up.entry(path).or_default() |= t.map.contains_key(*key);
+        }
         for (key, _) in t.map.iter() {
             let name: &str = key.get_ref();
-            if keys.contains(&name) {
+            if known.contains(&name) {
                 continue;
             }
-            let hint = suggest(name, keys.iter().copied())
+            let hint = suggest(name, known.iter().copied())
                 .map(|s| format!(" (did you mean {s}?)"))
                 .unwrap_or_default();
-            self.err(
+            self.push(
+                (key.span().start, t.seq),
                 t.key_path(name),
-                key.span().start,
-                format!("unknown key{hint}; accepted here: {}", keys.join(", ")),
+                format!("unknown key{hint}; accepted here: {}", known.join(", ")),
             );
         }
     }
@@ -456,7 +481,7 @@ impl Ctx {
     fn req<'t, 'i, T>(
         &mut self,
         t: &Tbl<'t, 'i>,
-        key: &str,
+        key: &'static str,
         example: &str,
         parse: impl FnOnce(&mut Self, &Field<'t, 'i>) -> Option<T>,
     ) -> Option<T> {
@@ -472,7 +497,7 @@ impl Ctx {
     fn opt<'t, 'i, T>(
         &mut self,
         t: &Tbl<'t, 'i>,
-        key: &str,
+        key: &'static str,
         default: T,
         parse: impl FnOnce(&mut Self, &Field<'t, 'i>) -> Option<T>,
     ) -> Option<T> {
@@ -486,7 +511,7 @@ impl Ctx {
     fn maybe<'t, 'i, T>(
         &mut self,
         t: &Tbl<'t, 'i>,
-        key: &str,
+        key: &'static str,
         parse: impl FnOnce(&mut Self, &Field<'t, 'i>) -> Option<T>,
     ) -> Option<Option<T>> {
         match t.field(key) {
@@ -496,7 +521,7 @@ impl Ctx {
     }
 
     /// Reports each of `keys` that is present: they do not apply here.
-    fn misplaced(&mut self, t: &Tbl<'_, '_>, keys: &[&str], why: &str) -> bool {
+    fn misplaced(&mut self, t: &Tbl<'_, '_>, keys: &[&'static str], why: &str) -> bool {
         let mut any = false;
         for f in keys.iter().filter_map(|key| t.field(key)) {
             self.bad(&f, why);
@@ -659,17 +684,18 @@ impl Ctx {
     }
 
     fn location(&mut self, f: &Field<'_, '_>) -> Option<LatLon> {
-        let t = self.table(
+        self.table(
             f,
-            LOCATION_KEYS,
             &format!("expected a table like {LOCATION_EXAMPLE}"),
-        )?;
-        let lat = self.req(&t, "lat", "50.11", |c, f| c.degrees(f, 90.0));
-        let lon = self.req(&t, "lon", "8.68", |c, f| c.degrees(f, 180.0));
-        Some(LatLon {
-            lat: lat?,
-            lon: lon?,
-        })
+            |c, t| {
+                let lat = c.req(t, "lat", "50.11", |c, f| c.degrees(f, 90.0));
+                let lon = c.req(t, "lon", "8.68", |c, f| c.degrees(f, 180.0));
+                Some(LatLon {
+                    lat: lat?,
+                    lon: lon?,
+                })
+            },
+        )
     }
 
     /// A reference to a `[[kind]]` by name.
@@ -714,76 +740,78 @@ impl Ctx {
     // --- sections --------------------------------------------------------
 
     fn config(&mut self, root: &DeTable<'_>, source: &Path) -> Config {
-        let t = Tbl {
-            path: String::new(),
-            offset: 0,
-            map: root,
-        };
-        self.unknown_keys(&t, ROOT_KEYS);
-        let runtime = t
-            .field("runtime")
-            .and_then(|f| self.runtime(&f))
-            .unwrap_or_default();
-        let admin = t.field("admin").and_then(|f| self.admin(&f));
-        let geoip = t.field("geoip").and_then(|f| self.geoip(&f));
-        let mut pool_names = Vec::new();
-        let pools = t
-            .field("pool")
-            .map(|f| self.pools(&f, &mut pool_names))
-            .unwrap_or_default();
-        let mut dc_names = Vec::new();
-        let datacenters = t
-            .field("datacenter")
-            .map(|f| self.datacenters(&f, &mut dc_names, &pool_names))
-            .unwrap_or_default();
-        let dns = t.field("dns").and_then(|f| self.dns(&f, &dc_names));
-        let listeners = t
-            .field("listener")
-            .map(|f| self.listeners(&f, &pools, &pool_names))
-            .unwrap_or_default();
-        Config {
-            source: source.to_path_buf(),
-            runtime,
-            admin,
-            geoip,
-            dns,
-            datacenters,
-            pools,
-            listeners,
-        }
+        self.walk(String::new(), 0, root, |c, t| {
+            // Asked for in the order "accepted here" lists them; read in the
+            // order their references need: pools, data centers, then DNS.
+            let runtime = t.field("runtime");
+            let admin = t.field("admin");
+            let geoip = t.field("geoip");
+            let dns = t.field("dns");
+            let datacenter = t.field("datacenter");
+            let pool = t.field("pool");
+            let listener = t.field("listener");
+            let runtime = runtime.and_then(|f| c.runtime(&f)).unwrap_or_default();
+            let admin = admin.and_then(|f| c.admin(&f));
+            let geoip = geoip.and_then(|f| c.geoip(&f));
+            let mut pool_names = Vec::new();
+            let pools = pool
+                .map(|f| c.pools(&f, &mut pool_names))
+                .unwrap_or_default();
+            let mut dc_names = Vec::new();
+            let datacenters = datacenter
+                .map(|f| c.datacenters(&f, &mut dc_names, &pool_names))
+                .unwrap_or_default();
+            let dns = dns.and_then(|f| c.dns(&f, &dc_names));
+            let listeners = listener
+                .map(|f| c.listeners(&f, &pools, &pool_names))
+                .unwrap_or_default();
+            Config {
+                source: source.to_path_buf(),
+                runtime,
+                admin,
+                geoip,
+                dns,
+                datacenters,
+                pools,
+                listeners,
+            }
+        })
     }
 
     fn runtime(&mut self, f: &Field<'_, '_>) -> Option<RuntimeConfig> {
-        let t = self.table(f, RUNTIME_KEYS, "expected a [runtime] table")?;
-        let worker_threads = self.maybe(&t, "worker_threads", |c, f| {
-            c.int(f, 1, 1024).map(|n| n as usize)
-        });
-        // 0 is meaningful here: stop at once, without waiting for anything.
-        let shutdown_grace = self.opt(
-            &t,
-            "shutdown_grace",
-            RuntimeConfig::default().shutdown_grace,
-            |c, f| c.duration(f, true),
-        );
-        Some(RuntimeConfig {
-            worker_threads: worker_threads?,
-            shutdown_grace: shutdown_grace?,
+        self.table(f, "expected a [runtime] table", |c, t| {
+            let worker_threads = c.maybe(t, "worker_threads", |c, f| {
+                c.int(f, 1, 1024).map(|n| n as usize)
+            });
+            // 0 is meaningful here: stop at once, without waiting for anything.
+            let shutdown_grace = c.opt(
+                t,
+                "shutdown_grace",
+                RuntimeConfig::default().shutdown_grace,
+                |c, f| c.duration(f, true),
+            );
+            Some(RuntimeConfig {
+                worker_threads: worker_threads?,
+                shutdown_grace: shutdown_grace?,
+            })
         })
     }
 
     fn admin(&mut self, f: &Field<'_, '_>) -> Option<AdminConfig> {
-        let t = self.table(f, ADMIN_KEYS, "expected an [admin] table")?;
-        let listen = self.req(&t, "listen", "\"127.0.0.1:9100\"", Ctx::bind);
-        Some(AdminConfig { listen: listen? })
+        self.table(f, "expected an [admin] table", |c, t| {
+            let listen = c.req(t, "listen", "\"127.0.0.1:9100\"", Ctx::bind);
+            Some(AdminConfig { listen: listen? })
+        })
     }
 
     fn geoip(&mut self, f: &Field<'_, '_>) -> Option<GeoIpConfig> {
-        let t = self.table(f, GEOIP_KEYS, "expected a [geoip] table")?;
-        let database = self.maybe(&t, "database", Ctx::path);
-        let networks = self.opt(&t, "network", Vec::new(), Ctx::networks);
-        Some(GeoIpConfig {
-            database: database?,
-            networks: networks?,
+        self.table(f, "expected a [geoip] table", |c, t| {
+            let database = c.maybe(t, "database", Ctx::path);
+            let networks = c.opt(t, "network", Vec::new(), Ctx::networks);
+            Some(GeoIpConfig {
+                database: database?,
+                networks: networks?,
+            })
         })
     }
 
@@ -794,36 +822,37 @@ impl Ctx {
         )?;
         let mut seen = HashMap::new();
         self.each(&items, |c, item| {
-            let t = c.table(item, NETWORK_KEYS, "expected a [[geoip.network]] table")?;
-            let cidr = c.req(&t, "cidr", "\"10.0.0.0/8\"", |c, f| {
-                let cidr = c.parsed(f, parse_cidr)?;
-                if let Some(first) = first_seen(&mut seen, cidr, &f.path) {
-                    c.bad(f, format!("duplicate network: {first} is the same"));
-                }
-                Some(cidr)
-            });
-            let location = c.req(&t, "location", LOCATION_EXAMPLE, Ctx::location);
-            let country = c.maybe(&t, "country", |c, f| c.parsed(f, country));
-            let continent = c.maybe(&t, "continent", |c, f| c.parsed(f, continent));
-            Some(GeoNetwork {
-                cidr: cidr?,
-                location: location?,
-                country: country?,
-                continent: continent?,
+            c.table(item, "expected a [[geoip.network]] table", |c, t| {
+                let cidr = c.req(t, "cidr", "\"10.0.0.0/8\"", |c, f| {
+                    let cidr = c.parsed(f, parse_cidr)?;
+                    if let Some(first) = first_seen(&mut seen, cidr, &f.path) {
+                        c.bad(f, format!("duplicate network: {first} is the same"));
+                    }
+                    Some(cidr)
+                });
+                let location = c.req(t, "location", LOCATION_EXAMPLE, Ctx::location);
+                let country = c.maybe(t, "country", |c, f| c.parsed(f, country));
+                let continent = c.maybe(t, "continent", |c, f| c.parsed(f, continent));
+                Some(GeoNetwork {
+                    cidr: cidr?,
+                    location: location?,
+                    country: country?,
+                    continent: continent?,
+                })
             })
         })
     }
 
-    /// The `[[kind]]` tables under `f`, each with its name. Names are
-    /// collected into `names` even when the rest of their table is bad, so
-    /// that references to them are not also reported.
-    fn named_tables<'t, 'i>(
+    /// The `[[kind]]` tables under `f`, each read by `read` with its name.
+    /// Names are collected into `names` even when the rest of their table
+    /// is bad, so that references to them are not also reported.
+    fn named_tables<'t, 'i, T>(
         &mut self,
         f: &Field<'t, 'i>,
         kind: &str,
-        keys: &[&str],
         names: &mut Vec<String>,
-    ) -> Vec<(Tbl<'t, 'i>, Option<String>)> {
+        mut read: impl FnMut(&mut Self, &Tbl<'t, 'i>, Option<String>) -> Option<T>,
+    ) -> Vec<T> {
         let Some(items) = self.array(
             f,
             &format!("expected [[{kind}]] tables (note the double brackets)"),
@@ -833,27 +862,25 @@ impl Ctx {
         let mut seen = HashMap::new();
         let mut out = Vec::new();
         for item in &items {
-            let Some(t) = self.table(item, keys, &format!("expected a [[{kind}]] table")) else {
-                continue;
-            };
-            let name = self.req(&t, "name", &format!("\"my-{kind}\""), |c, f| {
-                let name = c.parsed(f, ident)?;
-                match first_seen(&mut seen, name.clone(), &f.path) {
-                    Some(first) => c.bad(f, format!("duplicate name: {first} is the same")),
-                    None => names.push(name.clone()),
-                }
-                Some(name)
+            let expected = format!("expected a [[{kind}]] table");
+            let parsed = self.table(item, &expected, |c, t| {
+                let name = c.req(t, "name", &format!("\"my-{kind}\""), |c, f| {
+                    let name = c.parsed(f, ident)?;
+                    match first_seen(&mut seen, name.clone(), &f.path) {
+                        Some(first) => c.bad(f, format!("duplicate name: {first} is the same")),
+                        None => names.push(name.clone()),
+                    }
+                    Some(name)
+                });
+                read(c, t, name)
             });
-            out.push((t, name));
+            out.extend(parsed);
         }
         out
     }
 
     fn pools(&mut self, f: &Field<'_, '_>, names: &mut Vec<String>) -> Vec<PoolConfig> {
-        self.named_tables(f, "pool", POOL_KEYS, names)
-            .into_iter()
-            .filter_map(|(t, name)| self.pool(&t, name))
-            .collect()
+        self.named_tables(f, "pool", names, Ctx::pool)
     }
 
     fn pool(&mut self, t: &Tbl<'_, '_>, name: Option<String>) -> Option<PoolConfig> {
@@ -861,13 +888,6 @@ impl Ctx {
             c.choice(f, Balance::SPELLINGS)
         });
         let hash = self.opt(t, "hash", HashKey::ClientIp, |c, f| c.parsed(f, hash_key));
-        let check = self.maybe(t, "check", Ctx::pool_check);
-        let backends = self.req(
-            t,
-            "backends",
-            "[{ addr = \"127.0.0.1:8080\" }]",
-            Ctx::backends,
-        );
         let count = t
             .map
             .get("backends")
@@ -885,6 +905,13 @@ impl Ctx {
             }
             Some(n)
         });
+        let check = self.maybe(t, "check", Ctx::pool_check);
+        let backends = self.req(
+            t,
+            "backends",
+            "[{ addr = \"127.0.0.1:8080\" }]",
+            Ctx::backends,
+        );
         let proxy_protocol = self.maybe(t, "proxy_protocol", |c, f| {
             c.choice(f, ProxyProtocolVersion::SPELLINGS)
         });
@@ -930,19 +957,18 @@ impl Ctx {
                 sni: None,
             }));
         }
-        let t = self.table(
-            f,
-            BACKEND_TLS_KEYS,
-            "expected true, false or a table like { ca = \"certs/ca.pem\", sni = \"origin.internal\" }",
-        )?;
-        let ca = self.maybe(&t, "ca", Ctx::path);
-        let verify = self.opt(&t, "verify", true, Ctx::bool);
-        let sni = self.maybe(&t, "sni", |c, f| c.parsed(f, host_name));
-        Some(Some(BackendTls {
-            ca: ca?,
-            verify: verify?,
-            sni: sni?,
-        }))
+        let expected = "expected true, false or a table like \
+                        { ca = \"certs/ca.pem\", sni = \"origin.internal\" }";
+        self.table(f, expected, |c, t| {
+            let ca = c.maybe(t, "ca", Ctx::path);
+            let verify = c.opt(t, "verify", true, Ctx::bool);
+            let sni = c.maybe(t, "sni", |c, f| c.parsed(f, host_name));
+            Some(Some(BackendTls {
+                ca: ca?,
+                verify: verify?,
+                sni: sni?,
+            }))
+        })
     }
 
     fn backends(&mut self, f: &Field<'_, '_>) -> Option<Vec<BackendConfig>> {
@@ -957,25 +983,26 @@ impl Ctx {
         }
         let mut seen = HashMap::new();
         self.each(&items, |c, item| {
-            let t = c.table(
+            c.table(
                 item,
-                BACKEND_KEYS,
                 "expected a table like { addr = \"127.0.0.1:8080\", weight = 1 }",
-            )?;
-            let addr = c.req(&t, "addr", "\"127.0.0.1:8080\"", |c, f| {
-                let addr = c.parsed(f, |s| parse_socket(s, false))?;
-                if let Some(first) = first_seen(&mut seen, addr, &f.path) {
-                    c.bad(f, format!("duplicate backend: {first} is the same address"));
-                }
-                Some(addr)
-            });
-            let weight = c.opt(&t, "weight", 1, |c, f| c.uint(f, 1, 1_000_000));
-            let drain = c.opt(&t, "drain", false, Ctx::bool);
-            Some(BackendConfig {
-                addr: addr?,
-                weight: weight?,
-                drain: drain?,
-            })
+                |c, t| {
+                    let addr = c.req(t, "addr", "\"127.0.0.1:8080\"", |c, f| {
+                        let addr = c.parsed(f, |s| parse_socket(s, false))?;
+                        if let Some(first) = first_seen(&mut seen, addr, &f.path) {
+                            c.bad(f, format!("duplicate backend: {first} is the same address"));
+                        }
+                        Some(addr)
+                    });
+                    let weight = c.opt(t, "weight", 1, |c, f| c.uint(f, 1, 1_000_000));
+                    let drain = c.opt(t, "drain", false, Ctx::bool);
+                    Some(BackendConfig {
+                        addr: addr?,
+                        weight: weight?,
+                        drain: drain?,
+                    })
+                },
+            )
         })
     }
 
@@ -1012,61 +1039,60 @@ impl Ctx {
     }
 
     fn pool_check(&mut self, f: &Field<'_, '_>) -> Option<CheckConfig> {
-        let t = self.table(
+        self.table(
             f,
-            POOL_CHECK_KEYS,
             "expected a table like { kind = \"http\", path = \"/health\" }",
-        )?;
-        let kind = self.req(&t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
-        let path = self.opt(&t, "path", "/".to_owned(), |c, f| c.parsed(f, http_path));
-        let host = self.maybe(&t, "host", |c, f| c.parsed(f, host_name));
-        let expect = self.opt(&t, "expect", vec![200], Ctx::expect);
-        let ca = self.maybe(&t, "ca", Ctx::path);
-        let verify = self.opt(&t, "verify", true, Ctx::bool);
-        let timing = self.timing(&t);
-        let kind = kind?;
-        if kind != CheckKind::Https
-            && self.misplaced(&t, &["ca", "verify"], "ca and verify are for https checks")
-        {
-            return None;
-        }
-        let probe = match kind {
-            CheckKind::Tcp => {
-                let why = "a tcp check only connects: \
-                           path, host and expect are for http and https checks";
-                if self.misplaced(&t, &["path", "host", "expect"], why) {
+            |c, t| {
+                let kind = c.req(t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
+                let path = c.opt(t, "path", "/".to_owned(), |c, f| c.parsed(f, http_path));
+                let host = c.maybe(t, "host", |c, f| c.parsed(f, host_name));
+                let expect = c.opt(t, "expect", vec![200], Ctx::expect);
+                let timing = c.timing(t);
+                let ca = c.maybe(t, "ca", Ctx::path);
+                let verify = c.opt(t, "verify", true, Ctx::bool);
+                let kind = kind?;
+                if kind != CheckKind::Https
+                    && c.misplaced(t, &["ca", "verify"], "ca and verify are for https checks")
+                {
                     return None;
                 }
-                Probe::Tcp
-            }
-            kind => Probe::Http(HttpProbe {
-                tls: kind == CheckKind::Https,
-                path: path?,
-                host: host?,
-                expect: expect?,
-                ca: ca?,
-                verify: verify?,
-            }),
-        };
-        Some(timing?.with(probe))
+                let probe = match kind {
+                    CheckKind::Tcp => {
+                        let why = "a tcp check only connects: \
+                           path, host and expect are for http and https checks";
+                        if c.misplaced(t, &["path", "host", "expect"], why) {
+                            return None;
+                        }
+                        Probe::Tcp
+                    }
+                    kind => Probe::Http(HttpProbe {
+                        tls: kind == CheckKind::Https,
+                        path: path?,
+                        host: host?,
+                        expect: expect?,
+                        ca: ca?,
+                        verify: verify?,
+                    }),
+                };
+                Some(timing?.with(probe))
+            },
+        )
     }
 
     fn remote_check(&mut self, f: &Field<'_, '_>) -> Option<RemoteCheck> {
-        let t = self.table(
-            f,
-            REMOTE_CHECK_KEYS,
-            "expected a table like { kind = \"http\", url = \"http://192.0.2.1:9100/datacenters/eu-west\" }",
-        )?;
-        let kind = self.req(&t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
-        let url = self.maybe(&t, "url", |c, f| c.parsed(f, parse_url));
-        let addr = self.maybe(&t, "addr", |c, f| c.parsed(f, |s| parse_socket(s, false)));
-        let expect = self.opt(&t, "expect", vec![200], Ctx::expect);
-        let ca = self.maybe(&t, "ca", Ctx::path);
-        let verify = self.opt(&t, "verify", true, Ctx::bool);
-        let timing = self.timing(&t);
+        let expected = "expected a table like \
+                        { kind = \"http\", url = \"http://192.0.2.1:9100/datacenters/eu-west\" }";
+        self.table(f, expected, |c, t| {
+        let kind = c.req(t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
+        let url = c.maybe(t, "url", |c, f| c.parsed(f, parse_url));
+        let addr = c.maybe(t, "addr", |c, f| c.parsed(f, |s| parse_socket(s, false)));
+        let expect = c.opt(t, "expect", vec![200], Ctx::expect);
+        let timing = c.timing(t);
+        let ca = c.maybe(t, "ca", Ctx::path);
+        let verify = c.opt(t, "verify", true, Ctx::bool);
         let kind = kind?;
         if kind != CheckKind::Https
-            && self.misplaced(&t, &["ca", "verify"], "ca and verify are for https checks")
+            && c.misplaced(t, &["ca", "verify"], "ca and verify are for https checks")
         {
             return None;
         }
@@ -1074,9 +1100,9 @@ impl Ctx {
             CheckKind::Tcp => {
                 let why =
                     "a tcp check connects to addr: url and expect are for http and https checks";
-                let misplaced = self.misplaced(&t, &["url", "expect"], why);
+                let misplaced = c.misplaced(t, &["url", "expect"], why);
                 let Some(addr) = addr? else {
-                    self.missing(&t, "addr", "\"192.0.2.1:443\"");
+                    c.missing(t, "addr", "\"192.0.2.1:443\"");
                     return None;
                 };
                 if misplaced {
@@ -1088,15 +1114,15 @@ impl Ctx {
                 let tls = kind == CheckKind::Https;
                 let why = "an http or https check fetches url: addr is for tcp checks \
                            (put the address in the url, like \"http://192.0.2.1:9100/\")";
-                let misplaced = self.misplaced(&t, &["addr"], why);
+                let misplaced = c.misplaced(t, &["addr"], why);
                 let Some(url) = url? else {
-                    self.missing(&t, "url", "\"http://192.0.2.1:9100/datacenters/eu-west\"");
+                    c.missing(t, "url", "\"http://192.0.2.1:9100/datacenters/eu-west\"");
                     return None;
                 };
                 if url.tls != tls {
                     if let Some(f) = t.field("url") {
                         let scheme = if tls { "https" } else { "http" };
-                        self.bad(&f, format!("the url's scheme must match kind: {scheme}://"));
+                        c.bad(&f, format!("the url's scheme must match kind: {scheme}://"));
                     }
                     return None;
                 }
@@ -1118,6 +1144,7 @@ impl Ctx {
             target,
             check: timing?.with(probe),
         })
+})
     }
 
     fn datacenters(
@@ -1126,10 +1153,9 @@ impl Ctx {
         names: &mut Vec<String>,
         pool_names: &[String],
     ) -> Vec<DatacenterConfig> {
-        self.named_tables(f, "datacenter", DATACENTER_KEYS, names)
-            .into_iter()
-            .filter_map(|(t, name)| self.datacenter(&t, name, pool_names))
-            .collect()
+        self.named_tables(f, "datacenter", names, |c, t, name| {
+            c.datacenter(t, name, pool_names)
+        })
     }
 
     fn datacenter(
@@ -1184,10 +1210,9 @@ impl Ctx {
         pool_names: &[String],
     ) -> Vec<ListenerConfig> {
         let mut names = Vec::new();
-        self.named_tables(f, "listener", LISTENER_KEYS, &mut names)
-            .into_iter()
-            .filter_map(|(t, name)| self.listener(&t, name, pools, pool_names))
-            .collect()
+        self.named_tables(f, "listener", &mut names, |c, t, name| {
+            c.listener(t, name, pools, pool_names)
+        })
     }
 
     fn listener(
@@ -1318,10 +1343,10 @@ impl Ctx {
         let example = "{ host = \"us.mysite.com\", pool = \"web-us\" }";
         let items = self.array(f, &format!("expected a list like [{example}]"))?;
         self.each(&items, |c, item| {
-            let t = c.table(item, ROUTE_KEYS, &format!("expected a table like {example}"))?;
-            let host = c.maybe(&t, "host", |c, f| c.parsed(f, host_name));
-            let path_prefix = c.maybe(&t, "path_prefix", |c, f| c.parsed(f, path_prefix));
-            let pool = c.req(&t, "pool", "\"web\"", |c, f| c.reference(f, "pool", pool_names));
+            c.table(item, &format!("expected a table like {example}"), |c, t| {
+            let host = c.maybe(t, "host", |c, f| c.parsed(f, host_name));
+            let path_prefix = c.maybe(t, "path_prefix", |c, f| c.parsed(f, path_prefix));
+            let pool = c.req(t, "pool", "\"web\"", |c, f| c.reference(f, "pool", pool_names));
             if t.field("host").is_none() && t.field("path_prefix").is_none() {
                 c.err(
                     t.path.clone(),
@@ -1336,38 +1361,41 @@ impl Ctx {
                 path_prefix: path_prefix?,
                 pool: pool?,
             })
-        })
+})
+})
     }
 
     fn timeouts(&mut self, f: &Field<'_, '_>) -> Option<Timeouts> {
-        let t = self.table(
+        self.table(
             f,
-            TIMEOUT_KEYS,
             "expected a table like { connect = \"5s\", idle = \"60s\" }",
-        )?;
-        let d = Timeouts::default();
-        let connect = self.opt(&t, "connect", d.connect, |c, f| c.duration(f, false));
-        let header = self.opt(&t, "header", d.header, |c, f| c.duration(f, false));
-        let request = self.opt(&t, "request", d.request, |c, f| c.duration(f, false));
-        let idle = self.opt(&t, "idle", d.idle, |c, f| c.duration(f, false));
-        Some(Timeouts {
-            connect: connect?,
-            header: header?,
-            request: request?,
-            idle: idle?,
-        })
+            |c, t| {
+                let d = Timeouts::default();
+                let connect = c.opt(t, "connect", d.connect, |c, f| c.duration(f, false));
+                let header = c.opt(t, "header", d.header, |c, f| c.duration(f, false));
+                let request = c.opt(t, "request", d.request, |c, f| c.duration(f, false));
+                let idle = c.opt(t, "idle", d.idle, |c, f| c.duration(f, false));
+                Some(Timeouts {
+                    connect: connect?,
+                    header: header?,
+                    request: request?,
+                    idle: idle?,
+                })
+            },
+        )
     }
 
     fn tls(&mut self, f: &Field<'_, '_>) -> Option<Vec<TlsCertConfig>> {
         let example = "{ cert = \"cert.pem\", key = \"key.pem\" }";
         let items = self.array(f, &format!("expected a list like [{example}]"))?;
         self.each(&items, |c, item| {
-            let t = c.table(item, TLS_KEYS, &format!("expected a table like {example}"))?;
-            let cert = c.req(&t, "cert", "\"cert.pem\"", Ctx::path);
-            let key = c.req(&t, "key", "\"key.pem\"", Ctx::path);
-            Some(TlsCertConfig {
-                cert: cert?,
-                key: key?,
+            c.table(item, &format!("expected a table like {example}"), |c, t| {
+                let cert = c.req(t, "cert", "\"cert.pem\"", Ctx::path);
+                let key = c.req(t, "key", "\"key.pem\"", Ctx::path);
+                Some(TlsCertConfig {
+                    cert: cert?,
+                    key: key?,
+                })
             })
         })
     }
@@ -1375,28 +1403,29 @@ impl Ctx {
     // --- DNS -------------------------------------------------------------
 
     fn dns(&mut self, f: &Field<'_, '_>, dc_names: &[String]) -> Option<DnsConfig> {
-        let t = self.table(f, DNS_KEYS, "expected a [dns] table")?;
-        let listen = self.req(&t, "listen", "[\"127.0.0.1:53\"]", |c, f| {
-            let items = c.array(f, "expected a list of addresses like [\"127.0.0.1:53\"]")?;
-            if items.is_empty() {
-                c.bad(
-                    f,
-                    "list at least one address to serve DNS on, like [\"127.0.0.1:53\"]",
-                );
-                return None;
-            }
-            c.each(&items, Ctx::bind)
-        });
-        let udp_threads = self.opt(&t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
-        let zones = t.field("zone").map(|f| self.zones(&f)).unwrap_or_default();
-        self.records_in_child_zones(&zones);
-        let geo = self.opt(&t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
-        let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
-        Some(DnsConfig {
-            listen: listen?,
-            udp_threads: udp_threads? as usize,
-            zones: zones?,
-            geo: geo?,
+        self.table(f, "expected a [dns] table", |c, t| {
+            let listen = c.req(t, "listen", "[\"127.0.0.1:53\"]", |c, f| {
+                let items = c.array(f, "expected a list of addresses like [\"127.0.0.1:53\"]")?;
+                if items.is_empty() {
+                    c.bad(
+                        f,
+                        "list at least one address to serve DNS on, like [\"127.0.0.1:53\"]",
+                    );
+                    return None;
+                }
+                c.each(&items, Ctx::bind)
+            });
+            let udp_threads = c.opt(t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
+            let zones = t.field("zone").map(|f| c.zones(&f)).unwrap_or_default();
+            c.records_in_child_zones(&zones);
+            let geo = c.opt(t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
+            let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
+            Some(DnsConfig {
+                listen: listen?,
+                udp_threads: udp_threads? as usize,
+                zones: zones?,
+                geo: geo?,
+            })
         })
     }
 
@@ -1409,8 +1438,9 @@ impl Ctx {
         items
             .iter()
             .filter_map(|item| {
-                let t = self.table(item, ZONE_KEYS, "expected a [[dns.zone]] table")?;
-                Some(self.zone(&t, &mut seen))
+                self.table(item, "expected a [[dns.zone]] table", |c, t| {
+                    Some(c.zone(t, &mut seen))
+                })
             })
             .collect()
     }
@@ -1457,30 +1487,35 @@ impl Ctx {
     }
 
     fn soa(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<SoaConfig> {
-        let t = self.table(f, SOA_KEYS, &format!("expected a table like {SOA_EXAMPLE}"))?;
-        let mname = self.req(&t, "mname", "\"ns1.mysite.com.\"", |c, f| {
-            c.parsed(f, |s| dns_name(s, Some(origin), false))
-        });
-        let rname = self.req(&t, "rname", "\"hostmaster.mysite.com.\"", |c, f| {
-            c.parsed(f, |s| mailbox(s, origin))
-        });
-        let serial = self.req(&t, "serial", "2026112701", |c, f| {
-            c.uint(f, 0, u32::MAX.into())
-        });
-        let refresh = self.req(&t, "refresh", "\"1h\"", |c, f| c.soa_timer(f, false));
-        let retry = self.req(&t, "retry", "\"10m\"", |c, f| c.soa_timer(f, false));
-        let expire = self.req(&t, "expire", "\"14d\"", |c, f| c.soa_timer(f, false));
-        // A negative-caching time of 0 is legitimate: do not cache misses.
-        let minimum = self.req(&t, "minimum", "\"60s\"", |c, f| c.soa_timer(f, true));
-        Some(SoaConfig {
-            mname: mname?,
-            rname: rname?,
-            serial: serial?,
-            refresh: refresh?,
-            retry: retry?,
-            expire: expire?,
-            minimum: minimum?,
-        })
+        self.table(
+            f,
+            &format!("expected a table like {SOA_EXAMPLE}"),
+            |c, t| {
+                let mname = c.req(t, "mname", "\"ns1.mysite.com.\"", |c, f| {
+                    c.parsed(f, |s| dns_name(s, Some(origin), false))
+                });
+                let rname = c.req(t, "rname", "\"hostmaster.mysite.com.\"", |c, f| {
+                    c.parsed(f, |s| mailbox(s, origin))
+                });
+                let serial = c.req(t, "serial", "2026112701", |c, f| {
+                    c.uint(f, 0, u32::MAX.into())
+                });
+                let refresh = c.req(t, "refresh", "\"1h\"", |c, f| c.soa_timer(f, false));
+                let retry = c.req(t, "retry", "\"10m\"", |c, f| c.soa_timer(f, false));
+                let expire = c.req(t, "expire", "\"14d\"", |c, f| c.soa_timer(f, false));
+                // A negative-caching time of 0 is legitimate: do not cache misses.
+                let minimum = c.req(t, "minimum", "\"60s\"", |c, f| c.soa_timer(f, true));
+                Some(SoaConfig {
+                    mname: mname?,
+                    rname: rname?,
+                    serial: serial?,
+                    refresh: refresh?,
+                    retry: retry?,
+                    expire: expire?,
+                    minimum: minimum?,
+                })
+            },
+        )
     }
 
     /// SOA timers go on the wire as 32-bit seconds.
@@ -1540,27 +1575,32 @@ impl Ctx {
     }
 
     fn record(&mut self, f: &Field<'_, '_>, origin: &str, zone_ttl: u32) -> Option<RecordConfig> {
-        let t = self.table(
+        self.table(
             f,
-            RECORD_KEYS,
             "expected a table like { name = \"www\", type = \"A\", value = \"192.0.2.1\" }",
-        )?;
-        let name = self.req(&t, "name", "\"www\"", |c, f| {
-            c.parsed(f, |s| owner_name(s, origin))
-        });
-        let rtype = self.req(&t, "type", "\"A\"", |c, f| c.parsed(f, record_type));
-        let ttl = self.opt(&t, "ttl", zone_ttl, Ctx::ttl);
-        let data = match rtype {
-            Some(rtype) => self.req(&t, "value", rtype.example(), |c, f| {
-                c.parsed(f, |s| record_data(rtype, s, origin))
-            }),
-            None => None,
-        };
-        Some(RecordConfig {
-            name: name?,
-            ttl: ttl?,
-            data: data?,
-        })
+            |c, t| {
+                let name = c.req(t, "name", "\"www\"", |c, f| {
+                    c.parsed(f, |s| owner_name(s, origin))
+                });
+                let rtype = c.req(t, "type", "\"A\"", |c, f| c.parsed(f, record_type));
+                let data = match rtype {
+                    Some(rtype) => c.req(t, "value", rtype.example(), |c, f| {
+                        c.parsed(f, |s| record_data(rtype, s, origin))
+                    }),
+                    // Unreadable without a type, but still a key of records.
+                    None => {
+                        t.field("value");
+                        None
+                    }
+                };
+                let ttl = c.opt(t, "ttl", zone_ttl, Ctx::ttl);
+                Some(RecordConfig {
+                    name: name?,
+                    ttl: ttl?,
+                    data: data?,
+                })
+            },
+        )
     }
 
     /// Rules between the records of one zone.
@@ -1668,26 +1708,27 @@ impl Ctx {
         dc_names: &[String],
         seen: &mut HashMap<String, String>,
     ) -> Option<GeoNameConfig> {
-        let t = self.table(f, GEO_KEYS, "expected a [[dns.geo]] table")?;
-        let name = self.req(&t, "name", "\"api.mysite.com\"", |c, f| {
-            let name = c.parsed(f, |s| dns_name(s, None, false))?;
-            if let Some(first) = first_seen(seen, name.clone(), &f.path) {
-                c.bad(f, format!("duplicate geo name: {first} is the same"));
-            }
-            // A zone with a bad origin has its own error; this one would be noise.
-            let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
-            if origins.len() == zones.len() && !origins.iter().any(|o| in_zone(&name, o)) {
-                let message = if origins.is_empty() {
-                    "not inside any zone: add a [[dns.zone]] whose origin contains it".to_owned()
-                } else {
-                    format!("not inside any zone (origins: {})", origins.join(", "))
-                };
-                c.bad(f, message);
-                return None;
-            }
-            for (rf, r) in zones.iter().flat_map(|z| &z.records) {
-                if r.name == name {
-                    c.bad(
+        self.table(f, "expected a [[dns.geo]] table", |c, t| {
+            let name = c.req(t, "name", "\"api.mysite.com\"", |c, f| {
+                let name = c.parsed(f, |s| dns_name(s, None, false))?;
+                if let Some(first) = first_seen(seen, name.clone(), &f.path) {
+                    c.bad(f, format!("duplicate geo name: {first} is the same"));
+                }
+                // A zone with a bad origin has its own error; this one would be noise.
+                let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
+                if origins.len() == zones.len() && !origins.iter().any(|o| in_zone(&name, o)) {
+                    let message = if origins.is_empty() {
+                        "not inside any zone: add a [[dns.zone]] whose origin contains it"
+                            .to_owned()
+                    } else {
+                        format!("not inside any zone (origins: {})", origins.join(", "))
+                    };
+                    c.bad(f, message);
+                    return None;
+                }
+                for (rf, r) in zones.iter().flat_map(|z| &z.records) {
+                    if r.name == name {
+                        c.bad(
                         rf,
                         format!(
                             "{name} is a geo name ({}): its answers come from the data centers, \
@@ -1695,53 +1736,54 @@ impl Ctx {
                             f.path
                         ),
                     );
+                    }
                 }
-            }
-            Some(name)
-        });
-        let ttl = self.opt(&t, "ttl", 30, Ctx::ttl);
-        let datacenters = self.maybe(&t, "datacenters", |c, f| {
-            let list = c.references(f, "datacenter", dc_names)?;
-            if list.is_empty() {
-                c.bad(
+                Some(name)
+            });
+            let ttl = c.opt(t, "ttl", 30, Ctx::ttl);
+            let datacenters = c.maybe(t, "datacenters", |c, f| {
+                let list = c.references(f, "datacenter", dc_names)?;
+                if list.is_empty() {
+                    c.bad(
                     f,
                     "list at least one data center, or leave datacenters out to use all of them",
                 );
-                return None;
-            }
-            Some(list)
-        });
-        if t.field("datacenters").is_none() && dc_names.is_empty() {
-            self.err(
-                t.key_path("datacenters"),
-                t.offset,
-                "no [[datacenter]] is defined to answer with".to_owned(),
-            );
-        }
-        let candidates = match &datacenters {
-            Some(Some(list)) => Some(list.len()),
-            Some(None) => Some(dc_names.len()),
-            None => None,
-        };
-        let answers = self.opt(&t, "answers", 1, |c, f| {
-            let n = c.int(f, 1, i64::MAX)? as usize;
-            if let Some(max) = candidates
-                && max > 0
-                && n > max
-            {
-                c.bad(
-                    f,
-                    format!("only {max} data center(s) are candidates: at most {max}"),
+                    return None;
+                }
+                Some(list)
+            });
+            if t.field("datacenters").is_none() && dc_names.is_empty() {
+                c.err(
+                    t.key_path("datacenters"),
+                    t.offset,
+                    "no [[datacenter]] is defined to answer with".to_owned(),
                 );
-                return None;
             }
-            Some(n)
-        });
-        Some(GeoNameConfig {
-            name: name?,
-            ttl: ttl?,
-            datacenters: datacenters?.unwrap_or_else(|| dc_names.to_vec()),
-            answers: answers?,
+            let candidates = match &datacenters {
+                Some(Some(list)) => Some(list.len()),
+                Some(None) => Some(dc_names.len()),
+                None => None,
+            };
+            let answers = c.opt(t, "answers", 1, |c, f| {
+                let n = c.int(f, 1, i64::MAX)? as usize;
+                if let Some(max) = candidates
+                    && max > 0
+                    && n > max
+                {
+                    c.bad(
+                        f,
+                        format!("only {max} data center(s) are candidates: at most {max}"),
+                    );
+                    return None;
+                }
+                Some(n)
+            });
+            Some(GeoNameConfig {
+                name: name?,
+                ttl: ttl?,
+                datacenters: datacenters?.unwrap_or_else(|| dc_names.to_vec()),
+                answers: answers?,
+            })
         })
     }
 }
