@@ -37,7 +37,7 @@ pub fn parse_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
 
 /// The whole walk, with what it found along the way. The config is only
 /// valid when `errors` is empty.
-fn read_document(text: &str, source: &Path) -> Result<(Config, Ctx), ConfigError> {
+pub(super) fn read_document(text: &str, source: &Path) -> Result<(Config, Ctx), ConfigError> {
     let lines = Lines::new(text);
     let root = DeTable::parse(text).map_err(|e| syntax_error(&e, text, &lines))?;
     let base = source.parent().unwrap_or(Path::new("")).to_path_buf();

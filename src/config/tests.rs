@@ -1,20 +1,17 @@
 //! Whole configurations: what they mean, and every error they hold.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::parse::read_document;
 use super::values::parse_duration;
 use super::*;
 
-/// The configuration half of the outside contract, which lives beside
-/// the project rather than in it (CI lays `shared/` beside the clone too).
-const CONTRACT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/contract/geolb.toml");
-
-fn contract() -> String {
-    std::fs::read_to_string(CONTRACT_PATH)
-        .unwrap_or_else(|e| panic!("cannot read {CONTRACT_PATH}: {e}"))
-}
+/// Every key, set once: the configuration reference users read.
+const REFERENCE: &str = include_str!("../../config/reference.toml");
+const REFERENCE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");
 
 pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
     parse_str(text, Path::new("/etc/geolb/geolb.toml"))
@@ -28,9 +25,15 @@ pub(super) fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 #[test]
-fn contract_file_parses_with_its_meaning() {
-    let config = parse_str(&contract(), Path::new(CONTRACT_PATH)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.runtime, RuntimeConfig::default());
+fn reference_file_parses_with_its_meaning() {
+    let config = parse_str(REFERENCE, Path::new(REFERENCE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.runtime,
+        RuntimeConfig {
+            worker_threads: Some(4),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    );
     assert_eq!(
         config.admin.unwrap().listen,
         "127.0.0.1:9100".parse().unwrap()
@@ -60,7 +63,7 @@ fn contract_file_parses_with_its_meaning() {
     assert_eq!(network.continent.as_deref(), Some("EU"));
 
     let pools = &config.pools;
-    assert_eq!(pools.len(), 3);
+    assert_eq!(pools.len(), 4);
     assert_eq!(pools[0].balance, Balance::RoundRobin);
     assert_eq!(pools[0].hash, HashKey::ClientIp);
     assert_eq!(pools[0].min_healthy, 1);
@@ -90,6 +93,32 @@ fn contract_file_parses_with_its_meaning() {
     assert_eq!(pools[1].check.as_ref().unwrap().probe, Probe::Tcp);
     assert_eq!(pools[2].proxy_protocol, Some(ProxyProtocolVersion::V2));
     assert_eq!(pools[0].proxy_protocol, None);
+    let origin = &pools[3];
+    assert_eq!(
+        (origin.balance, &origin.hash),
+        (Balance::Maglev, &HashKey::Header("x-user".into()))
+    );
+    let ca = Path::new(REFERENCE_PATH).with_file_name("certs/origin-ca.pem");
+    assert_eq!(
+        origin.check.as_ref().unwrap().probe,
+        Probe::Http(HttpProbe {
+            tls: true,
+            path: "/health".into(),
+            host: Some("origin.internal".into()),
+            expect: vec![200, 204],
+            ca: Some(ca.clone()),
+            verify: true,
+        })
+    );
+    assert_eq!(origin.backend_protocol, BackendProtocol::H2);
+    assert_eq!(
+        origin.tls,
+        Some(BackendTls {
+            ca: Some(ca),
+            verify: true,
+            sni: Some("origin.internal".into()),
+        })
+    );
 
     let listeners = &config.listeners;
     assert_eq!(listeners[0].protocol, Protocol::Http);
@@ -122,14 +151,16 @@ fn contract_file_parses_with_its_meaning() {
     assert_eq!(listeners[1].timeouts, Timeouts::default());
     assert_eq!(
         listeners[1].tls[0].cert,
-        Path::new(CONTRACT_PATH).with_file_name("certs/mysite.com.pem")
+        Path::new(REFERENCE_PATH).with_file_name("certs/mysite.com.pem")
     );
     assert_eq!(
         listeners[1].tls[1].key,
-        Path::new(CONTRACT_PATH).with_file_name("certs/us.mysite.com.key")
+        Path::new(REFERENCE_PATH).with_file_name("certs/us.mysite.com.key")
     );
     assert_eq!(listeners[2].protocol, Protocol::Tcp);
     assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
+    assert!(listeners[0].access_log);
+    assert_eq!(listeners[1].routes[0].pool, "origin");
 
     let dcs = &config.datacenters;
     assert_eq!(dcs[0].name, "eu-west");
@@ -153,6 +184,20 @@ fn contract_file_parses_with_its_meaning() {
     let remote = dcs[2].check.as_ref().unwrap();
     assert_eq!(remote.target, "127.0.0.1:18093");
     assert_eq!(remote.check.probe, Probe::Tcp);
+    let remote = dcs[1].check.as_ref().unwrap();
+    assert_eq!(remote.target, "203.0.113.10:9443");
+    assert_eq!(
+        remote.check.probe,
+        Probe::Http(HttpProbe {
+            tls: true,
+            path: "/datacenters/us-east".into(),
+            host: Some("203.0.113.10".into()),
+            expect: vec![200],
+            ca: Some(Path::new(REFERENCE_PATH).with_file_name("certs/geolb-ca.pem")),
+            verify: true,
+        })
+    );
+    assert_eq!(remote.check.interval, Duration::from_secs(5));
 
     let dns = config.dns.unwrap();
     assert_eq!(
@@ -166,6 +211,11 @@ fn contract_file_parses_with_its_meaning() {
     assert_eq!(zone.soa.expire, Duration::from_secs(14 * 86400));
     assert_eq!(zone.ns, ["ns1.mysite.com.", "ns2.mysite.com."]);
     assert_eq!(zone.file, None);
+    assert_eq!(
+        dns.zones[1].file,
+        Some(Path::new(REFERENCE_PATH).with_file_name("zones/mysite.org.zone"))
+    );
+    assert_eq!(dns.udp_threads, 1);
     let www = &zone.records[2];
     assert_eq!((www.name.as_str(), www.ttl), ("www.mysite.com.", 300));
     assert_eq!(www.data, RecordData::Cname("api.mysite.com.".into()));
@@ -178,6 +228,11 @@ fn contract_file_parses_with_its_meaning() {
         }
     );
     assert_eq!(zone.records[4].data, RecordData::Txt("v=spf1 -all".into()));
+    let wildcard = &zone.records[7];
+    assert_eq!(
+        (wildcard.name.as_str(), wildcard.ttl),
+        ("*.cdn.mysite.com.", 60)
+    );
     let geo = &dns.geo[0];
     assert_eq!(geo.name, "api.mysite.com.");
     assert_eq!((geo.ttl, geo.answers), (30, 1));
@@ -636,19 +691,18 @@ fn durations() {
     let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["pool[0].check.interval", "pool[0].check.timeout"]);
     assert!(found[0].message.contains("write \"2s\""), "{}", found[0]);
-    let found = errors(&contract().replace("minimum = \"60s\"", "minimum = \"1500ms\""));
+    let found = errors(&REFERENCE.replace("minimum = \"60s\"", "minimum = \"1500ms\""));
     assert_eq!(found[0].path, "dns.zone[0].soa.minimum");
 }
 
 #[test]
 fn bad_input_never_panics() {
-    let contract = contract();
-    let mut inputs: Vec<String> = contract
+    let mut inputs: Vec<String> = REFERENCE
         .char_indices()
-        .map(|(i, _)| contract[..i].to_owned())
+        .map(|(i, _)| REFERENCE[..i].to_owned())
         .step_by(7)
         .collect();
-    let lines: Vec<&str> = contract.lines().collect();
+    let lines: Vec<&str> = REFERENCE.lines().collect();
     for skip in 0..lines.len() {
         let mut without = lines.clone();
         without.remove(skip);
@@ -723,5 +777,80 @@ tls = [
     assert!(
         missing.0[0].message.starts_with("cannot read "),
         "{missing}"
+    );
+}
+
+/// The key paths (array indexes as `[]`) the walk asked for while reading
+/// `text`, each with whether `text` set it anywhere.
+fn looked_up(text: &str) -> BTreeMap<String, bool> {
+    let (_, mut ctx) =
+        read_document(text, Path::new(REFERENCE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let keys = std::mem::take(&mut ctx.looked_up);
+    let errors = ctx.into_errors();
+    assert!(errors.is_empty(), "{}", ConfigErrors(errors));
+    keys
+}
+
+/// A key the parser reads but the reference leaves out fails here, so the
+/// reference cannot fall behind the parser.
+#[test]
+fn the_reference_sets_every_key_the_parser_reads() {
+    let mut asked = looked_up(REFERENCE);
+    // Tables the reference might not enter still get their keys asked for.
+    for example in [
+        include_str!("../../config/geolb.toml"),
+        include_str!("../../config/minimal.toml"),
+    ] {
+        asked.extend(looked_up(example).into_keys().map(|key| (key, false)));
+    }
+    let reference = looked_up(REFERENCE);
+    let unset: Vec<&str> = asked
+        .keys()
+        .filter(|key| reference.get(*key) != Some(&true))
+        .map(String::as_str)
+        .collect();
+    assert!(
+        unset.is_empty(),
+        "config/reference.toml does not set: {}",
+        unset.join(", ")
+    );
+    // Keys of tables only some forms of a value open, and of each check kind.
+    for key in [
+        "pool[].tls.sni",
+        "pool[].check.ca",
+        "pool[].check.host",
+        "datacenter[].check.url",
+        "datacenter[].check.addr",
+        "datacenter[].check.verify",
+        "dns.zone[].file",
+        "dns.zone[].records[].ttl",
+        "listener[].tls[].key",
+        "listener[].routes[].path_prefix",
+        "geoip.network[].location.lon",
+    ] {
+        assert_eq!(reference.get(key), Some(&true), "{key}");
+    }
+}
+
+/// The outside contract's config, where a checkout has it beside the
+/// repository: everything in it is accepted, and the reference sets every
+/// key it sets. Nothing else depends on that file.
+#[test]
+fn the_reference_covers_the_contract_file_when_present() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/geolb.toml");
+    let Ok(contract) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let reference = looked_up(REFERENCE);
+    let missing: Vec<String> = looked_up(&contract)
+        .into_iter()
+        .filter(|(key, set)| *set && reference.get(key) != Some(&true))
+        .map(|(key, _)| key)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "set in {} but not in config/reference.toml: {}",
+        path.display(),
+        missing.join(", ")
     );
 }
