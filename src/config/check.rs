@@ -1,5 +1,6 @@
 //! Health checks: a pool's `check` and a data center's remote `check`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -41,7 +42,38 @@ impl Timing {
     }
 }
 
+/// What every kind of check shares, each `None` when bad.
+struct Shared {
+    expect: Option<Vec<u16>>,
+    timing: Option<Timing>,
+    ca: Option<Option<PathBuf>>,
+    verify: Option<bool>,
+}
+
 impl Ctx {
+    /// Reads the keys every check shares, after the kind's own keys so that
+    /// "accepted here" lists them last. `None` when `kind` is bad, or when
+    /// ca or verify are set on a check that is not https (reported).
+    fn shared_keys(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        kind: Option<CheckKind>,
+    ) -> Option<(CheckKind, Shared)> {
+        let shared = Shared {
+            expect: self.opt(t, "expect", vec![200], Ctx::expect),
+            timing: self.timing(t),
+            ca: self.maybe(t, "ca", Ctx::path),
+            verify: self.opt(t, "verify", true, Ctx::bool),
+        };
+        let kind = kind?;
+        if kind != CheckKind::Https
+            && self.misplaced(t, &["ca", "verify"], "ca and verify are for https checks")
+        {
+            return None;
+        }
+        Some((kind, shared))
+    }
+
     fn timing(&mut self, t: &Tbl<'_, '_>) -> Option<Timing> {
         let interval = self.opt(t, "interval", Duration::from_secs(2), |c, f| {
             c.duration(f, false)
@@ -82,16 +114,7 @@ impl Ctx {
                 let kind = c.req(t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
                 let path = c.opt(t, "path", "/".to_owned(), |c, f| c.parsed(f, http_path));
                 let host = c.maybe(t, "host", |c, f| c.parsed(f, host_name));
-                let expect = c.opt(t, "expect", vec![200], Ctx::expect);
-                let timing = c.timing(t);
-                let ca = c.maybe(t, "ca", Ctx::path);
-                let verify = c.opt(t, "verify", true, Ctx::bool);
-                let kind = kind?;
-                if kind != CheckKind::Https
-                    && c.misplaced(t, &["ca", "verify"], "ca and verify are for https checks")
-                {
-                    return None;
-                }
+                let (kind, shared) = c.shared_keys(t, kind)?;
                 let probe = match kind {
                     CheckKind::Tcp => {
                         let why = "a tcp check only connects: \
@@ -105,12 +128,12 @@ impl Ctx {
                         tls: kind == CheckKind::Https,
                         path: path?,
                         host: host?,
-                        expect: expect?,
-                        ca: ca?,
-                        verify: verify?,
+                        expect: shared.expect?,
+                        ca: shared.ca?,
+                        verify: shared.verify?,
                     }),
                 };
-                Some(timing?.with(probe))
+                Some(shared.timing?.with(probe))
             },
         )
     }
@@ -125,16 +148,7 @@ impl Ctx {
         let kind = self.req(t, "kind", "\"http\"", |c, f| c.choice(f, CHECK_KINDS));
         let url = self.maybe(t, "url", |c, f| c.parsed(f, parse_url));
         let addr = self.maybe(t, "addr", |c, f| c.parsed(f, |s| parse_socket(s, false)));
-        let expect = self.opt(t, "expect", vec![200], Ctx::expect);
-        let timing = self.timing(t);
-        let ca = self.maybe(t, "ca", Ctx::path);
-        let verify = self.opt(t, "verify", true, Ctx::bool);
-        let kind = kind?;
-        if kind != CheckKind::Https
-            && self.misplaced(t, &["ca", "verify"], "ca and verify are for https checks")
-        {
-            return None;
-        }
+        let (kind, shared) = self.shared_keys(t, kind)?;
         let (target, probe) = match kind {
             CheckKind::Tcp => {
                 let why =
@@ -172,16 +186,16 @@ impl Ctx {
                     tls,
                     path: url.path,
                     host: Some(url.host),
-                    expect: expect?,
-                    ca: ca?,
-                    verify: verify?,
+                    expect: shared.expect?,
+                    ca: shared.ca?,
+                    verify: shared.verify?,
                 };
                 (url.target, Probe::Http(probe))
             }
         };
         Some(RemoteCheck {
             target,
-            check: timing?.with(probe),
+            check: shared.timing?.with(probe),
         })
     }
 }
