@@ -4,10 +4,25 @@
 //! spans, then walked by hand so that *every* error is collected (serde's
 //! `deny_unknown_fields` would stop at the first), each naming its key path,
 //! the bad value, what is accepted, and the line.
+//!
+//! [`walk`] reads tables and collects errors, [`values`] reads single
+//! values; each section has its own module, and `parse` walks the root.
 
+mod check;
+mod datacenter;
+mod dns;
 mod error;
+mod geoip;
+mod listener;
 mod model;
 mod parse;
+mod pool;
+mod record;
+mod values;
+mod walk;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

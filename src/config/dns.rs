@@ -1,0 +1,410 @@
+//! `[dns]`: listen addresses, `[[dns.zone]]` with their static records,
+//! and the geo names of `[[dns.geo]]`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::model::*;
+use super::record::{mailbox, owner_name, record_data, record_type};
+use super::values::{dns_name, in_zone};
+use super::walk::{Ctx, Field, Tbl, first_seen};
+
+const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", \
+     serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }";
+
+/// A zone as far as it could be validated: later checks (geo names, nested
+/// zones) need its origin and good records even when something else in it
+/// is bad.
+struct ParsedZone<'t, 'i> {
+    origin: Option<String>,
+    /// Each valid record with its table, where conflicts are reported.
+    records: Vec<(Field<'t, 'i>, RecordConfig)>,
+    config: Option<ZoneConfig>,
+}
+
+impl Ctx {
+    pub(super) fn dns(&mut self, f: &Field<'_, '_>, dc_names: &[String]) -> Option<DnsConfig> {
+        self.table(f, "expected a [dns] table", |c, t| {
+            let listen = c.req(t, "listen", "[\"127.0.0.1:53\"]", |c, f| {
+                let items = c.array(f, "expected a list of addresses like [\"127.0.0.1:53\"]")?;
+                if items.is_empty() {
+                    c.bad(
+                        f,
+                        "list at least one address to serve DNS on, like [\"127.0.0.1:53\"]",
+                    );
+                    return None;
+                }
+                c.each(&items, Ctx::bind)
+            });
+            let udp_threads = c.opt(t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
+            let zones = t.field("zone").map(|f| c.zones(&f)).unwrap_or_default();
+            c.records_in_child_zones(&zones);
+            let geo = c.opt(t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
+            let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
+            Some(DnsConfig {
+                listen: listen?,
+                udp_threads: udp_threads? as usize,
+                zones: zones?,
+                geo: geo?,
+            })
+        })
+    }
+
+    fn zones<'t, 'i>(&mut self, f: &Field<'t, 'i>) -> Vec<ParsedZone<'t, 'i>> {
+        let Some(items) = self.array(f, "expected [[dns.zone]] tables (note the double brackets)")
+        else {
+            return Vec::new();
+        };
+        let mut seen = HashMap::new();
+        items
+            .iter()
+            .filter_map(|item| {
+                self.table(item, "expected a [[dns.zone]] table", |c, t| {
+                    Some(c.zone(t, &mut seen))
+                })
+            })
+            .collect()
+    }
+
+    fn zone<'t, 'i>(
+        &mut self,
+        t: &Tbl<'t, 'i>,
+        seen: &mut HashMap<String, String>,
+    ) -> ParsedZone<'t, 'i> {
+        let origin = self.req(t, "origin", "\"mysite.com\"", |c, f| {
+            let origin = c.parsed(f, |s| dns_name(s, None, false))?;
+            if let Some(first) = first_seen(seen, origin.clone(), &f.path) {
+                c.bad(f, format!("duplicate zone: {first} is the same"));
+            }
+            Some(origin)
+        });
+        let ttl = self.opt(t, "ttl", 3600, Ctx::ttl);
+        // With a bad origin, relative names are still checked, against the root.
+        let rel = origin.clone().unwrap_or_else(|| ".".to_owned());
+        let soa = self.req(t, "soa", SOA_EXAMPLE, |c, f| c.soa(f, &rel));
+        let ns = self.req(t, "ns", "[\"ns1.mysite.com.\"]", |c, f| c.ns_list(f, &rel));
+        let file = self.maybe(t, "file", Ctx::path);
+        let (records, records_ok) = match t.field("records") {
+            Some(f) => self.records(&f, &rel, ttl.unwrap_or(3600)),
+            None => (Vec::new(), true),
+        };
+        self.record_rules(&rel, &records);
+        let config = match (origin.clone(), ttl, soa, ns, file, records_ok) {
+            (Some(origin), Some(ttl), Some(soa), Some(ns), Some(file), true) => Some(ZoneConfig {
+                origin,
+                ttl,
+                soa,
+                ns,
+                file,
+                records: records.iter().map(|(_, r)| r.clone()).collect(),
+            }),
+            _ => None,
+        };
+        ParsedZone {
+            origin,
+            records,
+            config,
+        }
+    }
+
+    fn soa(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<SoaConfig> {
+        self.table(
+            f,
+            &format!("expected a table like {SOA_EXAMPLE}"),
+            |c, t| {
+                let mname = c.req(t, "mname", "\"ns1.mysite.com.\"", |c, f| {
+                    c.parsed(f, |s| dns_name(s, Some(origin), false))
+                });
+                let rname = c.req(t, "rname", "\"hostmaster.mysite.com.\"", |c, f| {
+                    c.parsed(f, |s| mailbox(s, origin))
+                });
+                let serial = c.req(t, "serial", "2026112701", |c, f| {
+                    c.uint(f, 0, u32::MAX.into())
+                });
+                let refresh = c.req(t, "refresh", "\"1h\"", |c, f| c.soa_timer(f, false));
+                let retry = c.req(t, "retry", "\"10m\"", |c, f| c.soa_timer(f, false));
+                let expire = c.req(t, "expire", "\"14d\"", |c, f| c.soa_timer(f, false));
+                // A negative-caching time of 0 is legitimate: do not cache misses.
+                let minimum = c.req(t, "minimum", "\"60s\"", |c, f| c.soa_timer(f, true));
+                Some(SoaConfig {
+                    mname: mname?,
+                    rname: rname?,
+                    serial: serial?,
+                    refresh: refresh?,
+                    retry: retry?,
+                    expire: expire?,
+                    minimum: minimum?,
+                })
+            },
+        )
+    }
+
+    /// SOA timers go on the wire as 32-bit seconds.
+    fn soa_timer(&mut self, f: &Field<'_, '_>, zero_ok: bool) -> Option<Duration> {
+        let d = self.duration(f, zero_ok)?;
+        if d.subsec_nanos() != 0 {
+            self.bad(f, "SOA timers are whole seconds");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn ns_list(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<Vec<String>> {
+        let items = self.array(
+            f,
+            "expected a list of name servers like [\"ns1.mysite.com.\"]",
+        )?;
+        if items.is_empty() {
+            self.bad(
+                f,
+                "list at least one name server, like [\"ns1.mysite.com.\"]",
+            );
+            return None;
+        }
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            let name = c.parsed(item, |s| dns_name(s, Some(origin), false))?;
+            if let Some(first) = first_seen(&mut seen, name.clone(), &item.path) {
+                c.bad(item, format!("listed twice (also {first})"));
+            }
+            Some(name)
+        })
+    }
+
+    /// The valid records, and whether all were valid.
+    fn records<'t, 'i>(
+        &mut self,
+        f: &Field<'t, 'i>,
+        origin: &str,
+        zone_ttl: u32,
+    ) -> (Vec<(Field<'t, 'i>, RecordConfig)>, bool) {
+        let Some(items) = self.array(
+            f,
+            "expected a list like [{ name = \"www\", type = \"A\", value = \"192.0.2.1\" }]",
+        ) else {
+            return (Vec::new(), false);
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.record(&item, origin, zone_ttl) {
+                Some(record) => out.push((item, record)),
+                None => ok = false,
+            }
+        }
+        (out, ok)
+    }
+
+    fn record(&mut self, f: &Field<'_, '_>, origin: &str, zone_ttl: u32) -> Option<RecordConfig> {
+        self.table(
+            f,
+            "expected a table like { name = \"www\", type = \"A\", value = \"192.0.2.1\" }",
+            |c, t| {
+                let name = c.req(t, "name", "\"www\"", |c, f| {
+                    c.parsed(f, |s| owner_name(s, origin))
+                });
+                let rtype = c.req(t, "type", "\"A\"", |c, f| c.parsed(f, record_type));
+                let data = match rtype {
+                    Some(rtype) => c.req(t, "value", rtype.example(), |c, f| {
+                        c.parsed(f, |s| record_data(rtype, s, origin))
+                    }),
+                    // Unreadable without a type, but still a key of records.
+                    None => {
+                        t.field("value");
+                        None
+                    }
+                };
+                let ttl = c.opt(t, "ttl", zone_ttl, Ctx::ttl);
+                Some(RecordConfig {
+                    name: name?,
+                    ttl: ttl?,
+                    data: data?,
+                })
+            },
+        )
+    }
+
+    /// Rules between the records of one zone.
+    fn record_rules(&mut self, origin: &str, records: &[(Field<'_, '_>, RecordConfig)]) {
+        let mut seen = HashMap::new();
+        let mut rrset_ttls: HashMap<_, (u32, &str)> = HashMap::new();
+        let mut by_owner: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (f, r)) in records.iter().enumerate() {
+            match &r.data {
+                RecordData::Ns(_) if r.name != origin => self.bad(
+                    f,
+                    format!(
+                        "an NS record below the apex would delegate {} to other servers, \
+                         which geolb does not do; serve it as its own [[dns.zone]]",
+                        r.name
+                    ),
+                ),
+                RecordData::Cname(_) if r.name == origin => self.bad(
+                    f,
+                    "a CNAME cannot be at the zone apex, which holds the SOA and NS records",
+                ),
+                _ => {}
+            }
+            let key = (r.name.clone(), format!("{:?}", r.data));
+            if let Some(first) = first_seen(&mut seen, key, &f.path) {
+                self.bad(
+                    f,
+                    format!("duplicate record: {first} has the same name, type and value"),
+                );
+            }
+            // RFC 2181 §5.2: the records of one name and type share one TTL.
+            let rrset = (r.name.as_str(), std::mem::discriminant(&r.data));
+            match rrset_ttls.get(&rrset) {
+                Some((ttl, first)) if *ttl != r.ttl => self.bad(
+                    f,
+                    format!(
+                        "{first} has the same name and type with ttl = {ttl}: \
+                         records of one name and type share one TTL"
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    rrset_ttls.insert(rrset, (r.ttl, f.path.as_str()));
+                }
+            }
+            by_owner.entry(r.name.as_str()).or_default().push(i);
+        }
+        for indexes in by_owner.values() {
+            let has_cname = indexes
+                .iter()
+                .any(|&i| matches!(records[i].1.data, RecordData::Cname(_)));
+            if let [first, rest @ ..] = indexes.as_slice()
+                && has_cname
+            {
+                let first = &records[*first].0.path;
+                for &i in rest {
+                    let (f, r) = &records[i];
+                    let message = format!(
+                        "{first} is also at {}, and a CNAME must be the only record at its name",
+                        r.name
+                    );
+                    self.bad(f, message);
+                }
+            }
+        }
+    }
+
+    /// A record inside a nested zone would never be served from the parent.
+    fn records_in_child_zones(&mut self, zones: &[ParsedZone<'_, '_>]) {
+        let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
+        for zone in zones {
+            let Some(origin) = zone.origin.as_deref() else {
+                continue;
+            };
+            for (f, r) in &zone.records {
+                if let Some(child) = origins
+                    .iter()
+                    .find(|o| **o != origin && in_zone(o, origin) && in_zone(&r.name, o))
+                {
+                    let message = format!(
+                        "{} lies in the zone {child}, which answers for it: move the record there",
+                        r.name
+                    );
+                    self.bad(f, message);
+                }
+            }
+        }
+    }
+
+    fn geos(
+        &mut self,
+        f: &Field<'_, '_>,
+        zones: &[ParsedZone<'_, '_>],
+        dc_names: &[String],
+    ) -> Option<Vec<GeoNameConfig>> {
+        let items = self.array(f, "expected [[dns.geo]] tables (note the double brackets)")?;
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| c.geo(item, zones, dc_names, &mut seen))
+    }
+
+    fn geo(
+        &mut self,
+        f: &Field<'_, '_>,
+        zones: &[ParsedZone<'_, '_>],
+        dc_names: &[String],
+        seen: &mut HashMap<String, String>,
+    ) -> Option<GeoNameConfig> {
+        self.table(f, "expected a [[dns.geo]] table", |c, t| {
+            let name = c.req(t, "name", "\"api.mysite.com\"", |c, f| {
+                let name = c.parsed(f, |s| dns_name(s, None, false))?;
+                if let Some(first) = first_seen(seen, name.clone(), &f.path) {
+                    c.bad(f, format!("duplicate geo name: {first} is the same"));
+                }
+                // A zone with a bad origin has its own error; this one would be noise.
+                let origins: Vec<&str> = zones.iter().filter_map(|z| z.origin.as_deref()).collect();
+                if origins.len() == zones.len() && !origins.iter().any(|o| in_zone(&name, o)) {
+                    let message = if origins.is_empty() {
+                        "not inside any zone: add a [[dns.zone]] whose origin contains it"
+                            .to_owned()
+                    } else {
+                        format!("not inside any zone (origins: {})", origins.join(", "))
+                    };
+                    c.bad(f, message);
+                    return None;
+                }
+                for (rf, r) in zones.iter().flat_map(|z| &z.records) {
+                    if r.name == name {
+                        c.bad(
+                        rf,
+                        format!(
+                            "{name} is a geo name ({}): its answers come from the data centers, \
+                             so it cannot have static records",
+                            f.path
+                        ),
+                    );
+                    }
+                }
+                Some(name)
+            });
+            let ttl = c.opt(t, "ttl", 30, Ctx::ttl);
+            let datacenters = c.maybe(t, "datacenters", |c, f| {
+                let list = c.references(f, "datacenter", dc_names)?;
+                if list.is_empty() {
+                    c.bad(
+                    f,
+                    "list at least one data center, or leave datacenters out to use all of them",
+                );
+                    return None;
+                }
+                Some(list)
+            });
+            if t.field("datacenters").is_none() && dc_names.is_empty() {
+                c.err(
+                    t.key_path("datacenters"),
+                    t.offset,
+                    "no [[datacenter]] is defined to answer with".to_owned(),
+                );
+            }
+            let candidates = match &datacenters {
+                Some(Some(list)) => Some(list.len()),
+                Some(None) => Some(dc_names.len()),
+                None => None,
+            };
+            let answers = c.opt(t, "answers", 1, |c, f| {
+                let n = c.int(f, 1, i64::MAX)? as usize;
+                if let Some(max) = candidates
+                    && max > 0
+                    && n > max
+                {
+                    c.bad(
+                        f,
+                        format!("only {max} data center(s) are candidates: at most {max}"),
+                    );
+                    return None;
+                }
+                Some(n)
+            });
+            Some(GeoNameConfig {
+                name: name?,
+                ttl: ttl?,
+                datacenters: datacenters?.unwrap_or_else(|| dc_names.to_vec()),
+                answers: answers?,
+            })
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! `[[listener]]`: what is listened on, with which protocol, and which
+//! pool each request goes to.
+
+use toml::de::DeValue;
+
+use super::model::*;
+use super::values::{host_name, path_prefix};
+use super::walk::{Ctx, Field, Tbl};
+
+impl Ctx {
+    pub(super) fn listeners(
+        &mut self,
+        f: &Field<'_, '_>,
+        pools: &[PoolConfig],
+        pool_names: &[String],
+    ) -> Vec<ListenerConfig> {
+        let mut names = Vec::new();
+        self.named_tables(f, "listener", &mut names, |c, t, name| {
+            c.listener(t, name, pools, pool_names)
+        })
+    }
+
+    fn listener(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        name: Option<String>,
+        pools: &[PoolConfig],
+        pool_names: &[String],
+    ) -> Option<ListenerConfig> {
+        let bind = self.req(t, "bind", "\"127.0.0.1:8080\"", Ctx::bind);
+        let protocol = self.opt(t, "protocol", Protocol::Http, |c, f| {
+            c.choice(f, Protocol::SPELLINGS)
+        });
+        let pool = self.req(t, "pool", "\"web\"", |c, f| {
+            c.reference(f, "pool", pool_names)
+        });
+        let routes = self.opt(t, "routes", Vec::new(), |c, f| c.routes(f, pool_names));
+        let timeouts = self.opt(t, "timeouts", Timeouts::default(), Ctx::timeouts);
+        let retries = self.opt(t, "retries", 2, |c, f| c.uint(f, 0, 100));
+        let tls = self.maybe(t, "tls", Ctx::tls);
+        let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
+        let access_log = self.opt(t, "access_log", false, Ctx::bool);
+        let protocol = protocol?;
+        if !self.protocol_rules(t, protocol, pools) {
+            return None;
+        }
+        Some(ListenerConfig {
+            name: name?,
+            bind: bind?,
+            protocol,
+            pool: pool?,
+            routes: routes?,
+            timeouts: timeouts?,
+            retries: retries?,
+            tls: tls?.unwrap_or_default(),
+            accept_proxy_protocol: accept_proxy_protocol?,
+            access_log: access_log?,
+        })
+    }
+
+    /// What a listener's protocol requires of its other keys; false if broken.
+    fn protocol_rules(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        protocol: Protocol,
+        pools: &[PoolConfig],
+    ) -> bool {
+        let before = self.error_count();
+        let tls = t.field("tls");
+        match (protocol, &tls) {
+            (Protocol::Https, None) => {
+                self.missing(t, "tls", "[{ cert = \"cert.pem\", key = \"key.pem\" }]");
+            }
+            (Protocol::Https, Some(f)) => {
+                if f.get().as_array().is_some_and(|a| a.is_empty()) {
+                    self.bad(f, "an https listener needs at least one certificate");
+                }
+            }
+            (_, Some(f)) => {
+                self.bad(
+                    f,
+                    "only https listeners use certificates: set protocol = \"https\" or remove tls",
+                );
+            }
+            (_, None) => {}
+        }
+        if protocol == Protocol::Tcp {
+            if let Some(f) = t.field("routes")
+                && f.get().as_array().is_some_and(|a| !a.is_empty())
+            {
+                let why = "routes choose a pool by HTTP host and path, \
+                           which a tcp listener never sees: remove them";
+                self.bad(&f, why);
+            }
+            if let Some(f) = t.field("pool")
+                && let Some(name) = f.get().as_str()
+                && let Some(pool) = pools.iter().find(|p| p.name == name)
+                && (pool.tls.is_some() || pool.backend_protocol != BackendProtocol::Http1)
+            {
+                self.bad(
+                    &f,
+                    format!(
+                        "pool \"{name}\" sets tls or backend_protocol, which only http and https \
+                         listeners use: a tcp listener copies bytes as they come"
+                    ),
+                );
+            }
+            return self.error_count() == before;
+        }
+        // A PROXY header names one client, but HTTP backend connections are
+        // pooled and reused for requests of many clients.
+        let mut refs: Vec<Field<'_, '_>> = t.field("pool").into_iter().collect();
+        if let Some(routes) = t.field("routes")
+            && let DeValue::Array(items) = routes.get()
+        {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(value) = item.get_ref().as_table().and_then(|r| r.get("pool")) {
+                    refs.push(Field {
+                        path: format!("{}[{i}].pool", routes.path),
+                        value,
+                    });
+                }
+            }
+        }
+        for f in &refs {
+            let Some(name) = f.get().as_str() else {
+                continue;
+            };
+            if let Some(version) = pools
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.proxy_protocol)
+            {
+                let version = version.as_str();
+                self.bad(
+                    f,
+                    format!(
+                        "pool \"{name}\" has proxy_protocol = \"{version}\", which only tcp listeners \
+                         can send: HTTP connections to backends carry requests of many clients"
+                    ),
+                );
+            }
+        }
+        self.error_count() == before
+    }
+
+    fn routes(&mut self, f: &Field<'_, '_>, pool_names: &[String]) -> Option<Vec<RouteConfig>> {
+        let example = "{ host = \"us.mysite.com\", pool = \"web-us\" }";
+        let items = self.array(f, &format!("expected a list like [{example}]"))?;
+        self.each(&items, |c, item| {
+            c.table(item, &format!("expected a table like {example}"), |c, t| {
+                let host = c.maybe(t, "host", |c, f| c.parsed(f, host_name));
+                let path_prefix = c.maybe(t, "path_prefix", |c, f| c.parsed(f, path_prefix));
+                let pool = c.req(t, "pool", "\"web\"", |c, f| {
+                    c.reference(f, "pool", pool_names)
+                });
+                if t.field("host").is_none() && t.field("path_prefix").is_none() {
+                    let why = "a route needs host, path_prefix or both \
+                               (requests matching no route go to the listener's pool)";
+                    c.err(t.path.clone(), t.offset, why.to_owned());
+                    return None;
+                }
+                Some(RouteConfig {
+                    host: host?,
+                    path_prefix: path_prefix?,
+                    pool: pool?,
+                })
+            })
+        })
+    }
+
+    fn timeouts(&mut self, f: &Field<'_, '_>) -> Option<Timeouts> {
+        self.table(
+            f,
+            "expected a table like { connect = \"5s\", idle = \"60s\" }",
+            |c, t| {
+                let d = Timeouts::default();
+                let connect = c.opt(t, "connect", d.connect, |c, f| c.duration(f, false));
+                let header = c.opt(t, "header", d.header, |c, f| c.duration(f, false));
+                let request = c.opt(t, "request", d.request, |c, f| c.duration(f, false));
+                let idle = c.opt(t, "idle", d.idle, |c, f| c.duration(f, false));
+                Some(Timeouts {
+                    connect: connect?,
+                    header: header?,
+                    request: request?,
+                    idle: idle?,
+                })
+            },
+        )
+    }
+
+    fn tls(&mut self, f: &Field<'_, '_>) -> Option<Vec<TlsCertConfig>> {
+        let example = "{ cert = \"cert.pem\", key = \"key.pem\" }";
+        let items = self.array(f, &format!("expected a list like [{example}]"))?;
+        self.each(&items, |c, item| {
+            c.table(item, &format!("expected a table like {example}"), |c, t| {
+                let cert = c.req(t, "cert", "\"cert.pem\"", Ctx::path);
+                let key = c.req(t, "key", "\"key.pem\"", Ctx::path);
+                Some(TlsCertConfig {
+                    cert: cert?,
+                    key: key?,
+                })
+            })
+        })
+    }
+}

@@ -1,0 +1,856 @@
+//! Whole configurations: what they mean, and every error they hold.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::parse::read_document;
+use super::values::parse_duration;
+use super::*;
+
+/// Every key, set once: the configuration reference users read.
+const REFERENCE: &str = include_str!("../../config/reference.toml");
+const REFERENCE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");
+
+pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    parse_str(text, Path::new("/etc/geolb/geolb.toml"))
+}
+
+pub(super) fn errors(text: &str) -> Vec<ConfigError> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors from:\n{text}"),
+        Err(ConfigErrors(errors)) => errors,
+    }
+}
+
+#[test]
+fn reference_file_parses_with_its_meaning() {
+    let config = parse_str(REFERENCE, Path::new(REFERENCE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.runtime,
+        RuntimeConfig {
+            worker_threads: Some(4),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    );
+    assert_eq!(
+        config.admin.unwrap().listen,
+        "127.0.0.1:9100".parse().unwrap()
+    );
+
+    let geoip = config.geoip.unwrap();
+    assert_eq!(
+        geoip.database,
+        Some(PathBuf::from("/var/lib/geolb/GeoLite2-City.mmdb"))
+    );
+    let network = &geoip.networks[0];
+    assert_eq!(
+        network.cidr,
+        Cidr {
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix: 8
+        }
+    );
+    assert_eq!(
+        network.location,
+        LatLon {
+            lat: 50.11,
+            lon: 8.68
+        }
+    );
+    assert_eq!(network.country.as_deref(), Some("DE"));
+    assert_eq!(network.continent.as_deref(), Some("EU"));
+
+    let pools = &config.pools;
+    assert_eq!(pools.len(), 4);
+    assert_eq!(pools[0].balance, Balance::RoundRobin);
+    assert_eq!(pools[0].hash, HashKey::ClientIp);
+    assert_eq!(pools[0].min_healthy, 1);
+    let check = pools[0].check.as_ref().unwrap();
+    assert_eq!(
+        check.probe,
+        Probe::Http(HttpProbe {
+            tls: false,
+            path: "/health".into(),
+            host: None,
+            expect: vec![200],
+            ca: None,
+            verify: true,
+        })
+    );
+    assert_eq!(
+        (check.interval, check.timeout, check.rise, check.fall),
+        (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
+    );
+    let weights: Vec<(u32, bool)> = pools[0]
+        .backends
+        .iter()
+        .map(|b| (b.weight, b.drain))
+        .collect();
+    assert_eq!(weights, [(1, false), (2, false), (1, true)]);
+    assert_eq!(pools[1].balance, Balance::LeastConn);
+    assert_eq!(pools[1].check.as_ref().unwrap().probe, Probe::Tcp);
+    assert_eq!(pools[2].proxy_protocol, Some(ProxyProtocolVersion::V2));
+    assert_eq!(pools[0].proxy_protocol, None);
+    let origin = &pools[3];
+    assert_eq!(
+        (origin.balance, &origin.hash),
+        (Balance::Maglev, &HashKey::Header("x-user".into()))
+    );
+    let ca = Path::new(REFERENCE_PATH).with_file_name("certs/origin-ca.pem");
+    assert_eq!(
+        origin.check.as_ref().unwrap().probe,
+        Probe::Http(HttpProbe {
+            tls: true,
+            path: "/health".into(),
+            host: Some("origin.internal".into()),
+            expect: vec![200, 204],
+            ca: Some(ca.clone()),
+            verify: true,
+        })
+    );
+    assert_eq!(origin.backend_protocol, BackendProtocol::H2);
+    assert_eq!(
+        origin.tls,
+        Some(BackendTls {
+            ca: Some(ca),
+            verify: true,
+            sni: Some("origin.internal".into()),
+        })
+    );
+
+    let listeners = &config.listeners;
+    assert_eq!(listeners[0].protocol, Protocol::Http);
+    assert_eq!(
+        listeners[0].timeouts,
+        Timeouts {
+            connect: Duration::from_secs(2),
+            header: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(listeners[0].retries, 2);
+    assert_eq!(
+        listeners[0].routes,
+        [
+            RouteConfig {
+                host: Some("us.mysite.com".into()),
+                path_prefix: None,
+                pool: "web-us".into()
+            },
+            RouteConfig {
+                host: None,
+                path_prefix: Some("/us/".into()),
+                pool: "web-us".into()
+            },
+        ]
+    );
+    assert_eq!(listeners[1].protocol, Protocol::Https);
+    assert_eq!(listeners[1].timeouts, Timeouts::default());
+    assert_eq!(
+        listeners[1].tls[0].cert,
+        Path::new(REFERENCE_PATH).with_file_name("certs/mysite.com.pem")
+    );
+    assert_eq!(
+        listeners[1].tls[1].key,
+        Path::new(REFERENCE_PATH).with_file_name("certs/us.mysite.com.key")
+    );
+    assert_eq!(listeners[2].protocol, Protocol::Tcp);
+    assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
+    assert!(listeners[0].access_log);
+    assert_eq!(listeners[1].routes[0].pool, "origin");
+
+    let dcs = &config.datacenters;
+    assert_eq!(dcs[0].name, "eu-west");
+    assert_eq!(
+        dcs[0].location,
+        LatLon {
+            lat: 53.35,
+            lon: -6.26
+        }
+    );
+    assert_eq!(
+        dcs[0].addresses,
+        [
+            "198.51.100.10".parse::<IpAddr>().unwrap(),
+            "2001:db8:e::10".parse().unwrap()
+        ]
+    );
+    assert_eq!(dcs[0].pools, ["web-eu"]);
+    assert!(!dcs[0].drain && dcs[0].check.is_none());
+    assert!(dcs[1].pools == ["web-us"] && dcs[2].pools.is_empty());
+    let remote = dcs[2].check.as_ref().unwrap();
+    assert_eq!(remote.target, "127.0.0.1:18093");
+    assert_eq!(remote.check.probe, Probe::Tcp);
+    let remote = dcs[1].check.as_ref().unwrap();
+    assert_eq!(remote.target, "203.0.113.10:9443");
+    assert_eq!(
+        remote.check.probe,
+        Probe::Http(HttpProbe {
+            tls: true,
+            path: "/datacenters/us-east".into(),
+            host: Some("203.0.113.10".into()),
+            expect: vec![200],
+            ca: Some(Path::new(REFERENCE_PATH).with_file_name("certs/geolb-ca.pem")),
+            verify: true,
+        })
+    );
+    assert_eq!(remote.check.interval, Duration::from_secs(5));
+
+    let dns = config.dns.unwrap();
+    assert_eq!(
+        dns.listen,
+        ["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+    );
+    let zone = &dns.zones[0];
+    assert_eq!(zone.origin, "mysite.com.");
+    assert_eq!(zone.ttl, 300);
+    assert_eq!(zone.soa.serial, 2026112701);
+    assert_eq!(zone.soa.expire, Duration::from_secs(14 * 86400));
+    assert_eq!(zone.ns, ["ns1.mysite.com.", "ns2.mysite.com."]);
+    assert_eq!(zone.file, None);
+    assert_eq!(
+        dns.zones[1].file,
+        Some(Path::new(REFERENCE_PATH).with_file_name("zones/mysite.org.zone"))
+    );
+    assert_eq!(dns.udp_threads, 1);
+    let www = &zone.records[2];
+    assert_eq!((www.name.as_str(), www.ttl), ("www.mysite.com.", 300));
+    assert_eq!(www.data, RecordData::Cname("api.mysite.com.".into()));
+    assert_eq!(zone.records[3].name, "mysite.com.");
+    assert_eq!(
+        zone.records[3].data,
+        RecordData::Mx {
+            preference: 10,
+            exchange: "mail.mysite.com.".into()
+        }
+    );
+    assert_eq!(zone.records[4].data, RecordData::Txt("v=spf1 -all".into()));
+    let wildcard = &zone.records[7];
+    assert_eq!(
+        (wildcard.name.as_str(), wildcard.ttl),
+        ("*.cdn.mysite.com.", 60)
+    );
+    let geo = &dns.geo[0];
+    assert_eq!(geo.name, "api.mysite.com.");
+    assert_eq!((geo.ttl, geo.answers), (30, 1));
+    assert_eq!(geo.datacenters, ["us-east", "eu-west", "ap-southeast"]);
+}
+
+#[test]
+fn the_example_configs_parse() {
+    for text in [
+        include_str!("../../config/geolb.toml"),
+        include_str!("../../config/minimal.toml"),
+    ] {
+        parse(text).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn an_empty_file_is_an_empty_config() {
+    let config = parse("").unwrap();
+    assert_eq!(
+        config,
+        Config {
+            source: PathBuf::from("/etc/geolb/geolb.toml"),
+            runtime: RuntimeConfig::default(),
+            admin: None,
+            geoip: None,
+            dns: None,
+            datacenters: vec![],
+            pools: vec![],
+            listeners: vec![],
+        }
+    );
+}
+
+#[test]
+fn defaults_and_extensions() {
+    let config = parse(
+        r#"
+        [runtime]
+        worker_threads = 4
+        shutdown_grace = "0s"
+        [[pool]]
+        name = "p"
+        balance = "maglev"
+        hash = "header:X-User"
+        check = { kind = "https", host = "App.Example.com" }
+        backends = [{ addr = "[::1]:8080" }]
+        [[listener]]
+        name = "l"
+        bind = "[::]:0"
+        pool = "p"
+        access_log = true
+        accept_proxy_protocol = true
+        [[datacenter]]
+        name = "dc"
+        location = { lat = -33, lon = 151.2 }
+        addresses = ["192.0.2.1"]
+        check = { kind = "https", url = "HTTPS://Status.Example.com?q=1", expect = [200, 204] }
+        [dns]
+        listen = ["127.0.0.1:0", "[::1]:0"]
+        [[dns.zone]]
+        origin = "Example.COM."
+        soa = { mname = "ns1", rname = "hostmaster", serial = 0, refresh = "1h", retry = "10m", expire = "14d", minimum = "0s" }
+        ns = ["ns1", "ns.other.net."]
+        file = "zones/example.com.zone"
+        records = [
+          { name = "*.WILD", type = "a", value = "192.0.2.9", ttl = 5 },
+          { name = "_sip._udp", type = "SRV", value = "10 5 5060 sip" },
+          { name = "@", type = "CAA", value = "0 issue \"letsencrypt.org\"" },
+          { name = "@", type = "NS", value = "ns3.other.net." },
+        ]
+        [[dns.zone]]
+        origin = "example.net"
+        soa = { mname = "ns1", rname = "hostmaster", serial = 0, refresh = "1h", retry = "10m", expire = "14d", minimum = "0s" }
+        ns = ["ns1.example.com."]
+        [[dns.geo]]
+        name = "example.net"
+        [[dns.geo]]
+        name = "www.example.com"
+        ttl = 0
+        "#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.runtime.worker_threads, Some(4));
+    assert_eq!(config.runtime.shutdown_grace, Duration::ZERO);
+    let pool = &config.pools[0];
+    assert_eq!(pool.hash, HashKey::Header("x-user".into()));
+    assert_eq!(
+        pool.check.as_ref().unwrap().probe,
+        Probe::Http(HttpProbe {
+            tls: true,
+            path: "/".into(),
+            host: Some("app.example.com".into()),
+            expect: vec![200],
+            ca: None,
+            verify: true,
+        })
+    );
+    let listener = &config.listeners[0];
+    assert!(listener.access_log && listener.accept_proxy_protocol);
+    assert_eq!(listener.bind, "[::]:0".parse().unwrap());
+    let remote = config.datacenters[0].check.as_ref().unwrap();
+    assert_eq!(remote.target, "status.example.com:443");
+    assert_eq!(
+        remote.check.probe,
+        Probe::Http(HttpProbe {
+            tls: true,
+            path: "/?q=1".into(),
+            host: Some("status.example.com".into()),
+            expect: vec![200, 204],
+            ca: None,
+            verify: true,
+        })
+    );
+    let dns = config.dns.unwrap();
+    let zone = &dns.zones[0];
+    assert_eq!(zone.origin, "example.com.");
+    assert_eq!(zone.ttl, 3600);
+    assert_eq!(zone.soa.mname, "ns1.example.com.");
+    assert_eq!(zone.soa.rname, "hostmaster.example.com.");
+    assert_eq!(zone.ns, ["ns1.example.com.", "ns.other.net."]);
+    assert_eq!(
+        zone.file,
+        Some(PathBuf::from("/etc/geolb/zones/example.com.zone"))
+    );
+    assert_eq!(zone.records[0].name, "*.wild.example.com.");
+    assert_eq!(zone.records[0].ttl, 5);
+    assert_eq!(
+        zone.records[1].data,
+        RecordData::Srv {
+            priority: 10,
+            weight: 5,
+            port: 5060,
+            target: "sip.example.com.".into()
+        }
+    );
+    assert_eq!(
+        zone.records[2].data,
+        RecordData::Caa {
+            flags: 0,
+            tag: "issue".into(),
+            value: "letsencrypt.org".into()
+        }
+    );
+    assert_eq!(dns.geo[0].name, "example.net.");
+    assert_eq!(dns.geo[0].datacenters, ["dc"]);
+    assert_eq!((dns.geo[1].ttl, dns.geo[1].answers), (0, 1));
+}
+
+/// Each case: a config, then the key path and line of one error it must report.
+#[test]
+fn each_mistake_is_reported_with_its_key_path_and_line() {
+    const POOL: &str = "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:8080\" }]\n";
+    const PROXY_POOL: &str = "[[pool]]\nname = \"pp\"\nproxy_protocol = \"v1\"\nbackends = [{ addr = \"127.0.0.1:5432\" }]\n";
+    const DC: &str = "[[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = [\"192.0.2.1\"]\n";
+    const ZONE: &str = "[dns]\nlisten = [\"127.0.0.1:5353\"]\n[[dns.zone]]\norigin = \"mysite.com\"\n\
+        soa = { mname = \"ns1\", rname = \"hostmaster\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
+        ns = [\"ns1\"]\n";
+    let cases: Vec<(String, &str, usize)> = vec![
+        ("[admin]\nlisten = \"127.0.0.1\"".into(), "admin.listen", 2),
+        ("admin = 5".into(), "admin", 1),
+        ("\n[pools]\n".into(), "pools", 2),
+        ("[runtime]\nworker_threads = 0".into(), "runtime.worker_threads", 2),
+        ("[runtime]\n\nshutdown_grace = \"30\"".into(), "runtime.shutdown_grace", 3),
+        (
+            "[[geoip.network]]\ncidr = \"10.0.0.1/8\"\nlocation = { lat = 1, lon = 2 }".into(),
+            "geoip.network[0].cidr",
+            2,
+        ),
+        (
+            "[[geoip.network]]\ncidr = \"10.0.0.0/8\"\nlocation = { lat = 91, lon = 2 }".into(),
+            "geoip.network[0].location.lat",
+            3,
+        ),
+        ("[geoip]\n[[geoip.network]]\ncidr = \"10.0.0.0/8\"".into(), "geoip.network[0].location", 2),
+        (
+            "[[pool]]\nname = \"p\"\nbackends = [\n  { addr = \"127.0.0.1\" },\n]".into(),
+            "pool[0].backends[0].addr",
+            4,
+        ),
+        ("[[pool]]\nname = \"p\"".into(), "pool[0].backends", 1),
+        (format!("{POOL}{POOL}"), "pool[1].name", 5),
+        (format!("{POOL}balance = \"fastest\""), "pool[0].balance", 4),
+        (format!("{POOL}hash = \"header:\""), "pool[0].hash", 4),
+        (format!("{POOL}min_healthy = 2"), "pool[0].min_healthy", 4),
+        (format!("{POOL}\ncheck = {{ path = \"/\" }}"), "pool[0].check.kind", 5),
+        (format!("{POOL}check = {{ kind = \"tcp\", path = \"/\" }}"), "pool[0].check.path", 4),
+        (format!("{POOL}check = {{ kind = \"http\", expect = 600 }}"), "pool[0].check.expect", 4),
+        (
+            "[[pool]]\nname = \"p\"\nbackends = [\n{ addr = \"127.0.0.1:1\" },\n{ addr = \"127.0.0.1:1\" }]".into(),
+            "pool[0].backends[1].addr",
+            5,
+        ),
+        (
+            "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\", weight = 0 }]".into(),
+            "pool[0].backends[0].weight",
+            3,
+        ),
+        (format!("{POOL}proxy_protocol = \"v3\""), "pool[0].proxy_protocol", 4),
+        (format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"q\""), "listener[0].pool", 7),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"https\""),
+            "listener[0].tls",
+            4,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\ntls = [{{ cert = \"c\", key = \"k\" }}]"),
+            "listener[0].tls",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nroutes = [{{ host = \"a.com\", pool = \"p\" }}]"),
+            "listener[0].routes",
+            9,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\ntimeouts = {{ connect = \"0s\" }}"),
+            "listener[0].timeouts.connect",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nretries = 101"),
+            "listener[0].retries",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\n[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:80\"\npool = \"p\""),
+            "listener[1].bind",
+            10,
+        ),
+        (
+            format!("{PROXY_POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"pp\""),
+            "listener[0].pool",
+            8,
+        ),
+        (
+            "[dns]\nlisten = [\"127.0.0.1:5353\"]\nudp_threads = 0".into(),
+            "dns.udp_threads",
+            3,
+        ),
+        (format!("{POOL}backend_protocol = \"h3\""), "pool[0].backend_protocol", 4),
+        (format!("{POOL}backend_protocol = \"h2\""), "pool[0].backend_protocol", 4),
+        (
+            format!("{POOL}tls = true\nbackend_protocol = \"h2c\""),
+            "pool[0].backend_protocol",
+            5,
+        ),
+        (format!("{POOL}tls = \"yes\""), "pool[0].tls", 4),
+        (format!("{POOL}tls = {{ cafile = \"ca.pem\" }}"), "pool[0].tls.cafile", 4),
+        (format!("{POOL}tls = {{ sni = \"a b\" }}"), "pool[0].tls.sni", 4),
+        (
+            format!("{POOL}tls = true\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\nprotocol = \"tcp\"\npool = \"p\""),
+            "listener[0].pool",
+            9,
+        ),
+        (
+            format!("{POOL}{PROXY_POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [\n{{ path_prefix = \"/db/\", pool = \"pp\" }}]"),
+            "listener[0].routes[0].pool",
+            13,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [{{ path_prefix = \"us/\", pool = \"p\" }}]"),
+            "listener[0].routes[0].path_prefix",
+            8,
+        ),
+        (format!("{DC}check = {{ kind = \"ftp\" }}"), "datacenter[0].check.kind", 5),
+        (format!("{DC}check = {{ kind = \"tcp\", url = \"http://192.0.2.1/\" }}"), "datacenter[0].check.url", 5),
+        (format!("{DC}check = {{ kind = \"https\", url = \"http://192.0.2.1/\" }}"), "datacenter[0].check.url", 5),
+        (format!("{DC}pools = [\"nope\"]"), "datacenter[0].pools[0]", 5),
+        (format!("{DC}{DC}"), "datacenter[1].name", 6),
+        ("[[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = []".into(), "datacenter[0].addresses", 4),
+        ("[dns]\nlisten = []".into(), "dns.listen", 2),
+        ("[dns]\n".into(), "dns.listen", 1),
+        (format!("{ZONE}records = [\n{{ name = \"www\", type = \"A\", value = \"192.0.2.300\" }}]"), "dns.zone[0].records[0].value", 8),
+        (format!("{ZONE}records = [\n{{ name = \"@\", type = \"SOA\", value = \"x\" }}]"), "dns.zone[0].records[0].type", 8),
+        (
+            format!("{ZONE}records = [\n{{ name = \"www\", type = \"CNAME\", value = \"api\" }},\n{{ name = \"www\", type = \"TXT\", value = \"x\" }}]"),
+            "dns.zone[0].records[1]",
+            9,
+        ),
+        (format!("{ZONE}records = [{{ name = \"x.other.com.\", type = \"A\", value = \"192.0.2.1\" }}]"), "dns.zone[0].records[0].name", 7),
+        (format!("{ZONE}ttl = -1"), "dns.zone[0].ttl", 7),
+        (
+            format!("{ZONE}records = [\n{{ name = \"@\", type = \"TXT\", value = \"a\" }},\n{{ name = \"@\", type = \"TXT\", value = \"b\", ttl = 5 }}]"),
+            "dns.zone[0].records[1]",
+            9,
+        ),
+        (
+            format!("{ZONE}records = [\n{{ name = \"@\", type = \"TXT\", value = \"a\" }},\n{{ name = \"@\", type = \"TXT\", value = \"a\" }}]"),
+            "dns.zone[0].records[1]",
+            9,
+        ),
+        (format!("{ZONE}records = [{{ name = \"@\", type = \"CNAME\", value = \"www\" }}]"), "dns.zone[0].records[0]", 7),
+        (format!("{ZONE}records = [{{ name = \"sub\", type = \"NS\", value = \"ns.other.net.\" }}]"), "dns.zone[0].records[0]", 7),
+        (
+            format!(
+                "{ZONE}records = [{{ name = \"a.sub\", type = \"A\", value = \"192.0.2.1\" }}]\n\
+                 [[dns.zone]]\norigin = \"sub.mysite.com\"\nns = [\"ns1\"]\n\
+                 soa = {{ mname = \"ns1\", rname = \"h\", serial = 1, refresh = \"1h\", retry = \"1h\", expire = \"1h\", minimum = \"1h\" }}"
+            ),
+            "dns.zone[0].records[0]",
+            7,
+        ),
+        (
+            ZONE.replace("serial = 1", "serial = -1"),
+            "dns.zone[0].soa.serial",
+            5,
+        ),
+        (format!("{ZONE}[[dns.zone]]\norigin = \"MYSITE.com.\""), "dns.zone[1].origin", 8),
+        (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.other.com\""), "dns.geo[0].name", 12),
+        (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\nanswers = 2"), "dns.geo[0].answers", 13),
+        (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\ndatacenters = [\"eu\", \"us\"]"), "dns.geo[0].datacenters[1]", 13),
+        (
+            format!("{DC}{ZONE}records = [{{ name = \"api\", type = \"A\", value = \"192.0.2.1\" }}]\n[[dns.geo]]\nname = \"api.mysite.com\""),
+            "dns.zone[0].records[0]",
+            11,
+        ),
+    ];
+    assert!(cases.len() >= 25);
+    for (text, path, line) in &cases {
+        let found = errors(text);
+        assert!(
+            found
+                .iter()
+                .any(|e| e.path == *path && e.line == Some(*line)),
+            "expected an error at {path} on line {line} from:\n{text}\ngot:\n{}",
+            ConfigErrors(found.clone())
+        );
+    }
+}
+
+#[test]
+fn every_mistake_in_one_file_is_reported_in_line_order() {
+    let text = r#"
+[runtime]
+worker_threads = 0
+[admin]
+listen = "localhost:9100"
+[[pool]]
+name = "web"
+balance = "roundrobin"
+backends = [{ addr = "127.0.0.1" }, { addr = "127.0.0.1:8081", weight = 0 }]
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+pool = "wbe"
+timeouts = { connect = "5" }
+"#;
+    let found = errors(text);
+    let got: Vec<(&str, Option<usize>)> = found.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        got,
+        [
+            ("runtime.worker_threads", Some(3)),
+            ("admin.listen", Some(5)),
+            ("pool[0].balance", Some(8)),
+            ("pool[0].backends[0].addr", Some(9)),
+            ("pool[0].backends[1].weight", Some(9)),
+            ("listener[0].pool", Some(13)),
+            ("listener[0].timeouts.connect", Some(14)),
+        ]
+    );
+    assert!(
+        found[2].message.contains("did you mean \"round_robin\""),
+        "{}",
+        found[2]
+    );
+    assert!(
+        found[5].message.contains("did you mean \"web\""),
+        "{}",
+        found[5]
+    );
+}
+
+#[test]
+fn messages_show_the_value_and_what_is_accepted() {
+    let found = errors("[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1\" }]");
+    assert_eq!(
+        found[0].to_string(),
+        "line 3: pool[0].backends[0].addr = \"127.0.0.1\": expected an IP address and port like \
+         \"127.0.0.1:8080\" (the port is missing)"
+    );
+    let found = errors("[[pool]]\nname = \"p\"\nbackends = [{ addr = \"db.local:5432\" }]");
+    assert!(
+        found[0].message.contains("host names are not accepted"),
+        "{}",
+        found[0]
+    );
+    let found = errors("[admin]\nlisen = \"127.0.0.1:1\"");
+    let texts: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        [
+            "line 1: admin.listen: required key is missing; add e.g. listen = \"127.0.0.1:9100\"",
+            "line 2: admin.lisen: unknown key (did you mean listen?); accepted here: listen",
+        ]
+    );
+    let syntax = errors("[admin\nlisten = 1");
+    assert_eq!(syntax.len(), 1);
+    assert_eq!((syntax[0].path.as_str(), syntax[0].line), ("", Some(1)));
+    assert!(
+        syntax[0]
+            .to_string()
+            .starts_with("line 1: TOML syntax error"),
+        "{}",
+        syntax[0]
+    );
+    let all = ConfigErrors(vec![
+        ConfigError {
+            path: "a".into(),
+            message: "= 1: bad".into(),
+            line: Some(2),
+        },
+        ConfigError {
+            path: String::new(),
+            message: "cannot read x".into(),
+            line: None,
+        },
+    ]);
+    assert_eq!(all.to_string(), "line 2: a = 1: bad\ncannot read x");
+}
+
+#[test]
+fn durations() {
+    let ok = [
+        ("250ms", Duration::from_millis(250)),
+        ("2s", Duration::from_secs(2)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+        ("14d", Duration::from_secs(14 * 86400)),
+        ("0s", Duration::ZERO),
+        ("4294967295s", Duration::from_secs(u32::MAX.into())),
+    ];
+    for (text, want) in ok {
+        assert_eq!(parse_duration(text), Ok(want), "{text}");
+    }
+    for text in [
+        "",
+        "2",
+        "2 s",
+        " 2s",
+        "-2s",
+        "+2s",
+        "1.5s",
+        "2sec",
+        "s",
+        "2S",
+        "4294967296s",
+        "99999999999999999999999d",
+    ] {
+        assert!(parse_duration(text).is_err(), "{text}");
+    }
+    let found = errors(
+        "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\ncheck = { kind = \"tcp\", interval = 2, timeout = \"0ms\" }",
+    );
+    let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["pool[0].check.interval", "pool[0].check.timeout"]);
+    assert!(found[0].message.contains("write \"2s\""), "{}", found[0]);
+    let found = errors(&REFERENCE.replace("minimum = \"60s\"", "minimum = \"1500ms\""));
+    assert_eq!(found[0].path, "dns.zone[0].soa.minimum");
+}
+
+#[test]
+fn bad_input_never_panics() {
+    let mut inputs: Vec<String> = REFERENCE
+        .char_indices()
+        .map(|(i, _)| REFERENCE[..i].to_owned())
+        .step_by(7)
+        .collect();
+    let lines: Vec<&str> = REFERENCE.lines().collect();
+    for skip in 0..lines.len() {
+        let mut without = lines.clone();
+        without.remove(skip);
+        inputs.push(without.join("\n"));
+    }
+    inputs.extend(
+        [
+            "pool = [[]]",
+            "pool = [1, 2]",
+            "[[pool]]\nname = 1\nbackends = {}",
+            "[[pool]]\nbackends = [[], {}, { addr = 1 }]\nmin_healthy = -1\ncheck = []",
+            "[dns]\nlisten = \"127.0.0.1:53\"\nzone = [{ soa = [], ns = [1], records = [{}] }]\ngeo = 5",
+            "[[dns.zone]]\norigin = \"@\"\nrecords = [{ name = \"@\", type = \"CNAME\", value = \"@\" }]",
+            "[[dns.geo]]\nname = \"a.\"\nanswers = 99999999999999999999999\ndatacenters = []",
+            "[[datacenter]]\nlocation = 1970-01-01T00:00:00Z\naddresses = [1.5]\ncheck = { kind = \"http\" }",
+            "[[listener]]\nprotocol = \"https\"\ntls = [{ cert = \"\" }]\nroutes = [{}, 1]\ntimeouts = []",
+            "[geoip]\nnetwork = { cidr = \"x\" }\ndatabase = 1",
+            "[runtime]\nworker_threads = 1e400\nshutdown_grace = \"18446744073709551615d\"",
+            "a.b.c.d.e = 1\n\"\u{7f}é\" = \"\u{0}\"",
+        ]
+        .map(str::to_owned),
+    );
+    let deep = format!("[admin]\nlisten = {}1{}", "[".repeat(60), "]".repeat(60));
+    inputs.push(deep);
+    for input in &inputs {
+        let _ = parse(input);
+    }
+}
+
+#[test]
+fn check_files_names_each_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
+    std::fs::create_dir(dir.path().join("geo.mmdb")).unwrap();
+    let text = r#"[geoip]
+database = "geo.mmdb"
+[[pool]]
+name = "p"
+backends = [{ addr = "127.0.0.1:1" }]
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+pool = "p"
+protocol = "https"
+tls = [
+  { cert = "cert.pem", key = "missing.key" },
+]
+"#;
+    let path = dir.path().join("geolb.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.source, path);
+    let found = check_files(&config);
+    let got: Vec<(&str, Option<usize>)> = found.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        got,
+        [
+            ("geoip.database", Some(2)),
+            ("listener[0].tls[0].key", Some(12))
+        ]
+    );
+    assert!(
+        found[0].message.contains("not a regular file"),
+        "{}",
+        found[0]
+    );
+    assert!(found[1].message.contains("missing.key"), "{}", found[1]);
+
+    let missing = load(&dir.path().join("nope.toml")).unwrap_err();
+    assert_eq!(missing.0.len(), 1);
+    assert_eq!((missing.0[0].path.as_str(), missing.0[0].line), ("", None));
+    assert!(
+        missing.0[0].message.starts_with("cannot read "),
+        "{missing}"
+    );
+}
+
+/// The key paths (array indexes as `[]`) the walk asked for while reading
+/// `text`, each with whether `text` set it anywhere.
+fn looked_up(text: &str) -> BTreeMap<String, bool> {
+    let (_, mut ctx) =
+        read_document(text, Path::new(REFERENCE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let keys = std::mem::take(&mut ctx.looked_up);
+    let errors = ctx.into_errors();
+    assert!(errors.is_empty(), "{}", ConfigErrors(errors));
+    keys
+}
+
+/// A key the parser reads but the reference leaves out fails here, so the
+/// reference cannot fall behind the parser.
+#[test]
+fn the_reference_sets_every_key_the_parser_reads() {
+    let mut asked = looked_up(REFERENCE);
+    // Tables the reference might not enter still get their keys asked for.
+    for example in [
+        include_str!("../../config/geolb.toml"),
+        include_str!("../../config/minimal.toml"),
+    ] {
+        asked.extend(looked_up(example).into_keys().map(|key| (key, false)));
+    }
+    let reference = looked_up(REFERENCE);
+    let unset: Vec<&str> = asked
+        .keys()
+        .filter(|key| reference.get(*key) != Some(&true))
+        .map(String::as_str)
+        .collect();
+    assert!(
+        unset.is_empty(),
+        "config/reference.toml does not set: {}",
+        unset.join(", ")
+    );
+    // Keys of tables only some forms of a value open, and of each check kind.
+    for key in [
+        "pool[].tls.sni",
+        "pool[].check.ca",
+        "pool[].check.host",
+        "datacenter[].check.url",
+        "datacenter[].check.addr",
+        "datacenter[].check.verify",
+        "dns.zone[].file",
+        "dns.zone[].records[].ttl",
+        "listener[].tls[].key",
+        "listener[].routes[].path_prefix",
+        "geoip.network[].location.lon",
+    ] {
+        assert_eq!(reference.get(key), Some(&true), "{key}");
+    }
+}
+
+/// The outside contract's config, where a checkout has it beside the
+/// repository: everything in it is accepted, and the reference sets every
+/// key it sets. Nothing else depends on that file.
+#[test]
+fn the_reference_covers_the_contract_file_when_present() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/geolb.toml");
+    let Ok(contract) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let reference = looked_up(REFERENCE);
+    let missing: Vec<String> = looked_up(&contract)
+        .into_iter()
+        .filter(|(key, set)| *set && reference.get(key) != Some(&true))
+        .map(|(key, _)| key)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "set in {} but not in config/reference.toml: {}",
+        path.display(),
+        missing.join(", ")
+    );
+}
