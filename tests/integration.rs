@@ -563,27 +563,7 @@ async fn metrics_have_the_contract_families() {
         "{metrics}"
     );
     // promtool is the judge where it is installed (.ci/run installs it).
-    if let Ok(out) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(metrics.as_bytes())?;
-            child.wait_with_output()
-        })
-    {
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else if std::env::var_os("CI").is_some() {
-        panic!("promtool is not installed; .ci/run should install it");
-    }
+    support::library::promtool_check(&metrics);
 }
 
 #[tokio::test]

@@ -433,17 +433,8 @@ mod library {
             geolb::config::parse_str(&text, std::path::Path::new("/tmp/geolb.toml")).unwrap();
         let id = geolb::state::ListenerId::of(&config.listeners[0]);
         let health = geolb::health::HealthTable::new(tokio_util::sync::CancellationToken::new());
-        let snapshot = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(geolb::state::compile(
-            std::sync::Arc::new(config.clone()),
-            config
-                .pools
-                .iter()
-                .map(|p| geolb::upstream::Upstream::new(p).unwrap())
-                .collect(),
-            1,
-            &health,
-            &Default::default(),
-        )));
+        let snapshot =
+            std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(compile(&config, &health)));
         let shutdown = tokio_util::sync::CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(tcp::serve(

@@ -375,6 +375,25 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// `config` as the daemon would serve it (generation 1), checks in `health`.
+pub fn compile(
+    config: &geolb::config::Config,
+    health: &Arc<geolb::health::HealthTable>,
+) -> state::Snapshot {
+    let upstreams = config
+        .pools
+        .iter()
+        .map(|p| geolb::upstream::Upstream::new(p).unwrap())
+        .collect();
+    state::compile(
+        Arc::new(config.clone()),
+        upstreams,
+        1,
+        health,
+        &BackendRegistry::default(),
+    )
+}
+
 /// promtool judges a /metrics text where it is installed (CI installs it).
 pub fn promtool_check(text: &str) {
     use std::io::Write;
@@ -444,17 +463,7 @@ impl Lb {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let health = geolb::health::HealthTable::new(shutdown.child_token());
-        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(
-            Arc::new(config.clone()),
-            config
-                .pools
-                .iter()
-                .map(|p| geolb::upstream::Upstream::new(p).unwrap())
-                .collect(),
-            1,
-            &health,
-            &BackendRegistry::default(),
-        )));
+        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(compile(&config, &health)));
         let mut addrs = HashMap::new();
         let mut certs = HashMap::new();
         for (i, (name, protocol, socket, addr)) in sockets.into_iter().enumerate() {
