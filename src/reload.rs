@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::net::TcpListener;
 
 use crate::config::{self, Config, ConfigError, ConfigErrors, Protocol};
-use crate::daemon::{Daemon, bind_listener};
-use crate::dns::{self, DnsData};
+use crate::daemon::{BoundListener, Daemon, bind_listener};
+use crate::dns::{self, DnsData, DnsSockets};
 use crate::geoip::{self, Locator};
 use crate::metrics;
 use crate::proxy::tls::{self, CertInfo};
@@ -186,71 +187,24 @@ pub fn apply(
     checked: Checked,
     start: Start,
 ) -> Result<ReloadSummary, ConfigErrors> {
+    let old = daemon.snapshot.load_full();
+    if daemon.generation() > 0 {
+        refuse_restart_only(&old.config, &checked.config)?;
+    }
+    let changes = bind_new(daemon, &checked)?;
+
+    // Nothing can fail from here on.
     let Checked {
         config,
         tls,
         upstreams,
         dns: dns_data,
     } = checked;
-    let old = daemon.snapshot.load_full();
-    let serving = daemon.generation() > 0;
-    if serving {
-        refuse_restart_only(&old.config, &config)?;
-    }
-    let runtime = tokio::runtime::Handle::current();
-    let mut errors = Vec::new();
-
-    // Bind what is new before anything changes.
-    let running = daemon.listener_ids();
-    let mut added = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        if running.contains(&ListenerId::of(l)) {
-            continue;
-        }
-        match bind_listener(l) {
-            Ok((socket, bound)) => {
-                added.push((socket, bound, tls[i].as_ref().map(|(s, _)| s.clone())))
-            }
-            Err(e) => errors.push(ConfigError::value(
-                format!("listener[{i}].bind"),
-                format_args!("\"{}\"", l.bind),
-                e,
-            )),
-        }
-    }
-    let dns_running = daemon.dns_listen();
-    let dns_wanted = dns_listen(&config);
-    let dns_new: Vec<SocketAddr> = dns_wanted
-        .iter()
-        .copied()
-        .filter(|a| !dns_running.contains(a))
-        .collect();
-    let dns_added = match runtime.block_on(dns::bind(&dns_new, udp_threads(&config))) {
-        Ok(sockets) => dns_new.into_iter().zip(sockets).collect::<Vec<_>>(),
-        Err(e) => {
-            errors.push(ConfigError::at("dns.listen", e));
-            Vec::new()
-        }
-    };
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-
-    // Nothing can fail from here on.
-    let dns_removed: Vec<SocketAddr> = dns_running
-        .into_iter()
-        .filter(|a| !dns_wanted.contains(a))
-        .collect();
-    let removed: Vec<ListenerId> = running
-        .into_iter()
-        .filter(|id| !config.listeners.iter().any(|l| ListenerId::of(l) == *id))
-        .collect();
     let config = Arc::new(config);
-    let generation = daemon.next_generation();
     let new = state::compile(
         config.clone(),
         upstreams,
-        generation,
+        daemon.next_generation(),
         &daemon.health,
         &daemon.registry,
     );
@@ -268,18 +222,92 @@ pub fn apply(
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
     if start == Start::AfterFirstChecks {
         let limit = daemon.health.longest_timeout() + FIRST_ROUND_MARGIN;
-        runtime.block_on(daemon.health.wait_first_round(limit));
+        tokio::runtime::Handle::current().block_on(daemon.health.wait_first_round(limit));
     }
-    summary.listeners_added = added.iter().map(|(_, b, _)| b.name.clone()).collect();
-    for (socket, bound, server) in added {
+    summary.listeners_added = changes
+        .listeners
+        .iter()
+        .map(|(_, b, _)| b.name.clone())
+        .collect();
+    for (socket, bound, server) in changes.listeners {
         daemon.start_listener(socket, bound, server);
     }
-    summary.listeners_removed = daemon.stop_listeners(&removed);
-    for (listen, sockets) in dns_added {
+    summary.listeners_removed = daemon.stop_listeners(&changes.listeners_gone);
+    for (listen, sockets) in changes.dns {
         daemon.start_dns(listen, sockets);
     }
-    daemon.stop_dns(&dns_removed);
+    daemon.stop_dns(&changes.dns_gone);
     Ok(summary)
+}
+
+/// What a config adds to and removes from the running sockets.
+struct SocketChanges {
+    /// Bound, not yet accepting; with an https listener's TLS config.
+    listeners: Vec<(
+        TcpListener,
+        BoundListener,
+        Option<Arc<rustls::ServerConfig>>,
+    )>,
+    listeners_gone: Vec<ListenerId>,
+    /// Bound, not yet served, by `dns.listen` address.
+    dns: Vec<(SocketAddr, DnsSockets)>,
+    dns_gone: Vec<SocketAddr>,
+}
+
+/// Binds every listener and DNS address `checked` has that the daemon does
+/// not run yet, before anything changes: a taken port rejects the whole
+/// config, naming each address that failed.
+fn bind_new(daemon: &Daemon, checked: &Checked) -> Result<SocketChanges, ConfigErrors> {
+    let config = &checked.config;
+    let mut errors = Vec::new();
+    let running = daemon.listener_ids();
+    let mut listeners = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if running.contains(&ListenerId::of(l)) {
+            continue;
+        }
+        match bind_listener(l) {
+            Ok((socket, bound)) => {
+                let tls = checked.tls[i].as_ref().map(|(s, _)| s.clone());
+                listeners.push((socket, bound, tls))
+            }
+            Err(e) => errors.push(ConfigError::value(
+                format!("listener[{i}].bind"),
+                format_args!("\"{}\"", l.bind),
+                e,
+            )),
+        }
+    }
+    let dns_running = daemon.dns_listen();
+    let dns_wanted = dns_listen(config);
+    let dns_new: Vec<SocketAddr> = dns_wanted
+        .iter()
+        .copied()
+        .filter(|a| !dns_running.contains(a))
+        .collect();
+    let bind_dns = dns::bind(&dns_new, udp_threads(config));
+    let dns = match tokio::runtime::Handle::current().block_on(bind_dns) {
+        Ok(sockets) => dns_new.into_iter().zip(sockets).collect(),
+        Err(e) => {
+            errors.push(ConfigError::at("dns.listen", e));
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(SocketChanges {
+        listeners,
+        listeners_gone: running
+            .into_iter()
+            .filter(|id| !config.listeners.iter().any(|l| ListenerId::of(l) == *id))
+            .collect(),
+        dns,
+        dns_gone: dns_running
+            .into_iter()
+            .filter(|a| !dns_wanted.contains(a))
+            .collect(),
+    })
 }
 
 fn dns_listen(config: &Config) -> Vec<SocketAddr> {
