@@ -28,6 +28,9 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
     /// `shutdown_grace` (optional, "30s"): how long in-flight work may take after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `state_dir` (optional, "/var/lib/geolb"): what outlives the process
+    /// (overrides, the takeover socket).
+    pub state_dir: PathBuf,
 }
 
 impl Default for RuntimeConfig {
@@ -35,6 +38,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             worker_threads: None,
             shutdown_grace: Duration::from_secs(30),
+            state_dir: PathBuf::from("/var/lib/geolb"),
         }
     }
 }
@@ -42,6 +46,8 @@ impl Default for RuntimeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `token_file` (optional): the bearer token every POST needs.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -50,6 +50,9 @@ pub(super) fn read_document(text: &str, source: &Path) -> Result<(Config, Ctx), 
 /// certificates and keys) and reports each one that cannot be opened.
 pub fn check_files(config: &Config) -> Vec<ConfigError> {
     let mut files: Vec<(String, &Path)> = Vec::new();
+    if let Some(token) = config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+        files.push(("admin.token_file".to_owned(), token));
+    }
     if let Some(db) = config.geoip.as_ref().and_then(|g| g.database.as_deref()) {
         files.push(("geoip.database".to_owned(), db));
     }
@@ -165,9 +168,16 @@ impl Ctx {
                 RuntimeConfig::default().shutdown_grace,
                 |c, f| c.duration(f, true),
             );
+            let state_dir = c.opt(
+                t,
+                "state_dir",
+                RuntimeConfig::default().state_dir,
+                Ctx::path,
+            );
             Some(RuntimeConfig {
                 worker_threads: worker_threads?,
                 shutdown_grace: shutdown_grace?,
+                state_dir: state_dir?,
             })
         })
     }
@@ -175,7 +185,11 @@ impl Ctx {
     fn admin(&mut self, f: &Field<'_, '_>) -> Option<AdminConfig> {
         self.table(f, "expected an [admin] table", |c, t| {
             let listen = c.req(t, "listen", "\"127.0.0.1:9100\"", Ctx::bind);
-            Some(AdminConfig { listen: listen? })
+            let token_file = c.maybe(t, "token_file", Ctx::path);
+            Some(AdminConfig {
+                listen: listen?,
+                token_file: token_file?,
+            })
         })
     }
 

@@ -32,11 +32,14 @@ fn reference_file_parses_with_its_meaning() {
         RuntimeConfig {
             worker_threads: Some(4),
             shutdown_grace: Duration::from_secs(30),
+            state_dir: PathBuf::from("/var/lib/geolb"),
         }
     );
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.listen, "127.0.0.1:9100".parse().unwrap());
     assert_eq!(
-        config.admin.unwrap().listen,
-        "127.0.0.1:9100".parse().unwrap()
+        admin.token_file,
+        Some(PathBuf::from("/etc/geolb/admin.token"))
     );
 
     let geoip = config.geoip.unwrap();
@@ -627,7 +630,7 @@ fn messages_show_the_value_and_what_is_accepted() {
         texts,
         [
             "line 1: admin.listen: required key is missing; add e.g. listen = \"127.0.0.1:9100\"",
-            "line 2: admin.lisen: unknown key (did you mean listen?); accepted here: listen",
+            "line 2: admin.lisen: unknown key (did you mean listen?); accepted here: listen, token_file",
         ]
     );
     let syntax = errors("[admin\nlisten = 1");
