@@ -19,6 +19,7 @@ use crate::daemon::Daemon;
 use crate::dns::{self, SharedDnsData};
 use crate::health::HealthTable;
 use crate::metrics;
+use crate::overrides::{FileStore, OverrideStore};
 use crate::reload::{self, Checked, Start};
 use crate::state::{self, BackendRegistry, SharedSnapshot};
 
@@ -46,6 +47,17 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let health = HealthTable::new(shutdown.child_token());
     let registry = BackendRegistry::default();
+    // Overrides made before a restart or upgrade act from the first request.
+    let store = FileStore::new(&checked.config.runtime.state_dir);
+    let where_kept = store.describe();
+    registry.overrides.set_store(Arc::new(store));
+    match registry.overrides.restore() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(overrides = n, from = %where_kept, "runtime overrides restored"),
+        Err(e) => {
+            tracing::error!(error = %e, "runtime overrides could not be restored; starting without them")
+        }
+    }
     // Generation 0: nothing configured, nothing listening.
     let nothing = Arc::new(Config::default());
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(

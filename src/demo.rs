@@ -113,7 +113,8 @@ pub async fn run() -> anyhow::Result<()> {
     let admin = free_or_ephemeral("127.0.0.1:9100");
     let dns = free_or_ephemeral_udp("127.0.0.1:5353");
     let config_text = format!(
-        "# written by `geolb demo`\n[admin]\nlisten = \"{admin}\"\n\n\
+        "# written by `geolb demo`\n[runtime]\nstate_dir = \"state\"\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n\
          [geoip]\ndatabase = \"GeoIP2-City-Test.mmdb\"\n\n\
          [dns]\nlisten = [\"{dns}\"]\n\n\
          [[dns.zone]]\norigin = \"mysite.test\"\nttl = 300\n\

@@ -74,6 +74,7 @@ pub mod geoip;
 pub mod health;
 pub mod lookup;
 pub mod metrics;
+pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

@@ -36,6 +36,8 @@ pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
 pub const DATACENTER_UP: &str = "geolb_datacenter_up";
 pub const OVERRIDES: &str = "geolb_overrides_total";
+/// 1 per override in force, by `kind`, `target`, `pool` and `state`.
+pub const OVERRIDE_ACTIVE: &str = "geolb_override_active";
 pub const CONFIG_RELOADS: &str = "geolb_config_reloads_total";
 pub const BUILD_INFO: &str = "geolb_build_info";
 /// `geolb_dns_queries_total{qtype, rcode}`

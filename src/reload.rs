@@ -26,6 +26,7 @@ use crate::daemon::{BoundListener, Daemon, bind_listener};
 use crate::dns::{self, DnsData, DnsSockets};
 use crate::geoip::{self, Locator};
 use crate::metrics;
+use crate::overrides::FileStore;
 use crate::proxy::tls::{self, CertInfo};
 use crate::state::{self, ListenerId, Snapshot};
 use crate::upstream::Upstream;
@@ -201,6 +202,9 @@ pub fn apply(
         dns: dns_data,
     } = checked;
     let config = Arc::new(config);
+    // A reload may move the state directory: later changes are kept there.
+    let store = FileStore::new(&config.runtime.state_dir);
+    daemon.registry.overrides.set_store(Arc::new(store));
     let new = state::compile(
         config.clone(),
         upstreams,

@@ -15,8 +15,9 @@ use arc_swap::ArcSwap;
 
 use crate::balance::{self, Balancer, Candidates};
 use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
-use crate::health::{Health, HealthKey, HealthTable};
+use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::RouteMetrics;
+use crate::overrides::{Override, Overrides, Target};
 use crate::upstream::{IdleConnections, Upstream};
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -42,11 +43,14 @@ pub struct Datacenter {
 
 impl Datacenter {
     /// Every local pool has `min_healthy` healthy backends and the remote
-    /// check (if any) passes. Drain aside.
+    /// check (if any) passes, and no `down` override says otherwise. Drain
+    /// aside.
     pub fn healthy(&self) -> bool {
-        self.pools
-            .iter()
-            .all(|p| p.healthy() >= p.config.min_healthy)
+        self.override_state() != Override::Down
+            && self
+                .pools
+                .iter()
+                .all(|p| p.healthy() >= p.config.min_healthy)
             && self.remote_check.as_ref().is_none_or(|h| h.is_up())
     }
 
@@ -68,6 +72,21 @@ impl Datacenter {
 impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
+    }
+
+    /// Whether this config has what `target` overrides.
+    pub fn has(&self, target: &Target) -> bool {
+        let has_backend = |p: &Pool, addr| p.backends.iter().any(|b| b.addr == addr);
+        match target {
+            Target::Datacenter { name } => self.datacenters.iter().any(|d| d.config.name == *name),
+            Target::Backend { addr, pool: None } => {
+                self.pools.iter().any(|p| has_backend(p, *addr))
+            }
+            Target::Backend {
+                addr,
+                pool: Some(pool),
+            } => self.pool(pool).is_some_and(|p| has_backend(p, *addr)),
+        }
     }
 }
 
@@ -143,7 +162,27 @@ pub struct Backend {
     pub drain: bool,
     pub health: Arc<Health>,
     pub shared: Arc<BackendShared>,
-    pub runtime_override: Arc<AtomicU8>,
+    /// The override of this backend in every pool.
+    pub all_pools_override: Arc<AtomicU8>,
+    /// The override of this backend in this pool only; wins over the
+    /// other when set.
+    pub pool_override: Arc<AtomicU8>,
+}
+
+/// Which override acts on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideScope {
+    AllPools,
+    Pool,
+}
+
+impl OverrideScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverrideScope::AllPools => "all_pools",
+            OverrideScope::Pool => "pool",
+        }
+    }
 }
 
 impl Backend {
@@ -152,75 +191,34 @@ impl Backend {
         !self.drain && self.health.is_up() && self.override_state() == Override::Auto
     }
 
+    /// The health the balancer acts on: a `down` override reads as a
+    /// failed check.
+    pub fn state(&self) -> State {
+        match self.override_state() {
+            Override::Down => State::Down,
+            _ => self.health.state(),
+        }
+    }
+
     pub fn override_state(&self) -> Override {
-        Override::load(&self.runtime_override)
+        self.override_in_force().0
+    }
+
+    /// The override acting on this backend and where it was set (None:
+    /// none is set).
+    pub fn override_in_force(&self) -> (Override, Option<OverrideScope>) {
+        match Override::load(&self.pool_override) {
+            Override::Auto => match Override::load(&self.all_pools_override) {
+                Override::Auto => (Override::Auto, None),
+                other => (other, Some(OverrideScope::AllPools)),
+            },
+            other => (other, Some(OverrideScope::Pool)),
+        }
     }
 
     /// Drained by config or by a runtime override.
     pub fn drained(&self) -> bool {
         self.drain || self.override_state() == Override::Drain
-    }
-}
-
-/// A runtime override from the admin API, for drills that must not wait
-/// for a config edit. Kept outside snapshots, so it survives reloads until
-/// set back to `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Override {
-    Auto,
-    /// No new work; in-flight work finishes.
-    Drain,
-    /// Treated as failing its health check.
-    Down,
-}
-
-impl Override {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Override::Auto => "auto",
-            Override::Drain => "drain",
-            Override::Down => "down",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Override> {
-        match s {
-            "auto" => Some(Override::Auto),
-            "drain" => Some(Override::Drain),
-            "down" => Some(Override::Down),
-            _ => None,
-        }
-    }
-
-    fn load(cell: &AtomicU8) -> Override {
-        match cell.load(Ordering::Relaxed) {
-            1 => Override::Drain,
-            2 => Override::Down,
-            _ => Override::Auto,
-        }
-    }
-
-    pub fn store(self, cell: &AtomicU8) {
-        cell.store(self as u8, Ordering::Relaxed);
-    }
-}
-
-/// Runtime overrides by backend address and data-center name.
-#[derive(Default)]
-pub struct Overrides {
-    backends: Mutex<HashMap<SocketAddr, Arc<AtomicU8>>>,
-    datacenters: Mutex<HashMap<String, Arc<AtomicU8>>>,
-}
-
-impl Overrides {
-    pub fn backend(&self, addr: SocketAddr) -> Arc<AtomicU8> {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(addr).or_default().clone()
-    }
-
-    pub fn datacenter(&self, name: &str) -> Arc<AtomicU8> {
-        let mut map = self.datacenters.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string()).or_default().clone()
     }
 }
 
@@ -299,7 +297,7 @@ impl Drop for ActiveGuard {
 #[derive(Default)]
 pub struct BackendRegistry {
     by_addr: Mutex<HashMap<SocketAddr, Weak<BackendShared>>>,
-    pub overrides: Overrides,
+    pub overrides: Arc<Overrides>,
 }
 
 impl BackendRegistry {
@@ -384,7 +382,14 @@ pub fn compile(
                         .and_then(|k| healths.get(&k).cloned())
                         .unwrap_or_else(Health::always_up),
                     shared: registry.get(bc.addr),
-                    runtime_override: registry.overrides.backend(bc.addr),
+                    all_pools_override: registry.overrides.cell(&Target::Backend {
+                        addr: bc.addr,
+                        pool: None,
+                    }),
+                    pool_override: registry.overrides.cell(&Target::Backend {
+                        addr: bc.addr,
+                        pool: Some(pc.name.clone()),
+                    }),
                 })
                 .collect::<Vec<_>>();
             Arc::new(Pool {
@@ -430,7 +435,9 @@ pub fn compile(
             config: dc.clone(),
             pools: dc.pools.iter().map(|name| find(name)).collect(),
             remote_check: remote_check_key(dc).and_then(|k| healths.get(&k).cloned()),
-            runtime_override: registry.overrides.datacenter(&dc.name),
+            runtime_override: registry.overrides.cell(&Target::Datacenter {
+                name: dc.name.clone(),
+            }),
         })
         .collect();
     Snapshot {

@@ -579,7 +579,9 @@ async fn reload_swaps_pools_and_rejects_bad_configs() {
             .unwrap()
     };
 
-    std::fs::write(geolb.config_path(), simple(&backend_list(&[&b]), "")).unwrap();
+    geolb
+        .write_config(&simple(&backend_list(&[&b]), ""))
+        .unwrap();
     let (code, _, body) = reload().await;
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -597,7 +599,7 @@ async fn reload_swaps_pools_and_rejects_bad_configs() {
         "removed backend still in metrics:\n{metrics}"
     );
 
-    std::fs::write(geolb.config_path(), "[[pool]]\nname = 1\n").unwrap();
+    geolb.write_config("[[pool]]\nname = 1\n").unwrap();
     let (code, _, body) = reload().await;
     assert_eq!(code, 400);
     let errors: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -931,7 +933,7 @@ async fn geodns_answers_follow_pool_health_and_drain() {
         dns_a(server, "api.mysite.com", london).await == ["198.51.100.10"]
     })
     .await;
-    std::fs::write(geolb.config_path(), cfg(true)).unwrap();
+    geolb.write_config(&cfg(true)).unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1059,7 +1061,7 @@ async fn fifty_reloads_under_load_fail_no_request() {
         .collect();
     let admin = geolb.admin;
     for i in 0..50 {
-        std::fs::write(geolb.config_path(), with(i % 2 == 0)).unwrap();
+        geolb.write_config(&with(i % 2 == 0)).unwrap();
         let (code, _, body) = request(admin, "POST", "/reload", &[], Bytes::new())
             .await
             .unwrap();
@@ -1114,7 +1116,7 @@ async fn a_long_request_and_a_websocket_survive_a_reload_that_removes_their_pool
         head.push(byte[0]);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    std::fs::write(geolb.config_path(), pool(&b)).unwrap();
+    geolb.write_config(&pool(&b)).unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1153,15 +1155,13 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
     let geolb = Geolb::start(&config(&format!("{pool}{}", listener("one")))).await;
     let one = geolb.listener("one");
     // A bind that is taken rejects the reload whole.
-    std::fs::write(
-        geolb.config_path(),
-        config(&format!(
+    geolb
+        .write_config(&config(&format!(
             "{pool}{}[[listener]]\nname = \"two\"\nbind = \"{}\"\npool = \"p\"\n",
             listener("one"),
             taken.local_addr().unwrap()
-        )),
-    )
-    .unwrap();
+        )))
+        .unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1172,14 +1172,12 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
         String::from_utf8_lossy(&body)
     );
     // Add "two" on a free address, keep "one".
-    std::fs::write(
-        geolb.config_path(),
-        config(&format!(
+    geolb
+        .write_config(&config(&format!(
             "{pool}{}[[listener]]\nname = \"two\"\nbind = \"127.0.0.2:0\"\npool = \"p\"\n",
             listener("one")
-        )),
-    )
-    .unwrap();
+        )))
+        .unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1212,13 +1210,11 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
     let in_flight = tokio::spawn(in_flight);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Move: "one" disappears, "two" stays; one's port stops accepting.
-    std::fs::write(
-        geolb.config_path(),
-        config(&format!(
+    geolb
+        .write_config(&config(&format!(
             "{pool}[[listener]]\nname = \"two\"\nbind = \"127.0.0.2:0\"\npool = \"p\"\n"
-        )),
-    )
-    .unwrap();
+        )))
+        .unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1248,11 +1244,9 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
 async fn sighup_with_a_bad_config_keeps_the_old_one() {
     let a = Backend::start("a").await;
     let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
-    std::fs::write(
-        geolb.config_path(),
-        "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"nope\" }]\n",
-    )
-    .unwrap();
+    geolb
+        .write_config("[[pool]]\nname = \"p\"\nbackends = [{ addr = \"nope\" }]\n")
+        .unwrap();
     geolb.signal("HUP");
     eventually("the failure is counted", Duration::from_secs(3), || async {
         geolb
@@ -1455,7 +1449,9 @@ async fn dns_listen_addresses_change_by_reload() {
         dns_a(first, "api.mysite.com", "127.0.0.9").await,
         ["192.0.2.1"]
     );
-    std::fs::write(geolb.config_path(), cfg(&["127.0.0.1:0", "127.0.0.2:0"])).unwrap();
+    geolb
+        .write_config(&cfg(&["127.0.0.1:0", "127.0.0.2:0"]))
+        .unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1469,7 +1465,7 @@ async fn dns_listen_addresses_change_by_reload() {
         dns_a(second, "api.mysite.com", "127.0.0.9").await,
         ["192.0.2.1"]
     );
-    std::fs::write(geolb.config_path(), cfg(&["127.0.0.2:0"])).unwrap();
+    geolb.write_config(&cfg(&["127.0.0.2:0"])).unwrap();
     let (code, _, _) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();
@@ -1489,7 +1485,7 @@ async fn dns_listen_addresses_change_by_reload() {
     // The number of UDP threads is fixed at start: a reload changing it is
     // refused whole, and DNS goes on as it was.
     let threads = cfg(&["127.0.0.2:0"]).replace("[dns]\n", "[dns]\nudp_threads = 2\n");
-    std::fs::write(geolb.config_path(), threads).unwrap();
+    geolb.write_config(&threads).unwrap();
     let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
         .await
         .unwrap();

@@ -1278,9 +1278,7 @@ mod binary {
         )))
         .await;
         // Other loopback addresses: a listener is known by its bind address.
-        std::fs::write(
-            geolb.config_path(),
-            config(&format!(
+        geolb.write_config(&config(&format!(
                 "{pools}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
                  [[listener]]\nname = \"db\"\nbind = \"127.0.0.2:0\"\nprotocol = \"tcp\"\npool = \"echo\"\n\n\
                  [[listener]]\nname = \"tls\"\nbind = \"127.0.0.3:0\"\nprotocol = \"https\"\npool = \"web\"\n{}\n",

@@ -9,10 +9,12 @@ use std::time::SystemTime;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::health::State;
 use crate::metrics::{
-    self, BACKEND_ACTIVE, BACKEND_UP, BUILD_INFO, DATACENTER_UP, POOL_HEALTHY, RouteMetrics,
-    TLS_CERT_EXPIRY, escape_label,
+    self, BACKEND_ACTIVE, BACKEND_UP, BUILD_INFO, DATACENTER_UP, OVERRIDE_ACTIVE, POOL_HEALTHY,
+    RouteMetrics, TLS_CERT_EXPIRY, escape_label,
 };
+use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
 use crate::state::Snapshot;
 
@@ -38,6 +40,7 @@ pub fn render(
     handle: &PrometheusHandle,
     snapshot: &Snapshot,
     certs: &[(String, Vec<CertInfo>)],
+    overrides: &[(Target, Override)],
     now: SystemTime,
 ) -> String {
     let mut out = handle.render();
@@ -69,7 +72,7 @@ pub fn render(
             "{BACKEND_UP}{{pool=\"{}\",backend=\"{}\"}} {}",
             escape_label(&pool.name),
             b.label,
-            u8::from(b.health.is_up())
+            u8::from(b.state() == State::Up)
         );
     }
     let _ = writeln!(
@@ -109,8 +112,31 @@ pub fn render(
             u8::from(dc.up())
         );
     }
+    render_overrides(&mut out, overrides);
     render_expiry(&mut out, certs, now);
     out
+}
+
+/// One series per override in force; setting it back to `auto` removes it.
+fn render_overrides(out: &mut String, overrides: &[(Target, Override)]) {
+    let _ = writeln!(
+        out,
+        "# HELP {OVERRIDE_ACTIVE} 1 for each runtime override in force, by kind, target, pool (\"\" for data centers, \"*\" for every pool) and state.\n# TYPE {OVERRIDE_ACTIVE} gauge"
+    );
+    for (target, state) in overrides {
+        let (name, pool) = match target {
+            Target::Datacenter { name } => (name.clone(), ""),
+            Target::Backend { addr, pool } => (addr.to_string(), pool.as_deref().unwrap_or("*")),
+        };
+        let _ = writeln!(
+            out,
+            "{OVERRIDE_ACTIVE}{{kind=\"{}\",target=\"{}\",pool=\"{}\",state=\"{}\"}} 1",
+            target.kind(),
+            escape_label(&name),
+            escape_label(pool),
+            state.as_str()
+        );
+    }
 }
 
 /// Appends the [`TLS_CERT_EXPIRY`] family for `certs` (listener name, its

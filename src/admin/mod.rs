@@ -21,8 +21,8 @@ mod exposition;
 use crate::accept::accept_loop;
 use crate::daemon::{BoundListener, Daemon};
 use crate::metrics;
+use crate::overrides::{Override, Target};
 use crate::reload;
-use crate::state::Override;
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let shutdown = daemon.shutdown.clone();
@@ -71,6 +71,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
                 &daemon.metrics,
                 &daemon.snapshot.load(),
                 &daemon.certs.load(),
+                &daemon.registry.overrides.current(),
                 std::time::SystemTime::now(),
             ),
         ),
@@ -114,9 +115,11 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
             }
         }
         (&Method::POST, path)
-            if path.starts_with("/backends/") || path.starts_with("/datacenters/") =>
+            if path.starts_with("/backends/")
+                || path.starts_with("/datacenters/")
+                || path.starts_with("/pools/") =>
         {
-            set_override(daemon, path)
+            set_override(daemon, path).await
         }
         (_, "/healthz" | "/metrics" | "/status" | "/" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
@@ -125,17 +128,39 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
     }
 }
 
-/// `POST /backends/ADDR/STATE` and `POST /datacenters/NAME/STATE`, STATE
-/// being `drain`, `down` or `auto` (back to config and health checks).
-fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
+/// `POST /datacenters/NAME/STATE`, `POST /backends/ADDR/STATE` (every pool
+/// with that backend) and `POST /pools/POOL/backends/ADDR/STATE` (that pool
+/// only), STATE being `drain`, `down` or `auto` (back to config and health
+/// checks).
+async fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    let mut parts = path.trim_start_matches('/').splitn(3, '/');
-    let (Some(kind), Some(target), Some(state)) = (parts.next(), parts.next(), parts.next()) else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
-            "use POST /backends/ADDR/(drain|down|auto) or /datacenters/NAME/(drain|down|auto)\n",
-        );
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (target, state) = match parts[..] {
+        ["datacenters", name, state] => (
+            Target::Datacenter {
+                name: name.to_owned(),
+            },
+            state,
+        ),
+        ["backends", addr, state] | ["pools", _, "backends", addr, state] => {
+            let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    TEXT,
+                    format!("{addr:?} is not a backend address (IP:port)\n"),
+                );
+            };
+            let pool = (parts[0] == "pools").then(|| parts[1].to_owned());
+            (Target::Backend { addr, pool }, state)
+        }
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "use POST /datacenters/NAME/STATE, /backends/ADDR/STATE or \
+                 /pools/POOL/backends/ADDR/STATE, STATE being drain, down or auto\n",
+            );
+        }
     };
     let Some(state) = Override::parse(state) else {
         return reply(
@@ -144,44 +169,31 @@ fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
             format!("unknown state {state:?}: use drain, down or auto\n"),
         );
     };
-    let snapshot = daemon.snapshot.load();
-    let cell = match kind {
-        "backends" => target
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .and_then(|addr| {
-                snapshot
-                    .pools
-                    .iter()
-                    .flat_map(|p| p.backends.iter())
-                    .find(|b| b.addr == addr)
-                    .map(|b| b.runtime_override.clone())
-            }),
-        _ => snapshot
-            .datacenters
-            .iter()
-            .find(|dc| dc.config.name == target)
-            .map(|dc| dc.runtime_override.clone()),
-    };
-    let Some(cell) = cell else {
+    if !daemon.snapshot.load().has(&target) {
         return reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            format!(
-                "no {} {target:?} in the running config\n",
-                kind.trim_end_matches('s')
-            ),
+            format!("no {target} in the running config\n"),
         );
-    };
-    state.store(&cell);
-    tracing::warn!(kind, target, state = state.as_str(), "runtime override set");
-    ::metrics::counter!(metrics::OVERRIDES, "kind" => kind.trim_end_matches('s').to_string(), "state" => state.as_str())
+    }
+    // Saving writes and syncs a file: off the async workers.
+    let (overrides, to_set) = (daemon.registry.overrides.clone(), target.clone());
+    let saved = tokio::task::spawn_blocking(move || overrides.set(&to_set, state)).await;
+    tracing::warn!(%target, state = state.as_str(), "runtime override set");
+    ::metrics::counter!(metrics::OVERRIDES, "kind" => target.kind(), "state" => state.as_str())
         .increment(1);
-    reply(
-        StatusCode::OK,
-        TEXT,
-        format!("{target}: {}\n", state.as_str()),
-    )
+    let mut answer = format!("{target}: {}\n", state.as_str());
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "override not saved: it will not survive a restart");
+            answer.push_str(&format!(
+                "warning: not saved ({e}): it will not survive a restart\n"
+            ));
+        }
+        Err(e) => answer.push_str(&format!("warning: not saved ({e})\n")),
+    }
+    reply(StatusCode::OK, TEXT, answer)
 }
 
 #[derive(Serialize)]
@@ -231,6 +243,9 @@ struct BackendStatus {
     drain: bool,
     #[serde(rename = "override")]
     runtime_override: &'static str,
+    /// Where the override in force was set: `pool` or `all_pools`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    override_scope: Option<&'static str>,
     weight: u32,
     active: usize,
 }
@@ -269,13 +284,15 @@ fn status(daemon: &Daemon) -> Status {
                     .backends
                     .iter()
                     .map(|b| {
-                        let state = b.health.state();
+                        let state = b.state();
+                        let (runtime_override, scope) = b.override_in_force();
                         BackendStatus {
                             addr: b.label.to_string(),
                             state: state.as_str(),
                             up: state == crate::health::State::Up,
                             drain: b.drained(),
-                            runtime_override: b.override_state().as_str(),
+                            runtime_override: runtime_override.as_str(),
+                            override_scope: scope.map(|s| s.as_str()),
                             weight: b.weight,
                             active: b.shared.active(),
                         }

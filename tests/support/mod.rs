@@ -52,15 +52,38 @@ pub async fn bounded<F: Future>(limit: Duration, what: &str, f: F) -> F::Output 
         .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
 }
 
+/// `config` with `[runtime] state_dir` set to `state_dir` unless it sets
+/// one: tests never touch the machine's /var/lib/geolb.
+pub fn with_state_dir(config: &str, state_dir: &std::path::Path) -> String {
+    if config.contains("state_dir") {
+        return config.to_owned();
+    }
+    let line = format!("state_dir = {:?}\n", state_dir.display().to_string());
+    match config.find("[runtime]\n") {
+        Some(at) => {
+            let after = at + "[runtime]\n".len();
+            format!("{}{line}{}", &config[..after], &config[after..])
+        }
+        None => format!("{config}\n[runtime]\n{line}"),
+    }
+}
+
 /// A running `geolb run` process.
 pub struct Geolb {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
+    /// `[runtime] state_dir` as the daemon was started with it.
+    pub state_dir: PathBuf,
     pub admin: SocketAddr,
     pub listeners: HashMap<String, SocketAddr>,
 }
 
 impl Geolb {
+    /// Replaces the config file (for a reload), keeping the state directory.
+    pub fn write_config(&self, config: &str) -> std::io::Result<()> {
+        std::fs::write(self.config_path(), with_state_dir(config, &self.state_dir))
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("geolb.toml")
     }
@@ -75,10 +98,19 @@ impl Geolb {
 
     /// Starts geolb with `config` (which must have `[admin] listen =
     /// "127.0.0.1:0"`) and waits until its admin answers.
+    /// Starts `geolb run` on `config`, its state directory in the test's
+    /// own temporary directory.
     pub async fn start(config: &str) -> Geolb {
+        Self::start_with_state(config, None).await
+    }
+
+    /// As [`Geolb::start`], with the state directory `state_dir` (which a
+    /// test may share between two daemons: a restart).
+    pub async fn start_with_state(config: &str, state_dir: Option<&std::path::Path>) -> Geolb {
         let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = state_dir.map_or_else(|| dir.path().join("state"), |d| d.to_path_buf());
         let path = dir.path().join("geolb.toml");
-        std::fs::write(&path, config).expect("write config");
+        std::fs::write(&path, with_state_dir(config, &state_dir)).expect("write config");
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_geolb"))
             .args(["run", "--config"])
@@ -92,6 +124,7 @@ impl Geolb {
         let mut geolb = Geolb {
             child: Some(child),
             dir,
+            state_dir,
             admin: "127.0.0.1:0".parse().unwrap(),
             listeners: HashMap::new(),
         };

@@ -1,0 +1,295 @@
+//! Operating geolb: runtime overrides (correct everywhere they are read,
+//! per pool or for every pool, kept across restarts), through the real
+//! binary on port 0.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Backend, Geolb, eventually, get, request};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Two data centers ("one" first in config order, "two"), a geo name, and
+/// pools `p` (listener `web`) and `q` (listener `other`) sharing backends.
+fn two_datacenters(backends: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"2s\"\n\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[dns.zone]]\norigin = \"mysite.com\"\n\
+         soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+         ns = [\"ns1.mysite.com.\"]\n\
+         [[dns.geo]]\nname = \"api.mysite.com\"\n\
+         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\npools = [\"p\"]\n\
+         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"192.0.2.2\"]\n\
+         [[pool]]\nname = \"p\"\nbackends = [{backends}]\n\
+         [[pool]]\nname = \"q\"\nbackends = [{backends}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"q\"\n"
+    )
+}
+
+fn backend_list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn post(geolb: &Geolb, path: &str) -> (u16, String) {
+    let (code, _, body) = request(geolb.admin, "POST", path, &[], Bytes::new())
+        .await
+        .expect("admin request");
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn dns_addr(geolb: &Geolb) -> SocketAddr {
+    geolb.status().await["dns"]["udp"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The A records answered for `name`, asked over UDP without ECS (from
+/// 127.0.0.1: no location, so the configured order decides).
+async fn answers(server: SocketAddr, name: &str) -> Vec<String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut msg = Message::new(0x0b0b, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&msg.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+        .await
+        .expect("a DNS answer")
+        .unwrap();
+    Message::from_vec(&buf[..n])
+        .unwrap()
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn metric_line<'a>(metrics: &'a str, prefix: &str) -> Option<&'a str> {
+    metrics.lines().find(|l| l.starts_with(prefix))
+}
+
+fn backend_status(status: &serde_json::Value, pool: &str, addr: SocketAddr) -> serde_json::Value {
+    let pool = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap_or_else(|| panic!("no pool {pool} in {status}"));
+    pool["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == addr.to_string())
+        .unwrap_or_else(|| panic!("no backend {addr} in {pool}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn a_datacenter_forced_down_is_down_everywhere_until_auto() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&two_datacenters(&backend_list(&[&a]))).await;
+    let dns = dns_addr(&geolb).await;
+    assert_eq!(answers(dns, "api.mysite.com").await, ["192.0.2.1"]);
+
+    let (code, body) = post(&geolb, "/datacenters/one/down").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(answers(dns, "api.mysite.com").await, ["192.0.2.2"]);
+    let (code, _, body) = get(geolb.admin, "/datacenters/one", &[]).await.unwrap();
+    assert_eq!((code, &body[..]), (503, &b"down\n"[..]));
+    let status = geolb.status().await;
+    let one = &status["datacenters"][0];
+    assert_eq!(
+        (&one["up"], &one["healthy"], &one["override"]),
+        (&false.into(), &false.into(), &"down".into()),
+        "{one}"
+    );
+    let metrics = geolb.metrics().await;
+    assert_eq!(
+        metric_line(&metrics, "geolb_datacenter_up{datacenter=\"one\"}"),
+        Some("geolb_datacenter_up{datacenter=\"one\"} 0")
+    );
+    assert!(
+        metrics.contains(
+            "geolb_override_active{kind=\"datacenter\",target=\"one\",pool=\"\",state=\"down\"} 1"
+        ),
+        "{metrics}"
+    );
+    support::library::promtool_check(&metrics);
+    // The drill's own traffic keeps flowing: HTTP is not DNS.
+    let (code, _, _) = get(geolb.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(code, 200);
+
+    assert_eq!(post(&geolb, "/datacenters/one/auto").await.0, 200);
+    assert_eq!(answers(dns, "api.mysite.com").await, ["192.0.2.1"]);
+    let (code, _, _) = get(geolb.admin, "/datacenters/one", &[]).await.unwrap();
+    assert_eq!(code, 200);
+    let metrics = geolb.metrics().await;
+    assert!(
+        !metrics.contains("geolb_override_active{"),
+        "auto leaves no override series: {metrics}"
+    );
+    assert_eq!(
+        metric_line(&metrics, "geolb_datacenter_up{datacenter=\"one\"}"),
+        Some("geolb_datacenter_up{datacenter=\"one\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_backend_override_acts_in_one_pool_or_in_all_and_shows_where() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let geolb = Geolb::start(&two_datacenters(&backend_list(&[&a, &b]))).await;
+    let path = |pool: &str, state: &str| format!("/pools/{pool}/backends/{}/{state}", b.addr);
+
+    assert_eq!(post(&geolb, &path("p", "down")).await.0, 200);
+    let status = geolb.status().await;
+    let in_p = backend_status(&status, "p", b.addr);
+    assert_eq!(
+        (
+            &in_p["state"],
+            &in_p["up"],
+            &in_p["override"],
+            &in_p["override_scope"]
+        ),
+        (
+            &"down".into(),
+            &false.into(),
+            &"down".into(),
+            &"pool".into()
+        ),
+        "{in_p}"
+    );
+    let in_q = backend_status(&status, "q", b.addr);
+    assert_eq!(
+        (&in_q["state"], &in_q["override"]),
+        (&"up".into(), &"auto".into())
+    );
+    assert!(in_q.get("override_scope").is_none(), "{in_q}");
+    let metrics = geolb.metrics().await;
+    let up = |pool: &str| format!("geolb_backend_up{{pool=\"{pool}\",backend=\"{}\"}}", b.addr);
+    assert_eq!(
+        metric_line(&metrics, &up("p")),
+        Some(&*format!("{} 0", up("p")))
+    );
+    assert_eq!(
+        metric_line(&metrics, &up("q")),
+        Some(&*format!("{} 1", up("q")))
+    );
+    assert!(metrics.contains(&format!(
+        "geolb_override_active{{kind=\"backend\",target=\"{}\",pool=\"p\",state=\"down\"}} 1",
+        b.addr
+    )));
+    // Pool p sends nothing to b; pool q still does.
+    let before = b.hits();
+    for _ in 0..6 {
+        get(geolb.listener("web"), "/", &[]).await.unwrap();
+    }
+    assert_eq!(b.hits(), before);
+    for _ in 0..4 {
+        get(geolb.listener("other"), "/", &[]).await.unwrap();
+    }
+    assert!(b.hits() > before);
+
+    // Every pool: q's b is drained; p's own override still wins there.
+    let (code, body) = post(&geolb, &format!("/backends/{}/drain", b.addr)).await;
+    assert_eq!(code, 200, "{body}");
+    let status = geolb.status().await;
+    let in_q = backend_status(&status, "q", b.addr);
+    assert_eq!(
+        (&in_q["drain"], &in_q["override"], &in_q["override_scope"]),
+        (&true.into(), &"drain".into(), &"all_pools".into())
+    );
+    assert_eq!(backend_status(&status, "p", b.addr)["override"], "down");
+    // Back to auto in p: the every-pool drain shows through.
+    assert_eq!(post(&geolb, &path("p", "auto")).await.0, 200);
+    let in_p = backend_status(&geolb.status().await, "p", b.addr);
+    assert_eq!(
+        (&in_p["state"], &in_p["override"], &in_p["override_scope"]),
+        (&"up".into(), &"drain".into(), &"all_pools".into())
+    );
+
+    // Wrong targets change nothing.
+    assert_eq!(post(&geolb, &path("nope", "down")).await.0, 404);
+    assert_eq!(
+        post(&geolb, "/pools/p/backends/10.9.9.9:1/down").await.0,
+        404
+    );
+    assert_eq!(
+        post(&geolb, "/pools/p/backends/not-an-addr/down").await.0,
+        404
+    );
+    assert_eq!(post(&geolb, &path("p", "sideways")).await.0, 400);
+    assert_eq!(post(&geolb, "/pools/p/down").await.0, 404);
+}
+
+#[tokio::test]
+async fn overrides_are_kept_in_the_state_dir_and_survive_a_restart() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = two_datacenters(&backend_list(&[&a, &b]));
+    let state = tempfile::tempdir().unwrap();
+    let mut first = Geolb::start_with_state(&config, Some(state.path())).await;
+    assert_eq!(post(&first, "/datacenters/one/drain").await.0, 200);
+    let (code, body) = post(&first, &format!("/pools/p/backends/{}/down", b.addr)).await;
+    assert_eq!(code, 200);
+    assert!(!body.contains("warning"), "saved: {body}");
+    let saved = std::fs::read_to_string(state.path().join("overrides.json")).unwrap();
+    assert!(
+        saved.contains("\"one\"") && saved.contains(&b.addr.to_string()),
+        "{saved}"
+    );
+    first.signal("TERM");
+    assert!(first.wait_exit(WAIT).await.success());
+
+    let second = Geolb::start_with_state(&config, Some(state.path())).await;
+    let status = second.status().await;
+    assert_eq!(status["datacenters"][0]["override"], "drain");
+    assert_eq!(status["datacenters"][0]["up"], false);
+    assert_eq!(backend_status(&status, "p", b.addr)["state"], "down");
+    assert_eq!(
+        answers(dns_addr(&second).await, "api.mysite.com").await,
+        ["192.0.2.2"]
+    );
+    assert!(
+        second.log().contains("runtime overrides restored"),
+        "{}",
+        second.log()
+    );
+    // Cleared, and cleared for the next start too.
+    assert_eq!(post(&second, "/datacenters/one/auto").await.0, 200);
+    let saved = std::fs::read_to_string(state.path().join("overrides.json")).unwrap();
+    assert!(!saved.contains("\"one\""), "{saved}");
+}
+
+#[tokio::test]
+async fn an_unwritable_state_dir_keeps_the_override_and_says_it_is_not_saved() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let geolb =
+        Geolb::start_with_state(&two_datacenters(&backend_list(&[&a])), Some(&blocker)).await;
+    let (code, body) = post(&geolb, "/datacenters/one/drain").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("warning: not saved"), "{body}");
+    eventually("the drain acts", WAIT, || async {
+        geolb.status().await["datacenters"][0]["up"] == false
+    })
+    .await;
+}
