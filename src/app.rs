@@ -22,24 +22,40 @@ use crate::metrics;
 use crate::overrides::{FileStore, OverrideStore};
 use crate::reload::{self, Checked, Start};
 use crate::state::{self, BackendRegistry, SharedSnapshot};
+use crate::takeover::{self, Inherited};
 
 /// How often the GeoIP database file is looked at for a replacement.
 const GEOIP_RECHECK: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until a signal stops it. `ready` is told the daemon
-/// once everything serves (used by `geolb demo`).
+/// once everything serves (used by `geolb demo`). With `takeover`, the
+/// listening sockets of the geolb running with the same state directory
+/// are taken over rather than bound (see [`takeover`]).
 pub async fn serve(
     config_path: PathBuf,
     checked: Checked,
     ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
+    takeover: bool,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
-    let admin_socket = match &checked.config.admin {
-        Some(a) => Some(
-            TcpListener::bind(a.listen)
+    let takeover_path = takeover::socket_path(&checked.config.runtime.state_dir);
+    let mut inherited = if takeover {
+        inherit(takeover_path.clone()).await?
+    } else {
+        Inherited::none()
+    };
+    let admin_listen = checked.config.admin.as_ref().map(|a| a.listen);
+    let admin_socket = match admin_listen {
+        Some(listen) => Some(match inherited.admin(listen) {
+            Some(fd) => {
+                let socket = std::net::TcpListener::from(fd);
+                socket.set_nonblocking(true)?;
+                TcpListener::from_std(socket)?
+            }
+            None => TcpListener::bind(listen)
                 .await
-                .with_context(|| format!("admin: cannot bind {}", a.listen))?,
-        ),
+                .with_context(|| format!("admin: cannot bind {listen}"))?,
+        }),
         None => None,
     };
     let grace = checked.config.runtime.shutdown_grace;
@@ -81,6 +97,10 @@ pub async fn serve(
         shutdown.clone(),
         tasks.clone(),
     ));
+    daemon.inherit(inherited);
+    if let (Some(listen), Some(socket)) = (admin_listen, &admin_socket) {
+        daemon.keep_admin_socket(listen, socket);
+    }
     let first = daemon.clone();
     tokio::task::spawn_blocking(move || reload::apply(&first, checked, Start::AfterFirstChecks))
         .await
@@ -95,6 +115,11 @@ pub async fn serve(
     if let Some(ready) = ready {
         let _ = ready.send(daemon.clone());
     }
+    // This process serves: the one it took over from (if any) may go.
+    if let Err(e) = daemon.confirm_takeover() {
+        tracing::warn!(error = %e, "cannot tell the previous process to stop; stop it by hand");
+    }
+    tasks.spawn(offer_takeover(takeover_path, daemon.clone()));
 
     wait_for_stop(&daemon).await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
@@ -106,6 +131,45 @@ pub async fn serve(
         _ = second_signal() => tracing::warn!("second signal; exiting at once"),
     }
     Ok(())
+}
+
+/// Asks the geolb running with our state directory for its sockets; none
+/// running: a normal start.
+async fn inherit(path: PathBuf) -> anyhow::Result<Inherited> {
+    let asked = path.clone();
+    let answer = tokio::task::spawn_blocking(move || takeover::request(&asked))
+        .await
+        .context("the takeover task failed")?;
+    match answer {
+        Ok(Some(inherited)) => {
+            tracing::info!(path = %path.display(), "taking the listening sockets over from the running geolb");
+            Ok(inherited)
+        }
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no running geolb to take over from: starting normally");
+            Ok(Inherited::none())
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot take over: {e}")),
+    }
+}
+
+/// Lets a later `geolb run --takeover` take this process's sockets; once
+/// it serves, this process stops as on SIGTERM.
+async fn offer_takeover(path: PathBuf, daemon: Arc<Daemon>) {
+    let (sockets, stopping) = (daemon.clone(), daemon.clone());
+    let served = takeover::serve(
+        path,
+        daemon.shutdown.clone(),
+        move || sockets.handover(),
+        move || {
+            tracing::info!("a new process took the sockets over and serves: stopping");
+            stopping.shutdown.cancel();
+        },
+    )
+    .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "`geolb run --takeover` cannot replace this process");
+    }
 }
 
 #[cfg(unix)]

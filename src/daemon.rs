@@ -4,6 +4,7 @@
 //! [`crate::reload`] changes it.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +23,7 @@ use crate::proxy::http::{self as http_proxy, HttpContext};
 use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
 use crate::proxy::tls::{self, CertInfo};
 use crate::state::{BackendRegistry, ListenerId, SharedSnapshot};
+use crate::takeover::{Handed, Inherited};
 
 /// A listener's socket, bound, as /status shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -40,14 +42,22 @@ fn spelled<S: serde::Serializer>(protocol: &Protocol, s: S) -> Result<S::Ok, S::
 }
 
 /// Binds one listener's socket (synchronously, so a reload can bind
-/// without awaiting while it holds no lock across the swap).
-pub fn bind_listener(l: &ListenerConfig) -> std::io::Result<(TcpListener, BoundListener)> {
-    let std_socket = std::net::TcpListener::bind(l.bind).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind),
-        )
-    })?;
+/// without awaiting while it holds no lock across the swap), or takes
+/// `inherited`, the same socket handed over by the process this one
+/// takes over from.
+pub fn bind_listener(
+    l: &ListenerConfig,
+    inherited: Option<OwnedFd>,
+) -> std::io::Result<(TcpListener, BoundListener)> {
+    let std_socket = match inherited {
+        Some(fd) => std::net::TcpListener::from(fd),
+        None => std::net::TcpListener::bind(l.bind).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind),
+            )
+        })?,
+    };
     std_socket.set_nonblocking(true)?;
     let socket = TcpListener::from_std(std_socket)?;
     let local_addr = socket.local_addr()?;
@@ -68,6 +78,8 @@ pub fn bind_listener(l: &ListenerConfig) -> std::io::Result<(TcpListener, BoundL
 struct RunningListener {
     bound: BoundListener,
     stop: CancellationToken,
+    /// A duplicate of the listening socket, for a takeover.
+    handover: Option<OwnedFd>,
     /// An https listener's TLS config, swapped by reloads: new handshakes
     /// get new certificates, open connections keep theirs.
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
@@ -80,6 +92,8 @@ struct RunningDns {
     /// As bound (port 0 resolved).
     local: SocketAddr,
     stop: CancellationToken,
+    /// Duplicates of its sockets (UDP, then TCP), for a takeover.
+    handover: Vec<OwnedFd>,
 }
 
 /// The running daemon, shared by the admin endpoints and signal handling.
@@ -101,6 +115,10 @@ pub struct Daemon {
     listeners: Mutex<Vec<RunningListener>>,
     /// DNS servers, one per `dns.listen` address (UDP and TCP share it).
     dns_servers: Mutex<Vec<RunningDns>>,
+    /// The admin listener (as configured) and a duplicate of its socket.
+    admin_handover: Mutex<Option<(SocketAddr, OwnedFd)>>,
+    /// Sockets handed over at start-up, taken as the config binds.
+    inherited: Mutex<Inherited>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +155,8 @@ impl Daemon {
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: Mutex::new(Vec::new()),
             dns_servers: Mutex::new(Vec::new()),
+            admin_handover: Mutex::new(None),
+            inherited: Mutex::new(Inherited::none()),
         }
     }
 
@@ -176,6 +196,10 @@ impl Daemon {
 
     pub fn start_dns(&self, listen: SocketAddr, sockets: dns::DnsSockets) {
         let local = sockets.local_addr().unwrap_or(listen);
+        let handover = sockets.duplicates().unwrap_or_else(|e| {
+            tracing::warn!(addr = %local, error = %e, "cannot keep the DNS sockets for a takeover");
+            Vec::new()
+        });
         tracing::info!(addr = %local, "dns listening (udp and tcp)");
         let stop = self.shutdown.child_token();
         let (data, token) = (self.dns.clone(), stop.clone());
@@ -188,6 +212,7 @@ impl Daemon {
             listen,
             local,
             stop,
+            handover,
         });
     }
 
@@ -212,6 +237,9 @@ impl Daemon {
         tracing::info!(listener = %bound.name, addr = %bound.local_addr, protocol = bound.protocol.as_str(), "listening");
         let stop = self.shutdown.child_token();
         let tls = tls.map(|server| Arc::new(ArcSwap::new(server)));
+        let handover = socket.as_fd().try_clone_to_owned().map_err(|e| {
+            tracing::warn!(listener = %bound.name, error = %e, "cannot keep the socket for a takeover");
+        });
         let (snapshot, id, tasks) = (self.snapshot.clone(), bound.id.clone(), self.tasks.clone());
         match (bound.protocol, &tls) {
             (Protocol::Tcp, _) => {
@@ -228,7 +256,71 @@ impl Daemon {
                 self.tasks.spawn(http_proxy::serve(socket, ctx));
             }
         }
-        locked(&self.listeners).push(RunningListener { bound, stop, tls });
+        locked(&self.listeners).push(RunningListener {
+            bound,
+            stop,
+            tls,
+            handover: handover.ok(),
+        });
+    }
+
+    /// Sockets handed over by the process this one takes over from; what
+    /// the config does not take is closed by [`Daemon::confirm_takeover`].
+    pub fn inherit(&self, inherited: Inherited) {
+        *locked(&self.inherited) = inherited;
+    }
+
+    pub fn inherited_listener(&self, id: &ListenerId) -> Option<OwnedFd> {
+        locked(&self.inherited).listener(&id.to_string())
+    }
+
+    pub fn inherited_dns(&self, listen: SocketAddr) -> Option<(Vec<OwnedFd>, OwnedFd)> {
+        locked(&self.inherited).dns(listen)
+    }
+
+    /// Tells the process this one took over from that this one serves.
+    pub fn confirm_takeover(&self) -> Result<(), crate::takeover::TakeoverError> {
+        locked(&self.inherited).confirm()
+    }
+
+    /// Keeps a duplicate of the admin socket (configured as `listen`) for
+    /// a takeover.
+    pub fn keep_admin_socket(&self, listen: SocketAddr, socket: &TcpListener) {
+        match socket.as_fd().try_clone_to_owned() {
+            Ok(fd) => *locked(&self.admin_handover) = Some((listen, fd)),
+            Err(e) => tracing::warn!(error = %e, "cannot keep the admin socket for a takeover"),
+        }
+    }
+
+    /// Every listening socket, duplicated, described for a new process.
+    pub fn handover(&self) -> Vec<(Handed, Vec<OwnedFd>)> {
+        let dup = |fd: &OwnedFd| fd.try_clone().ok();
+        let mut out = Vec::new();
+        for r in locked(&self.listeners).iter() {
+            if let Some(fd) = r.handover.as_ref().and_then(dup) {
+                let id = r.bound.id.to_string();
+                out.push((Handed::Listener { id }, vec![fd]));
+            }
+        }
+        for d in locked(&self.dns_servers).iter() {
+            let fds: Option<Vec<OwnedFd>> = d.handover.iter().map(dup).collect();
+            if let Some(fds) = fds.filter(|f| !f.is_empty()) {
+                let udp = fds.len() - 1;
+                out.push((
+                    Handed::Dns {
+                        listen: d.listen,
+                        udp,
+                    },
+                    fds,
+                ));
+            }
+        }
+        if let Some((listen, fd)) = locked(&self.admin_handover).as_ref()
+            && let Some(fd) = dup(fd)
+        {
+            out.push((Handed::Admin { listen: *listen }, vec![fd]));
+        }
+        out
     }
 
     /// Hands each https listener that keeps running the TLS config

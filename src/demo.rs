@@ -142,7 +142,12 @@ pub async fn run() -> anyhow::Result<()> {
         crate::reload::check(&path, None).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(crate::app::serve(path.clone(), config, Some(ready_tx)));
+    let server = tokio::spawn(crate::app::serve(
+        path.clone(),
+        config,
+        Some(ready_tx),
+        false,
+    ));
     let Ok(daemon) = ready_rx.await else {
         return server.await?;
     };

@@ -79,5 +79,6 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod state;
+pub mod takeover;
 pub mod tls_client;
 pub mod upstream;

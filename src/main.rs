@@ -20,6 +20,11 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from the geolb running with the
+        /// same state_dir (zero-downtime restart or upgrade); without one,
+        /// start normally.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config without binding anything, like `nginx -t`.
     Check {
@@ -99,7 +104,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            takeover,
+        } => {
             init_logging();
             let checked = match geolb::reload::check(&path, None) {
                 Ok(c) => c,
@@ -121,7 +129,7 @@ fn main() -> ExitCode {
                 }
             };
             let path = std::path::absolute(&path).unwrap_or(path);
-            match rt.block_on(geolb::app::serve(path, checked, None)) {
+            match rt.block_on(geolb::app::serve(path, checked, None, takeover)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("geolb: {e:#}");

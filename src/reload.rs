@@ -270,7 +270,7 @@ fn bind_new(daemon: &Daemon, checked: &Checked) -> Result<SocketChanges, ConfigE
         if running.contains(&ListenerId::of(l)) {
             continue;
         }
-        match bind_listener(l) {
+        match bind_listener(l, daemon.inherited_listener(&ListenerId::of(l))) {
             Ok((socket, bound)) => {
                 let tls = checked.tls[i].as_ref().map(|(s, _)| s.clone());
                 listeners.push((socket, bound, tls))
@@ -284,18 +284,21 @@ fn bind_new(daemon: &Daemon, checked: &Checked) -> Result<SocketChanges, ConfigE
     }
     let dns_running = daemon.dns_listen();
     let dns_wanted = dns_listen(config);
-    let dns_new: Vec<SocketAddr> = dns_wanted
-        .iter()
-        .copied()
-        .filter(|a| !dns_running.contains(a))
-        .collect();
-    let bind_dns = dns::bind(&dns_new, udp_threads(config));
-    let dns = match tokio::runtime::Handle::current().block_on(bind_dns) {
-        Ok(sockets) => dns_new.into_iter().zip(sockets).collect(),
-        Err(e) => {
-            errors.push(ConfigError::at("dns.listen", e));
-            Vec::new()
+    let mut dns = Vec::new();
+    let mut dns_new = Vec::new();
+    for &listen in dns_wanted.iter().filter(|a| !dns_running.contains(a)) {
+        match daemon.inherited_dns(listen) {
+            Some((udp, tcp)) => match DnsSockets::inherited(udp, tcp) {
+                Ok(sockets) => dns.push((listen, sockets)),
+                Err(e) => errors.push(ConfigError::at("dns.listen", e)),
+            },
+            None => dns_new.push(listen),
         }
+    }
+    let bind_dns = dns::bind(&dns_new, udp_threads(config));
+    match tokio::runtime::Handle::current().block_on(bind_dns) {
+        Ok(sockets) => dns.extend(dns_new.into_iter().zip(sockets)),
+        Err(e) => errors.push(ConfigError::at("dns.listen", e)),
     };
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));

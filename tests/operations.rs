@@ -293,3 +293,211 @@ async fn an_unwritable_state_dir_keeps_the_override_and_says_it_is_not_saved() {
     })
     .await;
 }
+
+/// What the clients of an upgrade test saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: u64,
+    /// Connections refused or reset before a request could be sent.
+    refused: u64,
+    /// Requests that got no 200, even after the one retry a client makes
+    /// when a kept-alive connection was closed before the request.
+    failed: u64,
+    /// Requests sent again because the server closed the kept-alive
+    /// connection as the client reused it (RFC 9112 §9.3.1).
+    resent: u64,
+    dns_ok: u64,
+    dns_lost: u64,
+}
+
+/// Until `stop`: requests on a new connection each (the accept path),
+/// requests over one kept-alive connection, and DNS queries over UDP.
+async fn load(web: SocketAddr, dns: SocketAddr, stop: tokio_util::sync::CancellationToken) -> Seen {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut seen = Seen::default();
+            while !stop.is_cancelled() {
+                match request(web, "GET", "/", &[], Bytes::new()).await {
+                    Ok((200, _, _)) => seen.ok += 1,
+                    Err(e) if e.contains("refused") || e.contains("reset") => seen.refused += 1,
+                    _ => seen.failed += 1,
+                }
+            }
+            seen
+        });
+    }
+    for _ in 0..3 {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut seen = Seen::default();
+            let connect = || async {
+                let stream = tokio::net::TcpStream::connect(web).await.ok()?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                Some(sender)
+            };
+            let mut sender = None;
+            while !stop.is_cancelled() {
+                let mut answered = false;
+                // A server closing an idle kept-alive connection races the
+                // next request on it: clients resend once on a fresh one.
+                for _attempt in 0..2 {
+                    if sender.as_ref().is_none_or(
+                        |s: &hyper::client::conn::http1::SendRequest<Empty<Bytes>>| s.is_closed(),
+                    ) {
+                        sender = connect().await;
+                    }
+                    let Some(s) = sender.as_mut() else {
+                        seen.refused += 1;
+                        break;
+                    };
+                    let req = http::Request::get("/")
+                        .header("host", "upgrade.test")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    match s.send_request(req).await {
+                        Ok(resp) => {
+                            let code = resp.status();
+                            let body = resp.into_body().collect().await;
+                            answered = code == 200 && body.is_ok();
+                            break;
+                        }
+                        Err(_) => {
+                            seen.resent += 1;
+                            sender = None
+                        }
+                    }
+                }
+                if answered {
+                    seen.ok += 1;
+                } else {
+                    seen.failed += 1;
+                }
+            }
+            seen
+        });
+    }
+    {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut seen = Seen::default();
+            while !stop.is_cancelled() {
+                let asked =
+                    tokio::time::timeout(Duration::from_secs(2), answers(dns, "api.mysite.com"));
+                match asked.await {
+                    Ok(a) if !a.is_empty() => seen.dns_ok += 1,
+                    _ => seen.dns_lost += 1,
+                }
+            }
+            seen
+        });
+    }
+    let mut all = Seen::default();
+    while let Some(seen) = tasks.join_next().await {
+        let seen = seen.unwrap();
+        all.ok += seen.ok;
+        all.refused += seen.refused;
+        all.failed += seen.failed;
+        all.resent += seen.resent;
+        all.dns_ok += seen.dns_ok;
+        all.dns_lost += seen.dns_lost;
+    }
+    all
+}
+
+/// `geolb run --takeover` under load, `GEOLB_UPGRADES` times (default 2):
+/// every request and DNS query answered, the old process gone each time.
+/// By hand, for the README's numbers:
+/// `GEOLB_UPGRADES=20 cargo test --release --test operations upgrade -- --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_refuses_and_fails_nothing() {
+    let upgrades: usize = std::env::var("GEOLB_UPGRADES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = two_datacenters(&backend_list(&[&a, &b]));
+    let state = tempfile::tempdir().unwrap();
+    let mut running = Geolb::start_with_state(&config, Some(state.path())).await;
+    let (web, dns, admin) = (
+        running.listener("web"),
+        dns_addr(&running).await,
+        running.admin,
+    );
+    assert_eq!(post(&running, "/datacenters/one/drain").await.0, 200);
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients = tokio::spawn(load(web, dns, stop.clone()));
+    let mut took = Vec::new();
+    for round in 0..upgrades {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let next = Geolb::start_with(&config, Some(state.path()), &["--takeover"]).await;
+        took.push(started.elapsed());
+        // The same sockets: the same addresses.
+        assert_eq!(
+            (next.listener("web"), next.admin),
+            (web, admin),
+            "round {round}"
+        );
+        assert_eq!(dns_addr(&next).await, dns);
+        assert!(
+            running.wait_exit(WAIT).await.success(),
+            "round {round}: the old process exits 0"
+        );
+        assert!(
+            running
+                .log()
+                .contains("a new process took the sockets over"),
+            "{}",
+            running.log()
+        );
+        // Health and overrides carried over.
+        let status = next.status().await;
+        assert_eq!(status["datacenters"][0]["override"], "drain");
+        running = next;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let seen = clients.await.unwrap();
+    took.sort();
+    println!(
+        "{upgrades} upgrades under load: {seen:?}; from start to serving: median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    assert_eq!(
+        (seen.refused, seen.failed, seen.dns_lost),
+        (0, 0, 0),
+        "{seen:?}"
+    );
+    assert!(
+        seen.ok > 100 && seen.dns_ok > 10,
+        "the clients kept sending: {seen:?}"
+    );
+    assert_eq!(
+        answers(dns, "api.mysite.com").await,
+        ["192.0.2.2"],
+        "the drain still acts after the upgrades"
+    );
+}
+
+#[tokio::test]
+async fn takeover_without_a_running_geolb_starts_normally() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start_with(
+        &two_datacenters(&backend_list(&[&a])),
+        None,
+        &["--takeover"],
+    )
+    .await;
+    assert!(geolb.log().contains("starting normally"), "{}", geolb.log());
+    let (code, _, _) = get(geolb.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(code, 200);
+}

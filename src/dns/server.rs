@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,26 @@ pub struct DnsSockets {
 }
 
 impl DnsSockets {
+    /// Sockets handed over by the process this one takes over from.
+    pub fn inherited(udp: Vec<OwnedFd>, tcp: OwnedFd) -> io::Result<DnsSockets> {
+        let tcp = std::net::TcpListener::from(tcp);
+        tcp.set_nonblocking(true)?;
+        Ok(DnsSockets {
+            udp: udp.into_iter().map(std::net::UdpSocket::from).collect(),
+            tcp: TcpListener::from_std(tcp)?,
+        })
+    }
+
+    /// Duplicates of the descriptors, UDP then TCP, to hand over.
+    pub fn duplicates(&self) -> io::Result<Vec<OwnedFd>> {
+        let mut fds = Vec::with_capacity(self.udp.len() + 1);
+        for socket in &self.udp {
+            fds.push(socket.as_fd().try_clone_to_owned()?);
+        }
+        fds.push(self.tcp.as_fd().try_clone_to_owned()?);
+        Ok(fds)
+    }
+
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()

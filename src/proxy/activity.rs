@@ -9,11 +9,12 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const WAITING: u8 = 0;
@@ -29,6 +30,9 @@ pub struct Activity {
     phase: AtomicU8,
     /// Requests whose response has not ended yet.
     open_requests: AtomicU64,
+    /// Set by the connection's first request, for [`Activity::first_request`].
+    any_request: AtomicBool,
+    first: Notify,
 }
 
 impl Activity {
@@ -39,6 +43,8 @@ impl Activity {
             head_started: AtomicU64::new(0),
             phase: AtomicU8::new(WAITING),
             open_requests: AtomicU64::new(0),
+            any_request: AtomicBool::new(false),
+            first: Notify::new(),
         })
     }
 
@@ -63,6 +69,23 @@ impl Activity {
     pub fn request_started(&self) {
         self.open_requests.fetch_add(1, Ordering::Relaxed);
         self.phase.store(IN_REQUEST, Ordering::Relaxed);
+        if !self.any_request.load(Ordering::Relaxed) {
+            self.any_request.store(true, Ordering::Release);
+            self.first.notify_waiters();
+        }
+    }
+
+    /// Resolves once the connection has had a request. A shutdown waits
+    /// for it before closing: a connection accepted just before its
+    /// listener stopped gets its first request answered, not dropped.
+    pub async fn first_request(&self) {
+        let notified = self.first.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.any_request.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await
     }
 
     /// A response has ended: the next byte read starts a new head.

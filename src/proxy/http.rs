@@ -139,6 +139,9 @@ where
     let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
     tokio::pin!(watchdog);
     let mut draining = false;
+    let first_request = activity.first_request();
+    tokio::pin!(first_request);
+    let mut first_seen = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -151,9 +154,19 @@ where
                 tracing::debug!(client = %peer, reason, "client connection cut");
                 return;
             }
+            () = &mut first_request, if !first_seen => {
+                first_seen = true;
+                if draining {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
             _ = ctx.shutdown.cancelled(), if !draining => {
-                conn.as_mut().graceful_shutdown();
                 draining = true;
+                // A client that connected just before accepting stopped
+                // has not sent its request yet: answer that one first.
+                if first_seen {
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
     }

@@ -107,6 +107,16 @@ impl Geolb {
     /// As [`Geolb::start`], with the state directory `state_dir` (which a
     /// test may share between two daemons: a restart).
     pub async fn start_with_state(config: &str, state_dir: Option<&std::path::Path>) -> Geolb {
+        Self::start_with(config, state_dir, &[]).await
+    }
+
+    /// As [`Geolb::start_with_state`], with more arguments to `geolb run`
+    /// (`--takeover`).
+    pub async fn start_with(
+        config: &str,
+        state_dir: Option<&std::path::Path>,
+        args: &[&str],
+    ) -> Geolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = state_dir.map_or_else(|| dir.path().join("state"), |d| d.to_path_buf());
         let path = dir.path().join("geolb.toml");
@@ -115,6 +125,7 @@ impl Geolb {
         let child = Command::new(env!("CARGO_BIN_EXE_geolb"))
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .env("GEOLB_LOG", "info,geolb=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
