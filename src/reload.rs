@@ -43,6 +43,8 @@ pub struct Checked {
     upstreams: Vec<Upstream>,
     /// Compiled without a health view; [`apply`] gives it the snapshot's.
     dns: DnsData,
+    /// `[admin] token_file`'s token: every admin POST must present it.
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl Checked {
@@ -59,6 +61,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
     let mut errors = config::check_files(&config);
     let tls = load_tls(&config, &mut errors);
     let upstreams = build_upstreams(&config, &mut errors);
+    let admin_token = read_admin_token(&config, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -69,7 +72,24 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
         tls,
         upstreams,
         dns,
+        admin_token,
     })
+}
+
+/// The bearer token of `[admin] token_file`, unless `check_files`
+/// already said the file cannot be opened.
+fn read_admin_token(config: &Config, errors: &mut Vec<ConfigError>) -> Option<Arc<str>> {
+    const KEY: &str = "admin.token_file";
+    let file = config.admin.as_ref()?.token_file.as_ref()?;
+    if errors.iter().any(|e| e.path == KEY) {
+        return None;
+    }
+    config::read_token(file)
+        .map_err(|e| {
+            let shown = format!("{:?}", file.display().to_string());
+            errors.push(ConfigError::value(KEY, shown, e))
+        })
+        .ok()
 }
 
 /// Loads every https listener's certificates and keys, adding what is wrong
@@ -199,6 +219,7 @@ pub fn apply(
         tls,
         upstreams,
         dns: dns_data,
+        admin_token,
     } = checked;
     let config = Arc::new(config);
     let new = state::compile(
@@ -220,6 +241,7 @@ pub fn apply(
         tls[i].as_ref().map(|(server, _)| server.clone())
     });
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
+    daemon.admin_token.store(Arc::new(admin_token));
     if start == Start::AfterFirstChecks {
         let limit = daemon.health.longest_timeout() + FIRST_ROUND_MARGIN;
         tokio::runtime::Handle::current().block_on(daemon.health.wait_first_round(limit));
@@ -347,7 +369,7 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
             format_args!("{what} needs a restart in this version"),
         ))
     };
-    if old.admin != new.admin {
+    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         needs_restart("admin.listen", "changing the admin listener");
     }
     if udp_threads(old) != udp_threads(new) {
