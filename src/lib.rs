@@ -40,6 +40,9 @@
 //! - [`accept`]: the one accept loop of every listener.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
+//! - [`control`]: `geolb reload`, `status`, `override`: a client of a
+//!   running daemon's admin API (beside the layers: it imports only
+//!   `config`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
 //!   benchmark.
 //!
@@ -67,6 +70,7 @@ pub mod alloc_stats;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dns;

@@ -5,9 +5,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, get, request};
+use support::{Backend, Geolb, bounded, get, request};
 
 /// One data center "one" over pool "p" (backend `backend`), one listener
 /// "web", and the admin listener asking for the token in `token_file`.
@@ -152,4 +153,227 @@ async fn check_names_admin_token_file_when_it_is_missing_or_empty() {
     let (_token_dir, file) = token_file("fine\n");
     let (ok, _, stderr) = support::geolb_check(&config_with_token(Some(&file), &a));
     assert!(ok, "{stderr}");
+}
+
+/// `geolb ARGS`, within a deadline: (exited 0, stdout, stderr).
+async fn geolb_command(args: &[&str]) -> (bool, String, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = bounded(Duration::from_secs(40), &format!("geolb {args:?}"), run)
+        .await
+        .expect("run geolb");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An address nothing listens on (bound on port 0, then closed).
+async fn refusing_address() -> String {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    socket.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn geolb_reload_and_status_talk_to_the_running_daemon() {
+    let a = Backend::start("a").await;
+    let (_token_dir, file) = token_file("the-token\n");
+    let cfg = config_with_token(Some(&file), &a);
+    let geolb = Geolb::start(&cfg).await;
+    let admin = geolb.admin.to_string();
+    let token = file.to_str().unwrap();
+    let config = geolb.config_path();
+    let config = config.to_str().unwrap();
+
+    // The contract's form, then the token taken from the config.
+    let (ok, stdout, stderr) =
+        geolb_command(&["reload", "--admin", &admin, "--token-file", token]).await;
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("the JSON summary");
+    assert_eq!(summary["config_generation"], 2, "{stdout}");
+    let (ok, stdout, stderr) =
+        geolb_command(&["reload", "--admin", &admin, "--config", config]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"config_generation\": 3"), "{stdout}");
+
+    // No token, a wrong one: 1, saying why, and no reload.
+    let (ok, _, stderr) = geolb_command(&["reload", "--admin", &admin]).await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("--token-file"), "{stderr}");
+    let (_wrong_dir, wrong) = token_file("not-the-token\n");
+    let (ok, _, stderr) = geolb_command(&[
+        "reload",
+        "--admin",
+        &admin,
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert_eq!(geolb.status().await["config_generation"], 3);
+
+    // A bad config: 1, each error on its own line; the old config serves.
+    std::fs::write(
+        geolb.config_path(),
+        cfg.replace(&a.addr.to_string(), "127.0.0.1"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) =
+        geolb_command(&["reload", "--config", config, "--admin", &admin]).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("line ") && l.contains("pool[0].backends[0].addr")),
+        "{stderr}"
+    );
+    assert_eq!(geolb.status().await["config_generation"], 3);
+
+    // Nobody listening: 1.
+    let nobody = refusing_address().await;
+    let (ok, _, stderr) = geolb_command(&["reload", "--admin", &nobody]).await;
+    assert!(!ok);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+
+    // `geolb status`: the JSON, pretty; 1 when unreachable.
+    let (ok, stdout, stderr) = geolb_command(&["status", "--admin", &admin]).await;
+    assert!(ok, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).expect("status JSON");
+    assert_eq!(status["config_generation"], 3);
+    assert!(stdout.lines().count() > 10, "pretty-printed: {stdout}");
+    let (ok, _, stderr) = geolb_command(&["status", "--admin", &nobody]).await;
+    assert!(!ok);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[tokio::test]
+async fn geolb_override_sets_and_clears_overrides() {
+    let a = Backend::start("a").await;
+    let (_token_dir, file) = token_file("the-token\n");
+    let geolb = Geolb::start(&config_with_token(Some(&file), &a)).await;
+    let admin = geolb.admin.to_string();
+    let token = file.to_str().unwrap();
+    let backend = a.addr.to_string();
+
+    let (ok, stdout, stderr) = geolb_command(&[
+        "override",
+        "datacenter",
+        "one",
+        "drain",
+        "--admin",
+        &admin,
+        "--token-file",
+        token,
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "one: drain");
+    assert_eq!(datacenter_override(&geolb.status().await), "drain");
+    // The flags may come before the target too.
+    let (ok, _, stderr) = geolb_command(&[
+        "override",
+        "--admin",
+        &admin,
+        "--token-file",
+        token,
+        "backend",
+        &backend,
+        "down",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let status = geolb.status().await;
+    assert_eq!(backend_override(&status), "down");
+
+    // Refusals exit 1 and change nothing.
+    let (ok, _, stderr) =
+        geolb_command(&["override", "datacenter", "one", "auto", "--admin", &admin]).await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    let (ok, _, stderr) = geolb_command(&[
+        "override",
+        "datacenter",
+        "nowhere",
+        "drain",
+        "--admin",
+        &admin,
+        "--token-file",
+        token,
+    ])
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("404"), "{stderr}");
+    let (ok, _, stderr) = geolb_command(&["override", "datacenter", "one", "sideways"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("drain, down, auto"), "{stderr}");
+    assert_eq!(datacenter_override(&geolb.status().await), "drain");
+
+    for args in [["datacenter", "one"], ["backend", backend.as_str()]] {
+        let mut all = vec!["override"];
+        all.extend(args);
+        all.extend(["auto", "--admin", &admin, "--token-file", token]);
+        let (ok, _, stderr) = geolb_command(&all).await;
+        assert!(ok, "{stderr}");
+    }
+    let status = geolb.status().await;
+    assert_eq!(datacenter_override(&status), "auto");
+    assert_eq!(backend_override(&status), "auto");
+}
+
+/// `geolb override backend ADDR --pool POOL` sends the per-pool request
+/// (the admin listener here records it and answers 200).
+#[tokio::test]
+async fn geolb_override_with_a_pool_posts_to_the_pool_endpoint() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap().to_string();
+    let recorded = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\n10.0.0.1:80 ok")
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let (_token_dir, file) = token_file("the-token\n");
+    let (ok, stdout, stderr) = geolb_command(&[
+        "override",
+        "backend",
+        "10.0.0.1:80",
+        "drain",
+        "--pool",
+        "web-eu",
+        "--admin",
+        &admin,
+        "--token-file",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "10.0.0.1:80 ok");
+    let head = bounded(Duration::from_secs(10), "the request", recorded)
+        .await
+        .unwrap();
+    assert!(
+        head.starts_with("POST /pools/web-eu/backends/10.0.0.1:80/drain HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: bearer the-token\r\n"),
+        "{head}"
+    );
 }
