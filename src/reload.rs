@@ -26,6 +26,7 @@ use crate::daemon::{BoundListener, Daemon, bind_listener};
 use crate::dns::{self, DnsData, DnsSockets};
 use crate::geoip::{self, Locator};
 use crate::metrics;
+use crate::notify;
 use crate::proxy::tls::{self, CertInfo};
 use crate::state::{self, ListenerId, Snapshot};
 use crate::upstream::Upstream;
@@ -153,6 +154,7 @@ pub struct ReloadSummary {
 pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors> {
     let _one_at_a_time = daemon.reload_lock.lock().await;
     let started = Instant::now();
+    notify::reloading();
     // Parsing and compiling a large config (a 10,000-backend Maglev
     // table) must not stall the threads that serve traffic.
     let this = daemon.clone();
@@ -167,6 +169,14 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     });
     let outcome = if result.is_ok() { "success" } else { "failure" };
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+    let serving = format!("serving config generation {}", daemon.generation());
+    match &result {
+        Ok(_) => notify::ready(&serving),
+        Err(e) => notify::ready(&format!(
+            "reload refused ({} error(s)); {serving}",
+            e.0.len()
+        )),
+    }
     match result {
         Ok(mut summary) => {
             summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;

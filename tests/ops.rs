@@ -377,3 +377,191 @@ async fn geolb_override_with_a_pool_posts_to_the_pool_endpoint() {
         "{head}"
     );
 }
+
+/// What the daemon tells systemd: a Unix datagram socket standing in for
+/// `NOTIFY_SOCKET`.
+struct Notifications {
+    socket: tokio::net::UnixDatagram,
+    /// What `NOTIFY_SOCKET` is set to.
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Notifications {
+    /// On a path in a temporary directory.
+    fn at_path() -> Notifications {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+        Notifications {
+            socket,
+            name: path.to_str().unwrap().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// In the abstract namespace (`@name`).
+    fn abstract_name(tag: &str) -> Notifications {
+        use std::os::linux::net::SocketAddrExt as _;
+        let name = format!("geolb-test-{}-{tag}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let std_socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        std_socket.set_nonblocking(true).unwrap();
+        Notifications {
+            socket: tokio::net::UnixDatagram::from_std(std_socket).unwrap(),
+            name: format!("@{name}"),
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The next datagram.
+    async fn next(&self) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = bounded(
+            Duration::from_secs(15),
+            "a notification",
+            self.socket.recv(&mut buf),
+        )
+        .await
+        .unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    /// The next datagram with the line `line`, skipping watchdog pings.
+    async fn until(&self, line: &str) -> String {
+        loop {
+            let message = self.next().await;
+            if message.lines().any(|l| l == line) {
+                return message;
+            }
+        }
+    }
+
+    /// The next datagram that is not a watchdog ping.
+    async fn next_state(&self) -> String {
+        loop {
+            let message = self.next().await;
+            if message != "WATCHDOG=1" {
+                return message;
+            }
+        }
+    }
+}
+
+fn monotonic_usec() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
+}
+
+/// The value of `KEY=` in a notification.
+fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A pool "p" whose backend is checked: READY=1 must wait for its first result.
+fn checked_config(backend: &Backend) -> String {
+    config_with_token(None, backend).replace(
+        "name = \"p\"\n",
+        "name = \"p\"\ncheck = { kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"2s\", rise = 2, fall = 2 }\n",
+    )
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_reloading_and_stopping() {
+    let a = Backend::start("a").await;
+    let notes = Notifications::at_path();
+    let mut geolb = Geolb::spawn(&checked_config(&a), &[("NOTIFY_SOCKET", &notes.name)]);
+
+    // READY=1 is the first word, and everything serves by then: the admin
+    // listener, the proxy, and the backend's first check result.
+    let ready = notes.next().await;
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    assert!(
+        field(&ready, "STATUS").is_some_and(|s| s.contains("generation 1")),
+        "{ready}"
+    );
+    geolb.wait_started().await;
+    assert_eq!(geolb.backend_state("p", a.addr).await, "up");
+    let (code, _, body) = get(geolb.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!((code, body.as_ref()), (200, b"a".as_ref()));
+
+    // A reload by SIGHUP: RELOADING=1 stamped with CLOCK_MONOTONIC, then READY=1.
+    let before = monotonic_usec();
+    geolb.signal("HUP");
+    let reloading = notes.next_state().await;
+    let after = monotonic_usec();
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading}");
+    let stamp: u64 = field(&reloading, "MONOTONIC_USEC")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC: {reloading}"));
+    assert!(
+        before <= stamp && stamp <= after,
+        "{before} <= {stamp} <= {after}"
+    );
+    let ready = notes.next_state().await;
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    assert!(
+        field(&ready, "STATUS").is_some_and(|s| s.contains("generation 2")),
+        "{ready}"
+    );
+
+    // A refused reload (POST /reload) ends with READY=1 too, saying so.
+    std::fs::write(geolb.config_path(), "[[pool]]\nname = 1\n").unwrap();
+    let (code, _, _) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    let reloading = notes.next_state().await;
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading}");
+    let ready = notes.next_state().await;
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    assert!(
+        field(&ready, "STATUS").is_some_and(|s| s.contains("reload refused")),
+        "{ready}"
+    );
+
+    geolb.signal("TERM");
+    let stopping = notes.next_state().await;
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    assert!(geolb.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test]
+async fn the_watchdog_is_fed_every_half_period_on_an_abstract_socket() {
+    let a = Backend::start("a").await;
+    let notes = Notifications::abstract_name("watchdog");
+    let mut geolb = Geolb::spawn(
+        &config_with_token(None, &a),
+        &[("NOTIFY_SOCKET", &notes.name), ("WATCHDOG_USEC", "200000")],
+    );
+    notes.until("READY=1").await;
+    let first = std::time::Instant::now();
+    for _ in 0..5 {
+        notes.until("WATCHDOG=1").await;
+    }
+    // Five pings 100 ms apart: at least 400 ms after the first.
+    assert!(
+        first.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        first.elapsed()
+    );
+    geolb.signal("TERM");
+    notes.until("STOPPING=1").await;
+    assert!(geolb.wait_exit(Duration::from_secs(10)).await.success());
+
+    // WATCHDOG_PID names another process: the watchdog is not ours to feed.
+    let notes = Notifications::abstract_name("other-pid");
+    let _geolb = Geolb::spawn(
+        &config_with_token(None, &a),
+        &[
+            ("NOTIFY_SOCKET", &notes.name),
+            ("WATCHDOG_USEC", "200000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    );
+    notes.until("READY=1").await;
+    let ping = tokio::time::timeout(Duration::from_millis(700), notes.until("WATCHDOG=1")).await;
+    assert!(ping.is_err(), "a ping for another process's watchdog");
+}

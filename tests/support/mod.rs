@@ -76,6 +76,14 @@ impl Geolb {
     /// Starts geolb with `config` (which must have `[admin] listen =
     /// "127.0.0.1:0"`) and waits until its admin answers.
     pub async fn start(config: &str) -> Geolb {
+        let mut geolb = Geolb::spawn(config, &[]);
+        geolb.wait_started().await;
+        geolb
+    }
+
+    /// Starts geolb with `config` and extra environment variables, without
+    /// waiting for anything: [`Geolb::wait_started`] does.
+    pub fn spawn(config: &str, env: &[(&str, &str)]) -> Geolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("geolb.toml");
         std::fs::write(&path, config).expect("write config");
@@ -84,17 +92,23 @@ impl Geolb {
             .args(["run", "--config"])
             .arg(&path)
             .env("GEOLB_LOG", "info,geolb=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn geolb");
-        let mut geolb = Geolb {
+        Geolb {
             child: Some(child),
             dir,
             admin: "127.0.0.1:0".parse().unwrap(),
             listeners: HashMap::new(),
-        };
+        }
+    }
+
+    /// Waits until the admin listener answers; learns the listeners.
+    pub async fn wait_started(&mut self) {
+        let geolb = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(addr) = geolb
@@ -124,7 +138,6 @@ impl Geolb {
                 l["local_addr"].as_str().unwrap().parse().unwrap(),
             );
         }
-        geolb
     }
 
     pub fn listener(&self, name: &str) -> SocketAddr {
