@@ -565,3 +565,60 @@ async fn the_watchdog_is_fed_every_half_period_on_an_abstract_socket() {
     let ping = tokio::time::timeout(Duration::from_millis(700), notes.until("WATCHDOG=1")).await;
     assert!(ping.is_err(), "a ping for another process's watchdog");
 }
+
+/// `systemd-analyze ARGS`, or None where systemd-analyze is not installed.
+fn systemd_analyze(args: &[&std::ffi::OsStr]) -> Option<std::process::Output> {
+    std::process::Command::new("systemd-analyze")
+        .args(args)
+        .output()
+        .ok()
+}
+
+#[test]
+fn the_systemd_unit_is_notify_reloads_through_geolb_and_is_sandboxed() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/geolb.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let has = |line: &str| lines.contains(&line);
+    assert!(has("Type=notify"));
+    assert!(has(
+        "ExecStartPre=/usr/local/bin/geolb check --config /etc/geolb/geolb.toml"
+    ));
+    assert!(has(
+        "ExecReload=/usr/local/bin/geolb reload --config /etc/geolb/geolb.toml"
+    ));
+    assert!(has("StateDirectory=geolb"));
+
+    // Exposure as systemd rates it (skipped where systemd-analyze is absent).
+    let Some(out) = systemd_analyze(&[
+        "security".as_ref(),
+        "--offline=true".as_ref(),
+        unit.as_os_str(),
+    ]) else {
+        return;
+    };
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for geolb.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{report}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 2.0, "exposure {score}:\n{report}");
+
+    // The unit verifies, once its commands point at a binary that exists.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("geolb.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/geolb", env!("CARGO_BIN_EXE_geolb")),
+    )
+    .unwrap();
+    let out = systemd_analyze(&["verify".as_ref(), copy.as_os_str()]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
