@@ -280,11 +280,15 @@ pub async fn status(admin: &Admin) -> Result<Report, ControlError> {
     if answer.status != StatusCode::OK {
         return Ok(Report::refused(admin, &answer));
     }
-    let text = serde_json::from_slice::<serde_json::Value>(&answer.body)
+    let text = answer.text();
+    // The daemon pretty-prints, in its own key order; keep both.
+    if text.contains('\n') {
+        return Ok(Report::done(text));
+    }
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
-        .and_then(|json| serde_json::to_string_pretty(&json).ok())
-        .unwrap_or_else(|| answer.text());
-    Ok(Report::done(text))
+        .and_then(|json| serde_json::to_string_pretty(&json).ok());
+    Ok(Report::done(pretty.unwrap_or(text)))
 }
 
 /// A runtime override's target.

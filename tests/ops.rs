@@ -261,17 +261,18 @@ async fn geolb_override_sets_and_clears_overrides() {
     let token = file.to_str().unwrap();
     let backend = a.addr.to_string();
 
-    let (ok, stdout, stderr) = geolb_command(&[
-        "override",
-        "datacenter",
-        "one",
-        "drain",
-        "--admin",
-        &admin,
-        "--token-file",
-        token,
-    ])
-    .await;
+    // `geolb override ARGS --admin A --token-file T`.
+    let with_token = |args: &[&str]| {
+        let mut all = vec!["override".to_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(["--admin", &admin, "--token-file", token].map(str::to_owned));
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            geolb_command(&all).await
+        }
+    };
+
+    let (ok, stdout, stderr) = with_token(&["datacenter", "one", "drain"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "one: drain");
     assert_eq!(datacenter_override(&geolb.status().await), "drain");
@@ -288,37 +289,23 @@ async fn geolb_override_sets_and_clears_overrides() {
     ])
     .await;
     assert!(ok, "{stderr}");
-    let status = geolb.status().await;
-    assert_eq!(backend_override(&status), "down");
+    assert_eq!(backend_override(&geolb.status().await), "down");
 
     // Refusals exit 1 and change nothing.
     let (ok, _, stderr) =
         geolb_command(&["override", "datacenter", "one", "auto", "--admin", &admin]).await;
     assert!(!ok);
     assert!(stderr.contains("401"), "{stderr}");
-    let (ok, _, stderr) = geolb_command(&[
-        "override",
-        "datacenter",
-        "nowhere",
-        "drain",
-        "--admin",
-        &admin,
-        "--token-file",
-        token,
-    ])
-    .await;
+    let (ok, _, stderr) = with_token(&["datacenter", "nowhere", "drain"]).await;
     assert!(!ok);
     assert!(stderr.contains("404"), "{stderr}");
-    let (ok, _, stderr) = geolb_command(&["override", "datacenter", "one", "sideways"]).await;
+    let (ok, _, stderr) = with_token(&["datacenter", "one", "sideways"]).await;
     assert!(!ok);
     assert!(stderr.contains("drain, down, auto"), "{stderr}");
     assert_eq!(datacenter_override(&geolb.status().await), "drain");
 
-    for args in [["datacenter", "one"], ["backend", backend.as_str()]] {
-        let mut all = vec!["override"];
-        all.extend(args);
-        all.extend(["auto", "--admin", &admin, "--token-file", token]);
-        let (ok, _, stderr) = geolb_command(&all).await;
+    for target in [["datacenter", "one"], ["backend", backend.as_str()]] {
+        let (ok, _, stderr) = with_token(&[target[0], target[1], "auto"]).await;
         assert!(ok, "{stderr}");
     }
     let status = geolb.status().await;
@@ -384,7 +371,8 @@ struct Notifications {
     socket: tokio::net::UnixDatagram,
     /// What `NOTIFY_SOCKET` is set to.
     name: String,
-    _dir: tempfile::TempDir,
+    /// Holds a path socket's directory.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Notifications {
@@ -396,7 +384,7 @@ impl Notifications {
         Notifications {
             socket,
             name: path.to_str().unwrap().to_owned(),
-            _dir: dir,
+            _dir: Some(dir),
         }
     }
 
@@ -410,7 +398,7 @@ impl Notifications {
         Notifications {
             socket: tokio::net::UnixDatagram::from_std(std_socket).unwrap(),
             name: format!("@{name}"),
-            _dir: tempfile::tempdir().unwrap(),
+            _dir: None,
         }
     }
 
