@@ -135,6 +135,23 @@ async fn admin_posts_need_the_token_and_reads_stay_open() {
 }
 
 #[tokio::test]
+async fn a_reload_adds_and_removes_the_token() {
+    let a = Backend::start("a").await;
+    let (_token_dir, file) = token_file("the-token\n");
+    let geolb = Geolb::start(&config_with_token(None, &a)).await;
+    std::fs::write(geolb.config_path(), config_with_token(Some(&file), &a)).unwrap();
+    let (code, _, body) = post(&geolb, "/reload", None).await;
+    assert_eq!(code, 200, "token_file is not a restart-only change: {body}");
+    let (code, _, _) = post(&geolb, "/datacenters/one/drain", None).await;
+    assert_eq!(code, 401);
+    std::fs::write(geolb.config_path(), config_with_token(None, &a)).unwrap();
+    let (code, _, body) = post(&geolb, "/reload", Some("the-token")).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _) = post(&geolb, "/datacenters/one/drain", None).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
 async fn check_names_admin_token_file_when_it_is_missing_or_empty() {
     let a = Backend::start("a").await;
     let dir = tempfile::tempdir().unwrap();
