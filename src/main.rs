@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -145,7 +146,8 @@ where
     };
     match rt.block_on(run(&admin)) {
         Ok(report) if report.ok => {
-            println!("{}", report.text);
+            // A closed pipe (`geolb status | head`) is not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", report.text);
             ExitCode::SUCCESS
         }
         Ok(report) => {
