@@ -19,6 +19,7 @@ use crate::daemon::Daemon;
 use crate::dns::{self, SharedDnsData};
 use crate::health::HealthTable;
 use crate::metrics;
+use crate::notify;
 use crate::overrides::{FileStore, OverrideStore};
 use crate::reload::{self, Checked, Start};
 use crate::state::{self, BackendRegistry, SharedSnapshot};
@@ -120,8 +121,16 @@ pub async fn serve(
         tracing::warn!(error = %e, "cannot tell the previous process to stop; stop it by hand");
     }
     tasks.spawn(offer_takeover(takeover_path, daemon.clone()));
+    notify::ready(&format!(
+        "serving config generation {}",
+        daemon.generation()
+    ));
+    if let Some(interval) = notify::watchdog_interval() {
+        tasks.spawn(notify::watchdog(interval, shutdown.clone()));
+    }
 
     wait_for_stop(&daemon).await;
+    notify::stopping();
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     shutdown.cancel();
     tasks.close();

@@ -107,6 +107,9 @@ pub struct Daemon {
     pub dns: SharedDnsData,
     /// (listener name, its certificates), for the expiry gauge.
     pub certs: ArcSwap<Vec<(String, Vec<CertInfo>)>>,
+    /// The bearer token admin POSTs need (`[admin] token_file`), set by
+    /// each [`crate::reload::apply`]; None: no token asked.
+    pub admin_token: ArcSwap<Option<Arc<str>>>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     generation: AtomicU64,
@@ -149,6 +152,7 @@ impl Daemon {
             admin_addr,
             dns,
             certs: ArcSwap::from_pointee(Vec::new()),
+            admin_token: ArcSwap::from_pointee(None),
             shutdown,
             tasks,
             generation: AtomicU64::new(0),

@@ -9,7 +9,7 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, balance, geoip, tls_client)
-//!      -> (config, metrics, proxy_protocol, accept)
+//!      -> (config, metrics, proxy_protocol, accept, notify)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -37,9 +37,14 @@
 //!   with its key path and line.
 //! - [`metrics`]: every metric name, its description and buckets.
 //! - [`proxy_protocol`]: the PROXY protocol codec (proxy and health).
+//! - [`notify`]: systemd readiness (`sd_notify`): ready, reloading,
+//!   stopping, watchdog.
 //! - [`accept`]: the one accept loop of every listener.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
+//! - [`control`]: `geolb reload`, `status`, `override`: a client of a
+//!   running daemon's admin API (beside the layers: it imports only
+//!   `config`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
 //!   benchmark.
 //!
@@ -67,6 +72,7 @@ pub mod alloc_stats;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dns;
@@ -74,6 +80,7 @@ pub mod geoip;
 pub mod health;
 pub mod lookup;
 pub mod metrics;
+pub mod notify;
 pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -1,7 +1,9 @@
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use geolb::control::{self, OverrideState, Target};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +49,121 @@ enum Command {
     },
     /// A self-contained demo on loopback, with built-in backends.
     Demo,
+    /// Ask the running daemon to reload its config (POST /reload). Exit 0
+    /// reloaded; 1 refused (each error printed), unauthorized or unreachable.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the running daemon's /status (JSON). Exit 1 if unreachable.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set or clear a runtime override (drain, down, auto) on a data center
+    /// or a backend. Exit 0 only when the daemon answers 200.
+    Override {
+        #[command(subcommand)]
+        target: OverrideTarget,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the running daemon's admin listener is, and its token.
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin address [default: the config's [admin] listen with
+    /// --config, else 127.0.0.1:9100].
+    #[arg(long, global = true)]
+    admin: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token [default: the config's
+    /// [admin] token_file with --config].
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// The daemon's config file, read for [admin] listen and token_file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum OverrideTarget {
+    /// A data center (DNS answers): `geolb override datacenter eu-west drain`.
+    Datacenter {
+        /// The `[[datacenter]]` name.
+        name: String,
+        state: StateArg,
+    },
+    /// A backend, in every pool that has it or in `--pool` only.
+    Backend {
+        /// The backend's `addr` as configured (IP:port).
+        addr: std::net::SocketAddr,
+        state: StateArg,
+        /// Only in this pool (POST /pools/POOL/backends/ADDR/STATE).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    /// No new requests or answers; in-flight ones finish.
+    Drain,
+    /// As if every health check failed.
+    Down,
+    /// Back to the config and the health checks.
+    Auto,
+}
+
+impl From<StateArg> for OverrideState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Drain => OverrideState::Drain,
+            StateArg::Down => OverrideState::Down,
+            StateArg::Auto => OverrideState::Auto,
+        }
+    }
+}
+
+/// Runs one command against the running daemon: its report on stdout
+/// (exit 0) or stderr (exit 1).
+fn talk<F>(command: &str, args: &AdminArgs, run: F) -> ExitCode
+where
+    F: AsyncFnOnce(&control::Admin) -> Result<control::Report, control::ControlError>,
+{
+    let admin = match control::admin(
+        args.admin,
+        args.token_file.as_deref(),
+        args.config.as_deref(),
+    ) {
+        Ok(admin) => admin,
+        Err(e) => {
+            eprintln!("geolb {command}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&admin)) {
+        Ok(report) if report.ok => {
+            // A closed pipe (`geolb status | head`) is not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", report.text);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            eprintln!("geolb {command}: {}", report.text);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("geolb {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging() {
@@ -155,6 +272,19 @@ fn main() -> ExitCode {
                 Err(e) => eprintln!("geolb lookup: {e:#}"),
             }
             ExitCode::SUCCESS
+        }
+        Command::Reload { admin } => talk("reload", &admin, control::reload),
+        Command::Status { admin } => talk("status", &admin, control::status),
+        Command::Override { target, admin } => {
+            let (target, state) = match target {
+                OverrideTarget::Datacenter { name, state } => (Target::Datacenter(name), state),
+                OverrideTarget::Backend { addr, state, pool } => {
+                    (Target::Backend { addr, pool }, state)
+                }
+            };
+            talk("override", &admin, async |a| {
+                control::set_override(a, &target, state.into()).await
+            })
         }
         Command::Demo => {
             init_logging();

@@ -26,6 +26,7 @@ use crate::daemon::{BoundListener, Daemon, bind_listener};
 use crate::dns::{self, DnsData, DnsSockets};
 use crate::geoip::{self, Locator};
 use crate::metrics;
+use crate::notify;
 use crate::overrides::FileStore;
 use crate::proxy::tls::{self, CertInfo};
 use crate::state::{self, ListenerId, Snapshot};
@@ -44,6 +45,8 @@ pub struct Checked {
     upstreams: Vec<Upstream>,
     /// Compiled without a health view; [`apply`] gives it the snapshot's.
     dns: DnsData,
+    /// `[admin] token_file`'s token: every admin POST must present it.
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl Checked {
@@ -60,6 +63,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
     let mut errors = config::check_files(&config);
     let tls = load_tls(&config, &mut errors);
     let upstreams = build_upstreams(&config, &mut errors);
+    let admin_token = read_admin_token(&config, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -70,7 +74,24 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
         tls,
         upstreams,
         dns,
+        admin_token,
     })
+}
+
+/// The bearer token of `[admin] token_file`, unless `check_files`
+/// already said the file cannot be opened.
+fn read_admin_token(config: &Config, errors: &mut Vec<ConfigError>) -> Option<Arc<str>> {
+    const KEY: &str = "admin.token_file";
+    let file = config.admin.as_ref()?.token_file.as_ref()?;
+    if errors.iter().any(|e| e.path == KEY) {
+        return None;
+    }
+    config::read_token(file)
+        .map_err(|e| {
+            let shown = format!("{:?}", file.display().to_string());
+            errors.push(ConfigError::value(KEY, shown, e))
+        })
+        .ok()
 }
 
 /// Loads every https listener's certificates and keys, adding what is wrong
@@ -134,6 +155,7 @@ pub struct ReloadSummary {
 pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors> {
     let _one_at_a_time = daemon.reload_lock.lock().await;
     let started = Instant::now();
+    notify::reloading();
     // Parsing and compiling a large config (a 10,000-backend Maglev
     // table) must not stall the threads that serve traffic.
     let this = daemon.clone();
@@ -148,6 +170,14 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     });
     let outcome = if result.is_ok() { "success" } else { "failure" };
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+    let serving = format!("serving config generation {}", daemon.generation());
+    match &result {
+        Ok(_) => notify::ready(&serving),
+        Err(e) => notify::ready(&format!(
+            "reload refused ({} error(s)); {serving}",
+            e.0.len()
+        )),
+    }
     match result {
         Ok(mut summary) => {
             summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -200,6 +230,7 @@ pub fn apply(
         tls,
         upstreams,
         dns: dns_data,
+        admin_token,
     } = checked;
     let config = Arc::new(config);
     // A reload may move the state directory: later changes are kept there.
@@ -224,6 +255,7 @@ pub fn apply(
         tls[i].as_ref().map(|(server, _)| server.clone())
     });
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
+    daemon.admin_token.store(Arc::new(admin_token));
     if start == Start::AfterFirstChecks {
         let limit = daemon.health.longest_timeout() + FIRST_ROUND_MARGIN;
         tokio::runtime::Handle::current().block_on(daemon.health.wait_first_round(limit));
@@ -354,7 +386,7 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
             format_args!("{what} needs a restart in this version"),
         ))
     };
-    if old.admin != new.admin {
+    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         needs_restart("admin.listen", "changing the admin listener");
     }
     if udp_threads(old) != udp_threads(new) {

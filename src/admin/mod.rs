@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+mod auth;
 mod exposition;
 
 use crate::accept::accept_loop;
@@ -26,12 +27,19 @@ use crate::reload;
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let shutdown = daemon.shutdown.clone();
-    accept_loop(listener, "admin", shutdown, |stream, _| {
+    accept_loop(listener, "admin", shutdown, |stream, peer| {
         let daemon = daemon.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(route(req, &daemon).await) }
+                async move {
+                    let token = daemon.admin_token.load();
+                    let refused = auth::refuse(req.method(), req.headers(), token.as_deref(), peer);
+                    Ok::<_, Infallible>(match refused {
+                        Some(unauthorized) => unauthorized,
+                        None => route(req, &daemon).await,
+                    })
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

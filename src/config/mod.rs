@@ -18,6 +18,7 @@ mod model;
 mod parse;
 mod pool;
 mod record;
+mod token;
 mod values;
 mod walk;
 
@@ -27,3 +28,4 @@ mod tests;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use parse::{check_files, load, parse_str};
+pub use token::{TokenError, read_token};

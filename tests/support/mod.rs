@@ -117,6 +117,23 @@ impl Geolb {
         state_dir: Option<&std::path::Path>,
         args: &[&str],
     ) -> Geolb {
+        let mut geolb = Self::launch(config, state_dir, args, &[]);
+        geolb.wait_started().await;
+        geolb
+    }
+
+    /// Starts geolb with `config` and extra environment variables, without
+    /// waiting for anything: [`Geolb::wait_started`] does.
+    pub fn spawn(config: &str, env: &[(&str, &str)]) -> Geolb {
+        Self::launch(config, None, &[], env)
+    }
+
+    fn launch(
+        config: &str,
+        state_dir: Option<&std::path::Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Geolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = state_dir.map_or_else(|| dir.path().join("state"), |d| d.to_path_buf());
         let path = dir.path().join("geolb.toml");
@@ -127,18 +144,24 @@ impl Geolb {
             .arg(&path)
             .args(args)
             .env("GEOLB_LOG", "info,geolb=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn geolb");
-        let mut geolb = Geolb {
+        Geolb {
             child: Some(child),
             dir,
             state_dir,
             admin: "127.0.0.1:0".parse().unwrap(),
             listeners: HashMap::new(),
-        };
+        }
+    }
+
+    /// Waits until the admin listener answers; learns the listeners.
+    pub async fn wait_started(&mut self) {
+        let geolb = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(addr) = geolb
@@ -168,7 +191,6 @@ impl Geolb {
                 l["local_addr"].as_str().unwrap().parse().unwrap(),
             );
         }
-        geolb
     }
 
     pub fn listener(&self, name: &str) -> SocketAddr {
