@@ -247,6 +247,7 @@ fn the_example_configs_parse() {
     for text in [
         include_str!("../../config/geolb.toml"),
         include_str!("../../config/minimal.toml"),
+        include_str!("../../config/docker.toml"),
     ] {
         parse(text).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -803,6 +804,7 @@ fn the_reference_sets_every_key_the_parser_reads() {
     for example in [
         include_str!("../../config/geolb.toml"),
         include_str!("../../config/minimal.toml"),
+        include_str!("../../config/docker.toml"),
     ] {
         asked.extend(looked_up(example).into_keys().map(|key| (key, false)));
     }
