@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, eventually, get, raw, request, status_of};
+use support::{Backend, Geolb, bounded, eventually, get, raw, request, status_of};
 
 fn config(body: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
@@ -1006,6 +1006,40 @@ async fn the_demo_prints_commands_that_work() {
     assert_eq!(
         dns_a(dns, "api.mysite.test", "81.2.69.160").await,
         ["198.51.100.10"]
+    );
+    // The lookup command names this binary (no `cargo run`: it must work
+    // outside the source tree) and works as printed.
+    let lookup = printed
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.contains(" lookup --config "))
+        .unwrap_or_else(|| panic!("no lookup command in {printed:#?}"));
+    let words: Vec<&str> = lookup.split(' ').collect();
+    let binary = std::fs::canonicalize(env!("CARGO_BIN_EXE_geolb")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(words[0]).ok().as_ref(),
+        Some(&binary),
+        "{lookup}"
+    );
+    let out = bounded(
+        Duration::from_secs(10),
+        "the printed lookup command",
+        tokio::process::Command::new(words[0])
+            .args(&words[1..])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{lookup}: {}", out.status);
+    assert!(
+        out.stderr.is_empty(),
+        "{lookup}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("London") && report.contains("from the running daemon"),
+        "{report}"
     );
     let _ = child.kill().await;
 }
