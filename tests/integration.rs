@@ -1312,8 +1312,8 @@ async fn runtime_overrides_drain_backends_and_move_dns_answers() {
          soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
          ns = [\"ns1.mysite.com.\"]\n\
          [[dns.geo]]\nname = \"api.mysite.com\"\n\
-         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\n\
-         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"192.0.2.2\"]\n\
+         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"192.0.2.2\"]\nalways_up = true\n\
          [[pool]]\nname = \"p\"\nbackends = [{}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
         backend_list(&[&a, &b])
@@ -1393,8 +1393,8 @@ async fn a_replaced_geoip_database_is_picked_up_and_a_corrupt_one_ignored() {
          soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
          ns = [\"ns1.mysite.com.\"]\n\
          [[dns.geo]]\nname = \"api.mysite.com\"\n\
-         [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\n\
-         [[datacenter]]\nname = \"ap-southeast\"\nlocation = {{ lat = 1.35, lon = 103.82 }}\naddresses = [\"192.0.2.10\"]\n",
+         [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"ap-southeast\"\nlocation = {{ lat = 1.35, lon = 103.82 }}\naddresses = [\"192.0.2.10\"]\nalways_up = true\n",
         db.display()
     ));
     let geolb = Geolb::start(&cfg).await;
@@ -1471,7 +1471,7 @@ async fn dns_listen_addresses_change_by_reload() {
              soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
              ns = [\"ns1.mysite.com.\"]\n\
              [[dns.geo]]\nname = \"api.mysite.com\"\n\
-             [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\n",
+             [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\nalways_up = true\n",
             list.join(", ")
         ))
     };
@@ -1549,9 +1549,9 @@ async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest(
          soa = { mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
          ns = [\"ns1.mysite.com.\"]\n\
          [[dns.geo]]\nname = \"api.mysite.com\"\nanswers = 2\n\
-         [[datacenter]]\nname = \"us-east\"\nlocation = { lat = 39.04, lon = -77.49 }\naddresses = [\"203.0.113.10\"]\n\
-         [[datacenter]]\nname = \"eu-west\"\nlocation = { lat = 53.35, lon = -6.26 }\naddresses = [\"198.51.100.10\"]\n\
-         [[datacenter]]\nname = \"ap-southeast\"\nlocation = { lat = 1.35, lon = 103.82 }\naddresses = [\"192.0.2.10\"]\n",
+         [[datacenter]]\nname = \"us-east\"\nlocation = { lat = 39.04, lon = -77.49 }\naddresses = [\"203.0.113.10\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"eu-west\"\nlocation = { lat = 53.35, lon = -6.26 }\naddresses = [\"198.51.100.10\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"ap-southeast\"\nlocation = { lat = 1.35, lon = 103.82 }\naddresses = [\"192.0.2.10\"]\nalways_up = true\n",
     );
     let geolb = Geolb::start(&cfg).await;
     let server: SocketAddr = geolb.status().await["dns"]["udp"][0]

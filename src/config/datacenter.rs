@@ -8,6 +8,10 @@ use super::model::*;
 use super::values::{LOCATION_EXAMPLE, public_ip};
 use super::walk::{Ctx, Field, Tbl, first_seen};
 
+const NOTHING_CHECKS: &str = "a data center with no pools and no check is up whatever happens \
+     to it; add pools = [\"web\"] (its local pools), a check (a remote one), or always_up = true \
+     if that is meant";
+
 impl Ctx {
     pub(super) fn datacenters(
         &mut self,
@@ -33,6 +37,7 @@ impl Ctx {
         });
         let check = self.maybe(t, "check", Ctx::remote_check);
         let drain = self.opt(t, "drain", false, Ctx::bool);
+        let always_up = self.always_up(t, pools.as_deref(), check.as_ref());
         Some(DatacenterConfig {
             name: name?,
             location: location?,
@@ -40,7 +45,40 @@ impl Ctx {
             pools: pools?,
             check: check?,
             drain: drain?,
+            always_up: always_up?,
         })
+    }
+
+    /// `always_up` (optional, false): says that a data center nothing
+    /// checks is meant to be up whatever happens. `pools` and `check` are
+    /// `None` when bad (already reported).
+    fn always_up(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        pools: Option<&[String]>,
+        check: Option<&Option<RemoteCheck>>,
+    ) -> Option<bool> {
+        let field = t.field("always_up");
+        let always_up = match &field {
+            Some(f) => self.bool(f)?,
+            None => false,
+        };
+        let checked = match (pools, check) {
+            (Some(pools), Some(check)) => !pools.is_empty() || check.is_some(),
+            _ => return Some(always_up),
+        };
+        let problem = match (always_up, checked) {
+            (false, false) => NOTHING_CHECKS,
+            (true, true) => {
+                "the pools or check set here would be ignored; remove them, or this key"
+            }
+            _ => return Some(always_up),
+        };
+        match &field {
+            Some(f) => self.bad(f, problem),
+            None => self.err(t.path.clone(), t.offset, problem.to_owned()),
+        }
+        None
     }
 
     fn dc_addresses(&mut self, f: &Field<'_, '_>) -> Option<Vec<IpAddr>> {

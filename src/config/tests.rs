@@ -184,6 +184,8 @@ fn reference_file_parses_with_its_meaning() {
     assert_eq!(dcs[0].pools, ["web-eu"]);
     assert!(!dcs[0].drain && dcs[0].check.is_none());
     assert!(dcs[1].pools == ["web-us"] && dcs[2].pools.is_empty());
+    assert!(dcs[3].always_up && dcs[3].pools.is_empty() && dcs[3].check.is_none());
+    assert!(!dcs[0].always_up);
     let remote = dcs[2].check.as_ref().unwrap();
     assert_eq!(remote.target, "127.0.0.1:18093");
     assert_eq!(remote.check.probe, Probe::Tcp);
@@ -858,4 +860,56 @@ fn the_reference_covers_the_contract_file_when_present() {
         path.display(),
         missing.join(", ")
     );
+}
+
+#[test]
+fn a_data_center_nothing_checks_needs_always_up() {
+    const DC: &str = "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\
+        [[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = [\"192.0.2.1\"]\n";
+    let nothing = ConfigError {
+        path: "datacenter[0]".into(),
+        message: "a data center with no pools and no check is up whatever happens to it; \
+                  add pools = [\"web\"] (its local pools), a check (a remote one), or \
+                  always_up = true if that is meant"
+            .into(),
+        line: Some(4),
+    };
+    assert_eq!(errors(DC), std::slice::from_ref(&nothing));
+    assert_eq!(
+        errors(&format!("{DC}pools = []")),
+        std::slice::from_ref(&nothing)
+    );
+    assert_eq!(
+        errors(&format!("{DC}always_up = false")),
+        [ConfigError {
+            path: "datacenter[0].always_up".into(),
+            message: format!("= false: {}", nothing.message),
+            line: Some(8),
+        }]
+    );
+    assert_eq!(
+        errors(&format!("{DC}pools = [\"p\"]\nalways_up = true")),
+        [ConfigError {
+            path: "datacenter[0].always_up".into(),
+            message: "= true: the pools or check set here would be ignored; remove them, or \
+                      this key"
+                .into(),
+            line: Some(9),
+        }]
+    );
+    // A bad pools list is reported alone, not also as "no pools".
+    let found = errors(&format!("{DC}pools = [\"q\"]"));
+    let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["datacenter[0].pools[0]"]);
+
+    let up = parse(&format!("{DC}always_up = true")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(up.datacenters[0].always_up);
+    for fine in [
+        format!("{DC}pools = [\"p\"]"),
+        format!("{DC}check = {{ kind = \"tcp\", addr = \"192.0.2.1:9100\" }}"),
+        format!("{DC}pools = [\"p\"]\nalways_up = false"),
+    ] {
+        let config = parse(&fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        assert!(!config.datacenters[0].always_up, "{fine}");
+    }
 }
