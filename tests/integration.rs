@@ -516,6 +516,63 @@ async fn backend_timeout_is_504_and_a_dead_backend_is_502() {
 }
 
 #[tokio::test]
+async fn error_bodies_never_name_the_backend_but_the_logs_do() {
+    // A backend that takes connections and requests and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let quiet = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    // A port nothing listens on.
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let geolb = Geolb::start(&config(&format!(
+        "[[pool]]\nname = \"quiet\"\nbackends = [{{ addr = \"{quiet}\" }}]\n\
+         [[pool]]\nname = \"dead\"\nbackends = [{{ addr = \"{dead}\" }}]\n\
+         [[pool]]\nname = \"down\"\ncheck = {{ kind = \"tcp\", interval = \"100ms\" }}\n\
+         backends = [{{ addr = \"{dead}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"quiet\"\n\
+         routes = [{{ path_prefix = \"/dead/\", pool = \"dead\" }}, {{ path_prefix = \"/down/\", pool = \"down\" }}]\n\
+         timeouts = {{ request = \"300ms\" }}\nretries = 0\naccess_log = true\n"
+    )))
+    .await;
+    let web = geolb.listener("web");
+    for (path, code, says, backend) in [
+        ("/", 504, "did not answer within 300ms", quiet),
+        ("/dead/x", 502, "could not connect", dead),
+        ("/down/x", 503, "no healthy backend in pool down", dead),
+    ] {
+        let (status, _, body) = get(web, path, &[]).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, code, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+        assert!(
+            !body.contains(&backend.ip().to_string())
+                && !body.contains(&backend.port().to_string()),
+            "{path}: the body names the backend {backend}: {body}"
+        );
+    }
+    // The operator still learns which backend it was, and why.
+    eventually("the failures logged", Duration::from_secs(5), || async {
+        let log = geolb.log();
+        let named = |target: &str, addr: SocketAddr, status: &str| {
+            log.lines()
+                .any(|l| l.contains(target) && l.contains(&addr.to_string()) && l.contains(status))
+        };
+        named("request failed", quiet, "status=504")
+            && named("request failed", dead, "status=502")
+            && named("geolb::access", quiet, "status=504")
+            && named("geolb::access", dead, "status=502")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     let a = Backend::start("a").await;
     let mut geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;

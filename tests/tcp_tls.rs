@@ -881,6 +881,12 @@ mod upstream {
                 );
             } else {
                 assert!(text.contains("TLS"), "{name}: the reason is given: {text}");
+                // The TLS error, with the backend's address and names, is
+                // for the log only.
+                assert!(
+                    !text.contains("127.0.0.1") && !text.contains("origin.test"),
+                    "{name}: the body names the backend: {text}"
+                );
             }
         }
     }
