@@ -149,7 +149,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
     match result {
         Ok(mut summary) => {
-            summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+            summary.took_ms = started.elapsed().as_micros() as f64 / 1000.0;
             tracing::info!(
                 generation = summary.config_generation,
                 took_ms = summary.took_ms,

@@ -1102,6 +1102,33 @@ async fn the_demo_prints_commands_that_work() {
 }
 
 #[tokio::test]
+async fn the_reload_summary_gives_took_ms_to_the_microsecond() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    for _ in 0..3 {
+        let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "{body}");
+        // The number as written, not as parsed: 2.8673159999999998 parses too.
+        let number: String = body
+            .split("\"took_ms\":")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no took_ms in {body}"))
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            !number.is_empty() && decimals <= 3,
+            "took_ms = {number} in {body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn fifty_reloads_under_load_fail_no_request() {
     let (a, b, c) = (
         Backend::start("a").await,
