@@ -213,18 +213,28 @@ impl Ctx {
         let mut out = Vec::new();
         for item in &items {
             let expected = format!("expected a [[{kind}]] table");
+            let mut duplicate = false;
             let parsed = self.table(item, &expected, |c, t| {
                 let name = c.req(t, "name", &format!("\"my-{kind}\""), |c, f| {
                     let name = c.parsed(f, ident)?;
                     match first_seen(&mut seen, name.clone(), &f.path) {
-                        Some(first) => c.bad(f, format!("duplicate name: {first} is the same")),
+                        Some(first) => {
+                            c.bad(f, format!("duplicate name: {first} is the same"));
+                            duplicate = true;
+                        }
                         None => names.push(name.clone()),
                     }
                     Some(name)
                 });
                 read(c, t, name)
             });
-            out.extend(parsed);
+            // A second table of a name is reported once, above; what it
+            // holds must not stand for that name in later checks (which
+            // would then report the second table's settings against every
+            // reference to the first).
+            if !duplicate {
+                out.extend(parsed);
+            }
         }
         out
     }

@@ -913,3 +913,45 @@ fn a_data_center_nothing_checks_needs_always_up() {
         assert!(!config.datacenters[0].always_up, "{fine}");
     }
 }
+
+/// A name defined twice is one error: the second table never stands for
+/// the name, so references to it are neither unknown nor judged by the
+/// second table's settings.
+#[test]
+fn a_duplicate_name_is_reported_once() {
+    let text = r#"[[pool]]
+name = "web"
+backends = []
+[[pool]]
+name = "web"
+backends = [{ addr = "127.0.0.1:8082" }]
+proxy_protocol = "v2"
+[[datacenter]]
+name = "eu"
+location = { lat = 1, lon = 2 }
+addresses = ["192.0.2.1"]
+pools = ["web"]
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+pool = "web"
+routes = [{ path_prefix = "/x/", pool = "web" }]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            ConfigError {
+                path: "pool[0].backends".into(),
+                message:
+                    "= []: a pool needs at least one backend, like [{ addr = \"127.0.0.1:8080\" }]"
+                        .into(),
+                line: Some(3),
+            },
+            ConfigError {
+                path: "pool[1].name".into(),
+                message: "= \"web\": duplicate name: pool[0].name is the same".into(),
+                line: Some(5),
+            },
+        ]
+    );
+}
