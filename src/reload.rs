@@ -60,7 +60,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
     let tls = load_tls(&config, &mut errors);
     let upstreams = build_upstreams(&config, &mut errors);
     if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+        return Err(ConfigErrors(config::with_lines(&config, errors)));
     }
     let locator = Arc::new(geoip::load(&config, previous)?);
     let dns = dns::compile(&config, locator, Arc::new(dns::AllUp)).map_err(ConfigErrors)?;

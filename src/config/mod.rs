@@ -26,4 +26,4 @@ mod tests;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use parse::{check_files, load, parse_str};
+pub use parse::{check_files, load, parse_str, with_lines};
