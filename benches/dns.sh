@@ -120,16 +120,19 @@ name = "api.mysite.com"
 name = "us-east"
 location = { lat = 39.04, lon = -77.49 }
 addresses = ["203.0.113.10"]
+always_up = true
 
 [[datacenter]]
 name = "eu-west"
 location = { lat = 53.35, lon = -6.26 }
 addresses = ["198.51.100.10"]
+always_up = true
 
 [[datacenter]]
 name = "ap-southeast"
 location = { lat = 1.35, lon = 103.82 }
 addresses = ["192.0.2.10"]
+always_up = true
 EOF
 }
 

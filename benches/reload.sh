@@ -154,6 +154,7 @@ pools = ["one"]
 name = "two"
 location = { lat = 0, lon = 1 }
 addresses = ["192.0.2.2"]
+always_up = true
 [[pool]]
 name = "one"
 check = { kind = "http", path = "/", interval = "200ms", timeout = "150ms", rise = 2, fall = 2 }

@@ -165,6 +165,8 @@ pub async fn run() -> anyhow::Result<()> {
         .copied()
         .context("the DNS listener did not start")?;
     let dig = format!("dig @{} -p {}", dns_addr.ip(), dns_addr.port());
+    // This very binary: `cargo run` works only inside the source tree.
+    let geolb = std::env::current_exe().map_or_else(|_| "geolb".to_owned(), |p| shell_word(&p));
     println!(
         "\ngeolb demo is running (config: {config}). Try, in another terminal:\n\n\
          \x20 curl http://{web_addr}/                        # web-eu, round robin over eu-west-1..3\n\
@@ -179,11 +181,43 @@ pub async fn run() -> anyhow::Result<()> {
          \x20 {dig} api.mysite.test +subnet=216.160.83.56/32  # Milton WA -> us-east 203.0.113.10\n\
          \x20 {dig} api.mysite.test +subnet=175.16.199.1/32   # Changchun -> ap-southeast 192.0.2.10\n\
          \x20 {dig} www.mysite.test                           # CNAME chain to the geo name\n\
-         \x20 cargo run --release -- lookup --config {config} 81.2.69.160 --admin {admin_addr}\n\n\
+         \x20 {geolb} lookup --config {config_word} 81.2.69.160 --admin {admin_addr}\n\n\
          Ctrl-C stops it.\n",
-        config = path.display()
+        config = path.display(),
+        config_word = shell_word(&path),
     );
     let result = server.await?;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// `path` as one word of a POSIX shell command: as it is when that is
+/// safe, else in single quotes.
+fn shell_word(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@,=%".contains(&b));
+    if plain {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+    use std::path::Path;
+
+    #[test]
+    fn paths_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(shell_word(Path::new("/usr/bin/geolb")), "/usr/bin/geolb");
+        assert_eq!(
+            shell_word(Path::new("/tmp/my dir/geolb")),
+            "'/tmp/my dir/geolb'"
+        );
+        assert_eq!(shell_word(Path::new("/tmp/it's")), "'/tmp/it'\\''s'");
+    }
 }

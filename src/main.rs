@@ -198,6 +198,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match geolb::reload::check(&config, None) {
             Ok(checked) => {
+                for warning in &checked.warnings {
+                    eprintln!("{}: warning: {warning}", config.display());
+                }
                 let c = &checked.config;
                 let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
                 println!(

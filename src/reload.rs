@@ -47,6 +47,9 @@ pub struct Checked {
     dns: DnsData,
     /// `[admin] token_file`'s token: every admin POST must present it.
     pub admin_token: Option<Arc<str>>,
+    /// Valid but likely meant otherwise: printed by `geolb check`, logged
+    /// when the config comes into service.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Checked {
@@ -65,16 +68,18 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
     let upstreams = build_upstreams(&config, &mut errors);
     let admin_token = read_admin_token(&config, &mut errors);
     if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+        return Err(ConfigErrors(config::with_lines(&config, errors)));
     }
     let locator = Arc::new(geoip::load(&config, previous)?);
     let dns = dns::compile(&config, locator, Arc::new(dns::AllUp)).map_err(ConfigErrors)?;
+    let warnings = config::warnings(&config);
     Ok(Checked {
         config,
         tls,
         upstreams,
         dns,
         admin_token,
+        warnings,
     })
 }
 
@@ -180,7 +185,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     }
     match result {
         Ok(mut summary) => {
-            summary.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+            summary.took_ms = started.elapsed().as_micros() as f64 / 1000.0;
             tracing::info!(
                 generation = summary.config_generation,
                 took_ms = summary.took_ms,
@@ -218,6 +223,9 @@ pub fn apply(
     checked: Checked,
     start: Start,
 ) -> Result<ReloadSummary, ConfigErrors> {
+    for warning in &checked.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let old = daemon.snapshot.load_full();
     if daemon.generation() > 0 {
         refuse_restart_only(&old.config, &checked.config)?;
@@ -231,6 +239,7 @@ pub fn apply(
         upstreams,
         dns: dns_data,
         admin_token,
+        warnings: _,
     } = checked;
     let config = Arc::new(config);
     // A reload may move the state directory: later changes are kept there.

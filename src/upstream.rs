@@ -173,12 +173,10 @@ impl Upstream {
         let stream = connector
             .connect(name, stream)
             .await
-            .map_err(|e| io::Error::new(e.kind(), format!("TLS: {e}")))?;
+            .map_err(|e| io::Error::new(e.kind(), TlsError::Handshake(e)))?;
         if self.protocol == BackendProtocol::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2")
         {
-            return Err(io::Error::other(
-                "TLS: the backend did not agree to h2 (ALPN)",
-            ));
+            return Err(io::Error::other(TlsError::NoH2));
         }
         self.handshake(stream, addr).await
     }
@@ -215,6 +213,36 @@ impl Upstream {
             kind,
             profile: self.profile,
         })
+    }
+}
+
+/// Why TLS to a backend failed. The handshake's error may name the
+/// backend (its address, its certificate's names): it is for the logs;
+/// [`public_reason`] says what a client may be told.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS: {0}")]
+    Handshake(io::Error),
+    #[error("TLS: the backend did not agree to h2 (ALPN)")]
+    NoH2,
+}
+
+/// Why a backend connection could not be opened, in words that name
+/// neither the backend nor anything of its certificate: what a client
+/// may be told, while the whole error goes to the logs.
+pub fn public_reason(e: &io::Error) -> &'static str {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>())
+    {
+        Some(TlsError::Handshake(_)) => "the TLS handshake failed",
+        Some(TlsError::NoH2) => "the backend did not agree to h2 (ALPN)",
+        None => match e.kind() {
+            io::ErrorKind::ConnectionRefused => "connection refused",
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => "connection reset",
+            io::ErrorKind::TimedOut => "timed out",
+            _ => "connection failed",
+        },
     }
 }
 

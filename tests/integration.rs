@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, eventually, get, raw, request, status_of};
+use support::{Backend, Geolb, bounded, eventually, get, raw, request, status_of};
 
 fn config(body: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
@@ -516,6 +516,63 @@ async fn backend_timeout_is_504_and_a_dead_backend_is_502() {
 }
 
 #[tokio::test]
+async fn error_bodies_never_name_the_backend_but_the_logs_do() {
+    // A backend that takes connections and requests and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let quiet = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    // A port nothing listens on.
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let geolb = Geolb::start(&config(&format!(
+        "[[pool]]\nname = \"quiet\"\nbackends = [{{ addr = \"{quiet}\" }}]\n\
+         [[pool]]\nname = \"dead\"\nbackends = [{{ addr = \"{dead}\" }}]\n\
+         [[pool]]\nname = \"down\"\ncheck = {{ kind = \"tcp\", interval = \"100ms\" }}\n\
+         backends = [{{ addr = \"{dead}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"quiet\"\n\
+         routes = [{{ path_prefix = \"/dead/\", pool = \"dead\" }}, {{ path_prefix = \"/down/\", pool = \"down\" }}]\n\
+         timeouts = {{ request = \"300ms\" }}\nretries = 0\naccess_log = true\n"
+    )))
+    .await;
+    let web = geolb.listener("web");
+    for (path, code, says, backend) in [
+        ("/", 504, "did not answer within 300ms", quiet),
+        ("/dead/x", 502, "could not connect", dead),
+        ("/down/x", 503, "no healthy backend in pool down", dead),
+    ] {
+        let (status, _, body) = get(web, path, &[]).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, code, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+        assert!(
+            !body.contains(&backend.ip().to_string())
+                && !body.contains(&backend.port().to_string()),
+            "{path}: the body names the backend {backend}: {body}"
+        );
+    }
+    // The operator still learns which backend it was, and why.
+    eventually("the failures logged", Duration::from_secs(5), || async {
+        let log = geolb.log();
+        let named = |target: &str, addr: SocketAddr, status: &str| {
+            log.lines()
+                .any(|l| l.contains(target) && l.contains(&addr.to_string()) && l.contains(status))
+        };
+        named("request failed", quiet, "status=504")
+            && named("request failed", dead, "status=502")
+            && named("geolb::access", quiet, "status=504")
+            && named("geolb::access", dead, "status=502")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     let a = Backend::start("a").await;
     let mut geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
@@ -1009,7 +1066,68 @@ async fn the_demo_prints_commands_that_work() {
         dns_a(dns, "api.mysite.test", "81.2.69.160").await,
         ["198.51.100.10"]
     );
+    // The lookup command names this binary (no `cargo run`: it must work
+    // outside the source tree) and works as printed.
+    let lookup = printed
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.contains(" lookup --config "))
+        .unwrap_or_else(|| panic!("no lookup command in {printed:#?}"));
+    let words: Vec<&str> = lookup.split(' ').collect();
+    let binary = std::fs::canonicalize(env!("CARGO_BIN_EXE_geolb")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(words[0]).ok().as_ref(),
+        Some(&binary),
+        "{lookup}"
+    );
+    let out = bounded(
+        Duration::from_secs(10),
+        "the printed lookup command",
+        tokio::process::Command::new(words[0])
+            .args(&words[1..])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{lookup}: {}", out.status);
+    assert!(
+        out.stderr.is_empty(),
+        "{lookup}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("London") && report.contains("from the running daemon"),
+        "{report}"
+    );
     let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn the_reload_summary_gives_took_ms_to_the_microsecond() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    for _ in 0..3 {
+        let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "{body}");
+        // The number as written, not as parsed: 2.8673159999999998 parses too.
+        let number: String = body
+            .split("\"took_ms\":")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no took_ms in {body}"))
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            !number.is_empty() && decimals <= 3,
+            "took_ms = {number} in {body}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1272,8 +1390,8 @@ async fn runtime_overrides_drain_backends_and_move_dns_answers() {
          soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
          ns = [\"ns1.mysite.com.\"]\n\
          [[dns.geo]]\nname = \"api.mysite.com\"\n\
-         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\n\
-         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"192.0.2.2\"]\n\
+         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"192.0.2.2\"]\nalways_up = true\n\
          [[pool]]\nname = \"p\"\nbackends = [{}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
         backend_list(&[&a, &b])
@@ -1353,8 +1471,8 @@ async fn a_replaced_geoip_database_is_picked_up_and_a_corrupt_one_ignored() {
          soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
          ns = [\"ns1.mysite.com.\"]\n\
          [[dns.geo]]\nname = \"api.mysite.com\"\n\
-         [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\n\
-         [[datacenter]]\nname = \"ap-southeast\"\nlocation = {{ lat = 1.35, lon = 103.82 }}\naddresses = [\"192.0.2.10\"]\n",
+         [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"ap-southeast\"\nlocation = {{ lat = 1.35, lon = 103.82 }}\naddresses = [\"192.0.2.10\"]\nalways_up = true\n",
         db.display()
     ));
     let geolb = Geolb::start(&cfg).await;
@@ -1431,7 +1549,7 @@ async fn dns_listen_addresses_change_by_reload() {
              soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
              ns = [\"ns1.mysite.com.\"]\n\
              [[dns.geo]]\nname = \"api.mysite.com\"\n\
-             [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\n",
+             [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"192.0.2.1\"]\nalways_up = true\n",
             list.join(", ")
         ))
     };
@@ -1511,9 +1629,9 @@ async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest(
          soa = { mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
          ns = [\"ns1.mysite.com.\"]\n\
          [[dns.geo]]\nname = \"api.mysite.com\"\nanswers = 2\n\
-         [[datacenter]]\nname = \"us-east\"\nlocation = { lat = 39.04, lon = -77.49 }\naddresses = [\"203.0.113.10\"]\n\
-         [[datacenter]]\nname = \"eu-west\"\nlocation = { lat = 53.35, lon = -6.26 }\naddresses = [\"198.51.100.10\"]\n\
-         [[datacenter]]\nname = \"ap-southeast\"\nlocation = { lat = 1.35, lon = 103.82 }\naddresses = [\"192.0.2.10\"]\n",
+         [[datacenter]]\nname = \"us-east\"\nlocation = { lat = 39.04, lon = -77.49 }\naddresses = [\"203.0.113.10\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"eu-west\"\nlocation = { lat = 53.35, lon = -6.26 }\naddresses = [\"198.51.100.10\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"ap-southeast\"\nlocation = { lat = 1.35, lon = 103.82 }\naddresses = [\"192.0.2.10\"]\nalways_up = true\n",
     );
     let geolb = Geolb::start(&cfg).await;
     let server: SocketAddr = geolb.status().await["dns"]["udp"][0]

@@ -501,3 +501,38 @@ async fn takeover_without_a_running_geolb_starts_normally() {
     let (code, _, _) = get(geolb.listener("web"), "/", &[]).await.unwrap();
     assert_eq!(code, 200);
 }
+
+/// A data center with addresses alone (GeoDNS only) stays valid and up, as
+/// the contract has it; `geolb check` and the daemon say it is never checked.
+#[tokio::test]
+async fn a_data_center_nothing_checks_is_served_with_a_warning() {
+    let a = Backend::start("a").await;
+    let config = two_datacenters(&backend_list(&[&a]));
+    let (ok, stdout, stderr) = support::geolb_check(&config);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(": ok:"), "{stdout}");
+    let line = config
+        .lines()
+        .position(|l| l == "name = \"two\"")
+        .expect("the second data center");
+    assert!(
+        stderr.contains(&format!(
+            "warning: line {line}: datacenter[1]: a data center with no pools and no check"
+        )),
+        "{stderr}"
+    );
+    let geolb = Geolb::start(&config).await;
+    assert!(
+        geolb.log().contains("config: line") && geolb.log().contains("datacenter[1]"),
+        "{}",
+        geolb.log()
+    );
+    assert_eq!(geolb.status().await["datacenters"][1]["up"], true);
+    assert!(
+        support::geolb_check(
+            &config.replace("name = \"two\"\n", "name = \"two\"\nalways_up = true\n")
+        )
+        .2
+        .is_empty()
+    );
+}

@@ -881,6 +881,12 @@ mod upstream {
                 );
             } else {
                 assert!(text.contains("TLS"), "{name}: the reason is given: {text}");
+                // The TLS error, with the backend's address and names, is
+                // for the log only.
+                assert!(
+                    !text.contains("127.0.0.1") && !text.contains("origin.test"),
+                    "{name}: the body names the backend: {text}"
+                );
             }
         }
     }
@@ -994,6 +1000,32 @@ mod upstream {
 mod binary {
     use super::support::{Backend, Geolb, eventually, geolb_check};
     use super::*;
+
+    #[test]
+    fn check_gives_the_line_of_a_key_that_does_not_match_its_certificate() {
+        let pki = Pki::new();
+        let a = pki.leaf("a", &["a.test"]);
+        let b = pki.leaf("b", &["b.test"]);
+        let (a_cert, a_key, b_key) = (path_str(&a.cert), path_str(&a.key), path_str(&b.key));
+        let config = format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n\
+             [[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\npool = \"p\"\n\
+             [[listener.tls]]\ncert = {a_cert:?}\nkey = {a_key:?}\n\
+             [[listener.tls]]\ncert = {a_cert:?}\nkey = {b_key:?}\n"
+        );
+        assert_eq!(
+            config.lines().nth(13),
+            Some(format!("key = {b_key:?}").as_str())
+        );
+        let (ok, _, stderr) = geolb_check(&config);
+        assert!(!ok);
+        assert!(
+            stderr.contains(&format!(
+                "line 14: listener[0].tls[1].key = {b_key:?}: does not match"
+            )),
+            "{stderr}"
+        );
+    }
 
     #[tokio::test]
     async fn https_health_checks_verify_the_backend_certificate() {

@@ -25,7 +25,8 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+pub use datacenter::warnings;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use parse::{check_files, load, parse_str};
+pub use parse::{check_files, load, parse_str, with_lines};
 pub use token::{TokenError, read_token};

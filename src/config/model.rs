@@ -170,6 +170,9 @@ pub struct DatacenterConfig {
     pub pools: Vec<String>,
     pub check: Option<RemoteCheck>,
     pub drain: bool,
+    /// `always_up` (optional, false): neither pools nor check, meant. Only
+    /// then is a data center up whatever happens (else a config error).
+    pub always_up: bool,
 }
 
 /// A data center's remote check: where to probe, and how.

@@ -88,13 +88,7 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
         }
     }
     files.extend(cas.iter().map(|(k, p)| (k.clone(), p.as_path())));
-    // The validated Config keeps no spans; the lines come from the source
-    // file when it still parses (best effort: it may have changed since).
-    let text = std::fs::read_to_string(&config.source).ok();
-    let located = text
-        .as_deref()
-        .and_then(|text| Some((DeTable::parse(text).ok()?, Lines::new(text))));
-    files
+    let errors = files
         .into_iter()
         .filter_map(|(path, file)| {
             let problem = match std::fs::File::open(file).and_then(|f| f.metadata()) {
@@ -102,18 +96,38 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
                 Ok(_) => "not a regular file".to_owned(),
                 Err(e) => e.to_string(),
             };
-            let line = located.as_ref().and_then(|(root, lines)| {
-                locate(root.get_ref(), &path).map(|offset| lines.line(offset))
-            });
             let mut shown = String::new();
             quote(&file.display().to_string(), &mut shown);
-            Some(ConfigError {
-                message: format!("= {shown}: cannot open: {problem}"),
+            Some(ConfigError::value(
                 path,
-                line,
-            })
+                shown,
+                format_args!("cannot open: {problem}"),
+            ))
         })
-        .collect()
+        .collect();
+    with_lines(config, errors)
+}
+
+/// Gives each error without a line the line of its key path in the file
+/// `config` was read from: for problems found after parsing (files that
+/// cannot be opened, a key that does not match its certificate). The
+/// validated Config keeps no spans, so the file is read again (best
+/// effort: it may have changed since; what cannot be placed keeps none).
+pub fn with_lines(config: &Config, mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    if errors.iter().all(|e| e.line.is_some()) {
+        return errors;
+    }
+    let Ok(text) = std::fs::read_to_string(&config.source) else {
+        return errors;
+    };
+    let Ok(root) = DeTable::parse(&text) else {
+        return errors;
+    };
+    let lines = Lines::new(&text);
+    for error in errors.iter_mut().filter(|e| e.line.is_none()) {
+        error.line = locate(root.get_ref(), &error.path).map(|offset| lines.line(offset));
+    }
+    errors
 }
 
 impl Ctx {
@@ -213,18 +227,28 @@ impl Ctx {
         let mut out = Vec::new();
         for item in &items {
             let expected = format!("expected a [[{kind}]] table");
+            let mut duplicate = false;
             let parsed = self.table(item, &expected, |c, t| {
                 let name = c.req(t, "name", &format!("\"my-{kind}\""), |c, f| {
                     let name = c.parsed(f, ident)?;
                     match first_seen(&mut seen, name.clone(), &f.path) {
-                        Some(first) => c.bad(f, format!("duplicate name: {first} is the same")),
+                        Some(first) => {
+                            c.bad(f, format!("duplicate name: {first} is the same"));
+                            duplicate = true;
+                        }
                         None => names.push(name.clone()),
                     }
                     Some(name)
                 });
                 read(c, t, name)
             });
-            out.extend(parsed);
+            // A second table of a name is reported once, above; what it
+            // holds must not stand for that name in later checks (which
+            // would then report the second table's settings against every
+            // reference to the first).
+            if !duplicate {
+                out.extend(parsed);
+            }
         }
         out
     }

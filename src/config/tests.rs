@@ -184,6 +184,8 @@ fn reference_file_parses_with_its_meaning() {
     assert_eq!(dcs[0].pools, ["web-eu"]);
     assert!(!dcs[0].drain && dcs[0].check.is_none());
     assert!(dcs[1].pools == ["web-us"] && dcs[2].pools.is_empty());
+    assert!(dcs[3].always_up && dcs[3].pools.is_empty() && dcs[3].check.is_none());
+    assert!(!dcs[0].always_up);
     let remote = dcs[2].check.as_ref().unwrap();
     assert_eq!(remote.target, "127.0.0.1:18093");
     assert_eq!(remote.check.probe, Probe::Tcp);
@@ -247,6 +249,7 @@ fn the_example_configs_parse() {
     for text in [
         include_str!("../../config/geolb.toml"),
         include_str!("../../config/minimal.toml"),
+        include_str!("../../config/docker.toml"),
     ] {
         parse(text).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -803,6 +806,7 @@ fn the_reference_sets_every_key_the_parser_reads() {
     for example in [
         include_str!("../../config/geolb.toml"),
         include_str!("../../config/minimal.toml"),
+        include_str!("../../config/docker.toml"),
     ] {
         asked.extend(looked_up(example).into_keys().map(|key| (key, false)));
     }
@@ -855,5 +859,109 @@ fn the_reference_covers_the_contract_file_when_present() {
         "set in {} but not in config/reference.toml: {}",
         path.display(),
         missing.join(", ")
+    );
+}
+
+#[test]
+fn a_data_center_nothing_checks_is_a_warning_unless_always_up() {
+    const DC: &str = "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\
+        [[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = [\"192.0.2.1\"]\n";
+    let nothing = ConfigError {
+        path: "datacenter[0]".into(),
+        message: "a data center with no pools and no check is up whatever happens to it; \
+                  add pools = [\"web\"] (its local pools), a check (a remote one), or \
+                  always_up = true if that is meant"
+            .into(),
+        line: Some(4),
+    };
+    // Valid (a GeoDNS-only data center), but said.
+    for unchecked in [DC.to_owned(), format!("{DC}pools = []")] {
+        let config = parse(&unchecked).unwrap_or_else(|e| panic!("{e}"));
+        let said: Vec<(String, String)> = warnings(&config)
+            .into_iter()
+            .map(|w| (w.path, w.message))
+            .collect();
+        assert_eq!(
+            said,
+            [(nothing.path.clone(), nothing.message.clone())],
+            "{unchecked}"
+        );
+    }
+    assert_eq!(
+        errors(&format!("{DC}always_up = false")),
+        [ConfigError {
+            path: "datacenter[0].always_up".into(),
+            message: format!("= false: {}", nothing.message),
+            line: Some(8),
+        }]
+    );
+    assert_eq!(
+        errors(&format!("{DC}pools = [\"p\"]\nalways_up = true")),
+        [ConfigError {
+            path: "datacenter[0].always_up".into(),
+            message: "= true: the pools or check set here would be ignored; remove them, or \
+                      this key"
+                .into(),
+            line: Some(9),
+        }]
+    );
+    // A bad pools list is reported alone, not also as "no pools".
+    let found = errors(&format!("{DC}pools = [\"q\"]"));
+    let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["datacenter[0].pools[0]"]);
+
+    let up = parse(&format!("{DC}always_up = true")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(up.datacenters[0].always_up);
+    assert!(warnings(&up).is_empty());
+    for fine in [
+        format!("{DC}pools = [\"p\"]"),
+        format!("{DC}check = {{ kind = \"tcp\", addr = \"192.0.2.1:9100\" }}"),
+        format!("{DC}pools = [\"p\"]\nalways_up = false"),
+    ] {
+        let config = parse(&fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        assert!(!config.datacenters[0].always_up, "{fine}");
+        assert!(warnings(&config).is_empty(), "{fine}");
+    }
+}
+
+/// A name defined twice is one error: the second table never stands for
+/// the name, so references to it are neither unknown nor judged by the
+/// second table's settings.
+#[test]
+fn a_duplicate_name_is_reported_once() {
+    let text = r#"[[pool]]
+name = "web"
+backends = []
+[[pool]]
+name = "web"
+backends = [{ addr = "127.0.0.1:8082" }]
+proxy_protocol = "v2"
+[[datacenter]]
+name = "eu"
+location = { lat = 1, lon = 2 }
+addresses = ["192.0.2.1"]
+pools = ["web"]
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+pool = "web"
+routes = [{ path_prefix = "/x/", pool = "web" }]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            ConfigError {
+                path: "pool[0].backends".into(),
+                message:
+                    "= []: a pool needs at least one backend, like [{ addr = \"127.0.0.1:8080\" }]"
+                        .into(),
+                line: Some(3),
+            },
+            ConfigError {
+                path: "pool[1].name".into(),
+                message: "= \"web\": duplicate name: pool[0].name is the same".into(),
+                line: Some(5),
+            },
+        ]
     );
 }

@@ -298,6 +298,7 @@ mod tests {
             pools: vec![],
             check: None,
             drain: false,
+            always_up: true,
         };
         let dc = Datacenter::from_config(&config);
         assert_eq!(dc.v4.len(), 2);

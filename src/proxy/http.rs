@@ -30,7 +30,7 @@ use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
 use crate::state::{ActiveGuard, ListenerId, SharedSnapshot};
-use crate::upstream::BackendRequestBody;
+use crate::upstream::{self, BackendRequestBody};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -413,35 +413,71 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             }
         }
     }
-    let (status, text) = match failure {
+    // The client learns what happened; which backend and why are for the
+    // logs (and the access log), not for anyone who can send a request.
+    let pool_name = &pool.name;
+    let (status, text, backend, error) = match failure {
         Failure::NoBackend if tried.is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no healthy backend in pool {}", pool.name),
+            format!("no healthy backend in pool {pool_name}"),
+            None,
+            String::new(),
         ),
         Failure::NoBackend => (
             StatusCode::BAD_GATEWAY,
-            format!("every backend of pool {} failed", pool.name),
+            format!("every backend of pool {pool_name} failed"),
+            None,
+            String::new(),
         ),
         Failure::Connect(b, e) if e.kind() == io::ErrorKind::TimedOut => (
             StatusCode::GATEWAY_TIMEOUT,
             format!(
-                "could not connect to backend {b} within {:?}",
+                "could not connect to a backend of pool {pool_name} within {:?}",
                 timeouts.connect
             ),
+            Some(b),
+            e.to_string(),
         ),
         Failure::Connect(b, e) => (
             StatusCode::BAD_GATEWAY,
-            format!("could not connect to backend {b}: {e}"),
+            format!(
+                "could not connect to a backend of pool {pool_name}: {}",
+                upstream::public_reason(&e)
+            ),
+            Some(b),
+            e.to_string(),
         ),
         Failure::Timeout(b, t) => (
             StatusCode::GATEWAY_TIMEOUT,
-            format!("backend {b} did not answer within {t:?}"),
+            format!("a backend of pool {pool_name} did not answer within {t:?}"),
+            Some(b),
+            format!("no response head within {t:?}"),
         ),
-        Failure::Backend(b, e) => (
-            StatusCode::BAD_GATEWAY,
-            format!("backend {b} failed: {}", error_chain(&e)),
-        ),
+        Failure::Backend(b, e) => {
+            // hyper's errors name no address, only what went wrong.
+            let error = error_chain(&e);
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("a backend of pool {pool_name} failed: {error}"),
+                Some(b),
+                error,
+            )
+        }
     };
+    if let Some(backend) = backend {
+        tracing::warn!(
+            listener = %listener.config.name,
+            pool = %pool_name,
+            backend = %backend,
+            status = status.as_u16(),
+            error,
+            "request failed"
+        );
+        if let Some(a) = completion.access.as_mut() {
+            a.backend = Some(backend);
+            a.retries = tried.len().saturating_sub(1) as u32;
+        }
+    }
     completion.status = status.as_u16();
     message(status, &text, Some(completion))
 }
