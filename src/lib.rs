@@ -9,7 +9,7 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, balance, geoip, tls_client)
-//!      -> (config, metrics, proxy_protocol, accept, notify)
+//!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -37,6 +37,10 @@
 //!   with its key path and line.
 //! - [`metrics`]: every metric name, its description and buckets.
 //! - [`proxy_protocol`]: the PROXY protocol codec (proxy and health).
+//! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
+//!   the state file that keeps them across restarts.
+//! - [`takeover`]: handing the listening sockets to a new process
+//!   (`geolb run --takeover`).
 //! - [`notify`]: systemd readiness (`sd_notify`): ready, reloading,
 //!   stopping, watchdog.
 //! - [`accept`]: the one accept loop of every listener.
