@@ -5,7 +5,7 @@
 //! `deny_unknown_fields` would stop at the first), each naming its key path,
 //! the bad value, what is accepted, and the line.
 //!
-//! [`walk`] reads tables and collects errors, [`values`] reads single
+//! `walk` reads tables and collects errors, `values` reads single
 //! values; each section has its own module, and `parse` walks the root.
 
 mod check;
