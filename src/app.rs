@@ -40,11 +40,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
     let takeover_path = takeover::socket_path(&checked.config.runtime.state_dir);
+    // Resolved now: after a package upgrade the path names the new binary,
+    // which is what SIGUSR2 starts.
+    let exe = std::env::current_exe().context("cannot find the running binary")?;
     let mut inherited = if takeover {
         inherit(takeover_path.clone()).await?
     } else {
         Inherited::none()
     };
+    let took_over = !inherited.is_empty();
     let admin_listen = checked.config.admin.as_ref().map(|a| a.listen);
     let admin_socket = match admin_listen {
         Some(listen) => Some(match inherited.admin(listen) {
@@ -121,6 +125,11 @@ pub async fn serve(
         tracing::warn!(error = %e, "cannot tell the previous process to stop; stop it by hand");
     }
     tasks.spawn(offer_takeover(takeover_path, daemon.clone()));
+    if took_over {
+        // Started by the previous main process (SIGUSR2), this one is the
+        // service's main process from now on.
+        notify::notify(&format!("MAINPID={}", std::process::id()));
+    }
     notify::ready(&format!(
         "serving config generation {}",
         daemon.generation()
@@ -129,7 +138,7 @@ pub async fn serve(
         tasks.spawn(notify::watchdog(interval, shutdown.clone()));
     }
 
-    wait_for_stop(&daemon).await;
+    wait_for_stop(&daemon, &exe).await;
     notify::stopping();
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     shutdown.cancel();
@@ -162,6 +171,36 @@ async fn inherit(path: PathBuf) -> anyhow::Result<Inherited> {
     }
 }
 
+/// SIGUSR2, as nginx's binary upgrade: starts `exe run --takeover` on the
+/// same config. Started by this process, it stays in the service's cgroup
+/// (and tells systemd it is the main process); it takes the sockets over,
+/// and this one stops once it serves. If it fails, this one serves on.
+fn start_successor(daemon: &Daemon, exe: &std::path::Path) {
+    let spawned = tokio::process::Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            tracing::info!(pid = child.id(), exe = %exe.display(), "SIGUSR2: started a new process to take over");
+            // Reaped here if it ends while this process still runs.
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => tracing::error!(%status, "the new process failed; serving on"),
+                    Err(e) => tracing::error!(error = %e, "the new process cannot be waited for"),
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(exe = %exe.display(), error = %e, "SIGUSR2: cannot start a new process")
+        }
+    }
+}
+
 /// Lets a later `geolb run --takeover` take this process's sockets; once
 /// it serves, this process stops as on SIGTERM.
 async fn offer_takeover(path: PathBuf, daemon: Arc<Daemon>) {
@@ -182,12 +221,13 @@ async fn offer_takeover(path: PathBuf, daemon: Arc<Daemon>) {
 }
 
 #[cfg(unix)]
-async fn wait_for_stop(daemon: &Arc<Daemon>) {
+async fn wait_for_stop(daemon: &Arc<Daemon>, exe: &std::path::Path) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
@@ -200,6 +240,7 @@ async fn wait_for_stop(daemon: &Arc<Daemon>) {
                 tracing::info!("SIGHUP: reloading the config");
                 let _ = reload::reload(daemon).await;
             }
+            _ = usr2.recv() => start_successor(daemon, exe),
             _ = daemon.shutdown.cancelled() => return,
         }
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, eventually, get, request};
+use support::{Backend, Geolb, bounded, eventually, get, request};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -535,4 +535,65 @@ async fn a_data_center_nothing_checks_is_served_with_a_warning() {
         .2
         .is_empty()
     );
+}
+
+/// SIGUSR2 (nginx's binary upgrade): the daemon starts `geolb run
+/// --takeover` itself, which takes the sockets over and tells systemd it
+/// is the main process now; the old one exits.
+#[tokio::test]
+async fn sigusr2_starts_a_successor_that_takes_over() {
+    let a = Backend::start("a").await;
+    let config = two_datacenters(&backend_list(&[&a]));
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify.sock");
+    let notifications = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let mut old = Geolb::spawn(&config, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    old.wait_started().await;
+    let (web, admin) = (old.listener("web"), old.admin);
+    let old_pid = old.pid();
+    assert_eq!(old.status().await["pid"], old_pid);
+    let next_message = || async {
+        let mut buf = vec![0u8; 4096];
+        let n = bounded(WAIT, "a notification", notifications.recv(&mut buf))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next_message().await.starts_with("READY=1"));
+    old.signal("USR2");
+    assert!(old.wait_exit(WAIT).await.success(), "{}", old.log());
+
+    let (code, _, body) = get(admin, "/status", &[])
+        .await
+        .expect("the successor's admin");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let successor = status["pid"].as_u64().expect("a pid") as u32;
+    assert_ne!(successor, old_pid);
+    let (code, _, _) = get(web, "/", &[]).await.unwrap();
+    assert_eq!(code, 200, "the successor serves the same listener");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
+        seen.push(next_message().await);
+    }
+    assert!(
+        seen.iter().any(|m| m == &format!("MAINPID={successor}")),
+        "{seen:?}"
+    );
+
+    // This test did not spawn the successor: stop it by its pid.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &successor.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    // Gone, or a zombie waiting for whichever process reaps orphans here.
+    eventually("the successor exits", WAIT, || async {
+        std::fs::read_to_string(format!("/proc/{successor}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'))
+        })
+    })
+    .await;
 }

@@ -206,6 +206,8 @@ async fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
 
 #[derive(Serialize)]
 struct Status {
+    /// This process: after an upgrade, the new one's.
+    pid: u32,
     config_generation: u64,
     listeners: Vec<BoundListener>,
     dns: DnsStatus,
@@ -261,6 +263,7 @@ struct BackendStatus {
 fn status(daemon: &Daemon) -> Status {
     let snapshot = daemon.snapshot.load();
     Status {
+        pid: std::process::id(),
         config_generation: snapshot.generation,
         listeners: daemon.listeners(),
         dns: DnsStatus {
