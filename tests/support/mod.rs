@@ -161,6 +161,19 @@ impl Geolb {
 
     /// Waits until the admin listener answers; learns the listeners.
     pub async fn wait_started(&mut self) {
+        self.wait_admin().await;
+        let status = self.status().await;
+        for l in status["listeners"].as_array().unwrap() {
+            self.listeners.insert(
+                l["name"].as_str().unwrap().to_string(),
+                l["local_addr"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+    }
+
+    /// Waits until the admin listener listens (its address logged), without
+    /// asking it anything (it may speak HTTPS only); sets `admin`.
+    pub async fn wait_admin(&mut self) -> SocketAddr {
         let geolb = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -184,13 +197,7 @@ impl Geolb {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let status = geolb.status().await;
-        for l in status["listeners"].as_array().unwrap() {
-            geolb.listeners.insert(
-                l["name"].as_str().unwrap().to_string(),
-                l["local_addr"].as_str().unwrap().parse().unwrap(),
-            );
-        }
+        geolb.admin
     }
 
     pub fn listener(&self, name: &str) -> SocketAddr {
