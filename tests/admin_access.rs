@@ -6,14 +6,14 @@
 mod support;
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use support::library::{Pki, tls_list};
-use support::{Backend, Geolb, bounded, eventually, geolb_check, raw};
+use support::{Backend, Geolb, bounded, eventually, geolb_check, geolb_command, raw, token_file};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -33,14 +33,6 @@ fn config(backend: &Backend, admin_keys: &str) -> String {
 
 fn quoted(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
-}
-
-/// A token file in a directory of its own.
-fn token_file(token: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("admin.token");
-    std::fs::write(&file, token).unwrap();
-    (dir, file)
 }
 
 /// One request over `io`: (status, body).
@@ -96,22 +88,6 @@ async fn over_unix(socket: &Path, method: &str, path: &str, token: Option<&str>)
         .await
         .expect("connect to the admin socket");
     exchange(stream, method, path, token).await
-}
-
-/// `geolb ARGS`, within a deadline: (exited 0, stdout, stderr).
-async fn geolb_command(args: &[&str]) -> (bool, String, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let out = bounded(Duration::from_secs(40), &format!("geolb {args:?}"), run)
-        .await
-        .expect("run geolb");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -268,6 +268,31 @@ impl Drop for Geolb {
     }
 }
 
+/// A token file in a directory of its own (the daemon's is made by
+/// `Geolb::start`, after the config naming this file is written).
+pub fn token_file(token: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, token).unwrap();
+    (dir, file)
+}
+
+/// `geolb ARGS`, within a deadline: (exited 0, stdout, stderr).
+pub async fn geolb_command(args: &[&str]) -> (bool, String, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = bounded(Duration::from_secs(40), &format!("geolb {args:?}"), run)
+        .await
+        .expect("run geolb");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn geolb_check(config: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("geolb.toml");
