@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
-/// The longest path a Unix socket can be bound at (`sun_path` on Linux,
-/// less its terminating NUL).
-const SUN_PATH_ROOM: usize = 107;
+use crate::config::UNIX_SOCKET_PATH_MAX;
 
 /// Why the admin socket could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +69,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
     };
     check(path)?;
     let temporary = path.with_file_name(format!(".geolb-{}.sock", std::process::id()));
-    let listener = if temporary.as_os_str().len() <= SUN_PATH_ROOM {
+    let listener = if temporary.as_os_str().len() <= UNIX_SOCKET_PATH_MAX {
         let _ = std::fs::remove_file(&temporary);
         let listener = std::os::unix::net::UnixListener::bind(&temporary)
             .map_err(fail("cannot bind a socket in its directory"))?;

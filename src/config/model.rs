@@ -56,6 +56,10 @@ pub struct AdminConfig {
     pub socket_mode: u32,
 }
 
+/// The longest path a Unix socket can be bound at: `sockaddr_un.sun_path`
+/// is 108 bytes on Linux, the terminating NUL included.
+pub const UNIX_SOCKET_PATH_MAX: usize = 107;
+
 /// `[admin] socket_mode` when not set: the owner alone.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 

@@ -423,10 +423,6 @@ pub(super) fn path_prefix(s: &str) -> Result<String, String> {
     Ok(path)
 }
 
-/// The room in `sockaddr_un.sun_path` for a path (108 bytes on Linux, with
-/// the terminating NUL).
-const UNIX_PATH_MAX: usize = 107;
-
 /// A Unix socket path, resolved against `base`, short enough to bind.
 pub(super) fn unix_socket_path(base: &Path, s: &str) -> Result<PathBuf, String> {
     if s.is_empty() || s.ends_with('/') {
@@ -434,10 +430,10 @@ pub(super) fn unix_socket_path(base: &Path, s: &str) -> Result<PathBuf, String> 
     }
     let path = base.join(s);
     let len = path.as_os_str().len();
-    if len > UNIX_PATH_MAX {
+    if len > UNIX_SOCKET_PATH_MAX {
         return Err(format!(
             "{len} bytes once resolved, longer than a Unix socket path may be \
-             ({UNIX_PATH_MAX}): choose a shorter one"
+             ({UNIX_SOCKET_PATH_MAX}): choose a shorter one"
         ));
     }
     Ok(path)
