@@ -178,6 +178,21 @@ async fn with_admin_tls_the_admin_listener_speaks_https_only() {
         .unwrap();
     assert_eq!(code, 200);
 
+    // A broken key file: the reload is refused with its key path, and the
+    // certificates in force stay.
+    let renewed_key = std::fs::read(&leaf.key).unwrap();
+    std::fs::write(&leaf.key, "not a key\n").unwrap();
+    let (code, body) = over_tls(admin, &other, "POST", "/reload", Some("the-token"))
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("admin.tls[0].key"), "{body}");
+    std::fs::write(&leaf.key, renewed_key).unwrap();
+    let (code, _) = over_tls(admin, &other, "GET", "/status", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+
     // Turning TLS off needs a restart: refused, naming the key.
     geolb
         .write_config(&config_for_token(&a, &token, ""))

@@ -94,7 +94,7 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
         }
     }
     files.extend(cas.iter().map(|(k, p)| (k.clone(), p.as_path())));
-    let errors = files
+    let mut errors: Vec<ConfigError> = files
         .into_iter()
         .filter_map(|(path, file)| {
             let problem = match std::fs::File::open(file).and_then(|f| f.metadata()) {
@@ -111,7 +111,6 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
             ))
         })
         .collect();
-    let mut errors: Vec<ConfigError> = errors;
     errors.extend(check_socket_dir(config));
     with_lines(config, errors)
 }
