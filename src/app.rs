@@ -63,6 +63,15 @@ pub async fn serve(
         }),
         None => None,
     };
+    let admin_unix = checked
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| Some((a.socket.clone()?, a.socket_mode)));
+    if let Some((path, _)) = &admin_unix {
+        // Said before anything is bound; the socket itself comes later.
+        crate::admin::socket::check(path)?;
+    }
     let grace = checked.config.runtime.shutdown_grace;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -114,9 +123,21 @@ pub async fn serve(
     // Also without a database now: a reload may add one.
     tasks.spawn(dns::watch_geoip(dns_data, GEOIP_RECHECK, shutdown.clone()));
     if let Some(socket) = admin_socket {
-        tracing::info!(addr = %socket.local_addr()?, "admin listening");
+        let tls = daemon.admin_tls.load().is_some();
+        tracing::info!(tls, addr = %socket.local_addr()?, "admin listening");
         tasks.spawn(crate::admin::serve(socket, daemon.clone()));
     }
+    // Bound only now, so that a `--takeover` that fails before serving
+    // leaves the running process's socket file in place.
+    let admin_unix = match admin_unix {
+        Some((path, mode)) => {
+            let (listener, file) = crate::admin::socket::bind(&path, mode)?;
+            tracing::info!(path = %path.display(), mode = format!("{mode:04o}"), "admin API on a Unix socket");
+            tasks.spawn(crate::admin::serve_unix(listener, daemon.clone()));
+            Some(file)
+        }
+        None => None,
+    };
     if let Some(ready) = ready {
         let _ = ready.send(daemon.clone());
     }
@@ -147,6 +168,9 @@ pub async fn serve(
         _ = tasks.wait() => tracing::info!("all connections finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; exiting with connections open"),
         _ = second_signal() => tracing::warn!("second signal; exiting at once"),
+    }
+    if let Some(file) = admin_unix {
+        file.remove_if_ours();
     }
     Ok(())
 }

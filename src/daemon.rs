@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -110,6 +110,10 @@ pub struct Daemon {
     /// The bearer token admin POSTs need (`[admin] token_file`), set by
     /// each [`crate::reload::apply`]; None: no token asked.
     pub admin_token: ArcSwap<Option<Arc<str>>>,
+    /// `[admin] tls`, set by each [`crate::reload::apply`] (turning it on
+    /// or off needs a restart): new admin connections handshake with the
+    /// current certificates. None: the admin listener speaks plain HTTP.
+    pub admin_tls: ArcSwapOption<rustls::ServerConfig>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     generation: AtomicU64,
@@ -153,6 +157,7 @@ impl Daemon {
             dns,
             certs: ArcSwap::from_pointee(Vec::new()),
             admin_token: ArcSwap::from_pointee(None),
+            admin_tls: ArcSwapOption::empty(),
             shutdown,
             tasks,
             generation: AtomicU64::new(0),

@@ -14,7 +14,8 @@
 //!
 //! - [`app`]: start-up, signals and shutdown order.
 //! - [`admin`]: /healthz, /metrics (rendered in `admin::exposition`),
-//!   /status, /reload, overrides, the status page.
+//!   /status, /reload, overrides, the status page; over HTTP or HTTPS
+//!   (`[admin] tls`) and a Unix socket (`admin::socket`).
 //! - [`reload`]: how a config comes into service, at start-up and after:
 //!   `check` builds every artifact once, `apply` diffs and swaps.
 //! - [`daemon`]: the running daemon: snapshot, DNS data, health table,
@@ -47,8 +48,8 @@
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
-//!   running daemon's admin API (beside the layers: it imports only
-//!   `config`).
+//!   running daemon's admin API over HTTP, HTTPS or its Unix socket
+//!   (beside the layers: it imports only `config` and `tls_client`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
 //!   benchmark.
 //!

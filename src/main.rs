@@ -73,15 +73,25 @@ enum Command {
 /// Where the running daemon's admin listener is, and its token.
 #[derive(Args)]
 struct AdminArgs {
-    /// The admin address [default: the config's [admin] listen with
-    /// --config, else 127.0.0.1:9100].
+    /// The admin API: ADDR (plain HTTP), https://HOST:PORT or
+    /// unix:/path/to/admin.sock [default with --config: its [admin] socket
+    /// if set and connectable, else [admin] listen (https with [admin]
+    /// tls); else 127.0.0.1:9100].
     #[arg(long, global = true)]
-    admin: Option<std::net::SocketAddr>,
+    admin: Option<control::Endpoint>,
+    /// With https: a PEM file of the CA(s) to trust [default: the bundled
+    /// webpki roots].
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// With https: do not verify the admin listener's certificate.
+    #[arg(long, global = true, conflicts_with = "ca")]
+    insecure: bool,
     /// A file whose first line is the bearer token [default: the config's
     /// [admin] token_file with --config].
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
-    /// The daemon's config file, read for [admin] listen and token_file.
+    /// The daemon's config file, read for [admin] listen, tls, socket and
+    /// token_file.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
 }
@@ -131,10 +141,15 @@ fn talk<F>(command: &str, args: &AdminArgs, run: F) -> ExitCode
 where
     F: AsyncFnOnce(&control::Admin) -> Result<control::Report, control::ControlError>,
 {
+    let tls = control::TlsOptions {
+        ca: args.ca.clone(),
+        insecure: args.insecure,
+    };
     let admin = match control::admin(
-        args.admin,
+        args.admin.clone(),
         args.token_file.as_deref(),
         args.config.as_deref(),
+        &tls,
     ) {
         Ok(admin) => admin,
         Err(e) => {

@@ -47,6 +47,8 @@ pub struct Checked {
     dns: DnsData,
     /// `[admin] token_file`'s token: every admin POST must present it.
     pub admin_token: Option<Arc<str>>,
+    /// `[admin] tls`: the admin listener's TLS, when it speaks HTTPS.
+    admin_tls: Option<LoadedTls>,
     /// Valid but likely meant otherwise: printed by `geolb check`, logged
     /// when the config comes into service.
     pub warnings: Vec<ConfigError>,
@@ -67,6 +69,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
     let tls = load_tls(&config, &mut errors);
     let upstreams = build_upstreams(&config, &mut errors);
     let admin_token = read_admin_token(&config, &mut errors);
+    let admin_tls = load_admin_tls(&config, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(config::with_lines(&config, errors)));
     }
@@ -79,6 +82,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
         upstreams,
         dns,
         admin_token,
+        admin_tls,
         warnings,
     })
 }
@@ -117,6 +121,18 @@ fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<Loaded
                 .ok()
         })
         .collect()
+}
+
+/// `[admin] tls`, loaded as an https listener's is (same checks, same
+/// messages, key paths `admin.tls[j].cert` and `.key`).
+fn load_admin_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Option<LoadedTls> {
+    let certs = &config.admin.as_ref()?.tls;
+    if certs.is_empty() || errors.iter().any(|e| e.path.starts_with("admin.tls")) {
+        return None;
+    }
+    tls::admin_server_config(certs)
+        .map_err(|e| errors.extend(e))
+        .ok()
 }
 
 /// Each pool's connector, its CA file read as its connections will use
@@ -239,6 +255,7 @@ pub fn apply(
         upstreams,
         dns: dns_data,
         admin_token,
+        admin_tls,
         warnings: _,
     } = checked;
     let config = Arc::new(config);
@@ -265,6 +282,10 @@ pub fn apply(
     });
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
     daemon.admin_token.store(Arc::new(admin_token));
+    if let Some((server, infos)) = admin_tls {
+        tls::warn_expiring("admin", &infos, std::time::SystemTime::now());
+        daemon.admin_tls.store(Some(server));
+    }
     if start == Start::AfterFirstChecks {
         let limit = daemon.health.longest_timeout() + FIRST_ROUND_MARGIN;
         tokio::runtime::Handle::current().block_on(daemon.health.wait_first_round(limit));
@@ -395,8 +416,22 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
             format_args!("{what} needs a restart in this version"),
         ))
     };
-    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+    let (old_admin, new_admin) = (old.admin.as_ref(), new.admin.as_ref());
+    if old_admin.map(|a| a.listen) != new_admin.map(|a| a.listen) {
         needs_restart("admin.listen", "changing the admin listener");
+    } else if old_admin.is_some_and(|a| a.tls.is_empty())
+        != new_admin.is_some_and(|a| a.tls.is_empty())
+    {
+        // Certificates alone are swapped in place, as an https listener's.
+        needs_restart("admin.tls", "turning TLS on the admin listener on or off");
+    }
+    if old_admin.map(|a| &a.socket) != new_admin.map(|a| &a.socket) {
+        needs_restart(
+            "admin.socket",
+            "adding, moving or removing the admin socket",
+        );
+    } else if socket_mode(old_admin) != socket_mode(new_admin) {
+        needs_restart("admin.socket_mode", "changing the admin socket's mode");
     }
     if udp_threads(old) != udp_threads(new) {
         needs_restart("dns.udp_threads", "changing the number of DNS UDP threads");
@@ -406,6 +441,10 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+fn socket_mode(admin: Option<&config::AdminConfig>) -> Option<u32> {
+    admin.filter(|a| a.socket.is_some()).map(|a| a.socket_mode)
 }
 
 /// The DNS side's view of data-center health: the data centers of one

@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, bounded, get, request};
+use support::{Backend, Geolb, bounded, geolb_command, get, request, token_file};
 
 /// One data center "one" over pool "p" (backend `backend`), one listener
 /// "web", and the admin listener asking for the token in `token_file`.
@@ -24,15 +24,6 @@ fn config_with_token(token_file: Option<&Path>, backend: &Backend) -> String {
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
         backend.addr
     )
-}
-
-/// A token file in a directory of its own (the daemon's is made by
-/// `Geolb::start`, after the config naming this file is written).
-fn token_file(token: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("admin.token");
-    std::fs::write(&file, token).unwrap();
-    (dir, file)
 }
 
 async fn post(geolb: &Geolb, path: &str, token: Option<&str>) -> (u16, http::HeaderMap, String) {
@@ -170,22 +161,6 @@ async fn check_names_admin_token_file_when_it_is_missing_or_empty() {
     let (_token_dir, file) = token_file("fine\n");
     let (ok, _, stderr) = support::geolb_check(&config_with_token(Some(&file), &a));
     assert!(ok, "{stderr}");
-}
-
-/// `geolb ARGS`, within a deadline: (exited 0, stdout, stderr).
-async fn geolb_command(args: &[&str]) -> (bool, String, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let out = bounded(Duration::from_secs(40), &format!("geolb {args:?}"), run)
-        .await
-        .expect("run geolb");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// An address nothing listens on (bound on port 0, then closed).

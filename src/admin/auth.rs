@@ -2,7 +2,6 @@
 //! HEAD) must carry `Authorization: Bearer <token>`. Checked before a
 //! request is routed, so a refused one changes nothing.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,7 +15,7 @@ pub(super) fn refuse(
     method: &Method,
     headers: &HeaderMap,
     token: Option<&str>,
-    peer: SocketAddr,
+    peer: impl std::fmt::Display,
 ) -> Option<Response<Full<Bytes>>> {
     let token = token?;
     if method == Method::GET || method == Method::HEAD {
@@ -80,6 +79,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn headers(authorization: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,10 +1,13 @@
 //! The admin listener: /healthz, /metrics, /status, /reload and a human
 //! status page. Small and boring on purpose: it reads the same snapshot
-//! and health table as the data path and never blocks it.
+//! and health table as the data path and never blocks it. Served on
+//! `[admin] listen` (HTTPS only with `[admin] tls`) and, with `[admin]
+//! socket`, on a Unix socket too (`socket`); `auth` applies on both.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -14,10 +17,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
 
 mod auth;
 mod exposition;
+pub mod socket;
 
 use crate::accept::accept_loop;
 use crate::daemon::{BoundListener, Daemon};
@@ -25,28 +31,64 @@ use crate::metrics;
 use crate::overrides::{Override, Target};
 use crate::reload;
 
+/// How long a client of an HTTPS admin listener has for its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin API on `[admin] listen` until shutdown: plain HTTP, or
+/// HTTPS only while `[admin] tls` is set (each handshake with the
+/// certificates of the config serving then).
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let shutdown = daemon.shutdown.clone();
     accept_loop(listener, "admin", shutdown, |stream, peer| {
         let daemon = daemon.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let daemon = daemon.clone();
-                async move {
-                    let token = daemon.admin_token.load();
-                    let refused = auth::refuse(req.method(), req.headers(), token.as_deref(), peer);
-                    Ok::<_, Infallible>(match refused {
-                        Some(unauthorized) => unauthorized,
-                        None => route(req, &daemon).await,
-                    })
+            let Some(tls) = daemon.admin_tls.load_full() else {
+                return connection(stream, peer, daemon).await;
+            };
+            let handshake = TlsAcceptor::from(tls).accept(stream);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => connection(stream, peer, daemon).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
                 }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                Err(_) => tracing::debug!(%peer, "admin TLS handshake not done in time"),
+            }
         });
     })
     .await
+}
+
+/// Serves the admin API on `[admin] socket` until shutdown. The token rule
+/// is the same as on `listen`: the file's permissions add to it.
+pub async fn serve_unix(listener: UnixListener, daemon: Arc<Daemon>) {
+    let shutdown = daemon.shutdown.clone();
+    accept_loop(listener, "admin socket", shutdown, |stream, _| {
+        tokio::spawn(connection(stream, "unix socket", daemon.clone()));
+    })
+    .await
+}
+
+/// One admin connection: HTTP/1.1 requests, each checked against the
+/// token before it is routed.
+async fn connection<I, P>(io: I, peer: P, daemon: Arc<Daemon>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let daemon = daemon.clone();
+        async move {
+            let token = daemon.admin_token.load();
+            let refused = auth::refuse(req.method(), req.headers(), token.as_deref(), peer);
+            Ok::<_, Infallible>(match refused {
+                Some(unauthorized) => unauthorized,
+                None => route(req, &daemon).await,
+            })
+        }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 fn reply(

@@ -189,7 +189,7 @@ impl Ctx {
         )
     }
 
-    fn tls(&mut self, f: &Field<'_, '_>) -> Option<Vec<TlsCertConfig>> {
+    pub(super) fn tls(&mut self, f: &Field<'_, '_>) -> Option<Vec<TlsCertConfig>> {
         let example = "{ cert = \"cert.pem\", key = \"key.pem\" }";
         let items = self.array(f, &format!("expected a list like [{example}]"))?;
         self.each(&items, |c, item| {

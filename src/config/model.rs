@@ -48,7 +48,20 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `token_file` (optional): the bearer token every POST needs.
     pub token_file: Option<PathBuf>,
+    /// `tls` (optional): certificates; when set, `listen` speaks HTTPS only.
+    pub tls: Vec<TlsCertConfig>,
+    /// `socket` (optional): a Unix stream socket serving the same admin API.
+    pub socket: Option<PathBuf>,
+    /// `socket_mode` (optional, "0600"): the socket file's permission bits.
+    pub socket_mode: u32,
 }
+
+/// The longest path a Unix socket can be bound at: `sockaddr_un.sun_path`
+/// is 108 bytes on Linux, the terminating NUL included.
+pub const UNIX_SOCKET_PATH_MAX: usize = 107;
+
+/// `[admin] socket_mode` when not set: the owner alone.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoIpConfig {

@@ -9,7 +9,7 @@ use toml::de::DeTable;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::model::*;
-use super::values::ident;
+use super::values::{file_mode, ident, unix_socket_path};
 use super::walk::{Ctx, Field, Lines, Tbl, first_seen, locate, quote, syntax_error};
 
 /// Reads and validates the file at `path`; `Config::source` is made absolute.
@@ -50,8 +50,14 @@ pub(super) fn read_document(text: &str, source: &Path) -> Result<(Config, Ctx), 
 /// certificates and keys) and reports each one that cannot be opened.
 pub fn check_files(config: &Config) -> Vec<ConfigError> {
     let mut files: Vec<(String, &Path)> = Vec::new();
-    if let Some(token) = config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
-        files.push(("admin.token_file".to_owned(), token));
+    if let Some(admin) = &config.admin {
+        if let Some(token) = admin.token_file.as_deref() {
+            files.push(("admin.token_file".to_owned(), token));
+        }
+        for (j, tls) in admin.tls.iter().enumerate() {
+            files.push((format!("admin.tls[{j}].cert"), &tls.cert));
+            files.push((format!("admin.tls[{j}].key"), &tls.key));
+        }
     }
     if let Some(db) = config.geoip.as_ref().and_then(|g| g.database.as_deref()) {
         files.push(("geoip.database".to_owned(), db));
@@ -88,7 +94,7 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
         }
     }
     files.extend(cas.iter().map(|(k, p)| (k.clone(), p.as_path())));
-    let errors = files
+    let mut errors: Vec<ConfigError> = files
         .into_iter()
         .filter_map(|(path, file)| {
             let problem = match std::fs::File::open(file).and_then(|f| f.metadata()) {
@@ -105,7 +111,27 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
             ))
         })
         .collect();
+    errors.extend(check_socket_dir(config));
     with_lines(config, errors)
+}
+
+/// `[admin] socket` must be in a directory that exists: the daemon binds
+/// the socket but makes no directory (that is the service manager's, e.g.
+/// systemd's `RuntimeDirectory=`, with its owner and mode).
+fn check_socket_dir(config: &Config) -> Option<ConfigError> {
+    let socket = config.admin.as_ref()?.socket.as_deref()?;
+    let dir = socket.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let problem = match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return None,
+        Ok(_) => format!("{} is not a directory", dir.display()),
+        Err(e) => format!(
+            "its directory {} cannot be used ({e}): create it first",
+            dir.display()
+        ),
+    };
+    let mut shown = String::new();
+    quote(&socket.display().to_string(), &mut shown);
+    Some(ConfigError::value("admin.socket", shown, problem))
 }
 
 /// Gives each error without a line the line of its key path in the file
@@ -200,9 +226,27 @@ impl Ctx {
         self.table(f, "expected an [admin] table", |c, t| {
             let listen = c.req(t, "listen", "\"127.0.0.1:9100\"", Ctx::bind);
             let token_file = c.maybe(t, "token_file", Ctx::path);
+            let tls = c.maybe(t, "tls", Ctx::tls);
+            if let Some(f) = t.field("tls")
+                && f.get().as_array().is_some_and(|a| a.is_empty())
+            {
+                let why = "the admin listener's tls needs at least one certificate \
+                           (or remove tls for plain HTTP)";
+                c.bad(&f, why);
+            }
+            let base = c.base.clone();
+            let socket = c.maybe(t, "socket", |c, f| {
+                c.parsed(f, |s| unix_socket_path(&base, s))
+            });
+            let socket_mode = c.opt(t, "socket_mode", DEFAULT_SOCKET_MODE, |c, f| {
+                c.parsed(f, file_mode)
+            });
             Some(AdminConfig {
                 listen: listen?,
                 token_file: token_file?,
+                tls: tls?.unwrap_or_default(),
+                socket: socket?,
+                socket_mode: socket_mode?,
             })
         })
     }

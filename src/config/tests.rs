@@ -41,6 +41,15 @@ fn reference_file_parses_with_its_meaning() {
         admin.token_file,
         Some(PathBuf::from("/etc/geolb/admin.token"))
     );
+    assert_eq!(
+        admin.tls,
+        [TlsCertConfig {
+            cert: PathBuf::from("/etc/geolb/admin.pem"),
+            key: PathBuf::from("/etc/geolb/admin.key"),
+        }]
+    );
+    assert_eq!(admin.socket, Some(PathBuf::from("/run/geolb/admin.sock")));
+    assert_eq!(admin.socket_mode, 0o660);
 
     let geoip = config.geoip.unwrap();
     assert_eq!(
@@ -400,6 +409,22 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
     let cases: Vec<(String, &str, usize)> = vec![
         ("[admin]\nlisten = \"127.0.0.1\"".into(), "admin.listen", 2),
         ("admin = 5".into(), "admin", 1),
+        (
+            "[admin]\nlisten = \"127.0.0.1:1\"\ntls = [{ cert = \"c.pem\" }]".into(),
+            "admin.tls[0].key",
+            3,
+        ),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\ntls = []".into(), "admin.tls", 3),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\nsocket = \"\"".into(), "admin.socket", 3),
+        (
+            format!("[admin]\nlisten = \"127.0.0.1:1\"\nsocket = \"/{}\"", "s".repeat(107)),
+            "admin.socket",
+            3,
+        ),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\nsocket_mode = \"999\"".into(), "admin.socket_mode", 3),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\nsocket_mode = \"01777\"".into(), "admin.socket_mode", 3),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\nsocket_mode = \"0460\"".into(), "admin.socket_mode", 3),
+        ("[admin]\nlisten = \"127.0.0.1:1\"\nsocket_mode = 600".into(), "admin.socket_mode", 3),
         ("\n[pools]\n".into(), "pools", 2),
         ("[runtime]\nworker_threads = 0".into(), "runtime.worker_threads", 2),
         ("[runtime]\n\nshutdown_grace = \"30\"".into(), "runtime.shutdown_grace", 3),
@@ -633,7 +658,7 @@ fn messages_show_the_value_and_what_is_accepted() {
         texts,
         [
             "line 1: admin.listen: required key is missing; add e.g. listen = \"127.0.0.1:9100\"",
-            "line 2: admin.lisen: unknown key (did you mean listen?); accepted here: listen, token_file",
+            "line 2: admin.lisen: unknown key (did you mean listen?); accepted here: listen, token_file, tls, socket, socket_mode",
         ]
     );
     let syntax = errors("[admin\nlisten = 1");
@@ -832,6 +857,7 @@ fn the_reference_sets_every_key_the_parser_reads() {
         "dns.zone[].file",
         "dns.zone[].records[].ttl",
         "listener[].tls[].key",
+        "admin.tls[].key",
         "listener[].routes[].path_prefix",
         "geoip.network[].location.lon",
     ] {
@@ -963,5 +989,29 @@ routes = [{ path_prefix = "/x/", pool = "web" }]
                 line: Some(5),
             },
         ]
+    );
+}
+
+#[test]
+fn admin_socket_modes_are_octal_strings() {
+    let mode = |m: &str| {
+        let text =
+            format!("[admin]\nlisten = \"127.0.0.1:1\"\nsocket = \"a.sock\"\nsocket_mode = {m:?}");
+        parse(&text).map(|c| c.admin.unwrap().socket_mode)
+    };
+    assert_eq!(mode("0660").unwrap(), 0o660);
+    assert_eq!(mode("600").unwrap(), 0o600);
+    assert_eq!(mode("0o640").unwrap(), 0o640);
+    let e = mode("999").unwrap_err().to_string();
+    assert!(
+        e.contains("admin.socket_mode = \"999\": expected permission bits in octal"),
+        "{e}"
+    );
+    let text = "[admin]\nlisten = \"127.0.0.1:1\"\nsocket = \"a.sock\"";
+    let admin = parse(text).unwrap().admin.unwrap();
+    assert_eq!(admin.socket_mode, 0o600, "the default");
+    assert!(
+        admin.socket.unwrap().is_absolute(),
+        "resolved against the config's directory"
     );
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -421,6 +421,45 @@ pub(super) fn path_prefix(s: &str) -> Result<String, String> {
         return Err("path_prefix matches the path only: remove the ?query".to_owned());
     }
     Ok(path)
+}
+
+/// A Unix socket path, resolved against `base`, short enough to bind.
+pub(super) fn unix_socket_path(base: &Path, s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() || s.ends_with('/') {
+        return Err("expected a socket file path like \"/run/geolb/admin.sock\"".to_owned());
+    }
+    let path = base.join(s);
+    let len = path.as_os_str().len();
+    if len > UNIX_SOCKET_PATH_MAX {
+        return Err(format!(
+            "{len} bytes once resolved, longer than a Unix socket path may be \
+             ({UNIX_SOCKET_PATH_MAX}): choose a shorter one"
+        ));
+    }
+    Ok(path)
+}
+
+/// Permission bits written in octal, as chmod takes them: "0660", "600".
+pub(super) fn file_mode(s: &str) -> Result<u32, String> {
+    const FORM: &str = "expected permission bits in octal like \"0660\" or \"0600\"";
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(format!("{FORM} (digits 0 to 7, at most 4)"));
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|e| format!("{FORM}: {e}"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{FORM}: setuid, setgid and sticky bits mean nothing on a socket"
+        ));
+    }
+    if mode & 0o200 == 0 {
+        return Err(format!(
+            "{s:?} leaves the owner without write permission, which connecting needs: \
+             e.g. \"0600\" (owner) or \"0660\" (owner and group)"
+        ));
+    }
+    Ok(mode)
 }
 
 /// A Host header / SNI name or an IP address, lower-case, without a port

@@ -74,45 +74,64 @@ pub fn server_config(
     listener_index: usize,
     certs: &[TlsCertConfig],
 ) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
+    let key = format!("listener[{listener_index}].tls");
+    if certs.is_empty() {
+        return Err(vec![ConfigError::at(
+            key,
+            "an https listener needs at least one certificate",
+        )]);
+    }
+    build(&key, certs, &[b"h2", b"http/1.1"])
+}
+
+/// The server config of the admin listener (`[admin] tls`): as an https
+/// listener's, but HTTP/1.1 only (the admin API speaks nothing else).
+pub fn admin_server_config(
+    certs: &[TlsCertConfig],
+) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
+    build("admin.tls", certs, &[b"http/1.1"])
+}
+
+/// The certificates of the `tls` list at `key` (non-empty), offering `alpn`.
+fn build(
+    key: &str,
+    certs: &[TlsCertConfig],
+    alpn: &[&[u8]],
+) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut errors = Vec::new();
     let mut loaded = Vec::new();
     for (j, entry) in certs.iter().enumerate() {
-        let path = |what: &str| format!("listener[{listener_index}].tls[{j}].{what}");
+        let path = |what: &str| format!("{key}[{j}].{what}");
         match load(entry, &provider, path("cert"), path("key")) {
             Ok(l) => loaded.push(l),
             Err(mut e) => errors.append(&mut e),
         }
     }
-    if certs.is_empty() {
-        errors.push(ConfigError::at(
-            format!("listener[{listener_index}].tls"),
-            "an https listener needs at least one certificate",
-        ));
+    if loaded.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::at(key, "at least one certificate is needed"));
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     let resolver = SniResolver::new(&loaded);
     let infos = loaded.into_iter().map(|(_, info)| info).collect();
+    let general = |e: rustls::Error| {
+        vec![ConfigError::at(
+            key,
+            format_args!("cannot build the TLS configuration: {e}"),
+        )]
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| vec![general(listener_index, e)])?
+        .map_err(general)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Stateless resumption: returning clients skip the full handshake
     // without a per-client cache entry here.
-    config.ticketer =
-        rustls::crypto::ring::Ticketer::new().map_err(|e| vec![general(listener_index, e)])?;
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(general)?;
     Ok((Arc::new(config), infos))
-}
-
-fn general(listener_index: usize, e: rustls::Error) -> ConfigError {
-    ConfigError::at(
-        format!("listener[{listener_index}].tls"),
-        format_args!("cannot build the TLS configuration: {e}"),
-    )
 }
 
 fn file_error(key_path: String, file: &Path, problem: impl std::fmt::Display) -> ConfigError {

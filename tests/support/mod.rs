@@ -161,6 +161,19 @@ impl Geolb {
 
     /// Waits until the admin listener answers; learns the listeners.
     pub async fn wait_started(&mut self) {
+        self.wait_admin().await;
+        let status = self.status().await;
+        for l in status["listeners"].as_array().unwrap() {
+            self.listeners.insert(
+                l["name"].as_str().unwrap().to_string(),
+                l["local_addr"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+    }
+
+    /// Waits until the admin listener listens (its address logged), without
+    /// asking it anything (it may speak HTTPS only); sets `admin`.
+    pub async fn wait_admin(&mut self) -> SocketAddr {
         let geolb = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -184,13 +197,7 @@ impl Geolb {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let status = geolb.status().await;
-        for l in status["listeners"].as_array().unwrap() {
-            geolb.listeners.insert(
-                l["name"].as_str().unwrap().to_string(),
-                l["local_addr"].as_str().unwrap().parse().unwrap(),
-            );
-        }
+        geolb.admin
     }
 
     pub fn listener(&self, name: &str) -> SocketAddr {
@@ -259,6 +266,31 @@ impl Drop for Geolb {
             let _ = child.wait();
         }
     }
+}
+
+/// A token file in a directory of its own (the daemon's is made by
+/// `Geolb::start`, after the config naming this file is written).
+pub fn token_file(token: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, token).unwrap();
+    (dir, file)
+}
+
+/// `geolb ARGS`, within a deadline: (exited 0, stdout, stderr).
+pub async fn geolb_command(args: &[&str]) -> (bool, String, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = bounded(Duration::from_secs(40), &format!("geolb {args:?}"), run)
+        .await
+        .expect("run geolb");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn geolb_check(config: &str) -> (bool, String, String) {
