@@ -419,6 +419,7 @@ records = [
   { name = "*.wild", type = "A", value = "192.0.2.2" },
   { name = "@", type = "MX", value = "10 mail.mysite.com." },
   { name = "big", type = "TXT", value = "BIG" },
+  { name = "LONG", type = "A", value = "192.0.2.3" },
 ]
 
 [[dns.zone]]
@@ -456,11 +457,21 @@ addresses = ["192.0.2.10"]
 always_up = true
 "#;
 
+    /// The labels of a name of 255 octets (the most a name may have, in
+    /// wire form) under mysite.com (12 of them): 64 + 64 + 64 + 51.
+    pub(crate) const LONG_LABELS: &str = concat!(
+        "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.",
+        "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.",
+        "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.",
+        "llllllllllllllllllllllllllllllllllllllllllllllllll"
+    );
+
     pub(crate) fn data(health: Arc<dyn DatacenterHealth>) -> DnsData {
         let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
         let text = CONFIG
             .replace("GEOIP", &db.display().to_string())
-            .replace("BIG", &"x".repeat(700));
+            .replace("BIG", &"x".repeat(700))
+            .replace("LONG", LONG_LABELS);
         let config = crate::config::parse_str(&text, Path::new("/tmp/geolb.toml")).unwrap();
         let geoip = config.geoip.as_ref().unwrap();
         let locator = Locator::new(
