@@ -4,11 +4,13 @@
 //! hickory-server spawns a task per packet and hands each reply through a
 //! channel; at DNS rates that bookkeeping costs more than the answer.
 
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::sync::Once;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
@@ -22,7 +24,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
-use super::count::{count, count_answer};
+use super::count::{count, count_answer, count_malformed};
 use super::fast;
 use super::{DnsData, SharedDnsData};
 
@@ -46,6 +48,7 @@ pub fn spawn(
     // caps it at net.core.rmem_max.
     let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(RECEIVE_BUFFER);
     let local = socket.local_addr()?;
+    quiet_answer_panics();
     std::thread::Builder::new()
         .name(format!("dns-udp {local}"))
         .spawn(move || serve(&socket, &data, &shutdown))
@@ -68,6 +71,7 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
     let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let mut receive_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut panics = PanicLog::default();
     while !shutdown.is_cancelled() {
         received.clear();
         {
@@ -111,13 +115,10 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
                 let packet = &packets[i][..len];
                 // A bug met by one packet must not end UDP service, as it
                 // would end only that packet's task under hickory-server.
-                let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    answer_packet(&data, packet, src, reply)
-                }));
-                match answered {
+                match answer_catching_panics(&data, packet, src, reply) {
                     Ok(true) => destinations.push(Some(SockaddrStorage::from(src))),
                     Ok(false) => {}
-                    Err(_) => tracing::error!(%src, "answering a DNS query panicked; dropped"),
+                    Err(at) => panics.record(src, at),
                 }
             }
         }
@@ -127,6 +128,98 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
             &replies[..destinations.len()],
             &destinations,
         );
+    }
+}
+
+/// Panics while answering are logged at most once per this interval (per
+/// UDP thread), with the number left unlogged since the last line.
+const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// A panic message is cut to this many characters in the log.
+const PANIC_MESSAGE_MAX: usize = 160;
+
+thread_local! {
+    /// Set while this thread answers a packet under `catch_unwind`.
+    static ANSWERING: Cell<bool> = const { Cell::new(false) };
+    /// Where and why the last panic while answering happened, as the
+    /// panic hook saw it.
+    static PANICKED_AT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Installs (once) a panic hook that, for a panic while a UDP thread
+/// answers a packet, only notes its location and message for
+/// [`PanicLog`]: the default hook's output (and a backtrace with
+/// `RUST_BACKTRACE`) for each packet of a flood would flood the log. Every
+/// other panic goes to the hook that was there before.
+fn quiet_answer_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !ANSWERING.get() {
+                return previous(info);
+            }
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let location = info
+                .location()
+                .map_or_else(|| "?".to_owned(), ToString::to_string);
+            let short: String = message.chars().take(PANIC_MESSAGE_MAX).collect();
+            PANICKED_AT.with_borrow_mut(|at| *at = format!("{location}: {short}"));
+        }));
+    });
+}
+
+/// [`answer_packet`] under `catch_unwind`: Err with the panic's location
+/// and message if it panicked.
+fn answer_catching_panics(
+    data: &DnsData,
+    packet: &[u8],
+    src: SocketAddr,
+    reply: &mut Vec<u8>,
+) -> Result<bool, String> {
+    catching_panics(|| answer_packet(data, packet, src, reply))
+}
+
+/// `f` under `catch_unwind`, its panic (if any) kept quiet by the hook of
+/// [`quiet_answer_panics`] and returned as its location and message.
+fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    ANSWERING.set(true);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    ANSWERING.set(false);
+    result.map_err(|_| PANICKED_AT.with_borrow_mut(std::mem::take))
+}
+
+/// Logs panics while answering as one short line at most per
+/// [`PANIC_LOG_INTERVAL`], so that a flood of packets meeting a bug costs
+/// no more log than one.
+#[derive(Default)]
+struct PanicLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl PanicLog {
+    fn record(&mut self, src: SocketAddr, at: String) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < PANIC_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::error!(
+            %src,
+            panic = %at,
+            suppressed = self.suppressed,
+            "answering a DNS query panicked; dropped (suppressed: others since the last such line)"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }
 
@@ -209,8 +302,13 @@ pub(crate) fn answer_general(
             let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
                 return false;
             };
+            // Nor to a response, parsable or not (no reflection).
+            if header.metadata.message_type != MessageType::Query {
+                return false;
+            }
             tracing::debug!(%src, %error, "FORMERR: unparsable query");
             form_error(&header.metadata, reply);
+            count_malformed();
             return true;
         }
     };
@@ -243,4 +341,403 @@ fn form_error(request: &Metadata, reply: &mut Vec<u8>) {
 /// port 0, an unspecified address, the IPv4 broadcast address.
 fn answerable_source(src: SocketAddr) -> bool {
     src.port() != 0 && !src.ip().is_unspecified() && src.ip() != IpAddr::V4(Ipv4Addr::BROADCAST)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::dns::AllUp;
+
+    /// Packets the property test sends; at least this many, in debug
+    /// builds within a few seconds.
+    const PACKETS: usize = 300_000;
+
+    /// A DNS message builder for the test: header, then whatever is pushed.
+    struct Msg(Vec<u8>);
+
+    impl Msg {
+        fn new(id: u16, flags: u16, counts: [u16; 4]) -> Msg {
+            let mut m = id.to_be_bytes().to_vec();
+            m.extend(flags.to_be_bytes());
+            for c in counts {
+                m.extend(c.to_be_bytes());
+            }
+            Msg(m)
+        }
+
+        fn name(mut self, name: &str) -> Msg {
+            for label in name.trim_end_matches('.').split('.') {
+                self.0.push(label.len() as u8);
+                self.0.extend(label.as_bytes());
+            }
+            self.0.push(0);
+            self
+        }
+
+        fn question(self, name: &str, qtype: u16) -> Msg {
+            let mut m = self.name(name);
+            m.0.extend(qtype.to_be_bytes());
+            m.0.extend(1u16.to_be_bytes());
+            m
+        }
+
+        /// An OPT record with `options` (code, data).
+        fn opt(mut self, size: u16, options: &[(u16, &[u8])]) -> Msg {
+            self.0.extend([0, 0, 41]);
+            self.0.extend(size.to_be_bytes());
+            self.0.extend([0, 0, 0, 0]);
+            let len: usize = options.iter().map(|(_, d)| d.len() + 4).sum();
+            self.0.extend((len as u16).to_be_bytes());
+            for (code, data) in options {
+                self.0.extend(code.to_be_bytes());
+                self.0.extend((data.len() as u16).to_be_bytes());
+                self.0.extend(*data);
+            }
+            self
+        }
+    }
+
+    /// Valid messages of every kind the server meets, to be damaged.
+    fn templates() -> Vec<Vec<u8>> {
+        let long = format!("{}.mysite.com.", crate::dns::answer::tests::LONG_LABELS);
+        let ecs4: &[u8] = &[0, 1, 24, 0, 81, 2, 69];
+        let ecs6: &[u8] = &[0, 2, 48, 0, 0x20, 0x01, 0x04, 0x80, 0, 0x10];
+        let ecs0: &[u8] = &[0, 1, 0, 0];
+        let cookie: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+        let q = |qtype, name: &str| Msg::new(0x1234, 0x0100, [1, 0, 0, 1]).question(name, qtype);
+        vec![
+            q(1, "api.mysite.com.")
+                .opt(1232, &[(8, ecs4), (10, cookie)])
+                .0,
+            Msg::new(7, 0, [1, 0, 0, 0])
+                .question("ns1.mysite.com.", 28)
+                .0,
+            Msg::new(7, 0x0110, [1, 0, 0, 0])
+                .question("API.mysite.com.", 1)
+                .0,
+            q(16, "big.mysite.com.").opt(512, &[(8, ecs4)]).0,
+            q(1, "www.mysite.com.").opt(1232, &[(8, ecs6)]).0,
+            q(1, "loop1.mysite.com.").opt(4096, &[]).0,
+            q(255, "apex.test.")
+                .opt(1232, &[(8, ecs0), (12, &[0; 9])])
+                .0,
+            q(28, "two.mysite.com.").opt(1232, &[(3, &[])]).0,
+            q(1, &long).opt(1232, &[(8, ecs4)]).0,
+            q(1, "x.wild.mysite.com.").opt(100, &[(8, ecs4)]).0,
+            q(252, "mysite.com.").opt(1232, &[]).0,
+            q(1, "nothing.mysite.com.").opt(1232, &[(8, ecs4)]).0,
+            q(1, "elsewhere.example.").opt(1232, &[]).0,
+            // Two questions; NOTIFY; UPDATE.
+            Msg::new(9, 0x0100, [2, 0, 0, 0])
+                .question("api.mysite.com.", 1)
+                .question("ns1.mysite.com.", 1)
+                .0,
+            Msg::new(9, 0x2000, [1, 0, 0, 0])
+                .question("mysite.com.", 6)
+                .0,
+            Msg::new(9, 0x2800, [1, 0, 0, 0])
+                .question("mysite.com.", 6)
+                .0,
+        ]
+    }
+
+    /// One of `options`, or now and then `any`'s value.
+    fn one_of<T: Copy>(
+        rng: &mut fastrand::Rng,
+        options: &[T],
+        any: impl FnOnce(&mut fastrand::Rng) -> T,
+    ) -> T {
+        match options.get(rng.usize(..=options.len())) {
+            Some(value) => *value,
+            None => any(rng),
+        }
+    }
+
+    /// Changes what a resolver may change in a valid `packet`: the id,
+    /// the RD, CD and AD bits, the case of a letter, the EDNS size; and
+    /// now and then a label of the question one octet longer or shorter.
+    fn vary(rng: &mut fastrand::Rng, packet: &mut Vec<u8>) {
+        if rng.bool() {
+            let mut labels = Vec::new();
+            let mut at = 12;
+            while let Some(&len) = packet.get(at).filter(|&&len| (1..64).contains(&len)) {
+                labels.push(at);
+                at += 1 + usize::from(len);
+            }
+            if let Some(&at) = rng.choice(&labels) {
+                if rng.bool() {
+                    packet[at] += 1;
+                    packet.insert(at + 1, b'g');
+                } else if packet[at] > 1 {
+                    packet[at] -= 1;
+                    packet.remove(at + 1);
+                }
+            }
+        }
+        packet[..2].copy_from_slice(&rng.u16(..).to_be_bytes());
+        packet[2] ^= rng.u8(0..2);
+        packet[3] ^= *rng.choice(&[0u8, 0x10, 0x20]).unwrap();
+        let at = rng.usize(12..packet.len());
+        if packet[at].is_ascii_alphabetic() {
+            packet[at] ^= 0x20;
+        }
+        // The OPT record's size, when the message has one.
+        let opt = packet.windows(3).rposition(|w| w == [0, 0, 41]);
+        if let Some(opt) = opt.filter(|opt| opt + 5 <= packet.len() && rng.bool()) {
+            let size = *rng
+                .choice(&[0u16, 100, 512, 600, 1232, 4096, 65535])
+                .unwrap();
+            packet[opt + 3..opt + 5].copy_from_slice(&size.to_be_bytes());
+        }
+    }
+
+    /// Damages `packet` one to four ways.
+    fn mutate(rng: &mut fastrand::Rng, packet: &mut Vec<u8>) {
+        for _ in 0..rng.usize(1..=4) {
+            let len = packet.len();
+            match rng.u8(0..9) {
+                0 if len > 0 => packet[rng.usize(..len)] ^= 1 << rng.u8(0..8),
+                1 if len > 0 => {
+                    let byte = one_of(rng, &[0u8, 1, 0x3f, 0x40, 0x80, 0xc0, 0xff], |r| r.u8(..));
+                    packet[rng.usize(..len)] = byte;
+                }
+                2 => packet.truncate(rng.usize(..=len)),
+                3 => packet.extend((0..rng.usize(1..64)).map(|_| rng.u8(..))),
+                4 => {
+                    let at = rng.usize(..=len);
+                    let insert: Vec<u8> = (0..rng.usize(1..16)).map(|_| rng.u8(..)).collect();
+                    packet.splice(at..at, insert);
+                }
+                5 if len > 0 => {
+                    let at = rng.usize(..len);
+                    let end = (at + rng.usize(1..16)).min(len);
+                    packet.drain(at..end);
+                }
+                // A header count.
+                6 if len >= 12 => {
+                    let at = 4 + 2 * rng.usize(0..4);
+                    let count = one_of(rng, &[0u16, 1, 2, 3, 0xffff], |r| r.u16(..));
+                    packet[at..at + 2].copy_from_slice(&count.to_be_bytes());
+                }
+                // A compression pointer anywhere, often to itself or
+                // just before (loops) or past the end.
+                7 if len >= 2 => {
+                    let at = rng.usize(..len - 1);
+                    let target = match rng.u8(0..4) {
+                        0 => at,
+                        1 => at.saturating_sub(2),
+                        2 => len + rng.usize(0..16),
+                        _ => rng.usize(..len),
+                    } as u16;
+                    packet[at..at + 2].copy_from_slice(&(0xc000 | (target & 0x3fff)).to_be_bytes());
+                }
+                // The last OPT option's length (or any 16 bits near the end).
+                _ if len >= 2 => {
+                    let at = len - 2 - rng.usize(..len.min(12) - 1);
+                    packet[at..at + 2].copy_from_slice(&rng.u16(..).to_be_bytes());
+                }
+                _ => packet.push(rng.u8(..)),
+            }
+        }
+    }
+
+    /// A message made of random parts: labels of random lengths (past 63
+    /// too) and pointers, random types and classes, records with lying
+    /// lengths, OPT records with random options.
+    fn structured(rng: &mut fastrand::Rng) -> Vec<u8> {
+        let counts = [rng.u16(0..3), rng.u16(0..2), rng.u16(0..2), rng.u16(0..3)];
+        let flags = if rng.bool() { 0x0100 } else { rng.u16(..) };
+        let mut m = Msg::new(rng.u16(..), flags, counts).0;
+        let name = |rng: &mut fastrand::Rng, m: &mut Vec<u8>| {
+            if rng.u8(0..8) == 0 {
+                // Close to the 255-octet limit, the root's octet counted:
+                // labels of random lengths up to 63 until `left` is reached.
+                let mut left = rng.usize(250..260) - 1;
+                while left > 0 {
+                    // A label takes 2 to 64 octets: never leave 1.
+                    let mut take = rng.usize(2..=64).min(left);
+                    if left - take == 1 {
+                        take = if take == 64 { 63 } else { take + 1 };
+                    }
+                    m.push(take as u8 - 1);
+                    m.extend((1..take).map(|_| rng.alphanumeric() as u8));
+                    left -= take;
+                }
+                m.push(0);
+                return;
+            }
+            for _ in 0..rng.usize(0..6) {
+                let len = one_of(rng, &[0u8, 1, 3, 63, 64, 70], |r| r.u8(0..64));
+                m.push(len);
+                m.extend((0..len).map(|_| rng.u8(..)));
+            }
+            if rng.u8(0..4) == 0 {
+                let target = rng.usize(..m.len() + 4) as u16;
+                m.extend((0xc000 | target).to_be_bytes());
+            } else {
+                m.push(0);
+            }
+        };
+        let rtype = |rng: &mut fastrand::Rng| -> u16 {
+            one_of(rng, &[1, 28, 5, 6, 16, 41, 255, 252, 251], |r| r.u16(..))
+        };
+        for _ in 0..rng.usize(0..3) {
+            name(rng, &mut m);
+            m.extend(rtype(rng).to_be_bytes());
+            m.extend(if rng.bool() { 1u16 } else { rng.u16(..) }.to_be_bytes());
+        }
+        for _ in 0..rng.usize(0..4) {
+            if rng.bool() {
+                // OPT, root-named, with options of random (maybe lying) lengths.
+                m.push(0);
+                m.extend(41u16.to_be_bytes());
+                m.extend(rng.u16(..).to_be_bytes());
+                m.extend([rng.u8(0..2), rng.u8(0..2), rng.u8(..), 0]);
+                let mut rdata = Vec::new();
+                for _ in 0..rng.usize(0..4) {
+                    let code = one_of(rng, &[8u16, 10, 12, 3], |r| r.u16(..));
+                    let data: Vec<u8> = if code == 8 && rng.bool() {
+                        let family = one_of(rng, &[1u16, 2], |r| r.u16(..));
+                        let mut d = family.to_be_bytes().to_vec();
+                        d.extend([rng.u8(0..140), rng.u8(..)]);
+                        d.extend((0..rng.usize(0..20)).map(|_| rng.u8(..)));
+                        d
+                    } else {
+                        (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect()
+                    };
+                    let len = if rng.u8(0..4) == 0 {
+                        rng.u16(..)
+                    } else {
+                        data.len() as u16
+                    };
+                    rdata.extend(code.to_be_bytes());
+                    rdata.extend(len.to_be_bytes());
+                    rdata.extend(data);
+                }
+                let len = if rng.u8(0..4) == 0 {
+                    rng.u16(..)
+                } else {
+                    rdata.len() as u16
+                };
+                m.extend(len.to_be_bytes());
+                m.extend(rdata);
+            } else {
+                name(rng, &mut m);
+                m.extend(rtype(rng).to_be_bytes());
+                m.extend(rng.u16(..).to_be_bytes());
+                m.extend(rng.u32(..).to_be_bytes());
+                let data: Vec<u8> = (0..rng.usize(0..32)).map(|_| rng.u8(..)).collect();
+                let len = if rng.bool() {
+                    data.len() as u16
+                } else {
+                    rng.u16(..)
+                };
+                m.extend(len.to_be_bytes());
+                m.extend(data);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn a_panic_while_answering_is_caught_quietly_with_its_place() {
+        quiet_answer_panics();
+        let caught = catching_panics(|| -> bool { panic!("boom {}", 42) });
+        let at = caught.unwrap_err();
+        assert!(
+            at.contains("src/dns/udp.rs:") && at.ends_with(": boom 42"),
+            "{at}"
+        );
+        let long = catching_panics(|| -> bool { panic!("{}", "x".repeat(5000)) });
+        assert!(long.unwrap_err().len() < PANIC_MESSAGE_MAX + 100);
+        assert_eq!(catching_panics(|| 7), Ok(7));
+        assert!(!ANSWERING.get());
+    }
+
+    #[test]
+    fn panics_are_logged_at_most_once_a_second_with_a_count() {
+        let mut log = PanicLog::default();
+        let src: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        log.record(src, "here".into());
+        assert!(log.last.is_some());
+        for _ in 0..5 {
+            log.record(src, "here".into());
+        }
+        assert_eq!(log.suppressed, 5);
+        log.last = Some(Instant::now() - PANIC_LOG_INTERVAL);
+        log.record(src, "here".into());
+        assert_eq!(log.suppressed, 0, "logged, with the 5 before");
+    }
+
+    /// Hundreds of thousands of random and damaged packets through what a
+    /// UDP thread calls per packet, and through both paths apart: no
+    /// panic, every reply within the UDP size and for the query's id, and
+    /// whatever the fast path answers is the general path's answer.
+    #[test]
+    fn random_and_damaged_packets_never_panic() {
+        let data = crate::dns::answer::tests::data(Arc::new(AllUp));
+        let sources: [SocketAddr; 4] = [
+            "192.0.2.200:5353".parse().unwrap(),
+            "81.2.69.160:53".parse().unwrap(),
+            "[2001:db8::1]:53".parse().unwrap(),
+            "[::ffff:81.2.69.160]:53".parse().unwrap(),
+        ];
+        let templates = templates();
+        let seed = 0x6765_6f6c_625f_646e;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let started = Instant::now();
+        let (mut answered, mut fast_answered) = (0, 0);
+        let (mut reply, mut fast, mut general) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..PACKETS {
+            let packet = match rng.u8(0..8) {
+                0 => (0..rng.usize(0..600)).map(|_| rng.u8(..)).collect(),
+                1 | 2 => structured(&mut rng),
+                3 => {
+                    let mut p = rng.choice(&templates).unwrap().clone();
+                    vary(&mut rng, &mut p);
+                    p
+                }
+                _ => {
+                    let mut p = rng.choice(&templates).unwrap().clone();
+                    mutate(&mut rng, &mut p);
+                    p
+                }
+            };
+            let src = *rng.choice(&sources).unwrap();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let sent = answer_packet(&data, &packet, src, &mut reply);
+                let by_fast = fast::answer(&data, &packet, src, &mut fast).is_some();
+                let by_general = answer_general(&data, &packet, src, &mut general);
+                (sent, by_fast, by_general)
+            }));
+            let Ok((sent, by_fast, by_general)) = outcome else {
+                panic!("packet {i} (seed {seed:#x}) panicked: {packet:02x?}");
+            };
+            if sent {
+                answered += 1;
+                assert!(
+                    reply.len() <= usize::from(answer::MAX_UDP_PAYLOAD),
+                    "packet {i}: a reply of {} bytes: {packet:02x?}",
+                    reply.len()
+                );
+                assert_eq!(reply[..2], packet[..2], "packet {i}: {packet:02x?}");
+                assert_eq!(packet[2] & 0x80, 0, "a response answered: {packet:02x?}");
+            }
+            if by_fast {
+                fast_answered += 1;
+                assert!(by_general, "packet {i}: {packet:02x?}");
+                assert_eq!(fast, general, "packet {i}: {packet:02x?}");
+            }
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "{PACKETS} packets in {took:.1?}: {answered} answered, {fast_answered} by the fast path"
+        );
+        assert!(
+            answered > PACKETS / 2 && fast_answered > PACKETS / 200,
+            "{answered} {fast_answered}"
+        );
+    }
 }
