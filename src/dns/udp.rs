@@ -4,18 +4,13 @@
 //! hickory-server spawns a task per packet and hands each reply through a
 //! channel; at DNS rates that bookkeeping costs more than the answer.
 
-use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::panic::AssertUnwindSafe;
-use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::op::ResponseCode;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::Request;
 use nix::errno::Errno;
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
@@ -24,9 +19,9 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
-use super::count::{count, count_answer, count_malformed};
+use super::count::count_answer;
 use super::fast;
-use super::{DnsData, SharedDnsData};
+use super::{DnsData, SharedDnsData, wire};
 
 /// How often a thread blocked on an idle socket looks at the shutdown token.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
@@ -48,7 +43,7 @@ pub fn spawn(
     // caps it at net.core.rmem_max.
     let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(RECEIVE_BUFFER);
     let local = socket.local_addr()?;
-    quiet_answer_panics();
+    wire::quiet_answer_panics();
     std::thread::Builder::new()
         .name(format!("dns-udp {local}"))
         .spawn(move || serve(&socket, &data, &shutdown))
@@ -71,7 +66,7 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
     let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let mut receive_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut panics = PanicLog::default();
+    let mut panics = wire::PanicLog::new();
     while !shutdown.is_cancelled() {
         received.clear();
         {
@@ -131,48 +126,6 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
     }
 }
 
-/// Panics while answering are logged at most once per this interval (per
-/// UDP thread), with the number left unlogged since the last line.
-const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(1);
-/// A panic message is cut to this many characters in the log.
-const PANIC_MESSAGE_MAX: usize = 160;
-
-thread_local! {
-    /// Set while this thread answers a packet under `catch_unwind`.
-    static ANSWERING: Cell<bool> = const { Cell::new(false) };
-    /// Where and why the last panic while answering happened, as the
-    /// panic hook saw it.
-    static PANICKED_AT: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// Installs (once) a panic hook that, for a panic while a UDP thread
-/// answers a packet, only notes its location and message for
-/// [`PanicLog`]: the default hook's output (and a backtrace with
-/// `RUST_BACKTRACE`) for each packet of a flood would flood the log. Every
-/// other panic goes to the hook that was there before.
-fn quiet_answer_panics() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !ANSWERING.get() {
-                return previous(info);
-            }
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
-            let location = info
-                .location()
-                .map_or_else(|| "?".to_owned(), ToString::to_string);
-            let short: String = message.chars().take(PANIC_MESSAGE_MAX).collect();
-            PANICKED_AT.with_borrow_mut(|at| *at = format!("{location}: {short}"));
-        }));
-    });
-}
-
 /// [`answer_packet`] under `catch_unwind`: Err with the panic's location
 /// and message if it panicked.
 fn answer_catching_panics(
@@ -181,46 +134,7 @@ fn answer_catching_panics(
     src: SocketAddr,
     reply: &mut Vec<u8>,
 ) -> Result<bool, String> {
-    catching_panics(|| answer_packet(data, packet, src, reply))
-}
-
-/// `f` under `catch_unwind`, its panic (if any) kept quiet by the hook of
-/// [`quiet_answer_panics`] and returned as its location and message.
-fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    ANSWERING.set(true);
-    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
-    ANSWERING.set(false);
-    result.map_err(|_| PANICKED_AT.with_borrow_mut(std::mem::take))
-}
-
-/// Logs panics while answering as one short line at most per
-/// [`PANIC_LOG_INTERVAL`], so that a flood of packets meeting a bug costs
-/// no more log than one.
-#[derive(Default)]
-struct PanicLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl PanicLog {
-    fn record(&mut self, src: SocketAddr, at: String) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < PANIC_LOG_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::error!(
-            %src,
-            panic = %at,
-            suppressed = self.suppressed,
-            "answering a DNS query panicked; dropped (suppressed: others since the last such line)"
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
+    wire::catching_panics(|| answer_packet(data, packet, src, reply))
 }
 
 /// Sends `replies[i]` to `destinations[i]`, skipping one that fails.
@@ -295,46 +209,7 @@ pub(crate) fn answer_general(
     src: SocketAddr,
     reply: &mut Vec<u8>,
 ) -> bool {
-    let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
-        Ok(request) => request,
-        Err(error) => {
-            // Without a whole header there is no id to answer to.
-            let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
-                return false;
-            };
-            // Nor to a response, parsable or not (no reflection).
-            if header.metadata.message_type != MessageType::Query {
-                return false;
-            }
-            tracing::debug!(%src, %error, "FORMERR: unparsable query");
-            form_error(&header.metadata, reply);
-            count_malformed();
-            return true;
-        }
-    };
-    if request.metadata.message_type != MessageType::Query {
-        return false;
-    }
-    let built = answer::build(data, &request);
-    count(data, &request, &built);
-    answer::encode_udp(built, &request, reply);
-    true
-}
-
-/// A reply to a message that could not be parsed: its id, opcode, RD and
-/// CD, FORMERR, nothing else (what hickory-server sends).
-fn form_error(request: &Metadata, reply: &mut Vec<u8>) {
-    let mut metadata = Metadata::response_from_request(request);
-    metadata.response_code = ResponseCode::FormErr;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    reply.clear();
-    let mut encoder = BinEncoder::new(reply);
-    if header.emit(&mut encoder).is_err() {
-        reply.clear();
-    }
+    wire::answer(data, packet, src, Protocol::Udp, reply)
 }
 
 /// Sources no reply can usefully go to (spoofing reflectors aside):
@@ -345,7 +220,9 @@ fn answerable_source(src: SocketAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::panic::AssertUnwindSafe;
     use std::sync::Arc;
+    use std::time::Instant;
 
     use super::*;
     use crate::dns::AllUp;
@@ -639,36 +516,6 @@ mod tests {
             }
         }
         m
-    }
-
-    #[test]
-    fn a_panic_while_answering_is_caught_quietly_with_its_place() {
-        quiet_answer_panics();
-        let caught = catching_panics(|| -> bool { panic!("boom {}", 42) });
-        let at = caught.unwrap_err();
-        assert!(
-            at.contains("src/dns/udp.rs:") && at.ends_with(": boom 42"),
-            "{at}"
-        );
-        let long = catching_panics(|| -> bool { panic!("{}", "x".repeat(5000)) });
-        assert!(long.unwrap_err().len() < PANIC_MESSAGE_MAX + 100);
-        assert_eq!(catching_panics(|| 7), Ok(7));
-        assert!(!ANSWERING.get());
-    }
-
-    #[test]
-    fn panics_are_logged_at_most_once_a_second_with_a_count() {
-        let mut log = PanicLog::default();
-        let src: SocketAddr = "192.0.2.1:53".parse().unwrap();
-        log.record(src, "here".into());
-        assert!(log.last.is_some());
-        for _ in 0..5 {
-            log.record(src, "here".into());
-        }
-        assert_eq!(log.suppressed, 5);
-        log.last = Some(Instant::now() - PANIC_LOG_INTERVAL);
-        log.record(src, "here".into());
-        assert_eq!(log.suppressed, 0, "logged, with the 5 before");
     }
 
     /// Hundreds of thousands of random and damaged packets through what a
