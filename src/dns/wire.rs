@@ -54,7 +54,7 @@ pub(super) fn answer(
 }
 
 /// A reply to a message that could not be parsed: its id, opcode, RD and
-/// CD, FORMERR, nothing else (what hickory-server sends).
+/// CD, FORMERR, nothing else (what hickory-server would send).
 fn form_error(request: &Metadata, reply: &mut Vec<u8>) {
     let mut metadata = Metadata::response_from_request(request);
     metadata.response_code = ResponseCode::FormErr;
