@@ -519,9 +519,10 @@ mod tests {
     }
 
     /// Hundreds of thousands of random and damaged packets through what a
-    /// UDP thread calls per packet, and through both paths apart: no
-    /// panic, every reply within the UDP size and for the query's id, and
-    /// whatever the fast path answers is the general path's answer.
+    /// UDP thread calls per packet, through both paths apart and as TCP
+    /// messages: no panic, every UDP reply within 1232 bytes, for the
+    /// query's id and never to a response, and whatever the fast path
+    /// answers is the general path's answer.
     #[test]
     fn random_and_damaged_packets_never_panic() {
         let data = crate::dns::answer::tests::data(Arc::new(AllUp));
@@ -557,6 +558,9 @@ mod tests {
                 let sent = answer_packet(&data, &packet, src, &mut reply);
                 let by_fast = fast::answer(&data, &packet, src, &mut fast).is_some();
                 let by_general = answer_general(&data, &packet, src, &mut general);
+                // And as a TCP message (only the size limit differs).
+                let mut tcp = Vec::new();
+                wire::answer(&data, &packet, src, Protocol::Tcp, &mut tcp);
                 (sent, by_fast, by_general)
             }));
             let Ok((sent, by_fast, by_general)) = outcome else {
