@@ -70,7 +70,8 @@ fn form_error(request: &Metadata, reply: &mut Vec<u8>) {
 }
 
 /// Panics while answering are logged at most once per this interval (per
-/// UDP thread, and for TCP), with the number left unlogged since the last line.
+/// UDP thread, and once for all TCP connections), with the number left
+/// unlogged since the last line.
 const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// A panic message is cut to this many characters in the log.
 const PANIC_MESSAGE_MAX: usize = 160;
@@ -84,8 +85,8 @@ thread_local! {
 }
 
 /// Installs (once) a panic hook that, for a panic while a message is
-/// answered under [`catching_panics`], only notes its location and message for
-/// [`PanicLog`]: the default hook's output (and a backtrace with
+/// answered under [`catching_panics`], only notes its location and message
+/// for [`PanicLog`]: the default hook's output (and a backtrace with
 /// `RUST_BACKTRACE`) for each packet of a flood would flood the log. Every
 /// other panic goes to the hook that was there before.
 pub(super) fn quiet_answer_panics() {
