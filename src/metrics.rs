@@ -84,7 +84,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(
         DNS_QUERIES,
-        "DNS queries answered, by query type (known types, else other) and response code."
+        "DNS queries answered, by query type (known types, else other; malformed for messages that could not be parsed) and response code."
     );
     describe_counter!(
         DNS_GEO_ANSWERS,

@@ -609,6 +609,168 @@ async fn hostile_packets_do_not_kill_the_server() {
     server.stop().await;
 }
 
+/// `packet` over a new TCP connection, framed; the framed answer, or None
+/// when the server sends none (closes or stays silent for `WAIT`).
+async fn tcp_raw(server: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(packet);
+    stream.write_all(&framed).await.unwrap();
+    let read = async {
+        let len = stream.read_u16().await.ok()?;
+        let mut buf = vec![0u8; len.into()];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    tokio::time::timeout(WAIT, read).await.ok().flatten()
+}
+
+/// `packet` over TCP or UDP; the answer, if one comes.
+async fn raw(server: SocketAddr, packet: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
+    if over_tcp {
+        tcp_raw(server, packet).await
+    } else {
+        udp_raw(server, packet).await
+    }
+}
+
+/// A query of type A for `labels` (lengths, each label that many `fill`
+/// octets) under the root, with a header of id 0x1234 and RD.
+fn long_name_query(labels: &[u8], fill: u8, suffix: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for &len in labels {
+        p.push(len);
+        p.extend(std::iter::repeat_n(fill, len.into()));
+    }
+    p.extend_from_slice(suffix);
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p
+}
+
+/// The query that panicked the UDP fast path: a name of 256 octets in
+/// wire form (labels of 63, 63, 63 and 62 octets and the root's), now
+/// FORMERR as the general path answers it, over UDP and TCP; a name of
+/// 255 octets is answered; the server answers on.
+#[tokio::test]
+async fn a_name_of_256_octets_is_formerr_not_a_panic() {
+    let server = start(all_up()).await;
+    let crashed = long_name_query(&[63, 63, 63, 62], b'a', &[]);
+    assert_eq!(crashed.len(), 12 + 256 + 4);
+    for over_tcp in [false, true] {
+        let bytes = raw(server.addr, &crashed, over_tcp)
+            .await
+            .unwrap_or_else(|| panic!("no answer (over TCP: {over_tcp})"));
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
+    // 255 octets under mysite.com (12 of them): NXDOMAIN with its SOA.
+    let at_limit = long_name_query(&[63, 63, 63, 50], b'x', b"\x06mysite\x03com");
+    assert_eq!(at_limit.len(), 12 + 255 + 4);
+    for over_tcp in [false, true] {
+        let bytes = raw(server.addr, &at_limit, over_tcp).await;
+        let m = Message::from_vec(&bytes.expect("an answer")).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+    }
+    let m = udp(server.addr, &q("api.mysite.com.", RecordType::A)).await;
+    assert_eq!(addresses(&m), ["203.0.113.10"]);
+    server.stop().await;
+}
+
+/// Several messages sent at once on one connection (RFC 7766
+/// pipelining), garbage and an empty one among them, are answered in
+/// order on that connection.
+#[tokio::test]
+async fn tcp_answers_pipelined_messages_in_order_garbage_included() {
+    let server = start(all_up()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let garbage = [0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12];
+    let messages: [&[u8]; 4] = [
+        &q("ns1.mysite.com.", RecordType::A).bytes(),
+        &[],
+        &garbage,
+        &q("big.mysite.com.", RecordType::TXT).bytes(),
+    ];
+    let mut framed = Vec::new();
+    for m in messages {
+        framed.extend((m.len() as u16).to_be_bytes());
+        framed.extend(m);
+    }
+    stream.write_all(&framed).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let read = async {
+            let len = stream.read_u16().await.unwrap();
+            let mut buf = vec![0u8; len.into()];
+            stream.read_exact(&mut buf).await.unwrap();
+            Message::from_vec(&buf).unwrap()
+        };
+        answers.push(tokio::time::timeout(WAIT, read).await.expect("an answer"));
+    }
+    assert_eq!(addresses(&answers[0]), ["192.0.2.53"]);
+    assert_eq!(
+        (answers[1].metadata.id, answers[1].metadata.response_code),
+        (0xbeef, ResponseCode::FormErr)
+    );
+    assert_eq!(answers[2].answers.len(), 1, "1000 bytes of TXT, whole");
+    server.stop().await;
+}
+
+/// Garbage with a whole header is answered with a bare FORMERR, over UDP
+/// and over TCP, and each is counted as `qtype="malformed"` (the real
+/// daemon, for its /metrics).
+#[tokio::test]
+async fn formerr_for_garbage_is_counted_over_udp_and_tcp() {
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        CONFIG
+            .replace("GEOIP", &geoip_db().display().to_string())
+            .replace("BIG", "small")
+            .replace("EDGE", "edge")
+            .replace("DRAIN", "false")
+    );
+    let geolb = support::Geolb::start(&text).await;
+    let status = geolb.status().await;
+    let server: SocketAddr = status["dns"]["udp"][0].as_str().unwrap().parse().unwrap();
+    let malformed = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("geolb_dns_queries_total{")
+                    && l.contains("qtype=\"malformed\"")
+                    && l.contains("rcode=\"FORMERR\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // One question whose name starts with a reserved label type (0x80).
+    let garbage = [
+        0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x80, 1, 2, 3,
+    ];
+    let mut counted = malformed(&geolb.metrics().await);
+    assert_eq!(counted, 0.0);
+    for over_tcp in [false, true] {
+        let bytes = raw(server, &garbage, over_tcp)
+            .await
+            .unwrap_or_else(|| panic!("no FORMERR (over TCP: {over_tcp})"));
+        // The header only: id, QR, RD kept, FORMERR, no records.
+        assert_eq!(bytes, [0xbe, 0xef, 0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let metrics = geolb.metrics().await;
+        counted += 1.0;
+        assert_eq!(
+            malformed(&metrics),
+            counted,
+            "over TCP: {over_tcp}\n{metrics}"
+        );
+    }
+    // A response, however broken, is not answered (nor counted).
+    let mut response = garbage;
+    response[2] |= 0x80;
+    assert_eq!(udp_raw(server, &response).await, None);
+    assert_eq!(malformed(&geolb.metrics().await), counted);
+}
+
 #[tokio::test]
 async fn lookup_explains_the_decision_with_the_daemons_states() {
     use http_body_util::Full;

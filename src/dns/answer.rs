@@ -29,7 +29,7 @@ pub(crate) const PLAIN_UDP_PAYLOAD: u16 = 512;
 /// CNAME hops followed inside our zones before giving up on a loop.
 const MAX_CHAIN: usize = 8;
 
-/// A reply ready to encode: sized for its transport.
+/// A reply ready to encode (`encode_sized` fits it to its transport).
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub metadata: Metadata,
@@ -74,12 +74,6 @@ impl Resolution {
     fn no_data(&mut self, zone: &Zone) {
         self.authorities.push(zone.negative_soa.clone());
     }
-}
-
-/// Answers `request`, sized for its transport.
-pub(crate) fn respond(data: &DnsData, request: &Request) -> Reply {
-    let reply = build(data, request);
-    fit(reply, request)
 }
 
 /// Answers `request`, whatever its size.
@@ -163,38 +157,6 @@ pub(crate) fn udp_limit(edns_size: Option<u16>) -> u16 {
     })
 }
 
-/// A reply that does not fit loses its records and gets TC, keeping the
-/// question and OPT (with ECS) so the client retries over TCP.
-fn fit(mut reply: Reply, request: &Request) -> Reply {
-    // Over TCP anything up to 64 KiB goes, and hickory truncates past it.
-    if request.protocol() != Protocol::Udp {
-        return reply;
-    }
-    match encode(&reply, request) {
-        Ok(bytes) if bytes.len() <= limit(request) => reply,
-        Ok(_) => {
-            reply.answers.clear();
-            reply.authorities.clear();
-            reply.metadata.truncation = true;
-            reply
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot encode a DNS reply");
-            reply.answers.clear();
-            reply.authorities.clear();
-            reply.metadata.response_code = ResponseCode::ServFail;
-            reply
-        }
-    }
-}
-
-/// The reply as it goes on the wire over UDP (see `encode_into`).
-pub(crate) fn encode(reply: &Reply, request: &Request) -> Result<Vec<u8>, ProtoError> {
-    let mut bytes = Vec::with_capacity(512);
-    encode_into(reply, request, u16::MAX, &mut bytes)?;
-    Ok(bytes)
-}
-
 /// Appends `reply` to `bytes` within `max` bytes. The question is written
 /// anew (original case), so answer names are compressed against it. A
 /// record that does not fit is left out and the header gets TC.
@@ -218,11 +180,12 @@ pub(crate) fn encode_into(
     )
 }
 
-/// `reply` for a UDP client, into `bytes` (cleared first): whole if it
-/// fits the client's size, else with no records and TC, keeping the
-/// question and OPT (with ECS) so the client retries over TCP; a reply
-/// that cannot be encoded at all becomes SERVFAIL.
-pub(crate) fn encode_udp(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+/// `reply` sized for `request`'s transport, into `bytes` (cleared first):
+/// whole if it fits (over UDP the client's size, over TCP 64 KiB), else
+/// with no records and TC, keeping the question and OPT (with ECS) so a
+/// UDP client retries over TCP; a reply that cannot be encoded at all
+/// becomes SERVFAIL.
+pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
     let max = limit(request) as u16;
     bytes.clear();
     match encode_into(&reply, request, max, bytes) {
@@ -419,6 +382,7 @@ records = [
   { name = "*.wild", type = "A", value = "192.0.2.2" },
   { name = "@", type = "MX", value = "10 mail.mysite.com." },
   { name = "big", type = "TXT", value = "BIG" },
+  { name = "LONG", type = "A", value = "192.0.2.3" },
 ]
 
 [[dns.zone]]
@@ -456,11 +420,21 @@ addresses = ["192.0.2.10"]
 always_up = true
 "#;
 
+    /// The labels of a name of 255 octets (the most a name may have, in
+    /// wire form) under mysite.com (12 of them): 64 + 64 + 64 + 51.
+    pub(crate) const LONG_LABELS: &str = concat!(
+        "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.",
+        "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.",
+        "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.",
+        "llllllllllllllllllllllllllllllllllllllllllllllllll"
+    );
+
     pub(crate) fn data(health: Arc<dyn DatacenterHealth>) -> DnsData {
         let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
         let text = CONFIG
             .replace("GEOIP", &db.display().to_string())
-            .replace("BIG", &"x".repeat(700));
+            .replace("BIG", &"x".repeat(700))
+            .replace("LONG", LONG_LABELS);
         let config = crate::config::parse_str(&text, Path::new("/tmp/geolb.toml")).unwrap();
         let geoip = config.geoip.as_ref().unwrap();
         let locator = Locator::new(
@@ -524,8 +498,9 @@ always_up = true
 
         fn on(&self, data: &DnsData) -> Message {
             let request = self.request();
-            let reply = respond(data, &request);
-            Message::from_vec(&encode(&reply, &request).unwrap()).unwrap()
+            let mut bytes = Vec::new();
+            encode_sized(build(data, &request), &request, &mut bytes);
+            Message::from_vec(&bytes).unwrap()
         }
     }
 
@@ -776,7 +751,7 @@ always_up = true
         let version = bytes.len() - 5;
         bytes[version] = 1;
         let request = Request::from_bytes(bytes, q.src.parse().unwrap(), Protocol::Udp).unwrap();
-        let reply = respond(&d, &request);
+        let reply = build(&d, &request);
         assert_eq!(reply.metadata.response_code, ResponseCode::BADVERS);
 
         let m = ask("mysite.com.", RecordType::AXFR).on(&d);

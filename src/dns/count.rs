@@ -1,4 +1,5 @@
-//! Counting answered queries: `geolb_dns_queries_total` by type and rcode,
+//! Counting answered queries: `geolb_dns_queries_total` by type and rcode
+//! (unparsable messages answered FORMERR as `qtype="malformed"`),
 //! `geolb_dns_geo_answers_total` by name and data center. Both transports
 //! count through here, with counter handles resolved once.
 
@@ -48,6 +49,20 @@ const RCODES: [(ResponseCode, &str); 7] = [
 /// resolved on first use.
 static QUERY_COUNTERS: [[OnceLock<Counter>; RCODES.len() + 1]; QTYPES.len() + 1] =
     [const { [const { OnceLock::new() }; RCODES.len() + 1] }; QTYPES.len() + 1];
+
+/// The `qtype` of messages answered FORMERR before a question could be read
+/// (a header and then nothing parsable): not a query type, so not `other`.
+pub(super) const MALFORMED: &str = "malformed";
+
+static MALFORMED_COUNTER: OnceLock<Counter> = OnceLock::new();
+
+/// Counts one message answered with a bare FORMERR header because it could
+/// not be parsed: `qtype="malformed", rcode="FORMERR"`.
+pub(super) fn count_malformed() {
+    MALFORMED_COUNTER
+        .get_or_init(|| metrics::counter!(DNS_QUERIES, "qtype" => MALFORMED, "rcode" => "FORMERR"))
+        .increment(1);
+}
 
 pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
     let qtype = request.queries.queries().first().map(|q| q.query_type());

@@ -26,6 +26,11 @@ const OPTION_PADDING: u16 = 12;
 /// A compression pointer to the question's name, right after the header.
 const QUESTION_NAME: [u8; 2] = [0xc0, 12];
 const HEADER_LEN: usize = 12;
+/// RFC 1035 §2.3.4: a name is at most 255 octets in wire form, every
+/// length octet counted, the root's included.
+const MAX_NAME: usize = 255;
+/// RFC 1035 §2.3.4: a label is at most 63 octets.
+const MAX_LABEL: u8 = 63;
 
 /// What a name answers with, when the fast path can write it.
 pub(super) enum Target {
@@ -150,20 +155,21 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
     if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
         return None;
     }
-    // The name: plain labels only (a pointer here would be odd anyway).
+    // The name: plain labels only (a pointer here would be odd anyway),
+    // at most MAX_NAME octets with the root's length octet: a longer one is
+    // the general path's to refuse.
     let mut at = HEADER_LEN;
     loop {
-        let len = usize::from(*packet.get(at)?);
+        let len = *packet.get(at)?;
+        if len > MAX_LABEL {
+            return None;
+        }
+        at += 1 + usize::from(len);
+        if at - HEADER_LEN > MAX_NAME {
+            return None;
+        }
         if len == 0 {
-            at += 1;
             break;
-        }
-        if len > 63 {
-            return None;
-        }
-        at += 1 + len;
-        if at - HEADER_LEN > 255 {
-            return None;
         }
     }
     let name_len = at - HEADER_LEN;
@@ -253,8 +259,8 @@ pub(super) fn answer(
 ) -> Option<Answered> {
     let query = parse(packet)?;
     let name = &query.question[..query.name_len];
-    let mut key = [0u8; 255];
-    let key = &mut key[..name.len()];
+    let mut key = [0u8; MAX_NAME];
+    let key = key.get_mut(..name.len())?;
     key.copy_from_slice(name);
     key.make_ascii_lowercase();
     let (owner, target) = data.compiled.fast.names.get(&*key)?;
@@ -315,7 +321,12 @@ pub(super) fn answer(
     reply.extend_from_slice(&0u16.to_be_bytes());
     reply.extend_from_slice(&u16::from(query.edns.is_some()).to_be_bytes());
     reply.extend_from_slice(query.question);
+    // hickory-proto writes an owner's labels whole before replacing them
+    // with a pointer, and the general path truncates when they would not
+    // fit: the most this reply would have held at any point that way.
+    let mut peak = 0;
     let mut record = |rtype: u16, ttl: u32, rdata: &[u8]| {
+        peak = peak.max(reply.len() + name.len() - 1);
         reply.extend_from_slice(&QUESTION_NAME);
         reply.extend_from_slice(&rtype.to_be_bytes());
         reply.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -348,7 +359,7 @@ pub(super) fn answer(
         }
     }
     // Too big for the client: the general path truncates.
-    if reply.len() > usize::from(answer::udp_limit(query.edns.map(|(size, _)| size))) {
+    if reply.len().max(peak) > usize::from(answer::udp_limit(query.edns.map(|(size, _)| size))) {
         return None;
     }
     Some(Answered {
@@ -372,8 +383,8 @@ mod tests {
     use crate::dns::{AllUp, DatacenterHealth};
 
     /// A query as a resolver would send it.
-    struct Packet {
-        name: &'static str,
+    struct Packet<'n> {
+        name: &'n str,
         qtype: u16,
         rd: bool,
         cd: bool,
@@ -381,7 +392,7 @@ mod tests {
         edns: Option<(u16, Option<Vec<u8>>)>,
     }
 
-    impl Packet {
+    impl Packet<'_> {
         /// `bytes` with extra EDNS options (code, data) after the ECS one.
         fn with_options(&self, extra: &[(u16, &[u8])]) -> Vec<u8> {
             let mut p = self.bytes();
@@ -440,6 +451,25 @@ mod tests {
         }
     }
 
+    /// A name under `suffix` of `octets` octets in wire form (the root's
+    /// length octet counted), in labels of up to 63 octets (`label`
+    /// repeated), for `octets` past the suffix's own length plus 1.
+    fn long_name(octets: usize, label: char, suffix: &str) -> String {
+        let mut rest = octets - (suffix.len() + 1);
+        let mut name = String::new();
+        while rest > 0 {
+            // A label is 1 length octet and 1 to 63 others; leave no 1.
+            let take = match rest {
+                65 => 63,
+                r => r.min(64),
+            };
+            name.extend(std::iter::repeat_n(label, take - 1));
+            name.push('.');
+            rest -= take;
+        }
+        name + suffix
+    }
+
     fn ecs(family: u16, source: u8, address: &[u8]) -> Vec<u8> {
         let mut d = family.to_be_bytes().to_vec();
         d.extend_from_slice(&[source, 0]);
@@ -452,6 +482,22 @@ mod tests {
     #[test]
     fn fast_answers_are_the_general_answers_byte_for_byte() {
         let eu_down: Arc<dyn DatacenterHealth> = Arc::new(|i: usize| i != 0);
+        let long = |octets, label| long_name(octets, label, "mysite.com.");
+        let long_names = [
+            // The longest name there is, with an A record; and in another case.
+            long(255, 'l'),
+            long(255, 'L'),
+            long(254, 'x'),
+            long(255, 'x'),
+            // Past the limit: FORMERR from the general path (a name of 256
+            // octets used to panic the fast path).
+            long(256, 'x'),
+            long(257, 'l'),
+            long(300, 'x'),
+            // Labels of 63 and 64 octets.
+            format!("{}.mysite.com.", "a".repeat(63)),
+            format!("{}.mysite.com.", "a".repeat(64)),
+        ];
         let names = [
             "api.mysite.com.",
             "API.mysite.com.",
@@ -465,7 +511,9 @@ mod tests {
             "nothing.mysite.com.",
             "apex.test.",
             "elsewhere.example.",
-        ];
+        ]
+        .into_iter()
+        .chain(long_names.iter().map(String::as_str));
         let edns = [
             None,
             Some((512, None)),
@@ -497,7 +545,7 @@ mod tests {
         let mut total = 0;
         for health in [Arc::new(AllUp) as Arc<dyn DatacenterHealth>, eu_down] {
             let data = crate::dns::answer::tests::data(health);
-            for name in names {
+            for name in names.clone() {
                 for qtype in [TYPE_A, TYPE_AAAA, 16, 255] {
                     for edns in &edns {
                         for (rd, cd) in [(true, false), (false, true)] {
@@ -542,6 +590,7 @@ mod tests {
             ("api.mysite.com.", TYPE_A, edns[3].clone()),
             ("api.mysite.com.", TYPE_AAAA, edns[5].clone()),
             ("ns1.mysite.com.", TYPE_A, edns[1].clone()),
+            (&long_names[0], TYPE_A, edns[3].clone()),
         ] {
             let packet = Packet {
                 name,
@@ -555,6 +604,106 @@ mod tests {
                 answer(&data, &packet.bytes(), src, &mut reply).is_some(),
                 "{name} {qtype}"
             );
+        }
+    }
+
+    /// A query for `name` (wire form) of type A, without EDNS.
+    fn raw_query(name: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        p.extend_from_slice(name);
+        p.extend_from_slice(&[0, 1, 0, 1]);
+        p
+    }
+
+    /// `raw_query` with an OPT record (1232 bytes, no option).
+    fn raw_query_edns(name: &[u8]) -> Vec<u8> {
+        let mut p = raw_query(name);
+        p[11] = 1;
+        p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        p
+    }
+
+    fn wire(name: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for label in name.trim_end_matches('.').split('.') {
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+        out.push(0);
+        out
+    }
+
+    /// Names at and past the 255-octet limit, long labels and compression
+    /// pointers in the question: whatever the fast path answers is the
+    /// general path's answer, and the rest is the general path's (FORMERR
+    /// past the limits), never a panic.
+    #[test]
+    fn names_at_the_limits_and_pointers_are_the_general_paths() {
+        const NOERROR: u8 = 0;
+        const FORMERR: u8 = 1;
+        const NXDOMAIN: u8 = 3;
+        const REFUSED: u8 = 5;
+        let data = crate::dns::answer::tests::data(Arc::new(AllUp));
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        // The query that panicked the fast path: labels of 63, 63, 63 and
+        // 62 octets, 256 octets with the root's, which it counted only
+        // after checking the length.
+        let mut crashed = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for len in [63u8, 63, 63, 62] {
+            crashed.push(len);
+            crashed.extend(std::iter::repeat_n(b'a', len.into()));
+        }
+        crashed.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert_eq!(crashed.len(), 12 + 256 + 4);
+        let long = |octets, label| wire(&long_name(octets, label, "mysite.com."));
+        // (query, the general path's rcode)
+        let cases: Vec<(Vec<u8>, u8)> = vec![
+            (crashed, FORMERR),
+            (raw_query_edns(&long(255, 'l')), NOERROR),
+            // Without EDNS hickory-proto, writing the answer's owner whole
+            // before compressing it, finds no room and sets TC: the fast
+            // path leaves that to it.
+            (raw_query(&long(255, 'l')), NOERROR),
+            (raw_query(&long(254, 'x')), NXDOMAIN),
+            (raw_query(&long(255, 'x')), NXDOMAIN),
+            (raw_query(&long(256, 'x')), FORMERR),
+            (raw_query(&long(256, 'l')), FORMERR),
+            (raw_query(&long(257, 'x')), FORMERR),
+            (raw_query(&long(300, 'x')), FORMERR),
+            (raw_query(&wire(&long_name(255, 'a', ""))), REFUSED),
+            (
+                raw_query(&wire(&format!("{}.mysite.com.", "a".repeat(63)))),
+                NXDOMAIN,
+            ),
+            (
+                raw_query(&wire(&format!("{}.mysite.com.", "a".repeat(64)))),
+                FORMERR,
+            ),
+            // Pointers: to itself, into the header, forward, past the end,
+            // after a label back to the name's start.
+            (raw_query(&[0xc0, 12]), FORMERR),
+            (raw_query(&[0xc0, 0]), FORMERR),
+            (raw_query(&[0xc0, 14]), FORMERR),
+            (raw_query(&[0xff, 0xff]), FORMERR),
+            (raw_query(&[3, b'a', b'p', b'i', 0xc0, 12]), FORMERR),
+            // The reserved label types 01 and 10.
+            (raw_query(&[0x40, 0]), FORMERR),
+            (raw_query(&[0x80, 0]), FORMERR),
+        ];
+        for (packet, rcode) in cases {
+            let mut fast = Vec::new();
+            let fast_answered = answer(&data, &packet, src, &mut fast).is_some();
+            let mut general = Vec::new();
+            assert!(answer_general(&data, &packet, src, &mut general));
+            assert_eq!(general[..2], [0x12, 0x34], "{packet:02x?}");
+            assert_eq!(general[3] & 0x0f, rcode, "{packet:02x?}");
+            if fast_answered {
+                assert_eq!(fast, general, "{packet:02x?}");
+            }
+            // Only the name with a record is the fast path's, whole.
+            let whole = general[2] & 0x02 == 0 && general[7] == 1;
+            assert_eq!(fast_answered, whole, "{packet:02x?}");
+            assert_eq!(whole, rcode == NOERROR && packet[11] == 1, "{packet:02x?}");
         }
     }
 

@@ -12,7 +12,9 @@
 //! - `server`: sockets and their lifetime: [`bind`], [`serve`].
 //! - `udp`: the UDP path, a thread per socket answering without
 //!   hickory-server.
-//! - `tcp`: the TCP path, through hickory-server.
+//! - `tcp`: the TCP path: framing, idle timeout, a task per connection.
+//! - `wire`: a message's bytes in, the reply's out, counted: the general
+//!   path of both transports; panics while answering caught quietly.
 //! - `count`: the query counters both paths record into.
 
 mod answer;
@@ -23,6 +25,7 @@ mod geo;
 mod server;
 mod tcp;
 mod udp;
+mod wire;
 mod zone;
 
 use std::net::IpAddr;

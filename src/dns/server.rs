@@ -1,6 +1,6 @@
 //! The DNS server's sockets and their lifetime: one `dns.listen` address
 //! is bound for both transports, then served by the UDP threads (`udp`)
-//! and hickory-server (`tcp`) until shutdown.
+//! and the TCP connection tasks (`tcp`) until shutdown.
 
 use std::io;
 use std::net::SocketAddr;

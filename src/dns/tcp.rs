@@ -1,89 +1,112 @@
-//! DNS over TCP, through hickory-server: its connection handling (length
-//! framing, pipelining, idle timeout) with our answers.
+//! DNS over TCP (RFC 7766): a task per connection reads length-prefixed
+//! messages one after another and answers each through the general path
+//! (`wire`), counted as over UDP, FORMERRs for unparsable messages
+//! included. A connection that sends nothing for [`TCP_IDLE_TIMEOUT`] is
+//! closed, and every one at shutdown.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts};
-use hickory_proto::rr::Record;
-use hickory_server::Server;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::TcpListener;
+use hickory_server::net::xfer::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::SharedDnsData;
-use super::answer;
-use super::count::count;
+use super::{SharedDnsData, wire};
+use crate::accept::accept_loop;
 
-/// A TCP connection that sends no query for this long is closed.
+/// A TCP connection that sends no query (or takes longer to send one, or
+/// to take its answer) for this long is closed.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 16;
 
-/// Serves `listeners` until `shutdown`, then returns once hickory's tasks
-/// have ended.
+/// Panics while answering over TCP, logged as the UDP threads log theirs.
+static PANICS: Mutex<wire::PanicLog> = Mutex::new(wire::PanicLog::new());
+
+/// Serves `listeners` until `shutdown`, then returns once their open
+/// connections are closed.
 pub(super) async fn serve(
     listeners: Vec<TcpListener>,
     data: SharedDnsData,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let mut server = Server::new(Handler { data });
-    for tcp in listeners {
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+    wire::quiet_answer_panics();
+    let mut listening = JoinSet::new();
+    for listener in listeners {
+        listening.spawn(listen(listener, data.clone(), shutdown.clone()));
     }
-    let stop = server.shutdown_token().clone();
-    let forward = async move {
-        shutdown.cancelled().await;
-        stop.cancel();
-        std::future::pending::<()>().await
+    while let Some(ended) = listening.join_next().await {
+        ended.map_err(|e| io::Error::other(format!("DNS over TCP stopped: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Accepts on `listener` until `shutdown`, then closes the connections
+/// still open.
+async fn listen(listener: TcpListener, data: SharedDnsData, shutdown: CancellationToken) {
+    let name = match listener.local_addr() {
+        Ok(addr) => format!("dns tcp {addr}"),
+        Err(_) => "dns tcp".to_owned(),
     };
-    tokio::select! {
-        result = server.block_until_done() => {
-            result.map_err(|e| io::Error::other(format!("DNS server stopped: {e}")))
-        }
-        () = forward => unreachable!("pending never completes"),
-    }
+    let mut connections = JoinSet::new();
+    accept_loop(listener, name, shutdown, |stream, peer| {
+        connections.spawn(connection(stream, peer, data.clone()));
+        // The results of connections that ended are not kept.
+        while connections.try_join_next().is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
 }
 
-struct Handler {
-    data: SharedDnsData,
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let reply = {
-            let data = self.data.load();
-            let reply = answer::respond(&data, request);
-            count(&data, request, &reply);
-            reply
+/// Answers the messages of one connection in order until the client
+/// closes it, stays idle for [`TCP_IDLE_TIMEOUT`], or a read or write
+/// fails.
+async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData) {
+    let _ = stream.set_nodelay(true);
+    let mut message = Vec::new();
+    let mut reply = Vec::new();
+    let mut framed = Vec::new();
+    loop {
+        let read = async {
+            let len = stream.read_u16().await?;
+            message.resize(usize::from(len), 0);
+            stream.read_exact(&mut message).await
         };
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(edns) = &reply.edns {
-            builder.edns(edns);
+        match tokio::time::timeout(TCP_IDLE_TIMEOUT, read).await {
+            Ok(Ok(_)) => {}
+            // Closed, reset or idle.
+            Ok(Err(_)) | Err(_) => return,
         }
-        let response = builder.build(
-            reply.metadata,
-            reply.answers.iter(),
-            reply.authorities.iter(),
-            std::iter::empty::<&Record>(),
-            std::iter::empty::<&Record>(),
-        );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(src = %request.src(), %error, "cannot send a DNS response");
-                ResponseInfo::from(Header {
-                    metadata: reply.metadata,
-                    counts: HeaderCounts::default(),
-                })
+        let answered = wire::catching_panics(|| {
+            wire::answer(&data.load(), &message, src, Protocol::Tcp, &mut reply)
+        });
+        match answered {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(at) => {
+                PANICS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(src, at);
+                return;
             }
+        }
+        // Encoded within 64 KiB (TC past it), so the length fits.
+        let Ok(len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        framed.clear();
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.write_all(&framed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%src, %error, "cannot send a DNS response");
+                return;
+            }
+            Err(_) => return,
         }
     }
 }
