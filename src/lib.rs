@@ -23,7 +23,7 @@
 //! - [`proxy`]: the data paths: HTTP (route, pick, forward, stream), TLS
 //!   termination in front of it, TCP (pick, connect, copy).
 //! - [`dns`]: the authoritative GeoDNS server (zones, geo names, ECS; UDP
-//!   threads, TCP through hickory-server, query counters).
+//!   threads, TCP connections on the accept loop, query counters).
 //! - [`state`]: a config compiled into the [`state::Snapshot`] the data
 //!   path reads, swapped whole through one `ArcSwap`.
 //! - [`upstream`]: opening and keeping backend connections (HTTP/1.1 or
