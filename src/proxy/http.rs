@@ -25,11 +25,12 @@ use tokio_util::task::TaskTracker;
 use super::activity::{Activity, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
+use super::validate::{self, Refusal};
 use crate::accept::accept_loop;
 use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
-use crate::state::{ActiveGuard, ListenerId, SharedSnapshot};
+use crate::state::{ActiveGuard, Listener, ListenerId, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody};
 
 /// What every connection of one listener shares.
@@ -212,11 +213,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
-    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // Routed on and sent to the backend alike.
+    let host_value = match validate::authority(&req) {
+        Ok(v) => v,
+        Err(why) => return refuse(&req, &listener, conn, start, why),
+    };
     // Parsing the host costs an allocation; only routes and the access log need it.
     let host = if listener.routes.is_empty() && !listener.config.access_log {
         None
@@ -264,13 +265,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         conn.ctx.proto,
         host_value.clone(),
     );
-    if !req.headers().contains_key(header::HOST)
-        && let Some(h) = host_value
-    {
-        req.headers_mut().insert(header::HOST, h);
-    }
-    // Backends get origin-form over HTTP/1.1, whatever the client spoke.
+    // Backends get origin-form over HTTP/1.1, whatever the client spoke,
+    // and the target's authority, which won over any Host, as Host.
     if req.uri().authority().is_some() {
+        if let Some(h) = host_value {
+            req.headers_mut().insert(header::HOST, h);
+        }
         let origin = req
             .uri()
             .path_and_query()
@@ -480,6 +480,62 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     }
     completion.status = status.as_u16();
     message(status, &text, Some(completion))
+}
+
+/// Answers a request that is not forwarded (see [`validate`]), counted
+/// with the listener's default route; an HTTP/1 connection is closed after
+/// it, its next bytes being suspect.
+#[cold]
+fn refuse<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    why: Refusal,
+) -> Response<ResponseBody> {
+    tracing::debug!(
+        client = %conn.peer,
+        listener = %listener.config.name,
+        status = why.status.as_u16(),
+        reason = why.reason,
+        "request refused"
+    );
+    let route = &listener.default_route;
+    let completion = Completion {
+        start,
+        status: why.status.as_u16(),
+        metrics: route.metrics.clone(),
+        activity: conn.activity.clone(),
+        active: None,
+        sender: None,
+        bytes: 0,
+        access: listener.config.access_log.then(|| {
+            Box::new(AccessLog {
+                client: conn.peer,
+                listener: listener.config.name.as_str().into(),
+                pool: route.pool.name.clone(),
+                backend: None,
+                method: req.method().clone(),
+                host: req
+                    .headers()
+                    .get(header::HOST)
+                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                    .unwrap_or_default(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                retries: 0,
+            })
+        }),
+    };
+    let mut resp = message(why.status, why.reason, Some(completion));
+    if req.version() < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 #[cold]

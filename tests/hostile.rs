@@ -1,0 +1,156 @@
+//! Hostile and ambiguous HTTP traffic through the real binary: each case
+//! sends the exact bytes (raw TCP for HTTP/1, hyper's HTTP/2 client for
+//! what only HTTP/2 can say) and checks what the backends received.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Backend, Geolb, raw, status_of};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// Pools "pa" (the default) and "pb" (for host b.example), listener "web".
+async fn two_pools(extra_listener: &str) -> (Backend, Backend, Geolb) {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
+         [[pool]]\nname = \"pa\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[pool]]\nname = \"pb\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"pa\"\n\
+         routes = [{{ host = \"b.example\", pool = \"pb\" }}]\n{extra_listener}\n",
+        a.addr, b.addr
+    );
+    let geolb = Geolb::start(&cfg).await;
+    (a, b, geolb)
+}
+
+/// The body of a raw response (after the head), de-chunked if need be.
+fn body_of(resp: &str) -> String {
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp, ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One HTTP/2 request (prior knowledge, cleartext) on a fresh connection:
+/// the status and body. `uri` in origin-form sends no `:authority`.
+async fn h2(addr: SocketAddr, uri: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let resp = support::bounded(LIMIT, "h2 request", sender.send_request(req))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn host_is_one_valid_authority_and_the_target_authority_wins() {
+    let (a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let refused: &[(&str, &[u8])] = &[
+        ("no host, HTTP/1.1", b"GET /headers HTTP/1.1\r\n\r\n"),
+        (
+            "two hosts",
+            b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: a.example\r\n\r\n",
+        ),
+        (
+            "a list",
+            b"GET /headers HTTP/1.1\r\nHost: b.example, a.example\r\n\r\n",
+        ),
+        ("x, y", b"GET /headers HTTP/1.1\r\nHost: x, y\r\n\r\n"),
+        ("a path", b"GET /headers HTTP/1.1\r\nHost: a/evil x\r\n\r\n"),
+        (
+            "user info",
+            b"GET /headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+        ),
+        ("empty", b"GET /headers HTTP/1.1\r\nHost: \r\n\r\n"),
+        (
+            "bad host beside an absolute-form target",
+            b"GET http://b.example/headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+        ),
+        (
+            "user info in an absolute-form target",
+            b"GET http://evil@b.example/headers HTTP/1.1\r\nHost: b.example\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in refused {
+        let resp = raw(web, bytes, LIMIT).await;
+        assert_eq!(status_of(&resp), 400, "{what}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {resp}"
+        );
+    }
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (0, 0),
+        "a refused request was forwarded"
+    );
+
+    // HTTP/1.0 needs no Host: the listener's default pool.
+    let resp = raw(web, b"GET /headers HTTP/1.0\r\n\r\n", LIMIT).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(!body_of(&resp).contains("host:"), "{resp}");
+    assert_eq!(a.hits(), 1);
+
+    // Absolute-form: the target's authority wins over Host, for the route
+    // and for what the backend receives.
+    let resp = raw(
+        web,
+        b"GET http://b.example/headers HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let seen = body_of(&resp);
+    assert!(seen.contains("host: b.example\n"), "{seen}");
+    assert!(!seen.contains("a.example"), "{seen}");
+    assert_eq!(b.hits(), 1);
+
+    // HTTP/2: `:authority` wins over `host`; `host` alone routes; neither
+    // is refused.
+    let (code, seen) = h2(web, "http://b.example/headers", &[("host", "a.example")]).await;
+    assert_eq!(code, 200, "{seen}");
+    assert!(seen.contains("host: b.example\n"), "{seen}");
+    assert!(!seen.contains("a.example"), "{seen}");
+    assert_eq!(b.hits(), 2);
+    let (code, seen) = h2(web, "/headers", &[("host", "b.example")]).await;
+    assert_eq!(code, 200, "{seen}");
+    assert!(seen.contains("host: b.example\n"), "{seen}");
+    assert_eq!(b.hits(), 3);
+    let (code, seen) = h2(web, "/headers", &[]).await;
+    assert_eq!(code, 400, "{seen}");
+    let (code, seen) = h2(web, "http://b.example/headers", &[("host", "evil@h")]).await;
+    assert_eq!(code, 400, "{seen}");
+    assert_eq!((a.hits(), b.hits()), (1, 3));
+}
