@@ -154,3 +154,57 @@ async fn host_is_one_valid_authority_and_the_target_authority_wins() {
     assert_eq!(code, 400, "{seen}");
     assert_eq!((a.hits(), b.hits()), (1, 3));
 }
+
+#[tokio::test]
+async fn an_h2c_upgrade_goes_on_as_a_plain_request_and_websocket_still_upgrades() {
+    let (a, _b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    for request in [
+        &b"GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"[..],
+        // HTTP2-Settings not named in Connection, h2c among other protocols.
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: upgrade\r\nUpgrade: websocket, h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ] {
+        // The connection stays open after a plain answer: read its head and
+        // body, then check that it still serves plain HTTP/1.1.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("x-forwarded-proto") {
+            let n = support::bounded(LIMIT, "response", s.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let resp = String::from_utf8_lossy(&got).into_owned();
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        let seen = resp.to_ascii_lowercase();
+        for gone in ["upgrade", "http2-settings", "connection:"] {
+            assert!(!seen.contains(gone), "{gone} reached the backend: {resp}");
+        }
+        // No tunnel: the next bytes are an HTTP/1.1 request, not HTTP/2.
+        s.write_all(b"GET /second HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        support::bounded(LIMIT, "second response", s.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert_eq!(status_of(&rest), 200, "{rest}");
+        assert!(rest.ends_with("\r\n\r\na"), "{rest}");
+    }
+    assert_eq!(a.hits(), 4);
+
+    // A WebSocket-style upgrade is still tunnelled.
+    let resp = raw(
+        web,
+        b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nping",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert!(resp.ends_with("\r\n\r\nping"), "{resp}");
+}

@@ -11,15 +11,21 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// True if the message asks to switch protocols (`Connection: upgrade` and
-/// an `Upgrade` header).
+/// an `Upgrade` header) to anything but `h2c`. An h2c upgrade is not
+/// tunnelled: after its `101` the client would speak HTTP/2 straight to the
+/// backend, past routing and limits (h2c smuggling); the request goes on
+/// as a plain one, its `Upgrade` and `HTTP2-Settings` removed.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && !has_token(headers, &header::UPGRADE, "h2c")
+        && has_token(headers, &header::CONNECTION, "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
@@ -85,6 +91,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if upgrade {
         headers.remove(header::UPGRADE);
+        // Hop-by-hop by definition (RFC 7540 §3.2.1), named in Connection or not.
+        headers.remove(&HTTP2_SETTINGS);
     }
 }
 
@@ -189,6 +197,22 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_a_plain_request() {
+        for upgrade in ["h2c", "websocket, H2C"] {
+            let mut h = map(&[
+                ("connection", "Upgrade"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("x-kept", "yes"),
+            ]);
+            assert!(!wants_upgrade(&h), "{upgrade}");
+            strip_hop_by_hop(&mut h, false);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, vec!["x-kept"]);
+        }
     }
 
     #[test]
