@@ -208,3 +208,36 @@ async fn an_h2c_upgrade_goes_on_as_a_plain_request_and_websocket_still_upgrades(
     assert_eq!(status_of(&resp), 101, "{resp}");
     assert!(resp.ends_with("\r\n\r\nping"), "{resp}");
 }
+
+#[tokio::test]
+async fn connect_is_answered_405_and_never_forwarded() {
+    let (a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    for request in [
+        &b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n"[..],
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: a.example\r\n\r\nSSH-2.0-x\r\n",
+    ] {
+        let resp = raw(web, request, LIMIT).await;
+        assert_eq!(status_of(&resp), 405, "{resp}");
+        let lower = resp.to_ascii_lowercase();
+        assert!(lower.contains("\r\nallow: get, "), "{resp}");
+        assert!(!lower.contains("allow: connect") && !lower.contains(", connect"));
+        assert!(lower.contains("connection: close"), "{resp}");
+    }
+
+    // HTTP/2 CONNECT (authority only, no :scheme or :path).
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::connect("b.example:443")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = support::bounded(LIMIT, "h2 CONNECT", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!((a.hits(), b.hits()), (0, 0), "CONNECT was forwarded");
+}

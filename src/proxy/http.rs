@@ -213,6 +213,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
+    if let Err(why) = validate::method(&req) {
+        return refuse(&req, &listener, conn, start, why);
+    }
     // Routed on and sent to the backend alike.
     let host_value = match validate::authority(&req) {
         Ok(v) => v,
@@ -531,6 +534,10 @@ fn refuse<B>(
         }),
     };
     let mut resp = message(why.status, why.reason, Some(completion));
+    if why.status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
+    }
     if req.version() < Version::HTTP_2 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

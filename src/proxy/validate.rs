@@ -3,7 +3,7 @@
 //! answered here and never forwarded.
 
 use http::header::{self, HeaderValue};
-use http::{Request, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 
 /// Why a request is answered by geolb instead of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,24 @@ impl Refusal {
         }
     }
 }
+
+/// CONNECT asks for a tunnel to any address it names: geolb forwards
+/// requests to its pools and tunnels only upgrades, so it refuses CONNECT
+/// (never forwarding it as `CONNECT /`).
+pub fn method<B>(req: &Request<B>) -> Result<(), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "geolb does not tunnel CONNECT",
+        });
+    }
+    Ok(())
+}
+
+/// The methods a 405 names in `Allow`: all that geolb forwards are
+/// allowed, but a list cannot say "any but CONNECT"; these are the ones
+/// RFC 9110 and RFC 5789 define.
+pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// The authority a request is for, checked: the target URI's when it has
 /// one (HTTP/2 `:authority`, RFC 9113 §8.3.1; HTTP/1.1 absolute-form, RFC
@@ -90,6 +108,17 @@ fn is_authority(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_is_refused() {
+        let r = |m: Method| Request::builder().method(m).body(()).unwrap();
+        assert_eq!(method(&r(Method::GET)), Ok(()));
+        assert_eq!(method(&r(Method::from_bytes(b"PURGE").unwrap())), Ok(()));
+        assert_eq!(
+            method(&r(Method::CONNECT)).unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
 
     #[test]
     fn authorities() {
