@@ -241,3 +241,64 @@ async fn connect_is_answered_405_and_never_forwarded() {
     assert_eq!(resp.status(), 405);
     assert_eq!((a.hits(), b.hits()), (0, 0), "CONNECT was forwarded");
 }
+
+/// Sends `bytes` while reading the answer (a peer that stops reading and
+/// closes must not fail the test): what came back before the close.
+async fn raw_flood(addr: SocketAddr, bytes: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(LIMIT, rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    drop(writer.await);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_huge_request_line_gets_414_and_huge_headers_431() {
+    let (a, _b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 1 << 20));
+    line.extend_from_slice(b" HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    let resp = raw_flood(web, line).await;
+    assert_eq!(status_of(&resp), 414, "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close"));
+
+    // The same on a keep-alive connection after a first request.
+    let mut two = b"GET /first HTTP/1.1\r\nHost: a.example\r\n\r\n".to_vec();
+    two.extend_from_slice(b"GET /?q=");
+    two.extend(std::iter::repeat_n(b'b', 200_000));
+    let resp = raw_flood(web, two).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(
+        resp.contains("\r\n\r\naHTTP/1.1 414 URI Too Long\r\n"),
+        "{resp}"
+    );
+
+    // Large headers after a short line stay 431; a long line that fits
+    // is forwarded.
+    let mut big = b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend_from_slice(b"\r\n\r\n");
+    let resp = raw_flood(web, big).await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    let hits = a.hits();
+    let fits = format!(
+        "GET /{} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        "c".repeat(40_000)
+    );
+    let resp = raw_flood(web, fits.into_bytes()).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(a.hits(), hits + 1);
+}

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::activity::{Activity, TrackedIo};
+use super::activity::{Activity, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
 use super::validate::{self, Refusal};
@@ -53,8 +53,9 @@ impl HttpContext {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let mut server = auto::Builder::new(TokioExecutor::new());
-        // 64 KiB of head is plenty for real clients; past it: 431.
-        server.http1().max_buf_size(64 * 1024).half_close(false);
+        // 64 KiB of head is plenty for real clients; past it: 431 (414
+        // for a request line that fills it alone, see `TrackedIo`).
+        server.http1().max_buf_size(MAX_HEAD).half_close(false);
         Arc::new(HttpContext {
             snapshot,
             id,
@@ -134,7 +135,7 @@ where
         let conn_ctx = conn_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn_ctx).await) }
     });
-    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = ctx.server.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
