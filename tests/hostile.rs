@@ -302,3 +302,67 @@ async fn a_huge_request_line_gets_414_and_huge_headers_431() {
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert_eq!(a.hits(), hits + 1);
 }
+
+/// A backend that answers every request head it reads with `response`,
+/// byte for byte, keeping the connection open.
+async fn raw_backend(response: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if s.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn one_pool(addr: SocketAddr, extra_listener: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
+         [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{extra_listener}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_response_with_length_and_chunked_is_relayed_by_its_chunks() {
+    let backend = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          b\r\nhello world\r\n6\r\n, all.\r\n0\r\n\r\n",
+    )
+    .await;
+    let geolb = Geolb::start(&one_pool(backend, "")).await;
+    let web = geolb.listener("web");
+    let resp = raw(
+        web,
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("content-length: 5"),
+        "{resp}"
+    );
+    assert_eq!(body_of(&resp), "hello world, all.", "{resp}");
+
+    // The same over HTTP/2, where only the length could say where it ends.
+    let (code, body) = h2(web, "http://a.example/", &[]).await;
+    assert_eq!((code, body.as_str()), (200, "hello world, all."));
+}

@@ -1,5 +1,6 @@
-//! Header rewriting at the proxy boundary: hop-by-hop headers stay on
-//! their hop, and the backend learns who the client was.
+//! Header rewriting at the proxy boundary: hop-by-hop headers (and a
+//! length that came with a transfer coding) stay on their hop, and the
+//! backend learns who the client was.
 
 use std::net::IpAddr;
 
@@ -79,6 +80,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if transfer_encoding {
         headers.remove(header::TRANSFER_ENCODING);
+        // The message was framed by Transfer-Encoding, which overrides a
+        // Content-Length sent beside it (RFC 9112 §6.3): that length is
+        // wrong for the next hop, which frames the body afresh.
+        headers.remove(header::CONTENT_LENGTH);
     }
     if te
         && headers
@@ -183,6 +188,21 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn transfer_encoding_takes_content_length_with_it() {
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+        let mut h = map(&[("content-length", "5")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "5");
     }
 
     #[test]
