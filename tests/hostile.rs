@@ -366,3 +366,23 @@ async fn a_response_with_length_and_chunked_is_relayed_by_its_chunks() {
     let (code, body) = h2(web, "http://a.example/", &[]).await;
     assert_eq!((code, body.as_str()), (200, "hello world, all."));
 }
+
+#[tokio::test]
+async fn split_http2_cookies_reach_an_http1_backend_as_one_line() {
+    let (_a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let (code, seen) = h2(
+        web,
+        "http://b.example/headers",
+        &[("cookie", "session=abc"), ("cookie", "theme=dark; lang=en")],
+    )
+    .await;
+    assert_eq!(code, 200, "{seen}");
+    assert_eq!(b.hits(), 1);
+    let cookies: Vec<&str> = seen.lines().filter(|l| l.starts_with("cookie:")).collect();
+    assert_eq!(
+        cookies,
+        ["cookie: session=abc; theme=dark; lang=en"],
+        "{seen}"
+    );
+}

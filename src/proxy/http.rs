@@ -262,6 +262,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let close_after = req.headers().contains_key(header::TRANSFER_ENCODING);
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if req.version() == Version::HTTP_2 {
+        headers::join_cookies(req.headers_mut());
+    }
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     headers::add_forwarded(
         req.headers_mut(),
