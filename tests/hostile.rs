@@ -386,3 +386,56 @@ async fn split_http2_cookies_reach_an_http1_backend_as_one_line() {
         "{seen}"
     );
 }
+
+#[tokio::test]
+async fn a_bad_or_slow_request_body_is_the_clients_fault() {
+    let (a, _b, geolb) = two_pools("timeouts = { request = \"500ms\" }\nretries = 0").await;
+    let web = geolb.listener("web");
+    // A chunk size that is not hex, after a good chunk.
+    let resp = raw(
+        web,
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert!(resp.contains("request body"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close"));
+
+    // Ten bytes of a hundred, then nothing: 408 after timeouts.request.
+    for head in [
+        &b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 100\r\n\r\n0123456789"[..],
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+    ] {
+        let start = std::time::Instant::now();
+        let resp = raw(web, head, LIMIT).await;
+        assert_eq!(status_of(&resp), 408, "{resp}");
+        assert!(resp.contains("did not arrive within"), "{resp}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+    assert_eq!(a.hits(), 3, "each request did reach the backend");
+
+    // A backend that is slow with a whole body is still the backend's fault.
+    let resp = raw(
+        web,
+        b"POST /slow?ms=2000 HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 504, "{resp}");
+
+    let log = geolb.log();
+    let warned = log.lines().filter(|l| l.contains("request failed")).count();
+    assert_eq!(warned, 1, "only the slow backend is blamed:\n{log}");
+    let metrics = geolb.metrics().await;
+    for code in ["400", "408", "504"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("geolb_http_requests_total")
+                    && l.contains(&format!("code=\"{code}\""))),
+            "no {code} counted:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains("code=\"502\""), "{metrics}");
+}

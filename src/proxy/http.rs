@@ -31,7 +31,7 @@ use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
 use crate::state::{ActiveGuard, Listener, ListenerId, SharedSnapshot};
-use crate::upstream::{self, BackendRequestBody};
+use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -180,6 +180,11 @@ enum Failure {
     Connect(Arc<str>, io::Error),
     Timeout(Arc<str>, Duration),
     Backend(Arc<str>, hyper::Error),
+    /// The client's body was malformed or cut off: its fault, not the
+    /// backend's.
+    ClientBody(hyper::Error),
+    /// The request timed out waiting for the client's body.
+    SlowClient(Duration),
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -256,6 +261,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }),
     };
 
+    let client_http1 = req.version() < Version::HTTP_2;
     // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
     // carried a Content-Length too (hyper keeps only the chunked framing);
     // close the connection after it rather than trust what follows.
@@ -304,6 +310,8 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             parts.headers.clone(),
         )
     });
+    let (body, body_progress) = ClientBody::new(body);
+    let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
     if let Some(r) = pending.as_mut() {
@@ -360,7 +368,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         let active = ActiveGuard::new(backend.shared.clone());
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
-                failure = Failure::Timeout(backend.label.clone(), timeouts.request);
+                failure = if body_state() == Some(BodyState::WaitingForClient) {
+                    Failure::SlowClient(timeouts.request)
+                } else {
+                    Failure::Timeout(backend.label.clone(), timeouts.request)
+                };
                 break;
             }
             Ok(Ok(mut resp)) => {
@@ -411,6 +423,10 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     continue;
                 }
                 let err = e.into_error();
+                if body_state() == Some(BodyState::Failed) {
+                    failure = Failure::ClientBody(err);
+                    break;
+                }
                 let retryable = replay.is_some() && closed_without_answer(&err);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
                 failure = Failure::Backend(backend.label.clone(), err);
@@ -470,7 +486,28 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 error,
             )
         }
+        Failure::ClientBody(e) => {
+            tracing::debug!(client = %conn.peer, error = %error_chain(&e), "request body failed");
+            (
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed or incomplete".to_owned(),
+                None,
+                String::new(),
+            )
+        }
+        Failure::SlowClient(t) => {
+            tracing::debug!(client = %conn.peer, "request body too slow");
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {t:?}"),
+                None,
+                String::new(),
+            )
+        }
     };
+    // The client's own failures: what it sends next cannot be trusted
+    // to start a request.
+    let client_fault = status.is_client_error();
     if let Some(backend) = backend {
         tracing::warn!(
             listener = %listener.config.name,
@@ -486,7 +523,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
     }
     completion.status = status.as_u16();
-    message(status, &text, Some(completion))
+    let mut resp = message(status, &text, Some(completion));
+    if client_fault && client_http1 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Answers a request that is not forwarded (see [`validate`]), counted
