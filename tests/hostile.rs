@@ -439,3 +439,46 @@ async fn a_bad_or_slow_request_body_is_the_clients_fault() {
     }
     assert!(!metrics.contains("code=\"502\""), "{metrics}");
 }
+
+#[tokio::test]
+async fn dot_segments_are_refused_not_routed_by_their_prefix() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
+         [[pool]]\nname = \"admin\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[pool]]\nname = \"public\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"admin\"\n\
+         routes = [{{ path_prefix = \"/public/\", pool = \"public\" }}]\n",
+        a.addr, b.addr
+    );
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    for path in [
+        "/public/../admin",
+        "/public/./../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "/public/.%2e/admin",
+        "/public/..%2fadmin",
+        "/public/..%5Cadmin",
+        "/public/..;/admin",
+        "/public/..",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        let resp = raw(web, request.as_bytes(), LIMIT).await;
+        assert_eq!(status_of(&resp), 400, "{path}: {resp}");
+        assert!(resp.contains("dot segment"), "{path}: {resp}");
+    }
+    let (code, body) = h2(web, "http://a.example/public/%2e%2e/admin", &[]).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!((a.hits(), b.hits()), (0, 0), "a dot segment was forwarded");
+
+    // Dots inside names are no dot segments.
+    for path in ["/public/.well-known/x", "/public/a..b", "/public/v1.2/..."] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let resp = raw(web, request.as_bytes(), LIMIT).await;
+        assert_eq!(status_of(&resp), 200, "{path}: {resp}");
+        assert!(resp.ends_with("\r\n\r\nb"), "{path}: {resp}");
+    }
+}

@@ -227,6 +227,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         Ok(v) => v,
         Err(why) => return refuse(&req, &listener, conn, start, why),
     };
+    if let Err(why) = validate::path(req.uri().path()) {
+        return refuse(&req, &listener, conn, start, why);
+    }
     // Parsing the host costs an allocation; only routes and the access log need it.
     let host = if listener.routes.is_empty() && !listener.config.access_log {
         None

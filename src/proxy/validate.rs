@@ -1,6 +1,7 @@
-//! What a request must be before it is routed: one target authority that
-//! geolb routes on and the backend receives alike. A request that fails is
-//! answered here and never forwarded.
+//! What a request must be before it is routed: a method geolb forwards,
+//! one target authority and a path without dot segments, so that geolb
+//! routes on what the backend receives. A request that fails is answered
+//! by geolb and never forwarded.
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
@@ -71,6 +72,55 @@ pub fn authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
     }
 }
 
+/// Refuses a path with a dot segment (`.` or `..`), also percent-encoded
+/// (`%2e`), also when delimited by `\`, `%2f` or `%5c` rather than `/`, or
+/// followed by `;` parameters (`..;`): each form that some backend resolves
+/// to a parent. Clients remove dot segments before sending (RFC 3986
+/// §5.2.4), so only crafted requests carry them; they would be routed by a
+/// prefix (`/public/../admin` under `/public/`) that the backend, resolving
+/// them, does not serve. Refusing rather than normalising means geolb and
+/// every backend read the same path: nothing forwarded is rewritten.
+pub fn path(path: &str) -> Result<(), Refusal> {
+    if has_dot_segment(path.as_bytes()) {
+        return Err(Refusal::bad("the path has a dot segment (. or ..)"));
+    }
+    Ok(())
+}
+
+fn has_dot_segment(path: &[u8]) -> bool {
+    // Per segment: dots seen, and whether anything else was.
+    let (mut dots, mut other, mut params) = (0u8, false, false);
+    let mut i = 0;
+    while i < path.len() {
+        let mut b = path[i];
+        if b == b'%'
+            && let Some(&[h, l]) = path.get(i + 1..i + 3)
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+        {
+            b = h << 4 | l;
+            i += 2;
+        }
+        i += 1;
+        match b {
+            b'/' | b'\\' => {
+                if !other && (1..=2).contains(&dots) {
+                    return true;
+                }
+                (dots, other, params) = (0, false, false);
+            }
+            _ if params => {}
+            b';' => params = true,
+            b'.' => dots = dots.saturating_add(1),
+            _ => other = true,
+        }
+    }
+    !other && (1..=2).contains(&dots)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
 /// `host[:port]`: a name of letters, digits, `-`, `.`, `_` and `~`, or an
 /// IPv6 literal in brackets; at most five digits of port. Stricter than RFC
 /// 3986's reg-name (no sub-delims, no percent-encoding, no user info): what
@@ -118,6 +168,46 @@ mod tests {
             method(&r(Method::CONNECT)).unwrap_err().status,
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    #[test]
+    fn dot_segments() {
+        for bad in [
+            "/..",
+            "/.",
+            "/public/../admin",
+            "/public/./admin",
+            "/public/..",
+            "/public/%2e%2e/admin",
+            "/public/%2E./admin",
+            "/public/.%2e",
+            "/public/..%2fadmin",
+            "/public/..%2Fadmin",
+            "/public/..%5cadmin",
+            "/public/..\\admin",
+            "/public\\..\\admin",
+            "/public/..;/admin",
+            "/public/..;jsessionid=x/admin",
+            "..",
+        ] {
+            assert!(has_dot_segment(bad.as_bytes()), "{bad}");
+        }
+        for good in [
+            "/",
+            "*",
+            "/public/file.txt",
+            "/public/.well-known/x",
+            "/public/a..b",
+            "/public/...",
+            "/public/..a",
+            "/public/%2e%2e%2e",
+            "/public/x;..",
+            "/public/%zz/..x",
+            "/public/%2",
+            "/%",
+        ] {
+            assert!(!has_dot_segment(good.as_bytes()), "{good}");
+        }
     }
 
     #[test]
