@@ -80,7 +80,11 @@ impl ClientBody {
     /// Wraps `body`, with a [`BodyProgress`] to watch it unless it is
     /// already at its end (nothing to watch, nothing allocated).
     pub fn new(body: Incoming) -> (ClientBody, Option<BodyProgress>) {
-        let progress = (!body.is_end_stream()).then(|| BodyProgress(Arc::new(AtomicU8::new(0))));
+        let progress = if body.is_end_stream() {
+            None
+        } else {
+            Some(BodyProgress(Arc::new(AtomicU8::new(0))))
+        };
         let watch = progress.clone();
         (
             ClientBody {
