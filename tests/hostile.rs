@@ -14,17 +14,20 @@ use support::{Backend, Geolb, raw, status_of};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
+fn config(body: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
+}
+
 /// Pools "pa" (the default) and "pb" (for host b.example), listener "web".
 async fn two_pools(extra_listener: &str) -> (Backend, Backend, Geolb) {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let cfg = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
-         [[pool]]\nname = \"pa\"\nbackends = [{{ addr = \"{}\" }}]\n\
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"pa\"\nbackends = [{{ addr = \"{}\" }}]\n\
          [[pool]]\nname = \"pb\"\nbackends = [{{ addr = \"{}\" }}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"pa\"\n\
          routes = [{{ host = \"b.example\", pool = \"pb\" }}]\n{extra_listener}\n",
         a.addr, b.addr
-    );
+    ));
     let geolb = Geolb::start(&cfg).await;
     (a, b, geolb)
 }
@@ -333,11 +336,10 @@ async fn raw_backend(response: &'static [u8]) -> SocketAddr {
 }
 
 fn one_pool(addr: SocketAddr, extra_listener: &str) -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
-         [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
+    config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{extra_listener}\n"
-    )
+    ))
 }
 
 #[tokio::test]
@@ -443,14 +445,13 @@ async fn a_bad_or_slow_request_body_is_the_clients_fault() {
 #[tokio::test]
 async fn dot_segments_are_refused_not_routed_by_their_prefix() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let cfg = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
-         [[pool]]\nname = \"admin\"\nbackends = [{{ addr = \"{}\" }}]\n\
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"admin\"\nbackends = [{{ addr = \"{}\" }}]\n\
          [[pool]]\nname = \"public\"\nbackends = [{{ addr = \"{}\" }}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"admin\"\n\
          routes = [{{ path_prefix = \"/public/\", pool = \"public\" }}]\n",
         a.addr, b.addr
-    );
+    ));
     let geolb = Geolb::start(&cfg).await;
     let web = geolb.listener("web");
     for path in [

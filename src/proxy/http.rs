@@ -30,7 +30,7 @@ use crate::accept::accept_loop;
 use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
-use crate::state::{ActiveGuard, Listener, ListenerId, SharedSnapshot};
+use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
 
 /// What every connection of one listener shares.
@@ -238,31 +238,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     let route = listener.route(host.as_deref(), req.uri().path());
     let pool = route.pool.clone();
-    let mut completion = Completion {
-        start,
-        status: 0,
-        metrics: route.metrics.clone(),
-        activity: conn.activity.clone(),
-        active: None,
-        sender: None,
-        bytes: 0,
-        access: listener.config.access_log.then(|| {
-            Box::new(AccessLog {
-                client: conn.peer,
-                listener: listener.config.name.as_str().into(),
-                pool: pool.name.clone(),
-                backend: None,
-                method: req.method().clone(),
-                host: host.clone().unwrap_or_default(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
-                retries: 0,
-            })
-        }),
-    };
+    let mut completion = Completion::of(&req, conn, &listener, route, start, || {
+        host.clone().unwrap_or_default()
+    });
 
     let client_http1 = req.version() < Version::HTTP_2;
     // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
@@ -534,6 +512,46 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     resp
 }
 
+impl Completion {
+    /// For a request to `route` of `listener`, with its access log line
+    /// (`host` as logged) if the listener keeps one.
+    #[inline]
+    fn of<B>(
+        req: &Request<B>,
+        conn: &ConnCtx,
+        listener: &Listener,
+        route: &Route,
+        start: Instant,
+        host: impl FnOnce() -> String,
+    ) -> Completion {
+        Completion {
+            start,
+            status: 0,
+            metrics: route.metrics.clone(),
+            activity: conn.activity.clone(),
+            active: None,
+            sender: None,
+            bytes: 0,
+            access: listener.config.access_log.then(|| {
+                Box::new(AccessLog {
+                    client: conn.peer,
+                    listener: listener.config.name.as_str().into(),
+                    pool: route.pool.name.clone(),
+                    backend: None,
+                    method: req.method().clone(),
+                    host: host(),
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string(),
+                    retries: 0,
+                })
+            }),
+        }
+    }
+}
+
 /// Answers a request that is not forwarded (see [`validate`]), counted
 /// with the listener's default route; an HTTP/1 connection is closed after
 /// it, its next bytes being suspect.
@@ -552,36 +570,14 @@ fn refuse<B>(
         reason = why.reason,
         "request refused"
     );
-    let route = &listener.default_route;
-    let completion = Completion {
-        start,
-        status: why.status.as_u16(),
-        metrics: route.metrics.clone(),
-        activity: conn.activity.clone(),
-        active: None,
-        sender: None,
-        bytes: 0,
-        access: listener.config.access_log.then(|| {
-            Box::new(AccessLog {
-                client: conn.peer,
-                listener: listener.config.name.as_str().into(),
-                pool: route.pool.name.clone(),
-                backend: None,
-                method: req.method().clone(),
-                host: req
-                    .headers()
-                    .get(header::HOST)
-                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-                    .unwrap_or_default(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
-                retries: 0,
-            })
-        }),
-    };
+    let mut completion =
+        Completion::of(req, conn, listener, &listener.default_route, start, || {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        });
+    completion.status = why.status.as_u16();
     let mut resp = message(why.status, why.reason, Some(completion));
     if why.status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
