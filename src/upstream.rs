@@ -12,12 +12,14 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version, header};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -30,7 +32,100 @@ use crate::config::{BackendProtocol, PoolConfig};
 use crate::tls_client;
 
 /// What is sent to a backend: the client's body streamed on, or none.
-pub type BackendRequestBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+pub type BackendRequestBody =
+    http_body_util::Either<ClientBody, http_body_util::Empty<bytes::Bytes>>;
+
+/// A client's request body on its way to a backend, telling whoever holds
+/// its [`BodyProgress`] how far the client got: a failed request is the
+/// client's fault, not the backend's, when its body was malformed or
+/// stopped coming.
+pub struct ClientBody {
+    inner: Incoming,
+    progress: Option<BodyProgress>,
+}
+
+/// Where a [`ClientBody`] is, shared with the request's handler.
+#[derive(Clone)]
+pub struct BodyProgress(Arc<AtomicU8>);
+
+/// What the client's body last did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyState {
+    /// Not yet asked for, or gave a frame: waiting on the backend if
+    /// anything.
+    Moving,
+    /// Asked for and not there: waiting on the client.
+    WaitingForClient,
+    Ended,
+    /// The client's bytes were malformed (or it went away mid-body).
+    Failed,
+}
+
+impl BodyProgress {
+    pub fn state(&self) -> BodyState {
+        match self.0.load(Ordering::Relaxed) {
+            0 => BodyState::Moving,
+            1 => BodyState::WaitingForClient,
+            2 => BodyState::Ended,
+            _ => BodyState::Failed,
+        }
+    }
+
+    fn set(&self, state: BodyState) {
+        self.0.store(state as u8, Ordering::Relaxed);
+    }
+}
+
+impl ClientBody {
+    /// Wraps `body`, with a [`BodyProgress`] to watch it unless it is
+    /// already at its end (nothing to watch, nothing allocated).
+    pub fn new(body: Incoming) -> (ClientBody, Option<BodyProgress>) {
+        let progress = if body.is_end_stream() {
+            None
+        } else {
+            Some(BodyProgress(Arc::new(AtomicU8::new(0))))
+        };
+        let watch = progress.clone();
+        (
+            ClientBody {
+                inner: body,
+                progress,
+            },
+            watch,
+        )
+    }
+}
+
+impl Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(progress) = &this.progress {
+            progress.set(match &polled {
+                Poll::Pending => BodyState::WaitingForClient,
+                Poll::Ready(None) => BodyState::Ended,
+                Poll::Ready(Some(Err(_))) => BodyState::Failed,
+                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => BodyState::Ended,
+                Poll::Ready(Some(Ok(_))) => BodyState::Moving,
+            });
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Below the common backend keep-alive timeouts (Apache httpd: 5 s), so we
 /// drop a connection before the backend is likely to.

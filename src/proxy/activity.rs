@@ -52,17 +52,19 @@ impl Activity {
         self.origin.elapsed().as_millis() as u64
     }
 
-    fn touch(&self, read: bool) {
+    /// Notes a byte moved; true if it was read and began a new head.
+    fn touch(&self, read: bool) -> bool {
         let now = self.now_ms();
         self.last_io.store(now, Ordering::Relaxed);
-        if read
+        let started = read
             && self
                 .phase
                 .compare_exchange(WAITING, READING_HEAD, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+                .is_ok();
+        if started {
             self.head_started.store(now, Ordering::Relaxed);
         }
+        started
     }
 
     /// A head has been parsed: the header timer stops.
@@ -131,34 +133,162 @@ impl Activity {
     }
 }
 
+/// The most a request head may take (hyper's read buffer): past it, 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Written instead of hyper's 431 when the request line alone cannot fit
+/// in [`MAX_HEAD`]; then the connection is closed.
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+cache-control: no-store\r\n\
+content-length: 50\r\n\
+connection: close\r\n\
+\r\n\
+414 URI Too Long: the request line exceeds 64 KiB\n";
+
 /// An I/O object that reports its traffic to an [`Activity`].
 pub struct TrackedIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// For HTTP/1 heads: the first line of the head being read.
+    line: Line,
 }
 
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        TrackedIo { inner, activity }
+        TrackedIo {
+            inner,
+            activity,
+            line: Line::Off,
+        }
+    }
+
+    /// As [`TrackedIo::new`], for a client connection that carries HTTP
+    /// requests: one whose request line alone fills [`MAX_HEAD`] gets 414
+    /// rather than hyper's 431, which cannot tell it from large headers.
+    pub fn for_requests(inner: T, activity: Arc<Activity>) -> Self {
+        TrackedIo {
+            inner,
+            activity,
+            line: Line::Ended,
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+/// The first line of the head being read, seen as its bytes arrive. A head
+/// starts with the first byte read while no request is open (the header
+/// timer's start); bytes read while one is open (bodies, pipelined heads)
+/// are not looked at, so a line may go unseen, never wrongly measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Not measured: a tunnel, or HTTP/2 (its preface was seen).
+    Off,
+    /// The line of the last head ended (or none began yet).
+    Ended,
+    /// This many bytes of a line, and no end yet.
+    Open(usize),
+    /// Too long: this many bytes of [`URI_TOO_LONG`] written.
+    Refusing(usize),
+}
+
+impl Line {
+    /// Looks at bytes just read (`started`: they begin a head); true when
+    /// the line can no longer end within [`MAX_HEAD`] (two bytes are left
+    /// for the shortest end of a head, `\n\n`).
+    fn too_long(&mut self, started: bool, data: &[u8]) -> bool {
+        let so_far = match *self {
+            Line::Off | Line::Refusing(_) => return false,
+            _ if started && data.starts_with(b"PRI ") => {
+                *self = Line::Off;
+                return false;
+            }
+            _ if started => 0,
+            Line::Open(n) => n,
+            Line::Ended => return false,
+        };
+        if has_lf(data) {
+            *self = Line::Ended;
+            return false;
+        }
+        let len = so_far + data.len();
+        *self = Line::Open(len);
+        len + 2 > MAX_HEAD
+    }
+}
+
+/// Whether `data` holds a `\n`, eight bytes at a time: a request line
+/// usually ends within the first two or three words, where core's memchr
+/// (aligning first) costs several times more.
+fn has_lf(data: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut words = data.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        // Some byte is zero after the XOR, i.e. was `\n`.
+        let x = u64::from_ne_bytes(bytes) ^ LF;
+        if x.wrapping_sub(ONES) & !x & HIGH != 0 {
+            return true;
+        }
+    }
+    words.remainder().contains(&b'\n')
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
+    /// Writes [`URI_TOO_LONG`] from `written` on, then fails the read so
+    /// hyper closes the connection without an answer of its own.
+    #[cold]
+    #[inline(never)]
+    fn poll_refuse(&mut self, cx: &mut Context<'_>, written: usize) -> Poll<io::Result<()>> {
+        let mut written = written;
+        while written < URI_TOO_LONG.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &URI_TOO_LONG[written..]) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.line = Line::Refusing(written);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.line = Line::Refusing(URI_TOO_LONG.len());
+        std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "request line too long",
+        )))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Line::Refusing(written) = this.line {
+            return this.poll_refuse(cx, written);
+        }
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch(true);
+            let started = this.activity.touch(true);
+            if this.line.too_long(started, &buf.filled()[before..]) {
+                tracing::debug!(line = ?this.line, "request line over {MAX_HEAD} bytes: 414");
+                // hyper must not parse what it would answer with 431.
+                buf.set_filled(before);
+                return this.poll_refuse(cx, 0);
+            }
         }
         result
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,5 +323,54 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_are_measured_from_a_head_start_to_their_end() {
+        let mut l = Line::Ended;
+        assert!(!l.too_long(true, b"GET /short HTTP/1.1\r\nHost: x\r\n"));
+        // Header bytes after the line ended, however many, are hyper's.
+        assert!(!l.too_long(false, &vec![b'a'; MAX_HEAD]));
+        // A new head: its line grows over several reads.
+        assert!(!l.too_long(true, b"GET /"));
+        assert!(!l.too_long(false, &vec![b'a'; MAX_HEAD - 8]));
+        assert!(l.too_long(false, b"aaaa"));
+        // Bytes read while a request is open begin nothing.
+        let mut l = Line::Ended;
+        assert!(!l.too_long(false, &vec![b'a'; 2 * MAX_HEAD]));
+        // HTTP/2 and tunnels: never measured.
+        let mut l = Line::Ended;
+        assert!(!l.too_long(true, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!l.too_long(true, &vec![b'a'; 2 * MAX_HEAD]));
+        let mut l = Line::Off;
+        assert!(!l.too_long(true, &vec![b'a'; 2 * MAX_HEAD]));
+    }
+
+    #[test]
+    fn line_feeds_are_found_in_every_position() {
+        for len in 0..40 {
+            let mut data = vec![b'a'; len];
+            assert!(!has_lf(&data), "{len}");
+            for at in 0..len {
+                data[at] = b'\n';
+                assert!(has_lf(&data), "{len} {at}");
+                data[at] = if at % 2 == 0 { 0x0b } else { 0x8a };
+                assert!(!has_lf(&data), "{len} {at}: near misses");
+                data[at] = b'a';
+            }
+        }
+    }
+
+    #[test]
+    fn the_414_answer_has_its_length() {
+        let text = std::str::from_utf8(URI_TOO_LONG).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(body.contains(&format!("{} KiB", MAX_HEAD / 1024)));
     }
 }

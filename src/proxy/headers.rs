@@ -1,5 +1,6 @@
-//! Header rewriting at the proxy boundary: hop-by-hop headers stay on
-//! their hop, and the backend learns who the client was.
+//! Header rewriting at the proxy boundary: hop-by-hop headers (and a
+//! length that came with a transfer coding) stay on their hop, and the
+//! backend learns who the client was.
 
 use std::net::IpAddr;
 
@@ -11,18 +12,44 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// True if the message asks to switch protocols (`Connection: upgrade` and
-/// an `Upgrade` header).
+/// an `Upgrade` header) to anything but `h2c`. An h2c upgrade is not
+/// tunnelled: after its `101` the client would speak HTTP/2 straight to the
+/// backend, past routing and limits (h2c smuggling); the request goes on
+/// as a plain one, its `Upgrade` and `HTTP2-Settings` removed.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && !has_token(headers, &header::UPGRADE, "h2c")
+        && has_token(headers, &header::CONNECTION, "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
+}
+
+/// Joins the `cookie` fields of an HTTP/2 request, which may come split in
+/// one per cookie, into one `Cookie` line with `; ` (RFC 9113 §8.2.3): an
+/// HTTP/1.1 backend expects one (RFC 6265 §5.4).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and
@@ -73,6 +100,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if transfer_encoding {
         headers.remove(header::TRANSFER_ENCODING);
+        // The message was framed by Transfer-Encoding, which overrides a
+        // Content-Length sent beside it (RFC 9112 §6.3): that length is
+        // wrong for the next hop, which frames the body afresh.
+        headers.remove(header::CONTENT_LENGTH);
     }
     if te
         && headers
@@ -85,6 +116,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if upgrade {
         headers.remove(header::UPGRADE);
+        // Hop-by-hop by definition (RFC 7540 §3.2.1), named in Connection or not.
+        headers.remove(&HTTP2_SETTINGS);
     }
 }
 
@@ -178,6 +211,32 @@ mod tests {
     }
 
     #[test]
+    fn transfer_encoding_takes_content_length_with_it() {
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+        let mut h = map(&[("content-length", "5")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("x", "y"), ("cookie", "b=2; c=3")]);
+        join_cookies(&mut h);
+        let cookies: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1");
+    }
+
+    #[test]
     fn te_trailers_and_upgrades_survive() {
         let mut h = map(&[
             ("connection", "Upgrade"),
@@ -189,6 +248,22 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_a_plain_request() {
+        for upgrade in ["h2c", "websocket, H2C"] {
+            let mut h = map(&[
+                ("connection", "Upgrade"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("x-kept", "yes"),
+            ]);
+            assert!(!wants_upgrade(&h), "{upgrade}");
+            strip_hop_by_hop(&mut h, false);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, vec!["x-kept"]);
+        }
     }
 
     #[test]

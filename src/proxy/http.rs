@@ -22,15 +22,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::activity::{Activity, TrackedIo};
+use super::activity::{Activity, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
+use super::validate::{self, Refusal};
 use crate::accept::accept_loop;
 use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
-use crate::state::{ActiveGuard, ListenerId, SharedSnapshot};
-use crate::upstream::{self, BackendRequestBody};
+use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
+use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -52,8 +53,9 @@ impl HttpContext {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let mut server = auto::Builder::new(TokioExecutor::new());
-        // 64 KiB of head is plenty for real clients; past it: 431.
-        server.http1().max_buf_size(64 * 1024).half_close(false);
+        // 64 KiB of head is plenty for real clients; past it: 431 (414
+        // for a request line that fills it alone, see `TrackedIo`).
+        server.http1().max_buf_size(MAX_HEAD).half_close(false);
         Arc::new(HttpContext {
             snapshot,
             id,
@@ -133,7 +135,7 @@ where
         let conn_ctx = conn_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn_ctx).await) }
     });
-    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = ctx.server.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
@@ -178,6 +180,11 @@ enum Failure {
     Connect(Arc<str>, io::Error),
     Timeout(Arc<str>, Duration),
     Backend(Arc<str>, hyper::Error),
+    /// The client's body was malformed or cut off: its fault, not the
+    /// backend's.
+    ClientBody(hyper::Error),
+    /// The request timed out waiting for the client's body.
+    SlowClient(Duration),
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -212,11 +219,17 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
-    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    if let Err(why) = validate::method(&req) {
+        return refuse(&req, &listener, conn, start, why);
+    }
+    // Routed on and sent to the backend alike.
+    let host_value = match validate::authority(&req) {
+        Ok(v) => v,
+        Err(why) => return refuse(&req, &listener, conn, start, why),
+    };
+    if let Err(why) = validate::path(req.uri().path()) {
+        return refuse(&req, &listener, conn, start, why);
+    }
     // Parsing the host costs an allocation; only routes and the access log need it.
     let host = if listener.routes.is_empty() && !listener.config.access_log {
         None
@@ -225,38 +238,20 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     let route = listener.route(host.as_deref(), req.uri().path());
     let pool = route.pool.clone();
-    let mut completion = Completion {
-        start,
-        status: 0,
-        metrics: route.metrics.clone(),
-        activity: conn.activity.clone(),
-        active: None,
-        sender: None,
-        bytes: 0,
-        access: listener.config.access_log.then(|| {
-            Box::new(AccessLog {
-                client: conn.peer,
-                listener: listener.config.name.as_str().into(),
-                pool: pool.name.clone(),
-                backend: None,
-                method: req.method().clone(),
-                host: host.clone().unwrap_or_default(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
-                retries: 0,
-            })
-        }),
-    };
+    let mut completion = Completion::of(&req, conn, &listener, route, start, || {
+        host.clone().unwrap_or_default()
+    });
 
+    let client_http1 = req.version() < Version::HTTP_2;
     // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
     // carried a Content-Length too (hyper keeps only the chunked framing);
     // close the connection after it rather than trust what follows.
     let close_after = req.headers().contains_key(header::TRANSFER_ENCODING);
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if req.version() == Version::HTTP_2 {
+        headers::join_cookies(req.headers_mut());
+    }
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     headers::add_forwarded(
         req.headers_mut(),
@@ -264,13 +259,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         conn.ctx.proto,
         host_value.clone(),
     );
-    if !req.headers().contains_key(header::HOST)
-        && let Some(h) = host_value
-    {
-        req.headers_mut().insert(header::HOST, h);
-    }
-    // Backends get origin-form over HTTP/1.1, whatever the client spoke.
+    // Backends get origin-form over HTTP/1.1, whatever the client spoke,
+    // and the target's authority, which won over any Host, as Host.
     if req.uri().authority().is_some() {
+        if let Some(h) = host_value {
+            req.headers_mut().insert(header::HOST, h);
+        }
         let origin = req
             .uri()
             .path_and_query()
@@ -297,6 +291,8 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             parts.headers.clone(),
         )
     });
+    let (body, body_progress) = ClientBody::new(body);
+    let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
     if let Some(r) = pending.as_mut() {
@@ -353,7 +349,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         let active = ActiveGuard::new(backend.shared.clone());
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
-                failure = Failure::Timeout(backend.label.clone(), timeouts.request);
+                failure = if body_state() == Some(BodyState::WaitingForClient) {
+                    Failure::SlowClient(timeouts.request)
+                } else {
+                    Failure::Timeout(backend.label.clone(), timeouts.request)
+                };
                 break;
             }
             Ok(Ok(mut resp)) => {
@@ -404,6 +404,10 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     continue;
                 }
                 let err = e.into_error();
+                if body_state() == Some(BodyState::Failed) {
+                    failure = Failure::ClientBody(err);
+                    break;
+                }
                 let retryable = replay.is_some() && closed_without_answer(&err);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
                 failure = Failure::Backend(backend.label.clone(), err);
@@ -463,7 +467,28 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 error,
             )
         }
+        Failure::ClientBody(e) => {
+            tracing::debug!(client = %conn.peer, error = %error_chain(&e), "request body failed");
+            (
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed or incomplete".to_owned(),
+                None,
+                String::new(),
+            )
+        }
+        Failure::SlowClient(t) => {
+            tracing::debug!(client = %conn.peer, "request body too slow");
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {t:?}"),
+                None,
+                String::new(),
+            )
+        }
     };
+    // The client's own failures: what it sends next cannot be trusted
+    // to start a request.
+    let client_fault = status.is_client_error();
     if let Some(backend) = backend {
         tracing::warn!(
             listener = %listener.config.name,
@@ -479,7 +504,90 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
     }
     completion.status = status.as_u16();
-    message(status, &text, Some(completion))
+    let mut resp = message(status, &text, Some(completion));
+    if client_fault && client_http1 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+impl Completion {
+    /// For a request to `route` of `listener`, with its access log line
+    /// (`host` as logged) if the listener keeps one.
+    #[inline]
+    fn of<B>(
+        req: &Request<B>,
+        conn: &ConnCtx,
+        listener: &Listener,
+        route: &Route,
+        start: Instant,
+        host: impl FnOnce() -> String,
+    ) -> Completion {
+        Completion {
+            start,
+            status: 0,
+            metrics: route.metrics.clone(),
+            activity: conn.activity.clone(),
+            active: None,
+            sender: None,
+            bytes: 0,
+            access: listener.config.access_log.then(|| {
+                Box::new(AccessLog {
+                    client: conn.peer,
+                    listener: listener.config.name.as_str().into(),
+                    pool: route.pool.name.clone(),
+                    backend: None,
+                    method: req.method().clone(),
+                    host: host(),
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string(),
+                    retries: 0,
+                })
+            }),
+        }
+    }
+}
+
+/// Answers a request that is not forwarded (see [`validate`]), counted
+/// with the listener's default route; an HTTP/1 connection is closed after
+/// it, its next bytes being suspect.
+#[cold]
+fn refuse<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    why: Refusal,
+) -> Response<ResponseBody> {
+    tracing::debug!(
+        client = %conn.peer,
+        listener = %listener.config.name,
+        status = why.status.as_u16(),
+        reason = why.reason,
+        "request refused"
+    );
+    let mut completion =
+        Completion::of(req, conn, listener, &listener.default_route, start, || {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        });
+    completion.status = why.status.as_u16();
+    let mut resp = message(why.status, why.reason, Some(completion));
+    if why.status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
+    }
+    if req.version() < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 #[cold]

@@ -5,8 +5,9 @@
 //! front of it; `tcp` owns the L4 path (pick, connect, copy both ways);
 //! `body` streams responses and settles each request when its response
 //! ends; `headers` rewrites at the boundary; `activity` enforces the
-//! client-side header and idle timeouts. Backend connections are opened
-//! and kept by [`crate::upstream`], PROXY headers coded by
+//! client-side header and idle timeouts; `validate` finds what must not
+//! be forwarded. Backend connections are opened and kept by
+//! [`crate::upstream`], PROXY headers coded by
 //! [`crate::proxy_protocol`], connections accepted by [`crate::accept`].
 
 mod activity;
@@ -15,3 +16,4 @@ mod headers;
 pub mod http;
 pub mod tcp;
 pub mod tls;
+mod validate;

@@ -1,0 +1,312 @@
+//! What a request must be before it is routed: a method geolb forwards,
+//! one target authority and a path without dot segments, so that geolb
+//! routes on what the backend receives. A request that fails is answered
+//! by geolb and never forwarded.
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+
+/// Why a request is answered by geolb instead of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    const fn bad(reason: &'static str) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+        }
+    }
+}
+
+/// CONNECT asks for a tunnel to any address it names: geolb forwards
+/// requests to its pools and tunnels only upgrades, so it refuses CONNECT
+/// (never forwarding it as `CONNECT /`).
+pub fn method<B>(req: &Request<B>) -> Result<(), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "geolb does not tunnel CONNECT",
+        });
+    }
+    Ok(())
+}
+
+/// The methods a 405 names in `Allow`: all that geolb forwards are
+/// allowed, but a list cannot say "any but CONNECT"; these are the ones
+/// RFC 9110 and RFC 5789 define.
+pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
+/// The authority a request is for, checked: the target URI's when it has
+/// one (HTTP/2 `:authority`, RFC 9113 §8.3.1; HTTP/1.1 absolute-form, RFC
+/// 9112 §3.2.2), else its one `Host`. `None` only for an HTTP/1.0 request
+/// without either. Refused (RFC 9112 §3.2): more than one `Host`, a `Host`
+/// or authority that is not `host[:port]`, and a request without any
+/// authority over HTTP/1.1 or HTTP/2.
+pub fn authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::bad("more than one Host header"));
+    }
+    if let Some(h) = host
+        && !is_authority(h.as_bytes())
+    {
+        return Err(Refusal::bad("the Host header is not a valid host[:port]"));
+    }
+    if let Some(a) = req.uri().authority() {
+        return match HeaderValue::from_str(a.as_str()) {
+            Ok(v) if is_authority(v.as_bytes()) => Ok(Some(v)),
+            _ => Err(Refusal::bad(
+                "the request target's authority is not a valid host[:port]",
+            )),
+        };
+    }
+    match host {
+        Some(h) => Ok(Some(h.clone())),
+        None if req.version() <= Version::HTTP_10 => Ok(None),
+        None => Err(Refusal::bad("no Host header")),
+    }
+}
+
+/// Refuses a path with a dot segment (`.` or `..`), also percent-encoded
+/// (`%2e`), also when delimited by `\`, `%2f` or `%5c` rather than `/`, or
+/// followed by `;` parameters (`..;`): each form that some backend resolves
+/// to a parent. Clients remove dot segments before sending (RFC 3986
+/// §5.2.4), so only crafted requests carry them; they would be routed by a
+/// prefix (`/public/../admin` under `/public/`) that the backend, resolving
+/// them, does not serve. Refusing rather than normalising means geolb and
+/// every backend read the same path: nothing forwarded is rewritten.
+pub fn path(path: &str) -> Result<(), Refusal> {
+    if has_dot_segment(path.as_bytes()) {
+        return Err(Refusal::bad("the path has a dot segment (. or ..)"));
+    }
+    Ok(())
+}
+
+fn has_dot_segment(path: &[u8]) -> bool {
+    // Per segment: dots seen, and whether anything else was.
+    let (mut dots, mut other, mut params) = (0u8, false, false);
+    let mut i = 0;
+    while i < path.len() {
+        let mut b = path[i];
+        if b == b'%'
+            && let Some(&[h, l]) = path.get(i + 1..i + 3)
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+        {
+            b = h << 4 | l;
+            i += 2;
+        }
+        i += 1;
+        match b {
+            b'/' | b'\\' => {
+                if !other && (1..=2).contains(&dots) {
+                    return true;
+                }
+                (dots, other, params) = (0, false, false);
+            }
+            _ if params => {}
+            b';' => params = true,
+            b'.' => dots = dots.saturating_add(1),
+            _ => other = true,
+        }
+    }
+    !other && (1..=2).contains(&dots)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// `host[:port]`: a name of letters, digits, `-`, `.`, `_` and `~`, or an
+/// IPv6 literal in brackets; at most five digits of port. Stricter than RFC
+/// 3986's reg-name (no sub-delims, no percent-encoding, no user info): what
+/// a DNS name or address needs and nothing a backend could read otherwise.
+/// Every request pays for it: a table lookup per byte.
+fn is_authority(bytes: &[u8]) -> bool {
+    let end = if bytes.first() == Some(&b'[') {
+        match ip_literal_len(bytes) {
+            Some(end) => end,
+            None => return false,
+        }
+    } else {
+        // Eight bytes at a time without a branch each, then one by one.
+        let mut end = 0;
+        while let Some(chunk) = bytes.get(end..end + 8)
+            && chunk
+                .iter()
+                .fold(true, |ok, &b| ok & NAME_BYTE[usize::from(b)])
+        {
+            end += 8;
+        }
+        while end < bytes.len() && NAME_BYTE[usize::from(bytes[end])] {
+            end += 1;
+        }
+        end
+    };
+    if end == 0 {
+        return false;
+    }
+    match bytes[end..].split_first() {
+        None => true,
+        Some((b':', port)) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// The length of `[...]` at the start of `bytes`, if it holds an IPv6
+/// address's characters.
+fn ip_literal_len(bytes: &[u8]) -> Option<usize> {
+    let close = bytes.iter().position(|&b| b == b']')?;
+    let inside = &bytes[1..close];
+    (!inside.is_empty()
+        && inside
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'))
+    .then_some(close + 1)
+}
+
+/// The bytes of a host name: letters, digits, `-`, `.`, `_`, `~`.
+static NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    table
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_is_refused() {
+        let r = |m: Method| Request::builder().method(m).body(()).unwrap();
+        assert_eq!(method(&r(Method::GET)), Ok(()));
+        assert_eq!(method(&r(Method::from_bytes(b"PURGE").unwrap())), Ok(()));
+        assert_eq!(
+            method(&r(Method::CONNECT)).unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[test]
+    fn dot_segments() {
+        for bad in [
+            "/..",
+            "/.",
+            "/public/../admin",
+            "/public/./admin",
+            "/public/..",
+            "/public/%2e%2e/admin",
+            "/public/%2E./admin",
+            "/public/.%2e",
+            "/public/..%2fadmin",
+            "/public/..%2Fadmin",
+            "/public/..%5cadmin",
+            "/public/..\\admin",
+            "/public\\..\\admin",
+            "/public/..;/admin",
+            "/public/..;jsessionid=x/admin",
+            "..",
+        ] {
+            assert!(has_dot_segment(bad.as_bytes()), "{bad}");
+        }
+        for good in [
+            "/",
+            "*",
+            "/public/file.txt",
+            "/public/.well-known/x",
+            "/public/a..b",
+            "/public/...",
+            "/public/..a",
+            "/public/%2e%2e%2e",
+            "/public/x;..",
+            "/public/%zz/..x",
+            "/public/%2",
+            "/%",
+        ] {
+            assert!(!has_dot_segment(good.as_bytes()), "{good}");
+        }
+    }
+
+    #[test]
+    fn authorities() {
+        for good in [
+            "a.example",
+            "A-b_c~d.example:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "x:",
+        ] {
+            assert!(is_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "x, y",
+            "x,y",
+            "a/evil x",
+            "evil@h",
+            "user:pw@h",
+            ":80",
+            "h:80:80",
+            "h:123456",
+            "h:8o",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[v1.x]",
+            "h%2e",
+            "h\tx",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut r = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            r = r.header(header::HOST, *h);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_uri_authority_wins_and_host_is_checked_anyway() {
+        let got = |r: Request<()>| authority(&r).map(|v| v.map(|v| v.to_str().unwrap().to_owned()));
+        let some = |s: &str| Ok(Some(s.to_owned()));
+        assert_eq!(got(req(Version::HTTP_11, "/", &["a.test"])), some("a.test"));
+        assert_eq!(
+            got(req(Version::HTTP_11, "http://a.test/", &["b.test"])),
+            some("a.test")
+        );
+        assert_eq!(
+            got(req(Version::HTTP_2, "https://a.test/", &["b.test"])),
+            some("a.test")
+        );
+        assert_eq!(got(req(Version::HTTP_2, "/", &["b.test"])), some("b.test"));
+        assert_eq!(got(req(Version::HTTP_10, "/", &[])), Ok(None));
+        for refused in [
+            req(Version::HTTP_11, "/", &[]),
+            req(Version::HTTP_2, "/", &[]),
+            req(Version::HTTP_11, "/", &["a.test", "b.test"]),
+            req(Version::HTTP_10, "/", &["a.test", "a.test"]),
+            req(Version::HTTP_11, "/", &["evil@h"]),
+            req(Version::HTTP_11, "http://a.test/", &["x, y"]),
+            req(Version::HTTP_11, "http://evil@a.test/", &["a.test"]),
+        ] {
+            assert_eq!(
+                authority(&refused).map(|_| ()).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{refused:?}"
+            );
+        }
+    }
+}

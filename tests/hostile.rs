@@ -1,0 +1,485 @@
+//! Hostile and ambiguous HTTP traffic through the real binary: each case
+//! sends the exact bytes (raw TCP for HTTP/1, hyper's HTTP/2 client for
+//! what only HTTP/2 can say) and checks what the backends received.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Backend, Geolb, raw, status_of};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn config(body: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
+}
+
+/// Pools "pa" (the default) and "pb" (for host b.example), listener "web".
+async fn two_pools(extra_listener: &str) -> (Backend, Backend, Geolb) {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"pa\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[pool]]\nname = \"pb\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"pa\"\n\
+         routes = [{{ host = \"b.example\", pool = \"pb\" }}]\n{extra_listener}\n",
+        a.addr, b.addr
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    (a, b, geolb)
+}
+
+/// The body of a raw response (after the head), de-chunked if need be.
+fn body_of(resp: &str) -> String {
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp, ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One HTTP/2 request (prior knowledge, cleartext) on a fresh connection:
+/// the status and body. `uri` in origin-form sends no `:authority`.
+async fn h2(addr: SocketAddr, uri: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let resp = support::bounded(LIMIT, "h2 request", sender.send_request(req))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn host_is_one_valid_authority_and_the_target_authority_wins() {
+    let (a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let refused: &[(&str, &[u8])] = &[
+        ("no host, HTTP/1.1", b"GET /headers HTTP/1.1\r\n\r\n"),
+        (
+            "two hosts",
+            b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: a.example\r\n\r\n",
+        ),
+        (
+            "a list",
+            b"GET /headers HTTP/1.1\r\nHost: b.example, a.example\r\n\r\n",
+        ),
+        ("x, y", b"GET /headers HTTP/1.1\r\nHost: x, y\r\n\r\n"),
+        ("a path", b"GET /headers HTTP/1.1\r\nHost: a/evil x\r\n\r\n"),
+        (
+            "user info",
+            b"GET /headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+        ),
+        ("empty", b"GET /headers HTTP/1.1\r\nHost: \r\n\r\n"),
+        (
+            "bad host beside an absolute-form target",
+            b"GET http://b.example/headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+        ),
+        (
+            "user info in an absolute-form target",
+            b"GET http://evil@b.example/headers HTTP/1.1\r\nHost: b.example\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in refused {
+        let resp = raw(web, bytes, LIMIT).await;
+        assert_eq!(status_of(&resp), 400, "{what}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {resp}"
+        );
+    }
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (0, 0),
+        "a refused request was forwarded"
+    );
+
+    // HTTP/1.0 needs no Host: the listener's default pool.
+    let resp = raw(web, b"GET /headers HTTP/1.0\r\n\r\n", LIMIT).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(!body_of(&resp).contains("host:"), "{resp}");
+    assert_eq!(a.hits(), 1);
+
+    // Absolute-form: the target's authority wins over Host, for the route
+    // and for what the backend receives.
+    let resp = raw(
+        web,
+        b"GET http://b.example/headers HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let seen = body_of(&resp);
+    assert!(seen.contains("host: b.example\n"), "{seen}");
+    assert!(!seen.contains("a.example"), "{seen}");
+    assert_eq!(b.hits(), 1);
+
+    // HTTP/2: `:authority` wins over `host`; `host` alone routes; neither
+    // is refused.
+    let (code, seen) = h2(web, "http://b.example/headers", &[("host", "a.example")]).await;
+    assert_eq!(code, 200, "{seen}");
+    assert!(seen.contains("host: b.example\n"), "{seen}");
+    assert!(!seen.contains("a.example"), "{seen}");
+    assert_eq!(b.hits(), 2);
+    let (code, seen) = h2(web, "/headers", &[("host", "b.example")]).await;
+    assert_eq!(code, 200, "{seen}");
+    assert!(seen.contains("host: b.example\n"), "{seen}");
+    assert_eq!(b.hits(), 3);
+    let (code, seen) = h2(web, "/headers", &[]).await;
+    assert_eq!(code, 400, "{seen}");
+    let (code, seen) = h2(web, "http://b.example/headers", &[("host", "evil@h")]).await;
+    assert_eq!(code, 400, "{seen}");
+    assert_eq!((a.hits(), b.hits()), (1, 3));
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_goes_on_as_a_plain_request_and_websocket_still_upgrades() {
+    let (a, _b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    for request in [
+        &b"GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"[..],
+        // HTTP2-Settings not named in Connection, h2c among other protocols.
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: upgrade\r\nUpgrade: websocket, h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ] {
+        // The connection stays open after a plain answer: read its head and
+        // body, then check that it still serves plain HTTP/1.1.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("x-forwarded-proto") {
+            let n = support::bounded(LIMIT, "response", s.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let resp = String::from_utf8_lossy(&got).into_owned();
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        let seen = resp.to_ascii_lowercase();
+        for gone in ["upgrade", "http2-settings", "connection:"] {
+            assert!(!seen.contains(gone), "{gone} reached the backend: {resp}");
+        }
+        // No tunnel: the next bytes are an HTTP/1.1 request, not HTTP/2.
+        s.write_all(b"GET /second HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        support::bounded(LIMIT, "second response", s.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert_eq!(status_of(&rest), 200, "{rest}");
+        assert!(rest.ends_with("\r\n\r\na"), "{rest}");
+    }
+    assert_eq!(a.hits(), 4);
+
+    // A WebSocket-style upgrade is still tunnelled.
+    let resp = raw(
+        web,
+        b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nping",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert!(resp.ends_with("\r\n\r\nping"), "{resp}");
+}
+
+#[tokio::test]
+async fn connect_is_answered_405_and_never_forwarded() {
+    let (a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    for request in [
+        &b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n"[..],
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: a.example\r\n\r\nSSH-2.0-x\r\n",
+    ] {
+        let resp = raw(web, request, LIMIT).await;
+        assert_eq!(status_of(&resp), 405, "{resp}");
+        let lower = resp.to_ascii_lowercase();
+        assert!(lower.contains("\r\nallow: get, "), "{resp}");
+        assert!(!lower.contains("allow: connect") && !lower.contains(", connect"));
+        assert!(lower.contains("connection: close"), "{resp}");
+    }
+
+    // HTTP/2 CONNECT (authority only, no :scheme or :path).
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::connect("b.example:443")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = support::bounded(LIMIT, "h2 CONNECT", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!((a.hits(), b.hits()), (0, 0), "CONNECT was forwarded");
+}
+
+/// Sends `bytes` while reading the answer (a peer that stops reading and
+/// closes must not fail the test): what came back before the close.
+async fn raw_flood(addr: SocketAddr, bytes: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(LIMIT, rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    drop(writer.await);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_huge_request_line_gets_414_and_huge_headers_431() {
+    let (a, _b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 1 << 20));
+    line.extend_from_slice(b" HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    let resp = raw_flood(web, line).await;
+    assert_eq!(status_of(&resp), 414, "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close"));
+
+    // The same on a keep-alive connection after a first request.
+    let mut two = b"GET /first HTTP/1.1\r\nHost: a.example\r\n\r\n".to_vec();
+    two.extend_from_slice(b"GET /?q=");
+    two.extend(std::iter::repeat_n(b'b', 200_000));
+    let resp = raw_flood(web, two).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(
+        resp.contains("\r\n\r\naHTTP/1.1 414 URI Too Long\r\n"),
+        "{resp}"
+    );
+
+    // Large headers after a short line stay 431; a long line that fits
+    // is forwarded.
+    let mut big = b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend_from_slice(b"\r\n\r\n");
+    let resp = raw_flood(web, big).await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    let hits = a.hits();
+    let fits = format!(
+        "GET /{} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        "c".repeat(40_000)
+    );
+    let resp = raw_flood(web, fits.into_bytes()).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(a.hits(), hits + 1);
+}
+
+/// A backend that answers every request head it reads with `response`,
+/// byte for byte, keeping the connection open.
+async fn raw_backend(response: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if s.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn one_pool(addr: SocketAddr, extra_listener: &str) -> String {
+    config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{extra_listener}\n"
+    ))
+}
+
+#[tokio::test]
+async fn a_response_with_length_and_chunked_is_relayed_by_its_chunks() {
+    let backend = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          b\r\nhello world\r\n6\r\n, all.\r\n0\r\n\r\n",
+    )
+    .await;
+    let geolb = Geolb::start(&one_pool(backend, "")).await;
+    let web = geolb.listener("web");
+    let resp = raw(
+        web,
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("content-length: 5"),
+        "{resp}"
+    );
+    assert_eq!(body_of(&resp), "hello world, all.", "{resp}");
+
+    // The same over HTTP/2, where only the length could say where it ends.
+    let (code, body) = h2(web, "http://a.example/", &[]).await;
+    assert_eq!((code, body.as_str()), (200, "hello world, all."));
+}
+
+#[tokio::test]
+async fn split_http2_cookies_reach_an_http1_backend_as_one_line() {
+    let (_a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let (code, seen) = h2(
+        web,
+        "http://b.example/headers",
+        &[("cookie", "session=abc"), ("cookie", "theme=dark; lang=en")],
+    )
+    .await;
+    assert_eq!(code, 200, "{seen}");
+    assert_eq!(b.hits(), 1);
+    let cookies: Vec<&str> = seen.lines().filter(|l| l.starts_with("cookie:")).collect();
+    assert_eq!(
+        cookies,
+        ["cookie: session=abc; theme=dark; lang=en"],
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_or_slow_request_body_is_the_clients_fault() {
+    let (a, _b, geolb) = two_pools("timeouts = { request = \"500ms\" }\nretries = 0").await;
+    let web = geolb.listener("web");
+    // A chunk size that is not hex, after a good chunk.
+    let resp = raw(
+        web,
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert!(resp.contains("request body"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close"));
+
+    // Ten bytes of a hundred, then nothing: 408 after timeouts.request.
+    for head in [
+        &b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 100\r\n\r\n0123456789"[..],
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+    ] {
+        let start = std::time::Instant::now();
+        let resp = raw(web, head, LIMIT).await;
+        assert_eq!(status_of(&resp), 408, "{resp}");
+        assert!(resp.contains("did not arrive within"), "{resp}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+    assert_eq!(a.hits(), 3, "each request did reach the backend");
+
+    // A backend that is slow with a whole body is still the backend's fault.
+    let resp = raw(
+        web,
+        b"POST /slow?ms=2000 HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&resp), 504, "{resp}");
+
+    let log = geolb.log();
+    let warned = log.lines().filter(|l| l.contains("request failed")).count();
+    assert_eq!(warned, 1, "only the slow backend is blamed:\n{log}");
+    let metrics = geolb.metrics().await;
+    for code in ["400", "408", "504"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("geolb_http_requests_total")
+                    && l.contains(&format!("code=\"{code}\""))),
+            "no {code} counted:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains("code=\"502\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn dot_segments_are_refused_not_routed_by_their_prefix() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"admin\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[pool]]\nname = \"public\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"admin\"\n\
+         routes = [{{ path_prefix = \"/public/\", pool = \"public\" }}]\n",
+        a.addr, b.addr
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    for path in [
+        "/public/../admin",
+        "/public/./../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "/public/.%2e/admin",
+        "/public/..%2fadmin",
+        "/public/..%5Cadmin",
+        "/public/..;/admin",
+        "/public/..",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        let resp = raw(web, request.as_bytes(), LIMIT).await;
+        assert_eq!(status_of(&resp), 400, "{path}: {resp}");
+        assert!(resp.contains("dot segment"), "{path}: {resp}");
+    }
+    let (code, body) = h2(web, "http://a.example/public/%2e%2e/admin", &[]).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!((a.hits(), b.hits()), (0, 0), "a dot segment was forwarded");
+
+    // Dots inside names are no dot segments.
+    for path in ["/public/.well-known/x", "/public/a..b", "/public/v1.2/..."] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let resp = raw(web, request.as_bytes(), LIMIT).await;
+        assert_eq!(status_of(&resp), 200, "{path}: {resp}");
+        assert!(resp.ends_with("\r\n\r\nb"), "{path}: {resp}");
+    }
+}
