@@ -833,53 +833,7 @@ async fn least_conn_steers_new_work_away_from_a_busy_backend() {
 /// One A query over UDP with an ECS option for the client `subnet`/32; the
 /// addresses answered.
 async fn dns_a(server: SocketAddr, name: &str, subnet: &str) -> Vec<String> {
-    dns_a_from(server, "127.0.0.1", name, Some(subnet)).await
-}
-
-/// One A query over UDP sent from `source` (a loopback address), with an
-/// ECS option for `subnet`/32 if given; the addresses answered.
-async fn dns_a_from(
-    server: SocketAddr,
-    source: &str,
-    name: &str,
-    subnet: Option<&str>,
-) -> Vec<String> {
-    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-    use hickory_proto::rr::{Name, RData, RecordType};
-    let mut msg = Message::new(0x4242, MessageType::Query, OpCode::Query);
-    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    if let Some(subnet) = subnet {
-        let mut edns = Edns::new();
-        edns.options_mut()
-            .insert(EdnsOption::Subnet(ClientSubnet::new(
-                subnet.parse().unwrap(),
-                32,
-                0,
-            )));
-        msg.set_edns(edns);
-    }
-    let socket = tokio::net::UdpSocket::bind(format!("{source}:0"))
-        .await
-        .unwrap();
-    socket
-        .send_to(&msg.to_vec().unwrap(), server)
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-        .await
-        .expect("a DNS answer")
-        .unwrap();
-    let reply = Message::from_vec(&buf[..n]).unwrap();
-    reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
+    support::dns_a_from(server, "127.0.0.1", name, Some(subnet)).await
 }
 
 #[tokio::test]
@@ -1641,7 +1595,7 @@ async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest(
         .unwrap();
     // No ECS: the source address decides, placed by the overrides.
     let ask_from = |source: &'static str| async move {
-        dns_a_from(server, source, "api.mysite.com.", None).await
+        support::dns_a_from(server, source, "api.mysite.com.", None).await
     };
     // Singapore: ap-southeast, then eu-west (10,900 km) before us-east (15,500 km).
     let mut sg = ask_from("127.0.0.2").await;

@@ -54,32 +54,10 @@ async fn dns_addr(geolb: &Geolb) -> SocketAddr {
         .unwrap()
 }
 
-/// The A records answered for `name`, asked over UDP without ECS (from
-/// 127.0.0.1: no location, so the configured order decides).
+/// The A records answered for `name`, asked over UDP from 127.0.0.1
+/// without ECS (no location, so the configured order decides).
 async fn answers(server: SocketAddr, name: &str) -> Vec<String> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
-    let mut msg = Message::new(0x0b0b, MessageType::Query, OpCode::Query);
-    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket
-        .send_to(&msg.to_vec().unwrap(), server)
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1500];
-    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
-        .await
-        .expect("a DNS answer")
-        .unwrap();
-    Message::from_vec(&buf[..n])
-        .unwrap()
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
+    support::dns_a_from(server, "127.0.0.1", name, None).await
 }
 
 fn metric_line<'a>(metrics: &'a str, prefix: &str) -> Option<&'a str> {

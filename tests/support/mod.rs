@@ -576,3 +576,49 @@ pub fn status_of(response: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// One A query over UDP sent from `source` (a loopback address), with an
+/// ECS option for `subnet`/32 if given; the addresses answered.
+pub async fn dns_a_from(
+    server: SocketAddr,
+    source: &str,
+    name: &str,
+    subnet: Option<&str>,
+) -> Vec<String> {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut msg = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    if let Some(subnet) = subnet {
+        let mut edns = Edns::new();
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(
+                subnet.parse().unwrap(),
+                32,
+                0,
+            )));
+        msg.set_edns(edns);
+    }
+    let socket = tokio::net::UdpSocket::bind(format!("{source}:0"))
+        .await
+        .unwrap();
+    socket
+        .send_to(&msg.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("a DNS answer")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
