@@ -56,7 +56,7 @@ pub async fn accept_loop<L: Listening>(
             Ok((stream, peer)) => serve(stream, peer),
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
+                crate::log_limited!(warn, listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(BACKOFF).await;
             }
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Backend, Geolb, raw, status_of};
+use support::library::{Pki, metric, tls_connect, tls_list};
+use support::{Backend, Geolb, eventually, raw, status_of};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -482,4 +483,118 @@ async fn dot_segments_are_refused_not_routed_by_their_prefix() {
         assert_eq!(status_of(&resp), 200, "{path}: {resp}");
         assert!(resp.ends_with("\r\n\r\nb"), "{path}: {resp}");
     }
+}
+
+/// A TLS ClientHello (in records of at most 16 KiB) whose SNI is
+/// `name_len` bytes of `a`: no valid host name can be that long.
+fn hello_with_sni(name_len: usize) -> Vec<u8> {
+    let u16_be = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    let mut sni = u16_be(3 + name_len).to_vec();
+    sni.push(0); // host_name
+    sni.extend(u16_be(name_len));
+    sni.extend(std::iter::repeat_n(b'a', name_len));
+    let mut extensions = vec![0, 0]; // server_name
+    extensions.extend(u16_be(sni.len()));
+    extensions.extend(sni);
+    let mut body = vec![3, 3]; // TLS 1.2, as TLS 1.3 hellos say too
+    body.extend([7; 32]); // random
+    body.push(0); // no session id
+    body.extend([0, 4, 0x13, 0x01, 0xc0, 0x2f]); // two cipher suites
+    body.extend([1, 0]); // null compression
+    body.extend(u16_be(extensions.len()));
+    body.extend(extensions);
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut records = Vec::new();
+    for fragment in handshake.chunks(16 * 1024) {
+        records.extend([22, 3, 1]);
+        records.extend(u16_be(fragment.len()));
+        records.extend(fragment);
+    }
+    records
+}
+
+/// Sends `bytes` as the start of a TLS connection and waits until the
+/// server closes it.
+async fn bad_handshake(addr: SocketAddr, bytes: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may close before it has read everything: not a failure.
+    let _ = s.write_all(bytes).await;
+    let mut sink = Vec::new();
+    let _ = support::bounded(LIMIT, "the server to close", s.read_to_end(&mut sink)).await;
+}
+
+/// The largest `suppressed=N` of the lines of `log` that contain `what`.
+fn most_suppressed(log: &str, what: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split("suppressed=").nth(1))
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_each_counted_and_logged_once_a_second_without_the_sni() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", &["a.example"]);
+    let a = Backend::start("a").await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         pool = \"p\"\n{}\n",
+        a.addr,
+        tls_list(&[&leaf])
+    ));
+    // The default log filter, as in production.
+    let geolb = Geolb::start_default_log(&cfg).await;
+    let secure = geolb.listener("secure");
+    let before = geolb.log().len();
+    let hello = hello_with_sni(60_000);
+    let garbage = b"\x16\x03\x01\x00\x08garbage!GET / HTTP/1.1\r\n\r\n";
+    for i in 0..200 {
+        let bytes: &[u8] = if i % 10 == 9 { garbage } else { &hello };
+        bad_handshake(secure, bytes).await;
+    }
+    // The next loud line, a second after the first, counts those left out.
+    let (log, hello) = (&geolb, &hello);
+    eventually(
+        "a line counting the failures left out",
+        LIMIT,
+        || async move {
+            bad_handshake(secure, hello).await;
+            most_suppressed(&log.log(), "TLS handshake failed") > 0
+        },
+    )
+    .await;
+
+    let log = geolb.log();
+    let grown = log.len() - before;
+    assert!(grown < 20_000, "{grown} bytes logged:\n{log}");
+    assert!(
+        !log.contains(&"a".repeat(300)),
+        "the SNI was logged:\n{log}"
+    );
+    assert!(
+        most_suppressed(&log, "TLS handshake failed") >= 150,
+        "most failures are left out of the log:\n{log}"
+    );
+    let metrics = geolb.metrics().await;
+    let failed = metric(
+        &metrics,
+        "geolb_tls_handshake_errors_total",
+        &[("listener", "secure")],
+    );
+    assert!(failed.is_some_and(|n| n >= 201.0), "{failed:?}\n{metrics}");
+
+    // Real clients are still served.
+    let tls = tls_connect(&pki.client(&[b"http/1.1"]), secure, "a.example").await;
+    assert!(tls.is_ok(), "{tls:?}");
 }

@@ -490,7 +490,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     // to start a request.
     let client_fault = status.is_client_error();
     if let Some(backend) = backend {
-        tracing::warn!(
+        // Once a second at warn: a client can cause one per request.
+        crate::log_limited!(
+            warn,
             listener = %listener.config.name,
             pool = %pool_name,
             backend = %backend,

@@ -21,6 +21,7 @@ use x509_parser::extensions::GeneralName;
 use super::http::{self, HttpContext};
 use crate::accept::accept_loop;
 use crate::config::{ConfigError, TlsCertConfig};
+use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
 use crate::proxy_protocol;
 
@@ -350,7 +351,9 @@ async fn connection(
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("handshake not done within {header_timeout:?}"),
     };
-    tracing::debug!(listener = %name, %client, %problem, "TLS handshake failed");
+    // Scanners and broken clients cause these by the thousand: counted
+    // each, logged once a second.
+    crate::log_limited!(info, listener = %name, %client, problem = %lograte::clip(&problem), "TLS handshake failed");
     ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => name).increment(1);
 }
 
