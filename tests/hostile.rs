@@ -598,3 +598,106 @@ async fn bad_handshakes_are_each_counted_and_logged_once_a_second_without_the_sn
     let tls = tls_connect(&pki.client(&[b"http/1.1"]), secure, "a.example").await;
     assert!(tls.is_ok(), "{tls:?}");
 }
+
+/// A keep-alive connection that has had one answer from `addr` (the
+/// backend `a` answers "a").
+async fn served_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = ask(&mut s, LIMIT).await;
+    assert!(answer.is_some_and(|r| r.ends_with("\r\n\r\na")));
+    s
+}
+
+/// Sends a GET on `s` and reads its answer (up to the body "a"), or
+/// `None` if none came within `limit`.
+async fn ask(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(s, limit).await
+}
+
+/// Reads an answer already asked for (see [`ask`]).
+async fn read_answer(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    while !got.ends_with(b"\r\n\r\na") {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            Ok(_) => panic!("closed: {}", String::from_utf8_lossy(&got)),
+            Err(_) => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// `geolb_listener_connections` and `..._limited_total` of listener `name`.
+async fn listener_series(geolb: &Geolb, name: &str) -> (f64, f64) {
+    let metrics = geolb.metrics().await;
+    let labels = [("listener", name)];
+    let open = metric(&metrics, "geolb_listener_connections", &labels);
+    let limited = metric(
+        &metrics,
+        "geolb_listener_connections_limited_total",
+        &labels,
+    );
+    match (open, limited) {
+        (Some(o), Some(l)) => (o, l),
+        _ => panic!("no series for listener {name}:\n{metrics}"),
+    }
+}
+
+#[tokio::test]
+async fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
+    let (_a, _b, geolb) = two_pools("max_connections = 2").await;
+    let web = geolb.listener("web");
+    // Both series exist from the start.
+    assert_eq!(listener_series(&geolb, "web").await, (0.0, 0.0));
+
+    let first = served_connection(web).await;
+    let mut second = served_connection(web).await;
+    eventually("two connections open", LIMIT, || async {
+        listener_series(&geolb, "web").await.0 == 2.0
+    })
+    .await;
+
+    // The third connects (the kernel completes the handshake) but is not
+    // accepted: no answer while the two stay open.
+    let mut third = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert_eq!(ask(&mut third, Duration::from_millis(700)).await, None);
+    let (open, limited) = listener_series(&geolb, "web").await;
+    assert_eq!(open, 2.0);
+    assert!(limited >= 1.0, "{limited}");
+
+    // One closes: the third is accepted and answered.
+    drop(first);
+    let answer = read_answer(&mut third, LIMIT).await;
+    assert!(answer.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    assert!(ask(&mut second, LIMIT).await.is_some());
+
+    // A reload raising the limit lets a fourth in beside the two.
+    let raised = std::fs::read_to_string(geolb.config_path())
+        .unwrap()
+        .replace("max_connections = 2", "max_connections = 3");
+    geolb.write_config(&raised).unwrap();
+    let (code, _, body) = support::request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let mut fourth = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert!(ask(&mut fourth, LIMIT).await.is_some());
+    eventually("three connections open", LIMIT, || async {
+        listener_series(&geolb, "web").await.0 == 3.0
+    })
+    .await;
+
+    drop((second, third, fourth));
+    eventually("every slot freed", LIMIT, || async {
+        listener_series(&geolb, "web").await.0 == 0.0
+    })
+    .await;
+    support::library::promtool_check(&geolb.metrics().await);
+}

@@ -26,7 +26,7 @@ use super::activity::{Activity, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
 use super::validate::{self, Refusal};
-use crate::accept::accept_loop;
+use crate::accept::{Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
@@ -68,21 +68,30 @@ impl HttpContext {
 }
 
 /// Accepts until `shutdown`, handing each connection to its own task.
-pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+/// At most `slots`' limit open at once.
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slots>) {
     let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
-    accept_loop(listener, name, shutdown, |mut stream, peer| {
-        let _ = stream.set_nodelay(true);
-        let ctx2 = ctx.clone();
-        ctx.tasks.spawn(async move {
-            // Read in the connection's task: a slow PROXY header must not
-            // hold up accepting.
-            let Some(client) = client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id).await
-            else {
-                return;
-            };
-            serve_connection(stream, client, ctx2).await
-        });
-    })
+    accept_loop(
+        listener,
+        name,
+        shutdown,
+        Some(slots),
+        |mut stream, peer, slot| {
+            let _ = stream.set_nodelay(true);
+            let ctx2 = ctx.clone();
+            ctx.tasks.spawn(async move {
+                let _slot = slot;
+                // Read in the connection's task: a slow PROXY header must not
+                // hold up accepting.
+                let Some(client) =
+                    client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id).await
+                else {
+                    return;
+                };
+                serve_connection(stream, client, ctx2).await
+            });
+        },
+    )
     .await
 }
 

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
 use super::http::{self, HttpContext};
-use crate::accept::accept_loop;
+use crate::accept::{Slots, accept_loop};
 use crate::config::{ConfigError, TlsCertConfig};
 use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
@@ -297,12 +297,14 @@ impl ResolvesServerCert for SniResolver {
 
 /// Accepts until `ctx.shutdown`: per connection, the PROXY header if the
 /// listener expects one, the TLS handshake (both within the listener's
-/// header timeout), then the HTTP path. `tls` may be swapped (a reload
+/// header timeout), then the HTTP path; at most `slots`' limit open at
+/// once. `tls` may be swapped (a reload
 /// with new certificates); each handshake uses the current config.
 pub async fn serve_https(
     listener: TcpListener,
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
+    slots: Arc<Slots>,
 ) {
     if let Some(l) = ctx.snapshot.load().listeners.get(&ctx.id) {
         // Series at 0 from the start: the first failure is a rate change.
@@ -312,11 +314,20 @@ pub async fn serve_https(
         }
     }
     let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
-    accept_loop(listener, name, shutdown, |stream, peer| {
-        let _ = stream.set_nodelay(true);
-        ctx.tasks
-            .spawn(connection(stream, peer, ctx.clone(), tls.clone()));
-    })
+    accept_loop(
+        listener,
+        name,
+        shutdown,
+        Some(slots),
+        |stream, peer, slot| {
+            let _ = stream.set_nodelay(true);
+            let connection = connection(stream, peer, ctx.clone(), tls.clone());
+            ctx.tasks.spawn(async move {
+                connection.await;
+                drop(slot);
+            });
+        },
+    )
     .await
 }
 
