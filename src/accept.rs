@@ -126,6 +126,14 @@ impl Slot {
     pub fn none() -> Slot {
         Slot(None)
     }
+
+    /// `connection`, holding this slot until it ends: what a listener's
+    /// `serve` spawns.
+    pub async fn hold<F: Future>(self, connection: F) -> F::Output {
+        let out = connection.await;
+        drop(self);
+        out
+    }
 }
 
 impl Drop for Slot {

@@ -125,29 +125,32 @@ pub fn render(
 fn render_listeners(out: &mut String, listeners: &[(String, Arc<Slots>)]) {
     let mut sorted: Vec<_> = listeners.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let _ = writeln!(
-        out,
-        "# HELP {LISTENER_CONNECTIONS} Client connections open on the listener.\n# TYPE {LISTENER_CONNECTIONS} gauge"
-    );
-    for (name, slots) in &sorted {
-        let _ = writeln!(
-            out,
-            "{LISTENER_CONNECTIONS}{{listener=\"{}\"}} {}",
-            escape_label(name),
-            slots.open()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {LISTENER_LIMITED} Times the listener stopped accepting at its max_connections (new connections waited in the backlog).\n# TYPE {LISTENER_LIMITED} counter"
-    );
-    for (name, slots) in &sorted {
-        let _ = writeln!(
-            out,
-            "{LISTENER_LIMITED}{{listener=\"{}\"}} {}",
-            escape_label(name),
-            slots.limited()
-        );
+    /// Name, type, help, value.
+    type Family = (&'static str, &'static str, &'static str, fn(&Slots) -> u64);
+    let families: [Family; 2] = [
+        (
+            LISTENER_CONNECTIONS,
+            "gauge",
+            "Client connections open on the listener.",
+            |s| s.open() as u64,
+        ),
+        (
+            LISTENER_LIMITED,
+            "counter",
+            "Times the listener stopped accepting at its max_connections (new connections waited in the backlog).",
+            Slots::limited,
+        ),
+    ];
+    for (family, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        for (name, slots) in &sorted {
+            let _ = writeln!(
+                out,
+                "{family}{{listener=\"{}\"}} {}",
+                escape_label(name),
+                value(slots)
+            );
+        }
     }
 }
 

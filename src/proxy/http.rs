@@ -79,8 +79,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
         |mut stream, peer, slot| {
             let _ = stream.set_nodelay(true);
             let ctx2 = ctx.clone();
-            ctx.tasks.spawn(async move {
-                let _slot = slot;
+            ctx.tasks.spawn(slot.hold(async move {
                 // Read in the connection's task: a slow PROXY header must not
                 // hold up accepting.
                 let Some(client) =
@@ -89,7 +88,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                     return;
                 };
                 serve_connection(stream, client, ctx2).await
-            });
+            }));
         },
     )
     .await

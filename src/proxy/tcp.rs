@@ -64,11 +64,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, slots: Arc<Slots
         shutdown,
         Some(slots),
         |stream, peer, slot| {
-            let connection = connection(stream, peer, ctx.clone());
-            ctx.tasks.spawn(async move {
-                connection.await;
-                drop(slot);
-            });
+            ctx.tasks
+                .spawn(slot.hold(connection(stream, peer, ctx.clone())));
         },
     )
     .await

@@ -321,11 +321,8 @@ pub async fn serve_https(
         Some(slots),
         |stream, peer, slot| {
             let _ = stream.set_nodelay(true);
-            let connection = connection(stream, peer, ctx.clone(), tls.clone());
-            ctx.tasks.spawn(async move {
-                connection.await;
-                drop(slot);
-            });
+            ctx.tasks
+                .spawn(slot.hold(connection(stream, peer, ctx.clone(), tls.clone())));
         },
     )
     .await
