@@ -701,3 +701,38 @@ async fn max_connections_holds_new_connections_in_the_backlog_until_one_closes()
     .await;
     support::library::promtool_check(&geolb.metrics().await);
 }
+
+#[tokio::test]
+async fn an_upgraded_tunnel_keeps_its_connection_slot_until_it_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, _b, geolb) = two_pools("max_connections = 1").await;
+    let web = geolb.listener("web");
+    let mut tunnel = tokio::net::TcpStream::connect(web).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = support::bounded(LIMIT, "101", tunnel.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 101);
+    tunnel.write_all(b"ping").await.unwrap();
+    let n = support::bounded(LIMIT, "echo", tunnel.read(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"ping");
+
+    // The HTTP connection has handed over to the tunnel: still one slot.
+    let mut next = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert_eq!(ask(&mut next, Duration::from_millis(500)).await, None);
+    drop(tunnel);
+    assert!(read_answer(&mut next, LIMIT).await.is_some());
+}

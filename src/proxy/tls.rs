@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
 use super::http::{self, HttpContext};
-use crate::accept::{Slots, accept_loop};
+use crate::accept::{Slot, Slots, accept_loop};
 use crate::config::{ConfigError, TlsCertConfig};
 use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
@@ -322,7 +322,7 @@ pub async fn serve_https(
         |stream, peer, slot| {
             let _ = stream.set_nodelay(true);
             ctx.tasks
-                .spawn(slot.hold(connection(stream, peer, ctx.clone(), tls.clone())));
+                .spawn(connection(stream, peer, ctx.clone(), tls.clone(), slot));
         },
     )
     .await
@@ -333,6 +333,7 @@ async fn connection(
     peer: SocketAddr,
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
+    slot: Slot,
 ) {
     let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.id) {
         Some(l) => (
@@ -355,7 +356,9 @@ async fn connection(
     }
     let acceptor = TlsAcceptor::from(tls.load_full());
     let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => return http::serve_connection(tls_stream, client, ctx).await,
+        Ok(Ok(tls_stream)) => {
+            return http::serve_connection(tls_stream, client, ctx, Arc::new(slot)).await;
+        }
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("handshake not done within {header_timeout:?}"),
     };
