@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::Slots;
 use crate::config::{ListenerConfig, Protocol};
 use crate::dns::{self, SharedDnsData};
 use crate::health::HealthTable;
@@ -83,6 +84,8 @@ struct RunningListener {
     /// An https listener's TLS config, swapped by reloads: new handshakes
     /// get new certificates, open connections keep theirs.
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Its connections and `max_connections`, set again by reloads.
+    slots: Arc<Slots>,
 }
 
 /// A DNS server on one `dns.listen` address.
@@ -250,19 +253,27 @@ impl Daemon {
             tracing::warn!(listener = %bound.name, error = %e, "cannot keep the socket for a takeover");
         });
         let (snapshot, id, tasks) = (self.snapshot.clone(), bound.id.clone(), self.tasks.clone());
+        let max = snapshot
+            .load()
+            .listeners
+            .get(&id)
+            .and_then(|l| l.config.max_connections);
+        let slots = Slots::new(max);
         match (bound.protocol, &tls) {
             (Protocol::Tcp, _) => {
                 let ctx = TcpContext::new(snapshot, id, tasks, stop.clone());
-                self.tasks.spawn(tcp_proxy::serve(socket, ctx));
+                self.tasks
+                    .spawn(tcp_proxy::serve(socket, ctx, slots.clone()));
             }
             (Protocol::Https, Some(server)) => {
                 let ctx = HttpContext::new(snapshot, id, "https", tasks, stop.clone());
                 self.tasks
-                    .spawn(tls::serve_https(socket, ctx, server.clone()));
+                    .spawn(tls::serve_https(socket, ctx, server.clone(), slots.clone()));
             }
             _ => {
                 let ctx = HttpContext::new(snapshot, id, "http", tasks, stop.clone());
-                self.tasks.spawn(http_proxy::serve(socket, ctx));
+                self.tasks
+                    .spawn(http_proxy::serve(socket, ctx, slots.clone()));
             }
         }
         locked(&self.listeners).push(RunningListener {
@@ -270,6 +281,7 @@ impl Daemon {
             stop,
             tls,
             handover: handover.ok(),
+            slots,
         });
     }
 
@@ -340,6 +352,22 @@ impl Daemon {
                 swap.store(server);
             }
         }
+    }
+
+    /// Gives each listener that keeps running the `max_connections`
+    /// `max_for` gives for its identity (new connections see it).
+    pub fn set_limits(&self, max_for: impl Fn(&ListenerId) -> Option<u32>) {
+        for r in locked(&self.listeners).iter() {
+            r.slots.set_max(max_for(&r.bound.id));
+        }
+    }
+
+    /// Each running listener's name and connections, for /metrics.
+    pub fn listener_slots(&self) -> Vec<(String, Arc<Slots>)> {
+        locked(&self.listeners)
+            .iter()
+            .map(|r| (r.bound.name.clone(), r.slots.clone()))
+            .collect()
     }
 
     /// Stops accepting on `ids`; their open connections finish on their

@@ -9,7 +9,8 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, balance, geoip, tls_client)
-//!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify)
+//!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
+//!          lograte)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -45,6 +46,8 @@
 //! - [`notify`]: systemd readiness (`sd_notify`): ready, reloading,
 //!   stopping, watchdog.
 //! - [`accept`]: the one accept loop of every listener.
+//! - [`lograte`]: lines that clients can cause, limited to one a second
+//!   per kind (`log_limited!`), their client-supplied text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
@@ -83,6 +86,7 @@ pub mod demo;
 pub mod dns;
 pub mod geoip;
 pub mod health;
+pub mod lograte;
 pub mod lookup;
 pub mod metrics;
 pub mod notify;

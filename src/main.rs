@@ -183,8 +183,13 @@ where
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GEOLB_LOG").unwrap_or_else(|_| {
-        // hickory logs every query at info and every bad OPT at warn.
-        tracing_subscriber::EnvFilter::new("info,hickory_server=warn,hickory_proto=error")
+        // hickory logs every query at info and every bad OPT at warn;
+        // rustls logs a bad ClientHello at warn (a 60 KB SNI in full), h2
+        // a client's rapid resets: per connection, what a client chose.
+        // geolb logs those itself, limited (`geolb::log_limited!`).
+        tracing_subscriber::EnvFilter::new(
+            "info,hickory_server=warn,hickory_proto=error,rustls=error,h2=error",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -31,6 +31,12 @@ pub const PROXY_PROTOCOL_ERRORS: &str = "geolb_proxy_protocol_errors_total";
 pub const TLS_CERT_EXPIRY: &str = "geolb_tls_certificate_expiry_seconds";
 /// Client connections whose handshake failed or did not finish in time.
 pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
+/// Client connections open now, by `listener`; this and
+/// [`LISTENER_LIMITED`] are rendered from the accept loops' counts
+/// (`accept::Slots`) at scrape time.
+pub const LISTENER_CONNECTIONS: &str = "geolb_listener_connections";
+/// Times a listener stopped accepting at its `max_connections`.
+pub const LISTENER_LIMITED: &str = "geolb_listener_connections_limited_total";
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";

@@ -233,7 +233,7 @@ pub async fn accept<R: AsyncRead + Unpin>(
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no complete PROXY header within {deadline:?}"),
     };
-    tracing::debug!(listener, client = %peer, %problem, "PROXY header refused");
+    crate::log_limited!(info, listener, client = %peer, problem = %crate::lograte::clip(&problem), "PROXY header refused");
     ::metrics::counter!(PROXY_PROTOCOL_ERRORS, "listener" => listener.to_string()).increment(1);
     None
 }

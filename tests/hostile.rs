@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Backend, Geolb, raw, status_of};
+use support::library::{Pki, metric, tls_connect, tls_list};
+use support::{Backend, Geolb, eventually, raw, status_of};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -482,4 +483,254 @@ async fn dot_segments_are_refused_not_routed_by_their_prefix() {
         assert_eq!(status_of(&resp), 200, "{path}: {resp}");
         assert!(resp.ends_with("\r\n\r\nb"), "{path}: {resp}");
     }
+}
+
+/// A TLS ClientHello (in records of at most 16 KiB) whose SNI is
+/// `name_len` bytes of `a`: no valid host name can be that long.
+fn hello_with_sni(name_len: usize) -> Vec<u8> {
+    let u16_be = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    let mut sni = u16_be(3 + name_len).to_vec();
+    sni.push(0); // host_name
+    sni.extend(u16_be(name_len));
+    sni.extend(std::iter::repeat_n(b'a', name_len));
+    let mut extensions = vec![0, 0]; // server_name
+    extensions.extend(u16_be(sni.len()));
+    extensions.extend(sni);
+    let mut body = vec![3, 3]; // TLS 1.2, as TLS 1.3 hellos say too
+    body.extend([7; 32]); // random
+    body.push(0); // no session id
+    body.extend([0, 4, 0x13, 0x01, 0xc0, 0x2f]); // two cipher suites
+    body.extend([1, 0]); // null compression
+    body.extend(u16_be(extensions.len()));
+    body.extend(extensions);
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut records = Vec::new();
+    for fragment in handshake.chunks(16 * 1024) {
+        records.extend([22, 3, 1]);
+        records.extend(u16_be(fragment.len()));
+        records.extend(fragment);
+    }
+    records
+}
+
+/// Sends `bytes` as the start of a TLS connection and waits until the
+/// server closes it.
+async fn bad_handshake(addr: SocketAddr, bytes: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may close before it has read everything: not a failure.
+    let _ = s.write_all(bytes).await;
+    let mut sink = Vec::new();
+    let _ = support::bounded(LIMIT, "the server to close", s.read_to_end(&mut sink)).await;
+}
+
+/// The failures the lines of `log` that contain `what` account for: each
+/// line one, plus the `suppressed=N` it counts.
+fn accounted_for(log: &str, what: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .map(|l| {
+            let suppressed = l.split("suppressed=").nth(1).and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
+            1 + suppressed.unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_each_counted_and_logged_once_a_second_without_the_sni() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", &["a.example"]);
+    let a = Backend::start("a").await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         pool = \"p\"\n{}\n",
+        a.addr,
+        tls_list(&[&leaf])
+    ));
+    // The default log filter, as in production.
+    let geolb = Geolb::start_default_log(&cfg).await;
+    let secure = geolb.listener("secure");
+    let before = geolb.log().len();
+    let hello = hello_with_sni(60_000);
+    let garbage = b"\x16\x03\x01\x00\x08garbage!GET / HTTP/1.1\r\n\r\n";
+    for i in 0..200 {
+        let bytes: &[u8] = if i % 10 == 9 { garbage } else { &hello };
+        bad_handshake(secure, bytes).await;
+    }
+    // A loud line comes at most once a second and counts those left out
+    // since the one before: one more failure after a second accounts for
+    // all 200.
+    let (log, hello) = (&geolb, &hello);
+    eventually("lines accounting for every failure", LIMIT, || async move {
+        bad_handshake(secure, hello).await;
+        accounted_for(&log.log(), "TLS handshake failed") > 200
+    })
+    .await;
+
+    let log = geolb.log();
+    let grown = log.len() - before;
+    assert!(grown < 20_000, "{grown} bytes logged:\n{log}");
+    assert!(
+        !log.contains(&"a".repeat(300)),
+        "the SNI was logged:\n{log}"
+    );
+    let lines = log.matches("TLS handshake failed").count();
+    assert!(lines < 20, "{lines} lines:\n{log}");
+    let metrics = geolb.metrics().await;
+    let failed = metric(
+        &metrics,
+        "geolb_tls_handshake_errors_total",
+        &[("listener", "secure")],
+    );
+    assert!(failed.is_some_and(|n| n >= 201.0), "{failed:?}\n{metrics}");
+
+    // Real clients are still served.
+    let tls = tls_connect(&pki.client(&[b"http/1.1"]), secure, "a.example").await;
+    assert!(tls.is_ok(), "{tls:?}");
+}
+
+/// A keep-alive connection that has had one answer from `addr` (the
+/// backend `a` answers "a").
+async fn served_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = ask(&mut s, LIMIT).await;
+    assert!(answer.is_some_and(|r| r.ends_with("\r\n\r\na")));
+    s
+}
+
+/// Sends a GET on `s` and reads its answer (up to the body "a"), or
+/// `None` if none came within `limit`.
+async fn ask(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(s, limit).await
+}
+
+/// Reads an answer already asked for (see [`ask`]).
+async fn read_answer(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    while !got.ends_with(b"\r\n\r\na") {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            Ok(_) => panic!("closed: {}", String::from_utf8_lossy(&got)),
+            Err(_) => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// `geolb_listener_connections` and `..._limited_total` of listener `name`.
+async fn listener_series(geolb: &Geolb, name: &str) -> (f64, f64) {
+    let metrics = geolb.metrics().await;
+    let labels = [("listener", name)];
+    let open = metric(&metrics, "geolb_listener_connections", &labels);
+    let limited = metric(
+        &metrics,
+        "geolb_listener_connections_limited_total",
+        &labels,
+    );
+    match (open, limited) {
+        (Some(o), Some(l)) => (o, l),
+        _ => panic!("no series for listener {name}:\n{metrics}"),
+    }
+}
+
+#[tokio::test]
+async fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
+    let (_a, _b, geolb) = two_pools("max_connections = 2").await;
+    let web = geolb.listener("web");
+    // Both series exist from the start.
+    assert_eq!(listener_series(&geolb, "web").await, (0.0, 0.0));
+
+    let first = served_connection(web).await;
+    let mut second = served_connection(web).await;
+    eventually("two connections open", LIMIT, || async {
+        listener_series(&geolb, "web").await.0 == 2.0
+    })
+    .await;
+
+    // The third connects (the kernel completes the handshake) but is not
+    // accepted: no answer while the two stay open.
+    let mut third = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert_eq!(ask(&mut third, Duration::from_millis(700)).await, None);
+    let (open, limited) = listener_series(&geolb, "web").await;
+    assert_eq!(open, 2.0);
+    assert!(limited >= 1.0, "{limited}");
+
+    // One closes: the third is accepted and answered.
+    drop(first);
+    let answer = read_answer(&mut third, LIMIT).await;
+    assert!(answer.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    assert!(ask(&mut second, LIMIT).await.is_some());
+
+    // A reload raising the limit lets a fourth in beside the two.
+    let raised = std::fs::read_to_string(geolb.config_path())
+        .unwrap()
+        .replace("max_connections = 2", "max_connections = 3");
+    geolb.write_config(&raised).unwrap();
+    let (code, _, body) = support::request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let mut fourth = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert!(ask(&mut fourth, LIMIT).await.is_some());
+    eventually("three connections open", LIMIT, || async {
+        listener_series(&geolb, "web").await.0 == 3.0
+    })
+    .await;
+
+    drop((second, third, fourth));
+    eventually("every slot freed", LIMIT, || async {
+        listener_series(&geolb, "web").await.0 == 0.0
+    })
+    .await;
+    support::library::promtool_check(&geolb.metrics().await);
+}
+
+#[tokio::test]
+async fn an_upgraded_tunnel_keeps_its_connection_slot_until_it_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, _b, geolb) = two_pools("max_connections = 1").await;
+    let web = geolb.listener("web");
+    let mut tunnel = tokio::net::TcpStream::connect(web).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = support::bounded(LIMIT, "101", tunnel.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 101);
+    tunnel.write_all(b"ping").await.unwrap();
+    let n = support::bounded(LIMIT, "echo", tunnel.read(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"ping");
+
+    // The HTTP connection has handed over to the tunnel: still one slot.
+    let mut next = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert_eq!(ask(&mut next, Duration::from_millis(500)).await, None);
+    drop(tunnel);
+    assert!(read_answer(&mut next, LIMIT).await.is_some());
 }

@@ -440,6 +440,7 @@ mod library {
         tasks.spawn(tcp::serve(
             socket,
             tcp::TcpContext::new(snapshot, id, tasks.clone(), shutdown.clone()),
+            geolb::accept::Slots::new(None),
         ));
 
         let stream = TcpStream::connect(bind).await.unwrap();

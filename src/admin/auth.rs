@@ -2,9 +2,6 @@
 //! HEAD) must carry `Authorization: Bearer <token>`. Checked before a
 //! request is routed, so a refused one changes nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
@@ -32,27 +29,14 @@ pub(super) fn refuse(
             "unauthorized: this request needs `Authorization: Bearer <token>` ([admin] token_file)\n",
         ),
     };
-    if loud_now() {
-        tracing::warn!(%peer, %method, "admin request refused: {}", body.trim_end());
-    } else {
-        tracing::debug!(%peer, %method, "admin request refused: {}", body.trim_end());
-    }
+    let method = crate::lograte::clip(method.as_str());
+    crate::log_limited!(warn, %peer, %method, "admin request refused: {}", body.trim_end());
     let mut resp = super::reply(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", body);
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(challenge),
     );
     Some(resp)
-}
-
-/// Whether a refusal may be logged at warn: once a second at most, so
-/// that a client hammering the admin port cannot flood the log.
-fn loud_now() -> bool {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let second = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    LAST.swap(second, Ordering::Relaxed) != second
 }
 
 /// The credentials of an `Authorization: Bearer ...` header (the scheme's

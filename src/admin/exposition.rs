@@ -9,10 +9,11 @@ use std::time::SystemTime;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::accept::Slots;
 use crate::health::State;
 use crate::metrics::{
-    self, BACKEND_ACTIVE, BACKEND_UP, BUILD_INFO, DATACENTER_UP, OVERRIDE_ACTIVE, POOL_HEALTHY,
-    RouteMetrics, TLS_CERT_EXPIRY, escape_label,
+    self, BACKEND_ACTIVE, BACKEND_UP, BUILD_INFO, DATACENTER_UP, LISTENER_CONNECTIONS,
+    LISTENER_LIMITED, OVERRIDE_ACTIVE, POOL_HEALTHY, RouteMetrics, TLS_CERT_EXPIRY, escape_label,
 };
 use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
@@ -41,6 +42,7 @@ pub fn render(
     snapshot: &Snapshot,
     certs: &[(String, Vec<CertInfo>)],
     overrides: &[(Target, Override)],
+    listeners: &[(String, Arc<Slots>)],
     now: SystemTime,
 ) -> String {
     let mut out = handle.render();
@@ -112,9 +114,44 @@ pub fn render(
             u8::from(dc.up())
         );
     }
+    render_listeners(&mut out, listeners);
     render_overrides(&mut out, overrides);
     render_expiry(&mut out, certs, now);
     out
+}
+
+/// The connections of each running listener, open and limited (rendered
+/// from the accept loops' counts, so a listener removed by a reload leaves).
+fn render_listeners(out: &mut String, listeners: &[(String, Arc<Slots>)]) {
+    let mut sorted: Vec<_> = listeners.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    /// Name, type, help, value.
+    type Family = (&'static str, &'static str, &'static str, fn(&Slots) -> u64);
+    let families: [Family; 2] = [
+        (
+            LISTENER_CONNECTIONS,
+            "gauge",
+            "Client connections open on the listener.",
+            |s| s.open() as u64,
+        ),
+        (
+            LISTENER_LIMITED,
+            "counter",
+            "Times the listener stopped accepting at its max_connections (new connections waited in the backlog).",
+            Slots::limited,
+        ),
+    ];
+    for (family, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        for (name, slots) in &sorted {
+            let _ = writeln!(
+                out,
+                "{family}{{listener=\"{}\"}} {}",
+                escape_label(name),
+                value(slots)
+            );
+        }
+    }
 }
 
 /// One series per override in force; setting it back to `auto` removes it.

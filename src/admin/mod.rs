@@ -39,7 +39,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// certificates of the config serving then).
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let shutdown = daemon.shutdown.clone();
-    accept_loop(listener, "admin", shutdown, |stream, peer| {
+    accept_loop(listener, "admin", shutdown, None, |stream, peer, _| {
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let Some(tls) = daemon.admin_tls.load_full() else {
@@ -62,7 +62,7 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
 /// is the same as on `listen`: the file's permissions add to it.
 pub async fn serve_unix(listener: UnixListener, daemon: Arc<Daemon>) {
     let shutdown = daemon.shutdown.clone();
-    accept_loop(listener, "admin socket", shutdown, |stream, _| {
+    accept_loop(listener, "admin socket", shutdown, None, |stream, _, _| {
         tokio::spawn(connection(stream, "unix socket", daemon.clone()));
     })
     .await
@@ -122,6 +122,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
                 &daemon.snapshot.load(),
                 &daemon.certs.load(),
                 &daemon.registry.overrides.current(),
+                &daemon.listener_slots(),
                 std::time::SystemTime::now(),
             ),
         ),

@@ -40,6 +40,7 @@ impl Ctx {
         let tls = self.maybe(t, "tls", Ctx::tls);
         let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
         let access_log = self.opt(t, "access_log", false, Ctx::bool);
+        let max_connections = self.maybe(t, "max_connections", |c, f| c.uint(f, 1, 1_000_000));
         let protocol = protocol?;
         if !self.protocol_rules(t, protocol, pools) {
             return None;
@@ -55,6 +56,7 @@ impl Ctx {
             tls: tls?.unwrap_or_default(),
             accept_proxy_protocol: accept_proxy_protocol?,
             access_log: access_log?,
+            max_connections: max_connections?,
         })
     }
 

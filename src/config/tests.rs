@@ -172,6 +172,8 @@ fn reference_file_parses_with_its_meaning() {
     assert_eq!(listeners[2].protocol, Protocol::Tcp);
     assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
     assert!(listeners[0].access_log);
+    assert_eq!(listeners[0].max_connections, Some(10_000));
+    assert_eq!(listeners[1].max_connections, None);
     assert_eq!(listeners[1].routes[0].pool, "origin");
 
     let dcs = &config.datacenters;
@@ -487,6 +489,16 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
         (
             format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nretries = 101"),
             "listener[0].retries",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_connections = 0"),
+            "listener[0].max_connections",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_connections = 1000001"),
+            "listener[0].max_connections",
             8,
         ),
         (

@@ -192,7 +192,7 @@ pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<
         Ok(header) if !header.metadata.truncation => return,
         Ok(_) => reply.metadata.truncation = true,
         Err(error) => {
-            tracing::warn!(%error, "cannot encode a DNS reply");
+            crate::log_limited!(warn, %error, "cannot encode a DNS reply");
             reply.metadata.response_code = ResponseCode::ServFail;
         }
     }

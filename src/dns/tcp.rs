@@ -51,7 +51,7 @@ async fn listen(listener: TcpListener, data: SharedDnsData, shutdown: Cancellati
         Err(_) => "dns tcp".to_owned(),
     };
     let mut connections = JoinSet::new();
-    accept_loop(listener, name, shutdown, |stream, peer| {
+    accept_loop(listener, name, shutdown, None, |stream, peer, _| {
         connections.spawn(connection(stream, peer, data.clone()));
         // The results of connections that ended are not kept.
         while connections.try_join_next().is_some() {}

@@ -13,9 +13,15 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::activity::Activity;
+use crate::lograte;
 use crate::metrics::RouteMetrics;
 use crate::state::ActiveGuard;
 use crate::upstream::Sender;
+
+/// How much of a path the access log keeps: HAProxy's default line
+/// length, which the rest of a line seldom needs much of. The whole head
+/// may be 64 KiB; a line per request of that is for an attacker to fill.
+const ACCESS_LOG_PATH: usize = 1024;
 
 /// One line of the access log, filled in as the request goes.
 pub struct AccessLog {
@@ -63,9 +69,9 @@ impl Drop for Completion {
                 listener = %a.listener,
                 pool = %a.pool,
                 backend = a.backend.as_deref().unwrap_or("-"),
-                method = %a.method,
-                host = %a.host,
-                path = %a.path,
+                method = %lograte::clip(a.method.as_str()),
+                host = %lograte::clip(&a.host),
+                path = %lograte::clip_to(&a.path, ACCESS_LOG_PATH),
                 status = self.status,
                 bytes = self.bytes,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,

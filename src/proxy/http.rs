@@ -26,7 +26,7 @@ use super::activity::{Activity, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
 use super::validate::{self, Refusal};
-use crate::accept::accept_loop;
+use crate::accept::{Slot, Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
 use crate::proxy_protocol;
@@ -68,21 +68,29 @@ impl HttpContext {
 }
 
 /// Accepts until `shutdown`, handing each connection to its own task.
-pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+/// At most `slots`' limit open at once.
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slots>) {
     let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
-    accept_loop(listener, name, shutdown, |mut stream, peer| {
-        let _ = stream.set_nodelay(true);
-        let ctx2 = ctx.clone();
-        ctx.tasks.spawn(async move {
-            // Read in the connection's task: a slow PROXY header must not
-            // hold up accepting.
-            let Some(client) = client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id).await
-            else {
-                return;
-            };
-            serve_connection(stream, client, ctx2).await
-        });
-    })
+    accept_loop(
+        listener,
+        name,
+        shutdown,
+        Some(slots),
+        |mut stream, peer, slot| {
+            let _ = stream.set_nodelay(true);
+            let ctx2 = ctx.clone();
+            ctx.tasks.spawn(async move {
+                // Read in the connection's task: a slow PROXY header must not
+                // hold up accepting.
+                let Some(client) =
+                    client_address(&mut stream, peer, &ctx2.snapshot, &ctx2.id).await
+                else {
+                    return;
+                };
+                serve_connection(stream, client, ctx2, Arc::new(slot)).await
+            });
+        },
+    )
     .await
 }
 
@@ -114,9 +122,14 @@ struct ConnCtx {
     peer: SocketAddr,
     client: headers::ClientAddr,
     activity: Arc<Activity>,
+    /// The connection's place under the listener's limit, shared with an
+    /// upgraded tunnel that outlives it.
+    slot: Arc<Slot>,
 }
 
-pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>)
+/// Serves HTTP on `io` until it ends; `slot` is held until then, or until
+/// a tunnel upgraded from it ends.
+pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>, slot: Arc<Slot>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -130,6 +143,7 @@ where
         peer,
         client: headers::ClientAddr::new(peer.ip()),
         activity: activity.clone(),
+        slot,
     });
     let service = service_fn(move |req| {
         let conn_ctx = conn_ctx.clone();
@@ -367,12 +381,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     && let Some(client_upgrade) = client_upgrade
                 {
                     let backend_upgrade = hyper::upgrade::on(&mut resp);
-                    conn.ctx.tasks.spawn(tunnel(
-                        client_upgrade,
-                        backend_upgrade,
-                        active,
-                        timeouts.idle,
-                    ));
+                    let tunnel = tunnel(client_upgrade, backend_upgrade, active, timeouts.idle);
+                    let slot = conn.slot.clone();
+                    conn.ctx.tasks.spawn(async move {
+                        tunnel.await;
+                        drop(slot);
+                    });
                     headers::strip_hop_by_hop(resp.headers_mut(), true);
                     completion.status = 101;
                     let (parts, _) = resp.into_parts();
@@ -490,7 +504,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     // to start a request.
     let client_fault = status.is_client_error();
     if let Some(backend) = backend {
-        tracing::warn!(
+        // Once a second at warn: a client can cause one per request.
+        crate::log_limited!(
+            warn,
             listener = %listener.config.name,
             pool = %pool_name,
             backend = %backend,

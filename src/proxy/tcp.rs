@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, TrackedIo};
-use crate::accept::accept_loop;
+use crate::accept::{Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
 use crate::metrics::{TCP_BYTES, TCP_CONNECT_ERRORS, TCP_CONNECTIONS};
@@ -54,12 +54,20 @@ impl TcpContext {
 
 /// Accepts until `shutdown`. Open connections are not cut by it: they run
 /// until they end, within the grace period the caller enforces.
-pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>) {
+/// At most `slots`' limit open at once.
+pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, slots: Arc<Slots>) {
     register_series(&ctx);
     let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
-    accept_loop(listener, name, shutdown, |stream, peer| {
-        ctx.tasks.spawn(connection(stream, peer, ctx.clone()));
-    })
+    accept_loop(
+        listener,
+        name,
+        shutdown,
+        Some(slots),
+        |stream, peer, slot| {
+            ctx.tasks
+                .spawn(slot.hold(connection(stream, peer, ctx.clone())));
+        },
+    )
     .await
 }
 

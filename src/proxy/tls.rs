@@ -19,8 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
 use super::http::{self, HttpContext};
-use crate::accept::accept_loop;
+use crate::accept::{Slot, Slots, accept_loop};
 use crate::config::{ConfigError, TlsCertConfig};
+use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
 use crate::proxy_protocol;
 
@@ -296,12 +297,14 @@ impl ResolvesServerCert for SniResolver {
 
 /// Accepts until `ctx.shutdown`: per connection, the PROXY header if the
 /// listener expects one, the TLS handshake (both within the listener's
-/// header timeout), then the HTTP path. `tls` may be swapped (a reload
+/// header timeout), then the HTTP path; at most `slots`' limit open at
+/// once. `tls` may be swapped (a reload
 /// with new certificates); each handshake uses the current config.
 pub async fn serve_https(
     listener: TcpListener,
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
+    slots: Arc<Slots>,
 ) {
     if let Some(l) = ctx.snapshot.load().listeners.get(&ctx.id) {
         // Series at 0 from the start: the first failure is a rate change.
@@ -311,11 +314,17 @@ pub async fn serve_https(
         }
     }
     let (name, shutdown) = (ctx.id.clone(), ctx.shutdown.clone());
-    accept_loop(listener, name, shutdown, |stream, peer| {
-        let _ = stream.set_nodelay(true);
-        ctx.tasks
-            .spawn(connection(stream, peer, ctx.clone(), tls.clone()));
-    })
+    accept_loop(
+        listener,
+        name,
+        shutdown,
+        Some(slots),
+        |stream, peer, slot| {
+            let _ = stream.set_nodelay(true);
+            ctx.tasks
+                .spawn(connection(stream, peer, ctx.clone(), tls.clone(), slot));
+        },
+    )
     .await
 }
 
@@ -324,6 +333,7 @@ async fn connection(
     peer: SocketAddr,
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
+    slot: Slot,
 ) {
     let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.id) {
         Some(l) => (
@@ -346,11 +356,15 @@ async fn connection(
     }
     let acceptor = TlsAcceptor::from(tls.load_full());
     let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => return http::serve_connection(tls_stream, client, ctx).await,
+        Ok(Ok(tls_stream)) => {
+            return http::serve_connection(tls_stream, client, ctx, Arc::new(slot)).await;
+        }
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("handshake not done within {header_timeout:?}"),
     };
-    tracing::debug!(listener = %name, %client, %problem, "TLS handshake failed");
+    // Scanners and broken clients cause these by the thousand: counted
+    // each, logged once a second.
+    crate::log_limited!(info, listener = %name, %client, problem = %lograte::clip(&problem), "TLS handshake failed");
     ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => name).increment(1);
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use geolb::accept::Slots;
 use geolb::proxy::http::{self as http_proxy, HttpContext};
 use geolb::proxy::tcp::{self, TcpContext};
 use geolb::proxy::tls::{self, CertInfo};
@@ -472,7 +473,7 @@ impl Lb {
                 "tcp" => {
                     let ctx =
                         TcpContext::new(snapshot.clone(), id, tasks.clone(), shutdown.clone());
-                    tasks.spawn(tcp::serve(socket, ctx));
+                    tasks.spawn(tcp::serve(socket, ctx, Slots::new(None)));
                 }
                 "https" => {
                     let (server, infos) = tls::server_config(i, &config.listeners[i].tls)
@@ -489,6 +490,7 @@ impl Lb {
                         socket,
                         ctx,
                         Arc::new(ArcSwap::new(server)),
+                        Slots::new(None),
                     ));
                 }
                 _ => {
@@ -499,7 +501,7 @@ impl Lb {
                         tasks.clone(),
                         shutdown.clone(),
                     );
-                    tasks.spawn(http_proxy::serve(socket, ctx));
+                    tasks.spawn(http_proxy::serve(socket, ctx, Slots::new(None)));
                 }
             }
             addrs.insert(name, addr);

@@ -117,7 +117,15 @@ impl Geolb {
         state_dir: Option<&std::path::Path>,
         args: &[&str],
     ) -> Geolb {
-        let mut geolb = Self::launch(config, state_dir, args, &[]);
+        let mut geolb = Self::launch(config, state_dir, args, &[], false);
+        geolb.wait_started().await;
+        geolb
+    }
+
+    /// As [`Geolb::start`], logging with the daemon's default filter (no
+    /// `GEOLB_LOG`), as in production.
+    pub async fn start_default_log(config: &str) -> Geolb {
+        let mut geolb = Self::launch(config, None, &[], &[], true);
         geolb.wait_started().await;
         geolb
     }
@@ -125,7 +133,7 @@ impl Geolb {
     /// Starts geolb with `config` and extra environment variables, without
     /// waiting for anything: [`Geolb::wait_started`] does.
     pub fn spawn(config: &str, env: &[(&str, &str)]) -> Geolb {
-        Self::launch(config, None, &[], env)
+        Self::launch(config, None, &[], env, false)
     }
 
     fn launch(
@@ -133,17 +141,22 @@ impl Geolb {
         state_dir: Option<&std::path::Path>,
         args: &[&str],
         env: &[(&str, &str)],
+        default_log: bool,
     ) -> Geolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = state_dir.map_or_else(|| dir.path().join("state"), |d| d.to_path_buf());
         let path = dir.path().join("geolb.toml");
         std::fs::write(&path, with_state_dir(config, &state_dir)).expect("write config");
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_geolb"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_geolb"));
+        match default_log {
+            true => command.env_remove("GEOLB_LOG"),
+            false => command.env("GEOLB_LOG", "info,geolb=debug"),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&path)
             .args(args)
-            .env("GEOLB_LOG", "info,geolb=debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
