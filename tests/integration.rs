@@ -6,18 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, bounded, eventually, get, raw, request, status_of};
+use support::{Backend, Geolb, backend_list, bounded, eventually, get, raw, request, status_of};
 
 fn config(body: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
-}
-
-fn backend_list(backends: &[&Backend]) -> String {
-    backends
-        .iter()
-        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One pool "p" with an http check every 100 ms, one listener "web". The

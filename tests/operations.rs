@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, bounded, eventually, get, request};
+use support::{Backend, Geolb, backend_list, bounded, eventually, get, request};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -29,14 +29,6 @@ fn two_datacenters(backends: &str) -> String {
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
          [[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"q\"\n"
     )
-}
-
-fn backend_list(backends: &[&Backend]) -> String {
-    backends
-        .iter()
-        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 async fn post(geolb: &Geolb, path: &str) -> (u16, String) {

@@ -328,6 +328,15 @@ fn full(body: impl Into<Bytes>) -> TestBody {
     Full::new(body.into()).boxed()
 }
 
+/// `backends` as a pool's `backends = [...]` list items.
+pub fn backend_list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A backend a test can steer: answers `/health` with `health_status`,
 /// counts hits, and has a few special paths:
 /// `/headers` (echoes request headers, one `name: value` per line),
