@@ -98,3 +98,14 @@ pub mod state;
 pub mod takeover;
 pub mod tls_client;
 pub mod upstream;
+
+/// How many inputs a property test runs: `default`, or
+/// `GEOLB_PROPTEST_CASES` when set (a longer run: `GEOLB_PROPTEST_CASES=10000000
+/// cargo test --release proptest`). Each test scales its own count to it.
+#[cfg(test)]
+pub(crate) fn proptest_cases(default: usize) -> usize {
+    std::env::var("GEOLB_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}

@@ -559,6 +559,202 @@ mod tests {
         }
     }
 
+    /// A valid header of any kind, with what reading it must return.
+    fn valid_header(rng: &mut fastrand::Rng) -> (Vec<u8>, Option<Addresses>) {
+        let ip = |rng: &mut fastrand::Rng, v6: bool| -> IpAddr {
+            if v6 {
+                Ipv6Addr::from(rng.u128(..)).into()
+            } else {
+                Ipv4Addr::from(rng.u32(..)).into()
+            }
+        };
+        match rng.u8(0..6) {
+            0 | 1 => {
+                let v6 = rng.bool();
+                let source = SocketAddr::new(ip(rng, v6), rng.u16(..));
+                let destination = SocketAddr::new(ip(rng, v6), rng.u16(..));
+                let version = if rng.bool() {
+                    ProxyProtocolVersion::V1
+                } else {
+                    ProxyProtocolVersion::V2
+                };
+                let bytes = encode(version, source, destination);
+                // What encode normalises (mapped addresses) is read back so.
+                let (r, _) = parse(&bytes);
+                let got = r.expect("an encoded header reads back").unwrap();
+                assert_eq!(got.source.port(), source.port());
+                assert_eq!(got.destination.port(), destination.port());
+                assert_eq!(got.source.ip().to_canonical(), source.ip().to_canonical());
+                assert_eq!(
+                    got.destination.ip().to_canonical(),
+                    destination.ip().to_canonical()
+                );
+                (bytes, Some(got))
+            }
+            2 => (V1_LOCAL.to_vec(), None),
+            3 => {
+                // UNKNOWN with anything printable after it, up to the limit.
+                let mut line = b"PROXY UNKNOWN ".to_vec();
+                let extra = rng.usize(0..=V1_MAX - 2 - line.len());
+                line.extend((0..extra).map(|_| rng.u8(b' '..=b'~')));
+                line.extend_from_slice(b"\r\n");
+                (line, None)
+            }
+            4 => (V2_LOCAL.to_vec(), None),
+            _ => {
+                // v2 with TLVs, or a family that speaks for itself.
+                let mut h = V2_SIGNATURE.to_vec();
+                let (fam, addr_len) = *rng
+                    .choice(&[
+                        (0x11u8, 12usize),
+                        (0x21, 36),
+                        (0x31, 216),
+                        (0x00, 0),
+                        (0x12, 12),
+                    ])
+                    .unwrap();
+                let tlvs = rng.usize(0..300);
+                h.extend_from_slice(&[0x21, fam]);
+                h.extend_from_slice(&((addr_len + tlvs) as u16).to_be_bytes());
+                h.extend((0..addr_len + tlvs).map(|_| rng.u8(..)));
+                let (r, _) = parse(&h);
+                (h, r.expect("a v2 header reads"))
+            }
+        }
+    }
+
+    /// Damages a header: the ways a sender or the network gets it wrong.
+    fn damage(rng: &mut fastrand::Rng, h: &mut Vec<u8>) {
+        for _ in 0..rng.usize(1..4) {
+            match rng.u8(0..8) {
+                0 => h.truncate(rng.usize(0..=h.len())),
+                1 if !h.is_empty() => {
+                    let i = rng.usize(0..h.len());
+                    h[i] ^= 1 << rng.u8(0..8);
+                }
+                2 if h.len() >= 16 => {
+                    // The v2 length field, or any two bytes, set at random.
+                    let i = if rng.bool() {
+                        14
+                    } else {
+                        rng.usize(0..h.len() - 1)
+                    };
+                    h[i..i + 2].copy_from_slice(&rng.u16(..).to_be_bytes());
+                }
+                3 => {
+                    // A v1 line of 100 to 120 bytes, CRLF or not.
+                    let mut line = b"PROXY ".to_vec();
+                    let len = rng.usize(100..=120);
+                    while line.len() < len {
+                        line.push(*rng.choice(b"TCP46UNKOWabcdef0123456789.: ").unwrap());
+                    }
+                    if rng.bool() {
+                        line.truncate(len - 2);
+                        line.extend_from_slice(b"\r\n");
+                    }
+                    *h = line;
+                }
+                4 => {
+                    // Missing CRLF, or half of it.
+                    while h.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                        h.pop();
+                    }
+                    if rng.bool() {
+                        h.push(*rng.choice(b"\r\n").unwrap());
+                    }
+                }
+                5 => {
+                    let i = rng.usize(0..=h.len());
+                    let b = *rng.choice(b"\r\n :.0").unwrap_or(&b' ');
+                    h.insert(i, if rng.bool() { b } else { rng.u8(..) });
+                }
+                6 if !h.is_empty() => {
+                    h.remove(rng.usize(0..h.len()));
+                }
+                _ => {
+                    let i = rng.usize(0..=h.len());
+                    let extra: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
+                    h.splice(i..i, extra);
+                }
+            }
+        }
+    }
+
+    /// The property test (README "Tests"): random bytes, valid headers, and
+    /// damaged ones. Never a panic; a header that reads is never read past:
+    /// the marker after it is left whole, and what the read took is itself
+    /// a header that reads the same.
+    #[test]
+    fn proptest_read_header() {
+        const MARKER: &[u8] = b"\xfe\xedMARKER";
+        let cases = crate::proptest_cases(200_000);
+        let seed = 0x7072_6f78_795f_7631u64;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let started = std::time::Instant::now();
+        let (mut accepted, mut valid) = (0usize, 0usize);
+        for i in 0..cases {
+            let kind = rng.u8(0..8);
+            let mut input = match kind {
+                0 => (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect(),
+                1 | 2 => {
+                    let (h, want) = valid_header(&mut rng);
+                    valid += 1;
+                    let mut input = h.clone();
+                    input.extend_from_slice(MARKER);
+                    let (r, rest) = parse(&input);
+                    assert_eq!(
+                        r.unwrap(),
+                        want,
+                        "valid header {i} (seed {seed:#x}): {h:02x?}"
+                    );
+                    assert_eq!(rest, MARKER, "valid header {i} read past: {h:02x?}");
+                    continue;
+                }
+                _ => {
+                    let (mut h, _) = valid_header(&mut rng);
+                    damage(&mut rng, &mut h);
+                    h
+                }
+            };
+            input.extend_from_slice(MARKER);
+            let outcome = std::panic::catch_unwind(|| parse(&input));
+            let Ok((r, rest)) = outcome else {
+                panic!("input {i} (seed {seed:#x}) panicked: {input:02x?}");
+            };
+            if let Ok(got) = r {
+                accepted += 1;
+                // What was taken is exactly a header: alone, it reads the
+                // same and leaves nothing (a damaged v2 length may make the
+                // marker's bytes part of it; that is still a header).
+                let taken = &input[..input.len() - rest.len()];
+                let (again, left) = parse(taken);
+                assert_eq!(again.unwrap(), got, "input {i}: {taken:02x?}");
+                assert!(left.is_empty(), "input {i}: {taken:02x?}");
+                if let Some(a) = got {
+                    // And it re-encodes to a header that reads the same.
+                    for version in [ProxyProtocolVersion::V1, ProxyProtocolVersion::V2] {
+                        let (back, _) = parse(&encode(version, a.source, a.destination));
+                        let back = back.unwrap().unwrap();
+                        assert_eq!(back.source.port(), a.source.port());
+                        assert_eq!(
+                            back.source.ip().to_canonical(),
+                            a.source.ip().to_canonical()
+                        );
+                        assert_eq!(back.destination.port(), a.destination.port());
+                        assert_eq!(
+                            back.destination.ip().to_canonical(),
+                            a.destination.ip().to_canonical()
+                        );
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "proptest_read_header: {cases} inputs ({valid} valid, {accepted} damaged or random accepted) in {:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn local_headers() {
         assert_eq!(local(ProxyProtocolVersion::V1), b"PROXY UNKNOWN\r\n");

@@ -309,4 +309,148 @@ mod tests {
             );
         }
     }
+
+    /// One random Host value, authority or path: random bytes, name bytes,
+    /// IPv6 literals, ports, percent-encodings, dot segments, and very
+    /// long strings.
+    fn random_text(rng: &mut fastrand::Rng) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            b".",
+            b"..",
+            b"/",
+            b"\\",
+            b"%2e",
+            b"%2E",
+            b"%2f",
+            b"%5c",
+            b"%",
+            b"%z",
+            b";",
+            b":",
+            b"@",
+            b",",
+            b" ",
+            b"\t",
+            b"[",
+            b"]",
+            b"::1",
+            b"a.example",
+            b"80",
+            b"65535",
+            b"123456",
+            b"-",
+            b"_",
+            b"~",
+            b"?",
+            b"#",
+            b"\r\n",
+            b"\xc3\xa9",
+            b"\xff",
+            b"user:pw@",
+        ];
+        let mut out = Vec::new();
+        let len = if rng.u8(0..50) == 0 {
+            rng.usize(1000..20_000)
+        } else {
+            rng.usize(0..24)
+        };
+        while out.len() < len {
+            match rng.u8(0..4) {
+                0 => out.push(rng.u8(..)),
+                1 => out.push(*rng.choice(b"abcxyz0129-._~:[]").unwrap()),
+                _ => out.extend_from_slice(rng.choice(PIECES).unwrap()),
+            }
+        }
+        out
+    }
+
+    /// The property test (README "Tests"): random Host values, request
+    /// targets and paths never panic, and whatever is accepted as an
+    /// authority is ASCII `host[:port]` without `@`, `/`, `,` or
+    /// whitespace.
+    #[test]
+    fn proptest_request_heads() {
+        let cases = crate::proptest_cases(100_000);
+        let seed = 0x6874_7470_5f68_6f73u64;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let started = std::time::Instant::now();
+        let plain = |v: &[u8]| {
+            v.is_ascii()
+                && !v
+                    .iter()
+                    .any(|b| matches!(b, b'@' | b'/' | b',') || b.is_ascii_whitespace())
+        };
+        let (mut hosts_ok, mut targets_ok) = (0usize, 0usize);
+        for i in 0..cases {
+            let text = random_text(&mut rng);
+            let outcome = std::panic::catch_unwind(|| {
+                let _ = path(&String::from_utf8_lossy(&text));
+                let _ = has_dot_segment(&text);
+                let mut results = Vec::new();
+                // As a Host header, alone or beside an authority-form target.
+                if let Ok(host) = HeaderValue::from_bytes(&text) {
+                    for (version, uri) in [
+                        (Version::HTTP_11, "/"),
+                        (Version::HTTP_2, "/"),
+                        (Version::HTTP_10, "/"),
+                        (Version::HTTP_11, "http://a.test/"),
+                    ] {
+                        let mut r = Request::builder()
+                            .version(version)
+                            .uri(uri)
+                            .body(())
+                            .unwrap();
+                        r.headers_mut().insert(header::HOST, host.clone());
+                        results.push((false, authority(&r)));
+                    }
+                }
+                // As the target URI's authority (what http's parser lets by).
+                let mut target = b"http://".to_vec();
+                target.extend_from_slice(&text);
+                target.extend_from_slice(b"/x");
+                if let Ok(uri) = http::Uri::try_from(target) {
+                    let r = Request::builder()
+                        .version(Version::HTTP_2)
+                        .uri(uri)
+                        .body(())
+                        .unwrap();
+                    results.push((true, authority(&r)));
+                }
+                results
+            });
+            let Ok(results) = outcome else {
+                panic!("input {i} (seed {seed:#x}) panicked: {text:02x?}");
+            };
+            for (from_target, result) in results {
+                if let Ok(Some(v)) = result {
+                    let v = v.as_bytes();
+                    if from_target {
+                        targets_ok += 1;
+                    } else if v != b"a.test" {
+                        hosts_ok += 1;
+                    }
+                    assert!(
+                        plain(v) && is_authority(v),
+                        "input {i} (seed {seed:#x}): accepted {:?}",
+                        String::from_utf8_lossy(v)
+                    );
+                    // host[:port]: at most one ':' outside brackets, digits after it.
+                    let host_end = if v.first() == Some(&b'[') {
+                        v.iter().position(|&b| b == b']').unwrap() + 1
+                    } else {
+                        v.iter().position(|&b| b == b':').unwrap_or(v.len())
+                    };
+                    assert!(host_end > 0, "{v:?}");
+                    if let Some((&colon, port)) = v[host_end..].split_first() {
+                        assert_eq!(colon, b':', "{v:?}");
+                        assert!(port.len() <= 5 && port.iter().all(u8::is_ascii_digit));
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "proptest_request_heads: {cases} inputs ({hosts_ok} Host and {targets_ok} target authorities accepted) in {:?}",
+            started.elapsed()
+        );
+    }
 }
