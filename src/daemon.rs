@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,6 +20,7 @@ use crate::accept::Slots;
 use crate::config::{ListenerConfig, Protocol};
 use crate::dns::{self, SharedDnsData};
 use crate::health::HealthTable;
+use crate::locked;
 use crate::proxy::http::{self as http_proxy, HttpContext};
 use crate::proxy::tcp::{self as tcp_proxy, TcpContext};
 use crate::proxy::tls::{self, CertInfo};
@@ -129,10 +130,6 @@ pub struct Daemon {
     admin_handover: Mutex<Option<(SocketAddr, OwnedFd)>>,
     /// Sockets handed over at start-up, taken as the config binds.
     inherited: Mutex<Inherited>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Daemon {

@@ -99,6 +99,13 @@ pub mod takeover;
 pub mod tls_client;
 pub mod upstream;
 
+/// The guarded value, also after a thread panicked while holding the lock:
+/// every state guarded this way stays valid between statements, so a
+/// poisoned lock is no reason to stop serving.
+pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How many inputs a property test runs: `default`, or
 /// `GEOLB_PROPTEST_CASES` when set (a longer run: `GEOLB_PROPTEST_CASES=10000000
 /// cargo test --release proptest`). Each test scales its own count to it.

@@ -14,9 +14,11 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::locked;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -221,10 +223,6 @@ impl Default for Overrides {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Overrides {
     /// The cell snapshots read for `target`.
     pub fn cell(&self, target: &Target) -> Arc<AtomicU8> {
@@ -274,11 +272,6 @@ impl Overrides {
             Some(store) => store.save(&self.current()),
             None => Ok(()),
         }
-    }
-
-    /// Where overrides are kept, for answers and logs.
-    pub fn store_description(&self) -> Option<String> {
-        locked(&self.store).as_ref().map(|s| s.describe())
     }
 }
 
