@@ -10,28 +10,38 @@ use std::time::SystemTime;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::accept::Slots;
+use crate::config::Protocol;
 use crate::health::State;
 use crate::metrics::{
-    self, BACKEND_ACTIVE, BACKEND_UP, BUILD_INFO, DATACENTER_UP, LISTENER_CONNECTIONS,
-    LISTENER_LIMITED, OVERRIDE_ACTIVE, POOL_HEALTHY, RouteMetrics, TLS_CERT_EXPIRY, escape_label,
+    self, BACKEND_ACTIVE, BACKEND_LAST_CHANGE, BACKEND_UP, BUILD_INFO, DATACENTER_HEALTHY,
+    DATACENTER_UP, HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES, LISTENER_CONNECTIONS,
+    LISTENER_LIMITED, OVERRIDE_ACTIVE, POOL_HEALTHY, POOL_MIN_HEALTHY, RouteMetrics,
+    TLS_CERT_EXPIRY, escape_label, family,
 };
 use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
 use crate::state::Snapshot;
 
-/// The route metrics of `snapshot`'s listeners, once per (listener, pool).
-fn routes(snapshot: &Snapshot) -> Vec<&Arc<RouteMetrics>> {
-    let mut routes: Vec<&Arc<RouteMetrics>> = Vec::new();
+/// The route metrics of `snapshot`'s listeners, once per (listener,
+/// pool), sorted by listener name: (HTTP and HTTPS listeners', tcp
+/// listeners').
+pub(super) fn routes(snapshot: &Snapshot) -> (Vec<&Arc<RouteMetrics>>, Vec<&Arc<RouteMetrics>>) {
+    let (mut http, mut tcp): (Vec<&Arc<RouteMetrics>>, Vec<&Arc<RouteMetrics>>) =
+        Default::default();
     let mut listeners: Vec<_> = snapshot.listeners.values().collect();
     listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
     for l in listeners {
+        let routes = match l.config.protocol {
+            Protocol::Tcp => &mut tcp,
+            _ => &mut http,
+        };
         for route in std::iter::once(&l.default_route).chain(l.routes.iter().map(|(_, r)| r)) {
             if !routes.iter().any(|m| Arc::ptr_eq(m, &route.metrics)) {
                 routes.push(&route.metrics);
             }
         }
     }
-    routes
+    (http, tcp)
 }
 
 /// The whole `/metrics` page: the recorder's families, the HTTP families
@@ -46,7 +56,10 @@ pub fn render(
     now: SystemTime,
 ) -> String {
     let mut out = handle.render();
-    metrics::render_routes(&mut out, &routes(snapshot));
+    let (http, tcp) = routes(snapshot);
+    metrics::render_routes(&mut out, &http, &tcp);
+    crate::dns::render_geo_answers(&mut out);
+    super::process::render(&mut out);
     #[cfg(feature = "alloc-stats")]
     let _ = writeln!(
         out,
@@ -55,8 +68,9 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "# HELP {BUILD_INFO} Build information; always 1.\n# TYPE {BUILD_INFO} gauge\n{BUILD_INFO}{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "# HELP {BUILD_INFO} Build information; always 1.\n# TYPE {BUILD_INFO} gauge\n{BUILD_INFO}{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        escape_label(metrics::commit())
     );
     let backends = || {
         snapshot
@@ -102,6 +116,21 @@ pub fn render(
             pool.healthy()
         );
     }
+    family(
+        &mut out,
+        POOL_MIN_HEALTHY,
+        "gauge",
+        "The pool's min_healthy: below it, the data centers using the pool are unhealthy.",
+    );
+    for pool in &snapshot.pools {
+        let _ = writeln!(
+            out,
+            "{POOL_MIN_HEALTHY}{{pool=\"{}\"}} {}",
+            escape_label(&pool.name),
+            pool.config.min_healthy
+        );
+    }
+    render_checks(&mut out, snapshot);
     let _ = writeln!(
         out,
         "# HELP {DATACENTER_UP} 1 if the data center is healthy and not drained (DNS answers with it), else 0.\n# TYPE {DATACENTER_UP} gauge"
@@ -114,10 +143,78 @@ pub fn render(
             u8::from(dc.up())
         );
     }
+    family(
+        &mut out,
+        DATACENTER_HEALTHY,
+        "gauge",
+        "1 if the data center's pools have min_healthy backends, its remote check passes and no down override is set (drain aside), else 0.",
+    );
+    for dc in snapshot.datacenters.iter() {
+        let _ = writeln!(
+            out,
+            "{DATACENTER_HEALTHY}{{datacenter=\"{}\"}} {}",
+            escape_label(&dc.config.name),
+            u8::from(dc.healthy())
+        );
+    }
     render_listeners(&mut out, listeners);
     render_overrides(&mut out, overrides);
     render_expiry(&mut out, certs, now);
     out
+}
+
+/// The health-check families of every backend that has a check, by pool
+/// and backend (a check shared by pools counts in each).
+fn render_checks(out: &mut String, snapshot: &Snapshot) {
+    let checked: Vec<(String, &crate::health::CheckStats)> = snapshot
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.backends.iter().filter_map(move |b| {
+                let labels = format!(
+                    "pool=\"{}\",backend=\"{}\"",
+                    escape_label(&p.name),
+                    escape_label(&b.label)
+                );
+                Some((labels, b.health.checks()?))
+            })
+        })
+        .collect();
+    family(
+        out,
+        HEALTH_CHECK_DURATION,
+        "histogram",
+        "Time each health check probe took (a timed-out probe counts its timeout), by pool and backend.",
+    );
+    for (labels, checks) in &checked {
+        checks.duration.render(out, HEALTH_CHECK_DURATION, labels);
+    }
+    family(
+        out,
+        HEALTH_CHECK_FAILURES,
+        "counter",
+        "Health check probes that failed (each probe, not state changes), by pool and backend.",
+    );
+    for (labels, checks) in &checked {
+        let _ = writeln!(
+            out,
+            "{HEALTH_CHECK_FAILURES}{{{labels}}} {}",
+            checks.failures()
+        );
+    }
+    family(
+        out,
+        BACKEND_LAST_CHANGE,
+        "gauge",
+        "Unix time the backend's health check state last changed (its first result counts as one).",
+    );
+    for (labels, checks) in &checked {
+        let _ = writeln!(
+            out,
+            "{BACKEND_LAST_CHANGE}{{{labels}}} {}",
+            checks.last_change()
+        );
+    }
 }
 
 /// The connections of each running listener, open and limited (rendered
