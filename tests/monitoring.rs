@@ -49,7 +49,7 @@ const NETWORKS: &str = "[[geoip.network]]\ncidr = \"10.1.0.0/16\"\nlocation = { 
 
 /// `web` (http) -> pool `web` (`web_backends`, http check every 100 ms)
 /// in data center `paris`; with `extra`: a tcp listener `db` -> pool `db`
-/// in data center `newyork`.
+/// in data center `newyork`, taking PROXY headers from its clients.
 fn config(web_backends: &[SocketAddr], extra: Option<SocketAddr>) -> String {
     let list: Vec<String> = web_backends
         .iter()
@@ -68,7 +68,7 @@ fn config(web_backends: &[SocketAddr], extra: Option<SocketAddr>) -> String {
         text.push_str(&format!(
             "[[datacenter]]\nname = \"newyork\"\nlocation = {{ lat = 40.71, lon = -74.0 }}\naddresses = [\"192.0.2.2\"]\npools = [\"db\"]\n\
              [[pool]]\nname = \"db\"\ncheck = {{ kind = \"tcp\", interval = \"100ms\", timeout = \"500ms\" }}\nbackends = [{{ addr = \"{db}\" }}]\n\
-             [[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"db\"\n"
+             [[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"db\"\naccept_proxy_protocol = true\n"
         ));
     }
     text
@@ -265,6 +265,7 @@ async fn series_present_at_zero_then_gone_with_what_they_count() {
             gone.addr
         ),
         "geolb_listener_connections_limited_total{listener=\"db\"}".to_owned(),
+        "geolb_proxy_protocol_errors_total{listener=\"db\"}".to_owned(),
     ];
     for series in &zero {
         assert_eq!(value(&metrics, series), Some(0.0), "{series}:\n{metrics}");
@@ -285,7 +286,9 @@ async fn series_present_at_zero_then_gone_with_what_they_count() {
         .await
         .unwrap();
     use tokio::io::AsyncWriteExt;
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    conn.write_all(b"PROXY TCP4 192.0.2.7 192.0.2.8 4711 80\r\nGET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
     drop(conn);
     eventually("the tcp connection counted", WAIT, || async {
         let metrics = geolb.metrics().await;

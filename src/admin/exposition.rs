@@ -44,6 +44,13 @@ pub(super) fn routes(snapshot: &Snapshot) -> (Vec<&Arc<RouteMetrics>>, Vec<&Arc<
     (http, tcp)
 }
 
+/// The HTTP and TCP families of `snapshot`'s routes (what `/metrics` has
+/// beyond the recorder for traffic; for proxies built without a daemon).
+pub fn render_routes(out: &mut String, snapshot: &Snapshot) {
+    let (http, tcp) = routes(snapshot);
+    metrics::render_routes(out, &http, &tcp);
+}
+
 /// The whole `/metrics` page: the recorder's families, the HTTP families
 /// of `snapshot`'s routes, the state gauges of `snapshot` and the expiry
 /// of `certs` at `now`.
@@ -55,9 +62,8 @@ pub fn render(
     listeners: &[(String, Arc<Slots>)],
     now: SystemTime,
 ) -> String {
-    let mut out = handle.render();
-    let (http, tcp) = routes(snapshot);
-    metrics::render_routes(&mut out, &http, &tcp);
+    let mut out = without_removed_listeners(handle.render(), listeners);
+    render_routes(&mut out, snapshot);
     crate::dns::render_geo_answers(&mut out);
     super::process::render(&mut out);
     #[cfg(feature = "alloc-stats")]
@@ -161,6 +167,68 @@ pub fn render(
     render_overrides(&mut out, overrides);
     render_expiry(&mut out, certs, now);
     out
+}
+
+/// Families the recorder keeps per `listener` (counted on the accept path,
+/// where a handle lookup per event is the cost that matters).
+const RECORDED_PER_LISTENER: [&str; 2] = [
+    metrics::TLS_HANDSHAKE_ERRORS,
+    metrics::PROXY_PROTOCOL_ERRORS,
+];
+
+/// `recorded` without the samples of [`RECORDED_PER_LISTENER`] whose
+/// listener no longer runs: the recorder cannot forget a series, so a
+/// listener removed by a reload is left out here. (Its count stays in the
+/// recorder and resumes if a listener of that name comes back; counters
+/// only grow, so that reads as a new series to Prometheus.)
+fn without_removed_listeners(recorded: String, listeners: &[(String, Arc<Slots>)]) -> String {
+    let running: Vec<String> = listeners.iter().map(|(n, _)| escape_label(n)).collect();
+    let removed = |line: &str| {
+        RECORDED_PER_LISTENER.iter().any(|family| {
+            line.strip_prefix(family)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .and_then(label_value("listener"))
+                .is_some_and(|name| !running.iter().any(|r| *r == name))
+        })
+    };
+    if !recorded.lines().any(removed) {
+        return recorded;
+    }
+    let mut kept = String::with_capacity(recorded.len());
+    for line in recorded.lines().filter(|l| !removed(l)) {
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    kept
+}
+
+/// The value of label `name` (still escaped) in `labels`, the text after a
+/// series' `{`.
+fn label_value(name: &str) -> impl Fn(&str) -> Option<&str> + '_ {
+    move |labels| {
+        let mut rest = labels;
+        loop {
+            let (key, after) = rest.split_once("=\"")?;
+            // The value ends at the first quote not escaped by a backslash.
+            let mut escaped = false;
+            let end = after.char_indices().find_map(|(i, c)| match c {
+                _ if escaped => {
+                    escaped = false;
+                    None
+                }
+                '\\' => {
+                    escaped = true;
+                    None
+                }
+                '"' => Some(i),
+                _ => None,
+            })?;
+            if key.trim_start_matches(',') == name {
+                return Some(&after[..end]);
+            }
+            rest = &after[end + 1..];
+        }
+    }
 }
 
 /// The health-check families of every backend that has a check, by pool
@@ -303,6 +371,35 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+
+    #[test]
+    fn removed_listeners_leave_the_recorded_families() {
+        let recorded = "# HELP geolb_tls_handshake_errors_total x\n\
+             # TYPE geolb_tls_handshake_errors_total counter\n\
+             geolb_tls_handshake_errors_total{listener=\"web\"} 1\n\
+             geolb_tls_handshake_errors_total{listener=\"gone\"} 2\n\
+             geolb_proxy_protocol_errors_total{listener=\"a\\\"b\"} 3\n\
+             geolb_config_reloads_total{result=\"success\"} 1\n";
+        let running = |names: &[&str]| -> Vec<(String, Arc<Slots>)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), Slots::new(None)))
+                .collect()
+        };
+        let kept = without_removed_listeners(recorded.to_owned(), &running(&["web", "a\"b"]));
+        assert_eq!(
+            kept,
+            recorded.replace(
+                "geolb_tls_handshake_errors_total{listener=\"gone\"} 2\n",
+                ""
+            )
+        );
+        let kept = without_removed_listeners(recorded.to_owned(), &running(&["gone"]));
+        assert!(kept.contains("{listener=\"gone\"} 2\n") && !kept.contains("\"web\""));
+        assert!(!kept.contains("a\\\"b") && kept.contains("result=\"success\""));
+        assert_eq!(label_value("b")("a=\"x\\\",b=\\\\\",b=\"y\"}"), Some("y"));
+        assert_eq!(label_value("c")("a=\"x\"}"), None);
+    }
 
     #[test]
     fn expiry_family_is_valid_exposition() {

@@ -26,6 +26,8 @@ mod page;
 mod process;
 pub mod socket;
 
+pub use exposition::render_routes;
+
 use crate::accept::accept_loop;
 use crate::daemon::{BoundListener, Daemon};
 use crate::metrics;
@@ -278,6 +280,9 @@ struct DatacenterStatus {
     runtime_override: &'static str,
     pools: Vec<String>,
     remote_check: Option<&'static str>,
+    /// The remote check's last probe, as a backend's `last_check`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_last_check: Option<LastCheck>,
     /// Geo names that may answer with it (it is one of their candidates).
     geo_names: Vec<String>,
     /// For each `[[geoip.network]]` (the locations the config names), the
@@ -406,6 +411,11 @@ fn status(daemon: &Daemon) -> Status {
                 runtime_override: dc.override_state().as_str(),
                 pools: dc.config.pools.clone(),
                 remote_check: dc.remote_check.as_ref().map(|h| h.state().as_str()),
+                remote_last_check: dc
+                    .remote_check
+                    .as_ref()
+                    .and_then(|h| h.checks()?.last())
+                    .map(LastCheck::of),
                 geo_names: page::geo_names_of(&snapshot, &dc.config.name),
                 first_for: first_for
                     .iter()

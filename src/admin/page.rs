@@ -289,7 +289,7 @@ fn datacenters(html: &mut String, status: &Status) {
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html_escape(&dc.name),
             html_escape(&dc.pools.join(", ")),
-            dc.remote_check.unwrap_or("-"),
+            remote_check(dc),
             html_escape(&dc.geo_names.join(", ")),
             if first.is_empty() {
                 "-".to_owned()
@@ -303,6 +303,18 @@ fn datacenters(html: &mut String, status: &Status) {
         "</table><p class=\"meta\">\"Answered first for\": the geo names whose first answer is \
          this data center now, for each [[geoip.network]] of the config.</p>",
     );
+}
+
+/// A remote check's state, with why its last probe failed.
+fn remote_check(dc: &super::DatacenterStatus) -> String {
+    match (dc.remote_check, &dc.remote_last_check) {
+        (None, _) => "-".to_owned(),
+        (Some(state), Some(last)) if last.result == "fail" => format!(
+            "{state} <span class=\"fail\">(last: {})</span>",
+            html_escape(&last.reason)
+        ),
+        (Some(state), _) => state.to_owned(),
+    }
 }
 
 fn backend_row(html: &mut String, b: &BackendStatus, now: SystemTime) {

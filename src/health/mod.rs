@@ -36,7 +36,9 @@ impl State {
     }
 }
 
-/// The shared, lock-free health of one checked target.
+/// The shared health of one checked target: its state is one atomic load
+/// for the data path; the check statistics beside it are for /metrics and
+/// /status.
 pub struct Health {
     state: AtomicU8,
     /// None for a target without a check.
