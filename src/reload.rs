@@ -274,7 +274,10 @@ pub fn apply(
         &daemon.registry,
     );
     let dns_data = dns_data.with_health(Arc::new(DatacenterView(new.datacenters.clone())));
-    dns::register_series(&dns_data);
+    if config.dns.is_some() {
+        // Without [dns] no query is answered: no DNS series to show at 0.
+        dns::register_series(&dns_data);
+    }
     let mut summary = summarize(&old, &new);
     daemon.snapshot.store(Arc::new(new));
     daemon.dns.store(Arc::new(dns_data));
