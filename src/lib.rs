@@ -14,8 +14,9 @@
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
-//! - [`admin`]: /healthz, /metrics (rendered in `admin::exposition`),
-//!   /status, /reload, overrides, the status page; over HTTP or HTTPS
+//! - [`admin`]: /healthz, /metrics (rendered in `admin::exposition`, the
+//!   `process_*` series in `admin::process`), /status, /reload, overrides,
+//!   the status page (`admin::page`); over HTTP or HTTPS
 //!   (`[admin] tls`) and a Unix socket (`admin::socket`).
 //! - [`reload`]: how a config comes into service, at start-up and after:
 //!   `check` builds every artifact once, `apply` diffs and swaps.

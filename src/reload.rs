@@ -191,6 +191,10 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     });
     let outcome = if result.is_ok() { "success" } else { "failure" };
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+    if result.is_err() {
+        // The success side is set by `apply`, which start-up runs too.
+        ::metrics::gauge!(metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(0.0);
+    }
     let serving = format!("serving config generation {}", daemon.generation());
     match &result {
         Ok(_) => notify::ready(&serving),
@@ -270,6 +274,10 @@ pub fn apply(
         &daemon.registry,
     );
     let dns_data = dns_data.with_health(Arc::new(DatacenterView(new.datacenters.clone())));
+    if config.dns.is_some() {
+        // Without [dns] no query is answered: no DNS series to show at 0.
+        dns::register_series(&dns_data);
+    }
     let mut summary = summarize(&old, &new);
     daemon.snapshot.store(Arc::new(new));
     daemon.dns.store(Arc::new(dns_data));
@@ -307,7 +315,17 @@ pub fn apply(
         daemon.start_dns(listen, sockets);
     }
     daemon.stop_dns(&changes.dns_gone);
+    served_since(std::time::SystemTime::now());
     Ok(summary)
+}
+
+/// The reload gauges for a config that came into service at `now`.
+fn served_since(now: std::time::SystemTime) {
+    let unix = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    ::metrics::gauge!(metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(1.0);
+    ::metrics::gauge!(metrics::CONFIG_LAST_RELOAD_SUCCESS_TIME).set(unix);
 }
 
 /// What a config adds to and removes from the running sockets.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ::metrics::{Counter, counter};
+use ::metrics::Counter;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +20,7 @@ use super::activity::{Activity, TrackedIo};
 use crate::accept::{Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
-use crate::metrics::{TCP_BYTES, TCP_CONNECT_ERRORS, TCP_CONNECTIONS};
+use crate::metrics::RouteMetrics;
 use crate::proxy_protocol::{self, Addresses};
 use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
 
@@ -71,20 +71,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, slots: Arc<Slots
     .await
 }
 
-/// Creates the listener's series at 0, so that the first connection is a
-/// rate change and not a series appearing.
+/// Creates the listener's PROXY error series at 0, so that the first
+/// error is a rate change and not a series appearing (the route's series
+/// are rendered from the snapshot, at 0 from the start).
 fn register_series(ctx: &TcpContext) {
     let snapshot = ctx.snapshot.load();
     let Some(listener) = snapshot.listeners.get(&ctx.id) else {
         return;
     };
-    let labels = Labels {
-        listener: &listener.config.name,
-        pool: &listener.default_route.pool.name,
-    };
-    labels.counter(TCP_CONNECTIONS).increment(0);
-    labels.bytes("in").increment(0);
-    labels.bytes("out").increment(0);
     if listener.config.accept_proxy_protocol {
         proxy_protocol::register_series(&listener.config.name);
     }
@@ -124,10 +118,9 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
         }
     };
     let labels = Labels {
-        listener: &config.name,
-        pool: &pool.name,
+        route: &listener.default_route.metrics,
     };
-    labels.counter(TCP_CONNECTIONS).increment(1);
+    labels.route.tcp_connections.add(1);
 
     let key = client_key(pool.hash_on(), addresses.source.ip());
     let Some((mut backend, index, active)) = connect(
@@ -210,35 +203,26 @@ async fn connect(
             }
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
-                labels.counter(TCP_CONNECT_ERRORS).increment(1);
+                labels.route.tcp_connect_errors.add(1);
             }
         }
     }
     None
 }
 
+/// The connection's (listener, pool) series, rendered from the snapshot
+/// so that they leave with the listener or pool.
 #[derive(Clone, Copy)]
 struct Labels<'a> {
-    listener: &'a str,
-    pool: &'a str,
+    route: &'a RouteMetrics,
 }
 
 impl Labels<'_> {
-    fn counter(self, name: &'static str) -> Counter {
-        counter!(
-            name,
-            "listener" => self.listener.to_string(),
-            "pool" => self.pool.to_string()
-        )
-    }
-
     fn bytes(self, direction: &'static str) -> Counter {
-        counter!(
-            TCP_BYTES,
-            "listener" => self.listener.to_string(),
-            "pool" => self.pool.to_string(),
-            "direction" => direction
-        )
+        match direction {
+            "in" => self.route.tcp_bytes_in.counter(),
+            _ => self.route.tcp_bytes_out.counter(),
+        }
     }
 }
 
