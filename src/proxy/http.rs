@@ -29,6 +29,7 @@ use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
+use crate::limits::RetryAfter;
 use crate::proxy_protocol;
 use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
@@ -87,6 +88,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                 else {
                     return;
                 };
+                let mut slot = slot;
+                if !slot.admit(client.ip()) {
+                    tracing::debug!(client = %client, "client over its connection limit: closed");
+                    return;
+                }
                 serve_connection(stream, client, ctx2, Arc::new(slot)).await
             });
         },
@@ -233,6 +239,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
+    if let Some(clients) = conn.slot.clients()
+        && let Err(wait) = clients.request(conn.peer.ip())
+    {
+        return too_many_requests(&req, &listener, conn, start, wait);
+    }
     if let Err(why) = validate::method(&req) {
         return refuse(&req, &listener, conn, start, why);
     }
@@ -586,15 +597,7 @@ fn refuse<B>(
         reason = why.reason,
         "request refused"
     );
-    let mut completion =
-        Completion::of(req, conn, listener, &listener.default_route, start, || {
-            req.headers()
-                .get(header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-                .unwrap_or_default()
-        });
-    completion.status = why.status.as_u16();
-    let mut resp = message(why.status, why.reason, Some(completion));
+    let mut resp = answer(req, listener, conn, start, why.status, why.reason);
     if why.status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
@@ -603,6 +606,52 @@ fn refuse<B>(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// A message of our own for `req`, counted with the listener's default
+/// route.
+fn answer<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    status: StatusCode,
+    text: &str,
+) -> Response<ResponseBody> {
+    let mut completion =
+        Completion::of(req, conn, listener, &listener.default_route, start, || {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        });
+    completion.status = status.as_u16();
+    message(status, text, Some(completion))
+}
+
+/// 429 for a client over its `requests_per_second`. The connection stays
+/// open: its next request is well framed, only early.
+#[cold]
+fn too_many_requests<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    wait: RetryAfter,
+) -> Response<ResponseBody> {
+    tracing::debug!(client = %conn.peer, listener = %listener.config.name, "client over its request rate: 429");
+    let text = "this client sends requests faster than this listener allows";
+    let mut resp = answer(
+        req,
+        listener,
+        conn,
+        start,
+        StatusCode::TOO_MANY_REQUESTS,
+        text,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
     resp
 }
 
