@@ -6,6 +6,8 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -231,4 +233,286 @@ async fn a_reload_changes_client_limits_for_new_requests() {
     for _ in 0..5 {
         assert_eq!(get(&mut c).await.unwrap().0, 200);
     }
+}
+
+// --- HTTP/2, spoken frame by frame ------------------------------------------
+
+/// A frame as RFC 9113 §4.1 lays it out.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+const SETTINGS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// A raw HTTP/2 client: frames written as given, frames read by a task.
+struct H2 {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+}
+
+impl H2 {
+    /// Preface and SETTINGS (`settings`: id, value), then the server's
+    /// SETTINGS acknowledged; returns the client and the server's SETTINGS.
+    async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> (H2, Vec<(u16, u32)>) {
+        let (mut read, write) = TcpStream::connect(addr).await.unwrap().into_split();
+        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let mut head = [0u8; 9];
+                if read.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if read.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                let f = Frame {
+                    kind: head[3],
+                    flags: head[4],
+                    stream,
+                    payload,
+                };
+                if tx.send(f).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut h2 = H2 { write, frames };
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, v)| [id.to_be_bytes().to_vec(), v.to_be_bytes().to_vec()].concat())
+            .collect();
+        out.extend(frame(SETTINGS, 0, 0, &payload));
+        h2.send(&out).await;
+        let first = h2.next().await.expect("the server's SETTINGS");
+        assert_eq!((first.kind, first.flags), (SETTINGS, 0));
+        let server = first
+            .payload
+            .chunks_exact(6)
+            .map(|c| {
+                (
+                    u16::from_be_bytes([c[0], c[1]]),
+                    u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                )
+            })
+            .collect();
+        h2.send(&frame(SETTINGS, ACK, 0, &[])).await;
+        (h2, server)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    /// GET `path` on `stream` (HPACK: indexed :method GET and :scheme
+    /// http, literal :path and :authority).
+    async fn get(&mut self, stream: u32, path: &str) {
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend(path.as_bytes());
+        block.extend([0x01, 9]);
+        block.extend(b"t.example");
+        self.send(&frame(HEADERS, 0x4 | 0x1, stream, &block)).await;
+    }
+
+    async fn ping(&mut self) {
+        self.send(&frame(PING, 0, 0, b"geolb-ok")).await;
+    }
+
+    /// The next frame of `kind`, others skipped.
+    async fn next_of(&mut self, kind: u8) -> Option<Frame> {
+        loop {
+            let f = self.next().await?;
+            if f.kind == kind {
+                return Some(f);
+            }
+        }
+    }
+
+    /// The next frame, or `None` once the server closed (or after 10 s).
+    async fn next(&mut self) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(10), self.frames.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+#[tokio::test]
+async fn max_concurrent_streams_is_announced_as_configured() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(backend.addr, "max_concurrent_streams = 7")).await;
+    let (_h2, settings) = H2::connect(geolb.listener("web"), &[]).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3).
+    assert!(settings.contains(&(0x3, 7)), "{settings:?}");
+
+    // A reload changes it for new connections.
+    geolb.write_config(&config(backend.addr, "")).unwrap();
+    geolb.signal("HUP");
+    eventually("the default after a reload", LIMIT, || async {
+        let (_h2, settings) = H2::connect(geolb.listener("web"), &[]).await;
+        settings.contains(&(0x3, 100))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        "timeouts = { header = \"300ms\", idle = \"2s\" }",
+    ))
+    .await;
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[]).await;
+    // PINGs for three header timeouts: each is answered, none cuts.
+    for _ in 0..9 {
+        h2.ping().await;
+        let f = h2.next_of(PING).await.expect("a PING answer, not a cut");
+        assert_eq!((f.flags, f.payload.as_slice()), (ACK, &b"geolb-ok"[..]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h2.get(1, "/").await;
+    let mut answered = false;
+    while let Some(f) = h2.next().await {
+        if f.kind == DATA && f.stream == 1 && f.flags & 0x1 != 0 {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the request after the PINGs is served");
+    let quiet = std::time::Instant::now();
+    // PINGs go on; at the idle timeout geolb says GOAWAY, then closes.
+    let mut goaway = None;
+    let mut pinger = tokio::time::interval(Duration::from_millis(200));
+    while goaway.is_none() {
+        tokio::select! {
+            _ = pinger.tick() => h2.ping().await,
+            f = h2.next() => match f {
+                Some(f) if f.kind == GOAWAY => goaway = Some(quiet.elapsed()),
+                Some(_) => {}
+                None => panic!("closed without GOAWAY after {:?}", quiet.elapsed()),
+            },
+        }
+    }
+    let after = goaway.unwrap();
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(4),
+        "GOAWAY {after:?} after the last response, idle is 2s"
+    );
+    // Then the connection ends.
+    bounded(LIMIT, "the close after GOAWAY", async {
+        while h2.next().await.is_some() {
+            h2.write
+                .write_all(&frame(PING, 0, 0, b"geolb-ok"))
+                .await
+                .ok();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle() {
+    // A backend with a body larger than any buffer on the way, that notes
+    // when its connection is closed under it.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let closed2 = closed.clone();
+    let origin = TcpBackend::start(move |mut s: TcpStream| {
+        let closed = closed2.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut ok = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+                .await
+                .is_ok();
+            while ok {
+                ok = s.write_all(&chunk).await.is_ok();
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let geolb = Geolb::start(&config(origin.addr, "timeouts = { idle = \"1s\" }")).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no DATA may come.
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[(0x4, 0)]).await;
+    let start = std::time::Instant::now();
+    for stream in [1, 3, 5] {
+        h2.get(stream, "/big").await;
+    }
+    let mut pinger = tokio::time::interval(Duration::from_millis(200));
+    let mut resets = Vec::new();
+    while closed.load(Ordering::SeqCst) < 3 {
+        assert!(start.elapsed() < LIMIT, "backend connections still held");
+        tokio::select! {
+            _ = pinger.tick() => h2.ping().await,
+            f = h2.next() => match f {
+                Some(f) if f.kind == 0x3 => resets.push(f.stream),
+                Some(f) => assert_ne!(f.kind, DATA, "DATA past a closed window"),
+                None => break,
+            },
+        }
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        3,
+        "each backend connection freed"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "cut at {:?}, before the idle timeout",
+        start.elapsed()
+    );
+    let text = geolb.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "geolb_http_stalled_streams_total",
+            &[("listener", "web")]
+        ),
+        Some(3.0)
+    );
+    // Opening the window lets hyper see the cut: each stream is reset.
+    let mut update = vec![0u8; 0];
+    update.extend(1_000_000u32.to_be_bytes());
+    for stream in [1, 3, 5] {
+        h2.send(&frame(0x8, 0, stream, &update)).await;
+    }
+    bounded(LIMIT, "RST_STREAM for each cut stream", async {
+        while resets.len() < 3 {
+            match h2.next().await {
+                Some(f) if f.kind == 0x3 => resets.push(f.stream),
+                Some(_) => {}
+                None => panic!("closed before the resets: {resets:?}"),
+            }
+        }
+    })
+    .await;
 }

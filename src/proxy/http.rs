@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -22,13 +23,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::activity::{Activity, MAX_HEAD, TrackedIo};
+use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
+use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::balance;
-use crate::config::HashKey;
+use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
 use crate::limits::RetryAfter;
 use crate::proxy_protocol;
 use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
@@ -42,7 +44,28 @@ pub struct HttpContext {
     pub proto: &'static str,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    server: auto::Builder<TokioExecutor>,
+    /// hyper's server settings, made again when a reload changes
+    /// `max_concurrent_streams` (the one setting a reload can change).
+    server: ArcSwap<Server>,
+}
+
+struct Server {
+    max_streams: u32,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Server {
+    fn new(max_streams: u32) -> Server {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // 64 KiB of head is plenty for real clients; past it: 431 (414
+        // for a request line that fills it alone, see `TrackedIo`).
+        builder.http1().max_buf_size(MAX_HEAD).half_close(false);
+        builder.http2().max_concurrent_streams(max_streams);
+        Server {
+            max_streams,
+            builder,
+        }
+    }
 }
 
 impl HttpContext {
@@ -53,18 +76,26 @@ impl HttpContext {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        // 64 KiB of head is plenty for real clients; past it: 431 (414
-        // for a request line that fills it alone, see `TrackedIo`).
-        server.http1().max_buf_size(MAX_HEAD).half_close(false);
         Arc::new(HttpContext {
             snapshot,
             id,
             proto,
             tasks,
             shutdown,
-            server,
+            server: ArcSwap::from_pointee(Server::new(DEFAULT_MAX_CONCURRENT_STREAMS)),
         })
+    }
+
+    /// The server settings for a connection of a listener configured with
+    /// `max_streams`.
+    fn server(&self, max_streams: u32) -> Arc<Server> {
+        let server = self.server.load_full();
+        if server.max_streams == max_streams {
+            return server;
+        }
+        let server = Arc::new(Server::new(max_streams));
+        self.server.store(server.clone());
+        server
     }
 }
 
@@ -131,6 +162,8 @@ struct ConnCtx {
     /// The connection's place under the listener's limit, shared with an
     /// upgraded tunnel that outlives it.
     slot: Arc<Slot>,
+    /// Its HTTP/2 responses from backends, watched for stalls.
+    stalls: Stalls,
 }
 
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
@@ -139,10 +172,15 @@ pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>,
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => l.config.timeouts,
+    let (timeouts, max_streams, name) = match ctx.snapshot.load().listeners.get(&ctx.id) {
+        Some(l) => (
+            l.config.timeouts,
+            l.config.max_concurrent_streams,
+            l.config.name.clone(),
+        ),
         None => return,
     };
+    let server = ctx.server(max_streams);
     let activity = Activity::new();
     let conn_ctx = Arc::new(ConnCtx {
         ctx: ctx.clone(),
@@ -150,13 +188,23 @@ where
         client: headers::ClientAddr::new(peer.ip()),
         activity: activity.clone(),
         slot,
+        stalls: Stalls::new(),
     });
-    let service = service_fn(move |req| {
+    let watched = conn_ctx.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &conn_ctx).await) }
+        async move {
+            let h2 = req.version() == Version::HTTP_2;
+            let resp = handle(req, &conn_ctx).await;
+            Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
+                resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
+            } else {
+                resp.map(Either::Left)
+            })
+        }
     });
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
-    let conn = ctx.server.serve_connection_with_upgrades(io, service);
+    let conn = server.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
     tokio::pin!(watchdog);
@@ -164,6 +212,8 @@ where
     let first_request = activity.first_request();
     tokio::pin!(first_request);
     let mut first_seen = false;
+    let stalls = watched.stalls.cut_stalled(timeouts.idle, &name);
+    tokio::pin!(stalls);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -174,8 +224,18 @@ where
             }
             reason = &mut watchdog => {
                 tracing::debug!(client = %peer, reason, "client connection cut");
+                if reason == IDLE_TIMEOUT {
+                    // Over HTTP/2, a GOAWAY first: the client knows no
+                    // request was lost and opens a new connection (a
+                    // gRPC client, whose keep-alive PINGs do not count
+                    // as use, expects it). A response still open gets
+                    // the grace before the cut.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+                }
                 return;
             }
+            () = &mut stalls => {}
             () = &mut first_request, if !first_seen => {
                 first_seen = true;
                 if draining {
@@ -193,6 +253,9 @@ where
         }
     }
 }
+
+/// How long a connection cut for idleness has to take its GOAWAY.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Why no backend answered.
 enum Failure {
