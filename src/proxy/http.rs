@@ -318,6 +318,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     if let Err(why) = validate::path(req.uri().path()) {
         return refuse(&req, &listener, conn, start, why);
     }
+    if let Some(uri) = validate::decode_unreserved(req.uri()) {
+        *req.uri_mut() = uri;
+    }
     // Parsing the host costs an allocation; only routes and the access log need it.
     let host = if listener.routes.is_empty() && !listener.config.access_log {
         None
@@ -341,6 +344,19 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         headers::join_cookies(req.headers_mut());
     }
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    if !req.body().is_end_stream()
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !pool.upstream.is_http2()
+    {
+        // hyper's HTTP/1 client sends a GET or HEAD whose body has no
+        // length as having none, dropping a body the client sent in
+        // chunks or HTTP/2 DATA frames: saying chunked sends it.
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     headers::add_forwarded(
         req.headers_mut(),
         &conn.client,
