@@ -80,8 +80,9 @@ pub fn authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
 /// to a parent. Clients remove dot segments before sending (RFC 3986
 /// §5.2.4), so only crafted requests carry them; they would be routed by a
 /// prefix (`/public/../admin` under `/public/`) that the backend, resolving
-/// them, does not serve. Refusing rather than normalising means geolb and
-/// every backend read the same path: nothing forwarded is rewritten.
+/// them, does not serve. Refusing rather than resolving means geolb and
+/// every backend read the same segments (only unreserved characters are
+/// decoded, by [`decode_unreserved`], which changes no segment's meaning).
 pub fn path(path: &str) -> Result<(), Refusal> {
     if has_dot_segment(path.as_bytes()) {
         return Err(Refusal::bad("the path has a dot segment (. or ..)"));
