@@ -15,7 +15,8 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use support::library::{TcpBackend, metric};
+use rustls::pki_types::ServerName;
+use support::library::{Pki, TcpBackend, metric, tls_list};
 use support::{Backend, Geolb, bounded, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -37,8 +38,11 @@ async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
     bounded(LIMIT, "connect", socket.connect(to)).await.unwrap()
 }
 
-/// An HTTP/1.1 client on `stream`.
-async fn client(stream: TcpStream) -> SendRequest<Empty<Bytes>> {
+/// An HTTP/1.1 client on `stream` (TCP or TLS).
+async fn client<S>(stream: S) -> SendRequest<Empty<Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     sender
@@ -515,4 +519,39 @@ async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle(
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn https_listeners_close_a_client_past_its_connections_before_the_handshake() {
+    let backend = Backend::start("a").await;
+    let pki = Pki::new();
+    let cert = pki.leaf("web", &["web.test"]);
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        &format!(
+            "protocol = \"https\"\n{}\nclient_limits = {{ max_connections = 1 }}",
+            tls_list(&[&cert])
+        ),
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    let connector = pki.client(&[b"http/1.1"]);
+    let handshake = |src: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = connect_from(src, addr).await;
+            let name = ServerName::try_from("web.test").unwrap();
+            bounded(LIMIT, "handshake", connector.connect(name, tcp)).await
+        }
+    };
+    let held = handshake("127.0.1.1").await.unwrap();
+    let mut c = client(held).await;
+    assert_eq!(get(&mut c).await.unwrap().0, 200);
+    assert!(
+        handshake("127.0.1.2").await.is_err(),
+        "same /24, no handshake"
+    );
+    let other = handshake("127.0.2.1").await.unwrap();
+    assert_eq!(get(&mut client(other).await).await.unwrap().0, 200);
+    assert_eq!(limited(&geolb, "connections").await, 1.0);
 }

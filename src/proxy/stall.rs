@@ -116,7 +116,9 @@ impl Stalls {
             // Dropped outside the list's lock: dropping a response settles
             // it (metrics, access log, the backend connection).
             for watched in cut {
-                if locked(&watched.body).take().is_some() {
+                // Taken under the lock, dropped (settled) after it.
+                let body = locked(&watched.body).take();
+                if body.is_some() {
                     tracing::debug!(
                         listener,
                         "HTTP/2 response stalled by the client's window: cut"
@@ -124,6 +126,7 @@ impl Stalls {
                     ::metrics::counter!(HTTP_STALLED, "listener" => listener.to_owned())
                         .increment(1);
                 }
+                drop(body);
             }
             match next {
                 Some(at) => tokio::time::sleep_until(self.origin + Duration::from_millis(at)).await,
