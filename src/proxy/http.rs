@@ -172,12 +172,8 @@ pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>,
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (timeouts, max_streams, name) = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => (
-            l.config.timeouts,
-            l.config.max_concurrent_streams,
-            l.config.name.clone(),
-        ),
+    let (timeouts, max_streams) = match ctx.snapshot.load().listeners.get(&ctx.id) {
+        Some(l) => (l.config.timeouts, l.config.max_concurrent_streams),
         None => return,
     };
     let server = ctx.server(max_streams);
@@ -212,7 +208,12 @@ where
     let first_request = activity.first_request();
     tokio::pin!(first_request);
     let mut first_seen = false;
-    let stalls = watched.stalls.cut_stalled(timeouts.idle, &name);
+    let listener_name = || {
+        let snapshot = ctx.snapshot.load();
+        let listener = snapshot.listeners.get(&ctx.id);
+        listener.map_or_else(|| ctx.id.to_string(), |l| l.config.name.clone())
+    };
+    let stalls = watched.stalls.cut_stalled(timeouts.idle, listener_name);
     tokio::pin!(stalls);
     loop {
         tokio::select! {

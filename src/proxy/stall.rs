@@ -88,9 +88,10 @@ impl Stalls {
         WatchedBody(watched)
     }
 
-    /// Cuts each response stalled for `idle`, counted under `listener`;
-    /// runs until the connection ends (never returns).
-    pub async fn cut_stalled(&self, idle: Duration, listener: &str) {
+    /// Cuts each response stalled for `idle`, counted under the listener
+    /// `name` gives (asked only then); runs until the connection ends
+    /// (never returns).
+    pub async fn cut_stalled(&self, idle: Duration, name: impl Fn() -> String) {
         let idle_ms = idle.as_millis() as u64;
         loop {
             let added = self.added.notified();
@@ -119,12 +120,12 @@ impl Stalls {
                 // Taken under the lock, dropped (settled) after it.
                 let body = locked(&watched.body).take();
                 if body.is_some() {
+                    let listener = name();
                     tracing::debug!(
                         listener,
                         "HTTP/2 response stalled by the client's window: cut"
                     );
-                    ::metrics::counter!(HTTP_STALLED, "listener" => listener.to_owned())
-                        .increment(1);
+                    ::metrics::counter!(HTTP_STALLED, "listener" => listener).increment(1);
                 }
                 drop(body);
             }
