@@ -405,6 +405,55 @@ mod tests {
         }
     }
 
+    /// The watchdog's verdict and when, for a connection whose client
+    /// sends a PING (a read, then geolb's answer) every 500 ms.
+    async fn pinged(h2: bool) -> (&'static str, Duration) {
+        let a = Activity::new();
+        if h2 {
+            a.speaks_h2();
+        }
+        let start = Instant::now();
+        let pings = async {
+            loop {
+                a.touch(true);
+                a.touch(false);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            reason = a.watchdog(Some(Duration::from_secs(1)), Duration::from_secs(5)) => {
+                (reason, start.elapsed())
+            }
+            () = pings => unreachable!(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_pings_neither_start_the_header_timer_nor_count_as_use() {
+        let (reason, after) = pinged(true).await;
+        assert_eq!(reason, IDLE_TIMEOUT);
+        assert!(after >= Duration::from_secs(5) && after < Duration::from_millis(5100));
+        // Over HTTP/1 the same bytes would be a head that never ends.
+        let (reason, after) = pinged(false).await;
+        assert_eq!(reason, "header timeout");
+        assert!(after < Duration::from_millis(1100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_from_its_last_request() {
+        let a = Activity::new();
+        a.speaks_h2();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        a.request_started();
+        a.request_ended();
+        let start = Instant::now();
+        let reason = a.watchdog(None, Duration::from_secs(5)).await;
+        assert_eq!(
+            (reason, start.elapsed()),
+            (IDLE_TIMEOUT, Duration::from_secs(5))
+        );
+    }
+
     #[test]
     fn the_414_answer_has_its_length() {
         let text = std::str::from_utf8(URI_TOO_LONG).unwrap();
