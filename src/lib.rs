@@ -10,7 +10,7 @@
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, balance, geoip, tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
-//!          lograte)
+//!          lograte, limits)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -47,6 +47,8 @@
 //! - [`notify`]: systemd readiness (`sd_notify`): ready, reloading,
 //!   stopping, watchdog.
 //! - [`accept`]: the one accept loop of every listener.
+//! - [`limits`]: per-client limits (connections and request rate by
+//!   address prefix), held by the accept loop's [`accept::Slots`].
 //! - [`lograte`]: lines that clients can cause, limited to one a second
 //!   per kind (`log_limited!`), their client-supplied text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
@@ -87,6 +89,7 @@ pub mod demo;
 pub mod dns;
 pub mod geoip;
 pub mod health;
+pub mod limits;
 pub mod lograte;
 pub mod lookup;
 pub mod metrics;

@@ -37,6 +37,12 @@ pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
 pub const LISTENER_CONNECTIONS: &str = "geolb_listener_connections";
 /// Times a listener stopped accepting at its `max_connections`.
 pub const LISTENER_LIMITED: &str = "geolb_listener_connections_limited_total";
+/// Connections closed and requests answered 429 by a listener's
+/// `client_limits`, by `listener` and `limit` (`connections`, `requests`).
+pub const CLIENT_LIMITED: &str = "geolb_client_limited_total";
+/// HTTP/2 responses cut because the client let no byte of them through
+/// (flow control) for the listener's `idle` timeout, by `listener`.
+pub const HTTP_STALLED: &str = "geolb_http_stalled_streams_total";
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
@@ -105,6 +111,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         TLS_HANDSHAKE_ERRORS,
         "Client TLS handshakes that failed or timed out, by listener."
+    );
+    describe_counter!(
+        CLIENT_LIMITED,
+        "Client connections closed and requests answered 429 by client_limits, by listener and limit (connections, requests)."
+    );
+    describe_counter!(
+        HTTP_STALLED,
+        "HTTP/2 responses reset because the client's flow-control window stayed closed for the idle timeout, by listener."
     );
     describe_counter!(
         CONFIG_RELOADS,

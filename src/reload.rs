@@ -288,10 +288,7 @@ pub fn apply(
             .position(|l| ListenerId::of(l) == *id)?;
         tls[i].as_ref().map(|(server, _)| server.clone())
     });
-    daemon.set_limits(|id| {
-        let l = config.listeners.iter().find(|l| ListenerId::of(l) == *id)?;
-        l.max_connections
-    });
+    daemon.set_limits(|id| config.listeners.iter().find(|l| ListenerId::of(l) == *id));
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
     daemon.admin_token.store(Arc::new(admin_token));
     if let Some((server, infos)) = admin_tls {

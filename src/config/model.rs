@@ -368,7 +368,34 @@ pub struct ListenerConfig {
     /// `max_connections` (extension; optional, none): client connections
     /// open at once, 1..=1_000_000; at the limit, accepting pauses.
     pub max_connections: Option<u32>,
+    /// `client_limits` (extension; optional, none): limits per client
+    /// address prefix.
+    pub client_limits: Option<ClientLimits>,
+    /// `max_concurrent_streams` (extension; http and https only; optional,
+    /// 100): HTTP/2 streams a client may have open at once on a connection.
+    pub max_concurrent_streams: u32,
 }
+
+/// `[[listener]] client_limits`: what one client, known by its address
+/// prefix, may use of a listener.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    /// Connections open at once per prefix; past it new ones are closed.
+    pub max_connections: Option<u32>,
+    /// Requests per second per prefix (http and https), with `burst`.
+    pub requests_per_second: Option<u32>,
+    /// Tokens a bucket holds; `requests_per_second` unless set.
+    pub burst: u32,
+    /// Bits of an IPv4 client address that make its prefix, 0..=32.
+    pub ipv4_prefix: u8,
+    /// Bits of an IPv6 client address that make its prefix, 0..=128.
+    pub ipv6_prefix: u8,
+}
+
+/// Default `max_concurrent_streams`: HAProxy's
+/// `tune.h2.max-concurrent-streams` and the RFC 9113 §6.5.2 recommendation
+/// of at least 100.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {

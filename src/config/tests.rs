@@ -174,6 +174,19 @@ fn reference_file_parses_with_its_meaning() {
     assert!(listeners[0].access_log);
     assert_eq!(listeners[0].max_connections, Some(10_000));
     assert_eq!(listeners[1].max_connections, None);
+    assert_eq!(
+        listeners[0].client_limits,
+        Some(ClientLimits {
+            max_connections: Some(100),
+            requests_per_second: Some(50),
+            burst: 100,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+        })
+    );
+    assert_eq!(listeners[1].client_limits, None);
+    assert_eq!(listeners[0].max_concurrent_streams, 100);
+    assert_eq!(listeners[1].max_concurrent_streams, 100);
     assert_eq!(listeners[1].routes[0].pool, "origin");
 
     let dcs = &config.datacenters;
@@ -499,6 +512,76 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
         (
             format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_connections = 1000001"),
             "listener[0].max_connections",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{}}"),
+            "listener[0].client_limits",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = 5"),
+            "listener[0].client_limits",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 0 }}"),
+            "listener[0].client_limits.max_connections",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ requests_per_second = 0 }}"),
+            "listener[0].client_limits.requests_per_second",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ requests_per_second = 1, burst = 0 }}"),
+            "listener[0].client_limits.burst",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, burst = 5 }}"),
+            "listener[0].client_limits.burst",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, ipv4_prefix = 33 }}"),
+            "listener[0].client_limits.ipv4_prefix",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, ipv6_prefix = 129 }}"),
+            "listener[0].client_limits.ipv6_prefix",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, per_second = 5 }}"),
+            "listener[0].client_limits.per_second",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nclient_limits = {{ requests_per_second = 5 }}"),
+            "listener[0].client_limits.requests_per_second",
+            9,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_concurrent_streams = 0"),
+            "listener[0].max_concurrent_streams",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_concurrent_streams = 10001"),
+            "listener[0].max_concurrent_streams",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nmax_concurrent_streams = 10"),
+            "listener[0].max_concurrent_streams",
+            9,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [{{ path_prefix = \"/%70ublic/\", pool = \"p\" }}]"),
+            "listener[0].routes[0].path_prefix",
             8,
         ),
         (

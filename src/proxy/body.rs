@@ -117,6 +117,11 @@ impl ResponseBody {
         }
     }
 
+    /// Whether more is to come from a backend (rather than our own text).
+    pub fn streams_from_backend(&self) -> bool {
+        matches!(self.inner, Inner::Backend(_)) && !self.is_end_stream()
+    }
+
     fn end(&mut self, clean: bool) {
         if let Some(mut c) = self.completion.take()
             && clean

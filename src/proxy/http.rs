@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -22,13 +23,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::activity::{Activity, MAX_HEAD, TrackedIo};
+use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
+use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::balance;
-use crate::config::HashKey;
+use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
+use crate::limits::RetryAfter;
 use crate::proxy_protocol;
 use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
@@ -41,7 +44,28 @@ pub struct HttpContext {
     pub proto: &'static str,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    server: auto::Builder<TokioExecutor>,
+    /// hyper's server settings, made again when a reload changes
+    /// `max_concurrent_streams` (the one setting a reload can change).
+    server: ArcSwap<Server>,
+}
+
+struct Server {
+    max_streams: u32,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Server {
+    fn new(max_streams: u32) -> Server {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // 64 KiB of head is plenty for real clients; past it: 431 (414
+        // for a request line that fills it alone, see `TrackedIo`).
+        builder.http1().max_buf_size(MAX_HEAD).half_close(false);
+        builder.http2().max_concurrent_streams(max_streams);
+        Server {
+            max_streams,
+            builder,
+        }
+    }
 }
 
 impl HttpContext {
@@ -52,18 +76,26 @@ impl HttpContext {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        // 64 KiB of head is plenty for real clients; past it: 431 (414
-        // for a request line that fills it alone, see `TrackedIo`).
-        server.http1().max_buf_size(MAX_HEAD).half_close(false);
         Arc::new(HttpContext {
             snapshot,
             id,
             proto,
             tasks,
             shutdown,
-            server,
+            server: ArcSwap::from_pointee(Server::new(DEFAULT_MAX_CONCURRENT_STREAMS)),
         })
+    }
+
+    /// The server settings for a connection of a listener configured with
+    /// `max_streams`.
+    fn server(&self, max_streams: u32) -> Arc<Server> {
+        let server = self.server.load_full();
+        if server.max_streams == max_streams {
+            return server;
+        }
+        let server = Arc::new(Server::new(max_streams));
+        self.server.store(server.clone());
+        server
     }
 }
 
@@ -87,6 +119,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                 else {
                     return;
                 };
+                let mut slot = slot;
+                if !slot.admit(client.ip()) {
+                    tracing::debug!(client = %client, "client over its connection limit: closed");
+                    return;
+                }
                 serve_connection(stream, client, ctx2, Arc::new(slot)).await
             });
         },
@@ -125,6 +162,8 @@ struct ConnCtx {
     /// The connection's place under the listener's limit, shared with an
     /// upgraded tunnel that outlives it.
     slot: Arc<Slot>,
+    /// Its HTTP/2 responses from backends, watched for stalls.
+    stalls: Stalls,
 }
 
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
@@ -133,10 +172,11 @@ pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>,
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => l.config.timeouts,
+    let (timeouts, max_streams) = match ctx.snapshot.load().listeners.get(&ctx.id) {
+        Some(l) => (l.config.timeouts, l.config.max_concurrent_streams),
         None => return,
     };
+    let server = ctx.server(max_streams);
     let activity = Activity::new();
     let conn_ctx = Arc::new(ConnCtx {
         ctx: ctx.clone(),
@@ -144,13 +184,23 @@ where
         client: headers::ClientAddr::new(peer.ip()),
         activity: activity.clone(),
         slot,
+        stalls: Stalls::new(),
     });
-    let service = service_fn(move |req| {
+    let watched = conn_ctx.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &conn_ctx).await) }
+        async move {
+            let h2 = req.version() == Version::HTTP_2;
+            let resp = handle(req, &conn_ctx).await;
+            Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
+                resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
+            } else {
+                resp.map(Either::Left)
+            })
+        }
     });
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
-    let conn = ctx.server.serve_connection_with_upgrades(io, service);
+    let conn = server.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
     tokio::pin!(watchdog);
@@ -158,6 +208,13 @@ where
     let first_request = activity.first_request();
     tokio::pin!(first_request);
     let mut first_seen = false;
+    let listener_name = || {
+        let snapshot = ctx.snapshot.load();
+        let listener = snapshot.listeners.get(&ctx.id);
+        listener.map_or_else(|| ctx.id.to_string(), |l| l.config.name.clone())
+    };
+    let stalls = watched.stalls.cut_stalled(timeouts.idle, listener_name);
+    tokio::pin!(stalls);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -168,8 +225,18 @@ where
             }
             reason = &mut watchdog => {
                 tracing::debug!(client = %peer, reason, "client connection cut");
+                if reason == IDLE_TIMEOUT {
+                    // Over HTTP/2, a GOAWAY first: the client knows no
+                    // request was lost and opens a new connection (a
+                    // gRPC client, whose keep-alive PINGs do not count
+                    // as use, expects it). A response still open gets
+                    // the grace before the cut.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+                }
                 return;
             }
+            () = &mut stalls => {}
             () = &mut first_request, if !first_seen => {
                 first_seen = true;
                 if draining {
@@ -187,6 +254,9 @@ where
         }
     }
 }
+
+/// How long a connection cut for idleness has to take its GOAWAY.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Why no backend answered.
 enum Failure {
@@ -233,6 +303,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
+    if let Some(clients) = conn.slot.clients()
+        && let Err(wait) = clients.request(conn.peer.ip())
+    {
+        return too_many_requests(&req, &listener, conn, start, wait);
+    }
     if let Err(why) = validate::method(&req) {
         return refuse(&req, &listener, conn, start, why);
     }
@@ -243,6 +318,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     if let Err(why) = validate::path(req.uri().path()) {
         return refuse(&req, &listener, conn, start, why);
+    }
+    if let Some(uri) = validate::decode_unreserved(req.uri()) {
+        *req.uri_mut() = uri;
     }
     // Parsing the host costs an allocation; only routes and the access log need it.
     let host = if listener.routes.is_empty() && !listener.config.access_log {
@@ -267,6 +345,19 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         headers::join_cookies(req.headers_mut());
     }
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    if !req.body().is_end_stream()
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !pool.upstream.is_http2()
+    {
+        // hyper's HTTP/1 client sends a GET or HEAD whose body has no
+        // length as having none, dropping a body the client sent in
+        // chunks or HTTP/2 DATA frames: saying chunked sends it.
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     headers::add_forwarded(
         req.headers_mut(),
         &conn.client,
@@ -586,15 +677,7 @@ fn refuse<B>(
         reason = why.reason,
         "request refused"
     );
-    let mut completion =
-        Completion::of(req, conn, listener, &listener.default_route, start, || {
-            req.headers()
-                .get(header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-                .unwrap_or_default()
-        });
-    completion.status = why.status.as_u16();
-    let mut resp = message(why.status, why.reason, Some(completion));
+    let mut resp = answer(req, listener, conn, start, why.status, why.reason);
     if why.status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
@@ -603,6 +686,52 @@ fn refuse<B>(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// A message of our own for `req`, counted with the listener's default
+/// route.
+fn answer<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    status: StatusCode,
+    text: &str,
+) -> Response<ResponseBody> {
+    let mut completion =
+        Completion::of(req, conn, listener, &listener.default_route, start, || {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        });
+    completion.status = status.as_u16();
+    message(status, text, Some(completion))
+}
+
+/// 429 for a client over its `requests_per_second`. The connection stays
+/// open: its next request is well framed, only early.
+#[cold]
+fn too_many_requests<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    wait: RetryAfter,
+) -> Response<ResponseBody> {
+    tracing::debug!(client = %conn.peer, listener = %listener.config.name, "client over its request rate: 429");
+    let text = "this client sends requests faster than this listener allows";
+    let mut resp = answer(
+        req,
+        listener,
+        conn,
+        start,
+        StatusCode::TOO_MANY_REQUESTS,
+        text,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
     resp
 }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, TrackedIo};
-use crate::accept::{Slots, accept_loop};
+use crate::accept::{Slot, Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
 use crate::metrics::RouteMetrics;
@@ -64,8 +64,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, slots: Arc<Slots
         shutdown,
         Some(slots),
         |stream, peer, slot| {
-            ctx.tasks
-                .spawn(slot.hold(connection(stream, peer, ctx.clone())));
+            ctx.tasks.spawn(connection(stream, peer, ctx.clone(), slot));
         },
     )
     .await
@@ -84,7 +83,8 @@ fn register_series(ctx: &TcpContext) {
     }
 }
 
-async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>) {
+/// One client connection, holding `slot` until it ends.
+async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>, mut slot: Slot) {
     // One generation for the connection's whole life: a reload does not
     // move an open connection, and the old pool's state stays valid for it.
     let Some(listener) = ctx.snapshot.load().listeners.get(&ctx.id).cloned() else {
@@ -117,6 +117,10 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
             destination: local,
         }
     };
+    if !slot.admit(addresses.source.ip()) {
+        tracing::debug!(client = %addresses.source, "client over its connection limit: closed");
+        return;
+    }
     let labels = Labels {
         route: &listener.default_route.metrics,
     };

@@ -333,7 +333,7 @@ async fn connection(
     peer: SocketAddr,
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
-    slot: Slot,
+    mut slot: Slot,
 ) {
     let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.id) {
         Some(l) => (
@@ -353,6 +353,11 @@ async fn connection(
             Some(a) => client = a.source,
             None => return,
         }
+    }
+    // Before the handshake, which costs the most.
+    if !slot.admit(client.ip()) {
+        tracing::debug!(%client, "client over its connection limit: closed");
+        return;
     }
     let acceptor = TlsAcceptor::from(tls.load_full());
     let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
