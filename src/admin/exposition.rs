@@ -171,9 +171,10 @@ pub fn render(
 
 /// Families the recorder keeps per `listener` (counted on the accept path,
 /// where a handle lookup per event is the cost that matters).
-const RECORDED_PER_LISTENER: [&str; 2] = [
+const RECORDED_PER_LISTENER: [&str; 3] = [
     metrics::TLS_HANDSHAKE_ERRORS,
     metrics::PROXY_PROTOCOL_ERRORS,
+    metrics::CLIENT_LIMITED,
 ];
 
 /// `recorded` without the samples of [`RECORDED_PER_LISTENER`] whose
