@@ -285,6 +285,10 @@ struct PoolStatus {
     healthy: usize,
     min_healthy: usize,
     balance: &'static str,
+    /// Requests waiting for a backend below `max_connections`.
+    queued: usize,
+    /// Retries in flight, against the pool's retry budget.
+    retries_in_flight: usize,
     backends: Vec<BackendStatus>,
 }
 
@@ -301,6 +305,12 @@ struct BackendStatus {
     override_scope: Option<&'static str>,
     weight: u32,
     active: usize,
+    /// Passive health: not picked until `ejected_seconds_left` runs out,
+    /// whatever `state` (the active check's) says.
+    ejected: bool,
+    ejected_seconds_left: f64,
+    /// Ejections by passive health so far.
+    ejections: u64,
 }
 
 fn status(daemon: &Daemon) -> Status {
@@ -334,12 +344,15 @@ fn status(daemon: &Daemon) -> Status {
                 healthy: p.healthy(),
                 min_healthy: p.config.min_healthy,
                 balance: p.config.balance.as_str(),
+                queued: p.shared.waiting(),
+                retries_in_flight: p.shared.retries_in_flight(),
                 backends: p
                     .backends
                     .iter()
                     .map(|b| {
                         let state = b.state();
                         let (runtime_override, scope) = b.override_in_force();
+                        let left = b.outlier.ejected_for();
                         BackendStatus {
                             addr: b.label.to_string(),
                             state: state.as_str(),
@@ -349,6 +362,9 @@ fn status(daemon: &Daemon) -> Status {
                             override_scope: scope.map(|s| s.as_str()),
                             weight: b.weight,
                             active: b.shared.active(),
+                            ejected: left.is_some(),
+                            ejected_seconds_left: left.map_or(0.0, |d| d.as_secs_f64()),
+                            ejections: b.outlier.ejections(),
                         }
                     })
                     .collect(),
@@ -413,7 +429,7 @@ fn status_page(status: &Status) -> String {
     for p in &status.pools {
         let _ = write!(
             html,
-            "<h3>{} &middot; {} healthy (min {}) &middot; {}</h3><table><tr><th>backend</th><th>state</th><th>drain</th><th>weight</th><th>active</th></tr>",
+            "<h3>{} &middot; {} healthy (min {}) &middot; {}</h3><table><tr><th>backend</th><th>state</th><th>drain</th><th>weight</th><th>active</th><th>ejected</th></tr>",
             html_escape(&p.name),
             p.healthy,
             p.min_healthy,
@@ -422,8 +438,22 @@ fn status_page(status: &Status) -> String {
         for b in &p.backends {
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                b.addr, b.state, b.state, b.drain, b.weight, b.active
+                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                b.addr,
+                b.state,
+                b.state,
+                b.drain,
+                b.weight,
+                b.active,
+                if b.ejected {
+                    format!(
+                        "{:.0} s left ({} so far)",
+                        b.ejected_seconds_left.ceil(),
+                        b.ejections
+                    )
+                } else {
+                    format!("no ({} so far)", b.ejections)
+                }
             );
         }
         html.push_str("</table>");
