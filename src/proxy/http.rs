@@ -344,15 +344,14 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut failure = Failure::NoBackend;
     // Held from a request's first retry to its end, against the pool's
-    // retry budget.
+    // retry budget. Only retries of a request a backend received take
+    // one: after a failed connect no backend got it, so sending it to
+    // another adds no load to the pool.
     let mut retry: Option<RetryGuard> = None;
     // Stale pooled connections are retried on the same backend without
     // counting as a retry; this bounds how often that can happen.
     let mut stale_left = 8;
     while tried.len() <= retries {
-        if !tried.is_empty() && !within_budget(&pool, &mut retry) {
-            break;
-        }
         let (index, active) = match pool.acquire(&tried, key, queue_timeout).await {
             Ok(got) => got,
             Err(Denied::NoBackend) => break,
@@ -479,7 +478,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     break;
                 }
                 pool.outcome(index, Outcome::Failure);
-                let retryable = retry_on.reset && replay.is_some() && closed_without_answer(&err);
+                let retryable = retry_on.reset
+                    && replay.is_some()
+                    && closed_without_answer(&err)
+                    && tried.len() <= retries
+                    && within_budget(&pool, &mut retry);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
                 failure = Failure::Backend(backend.label.clone(), err);
                 if !retryable {

@@ -182,7 +182,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
 }
 
 /// A connected backend: tries up to `retries` others after a failure
-/// (when `retry_on_connect`), within the pool's retry budget.
+/// (when `retry_on_connect`).
 async fn connect(
     pool: &Pool,
     key: u64,
@@ -192,12 +192,8 @@ async fn connect(
 ) -> Option<(TcpStream, usize, ActiveGuard)> {
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let wait = pool.config.limits.queue_timeout.unwrap_or(timeout);
-    // Held from the first retry on, against the pool's retry budget.
-    let mut _retry = None;
+    // Outside the retry budget: a connect that failed reached no backend.
     while tried.len() <= retries {
-        if !tried.is_empty() {
-            _retry = Some(pool.try_retry()?);
-        }
         // Counted from the attempt on, so least_conn sees a burst of new
         // connections spread before any of them completes.
         let (index, active) = match pool.acquire(&tried, key, wait).await {
