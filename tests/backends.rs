@@ -450,3 +450,55 @@ async fn the_retry_budget_keeps_a_failing_pool_from_doubling_its_load() {
     );
     assert!(exhausted.unwrap() > 0.0, "{exhausted:?}");
 }
+
+/// A tcp pool with `max_connections = 1`: a second connection waits in the
+/// queue, is closed after `queue_timeout`, and a third is served once the
+/// first has closed.
+#[tokio::test]
+async fn a_tcp_pool_queues_connections_too() {
+    let echo = TcpBackend::echo().await;
+    let geolb = Geolb::start(&config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         max_connections = 1\nqueue_timeout = \"300ms\"\n\
+         [[listener]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n",
+        echo.addr
+    )))
+    .await;
+    let db = geolb.listener("db");
+    let round_trip = |mut s: TcpStream| async move {
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        bounded(LIMIT, "the echo", s.read_exact(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        s
+    };
+    let first = round_trip(TcpStream::connect(db).await.unwrap()).await;
+    let mut second = TcpStream::connect(db).await.unwrap();
+    second.write_all(b"ping").await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = bounded(LIMIT, "the second to close", second.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "the second was served: {buf:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(first);
+    eventually("the first connection's slot to free", LIMIT, || async {
+        pool_status(&geolb.status().await, "p")["backends"][0]["active"] == 0
+    })
+    .await;
+    round_trip(TcpStream::connect(db).await.unwrap()).await;
+    let text = geolb.metrics().await;
+    let timeout = [("pool", "p"), ("reason", "timeout")];
+    assert_eq!(
+        metric(&text, "geolb_pool_queue_refused_total", &timeout),
+        Some(1.0)
+    );
+}
