@@ -353,7 +353,8 @@ impl OutlierConfig {
 
 /// `retry_budget = { percent, min_concurrent }` of a pool (Envoy's
 /// `retry_budget`): retries in flight at most max(`min_concurrent`,
-/// `percent` of the pool's active requests).
+/// `percent` of the pool's active requests). Retries after a failed
+/// connect are not counted: no backend received those requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryBudgetConfig {
     /// `percent` (optional, 20), 0 to 100.
