@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
-//!      -> (state, upstream, health, balance, geoip, tls_client)
+//!      -> (state, upstream, health, outlier, admission, balance, geoip,
+//!          tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits)
 //! ```
@@ -32,6 +33,10 @@
 //!   HTTP/2, cleartext or TLS).
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
+//! - [`outlier`]: passive health: backends ejected after failing
+//!   requests in a row, kept outside the snapshot like health.
+//! - [`admission`]: a pool's queue for backends at `max_connections` and
+//!   its retry budget, kept across reloads.
 //! - [`balance`]: pure backend selection.
 //! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides,
 //!   and the watcher that re-reads a replaced database file.
@@ -78,6 +83,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admission;
 #[cfg(feature = "alloc-stats")]
 pub mod alloc_stats;
 pub mod app;
@@ -94,6 +100,7 @@ pub mod lograte;
 pub mod lookup;
 pub mod metrics;
 pub mod notify;
+pub mod outlier;
 pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -46,6 +46,19 @@ pub const HTTP_STALLED: &str = "geolb_http_stalled_streams_total";
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
+/// 1 while passive health has the backend ejected, by `pool` and
+/// `backend`. This and the next four are rendered at scrape time from the
+/// state `outlier` and `admission` keep.
+pub const BACKEND_EJECTED: &str = "geolb_backend_ejected";
+/// Ejections by passive health, by `pool` and `backend`.
+pub const BACKEND_EJECTIONS: &str = "geolb_backend_ejections_total";
+/// Requests waiting for a backend below `max_connections`, by `pool`.
+pub const POOL_QUEUE: &str = "geolb_pool_queue_length";
+/// Requests answered 503 by the queue, by `pool` and `reason` (`full`,
+/// `timeout`).
+pub const POOL_QUEUE_REFUSED: &str = "geolb_pool_queue_refused_total";
+/// Retries not made because the pool's retry budget was spent, by `pool`.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "geolb_retry_budget_exhausted_total";
 pub const DATACENTER_UP: &str = "geolb_datacenter_up";
 pub const OVERRIDES: &str = "geolb_overrides_total";
 /// 1 per override in force, by `kind`, `target`, `pool` and `state`.

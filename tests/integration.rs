@@ -1632,8 +1632,10 @@ async fn a_reset_before_any_answer_is_retried_for_idempotent_requests_only() {
         }
     });
     let a = Backend::start("a").await;
+    // Passive health off: it would eject the resetter before the POSTs.
     let cfg = config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{reset_addr}\" }}, {{ addr = \"{}\" }}]\n\
+         outlier = {{ consecutive_failures = 0 }}\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nretries = 1\n",
         a.addr
     ));

@@ -13,14 +13,15 @@ use crate::accept::Slots;
 use crate::config::Protocol;
 use crate::health::State;
 use crate::metrics::{
-    self, BACKEND_ACTIVE, BACKEND_LAST_CHANGE, BACKEND_UP, BUILD_INFO, DATACENTER_HEALTHY,
-    DATACENTER_UP, HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES, LISTENER_CONNECTIONS,
-    LISTENER_LIMITED, OVERRIDE_ACTIVE, POOL_HEALTHY, POOL_MIN_HEALTHY, RouteMetrics,
-    TLS_CERT_EXPIRY, escape_label, family,
+    self, BACKEND_ACTIVE, BACKEND_EJECTED, BACKEND_EJECTIONS, BACKEND_LAST_CHANGE, BACKEND_UP,
+    BUILD_INFO, DATACENTER_HEALTHY, DATACENTER_UP, HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES,
+    LISTENER_CONNECTIONS, LISTENER_LIMITED, OVERRIDE_ACTIVE, POOL_HEALTHY, POOL_MIN_HEALTHY,
+    POOL_QUEUE, POOL_QUEUE_REFUSED, RETRY_BUDGET_EXHAUSTED, RouteMetrics, TLS_CERT_EXPIRY,
+    escape_label, family,
 };
 use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
-use crate::state::Snapshot;
+use crate::state::{Backend, Pool, Snapshot};
 
 /// The route metrics of `snapshot`'s listeners, once per (listener,
 /// pool), sorted by listener name: (HTTP and HTTPS listeners', tcp
@@ -137,6 +138,7 @@ pub fn render(
         );
     }
     render_checks(&mut out, snapshot);
+    render_protection(&mut out, snapshot);
     let _ = writeln!(
         out,
         "# HELP {DATACENTER_UP} 1 if the data center is healthy and not drained (DNS answers with it), else 0.\n# TYPE {DATACENTER_UP} gauge"
@@ -228,6 +230,92 @@ fn label_value(name: &str) -> impl Fn(&str) -> Option<&str> + '_ {
                 return Some(&after[..end]);
             }
             rest = &after[end + 1..];
+        }
+    }
+}
+
+/// Passive health per backend, queues and retry budgets per pool.
+fn render_protection(out: &mut String, snapshot: &Snapshot) {
+    /// Name, type, help, value.
+    type BackendFamily = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Backend) -> u64,
+    );
+    let backend_families: [BackendFamily; 2] = [
+        (
+            BACKEND_EJECTED,
+            "gauge",
+            "1 while passive health has the backend ejected (not picked), else 0.",
+            |b| u64::from(b.outlier.is_ejected()),
+        ),
+        (
+            BACKEND_EJECTIONS,
+            "counter",
+            "Times passive health ejected the backend after failing requests in a row.",
+            |b| b.outlier.ejections(),
+        ),
+    ];
+    for (family, kind, help, value) in backend_families {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        for pool in &snapshot.pools {
+            for b in &pool.backends {
+                let _ = writeln!(
+                    out,
+                    "{family}{{pool=\"{}\",backend=\"{}\"}} {}",
+                    escape_label(&pool.name),
+                    b.label,
+                    value(b)
+                );
+            }
+        }
+    }
+    type PoolFamily = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Pool) -> u64,
+    );
+    let pool_families: [PoolFamily; 4] = [
+        (
+            POOL_QUEUE,
+            "gauge",
+            "Requests waiting for a backend below its max_connections.",
+            "",
+            |p| p.shared.waiting() as u64,
+        ),
+        (
+            POOL_QUEUE_REFUSED,
+            "counter",
+            "Requests answered 503 by the queue: full, or waited queue_timeout.",
+            ",reason=\"full\"",
+            |p| p.shared.refused_full(),
+        ),
+        (POOL_QUEUE_REFUSED, "", "", ",reason=\"timeout\"", |p| {
+            p.shared.refused_timeout()
+        }),
+        (
+            RETRY_BUDGET_EXHAUSTED,
+            "counter",
+            "Retries not made because the pool's retry budget was spent.",
+            "",
+            |p| p.shared.budget_exhausted(),
+        ),
+    ];
+    for (family, kind, help, extra, value) in pool_families {
+        // The second series of one family shares its HELP and TYPE.
+        if !kind.is_empty() {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        }
+        for pool in &snapshot.pools {
+            let _ = writeln!(
+                out,
+                "{family}{{pool=\"{}\"{extra}}} {}",
+                escape_label(&pool.name),
+                value(pool)
+            );
         }
     }
 }

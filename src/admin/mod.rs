@@ -305,6 +305,10 @@ struct PoolStatus {
     balance: &'static str,
     /// Traffic per listener sending to the pool, counted since start.
     routes: Vec<RouteStatus>,
+    /// Requests waiting for a backend below `max_connections`.
+    queued: usize,
+    /// Retries in flight, against the pool's retry budget.
+    retries_in_flight: usize,
     backends: Vec<BackendStatus>,
 }
 
@@ -331,6 +335,12 @@ struct BackendStatus {
     override_scope: Option<&'static str>,
     weight: u32,
     active: usize,
+    /// Passive health: not picked until `ejected_seconds_left` runs out,
+    /// whatever `state` (the active check's) says.
+    ejected: bool,
+    ejected_seconds_left: f64,
+    /// Ejections by passive health so far.
+    ejections: u64,
     /// The last health check probe; absent for a backend without a check
     /// (or before its first probe ends).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -440,12 +450,15 @@ fn status(daemon: &Daemon) -> Status {
                     .filter(|(pool, _)| *pool == &*p.name)
                     .map(|(_, r)| r.clone())
                     .collect(),
+                queued: p.shared.waiting(),
+                retries_in_flight: p.shared.retries_in_flight(),
                 backends: p
                     .backends
                     .iter()
                     .map(|b| {
                         let state = b.state();
                         let (runtime_override, scope) = b.override_in_force();
+                        let left = b.outlier.ejected_for();
                         BackendStatus {
                             addr: b.label.to_string(),
                             state: state.as_str(),
@@ -457,6 +470,9 @@ fn status(daemon: &Daemon) -> Status {
                             active: b.shared.active(),
                             last_check: b.health.checks().and_then(|c| c.last()).map(LastCheck::of),
                             last_change: b.health.checks().map(|c| c.last_change()),
+                            ejected: left.is_some(),
+                            ejected_seconds_left: left.map_or(0.0, |d| d.as_secs_f64()),
+                            ejections: b.outlier.ejections(),
                         }
                     })
                     .collect(),

@@ -218,7 +218,8 @@ pub(super) fn render(status: &Status) -> String {
         }
         html.push_str(
             "<table><tr><th>backend</th><th>state</th><th>override</th><th>weight</th>\
-             <th>active</th><th>last check</th><th>check took</th><th>in this state for</th></tr>",
+             <th>active</th><th>ejected</th><th>last check</th><th>check took</th>\
+             <th>in this state for</th></tr>",
         );
         for b in &p.backends {
             backend_row(&mut html, b, now);
@@ -343,11 +344,21 @@ fn backend_row(html: &mut String, b: &BackendStatus, now: SystemTime) {
         Some(scope) => format!("{} ({scope})", b.runtime_override),
         None => b.runtime_override.to_owned(),
     };
+    // Passive health, beside the active check's state.
+    let ejected = if b.ejected {
+        format!(
+            "<span class=\"fail\">{:.0} s left</span> ({} so far)",
+            b.ejected_seconds_left.ceil(),
+            b.ejections
+        )
+    } else {
+        format!("no ({} so far)", b.ejections)
+    };
     let _ = write!(
         html,
         "<tr><td>{}</td><td class=\"{s}\">{s}</td><td class=\"{}\">{override_shown}</td>\
-         <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{check}</td><td class=\"num\">{took}</td>\
-         <td>{since}</td></tr>",
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{ejected}</td><td>{check}</td>\
+         <td class=\"num\">{took}</td><td>{since}</td></tr>",
         html_escape(&b.addr),
         b.runtime_override,
         b.weight,

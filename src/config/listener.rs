@@ -37,6 +37,8 @@ impl Ctx {
         let routes = self.opt(t, "routes", Vec::new(), |c, f| c.routes(f, pool_names));
         let timeouts = self.opt(t, "timeouts", Timeouts::default(), Ctx::timeouts);
         let retries = self.opt(t, "retries", 2, |c, f| c.uint(f, 0, 100));
+        let tcp = protocol == Some(Protocol::Tcp);
+        let retry_on = self.opt(t, "retry_on", RetryOn::default(), |c, f| c.retry_on(f, tcp));
         let tls = self.maybe(t, "tls", Ctx::tls);
         let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
         let access_log = self.opt(t, "access_log", false, Ctx::bool);
@@ -60,6 +62,7 @@ impl Ctx {
             routes: routes?,
             timeouts: timeouts?,
             retries: retries?,
+            retry_on: retry_on?,
             tls: tls?.unwrap_or_default(),
             accept_proxy_protocol: accept_proxy_protocol?,
             access_log: access_log?,

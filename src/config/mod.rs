@@ -13,6 +13,7 @@ mod datacenter;
 mod dns;
 mod error;
 mod geoip;
+mod limits;
 mod listener;
 mod model;
 mod parse;

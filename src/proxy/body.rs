@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::activity::Activity;
+use crate::admission::RetryGuard;
 use crate::lograte;
 use crate::metrics::RouteMetrics;
 use crate::state::ActiveGuard;
@@ -43,6 +44,8 @@ pub struct Completion {
     /// Told when the response ends, for the connection's header timer.
     pub activity: Arc<Activity>,
     pub active: Option<ActiveGuard>,
+    /// A place in the pool's retry budget, for a retried request.
+    pub retry: Option<RetryGuard>,
     /// Returned to the backend's idle list after a clean end of body.
     pub sender: Option<Sender>,
     pub bytes: u64,

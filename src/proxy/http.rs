@@ -29,11 +29,13 @@ use super::headers;
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
+use crate::admission::{Denied, RetryGuard};
 use crate::balance;
 use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
 use crate::limits::RetryAfter;
+use crate::outlier::Outcome;
 use crate::proxy_protocol;
-use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
+use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
 
 /// What every connection of one listener shares.
@@ -269,6 +271,18 @@ enum Failure {
     ClientBody(hyper::Error),
     /// The request timed out waiting for the client's body.
     SlowClient(Duration),
+    /// Every eligible backend was at `max_connections` and the queue was
+    /// full, or the wait in it (the `Duration`) ran out.
+    Queue(Denied, Duration),
+}
+
+/// Whether the request may be sent again: it holds, or now takes, a place
+/// in the pool's retry budget.
+fn within_budget(pool: &Pool, retry: &mut Option<RetryGuard>) -> bool {
+    if retry.is_none() {
+        *retry = pool.try_retry();
+    }
+    retry.is_some()
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -416,14 +430,26 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
 
     let timeouts = listener.config.timeouts;
     let retries = listener.config.retries as usize;
+    let retry_on = listener.config.retry_on;
+    let queue_timeout = pool.config.limits.queue_timeout.unwrap_or(timeouts.connect);
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut failure = Failure::NoBackend;
+    // Held from a request's first retry to its end, against the pool's
+    // retry budget. Only retries of a request a backend received take
+    // one: after a failed connect no backend got it, so sending it to
+    // another adds no load to the pool.
+    let mut retry: Option<RetryGuard> = None;
     // Stale pooled connections are retried on the same backend without
     // counting as a retry; this bounds how often that can happen.
     let mut stale_left = 8;
     while tried.len() <= retries {
-        let Some(index) = pool.pick(&tried, key) else {
-            break;
+        let (index, active) = match pool.acquire(&tried, key, queue_timeout).await {
+            Ok(got) => got,
+            Err(Denied::NoBackend) => break,
+            Err(refusal) => {
+                failure = Failure::Queue(refusal, queue_timeout);
+                break;
+            }
         };
         let Some(request) = pending.take().or_else(rebuild) else {
             break;
@@ -446,22 +472,50 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                pool.outcome(index, Outcome::Failure);
                 failure = Failure::Connect(backend.label.clone(), e);
                 pending = Some(request);
+                if !retry_on.connect {
+                    break;
+                }
                 continue;
             }
         };
-        let active = ActiveGuard::new(backend.shared.clone());
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
                     Failure::SlowClient(timeouts.request)
                 } else {
+                    pool.outcome(index, Outcome::Failure);
                     Failure::Timeout(backend.label.clone(), timeouts.request)
                 };
                 break;
             }
             Ok(Ok(mut resp)) => {
+                let status = resp.status().as_u16();
+                pool.outcome(
+                    index,
+                    if status >= 500 {
+                        Outcome::Status5xx
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if retry_on.status(status)
+                    && replay.is_some()
+                    && tried.len() <= retries
+                    && pool.any_eligible(&tried)
+                    && within_budget(&pool, &mut retry)
+                {
+                    tracing::debug!(backend = %backend.label, status, "retrying after the backend's answer");
+                    // Its connection is reused only when nothing of the
+                    // answer is left to read; else dropping closes it.
+                    if resp.body().is_end_stream() {
+                        backend.shared.idle.put(sender);
+                    }
+                    failure = Failure::NoBackend;
+                    continue;
+                }
                 // Clients get HTTP/1.1 or HTTP/2 from their own connection.
                 *resp.version_mut() = Version::HTTP_11;
                 if let Some(a) = completion.access.as_mut() {
@@ -491,8 +545,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                completion.status = resp.status().as_u16();
+                completion.status = status;
                 completion.active = Some(active);
+                completion.retry = retry;
                 completion.sender = Some(sender);
                 let (parts, body) = resp.into_parts();
                 return Response::from_parts(parts, ResponseBody::from_backend(body, completion));
@@ -513,7 +568,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     failure = Failure::ClientBody(err);
                     break;
                 }
-                let retryable = replay.is_some() && closed_without_answer(&err);
+                pool.outcome(index, Outcome::Failure);
+                let retryable = retry_on.reset
+                    && replay.is_some()
+                    && closed_without_answer(&err)
+                    && tried.len() <= retries
+                    && within_budget(&pool, &mut retry);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
                 failure = Failure::Backend(backend.label.clone(), err);
                 if !retryable {
@@ -581,6 +641,16 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 String::new(),
             )
         }
+        Failure::Queue(refusal, wait) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            if refusal == Denied::QueueFull {
+                format!("every backend of pool {pool_name} is busy and its queue is full")
+            } else {
+                format!("every backend of pool {pool_name} stayed busy for {wait:?}")
+            },
+            None,
+            String::new(),
+        ),
         Failure::SlowClient(t) => {
             tracing::debug!(client = %conn.peer, "request body too slow");
             (
@@ -637,6 +707,7 @@ impl Completion {
             metrics: route.metrics.clone(),
             activity: conn.activity.clone(),
             active: None,
+            retry: None,
             sender: None,
             bytes: 0,
             access: listener.config.access_log.then(|| {

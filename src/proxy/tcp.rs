@@ -21,6 +21,7 @@ use crate::accept::{Slot, Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
 use crate::metrics::RouteMetrics;
+use crate::outlier::Outcome;
 use crate::proxy_protocol::{self, Addresses};
 use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
 
@@ -130,7 +131,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     let Some((mut backend, index, active)) = connect(
         pool,
         key,
-        config.retries as usize,
+        (config.retries as usize, config.retry_on.connect),
         config.timeouts.connect,
         labels,
     )
@@ -177,22 +178,30 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     drop(active);
 }
 
-/// A connected backend: tries up to `retries` others after a failure.
+/// A connected backend: tries up to `retries` others after a failure
+/// (when `retry_on_connect`).
 async fn connect(
     pool: &Pool,
     key: u64,
-    retries: usize,
+    (retries, retry_on_connect): (usize, bool),
     timeout: Duration,
     labels: Labels<'_>,
 ) -> Option<(TcpStream, usize, ActiveGuard)> {
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    let wait = pool.config.limits.queue_timeout.unwrap_or(timeout);
+    // Outside the retry budget: a connect that failed reached no backend.
     while tried.len() <= retries {
-        let index = pool.pick(&tried, key)?;
-        tried.push(index);
-        let backend = &pool.backends[index];
         // Counted from the attempt on, so least_conn sees a burst of new
         // connections spread before any of them completes.
-        let active = ActiveGuard::new(backend.shared.clone());
+        let (index, active) = match pool.acquire(&tried, key, wait).await {
+            Ok(got) => got,
+            Err(denied) => {
+                tracing::debug!(pool = %pool.name, ?denied, "no backend for a connection");
+                return None;
+            }
+        };
+        tried.push(index);
+        let backend = &pool.backends[index];
         let result = match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
@@ -202,12 +211,17 @@ async fn connect(
         };
         match result {
             Ok(stream) => {
+                pool.outcome(index, Outcome::Success);
                 let _ = stream.set_nodelay(true);
                 return Some((stream, index, active));
             }
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                pool.outcome(index, Outcome::Failure);
                 labels.route.tcp_connect_errors.add(1);
+                if !retry_on_connect {
+                    return None;
+                }
             }
         }
     }
