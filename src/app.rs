@@ -1,8 +1,9 @@
 //! Start-up, signals and shutdown order. Start-up brings the checked
 //! config into service the way a reload does ([`reload::apply`] onto a
 //! daemon running nothing), except that listeners open only once every
-//! health check has a first result. Then SIGHUP reloads, SIGTERM/SIGINT
-//! stop accepting and let in-flight work finish within the grace period.
+//! health check has a first result. Then SIGHUP reloads, SIGUSR1 reopens
+//! the log files, SIGUSR2 starts a successor, SIGTERM/SIGINT stop
+//! accepting and let in-flight work finish within the grace period.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -247,10 +248,11 @@ async fn offer_takeover(path: PathBuf, daemon: Arc<Daemon>) {
 #[cfg(unix)]
 async fn wait_for_stop(daemon: &Arc<Daemon>, exe: &std::path::Path) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
@@ -264,6 +266,8 @@ async fn wait_for_stop(daemon: &Arc<Daemon>, exe: &std::path::Path) {
                 tracing::info!("SIGHUP: reloading the config");
                 let _ = reload::reload(daemon).await;
             }
+            // nginx's convention: logrotate renames the files, then signals.
+            _ = usr1.recv() => crate::logging::reopen(),
             _ = usr2.recv() => start_successor(daemon, exe),
             _ = daemon.shutdown.cancelled() => return,
         }

@@ -10,7 +10,7 @@
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, balance, geoip, tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
-//!          lograte)
+//!          lograte, logging, accesslog)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -48,6 +48,11 @@
 //! - [`accept`]: the one accept loop of every listener.
 //! - [`lograte`]: lines that clients can cause, limited to one a second
 //!   per kind (`log_limited!`), their client-supplied text clipped.
+//! - [`logging`]: the logger: text or JSON lines, to stderr or files
+//!   (`[log]`), through one writer thread that never blocks serving;
+//!   files reopened on SIGUSR1.
+//! - [`accesslog`]: the access lines of HTTP requests, TCP connections
+//!   and sampled DNS queries: what each holds, client text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
@@ -74,6 +79,7 @@
 //!   serving threads; a failure leaves everything as it was.
 
 pub mod accept;
+pub mod accesslog;
 pub mod admin;
 #[cfg(feature = "alloc-stats")]
 pub mod alloc_stats;
@@ -86,6 +92,7 @@ pub mod demo;
 pub mod dns;
 pub mod geoip;
 pub mod health;
+pub mod logging;
 pub mod lograte;
 pub mod lookup;
 pub mod metrics;

@@ -14,6 +14,7 @@ mod dns;
 mod error;
 mod geoip;
 mod listener;
+mod log;
 mod model;
 mod parse;
 mod pool;
