@@ -8,7 +8,8 @@
 //! query name) is clipped and its control characters escaped
 //! ([`lograte::clip`]), so no client can start a line of its own or send
 //! escape sequences to a terminal. In the text format the strings that
-//! may hold spaces (user agent, referer, request id) are quoted.
+//! may hold spaces (user agent, referer, request id, errors) are quoted,
+//! as is `backend` (as in the first version of the line).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,7 +115,7 @@ impl Http {
             method = %lograte::clip(self.method.as_str()),
             host = %lograte::clip(&self.host),
             path = %lograte::clip_to(&self.path, PATH_CLIP),
-            protocol = version_text(self.version),
+            protocol = %version_text(self.version),
             status = end.status,
             bytes = end.bytes_sent,
             bytes_received = end.bytes_received,
@@ -125,8 +126,8 @@ impl Http {
             user_agent = &*user_agent,
             referer = &*referer,
             request_id = &*request_id,
-            tls_version,
-            tls_cipher,
+            tls_version = %tls_version,
+            tls_cipher = %tls_cipher,
         );
     }
 }
@@ -183,13 +184,13 @@ impl Tcp<'_> {
             target: "geolb::access::tcp",
             client = %self.client.ip(),
             client_port = self.client.port(),
-            listener = self.listener,
-            pool = self.pool,
-            backend = self.backend.unwrap_or("-"),
+            listener = %self.listener,
+            pool = %self.pool,
+            backend = %self.backend.unwrap_or("-"),
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             duration_ms = ms(self.duration),
-            end = self.end.as_str(),
+            end = %self.end.as_str(),
             error = self.error.unwrap_or("-"),
         );
     }
@@ -218,12 +219,12 @@ impl Dns<'_> {
             target: "geolb::access::dns",
             client = %self.client.ip(),
             client_port = self.client.port(),
-            protocol = self.protocol,
+            protocol = %self.protocol,
             qname = %lograte::clip_to(self.qname, HEADER_CLIP),
-            qtype = self.qtype,
-            rcode = self.rcode,
-            ecs = self.ecs,
-            datacenters = self.datacenters,
+            qtype = %self.qtype,
+            rcode = %self.rcode,
+            ecs = %self.ecs,
+            datacenters = %self.datacenters,
             size = self.size,
             truncated = self.truncated,
         );
