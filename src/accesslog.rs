@@ -68,8 +68,9 @@ pub struct HttpEnd {
     pub duration: Duration,
 }
 
+/// Milliseconds to the microsecond (`8.452`, not `8.452967000000001`).
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    d.as_micros() as f64 / 1000.0
 }
 
 /// A header's value for a line: clipped, escaped, `-` when absent.
