@@ -259,7 +259,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
             tracing::info!(
                 generation = summary.config_generation,
                 took_ms = summary.took_ms,
-                changed = %summary.changes(),
+                changed = summary.changes().as_str(),
                 "config reloaded"
             );
             Ok(summary)

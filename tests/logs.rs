@@ -425,6 +425,41 @@ async fn health_changes_and_overrides_are_logged_once_with_their_reason() {
     })
     .await;
     assert_eq!(lines("runtime override set").len(), 1);
+
+    // A reload says what it changed.
+    let b = Backend::start("b").await;
+    geolb
+        .write_config(&config(
+            "",
+            &format!(
+                "[[pool]]\nname = \"p\"\nbackends = [{}]\n",
+                backend_list(&[&a, &b])
+            ),
+        ))
+        .unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    eventually("the reload logged with what changed", WAIT, || async {
+        geolb.log().lines().any(|l| {
+            l.contains("config reloaded")
+                && l.contains(&format!("changed=\"backends +p/{}\"", b.addr))
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_log_file_that_cannot_be_opened_stops_the_start_saying_why() {
+    let mut geolb = Geolb::spawn(&config("[log]\nfile = \"no/such/dir/geolb.log\"", ""), &[]);
+    let status = geolb.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(1));
+    let log = geolb.log();
+    assert!(
+        log.contains("cannot open log file") && log.contains("no/such/dir/geolb.log"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
