@@ -93,7 +93,6 @@ fn register_series(ctx: &TcpContext) {
 }
 
 async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>) {
-    let start = Instant::now();
     // One generation for the connection's whole life: a reload does not
     // move an open connection, and the old pool's state stays valid for it.
     let Some(listener) = ctx.snapshot.load().listeners.get(&ctx.id).cloned() else {
@@ -101,6 +100,8 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     };
     let config = &listener.config;
     let pool = &listener.default_route.pool;
+    // Read for the access line only.
+    let start = config.access_log.then(Instant::now);
     // getsockname only for the PROXY headers that need it.
     let local = if config.accept_proxy_protocol || pool.config.proxy_protocol.is_some() {
         client.local_addr().unwrap_or(ctx.id.bind)
@@ -143,7 +144,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
                 backend,
                 bytes_in,
                 bytes_out,
-                duration: start.elapsed(),
+                duration: start.map_or(Duration::ZERO, |s| s.elapsed()),
                 end,
                 error,
             }
@@ -185,21 +186,21 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
 
     let activity = Activity::new();
     // Which side closed first: 0 neither yet, then CLIENT or BACKEND.
-    let first_eof = Arc::new(AtomicU8::new(0));
+    let first_eof = AtomicU8::new(0);
     // Only the client side is tracked: every byte either way passes it.
     let mut client = Counted {
         inner: TrackedIo::new(client, activity.clone()),
         counter: labels.bytes("in"),
         total: 0,
         side: CLIENT,
-        first_eof: first_eof.clone(),
+        first_eof: &first_eof,
     };
     let mut backend = Counted {
         inner: backend,
         counter: labels.bytes("out"),
         total: 0,
         side: BACKEND,
-        first_eof: first_eof.clone(),
+        first_eof: &first_eof,
     };
     // copy_bidirectional forwards a FIN from either side as shutdown(Write)
     // on the other and keeps copying the open direction: half-close works.
@@ -316,16 +317,16 @@ fn client_key(hash_on: Option<&HashKey>, client: IpAddr) -> u64 {
 /// Counts the bytes read from `inner` as they pass, so long-lived
 /// connections show their traffic before they end; notes whether its side
 /// closed first.
-struct Counted<T> {
+struct Counted<'a, T> {
     inner: T,
     counter: Counter,
     /// Read so far, for the access line.
     total: u64,
     side: u8,
-    first_eof: Arc<AtomicU8>,
+    first_eof: &'a AtomicU8,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -347,7 +348,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
