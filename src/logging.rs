@@ -129,9 +129,14 @@ pub fn init(config: &LogConfig) -> io::Result<Guard> {
 /// be reopened is kept, and the failure logged. Nothing without [`init`]
 /// or a file.
 pub fn reopen() {
-    let Some(shared) = SHARED.get() else {
-        return;
-    };
+    if let Some(shared) = SHARED.get() {
+        ask_reopen(shared);
+    }
+}
+
+/// A reopen in the queue's order; with the queue full, right after the
+/// next line instead (never waiting).
+fn ask_reopen(shared: &Shared) {
     if let Err(TrySendError::Full(_)) = shared.tx.try_send(Msg::Reopen) {
         shared.reopen_pending.store(true, Ordering::Relaxed);
     }
@@ -366,21 +371,24 @@ where
 
 fn json_line(now: SystemTime, event: &Event<'_>) -> String {
     let meta = event.metadata();
-    let mut out = String::with_capacity(256);
+    let mut fields = String::new();
+    let mut visitor = JsonFields {
+        out: &mut fields,
+        msg: None,
+        log_target: None,
+    };
+    event.record(&mut visitor);
+    let (msg, log_target) = (visitor.msg.take(), visitor.log_target.take());
+    let mut out = String::with_capacity(128 + fields.len());
     out.push_str("{\"ts\":\"");
     rfc3339(&mut out, now);
     out.push_str("\",\"level\":\"");
     out.push_str(meta.level().as_str());
     out.push_str("\",\"target\":");
-    push_json_str(&mut out, meta.target());
-    let mut visitor = JsonFields {
-        out: &mut out,
-        msg: None,
-    };
-    event.record(&mut visitor);
-    let msg = visitor.msg.take().unwrap_or_default();
+    push_json_str(&mut out, log_target.as_deref().unwrap_or(meta.target()));
+    out.push_str(&fields);
     out.push_str(",\"msg\":");
-    push_json_str(&mut out, &msg);
+    push_json_str(&mut out, msg.as_deref().unwrap_or_default());
     out.push_str("}\n");
     out
 }
@@ -388,6 +396,9 @@ fn json_line(now: SystemTime, event: &Event<'_>) -> String {
 struct JsonFields<'a> {
     out: &'a mut String,
     msg: Option<String>,
+    /// A `log` crate record's own target (rustls logs through `log`):
+    /// shown as the target, as the text format does.
+    log_target: Option<String>,
 }
 
 impl JsonFields<'_> {
@@ -416,9 +427,18 @@ impl Visit for JsonFields<'_> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.msg = Some(value.to_owned());
-            return;
+        match field.name() {
+            "message" => {
+                self.msg = Some(value.to_owned());
+                return;
+            }
+            "log.target" => {
+                self.log_target = Some(value.to_owned());
+                return;
+            }
+            // Where in a library's source: not for an operator's log.
+            "log.module_path" | "log.file" => return,
+            _ => {}
         }
         self.key(field);
         push_json_str(self.out, value);
@@ -437,7 +457,9 @@ impl Visit for JsonFields<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.raw(field, value);
+        if field.name() != "log.line" {
+            self.raw(field, value);
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -546,6 +568,68 @@ mod tests {
         assert!(!is_access("geolb::proxy::http"));
     }
 
+    /// Lines go to the file they were logged for, in order, across a
+    /// rename and a reopen; nothing is lost.
+    #[test]
+    fn lines_after_a_reopen_go_to_the_new_file_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, access_path) = (dir.path().join("main.log"), dir.path().join("access.log"));
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            tx,
+            dropped: AtomicU64::new(0),
+            reopen_pending: AtomicBool::new(false),
+            split: true,
+        });
+        let line = |dest, text: &str| Msg::Line(dest, format!("{text}\n").into_bytes());
+        // Queued before the writer starts: the order is the queue's.
+        let tx = &shared.tx;
+        tx.send(line(Dest::Main, "main 1")).unwrap();
+        tx.send(line(Dest::Access, "access 1")).unwrap();
+        let main = Sink::open(Some(&path)).unwrap();
+        let access = Sink::open(Some(&access_path)).unwrap();
+        std::fs::rename(&path, dir.path().join("main.log.1")).unwrap();
+        std::fs::rename(&access_path, dir.path().join("access.log.1")).unwrap();
+        tx.send(Msg::Reopen).unwrap();
+        tx.send(line(Dest::Main, "main 2")).unwrap();
+        tx.send(line(Dest::Access, "access 2")).unwrap();
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        tx.send(Msg::Stop(done_tx)).unwrap();
+        write_lines(&rx, &shared, main, Some(access));
+        done_rx.try_recv().unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("main.log.1"), "main 1\n");
+        assert_eq!(read("access.log.1"), "access 1\n");
+        assert_eq!(read("main.log"), "main 2\n");
+        assert_eq!(read("access.log"), "access 2\n");
+    }
+
+    /// A full queue drops the line and counts it; the caller never waits.
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let shared = Arc::new(Shared {
+            tx,
+            dropped: AtomicU64::new(0),
+            reopen_pending: AtomicBool::new(false),
+            split: false,
+        });
+        let writer = LineWriter(shared.clone());
+        for text in ["one\n", "two\n", "three\n"] {
+            writer.make_writer().write_all(text.as_bytes()).unwrap();
+        }
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
+        match rx.try_recv() {
+            Ok(Msg::Line(Dest::Main, line)) => assert_eq!(line, b"one\n"),
+            _ => panic!("the first line"),
+        }
+        // A reopen asked for while full is kept for later.
+        writer.make_writer().write_all(b"four\n").unwrap();
+        ask_reopen(&shared);
+        assert!(shared.reopen_pending.load(Ordering::Relaxed));
+        drop(rx);
+    }
+
     /// A subscriber formatting with [`Json`] into a buffer, for one event.
     fn json_of(log: impl FnOnce()) -> serde_json::Value {
         #[derive(Clone, Default)]
@@ -604,5 +688,18 @@ mod tests {
         assert_eq!(v["msg"], "reload refused: x = 1");
         assert_eq!(v["level"], "WARN");
         assert_eq!(v["error"], "boom");
+        // A `log` crate record, as tracing-log hands it over.
+        let v = json_of(|| {
+            tracing::error!(
+                "log.target" = "rustls::server",
+                "log.module_path" = "rustls::server::hs",
+                "log.file" = "src/server/hs.rs",
+                "log.line" = 42u64,
+                "bad hello"
+            )
+        });
+        assert_eq!(v["target"], "rustls::server");
+        assert_eq!(v["msg"], "bad hello");
+        assert_eq!(v.as_object().unwrap().len(), 4, "{v}");
     }
 }
