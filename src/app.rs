@@ -39,6 +39,10 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
     takeover: bool,
 ) -> anyhow::Result<()> {
+    // SIGUSR1's default action ends the process: taken from the start, a
+    // logrotate during the start-up (or a takeover) reopens late instead.
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot install the SIGUSR1 handler")?;
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
     let takeover_path = takeover::socket_path(&checked.config.runtime.state_dir);
     // Resolved now: after a package upgrade the path names the new binary,
@@ -160,7 +164,7 @@ pub async fn serve(
         tasks.spawn(notify::watchdog(interval, shutdown.clone()));
     }
 
-    wait_for_stop(&daemon, &exe).await;
+    wait_for_stop(&daemon, &exe, usr1).await;
     notify::stopping();
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     shutdown.cancel();
@@ -246,13 +250,16 @@ async fn offer_takeover(path: PathBuf, daemon: Arc<Daemon>) {
 }
 
 #[cfg(unix)]
-async fn wait_for_stop(daemon: &Arc<Daemon>, exe: &std::path::Path) {
+async fn wait_for_stop(
+    daemon: &Arc<Daemon>,
+    exe: &std::path::Path,
+    mut usr1: tokio::signal::unix::Signal,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
