@@ -331,6 +331,11 @@ async fn dns_queries_are_logged_at_the_sampling_rate() {
         json_lines(&geolb.log(), "geolb::access::dns").len() == 2
     })
     .await;
+    tcp_query(server, "api.mysite.com.").await;
+    eventually("the TCP query's line", WAIT, || async {
+        json_lines(&geolb.log(), "geolb::access::dns").len() == 3
+    })
+    .await;
     let lines = json_lines(&geolb.log(), "geolb::access::dns");
     let geo = &lines[0];
     assert_eq!(geo["client"], "127.0.0.1");
@@ -347,6 +352,10 @@ async fn dns_queries_are_logged_at_the_sampling_rate() {
     assert_eq!(other["rcode"], "NXDOMAIN");
     assert_eq!(other["datacenters"], "-");
     assert_eq!(other["ecs"], "-");
+    let tcp = &lines[2];
+    assert_eq!(tcp["protocol"], "tcp");
+    assert_eq!(tcp["qname"], "api.mysite.com.");
+    assert_eq!(tcp["datacenters"], "eu-west");
 
     // A reload to 0 turns it off.
     geolb
@@ -372,7 +381,22 @@ async fn dns_queries_are_logged_at_the_sampling_rate() {
         geolb.log().matches("config reloaded").count() == 2
     })
     .await;
-    assert_eq!(json_lines(&geolb.log(), "geolb::access::dns").len(), 2);
+    assert_eq!(json_lines(&geolb.log(), "geolb::access::dns").len(), 3);
+}
+
+/// One A query for `name` over TCP; waits for the answer.
+async fn tcp_query(server: SocketAddr, name: &str) {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let bytes = msg.to_vec().unwrap();
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    stream.write_u16(bytes.len() as u16).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let len = stream.read_u16().await.unwrap();
+    let mut reply = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut reply).await.unwrap();
 }
 
 #[tokio::test]
