@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata, Subscriber};
@@ -81,9 +81,27 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if self.shared.tx.send(Msg::Stop(done_tx)).is_ok() {
-            let _ = done_rx.recv_timeout(EXIT_FLUSH);
+        stop_writer(&self.shared, EXIT_FLUSH);
+    }
+}
+
+/// Asks the writer to write out what is queued and stop, waiting at most
+/// `limit`, also when a stuck disk keeps the queue full.
+fn stop_writer(shared: &Shared, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let mut stop = Msg::Stop(done_tx);
+    loop {
+        match shared.tx.try_send(stop) {
+            Ok(()) => {
+                let _ = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+                return;
+            }
+            Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                stop = again;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
         }
     }
 }
@@ -627,6 +645,10 @@ mod tests {
         writer.make_writer().write_all(b"four\n").unwrap();
         ask_reopen(&shared);
         assert!(shared.reopen_pending.load(Ordering::Relaxed));
+        // Exit does not wait for a writer that never drains the queue.
+        let at = Instant::now();
+        stop_writer(&shared, Duration::from_millis(50));
+        assert!(at.elapsed() < Duration::from_secs(2));
         drop(rx);
     }
 
