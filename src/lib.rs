@@ -11,7 +11,7 @@
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
-//!          lograte, limits)
+//!          lograte, limits, logging, accesslog)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -56,6 +56,11 @@
 //!   address prefix), held by the accept loop's [`accept::Slots`].
 //! - [`lograte`]: lines that clients can cause, limited to one a second
 //!   per kind (`log_limited!`), their client-supplied text clipped.
+//! - [`logging`]: the logger: text or JSON lines, to stderr or files
+//!   (`[log]`), through one writer thread that never blocks serving;
+//!   files reopened on SIGUSR1.
+//! - [`accesslog`]: the access lines of HTTP requests, TCP connections
+//!   and sampled DNS queries: what each holds, client text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
@@ -82,6 +87,7 @@
 //!   serving threads; a failure leaves everything as it was.
 
 pub mod accept;
+pub mod accesslog;
 pub mod admin;
 pub mod admission;
 #[cfg(feature = "alloc-stats")]
@@ -96,6 +102,7 @@ pub mod dns;
 pub mod geoip;
 pub mod health;
 pub mod limits;
+pub mod logging;
 pub mod lograte;
 pub mod lookup;
 pub mod metrics;

@@ -171,6 +171,60 @@ pub struct ReloadSummary {
     pub took_ms: f64,
 }
 
+impl ReloadSummary {
+    /// What the reload changed, for its log line: `pools +a -b, ...`, or
+    /// `nothing listed` (settings of things that stay are not itemized).
+    pub fn changes(&self) -> String {
+        let mut out = String::new();
+        let lists: [(&str, &[String], &[String]); 4] = [
+            ("pools", &self.pools_added, &self.pools_removed),
+            ("backends", &self.backends_added, &self.backends_removed),
+            ("listeners", &self.listeners_added, &self.listeners_removed),
+            (
+                "datacenters",
+                &self.datacenters_added,
+                &self.datacenters_removed,
+            ),
+        ];
+        for (what, added, removed) in lists {
+            if added.is_empty() && removed.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(what);
+            for a in added {
+                out.push_str(" +");
+                out.push_str(a);
+            }
+            for r in removed {
+                out.push_str(" -");
+                out.push_str(r);
+            }
+        }
+        let mut also = |what: &str| {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(what);
+        };
+        if !self.datacenters_changed.is_empty() {
+            also(&format!(
+                "datacenters changed {}",
+                self.datacenters_changed.join(" ")
+            ));
+        }
+        if self.zones_changed {
+            also("zones changed");
+        }
+        if out.is_empty() {
+            out.push_str("nothing listed");
+        }
+        out
+    }
+}
+
 /// Re-reads the daemon's config file and brings it into service whole, or
 /// changes nothing; counted and logged either way.
 pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors> {
@@ -209,6 +263,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
             tracing::info!(
                 generation = summary.config_generation,
                 took_ms = summary.took_ms,
+                changed = summary.changes().as_str(),
                 "config reloaded"
             );
             Ok(summary)
@@ -454,6 +509,16 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
     }
     if udp_threads(old) != udp_threads(new) {
         needs_restart("dns.udp_threads", "changing the number of DNS UDP threads");
+    }
+    // The logger is installed once, before anything serves.
+    if old.log.format != new.log.format {
+        needs_restart("log.format", "changing the log format");
+    }
+    if old.log.file != new.log.file {
+        needs_restart("log.file", "changing the log file");
+    }
+    if old.log.access_file != new.log.access_file {
+        needs_restart("log.access_file", "changing the access log file");
     }
     if errors.is_empty() {
         Ok(())

@@ -85,7 +85,7 @@ where
             let refused = auth::refuse(req.method(), req.headers(), token.as_deref(), peer);
             Ok::<_, Infallible>(match refused {
                 Some(unauthorized) => unauthorized,
-                None => route(req, &daemon).await,
+                None => route(req, &daemon, &peer).await,
             })
         }
     });
@@ -112,7 +112,12 @@ fn reply(
     resp
 }
 
-async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<Bytes>> {
+/// `peer`: who asks (an address, or the Unix socket), for the log.
+async fn route(
+    req: Request<Incoming>,
+    daemon: &Arc<Daemon>,
+    peer: &(dyn std::fmt::Display + Sync),
+) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     match (req.method(), req.uri().path()) {
@@ -173,7 +178,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
                 || path.starts_with("/datacenters/")
                 || path.starts_with("/pools/") =>
         {
-            set_override(daemon, path).await
+            set_override(daemon, path, peer).await
         }
         (_, "/healthz" | "/metrics" | "/status" | "/" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
@@ -186,7 +191,11 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
 /// with that backend) and `POST /pools/POOL/backends/ADDR/STATE` (that pool
 /// only), STATE being `drain`, `down` or `auto` (back to config and health
 /// checks).
-async fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
+async fn set_override(
+    daemon: &Daemon,
+    path: &str,
+    peer: &(dyn std::fmt::Display + Sync),
+) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (target, state) = match parts[..] {
@@ -233,7 +242,7 @@ async fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
     // Saving writes and syncs a file: off the async workers.
     let (overrides, to_set) = (daemon.registry.overrides.clone(), target.clone());
     let saved = tokio::task::spawn_blocking(move || overrides.set(&to_set, state)).await;
-    tracing::warn!(%target, state = state.as_str(), "runtime override set");
+    tracing::warn!(%target, state = state.as_str(), by = %peer, "runtime override set");
     ::metrics::counter!(metrics::OVERRIDES, "kind" => target.kind(), "state" => state.as_str())
         .increment(1);
     let mut answer = format!("{target}: {}\n", state.as_str());

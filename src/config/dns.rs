@@ -37,6 +37,7 @@ impl Ctx {
                 c.each(&items, Ctx::bind)
             });
             let udp_threads = c.opt(t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
+            let query_log = c.opt(t, "query_log", 0.0, Ctx::fraction);
             let zones = t.field("zone").map(|f| c.zones(&f)).unwrap_or_default();
             c.records_in_child_zones(&zones);
             let geo = c.opt(t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
@@ -44,6 +45,7 @@ impl Ctx {
             Some(DnsConfig {
                 listen: listen?,
                 udp_threads: udp_threads? as usize,
+                query_log: query_log?,
                 zones: zones?,
                 geo: geo?,
             })

@@ -15,6 +15,7 @@ mod error;
 mod geoip;
 mod limits;
 mod listener;
+mod log;
 mod model;
 mod parse;
 mod pool;

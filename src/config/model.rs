@@ -13,6 +13,7 @@ pub struct Config {
     /// The file this was read from (absolute when loaded from disk).
     pub source: PathBuf,
     pub runtime: RuntimeConfig,
+    pub log: LogConfig,
     pub admin: Option<AdminConfig>,
     pub geoip: Option<GeoIpConfig>,
     pub dns: Option<DnsConfig>,
@@ -41,6 +42,28 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from("/var/lib/geolb"),
         }
     }
+}
+
+/// `[log]` (an extension; the whole section is optional).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogConfig {
+    /// `format` (optional, text).
+    pub format: LogFormat,
+    /// `file` (optional): every line goes there, reopened on SIGUSR1;
+    /// none: stderr.
+    pub file: Option<PathBuf>,
+    /// `access_file` (optional): the access lines (targets `geolb::access`
+    /// and below) go there instead, reopened on SIGUSR1 too.
+    pub access_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` lines, tracing-subscriber's own format.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +124,9 @@ pub struct DnsConfig {
     /// UDP sockets (and threads) per listen address, sharing its port by
     /// SO_REUSEPORT (optional, 1).
     pub udp_threads: usize,
+    /// `query_log` (optional, 0): the fraction of answered queries logged
+    /// (target `geolb::access::dns`), 0 to 1.
+    pub query_log: f64,
     pub zones: Vec<ZoneConfig>,
     pub geo: Vec<GeoNameConfig>,
 }

@@ -287,6 +287,7 @@ fn an_empty_file_is_an_empty_config() {
         Config {
             source: PathBuf::from("/etc/geolb/geolb.toml"),
             runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
             admin: None,
             geoip: None,
             dns: None,

@@ -22,6 +22,7 @@ mod count;
 mod ecs;
 mod fast;
 mod geo;
+mod querylog;
 mod server;
 mod tcp;
 mod udp;
@@ -108,6 +109,8 @@ struct Compiled {
     fast: fast::Index,
     geo: Vec<geo::GeoName>,
     datacenters: Vec<geo::Datacenter>,
+    /// `[dns] query_log` as a sampling threshold (0: off).
+    query_log: u64,
 }
 
 /// The handle the server answers from; `store` a new [`DnsData`] to swap.
@@ -183,6 +186,7 @@ pub fn compile(
             zones,
             geo,
             datacenters,
+            query_log: querylog::threshold(config.dns.as_ref().map_or(0.0, |d| d.query_log)),
         }),
         locator,
         health,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::answer;
 use super::count::count_answer;
 use super::fast;
+use super::querylog;
 use super::{DnsData, SharedDnsData, wire};
 
 /// How often a thread blocked on an idle socket looks at the shutdown token.
@@ -196,6 +197,9 @@ pub(crate) fn answer_packet(
             ResponseCode::NoError,
             answered.geo.as_ref(),
         );
+        if data.query_log_due() {
+            querylog::log(data, packet, src, "udp", reply, answered.geo.as_ref());
+        }
         return true;
     }
     answer_general(data, packet, src, reply)

@@ -16,6 +16,7 @@ use hickory_server::server::Request;
 use super::DnsData;
 use super::answer;
 use super::count::{count, count_malformed};
+use super::querylog;
 
 /// Writes the reply to `message` (from `src` over `protocol`) into
 /// `reply`, sized for the transport, and counts it; false when nothing is
@@ -41,6 +42,9 @@ pub(super) fn answer(
             tracing::debug!(%src, %error, "FORMERR: unparsable query");
             form_error(&header.metadata, reply);
             count_malformed();
+            if data.query_log_due() {
+                querylog::log(data, message, src, protocol_name(protocol), reply, None);
+            }
             return true;
         }
     };
@@ -49,8 +53,20 @@ pub(super) fn answer(
     }
     let built = answer::build(data, &request);
     count(data, &request, &built);
+    let logged = data.query_log_due().then(|| built.geo.clone());
     answer::encode_sized(built, &request, reply);
+    if let Some(geo) = logged {
+        let protocol = protocol_name(protocol);
+        querylog::log(data, message, src, protocol, reply, geo.as_ref());
+    }
     true
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        _ => "udp",
+    }
 }
 
 /// A reply to a message that could not be parsed: its id, opcode, RD and

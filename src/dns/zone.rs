@@ -576,6 +576,7 @@ mod tests {
         DnsConfig {
             listen: vec![],
             udp_threads: 1,
+            query_log: 0.0,
             zones,
             geo: vec![],
         }

@@ -29,6 +29,7 @@ use super::headers;
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
+use crate::accesslog::{self, TlsInfo};
 use crate::admission::{Denied, RetryGuard};
 use crate::balance;
 use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
@@ -126,7 +127,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                     tracing::debug!(client = %client, "client over its connection limit: closed");
                     return;
                 }
-                serve_connection(stream, client, ctx2, Arc::new(slot)).await
+                serve_connection(stream, client, None, ctx2, Arc::new(slot)).await
             });
         },
     )
@@ -166,12 +167,19 @@ struct ConnCtx {
     slot: Arc<Slot>,
     /// Its HTTP/2 responses from backends, watched for stalls.
     stalls: Stalls,
+    /// What the client negotiated, on https listeners (for the access log).
+    tls: Option<TlsInfo>,
 }
 
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
-/// a tunnel upgraded from it ends.
-pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>, slot: Arc<Slot>)
-where
+/// a tunnel upgraded from it ends. `tls`: what an https client negotiated.
+pub async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: Option<TlsInfo>,
+    ctx: Arc<HttpContext>,
+    slot: Arc<Slot>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (timeouts, max_streams) = match ctx.snapshot.load().listeners.get(&ctx.id) {
@@ -187,6 +195,7 @@ where
         activity: activity.clone(),
         slot,
         stalls: Stalls::new(),
+        tls,
     });
     let watched = conn_ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -411,6 +420,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         )
     });
     let (body, body_progress) = ClientBody::new(body);
+    if let Some(a) = completion.access.as_mut() {
+        a.body = body_progress.clone();
+    }
     let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
@@ -459,13 +471,16 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
         tried.push(index);
         let backend = &pool.backends[index];
-        let sender = match pool.upstream.idle(&backend.shared.idle) {
-            Some(kept) => Ok(kept),
+        // Timed for the access log only: no clock read without one.
+        let connecting = completion.access.is_some().then(Instant::now);
+        let (sender, reused) = match pool.upstream.idle(&backend.shared.idle) {
+            Some(kept) => (Ok(kept), true),
             None => {
                 let upstream = &pool.upstream;
-                upstream
+                let connected = upstream
                     .connect(&backend.shared.idle, backend.addr, timeouts.connect)
-                    .await
+                    .await;
+                (connected, false)
             }
         };
         let mut sender = match sender {
@@ -481,6 +496,10 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 continue;
             }
         };
+        let sent = connecting.map(|at| {
+            let now = Instant::now();
+            (if reused { Duration::ZERO } else { now - at }, now)
+        });
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
@@ -518,9 +537,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 }
                 // Clients get HTTP/1.1 or HTTP/2 from their own connection.
                 *resp.version_mut() = Version::HTTP_11;
-                if let Some(a) = completion.access.as_mut() {
+                if let (Some(a), Some((connect, sent_at))) = (completion.access.as_mut(), sent) {
+                    let a = &mut a.line;
                     a.backend = Some(backend.label.clone());
                     a.retries = (tried.len() - 1) as u32;
+                    a.connect = Some(connect);
+                    a.first_byte = Some(sent_at.elapsed());
                 }
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = client_upgrade
@@ -676,8 +698,8 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             "request failed"
         );
         if let Some(a) = completion.access.as_mut() {
-            a.backend = Some(backend);
-            a.retries = tried.len().saturating_sub(1) as u32;
+            a.line.backend = Some(backend);
+            a.line.retries = tried.len().saturating_sub(1) as u32;
         }
     }
     completion.status = status.as_u16();
@@ -711,24 +733,39 @@ impl Completion {
             sender: None,
             bytes: 0,
             access: listener.config.access_log.then(|| {
+                let header = |name| req.headers().get(name).cloned();
                 Box::new(AccessLog {
-                    client: conn.peer,
-                    listener: listener.config.name.as_str().into(),
-                    pool: route.pool.name.clone(),
-                    backend: None,
-                    method: req.method().clone(),
-                    host: host(),
-                    path: req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_string(),
-                    retries: 0,
+                    line: accesslog::Http {
+                        client: conn.peer,
+                        listener: listener.config.name.as_str().into(),
+                        pool: route.pool.name.clone(),
+                        backend: None,
+                        method: req.method().clone(),
+                        host: host(),
+                        path: req
+                            .uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string(),
+                        version: req.version(),
+                        user_agent: header(header::USER_AGENT),
+                        referer: header(header::REFERER),
+                        request_id: header(X_REQUEST_ID),
+                        tls: conn.tls,
+                        retries: 0,
+                        connect: None,
+                        first_byte: None,
+                    },
+                    body: None,
                 })
             }),
         }
     }
 }
+
+/// The request id header the access log shows (as nginx's
+/// `$http_x_request_id`); geolb passes it on and sets none itself.
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Answers a request that is not forwarded (see [`validate`]), counted
 /// with the listener's default route; an HTTP/1 connection is closed after
