@@ -50,6 +50,14 @@ pub const BUILD_INFO: &str = "geolb_build_info";
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
 /// `geolb_dns_geo_answers_total{name, datacenter}`
 pub const DNS_GEO_ANSWERS: &str = "geolb_dns_geo_answers_total";
+/// `geolb_dns_rrl_limited_total{action}`: UDP responses over `[dns.rrl]`,
+/// `action` = `dropped` or `slipped` (sent empty with TC).
+pub const DNS_RRL: &str = "geolb_dns_rrl_limited_total";
+/// `geolb_dns_tcp_closed_total{reason}`: DNS TCP connections geolb closed,
+/// `reason` = `idle` or `max_queries`.
+pub const DNS_TCP_CLOSED: &str = "geolb_dns_tcp_closed_total";
+/// Times DNS over TCP stopped accepting at `[dns] tcp_max_connections`.
+pub const DNS_TCP_LIMITED: &str = "geolb_dns_tcp_connections_limited_total";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -95,6 +103,18 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         DNS_GEO_ANSWERS,
         "Answers for geo names, by name and chosen data center (A, AAAA and ANY queries)."
+    );
+    describe_counter!(
+        DNS_RRL,
+        "UDP responses over the [dns.rrl] rate, by action: dropped, or slipped (sent empty with TC)."
+    );
+    describe_counter!(
+        DNS_TCP_CLOSED,
+        "DNS over TCP connections closed by geolb, by reason: idle, max_queries."
+    );
+    describe_counter!(
+        DNS_TCP_LIMITED,
+        "Times DNS over TCP stopped accepting at [dns] tcp_max_connections."
     );
     // Both results exist from the start, so a failure is a rate change and
     // not a series appearing.

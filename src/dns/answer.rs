@@ -16,9 +16,9 @@ use hickory_server::server::Request;
 use smallvec::SmallVec;
 
 use super::DnsData;
-use super::ecs;
 use super::geo::{self, Ranking};
 use super::zone::{Found, Zone};
+use super::{cookie, ecs};
 use crate::geoip::Location;
 
 /// The UDP payload geolb answers within and advertises: the DNS flag day
@@ -39,6 +39,8 @@ pub(crate) struct Reply {
     pub edns: Option<Edns>,
     /// The geo name answered and the data centers chosen, for metrics.
     pub geo: Option<(usize, SmallVec<[usize; 4]>)>,
+    /// The query presented a valid server cookie (exempt from RRL).
+    pub valid_cookie: bool,
 }
 
 /// Where the client is, as far as the query tells.
@@ -88,6 +90,7 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
             edns
         }),
         geo: None,
+        valid_cookie: false,
     };
     let code = |mut reply: Reply, rcode| {
         reply.metadata.response_code = rcode;
@@ -99,22 +102,38 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
         return code(reply, ResponseCode::BADVERS);
     }
-    let ecs = match request.edns {
-        Some(_) => match ecs::client_subnet(request.as_slice()) {
-            Ok(ecs) => ecs,
+    let options = match request.edns {
+        Some(_) => match ecs::options(request.as_slice()) {
+            Ok(options) => options,
             Err(malformed) => {
                 tracing::debug!(src = %request.src(), reason = malformed.0, "FORMERR");
                 return code(reply, ResponseCode::FormErr);
             }
         },
-        None => None,
+        None => ecs::Options::default(),
     };
-    let [query] = request.queries.queries() else {
-        return code(reply, ResponseCode::FormErr);
+    if let (Some(presented), Some(edns)) = (options.cookie, reply.edns.as_mut()) {
+        // RFC 7873 §5.2: a fresh server cookie whatever the one presented;
+        // a wrong or stale one is answered normally, only not trusted.
+        let (secret, ip, now) = (
+            &data.compiled.cookie_secret,
+            request.src().ip(),
+            cookie::unix_now(),
+        );
+        reply.valid_cookie = cookie::is_valid(secret, &presented, ip, now);
+        let answer = cookie::answer(secret, &presented.client, ip, now);
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(cookie::OPTION_COOKIE, answer.to_vec()));
+    }
+    let query = match request.queries.queries() {
+        [query] => query,
+        // RFC 7873 §5.4: a query of only a COOKIE asks for a server cookie.
+        [] if options.cookie.is_some() => return reply,
+        _ => return code(reply, ResponseCode::FormErr),
     };
     let client = Client {
         src: request.src().ip(),
-        ecs,
+        ecs: options.ecs,
     };
     let resolution = match (query.query_class(), query.query_type()) {
         (_, RecordType::OPT) => return code(reply, ResponseCode::FormErr),

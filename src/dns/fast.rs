@@ -1,6 +1,7 @@
 //! The common UDP queries answered straight from the wire: an A or AAAA
-//! query (at most one OPT, with at most a Client Subnet option, cookies
-//! and padding aside) for a geo name or a name with records of that type.
+//! query (at most one OPT, with at most a Client Subnet option, padding
+//! aside) for a geo name or a name with records of that type. A query with
+//! a COOKIE goes to the general path, which answers with a server cookie.
 //! Everything else, and every answer this cannot write exactly as the
 //! general path would, goes to the general path (`answer`), which stays
 //! the definition: a test checks that both give the same bytes.
@@ -11,6 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use hickory_proto::rr::{LowerName, RData, RecordType};
 
 use super::answer::{self, Client};
+use super::rrl::{Category, Class};
 use super::zone::{Found, Zones};
 use super::{DnsData, ecs, geo};
 
@@ -19,8 +21,6 @@ const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_ECS: u16 = 8;
-/// DNS Cookies (RFC 7873), which BIND sends by default.
-const OPTION_COOKIE: u16 = 10;
 /// EDNS padding (RFC 7830).
 const OPTION_PADDING: u16 = 12;
 /// A compression pointer to the question's name, right after the header.
@@ -233,8 +233,8 @@ fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
         let (data, tail) = tail.split_at_checked(usize::from(u16::from_be_bytes([*n0, *n1])))?;
         match u16::from_be_bytes([*o0, *o1]) {
             OPTION_ECS if ecs.is_none() => ecs = Some(data),
-            // Neither changes the answer (the general path ignores them).
-            OPTION_COOKIE | OPTION_PADDING => {}
+            // Does not change the answer (the general path ignores it).
+            OPTION_PADDING => {}
             _ => return None,
         }
         rest = tail;
@@ -245,6 +245,8 @@ fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
 /// What the caller counts for an answered query.
 pub(super) struct Answered {
     pub qtype: RecordType,
+    /// What the answer is, for RRL.
+    pub class: Class,
     /// The geo name and chosen data centers, for geo answers.
     pub geo: Option<(usize, smallvec::SmallVec<[usize; 4]>)>,
 }
@@ -363,6 +365,7 @@ pub(super) fn answer(
         return None;
     }
     Some(Answered {
+        class: Class::new(Category::Answer, key, query.qtype),
         qtype: if query.qtype == TYPE_A {
             RecordType::A
         } else {
@@ -379,6 +382,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::dns::cookie::OPTION_COOKIE;
     use crate::dns::udp::answer_general;
     use crate::dns::{AllUp, DatacenterHealth};
 
@@ -564,16 +568,17 @@ mod tests {
                                 .with_options(options);
                                 total += 1;
                                 let mut fast = Vec::new();
-                                if answer(&data, &packet, src, &mut fast).is_none() {
+                                let Some(answered) = answer(&data, &packet, src, &mut fast) else {
                                     continue;
-                                }
+                                };
                                 fast_answers += 1;
                                 let mut general = Vec::new();
-                                assert!(answer_general(&data, &packet, src, &mut general));
-                                assert_eq!(
-                                    fast, general,
-                                    "{name} type {qtype} edns {edns:?} rd {rd} from {src}"
-                                );
+                                let class = answer_general(&data, &packet, src, &mut general);
+                                let case =
+                                    format!("{name} type {qtype} edns {edns:?} rd {rd} from {src}");
+                                assert_eq!(fast, general, "{case}");
+                                // RRL counts both paths' answers alike.
+                                assert_eq!(Some(answered.class), class, "{case}");
                             }
                         }
                     }
@@ -694,7 +699,7 @@ mod tests {
             let mut fast = Vec::new();
             let fast_answered = answer(&data, &packet, src, &mut fast).is_some();
             let mut general = Vec::new();
-            assert!(answer_general(&data, &packet, src, &mut general));
+            assert!(answer_general(&data, &packet, src, &mut general).is_some());
             assert_eq!(general[..2], [0x12, 0x34], "{packet:02x?}");
             assert_eq!(general[3] & 0x0f, rcode, "{packet:02x?}");
             if fast_answered {

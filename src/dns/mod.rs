@@ -9,6 +9,9 @@
 //!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
+//! - `cookie`: DNS cookies (RFC 7873, server cookies of RFC 9018).
+//! - `rrl`: response rate limiting over UDP, per client network and
+//!   answer.
 //! - `server`: sockets and their lifetime: [`bind`], [`serve`].
 //! - `udp`: the UDP path, a thread per socket answering without
 //!   hickory-server.
@@ -18,10 +21,12 @@
 //! - `count`: the query counters both paths record into.
 
 mod answer;
+mod cookie;
 mod count;
 mod ecs;
 mod fast;
 mod geo;
+mod rrl;
 mod server;
 mod tcp;
 mod udp;
@@ -41,7 +46,6 @@ use crate::geoip::{Location, Locator};
 
 pub use geo::{DcState, Tier, haversine_km};
 pub use server::{DnsSockets, bind, serve};
-pub use tcp::TCP_IDLE_TIMEOUT;
 
 /// Swaps in data with a fresh locator whenever the GeoIP database file
 /// changes on disk (see [`crate::geoip::watch`]), until `shutdown`.
@@ -107,6 +111,12 @@ struct Compiled {
     fast: fast::Index,
     geo: Vec<geo::GeoName>,
     datacenters: Vec<geo::Datacenter>,
+    /// `[dns.rrl]`.
+    rrl: rrl::Settings,
+    /// `[dns] cookie_secret`, else the process's own.
+    cookie_secret: cookie::Secret,
+    /// `[dns] tcp_*`.
+    tcp: crate::config::DnsTcpConfig,
 }
 
 /// The handle the server answers from; `store` a new [`DnsData`] to swap.
@@ -176,12 +186,18 @@ pub fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let dns = config.dns.as_ref();
     Ok(DnsData {
         compiled: Arc::new(Compiled {
             fast: fast::Index::build(&zones, &geo),
             zones,
             geo,
             datacenters,
+            rrl: dns.map_or_else(rrl::Settings::default, |d| rrl::Settings::new(&d.rrl)),
+            cookie_secret: dns
+                .and_then(|d| d.cookie_secret)
+                .unwrap_or_else(cookie::process_secret),
+            tcp: dns.map(|d| d.tcp).unwrap_or_default(),
         }),
         locator,
         health,

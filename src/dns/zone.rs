@@ -578,6 +578,9 @@ mod tests {
             udp_threads: 1,
             zones,
             geo: vec![],
+            rrl: Default::default(),
+            cookie_secret: None,
+            tcp: Default::default(),
         }
     }
 
