@@ -48,8 +48,25 @@ pub(super) fn process_secret() -> Secret {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// A fixed `unix_now` for this thread's tests.
+    static PINNED: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes `unix_now` return `now` on this thread (tests comparing both
+/// paths' cookies, which would differ across a second's boundary).
+#[cfg(test)]
+pub(super) fn pin_now(now: Option<u32>) {
+    PINNED.set(now);
+}
+
 /// The seconds since the Unix epoch, as cookie timestamps count them.
 pub(super) fn unix_now() -> u32 {
+    #[cfg(test)]
+    if let Some(now) = PINNED.get() {
+        return now;
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32)

@@ -148,6 +148,11 @@ impl Settings {
         }
     }
 
+    /// Whether responses are limited at all.
+    pub(super) fn is_on(&self) -> bool {
+        self.interval != 0
+    }
+
     /// The client network of `ip`, with its family.
     fn network(&self, ip: IpAddr) -> u128 {
         match ip {
@@ -212,7 +217,7 @@ impl Table {
 
     /// Whether the response of `class` to `ip` at `now` goes out.
     pub(super) fn check(&self, settings: &Settings, ip: IpAddr, class: Class, now: u64) -> Verdict {
-        if settings.interval == 0 || class.exempt {
+        if !settings.is_on() || class.exempt {
             return Verdict::Send;
         }
         let mut hasher = self.hasher.build_hasher();
