@@ -349,12 +349,10 @@ async fn ask(stream: &mut TcpStream, id: u16) -> std::io::Result<Message> {
 /// TCP: an idle connection is closed after `tcp_idle_timeout`, one that
 /// has had `tcp_max_queries` answers after the last; at
 /// `tcp_max_connections` a new connection waits (no answer) until one
-/// closes, then is served.
+/// closes, then is served; a reload raising the cap lets one more in.
 #[tokio::test]
 async fn tcp_idle_timeout_query_cap_and_connection_cap() {
-    let server =
-        Server::start("tcp_idle_timeout = \"300ms\"\ntcp_max_queries = 3\ntcp_max_connections = 2")
-            .await;
+    let server = Server::start("tcp_idle_timeout = \"300ms\"\ntcp_max_queries = 3").await;
     // Idle: closed (end of file) soon after 300 ms, not before.
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
     assert_eq!(ask(&mut idle, 1).await.unwrap().answers.len(), 1);
@@ -385,7 +383,9 @@ async fn tcp_idle_timeout_query_cap_and_connection_cap() {
     assert_eq!(read.unwrap(), 0, "no fourth answer");
     drop(capped);
 
-    // Two open (each answered, so accepted), a third held.
+    // Two open (each answered, so accepted), a third held. Idle for 10 s
+    // here, so that only the test closes connections.
+    let server = Server::start("tcp_max_connections = 2").await;
     let mut first = TcpStream::connect(server.addr).await.unwrap();
     let mut second = TcpStream::connect(server.addr).await.unwrap();
     for (stream, id) in [(&mut first, 1), (&mut second, 2)] {
@@ -404,6 +404,17 @@ async fn tcp_idle_timeout_query_cap_and_connection_cap() {
     )
     .await
     .unwrap();
+    // A reload raising the cap to 3 lets a fourth in while two are open
+    // (second and third), without waiting for one to close.
+    server.data.store(Arc::new(data("tcp_max_connections = 3")));
+    let mut fourth = TcpStream::connect(server.addr).await.unwrap();
+    let served = bounded(
+        WAIT,
+        "the fourth served after the reload",
+        ask(&mut fourth, 4),
+    )
+    .await;
+    assert_eq!(served.unwrap().answers.len(), 1);
     eventually("the limit counted", WAIT, || async {
         let text = support::library::metrics().render();
         support::library::metric(&text, "geolb_dns_tcp_connections_limited_total", &[])

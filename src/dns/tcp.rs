@@ -3,7 +3,8 @@
 //! (`wire`), counted as over UDP, FORMERRs for unparsable messages
 //! included; never rate limited (RRL's slip sends clients here). At most
 //! `[dns] tcp_max_connections` are open at once over every listener (the
-//! accept loop then waits), a connection idle for `tcp_idle_timeout` is
+//! accept loop then waits; a reload's limit applies within a second), a
+//! connection idle for `tcp_idle_timeout` is
 //! closed, as is one that has had `tcp_max_queries` answers, and every
 //! one at shutdown. Answers go out in order, one at a time, so a client
 //! pipelining queries has at most one in flight.
@@ -12,6 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
 use metrics::Counter;
@@ -40,6 +42,11 @@ pub(super) async fn serve(
     let slots = Slots::new(Some(max));
     let counted = Arc::new(AtomicU64::new(0));
     let mut listening = JoinSet::new();
+    listening.spawn(follow_reloads(
+        data.clone(),
+        slots.clone(),
+        shutdown.clone(),
+    ));
     for listener in listeners {
         listening.spawn(listen(
             listener,
@@ -77,8 +84,6 @@ async fn listen(
         shutdown,
         Some(slots),
         |stream, peer, slot| {
-            // A reload's limit applies from the next connection accepted.
-            limits.set_max(Some(data.load().compiled.tcp.max_connections));
             let limited = limits.limited();
             let before = counted.swap(limited, Ordering::Relaxed);
             if limited > before {
@@ -91,6 +96,28 @@ async fn listen(
     )
     .await;
     connections.shutdown().await;
+}
+
+/// How soon a reload's `tcp_max_connections` applies.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Applies a reload's `tcp_max_connections` to `slots` (within
+/// [`RELOAD_POLL`]), also while the accept loops wait at the old limit,
+/// until `shutdown`. The data has no change notification; one load a
+/// second costs nothing.
+async fn follow_reloads(data: SharedDnsData, slots: Arc<Slots>, shutdown: CancellationToken) {
+    let mut max = data.load().compiled.tcp.max_connections;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RELOAD_POLL) => {}
+        }
+        let now = data.load().compiled.tcp.max_connections;
+        if now != max {
+            slots.set_max(Some(now));
+            max = now;
+        }
+    }
 }
 
 static LIMITED: OnceLock<Counter> = OnceLock::new();
@@ -117,7 +144,7 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
     let mut message = Vec::new();
     let mut reply = Vec::new();
     let mut framed = Vec::new();
-    let mut answered: u32 = 0;
+    let mut answers: u32 = 0;
     loop {
         let read = async {
             let len = stream.read_u16().await?;
@@ -133,10 +160,10 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
                 return;
             }
         }
-        let answered_now = wire::catching_panics(|| {
+        let answered = wire::catching_panics(|| {
             wire::answer(&data.load(), &message, src, Protocol::Tcp, &mut reply)
         });
-        match answered_now {
+        match answered {
             Ok(Some(_)) => {}
             Ok(None) => continue,
             Err(at) => {
@@ -165,8 +192,8 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
                 return;
             }
         }
-        answered = answered.saturating_add(1);
-        if answered == limits.max_queries {
+        answers = answers.saturating_add(1);
+        if answers == limits.max_queries {
             counter(&CLOSED_MAX_QUERIES, DNS_TCP_CLOSED, Some("max_queries")).increment(1);
             // Closed after the last answer is written: a client reads it,
             // then its end of file.
