@@ -155,6 +155,12 @@ impl Settings {
 
     /// The client network of `ip`, with its family.
     fn network(&self, ip: IpAddr) -> u128 {
+        // On a dual-stack socket IPv4 clients arrive as ::ffff:a.b.c.d,
+        // all inside one /56: they are masked as IPv4.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         match ip {
             IpAddr::V4(v4) => u128::from(u32::from(v4) & self.v4_mask) | 1 << 127,
             IpAddr::V6(v6) => u128::from(v6) & self.v6_mask,
@@ -375,6 +381,16 @@ mod tests {
         assert_eq!(burst(&table, &s, "2001:db8:0:ff::2", api, SECOND, 5)[0], 0);
         assert_eq!(
             burst(&table, &s, "2001:db8:0:100::1", api, SECOND, 20)[0],
+            10
+        );
+        // IPv4 clients of a dual-stack socket: by their IPv4 /24.
+        assert_eq!(
+            burst(&table, &s, "::ffff:198.51.100.1", api, SECOND, 20),
+            [10, 0, 10]
+        );
+        assert_eq!(burst(&table, &s, "198.51.100.9", api, SECOND, 5)[0], 0);
+        assert_eq!(
+            burst(&table, &s, "::ffff:198.51.101.1", api, SECOND, 20)[0],
             10
         );
         // A valid cookie: never limited.
