@@ -41,6 +41,9 @@ pub(crate) struct Reply {
     pub geo: Option<(usize, SmallVec<[usize; 4]>)>,
     /// The query presented a valid server cookie (exempt from RRL).
     pub valid_cookie: bool,
+    /// The wildcard's owner when the query's name matched one: what RRL
+    /// counts the answer as, so random names under it count together.
+    pub wildcard: Option<Name>,
 }
 
 /// Where the client is, as far as the query tells.
@@ -58,6 +61,8 @@ struct Resolution {
     /// ECS scope when the answer depends on the location.
     scope: Option<u8>,
     geo: Option<(usize, SmallVec<[usize; 4]>)>,
+    /// The wildcard's owner (`*.…`) when the query's name matched one.
+    wildcard: Option<Name>,
 }
 
 impl Resolution {
@@ -69,6 +74,7 @@ impl Resolution {
             authorities: Vec::new(),
             scope: None,
             geo: None,
+            wildcard: None,
         }
     }
 
@@ -91,6 +97,7 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         }),
         geo: None,
         valid_cookie: false,
+        wildcard: None,
     };
     let code = |mut reply: Reply, rcode| {
         reply.metadata.response_code = rcode;
@@ -147,6 +154,7 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
     reply.geo = resolution.geo;
+    reply.wildcard = resolution.wildcard;
     if let (Some(ecs), Some(edns)) = (client.ecs, reply.edns.as_mut()) {
         // RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX and ADDRESS as received.
         edns.options_mut()
@@ -273,6 +281,13 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 return res;
             }
             Found::Node { node, wildcard } => {
+                if wildcard && name == *qname {
+                    res.wildcard = node
+                        .rrsets
+                        .first()
+                        .and_then(|set| set.records.first())
+                        .map(|r| r.name.clone());
+                }
                 let owned = |r: &Record| {
                     let mut r = r.clone();
                     if wildcard {
@@ -636,6 +651,29 @@ always_up = true
             m.answers[0].name,
             Name::from_ascii("x.wild.mysite.com.").unwrap()
         );
+    }
+
+    /// RRL counts answers from one wildcard together, whatever the name
+    /// asked (as BIND does), and names that differ apart.
+    #[test]
+    fn wildcard_answers_are_one_rrl_class() {
+        let d = all_up();
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        let class = |name: &str| {
+            let request = ask(name, RecordType::A).request();
+            let mut reply = Vec::new();
+            crate::dns::udp::answer_general(&d, request.as_slice(), src, &mut reply).unwrap()
+        };
+        assert_eq!(
+            build(&d, &ask("x.wild.mysite.com.", RecordType::A).request())
+                .wildcard
+                .map(|w| w.to_ascii()),
+            Some("*.wild.mysite.com.".to_owned())
+        );
+        let wild = class("x.wild.mysite.com.");
+        assert_eq!(wild, class("Random-1234.wild.mysite.com."));
+        assert_ne!(wild, class("a.deep.mysite.com."));
+        assert_ne!(class("a.deep.mysite.com."), class("ns1.mysite.com."));
     }
 
     #[test]

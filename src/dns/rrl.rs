@@ -36,7 +36,8 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Category {
-    /// NOERROR, with answers or not: per name and type.
+    /// NOERROR, with answers or not: per name (a wildcard's owner for its
+    /// answers) and type.
     Answer = 0,
     /// Per zone, so that random names in one zone count together.
     NxDomain = 1,
@@ -71,7 +72,8 @@ impl Class {
     }
 
     /// A response with `rcode` to a question for `qname` (when one was
-    /// read) in `zone` (NXDOMAIN's SOA owner).
+    /// read; the wildcard's owner for a wildcard answer) in `zone`
+    /// (NXDOMAIN's SOA owner).
     pub(super) fn of_response(
         rcode: ResponseCode,
         qname: Option<&Name>,

@@ -52,7 +52,7 @@ pub(super) fn answer(
     let query = request.queries.queries().first();
     let class = Class::of_response(
         built.metadata.response_code,
-        query.map(|q| &**q.name()),
+        built.wildcard.as_ref().or(query.map(|q| &**q.name())),
         query.map_or(0, |q| q.query_type().into()),
         built.authorities.first().map(|soa| &soa.name),
     )
