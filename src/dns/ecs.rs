@@ -1,4 +1,5 @@
-//! The EDNS Client Subnet option (RFC 7871), read from the raw request.
+//! The EDNS Client Subnet option (RFC 7871), and the COOKIE option
+//! (RFC 7873, checked in `cookie`), read from the raw request.
 //!
 //! hickory-proto 0.26 rejects some malformed options itself (unknown
 //! family, a prefix past 32 bits for IPv4 or 128 for IPv6, too few address
