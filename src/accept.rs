@@ -164,6 +164,15 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Runs `connection`, keeping this place until it ends.
+    pub async fn hold<F: Future>(self, connection: F) -> F::Output {
+        let out = connection.await;
+        drop(self);
+        out
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(slots) = self.slots.take() {

@@ -69,6 +69,14 @@ pub const BUILD_INFO: &str = "geolb_build_info";
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
 /// `geolb_dns_geo_answers_total{name, datacenter}`
 pub const DNS_GEO_ANSWERS: &str = "geolb_dns_geo_answers_total";
+/// `geolb_dns_rrl_limited_total{action}`: UDP responses over `[dns.rrl]`,
+/// `action` = `dropped` or `slipped` (sent empty with TC).
+pub const DNS_RRL: &str = "geolb_dns_rrl_limited_total";
+/// `geolb_dns_tcp_closed_total{reason}`: DNS TCP connections geolb closed,
+/// `reason` = `idle` or `max_queries`.
+pub const DNS_TCP_CLOSED: &str = "geolb_dns_tcp_closed_total";
+/// Times DNS over TCP stopped accepting at `[dns] tcp_max_connections`.
+pub const DNS_TCP_LIMITED: &str = "geolb_dns_tcp_connections_limited_total";
 
 // Process, build, reload and health-check series: what an on-call
 // engineer asks first (which backend fails, since when, did the reload
@@ -153,6 +161,18 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         CONFIG_LAST_RELOAD_SUCCESS_TIME,
         metrics::Unit::Seconds,
         "Unix time of the last config that came into service (start-up or reload)."
+    );
+    describe_counter!(
+        DNS_RRL,
+        "UDP responses over the [dns.rrl] rate, by action: dropped, or slipped (sent empty with TC)."
+    );
+    describe_counter!(
+        DNS_TCP_CLOSED,
+        "DNS over TCP connections closed by geolb, by reason: idle, max_queries."
+    );
+    describe_counter!(
+        DNS_TCP_LIMITED,
+        "Times DNS over TCP stopped accepting at [dns] tcp_max_connections."
     );
     // Both results exist from the start, so a failure is a rate change and
     // not a series appearing.

@@ -129,6 +129,54 @@ pub struct DnsConfig {
     pub query_log: f64,
     pub zones: Vec<ZoneConfig>,
     pub geo: Vec<GeoNameConfig>,
+    /// `[dns.rrl]`: response rate limiting over UDP.
+    pub rrl: RrlConfig,
+    /// `cookie_secret`: the server cookie key (RFC 9018), shared by the
+    /// servers of one anycast address; None: random per process.
+    pub cookie_secret: Option<[u8; 16]>,
+    pub tcp: DnsTcpConfig,
+}
+
+/// `[dns.rrl]`: responses per client network and answer, per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RrlConfig {
+    /// 0: no limit.
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited response goes out truncated (TC); 0: none.
+    pub slip: u32,
+    pub ipv4_prefix_length: u8,
+    pub ipv6_prefix_length: u8,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        RrlConfig {
+            responses_per_second: 1000,
+            slip: 2,
+            ipv4_prefix_length: 24,
+            ipv6_prefix_length: 56,
+        }
+    }
+}
+
+/// `[dns] tcp_*`: DNS over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsTcpConfig {
+    /// Connections open at once, over all `dns.listen` addresses.
+    pub max_connections: u32,
+    pub idle_timeout: Duration,
+    /// Queries answered per connection before it is closed; 0: no cap.
+    pub max_queries: u32,
+}
+
+impl Default for DnsTcpConfig {
+    fn default() -> Self {
+        DnsTcpConfig {
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(10),
+            max_queries: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

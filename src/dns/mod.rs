@@ -9,6 +9,9 @@
 //!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
+//! - `cookie`: DNS cookies (RFC 7873, server cookies of RFC 9018).
+//! - `rrl`: response rate limiting over UDP, per client network and
+//!   answer.
 //! - `server`: sockets and their lifetime: [`bind`], [`serve`].
 //! - `udp`: the UDP path, a thread per socket answering without
 //!   hickory-server.
@@ -18,11 +21,13 @@
 //! - `count`: the query counters both paths record into.
 
 mod answer;
+mod cookie;
 mod count;
 mod ecs;
 mod fast;
 mod geo;
 mod querylog;
+mod rrl;
 mod server;
 mod tcp;
 mod udp;
@@ -43,7 +48,6 @@ use crate::geoip::{Location, Locator};
 pub use count::{register_series, render_geo_answers};
 pub use geo::{DcState, Tier, haversine_km};
 pub use server::{DnsSockets, bind, serve};
-pub use tcp::TCP_IDLE_TIMEOUT;
 
 /// Swaps in data with a fresh locator whenever the GeoIP database file
 /// changes on disk (see [`crate::geoip::watch`]), until `shutdown`.
@@ -111,6 +115,12 @@ struct Compiled {
     datacenters: Vec<geo::Datacenter>,
     /// `[dns] query_log` as a sampling threshold (0: off).
     query_log: u64,
+    /// `[dns.rrl]`.
+    rrl: rrl::Settings,
+    /// `[dns] cookie_secret`, else the process's own.
+    cookie_secret: cookie::Secret,
+    /// `[dns] tcp_*`.
+    tcp: crate::config::DnsTcpConfig,
 }
 
 /// The handle the server answers from; `store` a new [`DnsData`] to swap.
@@ -180,6 +190,7 @@ pub fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let dns = config.dns.as_ref();
     Ok(DnsData {
         compiled: Arc::new(Compiled {
             fast: fast::Index::build(&zones, &geo),
@@ -187,6 +198,11 @@ pub fn compile(
             geo,
             datacenters,
             query_log: querylog::threshold(config.dns.as_ref().map_or(0.0, |d| d.query_log)),
+            rrl: dns.map_or_else(rrl::Settings::default, |d| rrl::Settings::new(&d.rrl)),
+            cookie_secret: dns
+                .and_then(|d| d.cookie_secret)
+                .unwrap_or_else(cookie::process_secret),
+            tcp: dns.map(|d| d.tcp).unwrap_or_default(),
         }),
         locator,
         health,

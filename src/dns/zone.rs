@@ -579,6 +579,9 @@ mod tests {
             query_log: 0.0,
             zones,
             geo: vec![],
+            rrl: Default::default(),
+            cookie_secret: None,
+            tcp: Default::default(),
         }
     }
 
