@@ -21,6 +21,9 @@ mod answer;
 mod count;
 mod ecs;
 mod fast;
+/// For the fuzz targets and their corpus replay only.
+#[doc(hidden)]
+pub mod fuzz;
 mod geo;
 mod server;
 mod tcp;
