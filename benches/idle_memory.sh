@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory per idle client connection (run by hand, never in CI): geolb beside
-# HAProxy and nginx, each holding COUNT idle connections of each kind.
+# HAProxy and nginx, each holding COUNT idle connections of one kind.
 #
 # Layout (2-core machine):
 #   CPU 0: the proxy under test, one worker (geolb worker_threads=1,
@@ -8,18 +8,24 @@
 #   CPU 1: the clients and the backends (benches/idle_memory.py)
 # Each proxy listens three times: http, https (one self-signed ECDSA P-256
 # certificate, as benches/tls.sh makes it) and tcp. Timeouts are 10 min, so
-# nothing closes while measuring. After start-up and a warm-up (10
-# connections of each kind, one request each, then closed), the script
-# opens COUNT connections of one kind and holds them, then the next kind
-# on top, reading the proxy's memory after each step:
+# nothing closes while measuring. For each proxy and kind, the proxy is
+# started afresh, warmed up (10 connections of the kind, one request each,
+# then closed: lazy state such as TLS and backend pools in place), its
+# memory read, then COUNT connections of the kind opened and held, and its
+# memory read again:
 #   http   one keep-alive request answered, then idle
-#   https  the TLS handshake and one request answered, then idle
+#   https  the TLS 1.3 handshake and one request answered, then idle
 #   tcp    connected through to the backend (its greeting byte arrived),
 #          then idle; the backend holds its side open
 # Memory is the sum over the proxy's processes (nginx: master and worker)
 # of VmRSS (/proc/PID/status) and Pss (/proc/PID/smaps_rollup); per
-# connection is the step's increase divided by COUNT. For the tcp kind
-# that includes the proxy's backend connection.
+# connection is the increase divided by the connections held. For tcp that
+# includes the proxy's backend connection.
+# Descriptors: a tcp connection takes two in the proxy, and HAProxy
+# reserves two per connection of any kind (maxconn), so where the
+# open-file hard limit is low (20,000 in some containers, without
+# CAP_SYS_RESOURCE to raise it) those hold (limit - 1000) / 2 instead of
+# COUNT; the table says how many each row held.
 #
 # Environment:
 #   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
@@ -29,8 +35,8 @@
 #   RESULTS_DIR=    where results go (default: a new /tmp/geolb-idle-bench.XXXXXX)
 #
 # Requires: haproxy, nginx (with the stream module, Debian
-# libnginx-mod-stream, for its tcp row), openssl, python3, taskset, and the
-# right to raise the open-file limit (root, or a hard limit of 8 * COUNT + 10000).
+# libnginx-mod-stream, for its tcp row), openssl, python3, taskset; an
+# open-file hard limit of 2 * COUNT + 1000 for every row to hold COUNT.
 set -uo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -48,7 +54,11 @@ declare -a PIDS=()          # every long-running process this script started
 declare -A TARGET_PID=()    # proxy -> pid
 declare -A TARGET_PORT=()   # "proxy kind" -> port
 
-ulimit -n $((8 * COUNT + 10000)) 2>/dev/null || die "cannot raise the open-file limit to $((8 * COUNT + 10000))"
+# As many descriptors as allowed: 10,000 TCP connections need 20,000 in
+# the proxy, more than some containers' hard limit (then fewer are held).
+ulimit -n "$(ulimit -Hn)" || die "cannot raise the open-file limit"
+FD_LIMIT=$(ulimit -n)
+[[ $FD_LIMIT == unlimited ]] && FD_LIMIT=1048576
 WORK=$(mktemp -d /tmp/geolb-idle-work.XXXXXX)
 RESULTS=${RESULTS_DIR:-$(mktemp -d /tmp/geolb-idle-bench.XXXXXX)}
 mkdir -p "$RESULTS/logs" "$RESULTS/configs"
@@ -101,7 +111,7 @@ write_haproxy_conf() {
   cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn $((3 * COUNT + 1000))
+    maxconn $HAPROXY_MAXCONN
 
 defaults
     no log
@@ -144,8 +154,8 @@ NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 write_nginx_proxy_conf() {
   {
     [[ -f $NGINX_STREAM ]] && echo "load_module $NGINX_STREAM;"
-    NGINX_WORKER_CONNECTIONS=$((4 * COUNT)) nginx_common nginx
-    echo "worker_rlimit_nofile $((4 * COUNT + 1000));"
+    NGINX_WORKER_CONNECTIONS=$((2 * COUNT + 100)) nginx_common nginx
+    echo "worker_rlimit_nofile $FD_LIMIT;"
     echo "http {"
     echo "    access_log off;"
     nginx_http_common nginx | sed 's/keepalive_timeout 65s/keepalive_timeout 600s/'
@@ -210,47 +220,50 @@ hold() {
   return 1
 }
 
-# measure_proxy NAME : rows of results.tsv for NAME.
-measure_proxy() {
-  local name=$1 kind pid before after holders=() ok=1
-  local ports=()
-  for kind in "${KINDS[@]}"; do
-    [[ $name == nginx && $kind == tcp && ! -f $NGINX_STREAM ]] && continue
-    ports+=("${TARGET_PORT[$name $kind]}")
-  done
-  start_proxy "$name" "${ports[@]}" || return 0
+# count_for NAME KIND : how many connections to hold. Each needs one
+# descriptor in the proxy, two for tcp (the backend's) and two in HAProxy
+# whatever the kind (it reserves a backend's for each of its maxconn), and
+# the open-file limit caps them all.
+count_for() {
+  local n=$COUNT
+  if [[ $2 == tcp || $1 == haproxy ]]; then
+    ((n > (FD_LIMIT - 1000) / 2)) && n=$(((FD_LIMIT - 1000) / 2))
+  fi
+  ((n > FD_LIMIT - 1000)) && n=$((FD_LIMIT - 1000))
+  echo "$n"
+}
+
+# measure NAME KIND : one row of results.tsv: NAME started afresh, warmed
+# up (10 connections of KIND, one request each, closed), then holding
+# count_for connections of KIND.
+measure() {
+  local name=$1 kind=$2 port=${TARGET_PORT[$1 $2]} pid before after n holder="" start
+  n=$(count_for "$name" "$kind")
+  HAPROXY_MAXCONN=$((n + 100))
+  start_proxy "$name" "$port" || return 0
   pid=${TARGET_PID[$name]}
-  for kind in "${KINDS[@]}"; do   # warm-up: lazy state (TLS, backend pools) in place
-    [[ $name == nginx && $kind == tcp && ! -f $NGINX_STREAM ]] && continue
-    hold "$kind" "${TARGET_PORT[$name $kind]}" 10 || { log "SKIP $name: warm-up $kind failed"; ok=0; break; }
+  if hold "$kind" "$port" 10; then
     stop_pids "$HOLD_PID"; forget_pid "$HOLD_PID"
-  done
-  sleep "$SETTLE"
-  before=$(mem_of "$pid")
-  log "$name: idle, RSS ${before% *} KiB, Pss ${before#* } KiB"
-  for kind in "${KINDS[@]}"; do
-    ((ok)) || break
-    if [[ $name == nginx && $kind == tcp && ! -f $NGINX_STREAM ]]; then
-      log "  nginx tcp: no stream module ($NGINX_STREAM), skipped"
-      continue
-    fi
-    local start=$SECONDS
-    if ! hold "$kind" "${TARGET_PORT[$name $kind]}" "$COUNT"; then
-      log "  $name $kind: could not hold $COUNT connections"
-      break
-    fi
-    holders+=("$HOLD_PID")
     sleep "$SETTLE"
-    after=$(mem_of "$pid")
-    printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\n' "$name" "$kind" "$COUNT" \
-      "${before% *}" "${after% *}" "${before#* }" "${after#* }" \
-      $(((${after% *} - ${before% *}) * 1024 / COUNT)) \
-      $(((${after#* } - ${before#* }) * 1024 / COUNT)) >>"$RESULTS/results.tsv"
-    log "  $name $kind: $COUNT open in $((SECONDS - start)) s: RSS ${before% *} -> ${after% *} KiB, $(tail -1 "$RESULTS/results.tsv" | cut -f8) B per connection"
-    before=$after
-  done
-  stop_pids "${holders[@]}" "$pid"
-  for p in "${holders[@]}" "$pid"; do forget_pid "$p"; done
+    before=$(mem_of "$pid")
+    start=$SECONDS
+    if hold "$kind" "$port" "$n"; then
+      holder=$HOLD_PID
+      sleep "$SETTLE"
+      after=$(mem_of "$pid")
+      printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\n' "$name" "$kind" "$n" \
+        "${before% *}" "${after% *}" "${before#* }" "${after#* }" \
+        $(((${after% *} - ${before% *}) * 1024 / n)) \
+        $(((${after#* } - ${before#* }) * 1024 / n)) >>"$RESULTS/results.tsv"
+      log "  $name $kind: $n open in $((SECONDS - start)) s: RSS ${before% *} -> ${after% *} KiB, $(tail -1 "$RESULTS/results.tsv" | cut -f8) B per connection"
+    else
+      log "  $name $kind: could not hold $n connections"
+    fi
+  else
+    log "SKIP $name $kind: warm-up failed"
+  fi
+  [[ -n $holder ]] && { stop_pids "$holder"; forget_pid "$holder"; }
+  stop_pids "$pid"; forget_pid "$pid"
 }
 
 # ---------------------------------------------------------------- main
@@ -262,7 +275,7 @@ log "results in $RESULTS"
   echo "geolb: $GEOLB"
   echo "haproxy: $(haproxy -v 2>/dev/null | head -1)"
   echo "nginx: $(nginx -v 2>&1)"
-  echo "COUNT=$COUNT SETTLE=$SETTLE"
+  echo "COUNT=$COUNT SETTLE=$SETTLE open-file limit $FD_LIMIT"
 } >"$RESULTS/env.txt"
 make_cert
 read -r BACKEND_HTTP BACKEND_TCP p1 p2 p3 p4 p5 p6 p7 p8 p9 <<<"$(free_ports 11)"
@@ -275,7 +288,13 @@ wait_port "$BACKEND_TCP" "$BACKEND_PID" || die "the backend did not start: $(tai
 
 printf 'proxy\tkind\tconnections\trss_before_kib\trss_after_kib\tpss_before_kib\tpss_after_kib\trss_bytes_per_conn\tpss_bytes_per_conn\n' >"$RESULTS/results.tsv"
 for name in $PROXIES; do
-  measure_proxy "$name"
+  for kind in "${KINDS[@]}"; do
+    if [[ $name == nginx && $kind == tcp && ! -f $NGINX_STREAM ]]; then
+      log "SKIP nginx tcp: no stream module ($NGINX_STREAM)"
+      continue
+    fi
+    measure "$name" "$kind"
+  done
 done
 
 echo
