@@ -81,7 +81,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .flat_map(|s| s.split(','))
             .map(str::trim)
             // Nor Host: geolb routed on it, and the backend must see the
-            // same (found by the http_head fuzz target).
+            // same (found writing the http_head fuzz target's invariants).
             .filter(|t| {
                 !t.eq_ignore_ascii_case("keep-alive")
                     && !t.eq_ignore_ascii_case("close")
