@@ -20,7 +20,7 @@
 
 FROM rust:1.88-slim-bookworm@sha256:38bc5a86d998772d4aec2348656ed21438d20fcdce2795b56ca434cf21430d89 AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # benches: Cargo.toml names a bench target, which must exist to build at
 # all; geoip: `geolb demo` carries the test database in the binary.
 COPY src src
@@ -28,7 +28,10 @@ COPY benches benches
 COPY geoip geoip
 # Stripped for the image only: the repository's release profile keeps line
 # tables for readable backtraces.
-RUN cargo build --release --locked --bin geolb --config profile.release.strip=true
+# No .git in the context: the commit in geolb_build_info comes from
+# `--build-arg GEOLB_COMMIT=$(git rev-parse --short HEAD)`, else "unknown".
+ARG GEOLB_COMMIT=
+RUN GEOLB_COMMIT=$GEOLB_COMMIT cargo build --release --locked --bin geolb --config profile.release.strip=true
 
 FROM debian:bookworm-20251229-slim@sha256:d5d3f9c23164ea16f31852f95bd5959aad1c5e854332fe00f7b3a20fcc9f635c
 COPY --from=build /src/target/release/geolb /usr/local/bin/geolb

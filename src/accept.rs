@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{ClientConn, ClientLimits};
+
 /// A listening socket: TCP for every listener, Unix for the admin socket.
 pub trait Listening {
     type Stream;
@@ -60,6 +62,9 @@ pub struct Slots {
     /// Times accepting paused at the limit.
     limited: AtomicU64,
     freed: Notify,
+    /// Per-client limits (`client_limits`), checked once the client's
+    /// address is known (after a PROXY header): [`Slot::admit`].
+    pub clients: Arc<ClientLimits>,
 }
 
 impl Slots {
@@ -69,6 +74,7 @@ impl Slots {
             max: AtomicUsize::new(usize::MAX),
             limited: AtomicU64::new(0),
             freed: Notify::new(),
+            clients: Arc::default(),
         };
         slots.set_max(max);
         Arc::new(slots)
@@ -113,22 +119,53 @@ impl Slots {
 
     fn take(self: &Arc<Self>) -> Slot {
         self.open.fetch_add(1, Ordering::Relaxed);
-        Slot(Some(self.clone()))
+        Slot {
+            slots: Some(self.clone()),
+            client: ClientConn::none(),
+        }
     }
 }
 
-/// One connection's place under its listener's limit, freed when dropped:
-/// moved into the connection's task, it ends with the task.
-pub struct Slot(Option<Arc<Slots>>);
+/// One connection's place under its listener's limit, and under its
+/// client's (once [`Slot::admit`]ted), freed when dropped: moved into the
+/// connection's task, it ends with the task.
+pub struct Slot {
+    slots: Option<Arc<Slots>>,
+    client: ClientConn,
+}
 
 impl Slot {
     /// A slot of nothing (listeners without [`Slots`]).
     pub fn none() -> Slot {
-        Slot(None)
+        Slot {
+            slots: None,
+            client: ClientConn::none(),
+        }
     }
 
-    /// `connection`, holding this slot until it ends: what a listener's
-    /// `serve` spawns.
+    /// Counts the connection against the limit of its client, `ip`; false
+    /// (counted) when that client has as many open as it may: close it.
+    pub fn admit(&mut self, ip: std::net::IpAddr) -> bool {
+        let Some(slots) = &self.slots else {
+            return true;
+        };
+        match slots.clients.connect(ip) {
+            Some(client) => {
+                self.client = client;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The listener's per-client limits, for requests.
+    pub fn clients(&self) -> Option<&ClientLimits> {
+        self.slots.as_deref().map(|s| &*s.clients)
+    }
+}
+
+impl Slot {
+    /// Runs `connection`, keeping this place until it ends.
     pub async fn hold<F: Future>(self, connection: F) -> F::Output {
         let out = connection.await;
         drop(self);
@@ -138,7 +175,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(slots) = self.0.take() {
+        if let Some(slots) = self.slots.take() {
             slots.open.fetch_sub(1, Ordering::Relaxed);
             slots.freed.notify_one();
         }

@@ -1,8 +1,9 @@
 //! Start-up, signals and shutdown order. Start-up brings the checked
 //! config into service the way a reload does ([`reload::apply`] onto a
 //! daemon running nothing), except that listeners open only once every
-//! health check has a first result. Then SIGHUP reloads, SIGTERM/SIGINT
-//! stop accepting and let in-flight work finish within the grace period.
+//! health check has a first result. Then SIGHUP reloads, SIGUSR1 reopens
+//! the log files, SIGUSR2 starts a successor, SIGTERM/SIGINT stop
+//! accepting and let in-flight work finish within the grace period.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
     takeover: bool,
 ) -> anyhow::Result<()> {
+    // SIGUSR1's default action ends the process: taken from the start, a
+    // logrotate during the start-up (or a takeover) reopens late instead.
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot install the SIGUSR1 handler")?;
     let metrics = metrics::install().context("cannot install the metrics recorder")?;
     let takeover_path = takeover::socket_path(&checked.config.runtime.state_dir);
     // Resolved now: after a package upgrade the path names the new binary,
@@ -159,7 +164,7 @@ pub async fn serve(
         tasks.spawn(notify::watchdog(interval, shutdown.clone()));
     }
 
-    wait_for_stop(&daemon, &exe).await;
+    wait_for_stop(&daemon, &exe, usr1).await;
     notify::stopping();
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing in-flight requests");
     shutdown.cancel();
@@ -245,7 +250,11 @@ async fn offer_takeover(path: PathBuf, daemon: Arc<Daemon>) {
 }
 
 #[cfg(unix)]
-async fn wait_for_stop(daemon: &Arc<Daemon>, exe: &std::path::Path) {
+async fn wait_for_stop(
+    daemon: &Arc<Daemon>,
+    exe: &std::path::Path,
+    mut usr1: tokio::signal::unix::Signal,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
@@ -264,6 +273,8 @@ async fn wait_for_stop(daemon: &Arc<Daemon>, exe: &std::path::Path) {
                 tracing::info!("SIGHUP: reloading the config");
                 let _ = reload::reload(daemon).await;
             }
+            // nginx's convention: logrotate renames the files, then signals.
+            _ = usr1.recv() => crate::logging::reopen(),
             _ = usr2.recv() => start_successor(daemon, exe),
             _ = daemon.shutdown.cancelled() => return,
         }

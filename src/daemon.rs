@@ -250,12 +250,14 @@ impl Daemon {
             tracing::warn!(listener = %bound.name, error = %e, "cannot keep the socket for a takeover");
         });
         let (snapshot, id, tasks) = (self.snapshot.clone(), bound.id.clone(), self.tasks.clone());
-        let max = snapshot
-            .load()
-            .listeners
-            .get(&id)
-            .and_then(|l| l.config.max_connections);
-        let slots = Slots::new(max);
+        let slots = Slots::new(None);
+        if let Some(l) = snapshot.load().listeners.get(&id) {
+            slots.set_max(l.config.max_connections);
+            slots
+                .clients
+                .configure(&l.config.name, l.config.client_limits.as_ref());
+            slots.clients.register_series();
+        }
         match (bound.protocol, &tls) {
             (Protocol::Tcp, _) => {
                 let ctx = TcpContext::new(snapshot, id, tasks, stop.clone());
@@ -351,11 +353,16 @@ impl Daemon {
         }
     }
 
-    /// Gives each listener that keeps running the `max_connections`
-    /// `max_for` gives for its identity (new connections see it).
-    pub fn set_limits(&self, max_for: impl Fn(&ListenerId) -> Option<u32>) {
+    /// Gives each listener that keeps running the `max_connections` and
+    /// `client_limits` of the config `config_for` gives for its identity
+    /// (new connections and requests see them).
+    pub fn set_limits<'a>(&self, config_for: impl Fn(&ListenerId) -> Option<&'a ListenerConfig>) {
         for r in locked(&self.listeners).iter() {
-            r.slots.set_max(max_for(&r.bound.id));
+            let config = config_for(&r.bound.id);
+            r.slots.set_max(config.and_then(|l| l.max_connections));
+            if let Some(l) = config {
+                r.slots.clients.configure(&l.name, l.client_limits.as_ref());
+            }
         }
     }
 

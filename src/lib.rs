@@ -8,14 +8,16 @@
 //!
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
-//!      -> (state, upstream, health, balance, geoip, tls_client)
+//!      -> (state, upstream, health, outlier, admission, balance, geoip,
+//!          tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
-//!          lograte)
+//!          lograte, limits, logging, accesslog)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
-//! - [`admin`]: /healthz, /metrics (rendered in `admin::exposition`),
-//!   /status, /reload, overrides, the status page; over HTTP or HTTPS
+//! - [`admin`]: /healthz, /metrics (rendered in `admin::exposition`, the
+//!   `process_*` series in `admin::process`), /status, /reload, overrides,
+//!   the status page (`admin::page`); over HTTP or HTTPS
 //!   (`[admin] tls`) and a Unix socket (`admin::socket`).
 //! - [`reload`]: how a config comes into service, at start-up and after:
 //!   `check` builds every artifact once, `apply` diffs and swaps.
@@ -31,6 +33,10 @@
 //!   HTTP/2, cleartext or TLS).
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
+//! - [`outlier`]: passive health: backends ejected after failing
+//!   requests in a row, kept outside the snapshot like health.
+//! - [`admission`]: a pool's queue for backends at `max_connections` and
+//!   its retry budget, kept across reloads.
 //! - [`balance`]: pure backend selection.
 //! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides,
 //!   and the watcher that re-reads a replaced database file.
@@ -46,8 +52,15 @@
 //! - [`notify`]: systemd readiness (`sd_notify`): ready, reloading,
 //!   stopping, watchdog.
 //! - [`accept`]: the one accept loop of every listener.
+//! - [`limits`]: per-client limits (connections and request rate by
+//!   address prefix), held by the accept loop's [`accept::Slots`].
 //! - [`lograte`]: lines that clients can cause, limited to one a second
 //!   per kind (`log_limited!`), their client-supplied text clipped.
+//! - [`logging`]: the logger: text or JSON lines, to stderr or files
+//!   (`[log]`), through one writer thread that never blocks serving;
+//!   files reopened on SIGUSR1.
+//! - [`accesslog`]: the access lines of HTTP requests, TCP connections
+//!   and sampled DNS queries: what each holds, client text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
@@ -77,7 +90,9 @@
 //!   serving threads; a failure leaves everything as it was.
 
 pub mod accept;
+pub mod accesslog;
 pub mod admin;
+pub mod admission;
 #[cfg(feature = "alloc-stats")]
 pub mod alloc_stats;
 pub mod app;
@@ -91,10 +106,13 @@ pub mod dns;
 pub mod fuzzing;
 pub mod geoip;
 pub mod health;
+pub mod limits;
+pub mod logging;
 pub mod lograte;
 pub mod lookup;
 pub mod metrics;
 pub mod notify;
+pub mod outlier;
 pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;

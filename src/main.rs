@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon in the foreground (logs to stderr).
+    /// Run the daemon in the foreground (logs to stderr or `[log] file`).
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -181,21 +181,16 @@ where
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GEOLB_LOG").unwrap_or_else(|_| {
-        // hickory logs every query at info and every bad OPT at warn;
-        // rustls logs a bad ClientHello at warn (a 60 KB SNI in full), h2
-        // a client's rapid resets: per connection, what a client chose.
-        // geolb logs those itself, limited (`geolb::log_limited!`).
-        tracing_subscriber::EnvFilter::new(
-            "info,hickory_server=warn,hickory_proto=error,rustls=error,h2=error",
-        )
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Installs the logger as `[log]` says (stderr and text without a config);
+/// the guard writes out queued lines when dropped, at exit.
+fn init_logging(config: &geolb::config::LogConfig) -> Option<geolb::logging::Guard> {
+    match geolb::logging::init(config) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("geolb: {e}");
+            None
+        }
+    }
 }
 
 fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
@@ -248,7 +243,6 @@ fn main() -> ExitCode {
             config: path,
             takeover,
         } => {
-            init_logging();
             let checked = match geolb::reload::check(&path, None) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -260,6 +254,10 @@ fn main() -> ExitCode {
                     eprintln!("{errors}");
                     return ExitCode::FAILURE;
                 }
+            };
+            // Set up once the config says where lines go; nothing logs before.
+            let Some(_log) = init_logging(&checked.config.log) else {
+                return ExitCode::FAILURE;
             };
             let rt = match runtime(checked.config.runtime.worker_threads) {
                 Ok(rt) => rt,
@@ -310,7 +308,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo => {
-            init_logging();
+            let Some(_log) = init_logging(&Default::default()) else {
+                return ExitCode::FAILURE;
+            };
             let rt = match runtime(None) {
                 Ok(rt) => rt,
                 Err(e) => {

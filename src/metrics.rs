@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter};
+use metrics::{Counter, CounterFn, counter, describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "geolb_http_requests_total";
@@ -37,9 +37,28 @@ pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
 pub const LISTENER_CONNECTIONS: &str = "geolb_listener_connections";
 /// Times a listener stopped accepting at its `max_connections`.
 pub const LISTENER_LIMITED: &str = "geolb_listener_connections_limited_total";
+/// Connections closed and requests answered 429 by a listener's
+/// `client_limits`, by `listener` and `limit` (`connections`, `requests`).
+pub const CLIENT_LIMITED: &str = "geolb_client_limited_total";
+/// HTTP/2 responses cut because the client let no byte of them through
+/// (flow control) for the listener's `idle` timeout, by `listener`.
+pub const HTTP_STALLED: &str = "geolb_http_stalled_streams_total";
 pub const BACKEND_UP: &str = "geolb_backend_up";
 pub const BACKEND_ACTIVE: &str = "geolb_backend_active_connections";
 pub const POOL_HEALTHY: &str = "geolb_pool_healthy_backends";
+/// 1 while passive health has the backend ejected, by `pool` and
+/// `backend`. This and the next four are rendered at scrape time from the
+/// state `outlier` and `admission` keep.
+pub const BACKEND_EJECTED: &str = "geolb_backend_ejected";
+/// Ejections by passive health, by `pool` and `backend`.
+pub const BACKEND_EJECTIONS: &str = "geolb_backend_ejections_total";
+/// Requests waiting for a backend below `max_connections`, by `pool`.
+pub const POOL_QUEUE: &str = "geolb_pool_queue_length";
+/// Requests answered 503 by the queue, by `pool` and `reason` (`full`,
+/// `timeout`).
+pub const POOL_QUEUE_REFUSED: &str = "geolb_pool_queue_refused_total";
+/// Retries not made because the pool's retry budget was spent, by `pool`.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "geolb_retry_budget_exhausted_total";
 pub const DATACENTER_UP: &str = "geolb_datacenter_up";
 pub const OVERRIDES: &str = "geolb_overrides_total";
 /// 1 per override in force, by `kind`, `target`, `pool` and `state`.
@@ -50,6 +69,53 @@ pub const BUILD_INFO: &str = "geolb_build_info";
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
 /// `geolb_dns_geo_answers_total{name, datacenter}`
 pub const DNS_GEO_ANSWERS: &str = "geolb_dns_geo_answers_total";
+/// `geolb_dns_rrl_limited_total{action}`: UDP responses over `[dns.rrl]`,
+/// `action` = `dropped` or `slipped` (sent empty with TC).
+pub const DNS_RRL: &str = "geolb_dns_rrl_limited_total";
+/// `geolb_dns_tcp_closed_total{reason}`: DNS TCP connections geolb closed,
+/// `reason` = `idle` or `max_queries`.
+pub const DNS_TCP_CLOSED: &str = "geolb_dns_tcp_closed_total";
+/// Times DNS over TCP stopped accepting at `[dns] tcp_max_connections`.
+pub const DNS_TCP_LIMITED: &str = "geolb_dns_tcp_connections_limited_total";
+
+// Process, build, reload and health-check series: what an on-call
+// engineer asks first (which backend fails, since when, did the reload
+// work, is the process out of descriptors). The process names are the
+// ones node_exporter and the Prometheus client libraries use, so existing
+// dashboards and alerts apply unchanged.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
+pub const PROCESS_VIRTUAL: &str = "process_virtual_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+/// 1 if the last reload (or the start-up config) came into service, 0 if
+/// it was refused; as Prometheus's `prometheus_config_last_reload_successful`.
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "geolb_config_last_reload_successful";
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIME: &str =
+    "geolb_config_last_reload_success_timestamp_seconds";
+/// Per (pool, backend) with a health check: each probe's duration.
+pub const HEALTH_CHECK_DURATION: &str = "geolb_health_check_duration_seconds";
+/// Per (pool, backend): failed probes (each one, not state changes).
+pub const HEALTH_CHECK_FAILURES: &str = "geolb_health_check_failures_total";
+/// Per (pool, backend): when the check's state last changed (Unix time).
+pub const BACKEND_LAST_CHANGE: &str = "geolb_backend_last_change_timestamp_seconds";
+/// Per data center: healthy, drain aside (a drained one is still healthy),
+/// so that "data center down" does not fire for a planned drain.
+pub const DATACENTER_HEALTHY: &str = "geolb_datacenter_healthy";
+/// Per pool: its `min_healthy`, for comparing with [`POOL_HEALTHY`].
+pub const POOL_MIN_HEALTHY: &str = "geolb_pool_min_healthy_backends";
+/// Health probes: from a loopback connect (well under 1 ms) to the
+/// longest sensible check timeout.
+pub const HEALTH_CHECK_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The commit this binary was built from (`build.rs`), `unknown` when the
+/// build had no git.
+pub fn commit() -> &'static str {
+    option_env!("GEOLB_COMMIT").unwrap_or("unknown")
+}
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -60,25 +126,20 @@ const DURATION_BUCKETS: &[f64] = &[
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe_counter!(
-        TCP_CONNECTIONS,
-        "Client connections accepted by tcp listeners, by listener and pool."
-    );
-    describe_counter!(
-        TCP_BYTES,
-        metrics::Unit::Bytes,
-        "Bytes copied by tcp listeners, by listener, pool and direction (in: client to backend)."
-    );
-    describe_counter!(
-        TCP_CONNECT_ERRORS,
-        "Failed connection attempts from tcp listeners to backends, by listener and pool."
-    );
-    describe_counter!(
         PROXY_PROTOCOL_ERRORS,
         "Client connections dropped for a missing, malformed or late PROXY header, by listener."
     );
     describe_counter!(
         TLS_HANDSHAKE_ERRORS,
         "Client TLS handshakes that failed or timed out, by listener."
+    );
+    describe_counter!(
+        CLIENT_LIMITED,
+        "Client connections closed and requests answered 429 by client_limits, by listener and limit (connections, requests)."
+    );
+    describe_counter!(
+        HTTP_STALLED,
+        "HTTP/2 responses reset because the client's flow-control window stayed closed for the idle timeout, by listener."
     );
     describe_counter!(
         CONFIG_RELOADS,
@@ -92,9 +153,26 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         DNS_QUERIES,
         "DNS queries answered, by query type (known types, else other; malformed for messages that could not be parsed) and response code."
     );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESSFUL,
+        "1 if the last reload (or the start-up config) came into service, 0 if it was refused."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS_TIME,
+        metrics::Unit::Seconds,
+        "Unix time of the last config that came into service (start-up or reload)."
+    );
     describe_counter!(
-        DNS_GEO_ANSWERS,
-        "Answers for geo names, by name and chosen data center (A, AAAA and ANY queries)."
+        DNS_RRL,
+        "UDP responses over the [dns.rrl] rate, by action: dropped, or slipped (sent empty with TC)."
+    );
+    describe_counter!(
+        DNS_TCP_CLOSED,
+        "DNS over TCP connections closed by geolb, by reason: idle, max_queries."
+    );
+    describe_counter!(
+        DNS_TCP_LIMITED,
+        "Times DNS over TCP stopped accepting at [dns] tcp_max_connections."
     );
     // Both results exist from the start, so a failure is a rate change and
     // not a series appearing.
@@ -103,20 +181,105 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     Ok(handle)
 }
 
-/// Per (listener, pool): what a request records into. Kept here rather
-/// than in the recorder so that the series of a pool or listener removed by
-/// a reload leave `/metrics` (the recorder cannot forget a series), and so
-/// that recording is a few relaxed atomic adds. Shared across generations
-/// while any snapshot names the pair, so counters survive reloads.
+/// A counter the exposition renders itself (so it can leave with what it
+/// counts), handed to code that records through the `metrics` facade as a
+/// plain [`Counter`].
+#[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn counter(self: &Arc<Self>) -> Counter {
+        Counter::from_arc(self.clone())
+    }
+}
+
+impl CounterFn for Count {
+    fn increment(&self, value: u64) {
+        self.add(value);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.fetch_max(value, Ordering::Relaxed);
+    }
+}
+
+/// A histogram of durations with fixed buckets, a few relaxed atomic adds
+/// per observation.
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket of `bounds` (not cumulative), then +Inf.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of one series; `labels`
+    /// already escaped, without braces.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, le) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a family.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Per (listener, pool): what a request or a TCP connection records into.
+/// Kept here rather than in the recorder so that the series of a pool or
+/// listener removed by a reload leave `/metrics` (the recorder cannot
+/// forget a series), and so that recording is a few relaxed atomic adds.
+/// Shared across generations while any snapshot names the pair, so
+/// counters survive reloads.
 pub struct RouteMetrics {
     listener: String,
     pool: String,
     /// Indexed by status code - 100.
     codes: Box<[AtomicU64]>,
-    /// Per bucket of [`DURATION_BUCKETS`] (not cumulative), then +Inf.
-    buckets: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+    duration: Histogram,
     retries: AtomicU64,
+    /// tcp listeners: connections, bytes each way, failed connects.
+    pub tcp_connections: Arc<Count>,
+    pub tcp_bytes_in: Arc<Count>,
+    pub tcp_bytes_out: Arc<Count>,
+    pub tcp_connect_errors: Arc<Count>,
 }
 
 type RouteKey = (String, String);
@@ -138,11 +301,12 @@ impl RouteMetrics {
             listener: listener.to_string(),
             pool: pool.to_string(),
             codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: (0..=DURATION_BUCKETS.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            sum_nanos: AtomicU64::new(0),
+            duration: Histogram::new(DURATION_BUCKETS),
             retries: AtomicU64::new(0),
+            tcp_connections: Arc::default(),
+            tcp_bytes_in: Arc::default(),
+            tcp_bytes_out: Arc::default(),
+            tcp_connect_errors: Arc::default(),
         });
         registry.insert(key, Arc::downgrade(&fresh));
         fresh
@@ -155,85 +319,113 @@ impl RouteMetrics {
         {
             slot.fetch_add(1, Ordering::Relaxed);
         }
-        let seconds = elapsed.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|&le| seconds <= le)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.duration.observe(elapsed);
     }
 
     pub fn retried(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
-}
 
-/// The HTTP families (requests, durations, retries) of `routes`, each
-/// listed once, in the Prometheus text exposition.
-pub fn render_routes(out: &mut String, routes: &[&Arc<RouteMetrics>]) {
-    let labels = |m: &RouteMetrics| {
+    /// Requests answered so far, and those answered with a 5xx.
+    pub fn requests(&self) -> (u64, u64) {
+        let count = |range: std::ops::Range<usize>| -> u64 {
+            self.codes[range]
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum()
+        };
+        (count(0..500), count(400..500))
+    }
+
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn labels(&self) -> String {
         format!(
             "listener=\"{}\",pool=\"{}\"",
-            escape_label(&m.listener),
-            escape_label(&m.pool)
+            escape_label(&self.listener),
+            escape_label(&self.pool)
         )
-    };
-    let _ = writeln!(
+    }
+}
+
+/// The HTTP families (requests, durations, retries) of the routes of
+/// HTTP(S) listeners and the TCP families of the routes of tcp listeners,
+/// each listed once, in the Prometheus text exposition.
+pub fn render_routes(out: &mut String, http: &[&Arc<RouteMetrics>], tcp: &[&Arc<RouteMetrics>]) {
+    family(
         out,
-        "# HELP {HTTP_REQUESTS} HTTP requests answered, by listener, pool and status code.\n# TYPE {HTTP_REQUESTS} counter"
+        HTTP_REQUESTS,
+        "counter",
+        "HTTP requests answered, by listener, pool and status code.",
     );
-    for m in routes {
+    for m in http {
         for (i, n) in m.codes.iter().enumerate() {
             let n = n.load(Ordering::Relaxed);
             if n > 0 {
                 let _ = writeln!(
                     out,
                     "{HTTP_REQUESTS}{{{},code=\"{}\"}} {n}",
-                    labels(m),
+                    m.labels(),
                     i + 100
                 );
             }
         }
     }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP {HTTP_REQUEST_DURATION} Time from a request's head to the end of its response, by listener and pool.\n# TYPE {HTTP_REQUEST_DURATION} histogram"
+        HTTP_REQUEST_DURATION,
+        "histogram",
+        "Time from a request's head to the end of its response, by listener and pool.",
     );
-    for m in routes {
-        let labels = labels(m);
-        let mut cumulative = 0;
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += m.buckets[i].load(Ordering::Relaxed);
+    for m in http {
+        m.duration.render(out, HTTP_REQUEST_DURATION, &m.labels());
+    }
+    type Family = (&'static str, &'static str, fn(&RouteMetrics) -> u64);
+    let families: [Family; 3] = [
+        (
+            HTTP_RETRIES,
+            "Requests sent again to another backend after a failure, by listener and pool.",
+            |m| m.retries.load(Ordering::Relaxed),
+        ),
+        (
+            TCP_CONNECTIONS,
+            "Client connections accepted by tcp listeners, by listener and pool.",
+            |m| m.tcp_connections.get(),
+        ),
+        (
+            TCP_CONNECT_ERRORS,
+            "Failed connection attempts from tcp listeners to backends, by listener and pool.",
+            |m| m.tcp_connect_errors.get(),
+        ),
+    ];
+    for (name, help, value) in families {
+        family(out, name, "counter", help);
+        let routes = if name == HTTP_RETRIES { http } else { tcp };
+        for m in routes {
+            let _ = writeln!(out, "{name}{{{}}} {}", m.labels(), value(m));
+        }
+    }
+    family(
+        out,
+        TCP_BYTES,
+        "counter",
+        "Bytes copied by tcp listeners, by listener, pool and direction (in: client to backend).",
+    );
+    for m in tcp {
+        for (direction, n) in [("in", &m.tcp_bytes_in), ("out", &m.tcp_bytes_out)] {
             let _ = writeln!(
                 out,
-                "{HTTP_REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                "{TCP_BYTES}{{{},direction=\"{direction}\"}} {}",
+                m.labels(),
+                n.get()
             );
         }
-        cumulative += m.buckets[DURATION_BUCKETS.len()].load(Ordering::Relaxed);
-        let sum = m.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "{HTTP_REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(out, "{HTTP_REQUEST_DURATION}_sum{{{labels}}} {sum}");
-        let _ = writeln!(
-            out,
-            "{HTTP_REQUEST_DURATION}_count{{{labels}}} {cumulative}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {HTTP_RETRIES} Requests sent again to another backend after a failure, by listener and pool.\n# TYPE {HTTP_RETRIES} counter"
-    );
-    for m in routes {
-        let _ = writeln!(
-            out,
-            "{HTTP_RETRIES}{{{}}} {}",
-            labels(m),
-            m.retries.load(Ordering::Relaxed)
-        );
     }
 }
 

@@ -171,6 +171,60 @@ pub struct ReloadSummary {
     pub took_ms: f64,
 }
 
+impl ReloadSummary {
+    /// What the reload changed, for its log line: `pools +a -b, ...`, or
+    /// `nothing listed` (settings of things that stay are not itemized).
+    pub fn changes(&self) -> String {
+        let mut out = String::new();
+        let lists: [(&str, &[String], &[String]); 4] = [
+            ("pools", &self.pools_added, &self.pools_removed),
+            ("backends", &self.backends_added, &self.backends_removed),
+            ("listeners", &self.listeners_added, &self.listeners_removed),
+            (
+                "datacenters",
+                &self.datacenters_added,
+                &self.datacenters_removed,
+            ),
+        ];
+        for (what, added, removed) in lists {
+            if added.is_empty() && removed.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(what);
+            for a in added {
+                out.push_str(" +");
+                out.push_str(a);
+            }
+            for r in removed {
+                out.push_str(" -");
+                out.push_str(r);
+            }
+        }
+        let mut also = |what: &str| {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(what);
+        };
+        if !self.datacenters_changed.is_empty() {
+            also(&format!(
+                "datacenters changed {}",
+                self.datacenters_changed.join(" ")
+            ));
+        }
+        if self.zones_changed {
+            also("zones changed");
+        }
+        if out.is_empty() {
+            out.push_str("nothing listed");
+        }
+        out
+    }
+}
+
 /// Re-reads the daemon's config file and brings it into service whole, or
 /// changes nothing; counted and logged either way.
 pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors> {
@@ -191,6 +245,10 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
     });
     let outcome = if result.is_ok() { "success" } else { "failure" };
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+    if result.is_err() {
+        // The success side is set by `apply`, which start-up runs too.
+        ::metrics::gauge!(metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(0.0);
+    }
     let serving = format!("serving config generation {}", daemon.generation());
     match &result {
         Ok(_) => notify::ready(&serving),
@@ -205,6 +263,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
             tracing::info!(
                 generation = summary.config_generation,
                 took_ms = summary.took_ms,
+                changed = summary.changes().as_str(),
                 "config reloaded"
             );
             Ok(summary)
@@ -270,6 +329,10 @@ pub fn apply(
         &daemon.registry,
     );
     let dns_data = dns_data.with_health(Arc::new(DatacenterView(new.datacenters.clone())));
+    if config.dns.is_some() {
+        // Without [dns] no query is answered: no DNS series to show at 0.
+        dns::register_series(&dns_data);
+    }
     let mut summary = summarize(&old, &new);
     daemon.snapshot.store(Arc::new(new));
     daemon.dns.store(Arc::new(dns_data));
@@ -280,10 +343,7 @@ pub fn apply(
             .position(|l| ListenerId::of(l) == *id)?;
         tls[i].as_ref().map(|(server, _)| server.clone())
     });
-    daemon.set_limits(|id| {
-        let l = config.listeners.iter().find(|l| ListenerId::of(l) == *id)?;
-        l.max_connections
-    });
+    daemon.set_limits(|id| config.listeners.iter().find(|l| ListenerId::of(l) == *id));
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
     daemon.admin_token.store(Arc::new(admin_token));
     if let Some((server, infos)) = admin_tls {
@@ -307,7 +367,17 @@ pub fn apply(
         daemon.start_dns(listen, sockets);
     }
     daemon.stop_dns(&changes.dns_gone);
+    served_since(std::time::SystemTime::now());
     Ok(summary)
+}
+
+/// The reload gauges for a config that came into service at `now`.
+fn served_since(now: std::time::SystemTime) {
+    let unix = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    ::metrics::gauge!(metrics::CONFIG_LAST_RELOAD_SUCCESSFUL).set(1.0);
+    ::metrics::gauge!(metrics::CONFIG_LAST_RELOAD_SUCCESS_TIME).set(unix);
 }
 
 /// What a config adds to and removes from the running sockets.
@@ -439,6 +509,16 @@ fn refuse_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
     }
     if udp_threads(old) != udp_threads(new) {
         needs_restart("dns.udp_threads", "changing the number of DNS UDP threads");
+    }
+    // The logger is installed once, before anything serves.
+    if old.log.format != new.log.format {
+        needs_restart("log.format", "changing the log format");
+    }
+    if old.log.file != new.log.file {
+        needs_restart("log.file", "changing the log file");
+    }
+    if old.log.access_file != new.log.access_file {
+        needs_restart("log.access_file", "changing the access log file");
     }
     if errors.is_empty() {
         Ok(())

@@ -10,13 +10,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::admission::{Denied, PoolShared, RetryGuard};
 use crate::balance::{self, Balancer, Candidates};
 use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
 use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::RouteMetrics;
+use crate::outlier::{self, Outcome, Outlier};
 use crate::overrides::{Override, Overrides, Target};
 use crate::upstream::{IdleConnections, Upstream};
 
@@ -152,6 +155,11 @@ pub struct Pool {
     /// How its backends are spoken to (HTTP/1.1 or HTTP/2, TLS or not).
     pub upstream: Upstream,
     balancer: Box<dyn Balancer>,
+    /// Its queue and retry budget, kept across reloads.
+    pub shared: Arc<PoolShared>,
+    /// Taken to eject, so that two failing backends at once cannot both
+    /// pass the `max_ejected_percent` cap.
+    eject_lock: Mutex<()>,
 }
 
 pub struct Backend {
@@ -161,6 +169,8 @@ pub struct Backend {
     pub weight: u32,
     pub drain: bool,
     pub health: Arc<Health>,
+    /// Passive health in this pool, kept across reloads.
+    pub outlier: Arc<Outlier>,
     pub shared: Arc<BackendShared>,
     /// The override of this backend in every pool.
     pub all_pools_override: Arc<AtomicU8>,
@@ -246,15 +256,153 @@ impl Pool {
         self.balancer.hashes().then_some(&self.config.hash)
     }
 
-    /// Picks an available backend not in `tried`.
+    /// Picks an available backend not in `tried` and not ejected.
     pub fn pick(&self, tried: &[usize], key: u64) -> Option<usize> {
-        self.balancer.pick(&PickView { pool: self, tried }, key)
+        let view = PickView {
+            pool: self,
+            tried,
+            limit: usize::MAX,
+        };
+        self.balancer.pick(&view, key)
+    }
+
+    /// Whether some backend not in `tried` could be picked, full or not.
+    pub fn any_eligible(&self, tried: &[usize]) -> bool {
+        let view = PickView {
+            pool: self,
+            tried,
+            limit: usize::MAX,
+        };
+        (0..self.backends.len()).any(|i| view.eligible(i))
+    }
+
+    /// A backend for a request (or TCP connection) and its place in the
+    /// backend's active count. Without `max_connections`, a pick and one
+    /// atomic add; with it, a backend below its limit, else a wait of at
+    /// most `wait` in the pool's queue.
+    pub async fn acquire(&self, tried: &[usize], key: u64, wait: Duration) -> Acquired {
+        let Some(limit) = self.config.limits.max_connections else {
+            let index = self.pick(tried, key).ok_or(Denied::NoBackend)?;
+            let guard = ActiveGuard::new(self.backends[index].shared.clone());
+            return Ok((index, guard));
+        };
+        // Behind requests already waiting, so the queue stays in order.
+        if self.shared.waiting() == 0
+            && let Some(got) = self.try_limited(tried, key, limit as usize)
+        {
+            return Ok(got);
+        }
+        self.queue(tried, key, limit as usize, wait).await
+    }
+
+    /// A backend below `limit`, its slot taken; None if none has room.
+    fn try_limited(&self, tried: &[usize], key: u64, limit: usize) -> Option<(usize, ActiveGuard)> {
+        let view = PickView {
+            pool: self,
+            tried,
+            limit,
+        };
+        // A pick can lose the last slot to a request of another pool (or
+        // thread) between the look and the take: pick again, briefly.
+        for _ in 0..4 {
+            let index = self.balancer.pick(&view, key)?;
+            let backend = &self.backends[index];
+            if let Some(guard) =
+                ActiveGuard::within(backend.shared.clone(), limit, self.shared.clone())
+            {
+                return Some((index, guard));
+            }
+        }
+        None
+    }
+
+    /// Waits in the queue for a backend with room. Boxed: the rare path,
+    /// whose state would otherwise enlarge every request's future.
+    fn queue<'a>(
+        &'a self,
+        tried: &'a [usize],
+        key: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Acquired> + Send + 'a>> {
+        Box::pin(async move {
+            if !self.any_eligible(tried) {
+                return Err(Denied::NoBackend);
+            }
+            let Some(_place) = self.shared.enqueue(self.config.limits.queue) else {
+                return Err(Denied::QueueFull);
+            };
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let freed = self.shared.freed();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(got) = self.try_limited(tried, key, limit) {
+                    // Room for more than one (a raised limit, a backend back
+                    // from ejection): pass the word on.
+                    if self.shared.waiting() > 1 {
+                        self.shared.wake_one();
+                    }
+                    return Ok(got);
+                }
+                if !self.any_eligible(tried) {
+                    return Err(Denied::NoBackend);
+                }
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    self.shared.timed_out();
+                    return Err(Denied::QueueTimeout);
+                }
+            }
+        })
+    }
+
+    /// Counts what a request to backend `index` came to, for passive
+    /// health; ejects it (logged) when that makes too many in a row.
+    #[inline]
+    pub fn outcome(&self, index: usize, outcome: Outcome) {
+        let config = &self.config.outlier;
+        if !config.enabled() {
+            return;
+        }
+        let backend = &self.backends[index];
+        let may_eject = || {
+            let _one_at_a_time = crate::locked(&self.eject_lock);
+            let ejected = self.ejected();
+            ejected < outlier::ejectable(self.backends.len(), config.max_ejected_percent)
+        };
+        if let Some(length) = backend.outlier.record(outcome, config, may_eject) {
+            tracing::warn!(
+                pool = %self.name,
+                backend = %backend.label,
+                seconds = length.as_secs_f64(),
+                "backend ejected after failing requests in a row"
+            );
+        }
+    }
+
+    /// Backends ejected now.
+    pub fn ejected(&self) -> usize {
+        self.backends
+            .iter()
+            .filter(|b| b.outlier.is_ejected())
+            .count()
+    }
+
+    /// Leave to retry within the pool's retry budget, or None (counted).
+    pub fn try_retry(&self) -> Option<RetryGuard> {
+        let active = self.backends.iter().map(|b| b.shared.active()).sum();
+        self.shared.try_retry(&self.config.retry_budget, active)
     }
 }
+
+/// A backend's index and its place in its active count, or why none.
+pub type Acquired = Result<(usize, ActiveGuard), Denied>;
 
 struct PickView<'a> {
     pool: &'a Pool,
     tried: &'a [usize],
+    /// Backends with this many active are full (`usize::MAX`: no limit).
+    limit: usize,
 }
 
 impl Candidates for PickView<'_> {
@@ -265,7 +413,11 @@ impl Candidates for PickView<'_> {
         self.pool.backends[i].weight
     }
     fn eligible(&self, i: usize) -> bool {
-        self.pool.backends[i].is_available() && !self.tried.contains(&i)
+        let b = &self.pool.backends[i];
+        b.is_available()
+            && !self.tried.contains(&i)
+            && !b.outlier.is_ejected()
+            && (self.limit == usize::MAX || b.shared.active() < self.limit)
     }
     fn active(&self, i: usize) -> usize {
         self.pool.backends[i].shared.active()
@@ -273,22 +425,43 @@ impl Candidates for PickView<'_> {
 }
 
 /// Holds one unit of a backend's active count until dropped.
-pub struct ActiveGuard(Arc<BackendShared>);
+pub struct ActiveGuard {
+    shared: Arc<BackendShared>,
+    /// The queue to wake when this unit frees room under a limit.
+    wake: Option<Arc<PoolShared>>,
+}
 
 impl ActiveGuard {
     pub fn new(shared: Arc<BackendShared>) -> Self {
         shared.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(shared)
+        ActiveGuard { shared, wake: None }
+    }
+
+    /// A unit taken only while the count is below `limit`.
+    fn within(shared: Arc<BackendShared>, limit: usize, wake: Arc<PoolShared>) -> Option<Self> {
+        shared
+            .active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ActiveGuard {
+            shared,
+            wake: Some(wake),
+        })
     }
 
     pub fn shared(&self) -> &Arc<BackendShared> {
-        &self.0
+        &self.shared
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(queue) = &self.wake {
+            queue.wake_one();
+        }
     }
 }
 
@@ -297,6 +470,10 @@ impl Drop for ActiveGuard {
 #[derive(Default)]
 pub struct BackendRegistry {
     by_addr: Mutex<HashMap<SocketAddr, Weak<BackendShared>>>,
+    /// Passive health by (pool, backend address).
+    outliers: Mutex<HashMap<(String, SocketAddr), Weak<Outlier>>>,
+    /// Queues and retry budgets by pool name.
+    pools: Mutex<HashMap<String, Weak<PoolShared>>>,
     pub overrides: Arc<Overrides>,
 }
 
@@ -305,6 +482,7 @@ impl BackendRegistry {
     fn prune(&self) {
         let mut map = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, weak| weak.strong_count() > 0);
+        crate::locked(&self.outliers).retain(|_, weak| weak.strong_count() > 0);
     }
 
     fn get(&self, addr: SocketAddr) -> Arc<BackendShared> {
@@ -318,6 +496,17 @@ impl BackendRegistry {
         });
         map.insert(addr, Arc::downgrade(&shared));
         shared
+    }
+
+    fn outlier(&self, pool: &str, addr: SocketAddr) -> Arc<Outlier> {
+        let mut map = crate::locked(&self.outliers);
+        let key = (pool.to_owned(), addr);
+        if let Some(o) = map.get(&key).and_then(Weak::upgrade) {
+            return o;
+        }
+        let o = Arc::new(Outlier::default());
+        map.insert(key, Arc::downgrade(&o));
+        o
     }
 }
 
@@ -381,6 +570,7 @@ pub fn compile(
                     health: pool_check_key(pc, bc.addr)
                         .and_then(|k| healths.get(&k).cloned())
                         .unwrap_or_else(Health::always_up),
+                    outlier: registry.outlier(&pc.name, bc.addr),
                     shared: registry.get(bc.addr),
                     all_pools_override: registry.overrides.cell(&Target::Backend {
                         addr: bc.addr,
@@ -398,6 +588,8 @@ pub fn compile(
                 balancer: balance::build(pc.balance, &pc.backends),
                 upstream,
                 backends,
+                shared: PoolShared::get(&registry.pools, &pc.name),
+                eject_lock: Mutex::new(()),
             })
         })
         .collect();

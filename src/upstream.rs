@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,7 +46,14 @@ pub struct ClientBody {
 
 /// Where a [`ClientBody`] is, shared with the request's handler.
 #[derive(Clone)]
-pub struct BodyProgress(Arc<AtomicU8>);
+pub struct BodyProgress(Arc<Progress>);
+
+#[derive(Default)]
+struct Progress {
+    state: AtomicU8,
+    /// Body bytes received so far (the access log's `bytes_received`).
+    received: AtomicU64,
+}
 
 /// What the client's body last did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +70,7 @@ pub enum BodyState {
 
 impl BodyProgress {
     pub fn state(&self) -> BodyState {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.state.load(Ordering::Relaxed) {
             0 => BodyState::Moving,
             1 => BodyState::WaitingForClient,
             2 => BodyState::Ended,
@@ -72,7 +79,11 @@ impl BodyProgress {
     }
 
     fn set(&self, state: BodyState) {
-        self.0.store(state as u8, Ordering::Relaxed);
+        self.0.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) -> u64 {
+        self.0.received.load(Ordering::Relaxed)
     }
 }
 
@@ -83,7 +94,7 @@ impl ClientBody {
         let progress = if body.is_end_stream() {
             None
         } else {
-            Some(BodyProgress(Arc::new(AtomicU8::new(0))))
+            Some(BodyProgress(Arc::default()))
         };
         let watch = progress.clone();
         (
@@ -107,6 +118,14 @@ impl Body for ClientBody {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Some(progress) = &this.progress {
+            if let Poll::Ready(Some(Ok(frame))) = &polled
+                && let Some(data) = frame.data_ref()
+            {
+                progress
+                    .0
+                    .received
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             progress.set(match &polled {
                 Poll::Pending => BodyState::WaitingForClient,
                 Poll::Ready(None) => BodyState::Ended,

@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,23 +59,35 @@ fn body_of(resp: &str) -> String {
 /// One HTTP/2 request (prior knowledge, cleartext) on a fresh connection:
 /// the status and body. `uri` in origin-form sends no `:authority`.
 async fn h2(addr: SocketAddr, uri: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = http::Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = h2_send(addr, req.body(Empty::<Bytes>::new()).unwrap()).await;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `req` over HTTP/2 (prior knowledge, cleartext) on a fresh connection.
+async fn h2_send<B>(
+    addr: SocketAddr,
+    req: http::Request<B>,
+) -> http::Response<hyper::body::Incoming>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let mut req = http::Request::get(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let resp = support::bounded(LIMIT, "h2 request", sender.send_request(req))
+    support::bounded(LIMIT, "h2 request", sender.send_request(req))
         .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+        .unwrap()
 }
 
 #[tokio::test]
@@ -230,18 +243,10 @@ async fn connect_is_answered_405_and_never_forwarded() {
     }
 
     // HTTP/2 CONNECT (authority only, no :scheme or :path).
-    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
     let req = http::Request::connect("b.example:443")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = support::bounded(LIMIT, "h2 CONNECT", sender.send_request(req))
-        .await
-        .unwrap();
+    let resp = h2_send(web, req).await;
     assert_eq!(resp.status(), 405);
     assert_eq!((a.hits(), b.hits()), (0, 0), "CONNECT was forwarded");
 }
@@ -310,11 +315,19 @@ async fn a_huge_request_line_gets_414_and_huge_headers_431() {
 /// A backend that answers every request head it reads with `response`,
 /// byte for byte, keeping the connection open.
 async fn raw_backend(response: &'static [u8]) -> SocketAddr {
+    recording_backend(response).await.0
+}
+
+/// [`raw_backend`], keeping the request line of each head it reads.
+async fn recording_backend(response: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let record = lines.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let record = record.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -324,6 +337,9 @@ async fn raw_backend(response: &'static [u8]) -> SocketAddr {
                         _ => return,
                     }
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        let line = head.lines().next().unwrap_or("").to_owned();
+                        record.lock().unwrap().push(line);
                         seen.drain(..end + 4);
                         if s.write_all(response).await.is_err() {
                             return;
@@ -333,7 +349,7 @@ async fn raw_backend(response: &'static [u8]) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, lines)
 }
 
 fn one_pool(addr: SocketAddr, extra_listener: &str) -> String {
@@ -465,6 +481,9 @@ async fn dot_segments_are_refused_not_routed_by_their_prefix() {
         "/public/..%5Cadmin",
         "/public/..;/admin",
         "/public/..",
+        "/%2e%2e/admin",
+        "/%2E./admin",
+        "/public/%2e%2e/admin",
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n");
         let resp = raw(web, request.as_bytes(), LIMIT).await;
@@ -733,4 +752,78 @@ async fn an_upgraded_tunnel_keeps_its_connection_slot_until_it_ends() {
     assert_eq!(ask(&mut next, Duration::from_millis(500)).await, None);
     drop(tunnel);
     assert!(read_answer(&mut next, LIMIT).await.is_some());
+}
+
+#[tokio::test]
+async fn encoded_letters_route_as_letters_and_the_backend_gets_the_routed_path() {
+    let admin = Backend::start("admin").await;
+    let (public, lines) =
+        recording_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"admin\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[pool]]\nname = \"public\"\nbackends = [{{ addr = \"{public}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"admin\"\n\
+         routes = [{{ path_prefix = \"/public/\", pool = \"public\" }}]\n",
+        admin.addr
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    // What was sent, and the request line the public pool must receive.
+    let cases = [
+        ("/%70ublic/x", "/public/x"),
+        ("/%70%75%62%6C%69%63/x?q=%70", "/public/x?q=%70"),
+        ("/public/%7Euser/%41", "/public/~user/A"),
+        // Reserved characters keep their encoding: a%2Fb is one segment.
+        ("/public/a%2Fb", "/public/a%2Fb"),
+    ];
+    for (sent, _) in cases {
+        let request =
+            format!("GET {sent} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let resp = raw(web, request.as_bytes(), LIMIT).await;
+        assert_eq!(status_of(&resp), 200, "{sent}: {resp}");
+        assert!(
+            resp.ends_with("ok"),
+            "{sent} went to the admin pool: {resp}"
+        );
+    }
+    let (code, _) = h2(web, "http://a.example/%70ublic/h2", &[]).await;
+    assert_eq!(code, 200);
+    let got = lines.lock().unwrap().clone();
+    let mut want: Vec<String> = cases
+        .iter()
+        .map(|(_, path)| format!("GET {path} HTTP/1.1"))
+        .collect();
+    want.push("GET /public/h2 HTTP/1.1".into());
+    assert_eq!(got, want);
+    assert_eq!(admin.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_body_on_a_get_is_forwarded() {
+    let (a, _b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    // HTTP/1.1 with Content-Length, then chunked; /upload answers the
+    // number of body bytes it read.
+    let sized = "GET /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let resp = raw(web, sized.as_bytes(), LIMIT).await;
+    assert_eq!(
+        (status_of(&resp), body_of(&resp).as_str()),
+        (200, "5"),
+        "{resp}"
+    );
+    let chunked = "GET /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n4\r\nlo!!\r\n0\r\n\r\n";
+    let resp = raw(web, chunked.as_bytes(), LIMIT).await;
+    assert_eq!(
+        (status_of(&resp), body_of(&resp).as_str()),
+        (200, "7"),
+        "{resp}"
+    );
+    // HTTP/2: DATA frames on a GET stream.
+    let req = http::Request::get("http://a.example/upload")
+        .body(http_body_util::Full::new(Bytes::from_static(b"0123456789")))
+        .unwrap();
+    let resp = h2_send(web, req).await;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"10");
+    assert_eq!(a.hits(), 3);
 }

@@ -1046,7 +1046,20 @@ async fn the_demo_prints_commands_that_work() {
         report.contains("London") && report.contains("from the running daemon"),
         "{report}"
     );
-    let _ = child.kill().await;
+    // Ctrl-C ends it cleanly and takes its temporary directory along.
+    let pid = child.id().unwrap();
+    let dir = std::env::temp_dir().join(format!("geolb-demo-{pid}"));
+    assert!(dir.join("geolb.toml").exists(), "{}", dir.display());
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = bounded(Duration::from_secs(15), "the demo's exit", child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 #[tokio::test]
@@ -1619,8 +1632,10 @@ async fn a_reset_before_any_answer_is_retried_for_idempotent_requests_only() {
         }
     });
     let a = Backend::start("a").await;
+    // Passive health off: it would eject the resetter before the POSTs.
     let cfg = config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{reset_addr}\" }}, {{ addr = \"{}\" }}]\n\
+         outlier = {{ consecutive_failures = 0 }}\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nretries = 1\n",
         a.addr
     ));

@@ -119,7 +119,7 @@ mod library {
         assert_eq!(got.len(), SIZE);
         assert!(got == data, "echoed bytes differ");
 
-        let text = metrics().render();
+        let text = lb.metrics();
         let series = |d| {
             metric(
                 &text,
@@ -359,7 +359,7 @@ mod library {
             let got = bounded(LIMIT, "echo via retry", exchange(stream, vec![i; 1000])).await;
             assert_eq!(got, vec![i; 1000], "connection {i}");
         }
-        let text = metrics().render();
+        let text = lb.metrics();
         let errors = metric(
             &text,
             "geolb_tcp_connect_errors_total",

@@ -5,7 +5,6 @@
 //! socket`, on a Unix socket too (`socket`); `auth` applies on both.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,11 @@ use tokio_rustls::TlsAcceptor;
 
 mod auth;
 mod exposition;
+mod page;
+mod process;
 pub mod socket;
+
+pub use exposition::render_routes;
 
 use crate::accept::accept_loop;
 use crate::daemon::{BoundListener, Daemon};
@@ -82,7 +85,7 @@ where
             let refused = auth::refuse(req.method(), req.headers(), token.as_deref(), peer);
             Ok::<_, Infallible>(match refused {
                 Some(unauthorized) => unauthorized,
-                None => route(req, &daemon).await,
+                None => route(req, &daemon, &peer).await,
             })
         }
     });
@@ -109,7 +112,12 @@ fn reply(
     resp
 }
 
-async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<Bytes>> {
+/// `peer`: who asks (an address, or the Unix socket), for the log.
+async fn route(
+    req: Request<Incoming>,
+    daemon: &Arc<Daemon>,
+    peer: &(dyn std::fmt::Display + Sync),
+) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     match (req.method(), req.uri().path()) {
@@ -134,7 +142,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            status_page(&status(daemon)),
+            page::render(&status(daemon)),
         ),
         (&Method::POST, "/reload") => match reload::reload(daemon).await {
             Ok(summary) => reply(
@@ -170,7 +178,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
                 || path.starts_with("/datacenters/")
                 || path.starts_with("/pools/") =>
         {
-            set_override(daemon, path).await
+            set_override(daemon, path, peer).await
         }
         (_, "/healthz" | "/metrics" | "/status" | "/" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
@@ -183,7 +191,11 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<By
 /// with that backend) and `POST /pools/POOL/backends/ADDR/STATE` (that pool
 /// only), STATE being `drain`, `down` or `auto` (back to config and health
 /// checks).
-async fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
+async fn set_override(
+    daemon: &Daemon,
+    path: &str,
+    peer: &(dyn std::fmt::Display + Sync),
+) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (target, state) = match parts[..] {
@@ -230,7 +242,7 @@ async fn set_override(daemon: &Daemon, path: &str) -> Response<Full<Bytes>> {
     // Saving writes and syncs a file: off the async workers.
     let (overrides, to_set) = (daemon.registry.overrides.clone(), target.clone());
     let saved = tokio::task::spawn_blocking(move || overrides.set(&to_set, state)).await;
-    tracing::warn!(%target, state = state.as_str(), "runtime override set");
+    tracing::warn!(%target, state = state.as_str(), by = %peer, "runtime override set");
     ::metrics::counter!(metrics::OVERRIDES, "kind" => target.kind(), "state" => state.as_str())
         .increment(1);
     let mut answer = format!("{target}: {}\n", state.as_str());
@@ -277,6 +289,21 @@ struct DatacenterStatus {
     runtime_override: &'static str,
     pools: Vec<String>,
     remote_check: Option<&'static str>,
+    /// The remote check's last probe, as a backend's `last_check`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_last_check: Option<LastCheck>,
+    /// Geo names that may answer with it (it is one of their candidates).
+    geo_names: Vec<String>,
+    /// For each `[[geoip.network]]` (the locations the config names), the
+    /// geo names whose first answer is this data center now.
+    first_for: Vec<FirstFor>,
+}
+
+#[derive(Serialize)]
+struct FirstFor {
+    /// The `[[geoip.network]]` cidr, with its country when set.
+    network: String,
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -285,7 +312,23 @@ struct PoolStatus {
     healthy: usize,
     min_healthy: usize,
     balance: &'static str,
+    /// Traffic per listener sending to the pool, counted since start.
+    routes: Vec<RouteStatus>,
+    /// Requests waiting for a backend below `max_connections`.
+    queued: usize,
+    /// Retries in flight, against the pool's retry budget.
+    retries_in_flight: usize,
     backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Serialize)]
+struct RouteStatus {
+    listener: String,
+    /// tcp: connections accepted; http(s): requests answered.
+    protocol: &'static str,
+    total: u64,
+    /// 5xx answers (http), failed connects to backends (tcp).
+    errors: u64,
 }
 
 #[derive(Serialize)]
@@ -301,10 +344,73 @@ struct BackendStatus {
     override_scope: Option<&'static str>,
     weight: u32,
     active: usize,
+    /// Passive health: not picked until `ejected_seconds_left` runs out,
+    /// whatever `state` (the active check's) says.
+    ejected: bool,
+    ejected_seconds_left: f64,
+    /// Ejections by passive health so far.
+    ejections: u64,
+    /// The last health check probe; absent for a backend without a check
+    /// (or before its first probe ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_check: Option<LastCheck>,
+    /// Unix time (seconds) its check's state last changed; absent for a
+    /// backend without a check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_change: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct LastCheck {
+    /// `pass` or `fail`.
+    result: &'static str,
+    /// Why it failed: connect refused, timeout, status 500, TLS error, ...
+    /// Empty when it passed.
+    reason: String,
+    /// Unix time (seconds) the probe started.
+    at: f64,
+    /// Seconds it took.
+    duration: f64,
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl LastCheck {
+    fn of(result: crate::health::CheckResult) -> LastCheck {
+        LastCheck {
+            result: if result.ok { "pass" } else { "fail" },
+            reason: result.reason,
+            at: unix_seconds(result.at),
+            duration: result.duration.as_secs_f64(),
+        }
+    }
 }
 
 fn status(daemon: &Daemon) -> Status {
     let snapshot = daemon.snapshot.load();
+    let dns = daemon.dns.load();
+    let (http, tcp) = exposition::routes(&snapshot);
+    let route_status = |m: &metrics::RouteMetrics, protocol: &'static str| {
+        let (total, errors) = match protocol {
+            "tcp" => (m.tcp_connections.get(), m.tcp_connect_errors.get()),
+            _ => m.requests(),
+        };
+        RouteStatus {
+            listener: m.listener().to_owned(),
+            protocol,
+            total,
+            errors,
+        }
+    };
+    let routes: Vec<(&str, RouteStatus)> = http
+        .iter()
+        .map(|m| (m.pool(), route_status(m, "http")))
+        .chain(tcp.iter().map(|m| (m.pool(), route_status(m, "tcp"))))
+        .collect();
+    let first_for = page::first_choices(&snapshot, &dns);
     Status {
         pid: std::process::id(),
         config_generation: snapshot.generation,
@@ -324,6 +430,20 @@ fn status(daemon: &Daemon) -> Status {
                 runtime_override: dc.override_state().as_str(),
                 pools: dc.config.pools.clone(),
                 remote_check: dc.remote_check.as_ref().map(|h| h.state().as_str()),
+                remote_last_check: dc
+                    .remote_check
+                    .as_ref()
+                    .and_then(|h| h.checks()?.last())
+                    .map(LastCheck::of),
+                geo_names: page::geo_names_of(&snapshot, &dc.config.name),
+                first_for: first_for
+                    .iter()
+                    .filter(|(_, _, first)| *first == dc.config.name)
+                    .map(|(network, name, _)| FirstFor {
+                        network: network.clone(),
+                        name: name.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         pools: snapshot
@@ -334,12 +454,20 @@ fn status(daemon: &Daemon) -> Status {
                 healthy: p.healthy(),
                 min_healthy: p.config.min_healthy,
                 balance: p.config.balance.as_str(),
+                routes: routes
+                    .iter()
+                    .filter(|(pool, _)| *pool == &*p.name)
+                    .map(|(_, r)| r.clone())
+                    .collect(),
+                queued: p.shared.waiting(),
+                retries_in_flight: p.shared.retries_in_flight(),
                 backends: p
                     .backends
                     .iter()
                     .map(|b| {
                         let state = b.state();
                         let (runtime_override, scope) = b.override_in_force();
+                        let left = b.outlier.ejected_for();
                         BackendStatus {
                             addr: b.label.to_string(),
                             state: state.as_str(),
@@ -349,85 +477,15 @@ fn status(daemon: &Daemon) -> Status {
                             override_scope: scope.map(|s| s.as_str()),
                             weight: b.weight,
                             active: b.shared.active(),
+                            last_check: b.health.checks().and_then(|c| c.last()).map(LastCheck::of),
+                            last_change: b.health.checks().map(|c| c.last_change()),
+                            ejected: left.is_some(),
+                            ejected_seconds_left: left.map_or(0.0, |d| d.as_secs_f64()),
+                            ejections: b.outlier.ejections(),
                         }
                     })
                     .collect(),
             })
             .collect(),
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn status_page(status: &Status) -> String {
-    let mut html = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>geolb status</title>\
-         <meta http-equiv=\"refresh\" content=\"5\">\
-         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
-         td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}.up{color:#070}.down{color:#b00}\
-         .unknown{color:#777}</style></head><body><h1>geolb</h1>",
-    );
-    let _ = write!(
-        html,
-        "<p>config generation {} &middot; version {}</p><h2>Listeners</h2><table><tr><th>name</th><th>protocol</th><th>bind</th><th>bound</th></tr>",
-        status.config_generation,
-        env!("CARGO_PKG_VERSION")
-    );
-    for l in &status.listeners {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&l.name),
-            l.protocol.as_str(),
-            l.bind,
-            l.local_addr
-        );
-    }
-    html.push_str("</table><h2>Data centers</h2><table><tr><th>name</th><th>state</th><th>drain</th><th>pools</th><th>remote check</th></tr>");
-    for dc in &status.datacenters {
-        let state = if dc.up { "up" } else { "down" };
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td class=\"{state}\">{state}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&dc.name),
-            dc.drain,
-            html_escape(&dc.pools.join(", ")),
-            dc.remote_check.unwrap_or("-"),
-        );
-    }
-    if !status.dns.udp.is_empty() {
-        let _ = write!(
-            html,
-            "</table><p>DNS on {} (udp and tcp)</p>",
-            status.dns.udp.join(", ")
-        );
-    } else {
-        html.push_str("</table>");
-    }
-    html.push_str("<h2>Pools</h2>");
-    for p in &status.pools {
-        let _ = write!(
-            html,
-            "<h3>{} &middot; {} healthy (min {}) &middot; {}</h3><table><tr><th>backend</th><th>state</th><th>drain</th><th>weight</th><th>active</th></tr>",
-            html_escape(&p.name),
-            p.healthy,
-            p.min_healthy,
-            p.balance
-        );
-        for b in &p.backends {
-            let _ = write!(
-                html,
-                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                b.addr, b.state, b.state, b.drain, b.weight, b.active
-            );
-        }
-        html.push_str("</table>");
-    }
-    html.push_str("</body></html>\n");
-    html
 }

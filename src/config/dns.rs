@@ -22,6 +22,21 @@ struct ParsedZone<'t, 'i> {
     config: Option<ZoneConfig>,
 }
 
+/// `cookie_secret`: 128 bits in hex, as BIND's `cookie-secret` (siphash24).
+fn cookie_secret(s: &str) -> Result<[u8; 16], String> {
+    const FORM: &str = "expected 32 hex digits (128 bits), like \"e5b8c8f5a4b0c1d2e3f405162738495a\"; \
+         generate one with `openssl rand -hex 16`";
+    let s = s.trim();
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(FORM.to_owned());
+    }
+    let mut secret = [0u8; 16];
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| FORM.to_owned())?;
+    }
+    Ok(secret)
+}
+
 impl Ctx {
     pub(super) fn dns(&mut self, f: &Field<'_, '_>, dc_names: &[String]) -> Option<DnsConfig> {
         self.table(f, "expected a [dns] table", |c, t| {
@@ -37,16 +52,68 @@ impl Ctx {
                 c.each(&items, Ctx::bind)
             });
             let udp_threads = c.opt(t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
+            let query_log = c.opt(t, "query_log", 0.0, Ctx::fraction);
             let zones = t.field("zone").map(|f| c.zones(&f)).unwrap_or_default();
             c.records_in_child_zones(&zones);
             let geo = c.opt(t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
             let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
+            let rrl = c.opt(t, "rrl", RrlConfig::default(), Ctx::rrl);
+            let cookie_secret = c.maybe(t, "cookie_secret", |c, f| c.parsed(f, cookie_secret));
+            let tcp = c.dns_tcp(t);
             Some(DnsConfig {
                 listen: listen?,
                 udp_threads: udp_threads? as usize,
+                query_log: query_log?,
                 zones: zones?,
                 geo: geo?,
+                rrl: rrl?,
+                cookie_secret: cookie_secret?,
+                tcp: tcp?,
             })
+        })
+    }
+
+    fn rrl(&mut self, f: &Field<'_, '_>) -> Option<RrlConfig> {
+        self.table(
+            f,
+            "expected a table like [dns.rrl] responses_per_second = 1000",
+            |c, t| {
+                let d = RrlConfig::default();
+                let rate = c.opt(t, "responses_per_second", d.responses_per_second, |c, f| {
+                    c.uint(f, 0, 1_000_000)
+                });
+                let slip = c.opt(t, "slip", d.slip, |c, f| c.uint(f, 0, 100));
+                let v4 = c.opt(t, "ipv4_prefix_length", d.ipv4_prefix_length, |c, f| {
+                    c.uint(f, 8, 32).map(|n| n as u8)
+                });
+                let v6 = c.opt(t, "ipv6_prefix_length", d.ipv6_prefix_length, |c, f| {
+                    c.uint(f, 16, 128).map(|n| n as u8)
+                });
+                Some(RrlConfig {
+                    responses_per_second: rate?,
+                    slip: slip?,
+                    ipv4_prefix_length: v4?,
+                    ipv6_prefix_length: v6?,
+                })
+            },
+        )
+    }
+
+    fn dns_tcp(&mut self, t: &Tbl<'_, '_>) -> Option<DnsTcpConfig> {
+        let d = DnsTcpConfig::default();
+        let max_connections = self.opt(t, "tcp_max_connections", d.max_connections, |c, f| {
+            c.uint(f, 1, 1_000_000)
+        });
+        let idle_timeout = self.opt(t, "tcp_idle_timeout", d.idle_timeout, |c, f| {
+            c.duration(f, false)
+        });
+        let max_queries = self.opt(t, "tcp_max_queries", d.max_queries, |c, f| {
+            c.uint(f, 0, u32::MAX.into())
+        });
+        Some(DnsTcpConfig {
+            max_connections: max_connections?,
+            idle_timeout: idle_timeout?,
+            max_queries: max_queries?,
         })
     }
 

@@ -37,10 +37,19 @@ impl Ctx {
         let routes = self.opt(t, "routes", Vec::new(), |c, f| c.routes(f, pool_names));
         let timeouts = self.opt(t, "timeouts", Timeouts::default(), Ctx::timeouts);
         let retries = self.opt(t, "retries", 2, |c, f| c.uint(f, 0, 100));
+        let tcp = protocol == Some(Protocol::Tcp);
+        let retry_on = self.opt(t, "retry_on", RetryOn::default(), |c, f| c.retry_on(f, tcp));
         let tls = self.maybe(t, "tls", Ctx::tls);
         let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
         let access_log = self.opt(t, "access_log", false, Ctx::bool);
         let max_connections = self.maybe(t, "max_connections", |c, f| c.uint(f, 1, 1_000_000));
+        let client_limits = self.maybe(t, "client_limits", Ctx::client_limits);
+        let max_concurrent_streams = self.opt(
+            t,
+            "max_concurrent_streams",
+            DEFAULT_MAX_CONCURRENT_STREAMS,
+            |c, f| c.uint(f, 1, 10_000),
+        );
         let protocol = protocol?;
         if !self.protocol_rules(t, protocol, pools) {
             return None;
@@ -53,10 +62,49 @@ impl Ctx {
             routes: routes?,
             timeouts: timeouts?,
             retries: retries?,
+            retry_on: retry_on?,
             tls: tls?.unwrap_or_default(),
             accept_proxy_protocol: accept_proxy_protocol?,
             access_log: access_log?,
             max_connections: max_connections?,
+            client_limits: client_limits?,
+            max_concurrent_streams: max_concurrent_streams?,
+        })
+    }
+
+    fn client_limits(&mut self, f: &Field<'_, '_>) -> Option<ClientLimits> {
+        let example = "{ max_connections = 100, requests_per_second = 50 }";
+        self.table(f, &format!("expected a table like {example}"), |c, t| {
+            let max_connections = c.maybe(t, "max_connections", |c, f| c.uint(f, 1, 1_000_000));
+            let rate = c.maybe(t, "requests_per_second", |c, f| c.uint(f, 1, 1_000_000));
+            let burst = c.maybe(t, "burst", |c, f| c.uint(f, 1, 1_000_000));
+            let ipv4_prefix = c.opt(t, "ipv4_prefix", 24, |c, f| c.uint(f, 0, 32));
+            let ipv6_prefix = c.opt(t, "ipv6_prefix", 56, |c, f| c.uint(f, 0, 128));
+            if t.field("max_connections").is_none() && t.field("requests_per_second").is_none() {
+                let why = format!(
+                    "client_limits limits nothing without max_connections or \
+                     requests_per_second: add one, e.g. {example}, or remove the table"
+                );
+                c.err(t.path.clone(), t.offset, why);
+                return None;
+            }
+            if let Some(f) = t.field("burst")
+                && t.field("requests_per_second").is_none()
+            {
+                c.bad(
+                    &f,
+                    "burst sizes the requests_per_second bucket: set requests_per_second too",
+                );
+                return None;
+            }
+            let rate = rate?;
+            Some(ClientLimits {
+                max_connections: max_connections?,
+                requests_per_second: rate,
+                burst: burst?.or(rate).unwrap_or(0),
+                ipv4_prefix: ipv4_prefix? as u8,
+                ipv6_prefix: ipv6_prefix? as u8,
+            })
         })
     }
 
@@ -105,6 +153,25 @@ impl Ctx {
                         "pool \"{name}\" sets tls or backend_protocol, which only http and https \
                          listeners use: a tcp listener copies bytes as they come"
                     ),
+                );
+            }
+            if let Some(f) = t.field("max_concurrent_streams") {
+                self.bad(
+                    &f,
+                    "a tcp listener speaks no HTTP/2: remove max_concurrent_streams",
+                );
+            }
+            if let Some(limits) = t.field("client_limits")
+                && let DeValue::Table(map) = limits.get()
+                && let Some(value) = map.get("requests_per_second")
+            {
+                let f = Field {
+                    path: format!("{}.requests_per_second", limits.path),
+                    value,
+                };
+                self.bad(
+                    &f,
+                    "a tcp listener sees no requests: use max_connections to limit its clients",
                 );
             }
             return self.error_count() == before;

@@ -13,6 +13,7 @@ pub struct Config {
     /// The file this was read from (absolute when loaded from disk).
     pub source: PathBuf,
     pub runtime: RuntimeConfig,
+    pub log: LogConfig,
     pub admin: Option<AdminConfig>,
     pub geoip: Option<GeoIpConfig>,
     pub dns: Option<DnsConfig>,
@@ -41,6 +42,28 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from("/var/lib/geolb"),
         }
     }
+}
+
+/// `[log]` (an extension; the whole section is optional).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogConfig {
+    /// `format` (optional, text).
+    pub format: LogFormat,
+    /// `file` (optional): every line goes there, reopened on SIGUSR1;
+    /// none: stderr.
+    pub file: Option<PathBuf>,
+    /// `access_file` (optional): the access lines (targets `geolb::access`
+    /// and below) go there instead, reopened on SIGUSR1 too.
+    pub access_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` lines, tracing-subscriber's own format.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,8 +124,59 @@ pub struct DnsConfig {
     /// UDP sockets (and threads) per listen address, sharing its port by
     /// SO_REUSEPORT (optional, 1).
     pub udp_threads: usize,
+    /// `query_log` (optional, 0): the fraction of answered queries logged
+    /// (target `geolb::access::dns`), 0 to 1.
+    pub query_log: f64,
     pub zones: Vec<ZoneConfig>,
     pub geo: Vec<GeoNameConfig>,
+    /// `[dns.rrl]`: response rate limiting over UDP.
+    pub rrl: RrlConfig,
+    /// `cookie_secret`: the server cookie key (RFC 9018), shared by the
+    /// servers of one anycast address; None: random per process.
+    pub cookie_secret: Option<[u8; 16]>,
+    pub tcp: DnsTcpConfig,
+}
+
+/// `[dns.rrl]`: responses per client network and answer, per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RrlConfig {
+    /// 0: no limit.
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited response goes out truncated (TC); 0: none.
+    pub slip: u32,
+    pub ipv4_prefix_length: u8,
+    pub ipv6_prefix_length: u8,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        RrlConfig {
+            responses_per_second: 1000,
+            slip: 2,
+            ipv4_prefix_length: 24,
+            ipv6_prefix_length: 56,
+        }
+    }
+}
+
+/// `[dns] tcp_*`: DNS over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsTcpConfig {
+    /// Connections open at once, over all `dns.listen` addresses.
+    pub max_connections: u32,
+    pub idle_timeout: Duration,
+    /// Queries answered per connection before it is closed; 0: no cap.
+    pub max_queries: u32,
+}
+
+impl Default for DnsTcpConfig {
+    fn default() -> Self {
+        DnsTcpConfig {
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(10),
+            max_queries: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,6 +363,141 @@ pub struct PoolConfig {
     pub backend_protocol: BackendProtocol,
     /// Backends are reached over TLS (`tls = true` or a table).
     pub tls: Option<BackendTls>,
+    /// `max_connections`, `queue`, `queue_timeout` (extension).
+    pub limits: BackendLimits,
+    /// `outlier` (extension): passive health.
+    pub outlier: OutlierConfig,
+    /// `retry_budget` (extension).
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// How much one backend of a pool takes at once, and what waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendLimits {
+    /// `max_connections` (optional, none): requests (HTTP, HTTP/2 streams
+    /// included) or connections (TCP) in flight to one backend at once.
+    pub max_connections: Option<u32>,
+    /// `queue` (optional, 1024): requests of the pool that may wait for a
+    /// backend with room; 0 answers 503 at once.
+    pub queue: u32,
+    /// `queue_timeout` (optional, the listener's `timeouts.connect`): how
+    /// long one may wait.
+    pub queue_timeout: Option<std::time::Duration>,
+}
+
+/// `queue` when unset: Envoy's default `max_pending_requests`.
+pub const DEFAULT_QUEUE: u32 = 1024;
+
+/// `outlier = { ... }` of a pool: ejecting backends on failed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// `consecutive_failures` (optional, 5; 0 = off): connect failures,
+    /// resets and timeouts in a row that eject a backend.
+    pub consecutive_failures: u32,
+    /// `consecutive_5xx` (optional, 0 = off): 5xx responses in a row that
+    /// eject a backend.
+    pub consecutive_5xx: u32,
+    /// `ejection` (optional, "10s"): the first ejection's length; the n-th
+    /// in a row lasts n times as long.
+    pub ejection: Duration,
+    /// `max_ejection` (optional, "300s"): the longest an ejection lasts.
+    pub max_ejection: Duration,
+    /// `max_ejected_percent` (optional, 50): at most this share of the
+    /// pool's backends ejected at once (rounded down).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            consecutive_5xx: 0,
+            ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+impl OutlierConfig {
+    pub fn enabled(&self) -> bool {
+        self.consecutive_failures > 0 || self.consecutive_5xx > 0
+    }
+}
+
+/// `retry_budget = { percent, min_concurrent }` of a pool (Envoy's
+/// `retry_budget`): retries in flight at most max(`min_concurrent`,
+/// `percent` of the pool's active requests). Retries after a failed
+/// connect are not counted: no backend received those requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetConfig {
+    /// `percent` (optional, 20), 0 to 100.
+    pub percent: u8,
+    /// `min_concurrent` (optional, 3).
+    pub min_concurrent: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: 20,
+            min_concurrent: 3,
+        }
+    }
+}
+
+/// `retry_on` of a listener: what a request is sent again after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// "connect": the connection to the backend failed (any request).
+    pub connect: bool,
+    /// "reset": the backend closed or reset without a byte of response
+    /// (body-less idempotent requests).
+    pub reset: bool,
+    /// Statuses ("502", "503", "504") answered by the backend (body-less
+    /// idempotent requests), as a bit per status - 500.
+    statuses: u8,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn {
+            connect: true,
+            reset: true,
+            statuses: 0,
+        }
+    }
+}
+
+impl RetryOn {
+    pub const SPELLINGS: &[&str] = &["connect", "reset", "502", "503", "504"];
+
+    pub const NONE: RetryOn = RetryOn {
+        connect: false,
+        reset: false,
+        statuses: 0,
+    };
+
+    /// Adds one of [`RetryOn::SPELLINGS`]; false for anything else.
+    pub fn add(&mut self, spelling: &str) -> bool {
+        match spelling {
+            "connect" => self.connect = true,
+            "reset" => self.reset = true,
+            "502" | "503" | "504" => self.statuses |= 1 << (spelling.as_bytes()[2] - b'0'),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Whether a response with `status` is retried.
+    pub fn status(&self, status: u16) -> bool {
+        matches!(status, 502..=504) && self.statuses & (1 << (status - 500)) != 0
+    }
+
+    /// Whether any status is retried.
+    pub fn any_status(&self) -> bool {
+        self.statuses != 0
+    }
 }
 
 /// `backend_protocol` of a pool.
@@ -361,6 +570,8 @@ pub struct ListenerConfig {
     pub routes: Vec<RouteConfig>,
     pub timeouts: Timeouts,
     pub retries: u32,
+    /// `retry_on` (extension; optional, ["connect", "reset"]).
+    pub retry_on: RetryOn,
     pub tls: Vec<TlsCertConfig>,
     pub accept_proxy_protocol: bool,
     /// `access_log` (extension; optional, false): one line per request on stderr.
@@ -368,7 +579,34 @@ pub struct ListenerConfig {
     /// `max_connections` (extension; optional, none): client connections
     /// open at once, 1..=1_000_000; at the limit, accepting pauses.
     pub max_connections: Option<u32>,
+    /// `client_limits` (extension; optional, none): limits per client
+    /// address prefix.
+    pub client_limits: Option<ClientLimits>,
+    /// `max_concurrent_streams` (extension; http and https only; optional,
+    /// 100): HTTP/2 streams a client may have open at once on a connection.
+    pub max_concurrent_streams: u32,
 }
+
+/// `[[listener]] client_limits`: what one client, known by its address
+/// prefix, may use of a listener.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    /// Connections open at once per prefix; past it new ones are closed.
+    pub max_connections: Option<u32>,
+    /// Requests per second per prefix (http and https), with `burst`.
+    pub requests_per_second: Option<u32>,
+    /// Tokens a bucket holds; `requests_per_second` unless set.
+    pub burst: u32,
+    /// Bits of an IPv4 client address that make its prefix, 0..=32.
+    pub ipv4_prefix: u8,
+    /// Bits of an IPv6 client address that make its prefix, 0..=128.
+    pub ipv6_prefix: u8,
+}
+
+/// Default `max_concurrent_streams`: HAProxy's
+/// `tune.h2.max-concurrent-streams` and the RFC 9113 §6.5.2 recommendation
+/// of at least 100.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {

@@ -162,6 +162,7 @@ impl Ctx {
             // Asked for in the order "accepted here" lists them; read in the
             // order their references need: pools, data centers, then DNS.
             let runtime = t.field("runtime");
+            let log = t.field("log");
             let admin = t.field("admin");
             let geoip = t.field("geoip");
             let dns = t.field("dns");
@@ -169,6 +170,7 @@ impl Ctx {
             let pool = t.field("pool");
             let listener = t.field("listener");
             let runtime = runtime.and_then(|f| c.runtime(&f)).unwrap_or_default();
+            let log = log.and_then(|f| c.log(&f)).unwrap_or_default();
             let admin = admin.and_then(|f| c.admin(&f));
             let geoip = geoip.and_then(|f| c.geoip(&f));
             let mut pool_names = Vec::new();
@@ -186,6 +188,7 @@ impl Ctx {
             Config {
                 source: source.to_path_buf(),
                 runtime,
+                log,
                 admin,
                 geoip,
                 dns,

@@ -49,6 +49,14 @@ impl Ctx {
             c.choice(f, BackendProtocol::SPELLINGS)
         });
         let tls = self.opt(t, "tls", None, Ctx::backend_tls);
+        let limits = self.backend_limits(t);
+        let outlier = self.opt(t, "outlier", OutlierConfig::default(), Ctx::outlier);
+        let retry_budget = self.opt(
+            t,
+            "retry_budget",
+            RetryBudgetConfig::default(),
+            Ctx::retry_budget,
+        );
         if let (Some(protocol), Some(tls), Some(f)) =
             (backend_protocol, &tls, t.field("backend_protocol"))
         {
@@ -74,6 +82,9 @@ impl Ctx {
             proxy_protocol: proxy_protocol?,
             backend_protocol: backend_protocol?,
             tls: tls?,
+            limits: limits?,
+            outlier: outlier?,
+            retry_budget: retry_budget?,
         })
     }
 

@@ -174,6 +174,19 @@ fn reference_file_parses_with_its_meaning() {
     assert!(listeners[0].access_log);
     assert_eq!(listeners[0].max_connections, Some(10_000));
     assert_eq!(listeners[1].max_connections, None);
+    assert_eq!(
+        listeners[0].client_limits,
+        Some(ClientLimits {
+            max_connections: Some(100),
+            requests_per_second: Some(50),
+            burst: 100,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+        })
+    );
+    assert_eq!(listeners[1].client_limits, None);
+    assert_eq!(listeners[0].max_concurrent_streams, 100);
+    assert_eq!(listeners[1].max_concurrent_streams, 100);
     assert_eq!(listeners[1].routes[0].pool, "origin");
 
     let dcs = &config.datacenters;
@@ -232,6 +245,15 @@ fn reference_file_parses_with_its_meaning() {
         Some(Path::new(REFERENCE_PATH).with_file_name("zones/mysite.org.zone"))
     );
     assert_eq!(dns.udp_threads, 1);
+    assert_eq!(dns.rrl, RrlConfig::default());
+    assert_eq!(dns.tcp, DnsTcpConfig::default());
+    assert_eq!(
+        dns.cookie_secret,
+        Some([
+            0xe5, 0xb8, 0xc8, 0xf5, 0xa4, 0xb0, 0xc1, 0xd2, 0xe3, 0xf4, 0x05, 0x16, 0x27, 0x38,
+            0x49, 0x5a
+        ])
+    );
     let www = &zone.records[2];
     assert_eq!((www.name.as_str(), www.ttl), ("www.mysite.com.", 300));
     assert_eq!(www.data, RecordData::Cname("api.mysite.com.".into()));
@@ -274,6 +296,7 @@ fn an_empty_file_is_an_empty_config() {
         Config {
             source: PathBuf::from("/etc/geolb/geolb.toml"),
             runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
             admin: None,
             geoip: None,
             dns: None,
@@ -399,6 +422,62 @@ fn defaults_and_extensions() {
     assert_eq!((dns.geo[1].ttl, dns.geo[1].answers), (0, 1));
 }
 
+#[test]
+fn dns_limits_defaults_and_values() {
+    let dns = |keys: &str| {
+        let text = format!("[dns]\nlisten = [\"127.0.0.1:5353\"]\n{keys}");
+        parse_str(&text, Path::new("/tmp/geolb.toml"))
+            .unwrap()
+            .dns
+            .unwrap()
+    };
+    let plain = dns("");
+    assert_eq!(
+        (plain.rrl, plain.tcp, plain.cookie_secret),
+        (RrlConfig::default(), DnsTcpConfig::default(), None)
+    );
+    assert_eq!(plain.rrl.responses_per_second, 1000);
+    assert_eq!(
+        (
+            plain.rrl.slip,
+            plain.rrl.ipv4_prefix_length,
+            plain.rrl.ipv6_prefix_length
+        ),
+        (2, 24, 56)
+    );
+    assert_eq!(
+        (
+            plain.tcp.max_connections,
+            plain.tcp.idle_timeout,
+            plain.tcp.max_queries
+        ),
+        (1000, Duration::from_secs(10), 0)
+    );
+    let set = dns(
+        "cookie_secret = \"000102030405060708090A0B0C0D0E0F\"\ntcp_max_connections = 5\n\
+         tcp_idle_timeout = \"2s\"\ntcp_max_queries = 100\n\
+         [dns.rrl]\nresponses_per_second = 0\nslip = 0\nipv4_prefix_length = 32\nipv6_prefix_length = 64",
+    );
+    assert_eq!(set.cookie_secret, Some(std::array::from_fn(|i| i as u8)));
+    assert_eq!(
+        set.tcp,
+        DnsTcpConfig {
+            max_connections: 5,
+            idle_timeout: Duration::from_secs(2),
+            max_queries: 100
+        }
+    );
+    assert_eq!(
+        set.rrl,
+        RrlConfig {
+            responses_per_second: 0,
+            slip: 0,
+            ipv4_prefix_length: 32,
+            ipv6_prefix_length: 64
+        }
+    );
+}
+
 /// Each case: a config, then the key path and line of one error it must report.
 #[test]
 fn each_mistake_is_reported_with_its_key_path_and_line() {
@@ -408,6 +487,7 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
     const ZONE: &str = "[dns]\nlisten = [\"127.0.0.1:5353\"]\n[[dns.zone]]\norigin = \"mysite.com\"\n\
         soa = { mname = \"ns1\", rname = \"hostmaster\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
         ns = [\"ns1\"]\n";
+    const DNS: &str = "[dns]\nlisten = [\"127.0.0.1:5353\"]\n";
     let cases: Vec<(String, &str, usize)> = vec![
         ("[admin]\nlisten = \"127.0.0.1\"".into(), "admin.listen", 2),
         ("admin = 5".into(), "admin", 1),
@@ -502,6 +582,76 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
             8,
         ),
         (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{}}"),
+            "listener[0].client_limits",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = 5"),
+            "listener[0].client_limits",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 0 }}"),
+            "listener[0].client_limits.max_connections",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ requests_per_second = 0 }}"),
+            "listener[0].client_limits.requests_per_second",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ requests_per_second = 1, burst = 0 }}"),
+            "listener[0].client_limits.burst",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, burst = 5 }}"),
+            "listener[0].client_limits.burst",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, ipv4_prefix = 33 }}"),
+            "listener[0].client_limits.ipv4_prefix",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, ipv6_prefix = 129 }}"),
+            "listener[0].client_limits.ipv6_prefix",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nclient_limits = {{ max_connections = 1, per_second = 5 }}"),
+            "listener[0].client_limits.per_second",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nclient_limits = {{ requests_per_second = 5 }}"),
+            "listener[0].client_limits.requests_per_second",
+            9,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_concurrent_streams = 0"),
+            "listener[0].max_concurrent_streams",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nmax_concurrent_streams = 10001"),
+            "listener[0].max_concurrent_streams",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nmax_concurrent_streams = 10"),
+            "listener[0].max_concurrent_streams",
+            9,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nroutes = [{{ path_prefix = \"/%70ublic/\", pool = \"p\" }}]"),
+            "listener[0].routes[0].path_prefix",
+            8,
+        ),
+        (
             format!("{POOL}[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\n[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:80\"\npool = \"p\""),
             "listener[1].bind",
             10,
@@ -516,6 +666,18 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
             "dns.udp_threads",
             3,
         ),
+        (format!("{DNS}[dns.rrl]\nslip = 101"), "dns.rrl.slip", 4),
+        (format!("{DNS}[dns.rrl]\nresponses_per_second = -1"), "dns.rrl.responses_per_second", 4),
+        (format!("{DNS}[dns.rrl]\nipv4_prefix_length = 33"), "dns.rrl.ipv4_prefix_length", 4),
+        (format!("{DNS}[dns.rrl]\nipv6_prefix_length = 0"), "dns.rrl.ipv6_prefix_length", 4),
+        (format!("{DNS}[dns.rrl]\nrate = 5"), "dns.rrl.rate", 4),
+        (format!("{DNS}rrl = 5"), "dns.rrl", 3),
+        (format!("{DNS}cookie_secret = \"00112233\""), "dns.cookie_secret", 3),
+        (format!("{DNS}cookie_secret = \"{}\"", "g".repeat(32)), "dns.cookie_secret", 3),
+        (format!("{DNS}tcp_max_connections = 0"), "dns.tcp_max_connections", 3),
+        (format!("{DNS}tcp_idle_timeout = 10"), "dns.tcp_idle_timeout", 3),
+        (format!("{DNS}tcp_idle_timeout = \"0s\""), "dns.tcp_idle_timeout", 3),
+        (format!("{DNS}tcp_max_queries = -1"), "dns.tcp_max_queries", 3),
         (format!("{POOL}backend_protocol = \"h3\""), "pool[0].backend_protocol", 4),
         (format!("{POOL}backend_protocol = \"h2\""), "pool[0].backend_protocol", 4),
         (

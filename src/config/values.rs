@@ -420,6 +420,21 @@ pub(super) fn path_prefix(s: &str) -> Result<String, String> {
     if path.contains('?') {
         return Err("path_prefix matches the path only: remove the ?query".to_owned());
     }
+    // Requests are matched with these decoded (RFC 3986 §6.2.2.2), so a
+    // prefix holding one would never match.
+    let b = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        if let Some(&[h, l]) = b.get(i + 1..i + 3)
+            && let (Some(h), Some(l)) = ((h as char).to_digit(16), (l as char).to_digit(16))
+            && let c = (h * 16 + l) as u8 as char
+            && (c.is_ascii_alphanumeric() || "-._~".contains(c))
+        {
+            return Err(format!(
+                "write {} as {c:?}: requests are routed with letters, digits and -._~ decoded",
+                &path[i..i + 3]
+            ));
+        }
+    }
     Ok(path)
 }
 

@@ -16,9 +16,9 @@ use hickory_server::server::Request;
 use smallvec::SmallVec;
 
 use super::DnsData;
-use super::ecs;
 use super::geo::{self, Ranking};
 use super::zone::{Found, Zone};
+use super::{cookie, ecs};
 use crate::geoip::Location;
 
 /// The UDP payload geolb answers within and advertises: the DNS flag day
@@ -39,6 +39,11 @@ pub(crate) struct Reply {
     pub edns: Option<Edns>,
     /// The geo name answered and the data centers chosen, for metrics.
     pub geo: Option<(usize, SmallVec<[usize; 4]>)>,
+    /// The query presented a valid server cookie (exempt from RRL).
+    pub valid_cookie: bool,
+    /// The wildcard's owner when the query's name matched one: what RRL
+    /// counts the answer as, so random names under it count together.
+    pub wildcard: Option<Name>,
 }
 
 /// Where the client is, as far as the query tells.
@@ -56,6 +61,8 @@ struct Resolution {
     /// ECS scope when the answer depends on the location.
     scope: Option<u8>,
     geo: Option<(usize, SmallVec<[usize; 4]>)>,
+    /// The wildcard's owner (`*.…`) when the query's name matched one.
+    wildcard: Option<Name>,
 }
 
 impl Resolution {
@@ -67,6 +74,7 @@ impl Resolution {
             authorities: Vec::new(),
             scope: None,
             geo: None,
+            wildcard: None,
         }
     }
 
@@ -88,6 +96,8 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
             edns
         }),
         geo: None,
+        valid_cookie: false,
+        wildcard: None,
     };
     let code = |mut reply: Reply, rcode| {
         reply.metadata.response_code = rcode;
@@ -99,22 +109,38 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
         return code(reply, ResponseCode::BADVERS);
     }
-    let ecs = match request.edns {
-        Some(_) => match ecs::client_subnet(request.as_slice()) {
-            Ok(ecs) => ecs,
+    let options = match request.edns {
+        Some(_) => match ecs::options(request.as_slice()) {
+            Ok(options) => options,
             Err(malformed) => {
                 tracing::debug!(src = %request.src(), reason = malformed.0, "FORMERR");
                 return code(reply, ResponseCode::FormErr);
             }
         },
-        None => None,
+        None => ecs::Options::default(),
     };
-    let [query] = request.queries.queries() else {
-        return code(reply, ResponseCode::FormErr);
+    if let (Some(presented), Some(edns)) = (options.cookie, reply.edns.as_mut()) {
+        // RFC 7873 §5.2: a fresh server cookie whatever the one presented;
+        // a wrong or stale one is answered normally, only not trusted.
+        let (secret, ip, now) = (
+            &data.compiled.cookie_secret,
+            request.src().ip(),
+            cookie::unix_now(),
+        );
+        reply.valid_cookie = cookie::is_valid(secret, &presented, ip, now);
+        let answer = cookie::answer(secret, &presented.client, ip, now);
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(cookie::OPTION_COOKIE, answer.to_vec()));
+    }
+    let query = match request.queries.queries() {
+        [query] => query,
+        // RFC 7873 §5.4: a query of only a COOKIE asks for a server cookie.
+        [] if options.cookie.is_some() => return reply,
+        _ => return code(reply, ResponseCode::FormErr),
     };
     let client = Client {
         src: request.src().ip(),
-        ecs,
+        ecs: options.ecs,
     };
     let resolution = match (query.query_class(), query.query_type()) {
         (_, RecordType::OPT) => return code(reply, ResponseCode::FormErr),
@@ -128,6 +154,7 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
     reply.geo = resolution.geo;
+    reply.wildcard = resolution.wildcard;
     if let (Some(ecs), Some(edns)) = (client.ecs, reply.edns.as_mut()) {
         // RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX and ADDRESS as received.
         edns.options_mut()
@@ -254,6 +281,13 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 return res;
             }
             Found::Node { node, wildcard } => {
+                if wildcard && name == *qname {
+                    res.wildcard = node
+                        .rrsets
+                        .first()
+                        .and_then(|set| set.records.first())
+                        .map(|r| r.name.clone());
+                }
                 let owned = |r: &Record| {
                     let mut r = r.clone();
                     if wildcard {
@@ -617,6 +651,29 @@ always_up = true
             m.answers[0].name,
             Name::from_ascii("x.wild.mysite.com.").unwrap()
         );
+    }
+
+    /// RRL counts answers from one wildcard together, whatever the name
+    /// asked (as BIND does), and names that differ apart.
+    #[test]
+    fn wildcard_answers_are_one_rrl_class() {
+        let d = all_up();
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        let class = |name: &str| {
+            let request = ask(name, RecordType::A).request();
+            let mut reply = Vec::new();
+            crate::dns::udp::answer_general(&d, request.as_slice(), src, &mut reply).unwrap()
+        };
+        assert_eq!(
+            build(&d, &ask("x.wild.mysite.com.", RecordType::A).request())
+                .wildcard
+                .map(|w| w.to_ascii()),
+            Some("*.wild.mysite.com.".to_owned())
+        );
+        let wild = class("x.wild.mysite.com.");
+        assert_eq!(wild, class("Random-1234.wild.mysite.com."));
+        assert_ne!(wild, class("a.deep.mysite.com."));
+        assert_ne!(class("a.deep.mysite.com."), class("ns1.mysite.com."));
     }
 
     #[test]

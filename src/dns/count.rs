@@ -2,8 +2,16 @@
 //! (unparsable messages answered FORMERR as `qtype="malformed"`),
 //! `geolb_dns_geo_answers_total` by name and data center. Both transports
 //! count through here, with counter handles resolved once.
+//!
+//! Every (qtype, rcode) pair is created at 0 with the first DNS data, so a
+//! first SERVFAIL is a rate change rather than a series appearing. The geo
+//! answers are not in the recorder: their counts live in a registry held
+//! by the DNS data that names them, so a reload that removes a geo name or
+//! a data center removes its series ([`render_geo_answers`]).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -13,7 +21,7 @@ use smallvec::SmallVec;
 
 use super::DnsData;
 use super::answer::Reply;
-use crate::metrics::{DNS_GEO_ANSWERS, DNS_QUERIES};
+use crate::metrics::{Count, DNS_GEO_ANSWERS, DNS_QUERIES, escape_label, family};
 
 /// Query types with their own label; the rest count as `other` so a client
 /// cannot grow the label set.
@@ -99,31 +107,101 @@ fn count_query(qtype: Option<RecordType>, rcode: ResponseCode) {
         .iter()
         .position(|(known, _)| *known == rcode)
         .unwrap_or(RCODES.len());
-    QUERY_COUNTERS[qtype][rcode]
-        .get_or_init(|| {
-            let qtype = QTYPES.get(qtype).map_or("other", |q| q.1);
-            let rcode = RCODES.get(rcode).map_or("other", |r| r.1);
-            metrics::counter!(DNS_QUERIES, "qtype" => qtype, "rcode" => rcode)
-        })
-        .increment(1);
+    query_counter(qtype, rcode).increment(1);
+}
+
+/// The counter of (`QTYPES[qtype]`, `RCODES[rcode]`), `other` past the end.
+fn query_counter(qtype: usize, rcode: usize) -> &'static Counter {
+    QUERY_COUNTERS[qtype][rcode].get_or_init(|| {
+        let qtype = QTYPES.get(qtype).map_or("other", |q| q.1);
+        let rcode = RCODES.get(rcode).map_or("other", |r| r.1);
+        metrics::counter!(DNS_QUERIES, "qtype" => qtype, "rcode" => rcode)
+    })
+}
+
+/// Creates every DNS series `data` can produce at 0: each (qtype, rcode),
+/// the malformed one, and each (geo name, candidate data center). Called
+/// when the data comes into service (after the recorder is installed).
+pub fn register_series(data: &DnsData) {
+    for qtype in 0..=QTYPES.len() {
+        for rcode in 0..=RCODES.len() {
+            query_counter(qtype, rcode).increment(0);
+        }
+    }
+    MALFORMED_COUNTER
+        .get_or_init(|| metrics::counter!(DNS_QUERIES, "qtype" => MALFORMED, "rcode" => "FORMERR"))
+        .increment(0);
+    for geo in &data.compiled.geo {
+        for (slot, &dc) in geo.candidates.iter().enumerate() {
+            geo_counter(data, geo, slot, dc);
+        }
+    }
+}
+
+type GeoKey = (String, String);
+
+/// Geo answer counts by (name, data center), alive while some DNS data
+/// names the pair: shared across reloads that keep it.
+fn geo_registry() -> &'static Mutex<HashMap<GeoKey, Weak<Count>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<GeoKey, Weak<Count>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn geo_counter<'a>(
+    data: &DnsData,
+    geo: &'a super::geo::GeoName,
+    slot: usize,
+    dc: usize,
+) -> &'a Counter {
+    geo.counters[slot].get_or_init(|| {
+        let key = (
+            geo.name.to_ascii().trim_end_matches('.').to_owned(),
+            data.compiled.datacenters[dc].name.clone(),
+        );
+        let mut registry = crate::locked(geo_registry());
+        registry.retain(|_, weak| weak.strong_count() > 0);
+        let count = registry.get(&key).and_then(Weak::upgrade);
+        let count = count.unwrap_or_else(|| {
+            let fresh = Arc::new(Count::default());
+            registry.insert(key, Arc::downgrade(&fresh));
+            fresh
+        });
+        count.counter()
+    })
+}
+
+/// The `geolb_dns_geo_answers_total` family: the pairs that DNS data in
+/// service (or still answering a query) names.
+pub fn render_geo_answers(out: &mut String) {
+    let mut live: Vec<(GeoKey, u64)> = crate::locked(geo_registry())
+        .iter()
+        .filter_map(|(key, weak)| Some((key.clone(), weak.upgrade()?.get())))
+        .collect();
+    live.sort();
+    family(
+        out,
+        DNS_GEO_ANSWERS,
+        "counter",
+        "Answers for geo names, by name and chosen data center (A, AAAA and ANY queries).",
+    );
+    for ((name, dc), n) in live {
+        let _ = writeln!(
+            out,
+            "{DNS_GEO_ANSWERS}{{name=\"{}\",datacenter=\"{}\"}} {n}",
+            escape_label(&name),
+            escape_label(&dc)
+        );
+    }
 }
 
 /// `geolb_dns_geo_answers_total` for the data centers chosen for geo name
 /// `index`.
 fn count_geo(data: &DnsData, index: usize, chosen: &[usize]) {
     let geo = &data.compiled.geo[index];
-    for dc in chosen {
-        let Some(slot) = geo.candidates.iter().position(|c| c == dc) else {
+    for &dc in chosen {
+        let Some(slot) = geo.candidates.iter().position(|&c| c == dc) else {
             continue;
         };
-        geo.counters[slot]
-            .get_or_init(|| {
-                metrics::counter!(
-                    DNS_GEO_ANSWERS,
-                    "name" => geo.name.to_ascii().trim_end_matches('.').to_owned(),
-                    "datacenter" => data.compiled.datacenters[*dc].name.clone()
-                )
-            })
-            .increment(1);
+        geo_counter(data, geo, slot, dc).increment(1);
     }
 }

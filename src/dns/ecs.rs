@@ -1,4 +1,5 @@
-//! The EDNS Client Subnet option (RFC 7871), read from the raw request.
+//! The EDNS Client Subnet option (RFC 7871), and the COOKIE option
+//! (RFC 7873, checked in `cookie`), read from the raw request.
 //!
 //! hickory-proto 0.26 rejects some malformed options itself (unknown
 //! family, a prefix past 32 bits for IPv4 or 128 for IPv6, too few address
@@ -29,21 +30,38 @@ pub(crate) struct Malformed(pub &'static str);
 
 /// The query's Client Subnet option, if any.
 pub(crate) fn client_subnet(message: &[u8]) -> Result<Option<ClientSubnet>, Malformed> {
+    options(message).map(|o| o.ecs)
+}
+
+/// The options of a query's OPT record that change its answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Options<'m> {
+    pub ecs: Option<ClientSubnet>,
+    /// The COOKIE option (RFC 7873), well-formed.
+    pub cookie: Option<super::cookie::Presented<'m>>,
+}
+
+/// The query's Client Subnet and COOKIE options; one of either at most.
+pub(crate) fn options(message: &[u8]) -> Result<Options<'_>, Malformed> {
     let Some(options) = opt_rdata(message)? else {
-        return Ok(None);
+        return Ok(Options::default());
     };
-    let mut found = None;
+    let mut found = Options::default();
     let mut rest = options;
     while !rest.is_empty() {
         let (code, data, tail) = option(rest)?;
         rest = tail;
-        if code != OPTION_ECS {
-            continue;
+        match code {
+            OPTION_ECS if found.ecs.is_some() => {
+                return Err(Malformed("more than one Client Subnet option"));
+            }
+            OPTION_ECS => found.ecs = Some(parse(data)?),
+            super::cookie::OPTION_COOKIE if found.cookie.is_some() => {
+                return Err(Malformed("more than one COOKIE option"));
+            }
+            super::cookie::OPTION_COOKIE => found.cookie = Some(super::cookie::parse(data)?),
+            _ => {}
         }
-        if found.is_some() {
-            return Err(Malformed("more than one Client Subnet option"));
-        }
-        found = Some(parse(data)?);
     }
     Ok(found)
 }

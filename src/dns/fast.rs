@@ -1,6 +1,6 @@
 //! The common UDP queries answered straight from the wire: an A or AAAA
-//! query (at most one OPT, with at most a Client Subnet option, cookies
-//! and padding aside) for a geo name or a name with records of that type.
+//! query (at most one OPT, its options at most one Client Subnet, one
+//! COOKIE and padding) for a geo name or a name with records of that type.
 //! Everything else, and every answer this cannot write exactly as the
 //! general path would, goes to the general path (`answer`), which stays
 //! the definition: a test checks that both give the same bytes.
@@ -11,16 +11,15 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use hickory_proto::rr::{LowerName, RData, RecordType};
 
 use super::answer::{self, Client};
+use super::rrl::{Category, Class};
 use super::zone::{Found, Zones};
-use super::{DnsData, ecs, geo};
+use super::{DnsData, cookie, ecs, geo};
 
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_ECS: u16 = 8;
-/// DNS Cookies (RFC 7873), which BIND sends by default.
-const OPTION_COOKIE: u16 = 10;
 /// EDNS padding (RFC 7830).
 const OPTION_PADDING: u16 = 12;
 /// A compression pointer to the question's name, right after the header.
@@ -50,8 +49,14 @@ pub(super) struct Index {
     names: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
 }
 
-/// The owner as the config spells it (wire form), and what it answers.
-type Entry = (Box<[u8]>, Target);
+/// The owner as the config spells it (wire form), what it answers, and
+/// what RRL counts its A and AAAA answers as (hashed once, here).
+type Entry = (Box<[u8]>, Target, [Class; 2]);
+
+/// The RRL classes of answers to A and AAAA queries for `lower`.
+fn classes(lower: &[u8]) -> [Class; 2] {
+    [TYPE_A, TYPE_AAAA].map(|qtype| Class::new(Category::Answer, lower, qtype))
+}
 
 impl Index {
     /// Indexes what `zones` answer from fixed data for an exact name: geo
@@ -64,7 +69,9 @@ impl Index {
                 continue;
             };
             if let Found::Geo { node: None, .. } = zone.find(&g.lower) {
-                names.insert(lower_wire(&g.lower), (wire_of(&g.name), Target::Geo(index)));
+                let lower = lower_wire(&g.lower);
+                let classes = classes(&lower);
+                names.insert(lower, (wire_of(&g.name), Target::Geo(index), classes));
             }
         }
         for zone in zones.iter() {
@@ -104,7 +111,9 @@ impl Index {
                         _ => {}
                     }
                 }
-                names.insert(lower_wire(lower), (owner, Target::Fixed { a, aaaa }));
+                let lower = lower_wire(lower);
+                let classes = classes(&lower);
+                names.insert(lower, (owner, Target::Fixed { a, aaaa }, classes));
             }
         }
         Index { names }
@@ -138,9 +147,19 @@ struct Query<'p> {
     question: &'p [u8],
     name_len: usize,
     qtype: u16,
-    /// The request's OPT: the client's UDP size and its Client Subnet
-    /// option data.
-    edns: Option<(u16, Option<&'p [u8]>)>,
+    /// The request's OPT.
+    edns: Option<Opt<'p>>,
+}
+
+/// What the fast path reads of a query's OPT record.
+#[derive(Clone, Copy)]
+struct Opt<'p> {
+    /// The client's UDP size.
+    size: u16,
+    /// Client Subnet option data.
+    ecs: Option<&'p [u8]>,
+    /// COOKIE option data.
+    cookie: Option<&'p [u8]>,
 }
 
 /// Reads a plain query; None for anything the general path must see.
@@ -198,8 +217,9 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
 }
 
 /// An OPT record with EDNS version 0, extended rcode 0, and no option but
-/// one well-formed Client Subnet; trailing bytes send it elsewhere too.
-fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
+/// one Client Subnet and one COOKIE (and padding); trailing bytes send it
+/// elsewhere too.
+fn parse_opt(record: &[u8]) -> Option<Opt<'_>> {
     let [
         0,
         t0,
@@ -223,8 +243,11 @@ fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
     if rdata.len() != usize::from(u16::from_be_bytes([*l0, *l1])) {
         return None;
     }
-    let size = u16::from_be_bytes([*c0, *c1]);
-    let mut ecs = None;
+    let mut opt = Opt {
+        size: u16::from_be_bytes([*c0, *c1]),
+        ecs: None,
+        cookie: None,
+    };
     let mut rest = rdata;
     while !rest.is_empty() {
         let [o0, o1, n0, n1, tail @ ..] = rest else {
@@ -232,19 +255,22 @@ fn parse_opt(record: &[u8]) -> Option<(u16, Option<&[u8]>)> {
         };
         let (data, tail) = tail.split_at_checked(usize::from(u16::from_be_bytes([*n0, *n1])))?;
         match u16::from_be_bytes([*o0, *o1]) {
-            OPTION_ECS if ecs.is_none() => ecs = Some(data),
-            // Neither changes the answer (the general path ignores them).
-            OPTION_COOKIE | OPTION_PADDING => {}
+            OPTION_ECS if opt.ecs.is_none() => opt.ecs = Some(data),
+            cookie::OPTION_COOKIE if opt.cookie.is_none() => opt.cookie = Some(data),
+            // Does not change the answer (the general path ignores it).
+            OPTION_PADDING => {}
             _ => return None,
         }
         rest = tail;
     }
-    Some((size, ecs))
+    Some(opt)
 }
 
 /// What the caller counts for an answered query.
 pub(super) struct Answered {
     pub qtype: RecordType,
+    /// What the answer is, for RRL.
+    pub class: Class,
     /// The geo name and chosen data centers, for geo answers.
     pub geo: Option<(usize, smallvec::SmallVec<[usize; 4]>)>,
 }
@@ -263,14 +289,26 @@ pub(super) fn answer(
     let key = key.get_mut(..name.len())?;
     key.copy_from_slice(name);
     key.make_ascii_lowercase();
-    let (owner, target) = data.compiled.fast.names.get(&*key)?;
+    let (owner, target, classes) = data.compiled.fast.names.get(&*key)?;
     // The general path compresses an owner against the question only when
     // they are spelled alike, case included.
     if **owner != *name {
         return None;
     }
-    let ecs = match query.edns.and_then(|(_, ecs)| ecs) {
+    let ecs = match query.edns.and_then(|opt| opt.ecs) {
         Some(option) => Some(ecs::parse(option).ok()?),
+        None => None,
+    };
+    // A malformed COOKIE is the general path's FORMERR.
+    let cookie = match query.edns.and_then(|opt| opt.cookie) {
+        Some(option) => {
+            let presented = cookie::parse(option).ok()?;
+            let (secret, ip, now) = (&data.compiled.cookie_secret, src.ip(), cookie::unix_now());
+            Some((
+                cookie::answer(secret, &presented.client, ip, now),
+                cookie::is_valid(secret, &presented, ip, now),
+            ))
+        }
         None => None,
     };
     let (scope, geo, v4, v6): (Option<u8>, _, SmallAddrs<Ipv4Addr>, SmallAddrs<Ipv6Addr>) =
@@ -340,29 +378,37 @@ pub(super) fn answer(
     for (ttl, addr) in &v6 {
         record(TYPE_AAAA, *ttl, &addr.octets());
     }
-    if let Some((_, option)) = query.edns {
+    if let Some(opt) = query.edns {
         reply.push(0);
         reply.extend_from_slice(&TYPE_OPT.to_be_bytes());
         reply.extend_from_slice(&answer::MAX_UDP_PAYLOAD.to_be_bytes());
         reply.extend_from_slice(&0u32.to_be_bytes());
-        match option {
-            Some(option) => {
-                reply.extend_from_slice(&(option.len() as u16 + 4).to_be_bytes());
-                reply.extend_from_slice(&OPTION_ECS.to_be_bytes());
-                reply.extend_from_slice(&(option.len() as u16).to_be_bytes());
-                let at = reply.len();
-                reply.extend_from_slice(option);
-                // FAMILY, SOURCE PREFIX and ADDRESS as received; our scope.
-                reply[at + 3] = scope.unwrap_or(0);
-            }
-            None => reply.extend_from_slice(&0u16.to_be_bytes()),
+        let option_len = |data: &[u8]| data.len() + 4;
+        let rdlen =
+            cookie.as_ref().map_or(0, |(c, _)| option_len(c)) + opt.ecs.map_or(0, option_len);
+        reply.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        // In the general path's order: COOKIE, then Client Subnet.
+        if let Some((answer, _)) = &cookie {
+            reply.extend_from_slice(&cookie::OPTION_COOKIE.to_be_bytes());
+            reply.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+            reply.extend_from_slice(answer);
+        }
+        if let Some(option) = opt.ecs {
+            reply.extend_from_slice(&OPTION_ECS.to_be_bytes());
+            reply.extend_from_slice(&(option.len() as u16).to_be_bytes());
+            let at = reply.len();
+            reply.extend_from_slice(option);
+            // FAMILY, SOURCE PREFIX and ADDRESS as received; our scope.
+            reply[at + 3] = scope.unwrap_or(0);
         }
     }
     // Too big for the client: the general path truncates.
-    if reply.len().max(peak) > usize::from(answer::udp_limit(query.edns.map(|(size, _)| size))) {
+    if reply.len().max(peak) > usize::from(answer::udp_limit(query.edns.map(|opt| opt.size))) {
         return None;
     }
+    let valid_cookie = cookie.is_some_and(|(_, valid)| valid);
     Some(Answered {
+        class: classes[usize::from(query.qtype == TYPE_AAAA)].exempt(valid_cookie),
         qtype: if query.qtype == TYPE_A {
             RecordType::A
         } else {
@@ -379,6 +425,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::dns::cookie::OPTION_COOKIE;
     use crate::dns::udp::answer_general;
     use crate::dns::{AllUp, DatacenterHealth};
 
@@ -481,6 +528,8 @@ mod tests {
     /// what the general path answers, and it answers the common ones.
     #[test]
     fn fast_answers_are_the_general_answers_byte_for_byte() {
+        // Both paths make server cookies at the same second.
+        crate::dns::cookie::pin_now(Some(1_800_000_000));
         let eu_down: Arc<dyn DatacenterHealth> = Arc::new(|i: usize| i != 0);
         let long = |octets, label| long_name(octets, label, "mysite.com.");
         let long_names = [
@@ -534,10 +583,14 @@ mod tests {
             "[::ffff:81.2.69.160]:53",
         ];
         let cookie: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
-        let option_sets: [&[(u16, &[u8])]; 4] = [
+        let option_sets: [&[(u16, &[u8])]; 7] = [
             &[],
             &[(OPTION_COOKIE, cookie)],
             &[(OPTION_PADDING, &[0; 7]), (OPTION_COOKIE, &[9; 24])],
+            // Malformed (FORMERR), twice, a server cookie of another length.
+            &[(OPTION_COOKIE, &[1; 5])],
+            &[(OPTION_COOKIE, cookie), (OPTION_COOKIE, cookie)],
+            &[(OPTION_COOKIE, &[3; 40])],
             // NSID and an unknown option: the general path's.
             &[(3, &[]), (65001, &[1, 2])],
         ];
@@ -564,16 +617,17 @@ mod tests {
                                 .with_options(options);
                                 total += 1;
                                 let mut fast = Vec::new();
-                                if answer(&data, &packet, src, &mut fast).is_none() {
+                                let Some(answered) = answer(&data, &packet, src, &mut fast) else {
                                     continue;
-                                }
+                                };
                                 fast_answers += 1;
                                 let mut general = Vec::new();
-                                assert!(answer_general(&data, &packet, src, &mut general));
-                                assert_eq!(
-                                    fast, general,
-                                    "{name} type {qtype} edns {edns:?} rd {rd} from {src}"
-                                );
+                                let class = answer_general(&data, &packet, src, &mut general);
+                                let case =
+                                    format!("{name} type {qtype} edns {edns:?} rd {rd} from {src}");
+                                assert_eq!(fast, general, "{case}");
+                                // RRL counts both paths' answers alike.
+                                assert_eq!(Some(answered.class), class, "{case}");
                             }
                         }
                     }
@@ -581,6 +635,44 @@ mod tests {
             }
         }
         assert!(fast_answers > 0 && fast_answers < total);
+
+        // A valid server cookie: the same bytes, and exempt from RRL on both.
+        let data = crate::dns::answer::tests::data(Arc::new(AllUp));
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        let client = [5u8; 8];
+        let mut presented = client.to_vec();
+        presented.extend(crate::dns::cookie::server_cookie(
+            &data.compiled.cookie_secret,
+            &client,
+            src.ip(),
+            1_800_000_000 - 600,
+        ));
+        let packet = Packet {
+            name: "api.mysite.com.",
+            qtype: TYPE_A,
+            rd: true,
+            cd: false,
+            edns: edns[3].clone(),
+        }
+        .with_options(&[(OPTION_COOKIE, &presented)]);
+        let (mut fast, mut general) = (Vec::new(), Vec::new());
+        let answered = answer(&data, &packet, src, &mut fast).expect("the fast path's");
+        let class = answer_general(&data, &packet, src, &mut general).unwrap();
+        assert_eq!(fast, general);
+        assert!(answered.class.exempt && class.exempt);
+        // The reply's OPT: COOKIE (client cookie, a fresh server cookie), then ECS.
+        let cookie_at = fast.len() - (4 + 24) - (4 + 7);
+        assert_eq!(fast[cookie_at..cookie_at + 4], [0, 10, 0, 24]);
+        assert_eq!(fast[cookie_at + 4..cookie_at + 12], client);
+        assert_eq!(
+            fast[cookie_at + 12..cookie_at + 28],
+            crate::dns::cookie::server_cookie(
+                &data.compiled.cookie_secret,
+                &client,
+                src.ip(),
+                1_800_000_000
+            )
+        );
 
         // The common queries do take the fast path.
         let data = crate::dns::answer::tests::data(Arc::new(AllUp));
@@ -694,7 +786,7 @@ mod tests {
             let mut fast = Vec::new();
             let fast_answered = answer(&data, &packet, src, &mut fast).is_some();
             let mut general = Vec::new();
-            assert!(answer_general(&data, &packet, src, &mut general));
+            assert!(answer_general(&data, &packet, src, &mut general).is_some());
             assert_eq!(general[..2], [0x12, 0x34], "{packet:02x?}");
             assert_eq!(general[3] & 0x0f, rcode, "{packet:02x?}");
             if fast_answered {

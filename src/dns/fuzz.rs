@@ -17,18 +17,18 @@ pub fn fast(data: &DnsData, packet: &[u8], src: SocketAddr, reply: &mut Vec<u8>)
 /// The general path over UDP, as a UDP thread calls it for what the fast
 /// path leaves.
 pub fn general_udp(data: &DnsData, packet: &[u8], src: SocketAddr, reply: &mut Vec<u8>) -> bool {
-    udp::answer_general(data, packet, src, reply)
+    udp::answer_general(data, packet, src, reply).is_some()
 }
 
 /// What a UDP thread does with one packet: the fast path, else the
 /// general one; false when nothing is sent.
 pub fn udp(data: &DnsData, packet: &[u8], src: SocketAddr, reply: &mut Vec<u8>) -> bool {
-    udp::answer_packet(data, packet, src, reply)
+    udp::answer_packet(data, packet, src, reply).is_some()
 }
 
 /// One message of a TCP connection (the general path, TCP's size limit).
 pub fn tcp(data: &DnsData, message: &[u8], src: SocketAddr, reply: &mut Vec<u8>) -> bool {
-    wire::answer(data, message, src, Protocol::Tcp, reply)
+    wire::answer(data, message, src, Protocol::Tcp, reply).is_some()
 }
 
 /// The most a UDP reply may hold, whatever the query advertised.

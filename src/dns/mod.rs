@@ -9,6 +9,9 @@
 //!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
+//! - `cookie`: DNS cookies (RFC 7873, server cookies of RFC 9018).
+//! - `rrl`: response rate limiting over UDP, per client network and
+//!   answer.
 //! - `server`: sockets and their lifetime: [`bind`], [`serve`].
 //! - `udp`: the UDP path, a thread per socket answering without
 //!   hickory-server.
@@ -18,6 +21,7 @@
 //! - `count`: the query counters both paths record into.
 
 mod answer;
+mod cookie;
 mod count;
 mod ecs;
 mod fast;
@@ -25,6 +29,8 @@ mod fast;
 #[doc(hidden)]
 pub mod fuzz;
 mod geo;
+mod querylog;
+mod rrl;
 mod server;
 mod tcp;
 mod udp;
@@ -42,9 +48,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::geoip::{Location, Locator};
 
+pub use count::{register_series, render_geo_answers};
 pub use geo::{DcState, Tier, haversine_km};
 pub use server::{DnsSockets, bind, serve};
-pub use tcp::TCP_IDLE_TIMEOUT;
 
 /// Swaps in data with a fresh locator whenever the GeoIP database file
 /// changes on disk (see [`crate::geoip::watch`]), until `shutdown`.
@@ -110,6 +116,14 @@ struct Compiled {
     fast: fast::Index,
     geo: Vec<geo::GeoName>,
     datacenters: Vec<geo::Datacenter>,
+    /// `[dns] query_log` as a sampling threshold (0: off).
+    query_log: u64,
+    /// `[dns.rrl]`.
+    rrl: rrl::Settings,
+    /// `[dns] cookie_secret`, else the process's own.
+    cookie_secret: cookie::Secret,
+    /// `[dns] tcp_*`.
+    tcp: crate::config::DnsTcpConfig,
 }
 
 /// The handle the server answers from; `store` a new [`DnsData`] to swap.
@@ -179,12 +193,19 @@ pub fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let dns = config.dns.as_ref();
     Ok(DnsData {
         compiled: Arc::new(Compiled {
             fast: fast::Index::build(&zones, &geo),
             zones,
             geo,
             datacenters,
+            query_log: querylog::threshold(config.dns.as_ref().map_or(0.0, |d| d.query_log)),
+            rrl: dns.map_or_else(rrl::Settings::default, |d| rrl::Settings::new(&d.rrl)),
+            cookie_secret: dns
+                .and_then(|d| d.cookie_secret)
+                .unwrap_or_else(cookie::process_secret),
+            tcp: dns.map(|d| d.tcp).unwrap_or_default(),
         }),
         locator,
         health,

@@ -5,11 +5,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedDnsData, tcp, udp};
+use super::{SharedDnsData, rrl, tcp, udp};
 
 /// Attempts at finding a port free for both UDP and TCP when binding port 0.
 const PORT_ZERO_ATTEMPTS: usize = 16;
@@ -113,11 +114,18 @@ pub async fn serve(
         return Ok(());
     }
     let udp_stop = CancellationToken::new();
+    // One table for every UDP thread: a client's queries spread over them.
+    let rrl = Arc::new(rrl::Table::default());
     let mut udp_threads = Vec::with_capacity(sockets.len());
     let mut tcp_listeners = Vec::with_capacity(sockets.len());
     for DnsSockets { udp, tcp } in sockets {
         for socket in udp {
-            udp_threads.push(udp::spawn(socket, data.clone(), udp_stop.clone())?);
+            udp_threads.push(udp::spawn(
+                socket,
+                data.clone(),
+                rrl.clone(),
+                udp_stop.clone(),
+            )?);
         }
         tcp_listeners.push(tcp);
     }

@@ -1,26 +1,30 @@
 //! DNS over TCP (RFC 7766): a task per connection reads length-prefixed
 //! messages one after another and answers each through the general path
 //! (`wire`), counted as over UDP, FORMERRs for unparsable messages
-//! included. A connection that sends nothing for [`TCP_IDLE_TIMEOUT`] is
-//! closed, and every one at shutdown.
+//! included; never rate limited (RRL's slip sends clients here). At most
+//! `[dns] tcp_max_connections` are open at once over every listener (the
+//! accept loop then waits; a reload's limit applies within a second), a
+//! connection idle for `tcp_idle_timeout` is
+//! closed, as is one that has had `tcp_max_queries` answers, and every
+//! one at shutdown. Answers go out in order, one at a time, so a client
+//! pipelining queries has at most one in flight.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
+use metrics::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{SharedDnsData, wire};
-use crate::accept::accept_loop;
-
-/// A TCP connection that sends no query (or takes longer to send one, or
-/// to take its answer) for this long is closed.
-pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::accept::{Slots, accept_loop};
+use crate::metrics::{DNS_TCP_CLOSED, DNS_TCP_LIMITED};
 
 /// Panics while answering over TCP, logged as the UDP threads log theirs.
 static PANICS: Mutex<wire::PanicLog> = Mutex::new(wire::PanicLog::new());
@@ -33,9 +37,24 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     wire::quiet_answer_panics();
+    let max = data.load().compiled.tcp.max_connections;
+    // One limit over every listener; its pauses counted once.
+    let slots = Slots::new(Some(max));
+    let counted = Arc::new(AtomicU64::new(0));
     let mut listening = JoinSet::new();
+    listening.spawn(follow_reloads(
+        data.clone(),
+        slots.clone(),
+        shutdown.clone(),
+    ));
     for listener in listeners {
-        listening.spawn(listen(listener, data.clone(), shutdown.clone()));
+        listening.spawn(listen(
+            listener,
+            data.clone(),
+            slots.clone(),
+            counted.clone(),
+            shutdown.clone(),
+        ));
     }
     while let Some(ended) = listening.join_next().await {
         ended.map_err(|e| io::Error::other(format!("DNS over TCP stopped: {e}")))?;
@@ -43,48 +62,110 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// Accepts on `listener` until `shutdown`, then closes the connections
-/// still open.
-async fn listen(listener: TcpListener, data: SharedDnsData, shutdown: CancellationToken) {
+/// Accepts on `listener` until `shutdown`, within `slots`, then closes the
+/// connections still open. `counted`: the pauses of `slots` already in
+/// the metric.
+async fn listen(
+    listener: TcpListener,
+    data: SharedDnsData,
+    slots: Arc<Slots>,
+    counted: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
     let name = match listener.local_addr() {
         Ok(addr) => format!("dns tcp {addr}"),
         Err(_) => "dns tcp".to_owned(),
     };
     let mut connections = JoinSet::new();
-    accept_loop(listener, name, shutdown, None, |stream, peer, _| {
-        connections.spawn(connection(stream, peer, data.clone()));
-        // The results of connections that ended are not kept.
-        while connections.try_join_next().is_some() {}
-    })
+    let limits = slots.clone();
+    accept_loop(
+        listener,
+        name,
+        shutdown,
+        Some(slots),
+        |stream, peer, slot| {
+            let limited = limits.limited();
+            let before = counted.swap(limited, Ordering::Relaxed);
+            if limited > before {
+                counter(&LIMITED, DNS_TCP_LIMITED, None).increment(limited - before);
+            }
+            connections.spawn(slot.hold(connection(stream, peer, data.clone())));
+            // The results of connections that ended are not kept.
+            while connections.try_join_next().is_some() {}
+        },
+    )
     .await;
     connections.shutdown().await;
 }
 
+/// How soon a reload's `tcp_max_connections` applies.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Applies a reload's `tcp_max_connections` to `slots` (within
+/// [`RELOAD_POLL`]), also while the accept loops wait at the old limit,
+/// until `shutdown`. The data has no change notification; one load a
+/// second costs nothing.
+async fn follow_reloads(data: SharedDnsData, slots: Arc<Slots>, shutdown: CancellationToken) {
+    let mut max = data.load().compiled.tcp.max_connections;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RELOAD_POLL) => {}
+        }
+        let now = data.load().compiled.tcp.max_connections;
+        if now != max {
+            slots.set_max(Some(now));
+            max = now;
+        }
+    }
+}
+
+static LIMITED: OnceLock<Counter> = OnceLock::new();
+static CLOSED_IDLE: OnceLock<Counter> = OnceLock::new();
+static CLOSED_MAX_QUERIES: OnceLock<Counter> = OnceLock::new();
+
+fn counter(
+    cell: &'static OnceLock<Counter>,
+    name: &'static str,
+    reason: Option<&'static str>,
+) -> &'static Counter {
+    cell.get_or_init(|| match reason {
+        Some(reason) => metrics::counter!(name, "reason" => reason),
+        None => metrics::counter!(name),
+    })
+}
+
 /// Answers the messages of one connection in order until the client
-/// closes it, stays idle for [`TCP_IDLE_TIMEOUT`], or a read or write
-/// fails.
+/// closes it, stays idle for `tcp_idle_timeout`, has had `tcp_max_queries`
+/// answers, or a read or write fails.
 async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData) {
     let _ = stream.set_nodelay(true);
+    let limits = data.load().compiled.tcp;
     let mut message = Vec::new();
     let mut reply = Vec::new();
     let mut framed = Vec::new();
+    let mut answers: u32 = 0;
     loop {
         let read = async {
             let len = stream.read_u16().await?;
             message.resize(usize::from(len), 0);
             stream.read_exact(&mut message).await
         };
-        match tokio::time::timeout(TCP_IDLE_TIMEOUT, read).await {
+        match tokio::time::timeout(limits.idle_timeout, read).await {
             Ok(Ok(_)) => {}
-            // Closed, reset or idle.
-            Ok(Err(_)) | Err(_) => return,
+            // Closed or reset.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                counter(&CLOSED_IDLE, DNS_TCP_CLOSED, Some("idle")).increment(1);
+                return;
+            }
         }
         let answered = wire::catching_panics(|| {
             wire::answer(&data.load(), &message, src, Protocol::Tcp, &mut reply)
         });
         match answered {
-            Ok(true) => {}
-            Ok(false) => continue,
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
             Err(at) => {
                 PANICS
                     .lock()
@@ -100,13 +181,24 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
         framed.clear();
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&reply);
-        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.write_all(&framed)).await {
+        match tokio::time::timeout(limits.idle_timeout, stream.write_all(&framed)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(%src, %error, "cannot send a DNS response");
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                counter(&CLOSED_IDLE, DNS_TCP_CLOSED, Some("idle")).increment(1);
+                return;
+            }
+        }
+        answers = answers.saturating_add(1);
+        if answers == limits.max_queries {
+            counter(&CLOSED_MAX_QUERIES, DNS_TCP_CLOSED, Some("max_queries")).increment(1);
+            // Closed after the last answer is written: a client reads it,
+            // then its end of file.
+            let _ = stream.shutdown().await;
+            return;
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::answer;
 use super::count::count_answer;
 use super::fast;
+use super::querylog;
+use super::rrl::{self, Class};
 use super::{DnsData, SharedDnsData, wire};
 
 /// How often a thread blocked on an idle socket looks at the shutdown token.
@@ -35,6 +38,7 @@ const RECEIVE_BUFFER: usize = 1 << 20;
 pub fn spawn(
     socket: UdpSocket,
     data: SharedDnsData,
+    rrl: Arc<rrl::Table>,
     shutdown: CancellationToken,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     socket.set_nonblocking(false)?;
@@ -46,15 +50,16 @@ pub fn spawn(
     wire::quiet_answer_panics();
     std::thread::Builder::new()
         .name(format!("dns-udp {local}"))
-        .spawn(move || serve(&socket, &data, &shutdown))
+        .spawn(move || serve(&socket, &data, &rrl, &shutdown))
 }
 
 /// Datagrams taken from (and answers given to) the kernel per system call.
 const BATCH: usize = 32;
 
 /// Receives up to [`BATCH`] queries per `recvmmsg`, answers them from one
-/// load of the data, and sends the answers with one `sendmmsg`.
-fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken) {
+/// load of the data, and sends the answers (those RRL lets through) with
+/// one `sendmmsg`.
+fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &CancellationToken) {
     let fd = socket.as_raw_fd();
     let mut packets: Vec<Box<[u8]>> = (0..BATCH)
         .map(|_| vec![0u8; MAX_RECEIVE].into_boxed_slice())
@@ -105,14 +110,22 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
         destinations.clear();
         {
             let data = data.load();
+            let limits = &data.compiled.rrl;
+            // Read only when limiting: a clock read per batch.
+            let now = if limits.is_on() { rrl.now() } else { 0 };
             for &(i, len, src) in &received {
                 let reply = &mut replies[destinations.len()];
                 let packet = &packets[i][..len];
                 // A bug met by one packet must not end UDP service, as it
                 // would end only that packet's task under hickory-server.
                 match answer_catching_panics(&data, packet, src, reply) {
-                    Ok(true) => destinations.push(Some(SockaddrStorage::from(src))),
-                    Ok(false) => {}
+                    Ok(Some(class)) => {
+                        let verdict = rrl.check(limits, src.ip(), class, now);
+                        if rrl::apply(verdict, reply) {
+                            destinations.push(Some(SockaddrStorage::from(src)));
+                        }
+                    }
+                    Ok(None) => {}
                     Err(at) => panics.record(src, at),
                 }
             }
@@ -133,7 +146,7 @@ fn answer_catching_panics(
     packet: &[u8],
     src: SocketAddr,
     reply: &mut Vec<u8>,
-) -> Result<bool, String> {
+) -> Result<Option<Class>, String> {
     wire::catching_panics(|| answer_packet(data, packet, src, reply))
 }
 
@@ -178,16 +191,17 @@ fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-/// Writes the answer to `packet` from `src` into `reply`; false when
-/// nothing is to be sent (not a query, or not worth one).
+/// Writes the answer to `packet` from `src` into `reply` and returns what
+/// it is for RRL; None when nothing is to be sent (not a query, or not
+/// worth one).
 pub(crate) fn answer_packet(
     data: &DnsData,
     packet: &[u8],
     src: SocketAddr,
     reply: &mut Vec<u8>,
-) -> bool {
+) -> Option<Class> {
     if !answerable_source(src) {
-        return false;
+        return None;
     }
     if let Some(answered) = fast::answer(data, packet, src, reply) {
         count_answer(
@@ -196,7 +210,10 @@ pub(crate) fn answer_packet(
             ResponseCode::NoError,
             answered.geo.as_ref(),
         );
-        return true;
+        if data.query_log_due() {
+            querylog::log(data, packet, src, "udp", reply, answered.geo.as_ref());
+        }
+        return Some(answered.class);
     }
     answer_general(data, packet, src, reply)
 }
@@ -208,7 +225,7 @@ pub(crate) fn answer_general(
     packet: &[u8],
     src: SocketAddr,
     reply: &mut Vec<u8>,
-) -> bool {
+) -> Option<Class> {
     wire::answer(data, packet, src, Protocol::Udp, reply)
 }
 
@@ -288,6 +305,9 @@ mod tests {
             q(1, "api.mysite.com.")
                 .opt(1232, &[(8, ecs4), (10, cookie)])
                 .0,
+            // The fast path's (a COOKIE goes to the general path).
+            q(1, "api.mysite.com.").opt(1232, &[(8, ecs4)]).0,
+            q(28, "api.mysite.com.").opt(4096, &[]).0,
             Msg::new(7, 0, [1, 0, 0, 0])
                 .question("ns1.mysite.com.", 28)
                 .0,
@@ -525,6 +545,8 @@ mod tests {
     /// answers is the general path's answer.
     #[test]
     fn random_and_damaged_packets_never_panic() {
+        // Both paths make server cookies at the same second.
+        crate::dns::cookie::pin_now(Some(1_800_000_000));
         let data = crate::dns::answer::tests::data(Arc::new(AllUp));
         let sources: [SocketAddr; 4] = [
             "192.0.2.200:5353".parse().unwrap(),
@@ -556,9 +578,9 @@ mod tests {
             };
             let src = *rng.choice(&sources).unwrap();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let sent = answer_packet(&data, &packet, src, &mut reply);
+                let sent = answer_packet(&data, &packet, src, &mut reply).is_some();
                 let by_fast = fast::answer(&data, &packet, src, &mut fast).is_some();
-                let by_general = answer_general(&data, &packet, src, &mut general);
+                let by_general = answer_general(&data, &packet, src, &mut general).is_some();
                 // And as a TCP message (only the size limit differs).
                 let mut tcp = Vec::new();
                 wire::answer(&data, &packet, src, Protocol::Tcp, &mut tcp);

@@ -16,41 +16,65 @@ use hickory_server::server::Request;
 use super::DnsData;
 use super::answer;
 use super::count::{count, count_malformed};
+use super::querylog;
+use super::rrl::Class;
 
 /// Writes the reply to `message` (from `src` over `protocol`) into
-/// `reply`, sized for the transport, and counts it; false when nothing is
-/// to be sent: a message without a whole header, a response.
+/// `reply`, sized for the transport, and counts it; returns what the reply
+/// is as RRL sees it, or None when nothing is to be sent: a message
+/// without a whole header, a response.
 pub(super) fn answer(
     data: &DnsData,
     message: &[u8],
     src: SocketAddr,
     protocol: Protocol,
     reply: &mut Vec<u8>,
-) -> bool {
+) -> Option<Class> {
     let request = match Request::from_bytes(message.to_vec(), src, protocol) {
         Ok(request) => request,
         Err(error) => {
             // Without a whole header there is no id to answer to.
-            let Ok(header) = Header::read(&mut BinDecoder::new(message)) else {
-                return false;
-            };
+            let header = Header::read(&mut BinDecoder::new(message)).ok()?;
             // Nor to a response, parsable or not (no reflection).
             if header.metadata.message_type != MessageType::Query {
-                return false;
+                return None;
             }
             tracing::debug!(%src, %error, "FORMERR: unparsable query");
             form_error(&header.metadata, reply);
             count_malformed();
-            return true;
+            if data.query_log_due() {
+                querylog::log(data, message, src, protocol_name(protocol), reply, None);
+            }
+            return Some(Class::error());
         }
     };
     if request.metadata.message_type != MessageType::Query {
-        return false;
+        return None;
     }
     let built = answer::build(data, &request);
     count(data, &request, &built);
+    let query = request.queries.queries().first();
+    let class = Class::of_response(
+        built.metadata.response_code,
+        built.wildcard.as_ref().or(query.map(|q| &**q.name())),
+        query.map_or(0, |q| q.query_type().into()),
+        built.authorities.first().map(|soa| &soa.name),
+    )
+    .exempt(built.valid_cookie);
+    let logged = data.query_log_due().then(|| built.geo.clone());
     answer::encode_sized(built, &request, reply);
-    true
+    if let Some(geo) = logged {
+        let protocol = protocol_name(protocol);
+        querylog::log(data, message, src, protocol, reply, geo.as_ref());
+    }
+    Some(class)
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        _ => "udp",
+    }
 }
 
 /// A reply to a message that could not be parsed: its id, opcode, RD and

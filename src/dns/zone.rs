@@ -576,8 +576,12 @@ mod tests {
         DnsConfig {
             listen: vec![],
             udp_threads: 1,
+            query_log: 0.0,
             zones,
             geo: vec![],
+            rrl: Default::default(),
+            cookie_secret: None,
+            tcp: Default::default(),
         }
     }
 

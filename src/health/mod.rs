@@ -9,14 +9,15 @@
 mod probe;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckConfig, ProxyProtocolVersion};
+use crate::metrics::{HEALTH_CHECK_BUCKETS, Histogram};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -35,22 +36,102 @@ impl State {
     }
 }
 
-/// The shared, lock-free health of one checked target.
-#[derive(Debug)]
+/// The shared health of one checked target: its state is one atomic load
+/// for the data path; the check statistics beside it are for /metrics and
+/// /status.
 pub struct Health {
     state: AtomicU8,
+    /// None for a target without a check.
+    checks: Option<CheckStats>,
+}
+
+/// What the checks of one target have seen, for /metrics and /status.
+pub struct CheckStats {
+    pub duration: Histogram,
+    failures: AtomicU64,
+    /// Unix time in milliseconds of the last state change (the entry's
+    /// creation until the first result).
+    last_change_ms: AtomicU64,
+    /// Written once per probe, read by /status: never on a data path.
+    last: Mutex<Option<CheckResult>>,
+}
+
+/// One probe's outcome, as /status and the status page show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckResult {
+    pub ok: bool,
+    /// Why it failed (connect refused, timeout, status 500, TLS error, ...);
+    /// empty when it passed.
+    pub reason: String,
+    pub at: SystemTime,
+    pub duration: Duration,
+}
+
+impl CheckStats {
+    fn new() -> Self {
+        CheckStats {
+            duration: Histogram::new(HEALTH_CHECK_BUCKETS),
+            failures: AtomicU64::new(0),
+            last_change_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// When the state last changed, in Unix seconds.
+    pub fn last_change(&self) -> f64 {
+        self.last_change_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    pub fn last(&self) -> Option<CheckResult> {
+        crate::locked(&self.last).clone()
+    }
+
+    fn record(&self, result: CheckResult) {
+        self.duration.observe(result.duration);
+        if !result.ok {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        *crate::locked(&self.last) = Some(result);
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("state", &self.state())
+            .field("checked", &self.checks.is_some())
+            .finish()
+    }
 }
 
 impl Health {
-    fn new(state: State) -> Self {
+    fn checked() -> Self {
         Health {
-            state: AtomicU8::new(state as u8),
+            state: AtomicU8::new(State::Unknown as u8),
+            checks: Some(CheckStats::new()),
         }
     }
 
     /// A target without a check counts as up.
     pub fn always_up() -> Arc<Self> {
-        Arc::new(Self::new(State::Up))
+        Arc::new(Health {
+            state: AtomicU8::new(State::Up as u8),
+            checks: None,
+        })
+    }
+
+    /// What the checks have seen; None for a target without a check.
+    pub fn checks(&self) -> Option<&CheckStats> {
+        self.checks.as_ref()
     }
 
     pub fn state(&self) -> State {
@@ -67,6 +148,10 @@ impl Health {
 
     fn set(&self, state: State) {
         self.state.store(state as u8, Ordering::Relaxed);
+        if let Some(checks) = &self.checks {
+            let now = unix_ms(SystemTime::now());
+            checks.last_change_ms.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -119,7 +204,7 @@ impl HealthTable {
         let mut out = HashMap::with_capacity(keys.len());
         for key in keys {
             let entry = entries.entry(key.clone()).or_insert_with(|| {
-                let health = Arc::new(Health::new(State::Unknown));
+                let health = Arc::new(Health::checked());
                 let stop = self.shutdown.child_token();
                 tokio::spawn(run_checker(
                     key.clone(),
@@ -200,6 +285,7 @@ async fn run_checker(
     let mut hysteresis = Hysteresis { streak: 0 };
     let prober = probe::Prober::new(&key);
     loop {
+        let (at, started) = (SystemTime::now(), Instant::now());
         let result = match &prober {
             Ok(prober) => tokio::select! {
                 _ = stop.cancelled() => return,
@@ -209,11 +295,23 @@ async fn run_checker(
             // fails every probe, saying why.
             Err(e) => Ok(Err(std::io::Error::new(e.kind(), e.to_string()))),
         };
+        let duration = started.elapsed();
         let (ok, why) = match result {
             Ok(Ok(())) => (true, String::new()),
             Ok(Err(e)) => (false, e.to_string()),
-            Err(_) => (false, format!("no answer within {:?}", key.check.timeout)),
+            Err(_) => (
+                false,
+                format!("timeout: no answer within {:?}", key.check.timeout),
+            ),
         };
+        if let Some(checks) = health.checks() {
+            checks.record(CheckResult {
+                ok,
+                reason: why.clone(),
+                at,
+                duration,
+            });
+        }
         let before = health.state();
         let after = hysteresis.next(before, ok, key.check.rise, key.check.fall);
         if after != before {

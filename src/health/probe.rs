@@ -28,8 +28,12 @@ impl Prober {
         Ok(Prober { tls })
     }
 
+    /// Errors say which step failed (connect, TLS, the answer), as the
+    /// status page shows them.
     pub async fn probe(&self, key: &HealthKey) -> io::Result<()> {
-        let mut stream = TcpStream::connect(key.target.as_str()).await?;
+        let mut stream = TcpStream::connect(key.target.as_str())
+            .await
+            .map_err(|e| step("connect", e))?;
         match (&key.check.probe, &self.tls) {
             (Probe::Tcp, _) => {
                 if let Some(version) = key.proxy_protocol {
@@ -41,12 +45,19 @@ impl Prober {
             }
             (Probe::Http(http), Some(tls)) => {
                 let name = server_name(http.host.as_deref(), &key.target)?;
-                let mut stream = tls.connect(name, stream).await?;
+                let mut stream = tls
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| step("TLS handshake", e))?;
                 http_status(&mut stream, &key.target, http).await
             }
             (Probe::Http(http), None) => http_status(&mut stream, &key.target, http).await,
         }
     }
+}
+
+fn step(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// SNI and the name the certificate must carry: the check's `host`, else

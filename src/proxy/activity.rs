@@ -33,7 +33,15 @@ pub struct Activity {
     /// Set by the connection's first request, for [`Activity::first_request`].
     any_request: AtomicBool,
     first: Notify,
+    /// The client speaks HTTP/2 (its preface was read).
+    h2: AtomicBool,
+    /// When the last request ended (or the connection began) in ms since
+    /// `origin`: an HTTP/2 connection's idle time counts from it.
+    quiet_since: AtomicU64,
 }
+
+/// The watchdog's reason for an idle connection.
+pub const IDLE_TIMEOUT: &str = "idle timeout";
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -45,6 +53,8 @@ impl Activity {
             open_requests: AtomicU64::new(0),
             any_request: AtomicBool::new(false),
             first: Notify::new(),
+            h2: AtomicBool::new(false),
+            quiet_since: AtomicU64::new(0),
         })
     }
 
@@ -63,8 +73,24 @@ impl Activity {
                 .is_ok();
         if started {
             self.head_started.store(now, Ordering::Relaxed);
+        } else if !read && self.h2.load(Ordering::Relaxed) {
+            // HTTP/2 frames between requests (PING, SETTINGS) begin no
+            // head, but their first byte started the header timer: an
+            // answer written while no request is open stops it again, or
+            // a client's keep-alive PING would cut it after `header`.
+            let _ = self.phase.compare_exchange(
+                READING_HEAD,
+                WAITING,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         started
+    }
+
+    /// The client sent the HTTP/2 preface.
+    fn speaks_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
     }
 
     /// A head has been parsed: the header timer stops.
@@ -93,6 +119,7 @@ impl Activity {
     /// A response has ended: the next byte read starts a new head.
     pub fn request_ended(&self) {
         if self.open_requests.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.quiet_since.store(self.now_ms(), Ordering::Relaxed);
             let _ = self.phase.compare_exchange(
                 IN_REQUEST,
                 WAITING,
@@ -109,9 +136,17 @@ impl Activity {
         let idle_ms = idle.as_millis() as u64;
         loop {
             let now = self.now_ms();
-            let idle_deadline = self.last_io.load(Ordering::Relaxed) + idle_ms;
+            // An HTTP/2 connection without open requests is idle however
+            // many PINGs or SETTINGS it carries: from its last request on.
+            let quiet =
+                self.h2.load(Ordering::Relaxed) && self.open_requests.load(Ordering::Relaxed) == 0;
+            let idle_deadline = if quiet {
+                self.quiet_since.load(Ordering::Relaxed) + idle_ms
+            } else {
+                self.last_io.load(Ordering::Relaxed) + idle_ms
+            };
             if now >= idle_deadline {
-                return "idle timeout";
+                return IDLE_TIMEOUT;
             }
             let mut deadline = idle_deadline;
             if let Some(header_ms) = header_ms {
@@ -277,11 +312,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             let started = this.activity.touch(true);
+            let was = this.line;
             if this.line.too_long(started, &buf.filled()[before..]) {
                 tracing::debug!(line = ?this.line, "request line over {MAX_HEAD} bytes: 414");
                 // hyper must not parse what it would answer with 431.
                 buf.set_filled(before);
                 return this.poll_refuse(cx, 0);
+            }
+            if was != Line::Off && this.line == Line::Off {
+                this.activity.speaks_h2();
             }
         }
         result
@@ -364,6 +403,55 @@ mod tests {
                 data[at] = b'a';
             }
         }
+    }
+
+    /// The watchdog's verdict and when, for a connection whose client
+    /// sends a PING (a read, then geolb's answer) every 500 ms.
+    async fn pinged(h2: bool) -> (&'static str, Duration) {
+        let a = Activity::new();
+        if h2 {
+            a.speaks_h2();
+        }
+        let start = Instant::now();
+        let pings = async {
+            loop {
+                a.touch(true);
+                a.touch(false);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            reason = a.watchdog(Some(Duration::from_secs(1)), Duration::from_secs(5)) => {
+                (reason, start.elapsed())
+            }
+            () = pings => unreachable!(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_pings_neither_start_the_header_timer_nor_count_as_use() {
+        let (reason, after) = pinged(true).await;
+        assert_eq!(reason, IDLE_TIMEOUT);
+        assert!(after >= Duration::from_secs(5) && after < Duration::from_millis(5100));
+        // Over HTTP/1 the same bytes would be a head that never ends.
+        let (reason, after) = pinged(false).await;
+        assert_eq!(reason, "header timeout");
+        assert!(after < Duration::from_millis(1100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_from_its_last_request() {
+        let a = Activity::new();
+        a.speaks_h2();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        a.request_started();
+        a.request_ended();
+        let start = Instant::now();
+        let reason = a.watchdog(None, Duration::from_secs(5)).await;
+        assert_eq!(
+            (reason, start.elapsed()),
+            (IDLE_TIMEOUT, Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -13,26 +13,17 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::activity::Activity;
-use crate::lograte;
+use crate::accesslog;
+use crate::admission::RetryGuard;
 use crate::metrics::RouteMetrics;
 use crate::state::ActiveGuard;
-use crate::upstream::Sender;
-
-/// How much of a path the access log keeps: HAProxy's default line
-/// length, which the rest of a line seldom needs much of. The whole head
-/// may be 64 KiB; a line per request of that is for an attacker to fill.
-const ACCESS_LOG_PATH: usize = 1024;
+use crate::upstream::{BodyProgress, Sender};
 
 /// One line of the access log, filled in as the request goes.
 pub struct AccessLog {
-    pub client: std::net::SocketAddr,
-    pub listener: Arc<str>,
-    pub pool: Arc<str>,
-    pub backend: Option<Arc<str>>,
-    pub method: http::Method,
-    pub host: String,
-    pub path: String,
-    pub retries: u32,
+    pub line: accesslog::Http,
+    /// The request body's, for the bytes received; none without a body.
+    pub body: Option<BodyProgress>,
 }
 
 /// What to do when a response ends, however it ends.
@@ -43,6 +34,8 @@ pub struct Completion {
     /// Told when the response ends, for the connection's header timer.
     pub activity: Arc<Activity>,
     pub active: Option<ActiveGuard>,
+    /// A place in the pool's retry budget, for a retried request.
+    pub retry: Option<RetryGuard>,
     /// Returned to the backend's idle list after a clean end of body.
     pub sender: Option<Sender>,
     pub bytes: u64,
@@ -63,20 +56,12 @@ impl Drop for Completion {
         let elapsed = self.start.elapsed();
         self.metrics.record(self.status, elapsed);
         if let Some(a) = self.access.take() {
-            tracing::info!(
-                target: "geolb::access",
-                client = %a.client.ip(),
-                listener = %a.listener,
-                pool = %a.pool,
-                backend = a.backend.as_deref().unwrap_or("-"),
-                method = %lograte::clip(a.method.as_str()),
-                host = %lograte::clip(&a.host),
-                path = %lograte::clip_to(&a.path, ACCESS_LOG_PATH),
-                status = self.status,
-                bytes = self.bytes,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                retries = a.retries,
-            );
+            a.line.emit(&accesslog::HttpEnd {
+                status: self.status,
+                bytes_sent: self.bytes,
+                bytes_received: a.body.as_ref().map_or(0, BodyProgress::received),
+                duration: elapsed,
+            });
         }
     }
 }
@@ -115,6 +100,11 @@ impl ResponseBody {
             inner: Inner::Message(None),
             completion: None,
         }
+    }
+
+    /// Whether more is to come from a backend (rather than our own text).
+    pub fn streams_from_backend(&self) -> bool {
+        matches!(self.inner, Inner::Backend(_)) && !self.is_end_stream()
     }
 
     fn end(&mut self, clean: bool) {

@@ -1,7 +1,7 @@
 //! What `http::handle` does to a request head before forwarding it, step
 //! by step through the same functions, opened to the fuzz targets
 //! (`fuzz/`) and their corpus replay: refuse (method, authority, path),
-//! parse the host for routing, strip hop-by-hop headers, add the
+//! decode unreserved percent-encodings, parse the host for routing, strip hop-by-hop headers, add the
 //! forwarded ones, rewrite the target to origin-form, and derive the
 //! hashing balancers' keys.
 
@@ -35,6 +35,9 @@ pub fn forward<B>(
     validate::method(req)?;
     let authority = validate::authority(req)?;
     validate::path(req.uri().path())?;
+    if let Some(uri) = validate::decode_unreserved(req.uri()) {
+        *req.uri_mut() = uri;
+    }
     let host = authority.as_ref().and_then(proxy_http::host_name);
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     if req.version() == Version::HTTP_2 {

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -22,15 +23,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::activity::{Activity, MAX_HEAD, TrackedIo};
+use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{AccessLog, Completion, ResponseBody};
 use super::headers;
+use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
+use crate::accesslog::{self, TlsInfo};
+use crate::admission::{Denied, RetryGuard};
 use crate::balance;
-use crate::config::HashKey;
+use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
+use crate::limits::RetryAfter;
+use crate::outlier::Outcome;
 use crate::proxy_protocol;
-use crate::state::{ActiveGuard, Listener, ListenerId, Route, SharedSnapshot};
+use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
 
 /// What every connection of one listener shares.
@@ -41,7 +47,28 @@ pub struct HttpContext {
     pub proto: &'static str,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    server: auto::Builder<TokioExecutor>,
+    /// hyper's server settings, made again when a reload changes
+    /// `max_concurrent_streams` (the one setting a reload can change).
+    server: ArcSwap<Server>,
+}
+
+struct Server {
+    max_streams: u32,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Server {
+    fn new(max_streams: u32) -> Server {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // 64 KiB of head is plenty for real clients; past it: 431 (414
+        // for a request line that fills it alone, see `TrackedIo`).
+        builder.http1().max_buf_size(MAX_HEAD).half_close(false);
+        builder.http2().max_concurrent_streams(max_streams);
+        Server {
+            max_streams,
+            builder,
+        }
+    }
 }
 
 impl HttpContext {
@@ -52,18 +79,26 @@ impl HttpContext {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        // 64 KiB of head is plenty for real clients; past it: 431 (414
-        // for a request line that fills it alone, see `TrackedIo`).
-        server.http1().max_buf_size(MAX_HEAD).half_close(false);
         Arc::new(HttpContext {
             snapshot,
             id,
             proto,
             tasks,
             shutdown,
-            server,
+            server: ArcSwap::from_pointee(Server::new(DEFAULT_MAX_CONCURRENT_STREAMS)),
         })
+    }
+
+    /// The server settings for a connection of a listener configured with
+    /// `max_streams`.
+    fn server(&self, max_streams: u32) -> Arc<Server> {
+        let server = self.server.load_full();
+        if server.max_streams == max_streams {
+            return server;
+        }
+        let server = Arc::new(Server::new(max_streams));
+        self.server.store(server.clone());
+        server
     }
 }
 
@@ -87,7 +122,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                 else {
                     return;
                 };
-                serve_connection(stream, client, ctx2, Arc::new(slot)).await
+                let mut slot = slot;
+                if !slot.admit(client.ip()) {
+                    tracing::debug!(client = %client, "client over its connection limit: closed");
+                    return;
+                }
+                serve_connection(stream, client, None, ctx2, Arc::new(slot)).await
             });
         },
     )
@@ -125,18 +165,28 @@ struct ConnCtx {
     /// The connection's place under the listener's limit, shared with an
     /// upgraded tunnel that outlives it.
     slot: Arc<Slot>,
+    /// Its HTTP/2 responses from backends, watched for stalls.
+    stalls: Stalls,
+    /// What the client negotiated, on https listeners (for the access log).
+    tls: Option<TlsInfo>,
 }
 
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
-/// a tunnel upgraded from it ends.
-pub async fn serve_connection<I>(io: I, peer: SocketAddr, ctx: Arc<HttpContext>, slot: Arc<Slot>)
-where
+/// a tunnel upgraded from it ends. `tls`: what an https client negotiated.
+pub async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: Option<TlsInfo>,
+    ctx: Arc<HttpContext>,
+    slot: Arc<Slot>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => l.config.timeouts,
+    let (timeouts, max_streams) = match ctx.snapshot.load().listeners.get(&ctx.id) {
+        Some(l) => (l.config.timeouts, l.config.max_concurrent_streams),
         None => return,
     };
+    let server = ctx.server(max_streams);
     let activity = Activity::new();
     let conn_ctx = Arc::new(ConnCtx {
         ctx: ctx.clone(),
@@ -144,13 +194,24 @@ where
         client: headers::ClientAddr::new(peer.ip()),
         activity: activity.clone(),
         slot,
+        stalls: Stalls::new(),
+        tls,
     });
-    let service = service_fn(move |req| {
+    let watched = conn_ctx.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &conn_ctx).await) }
+        async move {
+            let h2 = req.version() == Version::HTTP_2;
+            let resp = handle(req, &conn_ctx).await;
+            Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
+                resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
+            } else {
+                resp.map(Either::Left)
+            })
+        }
     });
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
-    let conn = ctx.server.serve_connection_with_upgrades(io, service);
+    let conn = server.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
     tokio::pin!(watchdog);
@@ -158,6 +219,13 @@ where
     let first_request = activity.first_request();
     tokio::pin!(first_request);
     let mut first_seen = false;
+    let listener_name = || {
+        let snapshot = ctx.snapshot.load();
+        let listener = snapshot.listeners.get(&ctx.id);
+        listener.map_or_else(|| ctx.id.to_string(), |l| l.config.name.clone())
+    };
+    let stalls = watched.stalls.cut_stalled(timeouts.idle, listener_name);
+    tokio::pin!(stalls);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -168,8 +236,18 @@ where
             }
             reason = &mut watchdog => {
                 tracing::debug!(client = %peer, reason, "client connection cut");
+                if reason == IDLE_TIMEOUT {
+                    // Over HTTP/2, a GOAWAY first: the client knows no
+                    // request was lost and opens a new connection (a
+                    // gRPC client, whose keep-alive PINGs do not count
+                    // as use, expects it). A response still open gets
+                    // the grace before the cut.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+                }
                 return;
             }
+            () = &mut stalls => {}
             () = &mut first_request, if !first_seen => {
                 first_seen = true;
                 if draining {
@@ -188,6 +266,9 @@ where
     }
 }
 
+/// How long a connection cut for idleness has to take its GOAWAY.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// Why no backend answered.
 enum Failure {
     NoBackend,
@@ -199,6 +280,18 @@ enum Failure {
     ClientBody(hyper::Error),
     /// The request timed out waiting for the client's body.
     SlowClient(Duration),
+    /// Every eligible backend was at `max_connections` and the queue was
+    /// full, or the wait in it (the `Duration`) ran out.
+    Queue(Denied, Duration),
+}
+
+/// Whether the request may be sent again: it holds, or now takes, a place
+/// in the pool's retry budget.
+fn within_budget(pool: &Pool, retry: &mut Option<RetryGuard>) -> bool {
+    if retry.is_none() {
+        *retry = pool.try_retry();
+    }
+    retry.is_some()
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -251,6 +344,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
+    if let Some(clients) = conn.slot.clients()
+        && let Err(wait) = clients.request(conn.peer.ip())
+    {
+        return too_many_requests(&req, &listener, conn, start, wait);
+    }
     if let Err(why) = validate::method(&req) {
         return refuse(&req, &listener, conn, start, why);
     }
@@ -261,6 +359,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     if let Err(why) = validate::path(req.uri().path()) {
         return refuse(&req, &listener, conn, start, why);
+    }
+    if let Some(uri) = validate::decode_unreserved(req.uri()) {
+        *req.uri_mut() = uri;
     }
     // Parsing the host costs an allocation; only routes and the access log need it.
     let host = if listener.routes.is_empty() && !listener.config.access_log {
@@ -285,6 +386,19 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         headers::join_cookies(req.headers_mut());
     }
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    if !req.body().is_end_stream()
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !pool.upstream.is_http2()
+    {
+        // hyper's HTTP/1 client sends a GET or HEAD whose body has no
+        // length as having none, dropping a body the client sent in
+        // chunks or HTTP/2 DATA frames: saying chunked sends it.
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     headers::add_forwarded(
         req.headers_mut(),
         &conn.client,
@@ -310,6 +424,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         )
     });
     let (body, body_progress) = ClientBody::new(body);
+    if let Some(a) = completion.access.as_mut() {
+        a.body = body_progress.clone();
+    }
     let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
@@ -329,14 +446,26 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
 
     let timeouts = listener.config.timeouts;
     let retries = listener.config.retries as usize;
+    let retry_on = listener.config.retry_on;
+    let queue_timeout = pool.config.limits.queue_timeout.unwrap_or(timeouts.connect);
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut failure = Failure::NoBackend;
+    // Held from a request's first retry to its end, against the pool's
+    // retry budget. Only retries of a request a backend received take
+    // one: after a failed connect no backend got it, so sending it to
+    // another adds no load to the pool.
+    let mut retry: Option<RetryGuard> = None;
     // Stale pooled connections are retried on the same backend without
     // counting as a retry; this bounds how often that can happen.
     let mut stale_left = 8;
     while tried.len() <= retries {
-        let Some(index) = pool.pick(&tried, key) else {
-            break;
+        let (index, active) = match pool.acquire(&tried, key, queue_timeout).await {
+            Ok(got) => got,
+            Err(Denied::NoBackend) => break,
+            Err(refusal) => {
+                failure = Failure::Queue(refusal, queue_timeout);
+                break;
+            }
         };
         let Some(request) = pending.take().or_else(rebuild) else {
             break;
@@ -346,40 +475,78 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
         tried.push(index);
         let backend = &pool.backends[index];
-        let sender = match pool.upstream.idle(&backend.shared.idle) {
-            Some(kept) => Ok(kept),
+        // Timed for the access log only: no clock read without one.
+        let connecting = completion.access.is_some().then(Instant::now);
+        let (sender, reused) = match pool.upstream.idle(&backend.shared.idle) {
+            Some(kept) => (Ok(kept), true),
             None => {
                 let upstream = &pool.upstream;
-                upstream
+                let connected = upstream
                     .connect(&backend.shared.idle, backend.addr, timeouts.connect)
-                    .await
+                    .await;
+                (connected, false)
             }
         };
         let mut sender = match sender {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                pool.outcome(index, Outcome::Failure);
                 failure = Failure::Connect(backend.label.clone(), e);
                 pending = Some(request);
+                if !retry_on.connect {
+                    break;
+                }
                 continue;
             }
         };
-        let active = ActiveGuard::new(backend.shared.clone());
+        let sent = connecting.map(|at| {
+            let now = Instant::now();
+            (if reused { Duration::ZERO } else { now - at }, now)
+        });
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
                     Failure::SlowClient(timeouts.request)
                 } else {
+                    pool.outcome(index, Outcome::Failure);
                     Failure::Timeout(backend.label.clone(), timeouts.request)
                 };
                 break;
             }
             Ok(Ok(mut resp)) => {
+                let status = resp.status().as_u16();
+                pool.outcome(
+                    index,
+                    if status >= 500 {
+                        Outcome::Status5xx
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if retry_on.status(status)
+                    && replay.is_some()
+                    && tried.len() <= retries
+                    && pool.any_eligible(&tried)
+                    && within_budget(&pool, &mut retry)
+                {
+                    tracing::debug!(backend = %backend.label, status, "retrying after the backend's answer");
+                    // Its connection is reused only when nothing of the
+                    // answer is left to read; else dropping closes it.
+                    if resp.body().is_end_stream() {
+                        backend.shared.idle.put(sender);
+                    }
+                    failure = Failure::NoBackend;
+                    continue;
+                }
                 // Clients get HTTP/1.1 or HTTP/2 from their own connection.
                 *resp.version_mut() = Version::HTTP_11;
-                if let Some(a) = completion.access.as_mut() {
+                if let (Some(a), Some((connect, sent_at))) = (completion.access.as_mut(), sent) {
+                    let a = &mut a.line;
                     a.backend = Some(backend.label.clone());
                     a.retries = (tried.len() - 1) as u32;
+                    a.connect = Some(connect);
+                    a.first_byte = Some(sent_at.elapsed());
                 }
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = client_upgrade
@@ -404,8 +571,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                completion.status = resp.status().as_u16();
+                completion.status = status;
                 completion.active = Some(active);
+                completion.retry = retry;
                 completion.sender = Some(sender);
                 let (parts, body) = resp.into_parts();
                 return Response::from_parts(parts, ResponseBody::from_backend(body, completion));
@@ -426,7 +594,12 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                     failure = Failure::ClientBody(err);
                     break;
                 }
-                let retryable = replay.is_some() && closed_without_answer(&err);
+                pool.outcome(index, Outcome::Failure);
+                let retryable = retry_on.reset
+                    && replay.is_some()
+                    && closed_without_answer(&err)
+                    && tried.len() <= retries
+                    && within_budget(&pool, &mut retry);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
                 failure = Failure::Backend(backend.label.clone(), err);
                 if !retryable {
@@ -494,6 +667,16 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 String::new(),
             )
         }
+        Failure::Queue(refusal, wait) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            if refusal == Denied::QueueFull {
+                format!("every backend of pool {pool_name} is busy and its queue is full")
+            } else {
+                format!("every backend of pool {pool_name} stayed busy for {wait:?}")
+            },
+            None,
+            String::new(),
+        ),
         Failure::SlowClient(t) => {
             tracing::debug!(client = %conn.peer, "request body too slow");
             (
@@ -519,8 +702,8 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             "request failed"
         );
         if let Some(a) = completion.access.as_mut() {
-            a.backend = Some(backend);
-            a.retries = tried.len().saturating_sub(1) as u32;
+            a.line.backend = Some(backend);
+            a.line.retries = tried.len().saturating_sub(1) as u32;
         }
     }
     completion.status = status.as_u16();
@@ -550,27 +733,43 @@ impl Completion {
             metrics: route.metrics.clone(),
             activity: conn.activity.clone(),
             active: None,
+            retry: None,
             sender: None,
             bytes: 0,
             access: listener.config.access_log.then(|| {
+                let header = |name| req.headers().get(name).cloned();
                 Box::new(AccessLog {
-                    client: conn.peer,
-                    listener: listener.config.name.as_str().into(),
-                    pool: route.pool.name.clone(),
-                    backend: None,
-                    method: req.method().clone(),
-                    host: host(),
-                    path: req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_string(),
-                    retries: 0,
+                    line: accesslog::Http {
+                        client: conn.peer,
+                        listener: listener.config.name.as_str().into(),
+                        pool: route.pool.name.clone(),
+                        backend: None,
+                        method: req.method().clone(),
+                        host: host(),
+                        path: req
+                            .uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string(),
+                        version: req.version(),
+                        user_agent: header(header::USER_AGENT),
+                        referer: header(header::REFERER),
+                        request_id: header(X_REQUEST_ID),
+                        tls: conn.tls,
+                        retries: 0,
+                        connect: None,
+                        first_byte: None,
+                    },
+                    body: None,
                 })
             }),
         }
     }
 }
+
+/// The request id header the access log shows (as nginx's
+/// `$http_x_request_id`); geolb passes it on and sets none itself.
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Answers a request that is not forwarded (see [`validate`]), counted
 /// with the listener's default route; an HTTP/1 connection is closed after
@@ -590,15 +789,7 @@ fn refuse<B>(
         reason = why.reason,
         "request refused"
     );
-    let mut completion =
-        Completion::of(req, conn, listener, &listener.default_route, start, || {
-            req.headers()
-                .get(header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-                .unwrap_or_default()
-        });
-    completion.status = why.status.as_u16();
-    let mut resp = message(why.status, why.reason, Some(completion));
+    let mut resp = answer(req, listener, conn, start, why.status, why.reason);
     if why.status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
@@ -607,6 +798,52 @@ fn refuse<B>(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// A message of our own for `req`, counted with the listener's default
+/// route.
+fn answer<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    status: StatusCode,
+    text: &str,
+) -> Response<ResponseBody> {
+    let mut completion =
+        Completion::of(req, conn, listener, &listener.default_route, start, || {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        });
+    completion.status = status.as_u16();
+    message(status, text, Some(completion))
+}
+
+/// 429 for a client over its `requests_per_second`. The connection stays
+/// open: its next request is well framed, only early.
+#[cold]
+fn too_many_requests<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    wait: RetryAfter,
+) -> Response<ResponseBody> {
+    tracing::debug!(client = %conn.peer, listener = %listener.config.name, "client over its request rate: 429");
+    let text = "this client sends requests faster than this listener allows";
+    let mut resp = answer(
+        req,
+        listener,
+        conn,
+        start,
+        StatusCode::TOO_MANY_REQUESTS,
+        text,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
     resp
 }
 

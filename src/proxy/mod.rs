@@ -5,7 +5,8 @@
 //! front of it; `tcp` owns the L4 path (pick, connect, copy both ways);
 //! `body` streams responses and settles each request when its response
 //! ends; `headers` rewrites at the boundary; `activity` enforces the
-//! client-side header and idle timeouts; `validate` finds what must not
+//! client-side header and idle timeouts; `stall` cuts HTTP/2 responses
+//! the client's flow control holds up; `validate` finds what must not
 //! be forwarded. Backend connections are opened and kept by
 //! [`crate::upstream`], PROXY headers coded by
 //! [`crate::proxy_protocol`], connections accepted by [`crate::accept`].
@@ -17,6 +18,7 @@ pub mod body;
 pub mod fuzz;
 mod headers;
 pub mod http;
+mod stall;
 pub mod tcp;
 pub mod tls;
 mod validate;

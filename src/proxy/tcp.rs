@@ -6,10 +6,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ::metrics::{Counter, counter};
+use ::metrics::Counter;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, TrackedIo};
-use crate::accept::{Slots, accept_loop};
+use crate::accept::{Slot, Slots, accept_loop};
+use crate::accesslog::{self, TcpEnd};
 use crate::balance;
 use crate::config::HashKey;
-use crate::metrics::{TCP_BYTES, TCP_CONNECT_ERRORS, TCP_CONNECTIONS};
+use crate::metrics::RouteMetrics;
+use crate::outlier::Outcome;
 use crate::proxy_protocol::{self, Addresses};
 use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
 
@@ -64,33 +67,27 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, slots: Arc<Slots
         shutdown,
         Some(slots),
         |stream, peer, slot| {
-            ctx.tasks
-                .spawn(slot.hold(connection(stream, peer, ctx.clone())));
+            ctx.tasks.spawn(connection(stream, peer, ctx.clone(), slot));
         },
     )
     .await
 }
 
-/// Creates the listener's series at 0, so that the first connection is a
-/// rate change and not a series appearing.
+/// Creates the listener's PROXY error series at 0, so that the first
+/// error is a rate change and not a series appearing (the route's series
+/// are rendered from the snapshot, at 0 from the start).
 fn register_series(ctx: &TcpContext) {
     let snapshot = ctx.snapshot.load();
     let Some(listener) = snapshot.listeners.get(&ctx.id) else {
         return;
     };
-    let labels = Labels {
-        listener: &listener.config.name,
-        pool: &listener.default_route.pool.name,
-    };
-    labels.counter(TCP_CONNECTIONS).increment(0);
-    labels.bytes("in").increment(0);
-    labels.bytes("out").increment(0);
     if listener.config.accept_proxy_protocol {
         proxy_protocol::register_series(&listener.config.name);
     }
 }
 
-async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>) {
+/// One client connection, holding `slot` until it ends.
+async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext>, mut slot: Slot) {
     // One generation for the connection's whole life: a reload does not
     // move an open connection, and the old pool's state stays valid for it.
     let Some(listener) = ctx.snapshot.load().listeners.get(&ctx.id).cloned() else {
@@ -98,6 +95,8 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     };
     let config = &listener.config;
     let pool = &listener.default_route.pool;
+    // Read for the access line only.
+    let start = config.access_log.then(Instant::now);
     // getsockname only for the PROXY headers that need it.
     let local = if config.accept_proxy_protocol || pool.config.proxy_protocol.is_some() {
         client.local_addr().unwrap_or(ctx.id.bind)
@@ -123,44 +122,83 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
             destination: local,
         }
     };
+    if !slot.admit(addresses.source.ip()) {
+        tracing::debug!(client = %addresses.source, "client over its connection limit: closed");
+        return;
+    }
     let labels = Labels {
-        listener: &config.name,
-        pool: &pool.name,
+        route: &listener.default_route.metrics,
     };
-    labels.counter(TCP_CONNECTIONS).increment(1);
+    labels.route.tcp_connections.add(1);
 
     let key = client_key(pool.hash_on(), addresses.source.ip());
-    let Some((mut backend, index, active)) = connect(
+    // The access line, if the listener keeps one, when the connection ends.
+    let log = |backend: Option<&str>, (bytes_in, bytes_out), end, error: Option<&str>| {
+        if config.access_log {
+            accesslog::Tcp {
+                client: addresses.source,
+                listener: &config.name,
+                pool: &pool.name,
+                backend,
+                bytes_in,
+                bytes_out,
+                duration: start.map_or(Duration::ZERO, |s| s.elapsed()),
+                end,
+                error,
+            }
+            .emit();
+        }
+    };
+    let (mut backend, index, active) = match connect(
         pool,
         key,
-        config.retries as usize,
+        (config.retries as usize, config.retry_on.connect),
         config.timeouts.connect,
         labels,
     )
     .await
-    else {
-        tracing::debug!(client = %addresses.source, pool = %pool.name, "no backend reachable; closing");
-        return;
+    {
+        Ok(connected) => connected,
+        Err(last) => {
+            tracing::debug!(client = %addresses.source, pool = %pool.name, "no backend reachable; closing");
+            let error = last.map_or_else(|| "no healthy backend".to_owned(), |e| e.to_string());
+            log(None, (0, 0), TcpEnd::ConnectFailed, Some(&error));
+            return;
+        }
     };
     let label = &pool.backends[index].label;
     if let Some(version) = pool.config.proxy_protocol {
         let header = proxy_protocol::encode(version, addresses.source, addresses.destination);
         if let Err(e) = backend.write_all(&header).await {
             tracing::debug!(backend = %label, error = %e, "writing the PROXY header failed");
+            log(
+                Some(label),
+                (0, 0),
+                TcpEnd::BackendWriteFailed,
+                Some(&e.to_string()),
+            );
             return;
         }
     }
     let _ = client.set_nodelay(true);
 
     let activity = Activity::new();
+    // Which side closed first: 0 neither yet, then CLIENT or BACKEND.
+    let first_eof = AtomicU8::new(0);
     // Only the client side is tracked: every byte either way passes it.
     let mut client = Counted {
         inner: TrackedIo::new(client, activity.clone()),
         counter: labels.bytes("in"),
+        total: 0,
+        side: CLIENT,
+        first_eof: &first_eof,
     };
     let mut backend = Counted {
         inner: backend,
         counter: labels.bytes("out"),
+        total: 0,
+        side: BACKEND,
+        first_eof: &first_eof,
     };
     // copy_bidirectional forwards a FIN from either side as shutdown(Write)
     // on the other and keeps copying the open direction: half-close works.
@@ -168,34 +206,65 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     // HAProxy's and nginx's buffers: the default 8 KiB moved 0.71x
     // HAProxy's iperf3 throughput (benches/tcp.sh); 32 KiB would double the
     // memory of every mostly idle pooled connection for a smaller gain.
-    tokio::select! {
+    let (end, error) = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUFFER, COPY_BUFFER) => match r {
-            Ok((up, down)) => tracing::debug!(client = %addresses.source, backend = %label, up, down, "tcp connection closed"),
-            Err(e) => tracing::debug!(client = %addresses.source, backend = %label, error = %e, "tcp connection failed"),
+            Ok((up, down)) => {
+                tracing::debug!(client = %addresses.source, backend = %label, up, down, "tcp connection closed");
+                let end = if first_eof.load(Ordering::Relaxed) == BACKEND {
+                    TcpEnd::BackendClosed
+                } else {
+                    TcpEnd::ClientClosed
+                };
+                (end, None)
+            }
+            Err(e) => {
+                tracing::debug!(client = %addresses.source, backend = %label, error = %e, "tcp connection failed");
+                (TcpEnd::Error, Some(e.to_string()))
+            }
         },
         reason = activity.watchdog(None, config.timeouts.idle) => {
             tracing::debug!(client = %addresses.source, backend = %label, reason, "tcp connection cut");
+            (TcpEnd::IdleTimeout, None)
         }
-    }
+    };
     drop(active);
+    log(
+        Some(label),
+        (client.total, backend.total),
+        end,
+        error.as_deref(),
+    );
 }
 
-/// A connected backend: tries up to `retries` others after a failure.
+/// [`Counted::side`] values.
+const CLIENT: u8 = 1;
+const BACKEND: u8 = 2;
+
+/// A connected backend: tries up to `retries` others after a failure
+/// (when `retry_on_connect`).
 async fn connect(
     pool: &Pool,
     key: u64,
-    retries: usize,
+    (retries, retry_on_connect): (usize, bool),
     timeout: Duration,
     labels: Labels<'_>,
-) -> Option<(TcpStream, usize, ActiveGuard)> {
+) -> Result<(TcpStream, usize, ActiveGuard), Option<io::Error>> {
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    let wait = pool.config.limits.queue_timeout.unwrap_or(timeout);
+    let mut last = None;
+    // Outside the retry budget: a connect that failed reached no backend.
     while tried.len() <= retries {
-        let index = pool.pick(&tried, key)?;
-        tried.push(index);
-        let backend = &pool.backends[index];
         // Counted from the attempt on, so least_conn sees a burst of new
         // connections spread before any of them completes.
-        let active = ActiveGuard::new(backend.shared.clone());
+        let (index, active) = match pool.acquire(&tried, key, wait).await {
+            Ok(got) => got,
+            Err(denied) => {
+                tracing::debug!(pool = %pool.name, ?denied, "no backend for a connection");
+                return Err(last);
+            }
+        };
+        tried.push(index);
+        let backend = &pool.backends[index];
         let result = match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
@@ -205,40 +274,37 @@ async fn connect(
         };
         match result {
             Ok(stream) => {
+                pool.outcome(index, Outcome::Success);
                 let _ = stream.set_nodelay(true);
-                return Some((stream, index, active));
+                return Ok((stream, index, active));
             }
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
-                labels.counter(TCP_CONNECT_ERRORS).increment(1);
+                pool.outcome(index, Outcome::Failure);
+                labels.route.tcp_connect_errors.add(1);
+                if !retry_on_connect {
+                    return Err(Some(e));
+                }
+                last = Some(e);
             }
         }
     }
-    None
+    Err(last)
 }
 
+/// The connection's (listener, pool) series, rendered from the snapshot
+/// so that they leave with the listener or pool.
 #[derive(Clone, Copy)]
 struct Labels<'a> {
-    listener: &'a str,
-    pool: &'a str,
+    route: &'a RouteMetrics,
 }
 
 impl Labels<'_> {
-    fn counter(self, name: &'static str) -> Counter {
-        counter!(
-            name,
-            "listener" => self.listener.to_string(),
-            "pool" => self.pool.to_string()
-        )
-    }
-
     fn bytes(self, direction: &'static str) -> Counter {
-        counter!(
-            TCP_BYTES,
-            "listener" => self.listener.to_string(),
-            "pool" => self.pool.to_string(),
-            "direction" => direction
-        )
+        match direction {
+            "in" => self.route.tcp_bytes_in.counter(),
+            _ => self.route.tcp_bytes_out.counter(),
+        }
     }
 }
 
@@ -249,13 +315,18 @@ fn client_key(hash_on: Option<&HashKey>, client: IpAddr) -> u64 {
 }
 
 /// Counts the bytes read from `inner` as they pass, so long-lived
-/// connections show their traffic before they end.
-struct Counted<T> {
+/// connections show their traffic before they end; notes whether its side
+/// closed first.
+struct Counted<'a, T> {
     inner: T,
     counter: Counter,
+    /// Read so far, for the access line.
+    total: u64,
+    side: u8,
+    first_eof: &'a AtomicU8,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -266,12 +337,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.counter.increment(n as u64);
+            self.total += n as u64;
+        } else if matches!(result, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
+            // End of stream; only the first side's sticks.
+            let _ =
+                self.first_eof
+                    .compare_exchange(0, self.side, Ordering::Relaxed, Ordering::Relaxed);
         }
         result
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -20,6 +20,7 @@ use x509_parser::extensions::GeneralName;
 
 use super::http::{self, HttpContext};
 use crate::accept::{Slot, Slots, accept_loop};
+use crate::accesslog::TlsInfo;
 use crate::config::{ConfigError, TlsCertConfig};
 use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
@@ -333,7 +334,7 @@ async fn connection(
     peer: SocketAddr,
     ctx: Arc<HttpContext>,
     tls: Arc<ArcSwap<ServerConfig>>,
-    slot: Slot,
+    mut slot: Slot,
 ) {
     let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.id) {
         Some(l) => (
@@ -354,10 +355,33 @@ async fn connection(
             None => return,
         }
     }
+    // Before the handshake, which costs the most.
+    if !slot.admit(client.ip()) {
+        tracing::debug!(%client, "client over its connection limit: closed");
+        return;
+    }
     let acceptor = TlsAcceptor::from(tls.load_full());
     let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
-            return http::serve_connection(tls_stream, client, ctx, Arc::new(slot)).await;
+            let (_, session) = tls_stream.get_ref();
+            let negotiated = TlsInfo {
+                version: session
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-"),
+                cipher: session
+                    .negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .unwrap_or("-"),
+            };
+            return http::serve_connection(
+                tls_stream,
+                client,
+                Some(negotiated),
+                ctx,
+                Arc::new(slot),
+            )
+            .await;
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("handshake not done within {header_timeout:?}"),

@@ -3,8 +3,10 @@
 //! routes on what the backend receives. A request that fails is answered
 //! by geolb and never forwarded.
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, StatusCode, Uri, Version};
 
 /// Why a request is answered by geolb instead of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +80,9 @@ pub fn authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
 /// to a parent. Clients remove dot segments before sending (RFC 3986
 /// §5.2.4), so only crafted requests carry them; they would be routed by a
 /// prefix (`/public/../admin` under `/public/`) that the backend, resolving
-/// them, does not serve. Refusing rather than normalising means geolb and
-/// every backend read the same path: nothing forwarded is rewritten.
+/// them, does not serve. Refusing rather than resolving means geolb and
+/// every backend read the same segments (only unreserved characters are
+/// decoded, by [`decode_unreserved`], which changes no segment's meaning).
 pub fn path(path: &str) -> Result<(), Refusal> {
     if has_dot_segment(path.as_bytes()) {
         return Err(Refusal::bad("the path has a dot segment (. or ..)"));
@@ -115,6 +118,50 @@ fn has_dot_segment(path: &[u8]) -> bool {
         }
     }
     !other && (1..=2).contains(&dots)
+}
+
+/// `uri` with the percent-encodings of unreserved characters in its path
+/// decoded (`%70ublic` is `public`; RFC 3986 §6.2.2.2: equivalent, and
+/// what backends resolve), or `None` when there are none: routing matches
+/// path prefixes on the decoded path and the backend gets that same path,
+/// so an encoding cannot send a request past a route. Other encodings
+/// (`%2F`, `%25`, ...) stay as they are: decoding them changes meaning.
+/// Run after [`path`], which refused encoded dot segments.
+pub fn decode_unreserved(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    // The common case: one scan, no allocation.
+    if !path.as_bytes().contains(&b'%') {
+        return None;
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(&[h, l]) = b.get(i + 1..i + 3)
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+            && let c = h << 4 | l
+            && (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+        {
+            out.push(c);
+            changed = true;
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    if !changed {
+        return None;
+    }
+    if let Some(q) = uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(out)).ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -234,6 +281,25 @@ mod tests {
         ] {
             assert!(!has_dot_segment(good.as_bytes()), "{good}");
         }
+    }
+
+    #[test]
+    fn unreserved_encodings_are_decoded_and_nothing_else() {
+        let d = |s: &str| decode_unreserved(&s.parse::<Uri>().unwrap()).map(|u| u.to_string());
+        assert_eq!(d("/%70ublic/x").as_deref(), Some("/public/x"));
+        assert_eq!(d("/%70ublic/x?a=%70").as_deref(), Some("/public/x?a=%70"));
+        assert_eq!(d("/%41%7e%2D%5f%2e").as_deref(), Some("/A~-_."));
+        assert_eq!(
+            d("http://a.test/%70ublic").as_deref(),
+            Some("http://a.test/public")
+        );
+        // Reserved and other characters keep their encoding.
+        assert_eq!(d("/public/a%2Fb%25%20%3F"), None);
+        assert_eq!(d("/public/x"), None);
+        assert_eq!(d("/%zz%4"), None);
+        assert_eq!(d("/%2F%70").as_deref(), Some("/%2Fp"));
+        // Once is enough: what comes out has no unreserved encoding left.
+        assert_eq!(d("/%2570ublic").as_deref(), None);
     }
 
     #[test]

@@ -445,6 +445,16 @@ pub struct Lb {
 }
 
 impl Lb {
+    /// The recorder's series and the traffic series of this proxy's routes,
+    /// as /metrics would show them.
+    pub fn metrics(&self) -> String {
+        let mut text = metrics().render();
+        geolb::admin::render_routes(&mut text, &self.snapshot.load());
+        text
+    }
+}
+
+impl Lb {
     pub async fn start(pools: &str, listeners: &[ListenerSpec<'_>]) -> Lb {
         metrics();
         let dir = tempfile::tempdir().unwrap();

@@ -88,8 +88,11 @@ impl Geolb {
         self.dir.path().join("geolb.toml")
     }
 
+    /// What the daemon logged: its stderr, then `[log] file = "geolb.log"`
+    /// (in the test's directory) when the config sends lines there.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        let read = |name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        read("stderr.log") + &read("geolb.log")
     }
 
     pub fn pid(&self) -> u32 {
@@ -194,8 +197,7 @@ impl Geolb {
                 .log()
                 .lines()
                 .find(|l| l.contains("admin listening"))
-                .and_then(|l| l.rsplit("addr=").next())
-                .and_then(|a| a.trim().parse().ok())
+                .and_then(logged_addr)
             {
                 geolb.admin = addr;
                 break;
@@ -279,6 +281,14 @@ impl Drop for Geolb {
             let _ = child.wait();
         }
     }
+}
+
+/// The `addr` of a log line, text (`addr=...` last) or JSON.
+fn logged_addr(line: &str) -> Option<SocketAddr> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["addr"].as_str()?.parse().ok();
+    }
+    line.rsplit("addr=").next()?.trim().parse().ok()
 }
 
 /// A token file in a directory of its own (the daemon's is made by

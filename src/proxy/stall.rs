@@ -1,0 +1,177 @@
+//! HTTP/2 responses that the client lets nothing through for the `idle`
+//! timeout (CVE-2019-9517's class: a flow-control window held closed).
+//!
+//! Over HTTP/1 a client that stops reading stops the connection's bytes,
+//! and the idle timeout cuts it. Over HTTP/2 the connection may stay busy
+//! (PINGs, other streams) while one stream's window stays closed: hyper
+//! then waits for window and never asks the body for more, so the backend
+//! connection behind it would be held for as long as the client likes.
+//!
+//! Each HTTP/2 response streamed from a backend is watched: the time it
+//! last handed hyper a frame is noted, and once hyper has not come back
+//! for the next one within `idle` while the backend had data ready (it
+//! was not waiting on the backend), the response is dropped: the backend
+//! body goes (its connection closes rather than being reused), the request
+//! is counted, and hyper resets the stream when it next polls it. A
+//! stream the client never opens its window for again keeps hyper's few
+//! hundred bytes until the connection ends, which the connection's idle
+//! timeout sees to (it no longer counts as an open request).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::body::ResponseBody;
+use crate::locked;
+use crate::metrics::HTTP_STALLED;
+
+/// `Watched::since` while the body waits on its backend: not a stall.
+const ON_BACKEND: u64 = u64::MAX;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The watched responses of one HTTP/2 connection.
+pub struct Stalls {
+    origin: Instant,
+    open: Mutex<Vec<Weak<Watched>>>,
+    added: Notify,
+}
+
+struct Watched {
+    /// `None` once cut.
+    body: Mutex<Option<ResponseBody>>,
+    /// Ms since `Stalls::origin` when a frame was last handed over, or
+    /// [`ON_BACKEND`].
+    since: AtomicU64,
+    origin: Instant,
+}
+
+/// A response body under watch: what hyper streams in its place.
+pub struct WatchedBody(Arc<Watched>);
+
+impl Stalls {
+    pub fn new() -> Stalls {
+        Stalls {
+            origin: Instant::now(),
+            open: Mutex::new(Vec::new()),
+            added: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// `body`, watched from now on.
+    pub fn watch(&self, body: ResponseBody) -> WatchedBody {
+        let watched = Arc::new(Watched {
+            body: Mutex::new(Some(body)),
+            since: AtomicU64::new(self.now_ms()),
+            origin: self.origin,
+        });
+        let mut open = locked(&self.open);
+        // Ended responses leave their place here; clearing them when the
+        // list would grow keeps it at most twice the streams open.
+        if open.len() == open.capacity() {
+            open.retain(|w| w.strong_count() > 0);
+        }
+        open.push(Arc::downgrade(&watched));
+        drop(open);
+        self.added.notify_one();
+        WatchedBody(watched)
+    }
+
+    /// Cuts each response stalled for `idle`, counted under the listener
+    /// `name` gives (asked only then); runs until the connection ends
+    /// (never returns).
+    pub async fn cut_stalled(&self, idle: Duration, name: impl Fn() -> String) {
+        let idle_ms = idle.as_millis() as u64;
+        loop {
+            let added = self.added.notified();
+            let now = self.now_ms();
+            let mut next: Option<u64> = None;
+            let mut cut = Vec::new();
+            locked(&self.open).retain(|w| {
+                let Some(watched) = w.upgrade() else {
+                    return false;
+                };
+                let since = watched.since.load(Ordering::Relaxed);
+                if since == ON_BACKEND {
+                    next = Some(next.map_or(now + idle_ms, |n| n.min(now + idle_ms)));
+                    return true;
+                }
+                if now >= since + idle_ms {
+                    cut.push(watched);
+                    return false;
+                }
+                next = Some(next.map_or(since + idle_ms, |n| n.min(since + idle_ms)));
+                true
+            });
+            // Dropped outside the list's lock: dropping a response settles
+            // it (metrics, access log, the backend connection).
+            for watched in cut {
+                // Taken under the lock, dropped (settled) after it.
+                let body = locked(&watched.body).take();
+                if body.is_some() {
+                    let listener = name();
+                    tracing::debug!(
+                        listener,
+                        "HTTP/2 response stalled by the client's window: cut"
+                    );
+                    ::metrics::counter!(HTTP_STALLED, "listener" => listener).increment(1);
+                }
+                drop(body);
+            }
+            match next {
+                Some(at) => tokio::time::sleep_until(self.origin + Duration::from_millis(at)).await,
+                None => added.await,
+            }
+        }
+    }
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let watched = &*self.0;
+        let mut body = locked(&watched.body);
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(Some(Err(
+                "the client let no byte of the response through for the idle timeout".into(),
+            )));
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        let since = match &polled {
+            Poll::Pending => ON_BACKEND,
+            Poll::Ready(_) => watched.origin.elapsed().as_millis() as u64,
+        };
+        watched.since.store(since, Ordering::Relaxed);
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // A cut body has not ended: hyper must poll it for the error and
+        // reset the stream, not end it as if complete.
+        locked(&self.0.body)
+            .as_ref()
+            .is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        locked(&self.0.body)
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
+    }
+}

@@ -1,0 +1,557 @@
+//! Per-client limits (`client_limits`) through the real binary: clients
+//! are told apart by the source address of their sockets (loopback has
+//! all of 127/8: 127.0.1.x and 127.0.2.x are two /24s) or by the PROXY
+//! header's source.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use support::library::{Pki, TcpBackend, metric, tls_list};
+use support::{Backend, Geolb, bounded, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn config(backend: SocketAddr, listener_extra: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
+         [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{backend}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{listener_extra}\n"
+    )
+}
+
+/// A TCP connection to `to` from the address `src` (port chosen by the kernel).
+async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    bounded(LIMIT, "connect", socket.connect(to)).await.unwrap()
+}
+
+/// An HTTP/1.1 client on `stream` (TCP or TLS).
+async fn client<S>(stream: S) -> SendRequest<Empty<Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// GET `/` on an open client: status and headers, or why it failed.
+async fn get(sender: &mut SendRequest<Empty<Bytes>>) -> Result<(u16, HeaderMap), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let req = http::Request::get("/")
+        .header("host", "t.example")
+        .body(Empty::new())
+        .unwrap();
+    let resp = bounded(LIMIT, "request", sender.send_request(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    body.collect().await.map_err(|e| e.to_string())?;
+    Ok((parts.status.as_u16(), parts.headers))
+}
+
+/// A new connection from `src` and one request on it.
+async fn get_from(src: &str, to: SocketAddr) -> Result<(u16, HeaderMap), String> {
+    let mut c = client(connect_from(src, to).await).await;
+    get(&mut c).await
+}
+
+async fn limited(geolb: &Geolb, limit: &str) -> f64 {
+    let text = geolb.metrics().await;
+    metric(
+        &text,
+        "geolb_client_limited_total",
+        &[("listener", "web"), ("limit", limit)],
+    )
+    .unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn a_client_prefix_past_its_connections_is_closed_while_others_are_served() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        "client_limits = { max_connections = 2 }",
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    assert_eq!(limited(&geolb, "connections").await, 0.0);
+
+    let mut first = client(connect_from("127.0.1.1", addr).await).await;
+    let mut second = client(connect_from("127.0.1.2", addr).await).await;
+    assert_eq!(get(&mut first).await.unwrap().0, 200);
+    assert_eq!(get(&mut second).await.unwrap().0, 200);
+    // A third from the same /24 is closed at once, unanswered.
+    let third = get_from("127.0.1.3", addr).await;
+    assert!(third.is_err(), "{third:?}");
+    assert_eq!(limited(&geolb, "connections").await, 1.0);
+    // Another /24 is served meanwhile, and the two open ones go on.
+    assert_eq!(get_from("127.0.2.1", addr).await.unwrap().0, 200);
+    assert_eq!(get(&mut first).await.unwrap().0, 200);
+
+    // Once one closes, the prefix may open another.
+    drop(second);
+    eventually(
+        "a freed connection lets the prefix in again",
+        LIMIT,
+        || async { get_from("127.0.1.4", addr).await.is_ok() },
+    )
+    .await;
+    assert_eq!(get(&mut first).await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn a_client_prefix_past_its_rate_gets_429_with_retry_after_until_tokens_refill() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        "client_limits = { requests_per_second = 1, burst = 3 }",
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    let mut c = client(connect_from("127.0.1.1", addr).await).await;
+    for _ in 0..3 {
+        assert_eq!(get(&mut c).await.unwrap().0, 200);
+    }
+    let (status, headers) = get(&mut c).await.unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(backend.hits(), 3, "a 429 is never forwarded");
+    // The connection stays usable, and another prefix is not limited.
+    assert_eq!(get_from("127.0.2.1", addr).await.unwrap().0, 200);
+    // Another address of the same /24 shares the bucket.
+    assert_eq!(get_from("127.0.1.9", addr).await.unwrap().0, 429);
+
+    let text = geolb.metrics().await;
+    let code = |c: &str| {
+        metric(
+            &text,
+            "geolb_http_requests_total",
+            &[("listener", "web"), ("pool", "p"), ("code", c)],
+        )
+    };
+    assert_eq!(code("429"), Some(2.0));
+    assert_eq!(limited(&geolb, "requests").await, 2.0);
+
+    // A token comes back within a second.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while get(&mut c).await.unwrap().0 == 429 {
+        assert!(std::time::Instant::now() < deadline, "no token refilled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_proxy_protocol_the_limit_keys_on_the_proxy_source() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        "accept_proxy_protocol = true\nclient_limits = { max_connections = 1 }",
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    // Every connection comes from 127.0.0.1 (the front load balancer).
+    let via = |source: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let header = format!("PROXY TCP4 {source} 192.0.2.1 4711 80\r\n");
+        s.write_all(header.as_bytes()).await.unwrap();
+        client(s).await
+    };
+    let mut held = via("198.51.100.7").await;
+    assert_eq!(get(&mut held).await.unwrap().0, 200);
+    let mut same = via("198.51.100.9").await;
+    assert!(get(&mut same).await.is_err(), "same /24 as the one held");
+    let mut other = via("203.0.113.5").await;
+    assert_eq!(get(&mut other).await.unwrap().0, 200);
+    assert_eq!(limited(&geolb, "connections").await, 1.0);
+}
+
+#[tokio::test]
+async fn tcp_listeners_limit_connections_per_client() {
+    let echo = TcpBackend::echo().await;
+    let geolb = Geolb::start(&config(
+        echo.addr,
+        "protocol = \"tcp\"\nclient_limits = { max_connections = 1, ipv4_prefix = 32 }",
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    let echoes = |mut s: TcpStream| async move {
+        s.write_all(b"ping").await.ok()?;
+        let mut buf = [0u8; 4];
+        bounded(LIMIT, "echo", s.read_exact(&mut buf)).await.ok()?;
+        Some(s)
+    };
+    let held = echoes(connect_from("127.0.1.1", addr).await).await.unwrap();
+    assert!(
+        echoes(connect_from("127.0.1.1", addr).await)
+            .await
+            .is_none()
+    );
+    // With ipv4_prefix = 32, the neighbour is another client.
+    assert!(
+        echoes(connect_from("127.0.1.2", addr).await)
+            .await
+            .is_some()
+    );
+    drop(held);
+    eventually("the address may connect again", LIMIT, || async {
+        echoes(connect_from("127.0.1.1", addr).await)
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(limited(&geolb, "connections").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_reload_changes_client_limits_for_new_requests() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        "client_limits = { requests_per_second = 1, burst = 1 }",
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    let mut c = client(connect_from("127.0.1.1", addr).await).await;
+    assert_eq!(get(&mut c).await.unwrap().0, 200);
+    assert_eq!(get(&mut c).await.unwrap().0, 429);
+    geolb.write_config(&config(backend.addr, "")).unwrap();
+    geolb.signal("HUP");
+    eventually("the limit is gone after the reload", LIMIT, || async {
+        get_from("127.0.1.1", addr).await.map(|r| r.0) == Ok(200)
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(&mut c).await.unwrap().0, 200);
+    }
+}
+
+// --- HTTP/2, spoken frame by frame ------------------------------------------
+
+/// A frame as RFC 9113 §4.1 lays it out.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+const SETTINGS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// A raw HTTP/2 client: frames written as given, frames read by a task.
+struct H2 {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+}
+
+impl H2 {
+    /// Preface and SETTINGS (`settings`: id, value), then the server's
+    /// SETTINGS acknowledged; returns the client and the server's SETTINGS.
+    async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> (H2, Vec<(u16, u32)>) {
+        let (mut read, write) = TcpStream::connect(addr).await.unwrap().into_split();
+        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let mut head = [0u8; 9];
+                if read.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if read.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                let f = Frame {
+                    kind: head[3],
+                    flags: head[4],
+                    stream,
+                    payload,
+                };
+                if tx.send(f).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut h2 = H2 { write, frames };
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, v)| [id.to_be_bytes().to_vec(), v.to_be_bytes().to_vec()].concat())
+            .collect();
+        out.extend(frame(SETTINGS, 0, 0, &payload));
+        h2.send(&out).await;
+        let first = h2.next().await.expect("the server's SETTINGS");
+        assert_eq!((first.kind, first.flags), (SETTINGS, 0));
+        let server = first
+            .payload
+            .chunks_exact(6)
+            .map(|c| {
+                (
+                    u16::from_be_bytes([c[0], c[1]]),
+                    u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                )
+            })
+            .collect();
+        h2.send(&frame(SETTINGS, ACK, 0, &[])).await;
+        (h2, server)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    /// GET `path` on `stream` (HPACK: indexed :method GET and :scheme
+    /// http, literal :path and :authority).
+    async fn get(&mut self, stream: u32, path: &str) {
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend(path.as_bytes());
+        block.extend([0x01, 9]);
+        block.extend(b"t.example");
+        self.send(&frame(HEADERS, 0x4 | 0x1, stream, &block)).await;
+    }
+
+    async fn ping(&mut self) {
+        self.send(&frame(PING, 0, 0, b"geolb-ok")).await;
+    }
+
+    /// The next frame of `kind`, others skipped.
+    async fn next_of(&mut self, kind: u8) -> Option<Frame> {
+        loop {
+            let f = self.next().await?;
+            if f.kind == kind {
+                return Some(f);
+            }
+        }
+    }
+
+    /// The next frame, or `None` once the server closed (or after 10 s).
+    async fn next(&mut self) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(10), self.frames.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+#[tokio::test]
+async fn max_concurrent_streams_is_announced_as_configured() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(backend.addr, "max_concurrent_streams = 7")).await;
+    let (_h2, settings) = H2::connect(geolb.listener("web"), &[]).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3).
+    assert!(settings.contains(&(0x3, 7)), "{settings:?}");
+
+    // A reload changes it for new connections.
+    geolb.write_config(&config(backend.addr, "")).unwrap();
+    geolb.signal("HUP");
+    eventually("the default after a reload", LIMIT, || async {
+        let (_h2, settings) = H2::connect(geolb.listener("web"), &[]).await;
+        settings.contains(&(0x3, 100))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle() {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        "timeouts = { header = \"300ms\", idle = \"2s\" }",
+    ))
+    .await;
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[]).await;
+    // PINGs for three header timeouts: each is answered, none cuts.
+    for _ in 0..9 {
+        h2.ping().await;
+        let f = h2.next_of(PING).await.expect("a PING answer, not a cut");
+        assert_eq!((f.flags, f.payload.as_slice()), (ACK, &b"geolb-ok"[..]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h2.get(1, "/").await;
+    let mut answered = false;
+    while let Some(f) = h2.next().await {
+        if f.kind == DATA && f.stream == 1 && f.flags & 0x1 != 0 {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the request after the PINGs is served");
+    let quiet = std::time::Instant::now();
+    // PINGs go on; at the idle timeout geolb says GOAWAY, then closes.
+    let mut goaway = None;
+    let mut pinger = tokio::time::interval(Duration::from_millis(200));
+    while goaway.is_none() {
+        tokio::select! {
+            _ = pinger.tick() => h2.ping().await,
+            f = h2.next() => match f {
+                Some(f) if f.kind == GOAWAY => goaway = Some(quiet.elapsed()),
+                Some(_) => {}
+                None => panic!("closed without GOAWAY after {:?}", quiet.elapsed()),
+            },
+        }
+    }
+    let after = goaway.unwrap();
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(4),
+        "GOAWAY {after:?} after the last response, idle is 2s"
+    );
+    // Then the connection ends.
+    bounded(LIMIT, "the close after GOAWAY", async {
+        while h2.next().await.is_some() {
+            h2.write
+                .write_all(&frame(PING, 0, 0, b"geolb-ok"))
+                .await
+                .ok();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle() {
+    // A backend with a body larger than any buffer on the way, that notes
+    // when its connection is closed under it.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let closed2 = closed.clone();
+    let origin = TcpBackend::start(move |mut s: TcpStream| {
+        let closed = closed2.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut ok = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+                .await
+                .is_ok();
+            while ok {
+                ok = s.write_all(&chunk).await.is_ok();
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let geolb = Geolb::start(&config(origin.addr, "timeouts = { idle = \"1s\" }")).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no DATA may come.
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[(0x4, 0)]).await;
+    let start = std::time::Instant::now();
+    for stream in [1, 3, 5] {
+        h2.get(stream, "/big").await;
+    }
+    let mut pinger = tokio::time::interval(Duration::from_millis(200));
+    let mut resets = Vec::new();
+    while closed.load(Ordering::SeqCst) < 3 {
+        assert!(start.elapsed() < LIMIT, "backend connections still held");
+        tokio::select! {
+            _ = pinger.tick() => h2.ping().await,
+            f = h2.next() => match f {
+                Some(f) if f.kind == 0x3 => resets.push(f.stream),
+                Some(f) => assert_ne!(f.kind, DATA, "DATA past a closed window"),
+                None => break,
+            },
+        }
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        3,
+        "each backend connection freed"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "cut at {:?}, before the idle timeout",
+        start.elapsed()
+    );
+    let text = geolb.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "geolb_http_stalled_streams_total",
+            &[("listener", "web")]
+        ),
+        Some(3.0)
+    );
+    // Opening the window lets hyper see the cut: each stream is reset.
+    let mut update = vec![0u8; 0];
+    update.extend(1_000_000u32.to_be_bytes());
+    for stream in [1, 3, 5] {
+        h2.send(&frame(0x8, 0, stream, &update)).await;
+    }
+    bounded(LIMIT, "RST_STREAM for each cut stream", async {
+        while resets.len() < 3 {
+            match h2.next().await {
+                Some(f) if f.kind == 0x3 => resets.push(f.stream),
+                Some(_) => {}
+                None => panic!("closed before the resets: {resets:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_listeners_close_a_client_past_its_connections_before_the_handshake() {
+    let backend = Backend::start("a").await;
+    let pki = Pki::new();
+    let cert = pki.leaf("web", &["web.test"]);
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        &format!(
+            "protocol = \"https\"\n{}\nclient_limits = {{ max_connections = 1 }}",
+            tls_list(&[&cert])
+        ),
+    ))
+    .await;
+    let addr = geolb.listener("web");
+    let connector = pki.client(&[b"http/1.1"]);
+    let handshake = |src: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = connect_from(src, addr).await;
+            let name = ServerName::try_from("web.test").unwrap();
+            bounded(LIMIT, "handshake", connector.connect(name, tcp)).await
+        }
+    };
+    let held = handshake("127.0.1.1").await.unwrap();
+    let mut c = client(held).await;
+    assert_eq!(get(&mut c).await.unwrap().0, 200);
+    assert!(
+        handshake("127.0.1.2").await.is_err(),
+        "same /24, no handshake"
+    );
+    let other = handshake("127.0.2.1").await.unwrap();
+    assert_eq!(get(&mut client(other).await).await.unwrap().0, 200);
+    assert_eq!(limited(&geolb, "connections").await, 1.0);
+}
