@@ -66,6 +66,9 @@
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
 //!   running daemon's admin API over HTTP, HTTPS or its Unix socket
 //!   (beside the layers: it imports only `config` and `tls_client`).
+//! - `fuzzing`: the entry points of the fuzz targets (`fuzz/`) and their
+//!   corpus replay, beside the layers (through the hooks `dns::fuzz` and
+//!   `proxy::fuzz`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
 //!   benchmark.
 //!
@@ -99,6 +102,8 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geoip;
 pub mod health;
 pub mod limits;

@@ -25,6 +25,9 @@ mod cookie;
 mod count;
 mod ecs;
 mod fast;
+/// For the fuzz targets and their corpus replay only.
+#[doc(hidden)]
+pub mod fuzz;
 mod geo;
 mod querylog;
 mod rrl;

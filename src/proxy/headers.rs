@@ -80,10 +80,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
             .map(str::trim)
+            // Nor Host: geolb routed on it, and the backend must see the
+            // same (found writing the http_head fuzz target's invariants).
             .filter(|t| {
                 !t.eq_ignore_ascii_case("keep-alive")
                     && !t.eq_ignore_ascii_case("close")
                     && !t.eq_ignore_ascii_case("upgrade")
+                    && !t.eq_ignore_ascii_case("host")
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -105,10 +108,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         // wrong for the next hop, which frames the body afresh.
         headers.remove(header::CONTENT_LENGTH);
     }
+    // Every TE line, not the first alone: `TE: trailers` then `TE: gzip`
+    // forwarded both (found by the http_head fuzz target).
     if te
         && headers
-            .get(header::TE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            .get_all(header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
     }

@@ -302,7 +302,7 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// The host a request is for, lower-case and without a port.
-fn host_name(value: &HeaderValue) -> Option<String> {
+pub(super) fn host_name(value: &HeaderValue) -> Option<String> {
     let s = value.to_str().ok()?;
     let host = if let Some(rest) = s.strip_prefix('[') {
         rest.split(']').next()?
@@ -310,6 +310,24 @@ fn host_name(value: &HeaderValue) -> Option<String> {
         s.rsplit_once(':').map_or(s, |(h, _)| h)
     };
     Some(host.to_ascii_lowercase())
+}
+
+/// Backends get origin-form over HTTP/1.1, whatever the client spoke,
+/// and the target's authority, which won over any Host, as Host.
+pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderValue>) {
+    if req.uri().authority().is_some() {
+        if let Some(h) = authority {
+            req.headers_mut().insert(header::HOST, h);
+        }
+        let origin = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = origin;
+    }
+    *req.version_mut() = Version::HTTP_11;
 }
 
 async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
@@ -387,21 +405,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         conn.ctx.proto,
         host_value.clone(),
     );
-    // Backends get origin-form over HTTP/1.1, whatever the client spoke,
-    // and the target's authority, which won over any Host, as Host.
-    if req.uri().authority().is_some() {
-        if let Some(h) = host_value {
-            req.headers_mut().insert(header::HOST, h);
-        }
-        let origin = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        *req.uri_mut() = origin;
-    }
-    *req.version_mut() = Version::HTTP_11;
+    to_origin_form(&mut req, host_value);
     if upgrade && pool.upstream.is_http2() {
         return no_upgrade_over_http2(&pool.name, completion);
     }
@@ -854,7 +858,7 @@ fn no_upgrade_over_http2(pool: &str, mut completion: Completion) -> Response<Res
 
 /// The key a hashing balancer places this request by; a request without
 /// the configured header or cookie falls back to the client address.
-fn request_key(on: &HashKey, client: IpAddr, headers: &HeaderMap) -> u64 {
+pub(super) fn request_key(on: &HashKey, client: IpAddr, headers: &HeaderMap) -> u64 {
     let by_client = || balance::client_ip_key(client);
     match on {
         HashKey::ClientIp => by_client(),

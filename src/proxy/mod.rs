@@ -13,6 +13,9 @@
 
 mod activity;
 pub mod body;
+/// For the fuzz targets and their corpus replay only.
+#[doc(hidden)]
+pub mod fuzz;
 mod headers;
 pub mod http;
 mod stall;

@@ -1,0 +1,61 @@
+//! What `http::handle` does to a request head before forwarding it, step
+//! by step through the same functions, opened to the fuzz targets
+//! (`fuzz/`) and their corpus replay: refuse (method, authority, path),
+//! decode unreserved percent-encodings, parse the host for routing, strip hop-by-hop headers, add the
+//! forwarded ones, rewrite the target to origin-form, and derive the
+//! hashing balancers' keys.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderValue};
+use http::{Request, Version};
+
+use super::{headers, http as proxy_http, validate};
+use crate::config::HashKey;
+
+pub use validate::Refusal;
+
+/// What routing and balancing read from a forwarded head.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The authority that became `Host` (None: HTTP/1.0 without one).
+    pub authority: Option<HeaderValue>,
+    /// The host routes match on: lower-case, without port.
+    pub host: Option<String>,
+    pub upgrade: bool,
+}
+
+/// Refuses `req` or rewrites it into what a backend receives, as
+/// `http::handle` does (`proto`: `http` or `https`).
+pub fn forward<B>(
+    req: &mut Request<B>,
+    client: IpAddr,
+    proto: &'static str,
+) -> Result<Forwarded, Refusal> {
+    validate::method(req)?;
+    let authority = validate::authority(req)?;
+    validate::path(req.uri().path())?;
+    if let Some(uri) = validate::decode_unreserved(req.uri()) {
+        *req.uri_mut() = uri;
+    }
+    let host = authority.as_ref().and_then(proxy_http::host_name);
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    if req.version() == Version::HTTP_2 {
+        headers::join_cookies(req.headers_mut());
+    }
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let client = headers::ClientAddr::new(client);
+    headers::add_forwarded(req.headers_mut(), &client, proto, authority.clone());
+    proxy_http::to_origin_form(req, authority.clone());
+    Ok(Forwarded {
+        authority,
+        host,
+        upgrade,
+    })
+}
+
+/// The key a hashing balancer places a request by (header, cookie or
+/// client address).
+pub fn request_key(on: &HashKey, client: IpAddr, headers: &HeaderMap) -> u64 {
+    proxy_http::request_key(on, client, headers)
+}
