@@ -127,6 +127,11 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Also without a database now: a reload may add one.
     tasks.spawn(dns::watch_geoip(dns_data, GEOIP_RECHECK, shutdown.clone()));
+    tasks.spawn(crate::daemon::watch_datacenters(
+        daemon.snapshot.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
     if let Some(socket) = admin_socket {
         let tls = daemon.admin_tls.load().is_some();
         tracing::info!(tls, addr = %socket.local_addr()?, "admin listening");

@@ -3,11 +3,13 @@
 //! each is started and stopped. Admin endpoints and signals act on it;
 //! [`crate::reload`] changes it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -388,5 +390,42 @@ impl Daemon {
             keep
         });
         names
+    }
+}
+
+/// Logs each data center's change between up and not up once, with the
+/// reason: its state follows from pool health, overrides and drain, which
+/// change in several places, so it is watched rather than reported.
+pub async fn watch_datacenters(
+    snapshot: SharedSnapshot,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut known: HashMap<String, bool> = HashMap::new();
+    loop {
+        let current = snapshot.load();
+        let mut seen = HashMap::with_capacity(current.datacenters.len());
+        for dc in current.datacenters.iter() {
+            let why = dc.why_not_up();
+            let up = why.is_none();
+            match (known.get(&dc.config.name), why) {
+                (Some(false), None) => {
+                    tracing::info!(datacenter = %dc.config.name, "data center: now up");
+                }
+                (Some(true) | None, Some(reason)) => {
+                    tracing::warn!(datacenter = %dc.config.name, %reason, "data center: now down");
+                }
+                _ => {}
+            }
+            seen.insert(dc.config.name.clone(), up);
+        }
+        // A data center a reload removed is forgotten; one it adds starts
+        // from its first state (logged only if that is down).
+        known = seen;
+        drop(current);
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }

@@ -57,6 +57,40 @@ impl Datacenter {
             && self.remote_check.as_ref().is_none_or(|h| h.is_up())
     }
 
+    /// Why the data center is not up, in words for the log; None when up.
+    pub fn why_not_up(&self) -> Option<String> {
+        if self.override_state() == Override::Down {
+            return Some("forced down by an override".to_owned());
+        }
+        if let Some(p) = self
+            .pools
+            .iter()
+            .find(|p| p.healthy() < p.config.min_healthy)
+        {
+            return Some(format!(
+                "pool {} has {} healthy backends, below min_healthy {}",
+                p.name,
+                p.healthy(),
+                p.config.min_healthy
+            ));
+        }
+        if let Some(check) = self.remote_check.as_ref().filter(|h| !h.is_up()) {
+            let reason = check
+                .checks()
+                .and_then(|c| c.last())
+                .map_or_else(|| "no answer yet".to_owned(), |r| r.reason);
+            return Some(format!("remote check failing: {reason}"));
+        }
+        if self.drained() {
+            return Some(if self.config.drain {
+                "drained by the config".to_owned()
+            } else {
+                "drained by an override".to_owned()
+            });
+        }
+        None
+    }
+
     /// Healthy and not drained: what DNS answers with first.
     pub fn up(&self) -> bool {
         !self.drained() && self.healthy()

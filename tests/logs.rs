@@ -540,3 +540,63 @@ async fn https_access_lines_name_the_tls_version_cipher_and_a_reused_connection(
     assert!(lines[0]["connect_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(lines[1]["connect_ms"], 0.0);
 }
+
+#[tokio::test]
+async fn a_data_center_going_down_and_up_is_logged_once_each_with_the_reason() {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&config(
+        "",
+        &format!(
+            "[[pool]]\nname = \"p\"\n\
+             check = {{ kind = \"http\", path = \"/health\", interval = \"50ms\", timeout = \"2s\", rise = 1, fall = 1 }}\n\
+             backends = [{}]\n\n\
+             [[datacenter]]\nname = \"paris\"\nlocation = {{ lat = 48.86, lon = 2.35 }}\n\
+             addresses = [\"192.0.2.1\"]\npools = [\"p\"]\n",
+            backend_list(&[&a])
+        ),
+    ))
+    .await;
+    let lines = |what: &'static str| {
+        geolb
+            .log()
+            .lines()
+            .filter(|l| l.contains(what) && l.contains("paris"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    a.set_health(503);
+    eventually("the data center down, logged", WAIT, || async {
+        lines("data center: now down").len() == 1
+    })
+    .await;
+    let down = lines("data center: now down");
+    assert!(
+        down[0].contains("pool p has 0 healthy backends, below min_healthy 1"),
+        "{}",
+        down[0]
+    );
+    // Still down a few watch rounds later: still one line.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(lines("data center: now down").len(), 1, "{}", geolb.log());
+    a.set_health(200);
+    eventually("the data center up, logged", WAIT, || async {
+        lines("data center: now up").len() == 1
+    })
+    .await;
+    let (code, _, _) = request(
+        geolb.admin,
+        "POST",
+        "/datacenters/paris/drain",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    eventually("the drain logged as the reason", WAIT, || async {
+        lines("data center: now down")
+            .iter()
+            .any(|l| l.contains("drained by an override"))
+    })
+    .await;
+}
