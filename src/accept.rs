@@ -59,6 +59,8 @@ pub struct Slots {
     max: AtomicUsize,
     /// Times accepting paused at the limit.
     limited: AtomicU64,
+    /// Connections accepted since start.
+    accepted: AtomicU64,
     freed: Notify,
 }
 
@@ -68,6 +70,7 @@ impl Slots {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(usize::MAX),
             limited: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             freed: Notify::new(),
         };
         slots.set_max(max);
@@ -92,6 +95,11 @@ impl Slots {
         self.limited.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
     /// Returns once a connection may be accepted. Only the accept loop
     /// waits here and only it takes slots, so one stays free until it
     /// takes it (a reload lowering the limit meanwhile lets that one in).
@@ -113,6 +121,7 @@ impl Slots {
 
     fn take(self: &Arc<Self>) -> Slot {
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         Slot(Some(self.clone()))
     }
 }

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use crate::balance::{self, Balancer, Candidates};
 use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
 use crate::health::{Health, HealthKey, HealthTable, State};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::overrides::{Override, Overrides, Target};
 use crate::upstream::{IdleConnections, Upstream};
 
@@ -162,6 +162,8 @@ pub struct Backend {
     pub drain: bool,
     pub health: Arc<Health>,
     pub shared: Arc<BackendShared>,
+    /// This pool's traffic to it, for `/metrics`.
+    pub metrics: Arc<BackendMetrics>,
     /// The override of this backend in every pool.
     pub all_pools_override: Arc<AtomicU8>,
     /// The override of this backend in this pool only; wins over the
@@ -382,6 +384,7 @@ pub fn compile(
                         .and_then(|k| healths.get(&k).cloned())
                         .unwrap_or_else(Health::always_up),
                     shared: registry.get(bc.addr),
+                    metrics: BackendMetrics::get(&pc.name, &bc.addr.to_string()),
                     all_pools_override: registry.overrides.cell(&Target::Backend {
                         addr: bc.addr,
                         pool: None,

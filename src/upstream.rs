@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ pub struct ClientBody {
 
 /// Where a [`ClientBody`] is, shared with the request's handler.
 #[derive(Clone)]
-pub struct BodyProgress(Arc<AtomicU8>);
+pub struct BodyProgress(Arc<(AtomicU8, AtomicU64)>);
 
 /// What the client's body last did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub enum BodyState {
 
 impl BodyProgress {
     pub fn state(&self) -> BodyState {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.0.load(Ordering::Relaxed) {
             0 => BodyState::Moving,
             1 => BodyState::WaitingForClient,
             2 => BodyState::Ended,
@@ -72,7 +72,12 @@ impl BodyProgress {
     }
 
     fn set(&self, state: BodyState) {
-        self.0.store(state as u8, Ordering::Relaxed);
+        self.0.0.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Body bytes the client has sent so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.1.load(Ordering::Relaxed)
     }
 }
 
@@ -83,7 +88,7 @@ impl ClientBody {
         let progress = if body.is_end_stream() {
             None
         } else {
-            Some(BodyProgress(Arc::new(AtomicU8::new(0))))
+            Some(BodyProgress(Arc::default()))
         };
         let watch = progress.clone();
         (
@@ -111,8 +116,15 @@ impl Body for ClientBody {
                 Poll::Pending => BodyState::WaitingForClient,
                 Poll::Ready(None) => BodyState::Ended,
                 Poll::Ready(Some(Err(_))) => BodyState::Failed,
-                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => BodyState::Ended,
-                Poll::Ready(Some(Ok(_))) => BodyState::Moving,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    progress.0.1.fetch_add(len, Ordering::Relaxed);
+                    if this.inner.is_end_stream() {
+                        BodyState::Ended
+                    } else {
+                        BodyState::Moving
+                    }
+                }
             });
         }
         polled

@@ -247,6 +247,8 @@ pub(super) struct Answered {
     pub qtype: RecordType,
     /// The geo name and chosen data centers, for geo answers.
     pub geo: Option<(usize, smallvec::SmallVec<[usize; 4]>)>,
+    /// The query carried ECS.
+    pub ecs: bool,
 }
 
 /// Writes the answer to `packet` into `reply` when the fast path can;
@@ -273,6 +275,7 @@ pub(super) fn answer(
         Some(option) => Some(ecs::parse(option).ok()?),
         None => None,
     };
+    let with_ecs = ecs.is_some();
     let (scope, geo, v4, v6): (Option<u8>, _, SmallAddrs<Ipv4Addr>, SmallAddrs<Ipv6Addr>) =
         match target {
             Target::Geo(index) => {
@@ -369,6 +372,7 @@ pub(super) fn answer(
             RecordType::AAAA
         },
         geo,
+        ecs: with_ecs,
     })
 }
 

@@ -7,7 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_server::net::xfer::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedDnsData, wire};
+use super::{SharedDnsData, count, wire};
 use crate::accept::accept_loop;
 
 /// A TCP connection that sends no query (or takes longer to send one, or
@@ -79,6 +79,7 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
             // Closed, reset or idle.
             Ok(Err(_)) | Err(_) => return,
         }
+        let started = Instant::now();
         let answered = wire::catching_panics(|| {
             wire::answer(&data.load(), &message, src, Protocol::Tcp, &mut reply)
         });
@@ -101,7 +102,7 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&reply);
         match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.write_all(&framed)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => count::count_tcp(&reply, started.elapsed()),
             Ok(Err(error)) => {
                 tracing::debug!(%src, %error, "cannot send a DNS response");
                 return;

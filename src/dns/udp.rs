@@ -7,7 +7,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_server::net::xfer::Protocol;
@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
-use super::count::count_answer;
+use super::count::{self, count_answer};
 use super::fast;
 use super::{DnsData, SharedDnsData, wire};
 
@@ -102,6 +102,8 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
                 }
             }
         }
+        let started = Instant::now();
+        let mut truncated = 0;
         destinations.clear();
         {
             let data = data.load();
@@ -111,7 +113,10 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
                 // A bug met by one packet must not end UDP service, as it
                 // would end only that packet's task under hickory-server.
                 match answer_catching_panics(&data, packet, src, reply) {
-                    Ok(true) => destinations.push(Some(SockaddrStorage::from(src))),
+                    Ok(true) => {
+                        truncated += usize::from(count::truncated(reply));
+                        destinations.push(Some(SockaddrStorage::from(src)));
+                    }
                     Ok(false) => {}
                     Err(at) => panics.record(src, at),
                 }
@@ -123,6 +128,7 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, shutdown: &CancellationToken)
             &replies[..destinations.len()],
             &destinations,
         );
+        count::count_udp_batch(destinations.len(), truncated, started.elapsed());
     }
 }
 
@@ -190,6 +196,7 @@ pub(crate) fn answer_packet(
         return false;
     }
     if let Some(answered) = fast::answer(data, packet, src, reply) {
+        count::count_ecs(answered.ecs);
         count_answer(
             data,
             Some(answered.qtype),

@@ -14,9 +14,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::activity::Activity;
 use crate::lograte;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::state::ActiveGuard;
-use crate::upstream::Sender;
+use crate::upstream::{BodyProgress, Sender};
 
 /// How much of a path the access log keeps: HAProxy's default line
 /// length, which the rest of a line seldom needs much of. The whole head
@@ -46,6 +46,10 @@ pub struct Completion {
     /// Returned to the backend's idle list after a clean end of body.
     pub sender: Option<Sender>,
     pub bytes: u64,
+    /// The backend that answered, for its series.
+    pub backend: Option<Arc<BackendMetrics>>,
+    /// The request's body, for the bytes it carried.
+    pub request_body: Option<BodyProgress>,
     pub access: Option<Box<AccessLog>>,
 }
 
@@ -62,6 +66,11 @@ impl Drop for Completion {
         self.activity.request_ended();
         let elapsed = self.start.elapsed();
         self.metrics.record(self.status, elapsed);
+        let bytes_in = self.request_body.as_ref().map_or(0, BodyProgress::bytes);
+        self.metrics.http_bytes(bytes_in, self.bytes);
+        if let Some(b) = &self.backend {
+            b.bytes(bytes_in, self.bytes);
+        }
         if let Some(a) = self.access.take() {
             tracing::info!(
                 target: "geolb::access",

@@ -306,6 +306,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         )
     });
     let (body, body_progress) = ClientBody::new(body);
+    completion.request_body = body_progress.clone();
     let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
@@ -339,6 +340,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         };
         if !tried.is_empty() {
             route.metrics.retried();
+            pool.backends[index].metrics.retried();
         }
         tried.push(index);
         let backend = &pool.backends[index];
@@ -355,22 +357,29 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                backend.metrics.connect_failed();
                 failure = Failure::Connect(backend.label.clone(), e);
                 pending = Some(request);
                 continue;
             }
         };
         let active = ActiveGuard::new(backend.shared.clone());
+        let sent = Instant::now();
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
                     Failure::SlowClient(timeouts.request)
                 } else {
+                    backend.metrics.timed_out();
                     Failure::Timeout(backend.label.clone(), timeouts.request)
                 };
                 break;
             }
             Ok(Ok(mut resp)) => {
+                backend
+                    .metrics
+                    .responded(resp.status().as_u16(), sent.elapsed());
+                completion.backend = Some(backend.metrics.clone());
                 // Clients get HTTP/1.1 or HTTP/2 from their own connection.
                 *resp.version_mut() = Version::HTTP_11;
                 if let Some(a) = completion.access.as_mut() {
@@ -548,6 +557,8 @@ impl Completion {
             active: None,
             sender: None,
             bytes: 0,
+            backend: None,
+            request_body: None,
             access: listener.config.access_log.then(|| {
                 Box::new(AccessLog {
                     client: conn.peer,

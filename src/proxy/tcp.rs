@@ -20,7 +20,7 @@ use super::activity::{Activity, TrackedIo};
 use crate::accept::{Slots, accept_loop};
 use crate::balance;
 use crate::config::HashKey;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BackendMetrics, Both, RouteMetrics};
 use crate::proxy_protocol::{self, Addresses};
 use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
 
@@ -136,6 +136,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
         return;
     };
     let label = &pool.backends[index].label;
+    let backend_metrics = &pool.backends[index].metrics;
     if let Some(version) = pool.config.proxy_protocol {
         let header = proxy_protocol::encode(version, addresses.source, addresses.destination);
         if let Err(e) = backend.write_all(&header).await {
@@ -149,11 +150,11 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     // Only the client side is tracked: every byte either way passes it.
     let mut client = Counted {
         inner: TrackedIo::new(client, activity.clone()),
-        counter: labels.bytes("in"),
+        counter: labels.bytes("in", backend_metrics),
     };
     let mut backend = Counted {
         inner: backend,
-        counter: labels.bytes("out"),
+        counter: labels.bytes("out", backend_metrics),
     };
     // copy_bidirectional forwards a FIN from either side as shutdown(Write)
     // on the other and keeps copying the open direction: half-close works.
@@ -204,6 +205,7 @@ async fn connect(
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
                 labels.route.tcp_connect_errors.add(1);
+                backend.metrics.connect_failed();
             }
         }
     }
@@ -218,11 +220,13 @@ struct Labels<'a> {
 }
 
 impl Labels<'_> {
-    fn bytes(self, direction: &'static str) -> Counter {
-        match direction {
-            "in" => self.route.tcp_bytes_in.counter(),
-            _ => self.route.tcp_bytes_out.counter(),
-        }
+    /// Counts for the route and for `backend` at once.
+    fn bytes(self, direction: &'static str, backend: &BackendMetrics) -> Counter {
+        let (route, backend) = match direction {
+            "in" => (&self.route.tcp_bytes_in, &backend.bytes_in),
+            _ => (&self.route.tcp_bytes_out, &backend.bytes_out),
+        };
+        Counter::from_arc(Arc::new(Both(route.clone(), backend.clone())))
     }
 }
 
