@@ -648,3 +648,52 @@ pub fn escape_label(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_series_by_class_with_escaped_labels_and_shared_while_held() {
+        let m = BackendMetrics::get("p\"q", "127.0.0.1:1");
+        for status in [101, 200, 204, 404, 503, 599, 99, 600, 0] {
+            m.responded(status, Duration::from_micros(150));
+        }
+        m.bytes(3, 7);
+        // A second snapshot naming the pair gets the same counts.
+        assert!(Arc::ptr_eq(&m, &BackendMetrics::get("p\"q", "127.0.0.1:1")));
+        let mut out = String::new();
+        render_backends(&mut out, &[&m]);
+        let labels = "pool=\"p\\\"q\",backend=\"127.0.0.1:1\"";
+        for (code, n) in [("1xx", 1), ("2xx", 2), ("3xx", 0), ("4xx", 1), ("5xx", 2)] {
+            let line = format!("{BACKEND_RESPONSES}{{{labels},code=\"{code}\"}} {n}\n");
+            assert!(out.contains(&line), "{line}\n{out}");
+        }
+        // Every response head is timed, whatever its status.
+        assert!(out.contains(&format!(
+            "{BACKEND_RESPONSE_TIME}_bucket{{{labels},le=\"0.0001\"}} 0\n"
+        )));
+        assert!(out.contains(&format!(
+            "{BACKEND_RESPONSE_TIME}_bucket{{{labels},le=\"0.00025\"}} 9\n"
+        )));
+        assert!(out.contains(&format!(
+            "{BACKEND_BYTES}{{{labels},direction=\"out\"}} 7\n"
+        )));
+        drop(m);
+        let fresh = BackendMetrics::get("p\"q", "127.0.0.1:1");
+        assert_eq!(fresh.bytes_in.get(), 0, "released with the last holder");
+    }
+
+    #[test]
+    fn a_batch_counts_each_of_its_observations() {
+        let h = Histogram::new(DNS_ANSWER_BUCKETS);
+        h.observe_n(Duration::from_micros(30), 32);
+        h.observe(Duration::from_millis(200));
+        let mut out = String::new();
+        h.render_unlabelled(&mut out, "x");
+        assert!(out.contains("x_bucket{le=\"0.000025\"} 0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.00005\"} 32\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.1\"} 32\nx_bucket{le=\"+Inf\"} 33\n"));
+        assert!(out.contains("x_sum 0.20096\nx_count 33\n"), "{out}");
+    }
+}
