@@ -61,6 +61,8 @@ pub struct Slots {
     max: AtomicUsize,
     /// Times accepting paused at the limit.
     limited: AtomicU64,
+    /// Connections accepted since start.
+    accepted: AtomicU64,
     freed: Notify,
     /// Per-client limits (`client_limits`), checked once the client's
     /// address is known (after a PROXY header): [`Slot::admit`].
@@ -73,6 +75,7 @@ impl Slots {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(usize::MAX),
             limited: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             freed: Notify::new(),
             clients: Arc::default(),
         };
@@ -98,6 +101,11 @@ impl Slots {
         self.limited.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
     /// Returns once a connection may be accepted. Only the accept loop
     /// waits here and only it takes slots, so one stays free until it
     /// takes it (a reload lowering the limit meanwhile lets that one in).
@@ -119,6 +127,7 @@ impl Slots {
 
     fn take(self: &Arc<Self>) -> Slot {
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         Slot {
             slots: Some(self.clone()),
             client: ClientConn::none(),

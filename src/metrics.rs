@@ -2,7 +2,8 @@
 //!
 //! Most counters go through the `metrics` facade into the Prometheus
 //! recorder. Series labelled by what a reload can remove are not: the
-//! per-(listener, pool) HTTP metrics live in [`RouteMetrics`], and gauges
+//! per-(listener, pool) HTTP metrics live in [`RouteMetrics`], the
+//! per-(pool, backend) ones in [`BackendMetrics`], and gauges
 //! that mirror live state (backend up, active connections, data centers)
 //! are rendered from the current snapshot at scrape time, so a pool,
 //! backend or data center removed by a reload simply stops appearing.
@@ -77,6 +78,49 @@ pub const DNS_RRL: &str = "geolb_dns_rrl_limited_total";
 pub const DNS_TCP_CLOSED: &str = "geolb_dns_tcp_closed_total";
 /// Times DNS over TCP stopped accepting at `[dns] tcp_max_connections`.
 pub const DNS_TCP_LIMITED: &str = "geolb_dns_tcp_connections_limited_total";
+/// Answers sent, by `protocol` (`udp`, `tcp`): beside [`DNS_QUERIES`]
+/// rather than a label of it, whose labels are part of the contract.
+pub const DNS_QUERIES_BY_PROTOCOL: &str = "geolb_dns_queries_by_protocol_total";
+/// Answers sent with TC set (too big for the client's UDP size).
+pub const DNS_TRUNCATED: &str = "geolb_dns_truncated_responses_total";
+/// Queries that carried an EDNS Client Subnet option (echoed in the answer).
+pub const DNS_ECS_QUERIES: &str = "geolb_dns_ecs_queries_total";
+/// From a query's receipt to its answer leaving (see `dns::count`).
+pub const DNS_ANSWER_DURATION: &str = "geolb_dns_answer_duration_seconds";
+/// The UDP path answers in about a microsecond; a batch of 32 in tens.
+pub const DNS_ANSWER_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1,
+];
+/// Client connections accepted, by `listener` (rendered from the accept
+/// loops' counts like [`LISTENER_CONNECTIONS`]).
+pub const LISTENER_CONNECTIONS_TOTAL: &str = "geolb_listener_connections_total";
+/// Body bytes of HTTP requests and responses, by `listener`, `pool` and
+/// `direction` (`in`: client to backend).
+pub const HTTP_BYTES: &str = "geolb_http_bytes_total";
+
+// Per (pool, backend): [`BackendMetrics`]. Named after HAProxy's
+// `haproxy_server_*` series, the ones operators already read.
+/// Responses by status class `code` (`1xx` .. `5xx`).
+pub const BACKEND_RESPONSES: &str = "geolb_backend_http_responses_total";
+/// From sending the request to the backend to its response head.
+pub const BACKEND_RESPONSE_TIME: &str = "geolb_backend_response_time_seconds";
+/// Failed connection attempts (refused, reset, or no connection within
+/// the connect timeout), HTTP and TCP.
+pub const BACKEND_CONNECT_ERRORS: &str = "geolb_backend_connect_errors_total";
+/// Requests that got no response head within the request timeout.
+pub const BACKEND_TIMEOUTS: &str = "geolb_backend_timeouts_total";
+/// Requests sent to this backend after another failed them.
+pub const BACKEND_RETRIES: &str = "geolb_backend_retries_total";
+/// Bytes to and from the backend, `direction` = `in` (client to backend)
+/// or `out`: body bytes for HTTP, every byte for TCP.
+pub const BACKEND_BYTES: &str = "geolb_backend_bytes_total";
+/// Backend response heads: a loopback backend answers in tens of
+/// microseconds, a slow one in seconds.
+const BACKEND_RESPONSE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
 
 // Process, build, reload and health-check series: what an on-call
 // engineer asks first (which backend fails, since when, did the reload
@@ -188,6 +232,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 pub struct Count(AtomicU64);
 
 impl Count {
+    pub const fn new() -> Count {
+        Count(AtomicU64::new(0))
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -230,30 +278,46 @@ impl Histogram {
     }
 
     pub fn observe(&self, elapsed: Duration) {
+        self.observe_n(elapsed, 1);
+    }
+
+    /// `n` observations of `elapsed` (a batch answered together).
+    pub fn observe_n(&self, elapsed: Duration, n: u64) {
         let seconds = elapsed.as_secs_f64();
         let bucket = self
             .bounds
             .iter()
             .position(|&le| seconds <= le)
             .unwrap_or(self.bounds.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.counts[bucket].fetch_add(n, Ordering::Relaxed);
         self.sum_nanos
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_nanos() as u64 * n, Ordering::Relaxed);
     }
 
     /// The `_bucket`, `_sum` and `_count` lines of one series; `labels`
     /// already escaped, without braces.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        self.render_lines(out, name, &format!("{labels},"), &format!("{{{labels}}}"));
+    }
+
+    /// [`Histogram::render`] for a series without labels.
+    pub fn render_unlabelled(&self, out: &mut String, name: &str) {
+        self.render_lines(out, name, "", "");
+    }
+
+    /// `before_le`: the labels and a comma, or nothing; `braced`: the
+    /// labels in braces, or nothing.
+    fn render_lines(&self, out: &mut String, name: &str, before_le: &str, braced: &str) {
         let mut cumulative = 0;
         for (i, le) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{before_le}le=\"{le}\"}} {cumulative}");
         }
         cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{before_le}le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
+        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
     }
 }
 
@@ -280,36 +344,55 @@ pub struct RouteMetrics {
     pub tcp_bytes_in: Arc<Count>,
     pub tcp_bytes_out: Arc<Count>,
     pub tcp_connect_errors: Arc<Count>,
+    /// http(s) listeners: body bytes each way.
+    http_bytes_in: Count,
+    http_bytes_out: Count,
 }
 
-type RouteKey = (String, String);
+/// A registry of metrics by their two labels, each alive while some
+/// snapshot holds it.
+type Registry<T> = Mutex<HashMap<(String, String), Weak<T>>>;
 
-fn route_registry() -> &'static Mutex<HashMap<RouteKey, Weak<RouteMetrics>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<RouteKey, Weak<RouteMetrics>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+/// The metrics of `key` in `registry`: the live ones if a snapshot still
+/// holds them (a reload keeps the counts), else `make`'s.
+fn shared<T>(registry: &Registry<T>, key: (&str, &str), make: impl FnOnce() -> T) -> Arc<T> {
+    let mut registry = crate::locked(registry);
+    registry.retain(|_, weak| weak.strong_count() > 0);
+    let key = (key.0.to_string(), key.1.to_string());
+    if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
+        return existing;
+    }
+    let fresh = Arc::new(make());
+    registry.insert(key, Arc::downgrade(&fresh));
+    fresh
 }
 
 impl RouteMetrics {
     pub fn get(listener: &str, pool: &str) -> Arc<RouteMetrics> {
-        let mut registry = route_registry().lock().unwrap_or_else(|e| e.into_inner());
-        registry.retain(|_, weak| weak.strong_count() > 0);
-        let key = (listener.to_string(), pool.to_string());
-        if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
-            return existing;
-        }
-        let fresh = Arc::new(RouteMetrics {
-            listener: listener.to_string(),
-            pool: pool.to_string(),
-            codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
-            duration: Histogram::new(DURATION_BUCKETS),
-            retries: AtomicU64::new(0),
-            tcp_connections: Arc::default(),
-            tcp_bytes_in: Arc::default(),
-            tcp_bytes_out: Arc::default(),
-            tcp_connect_errors: Arc::default(),
-        });
-        registry.insert(key, Arc::downgrade(&fresh));
-        fresh
+        static REGISTRY: OnceLock<Registry<RouteMetrics>> = OnceLock::new();
+        shared(
+            REGISTRY.get_or_init(Default::default),
+            (listener, pool),
+            || RouteMetrics {
+                listener: listener.to_string(),
+                pool: pool.to_string(),
+                codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
+                duration: Histogram::new(DURATION_BUCKETS),
+                retries: AtomicU64::new(0),
+                tcp_connections: Arc::default(),
+                tcp_bytes_in: Arc::default(),
+                tcp_bytes_out: Arc::default(),
+                tcp_connect_errors: Arc::default(),
+                http_bytes_in: Count::default(),
+                http_bytes_out: Count::default(),
+            },
+        )
+    }
+
+    /// Body bytes of one HTTP request (`to_backend`) and its response.
+    pub fn http_bytes(&self, to_backend: u64, to_client: u64) {
+        self.http_bytes_in.add(to_backend);
+        self.http_bytes_out.add(to_client);
     }
 
     pub fn record(&self, status: u16, elapsed: Duration) {
@@ -413,19 +496,195 @@ pub fn render_routes(out: &mut String, http: &[&Arc<RouteMetrics>], tcp: &[&Arc<
     }
     family(
         out,
+        HTTP_BYTES,
+        "counter",
+        "Body bytes of HTTP requests (in: client to backend) and of backends' responses, by listener, pool and direction.",
+    );
+    for m in http {
+        directions(
+            out,
+            HTTP_BYTES,
+            &m.labels(),
+            &m.http_bytes_in,
+            &m.http_bytes_out,
+        );
+    }
+    family(
+        out,
         TCP_BYTES,
         "counter",
         "Bytes copied by tcp listeners, by listener, pool and direction (in: client to backend).",
     );
     for m in tcp {
-        for (direction, n) in [("in", &m.tcp_bytes_in), ("out", &m.tcp_bytes_out)] {
+        directions(
+            out,
+            TCP_BYTES,
+            &m.labels(),
+            &m.tcp_bytes_in,
+            &m.tcp_bytes_out,
+        );
+    }
+}
+
+/// Per (pool, backend): what a request or connection sent to that backend
+/// records into, held by the snapshot's backend like [`RouteMetrics`] by
+/// its route (so the series leave with the backend, and a reload that
+/// keeps the backend keeps its counts).
+pub struct BackendMetrics {
+    /// `pool="..",backend=".."`, escaped once.
+    labels: Box<str>,
+    /// By status class: 1xx .. 5xx.
+    classes: [AtomicU64; 5],
+    response_time: Histogram,
+    connect_errors: Count,
+    timeouts: Count,
+    retries: Count,
+    pub bytes_in: Arc<Count>,
+    pub bytes_out: Arc<Count>,
+}
+
+impl BackendMetrics {
+    pub fn get(pool: &str, backend: &str) -> Arc<BackendMetrics> {
+        static REGISTRY: OnceLock<Registry<BackendMetrics>> = OnceLock::new();
+        shared(
+            REGISTRY.get_or_init(Default::default),
+            (pool, backend),
+            || BackendMetrics {
+                labels: format!(
+                    "pool=\"{}\",backend=\"{}\"",
+                    escape_label(pool),
+                    escape_label(backend)
+                )
+                .into(),
+                classes: Default::default(),
+                response_time: Histogram::new(BACKEND_RESPONSE_BUCKETS),
+                connect_errors: Count::default(),
+                timeouts: Count::default(),
+                retries: Count::default(),
+                bytes_in: Arc::default(),
+                bytes_out: Arc::default(),
+            },
+        )
+    }
+
+    /// A response head with `status`, `elapsed` after the request was sent.
+    pub fn responded(&self, status: u16, elapsed: Duration) {
+        if let Some(class) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.classes.get(usize::from(i)))
+        {
+            class.fetch_add(1, Ordering::Relaxed);
+        }
+        self.response_time.observe(elapsed);
+    }
+
+    pub fn connect_failed(&self) {
+        self.connect_errors.add(1);
+    }
+
+    pub fn timed_out(&self) {
+        self.timeouts.add(1);
+    }
+
+    pub fn retried(&self) {
+        self.retries.add(1);
+    }
+
+    /// Body bytes of one HTTP exchange: `to_backend` and back.
+    pub fn bytes(&self, to_backend: u64, to_client: u64) {
+        self.bytes_in.add(to_backend);
+        self.bytes_out.add(to_client);
+    }
+}
+
+/// The per-backend families, each backend once (by pool, then backend).
+pub fn render_backends(out: &mut String, backends: &[&BackendMetrics]) {
+    family(
+        out,
+        BACKEND_RESPONSES,
+        "counter",
+        "HTTP responses from the backend, by pool, backend and status class.",
+    );
+    for b in backends {
+        for (i, n) in b.classes.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{TCP_BYTES}{{{},direction=\"{direction}\"}} {}",
-                m.labels(),
-                n.get()
+                "{BACKEND_RESPONSES}{{{},code=\"{}xx\"}} {}",
+                b.labels,
+                i + 1,
+                n.load(Ordering::Relaxed)
             );
         }
+    }
+    family(
+        out,
+        BACKEND_RESPONSE_TIME,
+        "histogram",
+        "Time from sending a request to the backend to its response head, by pool and backend.",
+    );
+    for b in backends {
+        b.response_time
+            .render(out, BACKEND_RESPONSE_TIME, &b.labels);
+    }
+    type Family = (&'static str, &'static str, fn(&BackendMetrics) -> u64);
+    let families: [Family; 3] = [
+        (
+            BACKEND_CONNECT_ERRORS,
+            "Failed connection attempts to the backend (refused, reset or timed out), HTTP and TCP, by pool and backend.",
+            |b| b.connect_errors.get(),
+        ),
+        (
+            BACKEND_TIMEOUTS,
+            "HTTP requests the backend did not answer within the request timeout, by pool and backend.",
+            |b| b.timeouts.get(),
+        ),
+        (
+            BACKEND_RETRIES,
+            "HTTP requests sent to the backend after another backend failed them, by pool and backend.",
+            |b| b.retries.get(),
+        ),
+    ];
+    for (name, help, value) in families {
+        family(out, name, "counter", help);
+        for b in backends {
+            let _ = writeln!(out, "{name}{{{}}} {}", b.labels, value(b));
+        }
+    }
+    family(
+        out,
+        BACKEND_BYTES,
+        "counter",
+        "Bytes to (in) and from (out) the backend: body bytes for HTTP, all bytes for TCP; by pool, backend and direction.",
+    );
+    for b in backends {
+        directions(out, BACKEND_BYTES, &b.labels, &b.bytes_in, &b.bytes_out);
+    }
+}
+
+/// The `in` and `out` samples of a bytes family.
+fn directions(out: &mut String, name: &str, labels: &str, bytes_in: &Count, bytes_out: &Count) {
+    for (direction, n) in [("in", bytes_in), ("out", bytes_out)] {
+        let _ = writeln!(
+            out,
+            "{name}{{{labels},direction=\"{direction}\"}} {}",
+            n.get()
+        );
+    }
+}
+
+/// A counter that adds to two counts: a TCP connection's bytes, counted
+/// for its route and its backend as they are copied.
+pub struct Both(pub Arc<Count>, pub Arc<Count>);
+
+impl CounterFn for Both {
+    fn increment(&self, value: u64) {
+        self.0.add(value);
+        self.1.add(value);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.absolute(value);
+        self.1.absolute(value);
     }
 }
 
@@ -435,4 +694,53 @@ pub fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_series_by_class_with_escaped_labels_and_shared_while_held() {
+        let m = BackendMetrics::get("p\"q", "127.0.0.1:1");
+        for status in [101, 200, 204, 404, 503, 599, 99, 600, 0] {
+            m.responded(status, Duration::from_micros(150));
+        }
+        m.bytes(3, 7);
+        // A second snapshot naming the pair gets the same counts.
+        assert!(Arc::ptr_eq(&m, &BackendMetrics::get("p\"q", "127.0.0.1:1")));
+        let mut out = String::new();
+        render_backends(&mut out, &[&m]);
+        let labels = "pool=\"p\\\"q\",backend=\"127.0.0.1:1\"";
+        for (code, n) in [("1xx", 1), ("2xx", 2), ("3xx", 0), ("4xx", 1), ("5xx", 2)] {
+            let line = format!("{BACKEND_RESPONSES}{{{labels},code=\"{code}\"}} {n}\n");
+            assert!(out.contains(&line), "{line}\n{out}");
+        }
+        // Every response head is timed, whatever its status.
+        assert!(out.contains(&format!(
+            "{BACKEND_RESPONSE_TIME}_bucket{{{labels},le=\"0.0001\"}} 0\n"
+        )));
+        assert!(out.contains(&format!(
+            "{BACKEND_RESPONSE_TIME}_bucket{{{labels},le=\"0.00025\"}} 9\n"
+        )));
+        assert!(out.contains(&format!(
+            "{BACKEND_BYTES}{{{labels},direction=\"out\"}} 7\n"
+        )));
+        drop(m);
+        let fresh = BackendMetrics::get("p\"q", "127.0.0.1:1");
+        assert_eq!(fresh.bytes_in.get(), 0, "released with the last holder");
+    }
+
+    #[test]
+    fn a_batch_counts_each_of_its_observations() {
+        let h = Histogram::new(DNS_ANSWER_BUCKETS);
+        h.observe_n(Duration::from_micros(30), 32);
+        h.observe(Duration::from_millis(200));
+        let mut out = String::new();
+        h.render_unlabelled(&mut out, "x");
+        assert!(out.contains("x_bucket{le=\"0.000025\"} 0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.00005\"} 32\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.1\"} 32\nx_bucket{le=\"+Inf\"} 33\n"));
+        assert!(out.contains("x_sum 0.20096\nx_count 33\n"), "{out}");
+    }
 }

@@ -18,7 +18,7 @@ use crate::admission::{Denied, PoolShared, RetryGuard};
 use crate::balance::{self, Balancer, Candidates};
 use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
 use crate::health::{Health, HealthKey, HealthTable, State};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
 use crate::overrides::{Override, Overrides, Target};
 use crate::upstream::{IdleConnections, Upstream};
@@ -206,6 +206,8 @@ pub struct Backend {
     /// Passive health in this pool, kept across reloads.
     pub outlier: Arc<Outlier>,
     pub shared: Arc<BackendShared>,
+    /// This pool's traffic to it, for `/metrics`.
+    pub metrics: Arc<BackendMetrics>,
     /// The override of this backend in every pool.
     pub all_pools_override: Arc<AtomicU8>,
     /// The override of this backend in this pool only; wins over the
@@ -606,6 +608,7 @@ pub fn compile(
                         .unwrap_or_else(Health::always_up),
                     outlier: registry.outlier(&pc.name, bc.addr),
                     shared: registry.get(bc.addr),
+                    metrics: BackendMetrics::get(&pc.name, &bc.addr.to_string()),
                     all_pools_override: registry.overrides.cell(&Target::Backend {
                         addr: bc.addr,
                         pool: None,

@@ -118,20 +118,19 @@ impl Body for ClientBody {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Some(progress) = &this.progress {
-            if let Poll::Ready(Some(Ok(frame))) = &polled
-                && let Some(data) = frame.data_ref()
-            {
-                progress
-                    .0
-                    .received
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
             progress.set(match &polled {
                 Poll::Pending => BodyState::WaitingForClient,
                 Poll::Ready(None) => BodyState::Ended,
                 Poll::Ready(Some(Err(_))) => BodyState::Failed,
-                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => BodyState::Ended,
-                Poll::Ready(Some(Ok(_))) => BodyState::Moving,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    progress.0.received.fetch_add(len, Ordering::Relaxed);
+                    if this.inner.is_end_stream() {
+                        BodyState::Ended
+                    } else {
+                        BodyState::Moving
+                    }
+                }
             });
         }
         polled

@@ -12,29 +12,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use support::library::promtool_check;
-use support::{Backend, Geolb, bounded, eventually, request};
+use support::{Backend, Geolb, bounded, eventually, metric_value as value, refused_addr, request};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The value of the series `name{labels}` (labels in exposition order).
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// An address nothing listens on (bound, then closed).
-async fn refused_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
 }
 
 const DNS: &str = "[dns]\nlisten = [\"127.0.0.1:0\"]\n\

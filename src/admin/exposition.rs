@@ -15,9 +15,9 @@ use crate::health::State;
 use crate::metrics::{
     self, BACKEND_ACTIVE, BACKEND_EJECTED, BACKEND_EJECTIONS, BACKEND_LAST_CHANGE, BACKEND_UP,
     BUILD_INFO, DATACENTER_HEALTHY, DATACENTER_UP, HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES,
-    LISTENER_CONNECTIONS, LISTENER_LIMITED, OVERRIDE_ACTIVE, POOL_HEALTHY, POOL_MIN_HEALTHY,
-    POOL_QUEUE, POOL_QUEUE_REFUSED, RETRY_BUDGET_EXHAUSTED, RouteMetrics, TLS_CERT_EXPIRY,
-    escape_label, family,
+    LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_LIMITED, OVERRIDE_ACTIVE,
+    POOL_HEALTHY, POOL_MIN_HEALTHY, POOL_QUEUE, POOL_QUEUE_REFUSED, RETRY_BUDGET_EXHAUSTED,
+    RouteMetrics, TLS_CERT_EXPIRY, escape_label, family,
 };
 use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
@@ -66,6 +66,7 @@ pub fn render(
     let mut out = without_removed_listeners(handle.render(), listeners);
     render_routes(&mut out, snapshot);
     crate::dns::render_geo_answers(&mut out);
+    crate::dns::render_transport(&mut out);
     super::process::render(&mut out);
     #[cfg(feature = "alloc-stats")]
     let _ = writeln!(
@@ -139,6 +140,8 @@ pub fn render(
     }
     render_checks(&mut out, snapshot);
     render_protection(&mut out, snapshot);
+    let per_backend: Vec<&metrics::BackendMetrics> = backends().map(|(_, b)| &*b.metrics).collect();
+    metrics::render_backends(&mut out, &per_backend);
     let _ = writeln!(
         out,
         "# HELP {DATACENTER_UP} 1 if the data center is healthy and not drained (DNS answers with it), else 0.\n# TYPE {DATACENTER_UP} gauge"
@@ -381,7 +384,13 @@ fn render_listeners(out: &mut String, listeners: &[(String, Arc<Slots>)]) {
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     /// Name, type, help, value.
     type Family = (&'static str, &'static str, &'static str, fn(&Slots) -> u64);
-    let families: [Family; 2] = [
+    let families: [Family; 3] = [
+        (
+            LISTENER_CONNECTIONS_TOTAL,
+            "counter",
+            "Client connections accepted by the listener.",
+            Slots::accepted,
+        ),
         (
             LISTENER_CONNECTIONS,
             "gauge",

@@ -8,20 +8,34 @@
 //! answers are not in the recorder: their counts live in a registry held
 //! by the DNS data that names them, so a reload that removes a geo name or
 //! a data center removes its series ([`render_geo_answers`]).
+//!
+//! By protocol, truncation and latency ([`render_transport`]) are counted
+//! where answers leave: per batch on UDP (one `recvmmsg` to one
+//! `sendmmsg`: two clock reads and a few atomic adds for up to 32
+//! answers), per message on TCP. Every answer of a UDP batch leaves with
+//! the same `sendmmsg`, so the batch's time is each of its answers' time
+//! in the daemon (the receive call aside); queries with ECS are counted
+//! with their qtype, one relaxed add when present.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use hickory_proto::rr::rdata::opt::EdnsCode;
 use hickory_server::server::Request;
 use metrics::Counter;
 use smallvec::SmallVec;
 
 use super::DnsData;
 use super::answer::Reply;
-use crate::metrics::{Count, DNS_GEO_ANSWERS, DNS_QUERIES, escape_label, family};
+use crate::metrics::{
+    Count, DNS_ANSWER_BUCKETS, DNS_ANSWER_DURATION, DNS_ECS_QUERIES, DNS_GEO_ANSWERS, DNS_QUERIES,
+    DNS_QUERIES_BY_PROTOCOL, DNS_TRUNCATED, Histogram, escape_label, family,
+};
 
 /// Query types with their own label; the rest count as `other` so a client
 /// cannot grow the label set.
@@ -74,6 +88,12 @@ pub(super) fn count_malformed() {
 
 pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
     let qtype = request.queries.queries().first().map(|q| q.query_type());
+    // The answer echoes the option whenever the query had a valid one.
+    let ecs = reply
+        .edns
+        .as_ref()
+        .is_some_and(|e| e.option(EdnsCode::Subnet).is_some());
+    count_ecs(ecs);
     count_answer(
         data,
         qtype,
@@ -96,6 +116,91 @@ pub(super) fn count_answer(
     {
         count_geo(data, *index, chosen);
     }
+}
+
+/// Whether DNS has been configured: the families below are rendered from
+/// then on (a daemon without `[dns]` has no DNS series).
+static IN_SERVICE: AtomicBool = AtomicBool::new(false);
+/// Answers sent over UDP, over TCP; truncated; queries with ECS.
+static UDP: Count = Count::new();
+static TCP: Count = Count::new();
+static TRUNCATED: Count = Count::new();
+static ECS: Count = Count::new();
+static ANSWER_DURATION: LazyLock<Histogram> = LazyLock::new(|| Histogram::new(DNS_ANSWER_BUCKETS));
+
+/// One query that carried ECS (`ecs`), counted.
+pub(super) fn count_ecs(ecs: bool) {
+    if ecs {
+        ECS.add(1);
+    }
+}
+
+/// Whether `reply` (a DNS message) has TC set.
+pub(super) fn truncated(reply: &[u8]) -> bool {
+    reply.get(2).is_some_and(|flags| flags & 0x02 != 0)
+}
+
+/// A UDP batch: `answers` sent, `truncated` of them with TC, `elapsed`
+/// from their receipt to the send call's return.
+pub(super) fn count_udp_batch(answers: usize, truncated: usize, elapsed: Duration) {
+    if answers == 0 {
+        return;
+    }
+    UDP.add(answers as u64);
+    TRUNCATED.add(truncated as u64);
+    ANSWER_DURATION.observe_n(elapsed, answers as u64);
+}
+
+/// One answer sent over TCP (`reply`), `elapsed` after its query was read.
+pub(super) fn count_tcp(reply: &[u8], elapsed: Duration) {
+    TCP.add(1);
+    TRUNCATED.add(u64::from(truncated(reply)));
+    ANSWER_DURATION.observe(elapsed);
+}
+
+/// The protocol, truncation, ECS and latency families, once DNS has been
+/// configured.
+pub fn render_transport(out: &mut String) {
+    if !IN_SERVICE.load(Ordering::Relaxed) {
+        return;
+    }
+    family(
+        out,
+        DNS_QUERIES_BY_PROTOCOL,
+        "counter",
+        "DNS answers sent, by protocol (udp, tcp).",
+    );
+    for (protocol, n) in [("udp", &UDP), ("tcp", &TCP)] {
+        let _ = writeln!(
+            out,
+            "{DNS_QUERIES_BY_PROTOCOL}{{protocol=\"{protocol}\"}} {}",
+            n.get()
+        );
+    }
+    type Family = (&'static str, &'static str, &'static Count);
+    let families: [Family; 2] = [
+        (
+            DNS_TRUNCATED,
+            "DNS answers sent with TC set (too big for the client's UDP payload size).",
+            &TRUNCATED,
+        ),
+        (
+            DNS_ECS_QUERIES,
+            "DNS queries that carried an EDNS Client Subnet option.",
+            &ECS,
+        ),
+    ];
+    for (name, help, n) in families {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", n.get());
+    }
+    family(
+        out,
+        DNS_ANSWER_DURATION,
+        "histogram",
+        "Time from a DNS query's receipt to its answer's sending (UDP: per receive batch, see the README).",
+    );
+    ANSWER_DURATION.render_unlabelled(out, DNS_ANSWER_DURATION);
 }
 
 /// `geolb_dns_queries_total` for one query.
@@ -123,6 +228,7 @@ fn query_counter(qtype: usize, rcode: usize) -> &'static Counter {
 /// the malformed one, and each (geo name, candidate data center). Called
 /// when the data comes into service (after the recorder is installed).
 pub fn register_series(data: &DnsData) {
+    IN_SERVICE.store(true, Ordering::Relaxed);
     for qtype in 0..=QTYPES.len() {
         for rcode in 0..=RCODES.len() {
             query_counter(qtype, rcode).increment(0);

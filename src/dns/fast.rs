@@ -273,6 +273,8 @@ pub(super) struct Answered {
     pub class: Class,
     /// The geo name and chosen data centers, for geo answers.
     pub geo: Option<(usize, smallvec::SmallVec<[usize; 4]>)>,
+    /// The query carried ECS.
+    pub ecs: bool,
 }
 
 /// Writes the answer to `packet` into `reply` when the fast path can;
@@ -311,6 +313,7 @@ pub(super) fn answer(
         }
         None => None,
     };
+    let with_ecs = ecs.is_some();
     let (scope, geo, v4, v6): (Option<u8>, _, SmallAddrs<Ipv4Addr>, SmallAddrs<Ipv6Addr>) =
         match target {
             Target::Geo(index) => {
@@ -415,6 +418,7 @@ pub(super) fn answer(
             RecordType::AAAA
         },
         geo,
+        ecs: with_ecs,
     })
 }
 

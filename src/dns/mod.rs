@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::geoip::{Location, Locator};
 
-pub use count::{register_series, render_geo_answers};
+pub use count::{register_series, render_geo_answers, render_transport};
 pub use geo::{DcState, Tier, haversine_km};
 pub use server::{DnsSockets, bind, serve};
 

@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_server::net::xfer::Protocol;
 use metrics::Counter;
@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedDnsData, wire};
+use super::{SharedDnsData, count, wire};
 use crate::accept::{Slots, accept_loop};
 use crate::metrics::{DNS_TCP_CLOSED, DNS_TCP_LIMITED};
 
@@ -160,6 +160,7 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
                 return;
             }
         }
+        let started = Instant::now();
         let answered = wire::catching_panics(|| {
             wire::answer(&data.load(), &message, src, Protocol::Tcp, &mut reply)
         });
@@ -182,7 +183,7 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&reply);
         match tokio::time::timeout(limits.idle_timeout, stream.write_all(&framed)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => count::count_tcp(&reply, started.elapsed()),
             Ok(Err(error)) => {
                 tracing::debug!(%src, %error, "cannot send a DNS response");
                 return;

@@ -8,7 +8,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_server::net::xfer::Protocol;
@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
-use super::count::count_answer;
+use super::count::{self, count_answer};
 use super::fast;
 use super::querylog;
 use super::rrl::{self, Class};
@@ -107,6 +107,8 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &
                 }
             }
         }
+        let started = Instant::now();
+        let mut truncated = 0;
         destinations.clear();
         {
             let data = data.load();
@@ -120,8 +122,11 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &
                 // would end only that packet's task under hickory-server.
                 match answer_catching_panics(&data, packet, src, reply) {
                     Ok(Some(class)) => {
+                        // Too big for the client, before RRL may slip it.
+                        let too_big = count::truncated(reply);
                         let verdict = rrl.check(limits, src.ip(), class, now);
                         if rrl::apply(verdict, reply) {
+                            truncated += usize::from(too_big);
                             destinations.push(Some(SockaddrStorage::from(src)));
                         }
                     }
@@ -136,6 +141,7 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &
             &replies[..destinations.len()],
             &destinations,
         );
+        count::count_udp_batch(destinations.len(), truncated, started.elapsed());
     }
 }
 
@@ -204,6 +210,7 @@ pub(crate) fn answer_packet(
         return None;
     }
     if let Some(answered) = fast::answer(data, packet, src, reply) {
+        count::count_ecs(answered.ecs);
         count_answer(
             data,
             Some(answered.qtype),

@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::activity::Activity;
 use crate::accesslog;
 use crate::admission::RetryGuard;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::state::ActiveGuard;
 use crate::upstream::{BodyProgress, Sender};
 
@@ -39,6 +39,10 @@ pub struct Completion {
     /// Returned to the backend's idle list after a clean end of body.
     pub sender: Option<Sender>,
     pub bytes: u64,
+    /// The backend that answered, for its series.
+    pub backend: Option<Arc<BackendMetrics>>,
+    /// The request's body, for the bytes it carried.
+    pub request_body: Option<BodyProgress>,
     pub access: Option<Box<AccessLog>>,
 }
 
@@ -55,6 +59,11 @@ impl Drop for Completion {
         self.activity.request_ended();
         let elapsed = self.start.elapsed();
         self.metrics.record(self.status, elapsed);
+        let bytes_in = self.request_body.as_ref().map_or(0, BodyProgress::received);
+        self.metrics.http_bytes(bytes_in, self.bytes);
+        if let Some(b) = &self.backend {
+            b.bytes(bytes_in, self.bytes);
+        }
         if let Some(a) = self.access.take() {
             a.line.emit(&accesslog::HttpEnd {
                 status: self.status,

@@ -427,6 +427,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     if let Some(a) = completion.access.as_mut() {
         a.body = body_progress.clone();
     }
+    completion.request_body = body_progress.clone();
     let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
         Some(Request::from_parts(parts, Either::Left(body)));
@@ -472,6 +473,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         };
         if !tried.is_empty() {
             route.metrics.retried();
+            pool.backends[index].metrics.retried();
         }
         tried.push(index);
         let backend = &pool.backends[index];
@@ -492,6 +494,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             Err(e) => {
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
                 pool.outcome(index, Outcome::Failure);
+                backend.metrics.connect_failed();
                 failure = Failure::Connect(backend.label.clone(), e);
                 pending = Some(request);
                 if !retry_on.connect {
@@ -500,21 +503,25 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 continue;
             }
         };
-        let sent = connecting.map(|at| {
-            let now = Instant::now();
-            (if reused { Duration::ZERO } else { now - at }, now)
-        });
+        let sent_at = Instant::now();
+        let sent =
+            connecting.map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
         match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
             Err(_) => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
                     Failure::SlowClient(timeouts.request)
                 } else {
                     pool.outcome(index, Outcome::Failure);
+                    backend.metrics.timed_out();
                     Failure::Timeout(backend.label.clone(), timeouts.request)
                 };
                 break;
             }
             Ok(Ok(mut resp)) => {
+                backend
+                    .metrics
+                    .responded(resp.status().as_u16(), sent_at.elapsed());
+                completion.backend = Some(backend.metrics.clone());
                 let status = resp.status().as_u16();
                 pool.outcome(
                     index,
@@ -736,6 +743,8 @@ impl Completion {
             retry: None,
             sender: None,
             bytes: 0,
+            backend: None,
+            request_body: None,
             access: listener.config.access_log.then(|| {
                 let header = |name| req.headers().get(name).cloned();
                 Box::new(AccessLog {

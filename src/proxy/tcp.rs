@@ -22,7 +22,7 @@ use crate::accept::{Slot, Slots, accept_loop};
 use crate::accesslog::{self, TcpEnd};
 use crate::balance;
 use crate::config::HashKey;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BackendMetrics, Both, RouteMetrics};
 use crate::outlier::Outcome;
 use crate::proxy_protocol::{self, Addresses};
 use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
@@ -167,6 +167,7 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
         }
     };
     let label = &pool.backends[index].label;
+    let backend_metrics = &pool.backends[index].metrics;
     if let Some(version) = pool.config.proxy_protocol {
         let header = proxy_protocol::encode(version, addresses.source, addresses.destination);
         if let Err(e) = backend.write_all(&header).await {
@@ -188,14 +189,14 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     // Only the client side is tracked: every byte either way passes it.
     let mut client = Counted {
         inner: TrackedIo::new(client, activity.clone()),
-        counter: labels.bytes("in"),
+        counter: labels.bytes("in", backend_metrics),
         total: 0,
         side: CLIENT,
         first_eof: &first_eof,
     };
     let mut backend = Counted {
         inner: backend,
-        counter: labels.bytes("out"),
+        counter: labels.bytes("out", backend_metrics),
         total: 0,
         side: BACKEND,
         first_eof: &first_eof,
@@ -282,6 +283,7 @@ async fn connect(
                 tracing::debug!(backend = %backend.label, error = %e, "connect failed");
                 pool.outcome(index, Outcome::Failure);
                 labels.route.tcp_connect_errors.add(1);
+                backend.metrics.connect_failed();
                 if !retry_on_connect {
                     return Err(Some(e));
                 }
@@ -300,11 +302,13 @@ struct Labels<'a> {
 }
 
 impl Labels<'_> {
-    fn bytes(self, direction: &'static str) -> Counter {
-        match direction {
-            "in" => self.route.tcp_bytes_in.counter(),
-            _ => self.route.tcp_bytes_out.counter(),
-        }
+    /// Counts for the route and for `backend` at once.
+    fn bytes(self, direction: &'static str, backend: &BackendMetrics) -> Counter {
+        let (route, backend) = match direction {
+            "in" => (&self.route.tcp_bytes_in, &backend.bytes_in),
+            _ => (&self.route.tcp_bytes_out, &backend.bytes_out),
+        };
+        Counter::from_arc(Arc::new(Both(route.clone(), backend.clone())))
     }
 }
 

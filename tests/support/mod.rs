@@ -27,6 +27,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// The value of the series `name{labels}` in a `/metrics` text (labels in
+/// exposition order).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// An address nothing listens on (bound, then closed).
+pub async fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
 /// Waits for `cond` with a deadline; panics with `what` if it never holds.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
 where
