@@ -582,6 +582,16 @@ impl BackendMetrics {
         self.connect_errors.add(1);
     }
 
+    /// Since start: (responses, failures: 5xx, failed connects and
+    /// timeouts), for the status page.
+    pub fn totals(&self) -> (u64, u64) {
+        let responses = self.classes.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        let failed = self.classes[4].load(Ordering::Relaxed)
+            + self.connect_errors.get()
+            + self.timeouts.get();
+        (responses, failed)
+    }
+
     pub fn timed_out(&self) {
         self.timeouts.add(1);
     }

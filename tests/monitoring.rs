@@ -410,6 +410,8 @@ async fn status_page_in_a_real_browser() {
         format!("{} down", failing.addr),
         "fail: status 500".to_owned(),
         format!("{} up", web.addr),
+        // weight 1, 0 active, 3 responses, 0 failures: its own traffic.
+        format!("{} up auto 1 0 3 0", web.addr),
         "pass".to_owned(),
         "paris up".to_owned(),
         "newyork drained drain db".to_owned(),

@@ -344,6 +344,10 @@ struct BackendStatus {
     override_scope: Option<&'static str>,
     weight: u32,
     active: usize,
+    /// Since start: responses from this backend, and failures (5xx,
+    /// failed connects, timeouts).
+    requests: u64,
+    errors: u64,
     /// Passive health: not picked until `ejected_seconds_left` runs out,
     /// whatever `state` (the active check's) says.
     ejected: bool,
@@ -477,6 +481,8 @@ fn status(daemon: &Daemon) -> Status {
                             override_scope: scope.map(|s| s.as_str()),
                             weight: b.weight,
                             active: b.shared.active(),
+                            requests: b.metrics.totals().0,
+                            errors: b.metrics.totals().1,
                             last_check: b.health.checks().and_then(|c| c.last()).map(LastCheck::of),
                             last_change: b.health.checks().map(|c| c.last_change()),
                             ejected: left.is_some(),

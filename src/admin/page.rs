@@ -23,7 +23,15 @@ const MAX_NETWORKS: usize = 64;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// (pool, listener) -> (total, errors).
-type Totals = HashMap<(String, String), (u64, u64)>;
+/// What a rate is kept for: a (pool, listener) route or a (pool,
+/// backend address).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Route(String, String),
+    Backend(String, String),
+}
+
+type Totals = HashMap<Key, (u64, u64)>;
 
 struct Sample {
     at: Instant,
@@ -34,7 +42,7 @@ struct Sample {
 /// listener), per second (total, errors), and the interval they cover.
 struct Rates {
     previous: Option<Sample>,
-    rates: HashMap<(String, String), (f64, f64)>,
+    rates: HashMap<Key, (f64, f64)>,
     interval: Option<Duration>,
 }
 
@@ -151,9 +159,15 @@ pub(super) fn render(status: &Status) -> String {
         .pools
         .iter()
         .flat_map(|p| {
-            p.routes
-                .iter()
-                .map(|r| ((p.name.clone(), r.listener.clone()), (r.total, r.errors)))
+            let routes = p.routes.iter().map(|r| {
+                let key = Key::Route(p.name.clone(), r.listener.clone());
+                (key, (r.total, r.errors))
+            });
+            let backends = p.backends.iter().map(|b| {
+                let key = Key::Backend(p.name.clone(), b.addr.clone());
+                (key, (b.requests, b.errors))
+            });
+            routes.chain(backends)
         })
         .collect();
     let (rates, interval) = {
@@ -202,7 +216,7 @@ pub(super) fn render(status: &Status) -> String {
                     "tcp" => ("connections", "failed connects"),
                     _ => ("requests", "5xx"),
                 };
-                let rate = match rates.get(&(p.name.clone(), r.listener.clone())) {
+                let rate = match rates.get(&Key::Route(p.name.clone(), r.listener.clone())) {
                     Some((total, errs)) => format!("{total:.1} {what}/s, {errs:.1} {errors}/s"),
                     None => "-".to_owned(),
                 };
@@ -218,17 +232,19 @@ pub(super) fn render(status: &Status) -> String {
         }
         html.push_str(
             "<table><tr><th>backend</th><th>state</th><th>override</th><th>weight</th>\
-             <th>active</th><th>ejected</th><th>last check</th><th>check took</th>\
+             <th>active</th><th>responses since start</th><th>failures since start</th>\
+             <th>rate</th><th>ejected</th><th>last check</th><th>check took</th>\
              <th>in this state for</th></tr>",
         );
         for b in &p.backends {
-            backend_row(&mut html, b, now);
+            let rate = rates.get(&Key::Backend(p.name.clone(), b.addr.clone()));
+            backend_row(&mut html, b, rate, now);
         }
         html.push_str("</table>");
     }
     html.push_str(
-        "<p class=\"meta\">Request counts are per listener and pool (not per backend); \
-         JSON at <a href=\"/status\">/status</a>, Prometheus at <a href=\"/metrics\">/metrics</a>.</p>\
+        "<p class=\"meta\">Failures of a backend: its 5xx answers, failed connects and \
+         timeouts. JSON at <a href=\"/status\">/status</a>, Prometheus at <a href=\"/metrics\">/metrics</a>.</p>\
          </body></html>\n",
     );
     html
@@ -318,7 +334,7 @@ fn remote_check(dc: &super::DatacenterStatus) -> String {
     }
 }
 
-fn backend_row(html: &mut String, b: &BackendStatus, now: SystemTime) {
+fn backend_row(html: &mut String, b: &BackendStatus, rate: Option<&(f64, f64)>, now: SystemTime) {
     let (check, took) = match &b.last_check {
         Some(c) if c.result == "pass" => {
             ("<span class=\"pass\">pass</span>".to_owned(), c.duration)
@@ -354,15 +370,21 @@ fn backend_row(html: &mut String, b: &BackendStatus, now: SystemTime) {
     } else {
         format!("no ({} so far)", b.ejections)
     };
+    let rate = rate.map_or("-".to_owned(), |(total, failed)| {
+        format!("{total:.1}/s, {failed:.1} failed/s")
+    });
     let _ = write!(
         html,
         "<tr><td>{}</td><td class=\"{s}\">{s}</td><td class=\"{}\">{override_shown}</td>\
-         <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{ejected}</td><td>{check}</td>\
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+         <td class=\"num\">{}</td><td>{rate}</td><td>{ejected}</td><td>{check}</td>\
          <td class=\"num\">{took}</td><td>{since}</td></tr>",
         html_escape(&b.addr),
         b.runtime_override,
         b.weight,
         b.active,
+        b.requests,
+        b.errors,
         s = b.state,
     );
 }
@@ -387,7 +409,7 @@ mod tests {
             rates: HashMap::new(),
             interval: None,
         };
-        let key = ("p".to_owned(), "web".to_owned());
+        let key = Key::Route("p".to_owned(), "web".to_owned());
         let t0 = Instant::now();
         rates.update(t0, HashMap::from([(key.clone(), (10, 1))]));
         assert!(rates.rates.is_empty());
