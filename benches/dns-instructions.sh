@@ -13,12 +13,14 @@
 #
 # Requires valgrind, dnsperf, dig. COUNT=20000 by default.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BIN=$1 KEYS=$2 QUERY=$3
 shift 3
 COUNT=${COUNT:-20000}
 GEOIP_DB=${GEOIP_DB:-$(dirname "$0")/../geoip/GeoIP2-City-Test.mmdb}
 D=$(mktemp -d /tmp/geolb-dns-instructions.XXXXXX)
-PORT=$((20000 + RANDOM % 20000))
+read -r PORT <<<"$(free_ports 1)"
 cat >"$D/geolb.toml" <<CONF
 [runtime]
 worker_threads = 1
@@ -63,4 +65,5 @@ wait "$VG" || true
 # The dump's busiest thread is the UDP thread.
 MAX=$(for f in "$D"/cg.out.1-*; do grep -m1 '^totals:' "$f" | awk '{print $2}'; done | sort -n | tail -1)
 LOST=$(awk '/Queries lost/ {print $3}' "$D/dnsperf.txt")
-echo "$(python3 -c "print(round($MAX / $COUNT))") instructions per query (queries lost: $LOST; files in $D)"
+echo "$(python3 -c "print(round($MAX / $COUNT))") instructions per query (queries lost: $LOST)"
+rm -rf "$D"
