@@ -13,8 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use siphasher::sip::SipHasher24;
 
-use super::ecs::Malformed;
-
 /// EDNS option code of COOKIE.
 pub(super) const OPTION_COOKIE: u16 = 10;
 const CLIENT_LEN: usize = 8;
@@ -82,9 +80,10 @@ pub(super) struct Presented<'a> {
 
 /// RFC 7873 §5.2.2: 8 octets (client cookie only) or 16 to 40 (a server
 /// cookie of 8 to 32); anything else is FORMERR.
-pub(super) fn parse(data: &[u8]) -> Result<Presented<'_>, Malformed> {
+/// Err: why the option is malformed (FORMERR).
+pub(super) fn parse(data: &[u8]) -> Result<Presented<'_>, &'static str> {
     if data.len() != CLIENT_LEN && !(16..=40).contains(&data.len()) {
-        return Err(Malformed("COOKIE option neither 8 nor 16 to 40 octets"));
+        return Err("COOKIE option neither 8 nor 16 to 40 octets");
     }
     let (client, server) = data.split_at(CLIENT_LEN);
     Ok(Presented {

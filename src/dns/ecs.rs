@@ -59,7 +59,9 @@ pub(crate) fn options(message: &[u8]) -> Result<Options<'_>, Malformed> {
             super::cookie::OPTION_COOKIE if found.cookie.is_some() => {
                 return Err(Malformed("more than one COOKIE option"));
             }
-            super::cookie::OPTION_COOKIE => found.cookie = Some(super::cookie::parse(data)?),
+            super::cookie::OPTION_COOKIE => {
+                found.cookie = Some(super::cookie::parse(data).map_err(Malformed)?)
+            }
             _ => {}
         }
     }
