@@ -1,4 +1,4 @@
-//! The entry points of the coverage-guided fuzz targets (`fuzz/`, run with
+//! The entry points of the coverage-guided fuzz targets (`tests/fuzz/`, run with
 //! cargo-afl) and of their corpus replay in `cargo test`
 //! (`tests/fuzz_corpus.rs`): hostile bytes in, the invariants the property
 //! tests assert checked, a panic on any breach (which is what the fuzzer
@@ -21,8 +21,8 @@ use crate::proxy_protocol::{self, Addresses, HeaderError};
 /// A target: bytes in, a panic on a broken invariant.
 pub type Target = fn(&[u8]);
 
-/// Every target by name, as `fuzz/` names its binaries and
-/// `fuzz/corpus/<name>/` its inputs.
+/// Every target by name, as `tests/fuzz/` names its binaries and
+/// `tests/fuzz/corpus/<name>/` its inputs.
 pub const TARGETS: &[(&str, Target)] = &[
     ("dns_fast", dns_fast),
     ("dns_full", dns_full),

@@ -66,7 +66,7 @@
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
 //!   running daemon's admin API over HTTP, HTTPS or its Unix socket
 //!   (beside the layers: it imports only `config` and `tls_client`).
-//! - `fuzzing`: the entry points of the fuzz targets (`fuzz/`) and their
+//! - `fuzzing`: the entry points of the fuzz targets (`tests/fuzz/`) and their
 //!   corpus replay, beside the layers (through the hooks `dns::fuzz` and
 //!   `proxy::fuzz`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory

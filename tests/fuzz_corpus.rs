@@ -1,6 +1,6 @@
-//! The fuzz targets' corpora (`fuzz/corpus/<target>/`, what cargo-afl's
+//! The fuzz targets' corpora (`tests/fuzz/corpus/<target>/`, what cargo-afl's
 //! runs kept as covering distinct paths) and the crashes they found
-//! (`fuzz/crashes/<target>/`, fixed since) replayed through the same entry
+//! (`tests/fuzz/crashes/<target>/`, fixed since) replayed through the same entry
 //! points the targets call, so that `cargo test` catches a regression
 //! without AFL.
 
@@ -8,7 +8,9 @@ use std::path::Path;
 
 #[test]
 fn every_corpus_and_crash_input_keeps_its_invariants() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fuzz");
     let mut failed = Vec::new();
     for &(target, run) in geolb::fuzzing::TARGETS {
         let mut inputs = 0;

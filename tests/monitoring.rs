@@ -345,7 +345,7 @@ async fn run_chromium(browser: &str, profile: &Path, args: &[String]) -> String 
 /// The status page in a real browser: what it renders names each
 /// backend's last check and why it failed, the data centers with the geo
 /// names they answer first for, and the traffic. Set `GEOLB_SCREENSHOT` to
-/// a path (docs/status-page.png for the README) to keep the screenshot.
+/// a path (tests/status-page.png for the README) to keep the screenshot.
 #[tokio::test]
 async fn status_page_in_a_real_browser() {
     let Some(browser) = chromium() else {

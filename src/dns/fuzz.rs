@@ -1,4 +1,4 @@
-//! The DNS paths a packet takes, opened to the fuzz targets (`fuzz/`)
+//! The DNS paths a packet takes, opened to the fuzz targets (`tests/fuzz/`)
 //! and the corpus replay test: the same calls a UDP thread and a TCP
 //! connection make, without the panic catching around them, so that a
 //! panic reaches the fuzzer.

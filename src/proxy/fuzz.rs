@@ -1,6 +1,6 @@
 //! What `http::handle` does to a request head before forwarding it, step
 //! by step through the same functions, opened to the fuzz targets
-//! (`fuzz/`) and their corpus replay: refuse (method, authority, path),
+//! (`tests/fuzz/`) and their corpus replay: refuse (method, authority, path),
 //! decode unreserved percent-encodings, parse the host for routing, strip hop-by-hop headers, add the
 //! forwarded ones, rewrite the target to origin-form, and derive the
 //! hashing balancers' keys.

@@ -3,7 +3,7 @@
 (README "Tests" -> fuzzing): valid DNS queries with and without EDNS and
 ECS, the repository's config files, PROXY v1/v2 headers and request heads.
 The fuzzer starts from these; the minimized corpus it leaves is what
-fuzz/corpus/ keeps."""
+tests/fuzz/corpus/ keeps."""
 
 import os
 import struct
