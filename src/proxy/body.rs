@@ -19,13 +19,6 @@ use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::state::ActiveGuard;
 use crate::upstream::{BodyProgress, Sender};
 
-/// One line of the access log, filled in as the request goes.
-pub struct AccessLog {
-    pub line: accesslog::Http,
-    /// The request body's, for the bytes received; none without a body.
-    pub body: Option<BodyProgress>,
-}
-
 /// What to do when a response ends, however it ends.
 pub struct Completion {
     pub start: Instant,
@@ -41,9 +34,11 @@ pub struct Completion {
     pub bytes: u64,
     /// The backend that answered, for its series.
     pub backend: Option<Arc<BackendMetrics>>,
-    /// The request's body, for the bytes it carried.
+    /// The request's body, for the bytes it carried (metrics and the
+    /// access log).
     pub request_body: Option<BodyProgress>,
-    pub access: Option<Box<AccessLog>>,
+    /// The access log's line, filled in as the request goes.
+    pub access: Option<Box<accesslog::Http>>,
 }
 
 impl Completion {
@@ -65,10 +60,10 @@ impl Drop for Completion {
             b.bytes(bytes_in, self.bytes);
         }
         if let Some(a) = self.access.take() {
-            a.line.emit(&accesslog::HttpEnd {
+            a.emit(&accesslog::HttpEnd {
                 status: self.status,
                 bytes_sent: self.bytes,
-                bytes_received: a.body.as_ref().map_or(0, BodyProgress::received),
+                bytes_received: bytes_in,
                 duration: elapsed,
             });
         }

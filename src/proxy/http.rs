@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
-use super::body::{AccessLog, Completion, ResponseBody};
+use super::body::{Completion, ResponseBody};
 use super::headers;
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
@@ -424,9 +424,6 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         )
     });
     let (body, body_progress) = ClientBody::new(body);
-    if let Some(a) = completion.access.as_mut() {
-        a.body = body_progress.clone();
-    }
     completion.request_body = body_progress.clone();
     let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
@@ -549,7 +546,6 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
                 // Clients get HTTP/1.1 or HTTP/2 from their own connection.
                 *resp.version_mut() = Version::HTTP_11;
                 if let (Some(a), Some((connect, sent_at))) = (completion.access.as_mut(), sent) {
-                    let a = &mut a.line;
                     a.backend = Some(backend.label.clone());
                     a.retries = (tried.len() - 1) as u32;
                     a.connect = Some(connect);
@@ -709,8 +705,8 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             "request failed"
         );
         if let Some(a) = completion.access.as_mut() {
-            a.line.backend = Some(backend);
-            a.line.retries = tried.len().saturating_sub(1) as u32;
+            a.backend = Some(backend);
+            a.retries = tried.len().saturating_sub(1) as u32;
         }
     }
     completion.status = status.as_u16();
@@ -747,29 +743,26 @@ impl Completion {
             request_body: None,
             access: listener.config.access_log.then(|| {
                 let header = |name| req.headers().get(name).cloned();
-                Box::new(AccessLog {
-                    line: accesslog::Http {
-                        client: conn.peer,
-                        listener: listener.config.name.as_str().into(),
-                        pool: route.pool.name.clone(),
-                        backend: None,
-                        method: req.method().clone(),
-                        host: host(),
-                        path: req
-                            .uri()
-                            .path_and_query()
-                            .map_or("/", |p| p.as_str())
-                            .to_string(),
-                        version: req.version(),
-                        user_agent: header(header::USER_AGENT),
-                        referer: header(header::REFERER),
-                        request_id: header(X_REQUEST_ID),
-                        tls: conn.tls,
-                        retries: 0,
-                        connect: None,
-                        first_byte: None,
-                    },
-                    body: None,
+                Box::new(accesslog::Http {
+                    client: conn.peer,
+                    listener: listener.config.name.as_str().into(),
+                    pool: route.pool.name.clone(),
+                    backend: None,
+                    method: req.method().clone(),
+                    host: host(),
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string(),
+                    version: req.version(),
+                    user_agent: header(header::USER_AGENT),
+                    referer: header(header::REFERER),
+                    request_id: header(X_REQUEST_ID),
+                    tls: conn.tls,
+                    retries: 0,
+                    connect: None,
+                    first_byte: None,
                 })
             }),
         }
