@@ -30,6 +30,14 @@ fn web(backends: &str) -> String {
     )
 }
 
+/// A geolb with `log` (its `[log]` section, if any) and [`web`] over one
+/// backend.
+async fn web_with_log(log: &str) -> (Backend, Geolb) {
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&config(log, &web(&backend_list(&[&a])))).await;
+    (a, geolb)
+}
+
 /// The log's lines whose target is exactly `target`, parsed as JSON.
 fn json_lines(log: &str, target: &str) -> Vec<serde_json::Value> {
     log.lines()
@@ -42,12 +50,7 @@ fn json_lines(log: &str, target: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn json_lines_parse_and_the_access_line_carries_every_field() {
-    let a = Backend::start("a").await;
-    let geolb = Geolb::start(&config(
-        "[log]\nformat = \"json\"",
-        &web(&backend_list(&[&a])),
-    ))
-    .await;
+    let (a, geolb) = web_with_log("[log]\nformat = \"json\"").await;
     let web = geolb.listener("web");
     let (code, _, _) = request(
         web,
@@ -106,8 +109,7 @@ async fn json_lines_parse_and_the_access_line_carries_every_field() {
 
 #[tokio::test]
 async fn client_text_cannot_start_a_line_of_its_own() {
-    let a = Backend::start("a").await;
-    let geolb = Geolb::start(&config("", &web(&backend_list(&[&a])))).await;
+    let (_backend, geolb) = web_with_log("").await;
     let web = geolb.listener("web");
     // U+0085 (NEL) and U+2028 end lines for some readers; a raw CR or LF
     // cannot reach a header value (the HTTP parser ends the header there).
@@ -141,12 +143,7 @@ async fn client_text_cannot_start_a_line_of_its_own() {
 
 #[tokio::test]
 async fn the_access_file_is_reopened_on_sigusr1_after_a_rename() {
-    let a = Backend::start("a").await;
-    let geolb = Geolb::start(&config(
-        "[log]\naccess_file = \"access.log\"",
-        &web(&backend_list(&[&a])),
-    ))
-    .await;
+    let (_backend, geolb) = web_with_log("[log]\naccess_file = \"access.log\"").await;
     let web = geolb.listener("web");
     let access = geolb.dir.path().join("access.log");
     let rotated = geolb.dir.path().join("access.log.1");
