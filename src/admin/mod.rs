@@ -472,6 +472,7 @@ fn status(daemon: &Daemon) -> Status {
                         let state = b.state();
                         let (runtime_override, scope) = b.override_in_force();
                         let left = b.outlier.ejected_for();
+                        let (requests, errors) = b.metrics.totals();
                         BackendStatus {
                             addr: b.label.to_string(),
                             state: state.as_str(),
@@ -481,8 +482,8 @@ fn status(daemon: &Daemon) -> Status {
                             override_scope: scope.map(|s| s.as_str()),
                             weight: b.weight,
                             active: b.shared.active(),
-                            requests: b.metrics.totals().0,
-                            errors: b.metrics.totals().1,
+                            requests,
+                            errors,
                             last_check: b.health.checks().and_then(|c| c.last()).map(LastCheck::of),
                             last_change: b.health.checks().map(|c| c.last_change()),
                             ejected: left.is_some(),
