@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::Slots;
-use crate::config::{ListenerConfig, Protocol};
+use crate::acme;
+use crate::config::{Config, ListenerConfig, Protocol};
 use crate::dns::{self, SharedDnsData};
 use crate::health::HealthTable;
 use crate::locked;
@@ -91,6 +92,14 @@ struct RunningListener {
     slots: Arc<Slots>,
 }
 
+/// The order loop of one `acme` table.
+struct RunningAcme {
+    cert: Arc<acme::Certificate>,
+    /// The listeners serving it, for the expiry gauge.
+    listeners: Vec<String>,
+    stop: CancellationToken,
+}
+
 /// A DNS server on one `dns.listen` address.
 struct RunningDns {
     /// As configured (its identity across reloads).
@@ -128,6 +137,8 @@ pub struct Daemon {
     listeners: Mutex<Vec<RunningListener>>,
     /// DNS servers, one per `dns.listen` address (UDP and TCP share it).
     dns_servers: Mutex<Vec<RunningDns>>,
+    /// ACME order loops, one per distinct `acme` table.
+    acme: Mutex<Vec<RunningAcme>>,
     /// The admin listener (as configured) and a duplicate of its socket.
     admin_handover: Mutex<Option<(SocketAddr, OwnedFd)>>,
     /// Sockets handed over at start-up, taken as the config binds.
@@ -166,6 +177,7 @@ impl Daemon {
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: Mutex::new(Vec::new()),
             dns_servers: Mutex::new(Vec::new()),
+            acme: Mutex::new(Vec::new()),
             admin_handover: Mutex::new(None),
             inherited: Mutex::new(Inherited::none()),
         }
@@ -353,6 +365,65 @@ impl Daemon {
                 swap.store(server);
             }
         }
+    }
+
+    /// Starts the order loop of each `acme` table of `config` that has none
+    /// running and stops those of tables it no longer has; loops of tables
+    /// that stay go on (a reload orders nothing).
+    pub fn run_acme(&self, config: &Config) {
+        let mut wanted: Vec<(Arc<acme::Certificate>, Vec<String>)> = Vec::new();
+        for l in &config.listeners {
+            let Some(table) = l.acme.as_ref().filter(|_| l.protocol == Protocol::Https) else {
+                continue;
+            };
+            let cert = acme::Certificate::of(table, &config.runtime.state_dir);
+            match wanted.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cert)) {
+                Some((_, names)) => names.push(l.name.clone()),
+                None => wanted.push((cert, vec![l.name.clone()])),
+            }
+        }
+        let mut running = locked(&self.acme);
+        running.retain(|r| {
+            let keep = wanted.iter().any(|(c, _)| Arc::ptr_eq(c, &r.cert));
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+        for (cert, listeners) in wanted {
+            match running.iter_mut().find(|r| Arc::ptr_eq(&r.cert, &cert)) {
+                Some(r) => r.listeners = listeners,
+                None => {
+                    let stop = self.shutdown.child_token();
+                    self.tasks.spawn(acme::manage(cert.clone(), stop.clone()));
+                    running.push(RunningAcme {
+                        cert,
+                        listeners,
+                        stop,
+                    });
+                }
+            }
+        }
+    }
+
+    /// (listener name, its certificates) for the expiry gauge: the files
+    /// of the last reload, and the ACME certificates in service now.
+    pub fn certificates(&self) -> Vec<(String, Vec<CertInfo>)> {
+        let mut out = (**self.certs.load()).clone();
+        for r in locked(&self.acme).iter() {
+            let Some((cert, names, not_after)) = r.cert.in_service() else {
+                continue;
+            };
+            for listener in &r.listeners {
+                let info = CertInfo {
+                    cert: cert.clone(),
+                    names: names.clone(),
+                    not_after,
+                };
+                out.push((listener.clone(), vec![info]));
+            }
+        }
+        out
     }
 
     /// Gives each listener that keeps running the `max_connections` and

@@ -9,7 +9,7 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
-//!          tls_client)
+//!          acme, tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog)
 //! ```
@@ -40,6 +40,9 @@
 //! - [`balance`]: pure backend selection.
 //! - [`geoip`]: the MaxMind database and `[[geoip.network]]` overrides,
 //!   and the watcher that re-reads a replaced database file.
+//! - [`acme`]: certificates ordered from an ACME CA (RFC 8555) for
+//!   `tls = { acme }` listeners: stored, renewed, swapped in; the
+//!   HTTP-01 and TLS-ALPN-01 challenges the proxy answers.
 //! - [`tls_client`]: TLS client settings for https checks and backends.
 //! - [`config`]: TOML text -> validated [`config::Config`], every error
 //!   with its key path and line.
@@ -91,6 +94,7 @@
 
 pub mod accept;
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod admission;
 #[cfg(feature = "alloc-stats")]

@@ -30,6 +30,9 @@ pub const PROXY_PROTOCOL_ERRORS: &str = "geolb_proxy_protocol_errors_total";
 /// Seconds until a certificate's notAfter (negative once expired), by
 /// `listener` and `cert` (the certificate file).
 pub const TLS_CERT_EXPIRY: &str = "geolb_tls_certificate_expiry_seconds";
+/// ACME orders (`tls = { acme }`) by `names` (the certificate's first
+/// name) and `result` (success, failure).
+pub const TLS_ACME_ORDERS: &str = "geolb_tls_acme_orders_total";
 /// Client connections whose handshake failed or did not finish in time.
 pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
 /// Client connections open now, by `listener`; this and
@@ -176,6 +179,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         TLS_HANDSHAKE_ERRORS,
         "Client TLS handshakes that failed or timed out, by listener."
+    );
+    describe_counter!(
+        TLS_ACME_ORDERS,
+        "ACME certificate orders (first and renewals), by name (the certificate's first name) and result (success, failure)."
     );
     describe_counter!(
         CLIENT_LIMITED,

@@ -116,6 +116,14 @@ fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<Loaded
             if l.protocol != Protocol::Https || errors.iter().any(|e| e.path.starts_with(&prefix)) {
                 return None;
             }
+            if let Some(acme) = &l.acme {
+                // Its certificates change on their own: the expiry gauge
+                // asks the daemon's ACME loops, not this list.
+                return crate::acme::prepare(i, acme, &config.runtime.state_dir)
+                    .map(|(server, _)| (server, Vec::new()))
+                    .map_err(|e| errors.push(e))
+                    .ok();
+            }
             tls::server_config(i, &l.tls)
                 .map_err(|e| errors.extend(e))
                 .ok()
@@ -343,6 +351,7 @@ pub fn apply(
             .position(|l| ListenerId::of(l) == *id)?;
         tls[i].as_ref().map(|(server, _)| server.clone())
     });
+    daemon.run_acme(&config);
     daemon.set_limits(|id| config.listeners.iter().find(|l| ListenerId::of(l) == *id));
     daemon.certs.store(Arc::new(certificates(&config, &tls)));
     daemon.admin_token.store(Arc::new(admin_token));

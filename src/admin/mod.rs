@@ -128,7 +128,7 @@ async fn route(
             exposition::render(
                 &daemon.metrics,
                 &daemon.snapshot.load(),
-                &daemon.certs.load(),
+                &daemon.certificates(),
                 &daemon.registry.overrides.current(),
                 &daemon.listener_slots(),
                 std::time::SystemTime::now(),

@@ -39,7 +39,7 @@ impl Ctx {
         let retries = self.opt(t, "retries", 2, |c, f| c.uint(f, 0, 100));
         let tcp = protocol == Some(Protocol::Tcp);
         let retry_on = self.opt(t, "retry_on", RetryOn::default(), |c, f| c.retry_on(f, tcp));
-        let tls = self.maybe(t, "tls", Ctx::tls);
+        let tls = self.maybe(t, "tls", Ctx::listener_tls);
         let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
         let access_log = self.opt(t, "access_log", false, Ctx::bool);
         let max_connections = self.maybe(t, "max_connections", |c, f| c.uint(f, 1, 1_000_000));
@@ -51,6 +51,7 @@ impl Ctx {
             |c, f| c.uint(f, 1, 10_000),
         );
         let protocol = protocol?;
+        let (tls, acme) = tls?.unwrap_or_default();
         if !self.protocol_rules(t, protocol, pools) {
             return None;
         }
@@ -63,7 +64,8 @@ impl Ctx {
             timeouts: timeouts?,
             retries: retries?,
             retry_on: retry_on?,
-            tls: tls?.unwrap_or_default(),
+            tls,
+            acme,
             accept_proxy_protocol: accept_proxy_protocol?,
             access_log: access_log?,
             max_connections: max_connections?,

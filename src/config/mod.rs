@@ -8,6 +8,7 @@
 //! `walk` reads tables and collects errors, `values` reads single
 //! values; each section has its own module, and `parse` walks the root.
 
+mod acme;
 mod check;
 mod datacenter;
 mod dns;

@@ -573,6 +573,9 @@ pub struct ListenerConfig {
     /// `retry_on` (extension; optional, ["connect", "reset"]).
     pub retry_on: RetryOn,
     pub tls: Vec<TlsCertConfig>,
+    /// `tls = { acme = { ... } }` (extension; https only, instead of the
+    /// list): certificates ordered from an ACME CA; `tls` is then empty.
+    pub acme: Option<AcmeConfig>,
     pub accept_proxy_protocol: bool,
     /// `access_log` (extension; optional, false): one line per request on stderr.
     pub access_log: bool,
@@ -642,6 +645,53 @@ pub struct TlsCertConfig {
     pub key: PathBuf,
 }
 
+/// `tls = { acme = { ... } }` of an https listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AcmeConfig {
+    /// `directory` (required): the CA's directory URL, https.
+    pub directory: String,
+    /// The directory's `host:port`: where its account and certificates
+    /// are kept under `state_dir/acme/`.
+    pub directory_host: String,
+    /// `contact` (optional, []): `mailto:` URLs for the CA's notices.
+    pub contact: Vec<String>,
+    /// `names` (required, at least one): lower-case DNS names, no
+    /// wildcards; the first names the certificate's files.
+    pub names: Vec<String>,
+    /// `challenge` (optional, tls-alpn-01).
+    pub challenge: AcmeChallenge,
+    /// `ca` (optional): PEM CA certificates to verify the directory's
+    /// HTTPS with; the bundled Mozilla roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// `renew_before` (optional, 30 days): a certificate closer than
+    /// this to its notAfter is renewed.
+    pub renew_before: Duration,
+}
+
+/// `renew_before` when unset: Let's Encrypt's certificates last 90 days,
+/// and certbot renews 30 days before the end too.
+pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
+/// How the CA checks that geolb answers for a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AcmeChallenge {
+    /// A token at `http://<name>/.well-known/acme-challenge/` (port 80),
+    /// answered by every http listener of the process.
+    Http01,
+    /// A TLS handshake with ALPN `acme-tls/1` (RFC 8737, port 443),
+    /// answered by the https listener itself.
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    pub const SPELLINGS: &[(&str, Self)] =
+        &[("http-01", Self::Http01), ("tls-alpn-01", Self::TlsAlpn01)];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
+}
+
 /// The config spelling of `value`: one table per enum serves both the
 /// parser and everything that shows the value (/status, logs), so the two
 /// never disagree.
@@ -669,6 +719,7 @@ mod tests {
     fn each_value_is_shown_as_it_is_spelt_in_the_config() {
         round_trips(Balance::SPELLINGS, Balance::as_str);
         round_trips(Protocol::SPELLINGS, Protocol::as_str);
+        round_trips(AcmeChallenge::SPELLINGS, AcmeChallenge::as_str);
         round_trips(BackendProtocol::SPELLINGS, BackendProtocol::as_str);
         round_trips(
             ProxyProtocolVersion::SPELLINGS,

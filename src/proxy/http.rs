@@ -344,6 +344,9 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     drop(snapshot);
 
+    if let Some(answer) = crate::acme::http01(req.uri().path()) {
+        return acme_challenge(&req, &listener, conn, start, answer);
+    }
     if let Some(clients) = conn.slot.clients()
         && let Err(wait) = clients.request(conn.peer.ip())
     {
@@ -813,6 +816,18 @@ fn answer<B>(
     status: StatusCode,
     text: &str,
 ) -> Response<ResponseBody> {
+    message(status, text, Some(own(req, listener, conn, start, status)))
+}
+
+/// The completion of an answer of geolb's own, counted with the
+/// listener's default route.
+fn own<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    status: StatusCode,
+) -> Completion {
     let mut completion =
         Completion::of(req, conn, listener, &listener.default_route, start, || {
             req.headers()
@@ -821,7 +836,26 @@ fn answer<B>(
                 .unwrap_or_default()
         });
     completion.status = status.as_u16();
-    message(status, text, Some(completion))
+    completion
+}
+
+/// An ACME HTTP-01 validation (RFC 8555 §8.3): the key authorization,
+/// nothing else, for whichever listener the CA reached.
+#[cold]
+fn acme_challenge<B>(
+    req: &Request<B>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    start: Instant,
+    key_authorization: Bytes,
+) -> Response<ResponseBody> {
+    let completion = own(req, listener, conn, start, StatusCode::OK);
+    let mut resp = Response::new(ResponseBody::message(key_authorization, Some(completion)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
 }
 
 /// 429 for a client over its `requests_per_second`. The connection stays

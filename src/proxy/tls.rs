@@ -364,6 +364,10 @@ async fn connection(
     let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
             let (_, session) = tls_stream.get_ref();
+            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
+            if session.alpn_protocol() == Some(crate::acme::ALPN) {
+                return;
+            }
             let negotiated = TlsInfo {
                 version: session
                     .protocol_version()
