@@ -515,3 +515,28 @@ async fn directory_down_is_logged_and_retried_while_other_listeners_serve() {
     .await;
     assert_eq!(orders(&geolb, "success").await, 0.0);
 }
+
+/// `geolb check` reads the `ca` file as the orders will: one that holds no
+/// certificate is a config error naming the key and its line.
+#[tokio::test]
+async fn check_names_an_unusable_ca_file_with_its_key_path() {
+    let ports = Ports::pick().await;
+    let state = tempfile::tempdir().unwrap();
+    let bad = state.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "no certificate here\n").unwrap();
+    let table = format!(
+        "directory = \"https://127.0.0.1:1/dir\", names = [\"{NAME}\"], ca = {:?}",
+        path_str(&bad)
+    );
+    let text = config(&ports, refused_addr().await, state.path(), &table);
+    let (ok, stdout, stderr) = support::geolb_check(&text);
+    assert!(!ok, "{stdout}{stderr}");
+    let said = format!("{stdout}{stderr}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("listener[1].tls.acme.ca"))
+        .unwrap_or_else(|| panic!("{said}"));
+    let tls_line = text.lines().position(|l| l.starts_with("tls =")).unwrap() + 1;
+    assert!(line.contains(&format!("line {tls_line}:")), "{line}");
+    assert!(line.contains("not-a-ca.pem"), "{line}");
+}

@@ -115,3 +115,124 @@ impl Ctx {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{errors, parse};
+    use super::*;
+
+    /// A config whose second listener has `tls = <tls>` and `protocol`.
+    fn with_tls(protocol: &str, tls: &str) -> String {
+        format!(
+            r#"[[pool]]
+name = "p"
+backends = [{{ addr = "127.0.0.1:1" }}]
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+pool = "p"
+protocol = "{protocol}"
+tls = {tls}
+"#
+        )
+    }
+
+    fn acme(table: &str) -> String {
+        with_tls("https", &format!("{{ acme = {{ {table} }} }}"))
+    }
+
+    /// (key path, line, message) of each error.
+    fn found(text: &str) -> Vec<(String, Option<usize>, String)> {
+        errors(text)
+            .into_iter()
+            .map(|e| (e.path, e.line, e.message))
+            .collect()
+    }
+
+    const DIRECTORY: &str = "directory = \"https://ca.example:14000/dir\"";
+
+    #[test]
+    fn an_acme_table_is_read_with_its_defaults() {
+        let config = parse(&acme(&format!(
+            "{DIRECTORY}, names = [\"WWW.Example.com.\"]"
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let l = &config.listeners[0];
+        assert!(l.tls.is_empty());
+        assert_eq!(
+            l.acme,
+            Some(AcmeConfig {
+                directory: "https://ca.example:14000/dir".into(),
+                directory_host: "ca.example:14000".into(),
+                contact: Vec::new(),
+                names: vec!["www.example.com".into()],
+                challenge: AcmeChallenge::TlsAlpn01,
+                ca: None,
+                renew_before: DEFAULT_RENEW_BEFORE,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_acme_values_are_each_reported_with_key_path_and_line() {
+        let text = acme(
+            "directory = \"http://ca.example/dir\", names = [\"*.example.com\", \"a.example\", \
+             \"A.example\", \"192.0.2.1\"], contact = [\"ops@example.com\"], challenge = \"dns-01\", \
+             renew_before = \"0s\", color = 1",
+        );
+        let got = found(&text);
+        let paths: Vec<&str> = got.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listener[0].tls.acme.directory",
+                "listener[0].tls.acme.names[0]",
+                "listener[0].tls.acme.names[2]",
+                "listener[0].tls.acme.names[3]",
+                "listener[0].tls.acme.contact[0]",
+                "listener[0].tls.acme.challenge",
+                "listener[0].tls.acme.renew_before",
+                "listener[0].tls.acme.color",
+            ],
+            "{got:#?}"
+        );
+        assert!(got.iter().all(|(_, line, _)| *line == Some(9)), "{got:#?}");
+        let says = |i: usize, what: &str| {
+            assert!(got[i].2.contains(what), "{}: {}", got[i].0, got[i].2);
+        };
+        says(0, "https://");
+        says(1, "dns-01");
+        says(2, "listed twice (also listener[0].tls.acme.names[1])");
+        says(3, "IP addresses");
+        says(4, "mailto:");
+        says(5, "\"http-01\" | \"tls-alpn-01\"");
+        says(7, "unknown key");
+    }
+
+    #[test]
+    fn an_acme_table_needs_directory_and_names_and_an_https_listener() {
+        let got = found(&acme("names = []"));
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert_eq!(got[0].0, "listener[0].tls.acme.directory");
+        assert!(got[0].2.contains("required"), "{}", got[0].2);
+        assert_eq!(got[1].0, "listener[0].tls.acme.names");
+        assert!(got[1].2.contains("at least one name"), "{}", got[1].2);
+
+        let got = found(&with_tls("https", "{ cert = \"c.pem\" }"));
+        assert_eq!(got[0].0, "listener[0].tls.acme", "{got:#?}");
+        assert_eq!(got[1].0, "listener[0].tls.cert", "{got:#?}");
+
+        let got = found(&with_tls("https", "\"cert.pem\""));
+        assert!(got[0].2.contains("{ acme = {"), "{got:#?}");
+
+        for protocol in ["tcp", "http"] {
+            let got = found(&with_tls(
+                protocol,
+                &format!("{{ acme = {{ {DIRECTORY}, names = [\"a.example\"] }} }}"),
+            ));
+            assert_eq!(got.len(), 1, "{got:#?}");
+            assert_eq!(got[0].0, "listener[0].tls");
+            assert!(got[0].2.contains("only https listeners"), "{}", got[0].2);
+        }
+    }
+}

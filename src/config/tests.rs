@@ -170,6 +170,22 @@ fn reference_file_parses_with_its_meaning() {
         Path::new(REFERENCE_PATH).with_file_name("certs/us.mysite.com.key")
     );
     assert_eq!(listeners[2].protocol, Protocol::Tcp);
+    assert_eq!(listeners[1].acme, None);
+    let acme = listeners[3].acme.as_ref().unwrap();
+    assert!(listeners[3].tls.is_empty());
+    assert_eq!(acme.directory_host, "acme-v02.api.letsencrypt.org:443");
+    assert_eq!(acme.names, ["mysite.com", "www.mysite.com"]);
+    assert_eq!(acme.contact, ["mailto:ops@mysite.com"]);
+    assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+    assert_eq!(
+        acme.ca.as_deref(),
+        Some(
+            Path::new(REFERENCE_PATH)
+                .with_file_name("certs/acme-ca.pem")
+                .as_path()
+        )
+    );
+    assert_eq!(acme.renew_before, DEFAULT_RENEW_BEFORE);
     assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
     assert!(listeners[0].access_log);
     assert_eq!(listeners[0].max_connections, Some(10_000));
