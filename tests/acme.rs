@@ -57,7 +57,7 @@ struct Pebble {
     /// The CA that signed Pebble's own HTTPS certificate (geolb's `ca`).
     https_ca: PathBuf,
     pki: Pki,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Pebble {
@@ -98,19 +98,33 @@ impl Pebble {
             .stderr(log)
             .spawn()
             .expect("spawn pebble");
-        let pebble = Pebble {
+        let mut pebble = Pebble {
             child,
             directory: format!("https://127.0.0.1:{acme}/dir"),
             management: SocketAddr::from(([127, 0, 0, 1], management)),
             https_ca: pki.ca_file(),
             pki,
-            _dir: dir,
+            dir,
         };
-        eventually("pebble listens", LIMIT, || async {
-            TcpStream::connect(("127.0.0.1", acme)).await.is_ok()
-                && TcpStream::connect(pebble.management).await.is_ok()
-        })
-        .await;
+        let deadline = std::time::Instant::now() + LIMIT;
+        while TcpStream::connect(("127.0.0.1", acme)).await.is_err()
+            || TcpStream::connect(pebble.management).await.is_err()
+        {
+            // A port taken since it was picked, a bad config: its log says.
+            let log = || std::fs::read_to_string(pebble.dir.path().join("pebble.log"));
+            if let Some(status) = pebble.child.try_wait().unwrap() {
+                panic!(
+                    "pebble exited with {status}:\n{}",
+                    log().unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pebble does not listen:\n{}",
+                log().unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         pebble
     }
 
