@@ -227,11 +227,6 @@ impl Certificate {
         ))
     }
 
-    /// The configured names, for logs.
-    pub fn names(&self) -> &[String] {
-        &self.config.names
-    }
-
     fn due(&self, now: SystemTime) -> Due {
         let Some(issued) = self.current.load_full() else {
             return Due::Now("no certificate yet".to_owned());
