@@ -203,7 +203,12 @@ pub async fn serve_connection<I>(
         let conn_ctx = conn_ctx.clone();
         async move {
             let h2 = req.version() == Version::HTTP_2;
-            let mut reply = Reply::new(conn_ctx.peer, conn_ctx.tls, conn_ctx.ctx.proto);
+            let mut reply = Reply::new(
+                &conn_ctx.client,
+                conn_ctx.peer.port(),
+                conn_ctx.tls,
+                conn_ctx.ctx.proto,
+            );
             let mut resp = handle(req, &conn_ctx, &mut reply).await;
             reply.finish(resp.headers_mut());
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
@@ -336,7 +341,7 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 async fn handle(
     mut req: Request<Incoming>,
     conn: &ConnCtx,
-    reply: &mut Reply,
+    reply: &mut Reply<'_>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     conn.activity.request_started();
