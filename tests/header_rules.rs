@@ -243,7 +243,9 @@ async fn request_id_false_adds_none() {
     let geolb = Geolb::start(
         &config(
             backend,
-            "request_id = false\nrequest_headers = { set = { \"X-Seen-Id\" = \"<{request_id}>\" } }",
+            // On a route alone: the listener has no rules of its own.
+            "request_id = false\nroutes = [{ path_prefix = \"/\", pool = \"p\", \
+             request_headers = { set = { \"X-Seen-Id\" = \"<{request_id}>\" } } }]",
         )
         .await,
     )

@@ -91,6 +91,10 @@ impl<'c> Reply<'c> {
         let Some(rules) = &route.headers else {
             return;
         };
+        if !self.echo_id && self.request_id.is_none() {
+            // Rules of the route alone: `start` saw none to fill.
+            self.request_id = headers.get(&X_REQUEST_ID).filter(|v| valid_id(v)).cloned();
+        }
         self.host = host.cloned();
         apply(&rules.request, headers, |t| self.expand(t, &rules.listener));
         self.rules = Some(rules.clone());
