@@ -5,6 +5,8 @@
 #
 # Requires: valgrind (callgrind_annotate), nginx, wrk, curl.
 #   GEOLB=target/release/geolb benches/instructions.sh
+# LISTENER: more lines for the listener (a rule's cost: run with and
+# without), e.g. LISTENER='request_id = false'.
 set -u
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -37,6 +39,7 @@ backends = [{ addr = "127.0.0.1:$BACKEND" }]
 name = "web"
 bind = "127.0.0.1:$WEB"
 pool = "p"
+${LISTENER:-}
 CONF
 nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)

@@ -16,7 +16,10 @@ use arc_swap::ArcSwap;
 
 use crate::admission::{Denied, PoolShared, RetryGuard};
 use crate::balance::{self, Balancer, Candidates};
-use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
+use crate::config::{
+    Config, DatacenterConfig, HashKey, HeaderRuleSet, HeaderRules, ListenerConfig, PoolConfig,
+    RouteConfig,
+};
 use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
@@ -180,6 +183,39 @@ impl Listener {
 pub struct Route {
     pub pool: Arc<Pool>,
     pub metrics: Arc<RouteMetrics>,
+    /// None when neither the listener nor the route has header rules.
+    pub headers: Option<Arc<RouteHeaders>>,
+}
+
+/// The header rules a request to one route meets: its listener's, then
+/// the route's own (each of them remove, set, add in turn).
+pub struct RouteHeaders {
+    /// The listener's name, for `{listener}`.
+    pub listener: Arc<str>,
+    pub request: Vec<HeaderRules>,
+    pub response: Vec<HeaderRules>,
+}
+
+impl RouteHeaders {
+    fn of(listener: &ListenerConfig, route: Option<&HeaderRuleSet>) -> Option<Arc<RouteHeaders>> {
+        let sets = || std::iter::once(&listener.headers.rules).chain(route);
+        let stages = |side: fn(&HeaderRuleSet) -> &HeaderRules| -> Vec<HeaderRules> {
+            sets()
+                .map(side)
+                .filter(|r| !r.is_empty())
+                .cloned()
+                .collect()
+        };
+        let request = stages(|s| &s.request);
+        let response = stages(|s| &s.response);
+        (!request.is_empty() || !response.is_empty()).then(|| {
+            Arc::new(RouteHeaders {
+                listener: listener.name.as_str().into(),
+                request,
+                response,
+            })
+        })
+    }
 }
 
 pub struct Pool {
@@ -641,16 +677,17 @@ pub fn compile(
         .listeners
         .iter()
         .map(|lc| {
-            let route = |pool: &str| Route {
+            let route = |pool: &str, rules: Option<&HeaderRuleSet>| Route {
                 pool: find(pool),
                 metrics: RouteMetrics::get(&lc.name, pool),
+                headers: RouteHeaders::of(lc, rules),
             };
             let listener = Listener {
-                default_route: route(&lc.pool),
+                default_route: route(&lc.pool, None),
                 routes: lc
                     .routes
                     .iter()
-                    .map(|r| (r.clone(), route(&r.pool)))
+                    .map(|r| (r.clone(), route(&r.pool, Some(&r.headers))))
                     .collect(),
                 config: lc.clone(),
             };

@@ -50,6 +50,7 @@ impl Ctx {
             DEFAULT_MAX_CONCURRENT_STREAMS,
             |c, f| c.uint(f, 1, 10_000),
         );
+        let headers = self.listener_headers(t, protocol);
         let protocol = protocol?;
         let (tls, acme) = tls?.unwrap_or_default();
         if !self.protocol_rules(t, protocol, pools) {
@@ -71,6 +72,7 @@ impl Ctx {
             max_connections: max_connections?,
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
+            headers: headers?,
         })
     }
 
@@ -225,6 +227,7 @@ impl Ctx {
                 let pool = c.req(t, "pool", "\"web\"", |c, f| {
                     c.reference(f, "pool", pool_names)
                 });
+                let headers = c.header_rule_set(t);
                 if t.field("host").is_none() && t.field("path_prefix").is_none() {
                     let why = "a route needs host, path_prefix or both \
                                (requests matching no route go to the listener's pool)";
@@ -235,6 +238,7 @@ impl Ctx {
                     host: host?,
                     path_prefix: path_prefix?,
                     pool: pool?,
+                    headers: headers?,
                 })
             })
         })

@@ -14,6 +14,7 @@ mod datacenter;
 mod dns;
 mod error;
 mod geoip;
+mod headers;
 mod limits;
 mod listener;
 mod log;

@@ -588,6 +588,9 @@ pub struct ListenerConfig {
     /// `max_concurrent_streams` (extension; http and https only; optional,
     /// 100): HTTP/2 streams a client may have open at once on a connection.
     pub max_concurrent_streams: u32,
+    /// `request_headers`, `response_headers`, `request_id`, `hsts`
+    /// (extension; http and https only).
+    pub headers: ListenerHeaders,
 }
 
 /// `[[listener]] client_limits`: what one client, known by its address
@@ -617,6 +620,98 @@ pub struct RouteConfig {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: String,
+    /// `request_headers` and `response_headers` (extension; optional):
+    /// applied after the listener's.
+    pub headers: HeaderRuleSet,
+}
+
+/// A listener's header settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerHeaders {
+    pub rules: HeaderRuleSet,
+    /// `request_id` (optional, true): an `X-Request-Id` for every request.
+    pub request_id: bool,
+    /// `hsts` (https only; optional, none): the `Strict-Transport-Security`
+    /// value, rendered at load.
+    pub hsts: Option<http::HeaderValue>,
+}
+
+impl Default for ListenerHeaders {
+    fn default() -> Self {
+        ListenerHeaders {
+            rules: HeaderRuleSet::default(),
+            request_id: true,
+            hsts: None,
+        }
+    }
+}
+
+/// `request_headers` and `response_headers` of a listener or a route.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderRuleSet {
+    pub request: HeaderRules,
+    pub response: HeaderRules,
+}
+
+/// One `request_headers` or `response_headers` table, applied in this
+/// order: `remove`, `set` (replacing every value), `add` (appending).
+/// Names are lower-case.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderRules {
+    pub remove: Vec<http::HeaderName>,
+    pub set: Vec<(http::HeaderName, HeaderTemplate)>,
+    pub add: Vec<(http::HeaderName, HeaderTemplate)>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
+/// A header value as configured, split at load into text and variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderTemplate {
+    pub parts: Vec<TemplatePart>,
+    /// The value itself when it names no variable: made once, so a fixed
+    /// value costs a clone per request, not a parse.
+    pub fixed: Option<http::HeaderValue>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplatePart {
+    Text(String),
+    Var(HeaderVar),
+}
+
+/// A variable of a header value, expanded per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderVar {
+    ClientIp,
+    ClientPort,
+    Listener,
+    RequestId,
+    /// Empty on plain http.
+    TlsVersion,
+    /// Lower-case, without a port.
+    Host,
+    Scheme,
+}
+
+impl HeaderVar {
+    pub const SPELLINGS: &[(&str, Self)] = &[
+        ("client_ip", Self::ClientIp),
+        ("client_port", Self::ClientPort),
+        ("listener", Self::Listener),
+        ("request_id", Self::RequestId),
+        ("tls_version", Self::TlsVersion),
+        ("host", Self::Host),
+        ("scheme", Self::Scheme),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

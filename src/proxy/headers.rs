@@ -183,6 +183,10 @@ impl ClientAddr {
         let header = HeaderValue::from_str(&text).expect("an IP address is a valid header value");
         ClientAddr { text, header }
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
 }
 
 #[cfg(test)]

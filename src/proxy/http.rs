@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{Completion, ResponseBody};
+use super::header_rules::{Reply, X_REQUEST_ID};
 use super::headers;
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
@@ -202,7 +203,14 @@ pub async fn serve_connection<I>(
         let conn_ctx = conn_ctx.clone();
         async move {
             let h2 = req.version() == Version::HTTP_2;
-            let resp = handle(req, &conn_ctx).await;
+            let mut reply = Reply::new(
+                &conn_ctx.client,
+                conn_ctx.peer.port(),
+                conn_ctx.tls,
+                conn_ctx.ctx.proto,
+            );
+            let mut resp = handle(req, &conn_ctx, &mut reply).await;
+            reply.finish(resp.headers_mut());
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
@@ -330,7 +338,11 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
     *req.version_mut() = Version::HTTP_11;
 }
 
-async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
+async fn handle(
+    mut req: Request<Incoming>,
+    conn: &ConnCtx,
+    reply: &mut Reply<'_>,
+) -> Response<ResponseBody> {
     let start = Instant::now();
     conn.activity.request_started();
     let snapshot = conn.ctx.snapshot.load();
@@ -343,6 +355,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         );
     };
     drop(snapshot);
+    reply.start(&listener, req.headers_mut());
 
     if let Some(answer) = crate::acme::http01(req.uri().path()) {
         return acme_challenge(&req, &listener, conn, start, answer);
@@ -408,6 +421,7 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         conn.ctx.proto,
         host_value.clone(),
     );
+    reply.forward(route, host_value.as_ref(), req.headers_mut());
     to_origin_form(&mut req, host_value);
     if upgrade && pool.upstream.is_http2() {
         return no_upgrade_over_http2(&pool.name, completion);
@@ -771,10 +785,6 @@ impl Completion {
         }
     }
 }
-
-/// The request id header the access log shows (as nginx's
-/// `$http_x_request_id`); geolb passes it on and sets none itself.
-const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Answers a request that is not forwarded (see [`validate`]), counted
 /// with the listener's default route; an HTTP/1 connection is closed after

@@ -4,7 +4,8 @@
 //! at a time through route, pick, forward); `tls` terminates HTTPS in
 //! front of it; `tcp` owns the L4 path (pick, connect, copy both ways);
 //! `body` streams responses and settles each request when its response
-//! ends; `headers` rewrites at the boundary; `activity` enforces the
+//! ends; `headers` rewrites at the boundary and `header_rules`
+//! applies the configured header rules; `activity` enforces the
 //! client-side header and idle timeouts; `stall` cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
 //! be forwarded. Backend connections are opened and kept by
@@ -16,6 +17,7 @@ pub mod body;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;
+mod header_rules;
 mod headers;
 pub mod http;
 mod stall;

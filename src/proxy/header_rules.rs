@@ -1,0 +1,331 @@
+//! The configured header rules at request time (`request_headers`,
+//! `response_headers`), the `X-Request-Id` of each request, and HSTS.
+//!
+//! A request meets its listener's rules, then its route's; a response
+//! (a backend's or geolb's own) gets the request id and HSTS first, then
+//! the response rules, so a rule can change or remove either. Templates
+//! were split at load; here they are only filled in. An unconfigured
+//! listener pays one `Option` test per side.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+
+use super::headers::ClientAddr;
+use crate::accesslog::TlsInfo;
+use crate::config::{HeaderRules, HeaderTemplate, HeaderVar, TemplatePart};
+use crate::state::{Listener, Route, RouteHeaders};
+
+/// Passed to backends and shown in the access log (as nginx's
+/// `$http_x_request_id`).
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest `X-Request-Id` kept from a client; nginx's `$request_id` is
+/// 32 characters, a UUID 36, a W3C traceparent 55.
+const MAX_REQUEST_ID: usize = 200;
+
+/// What one request's answer gets on its way to the client, gathered
+/// while the request is handled.
+pub(super) struct Reply<'c> {
+    /// Written once per connection (as in X-Forwarded-For).
+    client: &'c ClientAddr,
+    port: u16,
+    tls: Option<TlsInfo>,
+    scheme: &'static str,
+    rules: Option<Arc<RouteHeaders>>,
+    /// The request's id: for the response and `{request_id}`.
+    request_id: Option<HeaderValue>,
+    /// Whether the response carries `request_id` (`request_id = true`).
+    echo_id: bool,
+    /// As routed on, for `{host}`.
+    host: Option<HeaderValue>,
+    hsts: Option<HeaderValue>,
+}
+
+impl<'c> Reply<'c> {
+    /// For a request of a client at `client`:`port` (over `tls`, if any).
+    pub(super) fn new(
+        client: &'c ClientAddr,
+        port: u16,
+        tls: Option<TlsInfo>,
+        scheme: &'static str,
+    ) -> Reply<'c> {
+        Reply {
+            client,
+            port,
+            tls,
+            scheme,
+            rules: None,
+            request_id: None,
+            echo_id: false,
+            host: None,
+            hsts: None,
+        }
+    }
+
+    /// On a request to `listener`, before anything answers it: its id,
+    /// and what every answer of this listener gets.
+    pub(super) fn start(&mut self, listener: &Listener, headers: &mut HeaderMap) {
+        let config = &listener.config.headers;
+        self.rules = listener.default_route.headers.clone();
+        self.hsts = config.hsts.clone();
+        if config.request_id {
+            self.request_id = Some(request_id(headers));
+            self.echo_id = true;
+        } else if self.rules.is_some() {
+            // `{request_id}` is then the client's, if it sent a usable one.
+            self.request_id = headers.get(&X_REQUEST_ID).filter(|v| valid_id(v)).cloned();
+        }
+    }
+
+    /// Before the request goes to `route`'s backends, `host` as routed on.
+    pub(super) fn forward(
+        &mut self,
+        route: &Route,
+        host: Option<&HeaderValue>,
+        headers: &mut HeaderMap,
+    ) {
+        // A route's rules hold its listener's: none there, none at all.
+        let Some(rules) = &route.headers else {
+            return;
+        };
+        if !self.echo_id && self.request_id.is_none() {
+            // Rules of the route alone: `start` saw none to fill.
+            self.request_id = headers.get(&X_REQUEST_ID).filter(|v| valid_id(v)).cloned();
+        }
+        self.host = host.cloned();
+        apply(&rules.request, headers, |t| self.expand(t, &rules.listener));
+        self.rules = Some(rules.clone());
+    }
+
+    /// The answer's headers, on their way out.
+    pub(super) fn finish(&self, headers: &mut HeaderMap) {
+        // Both replace what a backend sent: the id is the one geolb logged
+        // and passed on, HSTS the edge's policy for the whole site.
+        if let Some(v) = &self.hsts {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+        if self.echo_id
+            && let Some(id) = &self.request_id
+        {
+            headers.insert(X_REQUEST_ID, id.clone());
+        }
+        if let Some(rules) = &self.rules {
+            apply(&rules.response, headers, |t| {
+                self.expand(t, &rules.listener)
+            });
+        }
+    }
+
+    /// `t` filled in for this request; None if the result would not be a
+    /// valid value (no variable can make one, but a panic is no answer).
+    fn expand(&self, t: &HeaderTemplate, listener: &str) -> Option<HeaderValue> {
+        if let Some(fixed) = &t.fixed {
+            return Some(fixed.clone());
+        }
+        let mut out = Vec::with_capacity(64);
+        for part in &t.parts {
+            match part {
+                TemplatePart::Text(s) => out.extend_from_slice(s.as_bytes()),
+                TemplatePart::Var(v) => self.write_var(*v, listener, &mut out),
+            }
+        }
+        HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+    }
+
+    fn write_var(&self, var: HeaderVar, listener: &str, out: &mut Vec<u8>) {
+        match var {
+            HeaderVar::ClientIp => out.extend_from_slice(self.client.as_str().as_bytes()),
+            // Not `write!`: formatting costs more than the rest of a rule.
+            HeaderVar::ClientPort => {
+                let mut digits = [0u8; 5];
+                let mut at = digits.len();
+                let mut n = self.port;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                out.extend_from_slice(&digits[at..]);
+            }
+            HeaderVar::Listener => out.extend_from_slice(listener.as_bytes()),
+            HeaderVar::RequestId => {
+                if let Some(id) = &self.request_id {
+                    out.extend_from_slice(id.as_bytes());
+                }
+            }
+            // As nginx's $ssl_protocol spells it: TLSv1.3.
+            HeaderVar::TlsVersion => {
+                if let Some(tls) = self.tls {
+                    out.extend(
+                        tls.version
+                            .bytes()
+                            .map(|b| if b == b'_' { b'.' } else { b }),
+                    );
+                }
+            }
+            HeaderVar::Host => {
+                if let Some(host) = self.host.as_ref().and_then(super::http::host_name) {
+                    out.extend_from_slice(host.as_bytes());
+                }
+            }
+            HeaderVar::Scheme => out.extend_from_slice(self.scheme.as_bytes()),
+        }
+    }
+}
+
+/// Each stage in turn: remove, set, add.
+fn apply(
+    stages: &[HeaderRules],
+    headers: &mut HeaderMap,
+    expand: impl Fn(&HeaderTemplate) -> Option<HeaderValue>,
+) {
+    for rules in stages {
+        for name in &rules.remove {
+            headers.remove(name);
+        }
+        for (name, t) in &rules.set {
+            if let Some(v) = expand(t) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        for (name, t) in &rules.add {
+            if let Some(v) = expand(t) {
+                headers.append(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// Visible ASCII, 1 to [`MAX_REQUEST_ID`] bytes: safe to log and to pass on.
+fn valid_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(u8::is_ascii_graphic)
+}
+
+/// The request's id: the client's one `X-Request-Id` if valid, else a new
+/// one put in its place.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    // One hash of the name, whether the id is kept or replaced.
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(mut e) => {
+            let mut values = e.iter();
+            if let (Some(v), None) = (values.next(), values.next())
+                && valid_id(v)
+            {
+                return v.clone();
+            }
+            let id = new_request_id();
+            e.insert(id.clone());
+            id
+        }
+        Entry::Vacant(e) => e.insert(new_request_id()).clone(),
+    }
+}
+
+/// A thread's id maker.
+struct Ids {
+    /// Random: two threads share one with odds of 2^-64.
+    prefix: u64,
+    /// Ids made so far: they never repeat within a thread.
+    count: u64,
+    /// Ids are cut from this, so that one allocation (shared, counted)
+    /// serves many: an id costs no malloc and its clone no promotion.
+    arena: BytesMut,
+}
+
+/// Bytes of ids per allocation: 64 ids.
+const ARENA: usize = 64 * 32;
+
+thread_local! {
+    static IDS: RefCell<Ids> = RefCell::new(Ids {
+        prefix: fastrand::u64(..),
+        count: 0,
+        arena: BytesMut::new(),
+    });
+}
+
+/// 32 lower-case hex digits, as nginx's `$request_id`: the thread's prefix,
+/// then its count scrambled by a bijection (so still unique), which makes
+/// consecutive ids look unrelated. An id, not a secret: fastrand is no
+/// cryptographic generator.
+fn new_request_id() -> HeaderValue {
+    let bytes = IDS.with_borrow_mut(|ids| {
+        let mut buf = [0u8; 32];
+        hex(ids.prefix, &mut buf[..16]);
+        hex(mix(ids.count.wrapping_add(ids.prefix)), &mut buf[16..]);
+        ids.count = ids.count.wrapping_add(1);
+        if ids.arena.capacity() < buf.len() {
+            ids.arena = BytesMut::with_capacity(ARENA);
+        }
+        ids.arena.extend_from_slice(&buf);
+        ids.arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| unreachable!("hex digits only"))
+}
+
+/// splitmix64's finaliser: a bijection on u64.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn hex(n: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_32_hex_and_differ() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = new_request_id();
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn a_valid_id_is_kept_and_any_other_replaced() {
+        let cases: &[(&[&str], bool)] = &[
+            (&["abc-123"], true),
+            (&[&"x".repeat(MAX_REQUEST_ID)], true),
+            (&[&"x".repeat(MAX_REQUEST_ID + 1)], false),
+            (&["has space"], false),
+            (&[""], false),
+            (&["a", "b"], false),
+        ];
+        for (values, kept) in cases {
+            let mut headers = HeaderMap::new();
+            for v in *values {
+                headers.append(X_REQUEST_ID, HeaderValue::from_str(v).unwrap());
+            }
+            let id = request_id(&mut headers);
+            assert_eq!(id == values[0], *kept, "{values:?}");
+            assert_eq!(
+                headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(),
+                [&id]
+            );
+        }
+        let mut obs = HeaderMap::new();
+        obs.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert_eq!(request_id(&mut obs).len(), 32);
+    }
+}
