@@ -50,6 +50,7 @@ impl Ctx {
             DEFAULT_MAX_CONCURRENT_STREAMS,
             |c, f| c.uint(f, 1, 10_000),
         );
+        let client_auth = self.maybe(t, "client_auth", |c, f| c.client_auth(f, protocol));
         let protocol = protocol?;
         if !self.protocol_rules(t, protocol, pools) {
             return None;
@@ -69,6 +70,7 @@ impl Ctx {
             max_connections: max_connections?,
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
+            client_auth: client_auth?,
         })
     }
 
@@ -145,12 +147,14 @@ impl Ctx {
             if let Some(f) = t.field("pool")
                 && let Some(name) = f.get().as_str()
                 && let Some(pool) = pools.iter().find(|p| p.name == name)
-                && (pool.tls.is_some() || pool.backend_protocol != BackendProtocol::Http1)
+                && (pool.tls.is_some()
+                    || pool.backend_protocol != BackendProtocol::Http1
+                    || pool.sticky.is_some())
             {
                 self.bad(
                     &f,
                     format!(
-                        "pool \"{name}\" sets tls or backend_protocol, which only http and https \
+                        "pool \"{name}\" sets tls, backend_protocol or sticky, which only http and https \
                          listeners use: a tcp listener copies bytes as they come"
                     ),
                 );
