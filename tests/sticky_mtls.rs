@@ -518,6 +518,14 @@ async fn an_optional_client_certificate_and_a_reload_that_requires_it() {
         .await
         .unwrap();
     assert_eq!(header_lines(&seen, "x-client-cert-verified"), ["SUCCESS"]);
+    // Optional is not anything goes: a certificate shown must be valid.
+    let other_ca = Pki::new();
+    let stranger = alice_of(&other_ca);
+    let refused = seen_over(&client_with(&pki, Some(&stranger)), tls, &[]).await;
+    assert!(
+        refused.is_err(),
+        "served with another CA's certificate: {refused:?}"
+    );
 
     // A connection open before the reload keeps what it was accepted with.
     let mut open = https(&anonymous, tls).await.unwrap();

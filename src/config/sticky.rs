@@ -156,6 +156,21 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_means_what_it_says() {
+        let text = include_str!("../../config/reference.toml");
+        let config = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let sticky = config.pools[0].sticky.as_ref().unwrap();
+        assert_eq!(sticky.cookie, "GEOLB_SRV");
+        assert_eq!(sticky.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(sticky.same_site, Some(SameSite::Lax));
+        assert!(config.pools[1..].iter().all(|p| p.sticky.is_none()));
+        let auth = config.listeners[1].client_auth.as_ref().unwrap();
+        assert_eq!(auth.ca, PathBuf::from("/etc/geolb/certs/clients-ca.pem"));
+        assert!(auth.required);
+        assert_eq!(config.listeners[0].client_auth, None);
+    }
+
+    #[test]
     fn each_mistake_names_its_key() {
         let cases: &[(String, &str, &str)] = &[
             (format!("{POOL}sticky = true"), "pool[0].sticky", "a table"),
