@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-use crate::config::StickyConfig;
+use crate::config::{SameSite, StickyConfig};
 
 pub struct Sticky {
     name: Box<str>,
@@ -128,7 +128,8 @@ fn set_cookie(config: &StickyConfig, value: &[u8; VALUE_LEN], tls: bool) -> Head
     if let Some(age) = config.max_age {
         s.push_str(&format!("; Max-Age={}", age.as_secs().max(1)));
     }
-    if config.secure.unwrap_or(tls) {
+    // Browsers drop a SameSite=None cookie without Secure.
+    if config.secure.unwrap_or(tls) || config.same_site == Some(SameSite::None) {
         s.push_str("; Secure");
     }
     if config.http_only {
@@ -182,7 +183,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::SameSite;
 
     fn config() -> StickyConfig {
         StickyConfig {
@@ -296,6 +296,16 @@ mod tests {
         assert_eq!(
             h[header::SET_COOKIE],
             format!("SRV={v}; Path=/; Max-Age=3600; SameSite=Strict").as_str()
+        );
+        let none = StickyConfig {
+            same_site: Some(SameSite::None),
+            ..config()
+        };
+        let mut h = HeaderMap::new();
+        Sticky::new("web", &none, &addrs()).set(&mut h, 0, false);
+        assert_eq!(
+            h[header::SET_COOKIE],
+            format!("SRV={v}; Path=/; Secure; HttpOnly; SameSite=None").as_str()
         );
     }
 
