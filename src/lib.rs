@@ -11,7 +11,7 @@
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          acme, tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
-//!          lograte, limits, logging, accesslog)
+//!          lograte, limits, logging, accesslog, sticky)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -62,6 +62,8 @@
 //! - [`logging`]: the logger: text or JSON lines, to stderr or files
 //!   (`[log]`), through one writer thread that never blocks serving;
 //!   files reopened on SIGUSR1.
+//! - [`sticky`]: a pool's sticky cookie: the value naming each backend,
+//!   reading it off requests and setting it on responses.
 //! - [`accesslog`]: the access lines of HTTP requests, TCP connections
 //!   and sampled DNS queries: what each holds, client text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
@@ -122,6 +124,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod state;
+pub mod sticky;
 pub mod takeover;
 pub mod tls_client;
 pub mod upstream;

@@ -113,7 +113,12 @@ fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<Loaded
         .enumerate()
         .map(|(i, l)| {
             let prefix = format!("listener[{i}].tls");
-            if l.protocol != Protocol::Https || errors.iter().any(|e| e.path.starts_with(&prefix)) {
+            let ca = format!("listener[{i}].client_auth.ca");
+            if l.protocol != Protocol::Https
+                || errors
+                    .iter()
+                    .any(|e| e.path.starts_with(&prefix) || e.path == ca)
+            {
                 return None;
             }
             if let Some(acme) = &l.acme {
@@ -124,7 +129,7 @@ fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<Loaded
                     .map_err(|e| errors.push(e))
                     .ok();
             }
-            tls::server_config(i, &l.tls)
+            tls::listener_server_config(i, &l.tls, l.client_auth.as_ref())
                 .map_err(|e| errors.extend(e))
                 .ok()
         })

@@ -24,6 +24,7 @@ use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
 use crate::overrides::{Override, Overrides, Target};
+use crate::sticky::Sticky;
 use crate::upstream::{IdleConnections, Upstream};
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -230,6 +231,8 @@ pub struct Pool {
     /// Taken to eject, so that two failing backends at once cannot both
     /// pass the `max_ejected_percent` cap.
     eject_lock: Mutex<()>,
+    /// `sticky`: the cookie naming its backends.
+    pub sticky: Option<Sticky>,
 }
 
 pub struct Backend {
@@ -365,6 +368,50 @@ impl Pool {
             return Ok(got);
         }
         self.queue(tried, key, limit as usize, wait).await
+    }
+
+    /// As [`Pool::acquire`], but a request whose sticky cookie named
+    /// backend `pinned` goes there while it may be picked (up, undrained,
+    /// not ejected), waiting in the queue for it when it is full, as
+    /// HAProxy queues for a persisted server. Else, and for retries, the
+    /// balancer picks.
+    pub async fn acquire_pinned(
+        &self,
+        pinned: Option<usize>,
+        tried: &[usize],
+        key: u64,
+        wait: Duration,
+    ) -> Acquired {
+        if let Some(i) = pinned
+            && tried.is_empty()
+            && i < self.backends.len()
+        {
+            let view = PickView {
+                pool: self,
+                tried,
+                limit: usize::MAX,
+            };
+            if view.eligible(i) {
+                let shared = &self.backends[i].shared;
+                let Some(limit) = self.config.limits.max_connections else {
+                    return Ok((i, ActiveGuard::new(shared.clone())));
+                };
+                if self.shared.waiting() == 0
+                    && let Some(guard) =
+                        ActiveGuard::within(shared.clone(), limit as usize, self.shared.clone())
+                {
+                    return Ok((i, guard));
+                }
+                // Every other backend counts as tried: the queue waits for this one.
+                let others: Vec<usize> = (0..self.backends.len()).filter(|&j| j != i).collect();
+                match self.queue(&others, key, limit as usize, wait).await {
+                    // It went down or was ejected while waiting.
+                    Err(Denied::NoBackend) => {}
+                    got => return got,
+                }
+            }
+        }
+        self.acquire(tried, key, wait).await
     }
 
     /// A backend below `limit`, its slot taken; None if none has room.
@@ -663,6 +710,10 @@ pub fn compile(
                 backends,
                 shared: PoolShared::get(&registry.pools, &pc.name),
                 eject_lock: Mutex::new(()),
+                sticky: pc.sticky.as_ref().map(|s| {
+                    let addrs: Vec<SocketAddr> = pc.backends.iter().map(|b| b.addr).collect();
+                    Sticky::new(&pc.name, s, &addrs)
+                }),
             })
         })
         .collect();

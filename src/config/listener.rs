@@ -51,8 +51,20 @@ impl Ctx {
             |c, f| c.uint(f, 1, 10_000),
         );
         let headers = self.listener_headers(t, protocol);
+        let client_auth = self.maybe(t, "client_auth", |c, f| c.client_auth(f, protocol));
         let protocol = protocol?;
         let (tls, acme) = tls?.unwrap_or_default();
+        if acme.is_some()
+            && let Some(f) = t.field("client_auth")
+        {
+            // An ACME listener's server config is built by the ACME
+            // resolver, which asks for no client certificates.
+            self.bad(
+                &f,
+                "client_auth needs certificate files in tls: ACME listeners do not ask for client certificates",
+            );
+            return None;
+        }
         if !self.protocol_rules(t, protocol, pools) {
             return None;
         }
@@ -73,6 +85,7 @@ impl Ctx {
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
             headers: headers?,
+            client_auth: client_auth?,
         })
     }
 
@@ -149,12 +162,14 @@ impl Ctx {
             if let Some(f) = t.field("pool")
                 && let Some(name) = f.get().as_str()
                 && let Some(pool) = pools.iter().find(|p| p.name == name)
-                && (pool.tls.is_some() || pool.backend_protocol != BackendProtocol::Http1)
+                && (pool.tls.is_some()
+                    || pool.backend_protocol != BackendProtocol::Http1
+                    || pool.sticky.is_some())
             {
                 self.bad(
                     &f,
                     format!(
-                        "pool \"{name}\" sets tls or backend_protocol, which only http and https \
+                        "pool \"{name}\" sets tls, backend_protocol or sticky, which only http and https \
                          listeners use: a tcp listener copies bytes as they come"
                     ),
                 );

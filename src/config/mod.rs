@@ -22,6 +22,7 @@ mod model;
 mod parse;
 mod pool;
 mod record;
+mod sticky;
 mod token;
 mod values;
 mod walk;

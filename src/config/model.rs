@@ -369,6 +369,47 @@ pub struct PoolConfig {
     pub outlier: OutlierConfig,
     /// `retry_budget` (extension).
     pub retry_budget: RetryBudgetConfig,
+    /// `sticky` (extension): sessions kept on one backend by a cookie
+    /// geolb sets.
+    pub sticky: Option<StickyConfig>,
+}
+
+/// `sticky = { cookie = ..., ... }` of a pool: HAProxy's
+/// `cookie NAME insert indirect nocache`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StickyConfig {
+    /// `cookie` (required): the cookie's name, an RFC 6265 token.
+    pub cookie: String,
+    /// `max_age` (optional): none makes a session cookie.
+    pub max_age: Option<Duration>,
+    /// `secure` (optional): none means Secure exactly on https listeners.
+    pub secure: Option<bool>,
+    /// `http_only` (optional, true).
+    pub http_only: bool,
+    /// `same_site` (optional, none).
+    pub same_site: Option<SameSite>,
+    /// `secret` (optional): keys the cookie values, so that no one can
+    /// compute a backend's value from its address.
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub const SPELLINGS: &[(&str, Self)] = &[
+        ("Strict", Self::Strict),
+        ("Lax", Self::Lax),
+        ("None", Self::None),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
 }
 
 /// How much one backend of a pool takes at once, and what waits for it.
@@ -591,6 +632,19 @@ pub struct ListenerConfig {
     /// `request_headers`, `response_headers`, `request_id`, `hsts`
     /// (extension; http and https only).
     pub headers: ListenerHeaders,
+    /// `client_auth` (extension; https only; optional, none): client
+    /// certificates asked for and verified.
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// `client_auth = { ca = ..., required = ... }` of an https listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthConfig {
+    /// PEM CA certificates that client certificates must chain to.
+    pub ca: PathBuf,
+    /// `required` (optional, true): a client without a valid certificate
+    /// fails the handshake; false serves it, without the certificate.
+    pub required: bool,
 }
 
 /// `[[listener]] client_limits`: what one client, known by its address
@@ -815,6 +869,7 @@ mod tests {
         round_trips(Balance::SPELLINGS, Balance::as_str);
         round_trips(Protocol::SPELLINGS, Protocol::as_str);
         round_trips(AcmeChallenge::SPELLINGS, AcmeChallenge::as_str);
+        round_trips(SameSite::SPELLINGS, SameSite::as_str);
         round_trips(BackendProtocol::SPELLINGS, BackendProtocol::as_str);
         round_trips(
             ProxyProtocolVersion::SPELLINGS,

@@ -74,6 +74,9 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
             files.push((format!("listener[{i}].tls[{j}].cert"), &tls.cert));
             files.push((format!("listener[{i}].tls[{j}].key"), &tls.key));
         }
+        if let Some(auth) = &listener.client_auth {
+            files.push((format!("listener[{i}].client_auth.ca"), &auth.ca));
+        }
     }
     let ca_of = |check: &'_ CheckConfig| match &check.probe {
         Probe::Http(h) => h.ca.clone(),

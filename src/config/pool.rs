@@ -57,6 +57,7 @@ impl Ctx {
             RetryBudgetConfig::default(),
             Ctx::retry_budget,
         );
+        let sticky = self.maybe(t, "sticky", Ctx::sticky);
         if let (Some(protocol), Some(tls), Some(f)) =
             (backend_protocol, &tls, t.field("backend_protocol"))
         {
@@ -85,6 +86,7 @@ impl Ctx {
             limits: limits?,
             outlier: outlier?,
             retry_budget: retry_budget?,
+            sticky: sticky?,
         })
     }
 

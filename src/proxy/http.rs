@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{Completion, ResponseBody};
+use super::client_cert::{self, ClientCert};
 use super::header_rules::{Reply, X_REQUEST_ID};
 use super::headers;
 use super::stall::Stalls;
@@ -128,7 +129,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                     tracing::debug!(client = %client, "client over its connection limit: closed");
                     return;
                 }
-                serve_connection(stream, client, None, ctx2, Arc::new(slot)).await
+                serve_connection(stream, client, None, None, ctx2, Arc::new(slot)).await
             });
         },
     )
@@ -170,14 +171,19 @@ struct ConnCtx {
     stalls: Stalls,
     /// What the client negotiated, on https listeners (for the access log).
     tls: Option<TlsInfo>,
+    /// On https listeners with `client_auth`: what backends learn of the
+    /// client's certificate.
+    client_cert: Option<ClientCert>,
 }
 
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
-/// a tunnel upgraded from it ends. `tls`: what an https client negotiated.
+/// a tunnel upgraded from it ends. `tls`: what an https client negotiated;
+/// `client_cert`: its certificate, on a listener that asks for one.
 pub async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     tls: Option<TlsInfo>,
+    client_cert: Option<ClientCert>,
     ctx: Arc<HttpContext>,
     slot: Arc<Slot>,
 ) where
@@ -197,6 +203,7 @@ pub async fn serve_connection<I>(
         slot,
         stalls: Stalls::new(),
         tls,
+        client_cert,
     });
     let watched = conn_ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -415,6 +422,12 @@ async fn handle(
             HeaderValue::from_static("chunked"),
         );
     }
+    client_cert::strip_forged(req.headers_mut());
+    if let Some(cert) = &conn.client_cert {
+        cert.add(req.headers_mut());
+    }
+    // Taken off before the request goes on (HAProxy's `indirect`).
+    let pinned = pool.sticky.as_ref().and_then(|s| s.take(req.headers_mut()));
     headers::add_forwarded(
         req.headers_mut(),
         &conn.client,
@@ -474,7 +487,10 @@ async fn handle(
     // counting as a retry; this bounds how often that can happen.
     let mut stale_left = 8;
     while tried.len() <= retries {
-        let (index, active) = match pool.acquire(&tried, key, queue_timeout).await {
+        let (index, active) = match pool
+            .acquire_pinned(pinned, &tried, key, queue_timeout)
+            .await
+        {
             Ok(got) => got,
             Err(Denied::NoBackend) => break,
             Err(refusal) => {
@@ -562,6 +578,11 @@ async fn handle(
                 }
                 // Clients get HTTP/1.1 or HTTP/2 from their own connection.
                 *resp.version_mut() = Version::HTTP_11;
+                if let Some(sticky) = &pool.sticky
+                    && pinned != Some(index)
+                {
+                    sticky.set(resp.headers_mut(), index, conn.tls.is_some());
+                }
                 if let (Some(a), Some((connect, sent_at))) = (completion.access.as_mut(), sent) {
                     a.backend = Some(backend.label.clone());
                     a.retries = (tried.len() - 1) as u32;

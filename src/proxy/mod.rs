@@ -8,12 +8,14 @@
 //! applies the configured header rules; `activity` enforces the
 //! client-side header and idle timeouts; `stall` cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
-//! be forwarded. Backend connections are opened and kept by
+//! be forwarded; `client_cert` verifies client certificates and tells
+//! backends about them. Backend connections are opened and kept by
 //! [`crate::upstream`], PROXY headers coded by
 //! [`crate::proxy_protocol`], connections accepted by [`crate::accept`].
 
 mod activity;
 pub mod body;
+pub mod client_cert;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;

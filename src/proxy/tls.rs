@@ -18,10 +18,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
+use super::client_cert::{self, ClientCert};
 use super::http::{self, HttpContext};
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::accesslog::TlsInfo;
-use crate::config::{ConfigError, TlsCertConfig};
+use crate::config::{ClientAuthConfig, ConfigError, TlsCertConfig};
 use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
 use crate::proxy_protocol;
@@ -83,7 +84,22 @@ pub fn server_config(
             "an https listener needs at least one certificate",
         )]);
     }
-    build(&key, certs, &[b"h2", b"http/1.1"])
+    build(&key, certs, &[b"h2", b"http/1.1"], None)
+}
+
+/// As [`server_config`], asking clients for certificates as `client_auth`
+/// says (its errors at `listener[i].client_auth.ca`).
+pub fn listener_server_config(
+    listener_index: usize,
+    certs: &[TlsCertConfig],
+    client_auth: Option<&ClientAuthConfig>,
+) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
+    let Some(auth) = client_auth else {
+        return server_config(listener_index, certs);
+    };
+    let key = format!("listener[{listener_index}].tls");
+    let auth = (format!("listener[{listener_index}].client_auth"), auth);
+    build(&key, certs, &[b"h2", b"http/1.1"], Some(auth))
 }
 
 /// The server config of the admin listener (`[admin] tls`): as an https
@@ -91,14 +107,16 @@ pub fn server_config(
 pub fn admin_server_config(
     certs: &[TlsCertConfig],
 ) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
-    build("admin.tls", certs, &[b"http/1.1"])
+    build("admin.tls", certs, &[b"http/1.1"], None)
 }
 
-/// The certificates of the `tls` list at `key` (non-empty), offering `alpn`.
+/// The certificates of the `tls` list at `key` (non-empty), offering
+/// `alpn`, verifying clients by `client_auth` (at its key path) if given.
 fn build(
     key: &str,
     certs: &[TlsCertConfig],
     alpn: &[&[u8]],
+    client_auth: Option<(String, &ClientAuthConfig)>,
 ) -> Result<(Arc<ServerConfig>, Vec<CertInfo>), Vec<ConfigError>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut errors = Vec::new();
@@ -109,6 +127,10 @@ fn build(
             Ok(l) => loaded.push(l),
             Err(mut e) => errors.append(&mut e),
         }
+    }
+    let verifier = client_auth.map(|(path, auth)| client_cert::verifier(&path, auth, &provider));
+    if let Some(Err(e)) = &verifier {
+        errors.push(e.clone());
     }
     if loaded.is_empty() && errors.is_empty() {
         errors.push(ConfigError::at(key, "at least one certificate is needed"));
@@ -124,11 +146,14 @@ fn build(
             format_args!("cannot build the TLS configuration: {e}"),
         )]
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(general)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(general)?;
+    let builder = match verifier {
+        Some(Ok(v)) => builder.with_client_cert_verifier(v),
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Stateless resumption: returning clients skip the full handshake
     // without a per-client cache entry here.
@@ -336,14 +361,16 @@ async fn connection(
     tls: Arc<ArcSwap<ServerConfig>>,
     mut slot: Slot,
 ) {
-    let (name, header_timeout, accept_proxy) = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => (
-            l.config.name.clone(),
-            l.config.timeouts.header,
-            l.config.accept_proxy_protocol,
-        ),
-        None => return,
-    };
+    let (name, header_timeout, accept_proxy, client_auth) =
+        match ctx.snapshot.load().listeners.get(&ctx.id) {
+            Some(l) => (
+                l.config.name.clone(),
+                l.config.timeouts.header,
+                l.config.accept_proxy_protocol,
+                l.config.client_auth.is_some(),
+            ),
+            None => return,
+        };
     // One deadline for everything before the first request, so a PROXY
     // header and a handshake cannot each take the whole timeout.
     let deadline = tokio::time::Instant::now() + header_timeout;
@@ -378,10 +405,13 @@ async fn connection(
                     .and_then(|c| c.suite().as_str())
                     .unwrap_or("-"),
             };
+            // Once per connection: its requests clone the headers.
+            let cert = client_auth.then(|| ClientCert::of(session.peer_certificates()));
             return http::serve_connection(
                 tls_stream,
                 client,
                 Some(negotiated),
+                cert,
                 ctx,
                 Arc::new(slot),
             )
