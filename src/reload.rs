@@ -348,6 +348,7 @@ pub fn apply(
     daemon.admin_token.store(Arc::new(admin_token));
     if let Some((server, infos)) = admin_tls {
         tls::warn_expiring("admin", &infos, std::time::SystemTime::now());
+        tls::start_stapling(&infos);
         daemon.admin_tls.store(Some(server));
     }
     if start == Start::AfterFirstChecks {
@@ -556,6 +557,7 @@ fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<
         .filter_map(|(l, t)| {
             let (_, infos) = t.as_ref()?;
             tls::warn_expiring(&l.name, infos, now);
+            tls::start_stapling(infos);
             Some((l.name.clone(), infos.clone()))
         })
         .collect()

@@ -640,6 +640,16 @@ pub struct TlsCertConfig {
     /// Absolute paths.
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub ocsp: OcspConfig,
+}
+
+/// OCSP stapling for one certificate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OcspConfig {
+    /// `ocsp`; None when not set: on when the certificate names a responder.
+    pub enabled: Option<bool>,
+    /// `ocsp_responder`: an http:// URL used instead of the certificate's.
+    pub responder: Option<String>,
 }
 
 /// The config spelling of `value`: one table per enum serves both the

@@ -18,6 +18,7 @@ pub mod body;
 pub mod fuzz;
 mod headers;
 pub mod http;
+pub mod ocsp;
 mod stall;
 pub mod tcp;
 pub mod tls;

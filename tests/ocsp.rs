@@ -1,0 +1,418 @@
+//! OCSP stapling through real sockets: a test CA made with `openssl`, a
+//! responder on loopback that answers with `openssl ocsp` in responder
+//! mode (index file, signer), the real `geolb run`, and a rustls client
+//! that records the staple its handshake carries.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use support::{Geolb, eventually, metric_value};
+use tokio::net::TcpListener;
+
+const LIMIT: Duration = Duration::from_secs(20);
+/// Retries and refreshes this short (`GEOLB_OCSP_MIN_INTERVAL_MS`), so a
+/// responder that comes up is seen within a second or two.
+const MIN_INTERVAL_MS: &str = "100";
+
+fn openssl_missing() -> bool {
+    let found = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: `openssl` is not installed (apt-get install openssl)");
+    }
+    !found
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for `ocsp.test` (serial 1001) whose AIA
+/// names `responder`, its chain file (leaf then CA), and what the
+/// responder signs with.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new(dir: tempfile::TempDir, responder: SocketAddr) -> Pki {
+        let pki = Pki { dir };
+        pki.ca("ca", "/CN=Test OCSP CA");
+        pki.issue(
+            "leaf",
+            "/CN=ocsp.test",
+            "1001",
+            &format!(
+                "subjectAltName=DNS:ocsp.test\nauthorityInfoAccess=OCSP;URI:http://{responder}/\n"
+            ),
+        );
+        let chain = [pki.read("leaf.pem"), pki.read("ca.pem")].concat();
+        std::fs::write(pki.path("chain.pem"), chain).unwrap();
+        pki.set_status('V');
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+
+    /// A self-signed CA `name`.pem / `name`.key.
+    fn ca(&self, name: &str, subject: &str) {
+        openssl(
+            self.dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "30",
+                "-subj",
+                subject,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            ],
+        );
+    }
+
+    /// `name`.pem / `name`.key signed by the CA, with extensions `ext`.
+    fn issue(&self, name: &str, subject: &str, serial: &str, ext: &str) {
+        let dir = self.dir.path();
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                subject,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &format!("0x{serial}"),
+                "-days",
+                "30",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+
+    /// The index the responder answers from: the leaf valid (`V`) or
+    /// revoked (`R`).
+    fn set_status(&self, status: char) {
+        let revoked = if status == 'R' { "260101000000Z" } else { "" };
+        let line = format!("{status}\t301231000000Z\t{revoked}\t1001\tunknown\t/CN=ocsp.test\n");
+        std::fs::write(self.path("index.txt"), line).unwrap();
+    }
+
+    /// The https listener's config over the chain and key.
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"web\"\nbackends = [{{ addr = \"{}\" }}]\n\n\
+             [[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+             pool = \"web\"\ntls = [{{ cert = {:?}, key = {:?}{extra} }}]\n",
+            "127.0.0.1:9",
+            self.path("chain.pem").display().to_string(),
+            self.path("leaf.key").display().to_string(),
+        )
+    }
+
+    /// Whether `staple` is a response that openssl verifies against the
+    /// CA and reports "good" for the leaf.
+    fn says_good(&self, staple: &[u8]) -> bool {
+        std::fs::write(self.path("staple.der"), staple).unwrap();
+        let out = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-respin",
+                "staple.der",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                "leaf.pem",
+                "-CAfile",
+                "ca.pem",
+            ])
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("leaf.pem: good")
+    }
+}
+
+/// An OCSP responder on loopback: each POSTed request answered by
+/// `openssl ocsp` in responder mode, signed by `signer` (.pem/.key in the
+/// PKI's directory). While `down`, connections are closed unanswered.
+struct Responder {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    signer: Arc<Mutex<String>>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Responder {
+    async fn start(dir: PathBuf) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let r = Responder {
+            addr: listener.local_addr().unwrap(),
+            down: Arc::new(AtomicBool::new(false)),
+            served: Arc::new(AtomicUsize::new(0)),
+            signer: Arc::new(Mutex::new("ca".to_owned())),
+            _stop: stop.clone().drop_guard(),
+        };
+        let (down, served, signer) = (r.down.clone(), r.served.clone(), r.signer.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    s = listener.accept() => match s { Ok((s, _)) => s, Err(_) => continue },
+                };
+                if down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let (dir, served, signer) = (dir.clone(), served.clone(), signer.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (dir, served, signer) = (dir.clone(), served.clone(), signer.clone());
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let signer = signer.lock().unwrap().clone();
+                            let answer = answer(&dir, &body, &signer);
+                            served.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/ocsp-response")
+                                    .body(Full::new(Bytes::from(answer)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        r
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+/// openssl's answer to the DER `request`, from the index, signed by `signer`.
+fn answer(dir: &Path, request: &[u8], signer: &str) -> Vec<u8> {
+    let id = fastrand::u64(..);
+    let (req, resp) = (format!("req-{id}.der"), format!("resp-{id}.der"));
+    std::fs::write(dir.join(&req), request).unwrap();
+    openssl(
+        dir,
+        &[
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            &format!("{signer}.pem"),
+            "-rkey",
+            &format!("{signer}.key"),
+            "-reqin",
+            &req,
+            "-respout",
+            &resp,
+            "-ndays",
+            "1",
+        ],
+    );
+    std::fs::read(dir.join(resp)).unwrap()
+}
+
+/// Accepts any server certificate and keeps the OCSP response the
+/// handshake carried (what a browser would check).
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<u8>>);
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        ocsp_response: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = ocsp_response.to_vec();
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The staple of one fresh handshake with `addr` (empty: none).
+async fn staple(addr: SocketAddr) -> Vec<u8> {
+    let recorder = Arc::new(Recorder::default());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(recorder.clone())
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("ocsp.test").unwrap(), tcp)
+        .await
+        .expect("the handshake never fails for OCSP's sake");
+    recorder.0.lock().unwrap().clone()
+}
+
+/// A responder answering from the files of a PKI whose certificate
+/// names it.
+async fn setup() -> (Pki, Responder) {
+    let dir = tempfile::tempdir().unwrap();
+    let responder = Responder::start(dir.path().to_path_buf()).await;
+    (Pki::new(dir, responder.addr), responder)
+}
+
+async fn start_geolb(config: &str) -> Geolb {
+    let mut geolb = Geolb::spawn(config, &[("GEOLB_OCSP_MIN_INTERVAL_MS", MIN_INTERVAL_MS)]);
+    geolb.wait_started().await;
+    geolb
+}
+
+async fn fetch_errors(geolb: &Geolb, pki: &Pki) -> f64 {
+    let series = format!(
+        "geolb_tls_ocsp_fetch_errors_total{{cert=\"{}\"}}",
+        pki.path("chain.pem").display()
+    );
+    metric_value(&geolb.metrics().await, &series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_good_response_is_stapled_and_kept_across_a_reload() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    let geolb = start_geolb(&pki.config("")).await;
+    let tls = geolb.listener("tls");
+    eventually("a staple in the handshake", LIMIT, || async {
+        !staple(tls).await.is_empty()
+    })
+    .await;
+    assert!(pki.says_good(&staple(tls).await));
+    let metrics = geolb.metrics().await;
+    let series = format!(
+        "geolb_tls_ocsp_staple_valid_seconds{{listener=\"tls\",cert=\"{}\"}}",
+        pki.path("chain.pem").display()
+    );
+    let valid = metric_value(&metrics, &series).expect("the staple gauge");
+    assert!(valid > 23.0 * 3600.0 && valid <= 24.0 * 3600.0, "{valid}");
+
+    // A reload with the same certificate keeps the staple and its fetcher:
+    // no window without it, no new request to the responder.
+    let served = responder.served();
+    responder.down.store(true, Ordering::SeqCst);
+    geolb
+        .write_config(&pki.config("").replace("127.0.0.1:9", "127.0.0.1:10"))
+        .unwrap();
+    geolb.signal("HUP");
+    eventually("the reload", LIMIT, || async {
+        geolb
+            .metrics()
+            .await
+            .contains("geolb_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
+    assert!(pki.says_good(&staple(tls).await));
+    assert_eq!(responder.served(), served);
+    assert_eq!(fetch_errors(&geolb, &pki).await, 0.0);
+}
