@@ -34,7 +34,7 @@ fn openssl_missing() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("skipped: `openssl` is not installed (apt-get install openssl)");
+        eprintln!("SKIPPED: `openssl` is not installed (apt-get install openssl)");
     }
     !found
 }
@@ -415,4 +415,180 @@ async fn a_good_response_is_stapled_and_kept_across_a_reload() {
     assert!(pki.says_good(&staple(tls).await));
     assert_eq!(responder.served(), served);
     assert_eq!(fetch_errors(&geolb, &pki).await, 0.0);
+}
+
+/// `geolb_config_reloads_total{result="success"}` reaches `n`.
+async fn reloaded(geolb: &Geolb, n: u32) {
+    let series = format!("geolb_config_reloads_total{{result=\"success\"}} {n}");
+    eventually("the reload", LIMIT, || async {
+        geolb.metrics().await.contains(&series)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_not_stapled_until_it_is_good() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    pki.set_status('R');
+    let geolb = start_geolb(&pki.config("")).await;
+    let tls = geolb.listener("tls");
+    eventually("the revoked answer counted", LIMIT, || async {
+        fetch_errors(&geolb, &pki).await >= 1.0
+    })
+    .await;
+    assert!(responder.served() >= 1);
+    assert!(staple(tls).await.is_empty());
+    assert!(
+        geolb.log().contains("the certificate is revoked"),
+        "{}",
+        geolb.log()
+    );
+    // The same certificate good again (a test's liberty): the retry staples.
+    pki.set_status('V');
+    eventually("a staple once the answer is good", LIMIT, || async {
+        !staple(tls).await.is_empty()
+    })
+    .await;
+    assert!(pki.says_good(&staple(tls).await));
+}
+
+#[tokio::test]
+async fn a_responder_down_at_start_is_retried_while_handshakes_go_on() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    responder.down.store(true, Ordering::SeqCst);
+    let geolb = start_geolb(&pki.config("")).await;
+    let tls = geolb.listener("tls");
+    eventually("failed fetches counted", LIMIT, || async {
+        fetch_errors(&geolb, &pki).await >= 2.0
+    })
+    .await;
+    assert!(staple(tls).await.is_empty(), "no staple while down");
+    let metrics = geolb.metrics().await;
+    let series = format!(
+        "geolb_tls_ocsp_staple_valid_seconds{{listener=\"tls\",cert=\"{}\"}}",
+        pki.path("chain.pem").display()
+    );
+    assert_eq!(metric_value(&metrics, &series), Some(0.0), "{metrics}");
+    responder.down.store(false, Ordering::SeqCst);
+    eventually("a staple once the responder is up", LIMIT, || async {
+        !staple(tls).await.is_empty()
+    })
+    .await;
+    assert!(pki.says_good(&staple(tls).await));
+}
+
+#[tokio::test]
+async fn a_response_signed_by_an_unrelated_key_is_not_stapled() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    pki.ca("other", "/CN=Unrelated CA");
+    *responder.signer.lock().unwrap() = "other".to_owned();
+    let geolb = start_geolb(&pki.config("")).await;
+    let tls = geolb.listener("tls");
+    eventually("the forged answer counted", LIMIT, || async {
+        fetch_errors(&geolb, &pki).await >= 1.0
+    })
+    .await;
+    assert!(staple(tls).await.is_empty());
+    assert!(geolb.log().contains("signature"), "{}", geolb.log());
+}
+
+#[tokio::test]
+async fn a_responder_the_issuer_delegated_to_is_trusted() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    pki.issue(
+        "delegate",
+        "/CN=Test OCSP responder",
+        "2002",
+        "extendedKeyUsage=OCSPSigning\n",
+    );
+    *responder.signer.lock().unwrap() = "delegate".to_owned();
+    let geolb = start_geolb(&pki.config("")).await;
+    let tls = geolb.listener("tls");
+    eventually("a staple signed by the delegate", LIMIT, || async {
+        !staple(tls).await.is_empty()
+    })
+    .await;
+    assert!(pki.says_good(&staple(tls).await));
+}
+
+#[tokio::test]
+async fn ocsp_false_and_ocsp_responder_by_reload() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    let geolb = start_geolb(&pki.config(", ocsp = false")).await;
+    let tls = geolb.listener("tls");
+    assert!(staple(tls).await.is_empty());
+    // A second responder, named by ocsp_responder instead of the
+    // certificate's AIA (which points at the first, now down).
+    responder.down.store(true, Ordering::SeqCst);
+    let other = Responder::start(pki.dir.path().to_path_buf()).await;
+    let url = format!(", ocsp_responder = \"http://{}/\"", other.addr);
+    geolb.write_config(&pki.config(&url)).unwrap();
+    geolb.signal("HUP");
+    reloaded(&geolb, 1).await;
+    eventually("a staple from ocsp_responder", LIMIT, || async {
+        !staple(tls).await.is_empty()
+    })
+    .await;
+    assert_eq!(responder.served(), 0, "the AIA responder was never asked");
+    assert!(other.served() >= 1);
+    // Stapling turned off by reload: the next handshake has none.
+    geolb.write_config(&pki.config(", ocsp = false")).unwrap();
+    geolb.signal("HUP");
+    reloaded(&geolb, 2).await;
+    assert!(staple(tls).await.is_empty());
+}
+
+#[test]
+fn ocsp_true_needs_a_responder_and_an_issuer() {
+    use geolb::config::{OcspConfig, TlsCertConfig};
+    use support::library::Pki as TestCa;
+    let ca = TestCa::new();
+    // rcgen's leaf: no AIA, its file the leaf then the CA; `alone` the
+    // leaf without its issuer.
+    let leaf = ca.leaf("a", &["a.test"]);
+    let pem = std::fs::read_to_string(&leaf.cert).unwrap();
+    let end = "-----END CERTIFICATE-----\n";
+    let alone = ca.dir.path().join("alone.pem");
+    std::fs::write(&alone, &pem[..pem.find(end).unwrap() + end.len()]).unwrap();
+    let entry = |cert: &Path, enabled, responder: Option<&str>| TlsCertConfig {
+        cert: cert.to_path_buf(),
+        key: leaf.key.clone(),
+        ocsp: OcspConfig {
+            enabled,
+            responder: responder.map(str::to_owned),
+        },
+    };
+    let shown = |e: Vec<geolb::config::ConfigError>| {
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "listener[3].tls[0].ocsp");
+        e[0].to_string()
+    };
+    let tls = geolb::proxy::tls::server_config;
+    let url = Some("http://127.0.0.1:9/");
+    let e = shown(tls(3, &[entry(&leaf.cert, Some(true), None)]).unwrap_err());
+    assert!(e.contains("names no OCSP responder"), "{e}");
+    let e = shown(tls(3, &[entry(&alone, Some(true), url)]).unwrap_err());
+    assert!(e.contains("no issuer certificate after it"), "{e}");
+    // Not asked for: served without stapling, or stapled where it can be.
+    let (_, infos) = tls(3, &[entry(&alone, None, url)]).unwrap();
+    assert!(infos[0].ocsp.is_none());
+    let (_, infos) = tls(3, &[entry(&leaf.cert, None, None)]).unwrap();
+    assert!(infos[0].ocsp.is_none());
+    let (_, infos) = tls(3, &[entry(&leaf.cert, None, url)]).unwrap();
+    assert!(infos[0].ocsp.is_some());
 }
