@@ -307,3 +307,200 @@ fn algorithms(oid: ObjectIdentifier) -> Vec<&'static dyn VerificationAlgorithm> 
         _ => vec![],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use der::asn1::{BitString, GeneralizedTime};
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    use x509_ocsp::{
+        OcspGeneralizedTime, ResponderId, ResponseData, RevokedInfo, SingleResponse, Version,
+    };
+
+    use super::*;
+
+    const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+        signer: EcdsaKeyPair,
+    }
+
+    fn new_ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let signer = signer(&key);
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, key).unwrap();
+        Ca { issuer, signer }
+    }
+
+    fn signer(key: &KeyPair) -> EcdsaKeyPair {
+        let rng = SystemRandom::new();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key.serialize_der(), &rng)
+            .unwrap()
+    }
+
+    /// A leaf of `ca` and the Subject for it.
+    fn subject(ca: &Ca) -> (Subject, Certificate) {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let leaf = params.signed_by(&key, &ca.issuer).unwrap();
+        let s = Subject::new(leaf.der(), ca.issuer.der()).unwrap();
+        (s, Certificate::from_der(leaf.der()).unwrap())
+    }
+
+    fn time(t: SystemTime) -> OcspGeneralizedTime {
+        let d = t.duration_since(UNIX_EPOCH).unwrap();
+        OcspGeneralizedTime(GeneralizedTime::from_unix_duration(d).unwrap())
+    }
+
+    /// An answer about `id`, signed by `by`, with `certs` attached.
+    fn answer(
+        id: CertId,
+        status: CertStatus,
+        this: SystemTime,
+        next: Option<SystemTime>,
+        by: &EcdsaKeyPair,
+        certs: Option<Vec<Certificate>>,
+    ) -> Vec<u8> {
+        let tbs = ResponseData {
+            version: Version::V1,
+            responder_id: ResponderId::ByKey(OctetString::new(vec![1; 20]).unwrap()),
+            produced_at: time(this),
+            responses: vec![SingleResponse {
+                cert_id: id,
+                cert_status: status,
+                this_update: time(this),
+                next_update: next.map(time),
+                single_extensions: None,
+            }],
+            response_extensions: None,
+        };
+        let signature = by
+            .sign(&SystemRandom::new(), &tbs.to_der().unwrap())
+            .unwrap();
+        let basic = BasicOcspResponse {
+            tbs_response_data: tbs,
+            signature_algorithm: AlgorithmIdentifierOwned {
+                oid: ECDSA_SHA256,
+                parameters: None,
+            },
+            signature: BitString::from_bytes(signature.as_ref()).unwrap(),
+            certs,
+        };
+        OcspResponse::successful(basic).unwrap().to_der().unwrap()
+    }
+
+    #[test]
+    fn only_good_current_answers_for_this_certificate_signed_by_its_issuer() {
+        let ca = new_ca("CA");
+        let (s, leaf) = subject(&ca);
+        let issuer = Certificate::from_der(ca.issuer.der()).unwrap();
+        let now = SystemTime::now();
+        let ours = s.cert_id.clone();
+        let good = CertStatus::good();
+        let answer_for = |id: CertId, status, this, next| {
+            s.check(&answer(id, status, this, next, &ca.signer, None), now)
+        };
+
+        let ok = answer_for(ours.clone(), good, now - HOUR, Some(now + HOUR)).unwrap();
+        assert_eq!(
+            ok.next_update,
+            UNIX_EPOCH + time(now + HOUR).0.to_unix_duration()
+        );
+        // Hashed by SHA-256 instead of the request's SHA-1.
+        let sha256 = cert_id(&issuer, leaf.tbs_certificate.serial_number.clone(), SHA256).unwrap();
+        assert!(answer_for(sha256, good, now - HOUR, Some(now + HOUR)).is_ok());
+        // No nextUpdate: a day from thisUpdate.
+        let ok = answer_for(ours.clone(), good, now - HOUR, None).unwrap();
+        assert_eq!(ok.next_update, ok.this_update + WITHOUT_NEXT_UPDATE);
+
+        let expired = answer_for(ours.clone(), good, now - 2 * HOUR, Some(now - HOUR));
+        assert_eq!(expired, Err(Rejected::Expired));
+        let early = answer_for(ours.clone(), good, now + HOUR, Some(now + 2 * HOUR));
+        assert_eq!(early, Err(Rejected::NotYetValid));
+        let revoked = CertStatus::Revoked(RevokedInfo {
+            revocation_time: time(now - HOUR),
+            revocation_reason: None,
+        });
+        let r = answer_for(ours.clone(), revoked, now - HOUR, Some(now + HOUR));
+        assert_eq!(r, Err(Rejected::Revoked));
+        let r = answer_for(ours.clone(), CertStatus::unknown(), now, Some(now + HOUR));
+        assert_eq!(r, Err(Rejected::Unknown));
+
+        // Another certificate of the same CA.
+        let (other, _) = subject(&ca);
+        let r = answer_for(other.cert_id.clone(), good, now, Some(now + HOUR));
+        assert_eq!(r, Err(Rejected::OtherCertificate));
+
+        // Signed by another CA's key, even with its certificate attached.
+        let stranger = new_ca("Stranger");
+        let attached = Certificate::from_der(stranger.issuer.der()).unwrap();
+        let forged = answer(
+            ours,
+            good,
+            now,
+            Some(now + HOUR),
+            &stranger.signer,
+            Some(vec![attached]),
+        );
+        assert_eq!(s.check(&forged, now), Err(Rejected::BadSignature));
+    }
+
+    #[test]
+    fn what_is_not_an_answer_is_refused_without_panicking() {
+        let ca = new_ca("CA");
+        let (s, _) = subject(&ca);
+        let now = SystemTime::now();
+        let later = OcspResponse::try_later().to_der().unwrap();
+        assert_eq!(
+            s.check(&later, now),
+            Err(Rejected::Unsuccessful(OcspResponseStatus::TryLater))
+        );
+        assert!(matches!(s.check(b"", now), Err(Rejected::Malformed(_))));
+        let good = answer(
+            s.cert_id.clone(),
+            CertStatus::good(),
+            now,
+            None,
+            &ca.signer,
+            None,
+        );
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2_000 {
+            let mut damaged = good.clone();
+            let at = rng.usize(..damaged.len());
+            damaged[at] ^= 1 << rng.u8(..8);
+            damaged.truncate(rng.usize(at..=damaged.len()));
+            // Whatever it says, a damaged answer is never stapled.
+            assert!(s.check(&damaged, now).is_err());
+        }
+        let request = s.request();
+        assert_eq!(
+            OcspRequest::from_der(&request)
+                .unwrap()
+                .tbs_request
+                .request_list[0]
+                .req_cert,
+            s.cert_id
+        );
+    }
+
+    #[test]
+    fn the_issuer_must_be_the_next_certificate() {
+        let ca = new_ca("CA");
+        let stranger = new_ca("Stranger");
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let leaf = params.signed_by(&key, &ca.issuer).unwrap();
+        let e = Subject::new(leaf.der(), stranger.issuer.der()).unwrap_err();
+        assert!(e.contains("did not issue"), "{e}");
+        assert!(Subject::new(b"junk", ca.issuer.der()).is_err());
+    }
+}
