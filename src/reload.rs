@@ -107,6 +107,7 @@ fn read_admin_token(config: &Config, errors: &mut Vec<ConfigError>) -> Option<Ar
 /// to `errors`. Files that `check_files` already reported are not tried
 /// again, so each problem is said once.
 fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<LoadedTls>> {
+    tls::keep_ocsp_responses_in(&config.runtime.state_dir);
     config
         .listeners
         .iter()

@@ -592,3 +592,28 @@ fn ocsp_true_needs_a_responder_and_an_issuer() {
     let (_, infos) = tls(3, &[entry(&leaf.cert, None, url)]).unwrap();
     assert!(infos[0].ocsp.is_some());
 }
+
+#[tokio::test]
+async fn a_restart_staples_the_saved_response_at_once() {
+    if openssl_missing() {
+        return;
+    }
+    let (pki, responder) = setup().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut first = Geolb::start_with_state(&pki.config(""), Some(state.path())).await;
+    let tls = first.listener("tls");
+    eventually("a staple in the handshake", LIMIT, || async {
+        !staple(tls).await.is_empty()
+    })
+    .await;
+    first.signal("TERM");
+    first.wait_exit(LIMIT).await;
+    // Down for the whole life of the second daemon: its staple can only
+    // come from the state directory.
+    responder.down.store(true, Ordering::SeqCst);
+    let served = responder.served();
+    let second = Geolb::start_with_state(&pki.config(""), Some(state.path())).await;
+    let staple = staple(second.listener("tls")).await;
+    assert!(pki.says_good(&staple), "the first handshake carries it");
+    assert_eq!(responder.served(), served);
+}

@@ -30,7 +30,7 @@ pub struct RuntimeConfig {
     /// `shutdown_grace` (optional, "30s"): how long in-flight work may take after SIGTERM.
     pub shutdown_grace: Duration,
     /// `state_dir` (optional, "/var/lib/geolb"): what outlives the process
-    /// (overrides, the takeover socket).
+    /// (overrides, the takeover socket, the last OCSP responses).
     pub state_dir: PathBuf,
 }
 

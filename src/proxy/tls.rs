@@ -71,6 +71,9 @@ pub fn warn_expiring(listener: &str, certs: &[CertInfo], now: SystemTime) {
     }
 }
 
+/// Keeps the last good OCSP responses in `state_dir` across restarts.
+pub use ocsp::keep_in as keep_ocsp_responses_in;
+
 /// Starts fetching OCSP responses for those of `certs` that are stapled
 /// (once each: a reload keeping a certificate keeps its fetcher).
 pub fn start_stapling(certs: &[CertInfo]) {

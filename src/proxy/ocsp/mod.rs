@@ -8,12 +8,14 @@
 //! Staplers outlive snapshots: they are found again by certificate (chain
 //! and responder) when a reload loads the same files, so a reload neither
 //! refetches nor serves a handshake without the staple it had. The fetch
-//! task ends when the last config using its certificate is gone.
+//! task ends when the last config using its certificate is gone. The last
+//! good response is also kept in `state_dir/ocsp/`, so that a restart
+//! staples from its first handshake, as Caddy does.
 
 mod verify;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
@@ -64,6 +66,8 @@ struct Stapler {
     responder: Responder,
     /// The certificate file, for logs and metrics.
     cert: String,
+    /// Where its last good response is kept across restarts.
+    saved: Option<PathBuf>,
     /// nextUpdate of the staple served now; None while there is none.
     next_update: Mutex<Option<SystemTime>>,
     started: AtomicBool,
@@ -182,18 +186,37 @@ pub fn prepare(
     if let Some(running) = registry.get(&key).and_then(Weak::upgrade) {
         return Ok((running.cell.clone(), Some(Handle(running))));
     }
+    let saved = locked(state_dir()).as_ref().map(|dir| {
+        let name = ring::digest::digest(&ring::digest::SHA256, &key);
+        let hex: String = name.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        dir.join("ocsp").join(format!("{hex}.der"))
+    });
     let stapler = Arc::new(Stapler {
         cell: Arc::new(ArcSwap::new(certified)),
         request: Bytes::from(subject.request()),
         subject,
         responder,
         cert: cert_file.display().to_string(),
+        saved,
         next_update: Mutex::new(None),
         started: AtomicBool::new(false),
         stop: CancellationToken::new(),
     });
+    stapler.restore(SystemTime::now());
     registry.insert(key, Arc::downgrade(&stapler));
     Ok((stapler.cell.clone(), Some(Handle(stapler))))
+}
+
+/// Keeps the last good responses in `dir/ocsp/` from now on (the
+/// config's `[runtime] state_dir`; it needs a restart to change, as the
+/// other files there).
+pub fn keep_in(dir: &Path) {
+    *locked(state_dir()) = Some(dir.to_path_buf());
+}
+
+fn state_dir() -> &'static Mutex<Option<PathBuf>> {
+    static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+    &DIR
 }
 
 /// Staplers by chain and responder URL, for reloads to find.
@@ -277,6 +300,41 @@ impl Stapler {
         })
     }
 
+    /// Staples the saved response, if it is still one to staple.
+    fn restore(&self, now: SystemTime) {
+        let Some(path) = &self.saved else { return };
+        let Ok(der) = std::fs::read(path) else { return };
+        match self.subject.check(&der, now) {
+            Ok(good) => self.staple(Some(good)),
+            Err(problem) => {
+                tracing::debug!(cert = %self.cert, %problem, "saved OCSP response not used");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Writes (or with None removes) the saved response: a temporary file
+    /// renamed over it, so a crash never leaves half of one.
+    fn save(&self, der: Option<&[u8]>) {
+        let Some(path) = &self.saved else { return };
+        let result = match der {
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+            Some(der) => {
+                let tmp = path.with_extension("tmp");
+                path.parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::write(&tmp, der))
+                    .and_then(|()| std::fs::rename(&tmp, path))
+            }
+        };
+        if let Err(e) = result {
+            crate::log_limited!(warn, path = %path.display(), error = %e, "cannot keep the OCSP response in the state directory");
+        }
+    }
+
     fn staple(&self, good: Option<Good>) {
         let mut next = locked(&self.next_update);
         let current = self.cell.load();
@@ -291,6 +349,9 @@ impl Stapler {
             None => tracing::warn!(cert = %self.cert, "OCSP staple removed"),
         }
         *next = good.as_ref().map(|g| g.next_update);
+        if self.started.load(Ordering::Relaxed) {
+            self.save(good.as_ref().map(|g| g.der.as_slice()));
+        }
         let mut key = CertifiedKey::clone(&current);
         key.ocsp = good.map(|g| g.der);
         self.cell.store(Arc::new(key));
