@@ -548,7 +548,7 @@ impl dns::DatacenterHealth for DatacenterView {
 }
 
 /// (listener name, its certificates) for the expiry gauge; warns about the
-/// ones close to expiry.
+/// ones close to expiry and starts (or keeps) their OCSP stapling.
 fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<CertInfo>)> {
     let now = std::time::SystemTime::now();
     config

@@ -2,9 +2,9 @@
 //!
 //! `http` owns the L7 path (one hyper connection per client, one request
 //! at a time through route, pick, forward); `tls` terminates HTTPS in
-//! front of it; `tcp` owns the L4 path (pick, connect, copy both ways);
-//! `body` streams responses and settles each request when its response
-//! ends; `headers` rewrites at the boundary; `activity` enforces the
+//! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp`
+//! owns the L4 path (pick, connect, copy both ways); `body` streams
+//! responses and settles each request when its response ends; `headers` rewrites at the boundary; `activity` enforces the
 //! client-side header and idle timeouts; `stall` cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
 //! be forwarded. Backend connections are opened and kept by
