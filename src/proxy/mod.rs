@@ -4,12 +4,13 @@
 //! at a time through route, pick, forward); `tls` terminates HTTPS in
 //! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp`
 //! owns the L4 path (pick, connect, copy both ways); `body` streams
-//! responses and settles each request when its response ends; `headers` rewrites at the boundary; `activity` enforces the
-//! client-side header and idle timeouts; `stall` cuts HTTP/2 responses
-//! the client's flow control holds up; `validate` finds what must not
-//! be forwarded. Backend connections are opened and kept by
-//! [`crate::upstream`], PROXY headers coded by
-//! [`crate::proxy_protocol`], connections accepted by [`crate::accept`].
+//! responses and settles each request when its response ends; `headers`
+//! rewrites at the boundary; `activity` enforces the client-side header
+//! and idle timeouts; `stall` cuts HTTP/2 responses the client's flow
+//! control holds up; `validate` finds what must not be forwarded. Backend
+//! connections are opened and kept by [`crate::upstream`], PROXY headers
+//! coded by [`crate::proxy_protocol`], connections accepted by
+//! [`crate::accept`].
 
 mod activity;
 pub mod body;
