@@ -396,6 +396,7 @@ async fn a_good_response_is_stapled_and_kept_across_a_reload() {
     );
     let valid = metric_value(&metrics, &series).expect("the staple gauge");
     assert!(valid > 23.0 * 3600.0 && valid <= 24.0 * 3600.0, "{valid}");
+    support::library::promtool_check(&metrics);
 
     // A reload with the same certificate keeps the staple and its fetcher:
     // no window without it, no new request to the responder.
