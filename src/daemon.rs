@@ -419,6 +419,7 @@ impl Daemon {
                     cert: cert.clone(),
                     names: names.clone(),
                     not_after,
+                    ocsp: None,
                 };
                 out.push((listener.clone(), vec![info]));
             }

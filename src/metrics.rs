@@ -35,6 +35,11 @@ pub const TLS_CERT_EXPIRY: &str = "geolb_tls_certificate_expiry_seconds";
 pub const TLS_ACME_ORDERS: &str = "geolb_tls_acme_orders_total";
 /// Client connections whose handshake failed or did not finish in time.
 pub const TLS_HANDSHAKE_ERRORS: &str = "geolb_tls_handshake_errors_total";
+/// Seconds until the stapled OCSP response's nextUpdate (0 while none is
+/// stapled), by `listener` and `cert`; rendered at scrape time.
+pub const TLS_OCSP_STAPLE_VALID: &str = "geolb_tls_ocsp_staple_valid_seconds";
+/// OCSP fetches that failed or brought an answer not stapled, by `cert`.
+pub const TLS_OCSP_FETCH_ERRORS: &str = "geolb_tls_ocsp_fetch_errors_total";
 /// Client connections open now, by `listener`; this and
 /// [`LISTENER_LIMITED`] are rendered from the accept loops' counts
 /// (`accept::Slots`) at scrape time.
@@ -183,6 +188,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         TLS_ACME_ORDERS,
         "ACME certificate orders (first and renewals), by name (the certificate's first name) and result (success, failure)."
+    );
+    describe_counter!(
+        TLS_OCSP_FETCH_ERRORS,
+        "OCSP fetches that failed or whose answer was not stapled (unreachable, invalid, revoked, expired), by cert."
     );
     describe_counter!(
         CLIENT_LIMITED,

@@ -107,6 +107,7 @@ fn read_admin_token(config: &Config, errors: &mut Vec<ConfigError>) -> Option<Ar
 /// to `errors`. Files that `check_files` already reported are not tried
 /// again, so each problem is said once.
 fn load_tls(config: &Config, errors: &mut Vec<ConfigError>) -> Vec<Option<LoadedTls>> {
+    tls::keep_ocsp_responses_in(&config.runtime.state_dir);
     config
         .listeners
         .iter()
@@ -362,6 +363,7 @@ pub fn apply(
     daemon.admin_token.store(Arc::new(admin_token));
     if let Some((server, infos)) = admin_tls {
         tls::warn_expiring("admin", &infos, std::time::SystemTime::now());
+        tls::start_stapling(&infos);
         daemon.admin_tls.store(Some(server));
     }
     if start == Start::AfterFirstChecks {
@@ -560,7 +562,7 @@ impl dns::DatacenterHealth for DatacenterView {
 }
 
 /// (listener name, its certificates) for the expiry gauge; warns about the
-/// ones close to expiry.
+/// ones close to expiry and starts (or keeps) their OCSP stapling.
 fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<CertInfo>)> {
     let now = std::time::SystemTime::now();
     config
@@ -570,6 +572,7 @@ fn certificates(config: &Config, tls: &[Option<LoadedTls>]) -> Vec<(String, Vec<
         .filter_map(|(l, t)| {
             let (_, infos) = t.as_ref()?;
             tls::warn_expiring(&l.name, infos, now);
+            tls::start_stapling(infos);
             Some((l.name.clone(), infos.clone()))
         })
         .collect()

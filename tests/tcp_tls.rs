@@ -749,6 +749,7 @@ mod library {
         let entry = |cert: &std::path::Path, key: &std::path::Path| geolb::config::TlsCertConfig {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            ocsp: Default::default(),
         };
 
         // A key that belongs to another certificate.
@@ -802,6 +803,7 @@ mod library {
             &[geolb::config::TlsCertConfig {
                 cert: old.cert.clone(),
                 key: old.key.clone(),
+                ocsp: Default::default(),
             }],
         )
         .expect("an expired certificate still loads");

@@ -17,7 +17,7 @@ use crate::metrics::{
     BUILD_INFO, DATACENTER_HEALTHY, DATACENTER_UP, HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES,
     LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_LIMITED, OVERRIDE_ACTIVE,
     POOL_HEALTHY, POOL_MIN_HEALTHY, POOL_QUEUE, POOL_QUEUE_REFUSED, RETRY_BUDGET_EXHAUSTED,
-    RouteMetrics, TLS_CERT_EXPIRY, escape_label, family,
+    RouteMetrics, TLS_CERT_EXPIRY, TLS_OCSP_STAPLE_VALID, escape_label, family,
 };
 use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
@@ -439,27 +439,46 @@ fn render_overrides(out: &mut String, overrides: &[(Target, Override)]) {
     }
 }
 
-/// Appends the [`TLS_CERT_EXPIRY`] family for `certs` (listener name, its
-/// certificates) to a Prometheus text exposition. Rendered at scrape time
-/// because the value moves with the clock, not with events.
+/// Appends the [`TLS_CERT_EXPIRY`] and [`TLS_OCSP_STAPLE_VALID`] families
+/// for `certs` (listener name, its certificates) to a Prometheus text
+/// exposition. Rendered at scrape time because the values move with the
+/// clock, not with events.
 fn render_expiry(out: &mut String, certs: &[(String, Vec<CertInfo>)], now: SystemTime) {
-    if certs.iter().all(|(_, c)| c.is_empty()) {
+    let help = "Seconds until the certificate's notAfter; negative once expired.";
+    render_cert_gauge(out, TLS_CERT_EXPIRY, help, certs, |c| {
+        Some(c.seconds_left(now))
+    });
+    let help = "Seconds until the stapled OCSP response's nextUpdate; 0 while none is stapled.";
+    render_cert_gauge(out, TLS_OCSP_STAPLE_VALID, help, certs, |c| {
+        c.ocsp.as_ref().map(|h| h.valid_seconds(now) as i64)
+    });
+}
+
+/// A gauge family by listener and certificate file, with the series that
+/// `value` has a value for (none at all: no family).
+fn render_cert_gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    certs: &[(String, Vec<CertInfo>)],
+    value: impl Fn(&CertInfo) -> Option<i64>,
+) {
+    let mut series = certs
+        .iter()
+        .flat_map(|(l, infos)| infos.iter().map(move |c| (l, c)))
+        .filter_map(|(l, c)| Some((l, c, value(c)?)))
+        .peekable();
+    if series.peek().is_none() {
         return;
     }
-    let _ = writeln!(
-        out,
-        "# HELP {TLS_CERT_EXPIRY} Seconds until the certificate's notAfter; negative once expired.\n# TYPE {TLS_CERT_EXPIRY} gauge"
-    );
-    for (listener, infos) in certs {
-        for c in infos {
-            let _ = writeln!(
-                out,
-                "{TLS_CERT_EXPIRY}{{listener=\"{}\",cert=\"{}\"}} {}",
-                escape_label(listener),
-                escape_label(&c.cert.display().to_string()),
-                c.seconds_left(now)
-            );
-        }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (listener, c, v) in series {
+        let _ = writeln!(
+            out,
+            "{name}{{listener=\"{}\",cert=\"{}\"}} {v}",
+            escape_label(listener),
+            escape_label(&c.cert.display().to_string()),
+        );
     }
 }
 
@@ -508,6 +527,7 @@ mod tests {
                 cert: PathBuf::from("/etc/a\\b.pem"),
                 names: vec![],
                 not_after: 100,
+                ocsp: None,
             }],
         )];
         render_expiry(&mut out, &certs, UNIX_EPOCH + Duration::from_secs(40));

@@ -286,9 +286,11 @@ impl Ctx {
             c.table(item, &format!("expected a table like {example}"), |c, t| {
                 let cert = c.req(t, "cert", "\"cert.pem\"", Ctx::path);
                 let key = c.req(t, "key", "\"key.pem\"", Ctx::path);
+                let ocsp = c.ocsp(t);
                 Some(TlsCertConfig {
                     cert: cert?,
                     key: key?,
+                    ocsp: ocsp?,
                 })
             })
         })

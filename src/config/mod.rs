@@ -19,6 +19,7 @@ mod limits;
 mod listener;
 mod log;
 mod model;
+mod ocsp;
 mod parse;
 mod pool;
 mod record;

@@ -30,7 +30,7 @@ pub struct RuntimeConfig {
     /// `shutdown_grace` (optional, "30s"): how long in-flight work may take after SIGTERM.
     pub shutdown_grace: Duration,
     /// `state_dir` (optional, "/var/lib/geolb"): what outlives the process
-    /// (overrides, the takeover socket).
+    /// (overrides, the takeover socket, the last OCSP responses).
     pub state_dir: PathBuf,
 }
 
@@ -792,6 +792,16 @@ pub struct TlsCertConfig {
     /// Absolute paths.
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub ocsp: OcspConfig,
+}
+
+/// OCSP stapling for one certificate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OcspConfig {
+    /// `ocsp`; None when not set: on when the certificate names a responder.
+    pub enabled: Option<bool>,
+    /// `ocsp_responder`: an http:// URL used instead of the certificate's.
+    pub responder: Option<String>,
 }
 
 /// `tls = { acme = { ... } }` of an https listener.

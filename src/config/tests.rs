@@ -46,6 +46,10 @@ fn reference_file_parses_with_its_meaning() {
         [TlsCertConfig {
             cert: PathBuf::from("/etc/geolb/admin.pem"),
             key: PathBuf::from("/etc/geolb/admin.key"),
+            ocsp: OcspConfig {
+                enabled: Some(true),
+                responder: Some("http://ocsp.internal.example/".into()),
+            },
         }]
     );
     assert_eq!(admin.socket, Some(PathBuf::from("/run/geolb/admin.sock")));

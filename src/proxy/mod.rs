@@ -2,7 +2,7 @@
 //!
 //! `http` owns the L7 path (one hyper connection per client, one request
 //! at a time through route, pick, forward); `tls` terminates HTTPS in
-//! front of it; `tcp` owns the L4 path (pick, connect, copy both ways);
+//! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp` owns the L4 path (pick, connect, copy both ways);
 //! `body` streams responses and settles each request when its response
 //! ends; `headers` rewrites at the boundary and `header_rules`
 //! applies the configured header rules; `activity` enforces the
@@ -22,6 +22,7 @@ pub mod fuzz;
 mod header_rules;
 mod headers;
 pub mod http;
+pub mod ocsp;
 mod stall;
 pub mod tcp;
 pub mod tls;

@@ -20,6 +20,7 @@ use x509_parser::extensions::GeneralName;
 
 use super::client_cert::{self, ClientCert};
 use super::http::{self, HttpContext};
+use super::ocsp::{self, Cell};
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::accesslog::TlsInfo;
 use crate::config::{ClientAuthConfig, ConfigError, TlsCertConfig};
@@ -39,6 +40,8 @@ pub struct CertInfo {
     pub names: Vec<String>,
     /// notAfter, in seconds since the Unix epoch.
     pub not_after: i64,
+    /// Its OCSP stapler, when it is stapled.
+    pub ocsp: Option<ocsp::Handle>,
 }
 
 impl CertInfo {
@@ -67,6 +70,18 @@ pub fn warn_expiring(listener: &str, certs: &[CertInfo], now: SystemTime) {
             );
         }
     }
+}
+
+/// Keeps the last good OCSP responses in `state_dir` across restarts.
+pub use ocsp::keep_in as keep_ocsp_responses_in;
+
+/// Starts fetching OCSP responses for those of `certs` that are stapled
+/// (once each: a reload keeping a certificate keeps its fetcher).
+pub fn start_stapling(certs: &[CertInfo]) {
+    certs
+        .iter()
+        .filter_map(|c| c.ocsp.as_ref())
+        .for_each(ocsp::Handle::start);
 }
 
 /// The server config of an https listener (`listener[listener_index]`):
@@ -174,11 +189,11 @@ fn load(
     provider: &CryptoProvider,
     cert_path: String,
     key_path: String,
-) -> Result<(Arc<CertifiedKey>, CertInfo), Vec<ConfigError>> {
+) -> Result<(Cell, CertInfo), Vec<ConfigError>> {
     let chain = read_chain(&entry.cert).map_err(|p| file_error(cert_path.clone(), &entry.cert, p));
     let key =
         read_key(&entry.key, provider).map_err(|p| file_error(key_path.clone(), &entry.key, p));
-    let ((chain, info), key) = match (chain, key) {
+    let ((chain, mut info), key) = match (chain, key) {
         (Ok(c), Ok(k)) => (c, k),
         (c, k) => return Err(c.err().into_iter().chain(k.err()).collect()),
     };
@@ -198,7 +213,21 @@ fn load(
         }
         Err(e) => return Err(vec![file_error(cert_path, &entry.cert, e)]),
     }
-    Ok((Arc::new(certified), info))
+    let settings = ocsp::Settings {
+        enabled: entry.ocsp.enabled,
+        responder: entry.ocsp.responder.as_deref(),
+    };
+    let (cell, stapler) =
+        ocsp::prepare(Arc::new(certified), &entry.cert, settings).map_err(|problem| {
+            let entry_path = cert_path.strip_suffix(".cert").unwrap_or(&cert_path);
+            vec![file_error(
+                format!("{entry_path}.ocsp"),
+                &entry.cert,
+                problem,
+            )]
+        })?;
+    info.ocsp = stapler;
+    Ok((cell, info))
 }
 
 /// What is wrong with a certificate or key file (the key path and file
@@ -245,6 +274,7 @@ fn read_chain(file: &Path) -> Result<(Vec<CertificateDer<'static>>, CertInfo), P
         cert: file.to_path_buf(),
         names,
         not_after: parsed.validity().not_after.timestamp(),
+        ocsp: None,
     };
     Ok((chain, info))
 }
@@ -270,18 +300,19 @@ fn normalize(name: &str) -> String {
 
 /// Picks a certificate by SNI: an exact SAN first, then a `*.` wildcard
 /// one label up, else the first certificate. Earlier certificates win
-/// names they share with later ones.
+/// names they share with later ones. Each certificate sits in a [`Cell`]
+/// that its OCSP stapler swaps when a new staple comes.
 #[derive(Debug)]
 struct SniResolver {
-    default: Arc<CertifiedKey>,
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    default: Cell,
+    exact: HashMap<String, Cell>,
     /// Keyed by the part after `*.`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Cell>,
 }
 
 impl SniResolver {
     /// `loaded` is non-empty.
-    fn new(loaded: &[(Arc<CertifiedKey>, CertInfo)]) -> Self {
+    fn new(loaded: &[(Cell, CertInfo)]) -> Self {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (key, info) in loaded {
@@ -300,7 +331,7 @@ impl SniResolver {
         }
     }
 
-    fn pick(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
+    fn pick(&self, server_name: Option<&str>) -> &Cell {
         let Some(name) = server_name else {
             return &self.default;
         };
@@ -317,7 +348,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()).clone())
+        Some(self.pick(hello.server_name()).load_full())
     }
 }
 
@@ -435,6 +466,7 @@ mod tests {
             cert: PathBuf::from("c.pem"),
             names: names.iter().map(|n| n.to_string()).collect(),
             not_after: 0,
+            ocsp: None,
         }
     }
 
