@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 
 use crate::admission::{Denied, PoolShared, RetryGuard};
 use crate::balance::{self, Balancer, Candidates};
-use crate::config::{Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig};
+use crate::config::{
+    CompressConfig, Config, DatacenterConfig, HashKey, ListenerConfig, PoolConfig, RouteConfig,
+};
 use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
@@ -180,6 +182,8 @@ impl Listener {
 pub struct Route {
     pub pool: Arc<Pool>,
     pub metrics: Arc<RouteMetrics>,
+    /// The route's `compress`, else its listener's.
+    pub compress: Option<Arc<CompressConfig>>,
 }
 
 pub struct Pool {
@@ -641,16 +645,22 @@ pub fn compile(
         .listeners
         .iter()
         .map(|lc| {
-            let route = |pool: &str| Route {
+            let route = |pool: &str, compress: &Option<Arc<CompressConfig>>| Route {
                 pool: find(pool),
                 metrics: RouteMetrics::get(&lc.name, pool),
+                compress: compress.clone(),
             };
             let listener = Listener {
-                default_route: route(&lc.pool),
+                default_route: route(&lc.pool, &lc.compress),
                 routes: lc
                     .routes
                     .iter()
-                    .map(|r| (r.clone(), route(&r.pool)))
+                    .map(|r| {
+                        (
+                            r.clone(),
+                            route(&r.pool, r.compress.as_ref().unwrap_or(&lc.compress)),
+                        )
+                    })
                     .collect(),
                 config: lc.clone(),
             };

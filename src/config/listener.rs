@@ -50,6 +50,7 @@ impl Ctx {
             DEFAULT_MAX_CONCURRENT_STREAMS,
             |c, f| c.uint(f, 1, 10_000),
         );
+        let compress = self.opt(t, "compress", None, Ctx::compress);
         let protocol = protocol?;
         if !self.protocol_rules(t, protocol, pools) {
             return None;
@@ -69,6 +70,7 @@ impl Ctx {
             max_connections: max_connections?,
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
+            compress: compress?,
         })
     }
 
@@ -155,6 +157,8 @@ impl Ctx {
                     ),
                 );
             }
+            let why = "a tcp listener copies bytes as they come: compress is for http and https";
+            self.misplaced(t, &["compress"], why);
             if let Some(f) = t.field("max_concurrent_streams") {
                 self.bad(
                     &f,
@@ -223,6 +227,7 @@ impl Ctx {
                 let pool = c.req(t, "pool", "\"web\"", |c, f| {
                     c.reference(f, "pool", pool_names)
                 });
+                let compress = c.maybe(t, "compress", Ctx::compress);
                 if t.field("host").is_none() && t.field("path_prefix").is_none() {
                     let why = "a route needs host, path_prefix or both \
                                (requests matching no route go to the listener's pool)";
@@ -233,6 +238,7 @@ impl Ctx {
                     host: host?,
                     path_prefix: path_prefix?,
                     pool: pool?,
+                    compress: compress?,
                 })
             })
         })

@@ -9,6 +9,7 @@
 //! values; each section has its own module, and `parse` walks the root.
 
 mod check;
+mod compress;
 mod datacenter;
 mod dns;
 mod error;
@@ -27,6 +28,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+pub use compress::{CompressConfig, CompressLevels, Encoding};
 pub use datacenter::warnings;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

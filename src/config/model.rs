@@ -6,7 +6,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::compress::CompressConfig;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
@@ -585,6 +588,9 @@ pub struct ListenerConfig {
     /// `max_concurrent_streams` (extension; http and https only; optional,
     /// 100): HTTP/2 streams a client may have open at once on a connection.
     pub max_concurrent_streams: u32,
+    /// `compress` (http and https only; optional, off): responses
+    /// compressed on the way to the client.
+    pub compress: Option<Arc<CompressConfig>>,
 }
 
 /// `[[listener]] client_limits`: what one client, known by its address
@@ -614,6 +620,9 @@ pub struct RouteConfig {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: String,
+    /// `compress` of this route: `None` takes the listener's, `Some(None)`
+    /// is off.
+    pub compress: Option<Option<Arc<CompressConfig>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

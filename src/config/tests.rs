@@ -150,12 +150,14 @@ fn reference_file_parses_with_its_meaning() {
             RouteConfig {
                 host: Some("us.mysite.com".into()),
                 path_prefix: None,
-                pool: "web-us".into()
+                pool: "web-us".into(),
+                compress: None,
             },
             RouteConfig {
                 host: None,
                 path_prefix: Some("/us/".into()),
-                pool: "web-us".into()
+                pool: "web-us".into(),
+                compress: None,
             },
         ]
     );
