@@ -33,6 +33,9 @@ pub struct Completion {
     /// Returned to the backend's idle list after a clean end of body.
     pub sender: Option<Sender>,
     pub bytes: u64,
+    /// Body bytes the backend sent, where not `bytes` (compressed on the
+    /// way).
+    pub backend_bytes: Option<u64>,
     /// The backend that answered, for its series.
     pub backend: Option<Arc<BackendMetrics>>,
     /// The request's body, for the bytes it carried (metrics and the
@@ -58,7 +61,7 @@ impl Drop for Completion {
         let bytes_in = self.request_body.as_ref().map_or(0, BodyProgress::received);
         self.metrics.http_bytes(bytes_in, self.bytes);
         if let Some(b) = &self.backend {
-            b.bytes(bytes_in, self.bytes);
+            b.bytes(bytes_in, self.backend_bytes.unwrap_or(self.bytes));
         }
         if let Some(a) = self.access.take() {
             a.emit(&accesslog::HttpEnd {
@@ -128,11 +131,20 @@ impl ResponseBody {
     }
 
     fn end(&mut self, clean: bool) {
-        if let Some(mut c) = self.completion.take()
-            && clean
-        {
-            c.finish_clean();
+        if let Some(mut c) = self.completion.take() {
+            if let Inner::Compressed(body) = &self.inner {
+                c.backend_bytes = Some(body.bytes_read());
+            }
+            if clean {
+                c.finish_clean();
+            }
         }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.end(false);
     }
 }
 

@@ -122,7 +122,8 @@ pub(super) fn start(
         return Err(body);
     }
     add_vary(headers);
-    let Some(encoding) = encoding else {
+    // A HEAD answer has no body, but the headers a GET would get.
+    let Some(encoding) = encoding.filter(|_| !body.is_end_stream()) else {
         return Err(body);
     };
     headers.remove(header::CONTENT_LENGTH);
@@ -149,6 +150,7 @@ pub(super) fn start(
         body,
         encoder: Encoder::new(encoding, config.levels),
         state: State::Reading,
+        read: 0,
     }))
 }
 
@@ -168,7 +170,6 @@ fn compressible(
             StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
         )
         || headers.contains_key(header::CONTENT_RANGE)
-        || body.is_end_stream()
     {
         return false;
     }
@@ -234,6 +235,8 @@ pub struct Compressing {
     body: Incoming,
     encoder: Encoder,
     state: State,
+    /// Body bytes from the backend, for its traffic series.
+    read: u64,
 }
 
 enum State {
@@ -268,11 +271,14 @@ impl Compressing {
             };
             match frame {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match self.encoder.write(&data) {
-                        Ok(Some(out)) => return ready_data(out),
-                        Ok(None) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                    },
+                    Ok(data) => {
+                        self.read += data.len() as u64;
+                        match self.encoder.write(&data) {
+                            Ok(Some(out)) => return ready_data(out),
+                            Ok(None) => {}
+                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                        }
+                    }
                     Err(frame) => {
                         if let Ok(t) = frame.into_trailers() {
                             return self.finish(State::Trailers(t));
@@ -295,6 +301,10 @@ impl Compressing {
 
     pub(super) fn is_end_stream(&self) -> bool {
         matches!(self.state, State::Done)
+    }
+
+    pub(super) fn bytes_read(&self) -> u64 {
+        self.read
     }
 }
 

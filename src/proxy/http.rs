@@ -753,6 +753,7 @@ impl Completion {
             retry: None,
             sender: None,
             bytes: 0,
+            backend_bytes: None,
             backend: None,
             request_body: None,
             access: listener.config.access_log.then(|| {
