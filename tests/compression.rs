@@ -51,7 +51,7 @@ fn text(n: usize) -> Vec<u8> {
     while out.len() < n {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         out.extend_from_slice(WORDS[(x >> 16) as usize % WORDS.len()].as_bytes());
-        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
+        out.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
     }
     out.truncate(n);
     out
