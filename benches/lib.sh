@@ -316,3 +316,7 @@ nginx_http_common() {
     keepalive_requests 1000000;
 EOF
 }
+
+# text_file PATH BYTES : BYTES of English prose (the licences Debian ships in
+# /usr/share/common-licenses, about 300 KB), a body that compresses as pages do.
+text_file() { cat /usr/share/common-licenses/* | head -c "$2" >"$1"; }

@@ -17,8 +17,8 @@ use arc_swap::ArcSwap;
 use crate::admission::{Denied, PoolShared, RetryGuard};
 use crate::balance::{self, Balancer, Candidates};
 use crate::config::{
-    Config, DatacenterConfig, HashKey, HeaderRuleSet, HeaderRules, ListenerConfig, PoolConfig,
-    RouteConfig,
+    CompressConfig, Config, DatacenterConfig, HashKey, HeaderRuleSet, HeaderRules, ListenerConfig,
+    PoolConfig, RouteConfig,
 };
 use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
@@ -186,6 +186,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// None when neither the listener nor the route has header rules.
     pub headers: Option<Arc<RouteHeaders>>,
+    /// The route's `compress`, else its listener's.
+    pub compress: Option<Arc<CompressConfig>>,
 }
 
 /// The header rules a request to one route meets: its listener's, then
@@ -728,17 +730,29 @@ pub fn compile(
         .listeners
         .iter()
         .map(|lc| {
-            let route = |pool: &str, rules: Option<&HeaderRuleSet>| Route {
+            let route = |pool: &str,
+                         rules: Option<&HeaderRuleSet>,
+                         compress: &Option<Arc<CompressConfig>>| Route {
                 pool: find(pool),
                 metrics: RouteMetrics::get(&lc.name, pool),
                 headers: RouteHeaders::of(lc, rules),
+                compress: compress.clone(),
             };
             let listener = Listener {
-                default_route: route(&lc.pool, None),
+                default_route: route(&lc.pool, None, &lc.compress),
                 routes: lc
                     .routes
                     .iter()
-                    .map(|r| (r.clone(), route(&r.pool, Some(&r.headers))))
+                    .map(|r| {
+                        (
+                            r.clone(),
+                            route(
+                                &r.pool,
+                                Some(&r.headers),
+                                r.compress.as_ref().unwrap_or(&lc.compress),
+                            ),
+                        )
+                    })
                     .collect(),
                 config: lc.clone(),
             };

@@ -52,6 +52,7 @@ impl Ctx {
         );
         let headers = self.listener_headers(t, protocol);
         let client_auth = self.maybe(t, "client_auth", |c, f| c.client_auth(f, protocol));
+        let compress = self.opt(t, "compress", None, Ctx::compress);
         let protocol = protocol?;
         let (tls, acme) = tls?.unwrap_or_default();
         if acme.is_some()
@@ -86,6 +87,7 @@ impl Ctx {
             max_concurrent_streams: max_concurrent_streams?,
             headers: headers?,
             client_auth: client_auth?,
+            compress: compress?,
         })
     }
 
@@ -174,6 +176,8 @@ impl Ctx {
                     ),
                 );
             }
+            let why = "a tcp listener copies bytes as they come: compress is for http and https";
+            self.misplaced(t, &["compress"], why);
             if let Some(f) = t.field("max_concurrent_streams") {
                 self.bad(
                     &f,
@@ -243,6 +247,7 @@ impl Ctx {
                     c.reference(f, "pool", pool_names)
                 });
                 let headers = c.header_rule_set(t);
+                let compress = c.maybe(t, "compress", Ctx::compress);
                 if t.field("host").is_none() && t.field("path_prefix").is_none() {
                     let why = "a route needs host, path_prefix or both \
                                (requests matching no route go to the listener's pool)";
@@ -254,6 +259,7 @@ impl Ctx {
                     path_prefix: path_prefix?,
                     pool: pool?,
                     headers: headers?,
+                    compress: compress?,
                 })
             })
         })

@@ -10,6 +10,7 @@
 
 mod acme;
 mod check;
+mod compress;
 mod datacenter;
 mod dns;
 mod error;
@@ -31,6 +32,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+pub use compress::{CompressConfig, CompressLevels, Encoding};
 pub use datacenter::warnings;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

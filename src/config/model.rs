@@ -6,7 +6,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::compress::CompressConfig;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
@@ -635,6 +638,9 @@ pub struct ListenerConfig {
     /// `client_auth` (extension; https only; optional, none): client
     /// certificates asked for and verified.
     pub client_auth: Option<ClientAuthConfig>,
+    /// `compress` (http and https only; optional, off): responses
+    /// compressed on the way to the client.
+    pub compress: Option<Arc<CompressConfig>>,
 }
 
 /// `client_auth = { ca = ..., required = ... }` of an https listener.
@@ -677,6 +683,9 @@ pub struct RouteConfig {
     /// `request_headers` and `response_headers` (extension; optional):
     /// applied after the listener's.
     pub headers: HeaderRuleSet,
+    /// `compress` of this route: `None` takes the listener's, `Some(None)`
+    /// is off.
+    pub compress: Option<Option<Arc<CompressConfig>>>,
 }
 
 /// A listener's header settings.

@@ -156,12 +156,14 @@ fn reference_file_parses_with_its_meaning() {
                 path_prefix: None,
                 pool: "web-us".into(),
                 headers: HeaderRuleSet::default(),
+                compress: None,
             },
             RouteConfig {
                 host: None,
                 path_prefix: Some("/us/".into()),
                 pool: "web-us".into(),
                 headers: HeaderRuleSet::default(),
+                compress: None,
             },
         ]
     );

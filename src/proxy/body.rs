@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::activity::Activity;
+use super::compress::Compressing;
 use crate::accesslog;
 use crate::admission::RetryGuard;
 use crate::metrics::{BackendMetrics, RouteMetrics};
@@ -32,6 +33,9 @@ pub struct Completion {
     /// Returned to the backend's idle list after a clean end of body.
     pub sender: Option<Sender>,
     pub bytes: u64,
+    /// Body bytes the backend sent, where not `bytes` (compressed on the
+    /// way).
+    pub backend_bytes: Option<u64>,
     /// The backend that answered, for its series.
     pub backend: Option<Arc<BackendMetrics>>,
     /// The request's body, for the bytes it carried (metrics and the
@@ -57,7 +61,7 @@ impl Drop for Completion {
         let bytes_in = self.request_body.as_ref().map_or(0, BodyProgress::received);
         self.metrics.http_bytes(bytes_in, self.bytes);
         if let Some(b) = &self.backend {
-            b.bytes(bytes_in, self.bytes);
+            b.bytes(bytes_in, self.backend_bytes.unwrap_or(self.bytes));
         }
         if let Some(a) = self.access.take() {
             a.emit(&accesslog::HttpEnd {
@@ -72,8 +76,13 @@ impl Drop for Completion {
 
 enum Inner {
     Backend(Incoming),
+    /// A backend's body compressed on the way (`compress`).
+    Compressed(Box<Compressing>),
     Message(Option<Bytes>),
 }
+
+/// A body's error: the backend's, or the encoder's for a compressed one.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct ResponseBody {
     inner: Inner,
@@ -81,15 +90,25 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn from_backend(body: Incoming, mut completion: Completion) -> Self {
-        let done = body.is_end_stream();
-        if done {
+    pub fn from_backend(body: Incoming, completion: Completion) -> Self {
+        Self::streamed(Inner::Backend(body), completion)
+    }
+
+    pub(super) fn compressed(body: Box<Compressing>, completion: Completion) -> Self {
+        Self::streamed(Inner::Compressed(body), completion)
+    }
+
+    fn streamed(inner: Inner, mut completion: Completion) -> Self {
+        let mut body = ResponseBody {
+            inner,
+            completion: None,
+        };
+        if body.is_end_stream() {
             completion.finish_clean();
+        } else {
+            body.completion = Some(completion);
         }
-        ResponseBody {
-            inner: Inner::Backend(body),
-            completion: if done { None } else { Some(completion) },
-        }
+        body
     }
 
     pub fn message(text: Bytes, completion: Option<Completion>) -> Self {
@@ -108,51 +127,60 @@ impl ResponseBody {
 
     /// Whether more is to come from a backend (rather than our own text).
     pub fn streams_from_backend(&self) -> bool {
-        matches!(self.inner, Inner::Backend(_)) && !self.is_end_stream()
+        !matches!(self.inner, Inner::Message(_)) && !self.is_end_stream()
     }
 
     fn end(&mut self, clean: bool) {
-        if let Some(mut c) = self.completion.take()
-            && clean
-        {
-            c.finish_clean();
+        if let Some(mut c) = self.completion.take() {
+            if let Inner::Compressed(body) = &self.inner {
+                c.backend_bytes = Some(body.bytes_read());
+            }
+            if clean {
+                c.finish_clean();
+            }
         }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.end(false);
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &mut this.inner {
-            Inner::Message(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+        let frame = match &mut this.inner {
+            Inner::Message(text) => return Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Inner::Backend(body) => {
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-                match frame {
-                    Some(Ok(frame)) => {
-                        if let (Some(data), Some(c)) = (frame.data_ref(), this.completion.as_mut())
-                        {
-                            c.bytes += data.len() as u64;
-                        }
-                        if body.is_end_stream() {
-                            this.end(true);
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    None => {
-                        this.end(true);
-                        Poll::Ready(None)
-                    }
-                    Some(Err(e)) => {
-                        this.end(false);
-                        Poll::Ready(Some(Err(e)))
-                    }
+                ready!(Pin::new(&mut *body).poll_frame(cx)).map(|r| r.map_err(BoxError::from))
+            }
+            Inner::Compressed(body) => ready!(body.poll_frame(cx)),
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(c)) = (frame.data_ref(), this.completion.as_mut()) {
+                    c.bytes += data.len() as u64;
                 }
+                if this.is_end_stream() {
+                    this.end(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            None => {
+                this.end(true);
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                this.end(false);
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
@@ -160,6 +188,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Backend(body) => body.is_end_stream(),
+            Inner::Compressed(body) => body.is_end_stream(),
             Inner::Message(text) => text.is_none(),
         }
     }
@@ -167,6 +196,8 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Backend(body) => body.size_hint(),
+            // Unknown until the encoder is done: HTTP/1.1 then goes chunked.
+            Inner::Compressed(_) => SizeHint::default(),
             Inner::Message(text) => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }

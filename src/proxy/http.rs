@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
+use super::compress;
 use super::header_rules::{Reply, X_REQUEST_ID};
 use super::headers;
 use super::stall::Stalls;
@@ -399,6 +400,10 @@ async fn handle(
     });
 
     let client_http1 = req.version() < Version::HTTP_2;
+    let compress = route.compress.as_deref().map(|c| {
+        let encoding = compress::negotiate(c, req.method(), req.version(), req.headers());
+        (c, encoding)
+    });
     // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
     // carried a Content-Length too (hyper keeps only the chunked framing);
     // close the connection after it rather than trust what follows.
@@ -616,8 +621,17 @@ async fn handle(
                 completion.active = Some(active);
                 completion.retry = retry;
                 completion.sender = Some(sender);
-                let (parts, body) = resp.into_parts();
-                return Response::from_parts(parts, ResponseBody::from_backend(body, completion));
+                let (mut parts, body) = resp.into_parts();
+                let body = match compress {
+                    Some((c, e)) => {
+                        match compress::start(c, e, parts.status, &mut parts.headers, body) {
+                            Ok(compressing) => ResponseBody::compressed(compressing, completion),
+                            Err(body) => ResponseBody::from_backend(body, completion),
+                        }
+                    }
+                    None => ResponseBody::from_backend(body, completion),
+                };
+                return Response::from_parts(parts, body);
             }
             Ok(Err(mut e)) => {
                 if let Some(request) = e.take_message() {
@@ -777,6 +791,7 @@ impl Completion {
             retry: None,
             sender: None,
             bytes: 0,
+            backend_bytes: None,
             backend: None,
             request_body: None,
             access: listener.config.access_log.then(|| {

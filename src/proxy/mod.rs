@@ -4,9 +4,10 @@
 //! at a time through route, pick, forward); `tls` terminates HTTPS in
 //! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp` owns the L4 path (pick, connect, copy both ways);
 //! `body` streams responses and settles each request when its response
-//! ends; `headers` rewrites at the boundary and `header_rules`
-//! applies the configured header rules; `activity` enforces the
-//! client-side header and idle timeouts; `stall` cuts HTTP/2 responses
+//! ends; `compress` compresses them on the way; `headers` rewrites at
+//! the boundary and `header_rules` applies the configured header rules;
+//! `activity` enforces the client-side header and idle timeouts; `stall`
+//! cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
 //! be forwarded; `client_cert` verifies client certificates and tells
 //! backends about them. Backend connections are opened and kept by
@@ -16,6 +17,7 @@
 mod activity;
 pub mod body;
 pub mod client_cert;
+mod compress;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;

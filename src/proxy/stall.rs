@@ -158,7 +158,7 @@ impl Body for WatchedBody {
             Poll::Ready(_) => watched.origin.elapsed().as_millis() as u64,
         };
         watched.since.store(since, Ordering::Relaxed);
-        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
