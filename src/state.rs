@@ -21,6 +21,7 @@ use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
 use crate::overrides::{Override, Overrides, Target};
+use crate::rules::{ErrorPages, Rules};
 use crate::upstream::{IdleConnections, Upstream};
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -157,6 +158,8 @@ pub struct Listener {
     pub config: ListenerConfig,
     pub default_route: Route,
     pub routes: Vec<(RouteConfig, Route)>,
+    /// `error_pages`, read when the config was checked.
+    pub error_pages: Arc<ErrorPages>,
 }
 
 impl Listener {
@@ -180,6 +183,8 @@ impl Listener {
 pub struct Route {
     pub pool: Arc<Pool>,
     pub metrics: Arc<RouteMetrics>,
+    /// The listener's rules with the route's own; None: none at all.
+    pub rules: Option<Box<Rules>>,
 }
 
 pub struct Pool {
@@ -580,10 +585,12 @@ fn pool_check_key(pool: &PoolConfig, addr: SocketAddr) -> Option<HealthKey> {
 
 /// Compiles `config` into a snapshot, (re)starting health checkers so that
 /// exactly the config's checks run. `upstreams`: one per pool, in order
-/// (`reload::check` builds them).
+/// (`reload::check` builds them); `pages`: each listener's `error_pages`,
+/// in order (a listener past its end has none).
 pub fn compile(
     config: Arc<Config>,
     upstreams: Vec<Upstream>,
+    pages: Vec<Arc<ErrorPages>>,
     generation: u64,
     health: &Arc<HealthTable>,
     registry: &BackendRegistry,
@@ -640,19 +647,22 @@ pub fn compile(
     let listeners = config
         .listeners
         .iter()
-        .map(|lc| {
-            let route = |pool: &str| Route {
+        .enumerate()
+        .map(|(i, lc)| {
+            let route = |pool: &str, rc: Option<&RouteConfig>| Route {
                 pool: find(pool),
                 metrics: RouteMetrics::get(&lc.name, pool),
+                rules: Rules::compile(&lc.rules, rc),
             };
             let listener = Listener {
-                default_route: route(&lc.pool),
+                default_route: route(&lc.pool, None),
                 routes: lc
                     .routes
                     .iter()
-                    .map(|r| (r.clone(), route(&r.pool)))
+                    .map(|r| (r.clone(), route(&r.pool, Some(r))))
                     .collect(),
                 config: lc.clone(),
+                error_pages: pages.get(i).cloned().unwrap_or_default(),
             };
             (ListenerId::of(lc), Arc::new(listener))
         })

@@ -50,6 +50,8 @@ impl Ctx {
             DEFAULT_MAX_CONCURRENT_STREAMS,
             |c, f| c.uint(f, 1, 10_000),
         );
+        let rules = self.request_rules(t, tcp);
+        let error_pages = self.opt(t, "error_pages", Vec::new(), |c, f| c.error_pages(f, tcp));
         let protocol = protocol?;
         if !self.protocol_rules(t, protocol, pools) {
             return None;
@@ -69,6 +71,8 @@ impl Ctx {
             max_connections: max_connections?,
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
+            rules: rules?,
+            error_pages: error_pages?,
         })
     }
 
@@ -223,6 +227,8 @@ impl Ctx {
                 let pool = c.req(t, "pool", "\"web\"", |c, f| {
                     c.reference(f, "pool", pool_names)
                 });
+                let rules = c.request_rules(t, false);
+                let rewrite = c.path_rewrite(t);
                 if t.field("host").is_none() && t.field("path_prefix").is_none() {
                     let why = "a route needs host, path_prefix or both \
                                (requests matching no route go to the listener's pool)";
@@ -233,6 +239,8 @@ impl Ctx {
                     host: host?,
                     path_prefix: path_prefix?,
                     pool: pool?,
+                    rules: rules?,
+                    rewrite: rewrite?,
                 })
             })
         })

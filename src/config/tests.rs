@@ -150,12 +150,16 @@ fn reference_file_parses_with_its_meaning() {
             RouteConfig {
                 host: Some("us.mysite.com".into()),
                 path_prefix: None,
-                pool: "web-us".into()
+                pool: "web-us".into(),
+                rules: RequestRules::default(),
+                rewrite: PathRewrite::Keep,
             },
             RouteConfig {
                 host: None,
                 path_prefix: Some("/us/".into()),
-                pool: "web-us".into()
+                pool: "web-us".into(),
+                rules: RequestRules::default(),
+                rewrite: PathRewrite::Keep,
             },
         ]
     );
@@ -169,8 +173,8 @@ fn reference_file_parses_with_its_meaning() {
         listeners[1].tls[1].key,
         Path::new(REFERENCE_PATH).with_file_name("certs/us.mysite.com.key")
     );
-    assert_eq!(listeners[2].protocol, Protocol::Tcp);
-    assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
+    assert_eq!(listeners[3].protocol, Protocol::Tcp);
+    assert!(!listeners[3].accept_proxy_protocol && !listeners[3].access_log);
     assert!(listeners[0].access_log);
     assert_eq!(listeners[0].max_connections, Some(10_000));
     assert_eq!(listeners[1].max_connections, None);
@@ -188,6 +192,21 @@ fn reference_file_parses_with_its_meaning() {
     assert_eq!(listeners[0].max_concurrent_streams, 100);
     assert_eq!(listeners[1].max_concurrent_streams, 100);
     assert_eq!(listeners[1].routes[0].pool, "origin");
+    assert_eq!(listeners[1].routes[0].rewrite, PathRewrite::Strip);
+    assert_eq!(listeners[1].routes[0].rules.max_body, Some(1 << 20));
+    assert_eq!(
+        listeners[1].routes[1].rewrite,
+        PathRewrite::Replace("/v2/".into())
+    );
+    assert_eq!(
+        listeners[2].rules.redirect,
+        Some(RedirectConfig {
+            to: RedirectTarget::Https { port: Some(8443) },
+            code: 308
+        })
+    );
+    assert_eq!(listeners[1].rules.max_body, Some(10_000_000));
+    assert_eq!(listeners[1].error_pages.len(), 3);
 
     let dcs = &config.datacenters;
     assert_eq!(dcs[0].name, "eu-west");
