@@ -5,11 +5,17 @@
 #
 # Requires: valgrind (callgrind_annotate), nginx, wrk, curl.
 #   GEOLB=target/release/geolb benches/instructions.sh
+# LISTENER_EXTRA adds keys to the listener and URL_PATH is the path wrk
+# asks for, to measure a rule's cost, e.g.:
+#   LISTENER_EXTRA='routes = [{ path_prefix = "/api/", pool = "p", strip_prefix = true, methods = ["GET"], allow = ["127.0.0.0/8"] }]' \
+#   URL_PATH=/api/x GEOLB=target/release/geolb benches/instructions.sh
 set -u
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GEOLB=${GEOLB:-$(cd "$(dirname "$0")/.." && pwd)/target/release/geolb}
 DURATION=${DURATION:-10}
+LISTENER_EXTRA=${LISTENER_EXTRA:-}
+URL_PATH=${URL_PATH:-/}
 WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
 PIDS=()
 trap cleanup EXIT
@@ -37,15 +43,16 @@ backends = [{ addr = "127.0.0.1:$BACKEND" }]
 name = "web"
 bind = "127.0.0.1:$WEB"
 pool = "p"
+$LISTENER_EXTRA
 CONF
 nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$GEOLB" run --config "$WORK/geolb.toml" > "$WORK/vg.log" 2>&1 &
 VG=$!
 PIDS+=($VG)
-wait_until "$VG" 200 0.1 curl -s -o /dev/null "127.0.0.1:$WEB/"
+wait_until "$VG" 200 0.1 curl -s -o /dev/null "127.0.0.1:$WEB$URL_PATH"
 # Start-up is a few million instructions: negligible against 10k+ requests.
-N=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$WEB/" | awk '/requests in/ {print $1}')
+N=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$WEB$URL_PATH" | awk '/requests in/ {print $1}')
 kill -TERM "$VG"; forget_pid "$VG"   # no SIGKILL: callgrind writes its output at exit
 [[ -n ${KEEP:-} ]] && cp "$WORK/cg.out" "$KEEP"
 IR=$(callgrind_annotate "$WORK/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
