@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use support::library::Origin;
 use support::{
-    Backend, Geolb, connect_from, eventually, geolb_check, get, get_on, http1_client, raw, request,
-    status_of,
+    Backend, Geolb, bounded, connect_from, eventually, geolb_check, get, get_on, http1_client, raw,
+    request, status_of,
 };
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -219,6 +219,60 @@ async fn max_body_answers_413_by_length_and_while_streaming() {
     let reply = chunked_post(web, 2, 400).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     assert!(reply.ends_with("800"), "{reply}");
+}
+
+/// A body of `frames` frames of `size` bytes and no length known ahead:
+/// HTTP/2 DATA frames without `content-length`.
+struct Frames {
+    left: usize,
+    size: usize,
+}
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        let data = Bytes::from(vec![b'x'; self.size]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+}
+
+#[tokio::test]
+async fn max_body_cuts_an_http2_body_without_a_length() {
+    let backend = Backend::start("b").await;
+    let (_geolb, web) = start(backend.addr, "max_body = 1000").await;
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (frames, want) in [(4, 413), (2, 200)] {
+        let req = http::Request::post("http://t.example/upload")
+            .body(Frames {
+                left: frames,
+                size: 400,
+            })
+            .unwrap();
+        let resp = bounded(LIMIT, "h2 upload", sender.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{frames} frames of 400 bytes");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if want == 200 {
+            assert_eq!(text(&body), "800");
+        }
+    }
 }
 
 #[tokio::test]
