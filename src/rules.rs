@@ -66,6 +66,9 @@ pub enum Verdict {
     /// A redirect that needs the request's host, for a request without
     /// one (HTTP/1.0): 400.
     NoHost,
+    /// The rewritten path has a dot segment: 400, as the proxy refuses
+    /// any such path.
+    DotSegment,
 }
 
 impl Rules {

@@ -157,6 +157,12 @@ async fn strip_and_replace_prefix_reach_the_backend_with_the_query() {
         "as nginx's proxy_pass with a URI"
     );
     assert_eq!(seen("/other/x").await, "/other/x");
+    // A prefix ending inside a segment could leave one of dots for the
+    // backend to resolve past the replacement: refused.
+    for path in ["/api/v1..", "/api/v1..;x/y", "/api/v1%2e%2E/etc"] {
+        let (code, _, _) = get(web, path, &[]).await.unwrap();
+        assert_eq!(code, 400, "{path}");
+    }
     // Absolute-form: the authority stays and becomes Host.
     let reply = raw(
         web,

@@ -386,6 +386,11 @@ async fn handle(mut req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             return ruled(&req, &listener, completion, verdict);
         }
         if let Some(uri) = rules.rewrite(req.uri()) {
+            // A prefix that ends inside a segment can leave one that is
+            // only dots (`/api..` on `/api`): refused as any other.
+            if validate::path(uri.path()).is_err() {
+                return ruled(&req, &listener, completion, Verdict::DotSegment);
+            }
             *req.uri_mut() = uri;
         }
         max_body = rules.max_body();
@@ -893,9 +898,9 @@ fn too_large(max: u64) -> String {
 }
 
 /// Answers a request that a rule of its route stops (see
-/// [`crate::rules::Rules::check`]),
-/// counted with that route. An HTTP/1 connection whose request body is
-/// left unread is closed after it (nginx closes after a 413 too).
+/// [`crate::rules::Rules::check`]), counted with that route. An HTTP/1
+/// connection whose request body is left unread is closed after it
+/// (nginx closes after a 413 too).
 #[cold]
 fn ruled<B: Body>(
     req: &Request<B>,
@@ -923,6 +928,11 @@ fn ruled<B: Body>(
         Verdict::NoHost => (
             StatusCode::BAD_REQUEST,
             "a redirect here needs the request's Host".to_owned(),
+            None,
+        ),
+        Verdict::DotSegment => (
+            StatusCode::BAD_REQUEST,
+            "the path has a dot segment (. or ..) once its prefix is rewritten".to_owned(),
             None,
         ),
     };
