@@ -235,6 +235,14 @@ fn redirect_target(s: &str) -> Result<RedirectTarget, String> {
     if s.starts_with("//") {
         return Err(format!("{FORM}: \"//\" at the start names another host"));
     }
+    if s.starts_with("/{path}") {
+        // A request for "//evil.example/" would be sent there.
+        return Err(
+            "\"/{path}\" gives \"//\" and another host for a path starting with \"/\": \
+                    put a segment before it, like \"/new{path}\""
+                .to_owned(),
+        );
+    }
     let no_host = rest.is_empty() || rest.starts_with(['/', '{']) && !rest.starts_with("{host}");
     if s.contains("://") && no_host {
         return Err(format!("{FORM}: the URL needs a host"));
@@ -392,6 +400,11 @@ mod tests {
             ),
             (
                 format!("{l}redirect = {{ to = \"//evil.com{{path}}\" }}"),
+                "listener[0].redirect.to",
+                "another host",
+            ),
+            (
+                format!("{l}redirect = {{ to = \"/{{path}}{{query}}\" }}"),
                 "listener[0].redirect.to",
                 "another host",
             ),
