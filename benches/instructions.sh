@@ -12,11 +12,17 @@
 # zstd): geolb's listener has compress = { algorithms = [COMPRESS] } and
 # wrk sends Accept-Encoding: COMPRESS.
 #   BODY=16k COMPRESS=gzip GEOLB=target/release/geolb benches/instructions.sh
+# LISTENER_EXTRA adds keys to the listener and URL_PATH is the path wrk
+# asks for, to measure a rule's cost, e.g.:
+#   LISTENER_EXTRA='routes = [{ path_prefix = "/api/", pool = "p", strip_prefix = true, methods = ["GET"], allow = ["127.0.0.0/8"] }]' \
+#   URL_PATH=/api/x GEOLB=target/release/geolb benches/instructions.sh
 set -u
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GEOLB=${GEOLB:-$(cd "$(dirname "$0")/.." && pwd)/target/release/geolb}
 DURATION=${DURATION:-10}
+LISTENER_EXTRA=${LISTENER_EXTRA:-}
+URL_PATH=${URL_PATH:-/}
 WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
 PIDS=()
 trap cleanup EXIT
@@ -30,7 +36,7 @@ if [[ -n $BODY ]]; then
   text_file "$WORK/www/body.txt" "${BODY/k/K}"
   LOCATION="location / { root $WORK/www; default_type text/plain; }"
 fi
-URL_PATH=${BODY:+/body.txt}
+[[ -z $BODY ]] || URL_PATH=/body.txt
 COMPRESS_LINE=${COMPRESS:+"compress = { algorithms = [\"$COMPRESS\"] }"}
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 1;
@@ -56,6 +62,7 @@ name = "web"
 bind = "127.0.0.1:$WEB"
 pool = "p"
 ${LISTENER:-}
+${LISTENER_EXTRA:-}
 $COMPRESS_LINE
 CONF
 nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
@@ -66,11 +73,11 @@ PIDS+=($VG)
 wait_until "$VG" 200 0.1 curl -s -o /dev/null "127.0.0.1:$WEB/"
 WRK_HEADER=()
 [[ -n $COMPRESS ]] && WRK_HEADER=(-H "Accept-Encoding: $COMPRESS")
-HEAD=$(curl -s -D - -o /dev/null "${WRK_HEADER[@]}" "127.0.0.1:$WEB${URL_PATH:-/}")
+HEAD=$(curl -s -D - -o /dev/null "${WRK_HEADER[@]}" "127.0.0.1:$WEB$URL_PATH")
 [[ $HEAD == "HTTP/1.1 200"* ]] || { echo "not 200: $HEAD" >&2; exit 1; }
 [[ -z $COMPRESS || ${HEAD,,} == *"content-encoding: $COMPRESS"* ]] || { echo "not $COMPRESS: $HEAD" >&2; exit 1; }
 # Start-up is a few million instructions: negligible against 10k+ requests.
-N=$(wrk -t1 -c8 -d"${DURATION}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$WEB${URL_PATH:-/}" | awk '/requests in/ {print $1}')
+N=$(wrk -t1 -c8 -d"${DURATION}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$WEB$URL_PATH" | awk '/requests in/ {print $1}')
 kill -TERM "$VG"; forget_pid "$VG"   # no SIGKILL: callgrind writes its output at exit
 [[ -n ${KEEP:-} ]] && cp "$WORK/cg.out" "$KEEP"
 IR=$(callgrind_annotate "$WORK/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')

@@ -98,6 +98,7 @@ pub async fn serve(
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(state::compile(
         nothing.clone(),
         Vec::new(),
+        Vec::new(),
         0,
         &health,
         &registry,

@@ -571,7 +571,7 @@ fn bits(ip: IpAddr) -> (u128, u8) {
 }
 
 fn contains(cidr: Cidr, ip: IpAddr) -> bool {
-    cidr.addr.is_ipv4() == ip.is_ipv4() && common_prefix(cidr.addr, ip) >= cidr.prefix
+    cidr.contains(ip)
 }
 
 /// Leading bits `a` and `b` (same family) share.

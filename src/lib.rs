@@ -11,7 +11,7 @@
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          acme, tls_client)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
-//!          lograte, limits, logging, accesslog, sticky)
+//!          lograte, limits, logging, accesslog, sticky, rules)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -57,6 +57,9 @@
 //! - [`accept`]: the one accept loop of every listener.
 //! - [`limits`]: per-client limits (connections and request rate by
 //!   address prefix), held by the accept loop's [`accept::Slots`].
+//! - [`rules`]: the L7 rules of listeners and routes (redirects, client
+//!   networks, methods, body limits, path rewrites) compiled for the data
+//!   path, and the `error_pages` bodies read from their files.
 //! - [`lograte`]: lines that clients can cause, limited to one a second
 //!   per kind (`log_limited!`), their client-supplied text clipped.
 //! - [`logging`]: the logger: text or JSON lines, to stderr or files
@@ -123,6 +126,7 @@ pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod rules;
 pub mod state;
 pub mod sticky;
 pub mod takeover;

@@ -29,6 +29,7 @@ use crate::metrics;
 use crate::notify;
 use crate::overrides::FileStore;
 use crate::proxy::tls::{self, CertInfo};
+use crate::rules::{self, ErrorPages};
 use crate::state::{self, ListenerId, Snapshot};
 use crate::upstream::Upstream;
 
@@ -43,6 +44,8 @@ pub struct Checked {
     tls: Vec<Option<LoadedTls>>,
     /// Per pool, in config order.
     upstreams: Vec<Upstream>,
+    /// Per listener, in config order: its `error_pages`, read.
+    pages: Vec<Arc<ErrorPages>>,
     /// Compiled without a health view; [`apply`] gives it the snapshot's.
     dns: DnsData,
     /// `[admin] token_file`'s token: every admin POST must present it.
@@ -68,6 +71,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
     let mut errors = config::check_files(&config);
     let tls = load_tls(&config, &mut errors);
     let upstreams = build_upstreams(&config, &mut errors);
+    let pages = rules::load_pages(&config, &mut errors);
     let admin_token = read_admin_token(&config, &mut errors);
     let admin_tls = load_admin_tls(&config, &mut errors);
     if !errors.is_empty() {
@@ -80,6 +84,7 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
         config,
         tls,
         upstreams,
+        pages,
         dns,
         admin_token,
         admin_tls,
@@ -326,6 +331,7 @@ pub fn apply(
         config,
         tls,
         upstreams,
+        pages,
         dns: dns_data,
         admin_token,
         admin_tls,
@@ -338,6 +344,7 @@ pub fn apply(
     let new = state::compile(
         config.clone(),
         upstreams,
+        pages,
         daemon.next_generation(),
         &daemon.health,
         &daemon.registry,

@@ -24,6 +24,7 @@ use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
 use crate::overrides::{Override, Overrides, Target};
+use crate::rules::{ErrorPages, Rules};
 use crate::sticky::Sticky;
 use crate::upstream::{IdleConnections, Upstream};
 
@@ -161,6 +162,8 @@ pub struct Listener {
     pub config: ListenerConfig,
     pub default_route: Route,
     pub routes: Vec<(RouteConfig, Route)>,
+    /// `error_pages`, read when the config was checked.
+    pub error_pages: Arc<ErrorPages>,
 }
 
 impl Listener {
@@ -188,6 +191,8 @@ pub struct Route {
     pub headers: Option<Arc<RouteHeaders>>,
     /// The route's `compress`, else its listener's.
     pub compress: Option<Arc<CompressConfig>>,
+    /// The listener's rules with the route's own; None: none at all.
+    pub rules: Option<Box<Rules>>,
 }
 
 /// The header rules a request to one route meets: its listener's, then
@@ -665,10 +670,12 @@ fn pool_check_key(pool: &PoolConfig, addr: SocketAddr) -> Option<HealthKey> {
 
 /// Compiles `config` into a snapshot, (re)starting health checkers so that
 /// exactly the config's checks run. `upstreams`: one per pool, in order
-/// (`reload::check` builds them).
+/// (`reload::check` builds them); `pages`: each listener's `error_pages`,
+/// in order (a listener past its end has none).
 pub fn compile(
     config: Arc<Config>,
     upstreams: Vec<Upstream>,
+    pages: Vec<Arc<ErrorPages>>,
     generation: u64,
     health: &Arc<HealthTable>,
     registry: &BackendRegistry,
@@ -729,32 +736,27 @@ pub fn compile(
     let listeners = config
         .listeners
         .iter()
-        .map(|lc| {
-            let route = |pool: &str,
-                         rules: Option<&HeaderRuleSet>,
-                         compress: &Option<Arc<CompressConfig>>| Route {
+        .enumerate()
+        .map(|(i, lc)| {
+            let route = |pool: &str, rc: Option<&RouteConfig>| Route {
                 pool: find(pool),
                 metrics: RouteMetrics::get(&lc.name, pool),
-                headers: RouteHeaders::of(lc, rules),
-                compress: compress.clone(),
+                headers: RouteHeaders::of(lc, rc.map(|r| &r.headers)),
+                compress: rc
+                    .and_then(|r| r.compress.as_ref())
+                    .unwrap_or(&lc.compress)
+                    .clone(),
+                rules: Rules::compile(&lc.rules, rc),
             };
             let listener = Listener {
-                default_route: route(&lc.pool, None, &lc.compress),
+                default_route: route(&lc.pool, None),
                 routes: lc
                     .routes
                     .iter()
-                    .map(|r| {
-                        (
-                            r.clone(),
-                            route(
-                                &r.pool,
-                                Some(&r.headers),
-                                r.compress.as_ref().unwrap_or(&lc.compress),
-                            ),
-                        )
-                    })
+                    .map(|r| (r.clone(), route(&r.pool, Some(r))))
                     .collect(),
                 config: lc.clone(),
+                error_pages: pages.get(i).cloned().unwrap_or_default(),
             };
             (ListenerId::of(lc), Arc::new(listener))
         })

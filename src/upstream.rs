@@ -42,6 +42,19 @@ pub type BackendRequestBody =
 pub struct ClientBody {
     inner: Incoming,
     progress: Option<BodyProgress>,
+    /// Bytes the body may carry (a route's `max_body`); past them it
+    /// fails with [`BodyError::TooLarge`].
+    limit: Option<u64>,
+    seen: u64,
+}
+
+/// Why a client's body stopped short of its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    #[error("the request body is over max_body ({0} bytes)")]
+    TooLarge(u64),
 }
 
 /// Where a [`ClientBody`] is, shared with the request's handler.
@@ -66,6 +79,8 @@ pub enum BodyState {
     Ended,
     /// The client's bytes were malformed (or it went away mid-body).
     Failed,
+    /// More bytes came than `max_body` allows: not forwarded.
+    TooLarge,
 }
 
 impl BodyProgress {
@@ -74,7 +89,8 @@ impl BodyProgress {
             0 => BodyState::Moving,
             1 => BodyState::WaitingForClient,
             2 => BodyState::Ended,
-            _ => BodyState::Failed,
+            3 => BodyState::Failed,
+            _ => BodyState::TooLarge,
         }
     }
 
@@ -89,8 +105,9 @@ impl BodyProgress {
 
 impl ClientBody {
     /// Wraps `body`, with a [`BodyProgress`] to watch it unless it is
-    /// already at its end (nothing to watch, nothing allocated).
-    pub fn new(body: Incoming) -> (ClientBody, Option<BodyProgress>) {
+    /// already at its end (nothing to watch, nothing allocated). `limit`:
+    /// the bytes it may carry.
+    pub fn new(body: Incoming, limit: Option<u64>) -> (ClientBody, Option<BodyProgress>) {
         let progress = if body.is_end_stream() {
             None
         } else {
@@ -101,6 +118,8 @@ impl ClientBody {
             ClientBody {
                 inner: body,
                 progress,
+                limit,
+                seen: 0,
             },
             watch,
         )
@@ -109,14 +128,28 @@ impl ClientBody {
 
 impl Body for ClientBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
+            return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(limit), Poll::Ready(Some(Ok(frame)))) = (this.limit, &polled) {
+            this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if this.seen > limit {
+                // The frame is not passed on: the backend never gets a
+                // byte past the limit, and its request fails unfinished.
+                if let Some(progress) = &this.progress {
+                    progress.set(BodyState::TooLarge);
+                }
+                return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+            }
+        }
         if let Some(progress) = &this.progress {
             progress.set(match &polled {
                 Poll::Pending => BodyState::WaitingForClient,
@@ -133,7 +166,7 @@ impl Body for ClientBody {
                 }
             });
         }
-        polled
+        polled.map_err(BodyError::from)
     }
 
     fn is_end_stream(&self) -> bool {

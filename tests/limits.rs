@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::Empty;
+use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use support::library::{Pki, TcpBackend, metric, tls_list};
-use support::{Backend, Geolb, bounded, eventually};
+use support::{Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -31,41 +30,16 @@ fn config(backend: SocketAddr, listener_extra: &str) -> String {
     )
 }
 
-/// A TCP connection to `to` from the address `src` (port chosen by the kernel).
-async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    bounded(LIMIT, "connect", socket.connect(to)).await.unwrap()
-}
-
-/// An HTTP/1.1 client on `stream` (TCP or TLS).
-async fn client<S>(stream: S) -> SendRequest<Empty<Bytes>>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
 /// GET `/` on an open client: status and headers, or why it failed.
 async fn get(sender: &mut SendRequest<Empty<Bytes>>) -> Result<(u16, HeaderMap), String> {
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let req = http::Request::get("/")
-        .header("host", "t.example")
-        .body(Empty::new())
-        .unwrap();
-    let resp = bounded(LIMIT, "request", sender.send_request(req))
+    get_on(sender, "/")
         .await
-        .map_err(|e| e.to_string())?;
-    let (parts, body) = resp.into_parts();
-    body.collect().await.map_err(|e| e.to_string())?;
-    Ok((parts.status.as_u16(), parts.headers))
+        .map(|(status, headers, _)| (status, headers))
 }
 
 /// A new connection from `src` and one request on it.
 async fn get_from(src: &str, to: SocketAddr) -> Result<(u16, HeaderMap), String> {
-    let mut c = client(connect_from(src, to).await).await;
+    let mut c = http1_client(connect_from(src, to).await).await;
     get(&mut c).await
 }
 
@@ -90,8 +64,8 @@ async fn a_client_prefix_past_its_connections_is_closed_while_others_are_served(
     let addr = geolb.listener("web");
     assert_eq!(limited(&geolb, "connections").await, 0.0);
 
-    let mut first = client(connect_from("127.0.1.1", addr).await).await;
-    let mut second = client(connect_from("127.0.1.2", addr).await).await;
+    let mut first = http1_client(connect_from("127.0.1.1", addr).await).await;
+    let mut second = http1_client(connect_from("127.0.1.2", addr).await).await;
     assert_eq!(get(&mut first).await.unwrap().0, 200);
     assert_eq!(get(&mut second).await.unwrap().0, 200);
     // A third from the same /24 is closed at once, unanswered.
@@ -122,7 +96,7 @@ async fn a_client_prefix_past_its_rate_gets_429_with_retry_after_until_tokens_re
     ))
     .await;
     let addr = geolb.listener("web");
-    let mut c = client(connect_from("127.0.1.1", addr).await).await;
+    let mut c = http1_client(connect_from("127.0.1.1", addr).await).await;
     for _ in 0..3 {
         assert_eq!(get(&mut c).await.unwrap().0, 200);
     }
@@ -168,7 +142,7 @@ async fn with_proxy_protocol_the_limit_keys_on_the_proxy_source() {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let header = format!("PROXY TCP4 {source} 192.0.2.1 4711 80\r\n");
         s.write_all(header.as_bytes()).await.unwrap();
-        client(s).await
+        http1_client(s).await
     };
     let mut held = via("198.51.100.7").await;
     assert_eq!(get(&mut held).await.unwrap().0, 200);
@@ -225,7 +199,7 @@ async fn a_reload_changes_client_limits_for_new_requests() {
     ))
     .await;
     let addr = geolb.listener("web");
-    let mut c = client(connect_from("127.0.1.1", addr).await).await;
+    let mut c = http1_client(connect_from("127.0.1.1", addr).await).await;
     assert_eq!(get(&mut c).await.unwrap().0, 200);
     assert_eq!(get(&mut c).await.unwrap().0, 429);
     geolb.write_config(&config(backend.addr, "")).unwrap();
@@ -545,13 +519,13 @@ async fn https_listeners_close_a_client_past_its_connections_before_the_handshak
         }
     };
     let held = handshake("127.0.1.1").await.unwrap();
-    let mut c = client(held).await;
+    let mut c = http1_client(held).await;
     assert_eq!(get(&mut c).await.unwrap().0, 200);
     assert!(
         handshake("127.0.1.2").await.is_err(),
         "same /24, no handshake"
     );
     let other = handshake("127.0.2.1").await.unwrap();
-    assert_eq!(get(&mut client(other).await).await.unwrap().0, 200);
+    assert_eq!(get(&mut http1_client(other).await).await.unwrap().0, 200);
     assert_eq!(limited(&geolb, "connections").await, 1.0);
 }

@@ -119,7 +119,7 @@ impl Ctx {
         self.table(f, &expected, |c, t| {
             let d = CompressConfig::default();
             let algorithms = c.opt(t, "algorithms", d.algorithms, Ctx::algorithms);
-            let min_size = c.opt(t, "min_size", d.min_size, Ctx::byte_size);
+            let min_size = c.opt(t, "min_size", d.min_size, |c, f| c.byte_size(f, 1 << 30));
             let types = c.opt(t, "types", d.types, Ctx::media_types);
             let levels = c.opt(t, "level", d.levels, Ctx::levels);
             Some(Some(Arc::new(CompressConfig {
@@ -151,30 +151,6 @@ impl Ctx {
         })
     }
 
-    /// A size in bytes: an integer, or a string like "1KiB", "512B", "2MiB".
-    fn byte_size(&mut self, f: &Field<'_, '_>) -> Option<u64> {
-        const MAX: u64 = 1 << 30;
-        let n = match f.get() {
-            DeValue::Integer(_) => self.int(f, 0, MAX as i64)? as u64,
-            DeValue::String(s) => match parse_size(s) {
-                Ok(n) if n <= MAX => n,
-                Ok(_) => {
-                    self.bad(f, "at most 1GiB");
-                    return None;
-                }
-                Err(why) => {
-                    self.bad(f, why);
-                    return None;
-                }
-            },
-            _ => {
-                self.bad(f, SIZE_FORM);
-                return None;
-            }
-        };
-        Some(n)
-    }
-
     fn media_types(&mut self, f: &Field<'_, '_>) -> Option<Vec<String>> {
         let items = self.array(f, "expected a list like [\"text/*\", \"application/json\"]")?;
         if items.is_empty() {
@@ -200,25 +176,6 @@ impl Ctx {
             })
         })
     }
-}
-
-const SIZE_FORM: &str = "expected a size in bytes like 1024 or \"1KiB\" (units B, KiB, MiB)";
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = s.split_at(digits);
-    let scale = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "k" | "K" | "kB" | "KB" => {
-            return Err(format!("{SIZE_FORM}: write KiB for 1024 bytes"));
-        }
-        _ => return Err(SIZE_FORM.to_owned()),
-    };
-    let n: u64 = number.parse().map_err(|_| SIZE_FORM.to_owned())?;
-    n.checked_mul(scale).ok_or_else(|| SIZE_FORM.to_owned())
 }
 
 /// "type/subtype" or "type/*", lower-cased; "*/*" would compress what is
@@ -348,14 +305,14 @@ mod tests {
                 "compresses nothing",
             ),
             (
-                "compress = { min_size = \"1KB\" }",
+                "compress = { min_size = \"2GiB\" }",
                 "listener[0].compress.min_size",
-                "write KiB",
+                "at most 1GiB",
             ),
             (
                 "compress = { min_size = \"lots\" }",
                 "listener[0].compress.min_size",
-                "units B, KiB, MiB",
+                "a string with a unit",
             ),
             (
                 "compress = { min_size = -1 }",

@@ -53,6 +53,8 @@ impl Ctx {
         let headers = self.listener_headers(t, protocol);
         let client_auth = self.maybe(t, "client_auth", |c, f| c.client_auth(f, protocol));
         let compress = self.opt(t, "compress", None, Ctx::compress);
+        let rules = self.request_rules(t, tcp);
+        let error_pages = self.opt(t, "error_pages", Vec::new(), |c, f| c.error_pages(f, tcp));
         let protocol = protocol?;
         let (tls, acme) = tls?.unwrap_or_default();
         if acme.is_some()
@@ -88,6 +90,8 @@ impl Ctx {
             headers: headers?,
             client_auth: client_auth?,
             compress: compress?,
+            rules: rules?,
+            error_pages: error_pages?,
         })
     }
 
@@ -248,6 +252,8 @@ impl Ctx {
                 });
                 let headers = c.header_rule_set(t);
                 let compress = c.maybe(t, "compress", Ctx::compress);
+                let rules = c.request_rules(t, false);
+                let rewrite = c.path_rewrite(t);
                 if t.field("host").is_none() && t.field("path_prefix").is_none() {
                     let why = "a route needs host, path_prefix or both \
                                (requests matching no route go to the listener's pool)";
@@ -260,6 +266,8 @@ impl Ctx {
                     pool: pool?,
                     headers: headers?,
                     compress: compress?,
+                    rules: rules?,
+                    rewrite: rewrite?,
                 })
             })
         })

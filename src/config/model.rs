@@ -103,6 +103,20 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// Whether `ip` is in this network (an IPv4 network holds no IPv6
+    /// address: map those with `to_canonical` first).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (net, addr, width) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => (u32::from(n).into(), u32::from(a).into(), 32),
+            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
+            _ => return false,
+        };
+        let host_bits = width - u32::from(self.prefix);
+        (net ^ addr).checked_shr(host_bits).unwrap_or(0) == 0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatLon {
     /// Degrees, -90..=90.
@@ -641,6 +655,12 @@ pub struct ListenerConfig {
     /// `compress` (http and https only; optional, off): responses
     /// compressed on the way to the client.
     pub compress: Option<Arc<CompressConfig>>,
+    /// `redirect`, `max_body`, `methods`, `allow`, `deny` (extension; http
+    /// and https only): for every request, unless its route sets its own.
+    pub rules: RequestRules,
+    /// `error_pages` (extension; http and https only; optional, none):
+    /// bodies for the 4xx and 5xx answers geolb makes itself.
+    pub error_pages: Vec<ErrorPageConfig>,
 }
 
 /// `client_auth = { ca = ..., required = ... }` of an https listener.
@@ -686,6 +706,10 @@ pub struct RouteConfig {
     /// `compress` of this route: `None` takes the listener's, `Some(None)`
     /// is off.
     pub compress: Option<Option<Arc<CompressConfig>>>,
+    /// Its own request rules; each one set wins over the listener's.
+    pub rules: RequestRules,
+    /// `strip_prefix` or `replace_prefix` (only with `path_prefix`).
+    pub rewrite: PathRewrite,
 }
 
 /// A listener's header settings.
@@ -774,6 +798,94 @@ impl HeaderVar {
 
     pub fn as_str(self) -> &'static str {
         spelling(Self::SPELLINGS, self)
+    }
+}
+
+/// The request rules a listener or a route may set, each optional: a
+/// route's value (when set) replaces the listener's for its requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestRules {
+    /// `redirect = { to, code, port }`: answered by geolb, never forwarded.
+    pub redirect: Option<RedirectConfig>,
+    /// `max_body`: request body bytes at most; past it 413.
+    pub max_body: Option<u64>,
+    /// `methods`: the methods forwarded (case-sensitive); others 405.
+    pub methods: Option<Vec<String>>,
+    /// `allow`: client networks let in; empty lets in any.
+    pub allow: Option<Vec<Cidr>>,
+    /// `deny`: client networks refused (403), before `allow` is looked at.
+    pub deny: Option<Vec<Cidr>>,
+}
+
+impl RequestRules {
+    /// `self` with every rule `over` sets replaced by its value.
+    pub fn overridden_by(&self, over: &RequestRules) -> RequestRules {
+        RequestRules {
+            redirect: over.redirect.clone().or_else(|| self.redirect.clone()),
+            max_body: over.max_body.or(self.max_body),
+            methods: over.methods.clone().or_else(|| self.methods.clone()),
+            allow: over.allow.clone().or_else(|| self.allow.clone()),
+            deny: over.deny.clone().or_else(|| self.deny.clone()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == RequestRules::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    pub to: RedirectTarget,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectTarget {
+    /// `to = "https"`: the same host (on `port` when set and not 443),
+    /// path and query, over https.
+    Https { port: Option<u16> },
+    /// A URL or path with `{host}`, `{path}`, `{query}` in it; used as
+    /// written when it has neither `{path}` nor `{query}`.
+    Template(String),
+}
+
+/// What a route does to the path of the requests it forwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PathRewrite {
+    #[default]
+    Keep,
+    /// `strip_prefix = true`: the route's `path_prefix` removed.
+    Strip,
+    /// `replace_prefix`: the route's `path_prefix` replaced by this.
+    Replace(String),
+}
+
+/// One entry of `error_pages`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPageConfig {
+    pub status: ErrorStatus,
+    /// Absolute path.
+    pub file: PathBuf,
+}
+
+/// The key of an `error_pages` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStatus {
+    /// One status, 400 to 599.
+    Code(u16),
+    /// `"4xx"` (4) or `"5xx"` (5): any status of the class without an
+    /// entry of its own.
+    Class(u8),
+}
+
+impl std::fmt::Display for ErrorStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorStatus::Code(code) => write!(f, "{code}"),
+            ErrorStatus::Class(class) => write!(f, "{class}xx"),
+        }
     }
 }
 

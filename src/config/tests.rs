@@ -157,6 +157,8 @@ fn reference_file_parses_with_its_meaning() {
                 pool: "web-us".into(),
                 headers: HeaderRuleSet::default(),
                 compress: None,
+                rules: RequestRules::default(),
+                rewrite: PathRewrite::Keep,
             },
             RouteConfig {
                 host: None,
@@ -164,6 +166,8 @@ fn reference_file_parses_with_its_meaning() {
                 pool: "web-us".into(),
                 headers: HeaderRuleSet::default(),
                 compress: None,
+                rules: RequestRules::default(),
+                rewrite: PathRewrite::Keep,
             },
         ]
     );
@@ -177,10 +181,10 @@ fn reference_file_parses_with_its_meaning() {
         listeners[1].tls[1].key,
         Path::new(REFERENCE_PATH).with_file_name("certs/us.mysite.com.key")
     );
-    assert_eq!(listeners[2].protocol, Protocol::Tcp);
+    assert_eq!(listeners[3].protocol, Protocol::Tcp);
     assert_eq!(listeners[1].acme, None);
-    let acme = listeners[3].acme.as_ref().unwrap();
-    assert!(listeners[3].tls.is_empty());
+    let acme = listeners[4].acme.as_ref().unwrap();
+    assert!(listeners[4].tls.is_empty());
     assert_eq!(acme.directory_host, "acme-v02.api.letsencrypt.org:443");
     assert_eq!(acme.names, ["mysite.com", "www.mysite.com"]);
     assert_eq!(acme.contact, ["mailto:ops@mysite.com"]);
@@ -194,7 +198,7 @@ fn reference_file_parses_with_its_meaning() {
         )
     );
     assert_eq!(acme.renew_before, DEFAULT_RENEW_BEFORE);
-    assert!(!listeners[2].accept_proxy_protocol && !listeners[2].access_log);
+    assert!(!listeners[3].accept_proxy_protocol && !listeners[3].access_log);
     assert!(listeners[0].access_log);
     assert_eq!(listeners[0].max_connections, Some(10_000));
     assert_eq!(listeners[1].max_connections, None);
@@ -212,6 +216,21 @@ fn reference_file_parses_with_its_meaning() {
     assert_eq!(listeners[0].max_concurrent_streams, 100);
     assert_eq!(listeners[1].max_concurrent_streams, 100);
     assert_eq!(listeners[1].routes[0].pool, "origin");
+    assert_eq!(listeners[1].routes[0].rewrite, PathRewrite::Strip);
+    assert_eq!(listeners[1].routes[0].rules.max_body, Some(1 << 20));
+    assert_eq!(
+        listeners[1].routes[1].rewrite,
+        PathRewrite::Replace("/v2/".into())
+    );
+    assert_eq!(
+        listeners[2].rules.redirect,
+        Some(RedirectConfig {
+            to: RedirectTarget::Https { port: Some(8443) },
+            code: 308
+        })
+    );
+    assert_eq!(listeners[1].rules.max_body, Some(10_000_000));
+    assert_eq!(listeners[1].error_pages.len(), 3);
 
     let dcs = &config.datacenters;
     assert_eq!(dcs[0].name, "eu-west");

@@ -17,6 +17,24 @@ pub(super) const LOCATION_EXAMPLE: &str = "{ lat = 50.11, lon = 8.68 }";
 pub(super) const MAX_TTL: i64 = 0x7fff_ffff;
 
 impl Ctx {
+    /// A byte count up to `max`: an integer, or a string with a unit
+    /// (`"10MB"`, `"1KiB"`).
+    pub(super) fn byte_size(&mut self, f: &Field<'_, '_>, max: u64) -> Option<u64> {
+        let n = match f.get() {
+            DeValue::Integer(_) => self.int(f, 0, i64::try_from(max).unwrap_or(i64::MAX))? as u64,
+            DeValue::String(s) => parse_size(s).map_err(|why| self.bad(f, why)).ok()?,
+            _ => {
+                self.bad(f, SIZE_FORM);
+                return None;
+            }
+        };
+        if n > max {
+            self.bad(f, format!("at most {}", show_size(max)));
+            return None;
+        }
+        Some(n)
+    }
+
     pub(super) fn string<'t>(&mut self, f: &Field<'t, '_>) -> Option<&'t str> {
         match f.get() {
             DeValue::String(s) => Some(&**s),
@@ -237,6 +255,41 @@ pub(super) const DURATION_FORM: &str = "expected a whole number and a unit (ms, 
 /// Also keeps every duration representable as 32-bit seconds (SOA timers)
 /// and far from `Instant` overflow.
 pub(super) const MAX_DURATION_MS: u64 = u32::MAX as u64 * 1000;
+
+const SIZE_FORM: &str = "expected a number of bytes, or a string with a unit (B, KB, MB, GB: \
+                         powers of 1000; KiB, MiB, GiB: powers of 1024), like \"10MB\"";
+
+/// `"10MB"`, `"512KiB"`, `"0"`: a byte count.
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| SIZE_FORM.to_owned())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(SIZE_FORM.to_owned()),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| "too large: at most 2^64 - 1 bytes".to_owned())
+}
+
+/// `n` bytes in the largest binary unit that divides it.
+fn show_size(n: u64) -> String {
+    [("GiB", 30), ("MiB", 20), ("KiB", 10)]
+        .iter()
+        .find(|(_, shift)| n >= 1 << shift && n.is_multiple_of(1 << shift))
+        .map_or_else(
+            || format!("{n} bytes"),
+            |(unit, shift)| format!("{}{unit}", n >> shift),
+        )
+}
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

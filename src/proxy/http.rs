@@ -39,6 +39,7 @@ use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
 use crate::limits::RetryAfter;
 use crate::outlier::Outcome;
 use crate::proxy_protocol;
+use crate::rules::Verdict;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
 use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
 
@@ -299,6 +300,8 @@ enum Failure {
     /// Every eligible backend was at `max_connections` and the queue was
     /// full, or the wait in it (the `Duration`) ran out.
     Queue(Denied, Duration),
+    /// The client's body went past the route's `max_body` (these bytes).
+    TooLarge(u64),
 }
 
 /// Whether the request may be sent again: it holds, or now takes, a place
@@ -398,6 +401,24 @@ async fn handle(
     let mut completion = Completion::of(&req, conn, &listener, route, start, || {
         host.clone().unwrap_or_default()
     });
+    let mut max_body = None;
+    if let Some(rules) = &route.rules {
+        let length = req.headers().get(header::CONTENT_LENGTH);
+        let (method, uri) = (req.method(), req.uri());
+        if let Err(verdict) = rules.check(method, uri, length, host_value.as_ref(), conn.peer.ip())
+        {
+            return ruled(&req, &listener, completion, verdict);
+        }
+        if let Some(uri) = rules.rewrite(req.uri()) {
+            // A prefix that ends inside a segment can leave one that is
+            // only dots (`/api..` on `/api`): refused as any other.
+            if validate::path(uri.path()).is_err() {
+                return ruled(&req, &listener, completion, Verdict::DotSegment);
+            }
+            *req.uri_mut() = uri;
+        }
+        max_body = rules.max_body();
+    }
 
     let client_http1 = req.version() < Version::HTTP_2;
     let compress = route.compress.as_deref().map(|c| {
@@ -442,7 +463,7 @@ async fn handle(
     reply.forward(route, host_value.as_ref(), req.headers_mut());
     to_origin_form(&mut req, host_value);
     if upgrade && pool.upstream.is_http2() {
-        return no_upgrade_over_http2(&pool.name, completion);
+        return no_upgrade_over_http2(&listener, &pool.name, completion);
     }
 
     let key = pool
@@ -458,7 +479,7 @@ async fn handle(
             parts.headers.clone(),
         )
     });
-    let (body, body_progress) = ClientBody::new(body);
+    let (body, body_progress) = ClientBody::new(body, max_body);
     completion.request_body = body_progress.clone();
     let body_state = || body_progress.as_ref().map(|p| p.state());
     let mut pending: Option<Request<BackendRequestBody>> =
@@ -645,6 +666,10 @@ async fn handle(
                     continue;
                 }
                 let err = e.into_error();
+                if let (Some(max), Some(BodyState::TooLarge)) = (max_body, body_state()) {
+                    failure = Failure::TooLarge(max);
+                    break;
+                }
                 if body_state() == Some(BodyState::Failed) {
                     failure = Failure::ClientBody(err);
                     break;
@@ -732,6 +757,12 @@ async fn handle(
             None,
             String::new(),
         ),
+        Failure::TooLarge(max) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            too_large(max),
+            None,
+            String::new(),
+        ),
         Failure::SlowClient(t) => {
             tracing::debug!(client = %conn.peer, "request body too slow");
             (
@@ -762,7 +793,7 @@ async fn handle(
         }
     }
     completion.status = status.as_u16();
-    let mut resp = message(status, &text, Some(completion));
+    let mut resp = own_message(&listener, status, &text, completion);
     if client_fault && client_http1 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -862,7 +893,12 @@ fn answer<B>(
     status: StatusCode,
     text: &str,
 ) -> Response<ResponseBody> {
-    message(status, text, Some(own(req, listener, conn, start, status)))
+    own_message(
+        listener,
+        status,
+        text,
+        own(req, listener, conn, start, status),
+    )
 }
 
 /// The completion of an answer of geolb's own, counted with the
@@ -930,12 +966,98 @@ fn too_many_requests<B>(
 }
 
 #[cold]
-fn no_upgrade_over_http2(pool: &str, mut completion: Completion) -> Response<ResponseBody> {
+fn no_upgrade_over_http2(
+    listener: &Listener,
+    pool: &str,
+    mut completion: Completion,
+) -> Response<ResponseBody> {
     completion.status = 502;
     let text = format!(
         "pool {pool} speaks HTTP/2 to its backends, which cannot carry an HTTP/1.1 upgrade"
     );
-    message(StatusCode::BAD_GATEWAY, &text, Some(completion))
+    own_message(listener, StatusCode::BAD_GATEWAY, &text, completion)
+}
+
+fn too_large(max: u64) -> String {
+    format!("the request body is larger than this route allows ({max} bytes)")
+}
+
+/// Answers a request that a rule of its route stops (see
+/// [`crate::rules::Rules::check`]), counted with that route. An HTTP/1
+/// connection whose request body is left unread is closed after it
+/// (nginx closes after a 413 too).
+#[cold]
+fn ruled<B: Body>(
+    req: &Request<B>,
+    listener: &Listener,
+    mut completion: Completion,
+    verdict: Verdict,
+) -> Response<ResponseBody> {
+    let (status, text, extra) = match verdict {
+        Verdict::Redirect { status, location } => (
+            status,
+            String::from_utf8_lossy(location.as_bytes()).into_owned(),
+            Some((header::LOCATION, location)),
+        ),
+        Verdict::Forbidden => (
+            StatusCode::FORBIDDEN,
+            "this client's address may not use this".to_owned(),
+            None,
+        ),
+        Verdict::Method(allow) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed here", req.method()),
+            Some((header::ALLOW, allow)),
+        ),
+        Verdict::TooLarge(max) => (StatusCode::PAYLOAD_TOO_LARGE, too_large(max), None),
+        Verdict::NoHost => (
+            StatusCode::BAD_REQUEST,
+            "a redirect here needs the request's Host".to_owned(),
+            None,
+        ),
+        Verdict::DotSegment => (
+            StatusCode::BAD_REQUEST,
+            "the path has a dot segment (. or ..) once its prefix is rewritten".to_owned(),
+            None,
+        ),
+    };
+    tracing::debug!(listener = %listener.config.name, status = status.as_u16(), "request stopped by a rule");
+    completion.status = status.as_u16();
+    // A redirect is no error: never an error page.
+    let mut resp = if status.is_redirection() {
+        message(status, &text, Some(completion))
+    } else {
+        own_message(listener, status, &text, completion)
+    };
+    if let Some((name, value)) = extra {
+        resp.headers_mut().insert(name, value);
+    }
+    let body_left = !req.body().is_end_stream();
+    if req.version() < Version::HTTP_2 && (body_left || status == StatusCode::PAYLOAD_TOO_LARGE) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// geolb's own answer, with the listener's `error_pages` body for
+/// `status` when it has one (the status stays as it is).
+fn own_message(
+    listener: &Listener,
+    status: StatusCode,
+    text: &str,
+    completion: Completion,
+) -> Response<ResponseBody> {
+    let Some(page) = listener.error_pages.get(status) else {
+        return message(status, text, Some(completion));
+    };
+    let mut resp = Response::new(ResponseBody::message(page.body.clone(), Some(completion)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, page.content_type.clone());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// The key a hashing balancer places this request by; a request without

@@ -386,9 +386,13 @@ pub fn compile(
         .iter()
         .map(|p| geolb::upstream::Upstream::new(p).unwrap())
         .collect();
+    let mut unread = Vec::new();
+    let pages = geolb::rules::load_pages(config, &mut unread);
+    assert!(unread.is_empty(), "error_pages: {unread:?}");
     state::compile(
         Arc::new(config.clone()),
         upstreams,
+        pages,
         1,
         health,
         &BackendRegistry::default(),

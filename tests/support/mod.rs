@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -604,6 +604,48 @@ pub async fn get(
     headers: &[(&str, &str)],
 ) -> Result<(u16, HeaderMap, Bytes), String> {
     request(addr, "GET", path, headers, Bytes::new()).await
+}
+
+/// A TCP connection to `to` from the address `src` (port chosen by the
+/// kernel; loopback has all of 127/8, so 127.0.1.x and 127.0.2.x are
+/// clients of two networks).
+pub async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    bounded(Duration::from_secs(5), "connect", socket.connect(to))
+        .await
+        .unwrap()
+}
+
+/// An HTTP/1.1 client on `stream` (TCP or TLS), kept open for requests.
+pub async fn http1_client<S>(stream: S) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// GET `path` (Host `t.example`) on an open client: status, headers and
+/// body, or why it failed.
+pub async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let req = Request::get(path)
+        .header("host", "t.example")
+        .body(Empty::new())
+        .unwrap();
+    let resp = bounded(Duration::from_secs(5), "request", sender.send_request(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.status.as_u16(), parts.headers, body))
 }
 
 /// Sends raw bytes and reads until the peer closes or `limit` passes.
