@@ -33,7 +33,6 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
-pub use compress::{CompressConfig, CompressLevels, Encoding};
 pub use datacenter::warnings;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::compress::CompressConfig;
-
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     /// The file this was read from (absolute when loaded from disk).
@@ -969,6 +967,107 @@ impl AcmeChallenge {
 
     pub fn as_str(self) -> &'static str {
         spelling(Self::SPELLINGS, self)
+    }
+}
+
+// ---- compress ----
+
+/// A content coding geolb can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Zstd,
+    Br,
+    Gzip,
+}
+
+impl Encoding {
+    pub const SPELLINGS: &[(&str, Self)] =
+        &[("zstd", Self::Zstd), ("br", Self::Br), ("gzip", Self::Gzip)];
+
+    /// The token of `Content-Encoding` and `Accept-Encoding`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zstd => "zstd",
+            Self::Br => "br",
+            Self::Gzip => "gzip",
+        }
+    }
+}
+
+/// What `compress` says; `None` in a listener means off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressConfig {
+    /// Preference order: on a tie of the client's q-values the first wins.
+    pub algorithms: Vec<Encoding>,
+    /// Responses whose Content-Length is below this stay as they are.
+    pub min_size: u64,
+    /// Media types, lower-case: "type/subtype" or "type/*".
+    pub types: Vec<String>,
+    pub levels: CompressLevels,
+}
+
+/// One level per algorithm: their scales differ (gzip 1-9, br 0-11, zstd
+/// 1-22), so one number cannot mean the same for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressLevels {
+    pub gzip: u32,
+    pub br: u32,
+    pub zstd: i32,
+}
+
+/// The fast end of each scale: compressing on the fly is paid per request,
+/// and higher levels buy a few percent for several times the CPU. gzip 2:
+/// the gzip backend is zlib-rs, whose levels are zlib-ng's; its level 1 is
+/// deflate_quick (static Huffman codes, about a quarter more bytes), its
+/// level 2 the algorithm of zlib's level 1, nginx's `gzip_comp_level`
+/// default, and still faster than nginx (README, benches/compression.sh).
+impl Default for CompressLevels {
+    fn default() -> Self {
+        CompressLevels {
+            gzip: 2,
+            br: 1,
+            zstd: 1,
+        }
+    }
+}
+
+/// Below one TCP segment (about 1.4 KB on Ethernet) a smaller body arrives
+/// no sooner, so compressing it costs CPU for nothing.
+pub const DEFAULT_MIN_SIZE: u64 = 1024;
+
+/// Text formats, compressible, that browsers and API clients fetch;
+/// images, video, archives and fonts in woff/woff2 are compressed already.
+pub const DEFAULT_TYPES: &[&str] = &[
+    "text/*",
+    "application/json",
+    "application/javascript",
+    "application/x-javascript",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/ld+json",
+    "application/manifest+json",
+    "application/geo+json",
+    "application/problem+json",
+    "application/vnd.api+json",
+    "application/wasm",
+    "image/svg+xml",
+    "image/x-icon",
+    "image/vnd.microsoft.icon",
+    "font/ttf",
+    "font/otf",
+    "application/vnd.ms-fontobject",
+];
+
+impl Default for CompressConfig {
+    fn default() -> Self {
+        CompressConfig {
+            algorithms: vec![Encoding::Zstd, Encoding::Br, Encoding::Gzip],
+            min_size: DEFAULT_MIN_SIZE,
+            types: DEFAULT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            levels: CompressLevels::default(),
+        }
     }
 }
 

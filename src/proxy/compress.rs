@@ -23,7 +23,8 @@ use tokio::io::AsyncWrite;
 
 use crate::config::{CompressConfig, CompressLevels, Encoding};
 
-use super::body::BoxError;
+/// The error of a response body (the same type as `body::BoxError`).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The coding the client prefers among `config.algorithms`, if any: the
 /// highest q-value above 0, `*` standing for those not named, a tie going

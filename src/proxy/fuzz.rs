@@ -38,7 +38,7 @@ pub fn forward<B>(
     if let Some(uri) = validate::decode_unreserved(req.uri()) {
         *req.uri_mut() = uri;
     }
-    let host = authority.as_ref().and_then(proxy_http::host_name);
+    let host = authority.as_ref().and_then(headers::host_name);
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     if req.version() == Version::HTTP_2 {
         headers::join_cookies(req.headers_mut());

@@ -170,7 +170,7 @@ impl<'c> Reply<'c> {
                 }
             }
             HeaderVar::Host => {
-                if let Some(host) = self.host.as_ref().and_then(super::http::host_name) {
+                if let Some(host) = self.host.as_ref().and_then(super::headers::host_name) {
                     out.extend_from_slice(host.as_bytes());
                 }
             }

@@ -189,6 +189,17 @@ impl ClientAddr {
     }
 }
 
+/// The host a request is for, lower-case and without a port.
+pub(super) fn host_name(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    let host = if let Some(rest) = s.strip_prefix('[') {
+        rest.split(']').next()?
+    } else {
+        s.rsplit_once(':').map_or(s, |(h, _)| h)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
 use super::header_rules::{Reply, X_REQUEST_ID};
-use super::headers;
+use super::headers::{self, host_name};
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use crate::accept::{Slot, Slots, accept_loop};
@@ -318,17 +318,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
-}
-
-/// The host a request is for, lower-case and without a port.
-pub(super) fn host_name(value: &HeaderValue) -> Option<String> {
-    let s = value.to_str().ok()?;
-    let host = if let Some(rest) = s.strip_prefix('[') {
-        rest.split(']').next()?
-    } else {
-        s.rsplit_once(':').map_or(s, |(h, _)| h)
-    };
-    Some(host.to_ascii_lowercase())
 }
 
 /// Backends get origin-form over HTTP/1.1, whatever the client spoke,
