@@ -435,7 +435,11 @@ async fn a_bad_or_slow_request_body_is_the_clients_fault() {
         assert!(resp.contains("did not arrive within"), "{resp}");
         assert!(start.elapsed() < Duration::from_secs(3));
     }
-    assert_eq!(a.hits() - before, 2, "each slow request did reach the backend");
+    assert_eq!(
+        a.hits() - before,
+        2,
+        "each slow request did reach the backend"
+    );
 
     // A backend that is slow with a whole body is still the backend's fault.
     let resp = raw(
