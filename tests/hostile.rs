@@ -421,9 +421,6 @@ async fn a_bad_or_slow_request_body_is_the_clients_fault() {
     assert!(resp.contains("request body"), "{resp}");
     assert!(resp.to_ascii_lowercase().contains("connection: close"));
 
-    // Whether the first one's head reached the backend depends on whether
-    // geolb's client flushed it before reading the bad chunk: not asserted.
-    let before = a.hits();
     // Ten bytes of a hundred, then nothing: 408 after timeouts.request.
     for head in [
         &b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 100\r\n\r\n0123456789"[..],
@@ -435,10 +432,13 @@ async fn a_bad_or_slow_request_body_is_the_clients_fault() {
         assert!(resp.contains("did not arrive within"), "{resp}");
         assert!(start.elapsed() < Duration::from_secs(3));
     }
-    assert_eq!(
-        a.hits() - before,
-        2,
-        "each slow request did reach the backend"
+    // The two slow requests reached the backend. Whether (and when) the
+    // malformed one's head did depends on whether geolb's client flushed
+    // it before reading the bad chunk, so it may count or not.
+    let hits = a.hits();
+    assert!(
+        (2..=3).contains(&hits),
+        "the slow requests reached the backend: {hits}"
     );
 
     // A backend that is slow with a whole body is still the backend's fault.
