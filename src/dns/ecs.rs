@@ -3,8 +3,8 @@
 //!
 //! hickory-proto 0.26 rejects some malformed options itself (unknown
 //! family, a prefix past 32 bits for IPv4 or 128 for IPv6, too few address
-//! octets: the whole message is then answered with a bare FORMERR, see
-//! `wire`),
+//! octets: the whole message is then answered with a FORMERR keeping its
+//! question and an OPT, see `wire`),
 //! but it accepts address bits set past the source prefix and extra
 //! address octets, and drops the options of a badly framed OPT record
 //! without a word. So the option is parsed here from the wire bytes, where
