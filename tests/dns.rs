@@ -415,6 +415,105 @@ async fn malformed_client_subnet_is_formerr_through_real_sockets() {
     server.stop().await;
 }
 
+/// A query of id 0x4242 built byte by byte (hickory-proto will not write
+/// some of these): the header's third and fourth bytes, the question, and
+/// an OPT (size 1232, the first flags byte, the options' bytes) if any.
+fn conformance_query(
+    flags: [u8; 2],
+    (name, qtype, qclass): (&str, u16, u16),
+    opt: Option<(u8, &[u8])>,
+) -> Vec<u8> {
+    let mut m = vec![0x42, 0x42, flags[0], flags[1], 0, 1, 0, 0, 0, 0, 0];
+    m.push(u8::from(opt.is_some()));
+    for label in name.trim_end_matches('.').split('.') {
+        m.push(label.len() as u8);
+        m.extend(label.as_bytes());
+    }
+    m.push(0);
+    m.extend(qtype.to_be_bytes());
+    m.extend(qclass.to_be_bytes());
+    if let Some((dnssec_ok, options)) = opt {
+        m.extend([0, 0, 41, 0x04, 0xd0, 0, 0, dnssec_ok, 0]);
+        m.extend((options.len() as u16).to_be_bytes());
+        m.extend(options);
+    }
+    m
+}
+
+/// Issue 15's first conformance fixes, over UDP (the fast path for the
+/// first query) and TCP: the DO bit comes back (RFC 3225 §3); a FORMERR
+/// from hickory-proto's parser keeps the question and an OPT (RFC 6891
+/// §7); NOTIMP keeps RD and CD; QCLASS ANY gets the IN data; TYPE0 is
+/// FORMERR; REFUSED carries Extended DNS Error 20 (RFC 8914) with an OPT.
+#[tokio::test]
+async fn conformance_do_formerr_notimp_qclass_any_type0_and_ede() {
+    const DO: u8 = 0x80;
+    const RD: u8 = 0x01;
+    const CD: u8 = 0x10;
+    let server = start(all_up()).await;
+    let family_3: &[u8] = &[0, 8, 0, 5, 0, 3, 8, 0, 10];
+    for over_tcp in [false, true] {
+        let ask = |packet: Vec<u8>| {
+            let addr = server.addr;
+            async move {
+                let bytes = raw(addr, &packet, over_tcp)
+                    .await
+                    .unwrap_or_else(|| panic!("no answer to {packet:02x?}"));
+                (Message::from_vec(&bytes).unwrap(), bytes)
+            }
+        };
+        let a = ("api.mysite.com.", 1, 1);
+        for (question, options, rcode) in [
+            (a, &[][..], ResponseCode::NoError),
+            (("nope.mysite.com.", 1, 1), &[], ResponseCode::NXDomain),
+            (("www.example.org.", 1, 1), &[], ResponseCode::Refused),
+            (a, family_3, ResponseCode::FormErr),
+        ] {
+            for dnssec_ok in [DO, 0] {
+                let packet = conformance_query([RD, 0], question, Some((dnssec_ok, options)));
+                let (m, _) = ask(packet).await;
+                let case = format!("{question:?} DO {dnssec_ok} over TCP {over_tcp}");
+                assert_eq!(m.metadata.response_code, rcode, "{case}");
+                let edns = m.edns.as_ref().unwrap_or_else(|| panic!("{case}"));
+                assert_eq!(edns.flags().dnssec_ok, dnssec_ok == DO, "{case}");
+            }
+        }
+
+        // ECS family 3: hickory-proto's own FORMERR, with the question.
+        let (m, _) = ask(conformance_query([RD, CD], a, Some((0, family_3)))).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(m.queries.len(), 1);
+        assert_eq!(m.queries[0].name().to_ascii(), "api.mysite.com.");
+        assert!(m.metadata.recursion_desired && m.metadata.checking_disabled);
+
+        // Opcode 3 (unassigned): NOTIMP with RD and CD.
+        let (m, _) = ask(conformance_query([3 << 3 | RD, CD], a, None)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+        assert!(m.metadata.recursion_desired && m.metadata.checking_disabled);
+
+        let (m, _) = ask(conformance_query(
+            [RD, 0],
+            ("ns1.mysite.com.", 1, 255),
+            None,
+        ))
+        .await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&m), ["192.0.2.53"]);
+        let (m, _) = ask(conformance_query([RD, 0], ("ns1.mysite.com.", 1, 3), None)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+
+        let (m, _) = ask(conformance_query([RD, 0], ("ns1.mysite.com.", 0, 1), None)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+
+        let refused = ("www.example.org.", 1, 1);
+        let (_, bytes) = ask(conformance_query([RD, 0], refused, Some((0, &[])))).await;
+        assert!(bytes.ends_with(&[0, 15, 0, 2, 0, 20]), "{bytes:02x?}");
+        let (m, _) = ask(conformance_query([RD, 0], refused, None)).await;
+        assert!(m.edns.is_none(), "EDE is an EDNS option: none without OPT");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn big_answers_set_tc_over_udp_and_come_whole_over_tcp() {
     let server = start(all_up()).await;

@@ -26,6 +26,10 @@ use crate::geoip::Location;
 pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
 /// RFC 1035 §4.2.1: UDP without EDNS.
 pub(crate) const PLAIN_UDP_PAYLOAD: u16 = 512;
+/// Extended DNS Error option (RFC 8914), and the codes given.
+const OPTION_EDE: u16 = 15;
+const EDE_PROHIBITED: u16 = 18;
+const EDE_NOT_AUTHORITATIVE: u16 = 20;
 /// CNAME hops followed inside our zones before giving up on a loop.
 const MAX_CHAIN: usize = 8;
 
@@ -44,6 +48,28 @@ pub(crate) struct Reply {
     /// The wildcard's owner when the query's name matched one: what RRL
     /// counts the answer as, so random names under it count together.
     pub wildcard: Option<Name>,
+}
+
+impl Reply {
+    /// A reply to a query of `metadata` without records, NOERROR; with an
+    /// OPT when the query had one (`dnssec_ok`: its DO bit, which RFC 3225
+    /// §3 has copied into the reply's).
+    pub(crate) fn empty(metadata: &Metadata, dnssec_ok: Option<bool>) -> Reply {
+        Reply {
+            metadata: Metadata::response_from_request(metadata),
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            edns: dnssec_ok.map(|dnssec_ok| {
+                let mut edns = Edns::new();
+                edns.set_max_payload(MAX_UDP_PAYLOAD);
+                edns.set_dnssec_ok(dnssec_ok);
+                edns
+            }),
+            geo: None,
+            valid_cookie: false,
+            wildcard: None,
+        }
+    }
 }
 
 /// Where the client is, as far as the query tells.
@@ -86,19 +112,8 @@ impl Resolution {
 
 /// Answers `request`, whatever its size.
 pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
-    let mut reply = Reply {
-        metadata: Metadata::response_from_request(&request.metadata),
-        answers: Vec::new(),
-        authorities: Vec::new(),
-        edns: request.edns.as_ref().map(|_| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(MAX_UDP_PAYLOAD);
-            edns
-        }),
-        geo: None,
-        valid_cookie: false,
-        wildcard: None,
-    };
+    let dnssec_ok = request.edns.as_ref().map(|e| e.flags().dnssec_ok);
+    let mut reply = Reply::empty(&request.metadata, dnssec_ok);
     let code = |mut reply: Reply, rcode| {
         reply.metadata.response_code = rcode;
         reply
@@ -142,11 +157,15 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         src: request.src().ip(),
         ecs: options.ecs,
     };
+    let transfer = matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR);
     let resolution = match (query.query_class(), query.query_type()) {
-        (_, RecordType::OPT) => return code(reply, ResponseCode::FormErr),
+        // RFC 6895 §3.1: TYPE0 is reserved, so no query can ask for it.
+        (_, RecordType::OPT | RecordType::ZERO) => return code(reply, ResponseCode::FormErr),
         // Zone transfers are not offered.
-        (_, RecordType::AXFR | RecordType::IXFR) => Resolution::new(ResponseCode::Refused, false),
-        (DNSClass::IN, qtype) => resolve(data, query.name(), qtype, &client),
+        _ if transfer => Resolution::new(ResponseCode::Refused, false),
+        // Every zone here is of class IN, so QCLASS ANY (RFC 1035 §3.2.5)
+        // asks for exactly the IN data, as Knot and BIND answer it.
+        (DNSClass::IN | DNSClass::ANY, qtype) => resolve(data, query.name(), qtype, &client),
         _ => Resolution::new(ResponseCode::Refused, false),
     };
     reply.metadata.response_code = resolution.rcode;
@@ -163,6 +182,18 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
                 ecs.source_prefix,
                 resolution.scope.unwrap_or(0),
             )));
+    }
+    if let (ResponseCode::Refused, Some(edns)) = (resolution.rcode, reply.edns.as_mut()) {
+        // RFC 8914 §4.19 and §4.21: why, for the resolver's logs.
+        let reason = if transfer {
+            EDE_PROHIBITED
+        } else {
+            EDE_NOT_AUTHORITATIVE
+        };
+        edns.options_mut().insert(EdnsOption::Unknown(
+            OPTION_EDE,
+            reason.to_be_bytes().to_vec(),
+        ));
     }
     reply
 }
@@ -189,7 +220,7 @@ pub(crate) fn udp_limit(edns_size: Option<u16>) -> u16 {
 /// record that does not fit is left out and the header gets TC.
 pub(crate) fn encode_into(
     reply: &Reply,
-    request: &Request,
+    questions: &[LowerQuery],
     max: u16,
     bytes: &mut Vec<u8>,
 ) -> Result<Header, ProtoError> {
@@ -197,7 +228,7 @@ pub(crate) fn encode_into(
     encoder.set_max_size(max);
     emit_message_parts(
         &reply.metadata,
-        &mut request.queries.queries().iter().map(LowerQuery::original),
+        &mut questions.iter().map(LowerQuery::original),
         &mut reply.answers.iter(),
         &mut reply.authorities.iter(),
         &mut std::iter::empty::<&Record>(),
@@ -212,10 +243,24 @@ pub(crate) fn encode_into(
 /// with no records and TC, keeping the question and OPT (with ECS) so a
 /// UDP client retries over TCP; a reply that cannot be encoded at all
 /// becomes SERVFAIL.
-pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
-    let max = limit(request) as u16;
+pub(crate) fn encode_sized(reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+    encode_within(
+        reply,
+        request.queries.queries(),
+        limit(request) as u16,
+        bytes,
+    );
+}
+
+/// [`encode_sized`] for `questions` within `max` bytes.
+pub(crate) fn encode_within(
+    mut reply: Reply,
+    questions: &[LowerQuery],
+    max: u16,
+    bytes: &mut Vec<u8>,
+) {
     bytes.clear();
-    match encode_into(&reply, request, max, bytes) {
+    match encode_into(&reply, questions, max, bytes) {
         Ok(header) if !header.metadata.truncation => return,
         Ok(_) => reply.metadata.truncation = true,
         Err(error) => {
@@ -226,7 +271,7 @@ pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<
     reply.answers.clear();
     reply.authorities.clear();
     bytes.clear();
-    if let Err(error) = encode_into(&reply, request, max, bytes) {
+    if let Err(error) = encode_into(&reply, questions, max, bytes) {
         // Only a question too large for the client's size gets here.
         tracing::debug!(%error, "cannot encode even an empty DNS reply");
         bytes.clear();

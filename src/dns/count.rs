@@ -78,7 +78,7 @@ pub(super) const MALFORMED: &str = "malformed";
 
 static MALFORMED_COUNTER: OnceLock<Counter> = OnceLock::new();
 
-/// Counts one message answered with a bare FORMERR header because it could
+/// Counts one message answered with FORMERR because hickory-proto could
 /// not be parsed: `qtype="malformed", rcode="FORMERR"`.
 pub(super) fn count_malformed() {
     MALFORMED_COUNTER

@@ -3,8 +3,8 @@
 //!
 //! hickory-proto 0.26 rejects some malformed options itself (unknown
 //! family, a prefix past 32 bits for IPv4 or 128 for IPv6, too few address
-//! octets: the whole message is then answered with a bare FORMERR, see
-//! `wire`),
+//! octets: the whole message is then answered with a FORMERR keeping its
+//! question and an OPT, see `wire`),
 //! but it accepts address bits set past the source prefix and extra
 //! address octets, and drops the options of a badly framed OPT record
 //! without a word. So the option is parsed here from the wire bytes, where
@@ -130,6 +130,26 @@ fn option(bytes: &[u8]) -> Result<(u16, &[u8], &[u8]), Malformed> {
 
 /// The RDATA of the message's OPT record, walking the wire format.
 fn opt_rdata(message: &[u8]) -> Result<Option<&[u8]>, Malformed> {
+    Ok(opt_record(message)?.map(|(_, rdata)| rdata))
+}
+
+/// What a reply needs of a query's OPT record (the first, whatever its
+/// owner) when hickory-proto could not parse the query: the client's UDP
+/// size and the DO bit. None without one, or when the message breaks off
+/// before it.
+pub(crate) fn opt_size_and_do(message: &[u8]) -> Option<(u16, bool)> {
+    let (fixed, _) = opt_record(message).ok()??;
+    Some((
+        u16::from_be_bytes([fixed[2], fixed[3]]),
+        fixed[6] & 0x80 != 0,
+    ))
+}
+
+/// An OPT record: its fixed part (type, class, TTL, RDLENGTH) and RDATA.
+type OptRecord<'m> = (&'m [u8], &'m [u8]);
+
+/// The message's OPT record.
+fn opt_record(message: &[u8]) -> Result<Option<OptRecord<'_>>, Malformed> {
     const TRUNCATED: Malformed = Malformed("message truncated");
     let count = |at: usize| -> Result<usize, Malformed> {
         let b = message.get(at..at + 2).ok_or(TRUNCATED)?;
@@ -149,7 +169,7 @@ fn opt_rdata(message: &[u8]) -> Result<Option<&[u8]>, Malformed> {
         let rdata = message.get(at + 10..at + 10 + len).ok_or(TRUNCATED)?;
         at += 10 + len;
         if rtype == TYPE_OPT && i >= answers + authorities {
-            return Ok(Some(rdata));
+            return Ok(Some((fixed, rdata)));
         }
     }
     Ok(None)

@@ -156,6 +156,9 @@ struct Query<'p> {
 struct Opt<'p> {
     /// The client's UDP size.
     size: u16,
+    /// The DO bit (0x80) in its place in the flags' first byte, for the
+    /// reply (RFC 3225 §3).
+    dnssec_ok: u8,
     /// Client Subnet option data.
     ecs: Option<&'p [u8]>,
     /// COOKIE option data.
@@ -228,7 +231,7 @@ fn parse_opt(record: &[u8]) -> Option<Opt<'_>> {
         c1,
         rcode_high,
         version,
-        _,
+        flags,
         _,
         l0,
         l1,
@@ -245,6 +248,7 @@ fn parse_opt(record: &[u8]) -> Option<Opt<'_>> {
     }
     let mut opt = Opt {
         size: u16::from_be_bytes([*c0, *c1]),
+        dnssec_ok: flags & 0x80,
         ecs: None,
         cookie: None,
     };
@@ -385,7 +389,7 @@ pub(super) fn answer(
         reply.push(0);
         reply.extend_from_slice(&TYPE_OPT.to_be_bytes());
         reply.extend_from_slice(&answer::MAX_UDP_PAYLOAD.to_be_bytes());
-        reply.extend_from_slice(&0u32.to_be_bytes());
+        reply.extend_from_slice(&[0, 0, opt.dnssec_ok, 0]);
         let option_len = |data: &[u8]| data.len() + 4;
         let rdlen =
             cookie.as_ref().map_or(0, |(c, _)| option_len(c)) + opt.ecs.map_or(0, option_len);
@@ -441,6 +445,8 @@ mod tests {
         cd: bool,
         /// (UDP size, Client Subnet option data)
         edns: Option<(u16, Option<Vec<u8>>)>,
+        /// The OPT's DO bit as in its flags' first byte (0x80 or 0).
+        dnssec_ok: u8,
     }
 
     impl Packet<'_> {
@@ -487,7 +493,7 @@ mod tests {
             if let Some((size, ecs)) = &self.edns {
                 p.extend_from_slice(&[0, 0, 41]);
                 p.extend_from_slice(&size.to_be_bytes());
-                p.extend_from_slice(&[0, 0, 0x80, 0]); // DO set: ignored by both paths
+                p.extend_from_slice(&[0, 0, self.dnssec_ok, 0]);
                 match ecs {
                     Some(data) => {
                         p.extend_from_slice(&(data.len() as u16 + 4).to_be_bytes());
@@ -605,7 +611,7 @@ mod tests {
             for name in names.clone() {
                 for qtype in [TYPE_A, TYPE_AAAA, 16, 255] {
                     for edns in &edns {
-                        for (rd, cd) in [(true, false), (false, true)] {
+                        for (rd, cd, dnssec_ok) in [(true, false, 0x80), (false, true, 0)] {
                             for (src, options) in sources
                                 .iter()
                                 .flat_map(|s| option_sets.iter().map(move |o| (*s, *o)))
@@ -617,6 +623,7 @@ mod tests {
                                     rd,
                                     cd,
                                     edns: edns.clone(),
+                                    dnssec_ok,
                                 }
                                 .with_options(options);
                                 total += 1;
@@ -657,6 +664,7 @@ mod tests {
             rd: true,
             cd: false,
             edns: edns[3].clone(),
+            dnssec_ok: 0x80,
         }
         .with_options(&[(OPTION_COOKIE, &presented)]);
         let (mut fast, mut general) = (Vec::new(), Vec::new());
@@ -694,6 +702,7 @@ mod tests {
                 rd: false,
                 cd: false,
                 edns,
+                dnssec_ok: 0,
             };
             let mut reply = Vec::new();
             assert!(
@@ -817,6 +826,7 @@ mod tests {
                 rd: true,
                 cd: false,
                 edns: Some((1232, Some(ecs(1, 24, &[81, 2, 69])))),
+                dnssec_ok: 0x80,
             }
             .with_options(&[(OPTION_COOKIE, cookie)]),
             Packet {
@@ -825,6 +835,7 @@ mod tests {
                 rd: false,
                 cd: true,
                 edns: None,
+                dnssec_ok: 0,
             }
             .bytes(),
         ];

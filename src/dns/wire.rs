@@ -8,16 +8,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::op::{Header, LowerQuery, MessageType, Metadata, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 
-use super::DnsData;
 use super::answer;
 use super::count::{count, count_malformed};
 use super::querylog;
 use super::rrl::Class;
+use super::{DnsData, ecs};
 
 /// Writes the reply to `message` (from `src` over `protocol`) into
 /// `reply`, sized for the transport, and counts it; returns what the reply
@@ -40,7 +40,7 @@ pub(super) fn answer(
                 return None;
             }
             tracing::debug!(%src, %error, "FORMERR: unparsable query");
-            form_error(&header.metadata, reply);
+            form_error(&header.metadata, message, protocol, reply);
             count_malformed();
             if data.query_log_due() {
                 querylog::log(data, message, src, protocol_name(protocol), reply, None);
@@ -77,20 +77,26 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-/// A reply to a message that could not be parsed: its id, opcode, RD and
-/// CD, FORMERR, nothing else (what hickory-server would send).
-fn form_error(request: &Metadata, reply: &mut Vec<u8>) {
-    let mut metadata = Metadata::response_from_request(request);
-    metadata.response_code = ResponseCode::FormErr;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
+/// A reply to a message hickory-proto could not parse: its id, opcode, RD
+/// and CD, FORMERR, its question when that alone parses, and an OPT
+/// (with the DO bit) when it had one (RFC 6891 §7), as every other
+/// FORMERR.
+fn form_error(request: &Metadata, message: &[u8], protocol: Protocol, reply: &mut Vec<u8>) {
+    let opt = ecs::opt_size_and_do(message);
+    let mut answer = answer::Reply::empty(request, opt.map(|(_, dnssec_ok)| dnssec_ok));
+    answer.metadata.response_code = ResponseCode::FormErr;
+    // The question's name may point back into the header: decode from the
+    // message's start.
+    let mut decoder = BinDecoder::new(message);
+    let question = match Header::read(&mut decoder) {
+        Ok(header) if header.counts.queries == 1 => LowerQuery::read(&mut decoder).ok(),
+        _ => None,
     };
-    reply.clear();
-    let mut encoder = BinEncoder::new(reply);
-    if header.emit(&mut encoder).is_err() {
-        reply.clear();
-    }
+    let max = match protocol {
+        Protocol::Udp => answer::udp_limit(opt.map(|(size, _)| size)),
+        _ => u16::MAX,
+    };
+    answer::encode_within(answer, question.as_slice(), max, reply);
 }
 
 /// Panics while answering are logged at most once per this interval (per
@@ -183,7 +189,286 @@ impl PanicLog {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use hickory_proto::op::{Message, OpCode, Query};
+    use hickory_proto::rr::{DNSClass, Name, RecordType};
+    use hickory_server::server::Request;
+
     use super::*;
+    use crate::dns::AllUp;
+    use crate::dns::answer::tests::data;
+    use crate::dns::udp::answer_packet;
+
+    const RD: u8 = 0x01;
+    const CD: u8 = 0x10;
+    const DO: u8 = 0x80;
+
+    /// A query with id 0x4242: the header's third and fourth bytes,
+    /// `records` after the question (counted as additional), the question
+    /// (name, type, class).
+    fn query(flags: [u8; 2], question: (&str, u16, u16), records: &[Vec<u8>]) -> Vec<u8> {
+        let mut m = vec![0x42, 0x42, flags[0], flags[1], 0, 1, 0, 0, 0, 0, 0];
+        m.push(records.len() as u8);
+        for label in question.0.trim_end_matches('.').split('.') {
+            m.push(label.len() as u8);
+            m.extend(label.as_bytes());
+        }
+        m.push(0);
+        m.extend(question.1.to_be_bytes());
+        m.extend(question.2.to_be_bytes());
+        for record in records {
+            m.extend(record);
+        }
+        m
+    }
+
+    /// An OPT record owned by the root: size 1232, EDNS `version`, the
+    /// flags' first byte, `rdata` (the options, raw).
+    fn opt(version: u8, flags: u8, rdata: &[u8]) -> Vec<u8> {
+        let mut r = vec![0, 0, 41, 0x04, 0xd0, 0, version, flags, 0];
+        r.extend((rdata.len() as u16).to_be_bytes());
+        r.extend(rdata);
+        r
+    }
+
+    /// One option, code and data, as OPT RDATA.
+    fn option(code: u16, data: &[u8]) -> Vec<u8> {
+        let mut o = code.to_be_bytes().to_vec();
+        o.extend((data.len() as u16).to_be_bytes());
+        o.extend(data);
+        o
+    }
+
+    /// The replies to `packet` over UDP (the fast path when it can) and TCP.
+    fn replies(packet: &[u8]) -> [Vec<u8>; 2] {
+        let data = data(Arc::new(AllUp));
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+        assert!(answer_packet(&data, packet, src, &mut udp).is_some());
+        assert!(answer(&data, packet, src, Protocol::Tcp, &mut tcp).is_some());
+        [udp, tcp]
+    }
+
+    const A: u16 = 1;
+    const IN: u16 = 1;
+
+    /// RFC 3225 §3: the DO bit of the query's OPT is in the reply's,
+    /// whatever the path and the rcode.
+    #[test]
+    fn the_do_bit_is_copied_into_every_reply_with_an_opt() {
+        crate::dns::cookie::pin_now(Some(1_800_000_000));
+        let ecs_bits_past_prefix = option(8, &[0, 1, 20, 0, 81, 2, 69]);
+        let ecs_family_3 = option(8, &[0, 3, 8, 0, 10]);
+        let ecs = option(8, &[0, 1, 24, 0, 81, 2, 69]);
+        // (opcode, name, type, options, EDNS version, rcode)
+        type Case<'a> = (u8, &'a str, u16, &'a [u8], u8, ResponseCode);
+        let cases: [Case<'_>; 9] = [
+            (0, "api.mysite.com.", A, &[], 0, ResponseCode::NoError),
+            (0, "api.mysite.com.", A, &ecs, 0, ResponseCode::NoError),
+            (0, "api.mysite.com.", 16, &ecs, 0, ResponseCode::NoError),
+            (0, "nothing.mysite.com.", A, &[], 0, ResponseCode::NXDomain),
+            (0, "example.org.", A, &[], 0, ResponseCode::Refused),
+            (
+                0,
+                "api.mysite.com.",
+                A,
+                &ecs_bits_past_prefix,
+                0,
+                ResponseCode::FormErr,
+            ),
+            (
+                0,
+                "api.mysite.com.",
+                A,
+                &ecs_family_3,
+                0,
+                ResponseCode::FormErr,
+            ),
+            (0, "api.mysite.com.", A, &[], 1, ResponseCode::BADVERS),
+            (3, "api.mysite.com.", A, &[], 0, ResponseCode::NotImp),
+        ];
+        for (opcode, name, qtype, options, version, rcode) in cases {
+            for dnssec_ok in [DO, 0] {
+                let records = [opt(version, dnssec_ok, options)];
+                let packet = query([opcode << 3 | RD, 0], (name, qtype, IN), &records);
+                for reply in replies(&packet) {
+                    let case = format!("{name} {qtype} opcode {opcode} {options:?} DO {dnssec_ok}");
+                    let m = Message::from_vec(&reply).unwrap();
+                    // BADVERS and BADSIG share 16: compare numbers.
+                    let got = u16::from(m.metadata.response_code);
+                    assert_eq!(got, u16::from(rcode), "{case}");
+                    let edns = m.edns.as_ref().unwrap_or_else(|| panic!("{case}"));
+                    assert_eq!(edns.flags().dnssec_ok, dnssec_ok == DO, "{case}");
+                }
+            }
+        }
+    }
+
+    /// RFC 6891 §7: a FORMERR for options hickory-proto rejects while
+    /// parsing carries an OPT when the query had one, and the question
+    /// when it parses, like the FORMERRs of `answer`.
+    #[test]
+    fn formerr_from_the_parser_keeps_the_question_and_the_opt() {
+        let q = ("api.mysite.com.", A, IN);
+        let mut owned_by_a = opt(0, DO, &[]);
+        owned_by_a.splice(0..1, [1, b'a', 0]);
+        // (query, whether it had an OPT)
+        let cases = [
+            (
+                query([RD, CD], q, &[opt(0, DO, &option(8, &[0, 3, 8, 0, 10]))]),
+                true,
+            ),
+            (
+                query(
+                    [RD, CD],
+                    q,
+                    &[opt(0, DO, &option(8, &[0, 1, 33, 0, 1, 2, 3, 4, 5]))],
+                ),
+                true,
+            ),
+            (
+                query([RD, CD], q, &[opt(0, DO, &option(8, &[0, 2, 129, 0]))]),
+                true,
+            ),
+            // An option running past the record.
+            (
+                query([RD, CD], q, &[opt(0, DO, &[0, 8, 0, 10, 0, 1])]),
+                true,
+            ),
+            (
+                query([RD, CD], q, &[opt(0, DO, &[]), opt(0, DO, &[])]),
+                true,
+            ),
+            (query([RD, CD], q, &[owned_by_a]), true),
+            // A record cut short, no OPT.
+            (query([RD, CD], q, &[vec![0, 0, 1, 0, 1]]), false),
+        ];
+        for (packet, with_opt) in cases {
+            let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+            assert!(
+                Request::from_bytes(packet.clone(), src, Protocol::Udp).is_err(),
+                "hickory-proto's own FORMERR: {packet:02x?}"
+            );
+            for reply in replies(&packet) {
+                let m = Message::from_vec(&reply).unwrap();
+                assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+                assert_eq!(m.metadata.id, 0x4242);
+                assert!(m.metadata.recursion_desired && m.metadata.checking_disabled);
+                let asked = Query::query(Name::from_ascii(q.0).unwrap(), RecordType::A);
+                assert_eq!(m.queries, [asked], "{packet:02x?}");
+                assert_eq!(m.edns.is_some(), with_opt, "{packet:02x?}");
+                if let Some(edns) = &m.edns {
+                    assert!(edns.flags().dnssec_ok);
+                    assert_eq!(edns.max_payload(), answer::MAX_UDP_PAYLOAD);
+                }
+            }
+        }
+        // No question to echo: a name past 255 octets.
+        let long = format!("{}.mysite.com.", vec!["a".repeat(63); 4].join("."));
+        let packet = query([RD, 0], (&long, A, IN), &[opt(0, 0, &[])]);
+        for reply in replies(&packet) {
+            let m = Message::from_vec(&reply).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+            assert!(m.queries.is_empty() && m.edns.is_some());
+        }
+    }
+
+    /// NOTIMP for an opcode not served echoes RD and CD, as every reply.
+    #[test]
+    fn notimp_echoes_rd_and_cd() {
+        for opcode in [1u8, 2, 3, 4, 5, 6, 15] {
+            for records in [vec![], vec![opt(0, 0, &[])]] {
+                let packet = query([opcode << 3 | RD, CD], ("mysite.com.", 6, IN), &records);
+                for reply in replies(&packet) {
+                    let m = Message::from_vec(&reply).unwrap();
+                    let case = format!("opcode {opcode}: {reply:02x?}");
+                    assert_eq!(m.metadata.response_code, ResponseCode::NotImp, "{case}");
+                    assert_eq!(m.metadata.op_code, OpCode::from_u8(opcode), "{case}");
+                    assert!(m.metadata.recursion_desired, "{case}");
+                    assert!(m.metadata.checking_disabled, "{case}");
+                }
+            }
+            // No question at all (a DSO keepalive has none).
+            let packet = [0x42, 0x42, opcode << 3 | RD, CD, 0, 0, 0, 0, 0, 0, 0, 0];
+            for reply in replies(&packet) {
+                assert_eq!(
+                    reply[2..4],
+                    [0x80 | opcode << 3 | RD, CD | 4],
+                    "{reply:02x?}"
+                );
+            }
+        }
+    }
+
+    /// QCLASS ANY is answered from the IN data; other classes are
+    /// refused; TYPE0 is FORMERR (RFC 6895 §3.1).
+    #[test]
+    fn qclass_any_takes_the_in_data_and_type_0_is_formerr() {
+        let answer_of = |name, qtype, qclass| {
+            let packet = query([RD, 0], (name, qtype, qclass), &[opt(0, 0, &[])]);
+            replies(&packet).map(|r| Message::from_vec(&r).unwrap())
+        };
+        for m in answer_of("ns1.mysite.com.", A, 255) {
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert!(m.metadata.authoritative);
+            assert_eq!(m.answers.len(), 1);
+            assert_eq!(m.answers[0].dns_class, DNSClass::IN);
+            assert_eq!(m.queries[0].query_class(), DNSClass::ANY);
+        }
+        for m in answer_of("api.mysite.com.", A, 255) {
+            assert_eq!(m.answers.len(), 1);
+        }
+        for m in answer_of("nothing.mysite.com.", A, 255) {
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        }
+        for qclass in [3, 4, 254] {
+            for m in answer_of("ns1.mysite.com.", A, qclass) {
+                assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+            }
+        }
+        for (name, qclass) in [
+            ("ns1.mysite.com.", IN),
+            ("example.org.", IN),
+            ("mysite.com.", 255),
+        ] {
+            for m in answer_of(name, 0, qclass) {
+                assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "{name}");
+                assert!(m.answers.is_empty() && m.edns.is_some());
+            }
+        }
+    }
+
+    /// RFC 8914: REFUSED says why in an Extended DNS Error, when the
+    /// query had an OPT to carry it.
+    #[test]
+    fn refused_carries_an_extended_dns_error_with_an_opt_only() {
+        let not_authoritative = [0, 15, 0, 2, 0, 20];
+        let prohibited = [0, 15, 0, 2, 0, 18];
+        let cases: [(&str, u16, u16, &[u8]); 4] = [
+            ("example.org.", A, IN, &not_authoritative),
+            ("ns1.mysite.com.", A, 3, &not_authoritative),
+            ("mysite.com.", 252, IN, &prohibited),
+            ("mysite.com.", 251, IN, &prohibited),
+        ];
+        for (name, qtype, qclass, ede) in cases {
+            let packet = query([RD, 0], (name, qtype, qclass), &[opt(0, 0, &[])]);
+            for reply in replies(&packet) {
+                assert_eq!(reply[3] & 0x0f, 5, "REFUSED: {name}");
+                assert!(reply.ends_with(ede), "{name}: {reply:02x?}");
+            }
+            let packet = query([RD, 0], (name, qtype, qclass), &[]);
+            for reply in replies(&packet) {
+                assert_eq!(reply[3] & 0x0f, 5, "REFUSED: {name}");
+                assert_eq!(reply[10..12], [0, 0], "no OPT: {name}");
+            }
+        }
+        // Other answers carry none.
+        let packet = query([RD, 0], ("nothing.mysite.com.", A, IN), &[opt(0, 0, &[])]);
+        for reply in replies(&packet) {
+            assert!(reply.ends_with(&[0, 0]), "an OPT without options");
+        }
+    }
 
     #[test]
     fn a_panic_while_answering_is_caught_quietly_with_its_place() {
