@@ -8,6 +8,7 @@ use hickory_proto::op::{
     Edns, Header, LowerQuery, Metadata, OpCode, ResponseCode, emit_message_parts,
 };
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::rdata::tsig::{TSIG, TsigError, make_tsig_record};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -26,7 +27,8 @@ use crate::geoip::Location;
 pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
 /// RFC 1035 §4.2.1: UDP without EDNS.
 pub(crate) const PLAIN_UDP_PAYLOAD: u16 = 512;
-/// CNAME hops followed inside our zones before giving up on a loop.
+/// CNAME hops followed inside our zones (a loop ends where it comes back;
+/// a longer chain is cut here).
 const MAX_CHAIN: usize = 8;
 
 /// A reply ready to encode (`encode_sized` fits it to its transport).
@@ -35,6 +37,11 @@ pub(crate) struct Reply {
     pub metadata: Metadata,
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
+    /// Addresses of in-zone NS, MX and SRV targets, whole RRsets in order
+    /// (dropped from the end when the reply would not fit).
+    pub additionals: Vec<Record>,
+    /// The TSIG RR of an error answer to a signed query.
+    pub tsig: Option<Record<TSIG>>,
     /// Present when the query had EDNS.
     pub edns: Option<Edns>,
     /// The geo name answered and the data centers chosen, for metrics.
@@ -90,6 +97,8 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         metadata: Metadata::response_from_request(&request.metadata),
         answers: Vec::new(),
         authorities: Vec::new(),
+        additionals: Vec::new(),
+        tsig: None,
         edns: request.edns.as_ref().map(|_| {
             let mut edns = Edns::new();
             edns.set_max_payload(MAX_UDP_PAYLOAD);
@@ -103,6 +112,21 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         reply.metadata.response_code = rcode;
         reply
     };
+    if let Some((key, tsig)) = tsig(request) {
+        // RFC 8945 §5.2: geolb has no TSIG keys, so every key is unknown:
+        // NOTAUTH, unsigned, with a TSIG RR of error BADKEY and no MAC.
+        let rdata = TSIG::new(
+            tsig.algorithm.clone(),
+            tsig.time,
+            tsig.fudge,
+            Vec::new(),
+            tsig.oid,
+            Some(TsigError::BadKey),
+            Vec::new(),
+        );
+        reply.tsig = Some(make_tsig_record(key.clone(), rdata));
+        return code(reply, ResponseCode::NotAuth);
+    }
     if request.metadata.op_code != OpCode::Query {
         return code(reply, ResponseCode::NotImp);
     }
@@ -153,6 +177,16 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     reply.metadata.authoritative = resolution.authoritative;
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
+    reply.additionals = additionals(&data.compiled.zones, &reply.answers);
+    // RFC 4343 §4.1: owners that are the query's name keep its spelling
+    // (resolvers randomising case compare it), and so compress to the
+    // question's name.
+    let spelled = query.original().name();
+    for record in reply.answers.iter_mut().chain(&mut reply.authorities) {
+        if record.name == *spelled && !record.name.eq_case(spelled) {
+            record.name = spelled.clone();
+        }
+    }
     reply.geo = resolution.geo;
     reply.wildcard = resolution.wildcard;
     if let (Some(ecs), Some(edns)) = (client.ecs, reply.edns.as_mut()) {
@@ -165,6 +199,19 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
             )));
     }
     reply
+}
+
+/// The key name and TSIG RR of a signed request. hickory-proto takes the
+/// TSIG RR out of the additional section only with its DNSSEC features,
+/// which geolb does without: then it is among the additional records.
+fn tsig(request: &Request) -> Option<(&Name, &TSIG)> {
+    if let Some(signed) = request.signature.as_deref() {
+        return Some((&signed.name, &signed.data));
+    }
+    request.additionals.iter().find_map(|r| match &r.data {
+        RData::TSIG(tsig) => Some((&r.name, tsig)),
+        _ => None,
+    })
 }
 
 /// The largest response the client takes over `request`'s transport.
@@ -200,28 +247,34 @@ pub(crate) fn encode_into(
         &mut request.queries.queries().iter().map(LowerQuery::original),
         &mut reply.answers.iter(),
         &mut reply.authorities.iter(),
-        &mut std::iter::empty::<&Record>(),
+        &mut reply.additionals.iter(),
         reply.edns.as_ref(),
-        None,
+        reply.tsig.as_ref(),
         &mut encoder,
     )
 }
 
 /// `reply` sized for `request`'s transport, into `bytes` (cleared first):
 /// whole if it fits (over UDP the client's size, over TCP 64 KiB), else
-/// with no records and TC, keeping the question and OPT (with ECS) so a
-/// UDP client retries over TCP; a reply that cannot be encoded at all
-/// becomes SERVFAIL.
+/// without the additional RRsets that do not fit (RFC 2181 §9: no TC for
+/// them), else with no records and TC, keeping the question and OPT (with
+/// ECS) so a UDP client retries over TCP; a reply that cannot be encoded
+/// at all becomes SERVFAIL.
 pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
     let max = limit(request) as u16;
-    bytes.clear();
-    match encode_into(&reply, request, max, bytes) {
-        Ok(header) if !header.metadata.truncation => return,
-        Ok(_) => reply.metadata.truncation = true,
-        Err(error) => {
-            crate::log_limited!(warn, %error, "cannot encode a DNS reply");
-            reply.metadata.response_code = ResponseCode::ServFail;
+    loop {
+        bytes.clear();
+        match encode_into(&reply, request, max, bytes) {
+            Ok(header) if !header.metadata.truncation => return,
+            // Additional records crowding out the OPT fail the encoding.
+            _ if pop_rrset(&mut reply.additionals) => continue,
+            Ok(_) => reply.metadata.truncation = true,
+            Err(error) => {
+                crate::log_limited!(warn, %error, "cannot encode a DNS reply");
+                reply.metadata.response_code = ResponseCode::ServFail;
+            }
         }
+        break;
     }
     reply.answers.clear();
     reply.authorities.clear();
@@ -241,6 +294,57 @@ pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<
         let mut encoder = BinEncoder::new(bytes);
         let _ = header.emit(&mut encoder);
     }
+}
+
+/// Removes the last RRset of `records`; false when there was none.
+fn pop_rrset(records: &mut Vec<Record>) -> bool {
+    let Some(last) = records.pop() else {
+        return false;
+    };
+    while records
+        .last()
+        .is_some_and(|r| r.record_type() == last.record_type() && r.name == last.name)
+    {
+        records.pop();
+    }
+    true
+}
+
+/// RFC 1034 §4.3.2 step 6: the A and AAAA RRsets of the names that NS, MX
+/// and SRV `answers` point to, when our zones hold them (a name elsewhere
+/// is the resolver's to look up; a geo name's answer depends on the
+/// client and is left to the resolver's query too).
+fn additionals(zones: &super::zone::Zones, answers: &[Record]) -> Vec<Record> {
+    let mut found = Vec::new();
+    let mut seen: SmallVec<[&Name; 4]> = SmallVec::new();
+    for record in answers {
+        let target = match &record.data {
+            RData::NS(ns) => &ns.0,
+            RData::MX(mx) => &mx.exchange,
+            RData::SRV(srv) => &srv.target,
+            _ => continue,
+        };
+        if seen.contains(&target) {
+            continue;
+        }
+        seen.push(target);
+        let target = LowerName::from(target);
+        let Some(zone) = zones.zone_for(&target) else {
+            continue;
+        };
+        if let Found::Node {
+            node,
+            wildcard: false,
+        } = zone.find(&target)
+        {
+            for rtype in [RecordType::A, RecordType::AAAA] {
+                if let Some(set) = node.get(rtype) {
+                    found.extend(set.records.iter().cloned());
+                }
+            }
+        }
+    }
+    found
 }
 
 fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client) -> Resolution {
@@ -312,6 +416,15 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 let RData::CNAME(target) = &cname.records[0].data else {
                     return res;
                 };
+                // RFC 1034 §3.6.2: a loop ends where it comes back, each
+                // CNAME given once.
+                if res
+                    .answers
+                    .iter()
+                    .any(|r| r.name == target.0 && r.record_type() == RecordType::CNAME)
+                {
+                    return res;
+                }
                 let target = LowerName::from(&target.0);
                 // A target outside our zones is the resolver's to follow.
                 match zones.zone_for(&target) {
@@ -622,7 +735,9 @@ always_up = true
         assert_eq!(m.answers.len(), 1);
 
         let m = ask("loop1.mysite.com.", RecordType::A).on(&d);
-        assert_eq!(m.answers.len(), MAX_CHAIN);
+        let owners: Vec<String> = m.answers.iter().map(|r| r.name.to_ascii()).collect();
+        assert_eq!(owners, ["loop1.mysite.com.", "loop2.mysite.com."]);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     }
 
     #[test]

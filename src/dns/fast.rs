@@ -42,16 +42,16 @@ pub(super) enum Target {
     },
 }
 
-/// Owner names (lower-case wire form) the fast path answers for, with the
-/// owner as written in the config (its case is what answers carry).
+/// Owner names (lower-case wire form) the fast path answers for; answers
+/// carry the query's spelling of the name.
 #[derive(Default)]
 pub(super) struct Index {
     names: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
 }
 
-/// The owner as the config spells it (wire form), what it answers, and
-/// what RRL counts its A and AAAA answers as (hashed once, here).
-type Entry = (Box<[u8]>, Target, [Class; 2]);
+/// What a name answers, and what RRL counts its A and AAAA answers as
+/// (hashed once, here).
+type Entry = (Target, [Class; 2]);
 
 /// The RRL classes of answers to A and AAAA queries for `lower`.
 fn classes(lower: &[u8]) -> [Class; 2] {
@@ -71,7 +71,7 @@ impl Index {
             if let Found::Geo { node: None, .. } = zone.find(&g.lower) {
                 let lower = lower_wire(&g.lower);
                 let classes = classes(&lower);
-                names.insert(lower, (wire_of(&g.name), Target::Geo(index), classes));
+                names.insert(lower, (Target::Geo(index), classes));
             }
         }
         for zone in zones.iter() {
@@ -95,12 +95,7 @@ impl Index {
                         .filter(|s| matches!(s.rtype, RecordType::A | RecordType::AAAA))
                         .flat_map(|s| s.records.iter())
                 };
-                let Some(first) = records().next() else {
-                    continue;
-                };
-                let owner = wire_of(&first.name);
-                // One spelling of the owner, so one compression pointer fits all.
-                if records().any(|r| wire_of(&r.name) != owner) {
+                if records().next().is_none() {
                     continue;
                 }
                 let (mut a, mut aaaa) = (Vec::new(), Vec::new());
@@ -113,7 +108,7 @@ impl Index {
                 }
                 let lower = lower_wire(lower);
                 let classes = classes(&lower);
-                names.insert(lower, (owner, Target::Fixed { a, aaaa }, classes));
+                names.insert(lower, (Target::Fixed { a, aaaa }, classes));
             }
         }
         Index { names }
@@ -291,12 +286,7 @@ pub(super) fn answer(
     let key = key.get_mut(..name.len())?;
     key.copy_from_slice(name);
     key.make_ascii_lowercase();
-    let (owner, target, classes) = data.compiled.fast.names.get(&*key)?;
-    // The general path compresses an owner against the question only when
-    // they are spelled alike, case included.
-    if **owner != *name {
-        return None;
-    }
+    let (target, classes) = data.compiled.fast.names.get(&*key)?;
     let ecs = match query.edns.and_then(|opt| opt.ecs) {
         Some(option) => Some(ecs::parse(option).ok()?),
         None => None,
