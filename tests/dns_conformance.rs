@@ -17,6 +17,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use support::Geolb;
 
 const WAIT: Duration = Duration::from_secs(2);
+/// A records of `wide.mysite.com`: past the 120 names hickory-proto
+/// compresses in one message.
+const WIDE: usize = 200;
 
 /// A zone with a CNAME loop, delegation and service names whose targets
 /// are in and out of the zone, and a name with many addresses.
@@ -25,6 +28,13 @@ fn config() -> String {
     for i in 1..=40 {
         many.push_str(&format!(
             "  {{ name = \"many\", type = \"AAAA\", value = \"2001:db8::{i:x}\" }},\n"
+        ));
+    }
+    for i in 1..=WIDE {
+        many.push_str(&format!(
+            "  {{ name = \"Wide\", type = \"A\", value = \"10.0.{}.{}\" }},\n",
+            i / 256,
+            i % 256
         ));
     }
     format!(
@@ -260,6 +270,13 @@ async fn tcp_answers_are_compressed_as_udp_answers() {
         let at = 12 + question_name(&sent).len() + 4;
         assert_eq!(over_tcp[at..at + 2], [0xc0, 12], "{name} {qtype}");
     }
+    // Too big for UDP; over TCP every owner is a pointer to the question:
+    // header, question, then 16 bytes a record.
+    let sent = query("wide.MYSITE.com.", RecordType::A, None);
+    let reply = tcp(server, &sent).await;
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.answers.len(), WIDE);
+    assert_eq!(reply.len(), sent.len() + WIDE * 16, "all compressed");
     drop(geolb);
 }
 

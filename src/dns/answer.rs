@@ -242,16 +242,61 @@ pub(crate) fn encode_into(
 ) -> Result<Header, ProtoError> {
     let mut encoder = BinEncoder::new(bytes);
     encoder.set_max_size(max);
+    let queries = request.queries.queries();
+    let question = match queries {
+        [query] => Some(query.original().name()),
+        _ => None,
+    };
     emit_message_parts(
         &reply.metadata,
-        &mut request.queries.queries().iter().map(LowerQuery::original),
-        &mut reply.answers.iter(),
-        &mut reply.authorities.iter(),
-        &mut reply.additionals.iter(),
+        &mut queries.iter().map(LowerQuery::original),
+        &mut section(&reply.answers, question).iter(),
+        &mut section(&reply.authorities, question).iter(),
+        &mut section(&reply.additionals, question).iter(),
         reply.edns.as_ref(),
         reply.tsig.as_ref(),
         &mut encoder,
     )
+}
+
+/// A compression pointer to the question's name, right after the header.
+const QUESTION_POINTER: u16 = 0xc000 | 12;
+
+/// A record whose owner, when it is the question's name spelled alike,
+/// is written as a pointer to it, as the fast path writes it: hickory-proto
+/// compresses only the first 120 names of a message, so records past them
+/// in a large (TCP) answer would carry the whole name.
+struct Owned<'r> {
+    record: &'r Record,
+    at_question: bool,
+}
+
+fn section<'r>(records: &'r [Record], question: Option<&Name>) -> SmallVec<[Owned<'r>; 8]> {
+    records
+        .iter()
+        .map(|record| Owned {
+            record,
+            at_question: question.is_some_and(|q| record.name.eq_case(q)),
+        })
+        .collect()
+}
+
+impl BinEncodable for Owned<'_> {
+    fn emit(&self, encoder: &mut BinEncoder<'_>) -> Result<(), ProtoError> {
+        let record = self.record;
+        if !self.at_question {
+            return record.emit(encoder);
+        }
+        encoder.emit_u16(QUESTION_POINTER)?;
+        record.record_type().emit(encoder)?;
+        record.dns_class.emit(encoder)?;
+        encoder.emit_u32(record.ttl)?;
+        let place = encoder.place::<u16>()?;
+        record.data.emit(encoder)?;
+        let len = encoder.len_since_place(&place);
+        // A record's data is under 64 KiB: the encoder's size is.
+        place.replace(encoder, len as u16)
+    }
 }
 
 /// `reply` sized for `request`'s transport, into `bytes` (cleared first):
@@ -928,5 +973,121 @@ always_up = true
 
         let m = ask("mysite.com.", RecordType::AXFR).on(&d);
         assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn owners_named_by_the_query_keep_its_spelling() {
+        let d = all_up();
+        for (name, qtype) in [
+            ("MySite.COM.", RecordType::SOA),
+            ("nS1.mysite.com.", RecordType::A),
+            ("API.mysite.com.", RecordType::AAAA),
+            ("X.Wild.mysite.com.", RecordType::A),
+        ] {
+            let m = ask(name, qtype).on(&d);
+            assert_eq!(m.queries[0].name().to_ascii(), name);
+            assert!(!m.answers.is_empty(), "{name}");
+            for r in &m.answers {
+                assert_eq!(r.name.to_ascii(), name);
+            }
+        }
+        // Other owners keep the zone's spelling.
+        let m = ask("WWW.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(m.answers[0].name.to_ascii(), "WWW.mysite.com.");
+        assert_eq!(m.answers[1].name.to_ascii(), "api.mysite.com.");
+    }
+
+    #[test]
+    fn additional_addresses_of_in_zone_targets_go_before_any_tc() {
+        let d = all_up();
+        let m = ask("mysite.com.", RecordType::NS).on(&d);
+        let extra: Vec<_> = m
+            .additionals
+            .iter()
+            .map(|r| (r.name.to_ascii(), r.record_type()))
+            .collect();
+        assert_eq!(extra, [("ns1.mysite.com.".to_owned(), RecordType::A)]);
+        // mail.mysite.com has no address; an A answer has no targets.
+        assert!(
+            ask("mysite.com.", RecordType::MX)
+                .on(&d)
+                .additionals
+                .is_empty()
+        );
+        assert!(
+            ask("ns1.mysite.com.", RecordType::A)
+                .on(&d)
+                .additionals
+                .is_empty()
+        );
+
+        // Too much additional data for 512 bytes: the last RRsets go, the
+        // rest stays, no TC.
+        let mut q = ask("mysite.com.", RecordType::NS);
+        q.edns = None;
+        let request = q.request();
+        let mut reply = build(&d, &request);
+        let ns1 = reply.additionals[0].clone();
+        let mut other = ns1.clone();
+        other.name = Name::from_ascii("other.mysite.com.").unwrap();
+        reply.additionals.extend(std::iter::repeat_n(other, 40));
+        let mut bytes = Vec::new();
+        encode_sized(reply, &request, &mut bytes);
+        let m = Message::from_vec(&bytes).unwrap();
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.additionals, [ns1]);
+    }
+
+    #[test]
+    fn popping_an_rrset_takes_its_records_only() {
+        let record =
+            |name: &str, rdata| Record::from_rdata(Name::from_ascii(name).unwrap(), 1, rdata);
+        let a = || RData::A(A::new(192, 0, 2, 1));
+        let mut records = vec![record("x.", a()), record("y.", a()), record("y.", a())];
+        assert!(pop_rrset(&mut records));
+        assert_eq!(records.len(), 1);
+        assert!(pop_rrset(&mut records));
+        assert!(!pop_rrset(&mut records));
+    }
+
+    #[test]
+    fn a_signed_query_gets_notauth_with_badkey_and_no_mac() {
+        use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+        let d = all_up();
+        let q = ask("api.mysite.com.", RecordType::A);
+        let mut m = Message::from_vec(q.request().as_slice()).unwrap();
+        let tsig = TSIG::new(
+            TsigAlgorithm::HmacSha256,
+            1_800_000_000,
+            300,
+            vec![7; 32],
+            7,
+            None,
+            Vec::new(),
+        );
+        let key = Name::from_ascii("Some.Key.").unwrap();
+        let mut record = Record::from_rdata(key, 0, RData::TSIG(tsig));
+        record.dns_class = DNSClass::ANY;
+        m.additionals.push(record);
+        let request =
+            Request::from_bytes(m.to_vec().unwrap(), q.src.parse().unwrap(), Protocol::Udp)
+                .unwrap();
+        let mut bytes = Vec::new();
+        encode_sized(build(&d, &request), &request, &mut bytes);
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NotAuth);
+        assert!(m.answers.is_empty());
+        assert!(m.edns.is_some(), "the OPT stays");
+        let [record] = &m.additionals[..] else {
+            panic!("one TSIG RR: {:?}", m.additionals);
+        };
+        assert_eq!(record.name.to_ascii(), "Some.Key.");
+        let RData::TSIG(tsig) = &record.data else {
+            panic!("{record:?}");
+        };
+        assert_eq!(tsig.error, Some(TsigError::BadKey));
+        assert!(tsig.mac.is_empty());
+        assert_eq!((tsig.oid, tsig.time, tsig.fudge), (7, 1_800_000_000, 300));
     }
 }
