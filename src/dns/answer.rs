@@ -8,6 +8,7 @@ use hickory_proto::op::{
     Edns, Header, LowerQuery, Metadata, OpCode, ResponseCode, emit_message_parts,
 };
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::rdata::tsig::{TSIG, TsigError, make_tsig_record};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -30,7 +31,8 @@ pub(crate) const PLAIN_UDP_PAYLOAD: u16 = 512;
 const OPTION_EDE: u16 = 15;
 const EDE_PROHIBITED: u16 = 18;
 const EDE_NOT_AUTHORITATIVE: u16 = 20;
-/// CNAME hops followed inside our zones before giving up on a loop.
+/// CNAME hops followed inside our zones (a loop ends where it comes back;
+/// a longer chain is cut here).
 const MAX_CHAIN: usize = 8;
 
 /// A reply ready to encode (`encode_sized` fits it to its transport).
@@ -39,6 +41,11 @@ pub(crate) struct Reply {
     pub metadata: Metadata,
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
+    /// Addresses of in-zone NS, MX and SRV targets, whole RRsets in order
+    /// (dropped from the end when the reply would not fit).
+    pub additionals: Vec<Record>,
+    /// The TSIG RR of an error answer to a signed query.
+    pub tsig: Option<Record<TSIG>>,
     /// Present when the query had EDNS.
     pub edns: Option<Edns>,
     /// The geo name answered and the data centers chosen, for metrics.
@@ -59,6 +66,8 @@ impl Reply {
             metadata: Metadata::response_from_request(metadata),
             answers: Vec::new(),
             authorities: Vec::new(),
+            additionals: Vec::new(),
+            tsig: None,
             edns: dnssec_ok.map(|dnssec_ok| {
                 let mut edns = Edns::new();
                 edns.set_max_payload(MAX_UDP_PAYLOAD);
@@ -118,6 +127,21 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         reply.metadata.response_code = rcode;
         reply
     };
+    if let Some((key, tsig)) = tsig(request) {
+        // RFC 8945 §5.2: geolb has no TSIG keys, so every key is unknown:
+        // NOTAUTH, unsigned, with a TSIG RR of error BADKEY and no MAC.
+        let rdata = TSIG::new(
+            tsig.algorithm.clone(),
+            tsig.time,
+            tsig.fudge,
+            Vec::new(),
+            tsig.oid,
+            Some(TsigError::BadKey),
+            Vec::new(),
+        );
+        reply.tsig = Some(make_tsig_record(key.clone(), rdata));
+        return code(reply, ResponseCode::NotAuth);
+    }
     if request.metadata.op_code != OpCode::Query {
         return code(reply, ResponseCode::NotImp);
     }
@@ -172,6 +196,16 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     reply.metadata.authoritative = resolution.authoritative;
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
+    reply.additionals = additionals(&data.compiled.zones, &reply.answers);
+    // RFC 4343 §4.1: owners that are the query's name keep its spelling
+    // (resolvers randomising case compare it), and so compress to the
+    // question's name.
+    let spelled = query.original().name();
+    for record in reply.answers.iter_mut().chain(&mut reply.authorities) {
+        if record.name == *spelled && !record.name.eq_case(spelled) {
+            record.name = spelled.clone();
+        }
+    }
     reply.geo = resolution.geo;
     reply.wildcard = resolution.wildcard;
     if let (Some(ecs), Some(edns)) = (client.ecs, reply.edns.as_mut()) {
@@ -196,6 +230,19 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         ));
     }
     reply
+}
+
+/// The key name and TSIG RR of a signed request. hickory-proto takes the
+/// TSIG RR out of the additional section only with its DNSSEC features,
+/// which geolb does without: then it is among the additional records.
+fn tsig(request: &Request) -> Option<(&Name, &TSIG)> {
+    if let Some(signed) = request.signature.as_deref() {
+        return Some((&signed.name, &signed.data));
+    }
+    request.additionals.iter().find_map(|r| match &r.data {
+        RData::TSIG(tsig) => Some((&r.name, tsig)),
+        _ => None,
+    })
 }
 
 /// The largest response the client takes over `request`'s transport.
@@ -226,23 +273,68 @@ pub(crate) fn encode_into(
 ) -> Result<Header, ProtoError> {
     let mut encoder = BinEncoder::new(bytes);
     encoder.set_max_size(max);
+    let question = match questions {
+        [query] => Some(query.original().name()),
+        _ => None,
+    };
     emit_message_parts(
         &reply.metadata,
         &mut questions.iter().map(LowerQuery::original),
-        &mut reply.answers.iter(),
-        &mut reply.authorities.iter(),
-        &mut std::iter::empty::<&Record>(),
+        &mut section(&reply.answers, question).iter(),
+        &mut section(&reply.authorities, question).iter(),
+        &mut section(&reply.additionals, question).iter(),
         reply.edns.as_ref(),
-        None,
+        reply.tsig.as_ref(),
         &mut encoder,
     )
 }
 
+/// A compression pointer to the question's name, right after the header.
+const QUESTION_POINTER: u16 = 0xc000 | 12;
+
+/// A record whose owner, when it is the question's name spelled alike,
+/// is written as a pointer to it, as the fast path writes it: hickory-proto
+/// compresses only the first 120 names of a message, so records past them
+/// in a large (TCP) answer would carry the whole name.
+struct Owned<'r> {
+    record: &'r Record,
+    at_question: bool,
+}
+
+fn section<'r>(records: &'r [Record], question: Option<&Name>) -> SmallVec<[Owned<'r>; 8]> {
+    records
+        .iter()
+        .map(|record| Owned {
+            record,
+            at_question: question.is_some_and(|q| record.name.eq_case(q)),
+        })
+        .collect()
+}
+
+impl BinEncodable for Owned<'_> {
+    fn emit(&self, encoder: &mut BinEncoder<'_>) -> Result<(), ProtoError> {
+        let record = self.record;
+        if !self.at_question {
+            return record.emit(encoder);
+        }
+        encoder.emit_u16(QUESTION_POINTER)?;
+        record.record_type().emit(encoder)?;
+        record.dns_class.emit(encoder)?;
+        encoder.emit_u32(record.ttl)?;
+        let place = encoder.place::<u16>()?;
+        record.data.emit(encoder)?;
+        let len = encoder.len_since_place(&place);
+        // A record's data is under 64 KiB: the encoder's size is.
+        place.replace(encoder, len as u16)
+    }
+}
+
 /// `reply` sized for `request`'s transport, into `bytes` (cleared first):
 /// whole if it fits (over UDP the client's size, over TCP 64 KiB), else
-/// with no records and TC, keeping the question and OPT (with ECS) so a
-/// UDP client retries over TCP; a reply that cannot be encoded at all
-/// becomes SERVFAIL.
+/// without the additional RRsets that do not fit (RFC 2181 §9: no TC for
+/// them), else with no records and TC, keeping the question and OPT (with
+/// ECS) so a UDP client retries over TCP; a reply that cannot be encoded
+/// at all becomes SERVFAIL.
 pub(crate) fn encode_sized(reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
     encode_within(
         reply,
@@ -259,14 +351,19 @@ pub(crate) fn encode_within(
     max: u16,
     bytes: &mut Vec<u8>,
 ) {
-    bytes.clear();
-    match encode_into(&reply, questions, max, bytes) {
-        Ok(header) if !header.metadata.truncation => return,
-        Ok(_) => reply.metadata.truncation = true,
-        Err(error) => {
-            crate::log_limited!(warn, %error, "cannot encode a DNS reply");
-            reply.metadata.response_code = ResponseCode::ServFail;
+    loop {
+        bytes.clear();
+        match encode_into(&reply, questions, max, bytes) {
+            Ok(header) if !header.metadata.truncation => return,
+            // Additional records crowding out the OPT fail the encoding.
+            _ if pop_rrset(&mut reply.additionals) => continue,
+            Ok(_) => reply.metadata.truncation = true,
+            Err(error) => {
+                crate::log_limited!(warn, %error, "cannot encode a DNS reply");
+                reply.metadata.response_code = ResponseCode::ServFail;
+            }
         }
+        break;
     }
     reply.answers.clear();
     reply.authorities.clear();
@@ -286,6 +383,57 @@ pub(crate) fn encode_within(
         let mut encoder = BinEncoder::new(bytes);
         let _ = header.emit(&mut encoder);
     }
+}
+
+/// Removes the last RRset of `records`; false when there was none.
+fn pop_rrset(records: &mut Vec<Record>) -> bool {
+    let Some(last) = records.pop() else {
+        return false;
+    };
+    while records
+        .last()
+        .is_some_and(|r| r.record_type() == last.record_type() && r.name == last.name)
+    {
+        records.pop();
+    }
+    true
+}
+
+/// RFC 1034 §4.3.2 step 6: the A and AAAA RRsets of the names that NS, MX
+/// and SRV `answers` point to, when our zones hold them (a name elsewhere
+/// is the resolver's to look up; a geo name's answer depends on the
+/// client and is left to the resolver's query too).
+fn additionals(zones: &super::zone::Zones, answers: &[Record]) -> Vec<Record> {
+    let mut found = Vec::new();
+    let mut seen: SmallVec<[&Name; 4]> = SmallVec::new();
+    for record in answers {
+        let target = match &record.data {
+            RData::NS(ns) => &ns.0,
+            RData::MX(mx) => &mx.exchange,
+            RData::SRV(srv) => &srv.target,
+            _ => continue,
+        };
+        if seen.contains(&target) {
+            continue;
+        }
+        seen.push(target);
+        let target = LowerName::from(target);
+        let Some(zone) = zones.zone_for(&target) else {
+            continue;
+        };
+        if let Found::Node {
+            node,
+            wildcard: false,
+        } = zone.find(&target)
+        {
+            for rtype in [RecordType::A, RecordType::AAAA] {
+                if let Some(set) = node.get(rtype) {
+                    found.extend(set.records.iter().cloned());
+                }
+            }
+        }
+    }
+    found
 }
 
 fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client) -> Resolution {
@@ -357,6 +505,15 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 let RData::CNAME(target) = &cname.records[0].data else {
                     return res;
                 };
+                // RFC 1034 §3.6.2: a loop ends where it comes back, each
+                // CNAME given once.
+                if res
+                    .answers
+                    .iter()
+                    .any(|r| r.name == target.0 && r.record_type() == RecordType::CNAME)
+                {
+                    return res;
+                }
                 let target = LowerName::from(&target.0);
                 // A target outside our zones is the resolver's to follow.
                 match zones.zone_for(&target) {
@@ -667,7 +824,9 @@ always_up = true
         assert_eq!(m.answers.len(), 1);
 
         let m = ask("loop1.mysite.com.", RecordType::A).on(&d);
-        assert_eq!(m.answers.len(), MAX_CHAIN);
+        let owners: Vec<String> = m.answers.iter().map(|r| r.name.to_ascii()).collect();
+        assert_eq!(owners, ["loop1.mysite.com.", "loop2.mysite.com."]);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     }
 
     #[test]
@@ -858,5 +1017,121 @@ always_up = true
 
         let m = ask("mysite.com.", RecordType::AXFR).on(&d);
         assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn owners_named_by_the_query_keep_its_spelling() {
+        let d = all_up();
+        for (name, qtype) in [
+            ("MySite.COM.", RecordType::SOA),
+            ("nS1.mysite.com.", RecordType::A),
+            ("API.mysite.com.", RecordType::AAAA),
+            ("X.Wild.mysite.com.", RecordType::A),
+        ] {
+            let m = ask(name, qtype).on(&d);
+            assert_eq!(m.queries[0].name().to_ascii(), name);
+            assert!(!m.answers.is_empty(), "{name}");
+            for r in &m.answers {
+                assert_eq!(r.name.to_ascii(), name);
+            }
+        }
+        // Other owners keep the zone's spelling.
+        let m = ask("WWW.mysite.com.", RecordType::A).on(&d);
+        assert_eq!(m.answers[0].name.to_ascii(), "WWW.mysite.com.");
+        assert_eq!(m.answers[1].name.to_ascii(), "api.mysite.com.");
+    }
+
+    #[test]
+    fn additional_addresses_of_in_zone_targets_go_before_any_tc() {
+        let d = all_up();
+        let m = ask("mysite.com.", RecordType::NS).on(&d);
+        let extra: Vec<_> = m
+            .additionals
+            .iter()
+            .map(|r| (r.name.to_ascii(), r.record_type()))
+            .collect();
+        assert_eq!(extra, [("ns1.mysite.com.".to_owned(), RecordType::A)]);
+        // mail.mysite.com has no address; an A answer has no targets.
+        assert!(
+            ask("mysite.com.", RecordType::MX)
+                .on(&d)
+                .additionals
+                .is_empty()
+        );
+        assert!(
+            ask("ns1.mysite.com.", RecordType::A)
+                .on(&d)
+                .additionals
+                .is_empty()
+        );
+
+        // Too much additional data for 512 bytes: the last RRsets go, the
+        // rest stays, no TC.
+        let mut q = ask("mysite.com.", RecordType::NS);
+        q.edns = None;
+        let request = q.request();
+        let mut reply = build(&d, &request);
+        let ns1 = reply.additionals[0].clone();
+        let mut other = ns1.clone();
+        other.name = Name::from_ascii("other.mysite.com.").unwrap();
+        reply.additionals.extend(std::iter::repeat_n(other, 40));
+        let mut bytes = Vec::new();
+        encode_sized(reply, &request, &mut bytes);
+        let m = Message::from_vec(&bytes).unwrap();
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.additionals, [ns1]);
+    }
+
+    #[test]
+    fn popping_an_rrset_takes_its_records_only() {
+        let record =
+            |name: &str, rdata| Record::from_rdata(Name::from_ascii(name).unwrap(), 1, rdata);
+        let a = || RData::A(A::new(192, 0, 2, 1));
+        let mut records = vec![record("x.", a()), record("y.", a()), record("y.", a())];
+        assert!(pop_rrset(&mut records));
+        assert_eq!(records.len(), 1);
+        assert!(pop_rrset(&mut records));
+        assert!(!pop_rrset(&mut records));
+    }
+
+    #[test]
+    fn a_signed_query_gets_notauth_with_badkey_and_no_mac() {
+        use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+        let d = all_up();
+        let q = ask("api.mysite.com.", RecordType::A);
+        let mut m = Message::from_vec(q.request().as_slice()).unwrap();
+        let tsig = TSIG::new(
+            TsigAlgorithm::HmacSha256,
+            1_800_000_000,
+            300,
+            vec![7; 32],
+            7,
+            None,
+            Vec::new(),
+        );
+        let key = Name::from_ascii("Some.Key.").unwrap();
+        let mut record = Record::from_rdata(key, 0, RData::TSIG(tsig));
+        record.dns_class = DNSClass::ANY;
+        m.additionals.push(record);
+        let request =
+            Request::from_bytes(m.to_vec().unwrap(), q.src.parse().unwrap(), Protocol::Udp)
+                .unwrap();
+        let mut bytes = Vec::new();
+        encode_sized(build(&d, &request), &request, &mut bytes);
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NotAuth);
+        assert!(m.answers.is_empty());
+        assert!(m.edns.is_some(), "the OPT stays");
+        let [record] = &m.additionals[..] else {
+            panic!("one TSIG RR: {:?}", m.additionals);
+        };
+        assert_eq!(record.name.to_ascii(), "Some.Key.");
+        let RData::TSIG(tsig) = &record.data else {
+            panic!("{record:?}");
+        };
+        assert_eq!(tsig.error, Some(TsigError::BadKey));
+        assert!(tsig.mac.is_empty());
+        assert_eq!((tsig.oid, tsig.time, tsig.fudge), (7, 1_800_000_000, 300));
     }
 }

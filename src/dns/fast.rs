@@ -42,16 +42,16 @@ pub(super) enum Target {
     },
 }
 
-/// Owner names (lower-case wire form) the fast path answers for, with the
-/// owner as written in the config (its case is what answers carry).
+/// Owner names (lower-case wire form) the fast path answers for; answers
+/// carry the query's spelling of the name.
 #[derive(Default)]
 pub(super) struct Index {
     names: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
 }
 
-/// The owner as the config spells it (wire form), what it answers, and
-/// what RRL counts its A and AAAA answers as (hashed once, here).
-type Entry = (Box<[u8]>, Target, [Class; 2]);
+/// What a name answers, and what RRL counts its A and AAAA answers as
+/// (hashed once, here).
+type Entry = (Target, [Class; 2]);
 
 /// The RRL classes of answers to A and AAAA queries for `lower`.
 fn classes(lower: &[u8]) -> [Class; 2] {
@@ -71,7 +71,7 @@ impl Index {
             if let Found::Geo { node: None, .. } = zone.find(&g.lower) {
                 let lower = lower_wire(&g.lower);
                 let classes = classes(&lower);
-                names.insert(lower, (wire_of(&g.name), Target::Geo(index), classes));
+                names.insert(lower, (Target::Geo(index), classes));
             }
         }
         for zone in zones.iter() {
@@ -95,12 +95,7 @@ impl Index {
                         .filter(|s| matches!(s.rtype, RecordType::A | RecordType::AAAA))
                         .flat_map(|s| s.records.iter())
                 };
-                let Some(first) = records().next() else {
-                    continue;
-                };
-                let owner = wire_of(&first.name);
-                // One spelling of the owner, so one compression pointer fits all.
-                if records().any(|r| wire_of(&r.name) != owner) {
+                if records().next().is_none() {
                     continue;
                 }
                 let (mut a, mut aaaa) = (Vec::new(), Vec::new());
@@ -113,7 +108,7 @@ impl Index {
                 }
                 let lower = lower_wire(lower);
                 let classes = classes(&lower);
-                names.insert(lower, (owner, Target::Fixed { a, aaaa }, classes));
+                names.insert(lower, (Target::Fixed { a, aaaa }, classes));
             }
         }
         Index { names }
@@ -295,12 +290,7 @@ pub(super) fn answer(
     let key = key.get_mut(..name.len())?;
     key.copy_from_slice(name);
     key.make_ascii_lowercase();
-    let (owner, target, classes) = data.compiled.fast.names.get(&*key)?;
-    // The general path compresses an owner against the question only when
-    // they are spelled alike, case included.
-    if **owner != *name {
-        return None;
-    }
+    let (target, classes) = data.compiled.fast.names.get(&*key)?;
     let ecs = match query.edns.and_then(|opt| opt.ecs) {
         Some(option) => Some(ecs::parse(option).ok()?),
         None => None,
@@ -366,12 +356,7 @@ pub(super) fn answer(
     reply.extend_from_slice(&0u16.to_be_bytes());
     reply.extend_from_slice(&u16::from(query.edns.is_some()).to_be_bytes());
     reply.extend_from_slice(query.question);
-    // hickory-proto writes an owner's labels whole before replacing them
-    // with a pointer, and the general path truncates when they would not
-    // fit: the most this reply would have held at any point that way.
-    let mut peak = 0;
     let mut record = |rtype: u16, ttl: u32, rdata: &[u8]| {
-        peak = peak.max(reply.len() + name.len() - 1);
         reply.extend_from_slice(&QUESTION_NAME);
         reply.extend_from_slice(&rtype.to_be_bytes());
         reply.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -410,7 +395,7 @@ pub(super) fn answer(
         }
     }
     // Too big for the client: the general path truncates.
-    if reply.len().max(peak) > usize::from(answer::udp_limit(query.edns.map(|opt| opt.size))) {
+    if reply.len() > usize::from(answer::udp_limit(query.edns.map(|opt| opt.size))) {
         return None;
     }
     let valid_cookie = cookie.is_some_and(|(_, valid)| valid);
@@ -765,9 +750,7 @@ mod tests {
         let cases: Vec<(Vec<u8>, u8)> = vec![
             (crashed, FORMERR),
             (raw_query_edns(&long(255, 'l')), NOERROR),
-            // Without EDNS hickory-proto, writing the answer's owner whole
-            // before compressing it, finds no room and sets TC: the fast
-            // path leaves that to it.
+            // Without EDNS too: the owner is a pointer, 287 bytes in all.
             (raw_query(&long(255, 'l')), NOERROR),
             (raw_query(&long(254, 'x')), NXDOMAIN),
             (raw_query(&long(255, 'x')), NXDOMAIN),
@@ -808,7 +791,7 @@ mod tests {
             // Only the name with a record is the fast path's, whole.
             let whole = general[2] & 0x02 == 0 && general[7] == 1;
             assert_eq!(fast_answered, whole, "{packet:02x?}");
-            assert_eq!(whole, rcode == NOERROR && packet[11] == 1, "{packet:02x?}");
+            assert_eq!(whole, rcode == NOERROR, "{packet:02x?}");
         }
     }
 
