@@ -58,19 +58,8 @@ for size in $SIZES; do text_file "$WORK/www/$size.txt" "$size"; done
 } >"$WORK/backend.conf"
 
 write_geolb_conf() {
-  cat >"$WORK/geolb.toml" <<EOF
-[runtime]
-worker_threads = 1
-shutdown_grace = "1s"
-[[pool]]
-name = "p"
-backends = [{ addr = "127.0.0.1:$BACKEND" }]
-[[listener]]
-name = "web"
-bind = "127.0.0.1:$GEOLB_PORT"
-pool = "p"
-compress = { algorithms = ["gzip"], level = { gzip = $GEOLB_LEVEL } }
-EOF
+  geolb_one_pool_conf "$BACKEND" "$GEOLB_PORT" \
+    "compress = { algorithms = [\"gzip\"], level = { gzip = $GEOLB_LEVEL } }" >"$WORK/geolb.toml"
 }
 
 write_nginx_proxy_conf() {

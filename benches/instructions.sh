@@ -6,22 +6,21 @@
 # Requires: valgrind (callgrind_annotate), nginx, wrk, curl.
 #   GEOLB=target/release/geolb benches/instructions.sh
 # LISTENER: more lines for the listener (a rule's cost: run with and
-# without), e.g. LISTENER='request_id = false'.
+# without), e.g. LISTENER='request_id = false'; URL_PATH: the path wrk asks
+# for (default /), e.g.:
+#   LISTENER='routes = [{ path_prefix = "/api/", pool = "p", strip_prefix = true, methods = ["GET"], allow = ["127.0.0.0/8"] }]' \
+#   URL_PATH=/api/x GEOLB=target/release/geolb benches/instructions.sh
 # BODY=16k: the backend answers a 16 KiB text file (text/plain) instead of
 # "hello\n" (any size head -c takes, up to ~300 KB). COMPRESS=gzip (or br,
 # zstd): geolb's listener has compress = { algorithms = [COMPRESS] } and
 # wrk sends Accept-Encoding: COMPRESS.
 #   BODY=16k COMPRESS=gzip GEOLB=target/release/geolb benches/instructions.sh
-# LISTENER_EXTRA adds keys to the listener and URL_PATH is the path wrk
-# asks for, to measure a rule's cost, e.g.:
-#   LISTENER_EXTRA='routes = [{ path_prefix = "/api/", pool = "p", strip_prefix = true, methods = ["GET"], allow = ["127.0.0.0/8"] }]' \
-#   URL_PATH=/api/x GEOLB=target/release/geolb benches/instructions.sh
 set -u
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GEOLB=${GEOLB:-$(cd "$(dirname "$0")/.." && pwd)/target/release/geolb}
 DURATION=${DURATION:-10}
-LISTENER_EXTRA=${LISTENER_EXTRA:-}
+LISTENER=${LISTENER:-}
 URL_PATH=${URL_PATH:-/}
 WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
 PIDS=()
@@ -50,21 +49,7 @@ http {
   server { listen 127.0.0.1:$BACKEND; $LOCATION }
 }
 CONF
-cat > "$WORK/geolb.toml" <<CONF
-[runtime]
-worker_threads = 1
-shutdown_grace = "1s"
-[[pool]]
-name = "p"
-backends = [{ addr = "127.0.0.1:$BACKEND" }]
-[[listener]]
-name = "web"
-bind = "127.0.0.1:$WEB"
-pool = "p"
-${LISTENER:-}
-${LISTENER_EXTRA:-}
-$COMPRESS_LINE
-CONF
+geolb_one_pool_conf "$BACKEND" "$WEB" "$LISTENER"$'\n'"$COMPRESS_LINE" >"$WORK/geolb.toml"
 nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
 PIDS+=($!)
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$GEOLB" run --config "$WORK/geolb.toml" > "$WORK/vg.log" 2>&1 &

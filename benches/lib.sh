@@ -320,3 +320,22 @@ EOF
 # text_file PATH BYTES : BYTES of English prose (the licences Debian ships in
 # /usr/share/common-licenses, about 300 KB), a body that compresses as pages do.
 text_file() { cat /usr/share/common-licenses/* | head -c "$2" >"$1"; }
+
+# geolb_one_pool_conf BACKEND_PORT LISTEN_PORT [LINES] : a geolb config on
+# stdout: one worker thread, pool "p" of the backend on BACKEND_PORT, an
+# http listener "web" on LISTEN_PORT, with LINES added to the listener.
+geolb_one_pool_conf() {
+  cat <<EOF
+[runtime]
+worker_threads = 1
+shutdown_grace = "1s"
+[[pool]]
+name = "p"
+backends = [{ addr = "127.0.0.1:$1" }]
+[[listener]]
+name = "web"
+bind = "127.0.0.1:$2"
+pool = "p"
+${3:-}
+EOF
+}
