@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use toml::de::DeValue;
+
 use super::model::*;
 use super::record::{mailbox, owner_name, record_data, record_type};
 use super::values::{dns_name, in_zone};
@@ -26,15 +28,35 @@ struct ParsedZone<'t, 'i> {
 fn cookie_secret(s: &str) -> Result<[u8; 16], String> {
     const FORM: &str = "expected 32 hex digits (128 bits), like \"e5b8c8f5a4b0c1d2e3f405162738495a\"; \
          generate one with `openssl rand -hex 16`";
+    hex(s)
+        .ok()
+        .and_then(|octets| <[u8; 16]>::try_from(octets).ok())
+        .ok_or_else(|| FORM.to_owned())
+}
+
+/// An identity is one TXT character-string (RFC 1035 §3.3) at most.
+const IDENTITY_MAX: usize = 255;
+
+fn identity_octets(octets: Vec<u8>) -> Result<Identity, String> {
+    match octets.len() {
+        0 => Err("empty: set false to give none".to_owned()),
+        n if n > IDENTITY_MAX => Err(format!(
+            "{n} octets: at most {IDENTITY_MAX} (one TXT string)"
+        )),
+        _ => Ok(Identity::Text(octets)),
+    }
+}
+
+/// Hex digits (an even number of them) as octets.
+fn hex(s: &str) -> Result<Vec<u8>, String> {
     let s = s.trim();
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(FORM.to_owned());
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("expected an even number of hex digits, like \"6e73312d667261\"".to_owned());
     }
-    let mut secret = [0u8; 16];
-    for (i, byte) in secret.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| FORM.to_owned())?;
-    }
-    Ok(secret)
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
 }
 
 impl Ctx {
@@ -60,6 +82,10 @@ impl Ctx {
             let rrl = c.opt(t, "rrl", RrlConfig::default(), Ctx::rrl);
             let cookie_secret = c.maybe(t, "cookie_secret", |c, f| c.parsed(f, cookie_secret));
             let tcp = c.dns_tcp(t);
+            let nsid = c.opt(t, "nsid", Identity::HostName, |c, f| {
+                c.identity(f, Identity::HostName, true)
+            });
+            let chaos = c.opt(t, "chaos", ChaosConfig::default(), Ctx::chaos);
             Some(DnsConfig {
                 listen: listen?,
                 udp_threads: udp_threads? as usize,
@@ -69,8 +95,56 @@ impl Ctx {
                 rrl: rrl?,
                 cookie_secret: cookie_secret?,
                 tcp: tcp?,
+                nsid: nsid?,
+                chaos: chaos?,
             })
         })
+    }
+
+    fn chaos(&mut self, f: &Field<'_, '_>) -> Option<ChaosConfig> {
+        self.table(
+            f,
+            "expected a table like [dns.chaos] version_bind = true",
+            |c, t| {
+                let d = ChaosConfig::default();
+                let host =
+                    |c: &mut Ctx, f: &Field<'_, '_>| c.identity(f, Identity::HostName, false);
+                let id_server = c.opt(t, "id_server", d.id_server, host);
+                let hostname_bind = c.opt(t, "hostname_bind", d.hostname_bind, host);
+                let version_bind = c.opt(t, "version_bind", d.version_bind, |c, f| {
+                    c.identity(f, Identity::Version, false)
+                });
+                Some(ChaosConfig {
+                    id_server: id_server?,
+                    hostname_bind: hostname_bind?,
+                    version_bind: version_bind?,
+                })
+            },
+        )
+    }
+
+    /// An identity: false, true (`on`), a string, or (`hex_ok`, for NSID,
+    /// which is binary) `{ hex = "..." }`.
+    fn identity(&mut self, f: &Field<'_, '_>, on: Identity, hex_ok: bool) -> Option<Identity> {
+        let expected = if hex_ok {
+            "expected true, false, a string like \"ns1-fra\" or { hex = \"6e73312d667261\" }"
+        } else {
+            "expected true, false or a string like \"ns1-fra\""
+        };
+        match f.get() {
+            DeValue::Boolean(true) => Some(on),
+            DeValue::Boolean(false) => Some(Identity::Off),
+            DeValue::String(_) => self.parsed(f, |s| identity_octets(s.as_bytes().to_vec())),
+            DeValue::Table(_) if hex_ok => self.table(f, expected, |c, t| {
+                c.req(t, "hex", "\"6e73312d667261\"", |c, f| {
+                    c.parsed(f, |s| identity_octets(hex(s)?))
+                })
+            }),
+            _ => {
+                self.bad(f, expected);
+                None
+            }
+        }
     }
 
     fn rrl(&mut self, f: &Field<'_, '_>) -> Option<RrlConfig> {

@@ -150,6 +150,45 @@ pub struct DnsConfig {
     /// servers of one anycast address; None: random per process.
     pub cookie_secret: Option<[u8; 16]>,
     pub tcp: DnsTcpConfig,
+    /// `nsid` (optional, the host name): the NSID option (RFC 5001) given
+    /// to queries that ask for it.
+    pub nsid: Identity,
+    /// `[dns.chaos]`: the CHAOS-class TXT names (RFC 4892).
+    pub chaos: ChaosConfig,
+}
+
+/// What geolb says it is, in an NSID option or a CHAOS TXT answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Nothing: no NSID, REFUSED for the CHAOS name.
+    Off,
+    /// The host's name, read whenever the config is (re)loaded.
+    HostName,
+    /// "geolb" and its version.
+    Version,
+    /// As configured (1 to 255 octets).
+    Text(Vec<u8>),
+}
+
+/// `[dns.chaos]`: CH TXT answers for `id.server`, `hostname.bind` and
+/// `version.bind` (also asked as `version.server`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChaosConfig {
+    pub id_server: Identity,
+    pub hostname_bind: Identity,
+    pub version_bind: Identity,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        // Knot's defaults for the first two; the version is not given out
+        // unless asked for, as it tells an attacker which bugs to try.
+        ChaosConfig {
+            id_server: Identity::HostName,
+            hostname_bind: Identity::HostName,
+            version_bind: Identity::Off,
+        }
+    }
 }
 
 /// `[dns.rrl]`: responses per client network and answer, per second.

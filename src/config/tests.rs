@@ -479,6 +479,31 @@ fn dns_limits_defaults_and_values() {
         (plain.rrl, plain.tcp, plain.cookie_secret),
         (RrlConfig::default(), DnsTcpConfig::default(), None)
     );
+    // NSID, id.server and hostname.bind give the host name; version.bind
+    // nothing.
+    assert_eq!(plain.nsid, Identity::HostName);
+    assert_eq!(
+        plain.chaos,
+        ChaosConfig {
+            id_server: Identity::HostName,
+            hostname_bind: Identity::HostName,
+            version_bind: Identity::Off,
+        }
+    );
+    let named = dns(
+        "nsid = { hex = \"00FF10\" }\n[dns.chaos]\nid_server = false\n\
+         hostname_bind = \"ns1.fra\"\nversion_bind = true",
+    );
+    assert_eq!(named.nsid, Identity::Text(vec![0, 0xff, 0x10]));
+    assert_eq!(
+        named.chaos,
+        ChaosConfig {
+            id_server: Identity::Off,
+            hostname_bind: Identity::Text(b"ns1.fra".to_vec()),
+            version_bind: Identity::Version,
+        }
+    );
+    assert_eq!(dns("nsid = false").nsid, Identity::Off);
     assert_eq!(plain.rrl.responses_per_second, 1000);
     assert_eq!(
         (
@@ -721,6 +746,14 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
         (format!("{DNS}tcp_idle_timeout = 10"), "dns.tcp_idle_timeout", 3),
         (format!("{DNS}tcp_idle_timeout = \"0s\""), "dns.tcp_idle_timeout", 3),
         (format!("{DNS}tcp_max_queries = -1"), "dns.tcp_max_queries", 3),
+        (format!("{DNS}nsid = \"\""), "dns.nsid", 3),
+        (format!("{DNS}nsid = 5"), "dns.nsid", 3),
+        (format!("{DNS}nsid = {{ hex = \"abc\" }}"), "dns.nsid.hex", 3),
+        (format!("{DNS}nsid = {{ text = \"a\" }}"), "dns.nsid.text", 3),
+        (format!("{DNS}nsid = \"{}\"", "n".repeat(256)), "dns.nsid", 3),
+        (format!("{DNS}[dns.chaos]\nid_server = {{ hex = \"00\" }}"), "dns.chaos.id_server", 4),
+        (format!("{DNS}[dns.chaos]\nversion_bind = \"\""), "dns.chaos.version_bind", 4),
+        (format!("{DNS}[dns.chaos]\nversion = true"), "dns.chaos.version", 4),
         (format!("{POOL}backend_protocol = \"h3\""), "pool[0].backend_protocol", 4),
         (format!("{POOL}backend_protocol = \"h2\""), "pool[0].backend_protocol", 4),
         (

@@ -7,9 +7,9 @@ use hickory_proto::ProtoError;
 use hickory_proto::op::{
     Edns, Header, LowerQuery, Metadata, OpCode, ResponseCode, emit_message_parts,
 };
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::tsig::{TSIG, TsigError, make_tsig_record};
-use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
@@ -119,8 +119,21 @@ impl Resolution {
     }
 }
 
-/// Answers `request`, whatever its size.
+/// Answers `request`, whatever its size; with the NSID option (RFC 5001
+/// §2.2) whatever the rcode when it asked for one, as Knot does.
 pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
+    let mut reply = respond(data, request);
+    if request
+        .edns
+        .as_ref()
+        .is_some_and(|e| e.option(EdnsCode::NSID).is_some())
+    {
+        data.compiled.identity.add_nsid(&mut reply);
+    }
+    reply
+}
+
+fn respond(data: &DnsData, request: &Request) -> Reply {
     let dnssec_ok = request.edns.as_ref().map(|e| e.flags().dnssec_ok);
     let mut reply = Reply::empty(&request.metadata, dnssec_ok);
     let code = |mut reply: Reply, rcode| {
@@ -190,13 +203,18 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         // Every zone here is of class IN, so QCLASS ANY (RFC 1035 §3.2.5)
         // asks for exactly the IN data, as Knot and BIND answer it.
         (DNSClass::IN | DNSClass::ANY, qtype) => resolve(data, query.name(), qtype, &client),
+        (DNSClass::CH, qtype) => chaos(data, query.name(), qtype),
         _ => Resolution::new(ResponseCode::Refused, false),
     };
     reply.metadata.response_code = resolution.rcode;
     reply.metadata.authoritative = resolution.authoritative;
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
-    reply.additionals = additionals(&data.compiled.zones, &reply.answers);
+    let (additionals, additional_scope) = additionals(data, &reply.answers, &client);
+    reply.additionals = additionals;
+    // The message is cached under one scope: the narrowest (longest) of
+    // every geo decision in it.
+    let scope = resolution.scope.max(additional_scope);
     // RFC 4343 §4.1: owners that are the query's name keep its spelling
     // (resolvers randomising case compare it), and so compress to the
     // question's name.
@@ -214,7 +232,7 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
             .insert(EdnsOption::Subnet(ClientSubnet::new(
                 ecs.addr,
                 ecs.source_prefix,
-                resolution.scope.unwrap_or(0),
+                scope.unwrap_or(0),
             )));
     }
     if let (ResponseCode::Refused, Some(edns)) = (resolution.rcode, reply.edns.as_mut()) {
@@ -332,7 +350,7 @@ impl BinEncodable for Owned<'_> {
 /// `reply` sized for `request`'s transport, into `bytes` (cleared first):
 /// whole if it fits (over UDP the client's size, over TCP 64 KiB), else
 /// without the additional RRsets that do not fit (RFC 2181 §9: no TC for
-/// them), else with no records and TC, keeping the question and OPT (with
+/// them), else without its NSID option, else with no records and TC, keeping the question and OPT (with
 /// ECS) so a UDP client retries over TCP; a reply that cannot be encoded
 /// at all becomes SERVFAIL.
 pub(crate) fn encode_sized(reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
@@ -357,6 +375,9 @@ pub(crate) fn encode_within(
             Ok(header) if !header.metadata.truncation => return,
             // Additional records crowding out the OPT fail the encoding.
             _ if pop_rrset(&mut reply.additionals) => continue,
+            // RFC 5001 §2.2 leaves honouring NSID to the server: a whole
+            // answer without it beats TC and a retry over TCP.
+            _ if take_nsid(&mut reply) => continue,
             Ok(_) => reply.metadata.truncation = true,
             Err(error) => {
                 crate::log_limited!(warn, %error, "cannot encode a DNS reply");
@@ -385,6 +406,16 @@ pub(crate) fn encode_within(
     }
 }
 
+/// Removes the NSID option from `reply`; false when it had none.
+fn take_nsid(reply: &mut Reply) -> bool {
+    let Some(options) = reply.edns.as_mut().map(Edns::options_mut) else {
+        return false;
+    };
+    let had = options.get(EdnsCode::NSID).is_some();
+    options.remove(EdnsCode::NSID);
+    had
+}
+
 /// Removes the last RRset of `records`; false when there was none.
 fn pop_rrset(records: &mut Vec<Record>) -> bool {
     let Some(last) = records.pop() else {
@@ -401,10 +432,13 @@ fn pop_rrset(records: &mut Vec<Record>) -> bool {
 
 /// RFC 1034 §4.3.2 step 6: the A and AAAA RRsets of the names that NS, MX
 /// and SRV `answers` point to, when our zones hold them (a name elsewhere
-/// is the resolver's to look up; a geo name's answer depends on the
-/// client and is left to the resolver's query too).
-fn additionals(zones: &super::zone::Zones, answers: &[Record]) -> Vec<Record> {
+/// is the resolver's to look up); a geo name's are ranked for `client`
+/// as its own answer would be. With the ECS scope of those geo decisions
+/// (None: none, or no ECS).
+fn additionals(data: &DnsData, answers: &[Record], client: &Client) -> (Vec<Record>, Option<u8>) {
+    let zones = &data.compiled.zones;
     let mut found = Vec::new();
+    let mut scope = None;
     let mut seen: SmallVec<[&Name; 4]> = SmallVec::new();
     for record in answers {
         let target = match &record.data {
@@ -421,19 +455,49 @@ fn additionals(zones: &super::zone::Zones, answers: &[Record]) -> Vec<Record> {
         let Some(zone) = zones.zone_for(&target) else {
             continue;
         };
-        if let Found::Node {
-            node,
-            wildcard: false,
-        } = zone.find(&target)
-        {
-            for rtype in [RecordType::A, RecordType::AAAA] {
-                if let Some(set) = node.get(rtype) {
-                    found.extend(set.records.iter().cloned());
+        match zone.find(&target) {
+            Found::Node {
+                node,
+                wildcard: false,
+            } => {
+                for rtype in [RecordType::A, RecordType::AAAA] {
+                    if let Some(set) = node.get(rtype) {
+                        found.extend(set.records.iter().cloned());
+                    }
                 }
             }
+            Found::Geo { index, .. } => {
+                let (ranking, geo_scope) = decide(data, index, client);
+                scope = scope.max(geo_scope);
+                for rtype in [RecordType::A, RecordType::AAAA] {
+                    found.extend(geo_records(data, index, &ranking, rtype));
+                }
+            }
+            _ => {}
         }
     }
-    found
+    (found, scope)
+}
+
+/// The TXT answer to a CHAOS-class query: for `id.server`,
+/// `hostname.bind` and `version.bind` when configured, TTL 0 and AA, as
+/// Knot and BIND answer; ANY gets the TXT (as BIND; Knot refuses it).
+/// Anything else is REFUSED, as Knot refuses it.
+fn chaos(data: &DnsData, qname: &LowerName, qtype: RecordType) -> Resolution {
+    match data.compiled.identity.chaos_text(qname) {
+        Some(Some(text)) if matches!(qtype, RecordType::TXT | RecordType::ANY) => {
+            let mut res = Resolution::new(ResponseCode::NoError, true);
+            let mut record = Record::from_rdata(
+                Name::from(qname),
+                0,
+                RData::TXT(TXT::from_bytes(vec![text])),
+            );
+            record.dns_class = DNSClass::CH;
+            res.answers.push(record);
+            res
+        }
+        _ => Resolution::new(ResponseCode::Refused, false),
+    }
 }
 
 fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client) -> Resolution {
@@ -600,6 +664,7 @@ location = { lat = 50.11, lon = 8.68 }
 
 [dns]
 listen = ["127.0.0.1:0"]
+nsid = "ns-test"
 
 [[dns.zone]]
 origin = "mysite.com"
@@ -618,6 +683,7 @@ records = [
   { name = "*.wild", type = "A", value = "192.0.2.2" },
   { name = "@", type = "MX", value = "10 mail.mysite.com." },
   { name = "big", type = "TXT", value = "BIG" },
+  { name = "_api._tcp", type = "SRV", value = "1 1 443 api.mysite.com." },
   { name = "LONG", type = "A", value = "192.0.2.3" },
 ]
 
@@ -685,6 +751,9 @@ always_up = true
     struct Ask<'a> {
         name: &'a str,
         qtype: RecordType,
+        qclass: DNSClass,
+        /// An empty NSID option in the OPT.
+        nsid: bool,
         /// (address, source prefix)
         ecs: Option<(&'a str, u8)>,
         edns: Option<u16>,
@@ -696,6 +765,8 @@ always_up = true
         Ask {
             name,
             qtype,
+            qclass: DNSClass::IN,
+            nsid: false,
             ecs: None,
             edns: Some(1232),
             src: "192.0.2.200:5353",
@@ -711,13 +782,18 @@ always_up = true
 
         fn request(&self) -> Request {
             let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-            m.add_query(Query::query(
-                Name::from_ascii(self.name).unwrap(),
-                self.qtype,
-            ));
+            let mut query = Query::query(Name::from_ascii(self.name).unwrap(), self.qtype);
+            query.set_query_class(self.qclass);
+            m.add_query(query);
             if let Some(size) = self.edns {
                 let mut edns = Edns::new();
                 edns.set_max_payload(size);
+                if self.nsid {
+                    edns.options_mut().insert(EdnsOption::Unknown(
+                        super::super::identity::OPTION_NSID,
+                        vec![],
+                    ));
+                }
                 if let Some((addr, prefix)) = self.ecs {
                     edns.options_mut()
                         .insert(EdnsOption::Subnet(ClientSubnet::new(
@@ -1081,6 +1157,148 @@ always_up = true
         assert!(!m.metadata.truncation);
         assert_eq!(m.answers.len(), 1);
         assert_eq!(m.additionals, [ns1]);
+    }
+
+    fn nsid(m: &Message) -> Option<Vec<u8>> {
+        match m.edns.as_ref()?.option(EdnsCode::NSID)? {
+            EdnsOption::NSID(payload) => Some(payload.as_ref().to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// RFC 5001 §2.2: NSID only to a query that asked, on every rcode.
+    #[test]
+    fn nsid_goes_to_queries_asking_for_it_whatever_the_rcode() {
+        let d = all_up();
+        let cases = [
+            (
+                "api.mysite.com.",
+                Some(("81.2.69.160", 27)),
+                ResponseCode::NoError,
+            ),
+            ("nothing.mysite.com.", None, ResponseCode::NXDomain),
+            ("example.org.", None, ResponseCode::Refused),
+            // Bits past the prefix.
+            (
+                "api.mysite.com.",
+                Some(("81.2.69.160", 25)),
+                ResponseCode::FormErr,
+            ),
+        ];
+        for (name, ecs, rcode) in cases {
+            for asked in [true, false] {
+                let mut q = ask(name, RecordType::A);
+                q.ecs = ecs;
+                q.nsid = asked;
+                let m = q.on(&d);
+                assert_eq!(m.metadata.response_code, rcode, "{name}");
+                let expected = asked.then(|| b"ns-test".to_vec());
+                assert_eq!(nsid(&m), expected, "{name} asked: {asked}");
+            }
+        }
+        let mut q = ask("api.mysite.com.", RecordType::A).ecs("81.2.69.160", 27);
+        q.nsid = true;
+        assert_eq!(scope(&q.on(&d)), Some((27, 27)), "ECS kept beside NSID");
+    }
+
+    /// An NSID that does not fit is left out rather than truncating the
+    /// answer; over TCP it stays.
+    #[test]
+    fn nsid_is_left_out_before_an_answer_is_truncated() {
+        let d = all_up();
+        for (protocol, kept) in [(Protocol::Udp, false), (Protocol::Tcp, true)] {
+            let mut q = ask("big.mysite.com.", RecordType::TXT);
+            q.edns = Some(800);
+            q.nsid = true;
+            q.protocol = protocol;
+            let request = q.request();
+            let mut reply = build(&d, &request);
+            let edns = reply.edns.as_mut().unwrap();
+            edns.options_mut().remove(EdnsCode::NSID);
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(3, vec![b'n'; 255]));
+            let mut bytes = Vec::new();
+            encode_sized(reply, &request, &mut bytes);
+            let m = Message::from_vec(&bytes).unwrap();
+            assert!(!m.metadata.truncation, "{protocol:?}");
+            assert_eq!(m.answers.len(), 1, "{protocol:?}");
+            assert_eq!(nsid(&m).is_some(), kept, "{protocol:?}");
+        }
+    }
+
+    #[test]
+    fn chaos_names_are_answered_when_configured_and_refused_otherwise() {
+        let d = all_up();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        for (name, qtype) in [
+            ("id.server.", RecordType::TXT),
+            ("HOSTNAME.bind.", RecordType::TXT),
+            ("id.server.", RecordType::ANY),
+        ] {
+            let mut q = ask(name, qtype);
+            q.qclass = DNSClass::CH;
+            let m = q.on(&d);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert!(m.metadata.authoritative, "{name}");
+            let [record] = &m.answers[..] else {
+                panic!("{name}: {:?}", m.answers);
+            };
+            assert_eq!(record.name.to_ascii(), name);
+            assert_eq!((record.dns_class, record.ttl), (DNSClass::CH, 0));
+            let RData::TXT(txt) = &record.data else {
+                panic!("{record:?}");
+            };
+            assert_eq!(&*txt.txt_data, [host.trim().as_bytes().into()]);
+        }
+        for (name, qtype) in [
+            // Off by default.
+            ("version.bind.", RecordType::TXT),
+            ("version.server.", RecordType::TXT),
+            ("id.server.", RecordType::A),
+            ("authors.bind.", RecordType::TXT),
+            ("ns1.mysite.com.", RecordType::A),
+        ] {
+            let mut q = ask(name, qtype);
+            q.qclass = DNSClass::CH;
+            let m = q.on(&d);
+            assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{name}");
+            assert!(m.answers.is_empty() && !m.metadata.authoritative, "{name}");
+        }
+    }
+
+    /// A geo name as an SRV target: its addresses for this client in the
+    /// additional section, and the reply's scope is that decision's.
+    #[test]
+    fn geo_targets_get_the_clients_addresses_and_narrow_the_scope() {
+        let d = all_up();
+        let cases = [
+            ("81.2.69.160", 27, ["198.51.100.10", "2001:db8:e::10"], 27),
+            ("216.160.83.56", 32, ["203.0.113.10", "2001:db8:a::10"], 29),
+        ];
+        for (addr, prefix, expected, expected_scope) in cases {
+            let m = ask("_api._tcp.mysite.com.", RecordType::SRV)
+                .ecs(addr, prefix)
+                .on(&d);
+            assert_eq!(m.answers.len(), 1);
+            let extra: Vec<(String, String)> = m
+                .additionals
+                .iter()
+                .map(|r| (r.name.to_ascii(), r.data.to_string()))
+                .collect();
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|a| ("api.mysite.com.".to_owned(), a.to_string()))
+                .collect();
+            assert_eq!(extra, expected, "{addr}");
+            assert_eq!(scope(&m), Some((prefix, expected_scope)), "{addr}");
+        }
+        // Without ECS the source address decides; no option comes back.
+        let mut q = ask("_api._tcp.mysite.com.", RecordType::SRV);
+        q.src = "214.0.0.7:40000";
+        let m = q.on(&d);
+        assert_eq!(m.additionals.len(), 1, "ap-southeast has no AAAA");
+        assert_eq!(m.additionals[0].data.to_string(), "192.0.2.10");
+        assert_eq!(scope(&m), None);
     }
 
     #[test]

@@ -128,6 +128,17 @@ fn option(bytes: &[u8]) -> Result<(u16, &[u8], &[u8]), Malformed> {
     Ok((u16::from_be_bytes([*c0, *c1]), data, tail))
 }
 
+/// The codes of the options of the message's OPT record, up to the first
+/// malformed one.
+pub(crate) fn option_codes(message: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    let mut rest = opt_rdata(message).ok().flatten().unwrap_or_default();
+    std::iter::from_fn(move || {
+        let (code, _, tail) = option(rest).ok()?;
+        rest = tail;
+        Some(code)
+    })
+}
+
 /// The RDATA of the message's OPT record, walking the wire format.
 fn opt_rdata(message: &[u8]) -> Result<Option<&[u8]>, Malformed> {
     Ok(opt_record(message)?.map(|(_, rdata)| rdata))

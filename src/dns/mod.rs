@@ -10,6 +10,8 @@
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
 //! - `cookie`: DNS cookies (RFC 7873, server cookies of RFC 9018).
+//! - `identity`: NSID (RFC 5001) and the CHAOS names `id.server`,
+//!   `hostname.bind`, `version.bind` (RFC 4892).
 //! - `rrl`: response rate limiting over UDP, per client network and
 //!   answer.
 //! - `server`: sockets and their lifetime: [`bind`], [`serve`].
@@ -29,6 +31,7 @@ mod fast;
 #[doc(hidden)]
 pub mod fuzz;
 mod geo;
+mod identity;
 mod querylog;
 mod rrl;
 mod server;
@@ -124,6 +127,8 @@ struct Compiled {
     cookie_secret: cookie::Secret,
     /// `[dns] tcp_*`.
     tcp: crate::config::DnsTcpConfig,
+    /// `[dns] nsid` and `[dns.chaos]`.
+    identity: identity::Identities,
 }
 
 /// The handle the server answers from; `store` a new [`DnsData`] to swap.
@@ -206,6 +211,7 @@ pub fn compile(
                 .and_then(|d| d.cookie_secret)
                 .unwrap_or_else(cookie::process_secret),
             tcp: dns.map(|d| d.tcp).unwrap_or_default(),
+            identity: identity::Identities::compile(dns),
         }),
         locator,
         health,

@@ -17,7 +17,7 @@ use super::answer;
 use super::count::{count, count_malformed};
 use super::querylog;
 use super::rrl::Class;
-use super::{DnsData, ecs};
+use super::{DnsData, ecs, identity};
 
 /// Writes the reply to `message` (from `src` over `protocol`) into
 /// `reply`, sized for the transport, and counts it; returns what the reply
@@ -40,7 +40,7 @@ pub(super) fn answer(
                 return None;
             }
             tracing::debug!(%src, %error, "FORMERR: unparsable query");
-            form_error(&header.metadata, message, protocol, reply);
+            form_error(data, &header.metadata, message, protocol, reply);
             count_malformed();
             if data.query_log_due() {
                 querylog::log(data, message, src, protocol_name(protocol), reply, None);
@@ -80,11 +80,20 @@ fn protocol_name(protocol: Protocol) -> &'static str {
 /// A reply to a message hickory-proto could not parse: its id, opcode, RD
 /// and CD, FORMERR, its question when that alone parses, and an OPT
 /// (with the DO bit) when it had one (RFC 6891 §7), as every other
-/// FORMERR.
-fn form_error(request: &Metadata, message: &[u8], protocol: Protocol, reply: &mut Vec<u8>) {
+/// FORMERR, NSID included when asked for.
+fn form_error(
+    data: &DnsData,
+    request: &Metadata,
+    message: &[u8],
+    protocol: Protocol,
+    reply: &mut Vec<u8>,
+) {
     let opt = ecs::opt_size_and_do(message);
     let mut answer = answer::Reply::empty(request, opt.map(|(_, dnssec_ok)| dnssec_ok));
     answer.metadata.response_code = ResponseCode::FormErr;
+    if identity::asks_nsid(message) {
+        data.compiled.identity.add_nsid(&mut answer);
+    }
     // The question's name may point back into the header: decode from the
     // message's start.
     let mut decoder = BinDecoder::new(message);

@@ -541,7 +541,7 @@ fn error_line<T>(text: &str, parse: impl Fn(&str) -> Result<T, ParseError>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RecordConfig, SoaConfig};
+    use crate::config::{Identity, RecordConfig, SoaConfig};
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -582,6 +582,8 @@ mod tests {
             rrl: Default::default(),
             cookie_secret: None,
             tcp: Default::default(),
+            nsid: Identity::Off,
+            chaos: Default::default(),
         }
     }
 
