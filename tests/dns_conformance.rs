@@ -1,6 +1,7 @@
 //! DNS conformance over real sockets to the real binary: CNAME loops,
-//! the question's case, the additional section, compression over TCP and
-//! TSIG with an unknown key.
+//! the question's case, the additional section, compression over TCP,
+//! TSIG with an unknown key; NSID, the CHAOS identity names and geo names
+//! as NS, MX and SRV targets.
 
 mod support;
 
@@ -9,12 +10,13 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::TSIG;
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use support::Geolb;
+use support::{Geolb, bounded, eventually};
 
 const WAIT: Duration = Duration::from_secs(2);
 /// A records of `wide.mysite.com`: past the 120 names hickory-proto
@@ -80,7 +82,12 @@ always_up = true
 }
 
 async fn start() -> (Geolb, SocketAddr) {
-    let geolb = Geolb::start(&config()).await;
+    serve(&config()).await
+}
+
+/// geolb on `config`, and its DNS address.
+async fn serve(config: &str) -> (Geolb, SocketAddr) {
+    let geolb = Geolb::start(config).await;
     let addr = geolb.status().await["dns"]["udp"][0]
         .as_str()
         .unwrap()
@@ -336,5 +343,377 @@ async fn a_query_signed_with_an_unknown_key_gets_notauth_badkey() {
     let m = Message::from_vec(&udp(server, &query("api.mysite.com.", RecordType::A, None)).await)
         .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    drop(geolb);
+}
+
+// --- identity (NSID, CHAOS) and geo targets ---------------------------------
+
+/// A zone whose NS, MX and SRV point at a geo name, with two data centers
+/// a GeoIP test database tells apart; `dns_keys` go into `[dns]`, `tail`
+/// after everything (a `[dns.chaos]` table).
+fn identity_config(dns_keys: &str, tail: &str) -> String {
+    let geoip =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[geoip]
+database = "{}"
+
+[dns]
+listen = ["127.0.0.1:0"]
+{dns_keys}
+
+[[dns.zone]]
+origin = "mysite.com"
+soa = {{ mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }}
+ns = ["ns1.mysite.com.", "geo.mysite.com."]
+records = [
+  {{ name = "ns1", type = "A", value = "192.0.2.53" }},
+  {{ name = "@", type = "MX", value = "10 geo.mysite.com." }},
+  {{ name = "_h._tcp", type = "SRV", value = "1 1 443 geo.mysite.com." }},
+]
+
+[[dns.geo]]
+name = "geo.mysite.com"
+datacenters = ["eu-west", "us-east"]
+
+[[datacenter]]
+name = "eu-west"
+location = {{ lat = 53.35, lon = -6.26 }}
+addresses = ["198.51.100.10", "2001:db8:e::10"]
+always_up = true
+
+[[datacenter]]
+name = "us-east"
+location = {{ lat = 39.04, lon = -77.49 }}
+addresses = ["203.0.113.10", "2001:db8:a::10"]
+always_up = true
+{tail}
+"#,
+        geoip.display()
+    )
+}
+
+async fn start_identity(dns_keys: &str, tail: &str) -> (Geolb, SocketAddr) {
+    serve(&identity_config(dns_keys, tail)).await
+}
+
+/// A query of class `qclass` with an OPT (size 1232) carrying `options`
+/// (code, raw data) in order.
+fn query_with(
+    name: &str,
+    qtype: RecordType,
+    qclass: DNSClass,
+    options: &[(u16, &[u8])],
+) -> Vec<u8> {
+    let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    let mut q = Query::query(Name::from_ascii(name).unwrap(), qtype);
+    q.set_query_class(qclass);
+    m.add_query(q);
+    let mut e = Edns::new();
+    e.set_max_payload(1232);
+    for (code, data) in options {
+        e.options_mut()
+            .insert(EdnsOption::Unknown(*code, data.to_vec()));
+    }
+    m.set_edns(e);
+    m.to_vec().unwrap()
+}
+
+const NSID: u16 = 3;
+const ECS: u16 = 8;
+const COOKIE: u16 = 10;
+const EDE: u16 = 15;
+
+/// The raw data of option `code` in a reply's OPT.
+fn option_of(m: &Message, code: u16) -> Option<Vec<u8>> {
+    let option = m.edns.as_ref()?.option(EdnsCode::from(code))?;
+    Some(Vec::<u8>::try_from(option).unwrap())
+}
+
+/// The UDP reply and the TCP reply to `packet`, parsed.
+async fn both(server: SocketAddr, packet: &[u8]) -> [Message; 2] {
+    [
+        Message::from_vec(&udp(server, packet).await).unwrap(),
+        Message::from_vec(&tcp(server, packet).await).unwrap(),
+    ]
+}
+
+/// RFC 5001: NSID goes back to queries with an NSID option, beside ECS
+/// and COOKIE, whatever the rcode; never to others.
+#[tokio::test]
+async fn nsid_comes_back_only_when_asked_whatever_the_rcode() {
+    let (geolb, server) = start_identity("nsid = \"ns-fra-1\"", "").await;
+    let ecs_27 = [0, 1, 27, 0, 81, 2, 69, 160];
+    let ecs_bits_past_prefix = [0, 1, 20, 0, 81, 2, 69];
+    let client_cookie = [7u8; 8];
+    // (name, options besides NSID, rcode, option that must come back too)
+    type Case<'a> = (&'a str, Vec<(u16, &'a [u8])>, ResponseCode, Option<u16>);
+    let cases: [Case<'_>; 5] = [
+        (
+            "geo.mysite.com.",
+            vec![(ECS, &ecs_27)],
+            ResponseCode::NoError,
+            Some(ECS),
+        ),
+        (
+            "ns1.mysite.com.",
+            vec![(COOKIE, &client_cookie)],
+            ResponseCode::NoError,
+            Some(COOKIE),
+        ),
+        ("nothing.mysite.com.", vec![], ResponseCode::NXDomain, None),
+        ("example.org.", vec![], ResponseCode::Refused, Some(EDE)),
+        (
+            "geo.mysite.com.",
+            vec![(ECS, &ecs_bits_past_prefix)],
+            ResponseCode::FormErr,
+            None,
+        ),
+    ];
+    for (name, options, rcode, beside) in cases {
+        for asked in [true, false] {
+            let mut all = options.clone();
+            if asked {
+                all.push((NSID, &[]));
+            }
+            let packet = query_with(name, RecordType::A, DNSClass::IN, &all);
+            for m in both(server, &packet).await {
+                let case = format!("{name} {options:?} asked {asked}");
+                assert_eq!(m.metadata.response_code, rcode, "{case}");
+                let expected = asked.then(|| b"ns-fra-1".to_vec());
+                assert_eq!(option_of(&m, NSID), expected, "{case}");
+                if let Some(code) = beside {
+                    assert!(option_of(&m, code).is_some(), "{case}: option {code}");
+                }
+            }
+        }
+    }
+    // ECS scope and cookie are as without NSID.
+    let packet = query_with(
+        "geo.mysite.com.",
+        RecordType::A,
+        DNSClass::IN,
+        &[(NSID, &[]), (ECS, &ecs_27)],
+    );
+    for m in both(server, &packet).await {
+        assert_eq!(option_of(&m, ECS).unwrap(), [0, 1, 27, 27, 81, 2, 69, 160]);
+    }
+    // dig +nsid sees it too.
+    let port = server.port().to_string();
+    let out = dig(&["+nsid", "-p", &port, "@127.0.0.1", "ns1.mysite.com", "A"]).await;
+    assert!(
+        out.contains("NSID: 6e 73 2d 66 72 61 2d 31 (\"ns-fra-1\")"),
+        "{out}"
+    );
+    drop(geolb);
+}
+
+/// `dig ARGS` (tries and time bounded), its standard output.
+async fn dig(args: &[&str]) -> String {
+    let run = tokio::process::Command::new("dig")
+        .args(["+tries=1", "+time=2"])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = bounded(Duration::from_secs(10), "dig", run)
+        .await
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The TXT text of a CHAOS reply's one answer, checked to be CH, TTL 0,
+/// authoritative; None for REFUSED.
+fn chaos_text(m: &Message) -> Option<String> {
+    if m.metadata.response_code == ResponseCode::Refused {
+        assert!(m.answers.is_empty() && !m.metadata.authoritative);
+        return None;
+    }
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.metadata.authoritative);
+    let [record] = &m.answers[..] else {
+        panic!("one answer: {m:?}");
+    };
+    assert_eq!((record.dns_class, record.ttl), (DNSClass::CH, 0));
+    let RData::TXT(txt) = &record.data else {
+        panic!("{record:?}");
+    };
+    Some(txt.to_string())
+}
+
+async fn chaos(server: SocketAddr, name: &str, qtype: RecordType) -> [Option<String>; 2] {
+    let packet = query_with(name, qtype, DNSClass::CH, &[]);
+    both(server, &packet).await.map(|m| chaos_text(&m))
+}
+
+/// RFC 4892: id.server and hostname.bind give the host name by default,
+/// version.bind nothing (REFUSED, as Knot refuses a name it gives nothing
+/// for); a reload changes them; RRL limits them like any answer.
+#[tokio::test]
+async fn chaos_identity_names_follow_the_config_and_a_reload() {
+    let (geolb, server) = start_identity("", "").await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = Some(host.trim().to_owned());
+    for (name, qtype) in [
+        ("id.server.", RecordType::TXT),
+        ("Hostname.Bind.", RecordType::TXT),
+        ("id.server.", RecordType::ANY),
+    ] {
+        assert_eq!(
+            chaos(server, name, qtype).await,
+            [host.clone(), host.clone()],
+            "{name}"
+        );
+    }
+    for (name, qtype) in [
+        ("version.bind.", RecordType::TXT),
+        ("version.server.", RecordType::TXT),
+        ("id.server.", RecordType::A),
+        ("authors.bind.", RecordType::TXT),
+    ] {
+        assert_eq!(
+            chaos(server, name, qtype).await,
+            [None, None],
+            "{name} {qtype}"
+        );
+    }
+    let port = server.port().to_string();
+    let out = dig(&["-p", &port, "@127.0.0.1", "CH", "TXT", "version.bind"]).await;
+    assert!(out.contains("status: REFUSED"), "{out}");
+
+    geolb
+        .write_config(&identity_config(
+            "nsid = false",
+            "[dns.chaos]\nid_server = false\nhostname_bind = \"edge-7\"\nversion_bind = true",
+        ))
+        .unwrap();
+    geolb.signal("HUP");
+    let version_text = format!("geolb {}", env!("CARGO_PKG_VERSION"));
+    let version = Some(version_text.clone());
+    eventually(
+        "version.bind is answered after the reload",
+        WAIT,
+        || async {
+            chaos(server, "version.bind.", RecordType::TXT).await
+                == [version.clone(), version.clone()]
+        },
+    )
+    .await;
+    assert_eq!(
+        chaos(server, "id.server.", RecordType::TXT).await,
+        [None, None]
+    );
+    let edge = Some("edge-7".to_owned());
+    assert_eq!(
+        chaos(server, "hostname.bind.", RecordType::TXT).await,
+        [edge.clone(), edge]
+    );
+    let out = dig(&[
+        "+short",
+        "-p",
+        &port,
+        "@127.0.0.1",
+        "CH",
+        "TXT",
+        "version.bind",
+    ])
+    .await;
+    assert_eq!(out.trim(), format!("\"{version_text}\""));
+    // NSID off: none, even asked.
+    let packet = query_with(
+        "ns1.mysite.com.",
+        RecordType::A,
+        DNSClass::IN,
+        &[(NSID, &[])],
+    );
+    for m in both(server, &packet).await {
+        assert_eq!(option_of(&m, NSID), None);
+    }
+
+    // One response a second, every limited one slipped (TC): a burst of
+    // CHAOS queries over UDP is limited like any other.
+    let chaos_keys = "[dns.chaos]\nversion_bind = true";
+    let rrl = "[dns.rrl]\nresponses_per_second = 1\nslip = 1";
+    geolb
+        .write_config(&identity_config("", &format!("{chaos_keys}\n{rrl}")))
+        .unwrap();
+    geolb.signal("HUP");
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let packet = query_with("version.bind.", RecordType::TXT, DNSClass::CH, &[]);
+    eventually("RRL slips a burst of CHAOS answers", WAIT, || async {
+        let mut slipped = 0;
+        for _ in 0..5 {
+            socket.send_to(&packet, server).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let n = bounded(WAIT, "a reply or a slip", socket.recv(&mut buf))
+                .await
+                .unwrap();
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            slipped += usize::from(m.metadata.truncation && m.answers.is_empty());
+        }
+        slipped >= 3
+    })
+    .await;
+    drop(geolb);
+}
+
+/// A geo name that is the target of MX, SRV and NS answers comes in the
+/// additional section with this client's addresses (the same decision as
+/// its own A and AAAA answers), and the reply's scope is that decision's.
+#[tokio::test]
+async fn geo_targets_of_mx_srv_and_ns_get_this_clients_addresses_and_scope() {
+    let (geolb, server) = start_identity("", "").await;
+    // (ECS option data, its address, the addresses expected, scope)
+    let clients: [(&[u8], [&str; 2], u8); 2] = [
+        (
+            &[0, 1, 27, 0, 81, 2, 69, 160],
+            ["198.51.100.10", "2001:db8:e::10"],
+            27,
+        ),
+        (
+            &[0, 1, 32, 0, 216, 160, 83, 56],
+            ["203.0.113.10", "2001:db8:a::10"],
+            29,
+        ),
+    ];
+    for (name, qtype) in [
+        ("mysite.com.", RecordType::MX),
+        ("_h._tcp.mysite.com.", RecordType::SRV),
+        ("mysite.com.", RecordType::NS),
+    ] {
+        for (ecs, expected, scope) in clients {
+            let packet = query_with(name, qtype, DNSClass::IN, &[(ECS, ecs)]);
+            for m in both(server, &packet).await {
+                let case = format!("{name} {qtype} {ecs:?}");
+                let geo: Vec<String> = m
+                    .additionals
+                    .iter()
+                    .filter(|r| r.name.to_ascii() == "geo.mysite.com.")
+                    .map(|r| r.data.to_string())
+                    .collect();
+                assert_eq!(geo, expected, "{case}");
+                let echoed = option_of(&m, ECS).unwrap();
+                assert_eq!(echoed[3], scope, "{case}: scope");
+                if qtype == RecordType::NS {
+                    assert!(
+                        additional(&m).contains(&("ns1.mysite.com.".to_owned(), RecordType::A)),
+                        "{case}"
+                    );
+                }
+            }
+        }
+    }
+    // The geo name's own answer agrees.
+    let packet = query_with(
+        "geo.mysite.com.",
+        RecordType::AAAA,
+        DNSClass::IN,
+        &[(ECS, clients[1].0)],
+    );
+    let m = Message::from_vec(&udp(server, &packet).await).unwrap();
+    assert_eq!(m.answers[0].data.to_string(), "2001:db8:a::10");
     drop(geolb);
 }

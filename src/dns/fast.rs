@@ -695,6 +695,25 @@ mod tests {
                 "{name} {qtype}"
             );
         }
+
+        // An NSID option, or class CH, is the general path's to answer.
+        let packet = Packet {
+            name: "api.mysite.com.",
+            qtype: TYPE_A,
+            rd: false,
+            cd: false,
+            edns: edns[3].clone(),
+            dnssec_ok: 0,
+        };
+        let nsid = packet.with_options(&[(crate::dns::identity::OPTION_NSID, &[])]);
+        let mut chaos = packet.bytes();
+        let class_at = 12 + "api.mysite.com.".len() + 1 + 2;
+        chaos[class_at..class_at + 2].copy_from_slice(&3u16.to_be_bytes());
+        for query in [nsid, chaos] {
+            let mut reply = Vec::new();
+            assert!(answer(&data, &query, src, &mut reply).is_none());
+            assert!(answer_general(&data, &query, src, &mut reply).is_some());
+        }
     }
 
     /// A query for `name` (wire form) of type A, without EDNS.

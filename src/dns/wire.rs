@@ -383,6 +383,37 @@ mod tests {
         }
     }
 
+    /// NSID on a FORMERR, from hickory-proto's parser (family 3) or
+    /// geolb's (bits past the prefix), when asked; never unasked.
+    #[test]
+    fn formerrs_carry_nsid_when_asked() {
+        let nsid = option(3, &[]);
+        for ecs in [
+            option(8, &[0, 3, 8, 0, 10]),
+            option(8, &[0, 1, 20, 0, 81, 2, 69]),
+        ] {
+            for asked in [true, false] {
+                let options = if asked {
+                    [nsid.clone(), ecs.clone()].concat()
+                } else {
+                    ecs.clone()
+                };
+                let packet = query([RD, 0], ("api.mysite.com.", A, IN), &[opt(0, 0, &options)]);
+                for reply in replies(&packet) {
+                    let m = Message::from_vec(&reply).unwrap();
+                    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+                    let got = m
+                        .edns
+                        .as_ref()
+                        .unwrap()
+                        .option(hickory_proto::rr::rdata::opt::EdnsCode::NSID)
+                        .map(|o| Vec::<u8>::try_from(o).unwrap());
+                    assert_eq!(got, asked.then(|| b"ns-test".to_vec()), "{ecs:?}");
+                }
+            }
+        }
+    }
+
     /// NOTIMP for an opcode not served echoes RD and CD, as every reply.
     #[test]
     fn notimp_echoes_rd_and_cd() {
