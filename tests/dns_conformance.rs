@@ -583,6 +583,10 @@ async fn chaos_identity_names_follow_the_config_and_a_reload() {
     let port = server.port().to_string();
     let out = dig(&["-p", &port, "@127.0.0.1", "CH", "TXT", "version.bind"]).await;
     assert!(out.contains("status: REFUSED"), "{out}");
+    assert!(
+        out.contains("EDE: 18 (Prohibited)"),
+        "refused by policy: {out}"
+    );
 
     geolb
         .write_config(&identity_config(

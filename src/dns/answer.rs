@@ -236,8 +236,11 @@ fn respond(data: &DnsData, request: &Request) -> Reply {
             )));
     }
     if let (ResponseCode::Refused, Some(edns)) = (resolution.rcode, reply.edns.as_mut()) {
-        // RFC 8914 §4.19 and §4.21: why, for the resolver's logs.
-        let reason = if transfer {
+        // RFC 8914 §4.19 and §4.21: why, for the resolver's logs; a
+        // CHAOS name configured to give nothing is refused by policy too.
+        let withheld = query.query_class() == DNSClass::CH
+            && data.compiled.identity.chaos_text(query.name()) == Some(None);
+        let reason = if transfer || withheld {
             EDE_PROHIBITED
         } else {
             EDE_NOT_AUTHORITATIVE

@@ -485,11 +485,14 @@ mod tests {
     fn refused_carries_an_extended_dns_error_with_an_opt_only() {
         let not_authoritative = [0, 15, 0, 2, 0, 20];
         let prohibited = [0, 15, 0, 2, 0, 18];
-        let cases: [(&str, u16, u16, &[u8]); 4] = [
+        let cases: [(&str, u16, u16, &[u8]); 6] = [
             ("example.org.", A, IN, &not_authoritative),
             ("ns1.mysite.com.", A, 3, &not_authoritative),
             ("mysite.com.", 252, IN, &prohibited),
             ("mysite.com.", 251, IN, &prohibited),
+            // version.bind is off by default; authors.bind is not served.
+            ("version.bind.", 16, 3, &prohibited),
+            ("authors.bind.", 16, 3, &not_authoritative),
         ];
         for (name, qtype, qclass, ede) in cases {
             let packet = query([RD, 0], (name, qtype, qclass), &[opt(0, 0, &[])]);
