@@ -383,32 +383,41 @@ mod tests {
         }
     }
 
-    /// NSID on a FORMERR, from hickory-proto's parser (family 3) or
-    /// geolb's (bits past the prefix), when asked; never unasked.
+    /// NSID on a FORMERR from hickory-proto's parser (family 3) or
+    /// geolb's (bits past the prefix), on BADVERS and on NOTIMP, when
+    /// asked; never unasked.
     #[test]
-    fn formerrs_carry_nsid_when_asked() {
+    fn nsid_on_formerr_badvers_and_notimp_when_asked() {
         let nsid = option(3, &[]);
-        for ecs in [
-            option(8, &[0, 3, 8, 0, 10]),
-            option(8, &[0, 1, 20, 0, 81, 2, 69]),
-        ] {
+        let family_3 = option(8, &[0, 3, 8, 0, 10]);
+        let bits_past_prefix = option(8, &[0, 1, 20, 0, 81, 2, 69]);
+        // (opcode, EDNS version, other options, rcode)
+        let cases = [
+            (0, 0, family_3, ResponseCode::FormErr),
+            (0, 0, bits_past_prefix, ResponseCode::FormErr),
+            (0, 1, vec![], ResponseCode::BADVERS),
+            (3, 0, vec![], ResponseCode::NotImp),
+        ];
+        for (opcode, version, others, rcode) in cases {
             for asked in [true, false] {
                 let options = if asked {
-                    [nsid.clone(), ecs.clone()].concat()
+                    [nsid.clone(), others.clone()].concat()
                 } else {
-                    ecs.clone()
+                    others.clone()
                 };
-                let packet = query([RD, 0], ("api.mysite.com.", A, IN), &[opt(0, 0, &options)]);
+                let records = [opt(version, 0, &options)];
+                let packet = query([opcode << 3 | RD, 0], ("api.mysite.com.", A, IN), &records);
                 for reply in replies(&packet) {
                     let m = Message::from_vec(&reply).unwrap();
-                    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+                    assert_eq!(u16::from(m.metadata.response_code), u16::from(rcode));
                     let got = m
                         .edns
                         .as_ref()
                         .unwrap()
                         .option(hickory_proto::rr::rdata::opt::EdnsCode::NSID)
                         .map(|o| Vec::<u8>::try_from(o).unwrap());
-                    assert_eq!(got, asked.then(|| b"ns-test".to_vec()), "{ecs:?}");
+                    let case = format!("{rcode:?} {others:?}");
+                    assert_eq!(got, asked.then(|| b"ns-test".to_vec()), "{case}");
                 }
             }
         }
