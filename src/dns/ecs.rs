@@ -1,5 +1,6 @@
 //! The EDNS Client Subnet option (RFC 7871), and the COOKIE option
-//! (RFC 7873, checked in `cookie`), read from the raw request.
+//! (RFC 7873, checked in `cookie`), read from the raw request; and the
+//! codes of its options (NSID, for a query hickory-proto cannot parse).
 //!
 //! hickory-proto 0.26 rejects some malformed options itself (unknown
 //! family, a prefix past 32 bits for IPv4 or 128 for IPv6, too few address

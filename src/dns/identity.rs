@@ -31,30 +31,32 @@ impl Identities {
         let Some(dns) = dns else {
             return Identities::default();
         };
-        let host = std::fs::read_to_string(HOST_NAME_FILE)
-            .map_err(|e| e.to_string())
-            .and_then(|name| {
-                let name = name.trim();
-                match name.len() {
-                    0 => Err("it is empty".to_owned()),
-                    1..=255 => Ok(name.to_owned()),
-                    _ => Err("it is over 255 octets".to_owned()),
-                }
-            });
-        let resolve = |identity: &Identity| -> Option<Box<[u8]>> {
-            match identity {
-                Identity::Off => None,
-                Identity::HostName => match &host {
-                    Ok(name) => Some(name.as_bytes().into()),
-                    Err(why) => {
+        let wanted = [
+            &dns.nsid,
+            &dns.chaos.id_server,
+            &dns.chaos.hostname_bind,
+            &dns.chaos.version_bind,
+        ];
+        // Read only when something gives it, so a host without one warns
+        // only when that matters.
+        let host = wanted
+            .contains(&&Identity::HostName)
+            .then(|| {
+                host_name()
+                    .inspect_err(|why| {
                         tracing::warn!(
                             file = HOST_NAME_FILE,
                             %why,
                             "cannot read the host name: NSID and CHAOS names set to it give none"
                         );
-                        None
-                    }
-                },
+                    })
+                    .ok()
+            })
+            .flatten();
+        let resolve = |identity: &Identity| -> Option<Box<[u8]>> {
+            match identity {
+                Identity::Off => None,
+                Identity::HostName => host.as_deref().map(|name| name.as_bytes().into()),
                 Identity::Version => Some(
                     format!("geolb {}", env!("CARGO_PKG_VERSION"))
                         .into_bytes()
@@ -92,6 +94,16 @@ impl Identities {
             _ => return None,
         };
         Some(text.as_deref())
+    }
+}
+
+/// This host's name, as `hostname` prints it; one TXT string at most.
+fn host_name() -> Result<String, String> {
+    let name = std::fs::read_to_string(HOST_NAME_FILE).map_err(|e| e.to_string())?;
+    match name.trim() {
+        "" => Err("it is empty".to_owned()),
+        name if name.len() > 255 => Err("it is over 255 octets".to_owned()),
+        name => Ok(name.to_owned()),
     }
 }
 
