@@ -353,9 +353,9 @@ impl BinEncodable for Owned<'_> {
 /// `reply` sized for `request`'s transport, into `bytes` (cleared first):
 /// whole if it fits (over UDP the client's size, over TCP 64 KiB), else
 /// without the additional RRsets that do not fit (RFC 2181 §9: no TC for
-/// them), else without its NSID option, else with no records and TC, keeping the question and OPT (with
-/// ECS) so a UDP client retries over TCP; a reply that cannot be encoded
-/// at all becomes SERVFAIL.
+/// them), else without its NSID option, else with no records and TC,
+/// keeping the question and OPT (with ECS) so a UDP client retries over
+/// TCP; a reply that cannot be encoded at all becomes SERVFAIL.
 pub(crate) fn encode_sized(reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
     encode_within(
         reply,
@@ -483,9 +483,10 @@ fn additionals(data: &DnsData, answers: &[Record], client: &Client) -> (Vec<Reco
 }
 
 /// The TXT answer to a CHAOS-class query: for `id.server`,
-/// `hostname.bind` and `version.bind` when configured, TTL 0 and AA, as
-/// Knot and BIND answer; ANY gets the TXT (as BIND; Knot refuses it).
-/// Anything else is REFUSED, as Knot refuses it.
+/// `hostname.bind` and `version.bind` when configured, TTL 0 (as Knot
+/// and BIND) and AA (as BIND, answering from its built-in CHAOS zone);
+/// ANY gets the TXT (as BIND; Knot refuses it). Anything else is REFUSED,
+/// as Knot refuses it.
 fn chaos(data: &DnsData, qname: &LowerName, qtype: RecordType) -> Resolution {
     match data.compiled.identity.chaos_text(qname) {
         Some(Some(text)) if matches!(qtype, RecordType::TXT | RecordType::ANY) => {
