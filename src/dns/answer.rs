@@ -18,8 +18,8 @@ use smallvec::SmallVec;
 
 use super::DnsData;
 use super::geo::{self, Ranking};
-use super::zone::{Found, Zone};
-use super::{cookie, ecs};
+use super::zone::{Found, Zone, Zones};
+use super::{cookie, dnssec, ecs};
 use crate::geoip::Location;
 
 /// The UDP payload geolb answers within and advertises: the DNS flag day
@@ -98,6 +98,15 @@ struct Resolution {
     geo: Option<(usize, SmallVec<[usize; 4]>)>,
     /// The wildcard's owner (`*.…`) when the query's name matched one.
     wildcard: Option<Name>,
+    /// The name a negative answer is about, for its NSEC in a signed zone.
+    denied: Option<Denied>,
+}
+
+/// What a negative answer denies: a name (`types` None) or the other
+/// types at it.
+struct Denied {
+    name: Name,
+    types: Option<SmallVec<[RecordType; 8]>>,
 }
 
 impl Resolution {
@@ -110,12 +119,24 @@ impl Resolution {
             scope: None,
             geo: None,
             wildcard: None,
+            denied: None,
         }
     }
 
     /// NOERROR without answers for this name (NODATA); RFC 2308 §2.2.
-    fn no_data(&mut self, zone: &Zone) {
+    /// `types`: those the name has (the one asked for is left out).
+    fn no_data(
+        &mut self,
+        zone: &Zone,
+        name: &LowerName,
+        qtype: RecordType,
+        types: impl IntoIterator<Item = RecordType>,
+    ) {
         self.authorities.push(zone.negative_soa.clone());
+        self.denied = Some(Denied {
+            name: Name::from(name),
+            types: Some(types.into_iter().filter(|t| *t != qtype).collect()),
+        });
     }
 }
 
@@ -197,6 +218,14 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
     reply.additionals = additionals(&data.compiled.zones, &reply.answers);
+    if dnssec_ok == Some(true) && resolution.authoritative {
+        sign(
+            &data.compiled.zones,
+            &mut reply,
+            resolution.denied,
+            dnssec::unix_now(),
+        );
+    }
     // RFC 4343 §4.1: owners that are the query's name keep its spelling
     // (resolvers randomising case compare it), and so compress to the
     // question's name.
@@ -230,6 +259,55 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         ));
     }
     reply
+}
+
+/// RFC 4035 §3.1: the RRSIGs of every RRset from a signed zone, after it;
+/// for a negative answer the NSEC of compact denial (RFC 9824), which
+/// answers NOERROR where the name does not exist (its NSEC says NXNAME).
+fn sign(zones: &Zones, reply: &mut Reply, denied: Option<Denied>, now: u64) {
+    if let Some(denied) = denied
+        && let Some(zone) = zones.zone_for(&LowerName::from(&denied.name))
+        && let Some(signer) = &zone.signer
+    {
+        let types = denied
+            .types
+            .unwrap_or_else(|| SmallVec::from_slice(&[dnssec::NXNAME]));
+        let ttl = zone.negative_soa.ttl;
+        if let Some(nsec) = signer.denial(&denied.name, ttl, types) {
+            reply.authorities.push(nsec);
+            if reply.metadata.response_code == ResponseCode::NXDomain {
+                reply.metadata.response_code = ResponseCode::NoError;
+            }
+        }
+    }
+    for section in [
+        &mut reply.answers,
+        &mut reply.authorities,
+        &mut reply.additionals,
+    ] {
+        *section = signed(zones, std::mem::take(section), now);
+    }
+}
+
+/// `records` (whole RRsets, each together) with the RRSIGs of those from
+/// signed zones after each RRset.
+fn signed(zones: &Zones, records: Vec<Record>, now: u64) -> Vec<Record> {
+    let mut out = Vec::with_capacity(records.len() * 2);
+    let mut rest = &records[..];
+    while let Some(first) = rest.first() {
+        let n = rest
+            .iter()
+            .take_while(|r| r.record_type() == first.record_type() && r.name == first.name)
+            .count();
+        let (set, tail) = rest.split_at(n);
+        out.extend_from_slice(set);
+        let zone = zones.zone_for(&LowerName::from(&first.name));
+        if let Some(signer) = zone.and_then(|z| z.signer.as_ref()) {
+            out.extend(signer.sign(set, now));
+        }
+        rest = tail;
+    }
+    out
 }
 
 /// The key name and TSIG RR of a signed request. hickory-proto takes the
@@ -448,10 +526,14 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
             Found::Missing => {
                 res.rcode = ResponseCode::NXDomain;
                 res.authorities.push(zone.negative_soa.clone());
+                res.denied = Some(Denied {
+                    name: Name::from(&name),
+                    types: None,
+                });
                 return res;
             }
             Found::EmptyNonTerminal => {
-                res.no_data(zone);
+                res.no_data(zone, &name, qtype, []);
                 return res;
             }
             Found::Geo { index, node } => {
@@ -467,7 +549,8 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 res.scope = scope;
                 let records = geo_records(data, index, &ranking, qtype);
                 if records.is_empty() {
-                    res.no_data(zone);
+                    let statics = node.iter().flat_map(|n| n.rrsets.iter().map(|s| s.rtype));
+                    res.no_data(zone, &name, qtype, geo_types(data, index).chain(statics));
                 }
                 res.answers.extend(records);
                 res.geo = Some((index, ranking.chosen));
@@ -498,7 +581,7 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                     return res;
                 }
                 let Some(cname) = node.get(RecordType::CNAME) else {
-                    res.no_data(zone);
+                    res.no_data(zone, &name, qtype, node.rrsets.iter().map(|s| s.rtype));
                     return res;
                 };
                 res.answers.extend(cname.records.iter().map(owned));
@@ -550,6 +633,26 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking,
         |i| data.state(i),
     );
     (ranking, scope)
+}
+
+/// The types a geo name can answer with: A and AAAA as its candidates
+/// have addresses of each family.
+fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
+    let dcs = &data.compiled.datacenters;
+    let candidates = &data.compiled.geo[index].candidates;
+    let has = |v6: bool| {
+        candidates.iter().any(|&i| {
+            let dc = &dcs[i];
+            if v6 {
+                !dc.v6.is_empty()
+            } else {
+                !dc.v4.is_empty()
+            }
+        })
+    };
+    [(RecordType::A, has(false)), (RecordType::AAAA, has(true))]
+        .into_iter()
+        .filter_map(|(t, has)| has.then_some(t))
 }
 
 fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {

@@ -49,9 +49,10 @@ pub(super) struct Index {
     names: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
 }
 
-/// What a name answers, and what RRL counts its A and AAAA answers as
-/// (hashed once, here).
-type Entry = (Target, [Class; 2]);
+/// What a name answers, what RRL counts its A and AAAA answers as (hashed
+/// once, here), and whether its zone is signed (then queries with DO = 1
+/// go to the general path, which signs).
+type Entry = (Target, [Class; 2], bool);
 
 /// The RRL classes of answers to A and AAAA queries for `lower`.
 fn classes(lower: &[u8]) -> [Class; 2] {
@@ -71,7 +72,8 @@ impl Index {
             if let Found::Geo { node: None, .. } = zone.find(&g.lower) {
                 let lower = lower_wire(&g.lower);
                 let classes = classes(&lower);
-                names.insert(lower, (Target::Geo(index), classes));
+                let signed = zone.signer.is_some();
+                names.insert(lower, (Target::Geo(index), classes, signed));
             }
         }
         for zone in zones.iter() {
@@ -108,7 +110,8 @@ impl Index {
                 }
                 let lower = lower_wire(lower);
                 let classes = classes(&lower);
-                names.insert(lower, (Target::Fixed { a, aaaa }, classes));
+                let signed = zone.signer.is_some();
+                names.insert(lower, (Target::Fixed { a, aaaa }, classes, signed));
             }
         }
         Index { names }
@@ -290,7 +293,10 @@ pub(super) fn answer(
     let key = key.get_mut(..name.len())?;
     key.copy_from_slice(name);
     key.make_ascii_lowercase();
-    let (target, classes) = data.compiled.fast.names.get(&*key)?;
+    let (target, classes, signed) = data.compiled.fast.names.get(&*key)?;
+    if *signed && query.edns.is_some_and(|opt| opt.dnssec_ok != 0) {
+        return None;
+    }
     let ecs = match query.edns.and_then(|opt| opt.ecs) {
         Some(option) => Some(ecs::parse(option).ok()?),
         None => None,
