@@ -1214,9 +1214,9 @@ always_up = true
             Vec::new(),
         );
         let key = Name::from_ascii("Some.Key.").unwrap();
-        let mut record = Record::from_rdata(key, 0, RData::TSIG(tsig));
-        record.dns_class = DNSClass::ANY;
-        m.additionals.push(record);
+        // Last in the message, after the OPT, as RFC 8945 §4.1 has it (and
+        // hickory-proto with its DNSSEC features insists).
+        m.signature = Some(Box::new(make_tsig_record(key, tsig)));
         let request =
             Request::from_bytes(m.to_vec().unwrap(), q.src.parse().unwrap(), Protocol::Udp)
                 .unwrap();
@@ -1226,13 +1226,10 @@ always_up = true
         assert_eq!(m.metadata.response_code, ResponseCode::NotAuth);
         assert!(m.answers.is_empty());
         assert!(m.edns.is_some(), "the OPT stays");
-        let [record] = &m.additionals[..] else {
-            panic!("one TSIG RR: {:?}", m.additionals);
-        };
+        assert!(m.additionals.is_empty(), "{:?}", m.additionals);
+        let record = m.signature.as_deref().expect("one TSIG RR");
         assert_eq!(record.name.to_ascii(), "Some.Key.");
-        let RData::TSIG(tsig) = &record.data else {
-            panic!("{record:?}");
-        };
+        let tsig = &record.data;
         assert_eq!(tsig.error, Some(TsigError::BadKey));
         assert!(tsig.mac.is_empty());
         assert_eq!((tsig.oid, tsig.time, tsig.fudge), (7, 1_800_000_000, 300));

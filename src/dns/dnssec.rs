@@ -356,3 +356,246 @@ fn cache_key(rrset: &[Record]) -> Vec<u8> {
     }
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use hickory_proto::dnssec::Verifier;
+    use hickory_proto::rr::rdata::A;
+
+    use super::*;
+    use crate::config::DnssecKeyConfig;
+
+    /// A key made by `openssl genpkey`, as users make theirs.
+    fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+        let path = dir.join(name);
+        let status = Command::new("openssl")
+            .arg("genpkey")
+            .args(args)
+            .arg("-out")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success());
+        path
+    }
+
+    fn config(keys: &[(&Path, KeyRole, KeyState)]) -> DnssecConfig {
+        DnssecConfig {
+            keys: keys
+                .iter()
+                .map(|(file, role, state)| DnssecKeyConfig {
+                    file: file.to_path_buf(),
+                    role: *role,
+                    state: *state,
+                })
+                .collect(),
+            validity: Duration::from_secs(14 * 86400),
+            refresh: Duration::from_secs(7 * 86400),
+        }
+    }
+
+    fn a_set(owner: &Name, addrs: &[[u8; 4]]) -> Vec<Record> {
+        addrs
+            .iter()
+            .map(|a| Record::from_rdata(owner.clone(), 30, RData::A(A(Ipv4Addr::from(*a)))))
+            .collect()
+    }
+
+    fn rrsig(record: &Record) -> &RRSIG {
+        match &record.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => sig,
+            other => panic!("not an RRSIG: {other:?}"),
+        }
+    }
+
+    fn dnskeys(keys: &Keys) -> Vec<DNSKEY> {
+        keys.apex[0]
+            .1
+            .iter()
+            .map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::DNSKEY(k)) => k.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Each RRSIG verifies, with hickory-proto's verifier, against the
+    /// DNSKEY its tag names; changed data does not.
+    fn assert_verifies(keys: &Keys, owner: &Name, rrset: &[Record], rrsigs: &[Record]) {
+        assert!(!rrsigs.is_empty());
+        for r in rrsigs {
+            let sig = rrsig(r);
+            let key = dnskeys(keys)
+                .into_iter()
+                .find(|k| k.calculate_key_tag().unwrap() == sig.input().key_tag)
+                .expect("the signing key is published");
+            key.verify_rrsig(owner, DNSClass::IN, sig, rrset.iter())
+                .expect("verifies");
+            let forged = a_set(owner, &[[192, 0, 2, 66]]);
+            assert!(
+                key.verify_rrsig(owner, DNSClass::IN, sig, forged.iter())
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn p256_and_ed25519_signatures_verify_and_are_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let p256 = openssl_key(
+            dir.path(),
+            "p256.pem",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let ed = openssl_key(dir.path(), "ed.pem", &["-algorithm", "ed25519"]);
+        let origin = Name::from_ascii("mysite.com.").unwrap();
+        let owner = Name::from_ascii("api.mysite.com.").unwrap();
+        for (file, algorithm) in [(&p256, 13), (&ed, 15)] {
+            let keys = load(
+                &config(&[(file, KeyRole::Csk, KeyState::Active)]),
+                &origin,
+                300,
+            )
+            .unwrap();
+            let ds = keys.signer.ds();
+            assert_eq!(ds.len(), 1);
+            assert!(
+                ds[0].starts_with("mysite.com. IN DS ")
+                    && ds[0].contains(&format!(" {algorithm} 2 ")),
+                "{ds:?}"
+            );
+            let now = unix_now();
+            let rrset = a_set(&owner, &[[192, 0, 2, 1], [192, 0, 2, 2]]);
+            let first = keys.signer.sign(&rrset, now);
+            assert_verifies(&keys, &owner, &rrset, &first);
+            let input = rrsig(&first[0]).input();
+            assert_eq!(input.sig_inception.get() as u64, now - BACKDATE);
+            assert_eq!(input.sig_expiration.get() as u64, now + 14 * 86400);
+            assert_eq!(input.num_labels, 3);
+            // The same addresses in another order: the cached signature
+            // (ECDSA signatures differ each time they are made).
+            let mut reversed = rrset.clone();
+            reversed.reverse();
+            assert_eq!(keys.signer.sign(&reversed, now + 60), first);
+            // Less than refresh left: made anew.
+            let later = now + 7 * 86400 + 1;
+            let renewed = keys.signer.sign(&rrset, later);
+            assert_eq!(
+                rrsig(&renewed[0]).input().sig_expiration.get() as u64,
+                later + 14 * 86400
+            );
+            assert_verifies(&keys, &owner, &rrset, &renewed);
+            // The DNSKEY set is signed (by the CSK) and verifies too.
+            let dnskey_set = &keys.apex[0].1;
+            let sigs = keys.signer.sign(dnskey_set, now);
+            for r in &sigs {
+                dnskeys(&keys)[0]
+                    .verify_rrsig(&origin, DNSClass::IN, rrsig(r), dnskey_set.iter())
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn roles_and_states_choose_who_signs_and_what_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen_ed = |name| openssl_key(dir.path(), name, &["-algorithm", "ed25519"]);
+        let (ksk, zsk, next, old) = (gen_ed("k"), gen_ed("z"), gen_ed("n"), gen_ed("o"));
+        let origin = Name::from_ascii("mysite.com.").unwrap();
+        let keys = load(
+            &config(&[
+                (&ksk, KeyRole::Ksk, KeyState::Active),
+                (&zsk, KeyRole::Zsk, KeyState::Active),
+                (&next, KeyRole::Ksk, KeyState::Publish),
+                (&old, KeyRole::Ksk, KeyState::Retire),
+            ]),
+            &origin,
+            300,
+        )
+        .unwrap();
+        let published = dnskeys(&keys);
+        assert_eq!(published.len(), 4, "every state is published");
+        let flags: Vec<u16> = published.iter().map(|k| k.flags()).collect();
+        assert_eq!(flags, [257, 256, 257, 257]);
+        let tag = |i: usize| published[i].calculate_key_tag().unwrap();
+        // CDS: the active and the incoming KSK, not the retiring one.
+        assert_eq!(keys.apex[1].1.len(), 2);
+        assert_eq!(keys.signer.ds().len(), 2);
+        let now = unix_now();
+        let owner = Name::from_ascii("www.mysite.com.").unwrap();
+        let data = a_set(&owner, &[[192, 0, 2, 9]]);
+        let tags = |sigs: Vec<Record>| -> Vec<u16> {
+            sigs.iter().map(|r| rrsig(r).input().key_tag).collect()
+        };
+        assert_eq!(tags(keys.signer.sign(&data, now)), [tag(1)]);
+        assert_eq!(tags(keys.signer.sign(&keys.apex[0].1, now)), [tag(0)]);
+        assert_eq!(tags(keys.signer.sign(&keys.apex[1].1, now)), [tag(0)]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_usable_key_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = openssl_key(
+            dir.path(),
+            "rsa.pem",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+        );
+        let text = dir.path().join("text.pem");
+        fs::write(&text, "not a key").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let origin = Name::from_ascii("mysite.com.").unwrap();
+        let errors = load(
+            &config(&[
+                (&rsa, KeyRole::Csk, KeyState::Active),
+                (&text, KeyRole::Csk, KeyState::Active),
+                (&missing, KeyRole::Csk, KeyState::Active),
+            ]),
+            &origin,
+            300,
+        )
+        .err()
+        .unwrap();
+        let indexes: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, [0, 1, 2]);
+        assert!(
+            errors[0]
+                .1
+                .contains("neither an ECDSA P-256 nor an Ed25519"),
+            "{errors:?}"
+        );
+        assert!(errors[1].1.contains("PKCS#8"), "{errors:?}");
+        assert!(errors[2].1.contains("cannot read"), "{errors:?}");
+    }
+
+    #[test]
+    fn compact_denial_points_just_past_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ed = openssl_key(dir.path(), "ed.pem", &["-algorithm", "ed25519"]);
+        let origin = Name::from_ascii("mysite.com.").unwrap();
+        let keys = load(
+            &config(&[(&ed, KeyRole::Csk, KeyState::Active)]),
+            &origin,
+            300,
+        )
+        .unwrap();
+        let owner = Name::from_ascii("nothing.mysite.com.").unwrap();
+        let nsec = keys.signer.denial(&owner, 60, [NXNAME]).unwrap();
+        let RData::DNSSEC(DNSSECRData::NSEC(n)) = &nsec.data else {
+            panic!("{nsec:?}");
+        };
+        assert_eq!(n.next_domain_name().to_ascii(), "\\000.nothing.mysite.com.");
+        let types: Vec<RecordType> = n.type_bit_maps().collect();
+        assert_eq!(types, [RecordType::RRSIG, RecordType::NSEC, NXNAME]);
+        assert_eq!(nsec.ttl, 60);
+        // A name with no room for one more label has no NSEC.
+        // 3 × 64 + 50 + 12 = 254 octets: one more label of any length is too much.
+        let labels = [63, 63, 63, 49].map(|n| "a".repeat(n)).join(".");
+        let long = Name::from_ascii(format!("{labels}.mysite.com.")).unwrap();
+        assert!(keys.signer.denial(&long, 60, [NXNAME]).is_none());
+    }
+}
