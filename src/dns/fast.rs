@@ -844,4 +844,63 @@ mod tests {
             }
         }
     }
+
+    /// A signed zone's DO = 1 queries need RRSIGs, which only the general
+    /// path adds; DO = 0 ones stay here, and so do unsigned zones'.
+    #[test]
+    fn dnssec_ok_queries_for_signed_zones_go_to_the_general_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("csk.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let text = format!(
+            r#"
+[dns]
+listen = ["127.0.0.1:0"]
+
+[[dns.zone]]
+origin = "signed.test"
+soa = {{ mname = "ns1.signed.test.", rname = "h.signed.test.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }}
+ns = ["ns1.signed.test."]
+records = [{{ name = "ns1", type = "A", value = "192.0.2.53" }}]
+dnssec = {{ keys = [{{ file = "{}", role = "csk" }}] }}
+
+[[dns.zone]]
+origin = "plain.test"
+soa = {{ mname = "ns1.plain.test.", rname = "h.plain.test.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }}
+ns = ["ns1.plain.test."]
+records = [{{ name = "ns1", type = "A", value = "192.0.2.54" }}]
+"#,
+            key.display()
+        );
+        let config =
+            crate::config::parse_str(&text, std::path::Path::new("/tmp/geolb.toml")).unwrap();
+        let locator = Arc::new(crate::geoip::Locator::new(None, &[]));
+        let data = crate::dns::compile(&config, locator, Arc::new(AllUp)).unwrap();
+        let src: SocketAddr = "192.0.2.9:5300".parse().unwrap();
+        let packet = |name, dnssec_ok| {
+            Packet {
+                name,
+                qtype: TYPE_A,
+                rd: false,
+                cd: false,
+                edns: Some((1232, None)),
+                dnssec_ok,
+            }
+            .bytes()
+        };
+        let mut reply = Vec::new();
+        let fast = |p: &[u8], reply: &mut Vec<u8>| answer(&data, p, src, reply).is_some();
+        assert!(!fast(&packet("ns1.signed.test", 0x80), &mut reply));
+        assert!(fast(&packet("ns1.signed.test", 0), &mut reply));
+        assert!(fast(&packet("ns1.plain.test", 0x80), &mut reply));
+        answer_general(&data, &packet("ns1.signed.test", 0x80), src, &mut reply).unwrap();
+        let m = hickory_proto::op::Message::from_vec(&reply).unwrap();
+        let types: Vec<RecordType> = m.answers.iter().map(|r| r.record_type()).collect();
+        assert_eq!(types, [RecordType::A, RecordType::RRSIG]);
+    }
 }
