@@ -16,7 +16,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
-use support::{Geolb, bounded, eventually, geolb_check};
+use support::{Geolb, bounded, eventually, geolb_check, metric_value};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -222,7 +222,7 @@ async fn signed_answers_validate_with_delv() {
     assert_eq!(ds.len(), 1, "{ds:?}");
     assert!(ds[0].contains(" 13 2 "), "P-256 is algorithm 13: {ds:?}");
     let anchor = anchor(keys.path(), "anchor.conf", &ds[0]);
-    let (_geolb, server) = start(&config).await;
+    let (geolb, server) = start(&config).await;
     let ask = |name: &'static str, qtype: &'static str| {
         let (delv_bin, anchor) = (delv_bin.clone(), anchor.clone());
         async move { delv(&delv_bin, server, &anchor, name, qtype).await }
@@ -359,6 +359,16 @@ async fn signed_answers_validate_with_delv() {
     assert!(big.edns.as_ref().unwrap().flags().dnssec_ok);
     let out = ask("big.mysite.com", "TXT").await;
     assert!(out.contains("; fully validated"), "over TCP:\n{out}");
+
+    // Signatures come from the cache: asking again makes none.
+    let series = "geolb_dns_dnssec_signatures_total{zone=\"mysite.com.\"}";
+    let made = metric_value(&geolb.metrics().await, series).expect("signatures counted");
+    assert!(made > 0.0);
+    for _ in 0..3 {
+        let again = udp(server, &query("ns1.mysite.com.", RecordType::A, true, 1232)).await;
+        assert_eq!(rrsigs(&again.answers).len(), 1);
+    }
+    assert_eq!(metric_value(&geolb.metrics().await, series), Some(made));
 }
 
 #[tokio::test]

@@ -27,6 +27,7 @@ use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::config::{DnssecConfig, KeyRole, KeyState};
+use crate::metrics::DNS_DNSSEC_SIGNATURES;
 
 /// RFC 9824 §3.2: the meta-type NXNAME in the NSEC of a name that does
 /// not exist.
@@ -293,6 +294,8 @@ impl Signer {
                 Err(error) => crate::log_limited!(warn, %error, "cannot sign an RRset"),
             }
         }
+        metrics::counter!(DNS_DNSSEC_SIGNATURES, "zone" => self.origin.to_ascii())
+            .increment(rrsigs.len() as u64);
         (expiration, rrsigs)
     }
 
