@@ -311,8 +311,9 @@ fn signed(zones: &Zones, records: Vec<Record>, now: u64) -> Vec<Record> {
 }
 
 /// The key name and TSIG RR of a signed request. hickory-proto takes the
-/// TSIG RR out of the additional section only with its DNSSEC features,
-/// which geolb does without: then it is among the additional records.
+/// TSIG RR out of the additional section only with its DNSSEC features
+/// (`dnssec-ring`, on since geolb signs zones); without them it is among
+/// the additional records.
 fn tsig(request: &Request) -> Option<(&Name, &TSIG)> {
     if let Some(signed) = request.signature.as_deref() {
         return Some((&signed.name, &signed.data));
