@@ -11,6 +11,10 @@
 #          $'[dns.rrl]\nresponses_per_second = 1000000' 'api.mysite.com A'
 #        ... 'api.mysite.com A' -E 10:0102030405060708   # with a COOKIE
 #
+# ZONE_KEYS: more keys of the zone, e.g. a signed one with DO queries:
+#   ZONE_KEYS='dnssec = { keys = [{ file = "/tmp/csk.pem", role = "csk" }] }' \
+#     benches/dns-instructions.sh target/release/geolb ... 'api.mysite.com A' -D
+#
 # Requires valgrind, dnsperf, dig. COUNT=20000 by default.
 set -euo pipefail
 # shellcheck source=benches/lib.sh
@@ -34,6 +38,7 @@ origin = "mysite.com"
 soa = { mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }
 ns = ["ns1.mysite.com."]
 records = [{ name = "ns1", type = "A", value = "192.0.2.53" }]
+${ZONE_KEYS:-}
 [[dns.geo]]
 name = "api.mysite.com"
 [[datacenter]]

@@ -19,8 +19,16 @@
 # server from /proc/PID/stat over the run), so it stays meaningful when
 # dnsperf, not the server, is the limit.
 #
+# DNSSEC=1: the same workloads signed, every query with DO set (dnsperf
+# -D): geolb signing online with one ECDSA P-256 CSK (dnssec = { keys }),
+# Knot with automatic signing (dnssec-signing: on, a P-256 CSK policy),
+# which signs the zone when it loads and serves stored signatures. gdnsd
+# has no DNSSEC and is skipped.
+#
 # Environment:
-#   SERVERS="geolb gdnsd knot"  servers to measure (any subset, any order)
+#   SERVERS="geolb gdnsd knot"  servers to measure (any subset, any order;
+#                   default "geolb knot" with DNSSEC=1)
+#   DNSSEC=0        1: signed zone, DO=1 queries (see above)
 #   WORKLOADS="geo geo-ecs static"  workloads to run (any subset)
 #   ROUNDS=3        interleaved rounds (the table shows the median)
 #   DURATION=10     seconds per measured run
@@ -42,7 +50,8 @@ set -uo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SERVERS=${SERVERS:-"geolb gdnsd knot"}
+DNSSEC=${DNSSEC:-0}
+if ((DNSSEC)); then SERVERS=${SERVERS:-"geolb knot"}; else SERVERS=${SERVERS:-"geolb gdnsd knot"}; fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -117,6 +126,7 @@ origin = "mysite.com"
 soa = { mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }
 ns = ["ns1.mysite.com."]
 records = [{ name = "ns1", type = "A", value = "192.0.2.53" }]
+$( ((DNSSEC)) && echo "dnssec = { keys = [{ file = \"$WORK/csk.pem\", role = \"csk\" }] }")
 
 [[dns.geo]]
 name = "api.mysite.com"
@@ -228,9 +238,20 @@ template:
     journal-content: none
     zonefile-sync: -1
 
+$( ((DNSSEC)) && cat <<POLICY
+# One P-256 CSK, as geolb's; Knot signs the zone when it loads it and
+# answers from the stored signatures. (A policy is defined before use.)
+policy:
+  - id: csk
+    algorithm: ecdsap256sha256
+    single-type-signing: on
+
+POLICY
+)
 zone:
   - domain: mysite.com
     file: $d/mysite.com.zone
+$( ((DNSSEC)) && printf '    dnssec-signing: on\n    dnssec-policy: csk\n')
 EOF
 }
 
@@ -242,12 +263,17 @@ start_server() {
   case $name in
     geolb)
       [[ -x $GEOLB ]] || { log "SKIP geolb: binary $GEOLB not found (set GEOLB=)"; return 1; }
+      if ((DNSSEC)); then
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/csk.pem" 2>>"$logf" ||
+          { log "SKIP geolb: openssl genpkey failed"; return 1; }
+      fi
       write_geolb_conf
       "$GEOLB" check --config "$WORK/geolb.toml" >"$logf" 2>&1 || { log "SKIP geolb: config rejected: $(tail -3 "$logf")"; return 1; }
       GEO_MODE[geolb]="geo ([[dns.geo]])"
       start_bg "$SERVER_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
       ;;
     gdnsd)
+      ((DNSSEC)) && { log "SKIP gdnsd: it has no DNSSEC"; return 1; }
       write_gdnsd_conf geoip
       GEO_MODE[gdnsd]="geo (geoip plugin)"
       if ! gdnsd -c "$WORK/gdnsd" checkconf >"$logf" 2>&1; then
@@ -287,7 +313,7 @@ start_server() {
 run_dnsperf() {   # run_dnsperf SECONDS PORT WORKLOAD OUTFILE
   run_load "$1" "$4" \
     dnsperf -s 127.0.0.1 -p "$2" -d "$WORK/$3.queries" -l "$1" -T 1 -c "$CLIENTS" -q "$OUTSTANDING" -t 1 \
-      ${WL_ARGS[$3]:-} $( ((MAX_QPS > 0)) && echo "-Q $MAX_QPS")
+      ${WL_ARGS[$3]:-} $( ((MAX_QPS > 0)) && echo "-Q $MAX_QPS") $( ((DNSSEC)) && echo "-D")
 }
 
 # Parse dnsperf output: qps sent completed lost noerror avg_latency_ms
@@ -388,7 +414,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: SERVERS='$SERVERS' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING MAX_QPS=$MAX_QPS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB $0"
+    echo "command: DNSSEC=$DNSSEC SERVERS='$SERVERS' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING MAX_QPS=$MAX_QPS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "dnsperf: $(dnsperf -h 2>&1 | grep -m1 -i version)"
     echo "gdnsd: $(gdnsd 2>&1 | grep -m1 version)"
@@ -453,6 +479,9 @@ Median over $ROUNDS round(s) of ${DURATION}s; dnsperf -T 1 -c $CLIENTS -q $OUTST
 qps per core = qps x 100 / server CPU % (utime+stime of the server process; softirq time shows only in CPU0 busy %).
 Knot has no geo: its "geo" row answers api.mysite.com from a static A, as a reference.
 Queries come from 127.0.0.1 (no location in the test database): geolb and gdnsd answer in configured data-center order.
+EOF
+  ((DNSSEC)) && cat >>"$RESULTS/summary.md" <<EOF
+DNSSEC=1: every query has DO=1 (dnsperf -D); geolb signs online (one P-256 CSK, signatures cached per RRset), Knot serves the signatures it made at load (dnssec-signing: on).
 EOF
   log "raw results: $RESULTS (results.tsv, summary.md, raw/*.dnsperf, configs/, logs/, env.txt)"
 }

@@ -227,6 +227,10 @@ fn main() -> ExitCode {
                     c.datacenters.len(),
                     c.dns.as_ref().map_or(0, |d| d.zones.len()),
                 );
+                // What to give the registrar of each signed zone.
+                for ds in checked.ds_records() {
+                    println!("{ds}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -86,6 +86,9 @@ pub const DNS_RRL: &str = "geolb_dns_rrl_limited_total";
 pub const DNS_TCP_CLOSED: &str = "geolb_dns_tcp_closed_total";
 /// Times DNS over TCP stopped accepting at `[dns] tcp_max_connections`.
 pub const DNS_TCP_LIMITED: &str = "geolb_dns_tcp_connections_limited_total";
+/// `geolb_dns_dnssec_signatures_total{zone}`: RRSIGs made (not those
+/// served from the cache).
+pub const DNS_DNSSEC_SIGNATURES: &str = "geolb_dns_dnssec_signatures_total";
 /// Answers sent, by `protocol` (`udp`, `tcp`): beside [`DNS_QUERIES`]
 /// rather than a label of it, whose labels are part of the contract.
 pub const DNS_QUERIES_BY_PROTOCOL: &str = "geolb_dns_queries_by_protocol_total";
@@ -233,6 +236,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         DNS_TCP_LIMITED,
         "Times DNS over TCP stopped accepting at [dns] tcp_max_connections."
+    );
+    describe_counter!(
+        DNS_DNSSEC_SIGNATURES,
+        "RRSIGs made by online signing, by zone (signatures served from the cache are not counted)."
     );
     // Both results exist from the start, so a failure is a rate change and
     // not a series appearing.

@@ -61,6 +61,11 @@ impl Checked {
     pub fn locator(&self) -> &Arc<Locator> {
         self.dns.locator()
     }
+
+    /// The DS records of the signed zones, for `geolb check` to print.
+    pub fn ds_records(&self) -> Vec<String> {
+        self.dns.ds_records()
+    }
 }
 
 /// Step one: everything `geolb check` reports, or the config with its

@@ -2,6 +2,7 @@
 //! and the geo names of `[[dns.geo]]`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -13,6 +14,10 @@ use super::walk::{Ctx, Field, Tbl, first_seen};
 
 const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", \
      serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }";
+
+const DNSSEC_KEY_EXAMPLE: &str = "{ file = \"keys/mysite.com.pem\", role = \"csk\" }";
+const DNSSEC_KEYS_EXAMPLE: &str = "[{ file = \"keys/mysite.com.pem\", role = \"csk\" }]";
+const DNSSEC_EXAMPLE: &str = "{ keys = [{ file = \"keys/mysite.com.pem\", role = \"csk\" }], validity = \"14d\", refresh = \"7d\" }";
 
 /// A zone as far as it could be validated: later checks (geo names, nested
 /// zones) need its origin and good records even when something else in it
@@ -230,15 +235,19 @@ impl Ctx {
             None => (Vec::new(), true),
         };
         self.record_rules(&rel, &records);
-        let config = match (origin.clone(), ttl, soa, ns, file, records_ok) {
-            (Some(origin), Some(ttl), Some(soa), Some(ns), Some(file), true) => Some(ZoneConfig {
-                origin,
-                ttl,
-                soa,
-                ns,
-                file,
-                records: records.iter().map(|(_, r)| r.clone()).collect(),
-            }),
+        let dnssec = self.maybe(t, "dnssec", Ctx::dnssec);
+        let config = match (origin.clone(), ttl, soa, ns, file, records_ok, dnssec) {
+            (Some(origin), Some(ttl), Some(soa), Some(ns), Some(file), true, Some(dnssec)) => {
+                Some(ZoneConfig {
+                    origin,
+                    ttl,
+                    soa,
+                    ns,
+                    file,
+                    records: records.iter().map(|(_, r)| r.clone()).collect(),
+                    dnssec,
+                })
+            }
             _ => None,
         };
         ParsedZone {
@@ -246,6 +255,101 @@ impl Ctx {
             records,
             config,
         }
+    }
+
+    fn dnssec(&mut self, f: &Field<'_, '_>) -> Option<DnssecConfig> {
+        self.table(f, &format!("expected a table like {DNSSEC_EXAMPLE}"), |c, t| {
+            let keys = c.req(t, "keys", DNSSEC_KEYS_EXAMPLE, |c, f| {
+                let items = c.array(f, &format!("expected a list like {DNSSEC_KEYS_EXAMPLE}"))?;
+                let mut seen = HashMap::new();
+                let keys = c.each(&items, |c, item| c.dnssec_key(item, &mut seen))?;
+                let signs = |role: KeyRole| {
+                    keys.iter().any(|k| {
+                        k.state == KeyState::Active && (k.role == role || k.role == KeyRole::Csk)
+                    })
+                };
+                if !signs(KeyRole::Ksk) || !signs(KeyRole::Zsk) {
+                    c.bad(
+                        f,
+                        "the zone needs an active key for its DNSKEY set (role \"ksk\" or \"csk\") \
+                         and one for the rest (\"zsk\" or \"csk\"): set state = \"active\" on one",
+                    );
+                    return None;
+                }
+                Some(keys)
+            });
+            let validity = c.opt(t, "validity", Duration::from_secs(14 * 86400), |c, f| {
+                c.duration(f, false)
+            });
+            let refresh = c.opt(t, "refresh", Duration::from_secs(7 * 86400), |c, f| {
+                c.duration(f, false)
+            });
+            let (validity, refresh) = (validity?, refresh?);
+            // A signature is backdated an hour and must outlive a refresh.
+            if validity < Duration::from_secs(2 * 3600) || refresh >= validity {
+                c.err(
+                    t.key_path("refresh"),
+                    t.offset,
+                    format!(
+                        "refresh ({}s) must be shorter than validity ({}s), and validity at least 2h: \
+                         signatures are made anew when less than refresh is left",
+                        refresh.as_secs(),
+                        validity.as_secs()
+                    ),
+                );
+                return None;
+            }
+            Some(DnssecConfig {
+                keys: keys?,
+                validity,
+                refresh,
+            })
+        })
+    }
+
+    fn dnssec_key(
+        &mut self,
+        f: &Field<'_, '_>,
+        seen: &mut HashMap<PathBuf, String>,
+    ) -> Option<DnssecKeyConfig> {
+        self.table(
+            f,
+            &format!("expected a table like {DNSSEC_KEY_EXAMPLE}"),
+            |c, t| {
+                let file = c.req(t, "file", "\"keys/mysite.com.pem\"", |c, f| {
+                    let path = c.path(f)?;
+                    if let Some(first) = first_seen(seen, path.clone(), &f.path) {
+                        c.bad(f, format!("the same key file as {first}"));
+                    }
+                    Some(path)
+                });
+                let role = c.req(t, "role", "\"csk\"", |c, f| {
+                    c.choice(
+                        f,
+                        &[
+                            ("csk", KeyRole::Csk),
+                            ("ksk", KeyRole::Ksk),
+                            ("zsk", KeyRole::Zsk),
+                        ],
+                    )
+                });
+                let state = c.opt(t, "state", KeyState::Active, |c, f| {
+                    c.choice(
+                        f,
+                        &[
+                            ("active", KeyState::Active),
+                            ("publish", KeyState::Publish),
+                            ("retire", KeyState::Retire),
+                        ],
+                    )
+                });
+                Some(DnssecKeyConfig {
+                    file: file?,
+                    role: role?,
+                    state: state?,
+                })
+            },
+        )
     }
 
     fn soa(&mut self, f: &Field<'_, '_>, origin: &str) -> Option<SoaConfig> {

@@ -245,6 +245,44 @@ pub struct ZoneConfig {
     /// Absolute path of an RFC 1035 master file, if any.
     pub file: Option<PathBuf>,
     pub records: Vec<RecordConfig>,
+    /// `dnssec`: online signing with these keys; None: unsigned.
+    pub dnssec: Option<DnssecConfig>,
+}
+
+/// A zone's `dnssec = { keys, validity, refresh }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnssecConfig {
+    pub keys: Vec<DnssecKeyConfig>,
+    /// How long a signature is valid from when it is made.
+    pub validity: Duration,
+    /// A cached signature with less than this left is made anew.
+    pub refresh: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnssecKeyConfig {
+    /// Absolute path of a PKCS#8 PEM private key (P-256 or Ed25519).
+    pub file: PathBuf,
+    pub role: KeyRole,
+    pub state: KeyState,
+}
+
+/// What a key signs: the DNSKEY RRset (and CDS, CDNSKEY), the rest of the
+/// zone, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    Csk,
+    Ksk,
+    Zsk,
+}
+
+/// Where a key is in its life: published only (before it signs), signing,
+/// or published only (after, while signatures made with it are cached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Publish,
+    Active,
+    Retire,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -823,6 +823,26 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
             5,
         ),
         (format!("{ZONE}[[dns.zone]]\norigin = \"MYSITE.com.\""), "dns.zone[1].origin", 8),
+        (
+            format!("{ZONE}dnssec = {{ keys = [{{ file = \"k.pem\", role = \"boss\" }}] }}"),
+            "dns.zone[0].dnssec.keys[0].role",
+            7,
+        ),
+        (
+            format!("{ZONE}dnssec = {{ keys = [{{ file = \"k.pem\", role = \"zsk\" }}] }}"),
+            "dns.zone[0].dnssec.keys",
+            7,
+        ),
+        (
+            format!("{ZONE}dnssec = {{ keys = [{{ file = \"k.pem\", role = \"csk\" }}], validity = \"1d\", refresh = \"2d\" }}"),
+            "dns.zone[0].dnssec.refresh",
+            7,
+        ),
+        (
+            format!("{ZONE}dnssec = {{ keys = [{{ file = \"k.pem\", role = \"csk\" }}, {{ file = \"k.pem\", role = \"zsk\" }}] }}"),
+            "dns.zone[0].dnssec.keys[1].file",
+            7,
+        ),
         (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.other.com\""), "dns.geo[0].name", 12),
         (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\nanswers = 2"), "dns.geo[0].answers", 13),
         (format!("{DC}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\ndatacenters = [\"eu\", \"us\"]"), "dns.geo[0].datacenters[1]", 13),

@@ -18,8 +18,8 @@ use smallvec::SmallVec;
 
 use super::DnsData;
 use super::geo::{self, Ranking};
-use super::zone::{Found, Zone};
-use super::{cookie, ecs};
+use super::zone::{Found, Zone, Zones};
+use super::{cookie, dnssec, ecs};
 use crate::geoip::Location;
 
 /// The UDP payload geolb answers within and advertises: the DNS flag day
@@ -98,6 +98,15 @@ struct Resolution {
     geo: Option<(usize, SmallVec<[usize; 4]>)>,
     /// The wildcard's owner (`*.…`) when the query's name matched one.
     wildcard: Option<Name>,
+    /// The name a negative answer is about, for its NSEC in a signed zone.
+    denied: Option<Denied>,
+}
+
+/// What a negative answer denies: a name (`types` None) or the other
+/// types at it.
+struct Denied {
+    name: Name,
+    types: Option<SmallVec<[RecordType; 8]>>,
 }
 
 impl Resolution {
@@ -110,12 +119,24 @@ impl Resolution {
             scope: None,
             geo: None,
             wildcard: None,
+            denied: None,
         }
     }
 
     /// NOERROR without answers for this name (NODATA); RFC 2308 §2.2.
-    fn no_data(&mut self, zone: &Zone) {
+    /// `types`: those the name has (the one asked for is left out).
+    fn no_data(
+        &mut self,
+        zone: &Zone,
+        name: &LowerName,
+        qtype: RecordType,
+        types: impl IntoIterator<Item = RecordType>,
+    ) {
         self.authorities.push(zone.negative_soa.clone());
+        self.denied = Some(Denied {
+            name: Name::from(name),
+            types: Some(types.into_iter().filter(|t| *t != qtype).collect()),
+        });
     }
 }
 
@@ -215,6 +236,14 @@ fn respond(data: &DnsData, request: &Request) -> Reply {
     // The message is cached under one scope: the narrowest (longest) of
     // every geo decision in it.
     let scope = resolution.scope.max(additional_scope);
+    if dnssec_ok == Some(true) && resolution.authoritative {
+        sign(
+            &data.compiled.zones,
+            &mut reply,
+            resolution.denied,
+            dnssec::unix_now(),
+        );
+    }
     // RFC 4343 §4.1: owners that are the query's name keep its spelling
     // (resolvers randomising case compare it), and so compress to the
     // question's name.
@@ -253,9 +282,59 @@ fn respond(data: &DnsData, request: &Request) -> Reply {
     reply
 }
 
+/// RFC 4035 §3.1: the RRSIGs of every RRset from a signed zone, after it;
+/// for a negative answer the NSEC of compact denial (RFC 9824), which
+/// answers NOERROR where the name does not exist (its NSEC says NXNAME).
+fn sign(zones: &Zones, reply: &mut Reply, denied: Option<Denied>, now: u64) {
+    if let Some(denied) = denied
+        && let Some(zone) = zones.zone_for(&LowerName::from(&denied.name))
+        && let Some(signer) = &zone.signer
+    {
+        let types = denied
+            .types
+            .unwrap_or_else(|| SmallVec::from_slice(&[dnssec::NXNAME]));
+        let ttl = zone.negative_soa.ttl;
+        if let Some(nsec) = signer.denial(&denied.name, ttl, types) {
+            reply.authorities.push(nsec);
+            if reply.metadata.response_code == ResponseCode::NXDomain {
+                reply.metadata.response_code = ResponseCode::NoError;
+            }
+        }
+    }
+    for section in [
+        &mut reply.answers,
+        &mut reply.authorities,
+        &mut reply.additionals,
+    ] {
+        *section = signed(zones, std::mem::take(section), now);
+    }
+}
+
+/// `records` (whole RRsets, each together) with the RRSIGs of those from
+/// signed zones after each RRset.
+fn signed(zones: &Zones, records: Vec<Record>, now: u64) -> Vec<Record> {
+    let mut out = Vec::with_capacity(records.len() * 2);
+    let mut rest = &records[..];
+    while let Some(first) = rest.first() {
+        let n = rest
+            .iter()
+            .take_while(|r| r.record_type() == first.record_type() && r.name == first.name)
+            .count();
+        let (set, tail) = rest.split_at(n);
+        out.extend_from_slice(set);
+        let zone = zones.zone_for(&LowerName::from(&first.name));
+        if let Some(signer) = zone.and_then(|z| z.signer.as_ref()) {
+            out.extend(signer.sign(set, now));
+        }
+        rest = tail;
+    }
+    out
+}
+
 /// The key name and TSIG RR of a signed request. hickory-proto takes the
-/// TSIG RR out of the additional section only with its DNSSEC features,
-/// which geolb does without: then it is among the additional records.
+/// TSIG RR out of the additional section only with its DNSSEC features
+/// (`dnssec-ring`, on since geolb signs zones); without them it is among
+/// the additional records.
 fn tsig(request: &Request) -> Option<(&Name, &TSIG)> {
     if let Some(signed) = request.signature.as_deref() {
         return Some((&signed.name, &signed.data));
@@ -516,10 +595,14 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
             Found::Missing => {
                 res.rcode = ResponseCode::NXDomain;
                 res.authorities.push(zone.negative_soa.clone());
+                res.denied = Some(Denied {
+                    name: Name::from(&name),
+                    types: None,
+                });
                 return res;
             }
             Found::EmptyNonTerminal => {
-                res.no_data(zone);
+                res.no_data(zone, &name, qtype, []);
                 return res;
             }
             Found::Geo { index, node } => {
@@ -535,7 +618,8 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 res.scope = scope;
                 let records = geo_records(data, index, &ranking, qtype);
                 if records.is_empty() {
-                    res.no_data(zone);
+                    let statics = node.iter().flat_map(|n| n.rrsets.iter().map(|s| s.rtype));
+                    res.no_data(zone, &name, qtype, geo_types(data, index).chain(statics));
                 }
                 res.answers.extend(records);
                 res.geo = Some((index, ranking.chosen));
@@ -566,7 +650,7 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                     return res;
                 }
                 let Some(cname) = node.get(RecordType::CNAME) else {
-                    res.no_data(zone);
+                    res.no_data(zone, &name, qtype, node.rrsets.iter().map(|s| s.rtype));
                     return res;
                 };
                 res.answers.extend(cname.records.iter().map(owned));
@@ -618,6 +702,26 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking,
         |i| data.state(i),
     );
     (ranking, scope)
+}
+
+/// The types a geo name can answer with: A and AAAA as its candidates
+/// have addresses of each family.
+fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
+    let dcs = &data.compiled.datacenters;
+    let candidates = &data.compiled.geo[index].candidates;
+    let has = |v6: bool| {
+        candidates.iter().any(|&i| {
+            let dc = &dcs[i];
+            if v6 {
+                !dc.v6.is_empty()
+            } else {
+                !dc.v4.is_empty()
+            }
+        })
+    };
+    [(RecordType::A, has(false)), (RecordType::AAAA, has(true))]
+        .into_iter()
+        .filter_map(|(t, has)| has.then_some(t))
 }
 
 fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {
@@ -1333,9 +1437,9 @@ always_up = true
             Vec::new(),
         );
         let key = Name::from_ascii("Some.Key.").unwrap();
-        let mut record = Record::from_rdata(key, 0, RData::TSIG(tsig));
-        record.dns_class = DNSClass::ANY;
-        m.additionals.push(record);
+        // Last in the message, after the OPT, as RFC 8945 §4.1 has it (and
+        // hickory-proto with its DNSSEC features insists).
+        m.signature = Some(Box::new(make_tsig_record(key, tsig)));
         let request =
             Request::from_bytes(m.to_vec().unwrap(), q.src.parse().unwrap(), Protocol::Udp)
                 .unwrap();
@@ -1345,13 +1449,10 @@ always_up = true
         assert_eq!(m.metadata.response_code, ResponseCode::NotAuth);
         assert!(m.answers.is_empty());
         assert!(m.edns.is_some(), "the OPT stays");
-        let [record] = &m.additionals[..] else {
-            panic!("one TSIG RR: {:?}", m.additionals);
-        };
+        assert!(m.additionals.is_empty(), "{:?}", m.additionals);
+        let record = m.signature.as_deref().expect("one TSIG RR");
         assert_eq!(record.name.to_ascii(), "Some.Key.");
-        let RData::TSIG(tsig) = &record.data else {
-            panic!("{record:?}");
-        };
+        let tsig = &record.data;
         assert_eq!(tsig.error, Some(TsigError::BadKey));
         assert!(tsig.mac.is_empty());
         assert_eq!((tsig.oid, tsig.time, tsig.fudge), (7, 1_800_000_000, 300));

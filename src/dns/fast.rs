@@ -49,9 +49,10 @@ pub(super) struct Index {
     names: HashMap<Box<[u8]>, Entry, foldhash::fast::FixedState>,
 }
 
-/// What a name answers, and what RRL counts its A and AAAA answers as
-/// (hashed once, here).
-type Entry = (Target, [Class; 2]);
+/// What a name answers, what RRL counts its A and AAAA answers as (hashed
+/// once, here), and whether its zone is signed (then queries with DO = 1
+/// go to the general path, which signs).
+type Entry = (Target, [Class; 2], bool);
 
 /// The RRL classes of answers to A and AAAA queries for `lower`.
 fn classes(lower: &[u8]) -> [Class; 2] {
@@ -71,7 +72,8 @@ impl Index {
             if let Found::Geo { node: None, .. } = zone.find(&g.lower) {
                 let lower = lower_wire(&g.lower);
                 let classes = classes(&lower);
-                names.insert(lower, (Target::Geo(index), classes));
+                let signed = zone.signer.is_some();
+                names.insert(lower, (Target::Geo(index), classes, signed));
             }
         }
         for zone in zones.iter() {
@@ -108,7 +110,8 @@ impl Index {
                 }
                 let lower = lower_wire(lower);
                 let classes = classes(&lower);
-                names.insert(lower, (Target::Fixed { a, aaaa }, classes));
+                let signed = zone.signer.is_some();
+                names.insert(lower, (Target::Fixed { a, aaaa }, classes, signed));
             }
         }
         Index { names }
@@ -290,7 +293,10 @@ pub(super) fn answer(
     let key = key.get_mut(..name.len())?;
     key.copy_from_slice(name);
     key.make_ascii_lowercase();
-    let (target, classes) = data.compiled.fast.names.get(&*key)?;
+    let (target, classes, signed) = data.compiled.fast.names.get(&*key)?;
+    if *signed && query.edns.is_some_and(|opt| opt.dnssec_ok != 0) {
+        return None;
+    }
     let ecs = match query.edns.and_then(|opt| opt.ecs) {
         Some(option) => Some(ecs::parse(option).ok()?),
         None => None,
@@ -856,5 +862,64 @@ mod tests {
                 let _ = answer_general(&data, p, src, &mut reply);
             }
         }
+    }
+
+    /// A signed zone's DO = 1 queries need RRSIGs, which only the general
+    /// path adds; DO = 0 ones stay here, and so do unsigned zones'.
+    #[test]
+    fn dnssec_ok_queries_for_signed_zones_go_to_the_general_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("csk.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let text = format!(
+            r#"
+[dns]
+listen = ["127.0.0.1:0"]
+
+[[dns.zone]]
+origin = "signed.test"
+soa = {{ mname = "ns1.signed.test.", rname = "h.signed.test.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }}
+ns = ["ns1.signed.test."]
+records = [{{ name = "ns1", type = "A", value = "192.0.2.53" }}]
+dnssec = {{ keys = [{{ file = "{}", role = "csk" }}] }}
+
+[[dns.zone]]
+origin = "plain.test"
+soa = {{ mname = "ns1.plain.test.", rname = "h.plain.test.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }}
+ns = ["ns1.plain.test."]
+records = [{{ name = "ns1", type = "A", value = "192.0.2.54" }}]
+"#,
+            key.display()
+        );
+        let config =
+            crate::config::parse_str(&text, std::path::Path::new("/tmp/geolb.toml")).unwrap();
+        let locator = Arc::new(crate::geoip::Locator::new(None, &[]));
+        let data = crate::dns::compile(&config, locator, Arc::new(AllUp)).unwrap();
+        let src: SocketAddr = "192.0.2.9:5300".parse().unwrap();
+        let packet = |name, dnssec_ok| {
+            Packet {
+                name,
+                qtype: TYPE_A,
+                rd: false,
+                cd: false,
+                edns: Some((1232, None)),
+                dnssec_ok,
+            }
+            .bytes()
+        };
+        let mut reply = Vec::new();
+        let fast = |p: &[u8], reply: &mut Vec<u8>| answer(&data, p, src, reply).is_some();
+        assert!(!fast(&packet("ns1.signed.test", 0x80), &mut reply));
+        assert!(fast(&packet("ns1.signed.test", 0), &mut reply));
+        assert!(fast(&packet("ns1.plain.test", 0x80), &mut reply));
+        answer_general(&data, &packet("ns1.signed.test", 0x80), src, &mut reply).unwrap();
+        let m = hickory_proto::op::Message::from_vec(&reply).unwrap();
+        let types: Vec<RecordType> = m.answers.iter().map(|r| r.record_type()).collect();
+        assert_eq!(types, [RecordType::A, RecordType::RRSIG]);
     }
 }

@@ -9,6 +9,8 @@
 //!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
 //! - `ecs`: the Client Subnet option, read from the wire.
+//! - `dnssec`: online signing of zones with `dnssec`: keys, RRSIGs
+//!   (cached), compact denial of existence.
 //! - `cookie`: DNS cookies (RFC 7873, server cookies of RFC 9018).
 //! - `identity`: NSID (RFC 5001) and the CHAOS names `id.server`,
 //!   `hostname.bind`, `version.bind` (RFC 4892).
@@ -25,6 +27,7 @@
 mod answer;
 mod cookie;
 mod count;
+mod dnssec;
 mod ecs;
 mod fast;
 /// For the fuzz targets and their corpus replay only.
@@ -219,6 +222,20 @@ pub fn compile(
 }
 
 impl DnsData {
+    /// The DS records the parents of the signed zones should hold, one
+    /// zone-file line each (`geolb check` prints them).
+    pub fn ds_records(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .compiled
+            .zones
+            .iter()
+            .filter_map(|z| z.signer.as_ref())
+            .flat_map(|s| s.ds().iter().cloned())
+            .collect();
+        lines.sort();
+        lines
+    }
+
     pub fn locator(&self) -> &Arc<Locator> {
         &self.locator
     }

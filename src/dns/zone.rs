@@ -9,6 +9,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::{LexerError, ParseError, Parser};
 
+use super::dnssec;
 use crate::config::{ConfigError, DnsConfig, RecordData, ZoneConfig};
 
 /// Types geolb serves from configuration and zone files.
@@ -42,6 +43,8 @@ pub(crate) struct Zone {
     /// Geo names of this zone: index into the geo names.
     geo: HashMap<LowerName, usize>,
     has_wildcards: bool,
+    /// Present when the zone is signed (`dnssec`).
+    pub signer: Option<dnssec::Signer>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +144,18 @@ impl Zone {
         Found::Missing
     }
 
+    /// Serves the keys' DNSKEY, CDS and CDNSKEY RRsets at the apex and
+    /// signs with them.
+    fn sign_with(&mut self, keys: dnssec::Keys) {
+        let apex = self.nodes.entry(self.lower_origin.clone()).or_default();
+        for (rtype, records) in keys.apex {
+            if !records.is_empty() {
+                apex.rrsets.push(RrSet { rtype, records });
+            }
+        }
+        self.signer = Some(keys.signer);
+    }
+
     /// Every name with records of its own.
     pub fn nodes(&self) -> impl Iterator<Item = (&LowerName, &Node)> {
         self.nodes.iter()
@@ -178,7 +193,15 @@ pub(crate) fn compile(dns: &DnsConfig, geo: &[LowerName]) -> Result<Zones, Vec<C
         };
         let mut report = |message: String| errors.push(ConfigError::at(&key, message));
         match compile_zone(config, &origins, geo) {
-            Ok(zone) => {
+            Ok(mut zone) => {
+                if let Some(dnssec) = &config.dnssec {
+                    match dnssec::load(dnssec, &zone.origin, config.ttl) {
+                        Ok(keys) => zone.sign_with(keys),
+                        Err(problems) => errors.extend(problems.into_iter().map(|(j, e)| {
+                            ConfigError::at(format!("dns.zone[{i}].dnssec.keys[{j}].file"), e)
+                        })),
+                    }
+                }
                 zones.by_origin.insert(zone.lower_origin.clone(), zone);
             }
             Err(problems) => {
@@ -442,6 +465,7 @@ fn compile_zone(
         empty_non_terminals,
         geo: geo_here,
         has_wildcards,
+        signer: None,
     })
 }
 
@@ -561,6 +585,7 @@ mod tests {
             ns: vec![format!("ns1.{origin}")],
             file,
             records,
+            dnssec: None,
         }
     }
 
