@@ -132,7 +132,7 @@ struct Policy<K> {
 struct Walk<'l, K, F> {
     locator: &'l Locator,
     width: u8,
-    nets: Option<maxminddb::Within<'l, Vec<u8>>>,
+    nets: Option<Box<dyn Networks + 'l>>,
     next: Option<Net>,
     /// The last address of the network before `next`.
     seen_last: Option<u128>,
@@ -171,6 +171,30 @@ impl Locator {
                 unmerged: Default::default(),
             });
         }
+        let sources = [self.walk_database(false)?, self.walk_database(true)?];
+        self.trees_from(sources, policies, key)
+            .map_err(|reason| GeoIpError::Walk {
+                path: self
+                    .db
+                    .as_ref()
+                    .map(|db| db.path.clone())
+                    .unwrap_or_default(),
+                reason,
+            })
+    }
+
+    /// [`scope_trees`](Self::scope_trees) from the networks `sources`
+    /// give (IPv4, IPv6), this locator's overrides laid over them.
+    fn trees_from<'l, K, F>(
+        &'l self,
+        mut sources: [Option<Box<dyn Networks + 'l>>; 2],
+        policies: usize,
+        key: F,
+    ) -> Result<ScopeTrees<K>, String>
+    where
+        K: Clone + Eq + Hash,
+        F: Fn(usize, &Location) -> K,
+    {
         let mut policies: Vec<Policy<K>> = (0..policies)
             .map(|_| Policy {
                 nodes: Vec::new(),
@@ -184,7 +208,7 @@ impl Locator {
             let mut walk = Walk {
                 locator: self,
                 width,
-                nets: self.walk_database(width == 128)?,
+                nets: sources[family].take(),
                 next: None,
                 seen_last: None,
                 error: None,
@@ -204,23 +228,17 @@ impl Locator {
             walk.advance();
             let roots = walk.node(0, 0);
             if let Some(reason) = walk.error {
-                return Err(GeoIpError::Walk {
-                    path: self
-                        .db
-                        .as_ref()
-                        .map(|db| db.path.clone())
-                        .unwrap_or_default(),
-                    reason,
-                });
+                return Err(reason);
             }
             unmerged[family] = walk.unmerged;
             policies = walk.policies;
             tries[family] = policies
                 .iter_mut()
                 .zip(roots)
-                .map(|(policy, root)| Trie {
-                    root,
-                    nodes: std::mem::take(&mut policy.nodes),
+                .map(|(policy, root)| {
+                    let mut nodes = std::mem::take(&mut policy.nodes);
+                    nodes.shrink_to_fit();
+                    Trie { root, nodes }
                 })
                 .collect();
         }
@@ -240,10 +258,7 @@ impl Locator {
 
     /// The database's networks of one family in ascending order; None
     /// when it has none (no database, or IPv6 in an IPv4 database).
-    fn walk_database(
-        &self,
-        v6: bool,
-    ) -> Result<Option<maxminddb::Within<'_, Vec<u8>>>, GeoIpError> {
+    fn walk_database(&self, v6: bool) -> Result<Option<Box<dyn Networks + '_>>, GeoIpError> {
         let Some(db) = &self.db else { return Ok(None) };
         if v6 && db.reader.metadata().ip_version == 4 {
             return Ok(None);
@@ -257,13 +272,18 @@ impl Locator {
         // the IPv4 records: they are part of the IPv6 space as looked up.
         let options = maxminddb::WithinOptions::default().include_aliased_networks();
         let network = ipnetwork_whole(whole);
-        db.reader
+        let within = db
+            .reader
             .within(network, options)
-            .map(Some)
             .map_err(|source| GeoIpError::Decode {
                 path: db.path.clone(),
                 source,
-            })
+            })?;
+        Ok(Some(Box::new(DbNetworks {
+            within,
+            width: if v6 { 128 } else { 32 },
+            last: None,
+        })))
     }
 }
 
@@ -278,6 +298,62 @@ where
         .unwrap_or_else(|e| unreachable!("{text}: {e:?}"))
 }
 
+/// One family's database networks with data, in ascending order.
+trait Networks {
+    /// The next one: its address and prefix in the family's bits (IPv4
+    /// in the low 32), and its record's id (equal ids, equal places).
+    fn next_network(&mut self) -> Option<Result<(u128, u8, usize), String>>;
+
+    /// The place of the record of the network last given (None: unknown).
+    fn place(&mut self) -> Option<Place>;
+}
+
+struct DbNetworks<'l> {
+    within: maxminddb::Within<'l, Vec<u8>>,
+    width: u8,
+    last: Option<maxminddb::LookupResult<'l, Vec<u8>>>,
+}
+
+impl Networks for DbNetworks<'_> {
+    fn next_network(&mut self) -> Option<Result<(u128, u8, usize), String>> {
+        let (result, offset) = loop {
+            let result = match self.within.next()? {
+                Ok(result) => result,
+                Err(error) => return Some(Err(error.to_string())),
+            };
+            // Networks without data are gaps (the walk leaves them out).
+            if let Some(offset) = result.offset() {
+                break (result, offset);
+            }
+        };
+        let network = match result.network() {
+            Ok(network) => network,
+            Err(error) => return Some(Err(error.to_string())),
+        };
+        let found = match (network.ip(), self.width) {
+            (IpAddr::V4(v4), 32) => (u128::from(u32::from(v4)), network.prefix()),
+            // A record above the IPv4 subtree of an IPv6 tree without one:
+            // the whole IPv4 space shares it, as `GeoDb::lookup` says.
+            (IpAddr::V6(_), 32) => (0, 0),
+            (IpAddr::V4(v4), _) => (u128::from(u32::from(v4)), network.prefix() + 96),
+            (IpAddr::V6(v6), _) => (u128::from(v6), network.prefix()),
+        };
+        self.last = Some(result);
+        Some(Ok((found.0, found.1, offset)))
+    }
+
+    fn place(&mut self) -> Option<Place> {
+        match decode_position(self.last.as_ref()?) {
+            Ok(Some(coords)) => Some(Place {
+                coords,
+                ..Place::default()
+            }),
+            // As a query treats such a record: an unknown location.
+            Ok(None) | Err(_) => None,
+        }
+    }
+}
+
 impl<K: Clone + Eq + Hash, F: Fn(usize, &Location) -> K> Walk<'_, K, F> {
     /// Pulls the next database network, computing its record's keys the
     /// first time the record is seen.
@@ -286,60 +362,30 @@ impl<K: Clone + Eq + Hash, F: Fn(usize, &Location) -> K> Walk<'_, K, F> {
         let Some(nets) = self.nets.as_mut() else {
             return;
         };
-        let Some(item) = nets.next() else {
-            self.nets = None;
-            return;
-        };
-        let result = match item {
-            Ok(result) => result,
-            Err(error) => {
-                self.fail(error.to_string());
+        let (addr, prefix, record) = match nets.next_network() {
+            None => {
+                self.nets = None;
                 return;
             }
+            Some(Err(reason)) => return self.fail(reason),
+            Some(Ok(network)) => network,
         };
-        let Some(offset) = result.offset() else {
-            // Networks without data are skipped by the walk: a gap.
-            return self.advance();
-        };
-        let network = match result.network() {
-            Ok(network) => network,
-            Err(error) => {
-                self.fail(error.to_string());
-                return;
-            }
-        };
-        let (addr, prefix) = match (network.ip(), self.width) {
-            (IpAddr::V4(v4), 32) => (u128::from(u32::from(v4)), network.prefix()),
-            // A record above the IPv4 subtree of an IPv6 tree without one:
-            // the whole IPv4 space shares it, as `GeoDb::lookup` says.
-            (IpAddr::V6(_), 32) => (0, 0),
-            (IpAddr::V4(v4), _) => (u128::from(u32::from(v4)), network.prefix() + 96),
-            (IpAddr::V6(v6), _) => (u128::from(v6), network.prefix()),
-        };
-        let start = addr & !ones(self.width - prefix.min(self.width));
-        let last = start | ones(self.width - prefix.min(self.width));
+        let prefix = prefix.min(self.width);
+        let start = addr & !ones(self.width - prefix);
+        let last = start | ones(self.width - prefix);
         if self.seen_last.is_some_and(|seen| seen >= start) {
-            self.fail("its networks are not in ascending order".into());
-            return;
+            return self.fail("its networks are not in ascending order".into());
         }
         self.seen_last = Some(last);
-        let origin = Origin::Record(offset);
+        let origin = Origin::Record(record);
         if !self.ids.contains_key(&origin) {
-            let place = match decode_position(&result) {
-                Ok(Some(coords)) => Some(Place {
-                    coords,
-                    ..Place::default()
-                }),
-                // As a query treats such a record: an unknown location.
-                Ok(None) | Err(_) => None,
-            };
-            let shown = match network.ip() {
-                IpAddr::V4(v4) if self.width == 128 => IpAddr::V6(v4.to_ipv6_compatible()),
-                ip => ip,
+            let shown = match self.width {
+                32 => IpAddr::V4(Ipv4Addr::from(start as u32)),
+                _ => IpAddr::V6(Ipv6Addr::from(start)),
             };
             let location = Location::from_database(DbAnswer {
                 network: (shown, prefix),
-                place,
+                place: nets.place(),
             });
             let ids = self.intern(&location);
             self.ids.insert(origin, ids);
@@ -479,5 +525,190 @@ impl Locator {
             .filter_map(|n| n.ok()?.network().ok())
             .map(|n| (n.ip(), n.prefix()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LatLon;
+
+    /// Ascending networks of random lengths with random gaps; runs of
+    /// neighbours share a record, as in City databases.
+    struct Synthetic {
+        networks: Vec<(u128, u8, usize)>,
+        at: usize,
+    }
+
+    fn synthetic(
+        rng: &mut fastrand::Rng,
+        count: usize,
+        width: u8,
+        base: u128,
+        prefixes: std::ops::RangeInclusive<u8>,
+        records: usize,
+    ) -> Vec<(u128, u8, usize)> {
+        let mut networks = Vec::with_capacity(count);
+        let (mut next, mut record) = (base, 0);
+        while networks.len() < count {
+            let prefix = rng.u8(prefixes.clone());
+            let size = 1u128 << (width - prefix);
+            let start = next.div_ceil(size) * size;
+            if rng.u8(0..4) == 0 {
+                // A gap of the same size.
+                next = start + size;
+                continue;
+            }
+            if rng.bool() {
+                record = rng.usize(0..records);
+            }
+            networks.push((start, prefix, record));
+            next = start + size;
+        }
+        networks
+    }
+
+    impl Networks for Synthetic {
+        fn next_network(&mut self) -> Option<Result<(u128, u8, usize), String>> {
+            let network = self.networks.get(self.at)?;
+            self.at += 1;
+            Some(Ok(*network))
+        }
+
+        fn place(&mut self) -> Option<Place> {
+            let record = self.networks[self.at - 1].2;
+            Some(Place {
+                coords: Some(coords(record)),
+                ..Place::default()
+            })
+        }
+    }
+
+    fn coords(record: usize) -> LatLon {
+        LatLon {
+            lat: (record * 7919 % 17_000) as f64 / 100.0 - 85.0,
+            lon: (record * 104_729 % 36_000) as f64 / 100.0 - 180.0,
+        }
+    }
+
+    /// The contract's three data centers, nearest first.
+    fn order(location: &Location) -> [u8; 3] {
+        let dcs = [(53.35, -6.26), (39.04, -77.49), (1.35, 103.82)];
+        let Some(c) = location.coords else {
+            return [0, 1, 2];
+        };
+        let mut order = [0u8, 1, 2];
+        let d = |i: u8| {
+            let (lat, lon) = dcs[usize::from(i)];
+            crate::dns::haversine_km(c, LatLon { lat, lon })
+        };
+        order.sort_by(|&a, &b| d(a).total_cmp(&d(b)));
+        order
+    }
+
+    fn peak_rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The cost at scale, on a synthetic database (GeoLite2-City has 3 to
+    /// 4 million networks: `GEOLB_SCOPE_NETWORKS=3500000`); every sampled
+    /// address's key is checked against the networks themselves.
+    #[test]
+    fn a_synthetic_database_builds_and_every_sample_matches() {
+        let count: usize = std::env::var("GEOLB_SCOPE_NETWORKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let mut rng = fastrand::Rng::with_seed(0x7363_6f70_655f_7379);
+        let v4 = synthetic(&mut rng, count * 4 / 5, 32, 1 << 24, 20..=30, 150_000);
+        let v6 = synthetic(&mut rng, count / 5, 128, 0x2000 << 112, 29..=64, 150_000);
+        let locator = Locator::default();
+        let rss_before = peak_rss_kib();
+        let started = std::time::Instant::now();
+        let sources: [Option<Box<dyn Networks>>; 2] = [
+            Some(Box::new(Synthetic {
+                networks: v4.clone(),
+                at: 0,
+            })),
+            Some(Box::new(Synthetic {
+                networks: v6.clone(),
+                at: 0,
+            })),
+        ];
+        let built = locator.trees_from(sources, 1, |_, l| order(l)).unwrap();
+        let took = started.elapsed();
+        let tree = &built.trees[0];
+        let (after4, after6) = (tree.stats(false), tree.stats(true));
+        println!(
+            "{} networks ({} IPv4, {} IPv6): built in {took:?}; tree {} bytes ({} nodes); \
+             peak RSS +{} KiB; entries IPv4 {} -> {}, IPv6 {} -> {}",
+            v4.len() + v6.len(),
+            v4.len(),
+            v6.len(),
+            tree.heap_bytes(),
+            tree.v4.nodes.len() + tree.v6.nodes.len(),
+            peak_rss_kib().saturating_sub(rss_before),
+            built.unmerged[0].leaves,
+            after4.leaves,
+            built.unmerged[1].leaves,
+            after6.leaves,
+        );
+        // Merged: one internal node per two leaves, less one.
+        assert_eq!(tree.v4.nodes.len() + 1, after4.leaves);
+        assert_eq!(tree.v6.nodes.len() + 1, after6.leaves);
+        for (networks, v6) in [(&v4, false), (&v6, true)] {
+            for _ in 0..20_000 {
+                let &(start, prefix, _) = rng.choice(networks.iter()).unwrap();
+                let width = if v6 { 128 } else { 32 };
+                let bits = if rng.bool() {
+                    start | (rng.u128(..) & ones(width - prefix))
+                } else {
+                    rng.u128(..) & ones(width)
+                };
+                let ip = if v6 {
+                    IpAddr::V6(Ipv6Addr::from(bits))
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(bits as u32))
+                };
+                // The network holding `bits`, if any (they are sorted).
+                let at = networks.partition_point(|n| n.0 <= bits);
+                let place = at
+                    .checked_sub(1)
+                    .map(|i| networks[i])
+                    .filter(|n| bits <= (n.0 | ones(width - n.1)))
+                    .map(|n| coords(n.2));
+                let expected = order(&Location::from_database(DbAnswer {
+                    network: (ip, 0),
+                    place: place.map(|c| Place {
+                        coords: Some(c),
+                        ..Place::default()
+                    }),
+                }));
+                let (key, scope) = tree.find(ip);
+                assert_eq!(*key, expected, "{ip}");
+                // Every address of the scope: its first and last.
+                for edge in [bits & !ones(width - scope), bits | ones(width - scope)] {
+                    let at = networks.partition_point(|n| n.0 <= edge);
+                    let place = at
+                        .checked_sub(1)
+                        .map(|i| networks[i])
+                        .filter(|n| edge <= (n.0 | ones(width - n.1)))
+                        .map(|n| coords(n.2));
+                    let edge_order = order(&Location::from_database(DbAnswer {
+                        network: (ip, 0),
+                        place: place.map(|c| Place {
+                            coords: Some(c),
+                            ..Place::default()
+                        }),
+                    }));
+                    assert_eq!(edge_order, expected, "{ip}/{scope}");
+                }
+            }
+        }
     }
 }
