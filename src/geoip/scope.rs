@@ -675,38 +675,34 @@ mod tests {
                 } else {
                     IpAddr::V4(Ipv4Addr::from(bits as u32))
                 };
-                // The network holding `bits`, if any (they are sorted).
-                let at = networks.partition_point(|n| n.0 <= bits);
-                let place = at
-                    .checked_sub(1)
-                    .map(|i| networks[i])
-                    .filter(|n| bits <= (n.0 | ones(width - n.1)))
-                    .map(|n| coords(n.2));
-                let expected = order(&Location::from_database(DbAnswer {
-                    network: (ip, 0),
-                    place: place.map(|c| Place {
-                        coords: Some(c),
-                        ..Place::default()
-                    }),
-                }));
-                let (key, scope) = tree.find(ip);
-                assert_eq!(*key, expected, "{ip}");
-                // Every address of the scope: its first and last.
-                for edge in [bits & !ones(width - scope), bits | ones(width - scope)] {
-                    let at = networks.partition_point(|n| n.0 <= edge);
-                    let place = at
+                // The order the network holding `at` gives, if any (they
+                // are sorted).
+                let order_at = |at: u128| {
+                    let place = networks
+                        .partition_point(|n| n.0 <= at)
                         .checked_sub(1)
                         .map(|i| networks[i])
-                        .filter(|n| edge <= (n.0 | ones(width - n.1)))
-                        .map(|n| coords(n.2));
-                    let edge_order = order(&Location::from_database(DbAnswer {
-                        network: (ip, 0),
-                        place: place.map(|c| Place {
-                            coords: Some(c),
+                        .filter(|n| at <= (n.0 | ones(width - n.1)))
+                        .map(|n| Place {
+                            coords: Some(coords(n.2)),
                             ..Place::default()
-                        }),
-                    }));
-                    assert_eq!(edge_order, expected, "{ip}/{scope}");
+                        });
+                    order(&Location::from_database(DbAnswer {
+                        network: (ip, 0),
+                        place,
+                    }))
+                };
+                let expected = order_at(bits);
+                let (key, scope) = tree.find(ip);
+                assert_eq!(*key, expected, "{ip}");
+                // The scope's first and last addresses, and some between.
+                let low = ones(width - scope);
+                let inside = (0..4).map(|_| (bits & !low) | (rng.u128(..) & low));
+                for other in [bits & !low, bits | low]
+                    .into_iter()
+                    .chain(inside.collect::<Vec<_>>())
+                {
+                    assert_eq!(order_at(other), expected, "{ip}/{scope}");
                 }
             }
         }
