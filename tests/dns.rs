@@ -1033,6 +1033,12 @@ async fn lookup_explains_the_decision_with_the_daemons_states() {
         .await
         .unwrap();
     assert!(unplaced.contains("unknown coordinates"), "{unplaced}");
+    // The database network and the aggregated scope (gdnsd's example).
+    assert!(unplaced.contains("network:    1.0.0.0/8"), "{unplaced}");
+    assert!(
+        unplaced.contains("ECS scope:   /7 (wider than the deciding network's /8"),
+        "{unplaced}"
+    );
     let not_geo = geolb::lookup::run(&path, ip, Some("www.mysite.com"), None)
         .await
         .unwrap();
