@@ -18,8 +18,10 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
+mod scope;
 mod watch;
 
+pub use scope::{ScopeTree, ScopeTrees, TreeStats};
 pub use watch::watch;
 
 use crate::config::{Cidr, Config, ConfigError, GeoIpConfig, GeoNetwork, LatLon};
@@ -39,6 +41,8 @@ pub enum GeoIpError {
         path.display()
     )]
     NotCity { path: PathBuf, kind: String },
+    #[error("{}: cannot walk its networks for ECS scopes: {reason}", path.display())]
+    Walk { path: PathBuf, reason: String },
     #[error("{}: its records do not decode as City records: {source}", path.display())]
     Decode {
         path: PathBuf,
@@ -308,10 +312,9 @@ impl GeoDb {
         if let Some(coords) = cached(&self.positions) {
             return Ok(Some(coords));
         }
-        let Some(record) = result.decode::<PositionRecord>()? else {
+        let Some(coords) = decode_position(result)? else {
             return Ok(None);
         };
-        let coords = record.location.and_then(Coordinates::valid);
         let mut positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
         if positions.len() >= POSITIONS_KEPT {
             positions.clear();
@@ -319,6 +322,16 @@ impl GeoDb {
         positions.insert(offset, coords);
         Ok(Some(coords))
     }
+}
+
+/// The record's coordinates (`Some(None)`: a record without usable ones),
+/// decoded: what queries (through the cache) and the scope trees read.
+fn decode_position(
+    result: &maxminddb::LookupResult<'_, Vec<u8>>,
+) -> Result<Option<Option<LatLon>>, maxminddb::MaxMindDbError> {
+    Ok(result
+        .decode::<PositionRecord>()?
+        .map(|record| record.location.and_then(Coordinates::valid)))
 }
 
 impl Coordinates {
@@ -395,6 +408,42 @@ struct Override {
     location: LatLon,
     country: Option<String>,
     continent: Option<String>,
+}
+
+impl Override {
+    /// Where the override places its addresses (`names`: with them).
+    fn location(&self, names: bool) -> Location {
+        Location {
+            coords: Some(self.location),
+            network: (self.cidr.addr, self.cidr.prefix),
+            prefix_len: self.cidr.prefix,
+            city: None,
+            country: self.country.clone().filter(|_| names),
+            continent: self.continent.clone().filter(|_| names),
+            source: LocationSource::Override,
+        }
+    }
+}
+
+impl Location {
+    /// What the database (or its absence) says, overrides aside.
+    fn from_database(answer: DbAnswer) -> Location {
+        let source = if answer.place.is_some() {
+            LocationSource::Database
+        } else {
+            LocationSource::Miss
+        };
+        let place = answer.place.unwrap_or_default();
+        Location {
+            coords: place.coords,
+            network: answer.network,
+            prefix_len: answer.network.1,
+            city: place.city,
+            country: place.country,
+            continent: place.continent,
+            source,
+        }
+    }
 }
 
 /// The database (optional) and the overrides, immutable once built.
@@ -482,38 +531,15 @@ impl Locator {
             IpAddr::V4(_) => (ip, 0),
         };
         let mut location = if let Some(o) = self.overrides.iter().find(|o| contains(o.cidr, addr)) {
-            Location {
-                coords: Some(o.location),
-                network: (o.cidr.addr, o.cidr.prefix),
-                prefix_len: o.cidr.prefix,
-                city: None,
-                country: o.country.clone().filter(|_| names),
-                continent: o.continent.clone().filter(|_| names),
-                source: LocationSource::Override,
-            }
+            o.location(names)
         } else {
-            let answer = match &self.db {
+            Location::from_database(match &self.db {
                 Some(db) => db.lookup(addr, names),
                 None => DbAnswer {
                     network: (unspecified_like(addr), 0),
                     place: None,
                 },
-            };
-            let source = if answer.place.is_some() {
-                LocationSource::Database
-            } else {
-                LocationSource::Miss
-            };
-            let place = answer.place.unwrap_or_default();
-            Location {
-                coords: place.coords,
-                network: answer.network,
-                prefix_len: answer.network.1,
-                city: place.city,
-                country: place.country,
-                continent: place.continent,
-                source,
-            }
+            })
         };
         // An override inside the deciding network answers its addresses
         // differently: the scope must be long enough to exclude it.
@@ -531,15 +557,18 @@ impl Locator {
 /// Builds the locator for `config`, as a config error naming
 /// `geoip.database` when the database cannot be used.
 pub fn load(config: &Config, previous: Option<&Locator>) -> Result<Locator, ConfigError> {
-    Locator::from_config(config.geoip.as_ref(), previous).map_err(|e| {
-        let shown = config
-            .geoip
-            .as_ref()
-            .and_then(|g| g.database.as_ref())
-            .map(|p| format!("{:?}", p.display().to_string()))
-            .unwrap_or_default();
-        ConfigError::value("geoip.database", shown, e)
-    })
+    Locator::from_config(config.geoip.as_ref(), previous).map_err(|e| config_error(config, e))
+}
+
+/// `error` as a config error naming `geoip.database` and its value.
+pub fn config_error(config: &Config, error: GeoIpError) -> ConfigError {
+    let shown = config
+        .geoip
+        .as_ref()
+        .and_then(|g| g.database.as_ref())
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .unwrap_or_default();
+    ConfigError::value("geoip.database", shown, error)
 }
 
 fn unspecified_like(ip: IpAddr) -> IpAddr {

@@ -167,6 +167,20 @@ pub async fn run(
         };
         let _ = writeln!(out, "  answer A:    {}", list(&e.a));
         let _ = writeln!(out, "  answer AAAA: {}", list(&e.aaaa));
+        let scope = data.ecs_scope(i, ip);
+        let widened = if scope < location.prefix_len {
+            format!(
+                "wider than the deciding network's /{}: its neighbours get the same answer",
+                location.prefix_len
+            )
+        } else {
+            "the deciding network's own".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "  ECS scope:   /{scope} ({widened}; what a resolver sending this client's \
+             subnet is told it may share)"
+        );
     }
     Ok(out)
 }
@@ -212,7 +226,8 @@ fn client_section(out: &mut String, ip: IpAddr, l: &Location, data: &dns::DnsDat
     }
     let _ = writeln!(
         out,
-        "  ECS scope:  /{} (what a resolver sending this client's subnet is told it may share)",
+        "  decided by: /{} (the database network or override deciding, in this address's family; \
+         each geo name's ECS scope below may be wider)",
         l.prefix_len
     );
 }

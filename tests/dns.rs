@@ -308,7 +308,7 @@ async fn authoritative_refused_negative_and_cname_answers_over_udp_and_tcp() {
 }
 
 #[tokio::test]
-async fn geo_answers_by_ecs_with_the_deciding_networks_scope() {
+async fn geo_answers_by_ecs_with_the_aggregated_scope() {
     let server = start(all_up()).await;
     let a = server.addr;
     // London -> eu-west; Milton, WA -> us-east; Singapore -> ap-southeast.
@@ -321,18 +321,21 @@ async fn geo_answers_by_ecs_with_the_deciding_networks_scope() {
             vec!["2001:db8:e::10"],
             27,
         ),
-        ("216.160.83.56", 32, RecordType::A, vec!["203.0.113.10"], 29),
+        // Milton's /29 gets us-east first, as does the empty space
+        // around it (the configured order): the whole /5 shares it.
+        ("216.160.83.56", 32, RecordType::A, vec!["203.0.113.10"], 5),
         (
             "216.160.83.56",
             32,
             RecordType::AAAA,
             vec!["2001:db8:a::10"],
-            29,
+            5,
         ),
         ("214.0.0.1", 32, RecordType::A, vec!["192.0.2.10"], 24),
         // ap-southeast has no IPv6: NODATA, still scoped.
         ("214.0.0.0", 24, RecordType::AAAA, vec![], 24),
-        ("2001:480:10::", 48, RecordType::A, vec!["203.0.113.10"], 48),
+        // San Diego: us-east first, as the empty space around it.
+        ("2001:480:10::", 48, RecordType::A, vec!["203.0.113.10"], 22),
     ];
     for (addr, source, qtype, expected, expected_scope) in cases {
         let m = udp(a, &q("api.mysite.com.", qtype).ecs(addr, source)).await;
@@ -379,6 +382,95 @@ async fn geo_answers_by_ecs_with_the_deciding_networks_scope() {
     let m = udp(a, &q("api.mysite.com.", RecordType::A)).await;
     assert_eq!(addresses(&m), ["203.0.113.10"]);
     assert_eq!(scope(&m), None);
+    server.stop().await;
+}
+
+/// ECS scope aggregation over UDP: the scope widens to the neighbours
+/// that get the same answer (gdnsd's 1.1.1.1 example: the database says
+/// /8, the answer holds for /7), never past the source prefix; overrides
+/// still narrow it; a reload and a replaced database rebuild the trees.
+#[tokio::test]
+async fn ecs_scopes_widen_where_neighbours_agree_and_follow_reloads_and_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    std::fs::copy(geoip_db(), &db).unwrap();
+    let mut config = config(false);
+    config.geoip.as_mut().unwrap().database = Some(db.clone());
+    let server = start(all_up()).await;
+    server.data.store(Arc::new(compile(&config, all_up())));
+    let a = server.addr;
+    let ask = |addr: &'static str, source: u8| async move {
+        let m = udp(a, &q("api.mysite.com.", RecordType::A).ecs(addr, source)).await;
+        (addresses(&m), scope(&m).unwrap())
+    };
+    let locator = server.data.load().locator().clone();
+    assert_eq!(locator.locate("1.1.1.1".parse().unwrap()).prefix_len, 8);
+    assert_eq!(
+        ask("1.1.1.1", 32).await,
+        (vec!["203.0.113.10".into()], (32, 7))
+    );
+    assert_eq!(ask("1.1.1.0", 24).await.1, (24, 7));
+    // Never past the source prefix.
+    assert_eq!(ask("0.0.0.0", 4).await.1, (4, 4));
+    assert_eq!(ask("1.0.0.0", 8).await.1, (8, 7));
+    // London answers otherwise than its neighbours: its own /27.
+    assert_eq!(
+        ask("81.2.69.160", 32).await,
+        (vec!["198.51.100.10".into()], (32, 27))
+    );
+
+    // A reload adding an override inside that /7 narrows the scopes
+    // around it: 1.1.2.0/23 is the widest block without it.
+    let mut reloaded = config.clone();
+    reloaded.geoip.as_mut().unwrap().networks = vec![geolb::config::GeoNetwork {
+        cidr: geolb::config::Cidr {
+            addr: "1.1.1.0".parse().unwrap(),
+            prefix: 24,
+        },
+        location: geolb::config::LatLon {
+            lat: 51.5,
+            lon: -0.1,
+        },
+        country: None,
+        continent: None,
+    }];
+    server.data.store(Arc::new(compile(&reloaded, all_up())));
+    assert_eq!(
+        ask("1.1.1.1", 32).await,
+        (vec!["198.51.100.10".into()], (32, 24))
+    );
+    assert_eq!(
+        ask("1.1.2.1", 32).await,
+        (vec!["203.0.113.10".into()], (32, 23))
+    );
+    server.data.store(Arc::new(compile(&config, all_up())));
+
+    // Melbourne (214.0.1.0/24) is nearest ap-southeast, then us-east; the
+    // Singapore /24 beside it has eu-west second: an answer of its own
+    // once ap-southeast is down, so no wider scope. GeoLite2-City-Test
+    // does not know Melbourne: the configured order, as the empty space
+    // around it, and a wider scope.
+    assert_eq!(
+        ask("214.0.1.1", 32).await,
+        (vec!["192.0.2.10".into()], (32, 24))
+    );
+    let shutdown = CancellationToken::new();
+    let watcher = tokio::spawn(dns::watch_geoip(
+        server.data.clone(),
+        Duration::from_millis(20),
+        shutdown.clone(),
+    ));
+    let next = dir.path().join("next.mmdb");
+    std::fs::copy(geoip_db().with_file_name("GeoLite2-City-Test.mmdb"), &next).unwrap();
+    std::fs::rename(&next, &db).unwrap();
+    eventually("the new database's scopes", WAIT, || async {
+        ask("214.0.1.1", 32).await.0 == ["203.0.113.10"]
+    })
+    .await;
+    let (_, (_, widened)) = ask("214.0.1.1", 32).await;
+    assert!(widened < 24, "/{widened}");
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, watcher).await.unwrap().unwrap();
     server.stop().await;
 }
 
@@ -941,6 +1033,12 @@ async fn lookup_explains_the_decision_with_the_daemons_states() {
         .await
         .unwrap();
     assert!(unplaced.contains("unknown coordinates"), "{unplaced}");
+    // The database network and the aggregated scope (gdnsd's example).
+    assert!(unplaced.contains("network:    1.0.0.0/8"), "{unplaced}");
+    assert!(
+        unplaced.contains("ECS scope:   /7 (wider than the deciding network's /8"),
+        "{unplaced}"
+    );
     let not_geo = geolb::lookup::run(&path, ip, Some("www.mysite.com"), None)
         .await
         .unwrap();

@@ -17,10 +17,9 @@ use hickory_server::server::Request;
 use smallvec::SmallVec;
 
 use super::DnsData;
-use super::geo::{self, Ranking};
+use super::geo::{self, Choice};
 use super::zone::{Found, Zone, Zones};
 use super::{cookie, dnssec, ecs};
-use crate::geoip::Location;
 
 /// The UDP payload geolb answers within and advertises: the DNS flag day
 /// 2020 size, which avoids IP fragmentation on common paths.
@@ -614,15 +613,15 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                     res.answers.extend(set.records.iter().cloned());
                     return res;
                 }
-                let (ranking, scope) = decide(data, index, client);
+                let (choice, scope) = decide(data, index, client);
                 res.scope = scope;
-                let records = geo_records(data, index, &ranking, qtype);
+                let records = geo_records(data, index, &choice, qtype);
                 if records.is_empty() {
                     let statics = node.iter().flat_map(|n| n.rrsets.iter().map(|s| s.rtype));
                     res.no_data(zone, &name, qtype, geo_types(data, index).chain(statics));
                 }
                 res.answers.extend(records);
-                res.geo = Some((index, ranking.chosen));
+                res.geo = Some((index, choice.chosen));
                 return res;
             }
             Found::Node { node, wildcard } => {
@@ -681,9 +680,11 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
     res
 }
 
-/// Ranks the candidates of geo name `index` for `client`: the ranking and
-/// the ECS scope to return (None without ECS).
-pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking, Option<u8>) {
+/// Chooses among the candidates of geo name `index` for `client`: the
+/// choice and the ECS scope to return (None without ECS). The location's
+/// candidate order and how widely it holds come from the name's scope
+/// tree, built with the data: no database lookup per query.
+pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Choice, Option<u8>) {
     let (addr, scope_cap) = match client.ecs {
         Some(ecs) if ecs.source_prefix > 0 => (ecs.addr, Some(ecs.source_prefix)),
         // RFC 7871 §7.1.2: source prefix 0 asks for the resolver's own
@@ -691,17 +692,10 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking,
         Some(_) => (client.src, Some(0)),
         None => (client.src, None),
     };
-    let location: Location = data.locator.position(addr);
-    let scope = scope_cap.map(|cap| location.prefix_len.min(cap));
-    let geo = &data.compiled.geo[index];
-    let ranking = geo::rank(
-        &geo.candidates,
-        &data.compiled.datacenters,
-        location.coords,
-        geo.answers,
-        |i| data.state(i),
-    );
-    (ranking, scope)
+    let (order, prefix_len) = data.scopes.find(index, addr);
+    let scope = scope_cap.map(|cap| prefix_len.min(cap));
+    let choice = geo::choose(order, data.compiled.geo[index].answers, |i| data.state(i));
+    (choice, scope)
 }
 
 /// The types a geo name can answer with: A and AAAA as its candidates
@@ -724,10 +718,10 @@ fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
         .filter_map(|(t, has)| has.then_some(t))
 }
 
-fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {
+fn geo_records(data: &DnsData, index: usize, choice: &Choice, qtype: RecordType) -> Vec<Record> {
     let geo = &data.compiled.geo[index];
     let dcs = &data.compiled.datacenters;
-    let chosen = || ranking.chosen.iter().map(|&i| &dcs[i]);
+    let chosen = || choice.chosen.iter().map(|&i| &dcs[i]);
     let record = |rdata: RData| Record::from_rdata(geo.name.clone(), geo.ttl, rdata);
     let v4 = || {
         chosen()
@@ -1027,7 +1021,8 @@ always_up = true
             .ecs("81.2.69.160", 27)
             .on(&d);
         assert_eq!(addresses(&m), ["198.51.100.10"]);
-        assert_eq!(scope(&m), Some((27, 27)));
+        // London gets the configured order, as the empty /4 around it.
+        assert_eq!(scope(&m), Some((27, 4)));
     }
 
     #[test]
@@ -1069,7 +1064,8 @@ always_up = true
         let d = all_up();
         let cases = [
             ("81.2.69.160", 27, "198.51.100.10", 27),
-            ("216.160.83.56", 32, "203.0.113.10", 29),
+            // Milton, as the empty /5 around it: us-east first.
+            ("216.160.83.56", 32, "203.0.113.10", 5),
             ("214.0.0.0", 24, "192.0.2.10", 24),
             // An override: Frankfurt is nearest to eu-west.
             ("10.1.0.0", 16, "198.51.100.10", 8),
@@ -1381,7 +1377,8 @@ always_up = true
         let d = all_up();
         let cases = [
             ("81.2.69.160", 27, ["198.51.100.10", "2001:db8:e::10"], 27),
-            ("216.160.83.56", 32, ["203.0.113.10", "2001:db8:a::10"], 29),
+            // Aggregated: Milton's neighbours to /5 give us-east first too.
+            ("216.160.83.56", 32, ["203.0.113.10", "2001:db8:a::10"], 5),
         ];
         for (addr, prefix, expected, expected_scope) in cases {
             let m = ask("_api._tcp.mysite.com.", RecordType::SRV)

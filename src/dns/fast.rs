@@ -318,10 +318,10 @@ pub(super) fn answer(
         match target {
             Target::Geo(index) => {
                 let client = Client { src: src.ip(), ecs };
-                let (ranking, scope) = answer::decide(data, *index, &client);
+                let (choice, scope) = answer::decide(data, *index, &client);
                 let g = &data.compiled.geo[*index];
                 let dcs = &data.compiled.datacenters;
-                let chosen = || ranking.chosen.iter().map(|&i| &dcs[i]);
+                let chosen = || choice.chosen.iter().map(|&i| &dcs[i]);
                 let (v4, v6) = match query.qtype {
                     TYPE_A => (
                         chosen()
@@ -336,7 +336,7 @@ pub(super) fn answer(
                             .collect(),
                     ),
                 };
-                (scope, Some((*index, ranking.chosen)), v4, v6)
+                (scope, Some((*index, choice.chosen)), v4, v6)
             }
             Target::Fixed { a, aaaa } => match query.qtype {
                 TYPE_A => (None, None, a.iter().copied().collect(), SmallAddrs::new()),

@@ -8,6 +8,7 @@ use metrics::Counter;
 use smallvec::SmallVec;
 
 use crate::config::{DatacenterConfig, LatLon};
+use crate::geoip::Location;
 
 /// Mean Earth radius (IUGG), in km.
 const EARTH_RADIUS_KM: f64 = 6371.0088;
@@ -101,16 +102,36 @@ pub(crate) struct Ranking {
     pub tier: Tier,
 }
 
-/// Ranks `candidates` once; the tier is the first non-empty one of
-/// available / undrained / all, and `answers` are taken from it only, so a
-/// down data center is never given out beside an available one.
-pub(crate) fn rank(
+/// The chosen data centers of one answer, and the tier they came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    /// Best first: at most `answers`, all from one tier.
+    pub chosen: SmallVec<[usize; 4]>,
+    pub tier: Tier,
+}
+
+/// What a geo name's answer for `location` depends on before health: its
+/// candidates in the order they are tried (equal orders give equal answers
+/// under any health state). The ECS scope trees are built from it, so
+/// whatever a policy's answer comes to depend on must show here.
+pub(crate) fn candidate_order(
+    geo: &GeoName,
+    dcs: &[Datacenter],
+    location: &Location,
+) -> SmallVec<[usize; 8]> {
+    by_distance(&geo.candidates, dcs, location.coords)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// `candidates` nearest first, with their distances; the configured order
+/// when the location is unknown.
+fn by_distance(
     candidates: &[usize],
     dcs: &[Datacenter],
     coords: Option<LatLon>,
-    answers: usize,
-    state: impl Fn(usize) -> DcState,
-) -> Ranking {
+) -> SmallVec<[(usize, Option<f64>); 8]> {
     let mut order: SmallVec<[(usize, Option<f64>); 8]> = candidates
         .iter()
         .map(|&i| (i, coords.map(|c| haversine_km(c, dcs[i].location))))
@@ -119,7 +140,33 @@ pub(crate) fn rank(
         // Stable: equal distances keep the configured order.
         order.sort_by(|a, b| a.1.unwrap_or(0.0).total_cmp(&b.1.unwrap_or(0.0)));
     }
-    let states: SmallVec<[DcState; 8]> = order.iter().map(|&(i, _)| state(i)).collect();
+    order
+}
+
+/// Ranks `candidates` once, with distances (for people: `geolb lookup`);
+/// the choice is [`choose`]'s.
+pub(crate) fn rank(
+    candidates: &[usize],
+    dcs: &[Datacenter],
+    coords: Option<LatLon>,
+    answers: usize,
+    state: impl Fn(usize) -> DcState,
+) -> Ranking {
+    let order = by_distance(candidates, dcs, coords);
+    let indexes: SmallVec<[usize; 8]> = order.iter().map(|&(i, _)| i).collect();
+    let Choice { chosen, tier } = choose(&indexes, answers, state);
+    Ranking {
+        order,
+        chosen,
+        tier,
+    }
+}
+
+/// Takes `answers` from `order`: the tier is the first non-empty one of
+/// available / undrained / all, and answers come from it only, so a down
+/// data center is never given out beside an available one.
+pub(crate) fn choose(order: &[usize], answers: usize, state: impl Fn(usize) -> DcState) -> Choice {
+    let states: SmallVec<[DcState; 8]> = order.iter().map(|&i| state(i)).collect();
     let tier = if states.iter().any(|s| s.available()) {
         Tier::Available
     } else if states.iter().any(|s| !s.drain) {
@@ -136,14 +183,10 @@ pub(crate) fn rank(
         .iter()
         .zip(&states)
         .filter(|(_, s)| eligible(s))
-        .map(|(&(i, _), _)| i)
+        .map(|(&i, _)| i)
         .take(answers)
         .collect();
-    Ranking {
-        order,
-        chosen,
-        tier,
-    }
+    Choice { chosen, tier }
 }
 
 #[cfg(test)]

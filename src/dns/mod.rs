@@ -8,6 +8,8 @@
 //! - `fast`: the common A/AAAA queries over UDP, answered from the wire
 //!   bytes as `answer` would.
 //! - `geo`: distances and the choice of data centers.
+//! - `scopes`: each geo name's ECS scope tree (its candidate order by
+//!   network, merged where neighbours agree), rebuilt with the locator.
 //! - `ecs`: the Client Subnet option, read from the wire.
 //! - `dnssec`: online signing of zones with `dnssec`: keys, RRSIGs
 //!   (cached), compact denial of existence.
@@ -37,6 +39,7 @@ mod geo;
 mod identity;
 mod querylog;
 mod rrl;
+mod scopes;
 mod server;
 mod tcp;
 mod udp;
@@ -52,7 +55,7 @@ use hickory_proto::rr::{LowerName, Name};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::geoip::{Location, Locator};
+use crate::geoip::{GeoIpError, Location, Locator};
 
 pub use count::{register_series, render_geo_answers, render_transport};
 pub use geo::{DcState, Tier, haversine_km};
@@ -61,15 +64,17 @@ pub use server::{DnsSockets, bind, serve};
 /// Swaps in data with a fresh locator whenever the GeoIP database file
 /// changes on disk (see [`crate::geoip::watch`]), until `shutdown`.
 pub async fn watch_geoip(data: SharedDnsData, every: Duration, shutdown: CancellationToken) {
-    let current = || data.load().locator().clone();
-    let install = |old: &Arc<Locator>, fresh: Arc<Locator>| {
+    let shared = data.clone();
+    let current = move || shared.load().locator().clone();
+    let install = move |old: &Arc<Locator>, fresh: Arc<Locator>| -> Result<bool, GeoIpError> {
         let now = data.load_full();
         // A reload in between built its own locator from the file.
         if !Arc::ptr_eq(now.locator(), old) {
-            return false;
+            return Ok(false);
         }
-        let previous = data.compare_and_swap(&now, Arc::new(now.with_locator(fresh)));
-        Arc::ptr_eq(&previous, &now)
+        let next = now.with_locator(fresh)?;
+        let previous = data.compare_and_swap(&now, Arc::new(next));
+        Ok(Arc::ptr_eq(&previous, &now))
     };
     crate::geoip::watch(every, shutdown, current, install).await
 }
@@ -109,6 +114,8 @@ impl<F: Fn(usize) -> bool + Send + Sync> DatacenterHealth for F {
 pub struct DnsData {
     compiled: Arc<Compiled>,
     locator: Arc<Locator>,
+    /// Built from `compiled` and `locator`, so rebuilt with either.
+    scopes: Arc<scopes::Scopes>,
     /// Inside, not beside, the data: indexes into the data centers must
     /// come from the same config as the data centers themselves.
     health: Arc<dyn DatacenterHealth>,
@@ -201,6 +208,11 @@ pub fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
+    // Read by every geo answer; reads the whole database (the caller is
+    // off the serving threads).
+    let scopes = scopes::Scopes::build(&geo, &datacenters, &locator)
+        .map_err(|e| vec![crate::geoip::config_error(config, e)])?;
+    let scopes = Arc::new(scopes);
     let dns = config.dns.as_ref();
     Ok(DnsData {
         compiled: Arc::new(Compiled {
@@ -217,6 +229,7 @@ pub fn compile(
             identity: identity::Identities::compile(dns),
         }),
         locator,
+        scopes,
         health,
     })
 }
@@ -241,13 +254,17 @@ impl DnsData {
     }
 
     /// The same zones and data centers with another locator (a GeoIP
-    /// database that changed on disk).
-    pub fn with_locator(&self, locator: Arc<Locator>) -> DnsData {
-        DnsData {
+    /// database that changed on disk), the scope trees rebuilt from it:
+    /// reads the whole database, so off the serving threads.
+    pub fn with_locator(&self, locator: Arc<Locator>) -> Result<DnsData, GeoIpError> {
+        let c = &self.compiled;
+        let scopes = scopes::Scopes::build(&c.geo, &c.datacenters, &locator)?;
+        Ok(DnsData {
             compiled: self.compiled.clone(),
             locator,
+            scopes: Arc::new(scopes),
             health: self.health.clone(),
-        }
+        })
     }
 
     /// The same data with another health view.
@@ -255,6 +272,7 @@ impl DnsData {
         DnsData {
             compiled: self.compiled.clone(),
             locator: self.locator.clone(),
+            scopes: self.scopes.clone(),
             health,
         }
     }
@@ -332,6 +350,13 @@ impl DnsData {
         name.set_fqdn(true);
         let lower = LowerName::from(name);
         self.compiled.geo.iter().position(|g| g.lower == lower)
+    }
+
+    /// The ECS scope geo name `geo_index` answers `ip` with (before the
+    /// source prefix caps it): its neighbours' networks included when they
+    /// get the same answer.
+    pub(crate) fn ecs_scope(&self, geo_index: usize, ip: IpAddr) -> u8 {
+        self.scopes.find(geo_index, ip).1
     }
 
     pub(crate) fn geo_count(&self) -> usize {

@@ -12,13 +12,15 @@ use super::Locator;
 /// Looks at the database file every `every` until `shutdown`. `current`
 /// gives the locator in use; `install(old, fresh)` puts `fresh` in its
 /// place unless something else (a reload) replaced `old` meanwhile, and
-/// says whether it did.
-pub async fn watch(
+/// says whether it did; it runs off the async workers too (it may build
+/// from the whole database), and its error refuses the new file.
+pub async fn watch<E: std::fmt::Display + Send + 'static>(
     every: Duration,
     shutdown: CancellationToken,
     current: impl Fn() -> Arc<Locator>,
-    install: impl Fn(&Arc<Locator>, Arc<Locator>) -> bool,
+    install: impl Fn(&Arc<Locator>, Arc<Locator>) -> Result<bool, E> + Send + Sync + 'static,
 ) {
+    let install = Arc::new(install);
     let mut last_error: Option<String> = None;
     loop {
         tokio::select! {
@@ -26,20 +28,26 @@ pub async fn watch(
             () = shutdown.cancelled() => return,
         }
         let locator = current();
-        let probe = locator.clone();
+        let install = install.clone();
         // Opening reads the whole file: keep it off the async workers.
-        let refreshed = tokio::task::spawn_blocking(move || probe.refreshed()).await;
+        let refreshed = tokio::task::spawn_blocking(move || {
+            let Some(fresh) = locator.refreshed().map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let path = fresh.database().map(|db| db.path().display().to_string());
+            let installed = install(&locator, Arc::new(fresh)).map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some((path, installed)))
+        })
+        .await;
         match refreshed {
-            Ok(Ok(Some(fresh))) => {
+            Ok(Ok(Some((path, installed)))) => {
                 last_error = None;
-                let path = fresh.database().map(|db| db.path().display().to_string());
-                if install(&locator, Arc::new(fresh)) {
+                if installed {
                     tracing::info!(path = path.unwrap_or_default(), "GeoIP database re-read");
                 }
             }
             Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                let message = error.to_string();
+            Ok(Err(message)) => {
                 if last_error.as_deref() != Some(&message) {
                     tracing::error!(
                         "GeoIP database refused, the previous one keeps serving: {message}"
