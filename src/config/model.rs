@@ -150,6 +150,45 @@ pub struct DnsConfig {
     /// servers of one anycast address; None: random per process.
     pub cookie_secret: Option<[u8; 16]>,
     pub tcp: DnsTcpConfig,
+    /// `[[dns.tsig]]`: the keys transfers and NOTIFY are signed with.
+    pub tsig: Vec<TsigKeyConfig>,
+    /// `ixfr_versions` (optional, 10): versions of each zone kept in
+    /// memory for IXFR.
+    pub ixfr_versions: usize,
+}
+
+/// `[[dns.tsig]]`: a TSIG key (RFC 8945).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsigKeyConfig {
+    /// Absolute, lower-case, trailing dot.
+    pub name: String,
+    pub algorithm: TsigAlgorithm,
+    pub secret: TsigSecret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha1,
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+/// A key's secret: given inline, or read (base64) from a file when the
+/// DNS data is compiled, so a reload picks up a rotated file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TsigSecret {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// `transfer` of a `[[dns.zone]]`: who may transfer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferConfig {
+    pub allow: Vec<Cidr>,
+    /// A `[[dns.tsig]]` name: transfers must be signed with it, and NOTIFY
+    /// is signed with it.
+    pub key: Option<String>,
 }
 
 /// `[dns.rrl]`: responses per client network and answer, per second.
@@ -206,6 +245,10 @@ pub struct ZoneConfig {
     /// Absolute path of an RFC 1035 master file, if any.
     pub file: Option<PathBuf>,
     pub records: Vec<RecordConfig>,
+    /// `transfer` (optional): none means AXFR and IXFR are refused.
+    pub transfer: Option<TransferConfig>,
+    /// `notify` (optional): secondaries sent NOTIFY when the zone changes.
+    pub notify: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

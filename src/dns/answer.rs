@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 
 use super::DnsData;
 use super::geo::{self, Ranking};
+use super::tsig::{self, Check};
 use super::zone::{Found, Zone};
 use super::{cookie, ecs};
 use crate::geoip::Location;
@@ -44,8 +45,11 @@ pub(crate) struct Reply {
     /// Addresses of in-zone NS, MX and SRV targets, whole RRsets in order
     /// (dropped from the end when the reply would not fit).
     pub additionals: Vec<Record>,
-    /// The TSIG RR of an error answer to a signed query.
+    /// The TSIG RR of an unsigned error answer to a signed query (BADKEY,
+    /// BADSIG).
     pub tsig: Option<Record<TSIG>>,
+    /// How to sign the answer to a query signed with one of our keys.
+    pub sign: Option<Signing>,
     /// Present when the query had EDNS.
     pub edns: Option<Edns>,
     /// The geo name answered and the data centers chosen, for metrics.
@@ -68,6 +72,7 @@ impl Reply {
             authorities: Vec::new(),
             additionals: Vec::new(),
             tsig: None,
+            sign: None,
             edns: dnssec_ok.map(|dnssec_ok| {
                 let mut edns = Edns::new();
                 edns.set_max_payload(MAX_UDP_PAYLOAD);
@@ -79,6 +84,15 @@ impl Reply {
             wildcard: None,
         }
     }
+}
+
+/// The TSIG an answer gets, appended once it is encoded.
+#[derive(Debug)]
+pub(crate) struct Signing {
+    pub signed: tsig::Signed,
+    pub time: u64,
+    pub error: Option<TsigError>,
+    pub other: Vec<u8>,
 }
 
 /// Where the client is, as far as the query tells.
@@ -127,20 +141,39 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
         reply.metadata.response_code = rcode;
         reply
     };
-    if let Some((key, tsig)) = tsig(request) {
-        // RFC 8945 §5.2: geolb has no TSIG keys, so every key is unknown:
-        // NOTAUTH, unsigned, with a TSIG RR of error BADKEY and no MAC.
-        let rdata = TSIG::new(
-            tsig.algorithm.clone(),
-            tsig.time,
-            tsig.fudge,
-            Vec::new(),
-            tsig.oid,
-            Some(TsigError::BadKey),
-            Vec::new(),
-        );
-        reply.tsig = Some(make_tsig_record(key.clone(), rdata));
-        return code(reply, ResponseCode::NotAuth);
+    let now = tsig::now();
+    match tsig::check(&data.compiled.keys, request.as_slice(), now) {
+        Check::Unsigned => {}
+        // RFC 8945 §5.1: the TSIG RR must be the last record.
+        Check::Misplaced => return code(reply, ResponseCode::FormErr),
+        // §5.2.1 and §5.2.2: NOTAUTH, unsigned, with a TSIG RR of the
+        // error and no MAC.
+        Check::UnknownKey(key, tsig) => {
+            reply.tsig = Some(unsigned_error(key, &tsig, TsigError::BadKey));
+            return code(reply, ResponseCode::NotAuth);
+        }
+        Check::BadSig(key, tsig) => {
+            reply.tsig = Some(unsigned_error(key, &tsig, TsigError::BadSig));
+            return code(reply, ResponseCode::NotAuth);
+        }
+        // §5.2.3: NOTAUTH, signed, our time in Other Data.
+        Check::BadTime(signed) => {
+            reply.sign = Some(Signing {
+                time: signed.time,
+                signed,
+                error: Some(TsigError::BadTime),
+                other: tsig::time_other(now),
+            });
+            return code(reply, ResponseCode::NotAuth);
+        }
+        Check::Valid(signed) => {
+            reply.sign = Some(Signing {
+                signed,
+                time: now,
+                error: None,
+                other: Vec::new(),
+            })
+        }
     }
     if request.metadata.op_code != OpCode::Query {
         return code(reply, ResponseCode::NotImp);
@@ -232,17 +265,18 @@ pub(crate) fn build(data: &DnsData, request: &Request) -> Reply {
     reply
 }
 
-/// The key name and TSIG RR of a signed request. hickory-proto takes the
-/// TSIG RR out of the additional section only with its DNSSEC features,
-/// which geolb does without: then it is among the additional records.
-fn tsig(request: &Request) -> Option<(&Name, &TSIG)> {
-    if let Some(signed) = request.signature.as_deref() {
-        return Some((&signed.name, &signed.data));
-    }
-    request.additionals.iter().find_map(|r| match &r.data {
-        RData::TSIG(tsig) => Some((&r.name, tsig)),
-        _ => None,
-    })
+/// The TSIG RR of an unsigned error answer: the request's fields, no MAC.
+fn unsigned_error(key: Name, tsig: &TSIG, error: TsigError) -> Record<TSIG> {
+    let rdata = TSIG::new(
+        tsig.algorithm.clone(),
+        tsig.time,
+        tsig.fudge,
+        Vec::new(),
+        tsig.oid,
+        Some(error),
+        Vec::new(),
+    );
+    make_tsig_record(key, rdata)
 }
 
 /// The largest response the client takes over `request`'s transport.
@@ -335,13 +369,19 @@ impl BinEncodable for Owned<'_> {
 /// them), else with no records and TC, keeping the question and OPT (with
 /// ECS) so a UDP client retries over TCP; a reply that cannot be encoded
 /// at all becomes SERVFAIL.
-pub(crate) fn encode_sized(reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+    let sign = reply.sign.take();
+    let room = sign.as_ref().map_or(0, |s| s.signed.size());
     encode_within(
         reply,
         request.queries.queries(),
-        limit(request) as u16,
+        limit(request).saturating_sub(room) as u16,
         bytes,
     );
+    if let Some(s) = sign {
+        let chain = tsig::Chain::Answer(&s.signed.mac);
+        tsig::sign(bytes, &s.signed.key, chain, s.time, s.error, s.other);
+    }
 }
 
 /// [`encode_sized`] for `questions` within `max` bytes.
@@ -1111,12 +1151,21 @@ always_up = true
             Vec::new(),
         );
         let key = Name::from_ascii("Some.Key.").unwrap();
-        let mut record = Record::from_rdata(key, 0, RData::TSIG(tsig));
+        let mut record = Record::from_rdata(key.clone(), 0, RData::TSIG(tsig.clone()));
         record.dns_class = DNSClass::ANY;
-        m.additionals.push(record);
+        let mut before_opt = m.clone();
+        // hickory-proto writes the OPT after the additional records: the
+        // TSIG RR is then not last, which RFC 8945 §5.1 makes a FORMERR.
+        before_opt.additionals.push(record);
+        let src = q.src.parse().unwrap();
         let request =
-            Request::from_bytes(m.to_vec().unwrap(), q.src.parse().unwrap(), Protocol::Udp)
-                .unwrap();
+            Request::from_bytes(before_opt.to_vec().unwrap(), src, Protocol::Udp).unwrap();
+        let reply = build(&d, &request);
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+
+        let mut bytes = m.to_vec().unwrap();
+        tsig::append(&mut bytes, &key, tsig);
+        let request = Request::from_bytes(bytes, src, Protocol::Udp).unwrap();
         let mut bytes = Vec::new();
         encode_sized(build(&d, &request), &request, &mut bytes);
         let m = Message::from_vec(&bytes).unwrap();

@@ -141,6 +141,20 @@ impl Zone {
         Found::Missing
     }
 
+    /// The SOA record (of the zone's TTL).
+    pub fn soa(&self) -> Option<&Record> {
+        self.nodes
+            .get(&self.lower_origin)?
+            .get(RecordType::SOA)?
+            .records
+            .first()
+    }
+
+    /// The indexes of the geo names in this zone.
+    pub fn geo_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.geo.values().copied()
+    }
+
     /// Every name with records of its own.
     pub fn nodes(&self) -> impl Iterator<Item = (&LowerName, &Node)> {
         self.nodes.iter()
@@ -561,6 +575,8 @@ mod tests {
             ns: vec![format!("ns1.{origin}")],
             file,
             records,
+            transfer: None,
+            notify: Vec::new(),
         }
     }
 
@@ -582,6 +598,8 @@ mod tests {
             rrl: Default::default(),
             cookie_secret: None,
             tcp: Default::default(),
+            tsig: Vec::new(),
+            ixfr_versions: 10,
         }
     }
 
