@@ -1140,7 +1140,7 @@ always_up = true
         use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
         let d = all_up();
         let q = ask("api.mysite.com.", RecordType::A);
-        let mut m = Message::from_vec(q.request().as_slice()).unwrap();
+        let m = Message::from_vec(q.request().as_slice()).unwrap();
         let tsig = TSIG::new(
             TsigAlgorithm::HmacSha256,
             1_800_000_000,
