@@ -145,6 +145,11 @@ fn find(message: &[u8]) -> Result<Option<(usize, Record)>, ()> {
             .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
             .ok_or(())
     };
+    // Most queries have no additional record, or an OPT alone: no need to
+    // walk them.
+    if count(10)? == 0 {
+        return Ok(None);
+    }
     let (questions, records) = (count(4)?, count(6)? + count(8)? + count(10)?);
     let mut at = 12;
     for _ in 0..questions {
