@@ -12,9 +12,11 @@
 //!   sends the difference between the client's version and the current
 //!   one as one condensed sequence, the whole zone when the client's
 //!   serial is not kept, the SOA alone when it is current.
-//! - A reload that changes a zone's content but not its serial is refused
-//!   (Knot's `serial-policy` aside, geolb does not invent serials): a
-//!   secondary must never get different data under a serial it has.
+//! - A reload that changes the content of a zone with `transfer` but not
+//!   its serial is refused (geolb does not invent serials, as Knot's
+//!   `serial-policy` would): a secondary must never get different data
+//!   under a serial it has. A zone without `transfer` has no secondaries
+//!   to mislead, so there the new content simply replaces the old.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -189,7 +191,15 @@ pub(crate) fn continue_from(
             continue;
         };
         let mut kept = previous.zones.get(origin).cloned().unwrap_or_default();
+        // Without secondaries nobody holds a serial's data: a change under
+        // the same serial only replaces it.
+        let transferred = policies.get(origin).is_some_and(|p| !p.allow.is_empty());
         match kept.last() {
+            Some(last) if last.serial == version.serial && !transferred => {
+                if !last.same_content(version) {
+                    kept = vec![version.clone()];
+                }
+            }
             Some(last) if last.serial == version.serial => {
                 if !last.same_content(version) {
                     let index = policies.get(origin).map_or(0, |p| p.index);
@@ -506,6 +516,61 @@ mod tests {
         assert!(asks_transfer(&bytes(RecordType::IXFR)));
         assert!(!asks_transfer(&bytes(RecordType::A)));
         assert!(!asks_transfer(&[0; 11]));
+    }
+
+    #[test]
+    fn new_records_under_the_same_serial_are_refused_only_where_transferred() {
+        let name = Name::from_ascii("mysite.com.").unwrap();
+        let origin = LowerName::from(&name);
+        let history = |serial: u32, last: u8| {
+            let soa =
+                hickory_proto::rr::rdata::SOA::new(name.clone(), name.clone(), serial, 1, 1, 1, 1);
+            let version = Version {
+                serial,
+                soa: Record::from_rdata(name.clone(), 60, RData::SOA(soa)),
+                records: vec![Record::from_rdata(
+                    name.clone(),
+                    60,
+                    RData::A(A::new(192, 0, 2, last)),
+                )],
+            };
+            History {
+                zones: HashMap::from([(origin.clone(), vec![Arc::new(version)])]),
+            }
+        };
+        let policies = |allow: Vec<Cidr>| {
+            let policy = Policy {
+                index: 3,
+                origin: name.clone(),
+                allow,
+                key: None,
+                notify: Vec::new(),
+            };
+            HashMap::from([(origin.clone(), policy)])
+        };
+        let open = policies(vec![Cidr {
+            addr: "127.0.0.0".parse().unwrap(),
+            prefix: 8,
+        }]);
+        let errors = continue_from(&history(1, 1), &history(1, 2), &open, 10).unwrap_err();
+        assert_eq!(errors[0].path, "dns.zone[3].soa.serial");
+        // Unchanged: nothing to notify; a new serial: kept after the old.
+        let (_, changed) = continue_from(&history(1, 1), &history(1, 1), &open, 10).unwrap();
+        assert!(changed.is_empty());
+        let (kept, changed) = continue_from(&history(1, 1), &history(2, 2), &open, 10).unwrap();
+        assert_eq!(changed, std::slice::from_ref(&origin));
+        let serials: Vec<u32> = kept.zones[&origin].iter().map(|v| v.serial).collect();
+        assert_eq!(serials, [1, 2]);
+        let (kept, _) = continue_from(&kept, &history(3, 3), &open, 2).unwrap();
+        let serials: Vec<u32> = kept.zones[&origin].iter().map(|v| v.serial).collect();
+        assert_eq!(serials, [2, 3], "ixfr_versions = 2");
+        // Without transfer the new records replace the old.
+        let (kept, _) =
+            continue_from(&history(1, 1), &history(1, 2), &policies(Vec::new()), 10).unwrap();
+        assert_eq!(
+            kept.zones[&origin][0].records[0].data.to_string(),
+            "192.0.2.2"
+        );
     }
 
     #[test]
