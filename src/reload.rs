@@ -78,7 +78,8 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
         return Err(ConfigErrors(config::with_lines(&config, errors)));
     }
     let locator = Arc::new(geoip::load(&config, previous)?);
-    let dns = dns::compile(&config, locator, Arc::new(dns::AllUp)).map_err(ConfigErrors)?;
+    let dns = dns::compile(&config, locator, Arc::new(dns::AllUp))
+        .map_err(|e| ConfigErrors(config::with_lines(&config, e)))?;
     let warnings = config::warnings(&config);
     Ok(Checked {
         config,

@@ -571,6 +571,27 @@ async fn ixfr_after_a_reload_sends_the_difference() {
     drop(geolb);
 }
 
+#[test]
+fn a_secret_file_that_is_not_base64_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.b64");
+    std::fs::write(&file, "not base64!\n").unwrap();
+    let config = format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[[dns.tsig]]\nname = \"k\"\nsecret_file = {:?}\n",
+        file.display().to_string()
+    );
+    let (ok, out, err) = support::geolb_check(&config);
+    assert!(!ok);
+    let text = out + &err;
+    assert!(
+        text.contains("line 6: dns.tsig[0].secret_file") && text.contains("base64"),
+        "{text}"
+    );
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let (ok, out, err) = support::geolb_check(&config);
+    assert!(ok, "{out}{err}");
+}
+
 // --- Knot DNS as a secondary ---------------------------------------------
 
 fn knotd() -> Option<&'static str> {
