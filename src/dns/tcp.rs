@@ -1,7 +1,9 @@
 //! DNS over TCP (RFC 7766): a task per connection reads length-prefixed
 //! messages one after another and answers each through the general path
 //! (`wire`), counted as over UDP, FORMERRs for unparsable messages
-//! included; never rate limited (RRL's slip sends clients here). At most
+//! included, or a zone transfer it may have (`transfer`) as several
+//! messages, built whole before the first is written; never rate limited
+//! (RRL's slip sends clients here). At most
 //! `[dns] tcp_max_connections` are open at once over every listener (the
 //! accept loop then waits; a reload's limit applies within a second), a
 //! connection idle for `tcp_idle_timeout` is
