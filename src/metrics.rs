@@ -84,6 +84,14 @@ pub const DNS_RRL: &str = "geolb_dns_rrl_limited_total";
 /// `geolb_dns_tcp_closed_total{reason}`: DNS TCP connections geolb closed,
 /// `reason` = `idle` or `max_queries`.
 pub const DNS_TCP_CLOSED: &str = "geolb_dns_tcp_closed_total";
+/// `geolb_dns_transfers_total{zone, kind, result}`: zone transfer
+/// requests, `kind` = `axfr` or `ixfr`, `result` = `full`, `incremental`,
+/// `up_to_date` or `refused`.
+pub const DNS_TRANSFERS: &str = "geolb_dns_transfers_total";
+/// `geolb_dns_notify_sent_total{zone, result}`: NOTIFY messages to
+/// secondaries, `result` = `answered`, `error` (an answer other than
+/// NOERROR) or `timeout` (no answer after every retry).
+pub const DNS_NOTIFY: &str = "geolb_dns_notify_sent_total";
 /// Times DNS over TCP stopped accepting at `[dns] tcp_max_connections`.
 pub const DNS_TCP_LIMITED: &str = "geolb_dns_tcp_connections_limited_total";
 /// `geolb_dns_dnssec_signatures_total{zone}`: RRSIGs made (not those
@@ -224,6 +232,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         CONFIG_LAST_RELOAD_SUCCESS_TIME,
         metrics::Unit::Seconds,
         "Unix time of the last config that came into service (start-up or reload)."
+    );
+    describe_counter!(
+        DNS_TRANSFERS,
+        "Zone transfer requests, by zone, kind (axfr, ixfr) and result (full, incremental, up_to_date, refused)."
+    );
+    describe_counter!(
+        DNS_NOTIFY,
+        "NOTIFY messages sent to secondaries, by zone and result (answered, error, timeout)."
     );
     describe_counter!(
         DNS_RRL,

@@ -83,7 +83,8 @@ pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigE
         return Err(ConfigErrors(config::with_lines(&config, errors)));
     }
     let locator = Arc::new(geoip::load(&config, previous)?);
-    let dns = dns::compile(&config, locator, Arc::new(dns::AllUp)).map_err(ConfigErrors)?;
+    let dns = dns::compile(&config, locator, Arc::new(dns::AllUp))
+        .map_err(|e| ConfigErrors(config::with_lines(&config, e)))?;
     let warnings = config::warnings(&config);
     Ok(Checked {
         config,
@@ -329,6 +330,11 @@ pub fn apply(
     if daemon.generation() > 0 {
         refuse_restart_only(&old.config, &checked.config)?;
     }
+    // Before binding: the last step that can fail is the binding.
+    let (dns_data, changed_zones) = checked
+        .dns
+        .continue_from(&daemon.dns.load())
+        .map_err(|e| ConfigErrors(config::with_lines(&checked.config, e)))?;
     let changes = bind_new(daemon, &checked)?;
 
     // Nothing can fail from here on.
@@ -337,7 +343,7 @@ pub fn apply(
         tls,
         upstreams,
         pages,
-        dns: dns_data,
+        dns: _,
         admin_token,
         admin_tls,
         warnings: _,
@@ -361,7 +367,9 @@ pub fn apply(
     }
     let mut summary = summarize(&old, &new);
     daemon.snapshot.store(Arc::new(new));
-    daemon.dns.store(Arc::new(dns_data));
+    let dns_data = Arc::new(dns_data);
+    daemon.dns.store(dns_data.clone());
+    dns_data.notify(changed_zones, &daemon.tasks, &daemon.shutdown);
     daemon.swap_tls(|id| {
         let i = config
             .listeners

@@ -9,7 +9,7 @@ use toml::de::DeValue;
 
 use super::model::*;
 use super::record::{mailbox, owner_name, record_data, record_type};
-use super::values::{dns_name, in_zone};
+use super::values::{dns_name, in_zone, parse_cidr, parse_socket};
 use super::walk::{Ctx, Field, Tbl, first_seen};
 
 const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", \
@@ -64,6 +64,25 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
+/// A TSIG secret in base64, as `keymgr`, `tsig-keygen` and `knotc` print it.
+fn tsig_secret(s: &str) -> Result<Vec<u8>, String> {
+    const FORM: &str = "expected the key in base64, like \"gF8Ac3x4q9PZTaGaJ1cPrqCB4nYn1mS2rhVfQkX2dAk=\"; \
+         generate one with `keymgr -t NAME hmac-sha256` or `openssl rand -base64 32`";
+    let bytes = data_encoding::BASE64
+        .decode(s.trim().as_bytes())
+        .map_err(|_| FORM.to_owned())?;
+    if bytes.is_empty() {
+        return Err(FORM.to_owned());
+    }
+    Ok(bytes)
+}
+
+/// A `secret_file`'s key: its base64 text (whitespace around it ignored).
+pub fn read_tsig_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    tsig_secret(&text)
+}
+
 impl Ctx {
     pub(super) fn dns(&mut self, f: &Field<'_, '_>, dc_names: &[String]) -> Option<DnsConfig> {
         self.table(f, "expected a [dns] table", |c, t| {
@@ -80,7 +99,17 @@ impl Ctx {
             });
             let udp_threads = c.opt(t, "udp_threads", 1, |c, f| c.uint(f, 1, 64));
             let query_log = c.opt(t, "query_log", 0.0, Ctx::fraction);
-            let zones = t.field("zone").map(|f| c.zones(&f)).unwrap_or_default();
+            let tsig = c.opt(t, "tsig", Vec::new(), Ctx::tsig_keys);
+            let key_names: Vec<String> = tsig
+                .iter()
+                .flatten()
+                .map(|k: &TsigKeyConfig| k.name.clone())
+                .collect();
+            let ixfr_versions = c.opt(t, "ixfr_versions", 10, |c, f| c.uint(f, 1, 1000));
+            let zones = t
+                .field("zone")
+                .map(|f| c.zones(&f, &key_names))
+                .unwrap_or_default();
             c.records_in_child_zones(&zones);
             let geo = c.opt(t, "geo", Vec::new(), |c, f| c.geos(f, &zones, dc_names));
             let zones: Option<Vec<ZoneConfig>> = zones.into_iter().map(|z| z.config).collect();
@@ -102,6 +131,8 @@ impl Ctx {
                 tcp: tcp?,
                 nsid: nsid?,
                 chaos: chaos?,
+                tsig: tsig?,
+                ixfr_versions: ixfr_versions? as usize,
             })
         })
     }
@@ -196,7 +227,91 @@ impl Ctx {
         })
     }
 
-    fn zones<'t, 'i>(&mut self, f: &Field<'t, 'i>) -> Vec<ParsedZone<'t, 'i>> {
+    fn tsig_keys(&mut self, f: &Field<'_, '_>) -> Option<Vec<TsigKeyConfig>> {
+        let items = self.array(f, "expected [[dns.tsig]] tables (note the double brackets)")?;
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            c.table(item, "expected a [[dns.tsig]] table", |c, t| {
+                let name = c.req(t, "name", "\"xfr-key\"", |c, f| {
+                    let name = c.parsed(f, |s| dns_name(s, None, false))?;
+                    if let Some(first) = first_seen(&mut seen, name.clone(), &f.path) {
+                        c.bad(f, format!("duplicate key: {first} has the same name"));
+                    }
+                    Some(name)
+                });
+                let algorithm = c.opt(t, "algorithm", TsigAlgorithm::HmacSha256, |c, f| {
+                    c.choice(
+                        f,
+                        &[
+                            ("hmac-sha256", TsigAlgorithm::HmacSha256),
+                            ("hmac-sha384", TsigAlgorithm::HmacSha384),
+                            ("hmac-sha512", TsigAlgorithm::HmacSha512),
+                            ("hmac-sha1", TsigAlgorithm::HmacSha1),
+                        ],
+                    )
+                });
+                let inline = c.maybe(t, "secret", |c, f| c.parsed(f, tsig_secret));
+                let file = c.maybe(t, "secret_file", Ctx::path);
+                let secret = match (inline?, file?) {
+                    (Some(bytes), None) => TsigSecret::Bytes(bytes),
+                    (None, Some(path)) => TsigSecret::File(path),
+                    (Some(_), Some(_)) => {
+                        if let Some(f) = t.field("secret_file") {
+                            c.bad(&f, "give the secret once: secret or secret_file, not both");
+                        }
+                        return None;
+                    }
+                    (None, None) => {
+                        c.missing(t, "secret", "\"base64 from `keymgr -t NAME hmac-sha256`\"");
+                        return None;
+                    }
+                };
+                Some(TsigKeyConfig {
+                    name: name?,
+                    algorithm: algorithm?,
+                    secret,
+                })
+            })
+        })
+    }
+
+    /// `transfer = { allow = [...], key = "..." }` of a zone.
+    fn transfer(&mut self, f: &Field<'_, '_>, keys: &[String]) -> Option<TransferConfig> {
+        self.table(
+            f,
+            "expected a table like { allow = [\"192.0.2.2/32\"], key = \"xfr-key\" }",
+            |c, t| {
+                let allow = c.req(t, "allow", "[\"192.0.2.2/32\"]", |c, f| {
+                    let items =
+                        c.array(f, "expected a list of networks like [\"192.0.2.2/32\"]")?;
+                    if items.is_empty() {
+                        c.bad(f, "list at least one network allowed to transfer the zone");
+                        return None;
+                    }
+                    c.each(&items, |c, item| c.parsed(item, parse_cidr))
+                });
+                let key = c.maybe(t, "key", |c, f| {
+                    let name = c.parsed(f, |s| dns_name(s, None, false))?;
+                    if keys.contains(&name) {
+                        return Some(name);
+                    }
+                    let defined = if keys.is_empty() {
+                        "none is defined".to_owned()
+                    } else {
+                        format!("defined: {}", keys.join(", "))
+                    };
+                    c.bad(f, format!("no [[dns.tsig]] key has this name; {defined}"));
+                    None
+                });
+                Some(TransferConfig {
+                    allow: allow?,
+                    key: key?,
+                })
+            },
+        )
+    }
+
+    fn zones<'t, 'i>(&mut self, f: &Field<'t, 'i>, keys: &[String]) -> Vec<ParsedZone<'t, 'i>> {
         let Some(items) = self.array(f, "expected [[dns.zone]] tables (note the double brackets)")
         else {
             return Vec::new();
@@ -206,7 +321,7 @@ impl Ctx {
             .iter()
             .filter_map(|item| {
                 self.table(item, "expected a [[dns.zone]] table", |c, t| {
-                    Some(c.zone(t, &mut seen))
+                    Some(c.zone(t, &mut seen, keys))
                 })
             })
             .collect()
@@ -216,6 +331,7 @@ impl Ctx {
         &mut self,
         t: &Tbl<'t, 'i>,
         seen: &mut HashMap<String, String>,
+        keys: &[String],
     ) -> ParsedZone<'t, 'i> {
         let origin = self.req(t, "origin", "\"mysite.com\"", |c, f| {
             let origin = c.parsed(f, |s| dns_name(s, None, false))?;
@@ -236,18 +352,49 @@ impl Ctx {
         };
         self.record_rules(&rel, &records);
         let dnssec = self.maybe(t, "dnssec", Ctx::dnssec);
-        let config = match (origin.clone(), ttl, soa, ns, file, records_ok, dnssec) {
-            (Some(origin), Some(ttl), Some(soa), Some(ns), Some(file), true, Some(dnssec)) => {
-                Some(ZoneConfig {
-                    origin,
-                    ttl,
-                    soa,
-                    ns,
-                    file,
-                    records: records.iter().map(|(_, r)| r.clone()).collect(),
-                    dnssec,
-                })
-            }
+        let transfer = self.maybe(t, "transfer", |c, f| c.transfer(f, keys));
+        let notify = self.opt(t, "notify", Vec::new(), |c, f| {
+            let items = c.array(f, "expected a list of addresses like [\"192.0.2.2:53\"]")?;
+            c.each(&items, |c, item| c.parsed(item, |s| parse_socket(s, false)))
+        });
+        if let (Some(f), Some(None)) = (t.field("notify"), &transfer) {
+            self.bad(
+                &f,
+                "a secondary sent NOTIFY could not transfer the zone: add transfer = { allow = [...] }",
+            );
+        }
+        let config = match (
+            origin.clone(),
+            ttl,
+            soa,
+            ns,
+            file,
+            records_ok,
+            dnssec,
+            transfer,
+            notify,
+        ) {
+            (
+                Some(origin),
+                Some(ttl),
+                Some(soa),
+                Some(ns),
+                Some(file),
+                true,
+                Some(dnssec),
+                Some(transfer),
+                Some(notify),
+            ) => Some(ZoneConfig {
+                origin,
+                ttl,
+                soa,
+                ns,
+                file,
+                records: records.iter().map(|(_, r)| r.clone()).collect(),
+                dnssec,
+                transfer,
+                notify,
+            }),
             _ => None,
         };
         ParsedZone {

@@ -34,6 +34,7 @@ mod walk;
 mod tests;
 
 pub use datacenter::warnings;
+pub use dns::read_tsig_secret;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use parse::{check_files, load, parse_str, with_lines};

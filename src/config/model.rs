@@ -155,6 +155,11 @@ pub struct DnsConfig {
     pub nsid: Identity,
     /// `[dns.chaos]`: the CHAOS-class TXT names (RFC 4892).
     pub chaos: ChaosConfig,
+    /// `[[dns.tsig]]`: the keys transfers and NOTIFY are signed with.
+    pub tsig: Vec<TsigKeyConfig>,
+    /// `ixfr_versions` (optional, 10): versions of each zone kept in
+    /// memory for IXFR.
+    pub ixfr_versions: usize,
 }
 
 /// What geolb says it is, in an NSID option or a CHAOS TXT answer.
@@ -189,6 +194,40 @@ impl Default for ChaosConfig {
             version_bind: Identity::Off,
         }
     }
+}
+
+/// `[[dns.tsig]]`: a TSIG key (RFC 8945).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsigKeyConfig {
+    /// Absolute, lower-case, trailing dot.
+    pub name: String,
+    pub algorithm: TsigAlgorithm,
+    pub secret: TsigSecret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha1,
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+/// A key's secret: given inline, or read (base64) from a file when the
+/// DNS data is compiled, so a reload picks up a rotated file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TsigSecret {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// `transfer` of a `[[dns.zone]]`: who may transfer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferConfig {
+    pub allow: Vec<Cidr>,
+    /// A `[[dns.tsig]]` name: transfers must be signed with it, and NOTIFY
+    /// is signed with it.
+    pub key: Option<String>,
 }
 
 /// `[dns.rrl]`: responses per client network and answer, per second.
@@ -247,6 +286,10 @@ pub struct ZoneConfig {
     pub records: Vec<RecordConfig>,
     /// `dnssec`: online signing with these keys; None: unsigned.
     pub dnssec: Option<DnssecConfig>,
+    /// `transfer` (optional): none means AXFR and IXFR are refused.
+    pub transfer: Option<TransferConfig>,
+    /// `notify` (optional): secondaries sent NOTIFY when the zone changes.
+    pub notify: Vec<SocketAddr>,
 }
 
 /// A zone's `dnssec = { keys, validity, refresh }`.

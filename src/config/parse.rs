@@ -68,6 +68,11 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
                 files.push((format!("dns.zone[{i}].file"), file));
             }
         }
+        for (i, key) in dns.tsig.iter().enumerate() {
+            if let TsigSecret::File(file) = &key.secret {
+                files.push((format!("dns.tsig[{i}].secret_file"), file));
+            }
+        }
     }
     for (i, listener) in config.listeners.iter().enumerate() {
         for (j, tls) in listener.tls.iter().enumerate() {

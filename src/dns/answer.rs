@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 
 use super::DnsData;
 use super::geo::{self, Choice};
+use super::tsig::{self, Check};
 use super::zone::{Found, Zone, Zones};
 use super::{cookie, dnssec, ecs};
 
@@ -43,8 +44,11 @@ pub(crate) struct Reply {
     /// Addresses of in-zone NS, MX and SRV targets, whole RRsets in order
     /// (dropped from the end when the reply would not fit).
     pub additionals: Vec<Record>,
-    /// The TSIG RR of an error answer to a signed query.
+    /// The TSIG RR of an unsigned error answer to a signed query (BADKEY,
+    /// BADSIG).
     pub tsig: Option<Record<TSIG>>,
+    /// How to sign the answer to a query signed with one of our keys.
+    pub sign: Option<Signing>,
     /// Present when the query had EDNS.
     pub edns: Option<Edns>,
     /// The geo name answered and the data centers chosen, for metrics.
@@ -67,6 +71,7 @@ impl Reply {
             authorities: Vec::new(),
             additionals: Vec::new(),
             tsig: None,
+            sign: None,
             edns: dnssec_ok.map(|dnssec_ok| {
                 let mut edns = Edns::new();
                 edns.set_max_payload(MAX_UDP_PAYLOAD);
@@ -78,6 +83,15 @@ impl Reply {
             wildcard: None,
         }
     }
+}
+
+/// The TSIG an answer gets, appended once it is encoded.
+#[derive(Debug)]
+pub(crate) struct Signing {
+    pub signed: tsig::Signed,
+    pub time: u64,
+    pub error: Option<TsigError>,
+    pub other: Vec<u8>,
 }
 
 /// Where the client is, as far as the query tells.
@@ -160,20 +174,39 @@ fn respond(data: &DnsData, request: &Request) -> Reply {
         reply.metadata.response_code = rcode;
         reply
     };
-    if let Some((key, tsig)) = tsig(request) {
-        // RFC 8945 §5.2: geolb has no TSIG keys, so every key is unknown:
-        // NOTAUTH, unsigned, with a TSIG RR of error BADKEY and no MAC.
-        let rdata = TSIG::new(
-            tsig.algorithm.clone(),
-            tsig.time,
-            tsig.fudge,
-            Vec::new(),
-            tsig.oid,
-            Some(TsigError::BadKey),
-            Vec::new(),
-        );
-        reply.tsig = Some(make_tsig_record(key.clone(), rdata));
-        return code(reply, ResponseCode::NotAuth);
+    let now = tsig::now();
+    match tsig::check(&data.compiled.keys, request.as_slice(), now) {
+        Check::Unsigned => {}
+        // RFC 8945 §5.1: the TSIG RR must be the last record.
+        Check::Misplaced => return code(reply, ResponseCode::FormErr),
+        // §5.2.1 and §5.2.2: NOTAUTH, unsigned, with a TSIG RR of the
+        // error and no MAC.
+        Check::UnknownKey(key, tsig) => {
+            reply.tsig = Some(unsigned_error(key, &tsig, TsigError::BadKey));
+            return code(reply, ResponseCode::NotAuth);
+        }
+        Check::BadSig(key, tsig) => {
+            reply.tsig = Some(unsigned_error(key, &tsig, TsigError::BadSig));
+            return code(reply, ResponseCode::NotAuth);
+        }
+        // §5.2.3: NOTAUTH, signed, our time in Other Data.
+        Check::BadTime(signed) => {
+            reply.sign = Some(Signing {
+                time: signed.time,
+                signed,
+                error: Some(TsigError::BadTime),
+                other: tsig::time_other(now),
+            });
+            return code(reply, ResponseCode::NotAuth);
+        }
+        Check::Valid(signed) => {
+            reply.sign = Some(Signing {
+                signed,
+                time: now,
+                error: None,
+                other: Vec::new(),
+            })
+        }
     }
     if request.metadata.op_code != OpCode::Query {
         return code(reply, ResponseCode::NotImp);
@@ -330,18 +363,18 @@ fn signed(zones: &Zones, records: Vec<Record>, now: u64) -> Vec<Record> {
     out
 }
 
-/// The key name and TSIG RR of a signed request. hickory-proto takes the
-/// TSIG RR out of the additional section only with its DNSSEC features
-/// (`dnssec-ring`, on since geolb signs zones); without them it is among
-/// the additional records.
-fn tsig(request: &Request) -> Option<(&Name, &TSIG)> {
-    if let Some(signed) = request.signature.as_deref() {
-        return Some((&signed.name, &signed.data));
-    }
-    request.additionals.iter().find_map(|r| match &r.data {
-        RData::TSIG(tsig) => Some((&r.name, tsig)),
-        _ => None,
-    })
+/// The TSIG RR of an unsigned error answer: the request's fields, no MAC.
+fn unsigned_error(key: Name, tsig: &TSIG, error: TsigError) -> Record<TSIG> {
+    let rdata = TSIG::new(
+        tsig.algorithm.clone(),
+        tsig.time,
+        tsig.fudge,
+        Vec::new(),
+        tsig.oid,
+        Some(error),
+        Vec::new(),
+    );
+    make_tsig_record(key, rdata)
 }
 
 /// The largest response the client takes over `request`'s transport.
@@ -434,13 +467,19 @@ impl BinEncodable for Owned<'_> {
 /// them), else without its NSID option, else with no records and TC,
 /// keeping the question and OPT (with ECS) so a UDP client retries over
 /// TCP; a reply that cannot be encoded at all becomes SERVFAIL.
-pub(crate) fn encode_sized(reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+pub(crate) fn encode_sized(mut reply: Reply, request: &Request, bytes: &mut Vec<u8>) {
+    let sign = reply.sign.take();
+    let room = sign.as_ref().map_or(0, |s| s.signed.size());
     encode_within(
         reply,
         request.queries.queries(),
-        limit(request) as u16,
+        limit(request).saturating_sub(room) as u16,
         bytes,
     );
+    if let Some(s) = sign {
+        let chain = tsig::Chain::Answer(&s.signed.mac);
+        tsig::sign(bytes, &s.signed.key, chain, s.time, s.error, s.other);
+    }
 }
 
 /// [`encode_sized`] for `questions` within `max` bytes.
@@ -1423,7 +1462,7 @@ always_up = true
         use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
         let d = all_up();
         let q = ask("api.mysite.com.", RecordType::A);
-        let mut m = Message::from_vec(q.request().as_slice()).unwrap();
+        let m = Message::from_vec(q.request().as_slice()).unwrap();
         let tsig = TSIG::new(
             TsigAlgorithm::HmacSha256,
             1_800_000_000,
@@ -1434,12 +1473,24 @@ always_up = true
             Vec::new(),
         );
         let key = Name::from_ascii("Some.Key.").unwrap();
-        // Last in the message, after the OPT, as RFC 8945 §4.1 has it (and
-        // hickory-proto with its DNSSEC features insists).
-        m.signature = Some(Box::new(make_tsig_record(key, tsig)));
-        let request =
-            Request::from_bytes(m.to_vec().unwrap(), q.src.parse().unwrap(), Protocol::Udp)
-                .unwrap();
+        let mut record = Record::from_rdata(key.clone(), 0, RData::TSIG(tsig.clone()));
+        record.dns_class = DNSClass::ANY;
+        let mut before_opt = m.clone();
+        // hickory-proto writes the OPT after the additional records: the
+        // TSIG RR is then not last, which RFC 8945 §5.1 makes a FORMERR.
+        before_opt.additionals.push(record);
+        let src = q.src.parse().unwrap();
+        // hickory-proto with its DNSSEC features refuses such a message
+        // itself (and wire.rs answers FORMERR); without them, build does.
+        if let Ok(request) = Request::from_bytes(before_opt.to_vec().unwrap(), src, Protocol::Udp)
+        {
+            let reply = build(&d, &request);
+            assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+        }
+
+        let mut bytes = m.to_vec().unwrap();
+        tsig::append(&mut bytes, &key, tsig);
+        let request = Request::from_bytes(bytes, src, Protocol::Udp).unwrap();
         let mut bytes = Vec::new();
         encode_sized(build(&d, &request), &request, &mut bytes);
         let m = Message::from_vec(&bytes).unwrap();

@@ -39,7 +39,7 @@ use crate::metrics::{
 
 /// Query types with their own label; the rest count as `other` so a client
 /// cannot grow the label set.
-const QTYPES: [(RecordType, &str); 15] = [
+const QTYPES: [(RecordType, &str); 17] = [
     (RecordType::A, "A"),
     (RecordType::AAAA, "AAAA"),
     (RecordType::CNAME, "CNAME"),
@@ -55,9 +55,11 @@ const QTYPES: [(RecordType, &str); 15] = [
     (RecordType::DNSKEY, "DNSKEY"),
     (RecordType::HTTPS, "HTTPS"),
     (RecordType::SVCB, "SVCB"),
+    (RecordType::AXFR, "AXFR"),
+    (RecordType::IXFR, "IXFR"),
 ];
 
-const RCODES: [(ResponseCode, &str); 7] = [
+const RCODES: [(ResponseCode, &str); 8] = [
     (ResponseCode::NoError, "NOERROR"),
     (ResponseCode::FormErr, "FORMERR"),
     (ResponseCode::ServFail, "SERVFAIL"),
@@ -65,6 +67,7 @@ const RCODES: [(ResponseCode, &str); 7] = [
     (ResponseCode::NotImp, "NOTIMP"),
     (ResponseCode::Refused, "REFUSED"),
     (ResponseCode::BADVERS, "BADVERS"),
+    (ResponseCode::NotAuth, "NOTAUTH"),
 ];
 
 /// Counter handles by (qtype, rcode), the last of each being `other`,
@@ -213,6 +216,11 @@ fn count_query(qtype: Option<RecordType>, rcode: ResponseCode) {
         .position(|(known, _)| *known == rcode)
         .unwrap_or(RCODES.len());
     query_counter(qtype, rcode).increment(1);
+}
+
+/// Counts a zone transfer answered by `transfer` (NOERROR).
+pub(super) fn count_transfer_query(qtype: RecordType) {
+    count_query(Some(qtype), ResponseCode::NoError);
 }
 
 /// The counter of (`QTYPES[qtype]`, `RCODES[rcode]`), `other` past the end.

@@ -25,6 +25,9 @@
 //! - `wire`: a message's bytes in, the reply's out, counted: the general
 //!   path of both transports; panics while answering caught quietly.
 //! - `count`: the query counters both paths record into.
+//! - `tsig`: TSIG (RFC 8945) on the wire: checking requests, signing.
+//! - `transfer`: AXFR and IXFR over TCP, and the versions IXFR serves.
+//! - `notify`: NOTIFY (RFC 1996) to secondaries when a zone changes.
 
 mod answer;
 mod cookie;
@@ -37,11 +40,14 @@ mod fast;
 pub mod fuzz;
 mod geo;
 mod identity;
+mod notify;
 mod querylog;
 mod rrl;
 mod scopes;
 mod server;
 mod tcp;
+mod transfer;
+mod tsig;
 mod udp;
 mod wire;
 mod zone;
@@ -119,6 +125,9 @@ pub struct DnsData {
     /// Inside, not beside, the data: indexes into the data centers must
     /// come from the same config as the data centers themselves.
     health: Arc<dyn DatacenterHealth>,
+    /// The versions of each zone IXFR serves from, carried across reloads
+    /// by [`DnsData::continue_from`].
+    history: Arc<transfer::History>,
 }
 
 /// The config-derived part, shared between a `DnsData` and the one built
@@ -139,6 +148,12 @@ struct Compiled {
     tcp: crate::config::DnsTcpConfig,
     /// `[dns] nsid` and `[dns.chaos]`.
     identity: identity::Identities,
+    /// `[[dns.tsig]]`.
+    keys: Vec<Arc<tsig::Key>>,
+    /// Each zone's `transfer` and `notify`, by origin.
+    transfer: std::collections::HashMap<LowerName, transfer::Policy>,
+    /// `[dns] ixfr_versions`.
+    ixfr_versions: usize,
 }
 
 /// The handle the server answers from; `store` a new [`DnsData`] to swap.
@@ -205,6 +220,14 @@ pub fn compile(
         }),
         None => zone::Zones::default(),
     };
+    let keys = match config.dns.as_ref().map(tsig::keys) {
+        Some(Ok(keys)) => keys,
+        Some(Err(e)) => {
+            errors.extend(e);
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -214,8 +237,16 @@ pub fn compile(
         .map_err(|e| vec![crate::geoip::config_error(config, e)])?;
     let scopes = Arc::new(scopes);
     let dns = config.dns.as_ref();
+    let (history, policies) = match dns {
+        Some(dns) => transfer::compile(dns, &zones, &geo, &datacenters, &keys),
+        None => Default::default(),
+    };
     Ok(DnsData {
+        history: Arc::new(history),
         compiled: Arc::new(Compiled {
+            keys,
+            transfer: policies,
+            ixfr_versions: dns.map_or(1, |d| d.ixfr_versions),
             fast: fast::Index::build(&zones, &geo),
             zones,
             geo,
@@ -264,6 +295,7 @@ impl DnsData {
             locator,
             scopes: Arc::new(scopes),
             health: self.health.clone(),
+            history: self.history.clone(),
         })
     }
 
@@ -274,7 +306,42 @@ impl DnsData {
             locator: self.locator.clone(),
             scopes: self.scopes.clone(),
             health,
+            history: self.history.clone(),
         }
+    }
+
+    /// This data with the zone versions of `previous` kept for IXFR, and
+    /// the zones whose serial changed (to NOTIFY); an error for each zone
+    /// whose records changed under the same serial. For [`crate::reload`].
+    pub fn continue_from(
+        &self,
+        previous: &DnsData,
+    ) -> Result<(DnsData, ChangedZones), Vec<ConfigError>> {
+        let (history, changed) = transfer::continue_from(
+            &previous.history,
+            &self.history,
+            &self.compiled.transfer,
+            self.compiled.ixfr_versions,
+        )?;
+        let data = DnsData {
+            compiled: self.compiled.clone(),
+            locator: self.locator.clone(),
+            scopes: self.scopes.clone(),
+            health: self.health.clone(),
+            history: Arc::new(history),
+        };
+        Ok((data, ChangedZones(changed)))
+    }
+
+    /// Sends NOTIFY for `changed` zones to their `notify` targets, in the
+    /// background until answered, retried, or `shutdown`.
+    pub fn notify(
+        &self,
+        changed: ChangedZones,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        notify::send(self, changed.0, tasks, shutdown);
     }
 
     /// Zone origins, for logs and status.
@@ -363,6 +430,9 @@ impl DnsData {
         self.compiled.geo.len()
     }
 }
+
+/// Zones whose serial a reload changed, from [`DnsData::continue_from`].
+pub struct ChangedZones(Vec<LowerName>);
 
 /// One geo name's decision, for people.
 #[derive(Debug, Clone)]

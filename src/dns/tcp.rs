@@ -1,7 +1,9 @@
 //! DNS over TCP (RFC 7766): a task per connection reads length-prefixed
 //! messages one after another and answers each through the general path
 //! (`wire`), counted as over UDP, FORMERRs for unparsable messages
-//! included; never rate limited (RRL's slip sends clients here). At most
+//! included, or a zone transfer it may have (`transfer`) as several
+//! messages, built whole before the first is written; never rate limited
+//! (RRL's slip sends clients here). At most
 //! `[dns] tcp_max_connections` are open at once over every listener (the
 //! accept loop then waits; a reload's limit applies within a second), a
 //! connection idle for `tcp_idle_timeout` is
@@ -22,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{SharedDnsData, count, wire};
+use super::{SharedDnsData, count, transfer, wire};
 use crate::accept::{Slots, accept_loop};
 use crate::metrics::{DNS_TCP_CLOSED, DNS_TCP_LIMITED};
 
@@ -161,12 +163,21 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
             }
         }
         let started = Instant::now();
+        // A zone transfer is many messages; everything else one.
         let answered = wire::catching_panics(|| {
-            wire::answer(&data.load(), &message, src, Protocol::Tcp, &mut reply)
+            let data = data.load();
+            if let Some(messages) = transfer::answer(&data, &message, src) {
+                return Answered::Transfer(messages);
+            }
+            match wire::answer(&data, &message, src, Protocol::Tcp, &mut reply) {
+                Some(_) => Answered::One,
+                None => Answered::Nothing,
+            }
         });
-        match answered {
-            Ok(Some(_)) => {}
-            Ok(None) => continue,
+        let messages = match answered {
+            Ok(Answered::Transfer(messages)) => messages,
+            Ok(Answered::One) => vec![std::mem::take(&mut reply)],
+            Ok(Answered::Nothing) => continue,
             Err(at) => {
                 PANICS
                     .lock()
@@ -174,24 +185,19 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
                     .record(src, at);
                 return;
             }
-        }
-        // Encoded within 64 KiB (TC past it), so the length fits.
-        let Ok(len) = u16::try_from(reply.len()) else {
-            return;
         };
-        framed.clear();
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&reply);
-        match tokio::time::timeout(limits.idle_timeout, stream.write_all(&framed)).await {
-            Ok(Ok(())) => count::count_tcp(&reply, started.elapsed()),
-            Ok(Err(error)) => {
-                tracing::debug!(%src, %error, "cannot send a DNS response");
+        for m in &messages {
+            if !send(&mut stream, &mut framed, m, limits.idle_timeout, src).await {
                 return;
             }
-            Err(_) => {
-                counter(&CLOSED_IDLE, DNS_TCP_CLOSED, Some("idle")).increment(1);
-                return;
-            }
+        }
+        // One answer, however many messages it took.
+        if let Some(first) = messages.first() {
+            count::count_tcp(first, started.elapsed());
+        }
+        // The buffer goes back for the next answer.
+        if let Ok([one]) = <[Vec<u8>; 1]>::try_from(messages) {
+            reply = one;
         }
         answers = answers.saturating_add(1);
         if answers == limits.max_queries {
@@ -200,6 +206,45 @@ async fn connection(mut stream: TcpStream, src: SocketAddr, data: SharedDnsData)
             // then its end of file.
             let _ = stream.shutdown().await;
             return;
+        }
+    }
+}
+
+/// What one message on a connection got.
+enum Answered {
+    /// The messages of a zone transfer.
+    Transfer(Vec<Vec<u8>>),
+    /// One reply, in the connection's reply buffer.
+    One,
+    /// Nothing to send (a response, or no whole header).
+    Nothing,
+}
+
+/// Writes `message` with its length prefix (through `framed`) within
+/// `timeout`; false when the connection is to be dropped.
+async fn send(
+    stream: &mut TcpStream,
+    framed: &mut Vec<u8>,
+    message: &[u8],
+    timeout: Duration,
+    src: SocketAddr,
+) -> bool {
+    // Encoded within 64 KiB (TC past it), so the length fits.
+    let Ok(len) = u16::try_from(message.len()) else {
+        return false;
+    };
+    framed.clear();
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    match tokio::time::timeout(timeout, stream.write_all(framed)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(%src, %error, "cannot send a DNS response");
+            false
+        }
+        Err(_) => {
+            counter(&CLOSED_IDLE, DNS_TCP_CLOSED, Some("idle")).increment(1);
+            false
         }
     }
 }

@@ -156,6 +156,20 @@ impl Zone {
         self.signer = Some(keys.signer);
     }
 
+    /// The SOA record (of the zone's TTL).
+    pub fn soa(&self) -> Option<&Record> {
+        self.nodes
+            .get(&self.lower_origin)?
+            .get(RecordType::SOA)?
+            .records
+            .first()
+    }
+
+    /// The indexes of the geo names in this zone.
+    pub fn geo_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.geo.values().copied()
+    }
+
     /// Every name with records of its own.
     pub fn nodes(&self) -> impl Iterator<Item = (&LowerName, &Node)> {
         self.nodes.iter()
@@ -586,6 +600,8 @@ mod tests {
             file,
             records,
             dnssec: None,
+            transfer: None,
+            notify: Vec::new(),
         }
     }
 
@@ -609,6 +625,8 @@ mod tests {
             tcp: Default::default(),
             nsid: Identity::Off,
             chaos: Default::default(),
+            tsig: Vec::new(),
+            ixfr_versions: 10,
         }
     }
 
