@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -53,7 +53,12 @@ pub struct Cluster {
     overrides: Arc<Overrides>,
     /// Writes from the admin API's blocking threads run on it.
     runtime: tokio::runtime::Handle,
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// A client per endpoint, made when first used. One endpoint at a
+    /// time: tonic's balanced channel keeps sending requests to a member
+    /// that is down, so failing over is done here.
+    clients: tokio::sync::Mutex<Vec<Option<Client>>>,
+    /// The endpoint the watch uses, moved on when it fails.
+    current: AtomicUsize,
     connected: AtomicBool,
     /// The etcd revision the overrides reflect (0: none read yet).
     revision: AtomicI64,
@@ -103,12 +108,14 @@ impl Cluster {
         ::metrics::gauge!(CLUSTER_LAST_SYNC).set(0.0);
         ::metrics::gauge!(CLUSTER_REVISION).set(0.0);
         ::metrics::counter!(CLUSTER_WATCH_EVENTS).absolute(0);
+        let endpoints = config.etcd.len();
         Arc::new(Cluster {
+            clients: tokio::sync::Mutex::new(vec![None; endpoints]),
+            current: AtomicUsize::new(0),
             config,
             file: state_dir.join("cluster.json"),
             overrides,
             runtime,
-            client: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
             revision: AtomicI64::new(0),
             last_sync: Mutex::new(None),
@@ -145,8 +152,12 @@ impl Cluster {
             };
             let was_connected = self.connected.swap(false, Ordering::Relaxed);
             ::metrics::gauge!(CLUSTER_CONNECTED).set(0.0);
-            // A dropped client reconnects from scratch (and logs in again).
-            *self.client.lock().await = None;
+            // The next endpoint next; the failed one's client is made
+            // afresh (and logs in again) when its turn comes back.
+            let failed = self.current.load(Ordering::Relaxed);
+            self.clients.lock().await[failed] = None;
+            self.current
+                .store((failed + 1) % self.config.etcd.len(), Ordering::Relaxed);
             if was_connected || began.elapsed() > MAX_BACKOFF {
                 backoff = MIN_BACKOFF;
             }
@@ -177,7 +188,8 @@ impl Cluster {
     /// the revision after the last one seen. Returns why it ended.
     async fn session(&self, fresh: &mut bool) -> String {
         let dial = self.config.dial_timeout;
-        let mut client = match self.client().await {
+        let at = self.current.load(Ordering::Relaxed);
+        let mut client = match self.client(at).await {
             Ok(client) => client,
             Err(e) => return e,
         };
@@ -359,21 +371,22 @@ impl Cluster {
         replace_file(&self.file, &text)
     }
 
-    /// The client, connected now if it is not yet.
-    async fn client(&self) -> Result<Client, String> {
-        let mut held = self.client.lock().await;
-        if let Some(client) = held.as_ref() {
+    /// The client of endpoint `at`, made now if it is not yet.
+    async fn client(&self, at: usize) -> Result<Client, String> {
+        let mut held = self.clients.lock().await;
+        if let Some(client) = held[at].as_ref() {
             return Ok(client.clone());
         }
         let options = self.connect_options()?;
         let dial = self.config.dial_timeout;
-        let connect = Client::connect(&self.config.etcd, Some(options));
+        let url = &self.config.etcd[at];
+        let connect = Client::connect([url], Some(options));
         let client = match tokio::time::timeout(dial, connect).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(format!("connecting to etcd: {e}")),
-            Err(_) => return Err(format!("connecting to etcd: no answer within {dial:?}")),
+            Ok(Err(e)) => return Err(format!("connecting to {url}: {e}")),
+            Err(_) => return Err(format!("connecting to {url}: no answer within {dial:?}")),
         };
-        *held = Some(client.clone());
+        held[at] = Some(client.clone());
         Ok(client)
     }
 
@@ -446,9 +459,26 @@ impl Cluster {
         }
     }
 
-    /// Writes one change to etcd, within the dial timeout.
+    /// Writes one change to etcd: through the watch's endpoint, else each
+    /// other in turn, each within the dial timeout.
     async fn write(&self, change: &Entry) -> Result<(), String> {
-        let mut client = self.client().await?;
+        let n = self.config.etcd.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for at in (0..n).map(|k| (first + k) % n) {
+            let written = match self.client(at).await {
+                Ok(client) => self.write_with(client, change).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(e) => errors.push(format!("{}: {e}", self.config.etcd[at])),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn write_with(&self, mut client: Client, change: &Entry) -> Result<(), String> {
         let key = self.key_of(&change.target);
         let dial = self.config.dial_timeout;
         let done = match change.state {
@@ -511,9 +541,8 @@ impl OverrideStore for Cluster {
     fn save(&self, change: &Entry, _all: &[Entry]) -> Result<(), StoreError> {
         self.runtime.block_on(self.write(change)).map_err(|e| {
             StoreError::NotApplied(format!(
-                "etcd ({}) did not take the change: {e}; nothing was changed on any node. \
-                 While etcd is out of reach, set drain = true in the config and reload",
-                self.config.etcd.join(", ")
+                "etcd did not take the change ({e}); nothing was changed on any node. \
+                 While etcd is out of reach, set drain = true in the config and reload"
             ))
         })
     }

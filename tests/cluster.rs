@@ -463,3 +463,49 @@ async fn with_etcd_down_nodes_serve_the_last_state_also_after_a_restart() {
     assert_eq!(post(&b, "/datacenters/one/auto").await.0, 200);
     answers(&a, ONE, "a follows b after the outage").await;
 }
+
+#[tokio::test]
+async fn three_members_one_may_go_without_quorum_nodes_keep_the_last_state() {
+    let Some(mut etcd) = Etcd::start(3).await else {
+        return;
+    };
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let b = Geolb::start(&node_config("node-b", &etcd.urls())).await;
+    connected(&a, true, "a").await;
+    connected(&b, true, "b").await;
+
+    // One member of three gone: the quorum holds, changes go on.
+    etcd.members[0].stop();
+    // Within an election when the leader was the one stopped: a write may
+    // be refused until then, never made on one node alone.
+    eventually("a write with two members of three", LIMIT, || async {
+        let (code, body) = post(&a, "/datacenters/one/drain").await;
+        assert!(code == 200 || code == 503, "{code} {body}");
+        if code == 503 {
+            eprintln!("refused meanwhile: {body}");
+            assert_eq!(answer(&a).await, [ONE], "a refused write is not made");
+        }
+        code == 200
+    })
+    .await;
+    answers(&b, TWO, "b follows a with two members of three").await;
+    connected(&b, true, "b with two members").await;
+
+    // Two gone: the last member has no leader, so it is no source of
+    // truth; nodes say so and serve what they had.
+    etcd.members[1].stop();
+    connected(&a, false, "a without quorum").await;
+    connected(&b, false, "b without quorum").await;
+    assert_eq!(answer(&a).await, [TWO]);
+    assert_eq!(answer(&b).await, [TWO]);
+    let (code, body) = post(&b, "/datacenters/one/auto").await;
+    assert_eq!(code, 503, "no quorum, no write: {body}");
+
+    // A member back: quorum again, and the nodes with it.
+    etcd.members[1].start();
+    connected(&a, true, "a with quorum back").await;
+    connected(&b, true, "b with quorum back").await;
+    let (code, body) = post(&b, "/datacenters/one/auto").await;
+    assert_eq!(code, 200, "{body}");
+    answers(&a, ONE, "a follows b once the quorum is back").await;
+}
