@@ -299,10 +299,15 @@ async fn a_drain_given_to_one_node_moves_every_nodes_answers() {
     connected(&b, true, "b").await;
     assert_eq!(answer(&b).await, [ONE]);
 
+    let asked = std::time::Instant::now();
     let (code, body) = post(&a, "/datacenters/one/drain").await;
     assert_eq!((code, body.as_str()), (200, "data center one: drain\n"));
     assert_eq!(answer(&a).await, [TWO], "acts on the node given it at once");
     answers(&b, TWO, "b follows a's drain").await;
+    eprintln!(
+        "measured: POST drain on a to b answering otherwise: {:?}",
+        asked.elapsed()
+    );
     let status = b.status().await;
     let one = &status["datacenters"][0];
     assert_eq!(one["override"], "drain");
@@ -347,6 +352,17 @@ async fn a_drain_given_to_one_node_moves_every_nodes_answers() {
     );
     let (code, _) = post(&a, "/datacenters/nowhere/drain").await;
     assert_eq!(code, 404, "only what the running config has reaches etcd");
+
+    // [cluster] is read at start-up only: a reload that changes it says so
+    // and keeps the running one.
+    b.write_config(&node_config("node-c", &etcd.urls()))
+        .unwrap();
+    let (code, _, _) = request(b.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(b.log().contains("[cluster] changed"), "{}", b.log());
+    assert_eq!(b.status().await["cluster"]["node"], "node-b");
 }
 
 #[tokio::test]
@@ -362,8 +378,13 @@ async fn a_node_cut_off_from_etcd_catches_up_each_change_exactly_once() {
     assert_eq!(post(&a, "/datacenters/one/drain").await.0, 200);
     answers(&b, TWO, "b follows a").await;
 
+    let cut = std::time::Instant::now();
     relay.cut();
     connected(&b, false, "b cut off").await;
+    eprintln!(
+        "measured: connection cut to geolb_cluster_connected 0: {:?}",
+        cut.elapsed()
+    );
     assert_eq!(answer(&b).await, [TWO], "b serves with the last state");
     let events = gauge(&b, "geolb_cluster_watch_events_total").await;
     let seen = b.status().await["cluster"]["revision"].as_i64().unwrap();
@@ -379,9 +400,14 @@ async fn a_node_cut_off_from_etcd_catches_up_each_change_exactly_once() {
     assert!(body.contains("not set") && body.contains("etcd"), "{body}");
     assert_eq!(b.status().await["datacenters"][1]["override"], "auto");
 
+    let restored = std::time::Instant::now();
     relay.restore();
     connected(&b, true, "b back").await;
     answers(&b, ONE, "b caught up").await;
+    eprintln!(
+        "measured: connection restored to b caught up: {:?}",
+        restored.elapsed()
+    );
     let status = b.status().await;
     assert_eq!(status["datacenters"][1]["override"], "down");
     assert_eq!(status["datacenters"][1]["override_by"], "node-a");
@@ -426,8 +452,13 @@ async fn with_etcd_down_nodes_serve_the_last_state_also_after_a_restart() {
     assert_eq!(post(&a, "/datacenters/one/down").await.0, 200);
     answers(&b, TWO, "b follows a").await;
 
+    let stopped = std::time::Instant::now();
     etcd.members[0].stop();
     connected(&a, false, "a without etcd").await;
+    eprintln!(
+        "measured: etcd killed to geolb_cluster_connected 0: {:?}",
+        stopped.elapsed()
+    );
     connected(&b, false, "b without etcd").await;
     assert_eq!(answer(&a).await, [TWO]);
     assert_eq!(answer(&b).await, [TWO]);
