@@ -63,6 +63,10 @@ pub struct Cluster {
     /// The etcd revision the overrides reflect (0: none read yet).
     revision: AtomicI64,
     last_sync: Mutex<Option<SystemTime>>,
+    /// Held while changes are applied and `revision` moves with them, so
+    /// that a write of this node's own, acting here once etcd took it, is
+    /// not applied over a later change the watch brought in meanwhile.
+    applying: Mutex<()>,
 }
 
 /// What `cluster.json` holds.
@@ -119,6 +123,7 @@ impl Cluster {
             connected: AtomicBool::new(false),
             revision: AtomicI64::new(0),
             last_sync: Mutex::new(None),
+            applying: Mutex::new(()),
         })
     }
 
@@ -260,6 +265,7 @@ impl Cluster {
 
     /// Applies a watch response's events and moves the revision to it.
     fn take(&self, response: WatchResponse) {
+        let _applying = locked(&self.applying);
         let mut revision = self.revision.load(Ordering::Relaxed);
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
@@ -339,10 +345,12 @@ impl Cluster {
                 }
             }
         }
+        let _applying = locked(&self.applying);
         for entry in self.overrides.replace_all(all) {
             log_change(&entry);
         }
         let revision = response.header().map_or(0, |h| h.revision());
+        // Kept even when the revision is the one read before (a restart).
         self.revision.store(0, Ordering::Relaxed);
         self.synced(revision);
         Ok(())
@@ -461,7 +469,7 @@ impl Cluster {
 
     /// Writes one change to etcd: through the watch's endpoint, else each
     /// other in turn, each within the dial timeout.
-    async fn write(&self, change: &Entry) -> Result<(), String> {
+    async fn write(&self, change: &Entry) -> Result<i64, String> {
         let n = self.config.etcd.len();
         let first = self.current.load(Ordering::Relaxed);
         let mut errors = Vec::new();
@@ -471,14 +479,15 @@ impl Cluster {
                 Err(e) => Err(e),
             };
             match written {
-                Ok(()) => return Ok(()),
+                Ok(revision) => return Ok(revision),
                 Err(e) => errors.push(format!("{}: {e}", self.config.etcd[at])),
             }
         }
         Err(errors.join("; "))
     }
 
-    async fn write_with(&self, mut client: Client, change: &Entry) -> Result<(), String> {
+    /// The revision of the write.
+    async fn write_with(&self, mut client: Client, change: &Entry) -> Result<i64, String> {
         let key = self.key_of(&change.target);
         let dial = self.config.dial_timeout;
         let done = match change.state {
@@ -486,7 +495,7 @@ impl Cluster {
                 let delete = client.delete(key, None);
                 tokio::time::timeout(dial, delete)
                     .await
-                    .map(|r| r.map(drop))
+                    .map(|r| r.map(|r| r.header().map_or(0, |h| h.revision())))
             }
             state => {
                 let value = serde_json::json!({
@@ -495,11 +504,13 @@ impl Cluster {
                     "at": change.stamp.at,
                 });
                 let put = client.put(key, value.to_string(), None);
-                tokio::time::timeout(dial, put).await.map(|r| r.map(drop))
+                tokio::time::timeout(dial, put)
+                    .await
+                    .map(|r| r.map(|r| r.header().map_or(0, |h| h.revision())))
             }
         };
         match done {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(revision)) => Ok(revision),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {dial:?}")),
         }
@@ -539,12 +550,19 @@ impl OverrideStore for Cluster {
     /// (and back here, where it is no change). Blocks: called off the
     /// async workers by [`Overrides::set`].
     fn save(&self, change: &Entry, _all: &[Entry]) -> Result<(), StoreError> {
-        self.runtime.block_on(self.write(change)).map_err(|e| {
+        let revision = self.runtime.block_on(self.write(change)).map_err(|e| {
             StoreError::NotApplied(format!(
                 "etcd did not take the change ({e}); nothing was changed on any node. \
                  While etcd is out of reach, set drain = true in the config and reload"
             ))
-        })
+        })?;
+        // Acts here at once, unless the watch has already gone past it (and
+        // so applied it, and perhaps a later change to the same target).
+        let _applying = locked(&self.applying);
+        if self.revision.load(Ordering::Relaxed) < revision {
+            self.overrides.apply(change.clone());
+        }
+        Ok(())
     }
 
     fn shared(&self) -> bool {

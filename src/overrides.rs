@@ -135,7 +135,10 @@ pub trait OverrideStore: Send + Sync {
     fn save(&self, change: &Entry, all: &[Entry]) -> Result<(), StoreError>;
     /// Whether other nodes read it too. A change such a store cannot take
     /// is not made here either: a node acting alone would disagree with
-    /// the others, and lose the change when it next reads the store.
+    /// the others, and lose the change when it next reads the store. A
+    /// shared store makes a change it took act here itself
+    /// ([`Overrides::apply`]): it alone knows whether a later change read
+    /// from it has superseded this one meanwhile.
     fn shared(&self) -> bool {
         false
     }
@@ -361,8 +364,9 @@ impl Overrides {
     /// Sets `target` to `state`, stamped with this node and now, and saves
     /// it. With a local store the override acts at once, even when saving
     /// fails (the error says it will not survive a restart); with a shared
-    /// one it acts only once the store took it ([`StoreError::NotApplied`]
-    /// otherwise). Blocking: call it off the async workers.
+    /// one it acts only once the store took it, the store applying it
+    /// ([`StoreError::NotApplied`] otherwise). Blocking: call it off the
+    /// async workers.
     pub fn set(&self, target: &Target, state: Override) -> Result<(), StoreError> {
         // One writer at a time, so changes are saved in their order.
         let store = locked(&self.store);
@@ -379,9 +383,7 @@ impl Overrides {
                 let mut all = self.entries();
                 all.retain(|e| e.target != *target);
                 all.extend((state != Override::Auto).then(|| change.clone()));
-                shared.save(&change, &all)?;
-                self.apply(change);
-                Ok(())
+                shared.save(&change, &all)
             }
             Some(local) => {
                 self.apply(change.clone());
