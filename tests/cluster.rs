@@ -540,3 +540,53 @@ async fn three_members_one_may_go_without_quorum_nodes_keep_the_last_state() {
     assert_eq!(code, 200, "{body}");
     answers(&a, ONE, "a follows b once the quorum is back").await;
 }
+
+#[tokio::test]
+async fn a_node_back_after_a_compaction_reads_everything_and_applies_the_difference() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let relay = Relay::start(etcd.members[0].client).await;
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let b = Geolb::start(&node_config("node-b", &[relay.url()])).await;
+    connected(&b, true, "b").await;
+    assert_eq!(post(&a, "/datacenters/one/down").await.0, 200);
+    answers(&b, TWO, "b follows a").await;
+
+    relay.cut();
+    connected(&b, false, "b cut off").await;
+    assert_eq!(post(&a, "/datacenters/one/auto").await.0, 200);
+    assert_eq!(post(&a, "/datacenters/two/drain").await.0, 200);
+    // etcd forgets the history b would resume from.
+    let mut client = etcd.client().await;
+    let now = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(now, None).await.unwrap();
+
+    relay.restore();
+    connected(&b, true, "b back").await;
+    answers(&b, ONE, "b read everything again").await;
+    let status = b.status().await;
+    assert_eq!(status["datacenters"][0]["override"], "auto");
+    assert_eq!(status["datacenters"][1]["override"], "drain");
+    assert_eq!(status["datacenters"][1]["override_by"], "node-a");
+    let log = b.log();
+    assert!(
+        log.contains("compacted past the last revision seen"),
+        "{log}"
+    );
+    let metrics = b.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "geolb_overrides_total{kind=\"datacenter\",state=\"drain\"}"
+        ),
+        Some(1.0),
+        "the difference applied once"
+    );
+}
