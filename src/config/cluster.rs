@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::model::ClusterConfig;
 use super::values::{ident, parse_url};
-use super::walk::{Ctx, Field, first_seen};
+use super::walk::{Ctx, Field, Tbl, first_seen};
 
 /// `dial_timeout`'s default: long enough for a TLS handshake across a
 /// continent, short enough that a dead endpoint does not hold start-up.
@@ -44,50 +44,8 @@ impl Ctx {
             let dial_timeout = c.opt(t, "dial_timeout", DEFAULT_DIAL_TIMEOUT, |c, f| {
                 c.duration(f, false)
             });
-            // One of a pair without the other is a half-set credential:
-            // said at the one that is there, naming the one missing.
-            for (have, other, pair) in [
-                ("cert", "key", (&cert, &key)),
-                ("key", "cert", (&key, &cert)),
-            ] {
-                if let (Some(Some(_)), Some(None)) = pair
-                    && let Some(f) = t.field(have)
-                {
-                    c.bad(
-                        &f,
-                        format!("a client certificate needs both cert and key: add {other}"),
-                    );
-                }
-            }
-            for (have, other, pair) in [
-                (
-                    "user",
-                    "password_file",
-                    (
-                        user.as_ref().map(|u| u.is_some()),
-                        password_file.as_ref().map(|p| p.is_some()),
-                    ),
-                ),
-                (
-                    "password_file",
-                    "user",
-                    (
-                        password_file.as_ref().map(|p| p.is_some()),
-                        user.as_ref().map(|u| u.is_some()),
-                    ),
-                ),
-            ] {
-                if let (Some(true), Some(false)) = pair
-                    && let Some(f) = t.field(have)
-                {
-                    c.bad(
-                        &f,
-                        format!(
-                            "etcd authentication needs both user and password_file: add {other}"
-                        ),
-                    );
-                }
-            }
+            half_pair(c, t, "cert", "key", "a client certificate");
+            half_pair(c, t, "user", "password_file", "etcd authentication");
             let etcd = etcd?;
             let tls_wanted = cert.as_ref().is_some_and(Option::is_some)
                 || ca.as_ref().is_some_and(Option::is_some);
@@ -164,6 +122,17 @@ impl Ctx {
             Some(url)
         })
     }
+}
+
+/// One key of a pair without the other (a half-set credential): said at
+/// the one present, naming the one missing.
+fn half_pair(c: &mut Ctx, t: &Tbl<'_, '_>, a: &'static str, b: &'static str, what: &str) {
+    let (missing, f) = match (t.field(a), t.field(b)) {
+        (Some(f), None) => (b, f),
+        (None, Some(f)) => (a, f),
+        _ => return,
+    };
+    c.bad(&f, format!("{what} needs both {a} and {b}: add {missing}"));
 }
 
 /// Every key geolb reads or writes starts with it; ending in '/' keeps
