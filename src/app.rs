@@ -82,10 +82,24 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let health = HealthTable::new(shutdown.child_token());
     let registry = BackendRegistry::default();
-    // Overrides made before a restart or upgrade act from the first request.
-    let store = FileStore::new(&checked.config.runtime.state_dir);
+    // Overrides made before a restart or upgrade act from the first request;
+    // in a cluster, the last state seen (etcd may be out of reach now).
+    let state_dir = &checked.config.runtime.state_dir;
+    let cluster = checked.config.cluster.clone().map(|config| {
+        let overrides = registry.overrides.clone();
+        crate::cluster::Cluster::new(
+            config,
+            state_dir,
+            overrides,
+            tokio::runtime::Handle::current(),
+        )
+    });
+    let store: Arc<dyn OverrideStore> = match &cluster {
+        Some(cluster) => cluster.clone(),
+        None => Arc::new(FileStore::new(state_dir)),
+    };
     let where_kept = store.describe();
-    registry.overrides.set_store(Arc::new(store));
+    registry.overrides.set_store(store);
     match registry.overrides.restore() {
         Ok(0) => {}
         Ok(n) => tracing::warn!(overrides = n, from = %where_kept, "runtime overrides restored"),
@@ -118,6 +132,10 @@ pub async fn serve(
         tasks.clone(),
     ));
     daemon.inherit(inherited);
+    if let Some(cluster) = cluster {
+        tasks.spawn(cluster.clone().run(shutdown.clone()));
+        let _ = daemon.cluster.set(cluster);
+    }
     if let (Some(listen), Some(socket)) = (admin_listen, &admin_socket) {
         daemon.keep_admin_socket(listen, socket);
     }

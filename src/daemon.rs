@@ -131,6 +131,8 @@ pub struct Daemon {
     pub admin_tls: ArcSwapOption<rustls::ServerConfig>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// `[cluster]`, set once at start-up when configured.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     generation: AtomicU64,
     /// Held by a reload from its check to its last start or stop.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
@@ -173,6 +175,7 @@ impl Daemon {
             admin_tls: ArcSwapOption::empty(),
             shutdown,
             tasks,
+            cluster: std::sync::OnceLock::new(),
             generation: AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: Mutex::new(Vec::new()),

@@ -9,7 +9,7 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
-//!          acme, tls_client)
+//!          acme, tls_client, cluster)
 //!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules)
 //! ```
@@ -48,6 +48,9 @@
 //!   with its key path and line.
 //! - [`metrics`]: every metric name, its description and buckets.
 //! - [`proxy_protocol`]: the PROXY protocol codec (proxy and health).
+//! - [`cluster`]: `[cluster]`: overrides shared through etcd (the
+//!   [`overrides::OverrideStore`] of a node in a cluster), watched, and
+//!   kept in the state directory for when etcd is out of reach.
 //! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
 //!   the state file that keeps them across restarts.
 //! - [`takeover`]: handing the listening sockets to a new process
@@ -106,6 +109,7 @@ pub mod admission;
 pub mod alloc_stats;
 pub mod app;
 pub mod balance;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -514,6 +514,13 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// `t` as `2026-11-30T19:00:22.123456Z`.
+pub(crate) fn rfc3339_utc(t: SystemTime) -> String {
+    let mut out = String::new();
+    rfc3339(&mut out, t);
+    out
+}
+
 /// `now` as `2026-11-30T19:00:22.123456Z`.
 fn rfc3339(out: &mut String, now: SystemTime) {
     let since = now

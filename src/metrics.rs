@@ -73,6 +73,14 @@ pub const OVERRIDES: &str = "geolb_overrides_total";
 /// 1 per override in force, by `kind`, `target`, `pool` and `state`.
 pub const OVERRIDE_ACTIVE: &str = "geolb_override_active";
 pub const CONFIG_RELOADS: &str = "geolb_config_reloads_total";
+/// 1 while the `[cluster]` watch on etcd is live, else 0.
+pub const CLUSTER_CONNECTED: &str = "geolb_cluster_connected";
+/// Unix time this node last knew itself in step with etcd.
+pub const CLUSTER_LAST_SYNC: &str = "geolb_cluster_last_sync_timestamp_seconds";
+/// The etcd revision the node's overrides reflect.
+pub const CLUSTER_REVISION: &str = "geolb_cluster_revision";
+/// Changes under the prefix received by the watch (each key once).
+pub const CLUSTER_WATCH_EVENTS: &str = "geolb_cluster_watch_events_total";
 pub const BUILD_INFO: &str = "geolb_build_info";
 /// `geolb_dns_queries_total{qtype, rcode}`
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
@@ -215,6 +223,23 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONFIG_RELOADS,
         "Configuration reloads, by result (success or failure)."
+    );
+    describe_gauge!(
+        CLUSTER_CONNECTED,
+        "1 while the [cluster] watch on etcd is live; 0 while the node serves with the last state it saw."
+    );
+    describe_gauge!(
+        CLUSTER_LAST_SYNC,
+        metrics::Unit::Seconds,
+        "Unix time this node last knew its overrides in step with etcd (0: never)."
+    );
+    describe_gauge!(
+        CLUSTER_REVISION,
+        "The etcd revision this node's overrides reflect."
+    );
+    describe_counter!(
+        CLUSTER_WATCH_EVENTS,
+        "Changes under the [cluster] prefix received by the etcd watch."
     );
     describe_counter!(
         OVERRIDES,

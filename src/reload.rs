@@ -350,8 +350,16 @@ pub fn apply(
     } = checked;
     let config = Arc::new(config);
     // A reload may move the state directory: later changes are kept there.
-    let store = FileStore::new(&config.runtime.state_dir);
-    daemon.registry.overrides.set_store(Arc::new(store));
+    // A cluster's store stays: [cluster] is read at start-up only.
+    if !daemon.registry.overrides.shared() {
+        let store = FileStore::new(&config.runtime.state_dir);
+        daemon.registry.overrides.set_store(Arc::new(store));
+    }
+    if daemon.generation() > 0 && old.config.cluster != config.cluster {
+        tracing::warn!(
+            "config: [cluster] changed: it is read at start-up only, the one in force stays until a restart"
+        );
+    }
     let new = state::compile(
         config.clone(),
         upstreams,

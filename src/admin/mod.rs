@@ -31,8 +31,9 @@ pub use exposition::render_routes;
 use crate::accept::accept_loop;
 use crate::daemon::{BoundListener, Daemon};
 use crate::metrics;
-use crate::overrides::{Override, Target};
+use crate::overrides::{Override, Stamp, StoreError, Target};
 use crate::reload;
+use crate::state::OverrideScope;
 
 /// How long a client of an HTTPS admin listener has for its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -242,6 +243,14 @@ async fn set_override(
     // Saving writes and syncs a file: off the async workers.
     let (overrides, to_set) = (daemon.registry.overrides.clone(), target.clone());
     let saved = tokio::task::spawn_blocking(move || overrides.set(&to_set, state)).await;
+    if let Ok(Err(StoreError::NotApplied(why))) = &saved {
+        tracing::error!(%target, state = state.as_str(), by = %peer, error = %why, "runtime override refused");
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            format!("{target}: not set: {why}\n"),
+        );
+    }
     tracing::warn!(%target, state = state.as_str(), by = %peer, "runtime override set");
     ::metrics::counter!(metrics::OVERRIDES, "kind" => target.kind(), "state" => state.as_str())
         .increment(1);
@@ -268,6 +277,9 @@ struct Status {
     dns: DnsStatus,
     datacenters: Vec<DatacenterStatus>,
     pools: Vec<PoolStatus>,
+    /// `[cluster]`: the etcd watch; absent for a node alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 #[derive(Serialize)]
@@ -287,6 +299,9 @@ struct DatacenterStatus {
     /// Runtime override: auto, drain or down.
     #[serde(rename = "override")]
     runtime_override: &'static str,
+    /// Who set the override in force, and when.
+    #[serde(flatten)]
+    override_stamp: Option<OverrideStamp>,
     pools: Vec<String>,
     remote_check: Option<&'static str>,
     /// The remote check's last probe, as a backend's `last_check`.
@@ -342,6 +357,8 @@ struct BackendStatus {
     /// Where the override in force was set: `pool` or `all_pools`.
     #[serde(skip_serializing_if = "Option::is_none")]
     override_scope: Option<&'static str>,
+    #[serde(flatten)]
+    override_stamp: Option<OverrideStamp>,
     weight: u32,
     active: usize,
     /// Since start: responses from this backend, and failures (5xx,
@@ -362,6 +379,22 @@ struct BackendStatus {
     /// backend without a check.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_change: Option<f64>,
+}
+
+/// `override_by` and `override_at` beside an override in force.
+#[derive(Serialize)]
+struct OverrideStamp {
+    override_by: String,
+    override_at: String,
+}
+
+impl OverrideStamp {
+    fn of(stamp: Stamp) -> OverrideStamp {
+        OverrideStamp {
+            override_by: stamp.by,
+            override_at: stamp.at,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -415,6 +448,7 @@ fn status(daemon: &Daemon) -> Status {
         .chain(tcp.iter().map(|m| (m.pool(), route_status(m, "tcp"))))
         .collect();
     let first_for = page::first_choices(&snapshot, &dns);
+    let overrides = &daemon.registry.overrides;
     Status {
         pid: std::process::id(),
         config_generation: snapshot.generation,
@@ -432,6 +466,11 @@ fn status(daemon: &Daemon) -> Status {
                 drain: dc.drained(),
                 healthy: dc.healthy(),
                 runtime_override: dc.override_state().as_str(),
+                override_stamp: overrides
+                    .stamp(&Target::Datacenter {
+                        name: dc.config.name.clone(),
+                    })
+                    .map(OverrideStamp::of),
                 pools: dc.config.pools.clone(),
                 remote_check: dc.remote_check.as_ref().map(|h| h.state().as_str()),
                 remote_last_check: dc
@@ -480,6 +519,13 @@ fn status(daemon: &Daemon) -> Status {
                             drain: b.drained(),
                             runtime_override: runtime_override.as_str(),
                             override_scope: scope.map(|s| s.as_str()),
+                            override_stamp: scope
+                                .and_then(|s| {
+                                    let pool =
+                                        (s == OverrideScope::Pool).then(|| p.name.to_string());
+                                    overrides.stamp(&Target::Backend { addr: b.addr, pool })
+                                })
+                                .map(OverrideStamp::of),
                             weight: b.weight,
                             active: b.shared.active(),
                             requests,
@@ -494,5 +540,6 @@ fn status(daemon: &Daemon) -> Status {
                     .collect(),
             })
             .collect(),
+        cluster: daemon.cluster.get().map(|c| c.status()),
     }
 }

@@ -10,6 +10,7 @@
 
 mod acme;
 mod check;
+mod cluster;
 mod compress;
 mod datacenter;
 mod dns;
@@ -33,6 +34,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::DEFAULT_DIAL_TIMEOUT;
 pub use datacenter::warnings;
 pub use dns::read_tsig_secret;
 pub use error::{ConfigError, ConfigErrors};

@@ -21,6 +21,35 @@ pub struct Config {
     pub datacenters: Vec<DatacenterConfig>,
     pub pools: Vec<PoolConfig>,
     pub listeners: Vec<ListenerConfig>,
+    /// `[cluster]` (optional): overrides shared with other nodes through
+    /// etcd; absent, this node stands alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the etcd cluster and this node's place in it. Read at
+/// start-up only: a reload that changes it is told so and keeps the one
+/// running (the watch and the persisted state belong to one cluster).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// `etcd`: client URLs (`http://` or `https://`, scheme host and port).
+    pub etcd: Vec<String>,
+    /// `prefix` (optional, "/geolb/"): every key geolb reads or writes.
+    pub prefix: String,
+    /// `node`: this node's unique name, written as `by` of its overrides.
+    pub node: String,
+    /// `datacenter` (optional): the `[[datacenter]]` this node serves.
+    pub datacenter: Option<String>,
+    /// `ca` (optional): the CA that signed etcd's certificates (PEM).
+    pub ca: Option<PathBuf>,
+    /// `cert`, `key` (optional, together): a client certificate for etcd.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// `user`, `password_file` (optional, together): etcd authentication.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// `dial_timeout` (optional, "5s"): to connect, and to notice a
+    /// connection that stopped answering.
+    pub dial_timeout: Duration,
 }
 
 /// `[runtime]` (an extension of the contract; the whole section is optional).

@@ -59,6 +59,19 @@ pub fn check_files(config: &Config) -> Vec<ConfigError> {
             files.push((format!("admin.tls[{j}].key"), &tls.key));
         }
     }
+    if let Some(cluster) = &config.cluster {
+        let named = [
+            ("ca", &cluster.ca),
+            ("cert", &cluster.cert),
+            ("key", &cluster.key),
+            ("password_file", &cluster.password_file),
+        ];
+        for (key, file) in named {
+            if let Some(file) = file {
+                files.push((format!("cluster.{key}"), file));
+            }
+        }
+    }
     if let Some(db) = config.geoip.as_ref().and_then(|g| g.database.as_deref()) {
         files.push(("geoip.database".to_owned(), db));
     }
@@ -177,6 +190,7 @@ impl Ctx {
             let datacenter = t.field("datacenter");
             let pool = t.field("pool");
             let listener = t.field("listener");
+            let cluster = t.field("cluster");
             let runtime = runtime.and_then(|f| c.runtime(&f)).unwrap_or_default();
             let log = log.and_then(|f| c.log(&f)).unwrap_or_default();
             let admin = admin.and_then(|f| c.admin(&f));
@@ -193,6 +207,7 @@ impl Ctx {
             let listeners = listener
                 .map(|f| c.listeners(&f, &pools, &pool_names))
                 .unwrap_or_default();
+            let cluster = cluster.and_then(|f| c.cluster(&f, &dc_names));
             Config {
                 source: source.to_path_buf(),
                 runtime,
@@ -203,6 +218,7 @@ impl Ctx {
                 datacenters,
                 pools,
                 listeners,
+                cluster,
             }
         })
     }

@@ -54,6 +54,26 @@ fn reference_file_parses_with_its_meaning() {
     );
     assert_eq!(admin.socket, Some(PathBuf::from("/run/geolb/admin.sock")));
     assert_eq!(admin.socket_mode, 0o660);
+    let etc = |name: &str| Some(PathBuf::from("/etc/geolb").join(name));
+    assert_eq!(
+        config.cluster,
+        Some(ClusterConfig {
+            etcd: vec![
+                "https://10.0.0.1:2379".into(),
+                "https://10.0.0.2:2379".into(),
+                "https://10.0.0.3:2379".into(),
+            ],
+            prefix: "/geolb/".into(),
+            node: "eu-west-1".into(),
+            datacenter: Some("eu-west".into()),
+            ca: etc("etcd-ca.pem"),
+            cert: etc("etcd-client.pem"),
+            key: etc("etcd-client.key"),
+            user: Some("geolb".into()),
+            password_file: etc("etcd.password"),
+            dial_timeout: Duration::from_secs(5),
+        })
+    );
 
     let geoip = config.geoip.unwrap();
     assert_eq!(
@@ -346,6 +366,7 @@ fn an_empty_file_is_an_empty_config() {
             datacenters: vec![],
             pools: vec![],
             listeners: vec![],
+            cluster: None,
         }
     );
 }
@@ -1463,5 +1484,71 @@ fn admin_socket_modes_are_octal_strings() {
     assert!(
         admin.socket.unwrap().is_absolute(),
         "resolved against the config's directory"
+    );
+}
+
+#[test]
+fn the_contracts_cluster_keys_parse_as_sketched() {
+    // The contract's geolb.toml, [cluster] uncommented as it sketches it.
+    let config = parse(
+        r#"
+        [cluster]
+        etcd = ["http://127.0.0.1:2379", "http://127.0.0.1:22379", "http://127.0.0.1:32379"]
+        prefix = "/geolb/"          # (optional, "/geolb/") every key geolb writes or reads is under it
+        node = "eu-west-1"          # this node's unique name
+        datacenter = "eu-west"      # (optional) the [[datacenter]] this node serves
+        [[datacenter]]
+        name = "eu-west"
+        location = { lat = 53.35, lon = -6.26 }
+        addresses = ["198.51.100.10"]
+        always_up = true
+        "#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = config.cluster.unwrap();
+    assert_eq!(cluster.etcd.len(), 3);
+    assert_eq!(cluster.etcd[1], "http://127.0.0.1:22379");
+    assert_eq!(cluster.prefix, "/geolb/");
+    assert_eq!(cluster.node, "eu-west-1");
+    assert_eq!(cluster.datacenter.as_deref(), Some("eu-west"));
+    assert_eq!(cluster.dial_timeout, crate::config::DEFAULT_DIAL_TIMEOUT);
+}
+
+#[test]
+fn cluster_errors_name_their_keys() {
+    let text = "[cluster]\n\
+                etcd = [\"http://127.0.0.1:2379/v3\", \"https://127.0.0.1:2380\", \"ftp://x\"]\n\
+                prefix = \"geolb\"\n\
+                node = \"a b\"\n\
+                datacenter = \"nowhere\"\n\
+                cert = \"c.pem\"\n\
+                user = \"root\"\n\
+                dial_timeout = \"0s\"\n";
+    let shown: Vec<String> = errors(text).iter().map(|e| e.to_string()).collect();
+    let expect = [
+        ("line 2: cluster.etcd[0]", "no path"),
+        ("line 2: cluster.etcd[2]", "http:// or https://"),
+        ("line 3: cluster.prefix", "starting and ending with '/'"),
+        ("line 4: cluster.node", ""),
+        ("line 5: cluster.datacenter", "no [[datacenter]] is defined"),
+        ("line 6: cluster.cert", "add key"),
+        ("line 7: cluster.user", "add password_file"),
+        ("line 8: cluster.dial_timeout", "longer than 0"),
+    ];
+    for (at, says) in expect {
+        assert!(
+            shown.iter().any(|e| e.starts_with(at) && e.contains(says)),
+            "no {at:?} saying {says:?} in {shown:#?}"
+        );
+    }
+    let mixed = errors("[cluster]\netcd = [\"http://a:1\", \"https://b:2\"]\nnode = \"n\"\n");
+    assert!(
+        mixed[0].to_string().contains("mixes http:// and https://"),
+        "{mixed:?}"
+    );
+    let none = errors("[cluster]\netcd = []\nnode = \"n\"\n");
+    assert!(
+        none[0].to_string().contains("at least one etcd endpoint"),
+        "{none:?}"
     );
 }

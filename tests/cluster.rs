@@ -1,0 +1,592 @@
+//! `[cluster]` against a real etcd (Debian `etcd-server`, `/usr/bin/etcd`)
+//! that each test starts on free loopback ports with a data directory of
+//! its own: overrides given to one node change another node's answers;
+//! with etcd out of reach every node keeps serving with the last state,
+//! also across a restart; changes made while a node was cut off arrive
+//! once it is back, each exactly once. Without the `etcd` binary these
+//! tests say SKIPPED, unless GEOLB_REQUIRE_ETCD is set (CI).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Geolb, dns_a_from, eventually, geolb_command, metric_value, request};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const NAME: &str = "api.mysite.com";
+const ONE: &str = "192.0.2.1";
+const TWO: &str = "192.0.2.2";
+
+/// The etcd binary, or None (the test then skips) unless it is required.
+fn etcd_binary() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("GEOLB_REQUIRE_ETCD").is_none(),
+            "GEOLB_REQUIRE_ETCD is set but etcd is not installed (apt-get install etcd-server)"
+        );
+        eprintln!("SKIPPED: etcd is not installed (Debian: apt-get install etcd-server)");
+    }
+    found
+}
+
+/// A loopback port free a moment ago (bound, read, released): etcd takes
+/// its ports on its command line.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One etcd member, its own process; stopped by PID when dropped.
+struct Member {
+    binary: PathBuf,
+    name: String,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+    cluster: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} runs already", self.name);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &self.url()])
+            .args(["--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-token", "geolb-test"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: as a crash or a power cut, the worst case for clients.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An etcd cluster of `n` members in a temporary directory.
+struct Etcd {
+    members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    async fn start(n: usize) -> Option<Etcd> {
+        let binary = etcd_binary()?;
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Member> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| Member {
+                binary: binary.clone(),
+                name: format!("m{i}"),
+                dir: dir.path().join(format!("m{i}")),
+                client,
+                peer,
+                cluster: cluster.clone(),
+                child: None,
+            })
+            .collect();
+        for m in &mut members {
+            m.start();
+        }
+        let etcd = Etcd { members, _dir: dir };
+        etcd.wait_ready().await;
+        Some(etcd)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.members.iter().map(Member::url).collect()
+    }
+
+    /// Until a write through every member's client URL goes through.
+    async fn wait_ready(&self) {
+        for url in self.urls() {
+            eventually(&format!("etcd at {url} takes writes"), LIMIT, || {
+                let url = url.clone();
+                async move {
+                    let put = async {
+                        let mut c = etcd_client::Client::connect([url], None).await.ok()?;
+                        c.put("/ready", "1", None).await.ok()
+                    };
+                    tokio::time::timeout(Duration::from_secs(2), put)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some()
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect(self.urls(), None)
+            .await
+            .expect("etcd client")
+    }
+}
+
+/// A TCP relay in front of etcd for one node, which a test can cut (every
+/// connection closed, new ones closed at once) and restore: that node
+/// alone loses etcd while the others keep it.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<JoinSet<()>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(JoinSet::new()));
+        let (is_cut, conns) = (cut.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                conns.lock().unwrap().spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            cut,
+            open,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.open.lock().unwrap().abort_all();
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A node with DNS for one geo name over two always-up data centers, `one`
+/// first (the test clients have no known location: config order).
+fn node_config(node: &str, etcd: &[String]) -> String {
+    let endpoints: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\netcd = [{}]\nnode = \"{node}\"\ndatacenter = \"one\"\ndial_timeout = \"1s\"\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[dns.zone]]\norigin = \"mysite.com\"\n\
+         soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+         ns = [\"ns1.mysite.com.\"]\n\
+         [[dns.geo]]\nname = \"{NAME}\"\n\
+         [[datacenter]]\nname = \"one\"\nlocation = {{ lat = 0, lon = 0 }}\naddresses = [\"{ONE}\"]\nalways_up = true\n\
+         [[datacenter]]\nname = \"two\"\nlocation = {{ lat = 0, lon = 1 }}\naddresses = [\"{TWO}\"]\nalways_up = true\n",
+        endpoints.join(", ")
+    )
+}
+
+async fn answer(node: &Geolb) -> Vec<String> {
+    let dns: SocketAddr = node.status().await["dns"]["udp"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    dns_a_from(dns, "127.0.0.1", NAME, Some("127.0.0.9")).await
+}
+
+async fn answers(node: &Geolb, want: &str, what: &str) {
+    eventually(&format!("{what}: answer {want}"), LIMIT, || async {
+        answer(node).await == [want]
+    })
+    .await;
+}
+
+async fn post(node: &Geolb, path: &str) -> (u16, String) {
+    let (code, _, body) = request(node.admin, "POST", path, &[], Bytes::new())
+        .await
+        .unwrap();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn gauge(node: &Geolb, series: &str) -> f64 {
+    metric_value(&node.metrics().await, series).unwrap_or(-1.0)
+}
+
+async fn connected(node: &Geolb, want: bool, what: &str) {
+    let want = if want { 1.0 } else { 0.0 };
+    eventually(
+        &format!("{what}: geolb_cluster_connected {want}"),
+        LIMIT,
+        || async { gauge(node, "geolb_cluster_connected").await == want },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_drain_given_to_one_node_moves_every_nodes_answers() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let b = Geolb::start(&node_config("node-b", &etcd.urls())).await;
+    connected(&a, true, "a").await;
+    connected(&b, true, "b").await;
+    assert_eq!(answer(&b).await, [ONE]);
+
+    let asked = std::time::Instant::now();
+    let (code, body) = post(&a, "/datacenters/one/drain").await;
+    assert_eq!((code, body.as_str()), (200, "data center one: drain\n"));
+    assert_eq!(answer(&a).await, [TWO], "acts on the node given it at once");
+    answers(&b, TWO, "b follows a's drain").await;
+    eprintln!(
+        "measured: POST drain on a to b answering otherwise: {:?}",
+        asked.elapsed()
+    );
+    let status = b.status().await;
+    let one = &status["datacenters"][0];
+    assert_eq!(one["override"], "drain");
+    assert_eq!(one["override_by"], "node-a");
+    assert!(one["override_at"].as_str().unwrap().ends_with('Z'), "{one}");
+    let cluster = &status["cluster"];
+    assert_eq!(cluster["node"], "node-b");
+    assert_eq!(cluster["connected"], true);
+    assert!(cluster["revision"].as_i64().unwrap() > 0, "{cluster}");
+    assert_eq!(cluster["endpoints"][0], etcd.urls()[0].as_str());
+
+    // The key layout the README gives, as another tool would read it.
+    let mut client = etcd.client().await;
+    let got = client
+        .get("/geolb/overrides/datacenter/one", None)
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    assert_eq!(value["state"], "drain");
+    assert_eq!(value["by"], "node-a");
+
+    // The CLI is unchanged: `geolb override` on b undoes it everywhere.
+    let admin = b.admin.to_string();
+    let (ok, out, err) =
+        geolb_command(&["override", "datacenter", "one", "auto", "--admin", &admin]).await;
+    assert!(ok, "{out}{err}");
+    answers(&a, ONE, "a follows b's auto").await;
+    assert_eq!(answer(&b).await, [ONE]);
+    assert!(
+        client
+            .get("/geolb/overrides/datacenter/one", None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty(),
+        "auto deletes the key"
+    );
+    assert_eq!(a.status().await["datacenters"][0].get("override_by"), None);
+    assert!(
+        gauge(&b, "geolb_cluster_watch_events_total").await >= 2.0,
+        "the drain and the auto came through b's watch"
+    );
+    let (code, _) = post(&a, "/datacenters/nowhere/drain").await;
+    assert_eq!(code, 404, "only what the running config has reaches etcd");
+
+    // [cluster] is read at start-up only: a reload that changes it says so
+    // and keeps the running one.
+    b.write_config(&node_config("node-c", &etcd.urls()))
+        .unwrap();
+    let (code, _, _) = request(b.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(b.log().contains("[cluster] changed"), "{}", b.log());
+    assert_eq!(b.status().await["cluster"]["node"], "node-b");
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_etcd_catches_up_each_change_exactly_once() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let relay = Relay::start(etcd.members[0].client).await;
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let b = Geolb::start(&node_config("node-b", &[relay.url()])).await;
+    connected(&a, true, "a").await;
+    connected(&b, true, "b").await;
+    assert_eq!(post(&a, "/datacenters/one/drain").await.0, 200);
+    answers(&b, TWO, "b follows a").await;
+
+    let cut = std::time::Instant::now();
+    relay.cut();
+    connected(&b, false, "b cut off").await;
+    eprintln!(
+        "measured: connection cut to geolb_cluster_connected 0: {:?}",
+        cut.elapsed()
+    );
+    assert_eq!(answer(&b).await, [TWO], "b serves with the last state");
+    let events = gauge(&b, "geolb_cluster_watch_events_total").await;
+    let seen = b.status().await["cluster"]["revision"].as_i64().unwrap();
+    // Two changes b misses while cut off: its answer must end where they
+    // lead, each applied once.
+    assert_eq!(post(&a, "/datacenters/two/down").await.0, 200);
+    assert_eq!(post(&a, "/datacenters/one/auto").await.0, 200);
+    assert_eq!(answer(&a).await, [ONE]);
+    assert_eq!(answer(&b).await, [TWO], "b has not seen them");
+    // A write on the cut-off node is refused, not made alone.
+    let (code, body) = post(&b, "/datacenters/two/auto").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not set") && body.contains("etcd"), "{body}");
+    assert_eq!(b.status().await["datacenters"][1]["override"], "auto");
+
+    let restored = std::time::Instant::now();
+    relay.restore();
+    connected(&b, true, "b back").await;
+    answers(&b, ONE, "b caught up").await;
+    eprintln!(
+        "measured: connection restored to b caught up: {:?}",
+        restored.elapsed()
+    );
+    let status = b.status().await;
+    assert_eq!(status["datacenters"][1]["override"], "down");
+    assert_eq!(status["datacenters"][1]["override_by"], "node-a");
+    assert_eq!(
+        gauge(&b, "geolb_cluster_watch_events_total").await,
+        events + 2.0,
+        "the two missed changes, each once"
+    );
+    assert_eq!(
+        gauge(
+            &b,
+            "geolb_overrides_total{kind=\"datacenter\",state=\"down\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        status["cluster"]["revision"],
+        a.status().await["cluster"]["revision"]
+    );
+    let log = b.log();
+    assert!(log.contains("lost etcd"), "{log}");
+    assert!(
+        log.contains(&format!("from={}", seen + 1)),
+        "the watch resumed after the last revision seen ({seen}):\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn with_etcd_down_nodes_serve_the_last_state_also_after_a_restart() {
+    let Some(mut etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let states = tempfile::tempdir().unwrap();
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let mut b = Geolb::start_with_state(
+        &node_config("node-b", &etcd.urls()),
+        Some(&states.path().join("b")),
+    )
+    .await;
+    connected(&b, true, "b").await;
+    assert_eq!(post(&a, "/datacenters/one/down").await.0, 200);
+    answers(&b, TWO, "b follows a").await;
+
+    let stopped = std::time::Instant::now();
+    etcd.members[0].stop();
+    connected(&a, false, "a without etcd").await;
+    eprintln!(
+        "measured: etcd killed to geolb_cluster_connected 0: {:?}",
+        stopped.elapsed()
+    );
+    connected(&b, false, "b without etcd").await;
+    assert_eq!(answer(&a).await, [TWO]);
+    assert_eq!(answer(&b).await, [TWO]);
+    let (code, body) = post(&a, "/datacenters/one/auto").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(answer(&a).await, [TWO], "a refused change is not made");
+
+    // b restarts during the outage: it starts with the state it kept.
+    b.signal("TERM");
+    assert!(b.wait_exit(LIMIT).await.success());
+    let b = Geolb::start_with_state(
+        &node_config("node-b", &etcd.urls()),
+        Some(&states.path().join("b")),
+    )
+    .await;
+    assert_eq!(
+        answer(&b).await,
+        [TWO],
+        "the kept state serves from the start"
+    );
+    let status = b.status().await;
+    assert_eq!(status["datacenters"][0]["override"], "down");
+    assert_eq!(status["datacenters"][0]["override_by"], "node-a");
+    assert_eq!(status["cluster"]["connected"], false);
+    assert!(status["cluster"]["revision"].as_i64().unwrap() > 0);
+    assert!(b.log().contains("cannot reach etcd"), "{}", b.log());
+
+    // etcd back: both reconnect and take the next change.
+    etcd.members[0].start();
+    etcd.wait_ready().await;
+    connected(&a, true, "a reconnects").await;
+    connected(&b, true, "b reconnects").await;
+    assert_eq!(post(&b, "/datacenters/one/auto").await.0, 200);
+    answers(&a, ONE, "a follows b after the outage").await;
+}
+
+#[tokio::test]
+async fn three_members_one_may_go_without_quorum_nodes_keep_the_last_state() {
+    let Some(mut etcd) = Etcd::start(3).await else {
+        return;
+    };
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let b = Geolb::start(&node_config("node-b", &etcd.urls())).await;
+    connected(&a, true, "a").await;
+    connected(&b, true, "b").await;
+
+    // One member of three gone: the quorum holds, changes go on.
+    etcd.members[0].stop();
+    // Within an election when the leader was the one stopped: a write may
+    // be refused until then, never made on one node alone.
+    eventually("a write with two members of three", LIMIT, || async {
+        let (code, body) = post(&a, "/datacenters/one/drain").await;
+        assert!(code == 200 || code == 503, "{code} {body}");
+        if code == 503 {
+            eprintln!("refused meanwhile: {body}");
+            assert_eq!(answer(&a).await, [ONE], "a refused write is not made");
+        }
+        code == 200
+    })
+    .await;
+    answers(&b, TWO, "b follows a with two members of three").await;
+    connected(&b, true, "b with two members").await;
+
+    // Two gone: the last member has no leader, so it is no source of
+    // truth; nodes say so and serve what they had.
+    etcd.members[1].stop();
+    connected(&a, false, "a without quorum").await;
+    connected(&b, false, "b without quorum").await;
+    assert_eq!(answer(&a).await, [TWO]);
+    assert_eq!(answer(&b).await, [TWO]);
+    let (code, body) = post(&b, "/datacenters/one/auto").await;
+    assert_eq!(code, 503, "no quorum, no write: {body}");
+
+    // A member back: quorum again, and the nodes with it.
+    etcd.members[1].start();
+    connected(&a, true, "a with quorum back").await;
+    connected(&b, true, "b with quorum back").await;
+    let (code, body) = post(&b, "/datacenters/one/auto").await;
+    assert_eq!(code, 200, "{body}");
+    answers(&a, ONE, "a follows b once the quorum is back").await;
+}
+
+#[tokio::test]
+async fn a_node_back_after_a_compaction_reads_everything_and_applies_the_difference() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let relay = Relay::start(etcd.members[0].client).await;
+    let a = Geolb::start(&node_config("node-a", &etcd.urls())).await;
+    let b = Geolb::start(&node_config("node-b", &[relay.url()])).await;
+    connected(&b, true, "b").await;
+    assert_eq!(post(&a, "/datacenters/one/down").await.0, 200);
+    answers(&b, TWO, "b follows a").await;
+
+    relay.cut();
+    connected(&b, false, "b cut off").await;
+    assert_eq!(post(&a, "/datacenters/one/auto").await.0, 200);
+    assert_eq!(post(&a, "/datacenters/two/drain").await.0, 200);
+    // etcd forgets the history b would resume from.
+    let mut client = etcd.client().await;
+    let now = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(now, None).await.unwrap();
+
+    relay.restore();
+    connected(&b, true, "b back").await;
+    answers(&b, ONE, "b read everything again").await;
+    let status = b.status().await;
+    assert_eq!(status["datacenters"][0]["override"], "auto");
+    assert_eq!(status["datacenters"][1]["override"], "drain");
+    assert_eq!(status["datacenters"][1]["override_by"], "node-a");
+    let log = b.log();
+    assert!(
+        log.contains("compacted past the last revision seen"),
+        "{log}"
+    );
+    let metrics = b.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "geolb_overrides_total{kind=\"datacenter\",state=\"drain\"}"
+        ),
+        Some(1.0),
+        "the difference applied once"
+    );
+}
