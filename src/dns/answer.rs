@@ -530,7 +530,9 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
 }
 
 /// Ranks the candidates of geo name `index` for `client`: the ranking and
-/// the ECS scope to return (None without ECS).
+/// the ECS scope to return (None without ECS). The scope covers what
+/// decided: the location's network, a CIDR map entry's, and the hashed
+/// client network when a split, spill-over or weight used it.
 pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking, Option<u8>) {
     let (addr, scope_cap) = match client.ecs {
         Some(ecs) if ecs.source_prefix > 0 => (ecs.addr, Some(ecs.source_prefix)),
@@ -540,16 +542,45 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking,
         None => (client.src, None),
     };
     let location: Location = data.locator.position(addr);
-    let scope = scope_cap.map(|cap| location.prefix_len.min(cap));
+    decide_at(data, index, addr, scope_cap, &location, |i| data.state(i))
+}
+
+/// [`decide`] for a client at `addr`, placed at `location`, asking for
+/// scope at most `scope_cap`, with the data centers' states from `state`.
+pub(super) fn decide_at(
+    data: &DnsData,
+    index: usize,
+    addr: IpAddr,
+    scope_cap: Option<u8>,
+    location: &Location,
+    state: impl Fn(usize) -> geo::DcState,
+) -> (Ranking, Option<u8>) {
     let geo = &data.compiled.geo[index];
-    let ranking = geo::rank(
-        &geo.candidates,
-        &data.compiled.datacenters,
-        location.coords,
-        geo.answers,
-        |i| data.state(i),
-    );
-    (ranking, scope)
+    let dcs = &data.compiled.datacenters;
+    let mut decided = location.prefix_len;
+    let candidates = match geo.maps.has_cidrs() {
+        false => geo::candidate_order(geo, dcs, location),
+        true => match geo.maps.by_cidr(addr) {
+            (Some(entry), bits) => {
+                decided = decided.max(bits);
+                geo::candidates_for(geo, dcs, location.coords, Some(entry))
+            }
+            (None, bits) => {
+                decided = decided.max(bits);
+                geo::candidate_order(geo, dcs, location)
+            }
+        },
+    };
+    let hashed = geo
+        .hashes
+        .then(|| geo::client_hash(addr, scope_cap, geo.salt));
+    let ranking = geo::rank(geo, dcs, candidates, hashed.map(|h| h.0), state);
+    if let Some((_, bits)) = hashed
+        && ranking.hashed(dcs)
+    {
+        decided = decided.max(bits);
+    }
+    (ranking, scope_cap.map(|cap| decided.min(cap)))
 }
 
 fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {
@@ -559,12 +590,12 @@ fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordTyp
     let record = |rdata: RData| Record::from_rdata(geo.name.clone(), geo.ttl, rdata);
     let v4 = || {
         chosen()
-            .flat_map(|dc| dc.v4.iter())
+            .flat_map(|dc| dc.v4_for(ranking.hash))
             .map(|a| record(RData::A(A(*a))))
     };
     let v6 = || {
         chosen()
-            .flat_map(|dc| dc.v6.iter())
+            .flat_map(|dc| dc.v6_for(ranking.hash))
             .map(|a| record(RData::AAAA(AAAA(*a))))
     };
     match qtype {

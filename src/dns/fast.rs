@@ -319,14 +319,14 @@ pub(super) fn answer(
                 let (v4, v6) = match query.qtype {
                     TYPE_A => (
                         chosen()
-                            .flat_map(|dc| dc.v4.iter().map(|a| (g.ttl, *a)))
+                            .flat_map(|dc| dc.v4_for(ranking.hash).iter().map(|a| (g.ttl, *a)))
                             .collect(),
                         SmallAddrs::new(),
                     ),
                     _ => (
                         SmallAddrs::new(),
                         chosen()
-                            .flat_map(|dc| dc.v6.iter().map(|a| (g.ttl, *a)))
+                            .flat_map(|dc| dc.v6_for(ranking.hash).iter().map(|a| (g.ttl, *a)))
                             .collect(),
                     ),
                 };
