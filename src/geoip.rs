@@ -248,6 +248,7 @@ impl GeoDb {
     }
 
     /// `ip` is looked up as given (callers unmap IPv4-mapped addresses).
+    #[inline]
     fn lookup(&self, ip: IpAddr, names: bool) -> DbAnswer {
         let whole = |ip: IpAddr| match ip {
             IpAddr::V4(_) => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),

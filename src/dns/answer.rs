@@ -547,6 +547,7 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking,
 
 /// [`decide`] for a client at `addr`, placed at `location`, asking for
 /// scope at most `scope_cap`, with the data centers' states from `state`.
+#[inline]
 pub(super) fn decide_at(
     data: &DnsData,
     index: usize,
@@ -557,6 +558,10 @@ pub(super) fn decide_at(
 ) -> (Ranking, Option<u8>) {
     let geo = &data.compiled.geo[index];
     let dcs = &data.compiled.datacenters;
+    if geo.maps.entries.is_empty() && !geo.hashes {
+        let ranking = geo::rank_nearest(geo, dcs, location.coords, state);
+        return (ranking, scope_cap.map(|cap| location.prefix_len.min(cap)));
+    }
     let mut decided = location.prefix_len;
     let candidates = match geo.maps.has_cidrs() {
         false => geo::candidate_order(geo, dcs, location),
