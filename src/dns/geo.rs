@@ -439,12 +439,21 @@ fn sort_nearest(order: &mut [usize], dcs: &[Datacenter], coords: Option<LatLon>)
     let Some(c) = coords.filter(|_| order.len() > 1) else {
         return;
     };
-    let mut distance: SmallVec<[f64; 8]> = order
-        .iter()
-        .map(|&i| haversine_km(c, dcs[i].location))
-        .collect();
-    // Insertion sort, on both at once: a handful of candidates, and the
-    // answering path's cost (a sort by key would copy pairs twice).
+    // On the stack for the usual handful of candidates: the answering
+    // path's cost.
+    let (mut stack, mut heap) = ([0f64; 8], Vec::new());
+    let distance: &mut [f64] = match order.len() {
+        n if n <= stack.len() => &mut stack[..n],
+        n => {
+            heap.resize(n, 0.0);
+            &mut heap
+        }
+    };
+    for (d, &i) in distance.iter_mut().zip(order.iter()) {
+        *d = haversine_km(c, dcs[i].location);
+    }
+    // Insertion sort, on both at once (a sort by key would copy pairs
+    // twice).
     for k in 1..order.len() {
         let mut j = k;
         while j > 0 && distance[j - 1].total_cmp(&distance[j]).is_gt() {
@@ -1037,5 +1046,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn more_candidates_than_the_stack_holds_sort_alike() {
+        let dcs: Vec<Datacenter> = (0..12).map(|i| dc("x", 0.0, f64::from(i) * 10.0)).collect();
+        let mut order: Vec<usize> = (0..12).rev().collect();
+        sort_nearest(&mut order, &dcs, Some(LatLon { lat: 0.0, lon: 0.0 }));
+        assert_eq!(order, (0..12).collect::<Vec<_>>());
     }
 }
