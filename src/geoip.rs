@@ -80,9 +80,9 @@ pub struct GeoDb {
     reader: maxminddb::Reader<Vec<u8>>,
     /// A record that fails to decode is logged once, not per query.
     decode_failure_logged: AtomicBool,
-    /// Coordinates by record (data-section offset): a City record is
-    /// mostly names to skip, and few records serve most clients.
-    positions: Mutex<HashMap<usize, Option<LatLon>, foldhash::fast::FixedState>>,
+    /// Coordinates and region by record (data-section offset): a City
+    /// record is mostly names to skip, and few records serve most clients.
+    positions: Mutex<HashMap<usize, (Option<LatLon>, Region), foldhash::fast::FixedState>>,
 }
 
 /// Records whose coordinates are kept; past this the cache starts over.
@@ -106,13 +106,21 @@ struct CityRecord<'a> {
     country: Option<Country<'a>>,
     #[serde(borrow, default)]
     continent: Option<Continent<'a>>,
+    #[serde(borrow, default)]
+    subdivisions: Option<Vec<Country<'a>>>,
     #[serde(default)]
     location: Option<Coordinates>,
 }
 
-/// [`CityRecord`] less the names.
+/// [`CityRecord`] less the names: what answering needs.
 #[derive(Deserialize)]
-struct PositionRecord {
+struct PositionRecord<'a> {
+    #[serde(borrow, default)]
+    country: Option<Country<'a>>,
+    #[serde(borrow, default)]
+    continent: Option<Continent<'a>>,
+    #[serde(borrow, default)]
+    subdivisions: Option<Vec<Country<'a>>>,
     #[serde(default)]
     location: Option<Coordinates>,
 }
@@ -159,6 +167,7 @@ struct DbAnswer {
 #[derive(Default)]
 struct Place {
     coords: Option<LatLon>,
+    region: Region,
     city: Option<String>,
     country: Option<String>,
     continent: Option<String>,
@@ -243,6 +252,7 @@ impl GeoDb {
     }
 
     /// `ip` is looked up as given (callers unmap IPv4-mapped addresses).
+    #[inline]
     fn lookup(&self, ip: IpAddr, names: bool) -> DbAnswer {
         let whole = |ip: IpAddr| match ip {
             IpAddr::V4(_) => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
@@ -267,8 +277,9 @@ impl GeoDb {
                 .map(|r| r.map(Place::from))
         } else {
             self.position(&result).map(|found| {
-                found.map(|coords| Place {
+                found.map(|(coords, region)| Place {
                     coords,
+                    region,
                     ..Place::default()
                 })
             })
@@ -293,12 +304,12 @@ impl GeoDb {
 }
 
 impl GeoDb {
-    /// The record's coordinates (`Some(None)`: a record without usable
-    /// ones), from the cache when it was seen before.
+    /// The record's coordinates (None: a record without usable ones) and
+    /// region, from the cache when it was seen before.
     fn position(
         &self,
         result: &maxminddb::LookupResult<'_, Vec<u8>>,
-    ) -> Result<Option<Option<LatLon>>, maxminddb::MaxMindDbError> {
+    ) -> Result<Option<(Option<LatLon>, Region)>, maxminddb::MaxMindDbError> {
         let Some(offset) = result.offset() else {
             return Ok(None);
         };
@@ -312,26 +323,34 @@ impl GeoDb {
         if let Some(coords) = cached(&self.positions) {
             return Ok(Some(coords));
         }
-        let Some(coords) = decode_position(result)? else {
+        let Some(found) = decode_position(result)? else {
             return Ok(None);
         };
         let mut positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
         if positions.len() >= POSITIONS_KEPT {
             positions.clear();
         }
-        positions.insert(offset, coords);
-        Ok(Some(coords))
+        positions.insert(offset, found);
+        Ok(Some(found))
     }
 }
 
-/// The record's coordinates (`Some(None)`: a record without usable ones),
-/// decoded: what queries (through the cache) and the scope trees read.
+/// The record's coordinates (None inside: a record without usable ones)
+/// and region codes, decoded: what queries (through the cache) and the
+/// scope trees read.
 fn decode_position(
     result: &maxminddb::LookupResult<'_, Vec<u8>>,
-) -> Result<Option<Option<LatLon>>, maxminddb::MaxMindDbError> {
-    Ok(result
-        .decode::<PositionRecord>()?
-        .map(|record| record.location.and_then(Coordinates::valid)))
+) -> Result<Option<(Option<LatLon>, Region)>, maxminddb::MaxMindDbError> {
+    Ok(result.decode::<PositionRecord<'_>>()?.map(|record| {
+        (
+            record.location.and_then(Coordinates::valid),
+            Region::of(
+                record.continent.and_then(|c| c.code),
+                record.country.and_then(|c| c.iso_code),
+                first_iso_code(record.subdivisions.as_deref()),
+            ),
+        )
+    }))
 }
 
 impl Coordinates {
@@ -345,10 +364,19 @@ impl Coordinates {
     }
 }
 
+fn first_iso_code<'a>(subdivisions: Option<&[Country<'a>]>) -> Option<&'a str> {
+    subdivisions?.first()?.iso_code
+}
+
 impl From<CityRecord<'_>> for Place {
     fn from(r: CityRecord<'_>) -> Place {
         Place {
             coords: r.location.and_then(Coordinates::valid),
+            region: Region::of(
+                r.continent.as_ref().and_then(|c| c.code),
+                r.country.as_ref().and_then(|c| c.iso_code),
+                first_iso_code(r.subdivisions.as_deref()),
+            ),
             city: r
                 .city
                 .and_then(|c| c.names)
@@ -380,10 +408,71 @@ impl LocationSource {
     }
 }
 
+/// The ISO codes of a place, what policy maps match on, kept inline so the
+/// answering path has them without an allocation: upper-case ASCII, zero
+/// bytes where unknown (and padding a shorter subdivision code).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Region {
+    /// AF AN AS EU NA OC SA.
+    pub continent: [u8; 2],
+    /// ISO 3166-1 alpha-2.
+    pub country: [u8; 2],
+    /// The part after the dash of the first (largest) subdivision's ISO
+    /// 3166-2 code: "WA" of US-WA. Up to 3 characters.
+    pub subdivision: [u8; 3],
+}
+
+impl Region {
+    /// From the database's strings; a code of another shape counts as
+    /// unknown (a policy map could never name it).
+    pub fn of(continent: Option<&str>, country: Option<&str>, subdivision: Option<&str>) -> Region {
+        Region {
+            continent: code(continent).unwrap_or_default(),
+            country: code(country).unwrap_or_default(),
+            subdivision: code(subdivision).unwrap_or_default(),
+        }
+    }
+
+    /// The code in `bytes`, less its padding.
+    fn text(bytes: &[u8]) -> Option<&str> {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        (end > 0).then(|| std::str::from_utf8(&bytes[..end]).unwrap_or(""))
+    }
+
+    pub fn continent(&self) -> Option<&str> {
+        Region::text(&self.continent)
+    }
+
+    pub fn country(&self) -> Option<&str> {
+        Region::text(&self.country)
+    }
+
+    /// The subdivision's code after the dash ("WA").
+    pub fn subdivision(&self) -> Option<&str> {
+        Region::text(&self.subdivision)
+    }
+}
+
+/// `s` in `N` bytes (zero-padded): 1 to N ASCII letters or digits,
+/// upper-cased; None otherwise.
+pub fn code<const N: usize>(s: Option<&str>) -> Option<[u8; N]> {
+    let s = s?;
+    if s.is_empty() || s.len() > N || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    out[..s.len()].copy_from_slice(s.as_bytes());
+    out.make_ascii_uppercase();
+    Some(out)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Location {
     /// None: unknown location (miss, or a record without coordinates).
     pub coords: Option<LatLon>,
+    /// Continent, country and subdivision codes, with or without the
+    /// place names: what policy maps match.
+    pub region: Region,
     /// The network that decided: the override's cidr, or the database's
     /// network (also on a miss: the empty part of the tree around the
     /// address). In the family the address was looked up in, so an
@@ -408,6 +497,7 @@ struct Override {
     location: LatLon,
     country: Option<String>,
     continent: Option<String>,
+    region: Region,
 }
 
 impl Override {
@@ -415,6 +505,7 @@ impl Override {
     fn location(&self, names: bool) -> Location {
         Location {
             coords: Some(self.location),
+            region: self.region,
             network: (self.cidr.addr, self.cidr.prefix),
             prefix_len: self.cidr.prefix,
             city: None,
@@ -436,6 +527,7 @@ impl Location {
         let place = answer.place.unwrap_or_default();
         Location {
             coords: place.coords,
+            region: place.region,
             network: answer.network,
             prefix_len: answer.network.1,
             city: place.city,
@@ -463,6 +555,7 @@ impl Locator {
                 location: n.location,
                 country: n.country.clone(),
                 continent: n.continent.clone(),
+                region: Region::of(n.continent.as_deref(), n.country.as_deref(), None),
             })
             .collect();
         overrides.sort_by_key(|o| std::cmp::Reverse(o.cidr.prefix));
@@ -578,7 +671,8 @@ fn unspecified_like(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn normalise(cidr: Cidr) -> Cidr {
+/// `cidr` with an IPv4-mapped IPv6 network written as the IPv4 one.
+pub(crate) fn normalise(cidr: Cidr) -> Cidr {
     match cidr.addr {
         IpAddr::V6(v6) if cidr.prefix >= 96 => match v6.to_ipv4_mapped() {
             Some(v4) => Cidr {
@@ -604,7 +698,7 @@ fn contains(cidr: Cidr, ip: IpAddr) -> bool {
 }
 
 /// Leading bits `a` and `b` (same family) share.
-fn common_prefix(a: IpAddr, b: IpAddr) -> u8 {
+pub(crate) fn common_prefix(a: IpAddr, b: IpAddr) -> u8 {
     let ((a, width), (b, _)) = (bits(a), bits(b));
     let same = (a ^ b).leading_zeros() - (128 - u32::from(width));
     same.min(width.into()) as u8
@@ -910,5 +1004,46 @@ mod tests {
             },
             ip("1.2.3.4")
         ));
+    }
+
+    #[test]
+    fn regions_come_with_and_without_names_and_from_overrides() {
+        let l = db_locator();
+        for (addr, continent, country, subdivision) in [
+            ("216.160.83.56", Some("NA"), Some("US"), Some("WA")),
+            ("81.2.69.160", Some("EU"), Some("GB"), Some("ENG")),
+            ("2.3.3.1", Some("EU"), None, None),
+            ("1.1.1.1", None, None, None),
+        ] {
+            for location in [
+                l.locate(ip(addr)),
+                l.position(ip(addr)),
+                l.position(ip(addr)),
+            ] {
+                let r = location.region;
+                assert_eq!(
+                    (r.continent(), r.country(), r.subdivision()),
+                    (continent, country, subdivision),
+                    "{addr}"
+                );
+            }
+        }
+        let network = GeoNetwork {
+            cidr: Cidr {
+                addr: ip("10.0.0.0"),
+                prefix: 8,
+            },
+            location: LatLon { lat: 1.0, lon: 2.0 },
+            country: Some("DE".into()),
+            continent: Some("EU".into()),
+        };
+        let l = Locator::new(None, &[network]);
+        let r = l.position(ip("10.1.2.3")).region;
+        assert_eq!(
+            (r.continent(), r.country(), r.subdivision()),
+            (Some("EU"), Some("DE"), None)
+        );
+        assert_eq!(code::<2>(Some("toolong")), None);
+        assert_eq!(code::<3>(Some("en")), Some(*b"EN\0"));
     }
 }

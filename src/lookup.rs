@@ -85,7 +85,7 @@ pub async fn run(
             Some(i) => vec![i],
             None => {
                 let all: Vec<String> = (0..data.geo_count())
-                    .map(|i| data.explain(i, &location, &|_| None).name)
+                    .map(|i| data.explain(i, ip, &location, &|_| None).name)
                     .collect();
                 let _ = writeln!(
                     out,
@@ -105,7 +105,7 @@ pub async fn run(
         let _ = writeln!(out, "\nno [[dns.geo]] names are configured");
     }
     for i in indexes {
-        let e = data.explain(i, &location, &state_of);
+        let e = data.explain(i, ip, &location, &state_of);
         let _ = writeln!(
             out,
             "\n{} (ttl {}s, {} answer{})",
@@ -114,6 +114,23 @@ pub async fn run(
             e.answers,
             if e.answers == 1 { "" } else { "s" }
         );
+        if let Some(map) = &e.map {
+            let _ = writeln!(out, "  map:        {map}");
+        }
+        if !e.excluded.is_empty() {
+            let _ = writeln!(
+                out,
+                "  excluded:   {} (kept from this region by the map)",
+                e.excluded.join(", ")
+            );
+        }
+        if let Some((shares, picked)) = &e.split {
+            let _ = writeln!(
+                out,
+                "  split:      {}; this client network starts at {picked}",
+                shares_text(shares, "weight")
+            );
+        }
         let _ = writeln!(out, "  #  {:<18} {:>10}  state", "data center", "distance");
         for (rank, c) in e.candidates.iter().enumerate() {
             let distance = c
@@ -132,10 +149,15 @@ pub async fn run(
             };
             let _ = writeln!(
                 out,
-                "  {:<2} {:<18} {:>10}  {state}{}",
+                "  {:<2} {:<18} {:>10}  {state}{}{}",
                 rank + 1,
                 c.name,
                 distance,
+                if c.outside {
+                    "  (outside the region: only if none inside is available)"
+                } else {
+                    ""
+                },
                 if c.chosen { "  <- answer" } else { "" }
             );
         }
@@ -155,6 +177,29 @@ pub async fn run(
                 );
             }
         }
+        if e.outside {
+            let _ = writeln!(
+                out,
+                "  nothing inside the region is available: answered from outside it \
+                 (failover_outside = true)"
+            );
+        }
+        if let Some((failed, shares, landed)) = &e.spill {
+            let _ = writeln!(
+                out,
+                "  spill-over: {failed} is not available; its clients spread over {}; \
+                 this client network lands on {landed}",
+                shares_text(shares, "capacity")
+            );
+        }
+        for pick in &e.picks {
+            let _ = writeln!(out, "  weighted:   {pick}");
+        }
+        let _ = writeln!(
+            out,
+            "  ECS scope:  /{} for this name (the answer holds for that network)",
+            e.scope
+        );
         let list = |v: &[IpAddr]| {
             if v.is_empty() {
                 "none (NOERROR, no answers)".to_owned()
@@ -183,6 +228,22 @@ pub async fn run(
         );
     }
     Ok(out)
+}
+
+/// "eu-west 70 (70%), eu-canary 30 (30%)".
+fn shares_text(shares: &[(String, u32)], what: &str) -> String {
+    let total: u64 = shares.iter().map(|(_, w)| u64::from(*w)).sum();
+    shares
+        .iter()
+        .map(|(name, w)| {
+            let percent = match total {
+                0 => 100.0 / shares.len() as f64,
+                t => 100.0 * f64::from(*w) / t as f64,
+            };
+            format!("{name} ({what} {w}, {percent:.0}%)")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn client_section(out: &mut String, ip: IpAddr, l: &Location, data: &dns::DnsData) {

@@ -104,7 +104,7 @@ pub(super) fn first_choices(snapshot: &Snapshot, dns: &DnsData) -> Vec<(String, 
             None => format!("{}/{}", network.cidr.addr, network.cidr.prefix),
         };
         for geo in 0..dns.geo_count() {
-            let explained = dns.explain(geo, &location, &state);
+            let explained = dns.explain(geo, network.cidr.addr, &location, &state);
             if let Some(first) = explained.candidates.iter().find(|c| c.chosen) {
                 let name = explained.name.trim_end_matches('.').to_owned();
                 out.push((shown.clone(), name, first.name.clone()));

@@ -8,6 +8,7 @@ use super::error::ConfigError;
 use super::model::*;
 use super::values::{LOCATION_EXAMPLE, public_ip};
 use super::walk::{Ctx, Field, Tbl, first_seen};
+use toml::de::DeValue;
 
 const NOTHING_CHECKS: &str = "a data center with no pools and no check is up whatever happens \
      to it; add pools = [\"web\"] (its local pools), a check (a remote one), or always_up = true \
@@ -48,16 +49,20 @@ impl Ctx {
     ) -> Option<DatacenterConfig> {
         let location = self.req(t, "location", LOCATION_EXAMPLE, Ctx::location);
         let addresses = self.req(t, "addresses", "[\"198.51.100.10\"]", Ctx::dc_addresses);
+        let capacity = self.opt(t, "capacity", 1, |c, f| c.uint(f, 1, MAX_WEIGHT.into()));
         let pools = self.opt(t, "pools", Vec::new(), |c, f| {
             c.references(f, "pool", pool_names)
         });
         let check = self.maybe(t, "check", Ctx::remote_check);
         let drain = self.opt(t, "drain", false, Ctx::bool);
         let always_up = self.always_up(t, pools.as_deref(), check.as_ref());
+        let (addresses, weights) = addresses?;
         Some(DatacenterConfig {
             name: name?,
             location: location?,
-            addresses: addresses?,
+            addresses,
+            weights,
+            capacity: capacity?,
             pools: pools?,
             check: check?,
             drain: drain?,
@@ -97,7 +102,8 @@ impl Ctx {
         None
     }
 
-    fn dc_addresses(&mut self, f: &Field<'_, '_>) -> Option<Vec<IpAddr>> {
+    /// The addresses and their weights (empty when no address has one).
+    fn dc_addresses(&mut self, f: &Field<'_, '_>) -> Option<(Vec<IpAddr>, Vec<u32>)> {
         let items = self.array(
             f,
             "expected a list of IP addresses like [\"198.51.100.10\", \"2001:db8::10\"]",
@@ -110,12 +116,49 @@ impl Ctx {
             return None;
         }
         let mut seen = HashMap::new();
-        self.each(&items, |c, item| {
-            let ip = c.parsed(item, public_ip)?;
+        let listed = self.each(&items, |c, item| {
+            let (ip, weight) = c.weighted(item, "addr", "\"198.51.100.10\"", |c, f| {
+                c.parsed(f, public_ip)
+            })?;
             if let Some(first) = first_seen(&mut seen, ip, &item.path) {
                 c.bad(item, format!("listed twice (also {first})"));
             }
-            Some(ip)
+            Some((ip, weight))
+        })?;
+        Some(split_weights(listed))
+    }
+
+    /// A list item that is either a plain value or a table of it (under
+    /// `key`) and a `weight`: `"x"` or `{ key = "x", weight = 3 }`.
+    pub(super) fn weighted<T>(
+        &mut self,
+        f: &Field<'_, '_>,
+        key: &'static str,
+        example: &str,
+        mut parse: impl FnMut(&mut Self, &Field<'_, '_>) -> Option<T>,
+    ) -> Option<(T, Option<u32>)> {
+        if !matches!(f.get(), DeValue::Table(_)) {
+            return parse(self, f).map(|v| (v, None));
+        }
+        self.table(f, "", |c, t| {
+            let value = c.req(t, key, example, &mut parse);
+            let weight = c.req(t, "weight", "3", |c, f| c.uint(f, 0, MAX_WEIGHT.into()));
+            Some((value?, Some(weight?)))
         })
     }
+}
+
+/// The largest `weight` or `capacity`: sums of them stay far from overflow.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// Values and their weights (1 where one is left out), or no weights when
+/// none was given.
+pub(super) fn split_weights<T>(listed: Vec<(T, Option<u32>)>) -> (Vec<T>, Vec<u32>) {
+    let any = listed.iter().any(|(_, w)| w.is_some());
+    let weights = if any {
+        listed.iter().map(|(_, w)| w.unwrap_or(1)).collect()
+    } else {
+        Vec::new()
+    };
+    (listed.into_iter().map(|(v, _)| v).collect(), weights)
 }

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
+use super::geoip;
 use super::model::*;
 use super::record::{mailbox, owner_name, record_data, record_type};
 use super::values::{dns_name, in_zone, parse_cidr, parse_socket};
 use super::walk::{Ctx, Field, Tbl, first_seen};
+
+/// The most data centers one failed data center's clients are spread over.
+const MAX_SPILL_OVER: i64 = 64;
 
 const SOA_EXAMPLE: &str = "{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", \
      serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }";
@@ -791,12 +795,228 @@ impl Ctx {
                 }
                 Some(n)
             });
+            let spill_over = c.opt(t, "spill_over", 1, |c, f| {
+                c.int(f, 1, MAX_SPILL_OVER).map(|n| n as usize)
+            });
+            // Map entries name candidates of this geo name; with a bad
+            // `datacenters`, every data center counts (its error is out).
+            let candidate_names = match &datacenters {
+                Some(Some(list)) => list.clone(),
+                _ => dc_names.to_vec(),
+            };
+            let maps = c.opt(t, "map", Vec::new(), |c, f| {
+                c.geo_maps(f, &candidate_names, dc_names)
+            });
             Some(GeoNameConfig {
                 name: name?,
                 ttl: ttl?,
                 datacenters: datacenters?.unwrap_or_else(|| dc_names.to_vec()),
                 answers: answers?,
+                maps: maps?,
+                spill_over: spill_over?,
             })
+        })
+    }
+
+    fn geo_maps(
+        &mut self,
+        f: &Field<'_, '_>,
+        candidates: &[String],
+        dc_names: &[String],
+    ) -> Option<Vec<GeoMapConfig>> {
+        let items = self.array(
+            f,
+            "expected [[dns.geo.map]] tables (note the double brackets)",
+        )?;
+        let mut seen = HashMap::new();
+        self.each(&items, |c, item| {
+            c.table(item, "expected a [[dns.geo.map]] table", |c, t| {
+                c.geo_map(t, candidates, dc_names, &mut seen)
+            })
+        })
+    }
+
+    fn geo_map(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        candidates: &[String],
+        dc_names: &[String],
+        seen: &mut HashMap<MapMatch, String>,
+    ) -> Option<GeoMapConfig> {
+        let continent = self.maybe(t, "continent", |c, f| c.parsed(f, geoip::continent));
+        let country = self.maybe(t, "country", |c, f| c.parsed(f, geoip::country));
+        let subdivision = self.maybe(t, "subdivision", |c, f| c.parsed(f, geoip::subdivision));
+        let cidr = self.maybe(t, "cidr", |c, f| c.parsed(f, parse_cidr));
+        let candidate = |c: &mut Ctx, f: &Field<'_, '_>| {
+            let name = c.string(f)?;
+            if candidates.iter().any(|n| n == name) {
+                return Some(name.to_owned());
+            }
+            if dc_names.iter().any(|n| n == name) {
+                c.bad(
+                    f,
+                    format!(
+                        "not a candidate of this geo name (its datacenters: {}); add it there",
+                        candidates.join(", ")
+                    ),
+                );
+                return None;
+            }
+            c.reference(f, "datacenter", dc_names)
+        };
+        let listed = self.opt(t, "datacenters", Vec::new(), |c, f| {
+            let items = c.array(
+                f,
+                "expected a list of data centers like [\"eu-west\", { name = \"eu-canary\", \
+                 weight = 1 }]",
+            )?;
+            let mut names = HashMap::new();
+            c.each(&items, |c, item| {
+                let (name, weight) = c.weighted(item, "name", "\"eu-west\"", candidate)?;
+                if let Some(first) = first_seen(&mut names, name.clone(), &item.path) {
+                    c.bad(item, format!("listed twice (also {first})"));
+                    return None;
+                }
+                Some((name, weight))
+            })
+        });
+        let only = self.opt(t, "only", false, Ctx::bool);
+        let exclude = self.opt(t, "exclude", Vec::new(), |c, f| {
+            let items = c.array(f, "expected a list of data-center names")?;
+            let mut names = HashMap::new();
+            c.each(&items, |c, item| {
+                let name = candidate(c, item)?;
+                if let Some(first) = first_seen(&mut names, name.clone(), &item.path) {
+                    c.bad(item, format!("listed twice (also {first})"));
+                    return None;
+                }
+                Some((name, item.clone()))
+            })
+        });
+        let failover_outside = self.opt(t, "failover_outside", false, Ctx::bool);
+
+        let given: Vec<MapMatch> = [
+            continent.clone().flatten().map(MapMatch::Continent),
+            country.clone().flatten().map(MapMatch::Country),
+            subdivision
+                .clone()
+                .flatten()
+                .map(|(cc, sub)| MapMatch::Subdivision(cc, sub)),
+            cidr.flatten().map(MapMatch::Cidr),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let keys_present = [
+            !matches!(continent, Some(None)),
+            !matches!(country, Some(None)),
+            !matches!(subdivision, Some(None)),
+            !matches!(cidr, Some(None)),
+        ]
+        .iter()
+        .filter(|present| **present)
+        .count();
+        let matches = match (keys_present, given.as_slice()) {
+            (0, _) => {
+                self.err(
+                    t.path.clone(),
+                    t.offset,
+                    "a map entry needs what it matches: one of continent = \"EU\", \
+                     country = \"DE\", subdivision = \"US-WA\" or cidr = \"192.0.2.0/24\""
+                        .to_owned(),
+                );
+                None
+            }
+            (1, [one]) => Some(one.clone()),
+            (1, _) => None,
+            _ => {
+                self.err(
+                    t.path.clone(),
+                    t.offset,
+                    "a map entry matches one thing: give only one of continent, country, \
+                     subdivision or cidr (more specific entries win on their own)"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        if let Some(m) = &matches
+            && let Some(first) = first_seen(seen, m.clone(), &t.path)
+        {
+            self.err(
+                t.path.clone(),
+                t.offset,
+                format!("{first} matches the same clients; merge the two"),
+            );
+        }
+        let (listed, only, exclude, failover_outside) =
+            (listed?, only?, exclude?, failover_outside?);
+        let mut ok = matches.is_some();
+        let complain = |c: &mut Ctx, key: &str, message: &str| {
+            c.err(t.key_path(key), t.offset, message.to_owned());
+        };
+        if listed.is_empty() && exclude.is_empty() {
+            complain(
+                self,
+                "datacenters",
+                "this entry changes nothing: give datacenters = [...] (tried first, in order), \
+                 exclude = [...], or both",
+            );
+            ok = false;
+        }
+        if only && listed.is_empty() {
+            complain(
+                self,
+                "only",
+                "only = true needs datacenters = [...] to keep the region in",
+            );
+            ok = false;
+        }
+        if only && !exclude.is_empty() {
+            complain(
+                self,
+                "exclude",
+                "with only = true everything not in datacenters is excluded already; drop exclude",
+            );
+            ok = false;
+        }
+        for (name, item) in &exclude {
+            if listed.iter().any(|(n, _)| n == name) {
+                self.bad(
+                    item,
+                    "also in datacenters: a data center is either tried or excluded",
+                );
+                ok = false;
+            }
+        }
+        let excluded_all = !only
+            && candidates
+                .iter()
+                .all(|n| exclude.iter().any(|(e, _)| e == n));
+        if excluded_all {
+            complain(self, "exclude", "excludes every candidate of this geo name");
+            ok = false;
+        }
+        if failover_outside && !only && exclude.is_empty() {
+            complain(
+                self,
+                "failover_outside",
+                "nothing is excluded for this region, so there is no outside to fail over to",
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        let (datacenters, weights) = super::datacenter::split_weights(listed);
+        Some(GeoMapConfig {
+            path: t.path.clone(),
+            matches: matches?,
+            datacenters,
+            weights,
+            only,
+            exclude: exclude.into_iter().map(|(n, _)| n).collect(),
+            failover_outside,
         })
     }
 }

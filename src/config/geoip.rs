@@ -47,7 +47,7 @@ impl Ctx {
     }
 }
 
-fn country(s: &str) -> Result<String, String> {
+pub(super) fn country(s: &str) -> Result<String, String> {
     if s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic()) {
         Ok(s.to_ascii_uppercase())
     } else {
@@ -55,7 +55,7 @@ fn country(s: &str) -> Result<String, String> {
     }
 }
 
-fn continent(s: &str) -> Result<String, String> {
+pub(super) fn continent(s: &str) -> Result<String, String> {
     const CODES: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
     let upper = s.to_ascii_uppercase();
     if CODES.contains(&upper.as_str()) {
@@ -66,4 +66,17 @@ fn continent(s: &str) -> Result<String, String> {
             CODES.join(", ")
         ))
     }
+}
+
+/// An ISO 3166-2 code as the City database gives it: the country, a dash,
+/// and 1 to 3 letters or digits ("US-WA", "GB-ENG").
+pub(super) fn subdivision(s: &str) -> Result<(String, String), String> {
+    const FORM: &str = "expected an ISO 3166-2 subdivision code: the country, a dash and 1 to 3 \
+         letters or digits, like \"US-WA\" or \"GB-ENG\"";
+    let (cc, sub) = s.split_once('-').ok_or(FORM)?;
+    let cc = country(cc).map_err(|_| FORM.to_owned())?;
+    if sub.is_empty() || sub.len() > 3 || !sub.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(FORM.to_owned());
+    }
+    Ok((cc, sub.to_ascii_uppercase()))
 }

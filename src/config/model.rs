@@ -411,6 +411,48 @@ pub struct GeoNameConfig {
     pub datacenters: Vec<String>,
     /// 1..=datacenters.len()
     pub answers: usize,
+    /// `[[dns.geo.map]]`: policy by client region or network, in the
+    /// order written.
+    pub maps: Vec<GeoMapConfig>,
+    /// `spill_over` (optional, 1): over how many of the next available
+    /// data centers the clients of one that fails are spread, in
+    /// proportion to their `capacity`. 1: all go to the next one.
+    pub spill_over: usize,
+}
+
+/// What a `[[dns.geo.map]]` entry matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MapMatch {
+    /// Upper-case continent code (AF AN AS EU NA OC SA).
+    Continent(String),
+    /// Upper-case ISO 3166-1 alpha-2.
+    Country(String),
+    /// ISO 3166-2, upper case: the country and the code after the dash
+    /// ("US", "WA").
+    Subdivision(String, String),
+    Cidr(Cidr),
+}
+
+/// One `[[dns.geo.map]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoMapConfig {
+    /// Its key path (`dns.geo[0].map[1]`), for explanations.
+    pub path: String,
+    pub matches: MapMatch,
+    /// `datacenters` (optional, none): tried first, in this order.
+    pub datacenters: Vec<String>,
+    /// `weight`s of `datacenters`, one each; empty: no split (the list's
+    /// order). With weights, each client network starts at one of them,
+    /// picked in proportion.
+    pub weights: Vec<u32>,
+    /// `only` (optional, false): the listed data centers alone answer.
+    pub only: bool,
+    /// `exclude` (optional, none): never answer this region.
+    pub exclude: Vec<String>,
+    /// `failover_outside` (optional, false): when every data center left
+    /// to the region is down, answer from the excluded ones rather than
+    /// failing open inside the region.
+    pub failover_outside: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -418,6 +460,13 @@ pub struct DatacenterConfig {
     pub name: String,
     pub location: LatLon,
     pub addresses: Vec<IpAddr>,
+    /// `weight`s of `addresses`, one each; empty when none is given (every
+    /// address goes into each answer). With weights, an answer carries one
+    /// address of the family, picked in proportion per client network.
+    pub weights: Vec<u32>,
+    /// `capacity` (optional, 1): this data center's share of the clients
+    /// spilled over from a failed one (see `spill_over`).
+    pub capacity: u32,
     pub pools: Vec<String>,
     pub check: Option<RemoteCheck>,
     pub drain: bool,

@@ -1552,3 +1552,164 @@ fn cluster_errors_name_their_keys() {
         "{none:?}"
     );
 }
+
+#[test]
+fn policy_map_weight_and_capacity_mistakes_name_their_key_and_line() {
+    const DCS: &str = "[[datacenter]]\nname = \"eu\"\nlocation = { lat = 1, lon = 2 }\naddresses = [\"192.0.2.1\"]\n\
+        [[datacenter]]\nname = \"us\"\nlocation = { lat = 3, lon = 4 }\naddresses = [\"192.0.2.2\"]\n";
+    const ZONE: &str = "[dns]\nlisten = [\"127.0.0.1:5353\"]\n[[dns.zone]]\norigin = \"mysite.com\"\n\
+        soa = { mname = \"ns1\", rname = \"hostmaster\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }\n\
+        ns = [\"ns1\"]\n";
+    // Lines 1-14 are the data centers and the zone; the geo name is on 15-16.
+    let geo = |rest: &str| format!("{DCS}{ZONE}[[dns.geo]]\nname = \"api.mysite.com\"\n{rest}");
+    let map = |entry: &str| geo(&format!("[[dns.geo.map]]\n{entry}"));
+    let cases: Vec<(String, &str, usize, &str)> = vec![
+        (
+            map("datacenters = [\"eu\"]"),
+            "dns.geo[0].map[0]",
+            17,
+            "needs what it matches",
+        ),
+        (
+            map("continent = \"EU\"\ncountry = \"DE\"\ndatacenters = [\"eu\"]"),
+            "dns.geo[0].map[0]",
+            17,
+            "matches one thing",
+        ),
+        (
+            map("continent = \"XX\"\ndatacenters = [\"eu\"]"),
+            "dns.geo[0].map[0].continent",
+            18,
+            "continent code",
+        ),
+        (
+            map("country = \"DEU\"\ndatacenters = [\"eu\"]"),
+            "dns.geo[0].map[0].country",
+            18,
+            "two-letter",
+        ),
+        (
+            map("subdivision = \"USWA\"\ndatacenters = [\"eu\"]"),
+            "dns.geo[0].map[0].subdivision",
+            18,
+            "ISO 3166-2",
+        ),
+        (
+            map("cidr = \"10.0.0.1/8\"\ndatacenters = [\"eu\"]"),
+            "dns.geo[0].map[0].cidr",
+            18,
+            "",
+        ),
+        (
+            map("country = \"DE\"\ndatacenters = [\"mars\"]"),
+            "dns.geo[0].map[0].datacenters[0]",
+            19,
+            "no [[datacenter]]",
+        ),
+        (
+            map(
+                "country = \"DE\"\ndatacenters = [\"eu\"]\n[[dns.geo.map]]\ncountry = \"de\"\nexclude = [\"us\"]",
+            ),
+            "dns.geo[0].map[1]",
+            20,
+            "dns.geo[0].map[0] matches the same clients",
+        ),
+        (
+            map("country = \"DE\"\ndatacenters = [\"eu\"]\nexclude = [\"eu\"]"),
+            "dns.geo[0].map[0].exclude[0]",
+            20,
+            "either tried or excluded",
+        ),
+        (
+            map("country = \"DE\"\nonly = true"),
+            "dns.geo[0].map[0].only",
+            17,
+            "needs datacenters",
+        ),
+        (
+            map("country = \"DE\"\nexclude = [\"eu\", \"us\"]"),
+            "dns.geo[0].map[0].exclude",
+            17,
+            "every candidate",
+        ),
+        (
+            map("country = \"DE\"\ndatacenters = [\"eu\"]\nfailover_outside = true"),
+            "dns.geo[0].map[0].failover_outside",
+            17,
+            "nothing is excluded",
+        ),
+        (
+            map("country = \"DE\"\ndatacenters = [{ name = \"eu\", weight = -1 }]"),
+            "dns.geo[0].map[0].datacenters[0].weight",
+            19,
+            "",
+        ),
+        (
+            map("country = \"DE\"\ndatacenters = [{ name = \"eu\" }]"),
+            "dns.geo[0].map[0].datacenters[0].weight",
+            19,
+            "required",
+        ),
+        (
+            geo(
+                "datacenters = [\"eu\"]\n[[dns.geo.map]]\ncountry = \"DE\"\ndatacenters = [\"us\"]",
+            ),
+            "dns.geo[0].map[0].datacenters[0]",
+            20,
+            "not a candidate of this geo name",
+        ),
+        (geo("spill_over = 0"), "dns.geo[0].spill_over", 17, ""),
+        (
+            DCS.replace(
+                "addresses = [\"192.0.2.2\"]",
+                "addresses = [{ addr = \"192.0.2.2\", weight = \"x\" }]",
+            ),
+            "datacenter[1].addresses[0].weight",
+            8,
+            "",
+        ),
+        (
+            DCS.replace(
+                "addresses = [\"192.0.2.2\"]",
+                "addresses = [{ addr = \"192.0.2.2\", weight = 1 }, \"192.0.2.2\"]",
+            ),
+            "datacenter[1].addresses[1]",
+            8,
+            "listed twice",
+        ),
+        (
+            format!("{DCS}capacity = 0"),
+            "datacenter[1].capacity",
+            9,
+            "",
+        ),
+    ];
+    for (text, path, line, words) in &cases {
+        let found = errors(text);
+        assert!(
+            found
+                .iter()
+                .any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(words)),
+            "expected an error at {path} on line {line} saying {words:?} from:\n{text}\ngot:\n{}",
+            ConfigErrors(found.clone())
+        );
+    }
+    // A good map, weights and capacity come through.
+    let text = map("subdivision = \"us-wa\"\ndatacenters = [{ name = \"us\", weight = 7 }, \"eu\"]\nonly = true\n\
+        [[dns.geo.map]]\ncidr = \"10.0.0.0/8\"\nexclude = [\"us\"]\nfailover_outside = true")
+        .replace("addresses = [\"192.0.2.1\"]", "addresses = [{ addr = \"192.0.2.1\", weight = 3 }, \"192.0.2.9\"]\ncapacity = 5");
+    let config = parse_str(&text, Path::new("/tmp/geolb.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let g = &config.dns.as_ref().unwrap().geo[0];
+    assert_eq!(
+        g.maps[0].matches,
+        MapMatch::Subdivision("US".into(), "WA".into())
+    );
+    assert_eq!(
+        (g.maps[0].datacenters.clone(), g.maps[0].weights.clone()),
+        (vec!["us".to_owned(), "eu".to_owned()], vec![7, 1])
+    );
+    assert!(g.maps[0].only && g.maps[1].failover_outside);
+    assert_eq!(config.datacenters[0].weights, [3, 1]);
+    assert_eq!(config.datacenters[0].capacity, 5);
+    assert!(config.datacenters[1].weights.is_empty());
+}

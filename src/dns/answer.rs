@@ -17,10 +17,11 @@ use hickory_server::server::Request;
 use smallvec::SmallVec;
 
 use super::DnsData;
-use super::geo::{self, Choice};
+use super::geo::{self, Ranking};
 use super::tsig::{self, Check};
 use super::zone::{Found, Zone, Zones};
 use super::{cookie, dnssec, ecs};
+use crate::geoip::Location;
 
 /// The UDP payload geolb answers within and advertises: the DNS flag day
 /// 2020 size, which avoids IP fragmentation on common paths.
@@ -719,11 +720,14 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
     res
 }
 
-/// Chooses among the candidates of geo name `index` for `client`: the
-/// choice and the ECS scope to return (None without ECS). The location's
-/// candidate order and how widely it holds come from the name's scope
-/// tree, built with the data: no database lookup per query.
-pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Choice, Option<u8>) {
+/// Ranks the candidates of geo name `index` for `client`: the ranking and
+/// the ECS scope to return (None without ECS). The location's candidates
+/// and how widely they hold come from the name's scope tree, built with
+/// the data (no database lookup per query); a name with CIDR map entries
+/// looks the client up instead, as its answer depends on the address
+/// itself. The scope also covers the hashed client network when a split,
+/// spill-over or weight used it.
+pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Ranking, Option<u8>) {
     let (addr, scope_cap) = match client.ecs {
         Some(ecs) if ecs.source_prefix > 0 => (ecs.addr, Some(ecs.source_prefix)),
         // RFC 7871 §7.1.2: source prefix 0 asks for the resolver's own
@@ -731,10 +735,76 @@ pub(super) fn decide(data: &DnsData, index: usize, client: &Client) -> (Choice, 
         Some(_) => (client.src, Some(0)),
         None => (client.src, None),
     };
-    let (order, prefix_len) = data.scopes.find(index, addr);
-    let scope = scope_cap.map(|cap| prefix_len.min(cap));
-    let choice = geo::choose(order, data.compiled.geo[index].answers, |i| data.state(i));
-    (choice, scope)
+    let geo = &data.compiled.geo[index];
+    if geo.maps.has_cidrs() {
+        let location: Location = data.locator.position(addr);
+        return decide_at(data, index, addr, scope_cap, &location, |i| data.state(i));
+    }
+    let (candidates, prefix_len) = data.scopes.find(index, addr);
+    rank_for(
+        data,
+        index,
+        addr,
+        scope_cap,
+        candidates.clone(),
+        prefix_len,
+        |i| data.state(i),
+    )
+}
+
+/// [`decide`] for a client at `addr`, placed at `location`, asking for
+/// scope at most `scope_cap`, with the data centers' states from `state`:
+/// the database network's scope, not the aggregated one (for names with
+/// CIDR entries, and `geolb lookup`).
+#[inline]
+pub(super) fn decide_at(
+    data: &DnsData,
+    index: usize,
+    addr: IpAddr,
+    scope_cap: Option<u8>,
+    location: &Location,
+    state: impl Fn(usize) -> geo::DcState,
+) -> (Ranking, Option<u8>) {
+    let geo = &data.compiled.geo[index];
+    let dcs = &data.compiled.datacenters;
+    let mut decided = location.prefix_len;
+    let candidates = match geo.maps.by_cidr(addr) {
+        (Some(entry), bits) => {
+            decided = decided.max(bits);
+            geo::candidates_for(geo, dcs, location.coords, Some(entry))
+        }
+        (None, bits) => {
+            decided = decided.max(bits);
+            geo::candidate_order(geo, dcs, location)
+        }
+    };
+    rank_for(data, index, addr, scope_cap, candidates, decided, state)
+}
+
+/// Health, split, spill-over and weights applied to `candidates`, which
+/// hold for the client's network of `decided` bits.
+#[inline]
+fn rank_for(
+    data: &DnsData,
+    index: usize,
+    addr: IpAddr,
+    scope_cap: Option<u8>,
+    candidates: geo::Candidates,
+    mut decided: u8,
+    state: impl Fn(usize) -> geo::DcState,
+) -> (Ranking, Option<u8>) {
+    let geo = &data.compiled.geo[index];
+    let dcs = &data.compiled.datacenters;
+    let hashed = geo
+        .hashes
+        .then(|| geo::client_hash(addr, scope_cap, geo.salt));
+    let ranking = geo::rank(geo, dcs, candidates, hashed.map(|h| h.0), state);
+    if let Some((_, bits)) = hashed
+        && ranking.hashed(dcs)
+    {
+        decided = decided.max(bits);
+    }
+    (ranking, scope_cap.map(|cap| decided.min(cap)))
 }
 
 /// The types a geo name can answer with: A and AAAA as its candidates
@@ -757,19 +827,19 @@ fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
         .filter_map(|(t, has)| has.then_some(t))
 }
 
-fn geo_records(data: &DnsData, index: usize, choice: &Choice, qtype: RecordType) -> Vec<Record> {
+fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {
     let geo = &data.compiled.geo[index];
     let dcs = &data.compiled.datacenters;
-    let chosen = || choice.chosen.iter().map(|&i| &dcs[i]);
+    let chosen = || ranking.chosen.iter().map(|&i| &dcs[i]);
     let record = |rdata: RData| Record::from_rdata(geo.name.clone(), geo.ttl, rdata);
     let v4 = || {
         chosen()
-            .flat_map(|dc| dc.v4.iter())
+            .flat_map(|dc| dc.v4_for(ranking.hash))
             .map(|a| record(RData::A(A(*a))))
     };
     let v6 = || {
         chosen()
-            .flat_map(|dc| dc.v6.iter())
+            .flat_map(|dc| dc.v6_for(ranking.hash))
             .map(|a| record(RData::AAAA(AAAA(*a))))
     };
     match qtype {
@@ -873,8 +943,13 @@ always_up = true
     );
 
     pub(crate) fn data(health: Arc<dyn DatacenterHealth>) -> DnsData {
+        data_with("", health)
+    }
+
+    /// [`data`] with `extra` appended to the config.
+    pub(crate) fn data_with(extra: &str, health: Arc<dyn DatacenterHealth>) -> DnsData {
         let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
-        let text = CONFIG
+        let text = (CONFIG.to_owned() + extra)
             .replace("GEOIP", &db.display().to_string())
             .replace("BIG", &"x".repeat(700))
             .replace("LONG", LONG_LABELS);
@@ -1482,8 +1557,7 @@ always_up = true
         let src = q.src.parse().unwrap();
         // hickory-proto with its DNSSEC features refuses such a message
         // itself (and wire.rs answers FORMERR); without them, build does.
-        if let Ok(request) = Request::from_bytes(before_opt.to_vec().unwrap(), src, Protocol::Udp)
-        {
+        if let Ok(request) = Request::from_bytes(before_opt.to_vec().unwrap(), src, Protocol::Udp) {
             let reply = build(&d, &request);
             assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
         }

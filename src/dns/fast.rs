@@ -318,25 +318,25 @@ pub(super) fn answer(
         match target {
             Target::Geo(index) => {
                 let client = Client { src: src.ip(), ecs };
-                let (choice, scope) = answer::decide(data, *index, &client);
+                let (ranking, scope) = answer::decide(data, *index, &client);
                 let g = &data.compiled.geo[*index];
                 let dcs = &data.compiled.datacenters;
-                let chosen = || choice.chosen.iter().map(|&i| &dcs[i]);
-                let (v4, v6) = match query.qtype {
-                    TYPE_A => (
-                        chosen()
-                            .flat_map(|dc| dc.v4.iter().map(|a| (g.ttl, *a)))
-                            .collect(),
-                        SmallAddrs::new(),
-                    ),
-                    _ => (
-                        SmallAddrs::new(),
-                        chosen()
-                            .flat_map(|dc| dc.v6.iter().map(|a| (g.ttl, *a)))
-                            .collect(),
-                    ),
-                };
-                (scope, Some((*index, choice.chosen)), v4, v6)
+                let (mut v4, mut v6) = (SmallAddrs::new(), SmallAddrs::new());
+                // Loops rather than a flat_map: this is the answering path,
+                // and the flattening adapter did not inline.
+                for &i in &ranking.chosen {
+                    match query.qtype {
+                        TYPE_A => {
+                            let picked = dcs[i].v4_for(ranking.hash);
+                            v4.extend(picked.iter().map(|a| (g.ttl, *a)));
+                        }
+                        _ => {
+                            let picked = dcs[i].v6_for(ranking.hash);
+                            v6.extend(picked.iter().map(|a| (g.ttl, *a)));
+                        }
+                    }
+                }
+                (scope, Some((*index, ranking.chosen)), v4, v6)
             }
             Target::Fixed { a, aaaa } => match query.qtype {
                 TYPE_A => (None, None, a.iter().copied().collect(), SmallAddrs::new()),

@@ -202,11 +202,21 @@ pub fn compile(
                 ));
                 continue;
             }
+            let names: Vec<String> = datacenters.iter().map(|dc| dc.name.clone()).collect();
+            let maps = geo::Maps::compile(&g.maps, &names);
+            let hashes = g.spill_over > 1
+                || maps.entries.iter().any(|e| !e.weights.is_empty())
+                || candidates.iter().any(|&i| datacenters[i].weighted());
+            let lower = LowerName::from(&name);
             geo.push(geo::GeoName {
-                lower: LowerName::from(&name),
+                salt: geo::name_salt(lower.to_string().as_bytes()),
+                lower,
                 name,
                 ttl: g.ttl,
                 answers: g.answers.clamp(1, candidates.len()),
+                maps,
+                spill_over: g.spill_over,
+                hashes,
                 counters: candidates.iter().map(|_| OnceLock::new()).collect(),
                 candidates,
             });
@@ -364,48 +374,102 @@ impl DnsData {
         }
     }
 
-    /// Explains the decision for one geo name and client address, with the
-    /// data-center states `state` gives (None: unknown, ranked as healthy
-    /// with the config's drain). For `geolb lookup`.
+    /// Explains the decision for one geo name and client address `addr`
+    /// (at `location`), with the data-center states `state` gives (None:
+    /// unknown, ranked as healthy with the config's drain), as a query
+    /// from `addr` (or with its full address as ECS) is answered. For
+    /// `geolb lookup` and the status page.
     pub(crate) fn explain(
         &self,
         geo_index: usize,
+        addr: IpAddr,
         location: &Location,
         state: &dyn Fn(&str) -> Option<DcState>,
     ) -> GeoExplanation {
         let geo = &self.compiled.geo[geo_index];
         let dcs = &self.compiled.datacenters;
         let known = |i: usize| state(&dcs[i].name);
-        let ranking = geo::rank(&geo.candidates, dcs, location.coords, geo.answers, |i| {
-            known(i).unwrap_or(DcState {
-                up: true,
-                drain: dcs[i].drain,
-            })
-        });
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        let (ranking, scope) =
+            answer::decide_at(self, geo_index, addr, Some(full), location, |i| {
+                known(i).unwrap_or(DcState {
+                    up: true,
+                    drain: dcs[i].drain,
+                })
+            });
         let chosen = &ranking.chosen;
+        let name = |i: usize| dcs[i].name.clone();
+        let shares = |list: &mut dyn Iterator<Item = (usize, u32)>| -> Shares {
+            list.map(|(i, w)| (name(i), w)).collect()
+        };
+        let entry = ranking.entry.map(|e| &geo.maps.entries[e]);
+        let map = match entry {
+            Some(e) => Some(describe_entry(e, addr, location)),
+            None if !geo.maps.entries.is_empty() => Some(format!(
+                "no map entry matches {}: nearest first",
+                describe_region(location)
+            )),
+            None => None,
+        };
+        let split = ranking.split.and_then(|picked| {
+            let e = entry?;
+            let list = shares(&mut e.first.iter().copied().zip(e.weights.iter().copied()));
+            Some((list, name(picked)))
+        });
+        let spill = (!ranking.spill.is_empty()).then(|| {
+            let list = shares(&mut ranking.spill.iter().map(|&i| (i, dcs[i].capacity)));
+            (name(ranking.order[0]), list, name(chosen[0]))
+        });
+        let picks = chosen
+            .iter()
+            .filter(|&&i| dcs[i].weighted())
+            .flat_map(|&i| {
+                let dc = &dcs[i];
+                let v4 = (dc.v4.len() > 1 && !dc.v4_weights.is_empty())
+                    .then(|| weighted_pick(dc, &dc.v4, &dc.v4_weights, dc.v4_for(ranking.hash)));
+                let v6 = (dc.v6.len() > 1 && !dc.v6_weights.is_empty())
+                    .then(|| weighted_pick(dc, &dc.v6, &dc.v6_weights, dc.v6_for(ranking.hash)));
+                v4.into_iter().chain(v6)
+            })
+            .collect();
+        let in_order = |i: usize| ranking.order.iter().position(|&o| o == i);
         GeoExplanation {
             name: geo.name.to_ascii(),
             ttl: geo.ttl,
             answers: geo.answers,
             tier: ranking.tier,
+            map,
+            excluded: geo
+                .candidates
+                .iter()
+                .filter(|&&i| in_order(i).is_none_or(|k| k >= ranking.inside))
+                .map(|&i| name(i))
+                .collect(),
+            outside: ranking.outside,
+            split,
+            spill,
+            picks,
+            scope: scope.unwrap_or(0),
             candidates: ranking
                 .order
                 .iter()
-                .map(|&(i, distance_km)| CandidateExplanation {
-                    name: dcs[i].name.clone(),
-                    distance_km,
+                .enumerate()
+                .map(|(k, &i)| CandidateExplanation {
+                    name: name(i),
+                    distance_km: location.coords.map(|c| haversine_km(c, dcs[i].location)),
                     state: known(i),
                     config_drain: dcs[i].drain,
                     chosen: chosen.contains(&i),
+                    outside: k >= ranking.inside,
                 })
                 .collect(),
             a: chosen
                 .iter()
-                .flat_map(|&i| dcs[i].v4.iter().map(|a| IpAddr::V4(*a)))
+                .flat_map(|&i| dcs[i].v4_for(ranking.hash).iter().map(|a| IpAddr::V4(*a)))
                 .collect(),
             aaaa: chosen
                 .iter()
-                .flat_map(|&i| dcs[i].v6.iter().map(|a| IpAddr::V6(*a)))
+                .flat_map(|&i| dcs[i].v6_for(ranking.hash).iter().map(|a| IpAddr::V6(*a)))
                 .collect(),
         }
     }
@@ -434,6 +498,9 @@ impl DnsData {
 /// Zones whose serial a reload changed, from [`DnsData::continue_from`].
 pub struct ChangedZones(Vec<LowerName>);
 
+/// Data centers and their weights (or capacities).
+pub(crate) type Shares = Vec<(String, u32)>;
+
 /// One geo name's decision, for people.
 #[derive(Debug, Clone)]
 pub(crate) struct GeoExplanation {
@@ -441,7 +508,24 @@ pub(crate) struct GeoExplanation {
     pub ttl: u32,
     pub answers: usize,
     pub tier: Tier,
-    /// Nearest first (the configured order when the location is unknown).
+    /// The map entry that matched and why; None when the name has no map.
+    pub map: Option<String>,
+    /// Candidates the map keeps from this client's region.
+    pub excluded: Vec<String>,
+    /// The answer came from outside the region (`failover_outside`).
+    pub outside: bool,
+    /// A weighted split: (data center, weight) and the one this client
+    /// starts at.
+    pub split: Option<(Shares, String)>,
+    /// Spill-over: the unavailable first choice, (data center, capacity)
+    /// it spread over, and where this client landed.
+    pub spill: Option<(String, Shares, String)>,
+    /// Weighted address picks, one line each.
+    pub picks: Vec<String>,
+    /// The ECS scope of an answer to the client's full address.
+    pub scope: u8,
+    /// In ranked order: nearest first (the configured order when the
+    /// location is unknown), a map entry's data centers before the rest.
     pub candidates: Vec<CandidateExplanation>,
     pub a: Vec<IpAddr>,
     pub aaaa: Vec<IpAddr>,
@@ -455,4 +539,69 @@ pub(crate) struct CandidateExplanation {
     pub state: Option<DcState>,
     pub config_drain: bool,
     pub chosen: bool,
+    /// Outside the client's region: used only when none inside is
+    /// available (`failover_outside`).
+    pub outside: bool,
+}
+
+/// Which map entry matched and why.
+fn describe_entry(e: &geo::MapEntry, addr: IpAddr, location: &Location) -> String {
+    use crate::config::MapMatch;
+    let r = &location.region;
+    let why = match &e.matches {
+        MapMatch::Cidr(c) => format!(
+            "cidr = \"{}/{}\": the address {addr} is in it",
+            c.addr, c.prefix
+        ),
+        MapMatch::Subdivision(cc, sub) => format!(
+            "subdivision = \"{cc}-{sub}\": the client's subdivision is {cc}-{}",
+            r.subdivision().unwrap_or("?")
+        ),
+        MapMatch::Country(cc) => format!("country = \"{cc}\": the client's country is {cc}"),
+        MapMatch::Continent(cc) => {
+            format!("continent = \"{cc}\": the client's continent is {cc}")
+        }
+    };
+    let mut text = format!("{} ({why})", e.path);
+    if e.only {
+        text.push_str("; only its datacenters");
+    }
+    if e.failover_outside {
+        text.push_str("; the excluded ones when none of the others is available");
+    }
+    text
+}
+
+/// The client's region, as maps see it.
+fn describe_region(location: &Location) -> String {
+    let r = &location.region;
+    let mut parts = Vec::new();
+    if let Some(c) = r.continent() {
+        parts.push(format!("continent {c}"));
+    }
+    if let Some(c) = r.country() {
+        parts.push(format!("country {c}"));
+        if let Some(s) = r.subdivision() {
+            parts.push(format!("subdivision {c}-{s}"));
+        }
+    }
+    if parts.is_empty() {
+        "(no region known for the client)".to_owned()
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}
+
+/// "eu-west: 198.51.100.10 (weight 3 of 4)".
+fn weighted_pick<T: std::fmt::Display + PartialEq>(
+    dc: &geo::Datacenter,
+    all: &[T],
+    weights: &[u32],
+    picked: &[T],
+) -> String {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let Some(i) = picked.first().and_then(|p| all.iter().position(|a| a == p)) else {
+        return format!("{}: no address", dc.name);
+    };
+    format!("{}: {} (weight {} of {total})", dc.name, all[i], weights[i])
 }

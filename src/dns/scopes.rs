@@ -5,8 +5,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use smallvec::SmallVec;
-
 use super::geo::{self, Datacenter, GeoName};
 use crate::geoip::{GeoIpError, Locator, ScopeTree, TreeStats};
 
@@ -14,7 +12,7 @@ pub(crate) struct Scopes {
     /// Geo name (by index) -> its policy's tree: names with the same
     /// candidates share one.
     policy_of: Vec<usize>,
-    trees: Vec<ScopeTree<SmallVec<[usize; 8]>>>,
+    trees: Vec<ScopeTree<geo::Candidates>>,
     /// IPv4 and IPv6 before aggregation, for the counts in the README.
     pub unmerged: [TreeStats; 2],
     pub built_in: Duration,
@@ -32,7 +30,13 @@ impl Scopes {
             .iter()
             .enumerate()
             .map(|(i, g)| {
-                let same = |&r: &usize| geo[r].candidates == g.candidates;
+                // Names with maps have policies of their own (their
+                // entries are not compared).
+                let same = |&r: &usize| {
+                    geo[r].candidates == g.candidates
+                        && geo[r].maps.entries.is_empty()
+                        && g.maps.entries.is_empty()
+                };
                 representatives.iter().position(same).unwrap_or_else(|| {
                     representatives.push(i);
                     representatives.len() - 1
@@ -66,16 +70,15 @@ impl Scopes {
         Ok(scopes)
     }
 
-    /// Geo name `index`'s candidate order for `ip`, and how many of `ip`'s
-    /// leading bits share it.
-    pub fn find(&self, index: usize, ip: IpAddr) -> (&[usize], u8) {
-        let (order, prefix_len) = self.trees[self.policy_of[index]].find(ip);
-        (order, prefix_len)
+    /// Geo name `index`'s candidates for `ip`, and how many of `ip`'s
+    /// leading bits share them.
+    pub fn find(&self, index: usize, ip: IpAddr) -> (&geo::Candidates, u8) {
+        self.trees[self.policy_of[index]].find(ip)
     }
 
     /// Geo name `index`'s tree.
     #[cfg(test)]
-    pub fn tree(&self, index: usize) -> &ScopeTree<SmallVec<[usize; 8]>> {
+    pub fn tree(&self, index: usize) -> &ScopeTree<geo::Candidates> {
         &self.trees[self.policy_of[index]]
     }
 
@@ -192,6 +195,52 @@ mod tests {
     /// gives (sampled) has the queried address's candidate order, which is
     /// the one the database and overrides give, and the scope is never
     /// narrower than the network that decided.
+    /// A name with map entries by continent, country and subdivision: its
+    /// tree keys by the entry that decides, so it widens only as far as
+    /// every address under it matches the same entry and order.
+    #[test]
+    fn map_entries_aggregate_only_where_the_same_entry_decides() {
+        const MAPPED: &str = r#"
+[[dns.geo]]
+name = "mapped.mysite.com"
+datacenters = ["us-east", "eu-west", "ap-southeast"]
+
+[[dns.geo.map]]
+continent = "EU"
+datacenters = ["ap-southeast"]
+
+[[dns.geo.map]]
+country = "US"
+datacenters = ["eu-west"]
+
+[[dns.geo.map]]
+subdivision = "US-WA"
+datacenters = ["ap-southeast"]
+only = true
+"#;
+        let data = crate::dns::answer::tests::data_with(MAPPED, Arc::new(AllUp));
+        let (c, locator) = (&data.compiled, data.locator());
+        let g = data.geo_index("mapped.mysite.com").unwrap();
+        assert!(c.geo[g].maps.entries.len() == 3 && !c.geo[g].maps.has_cidrs());
+        let candidates_of =
+            |ip: IpAddr| geo::candidate_order(&c.geo[g], &c.datacenters, &locator.position(ip));
+        // Milton, WA: its subdivision's entry, whatever is nearest.
+        let milton: IpAddr = "216.160.83.56".parse().unwrap();
+        let (found, _) = data.scopes.find(g, milton);
+        assert_eq!(found.entry, Some(2), "{found:?}");
+        let mut rng = fastrand::Rng::with_seed(0x6d61_7073);
+        for _ in 0..crate::proptest_cases(5_000) {
+            let ip = random_address(&mut rng);
+            let (found, scope) = data.scopes.find(g, ip);
+            assert_eq!(found, &candidates_of(ip), "{ip}");
+            assert!(scope <= locator.position(ip).prefix_len, "{ip}");
+            for _ in 0..4 {
+                let other = inside(&mut rng, ip, scope);
+                assert_eq!(found, &candidates_of(other), "{ip}/{scope} holds {other}");
+            }
+        }
+    }
+
     #[test]
     fn proptest_scopes_are_never_wider_than_correct() {
         let data = data_with_overrides();
@@ -207,14 +256,14 @@ mod tests {
             let decided = locator.position(ip).prefix_len;
             for g in 0..c.geo.len() {
                 let (order, scope) = data.scopes.find(g, ip);
-                assert_eq!(order, order_of(g, ip).as_slice(), "{ip} name {g}");
+                assert_eq!(order, &order_of(g, ip), "{ip} name {g}");
                 assert!(scope <= decided, "{ip}: /{scope} narrower than /{decided}");
                 widened += usize::from(scope < decided);
                 for _ in 0..4 {
                     let other = inside(&mut rng, ip, scope);
                     assert_eq!(
                         order,
-                        order_of(g, other).as_slice(),
+                        &order_of(g, other),
                         "{ip}/{scope} holds {other}, answered otherwise (name {g})"
                     );
                 }

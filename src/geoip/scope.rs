@@ -344,8 +344,9 @@ impl Networks for DbNetworks<'_> {
 
     fn place(&mut self) -> Option<Place> {
         match decode_position(self.last.as_ref()?) {
-            Ok(Some(coords)) => Some(Place {
+            Ok(Some((coords, region))) => Some(Place {
                 coords,
+                region,
                 ..Place::default()
             }),
             // As a query treats such a record: an unknown location.
