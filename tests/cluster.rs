@@ -252,11 +252,7 @@ fn node_config(node: &str, etcd: &[String]) -> String {
 }
 
 async fn answer(node: &Geolb) -> Vec<String> {
-    let dns: SocketAddr = node.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dns: SocketAddr = node.dns_addr().await;
     dns_a_from(dns, "127.0.0.1", NAME, Some("127.0.0.9")).await
 }
 

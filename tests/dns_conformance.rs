@@ -88,11 +88,7 @@ async fn start() -> (Geolb, SocketAddr) {
 /// geolb on `config`, and its DNS address.
 async fn serve(config: &str) -> (Geolb, SocketAddr) {
     let geolb = Geolb::start(config).await;
-    let addr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = geolb.dns_addr().await;
     (geolb, addr)
 }
 

@@ -152,11 +152,7 @@ fn anchor(dir: &Path, name: &str, ds: &str) -> PathBuf {
 
 async fn start(config: &str) -> (Geolb, SocketAddr) {
     let geolb = Geolb::start(config).await;
-    let addr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = geolb.dns_addr().await;
     (geolb, addr)
 }
 

@@ -152,11 +152,7 @@ fn config(cidr: &str) -> String {
 
 async fn start() -> (Geolb, SocketAddr) {
     let geolb = Geolb::start(&config("10.99.0.0/16")).await;
-    let dns = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dns = geolb.dns_addr().await;
     (geolb, dns)
 }
 

@@ -1356,11 +1356,7 @@ async fn runtime_overrides_drain_backends_and_move_dns_answers() {
         backend_list(&[&a, &b])
     ));
     let geolb = Geolb::start(&cfg).await;
-    let dns: SocketAddr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dns: SocketAddr = geolb.dns_addr().await;
     let post = |path: String| async move {
         request(geolb.admin, "POST", &path, &[], Bytes::new())
             .await
@@ -1435,11 +1431,7 @@ async fn a_replaced_geoip_database_is_picked_up_and_a_corrupt_one_ignored() {
         db.display()
     ));
     let geolb = Geolb::start(&cfg).await;
-    let dns: SocketAddr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dns: SocketAddr = geolb.dns_addr().await;
     // Melbourne (214.0.1.1) is nearer Singapore than Dublin.
     assert_eq!(
         dns_a(dns, "api.mysite.com", "214.0.1.1").await,
@@ -1593,11 +1585,7 @@ async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest(
          [[datacenter]]\nname = \"ap-southeast\"\nlocation = { lat = 1.35, lon = 103.82 }\naddresses = [\"192.0.2.10\"]\nalways_up = true\n",
     );
     let geolb = Geolb::start(&cfg).await;
-    let server: SocketAddr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server: SocketAddr = geolb.dns_addr().await;
     // No ECS: the source address decides, placed by the overrides.
     let ask_from = |source: &'static str| async move {
         support::dns_a_from(server, source, "api.mysite.com.", None).await

@@ -314,11 +314,7 @@ async fn dns_queries_are_logged_at_the_sampling_rate() {
         &DNS.replace("RATE", "1.0"),
     ))
     .await;
-    let server: SocketAddr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server: SocketAddr = geolb.dns_addr().await;
     let answers =
         support::dns_a_from(server, "127.0.0.1", "api.mysite.com.", Some("192.0.2.7")).await;
     assert_eq!(answers, ["198.51.100.10"]);

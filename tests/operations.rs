@@ -39,11 +39,7 @@ async fn post(geolb: &Geolb, path: &str) -> (u16, String) {
 }
 
 async fn dns_addr(geolb: &Geolb) -> SocketAddr {
-    geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    geolb.dns_addr().await
 }
 
 /// The A records answered for `name`, asked over UDP from 127.0.0.1

@@ -336,11 +336,7 @@ async fn a_over_tcp(server: SocketAddr, name: &str) -> usize {
 #[tokio::test]
 async fn dns_series_by_protocol_truncation_ecs_and_latency() {
     let geolb = Geolb::start(&dns_config()).await;
-    let server: SocketAddr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server: SocketAddr = geolb.dns_addr().await;
     let metrics = geolb.metrics().await;
     let zero = [
         "geolb_dns_queries_by_protocol_total{protocol=\"udp\"}",

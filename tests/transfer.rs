@@ -108,11 +108,7 @@ always_up = true
 
 async fn start(config: &str) -> (Geolb, SocketAddr) {
     let geolb = Geolb::start(config).await;
-    let addr = geolb.status().await["dns"]["udp"][0]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = geolb.dns_addr().await;
     (geolb, addr)
 }
 

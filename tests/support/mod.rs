@@ -240,6 +240,15 @@ impl Geolb {
         serde_json::from_slice(&body).expect("status JSON")
     }
 
+    /// The first DNS listen address, as `/status` reports it bound.
+    pub async fn dns_addr(&self) -> SocketAddr {
+        self.status().await["dns"]["udp"][0]
+            .as_str()
+            .expect("a DNS listener in /status")
+            .parse()
+            .expect("a socket address")
+    }
+
     pub async fn metrics(&self) -> String {
         let (_, _, body) = get(self.admin, "/metrics", &[])
             .await
