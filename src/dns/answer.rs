@@ -946,6 +946,55 @@ always_up = true
         data_with("", health)
     }
 
+    /// Geo names with policy maps, splits, spill-over and weighted
+    /// addresses, for [`data_with`]: `mapped` by regions only (served from
+    /// its scope tree), `mapped-cidr` with a CIDR entry (looked up per
+    /// query), and a data center whose addresses are weighted.
+    pub(crate) const POLICIES: &str = r#"
+[[dns.geo]]
+name = "mapped.mysite.com"
+datacenters = ["us-east", "eu-west", "ap-southeast"]
+
+[[dns.geo.map]]
+continent = "EU"
+datacenters = ["ap-southeast"]
+
+[[dns.geo.map]]
+country = "US"
+datacenters = ["eu-west"]
+
+[[dns.geo.map]]
+subdivision = "US-WA"
+datacenters = ["ap-southeast"]
+only = true
+
+[[dns.geo]]
+name = "mapped-cidr.mysite.com"
+datacenters = ["us-east", "eu-west", "ap-southeast", "weighted"]
+answers = 2
+spill_over = 2
+
+[[dns.geo.map]]
+cidr = "10.0.0.0/8"
+datacenters = [{ name = "eu-west", weight = 70 }, { name = "weighted", weight = 30 }]
+
+[[dns.geo.map]]
+continent = "EU"
+datacenters = ["weighted", "eu-west"]
+only = true
+
+[[dns.geo.map]]
+country = "US"
+datacenters = [{ name = "us-east", weight = 1 }, { name = "weighted", weight = 1 }]
+
+[[datacenter]]
+name = "weighted"
+location = { lat = 48.85, lon = 2.35 }
+addresses = [{ addr = "192.0.2.61", weight = 3 }, "192.0.2.62", { addr = "2001:db8:f::1", weight = 2 }, "2001:db8:f::2"]
+capacity = 3
+always_up = true
+"#;
+
     /// [`data`] with `extra` appended to the config.
     pub(crate) fn data_with(extra: &str, health: Arc<dyn DatacenterHealth>) -> DnsData {
         let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");

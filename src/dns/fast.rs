@@ -561,6 +561,8 @@ mod tests {
             "nothing.mysite.com.",
             "apex.test.",
             "elsewhere.example.",
+            "mapped.mysite.com.",
+            "mapped-cidr.mysite.com.",
         ]
         .into_iter()
         .chain(long_names.iter().map(String::as_str));
@@ -596,9 +598,11 @@ mod tests {
             &[(3, &[]), (65001, &[1, 2])],
         ];
         let mut fast_answers = 0;
+        let mut fast_mapped = 0;
         let mut total = 0;
         for health in [Arc::new(AllUp) as Arc<dyn DatacenterHealth>, eu_down] {
-            let data = crate::dns::answer::tests::data(health);
+            let data =
+                crate::dns::answer::tests::data_with(crate::dns::answer::tests::POLICIES, health);
             for name in names.clone() {
                 for qtype in [TYPE_A, TYPE_AAAA, 16, 255] {
                     for edns in &edns {
@@ -623,6 +627,7 @@ mod tests {
                                     continue;
                                 };
                                 fast_answers += 1;
+                                fast_mapped += usize::from(name.starts_with("mapped"));
                                 let mut general = Vec::new();
                                 let class = answer_general(&data, &packet, src, &mut general);
                                 let case =
@@ -637,6 +642,7 @@ mod tests {
             }
         }
         assert!(fast_answers > 0 && fast_answers < total);
+        assert!(fast_mapped > 0, "names with maps take the fast path too");
 
         // A valid server cookie: the same bytes, and exempt from RRL on both.
         let data = crate::dns::answer::tests::data(Arc::new(AllUp));

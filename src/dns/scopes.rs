@@ -200,25 +200,10 @@ mod tests {
     /// every address under it matches the same entry and order.
     #[test]
     fn map_entries_aggregate_only_where_the_same_entry_decides() {
-        const MAPPED: &str = r#"
-[[dns.geo]]
-name = "mapped.mysite.com"
-datacenters = ["us-east", "eu-west", "ap-southeast"]
-
-[[dns.geo.map]]
-continent = "EU"
-datacenters = ["ap-southeast"]
-
-[[dns.geo.map]]
-country = "US"
-datacenters = ["eu-west"]
-
-[[dns.geo.map]]
-subdivision = "US-WA"
-datacenters = ["ap-southeast"]
-only = true
-"#;
-        let data = crate::dns::answer::tests::data_with(MAPPED, Arc::new(AllUp));
+        let data = crate::dns::answer::tests::data_with(
+            crate::dns::answer::tests::POLICIES,
+            Arc::new(AllUp),
+        );
         let (c, locator) = (&data.compiled, data.locator());
         let g = data.geo_index("mapped.mysite.com").unwrap();
         assert!(c.geo[g].maps.entries.len() == 3 && !c.geo[g].maps.has_cidrs());
