@@ -17,6 +17,9 @@
 //! - `overrides/datacenter/NAME`
 //! - `overrides/backend/ADDR` (every pool with that backend)
 //! - `overrides/pool/POOL/ADDR` (that pool only)
+//!
+//! and `health/NODE`: each node's data-center views for the quorum
+//! ([`crate::quorum`]), under a lease of its own ([`Cluster::run_quorum`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -50,7 +50,8 @@
 //! - [`proxy_protocol`]: the PROXY protocol codec (proxy and health).
 //! - [`cluster`]: `[cluster]`: overrides shared through etcd (the
 //!   [`overrides::OverrideStore`] of a node in a cluster), watched, and
-//!   kept in the state directory for when etcd is out of reach.
+//!   kept in the state directory for when etcd is out of reach; and each
+//!   node's data-center views, published and read for [`quorum`].
 //! - [`quorum`]: data-center health decided over the views every node of
 //!   a cluster publishes (its own data center's pools, others' checks).
 //! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
