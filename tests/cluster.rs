@@ -630,7 +630,7 @@ async fn put_view(client: &mut etcd_client::Client, node: &str, view: &str, leas
 
 #[tokio::test]
 async fn one_nodes_failing_check_moves_nothing_a_majority_does_a_dead_node_stops_counting() {
-    let Some(etcd) = Etcd::start(1).await else {
+    let Some(mut etcd) = Etcd::start(1).await else {
         return;
     };
     // `one` answers b's checks; a's checks go to a closed port.
@@ -677,6 +677,19 @@ async fn one_nodes_failing_check_moves_nothing_a_majority_does_a_dead_node_stops
         gauge(&b, "geolb_datacenter_up{datacenter=\"one\"}").await,
         0.0
     );
+
+    // etcd goes: b keeps the decision it had (never fails closed), though
+    // its own check alone would answer ONE.
+    etcd.members[0].stop();
+    eventually("b notices etcd is gone", LIMIT, || async {
+        b.log().contains("keeping the views last read")
+    })
+    .await;
+    assert_eq!(answer(&b).await, [TWO], "b keeps the views last read");
+    assert_eq!(tally(&b).await, (1, 2, "checks".to_owned()));
+    etcd.members[0].start();
+    etcd.wait_ready().await;
+    let mut client = etcd.client().await;
 
     // a dies: its lease (2 s) expires, its view stops counting, tie again.
     let killed = std::time::Instant::now();
