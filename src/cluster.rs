@@ -861,6 +861,26 @@ mod tests {
     }
 
     #[test]
+    fn view_keys_name_a_node_and_bad_values_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path());
+        let value = br#"{"datacenter":"eu","views":{"eu":{"up":true,"source":"pools"}}}"#;
+        let (node, views) = c.views_of(b"/geolb/health/eu-1", Some(value)).unwrap();
+        assert_eq!(node, "eu-1");
+        assert_eq!(views.unwrap().datacenter.as_deref(), Some("eu"));
+        assert_eq!(
+            c.views_of(b"/geolb/health/eu-1", None),
+            Some(("eu-1".to_owned(), None)),
+            "a deleted key: the node stops counting"
+        );
+        for key in ["/geolb/health/", "/geolb/health/a/b", "/geolb/overrides/x"] {
+            assert_eq!(c.views_of(key.as_bytes(), None), None, "{key}");
+        }
+        let bad = br#"{"views":{"eu":{"up":"yes","source":"pools"}}}"#;
+        assert_eq!(c.views_of(b"/geolb/health/eu-1", Some(bad)), None);
+    }
+
+    #[test]
     fn values_are_read_strictly() {
         let (state, stamp) =
             value_of(br#"{"state":"drain","by":"eu-west-1","at":"2026-12-01T03:00:00Z"}"#).unwrap();
