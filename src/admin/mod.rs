@@ -294,7 +294,8 @@ struct DatacenterStatus {
     /// Healthy and not drained: DNS answers with it.
     up: bool,
     drain: bool,
-    /// Its pools have `min_healthy` backends and its remote check passes.
+    /// Its pools have `min_healthy` backends and its remote check passes;
+    /// in a cluster, what the quorum of published views decided.
     healthy: bool,
     /// In a cluster: how many nodes' views said up and down, and whose
     /// (`pools`: its own nodes, `checks`: remote checks, `local`: none
