@@ -718,5 +718,18 @@ async fn one_nodes_failing_check_moves_nothing_a_majority_does_a_dead_node_stops
     assert_eq!(tally(&b).await, (0, 1, "pools".to_owned()));
     client.lease_revoke(lease).await.unwrap();
     answers(&b, ONE, "b: the views under a revoked lease are gone").await;
+
+    // A clean stop revokes b's lease: its views are gone once it exited.
+    let mut b = b;
+    let stopping = std::time::Instant::now();
+    b.signal("TERM");
+    assert!(b.wait_exit(LIMIT).await.success());
+    let gone = client.get("/geolb/health/node-b", None).await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_millis(1500),
+        "stopped before the 2 s lease could expire: {:?}",
+        stopping.elapsed()
+    );
+    assert!(gone.kvs().is_empty(), "b's views left with it");
     acceptor.abort();
 }
