@@ -28,6 +28,9 @@ use crate::takeover::{self, Inherited};
 
 /// How often the GeoIP database file is looked at for a replacement.
 const GEOIP_RECHECK: Duration = Duration::from_secs(1);
+/// How often this node's data-center views are looked at for the cluster's
+/// quorum: a change is published within it.
+const VIEW_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the daemon until a signal stops it. `ready` is told the daemon
 /// once everything serves (used by `geolb demo`). With `takeover`, the
@@ -82,6 +85,7 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let health = HealthTable::new(shutdown.child_token());
     let registry = BackendRegistry::default();
+    let quorum = registry.quorum.clone();
     // Overrides made before a restart or upgrade act from the first request;
     // in a cluster, the last state seen (etcd may be out of reach now).
     let state_dir = &checked.config.runtime.state_dir;
@@ -134,6 +138,20 @@ pub async fn serve(
     daemon.inherit(inherited);
     if let Some(cluster) = cluster {
         tasks.spawn(cluster.clone().run(shutdown.clone()));
+        let config = &checked.config.cluster;
+        let (node, own) = config
+            .as_ref()
+            .map(|c| (c.node.clone(), c.datacenter.clone()))
+            .unwrap_or_default();
+        tasks.spawn(crate::daemon::publish_views(
+            daemon.snapshot.clone(),
+            quorum.clone(),
+            node,
+            own,
+            VIEW_EVERY,
+            shutdown.clone(),
+        ));
+        tasks.spawn(cluster.clone().run_quorum(quorum, shutdown.clone()));
         let _ = daemon.cluster.set(cluster);
     }
     if let (Some(listen), Some(socket)) = (admin_listen, &admin_socket) {

@@ -17,6 +17,9 @@
 //! - `overrides/datacenter/NAME`
 //! - `overrides/backend/ADDR` (every pool with that backend)
 //! - `overrides/pool/POOL/ADDR` (that pool only)
+//!
+//! and `health/NODE`: each node's data-center views for the quorum
+//! ([`crate::quorum`]), under a lease of its own ([`Cluster::run_quorum`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
-    WatchResponse,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    WatchOptions, WatchResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -39,10 +42,13 @@ use crate::metrics::{
 use crate::overrides::{
     Entry, Override, OverrideStore, Overrides, Saved, Stamp, StoreError, Target, replace_file,
 };
+use crate::quorum::{Published, Quorum};
 
 /// The first wait before reconnecting; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a clean stop waits for etcd to revoke this node's lease.
+const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// A node in the cluster: the store its overrides are written to, and
 /// the state of its watch (for `/status` and `/metrics`).
@@ -67,6 +73,8 @@ pub struct Cluster {
     /// that a write of this node's own, acting here once etcd took it, is
     /// not applied over a later change the watch brought in meanwhile.
     applying: Mutex<()>,
+    /// The lease this node's published views live under (0: none yet).
+    lease: AtomicI64,
 }
 
 /// What `cluster.json` holds.
@@ -124,6 +132,7 @@ impl Cluster {
             revision: AtomicI64::new(0),
             last_sync: Mutex::new(None),
             applying: Mutex::new(()),
+            lease: AtomicI64::new(0),
         })
     }
 
@@ -429,6 +438,194 @@ impl Cluster {
         Ok(options)
     }
 
+    /// Publishes this node's data-center views under a lease and reads
+    /// every node's into `quorum`, until shutdown. While etcd is out of
+    /// reach the views last read stay in force (never fail closed); on
+    /// reconnecting, a fresh read drops the nodes whose lease expired
+    /// meanwhile.
+    pub async fn run_quorum(self: Arc<Self>, quorum: Arc<Quorum>, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let began = Instant::now();
+            let ended = tokio::select! {
+                ended = self.quorum_session(&quorum) => ended,
+                _ = shutdown.cancelled() => return self.leave().await,
+            };
+            tracing::warn!(error = %ended, retry_in = ?backoff, "data-center quorum: lost etcd, keeping the views last read");
+            if began.elapsed() > MAX_BACKOFF {
+                backoff = MIN_BACKOFF;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// On a clean stop: revokes the lease, so that this node's views stop
+    /// counting now rather than when the lease would expire. Best effort,
+    /// within the dial timeout: the lease expires anyway.
+    async fn leave(&self) {
+        let lease = self.lease.swap(0, Ordering::Relaxed);
+        if lease == 0 {
+            return;
+        }
+        // Bounded tighter than a dial: an unreachable etcd must not hold
+        // the stop up.
+        let limit = self.config.dial_timeout.min(LEAVE_WITHIN);
+        let revoke = async {
+            let at = self.current.load(Ordering::Relaxed);
+            let mut client = self.client(at).await?;
+            timed(limit, client.lease_revoke(lease)).await.map(drop)
+        };
+        match tokio::time::timeout(limit, revoke).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "data-center quorum: the lease is left to expire")
+            }
+            Err(_) => tracing::info!(
+                "data-center quorum: etcd did not answer, the lease is left to expire"
+            ),
+        }
+    }
+
+    /// One connection's life: a lease, this node's key under it, a full
+    /// read, then the watch. Returns why it ended.
+    async fn quorum_session(&self, quorum: &Quorum) -> String {
+        let dial = self.config.dial_timeout;
+        let at = self.current.load(Ordering::Relaxed);
+        let mut client = match self.client(at).await {
+            Ok(client) => client,
+            Err(e) => return e,
+        };
+        let within = |what: &'static str| move |e: String| format!("{what}: {e}");
+        let ttl = self.config.lease.as_secs().max(1) as i64;
+        let lease = match timed(dial, client.lease_grant(ttl, None)).await {
+            Ok(lease) => lease.id(),
+            Err(e) => return within("granting a lease")(e),
+        };
+        self.lease.store(lease, Ordering::Relaxed);
+        let (mut keeper, mut kept) = match timed(dial, client.lease_keep_alive(lease)).await {
+            Ok(pair) => pair,
+            Err(e) => return within("keeping the lease alive")(e),
+        };
+        // Before the read, so that this node's key is in what it reads.
+        if let Err(e) = self.publish(&mut client, quorum, lease).await {
+            return e;
+        }
+        let prefix = self.health_prefix();
+        let all = match timed(
+            dial,
+            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        {
+            Ok(all) => all,
+            Err(e) => return within("reading the views")(e),
+        };
+        let mut others = std::collections::HashMap::new();
+        for kv in all.kvs() {
+            if let Some((node, Some(views))) = self.views_of(kv.key(), Some(kv.value())) {
+                others.insert(node, views);
+            }
+        }
+        quorum.replace_others(others);
+        let from = all.header().map_or(0, |h| h.revision()) + 1;
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let mut stream = match timed(dial, client.watch(prefix, Some(options))).await {
+            Ok(stream) => stream,
+            Err(e) => return within("watching the views")(e),
+        };
+        let mut renew = tokio::time::interval(self.config.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                message = stream.message() => {
+                    let response = match message {
+                        Ok(Some(response)) => response,
+                        Ok(None) => return "the views' watch ended".to_owned(),
+                        Err(e) => return format!("watching the views: {e}"),
+                    };
+                    if response.canceled() {
+                        return format!("etcd cancelled the views' watch: {}", response.cancel_reason());
+                    }
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let value = (event.event_type() == EventType::Put).then(|| kv.value());
+                        if let Some((node, views)) = self.views_of(kv.key(), value) {
+                            quorum.set_other(&node, views);
+                        }
+                    }
+                }
+                _ = renew.tick() => {
+                    if renewed.elapsed() > self.config.lease {
+                        return "the lease was not renewed in time".to_owned();
+                    }
+                    if let Err(e) = keeper.keep_alive().await {
+                        return format!("keeping the lease alive: {e}");
+                    }
+                }
+                answer = kept.message() => match answer {
+                    Ok(Some(a)) if a.ttl() > 0 => renewed = Instant::now(),
+                    Ok(Some(_)) => return "the lease expired".to_owned(),
+                    Ok(None) => return "the lease's stream ended".to_owned(),
+                    Err(e) => return format!("keeping the lease alive: {e}"),
+                },
+                () = quorum.changed.notified() => {
+                    if let Err(e) = self.publish(&mut client, quorum, lease).await {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes this node's views now, under `lease`.
+    async fn publish(
+        &self,
+        client: &mut Client,
+        quorum: &Quorum,
+        lease: i64,
+    ) -> Result<(), String> {
+        let Some(mut views) = quorum.own() else {
+            return Ok(());
+        };
+        views.at = Stamp::now(&self.config.node).at;
+        let value = serde_json::to_string(&views).map_err(|e| e.to_string())?;
+        let key = format!("{}{}", self.health_prefix(), self.config.node);
+        let put = client.put(key, value, Some(PutOptions::new().with_lease(lease)));
+        timed(self.config.dial_timeout, put)
+            .await
+            .map(drop)
+            .map_err(|e| format!("publishing the views: {e}"))
+    }
+
+    fn health_prefix(&self) -> String {
+        format!("{}health/", self.config.prefix)
+    }
+
+    /// The node a `health/NODE` key names and its views (None: deleted);
+    /// None for a key that names no node or a value that cannot be read.
+    fn views_of(&self, key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<Published>)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let node = key.strip_prefix(&self.health_prefix())?;
+        if node.is_empty() || node.contains('/') {
+            return None;
+        }
+        let Some(value) = value else {
+            return Some((node.to_owned(), None));
+        };
+        match serde_json::from_slice(value) {
+            Ok(views) => Some((node.to_owned(), Some(views))),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "etcd: data-center views that cannot be read; ignored");
+                None
+            }
+        }
+    }
+
     fn overrides_prefix(&self) -> String {
         format!("{}overrides/", self.config.prefix)
     }
@@ -583,6 +780,18 @@ impl OverrideStore for Cluster {
     }
 }
 
+/// An etcd request given `dial` to answer.
+async fn timed<T>(
+    dial: Duration,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(dial, request).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {dial:?}")),
+    }
+}
+
 /// `{"state": ..., "by": ..., "at": ...}`.
 fn value_of(bytes: &[u8]) -> Result<(Override, Stamp), String> {
     #[derive(Deserialize)]
@@ -637,6 +846,7 @@ mod tests {
             user: None,
             password_file: None,
             dial_timeout: Duration::from_millis(100),
+            lease: Duration::from_secs(2),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -681,6 +891,26 @@ mod tests {
         ] {
             assert_eq!(c.target_of(key.as_bytes()), None, "{key}");
         }
+    }
+
+    #[test]
+    fn view_keys_name_a_node_and_bad_values_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path());
+        let value = br#"{"datacenter":"eu","views":{"eu":{"up":true,"source":"pools"}}}"#;
+        let (node, views) = c.views_of(b"/geolb/health/eu-1", Some(value)).unwrap();
+        assert_eq!(node, "eu-1");
+        assert_eq!(views.unwrap().datacenter.as_deref(), Some("eu"));
+        assert_eq!(
+            c.views_of(b"/geolb/health/eu-1", None),
+            Some(("eu-1".to_owned(), None)),
+            "a deleted key: the node stops counting"
+        );
+        for key in ["/geolb/health/", "/geolb/health/a/b", "/geolb/overrides/x"] {
+            assert_eq!(c.views_of(key.as_bytes(), None), None, "{key}");
+        }
+        let bad = br#"{"views":{"eu":{"up":"yes","source":"pools"}}}"#;
+        assert_eq!(c.views_of(b"/geolb/health/eu-1", Some(bad)), None);
     }
 
     #[test]

@@ -468,6 +468,50 @@ impl Daemon {
     }
 }
 
+/// This node's view of every data center it can judge, handed to the
+/// cluster's quorum each `every` (published when it changed): its own
+/// data center from its local pools, the others from their remote checks.
+/// A data center with neither is left to the nodes that can judge it.
+pub async fn publish_views(
+    snapshot: SharedSnapshot,
+    quorum: Arc<crate::quorum::Quorum>,
+    node: String,
+    own: Option<String>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    use crate::quorum::{Published, Source, View};
+    loop {
+        let current = snapshot.load();
+        let views = current
+            .datacenters
+            .iter()
+            .filter_map(|dc| {
+                let source = if own.as_deref() == Some(dc.config.name.as_str()) {
+                    Source::Pools
+                } else if dc.remote_check.is_some() {
+                    Source::Check
+                } else {
+                    return None;
+                };
+                let up = dc.locally_healthy();
+                Some((dc.config.name.clone(), View { up, source }))
+            })
+            .collect();
+        drop(current);
+        let published = Published {
+            datacenter: own.clone(),
+            views,
+            at: String::new(),
+        };
+        quorum.set_own(&node, published);
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Logs each data center's change between up and not up once, with the
 /// reason: its state follows from pool health, overrides and drain, which
 /// change in several places, so it is watched rather than reported.

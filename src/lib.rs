@@ -10,7 +10,7 @@
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          acme, tls_client, cluster)
-//!      -> (config, metrics, overrides, takeover, proxy_protocol, accept, notify,
+//!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules)
 //! ```
 //!
@@ -50,7 +50,10 @@
 //! - [`proxy_protocol`]: the PROXY protocol codec (proxy and health).
 //! - [`cluster`]: `[cluster]`: overrides shared through etcd (the
 //!   [`overrides::OverrideStore`] of a node in a cluster), watched, and
-//!   kept in the state directory for when etcd is out of reach.
+//!   kept in the state directory for when etcd is out of reach; and each
+//!   node's data-center views, published and read for [`quorum`].
+//! - [`quorum`]: data-center health decided over the views every node of
+//!   a cluster publishes (its own data center's pools, others' checks).
 //! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
 //!   the state file that keeps them across restarts.
 //! - [`takeover`]: handing the listening sockets to a new process
@@ -129,6 +132,7 @@ pub mod outlier;
 pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod quorum;
 pub mod reload;
 pub mod rules;
 pub mod state;

@@ -24,6 +24,7 @@ use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
 use crate::overrides::{Override, Overrides, Target};
+use crate::quorum::{self, Quorum};
 use crate::rules::{ErrorPages, Rules};
 use crate::sticky::Sticky;
 use crate::upstream::{IdleConnections, Upstream};
@@ -47,6 +48,8 @@ pub struct Datacenter {
     pub pools: Vec<Arc<Pool>>,
     pub remote_check: Option<Arc<Health>>,
     pub runtime_override: Arc<AtomicU8>,
+    /// The state the cluster's quorum gave it (see [`crate::quorum`]).
+    pub quorum: Arc<AtomicU8>,
 }
 
 impl Datacenter {
@@ -55,10 +58,16 @@ impl Datacenter {
     /// aside.
     pub fn healthy(&self) -> bool {
         self.override_state() != Override::Down
-            && self
-                .pools
-                .iter()
-                .all(|p| p.healthy() >= p.config.min_healthy)
+            && quorum::decided(&self.quorum).unwrap_or_else(|| self.locally_healthy())
+    }
+
+    /// What this node alone sees: every local pool has `min_healthy`
+    /// healthy backends and the remote check (if any) passes. The view it
+    /// publishes to the cluster's quorum.
+    pub fn locally_healthy(&self) -> bool {
+        self.pools
+            .iter()
+            .all(|p| p.healthy() >= p.config.min_healthy)
             && self.remote_check.as_ref().is_none_or(|h| h.is_up())
     }
 
@@ -66,6 +75,14 @@ impl Datacenter {
     pub fn why_not_up(&self) -> Option<String> {
         if self.override_state() == Override::Down {
             return Some("forced down by an override".to_owned());
+        }
+        match quorum::decided(&self.quorum) {
+            Some(false) => {
+                return Some("down by the cluster's quorum of published views".to_owned());
+            }
+            // Up by the quorum, whatever this node sees: only drain is left.
+            Some(true) => return self.why_drained(),
+            None => {}
         }
         if let Some(p) = self
             .pools
@@ -86,14 +103,17 @@ impl Datacenter {
                 .map_or_else(|| "no answer yet".to_owned(), |r| r.reason);
             return Some(format!("remote check failing: {reason}"));
         }
-        if self.drained() {
-            return Some(if self.config.drain {
+        self.why_drained()
+    }
+
+    fn why_drained(&self) -> Option<String> {
+        self.drained().then(|| {
+            if self.config.drain {
                 "drained by the config".to_owned()
             } else {
                 "drained by an override".to_owned()
-            });
-        }
-        None
+            }
+        })
     }
 
     /// Healthy and not drained: what DNS answers with first.
@@ -601,6 +621,8 @@ pub struct BackendRegistry {
     /// Queues and retry budgets by pool name.
     pools: Mutex<HashMap<String, Weak<PoolShared>>>,
     pub overrides: Arc<Overrides>,
+    /// Data-center states decided over the cluster's published views.
+    pub quorum: Arc<Quorum>,
 }
 
 impl BackendRegistry {
@@ -771,6 +793,7 @@ pub fn compile(
             runtime_override: registry.overrides.cell(&Target::Datacenter {
                 name: dc.name.clone(),
             }),
+            quorum: registry.quorum.cell(&dc.name),
         })
         .collect();
     Snapshot {

@@ -420,10 +420,13 @@ async fn a_node_cut_off_from_etcd_catches_up_each_change_exactly_once() {
         .await,
         1.0
     );
-    assert_eq!(
-        status["cluster"]["revision"],
-        a.status().await["cluster"]["revision"]
+    // At least where a is: the nodes' published views (health/) move etcd's
+    // revision too, and b's full read on reconnecting may see later ones.
+    let (b_rev, a_rev) = (
+        status["cluster"]["revision"].as_i64().unwrap(),
+        a.status().await["cluster"]["revision"].as_i64().unwrap(),
     );
+    assert!(b_rev >= a_rev, "b at {b_rev}, a at {a_rev}");
     let log = b.log();
     assert!(log.contains("lost etcd"), "{log}");
     assert!(
@@ -595,4 +598,148 @@ async fn a_node_back_after_a_compaction_reads_everything_and_applies_the_differe
         Some(1.0),
         "the difference applied once"
     );
+}
+
+/// A node of data center `two` whose remote check of `one` probes `probe`,
+/// with a 2 s lease: a killed node stops counting within seconds.
+fn quorum_config(node: &str, etcd: &[String], probe: SocketAddr) -> String {
+    let check = format!(
+        "check = {{ kind = \"tcp\", addr = \"{probe}\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }}"
+    );
+    node_config(node, etcd)
+        .replace(
+            "datacenter = \"one\"\ndial_timeout",
+            "datacenter = \"two\"\nlease = \"2s\"\ndial_timeout",
+        )
+        .replacen("always_up = true", &check, 1)
+}
+
+/// `one`'s quorum tally in a node's /status: (up, down, from).
+async fn tally(node: &Geolb) -> (i64, i64, String) {
+    let status = node.status().await;
+    let q = &status["datacenters"][0]["quorum"];
+    let from = q["from"].as_str().unwrap_or("").to_owned();
+    (
+        q["up"].as_i64().unwrap_or(-1),
+        q["down"].as_i64().unwrap_or(-1),
+        from,
+    )
+}
+
+async fn tallies(node: &Geolb, want: (i64, i64, &str), what: &str) {
+    eventually(&format!("{what}: quorum {want:?}"), LIMIT, || async {
+        let (up, down, from) = tally(node).await;
+        (up, down, from.as_str()) == want
+    })
+    .await;
+}
+
+/// Publishes `view` as node `node` would, under `lease`.
+async fn put_view(client: &mut etcd_client::Client, node: &str, view: &str, lease: i64) {
+    let options = etcd_client::PutOptions::new().with_lease(lease);
+    let key = format!("/geolb/health/{node}");
+    client.put(key, view, Some(options)).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_nodes_failing_check_moves_nothing_a_majority_does_a_dead_node_stops_counting() {
+    let Some(mut etcd) = Etcd::start(1).await else {
+        return;
+    };
+    // `one` answers b's checks; a's checks go to a closed port.
+    let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live_addr = live.local_addr().unwrap();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((conn, _)) = live.accept().await {
+            drop(conn);
+        }
+    });
+    let a = Geolb::start(&quorum_config(
+        "node-a",
+        &etcd.urls(),
+        support::refused_addr().await,
+    ))
+    .await;
+    let b = Geolb::start(&quorum_config("node-b", &etcd.urls(), live_addr)).await;
+    eventually("a's own check of one fails", LIMIT, || async {
+        a.status().await["datacenters"][0]["remote_check"] == "down"
+    })
+    .await;
+    tallies(&a, (1, 1, "checks"), "a sees b's view beside its own").await;
+    tallies(&b, (1, 1, "checks"), "b sees a's view beside its own").await;
+    assert_eq!(
+        answer(&a).await,
+        [ONE],
+        "a tie is up: a alone moves nothing"
+    );
+    assert_eq!(answer(&b).await, [ONE]);
+    assert_eq!(
+        gauge(&a, "geolb_datacenter_up{datacenter=\"one\"}").await,
+        1.0
+    );
+
+    // A third checker, written as another tool would, says down: a majority.
+    let mut client = etcd.client().await;
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    let view = r#"{"datacenter":null,"views":{"one":{"up":false,"source":"check"}},"at":""}"#;
+    put_view(&mut client, "node-c", view, lease).await;
+    answers(&a, TWO, "a: two of three checkers say one is down").await;
+    answers(&b, TWO, "b: the same decision, its own check passing").await;
+    assert_eq!(tally(&b).await, (1, 2, "checks".to_owned()));
+    assert_eq!(
+        gauge(&b, "geolb_datacenter_up{datacenter=\"one\"}").await,
+        0.0
+    );
+
+    // etcd goes: b keeps the decision it had (never fails closed), though
+    // its own check alone would answer ONE.
+    etcd.members[0].stop();
+    eventually("b notices etcd is gone", LIMIT, || async {
+        b.log().contains("keeping the views last read")
+    })
+    .await;
+    assert_eq!(answer(&b).await, [TWO], "b keeps the views last read");
+    assert_eq!(tally(&b).await, (1, 2, "checks".to_owned()));
+    etcd.members[0].start();
+    etcd.wait_ready().await;
+    let mut client = etcd.client().await;
+
+    // a dies: its lease (2 s) expires, its view stops counting, tie again.
+    let killed = std::time::Instant::now();
+    drop(a);
+    answers(&b, ONE, "b once a's lease expired").await;
+    eprintln!(
+        "measured: node killed to its view no longer counting: {:?}",
+        killed.elapsed()
+    );
+    tallies(&b, (1, 1, "checks"), "b counts itself and node-c").await;
+    let value = client.get("/geolb/health/node-b", None).await.unwrap();
+    let published: serde_json::Value = serde_json::from_slice(value.kvs()[0].value()).unwrap();
+    assert_eq!(published["datacenter"], "two");
+    assert_eq!(published["views"]["one"]["up"], true);
+    assert_eq!(published["views"]["one"]["source"], "check");
+    assert!(value.kvs()[0].lease() != 0, "b's view lives under a lease");
+
+    // A node of `one` itself says its pools are down: its word wins over
+    // the checkers' tie.
+    let view = r#"{"datacenter":"one","views":{"one":{"up":false,"source":"pools"}},"at":""}"#;
+    put_view(&mut client, "one-1", view, lease).await;
+    answers(&b, TWO, "b: one's own node says down").await;
+    assert_eq!(tally(&b).await, (0, 1, "pools".to_owned()));
+    client.lease_revoke(lease).await.unwrap();
+    answers(&b, ONE, "b: the views under a revoked lease are gone").await;
+
+    // A clean stop revokes b's lease: its views are gone once it exited.
+    let mut b = b;
+    let stopping = std::time::Instant::now();
+    b.signal("TERM");
+    assert!(b.wait_exit(LIMIT).await.success());
+    let gone = client.get("/geolb/health/node-b", None).await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_millis(1500),
+        "stopped before the 2 s lease could expire: {:?}",
+        stopping.elapsed()
+    );
+    assert!(gone.kvs().is_empty(), "b's views left with it");
+    acceptor.abort();
 }

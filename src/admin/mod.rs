@@ -294,8 +294,14 @@ struct DatacenterStatus {
     /// Healthy and not drained: DNS answers with it.
     up: bool,
     drain: bool,
-    /// Its pools have `min_healthy` backends and its remote check passes.
+    /// Its pools have `min_healthy` backends and its remote check passes;
+    /// in a cluster, what the quorum of published views decided.
     healthy: bool,
+    /// In a cluster: how many nodes' views said up and down, and whose
+    /// (`pools`: its own nodes, `checks`: remote checks, `local`: none
+    /// published, this node's view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quorum: Option<crate::quorum::Tally>,
     /// Runtime override: auto, drain or down.
     #[serde(rename = "override")]
     runtime_override: &'static str,
@@ -465,6 +471,7 @@ fn status(daemon: &Daemon) -> Status {
                 up: dc.up(),
                 drain: dc.drained(),
                 healthy: dc.healthy(),
+                quorum: daemon.registry.quorum.tally(&dc.config.name),
                 runtime_override: dc.override_state().as_str(),
                 override_stamp: overrides
                     .stamp(&Target::Datacenter {

@@ -11,6 +11,10 @@ use super::walk::{Ctx, Field, Tbl, first_seen};
 /// continent, short enough that a dead endpoint does not hold start-up.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `lease`'s default: a dead node stops counting within 10 s, and keeping
+/// the lease alive (every third of it) costs a request every few seconds.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
 impl Ctx {
     pub(super) fn cluster(
         &mut self,
@@ -43,6 +47,19 @@ impl Ctx {
             let password_file = c.maybe(t, "password_file", Ctx::path);
             let dial_timeout = c.opt(t, "dial_timeout", DEFAULT_DIAL_TIMEOUT, |c, f| {
                 c.duration(f, false)
+            });
+            let lease = c.opt(t, "lease", DEFAULT_LEASE, |c, f| {
+                let d = c.duration(f, false)?;
+                // etcd rounds a TTL to whole seconds and refuses less than
+                // its minimum (about 2 s with default election settings).
+                if d < Duration::from_secs(2) || d.subsec_nanos() != 0 {
+                    c.bad(
+                        f,
+                        "expected whole seconds, at least \"2s\" (etcd's shortest lease)",
+                    );
+                    return None;
+                }
+                Some(d)
             });
             half_pair(c, t, "cert", "key", "a client certificate");
             half_pair(c, t, "user", "password_file", "etcd authentication");
@@ -84,6 +101,7 @@ impl Ctx {
                 user: user?,
                 password_file: password_file?,
                 dial_timeout: dial_timeout?,
+                lease: lease?,
             })
         })
     }

@@ -50,6 +50,10 @@ pub struct ClusterConfig {
     /// `dial_timeout` (optional, "5s"): to connect, and to notice a
     /// connection that stopped answering.
     pub dial_timeout: Duration,
+    /// `lease` (optional, "10s"): the TTL of the lease this node's
+    /// published data-center views live under; a node gone this long
+    /// stops counting in the quorum.
+    pub lease: Duration,
 }
 
 /// `[runtime]` (an extension of the contract; the whole section is optional).

@@ -72,6 +72,7 @@ fn reference_file_parses_with_its_meaning() {
             user: Some("geolb".into()),
             password_file: etc("etcd.password"),
             dial_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(10),
         })
     );
 
@@ -1512,6 +1513,7 @@ fn the_contracts_cluster_keys_parse_as_sketched() {
     assert_eq!(cluster.node, "eu-west-1");
     assert_eq!(cluster.datacenter.as_deref(), Some("eu-west"));
     assert_eq!(cluster.dial_timeout, crate::config::DEFAULT_DIAL_TIMEOUT);
+    assert_eq!(cluster.lease, Duration::from_secs(10));
 }
 
 #[test]
@@ -1523,7 +1525,8 @@ fn cluster_errors_name_their_keys() {
                 datacenter = \"nowhere\"\n\
                 cert = \"c.pem\"\n\
                 user = \"root\"\n\
-                dial_timeout = \"0s\"\n";
+                dial_timeout = \"0s\"\n\
+                lease = \"1500ms\"\n";
     let shown: Vec<String> = errors(text).iter().map(|e| e.to_string()).collect();
     let expect = [
         ("line 2: cluster.etcd[0]", "no path"),
@@ -1534,6 +1537,7 @@ fn cluster_errors_name_their_keys() {
         ("line 6: cluster.cert", "add key"),
         ("line 7: cluster.user", "add password_file"),
         ("line 8: cluster.dial_timeout", "longer than 0"),
+        ("line 9: cluster.lease", "at least \"2s\""),
     ];
     for (at, says) in expect {
         assert!(
