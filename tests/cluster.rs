@@ -743,3 +743,85 @@ async fn one_nodes_failing_check_moves_nothing_a_majority_does_a_dead_node_stops
     assert!(gone.kvs().is_empty(), "b's views left with it");
     acceptor.abort();
 }
+
+/// Queries and requests sent through a node while etcd loses a member,
+/// then its quorum, then gets it back: how many failed, and the slowest.
+struct Drill {
+    sent: usize,
+    failed: Vec<String>,
+    slowest: Duration,
+}
+
+async fn drill(node: &Geolb, stop: Arc<AtomicBool>) -> Drill {
+    let dns = node.dns_addr().await;
+    let web = node.listener("web");
+    let mut drill = Drill {
+        sent: 0,
+        failed: Vec::new(),
+        slowest: Duration::ZERO,
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let started = std::time::Instant::now();
+        // dns_a_from panics on a lost answer: in its own task, that is a
+        // failure counted here.
+        match tokio::spawn(dns_a_from(dns, "127.0.0.1", NAME, Some("127.0.0.9"))).await {
+            Ok(a) if a == [ONE] => {}
+            Ok(a) => drill.failed.push(format!("DNS answer {a:?}")),
+            Err(e) => drill.failed.push(format!("DNS: {e}")),
+        }
+        match support::get(web, "/", &[]).await {
+            Ok((200, _, _)) => {}
+            Ok((code, _, body)) => drill.failed.push(format!("HTTP {code} {body:?}")),
+            Err(e) => drill.failed.push(format!("HTTP: {e}")),
+        }
+        drill.sent += 1;
+        drill.slowest = drill.slowest.max(started.elapsed());
+        // Paced, so the drill measures the etcd events rather than load.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drill
+}
+
+#[tokio::test]
+async fn serving_never_waits_for_etcd_while_members_and_the_quorum_go_and_come() {
+    let Some(mut etcd) = Etcd::start(3).await else {
+        return;
+    };
+    let backend = support::Backend::start("web").await;
+    let config = node_config("node-a", &etcd.urls())
+        + &format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+            backend.addr
+        );
+    let a = Geolb::start(&config).await;
+    connected(&a, true, "a").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (a, stop) = (&a, stop.clone());
+        async move { drill(a, stop).await }
+    };
+    let events = async {
+        etcd.members[0].stop();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        etcd.members[1].stop();
+        connected(&a, false, "a without quorum").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        etcd.members[1].start();
+        etcd.members[0].start();
+        connected(&a, true, "a with quorum back").await;
+        stop.store(true, Ordering::SeqCst);
+    };
+    let (drill, ()) = tokio::join!(load, events);
+    eprintln!(
+        "through a member lost, the quorum lost and back: {} rounds of a DNS query and a \
+         request, {} failed, slowest round {:?}",
+        drill.sent,
+        drill.failed.len(),
+        drill.slowest
+    );
+    assert!(drill.failed.is_empty(), "{:?}", drill.failed);
+    assert!(drill.sent >= 20, "the drill ran: {}", drill.sent);
+    assert!(backend.hits.load(Ordering::SeqCst) >= drill.sent);
+}
