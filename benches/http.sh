@@ -92,23 +92,12 @@ write_nginx_proxy_conf() {
     echo "http {"
     echo "    access_log off;"
     nginx_http_common nginx
+    nginx_upstream "${BACKEND_PORTS[@]}"
     cat <<EOF
-    upstream bench {
-        server 127.0.0.1:${BACKEND_PORTS[0]};
-        server 127.0.0.1:${BACKEND_PORTS[1]};
-        server 127.0.0.1:${BACKEND_PORTS[2]};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
     server {
         listen 127.0.0.1:${TARGET_PORT[nginx]};
-        location / {
-            proxy_pass $([[ $BACKEND_PROTO == tls ]] && echo https || echo http)://bench;
-            proxy_ssl_session_reuse on;
-            proxy_ssl_protocols TLSv1.2 TLSv1.3;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_pass_location "$([[ $BACKEND_PROTO == tls ]] && echo https || echo http)" \
+    "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;")
     }
 }
 EOF
@@ -116,20 +105,9 @@ EOF
 }
 
 write_haproxy_conf() {
-  cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    no log
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
+  {
+    haproxy_http_head 4096
+    cat <<EOF
 
 frontend fe
     bind 127.0.0.1:${TARGET_PORT[haproxy]}
@@ -141,6 +119,7 @@ backend be
     server b2 127.0.0.1:${BACKEND_PORTS[1]}$(haproxy_server_opts)
     server b3 127.0.0.1:${BACKEND_PORTS[2]}$(haproxy_server_opts)
 EOF
+  } >"$WORK/haproxy.cfg"
 }
 
 haproxy_server_opts() {

@@ -285,6 +285,30 @@ measure_retrying() {
   done
 }
 
+# ---------------------------------------------------------------- haproxy configs
+
+# haproxy_http_head MAXCONN [GLOBAL_LINE] : the global and defaults sections
+# of an HTTP proxy config: one thread, no log, keep-alive on both sides
+# with backend connections shared (http-reuse always), 60 s timeouts.
+haproxy_http_head() {
+  cat <<EOF
+global
+    nbthread 1
+    maxconn $1
+${2:+    $2}
+
+defaults
+    mode http
+    no log
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+EOF
+}
+
 # ---------------------------------------------------------------- nginx configs
 
 # nginx_common NAME : the top of an nginx config (one worker, foreground,
@@ -314,6 +338,31 @@ nginx_http_common() {
     scgi_temp_path $WORK/$1-tmp/scgi;
     keepalive_timeout 65s;
     keepalive_requests 1000000;
+EOF
+}
+
+# nginx_upstream PORT... : an upstream "bench" over the loopback backends
+# on PORTs, keeping up to 64 idle connections to them alive.
+nginx_upstream() {
+  local p
+  echo "    upstream bench {"
+  for p in "$@"; do echo "        server 127.0.0.1:$p;"; done
+  echo "        keepalive 64;"
+  echo "        keepalive_requests 1000000;"
+  echo "    }"
+}
+
+# nginx_pass_location [SCHEME [LINES]] : "location /" proxying to the
+# upstream "bench" (SCHEME http or https) over kept-alive HTTP/1.1, with
+# LINES added to the location.
+nginx_pass_location() {
+  cat <<EOF
+        location / {
+            proxy_pass ${1:-http}://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+${2:-}
+        }
 EOF
 }
 

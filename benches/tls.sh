@@ -164,20 +164,12 @@ write_nginx_proxy_conf() {
     echo "http {"
     echo "    access_log off;"
     nginx_http_common nginx
+    nginx_upstream "$BACKEND_PORT"
     cat <<EOF
-    upstream bench {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
     server {
         listen 127.0.0.1:${TARGET_PORT[nginx]} ssl http2 backlog=4096;
 $(nginx_tls)
-        location / {
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_pass_location)
     }
 }
 EOF
@@ -185,21 +177,9 @@ EOF
 }
 
 write_haproxy_conf() {
-  cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8000
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-
-defaults
-    mode http
-    no log
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
+  {
+    haproxy_http_head 8000 "ssl-default-bind-options ssl-min-ver TLSv1.3"
+    cat <<EOF
 
 frontend fe
     bind 127.0.0.1:${TARGET_PORT[haproxy]} ssl crt $WORK/cert-key.pem alpn h2,http/1.1
@@ -208,6 +188,7 @@ frontend fe
 backend be
     server b1 127.0.0.1:$BACKEND_PORT
 EOF
+  } >"$WORK/haproxy.cfg"
 }
 
 write_geolb_conf() {
