@@ -67,14 +67,6 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- configs
 
-make_cert() {   # as benches/tls.sh: one self-signed ECDSA P-256 certificate
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RESULTS/logs/openssl-req.log" 2>&1 \
-    || die "openssl could not make the certificate: $(tail -3 "$RESULTS/logs/openssl-req.log")"
-  cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/cert-key.pem"
-}
-
 write_geolb_conf() {
   local kind
   {

@@ -111,7 +111,7 @@ write_nginx_proxy_conf() {
     cat <<EOF
     server {
         listen 127.0.0.1:$PORT;
-$(nginx_pass_location)
+$(nginx_pass_location http)
     }
 }
 EOF

@@ -96,6 +96,13 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
+# mem_kb PID... : "VmRSS<TAB>VmHWM" in kB, each summed over the pids.
+mem_kb() {
+  local p
+  for p in "$@"; do cat "/proc/$p/status" 2>/dev/null; done \
+    | awk '/^VmRSS:/ { r += $2 } /^VmHWM:/ { h += $2 } END { printf "%d\t%d", r, h }'
+}
+
 # Sum of utime+stime (clock ticks) over the given pids.
 ticks_of() {
   local p
@@ -283,6 +290,31 @@ measure_retrying() {
     log "  noisy run discarded, measuring again (retry $try of $NOISY_RETRIES)"
     measure "$@"
   done
+}
+
+# ---------------------------------------------------------------- TLS
+
+# make_cert : one self-signed ECDSA P-256 certificate for localhost and
+# 127.0.0.1 in WORK (cert.pem, key.pem, and cert-key.pem, both in one file
+# as HAProxy wants them).
+make_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RESULTS/logs/openssl-req.log" 2>&1 \
+    || die "openssl could not make the certificate: $(tail -3 "$RESULTS/logs/openssl-req.log")"
+  cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/cert-key.pem"
+}
+
+# nginx_tls : the TLS lines of an nginx server block with make_cert's
+# certificate: TLS 1.3 only, sessions resumable as HAProxy and geolb do.
+nginx_tls() {
+  cat <<EOF
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+EOF
 }
 
 # ---------------------------------------------------------------- haproxy configs

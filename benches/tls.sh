@@ -71,12 +71,7 @@ SHIM=""
 
 # ---------------------------------------------------------------- certificate and shim
 
-make_cert() {   # one self-signed ECDSA P-256 certificate; HAProxy wants cert + key in one file
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RESULTS/logs/openssl-req.log" 2>&1 \
-    || die "openssl could not make the certificate: $(tail -3 "$RESULTS/logs/openssl-req.log")"
-  cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/cert-key.pem"
+log_cert() {
   log "certificate: $(openssl x509 -in "$WORK/cert.pem" -noout -subject -ext subjectAltName 2>/dev/null | tr -s '\n ' ' ')$(openssl x509 -in "$WORK/cert.pem" -noout -text | grep -m1 -o 'ASN1 OID: [a-z0-9]*')"
 }
 
@@ -110,16 +105,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- configs
-
-nginx_tls() {   # the TLS settings of the nginx proxy and the probe
-  cat <<EOF
-        ssl_certificate $WORK/cert.pem;
-        ssl_certificate_key $WORK/key.pem;
-        ssl_protocols TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        ssl_session_tickets on;
-EOF
-}
 
 write_backend_conf() {
   {
@@ -169,7 +154,7 @@ write_nginx_proxy_conf() {
     server {
         listen 127.0.0.1:${TARGET_PORT[nginx]} ssl http2 backlog=4096;
 $(nginx_tls)
-$(nginx_pass_location)
+$(nginx_pass_location http)
     }
 }
 EOF
@@ -438,6 +423,7 @@ main() {
   TARGET_PORT[geolb]=${ports[2]}; TARGET_PORT[haproxy]=${ports[3]}; TARGET_PORT[nginx]=${ports[4]}
 
   make_cert
+  log_cert
   if [[ " ${WORKLOADS[*]} " == *" full "* ]] && ! build_shim; then
     log "SKIP workload full (no shim: wrk would resume sessions)"
     read -ra WORKLOADS <<<"$(printf '%s ' "${WORKLOADS[@]}" | sed 's/\bfull\b//')"
