@@ -33,9 +33,12 @@
 # wrk sends Accept-Encoding: COMPRESS (geolb only: LISTENER and COMPRESS
 # do not apply to HAProxy and nginx).
 #   BODY=16k COMPRESS=gzip GEOLB=target/release/geolb benches/instructions.sh
+# TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
+# and the places holding it (benches/allocs.sh runs it so, with 1,000
+# connections).
 # Environment: PROXIES (geolb), DURATION (10 s), WARMUP (1 s), CONNS (8),
-# TOP (10 functions per proxy), KEEP (a directory: the callgrind outputs
-# are copied there as callgrind.PROXY.out), GEOLB.
+# TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
+# valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,6 +48,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-8}
 TOP=${TOP:-10}
+TOOL=${TOOL:-callgrind}
 LISTENER=${LISTENER:-}
 URL_PATH=${URL_PATH:-/}
 BODY=${BODY:-}
@@ -118,12 +122,16 @@ EOF
   } >"$WORK/nginx.conf"
 }
 
-# start_under_callgrind NAME : the proxy under valgrind (valgrind's pid is
-# the proxy's: no fork, no exec), collection off until callgrind_control
-# turns it on; sets VG.
-start_under_callgrind() {
-  local name=$1 logf="$WORK/logs/$1.log"
-  local CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.$1.out")
+# start_under_valgrind NAME : the proxy under valgrind's TOOL (valgrind's
+# pid is the proxy's: no fork, no exec); callgrind with collection off
+# until callgrind_control turns it on; sets VG.
+start_under_valgrind() {
+  local name=$1 logf="$WORK/logs/$1.log" CALLGRIND
+  if [[ $TOOL == dhat ]]; then
+    CALLGRIND=(valgrind --tool=dhat --num-callers=40 --dhat-out-file="$WORK/dhat.$1.out")
+  else
+    CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.$1.out")
+  fi
   case $name in
     geolb)
       [[ -x $GEOLB ]] || { log "SKIP geolb: binary $GEOLB not found (set GEOLB=)"; return 1; }
@@ -195,6 +203,54 @@ for line in sys.stdin:
 ' "$@"
 }
 
+# dhat_report FILE CONNECTIONS TOP : the heap at its peak (dhat's t-gmax)
+# from a dhat output: bytes and blocks live then, bytes per connection, and
+# the TOP places holding them, each named by the first three frames of its
+# stack outside the allocator's plumbing (the Rust standard library, the
+# allocation wrappers of bytes, hashbrown, nginx and HAProxy), stacks
+# sharing those frames summed.
+dhat_report() {
+  python3 - "$@" <<'EOF'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+conns, top = int(sys.argv[2]), int(sys.argv[3])
+ftbl = d["ftbl"]
+PLUMBING = re.compile(r"^(malloc|calloc|realloc|posix_memalign|aligned_alloc|memalign|UnknownInlinedFun)$"
+                      r"|^(__rust_|__rdl_)|^(alloc|alloc_impl|alloc_impl_runtime|allocate|exchange_malloc)$"
+                      r"|^bytes::bytes_mut::|^(reserve|with_capacity|new)(<|$)|^hashbrown::"
+                      r"|^(ngx_alloc|ngx_calloc|ngx_palloc|ngx_pnalloc|ngx_pcalloc|ngx_memalign|ngx_palloc_large|ngx_palloc_block|ngx_create_pool)$"
+                      r"|^(__pool_alloc|pool_alloc_nocache|pool_get_from_os|pool_alloc|pool_zalloc)$")
+def frame(i):
+    """(name, where) of a frame, or None when it is the allocator's plumbing."""
+    m = re.match(r"0x[0-9A-Fa-f]+: (.*?)(?: \((?:in )?([^()]*)\))?$", ftbl[i])
+    name, where = (m.group(1), m.group(2) or "") if m else (ftbl[i], "")
+    if where.startswith(("library/", "/rustc/")) or "vgpreload" in where or PLUMBING.search(name):
+        return None
+    while True:   # generic arguments dropped, innermost first, to fit a line
+        short = re.sub(r"<[^<>]*>", "", name)
+        if short == name:
+            break
+        name = short
+    return f"{name} ({where.rsplit('/', 1)[-1]})" if where else name
+gb = sum(p.get("gb", 0) for p in d["pps"])
+gbk = sum(p.get("gbk", 0) for p in d["pps"])
+tb = sum(p["tb"] for p in d["pps"])
+tbk = sum(p["tbk"] for p in d["pps"])
+print(f"  heap at its peak: {gb:,} bytes in {gbk:,} blocks; {gb / conns:,.0f} bytes per connection (all of it / {conns});"
+      f" whole run: {tbk:,} blocks, {tb:,} bytes allocated")
+groups = {}
+for p in d["pps"]:
+    if not p.get("gb"):
+        continue
+    kept = [f for f in map(frame, p["fs"]) if f][:3]
+    key = " <- ".join(kept) or "(allocator only)"
+    g = groups.setdefault(key, [0, 0])
+    g[0] += p["gb"]; g[1] += p["gbk"]
+for key, (b, k) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+    print(f"  {b:>12,} B {100 * b / gb:5.1f} % {k:>7,} blocks {b / conns:>9,.0f} B/conn  {key}")
+EOF
+}
+
 # ratio A B : A / B to two decimals, or a dash without B.
 ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo —; }
 
@@ -209,9 +265,9 @@ WRK_HEADER=()
 [[ -n $COMPRESS ]] && WRK_HEADER=(-H "Accept-Encoding: $COMPRESS")
 declare -A IR_PER=() MALLOC_PER=()
 for name in $PROXIES; do
-  start_under_callgrind "$name" || continue
+  start_under_valgrind "$name" || continue
   if ! wait_until "$VG" 300 0.1 curl -s -o /dev/null "127.0.0.1:$PORT/"; then
-    log "SKIP $name: no answer within 30 s under callgrind; log tail:"; tail -5 "$WORK/logs/$name.log" >&2
+    log "SKIP $name: no answer within 30 s under valgrind; log tail:"; tail -5 "$WORK/logs/$name.log" >&2
     stop_pids "$VG"; forget_pid "$VG"; continue
   fi
   HEAD=$(curl -s -D - -o /dev/null "${WRK_HEADER[@]}" "127.0.0.1:$PORT$URL_PATH")
@@ -219,21 +275,27 @@ for name in $PROXIES; do
     log "SKIP $name: not 200${COMPRESS:+ with $COMPRESS}: $HEAD"; stop_pids "$VG"; forget_pid "$VG"; continue
   fi
   ((WARMUP > 0)) && run_load "$WARMUP" "$WORK/warmup-$name.wrk" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
-  callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1 \
-    || { log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; stop_pids "$VG"; forget_pid "$VG"; continue; }
+  if [[ $TOOL == callgrind ]] && ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
+    log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; stop_pids "$VG"; forget_pid "$VG"; continue
+  fi
   run_load "$DURATION" "$WORK/$name.wrk" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
   N=$(awk '/requests in/ {print $1}' "$WORK/$name.wrk")
   NON2XX=$(awk '/Non-2xx/ {print $NF}' "$WORK/$name.wrk")
-  kill -TERM "$VG"   # no SIGKILL: callgrind writes its output at exit
+  kill -TERM "$VG"   # no SIGKILL: valgrind writes its output at exit
   for ((i = 0; i < 300; i++)); do kill -0 "$VG" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$VG" 2>/dev/null && log "$name: still running 30 s after SIGTERM (its output may be missing)"
   forget_pid "$VG"
-  OUT=$WORK/callgrind.$name.out
+  OUT=$WORK/$TOOL.$name.out
   [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$OUT" "$KEEP/"
-  IR=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-  if [[ -z $N || $N == 0 || -z $IR ]]; then
-    log "SKIP $name: no result (requests '${N:-}', instructions '${IR:-}')"; continue
+  if [[ -z $N || $N == 0 || ! -s $OUT ]]; then
+    log "SKIP $name: no result (requests '${N:-}', output $(stat -c %s "$OUT" 2>/dev/null || echo missing))"; continue
   fi
+  if [[ $TOOL == dhat ]]; then
+    echo "$name: requests=$N${NON2XX:+ non2xx=$NON2XX} connections=$CONNS"
+    dhat_report "$OUT" "$CONNS" "$TOP"
+    continue
+  fi
+  IR=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   MALLOCS=$(mallocs "$OUT")
   IR_PER[$name]=$((IR / N))
   MALLOC_PER[$name]=$(awk -v m="$MALLOCS" -v n="$N" 'BEGIN { printf "%.2f", m / n }')
