@@ -60,6 +60,9 @@ GEOLB=${GEOLB:-/work/main/target/release/geolb}
 PROXY_CPU=0
 LOAD_CPU=1
 NGINX_WORKER_CONNECTIONS=4096
+# nginx keeps at most this many idle backend connections: with fewer than
+# CONNS it closes one after most responses under load.
+NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
 WORKLOADS=(tiny 1k)
 declare -A WL_PATH=([tiny]=/ [1k]=/1k)
 

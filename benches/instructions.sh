@@ -55,6 +55,8 @@ BODY=${BODY:-}
 COMPRESS=${COMPRESS:-}
 PROXY_CPU=0
 LOAD_CPU=1
+# nginx keeps at most this many idle backend connections (as in http.sh).
+NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
 WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
 mkdir -p "$WORK/logs"
 PIDS=()

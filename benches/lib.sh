@@ -319,15 +319,24 @@ EOF
 
 # ---------------------------------------------------------------- haproxy configs
 
-# haproxy_http_head MAXCONN [GLOBAL_LINE] : the global and defaults sections
-# of an HTTP proxy config: one thread, no log, keep-alive on both sides
-# with backend connections shared (http-reuse always), 60 s timeouts.
+# haproxy_http_head MAXCONN [GLOBAL_LINE...] : the global and defaults
+# sections of an HTTP proxy config: one thread, no log, keep-alive on both
+# sides with backend connections shared (http-reuse always), 60 s timeouts.
+# By default HAProxy stops keeping idle backend connections once 20 % of
+# its descriptors are in use (tune.pool-low-fd-ratio; maxconn 4096 gives
+# about 8,200) and closes them from 25 %: at 1,000 clients it would open a
+# backend connection for every other request, where geolb (and nginx with
+# keepalive >= the clients) keep theirs.
 haproxy_http_head() {
+  local maxconn=$1
+  shift
   cat <<EOF
 global
     nbthread 1
-    maxconn $1
-${2:+    $2}
+    maxconn $maxconn
+    tune.pool-low-fd-ratio 90
+    tune.pool-high-fd-ratio 95
+$(for l in "$@"; do [[ -n $l ]] && echo "    $l"; done)
 
 defaults
     mode http
@@ -374,12 +383,12 @@ EOF
 }
 
 # nginx_upstream PORT... : an upstream "bench" over the loopback backends
-# on PORTs, keeping up to 64 idle connections to them alive.
+# on PORTs, keeping up to NGINX_KEEPALIVE (64) idle connections to them.
 nginx_upstream() {
   local p
   echo "    upstream bench {"
   for p in "$@"; do echo "        server 127.0.0.1:$p;"; done
-  echo "        keepalive 64;"
+  echo "        keepalive ${NGINX_KEEPALIVE:-64};"
   echo "        keepalive_requests 1000000;"
   echo "    }"
 }
