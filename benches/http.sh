@@ -364,7 +364,7 @@ for key, rs in groups.items():
     s["sys_per_req"], s["cs_per_req"] = per("syscalls"), per("ctx_switches")
     summary[key] = s
 perf = any(s["sys_per_req"] is not None for s in summary.values())
-print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MB | KB per connection |"
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection |"
       + (" syscalls per request | context switches per request |" if perf else ""))
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
 for w in workloads:
@@ -518,7 +518,7 @@ Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2l
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
 Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
 Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
-Peak RSS = the largest VmHWM after a run (nginx: master + worker); KB per connection = (peak RSS - VmRSS before the warm-up) / $CONNS.
+Peak RSS = the largest VmHWM after a run (nginx: master + worker); KiB per connection = (peak RSS - VmRSS before the warm-up) / $CONNS.
 EOF
   log "raw results: $RESULTS (results.tsv, summary.md, raw/*.wrk, configs/, logs/, env.txt)"
 }
