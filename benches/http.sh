@@ -15,7 +15,15 @@
 #   ROUNDS=3        interleaved rounds (the table shows the median)
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per target and workload, before round 1
-#   CONNS=64        wrk connections
+#   CONNS=64        client connections (wrk -c, h2load -c)
+#   CLIENT=h1       h1: wrk, cleartext HTTP/1.1; h2: h2load -t1 over TLS 1.3
+#                   with ALPN h2 (one self-signed P-256 certificate as in
+#                   benches/tls.sh), HTTP/1.1 to the backends as in h1
+#   H2_STREAMS=1    h2load -m: concurrent streams per connection
+#   PERF_SYSCALLS=0 1: count the proxy's system calls and context switches
+#                   during each run (perf stat on tracepoints; costs some
+#                   req/s, so the rates of such a run are not the figures
+#                   to quote); benches/syscalls.sh sets it
 #   WAIT_QUIET=0    before each run, wait up to this many seconds for other
 #                   processes to use < 10% of a core (0 = don't wait)
 #   BACKEND_PROTO=http1  how the proxies speak to the backends:
@@ -25,8 +33,14 @@
 #   GEOLB=/work/main/target/release/geolb
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
 #
-# Requires: haproxy, nginx (nginx-light is enough), wrk, taskset, python3, curl.
-#   apt-get install -y haproxy nginx-light wrk
+# Every run also reads the proxy's VmRSS and VmHWM (peak RSS, from
+# /proc/PID/status, summed over its processes) after the run; with the
+# proxy's VmRSS before its warm-up, (peak - before) / CONNS is the memory
+# one active client connection (and the backend connection it needs) costs.
+#
+# Requires: haproxy, nginx (nginx-light is enough), wrk, taskset, python3, curl;
+# h2load for CLIENT=h2, perf for PERF_SYSCALLS=1.
+#   apt-get install -y haproxy nginx-light wrk nghttp2-client linux-perf
 set -uo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -37,18 +51,25 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
+CLIENT=${CLIENT:-h1}
+H2_STREAMS=${H2_STREAMS:-1}
+PERF_SYSCALLS=${PERF_SYSCALLS:-0}
 WAIT_QUIET=${WAIT_QUIET:-0}
 BACKEND_PROTO=${BACKEND_PROTO:-http1}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
 PROXY_CPU=0
 LOAD_CPU=1
 NGINX_WORKER_CONNECTIONS=4096
+# nginx keeps at most this many idle backend connections: with fewer than
+# CONNS it closes one after most responses under load.
+NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
 WORKLOADS=(tiny 1k)
 declare -A WL_PATH=([tiny]=/ [1k]=/1k)
 
 declare -a PIDS=()          # every long-running process this script started
 declare -A TARGET_PID=()    # target -> pid of the proxy (empty for direct)
 declare -A TARGET_PORT=()   # target -> port wrk connects to
+declare -A TARGET_RSS0=()   # target -> its VmRSS (kB) before the warm-up
 declare -a TARGETS=()       # targets that started and passed the sanity check
 BACKEND_PID=""
 
@@ -92,23 +113,13 @@ write_nginx_proxy_conf() {
     echo "http {"
     echo "    access_log off;"
     nginx_http_common nginx
+    nginx_upstream "${BACKEND_PORTS[@]}"
     cat <<EOF
-    upstream bench {
-        server 127.0.0.1:${BACKEND_PORTS[0]};
-        server 127.0.0.1:${BACKEND_PORTS[1]};
-        server 127.0.0.1:${BACKEND_PORTS[2]};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
     server {
-        listen 127.0.0.1:${TARGET_PORT[nginx]};
-        location / {
-            proxy_pass $([[ $BACKEND_PROTO == tls ]] && echo https || echo http)://bench;
-            proxy_ssl_session_reuse on;
-            proxy_ssl_protocols TLSv1.2 TLSv1.3;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+        listen 127.0.0.1:${TARGET_PORT[nginx]}$([[ $CLIENT == h2 ]] && echo " ssl http2");
+$([[ $CLIENT == h2 ]] && nginx_tls)
+$(nginx_pass_location "$([[ $BACKEND_PROTO == tls ]] && echo https || echo http)" \
+    "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;")
     }
 }
 EOF
@@ -116,23 +127,12 @@ EOF
 }
 
 write_haproxy_conf() {
-  cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    no log
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
+  {
+    haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && echo "ssl-default-bind-options ssl-min-ver TLSv1.3")"
+    cat <<EOF
 
 frontend fe
-    bind 127.0.0.1:${TARGET_PORT[haproxy]}
+    bind 127.0.0.1:${TARGET_PORT[haproxy]}$([[ $CLIENT == h2 ]] && echo " ssl crt $WORK/cert-key.pem alpn h2,http/1.1")
     default_backend be
 
 backend be
@@ -141,6 +141,7 @@ backend be
     server b2 127.0.0.1:${BACKEND_PORTS[1]}$(haproxy_server_opts)
     server b3 127.0.0.1:${BACKEND_PORTS[2]}$(haproxy_server_opts)
 EOF
+  } >"$WORK/haproxy.cfg"
 }
 
 haproxy_server_opts() {
@@ -168,6 +169,7 @@ $(case $BACKEND_PROTO in
 name = "bench"
 bind = "127.0.0.1:${TARGET_PORT[geolb]}"
 pool = "bench"
+$([[ $CLIENT == h2 ]] && printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]' "$WORK/cert.pem" "$WORK/key.pem")
 EOF
 }
 
@@ -198,38 +200,111 @@ nginx_usable() {
 }
 
 # sanity_check NAME : 200s with the right bodies, and which backends answered.
+# With CLIENT=h2 every answer must come over HTTP/2.
 sanity_check() {
-  local name=$1 port=${TARGET_PORT[$1]} i out seen=() size
+  local name=$1 port=${TARGET_PORT[$1]} i out seen=() size curl_args=(-s -m 2)
+  [[ $CLIENT == h2 ]] && curl_args+=(-k --http2)
   for ((i = 0; i < 6; i++)); do
-    out=$(curl -s -m 2 "http://127.0.0.1:$port/") || { log "SKIP $name: GET / failed"; return 1; }
+    out=$(curl "${curl_args[@]}" "$SCHEME://127.0.0.1:$port/") || { log "SKIP $name: GET / failed"; return 1; }
     [[ $out == b[123] ]] || { log "SKIP $name: GET / answered '${out:0:60}'"; return 1; }
     seen+=("$out")
   done
-  size=$(curl -s -m 2 -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$port/1k")
-  [[ $size == "200 1024" ]] || { log "SKIP $name: GET /1k gave '$size', want '200 1024'"; return 1; }
+  size=$(curl "${curl_args[@]}" -o /dev/null -w '%{http_code} %{size_download} %{http_version}' "$SCHEME://127.0.0.1:$port/1k")
+  [[ $size == "200 1024 $([[ $CLIENT == h2 ]] && echo 2 || echo 1.1)" ]] \
+    || { log "SKIP $name: GET /1k gave '$size' (status, bytes, HTTP version), want 200 1024"; return 1; }
   log "$name: sanity ok, backends seen over 6 requests: $(printf '%s\n' "${seen[@]}" | sort | uniq -c | tr -s ' \n' ' ')"
 }
 
 # ---------------------------------------------------------------- measuring
 
+# run_h2load SECONDS OUTFILE URL : h2load -t1 -cCONNS -mH2_STREAMS for
+# SECONDS on LOAD_CPU, one line per request in OUTFILE.log.
+run_h2load() {
+  run_load "$1" "$2" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$1" --log-file="$2.log" "$3"
+}
 
+# parse_h2load FILE : rps p50 p99 non2xx sock requests, as parse_wrk gives
+# them for wrk. h2load prints no percentiles: they come from FILE.log (start
+# time, status, microseconds to the end of the response), which is then
+# deleted (a line per request). non2xx: 4xx and 5xx; sock: errored and
+# timed-out requests.
+parse_h2load() {
+  local file=$1 pct
+  pct=$(awk -F'\t' '$2 > 0 { print $3 }' "$file.log" 2>/dev/null | sort -n | awk '
+    function at(p,  i) { i = int(p * NR); if (i < p * NR) i++; if (i < 1) i = 1; return v[i] / 1000 }
+    { v[NR] = $1 } END { if (NR) printf "%.3f %.3f", at(0.5), at(0.99); else print "NA NA" }')
+  rm -f "$file.log"
+  awk -v pct="$pct" '
+    /^finished in/   { rps = $4 }
+    /^requests:/     { done = $6; errored = $12; timeout = $14 }
+    /^status codes:/ { bad = $7 + $9 }
+    END {
+      if (rps == "") { print "NA\tNA\tNA\tNA\tNA\tNA"; exit }
+      split(pct, p, " ")
+      printf "%s\t%s\t%s\t%d\t%d\t%d\n", rps, p[1], p[2], bad, errored + timeout, done }' "$file"
+}
 
+# The system calls counted one by one (all of them are counted together as
+# well): those of event loops, sockets and memory. Each tracepoint is a
+# counter per thread that perf sets up and tears down in turn (all ~350
+# of them took 15 s here).
+SYSCALL_KINDS="read write readv writev recvfrom sendto recvmsg sendmsg recvmmsg sendmmsg epoll_wait
+  epoll_pwait epoll_pwait2 epoll_ctl futex accept4 accept close connect socket setsockopt getsockopt
+  getsockname getpeername shutdown ioctl fcntl sched_yield madvise mmap munmap mprotect brk
+  clock_gettime gettimeofday sendfile splice timerfd_settime eventfd2 poll ppoll io_uring_enter"
 
+# perf_start OUTFILE PID... : count the system calls (all, and each kind) and
+# context switches of PIDs (every thread) into OUTFILE for DURATION + 2 s
+# (perf stat --timeout: no signal needed, where a background job would
+# ignore SIGINT); sets PERF_PID. perf opens a
+# counter per tracepoint and thread, which takes a moment: the second
+# before the load starts is counted too, and the one after, while the
+# proxy is idle (a few timer calls at most).
+perf_start() {
+  local out=$1 kind events=""
+  shift
+  for kind in $SYSCALL_KINDS; do
+    [[ -d /sys/kernel/tracing/events/syscalls/sys_enter_$kind ]] && events+=",syscalls:sys_enter_$kind"
+  done
+  start_bg "$LOAD_CPU" "$out.log" timeout -k 5 $((DURATION + 30)) perf stat -x, -o "$out" -e raw_syscalls:sys_enter -e context-switches \
+    -e "${events#,}" --timeout $(((DURATION + 2) * 1000)) -p "$(IFS=,; echo "$*")"
+  PERF_PID=$STARTED_PID
+  sleep 1
+}
+
+# perf_stop OUTFILE : wait for the count to end (bounded twice: perf's own
+# --timeout, and timeout(1) around it), set PERF_COUNTS to "syscalls<TAB>context switches".
+perf_stop() {
+  forget_pid "$PERF_PID"
+  PERF_COUNTS=$(awk -F, '$3 == "raw_syscalls:sys_enter" { s = $1 } $3 == "context-switches" { c = $1 }
+           END { printf "%s\t%s", (s == "" ? "NA" : s), (c == "" ? "NA" : c) }' "$1")
+}
 
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv
 measure() {
   local round=$1 target=$2 wl=$3
-  local url="http://127.0.0.1:${TARGET_PORT[$target]}${WL_PATH[$wl]}"
-  local out="$RESULTS/raw/r${round}-${target}-${wl}.wrk"
-  local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row
+  local url="$SCHEME://127.0.0.1:${TARGET_PORT[$target]}${WL_PATH[$wl]}"
+  local out="$RESULTS/raw/r${round}-${target}-${wl}.$LOADGEN"
+  local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row load mem sys="NA\tNA"
 
   ((WAIT_QUIET > 0)) && wait_quiet
   [[ -n ${TARGET_PID[$target]:-} ]] && ppids=("${TARGET_PID[$target]}" $(children_of "${TARGET_PID[$target]}"))
   bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
+  ((PERF_SYSCALLS && ${#ppids[@]})) && perf_start "$RESULTS/raw/r${round}-${target}-${wl}.perf" "${ppids[@]}"
 
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
-  run_wrk "$DURATION" "$out" -c"$CONNS" "$url"
+  if [[ $CLIENT == h2 ]]; then
+    run_h2load "$DURATION" "$out" "$url"
+  else
+    run_wrk "$DURATION" "$out" -c"$CONNS" "$url"
+  fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
+  if ((PERF_SYSCALLS && ${#ppids[@]})); then
+    perf_stop "$RESULTS/raw/r${round}-${target}-${wl}.perf"
+    sys=$PERF_COUNTS
+  fi
+  mem="NA\tNA"
+  ((${#ppids[@]})) && mem=$(mem_kb "${ppids[@]}")
 
   row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
             -v has_proxy="${#ppids[@]}" -v c0="$c0" -v c1="$c1" -v f0="$f0" -v f1="$f1" 'BEGIN {
@@ -241,18 +316,27 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(parse_wrk "$out" rps p50 p99 non2xx sock)" "$row" >>"$RESULTS/results.tsv"
+  if [[ $CLIENT == h2 ]]; then
+    load=$(parse_h2load "$out")
+  else
+    load=$(parse_wrk "$out" rps p50 p99 non2xx sock requests)
+  fi
+  # rps p50 p99 non2xx sock | proxy CPU ... elapsed | requests | memory | syscalls
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
+    "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
-    printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
-      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ($13 > 5 ? "  << NOISY" : "") }' >&2
+    printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  peak RSS %s kB%s%s\n",
+      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18,
+      ($19 != "NA" && $15 > 0 ? sprintf("  syscalls/req %.2f", $19 / $15) : ""), ($13 > 5 ? "  << NOISY" : "") }' >&2
 }
 
 # ---------------------------------------------------------------- summary
 
 summarize() {
-  python3 - "$RESULTS/results.tsv" <<'EOF'
-import csv, statistics, sys
+  python3 - "$RESULTS/results.tsv" "$CONNS" <<'EOF'
+import csv, glob, os, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+conns = int(sys.argv[2])
 def num(v):
     try: return float(v)
     except ValueError: return None
@@ -272,9 +356,17 @@ for key, rs in groups.items():
     s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu")}
     s["errors"] = sum(int(num(r["non2xx"]) or 0) + int(num(r["sock_err"]) or 0) for r in rs)
     s["n"] = sum(1 for r in rs if num(r["rps"]) is not None)
+    hwm = [num(r["hwm_kb"]) for r in rs if num(r["hwm_kb"]) is not None]
+    s["peak_mb"] = max(hwm) / 1024 if hwm else None
+    rss0 = num(rs[0]["rss0_kb"])
+    s["kb_per_conn"] = (max(hwm) - rss0) / conns if hwm and rss0 is not None else None
+    per = lambda f: med(num(r[f]) / num(r["requests"]) if num(r[f]) is not None and num(r["requests"]) else None for r in rs)
+    s["sys_per_req"], s["cs_per_req"] = per("syscalls"), per("ctx_switches")
     summary[key] = s
-print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+perf = any(s["sys_per_req"] is not None for s in summary.values())
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection |"
+      + (" syscalls per request | context switches per request |" if perf else ""))
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
 for w in workloads:
     for t in targets:
         s = summary.get((t, w))
@@ -285,7 +377,30 @@ for w in workloads:
         per_core = s["rps"] / (s["proxy_cpu"] / 100) if s["rps"] and s["proxy_cpu"] else None
         print(f"| {t} | {w} | {s['n']} | {fmt(s['rps'], ',.0f')} | {fmt(ratio('nginx'), '.2f')} | "
               f"{fmt(ratio('haproxy'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
-              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | "
+              f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} |"
+              + (f" {fmt(s['sys_per_req'], '.2f')} | {fmt(s['cs_per_req'], '.3f')} |" if perf else ""))
+if perf:
+    # Each kind of system call per request, summed over the rounds.
+    raw = os.path.join(os.path.dirname(sys.argv[1]), "raw")
+    print("\nSystem calls per request, by kind (perf stat on syscalls:sys_enter_* tracepoints, all rounds;"
+          " other = raw_syscalls:sys_enter minus the kinds counted one by one):\n")
+    for w in workloads:
+        for t in targets:
+            rs = [r for r in groups.get((t, w), []) if num(r["requests"])]
+            counts, reqs = {}, sum(num(r["requests"]) for r in rs)
+            for r in rs:
+                for f in glob.glob(os.path.join(raw, f"r{r['round']}-{t}-{w}.perf")):
+                    for line in open(f):
+                        c = line.split(",")
+                        if len(c) > 2 and c[2].startswith("syscalls:sys_enter_") and num(c[0]):
+                            name = c[2][len("syscalls:sys_enter_"):]
+                            counts[name] = counts.get(name, 0) + num(c[0])
+            if counts and reqs:
+                total = sum(num(r["syscalls"]) or 0 for r in rs)
+                top = [kv for kv in sorted(counts.items(), key=lambda kv: -kv[1]) if kv[1] / reqs >= 0.005][:8]
+                top.append(("other", total - sum(v for _, v in top)))
+                print(f"- {t} {w}: " + ", ".join(f"{k} {v / reqs:.2f}" for k, v in top))
 noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
 if noisy:
     print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
@@ -302,6 +417,18 @@ preflight() {
   for c in haproxy nginx wrk taskset python3 curl ps; do
     command -v "$c" >/dev/null || die "$c not found (apt-get install -y haproxy nginx-light wrk)"
   done
+  case $CLIENT in
+    h1) SCHEME=http; LOADGEN=wrk ;;
+    h2) SCHEME=https; LOADGEN=h2load
+        command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)"
+        command -v openssl >/dev/null || die "openssl not found" ;;
+    *) die "CLIENT=$CLIENT: h1 or h2" ;;
+  esac
+  if ((PERF_SYSCALLS)); then
+    command -v perf >/dev/null || die "perf not found (apt-get install -y linux-perf)"
+    perf stat -e raw_syscalls:sys_enter -o /dev/null true 2>/dev/null \
+      || die "perf cannot count syscall tracepoints here (kernel.perf_event_paranoid, tracefs)"
+  fi
   (($(nproc --all) >= 2)) || die "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)"
   ((ROUNDS >= 1 && DURATION >= 1 && WARMUP >= 0)) || die "bad ROUNDS/DURATION/WARMUP"
   HZ=$(getconf CLK_TCK)
@@ -311,11 +438,13 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
     echo "wrk: $(wrk --version 2>&1 | head -1)"
+    [[ $CLIENT == h2 ]] && echo "h2load: $(h2load --version 2>&1 | head -1); openssl: $(openssl version)"
+    ((PERF_SYSCALLS)) && echo "perf: $(perf --version 2>&1)"
     [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
     echo "loadavg: $(cat /proc/loadavg)"
   } >"$RESULTS/env.txt"
@@ -339,12 +468,15 @@ main() {
   TARGET_PORT[direct]=${BACKEND_PORTS[0]}
 
   start_backends
-  # wrk speaks cleartext HTTP/1.1 only: no direct baseline for tls/h2c backends.
-  ((BASELINE)) && [[ $BACKEND_PROTO == http1 ]] && TARGETS+=(direct)
+  [[ $CLIENT == h2 ]] && make_cert
+  # wrk speaks cleartext HTTP/1.1 only: no direct baseline for tls/h2c
+  # backends, nor for HTTP/2 clients (the backends speak HTTP/1.1).
+  ((BASELINE)) && [[ $BACKEND_PROTO == http1 && $CLIENT == h1 ]] && TARGETS+=(direct)
   local name
   for name in $PROXIES; do
     if start_proxy "$name" "${TARGET_PORT[$name]}" && sanity_check "$name"; then
       TARGETS+=("$name")
+      TARGET_RSS0[$name]=$(mem_kb "${TARGET_PID[$name]}" $(children_of "${TARGET_PID[$name]}") | cut -f1)
     elif [[ -n ${TARGET_PID[$name]:-} ]]; then
       stop_pids "${TARGET_PID[$name]}"; forget_pid "${TARGET_PID[$name]}"   # skipped: free CPU 0
     fi
@@ -358,13 +490,18 @@ main() {
   if ((WARMUP > 0)); then
     for t in "${TARGETS[@]}"; do
       for wl in "${WORKLOADS[@]}"; do
-        run_wrk "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.wrk" -c"$CONNS" "http://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
+        if [[ $CLIENT == h2 ]]; then
+          run_h2load "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.h2load" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
+          rm -f "$RESULTS/raw/warmup-$t-$wl.h2load.log"
+        else
+          run_wrk "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.wrk" -c"$CONNS" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
+        fi
       done
     done
     log "warm-up done"
   fi
 
-  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\n' >"$RESULTS/results.tsv"
+  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\n' >"$RESULTS/results.tsv"
   for ((round = 1; round <= ROUNDS; round++)); do
     for wl in "${WORKLOADS[@]}"; do
       for ((i = 0; i < n; i++)); do            # rotate the order each round
@@ -377,10 +514,11 @@ main() {
   summarize | tee "$RESULTS/summary.md"
   cat >>"$RESULTS/summary.md" <<EOF
 
-Median over $ROUNDS round(s) of ${DURATION}s, wrk -t1 -c$CONNS on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
+Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2load -t1 -c$CONNS -m$H2_STREAMS over TLS 1.3 (HTTP/2)" || echo "wrk -t1 -c$CONNS") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
 Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
 Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
+Peak RSS = the largest VmHWM after a run (nginx: master + worker); KiB per connection = (peak RSS - VmRSS before the warm-up) / $CONNS.
 EOF
   log "raw results: $RESULTS (results.tsv, summary.md, raw/*.wrk, configs/, logs/, env.txt)"
 }

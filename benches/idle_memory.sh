@@ -30,6 +30,7 @@
 # Environment:
 #   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
 #   COUNT=10000     connections of each kind
+#   KINDS="http https tcp"  the kinds measured (every proxy still listens for all three)
 #   SETTLE=2        seconds after the last connection before reading memory
 #   GEOLB=/work/main/target/release/geolb
 #   RESULTS_DIR=    where results go (default: a new /tmp/geolb-idle-bench.XXXXXX)
@@ -48,6 +49,7 @@ GEOLB=${GEOLB:-/work/main/target/release/geolb}
 CLIENT=$(dirname "${BASH_SOURCE[0]}")/idle_memory.py
 PROXY_CPU=0
 LOAD_CPU=1
+read -ra MEASURED_KINDS <<<"${KINDS:-http https tcp}"
 KINDS=(http https tcp)
 
 declare -a PIDS=()          # every long-running process this script started
@@ -66,14 +68,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- configs
-
-make_cert() {   # as benches/tls.sh: one self-signed ECDSA P-256 certificate
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RESULTS/logs/openssl-req.log" 2>&1 \
-    || die "openssl could not make the certificate: $(tail -3 "$RESULTS/logs/openssl-req.log")"
-  cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/cert-key.pem"
-}
 
 write_geolb_conf() {
   local kind
@@ -288,7 +282,7 @@ wait_port "$BACKEND_TCP" "$BACKEND_PID" || die "the backend did not start: $(tai
 
 printf 'proxy\tkind\tconnections\trss_before_kib\trss_after_kib\tpss_before_kib\tpss_after_kib\trss_bytes_per_conn\tpss_bytes_per_conn\n' >"$RESULTS/results.tsv"
 for name in $PROXIES; do
-  for kind in "${KINDS[@]}"; do
+  for kind in "${MEASURED_KINDS[@]}"; do
     if [[ $name == nginx && $kind == tcp && ! -f $NGINX_STREAM ]]; then
       log "SKIP nginx tcp: no stream module ($NGINX_STREAM)"
       continue

@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
 # Instructions per proxied HTTP request, counted by callgrind: unlike req/s
 # it does not move with machine noise, so it is the number to track while
-# working on the hot path (run by hand, never in CI).
+# working on the hot path (run by hand, never in CI). With
+# PROXIES="geolb haproxy nginx" it counts HAProxy and nginx the same way,
+# in front of the same backend, so that the ratios hold from run to run.
 #
-# Requires: valgrind (callgrind_annotate), nginx, wrk, curl.
+# Each proxy runs alone under callgrind with collection off (one worker:
+# geolb worker_threads = 1, HAProxy -db with nbthread 1, nginx with
+# master_process off, daemon off, worker_processes 1), answers a check,
+# takes WARMUP seconds of wrk, and only then is instrumentation switched on
+# (callgrind_control -i on) for DURATION seconds of wrk -t1 -cCONNS. Only
+# the proxy process is counted, user space only (callgrind sees no kernel
+# work: the system calls of each are counted by benches/syscalls.sh).
+# Besides the total, the script counts the calls into the C allocator
+# (malloc, calloc, realloc, posix_memalign, aligned_alloc, memalign) from
+# the same callgrind output, the same way for all three (nginx's and
+# HAProxy's own pools hand out memory without such calls: those count as
+# none), and lists the TOP functions by instructions of their own.
+#
+# Requires: valgrind (callgrind_annotate, callgrind_control), nginx, wrk,
+# curl, python3; haproxy for PROXIES=haproxy.
 #   GEOLB=target/release/geolb benches/instructions.sh
-# LISTENER: more lines for the listener (a rule's cost: run with and
+#   PROXIES="geolb haproxy nginx" GEOLB=/tmp/geolb-main benches/instructions.sh
+# LISTENER: more lines for geolb's listener (a rule's cost: run with and
 # without), e.g. LISTENER='request_id = false'; URL_PATH: the path wrk asks
 # for (default /), e.g.:
 #   LISTENER='routes = [{ path_prefix = "/api/", pool = "p", strip_prefix = true, methods = ["GET"], allow = ["127.0.0.0/8"] }]' \
@@ -13,21 +30,39 @@
 # BODY=16k: the backend answers a 16 KiB text file (text/plain) instead of
 # "hello\n" (any size head -c takes, up to ~300 KB). COMPRESS=gzip (or br,
 # zstd): geolb's listener has compress = { algorithms = [COMPRESS] } and
-# wrk sends Accept-Encoding: COMPRESS.
+# wrk sends Accept-Encoding: COMPRESS (geolb only: LISTENER and COMPRESS
+# do not apply to HAProxy and nginx).
 #   BODY=16k COMPRESS=gzip GEOLB=target/release/geolb benches/instructions.sh
+# TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
+# and the places holding it (benches/allocs.sh runs it so, with 1,000
+# connections).
+# Environment: PROXIES (geolb), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
+# valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
 # shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GEOLB=${GEOLB:-$(cd "$(dirname "$0")/.." && pwd)/target/release/geolb}
+PROXIES=${PROXIES:-geolb}
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-1}
+CONNS=${CONNS:-8}
+TOP=${TOP:-10}
+TOOL=${TOOL:-callgrind}
 LISTENER=${LISTENER:-}
 URL_PATH=${URL_PATH:-/}
-WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
-PIDS=()
-trap cleanup EXIT
-read -r BACKEND WEB <<<"$(free_ports 2)"
 BODY=${BODY:-}
 COMPRESS=${COMPRESS:-}
+PROXY_CPU=0
+LOAD_CPU=1
+# nginx keeps at most this many idle backend connections (as in http.sh).
+NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
+WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
+mkdir -p "$WORK/logs"
+PIDS=()
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+read -r BACKEND PORT <<<"$(free_ports 2)"
 LOCATION='location / { return 200 "hello\n"; }'
 if [[ -n $BODY ]]; then
   mkdir -p "$WORK/www"
@@ -37,11 +72,11 @@ if [[ -n $BODY ]]; then
 fi
 [[ -z $BODY ]] || URL_PATH=/body.txt
 COMPRESS_LINE=${COMPRESS:+"compress = { algorithms = [\"$COMPRESS\"] }"}
-cat > "$WORK/nginx.conf" <<CONF
+cat > "$WORK/backend.conf" <<CONF
 worker_processes 1;
 daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
+pid $WORK/backend.pid;
+error_log $WORK/backend-error.log;
 events { worker_connections 1024; }
 http {
   access_log off;
@@ -49,21 +84,235 @@ http {
   server { listen 127.0.0.1:$BACKEND; $LOCATION }
 }
 CONF
-geolb_one_pool_conf "$BACKEND" "$WEB" "$LISTENER"$'\n'"$COMPRESS_LINE" >"$WORK/geolb.toml"
-nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 &
-PIDS+=($!)
-valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$GEOLB" run --config "$WORK/geolb.toml" > "$WORK/vg.log" 2>&1 &
-VG=$!
-PIDS+=($VG)
-wait_until "$VG" 200 0.1 curl -s -o /dev/null "127.0.0.1:$WEB/"
+
+# ---------------------------------------------------------------- proxy configs
+# The same jobs as in benches/http.sh, with one backend: keep-alive to it,
+# no logs, no health checks.
+
+write_geolb_conf() {
+  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE" >"$WORK/geolb.toml"
+}
+
+write_haproxy_conf() {
+  {
+    haproxy_http_head 4096
+    cat <<EOF
+frontend fe
+    bind 127.0.0.1:$PORT
+    default_backend be
+backend be
+    server b1 127.0.0.1:$BACKEND
+EOF
+  } >"$WORK/haproxy.cfg"
+}
+
+write_nginx_proxy_conf() {
+  {
+    nginx_common nginx
+    echo "master_process off;"
+    echo "http {"
+    echo "    access_log off;"
+    nginx_http_common nginx
+    nginx_upstream "$BACKEND"
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$PORT;
+$(nginx_pass_location http)
+    }
+}
+EOF
+  } >"$WORK/nginx.conf"
+}
+
+# start_under_valgrind NAME : the proxy under valgrind's TOOL (valgrind's
+# pid is the proxy's: no fork, no exec); callgrind with collection off
+# until callgrind_control turns it on; sets VG.
+start_under_valgrind() {
+  local name=$1 logf="$WORK/logs/$1.log" CALLGRIND
+  if [[ $TOOL == dhat ]]; then
+    CALLGRIND=(valgrind --tool=dhat --num-callers=40 --dhat-out-file="$WORK/dhat.$1.out")
+  else
+    CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.$1.out")
+  fi
+  case $name in
+    geolb)
+      [[ -x $GEOLB ]] || { log "SKIP geolb: binary $GEOLB not found (set GEOLB=)"; return 1; }
+      write_geolb_conf
+      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "${CALLGRIND[@]}" "$GEOLB" run --config "$WORK/geolb.toml"
+      ;;
+    haproxy)
+      write_haproxy_conf
+      start_bg "$PROXY_CPU" "$logf" "${CALLGRIND[@]}" haproxy -db -f "$WORK/haproxy.cfg"
+      ;;
+    nginx)
+      write_nginx_proxy_conf
+      start_bg "$PROXY_CPU" "$logf" "${CALLGRIND[@]}" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
+      ;;
+    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
+  esac
+  VG=$STARTED_PID
+}
+
+# mallocs FILE : calls into the C allocator recorded in a callgrind output
+# (calls made from inside the allocator itself are not counted twice).
+mallocs() {
+  python3 - "$1" <<'EOF'
+import re, sys
+ALLOC = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"}
+names, fn, cfn, total = {}, None, None, 0
+def name(v):
+    m = re.match(r"\((\d+)\)(?: (.*))?", v)
+    if not m:
+        return v
+    if m.group(2) is not None:
+        names[m.group(1)] = m.group(2)
+    return names.get(m.group(1), "")
+def base(n):   # "malloc'2" (recursion) -> "malloc"
+    return n.split("'")[0]
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("fn="):
+        fn = base(name(line[3:].rstrip("\n")))
+    elif line.startswith("cfn="):
+        cfn = base(name(line[4:].rstrip("\n")))
+    elif line.startswith("calls=") and cfn in ALLOC and fn not in ALLOC:
+        total += int(line[6:].split()[0])
+print(total)
+EOF
+}
+
+# top_functions REQUESTS TOP : from callgrind_annotate's output on stdin,
+# the TOP lines after the function header: instructions per request, share,
+# function [object] (the source path dropped, to fit a line).
+top_functions() {
+  python3 -c '
+import re, sys
+n, top, on, shown = int(sys.argv[1]), int(sys.argv[2]), False, 0
+for line in sys.stdin:
+    if "file:function" in line:
+        on = True
+        continue
+    m = re.match(r"\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(\S.*)$", line)
+    if not on or not m or shown >= top:
+        continue
+    where = m.group(3)
+    obj = re.search(r" \[([^]]*)\]$", where)
+    fn = where[: obj.start()] if obj else where
+    fn = fn.split(":", 1)[1] if ":" in fn else fn   # drop "file:"
+    lib = obj.group(1).rsplit("/", 1)[-1] if obj else ""
+    ir = int(m.group(1).replace(",", ""))
+    print(f"    {ir / n:8.0f} per request {float(m.group(2)):5.1f} %  {fn} [{lib}]")
+    shown += 1
+' "$@"
+}
+
+# dhat_report FILE CONNECTIONS TOP : the heap at its peak (dhat's t-gmax)
+# from a dhat output: bytes and blocks live then, bytes per connection, and
+# the TOP places holding them, each named by the first three frames of its
+# stack outside the allocator's plumbing (the Rust standard library, the
+# allocation wrappers of bytes, hashbrown, nginx and HAProxy), stacks
+# sharing those frames summed.
+dhat_report() {
+  python3 - "$@" <<'EOF'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+conns, top = int(sys.argv[2]), int(sys.argv[3])
+ftbl = d["ftbl"]
+PLUMBING = re.compile(r"^(malloc|calloc|realloc|posix_memalign|aligned_alloc|memalign|UnknownInlinedFun)$"
+                      r"|^(__rust_|__rdl_)|^(alloc|alloc_impl|alloc_impl_runtime|allocate|exchange_malloc)$"
+                      r"|^bytes::bytes_mut::|^(reserve|with_capacity|new)(<|$)|^hashbrown::"
+                      r"|^(ngx_alloc|ngx_calloc|ngx_palloc|ngx_pnalloc|ngx_pcalloc|ngx_memalign|ngx_palloc_large|ngx_palloc_block|ngx_create_pool)$"
+                      r"|^(__pool_alloc|pool_alloc_nocache|pool_get_from_os|pool_alloc|pool_zalloc)$")
+def frame(i):
+    """(name, where) of a frame, or None when it is the allocator's plumbing."""
+    m = re.match(r"0x[0-9A-Fa-f]+: (.*?)(?: \((?:in )?([^()]*)\))?$", ftbl[i])
+    name, where = (m.group(1), m.group(2) or "") if m else (ftbl[i], "")
+    if where.startswith(("library/", "/rustc/")) or "vgpreload" in where or PLUMBING.search(name):
+        return None
+    while True:   # generic arguments dropped, innermost first, to fit a line
+        short = re.sub(r"<[^<>]*>", "", name)
+        if short == name:
+            break
+        name = short
+    return f"{name} ({where.rsplit('/', 1)[-1]})" if where else name
+gb = sum(p.get("gb", 0) for p in d["pps"])
+gbk = sum(p.get("gbk", 0) for p in d["pps"])
+tb = sum(p["tb"] for p in d["pps"])
+tbk = sum(p["tbk"] for p in d["pps"])
+print(f"  heap at its peak: {gb:,} bytes in {gbk:,} blocks; {gb / conns:,.0f} bytes per connection (all of it / {conns});"
+      f" whole run: {tbk:,} blocks, {tb:,} bytes allocated")
+groups = {}
+for p in d["pps"]:
+    if not p.get("gb"):
+        continue
+    kept = [f for f in map(frame, p["fs"]) if f][:3]
+    key = " <- ".join(kept) or "(allocator only)"
+    g = groups.setdefault(key, [0, 0])
+    g[0] += p["gb"]; g[1] += p["gbk"]
+for key, (b, k) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+    print(f"  {b:>12,} B {100 * b / gb:5.1f} % {k:>7,} blocks {b / conns:>9,.0f} B/conn  {key}")
+EOF
+}
+
+# ratio A B : A / B to two decimals, or a dash without B.
+ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo —; }
+
+# ---------------------------------------------------------------- main
+
+for c in valgrind callgrind_annotate callgrind_control nginx wrk curl python3 taskset; do
+  command -v "$c" >/dev/null || die "$c not found"
+done
+start_bg "$LOAD_CPU" "$WORK/logs/backend.log" nginx -c "$WORK/backend.conf" -p "$WORK"
+wait_port "$BACKEND" "$STARTED_PID" || die "backend nginx did not start: $(tail -3 "$WORK/backend-error.log")"
 WRK_HEADER=()
 [[ -n $COMPRESS ]] && WRK_HEADER=(-H "Accept-Encoding: $COMPRESS")
-HEAD=$(curl -s -D - -o /dev/null "${WRK_HEADER[@]}" "127.0.0.1:$WEB$URL_PATH")
-[[ $HEAD == "HTTP/1.1 200"* ]] || { echo "not 200: $HEAD" >&2; exit 1; }
-[[ -z $COMPRESS || ${HEAD,,} == *"content-encoding: $COMPRESS"* ]] || { echo "not $COMPRESS: $HEAD" >&2; exit 1; }
-# Start-up is a few million instructions: negligible against 10k+ requests.
-N=$(wrk -t1 -c8 -d"${DURATION}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$WEB$URL_PATH" | awk '/requests in/ {print $1}')
-kill -TERM "$VG"; forget_pid "$VG"   # no SIGKILL: callgrind writes its output at exit
-[[ -n ${KEEP:-} ]] && cp "$WORK/cg.out" "$KEEP"
-IR=$(callgrind_annotate "$WORK/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-echo "requests=$N instructions=$IR per_request=$((IR / N))"
+declare -A IR_PER=() MALLOC_PER=()
+for name in $PROXIES; do
+  start_under_valgrind "$name" || continue
+  if ! wait_until "$VG" 300 0.1 curl -s -o /dev/null "127.0.0.1:$PORT/"; then
+    log "SKIP $name: no answer within 30 s under valgrind; log tail:"; tail -5 "$WORK/logs/$name.log" >&2
+    stop_pids "$VG"; forget_pid "$VG"; continue
+  fi
+  HEAD=$(curl -s -D - -o /dev/null "${WRK_HEADER[@]}" "127.0.0.1:$PORT$URL_PATH")
+  if [[ $HEAD != "HTTP/1.1 200"* ]] || [[ -n $COMPRESS && ${HEAD,,} != *"content-encoding: $COMPRESS"* ]]; then
+    log "SKIP $name: not 200${COMPRESS:+ with $COMPRESS}: $HEAD"; stop_pids "$VG"; forget_pid "$VG"; continue
+  fi
+  ((WARMUP > 0)) && run_load "$WARMUP" "$WORK/warmup-$name.wrk" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
+  if [[ $TOOL == callgrind ]] && ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
+    log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; stop_pids "$VG"; forget_pid "$VG"; continue
+  fi
+  run_load "$DURATION" "$WORK/$name.wrk" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
+  N=$(awk '/requests in/ {print $1}' "$WORK/$name.wrk")
+  NON2XX=$(awk '/Non-2xx/ {print $NF}' "$WORK/$name.wrk")
+  kill -TERM "$VG"   # no SIGKILL: valgrind writes its output at exit
+  for ((i = 0; i < 300; i++)); do kill -0 "$VG" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$VG" 2>/dev/null && log "$name: still running 30 s after SIGTERM (its output may be missing)"
+  forget_pid "$VG"
+  OUT=$WORK/$TOOL.$name.out
+  [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$OUT" "$KEEP/"
+  if [[ -z $N || $N == 0 || ! -s $OUT ]]; then
+    log "SKIP $name: no result (requests '${N:-}', output $(stat -c %s "$OUT" 2>/dev/null || echo missing))"; continue
+  fi
+  if [[ $TOOL == dhat ]]; then
+    echo "$name: requests=$N${NON2XX:+ non2xx=$NON2XX} connections=$CONNS"
+    dhat_report "$OUT" "$CONNS" "$TOP"
+    continue
+  fi
+  IR=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  MALLOCS=$(mallocs "$OUT")
+  IR_PER[$name]=$((IR / N))
+  MALLOC_PER[$name]=$(awk -v m="$MALLOCS" -v n="$N" 'BEGIN { printf "%.2f", m / n }')
+  echo "$name: requests=$N${NON2XX:+ non2xx=$NON2XX} instructions=$IR per_request=${IR_PER[$name]} mallocs=$MALLOCS mallocs_per_request=${MALLOC_PER[$name]}"
+  # The TOP functions by their own instructions, per request.
+  callgrind_annotate --inclusive=no "$OUT" 2>/dev/null | top_functions "$N" "$TOP"
+done
+if ((${#IR_PER[@]} > 1)); then
+  echo
+  echo "| proxy | instructions per request | vs HAProxy | vs nginx | mallocs per request |"
+  echo "|---|---:|---:|---:|---:|"
+  for name in $PROXIES; do
+    [[ -n ${IR_PER[$name]:-} ]] || continue
+    printf '| %s | %s | %s | %s | %s |\n' "$name" "${IR_PER[$name]}" \
+      "$(ratio "${IR_PER[$name]}" "${IR_PER[haproxy]:-}")" "$(ratio "${IR_PER[$name]}" "${IR_PER[nginx]:-}")" \
+      "${MALLOC_PER[$name]}"
+  done
+fi

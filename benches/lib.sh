@@ -96,6 +96,13 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
+# mem_kb PID... : "VmRSS<TAB>VmHWM" in kB, each summed over the pids.
+mem_kb() {
+  local p
+  for p in "$@"; do cat "/proc/$p/status" 2>/dev/null; done \
+    | awk '/^VmRSS:/ { r += $2 } /^VmHWM:/ { h += $2 } END { printf "%d\t%d", r, h }'
+}
+
 # Sum of utime+stime (clock ticks) over the given pids.
 ticks_of() {
   local p
@@ -285,6 +292,64 @@ measure_retrying() {
   done
 }
 
+# ---------------------------------------------------------------- TLS
+
+# make_cert : one self-signed ECDSA P-256 certificate for localhost and
+# 127.0.0.1 in WORK (cert.pem, key.pem, and cert-key.pem, both in one file
+# as HAProxy wants them).
+make_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RESULTS/logs/openssl-req.log" 2>&1 \
+    || die "openssl could not make the certificate: $(tail -3 "$RESULTS/logs/openssl-req.log")"
+  cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/cert-key.pem"
+}
+
+# nginx_tls : the TLS lines of an nginx server block with make_cert's
+# certificate: TLS 1.3 only, sessions resumable as HAProxy and geolb do.
+nginx_tls() {
+  cat <<EOF
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+EOF
+}
+
+# ---------------------------------------------------------------- haproxy configs
+
+# haproxy_http_head MAXCONN [GLOBAL_LINE...] : the global and defaults
+# sections of an HTTP proxy config: one thread, no log, keep-alive on both
+# sides with backend connections shared (http-reuse always), 60 s timeouts.
+# By default HAProxy stops keeping idle backend connections once 20 % of
+# its descriptors are in use (tune.pool-low-fd-ratio; maxconn 4096 gives
+# about 8,200) and closes them from 25 %: at 1,000 clients it would open a
+# backend connection for every other request, where geolb (and nginx with
+# keepalive >= the clients) keep theirs.
+haproxy_http_head() {
+  local maxconn=$1
+  shift
+  cat <<EOF
+global
+    nbthread 1
+    maxconn $maxconn
+    tune.pool-low-fd-ratio 90
+    tune.pool-high-fd-ratio 95
+$(for l in "$@"; do [[ -n $l ]] && echo "    $l"; done)
+
+defaults
+    mode http
+    no log
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+EOF
+}
+
 # ---------------------------------------------------------------- nginx configs
 
 # nginx_common NAME : the top of an nginx config (one worker, foreground,
@@ -314,6 +379,31 @@ nginx_http_common() {
     scgi_temp_path $WORK/$1-tmp/scgi;
     keepalive_timeout 65s;
     keepalive_requests 1000000;
+EOF
+}
+
+# nginx_upstream PORT... : an upstream "bench" over the loopback backends
+# on PORTs, keeping up to NGINX_KEEPALIVE (64) idle connections to them.
+nginx_upstream() {
+  local p
+  echo "    upstream bench {"
+  for p in "$@"; do echo "        server 127.0.0.1:$p;"; done
+  echo "        keepalive ${NGINX_KEEPALIVE:-64};"
+  echo "        keepalive_requests 1000000;"
+  echo "    }"
+}
+
+# nginx_pass_location [SCHEME [LINES]] : "location /" proxying to the
+# upstream "bench" (SCHEME http or https) over kept-alive HTTP/1.1, with
+# LINES added to the location.
+nginx_pass_location() {
+  cat <<EOF
+        location / {
+            proxy_pass ${1:-http}://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+${2:-}
+        }
 EOF
 }
 

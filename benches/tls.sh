@@ -71,12 +71,7 @@ SHIM=""
 
 # ---------------------------------------------------------------- certificate and shim
 
-make_cert() {   # one self-signed ECDSA P-256 certificate; HAProxy wants cert + key in one file
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 7 -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$RESULTS/logs/openssl-req.log" 2>&1 \
-    || die "openssl could not make the certificate: $(tail -3 "$RESULTS/logs/openssl-req.log")"
-  cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/cert-key.pem"
+log_cert() {
   log "certificate: $(openssl x509 -in "$WORK/cert.pem" -noout -subject -ext subjectAltName 2>/dev/null | tr -s '\n ' ' ')$(openssl x509 -in "$WORK/cert.pem" -noout -text | grep -m1 -o 'ASN1 OID: [a-z0-9]*')"
 }
 
@@ -110,16 +105,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- configs
-
-nginx_tls() {   # the TLS settings of the nginx proxy and the probe
-  cat <<EOF
-        ssl_certificate $WORK/cert.pem;
-        ssl_certificate_key $WORK/key.pem;
-        ssl_protocols TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        ssl_session_tickets on;
-EOF
-}
 
 write_backend_conf() {
   {
@@ -164,20 +149,12 @@ write_nginx_proxy_conf() {
     echo "http {"
     echo "    access_log off;"
     nginx_http_common nginx
+    nginx_upstream "$BACKEND_PORT"
     cat <<EOF
-    upstream bench {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
     server {
         listen 127.0.0.1:${TARGET_PORT[nginx]} ssl http2 backlog=4096;
 $(nginx_tls)
-        location / {
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
+$(nginx_pass_location http)
     }
 }
 EOF
@@ -185,21 +162,9 @@ EOF
 }
 
 write_haproxy_conf() {
-  cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8000
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-
-defaults
-    mode http
-    no log
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
+  {
+    haproxy_http_head 8000 "ssl-default-bind-options ssl-min-ver TLSv1.3"
+    cat <<EOF
 
 frontend fe
     bind 127.0.0.1:${TARGET_PORT[haproxy]} ssl crt $WORK/cert-key.pem alpn h2,http/1.1
@@ -208,6 +173,7 @@ frontend fe
 backend be
     server b1 127.0.0.1:$BACKEND_PORT
 EOF
+  } >"$WORK/haproxy.cfg"
 }
 
 write_geolb_conf() {
@@ -457,6 +423,7 @@ main() {
   TARGET_PORT[geolb]=${ports[2]}; TARGET_PORT[haproxy]=${ports[3]}; TARGET_PORT[nginx]=${ports[4]}
 
   make_cert
+  log_cert
   if [[ " ${WORKLOADS[*]} " == *" full "* ]] && ! build_shim; then
     log "SKIP workload full (no shim: wrk would resume sessions)"
     read -ra WORKLOADS <<<"$(printf '%s ' "${WORKLOADS[@]}" | sed 's/\bfull\b//')"
