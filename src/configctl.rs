@@ -140,7 +140,7 @@ pub async fn history(target: &Target) -> Result<String, String> {
 
 fn table(pushes: &[Pushed], current: i64) -> String {
     let mut out = format!(
-        "{:>10}  {:<20}  {:<24}  {:<64}  {:>8}\n",
+        "{:>10}  {:<27}  {:<24}  {:<64}  {:>8}\n",
         "REVISION", "AT", "BY", "SHA256", "SIZE"
     );
     for p in pushes {
@@ -150,7 +150,7 @@ fn table(pushes: &[Pushed], current: i64) -> String {
             ""
         };
         out.push_str(&format!(
-            "{:>10}  {:<20}  {:<24}  {:<64}  {:>8}{mark}\n",
+            "{:>10}  {:<27}  {:<24}  {:<64}  {:>8}{mark}\n",
             p.revision, p.at, p.by, p.sha256, p.size
         ));
     }
