@@ -914,6 +914,15 @@ async fn a_pushed_config_reaches_every_node_and_an_invalid_one_is_never_written(
         .unwrap();
     assert_eq!(current.kvs()[0].mod_revision(), second, "nothing written");
     assert_eq!(current.kvs()[0].value(), v2.as_bytes());
+    // `geolb lookup` reads a node's file with its document too.
+    let (ok, out, err) = geolb_command(&[
+        "lookup",
+        "--config",
+        node_file.to_str().unwrap(),
+        "192.0.2.9",
+    ])
+    .await;
+    assert!(ok && err.is_empty() && !out.is_empty(), "{out}{err}");
     // The same text again: nothing written, no node reloads.
     let (ok, said) = p.push("v2-again.toml", &v2, &[]).await;
     assert!(ok && said.contains("unchanged"), "{said}");
