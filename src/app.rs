@@ -285,6 +285,15 @@ pub async fn serve(
             key = %etcd.store.current_key(),
             "config from etcd in service"
         );
+        if let Some(refused) = etcd.status().refused {
+            // Refused before the metrics were installed: counted now.
+            ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+            tracing::error!(
+                revision = refused.revision,
+                errors = %refused.errors.join("; "),
+                "the config from etcd is refused on this node: the copy last in service serves"
+            );
+        }
         etcd.served(document.clone());
         let _ = daemon.etcd_config.set(etcd.clone());
         let (latest, documents) = tokio::sync::watch::channel(Some(document));

@@ -316,7 +316,21 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
         let previous = this.dns.load_full();
         let previous = Some(previous.locator().as_ref());
         let checked = match (this.etcd_config.get(), &wanted) {
-            (None, _) => check(&this.config_path, previous)?,
+            (None, _) => {
+                let checked = check(&this.config_path, previous)?;
+                // What the file leaves out would otherwise be removed.
+                if checked
+                    .config
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.config == config::ConfigFrom::Etcd)
+                {
+                    let why = "switching to the config in etcd needs a restart \
+                               (`geolb run --takeover`): this node reads its file whole until then";
+                    return Err(ConfigError::at("cluster.config", why).into());
+                }
+                checked
+            }
             (Some(_), Some(d)) => {
                 let local = &this.config_path;
                 check_document(&d.text, local, Some(local), previous)?

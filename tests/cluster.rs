@@ -914,6 +914,18 @@ async fn a_pushed_config_reaches_every_node_and_an_invalid_one_is_never_written(
         .unwrap();
     assert_eq!(current.kvs()[0].mod_revision(), second, "nothing written");
     assert_eq!(current.kvs()[0].value(), v2.as_bytes());
+    // A node reading its file whole does not switch to etcd on a reload:
+    // its file would no longer hold what it serves.
+    let c = Geolb::start(&node_config("node-c", &p.etcd.urls())).await;
+    c.write_config(&etcd_node("node-c", &p.etcd.urls()))
+        .unwrap();
+    let (code, body) = post(&c, "/reload").await;
+    assert!(
+        code == 400 && body.contains("needs a restart"),
+        "{code} {body}"
+    );
+    assert!(c.dns_addr().await.port() > 0, "c serves on");
+
     // `geolb lookup` reads a node's file with its document too.
     let (ok, out, err) = geolb_command(&[
         "lookup",
@@ -938,7 +950,9 @@ async fn a_config_one_node_cannot_use_is_refused_there_and_rolled_back_everywher
     let v1 = document(&[("one", &p.one)], "");
     let first = p.pushed("v1.toml", &v1, &[]).await;
     let a = Geolb::start(&etcd_node("node-a", &p.etcd.urls())).await;
-    let b = Geolb::start(&etcd_node("node-b", &p.etcd.urls())).await;
+    let b_local = etcd_node("node-b", &p.etcd.urls());
+    let b_state = tempfile::tempdir().unwrap();
+    let b = Geolb::start_with_state(&b_local, Some(b_state.path())).await;
 
     // Valid where it is checked (a's file is beside a's config), missing
     // on b: a takes it, b refuses it and serves revision `first` on.
@@ -983,6 +997,24 @@ async fn a_config_one_node_cannot_use_is_refused_there_and_rolled_back_everywher
         "{out}{err}"
     );
 
+    // Restarted, b refuses it again and starts with the copy it kept.
+    drop(b);
+    let b = Geolb::start_with_state(&b_local, Some(b_state.path())).await;
+    let config = &b.status().await["config"];
+    assert_eq!(config["revision"], first, "{config}");
+    assert_eq!(config["refused"]["revision"], second, "{config}");
+    assert_eq!(
+        gauge(&b, "geolb_config_reloads_total{result=\"failure\"}").await,
+        1.0,
+        "counted once the metrics are there"
+    );
+    assert_eq!(served_by(&b, "one").await.as_deref(), Some("one"));
+    assert!(
+        b.log().contains("starting with the copy last in service"),
+        "{}",
+        b.log()
+    );
+
     // The file given to b, a reload takes the newest document seen.
     std::fs::write(b.dir.path().join("busy.html"), "busy").unwrap();
     let (code, body) = post(&b, "/reload").await;
@@ -990,6 +1022,7 @@ async fn a_config_one_node_cannot_use_is_refused_there_and_rolled_back_everywher
     assert_eq!(config_revision(&b).await, second);
     assert_eq!(served_by(&b, "two").await.as_deref(), Some("two"));
     assert!(b.status().await["config"]["refused"].is_null());
+    let b_file = b.config_path();
     let (ok, out, err) = geolb_command(&["check", "--config", b_file.to_str().unwrap()]).await;
     assert!(
         ok && out.contains(&format!("with /geolb/config/current at revision {second}")),
