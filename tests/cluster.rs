@@ -1109,6 +1109,19 @@ async fn a_node_starts_with_its_last_config_while_etcd_is_down() {
     p.pushed("v2.toml", &v2, &[]).await;
     serves(&a, "two", "two", "a after etcd came back").await;
 
+    // The history keeps the last 20 pushes; older ones cannot be rolled
+    // back to.
+    for n in 0..20 {
+        p.pushed(&format!("v2-{n}.toml"), &format!("{v2}# {n}\n"), &[])
+            .await;
+    }
+    let (ok, out, err) = geolb_command(&["config", "history", "--etcd", &p.url]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().count(), 21, "a header and 20 pushes: {out}");
+    let back = first.to_string();
+    let (ok, out, err) = geolb_command(&["config", "rollback", &back, "--etcd", &p.url]).await;
+    assert!(!ok && err.contains("(the last 20)"), "{out}{err}");
+
     // Without etcd and without a copy, a node does not start.
     p.etcd.members[0].stop();
     let mut fresh = Geolb::spawn(&local, &[]);
