@@ -15,8 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{self, Config, ConfigErrors, ConfigFrom};
 use crate::daemon::Daemon;
+use crate::distribution::{ConfigStore, Document, EtcdConfig};
 use crate::dns::{self, SharedDnsData};
 use crate::health::HealthTable;
 use crate::metrics;
@@ -32,16 +33,131 @@ const GEOIP_RECHECK: Duration = Duration::from_secs(1);
 /// quorum: a change is published within it.
 const VIEW_EVERY: Duration = Duration::from_millis(250);
 
+/// A node's first config, and where it came from.
+pub struct FirstConfig {
+    pub checked: Checked,
+    /// With `[cluster] config = "etcd"`: the node's etcd side and the
+    /// document `checked` was read from.
+    pub etcd: Option<(Arc<EtcdConfig>, Document)>,
+    /// What to log once the logger is up (nothing logs before).
+    pub notes: Vec<String>,
+}
+
+impl FirstConfig {
+    pub fn file(checked: Checked) -> FirstConfig {
+        FirstConfig {
+            checked,
+            etcd: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// The config `geolb run` (and `geolb check`) starts with: the file at
+/// `path`, or, when its `[cluster]` says `config = "etcd"`, the document
+/// in etcd with the file's own sections. Never fails closed: with etcd
+/// out of reach, or its document refused here, the copy last in service
+/// (kept in the state directory) is used. The error is what to print.
+pub fn first_config(path: &std::path::Path) -> Result<FirstConfig, String> {
+    let shown = |what: &str, errors: ConfigErrors| {
+        format!(
+            "{}: {what}, {} error(s):\n{errors}",
+            path.display(),
+            errors.0.len()
+        )
+    };
+    let node = config::local_cluster(path).map_err(|e| shown("invalid", e))?;
+    let Some(cluster) = node.cluster.filter(|c| c.config == ConfigFrom::Etcd) else {
+        return reload::check(path, None)
+            .map(FirstConfig::file)
+            .map_err(|e| shown("invalid", e));
+    };
+    let local = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let store = ConfigStore::new(cluster);
+    let key = store.current_key();
+    let etcd = Arc::new(EtcdConfig::new(
+        store,
+        local.clone(),
+        &node.runtime.state_dir,
+    ));
+    let read = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(etcd.store.current());
+    let saved = etcd.load_saved();
+    let check = |d: &Document| reload::check_document(&d.text, &local, Some(&local), None);
+    let mut refused = None;
+    let why = match read {
+        Ok(Some(document)) => {
+            etcd.saw(document.clone());
+            match check(&document) {
+                Ok(checked) => {
+                    return Ok(FirstConfig {
+                        checked,
+                        etcd: Some((etcd, document)),
+                        notes: Vec::new(),
+                    });
+                }
+                Err(errors) => {
+                    let why = format!("{key} at revision {}: invalid here", document.revision);
+                    let said = shown(&why, errors.clone());
+                    etcd.refused(&document, errors.0.iter().map(|e| e.to_string()).collect());
+                    refused = Some(document.revision);
+                    said
+                }
+            }
+        }
+        Ok(None) => format!(
+            "{}: nothing at {key} in etcd yet (push a config with `geolb config push FILE --config {}`)",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => format!("{}: cannot read {key} from etcd ({e})", path.display()),
+    };
+    let Some(document) = saved.filter(|s| Some(s.revision) != refused) else {
+        return Err(format!(
+            "{why}\nand no other config is kept in {} (the copy last in service)",
+            node.runtime.state_dir.display()
+        ));
+    };
+    let checked = check(&document).map_err(|e| {
+        let copy = format!(
+            "the copy of revision {} (in {})",
+            document.revision,
+            node.runtime.state_dir.display()
+        );
+        format!("{why}\n{}", shown(&copy, e))
+    })?;
+    let notes = vec![format!(
+        "{why}\nstarting with the copy last in service: revision {} (sha256 {}), until etcd sends a config",
+        document.revision, document.sha256
+    )];
+    Ok(FirstConfig {
+        checked,
+        etcd: Some((etcd, document)),
+        notes,
+    })
+}
+
 /// Runs the daemon until a signal stops it. `ready` is told the daemon
 /// once everything serves (used by `geolb demo`). With `takeover`, the
 /// listening sockets of the geolb running with the same state directory
 /// are taken over rather than bound (see [`takeover`]).
 pub async fn serve(
     config_path: PathBuf,
-    checked: Checked,
+    first: FirstConfig,
     ready: Option<tokio::sync::oneshot::Sender<Arc<Daemon>>>,
     takeover: bool,
 ) -> anyhow::Result<()> {
+    let FirstConfig {
+        checked,
+        etcd,
+        notes,
+    } = first;
+    for note in notes {
+        tracing::warn!("{note}");
+    }
     // SIGUSR1's default action ends the process: taken from the start, a
     // logrotate during the start-up (or a takeover) reopens late instead.
     let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
@@ -162,6 +278,29 @@ pub async fn serve(
         .await
         .context("the start-up task failed")?
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some((etcd, document)) = etcd {
+        tracing::info!(
+            revision = document.revision,
+            sha256 = %document.sha256,
+            key = %etcd.store.current_key(),
+            "config from etcd in service"
+        );
+        if let Some(refused) = etcd.status().refused {
+            // Refused before the metrics were installed: counted now.
+            ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+            tracing::error!(
+                revision = refused.revision,
+                errors = %refused.errors.join("; "),
+                "the config from etcd is refused on this node: the copy last in service serves"
+            );
+        }
+        etcd.served(document.clone());
+        let _ = daemon.etcd_config.set(etcd.clone());
+        let (latest, documents) = tokio::sync::watch::channel(Some(document));
+        let stop = shutdown.clone();
+        tasks.spawn(async move { etcd.store.watch(latest, stop).await });
+        tasks.spawn(follow_config(daemon.clone(), documents));
+    }
     // Also without a database now: a reload may add one.
     tasks.spawn(dns::watch_geoip(dns_data, GEOIP_RECHECK, shutdown.clone()));
     tasks.spawn(crate::daemon::watch_datacenters(
@@ -220,6 +359,39 @@ pub async fn serve(
         file.remove_if_ours();
     }
     Ok(())
+}
+
+/// Reloads each new document the etcd watch brings, through the reload
+/// SIGHUP runs; one refused here is not tried again unless asked (a
+/// SIGHUP or `POST /reload` after fixing what it lacked on this node).
+async fn follow_config(
+    daemon: Arc<Daemon>,
+    mut documents: tokio::sync::watch::Receiver<Option<Document>>,
+) {
+    let Some(etcd) = daemon.etcd_config.get() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            changed = documents.changed() => if changed.is_err() { return },
+            _ = daemon.shutdown.cancelled() => return,
+        }
+        let Some(document) = documents.borrow_and_update().clone() else {
+            continue;
+        };
+        let serving = etcd.in_force().map_or(0, |d| d.revision);
+        if document.revision == serving || etcd.was_refused(document.revision) {
+            continue;
+        }
+        tracing::info!(
+            revision = document.revision,
+            sha256 = %document.sha256,
+            serving,
+            "a new config in etcd: reloading"
+        );
+        etcd.saw(document);
+        let _ = reload::reload(&daemon).await;
+    }
 }
 
 /// Asks the geolb running with our state directory for its sockets; none

@@ -394,7 +394,7 @@ impl Cluster {
         if let Some(client) = held[at].as_ref() {
             return Ok(client.clone());
         }
-        let options = self.connect_options()?;
+        let options = connect_options(&self.config)?;
         let dial = self.config.dial_timeout;
         let url = &self.config.etcd[at];
         let connect = Client::connect([url], Some(options));
@@ -405,37 +405,6 @@ impl Cluster {
         };
         held[at] = Some(client.clone());
         Ok(client)
-    }
-
-    fn connect_options(&self) -> Result<ConnectOptions, String> {
-        let c = &self.config;
-        let dial = c.dial_timeout;
-        // require_leader: a member cut off from its quorum ends the watch
-        // instead of keeping it open with nothing coming.
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(dial)
-            .with_keep_alive(dial, dial)
-            .with_require_leader(true);
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| format!("cluster: {}: {e}", path.display()))
-        };
-        if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
-            let password = String::from_utf8(read(file)?)
-                .map_err(|_| format!("cluster: {}: not UTF-8 text", file.display()))?;
-            options = options.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
-        }
-        if c.etcd.iter().any(|u| u.starts_with("https://")) {
-            let mut tls = TlsOptions::new();
-            tls = match &c.ca {
-                Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
-                None => tls.with_webpki_roots(),
-            };
-            if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            options = options.with_tls(tls);
-        }
-        Ok(options)
     }
 
     /// Publishes this node's data-center views under a lease and reads
@@ -780,8 +749,38 @@ impl OverrideStore for Cluster {
     }
 }
 
+/// How to reach `c`'s endpoints: timeouts, TLS, authentication.
+pub(crate) fn connect_options(c: &ClusterConfig) -> Result<ConnectOptions, String> {
+    let dial = c.dial_timeout;
+    // require_leader: a member cut off from its quorum ends the watch
+    // instead of keeping it open with nothing coming.
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(dial)
+        .with_keep_alive(dial, dial)
+        .with_require_leader(true);
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|e| format!("cluster: {}: {e}", path.display()));
+    if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
+        let password = String::from_utf8(read(file)?)
+            .map_err(|_| format!("cluster: {}: not UTF-8 text", file.display()))?;
+        options = options.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
+    }
+    if c.etcd.iter().any(|u| u.starts_with("https://")) {
+        let mut tls = TlsOptions::new();
+        tls = match &c.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
 /// An etcd request given `dial` to answer.
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     dial: Duration,
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {
@@ -847,6 +846,7 @@ mod tests {
             password_file: None,
             dial_timeout: Duration::from_millis(100),
             lease: Duration::from_secs(2),
+            config: crate::config::ConfigFrom::File,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

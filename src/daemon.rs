@@ -133,6 +133,9 @@ pub struct Daemon {
     pub tasks: TaskTracker,
     /// `[cluster]`, set once at start-up when configured.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// `[cluster] config = "etcd"`: the document in force and the newest
+    /// seen, set once at start-up.
+    pub etcd_config: std::sync::OnceLock<Arc<crate::distribution::EtcdConfig>>,
     generation: AtomicU64,
     /// Held by a reload from its check to its last start or stop.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
@@ -176,6 +179,7 @@ impl Daemon {
             shutdown,
             tasks,
             cluster: std::sync::OnceLock::new(),
+            etcd_config: std::sync::OnceLock::new(),
             generation: AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: Mutex::new(Vec::new()),

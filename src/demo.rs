@@ -144,7 +144,7 @@ pub async fn run() -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(crate::app::serve(
         path.clone(),
-        config,
+        crate::app::FirstConfig::file(config),
         Some(ready_tx),
         false,
     ));

@@ -52,6 +52,10 @@
 //!   [`overrides::OverrideStore`] of a node in a cluster), watched, and
 //!   kept in the state directory for when etcd is out of reach; and each
 //!   node's data-center views, published and read for [`quorum`].
+//! - [`distribution`]: `[cluster] config = "etcd"`: the config document
+//!   in etcd (pushed, its history kept, watched) and, on a node, the one
+//!   in force, the newest seen, the last refused, and the copy kept in
+//!   the state directory for a start while etcd is out of reach.
 //! - [`quorum`]: data-center health decided over the views every node of
 //!   a cluster publishes (its own data center's pools, others' checks).
 //! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
@@ -75,6 +79,8 @@
 //!   reading it off requests and setting it on responses.
 //! - [`accesslog`]: the access lines of HTTP requests, TCP connections
 //!   and sampled DNS queries: what each holds, client text clipped.
+//! - [`configctl`]: `geolb config push`, `history`, `rollback`: the
+//!   config document in etcd, checked as `geolb check` does first.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
 //!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
@@ -114,9 +120,11 @@ pub mod app;
 pub mod balance;
 pub mod cluster;
 pub mod config;
+pub mod configctl;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod distribution;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::config::ConfigFrom;
 use crate::dns::{self, AllUp, DcState, Tier};
 use crate::geoip::{Location, LocationSource};
 
@@ -32,8 +33,23 @@ pub async fn run(
     let path = config_path.to_path_buf();
     // Reading the config and the GeoIP database is blocking file work.
     let data = tokio::task::spawn_blocking(move || -> anyhow::Result<dns::DnsData> {
-        let config = crate::config::load(&path)
-            .map_err(|e| anyhow!("{}: invalid config:\n{e}", path.display()))?;
+        // A node's file with `[cluster] config = "etcd"` is read with its
+        // document, as `geolb run` reads it.
+        let config = match crate::config::local_cluster(&path) {
+            Ok(node)
+                if node
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.config == ConfigFrom::Etcd) =>
+            {
+                crate::app::first_config(&path)
+                    .map_err(|e| anyhow!("{e}"))?
+                    .checked
+                    .config
+            }
+            _ => crate::config::load(&path)
+                .map_err(|e| anyhow!("{}: invalid config:\n{e}", path.display()))?,
+        };
         let locator = crate::geoip::load(&config, None).map_err(|e| anyhow!("{e}"))?;
         dns::compile(&config, Arc::new(locator), Arc::new(AllUp)).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();

@@ -68,6 +68,103 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The config kept in etcd for nodes with `[cluster] config = "etcd"`:
+    /// push, history, rollback.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check FILE as `geolb check` does (joined with --config's node
+    /// sections) and, if valid, write it to PREFIX config/current as a new
+    /// revision. Exit 1, nothing written, if it is invalid.
+    Push {
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// The pushes kept (the last 20): revision, when, by whom, sha256, size.
+    History {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Push the text of revision REVISION again, as a new revision
+    /// (checked again first).
+    Rollback {
+        revision: i64,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+/// Where the config document is kept.
+#[derive(Args)]
+struct EtcdArgs {
+    /// A node's local file: its [cluster] says how to reach etcd, and a
+    /// pushed document is checked joined with its sections.
+    #[arg(long, short, conflicts_with_all = ["etcd", "prefix"])]
+    config: Option<PathBuf>,
+    /// etcd endpoints (plain http://), comma-separated; the document is
+    /// then checked alone.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The key prefix [default: /geolb/].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Recorded as who pushed [default: $USER@hostname].
+    #[arg(long)]
+    by: Option<String>,
+}
+
+impl EtcdArgs {
+    fn target(&self) -> geolb::configctl::Target {
+        match &self.config {
+            Some(path) => geolb::configctl::Target::Node(path.clone()),
+            None => geolb::configctl::Target::Etcd {
+                endpoints: self.etcd.clone(),
+                prefix: self.prefix.clone().unwrap_or_else(|| "/geolb/".to_owned()),
+            },
+        }
+    }
+
+    fn by(&self) -> String {
+        self.by.clone().unwrap_or_else(geolb::configctl::default_by)
+    }
+}
+
+/// Runs a `geolb config` command: its report on stdout (exit 0), or what
+/// went wrong on stderr (exit 1).
+fn config_command(action: ConfigAction) -> ExitCode {
+    let rt = match runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = rt.block_on(async {
+        use geolb::configctl::{history, push, rollback};
+        match &action {
+            ConfigAction::Push { file, etcd } => push(&etcd.target(), file, &etcd.by()).await,
+            ConfigAction::History { etcd } => history(&etcd.target()).await,
+            ConfigAction::Rollback { revision, etcd } => {
+                rollback(&etcd.target(), *revision, &etcd.by()).await
+            }
+        }
+    });
+    match done {
+        Ok(report) => {
+            let _ = writeln!(std::io::stdout(), "{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("geolb config: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Where the running daemon's admin listener is, and its token.
@@ -211,35 +308,33 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match geolb::reload::check(&config, None) {
-            Ok(checked) => {
+        Command::Check { config } => match geolb::app::first_config(&config) {
+            Ok(first) => {
+                for note in &first.notes {
+                    eprintln!("{note}");
+                }
+                let checked = &first.checked;
                 for warning in &checked.warnings {
                     eprintln!("{}: warning: {warning}", config.display());
                 }
-                let c = &checked.config;
-                let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
-                println!(
-                    "{}: ok: {} listener(s), {} pool(s) with {} backend(s), {} data center(s), {} zone(s)",
-                    config.display(),
-                    c.listeners.len(),
-                    c.pools.len(),
-                    backends,
-                    c.datacenters.len(),
-                    c.dns.as_ref().map_or(0, |d| d.zones.len()),
-                );
+                match &first.etcd {
+                    Some((etcd, document)) => println!(
+                        "{}: {} (with {} at revision {})",
+                        config.display(),
+                        checked.summary(),
+                        etcd.store.current_key(),
+                        document.revision
+                    ),
+                    None => println!("{}: {}", config.display(), checked.summary()),
+                }
                 // What to give the registrar of each signed zone.
                 for ds in checked.ds_records() {
                     println!("{ds}");
                 }
                 ExitCode::SUCCESS
             }
-            Err(errors) => {
-                eprintln!(
-                    "{}: invalid, {} error(s):",
-                    config.display(),
-                    errors.0.len()
-                );
-                eprintln!("{errors}");
+            Err(e) => {
+                eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
@@ -247,23 +342,18 @@ fn main() -> ExitCode {
             config: path,
             takeover,
         } => {
-            let checked = match geolb::reload::check(&path, None) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!(
-                        "{}: cannot start, {} error(s):",
-                        path.display(),
-                        errors.0.len()
-                    );
-                    eprintln!("{errors}");
+            let first = match geolb::app::first_config(&path) {
+                Ok(first) => first,
+                Err(e) => {
+                    eprintln!("cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             // Set up once the config says where lines go; nothing logs before.
-            let Some(_log) = init_logging(&checked.config.log) else {
+            let Some(_log) = init_logging(&first.checked.config.log) else {
                 return ExitCode::FAILURE;
             };
-            let rt = match runtime(checked.config.runtime.worker_threads) {
+            let rt = match runtime(first.checked.config.runtime.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -271,7 +361,7 @@ fn main() -> ExitCode {
                 }
             };
             let path = std::path::absolute(&path).unwrap_or(path);
-            match rt.block_on(geolb::app::serve(path, checked, None, takeover)) {
+            match rt.block_on(geolb::app::serve(path, first, None, takeover)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("geolb: {e:#}");
@@ -298,6 +388,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Config { action } => config_command(action),
         Command::Reload { admin } => talk("reload", &admin, control::reload),
         Command::Status { admin } => talk("status", &admin, control::status),
         Command::Override { target, admin } => {

@@ -81,6 +81,8 @@ pub const CLUSTER_LAST_SYNC: &str = "geolb_cluster_last_sync_timestamp_seconds";
 pub const CLUSTER_REVISION: &str = "geolb_cluster_revision";
 /// Changes under the prefix received by the watch (each key once).
 pub const CLUSTER_WATCH_EVENTS: &str = "geolb_cluster_watch_events_total";
+/// With `[cluster] config = "etcd"`: the etcd revision of the config in force.
+pub const CONFIG_ETCD_REVISION: &str = "geolb_config_etcd_revision";
 pub const BUILD_INFO: &str = "geolb_build_info";
 /// `geolb_dns_queries_total{qtype, rcode}`
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
@@ -236,6 +238,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_gauge!(
         CLUSTER_REVISION,
         "The etcd revision this node's overrides reflect."
+    );
+    describe_gauge!(
+        CONFIG_ETCD_REVISION,
+        "With [cluster] config = \"etcd\": the etcd revision of the config document in force (0 before one)."
     );
     describe_counter!(
         CLUSTER_WATCH_EVENTS,

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Config, ConfigError, ConfigErrors, Protocol};
 use crate::daemon::{BoundListener, Daemon, bind_listener};
+use crate::distribution::{Document, EtcdConfig};
 use crate::dns::{self, DnsData, DnsSockets};
 use crate::geoip::{self, Locator};
 use crate::metrics;
@@ -58,6 +59,20 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// What `geolb check` says of a valid config.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
+        format!(
+            "ok: {} listener(s), {} pool(s) with {} backend(s), {} data center(s), {} zone(s)",
+            c.listeners.len(),
+            c.pools.len(),
+            backends,
+            c.datacenters.len(),
+            c.dns.as_ref().map_or(0, |d| d.zones.len()),
+        )
+    }
+
     pub fn locator(&self) -> &Arc<Locator> {
         self.dns.locator()
     }
@@ -72,7 +87,41 @@ impl Checked {
 /// artifacts. `previous` lets a reload keep a GeoIP database whose file
 /// did not change.
 pub fn check(path: &Path, previous: Option<&Locator>) -> Result<Checked, ConfigErrors> {
-    let config = config::load(path)?;
+    check_config(config::load(path)?, previous)
+}
+
+/// [`check`] of a document meant for etcd (`[cluster] config = "etcd"`)
+/// joined with a node's local file (`local`): as that node reads it. A
+/// document alone (`local` None) is checked as a whole config, its
+/// relative paths resolved against `document_path`'s directory. Each
+/// error names its line in the text it is in.
+pub fn check_document(
+    document: &str,
+    document_path: &Path,
+    local: Option<&Path>,
+    previous: Option<&Locator>,
+) -> Result<Checked, ConfigErrors> {
+    let local_text = match local {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::at("", format_args!("cannot read {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    let merged = config::Merged::new(
+        document,
+        document_path,
+        local.zip(local_text.as_deref()).map(|(p, t)| (t, p)),
+    )?;
+    let mut checked = check_config(merged.parse()?, previous).map_err(|e| merged.place(e))?;
+    checked.warnings = std::mem::take(&mut checked.warnings)
+        .into_iter()
+        .map(|w| merged.place_one(w))
+        .collect();
+    Ok(checked)
+}
+
+/// [`check`] past the parsing.
+fn check_config(config: Config, previous: Option<&Locator>) -> Result<Checked, ConfigErrors> {
     let mut errors = config::check_files(&config);
     let tls = load_tls(&config, &mut errors);
     let upstreams = build_upstreams(&config, &mut errors);
@@ -250,24 +299,56 @@ impl ReloadSummary {
     }
 }
 
-/// Re-reads the daemon's config file and brings it into service whole, or
-/// changes nothing; counted and logged either way.
+/// Re-reads the daemon's config file (with `[cluster] config = "etcd"`:
+/// the local file and the newest document seen in etcd) and brings it
+/// into service whole, or changes nothing; counted and logged either way.
 pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors> {
     let _one_at_a_time = daemon.reload_lock.lock().await;
     let started = Instant::now();
     notify::reloading();
+    let etcd = daemon.etcd_config.get().cloned();
+    let document = etcd.as_ref().and_then(|e| e.wanted());
     // Parsing and compiling a large config (a 10,000-backend Maglev
     // table) must not stall the threads that serve traffic.
     let this = daemon.clone();
+    let wanted = document.clone();
     let result = tokio::task::spawn_blocking(move || {
         let previous = this.dns.load_full();
-        let checked = check(&this.config_path, Some(previous.locator()))?;
+        let previous = Some(previous.locator().as_ref());
+        let checked = match (this.etcd_config.get(), &wanted) {
+            (None, _) => {
+                let checked = check(&this.config_path, previous)?;
+                // What the file leaves out would otherwise be removed.
+                if checked
+                    .config
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.config == config::ConfigFrom::Etcd)
+                {
+                    let why = "switching to the config in etcd needs a restart \
+                               (`geolb run --takeover`): this node reads its file whole until then";
+                    return Err(ConfigError::at("cluster.config", why).into());
+                }
+                checked
+            }
+            (Some(_), Some(d)) => {
+                let local = &this.config_path;
+                check_document(&d.text, local, Some(local), previous)?
+            }
+            // Not at run time: start-up sets a document before serving.
+            (Some(_), None) => {
+                return Err(ConfigError::at("", "no config document from etcd yet").into());
+            }
+        };
         apply(&this, checked, Start::Now)
     })
     .await
     .unwrap_or_else(|e| {
         Err(ConfigError::at("", format_args!("the reload task failed: {e}")).into())
     });
+    if let (Some(etcd), Some(document)) = (&etcd, document) {
+        from_etcd(etcd, document, &result);
+    }
     let outcome = if result.is_ok() { "success" } else { "failure" };
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
     if result.is_err() {
@@ -298,6 +379,28 @@ pub async fn reload(daemon: &Arc<Daemon>) -> Result<ReloadSummary, ConfigErrors>
                 tracing::error!("reload refused: {e}");
             }
             Err(errors)
+        }
+    }
+}
+
+/// Records what became of an etcd document: in force, or refused here
+/// (when it is not the one in force: a local file that broke is no
+/// fault of the document's).
+fn from_etcd(etcd: &EtcdConfig, document: Document, result: &Result<ReloadSummary, ConfigErrors>) {
+    match result {
+        Ok(_) => etcd.served(document),
+        Err(errors) => {
+            let serving = etcd.in_force().map_or(0, |d| d.revision);
+            if serving == document.revision {
+                return;
+            }
+            tracing::error!(
+                revision = document.revision,
+                sha256 = %document.sha256,
+                serving,
+                "the config from etcd is refused on this node: the one in force keeps serving"
+            );
+            etcd.refused(&document, errors.0.iter().map(|e| e.to_string()).collect());
         }
     }
 }

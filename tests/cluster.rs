@@ -825,3 +825,395 @@ async fn serving_never_waits_for_etcd_while_members_and_the_quorum_go_and_come()
     assert!(drill.sent >= 20, "the drill ran: {}", drill.sent);
     assert!(backend.hits.load(Ordering::SeqCst) >= drill.sent);
 }
+
+// --- the config kept in etcd ([cluster] config = "etcd") ----------------
+
+/// A node's local file with its config in etcd: its own sections only.
+fn etcd_node(node: &str, etcd: &[String]) -> String {
+    let endpoints: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\netcd = [{}]\nnode = \"{node}\"\ndial_timeout = \"1s\"\nconfig = \"etcd\"\n",
+        endpoints.join(", ")
+    )
+}
+
+/// A document: per (pool, backend), the pool and a listener of the same
+/// name on port 0 (so that every node on this one machine binds its own),
+/// with `extra` added to the last listener.
+fn document(pools: &[(&str, &support::Backend)], extra: &str) -> String {
+    pools
+        .iter()
+        .map(|(name, backend)| {
+            format!(
+                "[[pool]]\nname = \"{name}\"\nbackends = [{{ addr = \"{}\" }}]\n\
+                 [[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"{name}\"\n",
+                backend.addr
+            )
+        })
+        .collect::<String>()
+        + extra
+}
+
+/// One etcd, a directory for documents, two backends named as their
+/// pools will be.
+struct Pushing {
+    etcd: Etcd,
+    url: String,
+    docs: tempfile::TempDir,
+    one: support::Backend,
+    two: support::Backend,
+}
+
+impl Pushing {
+    async fn start() -> Option<Pushing> {
+        let etcd = Etcd::start(1).await?;
+        Some(Pushing {
+            url: etcd.urls()[0].clone(),
+            etcd,
+            docs: tempfile::tempdir().unwrap(),
+            one: support::Backend::start("one").await,
+            two: support::Backend::start("two").await,
+        })
+    }
+
+    /// Writes `text` to `name` and runs `geolb config push` on it with
+    /// `to` (plain `--etcd URL` when empty): (exit 0, what it said).
+    async fn push(&self, name: &str, text: &str, to: &[&str]) -> (bool, String) {
+        let file = self.docs.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let mut args = vec!["config", "push", file.to_str().unwrap()];
+        match to.is_empty() {
+            true => args.extend_from_slice(&["--etcd", &self.url]),
+            false => args.extend_from_slice(to),
+        }
+        let (ok, out, err) = geolb_command(&args).await;
+        (ok, out + &err)
+    }
+
+    /// As [`Pushing::push`], which must succeed: the revision written.
+    async fn pushed(&self, name: &str, text: &str, to: &[&str]) -> i64 {
+        let (ok, said) = self.push(name, text, to).await;
+        assert!(ok, "{said}");
+        written_at(&said)
+    }
+}
+
+/// The revision a push's report says it wrote.
+fn written_at(report: &str) -> i64 {
+    let at = report.split("at revision ").nth(1).expect(report);
+    at.split(' ').next().unwrap().parse().expect(report)
+}
+
+/// The config revision /status says is in force.
+async fn config_revision(node: &Geolb) -> i64 {
+    node.status().await["config"]["revision"].as_i64().unwrap()
+}
+
+/// What listener `name` of `node` answers, once /status lists it.
+async fn served_by(node: &Geolb, name: &str) -> Option<String> {
+    let status = node.status().await;
+    let listener = status["listeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)?;
+    let addr: SocketAddr = listener["local_addr"].as_str()?.parse().ok()?;
+    let (code, _, body) = support::get(addr, "/", &[]).await.ok()?;
+    (code == 200).then(|| String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn serves(node: &Geolb, listener: &str, backend: &str, what: &str) {
+    eventually(
+        &format!("{what}: listener {listener} answers from {backend}"),
+        LIMIT,
+        || async { served_by(node, listener).await.as_deref() == Some(backend) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_pushed_config_reaches_every_node_and_an_invalid_one_is_never_written() {
+    let Some(p) = Pushing::start().await else {
+        return;
+    };
+    let (ok, said) = p
+        .push("v1.toml", &document(&[("one", &p.one)], ""), &[])
+        .await;
+    assert!(ok, "{said}");
+    let first = written_at(&said);
+    assert!(said.contains("ok: 1 listener(s), 1 pool(s)"), "{said}");
+
+    let a = Geolb::start(&etcd_node("node-a", &p.etcd.urls())).await;
+    let b = Geolb::start(&etcd_node("node-b", &p.etcd.urls())).await;
+    for node in [&a, &b] {
+        assert_eq!(served_by(node, "one").await.as_deref(), Some("one"));
+        let config = &node.status().await["config"];
+        assert_eq!(config["source"], "etcd");
+        assert_eq!(config["key"], "/geolb/config/current");
+        assert_eq!(config["revision"], first);
+    }
+
+    // A new pool and listener, pushed through a node's own file (checked
+    // as that node reads it): both nodes serve it, no reload asked.
+    let node_file = a.config_path();
+    let through_a = ["--config", node_file.to_str().unwrap()];
+    let v2 = document(&[("one", &p.one), ("two", &p.two)], "");
+    let pushed = std::time::Instant::now();
+    let second = p.pushed("v2.toml", &v2, &through_a).await;
+    serves(&a, "two", "two", "a").await;
+    serves(&b, "two", "two", "b").await;
+    eprintln!(
+        "measured: push to both nodes serving the new listener: {:?}",
+        pushed.elapsed()
+    );
+    assert_eq!(config_revision(&b).await, second);
+    assert_eq!(gauge(&b, "geolb_config_etcd_revision").await, second as f64);
+
+    // Invalid: refused by the push, with its line; etcd never sees it.
+    let bad =
+        format!("{v2}[[listener]]\nname = \"three\"\nbind = \"127.0.0.1:0\"\npool = \"nowhere\"\n");
+    let (ok, said) = p.push("bad.toml", &bad, &[]).await;
+    assert!(!ok, "{said}");
+    assert!(said.contains("nothing written"), "{said}");
+    let line = v2.lines().count() + 4;
+    assert!(
+        said.contains(&format!("line {line}: listener[2].pool")),
+        "{said}"
+    );
+    // A section that is each node's own is refused in a document.
+    let with_admin = format!("[admin]\nlisten = \"127.0.0.1:0\"\n{v2}");
+    let (ok, said) = p.push("admin.toml", &with_admin, &[]).await;
+    assert!(
+        !ok && said.contains("line 1: admin: is each node's own"),
+        "{said}"
+    );
+    let current = p
+        .etcd
+        .client()
+        .await
+        .get("/geolb/config/current", None)
+        .await
+        .unwrap();
+    assert_eq!(current.kvs()[0].mod_revision(), second, "nothing written");
+    assert_eq!(current.kvs()[0].value(), v2.as_bytes());
+    // A node reading its file whole does not switch to etcd on a reload:
+    // its file would no longer hold what it serves.
+    let c = Geolb::start(&node_config("node-c", &p.etcd.urls())).await;
+    c.write_config(&etcd_node("node-c", &p.etcd.urls()))
+        .unwrap();
+    let (code, body) = post(&c, "/reload").await;
+    assert!(
+        code == 400 && body.contains("needs a restart"),
+        "{code} {body}"
+    );
+    assert!(c.dns_addr().await.port() > 0, "c serves on");
+
+    // `geolb lookup` reads a node's file with its document too.
+    let (ok, out, err) = geolb_command(&[
+        "lookup",
+        "--config",
+        node_file.to_str().unwrap(),
+        "192.0.2.9",
+    ])
+    .await;
+    assert!(ok && err.is_empty() && !out.is_empty(), "{out}{err}");
+    // The same text again: nothing written, no node reloads.
+    let (ok, said) = p.push("v2-again.toml", &v2, &[]).await;
+    assert!(ok && said.contains("unchanged"), "{said}");
+    assert_eq!(config_revision(&a).await, second);
+}
+
+#[tokio::test]
+async fn a_config_one_node_cannot_use_is_refused_there_and_rolled_back_everywhere() {
+    let Some(p) = Pushing::start().await else {
+        return;
+    };
+    let url = p.url.as_str();
+    let v1 = document(&[("one", &p.one)], "");
+    let first = p.pushed("v1.toml", &v1, &[]).await;
+    let a = Geolb::start(&etcd_node("node-a", &p.etcd.urls())).await;
+    let b_local = etcd_node("node-b", &p.etcd.urls());
+    let b_state = tempfile::tempdir().unwrap();
+    let b = Geolb::start_with_state(&b_local, Some(b_state.path())).await;
+
+    // Valid where it is checked (a's file is beside a's config), missing
+    // on b: a takes it, b refuses it and serves revision `first` on.
+    std::fs::write(a.dir.path().join("busy.html"), "busy").unwrap();
+    let v2 = document(
+        &[("one", &p.one), ("two", &p.two)],
+        "error_pages = { 503 = \"busy.html\" }\n",
+    );
+    let node_file = a.config_path();
+    let second = p
+        .pushed("v2.toml", &v2, &["--config", node_file.to_str().unwrap()])
+        .await;
+    serves(&a, "two", "two", "a takes it").await;
+    eventually("b refuses it", LIMIT, || async {
+        b.status().await["config"]["refused"]["revision"] == second
+    })
+    .await;
+    let status = b.status().await;
+    let config = &status["config"];
+    assert_eq!(config["revision"], first, "{config}");
+    assert_eq!(config["latest_revision"], second, "{config}");
+    let why = config["refused"]["errors"][0].as_str().unwrap();
+    assert!(
+        why.contains("listener[1].error_pages") && why.contains("busy.html"),
+        "{why}"
+    );
+    assert_eq!(
+        gauge(&b, "geolb_config_reloads_total{result=\"failure\"}").await,
+        1.0
+    );
+    assert_eq!(served_by(&b, "one").await.as_deref(), Some("one"));
+    assert_eq!(served_by(&b, "two").await, None, "b keeps the old config");
+    assert!(b.log().contains("refused on this node"), "{}", b.log());
+    // `geolb check` on b's file says why, and that b would start (as it
+    // runs) with the copy last in service.
+    let b_file = b.config_path();
+    let (ok, out, err) = geolb_command(&["check", "--config", b_file.to_str().unwrap()]).await;
+    assert!(ok && err.contains("busy.html"), "{out}{err}");
+    assert!(
+        err.contains("starting with the copy last in service")
+            && out.contains(&format!("at revision {first})")),
+        "{out}{err}"
+    );
+
+    // Restarted, b refuses it again and starts with the copy it kept.
+    drop(b);
+    let b = Geolb::start_with_state(&b_local, Some(b_state.path())).await;
+    let config = &b.status().await["config"];
+    assert_eq!(config["revision"], first, "{config}");
+    assert_eq!(config["refused"]["revision"], second, "{config}");
+    assert_eq!(
+        gauge(&b, "geolb_config_reloads_total{result=\"failure\"}").await,
+        1.0,
+        "counted once the metrics are there"
+    );
+    assert_eq!(served_by(&b, "one").await.as_deref(), Some("one"));
+    assert!(
+        b.log().contains("starting with the copy last in service"),
+        "{}",
+        b.log()
+    );
+
+    // The file given to b, a reload takes the newest document seen.
+    std::fs::write(b.dir.path().join("busy.html"), "busy").unwrap();
+    let (code, body) = post(&b, "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(config_revision(&b).await, second);
+    assert_eq!(served_by(&b, "two").await.as_deref(), Some("two"));
+    assert!(b.status().await["config"]["refused"].is_null());
+    let b_file = b.config_path();
+    let (ok, out, err) = geolb_command(&["check", "--config", b_file.to_str().unwrap()]).await;
+    assert!(
+        ok && out.contains(&format!("with /geolb/config/current at revision {second}")),
+        "{out}{err}"
+    );
+
+    // History, then a rollback to the first push: a new revision that
+    // every node takes.
+    let (ok, out, err) = geolb_command(&["config", "history", "--etcd", url]).await;
+    assert!(ok, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[1].trim_start().starts_with(&format!("{first} ")),
+        "{out}"
+    );
+    assert!(
+        lines[2].trim_start().starts_with(&format!("{second} ")),
+        "{out}"
+    );
+    assert!(lines[2].ends_with("current"), "{out}");
+    let sha = config["refused"]["sha256"].as_str().unwrap();
+    assert!(lines[2].contains(sha), "the same sha256 as /status: {out}");
+    let size = v1.len().to_string();
+    assert!(lines[1].split_whitespace().any(|w| w == size), "{out}");
+
+    let (ok, out, err) = geolb_command(&["config", "rollback", "12345", "--etcd", url]).await;
+    assert!(
+        !ok && err.contains("no push at revision 12345"),
+        "{out}{err}"
+    );
+    let back = first.to_string();
+    let rollback = ["config", "rollback", &back, "--etcd", url, "--by", "tester"];
+    let (ok, out, err) = geolb_command(&rollback).await;
+    assert!(ok, "{out}{err}");
+    let third = written_at(&out);
+    assert!(third > second, "{out}");
+    for node in [&a, &b] {
+        eventually("the rollback in force", LIMIT, || async {
+            config_revision(node).await == third
+        })
+        .await;
+        assert_eq!(served_by(node, "two").await, None);
+        assert_eq!(served_by(node, "one").await.as_deref(), Some("one"));
+    }
+    let (_, out, _) = geolb_command(&["config", "history", "--etcd", url]).await;
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.contains("tester (rollback to") && last.ends_with("current"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_starts_with_its_last_config_while_etcd_is_down() {
+    let Some(mut p) = Pushing::start().await else {
+        return;
+    };
+    let first = p
+        .pushed("v1.toml", &document(&[("one", &p.one)], ""), &[])
+        .await;
+    let local = etcd_node("node-a", &p.etcd.urls());
+    let state = tempfile::tempdir().unwrap();
+    let a = Geolb::start_with_state(&local, Some(state.path())).await;
+    assert_eq!(config_revision(&a).await, first);
+    drop(a);
+
+    p.etcd.members[0].stop();
+    let a = Geolb::start_with_state(&local, Some(state.path())).await;
+    assert_eq!(served_by(&a, "one").await.as_deref(), Some("one"));
+    assert_eq!(config_revision(&a).await, first);
+    assert!(
+        a.log().contains("starting with the copy last in service"),
+        "{}",
+        a.log()
+    );
+    let (ok, out, err) = geolb_command(&["config", "history", "--etcd", &p.url]).await;
+    assert!(!ok && err.contains("geolb config:"), "{out}{err}");
+
+    // etcd back: the watch reconnects and a new push comes in.
+    p.etcd.members[0].start();
+    p.etcd.wait_ready().await;
+    let v2 = document(&[("one", &p.one), ("two", &p.two)], "");
+    p.pushed("v2.toml", &v2, &[]).await;
+    serves(&a, "two", "two", "a after etcd came back").await;
+
+    // The history keeps the last 20 pushes; older ones cannot be rolled
+    // back to.
+    for n in 0..20 {
+        p.pushed(&format!("v2-{n}.toml"), &format!("{v2}# {n}\n"), &[])
+            .await;
+    }
+    let (ok, out, err) = geolb_command(&["config", "history", "--etcd", &p.url]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().count(), 21, "a header and 20 pushes: {out}");
+    let back = first.to_string();
+    let (ok, out, err) = geolb_command(&["config", "rollback", &back, "--etcd", &p.url]).await;
+    assert!(!ok && err.contains("(the last 20)"), "{out}{err}");
+
+    // Without etcd and without a copy, a node does not start.
+    p.etcd.members[0].stop();
+    let mut fresh = Geolb::spawn(&local, &[]);
+    let exited = fresh.wait_exit(LIMIT).await;
+    assert!(!exited.success());
+    assert!(
+        fresh
+            .log()
+            .contains("cannot read /geolb/config/current from etcd"),
+        "{}",
+        fresh.log()
+    );
+}

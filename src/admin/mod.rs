@@ -273,6 +273,8 @@ struct Status {
     /// This process: after an upgrade, the new one's.
     pid: u32,
     config_generation: u64,
+    /// Where the config in force came from.
+    config: ConfigOrigin,
     listeners: Vec<BoundListener>,
     dns: DnsStatus,
     datacenters: Vec<DatacenterStatus>,
@@ -280,6 +282,25 @@ struct Status {
     /// `[cluster]`: the etcd watch; absent for a node alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<crate::cluster::ClusterStatus>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ConfigOrigin {
+    File { source: &'static str, path: String },
+    Etcd(crate::distribution::ConfigSourceStatus),
+}
+
+impl ConfigOrigin {
+    fn of(daemon: &Daemon) -> ConfigOrigin {
+        match daemon.etcd_config.get() {
+            Some(etcd) => ConfigOrigin::Etcd(etcd.status()),
+            None => ConfigOrigin::File {
+                source: "file",
+                path: daemon.config_path.display().to_string(),
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -548,5 +569,6 @@ fn status(daemon: &Daemon) -> Status {
             })
             .collect(),
         cluster: daemon.cluster.get().map(|c| c.status()),
+        config: ConfigOrigin::of(daemon),
     }
 }

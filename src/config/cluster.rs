@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::model::ClusterConfig;
+use super::model::{ClusterConfig, ConfigFrom};
 use super::values::{ident, parse_url};
 use super::walk::{Ctx, Field, Tbl, first_seen};
 
@@ -16,10 +16,12 @@ pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 impl Ctx {
+    /// `datacenters`: the names `datacenter` may give; None when they are
+    /// not known (the local file of a node whose data centers are in etcd).
     pub(super) fn cluster(
         &mut self,
         f: &Field<'_, '_>,
-        datacenters: &[String],
+        datacenters: Option<&[String]>,
     ) -> Option<ClusterConfig> {
         self.table(f, "expected a [cluster] table", |c, t| {
             let etcd = c.req(
@@ -32,8 +34,9 @@ impl Ctx {
                 c.parsed(f, key_prefix)
             });
             let node = c.req(t, "node", "\"eu-west-1\"", |c, f| c.parsed(f, ident));
-            let datacenter = c.maybe(t, "datacenter", |c, f| {
-                c.reference(f, "datacenter", datacenters)
+            let datacenter = c.maybe(t, "datacenter", |c, f| match datacenters {
+                Some(names) => c.reference(f, "datacenter", names),
+                None => c.parsed(f, ident),
             });
             let ca = c.maybe(t, "ca", Ctx::path);
             let cert = c.maybe(t, "cert", Ctx::path);
@@ -60,6 +63,15 @@ impl Ctx {
                     return None;
                 }
                 Some(d)
+            });
+            let config = c.opt(t, "config", ConfigFrom::File, |c, f| {
+                c.parsed(f, |s| match s {
+                    "file" => Ok(ConfigFrom::File),
+                    "etcd" => Ok(ConfigFrom::Etcd),
+                    _ => Err("expected \"file\" (this file, whole) or \"etcd\" \
+                              (PREFIX config/current, pushed with `geolb config push`)"
+                        .to_owned()),
+                })
             });
             half_pair(c, t, "cert", "key", "a client certificate");
             half_pair(c, t, "user", "password_file", "etcd authentication");
@@ -102,6 +114,7 @@ impl Ctx {
                 password_file: password_file?,
                 dial_timeout: dial_timeout?,
                 lease: lease?,
+                config: config?,
             })
         })
     }

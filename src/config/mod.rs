@@ -13,6 +13,7 @@ mod check;
 mod cluster;
 mod compress;
 mod datacenter;
+mod distributed;
 mod dns;
 mod error;
 mod geoip;
@@ -36,6 +37,7 @@ mod tests;
 
 pub use cluster::DEFAULT_DIAL_TIMEOUT;
 pub use datacenter::warnings;
+pub use distributed::{LocalNode, Merged, NODE_SECTIONS, local_cluster};
 pub use dns::read_tsig_secret;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

@@ -13,6 +13,10 @@ use std::time::Duration;
 pub struct Config {
     /// The file this was read from (absolute when loaded from disk).
     pub source: PathBuf,
+    /// The text read, when it is not `source`'s alone (a document from
+    /// etcd with the node's own sections): where errors found after
+    /// parsing are placed.
+    pub text: Option<Arc<str>>,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub admin: Option<AdminConfig>,
@@ -54,6 +58,21 @@ pub struct ClusterConfig {
     /// published data-center views live under; a node gone this long
     /// stops counting in the quorum.
     pub lease: Duration,
+    /// `config` (optional, "file"): where the rest of the config comes
+    /// from.
+    pub config: ConfigFrom,
+}
+
+/// `[cluster] config`: where a node's config comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConfigFrom {
+    /// The local file, whole.
+    #[default]
+    File,
+    /// The document at `PREFIX config/current` in etcd, with the node's
+    /// own sections (`[cluster]`, `[runtime]`, `[admin]`, `[log]`) from
+    /// the local file.
+    Etcd,
 }
 
 /// `[runtime]` (an extension of the contract; the whole section is optional).

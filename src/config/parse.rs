@@ -164,8 +164,12 @@ pub fn with_lines(config: &Config, mut errors: Vec<ConfigError>) -> Vec<ConfigEr
     if errors.iter().all(|e| e.line.is_some()) {
         return errors;
     }
-    let Ok(text) = std::fs::read_to_string(&config.source) else {
-        return errors;
+    let text = match &config.text {
+        Some(text) => text.to_string(),
+        None => match std::fs::read_to_string(&config.source) {
+            Ok(text) => text,
+            Err(_) => return errors,
+        },
     };
     let Ok(root) = DeTable::parse(&text) else {
         return errors;
@@ -207,9 +211,10 @@ impl Ctx {
             let listeners = listener
                 .map(|f| c.listeners(&f, &pools, &pool_names))
                 .unwrap_or_default();
-            let cluster = cluster.and_then(|f| c.cluster(&f, &dc_names));
+            let cluster = cluster.and_then(|f| c.cluster(&f, Some(&dc_names)));
             Config {
                 source: source.to_path_buf(),
+                text: None,
                 runtime,
                 log,
                 admin,
@@ -223,7 +228,7 @@ impl Ctx {
         })
     }
 
-    fn runtime(&mut self, f: &Field<'_, '_>) -> Option<RuntimeConfig> {
+    pub(super) fn runtime(&mut self, f: &Field<'_, '_>) -> Option<RuntimeConfig> {
         self.table(f, "expected a [runtime] table", |c, t| {
             let worker_threads = c.maybe(t, "worker_threads", |c, f| {
                 c.int(f, 1, 1024).map(|n| n as usize)

@@ -73,6 +73,7 @@ fn reference_file_parses_with_its_meaning() {
             password_file: etc("etcd.password"),
             dial_timeout: Duration::from_secs(5),
             lease: Duration::from_secs(10),
+            config: ConfigFrom::File,
         })
     );
 
@@ -359,6 +360,7 @@ fn an_empty_file_is_an_empty_config() {
         config,
         Config {
             source: PathBuf::from("/etc/geolb/geolb.toml"),
+            text: None,
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             admin: None,
