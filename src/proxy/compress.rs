@@ -18,10 +18,11 @@ use async_compression::tokio::write::{BrotliEncoder, GzipEncoder, ZstdEncoder};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
 use crate::config::{CompressConfig, CompressLevels, Encoding};
+use crate::upstream::BackendBody;
 
 /// The error of a response body (the same type as `body::BoxError`).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -117,8 +118,8 @@ pub(super) fn start(
     encoding: Option<Encoding>,
     status: StatusCode,
     headers: &mut HeaderMap,
-    body: Incoming,
-) -> Result<Box<Compressing>, Incoming> {
+    body: BackendBody,
+) -> Result<Box<Compressing>, BackendBody> {
     if !compressible(config, status, headers, &body) {
         return Err(body);
     }
@@ -161,7 +162,7 @@ fn compressible(
     config: &CompressConfig,
     status: StatusCode,
     headers: &HeaderMap,
-    body: &Incoming,
+    body: &BackendBody,
 ) -> bool {
     // 206 and Content-Range: a part, whose byte offsets refer to the
     // identity representation. 204/304/1xx: no body.
@@ -233,7 +234,7 @@ fn add_vary(headers: &mut HeaderMap) {
 
 /// A backend's body, compressed as it streams.
 pub struct Compressing {
-    body: Incoming,
+    body: BackendBody,
     encoder: Encoder,
     state: State,
     /// Body bytes from the backend, for its traffic series.
