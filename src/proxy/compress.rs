@@ -113,6 +113,9 @@ fn qvalue(v: &[u8]) -> u16 {
 /// gets `Vary: Accept-Encoding` (whatever this client accepts, for caches),
 /// and if the client accepts `encoding`, its headers say so and the
 /// returned stream compresses `body`. Otherwise `body` is given back.
+// The body given back (the common case) is moved, not boxed: boxing
+// it would cost every uncompressed response an allocation.
+#[allow(clippy::result_large_err)]
 pub(super) fn start(
     config: &CompressConfig,
     encoding: Option<Encoding>,

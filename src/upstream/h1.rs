@@ -209,6 +209,10 @@ pub async fn send(
     })
     .await;
     match (parsed, write_failed) {
+        (Ok(head), _) if !first_chunk_ok(&head, &conn.buf) => Err(SendError {
+            error: Error::BadChunk,
+            request: None,
+        }),
         (Ok(head), _) => {
             conn.writer = writer.map(Box::new);
             Ok(respond(conn, head))
@@ -719,6 +723,18 @@ enum Chunk {
     Done,
 }
 
+/// A first chunk-size line that came with the head, if any, is valid: a
+/// body malformed from its start is refused (502) rather than begun.
+fn first_chunk_ok(head: &Head, buf: &[u8]) -> bool {
+    if head.framing != Framing::Chunked(Chunk::Size) {
+        return true;
+    }
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => chunk_size(&buf[..end]).is_some(),
+        None => buf.len() <= MAX_CHUNK_LINE,
+    }
+}
+
 fn respond(conn: Conn, head: Head) -> Response<ResponseBody> {
     let Head {
         status,
@@ -732,6 +748,7 @@ fn respond(conn: Conn, head: Head) -> Response<ResponseBody> {
         conn: None,
         framing,
         keep_alive,
+        failed: None,
     };
     if body.at_end() {
         body.conn = Some(conn);
@@ -755,6 +772,8 @@ pub struct ResponseBody {
     conn: Option<Conn>,
     framing: Framing,
     keep_alive: bool,
+    /// The body's failure, given on the next poll.
+    failed: Option<Error>,
 }
 
 impl ResponseBody {
@@ -792,10 +811,19 @@ impl ResponseBody {
         }
     }
 
-    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    /// Ends the body with `e`, on the poll after this one: hyper's
+    /// server writes out what it holds of the response when a body is
+    /// pending, but drops it when the body fails, so the client gets
+    /// what the backend sent before its failure.
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         self.conn = None;
-        self.framing = Framing::Length(0);
-        Poll::Ready(Some(Err(e)))
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -808,6 +836,10 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            this.framing = Framing::Length(0);
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             if this.at_end() {
                 this.release();
@@ -822,8 +854,8 @@ impl Body for ResponseBody {
                     if conn.buf.is_empty() {
                         match ready!(Self::poll_fill(conn, cx)) {
                             Ok(true) => continue,
-                            Ok(false) => return this.fail(Error::Incomplete),
-                            Err(e) => return this.fail(e),
+                            Ok(false) => return this.fail(Error::Incomplete, cx),
+                            Err(e) => return this.fail(e, cx),
                         }
                     }
                     let n = (*left).min(conn.buf.len() as u64);
@@ -839,7 +871,7 @@ impl Body for ResponseBody {
                                 this.framing = Framing::Length(0);
                                 return Poll::Ready(None);
                             }
-                            Err(e) => return this.fail(e),
+                            Err(e) => return this.fail(e, cx),
                         }
                     }
                     conn.buf.split().freeze()
@@ -848,8 +880,8 @@ impl Body for ResponseBody {
                     Ok(Step::Data(data)) => data,
                     Ok(Step::More) => match ready!(Self::poll_fill(conn, cx)) {
                         Ok(true) => continue,
-                        Ok(false) => return this.fail(Error::Incomplete),
-                        Err(e) => return this.fail(e),
+                        Ok(false) => return this.fail(Error::Incomplete, cx),
+                        Err(e) => return this.fail(e, cx),
                     },
                     Ok(Step::Done) => continue,
                     Ok(Step::Trailers(fields)) => {
@@ -857,7 +889,7 @@ impl Body for ResponseBody {
                         this.release();
                         return Poll::Ready(Some(Ok(Frame::trailers(fields))));
                     }
-                    Err(e) => return this.fail(e),
+                    Err(e) => return this.fail(e, cx),
                 },
             };
             if frame.is_empty() {
@@ -871,7 +903,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.at_end() || self.conn.is_none()
+        self.at_end() && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -995,4 +1027,123 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     }
     let hex = std::str::from_utf8(&line[..digits]).ok()?;
     u64::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(chunk_size(b"1a\r"), Some(26));
+        assert_eq!(chunk_size(b"A;name=value\r"), Some(10));
+        assert_eq!(chunk_size(b"5 \t;x\r"), Some(5));
+        for bad in [
+            &b"zz\r"[..],
+            b"\r",
+            b"5",
+            b"5 x\r",
+            b"-1\r",
+            b"11111111111111111\r",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn head(text: &[u8], method: Method) -> Result<Option<Option<Head>>, Error> {
+        parse_head(&mut BytesMut::from(text), &method)
+    }
+
+    #[test]
+    fn framing_is_strict() {
+        let framed = |text: &[u8]| head(text, Method::GET).map(|h| h.unwrap().unwrap().framing);
+        assert_eq!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n").unwrap(),
+            Framing::Length(3)
+        );
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Err(Error::BadLength)
+        ));
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n"),
+            Err(Error::BadLength)
+        ));
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(Error::LengthAndChunked)
+        ));
+        assert!(matches!(
+            framed(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(Error::Http10Chunked)
+        ));
+        assert_eq!(
+            framed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap(),
+            Framing::Close
+        );
+        assert_eq!(
+            framed(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap(),
+            Framing::Length(0)
+        );
+        let head_resp = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            Method::HEAD,
+        );
+        assert_eq!(
+            head_resp.unwrap().unwrap().unwrap().framing,
+            Framing::Length(0)
+        );
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n"),
+            Err(Error::Parse(_))
+        ));
+        // A 1xx is skipped, and a partial head waits for more.
+        assert!(matches!(
+            head(b"HTTP/1.1 100 Continue\r\n\r\n", Method::GET),
+            Ok(Some(None))
+        ));
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\nX: a", Method::GET),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let kept = |text: &[u8]| {
+            head(text, Method::GET)
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        };
+        assert!(kept(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!kept(
+            b"HTTP/1.1 200 OK\r\nConnection: x, close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!kept(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(kept(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!kept(b"HTTP/1.1 200 OK\r\n\r\n"), "close-delimited");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_trailers() {
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"[..]);
+        let mut state = Chunk::Size;
+        assert!(matches!(decode_chunk(&mut state, &mut buf), Ok(Step::Data(d)) if d == "abc"));
+        match decode_chunk(&mut state, &mut buf) {
+            Ok(Step::Trailers(t)) => assert_eq!(t["x-t"], "1"),
+            _ => panic!("trailers expected"),
+        }
+        assert_eq!(state, Chunk::Done);
+        let mut bad = BytesMut::from(&b"3\r\nabcX\r\n"[..]);
+        let mut state = Chunk::Size;
+        assert!(decode_chunk(&mut state, &mut bad).is_ok());
+        assert!(matches!(
+            decode_chunk(&mut state, &mut bad),
+            Err(Error::BadChunk)
+        ));
+    }
 }
