@@ -364,7 +364,7 @@ impl Upstream {
     /// a hyper one for an `upgrade` (geolb's own client does none).
     pub fn idle(&self, idle: &IdleConnections, upgrade: bool) -> Option<Sender> {
         if self.own && !upgrade {
-            return h1::take(&idle.own).map(|stream| Sender::own(stream, idle));
+            return h1::take(&idle.own).map(|conn| Sender::own(conn, idle));
         }
         idle.take(self.profile, self.is_http2())
     }
@@ -394,7 +394,7 @@ impl Upstream {
             if self.own && !upgrade {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                return Ok(Sender::own(stream, idle));
+                return Ok(Sender::own(h1::Kept::new(stream), idle));
             }
             if !self.is_http2() {
                 return self.open(addr).await;
@@ -526,13 +526,13 @@ enum Kind {
     Http2(http2::SendRequest<BackendRequestBody>),
     /// geolb's own client: the connection itself, until a request takes
     /// it (its response puts it back in the idle list when done).
-    Own(Option<(TcpStream, h1::Home)>),
+    Own(Option<(h1::Kept, h1::Home)>),
 }
 
 impl Sender {
-    fn own(stream: TcpStream, idle: &IdleConnections) -> Sender {
+    fn own(conn: h1::Kept, idle: &IdleConnections) -> Sender {
         Sender {
-            kind: Kind::Own(Some((stream, idle.own.clone()))),
+            kind: Kind::Own(Some((conn, idle.own.clone()))),
             profile: 0,
         }
     }
@@ -548,11 +548,11 @@ impl Sender {
             Kind::Http1(s) => Either::Left(s.try_send_request(req)),
             Kind::Http2(s) => Either::Right(s.try_send_request(req)),
             Kind::Own(conn) => {
-                let Some((stream, home)) = conn.take() else {
+                let Some((kept, home)) = conn.take() else {
                     unreachable!("an own connection carries one request")
                 };
                 return Either::Left(async move {
-                    match h1::send(stream, home, req).await {
+                    match h1::send(kept, home, req).await {
                         Ok(resp) => Ok(resp.map(BackendBody::Own)),
                         Err(e) => Err(SendError {
                             error: e.error.into(),

@@ -52,7 +52,23 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// The idle connections of one backend, shared with the responses that
 /// will put theirs back. Streams only: a kept stream holds no handle to
 /// its list, so the list goes away with its backend.
-pub(super) type Home = Arc<Mutex<Vec<(TcpStream, Instant)>>>;
+pub(super) type Home = Arc<Mutex<Vec<(Kept, Instant)>>>;
+
+/// A connection between requests, with its read buffer: kept, the
+/// buffer's memory serves the next response too.
+pub struct Kept {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Kept {
+    pub(super) fn new(stream: TcpStream) -> Kept {
+        Kept {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+}
 
 /// Why a request through the own client failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,12 +133,12 @@ pub struct SendError {
 
 /// The newest kept connection that still looks open; stale ones met on
 /// the way are closed.
-pub(super) fn take(home: &Home) -> Option<TcpStream> {
+pub(super) fn take(home: &Home) -> Option<Kept> {
     let now = Instant::now();
     let mut kept = crate::locked(home);
-    while let Some((stream, since)) = kept.pop() {
-        if now.duration_since(since) < IDLE_LIMIT && still_open(&stream) {
-            return Some(stream);
+    while let Some((conn, since)) = kept.pop() {
+        if now.duration_since(since) < IDLE_LIMIT && still_open(&conn.stream) {
+            return Some(conn);
         }
     }
     None
@@ -135,17 +151,17 @@ fn still_open(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-fn put(home: &Home, stream: TcpStream) {
+fn put(home: &Home, conn: Kept) {
     let mut kept = crate::locked(home);
     if kept.len() < MAX_IDLE {
-        kept.push((stream, Instant::now()));
+        kept.push((conn, Instant::now()));
     }
 }
 
 /// Sends `req` on `stream` and reads the response head; the body streams
 /// from the returned response. `home`: where the connection goes back.
 pub async fn send(
-    stream: TcpStream,
+    kept: Kept,
     home: Home,
     req: Request<BackendRequestBody>,
 ) -> Result<Response<ResponseBody>, SendError> {
@@ -167,9 +183,10 @@ pub async fn send(
     // On the future's state until the response comes; boxed into the
     // connection only if the request is still being written then (rare).
     let mut writer = Some(writer);
+    let Kept { stream, buf } = kept;
     let mut conn = Conn {
         stream,
-        buf: BytesMut::new(),
+        buf,
         writer: None,
         complete: false,
         home,
@@ -798,7 +815,13 @@ impl ResponseBody {
             conn.drive_writer(&mut Context::from_waker(waker));
         }
         if self.keep_alive && conn.complete && conn.buf.is_empty() {
-            put(&conn.home, conn.stream);
+            put(
+                &conn.home,
+                Kept {
+                    stream: conn.stream,
+                    buf: conn.buf,
+                },
+            );
         }
     }
 
