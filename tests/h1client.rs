@@ -75,6 +75,9 @@ fn script(path: &str) -> Script {
             r.extend_from_slice(b"0\r\n\r\n");
             plain(&r)
         }
+        // Keep-alive by its head, closed by the backend right after (its
+        // keep-alive timeout, at once).
+        "/then-close" => closing(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
         "/cut" => closing(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"),
         "/both" => plain(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -574,4 +577,27 @@ async fn a_kept_connection_carries_the_next_request() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_backend_closed_is_not_used() {
+    let (lb, seen, closed) = two_clients().await;
+    for name in ["hyper", "geolb"] {
+        let req = |path: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        };
+        let resp = text(&exchange(lb.addr(name), req("/then-close").as_bytes()).await);
+        assert_eq!(status(&resp), 200, "{name}: {resp}");
+        let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        eventually("the backend closed its connection", LIMIT, || {
+            let closed = closed.lock().unwrap().contains(&conn);
+            async move { closed }
+        })
+        .await;
+        // With `retries = 0`, a stale connection taken would be a 502.
+        let resp = text(&exchange(lb.addr(name), req("/length").as_bytes()).await);
+        assert_eq!(status(&resp), 200, "{name}: {resp}");
+        let next = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        assert_ne!(next, conn, "{name}");
+    }
 }
