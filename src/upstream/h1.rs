@@ -428,8 +428,10 @@ impl Writer {
                         return Poll::Ready(Err(Error::Reset(io::ErrorKind::WriteZero.into())));
                     }
                     Ok(n) => n,
-                    Err(e) if self.written == 0 => return Poll::Ready(Err(Error::Reset(e))),
-                    Err(e) => return Poll::Ready(Err(Error::Io(e))),
+                    // No byte of the response is in yet when writing
+                    // fails (later failures are only logged): hyper's
+                    // write errors are retried the same way.
+                    Err(e) => return Poll::Ready(Err(Error::Reset(e))),
                 }
             };
             self.written += n as u64;
