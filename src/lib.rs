@@ -30,7 +30,8 @@
 //! - [`state`]: a config compiled into the [`state::Snapshot`] the data
 //!   path reads, swapped whole through one `ArcSwap`.
 //! - [`upstream`]: opening and keeping backend connections (HTTP/1.1 or
-//!   HTTP/2, cleartext or TLS).
+//!   HTTP/2, cleartext or TLS); `upstream::h1`, geolb's own HTTP/1.1
+//!   client, driven in the request's task.
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
 //! - [`outlier`]: passive health: backends ejected after failing

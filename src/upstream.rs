@@ -1,6 +1,10 @@
 //! Connections to backends: how they are opened (a pool's
 //! `backend_protocol` and `tls`) and kept.
 //!
+//! Cleartext HTTP/1.1 goes through geolb's own client ([`h1`], driven in
+//! the request's task) unless a pool says `http1_client = "hyper"`;
+//! TLS, HTTP/2 and upgrades go through hyper's.
+//!
 //! An HTTP/1.1 connection goes back to its backend's idle list only once
 //! its response body has been read to the end, so whatever is taken from
 //! the list is free for a new request. It may still have been closed by
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,8 +32,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
-use crate::config::{BackendProtocol, PoolConfig};
+use crate::config::{BackendProtocol, Http1Client, PoolConfig};
 use crate::tls_client;
+
+pub mod h1;
 
 /// What is sent to a backend: the client's body streamed on, or none.
 pub type BackendRequestBody =
@@ -178,6 +184,95 @@ impl Body for ClientBody {
     }
 }
 
+/// A backend's response body, from whichever client fetched it.
+pub enum BackendBody {
+    Hyper(Incoming),
+    Own(h1::ResponseBody),
+}
+
+/// Why a backend request failed, from whichever client sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Own(#[from] h1::Error),
+}
+
+impl BackendError {
+    /// The backend went away before a byte of its response: closed
+    /// cleanly (hyper: incomplete message) or reset. A response that
+    /// began and then failed is not this, nor is a garbled one.
+    pub fn closed_without_answer(&self) -> bool {
+        match self {
+            BackendError::Own(e) => e.closed_without_answer(),
+            BackendError::Hyper(e) => {
+                if e.is_incomplete_message() {
+                    return true;
+                }
+                std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .is_some_and(|e| {
+                        matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::ConnectionAborted
+                                | io::ErrorKind::BrokenPipe
+                                | io::ErrorKind::UnexpectedEof
+                        )
+                    })
+            }
+        }
+    }
+}
+
+/// A request a connection failed to carry, with the request itself when
+/// none of it was sent (the connection was closed before).
+pub struct SendError {
+    error: BackendError,
+    request: Option<Request<BackendRequestBody>>,
+}
+
+impl SendError {
+    /// The request, if none of it was sent.
+    pub fn take_message(&mut self) -> Option<Request<BackendRequestBody>> {
+        self.request.take()
+    }
+
+    pub fn into_error(self) -> BackendError {
+        self.error
+    }
+}
+
+impl Body for BackendBody {
+    type Data = bytes::Bytes;
+    type Error = BackendError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BackendError>>> {
+        match self.get_mut() {
+            BackendBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BackendError::from),
+            BackendBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(BackendError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Hyper(b) => b.is_end_stream(),
+            BackendBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Hyper(b) => b.size_hint(),
+            BackendBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Below the common backend keep-alive timeouts (Apache httpd: 5 s), so we
 /// drop a connection before the backend is likely to.
 const IDLE_LIMIT: Duration = Duration::from_secs(4);
@@ -188,6 +283,8 @@ const MAX_IDLE: usize = 256;
 pub struct Upstream {
     protocol: BackendProtocol,
     tls: Option<UpstreamTls>,
+    /// Cleartext HTTP/1.1 through geolb's own client ([`h1`]).
+    own: bool,
     /// Tells connections opened one way from those opened another, for
     /// the idle lists, which are per backend address and outlive pools.
     profile: u64,
@@ -221,6 +318,9 @@ impl Upstream {
         };
         Ok(Upstream {
             protocol: pool.backend_protocol,
+            own: pool.http1_client == Http1Client::Geolb
+                && pool.backend_protocol == BackendProtocol::Http1
+                && tls.is_none(),
             tls,
             profile,
         })
@@ -260,8 +360,12 @@ impl Upstream {
         }
     }
 
-    /// A kept connection from the backend's idle list, if one is ready.
-    pub fn idle(&self, idle: &IdleConnections) -> Option<Sender> {
+    /// A kept connection from the backend's idle list, if one is ready;
+    /// a hyper one for an `upgrade` (geolb's own client does none).
+    pub fn idle(&self, idle: &IdleConnections, upgrade: bool) -> Option<Sender> {
+        if self.own && !upgrade {
+            return h1::take(&idle.own).map(|conn| Sender::own(conn, idle));
+        }
         idle.take(self.profile, self.is_http2())
     }
 
@@ -274,8 +378,9 @@ impl Upstream {
         idle: &'a IdleConnections,
         addr: SocketAddr,
         timeout: Duration,
+        upgrade: bool,
     ) -> Pin<Box<dyn Future<Output = io::Result<Sender>> + Send + 'a>> {
-        Box::pin(self.connect_within(idle, addr, timeout))
+        Box::pin(self.connect_within(idle, addr, timeout, upgrade))
     }
 
     async fn connect_within(
@@ -283,8 +388,14 @@ impl Upstream {
         idle: &IdleConnections,
         addr: SocketAddr,
         timeout: Duration,
+        upgrade: bool,
     ) -> io::Result<Sender> {
         let connect = async {
+            if self.own && !upgrade {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                return Ok(Sender::own(h1::Kept::new(stream), idle));
+            }
             if !self.is_http2() {
                 return self.open(addr).await;
             }
@@ -413,23 +524,53 @@ pub struct Sender {
 enum Kind {
     Http1(http1::SendRequest<BackendRequestBody>),
     Http2(http2::SendRequest<BackendRequestBody>),
+    /// geolb's own client: the connection itself, until a request takes
+    /// it (its response puts it back in the idle list when done).
+    Own(Option<(h1::Kept, h1::Home)>),
 }
 
 impl Sender {
+    fn own(conn: h1::Kept, idle: &IdleConnections) -> Sender {
+        Sender {
+            kind: Kind::Own(Some((conn, idle.own.clone()))),
+            profile: 0,
+        }
+    }
+
     /// Sends `req`; a request the connection could not take (closed
     /// before it was written) comes back in the error. The response
     /// carries the backend's HTTP version: callers set the client's.
     pub fn try_send_request(
         &mut self,
         req: Request<BackendRequestBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<BackendRequestBody>>>>
-    + use<> {
-        // hyper's own futures, not a wrapper around them: this is awaited
-        // once per request.
-        match &mut self.kind {
+    ) -> impl Future<Output = Result<Response<BackendBody>, SendError>> + use<> {
+        let hyper_side = match &mut self.kind {
             Kind::Http1(s) => Either::Left(s.try_send_request(req)),
             Kind::Http2(s) => Either::Right(s.try_send_request(req)),
-        }
+            Kind::Own(conn) => {
+                let Some((kept, home)) = conn.take() else {
+                    unreachable!("an own connection carries one request")
+                };
+                return Either::Left(async move {
+                    match h1::send(kept, home, req).await {
+                        Ok(resp) => Ok(resp.map(BackendBody::Own)),
+                        Err(e) => Err(SendError {
+                            error: e.error.into(),
+                            request: e.request,
+                        }),
+                    }
+                });
+            }
+        };
+        Either::Right(async move {
+            match hyper_side.await {
+                Ok(resp) => Ok(resp.map(BackendBody::Hyper)),
+                Err(mut e) => Err(SendError {
+                    request: e.take_message(),
+                    error: e.into_error().into(),
+                }),
+            }
+        })
     }
 }
 
@@ -440,6 +581,9 @@ pub struct IdleConnections {
     http1: Mutex<Vec<Idle>>,
     http2: Mutex<Vec<(u64, http2::SendRequest<BackendRequestBody>)>>,
     http2_connecting: tokio::sync::Mutex<()>,
+    /// geolb's own client's connections, shared with the responses that
+    /// put theirs back.
+    own: h1::Home,
 }
 
 struct Idle {
@@ -495,7 +639,7 @@ impl IdleConnections {
     /// Gives back a connection whose response ended cleanly.
     pub fn put(&self, sender: Sender) {
         let Kind::Http1(http1) = sender.kind else {
-            // Shared, never taken.
+            // HTTP/2: shared, never taken. Own: back by itself.
             return;
         };
         if http1.is_closed() {
@@ -513,6 +657,7 @@ impl IdleConnections {
 
     pub fn len(&self) -> usize {
         self.http1.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + crate::locked(&self.own).len()
             + self.http2.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

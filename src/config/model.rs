@@ -597,6 +597,9 @@ pub struct PoolConfig {
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// How requests are spoken to the backends (optional, HTTP/1.1).
     pub backend_protocol: BackendProtocol,
+    /// `http1_client` (extension): which HTTP/1.1 client speaks to
+    /// cleartext HTTP/1.1 backends.
+    pub http1_client: Http1Client,
     /// Backends are reached over TLS (`tls = true` or a table).
     pub tls: Option<BackendTls>,
     /// `max_connections`, `queue`, `queue_timeout` (extension).
@@ -791,6 +794,24 @@ pub enum BackendProtocol {
 impl BackendProtocol {
     pub const SPELLINGS: &[(&str, Self)] =
         &[("http1", Self::Http1), ("h2c", Self::H2c), ("h2", Self::H2)];
+
+    pub fn as_str(self) -> &'static str {
+        spelling(Self::SPELLINGS, self)
+    }
+}
+
+/// `http1_client` of a pool: geolb's own HTTP/1.1 client (driven in the
+/// request's task) or hyper's (a task per backend connection). TLS and
+/// HTTP/2 backends, and upgrades, always go through hyper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Http1Client {
+    #[default]
+    Geolb,
+    Hyper,
+}
+
+impl Http1Client {
+    pub const SPELLINGS: &[(&str, Self)] = &[("geolb", Self::Geolb), ("hyper", Self::Hyper)];
 
     pub fn as_str(self) -> &'static str {
         spelling(Self::SPELLINGS, self)
@@ -1322,6 +1343,7 @@ mod tests {
         round_trips(AcmeChallenge::SPELLINGS, AcmeChallenge::as_str);
         round_trips(SameSite::SPELLINGS, SameSite::as_str);
         round_trips(BackendProtocol::SPELLINGS, BackendProtocol::as_str);
+        round_trips(Http1Client::SPELLINGS, Http1Client::as_str);
         round_trips(
             ProxyProtocolVersion::SPELLINGS,
             ProxyProtocolVersion::as_str,

@@ -48,6 +48,9 @@ impl Ctx {
         let backend_protocol = self.opt(t, "backend_protocol", BackendProtocol::Http1, |c, f| {
             c.choice(f, BackendProtocol::SPELLINGS)
         });
+        let http1_client = self.opt(t, "http1_client", Http1Client::Geolb, |c, f| {
+            c.choice(f, Http1Client::SPELLINGS)
+        });
         let tls = self.opt(t, "tls", None, Ctx::backend_tls);
         let limits = self.backend_limits(t);
         let outlier = self.opt(t, "outlier", OutlierConfig::default(), Ctx::outlier);
@@ -82,6 +85,7 @@ impl Ctx {
             backends: backends?,
             proxy_protocol: proxy_protocol?,
             backend_protocol: backend_protocol?,
+            http1_client: http1_client?,
             tls: tls?,
             limits: limits?,
             outlier: outlier?,

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::activity::Activity;
 use super::compress::Compressing;
@@ -18,7 +18,7 @@ use crate::accesslog;
 use crate::admission::RetryGuard;
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::state::ActiveGuard;
-use crate::upstream::{BodyProgress, Sender};
+use crate::upstream::{BackendBody, BodyProgress, Sender};
 
 /// What to do when a response ends, however it ends.
 pub struct Completion {
@@ -75,7 +75,7 @@ impl Drop for Completion {
 }
 
 enum Inner {
-    Backend(Incoming),
+    Backend(BackendBody),
     /// A backend's body compressed on the way (`compress`).
     Compressed(Box<Compressing>),
     Message(Option<Bytes>),
@@ -90,7 +90,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn from_backend(body: Incoming, completion: Completion) -> Self {
+    pub fn from_backend(body: BackendBody, completion: Completion) -> Self {
         Self::streamed(Inner::Backend(body), completion)
     }
 

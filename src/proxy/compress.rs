@@ -18,10 +18,11 @@ use async_compression::tokio::write::{BrotliEncoder, GzipEncoder, ZstdEncoder};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
 use crate::config::{CompressConfig, CompressLevels, Encoding};
+use crate::upstream::BackendBody;
 
 /// The error of a response body (the same type as `body::BoxError`).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -112,13 +113,16 @@ fn qvalue(v: &[u8]) -> u16 {
 /// gets `Vary: Accept-Encoding` (whatever this client accepts, for caches),
 /// and if the client accepts `encoding`, its headers say so and the
 /// returned stream compresses `body`. Otherwise `body` is given back.
+// The body given back (the common case) is moved, not boxed: boxing
+// it would cost every uncompressed response an allocation.
+#[allow(clippy::result_large_err)]
 pub(super) fn start(
     config: &CompressConfig,
     encoding: Option<Encoding>,
     status: StatusCode,
     headers: &mut HeaderMap,
-    body: Incoming,
-) -> Result<Box<Compressing>, Incoming> {
+    body: BackendBody,
+) -> Result<Box<Compressing>, BackendBody> {
     if !compressible(config, status, headers, &body) {
         return Err(body);
     }
@@ -161,7 +165,7 @@ fn compressible(
     config: &CompressConfig,
     status: StatusCode,
     headers: &HeaderMap,
-    body: &Incoming,
+    body: &BackendBody,
 ) -> bool {
     // 206 and Content-Range: a part, whose byte offsets refer to the
     // identity representation. 204/304/1xx: no body.
@@ -233,7 +237,7 @@ fn add_vary(headers: &mut HeaderMap) {
 
 /// A backend's body, compressed as it streams.
 pub struct Compressing {
-    body: Incoming,
+    body: BackendBody,
     encoder: Encoder,
     state: State,
     /// Body bytes from the backend, for its traffic series.

@@ -41,7 +41,7 @@ use crate::outlier::Outcome;
 use crate::proxy_protocol;
 use crate::rules::Verdict;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
-use crate::upstream::{self, BackendRequestBody, BodyState, ClientBody};
+use crate::upstream::{self, BackendError, BackendRequestBody, BodyState, ClientBody};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -291,10 +291,10 @@ enum Failure {
     NoBackend,
     Connect(Arc<str>, io::Error),
     Timeout(Arc<str>, Duration),
-    Backend(Arc<str>, hyper::Error),
+    Backend(Arc<str>, BackendError),
     /// The client's body was malformed or cut off: its fault, not the
     /// backend's.
-    ClientBody(hyper::Error),
+    ClientBody(BackendError),
     /// The request timed out waiting for the client's body.
     SlowClient(Duration),
     /// Every eligible backend was at `max_connections` and the queue was
@@ -524,12 +524,17 @@ async fn handle(
         let backend = &pool.backends[index];
         // Timed for the access log only: no clock read without one.
         let connecting = completion.access.is_some().then(Instant::now);
-        let (sender, reused) = match pool.upstream.idle(&backend.shared.idle) {
+        let (sender, reused) = match pool.upstream.idle(&backend.shared.idle, upgrade) {
             Some(kept) => (Ok(kept), true),
             None => {
                 let upstream = &pool.upstream;
                 let connected = upstream
-                    .connect(&backend.shared.idle, backend.addr, timeouts.connect)
+                    .connect(
+                        &backend.shared.idle,
+                        backend.addr,
+                        timeouts.connect,
+                        upgrade,
+                    )
                     .await;
                 (connected, false)
             }
@@ -666,7 +671,7 @@ async fn handle(
                 pool.outcome(index, Outcome::Failure);
                 let retryable = retry_on.reset
                     && replay.is_some()
-                    && closed_without_answer(&err)
+                    && err.closed_without_answer()
                     && tried.len() <= retries
                     && within_budget(&pool, &mut retry);
                 tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
@@ -718,7 +723,7 @@ async fn handle(
             format!("no response head within {t:?}"),
         ),
         Failure::Backend(b, e) => {
-            // hyper's errors name no address, only what went wrong.
+            // Backend errors name no address, only what went wrong.
             let error = error_chain(&e);
             (
                 StatusCode::BAD_GATEWAY,
@@ -1071,26 +1076,6 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
             (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-        })
-}
-
-/// The backend went away before a byte of its response: closed cleanly
-/// (hyper: incomplete message) or reset. A response that began and then
-/// failed is not this (hyper returned it as Ok), nor is a garbled one.
-fn closed_without_answer(err: &hyper::Error) -> bool {
-    if err.is_incomplete_message() {
-        return true;
-    }
-    std::error::Error::source(err)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .is_some_and(|e| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            )
         })
 }
 

@@ -1,0 +1,1174 @@
+//! geolb's own HTTP/1.1 client to cleartext backends (`http1_client =
+//! "geolb"`), driven in the request's own task: no connection task and
+//! no channel between it and the request, as hyper's client has.
+//!
+//! The request goes out as hyper's client would send it (the same head,
+//! the same framing rules, byte for byte: `tests/h1client.rs` checks it);
+//! its head and the body bytes already there leave in one `writev`. The
+//! response head is parsed with `httparse` more strictly than hyper does:
+//! both `Content-Length` and `Transfer-Encoding`, a head over
+//! [`MAX_HEAD`] and a 101 to a request that asked for no upgrade are
+//! errors (hyper forwards the first framing it picks, reads a head up to
+//! 400 KiB, and passes the 101 on). The response body is streamed by
+//! `Content-Length`, chunks or the connection's close; once read to its
+//! end on a connection that stays open, the connection goes back to its
+//! backend's idle list by itself. A body dropped before its end closes it.
+//!
+//! The request body is written as the response comes: a backend may
+//! answer before it read the whole body (a 413), and one that streams
+//! its answer while reading is served too. A connection whose request
+//! body was not all written is not kept.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+use super::{BackendRequestBody, IDLE_LIMIT, MAX_IDLE};
+
+/// The largest response head (and chunked trailer section) read: the
+/// server side's limit for request heads (`proxy::activity::MAX_HEAD`).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Header fields a head may carry: hyper's default, on the server side too.
+const MAX_HEADERS: usize = 100;
+/// Read buffer space asked for at a time.
+const READ_SIZE: usize = 16 * 1024;
+/// Request body bytes queued before they are written out.
+const WRITE_QUEUE: usize = 64 * 1024;
+/// A chunk-size line with its extensions (hyper allows 16 KiB of
+/// extensions per body).
+const MAX_CHUNK_LINE: usize = 16 * 1024;
+
+/// The idle connections of one backend, shared with the responses that
+/// will put theirs back. Streams only: a kept stream holds no handle to
+/// its list, so the list goes away with its backend.
+pub(super) type Home = Arc<Mutex<Vec<(Kept, Instant)>>>;
+
+/// A connection between requests, with its read buffer: kept, the
+/// buffer's memory serves the next response too.
+pub struct Kept {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Kept {
+    pub(super) fn new(stream: TcpStream) -> Kept {
+        Kept {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+/// Why a request through the own client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the backend closed the connection before answering")]
+    Closed,
+    /// Reading or writing failed before any byte of the response came.
+    #[error("the backend connection failed before answering")]
+    Reset(#[source] io::Error),
+    #[error("the backend connection failed")]
+    Io(#[source] io::Error),
+    #[error("the response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the response head has more than {MAX_HEADERS} fields")]
+    TooManyHeaders,
+    #[error("the response head is malformed: {0}")]
+    Parse(httparse::Error),
+    #[error("the response status is not a valid code")]
+    Status,
+    #[error("the response has both Content-Length and Transfer-Encoding")]
+    LengthAndChunked,
+    #[error("the response's Content-Length is invalid or given with differing values")]
+    BadLength,
+    #[error("an HTTP/1.0 response with Transfer-Encoding")]
+    Http10Chunked,
+    #[error("101 Switching Protocols to a request that asked for no upgrade")]
+    UnexpectedUpgrade,
+    #[error("a malformed chunk in the response body")]
+    BadChunk,
+    #[error("the backend closed the connection before the end of the response body")]
+    Incomplete,
+    #[error("the request body failed")]
+    RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request body does not match its Content-Length")]
+    RequestLength,
+}
+
+impl Error {
+    /// The backend went away before a byte of its response: cleanly or
+    /// reset (what the proxy may retry elsewhere).
+    pub fn closed_without_answer(&self) -> bool {
+        match self {
+            Error::Closed => true,
+            Error::Reset(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A failed send, with the request when none of it was written (the
+/// connection was found closed first): it may go out on another.
+pub struct SendError {
+    pub error: Error,
+    pub request: Option<Request<BackendRequestBody>>,
+}
+
+/// The newest kept connection that still looks open; stale ones met on
+/// the way are closed.
+pub(super) fn take(home: &Home) -> Option<Kept> {
+    let now = Instant::now();
+    let mut kept = crate::locked(home);
+    while let Some((conn, since)) = kept.pop() {
+        if now.duration_since(since) < IDLE_LIMIT && still_open(&conn.stream) {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+/// No byte and no close from the backend since the connection went
+/// idle. Costs no system call unless the socket was reported readable.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+fn put(home: &Home, conn: Kept) {
+    let mut kept = crate::locked(home);
+    if kept.len() < MAX_IDLE {
+        kept.push((conn, Instant::now()));
+    }
+}
+
+/// Sends `req` on `stream` and reads the response head; the body streams
+/// from the returned response. `home`: where the connection goes back.
+pub async fn send(
+    kept: Kept,
+    home: Home,
+    req: Request<BackendRequestBody>,
+) -> Result<Response<ResponseBody>, SendError> {
+    let (mut parts, body) = req.into_parts();
+    let end_stream = body.is_end_stream();
+    let encoder = set_length(&mut parts, &body);
+    let mut head = Vec::with_capacity(64 + parts.headers.len() * 32);
+    write_head(&parts, &mut head);
+    let mut writer = Writer {
+        body: (!end_stream).then_some(body),
+        encoder,
+        queue: SmallVec::new(),
+        queued: 0,
+        written: 0,
+        finished: end_stream,
+        taken: false,
+    };
+    writer.push(Bytes::from(head));
+    // On the future's state until the response comes; boxed into the
+    // connection only if the request is still being written then (rare).
+    let mut writer = Some(writer);
+    let Kept { stream, buf } = kept;
+    let mut conn = Conn {
+        stream,
+        buf,
+        writer: None,
+        complete: false,
+        home,
+    };
+    let method = parts.method.clone();
+    // A write that failed: its error, and the body if none of it was
+    // taken (nothing sent: the request can go out on another connection).
+    let mut write_failed: Option<(Error, Option<BackendRequestBody>)> = None;
+    let mut unsent = false;
+    let parsed = std::future::poll_fn(|cx| {
+        if let Some(w) = writer.as_mut() {
+            match w.poll_write(cx, &mut conn.stream) {
+                Poll::Ready(Ok(())) => {
+                    writer = None;
+                    conn.complete = true;
+                }
+                Poll::Pending => {}
+                Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Err(e)) => {
+                    // The backend may have answered and closed (a 413):
+                    // its answer is still read.
+                    let mut w = writer.take().expect("writing");
+                    unsent = w.written == 0 && !w.taken;
+                    write_failed = Some((e, w.body.take().filter(|_| unsent)));
+                }
+            }
+        }
+        match ready!(conn.poll_head(cx, &method)) {
+            Ok(head) => Poll::Ready(Ok(head)),
+            Err(Error::Closed | Error::Reset(_)) if write_failed.is_some() => {
+                Poll::Ready(Err(Error::Closed))
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    })
+    .await;
+    match (parsed, write_failed) {
+        (Ok(head), _) if !first_chunk_ok(&head, &conn.buf) => Err(SendError {
+            error: Error::BadChunk,
+            request: None,
+        }),
+        (Ok(head), _) => {
+            conn.writer = writer.map(Box::new);
+            Ok(respond(conn, head))
+        }
+        (Err(Error::Closed), Some((error, body))) => {
+            let request = unsent.then(|| {
+                let body =
+                    body.unwrap_or_else(|| http_body_util::Either::Right(Default::default()));
+                Request::from_parts(parts, body)
+            });
+            Err(SendError { error, request })
+        }
+        (Err(error), _) => Err(SendError {
+            error,
+            request: None,
+        }),
+    }
+}
+
+/// hyper's client framing for a request (`Client::set_length` in hyper's
+/// `proto::h1::role`), kept exactly so that backends see the same bytes
+/// from either client: `Content-Length` the caller set wins, else
+/// `Transfer-Encoding` (made to end in chunked), else a known length is
+/// stated, else chunked, except for GET, HEAD and CONNECT, sent bodiless.
+fn set_length(parts: &mut http::request::Parts, body: &BackendRequestBody) -> Encoder {
+    let headers = &mut parts.headers;
+    if body.is_end_stream() {
+        headers.remove(header::TRANSFER_ENCODING);
+        return Encoder::Length(0);
+    }
+    let known = body.size_hint().exact();
+    let existing = content_length(headers.get_all(header::CONTENT_LENGTH).iter());
+    if parts.version == Version::HTTP_10 {
+        headers.remove(header::TRANSFER_ENCODING);
+        return match (existing, known) {
+            (Ok(Some(len)), _) => Encoder::Length(len),
+            (_, Some(len)) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                Encoder::Length(len)
+            }
+            _ => Encoder::Length(0),
+        };
+    }
+    match headers.entry(header::TRANSFER_ENCODING) {
+        Entry::Occupied(mut te) => {
+            let last = te.iter_mut().next_back().expect("occupied");
+            if !ends_in_chunked(last) {
+                let mut with = last.as_bytes().to_vec();
+                with.extend_from_slice(b", chunked");
+                if let Ok(v) = HeaderValue::from_bytes(&with) {
+                    *last = v;
+                }
+            }
+        }
+        Entry::Vacant(te) => match (existing, known) {
+            (Ok(Some(len)), _) => {
+                return Encoder::Length(len);
+            }
+            (_, Some(len)) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                return Encoder::Length(len);
+            }
+            _ if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
+                return Encoder::Length(0);
+            }
+            _ => {
+                te.insert(HeaderValue::from_static("chunked"));
+            }
+        },
+    }
+    // Chunked from here on: a Content-Length would contradict it.
+    headers.remove(header::CONTENT_LENGTH);
+    let trailers: Vec<HeaderName> = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .collect();
+    Encoder::Chunked(trailers)
+}
+
+fn ends_in_chunked(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.rsplit(',').next())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// Every `Content-Length` value (comma-separated lists too): `Ok(None)`
+/// when there is none, an error unless all are the same number.
+fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for value in values {
+        let line = value.to_str().map_err(|_| ())?;
+        for v in line.split(',') {
+            let v = v.trim().as_bytes();
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+fn write_head(parts: &http::request::Parts, dst: &mut Vec<u8>) {
+    dst.extend_from_slice(parts.method.as_str().as_bytes());
+    dst.push(b' ');
+    match parts.uri.path_and_query() {
+        Some(target) if parts.uri.authority().is_none() => {
+            dst.extend_from_slice(target.as_str().as_bytes())
+        }
+        _ => dst.extend_from_slice(parts.uri.to_string().as_bytes()),
+    }
+    dst.extend_from_slice(match parts.version {
+        Version::HTTP_10 => b" HTTP/1.0\r\n",
+        _ => b" HTTP/1.1\r\n",
+    });
+    write_fields(&parts.headers, dst);
+    dst.extend_from_slice(b"\r\n");
+}
+
+fn write_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
+    for (name, value) in headers {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How the request body is framed.
+enum Encoder {
+    Length(u64),
+    /// With the trailer fields the request's `Trailer` header allows.
+    Chunked(Vec<HeaderName>),
+}
+
+/// The request on its way out: queued bytes and the body still to come.
+struct Writer {
+    body: Option<BackendRequestBody>,
+    encoder: Encoder,
+    queue: SmallVec<[Bytes; 4]>,
+    queued: usize,
+    /// Bytes written so far.
+    written: u64,
+    /// The body's end is queued.
+    finished: bool,
+    /// A frame of the body was taken.
+    taken: bool,
+}
+
+impl Writer {
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.queued += bytes.len();
+            self.queue.push(bytes);
+        }
+    }
+
+    /// Moves the request on: takes what the body has ready (so that the
+    /// head and the first bytes share a write), then writes the queue.
+    /// Ready once the whole request is written.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            if !self.finished && self.queued < WRITE_QUEUE {
+                let body = self.body.as_mut().expect("a body until finished");
+                if let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) {
+                    self.taken = true;
+                    self.encode(frame)?;
+                    continue;
+                }
+            }
+            if self.queue.is_empty() {
+                return if self.finished {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let n = {
+                let slices: SmallVec<[IoSlice<'_>; 8]> =
+                    self.queue.iter().take(8).map(|b| IoSlice::new(b)).collect();
+                match ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(Error::Reset(io::ErrorKind::WriteZero.into())));
+                    }
+                    Ok(n) => n,
+                    // No byte of the response is in yet when writing
+                    // fails (later failures are only logged): hyper's
+                    // write errors are retried the same way.
+                    Err(e) => return Poll::Ready(Err(Error::Reset(e))),
+                }
+            };
+            self.written += n as u64;
+            self.queued -= n;
+            let mut left = n;
+            while left > 0 {
+                let first = &mut self.queue[0];
+                if first.len() <= left {
+                    left -= first.len();
+                    self.queue.remove(0);
+                } else {
+                    first.advance(left);
+                    left = 0;
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), Error> {
+        let frame = match frame {
+            None => {
+                self.finished = true;
+                self.body = None;
+                match self.encoder {
+                    Encoder::Length(0) => {}
+                    Encoder::Length(_) => return Err(Error::RequestLength),
+                    Encoder::Chunked(_) => self.push(Bytes::from_static(b"0\r\n\r\n")),
+                }
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(Error::RequestBody(e)),
+            Some(Ok(frame)) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Ok(trailers), Encoder::Chunked(allowed)) =
+                    (frame.into_trailers(), &self.encoder)
+                {
+                    let mut fields = HeaderMap::new();
+                    for (name, value) in &trailers {
+                        if allowed.contains(name) && valid_trailer(name) {
+                            fields.append(name, value.clone());
+                        }
+                    }
+                    if !fields.is_empty() {
+                        let mut out = b"0\r\n".to_vec();
+                        write_fields(&fields, &mut out);
+                        out.extend_from_slice(b"\r\n");
+                        self.push(Bytes::from(out));
+                        self.finished = true;
+                        self.body = None;
+                    }
+                }
+                return Ok(());
+            }
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.encoder {
+            Encoder::Length(left) => {
+                let len = data.len() as u64;
+                if len > *left {
+                    return Err(Error::RequestLength);
+                }
+                *left -= len;
+                self.push(data);
+            }
+            Encoder::Chunked(_) => {
+                self.push(Bytes::from(format!("{:X}\r\n", data.len())));
+                self.push(data);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fields a trailer may not carry (hyper's list).
+fn valid_trailer(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A backend connection in use.
+struct Conn {
+    stream: TcpStream,
+    /// Read from the backend, not yet consumed.
+    buf: BytesMut,
+    /// The request, until it is all written or writing it failed.
+    writer: Option<Box<Writer>>,
+    /// The whole request was written.
+    complete: bool,
+    home: Home,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    reason: Option<hyper::ext::ReasonPhrase>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Conn {
+    /// Reads until a final response head is in; 1xx heads other than
+    /// 101 are skipped, as hyper does.
+    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Head, Error>> {
+        let mut seen_any = false;
+        loop {
+            if !self.buf.is_empty() {
+                seen_any = true;
+                match parse_head(&mut self.buf, method)? {
+                    Some(Some(head)) => return Poll::Ready(Ok(head)),
+                    // A 1xx skipped: what follows may be in already.
+                    Some(None) => continue,
+                    None if self.buf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Err(Error::HeadTooLarge));
+                    }
+                    None => {}
+                }
+            }
+            self.buf.reserve(READ_SIZE);
+            match ready!(poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)) {
+                Ok(0) if seen_any => return Poll::Ready(Err(Error::Incomplete)),
+                Ok(0) => return Poll::Ready(Err(Error::Closed)),
+                Ok(_) => {}
+                Err(e) if seen_any => return Poll::Ready(Err(Error::Io(e))),
+                Err(e) => return Poll::Ready(Err(Error::Reset(e))),
+            }
+        }
+    }
+
+    /// Keeps the request going while the response is read; a failure
+    /// ends the writing, and the connection is then not kept.
+    fn drive_writer(&mut self, cx: &mut Context<'_>) {
+        if let Some(w) = self.writer.as_mut() {
+            match w.poll_write(cx, &mut self.stream) {
+                Poll::Ready(Ok(())) => {
+                    self.writer = None;
+                    self.complete = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "request body not all sent to the backend");
+                    self.writer = None;
+                }
+                Poll::Pending => {}
+            }
+        }
+    }
+}
+
+/// `Ok(None)`: not all in yet; `Ok(Some(None))`: a 1xx, skipped.
+#[allow(clippy::type_complexity)]
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Option<Head>>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
+        Err(e) => return Err(Error::Parse(e)),
+    };
+    if len > MAX_HEAD {
+        return Err(Error::HeadTooLarge);
+    }
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Error::Status)?;
+    let version = if resp.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let reason = resp
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| s.as_ptr() as usize - base;
+    let spans: SmallVec<[(usize, usize, usize, usize); 24]> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let (n, v) = (at(h.name.as_bytes()), at(h.value));
+            (n, n + h.name.len(), v, v + h.value.len())
+        })
+        .collect();
+    let raw = buf.split_to(len).freeze();
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Some(None));
+    }
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut close = false;
+    for (n0, n1, v0, v1) in spans {
+        let name = HeaderName::from_bytes(&raw[n0..n1])
+            .map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
+            .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
+        if name == header::CONNECTION {
+            if close || has_token(&value, "close") {
+                close = true;
+                keep_alive = false;
+            } else if !keep_alive {
+                keep_alive = has_token(&value, "keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = framing(status, version, method, &headers)?;
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Some(Some(Head {
+        status,
+        version,
+        headers,
+        reason,
+        framing,
+        keep_alive,
+    })))
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// How the response body is delimited (RFC 9112 §6.3), strictly: a
+/// response with both framings is refused rather than guessed at (a
+/// proxy that forwards it invites smuggling).
+fn framing(
+    status: StatusCode,
+    version: Version,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Framing, Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Error::UnexpectedUpgrade);
+    }
+    if status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || method == Method::HEAD
+    {
+        return Ok(Framing::Length(0));
+    }
+    let length = content_length(headers.get_all(header::CONTENT_LENGTH).iter());
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    if let Some(last) = te.iter().next_back() {
+        if version == Version::HTTP_10 {
+            return Err(Error::Http10Chunked);
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(Error::LengthAndChunked);
+        }
+        return Ok(if ends_in_chunked(last) {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        });
+    }
+    match length {
+        Ok(Some(n)) => Ok(Framing::Length(n)),
+        Ok(None) => Ok(Framing::Close),
+        Err(()) => Err(Error::BadLength),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    /// Bytes left of the chunk's data.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then the empty line.
+    Trailers,
+    Done,
+}
+
+/// A first chunk-size line that came with the head, if any, is valid: a
+/// body malformed from its start is refused (502) rather than begun.
+fn first_chunk_ok(head: &Head, buf: &[u8]) -> bool {
+    if head.framing != Framing::Chunked(Chunk::Size) {
+        return true;
+    }
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => chunk_size(&buf[..end]).is_some(),
+        None => buf.len() <= MAX_CHUNK_LINE,
+    }
+}
+
+fn respond(conn: Conn, head: Head) -> Response<ResponseBody> {
+    let Head {
+        status,
+        version,
+        headers,
+        reason,
+        framing,
+        keep_alive,
+    } = head;
+    let mut body = ResponseBody {
+        conn: None,
+        framing,
+        keep_alive,
+        failed: None,
+    };
+    if body.at_end() {
+        body.conn = Some(conn);
+        body.release();
+    } else {
+        body.conn = Some(conn);
+    }
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    if let Some(reason) = reason {
+        resp.extensions_mut().insert(reason);
+    }
+    resp
+}
+
+/// A response body read from its connection, which it owns until its
+/// end and then puts back in its backend's idle list (if it stays open).
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    /// The body's failure, given on the next poll.
+    failed: Option<Error>,
+}
+
+impl ResponseBody {
+    fn at_end(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        )
+    }
+
+    /// At the body's end: the connection goes back if nothing makes it
+    /// unfit (the request not all written, a close asked for, bytes past
+    /// the response).
+    fn release(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if conn.writer.is_some() {
+            // Not written to its end yet: finish it now if it can be
+            // done without waiting, else the connection is not kept.
+            let waker = std::task::Waker::noop();
+            conn.drive_writer(&mut Context::from_waker(waker));
+        }
+        if self.keep_alive && conn.complete && conn.buf.is_empty() {
+            put(
+                &conn.home,
+                Kept {
+                    stream: conn.stream,
+                    buf: conn.buf,
+                },
+            );
+        }
+    }
+
+    /// Reads more from the backend; `Ok(false)` at its close.
+    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        conn.buf.reserve(READ_SIZE);
+        match ready!(poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)) {
+            Ok(n) => Poll::Ready(Ok(n > 0)),
+            Err(e) => Poll::Ready(Err(Error::Io(e))),
+        }
+    }
+
+    /// Ends the body with `e`, on the poll after this one: hyper's
+    /// server writes out what it holds of the response when a body is
+    /// pending, but drops it when the body fails, so the client gets
+    /// what the backend sent before its failure.
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            this.framing = Framing::Length(0);
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            if this.at_end() {
+                this.release();
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            conn.drive_writer(cx);
+            let frame = match &mut this.framing {
+                Framing::Length(left) => {
+                    if conn.buf.is_empty() {
+                        match ready!(Self::poll_fill(conn, cx)) {
+                            Ok(true) => continue,
+                            Ok(false) => return this.fail(Error::Incomplete, cx),
+                            Err(e) => return this.fail(e, cx),
+                        }
+                    }
+                    let n = (*left).min(conn.buf.len() as u64);
+                    *left -= n;
+                    conn.buf.split_to(n as usize).freeze()
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() {
+                        match ready!(Self::poll_fill(conn, cx)) {
+                            Ok(true) => continue,
+                            Ok(false) => {
+                                this.conn = None;
+                                this.framing = Framing::Length(0);
+                                return Poll::Ready(None);
+                            }
+                            Err(e) => return this.fail(e, cx),
+                        }
+                    }
+                    conn.buf.split().freeze()
+                }
+                Framing::Chunked(state) => match decode_chunk(state, &mut conn.buf) {
+                    Ok(Step::Data(data)) => data,
+                    Ok(Step::More) => match ready!(Self::poll_fill(conn, cx)) {
+                        Ok(true) => continue,
+                        Ok(false) => return this.fail(Error::Incomplete, cx),
+                        Err(e) => return this.fail(e, cx),
+                    },
+                    Ok(Step::Done) => continue,
+                    Ok(Step::Trailers(fields)) => {
+                        // The trailer section ends the body.
+                        this.release();
+                        return Poll::Ready(Some(Ok(Frame::trailers(fields))));
+                    }
+                    Err(e) => return this.fail(e, cx),
+                },
+            };
+            if frame.is_empty() {
+                continue;
+            }
+            if this.at_end() {
+                this.release();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.at_end() && self.failed.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What decoding a chunked body's buffered bytes gave.
+enum Step {
+    Data(Bytes),
+    /// The trailer section, which ends the body.
+    Trailers(HeaderMap),
+    /// The body ended without trailers.
+    Done,
+    /// More bytes are needed.
+    More,
+}
+
+/// Decodes what `buf` holds of a chunked body from `state` on.
+fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Error> {
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    return if buf.len() > MAX_CHUNK_LINE {
+                        Err(Error::BadChunk)
+                    } else {
+                        Ok(Step::More)
+                    };
+                };
+                let size = chunk_size(&buf[..end]).ok_or(Error::BadChunk)?;
+                buf.advance(end + 1);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = left.min(buf.len() as u64);
+                *state = if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                };
+                return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::BadChunk);
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] == b"\r\n" {
+                    buf.advance(2);
+                    *state = Chunk::Done;
+                    return Ok(Step::Done);
+                }
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    return if buf.len() > MAX_HEAD {
+                        Err(Error::BadChunk)
+                    } else {
+                        Ok(Step::More)
+                    };
+                };
+                let section = buf.split_to(end + 4).freeze();
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let Ok(httparse::Status::Complete((_, parsed))) =
+                    httparse::parse_headers(&section, &mut fields)
+                else {
+                    return Err(Error::BadChunk);
+                };
+                let mut trailers = HeaderMap::with_capacity(parsed.len());
+                for f in parsed {
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) else {
+                        return Err(Error::BadChunk);
+                    };
+                    trailers.append(name, value);
+                }
+                *state = Chunk::Done;
+                return Ok(Step::Trailers(trailers));
+            }
+            Chunk::Done => return Ok(Step::Done),
+        }
+    }
+}
+
+/// A chunk-size line without its LF: hex digits, then optional
+/// whitespace and extensions, then CR.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let blank = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[blank..];
+    if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+        return None;
+    }
+    let hex = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(chunk_size(b"1a\r"), Some(26));
+        assert_eq!(chunk_size(b"A;name=value\r"), Some(10));
+        assert_eq!(chunk_size(b"5 \t;x\r"), Some(5));
+        for bad in [
+            &b"zz\r"[..],
+            b"\r",
+            b"5",
+            b"5 x\r",
+            b"-1\r",
+            b"11111111111111111\r",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn head(text: &[u8], method: Method) -> Result<Option<Option<Head>>, Error> {
+        parse_head(&mut BytesMut::from(text), &method)
+    }
+
+    #[test]
+    fn framing_is_strict() {
+        let framed = |text: &[u8]| head(text, Method::GET).map(|h| h.unwrap().unwrap().framing);
+        assert_eq!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n").unwrap(),
+            Framing::Length(3)
+        );
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Err(Error::BadLength)
+        ));
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n"),
+            Err(Error::BadLength)
+        ));
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(Error::LengthAndChunked)
+        ));
+        assert!(matches!(
+            framed(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(Error::Http10Chunked)
+        ));
+        assert_eq!(
+            framed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap(),
+            Framing::Close
+        );
+        assert_eq!(
+            framed(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").unwrap(),
+            Framing::Length(0)
+        );
+        let head_resp = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            Method::HEAD,
+        );
+        assert_eq!(
+            head_resp.unwrap().unwrap().unwrap().framing,
+            Framing::Length(0)
+        );
+        assert!(matches!(
+            framed(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n"),
+            Err(Error::Parse(_))
+        ));
+        // A 1xx is skipped, and a partial head waits for more.
+        assert!(matches!(
+            head(b"HTTP/1.1 100 Continue\r\n\r\n", Method::GET),
+            Ok(Some(None))
+        ));
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\nX: a", Method::GET),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let kept = |text: &[u8]| {
+            head(text, Method::GET)
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        };
+        assert!(kept(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!kept(
+            b"HTTP/1.1 200 OK\r\nConnection: x, close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!kept(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(kept(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!kept(b"HTTP/1.1 200 OK\r\n\r\n"), "close-delimited");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_trailers() {
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"[..]);
+        let mut state = Chunk::Size;
+        assert!(matches!(decode_chunk(&mut state, &mut buf), Ok(Step::Data(d)) if d == "abc"));
+        match decode_chunk(&mut state, &mut buf) {
+            Ok(Step::Trailers(t)) => assert_eq!(t["x-t"], "1"),
+            _ => panic!("trailers expected"),
+        }
+        assert_eq!(state, Chunk::Done);
+        let mut bad = BytesMut::from(&b"3\r\nabcX\r\n"[..]);
+        let mut state = Chunk::Size;
+        assert!(decode_chunk(&mut state, &mut bad).is_ok());
+        assert!(matches!(
+            decode_chunk(&mut state, &mut bad),
+            Err(Error::BadChunk)
+        ));
+    }
+}
