@@ -102,6 +102,19 @@ pub async fn serve(
         Some(cluster) => cluster.clone(),
         None => Arc::new(FileStore::new(state_dir)),
     };
+    if cluster.is_some() {
+        match registry.discovered.restore(state_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                backends = n,
+                "discovered backends restored: the last seen, served until etcd answers"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "discovered backends could not be restored; starting without them"
+            ),
+        }
+    }
     let where_kept = store.describe();
     registry.overrides.set_store(store);
     match registry.overrides.restore() {
@@ -152,6 +165,11 @@ pub async fn serve(
             shutdown.clone(),
         ));
         tasks.spawn(cluster.clone().run_quorum(quorum, shutdown.clone()));
+        tasks.spawn(crate::discovery::run(
+            cluster.clone(),
+            daemon.registry.discovered.clone(),
+            shutdown.clone(),
+        ));
         let _ = daemon.cluster.set(cluster);
     }
     if let (Some(listen), Some(socket)) = (admin_listen, &admin_socket) {
@@ -162,6 +180,9 @@ pub async fn serve(
         .await
         .context("the start-up task failed")?
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if daemon.cluster.get().is_some() {
+        tasks.spawn(reload::follow_discovery(daemon.clone()));
+    }
     // Also without a database now: a reload may add one.
     tasks.spawn(dns::watch_geoip(dns_data, GEOIP_RECHECK, shutdown.clone()));
     tasks.spawn(crate::daemon::watch_datacenters(

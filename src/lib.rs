@@ -9,7 +9,7 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
-//!          acme, tls_client, cluster)
+//!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules)
 //! ```
@@ -52,6 +52,9 @@
 //!   [`overrides::OverrideStore`] of a node in a cluster), watched, and
 //!   kept in the state directory for when etcd is out of reach; and each
 //!   node's data-center views, published and read for [`quorum`].
+//! - [`discovery`]: backends registered in etcd under a pool's
+//!   `discovery` prefix (by `geolb register`): watched, compiled into the
+//!   snapshot beside the static ones, kept in the state directory.
 //! - [`quorum`]: data-center health decided over the views every node of
 //!   a cluster publishes (its own data center's pools, others' checks).
 //! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
@@ -76,7 +79,8 @@
 //! - [`accesslog`]: the access lines of HTTP requests, TCP connections
 //!   and sampled DNS queries: what each holds, client text clipped.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
-//!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
+//!   `geolb demo`; [`register`]: `geolb register`, a backend kept
+//!   registered in etcd for a pool's discovery. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
 //!   running daemon's admin API over HTTP, HTTPS or its Unix socket
 //!   (beside the layers: it imports only `config` and `tls_client`).
@@ -117,6 +121,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod discovery;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -133,6 +138,7 @@ pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod quorum;
+pub mod register;
 pub mod reload;
 pub mod rules;
 pub mod state;
