@@ -1069,3 +1069,252 @@ async fn discovered_backends_are_kept_through_an_etcd_outage_and_a_restart() {
     assert_eq!(joined.hits(), hits + 3, "and serving from the start");
     assert!(node.log().contains("discovered backends restored"));
 }
+
+/// A TCP relay in front of etcd that counts the bytes etcd sends through
+/// it (`down`) and those sent to etcd (`up`): what one client costs on
+/// the wire, HTTP/2 and gRPC framing included.
+struct Meter {
+    addr: SocketAddr,
+    down: Arc<std::sync::atomic::AtomicU64>,
+    up: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Meter {
+    async fn start(to: u16) -> Meter {
+        use std::sync::atomic::AtomicU64;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            count: Arc<AtomicU64>,
+        ) {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (d, u) = (down.clone(), up.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(sr, cw, d.clone()));
+                tokio::spawn(pump(cr, sw, u.clone()));
+            }
+        });
+        Meter {
+            addr,
+            down,
+            up,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.down.load(Ordering::Relaxed),
+            self.up.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The README's discovery numbers, by hand (about 40 s):
+/// `cargo test --test cluster -- --ignored discovery_cost --nocapture`.
+/// 1,000 backends register (each its own 10 s lease, kept alive as
+/// `geolb register` does), stay 10 s, then leave (leases revoked), seen by
+/// 20 watchers doing what a geolb node's discovery does (a full read, then
+/// a watch of the prefix) and by one real geolb node; each behind a
+/// [`Meter`].
+#[tokio::test]
+#[ignore]
+async fn discovery_cost_of_1000_backends_and_20_watchers() {
+    use std::sync::atomic::AtomicU64;
+    const BACKENDS: usize = 1000;
+    const WATCHERS: usize = 20;
+    const REGISTRARS: usize = 10;
+    const PREFIX: &str = "/geolb/pools/web/";
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let port = etcd.members[0].client;
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let meter = Meter::start(port).await;
+        let events = Arc::new(AtomicU64::new(0));
+        let mut client = etcd_client::Client::connect([meter.url()], None)
+            .await
+            .unwrap();
+        let read = client
+            .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let from = read.header().unwrap().revision() + 1;
+        let options = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from);
+        let mut stream = client.watch(PREFIX, Some(options)).await.unwrap();
+        let seen = events.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Ok(Some(response)) = stream.message().await {
+                seen.fetch_add(response.events().len() as u64, Ordering::Relaxed);
+            }
+        });
+        watchers.push((meter, events, task));
+    }
+    let node_meter = Meter::start(port).await;
+    let node = Geolb::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\netcd = [\"{}\"]\nnode = \"lb-1\"\n\
+         [[pool]]\nname = \"web\"\nmin_healthy = 0\ndiscovery = {{ prefix = \"pools/web/\" }}\n",
+        node_meter.url()
+    ))
+    .await;
+    eventually("the node watches", LIMIT, || async {
+        node.log().contains("discovery: watching etcd")
+    })
+    .await;
+    let snap = |w: &[(Meter, Arc<AtomicU64>, tokio::task::JoinHandle<()>)]| {
+        let events: u64 = w.iter().map(|(_, e, _)| e.load(Ordering::Relaxed)).sum();
+        let down: u64 = w.iter().map(|(m, _, _)| m.bytes().0).sum();
+        (events, down)
+    };
+    let registrar_meter = Meter::start(port).await;
+    let (base_events, base_down) = snap(&watchers);
+    let node_base = node_meter.bytes().0;
+
+    // Register: each registrar connection holds 100 leases, as 100
+    // `geolb register` processes would hold one each.
+    let began = std::time::Instant::now();
+    let mut registrars = tokio::task::JoinSet::new();
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let registered = Arc::new(AtomicU64::new(0));
+    for r in 0..REGISTRARS {
+        let url = registrar_meter.url();
+        let mut stop = stop_tx.subscribe();
+        let registered = registered.clone();
+        registrars.spawn(async move {
+            let mut client = etcd_client::Client::connect([url], None).await.unwrap();
+            let mut held = Vec::new();
+            for i in 0..BACKENDS / REGISTRARS {
+                let n = r * (BACKENDS / REGISTRARS) + i;
+                let address = format!("10.{}.{}.{}:8080", n / 65536, (n / 256) % 256, n % 256);
+                let lease = client.lease_grant(10, None).await.unwrap().id();
+                let (keeper, kept) = client.lease_keep_alive(lease).await.unwrap();
+                let value = format!(
+                    "{{\"address\":\"{address}\",\"weight\":1,\"node\":\"web-{n}\",\"at\":\"2026-12-01T05:00:00Z\"}}"
+                );
+                let options = etcd_client::PutOptions::new().with_lease(lease);
+                client
+                    .put(format!("{PREFIX}{address}"), value, Some(options))
+                    .await
+                    .unwrap();
+                registered.fetch_add(1, Ordering::Relaxed);
+                held.push((lease, keeper, kept));
+            }
+            let mut renew = tokio::time::interval(Duration::from_millis(3333));
+            loop {
+                tokio::select! {
+                    _ = renew.tick() => {
+                        for (_, keeper, kept) in &mut held {
+                            keeper.keep_alive().await.unwrap();
+                            kept.message().await.unwrap();
+                        }
+                    }
+                    _ = stop.recv() => break,
+                }
+            }
+            for (lease, _, _) in held {
+                client.lease_revoke(lease).await.unwrap();
+            }
+        });
+    }
+    let want = (BACKENDS * WATCHERS) as u64;
+    eventually("every watcher saw every registration", LIMIT, || async {
+        snap(&watchers).0 - base_events >= want
+    })
+    .await;
+    let all_seen = began.elapsed();
+    eventually("the node lists every backend", LIMIT, || async {
+        node.status().await["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+            == BACKENDS
+    })
+    .await;
+    let node_listed = began.elapsed();
+    let (events_in, down_in) = snap(&watchers);
+    let node_in = node_meter.bytes().0;
+    let (reg_down_in, reg_up_in) = registrar_meter.bytes();
+
+    // Steady: 10 s of keep-alives and nothing else.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (events_steady, down_steady) = snap(&watchers);
+    let node_steady = node_meter.bytes().0;
+    let (reg_down_steady, reg_up_steady) = registrar_meter.bytes();
+
+    // Leave: every lease revoked.
+    let _ = stop_tx.send(());
+    while registrars.join_next().await.is_some() {}
+    eventually("every watcher saw every removal", LIMIT, || async {
+        snap(&watchers).0 - base_events >= 2 * want
+    })
+    .await;
+    eventually("the node lists no backend", LIMIT, || async {
+        node.status().await["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let (events_out, down_out) = snap(&watchers);
+    let node_out = node_meter.bytes().0;
+    let per = |bytes: u64| bytes / WATCHERS as u64;
+    eprintln!("measured: {BACKENDS} backends, {WATCHERS} watchers (debug build, loopback, no TLS)");
+    eprintln!(
+        "measured: register: {} events per watcher, {} bytes per watcher ({} per event); all watchers had all {all_seen:?} after the first put, the geolb node listed all {node_listed:?} after, receiving {} bytes",
+        (events_in - base_events) / WATCHERS as u64,
+        per(down_in - base_down),
+        per(down_in - base_down) / BACKENDS as u64,
+        node_in - node_base,
+    );
+    eprintln!(
+        "measured: steady 10 s: {} events, {} bytes per watcher; geolb node {} bytes (progress requests); registrars' keep-alives {} bytes sent, {} received",
+        events_steady - events_in,
+        per(down_steady - down_in),
+        node_steady - node_in,
+        reg_up_steady - reg_up_in,
+        reg_down_steady - reg_down_in,
+    );
+    eprintln!(
+        "measured: leave: {} events per watcher, {} bytes per watcher; geolb node {} bytes",
+        (events_out - events_steady) / WATCHERS as u64,
+        per(down_out - down_steady),
+        node_out - node_steady,
+    );
+    assert_eq!(events_steady, events_in, "keep-alives make no watch events");
+    for (_, _, task) in watchers {
+        task.abort();
+    }
+}
