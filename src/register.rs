@@ -134,11 +134,12 @@ fn target(o: Options) -> anyhow::Result<Target> {
     })
 }
 
-/// The machine's name, for `registered_by`.
+/// The machine's name, for `registered_by` (uname(2): /proc may be
+/// hidden by the unit's sandbox).
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|s| s.into_string().ok())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
 }

@@ -1318,3 +1318,44 @@ async fn discovery_cost_of_1000_backends_and_20_watchers() {
         task.abort();
     }
 }
+
+#[test]
+fn the_register_unit_runs_geolb_register_per_pool_and_is_sandboxed() {
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/geolb-register@.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"Type=notify"));
+    assert!(
+        lines.contains(&"ExecStart=/usr/local/bin/geolb register --pool %i $GEOLB_REGISTER_ARGS")
+    );
+    // An instance verifies and rates low exposure where systemd-analyze is
+    // installed, its command pointing at a binary that exists.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("geolb-register@web.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/geolb", env!("CARGO_BIN_EXE_geolb")),
+    )
+    .unwrap();
+    let analyze =
+        |args: &[&std::ffi::OsStr]| Command::new("systemd-analyze").args(args).output().ok();
+    let Some(out) = analyze(&["verify".as_ref(), copy.as_os_str()]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    let out = analyze(&[
+        "security".as_ref(),
+        "--offline=true".as_ref(),
+        copy.as_os_str(),
+    ])
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for geolb-register@web.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    assert!(score <= 2.0, "exposure {score}:\n{report}");
+}
