@@ -420,16 +420,21 @@ pub fn apply(
 /// compiled are taken together by the next.
 pub async fn follow_discovery(daemon: Arc<Daemon>) {
     let mut changed = daemon.registry.discovered.subscribe();
+    // Compiled once at once: what the watch read between the first
+    // config's compile and the subscription above would otherwise wait
+    // for the next change.
     loop {
+        {
+            let _one_at_a_time = daemon.reload_lock.lock().await;
+            changed.borrow_and_update();
+            let this = daemon.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || rediscover(&this)).await {
+                tracing::error!(error = %e, "discovery: compiling the discovered backends failed");
+            }
+        }
         tokio::select! {
             moved = changed.changed() => if moved.is_err() { return },
             () = daemon.shutdown.cancelled() => return,
-        }
-        let _one_at_a_time = daemon.reload_lock.lock().await;
-        changed.borrow_and_update();
-        let this = daemon.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || rediscover(&this)).await {
-            tracing::error!(error = %e, "discovery: compiling the discovered backends failed");
         }
     }
 }

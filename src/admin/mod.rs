@@ -523,8 +523,9 @@ fn status(daemon: &Daemon) -> Status {
                     .collect(),
                 queued: p.shared.waiting(),
                 retries_in_flight: p.shared.retries_in_flight(),
+                // The prefix in force: [cluster] is read at start-up only.
                 discovery: p.config.discovery.as_ref().map(|d| {
-                    let root = snapshot.config.cluster.as_ref().map_or("", |c| &c.prefix);
+                    let root = daemon.cluster.get().map_or("", |c| &c.config().prefix);
                     format!("{root}{}", d.prefix)
                 }),
                 backends: p
