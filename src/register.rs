@@ -237,3 +237,97 @@ async fn revoke(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            prefix: None,
+            pool: "web".into(),
+            address: "10.0.0.5:8080".parse().unwrap(),
+            weight: 1,
+            ttl: Duration::from_secs(10),
+            node: Some("web-3".into()),
+            config: None,
+        }
+    }
+
+    #[test]
+    fn the_key_is_the_pools_convention_or_its_configured_prefix() {
+        let t = target(options()).unwrap();
+        assert_eq!(t.key, "/geolb/pools/web/10.0.0.5:8080");
+        assert_eq!(t.registration.node, "web-3");
+        let t = target(Options {
+            prefix: Some("/site/".into()),
+            ..options()
+        })
+        .unwrap();
+        assert_eq!(t.key, "/site/pools/web/10.0.0.5:8080");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("geolb.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\netcd = [\"http://10.0.0.1:2379\"]\nnode = \"lb\"\nprefix = \"/lb/\"\n\
+             [[pool]]\nname = \"web\"\ndiscovery = { prefix = \"frontends/\" }\n",
+        )
+        .unwrap();
+        let t = target(Options {
+            etcd: Vec::new(),
+            config: Some(file.clone()),
+            ..options()
+        })
+        .unwrap();
+        assert_eq!(t.key, "/lb/frontends/10.0.0.5:8080");
+        assert_eq!(t.cluster.etcd, ["http://10.0.0.1:2379"]);
+        let t = target(Options {
+            config: Some(file),
+            ..options()
+        })
+        .unwrap();
+        assert_eq!(t.cluster.etcd, ["http://127.0.0.1:2379"], "--etcd wins");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_anything_is_written() {
+        let said = |o: Options| target(o).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            said(Options {
+                ttl: Duration::from_millis(1500),
+                ..options()
+            })
+            .contains("at least 2s")
+        );
+        assert!(
+            said(Options {
+                weight: 0,
+                ..options()
+            })
+            .contains("--weight")
+        );
+        assert!(
+            said(Options {
+                etcd: Vec::new(),
+                ..options()
+            })
+            .contains("no etcd endpoint")
+        );
+        assert!(
+            said(Options {
+                etcd: vec!["127.0.0.1:2379".into()],
+                ..options()
+            })
+            .contains("expected a URL")
+        );
+        assert!(
+            said(Options {
+                prefix: Some("geolb".into()),
+                ..options()
+            })
+            .contains("--prefix")
+        );
+    }
+}
