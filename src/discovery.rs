@@ -268,6 +268,8 @@ fn apply_one(sets: &mut Sets, change: Change) -> bool {
 /// with backoff (each endpoint in turn, as the overrides' watch does);
 /// a change of those prefixes starts a new session.
 pub async fn run(cluster: Arc<Cluster>, discovered: Arc<Discovered>, shutdown: CancellationToken) {
+    // At 0 from the start, as the cluster's own series.
+    ::metrics::counter!(DISCOVERY_WATCH_EVENTS).absolute(0);
     let mut wanted = discovered.wanted();
     let mut backoff = MIN_BACKOFF;
     let mut at = 0;
