@@ -218,6 +218,19 @@ pub async fn serve(
         Some(cluster) => cluster.clone(),
         None => Arc::new(FileStore::new(state_dir)),
     };
+    if cluster.is_some() {
+        match registry.discovered.restore(state_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                backends = n,
+                "discovered backends restored: the last seen, served until etcd answers"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "discovered backends could not be restored; starting without them"
+            ),
+        }
+    }
     let where_kept = store.describe();
     registry.overrides.set_store(store);
     match registry.overrides.restore() {
@@ -268,6 +281,11 @@ pub async fn serve(
             shutdown.clone(),
         ));
         tasks.spawn(cluster.clone().run_quorum(quorum, shutdown.clone()));
+        tasks.spawn(crate::discovery::run(
+            cluster.clone(),
+            daemon.registry.discovered.clone(),
+            shutdown.clone(),
+        ));
         let _ = daemon.cluster.set(cluster);
     }
     if let (Some(listen), Some(socket)) = (admin_listen, &admin_socket) {
@@ -300,6 +318,9 @@ pub async fn serve(
         let stop = shutdown.clone();
         tasks.spawn(async move { etcd.store.watch(latest, stop).await });
         tasks.spawn(follow_config(daemon.clone(), documents));
+    }
+    if daemon.cluster.get().is_some() {
+        tasks.spawn(reload::follow_discovery(daemon.clone()));
     }
     // Also without a database now: a reload may add one.
     tasks.spawn(dns::watch_geoip(dns_data, GEOIP_RECHECK, shutdown.clone()));

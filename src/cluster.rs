@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
-    WatchOptions, WatchResponse,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, TlsOptions, WatchOptions, WatchResponse, WatchStream,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -220,54 +220,35 @@ impl Cluster {
                 .with_start_revision(from)
                 .with_progress_notify();
             let watch = client.watch(self.overrides_prefix(), Some(options));
-            let mut stream = match tokio::time::timeout(dial, watch).await {
+            let stream = match tokio::time::timeout(dial, watch).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return format!("watch: {e}"),
                 Err(_) => return format!("watch: no answer within {dial:?}"),
             };
-            // Progress requests prove the watch alive when nothing changes:
-            // a connection that stopped answering (a partition, a member
-            // without quorum) is noticed within two dial timeouts.
-            let mut ticker = tokio::time::interval(dial);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut heard = Instant::now();
+            let mut watch = LiveWatch::new(stream, dial);
             loop {
-                tokio::select! {
-                    message = stream.message() => {
-                        let response = match message {
-                            Ok(Some(response)) => response,
-                            Ok(None) => return "the watch stream ended".to_owned(),
-                            Err(e) => return format!("watch: {e}"),
-                        };
-                        heard = Instant::now();
-                        if response.canceled() {
-                            if response.compact_revision() > 0 {
-                                tracing::warn!(
-                                    from,
-                                    compacted_to = response.compact_revision(),
-                                    "etcd compacted past the last revision seen: reading every override again"
-                                );
-                                *fresh = true;
-                                break;
-                            }
-                            return format!("etcd cancelled the watch: {}", response.cancel_reason());
-                        }
-                        if response.created() {
-                            self.connected.store(true, Ordering::Relaxed);
-                            ::metrics::gauge!(CLUSTER_CONNECTED).set(1.0);
-                            tracing::info!(from, endpoints = ?self.config.etcd, "watching etcd");
-                        }
-                        self.take(response);
+                let response = match watch.next().await {
+                    Ok(response) => response,
+                    Err(e) => return e,
+                };
+                if response.canceled() {
+                    if response.compact_revision() > 0 {
+                        tracing::warn!(
+                            from,
+                            compacted_to = response.compact_revision(),
+                            "etcd compacted past the last revision seen: reading every override again"
+                        );
+                        *fresh = true;
+                        break;
                     }
-                    _ = ticker.tick() => {
-                        if heard.elapsed() > dial * 2 {
-                            return format!("etcd did not answer for {:?}", heard.elapsed());
-                        }
-                        if let Err(e) = stream.request_progress().await {
-                            return format!("watch: {e}");
-                        }
-                    }
+                    return format!("etcd cancelled the watch: {}", response.cancel_reason());
                 }
+                if response.created() {
+                    self.connected.store(true, Ordering::Relaxed);
+                    ::metrics::gauge!(CLUSTER_CONNECTED).set(1.0);
+                    tracing::info!(from, endpoints = ?self.config.etcd, "watching etcd");
+                }
+                self.take(response);
             }
         }
     }
@@ -388,8 +369,12 @@ impl Cluster {
         replace_file(&self.file, &text)
     }
 
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
     /// The client of endpoint `at`, made now if it is not yet.
-    async fn client(&self, at: usize) -> Result<Client, String> {
+    pub(crate) async fn client(&self, at: usize) -> Result<Client, String> {
         let mut held = self.clients.lock().await;
         if let Some(client) = held[at].as_ref() {
             return Ok(client.clone());
@@ -406,7 +391,39 @@ impl Cluster {
         held[at] = Some(client.clone());
         Ok(client)
     }
+}
 
+/// How a client of `c`'s endpoints connects: timeouts, TLS, credentials.
+pub(crate) fn connect_options(c: &ClusterConfig) -> Result<ConnectOptions, String> {
+    let dial = c.dial_timeout;
+    // require_leader: a member cut off from its quorum ends the watch
+    // instead of keeping it open with nothing coming.
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(dial)
+        .with_keep_alive(dial, dial)
+        .with_require_leader(true);
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|e| format!("cluster: {}: {e}", path.display()));
+    if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
+        let password = String::from_utf8(read(file)?)
+            .map_err(|_| format!("cluster: {}: not UTF-8 text", file.display()))?;
+        options = options.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
+    }
+    if c.etcd.iter().any(|u| u.starts_with("https://")) {
+        let mut tls = TlsOptions::new();
+        tls = match &c.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
+impl Cluster {
     /// Publishes this node's data-center views under a lease and reads
     /// every node's into `quorum`, until shutdown. While etcd is out of
     /// reach the views last read stay in force (never fail closed); on
@@ -475,9 +492,9 @@ impl Cluster {
             Err(e) => return within("granting a lease")(e),
         };
         self.lease.store(lease, Ordering::Relaxed);
-        let (mut keeper, mut kept) = match timed(dial, client.lease_keep_alive(lease)).await {
-            Ok(pair) => pair,
-            Err(e) => return within("keeping the lease alive")(e),
+        let mut kept = match KeptLease::start(&mut client, lease, self.config.lease, dial).await {
+            Ok(kept) => kept,
+            Err(e) => return e,
         };
         // Before the read, so that this node's key is in what it reads.
         if let Err(e) = self.publish(&mut client, quorum, lease).await {
@@ -506,9 +523,6 @@ impl Cluster {
             Ok(stream) => stream,
             Err(e) => return within("watching the views")(e),
         };
-        let mut renew = tokio::time::interval(self.config.lease / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewed = Instant::now();
         loop {
             tokio::select! {
                 message = stream.message() => {
@@ -528,20 +542,7 @@ impl Cluster {
                         }
                     }
                 }
-                _ = renew.tick() => {
-                    if renewed.elapsed() > self.config.lease {
-                        return "the lease was not renewed in time".to_owned();
-                    }
-                    if let Err(e) = keeper.keep_alive().await {
-                        return format!("keeping the lease alive: {e}");
-                    }
-                }
-                answer = kept.message() => match answer {
-                    Ok(Some(a)) if a.ttl() > 0 => renewed = Instant::now(),
-                    Ok(Some(_)) => return "the lease expired".to_owned(),
-                    Ok(None) => return "the lease's stream ended".to_owned(),
-                    Err(e) => return format!("keeping the lease alive: {e}"),
-                },
+                ended = kept.hold() => return ended,
                 () = quorum.changed.notified() => {
                     if let Err(e) = self.publish(&mut client, quorum, lease).await {
                         return e;
@@ -749,34 +750,118 @@ impl OverrideStore for Cluster {
     }
 }
 
-/// How to reach `c`'s endpoints: timeouts, TLS, authentication.
-pub(crate) fn connect_options(c: &ClusterConfig) -> Result<ConnectOptions, String> {
-    let dial = c.dial_timeout;
-    // require_leader: a member cut off from its quorum ends the watch
-    // instead of keeping it open with nothing coming.
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(dial)
-        .with_keep_alive(dial, dial)
-        .with_require_leader(true);
-    let read =
-        |path: &Path| std::fs::read(path).map_err(|e| format!("cluster: {}: {e}", path.display()));
-    if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
-        let password = String::from_utf8(read(file)?)
-            .map_err(|_| format!("cluster: {}: not UTF-8 text", file.display()))?;
-        options = options.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
-    }
-    if c.etcd.iter().any(|u| u.starts_with("https://")) {
-        let mut tls = TlsOptions::new();
-        tls = match &c.ca {
-            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
-            None => tls.with_webpki_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+/// A watch stream proven alive while nothing changes: progress requests
+/// every `dial`, so that a connection that stopped answering (a partition,
+/// a member without quorum) is noticed within two dial timeouts.
+pub(crate) struct LiveWatch {
+    stream: WatchStream,
+    ticker: tokio::time::Interval,
+    heard: Instant,
+    dial: Duration,
+}
+
+impl LiveWatch {
+    pub(crate) fn new(stream: WatchStream, dial: Duration) -> LiveWatch {
+        let mut ticker = tokio::time::interval(dial);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        LiveWatch {
+            stream,
+            ticker,
+            heard: Instant::now(),
+            dial,
         }
-        options = options.with_tls(tls);
     }
-    Ok(options)
+
+    /// Adds a watch to the same stream.
+    pub(crate) async fn watch(&mut self, key: String, options: WatchOptions) -> Result<(), String> {
+        self.stream
+            .watch(key, Some(options))
+            .await
+            .map_err(|e| format!("watch: {e}"))
+    }
+
+    /// The next response; why the watch is over when it ended, failed or
+    /// went silent.
+    pub(crate) async fn next(&mut self) -> Result<WatchResponse, String> {
+        loop {
+            tokio::select! {
+                message = self.stream.message() => {
+                    return match message {
+                        Ok(Some(response)) => {
+                            self.heard = Instant::now();
+                            Ok(response)
+                        }
+                        Ok(None) => Err("the watch stream ended".to_owned()),
+                        Err(e) => Err(format!("watch: {e}")),
+                    };
+                }
+                _ = self.ticker.tick() => {
+                    if self.heard.elapsed() > self.dial * 2 {
+                        return Err(format!("etcd did not answer for {:?}", self.heard.elapsed()));
+                    }
+                    self.stream
+                        .request_progress()
+                        .await
+                        .map_err(|e| format!("watch: {e}"))?;
+                }
+            }
+        }
+    }
+}
+
+/// A lease kept alive every third of its TTL.
+pub(crate) struct KeptLease {
+    keeper: LeaseKeeper,
+    kept: LeaseKeepAliveStream,
+    renew: tokio::time::Interval,
+    renewed: Instant,
+    ttl: Duration,
+}
+
+impl KeptLease {
+    /// Keeps `lease` (of `ttl`) alive through `client`.
+    pub(crate) async fn start(
+        client: &mut Client,
+        lease: i64,
+        ttl: Duration,
+        dial: Duration,
+    ) -> Result<KeptLease, String> {
+        let (keeper, kept) = timed(dial, client.lease_keep_alive(lease))
+            .await
+            .map_err(|e| format!("keeping the lease alive: {e}"))?;
+        let mut renew = tokio::time::interval(ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(KeptLease {
+            keeper,
+            kept,
+            renew,
+            renewed: Instant::now(),
+            ttl,
+        })
+    }
+
+    /// Renews the lease until it cannot be: returns why. Cancel-safe, so
+    /// it may stand in a `select!` beside other work.
+    pub(crate) async fn hold(&mut self) -> String {
+        loop {
+            tokio::select! {
+                _ = self.renew.tick() => {
+                    if self.renewed.elapsed() > self.ttl {
+                        return "the lease was not renewed in time".to_owned();
+                    }
+                    if let Err(e) = self.keeper.keep_alive().await {
+                        return format!("keeping the lease alive: {e}");
+                    }
+                }
+                answer = self.kept.message() => match answer {
+                    Ok(Some(a)) if a.ttl() > 0 => self.renewed = Instant::now(),
+                    Ok(Some(_)) => return "the lease expired".to_owned(),
+                    Ok(None) => return "the lease's stream ended".to_owned(),
+                    Err(e) => return format!("keeping the lease alive: {e}"),
+                },
+            }
+        }
+    }
 }
 
 /// An etcd request given `dial` to answer.
@@ -835,18 +920,9 @@ mod tests {
 
     fn cluster(dir: &Path) -> Arc<Cluster> {
         let config = ClusterConfig {
-            etcd: vec!["http://127.0.0.1:1".into()],
-            prefix: "/geolb/".into(),
-            node: "a".into(),
-            datacenter: None,
-            ca: None,
-            cert: None,
-            key: None,
-            user: None,
-            password_file: None,
             dial_timeout: Duration::from_millis(100),
             lease: Duration::from_secs(2),
-            config: crate::config::ConfigFrom::File,
+            ..ClusterConfig::with_defaults(vec!["http://127.0.0.1:1".into()], "a".into())
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

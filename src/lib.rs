@@ -9,7 +9,7 @@
 //! ```text
 //! main -> app -> admin -> reload -> daemon -> (proxy | dns)
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
-//!          acme, tls_client, cluster)
+//!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules)
 //! ```
@@ -57,6 +57,9 @@
 //!   in etcd (pushed, its history kept, watched) and, on a node, the one
 //!   in force, the newest seen, the last refused, and the copy kept in
 //!   the state directory for a start while etcd is out of reach.
+//! - [`discovery`]: backends registered in etcd under a pool's
+//!   `discovery` prefix (by `geolb register`): watched, compiled into the
+//!   snapshot beside the static ones, kept in the state directory.
 //! - [`quorum`]: data-center health decided over the views every node of
 //!   a cluster publishes (its own data center's pools, others' checks).
 //! - [`overrides`]: runtime overrides (drain, down, auto) by target, and
@@ -83,7 +86,8 @@
 //! - [`configctl`]: `geolb config push`, `history`, `rollback`: the
 //!   config document in etcd, checked as `geolb check` does first.
 //! - [`lookup`]: `geolb lookup`, a GeoDNS decision explained; [`demo`]:
-//!   `geolb demo`. Commands like `app`, they alone use `anyhow`.
+//!   `geolb demo`; [`register`]: `geolb register`, a backend kept
+//!   registered in etcd for a pool's discovery. Commands like `app`, they alone use `anyhow`.
 //! - [`control`]: `geolb reload`, `status`, `override`: a client of a
 //!   running daemon's admin API over HTTP, HTTPS or its Unix socket
 //!   (beside the layers: it imports only `config` and `tls_client`).
@@ -125,6 +129,7 @@ pub mod configctl;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod discovery;
 pub mod distribution;
 pub mod dns;
 #[doc(hidden)]
@@ -142,6 +147,7 @@ pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod quorum;
+pub mod register;
 pub mod reload;
 pub mod rules;
 pub mod state;

@@ -49,6 +49,9 @@ enum Command {
     },
     /// A self-contained demo on loopback, with built-in backends.
     Demo,
+    /// Register a backend for a pool's discovery in etcd and keep it
+    /// registered (under a lease) until SIGTERM or SIGINT, which revoke it.
+    Register(geolb::register::Options),
     /// Ask the running daemon to reload its config (POST /reload). Exit 0
     /// reloaded; 1 refused (each error printed), unauthorized or unreachable.
     Reload {
@@ -305,6 +308,32 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
     builder.enable_all().build()
 }
 
+/// Runs a command that logs to stderr on a runtime of `worker_threads`;
+/// exit 0 when it ends well.
+fn command(
+    name: &str,
+    worker_threads: Option<usize>,
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let Some(_log) = init_logging(&Default::default()) else {
+        return ExitCode::FAILURE;
+    };
+    let rt = match runtime(worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("geolb {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -402,24 +431,10 @@ fn main() -> ExitCode {
                 control::set_override(a, &target, state.into()).await
             })
         }
-        Command::Demo => {
-            let Some(_log) = init_logging(&Default::default()) else {
-                return ExitCode::FAILURE;
-            };
-            let rt = match runtime(None) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(geolb::demo::run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("geolb demo: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Register(options) => {
+            // One thread: a lease and a signal are all it waits on.
+            command("register", Some(1), geolb::register::run(options))
         }
+        Command::Demo => command("demo", None, geolb::demo::run()),
     }
 }

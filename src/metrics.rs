@@ -83,6 +83,9 @@ pub const CLUSTER_REVISION: &str = "geolb_cluster_revision";
 pub const CLUSTER_WATCH_EVENTS: &str = "geolb_cluster_watch_events_total";
 /// With `[cluster] config = "etcd"`: the etcd revision of the config in force.
 pub const CONFIG_ETCD_REVISION: &str = "geolb_config_etcd_revision";
+/// Registrations and removals under the pools' discovery prefixes received
+/// by the watch (each key change once).
+pub const DISCOVERY_WATCH_EVENTS: &str = "geolb_discovery_watch_events_total";
 pub const BUILD_INFO: &str = "geolb_build_info";
 /// `geolb_dns_queries_total{qtype, rcode}`
 pub const DNS_QUERIES: &str = "geolb_dns_queries_total";
@@ -246,6 +249,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CLUSTER_WATCH_EVENTS,
         "Changes under the [cluster] prefix received by the etcd watch."
+    );
+    describe_counter!(
+        DISCOVERY_WATCH_EVENTS,
+        "Backend registrations and removals under the pools' discovery prefixes received by the etcd watch."
     );
     describe_counter!(
         OVERRIDES,

@@ -518,6 +518,65 @@ pub fn apply(
     Ok(summary)
 }
 
+/// Compiles each change of the discovered backends into service
+/// ([`rediscover`]) until shutdown. Changes that arrive while one is
+/// compiled are taken together by the next.
+pub async fn follow_discovery(daemon: Arc<Daemon>) {
+    let mut changed = daemon.registry.discovered.subscribe();
+    // Compiled once at once: what the watch read between the first
+    // config's compile and the subscription above would otherwise wait
+    // for the next change.
+    loop {
+        {
+            let _one_at_a_time = daemon.reload_lock.lock().await;
+            changed.borrow_and_update();
+            let this = daemon.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || rediscover(&this)).await {
+                tracing::error!(error = %e, "discovery: compiling the discovered backends failed");
+            }
+        }
+        tokio::select! {
+            moved = changed.changed() => if moved.is_err() { return },
+            () = daemon.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Brings the discovered backends in service now into a snapshot of the
+/// running config (same generation: the config did not change), and the
+/// DNS side's health view with it; keeps them in the state file. Runs off
+/// the async workers, with the reload lock held so that it and a reload
+/// never compile at once (a reload compiles the discovered set too).
+pub fn rediscover(daemon: &Daemon) {
+    let old = daemon.snapshot.load_full();
+    let upstreams = old.pools.iter().map(|p| p.upstream.clone()).collect();
+    let pages = old
+        .config
+        .listeners
+        .iter()
+        .map(|l| {
+            old.listeners
+                .get(&ListenerId::of(l))
+                .map(|l| l.error_pages.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let new = state::compile(
+        old.config.clone(),
+        upstreams,
+        pages,
+        old.generation,
+        &daemon.health,
+        &daemon.registry,
+    );
+    let view = Arc::new(DatacenterView(new.datacenters.clone()));
+    daemon.snapshot.store(Arc::new(new));
+    daemon
+        .dns
+        .rcu(|dns| Arc::new(dns.with_health(view.clone())));
+    daemon.registry.discovered.persist();
+}
+
 /// The reload gauges for a config that came into service at `now`.
 fn served_since(now: std::time::SystemTime) {
     let unix = now

@@ -17,9 +17,10 @@ use arc_swap::ArcSwap;
 use crate::admission::{Denied, PoolShared, RetryGuard};
 use crate::balance::{self, Balancer, Candidates};
 use crate::config::{
-    CompressConfig, Config, DatacenterConfig, HashKey, HeaderRuleSet, HeaderRules, ListenerConfig,
-    PoolConfig, RouteConfig,
+    BackendConfig, CompressConfig, Config, DatacenterConfig, HashKey, HeaderRuleSet, HeaderRules,
+    ListenerConfig, PoolConfig, RouteConfig,
 };
+use crate::discovery::{Discovered, Registered, Sets};
 use crate::health::{Health, HealthKey, HealthTable, State};
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::outlier::{self, Outcome, Outlier};
@@ -279,6 +280,9 @@ pub struct Backend {
     /// The override of this backend in this pool only; wins over the
     /// other when set.
     pub pool_override: Arc<AtomicU8>,
+    /// Registered in etcd (the pool's `discovery`), not listed in the
+    /// config: its registration.
+    pub discovered: Option<Registered>,
 }
 
 /// Which override acts on a backend.
@@ -623,6 +627,8 @@ pub struct BackendRegistry {
     pub overrides: Arc<Overrides>,
     /// Data-center states decided over the cluster's published views.
     pub quorum: Arc<Quorum>,
+    /// Backends registered in etcd, by discovery prefix.
+    pub discovered: Arc<Discovered>,
 }
 
 impl BackendRegistry {
@@ -658,19 +664,38 @@ impl BackendRegistry {
     }
 }
 
-/// The health keys a config needs: one per (backend address, pool check).
-pub fn health_keys(config: &Config) -> Vec<HealthKey> {
+/// The health keys a config needs, its pools' discovered backends
+/// included: one per (backend address, pool check).
+pub fn health_keys(config: &Config, discovered: &Sets) -> Vec<HealthKey> {
     let mut seen = std::collections::HashSet::new();
     config
         .pools
         .iter()
         .flat_map(|pool| {
+            let found = registered(pool, discovered);
             pool.backends
                 .iter()
-                .filter_map(move |b| pool_check_key(pool, b.addr))
+                .map(|b| b.addr)
+                .chain(found.into_iter().map(|r| r.address))
+                .filter_map(move |addr| pool_check_key(pool, addr))
         })
         .chain(config.datacenters.iter().filter_map(remote_check_key))
         .filter(|key| seen.insert(key.clone()))
+        .collect()
+}
+
+/// The backends registered for `pool` that its config does not list
+/// (a static backend wins over a registration of its address).
+fn registered<'a>(pool: &PoolConfig, discovered: &'a Sets) -> Vec<&'a Registered> {
+    let Some(set) = pool
+        .discovery
+        .as_ref()
+        .and_then(|d| discovered.get(&d.prefix))
+    else {
+        return Vec::new();
+    };
+    set.values()
+        .filter(|r| !pool.backends.iter().any(|b| b.addr == r.address))
         .collect()
 }
 
@@ -703,16 +728,40 @@ pub fn compile(
     registry: &BackendRegistry,
 ) -> Snapshot {
     registry.prune();
-    let healths = health.sync(&health_keys(&config));
+    let discovered = registry.discovered.current();
+    registry.discovered.want(
+        config
+            .pools
+            .iter()
+            .filter_map(|p| Some(p.discovery.as_ref()?.prefix.clone()))
+            .collect(),
+    );
+    let healths = health.sync(&health_keys(&config, &discovered));
     let pools: Vec<Arc<Pool>> = config
         .pools
         .iter()
         .zip(upstreams)
         .map(|(pc, upstream)| {
-            let backends = pc
+            // Static backends first, in config order, then the registered
+            // ones by address.
+            let found = registered(pc, &discovered);
+            let all: Vec<(BackendConfig, Option<&Registered>)> = pc
                 .backends
                 .iter()
-                .map(|bc| Backend {
+                .map(|bc| (bc.clone(), None))
+                .chain(found.into_iter().map(|r| {
+                    let bc = BackendConfig {
+                        addr: r.address,
+                        weight: r.weight,
+                        drain: false,
+                    };
+                    (bc, Some(r))
+                }))
+                .collect();
+            let configs: Vec<BackendConfig> = all.iter().map(|(bc, _)| bc.clone()).collect();
+            let backends = all
+                .iter()
+                .map(|(bc, registration)| Backend {
                     addr: bc.addr,
                     label: bc.addr.to_string().into(),
                     weight: bc.weight,
@@ -731,18 +780,19 @@ pub fn compile(
                         addr: bc.addr,
                         pool: Some(pc.name.clone()),
                     }),
+                    discovered: registration.cloned(),
                 })
                 .collect::<Vec<_>>();
             Arc::new(Pool {
                 name: pc.name.as_str().into(),
                 config: pc.clone(),
-                balancer: balance::build(pc.balance, &pc.backends),
+                balancer: balance::build(pc.balance, &configs),
                 upstream,
                 backends,
                 shared: PoolShared::get(&registry.pools, &pc.name),
                 eject_lock: Mutex::new(()),
                 sticky: pc.sticky.as_ref().map(|s| {
-                    let addrs: Vec<SocketAddr> = pc.backends.iter().map(|b| b.addr).collect();
+                    let addrs: Vec<SocketAddr> = configs.iter().map(|b| b.addr).collect();
                     Sticky::new(&pc.name, s, &addrs)
                 }),
             })

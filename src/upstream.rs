@@ -279,7 +279,9 @@ const IDLE_LIMIT: Duration = Duration::from_secs(4);
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 256;
 
-/// How a pool's backends are spoken to; built with the snapshot.
+/// How a pool's backends are spoken to; built with the snapshot (and
+/// cloned into the snapshots that only change discovered backends).
+#[derive(Clone)]
 pub struct Upstream {
     protocol: BackendProtocol,
     tls: Option<UpstreamTls>,
@@ -290,6 +292,7 @@ pub struct Upstream {
     profile: u64,
 }
 
+#[derive(Clone)]
 struct UpstreamTls {
     connector: TlsConnector,
     sni: Option<ServerName<'static>>,

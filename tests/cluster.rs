@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Geolb, dns_a_from, eventually, geolb_command, metric_value, request};
+use support::{
+    Backend, Geolb, backend_list, dns_a_from, eventually, geolb_command, metric_value, request,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -1216,4 +1218,618 @@ async fn a_node_starts_with_its_last_config_while_etcd_is_down() {
         "{}",
         fresh.log()
     );
+}
+
+// ---- Backend discovery: pools taking backends registered in etcd ----
+
+/// A node with pool `web`: the static backends `statics` and whatever
+/// registers under /geolb/pools/web/, checked over HTTP every 100 ms; an
+/// http listener `web` sends to it. `extra`: appended (a reload's change).
+fn discovery_config(etcd: &[String], statics: &[&Backend], extra: &str) -> String {
+    let endpoints: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\netcd = [{}]\nnode = \"lb-1\"\ndial_timeout = \"1s\"\n\
+         [[pool]]\nname = \"web\"\nmin_healthy = 0\n\
+         discovery = {{ prefix = \"pools/web/\" }}\n\
+         check = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }}\n\
+         backends = [{}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{extra}",
+        endpoints.join(", "),
+        backend_list(statics),
+    )
+}
+
+/// A `geolb register` process, killed (by PID) if still running when
+/// dropped.
+struct Register {
+    child: Option<Child>,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Register {
+    fn start(etcd: &[String], address: SocketAddr, node: &str) -> Register {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_geolb"))
+            .args(["register", "--etcd", &etcd.join(","), "--pool", "web"])
+            .args([
+                "--address",
+                &address.to_string(),
+                "--ttl",
+                "2s",
+                "--node",
+                node,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start geolb register");
+        Register {
+            child: Some(child),
+            _log: log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._log.path()).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        support::bounded(LIMIT, "geolb register exits", async move {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Register {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Pool `web`'s backends in /status: addr -> the backend's object.
+async fn web_backends(node: &Geolb) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let status = node.status().await;
+    status["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["addr"].as_str().unwrap().to_owned(), b.clone()))
+        .collect()
+}
+
+async fn listed(node: &Geolb, addr: SocketAddr, want: bool, what: &str) {
+    eventually(what, LIMIT, || async {
+        web_backends(node).await.contains_key(&addr.to_string()) == want
+    })
+    .await;
+}
+
+/// `n` requests through the listener, each answered 200.
+async fn send(node: &Geolb, n: usize) {
+    for _ in 0..n {
+        let (code, _, _) = support::get(node.listener("web"), "/", &[]).await.unwrap();
+        assert_eq!(code, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_registered_backend_gets_traffic_and_leaving_stops_it() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let fixed = Backend::start("static").await;
+    let joining = Backend::start("joining").await;
+    let node = Geolb::start(&discovery_config(&etcd.urls(), &[&fixed], "")).await;
+
+    // Registered while requests flow: the time to its first request.
+    let started = std::time::Instant::now();
+    let mut register = Register::start(&etcd.urls(), joining.addr, "web-2");
+    eventually("the registered backend gets a request", LIMIT, || async {
+        send(&node, 1).await;
+        joining.hits() > 0
+    })
+    .await;
+    eprintln!(
+        "measured: geolb register started to the backend's first request: {:?} (debug build)",
+        started.elapsed()
+    );
+    let backends = web_backends(&node).await;
+    let joined = &backends[&joining.addr.to_string()];
+    assert_eq!(joined["discovered"], true, "{joined}");
+    assert_eq!(joined["registered_by"], "web-2");
+    assert_eq!(joined["state"], "up", "checked like a static backend");
+    assert!(joined["last_check"].is_object(), "{joined}");
+    let fixed_one = &backends[&fixed.addr.to_string()];
+    assert_eq!(fixed_one.get("discovered"), None, "{fixed_one}");
+    let status = node.status().await;
+    assert_eq!(status["pools"][0]["discovery"], "/geolb/pools/web/");
+    // Both share the traffic: static backends work alongside.
+    let before = (fixed.hits(), joining.hits());
+    send(&node, 20).await;
+    assert!(fixed.hits() > before.0 && joining.hits() > before.1);
+    let metrics = node.metrics().await;
+    assert!(
+        metrics.contains(&format!("backend=\"{}\"", joining.addr)),
+        "per-backend series as for static ones"
+    );
+    // The key layout the README gives, as another tool reads it.
+    let mut client = etcd.client().await;
+    let key = format!("/geolb/pools/web/{}", joining.addr);
+    let got = client.get(key.as_str(), None).await.unwrap();
+    let value: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    assert_eq!(value["address"], joining.addr.to_string());
+    assert_eq!(value["weight"], 1);
+    assert_eq!(value["node"], "web-2");
+    assert!(got.kvs()[0].lease() != 0, "under a lease");
+
+    // SIGTERM: the lease is revoked, the backend leaves at once.
+    let asked = std::time::Instant::now();
+    register.signal("TERM");
+    assert!(register.wait_exit().await.success(), "{}", register.log());
+    listed(&node, joining.addr, false, "gone after SIGTERM").await;
+    eprintln!(
+        "measured: SIGTERM to geolb register to the backend gone from /status: {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        register.log().contains("deregistered"),
+        "{}",
+        register.log()
+    );
+    let hits = joining.hits();
+    send(&node, 20).await;
+    assert_eq!(joining.hits(), hits, "no request after leaving");
+
+    // SIGKILL: nothing is revoked; the lease (2 s) expiring removes it.
+    let mut killed = Register::start(&etcd.urls(), joining.addr, "web-2");
+    listed(&node, joining.addr, true, "registered again").await;
+    let kill = std::time::Instant::now();
+    killed.signal("KILL");
+    killed.wait_exit().await;
+    listed(&node, joining.addr, false, "gone when the lease expired").await;
+    let took = kill.elapsed();
+    eprintln!("measured: geolb register SIGKILLed to the backend gone: {took:?} (ttl 2s)");
+    assert!(
+        took >= Duration::from_secs(1),
+        "it stayed until its lease ran out, not less: {took:?}"
+    );
+    assert!(
+        gauge(&node, "geolb_discovery_watch_events_total").await >= 4.0,
+        "two registrations and two removals came through the watch"
+    );
+}
+
+#[tokio::test]
+async fn bad_values_are_ignored_and_a_reload_keeps_discovered_backends_and_their_health() {
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let fixed = Backend::start("static").await;
+    let sick = Backend::start("sick").await;
+    let node = Geolb::start(&discovery_config(&etcd.urls(), &[&fixed], "")).await;
+    let mut client = etcd.client().await;
+    let lease = client.lease_grant(30, None).await.unwrap().id();
+    let under = Some(etcd_client::PutOptions::new().with_lease(lease));
+    for (key, value) in [
+        ("/geolb/pools/web/not-an-address", "{}".to_owned()),
+        ("/geolb/pools/web/127.0.0.1:9", "{\"address\": ".to_owned()),
+        (
+            "/geolb/pools/web/127.0.0.1:10",
+            "{\"address\": \"127.0.0.1:11\"}".to_owned(),
+        ),
+        (
+            "/geolb/pools/web/127.0.0.1:12",
+            "{\"address\": \"127.0.0.1:12\", \"weight\": 0}".to_owned(),
+        ),
+    ] {
+        client.put(key, value, under.clone()).await.unwrap();
+    }
+    let good = format!("{{\"address\": \"{}\", \"weight\": 2}}", sick.addr);
+    let key = format!("/geolb/pools/web/{}", sick.addr);
+    client.put(key.as_str(), good, under.clone()).await.unwrap();
+    listed(&node, sick.addr, true, "the good registration").await;
+    let backends = web_backends(&node).await;
+    assert_eq!(
+        backends.keys().cloned().collect::<Vec<_>>(),
+        [fixed.addr.to_string(), sick.addr.to_string()]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "only the good value is served"
+    );
+    assert_eq!(backends[&sick.addr.to_string()]["weight"], 2);
+    let log = node.log();
+    assert_eq!(
+        log.matches("cannot be read; ignored").count(),
+        3,
+        "each bad value said once:\n{log}"
+    );
+    assert!(log.contains("names no backend address"), "{log}");
+
+    // Its check fails: down, as a static backend would be.
+    sick.set_health(500);
+    eventually("the discovered backend is down", LIMIT, || async {
+        node.backend_state("web", sick.addr).await == "down"
+    })
+    .await;
+    let changed = web_backends(&node).await[&sick.addr.to_string()]["last_change"].clone();
+    // A reload (a change elsewhere in the file) keeps it and its state.
+    node.write_config(&discovery_config(
+        &etcd.urls(),
+        &[&fixed],
+        "[[pool]]\nname = \"spare\"\nbackends = [{ addr = \"127.0.0.1:13\" }]\n",
+    ))
+    .unwrap();
+    let (code, _, body) = request(node.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let after = web_backends(&node).await;
+    let kept = &after[&sick.addr.to_string()];
+    assert_eq!(kept["discovered"], true, "{kept}");
+    assert_eq!(kept["state"], "down", "health kept across the reload");
+    assert_eq!(kept["last_change"], changed, "not checked afresh");
+    for _ in 0..10 {
+        let (code, _, body) = support::get(node.listener("web"), "/", &[]).await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(&body[..], b"static", "a down backend takes nothing");
+    }
+    // A registration put again (a restarted register, a new weight) keeps
+    // the health too.
+    let again = format!("{{\"address\": \"{}\", \"weight\": 3}}", sick.addr);
+    client.put(key.as_str(), again, under).await.unwrap();
+    eventually("the new weight", LIMIT, || async {
+        web_backends(&node).await[&sick.addr.to_string()]["weight"] == 3
+    })
+    .await;
+    let kept = &web_backends(&node).await[&sick.addr.to_string()];
+    assert_eq!(
+        (&kept["state"], &kept["last_change"]),
+        (&"down".into(), &changed)
+    );
+}
+
+#[tokio::test]
+async fn discovered_backends_are_kept_through_an_etcd_outage_and_a_restart() {
+    let Some(mut etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let joined = Backend::start("joined").await;
+    let states = tempfile::tempdir().unwrap();
+    let state = states.path().join("lb");
+    // No static backend at all: the pool is made of registrations.
+    let config = discovery_config(&etcd.urls(), &[], "");
+    let mut node = Geolb::start_with_state(&config, Some(&state)).await;
+    let _register = Register::start(&etcd.urls(), joined.addr, "web-1");
+    listed(&node, joined.addr, true, "registered").await;
+
+    etcd.members[0].stop();
+    connected(&node, false, "etcd gone").await;
+    send(&node, 3).await;
+    assert!(joined.hits() >= 3, "served with the last set seen");
+
+    node.signal("TERM");
+    assert!(node.wait_exit(LIMIT).await.success());
+    let node = Geolb::start_with_state(&config, Some(&state)).await;
+    assert!(
+        web_backends(&node).await[&joined.addr.to_string()]["discovered"] == true,
+        "restored from the state directory"
+    );
+    let hits = joined.hits();
+    send(&node, 3).await;
+    assert_eq!(joined.hits(), hits + 3, "and serving from the start");
+    assert!(node.log().contains("discovered backends restored"));
+}
+
+/// A TCP relay in front of etcd that counts the bytes etcd sends through
+/// it (`down`) and those sent to etcd (`up`): what one client costs on
+/// the wire, HTTP/2 and gRPC framing included.
+struct Meter {
+    addr: SocketAddr,
+    down: Arc<std::sync::atomic::AtomicU64>,
+    up: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Meter {
+    async fn start(to: u16) -> Meter {
+        use std::sync::atomic::AtomicU64;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            count: Arc<AtomicU64>,
+        ) {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (d, u) = (down.clone(), up.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(sr, cw, d.clone()));
+                tokio::spawn(pump(cr, sw, u.clone()));
+            }
+        });
+        Meter {
+            addr,
+            down,
+            up,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.down.load(Ordering::Relaxed),
+            self.up.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The README's discovery numbers, by hand (about 40 s):
+/// `cargo test --test cluster -- --ignored discovery_cost --nocapture`.
+/// 1,000 backends register (each its own 10 s lease, kept alive as
+/// `geolb register` does), stay 10 s, then leave (leases revoked), seen by
+/// 20 watchers doing what a geolb node's discovery does (a full read, then
+/// a watch of the prefix) and by one real geolb node; each behind a
+/// [`Meter`].
+#[tokio::test]
+#[ignore]
+async fn discovery_cost_of_1000_backends_and_20_watchers() {
+    use std::sync::atomic::AtomicU64;
+    const BACKENDS: usize = 1000;
+    const WATCHERS: usize = 20;
+    const REGISTRARS: usize = 10;
+    const PREFIX: &str = "/geolb/pools/web/";
+    let Some(etcd) = Etcd::start(1).await else {
+        return;
+    };
+    let port = etcd.members[0].client;
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let meter = Meter::start(port).await;
+        let events = Arc::new(AtomicU64::new(0));
+        let mut client = etcd_client::Client::connect([meter.url()], None)
+            .await
+            .unwrap();
+        let read = client
+            .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let from = read.header().unwrap().revision() + 1;
+        let options = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from);
+        let mut stream = client.watch(PREFIX, Some(options)).await.unwrap();
+        let seen = events.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Ok(Some(response)) = stream.message().await {
+                seen.fetch_add(response.events().len() as u64, Ordering::Relaxed);
+            }
+        });
+        watchers.push((meter, events, task));
+    }
+    let node_meter = Meter::start(port).await;
+    let node = Geolb::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [cluster]\netcd = [\"{}\"]\nnode = \"lb-1\"\n\
+         [[pool]]\nname = \"web\"\nmin_healthy = 0\ndiscovery = {{ prefix = \"pools/web/\" }}\n",
+        node_meter.url()
+    ))
+    .await;
+    eventually("the node watches", LIMIT, || async {
+        node.log().contains("discovery: watching etcd")
+    })
+    .await;
+    let snap = |w: &[(Meter, Arc<AtomicU64>, tokio::task::JoinHandle<()>)]| {
+        let events: u64 = w.iter().map(|(_, e, _)| e.load(Ordering::Relaxed)).sum();
+        let down: u64 = w.iter().map(|(m, _, _)| m.bytes().0).sum();
+        (events, down)
+    };
+    let registrar_meter = Meter::start(port).await;
+    let (base_events, base_down) = snap(&watchers);
+    let node_base = node_meter.bytes().0;
+
+    // Register: each registrar connection holds 100 leases, as 100
+    // `geolb register` processes would hold one each.
+    let began = std::time::Instant::now();
+    let mut registrars = tokio::task::JoinSet::new();
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let registered = Arc::new(AtomicU64::new(0));
+    for r in 0..REGISTRARS {
+        let url = registrar_meter.url();
+        let mut stop = stop_tx.subscribe();
+        let registered = registered.clone();
+        registrars.spawn(async move {
+            let mut client = etcd_client::Client::connect([url], None).await.unwrap();
+            let mut held = Vec::new();
+            for i in 0..BACKENDS / REGISTRARS {
+                let n = r * (BACKENDS / REGISTRARS) + i;
+                let address = format!("10.{}.{}.{}:8080", n / 65536, (n / 256) % 256, n % 256);
+                let lease = client.lease_grant(10, None).await.unwrap().id();
+                let (keeper, kept) = client.lease_keep_alive(lease).await.unwrap();
+                let value = format!(
+                    "{{\"address\":\"{address}\",\"weight\":1,\"node\":\"web-{n}\",\"at\":\"2026-12-01T05:00:00Z\"}}"
+                );
+                let options = etcd_client::PutOptions::new().with_lease(lease);
+                client
+                    .put(format!("{PREFIX}{address}"), value, Some(options))
+                    .await
+                    .unwrap();
+                registered.fetch_add(1, Ordering::Relaxed);
+                held.push((lease, keeper, kept));
+            }
+            let mut renew = tokio::time::interval(Duration::from_millis(3333));
+            loop {
+                tokio::select! {
+                    _ = renew.tick() => {
+                        for (_, keeper, kept) in &mut held {
+                            keeper.keep_alive().await.unwrap();
+                            kept.message().await.unwrap();
+                        }
+                    }
+                    _ = stop.recv() => break,
+                }
+            }
+            for (lease, _, _) in held {
+                client.lease_revoke(lease).await.unwrap();
+            }
+        });
+    }
+    let want = (BACKENDS * WATCHERS) as u64;
+    eventually("every watcher saw every registration", LIMIT, || async {
+        snap(&watchers).0 - base_events >= want
+    })
+    .await;
+    let all_seen = began.elapsed();
+    eventually("the node lists every backend", LIMIT, || async {
+        node.status().await["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+            == BACKENDS
+    })
+    .await;
+    let node_listed = began.elapsed();
+    let (events_in, down_in) = snap(&watchers);
+    let node_in = node_meter.bytes().0;
+    let (reg_down_in, reg_up_in) = registrar_meter.bytes();
+
+    // Steady: 10 s of keep-alives and nothing else.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (events_steady, down_steady) = snap(&watchers);
+    let node_steady = node_meter.bytes().0;
+    let (reg_down_steady, reg_up_steady) = registrar_meter.bytes();
+
+    // Leave: every lease revoked.
+    let _ = stop_tx.send(());
+    while registrars.join_next().await.is_some() {}
+    eventually("every watcher saw every removal", LIMIT, || async {
+        snap(&watchers).0 - base_events >= 2 * want
+    })
+    .await;
+    eventually("the node lists no backend", LIMIT, || async {
+        node.status().await["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let (events_out, down_out) = snap(&watchers);
+    let node_out = node_meter.bytes().0;
+    let per = |bytes: u64| bytes / WATCHERS as u64;
+    eprintln!("measured: {BACKENDS} backends, {WATCHERS} watchers (debug build, loopback, no TLS)");
+    eprintln!(
+        "measured: register: {} events per watcher, {} bytes per watcher ({} per event); all watchers had all {all_seen:?} after the first put, the geolb node listed all {node_listed:?} after, receiving {} bytes",
+        (events_in - base_events) / WATCHERS as u64,
+        per(down_in - base_down),
+        per(down_in - base_down) / BACKENDS as u64,
+        node_in - node_base,
+    );
+    eprintln!(
+        "measured: steady 10 s: {} events, {} bytes per watcher; geolb node {} bytes (progress requests); registrars' keep-alives {} bytes sent, {} received",
+        events_steady - events_in,
+        per(down_steady - down_in),
+        node_steady - node_in,
+        reg_up_steady - reg_up_in,
+        reg_down_steady - reg_down_in,
+    );
+    eprintln!(
+        "measured: leave: {} events per watcher, {} bytes per watcher; geolb node {} bytes",
+        (events_out - events_steady) / WATCHERS as u64,
+        per(down_out - down_steady),
+        node_out - node_steady,
+    );
+    assert_eq!(events_steady, events_in, "keep-alives make no watch events");
+    for (_, _, task) in watchers {
+        task.abort();
+    }
+}
+
+#[test]
+fn the_register_unit_runs_geolb_register_per_pool_and_is_sandboxed() {
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/geolb-register@.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"Type=notify"));
+    assert!(
+        lines.contains(&"ExecStart=/usr/local/bin/geolb register --pool %i $GEOLB_REGISTER_ARGS")
+    );
+    // An instance verifies and rates low exposure where systemd-analyze is
+    // installed, its command pointing at a binary that exists.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("geolb-register@web.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/geolb", env!("CARGO_BIN_EXE_geolb")),
+    )
+    .unwrap();
+    let analyze =
+        |args: &[&std::ffi::OsStr]| Command::new("systemd-analyze").args(args).output().ok();
+    let Some(out) = analyze(&["verify".as_ref(), copy.as_os_str()]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    let out = analyze(&[
+        "security".as_ref(),
+        "--offline=true".as_ref(),
+        copy.as_os_str(),
+    ])
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for geolb-register@web.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    assert!(score <= 2.0, "exposure {score}:\n{report}");
 }

@@ -360,6 +360,10 @@ struct PoolStatus {
     queued: usize,
     /// Retries in flight, against the pool's retry budget.
     retries_in_flight: usize,
+    /// `discovery`: the etcd prefix its registered backends are read
+    /// from (`[cluster] prefix` + the pool's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery: Option<String>,
     backends: Vec<BackendStatus>,
 }
 
@@ -406,6 +410,14 @@ struct BackendStatus {
     /// backend without a check.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_change: Option<f64>,
+    /// Registered in etcd (the pool's `discovery`) rather than listed in
+    /// the config; with who registered it and when.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    discovered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registered_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registered_at: Option<String>,
 }
 
 /// `override_by` and `override_at` beside an override in force.
@@ -532,6 +544,11 @@ fn status(daemon: &Daemon) -> Status {
                     .collect(),
                 queued: p.shared.waiting(),
                 retries_in_flight: p.shared.retries_in_flight(),
+                // The prefix in force: [cluster] is read at start-up only.
+                discovery: p.config.discovery.as_ref().map(|d| {
+                    let root = daemon.cluster.get().map_or("", |c| &c.config().prefix);
+                    format!("{root}{}", d.prefix)
+                }),
                 backends: p
                     .backends
                     .iter()
@@ -563,6 +580,9 @@ fn status(daemon: &Daemon) -> Status {
                             ejected: left.is_some(),
                             ejected_seconds_left: left.map_or(0.0, |d| d.as_secs_f64()),
                             ejections: b.outlier.ejections(),
+                            discovered: b.discovered.is_some(),
+                            registered_by: b.discovered.as_ref().map(|r| r.node.clone()),
+                            registered_at: b.discovered.as_ref().map(|r| r.at.clone()),
                         }
                     })
                     .collect(),

@@ -15,6 +15,27 @@ pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// the lease alive (every third of it) costs a request every few seconds.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
+impl ClusterConfig {
+    /// `[cluster]` with `etcd` and `node` and every other key at its
+    /// default (for `geolb register --etcd` without a config).
+    pub fn with_defaults(etcd: Vec<String>, node: String) -> ClusterConfig {
+        ClusterConfig {
+            etcd,
+            prefix: "/geolb/".to_owned(),
+            node,
+            datacenter: None,
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            lease: DEFAULT_LEASE,
+            config: ConfigFrom::File,
+        }
+    }
+}
+
 impl Ctx {
     /// `datacenters`: the names `datacenter` may give; None when they are
     /// not known (the local file of a node whose data centers are in etcd).

@@ -44,3 +44,4 @@ pub use model::*;
 pub use parse::{check_files, load, parse_str, with_lines};
 pub use rules::MAX_ERROR_PAGE;
 pub use token::{TokenError, read_token};
+pub use values::parse_duration;

@@ -611,6 +611,17 @@ pub struct PoolConfig {
     /// `sticky` (extension): sessions kept on one backend by a cookie
     /// geolb sets.
     pub sticky: Option<StickyConfig>,
+    /// `discovery` (extension): more backends, read from etcd.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// `discovery = { prefix = ... }` of a pool: backends that register
+/// themselves in etcd under `[cluster] prefix` + `prefix`, joining the
+/// static ones without a reload (see [`crate::discovery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveryConfig {
+    /// `prefix` (required): relative to `[cluster] prefix`, ending in '/'.
+    pub prefix: String,
 }
 
 /// `sticky = { cookie = ..., ... }` of a pool: HAProxy's

@@ -201,7 +201,7 @@ impl Ctx {
             let geoip = geoip.and_then(|f| c.geoip(&f));
             let mut pool_names = Vec::new();
             let pools = pool
-                .map(|f| c.pools(&f, &mut pool_names))
+                .map(|f| c.pools(&f, &mut pool_names, cluster.is_some()))
                 .unwrap_or_default();
             let mut dc_names = Vec::new();
             let datacenters = datacenter

@@ -9,11 +9,25 @@ use super::values::{hash_key, host_name, parse_socket};
 use super::walk::{Ctx, Field, Tbl, first_seen};
 
 impl Ctx {
-    pub(super) fn pools(&mut self, f: &Field<'_, '_>, names: &mut Vec<String>) -> Vec<PoolConfig> {
-        self.named_tables(f, "pool", names, Ctx::pool)
+    /// `clustered`: the file has a `[cluster]` table, which `discovery`
+    /// needs.
+    pub(super) fn pools(
+        &mut self,
+        f: &Field<'_, '_>,
+        names: &mut Vec<String>,
+        clustered: bool,
+    ) -> Vec<PoolConfig> {
+        self.named_tables(f, "pool", names, |c, t, name| c.pool(t, name, clustered))
     }
 
-    fn pool(&mut self, t: &Tbl<'_, '_>, name: Option<String>) -> Option<PoolConfig> {
+    fn pool(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        name: Option<String>,
+        clustered: bool,
+    ) -> Option<PoolConfig> {
+        let discovery = self.maybe(t, "discovery", |c, f| c.discovery(f, clustered));
+        let discovers = t.field("discovery").is_some();
         let balance = self.opt(t, "balance", Balance::RoundRobin, |c, f| {
             c.choice(f, Balance::SPELLINGS)
         });
@@ -25,8 +39,9 @@ impl Ctx {
             .map_or(0, |a| a.len());
         let min_healthy = self.opt(t, "min_healthy", 1, |c, f| {
             let n = c.int(f, 0, i64::MAX)? as usize;
-            // With no backends at all, `backends` already carries the error.
-            if count > 0 && n > count {
+            // With no backends at all, `backends` already carries the error;
+            // a pool with discovery may have more than it lists.
+            if count > 0 && !discovers && n > count {
                 c.bad(
                     f,
                     format!("the pool has only {count} backend(s): at most {count}"),
@@ -36,12 +51,14 @@ impl Ctx {
             Some(n)
         });
         let check = self.maybe(t, "check", Ctx::pool_check);
-        let backends = self.req(
-            t,
-            "backends",
-            "[{ addr = \"127.0.0.1:8080\" }]",
-            Ctx::backends,
-        );
+        // With discovery, static backends are optional: they may all come
+        // from etcd.
+        let backends = match discovers {
+            true => self.opt(t, "backends", Vec::new(), |c, f| c.backends(f, true)),
+            false => self.req(t, "backends", "[{ addr = \"127.0.0.1:8080\" }]", |c, f| {
+                c.backends(f, false)
+            }),
+        };
         let proxy_protocol = self.maybe(t, "proxy_protocol", |c, f| {
             c.choice(f, ProxyProtocolVersion::SPELLINGS)
         });
@@ -91,6 +108,24 @@ impl Ctx {
             outlier: outlier?,
             retry_budget: retry_budget?,
             sticky: sticky?,
+            discovery: discovery?,
+        })
+    }
+
+    /// `discovery = { prefix = "pools/web/" }`.
+    fn discovery(&mut self, f: &Field<'_, '_>, clustered: bool) -> Option<DiscoveryConfig> {
+        if !clustered {
+            self.bad(
+                f,
+                "discovery reads backends from etcd: add a [cluster] table (or remove discovery)",
+            );
+        }
+        let expected = "expected a table like { prefix = \"pools/web/\" }";
+        self.table(f, expected, |c, t| {
+            let prefix = c.req(t, "prefix", "\"pools/web/\"", |c, f| {
+                c.parsed(f, discovery_prefix)
+            });
+            Some(DiscoveryConfig { prefix: prefix? }).filter(|_| clustered)
         })
     }
 
@@ -118,10 +153,11 @@ impl Ctx {
         })
     }
 
-    fn backends(&mut self, f: &Field<'_, '_>) -> Option<Vec<BackendConfig>> {
+    /// `may_be_empty`: the pool has discovery.
+    fn backends(&mut self, f: &Field<'_, '_>, may_be_empty: bool) -> Option<Vec<BackendConfig>> {
         let example = "[{ addr = \"127.0.0.1:8080\" }]";
         let items = self.array(f, &format!("expected a list of backends like {example}"))?;
-        if items.is_empty() {
+        if items.is_empty() && !may_be_empty {
             self.bad(
                 f,
                 format!("a pool needs at least one backend, like {example}"),
@@ -154,12 +190,102 @@ impl Ctx {
     }
 }
 
+/// A discovery prefix: relative to `[cluster] prefix`, ending in '/' (so
+/// that `pools/web/` does not also match `pools/web2/`), and clear of the
+/// keys geolb itself keeps there.
+fn discovery_prefix(s: &str) -> Result<String, String> {
+    if s.starts_with('/') || !s.ends_with('/') || s.len() < 2 {
+        return Err(
+            "expected a key prefix relative to [cluster] prefix, ending in '/', like \"pools/web/\""
+                .to_owned(),
+        );
+    }
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("a key prefix has no spaces or control characters".to_owned());
+    }
+    if let Some(own) = ["overrides/", "health/"]
+        .iter()
+        .find(|own| s.starts_with(*own))
+    {
+        return Err(format!(
+            "geolb keeps its own keys under {own}: choose another prefix, like \"pools/web/\""
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
-    use super::super::tests::parse;
+    use super::super::tests::{errors, parse};
     use super::*;
+
+    const CLUSTER: &str = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"a\"\n";
+
+    #[test]
+    fn discovery_takes_a_relative_prefix_and_needs_no_static_backend() {
+        let text = format!(
+            "{CLUSTER}[[pool]]\nname = \"web\"\nmin_healthy = 3\ndiscovery = {{ prefix = \"pools/web/\" }}\n\
+             [[pool]]\nname = \"mixed\"\nbackends = []\ndiscovery = {{ prefix = \"pools/web/\" }}\n"
+        );
+        let config = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let web = &config.pools[0];
+        assert_eq!(web.discovery.as_ref().unwrap().prefix, "pools/web/");
+        assert!(web.backends.is_empty());
+        assert_eq!(
+            web.min_healthy, 3,
+            "registered backends may make up the count"
+        );
+        assert!(config.pools[1].backends.is_empty());
+    }
+
+    #[test]
+    fn discovery_errors_name_their_keys() {
+        let pool = |discovery: &str| format!("[[pool]]\nname = \"web\"\ndiscovery = {discovery}\n");
+        let said =
+            |text: &str| -> Vec<String> { errors(text).iter().map(|e| e.to_string()).collect() };
+        let alone = said(&pool("{ prefix = \"pools/web/\" }"));
+        assert!(
+            alone
+                .iter()
+                .any(|e| e.starts_with("line 3: pool[0].discovery")
+                    && e.contains("add a [cluster] table")),
+            "{alone:?}"
+        );
+        for (prefix, says) in [
+            ("\"/pools/web/\"", "relative to [cluster] prefix"),
+            ("\"pools/web\"", "ending in '/'"),
+            ("\"pools/w eb/\"", "no spaces"),
+            ("\"overrides/x/\"", "geolb keeps its own keys"),
+            ("\"health/\"", "geolb keeps its own keys"),
+        ] {
+            let text = format!("{CLUSTER}{}", pool(&format!("{{ prefix = {prefix} }}")));
+            let shown = said(&text);
+            assert!(
+                shown
+                    .iter()
+                    .any(|e| e.starts_with("line 6: pool[0].discovery.prefix") && e.contains(says)),
+                "{prefix}: {shown:?}"
+            );
+        }
+        let missing = said(&format!("{CLUSTER}{}", pool("{ }")));
+        assert!(
+            missing
+                .iter()
+                .any(|e| e.contains("pool[0].discovery.prefix") && e.contains("required")),
+            "{missing:?}"
+        );
+        let without = said(&format!(
+            "{CLUSTER}[[pool]]\nname = \"web\"\nbackends = []\n"
+        ));
+        assert!(
+            without
+                .iter()
+                .any(|e| e.contains("pool[0].backends") && e.contains("at least one")),
+            "{without:?}"
+        );
+    }
 
     #[test]
     fn backend_tls_and_protocol() {

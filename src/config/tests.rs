@@ -129,6 +129,12 @@ fn reference_file_parses_with_its_meaning() {
     assert_eq!(weights, [(1, false), (2, false), (1, true)]);
     assert_eq!(pools[1].balance, Balance::LeastConn);
     assert_eq!(pools[1].check.as_ref().unwrap().probe, Probe::Tcp);
+    assert_eq!(
+        pools[1].discovery,
+        Some(DiscoveryConfig {
+            prefix: "pools/web-us/".into()
+        })
+    );
     assert_eq!(pools[2].proxy_protocol, Some(ProxyProtocolVersion::V2));
     assert_eq!(pools[0].proxy_protocol, None);
     let origin = &pools[3];

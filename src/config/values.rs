@@ -291,7 +291,7 @@ fn show_size(n: u64) -> String {
         )
 }
 
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits);
     if number.is_empty() {
