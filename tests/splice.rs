@@ -325,3 +325,60 @@ async fn a_reset_mid_transfer_closes_the_other_side_spliced_and_buffered() {
     backend_reset("backend-reset-splice", true).await;
     backend_reset("backend-reset-copy", false).await;
 }
+
+/// How late a 5 ms timer on this runtime fires, at worst, while a client
+/// on another thread sends as fast as it can for `spell` through `name`
+/// to a sink on a third thread.
+async fn timer_lateness_under_load(name: &str, splice: bool, spell: Duration) -> Duration {
+    use std::io::{Read, Write};
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = sink.accept().unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let lb = lb(name, backend, splice, "").await;
+    let addr = lb.addr(name);
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let chunk = pattern(1, 256 * 1024);
+        let until = std::time::Instant::now() + spell;
+        while std::time::Instant::now() < until {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut worst = Duration::ZERO;
+    let until = std::time::Instant::now() + spell;
+    while std::time::Instant::now() < until {
+        let asked = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        worst = worst.max(asked.elapsed().saturating_sub(Duration::from_millis(5)));
+    }
+    // Joined off the runtime: its last write may wait for the proxy.
+    bounded(
+        LIMIT,
+        "the client thread",
+        tokio::task::spawn_blocking(move || client.join()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    worst
+}
+
+#[tokio::test]
+async fn a_saturated_connection_leaves_the_worker_to_other_tasks() {
+    // One thread runs the proxy and this test's timer (#[tokio::test] is
+    // single-threaded): a copy that never yields would hold the timer for
+    // as long as the client keeps sending.
+    for (name, splice) in [("saturated-splice", true), ("saturated-copy", false)] {
+        let worst = timer_lateness_under_load(name, splice, Duration::from_secs(2)).await;
+        assert!(
+            worst < Duration::from_millis(500),
+            "{name}: a 5 ms timer fired {worst:?} late"
+        );
+    }
+}

@@ -121,8 +121,8 @@ impl Leg<'_> {
                 Err(e) if unsupported(&e) => return Ok(pipe.released(Pause::NoSplice)),
                 Err(e) => return Err(e),
             };
-            self.moved(n, activity);
             pipe.pending = n;
+            self.moved(n, activity).await;
             while pipe.pending > 0 {
                 self.to.writable().await?;
                 let written = self.to.try_io(Interest::WRITABLE, || {
@@ -156,7 +156,7 @@ impl Leg<'_> {
             buf.clear();
             match self.from.try_read_buf(&mut buf) {
                 Ok(0) => return Ok(Pause::End),
-                Ok(n) => self.moved(n, activity),
+                Ok(n) => self.moved(n, activity).await,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pause::Idle),
                 Err(e) => return Err(e),
             }
@@ -176,10 +176,15 @@ impl Leg<'_> {
         }
     }
 
-    fn moved(&mut self, n: usize, activity: &Activity) {
+    /// Counts `n` bytes read, then lets other tasks run if this one has
+    /// used its turn: tokio's `readable`, `writable` and `try_io` spend no
+    /// budget, so a source that never runs dry would otherwise hold the
+    /// worker thread.
+    async fn moved(&mut self, n: usize, activity: &Activity) {
         self.counter.increment(n as u64);
         self.total += n as u64;
         activity.moved();
+        tokio::task::consume_budget().await;
     }
 }
 
