@@ -33,6 +33,8 @@
 #   KINDS="http https tcp"  the kinds measured (every proxy still listens for all three)
 #   SETTLE=2        seconds after the last connection before reading memory
 #   GEOLB=/work/main/target/release/geolb
+#   SPLICE=         true / false: geolb's tcp listener gets `splice =` that
+#                   (empty: the binary's default)
 #   RESULTS_DIR=    where results go (default: a new /tmp/geolb-idle-bench.XXXXXX)
 #
 # Requires: haproxy, nginx (with the stream module, Debian
@@ -46,6 +48,7 @@ PROXIES=${PROXIES:-"geolb haproxy nginx"}
 COUNT=${COUNT:-10000}
 SETTLE=${SETTLE:-2}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
+SPLICE=${SPLICE:-}
 CLIENT=$(dirname "${BASH_SOURCE[0]}")/idle_memory.py
 PROXY_CPU=0
 LOAD_CPU=1
@@ -96,6 +99,7 @@ pool = "$([[ $kind == tcp ]] && echo tcp || echo http)"
 timeouts = { idle = "600s" }
 EOF
       [[ $kind == https ]] && echo "tls = [{ cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }]"
+      [[ $kind == tcp && -n $SPLICE ]] && echo "splice = $SPLICE"
     done
   } >"$WORK/geolb.toml"
   cp "$WORK/geolb.toml" "$RESULTS/configs/"
@@ -266,7 +270,7 @@ log "results in $RESULTS"
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "kernel: $(uname -r), $(nproc) CPUs"
-  echo "geolb: $GEOLB"
+  echo "geolb: $GEOLB${SPLICE:+ (splice = $SPLICE)}"
   echo "haproxy: $(haproxy -v 2>/dev/null | head -1)"
   echo "nginx: $(nginx -v 2>&1)"
   echo "COUNT=$COUNT SETTLE=$SETTLE open-file limit $FD_LIMIT"

@@ -32,6 +32,9 @@
 #                   processes used > 5% of a core during it; the noisy
 #                   attempts go to discarded.tsv
 #   GEOLB=/work/main/target/release/geolb
+#   SPLICE=         true / false: geolb's tcp listeners get `splice =` that
+#                   (empty: the binary's default; builds before the key
+#                   existed refuse it)
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-tcp-bench.XXXXXX)
 #
 # Requires: iperf3, haproxy, nginx with the stream module (Debian:
@@ -50,6 +53,7 @@ CONNS=${CONNS:-32}
 WAIT_QUIET=${WAIT_QUIET:-0}
 NOISY_RETRIES=${NOISY_RETRIES:-0}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
+SPLICE=${SPLICE:-}
 read -ra WORKLOADS <<<"${WORKLOADS:-iperf conn}"
 PROXY_CPU=0
 LOAD_CPU=1
@@ -181,12 +185,14 @@ name = "iperf"
 bind = "127.0.0.1:${IPERF_PORT[geolb]}"
 protocol = "tcp"
 pool = "iperf"
+${SPLICE:+splice = $SPLICE}
 
 [[listener]]
 name = "http"
 bind = "127.0.0.1:${HTTP_PORT[geolb]}"
 protocol = "tcp"
 pool = "http"
+${SPLICE:+splice = $SPLICE}
 EOF
 }
 
@@ -388,7 +394,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE WORKLOADS='${WORKLOADS[*]}' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB $0"
+    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE WORKLOADS='${WORKLOADS[*]}' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB SPLICE=$SPLICE $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"

@@ -549,6 +549,7 @@ mod tests {
             tls: Vec::new(),
             accept_proxy_protocol: false,
             access_log: false,
+            splice: false,
             max_connections: None,
             client_limits: None,
             max_concurrent_streams: 1,

@@ -208,61 +208,6 @@ mod library {
     }
 
     #[tokio::test]
-    async fn a_backend_dying_mid_stream_closes_the_client_promptly() {
-        // Reads a little, then resets: what a crashed backend looks like.
-        let backend = TcpBackend::start(|mut s: TcpStream| async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            let _ = s.read_exact(&mut buf).await;
-            let _ = s.write_all(b"partial").await;
-            socket2::SockRef::from(&s)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
-            drop(s);
-        })
-        .await;
-        let lb = Lb::start(
-            &pool("dies", &[backend.addr], ""),
-            &[listener(
-                "dies",
-                "tcp",
-                "dies",
-                "timeouts = { idle = \"60s\" }",
-            )],
-        )
-        .await;
-        let stream = TcpStream::connect(lb.addr("dies")).await.unwrap();
-        let (mut r, mut w) = stream.into_split();
-        // Keeps sending far more than the backend will ever read.
-        let writer = tokio::spawn(async move {
-            let chunk = pattern(3, 64 * 1024);
-            for _ in 0..4096 {
-                if w.write_all(&chunk).await.is_err() {
-                    return true;
-                }
-            }
-            false
-        });
-        let mut got = Vec::new();
-        let _ = bounded(
-            Duration::from_secs(5),
-            "client side closed after the backend died",
-            r.read_to_end(&mut got),
-        )
-        .await;
-        assert!(got.len() <= b"partial".len(), "{got:?}");
-        assert!(
-            bounded(Duration::from_secs(5), "client writes fail", writer)
-                .await
-                .unwrap(),
-            "the client could write 256 MiB into a dead connection"
-        );
-        eventually("active count back to 0", Duration::from_secs(5), || async {
-            lb.active("dies", 0) == 0
-        })
-        .await;
-    }
-
-    #[tokio::test]
     async fn an_idle_connection_is_cut_and_a_busy_one_is_not() {
         let backend = TcpBackend::echo().await;
         let lb = Lb::start(

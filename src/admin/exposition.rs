@@ -17,7 +17,7 @@ use crate::metrics::{
     BUILD_INFO, DATACENTER_HEALTHY, DATACENTER_UP, HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES,
     LISTENER_CONNECTIONS, LISTENER_CONNECTIONS_TOTAL, LISTENER_LIMITED, OVERRIDE_ACTIVE,
     POOL_HEALTHY, POOL_MIN_HEALTHY, POOL_QUEUE, POOL_QUEUE_REFUSED, RETRY_BUDGET_EXHAUSTED,
-    RouteMetrics, TLS_CERT_EXPIRY, TLS_OCSP_STAPLE_VALID, escape_label, family,
+    RouteMetrics, TCP_PIPES, TLS_CERT_EXPIRY, TLS_OCSP_STAPLE_VALID, escape_label, family,
 };
 use crate::overrides::{Override, Target};
 use crate::proxy::tls::CertInfo;
@@ -68,6 +68,11 @@ pub fn render(
     crate::dns::render_geo_answers(&mut out);
     crate::dns::render_transport(&mut out);
     super::process::render(&mut out);
+    let _ = writeln!(
+        out,
+        "# HELP {TCP_PIPES} Pipes tcp listeners splice through, in use or kept empty for reuse.\n# TYPE {TCP_PIPES} gauge\n{TCP_PIPES} {}",
+        crate::proxy::pipes::open()
+    );
     #[cfg(feature = "alloc-stats")]
     let _ = writeln!(
         out,

@@ -42,6 +42,7 @@ impl Ctx {
         let tls = self.maybe(t, "tls", Ctx::listener_tls);
         let accept_proxy_protocol = self.opt(t, "accept_proxy_protocol", false, Ctx::bool);
         let access_log = self.opt(t, "access_log", false, Ctx::bool);
+        let splice = self.opt(t, "splice", true, Ctx::bool);
         let max_connections = self.maybe(t, "max_connections", |c, f| c.uint(f, 1, 1_000_000));
         let client_limits = self.maybe(t, "client_limits", Ctx::client_limits);
         let max_concurrent_streams = self.opt(
@@ -84,6 +85,7 @@ impl Ctx {
             acme,
             accept_proxy_protocol: accept_proxy_protocol?,
             access_log: access_log?,
+            splice: splice?,
             max_connections: max_connections?,
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
@@ -203,6 +205,9 @@ impl Ctx {
             }
             return self.error_count() == before;
         }
+        let why = "splice moves a tcp listener's bytes between sockets; http and https \
+                   listeners read their requests: remove it";
+        self.misplaced(t, &["splice"], why);
         // A PROXY header names one client, but HTTP backend connections are
         // pooled and reused for requests of many clients.
         let mut refs: Vec<Field<'_, '_>> = t.field("pool").into_iter().collect();

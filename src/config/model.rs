@@ -888,6 +888,9 @@ pub struct ListenerConfig {
     pub accept_proxy_protocol: bool,
     /// `access_log` (extension; optional, false): one line per request on stderr.
     pub access_log: bool,
+    /// `splice` (extension; tcp only; optional, true): bytes moved between
+    /// the sockets with splice(2) through pipes, else through buffers.
+    pub splice: bool,
     /// `max_connections` (extension; optional, none): client connections
     /// open at once, 1..=1_000_000; at the limit, accepting pauses.
     pub max_connections: Option<u32>,

@@ -227,6 +227,7 @@ fn reference_file_parses_with_its_meaning() {
     );
     assert_eq!(acme.renew_before, DEFAULT_RENEW_BEFORE);
     assert!(!listeners[3].accept_proxy_protocol && !listeners[3].access_log);
+    assert!(listeners[3].splice && listeners[0].splice);
     assert!(listeners[0].access_log);
     assert_eq!(listeners[0].max_connections, Some(10_000));
     assert_eq!(listeners[1].max_connections, None);
@@ -742,6 +743,16 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
         (
             format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nmax_concurrent_streams = 10"),
             "listener[0].max_concurrent_streams",
+            9,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nsplice = false"),
+            "listener[0].splice",
+            8,
+        ),
+        (
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nsplice = \"yes\""),
+            "listener[0].splice",
             9,
         ),
         (

@@ -88,6 +88,12 @@ impl Activity {
         started
     }
 
+    /// Notes bytes moved by a copy that does not go through [`TrackedIo`]
+    /// (a tcp listener's splice or buffer copy): they hold off `idle`.
+    pub fn moved(&self) {
+        self.touch(false);
+    }
+
     /// The client sent the HTTP/2 preface.
     fn speaks_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);

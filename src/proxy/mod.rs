@@ -2,7 +2,8 @@
 //!
 //! `http` owns the L7 path (one hyper connection per client, one request
 //! at a time through route, pick, forward); `tls` terminates HTTPS in
-//! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp` owns the L4 path (pick, connect, copy both ways);
+//! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp` owns the L4 path (pick, connect, copy both ways,
+//! the copy in `pump`, splicing through `pipes`);
 //! `body` streams responses and settles each request when its response
 //! ends; `compress` compresses them on the way; `headers` rewrites at
 //! the boundary and `header_rules` applies the configured header rules;
@@ -25,6 +26,8 @@ mod header_rules;
 mod headers;
 pub mod http;
 pub mod ocsp;
+pub mod pipes;
+mod pump;
 mod stall;
 pub mod tcp;
 pub mod tls;

@@ -1,23 +1,23 @@
 //! The L4 path: accept, optionally read the client's PROXY header, pick a
 //! backend, connect (retrying on others), optionally send a PROXY header,
-//! then copy bytes both ways until both sides have closed.
+//! then copy bytes both ways until both sides have closed (`pump`: splice
+//! through pipes, or a buffer held only while data passes).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ::metrics::Counter;
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::activity::{Activity, TrackedIo};
+use super::activity::Activity;
+use super::pump::{self, How, Leg};
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::accesslog::{self, TcpEnd};
 use crate::balance;
@@ -28,9 +28,6 @@ use crate::proxy_protocol::{self, Addresses};
 use crate::state::{ActiveGuard, ListenerId, Pool, SharedSnapshot};
 
 /// What every connection of one tcp listener shares.
-/// Bytes buffered per direction of a TCP connection.
-const COPY_BUFFER: usize = 16 * 1024;
-
 pub struct TcpContext {
     pub snapshot: SharedSnapshot,
     /// The listener's identity in the snapshot.
@@ -186,31 +183,29 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
     let activity = Activity::new();
     // Which side closed first: 0 neither yet, then CLIENT or BACKEND.
     let first_eof = AtomicU8::new(0);
-    // Only the client side is tracked: every byte either way passes it.
-    let mut client = Counted {
-        inner: TrackedIo::new(client, activity.clone()),
+    let mut up = Leg {
+        from: &client,
+        to: &backend,
         counter: labels.bytes("in", backend_metrics),
         total: 0,
         side: CLIENT,
-        first_eof: &first_eof,
     };
-    let mut backend = Counted {
-        inner: backend,
+    let mut down = Leg {
+        from: &backend,
+        to: &client,
         counter: labels.bytes("out", backend_metrics),
         total: 0,
         side: BACKEND,
+    };
+    let how = How {
+        splice: config.splice,
+        activity: &activity,
         first_eof: &first_eof,
     };
-    // copy_bidirectional forwards a FIN from either side as shutdown(Write)
-    // on the other and keeps copying the open direction: half-close works.
-    // Any error (a reset backend) ends both at once. 16 KiB each way, as
-    // HAProxy's and nginx's buffers: the default 8 KiB moved 0.71x
-    // HAProxy's iperf3 throughput (benches/tcp.sh); 32 KiB would double the
-    // memory of every mostly idle pooled connection for a smaller gain.
     let (end, error) = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUFFER, COPY_BUFFER) => match r {
-            Ok((up, down)) => {
-                tracing::debug!(client = %addresses.source, backend = %label, up, down, "tcp connection closed");
+        r = pump::both(&mut up, &mut down, &how) => match r {
+            Ok(()) => {
+                tracing::debug!(client = %addresses.source, backend = %label, up = up.total, down = down.total, "tcp connection closed");
                 let end = if first_eof.load(Ordering::Relaxed) == BACKEND {
                     TcpEnd::BackendClosed
                 } else {
@@ -229,15 +224,10 @@ async fn connection(mut client: TcpStream, peer: SocketAddr, ctx: Arc<TcpContext
         }
     };
     drop(active);
-    log(
-        Some(label),
-        (client.total, backend.total),
-        end,
-        error.as_deref(),
-    );
+    log(Some(label), (up.total, down.total), end, error.as_deref());
 }
 
-/// [`Counted::side`] values.
+/// [`Leg::side`] values.
 const CLIENT: u8 = 1;
 const BACKEND: u8 = 2;
 
@@ -316,70 +306,6 @@ impl Labels<'_> {
 /// attribute L4 has, so header and cookie keys fall back to it too).
 fn client_key(hash_on: Option<&HashKey>, client: IpAddr) -> u64 {
     hash_on.map_or(0, |_| balance::client_ip_key(client))
-}
-
-/// Counts the bytes read from `inner` as they pass, so long-lived
-/// connections show their traffic before they end; notes whether its side
-/// closed first.
-struct Counted<'a, T> {
-    inner: T,
-    counter: Counter,
-    /// Read so far, for the access line.
-    total: u64,
-    side: u8,
-    first_eof: &'a AtomicU8,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.counter.increment(n as u64);
-            self.total += n as u64;
-        } else if matches!(result, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
-            // End of stream; only the first side's sticks.
-            let _ =
-                self.first_eof
-                    .compare_exchange(0, self.side, Ordering::Relaxed, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
