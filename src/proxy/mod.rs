@@ -21,6 +21,7 @@ mod compress;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;
+mod h1;
 mod header_rules;
 mod headers;
 pub mod http;
