@@ -1192,3 +1192,109 @@ fn date(dst: &mut Vec<u8>) {
         dst.extend_from_slice(c.1.as_bytes());
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body bytes of `wire` read by [`Chunked`], or its error.
+    fn dechunk(wire: &[u8]) -> io::Result<(Vec<u8>, bool)> {
+        let mut c = Chunked::new();
+        let mut buf = BytesMut::from(wire);
+        let mut out = Vec::new();
+        loop {
+            match c.step(&mut buf)? {
+                Step::Data(n) => out.extend_from_slice(&buf.split_to(n)),
+                Step::End => return Ok((out, true)),
+                Step::More => return Ok((out, false)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_as_hyper_reads_them() {
+        let (body, end) =
+            dechunk(b"4\r\nwiki\r\n5;a=b\r\npedia\r\nA \r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!((&body[..], end), (&b"wikipedia0123456789"[..], true));
+        // Trailer fields are read and dropped.
+        let (body, end) = dechunk(b"1\r\nx\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
+        assert_eq!((&body[..], end), (&b"x"[..], true));
+        // Cut anywhere: what came so far, and no end.
+        let wire = b"4\r\nwiki\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let (body, end) = dechunk(&wire[..cut]).unwrap();
+            assert!(!end && b"wiki".starts_with(&body), "{cut}");
+        }
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+            b"3\r\nabcX",
+            b"3\nabc",
+            b"3;a\nabc",
+            b"3 4\r\n",
+            b"0\r\n\rX",
+        ] {
+            assert!(dechunk(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn lengths_are_digits_and_equal_lists() {
+        let cl = |s: &'static str| content_length(&HeaderValue::from_static(s));
+        assert_eq!(cl("42"), Some(42));
+        assert_eq!(cl("3, 3"), Some(3));
+        for bad in [
+            "",
+            "+3",
+            "-1",
+            "3, 4",
+            "0x10",
+            "1 2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(cl(bad), None, "{bad}");
+        }
+    }
+
+    fn head(wire: &str) -> Option<Head> {
+        parse(&mut BytesMut::from(wire.as_bytes()), true)
+    }
+
+    #[test]
+    fn heads_are_framed_and_refused_as_hyper_does() {
+        let Some(Head::Request(p)) =
+            head("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else {
+            panic!("chunked wins");
+        };
+        assert!(matches!(p.framing, Framing::Chunked(_)) && !p.keep_alive);
+        assert!(!p.headers.contains_key(header::CONTENT_LENGTH));
+        let Some(Head::Request(p)) = head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        else {
+            panic!("1.0");
+        };
+        assert!(p.keep_alive && matches!(p.framing, Framing::Done));
+        for refused in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(refused), Some(Head::Refused(StatusCode::BAD_REQUEST))),
+                "{refused}"
+            );
+        }
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").is_none());
+        assert!(head("PRI * HTTP/2.0\r\n").is_none());
+        assert!(matches!(
+            head("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Head::Hyper)
+        ));
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            Some(Head::Hyper)
+        ));
+    }
+}
