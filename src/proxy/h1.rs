@@ -114,6 +114,9 @@ struct Reader<I> {
     detached: bool,
     /// `Expect: 100-continue` not yet answered.
     expect: bool,
+    /// Counts the requests with a body: a body of an earlier request that
+    /// something still holds must not read a later one's bytes.
+    request: u64,
 }
 
 /// How much of the current request's body is still to come.
@@ -338,6 +341,8 @@ impl<I> Shared<I> {
 /// A request's body, read off the client's connection.
 struct H1Body<I> {
     shared: Arc<Shared<I>>,
+    /// Its request's [`Reader::request`].
+    request: u64,
     /// What is left, as last seen (for `is_end_stream` and `size_hint`).
     left: Framing,
 }
@@ -352,7 +357,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Body for H1Body<I> {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let mut reader = this.shared.reader();
-        if reader.detached {
+        if reader.detached || reader.request != this.request {
             return Poll::Ready(Some(Err(bad("the response ended before the request body"))));
         }
         if std::mem::take(&mut reader.expect) {
@@ -591,6 +596,7 @@ where
             body: Framing::Done,
             detached: false,
             expect: false,
+            request: 0,
         }),
         continue_owed: AtomicBool::new(false),
         continue_wanted: Notify::new(),
@@ -697,8 +703,10 @@ where
             reader.body = framing;
             reader.detached = false;
             reader.expect = expect;
+            reader.request += 1;
             RequestBody::Own(Box::pin(H1Body {
                 shared: shared.clone(),
+                request: reader.request,
                 left: framing,
             }))
         };
