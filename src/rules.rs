@@ -553,6 +553,7 @@ mod tests {
             max_connections: None,
             client_limits: None,
             max_concurrent_streams: 1,
+            http1_server: crate::config::Http1Server::Hyper,
             acme: None,
             client_auth: None,
             compress: None,

@@ -46,7 +46,7 @@ pub type BackendRequestBody =
 /// client's fault, not the backend's, when its body was malformed or
 /// stopped coming.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     progress: Option<BodyProgress>,
     /// Bytes the body may carry (a route's `max_body`); past them it
     /// fails with [`BodyError::TooLarge`].
@@ -54,11 +54,58 @@ pub struct ClientBody {
     seen: u64,
 }
 
+/// A client's request body as it arrives: read by hyper's server, or by
+/// geolb's own HTTP/1 server (`proxy::h1`), whose body type sits above
+/// this layer and so comes boxed; a request without a body (most) needs
+/// no box.
+pub enum RequestBody {
+    Hyper(Incoming),
+    Empty,
+    Own(Pin<Box<dyn Body<Data = bytes::Bytes, Error = io::Error> + Send + Sync>>),
+}
+
+impl Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Own(b) => b.as_mut().poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+            RequestBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Why a client's body stopped short of its end.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]
     Client(#[from] hyper::Error),
+    /// geolb's HTTP/1 server: the connection failed or the framing was
+    /// malformed.
+    #[error(transparent)]
+    Read(#[from] io::Error),
     #[error("the request body is over max_body ({0} bytes)")]
     TooLarge(u64),
 }
@@ -113,7 +160,7 @@ impl ClientBody {
     /// Wraps `body`, with a [`BodyProgress`] to watch it unless it is
     /// already at its end (nothing to watch, nothing allocated). `limit`:
     /// the bytes it may carry.
-    pub fn new(body: Incoming, limit: Option<u64>) -> (ClientBody, Option<BodyProgress>) {
+    pub fn new(body: RequestBody, limit: Option<u64>) -> (ClientBody, Option<BodyProgress>) {
         let progress = if body.is_end_stream() {
             None
         } else {
@@ -172,7 +219,7 @@ impl Body for ClientBody {
                 }
             });
         }
-        polled.map_err(BodyError::from)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

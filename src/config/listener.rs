@@ -51,6 +51,9 @@ impl Ctx {
             DEFAULT_MAX_CONCURRENT_STREAMS,
             |c, f| c.uint(f, 1, 10_000),
         );
+        let http1_server = self.opt(t, "http1_server", Http1Server::default(), |c, f| {
+            c.choice(f, Http1Server::SPELLINGS)
+        });
         let headers = self.listener_headers(t, protocol);
         let client_auth = self.maybe(t, "client_auth", |c, f| c.client_auth(f, protocol));
         let compress = self.opt(t, "compress", None, Ctx::compress);
@@ -89,6 +92,7 @@ impl Ctx {
             max_connections: max_connections?,
             client_limits: client_limits?,
             max_concurrent_streams: max_concurrent_streams?,
+            http1_server: http1_server?,
             headers: headers?,
             client_auth: client_auth?,
             compress: compress?,
@@ -189,6 +193,9 @@ impl Ctx {
                     &f,
                     "a tcp listener speaks no HTTP/2: remove max_concurrent_streams",
                 );
+            }
+            if let Some(f) = t.field("http1_server") {
+                self.bad(&f, "a tcp listener speaks no HTTP: remove http1_server");
             }
             if let Some(limits) = t.field("client_limits")
                 && let DeValue::Table(map) = limits.get()

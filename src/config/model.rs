@@ -900,6 +900,9 @@ pub struct ListenerConfig {
     /// `max_concurrent_streams` (extension; http and https only; optional,
     /// 100): HTTP/2 streams a client may have open at once on a connection.
     pub max_concurrent_streams: u32,
+    /// `http1_server` (extension; http and https only; optional,
+    /// "hyper"): which code serves HTTP/1.x client connections.
+    pub http1_server: Http1Server,
     /// `request_headers`, `response_headers`, `request_id`, `hsts`
     /// (extension; http and https only).
     pub headers: ListenerHeaders,
@@ -941,6 +944,22 @@ pub struct ClientLimits {
     pub ipv4_prefix: u8,
     /// Bits of an IPv6 client address that make its prefix, 0..=128.
     pub ipv6_prefix: u8,
+}
+
+/// `[[listener]] http1_server`: who serves HTTP/1.x client connections.
+/// HTTP/2 (prior knowledge or ALPN) and upgrades are hyper's either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    /// The default until geolb's own passes the whole suite: see the
+    /// README's "Who serves HTTP/1 clients".
+    #[default]
+    Hyper,
+    /// geolb's own (`proxy::h1`): one parse, one write per response head.
+    Geolb,
+}
+
+impl Http1Server {
+    pub const SPELLINGS: &[(&str, Self)] = &[("hyper", Self::Hyper), ("geolb", Self::Geolb)];
 }
 
 /// Default `max_concurrent_streams`: HAProxy's

@@ -95,7 +95,7 @@ impl Activity {
     }
 
     /// The client sent the HTTP/2 preface.
-    fn speaks_h2(&self) {
+    pub(super) fn speaks_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
     }
 
@@ -179,7 +179,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Written instead of hyper's 431 when the request line alone cannot fit
 /// in [`MAX_HEAD`]; then the connection is closed.
-const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\n\
+pub(super) const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\n\
 content-type: text/plain; charset=utf-8\r\n\
 cache-control: no-store\r\n\
 content-length: 50\r\n\
@@ -202,6 +202,10 @@ impl<T> TrackedIo<T> {
             activity,
             line: Line::Off,
         }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.inner
     }
 
     /// As [`TrackedIo::new`], for a client connection that carries HTTP

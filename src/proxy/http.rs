@@ -35,13 +35,13 @@ use crate::accept::{Slot, Slots, accept_loop};
 use crate::accesslog::{self, TlsInfo};
 use crate::admission::{Denied, RetryGuard};
 use crate::balance;
-use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey};
+use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey, Http1Server, Timeouts};
 use crate::limits::RetryAfter;
 use crate::outlier::Outcome;
 use crate::proxy_protocol;
 use crate::rules::Verdict;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
-use crate::upstream::{self, BackendError, BackendRequestBody, BodyState, ClientBody};
+use crate::upstream::{self, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -161,11 +161,11 @@ async fn client_address(
         .map(|a| a.source)
 }
 
-struct ConnCtx {
-    ctx: Arc<HttpContext>,
-    peer: SocketAddr,
+pub(super) struct ConnCtx {
+    pub(super) ctx: Arc<HttpContext>,
+    pub(super) peer: SocketAddr,
     client: headers::ClientAddr,
-    activity: Arc<Activity>,
+    pub(super) activity: Arc<Activity>,
     /// The connection's place under the listener's limit, shared with an
     /// upgraded tunnel that outlives it.
     slot: Arc<Slot>,
@@ -191,35 +191,51 @@ pub async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (timeouts, max_streams) = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => (l.config.timeouts, l.config.max_concurrent_streams),
+    let (timeouts, max_streams, http1_server) = match ctx.snapshot.load().listeners.get(&ctx.id) {
+        Some(l) => (
+            l.config.timeouts,
+            l.config.max_concurrent_streams,
+            l.config.http1_server,
+        ),
         None => return,
     };
-    let server = ctx.server(max_streams);
     let activity = Activity::new();
     let conn_ctx = Arc::new(ConnCtx {
-        ctx: ctx.clone(),
+        ctx,
         peer,
         client: headers::ClientAddr::new(peer.ip()),
-        activity: activity.clone(),
+        activity,
         slot,
         stalls: Stalls::new(),
         tls,
         client_cert,
     });
+    if http1_server == Http1Server::Geolb {
+        // What geolb's own server does not serve (HTTP/2, upgrades) it
+        // hands back with the bytes it read, to go on with hyper.
+        if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts).await {
+            serve_hyper(rest, conn_ctx, timeouts, max_streams).await;
+        }
+        return;
+    }
+    serve_hyper(io, conn_ctx, timeouts, max_streams).await
+}
+
+/// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends.
+async fn serve_hyper<I>(io: I, conn_ctx: Arc<ConnCtx>, timeouts: Timeouts, max_streams: u32)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = conn_ctx.ctx.clone();
+    let peer = conn_ctx.peer;
+    let activity = conn_ctx.activity.clone();
+    let server = ctx.server(max_streams);
     let watched = conn_ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
         async move {
             let h2 = req.version() == Version::HTTP_2;
-            let mut reply = Reply::new(
-                &conn_ctx.client,
-                conn_ctx.peer.port(),
-                conn_ctx.tls,
-                conn_ctx.ctx.proto,
-            );
-            let mut resp = handle(req, &conn_ctx, &mut reply).await;
-            reply.finish(resp.headers_mut());
+            let resp = respond(req.map(RequestBody::Hyper), &conn_ctx).await;
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
@@ -283,6 +299,14 @@ pub async fn serve_connection<I>(
     }
 }
 
+/// The answer to `req`, with the listener's response header rules applied.
+pub(super) async fn respond(req: Request<RequestBody>, conn: &ConnCtx) -> Response<ResponseBody> {
+    let mut reply = Reply::new(&conn.client, conn.peer.port(), conn.tls, conn.ctx.proto);
+    let mut resp = handle(req, conn, &mut reply).await;
+    reply.finish(resp.headers_mut());
+    resp
+}
+
 /// How long a connection cut for idleness has to take its GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
@@ -339,7 +363,7 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 }
 
 async fn handle(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: &ConnCtx,
     reply: &mut Reply<'_>,
 ) -> Response<ResponseBody> {

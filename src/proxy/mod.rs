@@ -1,7 +1,9 @@
 //! The load balancer's data path.
 //!
 //! `http` owns the L7 path (one hyper connection per client, one request
-//! at a time through route, pick, forward); `tls` terminates HTTPS in
+//! at a time through route, pick, forward); `h1` is geolb's own HTTP/1.x
+//! server in front of it (`http1_server`), handing HTTP/2 and upgrades to
+//! hyper; `tls` terminates HTTPS in
 //! front of it, `ocsp` keeps its certificates' OCSP staples fresh; `tcp` owns the L4 path (pick, connect, copy both ways,
 //! the copy in `pump`, splicing through `pipes`);
 //! `body` streams responses and settles each request when its response
@@ -22,6 +24,7 @@ mod compress;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;
+mod h1;
 mod header_rules;
 mod headers;
 pub mod http;

@@ -1,0 +1,1342 @@
+//! geolb's own HTTP/1.x server for client connections (`http1_server =
+//! "geolb"`): each head read into one buffer and parsed once with
+//! `httparse` (as hyper does, with hyper's limits and refusals), handed as
+//! an `http::Request` to the same `http::respond` as hyper's, and the
+//! answer's head written with its first body bytes in one `writev`.
+//!
+//! It answers what hyper would, byte for byte but the `Date`
+//! (`tests/h1server.rs` compares them): the same framing rules (RFC 9112
+//! §6: Transfer-Encoding wins over Content-Length and closes the
+//! connection after, differing lengths are refused), `Connection`
+//! handling, `100 Continue` when the body is first read, HEAD, 204 and 304
+//! without a body, chunked when the answer has no length.
+//!
+//! What it does not serve it hands to hyper with the bytes it has read
+//! (`Rewind`): a connection that opens with the HTTP/2 preface (prior
+//! knowledge, or `h2` by ALPN), and from a request asking to `Upgrade`
+//! (WebSocket) on, the rest of the connection: upgrades are rare and
+//! hyper's tunnel code already carries them.
+//!
+//! The request body is read by whoever forwards it (the backend's
+//! connection) through the connection's reader, shared under a mutex with
+//! the head reader that takes it back once the response is written.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+
+use super::activity::{MAX_HEAD, TrackedIo, URI_TOO_LONG};
+use super::body::ResponseBody;
+use super::http::{ConnCtx, respond};
+use crate::config::Timeouts;
+use crate::upstream::RequestBody;
+
+/// hyper's default `h1_max_headers`: past it, 431.
+const MAX_HEADERS: usize = 100;
+/// hyper's limit on the bytes of a chunked body's trailer section.
+const TRAILER_LIMIT: usize = 16 * 1024;
+/// hyper's limit on a chunked body's extension bytes.
+const EXTENSIONS_LIMIT: u64 = 16 * 1024;
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A connection handed to hyper: what was read of it, then the rest.
+pub(super) struct Rewind<I> {
+    prefix: Bytes,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The read side of a connection: its buffer and where the current
+/// request's body is.
+struct Reader<I> {
+    io: ReadHalf<TrackedIo<I>>,
+    buf: BytesMut,
+    body: Framing,
+    /// The response is written: the body's bytes are the connection's
+    /// again, whoever still holds the body.
+    detached: bool,
+    /// `Expect: 100-continue` not yet answered.
+    expect: bool,
+    /// Counts the requests with a body: a body of an earlier request that
+    /// something still holds must not read a later one's bytes.
+    request: u64,
+}
+
+/// How much of the current request's body is still to come.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Chunked {
+    state: Chunk,
+    size: u64,
+    extensions: u64,
+    trailer: usize,
+}
+
+/// hyper's chunked decoder's states (`proto::h1::decode`), same rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Start,
+    Size,
+    SizeLws,
+    Extension,
+    SizeLf,
+    Body,
+    BodyCr,
+    BodyLf,
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+fn bad(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl Chunked {
+    fn new() -> Chunked {
+        Chunked {
+            state: Chunk::Start,
+            size: 0,
+            extensions: 0,
+            trailer: 0,
+        }
+    }
+
+    /// Steps through `buf` to the next body bytes, the body's end, or the
+    /// buffer's.
+    fn step(&mut self, buf: &mut BytesMut) -> io::Result<Step> {
+        use Chunk::*;
+        fn digit(b: u8) -> Option<u64> {
+            (b as char).to_digit(16).map(u64::from)
+        }
+        while !buf.is_empty() {
+            if self.state == Body {
+                let n = (buf.len() as u64).min(self.size) as usize;
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = BodyCr;
+                }
+                return Ok(Step::Data(n));
+            }
+            let b = buf[0];
+            buf.advance(1);
+            self.state = match (self.state, b) {
+                (Start | Size, b) if digit(b).is_some() => {
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|s| s.checked_add(digit(b).unwrap_or(0)))
+                        .ok_or_else(|| bad("invalid chunk size: overflow"))?;
+                    Size
+                }
+                (Start, _) => return Err(bad("invalid chunk size line: missing size digit")),
+                (Size | SizeLws, b'\t' | b' ') => SizeLws,
+                (Size | SizeLws, b';') => Extension,
+                (Size | SizeLws, b'\r') => SizeLf,
+                (Size, _) => return Err(bad("invalid chunk size line: invalid size")),
+                (SizeLws, _) => return Err(bad("invalid chunk size linear white space")),
+                (Extension, b'\r') => SizeLf,
+                (Extension, b'\n') => return Err(bad("invalid chunk extension contains newline")),
+                (Extension, _) => {
+                    self.extensions += 1;
+                    if self.extensions >= EXTENSIONS_LIMIT {
+                        return Err(bad("chunk extensions over limit"));
+                    }
+                    Extension
+                }
+                (SizeLf, b'\n') if self.size == 0 => EndCr,
+                (SizeLf, b'\n') => Body,
+                (SizeLf, _) => return Err(bad("invalid chunk size LF")),
+                (BodyCr, b'\r') => BodyLf,
+                (BodyCr, _) => return Err(bad("invalid chunk body CR")),
+                (BodyLf, b'\n') => Start,
+                (BodyLf, _) => return Err(bad("invalid chunk body LF")),
+                (EndCr, b'\r') => EndLf,
+                (EndCr | Trailer, _) => {
+                    // Trailer fields are read and dropped, as a backend
+                    // gets no trailers through hyper's client either.
+                    self.trailer += 1;
+                    if self.trailer > TRAILER_LIMIT {
+                        return Err(bad("chunk trailers over limit"));
+                    }
+                    if b == b'\r' { TrailerLf } else { Trailer }
+                }
+                (TrailerLf, b'\n') => EndCr,
+                (TrailerLf, _) => return Err(bad("invalid trailer end LF")),
+                (EndLf, b'\n') => return Ok(Step::End),
+                (EndLf, _) => return Err(bad("invalid chunk end LF")),
+                (Body, _) => unreachable!("handled above"),
+            };
+        }
+        Ok(Step::More)
+    }
+}
+
+/// Where [`Chunked::step`] stopped.
+enum Step {
+    /// The buffer's first bytes, this many, are body data.
+    Data(usize),
+    End,
+    /// The buffer ran out.
+    More,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
+    /// Reads more into the buffer; `Ok(0)` at the client's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8 * 1024);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// The next piece of the body: from the buffer, else read (when
+    /// `read`; without it, `Pending` means the buffer holds no more).
+    fn poll_body(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match &mut self.body {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Failed => {
+                    return Poll::Ready(Some(Err(bad("the request body failed before"))));
+                }
+                Framing::Length(left) if !self.buf.is_empty() => {
+                    let n = (self.buf.len() as u64).min(*left) as usize;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.body = Framing::Done;
+                    }
+                    return Poll::Ready(Some(Ok(self.buf.split_to(n).freeze())));
+                }
+                Framing::Length(_) => {}
+                Framing::Chunked(c) => match c.step(&mut self.buf) {
+                    Err(e) => {
+                        self.body = Framing::Failed;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Ok(Step::End) => {
+                        self.body = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::Data(n)) => {
+                        return Poll::Ready(Some(Ok(self.buf.split_to(n).freeze())));
+                    }
+                    Ok(Step::More) => {}
+                },
+            }
+            if !read {
+                return Poll::Pending;
+            }
+            match self.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.body = Framing::Failed;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed before the end of its body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.body = Framing::Failed;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    /// Whether what the buffer holds finishes the body (read and
+    /// dropped): the connection can then carry another request.
+    fn drain_buffered(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        loop {
+            match self.poll_body(&mut cx, false) {
+                Poll::Ready(None) => return true,
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
+            }
+        }
+    }
+}
+
+struct Shared<I> {
+    reader: Mutex<Reader<I>>,
+    /// Set with `continue_wanted` when the body is first read with an
+    /// `Expect: 100-continue` open.
+    continue_owed: AtomicBool,
+    continue_wanted: Notify,
+}
+
+impl<I> Shared<I> {
+    fn reader(&self) -> std::sync::MutexGuard<'_, Reader<I>> {
+        crate::locked(&self.reader)
+    }
+}
+
+/// A request's body, read off the client's connection.
+struct H1Body<I> {
+    shared: Arc<Shared<I>>,
+    /// Its request's [`Reader::request`].
+    request: u64,
+    /// What is left, as last seen (for `is_end_stream` and `size_hint`).
+    left: Framing,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Body for H1Body<I> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let mut reader = this.shared.reader();
+        if reader.detached || reader.request != this.request {
+            return Poll::Ready(Some(Err(bad("the response ended before the request body"))));
+        }
+        if std::mem::take(&mut reader.expect) {
+            this.shared.continue_owed.store(true, Ordering::Relaxed);
+            this.shared.continue_wanted.notify_one();
+        }
+        let polled = reader.poll_body(cx, true);
+        this.left = reader.body;
+        polled.map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.left, Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A parsed head, or why there is none.
+#[allow(clippy::large_enum_variant)] // one at a time, on the stack
+enum Head {
+    Request(Parsed),
+    /// hyper's answer to a head it cannot parse (400, 431), then close.
+    Refused(StatusCode),
+    /// The request line cannot end within [`MAX_HEAD`]: 414, then close.
+    LineTooLong,
+    /// Hand the connection, from these bytes on, to hyper.
+    Hyper,
+    /// The client closed (or its connection failed) between requests.
+    Closed,
+}
+
+struct Parsed {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+    expect: bool,
+}
+
+/// Parses the head at the start of `buf`: `None` while incomplete. Its
+/// headers go into `map` (empty; taken only when the head is complete).
+fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
+    if first && buf.len() < PREFACE.len() && PREFACE.starts_with(buf) {
+        return None;
+    }
+    if first && buf.starts_with(PREFACE) {
+        return Some(Head::Hyper);
+    }
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let bytes: &[u8] = buf;
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        bytes,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Some(Head::Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
+        Err(_) => return Some(Head::Refused(StatusCode::BAD_REQUEST)),
+    };
+    let base = bytes.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Some(Head::Refused(StatusCode::BAD_REQUEST));
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Some(Head::Refused(StatusCode::BAD_REQUEST));
+    };
+    let path = range(path.as_bytes());
+    let http11 = minor == 1;
+    if http11
+        && req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        return Some(Head::Hyper);
+    }
+    let fields: smallvec::SmallVec<[(std::ops::Range<usize>, std::ops::Range<usize>); 16]> = req
+        .headers
+        .iter()
+        .map(|h| (range(h.name.as_bytes()), range(h.value)))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
+        return Some(Head::Refused(StatusCode::BAD_REQUEST));
+    };
+    let mut keep_alive = http11;
+    let mut framing = Framing::Done;
+    let mut length = None;
+    let (mut is_te, mut is_cl, mut chunked, mut close, mut expect) =
+        (false, false, false, false, false);
+    let mut map = std::mem::take(map);
+    map.reserve(fields.len());
+    for (name, value) in fields {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[name]),
+            HeaderValue::from_maybe_shared(head.slice(value)),
+        ) else {
+            return Some(Head::Refused(StatusCode::BAD_REQUEST));
+        };
+        // hyper's rules (`proto::h1::role`), in its order.
+        match name {
+            header::TRANSFER_ENCODING => {
+                if !http11 {
+                    return Some(Head::Refused(StatusCode::BAD_REQUEST));
+                }
+                is_te = true;
+                if is_cl && length.take().is_some() {
+                    map.remove(header::CONTENT_LENGTH);
+                }
+                chunked = last_token_is_chunked(&value);
+                if chunked {
+                    framing = Framing::Chunked(Chunked::new());
+                }
+            }
+            header::CONTENT_LENGTH => {
+                is_cl = true;
+                if is_te {
+                    continue;
+                }
+                let Some(n) = content_length(&value) else {
+                    return Some(Head::Refused(StatusCode::BAD_REQUEST));
+                };
+                match length {
+                    Some(prev) if prev != n => return Some(Head::Refused(StatusCode::BAD_REQUEST)),
+                    Some(_) => continue,
+                    None => {}
+                }
+                if n >= u64::MAX - 1 {
+                    return Some(Head::Refused(StatusCode::BAD_REQUEST));
+                }
+                framing = if n == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Length(n)
+                };
+                length = Some(n);
+            }
+            header::CONNECTION => {
+                if close || has_token(&value, b"close") {
+                    close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, b"keep-alive");
+                }
+            }
+            header::EXPECT => {
+                expect = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+        map.append(name, value);
+    }
+    if is_te && !chunked {
+        return Some(Head::Refused(StatusCode::BAD_REQUEST));
+    }
+    if is_te && is_cl {
+        keep_alive = false;
+    }
+    Some(Head::Request(Parsed {
+        method,
+        uri,
+        version: if http11 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        },
+        headers: map,
+        framing,
+        keep_alive,
+        expect: expect && http11,
+    }))
+}
+
+/// hyper's `content_length_parse`: digits only, at most 19 of them; a
+/// list of equal values (`5, 5`) is one.
+fn content_length(value: &HeaderValue) -> Option<u64> {
+    let mut result = None;
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
+        match result {
+            Some(prev) if prev != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    result
+}
+
+fn last_token_is_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Serves `io` until it ends; `Some`: what is left of it, for hyper.
+pub(super) async fn serve<I>(io: I, conn: &Arc<ConnCtx>, timeouts: Timeouts) -> Option<Rewind<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = conn.activity.clone();
+    let (read, write) = tokio::io::split(TrackedIo::new(io, activity.clone()));
+    let shared = Arc::new(Shared {
+        reader: Mutex::new(Reader {
+            io: read,
+            buf: BytesMut::with_capacity(8 * 1024),
+            body: Framing::Done,
+            detached: false,
+            expect: false,
+            request: 0,
+        }),
+        continue_owed: AtomicBool::new(false),
+        continue_wanted: Notify::new(),
+    });
+    let mut writer = Writer {
+        io: write,
+        head: Vec::with_capacity(1024),
+    };
+    let served = {
+        let requests = requests(&shared, &mut writer, conn);
+        let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
+        tokio::select! {
+            served = requests => served,
+            reason = watchdog => {
+                tracing::debug!(client = %conn.peer, reason, "client connection cut");
+                Served::Closed
+            }
+        }
+    };
+    match served {
+        Served::Closed => {
+            let _ = writer.io.shutdown().await;
+            None
+        }
+        Served::Hyper => {
+            let shared = Arc::into_inner(shared)?;
+            let reader = shared
+                .reader
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            let io = reader.io.unsplit(writer.io).into_inner();
+            Some(Rewind {
+                prefix: reader.buf.freeze(),
+                inner: io,
+            })
+        }
+    }
+}
+
+enum Served {
+    Closed,
+    Hyper,
+}
+
+async fn requests<I>(shared: &Arc<Shared<I>>, writer: &mut Writer<I>, conn: &Arc<ConnCtx>) -> Served
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = &conn.ctx.shutdown;
+    let mut first = true;
+    // hyper's habit: the map of a response, emptied, takes the next
+    // request's headers (two allocations fewer per request).
+    let mut spare = HeaderMap::new();
+    loop {
+        let head = {
+            let next = poll_fn(|cx| next_head(shared, cx, first, &mut spare));
+            tokio::pin!(next);
+            tokio::select! {
+                head = &mut next => head,
+                // Between requests a stopping listener closes the
+                // connection; its first request is answered first.
+                () = shutdown.cancelled(), if !first => {
+                    if shared.reader().buf.is_empty() {
+                        return Served::Closed;
+                    }
+                    next.await
+                }
+            }
+        };
+        let parsed = match head {
+            Head::Request(p) => p,
+            Head::Hyper => {
+                if first && shared.reader().buf.starts_with(PREFACE) {
+                    conn.activity.speaks_h2();
+                }
+                return Served::Hyper;
+            }
+            Head::Closed => return Served::Closed,
+            Head::LineTooLong => {
+                tracing::debug!(client = %conn.peer, "request line over {MAX_HEAD} bytes: 414");
+                let _ = writer.io.write_all(URI_TOO_LONG).await;
+                return Served::Closed;
+            }
+            Head::Refused(status) => {
+                tracing::debug!(client = %conn.peer, status = status.as_u16(), "request head refused");
+                let _ = writer.refuse(status).await;
+                return Served::Closed;
+            }
+        };
+        first = false;
+        let Parsed {
+            method,
+            uri,
+            version,
+            headers,
+            framing,
+            keep_alive,
+            expect,
+        } = parsed;
+        let body = if matches!(framing, Framing::Done) {
+            RequestBody::Empty
+        } else {
+            let mut reader = shared.reader();
+            reader.body = framing;
+            reader.detached = false;
+            reader.expect = expect;
+            reader.request += 1;
+            RequestBody::Own(Box::pin(H1Body {
+                shared: shared.clone(),
+                request: reader.request,
+                left: framing,
+            }))
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        let resp = {
+            let answer = respond(req, conn);
+            tokio::pin!(answer);
+            loop {
+                tokio::select! {
+                    resp = &mut answer => break resp,
+                    () = shared.continue_wanted.notified() => {
+                        if shared.continue_owed.swap(false, Ordering::Relaxed)
+                            && writer.io.write_all(CONTINUE).await.is_err()
+                        {
+                            return Served::Closed;
+                        }
+                    }
+                    // geolb serves without half-close (as its hyper
+                    // server): a client that ends its side has gone.
+                    closed = poll_fn(|cx| client_gone(shared, cx)) => {
+                        if closed {
+                            return Served::Closed;
+                        }
+                    }
+                }
+            }
+        };
+        let keep_alive = keep_alive && !shutdown.is_cancelled();
+        let (reusable, headers) = writer.respond(resp, &method, version, keep_alive).await;
+        if let Some(mut headers) = headers {
+            headers.clear();
+            spare = headers;
+        }
+        let mut reader = shared.reader();
+        reader.detached = true;
+        reader.expect = false;
+        shared.continue_owed.store(false, Ordering::Relaxed);
+        if !reusable || !reader.drain_buffered() {
+            return Served::Closed;
+        }
+    }
+}
+
+/// Whether the client closed its side while its request is open with
+/// its body read; pending (reading ahead what it pipelines, up to
+/// [`MAX_HEAD`]) otherwise.
+fn client_gone<I: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<I>,
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
+    let mut reader = shared.reader();
+    if !matches!(reader.body, Framing::Done) || reader.buf.len() >= MAX_HEAD {
+        // The body's reader sees the end; and a client pipelining more
+        // than a head waits.
+        return Poll::Pending;
+    }
+    match reader.poll_fill(cx) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+        Poll::Ready(Ok(_)) => {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<I>,
+    cx: &mut Context<'_>,
+    first: bool,
+    spare: &mut HeaderMap,
+) -> Poll<Head> {
+    let mut reader = shared.reader();
+    loop {
+        if !reader.buf.is_empty() {
+            if let Some(head) = parse(&mut reader.buf, first, spare) {
+                return Poll::Ready(head);
+            }
+            if reader.buf.len() >= MAX_HEAD {
+                // hyper's 431, or 414 for a line that alone fills it.
+                return Poll::Ready(if reader.buf.contains(&b'\n') {
+                    Head::Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                } else {
+                    Head::LineTooLong
+                });
+            }
+        }
+        let room = MAX_HEAD - reader.buf.len();
+        if reader.buf.capacity() - reader.buf.len() < 1024 {
+            reader.buf.reserve(room.min(8 * 1024));
+        }
+        let r = &mut *reader;
+        let mut limited = (&mut r.buf).limit(room);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut r.io), cx, &mut limited) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Head::Closed),
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
+}
+
+/// The write side: responses encoded as hyper's server does.
+struct Writer<I> {
+    io: WriteHalf<TrackedIo<I>>,
+    /// The head being written, kept for its capacity.
+    head: Vec<u8>,
+}
+
+/// How the body of a response goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoder {
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the end of the connection ends it.
+    Close,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
+    /// hyper's automatic answer to a head it cannot parse.
+    async fn refuse(&mut self, status: StatusCode) -> io::Result<()> {
+        self.head.clear();
+        self.head.extend_from_slice(b"HTTP/1.1 ");
+        self.head.extend_from_slice(status.as_str().as_bytes());
+        self.head.push(b' ');
+        self.head
+            .extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        self.head
+            .extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ");
+        date(&mut self.head);
+        self.head.extend_from_slice(b"\r\n\r\n");
+        self.io.write_all(&self.head).await
+    }
+
+    /// Writes `resp` to a request of `method` in `version`; true if the
+    /// connection may carry another request; with the response's header
+    /// map, for the next request.
+    async fn respond(
+        &mut self,
+        resp: Response<ResponseBody>,
+        method: &Method,
+        version: Version,
+        keep_alive: bool,
+    ) -> (bool, Option<HeaderMap>) {
+        let (parts, body) = resp.into_parts();
+        let mut headers = None;
+        let reusable = self
+            .write_response(parts, body, method, version, keep_alive, &mut headers)
+            .await;
+        (reusable, headers)
+    }
+
+    async fn write_response(
+        &mut self,
+        parts: http::response::Parts,
+        body: ResponseBody,
+        method: &Method,
+        version: Version,
+        keep_alive: bool,
+        headers_out: &mut Option<HeaderMap>,
+    ) -> bool {
+        let (mut parts, mut body) = (parts, body);
+        let mut keep_alive = keep_alive;
+        // hyper's `enforce_version` and `fix_keep_alive`.
+        let mut out_version = parts.version;
+        if version == Version::HTTP_10 {
+            let says_keep_alive = parts
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| has_token(v, b"keep-alive"));
+            if !says_keep_alive {
+                if parts.version == Version::HTTP_10 {
+                    keep_alive = false;
+                } else if parts.version == Version::HTTP_11 && keep_alive {
+                    parts
+                        .headers
+                        .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                }
+            }
+            out_version = Version::HTTP_10;
+        } else if !keep_alive
+            && !parts
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| has_token(v, b"close"))
+        {
+            parts
+                .headers
+                .append(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let length = if body.is_end_stream() {
+            None
+        } else {
+            Some(body.size_hint().exact())
+        };
+        self.head.clear();
+        let (encoder, last) = encode_head(
+            &mut self.head,
+            &parts,
+            out_version,
+            method,
+            length,
+            !keep_alive,
+        );
+        *headers_out = Some(std::mem::take(&mut parts.headers));
+        if encoder == Encoder::Length(0) {
+            drop(body);
+            return self.io.write_all(&self.head).await.is_ok() && !last;
+        }
+        let mut wrote_head = false;
+        let mut left = encoder;
+        loop {
+            // The head goes out with the first bytes when they are there,
+            // alone when they are not.
+            let frame = if wrote_head {
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            } else {
+                match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        if self.io.write_all(&self.head).await.is_err() {
+                            return false;
+                        }
+                        wrote_head = true;
+                        continue;
+                    }
+                }
+            };
+            let data = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+                None => {
+                    let tail: &[u8] = if encoder == Encoder::Chunked {
+                        b"0\r\n\r\n"
+                    } else {
+                        b""
+                    };
+                    let head: &[u8] = if wrote_head { &[] } else { &self.head };
+                    if write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(tail)])
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    // A body shorter than its length leaves the client
+                    // waiting for bytes that never come: close.
+                    let short = matches!(left, Encoder::Length(n) if n > 0);
+                    return !last && !short && encoder != Encoder::Close;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "response body failed: connection closed");
+                    if !wrote_head {
+                        let _ = self.io.write_all(&self.head).await;
+                    }
+                    return false;
+                }
+            };
+            let mut data = data;
+            if let Encoder::Length(n) = &mut left {
+                // Never more than the length said.
+                data.truncate((*n).min(data.len() as u64) as usize);
+                *n -= data.len() as u64;
+            }
+            let end = body.is_end_stream();
+            let mut size = [0u8; 20];
+            let (prefix, suffix): (&[u8], &[u8]) = match encoder {
+                Encoder::Chunked => {
+                    let n = chunk_size(&mut size, data.len());
+                    (&size[..n], if end { b"\r\n0\r\n\r\n" } else { b"\r\n" })
+                }
+                _ => (&[], &[]),
+            };
+            let head: &[u8] = if wrote_head { &[] } else { &self.head };
+            let mut slices = [
+                IoSlice::new(head),
+                IoSlice::new(prefix),
+                IoSlice::new(&data),
+                IoSlice::new(suffix),
+            ];
+            if write_all(&mut self.io, &mut slices).await.is_err() {
+                return false;
+            }
+            wrote_head = true;
+            if end {
+                let short = matches!(left, Encoder::Length(n) if n > 0);
+                return !last && !short && encoder != Encoder::Close;
+            }
+        }
+    }
+}
+
+/// `{len:X}\r\n` into `buf`; its length.
+fn chunk_size(buf: &mut [u8; 20], len: usize) -> usize {
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{len:X}\r\n");
+    20 - w.len()
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+fn can_chunked(method: &Method, status: StatusCode) -> bool {
+    !(method == Method::HEAD
+        || method == Method::CONNECT && status.is_success()
+        || status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+}
+
+fn can_have_content_length(method: &Method, status: StatusCode) -> bool {
+    !(status.is_informational()
+        || method == Method::CONNECT && status.is_success()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+}
+
+/// hyper's `Server::encode` with lower-case names: the head for `parts`
+/// into `dst`, how its body goes, and whether the connection ends after.
+/// `length`: `None` for no body, `Some(None)` for one of unknown length.
+fn encode_head(
+    dst: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    version: Version,
+    method: &Method,
+    length: Option<Option<u64>>,
+    mut last: bool,
+) -> (Encoder, bool) {
+    let status = parts.status;
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if version == Version::HTTP_11 && status == StatusCode::OK && reason.is_none() {
+        dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        dst.extend_from_slice(if version == Version::HTTP_10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        dst.extend_from_slice(status.as_str().as_bytes());
+        dst.push(b' ');
+        match reason {
+            Some(r) => dst.extend_from_slice(r.as_bytes()),
+            None => dst.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
+        }
+        dst.extend_from_slice(b"\r\n");
+    }
+    let chunkable = version != Version::HTTP_10 && can_chunked(method, status);
+    let mut encoder = Encoder::Length(0);
+    let mut wrote_len = false;
+    let mut wrote_date = false;
+    // A header whose values are joined on one line is open until the
+    // next name; with it, whether `chunked` must close it.
+    let mut open: Option<bool> = None;
+    let mut prev_len = None;
+    let mut current: Option<&HeaderName> = None;
+    let close_line = |dst: &mut Vec<u8>, open: &mut Option<bool>| {
+        if let Some(must_chunk) = open.take() {
+            dst.extend_from_slice(if must_chunk {
+                b", chunked\r\n"
+            } else {
+                b"\r\n"
+            });
+        }
+    };
+    for (name, value) in &parts.headers {
+        let new_name = current != Some(name);
+        if new_name {
+            current = Some(name);
+            close_line(dst, &mut open);
+        }
+        match *name {
+            header::CONTENT_LENGTH => match length {
+                Some(Some(known)) => {
+                    if new_name {
+                        encoder = Encoder::Length(known);
+                        dst.extend_from_slice(b"content-length: ");
+                        dst.extend_from_slice(value.as_bytes());
+                        wrote_len = true;
+                        open = Some(false);
+                    }
+                    continue;
+                }
+                Some(None) => {
+                    let Some(n) = content_length(value) else {
+                        continue;
+                    };
+                    if prev_len.is_some() {
+                        continue;
+                    }
+                    encoder = Encoder::Length(n);
+                    dst.extend_from_slice(b"content-length: ");
+                    dst.extend_from_slice(value.as_bytes());
+                    wrote_len = true;
+                    open = Some(false);
+                    prev_len = Some(n);
+                    continue;
+                }
+                None if method != Method::HEAD => continue,
+                None => wrote_len = true,
+            },
+            header::TRANSFER_ENCODING => {
+                if !chunkable {
+                    continue;
+                }
+                wrote_len = true;
+                let must_chunk = !last_token_is_chunked(value);
+                if new_name {
+                    encoder = Encoder::Chunked;
+                    dst.extend_from_slice(b"transfer-encoding: ");
+                } else {
+                    dst.extend_from_slice(b", ");
+                }
+                dst.extend_from_slice(value.as_bytes());
+                open = Some(must_chunk);
+                continue;
+            }
+            header::CONNECTION => {
+                if has_token(value, b"close") {
+                    last = true;
+                }
+                dst.extend_from_slice(if new_name { b"connection: " } else { b", " });
+                dst.extend_from_slice(value.as_bytes());
+                open = Some(false);
+                continue;
+            }
+            header::TRAILER => {
+                if !chunkable {
+                    continue;
+                }
+                dst.extend_from_slice(if new_name { b"trailer: " } else { b", " });
+                dst.extend_from_slice(value.as_bytes());
+                open = Some(false);
+                continue;
+            }
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    close_line(dst, &mut open);
+    if !wrote_len {
+        encoder = match length {
+            Some(None) if chunkable => {
+                dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Encoder::Chunked
+            }
+            Some(None) => Encoder::Close,
+            None | Some(Some(0)) => {
+                if can_have_content_length(method, status) && method != Method::HEAD {
+                    dst.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Encoder::Length(0)
+            }
+            Some(Some(n)) => {
+                if can_have_content_length(method, status) {
+                    dst.extend_from_slice(b"content-length: ");
+                    dst.extend_from_slice(itoa(n).as_bytes());
+                    dst.extend_from_slice(b"\r\n");
+                    Encoder::Length(n)
+                } else {
+                    Encoder::Length(0)
+                }
+            }
+        };
+    }
+    if !can_chunked(method, status) {
+        encoder = Encoder::Length(0);
+    }
+    if !wrote_date {
+        dst.extend_from_slice(b"date: ");
+        date(dst);
+        dst.extend_from_slice(b"\r\n\r\n");
+    } else {
+        dst.extend_from_slice(b"\r\n");
+    }
+    (encoder, last)
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+/// Appends the current `Date` value, formatted once a second per thread
+/// (hyper caches it the same way).
+fn date(dst: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != second || c.1.is_empty() {
+            *c = (second, httpdate::fmt_http_date(now));
+        }
+        dst.extend_from_slice(c.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body bytes of `wire` read by [`Chunked`], or its error.
+    fn dechunk(wire: &[u8]) -> io::Result<(Vec<u8>, bool)> {
+        let mut c = Chunked::new();
+        let mut buf = BytesMut::from(wire);
+        let mut out = Vec::new();
+        loop {
+            match c.step(&mut buf)? {
+                Step::Data(n) => out.extend_from_slice(&buf.split_to(n)),
+                Step::End => return Ok((out, true)),
+                Step::More => return Ok((out, false)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_as_hyper_reads_them() {
+        let (body, end) =
+            dechunk(b"4\r\nwiki\r\n5;a=b\r\npedia\r\nA \r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!((&body[..], end), (&b"wikipedia0123456789"[..], true));
+        // Trailer fields are read and dropped.
+        let (body, end) = dechunk(b"1\r\nx\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
+        assert_eq!((&body[..], end), (&b"x"[..], true));
+        // Cut anywhere: what came so far, and no end.
+        let wire = b"4\r\nwiki\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let (body, end) = dechunk(&wire[..cut]).unwrap();
+            assert!(!end && b"wiki".starts_with(&body), "{cut}");
+        }
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+            b"3\r\nabcX",
+            b"3\nabc",
+            b"3;a\nabc",
+            b"3 4\r\n",
+            b"0\r\n\rX",
+        ] {
+            assert!(dechunk(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn lengths_are_digits_and_equal_lists() {
+        let cl = |s: &'static str| content_length(&HeaderValue::from_static(s));
+        assert_eq!(cl("42"), Some(42));
+        assert_eq!(cl("3, 3"), Some(3));
+        for bad in [
+            "",
+            "+3",
+            "-1",
+            "3, 4",
+            "0x10",
+            "1 2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(cl(bad), None, "{bad}");
+        }
+    }
+
+    fn head(wire: &str) -> Option<Head> {
+        parse(
+            &mut BytesMut::from(wire.as_bytes()),
+            true,
+            &mut HeaderMap::new(),
+        )
+    }
+
+    #[test]
+    fn heads_are_framed_and_refused_as_hyper_does() {
+        let Some(Head::Request(p)) =
+            head("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else {
+            panic!("chunked wins");
+        };
+        assert!(matches!(p.framing, Framing::Chunked(_)) && !p.keep_alive);
+        assert!(!p.headers.contains_key(header::CONTENT_LENGTH));
+        let Some(Head::Request(p)) = head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        else {
+            panic!("1.0");
+        };
+        assert!(p.keep_alive && matches!(p.framing, Framing::Done));
+        for refused in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(refused), Some(Head::Refused(StatusCode::BAD_REQUEST))),
+                "{refused}"
+            );
+        }
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n").is_none());
+        assert!(head("PRI * HTTP/2.0\r\n").is_none());
+        assert!(matches!(
+            head("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Head::Hyper)
+        ));
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            Some(Head::Hyper)
+        ));
+    }
+}
