@@ -16,6 +16,7 @@
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per target and workload, before round 1
 #   CONNS=64        client connections (wrk -c, h2load -c)
+#   LISTENER=      more lines for geolb's listener, e.g. LISTENER='http1_server = "geolb"'
 #   CLIENT=h1       h1: wrk, cleartext HTTP/1.1; h2: h2load -t1 over TLS 1.3
 #                   with ALPN h2 (one self-signed P-256 certificate as in
 #                   benches/tls.sh), HTTP/1.1 to the backends as in h1
@@ -169,6 +170,7 @@ $(case $BACKEND_PROTO in
 name = "bench"
 bind = "127.0.0.1:${TARGET_PORT[geolb]}"
 pool = "bench"
+${LISTENER:-}
 $([[ $CLIENT == h2 ]] && printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]' "$WORK/cert.pem" "$WORK/key.pem")
 EOF
 }
