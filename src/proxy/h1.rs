@@ -36,11 +36,24 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
-use super::activity::{MAX_HEAD, TrackedIo, URI_TOO_LONG};
+use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
-use super::http::{ConnCtx, respond};
 use crate::config::Timeouts;
 use crate::upstream::RequestBody;
+
+/// What this server needs of the connection it serves from the proxy that
+/// calls it (`http::ConnCtx`), declared here so that this module imports
+/// nothing from its caller.
+pub(super) trait Client: Send + Sync + 'static {
+    fn activity(&self) -> &Arc<Activity>;
+    fn peer(&self) -> std::net::SocketAddr;
+    fn shutdown(&self) -> &tokio_util::sync::CancellationToken;
+    /// The answer to `req`, routed and forwarded.
+    fn respond(
+        &self,
+        req: Request<RequestBody>,
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send;
+}
 
 /// hyper's default `h1_max_headers`: past it, 431.
 const MAX_HEADERS: usize = 100;
@@ -583,11 +596,15 @@ fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
 }
 
 /// Serves `io` until it ends; `Some`: what is left of it, for hyper.
-pub(super) async fn serve<I>(io: I, conn: &Arc<ConnCtx>, timeouts: Timeouts) -> Option<Rewind<I>>
+pub(super) async fn serve<I, C: Client>(
+    io: I,
+    conn: &Arc<C>,
+    timeouts: Timeouts,
+) -> Option<Rewind<I>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = conn.activity.clone();
+    let activity = conn.activity().clone();
     let (read, write) = tokio::io::split(TrackedIo::new(io, activity.clone()));
     let shared = Arc::new(Shared {
         reader: Mutex::new(Reader {
@@ -611,7 +628,7 @@ where
         tokio::select! {
             served = requests => served,
             reason = watchdog => {
-                tracing::debug!(client = %conn.peer, reason, "client connection cut");
+                tracing::debug!(client = %conn.peer(), reason, "client connection cut");
                 Served::Closed
             }
         }
@@ -641,11 +658,15 @@ enum Served {
     Hyper,
 }
 
-async fn requests<I>(shared: &Arc<Shared<I>>, writer: &mut Writer<I>, conn: &Arc<ConnCtx>) -> Served
+async fn requests<I, C: Client>(
+    shared: &Arc<Shared<I>>,
+    writer: &mut Writer<I>,
+    conn: &Arc<C>,
+) -> Served
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shutdown = &conn.ctx.shutdown;
+    let shutdown = conn.shutdown();
     let mut first = true;
     // hyper's habit: the map of a response, emptied, takes the next
     // request's headers (two allocations fewer per request).
@@ -670,18 +691,18 @@ where
             Head::Request(p) => p,
             Head::Hyper => {
                 if first && shared.reader().buf.starts_with(PREFACE) {
-                    conn.activity.speaks_h2();
+                    conn.activity().speaks_h2();
                 }
                 return Served::Hyper;
             }
             Head::Closed => return Served::Closed,
             Head::LineTooLong => {
-                tracing::debug!(client = %conn.peer, "request line over {MAX_HEAD} bytes: 414");
+                tracing::debug!(client = %conn.peer(), "request line over {MAX_HEAD} bytes: 414");
                 let _ = writer.io.write_all(URI_TOO_LONG).await;
                 return Served::Closed;
             }
             Head::Refused(status) => {
-                tracing::debug!(client = %conn.peer, status = status.as_u16(), "request head refused");
+                tracing::debug!(client = %conn.peer(), status = status.as_u16(), "request head refused");
                 let _ = writer.refuse(status).await;
                 return Served::Closed;
             }
@@ -716,7 +737,7 @@ where
         *req.version_mut() = version;
         *req.headers_mut() = headers;
         let resp = {
-            let answer = respond(req, conn);
+            let answer = conn.respond(req);
             tokio::pin!(answer);
             loop {
                 tokio::select! {

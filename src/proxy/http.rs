@@ -299,8 +299,26 @@ where
     }
 }
 
+impl super::h1::Client for ConnCtx {
+    fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn shutdown(&self) -> &CancellationToken {
+        &self.ctx.shutdown
+    }
+
+    async fn respond(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
+        respond(req, self).await
+    }
+}
+
 /// The answer to `req`, with the listener's response header rules applied.
-pub(super) async fn respond(req: Request<RequestBody>, conn: &ConnCtx) -> Response<ResponseBody> {
+async fn respond(req: Request<RequestBody>, conn: &ConnCtx) -> Response<ResponseBody> {
     let mut reply = Reply::new(&conn.client, conn.peer.port(), conn.tls, conn.ctx.proto);
     let mut resp = handle(req, conn, &mut reply).await;
     reply.finish(resp.headers_mut());
