@@ -1342,6 +1342,12 @@ async fn a_registered_backend_gets_traffic_and_leaving_stops_it() {
     let fixed = Backend::start("static").await;
     let joining = Backend::start("joining").await;
     let node = Geolb::start(&discovery_config(&etcd.urls(), &[&fixed], "")).await;
+    // A registration made before the watch began arrives by the first
+    // read, not as a watch event; the count below wants all four events.
+    eventually("the node watches", LIMIT, || async {
+        node.log().contains("discovery: watching etcd")
+    })
+    .await;
 
     // Registered while requests flow: the time to its first request.
     let started = std::time::Instant::now();
