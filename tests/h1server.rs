@@ -452,7 +452,10 @@ async fn both_servers_forward_and_answer_the_same_bytes() {
             // Not two empty answers alike: the announced trailer reached
             // the client that takes them, and only it.
             assert_eq!(client.matches("x-sum: 42\r\n").count(), 1, "{client}");
-            assert!(!client.contains("text/evil") && !client.contains("x-late"), "{client}");
+            assert!(
+                !client.contains("text/evil") && !client.contains("x-late"),
+                "{client}"
+            );
         }
     }
     let (client, _) = pair

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
 use crate::config::Timeouts;
+use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
 
 /// What this server needs of the connection it serves from the proxy that
@@ -609,7 +610,7 @@ where
     let shared = Arc::new(Shared {
         reader: Mutex::new(Reader {
             io: read,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             body: Framing::Done,
             detached: false,
             expect: false,
@@ -620,7 +621,8 @@ where
     });
     let mut writer = Writer {
         io: write,
-        head: Vec::with_capacity(1024),
+        // Grown by the first response to what heads need, then kept.
+        head: Vec::new(),
     };
     let served = {
         let requests = requests(&shared, &mut writer, conn);
@@ -743,8 +745,10 @@ where
         *req.version_mut() = version;
         *req.headers_mut() = headers;
         let resp = {
-            let answer = conn.respond(req);
-            tokio::pin!(answer);
+            // Boxed, as hyper's server boxes it: the routing and
+            // forwarding state (some 5 KiB) exists only while a request is
+            // open, not in every idle connection's task.
+            let mut answer = Box::pin(conn.respond(req));
             loop {
                 tokio::select! {
                     resp = &mut answer => break resp,
@@ -800,7 +804,10 @@ fn client_gone<I: AsyncRead + AsyncWrite + Unpin>(
         // than a head waits.
         return Poll::Pending;
     }
-    match reader.poll_fill(cx) {
+    // Waiting on the backend, the connection holds no read buffer.
+    let room = MAX_HEAD - reader.buf.len();
+    let r = &mut *reader;
+    match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
         Poll::Ready(Ok(_)) => {
             cx.waker().wake_by_ref();
@@ -832,12 +839,8 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let room = MAX_HEAD - reader.buf.len();
-        if reader.buf.capacity() - reader.buf.len() < 1024 {
-            reader.buf.reserve(room.min(8 * 1024));
-        }
         let r = &mut *reader;
-        let mut limited = (&mut r.buf).limit(room);
-        match tokio_util::io::poll_read_buf(Pin::new(&mut r.io), cx, &mut limited) {
+        match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Head::Closed),
             Poll::Ready(Ok(_)) => {}
