@@ -11,7 +11,7 @@
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
-//!          lograte, limits, logging, accesslog, sticky, rules)
+//!          lograte, limits, logging, accesslog, sticky, rules, readbuf)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -32,6 +32,8 @@
 //! - [`upstream`]: opening and keeping backend connections (HTTP/1.1 or
 //!   HTTP/2, cleartext or TLS); `upstream::h1`, geolb's own HTTP/1.1
 //!   client, driven in the request's task.
+//! - [`readbuf`]: reads that hold memory only for the bytes that came
+//!   (both HTTP/1 halves read heads through it).
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
 //! - [`outlier`]: passive health: backends ejected after failing
@@ -147,6 +149,7 @@ pub mod overrides;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod quorum;
+pub mod readbuf;
 pub mod register;
 pub mod reload;
 pub mod rules;

@@ -446,8 +446,10 @@ impl Upstream {
                 stream.set_nodelay(true)?;
                 return Ok(Sender::own(h1::Kept::new(stream), idle));
             }
+            // Boxed again: TLS and hyper's handshakes are KiBs of state
+            // that the plain connect above does not need.
             if !self.is_http2() {
-                return self.open(addr).await;
+                return Box::pin(self.open(addr)).await;
             }
             // Requests arriving together wait for one HTTP/2 connection
             // rather than each opening its own.
@@ -455,7 +457,7 @@ impl Upstream {
             if let Some(sender) = idle.take(self.profile, true) {
                 return Ok(sender);
             }
-            let sender = self.open(addr).await?;
+            let sender = Box::pin(self.open(addr)).await?;
             if let Kind::Http2(h2) = &sender.kind {
                 idle.share(self.profile, h2.clone());
             }

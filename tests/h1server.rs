@@ -86,6 +86,11 @@ fn answer(method: &str, path: &str, body_len: usize) -> Vec<u8> {
             text.len()
         )
         .into_bytes(),
+        // Trailers: one announced, one that must not be a trailer, one
+        // not announced; only the first reaches a client that takes them.
+        "/trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum, Content-Type\r\n\r\n\
+            5\r\nfirst\r\n0\r\nX-Sum: 42\r\nContent-Type: text/evil\r\nX-Late: 1\r\n\r\n"
+            .to_vec(),
         "/big" => with_length("200 OK", "", &support::library::pattern(7, 300_000)),
         "/204" => b"HTTP/1.1 204 No Content\r\nX-Empty: yes\r\n\r\n".to_vec(),
         "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n".to_vec(),
@@ -318,6 +323,12 @@ async fn both_servers_forward_and_answer_the_same_bytes() {
         ),
         ("post chunked", vec![send(format!("{chunked_post}{CLOSE}"))]),
         (
+            "trailers to a client that takes them, then to one that does not",
+            vec![send(format!(
+                "GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\nGET /trailers HTTP/1.1\r\nHost: x\r\n\r\n{CLOSE}"
+            ))],
+        ),
+        (
             "pipelined",
             vec![send(format!(
                 "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /cookie HTTP/1.1\r\nHost: x\r\n\r\n{CLOSE}"
@@ -436,7 +447,16 @@ async fn both_servers_forward_and_answer_the_same_bytes() {
         ),
     ];
     for (case, script) in &cases {
-        pair.same(case, script).await;
+        let client = pair.same(case, script).await;
+        if case.starts_with("trailers") {
+            // Not two empty answers alike: the announced trailer reached
+            // the client that takes them, and only it.
+            assert_eq!(client.matches("x-sum: 42\r\n").count(), 1, "{client}");
+            assert!(
+                !client.contains("text/evil") && !client.contains("x-late"),
+                "{client}"
+            );
+        }
     }
     let (client, _) = pair
         .through(

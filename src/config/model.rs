@@ -901,7 +901,7 @@ pub struct ListenerConfig {
     /// 100): HTTP/2 streams a client may have open at once on a connection.
     pub max_concurrent_streams: u32,
     /// `http1_server` (extension; http and https only; optional,
-    /// "hyper"): which code serves HTTP/1.x client connections.
+    /// "geolb"): which code serves HTTP/1.x client connections.
     pub http1_server: Http1Server,
     /// `request_headers`, `response_headers`, `request_id`, `hsts`
     /// (extension; http and https only).
@@ -950,11 +950,11 @@ pub struct ClientLimits {
 /// HTTP/2 (prior knowledge or ALPN) and upgrades are hyper's either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Http1Server {
-    /// The default until geolb's own passes the whole suite: see the
-    /// README's "Who serves HTTP/1 clients".
-    #[default]
+    /// hyper's server, as before geolb had its own: a way back should
+    /// geolb's own misread a client.
     Hyper,
     /// geolb's own (`proxy::h1`): one parse, one write per response head.
+    #[default]
     Geolb,
 }
 

@@ -158,7 +158,17 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = match &mut this.inner {
-            Inner::Message(text) => return Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Inner::Message(text) => {
+                // Not counted in `bytes`: those are the backends' (the
+                // metric's contract).
+                let text = text.take();
+                // Counted and logged as its bytes go to the writer, not
+                // when the writer lets the body go: a client that has the
+                // answer finds it in the metrics (as hyper's server, which
+                // drops a body at its end before writing, always did).
+                this.end(true);
+                return Poll::Ready(text.map(|t| Ok(Frame::data(t))));
+            }
             Inner::Backend(body) => {
                 ready!(Pin::new(&mut *body).poll_frame(cx)).map(|r| r.map_err(BoxError::from))
             }

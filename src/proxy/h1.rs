@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
 use crate::config::Timeouts;
+use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
 
 /// What this server needs of the connection it serves from the proxy that
@@ -609,7 +610,7 @@ where
     let shared = Arc::new(Shared {
         reader: Mutex::new(Reader {
             io: read,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             body: Framing::Done,
             detached: false,
             expect: false,
@@ -620,7 +621,8 @@ where
     });
     let mut writer = Writer {
         io: write,
-        head: Vec::with_capacity(1024),
+        // Grown by the first response to what heads need, then kept.
+        head: Vec::new(),
     };
     let served = {
         let requests = requests(&shared, &mut writer, conn);
@@ -731,14 +733,22 @@ where
                 left: framing,
             }))
         };
+        // hyper's rule: response trailers only to a client that said it
+        // takes them.
+        let takes_trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok() && has_token(v, b"trailers"));
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = headers;
         let resp = {
-            let answer = conn.respond(req);
-            tokio::pin!(answer);
+            // Boxed, as hyper's server boxes it: the routing and
+            // forwarding state (some 5 KiB) exists only while a request is
+            // open, not in every idle connection's task.
+            let mut answer = Box::pin(conn.respond(req));
             loop {
                 tokio::select! {
                     resp = &mut answer => break resp,
@@ -760,7 +770,13 @@ where
             }
         };
         let keep_alive = keep_alive && !shutdown.is_cancelled();
-        let (reusable, headers) = writer.respond(resp, &method, version, keep_alive).await;
+        let request = Answering {
+            method: &method,
+            version,
+            keep_alive,
+            takes_trailers,
+        };
+        let (reusable, headers) = writer.respond(resp, request).await;
         if let Some(mut headers) = headers {
             headers.clear();
             spare = headers;
@@ -788,7 +804,10 @@ fn client_gone<I: AsyncRead + AsyncWrite + Unpin>(
         // than a head waits.
         return Poll::Pending;
     }
-    match reader.poll_fill(cx) {
+    // Waiting on the backend, the connection holds no read buffer.
+    let room = MAX_HEAD - reader.buf.len();
+    let r = &mut *reader;
+    match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
         Poll::Ready(Ok(_)) => {
             cx.waker().wake_by_ref();
@@ -820,17 +839,23 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let room = MAX_HEAD - reader.buf.len();
-        if reader.buf.capacity() - reader.buf.len() < 1024 {
-            reader.buf.reserve(room.min(8 * 1024));
-        }
         let r = &mut *reader;
-        let mut limited = (&mut r.buf).limit(room);
-        match tokio_util::io::poll_read_buf(Pin::new(&mut r.io), cx, &mut limited) {
+        match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Head::Closed),
             Poll::Ready(Ok(_)) => {}
         }
     }
+}
+
+/// What a response answers.
+#[derive(Clone, Copy)]
+struct Answering<'a> {
+    method: &'a Method,
+    version: Version,
+    keep_alive: bool,
+    /// `TE: trailers`.
+    takes_trailers: bool,
 }
 
 /// The write side: responses encoded as hyper's server does.
@@ -865,20 +890,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
         self.io.write_all(&self.head).await
     }
 
-    /// Writes `resp` to a request of `method` in `version`; true if the
-    /// connection may carry another request; with the response's header
-    /// map, for the next request.
+    /// Writes `resp` to `request`; true if the connection may carry
+    /// another request; with the response's header map, for the next
+    /// request.
     async fn respond(
         &mut self,
         resp: Response<ResponseBody>,
-        method: &Method,
-        version: Version,
-        keep_alive: bool,
+        request: Answering<'_>,
     ) -> (bool, Option<HeaderMap>) {
         let (parts, body) = resp.into_parts();
         let mut headers = None;
         let reusable = self
-            .write_response(parts, body, method, version, keep_alive, &mut headers)
+            .write_response(parts, body, request, &mut headers)
             .await;
         (reusable, headers)
     }
@@ -887,13 +910,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
         &mut self,
         parts: http::response::Parts,
         body: ResponseBody,
-        method: &Method,
-        version: Version,
-        keep_alive: bool,
+        request: Answering<'_>,
         headers_out: &mut Option<HeaderMap>,
     ) -> bool {
+        let Answering {
+            method,
+            version,
+            mut keep_alive,
+            takes_trailers,
+        } = request;
         let (mut parts, mut body) = (parts, body);
-        let mut keep_alive = keep_alive;
         // hyper's `enforce_version` and `fix_keep_alive`.
         let mut out_version = parts.version;
         if version == Version::HTTP_10 {
@@ -929,7 +955,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
             Some(body.size_hint().exact())
         };
         self.head.clear();
-        let (encoder, last) = encode_head(
+        let (encoder, last, trailer_names) = encode_head(
             &mut self.head,
             &parts,
             out_version,
@@ -964,7 +990,30 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
             let data = match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if !data.is_empty() => data,
-                    _ => continue,
+                    Ok(_) => continue,
+                    Err(frame) => {
+                        let Ok(trailers) = frame.into_trailers() else {
+                            continue;
+                        };
+                        // hyper ends the body at its trailers, sent or not.
+                        drop(body);
+                        let mut tail = Vec::new();
+                        if encoder == Encoder::Chunked && takes_trailers {
+                            trailer_section(&mut tail, trailers, &trailer_names);
+                        }
+                        if tail.is_empty() && encoder == Encoder::Chunked {
+                            tail.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        let head: &[u8] = if wrote_head { &[] } else { &self.head };
+                        if write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(&tail)])
+                            .await
+                            .is_err()
+                        {
+                            return false;
+                        }
+                        let short = matches!(left, Encoder::Length(n) if n > 0);
+                        return !last && !short && encoder != Encoder::Close;
+                    }
                 },
                 None => {
                     let tail: &[u8] = if encoder == Encoder::Chunked {
@@ -985,10 +1034,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
                     return !last && !short && encoder != Encoder::Close;
                 }
                 Some(Err(e)) => {
+                    // A head not yet written stays unwritten (as hyper's):
+                    // the client sees the connection close, not a
+                    // response cut short.
                     tracing::debug!(error = %e, "response body failed: connection closed");
-                    if !wrote_head {
-                        let _ = self.io.write_all(&self.head).await;
-                    }
                     return false;
                 }
             };
@@ -1063,7 +1112,8 @@ fn can_have_content_length(method: &Method, status: StatusCode) -> bool {
 }
 
 /// hyper's `Server::encode` with lower-case names: the head for `parts`
-/// into `dst`, how its body goes, and whether the connection ends after.
+/// into `dst`, how its body goes, whether the connection ends after, and
+/// the fields its `Trailer` header announces.
 /// `length`: `None` for no body, `Some(None)` for one of unknown length.
 fn encode_head(
     dst: &mut Vec<u8>,
@@ -1072,7 +1122,8 @@ fn encode_head(
     method: &Method,
     length: Option<Option<u64>>,
     mut last: bool,
-) -> (Encoder, bool) {
+) -> (Encoder, bool, Vec<HeaderName>) {
+    let mut trailer_names = Vec::new();
     let status = parts.status;
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
     if version == Version::HTTP_11 && status == StatusCode::OK && reason.is_none() {
@@ -1177,6 +1228,13 @@ fn encode_head(
                 dst.extend_from_slice(if new_name { b"trailer: " } else { b", " });
                 dst.extend_from_slice(value.as_bytes());
                 open = Some(false);
+                if let Ok(names) = value.to_str() {
+                    trailer_names.extend(
+                        names
+                            .split(',')
+                            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+                    );
+                }
                 continue;
             }
             header::DATE => wrote_date = true,
@@ -1223,7 +1281,52 @@ fn encode_head(
     } else {
         dst.extend_from_slice(b"\r\n");
     }
-    (encoder, last)
+    (encoder, last, trailer_names)
+}
+
+/// hyper's `encode_trailers`: the last chunk with the trailer fields the
+/// head announced (bar those that must not be trailers) into `dst`;
+/// nothing when none is left.
+fn trailer_section(dst: &mut Vec<u8>, trailers: HeaderMap, announced: &[HeaderName]) {
+    let mut name = None;
+    for (n, value) in trailers {
+        if n.is_some() {
+            name = n;
+        }
+        let Some(name) = &name else { continue };
+        if !announced.contains(name) || !may_be_trailer(name) {
+            continue;
+        }
+        if dst.is_empty() {
+            dst.extend_from_slice(b"0\r\n");
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if !dst.is_empty() {
+        dst.extend_from_slice(b"\r\n");
+    }
+}
+
+/// hyper's `is_valid_trailer_field`.
+fn may_be_trailer(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
 }
 
 fn itoa(n: u64) -> String {

@@ -214,11 +214,13 @@ pub async fn serve_connection<I>(
         // What geolb's own server does not serve (HTTP/2, upgrades) it
         // hands back with the bytes it read, to go on with hyper.
         if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts).await {
-            serve_hyper(rest, conn_ctx, timeouts, max_streams).await;
+            Box::pin(serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
         }
         return;
     }
-    serve_hyper(io, conn_ctx, timeouts, max_streams).await
+    // Boxed: hyper's connection state is several KiB, which every
+    // connection's task would otherwise carry, also those geolb serves.
+    Box::pin(serve_hyper(io, conn_ctx, timeouts, max_streams)).await
 }
 
 /// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends.

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::{BackendRequestBody, IDLE_LIMIT, MAX_IDLE};
+use crate::readbuf::poll_read_exact_size;
 
 /// The largest response head (and chunked trailer section) read: the
 /// server side's limit for request heads (`proxy::activity::MAX_HEAD`).
@@ -54,19 +55,15 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// its list, so the list goes away with its backend.
 pub(super) type Home = Arc<Mutex<Vec<(Kept, Instant)>>>;
 
-/// A connection between requests, with its read buffer: kept, the
-/// buffer's memory serves the next response too.
+/// A connection between requests. It keeps no read buffer: the next
+/// response's head comes in one of its own size.
 pub struct Kept {
     stream: TcpStream,
-    buf: BytesMut,
 }
 
 impl Kept {
     pub(super) fn new(stream: TcpStream) -> Kept {
-        Kept {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Kept { stream }
     }
 }
 
@@ -183,10 +180,10 @@ pub async fn send(
     // On the future's state until the response comes; boxed into the
     // connection only if the request is still being written then (rare).
     let mut writer = Some(writer);
-    let Kept { stream, buf } = kept;
+    let Kept { stream } = kept;
     let mut conn = Conn {
         stream,
-        buf,
+        buf: BytesMut::new(),
         writer: None,
         complete: false,
         home,
@@ -572,8 +569,14 @@ impl Conn {
                     None => {}
                 }
             }
-            self.buf.reserve(READ_SIZE);
-            match ready!(poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)) {
+            // The head (and a small body with it) in a buffer of its size:
+            // a connection waiting for its response holds no 16 KiB.
+            match ready!(poll_read_exact_size(
+                Pin::new(&mut self.stream),
+                cx,
+                &mut self.buf,
+                READ_SIZE
+            )) {
                 Ok(0) if seen_any => return Poll::Ready(Err(Error::Incomplete)),
                 Ok(0) => return Poll::Ready(Err(Error::Closed)),
                 Ok(_) => {}
@@ -817,13 +820,7 @@ impl ResponseBody {
             conn.drive_writer(&mut Context::from_waker(waker));
         }
         if self.keep_alive && conn.complete && conn.buf.is_empty() {
-            put(
-                &conn.home,
-                Kept {
-                    stream: conn.stream,
-                    buf: conn.buf,
-                },
-            );
+            put(&conn.home, Kept::new(conn.stream));
         }
     }
 
