@@ -1,11 +1,13 @@
-//! Reads that hold memory only for the bytes that came. A connection
-//! between messages keeps no read buffer: each read lands in the thread's
-//! scratch buffer and what came is copied into a buffer of its size. As
+//! Reads that hold memory only for the bytes that came. Each read lands
+//! in the thread's scratch buffer and what came is copied into the
+//! connection's buffer, which is therefore only as large as the heads it
+//! has read (bytes reclaims it in place once the last head is let go). As
 //! HAProxy (a pooled buffer only while data is in flight) and nginx (a
 //! 1 KiB header buffer) do, 1,000 connections then cost what their
-//! messages weigh, not 1,000 buffers of the largest message ever read.
-//! The price is a copy of the head's bytes, a few hundred per request;
-//! bodies are read straight into their own buffers.
+//! messages weigh, not 1,000 buffers of the largest read a socket could
+//! give. The price is a copy of the head's bytes, a few hundred per
+//! request; bodies are read straight into buffers of their own, which
+//! their readers let go once empty.
 
 use std::cell::RefCell;
 use std::io;
@@ -24,8 +26,8 @@ thread_local! {
 }
 
 /// Reads once from `io`, at most `limit` bytes, and appends what came to
-/// `buf`; an empty `buf` is replaced by one of exactly those bytes (its
-/// old memory let go). `Ok(0)`: the end of the stream (or `limit` 0).
+/// `buf`, growing it only as far as they need. `Ok(0)`: the end of the
+/// stream (or `limit` 0).
 pub fn poll_read_exact_size<R: AsyncRead + ?Sized>(
     io: Pin<&mut R>,
     cx: &mut Context<'_>,
@@ -38,11 +40,7 @@ pub fn poll_read_exact_size<R: AsyncRead + ?Sized>(
         let mut read = ReadBuf::new(&mut scratch[..room]);
         ready!(io.poll_read(cx, &mut read))?;
         let got = read.filled();
-        if buf.is_empty() {
-            *buf = BytesMut::from(got);
-        } else {
-            buf.extend_from_slice(got);
-        }
+        buf.extend_from_slice(got);
         Poll::Ready(Ok(got.len()))
     })
 }
@@ -57,22 +55,30 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut a, b"GET / HTTP/1.1\r\n")
             .await
             .unwrap();
-        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut buf = BytesMut::new();
         let n = std::future::poll_fn(|cx| {
             poll_read_exact_size(Pin::new(&mut b), cx, &mut buf, 1 << 20)
         })
         .await
         .unwrap();
         assert_eq!((n, &buf[..]), (16, &b"GET / HTTP/1.1\r\n"[..]));
-        assert_eq!(buf.capacity(), 16, "the 8 KiB buffer was let go");
-        // A limit is kept, and more is appended to what is there.
-        tokio::io::AsyncWriteExt::write_all(&mut a, b"Host: x\r\n")
+        assert_eq!(buf.capacity(), 16, "no more room than the bytes took");
+        // Once what was read is let go, its memory takes the next read.
+        let head = buf.split().freeze();
+        let at = head.as_ptr();
+        drop(head);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"GET /x HTTP/1.1\r\n")
             .await
             .unwrap();
+        let n = std::future::poll_fn(|cx| poll_read_exact_size(Pin::new(&mut b), cx, &mut buf, 8))
+            .await
+            .unwrap();
+        assert_eq!((n, &buf[..], buf.as_ptr()), (8, &b"GET /x H"[..], at));
+        // A limit is kept, and more is appended to what is there.
         let n = std::future::poll_fn(|cx| poll_read_exact_size(Pin::new(&mut b), cx, &mut buf, 4))
             .await
             .unwrap();
-        assert_eq!((n, &buf[..]), (4, &b"GET / HTTP/1.1\r\nHost"[..]));
+        assert_eq!((n, &buf[..]), (4, &b"GET /x HTTP/"[..]));
         drop(a);
         let rest = std::future::poll_fn(|cx| {
             poll_read_exact_size(Pin::new(&mut b), cx, &mut buf, 1 << 20)

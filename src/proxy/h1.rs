@@ -131,6 +131,9 @@ struct Reader<I> {
     /// Counts the requests with a body: a body of an earlier request that
     /// something still holds must not read a later one's bytes.
     request: u64,
+    /// A body was read into the buffer, which is then body-sized: let go
+    /// once empty, for heads to be read into one of their size.
+    grown: bool,
 }
 
 /// How much of the current request's body is still to come.
@@ -265,6 +268,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(8 * 1024);
+            self.grown = true;
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -615,6 +619,7 @@ where
             detached: false,
             expect: false,
             request: 0,
+            grown: false,
         }),
         continue_owed: AtomicBool::new(false),
         continue_wanted: Notify::new(),
@@ -840,6 +845,10 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
         }
         let room = MAX_HEAD - reader.buf.len();
         let r = &mut *reader;
+        if r.grown && r.buf.is_empty() {
+            r.buf = BytesMut::new();
+            r.grown = false;
+        }
         match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Head::Closed),

@@ -55,15 +55,19 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// its list, so the list goes away with its backend.
 pub(super) type Home = Arc<Mutex<Vec<(Kept, Instant)>>>;
 
-/// A connection between requests. It keeps no read buffer: the next
-/// response's head comes in one of its own size.
+/// A connection between requests, with its read buffer: no larger than
+/// the heads it has read (`readbuf`), it takes the next response's head.
 pub struct Kept {
     stream: TcpStream,
+    buf: BytesMut,
 }
 
 impl Kept {
     pub(super) fn new(stream: TcpStream) -> Kept {
-        Kept { stream }
+        Kept {
+            stream,
+            buf: BytesMut::new(),
+        }
     }
 }
 
@@ -180,10 +184,11 @@ pub async fn send(
     // On the future's state until the response comes; boxed into the
     // connection only if the request is still being written then (rare).
     let mut writer = Some(writer);
-    let Kept { stream } = kept;
+    let Kept { stream, buf } = kept;
     let mut conn = Conn {
         stream,
-        buf: BytesMut::new(),
+        buf,
+        grown: false,
         writer: None,
         complete: false,
         home,
@@ -538,6 +543,8 @@ struct Conn {
     writer: Option<Box<Writer>>,
     /// The whole request was written.
     complete: bool,
+    /// A body was read into `buf`, which is then body-sized.
+    grown: bool,
     home: Home,
 }
 
@@ -820,13 +827,26 @@ impl ResponseBody {
             conn.drive_writer(&mut Context::from_waker(waker));
         }
         if self.keep_alive && conn.complete && conn.buf.is_empty() {
-            put(&conn.home, Kept::new(conn.stream));
+            // A buffer that a body was read into is body-sized: let go.
+            let buf = if conn.grown {
+                BytesMut::new()
+            } else {
+                conn.buf
+            };
+            put(
+                &conn.home,
+                Kept {
+                    stream: conn.stream,
+                    buf,
+                },
+            );
         }
     }
 
     /// Reads more from the backend; `Ok(false)` at its close.
     fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
         conn.buf.reserve(READ_SIZE);
+        conn.grown = true;
         match ready!(poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)) {
             Ok(n) => Poll::Ready(Ok(n > 0)),
             Err(e) => Poll::Ready(Err(Error::Io(e))),
