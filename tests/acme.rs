@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use support::library::{Pki, path_str};
 use support::{Backend, Geolb, bounded, eventually, get, metric_value, refused_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -42,10 +42,15 @@ fn pebble_binary() -> Option<PathBuf> {
     found
 }
 
-/// A port free a moment ago: Pebble and geolb must know each other's
-/// ports before either starts.
-async fn free_port() -> u16 {
-    refused_addr().await.port()
+/// `N` ports free a moment ago, all different: Pebble and geolb must know
+/// each other's ports before either starts. Bound together (and let go
+/// together), since one port let go may be handed out again at once.
+async fn free_ports<const N: usize>() -> [u16; N] {
+    let mut held = Vec::with_capacity(N);
+    for _ in 0..N {
+        held.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// A Pebble process, killed on drop.
@@ -67,7 +72,7 @@ impl Pebble {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new();
         let leaf = pki.leaf("pebble", &["127.0.0.1", "localhost"]);
-        let (acme, management) = (free_port().await, free_port().await);
+        let [acme, management] = free_ports().await;
         let config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{acme}"),
@@ -163,11 +168,8 @@ struct Ports {
 
 impl Ports {
     async fn pick() -> Ports {
-        Ports {
-            http: free_port().await,
-            https: free_port().await,
-            dns: free_port().await,
-        }
+        let [http, https, dns] = free_ports().await;
+        Ports { http, https, dns }
     }
 }
 
