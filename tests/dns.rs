@@ -597,6 +597,18 @@ async fn conformance_do_formerr_notimp_qclass_any_type0_and_ede() {
         let (m, _) = ask(conformance_query([RD, 0], ("ns1.mysite.com.", 0, 1), None)).await;
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
 
+        // Bytes after the last record the header counts: FORMERR with the
+        // question (and the OPT when there was one), as BIND and Knot.
+        for edns in [None, Some((DO, &[][..]))] {
+            let mut packet = conformance_query([RD, 0], a, edns);
+            packet.extend_from_slice(&[0xde, 0xad]);
+            let (m, _) = ask(packet).await;
+            let case = format!("trailing bytes, EDNS {edns:?}, over TCP {over_tcp}");
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "{case}");
+            assert_eq!(m.queries.len(), 1, "{case}");
+            assert_eq!(m.edns.is_some(), edns.is_some(), "{case}");
+        }
+
         let refused = ("www.example.org.", 1, 1);
         let (_, bytes) = ask(conformance_query([RD, 0], refused, Some((0, &[])))).await;
         assert!(bytes.ends_with(&[0, 15, 0, 2, 0, 20]), "{bytes:02x?}");

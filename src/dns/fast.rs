@@ -203,6 +203,9 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
     at += 4;
     let edns = if count(10) == 1 {
         Some(parse_opt(packet.get(at..)?)?)
+    } else if at != packet.len() {
+        // Bytes after the question: the general path's FORMERR.
+        return None;
     } else {
         None
     };

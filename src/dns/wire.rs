@@ -30,7 +30,15 @@ pub(super) fn answer(
     protocol: Protocol,
     reply: &mut Vec<u8>,
 ) -> Option<Class> {
-    let request = match Request::from_bytes(message.to_vec(), src, protocol) {
+    let parsed = Request::from_bytes(message.to_vec(), src, protocol)
+        .map_err(|e| e.to_string())
+        .and_then(|request| match message_end(message) {
+            Some(end) if end == message.len() => Ok(request),
+            // hickory-proto stops at the last record it was told of; BIND
+            // and Knot refuse what follows it.
+            _ => Err("bytes after the message's last record".to_string()),
+        });
+    let request = match parsed {
         Ok(request) => request,
         Err(error) => {
             // Without a whole header there is no id to answer to.
@@ -68,6 +76,34 @@ pub(super) fn answer(
         querylog::log(data, message, src, protocol, reply, geo.as_ref());
     }
     Some(class)
+}
+
+/// Where `message` ends by its header's counts: past its questions and
+/// records; None if it is shorter than they say.
+fn message_end(message: &[u8]) -> Option<usize> {
+    let count = |at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes([*message.get(at)?, *message.get(at + 1)?]) as usize)
+    };
+    let (questions, records) = (count(4)?, count(6)? + count(8)? + count(10)?);
+    let name_end = |mut at: usize| -> Option<usize> {
+        loop {
+            let len = *message.get(at)?;
+            match len {
+                0 => return Some(at + 1),
+                0xc0.. => return Some(at + 2),
+                _ => at += 1 + len as usize,
+            }
+        }
+    };
+    let mut at = 12;
+    for _ in 0..questions {
+        at = name_end(at)? + 4;
+    }
+    for _ in 0..records {
+        at = name_end(at)? + 8;
+        at += 2 + count(at)?;
+    }
+    (at <= message.len()).then_some(at)
 }
 
 fn protocol_name(protocol: Protocol) -> &'static str {
@@ -448,6 +484,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Bytes after the last record the header counts are FORMERR, with
+    /// the question and the OPT, on both paths (BIND and Knot refuse them
+    /// too); a message that ends where its counts say is answered.
+    #[test]
+    fn bytes_after_the_last_record_are_formerr() {
+        for records in [vec![], vec![opt(0, DO, &[])]] {
+            let whole = query([RD, 0], ("ns1.mysite.com.", A, IN), &records);
+            assert_eq!(message_end(&whole), Some(whole.len()));
+            for m in replies(&whole).map(|r| Message::from_vec(&r).unwrap()) {
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            }
+            for extra in [&[0u8][..], &[0xde, 0xad, 0xbe, 0xef]] {
+                let mut packet = whole.clone();
+                packet.extend_from_slice(extra);
+                for m in replies(&packet).map(|r| Message::from_vec(&r).unwrap()) {
+                    let case = format!("{records:02x?} + {extra:02x?}");
+                    assert_eq!(m.metadata.response_code, ResponseCode::FormErr, "{case}");
+                    assert_eq!(m.queries.len(), 1, "{case}");
+                    assert_eq!(m.edns.is_some(), !records.is_empty(), "{case}");
+                }
+            }
+        }
+        // Shorter than its counts say: no end.
+        let whole = query([RD, 0], ("ns1.mysite.com.", A, IN), &[opt(0, 0, &[])]);
+        assert_eq!(message_end(&whole[..whole.len() - 1]), None);
     }
 
     /// QCLASS ANY is answered from the IN data; other classes are
