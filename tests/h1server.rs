@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Geolb, bounded};
+use support::{Geolb, bounded, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -623,21 +623,10 @@ async fn upgrades_and_http2_are_handed_to_hyper() {
     assert_eq!(&body[..], b"GET /h2 with 0 bytes\n");
 }
 
-/// geolb's resident memory, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 /// `count` keep-alive connections to `addr`, each after one answered
 /// request, held open; the growth of geolb's RSS per connection.
 async fn idle_cost(pid: u32, addr: SocketAddr, count: usize) -> (u64, Vec<TcpStream>) {
-    let before = rss(pid);
+    let before = rss_kib(pid) * 1024;
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
         let mut c = TcpStream::connect(addr).await.unwrap();
@@ -655,7 +644,7 @@ async fn idle_cost(pid: u32, addr: SocketAddr, count: usize) -> (u64, Vec<TcpStr
         }
         held.push(c);
     }
-    let grown = rss(pid).saturating_sub(before);
+    let grown = (rss_kib(pid) * 1024).saturating_sub(before);
     (grown / count as u64, held)
 }
 

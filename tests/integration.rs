@@ -250,14 +250,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
     let geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
     let web = geolb.listener("web");
     let size: u64 = 256 * 1024 * 1024;
-    let rss = |pid: u32| -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse().ok())
-            .unwrap()
-    };
+    let rss = support::rss_kib;
     let pid = geolb.pid();
     let sampler = tokio::spawn(async move {
         let mut peak = 0;

@@ -41,6 +41,7 @@ use super::body::ResponseBody;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
+use crate::upstream::h1::{announced_trailers, may_be_trailer};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -743,7 +744,7 @@ where
         let takes_trailers = headers
             .get_all(header::TE)
             .iter()
-            .any(|v| v.to_str().is_ok() && has_token(v, b"trailers"));
+            .any(|v| crate::upstream::h1::has_token(v, "trailers"));
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
@@ -1006,42 +1007,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
                         };
                         // hyper ends the body at its trailers, sent or not.
                         drop(body);
-                        let mut tail = Vec::new();
+                        let mut section = Vec::new();
                         if encoder == Encoder::Chunked && takes_trailers {
-                            trailer_section(&mut tail, trailers, &trailer_names);
+                            trailer_section(&mut section, trailers, &trailer_names);
                         }
-                        if tail.is_empty() && encoder == Encoder::Chunked {
-                            tail.extend_from_slice(b"0\r\n\r\n");
-                        }
-                        let head: &[u8] = if wrote_head { &[] } else { &self.head };
-                        if write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(&tail)])
-                            .await
-                            .is_err()
-                        {
-                            return false;
-                        }
-                        let short = matches!(left, Encoder::Length(n) if n > 0);
-                        return !last && !short && encoder != Encoder::Close;
+                        return self.finish(wrote_head, encoder, left, last, &section).await;
                     }
                 },
-                None => {
-                    let tail: &[u8] = if encoder == Encoder::Chunked {
-                        b"0\r\n\r\n"
-                    } else {
-                        b""
-                    };
-                    let head: &[u8] = if wrote_head { &[] } else { &self.head };
-                    if write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(tail)])
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                    // A body shorter than its length leaves the client
-                    // waiting for bytes that never come: close.
-                    let short = matches!(left, Encoder::Length(n) if n > 0);
-                    return !last && !short && encoder != Encoder::Close;
-                }
+                None => return self.finish(wrote_head, encoder, left, last, &[]).await,
                 Some(Err(e)) => {
                     // A head not yet written stays unwritten (as hyper's):
                     // the client sees the connection close, not a
@@ -1077,11 +1050,47 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
             }
             wrote_head = true;
             if end {
-                let short = matches!(left, Encoder::Length(n) if n > 0);
-                return !last && !short && encoder != Encoder::Close;
+                return keeps_open(encoder, left, last);
             }
         }
     }
+
+    /// Ends a response whose body ended after its data (with or without
+    /// trailers): the head if it is not written yet and, for chunked
+    /// framing, the last chunk, `trailers` when they hold one (a last
+    /// chunk with its fields); whether the connection may carry another
+    /// request.
+    async fn finish(
+        &mut self,
+        wrote_head: bool,
+        encoder: Encoder,
+        left: Encoder,
+        last: bool,
+        trailers: &[u8],
+    ) -> bool {
+        let tail: &[u8] = match encoder {
+            Encoder::Chunked if !trailers.is_empty() => trailers,
+            Encoder::Chunked => b"0\r\n\r\n",
+            _ => b"",
+        };
+        let head: &[u8] = if wrote_head { &[] } else { &self.head };
+        if write_all(&mut self.io, &mut [IoSlice::new(head), IoSlice::new(tail)])
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        keeps_open(encoder, left, last)
+    }
+}
+
+/// Whether a connection whose response went out `encoder`-framed, with
+/// `left` of its length unsent, may carry another request: not after a
+/// body shorter than its length (the client would wait for bytes that
+/// never come), nor one ended by closing.
+fn keeps_open(encoder: Encoder, left: Encoder, last: bool) -> bool {
+    let short = matches!(left, Encoder::Length(n) if n > 0);
+    !last && !short && encoder != Encoder::Close
 }
 
 /// `{len:X}\r\n` into `buf`; its length.
@@ -1132,7 +1141,7 @@ fn encode_head(
     length: Option<Option<u64>>,
     mut last: bool,
 ) -> (Encoder, bool, Vec<HeaderName>) {
-    let mut trailer_names = Vec::new();
+    let mut announces_trailers = false;
     let status = parts.status;
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
     if version == Version::HTTP_11 && status == StatusCode::OK && reason.is_none() {
@@ -1237,13 +1246,7 @@ fn encode_head(
                 dst.extend_from_slice(if new_name { b"trailer: " } else { b", " });
                 dst.extend_from_slice(value.as_bytes());
                 open = Some(false);
-                if let Ok(names) = value.to_str() {
-                    trailer_names.extend(
-                        names
-                            .split(',')
-                            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-                    );
-                }
+                announces_trailers = true;
                 continue;
             }
             header::DATE => wrote_date = true,
@@ -1290,6 +1293,11 @@ fn encode_head(
     } else {
         dst.extend_from_slice(b"\r\n");
     }
+    let trailer_names = if announces_trailers {
+        announced_trailers(&parts.headers)
+    } else {
+        Vec::new()
+    };
     (encoder, last, trailer_names)
 }
 
@@ -1317,25 +1325,6 @@ fn trailer_section(dst: &mut Vec<u8>, trailers: HeaderMap, announced: &[HeaderNa
     if !dst.is_empty() {
         dst.extend_from_slice(b"\r\n");
     }
-}
-
-/// hyper's `is_valid_trailer_field`.
-fn may_be_trailer(name: &HeaderName) -> bool {
-    !matches!(
-        *name,
-        header::AUTHORIZATION
-            | header::CACHE_CONTROL
-            | header::CONTENT_ENCODING
-            | header::CONTENT_LENGTH
-            | header::CONTENT_RANGE
-            | header::CONTENT_TYPE
-            | header::HOST
-            | header::MAX_FORWARDS
-            | header::SET_COOKIE
-            | header::TRAILER
-            | header::TRANSFER_ENCODING
-            | header::TE
-    )
 }
 
 fn itoa(n: u64) -> String {

@@ -304,14 +304,19 @@ fn set_length(parts: &mut http::request::Parts, body: &BackendRequestBody) -> En
     }
     // Chunked from here on: a Content-Length would contradict it.
     headers.remove(header::CONTENT_LENGTH);
-    let trailers: Vec<HeaderName> = headers
+    Encoder::Chunked(announced_trailers(headers))
+}
+
+/// The field names a message's `Trailer` header announces (hyper's
+/// reading: a list per line, names that do not parse skipped).
+pub fn announced_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::TRAILER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
         .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
-        .collect();
-    Encoder::Chunked(trailers)
+        .collect()
 }
 
 fn ends_in_chunked(value: &HeaderValue) -> bool {
@@ -475,7 +480,7 @@ impl Writer {
                 {
                     let mut fields = HeaderMap::new();
                     for (name, value) in &trailers {
-                        if allowed.contains(name) && valid_trailer(name) {
+                        if allowed.contains(name) && may_be_trailer(name) {
                             fields.append(name, value.clone());
                         }
                     }
@@ -513,8 +518,9 @@ impl Writer {
     }
 }
 
-/// Fields a trailer may not carry (hyper's list).
-fn valid_trailer(name: &HeaderName) -> bool {
+/// Whether a trailer may carry the field: not one of hyper's list of
+/// fields that must come in the head (`is_valid_trailer_field`).
+pub fn may_be_trailer(name: &HeaderName) -> bool {
     !matches!(
         *name,
         header::AUTHORIZATION
@@ -685,7 +691,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Option<Head>
     })))
 }
 
-fn has_token(value: &HeaderValue, token: &str) -> bool {
+/// Whether the comma-separated list `value` holds `token` (any case); a
+/// value that is not visible ASCII holds none, as hyper reads it.
+pub fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
         .to_str()
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
