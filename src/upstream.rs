@@ -278,12 +278,19 @@ impl BackendError {
 pub struct SendError {
     error: BackendError,
     request: Option<Request<BackendRequestBody>>,
+    sent: Option<http::request::Parts>,
 }
 
 impl SendError {
     /// The request, if none of it was sent.
     pub fn take_message(&mut self) -> Option<Request<BackendRequestBody>> {
         self.request.take()
+    }
+
+    /// The head of a bodiless request that was sent, from a client that
+    /// gives it back (see [`Upstream::gives_back_sent_heads`]).
+    pub fn take_sent_head(&mut self) -> Option<http::request::Parts> {
+        self.sent.take()
     }
 
     pub fn into_error(self) -> BackendError {
@@ -408,6 +415,14 @@ impl Upstream {
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
         }
+    }
+
+    /// Whether a failed send of a bodiless request gives its sent head
+    /// back ([`SendError::take_sent_head`]): geolb's own HTTP/1 client
+    /// does, hyper's do not, so a request to be retried after them must be
+    /// copied before it goes.
+    pub fn gives_back_sent_heads(&self, upgrade: bool) -> bool {
+        self.own && !upgrade
     }
 
     /// A kept connection from the backend's idle list, if one is ready;
@@ -609,6 +624,7 @@ impl Sender {
                         Err(e) => Err(SendError {
                             error: e.error.into(),
                             request: e.request,
+                            sent: e.sent,
                         }),
                     }
                 });
@@ -620,6 +636,7 @@ impl Sender {
                 Err(mut e) => Err(SendError {
                     request: e.take_message(),
                     error: e.into_error().into(),
+                    sent: None,
                 }),
             }
         })

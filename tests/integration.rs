@@ -1597,6 +1597,89 @@ async fn overrides_place_loopback_clients_and_answers_two_takes_the_two_nearest(
     assert_eq!(unknown, ["198.51.100.10", "203.0.113.10"]);
 }
 
+/// Request heads as backends read them, in order, with who read each.
+type Heads = std::sync::Arc<std::sync::Mutex<Vec<(&'static str, Vec<u8>)>>>;
+
+/// Reads one request head per connection into `heads`, tagged `who`;
+/// then answers it (`answer`) or resets the connection (SO_LINGER 0).
+async fn head_recorder(who: &'static str, answer: bool, heads: Heads) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                heads.lock().unwrap().push((who, head));
+                if answer {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nb",
+                        )
+                        .await;
+                } else {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_retried_request_reaches_the_next_backend_byte_for_byte() {
+    // geolb's own client hands the sent head back for the retry instead of
+    // keeping a copy: what the second backend reads must be what the first
+    // one read (the same X-Forwarded-For, the same X-Request-Id).
+    let heads = Heads::default();
+    let resetter = head_recorder("reset", false, heads.clone()).await;
+    let answerer = head_recorder("answer", true, heads.clone()).await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{resetter}\" }}, {{ addr = \"{answerer}\" }}]\n\
+         outlier = {{ consecutive_failures = 0 }}\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nretries = 1\n"
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    for _ in 0..4 {
+        let (code, _, body) = get(web, "/retried?x=1", &[("x-forwarded-for", "192.0.2.7")])
+            .await
+            .expect("request");
+        assert_eq!((code, &body[..]), (200, &b"b"[..]));
+    }
+    let heads = heads.lock().unwrap().clone();
+    let mut retried = 0;
+    for pair in heads.windows(2) {
+        if let [("reset", sent), (who, again)] = pair {
+            assert_eq!(*who, "answer", "a reset request went out again: {heads:?}");
+            assert_eq!(
+                String::from_utf8_lossy(sent),
+                String::from_utf8_lossy(again),
+                "the retry differs from what the first backend read"
+            );
+            retried += 1;
+        }
+    }
+    assert!(
+        retried >= 1,
+        "no request met the resetting backend: {heads:?}"
+    );
+    let first = String::from_utf8_lossy(&heads[0].1).to_ascii_lowercase();
+    assert!(
+        first.contains("x-forwarded-for: 192.0.2.7, 127.0.0.1\r\n")
+            && first.contains("x-request-id: "),
+        "{first}"
+    );
+}
+
 #[tokio::test]
 async fn a_reset_before_any_answer_is_retried_for_idempotent_requests_only() {
     use tokio::io::AsyncReadExt;

@@ -357,6 +357,24 @@ fn within_budget(pool: &Pool, retry: &mut Option<RetryGuard>) -> bool {
     retry.is_some()
 }
 
+/// What a body-less request is sent again from.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn request(&self, upstream: &upstream::Upstream) -> Request<BackendRequestBody> {
+        let mut r = Request::new(Either::Right(Empty::<Bytes>::new()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        upstream.adapt(&mut r);
+        r
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -503,14 +521,20 @@ async fn handle(
         .hash_on()
         .map_or(0, |on| request_key(on, conn.peer.ip(), req.headers()));
     let (parts, body) = req.into_parts();
+    let timeouts = listener.config.timeouts;
+    let retries = listener.config.retries as usize;
+    let retry_on = listener.config.retry_on;
     // A body-less idempotent request can be rebuilt and sent again after a
-    // backend closed on it; anything with a body cannot.
-    let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
-        (
-            parts.method.clone(),
-            parts.uri.clone(),
-            parts.headers.clone(),
-        )
+    // backend closed on it; anything with a body cannot. geolb's own
+    // client gives the head back after such a close, so only a retry on
+    // the backend's status, or hyper's client, needs a copy made now.
+    let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+    let mut replay = (replayable
+        && (retry_on.any_status() || !pool.upstream.gives_back_sent_heads(upgrade)))
+    .then(|| Replay {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
     });
     let (body, body_progress) = ClientBody::new(body, max_body);
     completion.request_body = body_progress.clone();
@@ -520,20 +544,7 @@ async fn handle(
     if let Some(r) = pending.as_mut() {
         pool.upstream.adapt(r);
     }
-    let rebuild = || {
-        replay.as_ref().map(|(method, uri, headers)| {
-            let mut r = Request::new(Either::Right(Empty::<Bytes>::new()));
-            *r.method_mut() = method.clone();
-            *r.uri_mut() = uri.clone();
-            *r.headers_mut() = headers.clone();
-            pool.upstream.adapt(&mut r);
-            r
-        })
-    };
 
-    let timeouts = listener.config.timeouts;
-    let retries = listener.config.retries as usize;
-    let retry_on = listener.config.retry_on;
     let queue_timeout = pool.config.limits.queue_timeout.unwrap_or(timeouts.connect);
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut failure = Failure::NoBackend;
@@ -557,7 +568,10 @@ async fn handle(
                 break;
             }
         };
-        let Some(request) = pending.take().or_else(rebuild) else {
+        let Some(request) = pending
+            .take()
+            .or_else(|| replay.as_ref().map(|r| r.request(&pool.upstream)))
+        else {
             break;
         };
         if !tried.is_empty() {
@@ -702,6 +716,16 @@ async fn handle(
                         tried.pop();
                     }
                     continue;
+                }
+                if let Some(head) = e.take_sent_head()
+                    && replayable
+                    && replay.is_none()
+                {
+                    replay = Some(Replay {
+                        method: head.method,
+                        uri: head.uri,
+                        headers: head.headers,
+                    });
                 }
                 let err = e.into_error();
                 if let (Some(max), Some(BodyState::TooLarge)) = (max_body, body_state()) {

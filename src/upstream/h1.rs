@@ -130,6 +130,9 @@ impl Error {
 pub struct SendError {
     pub error: Error,
     pub request: Option<Request<BackendRequestBody>>,
+    /// The head of a bodiless request that was written: the caller may
+    /// send it again without having kept a copy of its own.
+    pub sent: Option<http::request::Parts>,
 }
 
 /// The newest kept connection that still looks open; stale ones met on
@@ -231,22 +234,24 @@ pub async fn send(
         (Ok(head), _) if !first_chunk_ok(&head, &conn.buf) => Err(SendError {
             error: Error::BadChunk,
             request: None,
+            sent: end_stream.then_some(parts),
         }),
         (Ok(head), _) => {
             conn.writer = writer.map(Box::new);
             Ok(respond(conn, head))
         }
-        (Err(Error::Closed), Some((error, body))) => {
-            let request = unsent.then(|| {
-                let body =
-                    body.unwrap_or_else(|| http_body_util::Either::Right(Default::default()));
-                Request::from_parts(parts, body)
-            });
-            Err(SendError { error, request })
+        (Err(Error::Closed), Some((error, body))) if unsent => {
+            let body = body.unwrap_or_else(|| http_body_util::Either::Right(Default::default()));
+            Err(SendError {
+                error,
+                request: Some(Request::from_parts(parts, body)),
+                sent: None,
+            })
         }
-        (Err(error), _) => Err(SendError {
+        (Err(Error::Closed), Some((error, _))) | (Err(error), _) => Err(SendError {
             error,
             request: None,
+            sent: end_stream.then_some(parts),
         }),
     }
 }
@@ -662,8 +667,18 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Option<Head>
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
+    // Hop-by-hop fields that the proxy would strip at once are not built
+    // (most backends send `Connection: keep-alive`); a `Connection` naming
+    // other fields stays for the stripping to read. (No 101 gets here: this
+    // client sends no upgrade, and refuses one.)
     for (n0, n1, v0, v1) in spans {
-        let name = HeaderName::from_bytes(&raw[n0..n1])
+        let raw_name = &raw[n0..n1];
+        if raw_name.eq_ignore_ascii_case(b"keep-alive")
+            || raw_name.eq_ignore_ascii_case(b"proxy-connection")
+        {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw_name)
             .map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
             .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
@@ -673,6 +688,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Option<Head>
                 keep_alive = false;
             } else if !keep_alive {
                 keep_alive = has_token(&value, "keep-alive");
+            }
+            if names_no_field(&value) {
+                continue;
             }
         }
         headers.append(name, value);
@@ -689,6 +707,17 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Option<Head>
         framing,
         keep_alive,
     })))
+}
+
+/// A `Connection` value that speaks only of the connection (`close`,
+/// `keep-alive`) and names no field the next hop must not see.
+fn names_no_field(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|s| {
+        s.split(',').all(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close")
+        })
+    })
 }
 
 /// Whether the comma-separated list `value` holds `token` (any case); a
@@ -1176,6 +1205,28 @@ mod tests {
             b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
         ));
         assert!(!kept(b"HTTP/1.1 200 OK\r\n\r\n"), "close-delimited");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_unless_connection_names_others() {
+        let names = |text: &[u8]| -> Vec<String> {
+            let head = head(text, Method::GET).unwrap().unwrap().unwrap();
+            head.headers.keys().map(|n| n.to_string()).collect()
+        };
+        assert_eq!(
+            names(
+                b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\n\
+                  Proxy-Connection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"
+            ),
+            ["x-a", "content-length"]
+        );
+        // Fields named in Connection: it stays, for the proxy to strip them.
+        assert_eq!(
+            names(
+                b"HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"
+            ),
+            ["connection", "x-a", "content-length"]
+        );
     }
 
     #[test]
