@@ -1278,7 +1278,26 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
             .unwrap(),
     );
     let in_flight = tokio::spawn(in_flight);
+    // And one kept alive with no request open: it is closed when "one" goes.
+    let stream = tokio::net::TcpStream::connect(one).await.unwrap();
+    let (mut idle, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = idle
+        .send_request(
+            http::Request::get("/")
+                .header("host", "x")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!idle.is_closed(), "closed before the listener went");
     // Move: "one" disappears, "two" stays; one's port stops accepting.
     geolb
         .write_config(&config(&format!(
@@ -1296,6 +1315,15 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
         .unwrap()
         .expect("the in-flight request finished");
     assert_eq!(resp.status(), 200);
+    eventually(
+        "the idle kept-alive connection is closed",
+        Duration::from_secs(3),
+        || {
+            let closed = idle.is_closed();
+            async move { closed }
+        },
+    )
+    .await;
     eventually("one stops accepting", Duration::from_secs(3), || async {
         tokio::net::TcpStream::connect(one).await.is_err()
     })

@@ -679,6 +679,10 @@ where
     // hyper's habit: the map of a response, emptied, takes the next
     // request's headers (two allocations fewer per request).
     let mut spare = HeaderMap::new();
+    // One waiter for the connection's life rather than one registered and
+    // unlinked per request.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let head = {
             let next = poll_fn(|cx| next_head(shared, cx, first, &mut spare));
@@ -687,7 +691,7 @@ where
                 head = &mut next => head,
                 // Between requests a stopping listener closes the
                 // connection; its first request is answered first.
-                () = shutdown.cancelled(), if !first => {
+                () = &mut cancelled, if !first => {
                     if shared.reader().buf.is_empty() {
                         return Served::Closed;
                     }
@@ -725,6 +729,9 @@ where
             keep_alive,
             expect,
         } = parsed;
+        // Only such a request waits on the body's first read to send a 100
+        // Continue; others do not register with the notifier at all.
+        let may_continue = expect && !matches!(framing, Framing::Done);
         let body = if matches!(framing, Framing::Done) {
             RequestBody::Empty
         } else {
@@ -758,7 +765,7 @@ where
             loop {
                 tokio::select! {
                     resp = &mut answer => break resp,
-                    () = shared.continue_wanted.notified() => {
+                    () = shared.continue_wanted.notified(), if may_continue => {
                         if shared.continue_owed.swap(false, Ordering::Relaxed)
                             && writer.io.write_all(CONTINUE).await.is_err()
                         {
