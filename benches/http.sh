@@ -32,6 +32,7 @@
 #                   certificate not verified by any proxy), h2c (HTTP/2 by
 #                   prior knowledge; nginx cannot proxy it and is skipped)
 #   GEOLB=/work/main/target/release/geolb
+#   (every run also splits the proxy's CPU time: the user-space share column)
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
 #
 # Every run also reads the proxy's VmRSS and VmHWM (peak RSS, from
@@ -287,13 +288,14 @@ measure() {
   local round=$1 target=$2 wl=$3
   local url="$SCHEME://127.0.0.1:${TARGET_PORT[$target]}${WL_PATH[$wl]}"
   local out="$RESULTS/raw/r${round}-${target}-${wl}.$LOADGEN"
-  local ppids=() bpids=() p0 p1 b0 b1 c0 c1 f0 f1 t0 t1 row load mem sys="NA\tNA"
+  local ppids=() bpids=() p0 p1 u0 u1 b0 b1 c0 c1 f0 f1 t0 t1 row load mem sys="NA\tNA" user="NA"
 
   ((WAIT_QUIET > 0)) && wait_quiet
   [[ -n ${TARGET_PID[$target]:-} ]] && ppids=("${TARGET_PID[$target]}" $(children_of "${TARGET_PID[$target]}"))
   bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
   ((PERF_SYSCALLS && ${#ppids[@]})) && perf_start "$RESULTS/raw/r${round}-${target}-${wl}.perf" "${ppids[@]}"
 
+  u0=$(user_ticks_of "${ppids[@]}")
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
   if [[ $CLIENT == h2 ]]; then
     run_h2load "$DURATION" "$out" "$url"
@@ -301,6 +303,10 @@ measure() {
     run_wrk "$DURATION" "$out" -c"$CONNS" "$url"
   fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
+  u1=$(user_ticks_of "${ppids[@]}")
+  # The proxy's user-space share of its CPU time (the rest is the kernel's
+  # work on its behalf: system calls, TCP).
+  ((${#ppids[@]} && p1 > p0)) && user=$(awk -v u="$((u1 - u0))" -v p="$((p1 - p0))" 'BEGIN { printf "%.1f", 100 * u / p }')
   if ((PERF_SYSCALLS && ${#ppids[@]})); then
     perf_stop "$RESULTS/raw/r${round}-${target}-${wl}.perf"
     sys=$PERF_COUNTS
@@ -324,8 +330,8 @@ measure() {
     load=$(parse_wrk "$out" rps p50 p99 non2xx sock requests)
   fi
   # rps p50 p99 non2xx sock | proxy CPU ... elapsed | requests | memory | syscalls
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
-    "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
+    "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" "$user" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  peak RSS %s kB%s%s\n",
       $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18,
@@ -355,7 +361,7 @@ targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in or
 workloads = [w for w in ("tiny", "1k") if any(w == k[1] for k in groups)]
 summary = {}
 for key, rs in groups.items():
-    s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu")}
+    s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu", "proxy_user_share")}
     s["errors"] = sum(int(num(r["non2xx"]) or 0) + int(num(r["sock_err"]) or 0) for r in rs)
     s["n"] = sum(1 for r in rs if num(r["rps"]) is not None)
     hwm = [num(r["hwm_kb"]) for r in rs if num(r["hwm_kb"]) is not None]
@@ -366,9 +372,9 @@ for key, rs in groups.items():
     s["sys_per_req"], s["cs_per_req"] = per("syscalls"), per("ctx_switches")
     summary[key] = s
 perf = any(s["sys_per_req"] is not None for s in summary.values())
-print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection |"
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % |"
       + (" syscalls per request | context switches per request |" if perf else ""))
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
 for w in workloads:
     for t in targets:
         s = summary.get((t, w))
@@ -380,7 +386,7 @@ for w in workloads:
         print(f"| {t} | {w} | {s['n']} | {fmt(s['rps'], ',.0f')} | {fmt(ratio('nginx'), '.2f')} | "
               f"{fmt(ratio('haproxy'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
               f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | "
-              f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} |"
+              f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} | {fmt(s['proxy_user_share'], '.0f')} |"
               + (f" {fmt(s['sys_per_req'], '.2f')} | {fmt(s['cs_per_req'], '.3f')} |" if perf else ""))
 if perf:
     # Each kind of system call per request, summed over the rounds.
@@ -503,7 +509,7 @@ main() {
     log "warm-up done"
   fi
 
-  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\n' >"$RESULTS/results.tsv"
+  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\tproxy_user_share\n' >"$RESULTS/results.tsv"
   for ((round = 1; round <= ROUNDS; round++)); do
     for wl in "${WORKLOADS[@]}"; do
       for ((i = 0; i < n; i++)); do            # rotate the order each round
@@ -519,6 +525,7 @@ main() {
 Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2load -t1 -c$CONNS -m$H2_STREAMS over TLS 1.3 (HTTP/2)" || echo "wrk -t1 -c$CONNS") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
 Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
+Proxy user-space share = utime / (utime+stime) of the proxy processes: the rest is system time, the kernel's work for it.
 Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
 Peak RSS = the largest VmHWM after a run (nginx: master + worker); KiB per connection = (peak RSS - VmRSS before the warm-up) / $CONNS.
 EOF

@@ -111,6 +111,14 @@ ticks_of() {
   done | awk '{ t += $12 + $13 } END { print t + 0 }'
 }
 
+# Sum of utime alone (clock ticks, user space) over the given pids.
+user_ticks_of() {
+  local p
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] && sed 's/^.*) //' "/proc/$p/stat"
+  done | awk '{ t += $12 } END { print t + 0 }'
+}
+
 # Clock ticks used by processes that are not ours (not descendants of this
 # script, not kernel threads): a compile started by someone else mid-run
 # shows up here. Children reaped during the run count via the parent's
