@@ -619,7 +619,10 @@ async fn handle(
         let sent_at = Instant::now();
         let sent =
             connecting.map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
-        match tokio::time::timeout(timeouts.request, sender.try_send_request(request)).await {
+        // Pinned where it is made: the timeout and the await then move a
+        // pointer, not the sending future's 2 KiB.
+        let send = std::pin::pin!(sender.try_send_request(request));
+        match tokio::time::timeout(timeouts.request, send).await {
             Err(_) => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
                     Failure::SlowClient(timeouts.request)
