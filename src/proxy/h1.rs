@@ -423,6 +423,9 @@ struct Parsed {
     framing: Framing,
     keep_alive: bool,
     expect: bool,
+    /// `TE: trailers`: hyper's rule, response trailers only to a client
+    /// that said it takes them.
+    takes_trailers: bool,
 }
 
 /// Parses the head at the start of `buf`: `None` while incomplete. Its
@@ -485,6 +488,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     let mut length = None;
     let (mut is_te, mut is_cl, mut chunked, mut close, mut expect) =
         (false, false, false, false, false);
+    let mut takes_trailers = false;
     let mut map = std::mem::take(map);
     map.reserve(fields.len());
     for (name, value) in fields {
@@ -543,6 +547,9 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
             header::EXPECT => {
                 expect = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }
+            header::TE => {
+                takes_trailers |= crate::upstream::h1::has_token(&value, "trailers");
+            }
             _ => {}
         }
         map.append(name, value);
@@ -565,6 +572,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
         framing,
         keep_alive,
         expect: expect && http11,
+        takes_trailers,
     }))
 }
 
@@ -728,6 +736,7 @@ where
             framing,
             keep_alive,
             expect,
+            takes_trailers,
         } = parsed;
         // Only such a request waits on the body's first read to send a 100
         // Continue; others do not register with the notifier at all.
@@ -746,12 +755,6 @@ where
                 left: framing,
             }))
         };
-        // hyper's rule: response trailers only to a client that said it
-        // takes them.
-        let takes_trailers = headers
-            .get_all(header::TE)
-            .iter()
-            .any(|v| crate::upstream::h1::has_token(v, "trailers"));
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;

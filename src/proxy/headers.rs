@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -145,23 +145,26 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
-        let mut xff = String::new();
-        for v in headers.get_all(&X_FORWARDED_FOR) {
-            if let Ok(s) = v.to_str() {
-                let s = s.trim();
-                if !s.is_empty() {
-                    xff.push_str(s);
-                    xff.push_str(", ");
+    // One lookup, whether the client sent the field or not.
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Vacant(absent) => {
+            absent.insert(client.header.clone());
+        }
+        Entry::Occupied(mut sent) => {
+            let mut xff = String::new();
+            for v in sent.iter() {
+                if let Ok(s) = v.to_str() {
+                    let s = s.trim();
+                    if !s.is_empty() {
+                        xff.push_str(s);
+                        xff.push_str(", ");
+                    }
                 }
             }
+            xff.push_str(&client.text);
+            sent.insert(HeaderValue::from_str(&xff).unwrap_or_else(|_| client.header.clone()));
         }
-        xff.push_str(&client.text);
-        HeaderValue::from_str(&xff).unwrap_or_else(|_| client.header.clone())
-    } else {
-        client.header.clone()
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),

@@ -175,7 +175,11 @@ pub async fn send(
     let encoder = set_length(&mut parts, &body);
     let mut head = Vec::with_capacity(64 + parts.headers.len() * 32);
     write_head(&parts, &mut head);
-    let mut writer = Writer {
+    // On the future's state until the response comes; boxed into the
+    // connection only if the request is still being written then (rare).
+    // Made in its Option: a writer bound first would keep a second place
+    // in the future (a borrowed local stays for its whole scope).
+    let mut writer = Some(Writer {
         body: (!end_stream).then_some(body),
         encoder,
         queue: SmallVec::new(),
@@ -183,11 +187,10 @@ pub async fn send(
         written: 0,
         finished: end_stream,
         taken: false,
-    };
-    writer.push(Bytes::from(head));
-    // On the future's state until the response comes; boxed into the
-    // connection only if the request is still being written then (rare).
-    let mut writer = Some(writer);
+    });
+    if let Some(w) = writer.as_mut() {
+        w.push(Bytes::from(head));
+    }
     let Kept { stream, buf } = kept;
     let mut conn = Conn {
         stream,
