@@ -422,13 +422,19 @@ impl Upstream {
     /// does, hyper's do not, so a request to be retried after them must be
     /// copied before it goes.
     pub fn gives_back_sent_heads(&self, upgrade: bool) -> bool {
+        self.carries_own(upgrade)
+    }
+
+    /// Whether geolb's own HTTP/1 client carries a request: when the pool
+    /// chose it, and never an upgrade (which it does not do).
+    fn carries_own(&self, upgrade: bool) -> bool {
         self.own && !upgrade
     }
 
     /// A kept connection from the backend's idle list, if one is ready;
     /// a hyper one for an `upgrade` (geolb's own client does none).
     pub fn idle(&self, idle: &IdleConnections, upgrade: bool) -> Option<Sender> {
-        if self.own && !upgrade {
+        if self.carries_own(upgrade) {
             return h1::take(&idle.own).map(|conn| Sender::own(conn, idle));
         }
         idle.take(self.profile, self.is_http2())
@@ -456,7 +462,7 @@ impl Upstream {
         upgrade: bool,
     ) -> io::Result<Sender> {
         let connect = async {
-            if self.own && !upgrade {
+            if self.carries_own(upgrade) {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
                 return Ok(Sender::own(h1::Kept::new(stream), idle));

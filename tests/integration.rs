@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::{Backend, Geolb, backend_list, bounded, eventually, get, raw, request, status_of};
+use support::{
+    Backend, Geolb, backend_list, bounded, eventually, get, get_on, http1_client, raw, request,
+    status_of,
+};
 
 fn config(body: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
@@ -1265,12 +1268,7 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
     assert_eq!(body_of(fixed, "/").await, "a");
     assert_eq!(body_of(one, "/").await, "a");
     // A kept-alive connection to "one" finishes its request when "one" goes.
-    let stream = tokio::net::TcpStream::connect(one).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_client(tokio::net::TcpStream::connect(one).await.unwrap()).await;
     let in_flight = sender.send_request(
         http::Request::get("/slow?ms=800")
             .header("host", "x")
@@ -1279,23 +1277,9 @@ async fn listeners_are_added_removed_and_moved_by_reload() {
     );
     let in_flight = tokio::spawn(in_flight);
     // And one kept alive with no request open: it is closed when "one" goes.
-    let stream = tokio::net::TcpStream::connect(one).await.unwrap();
-    let (mut idle, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let resp = idle
-        .send_request(
-            http::Request::get("/")
-                .header("host", "x")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    drop(resp);
+    let mut idle = http1_client(tokio::net::TcpStream::connect(one).await.unwrap()).await;
+    let (code, _, _) = get_on(&mut idle, "/").await.unwrap();
+    assert_eq!(code, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!idle.is_closed(), "closed before the listener went");
     // Move: "one" disappears, "two" stays; one's port stops accepting.

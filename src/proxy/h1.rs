@@ -41,7 +41,7 @@ use super::body::ResponseBody;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
-use crate::upstream::h1::{announced_trailers, may_be_trailer};
+use crate::upstream::h1::{announced_trailers, content_length_value, may_be_trailer};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -518,7 +518,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
                 if is_te {
                     continue;
                 }
-                let Some(n) = content_length(&value) else {
+                let Some(n) = content_length_value(&value) else {
                     return Some(Head::Refused(StatusCode::BAD_REQUEST));
                 };
                 match length {
@@ -574,24 +574,6 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
         expect: expect && http11,
         takes_trailers,
     }))
-}
-
-/// hyper's `content_length_parse`: digits only, at most 19 of them; a
-/// list of equal values (`5, 5`) is one.
-fn content_length(value: &HeaderValue) -> Option<u64> {
-    let mut result = None;
-    for part in value.as_bytes().split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
-        match result {
-            Some(prev) if prev != n => return None,
-            _ => result = Some(n),
-        }
-    }
-    result
 }
 
 fn last_token_is_chunked(value: &HeaderValue) -> bool {
@@ -1208,7 +1190,7 @@ fn encode_head(
                     continue;
                 }
                 Some(None) => {
-                    let Some(n) = content_length(value) else {
+                    let Some(n) = content_length_value(value) else {
                         continue;
                     };
                     if prev_len.is_some() {
@@ -1412,7 +1394,7 @@ mod tests {
 
     #[test]
     fn lengths_are_digits_and_equal_lists() {
-        let cl = |s: &'static str| content_length(&HeaderValue::from_static(s));
+        let cl = |s: &'static str| content_length_value(&HeaderValue::from_static(s));
         assert_eq!(cl("42"), Some(42));
         assert_eq!(cl("3, 3"), Some(3));
         for bad in [

@@ -343,30 +343,32 @@ fn ends_in_chunked(value: &HeaderValue) -> bool {
 fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<u64>, ()> {
     let mut length = None;
     for value in values {
-        let bytes = value.as_bytes();
-        // One plain number, as nearly every message has it.
-        if !bytes.is_empty() && bytes.len() <= 19 && bytes.iter().all(u8::is_ascii_digit) {
-            let n = bytes.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
-            continue;
+        let n = content_length_value(value).ok_or(())?;
+        if length.is_some_and(|l| l != n) {
+            return Err(());
         }
-        let line = value.to_str().map_err(|_| ())?;
-        for v in line.split(',') {
-            let v = v.trim().as_bytes();
-            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
-        }
+        length = Some(n);
     }
     Ok(length)
+}
+
+/// One `Content-Length` line, as hyper's `content_length_parse` reads it:
+/// digits only, at most 19 of them; a list of equal values (`5, 5`) is
+/// one. Read as bytes: a plain number needs no split and no check for text.
+pub fn content_length_value(value: &HeaderValue) -> Option<u64> {
+    let mut result = None;
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match result {
+            Some(prev) if prev != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    result
 }
 
 fn write_head(parts: &http::request::Parts, dst: &mut Vec<u8>) {
