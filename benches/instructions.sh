@@ -8,8 +8,9 @@
 # Each proxy runs alone under callgrind with collection off (one worker:
 # geolb worker_threads = 1, HAProxy -db with nbthread 1, nginx with
 # master_process off, daemon off, worker_processes 1), answers a check,
-# takes WARMUP seconds of wrk, and only then is instrumentation switched on
-# (callgrind_control -i on) for DURATION seconds of wrk -t1 -cCONNS. Only
+# takes WARMUP seconds of load, and only then is instrumentation switched on
+# (callgrind_control -i on) for DURATION seconds of wrk -t1 -cCONNS (or
+# h2load, CLIENT=h2). Only
 # the proxy process is counted, user space only (callgrind sees no kernel
 # work: the system calls of each are counted by benches/syscalls.sh).
 # Besides the total, the script counts the calls into the C allocator
@@ -18,8 +19,8 @@
 # HAProxy's own pools hand out memory without such calls: those count as
 # none), and lists the TOP functions by instructions of their own.
 #
-# Requires: valgrind (callgrind_annotate, callgrind_control), nginx, wrk,
-# curl, python3; haproxy for PROXIES=haproxy.
+# Requires: valgrind (callgrind_annotate, callgrind_control), nginx, wrk
+# (h2load and openssl for CLIENT=h2), curl, python3; haproxy for PROXIES=haproxy.
 #   GEOLB=target/release/geolb benches/instructions.sh
 #   PROXIES="geolb haproxy nginx" GEOLB=/tmp/geolb-main benches/instructions.sh
 # LISTENER: more lines for geolb's listener (a rule's cost: run with and
@@ -33,10 +34,15 @@
 # wrk sends Accept-Encoding: COMPRESS (geolb only: LISTENER and COMPRESS
 # do not apply to HAProxy and nginx).
 #   BODY=16k COMPRESS=gzip GEOLB=target/release/geolb benches/instructions.sh
+# CLIENT=h2: h2load -t1 -cCONNS -m1 over TLS 1.3 with ALPN h2 instead of
+# wrk (each proxy terminates TLS with one self-signed P-256 certificate, as
+# benches/http.sh CLIENT=h2 does; HTTP/1.1 to the backend): the count of an
+# HTTP/2 client's request, TLS included, beside HAProxy's and nginx's.
+#   CLIENT=h2 PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
 # TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
-# Environment: PROXIES (geolb), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# Environment: PROXIES (geolb), CLIENT (h1), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
@@ -53,12 +59,14 @@ LISTENER=${LISTENER:-}
 URL_PATH=${URL_PATH:-/}
 BODY=${BODY:-}
 COMPRESS=${COMPRESS:-}
+CLIENT=${CLIENT:-h1}
 PROXY_CPU=0
 LOAD_CPU=1
 # nginx keeps at most this many idle backend connections (as in http.sh).
 NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
 WORK=$(mktemp -d /tmp/geolb-instructions.XXXXXX)
 mkdir -p "$WORK/logs"
+RESULTS=$WORK   # where lib.sh's make_cert logs
 PIDS=()
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -90,15 +98,17 @@ CONF
 # no logs, no health checks.
 
 write_geolb_conf() {
-  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE" >"$WORK/geolb.toml"
+  local tls=""
+  [[ $CLIENT == h2 ]] && tls=$(printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]' "$WORK/cert.pem" "$WORK/key.pem")
+  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE"$'\n'"$tls" >"$WORK/geolb.toml"
 }
 
 write_haproxy_conf() {
   {
-    haproxy_http_head 4096
+    haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && echo "ssl-default-bind-options ssl-min-ver TLSv1.3")"
     cat <<EOF
 frontend fe
-    bind 127.0.0.1:$PORT
+    bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl crt $WORK/cert-key.pem alpn h2,http/1.1")
     default_backend be
 backend be
     server b1 127.0.0.1:$BACKEND
@@ -116,7 +126,8 @@ write_nginx_proxy_conf() {
     nginx_upstream "$BACKEND"
     cat <<EOF
     server {
-        listen 127.0.0.1:$PORT;
+        listen 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl http2");
+$([[ $CLIENT == h2 ]] && nginx_tls)
 $(nginx_pass_location http)
     }
 }
@@ -258,37 +269,83 @@ ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }
 
 # ---------------------------------------------------------------- main
 
-for c in valgrind callgrind_annotate callgrind_control nginx wrk curl python3 taskset; do
+for c in valgrind callgrind_annotate callgrind_control nginx curl python3 taskset; do
   command -v "$c" >/dev/null || die "$c not found"
 done
+if [[ $CLIENT == h2 ]]; then
+  command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)"
+  [[ -z $COMPRESS ]] || die "COMPRESS is for CLIENT=h1 (wrk) only"
+  [[ $TOOL == callgrind ]] || die "CLIENT=h2 is counted with TOOL=callgrind only"
+  make_cert
+  SCHEME=https CURL=(curl -s -k --http2)
+else
+  command -v wrk >/dev/null || die "wrk not found"
+  SCHEME=http CURL=(curl -s)
+  [[ $CLIENT == h1 ]] || die "CLIENT=$CLIENT: h1 or h2"
+fi
 start_bg "$LOAD_CPU" "$WORK/logs/backend.log" nginx -c "$WORK/backend.conf" -p "$WORK"
 wait_port "$BACKEND" "$STARTED_PID" || die "backend nginx did not start: $(tail -3 "$WORK/backend-error.log")"
 WRK_HEADER=()
 [[ -n $COMPRESS ]] && WRK_HEADER=(-H "Accept-Encoding: $COMPRESS")
+
+# load SECONDS OUTFILE : CONNS connections of wrk, or of h2load (one stream
+# each, a line per request in OUTFILE.log) with CLIENT=h2, on LOAD_CPU.
+load() {
+  if [[ $CLIENT == h2 ]]; then
+    run_load "$1" "$2" h2load -t1 -c"$CONNS" -m1 -D"$1" --log-file="$2.log" "$SCHEME://127.0.0.1:$PORT$URL_PATH"
+  else
+    run_load "$1" "$2" wrk -t1 -c"$CONNS" -d"${1}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
+  fi
+}
+
+# answered OUTFILE : "requests non2xx" of a wrk run (non2xx empty when none).
+answered() {
+  awk '/requests in/ { n = $1 } /Non-2xx/ { bad = $NF } END { printf "%s %s\n", n, bad }' "$1"
+}
+
 declare -A IR_PER=() MALLOC_PER=()
 for name in $PROXIES; do
   start_under_valgrind "$name" || continue
-  if ! wait_until "$VG" 300 0.1 curl -s -o /dev/null "127.0.0.1:$PORT/"; then
+  if ! wait_until "$VG" 300 0.1 "${CURL[@]}" -o /dev/null "$SCHEME://127.0.0.1:$PORT/"; then
     log "SKIP $name: no answer within 30 s under valgrind; log tail:"; tail -5 "$WORK/logs/$name.log" >&2
     stop_pids "$VG"; forget_pid "$VG"; continue
   fi
-  HEAD=$(curl -s -D - -o /dev/null "${WRK_HEADER[@]}" "127.0.0.1:$PORT$URL_PATH")
-  if [[ $HEAD != "HTTP/1.1 200"* ]] || [[ -n $COMPRESS && ${HEAD,,} != *"content-encoding: $COMPRESS"* ]]; then
-    log "SKIP $name: not 200${COMPRESS:+ with $COMPRESS}: $HEAD"; stop_pids "$VG"; forget_pid "$VG"; continue
+  HEAD=$("${CURL[@]}" -D - -o /dev/null "${WRK_HEADER[@]}" "$SCHEME://127.0.0.1:$PORT$URL_PATH")
+  WANT="HTTP/1.1 200"
+  [[ $CLIENT == h2 ]] && WANT="HTTP/2 200"
+  if [[ $HEAD != "$WANT"* ]] || [[ -n $COMPRESS && ${HEAD,,} != *"content-encoding: $COMPRESS"* ]]; then
+    log "SKIP $name: not $WANT${COMPRESS:+ with $COMPRESS}: $HEAD"; stop_pids "$VG"; forget_pid "$VG"; continue
   fi
-  ((WARMUP > 0)) && run_load "$WARMUP" "$WORK/warmup-$name.wrk" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
-  if [[ $TOOL == callgrind ]] && ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
-    log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; stop_pids "$VG"; forget_pid "$VG"; continue
+  if [[ $CLIENT == h2 ]]; then
+    # One h2load run: a new one would open its connections again, and 64
+    # TLS handshakes would be counted with the requests. Counting starts
+    # WARMUP seconds in; the requests counted are those that ended after
+    # that (h2load's log: start in µs since the epoch, status, µs taken).
+    load $((WARMUP + DURATION)) "$WORK/$name.load" &
+    LOADER=$!
+    sleep "$WARMUP"
+    ON_US=$(date +%s%6N)
+    echo "$ON_US" >"$WORK/$name.load.on"
+    if ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
+      log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; wait "$LOADER"; stop_pids "$VG"; forget_pid "$VG"; continue
+    fi
+    wait "$LOADER"
+    N=$(awk -F'\t' -v on="$ON_US" '$1 + $3 >= on && $2 >= 200 && $2 < 300 { n++ } END { print n + 0 }' "$WORK/$name.load.log")
+    NON2XX=$(awk -F'\t' -v on="$ON_US" '$1 + $3 >= on && $2 >= 400 { n++ } END { if (n) print n }' "$WORK/$name.load.log")
+  else
+    ((WARMUP > 0)) && load "$WARMUP" "$WORK/warmup-$name.load"
+    if [[ $TOOL == callgrind ]] && ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
+      log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; stop_pids "$VG"; forget_pid "$VG"; continue
+    fi
+    load "$DURATION" "$WORK/$name.load"
+    read -r N NON2XX <<<"$(answered "$WORK/$name.load")"
   fi
-  run_load "$DURATION" "$WORK/$name.wrk" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
-  N=$(awk '/requests in/ {print $1}' "$WORK/$name.wrk")
-  NON2XX=$(awk '/Non-2xx/ {print $NF}' "$WORK/$name.wrk")
   kill -TERM "$VG"   # no SIGKILL: valgrind writes its output at exit
   for ((i = 0; i < 300; i++)); do kill -0 "$VG" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$VG" 2>/dev/null && log "$name: still running 30 s after SIGTERM (its output may be missing)"
   forget_pid "$VG"
   OUT=$WORK/$TOOL.$name.out
-  [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$OUT" "$KEEP/"
+  [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$OUT" "$WORK/$name.load"* "$KEEP/"
   if [[ -z $N || $N == 0 || ! -s $OUT ]]; then
     log "SKIP $name: no result (requests '${N:-}', output $(stat -c %s "$OUT" 2>/dev/null || echo missing))"; continue
   fi
