@@ -237,7 +237,11 @@ where
         let conn_ctx = conn_ctx.clone();
         async move {
             let h2 = req.version() == Version::HTTP_2;
-            let resp = respond(req.map(RequestBody::Hyper), &conn_ctx).await;
+            // Boxed: hyper spawns each HTTP/2 stream as a task, and tokio
+            // moves a task's future four times on the way in and once out;
+            // the routing and forwarding state (some 5 KiB) is then moved
+            // once, not five times (about 3,000 instructions a request).
+            let resp = Box::pin(respond(req.map(RequestBody::Hyper), &conn_ctx)).await;
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
