@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
+use support::h2::{Field, H2, HEADERS, fields};
 use support::library::{Pki, tls_connect, tls_list};
 use support::{Geolb, bounded, eventually, geolb_check, get, refused_addr, request};
 
@@ -235,6 +236,37 @@ async fn request_ids_are_made_kept_or_replaced_and_the_same_everywhere() {
     logged.sort();
     ids.sort();
     assert_eq!(logged, ids);
+}
+
+/// An id no other message repeats stays out of HTTP/2's header compression
+/// table: put there, each would push out the fields that do repeat, and
+/// every answer would be encoded afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_answers_send_their_request_id_as_never_indexed() {
+    let backend = echo_backend().await;
+    let geolb = Geolb::start(&config(backend, "").await).await;
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[]).await;
+    let mut indexed_later = Vec::new();
+    for i in 0..20u32 {
+        let stream = 2 * i + 1;
+        h2.get(stream, "/").await;
+        let head = bounded(WAIT, "an answer's HEADERS", h2.next_of(HEADERS))
+            .await
+            .expect("an answer");
+        assert_eq!(head.stream, stream);
+        let fields = fields(&head.payload);
+        // The id; nothing else geolb or the backend sends is a secret.
+        assert_eq!(
+            fields.iter().filter(|f| **f == Field::NeverIndexed).count(),
+            1,
+            "answer {i}: {fields:?}"
+        );
+        if i > 0 {
+            indexed_later.extend(fields.into_iter().filter(|f| *f == Field::Indexing));
+        }
+    }
+    // After the first answer only a new `date` (a second passing) is added.
+    assert!(indexed_later.len() <= 2, "{indexed_later:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

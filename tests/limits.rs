@@ -15,6 +15,7 @@ use http::HeaderMap;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
+use support::h2::{ACK, DATA, GOAWAY, H2, PING, frame};
 use support::library::{Pki, TcpBackend, metric, tls_list};
 use support::{Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -214,126 +215,6 @@ async fn a_reload_changes_client_limits_for_new_requests() {
 }
 
 // --- HTTP/2, spoken frame by frame ------------------------------------------
-
-/// A frame as RFC 9113 §4.1 lays it out.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = len.to_be_bytes()[1..].to_vec();
-    out.extend([kind, flags]);
-    out.extend(stream.to_be_bytes());
-    out.extend(payload);
-    out
-}
-
-const SETTINGS: u8 = 0x4;
-const HEADERS: u8 = 0x1;
-const DATA: u8 = 0x0;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const ACK: u8 = 0x1;
-
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-/// A raw HTTP/2 client: frames written as given, frames read by a task.
-struct H2 {
-    write: tokio::net::tcp::OwnedWriteHalf,
-    frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
-}
-
-impl H2 {
-    /// Preface and SETTINGS (`settings`: id, value), then the server's
-    /// SETTINGS acknowledged; returns the client and the server's SETTINGS.
-    async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> (H2, Vec<(u16, u32)>) {
-        let (mut read, write) = TcpStream::connect(addr).await.unwrap().into_split();
-        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let mut head = [0u8; 9];
-                if read.read_exact(&mut head).await.is_err() {
-                    return;
-                }
-                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                let mut payload = vec![0u8; len];
-                if read.read_exact(&mut payload).await.is_err() {
-                    return;
-                }
-                let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                let f = Frame {
-                    kind: head[3],
-                    flags: head[4],
-                    stream,
-                    payload,
-                };
-                if tx.send(f).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut h2 = H2 { write, frames };
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        let payload: Vec<u8> = settings
-            .iter()
-            .flat_map(|(id, v)| [id.to_be_bytes().to_vec(), v.to_be_bytes().to_vec()].concat())
-            .collect();
-        out.extend(frame(SETTINGS, 0, 0, &payload));
-        h2.send(&out).await;
-        let first = h2.next().await.expect("the server's SETTINGS");
-        assert_eq!((first.kind, first.flags), (SETTINGS, 0));
-        let server = first
-            .payload
-            .chunks_exact(6)
-            .map(|c| {
-                (
-                    u16::from_be_bytes([c[0], c[1]]),
-                    u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
-                )
-            })
-            .collect();
-        h2.send(&frame(SETTINGS, ACK, 0, &[])).await;
-        (h2, server)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.write.write_all(bytes).await.unwrap();
-    }
-
-    /// GET `path` on `stream` (HPACK: indexed :method GET and :scheme
-    /// http, literal :path and :authority).
-    async fn get(&mut self, stream: u32, path: &str) {
-        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-        block.extend(path.as_bytes());
-        block.extend([0x01, 9]);
-        block.extend(b"t.example");
-        self.send(&frame(HEADERS, 0x4 | 0x1, stream, &block)).await;
-    }
-
-    async fn ping(&mut self) {
-        self.send(&frame(PING, 0, 0, b"geolb-ok")).await;
-    }
-
-    /// The next frame of `kind`, others skipped.
-    async fn next_of(&mut self, kind: u8) -> Option<Frame> {
-        loop {
-            let f = self.next().await?;
-            if f.kind == kind {
-                return Some(f);
-            }
-        }
-    }
-
-    /// The next frame, or `None` once the server closed (or after 10 s).
-    async fn next(&mut self) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(10), self.frames.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-}
 
 #[tokio::test]
 async fn max_concurrent_streams_is_announced_as_configured() {
