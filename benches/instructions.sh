@@ -39,10 +39,14 @@
 # benches/http.sh CLIENT=h2 does; HTTP/1.1 to the backend): the count of an
 # HTTP/2 client's request, TLS included, beside HAProxy's and nginx's.
 #   CLIENT=h2 PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
+# BACKEND_PROTO=h2c: the proxies speak HTTP/2 by prior knowledge to the
+# backend (nginx's listen ... http2; geolb backend_protocol = "h2c",
+# HAProxy proto h2; nginx cannot proxy so and is skipped).
+#   BACKEND_PROTO=h2c PROXIES="geolb haproxy" GEOLB=target/release/geolb benches/instructions.sh
 # TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
-# Environment: PROXIES (geolb), CLIENT (h1), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# Environment: PROXIES (geolb), CLIENT (h1), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
@@ -60,6 +64,8 @@ URL_PATH=${URL_PATH:-/}
 BODY=${BODY:-}
 COMPRESS=${COMPRESS:-}
 CLIENT=${CLIENT:-h1}
+BACKEND_PROTO=${BACKEND_PROTO:-http1}
+[[ $BACKEND_PROTO == http1 || $BACKEND_PROTO == h2c ]] || die "BACKEND_PROTO=$BACKEND_PROTO: http1 or h2c"
 PROXY_CPU=0
 LOAD_CPU=1
 # nginx keeps at most this many idle backend connections (as in http.sh).
@@ -89,7 +95,7 @@ events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; $LOCATION }
+  server { listen 127.0.0.1:$BACKEND$([[ $BACKEND_PROTO == h2c ]] && echo " http2"); $LOCATION }
 }
 CONF
 
@@ -100,7 +106,8 @@ CONF
 write_geolb_conf() {
   local tls=""
   [[ $CLIENT == h2 ]] && tls=$(printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]' "$WORK/cert.pem" "$WORK/key.pem")
-  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE"$'\n'"$tls" >"$WORK/geolb.toml"
+  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE"$'\n'"$tls" \
+    | if [[ $BACKEND_PROTO == h2c ]]; then sed '/^backends = /a backend_protocol = "h2c"'; else cat; fi >"$WORK/geolb.toml"
 }
 
 write_haproxy_conf() {
@@ -111,7 +118,7 @@ frontend fe
     bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl crt $WORK/cert-key.pem alpn h2,http/1.1")
     default_backend be
 backend be
-    server b1 127.0.0.1:$BACKEND
+    server b1 127.0.0.1:$BACKEND$([[ $BACKEND_PROTO == h2c ]] && echo " proto h2")
 EOF
   } >"$WORK/haproxy.cfg"
 }
@@ -156,6 +163,7 @@ start_under_valgrind() {
       start_bg "$PROXY_CPU" "$logf" "${CALLGRIND[@]}" haproxy -db -f "$WORK/haproxy.cfg"
       ;;
     nginx)
+      [[ $BACKEND_PROTO != h2c ]] || { log "SKIP nginx: it cannot proxy to HTTP/2 backends"; return 1; }
       write_nginx_proxy_conf
       start_bg "$PROXY_CPU" "$logf" "${CALLGRIND[@]}" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
       ;;
