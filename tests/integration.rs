@@ -503,6 +503,56 @@ async fn backend_timeout_is_504_and_a_dead_backend_is_502() {
     assert!(String::from_utf8_lossy(&body).contains("could not connect"));
 }
 
+/// `/slow?ms=3000` on `c`: the status and how long it took.
+async fn slow_get(
+    c: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+) -> (u16, Duration) {
+    let at = std::time::Instant::now();
+    let (code, _, _) = get_on(c, "/slow?ms=3000").await.unwrap();
+    (code, at.elapsed())
+}
+
+/// One kept-alive connection times every request with one timer, armed
+/// anew each time: a deadline moved later while the timer is armed, one
+/// that went off while the connection was idle, and one after a request
+/// that timed out must each give 504 at the timeout, neither early nor
+/// never.
+#[tokio::test]
+async fn one_connection_times_each_request_afresh() {
+    let a = Backend::start("a").await;
+    let cfg = simple(
+        &backend_list(&[&a]),
+        "timeouts = { request = \"300ms\" }\nretries = 0",
+    );
+    let geolb = Geolb::start(&cfg).await;
+    let stream = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    let mut c = http1_client(stream).await;
+    for step in [
+        "armed by the last request",
+        "gone off while idle",
+        "after a 504",
+    ] {
+        assert_eq!(get_on(&mut c, "/").await.unwrap().0, 200, "{step}");
+        match step {
+            // Half the timeout: a deadline not moved would cut early.
+            "armed by the last request" => tokio::time::sleep(Duration::from_millis(150)).await,
+            "gone off while idle" => tokio::time::sleep(Duration::from_millis(500)).await,
+            _ => {}
+        }
+        if step == "after a 504" {
+            assert_eq!(slow_get(&mut c).await.0, 504, "{step}");
+        }
+        let (code, took) = slow_get(&mut c).await;
+        assert_eq!(code, 504, "{step}");
+        assert!(
+            took >= Duration::from_millis(280) && took < Duration::from_millis(2500),
+            "{step}: 504 after {took:?}, the timeout is 300ms"
+        );
+    }
+}
+
 #[tokio::test]
 async fn error_bodies_never_name_the_backend_but_the_logs_do() {
     // A backend that takes connections and requests and never answers.

@@ -50,10 +50,12 @@ pub(super) trait Client: Send + Sync + 'static {
     fn activity(&self) -> &Arc<Activity>;
     fn peer(&self) -> std::net::SocketAddr;
     fn shutdown(&self) -> &tokio_util::sync::CancellationToken;
-    /// The answer to `req`, routed and forwarded.
+    /// The answer to `req`, routed and forwarded; `timer` times the
+    /// backend's answer, one for all of the connection's requests.
     fn respond(
         &self,
         req: Request<RequestBody>,
+        timer: Pin<&mut tokio::time::Sleep>,
     ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send;
 }
 
@@ -673,6 +675,9 @@ where
     // unlinked per request.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    // Armed anew by each request: see `Client::respond`.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         let head = {
             let next = poll_fn(|cx| next_head(shared, cx, first, &mut spare));
@@ -746,7 +751,7 @@ where
             // Boxed, as hyper's server boxes it: the routing and
             // forwarding state (some 5 KiB) exists only while a request is
             // open, not in every idle connection's task.
-            let mut answer = Box::pin(conn.respond(req));
+            let mut answer = Box::pin(conn.respond(req, timer.as_mut()));
             loop {
                 tokio::select! {
                     resp = &mut answer => break resp,

@@ -4,7 +4,9 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -20,6 +22,7 @@ use hyper_util::server::conn::auto;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -241,7 +244,8 @@ where
             // moves a task's future four times on the way in and once out;
             // the routing and forwarding state (some 5 KiB) is then moved
             // once, not five times (about 3,000 instructions a request).
-            let resp = Box::pin(respond(req.map(RequestBody::Hyper), &conn_ctx)).await;
+            let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            let resp = Box::pin(respond(req.map(RequestBody::Hyper), &conn_ctx, timer)).await;
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
@@ -323,17 +327,49 @@ impl super::h1::Client for ConnCtx {
     fn respond(
         &self,
         req: Request<RequestBody>,
+        timer: Pin<&mut Sleep>,
     ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send {
-        respond(req, self)
+        respond(req, self, timer)
     }
 }
 
 /// The answer to `req`, with the listener's response header rules applied.
-async fn respond(req: Request<RequestBody>, conn: &ConnCtx) -> Response<ResponseBody> {
+/// `timer` times each backend's answer (`timeouts.request`): an HTTP/1
+/// connection keeps one for all its requests, since a later deadline on a
+/// timer already in the runtime's wheel is one atomic store, where a new
+/// timer is put into the wheel and taken out again (275 instructions a
+/// request more, by `benches/instructions.sh`); an HTTP/2 stream has its
+/// own.
+async fn respond(
+    req: Request<RequestBody>,
+    conn: &ConnCtx,
+    timer: Pin<&mut Sleep>,
+) -> Response<ResponseBody> {
     let mut reply = Reply::new(&conn.client, conn.peer.port(), conn.tls, conn.ctx.proto);
-    let mut resp = handle(req, conn, &mut reply).await;
+    let mut resp = handle(req, conn, &mut reply, timer).await;
     reply.finish(resp.headers_mut());
     resp
+}
+
+/// `after` from `from`, or for a `Duration` past what `Instant` holds,
+/// about 30 years (as `tokio::time::timeout` does).
+fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
+    from.checked_add(after).map_or_else(
+        || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30),
+        tokio::time::Instant::from_std,
+    )
+}
+
+/// What `fut` gives, or `None` if `timer` goes off first (polled in
+/// `tokio::time::timeout`'s order: the future, then the timer).
+async fn before<F: Future>(mut timer: Pin<&mut Sleep>, mut fut: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// How long a connection cut for idleness has to take its GOAWAY.
@@ -413,6 +449,7 @@ async fn handle(
     mut req: Request<RequestBody>,
     conn: &ConnCtx,
     reply: &mut Reply<'_>,
+    mut timer: Pin<&mut Sleep>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     conn.activity.request_started();
@@ -626,8 +663,9 @@ async fn handle(
         // Pinned where it is made: the timeout and the await then move a
         // pointer, not the sending future's 2 KiB.
         let send = std::pin::pin!(sender.try_send_request(request));
-        match tokio::time::timeout(timeouts.request, send).await {
-            Err(_) => {
+        timer.as_mut().reset(deadline(sent_at, timeouts.request));
+        match before(timer.as_mut(), send).await {
+            None => {
                 failure = if body_state() == Some(BodyState::WaitingForClient) {
                     Failure::SlowClient(timeouts.request)
                 } else {
@@ -637,7 +675,7 @@ async fn handle(
                 };
                 break;
             }
-            Ok(Ok(mut resp)) => {
+            Some(Ok(mut resp)) => {
                 backend
                     .metrics
                     .responded(resp.status().as_u16(), sent_at.elapsed());
@@ -718,7 +756,7 @@ async fn handle(
                 };
                 return Response::from_parts(parts, body);
             }
-            Ok(Err(mut e)) => {
+            Some(Err(mut e)) => {
                 if let Some(request) = e.take_message() {
                     // Closed before our request was written: nothing was
                     // sent, so the same backend may be tried afresh.
