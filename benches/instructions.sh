@@ -283,7 +283,6 @@ done
 if [[ $CLIENT == h2 ]]; then
   command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)"
   [[ -z $COMPRESS ]] || die "COMPRESS is for CLIENT=h1 (wrk) only"
-  [[ $TOOL == callgrind ]] || die "CLIENT=h2 is counted with TOOL=callgrind only"
   make_cert
   SCHEME=https CURL=(curl -s -k --http2)
 else
@@ -334,7 +333,7 @@ for name in $PROXIES; do
     sleep "$WARMUP"
     ON_US=$(date +%s%6N)
     echo "$ON_US" >"$WORK/$name.load.on"
-    if ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
+    if [[ $TOOL == callgrind ]] && ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
       log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; wait "$LOADER"; stop_pids "$VG"; forget_pid "$VG"; continue
     fi
     wait "$LOADER"
