@@ -624,8 +624,12 @@ impl Sender {
                 let Some((kept, home)) = conn.take() else {
                     unreachable!("an own connection carries one request")
                 };
+                // Made here: an async block would keep the connection
+                // and the request in its own places too, beside the ones
+                // of the sending future made of them.
+                let sending = h1::send(kept, home, req);
                 return Either::Left(async move {
-                    match h1::send(kept, home, req).await {
+                    match sending.await {
                         Ok(resp) => Ok(resp.map(BackendBody::Own)),
                         Err(e) => Err(SendError {
                             error: e.error.into(),

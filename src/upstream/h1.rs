@@ -165,11 +165,16 @@ fn put(home: &Home, conn: Kept) {
 
 /// Sends `req` on `stream` and reads the response head; the body streams
 /// from the returned response. `home`: where the connection goes back.
-pub async fn send(
+///
+/// Not an async fn: one keeps its arguments' places in its future for its
+/// whole life, beside the parts made of them (the request twice, the
+/// connection twice). The head is written into its buffer here, and the
+/// future holds only what the exchange needs.
+pub fn send(
     kept: Kept,
     home: Home,
     req: Request<BackendRequestBody>,
-) -> Result<Response<ResponseBody>, SendError> {
+) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> {
     let (mut parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
     let encoder = set_length(&mut parts, &body);
@@ -200,65 +205,68 @@ pub async fn send(
         complete: false,
         home,
     };
-    // A write that failed: its error, and the body if none of it was
-    // taken (nothing sent: the request can go out on another connection).
-    let mut write_failed: Option<(Error, Option<BackendRequestBody>)> = None;
-    let mut unsent = false;
-    let parsed = std::future::poll_fn(|cx| {
-        if let Some(w) = writer.as_mut() {
-            match w.poll_write(cx, &mut conn.stream) {
-                Poll::Ready(Ok(())) => {
-                    writer = None;
-                    conn.complete = true;
-                }
-                Poll::Pending => {}
-                Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(Err(e)) => {
-                    // The backend may have answered and closed (a 413):
-                    // its answer is still read.
-                    let mut w = writer.take().expect("writing");
-                    unsent = w.written == 0 && !w.taken;
-                    write_failed = Some((e, w.body.take().filter(|_| unsent)));
+    async move {
+        // A write that failed: its error, and the body if none of it was
+        // taken (nothing sent: the request can go out on another connection).
+        let mut write_failed: Option<(Error, Option<BackendRequestBody>)> = None;
+        let mut unsent = false;
+        let parsed = std::future::poll_fn(|cx| {
+            if let Some(w) = writer.as_mut() {
+                match w.poll_write(cx, &mut conn.stream) {
+                    Poll::Ready(Ok(())) => {
+                        writer = None;
+                        conn.complete = true;
+                    }
+                    Poll::Pending => {}
+                    Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        // The backend may have answered and closed (a 413):
+                        // its answer is still read.
+                        let mut w = writer.take().expect("writing");
+                        unsent = w.written == 0 && !w.taken;
+                        write_failed = Some((e, w.body.take().filter(|_| unsent)));
+                    }
                 }
             }
-        }
-        // The request's header map, written out, takes the response's
-        // fields (one allocation and one free fewer per request).
-        match ready!(conn.poll_head(cx, &parts.method, &mut parts.headers)) {
-            Ok(head) => Poll::Ready(Ok(head)),
-            Err(Error::Closed | Error::Reset(_)) if write_failed.is_some() => {
-                Poll::Ready(Err(Error::Closed))
+            // The request's header map, written out, takes the response's
+            // fields (one allocation and one free fewer per request).
+            match ready!(conn.poll_head(cx, &parts.method, &mut parts.headers)) {
+                Ok(head) => Poll::Ready(Ok(head)),
+                Err(Error::Closed | Error::Reset(_)) if write_failed.is_some() => {
+                    Poll::Ready(Err(Error::Closed))
+                }
+                Err(e) => Poll::Ready(Err(e)),
             }
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    })
-    .await;
-    match (parsed, write_failed) {
-        (Ok(head), _) if !first_chunk_ok(&head, &conn.buf) => Err(SendError {
-            error: Error::BadChunk,
-            request: None,
-            sent: None,
-        }),
-        (Ok(head), _) => {
-            conn.writer = writer.map(Box::new);
-            Ok(respond(conn, head))
-        }
-        (Err(Error::Closed), Some((error, body))) if unsent => {
-            let body = body.unwrap_or_else(|| http_body_util::Either::Right(Default::default()));
-            Err(SendError {
-                error,
-                request: Some(Request::from_parts(parts, body)),
+        })
+        .await;
+        match (parsed, write_failed) {
+            (Ok(head), _) if !first_chunk_ok(&head, &conn.buf) => Err(SendError {
+                error: Error::BadChunk,
+                request: None,
                 sent: None,
-            })
+            }),
+            (Ok(head), _) => {
+                conn.writer = writer.map(Box::new);
+                Ok(respond(conn, head))
+            }
+            (Err(Error::Closed), Some((error, body))) if unsent => {
+                let body =
+                    body.unwrap_or_else(|| http_body_util::Either::Right(Default::default()));
+                Err(SendError {
+                    error,
+                    request: Some(Request::from_parts(parts, body)),
+                    sent: None,
+                })
+            }
+            (Err(Error::Closed), Some((error, _))) | (Err(error), _) => Err(SendError {
+                // Only such a close leaves the head whole (see poll_head).
+                sent: (end_stream && error.closed_without_answer()).then_some(parts),
+                error,
+                request: None,
+            }),
         }
-        (Err(Error::Closed), Some((error, _))) | (Err(error), _) => Err(SendError {
-            // Only such a close leaves the head whole (see poll_head).
-            sent: (end_stream && error.closed_without_answer()).then_some(parts),
-            error,
-            request: None,
-        }),
     }
 }
 
