@@ -749,8 +749,8 @@ where
         *req.headers_mut() = headers;
         let resp = {
             // Boxed, as hyper's server boxes it: the routing and
-            // forwarding state (some 5 KiB) exists only while a request is
-            // open, not in every idle connection's task.
+            // forwarding state (4.4 KB at f43c140) exists only while a
+            // request is open, not in every idle connection's task.
             let mut answer = Box::pin(conn.respond(req, timer.as_mut()));
             loop {
                 tokio::select! {
