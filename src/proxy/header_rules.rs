@@ -110,7 +110,7 @@ impl<'c> Reply<'c> {
         if self.echo_id
             && let Some(id) = &self.request_id
         {
-            headers.insert(X_REQUEST_ID, unindexed(id.clone()));
+            headers.insert(X_REQUEST_ID, id.clone());
         }
         if let Some(rules) = &self.rules {
             apply(&rules.response, headers, |t| {
@@ -209,16 +209,18 @@ fn valid_id(v: &HeaderValue) -> bool {
 }
 
 /// The request's id: the client's one `X-Request-Id` if valid, else a new
-/// one put in its place.
+/// one put in its place; either way [`unindexed`], in the request and in
+/// what is returned for the answer.
 fn request_id(headers: &mut HeaderMap) -> HeaderValue {
     // One hash of the name, whether the id is kept or replaced.
     match headers.entry(X_REQUEST_ID) {
         Entry::Occupied(mut e) => {
             let mut values = e.iter();
-            if let (Some(v), None) = (values.next(), values.next())
-                && valid_id(v)
-            {
-                return v.clone();
+            let kept = matches!((values.next(), values.next()), (Some(v), None) if valid_id(v));
+            if kept {
+                let id = e.get_mut();
+                id.set_sensitive(true);
+                return id.clone();
             }
             let id = new_request_id();
             e.insert(id.clone());
@@ -336,6 +338,9 @@ mod tests {
                 headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(),
                 [&id]
             );
+            // Kept or made, never indexed by HPACK, to the backend or back.
+            assert!(id.is_sensitive(), "{values:?}");
+            assert!(headers[&X_REQUEST_ID].is_sensitive(), "{values:?}");
         }
         let mut obs = HeaderMap::new();
         obs.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
