@@ -130,11 +130,11 @@ EOF
 
 write_haproxy_conf() {
   {
-    haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && echo "ssl-default-bind-options ssl-min-ver TLSv1.3")"
+    haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && haproxy_tls_global)"
     cat <<EOF
 
 frontend fe
-    bind 127.0.0.1:${TARGET_PORT[haproxy]}$([[ $CLIENT == h2 ]] && echo " ssl crt $WORK/cert-key.pem alpn h2,http/1.1")
+    bind 127.0.0.1:${TARGET_PORT[haproxy]}$([[ $CLIENT == h2 ]] && haproxy_tls_bind)
     default_backend be
 
 backend be
@@ -172,7 +172,7 @@ name = "bench"
 bind = "127.0.0.1:${TARGET_PORT[geolb]}"
 pool = "bench"
 ${LISTENER:-}
-$([[ $CLIENT == h2 ]] && printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]' "$WORK/cert.pem" "$WORK/key.pem")
+$([[ $CLIENT == h2 ]] && geolb_tls_listener)
 EOF
 }
 

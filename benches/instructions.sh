@@ -105,17 +105,17 @@ CONF
 
 write_geolb_conf() {
   local tls=""
-  [[ $CLIENT == h2 ]] && tls=$(printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]' "$WORK/cert.pem" "$WORK/key.pem")
+  [[ $CLIENT == h2 ]] && tls=$(geolb_tls_listener)
   geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE"$'\n'"$tls" \
     | if [[ $BACKEND_PROTO == h2c ]]; then sed '/^backends = /a backend_protocol = "h2c"'; else cat; fi >"$WORK/geolb.toml"
 }
 
 write_haproxy_conf() {
   {
-    haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && echo "ssl-default-bind-options ssl-min-ver TLSv1.3")"
+    haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && haproxy_tls_global)"
     cat <<EOF
 frontend fe
-    bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl crt $WORK/cert-key.pem alpn h2,http/1.1")
+    bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && haproxy_tls_bind)
     default_backend be
 backend be
     server b1 127.0.0.1:$BACKEND$([[ $BACKEND_PROTO == h2c ]] && echo " proto h2")
@@ -332,7 +332,6 @@ for name in $PROXIES; do
     LOADER=$!
     sleep "$WARMUP"
     ON_US=$(date +%s%6N)
-    echo "$ON_US" >"$WORK/$name.load.on"
     if [[ $TOOL == callgrind ]] && ! callgrind_control -i on "$VG" >"$WORK/logs/$name-control.log" 2>&1; then
       log "SKIP $name: callgrind_control failed: $(tail -2 "$WORK/logs/$name-control.log")"; wait "$LOADER"; stop_pids "$VG"; forget_pid "$VG"; continue
     fi

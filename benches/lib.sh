@@ -103,21 +103,21 @@ mem_kb() {
     | awk '/^VmRSS:/ { r += $2 } /^VmHWM:/ { h += $2 } END { printf "%d\t%d", r, h }'
 }
 
-# Sum of utime+stime (clock ticks) over the given pids.
-ticks_of() {
-  local p
+# stat_sum EXPR PID... : EXPR (an awk expression over /proc/PID/stat's
+# fields, counted after the command's name) summed over the given pids.
+stat_sum() {
+  local expr=$1 p
+  shift
   for p in "$@"; do
     [[ -r /proc/$p/stat ]] && sed 's/^.*) //' "/proc/$p/stat"
-  done | awk '{ t += $12 + $13 } END { print t + 0 }'
+  done | awk "{ t += $expr } END { print t + 0 }"
 }
 
+# Sum of utime+stime (clock ticks) over the given pids.
+ticks_of() { stat_sum '$12 + $13' "$@"; }
+
 # Sum of utime alone (clock ticks, user space) over the given pids.
-user_ticks_of() {
-  local p
-  for p in "$@"; do
-    [[ -r /proc/$p/stat ]] && sed 's/^.*) //' "/proc/$p/stat"
-  done | awk '{ t += $12 } END { print t + 0 }'
-}
+user_ticks_of() { stat_sum '$12' "$@"; }
 
 # Clock ticks used by processes that are not ours (not descendants of this
 # script, not kernel threads): a compile started by someone else mid-run
@@ -323,6 +323,17 @@ nginx_tls() {
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
 EOF
+}
+
+# The same certificate on HAProxy's and geolb's listeners, as nginx_tls
+# puts it on nginx's: TLS 1.3 only, ALPN h2 then http/1.1.
+# haproxy_tls_global : the line for HAProxy's global section.
+haproxy_tls_global() { echo "ssl-default-bind-options ssl-min-ver TLSv1.3"; }
+# haproxy_tls_bind : what follows a bind address.
+haproxy_tls_bind() { echo " ssl crt $WORK/cert-key.pem alpn h2,http/1.1"; }
+# geolb_tls_listener : the lines of a geolb [[listener]].
+geolb_tls_listener() {
+  printf 'protocol = "https"\ntls = [{ cert = "%s", key = "%s" }]\n' "$WORK/cert.pem" "$WORK/key.pem"
 }
 
 # ---------------------------------------------------------------- haproxy configs

@@ -163,11 +163,11 @@ EOF
 
 write_haproxy_conf() {
   {
-    haproxy_http_head 8000 "ssl-default-bind-options ssl-min-ver TLSv1.3"
+    haproxy_http_head 8000 "$(haproxy_tls_global)"
     cat <<EOF
 
 frontend fe
-    bind 127.0.0.1:${TARGET_PORT[haproxy]} ssl crt $WORK/cert-key.pem alpn h2,http/1.1
+    bind 127.0.0.1:${TARGET_PORT[haproxy]}$(haproxy_tls_bind)
     default_backend be
 
 backend be
@@ -189,8 +189,7 @@ backends = [{ addr = "127.0.0.1:$BACKEND_PORT" }]
 [[listener]]
 name = "tls"
 bind = "127.0.0.1:${TARGET_PORT[geolb]}"
-protocol = "https"
-tls = [{ cert = "$WORK/cert.pem", key = "$WORK/key.pem" }]
+$(geolb_tls_listener)
 pool = "bench"
 EOF
 }
