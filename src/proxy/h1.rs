@@ -747,44 +747,47 @@ where
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = headers;
-        let resp = {
-            // Boxed, as hyper's server boxes it: the routing and
-            // forwarding state (4.4 KB at f43c140) exists only while a
-            // request is open, not in every idle connection's task.
-            let mut answer = Box::pin(conn.respond(req, timer.as_mut()));
-            loop {
-                tokio::select! {
-                    resp = &mut answer => break resp,
-                    () = shared.continue_wanted.notified(), if may_continue => {
-                        if shared.continue_owed.swap(false, Ordering::Relaxed)
-                            && writer.io.write_all(CONTINUE).await.is_err()
-                        {
-                            return Served::Closed;
+        // The response ends where it stands, at the end of this block,
+        // rather than moved into a `drop`.
+        let reusable = {
+            let mut resp = {
+                // Boxed, as hyper's server boxes it: the routing and
+                // forwarding state (4.4 KB at f43c140) exists only while a
+                // request is open, not in every idle connection's task.
+                let mut answer = Box::pin(conn.respond(req, timer.as_mut()));
+                loop {
+                    tokio::select! {
+                        resp = &mut answer => break resp,
+                        () = shared.continue_wanted.notified(), if may_continue => {
+                            if shared.continue_owed.swap(false, Ordering::Relaxed)
+                                && writer.io.write_all(CONTINUE).await.is_err()
+                            {
+                                return Served::Closed;
+                            }
                         }
-                    }
-                    // geolb serves without half-close (as its hyper
-                    // server): a client that ends its side has gone.
-                    closed = poll_fn(|cx| client_gone(shared, cx)) => {
-                        if closed {
-                            return Served::Closed;
+                        // geolb serves without half-close (as its hyper
+                        // server): a client that ends its side has gone.
+                        closed = poll_fn(|cx| client_gone(shared, cx)) => {
+                            if closed {
+                                return Served::Closed;
+                            }
                         }
                     }
                 }
-            }
+            };
+            let keep_alive = keep_alive && !shutdown.is_cancelled();
+            let request = Answering {
+                method: &method,
+                version,
+                keep_alive,
+                takes_trailers,
+            };
+            // Pinned where it is made, not moved into the await.
+            let reusable = std::pin::pin!(writer.respond(&mut resp, request)).await;
+            spare = std::mem::take(resp.headers_mut());
+            reusable
         };
-        let keep_alive = keep_alive && !shutdown.is_cancelled();
-        let request = Answering {
-            method: &method,
-            version,
-            keep_alive,
-            takes_trailers,
-        };
-        // Pinned where it is made, not moved into the await (2 KiB).
-        let (reusable, headers) = std::pin::pin!(writer.respond(resp, request)).await;
-        if let Some(mut headers) = headers {
-            headers.clear();
-            spare = headers;
-        }
+        spare.clear();
         let mut reader = shared.reader();
         reader.detached = true;
         reader.expect = false;
@@ -899,81 +902,62 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
     }
 
     /// Writes `resp` to `request`; true if the connection may carry
-    /// another request; with the response's header map, for the next
-    /// request.
-    async fn respond(
-        &mut self,
-        resp: Response<ResponseBody>,
-        request: Answering<'_>,
-    ) -> (bool, Option<HeaderMap>) {
-        let (parts, body) = resp.into_parts();
-        let mut headers = None;
-        let reusable = self
-            .write_response(parts, body, request, &mut headers)
-            .await;
-        (reusable, headers)
-    }
-
-    async fn write_response(
-        &mut self,
-        parts: http::response::Parts,
-        body: ResponseBody,
-        request: Answering<'_>,
-        headers_out: &mut Option<HeaderMap>,
-    ) -> bool {
+    /// another request. By reference: the response (456 bytes) stays where
+    /// the connection's loop put it, rather than being moved into this
+    /// future and split there (five copies a request).
+    async fn respond(&mut self, resp: &mut Response<ResponseBody>, request: Answering<'_>) -> bool {
         let Answering {
             method,
             version,
             mut keep_alive,
             takes_trailers,
         } = request;
-        let (mut parts, mut body) = (parts, body);
         // hyper's `enforce_version` and `fix_keep_alive`.
-        let mut out_version = parts.version;
+        let mut out_version = resp.version();
         if version == Version::HTTP_10 {
-            let says_keep_alive = parts
-                .headers
+            let says_keep_alive = resp
+                .headers()
                 .get_all(header::CONNECTION)
                 .iter()
                 .any(|v| has_token(v, b"keep-alive"));
             if !says_keep_alive {
-                if parts.version == Version::HTTP_10 {
+                if resp.version() == Version::HTTP_10 {
                     keep_alive = false;
-                } else if parts.version == Version::HTTP_11 && keep_alive {
-                    parts
-                        .headers
+                } else if resp.version() == Version::HTTP_11 && keep_alive {
+                    resp.headers_mut()
                         .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
                 }
             }
             out_version = Version::HTTP_10;
         } else if !keep_alive
-            && !parts
-                .headers
+            && !resp
+                .headers()
                 .get_all(header::CONNECTION)
                 .iter()
                 .any(|v| has_token(v, b"close"))
         {
-            parts
-                .headers
+            resp.headers_mut()
                 .append(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let length = if body.is_end_stream() {
+        let length = if resp.body().is_end_stream() {
             None
         } else {
-            Some(body.size_hint().exact())
+            Some(resp.body().size_hint().exact())
         };
         self.head.clear();
         let (encoder, last, trailer_names) = encode_head(
             &mut self.head,
-            &parts,
+            resp,
             out_version,
             method,
             length,
             !keep_alive,
         );
-        *headers_out = Some(std::mem::take(&mut parts.headers));
+        let body = resp.body_mut();
         if encoder == Encoder::Length(0) {
-            drop(body);
+            // Ended (counted, logged, its backend connection given back)
+            // before the head goes out, as every body is by its last read.
+            drop(std::mem::replace(body, ResponseBody::empty()));
             return self.io.write_all(&self.head).await.is_ok() && !last;
         }
         let mut wrote_head = false;
@@ -982,9 +966,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
             // The head goes out with the first bytes when they are there,
             // alone when they are not.
             let frame = if wrote_head {
-                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             } else {
-                match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
                         if self.io.write_all(&self.head).await.is_err() {
@@ -1004,7 +988,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
                             continue;
                         };
                         // hyper ends the body at its trailers, sent or not.
-                        drop(body);
+                        drop(std::mem::replace(body, ResponseBody::empty()));
                         let mut section = Vec::new();
                         if encoder == Encoder::Chunked && takes_trailers {
                             trailer_section(&mut section, trailers, &trailer_names);
@@ -1127,21 +1111,21 @@ fn can_have_content_length(method: &Method, status: StatusCode) -> bool {
         || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
 }
 
-/// hyper's `Server::encode` with lower-case names: the head for `parts`
+/// hyper's `Server::encode` with lower-case names: the head of `resp`
 /// into `dst`, how its body goes, whether the connection ends after, and
 /// the fields its `Trailer` header announces.
 /// `length`: `None` for no body, `Some(None)` for one of unknown length.
-fn encode_head(
+fn encode_head<B>(
     dst: &mut Vec<u8>,
-    parts: &http::response::Parts,
+    resp: &Response<B>,
     version: Version,
     method: &Method,
     length: Option<Option<u64>>,
     mut last: bool,
 ) -> (Encoder, bool, Vec<HeaderName>) {
     let mut announces_trailers = false;
-    let status = parts.status;
-    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    let status = resp.status();
+    let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>();
     if version == Version::HTTP_11 && status == StatusCode::OK && reason.is_none() {
         dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -1176,7 +1160,7 @@ fn encode_head(
             });
         }
     };
-    for (name, value) in &parts.headers {
+    for (name, value) in resp.headers() {
         let new_name = current != Some(name);
         if new_name {
             current = Some(name);
@@ -1292,7 +1276,7 @@ fn encode_head(
         dst.extend_from_slice(b"\r\n");
     }
     let trailer_names = if announces_trailers {
-        announced_trailers(&parts.headers)
+        announced_trailers(resp.headers())
     } else {
         Vec::new()
     };
