@@ -281,6 +281,16 @@ pub struct SendError {
     sent: Option<http::request::Parts>,
 }
 
+impl From<h1::SendError> for SendError {
+    fn from(e: h1::SendError) -> Self {
+        SendError {
+            error: e.error.into(),
+            request: e.request,
+            sent: e.sent,
+        }
+    }
+}
+
 impl SendError {
     /// The request, if none of it was sent.
     pub fn take_message(&mut self) -> Option<Request<BackendRequestBody>> {
@@ -624,20 +634,10 @@ impl Sender {
                 let Some((kept, home)) = conn.take() else {
                     unreachable!("an own connection carries one request")
                 };
-                // Made here: an async block would keep the connection
-                // and the request in its own places too, beside the ones
-                // of the sending future made of them.
-                let sending = h1::send(kept, home, req);
-                return Either::Left(async move {
-                    match sending.await {
-                        Ok(resp) => Ok(resp.map(BackendBody::Own)),
-                        Err(e) => Err(SendError {
-                            error: e.error.into(),
-                            request: e.request,
-                            sent: e.sent,
-                        }),
-                    }
-                });
+                // Not in an async block of its own: that would keep the
+                // connection and the request in its own places too, beside
+                // the ones of the sending future made of them.
+                return Either::Left(h1::send(kept, home, req, BackendBody::Own));
             }
         };
         Either::Right(async move {

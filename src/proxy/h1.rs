@@ -476,11 +476,14 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     {
         return Some(Head::Hyper);
     }
-    let fields: smallvec::SmallVec<[(std::ops::Range<usize>, std::ops::Range<usize>); 16]> = req
-        .headers
-        .iter()
-        .map(|h| (range(h.name.as_bytes()), range(h.value)))
-        .collect();
+    // Pushed, not collected, and read in place below (as the backend
+    // client's response fields): `collect` and the loop each copied the
+    // whole list. A head's offsets fit `u32`.
+    let mut fields: smallvec::SmallVec<[[u32; 4]; 16]> = smallvec::SmallVec::new();
+    for h in req.headers.iter() {
+        let (name, value) = (range(h.name.as_bytes()), range(h.value));
+        fields.push([name.start, name.end, value.start, value.end].map(|i| i as u32));
+    }
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
         return Some(Head::Refused(StatusCode::BAD_REQUEST));
@@ -493,10 +496,11 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     let mut takes_trailers = false;
     let mut map = std::mem::take(map);
     map.reserve(fields.len());
-    for (name, value) in fields {
+    for &[n0, n1, v0, v1] in &fields {
+        let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[name]),
-            HeaderValue::from_maybe_shared(head.slice(value)),
+            HeaderName::from_bytes(&head[n0..n1]),
+            HeaderValue::from_maybe_shared(head.slice(v0..v1)),
         ) else {
             return Some(Head::Refused(StatusCode::BAD_REQUEST));
         };

@@ -170,11 +170,15 @@ fn put(home: &Home, conn: Kept) {
 /// whole life, beside the parts made of them (the request twice, the
 /// connection twice). The head is written into its buffer here, and the
 /// future holds only what the exchange needs.
-pub fn send(
+/// `wrap` makes the caller's body of the response's: the response is built
+/// once, in the caller's type, rather than built and then remade (each
+/// remaking copies it twice).
+pub fn send<B, E: From<SendError>>(
     kept: Kept,
     home: Home,
     req: Request<BackendRequestBody>,
-) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> {
+    wrap: fn(ResponseBody) -> B,
+) -> impl Future<Output = Result<Response<B>, E>> {
     let (mut parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
     let encoder = set_length(&mut parts, &body);
@@ -246,10 +250,11 @@ pub fn send(
                 error: Error::BadChunk,
                 request: None,
                 sent: None,
-            }),
+            }
+            .into()),
             (Ok(head), _) => {
                 conn.writer = writer.map(Box::new);
-                Ok(respond(conn, head))
+                Ok(respond(conn, head, wrap))
             }
             (Err(Error::Closed), Some((error, body))) if unsent => {
                 let body =
@@ -258,14 +263,16 @@ pub fn send(
                     error,
                     request: Some(Request::from_parts(parts, body)),
                     sent: None,
-                })
+                }
+                .into())
             }
             (Err(Error::Closed), Some((error, _))) | (Err(error), _) => Err(SendError {
                 // Only such a close leaves the head whole (see poll_head).
                 sent: (end_stream && error.closed_without_answer()).then_some(parts),
                 error,
                 request: None,
-            }),
+            }
+            .into()),
         }
     }
 }
@@ -690,14 +697,14 @@ fn parse_head(
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| s.as_ptr() as usize - base;
-    let spans: SmallVec<[(usize, usize, usize, usize); 24]> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            let (n, v) = (at(h.name.as_bytes()), at(h.value));
-            (n, n + h.name.len(), v, v + h.value.len())
-        })
-        .collect();
+    // Pushed, not collected, and read in place below: the list was copied
+    // whole out of `collect` and again into its iterator. Offsets in a
+    // head of at most `MAX_HEAD` bytes fit `u32`, and halve those copies.
+    let mut spans: SmallVec<[[u32; 4]; 24]> = SmallVec::new();
+    for h in resp.headers.iter() {
+        let (n, v) = (at(h.name.as_bytes()), at(h.value));
+        spans.push([n, n + h.name.len(), v, v + h.value.len()].map(|i| i as u32));
+    }
     let raw = buf.split_to(len).freeze();
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(None));
@@ -711,7 +718,8 @@ fn parse_head(
     // (most backends send `Connection: keep-alive`); a `Connection` naming
     // other fields stays for the stripping to read. (No 101 gets here: this
     // client sends no upgrade, and refuses one.)
-    for (n0, n1, v0, v1) in spans {
+    for &[n0, n1, v0, v1] in &spans {
+        let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
         let raw_name = &raw[n0..n1];
         if raw_name.eq_ignore_ascii_case(b"keep-alive")
             || raw_name.eq_ignore_ascii_case(b"proxy-connection")
@@ -846,7 +854,7 @@ fn first_chunk_ok(head: &Head, buf: &[u8]) -> bool {
     }
 }
 
-fn respond(conn: Conn, head: Head) -> Response<ResponseBody> {
+fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B> {
     let Head {
         status,
         version,
@@ -867,7 +875,7 @@ fn respond(conn: Conn, head: Head) -> Response<ResponseBody> {
     } else {
         body.conn = Some(conn);
     }
-    let mut resp = Response::new(body);
+    let mut resp = Response::new(wrap(body));
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
