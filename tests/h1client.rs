@@ -486,6 +486,34 @@ async fn request_bodies_reach_the_backend_byte_for_byte_as_through_hyper() {
     assert_eq!(own_resp, hyper_resp);
 }
 
+/// Request heads are written into shared chunks of 4 KiB (a new one when
+/// less than 512 bytes are left): heads on either side of those sizes, one
+/// after another, reach the backend as hyper's client writes them.
+#[tokio::test]
+async fn heads_of_any_size_reach_the_backend_as_through_hyper() {
+    let (lb, seen, _) = two_clients().await;
+    for pad in [1, 300, 450, 600, 3_000, 3_900, 4_100, 5_000, 20_000, 2, 40] {
+        let req = format!(
+            "GET /length HTTP/1.1\r\nHost: a.example\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(pad)
+        );
+        let before = seen.lock().unwrap().len();
+        let resp = same(&lb, &seen, req.as_bytes()).await;
+        assert_eq!(status(&resp), 200, "{resp}");
+        // One request from each client, nothing more: a head written
+        // twice would read as a second, pipelined request.
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            before + 2,
+            "requests for pad {pad}"
+        );
+        assert!(
+            text(&last_request(&seen)).contains(&"p".repeat(pad)),
+            "the backend got the whole pad of {pad}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn malformed_responses_are_502_and_never_forwarded() {
     let (lb, seen, _) = two_clients().await;
