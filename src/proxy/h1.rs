@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
+use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
@@ -628,10 +629,11 @@ where
     };
     let served = {
         let requests = requests(&shared, &mut writer, conn);
-        let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
+        let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), timeouts.idle));
+        // Waking only when its timer fires: see `woken`.
         tokio::select! {
             served = requests => served,
-            reason = watchdog => {
+            reason = Woken::new(watchdog) => {
                 tracing::debug!(client = %conn.peer(), reason, "client connection cut");
                 Served::Closed
             }
@@ -677,8 +679,8 @@ where
     let mut spare = HeaderMap::new();
     // One waiter for the connection's life rather than one registered and
     // unlinked per request.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    let cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut cancelled = Woken::new(cancelled);
     // Armed anew by each request: see `Client::respond`.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);

@@ -34,6 +34,7 @@ use super::header_rules::{Reply, X_REQUEST_ID};
 use super::headers::{self, host_name};
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
+use super::woken::Woken;
 use crate::accept::{Slot, Slots, accept_loop};
 use crate::accesslog::{self, TlsInfo};
 use crate::admission::{Denied, RetryGuard};
@@ -260,8 +261,8 @@ where
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = server.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let watchdog = activity.watchdog(Some(timeouts.header), timeouts.idle);
-    tokio::pin!(watchdog);
+    let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), timeouts.idle));
+    let mut watchdog = Woken::new(watchdog);
     let mut draining = false;
     let first_request = activity.first_request();
     tokio::pin!(first_request);
@@ -273,6 +274,11 @@ where
     };
     let stalls = watched.stalls.cut_stalled(timeouts.idle, listener_name);
     tokio::pin!(stalls);
+    // Each polled only when it woke (see `woken`): the connection's task
+    // wakes for every stream's traffic.
+    let mut stalls = Woken::new(stalls);
+    let cancelled = std::pin::pin!(ctx.shutdown.cancelled());
+    let mut cancelled = Woken::new(cancelled);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -301,7 +307,7 @@ where
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = ctx.shutdown.cancelled(), if !draining => {
+            () = &mut cancelled, if !draining => {
                 draining = true;
                 // A client that connected just before accepting stopped
                 // has not sent its request yet: answer that one first.

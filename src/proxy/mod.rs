@@ -9,7 +9,8 @@
 //! `body` streams responses and settles each request when its response
 //! ends; `compress` compresses them on the way; `headers` rewrites at
 //! the boundary and `header_rules` applies the configured header rules;
-//! `activity` enforces the client-side header and idle timeouts; `stall`
+//! `activity` enforces the client-side header and idle timeouts, `woken`
+//! polls such side futures only when they woke; `stall`
 //! cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
 //! be forwarded; `client_cert` verifies client certificates and tells
@@ -35,3 +36,4 @@ mod stall;
 pub mod tcp;
 pub mod tls;
 mod validate;
+mod woken;

@@ -1,0 +1,154 @@
+//! A side future polled only when it was woken.
+//!
+//! `tokio::select!` polls every branch each time the task wakes. A
+//! connection's task wakes a few times a request for its sockets, and each
+//! time its watchdog (a timer) and its shutdown signal (a `Notify` behind a
+//! mutex) were polled too, only to register the same waker again: 530
+//! instructions a request by `benches/instructions.sh`. [`Woken`] gives the
+//! side future a waker of its own, and polls it again only after that
+//! waker fired.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use atomic_waker::AtomicWaker;
+
+/// `fut`, polled on its first poll and then only after it woke.
+pub struct Woken<'a, F> {
+    fut: Pin<&'a mut F>,
+    flag: Arc<Flag>,
+    /// `flag` as a waker, made once.
+    waker: Waker,
+    polled: bool,
+}
+
+struct Flag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<'a, F: Future> Woken<'a, F> {
+    pub fn new(fut: Pin<&'a mut F>) -> Self {
+        let flag = Arc::new(Flag {
+            woken: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        });
+        Woken {
+            fut,
+            waker: Waker::from(flag.clone()),
+            flag,
+            polled: false,
+        }
+    }
+}
+
+impl<F: Future> Future for Woken<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // First: a wake from here on reaches the task that polls now.
+        this.flag.task.register(cx.waker());
+        // Taken before the poll, so that a wake during it is not lost.
+        if !this.flag.woken.swap(false, Ordering::AcqRel) && this.polled {
+            return Poll::Pending;
+        }
+        this.polled = true;
+        this.fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    /// Pending until `ready`, counting its polls, and waking whoever polled
+    /// it last through `waker` when told to.
+    struct Probe<'a> {
+        polls: &'a Cell<u32>,
+        ready: &'a Cell<bool>,
+        waker: &'a std::cell::RefCell<Option<Waker>>,
+    }
+
+    impl Future for Probe<'_> {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.set(self.polls.get() + 1);
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            if self.ready.get() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn polled_first_then_only_after_its_own_wake() {
+        let (polls, ready, waker) = (Cell::new(0), Cell::new(false), Default::default());
+        let probe = std::pin::pin!(Probe {
+            polls: &polls,
+            ready: &ready,
+            waker: &waker,
+        });
+        let mut woken = std::pin::pin!(Woken::new(probe));
+        let task = Arc::new(Counting::default());
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        assert!(woken.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.get(), 1, "the first poll reaches it");
+        for _ in 0..3 {
+            assert!(woken.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.get(), 1, "the task's other wakes do not");
+        ready.set(true);
+        waker.borrow().as_ref().unwrap().wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "its wake wakes the task");
+        assert!(woken.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls.get(), 2);
+    }
+
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicU32);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_still_fires_through_it() {
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(5)));
+        let mut woken = Woken::new(sleep);
+        let started = tokio::time::Instant::now();
+        // Polled many times early by another branch's wakes, then done.
+        let mut ticks = 0;
+        loop {
+            tokio::select! {
+                () = &mut woken => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => ticks += 1,
+            }
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(ticks >= 49, "{ticks}");
+    }
+}
