@@ -17,7 +17,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use atomic_waker::AtomicWaker;
 
-/// `fut`, polled on its first poll and then only after it woke.
+/// `fut`, polled on its first poll and then only after it woke; once it
+/// is ready, every poll reaches it again (as a loop around `select!` may
+/// poll a branch that finished, expecting what the future itself answers).
 pub struct Woken<'a, F> {
     fut: Pin<&'a mut F>,
     flag: Arc<Flag>,
@@ -68,10 +70,12 @@ impl<F: Future> Future for Woken<'_, F> {
         if !this.flag.woken.swap(false, Ordering::AcqRel) && this.polled {
             return Poll::Pending;
         }
-        this.polled = true;
-        this.fut
+        let out = this
+            .fut
             .as_mut()
-            .poll(&mut Context::from_waker(&this.waker))
+            .poll(&mut Context::from_waker(&this.waker));
+        this.polled = out.is_pending();
+        out
     }
 }
 
@@ -125,6 +129,9 @@ mod tests {
         assert_eq!(task.0.load(Ordering::SeqCst), 1, "its wake wakes the task");
         assert!(woken.as_mut().poll(&mut cx).is_ready());
         assert_eq!(polls.get(), 2);
+        // Ready, it is asked again each time, unwoken.
+        assert!(woken.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls.get(), 3);
     }
 
     #[derive(Default)]
