@@ -42,7 +42,7 @@ use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
-use crate::upstream::h1::{announced_trailers, content_length_value, may_be_trailer};
+use crate::upstream::h1::{announced_trailers, content_length_value, field_name, may_be_trailer};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -500,7 +500,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     for &[n0, n1, v0, v1] in &fields {
         let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[n0..n1]),
+            field_name(&head[n0..n1]),
             HeaderValue::from_maybe_shared(head.slice(v0..v1)),
         ) else {
             return Some(Head::Refused(StatusCode::BAD_REQUEST));

@@ -372,6 +372,29 @@ fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<O
     Ok(length)
 }
 
+/// A field's name as `HeaderName::from_bytes` makes it, the names nearly
+/// every message carries matched whole first, in the two spellings
+/// servers and clients send: `from_bytes` lower-cases each byte through
+/// a table and then looks the name up (117 instructions a name, by
+/// `benches/instructions.sh`).
+pub fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    Ok(match raw {
+        b"Host" | b"host" => header::HOST,
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        b"Accept" | b"accept" => header::ACCEPT,
+        b"User-Agent" | b"user-agent" => header::USER_AGENT,
+        b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
+        b"ETag" | b"etag" => header::ETAG,
+        b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
+        b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+        _ => return HeaderName::from_bytes(raw),
+    })
+}
+
 /// One `Content-Length` line, as hyper's `content_length_parse` reads it:
 /// digits only, at most 19 of them; a list of equal values (`5, 5`) is
 /// one. Read as bytes: a plain number needs no split and no check for text.
@@ -748,8 +771,7 @@ fn parse_head(
         {
             continue;
         }
-        let name = HeaderName::from_bytes(raw_name)
-            .map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
+        let name = field_name(raw_name).map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
             .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
         if name == header::CONNECTION {
@@ -1186,6 +1208,40 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_names_are_the_names_from_bytes_makes() {
+        for raw in [
+            "Host",
+            "Date",
+            "Server",
+            "Connection",
+            "Content-Type",
+            "Content-Length",
+            "Accept",
+            "User-Agent",
+            "Last-Modified",
+            "ETag",
+            "Accept-Ranges",
+            "Cache-Control",
+        ] {
+            for spelled in [
+                raw.to_owned(),
+                raw.to_ascii_lowercase(),
+                raw.to_ascii_uppercase(),
+            ] {
+                assert_eq!(
+                    field_name(spelled.as_bytes()).unwrap(),
+                    HeaderName::from_bytes(spelled.as_bytes()).unwrap(),
+                    "{spelled}"
+                );
+            }
+        }
+        for bad in [&b""[..], b"Bad Name", b"a\x00"] {
+            assert!(field_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(field_name(b"X-Custom").unwrap(), "x-custom");
+    }
 
     #[test]
     fn chunk_size_lines() {
