@@ -11,7 +11,7 @@
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
-//!          lograte, limits, logging, accesslog, sticky, rules, readbuf)
+//!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -32,6 +32,8 @@
 //! - [`upstream`]: opening and keeping backend connections (HTTP/1.1 or
 //!   HTTP/2, cleartext or TLS); `upstream::h1`, geolb's own HTTP/1.1
 //!   client, driven in the request's task.
+//! - [`arena`]: small `Bytes` (request ids, request heads) cut from
+//!   shared chunks.
 //! - [`readbuf`]: reads that hold memory only for the bytes that came
 //!   (both HTTP/1 halves read heads through it).
 //! - [`health`]: active checks and the health table, kept outside the
@@ -124,6 +126,7 @@ pub mod admission;
 #[cfg(feature = "alloc-stats")]
 pub mod alloc_stats;
 pub mod app;
+pub mod arena;
 pub mod balance;
 pub mod cluster;
 pub mod config;

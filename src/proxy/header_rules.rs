@@ -262,11 +262,9 @@ fn new_request_id() -> HeaderValue {
         hex(ids.prefix, &mut buf[..16]);
         hex(mix(ids.count.wrapping_add(ids.prefix)), &mut buf[16..]);
         ids.count = ids.count.wrapping_add(1);
-        if ids.arena.capacity() < buf.len() {
-            ids.arena = BytesMut::with_capacity(ARENA);
-        }
-        ids.arena.extend_from_slice(&buf);
-        ids.arena.split().freeze()
+        crate::arena::cut(&mut ids.arena, ARENA, buf.len(), |a| {
+            a.extend_from_slice(&buf)
+        })
     });
     unindexed(
         HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| unreachable!("hex digits only")),

@@ -170,9 +170,10 @@ fn put(home: &Home, conn: Kept) {
 /// whole life, beside the parts made of them (the request twice, the
 /// connection twice). The head is written into its buffer here, and the
 /// future holds only what the exchange needs.
-/// `wrap` makes the caller's body of the response's: the response is built
-/// once, in the caller's type, rather than built and then remade (each
-/// remaking copies it twice).
+///
+/// `wrap` turns the response's body into the caller's body type: the
+/// response is built once, in that type, rather than built and then
+/// remade (each remaking copies it twice).
 pub fn send<B, E: From<SendError>>(
     kept: Kept,
     home: Home,
@@ -183,11 +184,7 @@ pub fn send<B, E: From<SendError>>(
     let end_stream = body.is_end_stream();
     let encoder = set_length(&mut parts, &body);
     let head = HEADS.with_borrow_mut(|heads| {
-        if heads.capacity() < HEAD_ROOM {
-            *heads = BytesMut::with_capacity(HEADS_CHUNK);
-        }
-        write_head(&parts, heads);
-        heads.split().freeze()
+        crate::arena::cut(heads, HEADS_CHUNK, HEAD_ROOM, |h| write_head(&parts, h))
     });
     // On the future's state until the response comes; boxed into the
     // connection only if the request is still being written then (rare).
@@ -415,11 +412,9 @@ pub fn content_length_value(value: &HeaderValue) -> Option<u64> {
 }
 
 thread_local! {
-    /// Where request heads are written: each is split off as `Bytes` that
-    /// share one allocation, so that a head costs neither its own buffer nor
-    /// the `Bytes` wrapping of one (two allocations and two frees a request,
-    /// 300 instructions by `benches/instructions.sh`). A chunk is freed when
-    /// the last head written into it has gone out.
+    /// Where request heads are written, cut as `crate::arena` cuts them
+    /// (each in a buffer of its own cost two allocations and two frees a
+    /// request, 300 instructions by `benches/instructions.sh`).
     static HEADS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
