@@ -502,7 +502,7 @@ async fn directory_down_is_logged_and_retried_while_other_listeners_serve() {
     let ports = Ports::pick().await;
     let backend = Backend::start("web").await;
     let state = tempfile::tempdir().unwrap();
-    let down = refused_addr().await;
+    let down = refused_addr();
     let table = format!("directory = \"https://{down}/dir\", names = [\"{NAME}\"]");
     let mut geolb = start(&config(&ports, backend.addr, state.path(), &table));
     geolb.wait_started().await;
@@ -544,7 +544,7 @@ async fn check_names_an_unusable_ca_file_with_its_key_path() {
         "directory = \"https://127.0.0.1:1/dir\", names = [\"{NAME}\"], ca = {:?}",
         path_str(&bad)
     );
-    let text = config(&ports, refused_addr().await, state.path(), &table);
+    let text = config(&ports, refused_addr(), state.path(), &table);
     let (ok, stdout, stderr) = support::geolb_check(&text);
     assert!(!ok, "{stdout}{stderr}");
     let said = format!("{stdout}{stderr}");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::library::{TcpBackend, dead_addr, metric};
+use support::library::{TcpBackend, metric};
 use support::{Backend, Geolb, bounded, eventually, get, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -273,7 +273,7 @@ async fn http2_fan_out_is_bounded_by_max_connections() {
 #[tokio::test]
 async fn a_refusing_backend_is_ejected_before_any_check_and_back_off_grows() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let dead = dead_addr();
+    let dead = support::refused_addr();
     let geolb = Geolb::start(&config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}, {{ addr = \"{}\" }}]\n\
          outlier = {{ consecutive_failures = 2, ejection = \"500ms\" }}\n\
@@ -320,7 +320,7 @@ async fn a_refusing_backend_is_ejected_before_any_check_and_back_off_grows() {
 
 #[tokio::test]
 async fn at_most_max_ejected_percent_of_a_pool_is_ejected() {
-    let (d1, d2) = (dead_addr(), dead_addr());
+    let (d1, d2) = (support::refused_addr(), support::refused_addr());
     let geolb = Geolb::start(&config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{d1}\" }}, {{ addr = \"{d2}\" }}]\n\
          outlier = {{ consecutive_failures = 1, ejection = \"30s\" }}\n\
@@ -342,7 +342,7 @@ async fn at_most_max_ejected_percent_of_a_pool_is_ejected() {
 #[tokio::test]
 async fn ejection_survives_a_reload_for_backends_that_stay() {
     let a = Backend::start("a").await;
-    let dead = dead_addr();
+    let dead = support::refused_addr();
     let pool = |retries: u32| {
         config(&format!(
             "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]\n\
@@ -501,4 +501,15 @@ async fn a_tcp_pool_queues_connections_too() {
         metric(&text, "geolb_pool_queue_refused_total", &timeout),
         Some(1.0)
     );
+}
+
+/// The tests above count on their refusing backend staying refused while
+/// other tests bind listeners beside them.
+#[tokio::test]
+async fn a_refused_address_stays_refused_and_cannot_be_bound() {
+    let dead = support::refused_addr();
+    let err = TcpStream::connect(dead).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(tokio::net::TcpListener::bind(dead).await.is_err());
+    assert!(std::net::TcpListener::bind(dead).is_err());
 }

@@ -664,7 +664,7 @@ async fn one_nodes_failing_check_moves_nothing_a_majority_does_a_dead_node_stops
     let a = Geolb::start(&quorum_config(
         "node-a",
         &etcd.urls(),
-        support::refused_addr().await,
+        support::refused_addr(),
     ))
     .await;
     let b = Geolb::start(&quorum_config("node-b", &etcd.urls(), live_addr)).await;

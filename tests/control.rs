@@ -163,12 +163,6 @@ async fn check_names_admin_token_file_when_it_is_missing_or_empty() {
     assert!(ok, "{stderr}");
 }
 
-/// An address nothing listens on (bound on port 0, then closed).
-async fn refusing_address() -> String {
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    socket.local_addr().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn geolb_reload_and_status_talk_to_the_running_daemon() {
     let a = Backend::start("a").await;
@@ -228,7 +222,7 @@ async fn geolb_reload_and_status_talk_to_the_running_daemon() {
     assert_eq!(geolb.status().await["config_generation"], 3);
 
     // Nobody listening: 1.
-    let nobody = refusing_address().await;
+    let nobody = support::refused_addr().to_string();
     let (ok, _, stderr) = geolb_command(&["reload", "--admin", &nobody]).await;
     assert!(!ok);
     assert!(stderr.contains("cannot reach"), "{stderr}");

@@ -94,7 +94,7 @@ fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
 }
 
 async fn config(backend: SocketAddr, listener: &str) -> String {
-    let gone = refused_addr().await;
+    let gone = refused_addr();
     format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n\n\
          [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{backend}\" }}]\n\n\

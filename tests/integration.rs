@@ -163,10 +163,7 @@ async fn all_backends_down_gives_503_with_a_reason() {
 #[tokio::test]
 async fn startup_with_a_dead_backend_never_picks_it() {
     let a = Backend::start("a").await;
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead: SocketAddr = support::refused_addr();
     let backends = format!("{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}", a.addr);
     let geolb = Geolb::start(&simple(&backends, "retries = 0")).await;
     // No retries allowed: any pick of the dead backend would fail a request.
@@ -489,10 +486,7 @@ async fn backend_timeout_is_504_and_a_dead_backend_is_502() {
     assert!(String::from_utf8_lossy(&body).contains("did not answer within"));
 
     // A pool without checks whose only backend refuses connections.
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead: SocketAddr = support::refused_addr();
     let cfg = config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{dead}\" }}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n"
@@ -565,10 +559,7 @@ async fn error_bodies_never_name_the_backend_but_the_logs_do() {
         }
     });
     // A port nothing listens on.
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead: SocketAddr = support::refused_addr();
     let geolb = Geolb::start(&config(&format!(
         "[[pool]]\nname = \"quiet\"\nbackends = [{{ addr = \"{quiet}\" }}]\n\
          [[pool]]\nname = \"dead\"\nbackends = [{{ addr = \"{dead}\" }}]\n\

@@ -232,7 +232,7 @@ async fn the_main_log_file_takes_every_line_and_cannot_change_on_reload() {
 #[tokio::test]
 async fn a_tcp_connection_has_one_access_line_at_its_end() {
     let backend = TcpBackend::echo().await;
-    let dead = support::library::dead_addr();
+    let dead = support::refused_addr();
     let geolb = Geolb::start(&config(
         "",
         &format!(

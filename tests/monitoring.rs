@@ -153,7 +153,7 @@ async fn last_check(geolb: &Geolb, addr: SocketAddr) -> serde_json::Value {
 
 #[tokio::test]
 async fn health_reasons_for_a_refused_connect_and_a_500() {
-    let refused = refused_addr().await;
+    let refused = refused_addr();
     let failing = Backend::start("failing").await;
     failing.set_health(500);
     let geolb = Geolb::start(&config(&[refused, failing.addr], None)).await;
@@ -358,7 +358,7 @@ async fn status_page_in_a_real_browser() {
         );
         return;
     };
-    let refused = refused_addr().await;
+    let refused = refused_addr();
     let failing = Backend::start("failing").await;
     failing.set_health(500);
     let web = Backend::start("web").await;

@@ -286,12 +286,12 @@ mod library {
     #[tokio::test]
     async fn a_failed_connect_is_retried_on_another_backend() {
         let live = TcpBackend::echo().await;
-        let dead = dead_addr();
+        let dead = support::refused_addr();
         let lb = Lb::start(
             &format!(
                 "{}{}",
                 pool("retry", &[dead, live.addr], ""),
-                pool("nothing", &[dead_addr()], "")
+                pool("nothing", &[support::refused_addr()], "")
             ),
             &[
                 listener("retry", "tcp", "retry", "retries = 1"),
@@ -649,7 +649,7 @@ mod library {
         let pki = Pki::new();
         let cert = pki.leaf("site", &["site.test"]);
         let lb = Lb::start(
-            &pool("web", &[dead_addr()], ""),
+            &pool("web", &[support::refused_addr()], ""),
             &[listener(
                 "slowtls",
                 "https",
@@ -1075,7 +1075,7 @@ mod binary {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let addr = dead_addr();
+        let addr = support::refused_addr();
         for (ca, want) in [
             (dir.path().join("missing.pem"), "pool[0].tls.ca"),
             (empty, "no PEM certificate"),

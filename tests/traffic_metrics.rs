@@ -48,7 +48,7 @@ fn per_backend(family: &str, pool: &str, backend: SocketAddr, extra: &str) -> St
 async fn backend_and_listener_series_count_requests_bytes_and_failures() {
     let ok = Backend::start("ok").await;
     let db = Backend::start("db").await;
-    let refused = refused_addr().await;
+    let refused = refused_addr();
     let geolb = Geolb::start(&config(&[ok.addr, refused], db.addr)).await;
     let web = geolb.listener("web");
 

@@ -338,12 +338,6 @@ where
         .await;
 }
 
-/// An address where nothing listens (bound, then released).
-pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 // ---- the load balancer, in process ----
 
 /// The process-wide metrics recorder (installed once for all tests).

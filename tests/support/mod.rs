@@ -48,10 +48,22 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// An address nothing listens on (bound, then closed).
-pub async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// An address that refuses connections for as long as the test process runs.
+///
+/// A port bound and then released can be handed to a listener of a test
+/// running beside this one (CI saw a "dead" backend answer six requests).
+/// So the port stays bound, without `listen` (a connect gets a reset) and
+/// without `SO_REUSEADDR` (no other socket can bind it, even one that sets
+/// it, as tokio's and std's listeners do).
+pub fn refused_addr() -> SocketAddr {
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// Waits for `cond` with a deadline; panics with `what` if it never holds.
