@@ -6,7 +6,8 @@
 #          haproxy nbthread 1, nginx worker_processes 1)
 #   CPU 1: wrk (-t1 -c64 --latency) and one nginx serving three backends
 # Each proxy round-robins over the same three loopback backends with
-# keep-alive to them. Workloads: "/" (tiny body) and "/1k" (1 KiB body).
+# keep-alive to them. Workloads: "/" (tiny body), "/1k" (1 KiB body) and
+# "/64k" (64 KiB, a static file the backends send with sendfile).
 # Rounds are interleaved: every round runs every target once per workload.
 #
 # Environment:
@@ -16,6 +17,7 @@
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per target and workload, before round 1
 #   CONNS=64        client connections (wrk -c, h2load -c)
+#   WORKLOADS="tiny 1k"  any of tiny, 1k, 64k
 #   LISTENER=      more lines for geolb's listener, e.g. LISTENER='http1_server = "geolb"'
 #   CLIENT=h1       h1: wrk, cleartext HTTP/1.1; h2: h2load -t1 over TLS 1.3
 #                   with ALPN h2 (one self-signed P-256 certificate as in
@@ -65,8 +67,11 @@ NGINX_WORKER_CONNECTIONS=4096
 # nginx keeps at most this many idle backend connections: with fewer than
 # CONNS it closes one after most responses under load.
 NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
-WORKLOADS=(tiny 1k)
-declare -A WL_PATH=([tiny]=/ [1k]=/1k)
+# Room for a 64 KiB answer in memory: nginx's default (8 pages) spills the
+# rest of it into a temporary file, which no one tuning for this would keep.
+NGINX_BUFFERS="            proxy_buffers 8 16k;"
+read -ra WORKLOADS <<<"${WORKLOADS:-tiny 1k}"
+declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k)
 
 declare -a PIDS=()          # every long-running process this script started
 declare -A TARGET_PID=()    # target -> pid of the proxy (empty for direct)
@@ -80,6 +85,7 @@ BACKEND_PID=""
 write_backend_conf() {   # three server blocks; body of "/" names the backend
   local kib i
   kib=$(printf 'x%.0s' $(seq 1024))
+  head -c 65536 /dev/zero | tr '\0' y >"$WORK/64k"
   {
     nginx_common backend
     echo "http {"
@@ -101,6 +107,7 @@ write_backend_conf() {   # three server blocks; body of "/" names the backend
         $tls_lines
         location = /   { return 200 "b$i\n"; }
         location = /1k { return 200 "$kib"; }
+        location = /64k { sendfile on; alias $WORK/64k; }
         location /     { return 404; }
     }
 EOF
@@ -121,7 +128,7 @@ write_nginx_proxy_conf() {
         listen 127.0.0.1:${TARGET_PORT[nginx]}$([[ $CLIENT == h2 ]] && echo " ssl http2");
 $([[ $CLIENT == h2 ]] && nginx_tls)
 $(nginx_pass_location "$([[ $BACKEND_PROTO == tls ]] && echo https || echo http)" \
-    "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;")
+    "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;"$'\n'"$NGINX_BUFFERS")
     }
 }
 EOF
@@ -358,7 +365,7 @@ for r in rows:
     groups.setdefault((r["target"], r["workload"]), []).append(r)
 order = ["direct", "geolb", "haproxy", "nginx"]
 targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
-workloads = [w for w in ("tiny", "1k") if any(w == k[1] for k in groups)]
+workloads = [w for w in ("tiny", "1k", "64k") if any(w == k[1] for k in groups)]
 summary = {}
 for key, rs in groups.items():
     s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu", "proxy_user_share")}

@@ -75,6 +75,12 @@ fn script(path: &str) -> Script {
             r.extend_from_slice(b"0\r\n\r\n");
             plain(&r)
         }
+        // Longer than the reads of a body of unknown length grow to.
+        "/large-close" => {
+            let mut r = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            r.extend_from_slice(&pattern(11, 300_000));
+            closing(&r)
+        }
         // Keep-alive by its head, closed by the backend right after (its
         // keep-alive timeout, at once).
         "/then-close" => closing(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
@@ -427,9 +433,9 @@ async fn responses_reach_the_client_byte_for_byte_as_through_hyper() {
 }
 
 #[tokio::test]
-async fn large_bodies_stream_whole_in_both_framings() {
+async fn large_bodies_stream_whole_in_every_framing() {
     let (lb, seen, _) = two_clients().await;
-    for path in ["/large", "/large-chunked"] {
+    for path in ["/large", "/large-chunked", "/large-close"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
         let [(hyper_resp, _), (own_resp, _)] = both(&lb, &seen, req.as_bytes()).await;
         let differ = own_resp
@@ -443,10 +449,10 @@ async fn large_bodies_stream_whole_in_both_framings() {
             hyper_resp.len(),
             &own_resp[..own_resp.len().min(300)]
         );
-        let expected = if path == "/large" {
-            pattern(7, 1 << 20)
-        } else {
-            pattern(9, 600_000)
+        let expected = match path {
+            "/large" => pattern(7, 1 << 20),
+            "/large-chunked" => pattern(9, 600_000),
+            _ => pattern(11, 300_000),
         };
         assert!(
             own_resp.contains(&String::from_utf8_lossy(&expected).into_owned()),

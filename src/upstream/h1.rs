@@ -44,6 +44,13 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Read buffer space asked for at a time.
 const READ_SIZE: usize = 16 * 1024;
+/// The most one read of a response body asks for. Each read and each write
+/// costs the kernel a pass through loopback's TCP; a 64 KiB answer took
+/// six of each in 16 KiB reads, against nginx's two writes (by
+/// `PERF_SYSCALLS=1 WORKLOADS=64k benches/http.sh`). A body of known
+/// length asks for what is left of it; one of unknown length doubles its
+/// reads while they come back full.
+const BODY_READ_MAX: usize = 64 * 1024;
 /// Request body bytes queued before they are written out.
 const WRITE_QUEUE: usize = 64 * 1024;
 /// A chunk-size line with its extensions (hyper allows 16 KiB of
@@ -907,6 +914,7 @@ fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B
         framing,
         keep_alive,
         failed: None,
+        read_size: READ_SIZE,
     };
     if body.at_end() {
         body.conn = Some(conn);
@@ -932,6 +940,8 @@ pub struct ResponseBody {
     keep_alive: bool,
     /// The body's failure, given on the next poll.
     failed: Option<Error>,
+    /// What the next read of a body of unknown length asks for.
+    read_size: usize,
 }
 
 impl ResponseBody {
@@ -972,14 +982,29 @@ impl ResponseBody {
         }
     }
 
-    /// Reads more from the backend; `Ok(false)` at its close.
-    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
-        conn.buf.reserve(READ_SIZE);
+    /// Reads at most about `size` more bytes from the backend; `Ok(0)` at
+    /// its close.
+    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>, size: usize) -> Poll<Result<usize, Error>> {
+        conn.buf.reserve(size);
         conn.grown = true;
         match ready!(poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)) {
-            Ok(n) => Poll::Ready(Ok(n > 0)),
+            Ok(n) => Poll::Ready(Ok(n)),
             Err(e) => Poll::Ready(Err(Error::Io(e))),
         }
+    }
+
+    /// Reads a body of unknown length, asking for twice as much next time
+    /// when the read filled what it asked for.
+    fn poll_fill_unknown(
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+        read_size: &mut usize,
+    ) -> Poll<Result<usize, Error>> {
+        let n = ready!(Self::poll_fill(conn, cx, *read_size))?;
+        if n >= *read_size {
+            *read_size = (*read_size * 2).min(BODY_READ_MAX);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Ends the body with `e`, on the poll after this one: hyper's
@@ -1023,9 +1048,10 @@ impl Body for ResponseBody {
             let frame = match &mut this.framing {
                 Framing::Length(left) => {
                     if conn.buf.is_empty() {
-                        match ready!(Self::poll_fill(conn, cx)) {
-                            Ok(true) => continue,
-                            Ok(false) => return this.fail(Error::Incomplete, cx),
+                        let size = (*left).clamp(READ_SIZE as u64, BODY_READ_MAX as u64) as usize;
+                        match ready!(Self::poll_fill(conn, cx, size)) {
+                            Ok(1..) => continue,
+                            Ok(0) => return this.fail(Error::Incomplete, cx),
                             Err(e) => return this.fail(e, cx),
                         }
                     }
@@ -1035,9 +1061,9 @@ impl Body for ResponseBody {
                 }
                 Framing::Close => {
                     if conn.buf.is_empty() {
-                        match ready!(Self::poll_fill(conn, cx)) {
-                            Ok(true) => continue,
-                            Ok(false) => {
+                        match ready!(Self::poll_fill_unknown(conn, cx, &mut this.read_size)) {
+                            Ok(1..) => continue,
+                            Ok(0) => {
                                 this.conn = None;
                                 this.framing = Framing::Length(0);
                                 return Poll::Ready(None);
@@ -1049,11 +1075,13 @@ impl Body for ResponseBody {
                 }
                 Framing::Chunked(state) => match decode_chunk(state, &mut conn.buf) {
                     Ok(Step::Data(data)) => data,
-                    Ok(Step::More) => match ready!(Self::poll_fill(conn, cx)) {
-                        Ok(true) => continue,
-                        Ok(false) => return this.fail(Error::Incomplete, cx),
-                        Err(e) => return this.fail(e, cx),
-                    },
+                    Ok(Step::More) => {
+                        match ready!(Self::poll_fill_unknown(conn, cx, &mut this.read_size)) {
+                            Ok(1..) => continue,
+                            Ok(0) => return this.fail(Error::Incomplete, cx),
+                            Err(e) => return this.fail(e, cx),
+                        }
+                    }
                     Ok(Step::Done) => continue,
                     Ok(Step::Trailers(fields)) => {
                         // The trailer section ends the body.
