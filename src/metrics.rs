@@ -23,8 +23,9 @@ pub const HTTP_RETRIES: &str = "geolb_http_retries_total";
 pub const TCP_CONNECTIONS: &str = "geolb_tcp_connections_total";
 /// Bytes copied, `direction` = `in` (client to backend) or `out`.
 pub const TCP_BYTES: &str = "geolb_tcp_bytes_total";
-/// Pipes that tcp listeners splice through, in use or kept empty for
-/// reuse (two descriptors each); rendered at scrape time.
+/// Pipes that tcp listeners and HTTP/1 response bodies splice through, in
+/// use or kept empty for reuse (two descriptors each); rendered at scrape
+/// time.
 pub const TCP_PIPES: &str = "geolb_tcp_pipes";
 /// Failed connection attempts to backends (each retry counts).
 pub const TCP_CONNECT_ERRORS: &str = "geolb_tcp_connect_errors_total";

@@ -237,6 +237,26 @@ pub enum BackendBody {
     Own(h1::ResponseBody),
 }
 
+impl BackendBody {
+    /// See [`h1::ResponseBody::reads_raw`]: only geolb's own client's
+    /// bodies can be read from their socket.
+    pub fn reads_raw(&self) -> bool {
+        matches!(self, BackendBody::Own(b) if b.reads_raw())
+    }
+
+    /// See [`h1::ResponseBody::poll_read_raw`].
+    pub fn poll_read_raw(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        read: impl FnMut(&tokio::net::TcpStream, usize) -> io::Result<usize>,
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self {
+            BackendBody::Own(b) => b.poll_read_raw(cx, read),
+            BackendBody::Hyper(_) => std::task::Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+        }
+    }
+}
+
 /// Why a backend request failed, from whichever client sent it.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use geolb::proxy::pipes;
@@ -381,4 +383,167 @@ async fn a_saturated_connection_leaves_the_worker_to_other_tasks() {
             "{name}: a 5 ms timer fired {worst:?} late"
         );
     }
+}
+
+// ---- HTTP/1 response bodies, spliced from the backend's socket ----
+
+/// A raw keep-alive backend: `GET /big` is `BIG` bytes with a length,
+/// `GET /cut` promises `BIG` and closes after half. Counts connections.
+async fn length_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let body = pattern(5, BIG);
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let cut = buf.starts_with(b"GET /cut ");
+                    buf.drain(..head_end);
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                    let sent = if cut { &body[..BIG / 2] } else { &body[..] };
+                    if s.write_all(head.as_bytes()).await.is_err()
+                        || s.write_all(sent).await.is_err()
+                    {
+                        return;
+                    }
+                    if cut {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// Longer than a pipe holds (64 KiB) and than loopback buffers take at
+/// once, so that both splices wait for their sockets.
+const BIG: usize = 3 << 20;
+
+/// Reads one response with a `Content-Length` off `s`: its body, or
+/// what came of it before the connection closed.
+async fn read_response(s: &mut TcpStream, pace: Option<Duration>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Vec::new(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = buf.split_off(head_end);
+    while body.len() < length {
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace).await;
+        }
+        match s.read(&mut chunk[..16 * 1024]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body
+}
+
+async fn http_geolb(backend: std::net::SocketAddr, splice: bool) -> support::Geolb {
+    support::Geolb::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{backend}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nsplice = {splice}\n"
+    ))
+    .await
+}
+
+/// Two large answers on one client connection, spliced or copied: the same
+/// bytes, counted alike, and the backend connection kept for the second.
+/// The pipe gauge tells which way they went.
+#[tokio::test]
+async fn http_bodies_spliced_and_copied_arrive_whole_and_counted() {
+    let want = pattern(5, BIG);
+    for splice in [true, false] {
+        let (backend, connections) = length_backend().await;
+        let geolb = http_geolb(backend, splice).await;
+        let mut s = TcpStream::connect(geolb.listener("web")).await.unwrap();
+        for _ in 0..2 {
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let body = bounded(LIMIT, "a large answer", read_response(&mut s, None)).await;
+            assert!(
+                body == want,
+                "splice = {splice}: {} bytes, not the backend's",
+                body.len()
+            );
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "splice = {splice}");
+        let text = geolb.metrics().await;
+        let out = r#"geolb_http_bytes_total{listener="web",pool="p",direction="out"}"#;
+        assert_eq!(
+            support::metric_value(&text, out),
+            Some((2 * BIG) as f64),
+            "{text}"
+        );
+        let pipes = support::metric_value(&text, "geolb_tcp_pipes").unwrap();
+        assert_eq!(pipes > 0.0, splice, "splice = {splice}: {pipes} pipes");
+    }
+}
+
+/// A splicing geolb in front of a [`length_backend`], and a client
+/// connection to it that has asked for `path`.
+async fn asked(path: &str) -> (support::Geolb, TcpStream) {
+    let (backend, _) = length_backend().await;
+    let geolb = http_geolb(backend, true).await;
+    let mut s = TcpStream::connect(geolb.listener("web")).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    (geolb, s)
+}
+
+/// A client that reads slowly holds the splice at its socket; what it
+/// gets is still whole.
+#[tokio::test]
+async fn a_slow_reader_gets_a_spliced_body_whole() {
+    let (_geolb, mut s) = asked("/big").await;
+    let body = bounded(
+        LIMIT,
+        "a paced read",
+        read_response(&mut s, Some(Duration::from_millis(1))),
+    )
+    .await;
+    assert!(body == pattern(5, BIG), "{} bytes", body.len());
+}
+
+/// A backend that closes mid-body: the client gets what was sent and
+/// then the connection's end, never a response that looks whole.
+#[tokio::test]
+async fn a_backend_closing_mid_body_closes_the_client_spliced() {
+    let (_geolb, mut s) = asked("/cut").await;
+    let body = bounded(LIMIT, "a cut answer", read_response(&mut s, None)).await;
+    assert!(body.len() < BIG, "{} bytes", body.len());
+    assert_eq!(body[..], pattern(5, BIG)[..body.len()]);
+    let mut rest = [0u8; 1];
+    let end = bounded(LIMIT, "the close", s.read(&mut rest)).await;
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
 }

@@ -70,7 +70,7 @@ pub fn render(
     super::process::render(&mut out);
     let _ = writeln!(
         out,
-        "# HELP {TCP_PIPES} Pipes tcp listeners splice through, in use or kept empty for reuse.\n# TYPE {TCP_PIPES} gauge\n{TCP_PIPES} {}",
+        "# HELP {TCP_PIPES} Pipes tcp listeners and HTTP/1 response bodies splice through, in use or kept empty for reuse.\n# TYPE {TCP_PIPES} gauge\n{TCP_PIPES} {}",
         crate::proxy::pipes::open()
     );
     #[cfg(feature = "alloc-stats")]

@@ -212,9 +212,11 @@ impl Ctx {
             }
             return self.error_count() == before;
         }
-        let why = "splice moves a tcp listener's bytes between sockets; http and https \
-                   listeners read their requests: remove it";
-        self.misplaced(t, &["splice"], why);
+        if protocol == Protocol::Https {
+            let why = "splice moves plain bytes between sockets, and an https listener \
+                       encrypts what it sends: remove it";
+            self.misplaced(t, &["splice"], why);
+        }
         // A PROXY header names one client, but HTTP backend connections are
         // pooled and reused for requests of many clients.
         let mut refs: Vec<Field<'_, '_>> = t.field("pool").into_iter().collect();

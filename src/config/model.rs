@@ -888,8 +888,10 @@ pub struct ListenerConfig {
     pub accept_proxy_protocol: bool,
     /// `access_log` (extension; optional, false): one line per request on stderr.
     pub access_log: bool,
-    /// `splice` (extension; tcp only; optional, true): bytes moved between
-    /// the sockets with splice(2) through pipes, else through buffers.
+    /// `splice` (extension; tcp and http; optional, true): bytes moved
+    /// between the sockets with splice(2) through pipes, else through
+    /// buffers. On http listeners, the rest of a response body of known
+    /// length from geolb's own HTTP/1 client, once its head is out.
     pub splice: bool,
     /// `max_connections` (extension; optional, none): client connections
     /// open at once, 1..=1_000_000; at the limit, accepting pauses.

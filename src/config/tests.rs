@@ -746,9 +746,9 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
             9,
         ),
         (
-            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nsplice = false"),
+            format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:443\"\npool = \"p\"\nprotocol = \"https\"\ntls = [{{ cert = \"c.pem\", key = \"k.pem\" }}]\nsplice = false"),
             "listener[0].splice",
-            8,
+            10,
         ),
         (
             format!("{POOL}[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\nprotocol = \"tcp\"\nsplice = \"yes\""),

@@ -208,6 +208,14 @@ impl<T> TrackedIo<T> {
         self.inner
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
     /// As [`TrackedIo::new`], for a client connection that carries HTTP
     /// requests: one whose request line alone fills [`MAX_HEAD`] gets 414
     /// rather than hyper's 431, which cannot tell it from large headers.

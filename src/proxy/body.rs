@@ -130,6 +130,34 @@ impl ResponseBody {
         !matches!(self.inner, Inner::Message(_)) && !self.is_end_stream()
     }
 
+    /// Whether the rest of the body is a backend's bytes as they come,
+    /// which can be taken straight from its socket ([`Self::poll_read_raw`]).
+    pub fn reads_raw(&self) -> bool {
+        matches!(&self.inner, Inner::Backend(b) if b.reads_raw())
+    }
+
+    /// Takes the body's next bytes straight from the backend's socket with
+    /// `read` (see [`crate::upstream::h1::ResponseBody::poll_read_raw`]),
+    /// counted as the frames of [`Body::poll_frame`] are; the response is
+    /// complete with the last of them.
+    pub fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: impl FnMut(&tokio::net::TcpStream, usize) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
+        let Inner::Backend(body) = &mut self.inner else {
+            return Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()));
+        };
+        let n = ready!(body.poll_read_raw(cx, read))?;
+        if let Some(c) = self.completion.as_mut() {
+            c.bytes += n as u64;
+        }
+        if self.is_end_stream() {
+            self.end(true);
+        }
+        Poll::Ready(Ok(n))
+    }
+
     fn end(&mut self, clean: bool) {
         if let Some(mut c) = self.completion.take() {
             if let Inner::Compressed(body) = &self.inner {

@@ -23,6 +23,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,11 +34,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
+use super::halves::{ReadHalf, Socket, WriteHalf};
+use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
 use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
@@ -599,16 +602,18 @@ fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
 }
 
 /// Serves `io` until it ends; `Some`: what is left of it, for hyper.
+/// `splice`: response bodies may be spliced from backend sockets into it.
 pub(super) async fn serve<I, C: Client>(
     io: I,
     conn: &Arc<C>,
     timeouts: Timeouts,
+    splice: bool,
 ) -> Option<Rewind<I>>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
     let activity = conn.activity().clone();
-    let (read, write) = tokio::io::split(TrackedIo::new(io, activity.clone()));
+    let (read, write) = super::halves::split(TrackedIo::new(io, activity.clone()));
     let shared = Arc::new(Shared {
         reader: Mutex::new(Reader {
             io: read,
@@ -623,6 +628,7 @@ where
         continue_wanted: Notify::new(),
     });
     let mut writer = Writer {
+        splice: splice && write.is_tcp(),
         io: write,
         // Grown by the first response to what heads need, then kept.
         head: Vec::new(),
@@ -650,7 +656,7 @@ where
                 .reader
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
-            let io = reader.io.unsplit(writer.io).into_inner();
+            let io = reader.io.unsplit(writer.io)?.into_inner();
             Some(Rewind {
                 prefix: reader.buf.freeze(),
                 inner: io,
@@ -670,7 +676,7 @@ async fn requests<I, C: Client>(
     conn: &Arc<C>,
 ) -> Served
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
     let shutdown = conn.shutdown();
     let mut first = true;
@@ -880,6 +886,9 @@ struct Writer<I> {
     io: WriteHalf<TrackedIo<I>>,
     /// The head being written, kept for its capacity.
     head: Vec<u8>,
+    /// Response bodies may be spliced into the connection (see
+    /// `splice_body`).
+    splice: bool,
 }
 
 /// How the body of a response goes out.
@@ -891,7 +900,7 @@ enum Encoder {
     Close,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
+impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
     /// hyper's automatic answer to a head it cannot parse.
     async fn refuse(&mut self, status: StatusCode) -> io::Result<()> {
         self.head.clear();
@@ -968,7 +977,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
         }
         let mut wrote_head = false;
         let mut left = encoder;
+        let mut splice = self.splice;
         loop {
+            if let Encoder::Length(rest @ 1..) = &mut left
+                && wrote_head
+                && splice
+                && body.reads_raw()
+            {
+                match self.splice_body(body, rest).await {
+                    Some(true) => return keeps_open(encoder, left, last),
+                    Some(false) => return false,
+                    None => splice = false,
+                }
+            }
             // The head goes out with the first bytes when they are there,
             // alone when they are not.
             let frame = if wrote_head {
@@ -1041,6 +1062,62 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Writer<I> {
                 return keeps_open(encoder, left, last);
             }
         }
+    }
+
+    /// Splices the rest of `body` (`left` bytes, all from a backend's
+    /// socket) into the client's through a pipe, never copying it into
+    /// geolb: the kernel moves its pages. `None` when nothing could be
+    /// moved so (no pipe to be had, or a kernel that cannot splice these
+    /// sockets): the body goes on as frames. Else whether all of it went
+    /// out; a failure on either side ends the connection, as a failed
+    /// frame does.
+    async fn splice_body(&mut self, body: &mut ResponseBody, left: &mut u64) -> Option<bool> {
+        let mut pipe = Pipe::get()?;
+        let mut moved = false;
+        while *left > 0 {
+            let most = usize::try_from(*left).unwrap_or(usize::MAX);
+            let into = pipe.write.as_fd();
+            let read = poll_fn(|cx| {
+                body.poll_read_raw(cx, |socket, len| {
+                    Ok(nix::fcntl::splice(
+                        socket,
+                        None,
+                        into,
+                        None,
+                        len.min(most),
+                        SPLICE_FLAGS,
+                    )?)
+                })
+            })
+            .await;
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if !moved && unsupported(&e) => {
+                    pipe.release();
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "response body failed: connection closed");
+                    return Some(false);
+                }
+            };
+            moved = true;
+            *left -= n as u64;
+            pipe.pending = n;
+            while pipe.pending > 0 {
+                let out = pipe.read.as_fd();
+                match poll_fn(|cx| self.io.poll_splice_from(cx, out, pipe.pending)).await {
+                    Ok(n) if n > 0 => pipe.pending -= n,
+                    // The pipe still holds bytes: closed, not reused.
+                    Ok(_) | Err(_) => return Some(false),
+                }
+            }
+            // tokio's readiness and `try_io` spend no budget: a backend
+            // that never runs dry would otherwise hold the thread.
+            tokio::task::consume_budget().await;
+        }
+        pipe.release();
+        Some(true)
     }
 
     /// Ends a response whose body ended after its data (with or without

@@ -30,6 +30,7 @@ use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
+use super::halves::Socket;
 use super::header_rules::{Reply, X_REQUEST_ID};
 use super::headers::{self, host_name};
 use super::stall::Stalls;
@@ -185,7 +186,7 @@ pub(super) struct ConnCtx {
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
 /// a tunnel upgraded from it ends. `tls`: what an https client negotiated;
 /// `client_cert`: its certificate, on a listener that asks for one.
-pub async fn serve_connection<I>(
+pub(super) async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     tls: Option<TlsInfo>,
@@ -193,16 +194,18 @@ pub async fn serve_connection<I>(
     ctx: Arc<HttpContext>,
     slot: Arc<Slot>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let (timeouts, max_streams, http1_server) = match ctx.snapshot.load().listeners.get(&ctx.id) {
-        Some(l) => (
-            l.config.timeouts,
-            l.config.max_concurrent_streams,
-            l.config.http1_server,
-        ),
-        None => return,
-    };
+    let (timeouts, max_streams, http1_server, splice) =
+        match ctx.snapshot.load().listeners.get(&ctx.id) {
+            Some(l) => (
+                l.config.timeouts,
+                l.config.max_concurrent_streams,
+                l.config.http1_server,
+                l.config.splice,
+            ),
+            None => return,
+        };
     let activity = Activity::new();
     let conn_ctx = Arc::new(ConnCtx {
         ctx,
@@ -217,7 +220,7 @@ pub async fn serve_connection<I>(
     if http1_server == Http1Server::Geolb {
         // What geolb's own server does not serve (HTTP/2, upgrades) it
         // hands back with the bytes it read, to go on with hyper.
-        if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts).await {
+        if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice).await {
             Box::pin(serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
         }
         return;

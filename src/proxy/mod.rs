@@ -26,6 +26,7 @@ mod compress;
 #[doc(hidden)]
 pub mod fuzz;
 mod h1;
+mod halves;
 mod header_rules;
 mod headers;
 pub mod http;

@@ -1,4 +1,5 @@
-//! The pipes that tcp listeners splice(2) through, shared by the process.
+//! The pipes that tcp listeners, and HTTP/1 response bodies, splice(2)
+//! through, shared by the process.
 //!
 //! A pipe is two descriptors, so one per busy direction of every
 //! connection would double what a tcp connection costs in descriptors. A
@@ -12,8 +13,22 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use nix::fcntl::OFlag;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, SpliceFFlags};
 use nix::sys::resource::{Resource, getrlimit};
+
+/// Every splice: pages moved rather than copied where the kernel can, and
+/// never a wait (tokio's readiness does the waiting).
+pub const SPLICE_FLAGS: SpliceFFlags =
+    SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
+
+/// A splice refused for the kind of descriptor, before moving anything.
+pub fn unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || e.raw_os_error().is_some_and(|code| {
+            [Errno::EINVAL, Errno::ENOSYS, Errno::EOPNOTSUPP].contains(&Errno::from_raw(code))
+        })
+}
 
 /// Empty pipes kept for reuse: enough for a burst of busy connections
 /// without a pipe2 call each, few enough that an idle daemon holds few

@@ -15,13 +15,12 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use ::metrics::Counter;
-use nix::errno::Errno;
-use nix::fcntl::{SpliceFFlags, splice};
+use nix::fcntl::splice;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::activity::Activity;
-use super::pipes::Pipe;
+use super::pipes::{Pipe, SPLICE_FLAGS as FLAGS, unsupported};
 
 /// Bytes buffered per direction while the buffer copy moves data. 16 KiB,
 /// as HAProxy's and nginx's buffers: 8 KiB moved 0.71x HAProxy's iperf3
@@ -31,8 +30,6 @@ const COPY_BUFFER: usize = 16 * 1024;
 /// Asked of one splice into a pipe: the kernel moves at most what the pipe
 /// holds (64 KiB by default), so asking more costs nothing.
 const SPLICE_MAX: usize = 1 << 20;
-
-const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
 /// One direction: bytes read from `from`, written to `to`.
 pub struct Leg<'a> {
@@ -194,11 +191,4 @@ impl Pipe {
         self.release();
         pause
     }
-}
-
-/// A splice refused for the kind of descriptor, before moving anything.
-fn unsupported(e: &io::Error) -> bool {
-    e.raw_os_error().is_some_and(|code| {
-        [Errno::EINVAL, Errno::ENOSYS, Errno::EOPNOTSUPP].contains(&Errno::from_raw(code))
-    })
 }

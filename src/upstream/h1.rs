@@ -993,6 +993,54 @@ impl ResponseBody {
         }
     }
 
+    /// Whether the rest of the body can be read straight from the socket
+    /// ([`ResponseBody::poll_read_raw`]): some of its length is left, none
+    /// of it is buffered, and the request is all written.
+    pub fn reads_raw(&self) -> bool {
+        matches!(self.framing, Framing::Length(1..))
+            && self.failed.is_none()
+            && self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.buf.is_empty() && c.writer.is_none())
+    }
+
+    /// Takes the body's next bytes straight from the backend's socket,
+    /// once it has some: `read` is given the socket and the most it may
+    /// take (what is left of the body) and says how many it took. The
+    /// connection goes back to its backend's idle list with the last of
+    /// them. A backend that closes before the end is an error, as it is
+    /// for [`Body::poll_frame`]. Only while [`ResponseBody::reads_raw`].
+    pub fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut read: impl FnMut(&TcpStream, usize) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let (Framing::Length(left), Some(conn)) = (self.framing, self.conn.as_ref()) else {
+            return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
+        };
+        let most = usize::try_from(left).unwrap_or(usize::MAX);
+        loop {
+            ready!(conn.stream.poll_read_ready(cx))?;
+            match conn
+                .stream
+                .try_io(tokio::io::Interest::READABLE, || read(&conn.stream, most))
+            {
+                Ok(0) if most > 0 => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    self.framing = Framing::Length(left - n.min(most) as u64);
+                    if self.at_end() {
+                        self.release();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                // Readiness is cleared: the next turn registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     /// Reads a body of unknown length, asking for twice as much next time
     /// when the read filled what it asked for.
     fn poll_fill_unknown(
