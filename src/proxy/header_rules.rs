@@ -234,6 +234,8 @@ fn request_id(headers: &mut HeaderMap) -> HeaderValue {
 struct Ids {
     /// Random: two threads share one with odds of 2^-64.
     prefix: u64,
+    /// `prefix` in hex digits, written once rather than for each id.
+    prefix_hex: [u8; 16],
     /// Ids made so far: they never repeat within a thread.
     count: u64,
     /// Ids are cut from this, so that one allocation (shared, counted)
@@ -245,10 +247,16 @@ struct Ids {
 const ARENA: usize = 64 * 32;
 
 thread_local! {
-    static IDS: RefCell<Ids> = RefCell::new(Ids {
-        prefix: fastrand::u64(..),
-        count: 0,
-        arena: BytesMut::new(),
+    static IDS: RefCell<Ids> = RefCell::new({
+        let prefix = fastrand::u64(..);
+        let mut prefix_hex = [0u8; 16];
+        hex(prefix, &mut prefix_hex);
+        Ids {
+            prefix,
+            prefix_hex,
+            count: 0,
+            arena: BytesMut::new(),
+        }
     });
 }
 
@@ -259,7 +267,7 @@ thread_local! {
 fn new_request_id() -> HeaderValue {
     let bytes = IDS.with_borrow_mut(|ids| {
         let mut buf = [0u8; 32];
-        hex(ids.prefix, &mut buf[..16]);
+        buf[..16].copy_from_slice(&ids.prefix_hex);
         hex(mix(ids.count.wrapping_add(ids.prefix)), &mut buf[16..]);
         ids.count = ids.count.wrapping_add(1);
         crate::arena::cut(&mut ids.arena, ARENA, buf.len(), |a| {

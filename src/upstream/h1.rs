@@ -365,15 +365,17 @@ fn ends_in_chunked(value: &HeaderValue) -> bool {
 /// Every `Content-Length` value (comma-separated lists too): `Ok(None)`
 /// when there is none, an error unless all are the same number.
 fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in values {
-        let n = content_length_value(value).ok_or(())?;
-        if length.is_some_and(|l| l != n) {
-            return Err(());
-        }
-        length = Some(n);
+    values.fold(Ok(None), add_length)
+}
+
+/// The length so far with one more `Content-Length` field: all must say
+/// the same.
+fn add_length(so_far: Result<Option<u64>, ()>, value: &HeaderValue) -> Result<Option<u64>, ()> {
+    let n = content_length_value(value).ok_or(())?;
+    match so_far? {
+        Some(l) if l != n => Err(()),
+        _ => Ok(Some(n)),
     }
-    Ok(length)
 }
 
 /// A field's name as `HeaderName::from_bytes` makes it, the names nearly
@@ -761,6 +763,12 @@ fn parse_head(
     headers.reserve(spans.len());
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
+    // Seen as the fields go by: two lookups in the map after cost more.
+    let mut lengths = Lengths {
+        length: Ok(None),
+        any: false,
+        last_coding: None,
+    };
     // Hop-by-hop fields that the proxy would strip at once are not built
     // (most backends send `Connection: keep-alive`); a `Connection` naming
     // other fields stays for the stripping to read. (No 101 gets here: this
@@ -791,10 +799,15 @@ fn parse_head(
             if names_no_field(&value) {
                 continue;
             }
+        } else if name == header::CONTENT_LENGTH {
+            lengths.any = true;
+            lengths.length = add_length(lengths.length, &value);
+        } else if name == header::TRANSFER_ENCODING {
+            lengths.last_coding = Some(value.clone());
         }
         headers.append(name, value);
     }
-    let framing = framing(status, version, method, &headers)?;
+    let framing = framing(status, version, method, lengths)?;
     if framing == Framing::Close {
         keep_alive = false;
     }
@@ -834,7 +847,7 @@ fn framing(
     status: StatusCode,
     version: Version,
     method: &Method,
-    headers: &HeaderMap,
+    lengths: Lengths,
 ) -> Result<Framing, Error> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(Error::UnexpectedUpgrade);
@@ -845,13 +858,11 @@ fn framing(
     {
         return Ok(Framing::Length(0));
     }
-    let length = content_length(headers.get_all(header::CONTENT_LENGTH).iter());
-    let te = headers.get_all(header::TRANSFER_ENCODING);
-    if let Some(last) = te.iter().next_back() {
+    if let Some(last) = &lengths.last_coding {
         if version == Version::HTTP_10 {
             return Err(Error::Http10Chunked);
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if lengths.any {
             return Err(Error::LengthAndChunked);
         }
         return Ok(if ends_in_chunked(last) {
@@ -860,11 +871,21 @@ fn framing(
             Framing::Close
         });
     }
-    match length {
+    match lengths.length {
         Ok(Some(n)) => Ok(Framing::Length(n)),
         Ok(None) => Ok(Framing::Close),
         Err(()) => Err(Error::BadLength),
     }
+}
+
+/// What a response head's fields say of its body's length.
+struct Lengths {
+    /// Its `Content-Length` fields, all alike (`Err` if not).
+    length: Result<Option<u64>, ()>,
+    /// Any `Content-Length` field came.
+    any: bool,
+    /// The last `Transfer-Encoding` field.
+    last_coding: Option<HeaderValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
