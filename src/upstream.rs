@@ -247,12 +247,12 @@ impl BackendBody {
     /// See [`h1::ResponseBody::poll_read_raw`].
     pub fn poll_read_raw(
         &mut self,
-        cx: &mut std::task::Context<'_>,
-        read: impl FnMut(&tokio::net::TcpStream, usize) -> io::Result<usize>,
-    ) -> std::task::Poll<io::Result<usize>> {
+        cx: &mut Context<'_>,
+        read: impl FnMut(&TcpStream, usize) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         match self {
             BackendBody::Own(b) => b.poll_read_raw(cx, read),
-            BackendBody::Hyper(_) => std::task::Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+            BackendBody::Hyper(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
         }
     }
 }

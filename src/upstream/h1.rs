@@ -766,7 +766,6 @@ fn parse_head(
     // Seen as the fields go by: two lookups in the map after cost more.
     let mut lengths = Lengths {
         length: Ok(None),
-        any: false,
         last_coding: None,
     };
     // Hop-by-hop fields that the proxy would strip at once are not built
@@ -800,7 +799,6 @@ fn parse_head(
                 continue;
             }
         } else if name == header::CONTENT_LENGTH {
-            lengths.any = true;
             lengths.length = add_length(lengths.length, &value);
         } else if name == header::TRANSFER_ENCODING {
             lengths.last_coding = Some(value.clone());
@@ -862,7 +860,8 @@ fn framing(
         if version == Version::HTTP_10 {
             return Err(Error::Http10Chunked);
         }
-        if lengths.any {
+        // Any `Content-Length` came, valid or not.
+        if lengths.length != Ok(None) {
             return Err(Error::LengthAndChunked);
         }
         return Ok(if ends_in_chunked(last) {
@@ -880,10 +879,9 @@ fn framing(
 
 /// What a response head's fields say of its body's length.
 struct Lengths {
-    /// Its `Content-Length` fields, all alike (`Err` if not).
+    /// Its `Content-Length` fields, all alike (`Err` if not); `Ok(None)`
+    /// only when none came.
     length: Result<Option<u64>, ()>,
-    /// Any `Content-Length` field came.
-    any: bool,
     /// The last `Transfer-Encoding` field.
     last_coding: Option<HeaderValue>,
 }
