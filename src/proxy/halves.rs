@@ -9,12 +9,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
-use nix::fcntl::splice;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::activity::TrackedIo;
-use super::pipes::SPLICE_FLAGS;
+use super::pipes::poll_splice_into;
 
 /// A client connection that may be a plain TCP socket, which a pipe can
 /// be spliced into.
@@ -132,22 +131,10 @@ impl<T: Socket> WriteHalf<TrackedIo<T>> {
         let Some(tcp) = io.get_ref().tcp() else {
             return Poll::Ready(Err(ErrorKind::Unsupported.into()));
         };
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            let spliced = tcp.try_io(Interest::WRITABLE, || {
-                Ok(splice(pipe, None, tcp, None, len, SPLICE_FLAGS)?)
-            });
-            match spliced {
-                Ok(n) => {
-                    if n > 0 {
-                        io.activity().moved();
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                // Readiness is cleared: the next turn registers the waker.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(poll_splice_into(tcp, cx, pipe, len))?;
+        if n > 0 {
+            io.activity().moved();
         }
+        Poll::Ready(Ok(n))
     }
 }

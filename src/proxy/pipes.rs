@@ -9,22 +9,47 @@
 //! busy connection, up to [`KEPT`]; at most [`limit`] exist at once, and
 //! past that a connection copies through a buffer instead.
 
-use std::os::fd::OwnedFd;
+use std::io::{self, ErrorKind};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, SpliceFFlags};
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use nix::sys::resource::{Resource, getrlimit};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 /// Every splice: pages moved rather than copied where the kernel can, and
 /// never a wait (tokio's readiness does the waiting).
 pub const SPLICE_FLAGS: SpliceFFlags =
     SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
+/// Splices up to `len` bytes from `pipe` (its read end) into `to` once
+/// `to` can take them, waiting with tokio's readiness rather than spinning
+/// on `EAGAIN`; `Ok(0)` only for `len` 0.
+pub fn poll_splice_into(
+    to: &TcpStream,
+    cx: &mut Context<'_>,
+    pipe: BorrowedFd<'_>,
+    len: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(to.poll_write_ready(cx))?;
+        match to.try_io(Interest::WRITABLE, || {
+            Ok(splice(pipe, None, to, None, len, SPLICE_FLAGS)?)
+        }) {
+            // Readiness is cleared: the next turn registers the waker.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            spliced => return Poll::Ready(spliced),
+        }
+    }
+}
+
 /// A splice refused for the kind of descriptor, before moving anything.
-pub fn unsupported(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::Unsupported
+pub fn unsupported(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::Unsupported
         || e.raw_os_error().is_some_and(|code| {
             [Errno::EINVAL, Errno::ENOSYS, Errno::EOPNOTSUPP].contains(&Errno::from_raw(code))
         })

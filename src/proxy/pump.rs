@@ -10,8 +10,10 @@
 //! everything read has been written (half-close); an error in either
 //! direction ends both, as `tokio::io::copy_bidirectional` does.
 
+use std::future::poll_fn;
 use std::io::{self, ErrorKind};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use ::metrics::Counter;
@@ -20,7 +22,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::activity::Activity;
-use super::pipes::{Pipe, SPLICE_FLAGS as FLAGS, unsupported};
+use super::pipes::{Pipe, SPLICE_FLAGS as FLAGS, poll_splice_into, unsupported};
 
 /// Bytes buffered per direction while the buffer copy moves data. 16 KiB,
 /// as HAProxy's and nginx's buffers: 8 KiB moved 0.71x HAProxy's iperf3
@@ -121,25 +123,13 @@ impl Leg<'_> {
             pipe.pending = n;
             self.moved(n, activity).await;
             while pipe.pending > 0 {
-                self.to.writable().await?;
-                let written = self.to.try_io(Interest::WRITABLE, || {
-                    Ok(splice(
-                        &pipe.read,
-                        None,
-                        self.to,
-                        None,
-                        pipe.pending,
-                        FLAGS,
-                    )?)
-                });
-                match written {
-                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                    Ok(n) => {
+                let out = pipe.read.as_fd();
+                match poll_fn(|cx| poll_splice_into(self.to, cx, out, pipe.pending)).await? {
+                    0 => return Err(ErrorKind::WriteZero.into()),
+                    n => {
                         pipe.pending -= n;
                         activity.moved();
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
                 }
             }
         }
