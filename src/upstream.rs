@@ -41,6 +41,44 @@ pub mod h1;
 pub type BackendRequestBody =
     http_body_util::Either<ClientBody, http_body_util::Empty<bytes::Bytes>>;
 
+/// Fields the proxy adds to a request it forwards (`X-Forwarded-*`), sent
+/// after the client's own. geolb's HTTP/1 client writes them as it writes
+/// the head, so they never enter the request's header map, where each
+/// insert hashes a name that is not one of the standard ones byte by byte
+/// (about 1,000 instructions a request for the three, by
+/// `benches/instructions.sh`); for hyper's clients they go into the map.
+#[derive(Default)]
+pub struct Added {
+    fields: smallvec::SmallVec<[(&'static http::HeaderName, http::HeaderValue); 3]>,
+}
+
+impl Added {
+    /// `name` must not be in the request's map: the caller has taken the
+    /// client's out (a map and this list both naming it would send both).
+    pub fn push(&mut self, name: &'static http::HeaderName, value: http::HeaderValue) {
+        self.fields.push((name, value));
+    }
+
+    /// Moves the fields into `headers`, where what reads the map (header
+    /// rules, a hashing balancer's key) finds them; none are left to add.
+    pub fn put_into(&mut self, headers: &mut http::HeaderMap) {
+        for (name, value) in self.fields.drain(..) {
+            headers.insert(name.clone(), value);
+        }
+    }
+
+    /// Copies the fields into `headers`, for a client that sends the map.
+    fn copy_into(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.fields {
+            headers.insert((*name).clone(), value.clone());
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&http::HeaderName, &http::HeaderValue)> {
+        self.fields.iter().map(|(n, v)| (*n, v))
+    }
+}
+
 /// A client's request body on its way to a backend, telling whoever holds
 /// its [`BodyProgress`] how far the client got: a failed request is the
 /// client's fault, not the backend's, when its body was malformed or
@@ -643,13 +681,21 @@ impl Sender {
     /// Sends `req`; a request the connection could not take (closed
     /// before it was written) comes back in the error. The response
     /// carries the backend's HTTP version: callers set the client's.
+    /// Sends `req` with the fields in `added` after its own.
     pub fn try_send_request(
         &mut self,
-        req: Request<BackendRequestBody>,
+        mut req: Request<BackendRequestBody>,
+        added: &Added,
     ) -> impl Future<Output = Result<Response<BackendBody>, SendError>> + use<> {
         let hyper_side = match &mut self.kind {
-            Kind::Http1(s) => Either::Left(s.try_send_request(req)),
-            Kind::Http2(s) => Either::Right(s.try_send_request(req)),
+            Kind::Http1(s) => {
+                added.copy_into(req.headers_mut());
+                Either::Left(s.try_send_request(req))
+            }
+            Kind::Http2(s) => {
+                added.copy_into(req.headers_mut());
+                Either::Right(s.try_send_request(req))
+            }
             Kind::Own(conn) => {
                 let Some((kept, home)) = conn.take() else {
                     unreachable!("an own connection carries one request")
@@ -657,7 +703,7 @@ impl Sender {
                 // Not in an async block of its own: that would keep the
                 // connection and the request in its own places too, beside
                 // the ones of the sending future made of them.
-                return Either::Left(h1::send(kept, home, req, BackendBody::Own));
+                return Either::Left(h1::send(kept, home, req, added, BackendBody::Own));
             }
         };
         Either::Right(async move {

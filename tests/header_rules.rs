@@ -183,6 +183,36 @@ async fn rules_change_requests_and_every_answer_listener_first_then_route() {
     );
 }
 
+/// The fields geolb adds (`X-Forwarded-*`) are there for the rules to
+/// change or remove, and the client's own are replaced before the rules.
+#[tokio::test]
+async fn rules_change_the_forwarded_fields_geolb_adds() {
+    let backend = echo_backend().await;
+    let rules = r#"request_headers = { remove = ["X-Forwarded-Host"], set = { "X-Forwarded-Proto" = "https" }, add = { "X-Forwarded-For" = "10.9.9.9" } }"#;
+    let geolb = Geolb::start(&config(backend, rules).await).await;
+    let web = geolb.listener("web");
+    let (code, _, body) = get(
+        web,
+        "/",
+        &[
+            ("host", "site.test"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-host", "spoofed"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(seen(&body, "x-forwarded-host").is_empty(), "{text}");
+    assert_eq!(seen(&body, "x-forwarded-proto"), ["https"], "{text}");
+    assert_eq!(
+        seen(&body, "x-forwarded-for"),
+        ["192.0.2.1, 127.0.0.1", "10.9.9.9"],
+        "{text}"
+    );
+}
+
 /// The `request_id` of every access line.
 fn logged_ids(log: &str) -> Vec<String> {
     log.lines()

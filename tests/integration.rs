@@ -797,10 +797,16 @@ async fn maglev_header_and_cookie_keys_keep_a_client_on_one_backend() {
     );
     let all = [&a, &b, &c];
     let cfg = config(&format!(
-        "{}{}[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"by-header\"\n\
-         routes = [{{ path_prefix = \"/c/\", pool = \"by-cookie\" }}]\n",
+        "{}{}{}[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"by-header\"\n\
+         routes = [{{ path_prefix = \"/c/\", pool = \"by-cookie\" }}, {{ path_prefix = \"/f/\", pool = \"by-forwarded\" }}]\n",
         pool_toml("by-header", "maglev", "hash = \"header:X-User\"", &all),
         pool_toml("by-cookie", "maglev", "hash = \"cookie:session\"", &all),
+        pool_toml(
+            "by-forwarded",
+            "maglev",
+            "hash = \"header:X-Forwarded-For\"",
+            &all
+        ),
     ));
     let geolb = Geolb::start(&cfg).await;
     let web = geolb.listener("web");
@@ -825,6 +831,20 @@ async fn maglev_header_and_cookie_keys_keep_a_client_on_one_backend() {
         used.len() >= 4,
         "24 users should spread over backends: {used:?}"
     );
+    // A field geolb adds is a key too: the client's X-Forwarded-For with
+    // the address geolb appends, so each proxy in front stays on one.
+    let mut used = std::collections::HashSet::new();
+    for user in 0..24 {
+        let xff = format!("192.0.2.{user}");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let (_, _, f) = get(web, "/f/", &[("x-forwarded-for", &xff)]).await.unwrap();
+            seen.insert(f);
+        }
+        assert_eq!(seen.len(), 1, "{xff} moved between backends: {seen:?}");
+        used.extend(seen);
+    }
+    assert!(used.len() >= 2, "24 forwarders on one backend: {used:?}");
 }
 
 #[tokio::test]

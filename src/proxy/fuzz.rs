@@ -45,7 +45,15 @@ pub fn forward<B>(
     }
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let client = headers::ClientAddr::new(client);
-    headers::add_forwarded(req.headers_mut(), &client, proto, authority.clone());
+    let mut added = crate::upstream::Added::default();
+    headers::add_forwarded(
+        req.headers_mut(),
+        &client,
+        proto,
+        authority.clone(),
+        &mut added,
+    );
+    added.put_into(req.headers_mut());
     proxy_http::to_origin_form(req, authority.clone());
     Ok(Forwarded {
         authority,

@@ -17,6 +17,7 @@ use super::headers::ClientAddr;
 use crate::accesslog::TlsInfo;
 use crate::config::{HeaderRules, HeaderTemplate, HeaderVar, TemplatePart};
 use crate::state::{Listener, Route, RouteHeaders};
+use crate::upstream::Added;
 
 /// Passed to backends and shown in the access log (as nginx's
 /// `$http_x_request_id`).
@@ -81,16 +82,20 @@ impl<'c> Reply<'c> {
     }
 
     /// Before the request goes to `route`'s backends, `host` as routed on.
+    /// The fields geolb adds (`added`) are put into `headers` first, where
+    /// the rules can change or remove them.
     pub(super) fn forward(
         &mut self,
         route: &Route,
         host: Option<&HeaderValue>,
         headers: &mut HeaderMap,
+        added: &mut Added,
     ) {
         // A route's rules hold its listener's: none there, none at all.
         let Some(rules) = &route.headers else {
             return;
         };
+        added.put_into(headers);
         if !self.echo_id && self.request_id.is_none() {
             // Rules of the route alone: `start` saw none to fill.
             self.request_id = headers.get(&X_REQUEST_ID).filter(|v| valid_id(v)).cloned();

@@ -4,8 +4,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
+
+use crate::upstream::Added;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -139,37 +141,48 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`, replacing what the client sent for the latter two.
+/// The three go into `added`, after the client's fields; what the client
+/// sent of them is taken out of `headers`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &ClientAddr,
     proto: &'static str,
     host: Option<HeaderValue>,
+    added: &mut Added,
 ) {
-    // One lookup, whether the client sent the field or not.
-    match headers.entry(X_FORWARDED_FOR.clone()) {
-        Entry::Vacant(absent) => {
-            absent.insert(client.header.clone());
-        }
-        Entry::Occupied(mut sent) => {
-            let mut xff = String::new();
-            for v in sent.iter() {
-                if let Ok(s) = v.to_str() {
-                    let s = s.trim();
-                    if !s.is_empty() {
-                        xff.push_str(s);
-                        xff.push_str(", ");
-                    }
+    // One pass over the names: only a client that sent one of them pays
+    // for the hashed lookups.
+    let sent = headers
+        .keys()
+        .any(|n| *n == X_FORWARDED_FOR || *n == X_FORWARDED_PROTO || *n == X_FORWARDED_HOST);
+    let forwarded_for = if sent {
+        let mut xff = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    xff.push_str(s);
+                    xff.push_str(", ");
                 }
             }
-            xff.push_str(&client.text);
-            sent.insert(HeaderValue::from_str(&xff).unwrap_or_else(|_| client.header.clone()));
         }
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host {
-        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
-        None => headers.remove(&X_FORWARDED_HOST),
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            headers.remove(name);
+        }
+        if xff.is_empty() {
+            client.header.clone()
+        } else {
+            xff.push_str(&client.text);
+            HeaderValue::from_str(&xff).unwrap_or_else(|_| client.header.clone())
+        }
+    } else {
+        client.header.clone()
     };
+    added.push(&X_FORWARDED_FOR, forwarded_for);
+    added.push(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(h) = host {
+        added.push(&X_FORWARDED_HOST, h);
+    }
 }
 
 /// A client address as forwarded headers write it, formatted once per
@@ -298,17 +311,48 @@ mod tests {
             ("x-forwarded-host", "evil"),
         ]);
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let mut added = Added::default();
         add_forwarded(
             &mut h,
             &ClientAddr::new(mapped),
             "http",
             Some(HeaderValue::from_static("a.example")),
+            &mut added,
         );
+        assert!(h.is_empty(), "the client's are taken out: {h:?}");
+        added.put_into(&mut h);
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, &ClientAddr::new(mapped), "https", None);
+        fresh.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        fresh.insert("x-kept", HeaderValue::from_static("yes"));
+        let mut added = Added::default();
+        add_forwarded(
+            &mut fresh,
+            &ClientAddr::new(mapped),
+            "https",
+            None,
+            &mut added,
+        );
+        added.put_into(&mut fresh);
         assert_eq!(fresh["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(fresh["x-forwarded-proto"], "https");
+        assert!(!fresh.contains_key("x-forwarded-host"));
+        let names: Vec<&str> = fresh.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "x-forwarded-for", "x-forwarded-proto"]);
+        // An empty X-Forwarded-For is dropped, not kept as a leading comma.
+        let mut blank = HeaderMap::new();
+        blank.insert("x-forwarded-for", HeaderValue::from_static(" "));
+        let mut added = Added::default();
+        add_forwarded(
+            &mut blank,
+            &ClientAddr::new(mapped),
+            "https",
+            None,
+            &mut added,
+        );
+        added.put_into(&mut blank);
+        assert_eq!(blank["x-forwarded-for"], "192.0.2.1");
     }
 }

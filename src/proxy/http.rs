@@ -46,7 +46,9 @@ use crate::outlier::Outcome;
 use crate::proxy_protocol;
 use crate::rules::Verdict;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
-use crate::upstream::{self, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody};
+use crate::upstream::{
+    self, Added, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody,
+};
 
 /// What every connection of one listener shares.
 pub struct HttpContext {
@@ -558,21 +560,25 @@ async fn respond(
         }
         // Taken off before the request goes on (HAProxy's `indirect`).
         let pinned = pool.sticky.as_ref().and_then(|s| s.take(req.headers_mut()));
+        let mut added = Added::default();
         headers::add_forwarded(
             req.headers_mut(),
             &conn.client,
             conn.ctx.proto,
             host_value.clone(),
+            &mut added,
         );
-        reply.forward(route, host_value.as_ref(), req.headers_mut());
+        reply.forward(route, host_value.as_ref(), req.headers_mut(), &mut added);
         to_origin_form(&mut req, host_value);
         if upgrade && pool.upstream.is_http2() {
             break 'handled no_upgrade_over_http2(&listener, &pool.name, completion);
         }
 
-        let key = pool
-            .hash_on()
-            .map_or(0, |on| request_key(on, conn.peer.ip(), req.headers()));
+        let key = pool.hash_on().map_or(0, |on| {
+            // The key may be one of the added fields.
+            added.put_into(req.headers_mut());
+            request_key(on, conn.peer.ip(), req.headers())
+        });
         let (parts, body) = req.into_parts();
         let timeouts = listener.config.timeouts;
         let retries = listener.config.retries as usize;
@@ -669,7 +675,7 @@ async fn respond(
                 connecting.map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
             // Pinned where it is made: the timeout and the await then move a
             // pointer, not the sending future's 2 KiB.
-            let send = std::pin::pin!(sender.try_send_request(request));
+            let send = std::pin::pin!(sender.try_send_request(request, &added));
             timer.as_mut().reset(deadline(sent_at, timeouts.request));
             match before(timer.as_mut(), send).await {
                 None => {

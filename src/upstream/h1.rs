@@ -185,13 +185,24 @@ pub fn send<B, E: From<SendError>>(
     kept: Kept,
     home: Home,
     req: Request<BackendRequestBody>,
+    added: &super::Added,
     wrap: fn(ResponseBody) -> B,
-) -> impl Future<Output = Result<Response<B>, E>> {
+) -> impl Future<Output = Result<Response<B>, E>> + use<B, E> {
     let (mut parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
+    // hyper's client puts a body's framing field after the fields in the
+    // map, the added ones among them: with a body, so do we.
+    let after_map = if end_stream {
+        Some(added)
+    } else {
+        added.copy_into(&mut parts.headers);
+        None
+    };
     let encoder = set_length(&mut parts, &body);
     let head = HEADS.with_borrow_mut(|heads| {
-        crate::arena::cut(heads, HEADS_CHUNK, HEAD_ROOM, |h| write_head(&parts, h))
+        crate::arena::cut(heads, HEADS_CHUNK, HEAD_ROOM, |h| {
+            write_head(&parts, after_map, h)
+        })
     });
     // On the future's state until the response comes; boxed into the
     // connection only if the request is still being written then (rare).
@@ -435,7 +446,7 @@ const HEADS_CHUNK: usize = 4096;
 /// would likely outgrow it (a longer head still grows it: `BytesMut`).
 const HEAD_ROOM: usize = 512;
 
-fn write_head(parts: &http::request::Parts, dst: &mut impl BufMut) {
+fn write_head(parts: &http::request::Parts, added: Option<&super::Added>, dst: &mut impl BufMut) {
     dst.put_slice(parts.method.as_str().as_bytes());
     dst.put_u8(b' ');
     match parts.uri.path_and_query() {
@@ -449,11 +460,17 @@ fn write_head(parts: &http::request::Parts, dst: &mut impl BufMut) {
         _ => b" HTTP/1.1\r\n",
     });
     write_fields(&parts.headers, dst);
+    if let Some(added) = added {
+        write_fields(added.iter(), dst);
+    }
     dst.put_slice(b"\r\n");
 }
 
-fn write_fields(headers: &HeaderMap, dst: &mut impl BufMut) {
-    for (name, value) in headers {
+fn write_fields<'a>(
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    dst: &mut impl BufMut,
+) {
+    for (name, value) in fields {
         dst.put_slice(name.as_str().as_bytes());
         dst.put_slice(b": ");
         dst.put_slice(value.as_bytes());
