@@ -196,9 +196,8 @@ impl BodyProgress {
 
 impl ClientBody {
     /// Wraps `body`, with a [`BodyProgress`] to watch it unless it is
-    /// already at its end (nothing to watch, nothing allocated). `limit`:
-    /// the bytes it may carry.
-    pub fn new(body: RequestBody, limit: Option<u64>) -> (ClientBody, Option<BodyProgress>) {
+    /// already at its end (nothing to watch, nothing allocated).
+    pub fn new(body: RequestBody) -> (ClientBody, Option<BodyProgress>) {
         let progress = if body.is_end_stream() {
             None
         } else {
@@ -209,11 +208,16 @@ impl ClientBody {
             ClientBody {
                 inner: body,
                 progress,
-                limit,
+                limit: None,
                 seen: 0,
             },
             watch,
         )
+    }
+
+    /// The bytes the body may carry, set before any is read.
+    pub fn limit(&mut self, max: u64) {
+        self.limit = Some(max);
     }
 }
 
