@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
 use super::halves::{ReadHalf, Socket, WriteHalf};
+use super::header_rules::X_REQUEST_ID;
 use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
 use super::woken::Woken;
 use crate::config::Timeouts;
@@ -54,13 +55,14 @@ pub(super) trait Client: Send + Sync + 'static {
     fn activity(&self) -> &Arc<Activity>;
     fn peer(&self) -> std::net::SocketAddr;
     fn shutdown(&self) -> &tokio_util::sync::CancellationToken;
-    /// The answer to `req`, routed and forwarded; `timer` times the
-    /// backend's answer, one for all of the connection's requests.
+    /// The answer to `req`, routed and forwarded, and the `X-Request-Id`
+    /// to write after its fields; `timer` times the backend's answer, one
+    /// for all of the connection's requests.
     fn respond(
         &self,
         req: Request<RequestBody>,
         timer: Pin<&mut tokio::time::Sleep>,
-    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send;
+    ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send;
 }
 
 /// hyper's default `h1_max_headers`: past it, 431.
@@ -762,7 +764,7 @@ where
         // The response ends where it stands, at the end of this block,
         // rather than moved into a `drop`.
         let reusable = {
-            let mut resp = {
+            let (mut resp, request_id) = {
                 // Boxed, as hyper's server boxes it: the routing and
                 // forwarding state (4.4 KB at f43c140) exists only while a
                 // request is open, not in every idle connection's task.
@@ -793,6 +795,7 @@ where
                 version,
                 keep_alive,
                 takes_trailers,
+                request_id: request_id.as_ref(),
             };
             // Pinned where it is made, not moved into the await.
             let reusable = std::pin::pin!(writer.respond(&mut resp, request)).await;
@@ -879,6 +882,8 @@ struct Answering<'a> {
     keep_alive: bool,
     /// `TE: trailers`.
     takes_trailers: bool,
+    /// Written after the response's own fields (see `Reply::finish`).
+    request_id: Option<&'a HeaderValue>,
 }
 
 /// The write side: responses encoded as hyper's server does.
@@ -926,6 +931,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
             version,
             mut keep_alive,
             takes_trailers,
+            mut request_id,
         } = request;
         // hyper's `enforce_version` and `fix_keep_alive`.
         let mut out_version = resp.version();
@@ -939,8 +945,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
                 if resp.version() == Version::HTTP_10 {
                     keep_alive = false;
                 } else if resp.version() == Version::HTTP_11 && keep_alive {
-                    resp.headers_mut()
-                        .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                    add_connection(resp, "keep-alive", &mut request_id);
                 }
             }
             out_version = Version::HTTP_10;
@@ -951,8 +956,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
                 .iter()
                 .any(|v| has_token(v, b"close"))
         {
-            resp.headers_mut()
-                .append(header::CONNECTION, HeaderValue::from_static("close"));
+            add_connection(resp, "close", &mut request_id);
         }
         let length = if resp.body().is_end_stream() {
             None
@@ -963,6 +967,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
         let (encoder, last, trailer_names) = encode_head(
             &mut self.head,
             resp,
+            request_id,
             out_version,
             method,
             length,
@@ -1153,6 +1158,21 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
 /// `left` of its length unsent, may carry another request: not after a
 /// body shorter than its length (the client would wait for bytes that
 /// never come), nor one ended by closing.
+/// A `Connection` field the server adds, after the request id as hyper's
+/// server has it: the id goes into the map first (only such answers pay
+/// for its insert).
+fn add_connection(
+    resp: &mut Response<ResponseBody>,
+    token: &'static str,
+    request_id: &mut Option<&HeaderValue>,
+) {
+    let headers = resp.headers_mut();
+    if let Some(id) = request_id.take() {
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
+    }
+    headers.append(header::CONNECTION, HeaderValue::from_static(token));
+}
+
 fn keeps_open(encoder: Encoder, left: Encoder, last: bool) -> bool {
     let short = matches!(left, Encoder::Length(n) if n > 0);
     !last && !short && encoder != Encoder::Close
@@ -1201,6 +1221,7 @@ fn can_have_content_length(method: &Method, status: StatusCode) -> bool {
 fn encode_head<B>(
     dst: &mut Vec<u8>,
     resp: &Response<B>,
+    request_id: Option<&HeaderValue>,
     version: Version,
     method: &Method,
     length: Option<Option<u64>>,
@@ -1323,6 +1344,13 @@ fn encode_head<B>(
         dst.extend_from_slice(b"\r\n");
     }
     close_line(dst, &mut open);
+    // Where hyper's server has it: last of the map's fields.
+    if let Some(id) = request_id {
+        dst.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(id.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
     if !wrote_len {
         encoder = match length {
             Some(None) if chunkable => {

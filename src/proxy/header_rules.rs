@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::headers::ClientAddr;
 use crate::accesslog::TlsInfo;
@@ -21,7 +21,7 @@ use crate::upstream::Added;
 
 /// Passed to backends and shown in the access log (as nginx's
 /// `$http_x_request_id`).
-pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest `X-Request-Id` kept from a client; nginx's `$request_id` is
 /// 32 characters, a UUID 36, a W3C traceparent 55.
@@ -66,14 +66,22 @@ impl<'c> Reply<'c> {
         }
     }
 
-    /// On a request to `listener`, before anything answers it: its id,
-    /// and what every answer of this listener gets.
-    pub(super) fn start(&mut self, listener: &Listener, headers: &mut HeaderMap) {
+    /// On a request to `listener`, before anything answers it: its id
+    /// (taken out of `headers`, to be sent in `added`), and what every
+    /// answer of this listener gets.
+    pub(super) fn start(
+        &mut self,
+        listener: &Listener,
+        headers: &mut HeaderMap,
+        added: &mut Added,
+    ) {
         let config = &listener.config.headers;
         self.rules = listener.default_route.headers.clone();
         self.hsts = config.hsts.clone();
         if config.request_id {
-            self.request_id = Some(request_id(headers));
+            let id = request_id(headers);
+            added.push(&X_REQUEST_ID, id.clone());
+            self.request_id = Some(id);
             self.echo_id = true;
         } else if self.rules.is_some() {
             // `{request_id}` is then the client's, if it sent a usable one.
@@ -105,23 +113,48 @@ impl<'c> Reply<'c> {
         self.rules = Some(rules.clone());
     }
 
-    /// The answer's headers, on their way out.
-    pub(super) fn finish(&self, headers: &mut HeaderMap) {
+    /// The request's id as the access log has it: geolb's (`request_id =
+    /// true`), else the client's.
+    pub(super) fn logged_id(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        if self.echo_id {
+            self.request_id.clone()
+        } else {
+            headers.get(&X_REQUEST_ID).cloned()
+        }
+    }
+
+    /// The answer's headers, on their way out; and the request id it
+    /// echoes, if any, to be written after them. The id is put into
+    /// `headers` only where response rules may change it (otherwise each
+    /// answer hashed its name byte by byte to insert it).
+    pub(super) fn finish(&self, headers: &mut HeaderMap) -> Option<HeaderValue> {
         // Both replace what a backend sent: the id is the one geolb logged
         // and passed on, HSTS the edge's policy for the whole site.
         if let Some(v) = &self.hsts {
             headers.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
-        if self.echo_id
-            && let Some(id) = &self.request_id
-        {
-            headers.insert(X_REQUEST_ID, id.clone());
+        let id = self.request_id.as_ref().filter(|_| self.echo_id);
+        let Some(rules) = &self.rules else {
+            // One pass over the names: only a backend that sent one pays
+            // for the hashed removal.
+            if id.is_some() && headers.keys().any(|n| *n == X_REQUEST_ID) {
+                headers.remove(&X_REQUEST_ID);
+            }
+            return id.cloned();
+        };
+        if let Some(id) = id {
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
         }
-        if let Some(rules) = &self.rules {
-            apply(&rules.response, headers, |t| {
-                self.expand(t, &rules.listener)
-            });
-        }
+        apply(&rules.response, headers, |t| {
+            self.expand(t, &rules.listener)
+        });
+        None
+    }
+
+    /// The id `finish` gave back, put into `headers` for a server that
+    /// writes only the map (hyper's).
+    pub(super) fn put_request_id(headers: &mut HeaderMap, id: HeaderValue) {
+        headers.insert(X_REQUEST_ID.clone(), id);
     }
 
     /// `t` filled in for this request; None if the result would not be a
@@ -214,25 +247,21 @@ fn valid_id(v: &HeaderValue) -> bool {
 }
 
 /// The request's id: the client's one `X-Request-Id` if valid, else a new
-/// one put in its place; either way [`unindexed`], in the request and in
-/// what is returned for the answer.
+/// one; either way [`unindexed`]. The client's is taken out of `headers`:
+/// the id goes on among the fields geolb adds.
 fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    // One hash of the name, whether the id is kept or replaced.
-    match headers.entry(X_REQUEST_ID) {
-        Entry::Occupied(mut e) => {
-            let mut values = e.iter();
-            let kept = matches!((values.next(), values.next()), (Some(v), None) if valid_id(v));
-            if kept {
-                let id = e.get_mut();
-                id.set_sensitive(true);
-                return id.clone();
-            }
-            let id = new_request_id();
-            e.insert(id.clone());
-            id
-        }
-        Entry::Vacant(e) => e.insert(new_request_id()).clone(),
+    // One pass over the names: a request without an id (most) pays for no
+    // hashed lookup.
+    if !headers.keys().any(|n| *n == X_REQUEST_ID) {
+        return new_request_id();
     }
+    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    let kept = match (values.next(), values.next()) {
+        (Some(v), None) if valid_id(v) => Some(unindexed(v.clone())),
+        _ => None,
+    };
+    headers.remove(&X_REQUEST_ID);
+    kept.unwrap_or_else(new_request_id)
 }
 
 /// A thread's id maker.
@@ -340,21 +369,20 @@ mod tests {
         ];
         for (values, kept) in cases {
             let mut headers = HeaderMap::new();
+            headers.append("x-kept", HeaderValue::from_static("1"));
             for v in *values {
-                headers.append(X_REQUEST_ID, HeaderValue::from_str(v).unwrap());
+                headers.append(&X_REQUEST_ID, HeaderValue::from_str(v).unwrap());
             }
             let id = request_id(&mut headers);
             assert_eq!(id == values[0], *kept, "{values:?}");
-            assert_eq!(
-                headers.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(),
-                [&id]
-            );
+            // Taken out, to go on among the fields geolb adds.
+            assert_eq!(headers.len(), 1, "{values:?}");
             // Kept or made, never indexed by HPACK, to the backend or back.
             assert!(id.is_sensitive(), "{values:?}");
-            assert!(headers[&X_REQUEST_ID].is_sensitive(), "{values:?}");
         }
         let mut obs = HeaderMap::new();
-        obs.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        obs.insert(&X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
         assert_eq!(request_id(&mut obs).len(), 32);
+        assert!(request_id(&mut HeaderMap::new()).is_sensitive());
     }
 }

@@ -31,7 +31,7 @@ use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
 use super::halves::Socket;
-use super::header_rules::{Reply, X_REQUEST_ID};
+use super::header_rules::Reply;
 use super::headers::{self, host_name};
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
@@ -251,11 +251,14 @@ where
             // the routing and forwarding state (4.4 KB at f43c140) is then
             // moved once, not five times (2,340 instructions a request, by
             // `CLIENT=h2 benches/instructions.sh`).
-            let resp = Box::pin(async {
+            let (mut resp, request_id) = Box::pin(async {
                 let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
                 respond(req.map(RequestBody::Hyper), &conn_ctx, timer).await
             })
             .await;
+            if let Some(id) = request_id {
+                Reply::put_request_id(resp.headers_mut(), id);
+            }
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
@@ -343,7 +346,8 @@ impl super::h1::Client for ConnCtx {
         &self,
         req: Request<RequestBody>,
         timer: Pin<&mut Sleep>,
-    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send {
+    ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send
+    {
         respond(req, self, timer)
     }
 }
@@ -458,7 +462,7 @@ fn respond(
     req: Request<RequestBody>,
     conn: &ConnCtx,
     mut timer: Pin<&mut Sleep>,
-) -> impl Future<Output = Response<ResponseBody>> + Send {
+) -> impl Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send {
     let mut body_progress = None;
     let mut pending = Some(req.map(|body| {
         let (body, progress) = ClientBody::new(body);
@@ -484,26 +488,27 @@ fn respond(
                 );
             };
             drop(snapshot);
-            reply.start(&listener, req.headers_mut());
+            let mut added = Added::default();
+            reply.start(&listener, req.headers_mut(), &mut added);
 
             if let Some(answer) = crate::acme::http01(req.uri().path()) {
-                break 'handled acme_challenge(req, &listener, conn, start, answer);
+                break 'handled acme_challenge(req, reply, &listener, conn, start, answer);
             }
             if let Some(clients) = conn.slot.clients()
                 && let Err(wait) = clients.request(conn.peer.ip())
             {
-                break 'handled too_many_requests(req, &listener, conn, start, wait);
+                break 'handled too_many_requests(req, reply, &listener, conn, start, wait);
             }
             if let Err(why) = validate::method(req) {
-                break 'handled refuse(req, &listener, conn, start, why);
+                break 'handled refuse(req, reply, &listener, conn, start, why);
             }
             // Routed on and sent to the backend alike.
             let host_value = match validate::authority(req) {
                 Ok(v) => v,
-                Err(why) => break 'handled refuse(req, &listener, conn, start, why),
+                Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
             };
             if let Err(why) = validate::path(req.uri().path()) {
-                break 'handled refuse(req, &listener, conn, start, why);
+                break 'handled refuse(req, reply, &listener, conn, start, why);
             }
             if let Some(uri) = validate::decode_unreserved(req.uri()) {
                 *req.uri_mut() = uri;
@@ -516,7 +521,7 @@ fn respond(
             };
             let route = listener.route(host.as_deref(), req.uri().path());
             let pool = route.pool.clone();
-            let mut completion = Completion::of(req, conn, &listener, route, start, || {
+            let mut completion = Completion::of(req, reply, conn, &listener, route, start, || {
                 host.clone().unwrap_or_default()
             });
             let mut max_body = None;
@@ -574,7 +579,6 @@ fn respond(
             }
             // Taken off before the request goes on (HAProxy's `indirect`).
             let pinned = pool.sticky.as_ref().and_then(|s| s.take(req.headers_mut()));
-            let mut added = Added::default();
             headers::add_forwarded(
                 req.headers_mut(),
                 &conn.client,
@@ -946,8 +950,8 @@ fn respond(
             }
             resp
         };
-        reply.finish(resp.headers_mut());
-        resp
+        let request_id = reply.finish(resp.headers_mut());
+        (resp, request_id)
     }
 }
 
@@ -957,6 +961,7 @@ impl Completion {
     #[inline]
     fn of<B>(
         req: &Request<B>,
+        reply: &Reply<'_>,
         conn: &ConnCtx,
         listener: &Listener,
         route: &Route,
@@ -992,7 +997,7 @@ impl Completion {
                     version: req.version(),
                     user_agent: header(header::USER_AGENT),
                     referer: header(header::REFERER),
-                    request_id: header(X_REQUEST_ID),
+                    request_id: reply.logged_id(req.headers()),
                     tls: conn.tls,
                     retries: 0,
                     connect: None,
@@ -1009,6 +1014,7 @@ impl Completion {
 #[cold]
 fn refuse<B>(
     req: &Request<B>,
+    reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
     start: Instant,
@@ -1021,7 +1027,7 @@ fn refuse<B>(
         reason = why.reason,
         "request refused"
     );
-    let mut resp = answer(req, listener, conn, start, why.status, why.reason);
+    let mut resp = answer(req, reply, listener, conn, start, why.status, why.reason);
     if why.status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
@@ -1037,6 +1043,7 @@ fn refuse<B>(
 /// route.
 fn answer<B>(
     req: &Request<B>,
+    reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
     start: Instant,
@@ -1047,7 +1054,7 @@ fn answer<B>(
         listener,
         status,
         text,
-        own(req, listener, conn, start, status),
+        own(req, reply, listener, conn, start, status),
     )
 }
 
@@ -1055,18 +1062,26 @@ fn answer<B>(
 /// listener's default route.
 fn own<B>(
     req: &Request<B>,
+    reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
     start: Instant,
     status: StatusCode,
 ) -> Completion {
-    let mut completion =
-        Completion::of(req, conn, listener, &listener.default_route, start, || {
+    let mut completion = Completion::of(
+        req,
+        reply,
+        conn,
+        listener,
+        &listener.default_route,
+        start,
+        || {
             req.headers()
                 .get(header::HOST)
                 .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
                 .unwrap_or_default()
-        });
+        },
+    );
     completion.status = status.as_u16();
     completion
 }
@@ -1076,12 +1091,13 @@ fn own<B>(
 #[cold]
 fn acme_challenge<B>(
     req: &Request<B>,
+    reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
     start: Instant,
     key_authorization: Bytes,
 ) -> Response<ResponseBody> {
-    let completion = own(req, listener, conn, start, StatusCode::OK);
+    let completion = own(req, reply, listener, conn, start, StatusCode::OK);
     let mut resp = Response::new(ResponseBody::message(key_authorization, Some(completion)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1095,6 +1111,7 @@ fn acme_challenge<B>(
 #[cold]
 fn too_many_requests<B>(
     req: &Request<B>,
+    reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
     start: Instant,
@@ -1104,6 +1121,7 @@ fn too_many_requests<B>(
     let text = "this client sends requests faster than this listener allows";
     let mut resp = answer(
         req,
+        reply,
         listener,
         conn,
         start,
