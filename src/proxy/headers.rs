@@ -305,54 +305,38 @@ mod tests {
 
     #[test]
     fn forwarded_headers() {
-        let mut h = map(&[
+        let h = map(&[
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
         ]);
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        let mut added = Added::default();
-        add_forwarded(
-            &mut h,
-            &ClientAddr::new(mapped),
-            "http",
-            Some(HeaderValue::from_static("a.example")),
-            &mut added,
-        );
-        assert!(h.is_empty(), "the client's are taken out: {h:?}");
-        added.put_into(&mut h);
+        let client = ClientAddr::new(mapped);
+        // What the backend is sent: the map after the added fields go in.
+        let forwarded = |mut h: HeaderMap, proto, host| {
+            let mut added = Added::default();
+            add_forwarded(&mut h, &client, proto, host, &mut added);
+            let sent = h.clone();
+            added.put_into(&mut h);
+            (sent, h)
+        };
+        let (sent, h) = forwarded(h, "http", Some(HeaderValue::from_static("a.example")));
+        assert!(sent.is_empty(), "the client's are taken out: {sent:?}");
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
-        let mut fresh = HeaderMap::new();
-        fresh.insert("x-forwarded-host", HeaderValue::from_static("evil"));
-        fresh.insert("x-kept", HeaderValue::from_static("yes"));
-        let mut added = Added::default();
-        add_forwarded(
-            &mut fresh,
-            &ClientAddr::new(mapped),
+        let (_, fresh) = forwarded(
+            map(&[("x-forwarded-host", "evil"), ("x-kept", "yes")]),
             "https",
             None,
-            &mut added,
         );
-        added.put_into(&mut fresh);
         assert_eq!(fresh["x-forwarded-for"], "192.0.2.1");
         assert_eq!(fresh["x-forwarded-proto"], "https");
         assert!(!fresh.contains_key("x-forwarded-host"));
         let names: Vec<&str> = fresh.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept", "x-forwarded-for", "x-forwarded-proto"]);
         // An empty X-Forwarded-For is dropped, not kept as a leading comma.
-        let mut blank = HeaderMap::new();
-        blank.insert("x-forwarded-for", HeaderValue::from_static(" "));
-        let mut added = Added::default();
-        add_forwarded(
-            &mut blank,
-            &ClientAddr::new(mapped),
-            "https",
-            None,
-            &mut added,
-        );
-        added.put_into(&mut blank);
+        let (_, blank) = forwarded(map(&[("x-forwarded-for", " ")]), "https", None);
         assert_eq!(blank["x-forwarded-for"], "192.0.2.1");
     }
 }
