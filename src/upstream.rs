@@ -42,11 +42,12 @@ pub type BackendRequestBody =
     http_body_util::Either<ClientBody, http_body_util::Empty<bytes::Bytes>>;
 
 /// Fields the proxy adds to a request it forwards (`X-Request-Id`,
-/// `X-Forwarded-*`), sent after the client's own. geolb's HTTP/1 client writes them as it writes
-/// the head, so they never enter the request's header map, where each
-/// insert hashes a name that is not one of the standard ones byte by byte
-/// (about 1,000 instructions a request for the four, by
-/// `benches/instructions.sh`); for hyper's clients they go into the map.
+/// `X-Forwarded-*`), sent after the client's own. geolb's HTTP/1 client
+/// writes them as it writes the head, so they never enter the request's
+/// header map, where each insert hashes a name that is not one of the
+/// standard ones byte by byte (about 1,000 instructions a request for
+/// the four, by `benches/instructions.sh`); for hyper's clients they go
+/// into the map.
 #[derive(Default)]
 pub struct Added {
     fields: smallvec::SmallVec<[(&'static http::HeaderName, http::HeaderValue); 4]>,

@@ -1154,10 +1154,6 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
     }
 }
 
-/// Whether a connection whose response went out `encoder`-framed, with
-/// `left` of its length unsent, may carry another request: not after a
-/// body shorter than its length (the client would wait for bytes that
-/// never come), nor one ended by closing.
 /// A `Connection` field the server adds, after the request id as hyper's
 /// server has it: the id goes into the map first (only such answers pay
 /// for its insert).
@@ -1173,6 +1169,10 @@ fn add_connection(
     headers.append(header::CONNECTION, HeaderValue::from_static(token));
 }
 
+/// Whether a connection whose response went out `encoder`-framed, with
+/// `left` of its length unsent, may carry another request: not after a
+/// body shorter than its length (the client would wait for bytes that
+/// never come), nor one ended by closing.
 fn keeps_open(encoder: Encoder, left: Encoder, last: bool) -> bool {
     let short = matches!(left, Encoder::Length(n) if n > 0);
     !last && !short && encoder != Encoder::Close
