@@ -54,17 +54,41 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Which hop-by-hop headers a message carries, found in one pass over its
+/// names: only those present pay for a hashed removal (most messages carry
+/// one or none), and a caller's question about them costs no lookup.
+#[derive(Clone, Copy)]
+pub struct HopByHop([bool; HOP_BY_HOP.len()]);
+
+impl HopByHop {
+    pub fn of(headers: &HeaderMap) -> HopByHop {
+        let mut present = [false; HOP_BY_HOP.len()];
+        for name in headers.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                present[i] = true;
+            }
+        }
+        HopByHop(present)
+    }
+
+    pub fn transfer_encoding(self) -> bool {
+        self.0[4]
+    }
+
+    pub fn upgrade(self) -> bool {
+        self.0[5]
+    }
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and
 /// `Connection: upgrade` is set again, so the next hop sees the upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names finds which hop-by-hop headers are present;
-    // only those pay for a hashed removal (most messages carry one or none).
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
-    }
+    strip_present(headers, HopByHop::of(headers), keep_upgrade);
+}
+
+/// [`strip_hop_by_hop`] with the headers' [`HopByHop`] already found
+/// (`present`: of these headers, as they are now).
+pub fn strip_present(headers: &mut HeaderMap, present: HopByHop, keep_upgrade: bool) {
     let [
         connection,
         keep_alive,
@@ -72,7 +96,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         te,
         transfer_encoding,
         upgrade,
-    ] = present;
+    ] = present.0;
     if connection {
         // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
         // The usual tokens name nothing to remove, or a header removed anyway.
@@ -129,7 +153,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// In the order `strip_hop_by_hop` destructures them.
+/// In the order `strip_present` destructures them.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),

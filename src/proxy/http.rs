@@ -552,14 +552,17 @@ fn respond(
             // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
             // carried a Content-Length too (hyper keeps only the chunked framing);
             // close the connection after it rather than trust what follows.
-            let close_after = req.headers().contains_key(header::TRANSFER_ENCODING);
-            let upgrade =
-                req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+            let hop_by_hop = headers::HopByHop::of(req.headers());
+            let close_after = hop_by_hop.transfer_encoding();
+            let upgrade = hop_by_hop.upgrade()
+                && req.version() == Version::HTTP_11
+                && headers::wants_upgrade(req.headers());
             let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
             if req.version() == Version::HTTP_2 {
                 headers::join_cookies(req.headers_mut());
             }
-            headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+            // Still what `hop_by_hop` found: only cookies were joined.
+            headers::strip_present(req.headers_mut(), hop_by_hop, upgrade);
             if !req.body().is_end_stream()
                 && matches!(*req.method(), Method::GET | Method::HEAD)
                 && !req.headers().contains_key(header::CONTENT_LENGTH)
