@@ -115,8 +115,24 @@ struct Etcd {
 }
 
 impl Etcd {
+    /// etcd takes its ports on its command line, so they cannot stay held
+    /// from the moment they are found free (as `support::refused_addr`
+    /// holds its own): another test may bind one first. A member that
+    /// finds its port taken exits at once, and the cluster is started
+    /// again on new ports.
     async fn start(n: usize) -> Option<Etcd> {
         let binary = etcd_binary()?;
+        for _ in 0..3 {
+            let mut etcd = Etcd::spawn(&binary, n);
+            if etcd.ready_or_exited().await {
+                return Some(etcd);
+            }
+            eprintln!("an etcd member exited at start (a port taken?): new ports");
+        }
+        panic!("etcd exited at start three times, each on new ports");
+    }
+
+    fn spawn(binary: &std::path::Path, n: usize) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let cluster = ports
@@ -129,7 +145,7 @@ impl Etcd {
             .iter()
             .enumerate()
             .map(|(i, &(client, peer))| Member {
-                binary: binary.clone(),
+                binary: binary.to_owned(),
                 name: format!("m{i}"),
                 dir: dir.path().join(format!("m{i}")),
                 client,
@@ -141,9 +157,35 @@ impl Etcd {
         for m in &mut members {
             m.start();
         }
-        let etcd = Etcd { members, _dir: dir };
-        etcd.wait_ready().await;
-        Some(etcd)
+        Etcd { members, _dir: dir }
+    }
+
+    /// Until a write through every member's client URL goes through
+    /// (true), or until a member has exited (false).
+    async fn ready_or_exited(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + LIMIT;
+        let mut ready = 0;
+        while ready < self.members.len() {
+            let exited = self.members.iter_mut().any(|m| {
+                m.child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            });
+            if exited {
+                return false;
+            }
+            let url = self.members[ready].url();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {LIMIT:?} waiting for: etcd at {url} takes writes"
+            );
+            if takes_writes(url).await {
+                ready += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        true
     }
 
     fn urls(&self) -> Vec<String> {
@@ -154,18 +196,7 @@ impl Etcd {
     async fn wait_ready(&self) {
         for url in self.urls() {
             eventually(&format!("etcd at {url} takes writes"), LIMIT, || {
-                let url = url.clone();
-                async move {
-                    let put = async {
-                        let mut c = etcd_client::Client::connect([url], None).await.ok()?;
-                        c.put("/ready", "1", None).await.ok()
-                    };
-                    tokio::time::timeout(Duration::from_secs(2), put)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some()
-                }
+                takes_writes(url.clone())
             })
             .await;
         }
@@ -176,6 +207,19 @@ impl Etcd {
             .await
             .expect("etcd client")
     }
+}
+
+/// Whether a write through `url` goes through within 2 s.
+async fn takes_writes(url: String) -> bool {
+    let put = async {
+        let mut c = etcd_client::Client::connect([url], None).await.ok()?;
+        c.put("/ready", "1", None).await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), put)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// A TCP relay in front of etcd for one node, which a test can cut (every
