@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
 use super::halves::{ReadHalf, Socket, WriteHalf};
-use super::header_rules::X_REQUEST_ID;
+use super::header_rules::{X_REQUEST_ID, put_request_id};
 use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
 use super::woken::Woken;
 use crate::config::Timeouts;
@@ -1164,7 +1164,7 @@ fn add_connection(
 ) {
     let headers = resp.headers_mut();
     if let Some(id) = request_id.take() {
-        headers.insert(X_REQUEST_ID.clone(), id.clone());
+        put_request_id(headers, id.clone());
     }
     headers.append(header::CONNECTION, HeaderValue::from_static(token));
 }

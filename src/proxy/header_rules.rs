@@ -151,12 +151,6 @@ impl<'c> Reply<'c> {
         None
     }
 
-    /// The id `finish` gave back, put into `headers` for a server that
-    /// writes only the map (hyper's).
-    pub(super) fn put_request_id(headers: &mut HeaderMap, id: HeaderValue) {
-        headers.insert(X_REQUEST_ID.clone(), id);
-    }
-
     /// `t` filled in for this request; None if the result would not be a
     /// valid value (no variable can make one, but a panic is no answer).
     fn expand(&self, t: &HeaderTemplate, listener: &str) -> Option<HeaderValue> {
@@ -238,6 +232,12 @@ fn apply(
             }
         }
     }
+}
+
+/// The id [`Reply::finish`] gave back, put into `headers`: for a server
+/// that writes only the map (hyper's), or where a field must follow it.
+pub(super) fn put_request_id(headers: &mut HeaderMap, id: HeaderValue) {
+    headers.insert(X_REQUEST_ID.clone(), id);
 }
 
 /// Visible ASCII, 1 to [`MAX_REQUEST_ID`] bytes: safe to log and to pass on.

@@ -153,7 +153,8 @@ pub fn strip_present(headers: &mut HeaderMap, present: HopByHop, keep_upgrade: b
     }
 }
 
-/// In the order `strip_present` destructures them.
+/// In the order `strip_present` destructures them and `HopByHop`'s
+/// questions index them.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),

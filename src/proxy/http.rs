@@ -31,7 +31,7 @@ use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
 use super::halves::Socket;
-use super::header_rules::Reply;
+use super::header_rules::{self, Reply};
 use super::headers::{self, host_name};
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
@@ -257,7 +257,7 @@ where
             })
             .await;
             if let Some(id) = request_id {
-                Reply::put_request_id(resp.headers_mut(), id);
+                header_rules::put_request_id(resp.headers_mut(), id);
             }
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
