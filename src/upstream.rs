@@ -281,6 +281,23 @@ pub enum BackendBody {
 }
 
 impl BackendBody {
+    /// The response's fields, if they were kept as read (see
+    /// [`h1::ResponseBody::take_read_fields`]).
+    pub fn read_fields_mut(&mut self) -> Option<&mut h1::ReadFields> {
+        match self {
+            BackendBody::Own(b) => b.read_fields_mut(),
+            BackendBody::Hyper(_) => None,
+        }
+    }
+
+    /// See [`h1::ResponseBody::take_read_fields`].
+    pub fn take_read_fields(&mut self) -> Option<Box<h1::ReadFields>> {
+        match self {
+            BackendBody::Own(b) => b.take_read_fields(),
+            BackendBody::Hyper(_) => None,
+        }
+    }
+
     /// See [`h1::ResponseBody::reads_raw`]: only geolb's own client's
     /// bodies can be read from their socket.
     pub fn reads_raw(&self) -> bool {
@@ -686,11 +703,15 @@ impl Sender {
     /// Sends `req`; a request the connection could not take (closed
     /// before it was written) comes back in the error. The response
     /// carries the backend's HTTP version: callers set the client's.
-    /// Sends `req` with the fields in `added` after its own.
+    /// Sends `req` with the fields in `added` after its own. With
+    /// `as_read`, geolb's own client may keep the response's fields as
+    /// read ([`h1::ReadFields`], taken from its body) rather than in its
+    /// map: for a caller that copies them out as they are.
     pub fn try_send_request(
         &mut self,
         mut req: Request<BackendRequestBody>,
         added: &Added,
+        as_read: bool,
     ) -> impl Future<Output = Result<Response<BackendBody>, SendError>> + use<> {
         let hyper_side = match &mut self.kind {
             Kind::Http1(s) => {
@@ -708,7 +729,7 @@ impl Sender {
                 // Not in an async block of its own: that would keep the
                 // connection and the request in its own places too, beside
                 // the ones of the sending future made of them.
-                return Either::Left(h1::send(kept, home, req, added, BackendBody::Own));
+                return Either::Left(h1::send(kept, home, req, added, as_read, BackendBody::Own));
             }
         };
         Either::Right(async move {

@@ -107,6 +107,42 @@ fn script(path: &str) -> Script {
             r.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
             plain(&r)
         }
+        // Fields geolb's client copies out as read, never put in a map:
+        // names in any case, spacing, a value that is not ASCII, an empty
+        // one, the backend's own request id, hop-by-hop fields to strip.
+        "/fields" => plain(
+            b"HTTP/1.1 200 OK\r\nServer: Scripted\r\nX-Request-Id: the-backends\r\n\
+              Content-Type:text/plain\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\
+              Proxy-Connection: keep-alive\r\nX-Pad: \t spaced \t\r\nX-Obs: caf\xe9\r\n\
+              Upgrade: h2c\r\nTE: trailers\r\nContent-Length: 2\r\nCONTENT-language: en\r\n\
+              X-Empty:\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nok",
+        ),
+        // Heads a copy would send otherwise than a map: they get one.
+        "/interleaved" => plain(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-A: 1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        "/hop-named" => plain(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: secret\r\nX-Keep: yes\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        "/te-stripped" => plain(b"HTTP/1.1 200 OK\r\nTE: gzip\r\nX-After: 1\r\nUpgrade: x\r\nHTTP2-Settings: AA\r\nX-Last: 1\r\nContent-Length: 2\r\n\r\nok"),
+        "/trailer-length" => plain(b"HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nContent-Length: 2\r\n\r\nok"),
+        "/lf-only" => plain(b"HTTP/1.1 200 OK\nX-Lf: yes\nContent-Length: 2\n\nok"),
+        "/many-fields" => {
+            let mut r = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..40 {
+                r.extend_from_slice(format!("X-Field-{i}: {i}\r\n").as_bytes());
+            }
+            r.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+            plain(&r)
+        }
+        "/twelve-fields" => {
+            let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+            for i in 0..12 {
+                r.extend_from_slice(format!("X-Field-{i}: {i}\r\n").as_bytes());
+            }
+            r.extend_from_slice(b"\r\nok");
+            plain(&r)
+        }
         "/upgrade" => plain(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"),
         _ => plain(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
     }
@@ -437,6 +473,86 @@ async fn responses_reach_the_client_byte_for_byte_as_through_hyper() {
     // Cut short by the backend: the same partial answer.
     let resp = same(&lb, &seen, &get("/cut", "")).await;
     assert!(resp.ends_with("only part"), "{resp}");
+}
+
+/// geolb's client keeps a plain answer's fields as it read them, for its
+/// server to copy out (no header map); heads a copy would send otherwise
+/// than a map get one. Either way the client gets what hyper's client
+/// gives, fields and order alike.
+#[tokio::test]
+async fn fields_copied_as_read_reach_the_client_as_through_hyper() {
+    let (lb, seen, _) = two_clients().await;
+    let request = |method: &str, path: &str, version: &str, extra: &str| {
+        format!("{method} {path} HTTP/{version}\r\nHost: a.example\r\n{extra}\r\n").into_bytes()
+    };
+    let resp = same(
+        &lb,
+        &seen,
+        &request("GET", "/fields", "1.1", "Connection: close\r\n"),
+    )
+    .await;
+    for line in [
+        "server: Scripted\r\n",
+        "x-request-id: <random>\r\n",
+        "content-type: text/plain\r\n",
+        "x-pad: spaced\r\n",
+        "content-length: 2\r\n",
+        "content-language: en\r\n",
+        "x-empty: \r\n",
+        "set-cookie: a=1\r\nset-cookie: b=2\r\n",
+        "te: trailers\r\n",
+    ] {
+        assert!(resp.contains(line), "{line:?} in {resp}");
+    }
+    for gone in ["the-backends", "keep-alive", "upgrade:", "proxy-connection"] {
+        assert!(
+            !resp.to_ascii_lowercase().contains(gone),
+            "{gone} in {resp}"
+        );
+    }
+    assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
+    // A HEAD, and an HTTP/1.0 client.
+    same(
+        &lb,
+        &seen,
+        &request("HEAD", "/fields", "1.1", "Connection: close\r\n"),
+    )
+    .await;
+    same(&lb, &seen, &request("GET", "/fields", "1.0", "")).await;
+    let resp = same(
+        &lb,
+        &seen,
+        &request("GET", "/interleaved", "1.1", "Connection: close\r\n"),
+    )
+    .await;
+    assert!(
+        resp.contains("set-cookie: a=1\r\nset-cookie: b=2\r\nx-a: 1\r\n"),
+        "{resp}"
+    );
+    let resp = same(
+        &lb,
+        &seen,
+        &request("GET", "/hop-named", "1.1", "Connection: close\r\n"),
+    )
+    .await;
+    assert!(
+        resp.contains("x-keep: yes") && !resp.contains("secret"),
+        "{resp}"
+    );
+    for path in [
+        "/trailer-length",
+        "/lf-only",
+        "/many-fields",
+        "/twelve-fields",
+    ] {
+        let resp = same(
+            &lb,
+            &seen,
+            &request("GET", path, "1.1", "Connection: close\r\n"),
+        )
+        .await;
+        assert_eq!(status(&resp), 200, "{path}: {resp}");
+    }
 }
 
 #[tokio::test]

@@ -130,6 +130,15 @@ impl ResponseBody {
         !matches!(self.inner, Inner::Message(_)) && !self.is_end_stream()
     }
 
+    /// The backend's response fields, when they were kept as read (see
+    /// [`crate::upstream::h1::ReadFields`]) rather than in the map.
+    pub fn take_read_fields(&mut self) -> Option<Box<crate::upstream::h1::ReadFields>> {
+        match &mut self.inner {
+            Inner::Backend(b) => b.take_read_fields(),
+            _ => None,
+        }
+    }
+
     /// Whether the rest of the body is a backend's bytes as they come,
     /// which can be taken straight from its socket ([`Self::poll_read_raw`]).
     pub fn reads_raw(&self) -> bool {

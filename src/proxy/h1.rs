@@ -46,7 +46,9 @@ use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
-use crate::upstream::h1::{announced_trailers, content_length_value, field_name, may_be_trailer};
+use crate::upstream::h1::{
+    FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
+};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -520,7 +522,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
                 if is_cl && length.take().is_some() {
                     map.remove(header::CONTENT_LENGTH);
                 }
-                chunked = last_token_is_chunked(&value);
+                chunked = last_token_is_chunked(value.as_bytes());
                 if chunked {
                     framing = Framing::Chunked(Chunked::new());
                 }
@@ -530,7 +532,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
                 if is_te {
                     continue;
                 }
-                let Some(n) = content_length_value(&value) else {
+                let Some(n) = content_length_value(value.as_bytes()) else {
                     return Some(Head::Refused(StatusCode::BAD_REQUEST));
                 };
                 match length {
@@ -549,11 +551,11 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
                 length = Some(n);
             }
             header::CONNECTION => {
-                if close || has_token(&value, b"close") {
+                if close || has_token(value.as_bytes(), b"close") {
                     close = true;
                     keep_alive = false;
                 } else if !keep_alive {
-                    keep_alive = has_token(&value, b"keep-alive");
+                    keep_alive = has_token(value.as_bytes(), b"keep-alive");
                 }
             }
             header::EXPECT => {
@@ -588,17 +590,15 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     }))
 }
 
-fn last_token_is_chunked(value: &HeaderValue) -> bool {
+fn last_token_is_chunked(value: &[u8]) -> bool {
     value
-        .as_bytes()
         .rsplit(|&b| b == b',')
         .next()
         .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
-        .as_bytes()
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
@@ -933,6 +933,11 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
             takes_trailers,
             mut request_id,
         } = request;
+        let mut read = resp.body_mut().take_read_fields();
+        // As `Reply::finish` takes a backend's id out of a map.
+        if let (Some(read), Some(_)) = (read.as_mut(), request_id) {
+            read.remove(FieldKind::RequestId);
+        }
         // hyper's `enforce_version` and `fix_keep_alive`.
         let mut out_version = resp.version();
         if version == Version::HTTP_10 {
@@ -940,7 +945,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
                 .headers()
                 .get_all(header::CONNECTION)
                 .iter()
-                .any(|v| has_token(v, b"keep-alive"));
+                .any(|v| has_token(v.as_bytes(), b"keep-alive"));
             if !says_keep_alive {
                 if resp.version() == Version::HTTP_10 {
                     keep_alive = false;
@@ -954,7 +959,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
                 .headers()
                 .get_all(header::CONNECTION)
                 .iter()
-                .any(|v| has_token(v, b"close"))
+                .any(|v| has_token(v.as_bytes(), b"close"))
         {
             add_connection(resp, "close", &mut request_id);
         }
@@ -967,6 +972,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
         let (encoder, last, trailer_names) = encode_head(
             &mut self.head,
             resp,
+            read.as_deref(),
             request_id,
             out_version,
             method,
@@ -1216,18 +1222,20 @@ fn can_have_content_length(method: &Method, status: StatusCode) -> bool {
 
 /// hyper's `Server::encode` with lower-case names: the head of `resp`
 /// into `dst`, how its body goes, whether the connection ends after, and
-/// the fields its `Trailer` header announces.
+/// the fields its `Trailer` header announces. A backend's fields kept as
+/// read (`read`) come first, as they would from the map.
 /// `length`: `None` for no body, `Some(None)` for one of unknown length.
+#[allow(clippy::too_many_arguments)]
 fn encode_head<B>(
     dst: &mut Vec<u8>,
     resp: &Response<B>,
+    read: Option<&ReadFields>,
     request_id: Option<&HeaderValue>,
     version: Version,
     method: &Method,
     length: Option<Option<u64>>,
-    mut last: bool,
+    last: bool,
 ) -> (Encoder, bool, Vec<HeaderName>) {
-    let mut announces_trailers = false;
     let status = resp.status();
     let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>();
     if version == Version::HTTP_11 && status == StatusCode::OK && reason.is_none() {
@@ -1246,104 +1254,107 @@ fn encode_head<B>(
         }
         dst.extend_from_slice(b"\r\n");
     }
-    let chunkable = version != Version::HTTP_10 && can_chunked(method, status);
-    let mut encoder = Encoder::Length(0);
-    let mut wrote_len = false;
-    let mut wrote_date = false;
-    // A header whose values are joined on one line is open until the
-    // next name; with it, whether `chunked` must close it.
-    let mut open: Option<bool> = None;
-    let mut prev_len = None;
-    let mut current: Option<&HeaderName> = None;
-    let close_line = |dst: &mut Vec<u8>, open: &mut Option<bool>| {
-        if let Some(must_chunk) = open.take() {
-            dst.extend_from_slice(if must_chunk {
-                b", chunked\r\n"
-            } else {
-                b"\r\n"
-            });
-        }
+    let mut head = HeadFields {
+        length,
+        method,
+        chunkable: version != Version::HTTP_10 && can_chunked(method, status),
+        encoder: Encoder::Length(0),
+        wrote_len: false,
+        wrote_date: false,
+        open: None,
+        prev_len: None,
+        last,
+        announces_trailers: false,
     };
+    // A read head's names differ from field to field, or its fields come
+    // together: each field closes an open line.
+    if let Some(read) = read {
+        read.each(|kind, name, value| {
+            head.close_line(dst);
+            let plain = match kind {
+                FieldKind::ContentLength => head.content_length(dst, value, true),
+                FieldKind::Date => {
+                    head.wrote_date = true;
+                    true
+                }
+                _ => true,
+            };
+            if plain {
+                let at = dst.len();
+                dst.extend_from_slice(name);
+                dst[at..].make_ascii_lowercase();
+                dst.extend_from_slice(b": ");
+                dst.extend_from_slice(value);
+                dst.extend_from_slice(b"\r\n");
+            }
+        });
+    }
+    let mut current: Option<&HeaderName> = None;
     for (name, value) in resp.headers() {
         let new_name = current != Some(name);
         if new_name {
             current = Some(name);
-            close_line(dst, &mut open);
+            head.close_line(dst);
         }
-        match *name {
-            header::CONTENT_LENGTH => match length {
-                Some(Some(known)) => {
-                    if new_name {
-                        encoder = Encoder::Length(known);
-                        dst.extend_from_slice(b"content-length: ");
-                        dst.extend_from_slice(value.as_bytes());
-                        wrote_len = true;
-                        open = Some(false);
-                    }
-                    continue;
-                }
-                Some(None) => {
-                    let Some(n) = content_length_value(value) else {
-                        continue;
-                    };
-                    if prev_len.is_some() {
-                        continue;
-                    }
-                    encoder = Encoder::Length(n);
-                    dst.extend_from_slice(b"content-length: ");
-                    dst.extend_from_slice(value.as_bytes());
-                    wrote_len = true;
-                    open = Some(false);
-                    prev_len = Some(n);
-                    continue;
-                }
-                None if method != Method::HEAD => continue,
-                None => wrote_len = true,
-            },
+        let value = value.as_bytes();
+        let plain = match *name {
+            header::CONTENT_LENGTH => head.content_length(dst, value, new_name),
             header::TRANSFER_ENCODING => {
-                if !chunkable {
-                    continue;
+                if head.chunkable {
+                    head.wrote_len = true;
+                    let must_chunk = !last_token_is_chunked(value);
+                    if new_name {
+                        head.encoder = Encoder::Chunked;
+                        dst.extend_from_slice(b"transfer-encoding: ");
+                    } else {
+                        dst.extend_from_slice(b", ");
+                    }
+                    dst.extend_from_slice(value);
+                    head.open = Some(must_chunk);
                 }
-                wrote_len = true;
-                let must_chunk = !last_token_is_chunked(value);
-                if new_name {
-                    encoder = Encoder::Chunked;
-                    dst.extend_from_slice(b"transfer-encoding: ");
-                } else {
-                    dst.extend_from_slice(b", ");
-                }
-                dst.extend_from_slice(value.as_bytes());
-                open = Some(must_chunk);
-                continue;
+                false
             }
             header::CONNECTION => {
                 if has_token(value, b"close") {
-                    last = true;
+                    head.last = true;
                 }
                 dst.extend_from_slice(if new_name { b"connection: " } else { b", " });
-                dst.extend_from_slice(value.as_bytes());
-                open = Some(false);
-                continue;
+                dst.extend_from_slice(value);
+                head.open = Some(false);
+                false
             }
             header::TRAILER => {
-                if !chunkable {
-                    continue;
+                if head.chunkable {
+                    dst.extend_from_slice(if new_name { b"trailer: " } else { b", " });
+                    dst.extend_from_slice(value);
+                    head.open = Some(false);
+                    head.announces_trailers = true;
                 }
-                dst.extend_from_slice(if new_name { b"trailer: " } else { b", " });
-                dst.extend_from_slice(value.as_bytes());
-                open = Some(false);
-                announces_trailers = true;
-                continue;
+                false
             }
-            header::DATE => wrote_date = true,
-            _ => {}
+            header::DATE => {
+                head.wrote_date = true;
+                true
+            }
+            _ => true,
+        };
+        if plain {
+            dst.extend_from_slice(name.as_str().as_bytes());
+            dst.extend_from_slice(b": ");
+            dst.extend_from_slice(value);
+            dst.extend_from_slice(b"\r\n");
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
     }
-    close_line(dst, &mut open);
+    head.close_line(dst);
+    let HeadFields {
+        mut encoder,
+        wrote_len,
+        wrote_date,
+        last,
+        announces_trailers,
+        chunkable,
+        ..
+    } = head;
     // Where hyper's server has it: last of the map's fields.
     if let Some(id) = request_id {
         dst.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
@@ -1392,6 +1403,73 @@ fn encode_head<B>(
         Vec::new()
     };
     (encoder, last, trailer_names)
+}
+
+/// What `encode_head` has learnt from the fields written so far.
+struct HeadFields<'a> {
+    /// The body's, as `encode_head` takes it.
+    length: Option<Option<u64>>,
+    method: &'a Method,
+    chunkable: bool,
+    encoder: Encoder,
+    wrote_len: bool,
+    wrote_date: bool,
+    /// A header whose values are joined on one line is open until the
+    /// next name; with it, whether `chunked` must close it.
+    open: Option<bool>,
+    prev_len: Option<u64>,
+    last: bool,
+    announces_trailers: bool,
+}
+
+impl HeadFields<'_> {
+    fn close_line(&mut self, dst: &mut Vec<u8>) {
+        if let Some(must_chunk) = self.open.take() {
+            dst.extend_from_slice(if must_chunk {
+                b", chunked\r\n"
+            } else {
+                b"\r\n"
+            });
+        }
+    }
+
+    /// A `Content-Length` field (the first of its name: `new_name`)
+    /// written as hyper's server writes it; true if it is to be written
+    /// as any other field is.
+    fn content_length(&mut self, dst: &mut Vec<u8>, value: &[u8], new_name: bool) -> bool {
+        match self.length {
+            Some(Some(known)) => {
+                if new_name {
+                    self.encoder = Encoder::Length(known);
+                    dst.extend_from_slice(b"content-length: ");
+                    dst.extend_from_slice(value);
+                    self.wrote_len = true;
+                    self.open = Some(false);
+                }
+                false
+            }
+            Some(None) => {
+                let Some(n) = content_length_value(value) else {
+                    return false;
+                };
+                if self.prev_len.is_some() {
+                    return false;
+                }
+                self.encoder = Encoder::Length(n);
+                dst.extend_from_slice(b"content-length: ");
+                dst.extend_from_slice(value);
+                self.wrote_len = true;
+                self.open = Some(false);
+                self.prev_len = Some(n);
+                false
+            }
+            None if *self.method != Method::HEAD => false,
+            None => {
+                self.wrote_len = true;
+                true
+            }
+        }
+    }
 }
 
 /// hyper's `encode_trailers`: the last chunk with the trailer fields the
@@ -1494,7 +1572,7 @@ mod tests {
 
     #[test]
     fn lengths_are_digits_and_equal_lists() {
-        let cl = |s: &'static str| content_length_value(&HeaderValue::from_static(s));
+        let cl = |s: &'static str| content_length_value(s.as_bytes());
         assert_eq!(cl("42"), Some(42));
         assert_eq!(cl("3, 3"), Some(3));
         for bad in [

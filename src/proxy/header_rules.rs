@@ -123,6 +123,12 @@ impl<'c> Reply<'c> {
         }
     }
 
+    /// Whether [`Reply::finish`] reads or changes the answer's fields
+    /// other than its request id (header rules, HSTS).
+    pub(super) fn changes_answer_fields(&self) -> bool {
+        self.rules.is_some() || self.hsts.is_some()
+    }
+
     /// The answer's headers, on their way out; and the request id it
     /// echoes, if any, to be written after them. The id is put into
     /// `headers` only where response rules may change it (otherwise each

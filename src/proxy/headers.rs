@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
 use crate::upstream::Added;
+use crate::upstream::h1::{FieldKind, ReadFields};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -150,6 +151,27 @@ pub fn strip_present(headers: &mut HeaderMap, present: HopByHop, keep_upgrade: b
         headers.remove(header::UPGRADE);
         // Hop-by-hop by definition (RFC 7540 §3.2.1), named in Connection or not.
         headers.remove(&HTTP2_SETTINGS);
+    }
+}
+
+/// [`strip_present`] for a backend's fields kept as read (no `Connection`
+/// among them names another field): the same fields go, in the same
+/// order, so that the others end where they would in a map.
+pub fn strip_read(read: &mut ReadFields) {
+    read.remove(FieldKind::Connection);
+    read.remove(FieldKind::KeepAlive);
+    read.remove(FieldKind::ProxyConnection);
+    if read.remove(FieldKind::TransferEncoding) {
+        read.remove(FieldKind::ContentLength);
+    }
+    if read
+        .values(FieldKind::Te)
+        .any(|v| !v.eq_ignore_ascii_case(b"trailers"))
+    {
+        read.remove(FieldKind::Te);
+    }
+    if read.remove(FieldKind::Upgrade) {
+        read.remove(FieldKind::Http2Settings);
     }
 }
 

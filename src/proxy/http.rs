@@ -253,7 +253,7 @@ where
             // `CLIENT=h2 benches/instructions.sh`).
             let (mut resp, request_id) = Box::pin(async {
                 let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-                respond(req.map(RequestBody::Hyper), &conn_ctx, timer).await
+                respond(req.map(RequestBody::Hyper), &conn_ctx, timer, false).await
             })
             .await;
             if let Some(id) = request_id {
@@ -348,7 +348,7 @@ impl super::h1::Client for ConnCtx {
         timer: Pin<&mut Sleep>,
     ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send
     {
-        respond(req, self, timer)
+        respond(req, self, timer, true)
     }
 }
 
@@ -458,10 +458,15 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 /// future (the request: 264 bytes more). The request is made the one sent
 /// to the backend before the future is, so that it has one place there,
 /// from which each try takes it (it had four: 1,000 bytes).
+///
+/// `copies_fields`: the answer goes to geolb's own HTTP/1 writer, which can
+/// copy a backend's fields as they were read, never put in a map
+/// (`upstream::h1::ReadFields`), when nothing here reads or changes them.
 fn respond(
     req: Request<RequestBody>,
     conn: &ConnCtx,
     mut timer: Pin<&mut Sleep>,
+    copies_fields: bool,
 ) -> impl Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send {
     let mut body_progress = None;
     let mut pending = Some(req.map(|body| {
@@ -627,6 +632,13 @@ fn respond(
             pool.upstream.adapt(req);
 
             let queue_timeout = pool.config.limits.queue_timeout.unwrap_or(timeouts.connect);
+            // Nothing below reads or changes the answer's fields but for a
+            // sticky cookie set on a backend the client was not pinned to.
+            let as_read = copies_fields
+                && compress.is_none()
+                && !close_after
+                && client_upgrade.is_none()
+                && !reply.changes_answer_fields();
             let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
             let mut failure = Failure::NoBackend;
             // Held from a request's first retry to its end, against the pool's
@@ -697,7 +709,8 @@ fn respond(
                     .map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
                 // Pinned where it is made: the timeout and the await then move a
                 // pointer, not the sending future's 2 KiB.
-                let send = std::pin::pin!(sender.try_send_request(request, &added));
+                let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
+                let send = std::pin::pin!(sender.try_send_request(request, &added, as_read));
                 timer.as_mut().reset(deadline(sent_at, timeouts.request));
                 match before(timer.as_mut(), send).await {
                     None => {
@@ -774,6 +787,9 @@ fn respond(
                             );
                         }
                         headers::strip_hop_by_hop(resp.headers_mut(), false);
+                        if let Some(read) = resp.body_mut().read_fields_mut() {
+                            headers::strip_read(read);
+                        }
                         if close_after {
                             resp.headers_mut()
                                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -180,12 +180,14 @@ fn put(home: &Home, conn: Kept) {
 ///
 /// `wrap` turns the response's body into the caller's body type: the
 /// response is built once, in that type, rather than built and then
-/// remade (each remaking copies it twice).
+/// remade (each remaking copies it twice). With `as_read`, the response's
+/// fields may come as [`ReadFields`] in its body, its map empty.
 pub fn send<B, E: From<SendError>>(
     kept: Kept,
     home: Home,
     req: Request<BackendRequestBody>,
     added: &super::Added,
+    as_read: bool,
     wrap: fn(ResponseBody) -> B,
 ) -> impl Future<Output = Result<Response<B>, E>> + use<B, E> {
     let (mut parts, body) = req.into_parts();
@@ -256,7 +258,7 @@ pub fn send<B, E: From<SendError>>(
             }
             // The request's header map, written out, takes the response's
             // fields (one allocation and one free fewer per request).
-            match ready!(conn.poll_head(cx, &parts.method, &mut parts.headers)) {
+            match ready!(conn.poll_head(cx, &parts.method, &mut parts.headers, as_read)) {
                 Ok(head) => Poll::Ready(Ok(head)),
                 Err(Error::Closed | Error::Reset(_)) if write_failed.is_some() => {
                     Poll::Ready(Err(Error::Closed))
@@ -375,13 +377,15 @@ fn ends_in_chunked(value: &HeaderValue) -> bool {
 
 /// Every `Content-Length` value (comma-separated lists too): `Ok(None)`
 /// when there is none, an error unless all are the same number.
-fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<u64>, ()> {
-    values.fold(Ok(None), add_length)
+fn content_length<'a>(
+    mut values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<u64>, ()> {
+    values.try_fold(None, |so_far, v| add_length(Ok(so_far), v.as_bytes()))
 }
 
 /// The length so far with one more `Content-Length` field: all must say
 /// the same.
-fn add_length(so_far: Result<Option<u64>, ()>, value: &HeaderValue) -> Result<Option<u64>, ()> {
+fn add_length(so_far: Result<Option<u64>, ()>, value: &[u8]) -> Result<Option<u64>, ()> {
     let n = content_length_value(value).ok_or(())?;
     match so_far? {
         Some(l) if l != n => Err(()),
@@ -415,9 +419,9 @@ pub fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderN
 /// One `Content-Length` line, as hyper's `content_length_parse` reads it:
 /// digits only, at most 19 of them; a list of equal values (`5, 5`) is
 /// one. Read as bytes: a plain number needs no split and no check for text.
-pub fn content_length_value(value: &HeaderValue) -> Option<u64> {
+pub fn content_length_value(value: &[u8]) -> Option<u64> {
     let mut result = None;
-    for part in value.as_bytes().split(|&b| b == b',') {
+    for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
@@ -662,7 +666,9 @@ struct Conn {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Empty when the fields are in `read`.
     headers: HeaderMap,
+    read: Option<Box<ReadFields>>,
     reason: Option<hyper::ext::ReasonPhrase>,
     framing: Framing,
     keep_alive: bool,
@@ -679,12 +685,13 @@ impl Conn {
         cx: &mut Context<'_>,
         method: &Method,
         spare: &mut HeaderMap,
+        as_read: bool,
     ) -> Poll<Result<Head, Error>> {
         let mut seen_any = false;
         loop {
             if !self.buf.is_empty() {
                 seen_any = true;
-                match parse_head(&mut self.buf, method, spare)? {
+                match parse_head(&mut self.buf, method, spare, as_read)? {
                     Some(Some(head)) => return Poll::Ready(Ok(head)),
                     // A 1xx skipped: what follows may be in already.
                     Some(None) => continue,
@@ -736,6 +743,7 @@ fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     spare: &mut HeaderMap,
+    as_read: bool,
 ) -> Result<Option<Option<Head>>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
@@ -775,11 +783,47 @@ fn parse_head(
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Some(None));
     }
+    let fields = if as_read {
+        read_fields(&raw, &spans, version)?
+    } else {
+        None
+    };
+    // Empty, or to be filled: its allocation is the request's, which goes
+    // on to the proxy's next request.
     let mut headers = std::mem::take(spare);
     headers.clear();
+    let (read, mut keep_alive, lengths) = match fields {
+        Some((read, keep_alive, lengths)) => (Some(Box::new(read)), keep_alive, lengths),
+        None => {
+            let (keep_alive, lengths) = map_fields(&raw, &spans, version, &mut headers)?;
+            (None, keep_alive, lengths)
+        }
+    };
+    let framing = framing(status, version, method, lengths)?;
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Some(Some(Head {
+        status,
+        version,
+        headers,
+        read,
+        reason,
+        framing,
+        keep_alive,
+    })))
+}
+
+/// The head's fields (at `spans` in `raw`) into `headers`; whether the
+/// connection stays open and what the fields say of the body's length.
+fn map_fields(
+    raw: &Bytes,
+    spans: &[[u32; 4]],
+    version: Version,
+    headers: &mut HeaderMap,
+) -> Result<(bool, Lengths), Error> {
     headers.reserve(spans.len());
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut close = false;
+    let mut alive = Alive::of(version);
     // Seen as the fields go by: two lookups in the map after cost more.
     let mut lengths = Lengths {
         length: Ok(None),
@@ -789,7 +833,7 @@ fn parse_head(
     // (most backends send `Connection: keep-alive`); a `Connection` naming
     // other fields stays for the stripping to read. (No 101 gets here: this
     // client sends no upgrade, and refuses one.)
-    for &[n0, n1, v0, v1] in &spans {
+    for &[n0, n1, v0, v1] in spans {
         let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
         let raw_name = &raw[n0..n1];
         if raw_name.eq_ignore_ascii_case(b"keep-alive")
@@ -801,45 +845,261 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
             .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
         if name == header::CONNECTION {
-            // What nearly every backend sends, decided without a split.
-            if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
-                keep_alive |= !close;
-                continue;
-            }
-            if close || has_token(&value, "close") {
-                close = true;
-                keep_alive = false;
-            } else if !keep_alive {
-                keep_alive = has_token(&value, "keep-alive");
-            }
-            if names_no_field(&value) {
+            if !alive.read(value.as_bytes()) {
                 continue;
             }
         } else if name == header::CONTENT_LENGTH {
-            lengths.length = add_length(lengths.length, &value);
+            lengths.length = add_length(lengths.length, value.as_bytes());
         } else if name == header::TRANSFER_ENCODING {
             lengths.last_coding = Some(value.clone());
         }
         headers.append(name, value);
     }
-    let framing = framing(status, version, method, lengths)?;
-    if framing == Framing::Close {
-        keep_alive = false;
+    Ok((alive.keep_alive, lengths))
+}
+
+/// Whether a response's connection stays open, as its `Connection`
+/// fields go by.
+struct Alive {
+    keep_alive: bool,
+    close: bool,
+}
+
+impl Alive {
+    fn of(version: Version) -> Alive {
+        Alive {
+            keep_alive: version == Version::HTTP_11,
+            close: false,
+        }
     }
-    Ok(Some(Some(Head {
-        status,
-        version,
-        headers,
-        reason,
-        framing,
-        keep_alive,
-    })))
+
+    /// Reads one `Connection` value; true if it names fields the next hop
+    /// must not see (the field is then kept for the stripping to read).
+    fn read(&mut self, value: &[u8]) -> bool {
+        // What nearly every backend sends, decided without a split.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive |= !self.close;
+            return false;
+        }
+        if self.close || token_in(value, "close") {
+            self.close = true;
+            self.keep_alive = false;
+        } else if !self.keep_alive {
+            self.keep_alive = token_in(value, "keep-alive");
+        }
+        !names_no_field(value)
+    }
+}
+
+/// A response's fields as the backend sent them, for geolb's own HTTP/1
+/// writer to copy out with their names lower-cased, in place of a header
+/// map: building one looks each name up, hashes and inserts it, checks
+/// each value again and frees it all after (about 1,400 instructions for
+/// a response of five fields, by `benches/instructions.sh`). `send`'s
+/// caller asks for it where nothing reads the answer's fields on its way
+/// but the stripping of hop-by-hop fields, which [`ReadFields::remove`]
+/// does as a map's `remove` does: the fields go out in the order of
+/// hyper's client's map once stripped (this client's own map leaves out
+/// `Connection`, `Keep-Alive` and `Proxy-Connection` as it reads them, so
+/// its order differs where one came before other fields).
+pub struct ReadFields {
+    head: Bytes,
+    /// A name's fields side by side, in the order a header map would give
+    /// them: as they came until one is removed.
+    fields: SmallVec<[ReadField; 12]>,
+    /// The kinds among them, by [`FieldKind::bit`]: most heads carry none
+    /// of those looked for.
+    present: u16,
+}
+
+#[derive(Clone, Copy)]
+struct ReadField {
+    /// Offsets in the head: it is at most `u16::MAX` bytes long.
+    name: [u16; 2],
+    value: [u16; 2],
+    kind: FieldKind,
+    /// Of the same name as the field before.
+    same_name: bool,
+}
+
+/// The fields a writer of [`ReadFields`] or the proxy's stripping of
+/// hop-by-hop fields must tell apart.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FieldKind {
+    ContentLength,
+    Date,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    TransferEncoding,
+    Te,
+    Upgrade,
+    Http2Settings,
+    RequestId,
+    Other,
+}
+
+impl FieldKind {
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+impl ReadFields {
+    /// `f` of each field's kind, name as sent and value, a name's fields
+    /// together, in a header map's order. Not an iterator: one flattened
+    /// cost 90 instructions a field, by `benches/instructions.sh`.
+    pub fn each(&self, mut f: impl FnMut(FieldKind, &[u8], &[u8])) {
+        for field in &self.fields {
+            f(field.kind, self.text(field.name), self.text(field.value));
+        }
+    }
+
+    /// The values of the fields of `kind` (not `Other`).
+    pub fn values(&self, kind: FieldKind) -> impl Iterator<Item = &[u8]> {
+        let fields = match self.find(kind) {
+            Some((start, end)) => &self.fields[start..end],
+            None => &[],
+        };
+        fields.iter().map(|f| self.text(f.value))
+    }
+
+    /// Takes out the fields of `kind` (not `Other`), as `HeaderMap::remove`
+    /// does: the last name's fields take their place. Whether there were
+    /// any.
+    pub fn remove(&mut self, kind: FieldKind) -> bool {
+        let Some((start, end)) = self.find(kind) else {
+            return false;
+        };
+        self.present &= !kind.bit();
+        let len = self.fields.len();
+        if end < len {
+            let last = self.fields.iter().rposition(|f| !f.same_name).unwrap_or(0);
+            // The last name's fields go where the removed ones were.
+            self.fields[start..].rotate_right(len - last);
+            let moved = len - last;
+            self.fields.drain(start + moved..end + moved);
+        } else {
+            self.fields.truncate(start);
+        }
+        true
+    }
+
+    /// Where the fields of `kind` are, `[start, end)`.
+    fn find(&self, kind: FieldKind) -> Option<(usize, usize)> {
+        if self.present & kind.bit() == 0 {
+            return None;
+        }
+        let start = self.fields.iter().position(|f| f.kind == kind)?;
+        let count = self.fields[start + 1..]
+            .iter()
+            .take_while(|f| f.same_name)
+            .count();
+        Some((start, start + 1 + count))
+    }
+
+    fn text(&self, [a, b]: [u16; 2]) -> &[u8] {
+        &self.head[usize::from(a)..usize::from(b)]
+    }
+}
+
+/// Above this many fields a head gets its map: each field's name is
+/// compared with those before it (see [`read_fields`]).
+const MAX_READ_FIELDS: usize = 32;
+
+/// The head's fields as [`ReadFields`], with whether the connection stays
+/// open and what they say of the body's length; `None` for a head that a
+/// copy would not send as its header map is sent, which then gets its
+/// map: a `Connection` naming other fields (they are stripped), a
+/// `Trailer` (the writer reads it), more than one `Content-Length` (the
+/// writer joins them), a name repeated apart from its first field (a map
+/// groups them), or a head too long for the offsets.
+fn read_fields(
+    raw: &Bytes,
+    spans: &[[u32; 4]],
+    version: Version,
+) -> Result<Option<(ReadFields, bool, Lengths)>, Error> {
+    if spans.len() > MAX_READ_FIELDS || raw.len() > usize::from(u16::MAX) {
+        return Ok(None);
+    }
+    let mut alive = Alive::of(version);
+    let mut lengths = Lengths {
+        length: Ok(None),
+        last_coding: None,
+    };
+    let mut fields: SmallVec<[ReadField; 12]> = SmallVec::new();
+    let mut present = 0;
+    let text = |[a, b]: [u16; 2]| &raw[usize::from(a)..usize::from(b)];
+    for &[n0, n1, v0, v1] in spans {
+        let name = &raw[n0 as usize..n1 as usize];
+        let value = &raw[v0 as usize..v1 as usize];
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        let kind = match name.len() {
+            2 if is("te") => FieldKind::Te,
+            4 if is("date") => FieldKind::Date,
+            7 if is("upgrade") => FieldKind::Upgrade,
+            7 if is("trailer") => return Ok(None),
+            10 if is("connection") => {
+                if alive.read(value) {
+                    return Ok(None);
+                }
+                FieldKind::Connection
+            }
+            10 if is("keep-alive") => FieldKind::KeepAlive,
+            12 if is("x-request-id") => FieldKind::RequestId,
+            14 if is("content-length") => {
+                if lengths.length != Ok(None) {
+                    return Ok(None);
+                }
+                lengths.length = add_length(lengths.length, value);
+                FieldKind::ContentLength
+            }
+            14 if is("http2-settings") => FieldKind::Http2Settings,
+            16 if is("proxy-connection") => FieldKind::ProxyConnection,
+            17 if is("transfer-encoding") => {
+                let value = HeaderValue::from_maybe_shared(raw.slice(v0 as usize..v1 as usize))
+                    .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
+                lengths.last_coding = Some(value);
+                FieldKind::TransferEncoding
+            }
+            0 => return Ok(None),
+            _ => FieldKind::Other,
+        };
+        present |= kind.bit();
+        let same_name = fields
+            .last()
+            .is_some_and(|f| text(f.name).eq_ignore_ascii_case(name));
+        // A map puts a name's fields together, where the first came.
+        if !same_name
+            && fields
+                .iter()
+                .any(|f| text(f.name).eq_ignore_ascii_case(name))
+        {
+            return Ok(None);
+        }
+        let field = ReadField {
+            name: [n0 as u16, n1 as u16],
+            value: [v0 as u16, v1 as u16],
+            kind,
+            same_name,
+        };
+        fields.push(field);
+    }
+    Ok(Some((
+        ReadFields {
+            head: raw.clone(),
+            fields,
+            present,
+        },
+        alive.keep_alive,
+        lengths,
+    )))
 }
 
 /// A `Connection` value that speaks only of the connection (`close`,
 /// `keep-alive`) and names no field the next hop must not see.
-fn names_no_field(value: &HeaderValue) -> bool {
-    value.to_str().is_ok_and(|s| {
+fn names_no_field(value: &[u8]) -> bool {
+    visible(value).is_some_and(|s| {
         s.split(',').all(|t| {
             let t = t.trim();
             t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close")
@@ -850,9 +1110,21 @@ fn names_no_field(value: &HeaderValue) -> bool {
 /// Whether the comma-separated list `value` holds `token` (any case); a
 /// value that is not visible ASCII holds none, as hyper reads it.
 pub fn has_token(value: &HeaderValue, token: &str) -> bool {
+    token_in(value.as_bytes(), token)
+}
+
+fn token_in(value: &[u8], token: &str) -> bool {
+    visible(value).is_some_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// `value` as text if it is all visible ASCII (or tabs), as
+/// `HeaderValue::to_str` has it.
+fn visible(value: &[u8]) -> Option<&str> {
     value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
 }
 
 /// How the response body is delimited (RFC 9112 §6.3), strictly: a
@@ -941,6 +1213,7 @@ fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B
         status,
         version,
         headers,
+        read,
         reason,
         framing,
         keep_alive,
@@ -951,6 +1224,7 @@ fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B
         keep_alive,
         failed: None,
         read_size: READ_SIZE,
+        read,
     };
     if body.at_end() {
         body.conn = Some(conn);
@@ -978,9 +1252,22 @@ pub struct ResponseBody {
     failed: Option<Error>,
     /// What the next read of a body of unknown length asks for.
     read_size: usize,
+    /// The response's fields, when they were not put in its map; boxed,
+    /// since each move of a response would copy them.
+    read: Option<Box<ReadFields>>,
 }
 
 impl ResponseBody {
+    /// The response's fields, if they were kept as read (`send`'s
+    /// `as_read`): its header map is then empty.
+    pub fn take_read_fields(&mut self) -> Option<Box<ReadFields>> {
+        self.read.take()
+    }
+
+    pub fn read_fields_mut(&mut self) -> Option<&mut ReadFields> {
+        self.read.as_deref_mut()
+    }
+
     fn at_end(&self) -> bool {
         matches!(
             self.framing,
@@ -1368,7 +1655,12 @@ mod tests {
     }
 
     fn head(text: &[u8], method: Method) -> Result<Option<Option<Head>>, Error> {
-        parse_head(&mut BytesMut::from(text), &method, &mut HeaderMap::new())
+        parse_head(
+            &mut BytesMut::from(text),
+            &method,
+            &mut HeaderMap::new(),
+            false,
+        )
     }
 
     #[test]
@@ -1427,14 +1719,23 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_version_and_connection() {
+        // Alike whether the fields go into a map or are kept as read.
         let kept = |text: &[u8]| {
-            head(text, Method::GET)
-                .unwrap()
-                .unwrap()
-                .unwrap()
-                .keep_alive
+            let [in_map, as_read] = [false, true].map(|as_read| {
+                let mut buf = BytesMut::from(text);
+                let head = parse_head(&mut buf, &Method::GET, &mut HeaderMap::new(), as_read);
+                head.unwrap().unwrap().unwrap().keep_alive
+            });
+            assert_eq!(in_map, as_read, "{}", String::from_utf8_lossy(text));
+            in_map
         };
         assert!(kept(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(kept(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!kept(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
         assert!(!kept(
             b"HTTP/1.1 200 OK\r\nConnection: x, close\r\nContent-Length: 0\r\n\r\n"
         ));
@@ -1465,6 +1766,91 @@ mod tests {
             ),
             ["connection", "x-a", "content-length"]
         );
+    }
+
+    fn read(text: &[u8]) -> Option<Box<ReadFields>> {
+        let mut buf = BytesMut::from(text);
+        let head = parse_head(&mut buf, &Method::GET, &mut HeaderMap::new(), true);
+        head.unwrap().unwrap().unwrap().read
+    }
+
+    #[test]
+    fn heads_a_copy_would_send_otherwise_get_a_map() {
+        for text in [
+            &b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 1\r\nx-a: 2\r\n\r\n",
+        ] {
+            assert!(read(text).is_none(), "{}", String::from_utf8_lossy(text));
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_READ_FIELDS {
+            many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(read(&many).is_none());
+        let fields =
+            read(b"HTTP/1.1 200 OK\r\nDate: d\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n");
+        let mut got = Vec::new();
+        fields
+            .unwrap()
+            .each(|k, n, v| got.push((k, n.to_vec(), v.to_vec())));
+        let fields = got;
+        assert_eq!(
+            fields,
+            [
+                (FieldKind::Date, b"Date".to_vec(), b"d".to_vec()),
+                (FieldKind::Other, b"X-A".to_vec(), b"1".to_vec()),
+                (FieldKind::Other, b"x-a".to_vec(), b"2".to_vec()),
+                (
+                    FieldKind::ContentLength,
+                    b"Content-Length".to_vec(),
+                    b"0".to_vec()
+                ),
+            ]
+        );
+    }
+
+    /// Taking fields out of [`ReadFields`] leaves the others in the order
+    /// a header map of them leaves its own, for every order of removals.
+    #[test]
+    fn read_fields_are_removed_as_a_map_removes_them() {
+        let text = b"HTTP/1.1 200 OK\r\nTE: a\r\nDate: 1\r\ndate: 2\r\nX-Other: 1\r\n\
+            Upgrade: 1\r\nConnection: keep-alive\r\nKeep-Alive: 1\r\nKeep-Alive: 2\r\n\
+            HTTP2-Settings: 1\r\n\r\n";
+        let kinds = [
+            (FieldKind::Te, "te"),
+            (FieldKind::Date, "date"),
+            (FieldKind::Upgrade, "upgrade"),
+            (FieldKind::Connection, "connection"),
+            (FieldKind::KeepAlive, "keep-alive"),
+            (FieldKind::Http2Settings, "http2-settings"),
+            (FieldKind::RequestId, "x-request-id"),
+        ];
+        let n = kinds.len();
+        // Every sequence of three removals.
+        for i in 0..n.pow(3) {
+            let picked = [i % n, i / n % n, i / n / n].map(|k| kinds[k]);
+            let mut read = read(text).unwrap();
+            let mut map = HeaderMap::new();
+            read.each(|_, n, v| {
+                map.append(
+                    HeaderName::from_bytes(n).unwrap(),
+                    HeaderValue::from_bytes(v).unwrap(),
+                );
+            });
+            for (kind, name) in picked {
+                assert_eq!(read.remove(kind), map.remove(name).is_some(), "{picked:?}");
+            }
+            let mut from_read = Vec::new();
+            read.each(|_, n, v| from_read.push((n.to_ascii_lowercase(), v.to_vec())));
+            let from_map: Vec<_> = map
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect();
+            assert_eq!(from_read, from_map, "{picked:?}");
+        }
     }
 
     #[test]
