@@ -979,6 +979,9 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
             length,
             !keep_alive,
         );
+        if let Some(read) = read {
+            read.recycle();
+        }
         let body = resp.body_mut();
         if encoder == Encoder::Length(0) {
             // Ended (counted, logged, its backend connection given back)

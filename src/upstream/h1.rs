@@ -793,7 +793,7 @@ fn parse_head(
     let mut headers = std::mem::take(spare);
     headers.clear();
     let (read, mut keep_alive, lengths) = match fields {
-        Some((read, keep_alive, lengths)) => (Some(Box::new(read)), keep_alive, lengths),
+        Some((read, keep_alive, lengths)) => (Some(read), keep_alive, lengths),
         None => {
             let (keep_alive, lengths) = map_fields(&raw, &spans, version, &mut headers)?;
             (None, keep_alive, lengths)
@@ -902,6 +902,7 @@ impl Alive {
 /// hyper's client's map once stripped (this client's own map leaves out
 /// `Connection`, `Keep-Alive` and `Proxy-Connection` as it reads them, so
 /// its order differs where one came before other fields).
+#[derive(Default)]
 pub struct ReadFields {
     head: Bytes,
     /// A name's fields side by side, in the order a header map would give
@@ -946,6 +947,13 @@ impl FieldKind {
 }
 
 impl ReadFields {
+    /// Done with: kept for the next head read on this thread.
+    pub fn recycle(mut self: Box<Self>) {
+        self.head = Bytes::new();
+        self.fields.clear();
+        SPARE_READ.set(Some(self));
+    }
+
     /// `f` of each field's kind, name as sent and value, a name's fields
     /// together, in a header map's order. Not an iterator: one flattened
     /// cost 90 instructions a field, by `benches/instructions.sh`.
@@ -1018,16 +1026,45 @@ fn read_fields(
     raw: &Bytes,
     spans: &[[u32; 4]],
     version: Version,
-) -> Result<Option<(ReadFields, bool, Lengths)>, Error> {
+) -> Result<Option<(Box<ReadFields>, bool, Lengths)>, Error> {
     if spans.len() > MAX_READ_FIELDS || raw.len() > usize::from(u16::MAX) {
         return Ok(None);
     }
+    let mut read = SPARE_READ.take().unwrap_or_default();
+    let filled = fill_read(raw, spans, version, &mut read.fields)?;
+    Ok(match filled {
+        Some((present, keep_alive, lengths)) => {
+            read.present = present;
+            read.head = raw.clone();
+            Some((read, keep_alive, lengths))
+        }
+        None => {
+            read.recycle();
+            None
+        }
+    })
+}
+
+thread_local! {
+    /// A [`ReadFields`] written out, for the next head read on this thread
+    /// (an allocation and a free fewer a response).
+    static SPARE_READ: std::cell::Cell<Option<Box<ReadFields>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// [`read_fields`] into `fields` (empty): the kinds present, whether the
+/// connection stays open, and what the fields say of the body's length.
+fn fill_read(
+    raw: &Bytes,
+    spans: &[[u32; 4]],
+    version: Version,
+    fields: &mut SmallVec<[ReadField; 12]>,
+) -> Result<Option<(u16, bool, Lengths)>, Error> {
     let mut alive = Alive::of(version);
     let mut lengths = Lengths {
         length: Ok(None),
         last_coding: None,
     };
-    let mut fields: SmallVec<[ReadField; 12]> = SmallVec::new();
     let mut present = 0;
     let text = |[a, b]: [u16; 2]| &raw[usize::from(a)..usize::from(b)];
     for &[n0, n1, v0, v1] in spans {
@@ -1085,15 +1122,7 @@ fn read_fields(
         };
         fields.push(field);
     }
-    Ok(Some((
-        ReadFields {
-            head: raw.clone(),
-            fields,
-            present,
-        },
-        alive.keep_alive,
-        lengths,
-    )))
+    Ok(Some((present, alive.keep_alive, lengths)))
 }
 
 /// A `Connection` value that speaks only of the connection (`close`,
