@@ -278,6 +278,112 @@ mod tests {
         m
     }
 
+    /// Random heads over the names the stripping and the writer look
+    /// for, in any case: a backend's fields kept as read, once stripped,
+    /// are what a header map of all of them (hyper's client's) holds once
+    /// stripped, in its order; a head that gets a map holds the same
+    /// fields; both ways see the same framing and keep-alive.
+    #[test]
+    fn read_fields_end_as_a_stripped_map_of_them_ends() {
+        use crate::upstream::h1::parse_for_test;
+        let fields: &[(&str, &[&str])] = &[
+            (
+                "Connection",
+                &["keep-alive", "close", "Keep-Alive, close", "x-a", "upgrade"],
+            ),
+            ("connection", &["close"]),
+            ("Keep-Alive", &["timeout=5"]),
+            ("Proxy-Connection", &["keep-alive"]),
+            ("TE", &["trailers", "gzip"]),
+            ("Upgrade", &["h2c"]),
+            ("HTTP2-Settings", &["AA"]),
+            ("Transfer-Encoding", &["chunked", "gzip"]),
+            ("Content-Length", &["0", "5, 5", "x"]),
+            ("Date", &["d"]),
+            ("X-Request-Id", &["id"]),
+            ("Set-Cookie", &["a=1", "b=2"]),
+            ("X-A", &["1", ""]),
+            ("x-a", &["2"]),
+            ("Trailer", &["x-sum"]),
+            ("Server", &["s"]),
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let listed = |m: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+            m.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let (mut copied, mut mapped) = (0, 0);
+        for _ in 0..20_000 {
+            let mut text = if next(4) == 0 {
+                b"HTTP/1.0 200 OK\r\n".to_vec()
+            } else {
+                b"HTTP/1.1 200 OK\r\n".to_vec()
+            };
+            let mut all = HeaderMap::new();
+            for _ in 0..next(9) {
+                let (name, values) = fields[next(fields.len())];
+                let value = values[next(values.len())];
+                text.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                all.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            text.extend_from_slice(b"\r\n");
+            let shown = String::from_utf8_lossy(&text).into_owned();
+            let (as_read, in_map) = (parse_for_test(&text, true), parse_for_test(&text, false));
+            let (Ok((empty, read, keep_alive, framing)), Ok((map, _, map_keep_alive, map_framing))) =
+                (as_read, in_map)
+            else {
+                assert!(parse_for_test(&text, true).is_err(), "{shown}");
+                assert!(parse_for_test(&text, false).is_err(), "{shown}");
+                continue;
+            };
+            assert_eq!(
+                (keep_alive, &framing),
+                (map_keep_alive, &map_framing),
+                "{shown}"
+            );
+            strip_hop_by_hop(&mut all, false);
+            match read {
+                Some(mut read) => {
+                    assert!(empty.is_empty(), "{shown}");
+                    strip_read(&mut read);
+                    let mut got = Vec::new();
+                    read.each(|_, n, v| {
+                        got.push((
+                            String::from_utf8(n.to_ascii_lowercase()).unwrap(),
+                            v.to_vec(),
+                        ))
+                    });
+                    assert_eq!(got, listed(&all), "{shown}");
+                    copied += 1;
+                }
+                None => {
+                    let mut map = map;
+                    strip_hop_by_hop(&mut map, false);
+                    let (mut got, mut want) = (listed(&map), listed(&all));
+                    got.sort();
+                    want.sort();
+                    assert_eq!(got, want, "{shown}");
+                    mapped += 1;
+                }
+            }
+        }
+        // Both ways were taken often.
+        assert!(
+            copied > 2_000 && mapped > 2_000,
+            "{copied} copied, {mapped} mapped"
+        );
+    }
+
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = map(&[

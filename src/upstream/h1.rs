@@ -1628,6 +1628,21 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// A response head parsed as `send` parses it, with or without `as_read`:
+/// its map, its fields as read, and how its connection and body go.
+#[cfg(test)]
+#[allow(clippy::type_complexity)]
+pub(crate) fn parse_for_test(
+    text: &[u8],
+    as_read: bool,
+) -> Result<(HeaderMap, Option<Box<ReadFields>>, bool, String), Error> {
+    let mut buf = BytesMut::from(text);
+    let head = parse_head(&mut buf, &Method::GET, &mut HeaderMap::new(), as_read)?;
+    let head = head.and_then(|h| h).ok_or(Error::Incomplete)?;
+    let framing = format!("{:?}", head.framing);
+    Ok((head.headers, head.read, head.keep_alive, framing))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
