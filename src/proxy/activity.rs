@@ -125,7 +125,11 @@ impl Activity {
     /// A response has ended: the next byte read starts a new head.
     pub fn request_ended(&self) {
         if self.open_requests.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.quiet_since.store(self.now_ms(), Ordering::Relaxed);
+            // Read only for HTTP/2 (see `watchdog`), which is known from
+            // the preface on: HTTP/1 requests end without a clock read.
+            if self.h2.load(Ordering::Relaxed) {
+                self.quiet_since.store(self.now_ms(), Ordering::Relaxed);
+            }
             let _ = self.phase.compare_exchange(
                 IN_REQUEST,
                 WAITING,
