@@ -933,11 +933,7 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
             takes_trailers,
             mut request_id,
         } = request;
-        let mut read = resp.body_mut().take_read_fields();
-        // As `Reply::finish` takes a backend's id out of a map.
-        if let (Some(read), Some(_)) = (read.as_mut(), request_id) {
-            read.remove(FieldKind::RequestId);
-        }
+        let read = resp.body_mut().take_read_fields();
         // hyper's `enforce_version` and `fix_keep_alive`.
         let mut out_version = resp.version();
         if version == Version::HTTP_10 {

@@ -18,6 +18,7 @@ use crate::accesslog::TlsInfo;
 use crate::config::{HeaderRules, HeaderTemplate, HeaderVar, TemplatePart};
 use crate::state::{Listener, Route, RouteHeaders};
 use crate::upstream::Added;
+use crate::upstream::h1::{FieldKind, ReadFields};
 
 /// Passed to backends and shown in the access log (as nginx's
 /// `$http_x_request_id`).
@@ -127,6 +128,15 @@ impl<'c> Reply<'c> {
     /// other than its request id (header rules, HSTS).
     pub(super) fn changes_answer_fields(&self) -> bool {
         self.rules.is_some() || self.hsts.is_some()
+    }
+
+    /// What [`Reply::finish`] does to a map, done to a backend's fields
+    /// kept as read (no rules or HSTS apply to those): the backend's own
+    /// id goes where geolb echoes its own.
+    pub(super) fn finish_read(&self, read: &mut ReadFields) {
+        if self.echo_id && self.request_id.is_some() {
+            read.remove(FieldKind::RequestId);
+        }
     }
 
     /// The answer's headers, on their way out; and the request id it

@@ -786,9 +786,12 @@ fn respond(
                                 ResponseBody::message(Bytes::new(), Some(completion)),
                             );
                         }
-                        headers::strip_hop_by_hop(resp.headers_mut(), false);
-                        if let Some(read) = resp.body_mut().read_fields_mut() {
-                            headers::strip_read(read);
+                        match resp.body_mut().read_fields_mut() {
+                            Some(read) => {
+                                headers::strip_read(read);
+                                reply.finish_read(read);
+                            }
+                            None => headers::strip_hop_by_hop(resp.headers_mut(), false),
                         }
                         if close_after {
                             resp.headers_mut()
