@@ -23,6 +23,8 @@
 #                   with ALPN h2 (one self-signed P-256 certificate as in
 #                   benches/tls.sh), HTTP/1.1 to the backends as in h1
 #   H2_STREAMS=1    h2load -m: concurrent streams per connection
+#   REQUEST=plain   browser: each request carries a browser's fifteen fields
+#                   (User-Agent, Accept, Cookie, ...: lib.sh request_fields)
 #   PERF_SYSCALLS=0 1: count the proxy's system calls and context switches
 #                   during each run (perf stat on tracepoints; costs some
 #                   req/s, so the rates of such a run are not the figures
@@ -230,7 +232,8 @@ sanity_check() {
 # run_h2load SECONDS OUTFILE URL : h2load -t1 -cCONNS -mH2_STREAMS for
 # SECONDS on LOAD_CPU, one line per request in OUTFILE.log.
 run_h2load() {
-  run_load "$1" "$2" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$1" --log-file="$2.log" "$3"
+  request_fields
+  run_load "$1" "$2" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$1" --log-file="$2.log" "${REQUEST_FIELDS[@]}" "$3"
 }
 
 # parse_h2load FILE : rps p50 p99 non2xx sock requests, as parse_wrk gives

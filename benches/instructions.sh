@@ -28,6 +28,10 @@
 # for (default /), e.g.:
 #   LISTENER='routes = [{ path_prefix = "/api/", pool = "p", strip_prefix = true, methods = ["GET"], allow = ["127.0.0.0/8"] }]' \
 #   URL_PATH=/api/x GEOLB=target/release/geolb benches/instructions.sh
+# REQUEST=browser: the client's requests carry a browser's fifteen fields
+# (Chrome's User-Agent, Accept, Cookie, ...: lib.sh's request_fields)
+# rather than only Host, for all three proxies alike.
+#   REQUEST=browser PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
 # BODY=16k: the backend answers a 16 KiB text file (text/plain) instead of
 # "hello\n" (any size head -c takes, up to ~300 KB). COMPRESS=gzip (or br,
 # zstd): geolb's listener has compress = { algorithms = [COMPRESS] } and
@@ -46,7 +50,7 @@
 # TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
-# Environment: PROXIES (geolb), CLIENT (h1), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
@@ -292,14 +296,15 @@ else
 fi
 start_bg "$LOAD_CPU" "$WORK/logs/backend.log" nginx -c "$WORK/backend.conf" -p "$WORK"
 wait_port "$BACKEND" "$STARTED_PID" || die "backend nginx did not start: $(tail -3 "$WORK/backend-error.log")"
-WRK_HEADER=()
-[[ -n $COMPRESS ]] && WRK_HEADER=(-H "Accept-Encoding: $COMPRESS")
+request_fields
+WRK_HEADER=("${REQUEST_FIELDS[@]}")
+[[ -n $COMPRESS ]] && WRK_HEADER+=(-H "Accept-Encoding: $COMPRESS")
 
 # load SECONDS OUTFILE : CONNS connections of wrk, or of h2load (one stream
 # each, a line per request in OUTFILE.log) with CLIENT=h2, on LOAD_CPU.
 load() {
   if [[ $CLIENT == h2 ]]; then
-    run_load "$1" "$2" h2load -t1 -c"$CONNS" -m1 -D"$1" --log-file="$2.log" "$SCHEME://127.0.0.1:$PORT$URL_PATH"
+    run_load "$1" "$2" h2load -t1 -c"$CONNS" -m1 -D"$1" --log-file="$2.log" "${WRK_HEADER[@]}" "$SCHEME://127.0.0.1:$PORT$URL_PATH"
   else
     run_load "$1" "$2" wrk -t1 -c"$CONNS" -d"${1}s" "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
   fi

@@ -233,11 +233,43 @@ run_load() {
 # run_wrk SECONDS OUTFILE WRK_ARGS... : wrk -t1 --latency for SECONDS on
 # LOAD_CPU; WRK_PRELOAD, when set, is LD_PRELOADed into wrk (not into
 # timeout and taskset).
+# REQUEST=browser: the fields a browser sends with a page's request (as
+# Chrome 120 sends them over HTTPS, in its order: an 800-byte head), as
+# -H arguments for wrk and h2load; REQUEST=plain (the default): none, the
+# load generator's own head (wrk: Host only). Users' requests carry such fields, and each costs
+# a proxy its parsing, its rules and its copy to the backend.
+request_fields() {
+  REQUEST_FIELDS=()
+  case ${REQUEST:-plain} in
+    plain) ;;
+    browser)
+      REQUEST_FIELDS=(
+        -H "Cache-Control: max-age=0"
+        -H 'sec-ch-ua: "Not_A Brand";v="8", "Chromium";v="120", "Google Chrome";v="120"'
+        -H "sec-ch-ua-mobile: ?0"
+        -H 'sec-ch-ua-platform: "Linux"'
+        -H "Upgrade-Insecure-Requests: 1"
+        -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+        -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"
+        -H "Sec-Fetch-Site: same-origin"
+        -H "Sec-Fetch-Mode: navigate"
+        -H "Sec-Fetch-User: ?1"
+        -H "Sec-Fetch-Dest: document"
+        -H "Referer: https://www.example.com/products/"
+        -H "Accept-Encoding: gzip, deflate, br"
+        -H "Accept-Language: en-US,en;q=0.9,de;q=0.8"
+        -H "Cookie: _ga=GA1.1.1739461352.1701388800; session=8f14e45fceea167a5a36dedd4bea2543; theme=dark"
+      ) ;;
+    *) die "REQUEST=$REQUEST: plain or browser" ;;
+  esac
+}
+
 run_wrk() {
   local secs=$1 out=$2 pre=()
   shift 2
   [[ -n ${WRK_PRELOAD:-} ]] && pre=(env LD_PRELOAD="$WRK_PRELOAD")
-  run_load "$secs" "$out" "${pre[@]}" wrk -t1 -d"$secs"s --latency "$@"
+  request_fields
+  run_load "$secs" "$out" "${pre[@]}" wrk -t1 -d"$secs"s --latency "${REQUEST_FIELDS[@]}" "$@"
 }
 
 # parse_wrk FILE FIELD... : one tab-separated line from wrk --latency output.

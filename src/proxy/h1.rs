@@ -48,6 +48,7 @@ use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
 use crate::upstream::h1::{
     FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
+    parsed_value,
 };
 
 /// What this server needs of the connection it serves from the proxy that
@@ -506,12 +507,10 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     map.reserve(fields.len());
     for &[n0, n1, v0, v1] in &fields {
         let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
-        let (Ok(name), Ok(value)) = (
-            field_name(&head[n0..n1]),
-            HeaderValue::from_maybe_shared(head.slice(v0..v1)),
-        ) else {
+        let Ok(name) = field_name(&head[n0..n1]) else {
             return Some(Head::Refused(StatusCode::BAD_REQUEST));
         };
+        let value = parsed_value(head.slice(v0..v1));
         // hyper's rules (`proto::h1::role`), in its order.
         match name {
             header::TRANSFER_ENCODING => {

@@ -393,11 +393,26 @@ fn add_length(so_far: Result<Option<u64>, ()>, value: &[u8]) -> Result<Option<u6
     }
 }
 
+// Made at compile time: `from_static` called at run time checks its
+// name again each call.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+const SEC_FETCH_USER: HeaderName = HeaderName::from_static("sec-fetch-user");
+const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+const SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
+const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
+const SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// A field's name as `HeaderName::from_bytes` makes it, the names nearly
 /// every message carries matched whole first, in the two spellings
 /// servers and clients send: `from_bytes` lower-cases each byte through
 /// a table and then looks the name up (117 instructions a name, by
-/// `benches/instructions.sh`).
+/// `benches/instructions.sh`), and copies a name it does not know into a
+/// new allocation. A browser's request brings seven such names
+/// (`Sec-Fetch-*`, `sec-ch-ua*`): they are matched to names made once.
 pub fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     Ok(match raw {
         b"Host" | b"host" => header::HOST,
@@ -412,8 +427,49 @@ pub fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderN
         b"ETag" | b"etag" => header::ETAG,
         b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
         b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+        b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
+        b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
+        b"Cookie" | b"cookie" => header::COOKIE,
+        b"Referer" | b"referer" => header::REFERER,
+        b"Origin" | b"origin" => header::ORIGIN,
+        b"Authorization" | b"authorization" => header::AUTHORIZATION,
+        b"If-None-Match" | b"if-none-match" => header::IF_NONE_MATCH,
+        b"If-Modified-Since" | b"if-modified-since" => header::IF_MODIFIED_SINCE,
+        b"Upgrade-Insecure-Requests" | b"upgrade-insecure-requests" => {
+            header::UPGRADE_INSECURE_REQUESTS
+        }
+        b"Content-Encoding" | b"content-encoding" => header::CONTENT_ENCODING,
+        b"Vary" | b"vary" => header::VARY,
+        b"Expires" | b"expires" => header::EXPIRES,
+        b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
+        b"Location" | b"location" => header::LOCATION,
+        b"Sec-Fetch-Site" | b"sec-fetch-site" => SEC_FETCH_SITE,
+        b"Sec-Fetch-Mode" | b"sec-fetch-mode" => SEC_FETCH_MODE,
+        b"Sec-Fetch-User" | b"sec-fetch-user" => SEC_FETCH_USER,
+        b"Sec-Fetch-Dest" | b"sec-fetch-dest" => SEC_FETCH_DEST,
+        b"sec-ch-ua" | b"Sec-CH-UA" => SEC_CH_UA,
+        b"sec-ch-ua-mobile" | b"Sec-CH-UA-Mobile" => SEC_CH_UA_MOBILE,
+        b"sec-ch-ua-platform" | b"Sec-CH-UA-Platform" => SEC_CH_UA_PLATFORM,
+        b"X-Forwarded-For" | b"x-forwarded-for" => X_FORWARDED_FOR,
+        b"X-Forwarded-Proto" | b"x-forwarded-proto" => X_FORWARDED_PROTO,
+        b"X-Real-IP" | b"x-real-ip" => X_REAL_IP,
         _ => return HeaderName::from_bytes(raw),
     })
+}
+
+/// A field's value as httparse handed it over, not checked again: httparse
+/// admits exactly the bytes `HeaderValue::from_bytes` does (tab, space to
+/// `~`, 0x80 to 0xFF; pinned by `httparse_admits_the_bytes_a_header_value_does`),
+/// and checking each byte again cost 4 instructions a byte, 2,200 a
+/// browser's request. hyper's and actix's HTTP/1 parsers do the same. The
+/// call is `unsafe` only as a warning against bytes that could split a
+/// message; it cannot cause undefined behaviour (hyperium/http#871, #873:
+/// the "valid UTF-8" in its doc is wrong, a `HeaderValue` is bytes), and a
+/// debug build still checks every value.
+#[allow(unsafe_code)]
+pub fn parsed_value(value: Bytes) -> HeaderValue {
+    // SAFETY: see above; `value` is a field value httparse accepted.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
 }
 
 /// One `Content-Length` line, as hyper's `content_length_parse` reads it:
@@ -842,8 +898,7 @@ fn map_fields(
             continue;
         }
         let name = field_name(raw_name).map_err(|_| Error::Parse(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
-            .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
+        let value = parsed_value(raw.slice(v0..v1));
         if name == header::CONNECTION {
             if !alive.read(value.as_bytes()) {
                 continue;
@@ -1094,9 +1149,7 @@ fn fill_read(
             14 if is("http2-settings") => FieldKind::Http2Settings,
             16 if is("proxy-connection") => FieldKind::ProxyConnection,
             17 if is("transfer-encoding") => {
-                let value = HeaderValue::from_maybe_shared(raw.slice(v0 as usize..v1 as usize))
-                    .map_err(|_| Error::Parse(httparse::Error::HeaderValue))?;
-                lengths.last_coding = Some(value);
+                lengths.last_coding = Some(parsed_value(raw.slice(v0 as usize..v1 as usize)));
                 FieldKind::TransferEncoding
             }
             0 => return Ok(None),
@@ -1663,6 +1716,30 @@ mod tests {
             "ETag",
             "Accept-Ranges",
             "Cache-Control",
+            "Accept-Encoding",
+            "Accept-Language",
+            "Cookie",
+            "Referer",
+            "Origin",
+            "Authorization",
+            "If-None-Match",
+            "If-Modified-Since",
+            "Upgrade-Insecure-Requests",
+            "Content-Encoding",
+            "Vary",
+            "Expires",
+            "Set-Cookie",
+            "Location",
+            "Sec-Fetch-Site",
+            "Sec-Fetch-Mode",
+            "Sec-Fetch-User",
+            "Sec-Fetch-Dest",
+            "Sec-CH-UA",
+            "Sec-CH-UA-Mobile",
+            "Sec-CH-UA-Platform",
+            "X-Forwarded-For",
+            "X-Forwarded-Proto",
+            "X-Real-IP",
         ] {
             for spelled in [
                 raw.to_owned(),
@@ -1680,6 +1757,33 @@ mod tests {
             assert!(field_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(field_name(b"X-Custom").unwrap(), "x-custom");
+    }
+
+    /// `parsed_value` trusts httparse's check of a value's bytes: every
+    /// byte inside a value, in a request and in a response, must pass
+    /// httparse exactly when it passes `HeaderValue::from_bytes`.
+    #[test]
+    fn httparse_admits_the_bytes_a_header_value_does() {
+        for b in 0..=255u8 {
+            let value = [b'a', b, b'a'];
+            let valid = HeaderValue::from_bytes(&value).is_ok();
+            let mut request = b"GET / HTTP/1.1\r\nX: ".to_vec();
+            let mut response = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+            for head in [&mut request, &mut response] {
+                head.extend_from_slice(&value);
+                head.extend_from_slice(b"\r\n\r\n");
+            }
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let in_request = httparse::Request::new(&mut fields).parse(&request);
+            let in_request =
+                matches!(in_request, Ok(httparse::Status::Complete(_))) && fields[0].value == value;
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let in_response = httparse::Response::new(&mut fields).parse(&response);
+            let in_response = matches!(in_response, Ok(httparse::Status::Complete(_)))
+                && fields[0].value == value;
+            assert_eq!(in_request, valid, "byte {b:#04x} in a request");
+            assert_eq!(in_response, valid, "byte {b:#04x} in a response");
+        }
     }
 
     #[test]
