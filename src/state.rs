@@ -340,6 +340,23 @@ impl Backend {
     }
 }
 
+/// A backend's idle connections are shared by every pool that lists it:
+/// the largest of their `max_idle` applies.
+fn set_max_idle(pools: &[Arc<Pool>]) {
+    let mut max: HashMap<SocketAddr, u32> = HashMap::new();
+    for pool in pools {
+        for b in &pool.backends {
+            let m = max.entry(b.addr).or_default();
+            *m = (*m).max(pool.config.limits.max_idle);
+        }
+    }
+    for pool in pools {
+        for b in &pool.backends {
+            b.shared.idle.set_max_idle(max[&b.addr] as usize);
+        }
+    }
+}
+
 /// Per backend address, shared by every pool and generation naming it.
 pub struct BackendShared {
     pub active: AtomicUsize,
@@ -800,6 +817,7 @@ pub fn compile(
             })
         })
         .collect();
+    set_max_idle(&pools);
     let find = |name: &str| {
         pools
             .iter()

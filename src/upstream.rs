@@ -420,8 +420,6 @@ impl Body for BackendBody {
 /// Below the common backend keep-alive timeouts (Apache httpd: 5 s), so we
 /// drop a connection before the backend is likely to.
 const IDLE_LIMIT: Duration = Duration::from_secs(4);
-/// Idle connections kept per backend; more are closed when returned.
-const MAX_IDLE: usize = 256;
 
 /// How a pool's backends are spoken to; built with the snapshot (and
 /// cloned into the snapshots that only change discovered backends).
@@ -764,6 +762,12 @@ struct Idle {
 }
 
 impl IdleConnections {
+    /// The most idle HTTP/1.1 connections kept; more are closed when put
+    /// back.
+    pub fn set_max_idle(&self, max: usize) {
+        self.own.max.store(max, Ordering::Relaxed);
+    }
+
     /// The shared HTTP/2 connection of `profile` (`http2`), else the most
     /// recently used idle HTTP/1.1 one that still looks open.
     fn take(&self, profile: u64, http2: bool) -> Option<Sender> {
@@ -816,8 +820,9 @@ impl IdleConnections {
         if http1.is_closed() {
             return;
         }
+        let max = self.own.max.load(Ordering::Relaxed);
         let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
-        if conns.len() < MAX_IDLE {
+        if conns.len() < max {
             conns.push(Idle {
                 sender: http1,
                 since: Instant::now(),
@@ -828,7 +833,7 @@ impl IdleConnections {
 
     pub fn len(&self) -> usize {
         self.http1.lock().unwrap_or_else(|e| e.into_inner()).len()
-            + crate::locked(&self.own).len()
+            + self.own.len()
             + self.http2.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

@@ -759,3 +759,144 @@ async fn a_kept_connection_the_backend_closed_is_not_used() {
         assert_ne!(next, conn, "{name}");
     }
 }
+
+/// A backend that holds each answer until `gate` opens, and notes each
+/// connection when its head arrives (`heads`) and when geolb closes it
+/// (`closed`).
+struct GatedBackend {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<usize>>>,
+    closed: Closed,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+async fn gated_backend() -> GatedBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads: Arc<Mutex<Vec<usize>>> = Default::default();
+    let closed: Closed = Default::default();
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let (h, c) = (heads.clone(), closed.clone());
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            n += 1;
+            let (h, c, mut open) = (h.clone(), c.clone(), open.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) =
+                    read_until(&mut s, &mut buf, |b| find(b, b"\r\n\r\n").map(|i| i + 4)).await
+                {
+                    buf.drain(..end);
+                    h.lock().unwrap().push(n);
+                    if open.wait_for(|o| *o).await.is_err()
+                        || s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+                c.lock().unwrap().push(n);
+            });
+        }
+    });
+    GatedBackend {
+        addr,
+        heads,
+        closed,
+        gate,
+    }
+}
+
+/// Two requests on two client connections at once: the backend holds
+/// both heads, on two connections, before either is answered. Returns
+/// the two backend connections.
+async fn two_at_once(lb_addr: SocketAddr, backend: &GatedBackend) -> Vec<usize> {
+    backend.gate.send_replace(false);
+    let first = backend.heads.lock().unwrap().len();
+    let req = b"GET /a HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(lb_addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        clients.push(s);
+    }
+    let heads = backend.heads.clone();
+    eventually("two heads held", LIMIT, || {
+        let held = heads.lock().unwrap().len() - first;
+        async move { held == 2 }
+    })
+    .await;
+    backend.gate.send_replace(true);
+    for mut s in clients {
+        let resp = bounded(LIMIT, "an answer", async {
+            let mut buf = Vec::new();
+            read_until(&mut s, &mut buf, |b| b.ends_with(b"ok").then_some(b.len())).await;
+            buf
+        })
+        .await;
+        assert!(text(&resp).starts_with("HTTP/1.1 200"), "{}", text(&resp));
+    }
+    backend.heads.lock().unwrap()[first..].to_vec()
+}
+
+#[tokio::test]
+async fn max_idle_caps_the_connections_kept_per_backend() {
+    for client in ["geolb", "hyper"] {
+        for max_idle in [Some(1), None] {
+            let backend = gated_backend().await;
+            let cap = max_idle.map_or(String::new(), |n| format!("max_idle = {n}\n"));
+            let pools = format!(
+                "[[pool]]\nname = \"capped_{client}\"\nhttp1_client = \"{client}\"\n{cap}\
+                 backends = [{{ addr = \"{}\" }}]\n",
+                backend.addr
+            );
+            let spec = ListenerSpec {
+                name: "web",
+                protocol: "http",
+                pool: &format!("capped_{client}"),
+                extra: "retries = 0".to_owned(),
+            };
+            let lb = Lb::start(&pools, &[spec]).await;
+            let first = two_at_once(lb.addr("web"), &backend).await;
+            assert!(first[0] != first[1], "{client}: two connections, {first:?}");
+            // hyper's client puts a connection back from its own task,
+            // after the client has its answer: both must be back (one
+            // kept, one closed, with the cap) before the next two.
+            let (want_kept, want_closed) = (max_idle.unwrap_or(2), usize::from(max_idle.is_some()));
+            let closed = backend.closed.clone();
+            eventually("the connections put back", LIMIT, || {
+                let kept = lb.idle(&format!("capped_{client}"), 0);
+                let gone = closed.lock().unwrap().len();
+                async move { kept == want_kept && gone == want_closed }
+            })
+            .await;
+            let next = two_at_once(lb.addr("web"), &backend).await;
+            match max_idle {
+                Some(_) => {
+                    // The kept one was taken again, and a new one opened.
+                    let closed = backend.closed.lock().unwrap().clone();
+                    let kept: Vec<usize> = first
+                        .iter()
+                        .copied()
+                        .filter(|c| !closed.contains(c))
+                        .collect();
+                    assert_eq!(kept.len(), 1, "{client}: {first:?} {closed:?}");
+                    assert!(
+                        next.contains(&kept[0]) && next.iter().any(|c| !first.contains(c)),
+                        "{client}: the kept one and a new one, not {next:?} (first {first:?})"
+                    );
+                }
+                None => {
+                    let mut both = next.clone();
+                    both.sort_unstable();
+                    let mut was = first.clone();
+                    was.sort_unstable();
+                    assert_eq!(both, was, "{client}: both kept by default");
+                    assert!(backend.closed.lock().unwrap().is_empty(), "{client}");
+                }
+            }
+        }
+    }
+}

@@ -11,6 +11,9 @@ impl Ctx {
         let max_connections = self.maybe(t, "max_connections", |c, f| c.uint(f, 1, 1_000_000));
         let queue = self.opt(t, "queue", DEFAULT_QUEUE, |c, f| c.uint(f, 0, 1_000_000));
         let queue_timeout = self.maybe(t, "queue_timeout", |c, f| c.duration(f, false));
+        let max_idle = self.opt(t, "max_idle", DEFAULT_MAX_IDLE, |c, f| {
+            c.uint(f, 0, 1_000_000)
+        });
         if t.field("max_connections").is_none() {
             let why = "a queue is for requests waiting for a backend below its max_connections: \
                        set max_connections too, or remove this";
@@ -20,6 +23,7 @@ impl Ctx {
             max_connections: max_connections?,
             queue: queue?,
             queue_timeout: queue_timeout?,
+            max_idle: max_idle?,
         })
     }
 
@@ -131,7 +135,8 @@ mod tests {
             BackendLimits {
                 max_connections: None,
                 queue: DEFAULT_QUEUE,
-                queue_timeout: None
+                queue_timeout: None,
+                max_idle: DEFAULT_MAX_IDLE,
             }
         );
         assert_eq!(p.outlier, OutlierConfig::default());
@@ -145,13 +150,14 @@ mod tests {
     #[test]
     fn values_are_read() {
         let p = pool(
-            "max_connections = 4\nqueue = 10\nqueue_timeout = \"2s\"\n\
+            "max_connections = 4\nqueue = 10\nqueue_timeout = \"2s\"\nmax_idle = 0\n\
              outlier = { consecutive_failures = 0, consecutive_5xx = 3, ejection = \"1s\", max_ejection = \"4s\", max_ejected_percent = 100 }\n\
              retry_budget = { percent = 50, min_concurrent = 1 }",
         );
         assert_eq!(p.limits.max_connections, Some(4));
         assert_eq!(p.limits.queue, 10);
         assert_eq!(p.limits.queue_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(p.limits.max_idle, 0);
         assert_eq!(p.outlier.consecutive_5xx, 3);
         assert_eq!(p.outlier.max_ejection, Duration::from_secs(4));
         assert_eq!(p.outlier.max_ejected_percent, 100);
@@ -167,6 +173,8 @@ mod tests {
     #[test]
     fn each_mistake_names_its_key() {
         let cases: &[(String, &str, &str)] = &[
+            (format!("{POOL}max_idle = -1"), "pool[0].max_idle", "from 0"),
+            (format!("{POOL}max_idle = \"many\""), "pool[0].max_idle", ""),
             (
                 format!("{POOL}max_connections = 0"),
                 "pool[0].max_connections",

@@ -674,10 +674,17 @@ pub struct BackendLimits {
     /// `queue_timeout` (optional, the listener's `timeouts.connect`): how
     /// long one may wait.
     pub queue_timeout: Option<std::time::Duration>,
+    /// `max_idle` (optional, 1024): idle HTTP/1.1 connections kept per
+    /// backend for the next requests; 0 keeps none.
+    pub max_idle: u32,
 }
 
 /// `queue` when unset: Envoy's default `max_pending_requests`.
 pub const DEFAULT_QUEUE: u32 = 1024;
+
+/// `max_idle` when unset: room for 1,024 client connections busy on one
+/// backend at once to find a connection at their next request.
+pub const DEFAULT_MAX_IDLE: u32 = 1024;
 
 /// `outlier = { ... }` of a pool: ejecting backends on failed requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -34,7 +35,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use super::{BackendRequestBody, IDLE_LIMIT, MAX_IDLE};
+use super::{BackendRequestBody, IDLE_LIMIT};
+use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
 
 /// The largest response head (and chunked trailer section) read: the
@@ -60,7 +62,28 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// The idle connections of one backend, shared with the responses that
 /// will put theirs back. Streams only: a kept stream holds no handle to
 /// its list, so the list goes away with its backend.
-pub(super) type Home = Arc<Mutex<Vec<(Kept, Instant)>>>;
+pub(super) type Home = Arc<KeptList>;
+
+pub struct KeptList {
+    conns: Mutex<Vec<(Kept, Instant)>>,
+    /// The pools' `max_idle`: a connection put back past it is closed.
+    pub(super) max: AtomicUsize,
+}
+
+impl Default for KeptList {
+    fn default() -> Self {
+        KeptList {
+            conns: Mutex::default(),
+            max: AtomicUsize::new(DEFAULT_MAX_IDLE as usize),
+        }
+    }
+}
+
+impl KeptList {
+    pub(super) fn len(&self) -> usize {
+        crate::locked(&self.conns).len()
+    }
+}
 
 /// A connection between requests, with its read buffer: no larger than
 /// the heads it has read (`readbuf`), it takes the next response's head.
@@ -147,7 +170,7 @@ pub struct SendError {
 /// the way are closed.
 pub(super) fn take(home: &Home) -> Option<Kept> {
     let now = Instant::now();
-    let mut kept = crate::locked(home);
+    let mut kept = crate::locked(&home.conns);
     while let Some((conn, since)) = kept.pop() {
         if now.duration_since(since) < IDLE_LIMIT && still_open(&conn.stream) {
             return Some(conn);
@@ -164,8 +187,9 @@ fn still_open(stream: &TcpStream) -> bool {
 }
 
 fn put(home: &Home, conn: Kept) {
-    let mut kept = crate::locked(home);
-    if kept.len() < MAX_IDLE {
+    let max = home.max.load(Ordering::Relaxed);
+    let mut kept = crate::locked(&home.conns);
+    if kept.len() < max {
         kept.push((conn, Instant::now()));
     }
 }

@@ -536,6 +536,14 @@ impl Lb {
             .active()
     }
 
+    /// Idle connections kept to backend `index` of pool `pool`.
+    pub fn idle(&self, pool: &str, index: usize) -> usize {
+        self.snapshot.load().pool(pool).unwrap().backends[index]
+            .shared
+            .idle
+            .len()
+    }
+
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
