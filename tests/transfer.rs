@@ -623,6 +623,27 @@ impl Knot {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("knot.log")).unwrap_or_default()
     }
+
+    /// Whether Knot bound its port: it logs its control socket once its
+    /// listening sockets are bound, and exits when one cannot be (the port
+    /// was free a moment before it started, and may have been taken since).
+    async fn bound(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log().contains("control, binding") {
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Knot neither bound its port nor exited within 10 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A free UDP and TCP port on loopback a moment ago.
@@ -761,10 +782,25 @@ async fn wait_for_serial(knot: SocketAddr, serial: u32) -> bool {
 #[tokio::test]
 async fn knot_as_a_secondary_transfers_the_zone_and_follows_notify() {
     let Some(knotd) = knotd() else { return };
-    let knot_port = free_port().await;
-    let knot_addr = SocketAddr::from(([127, 0, 0, 1], knot_port));
-    let (geolb, server) = start(&config(1, "192.0.2.80", Some(knot_addr))).await;
-    let knot = start_knot(knotd, knot_port, server);
+    // Knot needs a fixed port, and geolb needs it before Knot starts (to
+    // send it NOTIFY): a port taken in between makes Knot exit, and both
+    // start again on another.
+    let mut tries = 0;
+    let (geolb, knot, knot_addr) = loop {
+        let knot_port = free_port().await;
+        let knot_addr = SocketAddr::from(([127, 0, 0, 1], knot_port));
+        let (geolb, server) = start(&config(1, "192.0.2.80", Some(knot_addr))).await;
+        let mut knot = start_knot(knotd, knot_port, server);
+        if knot.bound().await {
+            break (geolb, knot, knot_addr);
+        }
+        tries += 1;
+        assert!(
+            tries < 5,
+            "Knot could not bind a free port:\n{}",
+            knot.log()
+        );
+    };
 
     let explain = |knot: &Knot| format!("knot log:\n{}\ngeolb log:\n{}", knot.log(), geolb.log());
     if !wait_for_serial(knot.addr, 1).await {
