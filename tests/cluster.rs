@@ -44,14 +44,10 @@ fn etcd_binary() -> Option<PathBuf> {
     found
 }
 
-/// A loopback port free a moment ago (bound, read, released): etcd takes
-/// its ports on its command line.
+/// See `support::port_for_a_program`: a member stopped by a test starts
+/// again on the same ports.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::port_for_a_program()
 }
 
 /// One etcd member, its own process; stopped by PID when dropped.

@@ -646,17 +646,6 @@ impl Knot {
     }
 }
 
-/// A free UDP and TCP port on loopback a moment ago.
-async fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 fn start_knot(knotd: &str, port: u16, primary: SocketAddr) -> Knot {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path();
@@ -787,7 +776,7 @@ async fn knot_as_a_secondary_transfers_the_zone_and_follows_notify() {
     // start again on another.
     let mut tries = 0;
     let (geolb, knot, knot_addr) = loop {
-        let knot_port = free_port().await;
+        let knot_port = support::port_for_a_program();
         let knot_addr = SocketAddr::from(([127, 0, 0, 1], knot_port));
         let (geolb, server) = start(&config(1, "192.0.2.80", Some(knot_addr))).await;
         let mut knot = start_knot(knotd, knot_port, server);

@@ -66,6 +66,34 @@ pub fn refused_addr() -> SocketAddr {
     addr
 }
 
+/// A loopback port free for TCP and UDP now, for an outside program that
+/// takes its ports on its command line (etcd, Knot), so it cannot be held
+/// until the program binds it. Taken below the kernel's range of ports
+/// for binds to port 0 (`ip_local_port_range`), where every test binds:
+/// no such bind can take it while the program starts, or while a test
+/// restarts the program on the same port.
+pub fn port_for_a_program() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Below the range, from half its start: out of the well-known ports.
+    let (first, span) = (low / 2, low - low / 2);
+    // Each test binary starts at its own place, so two binaries running at
+    // once seldom try the same ports.
+    let seed = (std::process::id() as u16).wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + seed.wrapping_add(n.wrapping_mul(97)) % span;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Waits for `cond` with a deadline; panics with `what` if it never holds.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
 where
