@@ -435,13 +435,17 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
         if let Some(h) = authority {
             req.headers_mut().insert(header::HOST, h);
         }
-        let origin = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        *req.uri_mut() = origin;
+        // The target's own path, shared, not parsed again into a copy (an
+        // allocation for each HTTP/2 request, whose target has an
+        // authority).
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
     }
     *req.version_mut() = Version::HTTP_11;
 }
@@ -1338,6 +1342,40 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, active: ActiveGuard, idle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A target with an authority (HTTP/2's, or HTTP/1's absolute form)
+    /// goes on in origin form, its path and query as they came, as the
+    /// text parsed again would give them.
+    #[test]
+    fn targets_go_on_in_origin_form() {
+        for (target, origin) in [
+            ("http://a.example/x?y=1", "/x?y=1"),
+            ("http://a.example", "/"),
+            ("http://a.example/", "/"),
+            ("https://a.example:8443/p/q/?", "/p/q/?"),
+            ("http://a.example/%2e%2E/a%20b?c=%41#", "/%2e%2E/a%20b?c=%41"),
+            ("/already?x", "/already?x"),
+        ] {
+            let mut req = Request::builder()
+                .uri(target)
+                .version(Version::HTTP_2)
+                .body(())
+                .unwrap();
+            let reparsed = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse::<Uri>()
+                .unwrap();
+            to_origin_form(&mut req, Some(HeaderValue::from_static("a.example")));
+            assert_eq!(req.uri(), origin, "{target}");
+            assert_eq!(req.uri(), &reparsed, "{target}");
+            assert_eq!(req.uri().authority(), None, "{target}");
+            assert_eq!(req.version(), Version::HTTP_11);
+            let authority = Uri::try_from(target).unwrap().authority().is_some();
+            assert_eq!(req.headers().contains_key(header::HOST), authority, "{target}");
+        }
+    }
 
     #[test]
     fn host_names() {
