@@ -1353,7 +1353,10 @@ mod tests {
             ("http://a.example", "/"),
             ("http://a.example/", "/"),
             ("https://a.example:8443/p/q/?", "/p/q/?"),
-            ("http://a.example/%2e%2E/a%20b?c=%41#", "/%2e%2E/a%20b?c=%41"),
+            (
+                "http://a.example/%2e%2E/a%20b?c=%41#",
+                "/%2e%2E/a%20b?c=%41",
+            ),
             ("/already?x", "/already?x"),
         ] {
             let mut req = Request::builder()
@@ -1373,7 +1376,11 @@ mod tests {
             assert_eq!(req.uri().authority(), None, "{target}");
             assert_eq!(req.version(), Version::HTTP_11);
             let authority = Uri::try_from(target).unwrap().authority().is_some();
-            assert_eq!(req.headers().contains_key(header::HOST), authority, "{target}");
+            assert_eq!(
+                req.headers().contains_key(header::HOST),
+                authority,
+                "{target}"
+            );
         }
     }
 
