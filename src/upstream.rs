@@ -521,11 +521,12 @@ impl Upstream {
 
     /// A kept connection from the backend's idle list, if one is ready;
     /// a hyper one for an `upgrade` (geolb's own client does none).
-    pub fn idle(&self, idle: &IdleConnections, upgrade: bool) -> Option<Sender> {
+    /// `now`: the caller's clock reading, for the connections' age.
+    pub fn idle(&self, idle: &IdleConnections, upgrade: bool, now: Instant) -> Option<Sender> {
         if self.carries_own(upgrade) {
-            return h1::take(&idle.own).map(|conn| Sender::own(conn, idle));
+            return h1::take(&idle.own, now).map(|conn| Sender::own(conn, idle));
         }
-        idle.take(self.profile, self.is_http2())
+        idle.take(self.profile, self.is_http2(), now)
     }
 
     /// A new connection to `addr` within `timeout` (TCP connect, TLS and
@@ -563,7 +564,7 @@ impl Upstream {
             // Requests arriving together wait for one HTTP/2 connection
             // rather than each opening its own.
             let _one_at_a_time = idle.http2_connecting.lock().await;
-            if let Some(sender) = idle.take(self.profile, true) {
+            if let Some(sender) = idle.take(self.profile, true, Instant::now()) {
                 return Ok(sender);
             }
             let sender = Box::pin(self.open(addr)).await?;
@@ -770,7 +771,7 @@ impl IdleConnections {
 
     /// The shared HTTP/2 connection of `profile` (`http2`), else the most
     /// recently used idle HTTP/1.1 one that still looks open.
-    fn take(&self, profile: u64, http2: bool) -> Option<Sender> {
+    fn take(&self, profile: u64, http2: bool, now: Instant) -> Option<Sender> {
         if http2 {
             let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
             shared.retain(|(_, s)| !s.is_closed());
@@ -783,7 +784,6 @@ impl IdleConnections {
             return None;
         }
         let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         // Newest first; stale ones met on the way are dropped.
         let mut at = conns.len();
         while at > 0 {

@@ -677,9 +677,12 @@ fn respond(
                 }
                 tried.push(index);
                 let backend = &pool.backends[index];
-                // Timed for the access log only: no clock read without one.
-                let connecting = completion.access.is_some().then(Instant::now);
-                let (sender, reused) = match pool.upstream.idle(&backend.shared.idle, upgrade) {
+                // One clock read for the idle list's age check, the access
+                // log's connect time and, for a kept connection, the send.
+                let looked = Instant::now();
+                let connecting = completion.access.is_some().then_some(looked);
+                let idle = pool.upstream.idle(&backend.shared.idle, upgrade, looked);
+                let (sender, reused) = match idle {
                     Some(kept) => (Ok(kept), true),
                     None => {
                         let upstream = &pool.upstream;
@@ -708,7 +711,7 @@ fn respond(
                         continue;
                     }
                 };
-                let sent_at = Instant::now();
+                let sent_at = if reused { looked } else { Instant::now() };
                 let sent = connecting
                     .map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
                 // Pinned where it is made: the timeout and the await then move a
