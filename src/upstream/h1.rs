@@ -64,6 +64,7 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// its list, so the list goes away with its backend.
 pub(super) type Home = Arc<KeptList>;
 
+/// A backend's idle connections, newest last, and how many it keeps.
 pub struct KeptList {
     conns: Mutex<Vec<(Kept, Instant)>>,
     /// The pools' `max_idle`: a connection put back past it is closed.
