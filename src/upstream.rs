@@ -764,9 +764,13 @@ struct Idle {
 
 impl IdleConnections {
     /// The most idle HTTP/1.1 connections kept; more are closed when put
-    /// back.
+    /// back, and, when a reload lowers it, the oldest past it at once.
     pub fn set_max_idle(&self, max: usize) {
         self.own.max.store(max, Ordering::Relaxed);
+        self.own.keep_newest(max);
+        let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
+        let excess = conns.len().saturating_sub(max);
+        conns.drain(..excess);
     }
 
     /// The shared HTTP/2 connection of `profile` (`http2`), else the most

@@ -900,3 +900,45 @@ async fn max_idle_caps_the_connections_kept_per_backend() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_reload_lowering_max_idle_closes_the_oldest_idle_connections() {
+    let backend = gated_backend().await;
+    let config = |cap: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"p\"\n{cap}backends = [{{ addr = \"{}\" }}]\n\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nretries = 0\n",
+            backend.addr
+        )
+    };
+    let geolb = support::Geolb::start(&config("")).await;
+    let web = geolb.listeners["web"];
+    // geolb's own client puts a connection back as its body ends, before
+    // the client has the last byte: both are idle once both answers are in.
+    let first = two_at_once(web, &backend).await;
+    assert!(first[0] != first[1], "two connections, {first:?}");
+    assert!(backend.closed.lock().unwrap().is_empty());
+
+    geolb.write_config(&config("max_idle = 1\n")).unwrap();
+    let (code, _, body) = support::request(geolb.admin, "POST", "/reload", &[], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body:?}");
+    let closed = backend.closed.clone();
+    eventually("one idle connection closed by the reload", LIMIT, || {
+        let n = closed.lock().unwrap().len();
+        async move { n == 1 }
+    })
+    .await;
+    // The one left carries the next request.
+    let gone = backend.closed.lock().unwrap()[0];
+    let kept = *first.iter().find(|c| **c != gone).unwrap();
+    let resp = exchange(
+        web,
+        b"GET /a HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text(&resp).starts_with("HTTP/1.1 200"), "{}", text(&resp));
+    assert_eq!(backend.heads.lock().unwrap().last(), Some(&kept));
+}

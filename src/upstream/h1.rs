@@ -84,6 +84,13 @@ impl KeptList {
     pub(super) fn len(&self) -> usize {
         crate::locked(&self.conns).len()
     }
+
+    /// Closes all but the `max` newest.
+    pub(super) fn keep_newest(&self, max: usize) {
+        let mut conns = crate::locked(&self.conns);
+        let excess = conns.len().saturating_sub(max);
+        conns.drain(..excess);
+    }
 }
 
 /// A connection between requests, with its read buffer: no larger than
