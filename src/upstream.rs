@@ -417,6 +417,12 @@ impl Body for BackendBody {
     }
 }
 
+/// Closes all but the `max` newest of an idle list (newest last).
+fn keep_newest<T>(list: &mut Vec<T>, max: usize) {
+    let excess = list.len().saturating_sub(max);
+    list.drain(..excess);
+}
+
 /// Below the common backend keep-alive timeouts (Apache httpd: 5 s), so we
 /// drop a connection before the backend is likely to.
 const IDLE_LIMIT: Duration = Duration::from_secs(4);
@@ -526,7 +532,11 @@ impl Upstream {
         if self.carries_own(upgrade) {
             return h1::take(&idle.own, now).map(|conn| Sender::own(conn, idle));
         }
-        idle.take(self.profile, self.is_http2(), now)
+        if self.is_http2() {
+            idle.shared_http2(self.profile)
+        } else {
+            idle.take_http1(self.profile, now)
+        }
     }
 
     /// A new connection to `addr` within `timeout` (TCP connect, TLS and
@@ -564,7 +574,7 @@ impl Upstream {
             // Requests arriving together wait for one HTTP/2 connection
             // rather than each opening its own.
             let _one_at_a_time = idle.http2_connecting.lock().await;
-            if let Some(sender) = idle.take(self.profile, true, Instant::now()) {
+            if let Some(sender) = idle.shared_http2(self.profile) {
                 return Ok(sender);
             }
             let sender = Box::pin(self.open(addr)).await?;
@@ -768,25 +778,26 @@ impl IdleConnections {
     pub fn set_max_idle(&self, max: usize) {
         self.own.max.store(max, Ordering::Relaxed);
         self.own.keep_newest(max);
-        let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
-        let excess = conns.len().saturating_sub(max);
-        conns.drain(..excess);
+        keep_newest(
+            &mut self.http1.lock().unwrap_or_else(|e| e.into_inner()),
+            max,
+        );
     }
 
-    /// The shared HTTP/2 connection of `profile` (`http2`), else the most
-    /// recently used idle HTTP/1.1 one that still looks open.
-    fn take(&self, profile: u64, http2: bool, now: Instant) -> Option<Sender> {
-        if http2 {
-            let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
-            shared.retain(|(_, s)| !s.is_closed());
-            if let Some((_, s)) = shared.iter().find(|(p, _)| *p == profile) {
-                return Some(Sender {
-                    kind: Kind::Http2(s.clone()),
-                    profile,
-                });
-            }
-            return None;
-        }
+    /// The shared HTTP/2 connection of `profile`.
+    fn shared_http2(&self, profile: u64) -> Option<Sender> {
+        let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|(_, s)| !s.is_closed());
+        let (_, s) = shared.iter().find(|(p, _)| *p == profile)?;
+        Some(Sender {
+            kind: Kind::Http2(s.clone()),
+            profile,
+        })
+    }
+
+    /// The most recently used idle HTTP/1.1 connection of `profile` that
+    /// still looks open, its age taken at `now`.
+    fn take_http1(&self, profile: u64, now: Instant) -> Option<Sender> {
         let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
         // Newest first; stale ones met on the way are dropped.
         let mut at = conns.len();

@@ -1279,11 +1279,8 @@ fn encode_head<B>(
             };
             if plain {
                 let at = dst.len();
-                dst.extend_from_slice(name);
-                dst[at..].make_ascii_lowercase();
-                dst.extend_from_slice(b": ");
-                dst.extend_from_slice(value);
-                dst.extend_from_slice(b"\r\n");
+                put_field(dst, name, value);
+                dst[at..at + name.len()].make_ascii_lowercase();
             }
         });
     }
@@ -1337,10 +1334,7 @@ fn encode_head<B>(
             _ => true,
         };
         if plain {
-            dst.extend_from_slice(name.as_str().as_bytes());
-            dst.extend_from_slice(b": ");
-            dst.extend_from_slice(value);
-            dst.extend_from_slice(b"\r\n");
+            put_field(dst, name.as_str().as_bytes(), value);
         }
     }
     head.close_line(dst);
@@ -1401,6 +1395,14 @@ fn encode_head<B>(
         Vec::new()
     };
     (encoder, last, trailer_names)
+}
+
+/// One `name: value` line.
+fn put_field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
 }
 
 /// What `encode_head` has learnt from the fields written so far.
@@ -1486,10 +1488,7 @@ fn trailer_section(dst: &mut Vec<u8>, trailers: HeaderMap, announced: &[HeaderNa
         if dst.is_empty() {
             dst.extend_from_slice(b"0\r\n");
         }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        put_field(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     if !dst.is_empty() {
         dst.extend_from_slice(b"\r\n");

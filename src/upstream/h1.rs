@@ -87,9 +87,7 @@ impl KeptList {
 
     /// Closes all but the `max` newest.
     pub(super) fn keep_newest(&self, max: usize) {
-        let mut conns = crate::locked(&self.conns);
-        let excess = conns.len().saturating_sub(max);
-        conns.drain(..excess);
+        super::keep_newest(&mut crate::locked(&self.conns), max);
     }
 }
 
@@ -433,8 +431,10 @@ const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
 const SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
 const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
 const SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Also what `proxy::headers` writes and replaces (statics: it hands out
+/// `&'static` names).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A field's name as `HeaderName::from_bytes` makes it, the names nearly
@@ -488,8 +488,8 @@ fn known_name(raw: &[u8]) -> Option<HeaderName> {
         b"sec-ch-ua" | b"Sec-CH-UA" => SEC_CH_UA,
         b"sec-ch-ua-mobile" | b"Sec-CH-UA-Mobile" => SEC_CH_UA_MOBILE,
         b"sec-ch-ua-platform" | b"Sec-CH-UA-Platform" => SEC_CH_UA_PLATFORM,
-        b"X-Forwarded-For" | b"x-forwarded-for" => X_FORWARDED_FOR,
-        b"X-Forwarded-Proto" | b"x-forwarded-proto" => X_FORWARDED_PROTO,
+        b"X-Forwarded-For" | b"x-forwarded-for" => X_FORWARDED_FOR.clone(),
+        b"X-Forwarded-Proto" | b"x-forwarded-proto" => X_FORWARDED_PROTO.clone(),
         b"X-Real-IP" | b"x-real-ip" => X_REAL_IP,
         _ => return None,
     })
@@ -1922,11 +1922,8 @@ mod tests {
     fn keep_alive_follows_version_and_connection() {
         // Alike whether the fields go into a map or are kept as read.
         let kept = |text: &[u8]| {
-            let [in_map, as_read] = [false, true].map(|as_read| {
-                let mut buf = BytesMut::from(text);
-                let head = parse_head(&mut buf, &Method::GET, &mut HeaderMap::new(), as_read);
-                head.unwrap().unwrap().unwrap().keep_alive
-            });
+            let [in_map, as_read] =
+                [false, true].map(|as_read| parse_for_test(text, as_read).unwrap().2);
             assert_eq!(in_map, as_read, "{}", String::from_utf8_lossy(text));
             in_map
         };
@@ -1970,9 +1967,7 @@ mod tests {
     }
 
     fn read(text: &[u8]) -> Option<Box<ReadFields>> {
-        let mut buf = BytesMut::from(text);
-        let head = parse_head(&mut buf, &Method::GET, &mut HeaderMap::new(), true);
-        head.unwrap().unwrap().unwrap().read
+        parse_for_test(text, true).unwrap().1
     }
 
     #[test]
