@@ -28,6 +28,7 @@ use crate::overrides::{Override, Overrides, Target};
 use crate::quorum::{self, Quorum};
 use crate::rules::{ErrorPages, Rules};
 use crate::sticky::Sticky;
+use crate::upstream::unread::UnreadNames;
 use crate::upstream::{IdleConnections, Upstream};
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -187,6 +188,9 @@ pub struct Listener {
     pub routes: Vec<(RouteConfig, Route)>,
     /// `error_pages`, read when the config was checked.
     pub error_pages: Arc<ErrorPages>,
+    /// The client's fields geolb's HTTP/1 server may pass on unread: none
+    /// that the config reads.
+    pub unread: UnreadNames,
 }
 
 impl Listener {
@@ -247,6 +251,32 @@ impl RouteHeaders {
             })
         })
     }
+}
+
+/// The names of [`UnreadNames`] that `lc`'s requests may pass unread: all
+/// but those its header rules or its pools' hashing keys name, and the
+/// ones its access log logs.
+fn unread_names(lc: &ListenerConfig, pools: &[PoolConfig]) -> UnreadNames {
+    let rule_sets = std::iter::once(&lc.headers.rules).chain(lc.routes.iter().map(|r| &r.headers));
+    let mut reads: Vec<&str> = Vec::new();
+    for rules in rule_sets.map(|s| &s.request) {
+        let named = rules.set.iter().chain(&rules.add).map(|(n, _)| n);
+        reads.extend(
+            rules
+                .remove
+                .iter()
+                .chain(named)
+                .map(http::HeaderName::as_str),
+        );
+    }
+    let routed = std::iter::once(&lc.pool).chain(lc.routes.iter().map(|r| &r.pool));
+    for name in routed {
+        if let Some(HashKey::Header(key)) = pools.iter().find(|p| p.name == *name).map(|p| &p.hash)
+        {
+            reads.push(key);
+        }
+    }
+    UnreadNames::of_listener(lc.access_log, reads)
 }
 
 pub struct Pool {
@@ -849,6 +879,7 @@ pub fn compile(
                     .collect(),
                 config: lc.clone(),
                 error_pages: pages.get(i).cloned().unwrap_or_default(),
+                unread: unread_names(lc, &config.pools),
             };
             (ListenerId::of(lc), Arc::new(listener))
         })
@@ -872,5 +903,60 @@ pub fn compile(
         pools,
         listeners,
         datacenters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::upstream::unread::UnreadName;
+
+    #[test]
+    fn a_listener_passes_unread_no_field_its_config_reads() {
+        let config = crate::config::parse_str(
+            r#"
+[[pool]]
+name = "p"
+backends = [{ addr = "127.0.0.1:1" }]
+[[pool]]
+name = "hashed"
+balance = "maglev"
+hash = "header:Sec-Fetch-Dest"
+backends = [{ addr = "127.0.0.1:2" }]
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:0"
+pool = "p"
+[[listener]]
+name = "ruled"
+bind = "127.0.0.1:0"
+pool = "p"
+access_log = true
+request_headers = { remove = ["Accept"], set = { "DNT" = "1" } }
+response_headers = { remove = ["Pragma"] }
+routes = [
+  { path_prefix = "/a/", pool = "hashed", request_headers = { add = { "origin" = "x" } } },
+]
+"#,
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let names = |i: usize| super::unread_names(&config.listeners[i], &config.pools);
+        assert_eq!(
+            names(0),
+            crate::upstream::unread::UnreadNames::of_listener(false, [])
+        );
+        let ruled = names(1);
+        for read in [
+            UnreadName::Accept,
+            UnreadName::Dnt,
+            UnreadName::Origin,
+            UnreadName::SecFetchDest,
+            UnreadName::UserAgent,
+            UnreadName::Referer,
+        ] {
+            assert!(!ruled.contains(read), "{read:?}");
+        }
+        // A response rule reads no request field.
+        assert!(ruled.contains(UnreadName::Pragma) && ruled.contains(UnreadName::SecFetchMode));
     }
 }

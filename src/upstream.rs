@@ -36,6 +36,22 @@ use crate::config::{BackendProtocol, Http1Client, PoolConfig};
 use crate::tls_client;
 
 pub mod h1;
+pub mod unread;
+
+/// A field's value as httparse handed it over, not checked again: httparse
+/// admits exactly the bytes `HeaderValue::from_bytes` does (tab, space to
+/// `~`, 0x80 to 0xFF; pinned by `httparse_admits_the_bytes_a_header_value_does`),
+/// and checking each byte again cost 4 instructions a byte, 2,200 a
+/// browser's request. hyper's and actix's HTTP/1 parsers do the same. The
+/// call is `unsafe` only as a warning against bytes that could split a
+/// message; it cannot cause undefined behaviour (hyperium/http#871, #873:
+/// the "valid UTF-8" in its doc is wrong, a `HeaderValue` is bytes), and a
+/// debug build still checks every value.
+#[allow(unsafe_code)]
+pub fn parsed_value(value: bytes::Bytes) -> http::HeaderValue {
+    // SAFETY: see above; `value` is a field value httparse accepted.
+    unsafe { http::HeaderValue::from_maybe_shared_unchecked(value) }
+}
 
 /// What is sent to a backend: the client's body streamed on, or none.
 pub type BackendRequestBody =
@@ -48,9 +64,21 @@ pub type BackendRequestBody =
 /// standard ones byte by byte (about 1,000 instructions a request for
 /// the four, by `benches/instructions.sh`); for hyper's clients they go
 /// into the map.
+///
+/// It carries too the client's fields that nothing read ([`unread`]): they
+/// go out before the added ones, after the map's.
 #[derive(Default)]
 pub struct Added {
     fields: smallvec::SmallVec<[(&'static http::HeaderName, http::HeaderValue); 4]>,
+    unread: Option<Box<unread::Unread>>,
+}
+
+impl Drop for Added {
+    fn drop(&mut self) {
+        if let Some(u) = self.unread.take() {
+            u.recycle();
+        }
+    }
 }
 
 impl Added {
@@ -68,15 +96,33 @@ impl Added {
         }
     }
 
+    /// The client's fields that nothing read, to go out with the added
+    /// ones (the map holds none of their names).
+    pub fn pass_unread(&mut self, unread: Box<unread::Unread>) {
+        self.unread = Some(unread);
+    }
+
     /// Copies the fields into `headers`, for a client that sends the map.
+    /// Once: a request a connection could not take comes back with them
+    /// in its map, to be sent again on another.
     fn copy_into(&self, headers: &mut http::HeaderMap) {
+        if let Some(u) = &self.unread
+            && !u.is_in(headers)
+        {
+            u.append_to(headers);
+        }
         for (name, value) in &self.fields {
             headers.insert((*name).clone(), value.clone());
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&http::HeaderName, &http::HeaderValue)> {
-        self.fields.iter().map(|(n, v)| (*n, v))
+    /// Writes the fields as head lines: the client's unread ones, then the
+    /// added ones.
+    fn write(&self, dst: &mut impl bytes::BufMut) {
+        if let Some(u) = &self.unread {
+            u.write(dst);
+        }
+        h1::write_fields(self.fields.iter().map(|(n, v)| (*n, v)), dst);
     }
 }
 
@@ -854,5 +900,31 @@ impl IdleConnections {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unread::{Unread, UnreadName};
+    use super::{Added, h1};
+
+    #[test]
+    fn a_request_sent_again_carries_the_unread_fields_once() {
+        let head = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\nDNT: 1\r\n\r\n");
+        let mut unread = Unread::new(head);
+        unread.push(UnreadName::Dnt, [21, 22]);
+        let mut added = Added::default();
+        added.pass_unread(unread);
+        added.push(
+            &h1::X_FORWARDED_PROTO,
+            http::HeaderValue::from_static("http"),
+        );
+        let mut map = http::HeaderMap::new();
+        added.copy_into(&mut map);
+        // Given back by a connection that could not take it, then copied
+        // into again for the next.
+        added.copy_into(&mut map);
+        assert_eq!(map.get_all("dnt").iter().collect::<Vec<_>>(), ["1"]);
+        assert_eq!(map.get_all("x-forwarded-proto").iter().count(), 1);
     }
 }

@@ -615,6 +615,36 @@ async fn request_bodies_reach_the_backend_byte_for_byte_as_through_hyper() {
     assert_eq!(own_resp, hyper_resp);
 }
 
+/// Fields geolb's server passes on unread (`Accept`, `Sec-Fetch-*`, ...)
+/// go out alike from both clients, with a body and without: geolb's
+/// client writes them after the map's fields, hyper's gets them appended
+/// to its map.
+#[tokio::test]
+async fn fields_passed_unread_reach_the_backend_alike_from_both_clients() {
+    let (lb, seen, _) = two_clients().await;
+    let fields = "Accept: text/html\r\nsec-ch-ua: \"C\";v=\"1\"\r\nUser-Agent: t/1\r\n\
+                  Sec-Fetch-Mode: navigate\r\nX-Other: o\r\nAccept: again\r\nDNT: 1\r\n";
+    let requests = [
+        format!("GET /length HTTP/1.1\r\nHost: a.example\r\n{fields}Connection: close\r\n\r\n"),
+        format!(
+            "POST /length HTTP/1.1\r\n{fields}Host: a.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        ),
+        format!(
+            "POST /length HTTP/1.1\r\nHost: a.example\r\n{fields}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+        ),
+    ];
+    for req in requests {
+        let resp = same(&lb, &seen, req.as_bytes()).await;
+        assert_eq!(status(&resp), 200, "{resp}");
+        let got = text(&last_request(&seen));
+        assert!(
+            got.contains("accept: text/html\r\naccept: again\r\n") && got.contains("dnt: 1\r\n"),
+            "{got}"
+        );
+    }
+}
+
 /// Request heads are written into shared chunks of 4 KiB (a new one when
 /// less than 512 bytes are left): heads on either side of those sizes, one
 /// after another, reach the backend as hyper's client writes them.

@@ -669,3 +669,93 @@ async fn an_idle_connection_costs_geolbs_server_less_than_hypers() {
     );
     assert!(own * 2 < hyper, "geolb's {own} B against hyper's {hyper} B");
 }
+
+/// A browser's request, its fields in Chrome's order.
+const BROWSER: &str = "GET /page HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\
+    Cache-Control: max-age=0\r\nsec-ch-ua: \"Chromium\";v=\"120\"\r\nsec-ch-ua-mobile: ?0\r\n\
+    sec-ch-ua-platform: \"Linux\"\r\nUpgrade-Insecure-Requests: 1\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: text/html,*/*;q=0.8\r\n\
+    Sec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-User: ?1\r\n\
+    Sec-Fetch-Dest: document\r\nReferer: https://x/\r\nAccept-Encoding: gzip, br\r\n\
+    Accept-Language: en-US,en;q=0.9\r\nCookie: a=1\r\nAccept: again\r\nDNT: 1\r\n\r\n";
+
+/// The head's field lines ordered by name, each name's in the order they
+/// came: the order between different names is not significant (RFC 9110
+/// section 5.3).
+fn by_name(request: &str) -> (String, Vec<String>) {
+    let head = request.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or("").to_owned();
+    let mut fields: Vec<String> = lines.map(str::to_owned).collect();
+    fields.sort_by_key(|l| l.split(':').next().unwrap_or("").to_owned());
+    (first, fields)
+}
+
+#[tokio::test]
+async fn fields_passed_unread_reach_the_backend_as_through_hyper() {
+    let pair = Pair::start().await;
+    let script = [send(format!("{BROWSER}{CLOSE}"))];
+    let (hyper_client, hyper_backend) = pair.through("hyper", &script).await;
+    let (geolb_client, geolb_backend) = pair.through("geolb", &script).await;
+    assert_eq!(geolb_client, hyper_client, "what the client got");
+    assert_eq!(geolb_backend.len(), 2);
+    for (geolb, hyper) in geolb_backend.iter().zip(&hyper_backend) {
+        assert_eq!(by_name(geolb), by_name(hyper));
+    }
+    // The fields nothing in geolb reads come after the ones it read, in
+    // the order they came (a name's together, as in a map), before the
+    // ones it adds.
+    let head = geolb_backend[0].split("\r\n\r\n").next().unwrap();
+    let names: Vec<&str> = head
+        .split("\r\n")
+        .skip(1)
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            // `Connection` taken out: the map's last name took its place.
+            "host",
+            "cookie",
+            "accept-encoding",
+            "cache-control",
+            "sec-ch-ua",
+            "sec-ch-ua-mobile",
+            "sec-ch-ua-platform",
+            "upgrade-insecure-requests",
+            "user-agent",
+            "accept",
+            "accept",
+            "sec-fetch-site",
+            "sec-fetch-mode",
+            "sec-fetch-user",
+            "sec-fetch-dest",
+            "referer",
+            "accept-language",
+            "dnt",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ],
+        "{head}"
+    );
+    // A Connection that names one of them: stripped, and every field in
+    // the map, so in hyper's order byte for byte.
+    let named = BROWSER.replace(
+        "Connection: keep-alive",
+        "Connection: keep-alive, Sec-Fetch-User",
+    );
+    let script = [send(format!("{named}{CLOSE}"))];
+    let client = pair
+        .same("a Connection naming a passed field", &script)
+        .await;
+    assert!(client.starts_with("HTTP/1.1 200 OK\r\n"), "{client}");
+    let (_, backend) = pair.through("geolb", &script).await;
+    assert!(!backend[0].contains("sec-fetch-user"), "{}", backend[0]);
+    assert!(
+        backend[0].contains("sec-fetch-mode: navigate\r\n"),
+        "{}",
+        backend[0]
+    );
+}

@@ -423,6 +423,75 @@ async fn a_reload_changes_the_rules_on_an_open_connection() {
     assert!(!conn.is_finished());
 }
 
+/// Fields geolb's HTTP/1 server passes on unread when nothing reads them
+/// (`Accept`, `Sec-Fetch-*`, ...): rules that name them still apply, from
+/// the first request and after a reload on an open connection (whose
+/// requests were read under a config without them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_fields_passed_unread_apply_also_after_a_reload() {
+    let backend = echo_backend().await;
+    let rules = r#"request_headers = { remove = ["Accept"], set = { "Sec-Fetch-Mode" = "ruled" }, add = { "Cache-Control" = "added" } }"#;
+    let geolb = Geolb::start(&config(backend, "").await).await;
+    let stream = TcpStream::connect(geolb.listener("web")).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let send = async |sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>| {
+        let req = Request::get("/")
+            .header("host", "a")
+            .header("accept", "text/html")
+            .header("sec-fetch-mode", "navigate")
+            .header("Cache-Control", "no-cache")
+            .header("sec-fetch-site", "none")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = bounded(WAIT, "a request", sender.send_request(req))
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        [
+            "accept",
+            "sec-fetch-mode",
+            "cache-control",
+            "sec-fetch-site",
+        ]
+        .map(|n| seen(&body, n))
+    };
+    assert_eq!(
+        send(&mut sender).await,
+        [
+            vec!["text/html".to_owned()],
+            vec!["navigate".into()],
+            vec!["no-cache".into()],
+            vec!["none".into()],
+        ]
+    );
+    geolb.write_config(&config(backend, rules).await).unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let want = [
+        vec![],
+        vec!["ruled".to_owned()],
+        vec!["no-cache".into(), "added".into()],
+        vec!["none".into()],
+    ];
+    assert_eq!(
+        send(&mut sender).await,
+        want,
+        "on the connection opened before"
+    );
+    let stream = TcpStream::connect(geolb.listener("web")).await.unwrap();
+    let (mut fresh, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    assert_eq!(send(&mut fresh).await, want, "on a new connection");
+    assert!(!conn.is_finished());
+}
+
 #[test]
 fn config_errors_name_key_and_line() {
     let config = "[[pool]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:9\" }]\n\

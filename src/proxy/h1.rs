@@ -48,8 +48,9 @@ use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
 use crate::upstream::h1::{
     FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
-    parsed_value,
+    names_no_field, parsed_value,
 };
+use crate::upstream::unread::{Unread, UnreadName, UnreadNames};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -61,9 +62,12 @@ pub(super) trait Client: Send + Sync + 'static {
     /// The answer to `req`, routed and forwarded, and the `X-Request-Id`
     /// to write after its fields; `timer` times the backend's answer, one
     /// for all of the connection's requests.
+    /// `unread`: the request's fields passed on unread (see
+    /// `upstream::unread`).
     fn respond(
         &self,
         req: Request<RequestBody>,
+        unread: Option<Box<Unread>>,
         timer: Pin<&mut tokio::time::Sleep>,
     ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send;
 }
@@ -437,11 +441,19 @@ struct Parsed {
     /// `TE: trailers`: hyper's rule, response trailers only to a client
     /// that said it takes them.
     takes_trailers: bool,
+    /// Fields of the names passed unread, not in `headers`.
+    unread: Option<Box<Unread>>,
 }
 
 /// Parses the head at the start of `buf`: `None` while incomplete. Its
-/// headers go into `map` (empty; taken only when the head is complete).
-fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
+/// headers go into `map` (empty; taken only when the head is complete),
+/// but for those of the names in `unread`, which go into its `unread`.
+fn parse(
+    buf: &mut BytesMut,
+    first: bool,
+    map: &mut HeaderMap,
+    unread_names: UnreadNames,
+) -> Option<Head> {
     if first && buf.len() < PREFACE.len() && PREFACE.starts_with(buf) {
         return None;
     }
@@ -477,13 +489,17 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     };
     let path = range(path.as_bytes());
     let http11 = minor == 1;
-    if http11
-        && req
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-    {
-        return Some(Head::Hyper);
+    let mut unread_names = unread_names;
+    for h in req.headers.iter() {
+        match h.name.len() {
+            7 if http11 && h.name.eq_ignore_ascii_case("upgrade") => return Some(Head::Hyper),
+            // The fields it names are stripped from the map: all go there,
+            // in the order they came, as hyper's server puts them.
+            10 if h.name.eq_ignore_ascii_case("connection") && !names_no_field(h.value) => {
+                unread_names = UnreadNames::NONE;
+            }
+            _ => {}
+        }
     }
     // Pushed, not collected, and read in place below (as the backend
     // client's response fields): `collect` and the loop each copied the
@@ -505,7 +521,17 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
     let mut takes_trailers = false;
     let mut map = std::mem::take(map);
     map.reserve(fields.len());
+    let mut unread: Option<Box<Unread>> = None;
     for &[n0, n1, v0, v1] in &fields {
+        if !unread_names.is_empty()
+            && let Some(name) = UnreadName::of(&head[n0 as usize..n1 as usize])
+            && unread_names.contains(name)
+        {
+            unread
+                .get_or_insert_with(|| Unread::new(head.clone()))
+                .push(name, [v0, v1]);
+            continue;
+        }
         let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
         let Ok(name) = field_name(&head[n0..n1]) else {
             return Some(Head::Refused(StatusCode::BAD_REQUEST));
@@ -586,6 +612,7 @@ fn parse(buf: &mut BytesMut, first: bool, map: &mut HeaderMap) -> Option<Head> {
         keep_alive,
         expect: expect && http11,
         takes_trailers,
+        unread,
     }))
 }
 
@@ -604,11 +631,15 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 
 /// Serves `io` until it ends; `Some`: what is left of it, for hyper.
 /// `splice`: response bodies may be spliced from backend sockets into it.
+/// `unread`: the names whose fields requests pass on unread (the
+/// listener's when the connection came; a request checks them again
+/// against a reloaded config).
 pub(super) async fn serve<I, C: Client>(
     io: I,
     conn: &Arc<C>,
     timeouts: Timeouts,
     splice: bool,
+    unread: UnreadNames,
 ) -> Option<Rewind<I>>
 where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
@@ -635,7 +666,7 @@ where
         head: Vec::new(),
     };
     let served = {
-        let requests = requests(&shared, &mut writer, conn);
+        let requests = requests(&shared, &mut writer, conn, unread);
         let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), timeouts.idle));
         // Waking only when its timer fires: see `woken`.
         tokio::select! {
@@ -675,6 +706,7 @@ async fn requests<I, C: Client>(
     shared: &Arc<Shared<I>>,
     writer: &mut Writer<I>,
     conn: &Arc<C>,
+    unread_names: UnreadNames,
 ) -> Served
 where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
@@ -693,7 +725,7 @@ where
     tokio::pin!(timer);
     loop {
         let head = {
-            let next = poll_fn(|cx| next_head(shared, cx, first, &mut spare));
+            let next = poll_fn(|cx| next_head(shared, cx, first, &mut spare, unread_names));
             tokio::pin!(next);
             tokio::select! {
                 head = &mut next => head,
@@ -737,6 +769,7 @@ where
             keep_alive,
             expect,
             takes_trailers,
+            unread,
         } = parsed;
         // Only such a request waits on the body's first read to send a 100
         // Continue; others do not register with the notifier at all.
@@ -767,7 +800,7 @@ where
                 // Boxed, as hyper's server boxes it: the routing and
                 // forwarding state (4.4 KB at f43c140) exists only while a
                 // request is open, not in every idle connection's task.
-                let mut answer = Box::pin(conn.respond(req, timer.as_mut()));
+                let mut answer = Box::pin(conn.respond(req, unread, timer.as_mut()));
                 loop {
                     tokio::select! {
                         resp = &mut answer => break resp,
@@ -843,11 +876,12 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     first: bool,
     spare: &mut HeaderMap,
+    unread: UnreadNames,
 ) -> Poll<Head> {
     let mut reader = shared.reader();
     loop {
         if !reader.buf.is_empty() {
-            if let Some(head) = parse(&mut reader.buf, first, spare) {
+            if let Some(head) = parse(&mut reader.buf, first, spare, unread) {
                 return Poll::Ready(head);
             }
             if reader.buf.len() >= MAX_HEAD {
@@ -1590,7 +1624,55 @@ mod tests {
             &mut BytesMut::from(wire.as_bytes()),
             true,
             &mut HeaderMap::new(),
+            UnreadNames::NONE,
         )
+    }
+
+    fn head_passing(wire: &str, unread: UnreadNames) -> Parsed {
+        match parse(
+            &mut BytesMut::from(wire.as_bytes()),
+            true,
+            &mut HeaderMap::new(),
+            unread,
+        ) {
+            Some(Head::Request(p)) => p,
+            _ => panic!("not a request: {wire}"),
+        }
+    }
+
+    #[test]
+    fn fields_of_the_names_passed_stay_out_of_the_map_unless_connection_names_fields() {
+        let all = UnreadNames::of_listener(false, []);
+        let wire = "GET / HTTP/1.1\r\nAccept: a\r\nHost: x\r\nsec-fetch-mode: navigate\r\n\
+                    ACCEPT: odd\r\nConnection: keep-alive\r\nAccept: b\r\nX-Other: 1\r\n\r\n";
+        let p = head_passing(wire, all);
+        // Matched in any case.
+        let in_map: Vec<_> = p
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(in_map, ["host: x", "connection: keep-alive", "x-other: 1"]);
+        let unread = p.unread.expect("fields passed unread");
+        let mut written = Vec::new();
+        unread.write(&mut written);
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            "accept: a\r\naccept: odd\r\naccept: b\r\nsec-fetch-mode: navigate\r\n"
+        );
+        // None passed where the listener passes none.
+        let p = head_passing(wire, UnreadNames::NONE);
+        assert!(p.unread.is_none() && p.headers.get_all(header::ACCEPT).iter().count() == 3);
+        // A Connection naming a field, before or after it: every field in
+        // the map, for the stripping.
+        for wire in [
+            "GET / HTTP/1.1\r\nHost: x\r\nSec-Fetch-Mode: cors\r\nConnection: close, Sec-Fetch-Mode\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: Sec-Fetch-Mode\r\nHost: x\r\nSec-Fetch-Mode: cors\r\n\r\n",
+        ] {
+            let p = head_passing(wire, all);
+            assert!(p.unread.is_none(), "{wire}");
+            assert_eq!(p.headers["sec-fetch-mode"], "cors");
+        }
     }
 
     #[test]

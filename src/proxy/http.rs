@@ -48,6 +48,7 @@ use crate::rules::Verdict;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
 use crate::upstream::{
     self, Added, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody,
+    unread::Unread,
 };
 
 /// What every connection of one listener shares.
@@ -198,13 +199,14 @@ pub(super) async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let (timeouts, max_streams, http1_server, splice) =
+    let (timeouts, max_streams, http1_server, splice, unread) =
         match ctx.snapshot.load().listeners.get(&ctx.id) {
             Some(l) => (
                 l.config.timeouts,
                 l.config.max_concurrent_streams,
                 l.config.http1_server,
                 l.config.splice,
+                l.unread,
             ),
             None => return,
         };
@@ -222,7 +224,7 @@ pub(super) async fn serve_connection<I>(
     if http1_server == Http1Server::Geolb {
         // What geolb's own server does not serve (HTTP/2, upgrades) it
         // hands back with the bytes it read, to go on with hyper.
-        if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice).await {
+        if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice, unread).await {
             Box::pin(serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
         }
         return;
@@ -253,7 +255,7 @@ where
             // `CLIENT=h2 benches/instructions.sh`).
             let (mut resp, request_id) = Box::pin(async {
                 let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-                respond(req.map(RequestBody::Hyper), &conn_ctx, timer, false).await
+                respond(req.map(RequestBody::Hyper), None, &conn_ctx, timer, false).await
             })
             .await;
             if let Some(id) = request_id {
@@ -345,10 +347,11 @@ impl super::h1::Client for ConnCtx {
     fn respond(
         &self,
         req: Request<RequestBody>,
+        unread: Option<Box<Unread>>,
         timer: Pin<&mut Sleep>,
     ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send
     {
-        respond(req, self, timer, true)
+        respond(req, unread, self, timer, true)
     }
 }
 
@@ -466,8 +469,13 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 /// `copies_fields`: the answer goes to geolb's own HTTP/1 writer, which can
 /// copy a backend's fields as they were read, never put in a map
 /// (`upstream::h1::ReadFields`), when nothing here reads or changes them.
+///
+/// `unread`: the request's fields that geolb's HTTP/1 server passed on
+/// unread, not in its map; they go into the map if the listener's config
+/// now reads one of them (it was reloaded since the connection came).
 fn respond(
     req: Request<RequestBody>,
+    unread: Option<Box<Unread>>,
     conn: &ConnCtx,
     mut timer: Pin<&mut Sleep>,
     copies_fields: bool,
@@ -498,6 +506,14 @@ fn respond(
             };
             drop(snapshot);
             let mut added = Added::default();
+            if let Some(u) = unread {
+                if u.names().within(listener.unread) {
+                    added.pass_unread(u);
+                } else {
+                    u.append_to(req.headers_mut());
+                    u.recycle();
+                }
+            }
             reply.start(&listener, req.headers_mut(), &mut added);
 
             if let Some(answer) = crate::acme::http01(req.uri().path()) {

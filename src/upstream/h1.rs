@@ -35,6 +35,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+pub use super::parsed_value;
+use super::unread::UnreadName;
 use super::{BackendRequestBody, IDLE_LIMIT};
 use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
@@ -422,19 +424,12 @@ fn add_length(so_far: Result<Option<u64>, ()>, value: &[u8]) -> Result<Option<u6
     }
 }
 
-// Made at compile time: `from_static` called at run time checks its
-// name again each call.
-const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
-const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
-const SEC_FETCH_USER: HeaderName = HeaderName::from_static("sec-fetch-user");
-const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
-const SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
-const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
-const SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
 /// Also what `proxy::headers` writes and replaces (statics: it hands out
 /// `&'static` names).
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+// Made at compile time: `from_static` called at run time checks its
+// name again each call.
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A field's name as `HeaderName::from_bytes` makes it, the names nearly
@@ -459,55 +454,24 @@ fn known_name(raw: &[u8]) -> Option<HeaderName> {
         b"Connection" | b"connection" => header::CONNECTION,
         b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
         b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
-        b"Accept" | b"accept" => header::ACCEPT,
-        b"User-Agent" | b"user-agent" => header::USER_AGENT,
         b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
         b"ETag" | b"etag" => header::ETAG,
         b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
-        b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
         b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
-        b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
         b"Cookie" | b"cookie" => header::COOKIE,
-        b"Referer" | b"referer" => header::REFERER,
-        b"Origin" | b"origin" => header::ORIGIN,
         b"Authorization" | b"authorization" => header::AUTHORIZATION,
-        b"If-None-Match" | b"if-none-match" => header::IF_NONE_MATCH,
-        b"If-Modified-Since" | b"if-modified-since" => header::IF_MODIFIED_SINCE,
-        b"Upgrade-Insecure-Requests" | b"upgrade-insecure-requests" => {
-            header::UPGRADE_INSECURE_REQUESTS
-        }
         b"Content-Encoding" | b"content-encoding" => header::CONTENT_ENCODING,
         b"Vary" | b"vary" => header::VARY,
         b"Expires" | b"expires" => header::EXPIRES,
         b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
         b"Location" | b"location" => header::LOCATION,
-        b"Sec-Fetch-Site" | b"sec-fetch-site" => SEC_FETCH_SITE,
-        b"Sec-Fetch-Mode" | b"sec-fetch-mode" => SEC_FETCH_MODE,
-        b"Sec-Fetch-User" | b"sec-fetch-user" => SEC_FETCH_USER,
-        b"Sec-Fetch-Dest" | b"sec-fetch-dest" => SEC_FETCH_DEST,
-        b"sec-ch-ua" | b"Sec-CH-UA" => SEC_CH_UA,
-        b"sec-ch-ua-mobile" | b"Sec-CH-UA-Mobile" => SEC_CH_UA_MOBILE,
-        b"sec-ch-ua-platform" | b"Sec-CH-UA-Platform" => SEC_CH_UA_PLATFORM,
         b"X-Forwarded-For" | b"x-forwarded-for" => X_FORWARDED_FOR.clone(),
         b"X-Forwarded-Proto" | b"x-forwarded-proto" => X_FORWARDED_PROTO.clone(),
         b"X-Real-IP" | b"x-real-ip" => X_REAL_IP,
-        _ => return None,
+        // The names a browser's request brings that geolb may pass unread
+        // (`Accept`, `Sec-Fetch-*`, ...), one list for both uses.
+        _ => return UnreadName::of(raw).map(|u| u.header_name().clone()),
     })
-}
-
-/// A field's value as httparse handed it over, not checked again: httparse
-/// admits exactly the bytes `HeaderValue::from_bytes` does (tab, space to
-/// `~`, 0x80 to 0xFF; pinned by `httparse_admits_the_bytes_a_header_value_does`),
-/// and checking each byte again cost 4 instructions a byte, 2,200 a
-/// browser's request. hyper's and actix's HTTP/1 parsers do the same. The
-/// call is `unsafe` only as a warning against bytes that could split a
-/// message; it cannot cause undefined behaviour (hyperium/http#871, #873:
-/// the "valid UTF-8" in its doc is wrong, a `HeaderValue` is bytes), and a
-/// debug build still checks every value.
-#[allow(unsafe_code)]
-pub fn parsed_value(value: Bytes) -> HeaderValue {
-    // SAFETY: see above; `value` is a field value httparse accepted.
-    unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
 }
 
 /// One `Content-Length` line, as hyper's `content_length_parse` reads it:
@@ -559,12 +523,12 @@ fn write_head(parts: &http::request::Parts, added: Option<&super::Added>, dst: &
     });
     write_fields(&parts.headers, dst);
     if let Some(added) = added {
-        write_fields(added.iter(), dst);
+        added.write(dst);
     }
     dst.put_slice(b"\r\n");
 }
 
-fn write_fields<'a>(
+pub(super) fn write_fields<'a>(
     fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     dst: &mut impl BufMut,
 ) {
@@ -1227,7 +1191,7 @@ fn fill_read(
 
 /// A `Connection` value that speaks only of the connection (`close`,
 /// `keep-alive`) and names no field the next hop must not see.
-fn names_no_field(value: &[u8]) -> bool {
+pub fn names_no_field(value: &[u8]) -> bool {
     visible(value).is_some_and(|s| {
         s.split(',').all(|t| {
             let t = t.trim();
@@ -1788,10 +1752,12 @@ mod tests {
             "X-Forwarded-Proto",
             "X-Real-IP",
         ] {
+            // The names geolb may pass unread match in any case.
+            let any_case = UnreadName::of(raw.as_bytes()).is_some();
             for (spelled, matched) in [
                 (raw.to_owned(), true),
                 (raw.to_ascii_lowercase(), true),
-                (raw.to_ascii_uppercase(), false),
+                (raw.to_ascii_uppercase(), any_case),
             ] {
                 assert_eq!(
                     known_name(spelled.as_bytes()).is_some(),
