@@ -1675,6 +1675,99 @@ mod tests {
         }
     }
 
+    /// 5,000 random heads over the names the split and the stripping look
+    /// at, in random case, with `Connection` naming random fields or none:
+    /// the map and the passed fields hold together every field, each
+    /// name's in order, of the head parsed with nothing passed; and a head
+    /// whose `Connection` names a field passes nothing.
+    #[test]
+    fn passed_fields_and_the_map_hold_every_field_and_connection_names_none_passed() {
+        let names = [
+            "Host",
+            "Accept",
+            "DNT",
+            "Sec-Fetch-Mode",
+            "sec-fetch-dest",
+            "User-Agent",
+            "X-Other",
+            "Connection",
+            "Cookie",
+            "Referer",
+            "Accept-Language",
+        ];
+        let connection_values = [
+            "keep-alive",
+            "close",
+            "Accept",
+            "close, dnt",
+            "x-other",
+            "",
+            "Keep-Alive, CLOSE",
+        ];
+        let all = UnreadNames::of_listener(false, []);
+        let mut rng = fastrand::Rng::with_seed(17);
+        let fields_of = |p: &Parsed| {
+            let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
+            let mut add = |n: &str, v: &str| match by_name.iter_mut().find(|(k, _)| k == n) {
+                Some((_, vs)) => vs.push(v.to_owned()),
+                None => by_name.push((n.to_owned(), vec![v.to_owned()])),
+            };
+            for (n, v) in &p.headers {
+                add(n.as_str(), v.to_str().unwrap());
+            }
+            if let Some(u) = &p.unread {
+                let mut lines = Vec::new();
+                u.write(&mut lines);
+                for line in String::from_utf8(lines).unwrap().split_terminator("\r\n") {
+                    let (n, v) = line.split_once(": ").unwrap();
+                    add(n, v);
+                }
+            }
+            by_name.sort();
+            by_name
+        };
+        for _ in 0..5_000 {
+            let mut wire = String::from("GET / HTTP/1.1\r\n");
+            let mut names_a_field = false;
+            for i in 0..rng.usize(1..12) {
+                let name = names[rng.usize(..names.len())];
+                let name: String = name
+                    .chars()
+                    .map(|c| {
+                        if rng.bool() {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c.to_ascii_lowercase()
+                        }
+                    })
+                    .collect();
+                let value = if name.eq_ignore_ascii_case("connection") {
+                    let v = connection_values[rng.usize(..connection_values.len())];
+                    names_a_field |= !names_no_field(v.as_bytes());
+                    v.to_owned()
+                } else {
+                    format!("v{i}")
+                };
+                wire.push_str(&format!("{name}: {value}\r\n"));
+            }
+            wire.push_str("\r\n");
+            let passed = head_passing(&wire, all);
+            let whole = head_passing(&wire, UnreadNames::NONE);
+            assert!(whole.unread.is_none());
+            assert_eq!(fields_of(&passed), fields_of(&whole), "{wire}");
+            let in_map = |p: &Parsed| {
+                p.headers
+                    .keys()
+                    .any(|n| UnreadName::of(n.as_str().as_bytes()).is_some())
+            };
+            if names_a_field {
+                assert!(passed.unread.is_none(), "{wire}");
+            } else {
+                assert!(!in_map(&passed), "{wire}");
+            }
+        }
+    }
+
     #[test]
     fn heads_are_framed_and_refused_as_hyper_does() {
         let Some(Head::Request(p)) =

@@ -9,6 +9,10 @@
 //! the backend's client writes them after the map's fields, before the
 //! ones geolb adds ([`super::Added`], which carries them).
 //!
+//! Code that comes to read one of these names from a request must take it
+//! out of what passes here: in [`UnreadNames::of_listener`] if a config
+//! key makes it read, or out of [`UnreadName`] if it is always read.
+//!
 //! Only the names of [`UnreadName`] (in any case) are passed so, and only those a
 //! listener's config does not read ([`UnreadNames::of_listener`]): a
 //! header rule or a hashing key that names one, or an access log (which
@@ -278,7 +282,8 @@ const MAX_SPARES: usize = 256;
 impl Unread {
     /// An empty one, for the fields of `head`.
     pub fn new(head: Bytes) -> Box<Unread> {
-        let mut unread = SPARES.with_borrow_mut(Vec::pop).unwrap_or_default();
+        let spare = SPARES.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        let mut unread = spare.unwrap_or_default();
         unread.head = head;
         unread
     }
@@ -306,7 +311,10 @@ impl Unread {
         self.head = Bytes::new();
         self.fields.clear();
         self.names = UnreadNames::NONE;
-        SPARES.with_borrow_mut(|spares| {
+        // Not `with`: a request ended while the thread's locals are being
+        // torn down just frees its box.
+        let _ = SPARES.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
             if spares.len() < MAX_SPARES {
                 spares.push(self);
             }
