@@ -422,6 +422,95 @@ mod tests {
         }
     }
 
+    /// A tripwire: each use of a passed name's constant in `src/`, where
+    /// it is and why it reads no client's request. A new one fails this
+    /// until it is looked at: code that reads one of these names from a
+    /// request must take the name out of what passes (the module's doc).
+    #[test]
+    fn every_use_of_a_passed_name_is_known() {
+        let known: &[(&str, usize, &str)] = &[
+            ("admin/mod.rs", 1, "the admin API's own answers"),
+            (
+                "proxy/compress.rs",
+                1,
+                "a response's Cache-Control: no-transform",
+            ),
+            ("proxy/http.rs", 2, "geolb's own answers (no-store)"),
+            (
+                "proxy/http.rs",
+                2,
+                "the access log: User-Agent, Referer (of_listener)",
+            ),
+            ("proxy/h1.rs", 1, "a test"),
+            ("proxy/ocsp/mod.rs", 1, "geolb's own OCSP request"),
+            ("sticky.rs", 5, "a response's Cache-Control, and tests"),
+            ("upstream/h1.rs", 1, "may_be_trailer: a backend's trailers"),
+        ];
+        let names = [
+            "ACCEPT",
+            "ACCEPT_LANGUAGE",
+            "CACHE_CONTROL",
+            "PRAGMA",
+            "UPGRADE_INSECURE_REQUESTS",
+            "USER_AGENT",
+            "REFERER",
+            "ORIGIN",
+            "DNT",
+            "IF_NONE_MATCH",
+            "IF_MODIFIED_SINCE",
+        ];
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found: Vec<(String, usize)> = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(&src)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == "upstream/unread.rs" || !rel.ends_with(".rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let uses = names
+                    .iter()
+                    .map(|n| {
+                        let whole = format!("header::{n}");
+                        text.match_indices(&whole)
+                            .filter(|(at, _)| {
+                                let next = text.as_bytes().get(at + whole.len());
+                                !next.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                            })
+                            .count()
+                    })
+                    .sum::<usize>();
+                if uses > 0 {
+                    found.push((rel, uses));
+                }
+            }
+        }
+        found.sort();
+        let mut want: Vec<(String, usize)> = Vec::new();
+        for (file, n, _) in known {
+            match want.iter_mut().find(|(f, _)| f == file) {
+                Some((_, total)) => *total += n,
+                None => want.push(((*file).to_owned(), *n)),
+            }
+        }
+        want.sort();
+        assert_eq!(
+            found, want,
+            "a use of a passed name's constant came or went: if it reads a client's \
+             request, take the name out of what passes (upstream::unread), then update this list"
+        );
+    }
+
     #[test]
     fn a_listener_keeps_in_the_map_what_its_config_reads() {
         let all = UnreadNames::of_listener(false, []);
