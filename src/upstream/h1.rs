@@ -434,7 +434,8 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A field's name as `HeaderName::from_bytes` makes it, the names nearly
 /// every message carries matched whole first, in the two spellings
-/// servers and clients send: `from_bytes` lower-cases each byte through
+/// servers and clients send (the names geolb may pass unread, in any
+/// case: `UnreadName::of`): `from_bytes` lower-cases each byte through
 /// a table and then looks the name up (117 instructions a name, by
 /// `benches/instructions.sh`), and copies a name it does not know into a
 /// new allocation. A browser's request brings seven such names
