@@ -447,7 +447,8 @@ struct Parsed {
 
 /// Parses the head at the start of `buf`: `None` while incomplete. Its
 /// headers go into `map` (empty; taken only when the head is complete),
-/// but for those of the names in `unread`, which go into its `unread`.
+/// but for those of the names in `unread_names`, which go into its
+/// `unread` (none where a `Connection` names fields, for the stripping).
 fn parse(
     buf: &mut BytesMut,
     first: bool,
