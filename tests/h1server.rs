@@ -740,6 +740,30 @@ async fn fields_passed_unread_reach_the_backend_as_through_hyper() {
         ],
         "{head}"
     );
+    // With a body, over HTTP/1.0, and pipelined behind another request:
+    // the same fields, name by name, and the same answers.
+    let scripts = [
+        "POST /form HTTP/1.1\r\nAccept: */*\r\nHost: x\r\nContent-Length: 5\r\n\
+         User-Agent: t\r\nConnection: close\r\n\r\nhello"
+            .to_owned(),
+        "GET /old HTTP/1.0\r\nUser-Agent: t\r\nHost: x\r\nDNT: 1\r\n\r\n".to_owned(),
+        format!("GET /1 HTTP/1.1\r\nHost: x\r\nAccept: a\r\n\r\n{BROWSER}{CLOSE}"),
+    ];
+    for script in scripts {
+        let script = [send(script)];
+        let (hyper_client, hyper_backend) = pair.through("hyper", &script).await;
+        let (geolb_client, geolb_backend) = pair.through("geolb", &script).await;
+        assert_eq!(geolb_client, hyper_client);
+        assert_eq!(geolb_backend.len(), hyper_backend.len());
+        for (geolb, hyper) in geolb_backend.iter().zip(&hyper_backend) {
+            assert_eq!(by_name(geolb), by_name(hyper));
+            // The body after the head, the same.
+            assert_eq!(
+                geolb.split_once("\r\n\r\n").map(|(_, b)| b),
+                hyper.split_once("\r\n\r\n").map(|(_, b)| b)
+            );
+        }
+    }
     // A Connection that names one of them: stripped, and every field in
     // the map, so in hyper's order byte for byte.
     let named = BROWSER.replace(
