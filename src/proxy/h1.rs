@@ -524,8 +524,12 @@ fn parse(
     map.reserve(fields.len());
     let mut unread: Option<Box<Unread>> = None;
     for &[n0, n1, v0, v1] in &fields {
-        if !unread_names.is_empty()
-            && let Some(name) = UnreadName::of(&head[n0 as usize..n1 as usize])
+        let passable = if unread_names.is_empty() {
+            None
+        } else {
+            UnreadName::of(&head[n0 as usize..n1 as usize])
+        };
+        if let Some(name) = passable
             && unread_names.contains(name)
         {
             unread
@@ -534,8 +538,13 @@ fn parse(
             continue;
         }
         let [n0, n1, v0, v1] = [n0, n1, v0, v1].map(|i| i as usize);
-        let Ok(name) = field_name(&head[n0..n1]) else {
-            return Some(Head::Refused(StatusCode::BAD_REQUEST));
+        // A passable name the config reads: matched once, above.
+        let name = match passable {
+            Some(name) => name.header_name().clone(),
+            None => match field_name(&head[n0..n1]) {
+                Ok(name) => name,
+                Err(_) => return Some(Head::Refused(StatusCode::BAD_REQUEST)),
+            },
         };
         let value = parsed_value(head.slice(v0..v1));
         // hyper's rules (`proto::h1::role`), in its order.
@@ -1620,22 +1629,21 @@ mod tests {
         }
     }
 
-    fn head(wire: &str) -> Option<Head> {
+    fn head_with(wire: &str, unread: UnreadNames) -> Option<Head> {
         parse(
             &mut BytesMut::from(wire.as_bytes()),
             true,
             &mut HeaderMap::new(),
-            UnreadNames::NONE,
+            unread,
         )
     }
 
+    fn head(wire: &str) -> Option<Head> {
+        head_with(wire, UnreadNames::NONE)
+    }
+
     fn head_passing(wire: &str, unread: UnreadNames) -> Parsed {
-        match parse(
-            &mut BytesMut::from(wire.as_bytes()),
-            true,
-            &mut HeaderMap::new(),
-            unread,
-        ) {
+        match head_with(wire, unread) {
             Some(Head::Request(p)) => p,
             _ => panic!("not a request: {wire}"),
         }
@@ -1706,6 +1714,7 @@ mod tests {
             "Keep-Alive, CLOSE",
         ];
         let all = UnreadNames::of_listener(false, []);
+        let some_read = UnreadNames::of_listener(true, ["accept"]);
         let mut rng = fastrand::Rng::with_seed(17);
         let fields_of = |p: &Parsed| {
             let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
@@ -1756,6 +1765,13 @@ mod tests {
             let whole = head_passing(&wire, UnreadNames::NONE);
             assert!(whole.unread.is_none());
             assert_eq!(fields_of(&passed), fields_of(&whole), "{wire}");
+            // Some names read by the config (an access log, a rule on
+            // `Accept`): those go into the map, the rest pass.
+            let some = head_passing(&wire, some_read);
+            assert_eq!(fields_of(&some), fields_of(&whole), "{wire}");
+            if let Some(u) = &some.unread {
+                assert!(u.names().within(some_read), "{wire}");
+            }
             let in_map = |p: &Parsed| {
                 p.headers
                     .keys()
