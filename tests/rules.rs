@@ -281,6 +281,67 @@ async fn max_body_cuts_an_http2_body_without_a_length() {
     }
 }
 
+/// Requests on one HTTP/2 connection name hosts in turn: each is routed on
+/// its own `:authority` and sends it on as `Host`, whatever the one before
+/// named, and a bad `Host` beside an authority seen before is still refused.
+#[tokio::test]
+async fn http2_requests_on_one_connection_are_routed_each_on_its_own_authority() {
+    let (p, q) = (Backend::start("p").await, Backend::start("q").await);
+    let geolb = Geolb::start(&format!(
+        "{}\n[[pool]]\nname = \"q\"\nbackends = [{{ addr = \"{}\" }}]\n",
+        config(p.addr, "routes = [{ host = \"b.example\", pool = \"q\" }]"),
+        q.addr
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut hits = (0, 0);
+    for authority in [
+        "a.example",
+        "b.example",
+        "a.example",
+        "a.example:8080",
+        "b.example",
+        "b.example",
+    ] {
+        let req = http::Request::get(format!("http://{authority}/headers"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = bounded(LIMIT, "h2 request", sender.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{authority}");
+        let body = text(&resp.into_body().collect().await.unwrap().to_bytes());
+        assert!(
+            body.lines().any(|l| l == format!("host: {authority}")),
+            "{authority}: {body}"
+        );
+        if authority == "b.example" {
+            hits.1 += 1;
+        } else {
+            hits.0 += 1;
+        }
+        assert_eq!((p.hits(), q.hits()), hits, "{authority}");
+    }
+    let req = http::Request::get("http://b.example/headers")
+        .header("host", "x, y")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = bounded(LIMIT, "h2 request", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!((p.hits(), q.hits()), hits);
+}
+
 #[tokio::test]
 async fn methods_answer_405_with_allow() {
     let backend = Backend::start("b").await;

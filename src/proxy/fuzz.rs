@@ -33,7 +33,7 @@ pub fn forward<B>(
     proto: &'static str,
 ) -> Result<Forwarded, Refusal> {
     validate::method(req)?;
-    let authority = validate::authority(req)?;
+    let authority = validate::authority(req, None)?;
     validate::path(req.uri().path())?;
     if let Some(uri) = validate::decode_unreserved(req.uri()) {
         *req.uri_mut() = uri;

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use crate::admission::{Denied, RetryGuard};
 use crate::balance;
 use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey, Http1Server, Timeouts};
 use crate::limits::RetryAfter;
+use crate::locked;
 use crate::outlier::Outcome;
 use crate::proxy_protocol;
 use crate::rules::Verdict;
@@ -179,6 +180,10 @@ pub(super) struct ConnCtx {
     slot: Arc<Slot>,
     /// Its HTTP/2 responses from backends, watched for stalls.
     stalls: Stalls,
+    /// The last valid `:authority` of its HTTP/2 requests, shared by those
+    /// that name it again rather than copied into a new field value (an
+    /// allocation and a validation a request).
+    authority: Mutex<Option<HeaderValue>>,
     /// What the client negotiated, on https listeners (for the access log).
     tls: Option<TlsInfo>,
     /// On https listeners with `client_auth`: what backends learn of the
@@ -218,6 +223,7 @@ pub(super) async fn serve_connection<I>(
         activity,
         slot,
         stalls: Stalls::new(),
+        authority: Mutex::new(None),
         tls,
         client_cert,
     });
@@ -246,18 +252,16 @@ where
     let watched = conn_ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
-        async move {
+        // Boxed as it is made: hyper spawns each HTTP/2 stream as a task,
+        // and tokio moves a task's future four times on the way in and once
+        // out. Boxed, the routing and forwarding state (4.4 KB at f43c140)
+        // and the request are moved by none of them (2,340 instructions a
+        // request for the state, by `CLIENT=h2 benches/instructions.sh`).
+        Box::pin(async move {
             let h2 = req.version() == Version::HTTP_2;
-            // Boxed: hyper spawns each HTTP/2 stream as a task, and tokio
-            // moves a task's future four times on the way in and once out;
-            // the routing and forwarding state (4.4 KB at f43c140) is then
-            // moved once, not five times (2,340 instructions a request, by
-            // `CLIENT=h2 benches/instructions.sh`).
-            let (mut resp, request_id) = Box::pin(async {
-                let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-                respond(req.map(RequestBody::Hyper), None, &conn_ctx, timer, false).await
-            })
-            .await;
+            let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            let (mut resp, request_id) =
+                respond(req.map(RequestBody::Hyper), None, &conn_ctx, timer, false).await;
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), id);
             }
@@ -266,7 +270,7 @@ where
             } else {
                 resp.map(Either::Left)
             })
-        }
+        })
     });
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = server.builder.serve_connection_with_upgrades(io, service);
@@ -326,6 +330,23 @@ where
                 }
             }
         }
+    }
+}
+
+impl ConnCtx {
+    /// [`validate::authority`], over HTTP/2 with the connection's last one.
+    fn authority<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+        if req.version() != Version::HTTP_2 {
+            return validate::authority(req, None);
+        }
+        let mut last = locked(&self.authority);
+        let found = validate::authority(req, last.as_ref())?;
+        if let Some(v) = &found
+            && last.as_ref() != Some(v)
+        {
+            *last = Some(v.clone());
+        }
+        Ok(found)
     }
 }
 
@@ -528,7 +549,7 @@ fn respond(
                 break 'handled refuse(req, reply, &listener, conn, start, why);
             }
             // Routed on and sent to the backend alike.
-            let host_value = match validate::authority(req) {
+            let host_value = match conn.authority(req) {
                 Ok(v) => v,
                 Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
             };

@@ -47,8 +47,13 @@ pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 /// 9112 §3.2.2), else its one `Host`. `None` only for an HTTP/1.0 request
 /// without either. Refused (RFC 9112 §3.2): more than one `Host`, a `Host`
 /// or authority that is not `host[:port]`, and a request without any
-/// authority over HTTP/1.1 or HTTP/2.
-pub fn authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+/// authority over HTTP/1.1 or HTTP/2. `seen`: an authority found valid
+/// before on the connection, taken rather than copied when the target's is
+/// the same.
+pub fn authority<B>(
+    req: &Request<B>,
+    seen: Option<&HeaderValue>,
+) -> Result<Option<HeaderValue>, Refusal> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -60,6 +65,9 @@ pub fn authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         return Err(Refusal::bad("the Host header is not a valid host[:port]"));
     }
     if let Some(a) = req.uri().authority() {
+        if let Some(seen) = seen.filter(|v| v.as_bytes() == a.as_str().as_bytes()) {
+            return Ok(Some(seen.clone()));
+        }
         return match HeaderValue::from_str(a.as_str()) {
             Ok(v) if is_authority(v.as_bytes()) => Ok(Some(v)),
             _ => Err(Refusal::bad(
@@ -346,7 +354,8 @@ mod tests {
 
     #[test]
     fn the_uri_authority_wins_and_host_is_checked_anyway() {
-        let got = |r: Request<()>| authority(&r).map(|v| v.map(|v| v.to_str().unwrap().to_owned()));
+        let got =
+            |r: Request<()>| authority(&r, None).map(|v| v.map(|v| v.to_str().unwrap().to_owned()));
         let some = |s: &str| Ok(Some(s.to_owned()));
         assert_eq!(got(req(Version::HTTP_11, "/", &["a.test"])), some("a.test"));
         assert_eq!(
@@ -369,11 +378,31 @@ mod tests {
             req(Version::HTTP_11, "http://evil@a.test/", &["a.test"]),
         ] {
             assert_eq!(
-                authority(&refused).map(|_| ()).unwrap_err().status,
+                authority(&refused, None).map(|_| ()).unwrap_err().status,
                 StatusCode::BAD_REQUEST,
                 "{refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_authority_seen_before_is_taken_only_when_the_same_and_host_is_checked_anyway() {
+        let seen = HeaderValue::from_static("a.test:8443");
+        let target = req(Version::HTTP_2, "https://a.test:8443/", &[]);
+        let got = authority(&target, Some(&seen)).unwrap().unwrap();
+        assert_eq!(got, seen);
+        assert_eq!(
+            got.as_bytes().as_ptr(),
+            seen.as_bytes().as_ptr(),
+            "the seen value is shared, not copied"
+        );
+        let other = req(Version::HTTP_2, "https://a.test/", &[]);
+        assert_eq!(authority(&other, Some(&seen)).unwrap().unwrap(), "a.test");
+        let bad_host = req(Version::HTTP_2, "https://a.test:8443/", &["x, y"]);
+        assert_eq!(
+            authority(&bad_host, Some(&seen)).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     /// One random Host value, authority or path: random bytes, name bytes,
@@ -467,7 +496,7 @@ mod tests {
                             .body(())
                             .unwrap();
                         r.headers_mut().insert(header::HOST, host.clone());
-                        results.push((false, authority(&r)));
+                        results.push((false, authority(&r, None)));
                     }
                 }
                 // As the target URI's authority (what http's parser lets by).
@@ -480,7 +509,7 @@ mod tests {
                         .uri(uri)
                         .body(())
                         .unwrap();
-                    results.push((true, authority(&r)));
+                    results.push((true, authority(&r, None)));
                 }
                 results
             });
