@@ -47,6 +47,24 @@ async fn get_text(
     Ok((status, headers, text(&body)))
 }
 
+/// An HTTP/2 connection (prior knowledge) to `addr`, driven in the background.
+async fn http2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 fn location(headers: &HeaderMap) -> &str {
     headers.get("location").map_or("", |v| v.to_str().unwrap())
 }
@@ -255,14 +273,7 @@ impl hyper::body::Body for Frames {
 async fn max_body_cuts_an_http2_body_without_a_length() {
     let backend = Backend::start("b").await;
     let (_geolb, web) = start(backend.addr, "max_body = 1000").await;
-    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2_client(web).await;
     for (frames, want) in [(4, 413), (2, 200)] {
         let req = http::Request::post("http://t.example/upload")
             .body(Frames {
@@ -293,16 +304,7 @@ async fn http2_requests_on_one_connection_are_routed_each_on_its_own_authority()
         q.addr
     ))
     .await;
-    let stream = tokio::net::TcpStream::connect(geolb.listener("web"))
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2_client(geolb.listener("web")).await;
     let mut hits = (0, 0);
     for authority in [
         "a.example",
