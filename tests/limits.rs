@@ -15,7 +15,7 @@ use http::HeaderMap;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
-use support::h2::{ACK, DATA, GOAWAY, H2, PING, frame};
+use support::h2::{ACK, DATA, GOAWAY, H2, HEADERS, PING, frame};
 use support::library::{Pki, TcpBackend, metric, tls_list};
 use support::{Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -374,6 +374,70 @@ async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle(
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_small_body_held_by_a_closed_window_leaves_its_backend_connection_free() {
+    // A keep-alive backend answering "hello" to each request, counting the
+    // connections that carried one.
+    let served_on = Arc::new(AtomicUsize::new(0));
+    let served_on2 = served_on.clone();
+    let origin = TcpBackend::start(move |mut s: TcpStream| {
+        let served_on = served_on2.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            let mut counted = false;
+            loop {
+                while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    head.drain(..end + 4);
+                    if !counted {
+                        counted = true;
+                        served_on.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+    })
+    .await;
+    let geolb = Geolb::start(&config(origin.addr, "")).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no DATA may come.
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[(0x4, 0)]).await;
+    for stream in [1, 3, 5] {
+        h2.get(stream, "/small").await;
+        let head = h2.next_of(HEADERS).await.expect("the response's head");
+        assert_eq!(head.stream, stream);
+    }
+    assert_eq!(
+        served_on.load(Ordering::SeqCst),
+        1,
+        "the bodies the client holds back hold no backend connection"
+    );
+    let mut update = Vec::new();
+    update.extend(1_000_000u32.to_be_bytes());
+    h2.send(&frame(0x8, 0, 0, &update)).await;
+    for stream in [1, 3, 5] {
+        h2.send(&frame(0x8, 0, stream, &update)).await;
+    }
+    let mut bodies = std::collections::BTreeMap::new();
+    bounded(LIMIT, "the three bodies", async {
+        while bodies.len() < 3 {
+            let f = h2.next_of(DATA).await.expect("DATA");
+            bodies.insert(f.stream, f.payload);
+        }
+    })
+    .await;
+    for stream in [1, 3, 5] {
+        assert_eq!(bodies[&stream], b"hello", "stream {stream}");
+    }
 }
 
 #[tokio::test]

@@ -1312,19 +1312,23 @@ fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B
         framing,
         keep_alive,
     } = head;
+    let came_whole = matches!(framing, Framing::Length(n) if n > 0 && n == conn.buf.len() as u64)
+        && conn.writer.is_none();
     let mut body = ResponseBody {
-        conn: None,
+        conn: Some(conn),
         framing,
         keep_alive,
         failed: None,
         read_size: READ_SIZE,
         read,
+        whole: None,
     };
-    if body.at_end() {
-        body.conn = Some(conn);
+    if came_whole && let Some(conn) = body.conn.as_mut() {
+        body.whole = Some(conn.buf.split().freeze());
+        body.framing = Framing::Length(0);
+    }
+    if body.at_end() || body.whole.is_some() {
         body.release();
-    } else {
-        body.conn = Some(conn);
     }
     let mut resp = Response::new(wrap(body));
     *resp.status_mut() = status;
@@ -1349,6 +1353,10 @@ pub struct ResponseBody {
     /// The response's fields, when they were not put in its map; boxed,
     /// since each move of a response would copy them.
     read: Option<Box<ReadFields>>,
+    /// The whole body, when it came with the head (a small one, most
+    /// often) and the request was all written: the connection went back at
+    /// once, so that a client slow to take the body holds none.
+    whole: Option<Bytes>,
 }
 
 impl ResponseBody {
@@ -1364,10 +1372,11 @@ impl ResponseBody {
     }
 
     fn at_end(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        )
+        self.whole.is_none()
+            && matches!(
+                self.framing,
+                Framing::Length(0) | Framing::Chunked(Chunk::Done)
+            )
     }
 
     /// At the body's end: the connection goes back if nothing makes it
@@ -1502,6 +1511,9 @@ impl Body for ResponseBody {
             this.framing = Framing::Length(0);
             return Poll::Ready(Some(Err(e)));
         }
+        if let Some(whole) = this.whole.take() {
+            return Poll::Ready(Some(Ok(Frame::data(whole))));
+        }
         loop {
             if this.at_end() {
                 this.release();
@@ -1572,6 +1584,9 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(whole) = &self.whole {
+            return SizeHint::with_exact(whole.len() as u64);
+        }
         match self.framing {
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
