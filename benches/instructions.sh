@@ -47,6 +47,12 @@
 # backend (nginx's listen ... http2; geolb backend_protocol = "h2c",
 # HAProxy proto h2; nginx cannot proxy so and is skipped).
 #   BACKEND_PROTO=h2c PROXIES="geolb haproxy" GEOLB=target/release/geolb benches/instructions.sh
+# CACHE=1: callgrind also simulates the caches (valgrind's --cache-sim,
+# this machine's sizes) and prints each proxy's data reads and writes and
+# its L1 and last-level misses per request: where two proxies' instructions
+# are close and their req/s per core are not, memory is the next suspect
+# (this machine's VMs expose no hardware counters to perf).
+#   CACHE=1 CLIENT=h2 PROXIES="geolb haproxy" GEOLB=target/release/geolb benches/instructions.sh
 # TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
@@ -155,6 +161,7 @@ start_under_valgrind() {
     CALLGRIND=(valgrind --tool=dhat --num-callers=40 --dhat-out-file="$WORK/dhat.$1.out")
   else
     CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.$1.out")
+    [[ ${CACHE:-0} == 1 ]] && CALLGRIND+=(--cache-sim=yes)
   fi
   case $name in
     geolb)
@@ -370,6 +377,16 @@ for name in $PROXIES; do
   IR_PER[$name]=$((IR / N))
   MALLOC_PER[$name]=$(awk -v m="$MALLOCS" -v n="$N" 'BEGIN { printf "%.2f", m / n }')
   echo "$name: requests=$N${NON2XX:+ non2xx=$NON2XX} instructions=$IR per_request=${IR_PER[$name]} mallocs=$MALLOCS mallocs_per_request=${MALLOC_PER[$name]}"
+  if [[ ${CACHE:-0} == 1 ]]; then
+    # The totals, by the event names callgrind_annotate shows.
+    callgrind_annotate "$OUT" 2>/dev/null | awk -v n="$N" -v name="$name" '
+      /^Events shown:/ { for (i = 3; i <= NF; i++) ev[i - 2] = $i }
+      /PROGRAM TOTALS/ {
+        gsub(/\([^)]*\)/, ""); gsub(",", "")
+        for (i = 1; i < NF - 1; i++) t[ev[i]] = $i
+        printf "%s: per request: data reads %.0f, data writes %.0f; L1 misses: data %.1f, instructions %.1f; last-level misses %.2f\n",
+          name, t["Dr"] / n, t["Dw"] / n, (t["D1mr"] + t["D1mw"]) / n, t["I1mr"] / n, (t["DLmr"] + t["DLmw"] + t["ILmr"]) / n }'
+  fi
   # The TOP functions by their own instructions, per request.
   callgrind_annotate --inclusive=no "$OUT" 2>/dev/null | top_functions "$N" "$TOP"
 done
