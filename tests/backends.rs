@@ -388,9 +388,17 @@ async fn a_503_is_retried_elsewhere_for_get_never_for_post() {
         let (code, _, body) = get(web, "/", &[]).await.unwrap();
         assert_eq!((code, &body[..]), (200, &b"a"[..]));
     }
+    let retried = Counting::get(&busy.requests);
     assert!(
-        Counting::get(&busy.requests) >= 2,
+        retried >= 2,
         "round robin never sent a GET to the 503 backend"
+    );
+    // Each 503 came whole with its head: its connection went back to the
+    // idle list at once, not closed with the answer dropped unread.
+    assert_eq!(
+        Counting::get(&busy.connections),
+        1,
+        "{retried} retried 503s on one backend connection"
     );
     let before = Counting::get(&busy.requests);
     let mut answered_503 = 0;

@@ -376,6 +376,10 @@ async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle(
     .await;
 }
 
+/// A small answer to an HTTP/2 client that holds its window closed holds
+/// no backend connection: geolb's client hands it back when the body came
+/// whole with the head (and hyper takes a body's first frame before it
+/// waits for the window, which freed it too).
 #[tokio::test]
 async fn a_small_body_held_by_a_closed_window_leaves_its_backend_connection_free() {
     // A keep-alive backend answering "hello" to each request, counting the
