@@ -34,6 +34,13 @@ pub fn forward<B>(
 ) -> Result<Forwarded, Refusal> {
     validate::method(req)?;
     let authority = validate::authority(req, None)?;
+    // An HTTP/2 connection hands its last authority back in (`seen`):
+    // taken so, it must give what validating afresh gave.
+    let kept = validate::authority(req, authority.as_ref());
+    assert!(
+        matches!(&kept, Ok(a) if *a == authority),
+        "a kept authority gave {kept:?}, afresh {authority:?}"
+    );
     validate::path(req.uri().path())?;
     if let Some(uri) = validate::decode_unreserved(req.uri()) {
         *req.uri_mut() = uri;
