@@ -1302,7 +1302,7 @@ fn first_chunk_ok(head: &Head, buf: &[u8]) -> bool {
     }
 }
 
-fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B> {
+fn respond<B>(mut conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B> {
     let Head {
         status,
         version,
@@ -1314,20 +1314,21 @@ fn respond<B>(conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Response<B
     } = head;
     let came_whole = matches!(framing, Framing::Length(n) if n > 0 && n == conn.buf.len() as u64)
         && conn.writer.is_none();
+    let whole = came_whole.then(|| conn.buf.split().freeze());
     let mut body = ResponseBody {
         conn: Some(conn),
-        framing,
+        framing: if came_whole {
+            Framing::Length(0)
+        } else {
+            framing
+        },
         keep_alive,
         failed: None,
         read_size: READ_SIZE,
         read,
-        whole: None,
+        whole,
     };
-    if came_whole && let Some(conn) = body.conn.as_mut() {
-        body.whole = Some(conn.buf.split().freeze());
-        body.framing = Framing::Length(0);
-    }
-    if body.at_end() || body.whole.is_some() {
+    if came_whole || body.at_end() {
         body.release();
     }
     let mut resp = Response::new(wrap(body));
@@ -1355,7 +1356,8 @@ pub struct ResponseBody {
     read: Option<Box<ReadFields>>,
     /// The whole body, when it came with the head (a small one, most
     /// often) and the request was all written: the connection went back at
-    /// once, so that a client slow to take the body holds none.
+    /// once, so that an answer dropped unread (a 503 retried elsewhere)
+    /// leaves it for the next request rather than closing it.
     whole: Option<Bytes>,
 }
 
