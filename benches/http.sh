@@ -36,7 +36,8 @@
 #                   certificate not verified by any proxy), h2c (HTTP/2 by
 #                   prior knowledge; nginx cannot proxy it and is skipped)
 #   GEOLB=/work/main/target/release/geolb
-#   (every run also splits the proxy's CPU time: the user-space share column)
+#   (every run also splits the proxy's CPU time: the user-space share column,
+#   and user and kernel µs per request)
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
 #
 # Every run also reads the proxy's VmRSS and VmHWM (peak RSS, from
@@ -380,11 +381,21 @@ for key, rs in groups.items():
     s["kb_per_conn"] = (max(hwm) - rss0) / conns if hwm and rss0 is not None else None
     per = lambda f: med(num(r[f]) / num(r["requests"]) if num(r[f]) is not None and num(r["requests"]) else None for r in rs)
     s["sys_per_req"], s["cs_per_req"] = per("syscalls"), per("ctx_switches")
+    # The proxy's CPU time per request split in two: where the kernel's
+    # part is as large as another proxy's whole, no user-space work can
+    # overtake that proxy by much.
+    def us_per_req(r, user):
+        rps, cpu, share = num(r["rps"]), num(r["proxy_cpu"]), num(r["proxy_user_share"])
+        if not rps or cpu is None or share is None: return None
+        part = share if user else 100 - share
+        return cpu / 100 * part / 100 / rps * 1e6
+    s["user_us"] = med(us_per_req(r, True) for r in rs)
+    s["kernel_us"] = med(us_per_req(r, False) for r in rs)
     summary[key] = s
 perf = any(s["sys_per_req"] is not None for s in summary.values())
-print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % |"
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % | user µs per request | kernel µs per request |"
       + (" syscalls per request | context switches per request |" if perf else ""))
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
 for w in workloads:
     for t in targets:
         s = summary.get((t, w))
@@ -396,7 +407,8 @@ for w in workloads:
         print(f"| {t} | {w} | {s['n']} | {fmt(s['rps'], ',.0f')} | {fmt(ratio('nginx'), '.2f')} | "
               f"{fmt(ratio('haproxy'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
               f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | "
-              f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} | {fmt(s['proxy_user_share'], '.0f')} |"
+              f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} | {fmt(s['proxy_user_share'], '.0f')} | "
+              f"{fmt(s['user_us'], '.2f')} | {fmt(s['kernel_us'], '.2f')} |"
               + (f" {fmt(s['sys_per_req'], '.2f')} | {fmt(s['cs_per_req'], '.3f')} |" if perf else ""))
 if perf:
     # Each kind of system call per request, summed over the rounds.
@@ -536,6 +548,7 @@ Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2l
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
 Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
 Proxy user-space share = utime / (utime+stime) of the proxy processes: the rest is system time, the kernel's work for it.
+User and kernel µs per request = proxy CPU % split by that share, over req/s (softirq work the kernel does outside the proxy's system time is in neither).
 Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
 Peak RSS = the largest VmHWM after a run (nginx: master + worker); KiB per connection = (peak RSS - VmRSS before the warm-up) / $CONNS.
 EOF
