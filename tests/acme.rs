@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use support::library::{Pki, path_str};
 use support::{Backend, Geolb, bounded, eventually, get, metric_value, refused_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -42,15 +42,13 @@ fn pebble_binary() -> Option<PathBuf> {
     found
 }
 
-/// `N` ports free a moment ago, all different: Pebble and geolb must know
-/// each other's ports before either starts. Bound together (and let go
-/// together), since one port let go may be handed out again at once.
+/// `N` different ports for Pebble and geolb, which must know each other's
+/// ports before either starts. Taken below the range of port-0 binds
+/// (`support::port_for_a_program`): a port picked by a bind to port 0 and
+/// let go could be taken by another test's connection or listener before
+/// Pebble or geolb binds it (seen once in CI: "Address already in use").
 async fn free_ports<const N: usize>() -> [u16; N] {
-    let mut held = Vec::with_capacity(N);
-    for _ in 0..N {
-        held.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| support::port_for_a_program())
 }
 
 /// A Pebble process, killed on drop.
