@@ -7,13 +7,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::library::{TcpBackend, metric};
+use support::library::{Answer, Counting, TcpBackend, metric};
 use support::{Backend, Geolb, bounded, eventually, get, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,90 +22,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 fn config(body: &str) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n{body}")
-}
-
-/// How each request is answered by a [`Counting`] backend.
-#[derive(Clone)]
-enum Answer {
-    /// 200 once the gate gives a permit.
-    Gated(Arc<Semaphore>),
-    /// `status` after `delay`.
-    After(u16, Duration),
-}
-
-/// A keep-alive HTTP/1.1 backend (body-less requests only) counting the
-/// connections it accepted, the requests it received and the most it held
-/// at once.
-struct Counting {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-    _server: TcpBackend,
-}
-
-impl Counting {
-    async fn start(answer: Answer) -> Counting {
-        let counters: [Arc<AtomicUsize>; 4] = Default::default();
-        let [connections, requests, in_flight, most] = counters.clone();
-        let server = TcpBackend::start(move |stream| {
-            connections.fetch_add(1, Ordering::SeqCst);
-            let counters = (requests.clone(), in_flight.clone(), most.clone());
-            serve(stream, answer.clone(), counters)
-        })
-        .await;
-        let [connections, requests, in_flight, most] = counters;
-        Counting {
-            addr: server.addr,
-            connections,
-            requests,
-            in_flight,
-            most,
-            _server: server,
-        }
-    }
-
-    fn get(counter: &AtomicUsize) -> usize {
-        counter.load(Ordering::SeqCst)
-    }
-}
-
-async fn serve(
-    mut stream: TcpStream,
-    answer: Answer,
-    (requests, in_flight, most): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>),
-) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
-        requests.fetch_add(1, Ordering::SeqCst);
-        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        most.fetch_max(now, Ordering::SeqCst);
-        let status = match &answer {
-            Answer::Gated(gate) => {
-                gate.acquire().await.unwrap().forget();
-                200
-            }
-            Answer::After(status, delay) => {
-                tokio::time::sleep(*delay).await;
-                *status
-            }
-        };
-        in_flight.fetch_sub(1, Ordering::SeqCst);
-        let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
-        if stream.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Backend `addr` of pool `pool` in a /status document.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use geolb::accept::Slots;
@@ -19,6 +21,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -237,6 +240,90 @@ impl TcpBackend {
     /// Echoes every byte; closes its write side after the client's FIN.
     pub async fn echo() -> TcpBackend {
         Self::start(echo).await
+    }
+}
+
+/// How each request is answered by a [`Counting`] backend.
+#[derive(Clone)]
+pub enum Answer {
+    /// 200 once the gate gives a permit.
+    Gated(Arc<Semaphore>),
+    /// `status` after `delay`.
+    After(u16, Duration),
+}
+
+/// A keep-alive HTTP/1.1 backend (body-less requests only) counting the
+/// connections it accepted, the requests it received and the most it held
+/// at once.
+pub struct Counting {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub most: Arc<AtomicUsize>,
+    _server: TcpBackend,
+}
+
+impl Counting {
+    pub async fn start(answer: Answer) -> Counting {
+        let counters: [Arc<AtomicUsize>; 4] = Default::default();
+        let [connections, requests, in_flight, most] = counters.clone();
+        let server = TcpBackend::start(move |stream| {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let counters = (requests.clone(), in_flight.clone(), most.clone());
+            serve_counting(stream, answer.clone(), counters)
+        })
+        .await;
+        let [connections, requests, in_flight, most] = counters;
+        Counting {
+            addr: server.addr,
+            connections,
+            requests,
+            in_flight,
+            most,
+            _server: server,
+        }
+    }
+
+    pub fn get(counter: &AtomicUsize) -> usize {
+        counter.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_counting(
+    mut stream: TcpStream,
+    answer: Answer,
+    (requests, in_flight, most): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>),
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        buf.drain(..end);
+        requests.fetch_add(1, Ordering::SeqCst);
+        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        let status = match &answer {
+            Answer::Gated(gate) => {
+                gate.acquire().await.unwrap().forget();
+                200
+            }
+            Answer::After(status, delay) => {
+                tokio::time::sleep(*delay).await;
+                *status
+            }
+        };
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
     }
 }
 
