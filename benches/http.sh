@@ -370,6 +370,14 @@ for r in rows:
 order = ["direct", "geolb", "haproxy", "nginx"]
 targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
 workloads = [w for w in ("tiny", "1k", "64k") if any(w == k[1] for k in groups)]
+# The proxy's CPU time per request split in two: where the kernel's part
+# is as large as another proxy's whole, no user-space work can overtake
+# that proxy by much.
+def us_per_req(r, user):
+    rps, cpu, share = num(r["rps"]), num(r["proxy_cpu"]), num(r["proxy_user_share"])
+    if not rps or cpu is None or share is None: return None
+    part = share if user else 100 - share
+    return cpu / 100 * part / 100 / rps * 1e6
 summary = {}
 for key, rs in groups.items():
     s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu", "proxy_user_share")}
@@ -381,14 +389,6 @@ for key, rs in groups.items():
     s["kb_per_conn"] = (max(hwm) - rss0) / conns if hwm and rss0 is not None else None
     per = lambda f: med(num(r[f]) / num(r["requests"]) if num(r[f]) is not None and num(r["requests"]) else None for r in rs)
     s["sys_per_req"], s["cs_per_req"] = per("syscalls"), per("ctx_switches")
-    # The proxy's CPU time per request split in two: where the kernel's
-    # part is as large as another proxy's whole, no user-space work can
-    # overtake that proxy by much.
-    def us_per_req(r, user):
-        rps, cpu, share = num(r["rps"]), num(r["proxy_cpu"]), num(r["proxy_user_share"])
-        if not rps or cpu is None or share is None: return None
-        part = share if user else 100 - share
-        return cpu / 100 * part / 100 / rps * 1e6
     s["user_us"] = med(us_per_req(r, True) for r in rs)
     s["kernel_us"] = med(us_per_req(r, False) for r in rs)
     summary[key] = s
