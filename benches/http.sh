@@ -11,7 +11,9 @@
 # Rounds are interleaved: every round runs every target once per workload.
 #
 # Environment:
-#   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
+#   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order);
+#                   geolb-b is a second geolb build, GEOLB_B, in the same
+#                   rounds (a change's before and after, beside the anchors)
 #   BASELINE=1      also measure wrk straight to one backend ("direct")
 #   ROUNDS=3        interleaved rounds (the table shows the median)
 #   DURATION=10     seconds per measured run
@@ -36,6 +38,7 @@
 #                   certificate not verified by any proxy), h2c (HTTP/2 by
 #                   prior knowledge; nginx cannot proxy it and is skipped)
 #   GEOLB=/work/main/target/release/geolb
+#   GEOLB_B=        the binary of the geolb-b target
 #   (every run also splits the proxy's CPU time: the user-space share column,
 #   and user and kernel µs per request)
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
@@ -163,8 +166,9 @@ haproxy_server_opts() {
   esac
 }
 
-write_geolb_conf() {
-  cat >"$WORK/geolb.toml" <<EOF
+write_geolb_conf() {   # NAME: geolb or geolb-b, the same config on its own port
+  local name=${1:-geolb}
+  cat >"$WORK/$name.toml" <<EOF
 [runtime]
 worker_threads = 1
 shutdown_grace = "1s"
@@ -179,7 +183,7 @@ $(case $BACKEND_PROTO in
 
 [[listener]]
 name = "bench"
-bind = "127.0.0.1:${TARGET_PORT[geolb]}"
+bind = "127.0.0.1:${TARGET_PORT[$name]}"
 pool = "bench"
 ${LISTENER:-}
 $([[ $CLIENT == h2 ]] && geolb_tls_listener)
@@ -367,7 +371,7 @@ def fmt(v, spec):
 groups = {}
 for r in rows:
     groups.setdefault((r["target"], r["workload"]), []).append(r)
-order = ["direct", "geolb", "haproxy", "nginx"]
+order = ["direct", "geolb", "geolb-b", "haproxy", "nginx"]
 targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
 workloads = [w for w in ("tiny", "1k", "64k") if any(w == k[1] for k in groups)]
 # The proxy's CPU time per request split in two: where the kernel's part
@@ -468,7 +472,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
@@ -476,6 +480,7 @@ write_env() {
     [[ $CLIENT == h2 ]] && echo "h2load: $(h2load --version 2>&1 | head -1); openssl: $(openssl version)"
     ((PERF_SYSCALLS)) && echo "perf: $(perf --version 2>&1)"
     [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
+    [[ -n ${GEOLB_B:-} && -x $GEOLB_B ]] && echo "geolb-b: $GEOLB_B ($(stat -c '%y' "$GEOLB_B"))"
     echo "loadavg: $(cat /proc/loadavg)"
   } >"$RESULTS/env.txt"
 }
@@ -492,9 +497,10 @@ main() {
   idle_check
 
   local ports
-  read -ra ports <<<"$(free_ports 6)"
+  read -ra ports <<<"$(free_ports 7)"
   BACKEND_PORTS=("${ports[@]:0:3}")
   TARGET_PORT[geolb]=${ports[3]}; TARGET_PORT[haproxy]=${ports[4]}; TARGET_PORT[nginx]=${ports[5]}
+  TARGET_PORT[geolb-b]=${ports[6]}
   TARGET_PORT[direct]=${BACKEND_PORTS[0]}
 
   start_backends

@@ -171,8 +171,8 @@ idle_check() {
 }
 
 # start_proxy NAME PORT... : start proxy NAME (geolb, haproxy or nginx) on
-# PROXY_CPU with the config the script writes (write_geolb_conf ->
-# WORK/geolb.toml, write_haproxy_conf -> WORK/haproxy.cfg,
+# PROXY_CPU with the config the script writes (write_geolb_conf NAME ->
+# WORK/NAME.toml, write_haproxy_conf -> WORK/haproxy.cfg,
 # write_nginx_proxy_conf -> WORK/nginx.conf), set TARGET_PID[NAME], and wait
 # until every PORT listens (PROXY_WAIT PORT PID, default wait_port). Returns
 # non-zero (and says why) to skip the proxy. A script whose nginx may be
@@ -181,13 +181,17 @@ start_proxy() {
   local name=$1 logf="$RESULTS/logs/$1.log" p
   shift
   case $name in
-    geolb)
-      if [[ ! -x $GEOLB ]]; then
-        log "SKIP geolb: binary $GEOLB not found (build it with cargo build --release, or set GEOLB=)"
+    geolb | geolb-b)
+      # geolb-b: a second build (GEOLB_B) beside the first in the same
+      # rounds, where the script supports it (http.sh).
+      local bin=$GEOLB
+      [[ $name == geolb-b ]] && bin=${GEOLB_B:-}
+      if [[ ! -x $bin ]]; then
+        log "SKIP $name: binary '$bin' not found (build it with cargo build --release, or set GEOLB= or GEOLB_B=)"
         return 1
       fi
-      write_geolb_conf
-      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$GEOLB" run --config "$WORK/geolb.toml"
+      write_geolb_conf "$name"
+      start_bg "$PROXY_CPU" "$logf" env RUST_LOG="${RUST_LOG:-warn}" "$bin" run --config "$WORK/$name.toml"
       ;;
     haproxy)
       write_haproxy_conf
@@ -201,7 +205,7 @@ start_proxy() {
         || { log "SKIP nginx: config rejected: $(tail -3 "$logf")"; return 1; }
       start_bg "$PROXY_CPU" "$logf" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf"
       ;;
-    *) log "SKIP $name: unknown proxy (known: geolb haproxy nginx)"; return 1 ;;
+    *) log "SKIP $name: unknown proxy (known: geolb geolb-b haproxy nginx)"; return 1 ;;
   esac
   # shellcheck disable=SC2034,SC2004  # the sourcing script's associative array
   TARGET_PID[$name]=$STARTED_PID
