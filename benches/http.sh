@@ -70,6 +70,7 @@ GEOLB=${GEOLB:-/work/main/target/release/geolb}
 PROXY_CPU=0
 LOAD_CPU=1
 NGINX_WORKER_CONNECTIONS=4096
+SECOND_GEOLB=1   # lib.sh's start_proxy: geolb-b runs here
 # nginx keeps at most this many idle backend connections: with fewer than
 # CONNS it closes one after most responses under load.
 NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
@@ -472,7 +473,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"

@@ -170,7 +170,8 @@ idle_check() {
     if (c0 > 10 || c1 > 10) print "WARNING: the machine is not idle; results will be noisy" }' | tee -a "$RESULTS/env.txt" >&2
 }
 
-# start_proxy NAME PORT... : start proxy NAME (geolb, haproxy or nginx) on
+# start_proxy NAME PORT... : start proxy NAME (geolb, haproxy or nginx; and
+# geolb-b, a second geolb build, where the script sets SECOND_GEOLB=1) on
 # PROXY_CPU with the config the script writes (write_geolb_conf NAME ->
 # WORK/NAME.toml, write_haproxy_conf -> WORK/haproxy.cfg,
 # write_nginx_proxy_conf -> WORK/nginx.conf), set TARGET_PID[NAME], and wait
@@ -183,9 +184,16 @@ start_proxy() {
   case $name in
     geolb | geolb-b)
       # geolb-b: a second build (GEOLB_B) beside the first in the same
-      # rounds, where the script supports it (http.sh).
+      # rounds, where the script writes a config per name and gives
+      # geolb-b a port of its own (http.sh).
       local bin=$GEOLB
-      [[ $name == geolb-b ]] && bin=${GEOLB_B:-}
+      if [[ $name == geolb-b ]]; then
+        if [[ ${SECOND_GEOLB:-0} != 1 ]]; then
+          log "SKIP geolb-b: only http.sh runs a second geolb build"
+          return 1
+        fi
+        bin=${GEOLB_B:-}
+      fi
       if [[ ! -x $bin ]]; then
         log "SKIP $name: binary '$bin' not found (build it with cargo build --release, or set GEOLB= or GEOLB_B=)"
         return 1

@@ -429,7 +429,8 @@ main() {
   ((BASELINE)) && TARGETS+=(direct)
   local name
   for name in $PROXIES; do
-    if start_proxy "$name" "${HTTP_PORT[$name]}" "${IPERF_PORT[$name]}" && sanity_check "$name"; then
+    # :- so that a name start_proxy does not know is skipped there, with a reason.
+    if start_proxy "$name" "${HTTP_PORT[$name]:-}" "${IPERF_PORT[$name]:-}" && sanity_check "$name"; then
       TARGETS+=("$name")
     elif [[ -n ${TARGET_PID[$name]:-} ]]; then
       stop_pids "${TARGET_PID[$name]}"; forget_pid "${TARGET_PID[$name]}"   # skipped: free CPU 0
