@@ -12,6 +12,11 @@
 #   geo-ecs "api.mysite.com A" with Client Subnet 81.2.69.160/32 (London):
 #           a database hit per query (geolb and gdnsd answer eu-west)
 #   static  "ns1.mysite.com A": a plain zone record on all three
+#   mix     what users send, not A alone: per ten queries, four geo A
+#           (api), one geo AAAA (no IPv6 address: NODATA), one MX and one
+#           TXT at the apex, one A for a plain name (ns1), and two names
+#           that do not exist (NXDOMAIN, A and AAAA); dnsperf cycles
+#           through them in order
 # Queries come from 127.0.0.1, which has no location in the test database:
 # geolb and gdnsd both fall back to their configured data-center order, so
 # per query they do the same work as for a located client minus the hit.
@@ -29,7 +34,7 @@
 #   SERVERS="geolb gdnsd knot"  servers to measure (any subset, any order;
 #                   default "geolb knot" with DNSSEC=1)
 #   DNSSEC=0        1: signed zone, DO=1 queries (see above)
-#   WORKLOADS="geo geo-ecs static"  workloads to run (any subset)
+#   WORKLOADS="geo geo-ecs static mix"  workloads to run (any subset)
 #   ROUNDS=3        interleaved rounds (the table shows the median)
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per server and workload, before round 1
@@ -64,8 +69,9 @@ GEOLB=${GEOLB:-/work/main/target/release/geolb}
 GEOIP_DB=${GEOIP_DB:-/work/main/geoip/GeoIP2-City-Test.mmdb}
 SERVER_CPU=0
 LOAD_CPU=1
-read -r -a WORKLOADS <<<"${WORKLOADS:-geo geo-ecs static}"
-declare -A WL_QUERY=([geo]="api.mysite.com A" [geo-ecs]="api.mysite.com A" [static]="ns1.mysite.com A")
+read -r -a WORKLOADS <<<"${WORKLOADS:-geo geo-ecs static mix}"
+declare -A WL_QUERY=([geo]="api.mysite.com A" [geo-ecs]="api.mysite.com A" [static]="ns1.mysite.com A"
+  [mix]=$'api.mysite.com A\nmysite.com MX\napi.mysite.com A\nnope.mysite.com A\napi.mysite.com AAAA\nmysite.com TXT\napi.mysite.com A\nns1.mysite.com A\nwww2.mysite.com AAAA\napi.mysite.com A')
 # geo-ecs: every query carries Client Subnet 81.2.69.160/32 (London in the
 # test database), so the server does a real database hit per query.
 declare -A WL_ARGS=([geo-ecs]="-E 8:00012000510245a0")
@@ -125,7 +131,12 @@ responses_per_second = 1000000
 origin = "mysite.com"
 soa = { mname = "ns1.mysite.com.", rname = "hostmaster.mysite.com.", serial = 1, refresh = "1h", retry = "10m", expire = "14d", minimum = "60s" }
 ns = ["ns1.mysite.com."]
-records = [{ name = "ns1", type = "A", value = "192.0.2.53" }]
+records = [
+  { name = "ns1", type = "A", value = "192.0.2.53" },
+  { name = "@", type = "MX", value = "10 mail.mysite.com." },
+  { name = "@", type = "TXT", value = "v=spf1 -all" },
+  { name = "mail", type = "A", value = "192.0.2.25" },
+]
 $( ((DNSSEC)) && echo "dnssec = { keys = [{ file = \"$WORK/csk.pem\", role = \"csk\" }] }")
 
 [[dns.geo]]
@@ -158,7 +169,10 @@ zone_file() {
 \$TTL 300
 @    IN SOA ns1.mysite.com. hostmaster.mysite.com. 1 3600 600 1209600 60
 @    IN NS  ns1.mysite.com.
+@    IN MX  10 mail.mysite.com.
+@    IN TXT "v=spf1 -all"
 ns1  IN A   192.0.2.53
+mail IN A   192.0.2.25
 $1
 EOF
 }
@@ -371,25 +385,27 @@ for r in rows:
 summary = {}
 for k, rs in S.items():
     s = {f: med(num(r[f]) for r in rs) for f in ("qps", "server_cpu", "cpu0", "cpu1", "foreign_cpu", "lat_ms")}
+    s["noerror_pct"] = med(num(r["noerror"]) * 100 / num(r["completed"]) if num(r["completed"]) else None for r in rs)
     s["per_core"] = med(num(r["qps"]) * 100 / num(r["server_cpu"]) if num(r["qps"]) and num(r["server_cpu"]) else None for r in rs)
     s["lost"] = sum(int(num(r["lost"]) or 0) for r in rs)
     s["n"] = len(rs)
     summary[k] = s
 order = ["geolb", "gdnsd", "knot"]
 servers = sorted({k[0] for k in S}, key=lambda t: order.index(t) if t in order else 99)
-print("| server | workload | answers with | runs | qps (median) | server CPU % | qps per core | per core vs gdnsd | per core vs knot | avg latency ms | lost | CPU0 busy % | CPU1 busy % | foreign CPU % |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for w in ("geo", "geo-ecs", "static"):
+print("| server | workload | answers with | runs | qps (median) | server CPU % | qps per core | per core vs gdnsd | per core vs knot | avg latency ms | lost | NOERROR % | CPU0 busy % | CPU1 busy % | foreign CPU % |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for w in ("geo", "geo-ecs", "static", "mix"):
     for t in servers:
         s = summary.get((t, w))
         if not s: continue
         def ratio(ref):
             r = summary.get((ref, w))
             return s["per_core"] / r["per_core"] if r and r["per_core"] and s["per_core"] else None
-        how = modes.get(t, "") if w.startswith("geo") else "static A"
+        how = (modes.get(t, "") if w.startswith("geo")
+               else modes.get(t, "") + ", MX, TXT, NXDOMAIN" if w == "mix" else "static A")
         print(f"| {t} | {w} | {how} | {s['n']} | {fmt(s['qps'], ',.0f')} | {fmt(s['server_cpu'], '.0f')} | "
               f"{fmt(s['per_core'], ',.0f')} | {fmt(ratio('gdnsd'), '.2f')} | {fmt(ratio('knot'), '.2f')} | "
-              f"{fmt(s['lat_ms'], '.3f')} | {s['lost']} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+              f"{fmt(s['lat_ms'], '.3f')} | {s['lost']} | {fmt(s['noerror_pct'], '.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
 noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
 if noisy:
     print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
@@ -478,6 +494,7 @@ main() {
 Median over $ROUNDS round(s) of ${DURATION}s; dnsperf -T 1 -c $CLIENTS -q $OUTSTANDING on CPU $LOAD_CPU, server on CPU $SERVER_CPU.
 qps per core = qps x 100 / server CPU % (utime+stime of the server process; softirq time shows only in CPU0 busy %).
 Knot has no geo: its "geo" row answers api.mysite.com from a static A, as a reference.
+mix: per ten queries four geo A, one geo AAAA (NODATA), one MX, one TXT, one plain A and two NXDOMAIN: NOERROR % is 80 when a server answers it as the others do.
 Queries come from 127.0.0.1 (no location in the test database): geolb and gdnsd answer in configured data-center order.
 EOF
   ((DNSSEC)) && cat >>"$RESULTS/summary.md" <<EOF

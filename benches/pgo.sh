@@ -10,7 +10,7 @@
 #      benches/http.sh: HTTP/1.1 with wrk's request and a browser's ("/",
 #        "/1k", "/64k"), 1,000 connections, HTTP/2 clients over TLS, and
 #        TLS and h2c backends;
-#      benches/dns.sh:  the geo, geo-ecs and static workloads over UDP;
+#      benches/dns.sh:  its workloads over UDP (geo, geo-ecs, static, mix);
 #      benches/tcp.sh:  a TCP listener (iperf3), when iperf3 is installed.
 #    Each run starts geolb, loads it, and stops it with SIGTERM; geolb
 #    exits cleanly and the instrumented binary writes its counts then.
