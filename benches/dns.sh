@@ -401,8 +401,8 @@ for w in ("geo", "geo-ecs", "static", "mix"):
         def ratio(ref):
             r = summary.get((ref, w))
             return s["per_core"] / r["per_core"] if r and r["per_core"] and s["per_core"] else None
-        how = (modes.get(t, "") if w.startswith("geo")
-               else modes.get(t, "") + ", MX, TXT, NXDOMAIN" if w == "mix" else "static A")
+        geo = modes.get(t, "")
+        how = {"static": "static A", "mix": geo + ", MX, TXT, NXDOMAIN"}.get(w, geo)
         print(f"| {t} | {w} | {how} | {s['n']} | {fmt(s['qps'], ',.0f')} | {fmt(s['server_cpu'], '.0f')} | "
               f"{fmt(s['per_core'], ',.0f')} | {fmt(ratio('gdnsd'), '.2f')} | {fmt(ratio('knot'), '.2f')} | "
               f"{fmt(s['lat_ms'], '.3f')} | {s['lost']} | {fmt(s['noerror_pct'], '.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")

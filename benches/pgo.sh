@@ -44,8 +44,8 @@
 #   apt-get install -y haproxy nginx-light wrk nghttp2-client dnsperf \
 #     bind9-dnsutils iperf3
 set -euo pipefail
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # log, die
 # absolute PATH : PATH taken from the caller's directory ("" stays "").
 absolute() { if [[ -z $1 || $1 == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 
