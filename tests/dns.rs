@@ -1096,3 +1096,64 @@ async fn a_geoip_database_changed_on_disk_is_reread_and_a_bad_one_ignored() {
     shutdown.cancel();
     tokio::time::timeout(WAIT, watcher).await.unwrap().unwrap();
 }
+
+/// What UDP answers again from its packet cache (NXDOMAIN, NODATA, MX,
+/// TXT; not a CNAME into a geo name, which is not kept) is, under each
+/// query's own id, what TCP's general path answers; and a reload (a new
+/// config) is answered from at once, whatever was kept.
+#[tokio::test]
+async fn repeated_udp_queries_get_the_general_answer_under_their_id_until_a_reload() {
+    let server = start(all_up()).await;
+    let with_id = |query: &Q, id: u16| {
+        let mut bytes = query.bytes();
+        bytes[..2].copy_from_slice(&id.to_be_bytes());
+        bytes
+    };
+    let queries = [
+        q("nothing.mysite.com.", RecordType::A),
+        q("NoThInG.mysite.com.", RecordType::MX),
+        q("mysite.com.", RecordType::MX),
+        q("mysite.com.", RecordType::TXT),
+        q("ns1.mysite.com.", RecordType::TXT),
+        q("www.mysite.com.", RecordType::A),
+        // No data center has an MX: NODATA for every client, kept.
+        q("api.mysite.com.", RecordType::MX),
+        q("mysite.com.", RecordType::MX).ecs("81.2.69.160", 24),
+    ];
+    for query in &queries {
+        let mut answers = Vec::new();
+        for id in [0x0101, 0x0202, 0x0303] {
+            let udp = udp_raw(server.addr, &with_id(query, id))
+                .await
+                .expect("an answer over UDP");
+            let tcp = tcp_raw(server.addr, &with_id(query, id))
+                .await
+                .expect("an answer over TCP");
+            assert_eq!(udp, tcp, "{} {:?} id {id:#x}", query.name, query.qtype);
+            answers.push(udp);
+        }
+        let first = Message::from_vec(&answers[0]).unwrap();
+        assert!(first.metadata.authoritative, "{}", query.name);
+    }
+    let mx = |m: &Message| -> Vec<String> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(format!("{} {}", mx.preference, mx.exchange)),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = udp(server.addr, &q("mysite.com.", RecordType::MX)).await;
+    assert_eq!(mx(&before), ["10 mail.mysite.com."]);
+    let mut reloaded = config(false);
+    for record in &mut reloaded.dns.as_mut().unwrap().zones[0].records {
+        if let geolb::config::RecordData::Mx { preference, .. } = &mut record.data {
+            *preference = 20;
+        }
+    }
+    server.data.store(Arc::new(compile(&reloaded, all_up())));
+    let after = udp(server.addr, &q("mysite.com.", RecordType::MX)).await;
+    assert_eq!(mx(&after), ["20 mail.mysite.com."], "the reload's MX");
+    server.stop().await;
+}

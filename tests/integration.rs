@@ -1006,6 +1006,78 @@ async fn geodns_answers_follow_pool_health_and_drain() {
     assert_eq!(code, 503, "drained counts as down");
 }
 
+/// What the UDP thread answers again from its packet cache is counted as
+/// the first answer was: by type and rcode, and a geo name's NODATA (no
+/// data center has an IPv6 address) by the data center chosen for each
+/// client, with each query's own id.
+#[tokio::test]
+async fn replies_given_again_are_counted_again() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let geoip =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/GeoIP2-City-Test.mmdb");
+    let geolb = Geolb::start(&config(&format!(
+        "[geoip]\ndatabase = \"{}\"\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[dns.zone]]\norigin = \"mysite.com\"\n\
+         soa = {{ mname = \"ns1.mysite.com.\", rname = \"hostmaster.mysite.com.\", serial = 1, refresh = \"1h\", retry = \"10m\", expire = \"14d\", minimum = \"60s\" }}\n\
+         ns = [\"ns1.mysite.com.\"]\n\n\
+         [[dns.geo]]\nname = \"api.mysite.com\"\n\n\
+         [[datacenter]]\nname = \"eu-west\"\nlocation = {{ lat = 53.35, lon = -6.26 }}\naddresses = [\"198.51.100.10\"]\nalways_up = true\n\n\
+         [[datacenter]]\nname = \"us-east\"\nlocation = {{ lat = 39.04, lon = -77.49 }}\naddresses = [\"203.0.113.10\"]\nalways_up = true\n",
+        geoip.display(),
+    )))
+    .await;
+    let server = geolb.dns_addr().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (name, qtype) in [
+        ("api.mysite.com.", RecordType::AAAA),
+        ("nope.mysite.com.", RecordType::A),
+    ] {
+        let mut replies = Vec::new();
+        for id in [0x0101u16, 0x0202, 0x0303] {
+            let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+            query.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+            socket
+                .send_to(&query.to_vec().unwrap(), server)
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+                .await
+                .expect("a DNS answer")
+                .unwrap();
+            assert_eq!(buf[..2], id.to_be_bytes(), "{name} {qtype}");
+            replies.push(buf[2..n].to_vec());
+        }
+        assert!(
+            replies.iter().all(|r| *r == replies[0]),
+            "{name} {qtype}: {replies:02x?}"
+        );
+    }
+    let metrics = geolb.metrics().await;
+    for (series, want) in [
+        (
+            "geolb_dns_queries_total{qtype=\"AAAA\",rcode=\"NOERROR\"}",
+            3.0,
+        ),
+        (
+            "geolb_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"}",
+            3.0,
+        ),
+        // 127.0.0.1 has no location: the configured order, eu-west first.
+        (
+            "geolb_dns_geo_answers_total{name=\"api.mysite.com\",datacenter=\"eu-west\"}",
+            3.0,
+        ),
+    ] {
+        assert_eq!(
+            support::metric_value(&metrics, series),
+            Some(want),
+            "{series} in:\n{metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_demo_prints_commands_that_work() {
     use tokio::io::AsyncBufReadExt;

@@ -59,6 +59,11 @@ pub(crate) struct Reply {
     /// The wildcard's owner when the query's name matched one: what RRL
     /// counts the answer as, so random names under it count together.
     pub wildcard: Option<Name>,
+    /// The same query bytes (but for the id) get these same reply bytes
+    /// until the config changes: no geo decision went into them (one made
+    /// for `geo` is only counted), no cookie, no TSIG and no signature
+    /// (each depends on the client or the time).
+    pub reusable: bool,
 }
 
 impl Reply {
@@ -82,6 +87,7 @@ impl Reply {
             geo: None,
             valid_cookie: false,
             wildcard: None,
+            reusable: false,
         }
     }
 }
@@ -114,6 +120,9 @@ struct Resolution {
     wildcard: Option<Name>,
     /// The name a negative answer is about, for its NSEC in a signed zone.
     denied: Option<Denied>,
+    /// With `geo`: the reply is the same whatever the decision (which is
+    /// still made, for the counters).
+    same_everywhere: bool,
 }
 
 /// What a negative answer denies: a name (`types` None) or the other
@@ -134,6 +143,7 @@ impl Resolution {
             geo: None,
             wildcard: None,
             denied: None,
+            same_everywhere: false,
         }
     }
 
@@ -264,12 +274,18 @@ fn respond(data: &DnsData, request: &Request) -> Reply {
     reply.metadata.authoritative = resolution.authoritative;
     reply.answers = resolution.answers;
     reply.authorities = resolution.authorities;
-    let (additionals, additional_scope) = additionals(data, &reply.answers, &client);
+    let (additionals, additional_geo) = additionals(data, &reply.answers, &client);
     reply.additionals = additionals;
     // The message is cached under one scope: the narrowest (longest) of
     // every geo decision in it.
-    let scope = resolution.scope.max(additional_scope);
-    if dnssec_ok == Some(true) && resolution.authoritative {
+    let scope = resolution.scope.max(additional_geo.scope);
+    let signs = dnssec_ok == Some(true) && resolution.authoritative;
+    reply.reusable = (resolution.geo.is_none() || resolution.same_everywhere)
+        && !additional_geo.decided
+        && reply.sign.is_none()
+        && options.cookie.is_none()
+        && !(signs && data.compiled.zones.iter().any(|z| z.signer.is_some()));
+    if signs {
         sign(
             &data.compiled.zones,
             &mut reply,
@@ -554,12 +570,11 @@ fn pop_rrset(records: &mut Vec<Record>) -> bool {
 /// RFC 1034 §4.3.2 step 6: the A and AAAA RRsets of the names that NS, MX
 /// and SRV `answers` point to, when our zones hold them (a name elsewhere
 /// is the resolver's to look up); a geo name's are ranked for `client`
-/// as its own answer would be. With the ECS scope of those geo decisions
-/// (None: none, or no ECS).
-fn additionals(data: &DnsData, answers: &[Record], client: &Client) -> (Vec<Record>, Option<u8>) {
+/// as its own answer would be. With what geo decisions were made.
+fn additionals(data: &DnsData, answers: &[Record], client: &Client) -> (Vec<Record>, GeoDecided) {
     let zones = &data.compiled.zones;
     let mut found = Vec::new();
-    let mut scope = None;
+    let mut geo = GeoDecided::default();
     let mut seen: SmallVec<[&Name; 4]> = SmallVec::new();
     for record in answers {
         let target = match &record.data {
@@ -589,7 +604,8 @@ fn additionals(data: &DnsData, answers: &[Record], client: &Client) -> (Vec<Reco
             }
             Found::Geo { index, .. } => {
                 let (ranking, geo_scope) = decide(data, index, client);
-                scope = scope.max(geo_scope);
+                geo.decided = true;
+                geo.scope = geo.scope.max(geo_scope);
                 for rtype in [RecordType::A, RecordType::AAAA] {
                     found.extend(geo_records(data, index, &ranking, rtype));
                 }
@@ -597,7 +613,15 @@ fn additionals(data: &DnsData, answers: &[Record], client: &Client) -> (Vec<Reco
             _ => {}
         }
     }
-    (found, scope)
+    (found, geo)
+}
+
+/// Whether the additional section depends on where the client is.
+#[derive(Default)]
+struct GeoDecided {
+    decided: bool,
+    /// The ECS scope of those decisions (None: none, or no ECS).
+    scope: Option<u8>,
 }
 
 /// The TXT answer to a CHAOS-class query: for `id.server`,
@@ -662,6 +686,10 @@ fn resolve(data: &DnsData, qname: &LowerName, qtype: RecordType, client: &Client
                 }
                 res.answers.extend(records);
                 res.geo = Some((index, choice.chosen));
+                // A type no candidate has addresses of (AAAA of an IPv4-only
+                // name, MX) is NODATA wherever the client is; only an ECS
+                // scope would tell clients apart.
+                res.same_everywhere = client.ecs.is_none() && !geo_answers_with(data, index, qtype);
                 return res;
             }
             Found::Node { node, wildcard } => {
@@ -825,6 +853,12 @@ fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
     [(RecordType::A, has(false)), (RecordType::AAAA, has(true))]
         .into_iter()
         .filter_map(|(t, has)| has.then_some(t))
+}
+
+/// Whether some candidate of geo name `index` has addresses a `qtype`
+/// query can be answered with.
+pub(super) fn geo_answers_with(data: &DnsData, index: usize, qtype: RecordType) -> bool {
+    geo_types(data, index).any(|t| t == qtype || qtype == RecordType::ANY)
 }
 
 fn geo_records(data: &DnsData, index: usize, ranking: &Ranking, qtype: RecordType) -> Vec<Record> {

@@ -89,20 +89,35 @@ pub(super) fn count_malformed() {
         .increment(1);
 }
 
-pub(super) fn count(data: &DnsData, request: &Request, reply: &Reply) {
-    let qtype = request.queries.queries().first().map(|q| q.query_type());
-    // The answer echoes the option whenever the query had a valid one.
-    let ecs = reply
-        .edns
-        .as_ref()
-        .is_some_and(|e| e.option(EdnsCode::Subnet).is_some());
-    count_ecs(ecs);
-    count_answer(
-        data,
-        qtype,
-        reply.metadata.response_code,
-        reply.geo.as_ref(),
-    );
+/// What an answered query adds to the counters, but for the data centers
+/// a geo answer chose: what a reused reply is counted as again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tally {
+    qtype: Option<RecordType>,
+    rcode: ResponseCode,
+    /// The answer echoes the option whenever the query had a valid one.
+    ecs: bool,
+    /// The geo name asked for: its data centers are chosen for each client.
+    pub geo_name: Option<usize>,
+}
+
+impl Tally {
+    pub(super) fn of(request: &Request, reply: &Reply) -> Tally {
+        Tally {
+            qtype: request.queries.queries().first().map(|q| q.query_type()),
+            rcode: reply.metadata.response_code,
+            ecs: reply
+                .edns
+                .as_ref()
+                .is_some_and(|e| e.option(EdnsCode::Subnet).is_some()),
+            geo_name: reply.geo.as_ref().map(|(index, _)| *index),
+        }
+    }
+
+    pub(super) fn count(self, data: &DnsData, geo: Option<&(usize, SmallVec<[usize; 4]>)>) {
+        count_ecs(self.ecs);
+        count_answer(data, self.qtype, self.rcode, geo);
+    }
 }
 
 /// Counts one answered query: its type and rcode, and for address queries

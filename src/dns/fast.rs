@@ -172,26 +172,7 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
         return None;
     }
     let count = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
-    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
-        return None;
-    }
-    // The name: plain labels only (a pointer here would be odd anyway),
-    // at most MAX_NAME octets with the root's length octet: a longer one is
-    // the general path's to refuse.
-    let mut at = HEADER_LEN;
-    loop {
-        let len = *packet.get(at)?;
-        if len > MAX_LABEL {
-            return None;
-        }
-        at += 1 + usize::from(len);
-        if at - HEADER_LEN > MAX_NAME {
-            return None;
-        }
-        if len == 0 {
-            break;
-        }
-    }
+    let mut at = plain_question(packet)?;
     let name_len = at - HEADER_LEN;
     let fixed = packet.get(at..at + 4)?;
     let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
@@ -218,6 +199,33 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
         qtype,
         edns,
     })
+}
+
+/// Where the question's name ends in a query of one question and at most
+/// one more record (an OPT, or another the caller looks at), the name of
+/// plain labels only (a pointer here would be odd anyway, and could point
+/// into the id), at most MAX_NAME octets with the root's length octet: a
+/// longer one is the general path's to refuse.
+pub(super) fn plain_question(packet: &[u8]) -> Option<usize> {
+    let header = packet.get(..HEADER_LEN)?;
+    let count = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
+    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    loop {
+        let len = *packet.get(at)?;
+        if len > MAX_LABEL {
+            return None;
+        }
+        at += 1 + usize::from(len);
+        if at - HEADER_LEN > MAX_NAME {
+            return None;
+        }
+        if len == 0 {
+            return Some(at);
+        }
+    }
 }
 
 /// An OPT record with EDNS version 0, extended rcode 0, and no option but
@@ -320,6 +328,12 @@ pub(super) fn answer(
     let (scope, geo, v4, v6): (Option<u8>, _, SmallAddrs<Ipv4Addr>, SmallAddrs<Ipv6Addr>) =
         match target {
             Target::Geo(index) => {
+                // NODATA for every client, the general path's (and then
+                // the packet cache's).
+                let qtype = RecordType::from(query.qtype);
+                if !answer::geo_answers_with(data, *index, qtype) {
+                    return None;
+                }
                 let client = Client { src: src.ip(), ecs };
                 let (ranking, scope) = answer::decide(data, *index, &client);
                 let g = &data.compiled.geo[*index];

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use hickory_server::net::xfer::Protocol;
 
+use super::cache::PacketCache;
 use super::{DnsData, fast, udp, wire};
 
 /// The UDP fast path alone: true when it answered (the reply in `reply`).
@@ -21,9 +22,16 @@ pub fn general_udp(data: &DnsData, packet: &[u8], src: SocketAddr, reply: &mut V
 }
 
 /// What a UDP thread does with one packet: the fast path, else the
-/// general one; false when nothing is sent.
+/// general one; false when nothing is sent. A reply kept for the packet
+/// must be the reply just given (a panic otherwise: a finding).
 pub fn udp(data: &DnsData, packet: &[u8], src: SocketAddr, reply: &mut Vec<u8>) -> bool {
-    udp::answer_packet(data, packet, src, reply).is_some()
+    let mut cache = PacketCache::default();
+    let sent = udp::answer_packet(data, packet, src, reply, &mut cache).is_some();
+    let mut kept = Vec::new();
+    if cache.answer(data, packet, &mut kept).is_some() {
+        assert_eq!(kept, *reply, "the kept reply differs from the one given");
+    }
+    sent
 }
 
 /// One message of a TCP connection (the general path, TCP's size limit).

@@ -30,6 +30,7 @@
 //! - `notify`: NOTIFY (RFC 1996) to secondaries when a zone changes.
 
 mod answer;
+mod cache;
 mod cookie;
 mod count;
 mod dnssec;

@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::answer;
+use super::cache::PacketCache;
 use super::count::{self, count_answer};
 use super::fast;
 use super::querylog;
@@ -72,6 +73,7 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &
     let mut receive_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut panics = wire::PanicLog::new();
+    let mut cache = PacketCache::default();
     while !shutdown.is_cancelled() {
         received.clear();
         {
@@ -120,7 +122,7 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &
                 let packet = &packets[i][..len];
                 // A bug met by one packet must not end UDP service, as it
                 // would end only that packet's task under hickory-server.
-                match answer_catching_panics(&data, packet, src, reply) {
+                match answer_catching_panics(&data, packet, src, reply, &mut cache) {
                     Ok(Some(class)) => {
                         // Too big for the client, before RRL may slip it.
                         let too_big = count::truncated(reply);
@@ -152,8 +154,9 @@ fn answer_catching_panics(
     packet: &[u8],
     src: SocketAddr,
     reply: &mut Vec<u8>,
+    cache: &mut PacketCache,
 ) -> Result<Option<Class>, String> {
-    wire::catching_panics(|| answer_packet(data, packet, src, reply))
+    wire::catching_panics(|| answer_packet(data, packet, src, reply, cache))
 }
 
 /// Sends `replies[i]` to `destinations[i]`, skipping one that fails.
@@ -199,12 +202,14 @@ fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// Writes the answer to `packet` from `src` into `reply` and returns what
 /// it is for RRL; None when nothing is to be sent (not a query, or not
-/// worth one).
+/// worth one). The fast path first, then a reply `cache` kept, then the
+/// general path (whose reusable replies `cache` keeps).
 pub(crate) fn answer_packet(
     data: &DnsData,
     packet: &[u8],
     src: SocketAddr,
     reply: &mut Vec<u8>,
+    cache: &mut PacketCache,
 ) -> Option<Class> {
     if !answerable_source(src) {
         return None;
@@ -222,7 +227,27 @@ pub(crate) fn answer_packet(
         }
         return Some(answered.class);
     }
-    answer_general(data, packet, src, reply)
+    if let Some((class, tally)) = cache.answer(data, packet, reply) {
+        // A geo name's reply the same for all (a NODATA): the data centers
+        // chosen for this client are counted and logged as before.
+        let geo = tally.geo_name.map(|index| {
+            let client = answer::Client {
+                src: src.ip(),
+                ecs: None,
+            };
+            (index, answer::decide(data, index, &client).0.chosen)
+        });
+        tally.count(data, geo.as_ref());
+        if data.query_log_due() {
+            querylog::log(data, packet, src, "udp", reply, geo.as_ref());
+        }
+        return Some(class);
+    }
+    let (class, reuse) = wire::answer_telling_reuse(data, packet, src, Protocol::Udp, reply)?;
+    if let Some(tally) = reuse {
+        cache.keep(data, packet, reply, class, tally);
+    }
+    Some(class)
 }
 
 /// [`answer_packet`] for what the fast path leaves: through hickory-proto's
@@ -549,7 +574,8 @@ mod tests {
     /// UDP thread calls per packet, through both paths apart and as TCP
     /// messages: no panic, every UDP reply within 1232 bytes, for the
     /// query's id and never to a response, and whatever the fast path
-    /// answers is the general path's answer.
+    /// answers is the general path's answer; so is what the packet cache
+    /// gives a query asked again under another id.
     #[test]
     fn random_and_damaged_packets_never_panic() {
         // Both paths make server cookies at the same second.
@@ -567,6 +593,7 @@ mod tests {
         let started = Instant::now();
         let (mut answered, mut fast_answered) = (0, 0);
         let (mut reply, mut fast, mut general) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cache, mut reply_again, mut reused) = (PacketCache::default(), Vec::new(), 0);
         let packets = crate::proptest_cases(PACKETS);
         for i in 0..packets {
             let packet = match rng.u8(0..8) {
@@ -585,7 +612,7 @@ mod tests {
             };
             let src = *rng.choice(&sources).unwrap();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let sent = answer_packet(&data, &packet, src, &mut reply).is_some();
+                let sent = answer_packet(&data, &packet, src, &mut reply, &mut cache).is_some();
                 let by_fast = fast::answer(&data, &packet, src, &mut fast).is_some();
                 let by_general = answer_general(&data, &packet, src, &mut general).is_some();
                 // And as a TCP message (only the size limit differs).
@@ -596,6 +623,19 @@ mod tests {
             let Ok((sent, by_fast, by_general)) = outcome else {
                 panic!("packet {i} (seed {seed:#x}) panicked: {packet:02x?}");
             };
+            if sent && !by_fast {
+                // What the cache gave, if it gave it, is what the general
+                // path gives now.
+                assert_eq!(reply, general, "packet {i}: {packet:02x?}");
+                // Asked again under another id: from the cache when kept.
+                let mut again = packet.clone();
+                again[0] ^= 0xff;
+                reused += usize::from(cache.answer(&data, &again, &mut reply_again).is_some());
+                let sent_again = answer_packet(&data, &again, src, &mut reply_again, &mut cache);
+                assert!(sent_again.is_some(), "packet {i}: {again:02x?}");
+                answer_general(&data, &again, src, &mut general);
+                assert_eq!(reply_again, general, "packet {i} again: {again:02x?}");
+            }
             if sent {
                 answered += 1;
                 assert!(
@@ -614,11 +654,12 @@ mod tests {
         }
         let took = started.elapsed();
         eprintln!(
-            "{packets} packets in {took:.1?}: {answered} answered, {fast_answered} by the fast path"
+            "{packets} packets in {took:.1?}: {answered} answered, {fast_answered} by the fast path, \
+             {reused} again from the packet cache"
         );
         assert!(
-            answered > packets / 2 && fast_answered > packets / 200,
-            "{answered} {fast_answered}"
+            answered > packets / 2 && fast_answered > packets / 200 && reused > packets / 20,
+            "{answered} {fast_answered} {reused}"
         );
     }
 }

@@ -14,7 +14,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 
 use super::answer;
-use super::count::{count, count_malformed};
+use super::count::{Tally, count_malformed};
 use super::querylog;
 use super::rrl::Class;
 use super::{DnsData, ecs, identity};
@@ -30,6 +30,19 @@ pub(super) fn answer(
     protocol: Protocol,
     reply: &mut Vec<u8>,
 ) -> Option<Class> {
+    answer_telling_reuse(data, message, src, protocol, reply).map(|(class, _)| class)
+}
+
+/// [`answer`], and with a reply that the same message bytes (but for the
+/// id) would get again from this config (`Reply::reusable`), what it was
+/// counted as.
+pub(super) fn answer_telling_reuse(
+    data: &DnsData,
+    message: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+    reply: &mut Vec<u8>,
+) -> Option<(Class, Option<Tally>)> {
     let parsed = Request::from_bytes(message.to_vec(), src, protocol)
         .map_err(|e| e.to_string())
         .and_then(|request| match message_end(message) {
@@ -53,14 +66,16 @@ pub(super) fn answer(
             if data.query_log_due() {
                 querylog::log(data, message, src, protocol_name(protocol), reply, None);
             }
-            return Some(Class::error());
+            return Some((Class::error(), None));
         }
     };
     if request.metadata.message_type != MessageType::Query {
         return None;
     }
     let built = answer::build(data, &request);
-    count(data, &request, &built);
+    let tally = Tally::of(&request, &built);
+    tally.count(data, built.geo.as_ref());
+    let reuse = built.reusable.then_some(tally);
     let query = request.queries.queries().first();
     let class = Class::of_response(
         built.metadata.response_code,
@@ -75,7 +90,7 @@ pub(super) fn answer(
         let protocol = protocol_name(protocol);
         querylog::log(data, message, src, protocol, reply, geo.as_ref());
     }
-    Some(class)
+    Some((class, reuse))
 }
 
 /// Where `message` ends by its header's counts: past its questions and
@@ -243,6 +258,7 @@ mod tests {
     use super::*;
     use crate::dns::AllUp;
     use crate::dns::answer::tests::data;
+    use crate::dns::cache::PacketCache;
     use crate::dns::udp::answer_packet;
 
     const RD: u8 = 0x01;
@@ -290,7 +306,8 @@ mod tests {
         let data = data(Arc::new(AllUp));
         let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
         let (mut udp, mut tcp) = (Vec::new(), Vec::new());
-        assert!(answer_packet(&data, packet, src, &mut udp).is_some());
+        let mut cache = PacketCache::default();
+        assert!(answer_packet(&data, packet, src, &mut udp, &mut cache).is_some());
         assert!(answer(&data, packet, src, Protocol::Tcp, &mut tcp).is_some());
         [udp, tcp]
     }
