@@ -838,18 +838,8 @@ fn rank_for(
 /// The types a geo name can answer with: A and AAAA as its candidates
 /// have addresses of each family.
 fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
-    let dcs = &data.compiled.datacenters;
-    let candidates = &data.compiled.geo[index].candidates;
-    let has = |v6: bool| {
-        candidates.iter().any(|&i| {
-            let dc = &dcs[i];
-            if v6 {
-                !dc.v6.is_empty()
-            } else {
-                !dc.v4.is_empty()
-            }
-        })
-    };
+    let (geo, dcs) = (&data.compiled.geo[index], &data.compiled.datacenters);
+    let has = |v6: bool| geo.has_addresses(dcs, v6);
     [(RecordType::A, has(false)), (RecordType::AAAA, has(true))]
         .into_iter()
         .filter_map(|(t, has)| has.then_some(t))
@@ -857,7 +847,7 @@ fn geo_types(data: &DnsData, index: usize) -> impl Iterator<Item = RecordType> {
 
 /// Whether some candidate of geo name `index` has addresses a `qtype`
 /// query can be answered with.
-pub(super) fn geo_answers_with(data: &DnsData, index: usize, qtype: RecordType) -> bool {
+fn geo_answers_with(data: &DnsData, index: usize, qtype: RecordType) -> bool {
     geo_types(data, index).any(|t| t == qtype || qtype == RecordType::ANY)
 }
 

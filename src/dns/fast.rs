@@ -33,8 +33,11 @@ const MAX_LABEL: u8 = 63;
 
 /// What a name answers with, when the fast path can write it.
 pub(super) enum Target {
-    /// A geo name (index into the geo names); not at a zone apex.
-    Geo(usize),
+    /// A geo name (index into the geo names); not at a zone apex. With
+    /// whether some candidate has A, and AAAA, addresses: without, the
+    /// answer is NODATA for every client (the general path's, then the
+    /// packet cache's).
+    Geo { index: usize, families: [bool; 2] },
     /// Fixed A and/or AAAA records (ttl, address), in zone order.
     Fixed {
         a: Vec<(u32, Ipv4Addr)>,
@@ -63,7 +66,11 @@ impl Index {
     /// Indexes what `zones` answer from fixed data for an exact name: geo
     /// names and nodes with A/AAAA records, as `find` sees them in the
     /// zone `zone_for` picks.
-    pub(super) fn build(zones: &Zones, geo: &[geo::GeoName]) -> Index {
+    pub(super) fn build(
+        zones: &Zones,
+        geo: &[geo::GeoName],
+        datacenters: &[geo::Datacenter],
+    ) -> Index {
         let mut names = HashMap::default();
         for (index, g) in geo.iter().enumerate() {
             let Some(zone) = zones.zone_for(&g.lower) else {
@@ -73,7 +80,9 @@ impl Index {
                 let lower = lower_wire(&g.lower);
                 let classes = classes(&lower);
                 let signed = zone.signer.is_some();
-                names.insert(lower, (Target::Geo(index), classes, signed));
+                let families = [false, true].map(|v6| g.has_addresses(datacenters, v6));
+                let target = Target::Geo { index, families };
+                names.insert(lower, (target, classes, signed));
             }
         }
         for zone in zones.iter() {
@@ -327,11 +336,8 @@ pub(super) fn answer(
     let with_ecs = ecs.is_some();
     let (scope, geo, v4, v6): (Option<u8>, _, SmallAddrs<Ipv4Addr>, SmallAddrs<Ipv6Addr>) =
         match target {
-            Target::Geo(index) => {
-                // NODATA for every client, the general path's (and then
-                // the packet cache's).
-                let qtype = RecordType::from(query.qtype);
-                if !answer::geo_answers_with(data, *index, qtype) {
+            Target::Geo { index, families } => {
+                if !families[usize::from(query.qtype == TYPE_AAAA)] {
                     return None;
                 }
                 let client = Client { src: src.ip(), ecs };

@@ -320,6 +320,20 @@ pub(crate) struct GeoName {
     pub counters: Vec<OnceLock<Counter>>,
 }
 
+impl GeoName {
+    /// Whether some candidate has an IPv6 (`v6`) or IPv4 address.
+    pub fn has_addresses(&self, datacenters: &[Datacenter], v6: bool) -> bool {
+        self.candidates.iter().any(|&i| {
+            let dc = &datacenters[i];
+            if v6 {
+                !dc.v6.is_empty()
+            } else {
+                !dc.v4.is_empty()
+            }
+        })
+    }
+}
+
 /// A data center's state as the ranking sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DcState {

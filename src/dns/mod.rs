@@ -258,7 +258,7 @@ pub fn compile(
             keys,
             transfer: policies,
             ixfr_versions: dns.map_or(1, |d| d.ixfr_versions),
-            fast: fast::Index::build(&zones, &geo),
+            fast: fast::Index::build(&zones, &geo, &datacenters),
             zones,
             geo,
             datacenters,
