@@ -1009,7 +1009,7 @@ async fn geodns_answers_follow_pool_health_and_drain() {
 /// What the UDP thread answers again from its packet cache is counted as
 /// the first answer was: by type and rcode, and a geo name's NODATA (no
 /// data center has an IPv6 address) by the data center chosen for each
-/// client, with each query's own id.
+/// client, with each query's own id; and as a hit of the cache.
 #[tokio::test]
 async fn replies_given_again_are_counted_again() {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -1054,6 +1054,20 @@ async fn replies_given_again_are_counted_again() {
             "{name} {qtype}: {replies:02x?}"
         );
     }
+    // Counted once the batch is sent, just after the client has it.
+    eventually(
+        "the packet cache's hits counted",
+        Duration::from_secs(2),
+        || async {
+            let metrics = geolb.metrics().await;
+            let value = |result: &str| {
+                let series = format!("geolb_dns_packet_cache_total{{result=\"{result}\"}}");
+                support::metric_value(&metrics, &series)
+            };
+            (value("hit"), value("miss")) == (Some(4.0), Some(2.0))
+        },
+    )
+    .await;
     let metrics = geolb.metrics().await;
     for (series, want) in [
         (

@@ -36,6 +36,9 @@ pub(super) struct PacketCache {
     /// By the query's bytes after its id.
     replies: HashMap<Box<[u8]>, Kept, foldhash::fast::FixedState>,
     bytes: usize,
+    /// Answered and not, since [`PacketCache::take_counts`].
+    hits: u64,
+    misses: u64,
 }
 
 struct Kept {
@@ -55,8 +58,15 @@ impl PacketCache {
         reply: &mut Vec<u8>,
     ) -> Option<(Class, Tally)> {
         self.follow(data);
-        let (id, key) = packet.split_at_checked(ID_LEN)?;
-        let kept = self.replies.get(key)?;
+        let kept = packet
+            .split_at_checked(ID_LEN)
+            .and_then(|(_, key)| self.replies.get(key));
+        let Some(kept) = kept else {
+            self.misses += 1;
+            return None;
+        };
+        self.hits += 1;
+        let id = &packet[..ID_LEN];
         reply.clear();
         reply.extend_from_slice(id);
         reply.extend_from_slice(&kept.reply[ID_LEN..]);
@@ -96,6 +106,14 @@ impl PacketCache {
             self.bytes -= key.len() + old.reply.len();
         }
         self.bytes += size;
+    }
+
+    /// (hits, misses) since the last call.
+    pub(super) fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.hits),
+            std::mem::take(&mut self.misses),
+        )
     }
 
     /// Empties the cache when `data` comes from another config than its

@@ -33,8 +33,9 @@ use smallvec::SmallVec;
 use super::DnsData;
 use super::answer::Reply;
 use crate::metrics::{
-    Count, DNS_ANSWER_BUCKETS, DNS_ANSWER_DURATION, DNS_ECS_QUERIES, DNS_GEO_ANSWERS, DNS_QUERIES,
-    DNS_QUERIES_BY_PROTOCOL, DNS_TRUNCATED, Histogram, escape_label, family,
+    Count, DNS_ANSWER_BUCKETS, DNS_ANSWER_DURATION, DNS_ECS_QUERIES, DNS_GEO_ANSWERS,
+    DNS_PACKET_CACHE, DNS_QUERIES, DNS_QUERIES_BY_PROTOCOL, DNS_TRUNCATED, Histogram, escape_label,
+    family,
 };
 
 /// Query types with their own label; the rest count as `other` so a client
@@ -144,6 +145,8 @@ static UDP: Count = Count::new();
 static TCP: Count = Count::new();
 static TRUNCATED: Count = Count::new();
 static ECS: Count = Count::new();
+static CACHE_HITS: Count = Count::new();
+static CACHE_MISSES: Count = Count::new();
 static ANSWER_DURATION: LazyLock<Histogram> = LazyLock::new(|| Histogram::new(DNS_ANSWER_BUCKETS));
 
 /// One query that carried ECS (`ecs`), counted.
@@ -167,6 +170,18 @@ pub(super) fn count_udp_batch(answers: usize, truncated: usize, elapsed: Duratio
     UDP.add(answers as u64);
     TRUNCATED.add(truncated as u64);
     ANSWER_DURATION.observe_n(elapsed, answers as u64);
+}
+
+/// What a UDP thread's packet cache answered (`hits`) and left to the
+/// general path (`misses`) since last counted: added per batch, not per
+/// query, as the other UDP counts are.
+pub(super) fn count_packet_cache(hits: u64, misses: u64) {
+    if hits > 0 {
+        CACHE_HITS.add(hits);
+    }
+    if misses > 0 {
+        CACHE_MISSES.add(misses);
+    }
 }
 
 /// One answer sent over TCP (`reply`), `elapsed` after its query was read.
@@ -211,6 +226,15 @@ pub fn render_transport(out: &mut String) {
     for (name, help, n) in families {
         family(out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", n.get());
+    }
+    family(
+        out,
+        DNS_PACKET_CACHE,
+        "counter",
+        "UDP queries the fast path left, answered from the packet cache (hit) or by the general path (miss).",
+    );
+    for (result, n) in [("hit", &CACHE_HITS), ("miss", &CACHE_MISSES)] {
+        let _ = writeln!(out, "{DNS_PACKET_CACHE}{{result=\"{result}\"}} {}", n.get());
     }
     family(
         out,

@@ -144,6 +144,8 @@ fn serve(socket: &UdpSocket, data: &SharedDnsData, rrl: &rrl::Table, shutdown: &
             &destinations,
         );
         count::count_udp_batch(destinations.len(), truncated, started.elapsed());
+        let (hits, misses) = cache.take_counts();
+        count::count_packet_cache(hits, misses);
     }
 }
 
