@@ -4,7 +4,12 @@
 # qps). Starts BINARY under valgrind, warms up with 2,000 queries, zeroes
 # the counters, sends COUNT queries with dnsperf (-c 1 -q 20), dumps, and
 # prints the UDP thread's instructions / COUNT (user space only: the
-# kernel's share of a query is not counted).
+# kernel's share of a query is not counted). The same query is sent COUNT
+# times: one the fast path leaves is, after the warm-up, answered from the
+# UDP thread's packet cache when its reply is the same for every client
+# (NXDOMAIN, NODATA, MX, TXT...); the general path itself is counted only
+# for replies the cache does not keep (geo answers with ECS, cookies, DO on
+# a signed zone), or with a query whose name changes (a dnsperf file).
 #
 #   benches/dns-instructions.sh BINARY 'DNS KEYS' 'QUERY' [DNSPERF ARGS...]
 #   e.g. benches/dns-instructions.sh target/release/geolb \
