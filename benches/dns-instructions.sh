@@ -9,7 +9,7 @@
 # UDP thread's packet cache when its reply is the same for every client
 # (NXDOMAIN, NODATA, MX, TXT...); the general path itself is counted only
 # for replies the cache does not keep (geo answers with ECS, cookies, DO on
-# a signed zone), or with a query whose name changes (a dnsperf file).
+# a signed zone).
 #
 #   benches/dns-instructions.sh BINARY 'DNS KEYS' 'QUERY' [DNSPERF ARGS...]
 #   e.g. benches/dns-instructions.sh target/release/geolb \
