@@ -121,8 +121,9 @@ pub const DNS_QUERIES_BY_PROTOCOL: &str = "geolb_dns_queries_by_protocol_total";
 pub const DNS_TRUNCATED: &str = "geolb_dns_truncated_responses_total";
 /// Queries that carried an EDNS Client Subnet option (echoed in the answer).
 pub const DNS_ECS_QUERIES: &str = "geolb_dns_ecs_queries_total";
-/// UDP queries the fast path left, by `result`: `hit` (answered with a
-/// reply the UDP thread's packet cache kept) or `miss` (the general path).
+/// UDP packets the fast path left, by `result`: `hit` (answered with a
+/// reply the UDP thread's packet cache kept) or `miss` (left to the general
+/// path, which answers, refuses or drops it).
 pub const DNS_PACKET_CACHE: &str = "geolb_dns_packet_cache_total";
 /// From a query's receipt to its answer leaving (see `dns::count`).
 pub const DNS_ANSWER_DURATION: &str = "geolb_dns_answer_duration_seconds";

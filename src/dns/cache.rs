@@ -20,8 +20,12 @@ use super::fast;
 use super::rrl::Class;
 use super::{Compiled, DnsData};
 
-/// Keys and replies held, per thread.
+/// Keys, replies and their bookkeeping held, per thread.
 const MAX_BYTES: usize = 2 << 20;
+/// What an entry costs beside its key and reply: its slot in the table
+/// and two allocations' headers. Counted, so that a flood of small
+/// REFUSED replies does not hold several times [`MAX_BYTES`].
+const ENTRY_OVERHEAD: usize = 128;
 /// Longer queries are not kept (a plain query is under 300 bytes).
 const MAX_KEY: usize = 512;
 /// The id: the two bytes a repeated query changes.
@@ -33,8 +37,9 @@ pub(super) struct PacketCache {
     /// config's zones are not kept for the cache's sake, and its memory,
     /// not freed while this points to it, cannot be a new one's.
     compiled: Weak<Compiled>,
-    /// By the query's bytes after its id.
-    replies: HashMap<Box<[u8]>, Kept, foldhash::fast::FixedState>,
+    /// By the query's bytes after its id, which a client chooses: seeded
+    /// at random, so that no one can pick names that collide.
+    replies: HashMap<Box<[u8]>, Kept, foldhash::fast::RandomState>,
     bytes: usize,
     /// Answered and not, since [`PacketCache::take_counts`].
     hits: u64,
@@ -92,10 +97,9 @@ impl PacketCache {
         if reply.len() < ID_LEN {
             return;
         }
-        let size = key.len() + reply.len();
+        let size = key.len() + reply.len() + ENTRY_OVERHEAD;
         if self.bytes + size > MAX_BYTES {
-            self.replies.clear();
-            self.bytes = 0;
+            self.empty();
         }
         let kept = Kept {
             reply: reply.into(),
@@ -103,7 +107,7 @@ impl PacketCache {
             tally,
         };
         if let Some(old) = self.replies.insert(key.into(), kept) {
-            self.bytes -= key.len() + old.reply.len();
+            self.bytes -= key.len() + old.reply.len() + ENTRY_OVERHEAD;
         }
         self.bytes += size;
     }
@@ -122,20 +126,63 @@ impl PacketCache {
         if std::ptr::eq(self.compiled.as_ptr(), Arc::as_ptr(&data.compiled)) {
             return;
         }
-        self.replies.clear();
-        self.bytes = 0;
+        self.empty();
         self.compiled = Arc::downgrade(&data.compiled);
+    }
+
+    /// A new table, not a cleared one: a cleared one keeps its largest
+    /// size.
+    fn empty(&mut self) {
+        self.replies = HashMap::default();
+        self.bytes = 0;
     }
 }
 
 /// A query with one question whose name is whole labels, and no record but
 /// an OPT: no compression pointer, which could point into the id and make
-/// the question another with another id.
+/// the message another with another id (in the question, or in the data
+/// of another record, which the general path parses).
 fn self_contained(packet: &[u8]) -> bool {
     let Some(name_end) = fast::plain_question(packet) else {
         return false;
     };
-    // Type and class; then an OPT is owned by the root.
+    // Type and class; then an OPT: the root as owner, TYPE 41.
     let records = u16::from_be_bytes([packet[10], packet[11]]);
-    records == 0 || packet.get(name_end + 4) == Some(&0)
+    records == 0 || packet.get(name_end + 4..name_end + 7) == Some(&[0, 0, 41])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::dns::AllUp;
+    use crate::dns::udp::{answer_general, answer_packet};
+
+    /// A record after the question whose data points into the id: the
+    /// message under one id is another under another, so none is kept.
+    #[test]
+    fn a_message_whose_parse_reads_the_id_is_not_kept() {
+        let data = crate::dns::answer::tests::data(Arc::new(AllUp));
+        let src: SocketAddr = "192.0.2.200:5353".parse().unwrap();
+        let mut packet = vec![0x00, 0x12, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        for label in ["nx", "mysite", "com"] {
+            packet.push(label.len() as u8);
+            packet.extend(label.as_bytes());
+        }
+        packet.extend([0, 0, 1, 0, 1]);
+        // A CNAME owned by the root, its target a pointer to offset 0.
+        packet.extend([0, 0, 5, 0, 1, 0, 0, 0, 0, 0, 2, 0xc0, 0x00]);
+        let mut cache = PacketCache::default();
+        let (mut reply, mut general) = (Vec::new(), Vec::new());
+        // 0x00 reads as the root (NXDOMAIN), 0x41 as a bad label (FORMERR).
+        for (id, rcode) in [(0x00, 3), (0x41, 1), (0x00, 3)] {
+            packet[0] = id;
+            answer_packet(&data, &packet, src, &mut reply, &mut cache).unwrap();
+            answer_general(&data, &packet, src, &mut general).unwrap();
+            assert_eq!(reply, general, "id {id:#x}");
+            assert_eq!(reply[3] & 0x0f, rcode, "id {id:#x}");
+        }
+    }
 }

@@ -231,7 +231,7 @@ pub fn render_transport(out: &mut String) {
         out,
         DNS_PACKET_CACHE,
         "counter",
-        "UDP queries the fast path left, answered from the packet cache (hit) or by the general path (miss).",
+        "UDP packets the fast path left: answered from the packet cache (hit), or left to the general path (miss).",
     );
     for (result, n) in [("hit", &CACHE_HITS), ("miss", &CACHE_MISSES)] {
         let _ = writeln!(out, "{DNS_PACKET_CACHE}{{result=\"{result}\"}} {}", n.get());
