@@ -176,16 +176,8 @@ async fn ask(server: SocketAddr, name: &str, subnet: &str) -> (Vec<String>, u8) 
         )));
     msg.set_edns(edns);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket
-        .send_to(&msg.to_vec().unwrap(), server)
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
-        .await
-        .expect("an answer over UDP")
-        .unwrap();
-    let reply = Message::from_vec(&buf[..n]).unwrap();
+    let reply = support::udp_exchange(&socket, server, &msg.to_vec().unwrap()).await;
+    let reply = Message::from_vec(&reply).unwrap();
     let addresses = reply
         .answers
         .iter()

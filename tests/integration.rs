@@ -1037,17 +1037,9 @@ async fn replies_given_again_are_counted_again() {
         for id in [0x0101u16, 0x0202, 0x0303] {
             let mut query = Message::new(id, MessageType::Query, OpCode::Query);
             query.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-            socket
-                .send_to(&query.to_vec().unwrap(), server)
-                .await
-                .unwrap();
-            let mut buf = vec![0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
-                .await
-                .expect("a DNS answer")
-                .unwrap();
-            assert_eq!(buf[..2], id.to_be_bytes(), "{name} {qtype}");
-            replies.push(buf[2..n].to_vec());
+            let reply = support::udp_exchange(&socket, server, &query.to_vec().unwrap()).await;
+            assert_eq!(reply[..2], id.to_be_bytes(), "{name} {qtype}");
+            replies.push(reply[2..].to_vec());
         }
         assert!(
             replies.iter().all(|r| *r == replies[0]),

@@ -727,6 +727,23 @@ pub fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// `packet` sent over `socket` to the DNS server at `server`; the reply's
+/// bytes, which must come within 2 s.
+pub async fn udp_exchange(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    packet: &[u8],
+) -> Vec<u8> {
+    socket.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+        .await
+        .expect("a DNS answer over UDP")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
 /// One A query over UDP sent from `source` (a loopback address), with an
 /// ECS option for `subnet`/32 if given; the addresses answered.
 pub async fn dns_a_from(
@@ -753,16 +770,8 @@ pub async fn dns_a_from(
     let socket = tokio::net::UdpSocket::bind(format!("{source}:0"))
         .await
         .unwrap();
-    socket
-        .send_to(&msg.to_vec().unwrap(), server)
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-        .await
-        .expect("a DNS answer")
-        .unwrap();
-    let reply = Message::from_vec(&buf[..n]).unwrap();
+    let reply = udp_exchange(&socket, server, &msg.to_vec().unwrap()).await;
+    let reply = Message::from_vec(&reply).unwrap();
     reply
         .answers
         .iter()
