@@ -810,7 +810,8 @@ where
                 // Boxed, as hyper's server boxes it: the routing and
                 // forwarding state (2.5 KB at 709a6a0) exists only while a
                 // request is open, not in every idle connection's task.
-                let mut answer = Box::pin(conn.respond(req, unread, timer.as_mut()));
+                let mut answer =
+                    super::boxed_in_place(|| conn.respond(req, unread, timer.as_mut()));
                 loop {
                     tokio::select! {
                         resp = &mut answer => break resp,

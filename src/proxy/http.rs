@@ -231,13 +231,13 @@ pub(super) async fn serve_connection<I>(
         // What geolb's own server does not serve (HTTP/2, upgrades) it
         // hands back with the bytes it read, to go on with hyper.
         if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice, unread).await {
-            Box::pin(serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
+            super::boxed_in_place(|| serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
         }
         return;
     }
     // Boxed: hyper's connection state is several KiB, which every
     // connection's task would otherwise carry, also those geolb serves.
-    Box::pin(serve_hyper(io, conn_ctx, timeouts, max_streams)).await
+    super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams)).await
 }
 
 /// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends.
@@ -257,7 +257,7 @@ where
         // out. Boxed, the routing and forwarding state (2.5 KB at 709a6a0)
         // and the request are moved by none of them (2,340 instructions a
         // request for the state, by `CLIENT=h2 benches/instructions.sh`).
-        Box::pin(async move {
+        super::boxed_in_place(|| async move {
             let h2 = req.version() == Version::HTTP_2;
             let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
             let (mut resp, request_id) =

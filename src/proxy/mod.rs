@@ -38,3 +38,18 @@ pub mod tcp;
 pub mod tls;
 mod validate;
 mod woken;
+
+use std::pin::Pin;
+
+/// The future `make` returns, in a box of its own, built in that box.
+/// `Box::pin(make())` builds the future on the stack and then copies all
+/// of it into the box, the room of the states it has not entered yet
+/// included: 2.5 KB for a request's routing and forwarding, to set the
+/// few hundred bytes its arguments take. Given the box first, the
+/// optimizer writes the arguments straight into it (seen in the assembly:
+/// no `memcpy` is left), and the rest of the box is first written when
+/// the future gets there.
+#[inline(always)]
+fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
