@@ -53,6 +53,10 @@
 # are close and their req/s per core are not, memory is the next suspect
 # (this machine's VMs expose no hardware counters to perf).
 #   CACHE=1 CLIENT=h2 PROXIES="geolb haproxy" GEOLB=target/release/geolb benches/instructions.sh
+# CACHE_LL=size,ways,line: the last level callgrind simulates, rather
+# than this machine's L3 (callgrind has two levels). With one core's L2
+# (CACHE_LL=1048576,8,64 here) its "last-level" misses are the L2 misses,
+# which is where a request's data goes cold with 1,000 connections.
 # TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
@@ -162,6 +166,7 @@ start_under_valgrind() {
   else
     CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.$1.out")
     [[ ${CACHE:-0} == 1 ]] && CALLGRIND+=(--cache-sim=yes)
+    [[ ${CACHE:-0} == 1 && -n ${CACHE_LL:-} ]] && CALLGRIND+=(--LL="$CACHE_LL")
   fi
   case $name in
     geolb)
