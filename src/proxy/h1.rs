@@ -42,6 +42,7 @@ use super::body::ResponseBody;
 use super::halves::{ReadHalf, Socket, WriteHalf};
 use super::header_rules::{X_REQUEST_ID, put_request_id};
 use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
+use super::settled::Settled;
 use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::readbuf::poll_read_exact_size;
@@ -806,31 +807,33 @@ where
         // The response ends where it stands, at the end of this block,
         // rather than moved into a `drop`.
         let reusable = {
-            let (mut resp, request_id) = {
-                // Boxed, as hyper's server boxes it: the routing and
-                // forwarding state (2.5 KB at 709a6a0) exists only while a
-                // request is open, not in every idle connection's task.
-                let mut answer =
-                    super::boxed_in_place(|| conn.respond(req, unread, timer.as_mut()));
-                loop {
-                    tokio::select! {
-                        resp = &mut answer => break resp,
-                        () = shared.continue_wanted.notified(), if may_continue => {
-                            if shared.continue_owed.swap(false, Ordering::Relaxed)
-                                && writer.io.write_all(CONTINUE).await.is_err()
-                            {
-                                return Served::Closed;
-                            }
+            // Boxed, as hyper's server boxes it: the routing and forwarding
+            // state (2.5 KB at 709a6a0) exists only while a request is open,
+            // not in every idle connection's task. The answer stays in the
+            // box too (see `Settled`).
+            let mut answer =
+                super::boxed_in_place(|| Settled::new(conn.respond(req, unread, timer.as_mut())));
+            loop {
+                tokio::select! {
+                    () = answer.as_mut() => break,
+                    () = shared.continue_wanted.notified(), if may_continue => {
+                        if shared.continue_owed.swap(false, Ordering::Relaxed)
+                            && writer.io.write_all(CONTINUE).await.is_err()
+                        {
+                            return Served::Closed;
                         }
-                        // geolb serves without half-close (as its hyper
-                        // server): a client that ends its side has gone.
-                        closed = poll_fn(|cx| client_gone(shared, cx)) => {
-                            if closed {
-                                return Served::Closed;
-                            }
+                    }
+                    // geolb serves without half-close (as its hyper
+                    // server): a client that ends its side has gone.
+                    closed = poll_fn(|cx| client_gone(shared, cx)) => {
+                        if closed {
+                            return Served::Closed;
                         }
                     }
                 }
+            }
+            let Some((resp, request_id)) = answer.as_mut().output() else {
+                return Served::Closed;
             };
             let keep_alive = keep_alive && !shutdown.is_cancelled();
             let request = Answering {
@@ -841,7 +844,7 @@ where
                 request_id: request_id.as_ref(),
             };
             // Pinned where it is made, not moved into the await.
-            let reusable = std::pin::pin!(writer.respond(&mut resp, request)).await;
+            let reusable = std::pin::pin!(writer.respond(resp, request)).await;
             spare = std::mem::take(resp.headers_mut());
             reusable
         };
