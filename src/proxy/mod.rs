@@ -33,7 +33,6 @@ pub mod http;
 pub mod ocsp;
 pub mod pipes;
 mod pump;
-mod settled;
 mod stall;
 pub mod tcp;
 pub mod tls;
