@@ -11,7 +11,8 @@
 //!      -> (state, upstream, health, outlier, admission, balance, geoip,
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
-//!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena)
+//!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena,
+//!          spares)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -34,6 +35,8 @@
 //!   client, driven in the request's task.
 //! - [`arena`]: small `Bytes` (request ids, request heads) cut from
 //!   shared chunks.
+//! - [`spares`]: boxes a request is done with, kept on the thread for the
+//!   next ones.
 //! - [`readbuf`]: reads that hold memory only for the bytes that came
 //!   (both HTTP/1 halves read heads through it).
 //! - [`health`]: active checks and the health table, kept outside the
@@ -156,6 +159,7 @@ pub mod readbuf;
 pub mod register;
 pub mod reload;
 pub mod rules;
+pub mod spares;
 pub mod state;
 pub mod sticky;
 pub mod takeover;

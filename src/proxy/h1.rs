@@ -848,6 +848,7 @@ where
                 takes_trailers,
                 request_id: request_id.as_ref(),
             };
+            super::after_woken_tasks().await;
             // Pinned where it is made, not moved into the await.
             let reusable = std::pin::pin!(writer.respond(resp, request)).await;
             spare = std::mem::take(resp.headers_mut());

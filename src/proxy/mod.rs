@@ -53,3 +53,54 @@ use std::pin::Pin;
 fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
+
+/// Pending once, having woken itself: the task goes to the back of the
+/// runtime's queue, behind every task the same turn of the event loop
+/// woke, and goes on when they have run. Before an answer's write, this
+/// makes a turn's writes go out together, after its reads, as HAProxy's
+/// loop does, and not one between each two reads: a process at the other
+/// end on the same machine (a local backend, a load generator) that sleeps
+/// between messages is then woken once for many, where each wake-up of
+/// an idle CPU costs the writer an interrupt to it. With 1,000 clients
+/// that was 0.27 interrupts a request and 0.08 with this, 20.0 against
+/// 18.1 µs of kernel time a request (README, "Writes after the turn's
+/// reads"). With no other task queued the task is polled again at once
+/// (tokio's `yield_now` would wait for the next look at the sockets).
+pub(crate) async fn after_woken_tasks() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    #[test]
+    fn a_write_waits_for_the_reads_of_the_tasks_woken_with_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        for name in ["a", "b"] {
+            let order = order.clone();
+            local.spawn_local(async move {
+                order.borrow_mut().push(format!("{name} read"));
+                super::after_woken_tasks().await;
+                order.borrow_mut().push(format!("{name} write"));
+            });
+        }
+        rt.block_on(local);
+        assert_eq!(*order.borrow(), ["a read", "b read", "a write", "b write"]);
+    }
+}

@@ -40,6 +40,7 @@ use super::unread::UnreadName;
 use super::{BackendRequestBody, IDLE_LIMIT};
 use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
+use crate::spares::Spares;
 
 /// The largest response head (and chunked trailer section) read: the
 /// server side's limit for request heads (`proxy::activity::MAX_HEAD`).
@@ -1009,7 +1010,9 @@ impl ReadFields {
     pub fn recycle(mut self: Box<Self>) {
         self.head = Bytes::new();
         self.fields.clear();
-        SPARE_READ.set(Some(self));
+        // Not `with`: a response ended while the thread's locals are being
+        // torn down just frees its box.
+        let _ = SPARE_READS.try_with(|spares| spares.keep(self));
     }
 
     /// `f` of each field's kind, name as sent and value, a name's fields
@@ -1097,7 +1100,11 @@ fn read_fields(
     if spans.len() > MAX_READ_FIELDS || raw.len() > usize::from(u16::MAX) {
         return Ok(None);
     }
-    let mut read = SPARE_READ.take().unwrap_or_default();
+    let mut read = SPARE_READS
+        .try_with(Spares::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let filled = fill_read(raw, spans, version, &mut read.fields)?;
     Ok(match filled {
         Some((present, keep_alive, lengths)) => {
@@ -1113,10 +1120,9 @@ fn read_fields(
 }
 
 thread_local! {
-    /// A [`ReadFields`] written out, for the next head read on this thread
-    /// (an allocation and a free fewer a response).
-    static SPARE_READ: std::cell::Cell<Option<Box<ReadFields>>> =
-        const { std::cell::Cell::new(None) };
+    /// [`ReadFields`] written out, for the next heads read on this thread;
+    /// at most 256 (about 250 bytes each).
+    static SPARE_READS: Spares<ReadFields, 256> = const { Spares::new() };
 }
 
 /// [`read_fields`] into `fields` (empty): the kinds present, whether the

@@ -24,6 +24,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use smallvec::SmallVec;
 
 use super::parsed_value;
+use crate::spares::Spares;
 
 /// The names passed unread, when the config allows. None of them is read
 /// anywhere in geolb but where the config names it (see the module's doc).
@@ -267,22 +268,15 @@ pub struct Unread {
 }
 
 thread_local! {
-    /// [`Unread`]s done with, for the next requests parsed on this thread
-    /// (an allocation and a free fewer a request). Several: each of the
-    /// connections a wake-up finds with a request parses one before the
-    /// first of them is answered.
-    // The boxes are what is kept: a request holds its box, not the Vec.
-    #[allow(clippy::vec_box)]
-    static SPARES: std::cell::RefCell<Vec<Box<Unread>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`Unread`]s done with, for the next requests parsed on this thread;
+    /// at most 256 (about 250 bytes each).
+    static SPARES: Spares<Unread, 256> = const { Spares::new() };
 }
-
-/// The most [`SPARES`] a thread keeps (about 250 bytes each).
-const MAX_SPARES: usize = 256;
 
 impl Unread {
     /// An empty one, for the fields of `head`.
     pub fn new(head: Bytes) -> Box<Unread> {
-        let spare = SPARES.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        let spare = SPARES.try_with(Spares::take).ok().flatten();
         let mut unread = spare.unwrap_or_default();
         unread.head = head;
         unread
@@ -313,12 +307,7 @@ impl Unread {
         self.names = UnreadNames::NONE;
         // Not `with`: a request ended while the thread's locals are being
         // torn down just frees its box.
-        let _ = SPARES.try_with(|spares| {
-            let mut spares = spares.borrow_mut();
-            if spares.len() < MAX_SPARES {
-                spares.push(self);
-            }
-        });
+        let _ = SPARES.try_with(|spares| spares.keep(self));
     }
 
     /// The fields into `headers` (which holds none of their names), for
