@@ -353,7 +353,7 @@ measure() {
   fi
   # rps p50 p99 non2xx sock | proxy CPU ... elapsed | requests | memory | syscalls
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
-    "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" "$user" "$((${i1:-0} - ${i0:-0}))" >>"$RESULTS/results.tsv"
+    "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" "$user" "$([[ -n $i0 && -n $i1 ]] && echo $((i1 - i0)) || echo NA)" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  peak RSS %s kB%s%s\n",
       $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18,

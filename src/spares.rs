@@ -5,6 +5,7 @@
 //! turn's reads: `proxy::after_woken_tasks`).
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// At most `MAX` boxes of `T`, for a `thread_local!`.
 // The boxes are what is kept: a request holds its box, not the Vec.
@@ -16,12 +17,23 @@ impl<T, const MAX: usize> Spares<T, MAX> {
         Self(RefCell::new(Vec::new()))
     }
 
-    pub fn take(&self) -> Option<Box<T>> {
+    /// A box kept in `spares` on this thread, if any.
+    pub fn take_from(spares: &'static LocalKey<Self>) -> Option<Box<T>> {
+        spares.try_with(Self::take).ok().flatten()
+    }
+
+    /// Keeps `spare` in `spares` on this thread, or frees it when `MAX` are
+    /// kept already. Not `with`: a box given back while the thread's locals
+    /// are being torn down (a request ended then) is just freed.
+    pub fn keep_in(spares: &'static LocalKey<Self>, spare: Box<T>) {
+        let _ = spares.try_with(|s| s.keep(spare));
+    }
+
+    fn take(&self) -> Option<Box<T>> {
         self.0.borrow_mut().pop()
     }
 
-    /// Keeps `spare`, or frees it when `MAX` are kept already.
-    pub fn keep(&self, spare: Box<T>) {
+    fn keep(&self, spare: Box<T>) {
         let mut spares = self.0.borrow_mut();
         if spares.len() < MAX {
             spares.push(spare);

@@ -1010,9 +1010,7 @@ impl ReadFields {
     pub fn recycle(mut self: Box<Self>) {
         self.head = Bytes::new();
         self.fields.clear();
-        // Not `with`: a response ended while the thread's locals are being
-        // torn down just frees its box.
-        let _ = SPARE_READS.try_with(|spares| spares.keep(self));
+        Spares::keep_in(&SPARE_READS, self);
     }
 
     /// `f` of each field's kind, name as sent and value, a name's fields
@@ -1100,11 +1098,7 @@ fn read_fields(
     if spans.len() > MAX_READ_FIELDS || raw.len() > usize::from(u16::MAX) {
         return Ok(None);
     }
-    let mut read = SPARE_READS
-        .try_with(Spares::take)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut read = Spares::take_from(&SPARE_READS).unwrap_or_default();
     let filled = fill_read(raw, spans, version, &mut read.fields)?;
     Ok(match filled {
         Some((present, keep_alive, lengths)) => {

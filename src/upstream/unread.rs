@@ -276,7 +276,7 @@ thread_local! {
 impl Unread {
     /// An empty one, for the fields of `head`.
     pub fn new(head: Bytes) -> Box<Unread> {
-        let spare = SPARES.try_with(Spares::take).ok().flatten();
+        let spare = Spares::take_from(&SPARES);
         let mut unread = spare.unwrap_or_default();
         unread.head = head;
         unread
@@ -305,9 +305,7 @@ impl Unread {
         self.head = Bytes::new();
         self.fields.clear();
         self.names = UnreadNames::NONE;
-        // Not `with`: a request ended while the thread's locals are being
-        // torn down just frees its box.
-        let _ = SPARES.try_with(|spares| spares.keep(self));
+        Spares::keep_in(&SPARES, self);
     }
 
     /// The fields into `headers` (which holds none of their names), for
