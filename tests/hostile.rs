@@ -457,6 +457,12 @@ async fn a_bad_or_slow_request_body_is_the_clients_fault() {
     .await;
     assert_eq!(status_of(&resp), 504, "{resp}");
 
+    // Lines reach the log from geolb's writer thread, maybe after the
+    // answer reached the client.
+    eventually("the slow backend's warning in the log", LIMIT, || async {
+        geolb.log().contains("request failed")
+    })
+    .await;
     let log = geolb.log();
     let warned = log.lines().filter(|l| l.contains("request failed")).count();
     assert_eq!(warned, 1, "only the slow backend is blamed:\n{log}");

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use nix::time::ClockId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -23,6 +24,8 @@ const IN_REQUEST: u8 = 2;
 
 pub struct Activity {
     origin: Instant,
+    /// `origin` on the monotonic clock, in ms, for [`Activity::coarse_ms`].
+    origin_ms: u64,
     /// Milliseconds since `origin` of the last byte moved either way.
     last_io: AtomicU64,
     /// When the head now being read started, in ms since `origin`.
@@ -40,6 +43,14 @@ pub struct Activity {
     quiet_since: AtomicU64,
 }
 
+/// `clock` in ms; 0 if it cannot be read (it always can on Linux: the
+/// monotonic clocks are in the vDSO).
+fn monotonic_ms(clock: ClockId) -> u64 {
+    nix::time::clock_gettime(clock).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000
+    })
+}
+
 /// The watchdog's reason for an idle connection.
 pub const IDLE_TIMEOUT: &str = "idle timeout";
 
@@ -47,6 +58,7 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
             origin: Instant::now(),
+            origin_ms: monotonic_ms(ClockId::CLOCK_MONOTONIC),
             last_io: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             phase: AtomicU8::new(WAITING),
@@ -62,9 +74,17 @@ impl Activity {
         self.origin.elapsed().as_millis() as u64
     }
 
+    /// [`Activity::now_ms`] from the clock the kernel keeps at its last
+    /// tick (a few ms behind at most, so a timeout may come that much
+    /// early): read with no time-stamp counter and no `Duration`
+    /// arithmetic, for the two touches of every request.
+    fn coarse_ms(&self) -> u64 {
+        monotonic_ms(ClockId::CLOCK_MONOTONIC_COARSE).saturating_sub(self.origin_ms)
+    }
+
     /// Notes a byte moved; true if it was read and began a new head.
     fn touch(&self, read: bool) -> bool {
-        let now = self.now_ms();
+        let now = self.coarse_ms();
         self.last_io.store(now, Ordering::Relaxed);
         let started = read
             && self
