@@ -168,14 +168,18 @@ impl ResponseBody {
     }
 
     fn end(&mut self, clean: bool) {
-        if let Some(mut c) = self.completion.take() {
-            if let Inner::Compressed(body) = &self.inner {
-                c.backend_bytes = Some(body.bytes_read());
-            }
-            if clean {
-                c.finish_clean();
-            }
+        // Finished where it lies and dropped there: taken out, its 200
+        // bytes were copied first.
+        let Some(c) = self.completion.as_mut() else {
+            return;
+        };
+        if let Inner::Compressed(body) = &self.inner {
+            c.backend_bytes = Some(body.bytes_read());
         }
+        if clean {
+            c.finish_clean();
+        }
+        self.completion = None;
     }
 }
 

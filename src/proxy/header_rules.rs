@@ -324,9 +324,19 @@ fn new_request_id() -> HeaderValue {
             a.extend_from_slice(&buf)
         })
     });
-    unindexed(
-        HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| unreachable!("hex digits only")),
-    )
+    unindexed(hex_value(bytes))
+}
+
+/// `digits` (lower-case hex digits, nothing else) as a field value, not
+/// checked again byte by byte.
+#[allow(unsafe_code)]
+fn hex_value(digits: bytes::Bytes) -> HeaderValue {
+    debug_assert!(digits.iter().all(u8::is_ascii_hexdigit));
+    // SAFETY: hex digits are visible ASCII, which any field value may hold
+    // (`from_maybe_shared` would accept them all); the call is `unsafe`
+    // only as a warning against bytes that could split a message (see
+    // `upstream::parsed_value`).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(digits) }
 }
 
 /// An id, which no other message repeats, marked for HTTP/2's header
@@ -347,16 +357,27 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `n` as 16 hex digits into `out`, a byte (two digits) at a time.
 fn hex(n: u64, out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_writes_the_high_digit_first() {
+        let mut out = [0u8; 16];
+        hex(0x0123_4567_89ab_cdef, &mut out);
+        assert_eq!(&out, b"0123456789abcdef");
+        hex(u64::MAX, &mut out);
+        assert_eq!(&out, b"ffffffffffffffff");
+    }
 
     #[test]
     fn generated_ids_are_32_hex_and_differ() {
