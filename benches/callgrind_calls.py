@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Calls in a callgrind output, per request: where a function is called
+from (source line and caller), or what a function calls (inclusive cost
+of each callee, and its own cost). callgrind_annotate's --tree gives
+functions only; the line of a call is what shows which move or which
+read is paid for.
+
+  benches/callgrind_calls.py sites   OUT REQUESTS REGEX [TOP]
+  benches/callgrind_calls.py callees OUT REQUESTS REGEX [TOP]
+
+OUT: a callgrind output kept by `KEEP=dir benches/instructions.sh`;
+REQUESTS: the requests of that run (its `requests=` figure); REGEX: the
+callee (sites) or the caller (callees), matched against the full
+function name, e.g. '^__memcpy_avx_unaligned_erms$'.
+Columns: instructions a request, calls a request, then the call's site
+or the callee.
+"""
+import collections
+import re
+import sys
+
+POSITION = re.compile(r"^([+-]?\d+|\*)$")
+
+
+def records(path):
+    """(function, file, line, callee or None, calls, cost) for each cost line."""
+    names = {"fl": {}, "fn": {}}
+    fn = fi = cfn = None
+    calls = None
+    line_no = 0
+    for raw in open(path, errors="replace"):
+        raw = raw.rstrip("\n")
+        key, eq, value = raw.partition("=")
+        if eq and key in ("fl", "fi", "fe", "fn", "cfn", "cfi", "cfl", "cfe", "ob", "cob"):
+            table = names["fn" if key in ("fn", "cfn") else "fl"]
+            m = re.match(r"\((\d+)\)(?: (.*))?", value)
+            if m:
+                if m.group(2) is not None:
+                    table[m.group(1)] = m.group(2)
+                value = table.get(m.group(1), "?")
+            if key == "fn":
+                fn = value
+            elif key in ("fl", "fi", "fe"):
+                fi = value
+            elif key == "cfn":
+                cfn = value
+            continue
+        if key == "calls" and eq:
+            calls = int(value.split()[0])
+            continue
+        parts = raw.split()
+        if parts and POSITION.match(parts[0]):
+            t = parts[0]
+            if t[0] in "+-":
+                line_no += int(t)
+            elif t != "*":
+                line_no = int(t)
+            cost = int(parts[1]) if len(parts) > 1 else 0
+            yield fn, fi, line_no, (cfn if calls is not None else None), calls or 0, cost
+        calls = None
+
+
+def main():
+    if len(sys.argv) < 5 or sys.argv[1] not in ("sites", "callees"):
+        sys.exit(__doc__)
+    mode, path, requests, rx = sys.argv[1], sys.argv[2], int(sys.argv[3]), re.compile(sys.argv[4])
+    top = int(sys.argv[5]) if len(sys.argv) > 5 else 40
+    cost, count = collections.Counter(), collections.Counter()
+    own = 0
+    for fn, fi, line_no, callee, calls, c in records(path):
+        if mode == "sites":
+            if callee and rx.search(callee):
+                key = f"{(fi or '?').split('/')[-1]}:{line_no}  {fn}"
+                cost[key] += c
+                count[key] += calls
+        elif fn and rx.search(fn):
+            if callee:
+                cost[callee] += c
+                count[callee] += calls
+            else:
+                own += c
+    if mode == "callees":
+        print(f"{own / requests:8.0f}        (own)")
+    for key, c in cost.most_common(top):
+        print(f"{c / requests:8.0f} {count[key] / requests:6.2f}x {key[:160]}")
+
+
+if __name__ == "__main__":
+    main()
