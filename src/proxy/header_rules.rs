@@ -324,19 +324,9 @@ fn new_request_id() -> HeaderValue {
             a.extend_from_slice(&buf)
         })
     });
-    unindexed(hex_value(bytes))
-}
-
-/// `digits` (lower-case hex digits, nothing else) as a field value, not
-/// checked again byte by byte.
-#[allow(unsafe_code)]
-fn hex_value(digits: bytes::Bytes) -> HeaderValue {
-    debug_assert!(digits.iter().all(u8::is_ascii_hexdigit));
-    // SAFETY: hex digits are visible ASCII, which any field value may hold
-    // (`from_maybe_shared` would accept them all); the call is `unsafe`
-    // only as a warning against bytes that could split a message (see
-    // `upstream::parsed_value`).
-    unsafe { HeaderValue::from_maybe_shared_unchecked(digits) }
+    // Hex digits are bytes httparse admits in a value too: not checked
+    // again one by one (a debug build still checks them).
+    unindexed(crate::upstream::parsed_value(bytes))
 }
 
 /// An id, which no other message repeats, marked for HTTP/2's header
