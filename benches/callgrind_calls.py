@@ -14,22 +14,34 @@ callee (sites) or the caller (callees), matched against the full
 function name, e.g. '^__memcpy_avx_unaligned_erms$'.
 Columns: instructions a request, calls a request, then the call's site
 or the callee.
+
+EVENT=name: another of the output's events than instructions (Ir), e.g.
+EVENT=DLmw for last-level write misses in a run with CACHE=1.
 """
 import collections
+import os
 import re
 import sys
 
 POSITION = re.compile(r"^([+-]?\d+|\*)$")
 
 
-def records(path):
-    """(function, file, line, callee or None, calls, cost) for each cost line."""
+def records(path, event):
+    """(function, file, line, callee or None, calls, cost) for each cost
+    line, the cost being of `event` (one of the output's `events:`)."""
     names = {"fl": {}, "fn": {}}
+    column = 1
     fn = fi = cfn = None
     calls = None
     line_no = 0
     for raw in open(path, errors="replace"):
         raw = raw.rstrip("\n")
+        if raw.startswith("events:"):
+            names_of_events = raw.split()[1:]
+            if event not in names_of_events:
+                sys.exit(f"no event {event} in {path}: it has {' '.join(names_of_events)}")
+            column = 1 + names_of_events.index(event)
+            continue
         key, eq, value = raw.partition("=")
         if eq and key in ("fl", "fi", "fe", "fn", "cfn", "cfi", "cfl", "cfe", "ob", "cob"):
             table = names["fn" if key in ("fn", "cfn") else "fl"]
@@ -55,7 +67,8 @@ def records(path):
                 line_no += int(t)
             elif t != "*":
                 line_no = int(t)
-            cost = int(parts[1]) if len(parts) > 1 else 0
+            # callgrind leaves off a line's trailing zero costs.
+            cost = int(parts[column]) if len(parts) > column else 0
             yield fn, fi, line_no, (cfn if calls is not None else None), calls or 0, cost
         calls = None
 
@@ -67,7 +80,10 @@ def main():
     top = int(sys.argv[5]) if len(sys.argv) > 5 else 40
     cost, count = collections.Counter(), collections.Counter()
     own = 0
-    for fn, fi, line_no, callee, calls, c in records(path):
+    event = os.environ.get("EVENT", "Ir")
+    # Misses are counted in tenths of one a request, instructions whole.
+    digits = 0 if event == "Ir" else 1
+    for fn, fi, line_no, callee, calls, c in records(path, event):
         if mode == "sites":
             if callee and rx.search(callee):
                 key = f"{(fi or '?').split('/')[-1]}:{line_no}  {fn}"
@@ -80,9 +96,9 @@ def main():
             else:
                 own += c
     if mode == "callees":
-        print(f"{own / requests:8.0f}        (own)")
+        print(f"{own / requests:8.{digits}f}        (own)")
     for key, c in cost.most_common(top):
-        print(f"{c / requests:8.0f} {count[key] / requests:6.2f}x {key[:160]}")
+        print(f"{c / requests:8.{digits}f} {count[key] / requests:6.2f}x {key[:160]}")
 
 
 if __name__ == "__main__":

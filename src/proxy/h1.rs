@@ -821,8 +821,10 @@ where
             // the connection's next request comes (188 to 179 misses of the
             // L2 cache a request with 1,000 connections, one run each of
             // `CACHE=1 CACHE_LL=1048576,8,64 CONNS=1000 benches/instructions.sh`).
-            let mut answer =
-                super::boxed_in_place(|| maybe_done(conn.respond(req, unread, timer.as_mut())));
+            // Its memory is the thread's, kept for the next request's.
+            let mut answer = crate::spares::Recycled::pin_in_place(|| {
+                maybe_done(conn.respond(req, unread, timer.as_mut()))
+            });
             loop {
                 // The answer first: when the backend's reply woke the
                 // task, the client's socket is not read again for nothing

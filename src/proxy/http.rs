@@ -257,7 +257,8 @@ where
         // out. Boxed, the routing and forwarding state (2.5 KB at 709a6a0)
         // and the request are moved by none of them (2,340 instructions a
         // request for the state, by `CLIENT=h2 benches/instructions.sh`).
-        super::boxed_in_place(|| async move {
+        // Its memory is the thread's, kept for the next request's.
+        crate::spares::Recycled::pin_in_place(|| async move {
             let h2 = req.version() == Version::HTTP_2;
             let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
             let (mut resp, request_id) =

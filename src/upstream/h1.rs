@@ -40,7 +40,7 @@ use super::unread::UnreadName;
 use super::{BackendRequestBody, IDLE_LIMIT};
 use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
-use crate::spares::Spares;
+use crate::spares::{KEPT_MAX, Spares};
 
 /// The largest response head (and chunked trailer section) read: the
 /// server side's limit for request heads (`proxy::activity::MAX_HEAD`).
@@ -1114,9 +1114,9 @@ fn read_fields(
 }
 
 thread_local! {
-    /// [`ReadFields`] written out, for the next heads read on this thread;
-    /// at most 256 (about 250 bytes each).
-    static SPARE_READS: Spares<ReadFields, 256> = const { Spares::new() };
+    /// [`ReadFields`] written out, for the next heads read on this thread
+    /// (about 250 bytes each).
+    static SPARE_READS: Spares<ReadFields, KEPT_MAX> = const { Spares::new() };
 }
 
 /// [`read_fields`] into `fields` (empty): the kinds present, whether the

@@ -24,7 +24,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use smallvec::SmallVec;
 
 use super::parsed_value;
-use crate::spares::Spares;
+use crate::spares::{KEPT_MAX, Spares};
 
 /// The names passed unread, when the config allows. None of them is read
 /// anywhere in geolb but where the config names it (see the module's doc).
@@ -268,9 +268,9 @@ pub struct Unread {
 }
 
 thread_local! {
-    /// [`Unread`]s done with, for the next requests parsed on this thread;
-    /// at most 256 (about 250 bytes each).
-    static SPARES: Spares<Unread, 256> = const { Spares::new() };
+    /// [`Unread`]s done with, for the next requests parsed on this thread
+    /// (about 250 bytes each).
+    static SPARES: Spares<Unread, KEPT_MAX> = const { Spares::new() };
 }
 
 impl Unread {
