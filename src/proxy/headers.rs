@@ -355,7 +355,7 @@ mod tests {
                     assert!(empty.is_empty(), "{shown}");
                     strip_read(&mut read);
                     let mut got = Vec::new();
-                    read.each(|_, n, v| {
+                    read.each(|_, n, v, _| {
                         got.push((
                             String::from_utf8(n.to_ascii_lowercase()).unwrap(),
                             v.to_vec(),

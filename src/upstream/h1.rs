@@ -980,6 +980,9 @@ struct ReadField {
     kind: FieldKind,
     /// Of the same name as the field before.
     same_name: bool,
+    /// Sent as it is written out, `name: value` and CRLF: its line is
+    /// copied whole (one copy for four).
+    as_written: bool,
 }
 
 /// The fields a writer of [`ReadFields`] or the proxy's stripping of
@@ -1014,11 +1017,21 @@ impl ReadFields {
     }
 
     /// `f` of each field's kind, name as sent and value, a name's fields
-    /// together, in a header map's order. Not an iterator: one flattened
-    /// cost 90 instructions a field, by `benches/instructions.sh`.
-    pub fn each(&self, mut f: impl FnMut(FieldKind, &[u8], &[u8])) {
+    /// together, in a header map's order, and its line (from the name to
+    /// the CRLF) where it was sent as it is written out. Not an iterator:
+    /// one flattened cost 90 instructions a field, by
+    /// `benches/instructions.sh`.
+    pub fn each(&self, mut f: impl FnMut(FieldKind, &[u8], &[u8], Option<&[u8]>)) {
         for field in &self.fields {
-            f(field.kind, self.text(field.name), self.text(field.value));
+            let line = field
+                .as_written
+                .then(|| self.text([field.name[0], field.value[1] + 2]));
+            f(
+                field.kind,
+                self.text(field.name),
+                self.text(field.value),
+                line,
+            );
         }
     }
 
@@ -1179,11 +1192,15 @@ fn fill_read(
         {
             return Ok(None);
         }
+        let (n1, v0, v1) = (n1 as usize, v0 as usize, v1 as usize);
+        let as_written =
+            v0 == n1 + 2 && raw[n1..v0] == *b": " && raw.get(v1..v1 + 2) == Some(b"\r\n");
         let field = ReadField {
             name: [n0 as u16, n1 as u16],
             value: [v0 as u16, v1 as u16],
             kind,
             same_name,
+            as_written,
         };
         fields.push(field);
     }
@@ -1955,6 +1972,31 @@ mod tests {
     }
 
     #[test]
+    fn a_field_sent_as_it_is_written_out_comes_with_its_line() {
+        let fields = read(
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nX-A:1\r\nX-B:  2 \r\nX-Empty: \r\nX-None:\r\n\
+              X-Last: 3\r\n\r\n",
+        )
+        .unwrap();
+        let mut lines = Vec::new();
+        fields.each(|_, n, _, line| lines.push((n.to_vec(), line.map(<[u8]>::to_vec))));
+        let line = |text: &str| Some(text.as_bytes().to_vec());
+        assert_eq!(
+            lines,
+            [
+                (b"Server".to_vec(), line("Server: s\r\n")),
+                (b"X-A".to_vec(), None),
+                (b"X-B".to_vec(), None),
+                (b"X-Empty".to_vec(), line("X-Empty: \r\n")),
+                (b"X-None".to_vec(), None),
+                (b"X-Last".to_vec(), line("X-Last: 3\r\n")),
+            ]
+        );
+        let lf = read(b"HTTP/1.1 200 OK\nX-Lf: yes\n\n").unwrap();
+        lf.each(|_, _, _, line| assert_eq!(line, None));
+    }
+
+    #[test]
     fn heads_a_copy_would_send_otherwise_get_a_map() {
         for text in [
             &b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\n\r\n"[..],
@@ -1975,7 +2017,7 @@ mod tests {
         let mut got = Vec::new();
         fields
             .unwrap()
-            .each(|k, n, v| got.push((k, n.to_vec(), v.to_vec())));
+            .each(|k, n, v, _| got.push((k, n.to_vec(), v.to_vec())));
         let fields = got;
         assert_eq!(
             fields,
@@ -2014,7 +2056,7 @@ mod tests {
             let picked = [i % n, i / n % n, i / n / n].map(|k| kinds[k]);
             let mut read = read(text).unwrap();
             let mut map = HeaderMap::new();
-            read.each(|_, n, v| {
+            read.each(|_, n, v, _| {
                 map.append(
                     HeaderName::from_bytes(n).unwrap(),
                     HeaderValue::from_bytes(v).unwrap(),
@@ -2024,7 +2066,7 @@ mod tests {
                 assert_eq!(read.remove(kind), map.remove(name).is_some(), "{picked:?}");
             }
             let mut from_read = Vec::new();
-            read.each(|_, n, v| from_read.push((n.to_ascii_lowercase(), v.to_vec())));
+            read.each(|_, n, v, _| from_read.push((n.to_ascii_lowercase(), v.to_vec())));
             let from_map: Vec<_> = map
                 .iter()
                 .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
