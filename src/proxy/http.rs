@@ -703,10 +703,12 @@ fn respond(
                         break;
                     }
                 };
-                let Some(request) = pending
-                    .take()
-                    .or_else(|| replay.as_ref().map(|r| r.request(&pool.upstream)))
-                else {
+                // Taken from its place once: `take().or_else(..)` moved the
+                // request (264 bytes) a second time.
+                if pending.is_none() {
+                    pending = replay.as_ref().map(|r| r.request(&pool.upstream));
+                }
+                let Some(request) = pending.take() else {
                     break;
                 };
                 if !tried.is_empty() {
