@@ -54,9 +54,8 @@ pub fn authority<B>(
     req: &Request<B>,
     seen: Option<&HeaderValue>,
 ) -> Result<Option<HeaderValue>, Refusal> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    let (host, more) = crate::upstream::first_field(req.headers(), &header::HOST);
+    if more {
         return Err(Refusal::bad("more than one Host header"));
     }
     if let Some(h) = host

@@ -339,7 +339,9 @@ pub fn send<B, E: From<SendError>>(
 fn set_length(parts: &mut http::request::Parts, body: &BackendRequestBody) -> Encoder {
     let headers = &mut parts.headers;
     if body.is_end_stream() {
-        headers.remove(header::TRANSFER_ENCODING);
+        if super::has_field(headers, &header::TRANSFER_ENCODING) {
+            headers.remove(header::TRANSFER_ENCODING);
+        }
         return Encoder::Length(0);
     }
     let known = body.size_hint().exact();
@@ -1351,7 +1353,7 @@ fn respond<B>(mut conn: Conn, head: Head, wrap: fn(ResponseBody) -> B) -> Respon
     let mut resp = Response::new(wrap(body));
     *resp.status_mut() = status;
     *resp.version_mut() = version;
-    *resp.headers_mut() = headers;
+    super::put_headers(resp.headers_mut(), headers);
     if let Some(reason) = reason {
         resp.extensions_mut().insert(reason);
     }
