@@ -51,7 +51,7 @@ use crate::upstream::h1::{
     FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
     names_no_field, parsed_value,
 };
-use crate::upstream::unread::{Unread, UnreadName, UnreadNames};
+use crate::upstream::unread::{Unread, UnreadName, UnreadNames, folded_eq};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -494,10 +494,10 @@ fn parse(
     let mut unread_names = unread_names;
     for h in req.headers.iter() {
         match h.name.len() {
-            7 if http11 && h.name.eq_ignore_ascii_case("upgrade") => return Some(Head::Hyper),
+            7 if http11 && folded_eq(h.name.as_bytes(), b"upgrade") => return Some(Head::Hyper),
             // The fields it names are stripped from the map: all go there,
             // in the order they came, as hyper's server puts them.
-            10 if h.name.eq_ignore_ascii_case("connection") && !names_no_field(h.value) => {
+            10 if folded_eq(h.name.as_bytes(), b"connection") && !names_no_field(h.value) => {
                 unread_names = UnreadNames::NONE;
             }
             _ => {}

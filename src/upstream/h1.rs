@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 pub use super::parsed_value;
-use super::unread::UnreadName;
+use super::unread::{UnreadName, folded_eq};
 use super::{BackendRequestBody, IDLE_LIMIT};
 use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
@@ -938,7 +938,7 @@ impl Alive {
     /// must not see (the field is then kept for the stripping to read).
     fn read(&mut self, value: &[u8]) -> bool {
         // What nearly every backend sends, decided without a split.
-        if value.eq_ignore_ascii_case(b"keep-alive") {
+        if folded_eq(value, b"keep-alive") {
             self.keep_alive |= !self.close;
             return false;
         }
@@ -1152,7 +1152,7 @@ fn fill_read(
     for &[n0, n1, v0, v1] in spans {
         let name = &raw[n0 as usize..n1 as usize];
         let value = &raw[v0 as usize..v1 as usize];
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        let is = |known: &'static str| folded_eq(name, known.as_bytes());
         let kind = match name.len() {
             2 if is("te") => FieldKind::Te,
             4 if is("date") => FieldKind::Date,

@@ -171,15 +171,17 @@ impl UnreadName {
     }
 }
 
-/// Whether the field name `raw` is `lower` (lower-case letters and `-`)
-/// in any case. Each byte of a name as httparse admits it (a token), set
-/// its bit 0x20, is its lower case: only upper-case letters become letters
-/// so, and only `-` and CR (never in a name) become `-`. Compared a word at
+/// Whether the field name `raw` is `lower` (lower-case letters, digits
+/// and `-`) in any case. Each byte of a name as httparse admits it (a
+/// token), set its bit 0x20, is its lower case: only upper-case letters
+/// become letters so, and only control bytes (never in a name) become a
+/// digit or `-`. So too for a field's value as httparse admits it: its
+/// only control byte, tab, becomes `)`. Compared a word at
 /// a time, the first and the last word overlapping where the length is
 /// not a multiple of one; `lower` is a constant where it is inlined, so
 /// the length's branches fold away.
 #[inline(always)]
-fn folded_eq(raw: &[u8], lower: &'static [u8]) -> bool {
+pub fn folded_eq(raw: &[u8], lower: &'static [u8]) -> bool {
     let n = lower.len();
     if raw.len() != n {
         return false;
@@ -380,6 +382,55 @@ mod tests {
                 HeaderName::from_bytes(sent.as_bytes()).unwrap(),
                 *name.header_name()
             );
+        }
+    }
+
+    /// `folded_eq` answers as `eq_ignore_ascii_case` for every token of
+    /// every length up to 40: the name itself in mixed case, and with any
+    /// one byte changed to any other token byte.
+    #[test]
+    fn a_token_is_compared_as_eq_ignore_ascii_case_compares_it() {
+        let tchar: Vec<u8> = (0u8..128)
+            .filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+            .collect();
+        let lowers: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz0123456789-".to_vec();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for len in 1..=40 {
+            for _ in 0..20 {
+                let lower: &'static [u8] = (0..len)
+                    .map(|_| lowers[next(lowers.len())])
+                    .collect::<Vec<u8>>()
+                    .leak();
+                let mixed: Vec<u8> = lower
+                    .iter()
+                    .map(|b| {
+                        if next(2) == 0 {
+                            b.to_ascii_uppercase()
+                        } else {
+                            *b
+                        }
+                    })
+                    .collect();
+                assert!(super::folded_eq(&mixed, lower), "{mixed:?}");
+                for at in 0..len {
+                    for &t in &tchar {
+                        let mut name = mixed.clone();
+                        name[at] = t;
+                        assert_eq!(
+                            super::folded_eq(&name, lower),
+                            name.eq_ignore_ascii_case(lower),
+                            "{name:?} against {lower:?}"
+                        );
+                    }
+                }
+                assert!(!super::folded_eq(&mixed[1..], lower));
+            }
         }
     }
 
