@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -386,14 +386,32 @@ fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
     )
 }
 
-/// What `fut` gives, or `None` if `timer` goes off first (polled in
-/// `tokio::time::timeout`'s order: the future, then the timer).
-async fn before<F: Future>(mut timer: Pin<&mut Sleep>, mut fut: Pin<&mut F>) -> Option<F::Output> {
+/// What `fut` gives, or `None` if `due` comes first (polled in
+/// `tokio::time::timeout`'s order: the future, then the timer). `timer`
+/// is set again only if it would go off after `due`: one set for an
+/// earlier request of the connection goes off early, and is set again
+/// then. Setting it for every request cost 117 instructions a request
+/// (`benches/callgrind_calls.py callees ... respond`), for deadlines that
+/// nearly all go by unreached.
+async fn before<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    due: tokio::time::Instant,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
+    if timer.deadline() > due {
+        timer.as_mut().reset(due);
+    }
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        timer.as_mut().poll(cx).map(|()| None)
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= due {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(due);
+        }
     })
     .await
 }
@@ -477,11 +495,11 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 
 /// The answer to `req`, with the listener's response header rules applied.
 /// `timer` times each backend's answer (`timeouts.request`): an HTTP/1
-/// connection keeps one for all its requests, since a later deadline on a
-/// timer already in the runtime's wheel is one atomic store, where a new
-/// timer is put into the wheel and taken out again (275 instructions a
-/// request more, by `benches/instructions.sh`); an HTTP/2 stream has its
-/// own.
+/// connection keeps one for all its requests, set again only when it
+/// goes off before a request's deadline ([`before`]), where a new timer
+/// is put into the runtime's wheel and taken out again (275 instructions
+/// a request more, by `benches/instructions.sh`); an HTTP/2 stream has
+/// its own.
 ///
 /// Not an async fn: one moves each argument into a second place in its
 /// future (the request: 264 bytes more). The request is made the one sent
@@ -758,8 +776,8 @@ fn respond(
                 // pointer, not the sending future's 2 KiB.
                 let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
                 let send = std::pin::pin!(sender.try_send_request(request, &added, as_read));
-                timer.as_mut().reset(deadline(sent_at, timeouts.request));
-                match before(timer.as_mut(), send).await {
+                let due = deadline(sent_at, timeouts.request);
+                match before(timer.as_mut(), due, send).await {
                     None => {
                         failure = if body_state() == Some(BodyState::WaitingForClient) {
                             Failure::SlowClient(timeouts.request)
@@ -1384,6 +1402,39 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, active: ActiveGuard, idle
 
 #[cfg(test)]
 mod tests {
+    /// A timer set for an earlier request goes off early and is set
+    /// again: the answer is waited for until its own deadline, and no
+    /// longer; a timer set past the deadline is brought back to it.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_waited_for_until_its_own_deadline() {
+        use std::time::Duration;
+        use tokio::time::Instant;
+        let start = Instant::now();
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+        let due = start + Duration::from_secs(5);
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(super::before(timer.as_mut(), due, never).await, None);
+        assert_eq!(Instant::now(), due);
+        let later = std::pin::pin!(tokio::time::sleep(Duration::from_secs(2)));
+        let answer = std::pin::pin!(async {
+            later.await;
+            "answer"
+        });
+        let due = Instant::now() + Duration::from_secs(3);
+        assert_eq!(
+            super::before(timer.as_mut(), due, answer).await,
+            Some("answer")
+        );
+        assert_eq!(Instant::now(), due - Duration::from_secs(1));
+        timer
+            .as_mut()
+            .reset(Instant::now() + Duration::from_secs(3600));
+        let due = Instant::now() + Duration::from_secs(2);
+        let never = std::pin::pin!(std::future::pending::<()>());
+        assert_eq!(super::before(timer.as_mut(), due, never).await, None);
+        assert_eq!(Instant::now(), due);
+    }
+
     use super::*;
 
     /// A target with an authority (HTTP/2's, or HTTP/1's absolute form)
