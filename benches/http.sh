@@ -312,19 +312,25 @@ ipis_to() { awk -v c="$1" '$1 == "CAL:" { print $(c + 2) }' /proc/interrupts; }
 # each costs kernel time on both sides.
 tcp_segments() { awk '$1 == "Tcp:" { if (!n++) { for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i } else print $c }' /proc/net/snmp; }
 
+# delayed_acks : ACKs the machine's TCP sent alone when its delayed-ACK
+# timer ran out (/proc/net/netstat's DelayedACKs): with 1,000 connections a
+# request's round trip nears Linux's 40 ms floor of that timer, and each
+# answer slower than it costs a segment more on both sides.
+delayed_acks() { awk '$1 == "TcpExt:" { if (!n++) { for (i = 2; i <= NF; i++) if ($i == "DelayedACKs") c = i } else print $c }' /proc/net/netstat; }
+
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv
 measure() {
   local round=$1 target=$2 wl=$3
   local url="$SCHEME://127.0.0.1:${TARGET_PORT[$target]}${WL_PATH[$wl]}"
   local out="$RESULTS/raw/r${round}-${target}-${wl}.$LOADGEN"
-  local ppids=() bpids=() p0 p1 u0 u1 b0 b1 c0 c1 f0 f1 t0 t1 i0 i1 s0 s1 row load mem sys="NA\tNA" user="NA"
+  local ppids=() bpids=() p0 p1 u0 u1 b0 b1 c0 c1 f0 f1 t0 t1 i0 i1 s0 s1 d0 d1 row load mem sys="NA\tNA" user="NA"
 
   ((WAIT_QUIET > 0)) && wait_quiet
   [[ -n ${TARGET_PID[$target]:-} ]] && ppids=("${TARGET_PID[$target]}" $(children_of "${TARGET_PID[$target]}"))
   bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
   ((PERF_SYSCALLS && ${#ppids[@]})) && perf_start "$RESULTS/raw/r${round}-${target}-${wl}.perf" "${ppids[@]}"
 
-  u0=$(user_ticks_of "${ppids[@]}"); i0=$(ipis_to "$LOAD_CPU"); s0=$(tcp_segments)
+  u0=$(user_ticks_of "${ppids[@]}"); i0=$(ipis_to "$LOAD_CPU"); s0=$(tcp_segments); d0=$(delayed_acks)
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
   if [[ $CLIENT == h2 ]]; then
     run_h2load "$DURATION" "$out" "$url"
@@ -332,7 +338,7 @@ measure() {
     run_wrk "$DURATION" "$out" -c"$CONNS" "$url"
   fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
-  u1=$(user_ticks_of "${ppids[@]}"); i1=$(ipis_to "$LOAD_CPU"); s1=$(tcp_segments)
+  u1=$(user_ticks_of "${ppids[@]}"); i1=$(ipis_to "$LOAD_CPU"); s1=$(tcp_segments); d1=$(delayed_acks)
   # The proxy's user-space share of its CPU time (the rest is the kernel's
   # work on its behalf: system calls, TCP).
   ((${#ppids[@]} && p1 > p0)) && user=$(awk -v u="$((u1 - u0))" -v p="$((p1 - p0))" 'BEGIN { printf "%.1f", 100 * u / p }')
@@ -359,9 +365,10 @@ measure() {
     load=$(parse_wrk "$out" rps p50 p99 non2xx sock requests)
   fi
   # rps p50 p99 non2xx sock | proxy CPU ... elapsed | requests | memory | syscalls
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
     "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" "$user" "$([[ -n $i0 && -n $i1 ]] && echo $((i1 - i0)) || echo NA)" \
-    "$([[ -n $s0 && -n $s1 ]] && echo $((s1 - s0)) || echo NA)" >>"$RESULTS/results.tsv"
+    "$([[ -n $s0 && -n $s1 ]] && echo $((s1 - s0)) || echo NA)" \
+    "$([[ -n $d0 && -n $d1 ]] && echo $((d1 - d0)) || echo NA)" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  peak RSS %s kB%s%s\n",
       $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18,
@@ -410,13 +417,14 @@ for key, rs in groups.items():
     s["sys_per_req"], s["cs_per_req"] = per("syscalls"), per("ctx_switches")
     s["ipis_per_req"] = per("ipis_load")
     s["segments_per_req"] = per("tcp_segments")
+    s["delayed_acks_per_req"] = per("delayed_acks")
     s["user_us"] = med(us_per_req(r, True) for r in rs)
     s["kernel_us"] = med(us_per_req(r, False) for r in rs)
     summary[key] = s
 perf = any(s["sys_per_req"] is not None for s in summary.values())
-print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % | user µs per request | kernel µs per request | wake-up IPIs to the load CPU per request | TCP segments per request (whole machine) |"
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % | user µs per request | kernel µs per request | wake-up IPIs to the load CPU per request | TCP segments per request (whole machine) | delayed ACKs per request (whole machine) |"
       + (" syscalls per request | context switches per request |" if perf else ""))
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
 for w in workloads:
     for t in targets:
         s = summary.get((t, w))
@@ -429,7 +437,7 @@ for w in workloads:
               f"{fmt(ratio('haproxy'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
               f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | "
               f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} | {fmt(s['proxy_user_share'], '.0f')} | "
-              f"{fmt(s['user_us'], '.2f')} | {fmt(s['kernel_us'], '.2f')} | {fmt(s['ipis_per_req'], '.3f')} | {fmt(s['segments_per_req'], '.2f')} |"
+              f"{fmt(s['user_us'], '.2f')} | {fmt(s['kernel_us'], '.2f')} | {fmt(s['ipis_per_req'], '.3f')} | {fmt(s['segments_per_req'], '.2f')} | {fmt(s['delayed_acks_per_req'], '.3f')} |"
               + (f" {fmt(s['sys_per_req'], '.2f')} | {fmt(s['cs_per_req'], '.3f')} |" if perf else ""))
 if perf:
     # Each kind of system call per request, summed over the rounds.
@@ -554,7 +562,7 @@ main() {
     log "warm-up done"
   fi
 
-  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\tproxy_user_share\tipis_load\ttcp_segments\n' >"$RESULTS/results.tsv"
+  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\tproxy_user_share\tipis_load\ttcp_segments\tdelayed_acks\n' >"$RESULTS/results.tsv"
   for ((round = 1; round <= ROUNDS; round++)); do
     for wl in "${WORKLOADS[@]}"; do
       for ((i = 0; i < n; i++)); do            # rotate the order each round
