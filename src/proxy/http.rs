@@ -260,7 +260,8 @@ where
         // Its memory is the thread's, kept for the next request's.
         crate::spares::Recycled::pin_in_place(|| async move {
             let h2 = req.version() == Version::HTTP_2;
-            let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            // Past any deadline: `before` brings it in to the request's.
+            let timer = std::pin::pin!(tokio::time::sleep(Duration::MAX));
             let (mut resp, request_id) =
                 respond(req.map(RequestBody::Hyper), None, &conn_ctx, timer, false).await;
             if let Some(id) = request_id {
