@@ -310,13 +310,13 @@ ipis_to() { awk -v c="$1" '$1 == "CAL:" { print $(c + 2) }' /proc/interrupts; }
 # per request, covers both ends of both connections: a proxy that makes its
 # peers (or itself) send pure ACKs or split writes shows more segments, and
 # each costs kernel time on both sides.
-tcp_segments() { awk '$1 == "Tcp:" { if (!n++) { for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i } else print $c }' /proc/net/snmp; }
+tcp_segments() { awk '$1 == "Tcp:" { if (!n++) { for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i } else if (c) print $c }' /proc/net/snmp; }
 
 # delayed_acks : ACKs the machine's TCP sent alone when its delayed-ACK
 # timer ran out (/proc/net/netstat's DelayedACKs): with 1,000 connections a
 # request's round trip nears Linux's 40 ms floor of that timer, and each
 # answer slower than it costs a segment more on both sides.
-delayed_acks() { awk '$1 == "TcpExt:" { if (!n++) { for (i = 2; i <= NF; i++) if ($i == "DelayedACKs") c = i } else print $c }' /proc/net/netstat; }
+delayed_acks() { awk '$1 == "TcpExt:" { if (!n++) { for (i = 2; i <= NF; i++) if ($i == "DelayedACKs") c = i } else if (c) print $c }' /proc/net/netstat; }
 
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv
 measure() {

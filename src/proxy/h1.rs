@@ -733,8 +733,9 @@ where
     // unlinked per request.
     let cancelled = std::pin::pin!(shutdown.cancelled());
     let mut cancelled = Woken::new(cancelled);
-    // Armed anew by each request: see `Client::respond`.
-    let timer = tokio::time::sleep(Duration::ZERO);
+    // Set by each request to its deadline, when it would go off later
+    // (see `Client::respond`); unset until the first.
+    let timer = tokio::time::sleep(Duration::MAX);
     tokio::pin!(timer);
     loop {
         let head = {

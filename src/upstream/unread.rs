@@ -387,11 +387,14 @@ mod tests {
 
     /// `folded_eq` answers as `eq_ignore_ascii_case` for every token of
     /// every length up to 40: the name itself in mixed case, and with any
-    /// one byte changed to any other token byte.
+    /// one byte changed to any other byte a name or a value may hold (a
+    /// token's, and a value's tab, space and bytes of 0x80 and up).
     #[test]
     fn a_token_is_compared_as_eq_ignore_ascii_case_compares_it() {
-        let tchar: Vec<u8> = (0u8..128)
-            .filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+        let held: Vec<u8> = (0u8..=255)
+            .filter(|&b| {
+                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~\t ".contains(&b) || b >= 0x80
+            })
             .collect();
         let lowers: Vec<u8> = b"abcdefghijklmnopqrstuvwxyz0123456789-".to_vec();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -419,7 +422,7 @@ mod tests {
                     .collect();
                 assert!(super::folded_eq(&mixed, lower), "{mixed:?}");
                 for at in 0..len {
-                    for &t in &tchar {
+                    for &t in &held {
                         let mut name = mixed.clone();
                         name[at] = t;
                         assert_eq!(
