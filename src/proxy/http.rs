@@ -496,11 +496,10 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 
 /// The answer to `req`, with the listener's response header rules applied.
 /// `timer` times each backend's answer (`timeouts.request`): an HTTP/1
-/// connection keeps one for all its requests, set again only when it
-/// goes off before a request's deadline ([`before`]), where a new timer
-/// is put into the runtime's wheel and taken out again (275 instructions
-/// a request more, by `benches/instructions.sh`); an HTTP/2 stream has
-/// its own.
+/// connection keeps one for all its requests, set as [`before`] says (a
+/// new timer a request is put into the runtime's wheel and taken out
+/// again: 275 instructions a request more, by `benches/instructions.sh`);
+/// an HTTP/2 stream has its own.
 ///
 /// Not an async fn: one moves each argument into a second place in its
 /// future (the request: 264 bytes more). The request is made the one sent
@@ -1403,40 +1402,44 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, active: ActiveGuard, idle
 
 #[cfg(test)]
 mod tests {
-    /// A timer set for an earlier request goes off early and is set
-    /// again: the answer is waited for until its own deadline, and no
-    /// longer; a timer set past the deadline is brought back to it.
+    use super::*;
+
+    /// A connection's timer, unset at first as `h1::requests` makes it:
+    /// set for a request answered at once, it goes off early in the next,
+    /// whose answer never comes; that one is waited for until its own
+    /// deadline, no longer. Then an answer in time is taken, and a timer
+    /// set past a deadline is brought back to it. Bounded, so that a wait
+    /// nothing ends fails the test rather than hangs it.
     #[tokio::test(start_paused = true)]
     async fn an_answer_is_waited_for_until_its_own_deadline() {
-        use std::time::Duration;
         use tokio::time::Instant;
-        let start = Instant::now();
-        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
-        let due = start + Duration::from_secs(5);
-        let never = std::pin::pin!(std::future::pending::<()>());
-        assert_eq!(super::before(timer.as_mut(), due, never).await, None);
-        assert_eq!(Instant::now(), due);
-        let later = std::pin::pin!(tokio::time::sleep(Duration::from_secs(2)));
-        let answer = std::pin::pin!(async {
-            later.await;
-            "answer"
-        });
-        let due = Instant::now() + Duration::from_secs(3);
-        assert_eq!(
-            super::before(timer.as_mut(), due, answer).await,
-            Some("answer")
-        );
-        assert_eq!(Instant::now(), due - Duration::from_secs(1));
-        timer
-            .as_mut()
-            .reset(Instant::now() + Duration::from_secs(3600));
-        let due = Instant::now() + Duration::from_secs(2);
-        let never = std::pin::pin!(std::future::pending::<()>());
-        assert_eq!(super::before(timer.as_mut(), due, never).await, None);
-        assert_eq!(Instant::now(), due);
+        let checks = async {
+            let mut timer = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+            let start = Instant::now();
+            let at_once = std::pin::pin!(async { "at once" });
+            let first = before(timer.as_mut(), start + Duration::from_secs(1), at_once);
+            assert_eq!(first.await, Some("at once"));
+            let due = start + Duration::from_secs(5);
+            let never = std::pin::pin!(std::future::pending::<()>());
+            assert_eq!(before(timer.as_mut(), due, never).await, None);
+            assert_eq!(Instant::now(), due);
+            let later = std::pin::pin!(tokio::time::sleep(Duration::from_secs(2)));
+            let answer = std::pin::pin!(async {
+                later.await;
+                "answer"
+            });
+            let due = Instant::now() + Duration::from_secs(3);
+            assert_eq!(before(timer.as_mut(), due, answer).await, Some("answer"));
+            assert_eq!(Instant::now(), due - Duration::from_secs(1));
+            let due = Instant::now() + Duration::from_millis(500);
+            let never = std::pin::pin!(std::future::pending::<()>());
+            assert_eq!(before(timer.as_mut(), due, never).await, None);
+            assert_eq!(Instant::now(), due);
+        };
+        tokio::time::timeout(Duration::from_secs(3600), checks)
+            .await
+            .expect("every wait ends at its deadline");
     }
-
-    use super::*;
 
     /// A target with an authority (HTTP/2's, or HTTP/1's absolute form)
     /// goes on in origin form, its path and query as they came, as the
