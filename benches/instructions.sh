@@ -60,6 +60,9 @@
 # TOOL=dhat: valgrind's dhat instead of callgrind, for the heap at its peak
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
+# CALLGRIND_ARGS: more options for callgrind, e.g. --dump-instr=yes (costs
+# by instruction address; `addr2line -i -e GEOLB ADDR` then names the
+# inlined callers of a call site, such as which move made a memcpy).
 # Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
@@ -167,6 +170,9 @@ start_under_valgrind() {
     CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.$1.out")
     [[ ${CACHE:-0} == 1 ]] && CALLGRIND+=(--cache-sim=yes)
     [[ ${CACHE:-0} == 1 && -n ${CACHE_LL:-} ]] && CALLGRIND+=(--LL="$CACHE_LL")
+    # e.g. --dump-instr=yes: costs by instruction address, whose inlined
+    # callers `addr2line -i` names (which move a memcpy call site makes).
+    [[ -n ${CALLGRIND_ARGS:-} ]] && read -ra extra <<< "$CALLGRIND_ARGS" && CALLGRIND+=("${extra[@]}")
   fi
   case $name in
     geolb)

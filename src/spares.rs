@@ -73,8 +73,9 @@ impl<T, const MAX: usize> Default for Spares<T, MAX> {
 /// KB): glibc's thread cache keeps blocks of at most 1 KiB, and a larger
 /// one's `malloc` and `free` cost 357 instructions a request with 8
 /// connections, 441 with 1,000 (`benches/callgrind_calls.py sites` on a
-/// `benches/instructions.sh` run). The last block given back is the first
-/// taken: the memory a request has just let go, still in the cache.
+/// `benches/instructions.sh` run). The last block of a layout given back
+/// is the first taken: the memory a request has just let go, still in
+/// the cache.
 pub struct Recycled<T> {
     value: NonNull<T>,
     owns: PhantomData<T>,
@@ -140,16 +141,37 @@ impl<T> Drop for Recycled<T> {
     }
 }
 
-/// Blocks given back, each with the layout it was allocated with.
-struct Shelf(Vec<(NonNull<u8>, Layout)>);
+/// Blocks given back, a stack for each layout. One stack for all took a
+/// block only when the last one given back had the layout asked for: a
+/// request's answer block and its future's block, given back at
+/// different times by the connections of one turn, then met the wrong
+/// layout on top and were allocated anew (a `malloc` and a `free` a
+/// request).
+struct Shelf(Vec<(Layout, Vec<NonNull<u8>>)>);
+
+impl Shelf {
+    /// The stack of `layout`'s blocks; few layouts are ever shelved.
+    fn stack(&mut self, layout: Layout) -> &mut Vec<NonNull<u8>> {
+        let at = match self.0.iter().position(|(kept, _)| *kept == layout) {
+            Some(at) => at,
+            None => {
+                self.0.push((layout, Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+}
 
 impl Drop for Shelf {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
-        for (block, layout) in self.0.drain(..) {
-            // SAFETY: allocated by `take_block` with this layout and
-            // owned by the shelf alone.
-            unsafe { dealloc(block.as_ptr(), layout) };
+        for (layout, blocks) in self.0.drain(..) {
+            for block in blocks {
+                // SAFETY: allocated by `take_block` with this layout and
+                // owned by the shelf alone.
+                unsafe { dealloc(block.as_ptr(), layout) };
+            }
         }
     }
 }
@@ -158,8 +180,8 @@ thread_local! {
     static SHELF: RefCell<Shelf> = const { RefCell::new(Shelf(Vec::new())) };
 }
 
-/// A block for `layout`: the last one shelved on this thread if it has
-/// that layout, else a new one.
+/// A block for `layout`: the last one of that layout shelved on this
+/// thread, else a new one.
 #[allow(unsafe_code)]
 fn take_block(layout: Layout) -> NonNull<u8> {
     if layout.size() == 0 {
@@ -168,13 +190,7 @@ fn take_block(layout: Layout) -> NonNull<u8> {
         return NonNull::new(aligned).expect("an alignment is not zero");
     }
     let shelved = SHELF
-        .try_with(|shelf| {
-            let mut shelf = shelf.try_borrow_mut().ok()?;
-            match shelf.0.last() {
-                Some(&(_, kept)) if kept == layout => shelf.0.pop().map(|(block, _)| block),
-                _ => None,
-            }
-        })
+        .try_with(|shelf| shelf.try_borrow_mut().ok()?.stack(layout).pop())
         .ok()
         .flatten();
     shelved.unwrap_or_else(|| {
@@ -185,8 +201,8 @@ fn take_block(layout: Layout) -> NonNull<u8> {
 }
 
 /// Shelves `block` (of `layout`, from `take_block`) on this thread, or
-/// frees it when the shelf is full or the thread's locals are being torn
-/// down.
+/// frees it when its layout's stack is full or the thread's locals are
+/// being torn down.
 #[allow(unsafe_code)]
 fn give_block(block: NonNull<u8>, layout: Layout) {
     if layout.size() == 0 {
@@ -197,11 +213,12 @@ fn give_block(block: NonNull<u8>, layout: Layout) {
             let Ok(mut shelf) = shelf.try_borrow_mut() else {
                 return false;
             };
+            let stack = shelf.stack(layout);
             // 2.5 MB at most for requests' blocks of 2.5 KB.
-            if shelf.0.len() >= KEPT_MAX {
+            if stack.len() >= KEPT_MAX {
                 return false;
             }
-            shelf.0.push((block, layout));
+            stack.push(block);
             true
         })
         .unwrap_or(false);
@@ -217,7 +234,7 @@ mod tests {
     use super::*;
 
     fn shelved() -> usize {
-        SHELF.with(|s| s.borrow().0.len())
+        SHELF.with(|s| s.borrow().0.iter().map(|(_, blocks)| blocks.len()).sum())
     }
 
     #[test]
@@ -235,6 +252,19 @@ mod tests {
         assert_eq!(second[39], 9);
         assert_eq!(other[2], 1);
         assert_eq!(shelved(), before);
+    }
+
+    #[test]
+    fn a_block_is_taken_again_under_blocks_of_other_layouts_given_back_after_it() {
+        let first = Recycled::pin_in_place(|| [7u64; 40]);
+        let at = &*first as *const [u64; 40] as usize;
+        let other = Recycled::pin_in_place(|| [1u8; 3]);
+        drop(first);
+        drop(other);
+        // A connection's answer block given back after another's future
+        // block: the next future still takes the one on its own stack.
+        let second = Recycled::pin_in_place(|| [9u64; 40]);
+        assert_eq!(&*second as *const [u64; 40] as usize, at);
     }
 
     #[test]

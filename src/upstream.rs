@@ -804,12 +804,35 @@ impl Sender {
     /// `as_read`, geolb's own client may keep the response's fields as
     /// read ([`h1::ReadFields`], taken from its body) rather than in its
     /// map: for a caller that copies them out as they are.
+    ///
+    /// The request is taken from `pending` (which holds one) where it is
+    /// read, not handed down: each call it went through moved it once
+    /// more (264 bytes).
     pub fn try_send_request(
         &mut self,
-        mut req: Request<BackendRequestBody>,
+        pending: &mut Option<Request<BackendRequestBody>>,
         added: &Added,
         as_read: bool,
     ) -> impl Future<Output = Result<Response<BackendBody>, SendError>> + use<> {
+        if let Kind::Own(conn) = &mut self.kind {
+            let Some((kept, home)) = conn.take() else {
+                unreachable!("an own connection carries one request")
+            };
+            // Not in an async block of its own: that would keep the
+            // connection and the request in its own places too, beside
+            // the ones of the sending future made of them.
+            return Either::Left(h1::send(
+                kept,
+                home,
+                pending,
+                added,
+                as_read,
+                BackendBody::Own,
+            ));
+        }
+        let Some(mut req) = pending.take() else {
+            unreachable!("a request is sent from where it is kept")
+        };
         let hyper_side = match &mut self.kind {
             Kind::Http1(s) => {
                 added.copy_into(req.headers_mut());
@@ -819,15 +842,7 @@ impl Sender {
                 added.copy_into(req.headers_mut());
                 Either::Right(s.try_send_request(req))
             }
-            Kind::Own(conn) => {
-                let Some((kept, home)) = conn.take() else {
-                    unreachable!("an own connection carries one request")
-                };
-                // Not in an async block of its own: that would keep the
-                // connection and the request in its own places too, beside
-                // the ones of the sending future made of them.
-                return Either::Left(h1::send(kept, home, req, added, as_read, BackendBody::Own));
-            }
+            Kind::Own(_) => unreachable!("sent above"),
         };
         Either::Right(async move {
             match hyper_side.await {

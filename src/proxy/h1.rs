@@ -31,7 +31,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::maybe_done;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -60,18 +59,21 @@ pub(super) trait Client: Send + Sync + 'static {
     fn activity(&self) -> &Arc<Activity>;
     fn peer(&self) -> std::net::SocketAddr;
     fn shutdown(&self) -> &tokio_util::sync::CancellationToken;
-    /// The answer to `req`, routed and forwarded, and the `X-Request-Id`
-    /// to write after its fields; `timer` times the backend's answer, one
-    /// for all of the connection's requests.
-    /// `unread`: the request's fields passed on unread (see
+    /// Puts in `out` the answer to `req`, routed and forwarded; `timer`
+    /// times the backend's answer, one for all of the connection's
+    /// requests. `unread`: the request's fields passed on unread (see
     /// `upstream::unread`).
-    fn respond(
-        &self,
+    fn respond<'a>(
+        &'a self,
         req: Request<RequestBody>,
         unread: Option<Box<Unread>>,
-        timer: Pin<&mut tokio::time::Sleep>,
-    ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send;
+        timer: Pin<&'a mut tokio::time::Sleep>,
+        out: &'a mut Option<Answer>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a;
 }
+
+/// A response, and the `X-Request-Id` to write after its fields.
+pub(super) type Answer = (Response<ResponseBody>, Option<HeaderValue>);
 
 /// hyper's default `h1_max_headers`: past it, 431.
 const MAX_HEADERS: usize = 100;
@@ -815,16 +817,25 @@ where
         let reusable = {
             // Boxed, as hyper's server boxes it: the routing and forwarding
             // state (2.5 KB at 709a6a0) exists only while a request is open,
-            // not in every idle connection's task. The answer (the response,
-            // 456 bytes) stays in the box, in memory its future has just
-            // used, and is written from there: moved into this task, it went
-            // to memory that with many connections open is cold by the time
-            // the connection's next request comes (188 to 179 misses of the
-            // L2 cache a request with 1,000 connections, one run each of
-            // `CACHE=1 CACHE_LL=1048576,8,64 CONNS=1000 benches/instructions.sh`).
-            // Its memory is the thread's, kept for the next request's.
+            // not in every idle connection's task. Its memory is the
+            // thread's, kept for the next request's.
+            //
+            // The future puts its answer (the response, 504 bytes) in
+            // `out`: returned, it was moved four times on its way (as the
+            // async fn's value, into a `MaybeDone` and within it: 300
+            // instructions a request, by `CALLGRIND_ARGS=--dump-instr=yes
+            // benches/instructions.sh`). `out` is in this task's memory,
+            // which with many connections open is cold by the time the
+            // connection's next request comes; but in a block of the
+            // thread's, as the future is, it cost as many instructions as
+            // it saved (a block taken and given back: 100), and with 1,000
+            // connections the misses of the L2 cache were the same either
+            // way (213.9 and 224.3 a request here, 216.2 and 220.5 with the
+            // answer in the future's box: `CACHE=1 CACHE_LL=1048576,8,64
+            // CONNS=1000 DURATION=20 benches/instructions.sh`, twice each).
+            let mut out = None;
             let mut answer = crate::spares::Recycled::pin_in_place(|| {
-                maybe_done(conn.respond(req, unread, timer.as_mut()))
+                conn.respond(req, unread, timer.as_mut(), &mut out)
             });
             loop {
                 // The answer first: when the backend's reply woke the
@@ -850,7 +861,9 @@ where
                     }
                 }
             }
-            let Some((resp, request_id)) = answer.as_mut().output_mut() else {
+            // Done: its block goes back to the thread's shelf.
+            drop(answer);
+            let Some((resp, request_id)) = &mut out else {
                 return Served::Closed;
             };
             let keep_alive = keep_alive && !shutdown.is_cancelled();

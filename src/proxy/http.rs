@@ -30,6 +30,7 @@ use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
+use super::h1::Answer;
 use super::halves::Socket;
 use super::header_rules::{self, Reply};
 use super::headers::{self, host_name};
@@ -262,8 +263,17 @@ where
             let h2 = req.version() == Version::HTTP_2;
             // Past any deadline: `before` brings it in to the request's.
             let timer = std::pin::pin!(tokio::time::sleep(Duration::MAX));
-            let (mut resp, request_id) =
-                respond(req.map(RequestBody::Hyper), None, &conn_ctx, timer, false).await;
+            let mut out = None;
+            respond(
+                req.map(RequestBody::Hyper),
+                None,
+                &conn_ctx,
+                timer,
+                false,
+                &mut out,
+            )
+            .await;
+            let (mut resp, request_id) = out.expect("respond answers every request");
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), id);
             }
@@ -367,14 +377,14 @@ impl super::h1::Client for ConnCtx {
 
     // Not an async fn of its own: a layer more would be 280 bytes more of
     // future to move into its box on every request.
-    fn respond(
-        &self,
+    fn respond<'a>(
+        &'a self,
         req: Request<RequestBody>,
         unread: Option<Box<Unread>>,
-        timer: Pin<&mut Sleep>,
-    ) -> impl std::future::Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send
-    {
-        respond(req, unread, self, timer, true)
+        timer: Pin<&'a mut Sleep>,
+        out: &'a mut Option<Answer>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        respond(req, unread, self, timer, true, out)
     }
 }
 
@@ -513,13 +523,17 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 /// `unread`: the request's fields that geolb's HTTP/1 server passed on
 /// unread, not in its map; they go into the map if the listener's config
 /// now reads one of them (it was reloaded since the connection came).
+///
+/// The answer, and the `X-Request-Id` to write after its fields, go into
+/// `out` (see `h1::requests`).
 fn respond(
     req: Request<RequestBody>,
     unread: Option<Box<Unread>>,
     conn: &ConnCtx,
     mut timer: Pin<&mut Sleep>,
     copies_fields: bool,
-) -> impl Future<Output = (Response<ResponseBody>, Option<HeaderValue>)> + Send {
+    out: &mut Option<Answer>,
+) -> impl Future<Output = ()> + Send {
     let mut body_progress = None;
     let mut pending = Some(req.map(|body| {
         let (body, progress) = ClientBody::new(body);
@@ -532,7 +546,7 @@ fn respond(
         let reply = &mut reply;
         // One async fn, not the rules around a handler of their own: each
         // layer moved the response (456 bytes) twice more.
-        let mut resp = 'handled: {
+        let resp = 'handled: {
             let start = Instant::now();
             conn.activity.request_started();
             let snapshot = conn.ctx.snapshot.load();
@@ -721,14 +735,14 @@ fn respond(
                         break;
                     }
                 };
-                // Taken from its place once: `take().or_else(..)` moved the
-                // request (264 bytes) a second time.
+                // Sent from its place (`try_send_request` takes it there);
+                // made again for a retry from what a try used up.
                 if pending.is_none() {
                     pending = replay.as_ref().map(|r| r.request(&pool.upstream));
                 }
-                let Some(request) = pending.take() else {
+                if pending.is_none() {
                     break;
-                };
+                }
                 if !tried.is_empty() {
                     route.metrics.retried();
                     pool.backends[index].metrics.retried();
@@ -762,7 +776,6 @@ fn respond(
                         pool.outcome(index, Outcome::Failure);
                         backend.metrics.connect_failed();
                         failure = Failure::Connect(backend.label.clone(), e);
-                        pending = Some(request);
                         if !retry_on.connect {
                             break;
                         }
@@ -775,7 +788,7 @@ fn respond(
                 // Pinned where it is made: the timeout and the await then move a
                 // pointer, not the sending future's 2 KiB.
                 let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
-                let send = std::pin::pin!(sender.try_send_request(request, &added, as_read));
+                let send = std::pin::pin!(sender.try_send_request(&mut pending, &added, as_read));
                 let due = deadline(sent_at, timeouts.request);
                 match before(timer.as_mut(), due, send).await {
                     None => {
@@ -1037,8 +1050,10 @@ fn respond(
             }
             resp
         };
-        let request_id = reply.finish(resp.headers_mut());
-        (resp, request_id)
+        // Put in its place first: a tuple made with the id, then put
+        // there, moved the response twice more.
+        let (resp, request_id) = out.insert((resp, None));
+        *request_id = reply.finish(resp.headers_mut());
     }
 }
 

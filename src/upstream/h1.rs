@@ -217,11 +217,14 @@ fn put(home: &Home, conn: Kept) {
 pub fn send<B, E: From<SendError>>(
     kept: Kept,
     home: Home,
-    req: Request<BackendRequestBody>,
+    pending: &mut Option<Request<BackendRequestBody>>,
     added: &super::Added,
     as_read: bool,
     wrap: fn(ResponseBody) -> B,
 ) -> impl Future<Output = Result<Response<B>, E>> + use<B, E> {
+    let Some(req) = pending.take() else {
+        unreachable!("a request is sent from where it is kept")
+    };
     let (mut parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
     // hyper's client puts a body's framing field after the fields in the
