@@ -59,13 +59,13 @@ pub(super) trait Client: Send + Sync + 'static {
     fn activity(&self) -> &Arc<Activity>;
     fn peer(&self) -> std::net::SocketAddr;
     fn shutdown(&self) -> &tokio_util::sync::CancellationToken;
-    /// Puts in `out` the answer to `req`, routed and forwarded; `timer`
-    /// times the backend's answer, one for all of the connection's
-    /// requests. `unread`: the request's fields passed on unread (see
-    /// `upstream::unread`).
+    /// Puts in `out` the answer to the request taken from `lent`, routed
+    /// and forwarded; `timer` times the backend's answer, one for all of
+    /// the connection's requests. `unread`: the request's fields passed
+    /// on unread (see `upstream::unread`).
     fn respond<'a>(
         &'a self,
-        req: Request<RequestBody>,
+        lent: &'a mut Option<Request<RequestBody>>,
         unread: Option<Box<Unread>>,
         timer: Pin<&'a mut tokio::time::Sleep>,
         out: &'a mut Option<Answer>,
@@ -807,11 +807,14 @@ where
                 left: framing,
             }))
         };
-        let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
-        crate::upstream::put_headers(req.headers_mut(), headers);
+        // Made in its place: a request made first was moved into it.
+        let mut lent = Some(Request::new(body));
+        if let Some(req) = lent.as_mut() {
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri;
+            *req.version_mut() = version;
+            crate::upstream::put_headers(req.headers_mut(), headers);
+        }
         // The response ends where it stands, at the end of this block,
         // rather than moved into a `drop`.
         let reusable = {
@@ -835,7 +838,7 @@ where
             // CONNS=1000 DURATION=20 benches/instructions.sh`, twice each).
             let mut out = None;
             let mut answer = crate::spares::Recycled::pin_in_place(|| {
-                conn.respond(req, unread, timer.as_mut(), &mut out)
+                conn.respond(&mut lent, unread, timer.as_mut(), &mut out)
             });
             loop {
                 // The answer first: when the backend's reply woke the

@@ -263,16 +263,8 @@ where
             let h2 = req.version() == Version::HTTP_2;
             // Past any deadline: `before` brings it in to the request's.
             let timer = std::pin::pin!(tokio::time::sleep(Duration::MAX));
-            let mut out = None;
-            respond(
-                req.map(RequestBody::Hyper),
-                None,
-                &conn_ctx,
-                timer,
-                false,
-                &mut out,
-            )
-            .await;
+            let (mut lent, mut out) = (Some(req.map(RequestBody::Hyper)), None);
+            respond(&mut lent, None, &conn_ctx, timer, false, &mut out).await;
             let (mut resp, request_id) = out.expect("respond answers every request");
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), id);
@@ -379,12 +371,12 @@ impl super::h1::Client for ConnCtx {
     // future to move into its box on every request.
     fn respond<'a>(
         &'a self,
-        req: Request<RequestBody>,
+        lent: &'a mut Option<Request<RequestBody>>,
         unread: Option<Box<Unread>>,
         timer: Pin<&'a mut Sleep>,
         out: &'a mut Option<Answer>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
-        respond(req, unread, self, timer, true, out)
+        respond(lent, unread, self, timer, true, out)
     }
 }
 
@@ -511,10 +503,11 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 /// again: 275 instructions a request more, by `benches/instructions.sh`);
 /// an HTTP/2 stream has its own.
 ///
-/// Not an async fn: one moves each argument into a second place in its
-/// future (the request: 264 bytes more). The request is made the one sent
-/// to the backend before the future is, so that it has one place there,
-/// from which each try takes it (it had four: 1,000 bytes).
+/// The request is lent (`lent` holds it), not given: given, it was moved
+/// into the caller's closure, into the future and with the future into
+/// its box (180 instructions a request). It is made the one sent to the
+/// backend once, so that it has one place in the future, from which each
+/// try takes it (it had four: 1,000 bytes).
 ///
 /// `copies_fields`: the answer goes to geolb's own HTTP/1 writer, which can
 /// copy a backend's fields as they were read, never put in a map
@@ -526,535 +519,533 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 ///
 /// The answer, and the `X-Request-Id` to write after its fields, go into
 /// `out` (see `h1::requests`).
-fn respond(
-    req: Request<RequestBody>,
+async fn respond(
+    lent: &mut Option<Request<RequestBody>>,
     unread: Option<Box<Unread>>,
     conn: &ConnCtx,
     mut timer: Pin<&mut Sleep>,
     copies_fields: bool,
     out: &mut Option<Answer>,
-) -> impl Future<Output = ()> + Send {
+) {
+    let Some(req) = lent.take() else {
+        return;
+    };
     let mut body_progress = None;
     let mut pending = Some(req.map(|body| {
         let (body, progress) = ClientBody::new(body);
         body_progress = progress;
         Either::Left(body)
     }));
-    async move {
-        let req = pending.as_mut().expect("made above");
-        let mut reply = Reply::new(&conn.client, conn.peer.port(), conn.tls, conn.ctx.proto);
-        let reply = &mut reply;
-        // One async fn, not the rules around a handler of their own: each
-        // layer moved the response (456 bytes) twice more.
-        let resp = 'handled: {
-            let start = Instant::now();
-            conn.activity.request_started();
-            let snapshot = conn.ctx.snapshot.load();
-            let Some(listener) = snapshot.listeners.get(&conn.ctx.id).cloned() else {
-                conn.activity.request_ended();
-                break 'handled message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "this listener is shutting down",
-                    None,
-                );
-            };
-            drop(snapshot);
-            let mut added = Added::default();
-            if let Some(u) = unread {
-                if u.names().within(listener.unread) {
-                    added.pass_unread(u);
-                } else {
-                    u.append_to(req.headers_mut());
-                    u.recycle();
-                }
+    let req = pending.as_mut().expect("made above");
+    let mut reply = Reply::new(&conn.client, conn.peer.port(), conn.tls, conn.ctx.proto);
+    let reply = &mut reply;
+    // One async fn, not the rules around a handler of their own: each
+    // layer moved the response (456 bytes) twice more.
+    let resp = 'handled: {
+        let start = Instant::now();
+        conn.activity.request_started();
+        let snapshot = conn.ctx.snapshot.load();
+        let Some(listener) = snapshot.listeners.get(&conn.ctx.id).cloned() else {
+            conn.activity.request_ended();
+            break 'handled message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this listener is shutting down",
+                None,
+            );
+        };
+        drop(snapshot);
+        let mut added = Added::default();
+        if let Some(u) = unread {
+            if u.names().within(listener.unread) {
+                added.pass_unread(u);
+            } else {
+                u.append_to(req.headers_mut());
+                u.recycle();
             }
-            reply.start(&listener, req.headers_mut(), &mut added);
+        }
+        reply.start(&listener, req.headers_mut(), &mut added);
 
-            if let Some(answer) = crate::acme::http01(req.uri().path()) {
-                break 'handled acme_challenge(req, reply, &listener, conn, start, answer);
-            }
-            if let Some(clients) = conn.slot.clients()
-                && let Err(wait) = clients.request(conn.peer.ip())
+        if let Some(answer) = crate::acme::http01(req.uri().path()) {
+            break 'handled acme_challenge(req, reply, &listener, conn, start, answer);
+        }
+        if let Some(clients) = conn.slot.clients()
+            && let Err(wait) = clients.request(conn.peer.ip())
+        {
+            break 'handled too_many_requests(req, reply, &listener, conn, start, wait);
+        }
+        if let Err(why) = validate::method(req) {
+            break 'handled refuse(req, reply, &listener, conn, start, why);
+        }
+        // Routed on and sent to the backend alike.
+        let host_value = match conn.authority(req) {
+            Ok(v) => v,
+            Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
+        };
+        if let Err(why) = validate::path(req.uri().path()) {
+            break 'handled refuse(req, reply, &listener, conn, start, why);
+        }
+        if let Some(uri) = validate::decode_unreserved(req.uri()) {
+            *req.uri_mut() = uri;
+        }
+        // Parsing the host costs an allocation; only routes and the access log need it.
+        let host = if listener.routes.is_empty() && !listener.config.access_log {
+            None
+        } else {
+            host_value.as_ref().and_then(host_name)
+        };
+        let route = listener.route(host.as_deref(), req.uri().path());
+        let pool = route.pool.clone();
+        let mut completion = Completion::of(req, reply, conn, &listener, route, start, || {
+            host.clone().unwrap_or_default()
+        });
+        let mut max_body = None;
+        if let Some(rules) = &route.rules {
+            let length = req.headers().get(header::CONTENT_LENGTH);
+            let (method, uri) = (req.method(), req.uri());
+            if let Err(verdict) =
+                rules.check(method, uri, length, host_value.as_ref(), conn.peer.ip())
             {
-                break 'handled too_many_requests(req, reply, &listener, conn, start, wait);
+                break 'handled ruled(req, &listener, completion, verdict);
             }
-            if let Err(why) = validate::method(req) {
-                break 'handled refuse(req, reply, &listener, conn, start, why);
-            }
-            // Routed on and sent to the backend alike.
-            let host_value = match conn.authority(req) {
-                Ok(v) => v,
-                Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
-            };
-            if let Err(why) = validate::path(req.uri().path()) {
-                break 'handled refuse(req, reply, &listener, conn, start, why);
-            }
-            if let Some(uri) = validate::decode_unreserved(req.uri()) {
+            if let Some(uri) = rules.rewrite(req.uri()) {
+                // A prefix that ends inside a segment can leave one that is
+                // only dots (`/api..` on `/api`): refused as any other.
+                if validate::path(uri.path()).is_err() {
+                    break 'handled ruled(req, &listener, completion, Verdict::DotSegment);
+                }
                 *req.uri_mut() = uri;
             }
-            // Parsing the host costs an allocation; only routes and the access log need it.
-            let host = if listener.routes.is_empty() && !listener.config.access_log {
-                None
-            } else {
-                host_value.as_ref().and_then(host_name)
-            };
-            let route = listener.route(host.as_deref(), req.uri().path());
-            let pool = route.pool.clone();
-            let mut completion = Completion::of(req, reply, conn, &listener, route, start, || {
-                host.clone().unwrap_or_default()
-            });
-            let mut max_body = None;
-            if let Some(rules) = &route.rules {
-                let length = req.headers().get(header::CONTENT_LENGTH);
-                let (method, uri) = (req.method(), req.uri());
-                if let Err(verdict) =
-                    rules.check(method, uri, length, host_value.as_ref(), conn.peer.ip())
-                {
-                    break 'handled ruled(req, &listener, completion, verdict);
-                }
-                if let Some(uri) = rules.rewrite(req.uri()) {
-                    // A prefix that ends inside a segment can leave one that is
-                    // only dots (`/api..` on `/api`): refused as any other.
-                    if validate::path(uri.path()).is_err() {
-                        break 'handled ruled(req, &listener, completion, Verdict::DotSegment);
-                    }
-                    *req.uri_mut() = uri;
-                }
-                max_body = rules.max_body();
-            }
+            max_body = rules.max_body();
+        }
 
-            let client_http1 = req.version() < Version::HTTP_2;
-            let compress = route.compress.as_deref().map(|c| {
-                let encoding = compress::negotiate(c, req.method(), req.version(), req.headers());
-                (c, encoding)
-            });
-            // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
-            // carried a Content-Length too (hyper keeps only the chunked framing);
-            // close the connection after it rather than trust what follows.
-            let hop_by_hop = headers::HopByHop::of(req.headers());
-            let close_after = hop_by_hop.transfer_encoding();
-            let upgrade = hop_by_hop.upgrade()
-                && req.version() == Version::HTTP_11
-                && headers::wants_upgrade(req.headers());
-            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
-            if req.version() == Version::HTTP_2 {
-                headers::join_cookies(req.headers_mut());
-            }
-            // Still what `hop_by_hop` found: only cookies were joined.
-            headers::strip_present(req.headers_mut(), hop_by_hop, upgrade);
-            if !req.body().is_end_stream()
-                && matches!(*req.method(), Method::GET | Method::HEAD)
-                && !req.headers().contains_key(header::CONTENT_LENGTH)
-                && !pool.upstream.is_http2()
-            {
-                // hyper's HTTP/1 client sends a GET or HEAD whose body has no
-                // length as having none, dropping a body the client sent in
-                // chunks or HTTP/2 DATA frames: saying chunked sends it.
-                req.headers_mut().insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-            }
-            client_cert::strip_forged(req.headers_mut());
-            if let Some(cert) = &conn.client_cert {
-                cert.add(req.headers_mut());
-            }
-            // Taken off before the request goes on (HAProxy's `indirect`).
-            let pinned = pool.sticky.as_ref().and_then(|s| s.take(req.headers_mut()));
-            headers::add_forwarded(
-                req.headers_mut(),
-                &conn.client,
-                conn.ctx.proto,
-                host_value.clone(),
-                &mut added,
+        let client_http1 = req.version() < Version::HTTP_2;
+        let compress = route.compress.as_deref().map(|c| {
+            let encoding = compress::negotiate(c, req.method(), req.version(), req.headers());
+            (c, encoding)
+        });
+        // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
+        // carried a Content-Length too (hyper keeps only the chunked framing);
+        // close the connection after it rather than trust what follows.
+        let hop_by_hop = headers::HopByHop::of(req.headers());
+        let close_after = hop_by_hop.transfer_encoding();
+        let upgrade = hop_by_hop.upgrade()
+            && req.version() == Version::HTTP_11
+            && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
+        if req.version() == Version::HTTP_2 {
+            headers::join_cookies(req.headers_mut());
+        }
+        // Still what `hop_by_hop` found: only cookies were joined.
+        headers::strip_present(req.headers_mut(), hop_by_hop, upgrade);
+        if !req.body().is_end_stream()
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && !req.headers().contains_key(header::CONTENT_LENGTH)
+            && !pool.upstream.is_http2()
+        {
+            // hyper's HTTP/1 client sends a GET or HEAD whose body has no
+            // length as having none, dropping a body the client sent in
+            // chunks or HTTP/2 DATA frames: saying chunked sends it.
+            req.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
             );
-            reply.forward(route, host_value.as_ref(), req.headers_mut(), &mut added);
-            to_origin_form(req, host_value);
-            if upgrade && pool.upstream.is_http2() {
-                break 'handled no_upgrade_over_http2(&listener, &pool.name, completion);
-            }
+        }
+        client_cert::strip_forged(req.headers_mut());
+        if let Some(cert) = &conn.client_cert {
+            cert.add(req.headers_mut());
+        }
+        // Taken off before the request goes on (HAProxy's `indirect`).
+        let pinned = pool.sticky.as_ref().and_then(|s| s.take(req.headers_mut()));
+        headers::add_forwarded(
+            req.headers_mut(),
+            &conn.client,
+            conn.ctx.proto,
+            host_value.clone(),
+            &mut added,
+        );
+        reply.forward(route, host_value.as_ref(), req.headers_mut(), &mut added);
+        to_origin_form(req, host_value);
+        if upgrade && pool.upstream.is_http2() {
+            break 'handled no_upgrade_over_http2(&listener, &pool.name, completion);
+        }
 
-            let key = pool.hash_on().map_or(0, |on| {
-                // The key may be one of the added fields.
-                added.put_into(req.headers_mut());
-                request_key(on, conn.peer.ip(), req.headers())
-            });
-            let timeouts = listener.config.timeouts;
-            let retries = listener.config.retries as usize;
-            let retry_on = listener.config.retry_on;
-            // A body-less idempotent request can be rebuilt and sent again after a
-            // backend closed on it; anything with a body cannot. geolb's own
-            // client gives the head back after such a close, so only a retry on
-            // the backend's status, or hyper's client, needs a copy made now.
-            let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
-            // Boxed: made for few requests, it would take its 208 bytes in
-            // every request's future.
-            let mut replay = (replayable
-                && (retry_on.any_status() || !pool.upstream.gives_back_sent_heads(upgrade)))
-            .then(|| {
-                Box::new(Replay {
-                    method: req.method().clone(),
-                    uri: req.uri().clone(),
-                    headers: req.headers().clone(),
-                })
-            });
-            if let (Either::Left(body), Some(max)) = (req.body_mut(), max_body) {
-                body.limit(max);
-            }
-            completion.request_body = body_progress.clone();
-            let body_state = || body_progress.as_ref().map(|p| p.state());
-            pool.upstream.adapt(req);
+        let key = pool.hash_on().map_or(0, |on| {
+            // The key may be one of the added fields.
+            added.put_into(req.headers_mut());
+            request_key(on, conn.peer.ip(), req.headers())
+        });
+        let timeouts = listener.config.timeouts;
+        let retries = listener.config.retries as usize;
+        let retry_on = listener.config.retry_on;
+        // A body-less idempotent request can be rebuilt and sent again after a
+        // backend closed on it; anything with a body cannot. geolb's own
+        // client gives the head back after such a close, so only a retry on
+        // the backend's status, or hyper's client, needs a copy made now.
+        let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
+        // Boxed: made for few requests, it would take its 208 bytes in
+        // every request's future.
+        let mut replay = (replayable
+            && (retry_on.any_status() || !pool.upstream.gives_back_sent_heads(upgrade)))
+        .then(|| {
+            Box::new(Replay {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                headers: req.headers().clone(),
+            })
+        });
+        if let (Either::Left(body), Some(max)) = (req.body_mut(), max_body) {
+            body.limit(max);
+        }
+        completion.request_body = body_progress.clone();
+        let body_state = || body_progress.as_ref().map(|p| p.state());
+        pool.upstream.adapt(req);
 
-            let queue_timeout = pool.config.limits.queue_timeout.unwrap_or(timeouts.connect);
-            // Nothing below reads or changes the answer's fields but for a
-            // sticky cookie set on a backend the client was not pinned to.
-            let as_read = copies_fields
-                && compress.is_none()
-                && !close_after
-                && client_upgrade.is_none()
-                && !reply.changes_answer_fields();
-            let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-            let mut failure = Failure::NoBackend;
-            // Held from a request's first retry to its end, against the pool's
-            // retry budget. Only retries of a request a backend received take
-            // one: after a failed connect no backend got it, so sending it to
-            // another adds no load to the pool.
-            let mut retry: Option<RetryGuard> = None;
-            // Stale pooled connections are retried on the same backend without
-            // counting as a retry; this bounds how often that can happen.
-            let mut stale_left = 8;
-            while tried.len() <= retries {
-                let (index, active) = match pool
-                    .acquire_pinned(pinned, &tried, key, queue_timeout)
-                    .await
-                {
-                    Ok(got) => got,
-                    Err(Denied::NoBackend) => break,
-                    Err(refusal) => {
-                        failure = Failure::Queue(refusal, queue_timeout);
-                        break;
-                    }
-                };
-                // Sent from its place (`try_send_request` takes it there);
-                // made again for a retry from what a try used up.
-                if pending.is_none() {
-                    pending = replay.as_ref().map(|r| r.request(&pool.upstream));
-                }
-                if pending.is_none() {
+        let queue_timeout = pool.config.limits.queue_timeout.unwrap_or(timeouts.connect);
+        // Nothing below reads or changes the answer's fields but for a
+        // sticky cookie set on a backend the client was not pinned to.
+        let as_read = copies_fields
+            && compress.is_none()
+            && !close_after
+            && client_upgrade.is_none()
+            && !reply.changes_answer_fields();
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut failure = Failure::NoBackend;
+        // Held from a request's first retry to its end, against the pool's
+        // retry budget. Only retries of a request a backend received take
+        // one: after a failed connect no backend got it, so sending it to
+        // another adds no load to the pool.
+        let mut retry: Option<RetryGuard> = None;
+        // Stale pooled connections are retried on the same backend without
+        // counting as a retry; this bounds how often that can happen.
+        let mut stale_left = 8;
+        while tried.len() <= retries {
+            let (index, active) = match pool
+                .acquire_pinned(pinned, &tried, key, queue_timeout)
+                .await
+            {
+                Ok(got) => got,
+                Err(Denied::NoBackend) => break,
+                Err(refusal) => {
+                    failure = Failure::Queue(refusal, queue_timeout);
                     break;
                 }
-                if !tried.is_empty() {
-                    route.metrics.retried();
-                    pool.backends[index].metrics.retried();
+            };
+            // Sent from its place (`try_send_request` takes it there);
+            // made again for a retry from what a try used up.
+            if pending.is_none() {
+                pending = replay.as_ref().map(|r| r.request(&pool.upstream));
+            }
+            if pending.is_none() {
+                break;
+            }
+            if !tried.is_empty() {
+                route.metrics.retried();
+                pool.backends[index].metrics.retried();
+            }
+            tried.push(index);
+            let backend = &pool.backends[index];
+            // One clock read for the idle list's age check, the access
+            // log's connect time and, for a kept connection, the send.
+            let looked = Instant::now();
+            let connecting = completion.access.is_some().then_some(looked);
+            let idle = pool.upstream.idle(&backend.shared.idle, upgrade, looked);
+            let (sender, reused) = match idle {
+                Some(kept) => (Ok(kept), true),
+                None => {
+                    let upstream = &pool.upstream;
+                    let connected = upstream
+                        .connect(
+                            &backend.shared.idle,
+                            backend.addr,
+                            timeouts.connect,
+                            upgrade,
+                        )
+                        .await;
+                    (connected, false)
                 }
-                tried.push(index);
-                let backend = &pool.backends[index];
-                // One clock read for the idle list's age check, the access
-                // log's connect time and, for a kept connection, the send.
-                let looked = Instant::now();
-                let connecting = completion.access.is_some().then_some(looked);
-                let idle = pool.upstream.idle(&backend.shared.idle, upgrade, looked);
-                let (sender, reused) = match idle {
-                    Some(kept) => (Ok(kept), true),
-                    None => {
-                        let upstream = &pool.upstream;
-                        let connected = upstream
-                            .connect(
-                                &backend.shared.idle,
-                                backend.addr,
-                                timeouts.connect,
-                                upgrade,
-                            )
-                            .await;
-                        (connected, false)
+            };
+            let mut sender = match sender {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                    pool.outcome(index, Outcome::Failure);
+                    backend.metrics.connect_failed();
+                    failure = Failure::Connect(backend.label.clone(), e);
+                    if !retry_on.connect {
+                        break;
                     }
-                };
-                let mut sender = match sender {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(backend = %backend.label, error = %e, "connect failed");
+                    continue;
+                }
+            };
+            let sent_at = if reused { looked } else { Instant::now() };
+            let sent =
+                connecting.map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
+            // Pinned where it is made: the timeout and the await then move a
+            // pointer, not the sending future's 2 KiB.
+            let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
+            let send = std::pin::pin!(sender.try_send_request(&mut pending, &added, as_read));
+            let due = deadline(sent_at, timeouts.request);
+            match before(timer.as_mut(), due, send).await {
+                None => {
+                    failure = if body_state() == Some(BodyState::WaitingForClient) {
+                        Failure::SlowClient(timeouts.request)
+                    } else {
                         pool.outcome(index, Outcome::Failure);
-                        backend.metrics.connect_failed();
-                        failure = Failure::Connect(backend.label.clone(), e);
-                        if !retry_on.connect {
-                            break;
+                        backend.metrics.timed_out();
+                        Failure::Timeout(backend.label.clone(), timeouts.request)
+                    };
+                    break;
+                }
+                Some(Ok(mut resp)) => {
+                    backend
+                        .metrics
+                        .responded(resp.status().as_u16(), sent_at.elapsed());
+                    completion.backend = Some(backend.metrics.clone());
+                    let status = resp.status().as_u16();
+                    pool.outcome(
+                        index,
+                        if status >= 500 {
+                            Outcome::Status5xx
+                        } else {
+                            Outcome::Success
+                        },
+                    );
+                    if retry_on.status(status)
+                        && replay.is_some()
+                        && tried.len() <= retries
+                        && pool.any_eligible(&tried)
+                        && within_budget(&pool, &mut retry)
+                    {
+                        tracing::debug!(backend = %backend.label, status, "retrying after the backend's answer");
+                        // Its connection is reused only when nothing of the
+                        // answer is left to read; else dropping closes it.
+                        if resp.body().is_end_stream() {
+                            backend.shared.idle.put(sender);
+                        }
+                        failure = Failure::NoBackend;
+                        continue;
+                    }
+                    // Clients get HTTP/1.1 or HTTP/2 from their own connection.
+                    *resp.version_mut() = Version::HTTP_11;
+                    if let Some(sticky) = &pool.sticky
+                        && pinned != Some(index)
+                    {
+                        sticky.set(resp.headers_mut(), index, conn.tls.is_some());
+                    }
+                    if let (Some(a), Some((connect, sent_at))) = (completion.access.as_mut(), sent)
+                    {
+                        a.backend = Some(backend.label.clone());
+                        a.retries = (tried.len() - 1) as u32;
+                        a.connect = Some(connect);
+                        a.first_byte = Some(sent_at.elapsed());
+                    }
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_upgrade) = client_upgrade
+                    {
+                        let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        let tunnel = tunnel(client_upgrade, backend_upgrade, active, timeouts.idle);
+                        let slot = conn.slot.clone();
+                        conn.ctx.tasks.spawn(async move {
+                            tunnel.await;
+                            drop(slot);
+                        });
+                        headers::strip_hop_by_hop(resp.headers_mut(), true);
+                        completion.status = 101;
+                        let (parts, _) = resp.into_parts();
+                        break 'handled Response::from_parts(
+                            parts,
+                            ResponseBody::message(Bytes::new(), Some(completion)),
+                        );
+                    }
+                    match resp.body_mut().read_fields_mut() {
+                        Some(read) => {
+                            headers::strip_read(read);
+                            reply.finish_read(read);
+                        }
+                        None => headers::strip_hop_by_hop(resp.headers_mut(), false),
+                    }
+                    if close_after {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    completion.status = status;
+                    completion.active = Some(active);
+                    completion.retry = retry;
+                    completion.sender = Some(sender);
+                    let (mut parts, body) = resp.into_parts();
+                    let body = match compress {
+                        Some((c, e)) => {
+                            match compress::start(c, e, parts.status, &mut parts.headers, body) {
+                                Ok(compressing) => {
+                                    ResponseBody::compressed(compressing, completion)
+                                }
+                                Err(body) => ResponseBody::from_backend(body, completion),
+                            }
+                        }
+                        None => ResponseBody::from_backend(body, completion),
+                    };
+                    break 'handled Response::from_parts(parts, body);
+                }
+                Some(Err(mut e)) => {
+                    if let Some(request) = e.take_message() {
+                        // Closed before our request was written: nothing was
+                        // sent, so the same backend may be tried afresh.
+                        pending = Some(request);
+                        if stale_left > 0 {
+                            stale_left -= 1;
+                            tried.pop();
                         }
                         continue;
                     }
-                };
-                let sent_at = if reused { looked } else { Instant::now() };
-                let sent = connecting
-                    .map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
-                // Pinned where it is made: the timeout and the await then move a
-                // pointer, not the sending future's 2 KiB.
-                let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
-                let send = std::pin::pin!(sender.try_send_request(&mut pending, &added, as_read));
-                let due = deadline(sent_at, timeouts.request);
-                match before(timer.as_mut(), due, send).await {
-                    None => {
-                        failure = if body_state() == Some(BodyState::WaitingForClient) {
-                            Failure::SlowClient(timeouts.request)
-                        } else {
-                            pool.outcome(index, Outcome::Failure);
-                            backend.metrics.timed_out();
-                            Failure::Timeout(backend.label.clone(), timeouts.request)
-                        };
+                    if let Some(head) = e.take_sent_head()
+                        && replayable
+                        && replay.is_none()
+                    {
+                        replay = Some(Box::new(Replay {
+                            method: head.method,
+                            uri: head.uri,
+                            headers: head.headers,
+                        }));
+                    }
+                    let err = e.into_error();
+                    if let (Some(max), Some(BodyState::TooLarge)) = (max_body, body_state()) {
+                        failure = Failure::TooLarge(max);
                         break;
                     }
-                    Some(Ok(mut resp)) => {
-                        backend
-                            .metrics
-                            .responded(resp.status().as_u16(), sent_at.elapsed());
-                        completion.backend = Some(backend.metrics.clone());
-                        let status = resp.status().as_u16();
-                        pool.outcome(
-                            index,
-                            if status >= 500 {
-                                Outcome::Status5xx
-                            } else {
-                                Outcome::Success
-                            },
-                        );
-                        if retry_on.status(status)
-                            && replay.is_some()
-                            && tried.len() <= retries
-                            && pool.any_eligible(&tried)
-                            && within_budget(&pool, &mut retry)
-                        {
-                            tracing::debug!(backend = %backend.label, status, "retrying after the backend's answer");
-                            // Its connection is reused only when nothing of the
-                            // answer is left to read; else dropping closes it.
-                            if resp.body().is_end_stream() {
-                                backend.shared.idle.put(sender);
-                            }
-                            failure = Failure::NoBackend;
-                            continue;
-                        }
-                        // Clients get HTTP/1.1 or HTTP/2 from their own connection.
-                        *resp.version_mut() = Version::HTTP_11;
-                        if let Some(sticky) = &pool.sticky
-                            && pinned != Some(index)
-                        {
-                            sticky.set(resp.headers_mut(), index, conn.tls.is_some());
-                        }
-                        if let (Some(a), Some((connect, sent_at))) =
-                            (completion.access.as_mut(), sent)
-                        {
-                            a.backend = Some(backend.label.clone());
-                            a.retries = (tried.len() - 1) as u32;
-                            a.connect = Some(connect);
-                            a.first_byte = Some(sent_at.elapsed());
-                        }
-                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                            && let Some(client_upgrade) = client_upgrade
-                        {
-                            let backend_upgrade = hyper::upgrade::on(&mut resp);
-                            let tunnel =
-                                tunnel(client_upgrade, backend_upgrade, active, timeouts.idle);
-                            let slot = conn.slot.clone();
-                            conn.ctx.tasks.spawn(async move {
-                                tunnel.await;
-                                drop(slot);
-                            });
-                            headers::strip_hop_by_hop(resp.headers_mut(), true);
-                            completion.status = 101;
-                            let (parts, _) = resp.into_parts();
-                            break 'handled Response::from_parts(
-                                parts,
-                                ResponseBody::message(Bytes::new(), Some(completion)),
-                            );
-                        }
-                        match resp.body_mut().read_fields_mut() {
-                            Some(read) => {
-                                headers::strip_read(read);
-                                reply.finish_read(read);
-                            }
-                            None => headers::strip_hop_by_hop(resp.headers_mut(), false),
-                        }
-                        if close_after {
-                            resp.headers_mut()
-                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        }
-                        completion.status = status;
-                        completion.active = Some(active);
-                        completion.retry = retry;
-                        completion.sender = Some(sender);
-                        let (mut parts, body) = resp.into_parts();
-                        let body = match compress {
-                            Some((c, e)) => {
-                                match compress::start(c, e, parts.status, &mut parts.headers, body)
-                                {
-                                    Ok(compressing) => {
-                                        ResponseBody::compressed(compressing, completion)
-                                    }
-                                    Err(body) => ResponseBody::from_backend(body, completion),
-                                }
-                            }
-                            None => ResponseBody::from_backend(body, completion),
-                        };
-                        break 'handled Response::from_parts(parts, body);
+                    if body_state() == Some(BodyState::Failed) {
+                        failure = Failure::ClientBody(err);
+                        break;
                     }
-                    Some(Err(mut e)) => {
-                        if let Some(request) = e.take_message() {
-                            // Closed before our request was written: nothing was
-                            // sent, so the same backend may be tried afresh.
-                            pending = Some(request);
-                            if stale_left > 0 {
-                                stale_left -= 1;
-                                tried.pop();
-                            }
-                            continue;
-                        }
-                        if let Some(head) = e.take_sent_head()
-                            && replayable
-                            && replay.is_none()
-                        {
-                            replay = Some(Box::new(Replay {
-                                method: head.method,
-                                uri: head.uri,
-                                headers: head.headers,
-                            }));
-                        }
-                        let err = e.into_error();
-                        if let (Some(max), Some(BodyState::TooLarge)) = (max_body, body_state()) {
-                            failure = Failure::TooLarge(max);
-                            break;
-                        }
-                        if body_state() == Some(BodyState::Failed) {
-                            failure = Failure::ClientBody(err);
-                            break;
-                        }
-                        pool.outcome(index, Outcome::Failure);
-                        let retryable = retry_on.reset
-                            && replay.is_some()
-                            && err.closed_without_answer()
-                            && tried.len() <= retries
-                            && within_budget(&pool, &mut retry);
-                        tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
-                        failure = Failure::Backend(backend.label.clone(), err);
-                        if !retryable {
-                            break;
-                        }
+                    pool.outcome(index, Outcome::Failure);
+                    let retryable = retry_on.reset
+                        && replay.is_some()
+                        && err.closed_without_answer()
+                        && tried.len() <= retries
+                        && within_budget(&pool, &mut retry);
+                    tracing::debug!(backend = %backend.label, error = %err, retryable, "backend request failed");
+                    failure = Failure::Backend(backend.label.clone(), err);
+                    if !retryable {
+                        break;
                     }
                 }
             }
-            // The client learns what happened; which backend and why are for the
-            // logs (and the access log), not for anyone who can send a request.
-            let pool_name = &pool.name;
-            let (status, text, backend, error) = match failure {
-                Failure::NoBackend if tried.is_empty() => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no healthy backend in pool {pool_name}"),
-                    None,
-                    String::new(),
+        }
+        // The client learns what happened; which backend and why are for the
+        // logs (and the access log), not for anyone who can send a request.
+        let pool_name = &pool.name;
+        let (status, text, backend, error) = match failure {
+            Failure::NoBackend if tried.is_empty() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy backend in pool {pool_name}"),
+                None,
+                String::new(),
+            ),
+            Failure::NoBackend => (
+                StatusCode::BAD_GATEWAY,
+                format!("every backend of pool {pool_name} failed"),
+                None,
+                String::new(),
+            ),
+            Failure::Connect(b, e) if e.kind() == io::ErrorKind::TimedOut => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "could not connect to a backend of pool {pool_name} within {:?}",
+                    timeouts.connect
                 ),
-                Failure::NoBackend => (
+                Some(b),
+                e.to_string(),
+            ),
+            Failure::Connect(b, e) => (
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "could not connect to a backend of pool {pool_name}: {}",
+                    upstream::public_reason(&e)
+                ),
+                Some(b),
+                e.to_string(),
+            ),
+            Failure::Timeout(b, t) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("a backend of pool {pool_name} did not answer within {t:?}"),
+                Some(b),
+                format!("no response head within {t:?}"),
+            ),
+            Failure::Backend(b, e) => {
+                // Backend errors name no address, only what went wrong.
+                let error = error_chain(&e);
+                (
                     StatusCode::BAD_GATEWAY,
-                    format!("every backend of pool {pool_name} failed"),
-                    None,
-                    String::new(),
-                ),
-                Failure::Connect(b, e) if e.kind() == io::ErrorKind::TimedOut => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "could not connect to a backend of pool {pool_name} within {:?}",
-                        timeouts.connect
-                    ),
+                    format!("a backend of pool {pool_name} failed: {error}"),
                     Some(b),
-                    e.to_string(),
-                ),
-                Failure::Connect(b, e) => (
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "could not connect to a backend of pool {pool_name}: {}",
-                        upstream::public_reason(&e)
-                    ),
-                    Some(b),
-                    e.to_string(),
-                ),
-                Failure::Timeout(b, t) => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("a backend of pool {pool_name} did not answer within {t:?}"),
-                    Some(b),
-                    format!("no response head within {t:?}"),
-                ),
-                Failure::Backend(b, e) => {
-                    // Backend errors name no address, only what went wrong.
-                    let error = error_chain(&e);
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        format!("a backend of pool {pool_name} failed: {error}"),
-                        Some(b),
-                        error,
-                    )
-                }
-                Failure::ClientBody(e) => {
-                    tracing::debug!(client = %conn.peer, error = %error_chain(&e), "request body failed");
-                    (
-                        StatusCode::BAD_REQUEST,
-                        "the request body is malformed or incomplete".to_owned(),
-                        None,
-                        String::new(),
-                    )
-                }
-                Failure::Queue(refusal, wait) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    if refusal == Denied::QueueFull {
-                        format!("every backend of pool {pool_name} is busy and its queue is full")
-                    } else {
-                        format!("every backend of pool {pool_name} stayed busy for {wait:?}")
-                    },
-                    None,
-                    String::new(),
-                ),
-                Failure::TooLarge(max) => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    too_large(max),
-                    None,
-                    String::new(),
-                ),
-                Failure::SlowClient(t) => {
-                    tracing::debug!(client = %conn.peer, "request body too slow");
-                    (
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!("the request body did not arrive within {t:?}"),
-                        None,
-                        String::new(),
-                    )
-                }
-            };
-            // The client's own failures: what it sends next cannot be trusted
-            // to start a request.
-            let client_fault = status.is_client_error();
-            if let Some(backend) = backend {
-                // Once a second at warn: a client can cause one per request.
-                crate::log_limited!(
-                    warn,
-                    listener = %listener.config.name,
-                    pool = %pool_name,
-                    backend = %backend,
-                    status = status.as_u16(),
                     error,
-                    "request failed"
-                );
-                if let Some(a) = completion.access.as_mut() {
-                    a.backend = Some(backend);
-                    a.retries = tried.len().saturating_sub(1) as u32;
-                }
+                )
             }
-            completion.status = status.as_u16();
-            let mut resp = own_message(&listener, status, &text, completion);
-            if client_fault && client_http1 {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Failure::ClientBody(e) => {
+                tracing::debug!(client = %conn.peer, error = %error_chain(&e), "request body failed");
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body is malformed or incomplete".to_owned(),
+                    None,
+                    String::new(),
+                )
             }
-            resp
+            Failure::Queue(refusal, wait) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                if refusal == Denied::QueueFull {
+                    format!("every backend of pool {pool_name} is busy and its queue is full")
+                } else {
+                    format!("every backend of pool {pool_name} stayed busy for {wait:?}")
+                },
+                None,
+                String::new(),
+            ),
+            Failure::TooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                too_large(max),
+                None,
+                String::new(),
+            ),
+            Failure::SlowClient(t) => {
+                tracing::debug!(client = %conn.peer, "request body too slow");
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {t:?}"),
+                    None,
+                    String::new(),
+                )
+            }
         };
-        // Put in its place first: a tuple made with the id, then put
-        // there, moved the response twice more.
-        let (resp, request_id) = out.insert((resp, None));
-        *request_id = reply.finish(resp.headers_mut());
-    }
+        // The client's own failures: what it sends next cannot be trusted
+        // to start a request.
+        let client_fault = status.is_client_error();
+        if let Some(backend) = backend {
+            // Once a second at warn: a client can cause one per request.
+            crate::log_limited!(
+                warn,
+                listener = %listener.config.name,
+                pool = %pool_name,
+                backend = %backend,
+                status = status.as_u16(),
+                error,
+                "request failed"
+            );
+            if let Some(a) = completion.access.as_mut() {
+                a.backend = Some(backend);
+                a.retries = tried.len().saturating_sub(1) as u32;
+            }
+        }
+        completion.status = status.as_u16();
+        let mut resp = own_message(&listener, status, &text, completion);
+        if client_fault && client_http1 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    };
+    // Put in its place first: a tuple made with the id, then put
+    // there, moved the response twice more.
+    let (resp, request_id) = out.insert((resp, None));
+    *request_id = reply.finish(resp.headers_mut());
 }
 
 impl Completion {
