@@ -61,8 +61,8 @@
 # and the places holding it (benches/allocs.sh runs it so, with 1,000
 # connections).
 # CALLGRIND_ARGS: more options for callgrind, e.g. --dump-instr=yes (costs
-# by instruction address; `addr2line -i -e GEOLB ADDR` then names the
-# inlined callers of a call site, such as which move made a memcpy).
+# by instruction address, whose inlined frames benches/callgrind_inlined.py
+# names: which move made a memcpy).
 # Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.

@@ -826,8 +826,8 @@ where
             // The future puts its answer (the response, 504 bytes) in
             // `out`: returned, it was moved four times on its way (as the
             // async fn's value, into a `MaybeDone` and within it: 300
-            // instructions a request, by `CALLGRIND_ARGS=--dump-instr=yes
-            // benches/instructions.sh`). `out` is in this task's memory,
+            // instructions a request, by `benches/callgrind_inlined.py`).
+            // `out` is in this task's memory,
             // which with many connections open is cold by the time the
             // connection's next request comes; but in a block of the
             // thread's, as the future is, it cost as many instructions as
