@@ -496,7 +496,8 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
     *req.version_mut() = Version::HTTP_11;
 }
 
-/// The answer to `req`, with the listener's response header rules applied.
+/// The answer to the request in `lent`, with the listener's response header
+/// rules applied.
 /// `timer` times each backend's answer (`timeouts.request`): an HTTP/1
 /// connection keeps one for all its requests, set as [`before`] says (a
 /// new timer a request is put into the runtime's wheel and taken out
