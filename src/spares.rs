@@ -142,11 +142,10 @@ impl<T> Drop for Recycled<T> {
 }
 
 /// Blocks given back, a stack for each layout. One stack for all took a
-/// block only when the last one given back had the layout asked for: a
-/// request's answer block and its future's block, given back at
-/// different times by the connections of one turn, then met the wrong
-/// layout on top and were allocated anew (a `malloc` and a `free` a
-/// request).
+/// block only when the last one given back had the layout asked for:
+/// blocks of two layouts given back by turns (an HTTP/1 request's future
+/// and an HTTP/2 stream's, on one thread) then met the wrong layout on
+/// top and were allocated anew, a `malloc` and a `free` a request.
 struct Shelf(Vec<(Layout, Vec<NonNull<u8>>)>);
 
 impl Shelf {

@@ -827,15 +827,15 @@ where
             // `out`: returned, it was moved four times on its way (as the
             // async fn's value, into a `MaybeDone` and within it: 300
             // instructions a request, by `benches/callgrind_inlined.py`).
-            // `out` is in this task's memory,
-            // which with many connections open is cold by the time the
-            // connection's next request comes; but in a block of the
-            // thread's, as the future is, it cost as many instructions as
-            // it saved (a block taken and given back: 100), and with 1,000
-            // connections the misses of the L2 cache were the same either
-            // way (213.9 and 224.3 a request here, 216.2 and 220.5 with the
-            // answer in the future's box: `CACHE=1 CACHE_LL=1048576,8,64
-            // CONNS=1000 DURATION=20 benches/instructions.sh`, twice each).
+            // `out` is in this task's memory, which with many connections
+            // open is cold by the time the connection's next request
+            // comes; but in a block of the thread's, as the future is, it
+            // cost as many instructions as it saved (a block taken and
+            // given back: 100), and with 1,000 connections the misses of
+            // the L2 cache were the same either way (213.9 and 224.3 a
+            // request here, 216.2 and 220.5 with the answer in the
+            // future's box: `CACHE=1 CACHE_LL=1048576,8,64 CONNS=1000
+            // DURATION=20 benches/instructions.sh`, twice each).
             let mut out = None;
             let mut answer = crate::spares::Recycled::pin_in_place(|| {
                 conn.respond(&mut lent, unread, timer.as_mut(), &mut out)
