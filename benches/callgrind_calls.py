@@ -23,29 +23,39 @@ import os
 import re
 import sys
 
-POSITION = re.compile(r"^([+-]?\d+|\*)$")
+POSITION = re.compile(r"^([+-]?(0x[0-9a-fA-F]+|\d+)|\*)$")
+NAMED = re.compile(r"\((\d+)\)(?: (.*))?")
 
 
 def records(path, event):
-    """(function, file, line, callee or None, calls, cost) for each cost
-    line, the cost being of `event` (one of the output's `events:`)."""
-    names = {"fl": {}, "fn": {}}
+    """Each cost line as (function, file, line, callee or None, calls, cost,
+    address, object), the cost being of `event` (one of the output's
+    `events:`). The address is 0 unless callgrind ran with
+    --dump-instr=yes (positions `instr line`); the object is the binary
+    or library the function's code is in."""
+    # Objects are named apart from files: `ob=(1)` is not `fl=(1)`.
+    names = {"fl": {}, "fn": {}, "ob": {}}
+    positions = ["line"]
     column = 1
-    fn = fi = cfn = None
+    fn = fi = cfn = ob = None
     calls = None
-    line_no = 0
+    at = {"instr": 0, "line": 0}
     for raw in open(path, errors="replace"):
         raw = raw.rstrip("\n")
+        if raw.startswith("positions:"):
+            positions = raw.split()[1:]
+            continue
         if raw.startswith("events:"):
             names_of_events = raw.split()[1:]
             if event not in names_of_events:
                 sys.exit(f"no event {event} in {path}: it has {' '.join(names_of_events)}")
-            column = 1 + names_of_events.index(event)
+            column = len(positions) + names_of_events.index(event)
             continue
         key, eq, value = raw.partition("=")
         if eq and key in ("fl", "fi", "fe", "fn", "cfn", "cfi", "cfl", "cfe", "ob", "cob"):
-            table = names["fn" if key in ("fn", "cfn") else "fl"]
-            m = re.match(r"\((\d+)\)(?: (.*))?", value)
+            kind = key.removeprefix("c")
+            table = names["fl" if kind in ("fl", "fi", "fe") else kind]
+            m = NAMED.match(value)
             if m:
                 if m.group(2) is not None:
                     table[m.group(1)] = m.group(2)
@@ -56,20 +66,25 @@ def records(path, event):
                 fi = value
             elif key == "cfn":
                 cfn = value
+            elif key == "ob":
+                ob = value
             continue
         if key == "calls" and eq:
             calls = int(value.split()[0])
             continue
         parts = raw.split()
-        if parts and POSITION.match(parts[0]):
-            t = parts[0]
-            if t[0] in "+-":
-                line_no += int(t)
-            elif t != "*":
-                line_no = int(t)
+        if len(parts) >= len(positions) and all(
+            POSITION.match(t) for t in parts[: len(positions)]
+        ):
+            for kind, t in zip(positions, parts):
+                if t[0] in "+-":
+                    at[kind] += int(t, 0)
+                elif t != "*":
+                    at[kind] = int(t, 0)
             # callgrind leaves off a line's trailing zero costs.
             cost = int(parts[column]) if len(parts) > column else 0
-            yield fn, fi, line_no, (cfn if calls is not None else None), calls or 0, cost
+            callee = cfn if calls is not None else None
+            yield fn, fi, at["line"], callee, calls or 0, cost, at["instr"], ob
         calls = None
 
 
@@ -83,7 +98,7 @@ def main():
     event = os.environ.get("EVENT", "Ir")
     # Misses are counted in tenths of one a request, instructions whole.
     digits = 0 if event == "Ir" else 1
-    for fn, fi, line_no, callee, calls, c in records(path, event):
+    for fn, fi, line_no, callee, calls, c, _, _ in records(path, event):
         if mode == "sites":
             if callee and rx.search(callee):
                 key = f"{(fi or '?').split('/')[-1]}:{line_no}  {fn}"

@@ -23,68 +23,17 @@ import re
 import subprocess
 import sys
 
-NAMED = re.compile(r"\((\d+)\)(?: (.*))?")
-
-
-def position(token, last):
-    if token == "*":
-        return last
-    if token[0] in "+-":
-        return last + int(token, 0)
-    return int(token, 0)
+from callgrind_calls import records
 
 
 def sites(path, callee_pattern, binary_name):
     """{address: [calls, inclusive cost]} of the calls to a matching callee
     made from code of `binary_name`."""
-    names, objects = {}, {}
     found = collections.defaultdict(lambda: [0, 0])
-    obj = callee = None
-    calls = None
-    addr = line = 0
-    with open(path, errors="replace") as out:
-        for raw in out:
-            text = raw.rstrip("\n")
-            if not text:
-                continue
-            key, _, value = text.partition("=")
-            if key in ("ob", "cob"):
-                m = NAMED.match(value)
-                if m and m.group(2) is not None:
-                    objects[m.group(1)] = m.group(2)
-                if key == "ob":
-                    obj = objects.get(m.group(1)) if m else value
-                continue
-            if key in ("fn", "cfn"):
-                m = NAMED.match(value)
-                name = value
-                if m:
-                    if m.group(2) is not None:
-                        names[m.group(1)] = m.group(2)
-                    name = names.get(m.group(1), "?")
-                if key == "cfn":
-                    callee = name
-                continue
-            if key == "calls":
-                calls = int(value.split()[0])
-                continue
-            if "=" in text:
-                continue
-            if text[0].isdigit() or text[0] in "+-*":
-                parts = text.split()
-                addr = position(parts[0], addr)
-                if len(parts) > 1:
-                    line = position(parts[1], line)
-                if calls is not None:
-                    if (
-                        callee_pattern.search(callee or "")
-                        and obj
-                        and obj.endswith("/" + binary_name)
-                    ):
-                        cost = int(parts[2]) if len(parts) > 2 else 0
-                        found[addr][0] += calls
-                        found[addr][1] += cost
-                    calls = None
+    for _, _, _, callee, calls, cost, addr, ob in records(path, "Ir"):
+        if callee and callee_pattern.search(callee) and (ob or "").endswith("/" + binary_name):
+            found[addr][0] += calls
+            found[addr][1] += cost
     return found
 
 
@@ -105,6 +54,8 @@ def main():
     top = int(sys.argv[5]) if len(sys.argv) > 5 else 30
     requests = float(requests)
     found = sites(path, re.compile(pattern), binary.rsplit("/", 1)[-1])
+    if found and set(found) == {0}:
+        sys.exit(f"{path} has no instruction addresses: run callgrind with --dump-instr=yes")
     ranked = sorted(found.items(), key=lambda kv: -kv[1][1])[:top]
     for addr, (calls, cost) in ranked:
         chain = " < ".join(frames(binary, addr)[:8])

@@ -260,8 +260,9 @@ mod tests {
         let other = Recycled::pin_in_place(|| [1u8; 3]);
         drop(first);
         drop(other);
-        // A connection's answer block given back after another's future
-        // block: the next future still takes the one on its own stack.
+        // A block of another layout (an HTTP/2 stream's future beside
+        // HTTP/1 requests') given back after it: the next value of the
+        // first layout still takes the one on its own stack.
         let second = Recycled::pin_in_place(|| [9u64; 40]);
         assert_eq!(&*second as *const [u64; 40] as usize, at);
     }
