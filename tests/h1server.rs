@@ -92,6 +92,7 @@ fn answer(method: &str, path: &str, body_len: usize) -> Vec<u8> {
             5\r\nfirst\r\n0\r\nX-Sum: 42\r\nContent-Type: text/evil\r\nX-Late: 1\r\n\r\n"
             .to_vec(),
         "/big" => with_length("200 OK", "", &support::library::pattern(7, 300_000)),
+        "/8k" => with_length("200 OK", "", &support::library::pattern(8, 8192)),
         "/204" => b"HTTP/1.1 204 No Content\r\nX-Empty: yes\r\n\r\n".to_vec(),
         "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n".to_vec(),
         "/reason" => with_length("200 Fine Thanks", "", text.as_bytes()),
@@ -242,9 +243,14 @@ struct Pair {
 
 impl Pair {
     async fn start() -> Pair {
+        Pair::start_on("").await
+    }
+
+    /// With `runtime`'s lines in the config (`[runtime]` and its keys).
+    async fn start_on(runtime: &str) -> Pair {
         let (addr, record) = recording_backend().await;
         let config = format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "{runtime}[admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
              [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"hyper\"\n\
              [[listener]]\nname = \"geolb\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"geolb\"\n"
@@ -305,7 +311,30 @@ const CLOSE: &str = "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 #[tokio::test]
 async fn both_servers_forward_and_answer_the_same_bytes() {
-    let pair = Pair::start().await;
+    forward_and_answer_the_same_bytes(Pair::start().await).await;
+}
+
+/// On one thread (`worker_threads = 1`, a current-thread runtime: the
+/// shape the benchmarks run) the same bytes must come out.
+#[tokio::test]
+async fn both_servers_answer_the_same_bytes_on_one_thread() {
+    forward_and_answer_the_same_bytes(Pair::start_on("[runtime]\nworker_threads = 1\n\n").await)
+        .await;
+}
+
+async fn forward_and_answer_the_same_bytes(pair: Pair) {
+    // More than the client's socket and geolb's take before the client
+    // reads: geolb's writes meet a full socket, and its reads of the
+    // pipelined requests wait for them.
+    let mut many = String::new();
+    for i in 0..1500 {
+        many.push_str(if i % 300 == 299 {
+            "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+        } else {
+            "GET /8k HTTP/1.1\r\nHost: x\r\n\r\n"
+        });
+    }
+    many.push_str(CLOSE);
     let chunked_post = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
                         4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
     let cases: Vec<(&str, Vec<Step>)> = vec![
@@ -333,6 +362,10 @@ async fn both_servers_forward_and_answer_the_same_bytes() {
             vec![send(format!(
                 "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /cookie HTTP/1.1\r\nHost: x\r\n\r\n{CLOSE}"
             ))],
+        ),
+        (
+            "many pipelined answers, more than sockets hold",
+            vec![send(&many)],
         ),
         (
             "keep-alive between writes",
@@ -581,11 +614,27 @@ async fn hostile_heads_are_refused_alike() {
 
 #[tokio::test]
 async fn upgrades_and_http2_are_handed_to_hyper() {
-    let pair = Pair::start().await;
-    // An upgrade on a connection's first request, and after one served
-    // by geolb: hyper carries the tunnel either way.
+    upgrades_and_http2_go_to_hyper(Pair::start().await).await;
+}
+
+/// On one thread, as with several.
+#[tokio::test]
+async fn upgrades_and_http2_are_handed_to_hyper_on_one_thread() {
+    upgrades_and_http2_go_to_hyper(Pair::start_on("[runtime]\nworker_threads = 1\n\n").await).await;
+}
+
+async fn upgrades_and_http2_go_to_hyper(pair: Pair) {
+    // An upgrade on a connection's first request, after one served by
+    // geolb, and pipelined behind one: hyper carries the tunnel each way.
     let ws = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
     for script in [
+        vec![
+            send(format!("GET /first HTTP/1.1\r\nHost: x\r\n\r\n{ws}")),
+            Await("101"),
+            send("ping"),
+            Await("ping"),
+            Shut,
+        ],
         vec![send(ws), Await("101"), send("ping"), Await("ping"), Shut],
         vec![
             send("GET /first HTTP/1.1\r\nHost: x\r\n\r\n"),
