@@ -7,16 +7,20 @@ read is paid for.
 
   benches/callgrind_calls.py sites   OUT REQUESTS REGEX [TOP]
   benches/callgrind_calls.py callees OUT REQUESTS REGEX [TOP]
+  benches/callgrind_calls.py lines   OUT REQUESTS REGEX [TOP]
 
 OUT: a callgrind output kept by `KEEP=dir benches/instructions.sh`;
 REQUESTS: the requests of that run (its `requests=` figure); REGEX: the
-callee (sites) or the caller (callees), matched against the full
-function name, e.g. '^__memcpy_avx_unaligned_erms$'.
+callee (sites) or the caller (callees), or the functions whose own
+cost `lines` lists by source line (the file of an inlined frame named),
+matched against the full function name, e.g.
+'^__memcpy_avx_unaligned_erms$'; '.' for every function.
 Columns: instructions a request, calls a request, then the call's site
-or the callee.
+or the callee; for `lines`, the cost a request and the line.
 
 EVENT=name: another of the output's events than instructions (Ir), e.g.
-EVENT=DLmw for last-level write misses in a run with CACHE=1.
+EVENT=DLmw for last-level write misses in a run with CACHE=1; names
+joined by + are summed (EVENT=DLmr+DLmw: all last-level data misses).
 """
 import collections
 import os
@@ -89,29 +93,38 @@ def records(path, event):
 
 
 def main():
-    if len(sys.argv) < 5 or sys.argv[1] not in ("sites", "callees"):
+    if len(sys.argv) < 5 or sys.argv[1] not in ("sites", "callees", "lines"):
         sys.exit(__doc__)
     mode, path, requests, rx = sys.argv[1], sys.argv[2], int(sys.argv[3]), re.compile(sys.argv[4])
     top = int(sys.argv[5]) if len(sys.argv) > 5 else 40
     cost, count = collections.Counter(), collections.Counter()
     own = 0
-    event = os.environ.get("EVENT", "Ir")
+    events = os.environ.get("EVENT", "Ir").split("+")
     # Misses are counted in tenths of one a request, instructions whole.
-    digits = 0 if event == "Ir" else 1
-    for fn, fi, line_no, callee, calls, c, _, _ in records(path, event):
-        if mode == "sites":
-            if callee and rx.search(callee):
-                key = f"{(fi or '?').split('/')[-1]}:{line_no}  {fn}"
-                cost[key] += c
-                count[key] += calls
-        elif fn and rx.search(fn):
-            if callee:
-                cost[callee] += c
-                count[callee] += calls
-            else:
-                own += c
+    digits = 0 if events == ["Ir"] else 1
+    for event in events:
+        for fn, fi, line_no, callee, calls, c, _, _ in records(path, event):
+            if mode == "sites":
+                if callee and rx.search(callee):
+                    key = f"{(fi or '?').split('/')[-1]}:{line_no}  {fn}"
+                    cost[key] += c
+                    count[key] += calls
+            elif fn and rx.search(fn):
+                if mode == "lines":
+                    if not callee:
+                        cost[f"{(fi or '?').split('/')[-1]}:{line_no}  {fn}"] += c
+                elif callee:
+                    cost[callee] += c
+                    count[callee] += calls
+                else:
+                    own += c
     if mode == "callees":
         print(f"{own / requests:8.{digits}f}        (own)")
+    if mode == "lines":
+        print(f"{sum(cost.values()) / requests:8.{digits}f}  (all lines)")
+        for key, c in cost.most_common(top):
+            print(f"{c / requests:8.{digits}f}  {key[:160]}")
+        return
     for key, c in cost.most_common(top):
         print(f"{c / requests:8.{digits}f} {count[key] / requests:6.2f}x {key[:160]}")
 
