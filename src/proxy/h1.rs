@@ -21,7 +21,7 @@
 //! connection) through the connection's reader, shared under a mutex with
 //! the head reader that takes it back once the response is written.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::pin::Pin;
@@ -847,7 +847,12 @@ where
                 // `benches/instructions.sh`).
                 tokio::select! {
                     biased;
-                    () = answer.as_mut() => break,
+                    // Its box fetched whole first: when the backend's
+                    // answer wakes the task, it has gone cold (`prefetch`).
+                    () = poll_fn(|cx| {
+                        super::prefetch(&*answer);
+                        answer.as_mut().poll(cx)
+                    }) => break,
                     () = shared.continue_wanted.notified(), if may_continue => {
                         if shared.continue_owed.swap(false, Ordering::Relaxed)
                             && writer.io.write_all(CONTINUE).await.is_err()

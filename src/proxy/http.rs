@@ -128,7 +128,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
         |mut stream, peer, slot| {
             let _ = stream.set_nodelay(true);
             let ctx2 = ctx.clone();
-            ctx.tasks.spawn(async move {
+            ctx.tasks.spawn(super::prefetched(async move {
                 // Read in the connection's task: a slow PROXY header must not
                 // hold up accepting.
                 let Some(client) =
@@ -142,7 +142,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                     return;
                 }
                 serve_connection(stream, client, None, None, ctx2, Arc::new(slot)).await
-            });
+            }));
         },
     )
     .await
