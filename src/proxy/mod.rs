@@ -92,27 +92,48 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// connections, and some of the fetches above it find their lines there.
 const MANY_CONNECTIONS: usize = 256;
 
-/// `future`, a connection's, its memory fetched whole each time it is
-/// polled (see [`prefetch`]), and counted among those open meanwhile.
-pub(crate) async fn prefetched<F: std::future::Future>(future: F) -> F::Output {
-    counted(&OPEN, future).await
+pin_project_lite::pin_project! {
+    /// A connection's future, its memory fetched whole each time it is
+    /// polled (see [`prefetch`]), counted among those open meanwhile.
+    /// A struct, not an async fn around it: that kept the future twice
+    /// in the task (the argument and the pinned local), 4 KB more a
+    /// connection.
+    pub(crate) struct Prefetched<F> {
+        #[pin]
+        future: F,
+        open: Open,
+    }
 }
 
-async fn counted<F: std::future::Future>(open: &'static AtomicUsize, future: F) -> F::Output {
-    struct Open(&'static AtomicUsize);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
+pub(crate) fn prefetched<F>(future: F) -> Prefetched<F> {
+    counted(&OPEN, future)
+}
+
+fn counted<F>(open: &'static AtomicUsize, future: F) -> Prefetched<F> {
     open.fetch_add(1, Ordering::Relaxed);
-    let _open = Open(open);
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        prefetch(&*future);
-        future.as_mut().poll(cx)
-    })
-    .await
+    Prefetched {
+        future,
+        open: Open(open),
+    }
+}
+
+/// One of the connections counted in its counter, until dropped.
+struct Open(&'static AtomicUsize);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Prefetched<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        prefetch(&*this.future);
+        this.future.poll(cx)
+    }
 }
 
 /// Pending once, having woken itself: the task goes to the back of the
