@@ -78,7 +78,7 @@ pub(crate) fn prefetch<T: ?Sized>(value: &T) {
     }
 }
 
-/// Plain-HTTP listeners' connections open, counted by [`prefetched`].
+/// HTTP and HTTPS listeners' connections open, counted by [`prefetched`].
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Above this many connections, their states no longer stay in a core's

@@ -378,8 +378,13 @@ pub async fn serve_https(
         Some(slots),
         |stream, peer, slot| {
             let _ = stream.set_nodelay(true);
-            ctx.tasks
-                .spawn(connection(stream, peer, ctx.clone(), tls.clone(), slot));
+            ctx.tasks.spawn(super::prefetched(connection(
+                stream,
+                peer,
+                ctx.clone(),
+                tls.clone(),
+                slot,
+            )));
         },
     )
     .await
