@@ -27,6 +27,10 @@
 #   H2_STREAMS=1    h2load -m: concurrent streams per connection
 #   REQUEST=plain   browser: each request carries a browser's fifteen fields
 #                   (User-Agent, Accept, Cookie, ...: lib.sh request_fields)
+#   SAME_FIELDS=0   1: HAProxy and nginx add the fields geolb adds by default
+#                   (X-Forwarded-For, -Proto, -Host, X-Request-Id: lib.sh);
+#                   forwarded: the X-Forwarded-* three only, and geolb
+#                   without its X-Request-Id
 #   PERF_SYSCALLS=0 1: count the proxy's system calls and context switches
 #                   during each run (perf stat on tracepoints; costs some
 #                   req/s, so the rates of such a run are not the figures
@@ -149,6 +153,7 @@ write_haproxy_conf() {
 
 frontend fe
     bind 127.0.0.1:${TARGET_PORT[haproxy]}$([[ $CLIENT == h2 ]] && haproxy_tls_bind)
+$(haproxy_same_fields)
     default_backend be
 
 backend be
@@ -187,6 +192,7 @@ name = "bench"
 bind = "127.0.0.1:${TARGET_PORT[$name]}"
 pool = "bench"
 ${LISTENER:-}
+$(geolb_same_fields)
 $([[ $CLIENT == h2 ]] && geolb_tls_listener)
 EOF
 }
@@ -365,14 +371,26 @@ measure() {
     load=$(parse_wrk "$out" rps p50 p99 non2xx sock requests)
   fi
   # rps p50 p99 non2xx sock | proxy CPU ... elapsed | requests | memory | syscalls
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
     "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" "$user" "$([[ -n $i0 && -n $i1 ]] && echo $((i1 - i0)) || echo NA)" \
     "$([[ -n $s0 && -n $s1 ]] && echo $((s1 - s0)) || echo NA)" \
-    "$([[ -n $d0 && -n $d1 ]] && echo $((d1 - d0)) || echo NA)" >>"$RESULTS/results.tsv"
+    "$([[ -n $d0 && -n $d1 ]] && echo $((d1 - d0)) || echo NA)" "$(stolen_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
-    printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  peak RSS %s kB%s%s\n",
-      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18,
-      ($19 != "NA" && $15 > 0 ? sprintf("  syscalls/req %.2f", $19 / $15) : ""), ($13 > 5 ? "  << NOISY" : "") }' >&2
+    printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  stolen %4s%% %4s%%  softirq0 %4s%%  peak RSS %s kB%s%s\n",
+      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $25, $26, $27, $18,
+      ($19 != "NA" && $15 > 0 ? sprintf("  syscalls/req %.2f", $19 / $15) : ""), ($13 > 5 || $25 > 5 || $26 > 5 ? "  << NOISY" : "") }' >&2
+}
+
+# stolen_percent SNAPSHOT0 SNAPSHOT1 : of CPU 0's and CPU 1's time between
+# two cpu_snapshots, the percent the hypervisor took, then CPU 0's percent
+# in softirq ("stolen0\tstolen1\tsoftirq0"). Stolen time is time the
+# proxy did not get: a round with CPU 0 stolen 15 % of the time gives it
+# 15 % less of a core, whatever it does.
+stolen_percent() {
+  awk -v c0="$1" -v c1="$2" 'BEGIN { split(c0, a, " "); split(c1, b, " ")
+    t0 = b[2] - a[2]; t1 = b[4] - a[4]
+    printf "%.1f\t%.1f\t%.1f", t0 ? 100 * (b[5] - a[5]) / t0 : 0, t1 ? 100 * (b[6] - a[6]) / t1 : 0,
+                                t0 ? 100 * (b[7] - a[7]) / t0 : 0 }'
 }
 
 # ---------------------------------------------------------------- summary
@@ -406,7 +424,7 @@ def us_per_req(r, user):
     return cpu / 100 * part / 100 / rps * 1e6
 summary = {}
 for key, rs in groups.items():
-    s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu", "proxy_user_share")}
+    s = {f: med(num(r[f]) for r in rs) for f in ("rps", "p50_ms", "p99_ms", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu", "stolen_cpu0", "softirq_cpu0", "proxy_user_share")}
     s["errors"] = sum(int(num(r["non2xx"]) or 0) + int(num(r["sock_err"]) or 0) for r in rs)
     s["n"] = sum(1 for r in rs if num(r["rps"]) is not None)
     hwm = [num(r["hwm_kb"]) for r in rs if num(r["hwm_kb"]) is not None]
@@ -422,9 +440,9 @@ for key, rs in groups.items():
     s["kernel_us"] = med(us_per_req(r, False) for r in rs)
     summary[key] = s
 perf = any(s["sys_per_req"] is not None for s in summary.values())
-print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % | user µs per request | kernel µs per request | wake-up IPIs to the load CPU per request | TCP segments per request (whole machine) | delayed ACKs per request (whole machine) |"
+print("| target | workload | runs | req/s (median) | vs nginx | vs haproxy | p50 ms | p99 ms | errors | proxy CPU % | req/s per proxy core | CPU0 busy % | CPU1 busy % | foreign CPU % | CPU0 stolen % | CPU0 softirq % | peak RSS MiB | KiB per connection | proxy user-space share of its CPU % | user µs per request | kernel µs per request | wake-up IPIs to the load CPU per request | TCP segments per request (whole machine) | delayed ACKs per request (whole machine) |"
       + (" syscalls per request | context switches per request |" if perf else ""))
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if perf else ""))
 for w in workloads:
     for t in targets:
         s = summary.get((t, w))
@@ -435,7 +453,7 @@ for w in workloads:
         per_core = s["rps"] / (s["proxy_cpu"] / 100) if s["rps"] and s["proxy_cpu"] else None
         print(f"| {t} | {w} | {s['n']} | {fmt(s['rps'], ',.0f')} | {fmt(ratio('nginx'), '.2f')} | "
               f"{fmt(ratio('haproxy'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
-              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | "
+              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(per_core, ',.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | {fmt(s['stolen_cpu0'], '.0f')} | {fmt(s['softirq_cpu0'], '.0f')} | "
               f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} | {fmt(s['proxy_user_share'], '.0f')} | "
               f"{fmt(s['user_us'], '.2f')} | {fmt(s['kernel_us'], '.2f')} | {fmt(s['ipis_per_req'], '.3f')} | {fmt(s['segments_per_req'], '.2f')} | {fmt(s['delayed_acks_per_req'], '.3f')} |"
               + (f" {fmt(s['sys_per_req'], '.2f')} | {fmt(s['cs_per_req'], '.3f')} |" if perf else ""))
@@ -466,6 +484,12 @@ if noisy:
           "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
     for r in noisy:
         print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
+stolen = [r for r in rows if max(num(r.get("stolen_cpu0", "NA")) or 0, num(r.get("stolen_cpu1", "NA")) or 0) > 5]
+if stolen:
+    print(f"\nWARNING: in {len(stolen)} of {len(rows)} runs the hypervisor took more than 5% of CPU 0 or CPU 1 "
+          "(steal in /proc/stat): those runs' proxy had less of a core; compare req/s per proxy core, or rerun:")
+    for r in stolen:
+        print(f"- round {r['round']} {r['target']} {r['workload']}: CPU 0 {r['stolen_cpu0']}%, CPU 1 {r['stolen_cpu1']}%")
 EOF
 }
 
@@ -497,7 +521,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
@@ -562,7 +586,7 @@ main() {
     log "warm-up done"
   fi
 
-  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\tproxy_user_share\tipis_load\ttcp_segments\tdelayed_acks\n' >"$RESULTS/results.tsv"
+  printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tproxy_cpu\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\trequests\trss0_kb\trss_kb\thwm_kb\tsyscalls\tctx_switches\tproxy_user_share\tipis_load\ttcp_segments\tdelayed_acks\tstolen_cpu0\tstolen_cpu1\tsoftirq_cpu0\n' >"$RESULTS/results.tsv"
   for ((round = 1; round <= ROUNDS; round++)); do
     for wl in "${WORKLOADS[@]}"; do
       for ((i = 0; i < n; i++)); do            # rotate the order each round
@@ -581,6 +605,8 @@ Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted on
 Proxy user-space share = utime / (utime+stime) of the proxy processes: the rest is system time, the kernel's work for it.
 User and kernel µs per request = proxy CPU % split by that share, over req/s (softirq work the kernel does outside the proxy's system time is in neither).
 Foreign CPU % = CPU used by processes this script did not start (any CPU); above 5 the run is skewed.
+CPU0 stolen % = of CPU 0's time, the share the hypervisor gave to other machines (steal in /proc/stat): the proxy could not run then.
+CPU0 softirq % = of CPU 0's time, the kernel's network work in softirq (softirq in /proc/stat), most of it TCP over loopback; a tick of it that interrupted the proxy is in proxy CPU % too, one on an otherwise idle CPU 0 is not.
 Peak RSS = the largest VmHWM after a run (nginx: master + worker); KiB per connection = (peak RSS - VmRSS before the warm-up) / $CONNS.
 EOF
   log "raw results: $RESULTS (results.tsv, summary.md, raw/*.wrk, configs/, logs/, env.txt)"

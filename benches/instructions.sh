@@ -32,6 +32,13 @@
 # (Chrome's User-Agent, Accept, Cookie, ...: lib.sh's request_fields)
 # rather than only Host, for all three proxies alike.
 #   REQUEST=browser PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
+# SAME_FIELDS=1: HAProxy and nginx add to each request the fields geolb
+# adds by default (X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host,
+# and an X-Request-Id, returned with the answer too: lib.sh), with the
+# lines their users write for it. Unset, they do less than geolb.
+# SAME_FIELDS=forwarded: the three X-Forwarded-* fields only, and geolb's
+# listener has request_id = false.
+#   SAME_FIELDS=1 PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
 # BODY=16k: the backend answers a 16 KiB text file (text/plain) instead of
 # "hello\n" (any size head -c takes, up to ~300 KB). COMPRESS=gzip (or br,
 # zstd): geolb's listener has compress = { algorithms = [COMPRESS] } and
@@ -63,7 +70,7 @@
 # CALLGRIND_ARGS: more options for callgrind, e.g. --dump-instr=yes (costs
 # by instruction address, whose inlined frames benches/callgrind_inlined.py
 # names: which move made a memcpy).
-# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), SAME_FIELDS (0), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
@@ -123,7 +130,7 @@ CONF
 write_geolb_conf() {
   local tls=""
   [[ $CLIENT == h2 ]] && tls=$(geolb_tls_listener)
-  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$COMPRESS_LINE"$'\n'"$tls" \
+  geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$(geolb_same_fields)"$'\n'"$COMPRESS_LINE"$'\n'"$tls" \
     | if [[ $BACKEND_PROTO == h2c ]]; then sed '/^backends = /a backend_protocol = "h2c"'; else cat; fi >"$WORK/geolb.toml"
 }
 
@@ -133,6 +140,7 @@ write_haproxy_conf() {
     cat <<EOF
 frontend fe
     bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && haproxy_tls_bind)
+$(haproxy_same_fields)
     default_backend be
 backend be
     server b1 127.0.0.1:$BACKEND$([[ $BACKEND_PROTO == h2c ]] && echo " proto h2")

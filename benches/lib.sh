@@ -153,11 +153,19 @@ wait_quiet() {
   log "other processes still busy after ${WAIT_QUIET} s; measuring anyway"
 }
 
-# "busy total" jiffies of CPU 0 and CPU 1 from /proc/stat.
+# "busy total" jiffies of CPU 0 and CPU 1 from /proc/stat, then the
+# jiffies stolen from each (steal: the hypervisor ran something else on
+# the physical CPU while this virtual one had work), then each one's
+# softirq jiffies (the kernel's network work run off the back of an
+# interrupt or a system call; a tick that lands there while a process
+# runs is charged to that process's system time as well):
+# "busy0 total0 busy1 total1 stolen0 stolen1 softirq0 softirq1".
 cpu_snapshot() {
   awk '$1 == "cpu0" || $1 == "cpu1" {
          t = 0; for (i = 2; i <= 9; i++) t += $i   # user..steal
-         printf "%d %d ", t - $5 - $6, t }' /proc/stat   # minus idle, iowait
+         printf "%d %d ", t - $5 - $6, t           # minus idle, iowait
+         stolen = stolen sprintf("%d ", $9); softirq = softirq sprintf("%d ", $8) }
+       END { printf "%s%s", stolen, softirq }' /proc/stat
 }
 
 # Warn when the machine is not idle: a busy CPU skews every number.
@@ -458,16 +466,70 @@ nginx_upstream() {
 
 # nginx_pass_location [SCHEME [LINES]] : "location /" proxying to the
 # upstream "bench" (SCHEME http or https) over kept-alive HTTP/1.1, with
-# LINES added to the location.
+# LINES added to the location (and nginx_same_fields' lines).
 nginx_pass_location() {
   cat <<EOF
         location / {
             proxy_pass ${1:-http}://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+$(nginx_same_fields)
 ${2:-}
         }
 EOF
+}
+
+# SAME_FIELDS=1: HAProxy and nginx do to each request what geolb does by
+# default, in the lines their own users write for it: X-Forwarded-For
+# (the client appended), X-Forwarded-Proto and X-Forwarded-Host added to
+# the request forwarded, and a random X-Request-Id on both the request
+# and its answer. SAME_FIELDS=forwarded: the three X-Forwarded-* fields
+# only, and geolb's listener gets request_id = false. Unset (0), the
+# anchors forward the request as they received it while geolb adds all
+# four: the default comparison gives the anchors less work than geolb.
+SAME_FIELDS=${SAME_FIELDS:-0}
+case $SAME_FIELDS in
+  0 | 1 | forwarded) ;;
+  *) die "SAME_FIELDS=$SAME_FIELDS: 0, 1 or forwarded" ;;
+esac
+
+# nginx_same_fields : lines for nginx's location (none with SAME_FIELDS=0).
+nginx_same_fields() {
+  [[ $SAME_FIELDS == 0 ]] && return 0
+  cat <<'EOF'
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+EOF
+  [[ $SAME_FIELDS == 1 ]] || return 0
+  cat <<'EOF'
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id always;
+EOF
+}
+
+# haproxy_same_fields : lines for HAProxy's frontend (none with SAME_FIELDS=0).
+haproxy_same_fields() {
+  [[ $SAME_FIELDS == 0 ]] && return 0
+  cat <<'EOF'
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+EOF
+  [[ $SAME_FIELDS == 1 ]] || return 0
+  cat <<'EOF'
+    unique-id-format %[uuid()]
+    unique-id-header X-Request-Id
+    http-after-response set-header X-Request-Id %[unique-id]
+EOF
+}
+
+# geolb_same_fields : a line for geolb's listener: without an X-Request-Id
+# when the anchors add none (SAME_FIELDS=forwarded).
+geolb_same_fields() {
+  [[ $SAME_FIELDS == forwarded ]] && echo "request_id = false"
+  return 0
 }
 
 # text_file PATH BYTES : BYTES of English prose (the licences Debian ships in
