@@ -296,12 +296,12 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     if ($3 == "iperf") v = sprintf("%7s Gbit/s recv %7s sent  retrans %5s", $4, $5, $10)
     else v = sprintf("%9s conn/s  p50 %6s ms  p99 %6s ms  errs %s", $4, $7, $8, $9)
-    printf "  round %s %-8s %-5s %s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%%s\n",
-      $1, $2, $3, v, $11, $13, $14, $15, $16, ($16 > 5 ? "  << NOISY" : "") }' >&2
+    printf "  round %s %-8s %-5s %s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  stolen %4s%% %4s%%%s\n",
+      $1, $2, $3, v, $11, $13, $14, $15, $16, $18, $19, ($16 > 5 || $18 > 5 || $19 > 5 ? "  << NOISY" : "") }' >&2
 }
 
 # ---------------------------------------------------------------- summary
@@ -373,6 +373,12 @@ if noisy:
           "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
     for r in noisy:
         print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
+stolen = [r for r in rows if max(num(r.get("stolen_cpu0")) or 0, num(r.get("stolen_cpu1")) or 0) > 5]
+if stolen:
+    print(f"\nWARNING: in {len(stolen)} of {len(rows)} runs the hypervisor took more than 5% of CPU 0 or CPU 1 "
+          "(steal in /proc/stat): the proxy (CPU 0) or iperf3 and the backends (CPU 1) had less of a core:")
+    for r in stolen:
+        print(f"- round {r['round']} {r['target']} {r['workload']}: CPU 0 {r['stolen_cpu0']}%, CPU 1 {r['stolen_cpu1']}%")
 EOF
 }
 
@@ -455,7 +461,7 @@ main() {
     log "warm-up done"
   fi
 
-  printf 'round\ttarget\tworkload\trate\tsent_gbps\tunits\tp50_ms\tp99_ms\terrors\tretrans\tproxy_cpu\tproxy_cpu_s\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\n' >"$RESULTS/results.tsv"
+  printf 'round\ttarget\tworkload\trate\tsent_gbps\tunits\tp50_ms\tp99_ms\terrors\tretrans\tproxy_cpu\tproxy_cpu_s\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\tstolen_cpu0\tstolen_cpu1\tsoftirq_cpu0\n' >"$RESULTS/results.tsv"
   head -1 "$RESULTS/results.tsv" >"$RESULTS/discarded.tsv"
   for ((round = 1; round <= ROUNDS; round++)); do
     for wl in "${WORKLOADS[@]}"; do
