@@ -374,7 +374,7 @@ measure() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%b\t%b\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$(cut -f1-5 <<<"$load")" "$row" \
     "$(cut -f6 <<<"$load")" "${TARGET_RSS0[$target]:-NA}" "$mem" "$sys" "$user" "$([[ -n $i0 && -n $i1 ]] && echo $((i1 - i0)) || echo NA)" \
     "$([[ -n $s0 && -n $s1 ]] && echo $((s1 - s0)) || echo NA)" \
-    "$([[ -n $d0 && -n $d1 ]] && echo $((d1 - d0)) || echo NA)" "$(stolen_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
+    "$([[ -n $d0 && -n $d1 ]] && echo $((d1 - d0)) || echo NA)" "$(stolen_and_softirq_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     printf "  round %s %-8s %-4s %10s req/s  p50 %6s ms  p99 %6s ms  errs %s/%s  proxy %5s%%  backend %5s%%  cpu0 %5s%%  cpu1 %5s%%  foreign %5s%%  stolen %4s%% %4s%%  softirq0 %4s%%  peak RSS %s kB%s%s\n",
       $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $25, $26, $27, $18,
@@ -472,7 +472,7 @@ if noisy:
           "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
     for r in noisy:
         print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
-stolen = [r for r in rows if max(num(r.get("stolen_cpu0", "NA")) or 0, num(r.get("stolen_cpu1", "NA")) or 0) > 5]
+stolen = [r for r in rows if max(num(r["stolen_cpu0"]) or 0, num(r["stolen_cpu1"]) or 0) > 5]
 if stolen:
     print(f"\nWARNING: in {len(stolen)} of {len(rows)} runs the hypervisor took more than 5% of CPU 0 or CPU 1 "
           "(steal in /proc/stat): those runs' proxy had less of a core; compare req/s per proxy core, or rerun:")

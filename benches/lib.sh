@@ -168,12 +168,12 @@ cpu_snapshot() {
        END { printf "%s%s", stolen, softirq }' /proc/stat
 }
 
-# stolen_percent SNAPSHOT0 SNAPSHOT1 : of CPU 0's and CPU 1's time between
+# stolen_and_softirq_percent SNAPSHOT0 SNAPSHOT1 : of CPU 0's and CPU 1's time between
 # two cpu_snapshots, the percent the hypervisor took, then CPU 0's percent
 # in softirq ("stolen0\tstolen1\tsoftirq0"). Stolen time is time the
 # proxy did not get: a round with CPU 0 stolen 15 % of the time gives it
 # 15 % less of a core, whatever it does.
-stolen_percent() {
+stolen_and_softirq_percent() {
   awk -v c0="$1" -v c1="$2" 'BEGIN { split(c0, a, " "); split(c1, b, " ")
     t0 = b[2] - a[2]; t1 = b[4] - a[4]
     printf "%.1f\t%.1f\t%.1f", t0 ? 100 * (b[5] - a[5]) / t0 : 0, t1 ? 100 * (b[6] - a[6]) / t1 : 0,

@@ -296,7 +296,7 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_and_softirq_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     if ($3 == "iperf") v = sprintf("%7s Gbit/s recv %7s sent  retrans %5s", $4, $5, $10)
     else v = sprintf("%9s conn/s  p50 %6s ms  p99 %6s ms  errs %s", $4, $7, $8, $9)
@@ -373,7 +373,7 @@ if noisy:
           "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
     for r in noisy:
         print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
-stolen = [r for r in rows if max(num(r.get("stolen_cpu0")) or 0, num(r.get("stolen_cpu1")) or 0) > 5]
+stolen = [r for r in rows if max(num(r["stolen_cpu0"]) or 0, num(r["stolen_cpu1"]) or 0) > 5]
 if stolen:
     print(f"\nWARNING: in {len(stolen)} of {len(rows)} runs the hypervisor took more than 5% of CPU 0 or CPU 1 "
           "(steal in /proc/stat): the proxy (CPU 0) or iperf3 and the backends (CPU 1) had less of a core:")
