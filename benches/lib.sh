@@ -205,11 +205,11 @@ start_proxy() {
     geolb | geolb-b)
       # geolb-b: a second build (GEOLB_B) beside the first in the same
       # rounds, where the script writes a config per name and gives
-      # geolb-b a port of its own (http.sh).
+      # geolb-b a port of its own (http.sh, tcp.sh).
       local bin=$GEOLB
       if [[ $name == geolb-b ]]; then
         if [[ ${SECOND_GEOLB:-0} != 1 ]]; then
-          log "SKIP geolb-b: only http.sh runs a second geolb build"
+          log "SKIP geolb-b: only http.sh and tcp.sh run a second geolb build"
           return 1
         fi
         bin=${GEOLB_B:-}

@@ -19,7 +19,11 @@
 # the order of the targets rotating from round to round.
 #
 # Environment:
-#   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
+#   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order);
+#                   geolb-b is a second geolb (GEOLB_B, SPLICE_B) in the same
+#                   rounds, e.g. splicing against copying on one machine
+#                   at one time: PROXIES="geolb geolb-b haproxy nginx"
+#                   SPLICE=true SPLICE_B=false
 #   BASELINE=1      also measure without a proxy ("direct")
 #   WORKLOADS="iperf conn"
 #   ROUNDS=3        interleaved rounds (the tables show the median)
@@ -35,6 +39,8 @@
 #   SPLICE=         true / false: geolb's tcp listeners get `splice =` that
 #                   (empty: the binary's default; builds before the key
 #                   existed refuse it)
+#   GEOLB_B=        geolb-b's binary (default: GEOLB)
+#   SPLICE_B=       geolb-b's `splice =` (default: SPLICE)
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-tcp-bench.XXXXXX)
 #
 # Requires: iperf3, haproxy, nginx with the stream module (Debian:
@@ -54,6 +60,9 @@ WAIT_QUIET=${WAIT_QUIET:-0}
 NOISY_RETRIES=${NOISY_RETRIES:-0}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
 SPLICE=${SPLICE:-}
+GEOLB_B=${GEOLB_B:-$GEOLB}
+SPLICE_B=${SPLICE_B:-$SPLICE}
+SECOND_GEOLB=1   # lib.sh's start_proxy: geolb-b runs here
 read -ra WORKLOADS <<<"${WORKLOADS:-iperf conn}"
 PROXY_CPU=0
 LOAD_CPU=1
@@ -166,8 +175,10 @@ backend http
 EOF
 }
 
-write_geolb_conf() {
-  cat >"$WORK/geolb.toml" <<EOF
+write_geolb_conf() {   # NAME: geolb or geolb-b, each on its own ports
+  local name=$1 splice=$SPLICE
+  [[ $name == geolb-b ]] && splice=$SPLICE_B
+  cat >"$WORK/$name.toml" <<EOF
 [runtime]
 worker_threads = 1
 shutdown_grace = "1s"
@@ -182,17 +193,17 @@ backends = [{ addr = "127.0.0.1:$BACKEND_PORT" }]
 
 [[listener]]
 name = "iperf"
-bind = "127.0.0.1:${IPERF_PORT[geolb]}"
+bind = "127.0.0.1:${IPERF_PORT[$name]}"
 protocol = "tcp"
 pool = "iperf"
-${SPLICE:+splice = $SPLICE}
+${splice:+splice = $splice}
 
 [[listener]]
 name = "http"
-bind = "127.0.0.1:${HTTP_PORT[geolb]}"
+bind = "127.0.0.1:${HTTP_PORT[$name]}"
 protocol = "tcp"
 pool = "http"
-${SPLICE:+splice = $SPLICE}
+${splice:+splice = $splice}
 EOF
 }
 
@@ -327,7 +338,7 @@ for r in rows:   # proxy CPU per unit of work, per run
 groups = {}
 for r in rows:
     groups.setdefault((r["target"], r["workload"]), []).append(r)
-order = ["direct", "geolb", "haproxy", "nginx"]
+order = ["direct", "geolb", "geolb-b", "haproxy", "nginx"]
 targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
 summary = {}
 for key, rs in groups.items():
@@ -400,14 +411,15 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE WORKLOADS='${WORKLOADS[*]}' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB SPLICE=$SPLICE $0"
+    echo "command: PROXIES='$PROXIES' BASELINE=$BASELINE WORKLOADS='${WORKLOADS[*]}' ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET NOISY_RETRIES=$NOISY_RETRIES GEOLB=$GEOLB SPLICE=$SPLICE GEOLB_B=$GEOLB_B SPLICE_B=$SPLICE_B $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
     echo "iperf3: $(iperf3 --version 2>&1 | head -1)"
     echo "wrk: $(wrk --version 2>&1 | head -1)"
     echo "net.ipv4.tcp_tw_reuse: $(cat /proc/sys/net/ipv4/tcp_tw_reuse)  ip_local_port_range: $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range)"
-    [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
+    [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB")), splice: ${SPLICE:-default}"
+    [[ " $PROXIES " == *" geolb-b "* && -x $GEOLB_B ]] && echo "geolb-b: $GEOLB_B ($(stat -c '%y' "$GEOLB_B")), splice: ${SPLICE_B:-default}"
     echo "loadavg: $(cat /proc/loadavg)"
   } >"$RESULTS/env.txt"
 }
@@ -424,12 +436,13 @@ main() {
   idle_check
 
   local ports
-  read -ra ports <<<"$(free_ports 8)"
+  read -ra ports <<<"$(free_ports 10)"
   BACKEND_PORT=${ports[0]}; IPERF_SERVER_PORT=${ports[1]}
   IPERF_PORT[direct]=$IPERF_SERVER_PORT; HTTP_PORT[direct]=$BACKEND_PORT
   IPERF_PORT[geolb]=${ports[2]};   HTTP_PORT[geolb]=${ports[3]}
   IPERF_PORT[haproxy]=${ports[4]}; HTTP_PORT[haproxy]=${ports[5]}
   IPERF_PORT[nginx]=${ports[6]};   HTTP_PORT[nginx]=${ports[7]}
+  IPERF_PORT[geolb-b]=${ports[8]}; HTTP_PORT[geolb-b]=${ports[9]}
 
   start_backends
   ((BASELINE)) && TARGETS+=(direct)
