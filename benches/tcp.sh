@@ -41,6 +41,11 @@
 #                   existed refuse it)
 #   GEOLB_B=        geolb-b's binary (default: GEOLB)
 #   SPLICE_B=       geolb-b's `splice =` (default: SPLICE)
+#   PERF_LOAD=0     1: perf record -C 1 (cpu-clock) through the middle of each
+#                   iperf run; the share of CPU 1's samples in _copy_to_iter
+#                   (iperf3 -s copying what it receives to user space) goes
+#                   in results.tsv and the table, per Gbit/s received: how
+#                   dear the proxy makes the receiver's copy
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-tcp-bench.XXXXXX)
 #
 # Requires: iperf3, haproxy, nginx with the stream module (Debian:
@@ -63,6 +68,7 @@ SPLICE=${SPLICE:-}
 GEOLB_B=${GEOLB_B:-$GEOLB}
 SPLICE_B=${SPLICE_B:-$SPLICE}
 SECOND_GEOLB=1   # lib.sh's start_proxy: geolb-b runs here
+PERF_LOAD=${PERF_LOAD:-0}
 read -ra WORKLOADS <<<"${WORKLOADS:-iperf conn}"
 PROXY_CPU=0
 LOAD_CPU=1
@@ -275,6 +281,23 @@ run_iperf() {   # run_iperf SECONDS PORT OUTFILE
   run_load "$1" "$3" iperf3 -c 127.0.0.1 -p "$2" -t "$1" -J --connect-timeout 3000
 }
 
+# sample_recvq PORT OUTFILE : until killed, every 0.5 s, the largest
+# receive queue (bytes) among the sockets on local port PORT (the proxy's
+# side of iperf3 -c's connections, or iperf3 -s's for direct): how much
+# the sender has put ahead of the proxy, which the window lets grow.
+sample_recvq() {
+  while kill -0 $$ 2>/dev/null; do   # never outlives the script
+    ss -tnH state established "( sport = :$1 )" | awk '{ if ($1 > m) m = $1 } END { print m + 0 }' >>"$2"
+    sleep 0.5
+  done
+}
+
+# load_copy_share PERFDATA : percent of the samples in _copy_to_iter, or NA.
+load_copy_share() {
+  perf report -i "$1" --no-children --sort sym --stdio 2>/dev/null \
+    | awk '/\] _copy_to_iter$/ && !f { sub("%", "", $1); print $1; f = 1 } END { if (!f) print "NA" }'
+}
+
 # measure ROUND TARGET WORKLOAD : one run, one row appended to results.tsv.
 measure() {
   local round=$1 target=$2 wl=$3 out parsed
@@ -290,12 +313,28 @@ measure() {
 
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
   if [[ $wl == iperf ]]; then
+    local sampler perf_pid="" recvq="$out.recvq" perfdata="${out%.json}.perf"
+    : >"$recvq"   # a retried run starts its own samples
+    sample_recvq "${IPERF_PORT[$target]}" "$recvq" & sampler=$!
+    if ((PERF_LOAD && DURATION > 2)); then
+      (sleep 1; exec perf record -q -C "$LOAD_CPU" -e cpu-clock -o "$perfdata" -- sleep $((DURATION - 2))) >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
     run_iperf "$DURATION" "${IPERF_PORT[$target]}" "$out"
+    [[ -n $perf_pid ]] && wait "$perf_pid"
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
   else
     conn_wrk "$DURATION" "${HTTP_PORT[$target]}" "$out"
   fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
-  if [[ $wl == iperf ]]; then parsed=$(parse_iperf "$out"); else parsed=$(parse_wrk "$out" rps NA requests p50 p99 errors NA); fi
+  local extra="NA\tNA"
+  if [[ $wl == iperf ]]; then
+    parsed=$(parse_iperf "$out")
+    extra="$(awk '$1 > m { m = $1 } END { printf "%.1f", m / 1048576 }' "$recvq")\tNA"
+    ((PERF_LOAD)) && extra="${extra%NA}$(load_copy_share "$perfdata")"
+  else
+    parsed=$(parse_wrk "$out" rps NA requests p50 p99 errors NA)
+  fi
 
   row=$(awk -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v b0="$b0" -v b1="$b1" \
             -v has_proxy="${#ppids[@]}" -v c0="$c0" -v c1="$c1" -v f0="$f0" -v f1="$f1" 'BEGIN {
@@ -307,7 +346,7 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_and_softirq_percent "$c0" "$c1")" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%b\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_and_softirq_percent "$c0" "$c1")" "$extra" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     if ($3 == "iperf") v = sprintf("%7s Gbit/s recv %7s sent  retrans %5s", $4, $5, $10)
     else v = sprintf("%9s conn/s  p50 %6s ms  p99 %6s ms  errs %s", $4, $7, $8, $9)
@@ -344,6 +383,10 @@ summary = {}
 for key, rs in groups.items():
     s = {f: med(num(r[f]) for r in rs) for f in ("rate", "sent_gbps", "p50_ms", "p99_ms", "retrans", "proxy_cpu", "cpu0", "cpu1", "foreign_cpu")}
     s["per_unit"] = med(r["per_unit"] for r in rs)
+    s["recvq"] = med(num(r["recvq_max_mib"]) for r in rs)
+    # CPU 1's share in the receiver's copy to user space, per Gbit/s moved
+    s["copy_per_gbit"] = med(num(r["load_copy_pct"]) * num(r["cpu1"]) / 100 / num(r["rate"])
+                             for r in rs if None not in (num(r["load_copy_pct"]), num(r["cpu1"])) and num(r["rate"]))
     s["errors"] = sum(int(num(r["errors"]) or 0) for r in rs)
     s["n"] = sum(1 for r in rs if num(r["rate"]) is not None)
     s["failed"] = len(rs) - s["n"]
@@ -353,14 +396,15 @@ def ratio(s, ref, w):
     return s["rate"] / r["rate"] if r and r["rate"] and s["rate"] is not None else None
 if any(w == "iperf" for _, w in groups):
     print("**Throughput** (iperf3, one TCP stream client -> server)\n")
-    print("| target | runs | Gbit/s received (median) | Gbit/s sent | vs haproxy | vs nginx | retransmits | proxy CPU % | proxy CPU-s per GB | CPU0 busy % | CPU1 busy % | foreign CPU % |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | runs | Gbit/s received (median) | Gbit/s sent | vs haproxy | vs nginx | retransmits | proxy CPU % | proxy CPU-s per GB | CPU0 busy % | CPU1 busy % | foreign CPU % | largest receive queue MiB | CPU1 % in the receiver's copy per Gbit/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in targets:
         s = summary.get((t, "iperf"))
         if not s: continue
         print(f"| {t} | {s['n']}{' (+%d failed)' % s['failed'] if s['failed'] else ''} | {fmt(s['rate'], '.2f')} | {fmt(s['sent_gbps'], '.2f')} | "
               f"{fmt(ratio(s, 'haproxy', 'iperf'), '.2f')} | {fmt(ratio(s, 'nginx', 'iperf'), '.2f')} | {fmt(s['retrans'], '.0f')} | "
-              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_unit'], '.3f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+              f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_unit'], '.3f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} | "
+              f"{fmt(s['recvq'], '.1f')} | {fmt(s['copy_per_gbit'], '.2f')} |")
     print()
 if any(w == "conn" for _, w in groups):
     print("**New connections** (wrk -t1, `Connection: close`: one TCP connection per request)\n")
@@ -397,9 +441,11 @@ EOF
 
 preflight() {
   local c w
-  for c in iperf3 haproxy nginx wrk taskset python3 curl ps; do
+  for c in iperf3 haproxy nginx wrk taskset python3 curl ps ss; do
     command -v "$c" >/dev/null || die "$c not found (apt-get install -y iperf3 haproxy nginx-light libnginx-mod-stream wrk)"
   done
+  [[ $PERF_LOAD == 0 ]] || { [[ $PERF_LOAD == 1 ]] && command -v perf >/dev/null; } \
+    || die "PERF_LOAD=1 needs perf (apt-get install -y linux-perf); PERF_LOAD is 0 or 1"
   (($(nproc --all) >= 2)) || die "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)"
   ((ROUNDS >= 1 && DURATION >= 1 && WARMUP >= 0 && WAIT_QUIET >= 0 && NOISY_RETRIES >= 0)) \
     || die "bad ROUNDS/DURATION/WARMUP/WAIT_QUIET/NOISY_RETRIES"
@@ -474,7 +520,7 @@ main() {
     log "warm-up done"
   fi
 
-  printf 'round\ttarget\tworkload\trate\tsent_gbps\tunits\tp50_ms\tp99_ms\terrors\tretrans\tproxy_cpu\tproxy_cpu_s\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\tstolen_cpu0\tstolen_cpu1\tsoftirq_cpu0\n' >"$RESULTS/results.tsv"
+  printf 'round\ttarget\tworkload\trate\tsent_gbps\tunits\tp50_ms\tp99_ms\terrors\tretrans\tproxy_cpu\tproxy_cpu_s\tbackend_cpu\tcpu0\tcpu1\tforeign_cpu\telapsed_s\tstolen_cpu0\tstolen_cpu1\tsoftirq_cpu0\trecvq_max_mib\tload_copy_pct\n' >"$RESULTS/results.tsv"
   head -1 "$RESULTS/results.tsv" >"$RESULTS/discarded.tsv"
   for ((round = 1; round <= ROUNDS; round++)); do
     for wl in "${WORKLOADS[@]}"; do
