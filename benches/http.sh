@@ -21,6 +21,8 @@
 #   CONNS=64        client connections (wrk -c, h2load -c)
 #   WORKLOADS="tiny 1k"  any of tiny, 1k, 64k
 #   LISTENER=      more lines for geolb's listener, e.g. LISTENER='http1_server = "geolb"'
+#   LISTENER_B=    geolb-b's instead (default: LISTENER): one build, two
+#                   settings in the same rounds, e.g. LISTENER_B='splice = false'
 #   CLIENT=h1       h1: wrk, cleartext HTTP/1.1; h2: h2load -t1 over TLS 1.3
 #                   with ALPN h2 (one self-signed P-256 certificate as in
 #                   benches/tls.sh), HTTP/1.1 to the backends as in h1
@@ -42,7 +44,7 @@
 #                   certificate not verified by any proxy), h2c (HTTP/2 by
 #                   prior knowledge; nginx cannot proxy it and is skipped)
 #   GEOLB=/work/main/target/release/geolb
-#   GEOLB_B=        the binary of the geolb-b target
+#   GEOLB_B=        the binary of the geolb-b target (default: GEOLB)
 #   (every run also splits the proxy's CPU time: the user-space share column,
 #   and user and kernel µs per request)
 #   RESULTS_DIR=    where raw results go (default: a new /tmp/geolb-http-bench.XXXXXX)
@@ -71,6 +73,7 @@ PERF_SYSCALLS=${PERF_SYSCALLS:-0}
 WAIT_QUIET=${WAIT_QUIET:-0}
 BACKEND_PROTO=${BACKEND_PROTO:-http1}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
+GEOLB_B=${GEOLB_B:-$GEOLB}
 PROXY_CPU=0
 LOAD_CPU=1
 NGINX_WORKER_CONNECTIONS=4096
@@ -191,7 +194,7 @@ $(case $BACKEND_PROTO in
 name = "bench"
 bind = "127.0.0.1:${TARGET_PORT[$name]}"
 pool = "bench"
-${LISTENER:-}
+$([[ $name == geolb-b ]] && echo "${LISTENER_B-${LISTENER:-}}" || echo "${LISTENER:-}")
 $(geolb_same_fields)
 $([[ $CLIENT == h2 ]] && geolb_tls_listener)
 EOF
@@ -509,7 +512,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} LISTENER='${LISTENER:-}' LISTENER_B='${LISTENER_B-${LISTENER:-}}' $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
