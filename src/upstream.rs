@@ -25,7 +25,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -36,6 +36,7 @@ use crate::config::{BackendProtocol, Http1Client, PoolConfig};
 use crate::tls_client;
 
 pub mod h1;
+mod one_task;
 pub mod unread;
 
 /// A field's value as httparse handed it over, not checked again: httparse
@@ -704,12 +705,14 @@ impl Upstream {
     {
         let io = TokioIo::new(stream);
         let kind = if self.is_http2() {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            let exec = one_task::OneTask::default();
+            let (sender, conn) = http2::Builder::new(exec.clone())
                 .handshake(io)
                 .await
                 .map_err(io::Error::other)?;
+            let driver = exec.driver(conn);
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                if let Some(e) = driver.await {
                     tracing::debug!(backend = %addr, error = %e, "backend connection ended");
                 }
             });

@@ -943,6 +943,117 @@ mod upstream {
         assert_eq!(status, 502, "{text}");
         assert!(text.contains("HTTP/2"), "{text}");
     }
+
+    /// An h2c backend that answers `len=N` once it has read a request's
+    /// whole body, and drops every connection when told to.
+    struct CountingOrigin {
+        addr: std::net::SocketAddr,
+        connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        drop_all: std::sync::Arc<tokio::sync::Notify>,
+        _backend: TcpBackend,
+    }
+
+    impl CountingOrigin {
+        async fn start() -> CountingOrigin {
+            use http_body_util::{BodyExt, Full};
+            use hyper::body::Bytes;
+            let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let drop_all = std::sync::Arc::new(tokio::sync::Notify::new());
+            let (counter, dropper) = (connections.clone(), drop_all.clone());
+            let backend = TcpBackend::start(move |stream| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let dropped = dropper.clone();
+                async move {
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let text = format!("len={}", body.len());
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(
+                                text,
+                            ))))
+                        },
+                    );
+                    let serve = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let told = dropped.notified();
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = told => {}
+                    }
+                }
+            })
+            .await;
+            CountingOrigin {
+                addr: backend.addr,
+                connections,
+                drop_all,
+                _backend: backend,
+            }
+        }
+    }
+
+    async fn post_close(addr: std::net::SocketAddr, len: usize) -> (u16, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /p HTTP/1.1\r\nHost: site.test\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&vec![b'x'; len]).await.unwrap();
+        let mut got = Vec::new();
+        bounded(LIMIT, "response", stream.read_to_end(&mut got))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        (status, text)
+    }
+
+    /// What hyper's HTTP/2 client spawns runs in its connection's one task
+    /// (`upstream::one_task`): request bodies larger than a stream's first
+    /// window still arrive whole while other requests share the
+    /// connection, and a connection the backend drops is replaced.
+    #[tokio::test]
+    async fn http2_backend_bodies_arrive_whole_and_a_dropped_connection_is_replaced() {
+        let origin = CountingOrigin::start().await;
+        let lb = Lb::start(
+            &pool("h2c", &[origin.addr], "backend_protocol = \"h2c\""),
+            &[listener("h2c", "http", "h2c", "")],
+        )
+        .await;
+        let addr = lb.addr("h2c");
+        // 0 and 1 byte, and past h2's 65,535-byte first window.
+        let sizes = [0usize, 1, 70_000, 300_000, 5, 200_000];
+        let requests: Vec<_> = sizes
+            .iter()
+            .map(|&len| tokio::spawn(async move { (len, post_close(addr, len).await) }))
+            .collect();
+        for r in requests {
+            let (len, (status, text)) = r.await.unwrap();
+            assert_eq!(status, 200, "{len} bytes: {text}");
+            assert!(text.ends_with(&format!("len={len}")), "{len} bytes: {text}");
+        }
+        let opened = || origin.connections.load(std::sync::atomic::Ordering::SeqCst);
+        let before = opened();
+        assert!((1..=2).contains(&before), "{before} connections");
+
+        origin.drop_all.notify_waiters();
+        eventually(
+            "a request answered after the backend dropped its connections",
+            LIMIT,
+            || async {
+                let (status, text) = post_close(addr, 70_000).await;
+                status == 200 && text.ends_with("len=70000")
+            },
+        )
+        .await;
+        assert!(opened() > before, "no new connection: {}", opened());
+    }
 }
 
 mod binary {
