@@ -767,6 +767,11 @@ async fn get_close(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16,
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: site.test\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
+    read_answer(stream).await
+}
+
+/// The status and the whole text of an answer read to its end.
+async fn read_answer(mut stream: TcpStream) -> (u16, String) {
     let mut got = Vec::new();
     bounded(LIMIT, "response", stream.read_to_end(&mut got))
         .await
@@ -1001,17 +1006,7 @@ mod upstream {
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&vec![b'x'; len]).await.unwrap();
-        let mut got = Vec::new();
-        bounded(LIMIT, "response", stream.read_to_end(&mut got))
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&got).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status line: {text:?}"));
-        (status, text)
+        read_answer(stream).await
     }
 
     /// What hyper's HTTP/2 client spawns runs in its connection's one task
