@@ -712,7 +712,7 @@ impl Upstream {
                 .map_err(io::Error::other)?;
             let driver = exec.driver(conn);
             tokio::spawn(async move {
-                if let Some(e) = driver.await {
+                if let Err(e) = driver.await {
                     tracing::debug!(backend = %addr, error = %e, "backend connection ended");
                 }
             });

@@ -55,33 +55,34 @@ where
 impl OneTask {
     /// The task that runs `dispatch` (hyper's connection future) and all
     /// that hyper spawns for it; it ends when they all have.
-    pub fn driver<D>(&self, dispatch: D) -> Driver<D> {
+    pub fn driver<D: Future>(&self, dispatch: D) -> Driver<D> {
         Driver {
             shared: self.shared.clone(),
             dispatch: Some(Box::pin(dispatch)),
-            error: None,
+            ended: None,
             running: FuturesUnordered::new(),
         }
     }
 }
 
 /// See [`OneTask::driver`].
-pub struct Driver<D> {
+pub struct Driver<D: Future> {
     shared: Arc<Shared>,
-    /// None once it has ended.
+    /// None once it has ended (dropped then: that closes the connection's
+    /// request channel, so its senders see it closed).
     dispatch: Option<Pin<Box<D>>>,
-    /// How the dispatch ended, if with an error.
-    error: Option<String>,
+    /// What the dispatch ended with, until the driver ends with it.
+    ended: Option<D::Output>,
     running: FuturesUnordered<Spawned>,
 }
 
-impl<D, E> Future for Driver<D>
-where
-    D: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    /// The dispatch's error, if it ended with one.
-    type Output = Option<String>;
+/// No field is pinned in place: the dispatch is pinned in its box, and
+/// what it ended with is only moved out.
+impl<D: Future> Unpin for Driver<D> {}
+
+impl<D: Future> Future for Driver<D> {
+    /// What the dispatch ended with.
+    type Output = D::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -91,7 +92,7 @@ where
             && let Poll::Ready(ended) = dispatch.as_mut().poll(cx)
         {
             this.dispatch = None;
-            this.error = ended.err().map(|e| e.to_string());
+            this.ended = Some(ended);
         }
         loop {
             let new = std::mem::take(&mut *crate::locked(&this.shared.new));
@@ -106,8 +107,10 @@ where
             }
             this.shared.polling.store(true, Ordering::SeqCst);
         }
-        if this.dispatch.is_none() && this.running.is_empty() {
-            return Poll::Ready(this.error.take());
+        if this.running.is_empty()
+            && let Some(ended) = this.ended.take()
+        {
+            return Poll::Ready(ended);
         }
         Poll::Pending
     }
@@ -178,11 +181,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!driver.is_finished(), "ended with a future still running");
         release.send(()).unwrap();
-        let error = tokio::time::timeout(Duration::from_secs(10), driver)
+        let ended = tokio::time::timeout(Duration::from_secs(10), driver)
             .await
             .expect("the driver ends")
             .unwrap();
-        assert_eq!(error.as_deref(), Some("gone"));
+        assert_eq!(ended, Err("gone"));
         assert_eq!(ran.load(Ordering::SeqCst), 4);
     }
 }
