@@ -327,11 +327,11 @@ measure() {
     conn_wrk "$DURATION" "${HTTP_PORT[$target]}" "$out"
   fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
-  local extra="NA\tNA"
+  local recvq_mib=NA copy_pct=NA
   if [[ $wl == iperf ]]; then
     parsed=$(parse_iperf "$out")
-    extra="$(awk '$1 > m { m = $1 } END { printf "%.1f", m / 1048576 }' "$recvq")\tNA"
-    ((PERF_LOAD)) && extra="${extra%NA}$(load_copy_share "$perfdata")"
+    recvq_mib=$(awk '$1 > m { m = $1 } END { printf "%.1f", m / 1048576 }' "$recvq")
+    ((PERF_LOAD)) && copy_pct=$(load_copy_share "$perfdata")
   else
     parsed=$(parse_wrk "$out" rps NA requests p50 p99 errors NA)
   fi
@@ -346,7 +346,7 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%b\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_and_softirq_percent "$c0" "$c1")" "$extra" >>"$RESULTS/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$wl" "$parsed" "$row" "$(stolen_and_softirq_percent "$c0" "$c1")" "$recvq_mib" "$copy_pct" >>"$RESULTS/results.tsv"
   tail -1 "$RESULTS/results.tsv" | awk -F'\t' '{
     if ($3 == "iperf") v = sprintf("%7s Gbit/s recv %7s sent  retrans %5s", $4, $5, $10)
     else v = sprintf("%9s conn/s  p50 %6s ms  p99 %6s ms  errs %s", $4, $7, $8, $9)
