@@ -146,9 +146,10 @@ impl<F: std::future::Future> std::future::Future for Prefetched<F> {
 /// an idle CPU costs the writer an interrupt to it. With 1,000 clients
 /// that was 0.375 interrupts a request and 0.208 with this, 25.8 against
 /// 22.0 µs of kernel time a request, for 2.3 µs more of user time, as
-/// the answer's state is colder (README, "Writes after the turn's
-/// reads"). With no other task queued the task is polled again at once
-/// (tokio's `yield_now` would wait for the next look at the sockets).
+/// the answer's state is colder (docs/performance-journal.md, "Writes
+/// after the turn's reads"). With no other task queued the task is polled
+/// again at once (tokio's `yield_now` would wait for the next look at the
+/// sockets).
 pub(crate) async fn after_woken_tasks() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
