@@ -368,17 +368,11 @@ measure() {
 # ---------------------------------------------------------------- summary
 
 summarize() {
-  python3 - "$RESULTS/results.tsv" "$RESULTS/geo_modes.tsv" <<'EOF'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+  summary_python "$RESULTS/results.tsv" "$RESULTS/geo_modes.tsv" <<'EOF'
+import sys
+from summary import fmt, med, num, read_rows, warn_skewed
+rows = read_rows(sys.argv[1])
 modes = dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[2]))
-def num(v):
-    try: return float(v)
-    except (TypeError, ValueError): return None
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, spec): return "—" if v is None else format(v, spec)
 S = {}
 for r in rows:
     S.setdefault((r["server"], r["workload"]), []).append(r)
@@ -406,10 +400,7 @@ for w in ("geo", "geo-ecs", "static", "mix"):
         print(f"| {t} | {w} | {how} | {s['n']} | {fmt(s['qps'], ',.0f')} | {fmt(s['server_cpu'], '.0f')} | "
               f"{fmt(s['per_core'], ',.0f')} | {fmt(ratio('gdnsd'), '.2f')} | {fmt(ratio('knot'), '.2f')} | "
               f"{fmt(s['lat_ms'], '.3f')} | {s['lost']} | {fmt(s['noerror_pct'], '.0f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
-noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
-if noisy:
-    print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
-          "(foreign CPU %); those numbers are skewed, rerun on an idle machine.")
+warn_skewed(rows, sys.argv[1])
 EOF
 }
 

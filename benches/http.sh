@@ -387,18 +387,11 @@ measure() {
 # ---------------------------------------------------------------- summary
 
 summarize() {
-  python3 - "$RESULTS/results.tsv" "$CONNS" <<'EOF'
-import csv, glob, os, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+  summary_python "$RESULTS/results.tsv" "$CONNS" <<'EOF'
+import glob, os, sys
+from summary import fmt, med, num, read_rows, warn_skewed
+rows = read_rows(sys.argv[1])
 conns = int(sys.argv[2])
-def num(v):
-    try: return float(v)
-    except ValueError: return None
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, spec):
-    return "—" if v is None else format(v, spec)
 groups = {}
 for r in rows:
     groups.setdefault((r["target"], r["workload"]), []).append(r)
@@ -469,18 +462,7 @@ if perf:
                 top = [kv for kv in sorted(counts.items(), key=lambda kv: -kv[1]) if kv[1] / reqs >= 0.005][:8]
                 top.append(("other", total - sum(v for _, v in top)))
                 print(f"- {t} {w}: " + ", ".join(f"{k} {v / reqs:.2f}" for k, v in top))
-noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
-if noisy:
-    print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
-          "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
-    for r in noisy:
-        print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
-stolen = [r for r in rows if max(num(r["stolen_cpu0"]) or 0, num(r["stolen_cpu1"]) or 0) > 5]
-if stolen:
-    print(f"\nWARNING: in {len(stolen)} of {len(rows)} runs the hypervisor took more than 5% of CPU 0 or CPU 1 "
-          "(steal in /proc/stat): those runs' proxy had less of a core; compare req/s per proxy core, or rerun:")
-    for r in stolen:
-        print(f"- round {r['round']} {r['target']} {r['workload']}: CPU 0 {r['stolen_cpu0']}%, CPU 1 {r['stolen_cpu1']}%")
+warn_skewed(rows, sys.argv[1], "those runs' proxy had less of a core; compare req/s per proxy core, or rerun")
 EOF
 }
 

@@ -9,6 +9,13 @@
 # NGINX_WORKER_CONNECTIONS (nginx_common, default 8192). CPU numbers, ports
 # and pids are passed in.
 
+# Where benches/summary.py is, for summary_python.
+BENCHES_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# summary_python ARGS... : the Python program on stdin, with ARGS, able to
+# `from summary import ...` (the summaries' shared parts).
+summary_python() { PYTHONPATH="$BENCHES_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 - "$@"; }
+
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 

@@ -357,17 +357,10 @@ measure() {
 # ---------------------------------------------------------------- summary
 
 summarize() {
-  python3 - "$RESULTS/results.tsv" <<'EOF'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-def num(v):
-    try: return float(v)
-    except (TypeError, ValueError): return None
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, spec):
-    return "—" if v is None else format(v, spec)
+  summary_python "$RESULTS/results.tsv" <<'EOF'
+import sys
+from summary import fmt, med, num, read_rows, warn_skewed
+rows = read_rows(sys.argv[1])
 for r in rows:   # proxy CPU per unit of work, per run
     cpu_s, units = num(r["proxy_cpu_s"]), num(r["units"])
     r["per_unit"] = None
@@ -416,24 +409,7 @@ if any(w == "conn" for _, w in groups):
         print(f"| {t} | {s['n']}{' (+%d failed)' % s['failed'] if s['failed'] else ''} | {fmt(s['rate'], ',.0f')} | "
               f"{fmt(ratio(s, 'haproxy', 'conn'), '.2f')} | {fmt(ratio(s, 'nginx', 'conn'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | "
               f"{s['errors']} | {fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_unit'], '.1f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
-noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
-try:
-    discarded = sum(1 for _ in open(sys.argv[1].replace("results.tsv", "discarded.tsv"))) - 1
-except OSError:
-    discarded = 0
-if discarded > 0:
-    print(f"\n{discarded} noisy run(s) were discarded and measured again (NOISY_RETRIES); see discarded.tsv.")
-if noisy:
-    print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
-          "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
-    for r in noisy:
-        print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
-stolen = [r for r in rows if max(num(r["stolen_cpu0"]) or 0, num(r["stolen_cpu1"]) or 0) > 5]
-if stolen:
-    print(f"\nWARNING: in {len(stolen)} of {len(rows)} runs the hypervisor took more than 5% of CPU 0 or CPU 1 "
-          "(steal in /proc/stat): the proxy (CPU 0) or iperf3 and the backends (CPU 1) had less of a core:")
-    for r in stolen:
-        print(f"- round {r['round']} {r['target']} {r['workload']}: CPU 0 {r['stolen_cpu0']}%, CPU 1 {r['stolen_cpu1']}%")
+warn_skewed(rows, sys.argv[1], "the proxy (CPU 0) or iperf3 and the backends (CPU 1) had less of a core")
 EOF
 }
 

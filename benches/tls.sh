@@ -320,17 +320,10 @@ measure() {
 # ---------------------------------------------------------------- summary
 
 summarize() {
-  python3 - "$RESULTS/results.tsv" <<'EOF'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-def num(v):
-    try: return float(v)
-    except (TypeError, ValueError): return None
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, spec):
-    return "—" if v is None else format(v, spec)
+  summary_python "$RESULTS/results.tsv" <<'EOF'
+import sys
+from summary import fmt, med, num, read_rows, warn_skewed
+rows = read_rows(sys.argv[1])
 for r in rows:   # proxy CPU-milliseconds per 1000 requests (= µs per request / handshake)
     cpu_s, reqs = num(r["proxy_cpu_s"]), num(r["requests"])
     r["per_1k"] = cpu_s * 1e3 / (reqs / 1e3) if cpu_s is not None and reqs else None
@@ -360,18 +353,7 @@ for w in workloads:
         print(f"| {t} | {w} ({label[w]}) | {s['n']} | {fmt(s['rps'], ',.0f')} | {fmt(ratio('haproxy'), '.2f')} | "
               f"{fmt(ratio('nginx'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | {s['errors']} | "
               f"{fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_1k'], '.1f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
-noisy = [r for r in rows if (num(r["foreign_cpu"]) or 0) > 5]
-try:
-    discarded = sum(1 for _ in open(sys.argv[1].replace("results.tsv", "discarded.tsv"))) - 1
-except OSError:
-    discarded = 0
-if discarded > 0:
-    print(f"\n{discarded} noisy run(s) were discarded and measured again (NOISY_RETRIES); see discarded.tsv.")
-if noisy:
-    print(f"\nWARNING: {len(noisy)} of {len(rows)} runs had more than 5% of a core used by other processes "
-          "(foreign CPU %); those numbers are skewed, rerun on an idle machine:")
-    for r in noisy:
-        print(f"- round {r['round']} {r['target']} {r['workload']}: foreign {r['foreign_cpu']}%")
+warn_skewed(rows, sys.argv[1])
 EOF
 }
 
