@@ -672,6 +672,58 @@ async fn upgrades_and_http2_go_to_hyper(pair: Pair) {
     assert_eq!(&body[..], b"GET /h2 with 0 bytes\n");
 }
 
+/// A tunnel's bytes are not a head: 200 KB with no `\n` after a
+/// WebSocket upgrade come back whole through either server, not cut by the
+/// check for a request line longer than 64 KiB.
+#[tokio::test]
+async fn a_tunnel_carries_long_runs_without_a_newline() {
+    let pair = Pair::start().await;
+    const SIZE: usize = 200_000;
+    for listener in ["geolb", "hyper"] {
+        let mut c = TcpStream::connect(pair.geolb.listener(listener))
+            .await
+            .unwrap();
+        c.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        bounded(LIMIT, "101", async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{listener}: closed before 101");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 101"),
+            "{listener}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        let (mut r, mut w) = c.into_split();
+        let writer = tokio::spawn(async move { w.write_all(&vec![b'x'; SIZE]).await.map(|()| w) });
+        let mut echoed = 0;
+        bounded(LIMIT, "the echo", async {
+            while echoed < SIZE {
+                let n = r.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{listener}: closed after {echoed} bytes");
+                assert!(
+                    buf[..n].iter().all(|&b| b == b'x'),
+                    "{listener}: {}",
+                    String::from_utf8_lossy(&buf[..n.min(200)])
+                );
+                echoed += n;
+            }
+        })
+        .await;
+        assert_eq!(echoed, SIZE, "{listener}");
+        let _w = writer.await.unwrap().unwrap();
+    }
+}
+
 /// `count` keep-alive connections to `addr`, each after one answered
 /// request, held open; the growth of geolb's RSS per connection.
 async fn idle_cost(pid: u32, addr: SocketAddr, count: usize) -> (u64, Vec<TcpStream>) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use support::h2::{ACK, DATA, GOAWAY, H2, HEADERS, PING, frame};
@@ -24,8 +24,13 @@ use tokio::net::TcpStream;
 const LIMIT: Duration = Duration::from_secs(5);
 
 fn config(backend: SocketAddr, listener_extra: &str) -> String {
+    config_on("", backend, listener_extra)
+}
+
+/// As [`config`], with more `[runtime]` lines (`worker_threads = 1\n`).
+fn config_on(runtime: &str, backend: SocketAddr, listener_extra: &str) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nshutdown_grace = \"5s\"\n\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\n{runtime}shutdown_grace = \"5s\"\n\n\
          [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{backend}\" }}]\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{listener_extra}\n"
     )
@@ -216,6 +221,97 @@ async fn a_reload_changes_client_limits_for_new_requests() {
 
 // --- HTTP/2, spoken frame by frame ------------------------------------------
 
+/// An HTTP/2 client with prior knowledge on a plain listener (geolb's
+/// own HTTP/1 server hands it to hyper after the preface): one stream
+/// waiting on a slow backend holds up none of the others, and uploads past
+/// the first flow-control window (frames with no `\n` in 64 KiB, which
+/// the 414 check for a long request line once took for one and answered
+/// into the connection) and streamed answers arrive whole, side by side.
+#[tokio::test]
+async fn http2_streams_with_large_uploads_go_on_side_by_side() {
+    http2_streams_side_by_side("").await;
+}
+
+#[tokio::test]
+async fn http2_streams_with_large_uploads_go_on_side_by_side_on_one_thread() {
+    http2_streams_side_by_side(ONE_THREAD).await;
+}
+
+async fn http2_streams_side_by_side(runtime: &str) {
+    let backend = Backend::start("a").await;
+    let geolb = Geolb::start(&config_on(runtime, backend.addr, "")).await;
+    let stream = TcpStream::connect(geolb.listener("web")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let send = |req: http::Request<Full<Bytes>>| {
+        let mut sender = sender.clone();
+        tokio::spawn(async move {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body.to_bytes()))
+        })
+    };
+    let get = |path: &str| {
+        http::Request::get(format!("http://x{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let slow = send(get("/slow?ms=3000"));
+    const UPLOAD: usize = 200_000;
+    const STREAMED: usize = 300_000;
+    let mut others = Vec::new();
+    for i in 0..16 {
+        others.push(if i % 2 == 0 {
+            send(
+                http::Request::post("http://x/upload")
+                    .body(Full::new(Bytes::from(vec![b'u'; UPLOAD])))
+                    .unwrap(),
+            )
+        } else {
+            send(get(&format!("/bytes?n={STREAMED}")))
+        });
+    }
+    for (i, other) in others.into_iter().enumerate() {
+        let (status, body) = bounded(
+            Duration::from_millis(2500),
+            "a stream beside a slow one",
+            other,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(status, 200, "stream {i}");
+        if i % 2 == 0 {
+            assert_eq!(
+                body,
+                UPLOAD.to_string(),
+                "upload {i}: bytes the backend counted"
+            );
+        } else {
+            assert_eq!(body.len(), STREAMED, "streamed answer {i}");
+        }
+    }
+    assert!(!slow.is_finished(), "the slow stream answered before 3 s");
+    let (status, body) = bounded(LIMIT, "the slow stream", slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, &body[..]), (200, &b"a"[..]));
+}
+
 #[tokio::test]
 async fn max_concurrent_streams_is_announced_as_configured() {
     let backend = Backend::start("a").await;
@@ -236,8 +332,21 @@ async fn max_concurrent_streams_is_announced_as_configured() {
 
 #[tokio::test]
 async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle() {
+    pings_and_idle_http2("").await;
+}
+
+/// On one thread (a current-thread runtime), the same.
+#[tokio::test]
+async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle_on_one_thread() {
+    pings_and_idle_http2(ONE_THREAD).await;
+}
+
+const ONE_THREAD: &str = "worker_threads = 1\n";
+
+async fn pings_and_idle_http2(runtime: &str) {
     let backend = Backend::start("a").await;
-    let geolb = Geolb::start(&config(
+    let geolb = Geolb::start(&config_on(
+        runtime,
         backend.addr,
         "timeouts = { header = \"300ms\", idle = \"2s\" }",
     ))
@@ -292,6 +401,15 @@ async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle(
 
 #[tokio::test]
 async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle() {
+    closed_window_frees_backends("").await;
+}
+
+#[tokio::test]
+async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle_on_one_thread() {
+    closed_window_frees_backends(ONE_THREAD).await;
+}
+
+async fn closed_window_frees_backends(runtime: &str) {
     // A backend with a body larger than any buffer on the way, that notes
     // when its connection is closed under it.
     let closed = Arc::new(AtomicUsize::new(0));
@@ -319,7 +437,12 @@ async fn an_http2_response_held_by_a_closed_window_frees_its_backend_after_idle(
         }
     })
     .await;
-    let geolb = Geolb::start(&config(origin.addr, "timeouts = { idle = \"1s\" }")).await;
+    let geolb = Geolb::start(&config_on(
+        runtime,
+        origin.addr,
+        "timeouts = { idle = \"1s\" }",
+    ))
+    .await;
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no DATA may come.
     let (mut h2, _) = H2::connect(geolb.listener("web"), &[(0x4, 0)]).await;
     let start = std::time::Instant::now();

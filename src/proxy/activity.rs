@@ -38,6 +38,9 @@ pub struct Activity {
     first: Notify,
     /// The client speaks HTTP/2 (its preface was read).
     h2: AtomicBool,
+    /// The connection carries a tunnel (an upgrade was answered 101): what
+    /// is read from here on are no heads.
+    tunnel: AtomicBool,
     /// When the last request ended (or the connection began) in ms since
     /// `origin`: an HTTP/2 connection's idle time counts from it.
     quiet_since: AtomicU64,
@@ -66,6 +69,7 @@ impl Activity {
             any_request: AtomicBool::new(false),
             first: Notify::new(),
             h2: AtomicBool::new(false),
+            tunnel: AtomicBool::new(false),
             quiet_since: AtomicU64::new(0),
         })
     }
@@ -117,6 +121,11 @@ impl Activity {
     /// The client sent the HTTP/2 preface.
     pub(super) fn speaks_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// An upgrade is answered: the connection's bytes are a tunnel's.
+    pub(super) fn tunnelled(&self) {
+        self.tunnel.store(true, Ordering::Relaxed);
     }
 
     /// A head has been parsed: the header timer stops.
@@ -244,10 +253,19 @@ impl<T> TrackedIo<T> {
     /// requests: one whose request line alone fills [`MAX_HEAD`] gets 414
     /// rather than hyper's 431, which cannot tell it from large headers.
     pub fn for_requests(inner: T, activity: Arc<Activity>) -> Self {
+        // Handed over by geolb's own HTTP/1 server after the HTTP/2
+        // preface (read again from its buffer, not as a head's start): no
+        // request line comes, and a read of frames with no `\n` in
+        // `MAX_HEAD` bytes (an upload's DATA) is not one.
+        let line = if activity.h2.load(Ordering::Relaxed) {
+            Line::Off
+        } else {
+            Line::Ended
+        };
         TrackedIo {
             inner,
             activity,
-            line: Line::Ended,
+            line,
         }
     }
 }
@@ -354,6 +372,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             let started = this.activity.touch(true);
+            // 64 KiB of a tunnel's bytes with no `\n` are no request line.
+            if this.line != Line::Off && this.activity.tunnel.load(Ordering::Relaxed) {
+                this.line = Line::Off;
+            }
             let was = this.line;
             if this.line.too_long(started, &buf.filled()[before..]) {
                 tracing::debug!(line = ?this.line, "request line over {MAX_HEAD} bytes: 414");

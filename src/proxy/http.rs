@@ -844,6 +844,7 @@ async fn respond(
                         && let Some(client_upgrade) = client_upgrade
                     {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        conn.activity.tunnelled();
                         let tunnel = tunnel(client_upgrade, backend_upgrade, active, timeouts.idle);
                         let slot = conn.slot.clone();
                         conn.ctx.tasks.spawn(async move {
