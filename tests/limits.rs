@@ -17,7 +17,9 @@ use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use support::h2::{ACK, DATA, GOAWAY, H2, HEADERS, PING, frame};
 use support::library::{Answer, Counting, Pki, TcpBackend, metric, tls_list};
-use support::{Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client};
+use support::{
+    Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client, http2_client,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -240,14 +242,7 @@ async fn http2_streams_with_large_uploads_go_on_side_by_side_on_one_thread() {
 async fn http2_streams_side_by_side(runtime: &str) {
     let backend = Backend::start("a").await;
     let geolb = Geolb::start(&config_on(runtime, backend.addr, "")).await;
-    let stream = TcpStream::connect(geolb.listener("web")).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = http2_client(geolb.listener("web")).await;
     let send = |req: http::Request<Full<Bytes>>| {
         let mut sender = sender.clone();
         tokio::spawn(async move {

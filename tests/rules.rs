@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use support::library::Origin;
 use support::{
-    Backend, Geolb, bounded, connect_from, eventually, geolb_check, get, get_on, http1_client, raw,
-    request, status_of,
+    Backend, Geolb, bounded, connect_from, eventually, geolb_check, get, get_on, http1_client,
+    http2_client, raw, request, status_of,
 };
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -45,24 +45,6 @@ async fn get_text(
 ) -> Result<(u16, HeaderMap, String), String> {
     let (status, headers, body) = get_on(sender, path).await?;
     Ok((status, headers, text(&body)))
-}
-
-/// An HTTP/2 connection (prior knowledge) to `addr`, driven in the background.
-async fn http2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
-where
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    sender
 }
 
 fn location(headers: &HeaderMap) -> &str {

@@ -690,6 +690,24 @@ where
     sender
 }
 
+/// An HTTP/2 connection (prior knowledge) to `addr`, driven in the background.
+pub async fn http2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// GET `path` (Host `t.example`) on an open client: status, headers and
 /// body, or why it failed.
 pub async fn get_on(
