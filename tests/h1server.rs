@@ -653,14 +653,7 @@ async fn upgrades_and_http2_go_to_hyper(pair: Pair) {
         );
     }
     // HTTP/2 with prior knowledge.
-    let stream = TcpStream::connect(pair.geolb.listener("geolb"))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::http2_client(pair.geolb.listener("geolb")).await;
     let req = http::Request::get("http://x/h2")
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -721,6 +714,102 @@ async fn a_tunnel_carries_long_runs_without_a_newline() {
         .await;
         assert_eq!(echoed, SIZE, "{listener}");
         let _w = writer.await.unwrap().unwrap();
+    }
+}
+
+/// A TCP stream whose first write sends only its first two bytes, and
+/// the rest after a pause: a client's HTTP/2 preface in two reads.
+struct PrefaceInPieces {
+    inner: TcpStream,
+    first_sent: bool,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for PrefaceInPieces {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefaceInPieces {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if !this.first_sent {
+            let n = std::task::ready!(
+                std::pin::Pin::new(&mut this.inner).poll_write(cx, &buf[..buf.len().min(2)])
+            )?;
+            this.first_sent = true;
+            this.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            return std::task::Poll::Ready(Ok(n));
+        }
+        if let Some(pause) = &mut this.pause {
+            std::task::ready!(pause.as_mut().poll(cx));
+            this.pause = None;
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 client whose preface comes in two reads (`PR`, then the
+/// rest) is still known for HTTP/2 by either server: after a first request
+/// (so that the next one's frames begin a head), a 200 KB upload, 64 KiB
+/// and more with no newline, is no request line and arrives whole. hyper's
+/// server once took it for one and wrote a 414 into the connection.
+#[tokio::test]
+async fn an_http2_preface_in_pieces_is_still_http2() {
+    let pair = Pair::start().await;
+    for listener in ["geolb", "hyper"] {
+        let stream = PrefaceInPieces {
+            inner: TcpStream::connect(pair.geolb.listener(listener))
+                .await
+                .unwrap(),
+            first_sent: false,
+            pause: None,
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        // A first request, answered: the next one's bytes begin a head.
+        let first = http::Request::get("http://x/first")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let resp = bounded(LIMIT, "the first answer", sender.send_request(first))
+            .await
+            .unwrap_or_else(|e| panic!("{listener}: {e:?}"));
+        resp.into_body().collect().await.unwrap();
+        let req = http::Request::post("http://x/up")
+            .body(http_body_util::Full::new(Bytes::from(vec![b'u'; 200_000])))
+            .unwrap();
+        let resp = bounded(LIMIT, "the upload's answer", sender.send_request(req))
+            .await
+            .unwrap_or_else(|e| panic!("{listener}: {e:?}"));
+        assert_eq!(resp.status(), 200, "{listener}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"POST /up with 200000 bytes\n", "{listener}");
     }
 }
 

@@ -270,6 +270,9 @@ impl<T> TrackedIo<T> {
     }
 }
 
+/// How HTTP/2's preface starts, and no HTTP/1 request line.
+const PREFACE_START: &[u8] = b"PRI ";
+
 /// The first line of the head being read, seen as its bytes arrive. A head
 /// starts with the first byte read while no request is open (the header
 /// timer's start); bytes read while one is open (bodies, pipelined heads)
@@ -282,6 +285,9 @@ enum Line {
     Ended,
     /// This many bytes of a line, and no end yet.
     Open(usize),
+    /// A head's first bytes, this many, all of them HTTP/2's `PRI ` so far
+    /// (a client may send its preface in pieces).
+    Preface(usize),
     /// Too long: this many bytes of [`URI_TOO_LONG`] written.
     Refusing(usize),
 }
@@ -293,14 +299,27 @@ impl Line {
     fn too_long(&mut self, started: bool, data: &[u8]) -> bool {
         let so_far = match *self {
             Line::Off | Line::Refusing(_) => return false,
-            _ if started && data.starts_with(b"PRI ") => {
-                *self = Line::Off;
-                return false;
-            }
             _ if started => 0,
-            Line::Open(n) => n,
+            Line::Open(n) | Line::Preface(n) => n,
             Line::Ended => return false,
         };
+        let preface_seen = match *self {
+            _ if started => Some(0),
+            Line::Preface(n) => Some(n),
+            _ => None,
+        };
+        if let Some(seen) = preface_seen {
+            let rest = &PREFACE_START[seen..];
+            let n = rest.len().min(data.len());
+            if data[..n] == rest[..n] {
+                *self = if n == rest.len() {
+                    Line::Off
+                } else {
+                    Line::Preface(seen + n)
+                };
+                return false;
+            }
+        }
         if has_lf(data) {
             *self = Line::Ended;
             return false;
@@ -452,6 +471,24 @@ mod tests {
         assert!(!l.too_long(true, &vec![b'a'; 2 * MAX_HEAD]));
         let mut l = Line::Off;
         assert!(!l.too_long(true, &vec![b'a'; 2 * MAX_HEAD]));
+        // The preface in pieces, down to a byte a read.
+        for cut in [1, 2, 3] {
+            let mut l = Line::Ended;
+            assert!(!l.too_long(true, &b"PRI * HTTP/2.0\r\n"[..cut]));
+            assert!(!l.too_long(false, &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[cut..]));
+            assert_eq!(l, Line::Off, "cut after {cut}");
+        }
+        let mut l = Line::Ended;
+        for b in b"PRI " {
+            assert!(!l.too_long(l == Line::Ended, &[*b]));
+        }
+        assert_eq!(l, Line::Off);
+        // A line that only starts like it is measured from its start.
+        let mut l = Line::Ended;
+        assert!(!l.too_long(true, b"PR"));
+        assert!(!l.too_long(false, b"OPFIND"));
+        assert_eq!(l, Line::Open(8));
+        assert!(l.too_long(false, &vec![b'a'; MAX_HEAD]));
     }
 
     #[test]
