@@ -128,6 +128,15 @@ impl Activity {
         self.tunnel.store(true, Ordering::Relaxed);
     }
 
+    /// No request line comes any more: the connection speaks HTTP/2 (also
+    /// one geolb's own HTTP/1 server handed over after the preface, which
+    /// hyper's reads see again from its buffer, not as a head's start) or
+    /// carries a tunnel. A run of 64 KiB with no `\n` (an upload's DATA
+    /// frames, a tunnel's bytes) is then no line too long.
+    fn carries_no_heads(&self) -> bool {
+        self.h2.load(Ordering::Relaxed) || self.tunnel.load(Ordering::Relaxed)
+    }
+
     /// A head has been parsed: the header timer stops.
     pub fn request_started(&self) {
         self.open_requests.fetch_add(1, Ordering::Relaxed);
@@ -253,19 +262,10 @@ impl<T> TrackedIo<T> {
     /// requests: one whose request line alone fills [`MAX_HEAD`] gets 414
     /// rather than hyper's 431, which cannot tell it from large headers.
     pub fn for_requests(inner: T, activity: Arc<Activity>) -> Self {
-        // Handed over by geolb's own HTTP/1 server after the HTTP/2
-        // preface (read again from its buffer, not as a head's start): no
-        // request line comes, and a read of frames with no `\n` in
-        // `MAX_HEAD` bytes (an upload's DATA) is not one.
-        let line = if activity.h2.load(Ordering::Relaxed) {
-            Line::Off
-        } else {
-            Line::Ended
-        };
         TrackedIo {
             inner,
             activity,
-            line,
+            line: Line::Ended,
         }
     }
 }
@@ -297,16 +297,12 @@ impl Line {
     /// the line can no longer end within [`MAX_HEAD`] (two bytes are left
     /// for the shortest end of a head, `\n\n`).
     fn too_long(&mut self, started: bool, data: &[u8]) -> bool {
-        let so_far = match *self {
+        let (so_far, preface_seen) = match *self {
             Line::Off | Line::Refusing(_) => return false,
-            _ if started => 0,
-            Line::Open(n) | Line::Preface(n) => n,
+            _ if started => (0, Some(0)),
+            Line::Preface(n) => (n, Some(n)),
+            Line::Open(n) => (n, None),
             Line::Ended => return false,
-        };
-        let preface_seen = match *self {
-            _ if started => Some(0),
-            Line::Preface(n) => Some(n),
-            _ => None,
         };
         if let Some(seen) = preface_seen {
             let rest = &PREFACE_START[seen..];
@@ -391,8 +387,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             let started = this.activity.touch(true);
-            // 64 KiB of a tunnel's bytes with no `\n` are no request line.
-            if this.line != Line::Off && this.activity.tunnel.load(Ordering::Relaxed) {
+            if this.line != Line::Off && this.activity.carries_no_heads() {
                 this.line = Line::Off;
             }
             let was = this.line;
