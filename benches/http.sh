@@ -37,6 +37,14 @@
 #                   during each run (perf stat on tracepoints; costs some
 #                   req/s, so the rates of such a run are not the figures
 #                   to quote); benches/syscalls.sh sets it
+#   PERF_RECORD=0   1: profile the proxy during each run (perf record -e
+#                   cpu-clock on its processes, a sample each 250 µs of
+#                   their CPU, kernel included, for DURATION - 2 s from the
+#                   run's first second) and add to summary.md its user and
+#                   kernel µs a request and its top functions' µs a request
+#                   (benches/profile_per_request.py; costs some req/s, as
+#                   PERF_SYSCALLS does). raw/*.perf.data keep the samples
+#                   for perf report and perf annotate.
 #   WAIT_QUIET=0    before each run, wait up to this many seconds for other
 #                   processes to use < 10% of a core (0 = don't wait)
 #   BACKEND_PROTO=http1  how the proxies speak to the backends:
@@ -55,7 +63,7 @@
 # one active client connection (and the backend connection it needs) costs.
 #
 # Requires: haproxy, nginx (nginx-light is enough), wrk, taskset, python3, curl;
-# h2load for CLIENT=h2, perf for PERF_SYSCALLS=1.
+# h2load for CLIENT=h2, perf for PERF_SYSCALLS=1 and PERF_RECORD=1.
 #   apt-get install -y haproxy nginx-light wrk nghttp2-client linux-perf
 set -uo pipefail
 # shellcheck source=benches/lib.sh
@@ -70,6 +78,7 @@ CONNS=${CONNS:-64}
 CLIENT=${CLIENT:-h1}
 H2_STREAMS=${H2_STREAMS:-1}
 PERF_SYSCALLS=${PERF_SYSCALLS:-0}
+PERF_RECORD=${PERF_RECORD:-0}
 WAIT_QUIET=${WAIT_QUIET:-0}
 BACKEND_PROTO=${BACKEND_PROTO:-http1}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
@@ -300,6 +309,20 @@ perf_start() {
   sleep 1
 }
 
+profile_seconds() { echo $((DURATION > 3 ? DURATION - 2 : 1)); }
+
+# profile_start OUTFILE PID... : sample PIDS' CPU time (every thread, user
+# and kernel) into OUTFILE from one second into the run until two seconds
+# before its end: the load is steady then. Sets PROFILE_PID.
+profile_start() {
+  local out=$1
+  shift
+  start_bg "$LOAD_CPU" "$out.log" timeout -k 5 $((DURATION + 30)) \
+    sh -c 'sleep 1; exec perf record -e cpu-clock -c 250000 -o "$1" -p "$2" -- sleep "$3"' \
+    profile "$out" "$(IFS=,; echo "$*")" "$(profile_seconds)"
+  PROFILE_PID=$STARTED_PID
+}
+
 # perf_stop OUTFILE : wait for the count to end (bounded twice: perf's own
 # --timeout, and timeout(1) around it), set PERF_COUNTS to "syscalls<TAB>context switches".
 perf_stop() {
@@ -338,6 +361,7 @@ measure() {
   [[ -n ${TARGET_PID[$target]:-} ]] && ppids=("${TARGET_PID[$target]}" $(children_of "${TARGET_PID[$target]}"))
   bpids=("$BACKEND_PID" $(children_of "$BACKEND_PID"))
   ((PERF_SYSCALLS && ${#ppids[@]})) && perf_start "$RESULTS/raw/r${round}-${target}-${wl}.perf" "${ppids[@]}"
+  ((PERF_RECORD && ${#ppids[@]})) && profile_start "$RESULTS/raw/r${round}-${target}-${wl}.perf.data" "${ppids[@]}"
 
   u0=$(user_ticks_of "${ppids[@]}"); i0=$(ipis_to "$LOAD_CPU"); s0=$(tcp_segments); d0=$(delayed_acks)
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
@@ -351,6 +375,7 @@ measure() {
   # The proxy's user-space share of its CPU time (the rest is the kernel's
   # work on its behalf: system calls, TCP).
   ((${#ppids[@]} && p1 > p0)) && user=$(awk -v u="$((u1 - u0))" -v p="$((p1 - p0))" 'BEGIN { printf "%.1f", 100 * u / p }')
+  ((PERF_RECORD && ${#ppids[@]})) && forget_pid "$PROFILE_PID"
   if ((PERF_SYSCALLS && ${#ppids[@]})); then
     perf_stop "$RESULTS/raw/r${round}-${target}-${wl}.perf"
     sys=$PERF_COUNTS
@@ -480,8 +505,10 @@ preflight() {
         command -v openssl >/dev/null || die "openssl not found" ;;
     *) die "CLIENT=$CLIENT: h1 or h2" ;;
   esac
-  if ((PERF_SYSCALLS)); then
+  if ((PERF_SYSCALLS || PERF_RECORD)); then
     command -v perf >/dev/null || die "perf not found (apt-get install -y linux-perf)"
+  fi
+  if ((PERF_SYSCALLS)); then
     perf stat -e raw_syscalls:sys_enter -o /dev/null true 2>/dev/null \
       || die "perf cannot count syscall tracepoints here (kernel.perf_event_paranoid, tracefs)"
   fi
@@ -494,13 +521,13 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} LISTENER='${LISTENER:-}' LISTENER_B='${LISTENER_B-${LISTENER:-}}' $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS PERF_RECORD=$PERF_RECORD BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} LISTENER='${LISTENER:-}' LISTENER_B='${LISTENER_B-${LISTENER:-}}' $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
     echo "wrk: $(wrk --version 2>&1 | head -1)"
     [[ $CLIENT == h2 ]] && echo "h2load: $(h2load --version 2>&1 | head -1); openssl: $(openssl version)"
-    ((PERF_SYSCALLS)) && echo "perf: $(perf --version 2>&1)"
+    ((PERF_SYSCALLS || PERF_RECORD)) && echo "perf: $(perf --version 2>&1)"
     [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
     [[ -n ${GEOLB_B:-} && -x $GEOLB_B ]] && echo "geolb-b: $GEOLB_B ($(stat -c '%y' "$GEOLB_B"))"
     echo "loadavg: $(cat /proc/loadavg)"
@@ -570,6 +597,10 @@ main() {
   done
 
   summarize | tee "$RESULTS/summary.md"
+  if ((PERF_RECORD)); then
+    echo | tee -a "$RESULTS/summary.md"
+    python3 "$BENCHES_DIR/profile_per_request.py" "$RESULTS" "$(profile_seconds)" | tee -a "$RESULTS/summary.md"
+  fi
   cat >>"$RESULTS/summary.md" <<EOF
 
 Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2load -t1 -c$CONNS -m$H2_STREAMS over TLS 1.3 (HTTP/2)" || echo "wrk -t1 -c$CONNS") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
