@@ -34,7 +34,9 @@ use tokio_util::either::Either;
 
 use crate::config::{BackendProtocol, Http1Client, PoolConfig};
 use crate::tls_client;
+use answer_first::AnswerFirst;
 
+mod answer_first;
 pub mod h1;
 mod one_task;
 pub mod unread;
@@ -703,11 +705,10 @@ impl Upstream {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let io = TokioIo::new(stream);
         let kind = if self.is_http2() {
             let exec = one_task::OneTask::default();
             let (sender, conn) = http2::Builder::new(exec.clone())
-                .handshake(io)
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(io::Error::other)?;
             let driver = exec.driver(conn);
@@ -719,7 +720,7 @@ impl Upstream {
             Kind::Http2(sender)
         } else {
             let (sender, conn) = http1::Builder::new()
-                .handshake(io)
+                .handshake(TokioIo::new(AnswerFirst::new(stream)))
                 .await
                 .map_err(io::Error::other)?;
             tokio::spawn(async move {

@@ -847,3 +847,87 @@ async fn a_body_on_a_get_is_forwarded() {
     assert_eq!(&body[..], b"10");
     assert_eq!(a.hits(), 3);
 }
+
+/// A backend that reads a request's head, answers `response` at once
+/// without reading its body, then closes (`close`) or reads on until the
+/// client side ends.
+async fn answers_before_the_body(
+    response: &'static [u8],
+    close: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let mut s: Box<dyn Io> = match tls {
+                    Some(tls) => match tls.accept(s).await {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    None => Box::new(s),
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                if s.write_all(response).await.is_err() || close {
+                    return;
+                }
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// A backend's early answer to an upload reaches the client through each
+/// HTTP/1.1 client (geolb's own, hyper's, hyper's over TLS), whether the
+/// backend then closes (its kernel resets the connection on the upload's
+/// next bytes) or reads the rest. hyper's failed the request at its next
+/// write of the body: a 502.
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    let mut upload =
+        b"POST /up HTTP/1.1\r\nHost: a.example\r\nContent-Length: 8388608\r\n\r\n".to_vec();
+    upload.extend(std::iter::repeat_n(b'u', 8 << 20));
+    for (response, close, want) in [
+        (
+            &b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!"[..],
+            true,
+            413,
+        ),
+        (
+            &b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nwho?"[..],
+            false,
+            401,
+        ),
+    ] {
+        let pki = Pki::new();
+        let leaf = pki.leaf("backend", &["127.0.0.1"]);
+        let plain = answers_before_the_body(response, close, None).await;
+        let tls = answers_before_the_body(response, close, Some(pki.acceptor(&leaf))).await;
+        for (client, backend) in [("geolb", plain), ("hyper", plain), ("tls", tls)] {
+            let key = match client {
+                "tls" => "tls = { verify = false }".to_owned(),
+                _ => format!("http1_client = \"{client}\""),
+            };
+            let cfg = one_pool(backend, "").replace("backends = [", &format!("{key}\nbackends = ["));
+            let geolb = Geolb::start(&cfg).await;
+            let resp = raw_flood(geolb.listener("web"), upload.clone()).await;
+            assert_eq!(status_of(&resp), want, "{client} client: {resp}");
+            assert_eq!(body_of(&resp), std::str::from_utf8(&response[response.len() - 4..]).unwrap(), "{client}: {resp}");
+        }
+    }
+}
+
+/// A test backend's stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
