@@ -909,6 +909,12 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
             false,
             401,
         ),
+        // Closed without saying so: the connection must not be kept.
+        (
+            &b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nno!!"[..],
+            true,
+            403,
+        ),
     ] {
         let pki = Pki::new();
         let leaf = pki.leaf("backend", &["127.0.0.1"]);
@@ -921,8 +927,14 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
             };
             let cfg = one_pool(backend, "").replace("backends = [", &format!("{key}\nbackends = ["));
             let geolb = Geolb::start(&cfg).await;
-            let resp = raw_flood(geolb.listener("web"), upload.clone()).await;
+            let web = geolb.listener("web");
+            let resp = raw_flood(web, upload.clone()).await;
             assert_eq!(status_of(&resp), want, "{client} client: {resp}");
+            // The next request finds a live backend connection, not the
+            // reset one.
+            let get = b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+            let next = raw(web, get, LIMIT).await;
+            assert_eq!(status_of(&next), want, "{client} client, next request: {next}");
             assert_eq!(body_of(&resp), std::str::from_utf8(&response[response.len() - 4..]).unwrap(), "{client}: {resp}");
         }
     }
