@@ -20,7 +20,7 @@
 # none), and lists the TOP functions by instructions of their own.
 #
 # Requires: valgrind (callgrind_annotate, callgrind_control), nginx, wrk
-# (h2load and openssl for CLIENT=h2), curl, python3; haproxy for PROXIES=haproxy.
+# (h2load for CLIENT=h2; openssl for it and for BACKEND_PROTO=tls), curl, python3; haproxy for PROXIES=haproxy.
 #   GEOLB=target/release/geolb benches/instructions.sh
 #   PROXIES="geolb haproxy nginx" GEOLB=/tmp/geolb-main benches/instructions.sh
 # LISTENER: more lines for geolb's listener (a rule's cost: run with and
@@ -54,6 +54,11 @@
 # backend (nginx's listen ... http2; geolb backend_protocol = "h2c",
 # HAProxy proto h2; nginx cannot proxy so and is skipped).
 #   BACKEND_PROTO=h2c PROXIES="geolb haproxy" GEOLB=target/release/geolb benches/instructions.sh
+# BACKEND_PROTO=tls: HTTP/1.1 over TLS 1.3 to the backend (one self-signed
+# P-256 certificate, not verified by any proxy: geolb tls = { verify =
+# false }, HAProxy ssl verify none, nginx proxy_pass https://), as
+# benches/http.sh BACKEND_PROTO=tls does.
+#   BACKEND_PROTO=tls PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
 # CACHE=1: callgrind also simulates the caches (valgrind's --cache-sim,
 # this machine's sizes) and prints each proxy's data reads and writes and
 # its L1 and last-level misses per request: where two proxies' instructions
@@ -89,7 +94,8 @@ BODY=${BODY:-}
 COMPRESS=${COMPRESS:-}
 CLIENT=${CLIENT:-h1}
 BACKEND_PROTO=${BACKEND_PROTO:-http1}
-[[ $BACKEND_PROTO == http1 || $BACKEND_PROTO == h2c ]] || die "BACKEND_PROTO=$BACKEND_PROTO: http1 or h2c"
+[[ $BACKEND_PROTO == http1 || $BACKEND_PROTO == h2c || $BACKEND_PROTO == tls ]] \
+  || die "BACKEND_PROTO=$BACKEND_PROTO: http1, h2c or tls"
 PROXY_CPU=0
 LOAD_CPU=1
 # nginx keeps at most this many idle backend connections (as in http.sh).
@@ -119,7 +125,11 @@ events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND$([[ $BACKEND_PROTO == h2c ]] && echo " http2"); $LOCATION }
+  server {
+    listen 127.0.0.1:$BACKEND$(case $BACKEND_PROTO in h2c) echo " http2" ;; tls) echo " ssl" ;; esac);
+$([[ $BACKEND_PROTO == tls ]] && nginx_tls)
+    $LOCATION
+  }
 }
 CONF
 
@@ -131,7 +141,11 @@ write_geolb_conf() {
   local tls=""
   [[ $CLIENT == h2 ]] && tls=$(geolb_tls_listener)
   geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$(geolb_same_fields)"$'\n'"$COMPRESS_LINE"$'\n'"$tls" \
-    | if [[ $BACKEND_PROTO == h2c ]]; then sed '/^backends = /a backend_protocol = "h2c"'; else cat; fi >"$WORK/geolb.toml"
+    | case $BACKEND_PROTO in
+        h2c) sed '/^backends = /a backend_protocol = "h2c"' ;;
+        tls) sed '/^backends = /a tls = { verify = false }' ;;
+        *) cat ;;
+      esac >"$WORK/geolb.toml"
 }
 
 write_haproxy_conf() {
@@ -143,7 +157,7 @@ frontend fe
 $(haproxy_same_fields)
     default_backend be
 backend be
-    server b1 127.0.0.1:$BACKEND$([[ $BACKEND_PROTO == h2c ]] && echo " proto h2")
+    server b1 127.0.0.1:$BACKEND$(case $BACKEND_PROTO in h2c) echo " proto h2" ;; tls) echo " ssl verify none" ;; esac)
 EOF
   } >"$WORK/haproxy.cfg"
 }
@@ -160,7 +174,12 @@ write_nginx_proxy_conf() {
     server {
         listen 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl http2");
 $([[ $CLIENT == h2 ]] && nginx_tls)
-$(nginx_pass_location http)
+$(if [[ $BACKEND_PROTO == tls ]]; then
+    # nginx 1.22 offers TLS 1.2 at most to a backend unless told.
+    nginx_pass_location https "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;"
+  else
+    nginx_pass_location http
+  fi)
     }
 }
 EOF
@@ -313,13 +332,14 @@ done
 if [[ $CLIENT == h2 ]]; then
   command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)"
   [[ -z $COMPRESS ]] || die "COMPRESS is for CLIENT=h1 (wrk) only"
-  make_cert
   SCHEME=https CURL=(curl -s -k --http2)
 else
   command -v wrk >/dev/null || die "wrk not found"
   SCHEME=http CURL=(curl -s)
   [[ $CLIENT == h1 ]] || die "CLIENT=$CLIENT: h1 or h2"
 fi
+# One certificate for both ends that speak TLS (the listener, the backend).
+[[ $CLIENT == h2 || $BACKEND_PROTO == tls ]] && make_cert
 start_bg "$LOAD_CPU" "$WORK/logs/backend.log" nginx -c "$WORK/backend.conf" -p "$WORK"
 wait_port "$BACKEND" "$STARTED_PID" || die "backend nginx did not start: $(tail -3 "$WORK/backend-error.log")"
 request_fields
