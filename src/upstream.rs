@@ -682,6 +682,19 @@ impl Upstream {
     async fn open(&self, addr: SocketAddr) -> io::Result<Sender> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        if self.is_http2() {
+            return self.over(stream, addr).await;
+        }
+        // Under TLS too: rustls also writes while it reads, and a write
+        // the backend reset failed the read of its answer.
+        self.over(AnswerFirst::new(stream), addr).await
+    }
+
+    /// hyper's connection over `stream`, in TLS if the pool says so.
+    async fn over<S>(&self, stream: S, addr: SocketAddr) -> io::Result<Sender>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let Some(tls) = &self.tls else {
             return self.handshake(stream, addr).await;
         };
@@ -720,7 +733,7 @@ impl Upstream {
             Kind::Http2(sender)
         } else {
             let (sender, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(AnswerFirst::new(stream)))
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(io::Error::other)?;
             tokio::spawn(async move {

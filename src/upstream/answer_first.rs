@@ -15,6 +15,10 @@
 //! read finds the reset and the request fails as before, once its body
 //! is sent. geolb's own HTTP/1 client stops writing the same way
 //! (`h1::Conn::drive_writer`).
+//!
+//! It wraps the TCP stream, under TLS when there is TLS: rustls writes
+//! while it reads too (what it owes the peer), and above it such a write's
+//! reset came out of the read that was to find the answer.
 
 use std::io;
 use std::pin::Pin;
