@@ -151,7 +151,7 @@ write_nginx_proxy_conf() {
         listen 127.0.0.1:${TARGET_PORT[nginx]}$([[ $CLIENT == h2 ]] && echo " ssl http2");
 $([[ $CLIENT == h2 ]] && nginx_tls)
 $(nginx_pass_location "$([[ $BACKEND_PROTO == tls ]] && echo https || echo http)" \
-    "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;"$'\n'"$NGINX_BUFFERS")
+    "$(nginx_backend_tls_lines)"$'\n'"$NGINX_BUFFERS")
     }
 }
 EOF
@@ -177,13 +177,6 @@ EOF
   } >"$WORK/haproxy.cfg"
 }
 
-haproxy_server_opts() {
-  case $BACKEND_PROTO in
-    tls) echo " ssl verify none" ;;
-    h2c) echo " proto h2" ;;
-  esac
-}
-
 write_geolb_conf() {   # NAME: geolb or geolb-b, the same config on its own port
   local name=${1:-geolb}
   cat >"$WORK/$name.toml" <<EOF
@@ -194,10 +187,7 @@ shutdown_grace = "1s"
 [[pool]]
 name = "bench"
 backends = [{ addr = "127.0.0.1:${BACKEND_PORTS[0]}" }, { addr = "127.0.0.1:${BACKEND_PORTS[1]}" }, { addr = "127.0.0.1:${BACKEND_PORTS[2]}" }]
-$(case $BACKEND_PROTO in
-    tls) echo 'tls = { verify = false }' ;;
-    h2c) echo 'backend_protocol = "h2c"' ;;
-  esac)
+$(geolb_backend_proto)
 
 [[listener]]
 name = "bench"

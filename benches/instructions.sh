@@ -141,11 +141,7 @@ write_geolb_conf() {
   local tls=""
   [[ $CLIENT == h2 ]] && tls=$(geolb_tls_listener)
   geolb_one_pool_conf "$BACKEND" "$PORT" "$LISTENER"$'\n'"$(geolb_same_fields)"$'\n'"$COMPRESS_LINE"$'\n'"$tls" \
-    | case $BACKEND_PROTO in
-        h2c) sed '/^backends = /a backend_protocol = "h2c"' ;;
-        tls) sed '/^backends = /a tls = { verify = false }' ;;
-        *) cat ;;
-      esac >"$WORK/geolb.toml"
+    | if [[ $BACKEND_PROTO == http1 ]]; then cat; else sed "/^backends = /a $(geolb_backend_proto)"; fi >"$WORK/geolb.toml"
 }
 
 write_haproxy_conf() {
@@ -157,7 +153,7 @@ frontend fe
 $(haproxy_same_fields)
     default_backend be
 backend be
-    server b1 127.0.0.1:$BACKEND$(case $BACKEND_PROTO in h2c) echo " proto h2" ;; tls) echo " ssl verify none" ;; esac)
+    server b1 127.0.0.1:$BACKEND$(haproxy_server_opts)
 EOF
   } >"$WORK/haproxy.cfg"
 }
@@ -174,12 +170,7 @@ write_nginx_proxy_conf() {
     server {
         listen 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl http2");
 $([[ $CLIENT == h2 ]] && nginx_tls)
-$(if [[ $BACKEND_PROTO == tls ]]; then
-    # nginx 1.22 offers TLS 1.2 at most to a backend unless told.
-    nginx_pass_location https "            proxy_ssl_session_reuse on;"$'\n'"            proxy_ssl_protocols TLSv1.2 TLSv1.3;"
-  else
-    nginx_pass_location http
-  fi)
+$(if [[ $BACKEND_PROTO == tls ]]; then nginx_pass_location https "$(nginx_backend_tls_lines)"; else nginx_pass_location http; fi)
     }
 }
 EOF

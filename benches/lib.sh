@@ -483,6 +483,26 @@ nginx_upstream() {
   echo "    }"
 }
 
+# BACKEND_PROTO's words for each proxy (http.sh and instructions.sh):
+# HAProxy's server options, geolb's pool line, nginx's location lines.
+haproxy_server_opts() {
+  case $BACKEND_PROTO in
+    tls) echo " ssl verify none" ;;
+    h2c) echo " proto h2" ;;
+  esac
+}
+geolb_backend_proto() {
+  case $BACKEND_PROTO in
+    tls) echo 'tls = { verify = false }' ;;
+    h2c) echo 'backend_protocol = "h2c"' ;;
+  esac
+}
+# nginx 1.22 offers TLS 1.2 at most to a backend unless told.
+nginx_backend_tls_lines() {
+  echo "            proxy_ssl_session_reuse on;"
+  echo "            proxy_ssl_protocols TLSv1.2 TLSv1.3;"
+}
+
 # nginx_pass_location [SCHEME [LINES]] : "location /" proxying to the
 # upstream "bench" (SCHEME http or https) over kept-alive HTTP/1.1, with
 # LINES added to the location (and nginx_same_fields' lines).

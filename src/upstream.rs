@@ -685,8 +685,8 @@ impl Upstream {
         if self.is_http2() {
             return self.over(stream, addr).await;
         }
-        // Under TLS too: rustls also writes while it reads, and a write
-        // the backend reset failed the read of its answer.
+        // Below TLS when there is TLS: every write to the socket is
+        // covered, those rustls makes while it reads too.
         self.over(AnswerFirst::new(stream), addr).await
     }
 
