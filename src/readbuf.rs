@@ -45,6 +45,20 @@ pub fn poll_read_exact_size<R: AsyncRead + ?Sized>(
     })
 }
 
+/// Reads once from `io` into the thread's scratch buffer and lets what
+/// came go: the bytes of a client no longer answered. `Ok(0)`: its end.
+pub fn poll_discard<R: AsyncRead + ?Sized>(
+    io: Pin<&mut R>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH_BUF.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut read = ReadBuf::new(&mut scratch[..]);
+        ready!(io.poll_read(cx, &mut read))?;
+        Poll::Ready(Ok(read.filled().len()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

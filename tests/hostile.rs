@@ -957,3 +957,185 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
 /// A test backend's stream, plain or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Writes all of `bytes`, then reads the answer to its end, as clients
+/// that read nothing before their request is sent do (Python's
+/// `http.client`, many SDKs): an error if the write is refused.
+async fn send_then_read<S>(mut stream: S, bytes: &[u8]) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::bounded(LIMIT, "the request written", stream.write_all(bytes)).await?;
+    let mut out = Vec::new();
+    support::bounded(LIMIT, "the answer read", stream.read_to_end(&mut out)).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// An answer geolb gives before the request is all read (a 413 by
+/// `Content-Length`, a backend's early 413, a 414 to a line too long)
+/// reaches a client that sends its whole request before reading, over
+/// TCP and TLS: geolb closes its side and reads the rest (a lingering
+/// close, as nginx's) instead of closing at once, whose reset failed the
+/// client's writes (a broken pipe, and no answer).
+#[tokio::test]
+async fn a_client_that_sends_its_whole_upload_before_reading_gets_the_early_answer() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", &["a.example"]);
+    let early = answers_before_the_body(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        true,
+        None,
+    )
+    .await;
+    let a = Backend::start("a").await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[pool]]\nname = \"early\"\nbackends = [{{ addr = \"{early}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         max_body = \"1MiB\"\nroutes = [{{ path_prefix = \"/early\", pool = \"early\" }}]\n\
+         [[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         pool = \"p\"\nmax_body = \"1MiB\"\n{}\n",
+        a.addr,
+        tls_list(&[&leaf])
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let (web, secure) = (geolb.listener("web"), geolb.listener("secure"));
+    let upload = |path: &str| {
+        let mut bytes =
+            format!("POST {path} HTTP/1.1\r\nHost: a.example\r\nContent-Length: 8388608\r\n\r\n")
+                .into_bytes();
+        bytes.extend(std::iter::repeat_n(b'u', 8 << 20));
+        bytes
+    };
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 8 << 20));
+    line.extend_from_slice(b" HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    for (what, bytes, want) in [
+        ("max_body", upload("/up"), 413),
+        ("the backend's early answer", upload("/early"), 413),
+        ("a line too long", line, 414),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+        let resp = send_then_read(tcp, &bytes).await;
+        let resp = resp.unwrap_or_else(|e| panic!("{what}: the upload failed: {e}"));
+        assert_eq!(status_of(&resp), want, "{what}: {resp}");
+    }
+    let client = pki.client(&[b"http/1.1"]);
+    let tls = tls_connect(&client, secure, "a.example").await.unwrap();
+    let resp = send_then_read(tls, &upload("/up")).await;
+    let resp = resp.unwrap_or_else(|e| panic!("over TLS: the upload failed: {e}"));
+    assert_eq!(status_of(&resp), 413, "over TLS: {resp}");
+    assert_eq!(a.hits(), 0, "nothing was forwarded");
+}
+
+/// A lingering close ends: when the client stops sending (after the
+/// listener's `idle` timeout, when under 5 s), when it goes on past the
+/// `idle` timeout (under 30 s), and when geolb stops.
+#[tokio::test]
+async fn a_lingering_close_ends_when_the_client_is_quiet_or_sends_too_long_or_geolb_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let listener = |idle: &str| {
+        format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+             max_body = \"1KiB\"\ntimeouts = {{ idle = \"{idle}\" }}\n"
+        )
+    };
+    let pool = format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let head = b"POST /up HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1073741824\r\n\r\n";
+    let geolb = Geolb::start(&config(&(pool.clone() + &listener("1s")))).await;
+    let web = geolb.listener("web");
+
+    // Quiet: a part of the body, then nothing, the connection left open.
+    // The answer and geolb's end of sending come at once; geolb reads on.
+    let mut quiet = tokio::net::TcpStream::connect(web).await.unwrap();
+    quiet.write_all(head).await.unwrap();
+    quiet.write_all(&[b'u'; 64 * 1024]).await.unwrap();
+    let mut got = Vec::new();
+    let end = support::bounded(LIMIT, "the answer", quiet.read_to_end(&mut got));
+    end.await.unwrap();
+    let answered = std::time::Instant::now();
+    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 413);
+    let log = &geolb;
+    eventually(
+        "the lingering close of the quiet client ended",
+        LIMIT,
+        || async move { log.log().contains("reason=\"the client was quiet\"") },
+    )
+    .await;
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "lingered for the idle timeout: {waited:?}"
+    );
+    // Bytes sent now find the connection closed.
+    let cut = async {
+        while quiet.write_all(&[b'u'; 1024]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    support::bounded(LIMIT, "the connection reset", cut).await;
+
+    // A client that closes once answered ends it there.
+    let mut closing = tokio::net::TcpStream::connect(web).await.unwrap();
+    closing.write_all(head).await.unwrap();
+    let mut got = Vec::new();
+    let end = support::bounded(LIMIT, "the answer", closing.read_to_end(&mut got));
+    end.await.unwrap();
+    drop(closing);
+    eventually(
+        "the lingering close of the closing client ended",
+        LIMIT,
+        || async move { log.log().contains("reason=\"the client closed\"") },
+    )
+    .await;
+
+    // Endless: the client sends on; geolb reads it for the idle timeout.
+    let endless = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut rd, mut wr) = endless.into_split();
+    let sender = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let chunk = vec![b'u'; 16 * 1024];
+        let _ = wr.write_all(head).await;
+        while started.elapsed() < Duration::from_secs(20) {
+            if wr.write_all(&chunk).await.is_err() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    });
+    let mut got = Vec::new();
+    let _ = support::bounded(LIMIT, "the endless client's end", rd.read_to_end(&mut got)).await;
+    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 413);
+    let cut = sender.await.unwrap().expect("the connection was cut");
+    assert!(
+        cut >= Duration::from_millis(900),
+        "read for the idle timeout: {cut:?}"
+    );
+    assert!(geolb.log().contains("reason=\"lingered long enough\""));
+    drop(geolb);
+
+    // geolb stopping ends a lingering close at once, not after its
+    // shutdown grace (5 s).
+    let mut geolb = Geolb::start(&config(&(pool + &listener("60s")))).await;
+    let mut lingering = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    lingering.write_all(head).await.unwrap();
+    lingering.write_all(&[b'u'; 4096]).await.unwrap();
+    let mut answer = [0u8; 12];
+    support::bounded(LIMIT, "the 413", lingering.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+    let started = std::time::Instant::now();
+    geolb.signal("TERM");
+    geolb.wait_exit(LIMIT).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "geolb took {took:?} to stop");
+}

@@ -692,11 +692,9 @@ where
             }
         }
     };
-    match served {
-        Served::Closed => {
-            let _ = writer.io.shutdown().await;
-            None
-        }
+    let linger = match served {
+        Served::Closed => false,
+        Served::Lingering => true,
         Served::Hyper => {
             let shared = Arc::into_inner(shared)?;
             let reader = shared
@@ -704,17 +702,78 @@ where
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
             let io = reader.io.unsplit(writer.io)?.into_inner();
-            Some(Rewind {
+            return Some(Rewind {
                 prefix: reader.buf.freeze(),
                 inner: io,
-            })
+            });
         }
-    }
+    };
+    close(
+        &shared,
+        &mut writer.io,
+        linger,
+        timeouts.idle,
+        conn.shutdown(),
+    )
+    .await;
+    None
 }
 
 enum Served {
     Closed,
+    /// Closed after an answer while the client may still be sending.
+    Lingering,
     Hyper,
+}
+
+/// nginx's `lingering_timeout` and `lingering_time`: how long a closing
+/// connection waits for the client's next bytes, and in all.
+const LINGER_QUIET: Duration = Duration::from_secs(5);
+const LINGER_MAX: Duration = Duration::from_secs(30);
+
+/// Ends a connection: its write side first, and with `linger` (an answer
+/// given while the client may still be sending: the rest of a body, of a
+/// refused head), the client's bytes read and dropped until it closes too,
+/// is quiet for [`LINGER_QUIET`], or [`LINGER_MAX`] has passed (each at
+/// most `idle`), or geolb stops. Closed at once, its kernel would reset
+/// the connection at the client's next bytes, and a client that writes
+/// its whole request before it reads (Python's `http.client`, many SDKs)
+/// would get a broken pipe instead of the answer, as nginx's lingering
+/// close prevents.
+async fn close<I: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<I>,
+    write: &mut WriteHalf<TrackedIo<I>>,
+    linger: bool,
+    idle: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    let quiet = LINGER_QUIET.min(idle);
+    // Bounded: over TLS, the close_notify waits for room in the socket,
+    // which a client that reads nothing never makes.
+    if tokio::time::timeout(quiet, write.shutdown()).await.is_err() || !linger {
+        return;
+    }
+    let drained = async {
+        loop {
+            let read = poll_fn(|cx| {
+                let mut reader = shared.reader();
+                crate::readbuf::poll_discard(Pin::new(&mut reader.io), cx)
+            });
+            match tokio::time::timeout(quiet, read).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) => return "the client closed",
+                Ok(Err(_)) => return "the connection failed",
+                Err(_) => return "the client was quiet",
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = tokio::time::timeout(LINGER_MAX.min(idle), drained) => {
+            reason.unwrap_or("lingered long enough")
+        }
+        () = shutdown.cancelled() => "geolb stops",
+    };
+    tracing::debug!(reason, "lingering close ended");
 }
 
 async fn requests<I, C: Client>(
@@ -770,12 +829,12 @@ where
             Head::LineTooLong => {
                 tracing::debug!(client = %conn.peer(), "request line over {MAX_HEAD} bytes: 414");
                 let _ = writer.io.write_all(URI_TOO_LONG).await;
-                return Served::Closed;
+                return Served::Lingering;
             }
             Head::Refused(status) => {
                 tracing::debug!(client = %conn.peer(), status = status.as_u16(), "request head refused");
                 let _ = writer.refuse(status).await;
-                return Served::Closed;
+                return Served::Lingering;
             }
         };
         first = false;
@@ -896,7 +955,12 @@ where
         reader.expect = false;
         shared.continue_owed.store(false, Ordering::Relaxed);
         if !reusable || !reader.drain_buffered() {
-            return Served::Closed;
+            // The client may still be sending its body or a next request.
+            let unread = !matches!(reader.body, Framing::Done);
+            return match unread || !reader.buf.is_empty() {
+                true => Served::Lingering,
+                false => Served::Closed,
+            };
         }
     }
 }
