@@ -1139,3 +1139,42 @@ async fn a_lingering_close_ends_when_the_client_is_quiet_or_sends_too_long_or_ge
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "geolb took {took:?} to stop");
 }
+
+/// A TLS client that stops reading a large answer is cut at the `idle`
+/// timeout and its connection let go: the close_notify that ends it waits
+/// for room in a socket that client never empties, for at most 5 s (or
+/// `idle`), not for ever.
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_is_let_go() {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", &["a.example"]);
+    let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 33554432\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'b', 32 << 20));
+    let backend = raw_backend(big.leak()).await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{backend}\" }}]\n\
+         [[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         pool = \"p\"\ntimeouts = {{ idle = \"1s\" }}\n{}\n",
+        tls_list(&[&leaf])
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let client = pki.client(&[b"http/1.1"]);
+    let mut tls = tls_connect(&client, geolb.listener("secure"), "a.example")
+        .await
+        .unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let open = &geolb;
+    eventually("the connection counted", LIMIT, || async move {
+        listener_series(open, "secure").await.0 == 1.0
+    })
+    .await;
+    // Cut at 1 s, its close given at most 1 s more.
+    eventually("the connection let go", LIMIT, || async move {
+        listener_series(open, "secure").await.0 == 0.0
+    })
+    .await;
+    drop(tls);
+}
