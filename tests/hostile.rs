@@ -1178,3 +1178,50 @@ async fn a_tls_client_that_stops_reading_is_let_go() {
     .await;
     drop(tls);
 }
+
+/// An HTTP/2 backend that answers an upload before reading it (its
+/// stream then reset with NO_ERROR, RFC 9113 §8.1) has its answer relayed
+/// to an HTTP/1.1 client sending the whole upload before it reads, and
+/// its connection keeps serving.
+#[tokio::test]
+async fn an_h2_backends_early_answer_reaches_the_client() {
+    use http_body_util::Full;
+    let backend = support::library::TcpBackend::start(|stream| async move {
+        let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| {
+            let status = match req.method() {
+                &hyper::Method::POST => 413,
+                _ => 200,
+            };
+            async move {
+                // The request body is dropped unread.
+                let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"h2 says")));
+                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                Ok::<_, hyper::Error>(resp)
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackend_protocol = \"h2c\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        backend.addr
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let web = geolb.listener("web");
+    let mut upload =
+        b"POST /up HTTP/1.1\r\nHost: a.example\r\nContent-Length: 8388608\r\n\r\n".to_vec();
+    upload.extend(std::iter::repeat_n(b'u', 8 << 20));
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+        let resp = send_then_read(tcp, &upload).await;
+        let resp = resp.unwrap_or_else(|e| panic!("the upload failed: {e}"));
+        assert_eq!(status_of(&resp), 413, "{resp}");
+        assert_eq!(body_of(&resp), "h2 says", "{resp}");
+        let get = b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+        let next = raw(web, get, LIMIT).await;
+        assert_eq!(status_of(&next), 200, "{next}");
+    }
+}
