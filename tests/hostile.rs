@@ -1225,3 +1225,55 @@ async fn an_h2_backends_early_answer_reaches_the_client() {
         assert_eq!(status_of(&next), 200, "{next}");
     }
 }
+
+/// An HTTP/2 client's upload answered before it ends (`max_body` by its
+/// `content-length`): the answer whole, then its stream reset with
+/// NO_ERROR (RFC 9113 §8.1: stop sending, keep the answer), as nginx and
+/// HAProxy do; the connection goes on serving.
+#[tokio::test]
+async fn an_h2_upload_answered_early_gets_the_answer_then_no_error() {
+    use support::h2::{DATA, H2, HEADERS, frame};
+    const RST_STREAM: u8 = 0x3;
+    let a = Backend::start("a").await;
+    let geolb = Geolb::start(&one_pool(a.addr, "max_body = \"1MiB\"")).await;
+    let (mut h2, _) = H2::connect(geolb.listener("web"), &[]).await;
+    // :method POST, :scheme http, :path /up, :authority t.example, then
+    // content-length as a literal field.
+    let mut block = vec![0x83, 0x86, 0x04, 3];
+    block.extend(b"/up");
+    block.extend([0x01, 9]);
+    block.extend(b"t.example");
+    block.extend([0x00, 14]);
+    block.extend(b"content-length");
+    block.extend([7]);
+    block.extend(b"8388608");
+    h2.send(&frame(HEADERS, 0x4, 1, &block)).await;
+    for _ in 0..3 {
+        h2.send(&frame(DATA, 0, 1, &[b'u'; 16384])).await;
+    }
+    let head = h2.next_of(HEADERS).await.expect("the answer's head");
+    assert_eq!(head.stream, 1);
+    let (mut body, mut ended) = (Vec::new(), false);
+    let reset = loop {
+        let f = h2.next().await.expect("the answer, then the reset");
+        assert_eq!(f.stream, 1, "only stream 1 speaks: kind {}", f.kind);
+        match f.kind {
+            DATA => {
+                body.extend(&f.payload);
+                ended = f.flags & 0x1 != 0;
+            }
+            RST_STREAM => break f,
+            other => panic!("frame of kind {other} on stream 1"),
+        }
+    };
+    assert!(ended, "the answer ended (END_STREAM) before the reset");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("413 Payload Too Large"), "{body}");
+    assert_eq!(reset.payload, [0, 0, 0, 0], "NO_ERROR");
+    // More of the upload is ignored; the connection serves a next stream.
+    h2.send(&frame(DATA, 0, 1, &[b'u'; 16384])).await;
+    h2.get(3, "/").await;
+    let next = h2.next_of(HEADERS).await.expect("stream 3's answer");
+    assert_eq!(next.stream, 3);
+    assert_eq!(a.hits(), 1, "only the GET was forwarded");
+}
