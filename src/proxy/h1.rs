@@ -657,6 +657,9 @@ pub(super) async fn serve<I, C: Client>(
 where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
+    // Not `timeouts` itself, which would then be kept whole while the
+    // connection is served (64 bytes of every connection's state).
+    let idle = timeouts.idle;
     let activity = conn.activity().clone();
     let (read, write) = super::halves::split(TrackedIo::new(io, activity.clone()));
     let shared = Arc::new(Shared {
@@ -680,7 +683,7 @@ where
     };
     let served = {
         let requests = requests(&shared, &mut writer, conn, unread);
-        let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), timeouts.idle));
+        let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), idle));
         // Waking only when its timer fires: see `woken`. In order, with
         // no random number drawn at each of a request's polls.
         tokio::select! {
@@ -708,14 +711,7 @@ where
             });
         }
     };
-    close(
-        &shared,
-        &mut writer.io,
-        linger,
-        timeouts.idle,
-        conn.shutdown(),
-    )
-    .await;
+    close(&shared, &mut writer.io, linger, idle, conn.shutdown()).await;
     None
 }
 
