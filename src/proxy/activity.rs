@@ -133,7 +133,7 @@ impl Activity {
     /// hyper's reads see again from its buffer, not as a head's start) or
     /// carries a tunnel. A run of 64 KiB with no `\n` (an upload's DATA
     /// frames, a tunnel's bytes) is then no line too long.
-    fn carries_no_heads(&self) -> bool {
+    pub(super) fn carries_no_heads(&self) -> bool {
         self.h2.load(Ordering::Relaxed) || self.tunnel.load(Ordering::Relaxed)
     }
 

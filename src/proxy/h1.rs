@@ -722,20 +722,10 @@ enum Served {
     Hyper,
 }
 
-/// nginx's `lingering_timeout` and `lingering_time`: how long a closing
-/// connection waits for the client's next bytes, and in all.
-const LINGER_QUIET: Duration = Duration::from_secs(5);
-const LINGER_MAX: Duration = Duration::from_secs(30);
-
 /// Ends a connection: its write side first, and with `linger` (an answer
 /// given while the client may still be sending: the rest of a body, of a
-/// refused head), the client's bytes read and dropped until it closes too,
-/// is quiet for [`LINGER_QUIET`], or [`LINGER_MAX`] has passed (each at
-/// most `idle`), or geolb stops. Closed at once, its kernel would reset
-/// the connection at the client's next bytes, and a client that writes
-/// its whole request before it reads (Python's `http.client`, many SDKs)
-/// would get a broken pipe instead of the answer, as nginx's lingering
-/// close prevents.
+/// refused head) the client's bytes read and dropped for a while (see
+/// `linger`).
 async fn close<I: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared<I>,
     write: &mut WriteHalf<TrackedIo<I>>,
@@ -743,32 +733,18 @@ async fn close<I: AsyncRead + AsyncWrite + Unpin>(
     idle: Duration,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
-    let quiet = LINGER_QUIET.min(idle);
     // Bounded: over TLS, the close_notify waits for room in the socket,
     // which a client that reads nothing never makes.
-    if tokio::time::timeout(quiet, write.shutdown()).await.is_err() || !linger {
+    let room = super::linger::QUIET.min(idle);
+    if tokio::time::timeout(room, write.shutdown()).await.is_err() || !linger {
         return;
     }
-    let drained = async {
-        loop {
-            let read = poll_fn(|cx| {
-                let mut reader = shared.reader();
-                crate::readbuf::poll_discard(Pin::new(&mut reader.io), cx)
-            });
-            match tokio::time::timeout(quiet, read).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) => return "the client closed",
-                Ok(Err(_)) => return "the connection failed",
-                Err(_) => return "the client was quiet",
-            }
-        }
-    };
-    let reason = tokio::select! {
-        reason = tokio::time::timeout(LINGER_MAX.min(idle), drained) => {
-            reason.unwrap_or("lingered long enough")
-        }
-        () = shutdown.cancelled() => "geolb stops",
-    };
+    let mut linger = super::linger::Linger::new(idle, shutdown.clone());
+    let reason = poll_fn(|cx| {
+        let mut reader = shared.reader();
+        linger.poll_drain(cx, Pin::new(&mut reader.io))
+    })
+    .await;
     tracing::debug!(reason, "lingering close ended");
 }
 

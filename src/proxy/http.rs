@@ -276,6 +276,10 @@ where
             })
         })
     });
+    // Under the tracking: the bytes a lingering close drops are no
+    // request line to measure.
+    let io =
+        super::linger::OnShutdown::new(io, activity.clone(), timeouts.idle, ctx.shutdown.clone());
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = server.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

@@ -9,7 +9,8 @@
 //! `body` streams responses and settles each request when its response
 //! ends; `compress` compresses them on the way; `headers` rewrites at
 //! the boundary and `header_rules` applies the configured header rules;
-//! `activity` enforces the client-side header and idle timeouts, `woken`
+//! `activity` enforces the client-side header and idle timeouts, `linger`
+//! reads on after an early answer before a connection closes, `woken`
 //! polls such side futures only when they woke; `stall`
 //! cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
@@ -30,6 +31,7 @@ mod halves;
 mod header_rules;
 mod headers;
 pub mod http;
+mod linger;
 pub mod ocsp;
 pub mod pipes;
 mod pump;

@@ -1,0 +1,200 @@
+//! The lingering close of an HTTP/1 client connection, as nginx's
+//! `lingering_close`: answered while its client may still be sending (the
+//! rest of a body, of a refused head), a connection ends its side first,
+//! then reads and drops what the client sends until it closes too, is
+//! quiet for [`QUIET`], or [`MAX`] has passed (each at most the listener's
+//! `idle` timeout), or geolb stops. Closed at once, its kernel would reset
+//! the connection at the client's next bytes, and a client that writes its
+//! whole request before it reads (Python's `http.client`, many SDKs) would
+//! get a broken pipe instead of the answer.
+//!
+//! geolb's own HTTP/1 server knows when a body was left unread and
+//! lingers then (`h1::close`); hyper's, which does not say, has its
+//! connection wrapped in [`OnShutdown`], which lingers when hyper shuts
+//! an HTTP/1 connection down with the client's bytes still coming.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::activity::Activity;
+use crate::readbuf::poll_discard;
+
+/// nginx's `lingering_timeout`: how long a closing connection waits for
+/// the client's next bytes (and geolb's server for room for its close).
+pub(super) const QUIET: Duration = Duration::from_secs(5);
+/// nginx's `lingering_time`: how long it reads on in all.
+const MAX: Duration = Duration::from_secs(30);
+/// Reads in one poll before the task lets others run: a client sending as
+/// fast as it can must not hold the thread.
+const READS_A_POLL: usize = 16;
+
+/// A connection's reading-on, from the moment its side was shut down.
+pub(super) struct Linger {
+    quiet: Duration,
+    /// The last byte (or the start) plus `quiet`.
+    quiet_until: Instant,
+    end: Instant,
+    /// At `quiet_until`, or at `end` if sooner.
+    timer: Pin<Box<Sleep>>,
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Linger {
+    /// `idle`: the listener's idle timeout, which bounds both waits;
+    /// `shutdown`: geolb stopping ends it.
+    pub(super) fn new(idle: Duration, shutdown: CancellationToken) -> Linger {
+        let now = Instant::now();
+        let quiet = QUIET.min(idle);
+        let end = now + MAX.min(idle);
+        Linger {
+            quiet,
+            quiet_until: now + quiet,
+            end,
+            timer: Box::pin(tokio::time::sleep_until((now + quiet).min(end))),
+            stopping: Box::pin(shutdown.cancelled_owned()),
+        }
+    }
+
+    /// Reads from `io` and drops it; ready with the reason once the
+    /// lingering is over.
+    pub(super) fn poll_drain<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut io: Pin<&mut R>,
+    ) -> Poll<&'static str> {
+        if self.stopping.as_mut().poll(cx).is_ready() {
+            return Poll::Ready("geolb stops");
+        }
+        for _ in 0..READS_A_POLL {
+            match poll_discard(io.as_mut(), cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready("the client closed"),
+                Poll::Ready(Err(_)) => return Poll::Ready("the connection failed"),
+                Poll::Ready(Ok(_)) => {
+                    self.quiet_until = Instant::now() + self.quiet;
+                    self.timer.as_mut().reset(self.quiet_until.min(self.end));
+                }
+                Poll::Pending => {
+                    ready!(self.timer.as_mut().poll(cx));
+                    return Poll::Ready(match Instant::now() >= self.quiet_until {
+                        true => "the client was quiet",
+                        false => "lingered long enough",
+                    });
+                }
+            }
+        }
+        if Instant::now() >= self.end {
+            return Poll::Ready("lingered long enough");
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// hyper's HTTP/1 connection, lingering when hyper shuts it down while
+/// the client still sends (bytes there to read at once). Not HTTP/2 or a
+/// tunnel (their `Activity` says so): HTTP/2 ends with GOAWAY, and a
+/// tunnel's shutdown passes on a half-close while its bytes still flow.
+pub(super) struct OnShutdown<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    idle: Duration,
+    shutdown: CancellationToken,
+    state: State,
+}
+
+enum State {
+    Open,
+    Lingering(Box<Linger>),
+    Closed,
+}
+
+impl<T> OnShutdown<T> {
+    pub(super) fn new(
+        inner: T,
+        activity: Arc<Activity>,
+        idle: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        OnShutdown {
+            inner,
+            activity,
+            idle,
+            shutdown,
+            state: State::Open,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for OnShutdown<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Closed => return Poll::Ready(Ok(())),
+                State::Open => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.state = State::Closed;
+                    if this.activity.carries_no_heads() {
+                        continue;
+                    }
+                    // Only a client still sending is waited for: one that
+                    // sent all and waits for the close is let go at once.
+                    match poll_discard(Pin::new(&mut this.inner), cx) {
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            let linger = Linger::new(this.idle, this.shutdown.clone());
+                            this.state = State::Lingering(Box::new(linger));
+                        }
+                        _ => {}
+                    }
+                }
+                State::Lingering(linger) => {
+                    let reason = ready!(linger.poll_drain(cx, Pin::new(&mut this.inner)));
+                    tracing::debug!(reason, "lingering close ended");
+                    this.state = State::Closed;
+                }
+            }
+        }
+    }
+}
