@@ -35,13 +35,18 @@ for tool in nginx haproxy curl python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 [[ -x $GEOLB ]] || die "no geolb binary at $GEOLB (cargo build --release)"
-read -r BACKEND GEOLB_PORT NGINX_PORT NGINX_H2 HAPROXY_PORT HAPROXY_H2 <<<"$(free_ports 6)"
+read -r BACKEND GEOLB_PORT HYPER_PORT NGINX_PORT NGINX_H2 HAPROXY_PORT HAPROXY_H2 <<<"$(free_ports 7)"
 head -c $((8 << 20)) /dev/zero | tr '\0' u >"$WORK/upload.bin"
 
 start_bg 1 "$WORK/backend.log" python3 "$BENCHES_DIR/reading_backend.py" "$BACKEND"
 wait_port "$BACKEND" "$STARTED_PID" || die "the backend did not start: $(cat "$WORK/backend.log")"
 
-geolb_one_pool_conf "$BACKEND" "$GEOLB_PORT" 'max_body = "1MiB"' >"$WORK/geolb.toml"
+{
+  geolb_one_pool_conf "$BACKEND" "$GEOLB_PORT" 'max_body = "1MiB"'
+  # The same through hyper's HTTP/1 server (its HTTP/2 is geolb's column's).
+  printf '[[listener]]\nname = "hyper"\nbind = "127.0.0.1:%s"\npool = "p"\n' "$HYPER_PORT"
+  printf 'max_body = "1MiB"\nhttp1_server = "hyper"\n'
+} >"$WORK/geolb.toml"
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -113,10 +118,11 @@ one() {
 
 CLIENTS="python-length python-chunked curl-h2"
 command -v nghttp >/dev/null && CLIENTS+=" nghttp-h2"
-printf '| client | geolb | nginx | HAProxy |\n|---|---|---|---|\n'
+printf '| client | geolb | geolb, http1_server = "hyper" | nginx | HAProxy |\n|---|---|---|---|---|\n'
 for client in $CLIENTS; do
   row="| $client"
-  for ports in "$GEOLB_PORT $GEOLB_PORT" "$NGINX_PORT $NGINX_H2" "$HAPROXY_PORT $HAPROXY_H2"; do
+  for ports in "$GEOLB_PORT $GEOLB_PORT" "$HYPER_PORT $HYPER_PORT" "$NGINX_PORT $NGINX_H2" \
+    "$HAPROXY_PORT $HAPROXY_H2"; do
     # shellcheck disable=SC2086  # two ports
     cell=$(for ((i = 0; i < RUNS; i++)); do one "$client" $ports; done \
       | sort | uniq -c | awk '{ printf "%s%s x%d", sep, $2, $1; sep = ", " }')

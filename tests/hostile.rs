@@ -1112,8 +1112,9 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
     drop(closing);
     ended("the client closed").await;
 
-    // Endless: the client sends on as fast as it can; geolb reads it for
-    // the idle timeout.
+    // Endless: the client sends on, 16 KiB every 10 ms (its next bytes
+    // not always there as the answer goes out); geolb reads it for the
+    // idle timeout.
     let endless = tokio::net::TcpStream::connect(web).await.unwrap();
     let (mut rd, mut wr) = endless.into_split();
     let sender = tokio::spawn(async move {
@@ -1124,6 +1125,7 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
             if wr.write_all(&chunk).await.is_err() {
                 return Some(started.elapsed());
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         None
     });

@@ -44,6 +44,9 @@ pub struct Activity {
     /// When the last request ended (or the connection began) in ms since
     /// `origin`: an HTTP/2 connection's idle time counts from it.
     quiet_since: AtomicU64,
+    /// An answer was given with (some of) its request's body unread: the
+    /// client may still be sending when the connection closes.
+    body_left: AtomicBool,
 }
 
 /// `clock` in ms; 0 if it cannot be read (it always can on Linux: the
@@ -71,6 +74,7 @@ impl Activity {
             h2: AtomicBool::new(false),
             tunnel: AtomicBool::new(false),
             quiet_since: AtomicU64::new(0),
+            body_left: AtomicBool::new(false),
         })
     }
 
@@ -121,6 +125,16 @@ impl Activity {
     /// The client sent the HTTP/2 preface.
     pub(super) fn speaks_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// An answer leaves its request's body (or the rest of it) unread.
+    pub(super) fn left_a_body(&self) {
+        self.body_left.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an answer on this connection left a body unread.
+    pub(super) fn body_left(&self) -> bool {
+        self.body_left.load(Ordering::Relaxed)
     }
 
     /// An upgrade is answered: the connection's bytes are a tunnel's.

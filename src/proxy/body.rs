@@ -18,7 +18,7 @@ use crate::accesslog;
 use crate::admission::RetryGuard;
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::state::ActiveGuard;
-use crate::upstream::{BackendBody, BodyProgress, Sender};
+use crate::upstream::{BackendBody, BodyProgress, BodyState, Sender};
 
 /// What to do when a response ends, however it ends.
 pub struct Completion {
@@ -56,6 +56,11 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.activity.request_ended();
+        if let Some(body) = &self.request_body
+            && body.state() != BodyState::Ended
+        {
+            self.activity.left_a_body();
+        }
         let elapsed = self.start.elapsed();
         self.metrics.record(self.status, elapsed);
         let bytes_in = self.request_body.as_ref().map_or(0, BodyProgress::received);

@@ -1290,6 +1290,10 @@ fn ruled<B: Body>(
     };
     tracing::debug!(listener = %listener.config.name, status = status.as_u16(), "request stopped by a rule");
     completion.status = status.as_u16();
+    let body_left = !req.body().is_end_stream();
+    if body_left {
+        completion.activity.left_a_body();
+    }
     // A redirect is no error: never an error page.
     let mut resp = if status.is_redirection() {
         message(status, &text, Some(completion))
@@ -1299,7 +1303,6 @@ fn ruled<B: Body>(
     if let Some((name, value)) = extra {
         resp.headers_mut().insert(name, value);
     }
-    let body_left = !req.body().is_end_stream();
     if req.version() < Version::HTTP_2 && (body_left || status == StatusCode::PAYLOAD_TOO_LARGE) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -11,7 +11,9 @@
 //! geolb's own HTTP/1 server knows when a body was left unread and
 //! lingers then (`h1::close`); hyper's, which does not say, has its
 //! connection wrapped in [`OnShutdown`], which lingers when hyper shuts
-//! an HTTP/1 connection down with the client's bytes still coming.
+//! an HTTP/1 connection down after an answer that left a body unread
+//! (geolb's `Completion` and rules note it on the connection's
+//! `Activity`) or with the client's bytes there.
 
 use std::future::Future;
 use std::io;
@@ -99,7 +101,8 @@ impl Linger {
 }
 
 /// hyper's HTTP/1 connection, lingering when hyper shuts it down while
-/// the client still sends (bytes there to read at once). Not HTTP/2 or a
+/// the client may still be sending: an answer left its body unread
+/// ([`Activity::body_left`]), or its bytes are there. Not HTTP/2 or a
 /// tunnel (their `Activity` says so): HTTP/2 ends with GOAWAY, and a
 /// tunnel's shutdown passes on a half-close while its bytes still flow.
 pub(super) struct OnShutdown<T> {
@@ -179,14 +182,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
                     if this.activity.carries_no_heads() {
                         continue;
                     }
-                    // Only a client still sending is waited for: one that
-                    // sent all and waits for the close is let go at once.
-                    match poll_discard(Pin::new(&mut this.inner), cx) {
-                        Poll::Ready(Ok(n)) if n > 0 => {
-                            let linger = Linger::new(this.idle, this.shutdown.clone());
-                            this.state = State::Lingering(Box::new(linger));
-                        }
-                        _ => {}
+                    // Only a client that may still be sending is waited for:
+                    // one whose body an answer left unread, or whose bytes
+                    // are there. One that sent all and waits for the close
+                    // is let go at once.
+                    let linger = match poll_discard(Pin::new(&mut this.inner), cx) {
+                        Poll::Ready(Ok(n)) => n > 0,
+                        Poll::Ready(Err(_)) => false,
+                        Poll::Pending => this.activity.body_left(),
+                    };
+                    if linger {
+                        let linger = Linger::new(this.idle, this.shutdown.clone());
+                        this.state = State::Lingering(Box::new(linger));
                     }
                 }
                 State::Lingering(linger) => {
