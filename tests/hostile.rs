@@ -998,12 +998,13 @@ async fn a_client_that_sends_its_whole_upload_before_reading_gets_the_early_answ
          http1_server = \"hyper\"\nmax_body = \"1MiB\"\n\
          routes = [{{ path_prefix = \"/early\", pool = \"early\" }}]\n\
          [[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
-         pool = \"p\"\nmax_body = \"1MiB\"\n{}\n",
+         pool = \"p\"\nmax_body = \"1MiB\"\n{tls}\n\
+         [[listener]]\nname = \"secure-hyper\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         pool = \"p\"\nhttp1_server = \"hyper\"\nmax_body = \"1MiB\"\n{tls}\n",
         a.addr,
-        tls_list(&[&leaf])
+        tls = tls_list(&[&leaf])
     ));
     let geolb = Geolb::start(&cfg).await;
-    let secure = geolb.listener("secure");
     let upload = |path: &str| {
         let mut bytes =
             format!("POST {path} HTTP/1.1\r\nHost: a.example\r\nContent-Length: 8388608\r\n\r\n")
@@ -1034,10 +1035,14 @@ async fn a_client_that_sends_its_whole_upload_before_reading_gets_the_early_answ
         }
     }
     let client = pki.client(&[b"http/1.1"]);
-    let tls = tls_connect(&client, secure, "a.example").await.unwrap();
-    let resp = send_then_read(tls, &upload("/up")).await;
-    let resp = resp.unwrap_or_else(|e| panic!("over TLS: the upload failed: {e}"));
-    assert_eq!(status_of(&resp), 413, "over TLS: {resp}");
+    for server in ["secure", "secure-hyper"] {
+        let tls = tls_connect(&client, geolb.listener(server), "a.example")
+            .await
+            .unwrap();
+        let resp = send_then_read(tls, &upload("/up")).await;
+        let resp = resp.unwrap_or_else(|e| panic!("{server}: the upload failed: {e}"));
+        assert_eq!(status_of(&resp), 413, "{server}: {resp}");
+    }
     assert_eq!(a.hits(), 0, "nothing was forwarded");
 }
 
