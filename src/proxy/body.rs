@@ -139,6 +139,17 @@ impl ResponseBody {
         }
     }
 
+    /// The request's body, for an answer whose completion was made
+    /// without it (geolb's own): its bytes, and whether the answer left
+    /// it unread (see `Completion`'s drop).
+    pub(super) fn note_request_body(&mut self, progress: BodyProgress) {
+        if let Some(completion) = &mut self.completion
+            && completion.request_body.is_none()
+        {
+            completion.request_body = Some(progress);
+        }
+    }
+
     /// Whether more is to come from a backend (rather than our own text).
     pub fn streams_from_backend(&self) -> bool {
         !matches!(self.inner, Inner::Message(_)) && !self.is_end_stream()

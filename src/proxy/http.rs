@@ -1052,6 +1052,11 @@ async fn respond(
     // there, moved the response twice more.
     let (resp, request_id) = out.insert((resp, None));
     *request_id = reply.finish(resp.headers_mut());
+    if let Some(progress) = body_progress {
+        // geolb's own answers were made before the body was watched:
+        // theirs too says whether it was left unread.
+        resp.body_mut().note_request_body(progress);
+    }
 }
 
 impl Completion {
@@ -1290,10 +1295,6 @@ fn ruled<B: Body>(
     };
     tracing::debug!(listener = %listener.config.name, status = status.as_u16(), "request stopped by a rule");
     completion.status = status.as_u16();
-    let body_left = !req.body().is_end_stream();
-    if body_left {
-        completion.activity.left_a_body();
-    }
     // A redirect is no error: never an error page.
     let mut resp = if status.is_redirection() {
         message(status, &text, Some(completion))
@@ -1303,6 +1304,7 @@ fn ruled<B: Body>(
     if let Some((name, value)) = extra {
         resp.headers_mut().insert(name, value);
     }
+    let body_left = !req.body().is_end_stream();
     if req.version() < Version::HTTP_2 && (body_left || status == StatusCode::PAYLOAD_TOO_LARGE) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
