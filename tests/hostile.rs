@@ -1085,14 +1085,8 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
 
     // Quiet: a part of the body, then nothing, the connection left open.
     // The answer and geolb's end of sending come at once; geolb reads on.
-    let mut quiet = tokio::net::TcpStream::connect(web).await.unwrap();
-    quiet.write_all(head).await.unwrap();
-    quiet.write_all(&part).await.unwrap();
-    let mut got = Vec::new();
-    let end = support::bounded(LIMIT, "the answer", quiet.read_to_end(&mut got));
-    end.await.unwrap();
+    let mut quiet = answered_early(web, head, &part, server).await;
     let answered = std::time::Instant::now();
-    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 413, "{server}");
     ended("the client was quiet").await;
     let waited = answered.elapsed();
     assert!(
@@ -1108,13 +1102,7 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
     support::bounded(LIMIT, "the connection reset", cut).await;
 
     // A client that closes once answered ends it there.
-    let mut closing = tokio::net::TcpStream::connect(web).await.unwrap();
-    closing.write_all(head).await.unwrap();
-    closing.write_all(&part).await.unwrap();
-    let mut got = Vec::new();
-    let end = support::bounded(LIMIT, "the answer", closing.read_to_end(&mut got));
-    end.await.unwrap();
-    drop(closing);
+    drop(answered_early(web, head, &part, server).await);
     ended("the client closed").await;
 
     // Endless: the client sends on, 16 KiB every 10 ms (its next bytes
@@ -1148,16 +1136,7 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
     // geolb stopping ends a lingering close at once, not after its
     // shutdown grace (5 s).
     let mut geolb = Geolb::start(&config(&(pool + &listener("60s")))).await;
-    let mut lingering = tokio::net::TcpStream::connect(geolb.listener("web"))
-        .await
-        .unwrap();
-    lingering.write_all(head).await.unwrap();
-    lingering.write_all(&part).await.unwrap();
-    let mut answer = [0u8; 12];
-    support::bounded(LIMIT, "the 413", lingering.read_exact(&mut answer))
-        .await
-        .unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 413");
+    let _lingering = answered_early(geolb.listener("web"), head, &part, server).await;
     let started = std::time::Instant::now();
     geolb.signal("TERM");
     geolb.wait_exit(LIMIT).await;
@@ -1171,6 +1150,25 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
         "{server}: {}",
         geolb.log()
     );
+}
+
+/// Sends `head` and `part` of its body to `web` and reads the answer to
+/// the end of geolb's sending: a 413, the connection left open.
+async fn answered_early(
+    web: SocketAddr,
+    head: &[u8],
+    part: &[u8],
+    server: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    stream.write_all(part).await.unwrap();
+    let mut got = Vec::new();
+    let end = support::bounded(LIMIT, "the answer", stream.read_to_end(&mut got));
+    end.await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 413, "{server}");
+    stream
 }
 
 /// A TLS client that stops reading a large answer is cut at the `idle`
