@@ -1021,11 +1021,6 @@ async fn a_client_that_sends_its_whole_upload_before_reading_gets_the_early_answ
             ("the backend's early answer", upload("/early"), 413),
             ("a line too long", line.clone(), 414),
         ] {
-            // hyper's server ends the connection at the error its read of
-            // the line meets, with no shutdown to linger in.
-            if server == "hyper" && want == 414 {
-                continue;
-            }
             let tcp = tokio::net::TcpStream::connect(geolb.listener(server))
                 .await
                 .unwrap();
@@ -1208,6 +1203,51 @@ async fn a_tls_client_that_stops_reading_is_let_go() {
     })
     .await;
     drop(tls);
+}
+
+/// hyper's HTTP/1 server ends a connection whose request line is too
+/// long by dropping it, unshut, after its `414`: the connection still
+/// closes lingering (the client's bytes are there), and stays counted
+/// under its listener until the lingering ends.
+#[tokio::test]
+async fn a_414_of_hypers_server_lingers_and_stays_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let cfg = config(&format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         http1_server = \"hyper\"\ntimeouts = {{ idle = \"2s\" }}\n",
+        a.addr
+    ));
+    let geolb = Geolb::start(&cfg).await;
+    let mut stream = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    // More than hyper reads before it answers: the rest is still coming
+    // (or in geolb's socket) when the 414 goes out.
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 1 << 20));
+    let sent = support::bounded(LIMIT, "the line sent", stream.write_all(&line)).await;
+    sent.expect("the line was read on, not reset");
+    let mut got = Vec::new();
+    let read = support::bounded(LIMIT, "the answer", stream.read_to_end(&mut got)).await;
+    read.expect("the answer, then geolb's end");
+    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 414);
+    assert_eq!(
+        listener_series(&geolb, "web").await.0,
+        1.0,
+        "counted while it lingers"
+    );
+    let log = &geolb;
+    eventually("the lingering ended", LIMIT, || async {
+        log.log().contains("reason=\"the client was quiet\"")
+    })
+    .await;
+    eventually("the connection let go", LIMIT, || async move {
+        listener_series(log, "web").await.0 == 0.0
+    })
+    .await;
+    drop(stream);
 }
 
 /// An HTTP/2 backend that answers an upload before reading it (its

@@ -251,6 +251,7 @@ where
     let activity = conn_ctx.activity.clone();
     let server = ctx.server(max_streams);
     let watched = conn_ctx.clone();
+    let slot = conn_ctx.slot.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
         // Boxed as it is made: hyper spawns each HTTP/2 stream as a task,
@@ -278,8 +279,13 @@ where
     });
     // Under the tracking: the bytes a lingering close drops are no
     // request line to measure.
-    let io =
-        super::linger::OnShutdown::new(io, activity.clone(), timeouts.idle, ctx.shutdown.clone());
+    let io = super::linger::OnShutdown::new(
+        io,
+        activity.clone(),
+        timeouts.idle,
+        ctx.shutdown.clone(),
+        slot,
+    );
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = server.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

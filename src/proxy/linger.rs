@@ -13,7 +13,9 @@
 //! connection wrapped in [`OnShutdown`], which lingers when hyper shuts
 //! an HTTP/1 connection down after an answer that left a body unread
 //! (geolb's `Completion` and rules note it on the connection's
-//! `Activity`) or with the client's bytes there.
+//! `Activity`) or with the client's bytes there, and when hyper drops it
+//! unshut right after writing (its answer to a client's error, as the
+//! `414` to a request line too long) with the client's bytes there.
 
 use std::future::Future;
 use std::io;
@@ -27,6 +29,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::activity::Activity;
+use crate::accept::Slot;
 use crate::readbuf::poll_discard;
 
 /// nginx's `lingering_timeout`: how long a closing connection waits for
@@ -105,12 +108,19 @@ impl Linger {
 /// ([`Activity::body_left`]), or its bytes are there. Not HTTP/2 or a
 /// tunnel (their `Activity` says so): HTTP/2 ends with GOAWAY, and a
 /// tunnel's shutdown passes on a half-close while its bytes still flow.
-pub(super) struct OnShutdown<T> {
-    inner: T,
+pub(super) struct OnShutdown<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    /// Taken only by the drop, which may hand it to a lingering task.
+    inner: Option<T>,
     activity: Arc<Activity>,
     idle: Duration,
     shutdown: CancellationToken,
     state: State,
+    /// The connection's last bytes went out, not in: an answer was the
+    /// last thing on it.
+    wrote_last: bool,
+    /// Its place under the listener's and its client's limits, held on
+    /// by a lingering task of its own.
+    slot: Arc<Slot>,
 }
 
 enum State {
@@ -119,40 +129,63 @@ enum State {
     Closed,
 }
 
-impl<T> OnShutdown<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> OnShutdown<T> {
     pub(super) fn new(
         inner: T,
         activity: Arc<Activity>,
         idle: Duration,
         shutdown: CancellationToken,
+        slot: Arc<Slot>,
     ) -> Self {
         OnShutdown {
-            inner,
+            inner: Some(inner),
             activity,
             idle,
             shutdown,
             state: State::Open,
+            wrote_last: false,
+            slot,
+        }
+    }
+
+    fn io(&mut self) -> io::Result<Pin<&mut T>> {
+        match &mut self.inner {
+            Some(io) => Ok(Pin::new(io)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(1..))) {
+            self.wrote_last = true;
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for OnShutdown<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for OnShutdown<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = self.io()?.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.wrote_last = false;
+        }
+        read
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for OnShutdown<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = self.io()?.poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -160,15 +193,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = self.io()?.poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(T::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.io()?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -177,7 +212,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
             match &mut this.state {
                 State::Closed => return Poll::Ready(Ok(())),
                 State::Open => {
-                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    ready!(this.io()?.poll_shutdown(cx))?;
                     this.state = State::Closed;
                     if this.activity.carries_no_heads() {
                         continue;
@@ -186,7 +221,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
                     // one whose body an answer left unread, or whose bytes
                     // are there. One that sent all and waits for the close
                     // is let go at once.
-                    let linger = match poll_discard(Pin::new(&mut this.inner), cx) {
+                    let linger = match poll_discard(this.io()?, cx) {
                         Poll::Ready(Ok(n)) => n > 0,
                         Poll::Ready(Err(_)) => false,
                         Poll::Pending => this.activity.body_left(),
@@ -197,11 +232,50 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for OnShutdown<T> {
                     }
                 }
                 State::Lingering(linger) => {
-                    let reason = ready!(linger.poll_drain(cx, Pin::new(&mut this.inner)));
+                    let Some(inner) = &mut this.inner else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let reason = ready!(linger.poll_drain(cx, Pin::new(inner)));
                     tracing::debug!(reason, "lingering close ended");
                     this.state = State::Closed;
                 }
             }
         }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> {
+    /// hyper ends a connection at a client's error (a request line too
+    /// long) by dropping it, unshut, after its answer (the `414`): closed
+    /// at once, the client sending on would be reset and never read it.
+    /// Such a connection is shut down and lingers in a task of its own,
+    /// bounded as any lingering close and still holding its slot, when the
+    /// client's bytes are there (`poll_shutdown` looks).
+    fn drop(&mut self) {
+        if !matches!(self.state, State::Open)
+            || !self.wrote_last
+            || self.activity.carries_no_heads()
+            || self.shutdown.is_cancelled()
+        {
+            return;
+        }
+        let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let mut closing = OnShutdown::new(
+            inner,
+            self.activity.clone(),
+            self.idle,
+            self.shutdown.clone(),
+            self.slot.clone(),
+        );
+        // The shutdown's own write (a TLS close_notify) to a client that
+        // does not read is bounded too.
+        let most = MAX.min(self.idle);
+        runtime.spawn(async move {
+            let _ =
+                tokio::time::timeout(most, tokio::io::AsyncWriteExt::shutdown(&mut closing)).await;
+        });
     }
 }
