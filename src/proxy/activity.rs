@@ -379,6 +379,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
             }
         }
         self.line = Line::Refusing(URI_TOO_LONG.len());
+        // The rest of the line is still coming: the close lingers for it
+        // (`linger::OnShutdown`) even when none of it is there yet.
+        self.activity.left_a_body();
         std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::InvalidData,

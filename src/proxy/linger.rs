@@ -15,7 +15,8 @@
 //! (geolb's `Completion` and rules note it on the connection's
 //! `Activity`) or with the client's bytes there, and when hyper drops it
 //! unshut right after writing (its answer to a client's error, as the
-//! `414` to a request line too long) with the client's bytes there.
+//! `414` to a request line too long, which `Activity` notes as a body
+//! left) in the same cases.
 
 use std::future::Future;
 use std::io;
