@@ -1211,7 +1211,7 @@ async fn a_tls_client_that_stops_reading_is_let_go() {
 /// and stays counted under its listener until the lingering ends.
 #[tokio::test]
 async fn a_414_of_hypers_server_lingers_and_stays_counted() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let a = Backend::start("a").await;
     let cfg = config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{}\" }}]\n\
@@ -1227,12 +1227,9 @@ async fn a_414_of_hypers_server_lingers_and_stays_counted() {
     // (or in geolb's socket) when the 414 goes out.
     let mut line = b"GET /".to_vec();
     line.extend(std::iter::repeat_n(b'a', 1 << 20));
-    let sent = support::bounded(LIMIT, "the line sent", stream.write_all(&line)).await;
-    sent.expect("the line was read on, not reset");
-    let mut got = Vec::new();
-    let read = support::bounded(LIMIT, "the answer", stream.read_to_end(&mut got)).await;
-    read.expect("the answer, then geolb's end");
-    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 414);
+    let resp = send_then_read(&mut stream, &line).await;
+    let resp = resp.expect("the line read on, not reset; then the answer and geolb's end");
+    assert_eq!(status_of(&resp), 414, "{resp}");
     assert_eq!(
         listener_series(&geolb, "web").await.0,
         1.0,
@@ -1263,13 +1260,9 @@ async fn a_414_of_hypers_server_lingers_and_stays_counted() {
     first.extend(std::iter::repeat_n(b'a', 64 * 1024 - 6));
     slow.write_all(&first).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rest = vec![b'a'; 1 << 20];
-    let sent = support::bounded(LIMIT, "the rest sent", slow.write_all(&rest)).await;
-    sent.expect("the rest was read on, not reset");
-    let mut got = Vec::new();
-    let read = support::bounded(LIMIT, "the answer", slow.read_to_end(&mut got)).await;
-    read.expect("the answer, then geolb's end");
-    assert_eq!(status_of(&String::from_utf8_lossy(&got)), 414);
+    let resp = send_then_read(&mut slow, &[b'a'; 1 << 20]).await;
+    let resp = resp.expect("the rest read on, not reset; then the answer and geolb's end");
+    assert_eq!(status_of(&resp), 414, "{resp}");
 }
 
 /// An HTTP/2 backend that answers an upload before reading it (its

@@ -272,11 +272,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
             self.slot.clone(),
         );
         // The shutdown's own write (a TLS close_notify) to a client that
-        // does not read is bounded too.
-        let most = MAX.min(self.idle);
+        // does not read is bounded too, past the lingering's own bounds.
+        let most = MAX.min(self.idle) + QUIET.min(self.idle);
         runtime.spawn(async move {
-            let _ =
-                tokio::time::timeout(most, tokio::io::AsyncWriteExt::shutdown(&mut closing)).await;
+            let closing = tokio::io::AsyncWriteExt::shutdown(&mut closing);
+            if tokio::time::timeout(most, closing).await.is_err() {
+                tracing::debug!(reason = "its shutdown stalled", "lingering close ended");
+            }
         });
     }
 }
