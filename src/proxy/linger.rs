@@ -249,9 +249,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
     /// hyper ends a connection at a client's error (a request line too
     /// long) by dropping it, unshut, after its answer (the `414`): closed
     /// at once, the client sending on would be reset and never read it.
-    /// Such a connection is shut down and lingers in a task of its own,
-    /// bounded as any lingering close and still holding its slot, when the
-    /// client's bytes are there (`poll_shutdown` looks).
+    /// Such a connection is shut down in a task of its own, still holding
+    /// its slot, and lingers there, bounded as any lingering close, when
+    /// the client's bytes are there or an answer left them unread
+    /// (`poll_shutdown` looks). A connection geolb cuts (its `idle`
+    /// timeout) after an answer is shut down so too, rather than dropped.
     fn drop(&mut self) {
         if !matches!(self.state, State::Open)
             || !self.wrote_last
