@@ -1208,7 +1208,8 @@ async fn a_tls_client_that_stops_reading_is_let_go() {
 /// hyper's HTTP/1 server ends a connection whose request line is too
 /// long by dropping it, unshut, after its `414`: the connection still
 /// closes lingering (the rest of the line is coming, there yet or not),
-/// and stays counted under its listener until the lingering ends.
+/// stays counted under its listener until the lingering ends, and is
+/// ended at once by geolb's stop.
 #[tokio::test]
 async fn a_414_of_hypers_server_lingers_and_stays_counted() {
     use tokio::io::AsyncWriteExt;
@@ -1219,7 +1220,7 @@ async fn a_414_of_hypers_server_lingers_and_stays_counted() {
          http1_server = \"hyper\"\ntimeouts = {{ idle = \"4s\" }}\n",
         a.addr
     ));
-    let geolb = Geolb::start(&cfg).await;
+    let mut geolb = Geolb::start(&cfg).await;
     let mut stream = tokio::net::TcpStream::connect(geolb.listener("web"))
         .await
         .unwrap();
@@ -1263,6 +1264,24 @@ async fn a_414_of_hypers_server_lingers_and_stays_counted() {
     let resp = send_then_read(&mut slow, &[b'a'; 1 << 20]).await;
     let resp = resp.expect("the rest read on, not reset; then the answer and geolb's end");
     assert_eq!(status_of(&resp), 414, "{resp}");
+
+    // geolb stopping ends such a lingering close at once (logged), not
+    // at the end of its grace.
+    let mut held = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    let resp = send_then_read(&mut held, &first).await.expect("the answer");
+    assert_eq!(status_of(&resp), 414, "{resp}");
+    let started = std::time::Instant::now();
+    geolb.signal("TERM");
+    geolb.wait_exit(LIMIT).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "geolb took {took:?} to stop");
+    assert!(
+        geolb.log().contains("reason=\"geolb stops\""),
+        "{}",
+        geolb.log()
+    );
 }
 
 /// An HTTP/2 backend that answers an upload before reading it (its

@@ -285,6 +285,7 @@ where
         timeouts.idle,
         ctx.shutdown.clone(),
         slot,
+        ctx.tasks.clone(),
     );
     let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
     let conn = server.builder.serve_connection_with_upgrades(io, service);

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 use super::activity::Activity;
 use crate::accept::Slot;
@@ -122,6 +123,9 @@ pub(super) struct OnShutdown<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     /// Its place under the listener's and its client's limits, held on
     /// by a lingering task of its own.
     slot: Arc<Slot>,
+    /// The listener's tasks, which such a task joins: geolb's stop ends
+    /// it (its `Linger` sees the stop) and waits for its close.
+    tasks: TaskTracker,
 }
 
 enum State {
@@ -137,6 +141,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> OnShutdown<T> {
         idle: Duration,
         shutdown: CancellationToken,
         slot: Arc<Slot>,
+        tasks: TaskTracker,
     ) -> Self {
         OnShutdown {
             inner: Some(inner),
@@ -146,6 +151,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> OnShutdown<T> {
             state: State::Open,
             wrote_last: false,
             slot,
+            tasks,
         }
     }
 
@@ -262,8 +268,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
         {
             return;
         }
-        let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current())
-        else {
+        // Outside a runtime (its own end) there is nothing to linger in.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let Some(inner) = self.inner.take() else {
             return;
         };
         let mut closing = OnShutdown::new(
@@ -272,11 +281,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
             self.idle,
             self.shutdown.clone(),
             self.slot.clone(),
+            self.tasks.clone(),
         );
         // The shutdown's own write (a TLS close_notify) to a client that
         // does not read is bounded too, past the lingering's own bounds.
         let most = MAX.min(self.idle) + QUIET.min(self.idle);
-        runtime.spawn(async move {
+        self.tasks.spawn(async move {
             let closing = tokio::io::AsyncWriteExt::shutdown(&mut closing);
             if tokio::time::timeout(most, closing).await.is_err() {
                 tracing::debug!(reason = "its shutdown stalled", "lingering close ended");
