@@ -1132,10 +1132,7 @@ async fn lingering_close_ends(backend: SocketAddr, server: &str) {
     // shutdown grace (5 s).
     let mut geolb = Geolb::start(&config(&(pool + &listener("60s")))).await;
     let _lingering = answered_early(geolb.listener("web"), head, &part, server).await;
-    let started = std::time::Instant::now();
-    geolb.signal("TERM");
-    geolb.wait_exit(LIMIT).await;
-    let took = started.elapsed();
+    let took = stopped_in(&mut geolb).await;
     assert!(
         took < Duration::from_secs(3),
         "{server}: geolb took {took:?} to stop"
@@ -1169,10 +1166,10 @@ async fn answered_early(
 /// A TLS client that stops reading a large answer is cut at the `idle`
 /// timeout and its connection let go: the close_notify that ends it waits
 /// for room in a socket that client never empties, for at most 5 s (or
-/// `idle`), not for ever.
+/// `idle`), not for ever; and geolb's stop does not wait for it. Through
+/// geolb's HTTP/1 server and hyper's.
 #[tokio::test]
 async fn a_tls_client_that_stops_reading_is_let_go() {
-    use tokio::io::AsyncWriteExt;
     let pki = Pki::new();
     let leaf = pki.leaf("web", &["a.example"]);
     let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 33554432\r\n\r\n".to_vec();
@@ -1181,28 +1178,71 @@ async fn a_tls_client_that_stops_reading_is_let_go() {
     let cfg = config(&format!(
         "[[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{backend}\" }}]\n\
          [[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
-         pool = \"p\"\ntimeouts = {{ idle = \"1s\" }}\n{}\n",
-        tls_list(&[&leaf])
+         pool = \"p\"\ntimeouts = {{ idle = \"1s\" }}\n{tls}\n\
+         [[listener]]\nname = \"secure-hyper\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         pool = \"p\"\nhttp1_server = \"hyper\"\ntimeouts = {{ idle = \"1s\" }}\n{tls}\n",
+        tls = tls_list(&[&leaf])
     ));
-    let geolb = Geolb::start(&cfg).await;
+    let mut geolb = Geolb::start(&cfg).await;
     let client = pki.client(&[b"http/1.1"]);
-    let mut tls = tls_connect(&client, geolb.listener("secure"), "a.example")
+    for server in ["secure", "secure-hyper"] {
+        let tls = stalled_reader(&client, &geolb, server).await;
+        // Cut at 1 s, its close given at most 1 s more; through hyper's,
+        // 1 s of GOAWAY grace first and 2 s for a close that may linger.
+        let open = &geolb;
+        eventually(server, Duration::from_secs(10), || async move {
+            listener_series(open, server).await.0 == 0.0
+        })
+        .await;
+        drop(tls);
+    }
+    let _held = [
+        stalled_reader(&client, &geolb, "secure").await,
+        stalled_reader(&client, &geolb, "secure-hyper").await,
+    ];
+    // Both cut, and hyper's closing in its own task (a second of GOAWAY
+    // grace later), its close_notify waiting for room.
+    let log = &geolb;
+    eventually("both cut", LIMIT, || async {
+        let log = log.log();
+        log.matches("client connection cut").count() >= 4
+            && log.matches("closes in a task of its own").count() >= 2
+    })
+    .await;
+    let took = stopped_in(&mut geolb).await;
+    assert!(
+        took < Duration::from_millis(900),
+        "geolb took {took:?} to stop"
+    );
+}
+
+/// How long `geolb` takes to exit after SIGTERM.
+async fn stopped_in(geolb: &mut Geolb) -> Duration {
+    let started = std::time::Instant::now();
+    geolb.signal("TERM");
+    geolb.wait_exit(LIMIT).await;
+    started.elapsed()
+}
+
+/// A TLS connection to `listener` that asks for a large answer and reads
+/// none of it, once `geolb` counts it.
+async fn stalled_reader(
+    client: &tokio_rustls::TlsConnector,
+    geolb: &Geolb,
+    listener: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut tls = tls_connect(client, geolb.listener(listener), "a.example")
         .await
         .unwrap();
     tls.write_all(b"GET /big HTTP/1.1\r\nHost: a.example\r\n\r\n")
         .await
         .unwrap();
-    let open = &geolb;
     eventually("the connection counted", LIMIT, || async move {
-        listener_series(open, "secure").await.0 == 1.0
+        listener_series(geolb, listener).await.0 == 1.0
     })
     .await;
-    // Cut at 1 s, its close given at most 1 s more.
-    eventually("the connection let go", LIMIT, || async move {
-        listener_series(open, "secure").await.0 == 0.0
-    })
-    .await;
-    drop(tls);
+    tls
 }
 
 /// hyper's HTTP/1 server ends a connection whose request line is too
@@ -1272,10 +1312,7 @@ async fn a_414_of_hypers_server_lingers_and_stays_counted() {
         .unwrap();
     let resp = send_then_read(&mut held, &first).await.expect("the answer");
     assert_eq!(status_of(&resp), 414, "{resp}");
-    let started = std::time::Instant::now();
-    geolb.signal("TERM");
-    geolb.wait_exit(LIMIT).await;
-    let took = started.elapsed();
+    let took = stopped_in(&mut geolb).await;
     assert!(took < Duration::from_secs(3), "geolb took {took:?} to stop");
     assert!(
         geolb.log().contains("reason=\"geolb stops\""),

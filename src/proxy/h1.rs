@@ -734,9 +734,15 @@ async fn close<I: AsyncRead + AsyncWrite + Unpin>(
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
     // Bounded: over TLS, the close_notify waits for room in the socket,
-    // which a client that reads nothing never makes.
+    // which a client that reads nothing never makes; and not waited for
+    // by geolb's stop (the answer's bytes are all in the socket by now).
     let room = super::linger::QUIET.min(idle);
-    if tokio::time::timeout(room, write.shutdown()).await.is_err() || !linger {
+    let shut = tokio::select! {
+        biased;
+        shut = tokio::time::timeout(room, write.shutdown()) => shut.is_ok(),
+        () = shutdown.cancelled() => false,
+    };
+    if !shut || !linger {
         return;
     }
     let mut linger = super::linger::Linger::new(idle, shutdown.clone());

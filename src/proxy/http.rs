@@ -323,9 +323,14 @@ where
                     // request was lost and opens a new connection (a
                     // gRPC client, whose keep-alive PINGs do not count
                     // as use, expects it). A response still open gets
-                    // the grace before the cut.
+                    // the grace before the cut, unless geolb stops.
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+                    let goaway = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut());
+                    tokio::select! {
+                        biased;
+                        _ = goaway => {}
+                        () = ctx.shutdown.cancelled() => {}
+                    }
                 }
                 return;
             }

@@ -284,12 +284,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
             self.tasks.clone(),
         );
         // The shutdown's own write (a TLS close_notify) to a client that
-        // does not read is bounded too, past the lingering's own bounds.
+        // does not read is bounded too, past the lingering's own bounds,
+        // and ends when geolb stops (which waits for this task).
         let most = MAX.min(self.idle) + QUIET.min(self.idle);
+        let stopping = self.shutdown.clone();
+        tracing::debug!("hyper's connection closes in a task of its own");
         self.tasks.spawn(async move {
             let closing = tokio::io::AsyncWriteExt::shutdown(&mut closing);
-            if tokio::time::timeout(most, closing).await.is_err() {
-                tracing::debug!(reason = "its shutdown stalled", "lingering close ended");
+            tokio::select! {
+                // The lingering, when it is on, logs the stop itself.
+                biased;
+                closed = tokio::time::timeout(most, closing) => if closed.is_err() {
+                    tracing::debug!(reason = "its shutdown stalled", "lingering close ended");
+                },
+                () = stopping.cancelled() => {
+                    tracing::debug!(reason = "geolb stops", "lingering close ended");
+                }
             }
         });
     }
