@@ -733,25 +733,15 @@ async fn close<I: AsyncRead + AsyncWrite + Unpin>(
     idle: Duration,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
-    // Bounded: over TLS, the close_notify waits for room in the socket,
-    // which a client that reads nothing never makes; and not waited for
-    // by geolb's stop (the answer's bytes are all in the socket by now).
-    let room = super::linger::QUIET.min(idle);
-    let shut = tokio::select! {
-        biased;
-        shut = tokio::time::timeout(room, write.shutdown()) => shut.is_ok(),
-        () = shutdown.cancelled() => false,
-    };
-    if !shut || !linger {
+    if !super::linger::shut_down(write, idle, shutdown).await || !linger {
         return;
     }
     let mut linger = super::linger::Linger::new(idle, shutdown.clone());
-    let reason = poll_fn(|cx| {
+    poll_fn(|cx| {
         let mut reader = shared.reader();
         linger.poll_drain(cx, Pin::new(&mut reader.io))
     })
     .await;
-    tracing::debug!(reason, "lingering close ended");
 }
 
 async fn requests<I, C: Client>(

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
@@ -70,9 +70,19 @@ impl Linger {
         }
     }
 
-    /// Reads from `io` and drops it; ready with the reason once the
-    /// lingering is over.
+    /// Reads from `io` and drops it; ready once the lingering is over
+    /// (its reason logged).
     pub(super) fn poll_drain<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: Pin<&mut R>,
+    ) -> Poll<()> {
+        let reason = ready!(self.poll_reason(cx, io));
+        tracing::debug!(reason, "lingering close ended");
+        Poll::Ready(())
+    }
+
+    fn poll_reason<R: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         mut io: Pin<&mut R>,
@@ -102,6 +112,38 @@ impl Linger {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// Shuts `write` down; true once it is. Bounded: over TLS the
+/// close_notify waits for room in the socket, which a client that reads
+/// nothing never makes; and not waited for by geolb's stop (the answer's
+/// bytes are all in the socket by then).
+pub(super) async fn shut_down<W: AsyncWrite + Unpin + ?Sized>(
+    write: &mut W,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        shut = tokio::time::timeout(QUIET.min(idle), write.shutdown()) => shut.is_ok(),
+        () = shutdown.cancelled() => false,
+    }
+}
+
+/// Whether a connection just shut down waits for its client: only one
+/// that may still be sending, whose body an answer left unread or whose
+/// bytes are there. One that sent all and waits for the close is let go
+/// at once.
+fn client_may_send<R: AsyncRead + ?Sized>(
+    io: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    activity: &Activity,
+) -> bool {
+    match poll_discard(io, cx) {
+        Poll::Ready(Ok(n)) => n > 0,
+        Poll::Ready(Err(_)) => false,
+        Poll::Pending => activity.body_left(),
     }
 }
 
@@ -224,16 +266,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for OnShutdo
                     if this.activity.carries_no_heads() {
                         continue;
                     }
-                    // Only a client that may still be sending is waited for:
-                    // one whose body an answer left unread, or whose bytes
-                    // are there. One that sent all and waits for the close
-                    // is let go at once.
-                    let linger = match poll_discard(this.io()?, cx) {
-                        Poll::Ready(Ok(n)) => n > 0,
-                        Poll::Ready(Err(_)) => false,
-                        Poll::Pending => this.activity.body_left(),
+                    let Some(inner) = &mut this.inner else {
+                        continue;
                     };
-                    if linger {
+                    if client_may_send(Pin::new(inner), cx, &this.activity) {
                         let linger = Linger::new(this.idle, this.shutdown.clone());
                         this.state = State::Lingering(Box::new(linger));
                     }
@@ -242,8 +278,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for OnShutdo
                     let Some(inner) = &mut this.inner else {
                         return Poll::Ready(Ok(()));
                     };
-                    let reason = ready!(linger.poll_drain(cx, Pin::new(inner)));
-                    tracing::debug!(reason, "lingering close ended");
+                    ready!(linger.poll_drain(cx, Pin::new(inner)));
                     this.state = State::Closed;
                 }
             }
@@ -256,10 +291,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
     /// long) by dropping it, unshut, after its answer (the `414`): closed
     /// at once, the client sending on would be reset and never read it.
     /// Such a connection is shut down in a task of its own, still holding
-    /// its slot, and lingers there, bounded as any lingering close, when
-    /// the client's bytes are there or an answer left them unread
-    /// (`poll_shutdown` looks). A connection geolb cuts (its `idle`
-    /// timeout) after an answer is shut down so too, rather than dropped.
+    /// its slot, and lingers there when the client may still be sending,
+    /// as geolb's own server closes (`shut_down`, then a `Linger`). A
+    /// connection geolb cuts (its `idle` timeout) after an answer is shut
+    /// down so too, rather than dropped.
     fn drop(&mut self) {
         if !matches!(self.state, State::Open)
             || !self.wrote_last
@@ -272,34 +307,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let Some(inner) = self.inner.take() else {
+        let Some(mut inner) = self.inner.take() else {
             return;
         };
-        let mut closing = OnShutdown::new(
-            inner,
-            self.activity.clone(),
-            self.idle,
-            self.shutdown.clone(),
-            self.slot.clone(),
-            self.tasks.clone(),
-        );
-        // The shutdown's own write (a TLS close_notify) to a client that
-        // does not read is bounded too, past the lingering's own bounds,
-        // and ends when geolb stops (which waits for this task).
-        let most = MAX.min(self.idle) + QUIET.min(self.idle);
-        let stopping = self.shutdown.clone();
+        let (idle, shutdown) = (self.idle, self.shutdown.clone());
+        let (activity, slot) = (self.activity.clone(), self.slot.clone());
         tracing::debug!("hyper's connection closes in a task of its own");
         self.tasks.spawn(async move {
-            let closing = tokio::io::AsyncWriteExt::shutdown(&mut closing);
-            tokio::select! {
-                // The lingering, when it is on, logs the stop itself.
-                biased;
-                closed = tokio::time::timeout(most, closing) => if closed.is_err() {
-                    tracing::debug!(reason = "its shutdown stalled", "lingering close ended");
-                },
-                () = stopping.cancelled() => {
-                    tracing::debug!(reason = "geolb stops", "lingering close ended");
-                }
+            let _slot = slot;
+            if !shut_down(&mut inner, idle, &shutdown).await {
+                return;
+            }
+            let lingers = std::future::poll_fn(|cx| {
+                Poll::Ready(client_may_send(Pin::new(&mut inner), cx, &activity))
+            });
+            if lingers.await {
+                let mut linger = Linger::new(idle, shutdown);
+                std::future::poll_fn(|cx| linger.poll_drain(cx, Pin::new(&mut inner))).await;
             }
         });
     }
