@@ -270,10 +270,18 @@ where
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), id);
             }
+            // Neither side holds the body inline: hyper keeps the body's
+            // type in each stream's future (in every state, also before
+            // the answer), and tokio moves that future whole as it spawns
+            // it and sets its stages. Inline, a `ResponseBody` made it 480
+            // bytes where a watched body is a pointer: 1,000 instructions
+            // a request more over HTTP/2 (`CLIENT=h2
+            // benches/instructions.sh`). geolb's own answers take a block
+            // of the thread's, not an allocation.
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
-                resp.map(Either::Left)
+                resp.map(|body| Either::Left(crate::spares::Recycled::pin_in_place(|| body)))
             })
         })
     });
