@@ -111,6 +111,22 @@ impl<T> Recycled<T> {
         // lends it only by reference and drops it where it stands.
         unsafe { Pin::new_unchecked(recycled) }
     }
+
+    /// `value`, moved into a block and pinned there. For a value made
+    /// already: taken in by a closure first, it was copied twice.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub fn pin(value: T) -> Pin<Recycled<T>> {
+        let block = take_block(Layout::new::<T>()).cast::<T>();
+        // SAFETY: the block has `T`'s layout and nothing in it yet.
+        unsafe { block.as_ptr().write(value) };
+        let recycled = Recycled {
+            value: block,
+            owns: PhantomData,
+        };
+        // SAFETY: as in `pin_in_place`.
+        unsafe { Pin::new_unchecked(recycled) }
+    }
 }
 
 impl<T> Deref for Recycled<T> {
@@ -251,6 +267,12 @@ mod tests {
         assert_eq!(second[39], 9);
         assert_eq!(other[2], 1);
         assert_eq!(shelved(), before);
+        // A value made already goes the same way.
+        drop(second);
+        let made = [5u64; 40];
+        let third = Recycled::pin(made);
+        assert_eq!(&*third as *const [u64; 40] as usize, at);
+        assert_eq!(third[39], 5);
     }
 
     #[test]
@@ -277,8 +299,12 @@ mod tests {
                 DROPS.fetch_add(usize::from(self.0[99]), Ordering::Relaxed);
             }
         }
+        // Half made in place, half made first and moved in.
         let many: Vec<_> = (0..KEPT_MAX + 10)
-            .map(|_| Recycled::pin_in_place(|| Counted([1; 100])))
+            .map(|n| match n % 2 {
+                0 => Recycled::pin_in_place(|| Counted([1; 100])),
+                _ => Recycled::pin(Counted([1; 100])),
+            })
             .collect();
         drop(many);
         assert_eq!(DROPS.load(Ordering::Relaxed), KEPT_MAX + 10);

@@ -281,7 +281,7 @@ where
             Ok::<_, Infallible>(if h2 && resp.body().streams_from_backend() {
                 resp.map(|body| Either::Right(conn_ctx.stalls.watch(body)))
             } else {
-                resp.map(|body| Either::Left(crate::spares::Recycled::pin_in_place(|| body)))
+                resp.map(|body| Either::Left(crate::spares::Recycled::pin(body)))
             })
         })
     });

@@ -45,6 +45,14 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
+        // hyper spawns one type for all it spawns, sized for its largest,
+        // the connection (1,464 bytes, 2,536 over TLS), also for each
+        // request's small waiter. Boxed so, it went past glibc's thread
+        // cache (`malloc` 467 instructions a request) and was copied
+        // twice (344). In a block of the thread's shelf it is copied once
+        // and the box holds a pointer: 46,873 to 46,500 instructions a
+        // request (`BACKEND_PROTO=h2c benches/instructions.sh`).
+        let fut = crate::spares::Recycled::pin(fut);
         crate::locked(&self.shared.new).push(Box::pin(fut));
         if !self.shared.polling.load(Ordering::SeqCst) {
             self.shared.driver.wake();
