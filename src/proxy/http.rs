@@ -252,6 +252,10 @@ where
     let server = ctx.server(max_streams);
     let watched = conn_ctx.clone();
     let slot = conn_ctx.slot.clone();
+    // Each request's timer starts past any deadline (`before` brings it in
+    // to the request's), from this time read once: `sleep(Duration::MAX)`
+    // read the clock for every stream.
+    let far_future = deadline(Instant::now(), Duration::MAX);
     let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
         // Boxed as it is made: hyper spawns each HTTP/2 stream as a task,
@@ -262,8 +266,7 @@ where
         // Its memory is the thread's, kept for the next request's.
         crate::spares::Recycled::pin_in_place(|| async move {
             let h2 = req.version() == Version::HTTP_2;
-            // Past any deadline: `before` brings it in to the request's.
-            let timer = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+            let timer = std::pin::pin!(tokio::time::sleep_until(far_future));
             let (mut lent, mut out) = (Some(req.map(RequestBody::Hyper)), None);
             respond(&mut lent, None, &conn_ctx, timer, false, &mut out).await;
             let (mut resp, request_id) = out.expect("respond answers every request");
