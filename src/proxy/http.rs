@@ -320,7 +320,11 @@ where
     let cancelled = std::pin::pin!(ctx.shutdown.cancelled());
     let mut cancelled = Woken::new(cancelled);
     loop {
+        // In order, not from a random branch: the connection first, as it
+        // is what wakes the task nearly every time, and the side futures
+        // cost nothing until woken (`Woken`).
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "client connection ended");
