@@ -96,7 +96,9 @@ impl Stalls {
     /// instructions a request (`CLIENT=h2 benches/instructions.sh`: 48,874
     /// to 48,332).
     pub async fn cut_stalled(&self, idle: Duration, name: impl Fn() -> String) {
-        let idle_ms = idle.as_millis() as u64;
+        // At least a millisecond: it sleeps `idle` between looks, and a
+        // zero would spin.
+        let idle_ms = (idle.as_millis() as u64).max(1);
         loop {
             let now = self.now_ms();
             let mut next = now + idle_ms;
