@@ -25,8 +25,8 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
+use super::conn_lock::{self, ConnLock};
 use super::halves::{ReadHalf, Socket, WriteHalf};
 use super::header_rules::{X_REQUEST_ID, put_request_id};
 use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
@@ -362,7 +363,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
 }
 
 struct Shared<I> {
-    reader: Mutex<Reader<I>>,
+    reader: ConnLock<Reader<I>>,
     /// Set with `continue_wanted` when the body is first read with an
     /// `Expect: 100-continue` open.
     continue_owed: AtomicBool,
@@ -370,8 +371,8 @@ struct Shared<I> {
 }
 
 impl<I> Shared<I> {
-    fn reader(&self) -> std::sync::MutexGuard<'_, Reader<I>> {
-        crate::locked(&self.reader)
+    fn reader(&self) -> conn_lock::Guard<'_, Reader<I>> {
+        self.reader.lock()
     }
 }
 
@@ -663,7 +664,7 @@ where
     let activity = conn.activity().clone();
     let (read, write) = super::halves::split(TrackedIo::new(io, activity.clone()));
     let shared = Arc::new(Shared {
-        reader: Mutex::new(Reader {
+        reader: ConnLock::new(Reader {
             io: read,
             buf: BytesMut::new(),
             body: Framing::Done,
@@ -700,10 +701,7 @@ where
         Served::Lingering => true,
         Served::Hyper => {
             let shared = Arc::into_inner(shared)?;
-            let reader = shared
-                .reader
-                .into_inner()
-                .unwrap_or_else(|e| e.into_inner());
+            let reader = shared.reader.into_inner();
             let io = reader.io.unsplit(writer.io)?.into_inner();
             return Some(Rewind {
                 prefix: reader.buf.freeze(),

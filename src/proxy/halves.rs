@@ -6,13 +6,14 @@
 use std::io::{self, ErrorKind, IoSlice};
 use std::os::fd::BorrowedFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::activity::TrackedIo;
+use super::conn_lock::ConnLock;
 use super::pipes::poll_splice_into;
 
 /// A client connection that may be a plain TCP socket, which a pipe can
@@ -36,7 +37,7 @@ impl<S> Socket for tokio_rustls::server::TlsStream<S> {
 
 pub(super) fn split<T: AsyncWrite>(io: T) -> (ReadHalf<T>, WriteHalf<T>) {
     let vectored = io.is_write_vectored();
-    let shared = Arc::new(Mutex::new(io));
+    let shared = Arc::new(ConnLock::new(io));
     (
         ReadHalf(shared.clone()),
         WriteHalf {
@@ -46,17 +47,12 @@ pub(super) fn split<T: AsyncWrite>(io: T) -> (ReadHalf<T>, WriteHalf<T>) {
     )
 }
 
-pub(super) struct ReadHalf<T>(Arc<Mutex<T>>);
+pub(super) struct ReadHalf<T>(Arc<ConnLock<T>>);
 
 pub(super) struct WriteHalf<T> {
-    io: Arc<Mutex<T>>,
+    io: Arc<ConnLock<T>>,
     /// Asked once: it cannot change, and asking would take the lock.
     vectored: bool,
-}
-
-fn locked<T>(io: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while polling cannot leave a socket half-changed.
-    io.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<T> ReadHalf<T> {
@@ -68,7 +64,7 @@ impl<T> ReadHalf<T> {
         }
         drop(write);
         let io = Arc::into_inner(self.0)?;
-        Some(io.into_inner().unwrap_or_else(|e| e.into_inner()))
+        Some(io.into_inner())
     }
 }
 
@@ -78,7 +74,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadHalf<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *locked(&self.0)).poll_read(cx, buf)
+        Pin::new(&mut *self.0.lock()).poll_read(cx, buf)
     }
 }
 
@@ -88,7 +84,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteHalf<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *locked(&self.io)).poll_write(cx, buf)
+        Pin::new(&mut *self.io.lock()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -96,7 +92,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteHalf<T> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *locked(&self.io)).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *self.io.lock()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -104,18 +100,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteHalf<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *locked(&self.io)).poll_flush(cx)
+        Pin::new(&mut *self.io.lock()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *locked(&self.io)).poll_shutdown(cx)
+        Pin::new(&mut *self.io.lock()).poll_shutdown(cx)
     }
 }
 
 impl<T: Socket> WriteHalf<TrackedIo<T>> {
     /// Whether pipes can be spliced into the connection.
     pub(super) fn is_tcp(&self) -> bool {
-        locked(&self.io).get_ref().tcp().is_some()
+        self.io.lock().get_ref().tcp().is_some()
     }
 
     /// Splices up to `len` bytes from `pipe` into the connection once it
@@ -127,7 +123,7 @@ impl<T: Socket> WriteHalf<TrackedIo<T>> {
         pipe: BorrowedFd<'_>,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        let io = locked(&self.io);
+        let io = self.io.lock();
         let Some(tcp) = io.get_ref().tcp() else {
             return Poll::Ready(Err(ErrorKind::Unsupported.into()));
         };

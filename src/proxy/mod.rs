@@ -23,6 +23,7 @@ mod activity;
 pub mod body;
 pub mod client_cert;
 mod compress;
+mod conn_lock;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;
