@@ -173,6 +173,53 @@ mod tests {
         assert_eq!(polls.get(), 3);
     }
 
+    #[test]
+    fn each_wake_reaches_the_task_also_after_the_first() {
+        let (polls, ready, waker) = (Cell::new(0), Cell::new(false), Default::default());
+        let probe = std::pin::pin!(Probe {
+            polls: &polls,
+            ready: &ready,
+            waker: &waker,
+        });
+        let mut woken = std::pin::pin!(Woken::new(probe));
+        let task = Arc::new(Counting::default());
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        assert!(woken.as_mut().poll(&mut cx).is_pending());
+        // Woken and still pending, then woken again, three times: each
+        // wake takes the task's waker, and the poll after it must give it
+        // back, or the next wake reaches no one.
+        for round in 1..=3 {
+            waker.borrow().as_ref().unwrap().wake_by_ref();
+            assert_eq!(
+                task.0.load(Ordering::SeqCst),
+                round,
+                "wake {round} reached the task"
+            );
+            assert!(woken.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(polls.get(), 1 + round, "its wake's poll reached it");
+            // The task's other wakes in between reach it not.
+            assert!(woken.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(polls.get(), 1 + round);
+        }
+        // A poll through another waker registers that one.
+        let other = Arc::new(Counting::default());
+        let other_waker = Waker::from(other.clone());
+        assert!(
+            woken
+                .as_mut()
+                .poll(&mut Context::from_waker(&other_waker))
+                .is_pending()
+        );
+        waker.borrow().as_ref().unwrap().wake_by_ref();
+        assert_eq!(
+            other.0.load(Ordering::SeqCst),
+            1,
+            "the newer waker was woken"
+        );
+        assert_eq!(task.0.load(Ordering::SeqCst), 3, "the older one not");
+    }
+
     #[derive(Default)]
     struct Counting(std::sync::atomic::AtomicU32);
 
