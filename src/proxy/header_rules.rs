@@ -143,21 +143,24 @@ impl<'c> Reply<'c> {
     /// echoes, if any, to be written after them. The id is put into
     /// `headers` only where response rules may change it (otherwise each
     /// answer hashed its name byte by byte to insert it).
-    pub(super) fn finish(&self, headers: &mut HeaderMap) -> Option<HeaderValue> {
+    /// The reply's last use: with no rules to fill in, its id is given
+    /// up rather than copied (a reference count taken and given back).
+    pub(super) fn finish(&mut self, headers: &mut HeaderMap) -> Option<HeaderValue> {
         // Both replace what a backend sent: the id is the one geolb logged
         // and passed on, HSTS the edge's policy for the whole site.
         if let Some(v) = &self.hsts {
             headers.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
-        let id = self.request_id.as_ref().filter(|_| self.echo_id);
         let Some(rules) = &self.rules else {
+            let id = self.request_id.take().filter(|_| self.echo_id);
             // One pass over the names: only a backend that sent one pays
             // for the hashed removal.
             if id.is_some() && headers.keys().any(|n| *n == X_REQUEST_ID) {
                 headers.remove(&X_REQUEST_ID);
             }
-            return id.cloned();
+            return id;
         };
+        let id = self.request_id.as_ref().filter(|_| self.echo_id);
         if let Some(id) = id {
             headers.insert(X_REQUEST_ID.clone(), id.clone());
         }

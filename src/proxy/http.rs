@@ -609,7 +609,7 @@ async fn respond(
             break 'handled refuse(req, reply, &listener, conn, start, why);
         }
         // Routed on and sent to the backend alike.
-        let host_value = match conn.authority(req) {
+        let mut host_value = match conn.authority(req) {
             Ok(v) => v,
             Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
         };
@@ -688,11 +688,18 @@ async fn respond(
         }
         // Taken off before the request goes on (HAProxy's `indirect`).
         let pinned = pool.sticky.as_ref().and_then(|s| s.take(req.headers_mut()));
+        // Given to the last that needs it, copied only for those after
+        // (each copy a reference count taken and given back).
+        let forwarded_host = if req.uri().authority().is_some() || route.headers.is_some() {
+            host_value.clone()
+        } else {
+            host_value.take()
+        };
         headers::add_forwarded(
             req.headers_mut(),
             &conn.client,
             conn.ctx.proto,
-            host_value.clone(),
+            forwarded_host,
             &mut added,
         );
         reply.forward(route, host_value.as_ref(), req.headers_mut(), &mut added);
