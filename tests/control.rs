@@ -130,12 +130,17 @@ async fn a_reload_adds_and_removes_the_token() {
     let a = Backend::start("a").await;
     let (_token_dir, file) = token_file("the-token\n");
     let geolb = Geolb::start(&config_with_token(None, &a)).await;
-    std::fs::write(geolb.config_path(), config_with_token(Some(&file), &a)).unwrap();
+    // Through the harness, which keeps the test's state directory in the
+    // config: written raw, the reloaded daemon saved the drain below in
+    // the machine's /var/lib/geolb.
+    geolb
+        .write_config(&config_with_token(Some(&file), &a))
+        .unwrap();
     let (code, _, body) = post(&geolb, "/reload", None).await;
     assert_eq!(code, 200, "token_file is not a restart-only change: {body}");
     let (code, _, _) = post(&geolb, "/datacenters/one/drain", None).await;
     assert_eq!(code, 401);
-    std::fs::write(geolb.config_path(), config_with_token(None, &a)).unwrap();
+    geolb.write_config(&config_with_token(None, &a)).unwrap();
     let (code, _, body) = post(&geolb, "/reload", Some("the-token")).await;
     assert_eq!(code, 200, "{body}");
     let (code, _, _) = post(&geolb, "/datacenters/one/drain", None).await;
