@@ -33,6 +33,8 @@ read -r PORT <<<"$(free_ports 1)"
 cat >"$D/geolb.toml" <<CONF
 [runtime]
 worker_threads = 1
+# Not the machine's /var/lib/geolb, whose overrides would apply.
+state_dir = "$D/geolb-state"
 [geoip]
 database = "$(realpath "$GEOIP_DB")"
 [dns]

@@ -182,6 +182,8 @@ write_geolb_conf() {   # NAME: geolb or geolb-b, the same config on its own port
   cat >"$WORK/$name.toml" <<EOF
 [runtime]
 worker_threads = 1
+# Not the machine's /var/lib/geolb, whose overrides would apply.
+state_dir = "$WORK/$name-state"
 shutdown_grace = "1s"
 
 [[pool]]

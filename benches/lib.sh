@@ -578,11 +578,14 @@ text_file() { cat /usr/share/common-licenses/* | head -c "$2" >"$1"; }
 # geolb_one_pool_conf BACKEND_PORT LISTEN_PORT [LINES] : a geolb config on
 # stdout: one worker thread, pool "p" of the backend on BACKEND_PORT, an
 # http listener "web" on LISTEN_PORT, with LINES added to the listener.
+# Its state directory is the caller's $WORK: an override left in the
+# machine's /var/lib/geolb would otherwise apply to the run.
 geolb_one_pool_conf() {
   cat <<EOF
 [runtime]
 worker_threads = 1
 shutdown_grace = "1s"
+state_dir = "$WORK/geolb-state"
 [[pool]]
 name = "p"
 backends = [{ addr = "127.0.0.1:$1" }]

@@ -52,7 +52,8 @@ start_geolb() { # config file
 stop_geolb() { stop_pids "$GEOLB_PID"; forget_pid "$GEOLB_PID"; }
 
 head_config() {
-  printf '[admin]\nlisten = "127.0.0.1:%s"\n[runtime]\nworker_threads = 1\nshutdown_grace = "1s"\n' "$ADMIN"
+  # Its own state directory: overrides left in /var/lib/geolb would apply.
+  printf '[admin]\nlisten = "127.0.0.1:%s"\n[runtime]\nworker_threads = 1\nshutdown_grace = "1s"\nstate_dir = "%s"\n' "$ADMIN" "$WORK/state"
 }
 
 # ---- 1. reload time by size

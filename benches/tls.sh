@@ -180,6 +180,8 @@ write_geolb_conf() {
   cat >"$WORK/geolb.toml" <<EOF
 [runtime]
 worker_threads = 1
+# Not the machine's /var/lib/geolb, whose overrides would apply.
+state_dir = "$WORK/geolb-state"
 shutdown_grace = "1s"
 
 [[pool]]
