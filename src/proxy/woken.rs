@@ -72,16 +72,10 @@ impl<F: Future> Future for Woken<'_, F> {
         let this = &mut *self;
         // Unwoken, with this task's waker still held: nothing to do, and
         // no atomic read-modify-write (three a poll were 12 of an HTTP/1.1
-        // request's 130 locked instructions, each a wait for the store
+        // request's 136 locked instructions, each a wait for the store
         // buffer to drain). A wake stores the flag before it takes the
         // waker, so a flag read clear means the waker is still held.
-        if this.polled
-            && !this.flag.woken.load(Ordering::Acquire)
-            && this
-                .registered
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if this.polled && !this.flag.woken.load(Ordering::Acquire) && this.holds_waker_of(cx) {
             return Poll::Pending;
         }
         this.poll_registered(cx)
@@ -89,15 +83,18 @@ impl<F: Future> Future for Woken<'_, F> {
 }
 
 impl<F: Future> Woken<'_, F> {
+    /// Whether the waker last registered is the one `cx` would wake.
+    fn holds_waker_of(&self, cx: &Context<'_>) -> bool {
+        self.registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
     #[inline(never)]
     fn poll_registered(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
         // First: a wake from here on reaches the task that polls now.
         self.flag.task.register(cx.waker());
-        if !self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if !self.holds_waker_of(cx) {
             self.registered = Some(cx.waker().clone());
         }
         // Taken before the poll, so that a wake during it is not lost.
@@ -124,20 +121,31 @@ mod tests {
     use std::cell::Cell;
     use std::time::Duration;
 
-    /// Pending until `ready`, counting its polls, and waking whoever polled
-    /// it last through `waker` when told to.
-    struct Probe<'a> {
-        polls: &'a Cell<u32>,
-        ready: &'a Cell<bool>,
-        waker: &'a std::cell::RefCell<Option<Waker>>,
+    /// What a [`Probe`] reports: its polls, whether it is to be ready, and
+    /// the waker it was last polled with (for the test to wake).
+    #[derive(Default)]
+    struct Seen {
+        polls: Cell<u32>,
+        ready: Cell<bool>,
+        waker: std::cell::RefCell<Option<Waker>>,
     }
+
+    impl Seen {
+        fn wake(&self) {
+            self.waker.borrow().as_ref().unwrap().wake_by_ref();
+        }
+    }
+
+    /// Pending until `ready`, counting its polls.
+    struct Probe<'a>(&'a Seen);
 
     impl Future for Probe<'_> {
         type Output = ();
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            self.polls.set(self.polls.get() + 1);
-            *self.waker.borrow_mut() = Some(cx.waker().clone());
-            if self.ready.get() {
+            let seen = self.0;
+            seen.polls.set(seen.polls.get() + 1);
+            *seen.waker.borrow_mut() = Some(cx.waker().clone());
+            if seen.ready.get() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -145,73 +153,69 @@ mod tests {
         }
     }
 
+    /// A task's waker that counts its wakes.
+    fn counting_waker() -> (Arc<Counting>, Waker) {
+        let task = Arc::new(Counting::default());
+        let waker = Waker::from(task.clone());
+        (task, waker)
+    }
+
     #[test]
     fn polled_first_then_only_after_its_own_wake() {
-        let (polls, ready, waker) = (Cell::new(0), Cell::new(false), Default::default());
-        let probe = std::pin::pin!(Probe {
-            polls: &polls,
-            ready: &ready,
-            waker: &waker,
-        });
+        let seen = Seen::default();
+        let probe = std::pin::pin!(Probe(&seen));
         let mut woken = std::pin::pin!(Woken::new(probe));
-        let task = Arc::new(Counting::default());
-        let task_waker = Waker::from(task.clone());
+        let (task, task_waker) = counting_waker();
         let mut cx = Context::from_waker(&task_waker);
         assert!(woken.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(polls.get(), 1, "the first poll reaches it");
+        assert_eq!(seen.polls.get(), 1, "the first poll reaches it");
         for _ in 0..3 {
             assert!(woken.as_mut().poll(&mut cx).is_pending());
         }
-        assert_eq!(polls.get(), 1, "the task's other wakes do not");
-        ready.set(true);
-        waker.borrow().as_ref().unwrap().wake_by_ref();
+        assert_eq!(seen.polls.get(), 1, "the task's other wakes do not");
+        seen.ready.set(true);
+        seen.wake();
         assert_eq!(task.0.load(Ordering::SeqCst), 1, "its wake wakes the task");
         assert!(woken.as_mut().poll(&mut cx).is_ready());
-        assert_eq!(polls.get(), 2);
+        assert_eq!(seen.polls.get(), 2);
         // Ready, it is asked again each time, unwoken.
         assert!(woken.as_mut().poll(&mut cx).is_ready());
-        assert_eq!(polls.get(), 3);
+        assert_eq!(seen.polls.get(), 3);
     }
 
     #[test]
     fn each_wake_reaches_the_task_also_after_the_first() {
-        let (polls, ready, waker) = (Cell::new(0), Cell::new(false), Default::default());
-        let probe = std::pin::pin!(Probe {
-            polls: &polls,
-            ready: &ready,
-            waker: &waker,
-        });
+        let seen = Seen::default();
+        let probe = std::pin::pin!(Probe(&seen));
         let mut woken = std::pin::pin!(Woken::new(probe));
-        let task = Arc::new(Counting::default());
-        let task_waker = Waker::from(task.clone());
+        let (task, task_waker) = counting_waker();
         let mut cx = Context::from_waker(&task_waker);
         assert!(woken.as_mut().poll(&mut cx).is_pending());
         // Woken and still pending, then woken again, three times: each
         // wake takes the task's waker, and the poll after it must give it
         // back, or the next wake reaches no one.
         for round in 1..=3 {
-            waker.borrow().as_ref().unwrap().wake_by_ref();
+            seen.wake();
             assert_eq!(
                 task.0.load(Ordering::SeqCst),
                 round,
                 "wake {round} reached the task"
             );
             assert!(woken.as_mut().poll(&mut cx).is_pending());
-            assert_eq!(polls.get(), 1 + round, "its wake's poll reached it");
+            assert_eq!(seen.polls.get(), 1 + round, "its wake's poll reached it");
             // The task's other wakes in between reach it not.
             assert!(woken.as_mut().poll(&mut cx).is_pending());
-            assert_eq!(polls.get(), 1 + round);
+            assert_eq!(seen.polls.get(), 1 + round);
         }
         // A poll through another waker registers that one.
-        let other = Arc::new(Counting::default());
-        let other_waker = Waker::from(other.clone());
+        let (other, other_waker) = counting_waker();
         assert!(
             woken
                 .as_mut()
                 .poll(&mut Context::from_waker(&other_waker))
                 .is_pending()
         );
-        waker.borrow().as_ref().unwrap().wake_by_ref();
+        seen.wake();
         assert_eq!(
             other.0.load(Ordering::SeqCst),
             1,
