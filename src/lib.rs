@@ -12,7 +12,7 @@
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena,
-//!          spares)
+//!          spares, huge_pages)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -102,7 +102,8 @@
 //!   corpus replay, beside the layers (through the hooks `dns::fuzz` and
 //!   `proxy::fuzz`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
-//!   benchmark.
+//!   benchmark; [`huge_pages`]: the serving thread's heap on transparent
+//!   huge pages (`[runtime] huge_pages`), marked once by `main`.
 //!
 //! # Who owns each event
 //!
@@ -144,6 +145,7 @@ pub mod dns;
 pub mod fuzzing;
 pub mod geoip;
 pub mod health;
+pub mod huge_pages;
 pub mod limits;
 pub mod logging;
 pub mod lograte;

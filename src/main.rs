@@ -382,7 +382,17 @@ fn main() -> ExitCode {
             let Some(_log) = init_logging(&first.checked.config.log) else {
                 return ExitCode::FAILURE;
             };
-            let rt = match runtime(first.checked.config.runtime.worker_threads) {
+            let runtime_config = &first.checked.config.runtime;
+            // With one worker this thread serves everything, from its heap.
+            if runtime_config.huge_pages && runtime_config.worker_threads == Some(1) {
+                match geolb::huge_pages::mark_main_heap() {
+                    Ok(bytes) => {
+                        tracing::info!(mib = bytes >> 20, "heap on transparent huge pages")
+                    }
+                    Err(why) => tracing::info!("heap on 4 KiB pages: {why}"),
+                }
+            }
+            let rt = match runtime(runtime_config.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -563,3 +563,62 @@ async fn sigusr2_starts_a_successor_that_takes_over() {
     })
     .await;
 }
+
+/// Whether a part of `pid`'s `[heap]` is marked for huge pages (`hg`).
+fn heap_marked_for_huge_pages(pid: u32) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_heap = false;
+    for line in smaps.lines() {
+        // A mapping's lines begin with its address range and end with
+        // `VmFlags`.
+        if let Some((range, _)) = line.split_once(' ')
+            && range.contains('-')
+            && !range.ends_with(':')
+        {
+            in_heap = line.ends_with("[heap]");
+        } else if in_heap
+            && let Some(flags) = line.strip_prefix("VmFlags:")
+            && flags.split_whitespace().any(|f| f == "hg")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// With one worker, `geolb run` marks its heap for huge pages where the
+/// kernel gives them, and says so; `huge_pages = false` leaves it alone.
+#[tokio::test]
+async fn one_worker_serves_from_a_heap_on_huge_pages_unless_told_not_to() {
+    let a = Backend::start("a").await;
+    let config = |huge_pages: bool| {
+        two_datacenters(&backend_list(&[&a])).replacen(
+            "[runtime]\n",
+            &format!("[runtime]\nworker_threads = 1\nhuge_pages = {huge_pages}\n"),
+            1,
+        )
+    };
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let offered = mode.contains("[always]") || mode.contains("[madvise]");
+
+    let marked = Geolb::start(&config(true)).await;
+    let (code, _, _) = get(marked.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(code, 200);
+    if offered {
+        assert!(heap_marked_for_huge_pages(marked.pid()), "{}", marked.log());
+        assert!(marked.log().contains("heap on transparent huge pages"));
+    } else {
+        assert!(
+            marked.log().contains("heap on 4 KiB pages"),
+            "{}",
+            marked.log()
+        );
+    }
+
+    let left = Geolb::start(&config(false)).await;
+    let (code, _, _) = get(left.listener("web"), "/", &[]).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(!heap_marked_for_huge_pages(left.pid()));
+    assert!(!left.log().contains("heap on"), "{}", left.log());
+}

@@ -85,6 +85,9 @@ pub struct RuntimeConfig {
     /// `state_dir` (optional, "/var/lib/geolb"): what outlives the process
     /// (overrides, the takeover socket, the last OCSP responses).
     pub state_dir: PathBuf,
+    /// `huge_pages` (optional, true): with `worker_threads = 1`, the heap
+    /// on transparent huge pages (see `huge_pages`); read at start-up.
+    pub huge_pages: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -93,6 +96,7 @@ impl Default for RuntimeConfig {
             worker_threads: None,
             shutdown_grace: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/geolb"),
+            huge_pages: true,
         }
     }
 }

@@ -246,10 +246,12 @@ impl Ctx {
                 RuntimeConfig::default().state_dir,
                 Ctx::path,
             );
+            let huge_pages = c.opt(t, "huge_pages", true, Ctx::bool);
             Some(RuntimeConfig {
                 worker_threads: worker_threads?,
                 shutdown_grace: shutdown_grace?,
                 state_dir: state_dir?,
+                huge_pages: huge_pages?,
             })
         })
     }

@@ -33,6 +33,7 @@ fn reference_file_parses_with_its_meaning() {
             worker_threads: Some(4),
             shutdown_grace: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/geolb"),
+            huge_pages: true,
         }
     );
     let admin = config.admin.unwrap();
@@ -609,6 +610,7 @@ fn each_mistake_is_reported_with_its_key_path_and_line() {
         ("\n[pools]\n".into(), "pools", 2),
         ("[runtime]\nworker_threads = 0".into(), "runtime.worker_threads", 2),
         ("[runtime]\n\nshutdown_grace = \"30\"".into(), "runtime.shutdown_grace", 3),
+        ("[runtime]\nhuge_pages = \"yes\"".into(), "runtime.huge_pages", 2),
         (
             "[[geoip.network]]\ncidr = \"10.0.0.1/8\"\nlocation = { lat = 1, lon = 2 }".into(),
             "geoip.network[0].cidr",
