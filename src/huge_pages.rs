@@ -11,8 +11,9 @@
 //! heap itself (the tunable `glibc.malloc.hugetlb=1`), but glibc 2.36
 //! decides whether to from a read of the mode file compared with a string
 //! its buffer does not end, so it does in some starts and not in others.
-//! geolb marks the heap of its main thread (the one serving everything with
-//! `worker_threads = 1`) once, at start-up, before serving touches it:
+//! geolb marks glibc's main heap (from which the one thread serves
+//! everything with `worker_threads = 1`) once, at start-up, before
+//! serving touches it:
 //! - every growth of that heap at least [`RESERVE`], and one growth now,
 //!   so that the memory serving will use is reserved before it is
 //!   touched (a 2 MiB range already touched in 4 KiB pages stays so
@@ -22,6 +23,10 @@
 //!   blocks are freed, which would otherwise put every block over 128 KiB,
 //!   such as a compressor's state, in a mapping of its own each time);
 //! - the heap's ranges marked.
+//!
+//! With more workers each allocates from an arena of its own, whose heap
+//! glibc opens whole (the pad) as the worker first allocates; the worker
+//! marks it as it starts ([`mark_thread_arena`]).
 //!
 //! Untouched reserve costs address space, not memory; touched memory is
 //! resident in 2 MiB steps, and what is freed at a heap's top is kept for
@@ -64,6 +69,72 @@ pub fn mark_main_heap() -> Result<usize, String> {
         marked += end - start;
     }
     Ok(marked)
+}
+
+/// glibc's heaps other than the main one (each arena of threads has its
+/// own) are reservations of this size, aligned to it (its `HEAP_MAX_SIZE`
+/// on 64-bit systems): a block's heap starts at its address rounded down.
+const ARENA_HEAP: usize = 64 << 20;
+
+/// Marks the heap of the arena the calling thread allocates from, when it
+/// is one of glibc's thread arenas (the main heap is `mark_main_heap`'s);
+/// for each worker thread as it starts, after `mark_main_heap` set the
+/// pad, which makes glibc open each such heap whole. Once an arena: its
+/// threads share it.
+pub fn mark_thread_arena() {
+    static MARKED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    let probe = Box::new(0u64);
+    let at = &raw const *probe as usize;
+    let base = at & !(ARENA_HEAP - 1);
+    let mut marked = MARKED.lock().unwrap_or_else(|e| e.into_inner());
+    if marked.contains(&base) {
+        return;
+    }
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    if !anonymous_throughout(&maps, base, base + ARENA_HEAP) {
+        // The main heap, or not laid out as glibc lays out its arenas.
+        return;
+    }
+    match glibc::advise_huge(base, ARENA_HEAP) {
+        Ok(()) => {
+            marked.push(base);
+            tracing::debug!(base = %format_args!("{base:#x}"), "thread arena on transparent huge pages");
+        }
+        Err(why) => tracing::debug!("thread arena on 4 KiB pages: {why}"),
+    }
+}
+
+/// Whether mappings without a name (anonymous memory, neither `[heap]`
+/// nor `[stack]` nor a file) cover `start..end` without a gap.
+fn anonymous_throughout(maps: &str, start: usize, end: usize) -> bool {
+    let mut covered = start;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some((from, to)) = fields.next().and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let (Ok(from), Ok(to)) = (
+            usize::from_str_radix(from, 16),
+            usize::from_str_radix(to, 16),
+        ) else {
+            continue;
+        };
+        if to <= covered || from >= end {
+            continue;
+        }
+        // Permissions, offset, device, inode; a sixth field names it.
+        let named = fields.nth(4).is_some();
+        if from > covered || named {
+            return false;
+        }
+        covered = to;
+        if covered >= end {
+            return true;
+        }
+    }
+    false
 }
 
 const MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -169,6 +240,27 @@ mod tests {
         assert!(kernel_gives_them("[always] madvise never\n"));
         assert!(!kernel_gives_them("always madvise [never]\n"));
         assert!(!kernel_gives_them(""));
+    }
+
+    #[test]
+    fn an_arena_is_marked_only_where_anonymous_memory_covers_it_whole() {
+        let maps = "\
+7f0e54000000-7f0e56000000 rw-p 00000000 00:00 0 \n\
+7f0e56000000-7f0e58000000 ---p 00000000 00:00 0 \n\
+7f0e58000000-7f0e59000000 rw-p 00000000 00:00 0 \n\
+7f0e5a000000-7f0e5c000000 rw-p 00000000 00:00 0 \n\
+7f0e5c000000-7f0e5c021000 r-xp 00000000 08:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+";
+        // One reservation in two mappings (used, and the rest).
+        assert!(anonymous_throughout(maps, 0x7f0e54000000, 0x7f0e58000000));
+        // A gap in it.
+        assert!(!anonymous_throughout(maps, 0x7f0e58000000, 0x7f0e5c000000));
+        // A file in it.
+        assert!(!anonymous_throughout(maps, 0x7f0e5a000000, 0x7f0e5d000000));
+        // The heap, a stack: named, not an arena.
+        let named = "55d0c1e4b000-55d0c5e8d000 rw-p 00000000 00:00 0   [heap]\n";
+        assert!(!anonymous_throughout(named, 0x55d0c1e4b000, 0x55d0c1e8d000));
+        assert!(!anonymous_throughout("", 0x1000, 0x2000));
     }
 
     #[test]

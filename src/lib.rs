@@ -102,8 +102,8 @@
 //!   corpus replay, beside the layers (through the hooks `dns::fuzz` and
 //!   `proxy::fuzz`).
 //! - `alloc_stats` (feature `alloc-stats`): heap bytes, for the memory
-//!   benchmark; [`huge_pages`]: the serving thread's heap on transparent
-//!   huge pages (`[runtime] huge_pages`), marked once by `main`.
+//!   benchmark; [`huge_pages`]: the workers' heaps on transparent huge
+//!   pages (`[runtime] huge_pages`), marked by `main` and as workers start.
 //!
 //! # Who owns each event
 //!

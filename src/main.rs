@@ -141,7 +141,7 @@ impl EtcdArgs {
 /// Runs a `geolb config` command: its report on stdout (exit 0), or what
 /// went wrong on stderr (exit 1).
 fn config_command(action: ConfigAction) -> ExitCode {
-    let rt = match runtime(Some(1)) {
+    let rt = match runtime(Some(1), false) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -257,7 +257,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let rt = match runtime(Some(1)) {
+    let rt = match runtime(Some(1), false) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -293,7 +293,12 @@ fn init_logging(config: &geolb::config::LogConfig) -> Option<geolb::logging::Gua
     }
 }
 
-fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+/// `huge_pages`: the main heap is marked (`huge_pages::mark_main_heap`);
+/// with several workers, their arenas are marked as they start.
+fn runtime(
+    worker_threads: Option<usize>,
+    huge_pages: bool,
+) -> std::io::Result<tokio::runtime::Runtime> {
     // One worker: a current-thread runtime runs every task on this thread
     // with no work-stealing queues or cross-thread wake-ups.
     let mut builder = if worker_threads == Some(1) {
@@ -302,6 +307,9 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
         let mut b = tokio::runtime::Builder::new_multi_thread();
         if let Some(n) = worker_threads {
             b.worker_threads(n);
+        }
+        if huge_pages {
+            b.on_thread_start(geolb::huge_pages::mark_thread_arena);
         }
         b
     };
@@ -318,7 +326,7 @@ fn command(
     let Some(_log) = init_logging(&Default::default()) else {
         return ExitCode::FAILURE;
     };
-    let rt = match runtime(worker_threads) {
+    let rt = match runtime(worker_threads, false) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -383,16 +391,18 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             let runtime_config = &first.checked.config.runtime;
-            // With one worker this thread serves everything, from its heap.
-            if runtime_config.huge_pages && runtime_config.worker_threads == Some(1) {
-                match geolb::huge_pages::mark_main_heap() {
+            let huge_pages = runtime_config.huge_pages
+                && match geolb::huge_pages::mark_main_heap() {
                     Ok(bytes) => {
-                        tracing::info!(mib = bytes >> 20, "heap on transparent huge pages")
+                        tracing::info!(mib = bytes >> 20, "heap on transparent huge pages");
+                        true
                     }
-                    Err(why) => tracing::info!("heap on 4 KiB pages: {why}"),
-                }
-            }
-            let rt = match runtime(runtime_config.worker_threads) {
+                    Err(why) => {
+                        tracing::info!("heap on 4 KiB pages: {why}");
+                        false
+                    }
+                };
+            let rt = match runtime(runtime_config.worker_threads, huge_pages) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -414,7 +424,7 @@ fn main() -> ExitCode {
             name,
             admin,
         } => {
-            let rt = match runtime(Some(1)) {
+            let rt = match runtime(Some(1), false) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -564,37 +564,37 @@ async fn sigusr2_starts_a_successor_that_takes_over() {
     .await;
 }
 
-/// Whether a part of `pid`'s `[heap]` is marked for huge pages (`hg`).
-fn heap_marked_for_huge_pages(pid: u32) -> bool {
+/// Whether a mapping of `pid` named `name` (`[heap]`; "" for anonymous
+/// memory, as glibc's thread arenas are) is marked for huge pages (`hg`).
+fn marked_for_huge_pages(pid: u32, name: &str) -> bool {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut in_heap = false;
+    let mut named = false;
     for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
         // A mapping's lines begin with its address range and end with
-        // `VmFlags`.
-        if let Some((range, _)) = line.split_once(' ')
-            && range.contains('-')
-            && !range.ends_with(':')
+        // `VmFlags`; its sixth field, when there is one, names it.
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
         {
-            in_heap = line.ends_with("[heap]");
-        } else if in_heap
-            && let Some(flags) = line.strip_prefix("VmFlags:")
-            && flags.split_whitespace().any(|f| f == "hg")
-        {
+            named = fields.get(5).copied().unwrap_or("") == name;
+        } else if named && fields.first() == Some(&"VmFlags:") && fields.contains(&"hg") {
             return true;
         }
     }
     false
 }
 
-/// With one worker, `geolb run` marks its heap for huge pages where the
-/// kernel gives them, and says so; `huge_pages = false` leaves it alone.
+/// `geolb run` marks its heap for huge pages where the kernel gives them,
+/// and says so: with one worker the main heap, with more the workers'
+/// arenas too; `huge_pages = false` leaves them alone.
 #[tokio::test]
-async fn one_worker_serves_from_a_heap_on_huge_pages_unless_told_not_to() {
+async fn geolb_serves_from_heaps_on_huge_pages_unless_told_not_to() {
     let a = Backend::start("a").await;
-    let config = |huge_pages: bool| {
+    let config = |huge_pages: bool, workers: u32| {
         two_datacenters(&backend_list(&[&a])).replacen(
             "[runtime]\n",
-            &format!("[runtime]\nworker_threads = 1\nhuge_pages = {huge_pages}\n"),
+            &format!("[runtime]\nworker_threads = {workers}\nhuge_pages = {huge_pages}\n"),
             1,
         )
     };
@@ -602,23 +602,25 @@ async fn one_worker_serves_from_a_heap_on_huge_pages_unless_told_not_to() {
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     let offered = mode.contains("[always]") || mode.contains("[madvise]");
 
-    let marked = Geolb::start(&config(true)).await;
-    let (code, _, _) = get(marked.listener("web"), "/", &[]).await.unwrap();
-    assert_eq!(code, 200);
-    if offered {
-        assert!(heap_marked_for_huge_pages(marked.pid()), "{}", marked.log());
-        assert!(marked.log().contains("heap on transparent huge pages"));
-    } else {
-        assert!(
-            marked.log().contains("heap on 4 KiB pages"),
-            "{}",
-            marked.log()
-        );
+    for workers in [1, 2] {
+        let marked = Geolb::start(&config(true, workers)).await;
+        let (code, _, _) = get(marked.listener("web"), "/", &[]).await.unwrap();
+        assert_eq!(code, 200);
+        let log = marked.log();
+        if offered {
+            assert!(marked_for_huge_pages(marked.pid(), "[heap]"), "{log}");
+            assert!(log.contains("heap on transparent huge pages"), "{log}");
+            // With more workers than one, their arenas; with one, none.
+            assert_eq!(marked_for_huge_pages(marked.pid(), ""), workers > 1);
+        } else {
+            assert!(log.contains("heap on 4 KiB pages"), "{log}");
+        }
     }
 
-    let left = Geolb::start(&config(false)).await;
+    let left = Geolb::start(&config(false, 2)).await;
     let (code, _, _) = get(left.listener("web"), "/", &[]).await.unwrap();
     assert_eq!(code, 200);
-    assert!(!heap_marked_for_huge_pages(left.pid()));
+    assert!(!marked_for_huge_pages(left.pid(), "[heap]"));
+    assert!(!marked_for_huge_pages(left.pid(), ""));
     assert!(!left.log().contains("heap on"), "{}", left.log());
 }

@@ -85,8 +85,8 @@ pub struct RuntimeConfig {
     /// `state_dir` (optional, "/var/lib/geolb"): what outlives the process
     /// (overrides, the takeover socket, the last OCSP responses).
     pub state_dir: PathBuf,
-    /// `huge_pages` (optional, true): with `worker_threads = 1`, the heap
-    /// on transparent huge pages (see `huge_pages`); read at start-up.
+    /// `huge_pages` (optional, true): the workers' heaps on transparent
+    /// huge pages (see `huge_pages`); read at start-up.
     pub huge_pages: bool,
 }
 
