@@ -34,7 +34,8 @@
 //! its pad; the setting is the process's, so every thread's arena keeps
 //! as much).
 
-/// Each growth of the main heap reserves at least this much.
+/// Each growth of a heap (the main one, an arena's) reserves at least this
+/// much.
 pub const RESERVE: usize = 64 << 20;
 
 /// Blocks at least this large are mapped apart, not taken from the heap.
