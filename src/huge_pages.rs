@@ -111,23 +111,11 @@ pub fn mark_thread_arena() {
 /// nor `[stack]` nor a file) cover `start..end` without a gap.
 fn anonymous_throughout(maps: &str, start: usize, end: usize) -> bool {
     let mut covered = start;
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let Some((from, to)) = fields.next().and_then(|r| r.split_once('-')) else {
-            continue;
-        };
-        let (Ok(from), Ok(to)) = (
-            usize::from_str_radix(from, 16),
-            usize::from_str_radix(to, 16),
-        ) else {
-            continue;
-        };
+    for (from, to, name) in mappings(maps) {
         if to <= covered || from >= end {
             continue;
         }
-        // Permissions, offset, device, inode; a sixth field names it.
-        let named = fields.nth(4).is_some();
-        if from > covered || named {
+        if from > covered || name.is_some() {
             return false;
         }
         covered = to;
@@ -136,6 +124,21 @@ fn anonymous_throughout(maps: &str, start: usize, end: usize) -> bool {
         }
     }
     false
+}
+
+/// The mappings in a `/proc/self/maps` text: start, end, and the name
+/// (`[heap]`, `[stack]`, a file) of those that have one; a line that does
+/// not read as a mapping is passed over.
+fn mappings(maps: &str) -> impl Iterator<Item = (usize, usize, Option<&str>)> {
+    maps.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (from, to) = fields.next()?.split_once('-')?;
+        let from = usize::from_str_radix(from, 16).ok()?;
+        let to = usize::from_str_radix(to, 16).ok()?;
+        // Permissions, offset, device, inode; a sixth field names it.
+        let name = fields.nth(4);
+        (from < to).then_some((from, to, name))
+    })
 }
 
 const MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -163,15 +166,9 @@ fn grow_heap() {
 
 /// The address ranges of `[heap]` in a `/proc/self/maps` text.
 fn heap_ranges(maps: &str) -> Vec<(usize, usize)> {
-    maps.lines()
-        .filter(|line| line.ends_with("[heap]"))
-        .filter_map(|line| {
-            let range = line.split(' ').next()?;
-            let (start, end) = range.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            (start < end).then_some((start, end))
-        })
+    mappings(maps)
+        .filter(|&(_, _, name)| name == Some("[heap]"))
+        .map(|(start, end, _)| (start, end))
         .collect()
 }
 
