@@ -834,12 +834,14 @@ where
         };
         // Made in its place: a request made first was moved into it.
         let mut lent = Some(Request::new(body));
-        if let Some(req) = lent.as_mut() {
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri;
-            *req.version_mut() = version;
-            crate::upstream::put_headers(req.headers_mut(), headers);
-        }
+        // Not `if let`: the URI and map, moved on one path only, kept
+        // their places in every later state of this future (2,784
+        // bytes, 2,600 without them: `-Zprint-type-sizes`).
+        let req = lent.as_mut().expect("made above");
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        crate::upstream::put_headers(req.headers_mut(), headers);
         // The response ends where it stands, at the end of this block,
         // rather than moved into a `drop`.
         let reusable = {
