@@ -995,6 +995,53 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// What the writer does with a frame of the response's body.
+enum BodyStep {
+    Data(Bytes),
+    /// An empty frame, or one neither data nor trailers.
+    Skip,
+    /// The body's end, with the trailer section to write (empty for
+    /// none).
+    End(Vec<u8>),
+    Failed,
+}
+
+// Inlined: a call of its own cost 31 instructions a request.
+#[inline(always)]
+fn next_body_step(
+    frame: Option<Result<Frame<Bytes>, super::body::BoxError>>,
+    body: &mut ResponseBody,
+    encoder: Encoder,
+    takes_trailers: bool,
+    trailer_names: &[HeaderName],
+) -> BodyStep {
+    match frame {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) if !data.is_empty() => BodyStep::Data(data),
+            Ok(_) => BodyStep::Skip,
+            Err(frame) => {
+                let Ok(trailers) = frame.into_trailers() else {
+                    return BodyStep::Skip;
+                };
+                // hyper ends the body at its trailers, sent or not.
+                drop(std::mem::replace(body, ResponseBody::empty()));
+                let mut section = Vec::new();
+                if encoder == Encoder::Chunked && takes_trailers {
+                    trailer_section(&mut section, trailers, trailer_names);
+                }
+                BodyStep::End(section)
+            }
+        },
+        None => BodyStep::End(Vec::new()),
+        Some(Err(e)) => {
+            // A head not yet written stays unwritten (as hyper's): the
+            // client sees the connection close, not a response cut short.
+            tracing::debug!(error = %e, "response body failed: connection closed");
+            BodyStep::Failed
+        }
+    }
+}
+
 /// What a response answers.
 #[derive(Clone, Copy)]
 struct Answering<'a> {
@@ -1137,31 +1184,16 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
                     }
                 }
             };
-            let data = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    Ok(_) => continue,
-                    Err(frame) => {
-                        let Ok(trailers) = frame.into_trailers() else {
-                            continue;
-                        };
-                        // hyper ends the body at its trailers, sent or not.
-                        drop(std::mem::replace(body, ResponseBody::empty()));
-                        let mut section = Vec::new();
-                        if encoder == Encoder::Chunked && takes_trailers {
-                            trailer_section(&mut section, trailers, &trailer_names);
-                        }
-                        return self.finish(wrote_head, encoder, left, last, &section).await;
-                    }
-                },
-                None => return self.finish(wrote_head, encoder, left, last, &[]).await,
-                Some(Err(e)) => {
-                    // A head not yet written stays unwritten (as hyper's):
-                    // the client sees the connection close, not a
-                    // response cut short.
-                    tracing::debug!(error = %e, "response body failed: connection closed");
-                    return false;
+            // Taken apart before any `.await`: the frame, moved out of
+            // in parts, kept its place (and its trailers theirs) in the
+            // states after (this future 760 bytes, 504 without them).
+            let data = match next_body_step(frame, body, encoder, takes_trailers, &trailer_names) {
+                BodyStep::Data(data) => data,
+                BodyStep::Skip => continue,
+                BodyStep::End(section) => {
+                    return self.finish(wrote_head, encoder, left, last, &section).await;
                 }
+                BodyStep::Failed => return false,
             };
             let mut data = data;
             if let Encoder::Length(n) = &mut left {
