@@ -195,50 +195,60 @@ pub(super) struct ConnCtx {
 /// Serves HTTP on `io` until it ends; `slot` is held until then, or until
 /// a tunnel upgraded from it ends. `tls`: what an https client negotiated;
 /// `client_cert`: its certificate, on a listener that asks for one.
-pub(super) async fn serve_connection<I>(
+// Not an async fn: one keeps its arguments for its whole life, each
+// connection's task then holding the address, TLS facts and client
+// certificate (232 bytes) beside the context made of them.
+pub(super) fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     tls: Option<TlsInfo>,
     client_cert: Option<ClientCert>,
     ctx: Arc<HttpContext>,
     slot: Arc<Slot>,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let (timeouts, max_streams, http1_server, splice, unread) =
-        match ctx.snapshot.load().listeners.get(&ctx.id) {
-            Some(l) => (
-                l.config.timeouts,
-                l.config.max_concurrent_streams,
-                l.config.http1_server,
-                l.config.splice,
-                l.unread,
-            ),
-            None => return,
-        };
-    let activity = Activity::new();
-    let conn_ctx = Arc::new(ConnCtx {
-        ctx,
-        peer,
-        client: headers::ClientAddr::new(peer.ip()),
-        activity,
-        slot,
-        stalls: Stalls::new(),
-        authority: Mutex::new(None),
-        tls,
-        client_cert,
+    let settings = ctx.snapshot.load().listeners.get(&ctx.id).map(|l| {
+        (
+            l.config.timeouts,
+            l.config.max_concurrent_streams,
+            l.config.http1_server,
+            l.config.splice,
+            l.unread,
+        )
     });
-    if http1_server == Http1Server::Geolb {
-        // What geolb's own server does not serve (HTTP/2, upgrades) it
-        // hands back with the bytes it read, to go on with hyper.
-        if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice, unread).await {
-            super::boxed_in_place(|| serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
+    let conn_ctx = settings.is_some().then(|| {
+        Arc::new(ConnCtx {
+            ctx,
+            peer,
+            client: headers::ClientAddr::new(peer.ip()),
+            activity: Activity::new(),
+            slot,
+            stalls: Stalls::new(),
+            authority: Mutex::new(None),
+            tls,
+            client_cert,
+        })
+    });
+    async move {
+        let (Some((timeouts, max_streams, http1_server, splice, unread)), Some(conn_ctx)) =
+            (settings, conn_ctx)
+        else {
+            return;
+        };
+        if http1_server == Http1Server::Geolb {
+            // What geolb's own server does not serve (HTTP/2, upgrades) it
+            // hands back with the bytes it read, to go on with hyper.
+            if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice, unread).await {
+                super::boxed_in_place(|| serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
+            }
+            return;
         }
-        return;
+        // Boxed: hyper's connection state is several KiB, which every
+        // connection's task would otherwise carry, also those geolb serves.
+        super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams)).await
     }
-    // Boxed: hyper's connection state is several KiB, which every
-    // connection's task would otherwise carry, also those geolb serves.
-    super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams)).await
 }
 
 /// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends.
