@@ -218,8 +218,9 @@ where
             l.unread,
         )
     });
-    let conn_ctx = settings.is_some().then(|| {
-        Arc::new(ConnCtx {
+    // No context for a listener gone: the connection is then dropped.
+    let served = settings.map(|settings| {
+        let conn_ctx = Arc::new(ConnCtx {
             ctx,
             peer,
             client: headers::ClientAddr::new(peer.ip()),
@@ -229,12 +230,11 @@ where
             authority: Mutex::new(None),
             tls,
             client_cert,
-        })
+        });
+        (settings, conn_ctx)
     });
     async move {
-        let (Some((timeouts, max_streams, http1_server, splice, unread)), Some(conn_ctx)) =
-            (settings, conn_ctx)
-        else {
+        let Some(((timeouts, max_streams, http1_server, splice, unread), conn_ctx)) = served else {
             return;
         };
         if http1_server == Http1Server::Geolb {
