@@ -276,7 +276,7 @@ where
         // Its memory is the thread's, kept for the next request's.
         crate::spares::Recycled::pin_in_place(|| async move {
             let h2 = req.version() == Version::HTTP_2;
-            let timer = std::pin::pin!(tokio::time::sleep_until(far_future));
+            let timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep_until(far_future)));
             let (mut lent, mut out) = (Some(req.map(RequestBody::Hyper)), None);
             respond(&mut lent, None, &conn_ctx, timer, false, &mut out).await;
             let (mut resp, request_id) = out.expect("respond answers every request");
@@ -414,7 +414,7 @@ impl super::h1::Client for ConnCtx {
         &'a self,
         lent: &'a mut Option<Request<RequestBody>>,
         unread: Option<Box<Unread>>,
-        timer: Pin<&'a mut Sleep>,
+        timer: Pin<&'a mut AnswerTimer>,
         out: &'a mut Option<Answer>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
         respond(lent, unread, self, timer, true, out)
@@ -430,6 +430,56 @@ fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
     )
 }
 
+pin_project_lite::pin_project! {
+    /// The timer of the backends' answers to a connection's requests (see
+    /// [`before`]; an HTTP/2 stream has its own), with the waker it holds.
+    pub(super) struct AnswerTimer {
+        #[pin]
+        sleep: Sleep,
+        // The waker the sleep was last polled with, until it fires (firing
+        // takes it): polled again with the same one, a sleep not yet fired
+        // changes nothing and is not polled (117 instructions a request,
+        // `benches/callgrind_calls.py callees ... respond`).
+        holds: Option<std::task::Waker>,
+    }
+}
+
+impl AnswerTimer {
+    pub(super) fn new(sleep: Sleep) -> Self {
+        AnswerTimer { sleep, holds: None }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.sleep.deadline()
+    }
+
+    /// Set again, it keeps its waker (tokio's entry keeps it, and fires at
+    /// once, waking it, a deadline gone by).
+    fn reset(self: Pin<&mut Self>, due: tokio::time::Instant) {
+        self.project().sleep.reset(due);
+    }
+
+    fn poll_fired(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let holds_it = this.holds.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if holds_it && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => {
+                *this.holds = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                if !holds_it {
+                    *this.holds = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// What `fut` gives, or `None` if `due` comes first (polled in
 /// `tokio::time::timeout`'s order: the future, then the timer). `timer`
 /// is set again only if it would go off after `due`: one set for an
@@ -438,7 +488,7 @@ fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
 /// (`benches/callgrind_calls.py callees ... respond`), for deadlines that
 /// nearly all go by unreached.
 async fn before<F: Future>(
-    mut timer: Pin<&mut Sleep>,
+    mut timer: Pin<&mut AnswerTimer>,
     due: tokio::time::Instant,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
@@ -450,7 +500,7 @@ async fn before<F: Future>(
             return Poll::Ready(Some(out));
         }
         loop {
-            ready!(timer.as_mut().poll(cx));
+            ready!(timer.as_mut().poll_fired(cx));
             if tokio::time::Instant::now() >= due {
                 return Poll::Ready(None);
             }
@@ -565,7 +615,7 @@ async fn respond(
     lent: &mut Option<Request<RequestBody>>,
     unread: Option<Box<Unread>>,
     conn: &ConnCtx,
-    mut timer: Pin<&mut Sleep>,
+    mut timer: Pin<&mut AnswerTimer>,
     copies_fields: bool,
     out: &mut Option<Answer>,
 ) {
@@ -1475,7 +1525,7 @@ mod tests {
     async fn an_answer_is_waited_for_until_its_own_deadline() {
         use tokio::time::Instant;
         let checks = async {
-            let mut timer = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+            let mut timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep(Duration::MAX)));
             let start = Instant::now();
             let at_once = std::pin::pin!(async { "at once" });
             let first = before(timer.as_mut(), start + Duration::from_secs(1), at_once);
@@ -1500,6 +1550,41 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(3600), checks)
             .await
             .expect("every wait ends at its deadline");
+    }
+
+    /// A timer not polled again by the waker it holds is polled by a new
+    /// one, which its firing then wakes; the one it held is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_wakes_the_waker_that_polled_it_last() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (a, b) = (Arc::new(Count(0.into())), Arc::new(Count(0.into())));
+        let (waker_a, waker_b) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let mut timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep(Duration::MAX)));
+        let due = tokio::time::Instant::now() + Duration::from_secs(1);
+        let never = std::pin::pin!(std::future::pending::<()>());
+        let mut waiting = std::pin::pin!(before(timer.as_mut(), due, never));
+        for waker in [&waker_a, &waker_a, &waker_b] {
+            let polled = waiting.as_mut().poll(&mut Context::from_waker(waker));
+            assert!(polled.is_pending());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            if b.0.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(b.0.load(Ordering::SeqCst), 1, "the last waker is woken");
+        assert_eq!(a.0.load(Ordering::SeqCst), 0, "the one it replaced is not");
+        let polled = waiting.as_mut().poll(&mut Context::from_waker(&waker_b));
+        assert_eq!(polled, Poll::Ready(None));
     }
 
     /// A target with an authority (HTTP/2's, or HTTP/1's absolute form)
