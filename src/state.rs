@@ -35,6 +35,10 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 pub struct Snapshot {
     pub generation: u64,
+    /// This snapshot's own number, never another's (a snapshot of the same
+    /// generation, made for discovered backends, has its own): what a
+    /// connection compares to reuse the listener it found in it.
+    pub serial: u64,
     pub config: Arc<Config>,
     /// In config order.
     pub pools: Vec<Arc<Pool>>,
@@ -897,8 +901,10 @@ pub fn compile(
             quorum: registry.quorum.cell(&dc.name),
         })
         .collect();
+    static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     Snapshot {
         generation,
+        serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         config,
         pools,
         listeners,

@@ -456,6 +456,45 @@ async fn a_reload_changes_a_rule_for_the_next_request_on_an_open_connection() {
     );
 }
 
+/// A connection reuses the listener it found when it came only within
+/// that config: after a reload it takes the new one, also while a
+/// request of the old config, still out, keeps the old listener alive.
+#[tokio::test]
+async fn a_reload_reaches_an_open_connection_while_a_request_of_the_old_config_is_out() {
+    let backend = Backend::start("b").await;
+    let (geolb, web) = start(backend.addr, "").await;
+    let mut c = http1_client(connect_from("127.0.0.1", web).await).await;
+    assert_eq!(get_text(&mut c, "/x").await.unwrap().0, 200);
+    let mut slow = http1_client(connect_from("127.0.0.1", web).await).await;
+    let out = tokio::spawn(async move { get_text(&mut slow, "/slow?ms=3000").await });
+    eventually("the slow request at the backend", LIMIT, || async {
+        backend.hits() == 2
+    })
+    .await;
+    geolb
+        .write_config(&config(
+            backend.addr,
+            "routes = [{ path_prefix = \"/x\", pool = \"p\", methods = [\"POST\"] }]",
+        ))
+        .unwrap();
+    let (code, _, body) = request(geolb.admin, "POST", "/reload", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", text(&body));
+    let (code, headers, _) = get_text(&mut c, "/x").await.unwrap();
+    assert_eq!(code, 405, "the open connection sees the new rule");
+    assert_eq!(headers.get("allow").unwrap(), "POST");
+    let slow = bounded(LIMIT, "the slow answer", out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (slow.0, slow.2.as_str()),
+        (200, "b"),
+        "the old request ends as it began"
+    );
+}
+
 #[tokio::test]
 async fn bad_rules_are_config_errors_with_key_and_line() {
     let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();

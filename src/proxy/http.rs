@@ -47,7 +47,7 @@ use crate::locked;
 use crate::outlier::Outcome;
 use crate::proxy_protocol;
 use crate::rules::Verdict;
-use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot};
+use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot, Snapshot};
 use crate::upstream::{
     self, Added, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody,
     unread::Unread,
@@ -173,6 +173,9 @@ async fn client_address(
 
 pub(super) struct ConnCtx {
     pub(super) ctx: Arc<HttpContext>,
+    /// Its listener as found when it came, with the serial of the snapshot
+    /// it was found in: see [`ConnCtx::listener_in`].
+    listener: (u64, std::sync::Weak<Listener>),
     pub(super) peer: SocketAddr,
     client: headers::ClientAddr,
     pub(super) activity: Arc<Activity>,
@@ -209,19 +212,23 @@ pub(super) fn serve_connection<I>(
 where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let settings = ctx.snapshot.load().listeners.get(&ctx.id).map(|l| {
-        (
+    let snapshot = ctx.snapshot.load();
+    let settings = snapshot.listeners.get(&ctx.id).map(|l| {
+        let settings = (
             l.config.timeouts,
             l.config.max_concurrent_streams,
             l.config.http1_server,
             l.config.splice,
             l.unread,
-        )
+        );
+        (settings, (snapshot.serial, Arc::downgrade(l)))
     });
+    drop(snapshot);
     // No context for a listener gone: the connection is then dropped.
-    let served = settings.map(|settings| {
+    let served = settings.map(|(settings, listener)| {
         let conn_ctx = Arc::new(ConnCtx {
             ctx,
+            listener,
             peer,
             client: headers::ClientAddr::new(peer.ip()),
             activity: Activity::new(),
@@ -379,6 +386,19 @@ where
 }
 
 impl ConnCtx {
+    /// Its listener in `snapshot`, if it is still there: in the snapshot
+    /// the connection came in, the one found then rather than looked up
+    /// again (96 instructions a request).
+    fn listener_in(&self, snapshot: &Snapshot) -> Option<Arc<Listener>> {
+        let (serial, found) = &self.listener;
+        if *serial == snapshot.serial
+            && let Some(listener) = found.upgrade()
+        {
+            return Some(listener);
+        }
+        snapshot.listeners.get(&self.ctx.id).cloned()
+    }
+
     /// [`validate::authority`], over HTTP/2 with the connection's last one.
     fn authority<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         if req.version() != Version::HTTP_2 {
@@ -637,7 +657,7 @@ async fn respond(
         let start = Instant::now();
         conn.activity.request_started();
         let snapshot = conn.ctx.snapshot.load();
-        let Some(listener) = snapshot.listeners.get(&conn.ctx.id).cloned() else {
+        let Some(listener) = conn.listener_in(&snapshot) else {
             conn.activity.request_ended();
             break 'handled message(
                 StatusCode::SERVICE_UNAVAILABLE,
