@@ -133,6 +133,9 @@ impl Drop for Added {
 impl Added {
     /// `name` must not be in the request's map: the caller has taken the
     /// client's out (a map and this list both naming it would send both).
+    // Inlined, the field is made where it goes (called, 41 instructions
+    // a field).
+    #[inline]
     pub fn push(&mut self, name: &'static http::HeaderName, value: http::HeaderValue) {
         self.fields.push((name, value));
     }
