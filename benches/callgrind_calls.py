@@ -8,6 +8,7 @@ read is paid for.
   benches/callgrind_calls.py sites   OUT REQUESTS REGEX [TOP]
   benches/callgrind_calls.py callees OUT REQUESTS REGEX [TOP]
   benches/callgrind_calls.py lines   OUT REQUESTS REGEX [TOP]
+  benches/callgrind_calls.py loops   OUT REQUESTS BINARY [TOP]
 
 OUT: a callgrind output kept by `KEEP=dir benches/instructions.sh`;
 REQUESTS: the requests of that run (its `requests=` figure); REGEX: the
@@ -18,6 +19,14 @@ matched against the full function name, e.g.
 Columns: instructions a request, calls a request, then the call's site
 or the callee; for `lines`, the cost a request and the line.
 
+`loops` needs a run with CALLGRIND_ARGS=--dump-instr=yes and the
+binary that ran (BINARY, for addr2line): it lists the runs of code
+executed three times a request or more (loops, or code run for each
+field), each run's instructions a request, the most any of its
+instructions ran a request, and the source lines inlined at its start,
+outermost last. It is how a loop no function's name shows is found (a
+field array filled before each parse: 344 instructions a request).
+
 EVENT=name: another of the output's events than instructions (Ir), e.g.
 EVENT=DLmw for last-level write misses in a run with CACHE=1; names
 joined by + are summed (EVENT=DLmr+DLmw: all last-level data misses).
@@ -25,6 +34,7 @@ joined by + are summed (EVENT=DLmr+DLmw: all last-level data misses).
 import collections
 import os
 import re
+import subprocess
 import sys
 
 POSITION = re.compile(r"^([+-]?(0x[0-9a-fA-F]+|\d+)|\*)$")
@@ -92,7 +102,48 @@ def records(path, event):
         calls = None
 
 
+def loops(path, requests, binary, top):
+    """The `loops` mode: runs of instructions executed `LOOPING` times a
+    request or more, within `GAP` bytes of each other in one function."""
+    looping, gap = 3, 24
+    cost, function = collections.Counter(), {}
+    for fn, _, _, callee, _, c, address, _ in records(path, "Ir"):
+        if callee is None and address:
+            cost[address] += c
+            function[address] = fn
+    if not cost:
+        sys.exit(f"{path} has no instruction addresses: run with CALLGRIND_ARGS=--dump-instr=yes")
+    runs = []
+    for address in sorted(a for a, c in cost.items() if c / requests >= looping):
+        last = runs[-1] if runs else None
+        if last and address - last[-1] <= gap and function[address] == function[last[-1]]:
+            last.append(address)
+        else:
+            runs.append([address])
+    ranked = sorted(runs, key=lambda run: -sum(cost[a] for a in run))[:top]
+    frames = subprocess.run(
+        ["addr2line", "-a", "-i", "-e", binary] + [hex(run[0]) for run in ranked],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    inlined, current = {}, None
+    for line in frames:
+        if line.startswith("0x"):
+            current = int(line, 16)
+            inlined[current] = []
+        else:
+            inlined[current].append(line.rsplit("/", 1)[-1].split(" ")[0])
+    for run in ranked:
+        total = sum(cost[a] for a in run) / requests
+        most = max(cost[a] for a in run) / requests
+        where = " < ".join(inlined.get(run[0], [])[:4])
+        print(f"{total:8.0f} {most:5.1f}x {function[run[0]][:50]:50} {where}")
+
+
 def main():
+    if len(sys.argv) >= 5 and sys.argv[1] == "loops":
+        top = int(sys.argv[5]) if len(sys.argv) > 5 else 30
+        loops(sys.argv[2], int(sys.argv[3]), sys.argv[4], top)
+        return
     if len(sys.argv) < 5 or sys.argv[1] not in ("sites", "callees", "lines"):
         sys.exit(__doc__)
     mode, path, requests, rx = sys.argv[1], sys.argv[2], int(sys.argv[3]), re.compile(sys.argv[4])
