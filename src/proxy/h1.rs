@@ -68,7 +68,7 @@ pub(super) trait Client: Send + Sync + 'static {
         &'a self,
         lent: &'a mut Option<Request<RequestBody>>,
         unread: Option<Box<Unread>>,
-        timer: Pin<&'a mut super::http::AnswerTimer>,
+        timer: Pin<&'a mut super::answer_timer::AnswerTimer>,
         out: &'a mut Option<Answer>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a;
 }
@@ -762,7 +762,7 @@ where
     let mut cancelled = Woken::new(cancelled);
     // Set by each request to its deadline, when it would go off later
     // (see `Client::respond`); unset until the first.
-    let timer = super::http::AnswerTimer::new(tokio::time::sleep(Duration::MAX));
+    let timer = super::answer_timer::AnswerTimer::new(tokio::time::sleep(Duration::MAX));
     tokio::pin!(timer);
     loop {
         let head = {

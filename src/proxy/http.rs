@@ -22,11 +22,11 @@ use hyper_util::server::conn::auto;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
+use super::answer_timer::AnswerTimer;
 use super::body::{Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
@@ -448,56 +448,6 @@ fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
         || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30),
         tokio::time::Instant::from_std,
     )
-}
-
-pin_project_lite::pin_project! {
-    /// The timer of the backends' answers to a connection's requests (see
-    /// [`before`]; an HTTP/2 stream has its own), with the waker it holds.
-    pub(super) struct AnswerTimer {
-        #[pin]
-        sleep: Sleep,
-        // The waker the sleep was last polled with, until it fires (firing
-        // takes it): polled again with the same one, a sleep not yet fired
-        // changes nothing and is not polled (117 instructions a request,
-        // `benches/callgrind_calls.py callees ... respond`).
-        holds: Option<std::task::Waker>,
-    }
-}
-
-impl AnswerTimer {
-    pub(super) fn new(sleep: Sleep) -> Self {
-        AnswerTimer { sleep, holds: None }
-    }
-
-    fn deadline(&self) -> tokio::time::Instant {
-        self.sleep.deadline()
-    }
-
-    /// Set again, it keeps its waker (tokio's entry keeps it, and fires at
-    /// once, waking it, a deadline gone by).
-    fn reset(self: Pin<&mut Self>, due: tokio::time::Instant) {
-        self.project().sleep.reset(due);
-    }
-
-    fn poll_fired(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let this = self.project();
-        let holds_it = this.holds.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if holds_it && !this.sleep.is_elapsed() {
-            return Poll::Pending;
-        }
-        match this.sleep.poll(cx) {
-            Poll::Ready(()) => {
-                *this.holds = None;
-                Poll::Ready(())
-            }
-            Poll::Pending => {
-                if !holds_it {
-                    *this.holds = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        }
-    }
 }
 
 /// What `fut` gives, or `None` if `due` comes first (polled in

@@ -20,6 +20,7 @@
 //! [`crate::proxy_protocol`], connections accepted by [`crate::accept`].
 
 mod activity;
+mod answer_timer;
 pub mod body;
 pub mod client_cert;
 mod compress;
