@@ -388,7 +388,8 @@ where
 impl ConnCtx {
     /// Its listener in `snapshot`, if it is still there: in the snapshot
     /// the connection came in, the one found then rather than looked up
-    /// again (96 instructions a request).
+    /// again (a hash and a compare: 17,142 -> 17,060 instructions a
+    /// request).
     fn listener_in(&self, snapshot: &Snapshot) -> Option<Arc<Listener>> {
         let (serial, found) = &self.listener;
         if *serial == snapshot.serial
