@@ -102,6 +102,18 @@ def records(path, event):
         calls = None
 
 
+def frames(binary, addr):
+    """The source lines inlined at `addr` in `binary`, innermost first
+    (`addr2line -i`), each as file:line."""
+    out = subprocess.run(
+        ["addr2line", "-i", "-f", "-C", "-e", binary, hex(addr)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    return [out[i + 1].rsplit("/", 1)[-1] for i in range(0, len(out) - 1, 2)]
+
+
 def loops(path, requests, binary, top):
     """The `loops` mode: runs of instructions executed `LOOPING` times a
     request or more, within `GAP` bytes of each other in one function."""
@@ -121,21 +133,10 @@ def loops(path, requests, binary, top):
         else:
             runs.append([address])
     ranked = sorted(runs, key=lambda run: -sum(cost[a] for a in run))[:top]
-    frames = subprocess.run(
-        ["addr2line", "-a", "-i", "-e", binary] + [hex(run[0]) for run in ranked],
-        capture_output=True, text=True, check=True,
-    ).stdout.splitlines()
-    inlined, current = {}, None
-    for line in frames:
-        if line.startswith("0x"):
-            current = int(line, 16)
-            inlined[current] = []
-        else:
-            inlined[current].append(line.rsplit("/", 1)[-1].split(" ")[0])
     for run in ranked:
         total = sum(cost[a] for a in run) / requests
         most = max(cost[a] for a in run) / requests
-        where = " < ".join(inlined.get(run[0], [])[:4])
+        where = " < ".join(frames(binary, run[0])[:4])
         print(f"{total:8.0f} {most:5.1f}x {function[run[0]][:50]:50} {where}")
 
 

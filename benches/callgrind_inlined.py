@@ -20,10 +20,9 @@ Requires addr2line (binutils).
 """
 import collections
 import re
-import subprocess
 import sys
 
-from callgrind_calls import records
+from callgrind_calls import frames, records
 
 
 def sites(path, callee_pattern, binary_name):
@@ -35,16 +34,6 @@ def sites(path, callee_pattern, binary_name):
             found[addr][0] += calls
             found[addr][1] += cost
     return found
-
-
-def frames(binary, addr):
-    out = subprocess.run(
-        ["addr2line", "-i", "-f", "-C", "-e", binary, hex(addr)],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.splitlines()
-    return [out[i + 1].rsplit("/", 1)[-1] for i in range(0, len(out) - 1, 2)]
 
 
 def main():
