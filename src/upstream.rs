@@ -3,7 +3,9 @@
 //!
 //! Cleartext HTTP/1.1 goes through geolb's own client ([`h1`], driven in
 //! the request's task) unless a pool says `http1_client = "hyper"`;
-//! TLS, HTTP/2 and upgrades go through hyper's.
+//! HTTP/2 through geolb's ([`h2_client`], the `h2` crate's streams opened
+//! from the request's task); HTTP/1.1 over TLS and upgrades through
+//! hyper's.
 //!
 //! An HTTP/1.1 connection goes back to its backend's idle list only once
 //! its response body has been read to the end, so whatever is taken from
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,7 +40,7 @@ use answer_first::AnswerFirst;
 
 mod answer_first;
 pub mod h1;
-mod one_task;
+mod h2_client;
 pub mod unread;
 
 /// A field's value as httparse handed it over, not checked again: httparse
@@ -376,6 +378,7 @@ impl Body for ClientBody {
 pub enum BackendBody {
     Hyper(Incoming),
     Own(h1::ResponseBody),
+    H2(h2_client::ResponseBody),
 }
 
 impl BackendBody {
@@ -384,7 +387,7 @@ impl BackendBody {
     pub fn read_fields_mut(&mut self) -> Option<&mut h1::ReadFields> {
         match self {
             BackendBody::Own(b) => b.read_fields_mut(),
-            BackendBody::Hyper(_) => None,
+            BackendBody::Hyper(_) | BackendBody::H2(_) => None,
         }
     }
 
@@ -392,7 +395,7 @@ impl BackendBody {
     pub fn take_read_fields(&mut self) -> Option<Box<h1::ReadFields>> {
         match self {
             BackendBody::Own(b) => b.take_read_fields(),
-            BackendBody::Hyper(_) => None,
+            BackendBody::Hyper(_) | BackendBody::H2(_) => None,
         }
     }
 
@@ -410,7 +413,9 @@ impl BackendBody {
     ) -> Poll<io::Result<usize>> {
         match self {
             BackendBody::Own(b) => b.poll_read_raw(cx, read),
-            BackendBody::Hyper(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+            BackendBody::Hyper(_) | BackendBody::H2(_) => {
+                Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+            }
         }
     }
 }
@@ -422,6 +427,8 @@ pub enum BackendError {
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
     Own(#[from] h1::Error),
+    #[error(transparent)]
+    H2(h2::Error),
 }
 
 impl BackendError {
@@ -431,24 +438,43 @@ impl BackendError {
     pub fn closed_without_answer(&self) -> bool {
         match self {
             BackendError::Own(e) => e.closed_without_answer(),
+            BackendError::H2(e) => {
+                self.unprocessed() || e.get_io().is_some_and(|e| is_closed_kind(e.kind()))
+            }
             BackendError::Hyper(e) => {
                 if e.is_incomplete_message() {
                     return true;
                 }
                 std::error::Error::source(e)
                     .and_then(|s| s.downcast_ref::<io::Error>())
-                    .is_some_and(|e| {
-                        matches!(
-                            e.kind(),
-                            io::ErrorKind::ConnectionReset
-                                | io::ErrorKind::ConnectionAborted
-                                | io::ErrorKind::BrokenPipe
-                                | io::ErrorKind::UnexpectedEof
-                        )
-                    })
+                    .is_some_and(|e| is_closed_kind(e.kind()))
             }
         }
     }
+}
+
+impl BackendError {
+    /// The backend said it did not act on the request: an HTTP/2 stream
+    /// it refused (RFC 9113 §8.7) or one past the last its GOAWAY took
+    /// (§6.8). Sending it again is safe, on a new connection.
+    pub fn unprocessed(&self) -> bool {
+        match self {
+            BackendError::H2(e) => {
+                e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+            }
+            BackendError::Hyper(_) | BackendError::Own(_) => false,
+        }
+    }
+}
+
+fn is_closed_kind(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// A request a connection failed to carry, with the request itself when
@@ -497,6 +523,7 @@ impl Body for BackendBody {
         match self.get_mut() {
             BackendBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BackendError::from),
             BackendBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(BackendError::from),
+            BackendBody::H2(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -504,6 +531,7 @@ impl Body for BackendBody {
         match self {
             BackendBody::Hyper(b) => b.is_end_stream(),
             BackendBody::Own(b) => b.is_end_stream(),
+            BackendBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -511,6 +539,7 @@ impl Body for BackendBody {
         match self {
             BackendBody::Hyper(b) => b.size_hint(),
             BackendBody::Own(b) => b.size_hint(),
+            BackendBody::H2(b) => b.size_hint(),
         }
     }
 }
@@ -676,8 +705,8 @@ impl Upstream {
                 return Ok(sender);
             }
             let sender = Box::pin(self.open(addr)).await?;
-            if let Kind::Http2(h2) = &sender.kind {
-                idle.share(self.profile, h2.clone());
+            if let Kind::Http2(connection) = &sender.kind {
+                idle.share(self.profile, connection.clone());
             }
             Ok(sender)
         };
@@ -726,18 +755,7 @@ impl Upstream {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let kind = if self.is_http2() {
-            let exec = one_task::OneTask::default();
-            let (sender, conn) = http2::Builder::new(exec.clone())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(io::Error::other)?;
-            let driver = exec.driver(conn);
-            tokio::spawn(async move {
-                if let Err(e) = driver.await {
-                    tracing::debug!(backend = %addr, error = %e, "backend connection ended");
-                }
-            });
-            Kind::Http2(sender)
+            Kind::Http2(h2_client::Connection::handshake(stream, addr).await?)
         } else {
             let (sender, conn) = http1::Builder::new()
                 .handshake(TokioIo::new(stream))
@@ -807,7 +825,7 @@ pub struct Sender {
 
 enum Kind {
     Http1(http1::SendRequest<BackendRequestBody>),
-    Http2(http2::SendRequest<BackendRequestBody>),
+    Http2(h2_client::Connection),
     /// geolb's own client: the connection itself, until a request takes
     /// it (its response puts it back in the idle list when done).
     Own(Option<(h1::Kept, h1::Home)>),
@@ -854,21 +872,18 @@ impl Sender {
                 BackendBody::Own,
             ));
         }
+        let Kind::Http1(sender) = &mut self.kind else {
+            let Kind::Http2(connection) = &self.kind else {
+                unreachable!("sent above")
+            };
+            return Either::Right(Either::Left(connection.send(pending, added)));
+        };
         let Some(mut req) = pending.take() else {
             unreachable!("a request is sent from where it is kept")
         };
-        let hyper_side = match &mut self.kind {
-            Kind::Http1(s) => {
-                added.copy_into(req.headers_mut());
-                Either::Left(s.try_send_request(req))
-            }
-            Kind::Http2(s) => {
-                added.copy_into(req.headers_mut());
-                Either::Right(s.try_send_request(req))
-            }
-            Kind::Own(_) => unreachable!("sent above"),
-        };
-        Either::Right(async move {
+        added.copy_into(req.headers_mut());
+        let hyper_side = sender.try_send_request(req);
+        Either::Right(Either::Right(async move {
             match hyper_side.await {
                 Ok(resp) => Ok(resp.map(BackendBody::Hyper)),
                 Err(mut e) => Err(SendError {
@@ -877,7 +892,7 @@ impl Sender {
                     sent: None,
                 }),
             }
-        })
+        }))
     }
 }
 
@@ -886,7 +901,7 @@ impl Sender {
 #[derive(Default)]
 pub struct IdleConnections {
     http1: Mutex<Vec<Idle>>,
-    http2: Mutex<Vec<(u64, http2::SendRequest<BackendRequestBody>)>>,
+    http2: Mutex<Vec<(u64, h2_client::Connection)>>,
     http2_connecting: tokio::sync::Mutex<()>,
     /// geolb's own client's connections, shared with the responses that
     /// put theirs back.
@@ -945,7 +960,7 @@ impl IdleConnections {
 
     /// Makes a new HTTP/2 connection the one shared for `profile`, unless
     /// another request opened one first.
-    fn share(&self, profile: u64, sender: http2::SendRequest<BackendRequestBody>) {
+    fn share(&self, profile: u64, sender: h2_client::Connection) {
         let mut shared = self.http2.lock().unwrap_or_else(|e| e.into_inner());
         shared.retain(|(_, s)| !s.is_closed());
         if !shared.iter().any(|(p, _)| *p == profile) {

@@ -999,6 +999,178 @@ mod upstream {
         }
     }
 
+    /// An HTTP/2 backend written with the `h2` crate: `stream` handles each
+    /// stream it accepts, in a task of its own.
+    async fn h2_origin<F, Fut>(stream: F) -> TcpBackend
+    where
+        F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<bytes::Bytes>) -> Fut
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        TcpBackend::start(move |tcp| {
+            let stream = stream.clone();
+            async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(stream(req, respond));
+                }
+            }
+        })
+        .await
+    }
+
+    /// A stream the backend refuses (RST_STREAM REFUSED_STREAM: it did not
+    /// act on the request, RFC 9113 §8.7) is a request closed without an
+    /// answer: sent again to another backend, as after a reset connection.
+    #[tokio::test]
+    async fn a_stream_an_http2_backend_refuses_is_sent_to_another() {
+        let refusing = h2_origin(|_req, mut respond| async move {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        })
+        .await;
+        let answering = h2_origin(|_req, mut respond| async move {
+            if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                let _ = body.send_data(bytes::Bytes::from_static(b"from b"), true);
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool(
+                "p",
+                &[refusing.addr, answering.addr],
+                "backend_protocol = \"h2c\"\nbalance = \"round_robin\"",
+            ),
+            &[listener("web", "http", "p", "")],
+        )
+        .await;
+        for i in 0..4 {
+            let (status, text) = get_close(lb.addr("web"), &format!("/r{i}"), "").await;
+            assert_eq!(status, 200, "request {i}: {text}");
+            assert!(text.contains("\r\nfrom b\r\n"), "request {i}: {text}");
+        }
+    }
+
+    /// A backend closing gracefully (GOAWAY with NO_ERROR, as nginx does
+    /// after `keepalive_requests`) names the last stream it took; the
+    /// streams after it were not acted on, and are sent again on a new
+    /// connection to the same backend (the pool's only one, which a retry
+    /// would not take again): no 502.
+    #[tokio::test]
+    async fn streams_past_a_graceful_goaway_are_sent_again_on_a_new_connection() {
+        use support::h2::{ACK, GOAWAY, HEADERS, SETTINGS, frame, read_frame};
+        const REQUESTS: usize = 4;
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let origin = TcpBackend::start(move |tcp| {
+            let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                let (mut read, mut write) = tcp.into_split();
+                let mut preface = [0u8; 24];
+                if read.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let _ = write.write_all(&frame(SETTINGS, 0, 0, &[])).await;
+                let mut streams = Vec::new();
+                while let Some(f) = read_frame(&mut read).await {
+                    match f.kind {
+                        SETTINGS if f.flags & ACK == 0 => {
+                            let _ = write.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+                        }
+                        HEADERS => streams.push(f.stream),
+                        _ => {}
+                    }
+                    // :status 200 (static index 8), END_STREAM | END_HEADERS.
+                    let ok = |stream| frame(HEADERS, 0x5, stream, &[0x88]);
+                    if !first {
+                        for stream in streams.drain(..) {
+                            let _ = write.write_all(&ok(stream)).await;
+                        }
+                    } else if streams.len() == REQUESTS {
+                        // The first stream answered, the rest past the GOAWAY.
+                        let mut goaway = streams[0].to_be_bytes().to_vec();
+                        goaway.extend(0u32.to_be_bytes());
+                        let _ = write.write_all(&ok(streams[0])).await;
+                        let _ = write.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("p", &[origin.addr], "backend_protocol = \"h2c\""),
+            &[listener("web", "http", "p", "")],
+        )
+        .await;
+        let addr = lb.addr("web");
+        let requests: Vec<_> = (0..REQUESTS)
+            .map(|i| tokio::spawn(async move { get_close(addr, &format!("/r{i}"), "").await }))
+            .collect();
+        for (i, r) in requests.into_iter().enumerate() {
+            let (status, text) = r.await.unwrap();
+            assert_eq!(status, 200, "request {i}: {text}");
+        }
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A request that times out while its body is still going up (the
+    /// client's fault here: 408) has its stream reset with CANCEL, so that
+    /// the backend stops waiting for the rest; not left open until the
+    /// client goes.
+    #[tokio::test]
+    async fn an_upload_that_times_out_has_its_http2_stream_cancelled() {
+        let (told, mut resets) = tokio::sync::mpsc::unbounded_channel();
+        let origin = h2_origin(move |req, _respond| {
+            let told = told.clone();
+            async move {
+                // Reads the body, never answers.
+                let mut body = req.into_body();
+                let reason = loop {
+                    match body.data().await {
+                        Some(Ok(data)) => {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        Some(Err(e)) => break e.reason(),
+                        None => break None,
+                    }
+                };
+                let _ = told.send(reason);
+                drop(_respond);
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("p", &[origin.addr], "backend_protocol = \"h2c\""),
+            &[listener(
+                "web",
+                "http",
+                "p",
+                "retries = 0\ntimeouts = { request = \"1s\" }",
+            )],
+        )
+        .await;
+        let mut client = TcpStream::connect(lb.addr("web")).await.unwrap();
+        client
+            .write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 1000000\r\n\r\n")
+            .await
+            .unwrap();
+        client.write_all(&[b'u'; 10_000]).await.unwrap();
+        // The client stays, sending no more.
+        let reason = bounded(LIMIT, "the backend's stream to end", resets.recv()).await;
+        assert_eq!(reason, Some(Some(h2::Reason::CANCEL)));
+        let mut answer = vec![0u8; 4096];
+        let n = bounded(LIMIT, "the 408", client.read(&mut answer))
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+
     async fn post_close(addr: std::net::SocketAddr, len: usize) -> (u16, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = format!(
@@ -1009,10 +1181,10 @@ mod upstream {
         read_answer(stream).await
     }
 
-    /// What hyper's HTTP/2 client spawns runs in its connection's one task
-    /// (`upstream::one_task`): request bodies larger than a stream's first
-    /// window still arrive whole while other requests share the
-    /// connection, and a connection the backend drops is replaced.
+    /// Request bodies larger than a stream's first window arrive whole
+    /// (`upstream::h2_client`'s pipe waits for the window) while other
+    /// requests share the connection, and a connection the backend drops
+    /// is replaced.
     #[tokio::test]
     async fn http2_backend_bodies_arrive_whole_and_a_dropped_connection_is_replaced() {
         let origin = CountingOrigin::start().await;

@@ -987,6 +987,16 @@ async fn respond(
                         failure = Failure::ClientBody(err);
                         break;
                     }
+                    // The backend said it did not act on the request (an
+                    // HTTP/2 backend closing gracefully, as nginx does every
+                    // 1,000 requests, or refusing the stream): sent again as
+                    // after a stale kept connection, neither a retry nor a
+                    // failure of the backend.
+                    if err.unprocessed() && replay.is_some() && stale_left > 0 {
+                        stale_left -= 1;
+                        tried.pop();
+                        continue;
+                    }
                     pool.outcome(index, Outcome::Failure);
                     let retryable = retry_on.reset
                         && replay.is_some()

@@ -31,6 +31,21 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// The next frame from `read`; none at its end or a read error.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(read: &mut R) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    read.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    read.read_exact(&mut payload).await.ok()?;
+    Some(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+        payload,
+    })
+}
+
 /// A raw HTTP/2 client: frames written as given, frames read by a task.
 pub struct H2 {
     pub write: tokio::net::tcp::OwnedWriteHalf,
@@ -44,23 +59,7 @@ impl H2 {
         let (mut read, write) = TcpStream::connect(addr).await.unwrap().into_split();
         let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            loop {
-                let mut head = [0u8; 9];
-                if read.read_exact(&mut head).await.is_err() {
-                    return;
-                }
-                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                let mut payload = vec![0u8; len];
-                if read.read_exact(&mut payload).await.is_err() {
-                    return;
-                }
-                let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                let f = Frame {
-                    kind: head[3],
-                    flags: head[4],
-                    stream,
-                    payload,
-                };
+            while let Some(f) = read_frame(&mut read).await {
                 if tx.send(f).is_err() {
                     return;
                 }
