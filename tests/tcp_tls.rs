@@ -1118,6 +1118,49 @@ mod upstream {
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    /// A backend that is not HTTP/2 at all behind `h2c` (an HTTP/1.1 server,
+    /// or one sending garbage frames) is a 502 at once, never a hang.
+    #[tokio::test]
+    async fn an_h2c_backend_that_speaks_something_else_is_a_502() {
+        let http1 = TcpBackend::start(|mut tcp| async move {
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let mut sink = [0u8; 1024];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        let garbage = TcpBackend::start(|mut tcp| async move {
+            let mut preface = [0u8; 24];
+            if tcp.read_exact(&mut preface).await.is_ok() {
+                // A SETTINGS frame, then a HEADERS frame on stream 0.
+                let _ = tcp.write_all(&support::h2::frame(0x4, 0, 0, &[])).await;
+                let _ = tcp
+                    .write_all(&support::h2::frame(0x1, 0x4, 0, &[0xff, 0xff, 0xff]))
+                    .await;
+            }
+            let mut sink = [0u8; 1024];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        let lb = Lb::start(
+            &format!(
+                "{}{}",
+                pool("http1", &[http1.addr], "backend_protocol = \"h2c\""),
+                pool("garbage", &[garbage.addr], "backend_protocol = \"h2c\"")
+            ),
+            &[
+                listener("http1", "http", "http1", "retries = 0"),
+                listener("garbage", "http", "garbage", "retries = 0"),
+            ],
+        )
+        .await;
+        for name in ["http1", "garbage"] {
+            let (status, text) = get_close(lb.addr(name), "/", "").await;
+            assert_eq!(status, 502, "{name}: {text}");
+        }
+    }
+
     /// A request that times out while its body is still going up (the
     /// client's fault here: 408) has its stream reset with CANCEL, so that
     /// the backend stops waiting for the rest; not left open until the
