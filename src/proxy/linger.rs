@@ -328,3 +328,64 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for OnShutdown<T> 
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Drains `server` with a lingering close bounded by `idle`, the client
+    /// writing 100 bytes at each of `sends` (from the start); the reason
+    /// it ended and when.
+    async fn linger_over(idle: Duration, sends: &[Duration]) -> (&'static str, Duration) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let start = Instant::now();
+        let mut linger = Linger::new(idle, CancellationToken::new());
+        let sends: Vec<Duration> = sends.to_vec();
+        let writer = tokio::spawn(async move {
+            for at in sends {
+                tokio::time::sleep_until(start + at).await;
+                client.write_all(&[b'u'; 100]).await.unwrap();
+            }
+            // Open, silent.
+            std::future::pending::<()>().await;
+        });
+        let reason = std::future::poll_fn(|cx| linger.poll_reason(cx, Pin::new(&mut server))).await;
+        writer.abort();
+        (reason, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_client_ends_it_after_the_quiet_wait_from_its_last_byte() {
+        // idle 10 s: quiet after 5 s, at most 10 s.
+        let (reason, took) = linger_over(Duration::from_secs(10), &[Duration::from_secs(2)]).await;
+        assert_eq!(reason, "the client was quiet");
+        assert_eq!(took, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_sending_on_is_read_for_the_whole_wait() {
+        let every_second: Vec<Duration> = (0..20).map(Duration::from_secs).collect();
+        let (reason, took) = linger_over(Duration::from_secs(10), &every_second).await;
+        assert_eq!(reason, "lingered long enough");
+        assert_eq!(took, Duration::from_secs(10));
+    }
+
+    /// With an `idle` under 5 s both waits are `idle`: a byte read after
+    /// the start puts the quiet end past the whole wait's, which ends it
+    /// (the client was not quiet for all of it).
+    #[tokio::test(start_paused = true)]
+    async fn with_a_short_idle_both_waits_are_idle() {
+        let (reason, took) = linger_over(Duration::from_secs(1), &[]).await;
+        assert_eq!(
+            (reason, took),
+            ("the client was quiet", Duration::from_secs(1))
+        );
+        let late = Duration::from_millis(5);
+        let (reason, took) = linger_over(Duration::from_secs(1), &[late]).await;
+        assert_eq!(
+            (reason, took),
+            ("lingered long enough", Duration::from_secs(1))
+        );
+    }
+}
