@@ -142,7 +142,8 @@ fn failed(error: h2::Error) -> SendError {
 
 /// A body whose length is known but not written gets a `Content-Length`
 /// (as hyper's client gives it), so that the backend need not wait for
-/// the stream's end to know it; a GET's or a HEAD's empty body none.
+/// the stream's end to know it; the empty body of a GET, a HEAD or a
+/// DELETE none (hyper's rule too).
 fn set_length(head: &mut Request<()>, body: &BackendRequestBody) {
     let Some(len) = body.size_hint().exact() else {
         return;
