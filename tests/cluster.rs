@@ -1013,7 +1013,14 @@ async fn a_pushed_config_reaches_every_node_and_an_invalid_one_is_never_written(
         "measured: push to both nodes serving the new listener: {:?}",
         pushed.elapsed()
     );
-    assert_eq!(config_revision(&b).await, second);
+    // Recorded once the reload is done, a moment after the new listener
+    // serves (its copy is saved first): waited for, not assumed.
+    eventually(
+        "node b's status gives the pushed revision",
+        LIMIT,
+        || async { config_revision(&b).await == second },
+    )
+    .await;
     assert_eq!(gauge(&b, "geolb_config_etcd_revision").await, second as f64);
 
     // Invalid: refused by the push, with its line; etcd never sees it.
