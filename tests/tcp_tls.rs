@@ -1133,10 +1133,11 @@ mod upstream {
         let garbage = TcpBackend::start(|mut tcp| async move {
             let mut preface = [0u8; 24];
             if tcp.read_exact(&mut preface).await.is_ok() {
+                use support::h2::{HEADERS, SETTINGS, frame};
                 // A SETTINGS frame, then a HEADERS frame on stream 0.
-                let _ = tcp.write_all(&support::h2::frame(0x4, 0, 0, &[])).await;
+                let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await;
                 let _ = tcp
-                    .write_all(&support::h2::frame(0x1, 0x4, 0, &[0xff, 0xff, 0xff]))
+                    .write_all(&frame(HEADERS, 0x4, 0, &[0xff, 0xff, 0xff]))
                     .await;
             }
             let mut sink = [0u8; 1024];

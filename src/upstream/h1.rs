@@ -418,8 +418,10 @@ fn ends_in_chunked(value: &HeaderValue) -> bool {
 }
 
 /// Every `Content-Length` value (comma-separated lists too): `Ok(None)`
-/// when there is none, an error unless all are the same number.
-fn content_length<'a>(
+/// when there is none, an error unless all are the same number (hyper's
+/// `content_length_parse_all`; the HTTP/2 client reads answers with it
+/// too).
+pub(super) fn content_length<'a>(
     mut values: impl Iterator<Item = &'a HeaderValue>,
 ) -> Result<Option<u64>, ()> {
     values.try_fold(None, |so_far, v| add_length(Ok(so_far), v.as_bytes()))

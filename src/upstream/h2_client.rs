@@ -293,7 +293,10 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     fn new(recv: RecvStream, headers: &http::HeaderMap) -> ResponseBody {
-        let left = match content_length(headers) {
+        // Several lines or a bad one: no size given (h2 checks the data
+        // against them all the same).
+        let said = super::h1::content_length(headers.get_all(header::CONTENT_LENGTH).iter());
+        let left = match said.ok().flatten() {
             None if recv.is_end_stream() => Some(0),
             said => said,
         };
@@ -303,17 +306,6 @@ impl ResponseBody {
             left,
         }
     }
-}
-
-/// A single `Content-Length`'s value; none for several or a bad one (h2
-/// checks the data against it all the same).
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    std::str::from_utf8(first.as_bytes()).ok()?.parse().ok()
 }
 
 impl Body for ResponseBody {
