@@ -191,6 +191,62 @@ pub struct ClientBody {
     /// fails with [`BodyError::TooLarge`].
     limit: Option<u64>,
     seen: u64,
+    /// What went on so far, while the body may have to go again.
+    kept: Option<Box<Kept>>,
+}
+
+/// The most of a request body kept while an HTTP/2 backend has not
+/// answered, so that a request it did not act on (a stream past its
+/// GOAWAY, or one it refused) is sent again whole. HAProxy's L7 retries
+/// likewise need the request in its buffer; a larger body fails as
+/// before.
+pub const KEEP_FOR_RESENDING: u64 = 64 * 1024;
+
+/// The frames of a body already given, to give again from the start.
+#[derive(Default)]
+struct Kept {
+    chunks: Vec<bytes::Bytes>,
+    trailers: Option<http::HeaderMap>,
+    bytes: u64,
+    /// While given again: the next of `chunks` (then the trailers).
+    again_at: Option<usize>,
+}
+
+impl Kept {
+    /// False once the body is more than is kept.
+    fn record(&mut self, frame: &Frame<bytes::Bytes>) -> bool {
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.len() as u64;
+            if self.bytes > KEEP_FOR_RESENDING {
+                return false;
+            }
+            self.chunks.push(data.clone());
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.trailers = Some(trailers.clone());
+        }
+        true
+    }
+
+    fn next_again(&mut self) -> Option<Frame<bytes::Bytes>> {
+        let at = self.again_at?;
+        let frame = match self.chunks.get(at) {
+            Some(chunk) => Frame::data(chunk.clone()),
+            None => Frame::trailers(self.trailers.clone()?),
+        };
+        let last = at + 1 >= self.chunks.len() + usize::from(self.trailers.is_some());
+        self.again_at = (!last).then_some(at + 1);
+        Some(frame)
+    }
+
+    /// The bytes still to give again.
+    fn left_again(&self) -> u64 {
+        self.again_at.map_or(0, |at| {
+            self.chunks[at.min(self.chunks.len())..]
+                .iter()
+                .map(|c| c.len() as u64)
+                .sum()
+        })
+    }
 }
 
 /// A client's request body as it arrives: read by hyper's server, or by
@@ -311,6 +367,7 @@ impl ClientBody {
                 progress,
                 limit: None,
                 seen: 0,
+                kept: None,
             },
             watch,
         )
@@ -319,6 +376,34 @@ impl ClientBody {
     /// The bytes the body may carry, set before any is read.
     pub fn limit(&mut self, max: u64) {
         self.limit = Some(max);
+    }
+
+    /// Keeps what goes on from now, up to [`KEEP_FOR_RESENDING`] bytes,
+    /// to be given again after [`ClientBody::rewind`]. Called before the
+    /// first read (a body given back keeps what it kept).
+    pub fn keep_for_resending(&mut self) {
+        if self.kept.is_none() {
+            self.kept = Some(Box::default());
+        }
+    }
+
+    /// Keeps nothing more: the backend answered. A body being given again
+    /// finishes that first.
+    pub fn stop_keeping(&mut self) {
+        if self.kept.as_ref().is_some_and(|k| k.again_at.is_none()) {
+            self.kept = None;
+        }
+    }
+
+    /// Gives what was kept again from its first byte, then the rest as it
+    /// comes; false when the body was not kept whole (over the bound, or
+    /// failed), and cannot be sent again.
+    pub fn rewind(&mut self) -> bool {
+        let Some(kept) = &mut self.kept else {
+            return false;
+        };
+        kept.again_at = (!kept.chunks.is_empty() || kept.trailers.is_some()).then_some(0);
+        true
     }
 }
 
@@ -331,6 +416,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(again) = this.kept.as_mut().and_then(|k| k.next_again()) {
+            // Counted, and checked against the limit, the first time.
+            return Poll::Ready(Some(Ok(again)));
+        }
         if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
             return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
         }
@@ -343,7 +432,18 @@ impl Body for ClientBody {
                 if let Some(progress) = &this.progress {
                     progress.set(BodyState::TooLarge);
                 }
+                this.kept = None;
                 return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+            }
+        }
+        if let Some(kept) = &mut this.kept {
+            let whole = match &polled {
+                Poll::Ready(Some(Ok(frame))) => kept.record(frame),
+                Poll::Ready(Some(Err(_))) => false,
+                Poll::Ready(None) | Poll::Pending => true,
+            };
+            if !whole {
+                this.kept = None;
             }
         }
         if let Some(progress) = &this.progress {
@@ -366,11 +466,25 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.kept.as_ref().is_none_or(|k| k.again_at.is_none()) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(again) = self
+            .kept
+            .as_ref()
+            .map(|k| k.left_again())
+            .filter(|n| *n > 0)
+        else {
+            return inner;
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + again);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + again);
+        }
+        hint
     }
 }
 
@@ -1022,6 +1136,108 @@ mod tests {
         added.copy_into(&mut map);
         assert_eq!(map.get_all("dnt").iter().collect::<Vec<_>>(), ["1"]);
         assert_eq!(map.get_all("x-forwarded-proto").iter().count(), 1);
+    }
+
+    /// A client's body as frames come: data chunks, then an end or an error.
+    struct Frames(std::collections::VecDeque<std::io::Result<hyper::body::Frame<bytes::Bytes>>>);
+
+    impl hyper::body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<std::io::Result<hyper::body::Frame<bytes::Bytes>>>> {
+            std::task::Poll::Ready(self.0.pop_front())
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn client_body(chunks: &[usize], fails: bool) -> super::ClientBody {
+        let mut frames: std::collections::VecDeque<_> = chunks
+            .iter()
+            .map(|&n| Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; n]))))
+            .collect();
+        if fails {
+            frames.push_back(Err(std::io::Error::other("cut")));
+        }
+        let inner = super::RequestBody::Own(Box::pin(Frames(frames)));
+        super::ClientBody::new(inner).0
+    }
+
+    /// The next frame's data length; None at the end, Err at an error.
+    fn next_len(body: &mut super::ClientBody) -> Result<Option<usize>, ()> {
+        use hyper::body::Body;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(body).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => Ok(frame.data_ref().map(|d| d.len())),
+            std::task::Poll::Ready(Some(Err(_))) => Err(()),
+            std::task::Poll::Ready(None) => Ok(None),
+            std::task::Poll::Pending => panic!("these bodies never wait"),
+        }
+    }
+
+    /// Rewound, a kept body gives what it gave from its first byte, then
+    /// what it had not given yet, and says how much is left meanwhile.
+    #[test]
+    fn a_kept_body_is_given_again_from_its_start_then_goes_on() {
+        use hyper::body::Body;
+        let mut body = client_body(&[10, 20, 30], false);
+        body.keep_for_resending();
+        assert_eq!(next_len(&mut body), Ok(Some(10)));
+        assert_eq!(next_len(&mut body), Ok(Some(20)));
+        assert!(body.rewind());
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().lower(), 30);
+        assert_eq!(next_len(&mut body), Ok(Some(10)));
+        assert_eq!(body.size_hint().lower(), 20);
+        // Rewound again midway: from the start again.
+        assert!(body.rewind());
+        let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
+        assert_eq!(all, [10, 20, 30]);
+        assert!(body.is_end_stream());
+        // The third was kept as it went: all three again.
+        assert!(body.rewind());
+        let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
+        assert_eq!(all, [10, 20, 30]);
+    }
+
+    /// A body past the bound, or one that failed, is not kept: it cannot
+    /// be sent again whole. Nothing is kept unless asked.
+    #[test]
+    fn a_body_too_large_or_failed_or_not_asked_for_cannot_be_rewound() {
+        let half = super::KEEP_FOR_RESENDING as usize / 2;
+        let mut body = client_body(&[half, half], false);
+        body.keep_for_resending();
+        while next_len(&mut body).unwrap().is_some() {}
+        assert!(body.rewind(), "the bound itself is kept");
+
+        let mut body = client_body(&[half, half, 1], false);
+        body.keep_for_resending();
+        while next_len(&mut body).unwrap().is_some() {}
+        assert!(!body.rewind());
+
+        let mut body = client_body(&[5], true);
+        body.keep_for_resending();
+        assert_eq!(next_len(&mut body), Ok(Some(5)));
+        assert_eq!(next_len(&mut body), Err(()));
+        assert!(!body.rewind());
+
+        let mut body = client_body(&[5], false);
+        assert_eq!(next_len(&mut body), Ok(Some(5)));
+        assert!(!body.rewind());
+
+        // Stopped (the backend answered) while not being given again.
+        let mut body = client_body(&[5, 5], false);
+        body.keep_for_resending();
+        assert_eq!(next_len(&mut body), Ok(Some(5)));
+        body.stop_keeping();
+        assert!(!body.rewind());
     }
 
     /// Scanned (few names) or hashed (many), a map is searched alike.

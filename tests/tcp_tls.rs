@@ -1055,6 +1055,40 @@ mod upstream {
         }
     }
 
+    /// A hand-written HTTP/2 backend: each connection's preface read and
+    /// an empty SETTINGS sent, then `serve`d, told whether it is the
+    /// first; beside it the count of connections it took.
+    async fn raw_h2_origin<F, Fut>(
+        serve: F,
+    ) -> (TcpBackend, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+    where
+        F: Fn(bool, tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) -> Fut
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        let origin = TcpBackend::start(move |tcp| {
+            let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let serve = serve.clone();
+            async move {
+                let (mut read, mut write) = tcp.into_split();
+                let mut preface = [0u8; 24];
+                if read.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let settings = support::h2::frame(support::h2::SETTINGS, 0, 0, &[]);
+                let _ = write.write_all(&settings).await;
+                serve(first, read, write).await;
+            }
+        })
+        .await;
+        (origin, connections)
+    }
+
     /// A backend closing gracefully (GOAWAY with NO_ERROR, as nginx does
     /// after `keepalive_requests`) names the last stream it took; the
     /// streams after it were not acted on, and are sent again on a new
@@ -1064,40 +1098,29 @@ mod upstream {
     async fn streams_past_a_graceful_goaway_are_sent_again_on_a_new_connection() {
         use support::h2::{ACK, GOAWAY, HEADERS, SETTINGS, frame, read_frame};
         const REQUESTS: usize = 4;
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = connections.clone();
-        let origin = TcpBackend::start(move |tcp| {
-            let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-            async move {
-                let (mut read, mut write) = tcp.into_split();
-                let mut preface = [0u8; 24];
-                if read.read_exact(&mut preface).await.is_err() {
-                    return;
+        let (origin, connections) = raw_h2_origin(|first, mut read, mut write| async move {
+            let mut streams = Vec::new();
+            while let Some(f) = read_frame(&mut read).await {
+                match f.kind {
+                    SETTINGS if f.flags & ACK == 0 => {
+                        let _ = write.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+                    }
+                    HEADERS => streams.push(f.stream),
+                    _ => {}
                 }
-                let _ = write.write_all(&frame(SETTINGS, 0, 0, &[])).await;
-                let mut streams = Vec::new();
-                while let Some(f) = read_frame(&mut read).await {
-                    match f.kind {
-                        SETTINGS if f.flags & ACK == 0 => {
-                            let _ = write.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
-                        }
-                        HEADERS => streams.push(f.stream),
-                        _ => {}
+                // :status 200 (static index 8), END_STREAM | END_HEADERS.
+                let ok = |stream| frame(HEADERS, 0x5, stream, &[0x88]);
+                if !first {
+                    for stream in streams.drain(..) {
+                        let _ = write.write_all(&ok(stream)).await;
                     }
-                    // :status 200 (static index 8), END_STREAM | END_HEADERS.
-                    let ok = |stream| frame(HEADERS, 0x5, stream, &[0x88]);
-                    if !first {
-                        for stream in streams.drain(..) {
-                            let _ = write.write_all(&ok(stream)).await;
-                        }
-                    } else if streams.len() == REQUESTS {
-                        // The first stream answered, the rest past the GOAWAY.
-                        let mut goaway = streams[0].to_be_bytes().to_vec();
-                        goaway.extend(0u32.to_be_bytes());
-                        let _ = write.write_all(&ok(streams[0])).await;
-                        let _ = write.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
-                        return;
-                    }
+                } else if streams.len() == REQUESTS {
+                    // The first stream answered, the rest past the GOAWAY.
+                    let mut goaway = streams[0].to_be_bytes().to_vec();
+                    goaway.extend(0u32.to_be_bytes());
+                    let _ = write.write_all(&ok(streams[0])).await;
+                    let _ = write.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
+                    return;
                 }
             }
         })
@@ -1115,6 +1138,57 @@ mod upstream {
             let (status, text) = r.await.unwrap();
             assert_eq!(status, 200, "request {i}: {text}");
         }
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// nginx's case with a body: the backend took a POST's whole body,
+    /// then closed gracefully with a GOAWAY naming no stream. The request
+    /// goes again, its body whole, on a new connection.
+    #[tokio::test]
+    async fn a_request_body_past_a_graceful_goaway_is_sent_again_on_a_new_connection() {
+        use support::h2::{ACK, DATA, GOAWAY, HEADERS, SETTINGS, frame, read_frame};
+        const END_STREAM: u8 = 0x1;
+        let (origin, connections) = raw_h2_origin(|first, mut read, mut write| async move {
+            let mut received = std::collections::HashMap::new();
+            while let Some(f) = read_frame(&mut read).await {
+                match f.kind {
+                    SETTINGS if f.flags & ACK == 0 => {
+                        let _ = write.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+                    }
+                    HEADERS | DATA => {
+                        *received.entry(f.stream).or_insert(0) +=
+                            f.payload.len() * usize::from(f.kind == DATA);
+                    }
+                    _ => {}
+                }
+                if f.flags & END_STREAM == 0 || !matches!(f.kind, HEADERS | DATA) {
+                    continue;
+                }
+                if first {
+                    let _ = write.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).await;
+                    return;
+                }
+                // :status 200 (static index 8), END_HEADERS; then the
+                // body's length as the answer's body.
+                let len = received.get(&f.stream).copied().unwrap_or(0);
+                let _ = write
+                    .write_all(&frame(HEADERS, 0x4, f.stream, &[0x88]))
+                    .await;
+                let text = format!("len={len}");
+                let answer = frame(DATA, END_STREAM, f.stream, text.as_bytes());
+                let _ = write.write_all(&answer).await;
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("p", &[origin.addr], "backend_protocol = \"h2c\""),
+            &[listener("web", "http", "p", "")],
+        )
+        .await;
+        let (status, text) =
+            bounded(LIMIT, "an answer", post_to(lb.addr("web"), "/up", 30_000)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\r\nlen=30000\r\n"), "{text}");
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
@@ -1216,13 +1290,74 @@ mod upstream {
     }
 
     async fn post_close(addr: std::net::SocketAddr, len: usize) -> (u16, String) {
+        post_to(addr, "/p", len).await
+    }
+
+    async fn post_to(addr: std::net::SocketAddr, path: &str, len: usize) -> (u16, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = format!(
-            "POST /p HTTP/1.1\r\nHost: site.test\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: site.test\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&vec![b'x'; len]).await.unwrap();
         read_answer(stream).await
+    }
+
+    /// A request with a body that an HTTP/2 backend did not act on (its
+    /// stream refused: RFC 9113 §8.7; a GOAWAY past it is the same case)
+    /// is sent again with its body whole, as long as the body is no more
+    /// than geolb keeps (64 KiB): the body goes again from its first byte,
+    /// then whatever of it the client had not sent yet. A larger one fails
+    /// (502), promptly.
+    #[tokio::test]
+    async fn a_request_body_an_http2_backend_did_not_act_on_is_sent_again_whole() {
+        let refused = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        // Each path's first stream refused, the next read whole.
+        let origin = h2_origin(move |req, mut respond| {
+            let refused = refused.clone();
+            async move {
+                if refused.lock().unwrap().insert(req.uri().path().to_owned()) {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    return;
+                }
+                let mut body = req.into_body();
+                let (mut len, mut all_x) = (0usize, true);
+                while let Some(data) = body.data().await {
+                    let Ok(data) = data else { return };
+                    let _ = body.flow_control().release_capacity(data.len());
+                    len += data.len();
+                    all_x &= data.iter().all(|b| *b == b'x');
+                }
+                if let Ok(mut out) = respond.send_response(http::Response::new(()), false) {
+                    let text = format!("len={len} all_x={all_x}");
+                    let _ = out.send_data(bytes::Bytes::from(text), true);
+                }
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("p", &[origin.addr], "backend_protocol = \"h2c\""),
+            &[listener("web", "http", "p", "")],
+        )
+        .await;
+        let addr = lb.addr("web");
+        // 65,536: the bound itself, and one byte past the stream's first
+        // window, so the refusal finds some of it not yet read.
+        for len in [1usize, 20_000, 65_536] {
+            let (status, text) =
+                bounded(LIMIT, "an answer", post_to(addr, &format!("/{len}"), len)).await;
+            assert_eq!(status, 200, "{len} bytes: {text}");
+            assert!(
+                text.contains(&format!("\r\nlen={len} all_x=true\r\n")),
+                "{len} bytes: {text}"
+            );
+        }
+        let (status, text) = bounded(LIMIT, "an answer", post_to(addr, "/big", 100_000)).await;
+        assert_eq!(status, 502, "{text}");
+        // Sent again, it is read whole.
+        let (status, text) = post_to(addr, "/big", 100_000).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\r\nlen=100000 all_x=true\r\n"), "{text}");
     }
 
     /// Request bodies larger than a stream's first window arrive whole

@@ -959,8 +959,10 @@ async fn respond(
                 }
                 Some(Err(mut e)) => {
                     if let Some(request) = e.take_message() {
-                        // Closed before our request was written: nothing was
-                        // sent, so the same backend may be tried afresh.
+                        // Closed before our request was written, or an
+                        // HTTP/2 backend said it did not act on it (its
+                        // body kept to go again): the same backend may be
+                        // tried afresh.
                         pending = Some(request);
                         if stale_left > 0 {
                             stale_left -= 1;
@@ -997,7 +999,11 @@ async fn respond(
                         tried.pop();
                         continue;
                     }
-                    pool.outcome(index, Outcome::Failure);
+                    // Not acted on, and not to be sent again (a body past
+                    // what is kept): the request fails, the backend did not.
+                    if !err.unprocessed() {
+                        pool.outcome(index, Outcome::Failure);
+                    }
                     let retryable = retry_on.reset
                         && replay.is_some()
                         && err.closed_without_answer()

@@ -85,7 +85,9 @@ impl Connection {
     }
 
     /// Sends the request in `pending` with the fields in `added`; a
-    /// request the connection had no stream for comes back in the error.
+    /// request the connection had no stream for, or that the backend did
+    /// not act on ([`BackendError::unprocessed`]) with a body of up to
+    /// [`super::KEEP_FOR_RESENDING`] bytes, comes back in the error.
     pub fn send(
         &self,
         pending: &mut Option<Request<BackendRequestBody>>,
@@ -106,20 +108,51 @@ impl Connection {
                     sent: None,
                 });
             }
-            let (parts, body) = req.into_parts();
+            let (parts, mut body) = req.into_parts();
             let mut head = Request::from_parts(parts, ());
             let end = body.is_end_stream();
             set_length(&mut head, &body);
+            // A body-less request is made again from the caller's copy
+            // (`Replay`), if it may be; one with a body only from here.
+            let again = match &mut body {
+                http_body_util::Either::Left(client) if !end => {
+                    client.keep_for_resending();
+                    Some(copy_head(&head))
+                }
+                _ => None,
+            };
             let (response, stream) = match send.send_request(head, end) {
                 Ok(sent) => sent,
                 Err(e) => return Err(failed(e)),
             };
-            let cancel = (!end).then(|| {
+            let (mut cancel, given_back) = if end {
+                (None, None)
+            } else {
                 let (cancel, cancelled) = oneshot::channel();
-                tokio::spawn(pipe(body, stream, cancelled));
-                CancelOnDrop(Some(cancel))
-            });
-            let response = response.await.map_err(failed)?;
+                let (give_back, given_back) = oneshot::channel();
+                tokio::spawn(pipe(body, stream, cancelled, give_back));
+                (Some(CancelOnDrop(Some(cancel))), Some(given_back))
+            };
+            let response = match response.await {
+                Ok(response) => response,
+                Err(e) => {
+                    let error = BackendError::H2(e);
+                    let mut request = None;
+                    if let (true, Some(head), Some(given_back)) =
+                        (error.unprocessed(), again, given_back)
+                    {
+                        // The pipe stops at once (if the stream's end had
+                        // not already stopped it) and gives the body back.
+                        drop(cancel.take());
+                        request = given_back.await.ok().map(|body| head.map(|()| body));
+                    }
+                    return Err(SendError {
+                        error,
+                        request,
+                        sent: None,
+                    });
+                }
+            };
             // The body goes on being sent: dropped unsent, the sender
             // tells the pipe nothing.
             if let Some(mut cancel) = cancel {
@@ -130,6 +163,16 @@ impl Connection {
             Ok(Response::from_parts(parts, BackendBody::H2(body)))
         }
     }
+}
+
+/// The head as sent, for sending again: h2 takes the one it sends.
+fn copy_head(head: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    copy
 }
 
 fn failed(error: h2::Error) -> SendError {
@@ -172,23 +215,30 @@ impl Drop for CancelOnDrop {
 
 /// Sends a request's body on its stream, as the stream's window allows;
 /// stops at a reset from the backend (an early answer) or from the
-/// request ([`CancelOnDrop`]).
+/// request ([`CancelOnDrop`]). Until the response comes, what it sent
+/// is kept, and given back at the end for the request to go again.
 async fn pipe(
     mut body: BackendRequestBody,
     mut stream: SendStream<Bytes>,
     mut cancelled: oneshot::Receiver<()>,
+    give_back: oneshot::Sender<BackendRequestBody>,
 ) {
-    let mut watching = true;
+    let mut give_back = Some(give_back);
     let mut held = None;
     let sent = poll_fn(|cx| {
-        if watching {
+        if give_back.is_some() {
             match Pin::new(&mut cancelled).poll(cx) {
                 Poll::Ready(Ok(())) => {
                     stream.send_reset(Reason::CANCEL);
                     return Poll::Ready(Ok(()));
                 }
-                // The response came: the body goes on.
-                Poll::Ready(Err(_)) => watching = false,
+                // The response came: the body goes on, no longer kept.
+                Poll::Ready(Err(_)) => {
+                    give_back = None;
+                    if let http_body_util::Either::Left(client) = &mut body {
+                        client.stop_keeping();
+                    }
+                }
                 Poll::Pending => {}
             }
         }
@@ -197,6 +247,11 @@ async fn pipe(
     .await;
     if let Err(e) = sent {
         tracing::debug!(error = %e, "request body not sent whole");
+    }
+    if let (Some(give_back), http_body_util::Either::Left(client)) = (give_back, &mut body)
+        && client.rewind()
+    {
+        let _ = give_back.send(body);
     }
 }
 
