@@ -59,6 +59,13 @@
 # false }, HAProxy ssl verify none, nginx proxy_pass https://), as
 # benches/http.sh BACKEND_PROTO=tls does.
 #   BACKEND_PROTO=tls PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
+# UPLOAD=N (bytes, e.g. 1024 or 1k): every request is a POST carrying N
+# bytes (wrk's script sets the body; Content-Length framing); the backend
+# reads and drops it and answers as for a GET (nginx's `return`). nginx
+# the proxy buffers a body before it forwards it (in memory up to its
+# client_body_buffer_size, 16 KiB here; to a file past that), HAProxy and
+# geolb stream it. CLIENT=h1 only.
+#   UPLOAD=1k BACKEND_PROTO=h2c PROXIES="geolb haproxy" GEOLB=target/release/geolb benches/instructions.sh
 # CACHE=1: callgrind also simulates the caches (valgrind's --cache-sim,
 # this machine's sizes) and prints each proxy's data reads and writes and
 # its L1 and last-level misses per request: where two proxies' instructions
@@ -75,7 +82,7 @@
 # CALLGRIND_ARGS: more options for callgrind, e.g. --dump-instr=yes (costs
 # by instruction address, whose inlined frames benches/callgrind_inlined.py
 # names: which move made a memcpy).
-# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), SAME_FIELDS (0), BACKEND_PROTO (http1), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), SAME_FIELDS (0), BACKEND_PROTO (http1), UPLOAD (none), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
@@ -90,6 +97,7 @@ TOP=${TOP:-10}
 TOOL=${TOOL:-callgrind}
 LISTENER=${LISTENER:-}
 URL_PATH=${URL_PATH:-/}
+UPLOAD=${UPLOAD:-}
 BODY=${BODY:-}
 COMPRESS=${COMPRESS:-}
 CLIENT=${CLIENT:-h1}
@@ -336,6 +344,18 @@ wait_port "$BACKEND" "$STARTED_PID" || die "backend nginx did not start: $(tail 
 request_fields
 WRK_HEADER=("${REQUEST_FIELDS[@]}")
 [[ -n $COMPRESS ]] && WRK_HEADER+=(-H "Accept-Encoding: $COMPRESS")
+WRK_SCRIPT=()
+if [[ -n $UPLOAD ]]; then
+  [[ $CLIENT == h1 ]] || die "UPLOAD: CLIENT=h1 only"
+  upload_bytes=${UPLOAD/k/*1024}
+  [[ $upload_bytes =~ ^[0-9]+(\*1024)?$ ]] || die "UPLOAD=$UPLOAD: a number of bytes, or of KiB with k"
+  cat >"$WORK/upload.lua" <<LUA
+wrk.method = "POST"
+wrk.body = string.rep("x", $((upload_bytes)))
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+  WRK_SCRIPT=(-s "$WORK/upload.lua")
+fi
 
 # load SECONDS OUTFILE : CONNS connections of wrk, or of h2load (one stream
 # each, a line per request in OUTFILE.log) with CLIENT=h2, on LOAD_CPU.
@@ -347,7 +367,7 @@ load() {
     # can take longer than wrk's 2 s (nginx's did, 221 times in 20 s).
     # wrk then counts a timeout, not an answer, and the proxy's work for
     # it is shared by the requests counted.
-    run_load "$1" "$2" wrk -t1 -c"$CONNS" -d"${1}s" --timeout 60s "${WRK_HEADER[@]}" "http://127.0.0.1:$PORT$URL_PATH"
+    run_load "$1" "$2" wrk -t1 -c"$CONNS" -d"${1}s" --timeout 60s "${WRK_HEADER[@]}" "${WRK_SCRIPT[@]}" "http://127.0.0.1:$PORT$URL_PATH"
   fi
 }
 

@@ -191,8 +191,6 @@ pub struct ClientBody {
     /// fails with [`BodyError::TooLarge`].
     limit: Option<u64>,
     seen: u64,
-    /// What went on so far, while the body may have to go again.
-    kept: Option<Box<Kept>>,
 }
 
 /// The most of a request body kept while an HTTP/2 backend has not
@@ -202,19 +200,20 @@ pub struct ClientBody {
 /// before.
 pub const KEEP_FOR_RESENDING: u64 = 64 * 1024;
 
-/// The frames of a body already given, to give again from the start.
+/// The frames of a body as they went to a backend, kept (references to
+/// the same bytes) to go again.
 #[derive(Default)]
-struct Kept {
-    chunks: Vec<bytes::Bytes>,
+pub struct Sent {
+    /// A small body comes in one chunk or two: kept here, not in an
+    /// allocation of its own.
+    chunks: smallvec::SmallVec<[bytes::Bytes; 2]>,
     trailers: Option<http::HeaderMap>,
     bytes: u64,
-    /// While given again: the next of `chunks` (then the trailers).
-    again_at: Option<usize>,
 }
 
-impl Kept {
+impl Sent {
     /// False once the body is more than is kept.
-    fn record(&mut self, frame: &Frame<bytes::Bytes>) -> bool {
+    pub fn record(&mut self, frame: &Frame<bytes::Bytes>) -> bool {
         if let Some(data) = frame.data_ref() {
             self.bytes += data.len() as u64;
             if self.bytes > KEEP_FOR_RESENDING {
@@ -226,26 +225,36 @@ impl Kept {
         }
         true
     }
+}
 
+/// A body going again: what it sent before, then the rest as it comes.
+pub struct Resent {
+    sent: Sent,
+    /// The next of `sent`'s chunks (past them, its trailers).
+    at: usize,
+    rest: RequestBody,
+}
+
+impl Resent {
     fn next_again(&mut self) -> Option<Frame<bytes::Bytes>> {
-        let at = self.again_at?;
-        let frame = match self.chunks.get(at) {
+        let frame = match self.sent.chunks.get(self.at) {
             Some(chunk) => Frame::data(chunk.clone()),
-            None => Frame::trailers(self.trailers.clone()?),
+            None if self.at == self.sent.chunks.len() => {
+                Frame::trailers(self.sent.trailers.clone()?)
+            }
+            None => return None,
         };
-        let last = at + 1 >= self.chunks.len() + usize::from(self.trailers.is_some());
-        self.again_at = (!last).then_some(at + 1);
+        self.at += 1;
         Some(frame)
     }
 
-    /// The bytes still to give again.
-    fn left_again(&self) -> u64 {
-        self.again_at.map_or(0, |at| {
-            self.chunks[at.min(self.chunks.len())..]
-                .iter()
-                .map(|c| c.len() as u64)
-                .sum()
-        })
+    fn given(&self) -> bool {
+        self.at >= self.sent.chunks.len() + usize::from(self.sent.trailers.is_some())
+    }
+
+    fn left(&self) -> u64 {
+        let chunks = &self.sent.chunks[self.at.min(self.sent.chunks.len())..];
+        chunks.iter().map(|c| c.len() as u64).sum()
     }
 }
 
@@ -257,6 +266,8 @@ pub enum RequestBody {
     Hyper(Incoming),
     Empty,
     Own(Pin<Box<dyn Body<Data = bytes::Bytes, Error = io::Error> + Send + Sync>>),
+    /// Going again to a backend that did not act on it.
+    Resent(Box<Resent>),
 }
 
 impl Body for RequestBody {
@@ -272,6 +283,10 @@ impl Body for RequestBody {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Own(b) => b.as_mut().poll_frame(cx).map_err(BodyError::from),
+            RequestBody::Resent(r) => match r.next_again() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(&mut r.rest).poll_frame(cx),
+            },
         }
     }
 
@@ -280,6 +295,7 @@ impl Body for RequestBody {
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::Empty => true,
             RequestBody::Own(b) => b.is_end_stream(),
+            RequestBody::Resent(r) => r.given() && r.rest.is_end_stream(),
         }
     }
 
@@ -288,6 +304,15 @@ impl Body for RequestBody {
             RequestBody::Hyper(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Own(b) => b.size_hint(),
+            RequestBody::Resent(r) => {
+                let (rest, left) = (r.rest.size_hint(), r.left());
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + left);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + left);
+                }
+                hint
+            }
         }
     }
 }
@@ -367,7 +392,6 @@ impl ClientBody {
                 progress,
                 limit: None,
                 seen: 0,
-                kept: None,
             },
             watch,
         )
@@ -378,32 +402,15 @@ impl ClientBody {
         self.limit = Some(max);
     }
 
-    /// Keeps what goes on from now, up to [`KEEP_FOR_RESENDING`] bytes,
-    /// to be given again after [`ClientBody::rewind`]. Called before the
-    /// first read (a body given back keeps what it kept).
-    pub fn keep_for_resending(&mut self) {
-        if self.kept.is_none() {
-            self.kept = Some(Box::default());
+    /// Gives `sent` (what the body gave before) again first, then the
+    /// rest as it comes; a body given again before and cut short again
+    /// still gives what it had left of that after.
+    pub fn send_again_first(&mut self, sent: Sent) {
+        if sent.chunks.is_empty() && sent.trailers.is_none() {
+            return;
         }
-    }
-
-    /// Keeps nothing more: the backend answered. A body being given again
-    /// finishes that first.
-    pub fn stop_keeping(&mut self) {
-        if self.kept.as_ref().is_some_and(|k| k.again_at.is_none()) {
-            self.kept = None;
-        }
-    }
-
-    /// Gives what was kept again from its first byte, then the rest as it
-    /// comes; false when the body was not kept whole (over the bound, or
-    /// failed), and cannot be sent again.
-    pub fn rewind(&mut self) -> bool {
-        let Some(kept) = &mut self.kept else {
-            return false;
-        };
-        kept.again_at = (!kept.chunks.is_empty() || kept.trailers.is_some()).then_some(0);
-        true
+        let rest = std::mem::replace(&mut self.inner, RequestBody::Empty);
+        self.inner = RequestBody::Resent(Box::new(Resent { sent, at: 0, rest }));
     }
 }
 
@@ -416,7 +423,9 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(again) = this.kept.as_mut().and_then(|k| k.next_again()) {
+        if let RequestBody::Resent(r) = &mut this.inner
+            && let Some(again) = r.next_again()
+        {
             // Counted, and checked against the limit, the first time.
             return Poll::Ready(Some(Ok(again)));
         }
@@ -432,18 +441,7 @@ impl Body for ClientBody {
                 if let Some(progress) = &this.progress {
                     progress.set(BodyState::TooLarge);
                 }
-                this.kept = None;
                 return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
-            }
-        }
-        if let Some(kept) = &mut this.kept {
-            let whole = match &polled {
-                Poll::Ready(Some(Ok(frame))) => kept.record(frame),
-                Poll::Ready(Some(Err(_))) => false,
-                Poll::Ready(None) | Poll::Pending => true,
-            };
-            if !whole {
-                this.kept = None;
             }
         }
         if let Some(progress) = &this.progress {
@@ -466,25 +464,11 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.kept.as_ref().is_none_or(|k| k.again_at.is_none()) && self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let Some(again) = self
-            .kept
-            .as_ref()
-            .map(|k| k.left_again())
-            .filter(|n| *n > 0)
-        else {
-            return inner;
-        };
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + again);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + again);
-        }
-        hint
+        self.inner.size_hint()
     }
 }
 
@@ -1157,14 +1141,11 @@ mod tests {
         }
     }
 
-    fn client_body(chunks: &[usize], fails: bool) -> super::ClientBody {
-        let mut frames: std::collections::VecDeque<_> = chunks
+    fn client_body(chunks: &[usize]) -> super::ClientBody {
+        let frames = chunks
             .iter()
             .map(|&n| Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; n]))))
             .collect();
-        if fails {
-            frames.push_back(Err(std::io::Error::other("cut")));
-        }
         let inner = super::RequestBody::Own(Box::pin(Frames(frames)));
         super::ClientBody::new(inner).0
     }
@@ -1182,62 +1163,56 @@ mod tests {
         }
     }
 
-    /// Rewound, a kept body gives what it gave from its first byte, then
-    /// what it had not given yet, and says how much is left meanwhile.
+    fn sent_of(body: &mut super::ClientBody, frames: usize) -> super::Sent {
+        let mut sent = super::Sent::default();
+        for _ in 0..frames {
+            let len = next_len(body).unwrap().expect("a frame");
+            let frame = hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; len]));
+            assert!(sent.record(&frame));
+        }
+        sent
+    }
+
+    /// Sent again, a body gives what it gave before from its first byte,
+    /// then what it had not given yet, and says how much is left; cut
+    /// short again while doing so, it still gives all of it in order.
     #[test]
-    fn a_kept_body_is_given_again_from_its_start_then_goes_on() {
+    fn a_body_sent_again_gives_what_it_sent_first_then_goes_on() {
         use hyper::body::Body;
-        let mut body = client_body(&[10, 20, 30], false);
-        body.keep_for_resending();
-        assert_eq!(next_len(&mut body), Ok(Some(10)));
-        assert_eq!(next_len(&mut body), Ok(Some(20)));
-        assert!(body.rewind());
+        let mut body = client_body(&[10, 20, 30]);
+        let sent = sent_of(&mut body, 2);
+        body.send_again_first(sent);
         assert!(!body.is_end_stream());
         assert_eq!(body.size_hint().lower(), 30);
-        assert_eq!(next_len(&mut body), Ok(Some(10)));
+        let again = sent_of(&mut body, 1);
         assert_eq!(body.size_hint().lower(), 20);
-        // Rewound again midway: from the start again.
-        assert!(body.rewind());
+        body.send_again_first(again);
         let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
         assert_eq!(all, [10, 20, 30]);
         assert!(body.is_end_stream());
-        // The third was kept as it went: all three again.
-        assert!(body.rewind());
-        let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
-        assert_eq!(all, [10, 20, 30]);
+        // Nothing sent: the body as it was.
+        let mut body = client_body(&[5]);
+        body.send_again_first(super::Sent::default());
+        assert!(matches!(body.inner, super::RequestBody::Own(_)));
     }
 
-    /// A body past the bound, or one that failed, is not kept: it cannot
-    /// be sent again whole. Nothing is kept unless asked.
+    /// What goes again was counted against `max_body` the first time, not
+    /// again; the bound of what is kept is `KEEP_FOR_RESENDING` bytes.
     #[test]
-    fn a_body_too_large_or_failed_or_not_asked_for_cannot_be_rewound() {
+    fn a_body_sent_again_is_counted_once_and_kept_up_to_its_bound() {
+        let mut body = client_body(&[10, 10]);
+        body.limit(25);
+        let sent = sent_of(&mut body, 2);
+        body.send_again_first(sent);
+        let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
+        assert_eq!(all, [10, 10]);
+
         let half = super::KEEP_FOR_RESENDING as usize / 2;
-        let mut body = client_body(&[half, half], false);
-        body.keep_for_resending();
-        while next_len(&mut body).unwrap().is_some() {}
-        assert!(body.rewind(), "the bound itself is kept");
-
-        let mut body = client_body(&[half, half, 1], false);
-        body.keep_for_resending();
-        while next_len(&mut body).unwrap().is_some() {}
-        assert!(!body.rewind());
-
-        let mut body = client_body(&[5], true);
-        body.keep_for_resending();
-        assert_eq!(next_len(&mut body), Ok(Some(5)));
-        assert_eq!(next_len(&mut body), Err(()));
-        assert!(!body.rewind());
-
-        let mut body = client_body(&[5], false);
-        assert_eq!(next_len(&mut body), Ok(Some(5)));
-        assert!(!body.rewind());
-
-        // Stopped (the backend answered) while not being given again.
-        let mut body = client_body(&[5, 5], false);
-        body.keep_for_resending();
-        assert_eq!(next_len(&mut body), Ok(Some(5)));
-        body.stop_keeping();
-        assert!(!body.rewind());
+        let chunk = |n| hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; n]));
+        let mut sent = super::Sent::default();
+        assert!(sent.record(&chunk(half)));
+        assert!(sent.record(&chunk(half)), "the bound itself is kept");
+        assert!(!sent.record(&chunk(1)));
     }
 
     /// Scanned (few names) or hashed (many), a map is searched alike.

@@ -26,7 +26,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::{Added, BackendBody, BackendError, BackendRequestBody, SendError};
+use super::{Added, BackendBody, BackendError, BackendRequestBody, SendError, Sent};
 
 // hyper's client defaults, kept: the windows let a 64 KiB answer come in
 // one round trip, and the rest bound what a backend can make geolb hold.
@@ -108,43 +108,36 @@ impl Connection {
                     sent: None,
                 });
             }
-            let (parts, mut body) = req.into_parts();
+            let (parts, body) = req.into_parts();
             let mut head = Request::from_parts(parts, ());
             let end = body.is_end_stream();
             set_length(&mut head, &body);
             // A body-less request is made again from the caller's copy
             // (`Replay`), if it may be; one with a body only from here.
-            let again = match &mut body {
-                http_body_util::Either::Left(client) if !end => {
-                    client.keep_for_resending();
-                    Some(copy_head(&head))
-                }
-                _ => None,
-            };
+            let again =
+                (!end && matches!(body, http_body_util::Either::Left(_))).then(|| copy_head(&head));
             let (response, stream) = match send.send_request(head, end) {
                 Ok(sent) => sent,
                 Err(e) => return Err(failed(e)),
             };
-            let (mut cancel, given_back) = if end {
+            let (mut cancel, piping) = if end {
                 (None, None)
             } else {
                 let (cancel, cancelled) = oneshot::channel();
-                let (give_back, given_back) = oneshot::channel();
-                tokio::spawn(pipe(body, stream, cancelled, give_back));
-                (Some(CancelOnDrop(Some(cancel))), Some(given_back))
+                let piping = tokio::spawn(pipe(body, stream, cancelled));
+                (Some(CancelOnDrop(Some(cancel))), Some(piping))
             };
             let response = match response.await {
                 Ok(response) => response,
                 Err(e) => {
                     let error = BackendError::H2(e);
                     let mut request = None;
-                    if let (true, Some(head), Some(given_back)) =
-                        (error.unprocessed(), again, given_back)
-                    {
+                    if let (true, Some(head), Some(piping)) = (error.unprocessed(), again, piping) {
                         // The pipe stops at once (if the stream's end had
                         // not already stopped it) and gives the body back.
                         drop(cancel.take());
-                        request = given_back.await.ok().map(|body| head.map(|()| body));
+                        let body = piping.await.ok().flatten();
+                        request = body.map(|body| head.map(|()| body));
                     }
                     return Err(SendError {
                         error,
@@ -216,51 +209,51 @@ impl Drop for CancelOnDrop {
 /// Sends a request's body on its stream, as the stream's window allows;
 /// stops at a reset from the backend (an early answer) or from the
 /// request ([`CancelOnDrop`]). Until the response comes, what it sent
-/// is kept, and given back at the end for the request to go again.
+/// is kept (up to [`super::KEEP_FOR_RESENDING`] bytes), and the body
+/// given back at the end to go again with it first (the task's own
+/// output: no channel of its own).
 async fn pipe(
     mut body: BackendRequestBody,
     mut stream: SendStream<Bytes>,
     mut cancelled: oneshot::Receiver<()>,
-    give_back: oneshot::Sender<BackendRequestBody>,
-) {
-    let mut give_back = Some(give_back);
+) -> Option<BackendRequestBody> {
+    let mut answered = false;
+    let mut kept = Some(Sent::default());
     let mut held = None;
     let sent = poll_fn(|cx| {
-        if give_back.is_some() {
+        if !answered {
             match Pin::new(&mut cancelled).poll(cx) {
                 Poll::Ready(Ok(())) => {
                     stream.send_reset(Reason::CANCEL);
                     return Poll::Ready(Ok(()));
                 }
                 // The response came: the body goes on, no longer kept.
-                Poll::Ready(Err(_)) => {
-                    give_back = None;
-                    if let http_body_util::Either::Left(client) = &mut body {
-                        client.stop_keeping();
-                    }
-                }
+                Poll::Ready(Err(_)) => (answered, kept) = (true, None),
                 Poll::Pending => {}
             }
         }
-        send_body(&mut body, &mut stream, &mut held, cx)
+        send_body(&mut body, &mut stream, &mut held, &mut kept, cx)
     })
     .await;
     if let Err(e) = sent {
         tracing::debug!(error = %e, "request body not sent whole");
     }
-    if let (Some(give_back), http_body_util::Either::Left(client)) = (give_back, &mut body)
-        && client.rewind()
-    {
-        let _ = give_back.send(body);
-    }
+    let (Some(kept), http_body_util::Either::Left(client)) = (kept, &mut body) else {
+        return None;
+    };
+    client.send_again_first(kept);
+    Some(body)
 }
 
 /// A chunk read from the body waits in `held` (with whether it is the
-/// last) until the stream's window has room for some of it.
+/// last) until the stream's window has room for some of it. What is read
+/// goes into `kept` too while it is kept, and ends it when it is more
+/// than is kept, or fails.
 fn send_body(
     body: &mut BackendRequestBody,
     stream: &mut SendStream<Bytes>,
     held: &mut Option<(Bytes, bool)>,
+    kept: &mut Option<Sent>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), h2::Error>> {
     loop {
@@ -284,7 +277,16 @@ fn send_body(
             }
             continue;
         }
-        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+        let polled = ready!(Pin::new(&mut *body).poll_frame(cx));
+        let whole = match &polled {
+            Some(Ok(frame)) => kept.as_mut().is_none_or(|sent| sent.record(frame)),
+            Some(Err(_)) => false,
+            None => true,
+        };
+        if !whole {
+            *kept = None;
+        }
+        match polled {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(chunk) => {
                     let end = body.is_end_stream();
