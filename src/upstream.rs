@@ -207,7 +207,8 @@ pub struct Sent {
     /// A small body comes in one chunk or two: kept here, not in an
     /// allocation of its own.
     chunks: smallvec::SmallVec<[bytes::Bytes; 2]>,
-    trailers: Option<http::HeaderMap>,
+    /// Rare: not in every request's sending future.
+    trailers: Option<Box<http::HeaderMap>>,
     bytes: u64,
 }
 
@@ -221,7 +222,7 @@ impl Sent {
             }
             self.chunks.push(data.clone());
         } else if let Some(trailers) = frame.trailers_ref() {
-            self.trailers = Some(trailers.clone());
+            self.trailers = Some(Box::new(trailers.clone()));
         }
         true
     }
@@ -240,7 +241,7 @@ impl Resent {
         let frame = match self.sent.chunks.get(self.at) {
             Some(chunk) => Frame::data(chunk.clone()),
             None if self.at == self.sent.chunks.len() => {
-                Frame::trailers(self.sent.trailers.clone()?)
+                Frame::trailers(*self.sent.trailers.clone()?)
             }
             None => return None,
         };

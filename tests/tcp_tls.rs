@@ -1294,12 +1294,28 @@ mod upstream {
     }
 
     async fn post_to(addr: std::net::SocketAddr, path: &str, len: usize) -> (u16, String) {
+        post_paced(addr, path, len, None).await
+    }
+
+    /// The head and body in one write, or the body `after` the head.
+    async fn post_paced(
+        addr: std::net::SocketAddr,
+        path: &str,
+        len: usize,
+        after: Option<Duration>,
+    ) -> (u16, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
+        let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: site.test\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(&vec![b'x'; len]).await.unwrap();
+        )
+        .into_bytes();
+        if let Some(after) = after {
+            stream.write_all(&request).await.unwrap();
+            tokio::time::sleep(after).await;
+            request.clear();
+        }
+        request.resize(request.len() + len, b'x');
+        stream.write_all(&request).await.unwrap();
         read_answer(stream).await
     }
 
@@ -1343,10 +1359,17 @@ mod upstream {
         let addr = lb.addr("web");
         // 65,536: the bound itself, and one byte past the stream's first
         // window, so the refusal finds some of it not yet read.
-        for len in [1usize, 20_000, 65_536] {
+        // With the head (sent from the request's task), and 100 ms after
+        // it (the rest from a task of its own).
+        let paces = [None, Some(Duration::from_millis(100))];
+        for (len, after) in [1usize, 20_000, 65_536]
+            .into_iter()
+            .flat_map(|n| paces.map(|p| (n, p)))
+        {
+            let path = format!("/{len}/{}", after.is_some());
             let (status, text) =
-                bounded(LIMIT, "an answer", post_to(addr, &format!("/{len}"), len)).await;
-            assert_eq!(status, 200, "{len} bytes: {text}");
+                bounded(LIMIT, "an answer", post_paced(addr, &path, len, after)).await;
+            assert_eq!(status, 200, "{len} bytes, body after {after:?}: {text}");
             assert!(
                 text.contains(&format!("\r\nlen={len} all_x=true\r\n")),
                 "{len} bytes: {text}"
