@@ -271,6 +271,17 @@ pub enum RequestBody {
     Resent(Box<Resent>),
 }
 
+impl RequestBody {
+    /// The next frame of what a body sent again had sent before, at any
+    /// depth (sent again a third time, cut short in the second).
+    fn next_again(&mut self) -> Option<Frame<bytes::Bytes>> {
+        match self {
+            RequestBody::Resent(r) => r.next_again().or_else(|| r.rest.next_again()),
+            _ => None,
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = bytes::Bytes;
     type Error = BodyError;
@@ -424,9 +435,7 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let RequestBody::Resent(r) = &mut this.inner
-            && let Some(again) = r.next_again()
-        {
+        if let Some(again) = this.inner.next_again() {
             // Counted, and checked against the limit, the first time.
             return Poll::Ready(Some(Ok(again)));
         }
@@ -1205,6 +1214,10 @@ mod tests {
         body.limit(25);
         let sent = sent_of(&mut body, 2);
         body.send_again_first(sent);
+        // Cut short again after one: the second comes from the first
+        // sending's record, still not counted.
+        let again = sent_of(&mut body, 1);
+        body.send_again_first(again);
         let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
         assert_eq!(all, [10, 10]);
 
