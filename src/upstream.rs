@@ -200,13 +200,17 @@ pub struct ClientBody {
 /// before.
 pub const KEEP_FOR_RESENDING: u64 = 64 * 1024;
 
-/// The frames of a body as they went to a backend, kept (references to
-/// the same bytes) to go again.
+/// The frames of a body as they went to a backend, kept to go again:
+/// its first two chunks by reference, the rest copied into one buffer.
+/// A chunk by reference holds the whole read buffer it was cut from, so
+/// a client sending its body a byte at a time could otherwise make each
+/// byte hold a buffer.
 #[derive(Default)]
 pub struct Sent {
     /// A small body comes in one chunk or two: kept here, not in an
     /// allocation of its own.
     chunks: smallvec::SmallVec<[bytes::Bytes; 2]>,
+    more: bytes::BytesMut,
     /// Rare: not in every request's sending future.
     trailers: Option<Box<http::HeaderMap>>,
     bytes: u64,
@@ -220,16 +224,25 @@ impl Sent {
             if self.bytes > KEEP_FOR_RESENDING {
                 return false;
             }
-            self.chunks.push(data.clone());
+            if self.chunks.len() < 2 {
+                self.chunks.push(data.clone());
+            } else {
+                self.more.extend_from_slice(data);
+            }
         } else if let Some(trailers) = frame.trailers_ref() {
             self.trailers = Some(Box::new(trailers.clone()));
         }
         true
     }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.trailers.is_none()
+    }
 }
 
 /// A body going again: what it sent before, then the rest as it comes.
 pub struct Resent {
+    /// What was sent (the copied part last), and its trailers.
     sent: Sent,
     /// The next of `sent`'s chunks (past them, its trailers).
     at: usize,
@@ -237,6 +250,14 @@ pub struct Resent {
 }
 
 impl Resent {
+    fn new(mut sent: Sent, rest: RequestBody) -> Resent {
+        if !sent.more.is_empty() {
+            let more = std::mem::take(&mut sent.more).freeze();
+            sent.chunks.push(more);
+        }
+        Resent { sent, at: 0, rest }
+    }
+
     fn next_again(&mut self) -> Option<Frame<bytes::Bytes>> {
         let frame = match self.sent.chunks.get(self.at) {
             Some(chunk) => Frame::data(chunk.clone()),
@@ -418,11 +439,11 @@ impl ClientBody {
     /// rest as it comes; a body given again before and cut short again
     /// still gives what it had left of that after.
     pub fn send_again_first(&mut self, sent: Sent) {
-        if sent.chunks.is_empty() && sent.trailers.is_none() {
+        if sent.is_empty() {
             return;
         }
         let rest = std::mem::replace(&mut self.inner, RequestBody::Empty);
-        self.inner = RequestBody::Resent(Box::new(Resent { sent, at: 0, rest }));
+        self.inner = RequestBody::Resent(Box::new(Resent::new(sent, rest)));
     }
 }
 
@@ -436,7 +457,14 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
         let this = &mut *self;
         if let Some(again) = this.inner.next_again() {
-            // Counted, and checked against the limit, the first time.
+            // Counted, and checked against the limit, the first time; but
+            // moving now, whatever the last sending had waited for.
+            if let Some(progress) = &this.progress {
+                progress.set(match this.inner.is_end_stream() {
+                    true => BodyState::Ended,
+                    false => BodyState::Moving,
+                });
+            }
             return Poll::Ready(Some(Ok(again)));
         }
         if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
@@ -543,6 +571,12 @@ impl BackendError {
     /// The backend went away before a byte of its response: closed
     /// cleanly (hyper: incomplete message) or reset. A response that
     /// began and then failed is not this, nor is a garbled one.
+    /// An HTTP/2 backend closing its connection, on a stream it did not
+    /// take: not a failure of the backend (a refused stream is).
+    pub fn went_away(&self) -> bool {
+        matches!(self, BackendError::H2(e) if e.is_go_away() && e.is_remote())
+    }
+
     pub fn closed_without_answer(&self) -> bool {
         match self {
             BackendError::Own(e) => e.closed_without_answer(),
@@ -1220,6 +1254,13 @@ mod tests {
         body.send_again_first(again);
         let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
         assert_eq!(all, [10, 10]);
+
+        // Past two chunks, the rest is copied: given again as one.
+        let mut body = client_body(&[1, 2, 3, 4, 5]);
+        let sent = sent_of(&mut body, 5);
+        body.send_again_first(sent);
+        let all: Vec<_> = std::iter::from_fn(|| next_len(&mut body).unwrap()).collect();
+        assert_eq!(all, [1, 2, 12]);
 
         let half = super::KEEP_FOR_RESENDING as usize / 2;
         let chunk = |n| hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; n]));

@@ -999,9 +999,11 @@ async fn respond(
                         tried.pop();
                         continue;
                     }
-                    // Not acted on, and not to be sent again (a body past
-                    // what is kept): the request fails, the backend did not.
-                    if !err.unprocessed() {
+                    // A backend closing gracefully on a request it did not
+                    // take, not to be sent again (a body past what is
+                    // kept): the request fails, the backend did not. One
+                    // refusing streams does count.
+                    if !err.went_away() {
                         pool.outcome(index, Outcome::Failure);
                     }
                     let retryable = retry_on.reset

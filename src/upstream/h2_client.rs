@@ -114,11 +114,20 @@ impl Connection {
             set_length(&mut head, &body);
             // A body-less request is made again from the caller's copy
             // (`Replay`), if it may be; one with a body only from here.
-            let again =
-                (!end && matches!(body, http_body_util::Either::Left(_))).then(|| copy_head(&head));
+            let again = (!end
+                && matches!(body, http_body_util::Either::Left(_))
+                && body.size_hint().lower() <= super::KEEP_FOR_RESENDING)
+                .then(|| copy_head(&head));
             let (response, mut stream) = match send.send_request(head, end) {
                 Ok(sent) => sent,
-                Err(e) => return Err(failed(e)),
+                // Nothing went (a GOAWAY came since `poll_ready`).
+                Err(e) => {
+                    return Err(SendError {
+                        error: BackendError::H2(e),
+                        request: again.map(|head| head.map(|()| body)),
+                        sent: None,
+                    });
+                }
             };
             let mut upload = Upload::Here(body, None);
             if let (false, Upload::Here(body, kept)) = (end, &mut upload) {
@@ -127,7 +136,7 @@ impl Connection {
                 // not (or that is past the window) goes on from a task of
                 // its own, with what was kept of it so far.
                 let (mut held, mut at_once) = (None, AT_ONCE);
-                *kept = Some(Sent::default());
+                *kept = again.is_some().then(Sent::default);
                 let now = poll_fn(|cx| {
                     Poll::Ready(send_body(
                         body,
@@ -243,14 +252,6 @@ fn copy_head(head: &Request<()>) -> Request<()> {
     *copy.version_mut() = head.version();
     *copy.headers_mut() = head.headers().clone();
     copy
-}
-
-fn failed(error: h2::Error) -> SendError {
-    SendError {
-        error: BackendError::H2(error),
-        request: None,
-        sent: None,
-    }
 }
 
 /// A body whose length is known but not written gets a `Content-Length`
