@@ -1240,6 +1240,42 @@ mod tests {
         assert!(matches!(body.inner, super::RequestBody::Own(_)));
     }
 
+    /// Trailers sent go again too, after the data and as the end.
+    #[test]
+    fn a_body_sent_again_gives_its_trailers_last() {
+        use hyper::body::{Body, Frame};
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = [
+            Ok(Frame::data(bytes::Bytes::from_static(b"abc"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let inner = super::RequestBody::Own(Box::pin(Frames(frames.into_iter().collect())));
+        let mut body = super::ClientBody::new(inner).0;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut poll =
+            |body: &mut super::ClientBody| match std::pin::Pin::new(body).poll_frame(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) => Some(frame),
+                _ => None,
+            };
+        let mut sent = super::Sent::default();
+        while let Some(frame) = poll(&mut body) {
+            assert!(sent.record(&frame));
+        }
+        body.send_again_first(sent);
+        assert!(!body.is_end_stream());
+        let data = poll(&mut body).expect("the data again");
+        assert_eq!(data.data_ref().map(|d| &d[..]), Some(&b"abc"[..]));
+        let last = poll(&mut body).expect("the trailers again");
+        assert_eq!(
+            last.trailers_ref().and_then(|t| t.get("grpc-status")),
+            Some(&http::HeaderValue::from_static("0"))
+        );
+        assert!(body.is_end_stream());
+        assert!(poll(&mut body).is_none());
+    }
+
     /// What goes again was counted against `max_body` the first time, not
     /// again; the bound of what is kept is `KEEP_FOR_RESENDING` bytes.
     #[test]
