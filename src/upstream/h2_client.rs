@@ -120,11 +120,17 @@ impl Connection {
                 .then(|| copy_head(&head));
             let (response, mut stream) = match send.send_request(head, end) {
                 Ok(sent) => sent,
-                // Nothing went (a GOAWAY came since `poll_ready`).
+                // Nothing went: the connection went away since
+                // `poll_ready` (the request may go on another), or h2
+                // refused the head (it would refuse it again).
                 Err(e) => {
+                    let gone = e.is_go_away() || e.is_io();
+                    if gone {
+                        closed.store(true, Ordering::Release);
+                    }
                     return Err(SendError {
                         error: BackendError::H2(e),
-                        request: again.map(|head| head.map(|()| body)),
+                        request: again.filter(|_| gone).map(|head| head.map(|()| body)),
                         sent: None,
                     });
                 }
