@@ -1302,6 +1302,31 @@ mod upstream {
         (i % 251) as u8
     }
 
+    /// Reads a body of `pattern_byte`s and answers its length and whether
+    /// every byte was in its place; with `refuse_past`, refuses the stream
+    /// (REFUSED_STREAM) once that many bytes came instead.
+    async fn answer_pattern(
+        mut body: h2::RecvStream,
+        mut respond: h2::server::SendResponse<bytes::Bytes>,
+        refuse_past: Option<usize>,
+    ) {
+        let (mut len, mut in_order) = (0usize, true);
+        while let Some(data) = body.data().await {
+            let Ok(data) = data else { return };
+            let _ = body.flow_control().release_capacity(data.len());
+            in_order &= data.iter().zip(len..).all(|(b, i)| *b == pattern_byte(i));
+            len += data.len();
+            if refuse_past.is_some_and(|past| len >= past) {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+        }
+        if let Ok(mut out) = respond.send_response(http::Response::new(()), false) {
+            let text = format!("len={len} in_order={in_order}");
+            let _ = out.send_data(bytes::Bytes::from(text), true);
+        }
+    }
+
     /// The head and body in one write, or the body `after` the head.
     async fn post_paced(
         addr: std::net::SocketAddr,
@@ -1341,18 +1366,7 @@ mod upstream {
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     return;
                 }
-                let mut body = req.into_body();
-                let (mut len, mut in_order) = (0usize, true);
-                while let Some(data) = body.data().await {
-                    let Ok(data) = data else { return };
-                    let _ = body.flow_control().release_capacity(data.len());
-                    in_order &= data.iter().zip(len..).all(|(b, i)| *b == pattern_byte(i));
-                    len += data.len();
-                }
-                if let Ok(mut out) = respond.send_response(http::Response::new(()), false) {
-                    let text = format!("len={len} in_order={in_order}");
-                    let _ = out.send_data(bytes::Bytes::from(text), true);
-                }
+                answer_pattern(req.into_body(), respond, None).await;
             }
         })
         .await;
@@ -1386,6 +1400,48 @@ mod upstream {
         let (status, text) = post_to(addr, "/big", 100_000).await;
         assert_eq!(status, 200, "{text}");
         assert!(text.contains("\r\nlen=100000 in_order=true\r\n"), "{text}");
+    }
+
+    /// A chunked body the backend refuses midway (having read 10,000 of its
+    /// bytes) goes again in order: what had gone (its first two chunks as
+    /// they were, the rest copied into one), then the chunks still coming.
+    #[tokio::test]
+    async fn a_chunked_body_refused_midway_is_sent_again_in_order() {
+        const CHUNKS: usize = 30;
+        const CHUNK: usize = 1_000;
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = tries.clone();
+        let origin = h2_origin(move |req, respond| {
+            let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                let refuse_past = first.then_some(10_000);
+                answer_pattern(req.into_body(), respond, refuse_past).await;
+            }
+        })
+        .await;
+        let lb = Lb::start(
+            &pool("p", &[origin.addr], "backend_protocol = \"h2c\""),
+            &[listener("web", "http", "p", "")],
+        )
+        .await;
+        let mut stream = TcpStream::connect(lb.addr("web")).await.unwrap();
+        let head = "POST /up HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        for c in 0..CHUNKS {
+            let bytes: Vec<u8> = (c * CHUNK..(c + 1) * CHUNK).map(pattern_byte).collect();
+            let mut chunk = format!("{CHUNK:x}\r\n").into_bytes();
+            chunk.extend(bytes);
+            chunk.extend(b"\r\n");
+            stream.write_all(&chunk).await.unwrap();
+            // Read as chunks of their own, some before the refusal.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        let (status, text) = read_answer(stream).await;
+        assert_eq!(status, 200, "{text}");
+        let whole = format!("\r\nlen={} in_order=true\r\n", CHUNKS * CHUNK);
+        assert!(text.contains(&whole), "{text}");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// A stream the backend reset for another reason than not acting on
