@@ -225,14 +225,7 @@ impl Upload {
     /// not kept whole.
     async fn give_back(self) -> Option<BackendRequestBody> {
         match self {
-            Upload::Here(mut body, Some(kept)) => {
-                let http_body_util::Either::Left(client) = &mut body else {
-                    return None;
-                };
-                client.send_again_first(kept);
-                Some(body)
-            }
-            Upload::Here(_, None) => None,
+            Upload::Here(body, kept) => again_first(body, kept?),
             // The pipe stops at once (if the stream's end had not already
             // stopped it) and gives the body back.
             Upload::Piping(cancel, piping) => {
@@ -322,7 +315,12 @@ async fn pipe(
     if let Err(e) = sent {
         tracing::debug!(error = %e, "request body not sent whole");
     }
-    let (Some(kept), http_body_util::Either::Left(client)) = (kept, &mut body) else {
+    again_first(body, kept?)
+}
+
+/// A client's body, to be sent again with what it sent (`kept`) first.
+fn again_first(mut body: BackendRequestBody, kept: Sent) -> Option<BackendRequestBody> {
+    let http_body_util::Either::Left(client) = &mut body else {
         return None;
     };
     client.send_again_first(kept);
