@@ -1784,6 +1784,9 @@ mod tests {
         let cl = |s: &'static str| content_length_value(s.as_bytes());
         assert_eq!(cl("42"), Some(42));
         assert_eq!(cl("3, 3"), Some(3));
+        assert_eq!(cl(" 7 "), Some(7));
+        assert_eq!(cl("0"), Some(0));
+        assert_eq!(cl("9999999999999999999"), Some(9_999_999_999_999_999_999));
         for bad in [
             "",
             "+3",

@@ -232,18 +232,10 @@ pub fn send<B, E: From<SendError>, W: FnOnce(ResponseBody) -> B>(
     };
     let (mut parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
-    // hyper's client puts a body's framing field after the fields in the
-    // map, the added ones among them: with a body, so do we.
-    let after_map = if end_stream {
-        Some(added)
-    } else {
-        added.copy_into(&mut parts.headers);
-        None
-    };
-    let encoder = set_length(&mut parts, &body);
+    let (encoder, framing) = set_length(&mut parts, &body);
     let head = HEADS.with_borrow_mut(|heads| {
         crate::arena::cut(heads, HEADS_CHUNK, HEAD_ROOM, |h| {
-            write_head(&parts, after_map, h)
+            write_head(&parts, added, framing, h)
         })
     });
     // On the future's state until the response comes; boxed into the
@@ -344,28 +336,34 @@ pub fn send<B, E: From<SendError>, W: FnOnce(ResponseBody) -> B>(
 /// from either client: `Content-Length` the caller set wins, else
 /// `Transfer-Encoding` (made to end in chunked), else a known length is
 /// stated, else chunked, except for GET, HEAD and CONNECT, sent bodiless.
-fn set_length(parts: &mut http::request::Parts, body: &BackendRequestBody) -> Encoder {
+///
+/// A framing field the request lacked comes back rather than going into
+/// the map: hyper's client appends it to the map, after the fields geolb
+/// added there, so it is written last. The added fields then stay out of
+/// the map for a request with a body too (four inserts and their drops
+/// were 1,400 instructions of a 1 KiB POST's 21,900).
+fn set_length(
+    parts: &mut http::request::Parts,
+    body: &BackendRequestBody,
+) -> (Encoder, Option<AddedFraming>) {
     let headers = &mut parts.headers;
     if body.is_end_stream() {
         if super::has_field(headers, &header::TRANSFER_ENCODING) {
             headers.remove(header::TRANSFER_ENCODING);
         }
-        return Encoder::Length(0);
+        return (Encoder::Length(0), None);
     }
     let known = body.size_hint().exact();
     let existing = content_length(headers.get_all(header::CONTENT_LENGTH).iter());
     if parts.version == Version::HTTP_10 {
         headers.remove(header::TRANSFER_ENCODING);
         return match (existing, known) {
-            (Ok(Some(len)), _) => Encoder::Length(len),
-            (_, Some(len)) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                Encoder::Length(len)
-            }
-            _ => Encoder::Length(0),
+            (Ok(Some(len)), _) => (Encoder::Length(len), None),
+            (_, Some(len)) => (Encoder::Length(len), stated_length(headers, len)),
+            _ => (Encoder::Length(0), None),
         };
     }
-    match headers.entry(header::TRANSFER_ENCODING) {
+    let framing = match headers.entry(header::TRANSFER_ENCODING) {
         Entry::Occupied(mut te) => {
             let last = te.iter_mut().next_back().expect("occupied");
             if !ends_in_chunked(last) {
@@ -375,26 +373,41 @@ fn set_length(parts: &mut http::request::Parts, body: &BackendRequestBody) -> En
                     *last = v;
                 }
             }
+            None
         }
-        Entry::Vacant(te) => match (existing, known) {
+        Entry::Vacant(_) => match (existing, known) {
             (Ok(Some(len)), _) => {
-                return Encoder::Length(len);
+                return (Encoder::Length(len), None);
             }
             (_, Some(len)) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                return Encoder::Length(len);
+                return (Encoder::Length(len), stated_length(headers, len));
             }
             _ if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
-                return Encoder::Length(0);
+                return (Encoder::Length(0), None);
             }
-            _ => {
-                te.insert(HeaderValue::from_static("chunked"));
-            }
+            _ => Some(AddedFraming::Chunked),
         },
-    }
+    };
     // Chunked from here on: a Content-Length would contradict it.
     headers.remove(header::CONTENT_LENGTH);
-    Encoder::Chunked(announced_trailers(headers))
+    (Encoder::Chunked(announced_trailers(headers)), framing)
+}
+
+/// The framing field [`set_length`] adds to a request that lacked one.
+enum AddedFraming {
+    Length(u64),
+    Chunked,
+}
+
+/// `Content-Length: len`, in place of one the map holds (one whose value
+/// did not parse: hyper's `insert` replaces it where it stands), else to
+/// be written last.
+fn stated_length(headers: &mut HeaderMap, len: u64) -> Option<AddedFraming> {
+    if super::has_field(headers, &header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        return None;
+    }
+    Some(AddedFraming::Length(len))
 }
 
 /// The field names a message's `Trailer` header announces (hyper's
@@ -492,6 +505,11 @@ fn known_name(raw: &[u8]) -> Option<HeaderName> {
 /// digits only, at most 19 of them; a list of equal values (`5, 5`) is
 /// one. Read as bytes: a plain number needs no split and no check for text.
 pub fn content_length_value(value: &[u8]) -> Option<u64> {
+    // A plain number, as nearly every message sends it: no list to split
+    // and trim (161 instructions for `1024` that way).
+    if (1..=19).contains(&value.len()) && value.iter().all(u8::is_ascii_digit) {
+        return Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+    }
     let mut result = None;
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
@@ -522,7 +540,12 @@ const HEADS_CHUNK: usize = 4096;
 /// would likely outgrow it (a longer head still grows it: `BytesMut`).
 const HEAD_ROOM: usize = 512;
 
-fn write_head(parts: &http::request::Parts, added: Option<&super::Added>, dst: &mut impl BufMut) {
+fn write_head(
+    parts: &http::request::Parts,
+    added: &super::Added,
+    framing: Option<AddedFraming>,
+    dst: &mut impl BufMut,
+) {
     dst.put_slice(parts.method.as_str().as_bytes());
     dst.put_u8(b' ');
     match parts.uri.path_and_query() {
@@ -536,8 +559,19 @@ fn write_head(parts: &http::request::Parts, added: Option<&super::Added>, dst: &
         _ => b" HTTP/1.1\r\n",
     });
     write_fields(&parts.headers, dst);
-    if let Some(added) = added {
-        added.write(dst);
+    added.write(dst);
+    match framing {
+        None => {}
+        Some(AddedFraming::Length(len)) => {
+            write_fields([(&header::CONTENT_LENGTH, &HeaderValue::from(len))], dst);
+        }
+        Some(AddedFraming::Chunked) => write_fields(
+            [(
+                &header::TRANSFER_ENCODING,
+                &HeaderValue::from_static("chunked"),
+            )],
+            dst,
+        ),
     }
     dst.put_slice(b"\r\n");
 }

@@ -50,11 +50,13 @@ pub enum UnreadName {
     SecFetchMode,
     SecFetchUser,
     SecFetchDest,
+    ContentType,
+    Authorization,
 }
 
 /// Each [`UnreadName`]'s head line up to its value, by its number: one
 /// copy where a name and `": "` were two.
-static LINE_STARTS: [&[u8]; 19] = [
+static LINE_STARTS: [&[u8]; 21] = [
     b"accept: ",
     b"accept-language: ",
     b"cache-control: ",
@@ -74,10 +76,12 @@ static LINE_STARTS: [&[u8]; 19] = [
     b"sec-fetch-mode: ",
     b"sec-fetch-user: ",
     b"sec-fetch-dest: ",
+    b"content-type: ",
+    b"authorization: ",
 ];
 
 /// Each [`UnreadName`]'s header name, by its number.
-static NAMES: [HeaderName; 19] = [
+static NAMES: [HeaderName; 21] = [
     header::ACCEPT,
     header::ACCEPT_LANGUAGE,
     header::CACHE_CONTROL,
@@ -97,10 +101,12 @@ static NAMES: [HeaderName; 19] = [
     HeaderName::from_static("sec-fetch-mode"),
     HeaderName::from_static("sec-fetch-user"),
     HeaderName::from_static("sec-fetch-dest"),
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
 ];
 
 impl UnreadName {
-    pub const ALL: [UnreadName; 19] = [
+    pub const ALL: [UnreadName; 21] = [
         Self::Accept,
         Self::AcceptLanguage,
         Self::CacheControl,
@@ -120,6 +126,8 @@ impl UnreadName {
         Self::SecFetchMode,
         Self::SecFetchUser,
         Self::SecFetchDest,
+        Self::ContentType,
+        Self::Authorization,
     ];
 
     /// The name as a client sends it, in any case. Matched by its length,
@@ -137,8 +145,10 @@ impl UnreadName {
             8 if is(b"priority") => Self::Priority,
             9 if is(b"sec-ch-ua") => Self::SecChUa,
             10 if is(b"user-agent") => Self::UserAgent,
+            12 if is(b"content-type") => Self::ContentType,
             13 if is(b"cache-control") => Self::CacheControl,
             13 if is(b"if-none-match") => Self::IfNoneMatch,
+            13 if is(b"authorization") => Self::Authorization,
             14 if folded_eq(&raw[..10], b"sec-fetch-") => {
                 let last = &raw[10..];
                 if folded_eq(last, b"mode") {
@@ -470,22 +480,33 @@ mod tests {
     #[test]
     fn every_use_of_a_passed_name_is_known() {
         let known: &[(&str, usize, &str)] = &[
-            ("admin/mod.rs", 1, "the admin API's own answers"),
+            ("admin/auth.rs", 2, "the admin API's own server, and a test"),
+            ("admin/mod.rs", 2, "the admin API's own answers"),
+            ("control.rs", 1, "geolb's own request to the admin API"),
             (
                 "proxy/compress.rs",
-                1,
-                "a response's Cache-Control: no-transform",
+                2,
+                "a response's Cache-Control: no-transform, its Content-Type",
             ),
-            ("proxy/http.rs", 2, "geolb's own answers (no-store)"),
+            ("proxy/http.rs", 5, "geolb's own answers (no-store, types)"),
             (
                 "proxy/http.rs",
                 2,
                 "the access log: User-Agent, Referer (of_listener)",
             ),
             ("proxy/h1.rs", 1, "a test"),
-            ("proxy/ocsp/mod.rs", 1, "geolb's own OCSP request"),
+            ("proxy/ocsp/mod.rs", 2, "geolb's own OCSP request"),
             ("sticky.rs", 5, "a response's Cache-Control, and tests"),
-            ("upstream/h1.rs", 1, "may_be_trailer: a backend's trailers"),
+            (
+                "upstream/h1.rs",
+                3,
+                "may_be_trailer: a backend's trailers (two names)",
+            ),
+            (
+                "upstream/h1.rs",
+                2,
+                "known_name: a name made once, for the map",
+            ),
         ];
         let names = [
             "ACCEPT",
@@ -499,6 +520,8 @@ mod tests {
             "DNT",
             "IF_NONE_MATCH",
             "IF_MODIFIED_SINCE",
+            "CONTENT_TYPE",
+            "AUTHORIZATION",
         ];
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut found: Vec<(String, usize)> = Vec::new();
