@@ -19,7 +19,10 @@
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per target and workload, before round 1
 #   CONNS=64        client connections (wrk -c, h2load -c)
-#   WORKLOADS="tiny 1k"  any of tiny, 1k, 64k
+#   WORKLOADS="tiny 1k"  any of tiny, 1k, 64k, upload (every request a
+#                   POST of 1 KiB to /, Content-Length framed: wrk's script,
+#                   h2load -d; the backend reads the body and answers as
+#                   for tiny)
 #   LISTENER=      more lines for geolb's listener, e.g. LISTENER='http1_server = "geolb"'
 #   LISTENER_B=    geolb-b's instead (default: LISTENER): one build, two
 #                   settings in the same rounds, e.g. LISTENER_B='splice = false'
@@ -94,7 +97,19 @@ NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
 # rest of it into a temporary file, which no one tuning for this would keep.
 NGINX_BUFFERS="            proxy_buffers 8 16k;"
 read -ra WORKLOADS <<<"${WORKLOADS:-tiny 1k}"
-declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k)
+declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k [upload]=/)
+
+# wl_args WORKLOAD : the load generator's arguments for the workload's
+# requests (the upload's body), into WL_ARGS.
+wl_args() {
+  WL_ARGS=()
+  [[ $1 == upload ]] || return 0
+  if [[ $CLIENT == h2 ]]; then
+    WL_ARGS=(-d "$WORK/upload.body")
+  else
+    WL_ARGS=(-s "$WORK/upload.lua")
+  fi
+}
 
 declare -a PIDS=()          # every long-running process this script started
 declare -A TARGET_PID=()    # target -> pid of the proxy (empty for direct)
@@ -109,6 +124,13 @@ write_backend_conf() {   # three server blocks; body of "/" names the backend
   local kib i
   kib=$(printf 'x%.0s' $(seq 1024))
   head -c 65536 /dev/zero | tr '\0' y >"$WORK/64k"
+  # The upload workload's body, for h2load -d and wrk's script alike.
+  head -c 1024 /dev/zero | tr '\0' x >"$WORK/upload.body"
+  cat >"$WORK/upload.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1024)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
   {
     nginx_common backend
     echo "http {"
@@ -247,9 +269,10 @@ sanity_check() {
 
 # run_h2load SECONDS OUTFILE URL : h2load -t1 -cCONNS -mH2_STREAMS for
 # SECONDS on LOAD_CPU, one line per request in OUTFILE.log.
+# run_h2load SECS OUT URL [ARGS...]
 run_h2load() {
   request_fields
-  run_load "$1" "$2" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$1" --log-file="$2.log" "${REQUEST_FIELDS[@]}" "$3"
+  run_load "$1" "$2" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$1" --log-file="$2.log" "${REQUEST_FIELDS[@]}" "${@:4}" "$3"
 }
 
 # parse_h2load FILE : rps p50 p99 non2xx sock requests, as parse_wrk gives
@@ -357,10 +380,11 @@ measure() {
 
   u0=$(user_ticks_of "${ppids[@]}"); i0=$(ipis_to "$LOAD_CPU"); s0=$(tcp_segments); d0=$(delayed_acks)
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
+  wl_args "$wl"
   if [[ $CLIENT == h2 ]]; then
-    run_h2load "$DURATION" "$out" "$url"
+    run_h2load "$DURATION" "$out" "$url" "${WL_ARGS[@]}"
   else
-    run_wrk "$DURATION" "$out" -c"$CONNS" "$url"
+    run_wrk "$DURATION" "$out" -c"$CONNS" "${WL_ARGS[@]}" "$url"
   fi
   p1=$(ticks_of "${ppids[@]}"); b1=$(ticks_of "${bpids[@]}"); c1=$(cpu_snapshot); t1=$(date +%s.%N); f1=$(foreign_ticks)
   u1=$(user_ticks_of "${ppids[@]}"); i1=$(ipis_to "$LOAD_CPU"); s1=$(tcp_segments); d1=$(delayed_acks)
@@ -414,7 +438,7 @@ for r in rows:
     groups.setdefault((r["target"], r["workload"]), []).append(r)
 order = ["direct", "geolb", "geolb-b", "haproxy", "nginx"]
 targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
-workloads = [w for w in ("tiny", "1k", "64k") if any(w == k[1] for k in groups)]
+workloads = [w for w in ("tiny", "1k", "64k", "upload") if any(w == k[1] for k in groups)]
 # The proxy's CPU time per request split in two: where the kernel's part
 # is as large as another proxy's whole, no user-space work can overtake
 # that proxy by much.
@@ -567,11 +591,12 @@ main() {
   if ((WARMUP > 0)); then
     for t in "${TARGETS[@]}"; do
       for wl in "${WORKLOADS[@]}"; do
+        wl_args "$wl"
         if [[ $CLIENT == h2 ]]; then
-          run_h2load "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.h2load" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
+          run_h2load "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.h2load" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}" "${WL_ARGS[@]}"
           rm -f "$RESULTS/raw/warmup-$t-$wl.h2load.log"
         else
-          run_wrk "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.wrk" -c"$CONNS" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
+          run_wrk "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.wrk" -c"$CONNS" "${WL_ARGS[@]}" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}"
         fi
       done
     done
