@@ -85,6 +85,26 @@ pub fn has_field(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
     }
 }
 
+/// Every value of the fields named `name`, in order; a small map scanned
+/// as in [`has_field`].
+pub fn field_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &'a http::HeaderName,
+) -> impl Iterator<Item = &'a http::HeaderValue> {
+    let scanned = headers.keys_len() <= SCANNED_NAMES;
+    let by_scan = scanned.then(|| {
+        headers
+            .iter()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| v)
+    });
+    let by_hash = (!scanned).then(|| headers.get_all(name).iter());
+    by_scan
+        .into_iter()
+        .flatten()
+        .chain(by_hash.into_iter().flatten())
+}
+
 /// The first value of the fields named `name`, and whether another
 /// follows it.
 pub fn first_field<'a>(

@@ -354,17 +354,22 @@ fn set_length(
         return (Encoder::Length(0), None);
     }
     let known = body.size_hint().exact();
-    let existing = content_length(headers.get_all(header::CONTENT_LENGTH).iter());
+    // Found by scanning a small map rather than by hash, as `has_field`
+    // does (a 1 KiB POST's map holds `Host` and `Content-Length`).
+    let existing = content_length(super::field_values(headers, &header::CONTENT_LENGTH));
+    let has_te = super::has_field(headers, &header::TRANSFER_ENCODING);
     if parts.version == Version::HTTP_10 {
-        headers.remove(header::TRANSFER_ENCODING);
+        if has_te {
+            headers.remove(header::TRANSFER_ENCODING);
+        }
         return match (existing, known) {
             (Ok(Some(len)), _) => (Encoder::Length(len), None),
             (_, Some(len)) => (Encoder::Length(len), stated_length(headers, len)),
             _ => (Encoder::Length(0), None),
         };
     }
-    let framing = match headers.entry(header::TRANSFER_ENCODING) {
-        Entry::Occupied(mut te) => {
+    let framing = if has_te {
+        if let Entry::Occupied(mut te) = headers.entry(header::TRANSFER_ENCODING) {
             let last = te.iter_mut().next_back().expect("occupied");
             if !ends_in_chunked(last) {
                 let mut with = last.as_bytes().to_vec();
@@ -373,9 +378,10 @@ fn set_length(
                     *last = v;
                 }
             }
-            None
         }
-        Entry::Vacant(_) => match (existing, known) {
+        None
+    } else {
+        match (existing, known) {
             (Ok(Some(len)), _) => {
                 return (Encoder::Length(len), None);
             }
@@ -386,11 +392,18 @@ fn set_length(
                 return (Encoder::Length(0), None);
             }
             _ => Some(AddedFraming::Chunked),
-        },
+        }
     };
     // Chunked from here on: a Content-Length would contradict it.
-    headers.remove(header::CONTENT_LENGTH);
-    (Encoder::Chunked(announced_trailers(headers)), framing)
+    if existing != Ok(None) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let trailers = if super::has_field(headers, &header::TRAILER) {
+        announced_trailers(headers)
+    } else {
+        Vec::new()
+    };
+    (Encoder::Chunked(trailers), framing)
 }
 
 /// The framing field [`set_length`] adds to a request that lacked one.
