@@ -39,6 +39,7 @@ use crate::tls_client;
 use answer_first::AnswerFirst;
 
 mod answer_first;
+mod batched;
 pub mod h1;
 mod h2_client;
 pub mod unread;

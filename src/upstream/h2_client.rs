@@ -26,6 +26,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
+use super::batched::{Batched, Polls};
 use super::{Added, BackendBody, BackendError, BackendRequestBody, SendError, Sent};
 
 // hyper's client defaults, kept: the windows let a 64 KiB answer come in
@@ -55,6 +56,7 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let polls = Polls::default();
         let (send, connection) = h2::client::Builder::new()
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .initial_window_size(STREAM_WINDOW)
@@ -64,7 +66,7 @@ impl Connection {
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
             .enable_push(false)
-            .handshake::<_, Bytes>(stream)
+            .handshake::<_, Bytes>(Batched::new(stream, polls.clone()))
             .await
             .map_err(io::Error::other)?;
         let closed = Arc::new(AtomicBool::new(false));
@@ -72,7 +74,13 @@ impl Connection {
         // Ends when the backend closes, or once no request and no idle
         // list holds the connection any more (h2 then says GOAWAY).
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended_with = poll_fn(|cx| {
+                polls.begin();
+                connection.as_mut().poll(cx)
+            })
+            .await;
+            if let Err(e) = ended_with {
                 tracing::debug!(backend = %addr, error = %e, "backend connection ended");
             }
             ended.store(true, Ordering::Release);
