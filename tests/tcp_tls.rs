@@ -548,6 +548,54 @@ mod library {
         assert!(infos[0].seconds_left(std::time::SystemTime::now()) > 0);
     }
 
+    /// Answers to the streams of one HTTP/2 connection over TLS go out
+    /// held and written together after each poll of the connection
+    /// (`proxy::held_writes`): thirty at once, of a few bytes to 3 MB (past
+    /// what is held, written straight), arrive whole.
+    #[tokio::test]
+    async fn many_streams_of_one_http2_connection_over_tls_get_whole_answers() {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let pki = Pki::new();
+        let cert = pki.leaf("site", &["site.test"]);
+        let web = support::Backend::start("web").await;
+        let lb = Lb::start(
+            &pool("web", &[web.addr], ""),
+            &[listener("tls", "https", "web", &tls_list(&[&cert]))],
+        )
+        .await;
+        let tls = tls_connect(&pki.client(&[b"h2"]), lb.addr("tls"), "site.test")
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let sizes = [1_000usize, 3, 70_000, 1_024, 3_000_000, 256, 65_536, 10];
+        let mut asked = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let mut sender = sender.clone();
+            let n = sizes[i % sizes.len()];
+            asked.spawn(async move {
+                let req = http::Request::get(format!("https://site.test/bytes?n={n}"))
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (n, body.len(), body.iter().all(|&b| b == b'x'))
+            });
+        }
+        let got = bounded(LIMIT, "thirty streams", asked.join_all()).await;
+        assert_eq!(got.len(), 30);
+        for (n, len, all_x) in got {
+            assert_eq!(len, n, "an answer of {n} bytes");
+            assert!(all_x, "an answer of {n} bytes changed");
+        }
+    }
+
     #[tokio::test]
     async fn https_serves_h2_and_http11_by_alpn_with_forwarded_proto() {
         use http_body_util::{BodyExt, Empty};

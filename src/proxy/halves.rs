@@ -20,6 +20,11 @@ use super::pipes::poll_splice_into;
 /// be spliced into.
 pub(super) trait Socket {
     fn tcp(&self) -> Option<&TcpStream>;
+
+    /// Whether TLS agreed on HTTP/2 (ALPN `h2`).
+    fn agreed_on_h2(&self) -> bool {
+        false
+    }
 }
 
 impl Socket for TcpStream {
@@ -32,6 +37,10 @@ impl Socket for TcpStream {
 impl<S> Socket for tokio_rustls::server::TlsStream<S> {
     fn tcp(&self) -> Option<&TcpStream> {
         None
+    }
+
+    fn agreed_on_h2(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"h2")
     }
 }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, ready};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -34,6 +34,7 @@ use super::h1::Answer;
 use super::halves::Socket;
 use super::header_rules::{self, Reply};
 use super::headers::{self, host_name};
+use super::held_writes::HeldWrites;
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use super::woken::Woken;
@@ -244,23 +245,32 @@ where
         let Some(((timeouts, max_streams, http1_server, splice, unread), conn_ctx)) = served else {
             return;
         };
-        if http1_server == Http1Server::Geolb {
+        let h2 = io.agreed_on_h2();
+        if http1_server == Http1Server::Geolb && !h2 {
             // What geolb's own server does not serve (HTTP/2, upgrades) it
             // hands back with the bytes it read, to go on with hyper.
             if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice, unread).await {
-                super::boxed_in_place(|| serve_hyper(rest, conn_ctx, timeouts, max_streams)).await;
+                super::boxed_in_place(|| serve_hyper(rest, conn_ctx, timeouts, max_streams, false))
+                    .await;
             }
             return;
         }
         // Boxed: hyper's connection state is several KiB, which every
         // connection's task would otherwise carry, also those geolb serves.
-        super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams)).await
+        super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams, h2)).await
     }
 }
 
-/// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends.
-async fn serve_hyper<I>(io: I, conn_ctx: Arc<ConnCtx>, timeouts: Timeouts, max_streams: u32)
-where
+/// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends. `h2`: TLS
+/// agreed on HTTP/2, whose writes are then held for each poll of the
+/// connection ([`HeldWrites`]).
+async fn serve_hyper<I>(
+    io: I,
+    conn_ctx: Arc<ConnCtx>,
+    timeouts: Timeouts,
+    max_streams: u32,
+    h2: bool,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = conn_ctx.ctx.clone();
@@ -315,8 +325,17 @@ where
         slot,
         ctx.tasks.clone(),
     );
-    let io = TokioIo::new(TrackedIo::for_requests(io, activity.clone()));
-    let conn = server.builder.serve_connection_with_upgrades(io, service);
+    let io = TrackedIo::for_requests(io, activity.clone());
+    let (io, held) = if h2 {
+        let io = HeldWrites::new(io);
+        let drainer = io.drainer();
+        (tokio_util::either::Either::Left(io), Some(drainer))
+    } else {
+        (tokio_util::either::Either::Right(io), None)
+    };
+    let conn = server
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), timeouts.idle));
     let mut watchdog = Woken::new(watchdog);
@@ -342,7 +361,7 @@ where
         // cost nothing until woken (`Woken`).
         tokio::select! {
             biased;
-            r = conn.as_mut() => {
+            r = std::future::poll_fn(|cx| then_drained(conn.as_mut(), held.as_ref(), cx)) => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "client connection ended");
                 }
@@ -357,7 +376,10 @@ where
                     // as use, expects it). A response still open gets
                     // the grace before the cut, unless geolb stops.
                     conn.as_mut().graceful_shutdown();
-                    let goaway = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut());
+                    let goaway = tokio::time::timeout(
+                        GOAWAY_GRACE,
+                        std::future::poll_fn(|cx| then_drained(conn.as_mut(), held.as_ref(), cx)),
+                    );
                     tokio::select! {
                         biased;
                         _ = goaway => {}
@@ -383,6 +405,19 @@ where
             }
         }
     }
+}
+
+/// A poll of `conn`, then what it wrote while polled written (`held`).
+fn then_drained<F: Future, S: AsyncWrite + Unpin>(
+    conn: Pin<&mut F>,
+    held: Option<&HeldWrites<S>>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let polled = conn.poll(cx);
+    if let Some(held) = held {
+        let _ = held.poll_drain(cx);
+    }
+    polled
 }
 
 impl ConnCtx {

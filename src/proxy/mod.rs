@@ -32,6 +32,7 @@ mod h1;
 mod halves;
 mod header_rules;
 mod headers;
+mod held_writes;
 pub mod http;
 mod linger;
 pub mod ocsp;
