@@ -39,7 +39,6 @@ use crate::tls_client;
 use answer_first::AnswerFirst;
 
 mod answer_first;
-mod batched;
 pub mod h1;
 mod h2_client;
 pub mod unread;

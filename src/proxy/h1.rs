@@ -39,12 +39,12 @@ use tokio::sync::Notify;
 
 use super::activity::{Activity, MAX_HEAD, TrackedIo, URI_TOO_LONG};
 use super::body::ResponseBody;
-use super::conn_lock::{self, ConnLock};
 use super::halves::{ReadHalf, Socket, WriteHalf};
 use super::header_rules::{X_REQUEST_ID, put_request_id};
 use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
 use super::woken::Woken;
 use crate::config::Timeouts;
+use crate::conn_lock::{self, ConnLock};
 use crate::readbuf::poll_read_exact_size;
 use crate::upstream::RequestBody;
 use crate::upstream::h1::{

@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::activity::TrackedIo;
-use super::conn_lock::ConnLock;
 use super::pipes::poll_splice_into;
+use crate::conn_lock::ConnLock;
 
 /// A client connection that may be a plain TCP socket, which a pipe can
 /// be spliced into.

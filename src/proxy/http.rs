@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -34,7 +34,6 @@ use super::h1::Answer;
 use super::halves::Socket;
 use super::header_rules::{self, Reply};
 use super::headers::{self, host_name};
-use super::held_writes::HeldWrites;
 use super::stall::Stalls;
 use super::validate::{self, Refusal};
 use super::woken::Woken;
@@ -43,6 +42,7 @@ use crate::accesslog::{self, TlsInfo};
 use crate::admission::{Denied, RetryGuard};
 use crate::balance;
 use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey, Http1Server, Timeouts};
+use crate::held_writes::{self, HeldWrites};
 use crate::limits::RetryAfter;
 use crate::locked;
 use crate::outlier::Outcome;
@@ -361,7 +361,7 @@ async fn serve_hyper<I>(
         // cost nothing until woken (`Woken`).
         tokio::select! {
             biased;
-            r = std::future::poll_fn(|cx| then_drained(conn.as_mut(), held.as_ref(), cx)) => {
+            r = std::future::poll_fn(|cx| held_writes::then_drained(conn.as_mut(), held.as_ref(), cx)) => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "client connection ended");
                 }
@@ -378,7 +378,7 @@ async fn serve_hyper<I>(
                     conn.as_mut().graceful_shutdown();
                     let goaway = tokio::time::timeout(
                         GOAWAY_GRACE,
-                        std::future::poll_fn(|cx| then_drained(conn.as_mut(), held.as_ref(), cx)),
+                        std::future::poll_fn(|cx| held_writes::then_drained(conn.as_mut(), held.as_ref(), cx)),
                     );
                     tokio::select! {
                         biased;
@@ -405,19 +405,6 @@ async fn serve_hyper<I>(
             }
         }
     }
-}
-
-/// A poll of `conn`, then what it wrote while polled written (`held`).
-fn then_drained<F: Future, S: AsyncWrite + Unpin>(
-    conn: Pin<&mut F>,
-    held: Option<&HeldWrites<S>>,
-    cx: &mut Context<'_>,
-) -> Poll<F::Output> {
-    let polled = conn.poll(cx);
-    if let Some(held) = held {
-        let _ = held.poll_drain(cx);
-    }
-    polled
 }
 
 impl ConnCtx {

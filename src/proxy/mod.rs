@@ -24,7 +24,6 @@ mod answer_timer;
 pub mod body;
 pub mod client_cert;
 mod compress;
-mod conn_lock;
 /// For the fuzz targets and their corpus replay only.
 #[doc(hidden)]
 pub mod fuzz;
@@ -32,7 +31,6 @@ mod h1;
 mod halves;
 mod header_rules;
 mod headers;
-mod held_writes;
 pub mod http;
 mod linger;
 pub mod ocsp;

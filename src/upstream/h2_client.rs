@@ -26,8 +26,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::batched::{Batched, Polls};
 use super::{Added, BackendBody, BackendError, BackendRequestBody, SendError, Sent};
+use crate::held_writes::{self, HeldWrites};
 
 // hyper's client defaults, kept: the windows let a 64 KiB answer come in
 // one round trip, and the rest bound what a backend can make geolb hold.
@@ -56,7 +56,8 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let polls = Polls::default();
+        let stream = HeldWrites::new(stream);
+        let held = stream.drainer();
         let (send, connection) = h2::client::Builder::new()
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .initial_window_size(STREAM_WINDOW)
@@ -66,7 +67,7 @@ impl Connection {
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
             .enable_push(false)
-            .handshake::<_, Bytes>(Batched::new(stream, polls.clone()))
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(io::Error::other)?;
         let closed = Arc::new(AtomicBool::new(false));
@@ -75,11 +76,8 @@ impl Connection {
         // list holds the connection any more (h2 then says GOAWAY).
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let ended_with = poll_fn(|cx| {
-                polls.begin();
-                connection.as_mut().poll(cx)
-            })
-            .await;
+            let ended_with =
+                poll_fn(|cx| held_writes::then_drained(connection.as_mut(), Some(&held), cx)).await;
             if let Err(e) = ended_with {
                 tracing::debug!(backend = %addr, error = %e, "backend connection ended");
             }

@@ -1,6 +1,7 @@
-//! An HTTP/2 client connection's writes, held while hyper's connection is
-//! polled and written when the poll returns: one write for what all its
-//! streams answered in that poll.
+//! A connection's writes, held while the task that drives it polls it and
+//! written when the poll returns: one write for what all its streams had
+//! ready in that poll. For HTTP/2, both to clients (hyper's server) and to
+//! backends (`upstream::h2_client`).
 //!
 //! h2 writes a DATA frame of 256 bytes or more by itself: it chains the
 //! payload to its buffer rather than copying it, and flushes before it
@@ -8,9 +9,11 @@
 //! (and ten TLS records) for ten 1 KiB answers that were ready together:
 //! 2.0 `writev` a request with the backend's, where HAProxy made 1.13
 //! system calls to write in all (`PERF_SYSCALLS=1 CLIENT=h2 H2_STREAMS=10
-//! WORKLOADS=1k benches/http.sh`). Only the connection's own task writes
-//! its socket (hyper's stream tasks queue frames), so the end of that
-//! task's poll of the connection is when nothing more comes to write.
+//! WORKLOADS=1k benches/http.sh`); to an h2c backend, every request body
+//! was a write of its own on a connection many requests share (2.0 a
+//! request for 1 KiB `POST`s, HAProxy 1.5). Only the driving task writes
+//! the socket (the streams' tasks queue frames), so the end of its poll
+//! is when nothing more comes to write.
 //!
 //! Only while a connection shows more than one answer ready in a poll
 //! (two flushes of written bytes): from the second flush of a poll to the
@@ -21,6 +24,7 @@
 //! HTTP/2 only: an HTTP/1 connection hyper upgrades hands its socket to a
 //! tunnel, which no poll of the connection would drain.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,20 +33,20 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::conn_lock::ConnLock;
+use crate::conn_lock::ConnLock;
 
 /// Held at most: a write that would take the buffer past it goes out
 /// first (and a large one goes straight, uncopied).
 const HELD_MAX: usize = 64 * 1024;
 
-/// Both hyper's side (the socket it reads and writes) and the connection
-/// task's (which writes what is held): the same socket.
-pub(super) struct HeldWrites<S>(Arc<ConnLock<Held<S>>>);
+/// Both the HTTP/2 side's (the socket it reads and writes) and the
+/// driving task's (which writes what is held): the same socket.
+pub(crate) struct HeldWrites<S>(Arc<ConnLock<Held<S>>>);
 
 struct Held<S> {
     io: S,
     held: BytesMut,
-    /// A write of what was held failed: hyper's next call gets it.
+    /// A write of what was held failed: the HTTP/2 side's next call gets it.
     failed: Option<io::Error>,
     /// Writes are held (see the module's doc).
     holding: bool,
@@ -53,7 +57,7 @@ struct Held<S> {
 }
 
 impl<S> HeldWrites<S> {
-    pub(super) fn new(io: S) -> HeldWrites<S> {
+    pub(crate) fn new(io: S) -> HeldWrites<S> {
         HeldWrites(Arc::new(ConnLock::new(Held {
             io,
             held: BytesMut::new(),
@@ -64,16 +68,16 @@ impl<S> HeldWrites<S> {
         })))
     }
 
-    /// The same socket, for the connection's task to drain.
-    pub(super) fn drainer(&self) -> HeldWrites<S> {
+    /// The same socket, for the driving task to drain.
+    pub(crate) fn drainer(&self) -> HeldWrites<S> {
         HeldWrites(self.0.clone())
     }
 }
 
 impl<S: AsyncWrite + Unpin> HeldWrites<S> {
     /// Writes what is held, after a poll of the connection. A failure is
-    /// kept for hyper, which then ends the connection.
-    pub(super) fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// kept for the HTTP/2 side's next call, which then ends the connection.
+    pub(crate) fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut held = self.0.lock();
         held.holding = held.flushes > 1;
         held.flushes = 0;
@@ -85,6 +89,19 @@ impl<S: AsyncWrite + Unpin> HeldWrites<S> {
         }
         Poll::Ready(())
     }
+}
+
+/// A poll of `conn`, then what it wrote while polled written (`held`).
+pub(crate) fn then_drained<F: Future, S: AsyncWrite + Unpin>(
+    conn: Pin<&mut F>,
+    held: Option<&HeldWrites<S>>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let polled = conn.poll(cx);
+    if let Some(held) = held {
+        let _ = held.poll_drain(cx);
+    }
+    polled
 }
 
 impl<S: AsyncWrite + Unpin> Held<S> {

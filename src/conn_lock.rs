@@ -15,12 +15,12 @@ const SPINS: u32 = 64;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
-pub(super) struct ConnLock<T>(try_lock::TryLock<T>);
+pub(crate) struct ConnLock<T>(try_lock::TryLock<T>);
 
 /// Not `Send`, as `std::sync::MutexGuard`: a future that would hold it
 /// across an await does not compile (another task of its thread would
 /// spin on it forever).
-pub(super) struct Guard<'a, T> {
+pub(crate) struct Guard<'a, T> {
     locked: try_lock::Locked<'a, T>,
     _not_send: PhantomData<*const ()>,
 }
@@ -40,11 +40,11 @@ impl<T> DerefMut for Guard<'_, T> {
 }
 
 impl<T> ConnLock<T> {
-    pub(super) const fn new(value: T) -> Self {
+    pub(crate) const fn new(value: T) -> Self {
         ConnLock(try_lock::TryLock::new(value))
     }
 
-    pub(super) fn lock(&self) -> Guard<'_, T> {
+    pub(crate) fn lock(&self) -> Guard<'_, T> {
         loop {
             for _ in 0..SPINS {
                 if let Some(locked) = self.0.try_lock() {
@@ -60,7 +60,7 @@ impl<T> ConnLock<T> {
         }
     }
 
-    pub(super) fn into_inner(self) -> T {
+    pub(crate) fn into_inner(self) -> T {
         self.0.into_inner()
     }
 }
