@@ -21,8 +21,10 @@
 //! writes go straight through, uncopied: a client with one stream open
 //! at a time (h2load's `-m1`) would pay for the copy and gain nothing.
 //!
-//! HTTP/2 only: an HTTP/1 connection hyper upgrades hands its socket to a
-//! tunnel, which no poll of the connection would drain.
+//! For HTTP/2: an HTTP/1 connection hyper upgrades hands its socket to a
+//! tunnel, which no poll of the connection drains. Should one come this
+//! way anyway (a client that agreed on `h2` and spoke HTTP/1.1), nothing
+//! is held once the connection's future is done.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -54,6 +56,9 @@ struct Held<S> {
     written: bool,
     /// Flushes of written bytes in this poll of the connection.
     flushes: u8,
+    /// The connection's future is done: no drain follows any more (an
+    /// upgraded HTTP/1 connection's tunnel writes on), so nothing is held.
+    released: bool,
 }
 
 impl<S> HeldWrites<S> {
@@ -65,7 +70,16 @@ impl<S> HeldWrites<S> {
             holding: false,
             written: false,
             flushes: 0,
+            released: false,
         })))
+    }
+
+    /// The connection's future is done: writes go straight from now on,
+    /// behind what is still held.
+    fn release(&self) {
+        let mut held = self.0.lock();
+        held.released = true;
+        held.holding = false;
     }
 
     /// The same socket, for the driving task to drain.
@@ -79,7 +93,7 @@ impl<S: AsyncWrite + Unpin> HeldWrites<S> {
     /// kept for the HTTP/2 side's next call, which then ends the connection.
     pub(crate) fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut held = self.0.lock();
-        held.holding = held.flushes > 1;
+        held.holding = !held.released && held.flushes > 1;
         held.flushes = 0;
         if held.held.is_empty() {
             return Poll::Ready(());
@@ -99,6 +113,9 @@ pub(crate) fn then_drained<F: Future, S: AsyncWrite + Unpin>(
 ) -> Poll<F::Output> {
     let polled = conn.poll(cx);
     if let Some(held) = held {
+        if polled.is_ready() {
+            held.release();
+        }
         let _ = held.poll_drain(cx);
     }
     polled
@@ -149,6 +166,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeldWrites<S> {
         held.failed()?;
         held.written = true;
         if !held.holding {
+            // Behind what is still held (a drain that found the socket
+            // full), never ahead of it.
+            ready!(held.poll_drain(cx))?;
             return Pin::new(&mut held.io).poll_write_vectored(cx, bufs);
         }
         let len: usize = bufs.iter().map(|b| b.len()).sum();
@@ -173,14 +193,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeldWrites<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut held = self.0.lock();
         held.failed()?;
-        if std::mem::take(&mut held.written) {
+        if std::mem::take(&mut held.written) && !held.released {
             held.flushes = held.flushes.saturating_add(1);
             held.holding |= held.flushes > 1;
         }
-        if !held.held.is_empty() {
-            return Poll::Ready(Ok(()));
+        if held.holding {
+            if !held.held.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            return Pin::new(&mut held.io).poll_flush(cx);
         }
-        Pin::new(&mut held.io).poll_flush(cx)
+        held.poll_drain(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -266,6 +289,62 @@ mod tests {
         write_and_flush(&mut io, b"five").await;
         let n = far.read(&mut got).await.unwrap();
         assert_eq!(&got[..n], b"five");
+    }
+
+    /// A drain that finds the socket full leaves bytes held; writes that
+    /// come once holding is off go behind them, not ahead.
+    #[tokio::test]
+    async fn writes_after_a_drain_that_waited_keep_their_place() {
+        let (near, mut far) = tokio::io::duplex(4);
+        let mut io = holding(near);
+        let drainer = io.drainer();
+        write_and_flush(&mut io, b"first").await;
+        // The pipe takes four bytes: the drain waits with one held, and
+        // holding goes off (that poll flushed once).
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(drainer.poll_drain(&mut cx).is_pending());
+        let writing = tokio::spawn(async move {
+            let mut rest = &b"second"[..];
+            while !rest.is_empty() {
+                let n = poll_fn(|cx| Pin::new(&mut io).poll_write(cx, rest))
+                    .await
+                    .unwrap();
+                rest = &rest[n..];
+            }
+            poll_fn(|cx| Pin::new(&mut io).poll_flush(cx))
+                .await
+                .unwrap();
+            io
+        });
+        let mut got = Vec::new();
+        while got.len() < b"firstsecond".len() {
+            let mut buf = [0u8; 4];
+            let n = far.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"firstsecond");
+        writing.await.unwrap();
+    }
+
+    /// Once the connection's future is done (`then_drained` saw it
+    /// ready), nothing is held: no drain would follow.
+    #[tokio::test]
+    async fn nothing_is_held_once_the_connection_is_done() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut io = holding(near);
+        let drainer = io.drainer();
+        poll_fn(|cx| then_drained(std::pin::pin!(async {}), Some(&drainer), cx)).await;
+        for word in [&b"one "[..], b"two ", b"three"] {
+            write_and_flush(&mut io, word).await;
+        }
+        let mut got = Vec::new();
+        while got.len() < b"one two three".len() {
+            let mut buf = [0u8; 16];
+            let n = far.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"one two three");
     }
 
     #[tokio::test]
