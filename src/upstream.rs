@@ -89,7 +89,7 @@ pub fn has_field(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
 /// as in [`has_field`].
 pub fn field_values<'a>(
     headers: &'a http::HeaderMap,
-    name: &'a http::HeaderName,
+    name: &http::HeaderName,
 ) -> impl Iterator<Item = &'a http::HeaderValue> {
     let scanned = headers.keys_len() <= SCANNED_NAMES;
     let by_scan = scanned.then(|| {
@@ -106,7 +106,9 @@ pub fn field_values<'a>(
 }
 
 /// The first value of the fields named `name`, and whether another
-/// follows it.
+/// follows it. Not [`field_values`] with a `next` or two: its chained
+/// iterators cost 60 instructions a request more here
+/// (`benches/instructions.sh`), on every request's `Host`.
 pub fn first_field<'a>(
     headers: &'a http::HeaderMap,
     name: &http::HeaderName,

@@ -364,7 +364,7 @@ fn set_length(
         }
         return match (existing, known) {
             (Ok(Some(len)), _) => (Encoder::Length(len), None),
-            (_, Some(len)) => (Encoder::Length(len), stated_length(headers, len)),
+            (_, Some(len)) => (Encoder::Length(len), stated_length(headers, existing, len)),
             _ => (Encoder::Length(0), None),
         };
     }
@@ -386,7 +386,7 @@ fn set_length(
                 return (Encoder::Length(len), None);
             }
             (_, Some(len)) => {
-                return (Encoder::Length(len), stated_length(headers, len));
+                return (Encoder::Length(len), stated_length(headers, existing, len));
             }
             _ if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
                 return (Encoder::Length(0), None);
@@ -412,11 +412,15 @@ enum AddedFraming {
     Chunked,
 }
 
-/// `Content-Length: len`, in place of one the map holds (one whose value
-/// did not parse: hyper's `insert` replaces it where it stands), else to
-/// be written last.
-fn stated_length(headers: &mut HeaderMap, len: u64) -> Option<AddedFraming> {
-    if super::has_field(headers, &header::CONTENT_LENGTH) {
+/// `Content-Length: len`, in place of one the map holds (`existing`, what
+/// its values said: one that did not parse, as hyper's `insert` replaces
+/// it where it stands), else to be written last.
+fn stated_length(
+    headers: &mut HeaderMap,
+    existing: Result<Option<u64>, ()>,
+    len: u64,
+) -> Option<AddedFraming> {
+    if existing != Ok(None) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         return None;
     }
