@@ -218,7 +218,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeldWrites<S> {
 mod tests {
     use super::*;
     use std::future::poll_fn;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Holding from the start, as after a poll with two answers; the
     /// polls here are never drained as ended, so it goes on holding.
@@ -235,6 +235,17 @@ mod tests {
         poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx))
             .await
             .unwrap();
+    }
+
+    /// The next `n` bytes at the far end; a test whose bytes stay held
+    /// fails here rather than hanging.
+    async fn arrived(far: &mut tokio::io::DuplexStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        tokio::time::timeout(std::time::Duration::from_secs(5), far.read_exact(&mut got))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        got
     }
 
     fn nothing_arrived(far: &mut tokio::io::DuplexStream) -> bool {
@@ -305,25 +316,11 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         assert!(drainer.poll_drain(&mut cx).is_pending());
         let writing = tokio::spawn(async move {
-            let mut rest = &b"second"[..];
-            while !rest.is_empty() {
-                let n = poll_fn(|cx| Pin::new(&mut io).poll_write(cx, rest))
-                    .await
-                    .unwrap();
-                rest = &rest[n..];
-            }
-            poll_fn(|cx| Pin::new(&mut io).poll_flush(cx))
-                .await
-                .unwrap();
+            io.write_all(b"second").await.unwrap();
+            io.flush().await.unwrap();
             io
         });
-        let mut got = Vec::new();
-        while got.len() < b"firstsecond".len() {
-            let mut buf = [0u8; 4];
-            let n = far.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, b"firstsecond");
+        assert_eq!(arrived(&mut far, 11).await, b"firstsecond");
         writing.await.unwrap();
     }
 
@@ -338,13 +335,7 @@ mod tests {
         for word in [&b"one "[..], b"two ", b"three"] {
             write_and_flush(&mut io, word).await;
         }
-        let mut got = Vec::new();
-        while got.len() < b"one two three".len() {
-            let mut buf = [0u8; 16];
-            let n = far.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, b"one two three");
+        assert_eq!(arrived(&mut far, 13).await, b"one two three");
     }
 
     #[tokio::test]

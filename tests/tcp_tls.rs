@@ -548,15 +548,9 @@ mod library {
         assert!(infos[0].seconds_left(std::time::SystemTime::now()) > 0);
     }
 
-    /// Answers to the streams of one HTTP/2 connection over TLS go out
-    /// held and written together after each poll of the connection
-    /// (`proxy::held_writes`): thirty at once, of a few bytes to 3 MB (past
-    /// what is held, written straight), arrive whole.
-    #[tokio::test]
-    async fn many_streams_of_one_http2_connection_over_tls_get_whole_answers() {
-        use http_body_util::{BodyExt, Empty};
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-
+    /// One backend behind an `https` listener named "tls" that has a
+    /// certificate for site.test.
+    async fn https_site() -> (Pki, support::Backend, Lb) {
         let pki = Pki::new();
         let cert = pki.leaf("site", &["site.test"]);
         let web = support::Backend::start("web").await;
@@ -565,14 +559,40 @@ mod library {
             &[listener("tls", "https", "web", &tls_list(&[&cert]))],
         )
         .await;
-        let tls = tls_connect(&pki.client(&[b"h2"]), lb.addr("tls"), "site.test")
+        (pki, web, lb)
+    }
+
+    /// An HTTP/2 client connection to site.test at `addr`, offering
+    /// `alpn`; it must agree on h2.
+    async fn h2_over_tls(
+        pki: &Pki,
+        addr: std::net::SocketAddr,
+        alpn: &[&[u8]],
+    ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let tls = tls_connect(&pki.client(alpn), addr, "site.test")
             .await
             .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
                 .unwrap();
         tokio::spawn(conn);
+        sender
+    }
+
+    /// Answers to the streams of one HTTP/2 connection over TLS go out
+    /// held and written together after each poll of the connection
+    /// (`proxy::held_writes`): thirty at once, of a few bytes to 3 MB (past
+    /// what is held, written straight), arrive whole.
+    #[tokio::test]
+    async fn many_streams_of_one_http2_connection_over_tls_get_whole_answers() {
+        use http_body_util::{BodyExt, Empty};
+
+        let (pki, _web, lb) = https_site().await;
+        let sender = h2_over_tls(&pki, lb.addr("tls"), &[b"h2"]).await;
         let sizes = [1_000usize, 3, 70_000, 1_024, 3_000_000, 256, 65_536, 10];
         let mut asked = tokio::task::JoinSet::new();
         for i in 0..30 {
@@ -599,28 +619,12 @@ mod library {
     #[tokio::test]
     async fn https_serves_h2_and_http11_by_alpn_with_forwarded_proto() {
         use http_body_util::{BodyExt, Empty};
-        use hyper_util::rt::{TokioExecutor, TokioIo};
 
-        let pki = Pki::new();
-        let cert = pki.leaf("site", &["site.test"]);
-        let web = support::Backend::start("web").await;
-        let lb = Lb::start(
-            &pool("web", &[web.addr], ""),
-            &[listener("tls", "https", "web", &tls_list(&[&cert]))],
-        )
-        .await;
+        let (pki, _web, lb) = https_site().await;
         let addr = lb.addr("tls");
 
-        // h2
-        let tls = tls_connect(&pki.client(&[b"h2", b"http/1.1"]), addr, "site.test")
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        // h2, offered beside http/1.1
+        let mut sender = h2_over_tls(&pki, addr, &[b"h2", b"http/1.1"]).await;
         for _ in 0..3 {
             let req = http::Request::get("https://site.test/headers")
                 .body(Empty::<bytes::Bytes>::new())
