@@ -1,6 +1,7 @@
 # geolb container image.
 #
 # Build:  docker build -t geolb .
+#         (--build-arg GEOLB_TARGET_CPU=x86-64-v3: for CPUs with AVX2)
 # Run:    docker run -d --name geolb \
 #           -p 80:80 -p 53:53/udp -p 53:53/tcp -p 127.0.0.1:9100:9100 \
 #           -v /srv/geolb/geolb.toml:/etc/geolb/geolb.toml:ro \
@@ -34,7 +35,14 @@ COPY geoip geoip
 # No .git in the context: the commit in geolb_build_info comes from
 # `--build-arg GEOLB_COMMIT=$(git rev-parse --short HEAD)`, else "unknown".
 ARG GEOLB_COMMIT=
-RUN GEOLB_COMMIT=$GEOLB_COMMIT cargo build --release --locked --bin geolb --config profile.release.strip=true
+# The CPU to build for (rustc's -C target-cpu), e.g. x86-64-v3 for the
+# x86-64 CPUs with AVX2 (Intel since Haswell, AMD since Zen): about 6 % fewer
+# instructions a proxied request, and an image that refuses to start, saying
+# why, on a CPU without them. Empty: the toolchain's default, which runs on
+# every CPU of the architecture (README "Building for the CPU").
+ARG GEOLB_TARGET_CPU=
+RUN if [ -n "$GEOLB_TARGET_CPU" ]; then export RUSTFLAGS="-C target-cpu=$GEOLB_TARGET_CPU"; fi \
+ && GEOLB_COMMIT=$GEOLB_COMMIT cargo build --release --locked --bin geolb --config profile.release.strip=true
 
 FROM debian:bookworm-20251229-slim@sha256:d5d3f9c23164ea16f31852f95bd5959aad1c5e854332fe00f7b3a20fcc9f635c
 COPY --from=build /src/target/release/geolb /usr/local/bin/geolb

@@ -137,6 +137,7 @@ pub mod config;
 pub mod configctl;
 mod conn_lock;
 pub mod control;
+pub mod cpu;
 pub mod daemon;
 pub mod demo;
 pub mod discovery;

@@ -343,6 +343,14 @@ fn command(
 }
 
 fn main() -> ExitCode {
+    // First, before code built for a feature this CPU may lack runs.
+    geolb::cpu::refuse_a_cpu_without_what_this_build_uses();
+    run()
+}
+
+// Its own function: its stack set-up stays out of `main`, before the check.
+#[inline(never)]
+fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match geolb::app::first_config(&config) {
