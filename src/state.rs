@@ -435,6 +435,12 @@ impl Pool {
         (0..self.backends.len()).any(|i| view.eligible(i))
     }
 
+    /// Whether [`Pool::acquire`] can wait (in the queue of a pool with
+    /// `max_connections`); without one it answers at once.
+    pub fn may_queue(&self) -> bool {
+        self.config.limits.max_connections.is_some()
+    }
+
     /// A backend for a request (or TCP connection) and its place in the
     /// backend's active count. Without `max_connections`, a pick and one
     /// atomic add; with it, a backend below its limit, else a wait of at
