@@ -496,8 +496,13 @@ async fn a_large_body_streams_without_the_daemon_holding_it() {
     assert_eq!(code, 200);
     assert_eq!(header(&h, "content-encoding"), Some("gzip"));
     let grown = vm_hwm(geolb.pid()).saturating_sub(before);
+    // Held whole, the body alone would be 8 MiB. The heap is on huge
+    // pages (`[runtime] huge_pages`), resident 2 MiB at a time: streaming
+    // grows it by 0.2 to 0.8 MB, and by one 2 MiB page more when the
+    // stream's blocks first reach a new one (2,314,240 bytes in a run of
+    // `.ci/run`, over the quarter this test once allowed).
     assert!(
-        grown < (SIZE / 4) as u64,
+        grown < (SIZE / 2) as u64,
         "peak memory grew by {grown} bytes for an {SIZE}-byte body"
     );
     let decoded = decode("gzip", &body).await;
