@@ -643,7 +643,13 @@ fn is_closed_kind(kind: io::ErrorKind) -> bool {
 
 /// A request a connection failed to carry, with the request itself when
 /// none of it was sent (the connection was closed before).
-pub struct SendError {
+///
+/// Boxed: made only on a failure, in place it would make every send's
+/// result 560 bytes where a response is 304, and each move of a result
+/// (out of the sending future, through the timeout) copies all of it.
+pub struct SendError(Box<Failed>);
+
+struct Failed {
     error: BackendError,
     request: Option<Request<BackendRequestBody>>,
     sent: Option<http::request::Parts>,
@@ -651,28 +657,36 @@ pub struct SendError {
 
 impl From<h1::SendError> for SendError {
     fn from(e: h1::SendError) -> Self {
-        SendError {
-            error: e.error.into(),
-            request: e.request,
-            sent: e.sent,
-        }
+        SendError::new(e.error.into(), e.request, e.sent)
     }
 }
 
 impl SendError {
+    pub fn new(
+        error: BackendError,
+        request: Option<Request<BackendRequestBody>>,
+        sent: Option<http::request::Parts>,
+    ) -> SendError {
+        SendError(Box::new(Failed {
+            error,
+            request,
+            sent,
+        }))
+    }
+
     /// The request, if none of it was sent.
     pub fn take_message(&mut self) -> Option<Request<BackendRequestBody>> {
-        self.request.take()
+        self.0.request.take()
     }
 
     /// The head of a bodiless request that was sent, from a client that
     /// gives it back (see [`Upstream::gives_back_sent_heads`]).
     pub fn take_sent_head(&mut self) -> Option<http::request::Parts> {
-        self.sent.take()
+        self.0.sent.take()
     }
 
     pub fn into_error(self) -> BackendError {
-        self.error
+        self.0.error
     }
 }
 
@@ -1050,11 +1064,10 @@ impl Sender {
         Either::Right(Either::Right(async move {
             match hyper_side.await {
                 Ok(resp) => Ok(resp.map(BackendBody::Hyper)),
-                Err(mut e) => Err(SendError {
-                    request: e.take_message(),
-                    error: e.into_error().into(),
-                    sent: None,
-                }),
+                Err(mut e) => {
+                    let request = e.take_message();
+                    Err(SendError::new(e.into_error().into(), request, None))
+                }
             }
         }))
     }

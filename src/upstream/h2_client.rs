@@ -108,11 +108,7 @@ impl Connection {
         async move {
             if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
                 closed.store(true, Ordering::Release);
-                return Err(SendError {
-                    error: BackendError::H2(e),
-                    request: Some(req),
-                    sent: None,
-                });
+                return Err(SendError::new(BackendError::H2(e), Some(req), None));
             }
             let (parts, body) = req.into_parts();
             let mut head = Request::from_parts(parts, ());
@@ -134,11 +130,8 @@ impl Connection {
                     if gone {
                         closed.store(true, Ordering::Release);
                     }
-                    return Err(SendError {
-                        error: BackendError::H2(e),
-                        request: again.filter(|_| gone).map(|head| head.map(|()| body)),
-                        sent: None,
-                    });
+                    let request = again.filter(|_| gone).map(|head| head.map(|()| body));
+                    return Err(SendError::new(BackendError::H2(e), request, None));
                 }
             };
             let mut upload = Upload::Here(body, None);
@@ -183,11 +176,7 @@ impl Connection {
                     if let (true, Some(head)) = (error.unprocessed(), again) {
                         request = upload.give_back().await.map(|body| head.map(|()| body));
                     }
-                    return Err(SendError {
-                        error,
-                        request,
-                        sent: None,
-                    });
+                    return Err(SendError::new(error, request, None));
                 }
             };
             upload.answered();
