@@ -18,7 +18,7 @@ use crate::accesslog;
 use crate::admission::RetryGuard;
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::state::ActiveGuard;
-use crate::upstream::{BackendBody, BodyProgress, BodyState, Sender};
+use crate::upstream::{BackendBody, BodyProgress, BodyState, Returnable};
 
 /// What to do when a response ends, however it ends.
 pub struct Completion {
@@ -31,7 +31,7 @@ pub struct Completion {
     /// A place in the pool's retry budget, for a retried request.
     pub retry: Option<RetryGuard>,
     /// Returned to the backend's idle list after a clean end of body.
-    pub sender: Option<Sender>,
+    pub sender: Option<Returnable>,
     pub bytes: u64,
     /// Body bytes the backend sent, where not `bytes` (compressed on the
     /// way).
@@ -48,7 +48,7 @@ pub struct Completion {
 impl Completion {
     fn finish_clean(&mut self) {
         if let (Some(sender), Some(active)) = (self.sender.take(), self.active.as_ref()) {
-            active.shared().idle.put(sender);
+            active.shared().idle.put_back(sender);
         }
     }
 }

@@ -972,7 +972,7 @@ async fn respond(
                     completion.status = status;
                     completion.active = Some(active);
                     completion.retry = retry;
-                    completion.sender = Some(sender);
+                    completion.sender = sender.returnable();
                     let (mut parts, body) = resp.into_parts();
                     let body = match compress {
                         Some((c, e)) => {
