@@ -105,20 +105,22 @@ impl<S: AsyncWrite + Unpin> HeldWrites<S> {
     }
 }
 
-/// A poll of `conn`, then what it wrote while polled written (`held`).
-pub(crate) fn then_drained<F: Future, S: AsyncWrite + Unpin>(
-    conn: Pin<&mut F>,
+/// `conn`, each of its polls followed by a write of what it wrote while
+/// polled (`held`).
+pub(crate) fn drained<F: Future, S: AsyncWrite + Unpin>(
+    mut conn: Pin<&mut F>,
     held: Option<&HeldWrites<S>>,
-    cx: &mut Context<'_>,
-) -> Poll<F::Output> {
-    let polled = conn.poll(cx);
-    if let Some(held) = held {
-        if polled.is_ready() {
-            held.release();
+) -> impl Future<Output = F::Output> {
+    std::future::poll_fn(move |cx| {
+        let polled = conn.as_mut().poll(cx);
+        if let Some(held) = held {
+            if polled.is_ready() {
+                held.release();
+            }
+            let _ = held.poll_drain(cx);
         }
-        let _ = held.poll_drain(cx);
-    }
-    polled
+        polled
+    })
 }
 
 impl<S: AsyncWrite + Unpin> Held<S> {
@@ -324,14 +326,14 @@ mod tests {
         writing.await.unwrap();
     }
 
-    /// Once the connection's future is done (`then_drained` saw it
-    /// ready), nothing is held: no drain would follow.
+    /// Once the connection's future is done (`drained` saw it ready),
+    /// nothing is held: no drain would follow.
     #[tokio::test]
     async fn nothing_is_held_once_the_connection_is_done() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut io = holding(near);
         let drainer = io.drainer();
-        poll_fn(|cx| then_drained(std::pin::pin!(async {}), Some(&drainer), cx)).await;
+        drained(std::pin::pin!(async {}), Some(&drainer)).await;
         for word in [&b"one "[..], b"two ", b"three"] {
             write_and_flush(&mut io, word).await;
         }

@@ -361,7 +361,7 @@ async fn serve_hyper<I>(
         // cost nothing until woken (`Woken`).
         tokio::select! {
             biased;
-            r = std::future::poll_fn(|cx| held_writes::then_drained(conn.as_mut(), held.as_ref(), cx)) => {
+            r = held_writes::drained(conn.as_mut(), held.as_ref()) => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "client connection ended");
                 }
@@ -378,7 +378,7 @@ async fn serve_hyper<I>(
                     conn.as_mut().graceful_shutdown();
                     let goaway = tokio::time::timeout(
                         GOAWAY_GRACE,
-                        std::future::poll_fn(|cx| held_writes::then_drained(conn.as_mut(), held.as_ref(), cx)),
+                        held_writes::drained(conn.as_mut(), held.as_ref()),
                     );
                     tokio::select! {
                         biased;

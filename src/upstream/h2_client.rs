@@ -76,8 +76,7 @@ impl Connection {
         // list holds the connection any more (h2 then says GOAWAY).
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let ended_with =
-                poll_fn(|cx| held_writes::then_drained(connection.as_mut(), Some(&held), cx)).await;
+            let ended_with = held_writes::drained(connection.as_mut(), Some(&held)).await;
             if let Err(e) = ended_with {
                 tracing::debug!(backend = %addr, error = %e, "backend connection ended");
             }
