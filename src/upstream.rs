@@ -1,11 +1,11 @@
 //! Connections to backends: how they are opened (a pool's
 //! `backend_protocol` and `tls`) and kept.
 //!
-//! Cleartext HTTP/1.1 goes through geolb's own client ([`h1`], driven in
-//! the request's task) unless a pool says `http1_client = "hyper"`;
-//! HTTP/2 through geolb's ([`h2_client`], the `h2` crate's streams opened
-//! from the request's task); HTTP/1.1 over TLS and upgrades through
-//! hyper's.
+//! HTTP/1.1, cleartext or over TLS, goes through geolb's own client
+//! ([`h1`], driven in the request's task) unless a pool says
+//! `http1_client = "hyper"`; HTTP/2 through geolb's ([`h2_client`], the
+//! `h2` crate's streams opened from the request's task); upgrades
+//! through hyper's.
 //!
 //! An HTTP/1.1 connection goes back to its backend's idle list only once
 //! its response body has been read to the end, so whatever is taken from
@@ -738,7 +738,7 @@ const IDLE_LIMIT: Duration = Duration::from_secs(4);
 pub struct Upstream {
     protocol: BackendProtocol,
     tls: Option<UpstreamTls>,
-    /// Cleartext HTTP/1.1 through geolb's own client ([`h1`]).
+    /// HTTP/1.1 through geolb's own client ([`h1`]), over TLS or not.
     own: bool,
     /// Tells connections opened one way from those opened another, for
     /// the idle lists, which are per backend address and outlive pools.
@@ -775,8 +775,7 @@ impl Upstream {
         Ok(Upstream {
             protocol: pool.backend_protocol,
             own: pool.http1_client == Http1Client::Geolb
-                && pool.backend_protocol == BackendProtocol::Http1
-                && tls.is_none(),
+                && pool.backend_protocol == BackendProtocol::Http1,
             tls,
             profile,
         })
@@ -835,7 +834,8 @@ impl Upstream {
     /// `now`: the caller's clock reading, for the connections' age.
     pub fn idle(&self, idle: &IdleConnections, upgrade: bool, now: Instant) -> Option<Sender> {
         if self.carries_own(upgrade) {
-            return h1::take(&idle.own, now).map(|conn| Sender::own(conn, idle));
+            let home = idle.own_home(self.profile);
+            return h1::take(&home, now).map(|conn| Sender::own(conn, home, self.profile));
         }
         if self.is_http2() {
             idle.shared_http2(self.profile)
@@ -869,7 +869,16 @@ impl Upstream {
             if self.carries_own(upgrade) {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                return Ok(Sender::own(h1::Kept::new(stream), idle));
+                let stream = match &self.tls {
+                    None => h1::Stream::Plain(stream),
+                    // Boxed: the handshake's state, which a plain connect
+                    // does not need.
+                    Some(tls) => h1::Stream::Tls(Box::new(
+                        Box::pin(self.tls_over(tls, AnswerFirst::new(stream), addr)).await?,
+                    )),
+                };
+                let home = idle.own_home(self.profile);
+                return Ok(Sender::own(h1::Kept::new(stream), home, self.profile));
             }
             // Boxed again: TLS and hyper's handshakes are KiBs of state
             // that the plain connect above does not need.
@@ -912,12 +921,27 @@ impl Upstream {
         let Some(tls) = &self.tls else {
             return self.handshake(stream, addr).await;
         };
-        let connector = &tls.connector;
+        let stream = self.tls_over(tls, stream, addr).await?;
+        self.handshake(stream, addr).await
+    }
+
+    /// TLS to the backend at `addr` over `stream`, with the pool's name
+    /// for it (else its address) and, for `h2`, its consent by ALPN.
+    async fn tls_over<S>(
+        &self,
+        tls: &UpstreamTls,
+        stream: S,
+        addr: SocketAddr,
+    ) -> io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let name = tls
             .sni
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        let stream = connector
+        let stream = tls
+            .connector
             .connect(name, stream)
             .await
             .map_err(|e| io::Error::new(e.kind(), TlsError::Handshake(e)))?;
@@ -925,7 +949,7 @@ impl Upstream {
         {
             return Err(io::Error::other(TlsError::NoH2));
         }
-        self.handshake(stream, addr).await
+        Ok(stream)
     }
 
     async fn handshake<S>(&self, stream: S, addr: SocketAddr) -> io::Result<Sender>
@@ -1030,10 +1054,10 @@ impl Sender {
         }
     }
 
-    fn own(conn: h1::Kept, idle: &IdleConnections) -> Sender {
+    fn own(conn: h1::Kept, home: h1::Home, profile: u64) -> Sender {
         Sender {
-            kind: Kind::Own(Some((conn, idle.own.clone()))),
-            profile: 0,
+            kind: Kind::Own(Some((conn, home))),
+            profile,
         }
     }
 
@@ -1100,9 +1124,12 @@ pub struct IdleConnections {
     http1: Mutex<Vec<Idle>>,
     http2: Mutex<Vec<(u64, h2_client::Connection)>>,
     http2_connecting: tokio::sync::Mutex<()>,
-    /// geolb's own client's connections, shared with the responses that
-    /// put theirs back.
+    /// geolb's own client's cleartext connections, shared with the
+    /// responses that put theirs back.
     own: h1::Home,
+    /// Its TLS ones, by profile: pools that speak TLS to this address
+    /// differently (another CA, another name) keep theirs apart.
+    own_tls: Mutex<Vec<(u64, h1::Home)>>,
 }
 
 struct Idle {
@@ -1117,10 +1144,36 @@ impl IdleConnections {
     pub fn set_max_idle(&self, max: usize) {
         self.own.max.store(max, Ordering::Relaxed);
         self.own.keep_newest(max);
+        for (_, home) in crate::locked(&self.own_tls).iter() {
+            home.max.store(max, Ordering::Relaxed);
+            home.keep_newest(max);
+        }
         keep_newest(
             &mut self.http1.lock().unwrap_or_else(|e| e.into_inner()),
             max,
         );
+    }
+
+    /// Where geolb's own client keeps the connections of `profile`.
+    #[inline]
+    fn own_home(&self, profile: u64) -> h1::Home {
+        if profile == 0 {
+            return self.own.clone();
+        }
+        self.own_tls_home(profile)
+    }
+
+    #[inline(never)]
+    fn own_tls_home(&self, profile: u64) -> h1::Home {
+        let mut homes = crate::locked(&self.own_tls);
+        if let Some((_, home)) = homes.iter().find(|(p, _)| *p == profile) {
+            return home.clone();
+        }
+        let home = h1::Home::default();
+        home.max
+            .store(self.own.max.load(Ordering::Relaxed), Ordering::Relaxed);
+        homes.push((profile, home.clone()));
+        home
     }
 
     /// The shared HTTP/2 connection of `profile`.
@@ -1192,6 +1245,10 @@ impl IdleConnections {
     pub fn len(&self) -> usize {
         self.http1.lock().unwrap_or_else(|e| e.into_inner()).len()
             + self.own.len()
+            + crate::locked(&self.own_tls)
+                .iter()
+                .map(|(_, home)| home.len())
+                .sum::<usize>()
             + self.http2.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use support::library::{Lb, ListenerSpec, pattern};
@@ -27,6 +27,8 @@ struct Script {
     response: Vec<u8>,
     /// Closed after the response (close-delimited or cut short).
     close: bool,
+    /// Written in one write, not in pieces.
+    whole: bool,
 }
 
 fn script(path: &str) -> Script {
@@ -34,11 +36,13 @@ fn script(path: &str) -> Script {
         early: b"",
         response: response.to_vec(),
         close: false,
+        whole: false,
     };
     let closing = |response: &[u8]| Script {
         early: b"",
         response: response.to_vec(),
         close: true,
+        whole: false,
     };
     match path {
         "/length" => plain(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-One: 1\r\nX-One: 2\r\n\r\nhello"),
@@ -55,6 +59,7 @@ fn script(path: &str) -> Script {
             early: b"HTTP/1.1 100 Continue\r\n\r\n",
             response: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             close: false,
+            whole: false,
         },
         "/informational" => plain(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes",
@@ -91,6 +96,21 @@ fn script(path: &str) -> Script {
         // Keep-alive by its head, closed by the backend right after (its
         // keep-alive timeout, at once).
         "/then-close" => closing(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        // A second answer nobody asked for right behind the first, on a
+        // connection kept open: whoever takes the connection next must not
+        // get it as its own.
+        "/then-stray" => {
+            let body = pattern(5, 100_000);
+            let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            r.extend_from_slice(&body);
+            r.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray");
+            Script {
+                early: b"",
+                response: r,
+                close: false,
+                whole: true,
+            }
+        }
         "/cut" => closing(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"),
         "/both" => plain(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -154,8 +174,11 @@ type Seen = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
 /// The connections the backend saw end, by number.
 type Closed = Arc<Mutex<Vec<usize>>>;
 
-/// A raw backend answering each request by [`script`], recording each.
-async fn scripted_backend() -> (SocketAddr, Seen, Closed) {
+/// A raw backend answering each request by [`script`], recording each;
+/// over TLS with `tls`.
+async fn scripted_backend_over(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Seen, Closed) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen, closed): (Seen, Closed) = Default::default();
@@ -164,9 +187,16 @@ async fn scripted_backend() -> (SocketAddr, Seen, Closed) {
         let mut n = 0;
         while let Ok((s, _)) = listener.accept().await {
             n += 1;
-            let (record, ended) = (record.clone(), ended.clone());
+            let (record, ended, tls) = (record.clone(), ended.clone(), tls.clone());
             tokio::spawn(async move {
-                serve(s, n, record).await;
+                match tls {
+                    None => serve(s, n, record).await,
+                    Some(tls) => {
+                        if let Ok(s) = tls.accept(s).await {
+                            serve(s, n, record).await;
+                        }
+                    }
+                }
                 ended.lock().unwrap().push(n);
             });
         }
@@ -174,7 +204,7 @@ async fn scripted_backend() -> (SocketAddr, Seen, Closed) {
     (addr, seen, closed)
 }
 
-async fn serve(mut s: TcpStream, conn: usize, seen: Seen) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, conn: usize, seen: Seen) {
     let mut buf = Vec::new();
     loop {
         let Some(head_end) =
@@ -216,10 +246,14 @@ async fn serve(mut s: TcpStream, conn: usize, seen: Seen) {
             .unwrap()
             .push((conn, buf.drain(..end).collect()));
         // In pieces, so that bodies stream rather than arrive whole.
-        for piece in script.response.chunks(100_000) {
+        let piece = if script.whole { usize::MAX } else { 100_000 };
+        for piece in script.response.chunks(piece) {
             if s.write_all(piece).await.is_err() {
                 return;
             }
+        }
+        if s.flush().await.is_err() {
+            return;
         }
         if script.close {
             return;
@@ -228,8 +262,8 @@ async fn serve(mut s: TcpStream, conn: usize, seen: Seen) {
 }
 
 /// Reads into `buf` until `done` finds an end in it; `None` at EOF first.
-async fn read_until(
-    s: &mut TcpStream,
+async fn read_until<S: AsyncRead + Unpin>(
+    s: &mut S,
     buf: &mut Vec<u8>,
     done: impl Fn(&[u8]) -> Option<usize>,
 ) -> Option<usize> {
@@ -280,10 +314,21 @@ fn chunked_end(b: &[u8]) -> Option<usize> {
 /// One backend, two pools on it (hyper's client and geolb's), a listener
 /// on each.
 async fn two_clients() -> (Lb, Seen, Closed) {
-    let (backend, seen, closed) = scripted_backend().await;
+    two_clients_over(None).await
+}
+
+/// [`two_clients`], the backend over TLS with `tls` (the pools then
+/// speak TLS to it, unverified: the test is of HTTP, not certificates).
+async fn two_clients_over(tls: Option<tokio_rustls::TlsAcceptor>) -> (Lb, Seen, Closed) {
+    let key = if tls.is_some() {
+        "tls = { verify = false }\n"
+    } else {
+        ""
+    };
+    let (backend, seen, closed) = scripted_backend_over(tls).await;
     let pools = format!(
-        "[[pool]]\nname = \"viahyper\"\nhttp1_client = \"hyper\"\nbackends = [{{ addr = \"{backend}\" }}]\n\
-         [[pool]]\nname = \"viageolb\"\nbackends = [{{ addr = \"{backend}\" }}]\n"
+        "[[pool]]\nname = \"viahyper\"\nhttp1_client = \"hyper\"\n{key}backends = [{{ addr = \"{backend}\" }}]\n\
+         [[pool]]\nname = \"viageolb\"\n{key}backends = [{{ addr = \"{backend}\" }}]\n"
     );
     let listener = |name, pool| ListenerSpec {
         name,
@@ -425,6 +470,12 @@ async fn same(lb: &Lb, seen: &Seen, request: &[u8]) -> String {
     own_resp
 }
 
+/// A GET of `path` with the `extra` fields, asking to close after it.
+fn get(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n{extra}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
 /// The status of the final response (after any 1xx).
 fn status(resp: &str) -> u16 {
     let last = resp.rfind("HTTP/1.").unwrap_or(0);
@@ -438,10 +489,6 @@ fn status(resp: &str) -> u16 {
 #[tokio::test]
 async fn responses_reach_the_client_byte_for_byte_as_through_hyper() {
     let (lb, seen, _) = two_clients().await;
-    let get = |path: &str, extra: &str| {
-        format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n{extra}Connection: close\r\n\r\n")
-            .into_bytes()
-    };
     for path in [
         "/length",
         "/close",
@@ -1040,4 +1087,97 @@ async fn a_reload_lowering_max_idle_closes_the_oldest_idle_connections() {
     .await;
     assert!(text(&resp).starts_with("HTTP/1.1 200"), "{}", text(&resp));
     assert_eq!(backend.heads.lock().unwrap().last(), Some(&kept));
+}
+
+/// Pools with `tls` are spoken to by geolb's client too: over TLS the
+/// backend receives, and the client gets, what hyper's client sends and
+/// relays, for answers of every framing, large ones, request bodies; and
+/// the backend connection (its handshake) serves the next request.
+#[tokio::test]
+async fn over_tls_both_clients_send_and_relay_the_same_bytes() {
+    let pki = support::library::Pki::new();
+    let leaf = pki.leaf("backend", &["127.0.0.1"]);
+    let (lb, seen, _) = two_clients_over(Some(pki.acceptor(&leaf))).await;
+    for path in [
+        "/length",
+        "/close",
+        "/http10",
+        "/no-content",
+        "/informational",
+        "/cut",
+        "/large",
+        "/large-chunked",
+        "/large-close",
+    ] {
+        let resp = same(&lb, &seen, &get(path, "")).await;
+        assert!(
+            status(&resp) >= 200,
+            "{path}: {}",
+            &resp[..resp.len().min(300)]
+        );
+    }
+    let resp = same(&lb, &seen, &get("/chunked", "TE: trailers\r\n")).await;
+    assert!(
+        resp.ends_with("hello world[end]x-sum: 42\r\n\r\n"),
+        "{resp}"
+    );
+    let mut upload = format!(
+        "POST /length HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        1_200_000
+    )
+    .into_bytes();
+    upload.extend_from_slice(&pattern(3, 1_200_000));
+    let chunked: &[u8] = b"POST /length HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\
+        Trailer: X-Sum\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n";
+    for req in [&upload[..], chunked] {
+        let resp = same(&lb, &seen, req).await;
+        assert_eq!(status(&resp), 200, "{resp}");
+    }
+    // Pipelined: each request goes out on the connection the one before
+    // was answered on.
+    let first = seen.lock().unwrap().len();
+    let reqs = b"GET /length HTTP/1.1\r\nHost: a.example\r\n\r\n\
+        GET /chunked HTTP/1.1\r\nHost: a.example\r\n\r\n\
+        GET /no-content HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+    let resp = text(&exchange(lb.addr("geolb"), reqs).await);
+    assert_eq!(resp.matches("HTTP/1.1 20").count(), 3, "{resp}");
+    let conns: Vec<usize> = seen.lock().unwrap()[first..]
+        .iter()
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(
+        conns.len() == 3 && conns.iter().all(|c| *c == conns[0]),
+        "one backend connection, not {conns:?}"
+    );
+}
+
+/// Bytes a backend sent past its answer, on a connection it keeps open,
+/// are not taken for the next request's answer: the connection is not
+/// used again, in cleartext and over TLS. (Bytes that rustls decrypted and
+/// holds, rather than the socket or geolb's buffer: the unit test
+/// `a_tls_connection_holding_unread_bytes_is_not_open_for_use`.)
+#[tokio::test]
+async fn bytes_past_an_answer_are_never_the_next_answer() {
+    let pki = support::library::Pki::new();
+    let leaf = pki.leaf("backend", &["127.0.0.1"]);
+    for tls in [None, Some(pki.acceptor(&leaf))] {
+        let over = if tls.is_some() { "tls" } else { "tcp" };
+        let (lb, seen, _) = two_clients_over(tls).await;
+        let req = |path: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        };
+        let resp = text(&exchange(lb.addr("geolb"), req("/then-stray").as_bytes()).await);
+        assert_eq!(
+            status(&resp),
+            200,
+            "{over}: {}",
+            &resp[..resp.len().min(200)]
+        );
+        assert!(!resp.contains("stray"), "{over}: the stray answer went out");
+        let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        let resp = text(&exchange(lb.addr("geolb"), req("/length").as_bytes()).await);
+        assert!(resp.ends_with("\r\n\r\nhello"), "{over}: {resp}");
+        let next = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        assert_ne!(next, conn, "{over}: the connection was used again");
+    }
 }

@@ -41,6 +41,10 @@ impl<S> AnswerFirst<S> {
         }
     }
 
+    pub(super) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// `result` of a write of `len` bytes, unless the backend refused it:
     /// then taken as written.
     fn unless_refused<T>(&mut self, result: Poll<io::Result<T>>, len: T) -> Poll<io::Result<T>> {
