@@ -13,12 +13,13 @@
 //! instead, hyper read no more once the answer was whole, and the
 //! client's upload and its connection stalled). Without an answer, the
 //! read finds the reset and the request fails as before, once its body
-//! is sent. geolb's own HTTP/1 client stops writing the same way
-//! (`h1::Conn::drive_writer`).
+//! is sent. geolb's own HTTP/1 client stops writing the same way in
+//! cleartext (`h1::Conn::drive_writer`).
 //!
-//! It wraps the TCP stream, under TLS when there is TLS: rustls writes
-//! while it reads too (what it owes the peer), and above it such a write's
-//! reset came out of the read that was to find the answer.
+//! It wraps the TCP stream, under TLS when there is TLS, for either
+//! client: rustls writes while it reads too (what it owes the peer), and
+//! above it such a write's reset came out of the read that was to find
+//! the answer.
 
 use std::io;
 use std::pin::Pin;
