@@ -834,7 +834,7 @@ impl Upstream {
     /// `now`: the caller's clock reading, for the connections' age.
     pub fn idle(&self, idle: &IdleConnections, upgrade: bool, now: Instant) -> Option<Sender> {
         if self.carries_own(upgrade) {
-            let home = idle.own_home(self.profile);
+            let home = idle.own_home(self.profile, now);
             return h1::take(&home, now).map(|conn| Sender::own(conn, home, self.profile));
         }
         if self.is_http2() {
@@ -877,7 +877,7 @@ impl Upstream {
                         Box::pin(self.tls_over(tls, AnswerFirst::new(stream), addr)).await?,
                     )),
                 };
-                let home = idle.own_home(self.profile);
+                let home = idle.own_home(self.profile, Instant::now());
                 return Ok(Sender::own(h1::Kept::new(stream), home, self.profile));
             }
             // Boxed again: TLS and hyper's handshakes are KiBs of state
@@ -1156,16 +1156,22 @@ impl IdleConnections {
 
     /// Where geolb's own client keeps the connections of `profile`.
     #[inline]
-    fn own_home(&self, profile: u64) -> h1::Home {
+    fn own_home(&self, profile: u64, now: Instant) -> h1::Home {
         if profile == 0 {
             return self.own.clone();
         }
-        self.own_tls_home(profile)
+        self.own_tls_home(profile, now)
     }
 
     #[inline(never)]
-    fn own_tls_home(&self, profile: u64) -> h1::Home {
+    fn own_tls_home(&self, profile: u64, now: Instant) -> h1::Home {
         let mut homes = crate::locked(&self.own_tls);
+        // No request of another profile may come again (a reload changed
+        // its pool's `tls`): its connections are closed as they age, and
+        // its home goes once empty and let go by every response.
+        homes.retain(|(p, home)| {
+            *p == profile || home.close_expired(now) || Arc::strong_count(home) > 1
+        });
         if let Some((_, home)) = homes.iter().find(|(p, _)| *p == profile) {
             return home.clone();
         }

@@ -1181,3 +1181,48 @@ async fn bytes_past_an_answer_are_never_the_next_answer() {
         assert_ne!(next, conn, "{over}: the connection was used again");
     }
 }
+
+/// A reload that changes a pool's `tls` leaves the TLS connections opened
+/// the old way unused (they are kept apart by how they were opened): they
+/// are closed once idle past the 4 s any kept connection may wait,
+/// rather than held open for good.
+#[tokio::test]
+async fn tls_connections_of_settings_a_reload_replaced_are_closed_as_they_age() {
+    let pki = support::library::Pki::new();
+    let leaf = pki.leaf("backend", &["127.0.0.1"]);
+    let (backend, seen, closed) = scripted_backend_over(Some(pki.acceptor(&leaf))).await;
+    let config = |tls: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"p\"\ntls = {tls}\nbackends = [{{ addr = \"{backend}\" }}]\n\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nretries = 0\n"
+        )
+    };
+    let geolb = support::Geolb::start(&config("{ verify = false }")).await;
+    let web = geolb.listeners["web"];
+    let resp = text(&exchange(web, &get("/length", "")).await);
+    assert!(resp.ends_with("hello"), "{resp}");
+    let old = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+
+    geolb
+        .write_config(&config("{ verify = false, sni = \"other.example\" }"))
+        .unwrap();
+    let (code, _, body) = support::request(geolb.admin, "POST", "/reload", &[], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body:?}");
+    // Requests keep coming under the new settings, on a connection of
+    // their own; the old one goes once it has aged.
+    eventually("the old settings' connection closed", LIMIT, || {
+        let (closed, seen) = (closed.clone(), seen.clone());
+        async move {
+            let resp = text(&exchange(web, &get("/length", "")).await);
+            assert!(resp.ends_with("hello"), "{resp}");
+            let last = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+            assert_ne!(last, old, "a request went out the old way");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            closed.lock().unwrap().contains(&old)
+        }
+    })
+    .await;
+}

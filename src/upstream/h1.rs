@@ -94,6 +94,13 @@ impl KeptList {
     pub(super) fn keep_newest(&self, max: usize) {
         super::keep_newest(&mut crate::locked(&self.conns), max);
     }
+
+    /// Closes those idle too long to be taken; whether any are left.
+    pub(super) fn close_expired(&self, now: Instant) -> bool {
+        let mut conns = crate::locked(&self.conns);
+        conns.retain(|(_, since)| now.duration_since(*since) < IDLE_LIMIT);
+        !conns.is_empty()
+    }
 }
 
 /// A connection between requests, with its read buffer: no larger than
