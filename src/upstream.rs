@@ -1166,9 +1166,10 @@ impl IdleConnections {
     #[inline(never)]
     fn own_tls_home(&self, profile: u64, now: Instant) -> h1::Home {
         let mut homes = crate::locked(&self.own_tls);
-        // No request of another profile may come again (a reload changed
-        // its pool's `tls`): its connections are closed as they age, and
-        // its home goes once empty and let go by every response.
+        // Other profiles' connections idle past the limit are closed here
+        // too: after a reload that changed a pool's `tls`, no request of
+        // the old profile comes to take (and close) them. Its home goes
+        // once empty and let go by every response.
         homes.retain(|(p, home)| {
             *p == profile || home.close_expired(now) || Arc::strong_count(home) > 1
         });
