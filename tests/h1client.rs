@@ -885,24 +885,31 @@ async fn a_kept_connection_carries_the_next_request() {
 
 #[tokio::test]
 async fn a_kept_connection_the_backend_closed_is_not_used() {
-    let (lb, seen, closed) = two_clients().await;
-    for name in ["hyper", "geolb"] {
-        let req = |path: &str| {
-            format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
-        };
-        let resp = text(&exchange(lb.addr(name), req("/then-close").as_bytes()).await);
-        assert_eq!(status(&resp), 200, "{name}: {resp}");
+    let pki = support::library::Pki::new();
+    let leaf = pki.leaf("backend", &["127.0.0.1"]);
+    for tls in [None, Some(pki.acceptor(&leaf))] {
+        let over = if tls.is_some() { "tls" } else { "tcp" };
+        let (lb, seen, closed) = two_clients_over(tls).await;
+        a_closed_connection_is_not_used(&lb, &seen, &closed, over).await;
+    }
+}
+
+/// A kept connection the backend closed is not taken: with `retries =
+/// 0`, taking it would be a 502.
+async fn a_closed_connection_is_not_used(lb: &Lb, seen: &Seen, closed: &Closed, over: &str) {
+    for client in ["hyper", "geolb"] {
+        let resp = text(&exchange(lb.addr(client), &get("/then-close", "")).await);
+        assert_eq!(status(&resp), 200, "{client} over {over}: {resp}");
         let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
         eventually("the backend closed its connection", LIMIT, || {
             let closed = closed.lock().unwrap().contains(&conn);
             async move { closed }
         })
         .await;
-        // With `retries = 0`, a stale connection taken would be a 502.
-        let resp = text(&exchange(lb.addr(name), req("/length").as_bytes()).await);
-        assert_eq!(status(&resp), 200, "{name}: {resp}");
+        let resp = text(&exchange(lb.addr(client), &get("/length", "")).await);
+        assert_eq!(status(&resp), 200, "{client} over {over}: {resp}");
         let next = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
-        assert_ne!(next, conn, "{name}");
+        assert_ne!(next, conn, "{client} over {over}");
     }
 }
 
