@@ -470,6 +470,14 @@ async fn same(lb: &Lb, seen: &Seen, request: &[u8]) -> String {
     own_resp
 }
 
+/// The scripted backend's two ways, each with its name: cleartext, and
+/// TLS with a certificate of its own (the pools do not verify it).
+fn cleartext_and_tls() -> [(Option<tokio_rustls::TlsAcceptor>, &'static str); 2] {
+    let pki = support::library::Pki::new();
+    let leaf = pki.leaf("backend", &["127.0.0.1"]);
+    [(None, "tcp"), (Some(pki.acceptor(&leaf)), "tls")]
+}
+
 /// A GET of `path` with the `extra` fields, asking to close after it.
 fn get(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: a.example\r\n{extra}Connection: close\r\n\r\n")
@@ -885,10 +893,7 @@ async fn a_kept_connection_carries_the_next_request() {
 
 #[tokio::test]
 async fn a_kept_connection_the_backend_closed_is_not_used() {
-    let pki = support::library::Pki::new();
-    let leaf = pki.leaf("backend", &["127.0.0.1"]);
-    for tls in [None, Some(pki.acceptor(&leaf))] {
-        let over = if tls.is_some() { "tls" } else { "tcp" };
+    for (tls, over) in cleartext_and_tls() {
         let (lb, seen, closed) = two_clients_over(tls).await;
         a_closed_connection_is_not_used(&lb, &seen, &closed, over).await;
     }
@@ -1165,15 +1170,9 @@ async fn over_tls_both_clients_send_and_relay_the_same_bytes() {
 /// `a_tls_connection_holding_unread_bytes_is_not_open_for_use`.)
 #[tokio::test]
 async fn bytes_past_an_answer_are_never_the_next_answer() {
-    let pki = support::library::Pki::new();
-    let leaf = pki.leaf("backend", &["127.0.0.1"]);
-    for tls in [None, Some(pki.acceptor(&leaf))] {
-        let over = if tls.is_some() { "tls" } else { "tcp" };
+    for (tls, over) in cleartext_and_tls() {
         let (lb, seen, _) = two_clients_over(tls).await;
-        let req = |path: &str| {
-            format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
-        };
-        let resp = text(&exchange(lb.addr("geolb"), req("/then-stray").as_bytes()).await);
+        let resp = text(&exchange(lb.addr("geolb"), &get("/then-stray", "")).await);
         assert_eq!(
             status(&resp),
             200,
@@ -1182,7 +1181,7 @@ async fn bytes_past_an_answer_are_never_the_next_answer() {
         );
         assert!(!resp.contains("stray"), "{over}: the stray answer went out");
         let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
-        let resp = text(&exchange(lb.addr("geolb"), req("/length").as_bytes()).await);
+        let resp = text(&exchange(lb.addr("geolb"), &get("/length", "")).await);
         assert!(resp.ends_with("\r\n\r\nhello"), "{over}: {resp}");
         let next = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
         assert_ne!(next, conn, "{over}: the connection was used again");
