@@ -98,7 +98,7 @@ impl KeptList {
     /// Closes those idle too long to be taken; whether any are left.
     pub(super) fn close_expired(&self, now: Instant) -> bool {
         let mut conns = crate::locked(&self.conns);
-        conns.retain(|(_, since)| now.duration_since(*since) < IDLE_LIMIT);
+        conns.retain(|(_, since)| young(*since, now));
         !conns.is_empty()
     }
 }
@@ -280,11 +280,16 @@ pub struct SendError {
 pub(super) fn take(home: &Home, now: Instant) -> Option<Kept> {
     let mut kept = crate::locked(&home.conns);
     while let Some((mut conn, since)) = kept.pop() {
-        if now.duration_since(since) < IDLE_LIMIT && still_open(&mut conn.stream) {
+        if young(since, now) && still_open(&mut conn.stream) {
             return Some(conn);
         }
     }
     None
+}
+
+/// Idle since `since` for less than a kept connection may wait.
+fn young(since: Instant, now: Instant) -> bool {
+    now.duration_since(since) < IDLE_LIMIT
 }
 
 /// No byte and no close from the backend since the connection went
