@@ -732,6 +732,11 @@ fn keep_newest<T>(list: &mut Vec<T>, max: usize) {
 /// drop a connection before the backend is likely to.
 const IDLE_LIMIT: Duration = Duration::from_secs(4);
 
+/// Idle since `since` for less than a kept connection may wait.
+fn young(since: Instant, now: Instant) -> bool {
+    now.duration_since(since) < IDLE_LIMIT
+}
+
 /// How a pool's backends are spoken to; built with the snapshot (and
 /// cloned into the snapshots that only change discovered backends).
 #[derive(Clone)]
@@ -1203,7 +1208,7 @@ impl IdleConnections {
         while at > 0 {
             at -= 1;
             let c = &conns[at];
-            if c.sender.is_closed() || now.duration_since(c.since) >= IDLE_LIMIT {
+            if c.sender.is_closed() || !young(c.since, now) {
                 conns.remove(at);
             } else if c.profile == profile {
                 return Some(Sender {

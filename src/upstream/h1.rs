@@ -39,7 +39,7 @@ use super::answer_first::AnswerFirst;
 
 pub use super::parsed_value;
 use super::unread::{UnreadName, folded_eq};
-use super::{BackendRequestBody, IDLE_LIMIT};
+use super::{BackendRequestBody, young};
 use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
 use crate::spares::{KEPT_MAX, Spares};
@@ -285,11 +285,6 @@ pub(super) fn take(home: &Home, now: Instant) -> Option<Kept> {
         }
     }
     None
-}
-
-/// Idle since `since` for less than a kept connection may wait.
-fn young(since: Instant, now: Instant) -> bool {
-    now.duration_since(since) < IDLE_LIMIT
 }
 
 /// No byte and no close from the backend since the connection went
