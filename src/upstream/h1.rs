@@ -110,8 +110,8 @@ pub struct Kept(Box<Link>);
 /// A connection's socket and read buffer, boxed once, when it is opened:
 /// a response holds a pointer to them rather than their 72 bytes, and
 /// its moves (six a request, from here to the client's writer) copy
-/// 384 bytes where they copied 448 (16,833 -> 16,441 instructions a
-/// request, `benches/instructions.sh`).
+/// 240 and 384 bytes where they copied 304 and 448 (16,833 -> 16,441
+/// instructions a request, `benches/instructions.sh`).
 struct Link {
     stream: Stream,
     buf: BytesMut,
