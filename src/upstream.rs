@@ -1147,11 +1147,9 @@ impl IdleConnections {
     /// The most idle HTTP/1.1 connections kept; more are closed when put
     /// back, and, when a reload lowers it, the oldest past it at once.
     pub fn set_max_idle(&self, max: usize) {
-        self.own.max.store(max, Ordering::Relaxed);
-        self.own.keep_newest(max);
+        self.own.set_max(max);
         for (_, home) in crate::locked(&self.own_tls).iter() {
-            home.max.store(max, Ordering::Relaxed);
-            home.keep_newest(max);
+            home.set_max(max);
         }
         keep_newest(
             &mut self.http1.lock().unwrap_or_else(|e| e.into_inner()),

@@ -90,8 +90,10 @@ impl KeptList {
         crate::locked(&self.conns).len()
     }
 
-    /// Closes all but the `max` newest.
-    pub(super) fn keep_newest(&self, max: usize) {
+    /// Keeps at most `max` from now on, and closes all but the `max`
+    /// newest now.
+    pub(super) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
         super::keep_newest(&mut crate::locked(&self.conns), max);
     }
 
