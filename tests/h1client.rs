@@ -470,12 +470,23 @@ async fn same(lb: &Lb, seen: &Seen, request: &[u8]) -> String {
     own_resp
 }
 
-/// The scripted backend's two ways, each with its name: cleartext, and
-/// TLS with a certificate of its own (the pools do not verify it).
-fn cleartext_and_tls() -> [(Option<tokio_rustls::TlsAcceptor>, &'static str); 2] {
+/// The scripted backend's TLS: a certificate of its own, which the
+/// pools do not verify.
+fn backend_tls() -> tokio_rustls::TlsAcceptor {
     let pki = support::library::Pki::new();
     let leaf = pki.leaf("backend", &["127.0.0.1"]);
-    [(None, "tcp"), (Some(pki.acceptor(&leaf)), "tls")]
+    pki.acceptor(&leaf)
+}
+
+/// The scripted backend's two ways, each with its name: cleartext, and
+/// TLS ([`backend_tls`]).
+fn cleartext_and_tls() -> [(Option<tokio_rustls::TlsAcceptor>, &'static str); 2] {
+    [(None, "tcp"), (Some(backend_tls()), "tls")]
+}
+
+/// The backend connection of the last request the backend saw.
+fn last_conn(seen: &Seen) -> usize {
+    seen.lock().unwrap().last().map(|(c, _)| *c).unwrap()
 }
 
 /// A GET of `path` with the `extra` fields, asking to close after it.
@@ -878,7 +889,7 @@ async fn a_kept_connection_carries_the_next_request() {
         .unwrap();
     let mut some = [0u8; 1024];
     let _ = s.read(&mut some).await;
-    let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+    let conn = last_conn(&seen);
     drop(s);
     eventually(
         "the backend connection closed",
@@ -905,7 +916,7 @@ async fn a_closed_connection_is_not_used(lb: &Lb, seen: &Seen, closed: &Closed, 
     for client in ["hyper", "geolb"] {
         let resp = text(&exchange(lb.addr(client), &get("/then-close", "")).await);
         assert_eq!(status(&resp), 200, "{client} over {over}: {resp}");
-        let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        let conn = last_conn(seen);
         eventually("the backend closed its connection", LIMIT, || {
             let closed = closed.lock().unwrap().contains(&conn);
             async move { closed }
@@ -913,7 +924,7 @@ async fn a_closed_connection_is_not_used(lb: &Lb, seen: &Seen, closed: &Closed, 
         .await;
         let resp = text(&exchange(lb.addr(client), &get("/length", "")).await);
         assert_eq!(status(&resp), 200, "{client} over {over}: {resp}");
-        let next = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        let next = last_conn(seen);
         assert_ne!(next, conn, "{client} over {over}");
     }
 }
@@ -1107,9 +1118,7 @@ async fn a_reload_lowering_max_idle_closes_the_oldest_idle_connections() {
 /// the backend connection (its handshake) serves the next request.
 #[tokio::test]
 async fn over_tls_both_clients_send_and_relay_the_same_bytes() {
-    let pki = support::library::Pki::new();
-    let leaf = pki.leaf("backend", &["127.0.0.1"]);
-    let (lb, seen, _) = two_clients_over(Some(pki.acceptor(&leaf))).await;
+    let (lb, seen, _) = two_clients_over(Some(backend_tls())).await;
     for path in [
         "/length",
         "/close",
@@ -1180,10 +1189,10 @@ async fn bytes_past_an_answer_are_never_the_next_answer() {
             &resp[..resp.len().min(200)]
         );
         assert!(!resp.contains("stray"), "{over}: the stray answer went out");
-        let conn = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        let conn = last_conn(&seen);
         let resp = text(&exchange(lb.addr("geolb"), &get("/length", "")).await);
         assert!(resp.ends_with("\r\n\r\nhello"), "{over}: {resp}");
-        let next = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+        let next = last_conn(&seen);
         assert_ne!(next, conn, "{over}: the connection was used again");
     }
 }
@@ -1194,9 +1203,7 @@ async fn bytes_past_an_answer_are_never_the_next_answer() {
 /// rather than held open for good.
 #[tokio::test]
 async fn tls_connections_of_settings_a_reload_replaced_are_closed_as_they_age() {
-    let pki = support::library::Pki::new();
-    let leaf = pki.leaf("backend", &["127.0.0.1"]);
-    let (backend, seen, closed) = scripted_backend_over(Some(pki.acceptor(&leaf))).await;
+    let (backend, seen, closed) = scripted_backend_over(Some(backend_tls())).await;
     let config = |tls: &str| {
         format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -1208,7 +1215,7 @@ async fn tls_connections_of_settings_a_reload_replaced_are_closed_as_they_age() 
     let web = geolb.listeners["web"];
     let resp = text(&exchange(web, &get("/length", "")).await);
     assert!(resp.ends_with("hello"), "{resp}");
-    let old = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+    let old = last_conn(&seen);
 
     geolb
         .write_config(&config("{ verify = false, sni = \"other.example\" }"))
@@ -1224,7 +1231,7 @@ async fn tls_connections_of_settings_a_reload_replaced_are_closed_as_they_age() 
         async move {
             let resp = text(&exchange(web, &get("/length", "")).await);
             assert!(resp.ends_with("hello"), "{resp}");
-            let last = seen.lock().unwrap().last().map(|(c, _)| *c).unwrap();
+            let last = last_conn(&seen);
             assert_ne!(last, old, "a request went out the old way");
             tokio::time::sleep(Duration::from_millis(200)).await;
             closed.lock().unwrap().contains(&old)
