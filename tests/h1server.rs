@@ -973,3 +973,135 @@ async fn fields_passed_unread_reach_the_backend_as_through_hyper() {
         backend[0]
     );
 }
+
+/// A backend that answers each request with its path as the body, but
+/// holds the answer to `/held` until the test lets it go (`release`);
+/// `came` tells of each `/held` that arrived.
+async fn holding_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (came_tx, came) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (came_tx, held) = (came_tx.clone(), held.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = seen.drain(..end + 4).collect();
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        if path == "/held" {
+                            let _ = came_tx.send(());
+                            let Ok(permit) = held.acquire().await else {
+                                return;
+                            };
+                            permit.forget();
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, came, release)
+}
+
+/// Reads from `s` until what came holds `what`, within [`LIMIT`].
+async fn read_until(s: &mut TcpStream, got: &mut String, what: &str) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let wait = async {
+        while !got.contains(what) {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => panic!("the connection ended before {what:?}; got {got:?}"),
+            }
+        }
+    };
+    bounded(LIMIT, what, wait).await;
+}
+
+/// The client's socket is read while its request's answer is awaited and
+/// not again once it is written unless something came (`proxy::read_gate`):
+/// a request sent while the one before waits on its backend, one sent
+/// right after the answer, and a client that hangs up while its answer
+/// is awaited are each seen, on one thread and on several.
+#[tokio::test]
+async fn a_request_sent_at_any_point_of_the_one_before_is_seen() {
+    for runtime in ["", "[runtime]\nworker_threads = 1\n\n"] {
+        let (addr, mut came, release) = holding_backend().await;
+        let geolb = Geolb::start(&format!(
+            "{runtime}[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n"
+        ))
+        .await;
+        let mut s = TcpStream::connect(geolb.listener("web")).await.unwrap();
+        let mut got = String::new();
+        for round in 0..3 {
+            s.write_all(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            bounded(LIMIT, "the held request reaches the backend", came.recv()).await;
+            // Pipelined while the answer before it is awaited.
+            s.write_all(format!("GET /during{round} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            release.add_permits(1);
+            read_until(&mut s, &mut got, &format!("/during{round}")).await;
+            // Sent once both answers are read.
+            s.write_all(format!("GET /after{round} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            read_until(&mut s, &mut got, &format!("/after{round}")).await;
+        }
+        assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 9, "{got}");
+        let order: Vec<&str> = got
+            .split("HTTP/1.1 200 OK")
+            .filter_map(|a| a.rsplit("\r\n\r\n").next())
+            .filter(|b| !b.is_empty())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "/held", "/during0", "/after0", "/held", "/during1", "/after1", "/held",
+                "/during2", "/after2"
+            ]
+        );
+        // A client that ends its side while its answer is awaited has gone:
+        // its connection is closed without the answer.
+        s.write_all(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        bounded(
+            LIMIT,
+            "the last held request reaches the backend",
+            came.recv(),
+        )
+        .await;
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        bounded(LIMIT, "geolb closes", s.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        release.close();
+    }
+}

@@ -42,6 +42,7 @@ use super::body::ResponseBody;
 use super::halves::{ReadHalf, Socket, WriteHalf};
 use super::header_rules::{X_REQUEST_ID, put_request_id};
 use super::pipes::{Pipe, SPLICE_FLAGS, unsupported};
+use super::read_gate::GatedRead;
 use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::conn_lock::{self, ConnLock};
@@ -140,7 +141,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 /// The read side of a connection: its buffer and where the current
 /// request's body is.
 struct Reader<I> {
-    io: ReadHalf<TrackedIo<I>>,
+    io: GatedRead<ReadHalf<TrackedIo<I>>>,
     buf: BytesMut,
     body: Framing,
     /// The response is written: the body's bytes are the connection's
@@ -290,7 +291,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
             self.buf.reserve(8 * 1024);
             self.grown = true;
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        tokio_util::io::poll_read_buf(Pin::new(self.io.get_mut()), cx, &mut self.buf)
     }
 
     /// The next piece of the body: from the buffer, else read (when
@@ -663,9 +664,11 @@ where
     let idle = timeouts.idle;
     let activity = conn.activity().clone();
     let (read, write) = super::halves::split(TrackedIo::new(io, activity.clone()));
+    // The task that reads the client: the one the read gate wakes.
+    let task = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
     let shared = Arc::new(Shared {
         reader: ConnLock::new(Reader {
-            io: read,
+            io: GatedRead::new(read, task),
             buf: BytesMut::new(),
             body: Framing::Done,
             detached: false,
@@ -702,7 +705,7 @@ where
         Served::Hyper => {
             let shared = Arc::into_inner(shared)?;
             let reader = shared.reader.into_inner();
-            let io = reader.io.unsplit(writer.io)?.into_inner();
+            let io = reader.io.into_inner().unsplit(writer.io)?.into_inner();
             return Some(Rewind {
                 prefix: reader.buf.freeze(),
                 inner: io,
@@ -737,7 +740,7 @@ async fn close<I: AsyncRead + AsyncWrite + Unpin>(
     let mut linger = super::linger::Linger::new(idle, shutdown.clone());
     poll_fn(|cx| {
         let mut reader = shared.reader();
-        linger.poll_drain(cx, Pin::new(&mut reader.io))
+        linger.poll_drain(cx, Pin::new(reader.io.get_mut()))
     })
     .await;
 }
@@ -949,7 +952,10 @@ fn client_gone<I: AsyncRead + AsyncWrite + Unpin>(
     // Waiting on the backend, the connection holds no read buffer.
     let room = MAX_HEAD - reader.buf.len();
     let r = &mut *reader;
-    match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
+    let read = r.io.poll_gated(cx, |io, cx| {
+        poll_read_exact_size(Pin::new(io), cx, &mut r.buf, room)
+    });
+    match read {
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
         Poll::Ready(Ok(_)) => {
             cx.waker().wake_by_ref();
@@ -987,7 +993,10 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
             r.buf = BytesMut::new();
             r.grown = false;
         }
-        match poll_read_exact_size(Pin::new(&mut r.io), cx, &mut r.buf, room) {
+        let read = r.io.poll_gated(cx, |io, cx| {
+            poll_read_exact_size(Pin::new(io), cx, &mut r.buf, room)
+        });
+        match read {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Head::Closed),
             Poll::Ready(Ok(_)) => {}

@@ -11,7 +11,8 @@
 //! the boundary and `header_rules` applies the configured header rules;
 //! `activity` enforces the client-side header and idle timeouts, `linger`
 //! reads on after an early answer before a connection closes, `woken`
-//! polls such side futures only when they woke; `stall`
+//! polls such side futures only when they woke, `read_gate` a client's
+//! socket only when it could have something; `stall`
 //! cuts HTTP/2 responses
 //! the client's flow control holds up; `validate` finds what must not
 //! be forwarded; `client_cert` verifies client certificates and tells
@@ -36,6 +37,7 @@ mod linger;
 pub mod ocsp;
 pub mod pipes;
 mod pump;
+mod read_gate;
 mod stall;
 pub mod tcp;
 pub mod tls;
