@@ -10,14 +10,14 @@
 //! its own, which marks that it fired before it wakes the task; a read
 //! that would follow a pending one while that mark is clear is not made.
 //! The read skipped was 249 instructions of an HTTP/1.1 request's 16,440
-//! (`benches/instructions.sh`): the thread's read buffer borrowed, the
-//! connection's lock, its activity, the runtime's readiness check and
-//! its waiter list's lock.
+//! (the thread's read buffer borrowed, the connection's lock, its
+//! activity, the runtime's readiness check and its waiter list's lock);
+//! the gate costs 75 of them back: 16,266 (`benches/instructions.sh`).
 //!
-//! The mark is set and cleared with plain stores. A wake through this
-//! waker costs atomic read-modify-writes of its own (the task woken by
-//! reference, the waker dropped), fewer than the skipped read took (the
-//! connection's lock, the waiter list's): 103.3 locked instructions a
+//! The mark is set and cleared with plain stores, and a wake through this
+//! waker takes as many atomic read-modify-writes as one through the
+//! task's did; the skipped read took three (the connection's lock, the
+//! waiter list's lock and its release): 103.3 locked instructions a
 //! request against 106.3
 //! (`CALLGRIND_ARGS=--dump-instr=yes benches/instructions.sh`, then
 //! `benches/callgrind_locked.py`).
