@@ -98,6 +98,50 @@ pub fn path(path: &str) -> Result<(), Refusal> {
 }
 
 fn has_dot_segment(path: &[u8]) -> bool {
+    may_have_dot_segment(path) && dot_segment_in(path)
+}
+
+/// Whether `path` has what a dot segment must begin with: a `%` (which
+/// may encode a dot or a delimiter), or a `.` at the start or right after
+/// `/` or `\`. Most paths have neither, and this finds so eight bytes at
+/// a time, about three instructions a byte, where [`dot_segment_in`]
+/// takes about 22: a request for a path of 34 bytes took 17,609
+/// instructions with that alone, 17,053 with this first
+/// (`URL_PATH=/static/js/app.3f9a2c1b.chunk.js benches/instructions.sh`).
+fn may_have_dot_segment(path: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    // The top bit of each byte of `x` that is `b`, exactly (no borrow
+    // runs from one byte into the next).
+    let is = |x: u64, b: u8| {
+        let t = x ^ (ONES * u64::from(b));
+        !(((t & LOW7) + LOW7) | t | LOW7)
+    };
+    // The byte before the path counts as a delimiter.
+    let mut after_delimiter = 0x80u64;
+    let mut words = path.chunks_exact(8);
+    for word in &mut words {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let delimiters = is(x, b'/') | is(x, b'\\');
+        // Each byte's flag moved to the byte after it (little-endian: the
+        // next byte is the next higher one).
+        let follows = (delimiters << 8) | after_delimiter;
+        if is(x, b'%') | (is(x, b'.') & follows) != 0 {
+            return true;
+        }
+        after_delimiter = delimiters >> 56;
+    }
+    let mut prev_delimiter = after_delimiter != 0;
+    for &b in words.remainder() {
+        if b == b'%' || (b == b'.' && prev_delimiter) {
+            return true;
+        }
+        prev_delimiter = matches!(b, b'/' | b'\\');
+    }
+    false
+}
+
+fn dot_segment_in(path: &[u8]) -> bool {
     // Per segment: dots seen, and whether anything else was.
     let (mut dots, mut other, mut params) = (0u8, false, false);
     let mut i = 0;
@@ -288,6 +332,34 @@ mod tests {
         ] {
             assert!(!has_dot_segment(good.as_bytes()), "{good}");
         }
+    }
+
+    /// The vector scan only ever lets through what the byte by byte one
+    /// finds nothing in: random paths of the bytes that matter.
+    #[test]
+    fn the_quick_scan_passes_only_paths_without_dot_segments() {
+        // A dot and a slash with the top bit set too: they match neither.
+        const BYTES: &[u8] = b"/\\.%2eEfF5c;ax\xae\xaf";
+        let mut rng = fastrand::Rng::with_seed(0x646f_7473);
+        let mut passed = 0;
+        for _ in 0..crate::proptest_cases(200_000) {
+            let len = rng.usize(0..40);
+            let path: Vec<u8> = (0..len).map(|_| BYTES[rng.usize(..BYTES.len())]).collect();
+            if !may_have_dot_segment(&path) {
+                passed += 1;
+                assert!(!dot_segment_in(&path), "{}", String::from_utf8_lossy(&path));
+            }
+            assert_eq!(
+                has_dot_segment(&path),
+                dot_segment_in(&path),
+                "{}",
+                String::from_utf8_lossy(&path)
+            );
+        }
+        assert!(
+            passed > 0,
+            "the quick scan passed no path: the test tested nothing"
+        );
     }
 
     #[test]
