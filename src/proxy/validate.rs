@@ -104,7 +104,7 @@ fn has_dot_segment(path: &[u8]) -> bool {
 /// Whether `path` has what a dot segment must begin with: a `%` (which
 /// may encode a dot or a delimiter), or a `.` at the start or right after
 /// `/` or `\`. Most paths have neither, and this finds so eight bytes at
-/// a time, about three instructions a byte, where [`dot_segment_in`]
+/// a time, about five instructions a byte, where [`dot_segment_in`]
 /// takes about 22: a request for a path of 34 bytes took 17,609
 /// instructions with that alone, 17,053 with this first
 /// (`URL_PATH=/static/js/app.3f9a2c1b.chunk.js benches/instructions.sh`).
