@@ -334,7 +334,7 @@ mod tests {
         }
     }
 
-    /// The vector scan only ever lets through what the byte by byte one
+    /// The word-at-a-time scan only ever lets through what the byte by byte one
     /// finds nothing in: random paths of the bytes that matter.
     #[test]
     fn the_quick_scan_passes_only_paths_without_dot_segments() {
