@@ -1119,8 +1119,9 @@ async fn every_request_is_seen<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
     s.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    // Over TLS the close may come as a reset after the close_notify.
-    let _ = bounded(LIMIT, "geolb closes", s.read_to_end(&mut rest)).await;
+    bounded(LIMIT, "geolb closes", s.read_to_end(&mut rest))
+        .await
+        .unwrap();
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     // Let the held answer go (to nowhere), to the backend's request that
     // waits for it: the next connection's first `/held` then waits again.
