@@ -30,28 +30,29 @@ use std::task::{Context, Poll, Wake, Waker};
 /// something (see the module).
 pub(super) struct GatedRead<R> {
     io: R,
-    fired: Arc<Fired>,
-    /// `fired` as a waker, made once.
+    mark: Arc<Mark>,
+    /// `mark` as a waker, made once.
     waker: Waker,
     /// The last read was made with `waker` and was pending: it is still
     /// registered, and until it fires a read would find the same.
     armed: bool,
 }
 
-struct Fired {
-    fired: AtomicBool,
+/// Set when the reader's waker fires, cleared before each read made.
+struct Mark {
+    set: AtomicBool,
     /// The task whose reads are gated, woken in turn.
     task: Waker,
 }
 
-impl Wake for Fired {
+impl Wake for Mark {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
         // Before the task is woken: its next poll must see the mark.
-        self.fired.store(true, Ordering::Release);
+        self.set.store(true, Ordering::Release);
         self.task.wake_by_ref();
     }
 }
@@ -60,14 +61,14 @@ impl<R> GatedRead<R> {
     /// `task`: the waker of the task that reads `io` (a read polled from
     /// another is made as it comes).
     pub(super) fn new(io: R, task: Waker) -> Self {
-        let fired = Arc::new(Fired {
-            fired: AtomicBool::new(false),
+        let mark = Arc::new(Mark {
+            set: AtomicBool::new(false),
             task,
         });
         GatedRead {
             io,
-            waker: Waker::from(fired.clone()),
-            fired,
+            waker: Waker::from(mark.clone()),
+            mark,
             armed: false,
         }
     }
@@ -81,16 +82,16 @@ impl<R> GatedRead<R> {
         cx: &mut Context<'_>,
         read: impl FnOnce(&mut R, &mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        if !self.fired.task.will_wake(cx.waker()) {
+        if !self.mark.task.will_wake(cx.waker()) {
             self.armed = false;
             return read(&mut self.io, cx);
         }
-        if self.armed && !self.fired.fired.load(Ordering::Acquire) {
+        if self.armed && !self.mark.set.load(Ordering::Acquire) {
             return Poll::Pending;
         }
         // Cleared before the read: a wake from here on is the read's own,
         // or one it supersedes (it registers all it waits for again).
-        self.fired.fired.store(false, Ordering::Relaxed);
+        self.mark.set.store(false, Ordering::Relaxed);
         let polled = read(&mut self.io, &mut Context::from_waker(&self.waker));
         self.armed = polled.is_pending();
         polled
