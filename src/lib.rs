@@ -165,6 +165,7 @@ pub mod register;
 pub mod reload;
 pub mod rules;
 pub mod spares;
+pub mod stamp;
 pub mod state;
 pub mod sticky;
 pub mod takeover;

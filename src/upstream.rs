@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version, header};
@@ -35,6 +35,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use crate::config::{BackendProtocol, Http1Client, PoolConfig};
+use crate::stamp::Stamp;
 use crate::tls_client;
 use answer_first::AnswerFirst;
 
@@ -733,8 +734,8 @@ fn keep_newest<T>(list: &mut Vec<T>, max: usize) {
 const IDLE_LIMIT: Duration = Duration::from_secs(4);
 
 /// Idle since `since` for less than a kept connection may wait.
-fn young(since: Instant, now: Instant) -> bool {
-    now.duration_since(since) < IDLE_LIMIT
+fn young(since: Stamp, now: Stamp) -> bool {
+    now.since(since) < IDLE_LIMIT
 }
 
 /// How a pool's backends are spoken to; built with the snapshot (and
@@ -837,7 +838,7 @@ impl Upstream {
     /// A kept connection from the backend's idle list, if one is ready;
     /// a hyper one for an `upgrade` (geolb's own client does none).
     /// `now`: the caller's clock reading, for the connections' age.
-    pub fn idle(&self, idle: &IdleConnections, upgrade: bool, now: Instant) -> Option<Sender> {
+    pub fn idle(&self, idle: &IdleConnections, upgrade: bool, now: Stamp) -> Option<Sender> {
         if self.carries_own(upgrade) {
             let home = idle.own_home(self.profile, now);
             return h1::take(&home, now).map(|conn| Sender::own(conn, home, self.profile));
@@ -882,7 +883,7 @@ impl Upstream {
                         Box::pin(self.tls_over(tls, AnswerFirst::new(stream), addr)).await?,
                     )),
                 };
-                let home = idle.own_home(self.profile, Instant::now());
+                let home = idle.own_home(self.profile, Stamp::now());
                 return Ok(Sender::own(h1::Kept::new(stream), home, self.profile));
             }
             // Boxed again: TLS and hyper's handshakes are KiBs of state
@@ -1139,7 +1140,7 @@ pub struct IdleConnections {
 
 struct Idle {
     sender: http1::SendRequest<BackendRequestBody>,
-    since: Instant,
+    since: Stamp,
     profile: u64,
 }
 
@@ -1159,7 +1160,7 @@ impl IdleConnections {
 
     /// Where geolb's own client keeps the connections of `profile`.
     #[inline]
-    fn own_home(&self, profile: u64, now: Instant) -> h1::Home {
+    fn own_home(&self, profile: u64, now: Stamp) -> h1::Home {
         if profile == 0 {
             return self.own.clone();
         }
@@ -1167,7 +1168,7 @@ impl IdleConnections {
     }
 
     #[inline(never)]
-    fn own_tls_home(&self, profile: u64, now: Instant) -> h1::Home {
+    fn own_tls_home(&self, profile: u64, now: Stamp) -> h1::Home {
         let mut homes = crate::locked(&self.own_tls);
         // Other profiles' connections idle past the limit are closed here
         // too: after a reload that changed a pool's `tls`, no request of
@@ -1199,7 +1200,7 @@ impl IdleConnections {
 
     /// The most recently used idle HTTP/1.1 connection of `profile` that
     /// still looks open, its age taken at `now`.
-    fn take_http1(&self, profile: u64, now: Instant) -> Option<Sender> {
+    fn take_http1(&self, profile: u64, now: Stamp) -> Option<Sender> {
         let mut conns = self.http1.lock().unwrap_or_else(|e| e.into_inner());
         // Newest first; stale ones met on the way are dropped.
         let mut at = conns.len();
@@ -1246,7 +1247,7 @@ impl IdleConnections {
         if conns.len() < max {
             conns.push(Idle {
                 sender: back.sender,
-                since: Instant::now(),
+                since: Stamp::now(),
                 profile: back.profile,
             });
         }

@@ -7,6 +7,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::time::Sleep;
 
+use crate::stamp::Stamp;
+
 pin_project_lite::pin_project! {
     /// The timer of the backends' answers to a connection's requests (see
     /// `http::before`; an HTTP/2 stream has its own), with the waker it holds.
@@ -18,22 +20,30 @@ pin_project_lite::pin_project! {
         // changes nothing and is not polled (17,246 -> 17,142 instructions
         // a request, `benches/instructions.sh`).
         holds: Option<Waker>,
+        // The sleep's deadline as a stamp: compared with a request's at
+        // each request, converted for the sleep only when it moves.
+        due: Stamp,
     }
 }
 
 impl AnswerTimer {
+    /// `sleep` set past every request's deadline (`before` brings it in).
     pub(super) fn new(sleep: Sleep) -> Self {
-        AnswerTimer { sleep, holds: None }
+        AnswerTimer {
+            sleep,
+            holds: None,
+            due: Stamp::NEVER,
+        }
     }
 
-    pub(super) fn deadline(&self) -> tokio::time::Instant {
-        self.sleep.deadline()
+    pub(super) fn due(&self) -> Stamp {
+        self.due
     }
 
-    /// Set again, it keeps its waker (tokio's entry keeps it, and fires at
-    /// once, waking it, a deadline gone by).
-    pub(super) fn reset(self: Pin<&mut Self>, due: tokio::time::Instant) {
-        self.project().sleep.reset(due);
+    pub(super) fn reset(self: Pin<&mut Self>, due: Stamp) {
+        let this = self.project();
+        *this.due = due;
+        this.sleep.reset(due.instant());
     }
 
     pub(super) fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

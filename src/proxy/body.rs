@@ -4,10 +4,10 @@
 //! backend connection goes back to the idle list (only after a clean end),
 //! the active count drops, and the request is counted and logged once.
 
+use crate::stamp::Stamp;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -22,7 +22,7 @@ use crate::upstream::{BackendBody, BodyProgress, BodyState, Returnable};
 
 /// What to do when a response ends, however it ends.
 pub struct Completion {
-    pub start: Instant,
+    pub start: Stamp,
     pub status: u16,
     pub metrics: Arc<RouteMetrics>,
     /// Told when the response ends, for the connection's header timer.

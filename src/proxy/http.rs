@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -48,6 +48,7 @@ use crate::locked;
 use crate::outlier::Outcome;
 use crate::proxy_protocol;
 use crate::rules::Verdict;
+use crate::stamp::Stamp;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot, Snapshot};
 use crate::upstream::{
     self, Added, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody,
@@ -282,7 +283,7 @@ async fn serve_hyper<I>(
     // Each request's timer starts past any deadline (`before` brings it in
     // to the request's), from this time read once: `sleep(Duration::MAX)`
     // read the clock for every stream.
-    let far_future = deadline(Instant::now(), Duration::MAX);
+    let far_future = Stamp::NEVER.instant();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn_ctx = conn_ctx.clone();
         // Boxed as it is made: hyper spawns each HTTP/2 stream as a task,
@@ -464,15 +465,6 @@ impl super::h1::Client for ConnCtx {
     }
 }
 
-/// `after` from `from`, or for a `Duration` past what `Instant` holds,
-/// about 30 years (as `tokio::time::timeout` does).
-fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
-    from.checked_add(after).map_or_else(
-        || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30),
-        tokio::time::Instant::from_std,
-    )
-}
-
 /// What `fut` gives, or `None` if `due` comes first (polled in
 /// `tokio::time::timeout`'s order: the future, then the timer). `timer`
 /// is set again only if it would go off after `due`: one set for an
@@ -482,10 +474,10 @@ fn deadline(from: Instant, after: Duration) -> tokio::time::Instant {
 /// nearly all go by unreached.
 async fn before<F: Future>(
     mut timer: Pin<&mut AnswerTimer>,
-    due: tokio::time::Instant,
+    due: Stamp,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
-    if timer.deadline() > due {
+    if timer.due() > due {
         timer.as_mut().reset(due);
     }
     std::future::poll_fn(|cx| {
@@ -494,7 +486,7 @@ async fn before<F: Future>(
         }
         loop {
             ready!(timer.as_mut().poll_fired(cx));
-            if tokio::time::Instant::now() >= due {
+            if Stamp::now() >= due {
                 return Poll::Ready(None);
             }
             timer.as_mut().reset(due);
@@ -627,7 +619,7 @@ async fn respond(
     // One async fn, not the rules around a handler of their own: each
     // layer moved the response (456 bytes) twice more.
     let resp = 'handled: {
-        let start = Instant::now();
+        let start = Stamp::now();
         conn.activity.request_started();
         let snapshot = conn.ctx.snapshot.load();
         let Some(listener) = conn.listener_in(&snapshot) else {
@@ -844,7 +836,7 @@ async fn respond(
             let looked = if first_try && !pool.may_queue() {
                 start
             } else {
-                Instant::now()
+                Stamp::now()
             };
             first_try = false;
             let connecting = completion.access.is_some().then_some(looked);
@@ -877,14 +869,14 @@ async fn respond(
                         }
                     },
                 };
-            let sent_at = if reused { looked } else { Instant::now() };
-            let sent =
-                connecting.map(|at| (if reused { Duration::ZERO } else { sent_at - at }, sent_at));
+            let sent_at = if reused { looked } else { Stamp::now() };
+            // A kept connection was sent on at once (`sent_at` is `looked`).
+            let sent = connecting.map(|at| (sent_at.since(at), sent_at));
             // Pinned where it is made: the timeout and the await then move a
             // pointer, not the sending future's 2 KiB.
             let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
             let send = std::pin::pin!(sender.try_send_request(&mut pending, &added, as_read));
-            let due = deadline(sent_at, timeouts.request);
+            let due = sent_at.after(timeouts.request);
             match before(timer.as_mut(), due, send).await {
                 None => {
                     failure = if body_state() == Some(BodyState::WaitingForClient) {
@@ -1182,7 +1174,7 @@ impl Completion {
         conn: &ConnCtx,
         listener: &Listener,
         route: &Route,
-        start: Instant,
+        start: Stamp,
         host: impl FnOnce() -> String,
     ) -> Completion {
         Completion {
@@ -1234,7 +1226,7 @@ fn refuse<B>(
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
-    start: Instant,
+    start: Stamp,
     why: Refusal,
 ) -> Response<ResponseBody> {
     tracing::debug!(
@@ -1263,7 +1255,7 @@ fn answer<B>(
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
-    start: Instant,
+    start: Stamp,
     status: StatusCode,
     text: &str,
 ) -> Response<ResponseBody> {
@@ -1282,7 +1274,7 @@ fn own<B>(
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
-    start: Instant,
+    start: Stamp,
     status: StatusCode,
 ) -> Completion {
     let mut completion = Completion::of(
@@ -1311,7 +1303,7 @@ fn acme_challenge<B>(
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
-    start: Instant,
+    start: Stamp,
     key_authorization: Bytes,
 ) -> Response<ResponseBody> {
     let completion = own(req, reply, listener, conn, start, StatusCode::OK);
@@ -1331,7 +1323,7 @@ fn too_many_requests<B>(
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
-    start: Instant,
+    start: Stamp,
     wait: RetryAfter,
 ) -> Response<ResponseBody> {
     tracing::debug!(client = %conn.peer, listener = %listener.config.name, "client over its request rate: 429");
@@ -1538,42 +1530,47 @@ mod tests {
     /// set for a request answered at once, it goes off early in the next,
     /// whose answer never comes; that one is waited for until its own
     /// deadline, no longer. Then an answer in time is taken, and a timer
-    /// set past a deadline is brought back to it. Bounded, so that a wait
-    /// nothing ends fails the test rather than hangs it.
-    #[tokio::test(start_paused = true)]
+    /// set past a deadline is brought back to it. In real time (deadlines
+    /// are stamps of the machine's clock, which tokio's paused clock does
+    /// not move); bounded, so that a wait nothing ends fails the test
+    /// rather than hangs it.
+    #[tokio::test]
     async fn an_answer_is_waited_for_until_its_own_deadline() {
-        use tokio::time::Instant;
+        let ms = Duration::from_millis;
         let checks = async {
             let mut timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep(Duration::MAX)));
-            let start = Instant::now();
+            let start = Stamp::now();
             let at_once = std::pin::pin!(async { "at once" });
-            let first = before(timer.as_mut(), start + Duration::from_secs(1), at_once);
+            let first = before(timer.as_mut(), start.after(ms(100)), at_once);
             assert_eq!(first.await, Some("at once"));
-            let due = start + Duration::from_secs(5);
+            let due = start.after(ms(400));
             let never = std::pin::pin!(std::future::pending::<()>());
             assert_eq!(before(timer.as_mut(), due, never).await, None);
-            assert_eq!(Instant::now(), due);
-            let later = std::pin::pin!(tokio::time::sleep(Duration::from_secs(2)));
+            let late = Stamp::now().since(due);
+            assert!(Stamp::now() >= due && late < ms(250), "{late:?} late");
+            let later = std::pin::pin!(tokio::time::sleep(ms(100)));
             let answer = std::pin::pin!(async {
                 later.await;
                 "answer"
             });
-            let due = Instant::now() + Duration::from_secs(3);
+            let due = Stamp::now().after(ms(3_000));
             assert_eq!(before(timer.as_mut(), due, answer).await, Some("answer"));
-            assert_eq!(Instant::now(), due - Duration::from_secs(1));
-            let due = Instant::now() + Duration::from_millis(500);
+            assert!(Stamp::now() < due);
+            // The timer is now set three seconds on; this deadline is nearer.
+            let due = Stamp::now().after(ms(200));
             let never = std::pin::pin!(std::future::pending::<()>());
             assert_eq!(before(timer.as_mut(), due, never).await, None);
-            assert_eq!(Instant::now(), due);
+            let late = Stamp::now().since(due);
+            assert!(Stamp::now() >= due && late < ms(1_500), "{late:?} late");
         };
-        tokio::time::timeout(Duration::from_secs(3600), checks)
+        tokio::time::timeout(Duration::from_secs(60), checks)
             .await
             .expect("every wait ends at its deadline");
     }
 
     /// A timer not polled again by the waker it holds is polled by a new
     /// one, which its firing then wakes; the one it held is not.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_timer_wakes_the_waker_that_polled_it_last() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::task::{Context, Wake, Waker};
@@ -1586,19 +1583,16 @@ mod tests {
         let (a, b) = (Arc::new(Count(0.into())), Arc::new(Count(0.into())));
         let (waker_a, waker_b) = (Waker::from(a.clone()), Waker::from(b.clone()));
         let mut timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep(Duration::MAX)));
-        let due = tokio::time::Instant::now() + Duration::from_secs(1);
+        let due = Stamp::now().after(Duration::from_millis(50));
         let never = std::pin::pin!(std::future::pending::<()>());
         let mut waiting = std::pin::pin!(before(timer.as_mut(), due, never));
         for waker in [&waker_a, &waker_a, &waker_b] {
             let polled = waiting.as_mut().poll(&mut Context::from_waker(waker));
             assert!(polled.is_pending());
         }
-        tokio::time::advance(Duration::from_secs(1)).await;
-        for _ in 0..100 {
-            if b.0.load(Ordering::SeqCst) > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
+        let deadline = Stamp::now().after(Duration::from_secs(30));
+        while b.0.load(Ordering::SeqCst) == 0 && Stamp::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(b.0.load(Ordering::SeqCst), 1, "the last waker is woken");
         assert_eq!(a.0.load(Ordering::SeqCst), 0, "the one it replaced is not");

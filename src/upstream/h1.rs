@@ -24,7 +24,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
@@ -43,6 +42,7 @@ use super::{BackendRequestBody, young};
 use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
 use crate::spares::{KEPT_MAX, Spares};
+use crate::stamp::Stamp;
 
 /// The largest response head (and chunked trailer section) read: the
 /// server side's limit for request heads (`proxy::activity::MAX_HEAD`).
@@ -71,7 +71,7 @@ pub(super) type Home = Arc<KeptList>;
 
 /// A backend's idle connections, newest last, and how many it keeps.
 pub struct KeptList {
-    conns: Mutex<Vec<(Kept, Instant)>>,
+    conns: Mutex<Vec<(Kept, Stamp)>>,
     /// The pools' `max_idle`: a connection put back past it is closed.
     pub(super) max: AtomicUsize,
 }
@@ -98,7 +98,7 @@ impl KeptList {
     }
 
     /// Closes those idle too long to be taken; whether any are left.
-    pub(super) fn close_expired(&self, now: Instant) -> bool {
+    pub(super) fn close_expired(&self, now: Stamp) -> bool {
         let mut conns = crate::locked(&self.conns);
         conns.retain(|(_, since)| young(*since, now));
         !conns.is_empty()
@@ -286,7 +286,7 @@ pub struct SendError {
 
 /// The newest kept connection that still looks open; stale ones met on
 /// the way are closed.
-pub(super) fn take(home: &Home, now: Instant) -> Option<Kept> {
+pub(super) fn take(home: &Home, now: Stamp) -> Option<Kept> {
     let mut kept = crate::locked(&home.conns);
     while let Some((mut conn, since)) = kept.pop() {
         if young(since, now) && still_open(&mut conn.0.stream) {
@@ -326,7 +326,7 @@ fn put(home: &Home, conn: Kept) {
     let max = home.max.load(Ordering::Relaxed);
     let mut kept = crate::locked(&home.conns);
     if kept.len() < max {
-        kept.push((conn, Instant::now()));
+        kept.push((conn, Stamp::now()));
     }
 }
 
