@@ -172,6 +172,51 @@ async fn host_is_one_valid_authority_and_the_target_authority_wins() {
     assert_eq!((a.hits(), b.hits()), (1, 3));
 }
 
+/// A connection keeps the last `Host` it found valid, so as not to check
+/// the same again on its next request: a different one, sent on the same
+/// connection after a valid request, is still checked.
+#[tokio::test]
+async fn a_host_kept_from_a_valid_request_lets_no_other_pass() {
+    let (a, b, geolb) = two_pools("").await;
+    let web = geolb.listener("web");
+    let refused: &[(&str, &[u8])] = &[
+        ("x, y", b"GET /headers HTTP/1.1\r\nHost: x, y\r\n\r\n"),
+        ("a path", b"GET /headers HTTP/1.1\r\nHost: a/evil x\r\n\r\n"),
+        (
+            "user info",
+            b"GET /headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+        ),
+        (
+            "the host and more",
+            b"GET /headers HTTP/1.1\r\nHost: b.example@h\r\n\r\n",
+        ),
+        ("empty", b"GET /headers HTTP/1.1\r\nHost: \r\n\r\n"),
+        (
+            "the same host twice",
+            b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: b.example\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in refused {
+        let mut pipelined = b"GET /headers HTTP/1.1\r\nHost: b.example\r\n\r\n".to_vec();
+        pipelined.extend_from_slice(bytes);
+        let resp = raw(web, &pipelined, LIMIT).await;
+        let statuses: Vec<u16> = resp
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| status_of(&resp[at..]))
+            .collect();
+        assert_eq!(
+            statuses,
+            [200, 400],
+            "{what}, after a valid request: {resp}"
+        );
+    }
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (0, refused.len()),
+        "only the valid requests went on"
+    );
+}
+
 #[tokio::test]
 async fn an_h2c_upgrade_goes_on_as_a_plain_request_and_websocket_still_upgrades() {
     let (a, _b, geolb) = two_pools("").await;

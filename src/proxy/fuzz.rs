@@ -33,13 +33,20 @@ pub fn forward<B>(
     proto: &'static str,
 ) -> Result<Forwarded, Refusal> {
     validate::method(req)?;
-    let authority = validate::authority(req, None)?;
-    // An HTTP/2 connection hands its last authority back in (`seen`):
-    // taken so, it must give what validating afresh gave.
-    let kept = validate::authority(req, authority.as_ref());
+    let mut known = validate::KnownHost::default();
+    let authority = validate::authority(req, None, Some(&mut known))?;
+    // An HTTP/2 connection hands its last authority back in (`seen`), an
+    // HTTP/1 connection its last valid Host (`known`): taken so, each must
+    // give what validating afresh gave.
+    let kept = validate::authority(req, authority.as_ref(), None);
     assert!(
         matches!(&kept, Ok(a) if *a == authority),
         "a kept authority gave {kept:?}, afresh {authority:?}"
+    );
+    let known_again = validate::authority(req, None, Some(&mut known));
+    assert!(
+        matches!(&known_again, Ok(a) if *a == authority),
+        "a known host gave {known_again:?}, afresh {authority:?}"
     );
     validate::path(req.uri().path())?;
     if let Some(uri) = validate::decode_unreserved(req.uri()) {

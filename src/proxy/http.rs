@@ -42,6 +42,7 @@ use crate::accesslog::{self, TlsInfo};
 use crate::admission::{Denied, RetryGuard};
 use crate::balance;
 use crate::config::{DEFAULT_MAX_CONCURRENT_STREAMS, HashKey, Http1Server, Timeouts};
+use crate::conn_lock::ConnLock;
 use crate::held_writes::{self, HeldWrites};
 use crate::limits::RetryAfter;
 use crate::locked;
@@ -190,6 +191,8 @@ pub(super) struct ConnCtx {
     /// that name it again rather than copied into a new field value (an
     /// allocation and a validation a request).
     authority: Mutex<Option<HeaderValue>>,
+    /// The last valid `Host` of its HTTP/1 requests (`validate::KnownHost`).
+    known_host: ConnLock<validate::KnownHost>,
     /// What the client negotiated, on https listeners (for the access log).
     tls: Option<TlsInfo>,
     /// On https listeners with `client_auth`: what backends learn of the
@@ -237,6 +240,7 @@ where
             slot,
             stalls: Stalls::new(),
             authority: Mutex::new(None),
+            known_host: ConnLock::new(validate::KnownHost::default()),
             tls,
             client_cert,
         });
@@ -426,10 +430,10 @@ impl ConnCtx {
     /// [`validate::authority`], over HTTP/2 with the connection's last one.
     fn authority<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         if req.version() != Version::HTTP_2 {
-            return validate::authority(req, None);
+            return validate::authority(req, None, Some(&mut self.known_host.lock()));
         }
         let mut last = locked(&self.authority);
-        let found = validate::authority(req, last.as_ref())?;
+        let found = validate::authority(req, last.as_ref(), None)?;
         if let Some(v) = &found
             && last.as_ref() != Some(v)
         {

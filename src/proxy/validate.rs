@@ -49,19 +49,25 @@ pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 /// or authority that is not `host[:port]`, and a request without any
 /// authority over HTTP/1.1 or HTTP/2. `seen`: an authority found valid
 /// before on the connection, taken rather than copied when the target's is
-/// the same.
+/// the same. `known`: a `Host` found valid before on the connection, not
+/// checked again when the same; a valid one becomes it.
 pub fn authority<B>(
     req: &Request<B>,
     seen: Option<&HeaderValue>,
+    known: Option<&mut KnownHost>,
 ) -> Result<Option<HeaderValue>, Refusal> {
     let (host, more) = crate::upstream::first_field(req.headers(), &header::HOST);
     if more {
         return Err(Refusal::bad("more than one Host header"));
     }
-    if let Some(h) = host
-        && !is_authority(h.as_bytes())
-    {
-        return Err(Refusal::bad("the Host header is not a valid host[:port]"));
+    if let Some(h) = host {
+        let h = h.as_bytes();
+        match known {
+            Some(known) if known.is(h) => {}
+            Some(known) if is_authority(h) => known.set(h),
+            None if is_authority(h) => {}
+            _ => return Err(Refusal::bad("the Host header is not a valid host[:port]")),
+        }
     }
     if let Some(a) = req.uri().authority() {
         if let Some(seen) = seen.filter(|v| v.as_bytes() == a.as_str().as_bytes()) {
@@ -78,6 +84,46 @@ pub fn authority<B>(
         Some(h) => Ok(Some(h.clone())),
         None if req.version() <= Version::HTTP_10 => Ok(None),
         None => Err(Refusal::bad("no Host header")),
+    }
+}
+
+/// A `Host` value found valid on a connection, kept as bytes: its next
+/// requests nearly all send the same, and the check of each byte (about
+/// 100 instructions of an HTTP/1.1 request's 16,000,
+/// `benches/instructions.sh`) is then a comparison. Not the field value
+/// itself: that is a slice of the connection's read buffer, which could
+/// then not be reused in place for the next head.
+pub struct KnownHost {
+    len: u8,
+    bytes: [u8; KnownHost::ROOM],
+}
+
+impl Default for KnownHost {
+    fn default() -> Self {
+        KnownHost {
+            len: 0,
+            bytes: [0; KnownHost::ROOM],
+        }
+    }
+}
+
+impl KnownHost {
+    /// Longer hosts are checked each time.
+    const ROOM: usize = 63;
+
+    fn is(&self, host: &[u8]) -> bool {
+        // Nothing kept is no host, not the empty one.
+        self.len != 0 && usize::from(self.len) == host.len() && self.bytes[..host.len()] == *host
+    }
+
+    fn set(&mut self, host: &[u8]) {
+        match self.bytes.get_mut(..host.len()) {
+            Some(room) if !host.is_empty() => {
+                room.copy_from_slice(host);
+                self.len = host.len() as u8;
+            }
+            _ => self.len = 0,
+        }
     }
 }
 
@@ -425,8 +471,9 @@ mod tests {
 
     #[test]
     fn the_uri_authority_wins_and_host_is_checked_anyway() {
-        let got =
-            |r: Request<()>| authority(&r, None).map(|v| v.map(|v| v.to_str().unwrap().to_owned()));
+        let got = |r: Request<()>| {
+            authority(&r, None, None).map(|v| v.map(|v| v.to_str().unwrap().to_owned()))
+        };
         let some = |s: &str| Ok(Some(s.to_owned()));
         assert_eq!(got(req(Version::HTTP_11, "/", &["a.test"])), some("a.test"));
         assert_eq!(
@@ -449,7 +496,10 @@ mod tests {
             req(Version::HTTP_11, "http://evil@a.test/", &["a.test"]),
         ] {
             assert_eq!(
-                authority(&refused, None).map(|_| ()).unwrap_err().status,
+                authority(&refused, None, None)
+                    .map(|_| ())
+                    .unwrap_err()
+                    .status,
                 StatusCode::BAD_REQUEST,
                 "{refused:?}"
             );
@@ -460,7 +510,7 @@ mod tests {
     fn an_authority_seen_before_is_taken_only_when_the_same_and_host_is_checked_anyway() {
         let seen = HeaderValue::from_static("a.test:8443");
         let target = req(Version::HTTP_2, "https://a.test:8443/", &[]);
-        let got = authority(&target, Some(&seen)).unwrap().unwrap();
+        let got = authority(&target, Some(&seen), None).unwrap().unwrap();
         assert_eq!(got, seen);
         assert_eq!(
             got.as_bytes().as_ptr(),
@@ -468,12 +518,50 @@ mod tests {
             "the seen value is shared, not copied"
         );
         let other = req(Version::HTTP_2, "https://a.test/", &[]);
-        assert_eq!(authority(&other, Some(&seen)).unwrap().unwrap(), "a.test");
+        assert_eq!(
+            authority(&other, Some(&seen), None).unwrap().unwrap(),
+            "a.test"
+        );
         let bad_host = req(Version::HTTP_2, "https://a.test:8443/", &["x, y"]);
         assert_eq!(
-            authority(&bad_host, Some(&seen)).unwrap_err().status,
+            authority(&bad_host, Some(&seen), None).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn a_known_host_skips_its_check_and_no_other() {
+        let mut known = KnownHost::default();
+        let with = |host: &str, known: &mut KnownHost| {
+            authority(&req(Version::HTTP_11, "/", &[host]), None, Some(known))
+                .map(|v| v.map(|v| v.to_str().unwrap().to_owned()))
+        };
+        assert_eq!(
+            with("a.test:8443", &mut known).unwrap().as_deref(),
+            Some("a.test:8443")
+        );
+        assert!(known.is(b"a.test:8443"), "a valid host is kept");
+        assert_eq!(
+            with("a.test:8443", &mut known).unwrap().as_deref(),
+            Some("a.test:8443")
+        );
+        for bad in ["a.test:8443@h", "a.test:844300", "x, y", "", "a.test:8443 "] {
+            assert!(with(bad, &mut known).is_err(), "{bad:?}");
+            assert!(known.is(b"a.test:8443"), "a refused host is not kept");
+        }
+        let twice = req(Version::HTTP_11, "/", &["a.test:8443", "a.test:8443"]);
+        assert!(authority(&twice, None, Some(&mut known)).is_err());
+        assert_eq!(
+            with("b.test", &mut known).unwrap().as_deref(),
+            Some("b.test")
+        );
+        assert!(known.is(b"b.test") && !known.is(b"a.test:8443"));
+        // Too long to keep: checked each time, and the one kept let go.
+        let long = "a".repeat(KnownHost::ROOM + 1);
+        assert!(with(&long, &mut known).is_ok());
+        assert!(!known.is(b"b.test") && !known.is(long.as_bytes()));
+        let empty = KnownHost::default();
+        assert!(!empty.is(b""), "nothing is known at first");
     }
 
     /// One random Host value, authority or path: random bytes, name bytes,
@@ -547,9 +635,11 @@ mod tests {
                     .any(|b| matches!(b, b'@' | b'/' | b',') || b.is_ascii_whitespace())
         };
         let (mut hosts_ok, mut targets_ok) = (0usize, 0usize);
+        // As a connection keeps it: the last valid host of those before.
+        let mut known = KnownHost::default();
         for i in 0..cases {
             let text = random_text(&mut rng);
-            let outcome = std::panic::catch_unwind(|| {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let _ = path(&String::from_utf8_lossy(&text));
                 let _ = has_dot_segment(&text);
                 let mut results = Vec::new();
@@ -567,7 +657,14 @@ mod tests {
                             .body(())
                             .unwrap();
                         r.headers_mut().insert(header::HOST, host.clone());
-                        results.push((false, authority(&r, None)));
+                        let afresh = authority(&r, None, None);
+                        let as_known = authority(&r, None, Some(&mut known));
+                        assert_eq!(
+                            afresh.as_ref().ok(),
+                            as_known.as_ref().ok(),
+                            "a known host changed the outcome"
+                        );
+                        results.push((false, afresh));
                     }
                 }
                 // As the target URI's authority (what http's parser lets by).
@@ -580,10 +677,10 @@ mod tests {
                         .uri(uri)
                         .body(())
                         .unwrap();
-                    results.push((true, authority(&r, None)));
+                    results.push((true, authority(&r, None, None)));
                 }
                 results
-            });
+            }));
             let Ok(results) = outcome else {
                 panic!("input {i} (seed {seed:#x}) panicked: {text:02x?}");
             };
