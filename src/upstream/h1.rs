@@ -1254,6 +1254,16 @@ impl ReadFields {
     }
 
     fn remove_present(&mut self, kind: FieldKind) -> bool {
+        // A lone last field (nginx ends its answers with `Connection`):
+        // what the search below would find, without the search.
+        if let Some(last) = self.fields.last()
+            && last.kind == kind
+            && !last.same_name
+        {
+            self.fields.pop();
+            self.present &= !kind.bit();
+            return true;
+        }
         let Some((start, end)) = self.find(kind) else {
             return false;
         };
