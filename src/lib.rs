@@ -12,7 +12,7 @@
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena,
-//!          spares, huge_pages)
+//!          spares, stamp, huge_pages)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -39,6 +39,7 @@
 //!   next ones.
 //! - [`readbuf`]: reads that hold memory only for the bytes that came
 //!   (both HTTP/1 halves read heads through it).
+//! - [`stamp`]: a request's times, the monotonic clock as nanoseconds.
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
 //! - [`outlier`]: passive health: backends ejected after failing
