@@ -60,8 +60,10 @@ pub fn forward<B>(
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let client = headers::ClientAddr::new(client);
     let mut added = crate::upstream::Added::default();
+    let sent = headers::Sent::of(req.headers());
     headers::add_forwarded(
         req.headers_mut(),
+        sent,
         &client,
         proto,
         authority.clone(),

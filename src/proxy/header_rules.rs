@@ -70,17 +70,19 @@ impl<'c> Reply<'c> {
     /// On a request to `listener`, before anything answers it: its id
     /// (taken out of `headers`, to be sent in `added`), and what every
     /// answer of this listener gets.
+    /// `sent_id`: whether `headers` has an `X-Request-Id`.
     pub(super) fn start(
         &mut self,
         listener: &Listener,
         headers: &mut HeaderMap,
+        sent_id: bool,
         added: &mut Added,
     ) {
         let config = &listener.config.headers;
         self.rules = listener.default_route.headers.clone();
         self.hsts = config.hsts.clone();
         if config.request_id {
-            let id = request_id(headers);
+            let id = request_id(headers, sent_id);
             added.push(&X_REQUEST_ID, id.clone());
             self.request_id = Some(id);
             self.echo_id = true;
@@ -267,11 +269,10 @@ fn valid_id(v: &HeaderValue) -> bool {
 
 /// The request's id: the client's one `X-Request-Id` if valid, else a new
 /// one; either way [`unindexed`]. The client's is taken out of `headers`:
-/// the id goes on among the fields geolb adds.
-fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    // One pass over the names: a request without an id (most) pays for no
-    // hashed lookup.
-    if !headers.keys().any(|n| *n == X_REQUEST_ID) {
+/// the id goes on among the fields geolb adds. `sent`: whether it has one
+/// (a request without, most, pays for no hashed lookup).
+fn request_id(headers: &mut HeaderMap, sent: bool) -> HeaderValue {
+    if !sent {
         return new_request_id();
     }
     let mut values = headers.get_all(&X_REQUEST_ID).iter();
@@ -418,7 +419,9 @@ mod tests {
             for v in *values {
                 headers.append(&X_REQUEST_ID, HeaderValue::from_str(v).unwrap());
             }
-            let id = request_id(&mut headers);
+            let sent = super::super::headers::Sent::of(&headers).request_id();
+            assert!(sent, "{values:?}");
+            let id = request_id(&mut headers, sent);
             assert_eq!(id == values[0], *kept, "{values:?}");
             // Taken out, to go on among the fields geolb adds.
             assert_eq!(headers.len(), 1, "{values:?}");
@@ -427,7 +430,8 @@ mod tests {
         }
         let mut obs = HeaderMap::new();
         obs.insert(&X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        assert_eq!(request_id(&mut obs).len(), 32);
-        assert!(request_id(&mut HeaderMap::new()).is_sensitive());
+        assert_eq!(request_id(&mut obs, true).len(), 32);
+        assert!(obs.is_empty(), "an invalid id is taken out too");
+        assert!(request_id(&mut HeaderMap::new(), false).is_sensitive());
     }
 }

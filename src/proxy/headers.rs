@@ -57,25 +57,19 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 /// names: only those present pay for a hashed removal (most messages carry
 /// one or none), and a caller's question about them costs no lookup.
 #[derive(Clone, Copy)]
-pub struct HopByHop([bool; HOP_BY_HOP.len()]);
+pub struct HopByHop(Sent);
 
 impl HopByHop {
     pub fn of(headers: &HeaderMap) -> HopByHop {
-        let mut present = [false; HOP_BY_HOP.len()];
-        for name in headers.keys() {
-            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-                present[i] = true;
-            }
-        }
-        HopByHop(present)
+        Sent::of(headers).hop_by_hop()
     }
 
     pub fn transfer_encoding(self) -> bool {
-        self.0[4]
+        self.0.0 & Sent::TRANSFER_ENCODING != 0
     }
 
     pub fn upgrade(self) -> bool {
-        self.0[5]
+        self.0.0 & Sent::UPGRADE != 0
     }
 }
 
@@ -88,14 +82,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// [`strip_hop_by_hop`] with the headers' [`HopByHop`] already found
 /// (`present`: of these headers, as they are now).
 pub fn strip_present(headers: &mut HeaderMap, present: HopByHop, keep_upgrade: bool) {
-    let [
-        connection,
-        keep_alive,
-        proxy_connection,
-        te,
-        transfer_encoding,
-        upgrade,
-    ] = present.0;
+    let has = |bit| present.0.0 & bit != 0;
+    let (connection, keep_alive, proxy_connection) = (
+        has(Sent::CONNECTION),
+        has(Sent::KEEP_ALIVE),
+        has(Sent::PROXY_CONNECTION),
+    );
+    let (te, transfer_encoding, upgrade) = (
+        has(Sent::TE),
+        has(Sent::TRANSFER_ENCODING),
+        has(Sent::UPGRADE),
+    );
     if connection {
         // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
         // The usual tokens name nothing to remove, or a header removed anyway.
@@ -173,34 +170,90 @@ pub fn strip_read(read: &mut ReadFields) {
     }
 }
 
-/// In the order `strip_present` destructures them and `HopByHop`'s
-/// questions index them.
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// The names a request's steps each look for (the hop-by-hop ones, its
+/// id, the forwarded ones, the client certificate's), found in one pass
+/// over its names. Each step
+/// made a pass of its own (about 150 instructions of a request with one
+/// field, `benches/instructions.sh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent(u16);
+
+impl Sent {
+    const CONNECTION: u16 = 1;
+    const KEEP_ALIVE: u16 = 1 << 1;
+    const PROXY_CONNECTION: u16 = 1 << 2;
+    const TE: u16 = 1 << 3;
+    const TRANSFER_ENCODING: u16 = 1 << 4;
+    const UPGRADE: u16 = 1 << 5;
+    const REQUEST_ID: u16 = 1 << 6;
+    const FORWARDED: u16 = 1 << 7;
+    const CLIENT_CERT: u16 = 1 << 8;
+
+    pub fn of(headers: &HeaderMap) -> Sent {
+        Sent(
+            headers
+                .keys()
+                .fold(0, |sent, name| sent | Sent::bit(name.as_str())),
+        )
+    }
+
+    /// A map's names are in lower case.
+    fn bit(name: &str) -> u16 {
+        let known = match name.len() {
+            2 if name == "te" => Sent::TE,
+            7 if name == "upgrade" => Sent::UPGRADE,
+            10 if name == "connection" => Sent::CONNECTION,
+            10 if name == "keep-alive" => Sent::KEEP_ALIVE,
+            12 if name == "x-request-id" => Sent::REQUEST_ID,
+            15 if name == "x-forwarded-for" => Sent::FORWARDED,
+            16 if name == "proxy-connection" => Sent::PROXY_CONNECTION,
+            16 if name == "x-forwarded-host" => Sent::FORWARDED,
+            17 if name == "transfer-encoding" => Sent::TRANSFER_ENCODING,
+            17 if name == "x-forwarded-proto" => Sent::FORWARDED,
+            _ => 0,
+        };
+        if name.starts_with(super::client_cert::PREFIX) {
+            known | Sent::CLIENT_CERT
+        } else {
+            known
+        }
+    }
+
+    pub fn hop_by_hop(self) -> HopByHop {
+        HopByHop(self)
+    }
+
+    /// `X-Request-Id`.
+    pub fn request_id(self) -> bool {
+        self.0 & Sent::REQUEST_ID != 0
+    }
+
+    /// Any of `X-Forwarded-For`, `-Proto`, `-Host`.
+    pub fn forwarded(self) -> bool {
+        self.0 & Sent::FORWARDED != 0
+    }
+
+    /// A name that only geolb sets, of a client's certificate.
+    pub fn client_cert(self) -> bool {
+        self.0 & Sent::CLIENT_CERT != 0
+    }
+}
 
 /// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`, replacing what the client sent for the latter two.
 /// The three go into `added`, after the client's fields; what the client
 /// sent of them is taken out of `headers`.
+/// `sent`: the request's names as [`Sent`] found them; only a client that
+/// sent one of the three pays for the hashed lookups.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
+    sent: Sent,
     client: &ClientAddr,
     proto: &'static str,
     host: Option<HeaderValue>,
     added: &mut Added,
 ) {
-    // One pass over the names: only a client that sent one of them pays
-    // for the hashed lookups.
-    let sent = headers
-        .keys()
-        .any(|n| *n == X_FORWARDED_FOR || *n == X_FORWARDED_PROTO || *n == X_FORWARDED_HOST);
-    let forwarded_for = if sent {
+    let forwarded_for = if sent.forwarded() {
         let mut xff = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
             if let Ok(s) = v.to_str() {
@@ -454,6 +507,74 @@ mod tests {
         }
     }
 
+    /// One pass gives what each step's own question over the names gave,
+    /// for every set of names of a list with each one looked for, names a
+    /// byte short or long of them, and others.
+    #[test]
+    fn sent_answers_as_each_step_asked() {
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-client-cert-verified",
+            "x-client-cert-",
+            "x-client-cert",
+            "x-forwarded-fo",
+            "host",
+        ];
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for set in 0u32..1 << names.len() {
+            let mut h = HeaderMap::new();
+            let present: Vec<&str> = (0..names.len())
+                .filter(|i| set & (1 << i) != 0)
+                .map(|i| names[i])
+                .collect();
+            for n in &present {
+                h.append(HeaderName::from_static(n), HeaderValue::from_static("1"));
+            }
+            let sent = Sent::of(&h);
+            let has = |n: &str| present.contains(&n);
+            let hop_bits = [
+                Sent::CONNECTION,
+                Sent::KEEP_ALIVE,
+                Sent::PROXY_CONNECTION,
+                Sent::TE,
+                Sent::TRANSFER_ENCODING,
+                Sent::UPGRADE,
+            ];
+            let found = hop_bits.map(|bit| sent.hop_by_hop().0.0 & bit != 0);
+            assert_eq!(found, hop.map(has), "{present:?}");
+            let hop_by_hop = sent.hop_by_hop();
+            assert_eq!(hop_by_hop.transfer_encoding(), has("transfer-encoding"));
+            assert_eq!(hop_by_hop.upgrade(), has("upgrade"));
+            assert_eq!(sent.request_id(), has("x-request-id"), "{present:?}");
+            assert_eq!(
+                sent.forwarded(),
+                has("x-forwarded-for") || has("x-forwarded-proto") || has("x-forwarded-host"),
+                "{present:?}"
+            );
+            assert_eq!(
+                sent.client_cert(),
+                present.iter().any(|n| n.starts_with("x-client-cert-")),
+                "{present:?}"
+            );
+        }
+    }
+
     #[test]
     fn forwarded_headers() {
         let h = map(&[
@@ -466,7 +587,8 @@ mod tests {
         // What the backend is sent: the map after the added fields go in.
         let forwarded = |mut h: HeaderMap, proto, host| {
             let mut added = Added::default();
-            add_forwarded(&mut h, &client, proto, host, &mut added);
+            let sent = Sent::of(&h);
+            add_forwarded(&mut h, sent, &client, proto, host, &mut added);
             let sent = h.clone();
             added.put_into(&mut h);
             (sent, h)

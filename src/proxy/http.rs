@@ -644,7 +644,10 @@ async fn respond(
                 u.recycle();
             }
         }
-        reply.start(&listener, req.headers_mut(), &mut added);
+        // The names the steps below look for, in one pass; each step
+        // before the one that asks changes none of those it asks about.
+        let sent = headers::Sent::of(req.headers());
+        reply.start(&listener, req.headers_mut(), sent.request_id(), &mut added);
 
         if let Some(answer) = crate::acme::http01(req.uri().path()) {
             break 'handled acme_challenge(req, reply, &listener, conn, start, answer);
@@ -707,7 +710,7 @@ async fn respond(
         // RFC 9112 §6.1: a request that came with Transfer-Encoding may have
         // carried a Content-Length too (hyper keeps only the chunked framing);
         // close the connection after it rather than trust what follows.
-        let hop_by_hop = headers::HopByHop::of(req.headers());
+        let hop_by_hop = sent.hop_by_hop();
         let close_after = hop_by_hop.transfer_encoding();
         let upgrade = hop_by_hop.upgrade()
             && req.version() == Version::HTTP_11
@@ -731,7 +734,7 @@ async fn respond(
                 HeaderValue::from_static("chunked"),
             );
         }
-        client_cert::strip_forged(req.headers_mut());
+        client_cert::strip_forged(req.headers_mut(), sent.client_cert());
         if let Some(cert) = &conn.client_cert {
             cert.add(req.headers_mut());
         }
@@ -746,6 +749,7 @@ async fn respond(
         };
         headers::add_forwarded(
             req.headers_mut(),
+            sent,
             &conn.client,
             conn.ctx.proto,
             forwarded_host,
