@@ -48,8 +48,15 @@ pub fn forward<B>(
         matches!(&known_again, Ok(a) if *a == authority),
         "a known host gave {known_again:?}, afresh {authority:?}"
     );
-    validate::path(req.uri().path())?;
-    if let Some(uri) = validate::decode_unreserved(req.uri()) {
+    let path = validate::path(req.uri().path())?;
+    let decoded = validate::decode_unreserved(req.uri());
+    // Skipped where the check found no `%`: it must give what it would.
+    assert_eq!(
+        path.decode_unreserved(req.uri()),
+        decoded,
+        "a path checked as holding no %"
+    );
+    if let Some(uri) = decoded {
         *req.uri_mut() = uri;
     }
     let host = authority.as_ref().and_then(headers::host_name);

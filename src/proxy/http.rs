@@ -665,10 +665,11 @@ async fn respond(
             Ok(v) => v,
             Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
         };
-        if let Err(why) = validate::path(req.uri().path()) {
-            break 'handled refuse(req, reply, &listener, conn, start, why);
-        }
-        if let Some(uri) = validate::decode_unreserved(req.uri()) {
+        let path = match validate::path(req.uri().path()) {
+            Ok(path) => path,
+            Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
+        };
+        if let Some(uri) = path.decode_unreserved(req.uri()) {
             *req.uri_mut() = uri;
         }
         // Parsing the host costs an allocation; only routes and the access log need it.
