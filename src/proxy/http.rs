@@ -427,7 +427,8 @@ impl ConnCtx {
         snapshot.listeners.get(&self.ctx.id).cloned()
     }
 
-    /// [`validate::authority`], over HTTP/2 with the connection's last one.
+    /// [`validate::authority`], with what the connection kept: over HTTP/2
+    /// its last authority, over HTTP/1 its last valid `Host`.
     fn authority<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
         if req.version() != Version::HTTP_2 {
             return validate::authority(req, None, Some(&mut self.known_host.lock()));
