@@ -40,6 +40,8 @@ impl AnswerTimer {
         self.due
     }
 
+    /// Set again, it keeps its waker (tokio's entry keeps it, and fires at
+    /// once, waking it, a deadline gone by).
     pub(super) fn reset(self: Pin<&mut Self>, due: Stamp) {
         let this = self.project();
         *this.due = due;

@@ -4,7 +4,6 @@
 //! backend connection goes back to the idle list (only after a clean end),
 //! the active count drops, and the request is counted and logged once.
 
-use crate::stamp::Stamp;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -17,6 +16,7 @@ use super::compress::Compressing;
 use crate::accesslog;
 use crate::admission::RetryGuard;
 use crate::metrics::{BackendMetrics, RouteMetrics};
+use crate::stamp::Stamp;
 use crate::state::ActiveGuard;
 use crate::upstream::{BackendBody, BodyProgress, BodyState, Returnable};
 
