@@ -419,7 +419,7 @@ mod tests {
             for v in *values {
                 headers.append(&X_REQUEST_ID, HeaderValue::from_str(v).unwrap());
             }
-            let sent = super::super::headers::Sent::of(&headers).request_id();
+            let sent = crate::proxy::headers::Sent::of(&headers).request_id();
             assert!(sent, "{values:?}");
             let id = request_id(&mut headers, sent);
             assert_eq!(id == values[0], *kept, "{values:?}");

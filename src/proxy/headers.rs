@@ -65,11 +65,11 @@ impl HopByHop {
     }
 
     pub fn transfer_encoding(self) -> bool {
-        self.0.0 & Sent::TRANSFER_ENCODING != 0
+        self.0.has(Sent::TRANSFER_ENCODING)
     }
 
     pub fn upgrade(self) -> bool {
-        self.0.0 & Sent::UPGRADE != 0
+        self.0.has(Sent::UPGRADE)
     }
 }
 
@@ -82,7 +82,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// [`strip_hop_by_hop`] with the headers' [`HopByHop`] already found
 /// (`present`: of these headers, as they are now).
 pub fn strip_present(headers: &mut HeaderMap, present: HopByHop, keep_upgrade: bool) {
-    let has = |bit| present.0.0 & bit != 0;
+    let has = |bit| present.0.has(bit);
     let (connection, keep_alive, proxy_connection) = (
         has(Sent::CONNECTION),
         has(Sent::KEEP_ALIVE),
@@ -219,23 +219,27 @@ impl Sent {
         }
     }
 
+    fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
     pub fn hop_by_hop(self) -> HopByHop {
         HopByHop(self)
     }
 
     /// `X-Request-Id`.
     pub fn request_id(self) -> bool {
-        self.0 & Sent::REQUEST_ID != 0
+        self.has(Sent::REQUEST_ID)
     }
 
     /// Any of `X-Forwarded-For`, `-Proto`, `-Host`.
     pub fn forwarded(self) -> bool {
-        self.0 & Sent::FORWARDED != 0
+        self.has(Sent::FORWARDED)
     }
 
     /// A name that only geolb sets, of a client's certificate.
     pub fn client_cert(self) -> bool {
-        self.0 & Sent::CLIENT_CERT != 0
+        self.has(Sent::CLIENT_CERT)
     }
 }
 
@@ -549,7 +553,7 @@ mod tests {
                 Sent::TRANSFER_ENCODING,
                 Sent::UPGRADE,
             ];
-            let found = hop_bits.map(|bit| sent.hop_by_hop().0.0 & bit != 0);
+            let found = hop_bits.map(|bit| sent.hop_by_hop().0.has(bit));
             assert_eq!(found, hop.map(has), "{present:?}");
             let hop_by_hop = sent.hop_by_hop();
             assert_eq!(hop_by_hop.transfer_encoding(), has("transfer-encoding"));
