@@ -90,37 +90,49 @@ where
         .unwrap()
 }
 
+/// Requests whose authority is refused (400, not forwarded): no `Host`,
+/// more than one, and `Host` values or targets that are not
+/// `host[:port]`, some of them close to the valid `b.example`.
+const REFUSED_HOSTS: &[(&str, &[u8])] = &[
+    ("no host, HTTP/1.1", b"GET /headers HTTP/1.1\r\n\r\n"),
+    (
+        "two hosts",
+        b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: a.example\r\n\r\n",
+    ),
+    (
+        "the same host twice",
+        b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: b.example\r\n\r\n",
+    ),
+    (
+        "a list",
+        b"GET /headers HTTP/1.1\r\nHost: b.example, a.example\r\n\r\n",
+    ),
+    ("x, y", b"GET /headers HTTP/1.1\r\nHost: x, y\r\n\r\n"),
+    ("a path", b"GET /headers HTTP/1.1\r\nHost: a/evil x\r\n\r\n"),
+    (
+        "user info",
+        b"GET /headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+    ),
+    (
+        "the host and more",
+        b"GET /headers HTTP/1.1\r\nHost: b.example@h\r\n\r\n",
+    ),
+    ("empty", b"GET /headers HTTP/1.1\r\nHost: \r\n\r\n"),
+    (
+        "bad host beside an absolute-form target",
+        b"GET http://b.example/headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
+    ),
+    (
+        "user info in an absolute-form target",
+        b"GET http://evil@b.example/headers HTTP/1.1\r\nHost: b.example\r\n\r\n",
+    ),
+];
+
 #[tokio::test]
 async fn host_is_one_valid_authority_and_the_target_authority_wins() {
     let (a, b, geolb) = two_pools("").await;
     let web = geolb.listener("web");
-    let refused: &[(&str, &[u8])] = &[
-        ("no host, HTTP/1.1", b"GET /headers HTTP/1.1\r\n\r\n"),
-        (
-            "two hosts",
-            b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: a.example\r\n\r\n",
-        ),
-        (
-            "a list",
-            b"GET /headers HTTP/1.1\r\nHost: b.example, a.example\r\n\r\n",
-        ),
-        ("x, y", b"GET /headers HTTP/1.1\r\nHost: x, y\r\n\r\n"),
-        ("a path", b"GET /headers HTTP/1.1\r\nHost: a/evil x\r\n\r\n"),
-        (
-            "user info",
-            b"GET /headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
-        ),
-        ("empty", b"GET /headers HTTP/1.1\r\nHost: \r\n\r\n"),
-        (
-            "bad host beside an absolute-form target",
-            b"GET http://b.example/headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
-        ),
-        (
-            "user info in an absolute-form target",
-            b"GET http://evil@b.example/headers HTTP/1.1\r\nHost: b.example\r\n\r\n",
-        ),
-    ];
-    for (what, bytes) in refused {
+    for (what, bytes) in REFUSED_HOSTS {
         let resp = raw(web, bytes, LIMIT).await;
         assert_eq!(status_of(&resp), 400, "{what}: {resp}");
         assert!(
@@ -179,24 +191,7 @@ async fn host_is_one_valid_authority_and_the_target_authority_wins() {
 async fn a_host_kept_from_a_valid_request_lets_no_other_pass() {
     let (a, b, geolb) = two_pools("").await;
     let web = geolb.listener("web");
-    let refused: &[(&str, &[u8])] = &[
-        ("x, y", b"GET /headers HTTP/1.1\r\nHost: x, y\r\n\r\n"),
-        ("a path", b"GET /headers HTTP/1.1\r\nHost: a/evil x\r\n\r\n"),
-        (
-            "user info",
-            b"GET /headers HTTP/1.1\r\nHost: evil@h\r\n\r\n",
-        ),
-        (
-            "the host and more",
-            b"GET /headers HTTP/1.1\r\nHost: b.example@h\r\n\r\n",
-        ),
-        ("empty", b"GET /headers HTTP/1.1\r\nHost: \r\n\r\n"),
-        (
-            "the same host twice",
-            b"GET /headers HTTP/1.1\r\nHost: b.example\r\nHost: b.example\r\n\r\n",
-        ),
-    ];
-    for (what, bytes) in refused {
+    for (what, bytes) in REFUSED_HOSTS {
         let mut pipelined = b"GET /headers HTTP/1.1\r\nHost: b.example\r\n\r\n".to_vec();
         pipelined.extend_from_slice(bytes);
         let resp = raw(web, &pipelined, LIMIT).await;
@@ -212,7 +207,7 @@ async fn a_host_kept_from_a_valid_request_lets_no_other_pass() {
     }
     assert_eq!(
         (a.hits(), b.hits()),
-        (0, refused.len()),
+        (0, REFUSED_HOSTS.len()),
         "only the valid requests went on"
     );
 }
