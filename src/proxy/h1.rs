@@ -422,9 +422,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Body for H1Body<I> {
 }
 
 /// A parsed head, or why there is none.
-#[allow(clippy::large_enum_variant)] // one at a time, on the stack
 enum Head {
-    Request(Parsed),
+    /// Parsed into the caller's slot: a request's head (about 250 bytes)
+    /// made where it is read, not moved through each step's return and
+    /// `select!`'s output (four copies a request).
+    Request,
     /// hyper's answer to a head it cannot parse (400, 431), then close.
     Refused(StatusCode),
     /// The request line cannot end within [`MAX_HEAD`]: 414, then close.
@@ -450,15 +452,17 @@ struct Parsed {
     unread: Option<Box<Unread>>,
 }
 
-/// Parses the head at the start of `buf`: `None` while incomplete. Its
-/// headers go into `map` (empty; taken only when the head is complete),
-/// but for those of the names in `unread_names`, which go into its
-/// `unread` (none where a `Connection` names fields, for the stripping).
+/// Parses the head at the start of `buf`: `None` while incomplete; a
+/// request goes into `out`. Its headers go into `map` (empty; taken only
+/// when the head is complete), but for those of the names in
+/// `unread_names`, which go into its `unread` (none where a `Connection`
+/// names fields, for the stripping).
 fn parse(
     buf: &mut BytesMut,
     first: bool,
     map: &mut HeaderMap,
     unread_names: UnreadNames,
+    out: &mut Option<Parsed>,
 ) -> Option<Head> {
     if first && buf.len() < PREFACE.len() && PREFACE.starts_with(buf) {
         return None;
@@ -614,7 +618,7 @@ fn parse(
     if is_te && is_cl {
         keep_alive = false;
     }
-    Some(Head::Request(Parsed {
+    *out = Some(Parsed {
         method,
         uri,
         version: if http11 {
@@ -628,7 +632,8 @@ fn parse(
         expect: expect && http11,
         takes_trailers,
         unread,
-    }))
+    });
+    Some(Head::Request)
 }
 
 fn last_token_is_chunked(value: &[u8]) -> bool {
@@ -767,9 +772,11 @@ where
     // (see `Client::respond`); unset until the first.
     let timer = super::answer_timer::AnswerTimer::new(tokio::time::sleep(Duration::MAX));
     tokio::pin!(timer);
+    let mut parsed = None;
     loop {
         let head = {
-            let next = poll_fn(|cx| next_head(shared, cx, first, &mut spare, unread_names));
+            let next =
+                poll_fn(|cx| next_head(shared, cx, first, &mut spare, unread_names, &mut parsed));
             tokio::pin!(next);
             // In order: no random number drawn a request for fairness
             // that two branches, one of them once-only, do not need.
@@ -787,7 +794,7 @@ where
             }
         };
         let parsed = match head {
-            Head::Request(p) => p,
+            Head::Request => parsed.take().expect("parsed into its slot"),
             Head::Hyper => {
                 if first && shared.reader().buf.starts_with(PREFACE) {
                     conn.activity().speaks_h2();
@@ -971,11 +978,12 @@ fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
     first: bool,
     spare: &mut HeaderMap,
     unread: UnreadNames,
+    parsed: &mut Option<Parsed>,
 ) -> Poll<Head> {
     let mut reader = shared.reader();
     loop {
         if !reader.buf.is_empty() {
-            if let Some(head) = parse(&mut reader.buf, first, spare, unread) {
+            if let Some(head) = parse(&mut reader.buf, first, spare, unread, parsed) {
                 return Poll::Ready(head);
             }
             if reader.buf.len() >= MAX_HEAD {
@@ -1809,22 +1817,32 @@ mod tests {
         }
     }
 
-    fn head_with(wire: &str, unread: UnreadNames) -> Option<Head> {
-        parse(
+    /// What `parse` makes of `wire`: a request's head, or what else.
+    fn head_with(wire: &str, unread: UnreadNames) -> Option<Result<Parsed, Head>> {
+        let mut out = None;
+        let head = parse(
             &mut BytesMut::from(wire.as_bytes()),
             true,
             &mut HeaderMap::new(),
             unread,
-        )
+            &mut out,
+        )?;
+        Some(match head {
+            Head::Request => Ok(out.expect("a request parsed into its slot")),
+            other => {
+                assert!(out.is_none(), "{wire}");
+                Err(other)
+            }
+        })
     }
 
-    fn head(wire: &str) -> Option<Head> {
+    fn head(wire: &str) -> Option<Result<Parsed, Head>> {
         head_with(wire, UnreadNames::NONE)
     }
 
     fn head_passing(wire: &str, unread: UnreadNames) -> Parsed {
         match head_with(wire, unread) {
-            Some(Head::Request(p)) => p,
+            Some(Ok(p)) => p,
             _ => panic!("not a request: {wire}"),
         }
     }
@@ -1967,15 +1985,14 @@ mod tests {
 
     #[test]
     fn heads_are_framed_and_refused_as_hyper_does() {
-        let Some(Head::Request(p)) =
+        let Some(Ok(p)) =
             head("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
         else {
             panic!("chunked wins");
         };
         assert!(matches!(p.framing, Framing::Chunked(_)) && !p.keep_alive);
         assert!(!p.headers.contains_key(header::CONTENT_LENGTH));
-        let Some(Head::Request(p)) = head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        else {
+        let Some(Ok(p)) = head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n") else {
             panic!("1.0");
         };
         assert!(p.keep_alive && matches!(p.framing, Framing::Done));
@@ -1986,7 +2003,10 @@ mod tests {
             "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
         ] {
             assert!(
-                matches!(head(refused), Some(Head::Refused(StatusCode::BAD_REQUEST))),
+                matches!(
+                    head(refused),
+                    Some(Err(Head::Refused(StatusCode::BAD_REQUEST)))
+                ),
                 "{refused}"
             );
         }
@@ -1994,11 +2014,11 @@ mod tests {
         assert!(head("PRI * HTTP/2.0\r\n").is_none());
         assert!(matches!(
             head("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Some(Head::Hyper)
+            Some(Err(Head::Hyper))
         ));
         assert!(matches!(
             head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
-            Some(Head::Hyper)
+            Some(Err(Head::Hyper))
         ));
     }
 }
