@@ -145,6 +145,11 @@ pub type BackendRequestBody =
 pub struct Added {
     fields: smallvec::SmallVec<[(&'static http::HeaderName, http::HeaderValue); 4]>,
     unread: Option<Box<unread::Unread>>,
+    /// The client's `Host`, where it was its request's one and first
+    /// field: kept out of the map (its insert and the lookups for it cost
+    /// about 280 instructions a request, `benches/instructions.sh`) and
+    /// written first, where it came.
+    host: Option<http::HeaderValue>,
 }
 
 impl Drop for Added {
@@ -167,10 +172,40 @@ impl Added {
 
     /// Moves the fields into `headers`, where what reads the map (header
     /// rules, a hashing balancer's key) finds them; none are left to add.
+    /// The kept `Host` stays, to be written first: no rule may name it,
+    /// and a key reads it from [`Added::host`].
     pub fn put_into(&mut self, headers: &mut http::HeaderMap) {
         for (name, value) in self.fields.drain(..) {
             headers.insert(name.clone(), value);
         }
+    }
+
+    /// The request's `Host`, kept out of its map (see the field's doc).
+    pub fn set_host(&mut self, host: http::HeaderValue) {
+        self.host = Some(host);
+    }
+
+    /// The `Host` kept out of the map, if any.
+    pub fn host(&self) -> Option<&http::HeaderValue> {
+        self.host.as_ref()
+    }
+
+    /// Puts the kept `Host` into `headers`, for what reads or sends the
+    /// map: `first`, where it came, ahead of the fields already there
+    /// (the map made again behind it); else anywhere, where no order
+    /// shows (an HTTP/2 backend's `:authority` is made of it).
+    pub fn host_into(&mut self, headers: &mut http::HeaderMap, first: bool) {
+        let Some(host) = self.host.take() else {
+            return;
+        };
+        if !first || headers.is_empty() {
+            headers.insert(http::header::HOST, host);
+            return;
+        }
+        let behind = std::mem::take(headers);
+        headers.reserve(behind.keys_len() + 1);
+        headers.insert(http::header::HOST, host);
+        headers.extend(behind);
     }
 
     /// The client's fields that nothing read, to go out with the added
@@ -183,6 +218,10 @@ impl Added {
     /// Once: a request a connection could not take comes back with them
     /// in its map, to be sent again on another.
     fn copy_into(&self, headers: &mut http::HeaderMap) {
+        debug_assert!(
+            self.host.is_none(),
+            "put into the map for a client that sends it"
+        );
         if let Some(u) = &self.unread
             && !u.is_in(headers)
         {
@@ -190,6 +229,13 @@ impl Added {
         }
         for (name, value) in &self.fields {
             headers.insert((*name).clone(), value.clone());
+        }
+    }
+
+    /// Writes the kept `Host` as a head line, to go before the map's.
+    fn write_host(&self, dst: &mut impl bytes::BufMut) {
+        if let Some(h) = &self.host {
+            h1::write_fields([(&http::header::HOST, h)], dst);
         }
     }
 
@@ -831,7 +877,7 @@ impl Upstream {
 
     /// Whether geolb's own HTTP/1 client carries a request: when the pool
     /// chose it, and never an upgrade (which it does not do).
-    fn carries_own(&self, upgrade: bool) -> bool {
+    pub fn carries_own(&self, upgrade: bool) -> bool {
         self.own && !upgrade
     }
 
@@ -1272,6 +1318,49 @@ impl IdleConnections {
 mod tests {
     use super::unread::{Unread, UnreadName};
     use super::{Added, h1};
+
+    #[test]
+    fn a_kept_host_goes_into_the_map_first_or_anywhere() {
+        use http::header::{HOST, HeaderMap, HeaderValue};
+        let map_of = |fields: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (n, v) in fields {
+                map.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            map
+        };
+        let lines = |map: &HeaderMap| -> Vec<String> {
+            map.iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect()
+        };
+        let fields = [("x-a", "1"), ("accept", "a"), ("x-a", "2"), ("x-b", "3")];
+        for first in [true, false] {
+            let mut added = Added::default();
+            added.set_host(HeaderValue::from_static("h.example"));
+            let mut map = map_of(&fields);
+            added.host_into(&mut map, first);
+            assert!(added.host().is_none(), "taken");
+            let mut want = lines(&map_of(&fields));
+            if first {
+                want.insert(0, "host: h.example".into());
+            } else {
+                want.push("host: h.example".into());
+            }
+            assert_eq!(lines(&map), want, "first: {first}");
+            // Nothing kept: nothing more.
+            added.host_into(&mut map, first);
+            assert_eq!(map.get_all(HOST).iter().count(), 1);
+        }
+        let mut added = Added::default();
+        added.set_host(HeaderValue::from_static("h.example"));
+        let mut empty = HeaderMap::new();
+        added.host_into(&mut empty, true);
+        assert_eq!(lines(&empty), ["host: h.example"]);
+    }
 
     #[test]
     fn a_request_sent_again_carries_the_unread_fields_once() {

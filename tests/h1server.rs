@@ -248,12 +248,18 @@ impl Pair {
 
     /// With `runtime`'s lines in the config (`[runtime]` and its keys).
     async fn start_on(runtime: &str) -> Pair {
+        Pair::start_with(runtime, "", "").await
+    }
+
+    /// With `runtime`'s lines in the config, `pool`'s in the pool's table
+    /// and `listener`'s in both listeners'.
+    async fn start_with(runtime: &str, pool: &str, listener: &str) -> Pair {
         let (addr, record) = recording_backend().await;
         let config = format!(
             "{runtime}[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-             [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n\
-             [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"hyper\"\n\
-             [[listener]]\nname = \"geolb\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"geolb\"\n"
+             [[pool]]\nname = \"p\"\nbackends = [{{ addr = \"{addr}\" }}]\n{pool}\
+             [[listener]]\nname = \"hyper\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"hyper\"\n{listener}\
+             [[listener]]\nname = \"geolb\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"geolb\"\n{listener}"
         );
         let geolb = Geolb::start(&config).await;
         Pair { geolb, record }
@@ -858,6 +864,86 @@ async fn an_idle_connection_costs_geolbs_server_less_than_hypers() {
         "geolb's server: {own} B per idle connection"
     );
     assert!(own * 2 < hyper, "geolb's {own} B against hyper's {hyper} B");
+}
+
+/// The `Host` lines of the head of `request`, in order, and where the
+/// first of them is among the head's fields (0: first).
+fn host_lines(request: &str) -> (Vec<&str>, Option<usize>) {
+    let head = request.split("\r\n\r\n").next().unwrap_or("");
+    let fields: Vec<&str> = head.split("\r\n").skip(1).collect();
+    let is_host = |l: &&str| l.to_ascii_lowercase().starts_with("host:");
+    let lines = fields.iter().copied().filter(is_host).collect();
+    (lines, fields.iter().position(is_host))
+}
+
+/// geolb's own server keeps a request's one `Host` out of the header map
+/// when it is the first field (`upstream::Added::host`) and writes it
+/// first: with header rules (which put the added fields into the map),
+/// with the target's authority in its place, and where hyper's HTTP/1
+/// client sends the map instead, the backend must get what hyper's server
+/// sends, byte for byte.
+#[tokio::test]
+async fn a_host_kept_out_of_the_map_reaches_the_backend_where_hyper_puts_it() {
+    let scripts = [
+        (
+            "host first",
+            "GET /a HTTP/1.1\r\nHost: a.example\r\nX-One: 1\r\nX-Two: 2\r\n\r\n",
+        ),
+        (
+            "host in capitals",
+            "GET /b HTTP/1.1\r\nHOST: a.example\r\nX-One: 1\r\n\r\n",
+        ),
+        ("host alone", "GET /c HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+        (
+            "host after another field",
+            "GET /d HTTP/1.1\r\nX-One: 1\r\nHost: a.example\r\n\r\n",
+        ),
+        (
+            "absolute form",
+            "GET http://b.example/e HTTP/1.1\r\nHost: a.example\r\nX-One: 1\r\n\r\n",
+        ),
+        (
+            "http/1.0",
+            "GET /f HTTP/1.0\r\nHost: a.example\r\nX-One: 1\r\n\r\n",
+        ),
+    ];
+    let setups = [
+        ("default", "", ""),
+        (
+            "header rules",
+            "",
+            "request_headers = { set = { \"X-Seen-Host\" = \"{host}\" }, add = { \"X-Via\" = \"rules\" } }\n",
+        ),
+        ("hyper's client", "http1_client = \"hyper\"\n", ""),
+    ];
+    for (setup, pool, listener) in setups {
+        let pair = Pair::start_with("", pool, listener).await;
+        for (case, head) in scripts {
+            let script = [send(format!("{head}{CLOSE}"))];
+            let client = pair.same(&format!("{setup}: {case}"), &script).await;
+            assert!(
+                client.starts_with("HTTP/1.1 200 OK\r\n")
+                    || client.starts_with("HTTP/1.0 200 OK\r\n"),
+                "{setup}: {case}: {client}"
+            );
+            let (_, backend) = pair.through("geolb", &script).await;
+            let (lines, at) = host_lines(&backend[0]);
+            let want = if case == "absolute form" {
+                "b.example"
+            } else {
+                "a.example"
+            };
+            assert_eq!(lines.len(), 1, "{setup}: {case}: {}", backend[0]);
+            assert!(
+                lines[0].ends_with(&format!(": {want}")),
+                "{setup}: {case}: {}",
+                backend[0]
+            );
+            if case != "host after another field" {
+                assert_eq!(at, Some(0), "{setup}: {case}: {}", backend[0]);
+            }
+        }
+    }
 }
 
 /// A browser's request, its fields in Chrome's order.

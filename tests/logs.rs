@@ -107,6 +107,45 @@ async fn json_lines_parse_and_the_access_line_carries_every_field() {
     assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
 }
 
+/// Requests geolb answers itself, refused before any backend: their
+/// access lines name the `Host` the client sent, which geolb's HTTP/1
+/// server keeps out of the header map when it comes first.
+#[tokio::test]
+async fn a_refused_request_s_access_line_names_its_host() {
+    let (_a, geolb) = web_with_log("[log]\nformat = \"json\"").await;
+    let web = geolb.listener("web");
+    let refused = [
+        (
+            "GET /a/../b HTTP/1.1\r\nHost: dots.test\r\n\r\n",
+            400,
+            "dots.test",
+        ),
+        (
+            "CONNECT c.test:443 HTTP/1.1\r\nHost: c.test:443\r\n\r\n",
+            405,
+            "c.test:443",
+        ),
+        (
+            "GET / HTTP/1.1\r\nX-Other: 1\r\nHost: second.test\r\nHost: x\r\n\r\n",
+            400,
+            "second.test",
+        ),
+    ];
+    for (head, status, _) in refused {
+        let answer = raw(web, head.as_bytes(), WAIT).await;
+        assert_eq!(support::status_of(&answer), status, "{head}: {answer}");
+    }
+    eventually("three access lines", WAIT, || async {
+        json_lines(&geolb.log(), "geolb::access").len() == 3
+    })
+    .await;
+    let lines = json_lines(&geolb.log(), "geolb::access");
+    for ((head, status, host), v) in refused.iter().zip(&lines) {
+        assert_eq!(v["status"], *status, "{head}: {v}");
+        assert_eq!(v["host"], *host, "{head}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn client_text_cannot_start_a_line_of_its_own() {
     let (_backend, geolb) = web_with_log("").await;

@@ -34,20 +34,32 @@ pub fn forward<B>(
 ) -> Result<Forwarded, Refusal> {
     validate::method(req)?;
     let mut known = validate::KnownHost::default();
-    let authority = validate::authority(req, None, Some(&mut known))?;
+    let authority = validate::authority(req, None, None, Some(&mut known))?;
     // An HTTP/2 connection hands its last authority back in (`seen`), an
     // HTTP/1 connection its last valid Host (`known`): taken so, each must
     // give what validating afresh gave.
-    let kept = validate::authority(req, authority.as_ref(), None);
+    let kept = validate::authority(req, None, authority.as_ref(), None);
     assert!(
         matches!(&kept, Ok(a) if *a == authority),
         "a kept authority gave {kept:?}, afresh {authority:?}"
     );
-    let known_again = validate::authority(req, None, Some(&mut known));
+    let known_again = validate::authority(req, None, None, Some(&mut known));
     assert!(
         matches!(&known_again, Ok(a) if *a == authority),
         "a known host gave {known_again:?}, afresh {authority:?}"
     );
+    // geolb's HTTP/1 server keeps a lone `Host` out of the map: given
+    // so, it must give the same.
+    if req.headers().get_all(http::header::HOST).iter().count() == 1 {
+        let whole = req.headers().clone();
+        let host = req.headers_mut().remove(http::header::HOST);
+        let aside = validate::authority(req, host.as_ref(), None, None);
+        *req.headers_mut() = whole;
+        assert!(
+            matches!(&aside, Ok(a) if *a == authority),
+            "a host kept out of the map gave {aside:?}, in it {authority:?}"
+        );
+    }
     let path = validate::path(req.uri().path())?;
     let decoded = validate::decode_unreserved(req.uri());
     // Skipped where the check found no `%`: it must give what it would.
@@ -88,5 +100,5 @@ pub fn forward<B>(
 /// The key a hashing balancer places a request by (header, cookie or
 /// client address).
 pub fn request_key(on: &HashKey, client: IpAddr, headers: &HeaderMap) -> u64 {
-    proxy_http::request_key(on, client, headers)
+    proxy_http::request_key(on, client, headers, None)
 }

@@ -64,11 +64,13 @@ pub(super) trait Client: Send + Sync + 'static {
     /// Puts in `out` the answer to the request taken from `lent`, routed
     /// and forwarded; `timer` times the backend's answer, one for all of
     /// the connection's requests. `unread`: the request's fields passed
-    /// on unread (see `upstream::unread`).
+    /// on unread (see `upstream::unread`); `host`: its `Host`, where it
+    /// was the one and first field, kept out of the map.
     fn respond<'a>(
         &'a self,
         lent: &'a mut Option<Request<RequestBody>>,
         unread: Option<Box<Unread>>,
+        host: Option<HeaderValue>,
         timer: Pin<&'a mut super::answer_timer::AnswerTimer>,
         out: &'a mut Option<Answer>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a;
@@ -450,6 +452,9 @@ struct Parsed {
     takes_trailers: bool,
     /// Fields of the names passed unread, not in `headers`.
     unread: Option<Box<Unread>>,
+    /// The request's one `Host`, when it is its first field: not in
+    /// `headers` (see `upstream::Added::host`).
+    host: Option<HeaderValue>,
 }
 
 /// Parses the head at the start of `buf`: `None` while incomplete; a
@@ -500,8 +505,10 @@ fn parse(
     let path = range(path.as_bytes());
     let http11 = minor == 1;
     let mut unread_names = unread_names;
+    let mut hosts = 0u32;
     for h in req.headers.iter() {
         match h.name.len() {
+            4 if folded_eq(h.name.as_bytes(), b"host") => hosts += 1,
             7 if http11 && folded_eq(h.name.as_bytes(), b"upgrade") => return Some(Head::Hyper),
             // The fields it names are stripped from the map: all go there,
             // in the order they came, as hyper's server puts them.
@@ -532,7 +539,17 @@ fn parse(
     let mut map = std::mem::take(map);
     map.reserve(fields.len());
     let mut unread: Option<Box<Unread>> = None;
-    for &[n0, n1, v0, v1] in &fields {
+    let mut host = None;
+    let mut fields = &fields[..];
+    if hosts == 1
+        && let Some((&[n0, n1, v0, v1], rest)) = fields.split_first()
+        && n1 - n0 == 4
+        && folded_eq(&head[n0 as usize..n1 as usize], b"host")
+    {
+        host = Some(parsed_value(head.slice(v0 as usize..v1 as usize)));
+        fields = rest;
+    }
+    for &[n0, n1, v0, v1] in fields {
         let passable = if unread_names.is_empty() {
             None
         } else {
@@ -632,6 +649,7 @@ fn parse(
         expect: expect && http11,
         takes_trailers,
         unread,
+        host,
     });
     Some(Head::Request)
 }
@@ -824,6 +842,7 @@ where
             expect,
             takes_trailers,
             unread,
+            host,
         } = parsed;
         // Only such a request waits on the body's first read to send a 100
         // Continue; others do not register with the notifier at all.
@@ -875,7 +894,7 @@ where
             // DURATION=20 benches/instructions.sh`, twice each).
             let mut out = None;
             let mut answer = crate::spares::Recycled::pin_in_place(|| {
-                conn.respond(&mut lent, unread, timer.as_mut(), &mut out)
+                conn.respond(&mut lent, unread, host, timer.as_mut(), &mut out)
             });
             loop {
                 // The answer first: when the backend's reply woke the
@@ -1980,6 +1999,43 @@ mod tests {
             } else {
                 assert!(!in_map(&passed), "{wire}");
             }
+        }
+    }
+
+    #[test]
+    fn a_lone_first_host_is_kept_out_of_the_map_and_no_other() {
+        let host_of = |wire: &str| {
+            let p = head_passing(wire, UnreadNames::NONE);
+            let in_map: Vec<_> = p.headers.get_all(header::HOST).iter().cloned().collect();
+            (p.host, in_map, p.headers.len())
+        };
+        for wire in [
+            "GET / HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHOST: a\r\n\r\n",
+            "GET / HTTP/1.0\r\nhost: a\r\nX-One: 1\r\n\r\n",
+        ] {
+            let (kept, in_map, len) = host_of(wire);
+            assert_eq!(
+                kept.as_ref().map(|v| v.as_bytes()),
+                Some(&b"a"[..]),
+                "{wire}"
+            );
+            assert!(in_map.is_empty(), "{wire}");
+            assert_eq!(len, wire.matches("X-One").count(), "{wire}");
+        }
+        // Not first, or not alone: in the map in its place, as hyper puts it.
+        for (wire, in_map_count) in [
+            ("GET / HTTP/1.1\r\nX-One: 1\r\nHost: a\r\n\r\n", 1),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 2),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nhost: b\r\n\r\n",
+                2,
+            ),
+            ("GET / HTTP/1.1\r\nHosts: a\r\n\r\n", 0),
+        ] {
+            let (kept, in_map, _) = host_of(wire);
+            assert!(kept.is_none(), "{wire}");
+            assert_eq!(in_map.len(), in_map_count, "{wire}");
         }
     }
 

@@ -300,7 +300,7 @@ async fn serve_hyper<I>(
             let h2 = req.version() == Version::HTTP_2;
             let timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep_until(far_future)));
             let (mut lent, mut out) = (Some(req.map(RequestBody::Hyper)), None);
-            respond(&mut lent, None, &conn_ctx, timer, false, &mut out).await;
+            respond(&mut lent, None, None, &conn_ctx, timer, false, &mut out).await;
             let (mut resp, request_id) = out.expect("respond answers every request");
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), id);
@@ -429,12 +429,16 @@ impl ConnCtx {
 
     /// [`validate::authority`], with what the connection kept: over HTTP/2
     /// its last authority, over HTTP/1 its last valid `Host`.
-    fn authority<B>(&self, req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+    fn authority<B>(
+        &self,
+        req: &Request<B>,
+        host: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>, Refusal> {
         if req.version() != Version::HTTP_2 {
-            return validate::authority(req, None, Some(&mut self.known_host.lock()));
+            return validate::authority(req, host, None, Some(&mut self.known_host.lock()));
         }
         let mut last = locked(&self.authority);
-        let found = validate::authority(req, last.as_ref(), None)?;
+        let found = validate::authority(req, None, last.as_ref(), None)?;
         if let Some(v) = &found
             && last.as_ref() != Some(v)
         {
@@ -463,10 +467,11 @@ impl super::h1::Client for ConnCtx {
         &'a self,
         lent: &'a mut Option<Request<RequestBody>>,
         unread: Option<Box<Unread>>,
+        host: Option<HeaderValue>,
         timer: Pin<&'a mut AnswerTimer>,
         out: &'a mut Option<Answer>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
-        respond(lent, unread, self, timer, true, out)
+        respond(lent, unread, host, self, timer, true, out)
     }
 }
 
@@ -599,11 +604,15 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 /// unread, not in its map; they go into the map if the listener's config
 /// now reads one of them (it was reloaded since the connection came).
 ///
+/// `kept_host`: the request's one `Host`, which the same server kept out
+/// of its map where it was the first field (`upstream::Added::host`).
+///
 /// The answer, and the `X-Request-Id` to write after its fields, go into
 /// `out` (see `h1::requests`).
 async fn respond(
     lent: &mut Option<Request<RequestBody>>,
     unread: Option<Box<Unread>>,
+    kept_host: Option<HeaderValue>,
     conn: &ConnCtx,
     mut timer: Pin<&mut AnswerTimer>,
     copies_fields: bool,
@@ -645,30 +654,34 @@ async fn respond(
                 u.recycle();
             }
         }
+        if let Some(h) = kept_host {
+            added.set_host(h);
+        }
         // The names the steps below look for, in one pass; each step
         // before the one that asks changes none of those it asks about.
         let sent = headers::Sent::of(req.headers());
         reply.start(&listener, req.headers_mut(), sent.request_id(), &mut added);
+        let kept_host = added.host();
 
         if let Some(answer) = crate::acme::http01(req.uri().path()) {
-            break 'handled acme_challenge(req, reply, &listener, conn, start, answer);
+            break 'handled acme_challenge(req, kept_host, reply, &listener, conn, start, answer);
         }
         if let Some(clients) = conn.slot.clients()
             && let Err(wait) = clients.request(conn.peer.ip())
         {
-            break 'handled too_many_requests(req, reply, &listener, conn, start, wait);
+            break 'handled too_many_requests(req, kept_host, reply, &listener, conn, start, wait);
         }
         if let Err(why) = validate::method(req) {
-            break 'handled refuse(req, reply, &listener, conn, start, why);
+            break 'handled refuse(req, kept_host, reply, &listener, conn, start, why);
         }
         // Routed on and sent to the backend alike.
-        let mut host_value = match conn.authority(req) {
+        let mut host_value = match conn.authority(req, kept_host) {
             Ok(v) => v,
-            Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
+            Err(why) => break 'handled refuse(req, kept_host, reply, &listener, conn, start, why),
         };
         let path = match validate::path(req.uri().path()) {
             Ok(path) => path,
-            Err(why) => break 'handled refuse(req, reply, &listener, conn, start, why),
+            Err(why) => break 'handled refuse(req, kept_host, reply, &listener, conn, start, why),
         };
         if let Some(uri) = path.decode_unreserved(req.uri()) {
             *req.uri_mut() = uri;
@@ -758,6 +771,18 @@ async fn respond(
             &mut added,
         );
         reply.forward(route, host_value.as_ref(), req.headers_mut(), &mut added);
+        if added.host().is_some() {
+            // The target's authority takes the client's `Host`'s place.
+            if req.uri().authority().is_some()
+                && let Some(h) = host_value.take()
+            {
+                added.set_host(h);
+            }
+            // Only geolb's own HTTP/1 client writes the kept `Host`.
+            if !pool.upstream.carries_own(upgrade) {
+                added.host_into(req.headers_mut(), !pool.upstream.is_http2());
+            }
+        }
         to_origin_form(req, host_value);
         if upgrade && pool.upstream.is_http2() {
             break 'handled no_upgrade_over_http2(&listener, &pool.name, completion);
@@ -766,7 +791,7 @@ async fn respond(
         let key = pool.hash_on().map_or(0, |on| {
             // The key may be one of the added fields.
             added.put_into(req.headers_mut());
-            request_key(on, conn.peer.ip(), req.headers())
+            request_key(on, conn.peer.ip(), req.headers(), added.host())
         });
         let timeouts = listener.config.timeouts;
         let retries = listener.config.retries as usize;
@@ -1233,6 +1258,7 @@ impl Completion {
 #[cold]
 fn refuse<B>(
     req: &Request<B>,
+    host: Option<&HeaderValue>,
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
@@ -1246,7 +1272,9 @@ fn refuse<B>(
         reason = why.reason,
         "request refused"
     );
-    let mut resp = answer(req, reply, listener, conn, start, why.status, why.reason);
+    let mut resp = answer(
+        req, host, reply, listener, conn, start, why.status, why.reason,
+    );
     if why.status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(validate::ALLOW));
@@ -1260,8 +1288,10 @@ fn refuse<B>(
 
 /// A message of our own for `req`, counted with the listener's default
 /// route.
+#[allow(clippy::too_many_arguments)]
 fn answer<B>(
     req: &Request<B>,
+    host: Option<&HeaderValue>,
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
@@ -1273,14 +1303,16 @@ fn answer<B>(
         listener,
         status,
         text,
-        own(req, reply, listener, conn, start, status),
+        own(req, host, reply, listener, conn, start, status),
     )
 }
 
 /// The completion of an answer of geolb's own, counted with the
-/// listener's default route.
+/// listener's default route. `host`: the request's `Host` where its map
+/// does not hold it (`upstream::Added::host`).
 fn own<B>(
     req: &Request<B>,
+    host: Option<&HeaderValue>,
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
@@ -1295,8 +1327,7 @@ fn own<B>(
         &listener.default_route,
         start,
         || {
-            req.headers()
-                .get(header::HOST)
+            host.or_else(|| req.headers().get(header::HOST))
                 .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
                 .unwrap_or_default()
         },
@@ -1310,13 +1341,14 @@ fn own<B>(
 #[cold]
 fn acme_challenge<B>(
     req: &Request<B>,
+    host: Option<&HeaderValue>,
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
     start: Stamp,
     key_authorization: Bytes,
 ) -> Response<ResponseBody> {
-    let completion = own(req, reply, listener, conn, start, StatusCode::OK);
+    let completion = own(req, host, reply, listener, conn, start, StatusCode::OK);
     let mut resp = Response::new(ResponseBody::message(key_authorization, Some(completion)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1330,6 +1362,7 @@ fn acme_challenge<B>(
 #[cold]
 fn too_many_requests<B>(
     req: &Request<B>,
+    host: Option<&HeaderValue>,
     reply: &Reply<'_>,
     listener: &Listener,
     conn: &ConnCtx,
@@ -1340,6 +1373,7 @@ fn too_many_requests<B>(
     let text = "this client sends requests faster than this listener allows";
     let mut resp = answer(
         req,
+        host,
         reply,
         listener,
         conn,
@@ -1449,12 +1483,20 @@ fn own_message(
 
 /// The key a hashing balancer places this request by; a request without
 /// the configured header or cookie falls back to the client address.
-pub(super) fn request_key(on: &HashKey, client: IpAddr, headers: &HeaderMap) -> u64 {
+/// `host`: the request's `Host` where its map does not hold it
+/// (`upstream::Added::host`).
+pub(super) fn request_key(
+    on: &HashKey,
+    client: IpAddr,
+    headers: &HeaderMap,
+    host: Option<&HeaderValue>,
+) -> u64 {
     let by_client = || balance::client_ip_key(client);
     match on {
         HashKey::ClientIp => by_client(),
         HashKey::Header(name) => headers
             .get(name.as_str())
+            .or_else(|| host.filter(|_| name == "host"))
             .map_or_else(by_client, |v| balance::hash_key(v.as_bytes())),
         HashKey::Cookie(name) => cookie(headers, name).map_or_else(by_client, balance::hash_key),
     }

@@ -47,16 +47,21 @@ pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 /// 9112 §3.2.2), else its one `Host`. `None` only for an HTTP/1.0 request
 /// without either. Refused (RFC 9112 §3.2): more than one `Host`, a `Host`
 /// or authority that is not `host[:port]`, and a request without any
-/// authority over HTTP/1.1 or HTTP/2. `seen`: an authority found valid
+/// authority over HTTP/1.1 or HTTP/2. `aside`: the request's one `Host`,
+/// where its map does not hold it (`upstream::Added::host`). `seen`: an authority found valid
 /// before on the connection, taken rather than copied when the target's is
 /// the same. `known`: a `Host` found valid before on the connection, not
 /// checked again when the same; a valid one becomes it.
 pub fn authority<B>(
     req: &Request<B>,
+    aside: Option<&HeaderValue>,
     seen: Option<&HeaderValue>,
     known: Option<&mut KnownHost>,
 ) -> Result<Option<HeaderValue>, Refusal> {
-    let (host, more) = crate::upstream::first_field(req.headers(), &header::HOST);
+    let (host, more) = match aside {
+        Some(h) => (Some(h), false),
+        None => crate::upstream::first_field(req.headers(), &header::HOST),
+    };
     if more {
         return Err(Refusal::bad("more than one Host header"));
     }
@@ -502,7 +507,7 @@ mod tests {
     #[test]
     fn the_uri_authority_wins_and_host_is_checked_anyway() {
         let got = |r: Request<()>| {
-            authority(&r, None, None).map(|v| v.map(|v| v.to_str().unwrap().to_owned()))
+            authority(&r, None, None, None).map(|v| v.map(|v| v.to_str().unwrap().to_owned()))
         };
         let some = |s: &str| Ok(Some(s.to_owned()));
         assert_eq!(got(req(Version::HTTP_11, "/", &["a.test"])), some("a.test"));
@@ -526,7 +531,7 @@ mod tests {
             req(Version::HTTP_11, "http://evil@a.test/", &["a.test"]),
         ] {
             assert_eq!(
-                authority(&refused, None, None)
+                authority(&refused, None, None, None)
                     .map(|_| ())
                     .unwrap_err()
                     .status,
@@ -540,7 +545,9 @@ mod tests {
     fn an_authority_seen_before_is_taken_only_when_the_same_and_host_is_checked_anyway() {
         let seen = HeaderValue::from_static("a.test:8443");
         let target = req(Version::HTTP_2, "https://a.test:8443/", &[]);
-        let got = authority(&target, Some(&seen), None).unwrap().unwrap();
+        let got = authority(&target, None, Some(&seen), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(got, seen);
         assert_eq!(
             got.as_bytes().as_ptr(),
@@ -549,12 +556,14 @@ mod tests {
         );
         let other = req(Version::HTTP_2, "https://a.test/", &[]);
         assert_eq!(
-            authority(&other, Some(&seen), None).unwrap().unwrap(),
+            authority(&other, None, Some(&seen), None).unwrap().unwrap(),
             "a.test"
         );
         let bad_host = req(Version::HTTP_2, "https://a.test:8443/", &["x, y"]);
         assert_eq!(
-            authority(&bad_host, Some(&seen), None).unwrap_err().status,
+            authority(&bad_host, None, Some(&seen), None)
+                .unwrap_err()
+                .status,
             StatusCode::BAD_REQUEST
         );
     }
@@ -563,8 +572,13 @@ mod tests {
     fn a_known_host_skips_its_check_and_no_other() {
         let mut known = KnownHost::default();
         let with = |host: &str, known: &mut KnownHost| {
-            authority(&req(Version::HTTP_11, "/", &[host]), None, Some(known))
-                .map(|v| v.map(|v| v.to_str().unwrap().to_owned()))
+            authority(
+                &req(Version::HTTP_11, "/", &[host]),
+                None,
+                None,
+                Some(known),
+            )
+            .map(|v| v.map(|v| v.to_str().unwrap().to_owned()))
         };
         assert_eq!(
             with("a.test:8443", &mut known).unwrap().as_deref(),
@@ -580,7 +594,7 @@ mod tests {
             assert!(known.is(b"a.test:8443"), "a refused host is not kept");
         }
         let twice = req(Version::HTTP_11, "/", &["a.test:8443", "a.test:8443"]);
-        assert!(authority(&twice, None, Some(&mut known)).is_err());
+        assert!(authority(&twice, None, None, Some(&mut known)).is_err());
         assert_eq!(
             with("b.test", &mut known).unwrap().as_deref(),
             Some("b.test")
@@ -687,8 +701,8 @@ mod tests {
                             .body(())
                             .unwrap();
                         r.headers_mut().insert(header::HOST, host.clone());
-                        let afresh = authority(&r, None, None);
-                        let as_known = authority(&r, None, Some(&mut known));
+                        let afresh = authority(&r, None, None, None);
+                        let as_known = authority(&r, None, None, Some(&mut known));
                         assert_eq!(
                             afresh.as_ref().ok(),
                             as_known.as_ref().ok(),
@@ -707,7 +721,7 @@ mod tests {
                         .uri(uri)
                         .body(())
                         .unwrap();
-                    results.push((true, authority(&r, None, None)));
+                    results.push((true, authority(&r, None, None, None)));
                 }
                 results
             }));

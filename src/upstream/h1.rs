@@ -701,6 +701,7 @@ fn write_head(
         Version::HTTP_10 => b" HTTP/1.0\r\n",
         _ => b" HTTP/1.1\r\n",
     });
+    added.write_host(dst);
     write_fields(&parts.headers, dst);
     added.write(dst);
     match framing {
