@@ -12,7 +12,7 @@
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena,
-//!          spares, stamp, huge_pages)
+//!          spares, stamp, request_id, huge_pages)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -40,6 +40,8 @@
 //! - [`readbuf`]: reads that hold memory only for the bytes that came
 //!   (both HTTP/1 halves read heads through it).
 //! - [`stamp`]: a request's times, the monotonic clock as nanoseconds.
+//! - [`request_id`]: a request's `X-Request-Id`, made or kept, written
+//!   into heads from its own bytes.
 //! - [`health`]: active checks and the health table, kept outside the
 //!   snapshot so that a reload keeps backend states.
 //! - [`outlier`]: passive health: backends ejected after failing
@@ -164,6 +166,7 @@ pub mod quorum;
 pub mod readbuf;
 pub mod register;
 pub mod reload;
+pub mod request_id;
 pub mod rules;
 pub mod spares;
 pub mod stamp;

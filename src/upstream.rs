@@ -145,6 +145,8 @@ pub type BackendRequestBody =
 pub struct Added {
     fields: smallvec::SmallVec<[(&'static http::HeaderName, http::HeaderValue); 4]>,
     unread: Option<Box<unread::Unread>>,
+    /// The request's `X-Request-Id`, the first of the added fields.
+    request_id: Option<crate::request_id::RequestId>,
     /// The client's `Host`, where it was its request's one and first
     /// field: kept out of the map (its insert and the lookups for it cost
     /// about 280 instructions a request, `benches/instructions.sh`) and
@@ -175,9 +177,18 @@ impl Added {
     /// The kept `Host` stays, to be written first: no rule may name it,
     /// and a key reads it from [`Added::host`].
     pub fn put_into(&mut self, headers: &mut http::HeaderMap) {
+        if let Some(id) = self.request_id.take() {
+            headers.insert(crate::request_id::X_REQUEST_ID.clone(), id.value());
+        }
         for (name, value) in self.fields.drain(..) {
             headers.insert(name.clone(), value);
         }
+    }
+
+    /// The request's id, to go out first of the added fields: written
+    /// from its own bytes, made a field value only for a map.
+    pub fn set_request_id(&mut self, id: crate::request_id::RequestId) {
+        self.request_id = Some(id);
     }
 
     /// The request's `Host`, kept out of its map (see the field's doc).
@@ -227,6 +238,9 @@ impl Added {
         {
             u.append_to(headers);
         }
+        if let Some(id) = &self.request_id {
+            headers.insert(crate::request_id::X_REQUEST_ID.clone(), id.value());
+        }
         for (name, value) in &self.fields {
             headers.insert((*name).clone(), value.clone());
         }
@@ -244,6 +258,11 @@ impl Added {
     fn write(&self, dst: &mut impl bytes::BufMut) {
         if let Some(u) = &self.unread {
             u.write(dst);
+        }
+        if let Some(id) = &self.request_id {
+            dst.put_slice(b"x-request-id: ");
+            dst.put_slice(id.as_bytes());
+            dst.put_slice(b"\r\n");
         }
         h1::write_fields(self.fields.iter().map(|(n, v)| (*n, v)), dst);
     }

@@ -47,6 +47,7 @@ use super::woken::Woken;
 use crate::config::Timeouts;
 use crate::conn_lock::{self, ConnLock};
 use crate::readbuf::poll_read_exact_size;
+use crate::request_id::RequestId;
 use crate::upstream::RequestBody;
 use crate::upstream::h1::{
     FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
@@ -77,7 +78,7 @@ pub(super) trait Client: Send + Sync + 'static {
 }
 
 /// A response, and the `X-Request-Id` to write after its fields.
-pub(super) type Answer = (Response<ResponseBody>, Option<HeaderValue>);
+pub(super) type Answer = (Response<ResponseBody>, Option<RequestId>);
 
 /// hyper's default `h1_max_headers`: past it, 431.
 const MAX_HEADERS: usize = 100;
@@ -1087,7 +1088,7 @@ struct Answering<'a> {
     /// `TE: trailers`.
     takes_trailers: bool,
     /// Written after the response's own fields (see `Reply::finish`).
-    request_id: Option<&'a HeaderValue>,
+    request_id: Option<&'a RequestId>,
 }
 
 /// The write side: responses encoded as hyper's server does.
@@ -1354,11 +1355,11 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
 fn add_connection(
     resp: &mut Response<ResponseBody>,
     token: &'static str,
-    request_id: &mut Option<&HeaderValue>,
+    request_id: &mut Option<&RequestId>,
 ) {
     let headers = resp.headers_mut();
     if let Some(id) = request_id.take() {
-        put_request_id(headers, id.clone());
+        put_request_id(headers, id);
     }
     headers.append(header::CONNECTION, HeaderValue::from_static(token));
 }
@@ -1418,7 +1419,7 @@ fn encode_head<B>(
     dst: &mut Vec<u8>,
     resp: &Response<B>,
     read: Option<&ReadFields>,
-    request_id: Option<&HeaderValue>,
+    request_id: Option<&RequestId>,
     version: Version,
     method: &Method,
     length: Option<Option<u64>>,

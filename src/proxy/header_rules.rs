@@ -7,22 +7,20 @@
 //! were split at load; here they are only filled in. An unconfigured
 //! listener pays one `Option` test per side.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
 
 use super::headers::ClientAddr;
 use crate::accesslog::TlsInfo;
 use crate::config::{HeaderRules, HeaderTemplate, HeaderVar, TemplatePart};
+use crate::request_id::RequestId;
 use crate::state::{Listener, Route, RouteHeaders};
 use crate::upstream::Added;
 use crate::upstream::h1::{FieldKind, ReadFields};
 
-/// Passed to backends and shown in the access log (as nginx's
-/// `$http_x_request_id`).
-pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) use crate::request_id::X_REQUEST_ID;
 
 /// The longest `X-Request-Id` kept from a client; nginx's `$request_id` is
 /// 32 characters, a UUID 36, a W3C traceparent 55.
@@ -38,7 +36,7 @@ pub(super) struct Reply<'c> {
     scheme: &'static str,
     rules: Option<Arc<RouteHeaders>>,
     /// The request's id: for the response and `{request_id}`.
-    request_id: Option<HeaderValue>,
+    request_id: Option<RequestId>,
     /// Whether the response carries `request_id` (`request_id = true`).
     echo_id: bool,
     /// As routed on, for `{host}`.
@@ -83,12 +81,12 @@ impl<'c> Reply<'c> {
         self.hsts = config.hsts.clone();
         if config.request_id {
             let id = request_id(headers, sent_id);
-            added.push(&X_REQUEST_ID, id.clone());
+            added.set_request_id(id.clone());
             self.request_id = Some(id);
             self.echo_id = true;
         } else if self.rules.is_some() {
             // `{request_id}` is then the client's, if it sent a usable one.
-            self.request_id = headers.get(&X_REQUEST_ID).filter(|v| valid_id(v)).cloned();
+            self.request_id = client_id(headers);
         }
     }
 
@@ -109,7 +107,7 @@ impl<'c> Reply<'c> {
         added.put_into(headers);
         if !self.echo_id && self.request_id.is_none() {
             // Rules of the route alone: `start` saw none to fill.
-            self.request_id = headers.get(&X_REQUEST_ID).filter(|v| valid_id(v)).cloned();
+            self.request_id = client_id(headers);
         }
         self.host = host.cloned();
         apply(&rules.request, headers, |t| self.expand(t, &rules.listener));
@@ -120,7 +118,7 @@ impl<'c> Reply<'c> {
     /// true`), else the client's.
     pub(super) fn logged_id(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         if self.echo_id {
-            self.request_id.clone()
+            self.request_id.as_ref().map(RequestId::value)
         } else {
             headers.get(&X_REQUEST_ID).cloned()
         }
@@ -147,7 +145,7 @@ impl<'c> Reply<'c> {
     /// answer hashed its name byte by byte to insert it).
     /// The reply's last use: with no rules to fill in, its id is given
     /// up rather than copied (a reference count taken and given back).
-    pub(super) fn finish(&mut self, headers: &mut HeaderMap) -> Option<HeaderValue> {
+    pub(super) fn finish(&mut self, headers: &mut HeaderMap) -> Option<RequestId> {
         // Both replace what a backend sent: the id is the one geolb logged
         // and passed on, HSTS the edge's policy for the whole site.
         if let Some(v) = &self.hsts {
@@ -164,7 +162,7 @@ impl<'c> Reply<'c> {
         };
         let id = self.request_id.as_ref().filter(|_| self.echo_id);
         if let Some(id) = id {
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            headers.insert(X_REQUEST_ID.clone(), id.value());
         }
         apply(&rules.response, headers, |t| {
             self.expand(t, &rules.listener)
@@ -257,8 +255,8 @@ fn apply(
 
 /// The id [`Reply::finish`] gave back, put into `headers`: for a server
 /// that writes only the map (hyper's), or where a field must follow it.
-pub(super) fn put_request_id(headers: &mut HeaderMap, id: HeaderValue) {
-    headers.insert(X_REQUEST_ID.clone(), id);
+pub(super) fn put_request_id(headers: &mut HeaderMap, id: &RequestId) {
+    headers.insert(X_REQUEST_ID.clone(), id.value());
 }
 
 /// Visible ASCII, 1 to [`MAX_REQUEST_ID`] bytes: safe to log and to pass on.
@@ -268,140 +266,34 @@ fn valid_id(v: &HeaderValue) -> bool {
 }
 
 /// The request's id: the client's one `X-Request-Id` if valid, else a new
-/// one; either way [`unindexed`]. The client's is taken out of `headers`:
-/// the id goes on among the fields geolb adds. `sent`: whether it has one
-/// (a request without, most, pays for no hashed lookup).
-fn request_id(headers: &mut HeaderMap, sent: bool) -> HeaderValue {
+/// one. The client's is taken out of `headers`: the id goes on among the
+/// fields geolb adds. `sent`: whether it has one (a request without, most,
+/// pays for no hashed lookup).
+fn request_id(headers: &mut HeaderMap, sent: bool) -> RequestId {
     if !sent {
-        return new_request_id();
+        return RequestId::made();
     }
     let mut values = headers.get_all(&X_REQUEST_ID).iter();
     let kept = match (values.next(), values.next()) {
-        (Some(v), None) if valid_id(v) => Some(unindexed(v.clone())),
+        (Some(v), None) if valid_id(v) => Some(RequestId::kept(v.clone())),
         _ => None,
     };
     headers.remove(&X_REQUEST_ID);
-    kept.unwrap_or_else(new_request_id)
+    kept.unwrap_or_else(RequestId::made)
 }
 
-/// A thread's id maker.
-struct Ids {
-    /// Random: two threads share one with odds of 2^-64.
-    prefix: u64,
-    /// `prefix` in hex digits, written once rather than for each id.
-    prefix_hex: [u8; 16],
-    /// Ids made so far: they never repeat within a thread.
-    count: u64,
-    /// Ids are cut from this, so that one allocation (shared, counted)
-    /// serves many: an id costs no malloc and its clone no promotion.
-    arena: BytesMut,
-}
-
-/// Bytes of ids per allocation: 64 ids.
-const ARENA: usize = 64 * 32;
-
-thread_local! {
-    static IDS: RefCell<Ids> = RefCell::new({
-        let prefix = fastrand::u64(..);
-        let prefix_hex = hex(prefix);
-        Ids {
-            prefix,
-            prefix_hex,
-            count: 0,
-            arena: BytesMut::new(),
-        }
-    });
-}
-
-/// 32 lower-case hex digits, as nginx's `$request_id`: the thread's prefix,
-/// then its count scrambled by a bijection (so still unique), which makes
-/// consecutive ids look unrelated. An id, not a secret: fastrand is no
-/// cryptographic generator.
-fn new_request_id() -> HeaderValue {
-    let bytes = IDS.with_borrow_mut(|ids| {
-        let mut buf = [0u8; 32];
-        buf[..16].copy_from_slice(&ids.prefix_hex);
-        buf[16..].copy_from_slice(&hex(mix(ids.count.wrapping_add(ids.prefix))));
-        ids.count = ids.count.wrapping_add(1);
-        crate::arena::cut(&mut ids.arena, ARENA, buf.len(), |a| {
-            a.extend_from_slice(&buf)
-        })
-    });
-    // Hex digits are bytes httparse admits in a value too: not checked
-    // again one by one (a debug build still checks them).
-    unindexed(crate::upstream::parsed_value(bytes))
-}
-
-/// An id, which no other message repeats, marked for HTTP/2's header
-/// compression (HPACK) to send as a literal that is never indexed. Put into
-/// the connection's table, each would push out the fields that do repeat
-/// (`server`, `content-type`, ...), and every response would be encoded
-/// afresh: 6,905 instructions a response before, measured with
-/// `CLIENT=h2 benches/instructions.sh`. The bytes are the same.
-fn unindexed(mut id: HeaderValue) -> HeaderValue {
-    id.set_sensitive(true);
-    id
-}
-
-/// splitmix64's finaliser: a bijection on u64.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// `n` as 16 lower-case hex digits, the high one first.
-fn hex(n: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&hex_word((n >> 32) as u32));
-    out[8..].copy_from_slice(&hex_word(n as u32));
-    out
-}
-
-/// `x` as 8 hex digits, all at once: each nibble spread to a byte of its
-/// own, then made a digit (a byte at a time, the id's 16 digits cost 58
-/// more instructions a request, `benches/instructions.sh`).
-fn hex_word(x: u32) -> [u8; 8] {
-    let x = u64::from(x);
-    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
-    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
-    let x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
-    // 1 in each byte from 10 up: those become `a` to `f`, 39 past the
-    // digit `0` + 10 would give. No byte carries into the next.
-    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
-    (x + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
+/// The client's `X-Request-Id`, if usable, left where it is.
+fn client_id(headers: &HeaderMap) -> Option<RequestId> {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| valid_id(v))
+        .cloned()
+        .map(RequestId::Kept)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_writes_the_high_digit_first() {
-        assert_eq!(&hex(0x0123_4567_89ab_cdef), b"0123456789abcdef");
-        assert_eq!(&hex(u64::MAX), b"ffffffffffffffff");
-        assert_eq!(&hex(0), b"0000000000000000");
-        let mut n = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..10_000 {
-            assert_eq!(hex(n).as_slice(), format!("{n:016x}").as_bytes());
-            n = mix(n);
-        }
-    }
-
-    #[test]
-    fn generated_ids_are_32_hex_and_differ() {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..10_000 {
-            let id = new_request_id();
-            assert_eq!(id.len(), 32);
-            assert!(
-                id.as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            );
-            assert!(seen.insert(id));
-        }
-    }
 
     #[test]
     fn a_valid_id_is_kept_and_any_other_replaced() {
@@ -422,16 +314,21 @@ mod tests {
             let sent = crate::proxy::headers::Sent::of(&headers).request_id();
             assert!(sent, "{values:?}");
             let id = request_id(&mut headers, sent);
-            assert_eq!(id == values[0], *kept, "{values:?}");
+            assert_eq!(id.as_bytes() == values[0].as_bytes(), *kept, "{values:?}");
+            assert_eq!(matches!(id, RequestId::Kept(_)), *kept, "{values:?}");
             // Taken out, to go on among the fields geolb adds.
             assert_eq!(headers.len(), 1, "{values:?}");
             // Kept or made, never indexed by HPACK, to the backend or back.
-            assert!(id.is_sensitive(), "{values:?}");
+            assert!(id.value().is_sensitive(), "{values:?}");
         }
         let mut obs = HeaderMap::new();
         obs.insert(&X_REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        assert_eq!(request_id(&mut obs, true).len(), 32);
+        assert_eq!(request_id(&mut obs, true).as_bytes().len(), 32);
         assert!(obs.is_empty(), "an invalid id is taken out too");
-        assert!(request_id(&mut HeaderMap::new(), false).is_sensitive());
+        assert!(
+            request_id(&mut HeaderMap::new(), false)
+                .value()
+                .is_sensitive()
+        );
     }
 }

@@ -303,7 +303,7 @@ async fn serve_hyper<I>(
             respond(&mut lent, None, None, &conn_ctx, timer, false, &mut out).await;
             let (mut resp, request_id) = out.expect("respond answers every request");
             if let Some(id) = request_id {
-                header_rules::put_request_id(resp.headers_mut(), id);
+                header_rules::put_request_id(resp.headers_mut(), &id);
             }
             // Neither side holds the body inline: hyper keeps the body's
             // type in each stream's future (in every state, also before
