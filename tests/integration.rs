@@ -834,32 +834,36 @@ async fn maglev_header_and_cookie_keys_keep_a_client_on_one_backend() {
     );
     // A field geolb adds is a key too: the client's X-Forwarded-For with
     // the address geolb appends, so each proxy in front stays on one.
-    let mut used = std::collections::HashSet::new();
-    for user in 0..24 {
-        let xff = format!("192.0.2.{user}");
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..3 {
-            let (_, _, f) = get(web, "/f/", &[("x-forwarded-for", &xff)]).await.unwrap();
-            seen.insert(f);
-        }
-        assert_eq!(seen.len(), 1, "{xff} moved between backends: {seen:?}");
-        used.extend(seen);
-    }
-    assert!(used.len() >= 2, "24 forwarders on one backend: {used:?}");
+    let forwarders = (0..24).map(|user| format!("192.0.2.{user}"));
+    each_stays_and_they_spread(web, "/f/", "x-forwarded-for", forwarders).await;
     // `Host`, which geolb's HTTP/1 server keeps out of the header map
     // when it comes first: a key all the same, sites spread by it.
+    let sites = (0..24).map(|site| format!("site-{site}.example"));
+    each_stays_and_they_spread(web, "/h/", "host", sites).await;
+}
+
+/// Requests to `path` keyed by `name`: each of `values` stays on one
+/// backend over three requests, and they use more than one.
+async fn each_stays_and_they_spread(
+    web: SocketAddr,
+    path: &str,
+    name: &str,
+    values: impl Iterator<Item = String>,
+) {
     let mut used = std::collections::HashSet::new();
-    for site in 0..24 {
-        let host = format!("site-{site}.example");
+    for value in values {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..3 {
-            let (_, _, b) = get(web, "/h/", &[("host", &host)]).await.unwrap();
+            let (_, _, b) = get(web, path, &[(name, &value)]).await.unwrap();
             seen.insert(b);
         }
-        assert_eq!(seen.len(), 1, "{host} moved between backends: {seen:?}");
+        assert_eq!(seen.len(), 1, "{value} moved between backends: {seen:?}");
         used.extend(seen);
     }
-    assert!(used.len() >= 2, "24 sites on one backend: {used:?}");
+    assert!(
+        used.len() >= 2,
+        "all {name} values on one backend: {used:?}"
+    );
 }
 
 #[tokio::test]
