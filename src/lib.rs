@@ -12,7 +12,7 @@
 //!          acme, tls_client, discovery -> cluster)
 //!      -> (config, metrics, overrides, quorum, takeover, proxy_protocol, accept, notify,
 //!          lograte, limits, logging, accesslog, sticky, rules, readbuf, arena,
-//!          spares, stamp, request_id, huge_pages)
+//!          spares, stamp, request_id, tcp_io, huge_pages)
 //! ```
 //!
 //! - [`app`]: start-up, signals and shutdown order.
@@ -39,6 +39,8 @@
 //!   next ones.
 //! - [`readbuf`]: reads that hold memory only for the bytes that came
 //!   (both HTTP/1 halves read heads through it).
+//! - [`tcp_io`]: plain TCP reads and writes of both HTTP/1 halves as the
+//!   system calls themselves, not glibc's wrappers.
 //! - [`stamp`]: a request's times, the monotonic clock as nanoseconds.
 //! - [`request_id`]: a request's `X-Request-Id`, made or kept, written
 //!   into heads from its own bytes.
@@ -173,6 +175,7 @@ pub mod stamp;
 pub mod state;
 pub mod sticky;
 pub mod takeover;
+pub mod tcp_io;
 pub mod tls_client;
 pub mod upstream;
 

@@ -941,7 +941,7 @@ impl Upstream {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
                 let stream = match &self.tls {
-                    None => h1::Stream::Plain(stream),
+                    None => h1::Stream::Plain(crate::tcp_io::TcpIo::new(stream)),
                     // Boxed: the handshake's state, which a plain connect
                     // does not need.
                     Some(tls) => h1::Stream::Tls(Box::new(

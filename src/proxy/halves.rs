@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use super::activity::TrackedIo;
 use super::pipes::poll_splice_into;
 use crate::conn_lock::ConnLock;
+use crate::tcp_io::TcpIo;
 
 /// A client connection that may be a plain TCP socket, which a pipe can
 /// be spliced into.
@@ -27,9 +28,9 @@ pub(super) trait Socket {
     }
 }
 
-impl Socket for TcpStream {
+impl Socket for TcpIo {
     fn tcp(&self) -> Option<&TcpStream> {
-        Some(self)
+        Some(self.get_ref())
     }
 }
 

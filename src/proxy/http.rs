@@ -51,6 +51,7 @@ use crate::proxy_protocol;
 use crate::rules::Verdict;
 use crate::stamp::Stamp;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot, Snapshot};
+use crate::tcp_io::TcpIo;
 use crate::upstream::{
     self, Added, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody,
     unread::Unread,
@@ -144,7 +145,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, slots: Arc<Slot
                     tracing::debug!(client = %client, "client over its connection limit: closed");
                     return;
                 }
-                serve_connection(stream, client, None, None, ctx2, Arc::new(slot)).await
+                serve_connection(TcpIo::new(stream), client, None, None, ctx2, Arc::new(slot)).await
             }));
         },
     )

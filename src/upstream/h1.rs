@@ -43,6 +43,7 @@ use crate::config::DEFAULT_MAX_IDLE;
 use crate::readbuf::poll_read_exact_size;
 use crate::spares::{KEPT_MAX, Spares};
 use crate::stamp::Stamp;
+use crate::tcp_io::TcpIo;
 
 /// The largest response head (and chunked trailer section) read: the
 /// server side's limit for request heads (`proxy::activity::MAX_HEAD`).
@@ -130,7 +131,7 @@ impl Kept {
 
 /// A backend connection's bytes: TCP, or TLS over it (a pool with `tls`).
 pub(super) enum Stream {
-    Plain(TcpStream),
+    Plain(TcpIo),
     /// Boxed: rustls's state is KiBs, which a plain connection's every
     /// move would carry. [`AnswerFirst`] under rustls, as for hyper's
     /// client: rustls writes while it reads too (what it owes the peer),
@@ -146,7 +147,7 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Plain(s) => s.poll_recv(cx, buf),
             Stream::Tls(s) => tls_read(s, cx, buf),
         }
     }
@@ -167,7 +168,7 @@ impl AsyncWrite for Stream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Plain(s) => s.poll_writev(cx, bufs),
             Stream::Tls(s) => tls_write(s, cx, bufs),
         }
     }
@@ -300,7 +301,7 @@ pub(super) fn take(home: &Home, now: Stamp) -> Option<Kept> {
 /// idle. Costs no system call unless the socket was reported readable.
 fn still_open(stream: &mut Stream) -> bool {
     match stream {
-        Stream::Plain(tcp) => quiet(tcp),
+        Stream::Plain(tcp) => quiet(tcp.get_ref()),
         Stream::Tls(tls) => tls_still_open(tls),
     }
 }
@@ -1676,6 +1677,7 @@ impl ResponseBody {
         let (Framing::Length(left), Some(Stream::Plain(stream))) = (self.framing, stream) else {
             return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
         };
+        let stream = stream.get_ref();
         let most = usize::try_from(left).unwrap_or(usize::MAX);
         loop {
             ready!(stream.poll_read_ready(cx))?;
