@@ -36,6 +36,7 @@ use tokio_util::either::Either;
 
 use crate::config::{BackendProtocol, Http1Client, PoolConfig};
 use crate::stamp::Stamp;
+use crate::tcp_io::TcpIo;
 use crate::tls_client;
 use answer_first::AnswerFirst;
 
@@ -941,11 +942,12 @@ impl Upstream {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
                 let stream = match &self.tls {
-                    None => h1::Stream::Plain(crate::tcp_io::TcpIo::new(stream)),
+                    None => h1::Stream::Plain(TcpIo::new(stream)),
                     // Boxed: the handshake's state, which a plain connect
                     // does not need.
                     Some(tls) => h1::Stream::Tls(Box::new(
-                        Box::pin(self.tls_over(tls, AnswerFirst::new(stream), addr)).await?,
+                        Box::pin(self.tls_over(tls, AnswerFirst::new(TcpIo::new(stream)), addr))
+                            .await?,
                     )),
                 };
                 let home = idle.own_home(self.profile, Stamp::now());
@@ -976,6 +978,7 @@ impl Upstream {
     async fn open(&self, addr: SocketAddr) -> io::Result<Sender> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let stream = TcpIo::new(stream);
         if self.is_http2() {
             return self.over(stream, addr).await;
         }

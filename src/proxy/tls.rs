@@ -27,6 +27,7 @@ use crate::config::{ClientAuthConfig, ConfigError, TlsCertConfig};
 use crate::lograte;
 use crate::metrics::TLS_HANDSHAKE_ERRORS;
 use crate::proxy_protocol;
+use crate::tcp_io::TcpIo;
 
 /// Certificates closer than this to their expiry are warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -424,7 +425,8 @@ async fn connection(
         return;
     }
     let acceptor = TlsAcceptor::from(tls.load_full());
-    let problem = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    let problem = match tokio::time::timeout_at(deadline, acceptor.accept(TcpIo::new(stream))).await
+    {
         Ok(Ok(tls_stream)) => {
             let (_, session) = tls_stream.get_ref();
             // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).

@@ -195,7 +195,7 @@ impl AsyncWrite for Stream {
 // The TLS arms out of line: inlined, rustls's code took the plain arms'
 // callers past their inlining limits (126 instructions a request more on
 // cleartext, `benches/instructions.sh`).
-type TlsStream = tokio_rustls::client::TlsStream<AnswerFirst<TcpStream>>;
+type TlsStream = tokio_rustls::client::TlsStream<AnswerFirst<TcpIo>>;
 
 #[inline(never)]
 fn tls_read(
@@ -320,7 +320,7 @@ fn tls_still_open(tls: &mut TlsStream) -> bool {
     matches!(
         io::Read::read(&mut session.reader(), &mut probe),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock
-    ) && quiet(io.get_ref())
+    ) && quiet(io.get_ref().get_ref())
 }
 
 fn put(home: &Home, conn: Kept) {
@@ -2009,7 +2009,7 @@ mod tests {
         );
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
         connector
-            .connect(name, AnswerFirst::new(tcp))
+            .connect(name, AnswerFirst::new(TcpIo::new(tcp)))
             .await
             .unwrap()
     }
@@ -2029,6 +2029,7 @@ mod tests {
         assert_eq!(
             tls.get_ref()
                 .0
+                .get_ref()
                 .get_ref()
                 .try_read(&mut [0u8; 8])
                 .err()
