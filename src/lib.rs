@@ -39,8 +39,9 @@
 //!   next ones.
 //! - [`readbuf`]: reads that hold memory only for the bytes that came
 //!   (both HTTP/1 halves read heads through it).
-//! - [`tcp_io`]: plain TCP reads and writes of both HTTP/1 halves as the
-//!   system calls themselves, not glibc's wrappers.
+//! - [`tcp_io`]: an HTTP connection's socket reads and writes (client or
+//!   backend, under TLS or not) as the system calls themselves, not
+//!   glibc's wrappers.
 //! - [`stamp`]: a request's times, the monotonic clock as nanoseconds.
 //! - [`request_id`]: a request's `X-Request-Id`, made or kept, written
 //!   into heads from its own bytes.

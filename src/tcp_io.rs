@@ -1,4 +1,5 @@
-//! A plain TCP socket's reads and writes as the system calls themselves.
+//! An HTTP connection's TCP socket (a client's or a backend's, under TLS
+//! or not): its reads and writes as the system calls themselves.
 //!
 //! tokio's `TcpStream` reads with std's `read`, which calls glibc's
 //! `recv`, and writes with `writev` the same way: each wrapper is a
@@ -20,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::coop;
 
-/// A plain TCP connection, a client's or a backend's.
+/// An HTTP connection's TCP socket, read and written with rustix.
 pub struct TcpIo {
     stream: TcpStream,
     /// The last read took less than there was room for, which clears
