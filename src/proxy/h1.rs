@@ -1543,10 +1543,7 @@ fn encode_head<B>(
     } = head;
     // Where hyper's server has it: last of the map's fields.
     if let Some(id) = request_id {
-        dst.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(id.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        put_field(dst, X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
     }
     if !wrote_len {
         encoder = match length {
