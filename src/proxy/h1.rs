@@ -947,7 +947,10 @@ where
             std::mem::swap(&mut spare, resp.headers_mut());
             reusable
         };
-        spare.clear();
+        // An empty map's `clear` would still rewrite its whole table.
+        if !spare.is_empty() {
+            spare.clear();
+        }
         let mut reader = shared.reader();
         reader.detached = true;
         reader.expect = false;

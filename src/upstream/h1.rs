@@ -435,6 +435,9 @@ pub fn send<B, E: From<SendError>, W: FnOnce(ResponseBody) -> B>(
             .into()),
             (Ok(head), _) => {
                 conn.writer = writer.map(Box::new);
+                // What `parse_head` left in the request's place (its map
+                // went to the response): never given room.
+                super::drop_headers(parts.headers);
                 Ok(respond(conn, head, wrap))
             }
             (Err(Error::Closed), Some((error, body))) if unsent => {
@@ -1050,7 +1053,10 @@ fn parse_head(
     // Empty, or to be filled: its allocation is the request's, which goes
     // on to the proxy's next request.
     let mut headers = std::mem::take(spare);
-    headers.clear();
+    // An empty map's `clear` would still rewrite its whole table.
+    if !headers.is_empty() {
+        headers.clear();
+    }
     let (read, mut keep_alive, lengths) = match fields {
         Some((read, keep_alive, lengths)) => (Some(read), keep_alive, lengths),
         None => {
