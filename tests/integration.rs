@@ -615,6 +615,50 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     assert_eq!(status.code(), Some(0), "{}", geolb.log());
 }
 
+/// A connection kept open after its first answer, its second request in
+/// flight when geolb is told to stop: that answer comes whole, says the
+/// connection closes, and the connection ends after it.
+#[tokio::test]
+async fn sigterm_closes_a_kept_connection_after_its_answer_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let mut geolb = Geolb::start(&simple(&backend_list(&[&a]), "")).await;
+    let mut s = tokio::net::TcpStream::connect(geolb.listener("web"))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    while !first.ends_with(b"a") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the first answer in time")
+            .unwrap();
+        assert!(n > 0, "closed after {first:?}");
+        first.extend_from_slice(&chunk[..n]);
+    }
+    let first = String::from_utf8_lossy(&first).to_ascii_lowercase();
+    assert!(!first.contains("connection: close"), "{first}");
+    s.write_all(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    geolb.signal("TERM");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("geolb closes after the answer")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+    assert!(rest.starts_with("http/1.1 200 "), "{rest}");
+    assert!(rest.contains("connection: close"), "{rest}");
+    assert!(rest.ends_with("\r\n\r\na"), "{rest}");
+    let status = geolb.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", geolb.log());
+}
+
 #[tokio::test]
 async fn metrics_have_the_contract_families() {
     let a = Backend::start("a").await;

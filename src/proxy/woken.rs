@@ -83,6 +83,13 @@ impl<F: Future> Future for Woken<'_, F> {
 }
 
 impl<F: Future> Woken<'_, F> {
+    /// Whether a poll now could find the future ready: it was never
+    /// polled, or was ready when last polled, or woke since. Otherwise it
+    /// is still waiting, and what it waits for has not come.
+    pub fn may_be_ready(&self) -> bool {
+        !self.polled || self.flag.woken.load(Ordering::Acquire)
+    }
+
     /// Whether the waker last registered is the one `cx` would wake.
     fn holds_waker_of(&self, cx: &Context<'_>) -> bool {
         self.registered
@@ -181,6 +188,26 @@ mod tests {
         // Ready, it is asked again each time, unwoken.
         assert!(woken.as_mut().poll(&mut cx).is_ready());
         assert_eq!(seen.polls.get(), 3);
+    }
+
+    #[test]
+    fn may_be_ready_until_polled_and_again_once_woken_or_ready() {
+        let seen = Seen::default();
+        let probe = std::pin::pin!(Probe(&seen));
+        let mut woken = std::pin::pin!(Woken::new(probe));
+        let (_task, task_waker) = counting_waker();
+        let mut cx = Context::from_waker(&task_waker);
+        assert!(woken.may_be_ready(), "never polled");
+        assert!(woken.as_mut().poll(&mut cx).is_pending());
+        assert!(!woken.may_be_ready(), "waiting, unwoken");
+        seen.wake();
+        assert!(woken.may_be_ready(), "woken since");
+        assert!(woken.as_mut().poll(&mut cx).is_pending());
+        assert!(!woken.may_be_ready(), "waiting again");
+        seen.ready.set(true);
+        seen.wake();
+        assert!(woken.as_mut().poll(&mut cx).is_ready());
+        assert!(woken.may_be_ready(), "ready when last polled");
     }
 
     #[test]
