@@ -1151,13 +1151,16 @@ impl Sender {
     ///
     /// The request is taken from `pending` (which holds one) where it is
     /// read, not handed down: each call it went through moved it once
-    /// more (264 bytes).
-    pub fn try_send_request(
+    /// more (264 bytes). The response is put in `got` where it is made,
+    /// not handed up: each future it went through, and the caller's wait
+    /// with its timeout, moved it once more (240 bytes).
+    pub fn try_send_request<'a>(
         &mut self,
         pending: &mut Option<Request<BackendRequestBody>>,
         added: &Added,
         as_read: bool,
-    ) -> impl Future<Output = Result<Response<BackendBody>, SendError>> + use<> {
+        got: &'a mut Option<Response<BackendBody>>,
+    ) -> impl Future<Output = Result<(), SendError>> + use<'a> {
         if let Kind::Own(conn) = &mut self.kind {
             let Some((kept, home)) = conn.take() else {
                 unreachable!("an own connection carries one request")
@@ -1172,13 +1175,14 @@ impl Sender {
                 added,
                 as_read,
                 BackendBody::Own,
+                got,
             ));
         }
         let Kind::Http1(sender) = &mut self.kind else {
             let Kind::Http2(connection) = &self.kind else {
                 unreachable!("sent above")
             };
-            return Either::Right(Either::Left(connection.send(pending, added)));
+            return Either::Right(Either::Left(connection.send(pending, added, got)));
         };
         let Some(mut req) = pending.take() else {
             unreachable!("a request is sent from where it is kept")
@@ -1187,7 +1191,10 @@ impl Sender {
         let hyper_side = sender.try_send_request(req);
         Either::Right(Either::Right(async move {
             match hyper_side.await {
-                Ok(resp) => Ok(resp.map(BackendBody::Hyper)),
+                Ok(resp) => {
+                    *got = Some(resp.map(BackendBody::Hyper));
+                    Ok(())
+                }
                 Err(mut e) => {
                     let request = e.take_message();
                     Err(SendError::new(e.into_error().into(), request, None))

@@ -842,6 +842,8 @@ async fn respond(
         // counting as a retry; this bounds how often that can happen.
         let mut stale_left = 8;
         let mut first_try = true;
+        // Where a backend's answer is put (see `try_send_request`).
+        let mut got = None;
         while tried.len() <= retries {
             let (index, active) = match pool
                 .acquire_pinned(pinned, &tried, key, queue_timeout)
@@ -911,12 +913,22 @@ async fn respond(
             let sent_at = if reused { looked } else { Stamp::now() };
             // A kept connection was sent on at once (`sent_at` is `looked`).
             let sent = connecting.map(|at| (sent_at.since(at), sent_at));
-            // Pinned where it is made: the timeout and the await then move a
-            // pointer, not the sending future's 2 KiB.
             let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
-            let send = std::pin::pin!(sender.try_send_request(&mut pending, &added, as_read));
             let due = sent_at.after(timeouts.request);
-            match before(timer.as_mut(), due, send).await {
+            // The answer is put in `got`; the sending future, which holds
+            // it, ends with this block.
+            let sent_or_failed = {
+                // Pinned where it is made: the timeout and the await then
+                // move a pointer, not the sending future's 2 KiB.
+                let send = std::pin::pin!(sender.try_send_request(
+                    &mut pending,
+                    &added,
+                    as_read,
+                    &mut got
+                ));
+                before(timer.as_mut(), due, send).await
+            };
+            match sent_or_failed {
                 None => {
                     failure = if body_state() == Some(BodyState::WaitingForClient) {
                         Failure::SlowClient(timeouts.request)
@@ -927,7 +939,10 @@ async fn respond(
                     };
                     break;
                 }
-                Some(Ok(mut resp)) => {
+                Some(Ok(())) => {
+                    let Some(mut resp) = got.take() else {
+                        unreachable!("an answer sent is put in `got`")
+                    };
                     backend
                         .metrics
                         .responded(resp.status().as_u16(), sent_at.elapsed());

@@ -348,14 +348,16 @@ fn put(home: &Home, conn: Kept) {
 /// pointer: called through a pointer, it could not be inlined, and the
 /// body was copied into the caller's type (16,860 -> 16,780 instructions
 /// a request).
-pub fn send<B, E: From<SendError>, W: FnOnce(ResponseBody) -> B>(
+#[allow(clippy::too_many_arguments)]
+pub fn send<'a, B, E: From<SendError>, W: FnOnce(ResponseBody) -> B>(
     kept: Kept,
     home: Home,
     pending: &mut Option<Request<BackendRequestBody>>,
     added: &super::Added,
     as_read: bool,
     wrap: W,
-) -> impl Future<Output = Result<Response<B>, E>> + use<B, E, W> {
+    got: &'a mut Option<Response<B>>,
+) -> impl Future<Output = Result<(), E>> + use<'a, B, E, W> {
     let Some(req) = pending.take() else {
         unreachable!("a request is sent from where it is kept")
     };
@@ -438,7 +440,8 @@ pub fn send<B, E: From<SendError>, W: FnOnce(ResponseBody) -> B>(
                 // What `parse_head` left in the request's place (its map
                 // went to the response): never given room.
                 super::drop_headers(parts.headers);
-                Ok(respond(conn, head, wrap))
+                respond(conn, head, wrap, got);
+                Ok(())
             }
             (Err(Error::Closed), Some((error, body))) if unsent => {
                 let body =
@@ -1539,7 +1542,14 @@ fn first_chunk_ok(head: &Head, buf: &[u8]) -> bool {
     }
 }
 
-fn respond<B>(mut conn: Conn, head: Head, wrap: impl FnOnce(ResponseBody) -> B) -> Response<B> {
+/// Makes the response in `got`, where the caller takes it: made and then
+/// returned, it was moved twice more.
+fn respond<B>(
+    mut conn: Conn,
+    head: Head,
+    wrap: impl FnOnce(ResponseBody) -> B,
+    got: &mut Option<Response<B>>,
+) {
     let Head {
         status,
         version,
@@ -1568,14 +1578,13 @@ fn respond<B>(mut conn: Conn, head: Head, wrap: impl FnOnce(ResponseBody) -> B) 
     if came_whole || body.at_end() {
         body.release();
     }
-    let mut resp = Response::new(wrap(body));
+    let resp = got.insert(Response::new(wrap(body)));
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     super::put_headers(resp.headers_mut(), headers);
     if let Some(reason) = reason {
         resp.extensions_mut().insert(reason);
     }
-    resp
 }
 
 /// A response body read from its connection, which it owns until its

@@ -93,11 +93,12 @@ impl Connection {
     /// request the connection had no stream for, or that the backend did
     /// not act on ([`BackendError::unprocessed`]) with a body of up to
     /// [`super::KEEP_FOR_RESENDING`] bytes, comes back in the error.
-    pub fn send(
+    pub fn send<'a>(
         &self,
         pending: &mut Option<Request<BackendRequestBody>>,
         added: &Added,
-    ) -> impl Future<Output = Result<Response<BackendBody>, SendError>> + use<> {
+        got: &'a mut Option<Response<BackendBody>>,
+    ) -> impl Future<Output = Result<(), SendError>> + use<'a> {
         let Some(mut req) = pending.take() else {
             unreachable!("a request is sent from where it is kept")
         };
@@ -181,7 +182,8 @@ impl Connection {
             upload.answered();
             let (parts, recv) = response.into_parts();
             let body = ResponseBody::new(recv, &parts.headers);
-            Ok(Response::from_parts(parts, BackendBody::H2(body)))
+            *got = Some(Response::from_parts(parts, BackendBody::H2(body)));
+            Ok(())
         }
     }
 }
