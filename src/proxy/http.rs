@@ -1031,7 +1031,16 @@ async fn respond(
                         }
                         None => ResponseBody::from_backend(body, completion),
                     };
-                    break 'handled Response::from_parts(parts, body);
+                    // Made in its place: made whole first, as the answers
+                    // that break out of this block are, it was moved there
+                    // once more (376 bytes).
+                    let (answer, request_id) = out.insert((Response::new(body), None));
+                    *answer.status_mut() = parts.status;
+                    *answer.version_mut() = parts.version;
+                    upstream::put_headers(answer.headers_mut(), parts.headers);
+                    *answer.extensions_mut() = parts.extensions;
+                    seal(answer, request_id, reply, body_progress);
+                    return;
                 }
                 Some(Err(mut e)) => {
                     if let Some(request) = e.take_message() {
@@ -1210,6 +1219,18 @@ async fn respond(
     // Put in its place first: a tuple made with the id, then put
     // there, moved the response twice more.
     let (resp, request_id) = out.insert((resp, None));
+    seal(resp, request_id, reply, body_progress);
+}
+
+/// What an answer gets last, in its place: its request's id, and whether
+/// the request's body was left unread.
+#[inline(always)]
+fn seal(
+    resp: &mut Response<ResponseBody>,
+    request_id: &mut Option<crate::request_id::RequestId>,
+    reply: &mut Reply<'_>,
+    body_progress: Option<upstream::BodyProgress>,
+) {
     *request_id = reply.finish(resp.headers_mut());
     if let Some(progress) = body_progress {
         // geolb's own answers were made before the body was watched:
