@@ -917,9 +917,13 @@ async fn respond(
             let due = sent_at.after(timeouts.request);
             // The answer is put in `got`; the sending future, which holds
             // it, ends with this block.
-            let sent_or_failed = {
-                // Pinned where it is made: the timeout and the await then
-                // move a pointer, not the sending future's 2 KiB.
+            // Pinned where they are made: the timeout and the await then
+            // move a pointer, not the sending future. geolb's own client's
+            // on its own (see `send_own`).
+            let sent_or_failed = if sender.is_own() {
+                let send = std::pin::pin!(sender.send_own(&mut pending, &added, as_read, &mut got));
+                before(timer.as_mut(), due, send).await
+            } else {
                 let send = std::pin::pin!(sender.try_send_request(
                     &mut pending,
                     &added,
