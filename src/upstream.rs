@@ -504,6 +504,20 @@ impl BodyProgress {
     }
 }
 
+/// `req` with its body made the one sent to a backend, in the slot each
+/// try takes it from, and what watches that body.
+pub fn lend(
+    req: Request<RequestBody>,
+) -> (Option<Request<BackendRequestBody>>, Option<BodyProgress>) {
+    let mut progress = None;
+    let req = req.map(|body| {
+        let (body, watch) = ClientBody::new(body);
+        progress = watch;
+        http_body_util::Either::Left(body)
+    });
+    (Some(req), progress)
+}
+
 impl ClientBody {
     /// Wraps `body`, with a [`BodyProgress`] to watch it unless it is
     /// already at its end (nothing to watch, nothing allocated).

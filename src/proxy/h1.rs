@@ -48,12 +48,12 @@ use crate::config::Timeouts;
 use crate::conn_lock::{self, ConnLock};
 use crate::readbuf::poll_read_exact_size;
 use crate::request_id::RequestId;
-use crate::upstream::RequestBody;
 use crate::upstream::h1::{
     FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
     names_no_field, parsed_value,
 };
 use crate::upstream::unread::{Unread, UnreadName, UnreadNames, folded_eq};
+use crate::upstream::{BackendRequestBody, BodyProgress, ClientBody, RequestBody};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -69,7 +69,8 @@ pub(super) trait Client: Send + Sync + 'static {
     /// was the one and first field, kept out of the map.
     fn respond<'a>(
         &'a self,
-        lent: &'a mut Option<Request<RequestBody>>,
+        lent: &'a mut Option<Request<BackendRequestBody>>,
+        body_progress: Option<BodyProgress>,
         unread: Option<Box<Unread>>,
         host: Option<HeaderValue>,
         timer: Pin<&'a mut super::answer_timer::AnswerTimer>,
@@ -863,7 +864,8 @@ where
             }))
         };
         // Made in its place: a request made first was moved into it.
-        let mut lent = Some(Request::new(body));
+        let (body, body_progress) = ClientBody::new(body);
+        let mut lent = Some(Request::new(http_body_util::Either::Left(body)));
         // Not `if let`: the URI and map, moved on one path only, kept
         // their places in every later state of this future (2,784
         // bytes, 2,600 without them: `-Zprint-type-sizes`).
@@ -897,7 +899,14 @@ where
             // DURATION=20 benches/instructions.sh`, twice each).
             let mut out = None;
             let mut answer = crate::spares::Recycled::pin_in_place(|| {
-                conn.respond(&mut lent, unread, host, timer.as_mut(), &mut out)
+                conn.respond(
+                    &mut lent,
+                    body_progress,
+                    unread,
+                    host,
+                    timer.as_mut(),
+                    &mut out,
+                )
             });
             loop {
                 // The answer first: when the backend's reply woke the

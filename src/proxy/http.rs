@@ -53,8 +53,7 @@ use crate::stamp::Stamp;
 use crate::state::{ActiveGuard, Listener, ListenerId, Pool, Route, SharedSnapshot, Snapshot};
 use crate::tcp_io::TcpIo;
 use crate::upstream::{
-    self, Added, BackendError, BackendRequestBody, BodyState, ClientBody, RequestBody,
-    unread::Unread,
+    self, Added, BackendError, BackendRequestBody, BodyState, RequestBody, unread::Unread,
 };
 
 /// What every connection of one listener shares.
@@ -300,8 +299,12 @@ async fn serve_hyper<I>(
         crate::spares::Recycled::pin_in_place(|| async move {
             let h2 = req.version() == Version::HTTP_2;
             let timer = std::pin::pin!(AnswerTimer::new(tokio::time::sleep_until(far_future)));
-            let (mut lent, mut out) = (Some(req.map(RequestBody::Hyper)), None);
-            respond(&mut lent, None, None, &conn_ctx, timer, false, &mut out).await;
+            let (mut lent, progress) = upstream::lend(req.map(RequestBody::Hyper));
+            let mut out = None;
+            respond(
+                &mut lent, progress, None, None, &conn_ctx, timer, false, &mut out,
+            )
+            .await;
             let (mut resp, request_id) = out.expect("respond answers every request");
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), &id);
@@ -466,13 +469,14 @@ impl super::h1::Client for ConnCtx {
     // future to move into its box on every request.
     fn respond<'a>(
         &'a self,
-        lent: &'a mut Option<Request<RequestBody>>,
+        lent: &'a mut Option<Request<BackendRequestBody>>,
+        body_progress: Option<upstream::BodyProgress>,
         unread: Option<Box<Unread>>,
         host: Option<HeaderValue>,
         timer: Pin<&'a mut AnswerTimer>,
         out: &'a mut Option<Answer>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
-        respond(lent, unread, host, self, timer, true, out)
+        respond(lent, body_progress, unread, host, self, timer, true, out)
     }
 }
 
@@ -596,9 +600,10 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 ///
 /// The request is lent (`lent` holds it), not given: given, it was moved
 /// into the caller's closure, into the future and with the future into
-/// its box (180 instructions a request). It is made the one sent to the
-/// backend once, so that it has one place in the future, from which each
-/// try takes it (it had four: 1,000 bytes).
+/// its box (180 instructions a request). The caller makes it the one sent
+/// to the backend (its body a `ClientBody`, watched by `body_progress`),
+/// and each try takes it from `lent`: taken out here and made that, it
+/// was moved twice more, and had a place in this future too.
 ///
 /// `copies_fields`: the answer goes to geolb's own HTTP/1 writer, which can
 /// copy a backend's fields as they were read, never put in a map
@@ -613,8 +618,10 @@ pub(super) fn to_origin_form<B>(req: &mut Request<B>, authority: Option<HeaderVa
 ///
 /// The answer, and the `X-Request-Id` to write after its fields, go into
 /// `out` (see `h1::requests`).
+#[allow(clippy::too_many_arguments)]
 async fn respond(
-    lent: &mut Option<Request<RequestBody>>,
+    lent: &mut Option<Request<BackendRequestBody>>,
+    body_progress: Option<upstream::BodyProgress>,
     unread: Option<Box<Unread>>,
     kept_host: Option<HeaderValue>,
     conn: &ConnCtx,
@@ -622,16 +629,11 @@ async fn respond(
     copies_fields: bool,
     out: &mut Option<Answer>,
 ) {
-    let Some(req) = lent.take() else {
+    // Sent from where it was lent: each try takes it from there.
+    let pending = lent;
+    let Some(req) = pending.as_mut() else {
         return;
     };
-    let mut body_progress = None;
-    let mut pending = Some(req.map(|body| {
-        let (body, progress) = ClientBody::new(body);
-        body_progress = progress;
-        Either::Left(body)
-    }));
-    let req = pending.as_mut().expect("made above");
     let mut reply = Reply::new(&conn.client, conn.peer.port(), conn.tls, conn.ctx.proto);
     let reply = &mut reply;
     // One async fn, not the rules around a handler of their own: each
@@ -859,7 +861,7 @@ async fn respond(
             // Sent from its place (`try_send_request` takes it there);
             // made again for a retry from what a try used up.
             if pending.is_none() {
-                pending = replay.as_ref().map(|r| r.request(&pool.upstream));
+                *pending = replay.as_ref().map(|r| r.request(&pool.upstream));
             }
             if pending.is_none() {
                 break;
@@ -921,15 +923,11 @@ async fn respond(
             // move a pointer, not the sending future. geolb's own client's
             // on its own (see `send_own`).
             let sent_or_failed = if sender.is_own() {
-                let send = std::pin::pin!(sender.send_own(&mut pending, &added, as_read, &mut got));
+                let send = std::pin::pin!(sender.send_own(pending, &added, as_read, &mut got));
                 before(timer.as_mut(), due, send).await
             } else {
-                let send = std::pin::pin!(sender.try_send_request(
-                    &mut pending,
-                    &added,
-                    as_read,
-                    &mut got
-                ));
+                let send =
+                    std::pin::pin!(sender.try_send_request(pending, &added, as_read, &mut got));
                 before(timer.as_mut(), due, send).await
             };
             match sent_or_failed {
@@ -1052,7 +1050,7 @@ async fn respond(
                         // HTTP/2 backend said it did not act on it (its
                         // body kept to go again): the same backend may be
                         // tried afresh.
-                        pending = Some(request);
+                        *pending = Some(request);
                         if stale_left > 0 {
                             stale_left -= 1;
                             tried.pop();
