@@ -917,11 +917,10 @@ async fn respond(
             let sent = connecting.map(|at| (sent_at.since(at), sent_at));
             let as_read = as_read && (pool.sticky.is_none() || pinned == Some(index));
             let due = sent_at.after(timeouts.request);
-            // The answer is put in `got`; the sending future, which holds
-            // it, ends with this block.
-            // Pinned where they are made: the timeout and the await then
-            // move a pointer, not the sending future. geolb's own client's
-            // on its own (see `send_own`).
+            // Pinned where it is made (the timeout and the await then move
+            // a pointer, not the sending future), geolb's own client's in
+            // a place of its own (see `send_own`). The answer is put in
+            // `got`; the future, which holds that, ends with its block.
             let sent_or_failed = if sender.is_own() {
                 let send = std::pin::pin!(sender.send_own(pending, &added, as_read, &mut got));
                 before(timer.as_mut(), due, send).await
