@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use crate::upstream::Added;
 use crate::upstream::h1::{FieldKind, ReadFields, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::upstream::{Added, AddedValue};
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -264,13 +264,13 @@ impl Sent {
 /// sent of them is taken out of `headers`.
 /// `sent`: the request's names as [`Sent`] found them; only a client that
 /// sent one of the three pays for the hashed lookups.
-pub fn add_forwarded(
+pub fn add_forwarded<'a>(
     headers: &mut HeaderMap,
     sent: Sent,
-    client: &ClientAddr,
+    client: &'a ClientAddr,
     proto: &'static str,
     host: Option<HeaderValue>,
-    added: &mut Added,
+    added: &mut Added<'a>,
 ) {
     let forwarded_for = if sent.forwarded() {
         let mut xff = String::new();
@@ -287,31 +287,31 @@ pub fn add_forwarded(
             headers.remove(name);
         }
         if xff.is_empty() {
-            client.header.clone()
+            AddedValue::Lent(&client.header)
         } else {
             xff.push_str(&client.text);
-            HeaderValue::from_str(&xff).unwrap_or_else(|_| client.header.clone())
+            HeaderValue::from_str(&xff).map_or(AddedValue::Lent(&client.header), AddedValue::Own)
         }
     } else {
-        client.header.clone()
+        AddedValue::Lent(&client.header)
     };
     added.push(&X_FORWARDED_FOR, forwarded_for);
     added.push(&X_FORWARDED_PROTO, proto_value(proto));
     if let Some(h) = host {
-        added.push(&X_FORWARDED_HOST, h);
+        added.push(&X_FORWARDED_HOST, AddedValue::Own(h));
     }
 }
 
 /// `proto` as a field value, made when geolb is built: `from_static` at
 /// run time checks each byte again (about 30 instructions a request,
 /// `benches/instructions.sh`).
-fn proto_value(proto: &'static str) -> HeaderValue {
+fn proto_value(proto: &'static str) -> AddedValue<'static> {
     static HTTP: HeaderValue = HeaderValue::from_static("http");
     static HTTPS: HeaderValue = HeaderValue::from_static("https");
     match proto {
-        "http" => HTTP.clone(),
-        "https" => HTTPS.clone(),
-        other => HeaderValue::from_static(other),
+        "http" => AddedValue::Lent(&HTTP),
+        "https" => AddedValue::Lent(&HTTPS),
+        other => AddedValue::Own(HeaderValue::from_static(other)),
     }
 }
 
