@@ -10,8 +10,9 @@
 //! An HTTP/1.1 connection goes back to its backend's idle list only once
 //! its response body has been read to the end, so whatever is taken from
 //! the list is free for a new request. It may still have been closed by
-//! the backend in the meantime: `try_send_request` then hands the request
-//! back unwritten, and the caller tries again. An HTTP/2 connection carries
+//! the backend in the meantime: `send_own` (or `try_send_request`, for
+//! hyper's client) then hands the request back unwritten, and the caller
+//! tries again. An HTTP/2 connection carries
 //! many requests at once, so one per backend is shared rather than taken.
 
 use std::hash::{Hash, Hasher};
@@ -1187,10 +1188,16 @@ impl Sender {
         matches!(self.kind, Kind::Own(_))
     }
 
-    /// [`Sender::try_send_request`] on a connection of geolb's own HTTP/1
-    /// client: its sending future alone (688 bytes), not in the `Either`
-    /// of the three clients' futures (2,440 bytes, HTTP/2's the largest),
-    /// which was made and then copied whole into the caller's place.
+    /// Sends `req` on a connection of geolb's own HTTP/1 client, as
+    /// [`Sender::try_send_request`] does on the others'. With `as_read`,
+    /// the response's fields may be kept as read ([`h1::ReadFields`],
+    /// taken from its body) rather than in its map: for a caller that
+    /// copies them out as they are.
+    ///
+    /// A method of its own, its future alone (688 bytes): in one `Either`
+    /// with the other clients' futures (2,440 bytes, HTTP/2's the
+    /// largest), it was made and then copied whole into the caller's
+    /// place.
     pub fn send_own<'a>(
         &mut self,
         pending: &mut Option<Request<BackendRequestBody>>,
@@ -1210,13 +1217,12 @@ impl Sender {
         h1::send(kept, home, pending, added, as_read, BackendBody::Own, got)
     }
 
-    /// Sends `req`; a request the connection could not take (closed
-    /// before it was written) comes back in the error. The response
-    /// carries the backend's HTTP version: callers set the client's.
-    /// Sends `req` with the fields in `added` after its own. With
-    /// `as_read`, geolb's own client may keep the response's fields as
-    /// read ([`h1::ReadFields`], taken from its body) rather than in its
-    /// map: for a caller that copies them out as they are.
+    /// Sends `req` with the fields in `added` after its own, on an HTTP/2
+    /// connection or one of hyper's HTTP/1 client (geolb's own client's
+    /// are sent with [`Sender::send_own`]); a request the connection could
+    /// not take (closed before it was written) comes back in the error.
+    /// The response carries the backend's HTTP version: callers set the
+    /// client's.
     ///
     /// The request is taken from `pending` (which holds one) where it is
     /// read, not handed down: each call it went through moved it once
@@ -1227,24 +1233,19 @@ impl Sender {
         &mut self,
         pending: &mut Option<Request<BackendRequestBody>>,
         added: &Added,
-        as_read: bool,
         got: &'a mut Option<Response<BackendBody>>,
     ) -> impl Future<Output = Result<(), SendError>> + use<'a> {
-        if self.is_own() {
-            return Either::Left(self.send_own(pending, added, as_read, got));
-        }
-        let Kind::Http1(sender) = &mut self.kind else {
-            let Kind::Http2(connection) = &self.kind else {
-                unreachable!("sent above")
-            };
-            return Either::Right(Either::Left(connection.send(pending, added, got)));
+        let sender = match &mut self.kind {
+            Kind::Http1(sender) => sender,
+            Kind::Http2(connection) => return Either::Left(connection.send(pending, added, got)),
+            Kind::Own(_) => unreachable!("geolb's own client sends with send_own"),
         };
         let Some(mut req) = pending.take() else {
             unreachable!("a request is sent from where it is kept")
         };
         added.copy_into(req.headers_mut());
         let hyper_side = sender.try_send_request(req);
-        Either::Right(Either::Right(async move {
+        Either::Right(async move {
             match hyper_side.await {
                 Ok(resp) => {
                     *got = Some(resp.map(BackendBody::Hyper));
@@ -1255,7 +1256,7 @@ impl Sender {
                     Err(SendError::new(e.into_error().into(), request, None))
                 }
             }
-        }))
+        })
     }
 }
 

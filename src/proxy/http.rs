@@ -925,8 +925,7 @@ async fn respond(
                 let send = std::pin::pin!(sender.send_own(pending, &added, as_read, &mut got));
                 before(timer.as_mut(), due, send).await
             } else {
-                let send =
-                    std::pin::pin!(sender.try_send_request(pending, &added, as_read, &mut got));
+                let send = std::pin::pin!(sender.try_send_request(pending, &added, &mut got));
                 before(timer.as_mut(), due, send).await
             };
             match sent_or_failed {
