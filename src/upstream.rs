@@ -70,6 +70,16 @@ pub fn put_headers(slot: &mut http::HeaderMap, map: http::HeaderMap) {
     drop_headers(std::mem::replace(slot, map));
 }
 
+/// Empties `map` for its next message, keeping its room; an empty one is
+/// left as it is (`HeaderMap::clear` rewrites the whole index table even
+/// then).
+#[inline]
+pub fn clear_headers(map: &mut http::HeaderMap) {
+    if !map.is_empty() {
+        map.clear();
+    }
+}
+
 /// Drops `map`; one never given room, which owns no memory, is let go
 /// without its drop glue (see [`put_headers`]).
 #[inline]
@@ -531,18 +541,25 @@ impl BodyProgress {
     }
 }
 
-/// `req` with its body made the one sent to a backend, in the slot each
-/// try takes it from, and what watches that body.
+/// `req` with its body made the one sent to a backend ([`lent_body`]), in
+/// the slot each try takes it from, and what watches that body.
 pub fn lend(
     req: Request<RequestBody>,
 ) -> (Option<Request<BackendRequestBody>>, Option<BodyProgress>) {
     let mut progress = None;
     let req = req.map(|body| {
-        let (body, watch) = ClientBody::new(body);
+        let (body, watch) = lent_body(body);
         progress = watch;
-        http_body_util::Either::Left(body)
+        body
     });
     (Some(req), progress)
+}
+
+/// A client's request body as it is sent to a backend, and what watches
+/// it (see [`ClientBody::new`]).
+pub fn lent_body(body: RequestBody) -> (BackendRequestBody, Option<BodyProgress>) {
+    let (body, progress) = ClientBody::new(body);
+    (http_body_util::Either::Left(body), progress)
 }
 
 impl ClientBody {

@@ -53,7 +53,7 @@ use crate::upstream::h1::{
     names_no_field, parsed_value,
 };
 use crate::upstream::unread::{Unread, UnreadName, UnreadNames, folded_eq};
-use crate::upstream::{BackendRequestBody, BodyProgress, ClientBody, RequestBody};
+use crate::upstream::{BackendRequestBody, BodyProgress, RequestBody};
 
 /// What this server needs of the connection it serves from the proxy that
 /// calls it (`http::ConnCtx`), declared here so that this module imports
@@ -864,8 +864,8 @@ where
             }))
         };
         // Made in its place: a request made first was moved into it.
-        let (body, body_progress) = ClientBody::new(body);
-        let mut lent = Some(Request::new(http_body_util::Either::Left(body)));
+        let (body, body_progress) = crate::upstream::lent_body(body);
+        let mut lent = Some(Request::new(body));
         // Not `if let`: the URI and map, moved on one path only, kept
         // their places in every later state of this future (2,784
         // bytes, 2,600 without them: `-Zprint-type-sizes`).
@@ -960,10 +960,7 @@ where
             std::mem::swap(&mut spare, resp.headers_mut());
             reusable
         };
-        // An empty map's `clear` would still rewrite its whole table.
-        if !spare.is_empty() {
-            spare.clear();
-        }
+        crate::upstream::clear_headers(&mut spare);
         let mut reader = shared.reader();
         reader.detached = true;
         reader.expect = false;

@@ -1056,10 +1056,7 @@ fn parse_head(
     // Empty, or to be filled: its allocation is the request's, which goes
     // on to the proxy's next request.
     let mut headers = std::mem::take(spare);
-    // An empty map's `clear` would still rewrite its whole table.
-    if !headers.is_empty() {
-        headers.clear();
-    }
+    super::clear_headers(&mut headers);
     let (read, mut keep_alive, lengths) = match fields {
         Some((read, keep_alive, lengths)) => (Some(read), keep_alive, lengths),
         None => {
