@@ -30,6 +30,13 @@
 #                   with ALPN h2 (one self-signed P-256 certificate as in
 #                   benches/tls.sh), HTTP/1.1 to the backends as in h1
 #   H2_STREAMS=1    h2load -m: concurrent streams per connection
+#   PACE_MS=0       CLIENT=h1: each connection waits this many ms after an
+#                   answer before its next request (wrk's delay(); latency
+#                   is timed from the request's write, without the wait):
+#                   every proxy is offered about the same load, below what
+#                   saturates the load CPU, so p50 and p99 compare the
+#                   proxies' latency and not how hard each drives CPU 1
+#                   (at 64 connections 1 ms is about 40,000 req/s)
 #   REQUEST=plain   browser: each request carries a browser's fifteen fields
 #                   (User-Agent, Accept, Cookie, ...: lib.sh request_fields)
 #   SAME_FIELDS=0   1: HAProxy and nginx add the fields geolb adds by default
@@ -80,6 +87,7 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 CLIENT=${CLIENT:-h1}
 H2_STREAMS=${H2_STREAMS:-1}
+PACE_MS=${PACE_MS:-0}
 PERF_SYSCALLS=${PERF_SYSCALLS:-0}
 PERF_RECORD=${PERF_RECORD:-0}
 WAIT_QUIET=${WAIT_QUIET:-0}
@@ -103,12 +111,17 @@ declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k [upload]=/)
 # requests (the upload's body), into WL_ARGS.
 wl_args() {
   WL_ARGS=()
-  [[ $1 == upload ]] || return 0
   if [[ $CLIENT == h2 ]]; then
-    WL_ARGS=(-d "$WORK/upload.body")
-  else
-    WL_ARGS=(-s "$WORK/upload.lua")
+    [[ $1 == upload ]] && WL_ARGS=(-d "$WORK/upload.body")
+    return 0
   fi
+  # wrk takes one script: the pace goes into the upload's or its own.
+  local script="$WORK/wrk-$1.lua"
+  : >"$script"
+  [[ $1 == upload ]] && cat "$WORK/upload.lua" >"$script"
+  ((PACE_MS > 0)) && printf 'function delay() return %d end\n' "$PACE_MS" >>"$script"
+  [[ -s $script ]] && WL_ARGS=(-s "$script")
+  return 0
 }
 
 declare -a PIDS=()          # every long-running process this script started
@@ -530,6 +543,8 @@ preflight() {
   fi
   (($(nproc --all) >= 2)) || die "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)"
   ((ROUNDS >= 1 && DURATION >= 1 && WARMUP >= 0)) || die "bad ROUNDS/DURATION/WARMUP"
+  [[ $PACE_MS =~ ^[0-9]+$ ]] || die "PACE_MS=$PACE_MS: a whole number of milliseconds"
+  ((PACE_MS == 0)) || [[ $CLIENT == h1 ]] || die "PACE_MS is for CLIENT=h1 (wrk's delay())"
   HZ=$(getconf CLK_TCK)
 }
 
@@ -537,7 +552,7 @@ preflight() {
 write_env() {
   {
     echo "date: $(date -Is)"
-    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PERF_SYSCALLS=$PERF_SYSCALLS PERF_RECORD=$PERF_RECORD BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} LISTENER='${LISTENER:-}' LISTENER_B='${LISTENER_B-${LISTENER:-}}' $0"
+    echo "command: PROXIES='$PROXIES' CLIENT=$CLIENT REQUEST=${REQUEST:-plain} SAME_FIELDS=$SAME_FIELDS WORKLOADS='${WORKLOADS[*]}' H2_STREAMS=$H2_STREAMS PACE_MS=$PACE_MS PERF_SYSCALLS=$PERF_SYSCALLS PERF_RECORD=$PERF_RECORD BACKEND_PROTO=$BACKEND_PROTO BASELINE=$BASELINE ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS WAIT_QUIET=$WAIT_QUIET GEOLB=$GEOLB GEOLB_B=${GEOLB_B:-} LISTENER='${LISTENER:-}' LISTENER_B='${LISTENER_B-${LISTENER:-}}' $0"
     echo "kernel: $(uname -r)  cpus: $(nproc --all)  model: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
@@ -620,7 +635,7 @@ main() {
   fi
   cat >>"$RESULTS/summary.md" <<EOF
 
-Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2load -t1 -c$CONNS -m$H2_STREAMS over TLS 1.3 (HTTP/2)" || echo "wrk -t1 -c$CONNS") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
+Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2load -t1 -c$CONNS -m$H2_STREAMS over TLS 1.3 (HTTP/2)" || echo "wrk -t1 -c$CONNS$( ((PACE_MS)) && echo ", each connection waiting ${PACE_MS} ms after each answer")") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
 Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
 Proxy user-space share = utime / (utime+stime) of the proxy processes: the rest is system time, the kernel's work for it.
