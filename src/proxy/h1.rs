@@ -674,71 +674,77 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 /// `unread`: the names whose fields requests pass on unread (the
 /// listener's when the connection came; a request checks them again
 /// against a reloaded config).
-pub(super) async fn serve<I, C: Client>(
+// Not an async fn: one keeps its arguments for its whole life, and `io`
+// is split here into halves that own it (a TLS stream is 1,224 bytes,
+// which every connection's task then kept twice).
+pub(super) fn serve<I, C: Client>(
     io: I,
-    conn: &Arc<C>,
+    conn: Arc<C>,
     timeouts: Timeouts,
     splice: bool,
     unread: UnreadNames,
-) -> Option<Rewind<I>>
+) -> impl Future<Output = Option<Rewind<I>>> + Send + use<I, C>
 where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
     // Not `timeouts` itself, which would then be kept whole while the
     // connection is served (64 bytes of every connection's state).
-    let idle = timeouts.idle;
+    let (idle, header) = (timeouts.idle, timeouts.header);
     let activity = conn.activity().clone();
     let (read, write) = super::halves::split(TrackedIo::new(io, activity.clone()));
-    // The task that reads the client: the one the read gate wakes.
-    let task = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-    let shared = Arc::new(Shared {
-        reader: ConnLock::new(Reader {
-            io: GatedRead::new(read, task),
-            buf: BytesMut::new(),
-            body: Framing::Done,
-            detached: false,
-            expect: false,
-            request: 0,
-            grown: false,
-        }),
-        continue_owed: AtomicBool::new(false),
-        continue_wanted: Notify::new(),
-    });
-    let mut writer = Writer {
-        splice: splice && write.is_tcp(),
-        io: write,
-        // Grown by the first response to what heads need, then kept.
-        head: Vec::new(),
-    };
-    let served = {
-        let requests = requests(&shared, &mut writer, conn, unread);
-        let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), idle));
-        // Waking only when its timer fires: see `woken`. In order, with
-        // no random number drawn at each of a request's polls.
-        tokio::select! {
-            biased;
-            served = requests => served,
-            reason = Woken::new(watchdog) => {
-                tracing::debug!(client = %conn.peer(), reason, "client connection cut");
-                Served::Closed
+    async move {
+        let conn = &conn;
+        // The task that reads the client: the one the read gate wakes.
+        let task = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let shared = Arc::new(Shared {
+            reader: ConnLock::new(Reader {
+                io: GatedRead::new(read, task),
+                buf: BytesMut::new(),
+                body: Framing::Done,
+                detached: false,
+                expect: false,
+                request: 0,
+                grown: false,
+            }),
+            continue_owed: AtomicBool::new(false),
+            continue_wanted: Notify::new(),
+        });
+        let mut writer = Writer {
+            splice: splice && write.is_tcp(),
+            io: write,
+            // Grown by the first response to what heads need, then kept.
+            head: Vec::new(),
+        };
+        let served = {
+            let requests = requests(&shared, &mut writer, conn, unread);
+            let watchdog = std::pin::pin!(activity.watchdog(Some(header), idle));
+            // Waking only when its timer fires: see `woken`. In order, with
+            // no random number drawn at each of a request's polls.
+            tokio::select! {
+                biased;
+                served = requests => served,
+                reason = Woken::new(watchdog) => {
+                    tracing::debug!(client = %conn.peer(), reason, "client connection cut");
+                    Served::Closed
+                }
             }
-        }
-    };
-    let linger = match served {
-        Served::Closed => false,
-        Served::Lingering => true,
-        Served::Hyper => {
-            let shared = Arc::into_inner(shared)?;
-            let reader = shared.reader.into_inner();
-            let io = reader.io.into_inner().unsplit(writer.io)?.into_inner();
-            return Some(Rewind {
-                prefix: reader.buf.freeze(),
-                inner: io,
-            });
-        }
-    };
-    close(&shared, &mut writer.io, linger, idle, conn.shutdown()).await;
-    None
+        };
+        let linger = match served {
+            Served::Closed => false,
+            Served::Lingering => true,
+            Served::Hyper => {
+                let shared = Arc::into_inner(shared)?;
+                let reader = shared.reader.into_inner();
+                let io = reader.io.into_inner().unsplit(writer.io)?.into_inner();
+                return Some(Rewind {
+                    prefix: reader.buf.freeze(),
+                    inner: io,
+                });
+            }
+        };
+        close(&shared, &mut writer.io, linger, idle, conn.shutdown()).await;
+        None
+    }
 }
 
 enum Served {

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -246,23 +246,103 @@ where
         });
         (settings, conn_ctx)
     });
-    async move {
-        let Some(((timeouts, max_streams, http1_server, splice, unread), conn_ctx)) = served else {
-            return;
+    let Some(((timeouts, max_streams, http1_server, splice, unread), conn_ctx)) = served else {
+        return Serving::Done;
+    };
+    let h2 = io.agreed_on_h2();
+    if http1_server == Http1Server::Geolb && !h2 {
+        // What geolb's own server does not serve (HTTP/2, upgrades) it
+        // hands back with the bytes it read, to go on with hyper.
+        return Serving::Own {
+            own: super::h1::serve(io, conn_ctx.clone(), timeouts, splice, unread),
+            then: Some((conn_ctx, timeouts, max_streams)),
         };
-        let h2 = io.agreed_on_h2();
-        if http1_server == Http1Server::Geolb && !h2 {
-            // What geolb's own server does not serve (HTTP/2, upgrades) it
-            // hands back with the bytes it read, to go on with hyper.
-            if let Some(rest) = super::h1::serve(io, &conn_ctx, timeouts, splice, unread).await {
-                super::boxed_in_place(|| serve_hyper(rest, conn_ctx, timeouts, max_streams, false))
-                    .await;
-            }
-            return;
+    }
+    // Boxed: hyper's connection state is several KiB, which every
+    // connection's task would otherwise carry, also those geolb serves.
+    Serving::Hyper {
+        hyper: super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams, h2)),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection being served: by geolb's HTTP/1 server and then, with
+    /// what it hands back, by hyper; or by hyper from the start. Not an
+    /// async block: one keeps what it captured (the stream it moves into
+    /// either server: 1,224 bytes over TLS) for the connection's life.
+    #[project = ServingProj]
+    pub(super) enum Serving<Own> {
+        Own {
+            #[pin]
+            own: Own,
+            then: Option<(Arc<ConnCtx>, Timeouts, u32)>,
+        },
+        Hyper {
+            hyper: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        },
+        Done,
+    }
+}
+
+impl<Own, I> std::future::Future for Serving<Own>
+where
+    Own: std::future::Future<Output = Option<super::h1::Rewind<I>>>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = ();
+
+    // Each poll of an HTTP/1 connection's task comes through here: its
+    // one test is for geolb's server, the hand-over to hyper kept apart.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let ServingProj::Own { own, .. } = self.as_mut().project() {
+            let rest = ready!(own.poll(cx));
+            return self.hand_over(rest, cx);
         }
-        // Boxed: hyper's connection state is several KiB, which every
-        // connection's task would otherwise carry, also those geolb serves.
-        super::boxed_in_place(|| serve_hyper(io, conn_ctx, timeouts, max_streams, h2)).await
+        self.poll_hyper(cx)
+    }
+}
+
+impl<Own, I> Serving<Own>
+where
+    Own: std::future::Future<Output = Option<super::h1::Rewind<I>>>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// geolb's server is done: hyper goes on with what it handed back.
+    #[cold]
+    #[inline(never)]
+    fn hand_over(
+        mut self: Pin<&mut Self>,
+        rest: Option<super::h1::Rewind<I>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let then = match self.as_mut().project() {
+            ServingProj::Own { then, .. } => then.take(),
+            _ => None,
+        };
+        match (rest, then) {
+            (Some(rest), Some((conn_ctx, timeouts, max_streams))) => {
+                let hyper = super::boxed_in_place(|| {
+                    serve_hyper(rest, conn_ctx, timeouts, max_streams, false)
+                });
+                self.set(Serving::Hyper { hyper });
+                self.poll_hyper(cx)
+            }
+            _ => {
+                self.set(Serving::Done);
+                Poll::Ready(())
+            }
+        }
+    }
+
+    fn poll_hyper(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.as_mut().project() {
+            ServingProj::Hyper { hyper } => {
+                ready!(hyper.as_mut().poll(cx));
+                self.set(Serving::Done);
+                Poll::Ready(())
+            }
+            _ => Poll::Ready(()),
+        }
     }
 }
 

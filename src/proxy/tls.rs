@@ -16,6 +16,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use x509_parser::extensions::GeneralName;
 
 use super::client_cert::{self, ClientCert};
@@ -425,48 +426,98 @@ async fn connection(
         return;
     }
     let acceptor = TlsAcceptor::from(tls.load_full());
-    let problem = match tokio::time::timeout_at(deadline, acceptor.accept(TcpIo::new(stream))).await
-    {
-        Ok(Ok(tls_stream)) => {
-            let (_, session) = tls_stream.get_ref();
-            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
-            if session.alpn_protocol() == Some(crate::acme::ALPN) {
-                return;
-            }
-            let negotiated = TlsInfo {
-                version: session
-                    .protocol_version()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("-"),
-                cipher: session
-                    .negotiated_cipher_suite()
-                    .and_then(|c| c.suite().as_str())
-                    .unwrap_or("-"),
-            };
-            // Once per connection: its requests clone the headers.
-            let cert = client_auth.then(|| ClientCert::of(session.peer_certificates()));
-            return http::serve_connection(
-                tls_stream,
-                client,
-                Some(negotiated),
-                cert,
-                ctx,
-                Arc::new(slot),
-            )
-            .await;
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(TcpIo::new(stream))).await;
+    // The connection's future is made by a function and awaited on a
+    // statement of its own: awaited where the handshake's result was
+    // matched, the task kept that result and the stream borrowed from it
+    // (1,224 bytes each) beside the stream the future holds, for the
+    // connection's whole life.
+    let serving = match after_handshake(handshake, header_timeout, client, client_auth, ctx, slot) {
+        Ok(Some(serving)) => serving,
+        Ok(None) => return,
+        Err(problem) => {
+            // Scanners and broken clients cause these by the thousand:
+            // counted each, logged once a second.
+            crate::log_limited!(info, listener = %name, %client, problem = %lograte::clip(&problem), "TLS handshake failed");
+            ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => name).increment(1);
+            return;
         }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("handshake not done within {header_timeout:?}"),
     };
-    // Scanners and broken clients cause these by the thousand: counted
-    // each, logged once a second.
-    crate::log_limited!(info, listener = %name, %client, problem = %lograte::clip(&problem), "TLS handshake failed");
-    ::metrics::counter!(TLS_HANDSHAKE_ERRORS, "listener" => name).increment(1);
+    serving.await
+}
+
+/// The connection's future once its handshake is done (`None`: a
+/// TLS-ALPN-01 validation, which ends with the handshake); `Err`: what
+/// went wrong with the handshake, to log.
+fn after_handshake(
+    handshake: Result<std::io::Result<TlsStream<TcpIo>>, tokio::time::error::Elapsed>,
+    header_timeout: Duration,
+    client: SocketAddr,
+    client_auth: bool,
+    ctx: Arc<HttpContext>,
+    slot: Slot,
+) -> Result<Option<impl std::future::Future<Output = ()> + Send + use<>>, String> {
+    let tls_stream = match handshake {
+        Ok(Ok(tls_stream)) => tls_stream,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("handshake not done within {header_timeout:?}")),
+    };
+    let (_, session) = tls_stream.get_ref();
+    // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
+    if session.alpn_protocol() == Some(crate::acme::ALPN) {
+        return Ok(None);
+    }
+    let negotiated = TlsInfo {
+        version: session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("-"),
+        cipher: session
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("-"),
+    };
+    // Once per connection: its requests clone the headers.
+    let cert = client_auth.then(|| ClientCert::of(session.peer_certificates()));
+    Ok(Some(http::serve_connection(
+        tls_stream,
+        client,
+        Some(negotiated),
+        cert,
+        ctx,
+        Arc::new(slot),
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<F, A, B, C, D, E, R>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D, E) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every TLS connection's task is this future: it was 9,344 bytes
+    /// while it kept the handshake's result, the stream taken from it and
+    /// the stream moved into the server (1,224 bytes each) beside the one
+    /// served, 19.2 KB an idle HTTPS connection in all (12.9 KB since).
+    #[test]
+    fn a_tls_connection_keeps_its_stream_once() {
+        let stream = std::mem::size_of::<TlsStream<TcpIo>>();
+        let task = returned_size(&connection);
+        assert!(stream > 1_000, "the TLS stream: {stream} bytes");
+        // The stream once, and the state of the handshake or of the
+        // server, whichever is under way: 2,992 bytes in a debug build,
+        // 2,976 in a release one.
+        assert!(
+            task < 2 * stream + 1024,
+            "a TLS connection's future is {task} bytes: does it keep the stream ({stream} bytes) more than once?"
+        );
+    }
 
     fn info(names: &[&str]) -> CertInfo {
         CertInfo {
