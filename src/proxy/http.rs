@@ -271,7 +271,7 @@ pin_project_lite::pin_project! {
     /// async block: one keeps what it captured (the stream it moves into
     /// either server: 1,224 bytes over TLS) for the connection's life.
     #[project = ServingProj]
-    pub(super) enum Serving<Own> {
+    enum Serving<Own> {
         Own {
             #[pin]
             own: Own,
