@@ -36,7 +36,7 @@
 #                   every proxy is offered about the same load, below what
 #                   saturates the load CPU, so p50 and p99 compare the
 #                   proxies' latency and not how hard each drives CPU 1
-#                   (at 64 connections 1 ms is about 40,000 req/s)
+#                   (at 64 connections 1 ms is about 33,000 req/s here)
 #   REQUEST=plain   browser: each request carries a browser's fifteen fields
 #                   (User-Agent, Accept, Cookie, ...: lib.sh request_fields)
 #   SAME_FIELDS=0   1: HAProxy and nginx add the fields geolb adds by default
