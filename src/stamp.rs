@@ -43,6 +43,14 @@ impl Stamp {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
+    /// Whole milliseconds from `earlier` to `self`, or zero if `earlier`
+    /// is later: `since(..).as_millis()` without the `Duration` made and
+    /// taken apart.
+    #[inline]
+    pub fn millis_since(self, earlier: Stamp) -> u64 {
+        self.0.saturating_sub(earlier.0) / 1_000_000
+    }
+
     /// `after` past `self`; past the end of the clock, its end (a
     /// `Duration::MAX` timeout never comes).
     #[inline]
@@ -94,6 +102,10 @@ mod tests {
         let later = Stamp(3_500_000_000);
         assert_eq!(later.since(earlier), Duration::new(3, 499_999_000));
         assert_eq!(earlier.since(later), Duration::ZERO);
+        // Whole milliseconds, as `Duration::as_millis` counts them.
+        assert_eq!(later.millis_since(earlier), 3_499);
+        assert_eq!(Stamp(2_999_999).millis_since(Stamp(0)), 2);
+        assert_eq!(earlier.millis_since(later), 0);
         assert_eq!(
             Stamp::now().after(Duration::from_secs(60)).elapsed(),
             Duration::ZERO

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use support::h2::{ACK, DATA, GOAWAY, H2, HEADERS, PING, frame};
-use support::library::{Answer, Counting, Pki, TcpBackend, metric, tls_list};
+use support::library::{Answer, Counting, Pki, TcpBackend, metric, tls_connect, tls_list};
 use support::{
     Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client, http2_client,
 };
@@ -327,26 +327,49 @@ async fn max_concurrent_streams_is_announced_as_configured() {
 
 #[tokio::test]
 async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle() {
-    pings_and_idle_http2("").await;
+    pings_and_idle_http2("", false).await;
 }
 
 /// On one thread (a current-thread runtime), the same.
 #[tokio::test]
 async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle_on_one_thread() {
-    pings_and_idle_http2(ONE_THREAD).await;
+    pings_and_idle_http2(ONE_THREAD, false).await;
+}
+
+/// Over TLS that agreed on h2, which hyper's HTTP/2 server serves alone
+/// (no look at the first bytes for the version): the same GOAWAY.
+#[tokio::test]
+async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle_over_tls() {
+    pings_and_idle_http2("", true).await;
 }
 
 const ONE_THREAD: &str = "worker_threads = 1\n";
 
-async fn pings_and_idle_http2(runtime: &str) {
+async fn pings_and_idle_http2(runtime: &str, tls: bool) {
     let backend = Backend::start("a").await;
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", &["web.test"]);
+    let https = match tls {
+        true => format!("protocol = \"https\"\n{}\n", tls_list(&[&leaf])),
+        false => String::new(),
+    };
     let geolb = Geolb::start(&config_on(
         runtime,
         backend.addr,
-        "timeouts = { header = \"300ms\", idle = \"2s\" }",
+        &format!("{https}timeouts = {{ header = \"300ms\", idle = \"2s\" }}"),
     ))
     .await;
-    let (mut h2, _) = H2::connect(geolb.listener("web"), &[]).await;
+    let addr = geolb.listener("web");
+    let (mut h2, _) = match tls {
+        true => {
+            let stream = tls_connect(&pki.client(&[b"h2"]), addr, "web.test")
+                .await
+                .unwrap();
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            H2::over(stream, &[]).await
+        }
+        false => H2::connect(addr, &[]).await,
+    };
     // PINGs for three header timeouts: each is answered, none cuts.
     for _ in 0..9 {
         h2.ping().await;

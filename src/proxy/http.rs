@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -72,6 +73,11 @@ pub struct HttpContext {
 struct Server {
     max_streams: u32,
     builder: auto::Builder<TokioExecutor>,
+    /// For connections TLS agreed on HTTP/2 for: hyper-util's server
+    /// would look at their first bytes for the version first, and read
+    /// and write every byte through its `Rewind` (370 instructions a
+    /// request, by `CLIENT=h2 benches/instructions.sh`).
+    h2: http2::Builder<TokioExecutor>,
 }
 
 impl Server {
@@ -81,9 +87,12 @@ impl Server {
         // for a request line that fills it alone, see `TrackedIo`).
         builder.http1().max_buf_size(MAX_HEAD).half_close(false);
         builder.http2().max_concurrent_streams(max_streams);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_concurrent_streams(max_streams);
         Server {
             max_streams,
             builder,
+            h2,
         }
     }
 }
@@ -422,9 +431,16 @@ async fn serve_hyper<I>(
     } else {
         (tokio_util::either::Either::Right(io), None)
     };
-    let conn = server
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = match h2 {
+        true => HyperConn::H2 {
+            conn: server.h2.serve_connection(TokioIo::new(io), service),
+        },
+        false => HyperConn::Auto {
+            conn: server
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service),
+        },
+    };
     tokio::pin!(conn);
     let watchdog = std::pin::pin!(activity.watchdog(Some(timeouts.header), timeouts.idle));
     let mut watchdog = Woken::new(watchdog);
@@ -492,6 +508,54 @@ async fn serve_hyper<I>(
                     conn.as_mut().graceful_shutdown();
                 }
             }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// hyper serving one connection: HTTP/2 alone, or HTTP/1 and HTTP/2
+    /// told apart by hyper-util (see `Server::h2`).
+    #[project = HyperConnProj]
+    enum HyperConn<H2, Auto> {
+        H2 { #[pin] conn: H2 },
+        Auto { #[pin] conn: Auto },
+    }
+}
+
+type ServeError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, S, B> HyperConn<HyperH2<I, S>, HyperAuto<'_, I, S>>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<ServeError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ServeError>,
+    S::Future: Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            HyperConnProj::H2 { conn } => conn.graceful_shutdown(),
+            HyperConnProj::Auto { conn } => conn.graceful_shutdown(),
+        }
+    }
+}
+
+type HyperH2<I, S> = http2::Connection<I, S, TokioExecutor>;
+type HyperAuto<'a, I, S> = auto::UpgradeableConnection<'a, I, S, TokioExecutor>;
+
+impl<H2, Auto> std::future::Future for HyperConn<H2, Auto>
+where
+    H2: std::future::Future<Output = hyper::Result<()>>,
+    Auto: std::future::Future<Output = Result<(), ServeError>>,
+{
+    type Output = Result<(), ServeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HyperConnProj::H2 { conn } => conn.poll(cx).map_err(Into::into),
+            HyperConnProj::Auto { conn } => conn.poll(cx),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A frame as RFC 9113 §4.1 lays it out.
@@ -48,7 +48,7 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(read: &mut R) -> Option
 
 /// A raw HTTP/2 client: frames written as given, frames read by a task.
 pub struct H2 {
-    pub write: tokio::net::tcp::OwnedWriteHalf,
+    pub write: Box<dyn AsyncWrite + Unpin + Send>,
     frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
 }
 
@@ -56,7 +56,16 @@ impl H2 {
     /// Preface and SETTINGS (`settings`: id, value), then the server's
     /// SETTINGS acknowledged; returns the client and the server's SETTINGS.
     pub async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> (H2, Vec<(u16, u32)>) {
-        let (mut read, write) = TcpStream::connect(addr).await.unwrap().into_split();
+        H2::over(TcpStream::connect(addr).await.unwrap(), settings).await
+    }
+
+    /// As `connect`, on a stream opened already (TLS that agreed on h2).
+    pub async fn over<S>(stream: S, settings: &[(u16, u32)]) -> (H2, Vec<(u16, u32)>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut read, write) = tokio::io::split(stream);
+        let write = Box::new(write);
         let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(f) = read_frame(&mut read).await {
