@@ -50,6 +50,10 @@
 # benches/http.sh CLIENT=h2 does; HTTP/1.1 to the backend): the count of an
 # HTTP/2 client's request, TLS included, beside HAProxy's and nginx's.
 #   CLIENT=h2 PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
+# CLIENT=h2c: the same h2load over cleartext, HTTP/2 by prior knowledge
+# (gRPC's way without TLS; geolb's plain listener, HAProxy bind ... proto
+# h2, nginx listen ... http2).
+#   CLIENT=h2c PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
 # BACKEND_PROTO=h2c: the proxies speak HTTP/2 by prior knowledge to the
 # backend (nginx's listen ... http2; geolb backend_protocol = "h2c",
 # HAProxy proto h2; nginx cannot proxy so and is skipped).
@@ -157,7 +161,7 @@ write_haproxy_conf() {
     haproxy_http_head 4096 "$([[ $CLIENT == h2 ]] && haproxy_tls_global)"
     cat <<EOF
 frontend fe
-    bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && haproxy_tls_bind)
+    bind 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && haproxy_tls_bind)$([[ $CLIENT == h2c ]] && echo " proto h2")
 $(haproxy_same_fields)
     default_backend be
 backend be
@@ -176,7 +180,7 @@ write_nginx_proxy_conf() {
     nginx_upstream "$BACKEND"
     cat <<EOF
     server {
-        listen 127.0.0.1:$PORT$([[ $CLIENT == h2 ]] && echo " ssl http2");
+        listen 127.0.0.1:$PORT$(case $CLIENT in h2) echo " ssl http2" ;; h2c) echo " http2" ;; esac);
 $([[ $CLIENT == h2 ]] && nginx_tls)
 $(if [[ $BACKEND_PROTO == tls ]]; then nginx_pass_location https "$(nginx_backend_tls_lines)"; else nginx_pass_location http; fi)
     }
@@ -328,14 +332,20 @@ ratio() { [[ -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }
 for c in valgrind callgrind_annotate callgrind_control nginx curl python3 taskset; do
   command -v "$c" >/dev/null || die "$c not found"
 done
-if [[ $CLIENT == h2 ]]; then
+H2LOAD=0
+if [[ $CLIENT == h2 || $CLIENT == h2c ]]; then
+  H2LOAD=1
   command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)"
   [[ -z $COMPRESS ]] || die "COMPRESS is for CLIENT=h1 (wrk) only"
-  SCHEME=https CURL=(curl -s -k --http2)
+  if [[ $CLIENT == h2 ]]; then
+    SCHEME=https CURL=(curl -s -k --http2)
+  else
+    SCHEME=http CURL=(curl -s --http2-prior-knowledge)
+  fi
 else
   command -v wrk >/dev/null || die "wrk not found"
   SCHEME=http CURL=(curl -s)
-  [[ $CLIENT == h1 ]] || die "CLIENT=$CLIENT: h1 or h2"
+  [[ $CLIENT == h1 ]] || die "CLIENT=$CLIENT: h1, h2 or h2c"
 fi
 # One certificate for both ends that speak TLS (the listener, the backend).
 [[ $CLIENT == h2 || $BACKEND_PROTO == tls ]] && make_cert
@@ -358,9 +368,9 @@ LUA
 fi
 
 # load SECONDS OUTFILE : CONNS connections of wrk, or of h2load (one stream
-# each, a line per request in OUTFILE.log) with CLIENT=h2, on LOAD_CPU.
+# each, a line per request in OUTFILE.log) with CLIENT=h2 or h2c, on LOAD_CPU.
 load() {
-  if [[ $CLIENT == h2 ]]; then
+  if ((H2LOAD)); then
     run_load "$1" "$2" h2load -t1 -c"$CONNS" -m1 -D"$1" --log-file="$2.log" "${WRK_HEADER[@]}" "$SCHEME://127.0.0.1:$PORT$URL_PATH"
   else
     # --timeout: under callgrind an answer with 1,000 connections open
@@ -385,11 +395,11 @@ for name in $PROXIES; do
   fi
   HEAD=$("${CURL[@]}" -D - -o /dev/null "${WRK_HEADER[@]}" "$SCHEME://127.0.0.1:$PORT$URL_PATH")
   WANT="HTTP/1.1 200"
-  [[ $CLIENT == h2 ]] && WANT="HTTP/2 200"
+  ((H2LOAD)) && WANT="HTTP/2 200"
   if [[ $HEAD != "$WANT"* ]] || [[ -n $COMPRESS && ${HEAD,,} != *"content-encoding: $COMPRESS"* ]]; then
     log "SKIP $name: not $WANT${COMPRESS:+ with $COMPRESS}: $HEAD"; stop_pids "$VG"; forget_pid "$VG"; continue
   fi
-  if [[ $CLIENT == h2 ]]; then
+  if ((H2LOAD)); then
     # One h2load run: a new one would open its connections again, and 64
     # TLS handshakes would be counted with the requests. Counting starts
     # WARMUP seconds in; the requests counted are those that ended after

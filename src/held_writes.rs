@@ -21,10 +21,10 @@
 //! writes go straight through, uncopied: a client with one stream open
 //! at a time (h2load's `-m1`) would pay for the copy and gain nothing.
 //!
-//! For HTTP/2: an HTTP/1 connection hyper upgrades hands its socket to a
-//! tunnel, which no poll of the connection drains. Should one come this
-//! way anyway (a client that agreed on `h2` and spoke HTTP/1.1), nothing
-//! is held once the connection's future is done.
+//! For HTTP/2 only: an HTTP/1 connection hyper upgrades hands its socket
+//! to a tunnel, which no poll of the connection drains. Those held go to
+//! hyper's HTTP/2 server alone, which upgrades none; and nothing is held
+//! once the connection's future is done.
 
 use std::future::Future;
 use std::io::{self, IoSlice};

@@ -96,6 +96,14 @@ pub(super) struct Rewind<I> {
     inner: I,
 }
 
+impl<I> Rewind<I> {
+    /// Whether the client opened with HTTP/2's preface: HTTP/2 by prior
+    /// knowledge (h2c), for hyper's HTTP/2 server alone.
+    pub(super) fn opens_http2(&self) -> bool {
+        self.prefix.starts_with(PREFACE)
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,

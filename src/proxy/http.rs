@@ -73,10 +73,11 @@ pub struct HttpContext {
 struct Server {
     max_streams: u32,
     builder: auto::Builder<TokioExecutor>,
-    /// For connections TLS agreed on HTTP/2 for: hyper-util's server
-    /// would look at their first bytes for the version first, and read
-    /// and write every byte through its `Rewind` (370 instructions a
-    /// request, by `CLIENT=h2 benches/instructions.sh`).
+    /// For connections known to speak HTTP/2 (TLS agreed on it, or the
+    /// client's first bytes were its preface): hyper-util's server would
+    /// look at their first bytes for the version again, and read and
+    /// write every byte through its `Rewind` (370 instructions a request,
+    /// by `CLIENT=h2 benches/instructions.sh`).
     h2: http2::Builder<TokioExecutor>,
 }
 
@@ -330,8 +331,9 @@ where
         };
         match (rest, then) {
             (Some(rest), Some((conn_ctx, timeouts, max_streams))) => {
+                let h2 = rest.opens_http2();
                 let hyper = super::boxed_in_place(|| {
-                    serve_hyper(rest, conn_ctx, timeouts, max_streams, false)
+                    serve_hyper(rest, conn_ctx, timeouts, max_streams, h2)
                 });
                 self.set(Serving::Hyper { hyper });
                 self.poll_hyper(cx)
@@ -356,8 +358,9 @@ where
 }
 
 /// Serves `io` with hyper (HTTP/1.x or HTTP/2) until it ends. `h2`: TLS
-/// agreed on HTTP/2, whose writes are then held for each poll of the
-/// connection ([`HeldWrites`]).
+/// agreed on HTTP/2, or the client opened with its preface (h2c by prior
+/// knowledge): served by hyper's HTTP/2 server alone, its writes held for
+/// each poll of the connection ([`HeldWrites`]).
 async fn serve_hyper<I>(
     io: I,
     conn_ctx: Arc<ConnCtx>,
