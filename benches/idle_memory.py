@@ -10,7 +10,9 @@
       killed. KIND http: one keep-alive request answered on each first;
       https: the TLS handshake (certificate not verified) and one request;
       tcp: until the backend's greeting arrives through the proxy (so the
-      proxy's backend connection is open too). Prints "ready N" (N held)
+      proxy's backend connection is open too); h2: as https with ALPN h2,
+      HTTP/2's preface and SETTINGS (the server's acknowledged), and one
+      GET on stream 1 read to its end. Prints "ready N" (N held)
       when done, "failed ..." on the first error.
 """
 
@@ -53,11 +55,51 @@ async def backend(http_port, tcp_port):
         await asyncio.gather(h.serve_forever(), t.serve_forever())
 
 
+# RFC 9113's preface and an empty SETTINGS; then a GET / on stream 1
+# (END_STREAM, END_HEADERS) in HPACK: :method GET, :scheme https, :path /
+# (static table 2, 7, 4) and :authority localhost (a literal).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+H2_BLOCK = b"\x82\x87\x84\x41\x09localhost"
+H2_GET = len(H2_BLOCK).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + H2_BLOCK
+
+
+async def h2_exchange(reader, writer):
+    writer.write(H2_PREFACE + H2_GET)
+    await writer.drain()
+    status = None
+    while True:
+        head = await reader.readexactly(9)
+        length = int.from_bytes(head[:3], "big")
+        kind, flags = head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await reader.readexactly(length)
+        if kind == 0x4 and not flags & 0x1:
+            writer.write(H2_SETTINGS_ACK)
+            await writer.drain()
+        elif kind == 0x7:
+            raise RuntimeError(f"GOAWAY {payload[4:8].hex()}")
+        elif stream == 1 and kind == 0x1:
+            # :status 200 is the static table's 8: every server sends it so.
+            status = payload[:1]
+            if status != b"\x88":
+                raise RuntimeError(f"answered {payload[:8].hex()}")
+        if stream == 1 and kind in (0x0, 0x1) and flags & 0x1:
+            if status is None:
+                raise RuntimeError("stream 1 ended without an answer")
+            return
+
+
 async def one(kind, port, tls):
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
     )
-    if kind == "tcp":
+    if kind == "h2":
+        alpn = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        if alpn != "h2":
+            raise RuntimeError(f"ALPN agreed on {alpn!r}, not h2")
+        await h2_exchange(reader, writer)
+    elif kind == "tcp":
         if await reader.readexactly(1) != b"h":
             raise RuntimeError("no greeting")
     else:
@@ -76,11 +118,11 @@ async def one(kind, port, tls):
 
 async def hold(kind, port, count):
     tls = None
-    if kind == "https":
+    if kind in ("https", "h2"):
         tls = ssl.create_default_context()
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
-        tls.set_alpn_protocols(["http/1.1"])
+        tls.set_alpn_protocols(["h2" if kind == "h2" else "http/1.1"])
     held = []
     gate = asyncio.Semaphore(PARALLEL)
 

@@ -6,8 +6,8 @@
 #   CPU 0: the proxy under test, one worker (geolb worker_threads=1,
 #          haproxy nbthread 1, nginx worker_processes 1)
 #   CPU 1: the clients and the backends (benches/idle_memory.py)
-# Each proxy listens three times: http, https (one self-signed ECDSA P-256
-# certificate, as benches/tls.sh makes it) and tcp. Timeouts are 10 min, so
+# Each proxy listens four times: http, https (one self-signed ECDSA P-256
+# certificate, as benches/tls.sh makes it), h2 (the same, ALPN h2) and tcp. Timeouts are 10 min, so
 # nothing closes while measuring. For each proxy and kind, the proxy is
 # started afresh, warmed up (10 connections of the kind, one request each,
 # then closed: lazy state such as TLS and backend pools in place), its
@@ -15,6 +15,8 @@
 # memory read again:
 #   http   one keep-alive request answered, then idle
 #   https  the TLS 1.3 handshake and one request answered, then idle
+#   h2     the same with ALPN h2: HTTP/2's preface and SETTINGS, one
+#          request (stream 1) answered, then idle
 #   tcp    connected through to the backend (its greeting byte arrived),
 #          then idle; the backend holds its side open
 # Memory is the sum over the proxy's processes (nginx: master and worker)
@@ -30,11 +32,14 @@
 # Environment:
 #   PROXIES="geolb haproxy nginx"  proxies to measure (any subset, any order)
 #   COUNT=10000     connections of each kind
-#   KINDS="http https tcp"  the kinds measured (every proxy still listens for all three)
+#   KINDS="http https h2 tcp"  the kinds measured (every proxy still listens for all four)
 #   SETTLE=2        seconds after the last connection before reading memory
 #   GEOLB=/work/main/target/release/geolb
 #   SPLICE=         true / false: geolb's tcp listener gets `splice =` that
 #                   (empty: the binary's default)
+#   HUGE_PAGES=     true / false: geolb's `[runtime] huge_pages` (empty: its
+#                   default, true): on huge pages, all of a buffer the heap
+#                   gave is resident, touched or not
 #   RESULTS_DIR=    where results go (default: a new /tmp/geolb-idle-bench.XXXXXX)
 #
 # Requires: haproxy, nginx (with the stream module, Debian
@@ -49,11 +54,12 @@ COUNT=${COUNT:-10000}
 SETTLE=${SETTLE:-2}
 GEOLB=${GEOLB:-/work/main/target/release/geolb}
 SPLICE=${SPLICE:-}
+HUGE_PAGES=${HUGE_PAGES:-}
 CLIENT=$(dirname "${BASH_SOURCE[0]}")/idle_memory.py
 PROXY_CPU=0
 LOAD_CPU=1
-read -ra MEASURED_KINDS <<<"${KINDS:-http https tcp}"
-KINDS=(http https tcp)
+read -ra MEASURED_KINDS <<<"${KINDS:-http https h2 tcp}"
+KINDS=(http https h2 tcp)
 
 declare -a PIDS=()          # every long-running process this script started
 declare -A TARGET_PID=()    # proxy -> pid
@@ -78,6 +84,7 @@ write_geolb_conf() {
     cat <<EOF
 [runtime]
 worker_threads = 1
+${HUGE_PAGES:+huge_pages = $HUGE_PAGES}
 # Not the machine's /var/lib/geolb, whose overrides would apply.
 state_dir = "$WORK/geolb-state"
 shutdown_grace = "1s"
@@ -96,11 +103,11 @@ EOF
 [[listener]]
 name = "$kind"
 bind = "127.0.0.1:${TARGET_PORT[geolb $kind]}"
-protocol = "$kind"
+protocol = "$([[ $kind == h2 ]] && echo https || echo "$kind")"
 pool = "$([[ $kind == tcp ]] && echo tcp || echo http)"
 timeouts = { idle = "600s" }
 EOF
-      [[ $kind == https ]] && echo "tls = [{ cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }]"
+      [[ $kind == https || $kind == h2 ]] && echo "tls = [{ cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }]"
       [[ $kind == tcp && -n $SPLICE ]] && echo "splice = $SPLICE"
     done
   } >"$WORK/geolb.toml"
@@ -130,6 +137,12 @@ frontend https
     mode http
     option http-keep-alive
     bind 127.0.0.1:${TARGET_PORT[haproxy https]} ssl crt $WORK/cert-key.pem alpn http/1.1
+    default_backend http
+
+frontend h2
+    mode http
+    option http-keep-alive
+    bind 127.0.0.1:${TARGET_PORT[haproxy h2]} ssl crt $WORK/cert-key.pem alpn h2,http/1.1
     default_backend http
 
 frontend tcp
@@ -167,6 +180,8 @@ write_nginx_proxy_conf() {
     server {
         listen 127.0.0.1:${TARGET_PORT[nginx http]} backlog=4096;
         listen 127.0.0.1:${TARGET_PORT[nginx https]} ssl backlog=4096;
+        listen 127.0.0.1:${TARGET_PORT[nginx h2]} ssl http2 backlog=4096;
+        http2_idle_timeout 600s;
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
         location / {
@@ -272,16 +287,16 @@ log "results in $RESULTS"
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "kernel: $(uname -r), $(nproc) CPUs"
-  echo "geolb: $GEOLB${SPLICE:+ (splice = $SPLICE)}"
+  echo "geolb: $GEOLB${SPLICE:+ (splice = $SPLICE)}${HUGE_PAGES:+ (huge_pages = $HUGE_PAGES)}"
   echo "haproxy: $(haproxy -v 2>/dev/null | head -1)"
   echo "nginx: $(nginx -v 2>&1)"
   echo "COUNT=$COUNT SETTLE=$SETTLE open-file limit $FD_LIMIT"
 } >"$RESULTS/env.txt"
 make_cert
-read -r BACKEND_HTTP BACKEND_TCP p1 p2 p3 p4 p5 p6 p7 p8 p9 <<<"$(free_ports 11)"
-TARGET_PORT=(["geolb http"]=$p1 ["geolb https"]=$p2 ["geolb tcp"]=$p3
-  ["haproxy http"]=$p4 ["haproxy https"]=$p5 ["haproxy tcp"]=$p6
-  ["nginx http"]=$p7 ["nginx https"]=$p8 ["nginx tcp"]=$p9)
+read -r BACKEND_HTTP BACKEND_TCP p1 p2 p3 p4 p5 p6 p7 p8 p9 p10 p11 p12 <<<"$(free_ports 14)"
+TARGET_PORT=(["geolb http"]=$p1 ["geolb https"]=$p2 ["geolb tcp"]=$p3 ["geolb h2"]=$p10
+  ["haproxy http"]=$p4 ["haproxy https"]=$p5 ["haproxy tcp"]=$p6 ["haproxy h2"]=$p11
+  ["nginx http"]=$p7 ["nginx https"]=$p8 ["nginx tcp"]=$p9 ["nginx h2"]=$p12)
 start_bg "$LOAD_CPU" "$RESULTS/logs/backend.log" python3 "$CLIENT" backend "$BACKEND_HTTP" "$BACKEND_TCP"
 BACKEND_PID=$STARTED_PID
 wait_port "$BACKEND_TCP" "$BACKEND_PID" || die "the backend did not start: $(tail -3 "$RESULTS/logs/backend.log")"
