@@ -933,21 +933,27 @@ impl Upstream {
         } else {
             Scheme::HTTP
         };
-        let authority = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
         // Without a Host (HTTP/1.0), h2 sends the origin-form as is.
-        let Some(authority) = authority else {
+        let Some(host) = req.headers_mut().remove(header::HOST) else {
+            return;
+        };
+        // Taken out first, put back in the rare case it makes no target: one
+        // hashed lookup a request rather than a read and then a removal.
+        let Ok(authority) = Authority::try_from(host.as_bytes()) else {
+            req.headers_mut().insert(header::HOST, host);
             return;
         };
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(scheme);
         parts.authority = Some(authority);
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-            *req.version_mut() = Version::HTTP_2;
-            req.headers_mut().remove(header::HOST);
+        match Uri::from_parts(parts) {
+            Ok(uri) => {
+                *req.uri_mut() = uri;
+                *req.version_mut() = Version::HTTP_2;
+            }
+            Err(_) => {
+                req.headers_mut().insert(header::HOST, host);
+            }
         }
     }
 
