@@ -345,6 +345,52 @@ async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle_
 
 const ONE_THREAD: &str = "worker_threads = 1\n";
 
+/// A client that agreed on h2 and then speaks HTTP/1.1: HTTP/2's server
+/// takes its bytes for a bad preface, a connection error it may close on
+/// without a GOAWAY (RFC 9113 §3.4), and closes at once: no HTTP/1.1
+/// answer, no wait for the idle timeout.
+#[tokio::test]
+async fn a_client_that_agreed_on_h2_and_speaks_http1_is_closed_at_once() {
+    let backend = Backend::start("a").await;
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", &["web.test"]);
+    let geolb = Geolb::start(&config(
+        backend.addr,
+        &format!("protocol = \"https\"\n{}", tls_list(&[&leaf])),
+    ))
+    .await;
+    let mut stream = tls_connect(&pki.client(&[b"h2"]), geolb.listener("web"), "web.test")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    bounded(LIMIT, "the close after a bad preface", async {
+        let _ = stream.read_to_end(&mut got).await;
+    })
+    .await;
+    // HTTP/2 frames only (the server's SETTINGS first), not an answer.
+    assert!(
+        got.len() >= 9 && got[3] == 0x4,
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // Still serving the next client.
+    let (mut h2, _) = H2::over(
+        tls_connect(&pki.client(&[b"h2"]), geolb.listener("web"), "web.test")
+            .await
+            .unwrap(),
+        &[],
+    )
+    .await;
+    h2.get(1, "/").await;
+    let answer = h2.next_of(HEADERS).await.expect("an answer on stream 1");
+    assert_eq!(answer.stream, 1);
+}
+
 async fn pings_and_idle_http2(runtime: &str, tls: bool) {
     let backend = Backend::start("a").await;
     let pki = Pki::new();
