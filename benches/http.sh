@@ -28,7 +28,9 @@
 #                   settings in the same rounds, e.g. LISTENER_B='splice = false'
 #   CLIENT=h1       h1: wrk, cleartext HTTP/1.1; h2: h2load -t1 over TLS 1.3
 #                   with ALPN h2 (one self-signed P-256 certificate as in
-#                   benches/tls.sh), HTTP/1.1 to the backends as in h1
+#                   benches/tls.sh), HTTP/1.1 to the backends as in h1;
+#                   h2c: h2load over cleartext, HTTP/2 by prior knowledge
+#                   (HAProxy bind ... proto h2, nginx listen ... http2)
 #   H2_STREAMS=1    h2load -m: concurrent streams per connection
 #   PACE_MS=0       CLIENT=h1: each connection waits this many ms after an
 #                   answer before its next request (wrk's delay(); latency
@@ -86,6 +88,9 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 CLIENT=${CLIENT:-h1}
+# h2load for both HTTP/2 clients; TLS for h2 alone.
+H2LOAD=0
+[[ $CLIENT == h2 || $CLIENT == h2c ]] && H2LOAD=1
 H2_STREAMS=${H2_STREAMS:-1}
 PACE_MS=${PACE_MS:-0}
 PERF_SYSCALLS=${PERF_SYSCALLS:-0}
@@ -111,7 +116,7 @@ declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k [upload]=/)
 # requests (the upload's body), into WL_ARGS.
 wl_args() {
   WL_ARGS=()
-  if [[ $CLIENT == h2 ]]; then
+  if ((H2LOAD)); then
     [[ $1 == upload ]] && WL_ARGS=(-d "$WORK/upload.body")
     return 0
   fi
@@ -183,7 +188,7 @@ write_nginx_proxy_conf() {
     nginx_upstream "${BACKEND_PORTS[@]}"
     cat <<EOF
     server {
-        listen 127.0.0.1:${TARGET_PORT[nginx]}$([[ $CLIENT == h2 ]] && echo " ssl http2");
+        listen 127.0.0.1:${TARGET_PORT[nginx]}$(case $CLIENT in h2) echo " ssl http2" ;; h2c) echo " http2" ;; esac);
 $([[ $CLIENT == h2 ]] && nginx_tls)
 $(nginx_pass_location "$([[ $BACKEND_PROTO == tls ]] && echo https || echo http)" \
     "$(nginx_backend_tls_lines)"$'\n'"$NGINX_BUFFERS")
@@ -199,7 +204,7 @@ write_haproxy_conf() {
     cat <<EOF
 
 frontend fe
-    bind 127.0.0.1:${TARGET_PORT[haproxy]}$([[ $CLIENT == h2 ]] && haproxy_tls_bind)
+    bind 127.0.0.1:${TARGET_PORT[haproxy]}$([[ $CLIENT == h2 ]] && haproxy_tls_bind)$([[ $CLIENT == h2c ]] && echo " proto h2")
 $(haproxy_same_fields)
     default_backend be
 
@@ -263,17 +268,18 @@ nginx_usable() {
 }
 
 # sanity_check NAME : 200s with the right bodies, and which backends answered.
-# With CLIENT=h2 every answer must come over HTTP/2.
+# With CLIENT=h2 or h2c every answer must come over HTTP/2.
 sanity_check() {
   local name=$1 port=${TARGET_PORT[$1]} i out seen=() size curl_args=(-s -m 2)
   [[ $CLIENT == h2 ]] && curl_args+=(-k --http2)
+  [[ $CLIENT == h2c ]] && curl_args+=(--http2-prior-knowledge)
   for ((i = 0; i < 6; i++)); do
     out=$(curl "${curl_args[@]}" "$SCHEME://127.0.0.1:$port/") || { log "SKIP $name: GET / failed"; return 1; }
     [[ $out == b[123] ]] || { log "SKIP $name: GET / answered '${out:0:60}'"; return 1; }
     seen+=("$out")
   done
   size=$(curl "${curl_args[@]}" -o /dev/null -w '%{http_code} %{size_download} %{http_version}' "$SCHEME://127.0.0.1:$port/1k")
-  [[ $size == "200 1024 $([[ $CLIENT == h2 ]] && echo 2 || echo 1.1)" ]] \
+  [[ $size == "200 1024 $( ((H2LOAD)) && echo 2 || echo 1.1)" ]] \
     || { log "SKIP $name: GET /1k gave '$size' (status, bytes, HTTP version), want 200 1024"; return 1; }
   log "$name: sanity ok, backends seen over 6 requests: $(printf '%s\n' "${seen[@]}" | sort | uniq -c | tr -s ' \n' ' ')"
 }
@@ -394,7 +400,7 @@ measure() {
   u0=$(user_ticks_of "${ppids[@]}"); i0=$(ipis_to "$LOAD_CPU"); s0=$(tcp_segments); d0=$(delayed_acks)
   f0=$(foreign_ticks); p0=$(ticks_of "${ppids[@]}"); b0=$(ticks_of "${bpids[@]}"); c0=$(cpu_snapshot); t0=$(date +%s.%N)
   wl_args "$wl"
-  if [[ $CLIENT == h2 ]]; then
+  if ((H2LOAD)); then
     run_h2load "$DURATION" "$out" "$url" "${WL_ARGS[@]}"
   else
     run_wrk "$DURATION" "$out" -c"$CONNS" "${WL_ARGS[@]}" "$url"
@@ -422,7 +428,7 @@ measure() {
       foreign = 100 * (f1 - f0) / hz / el; if (foreign < 0) foreign = 0
       printf "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f", proxy, 100 * (b1 - b0) / hz / el, cpu0, cpu1, foreign, el
     }')
-  if [[ $CLIENT == h2 ]]; then
+  if ((H2LOAD)); then
     load=$(parse_h2load "$out")
   else
     load=$(parse_wrk "$out" rps p50 p99 non2xx sock requests)
@@ -532,7 +538,9 @@ preflight() {
     h2) SCHEME=https; LOADGEN=h2load
         command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)"
         command -v openssl >/dev/null || die "openssl not found" ;;
-    *) die "CLIENT=$CLIENT: h1 or h2" ;;
+    h2c) SCHEME=http; LOADGEN=h2load
+        command -v h2load >/dev/null || die "h2load not found (apt-get install -y nghttp2-client)" ;;
+    *) die "CLIENT=$CLIENT: h1, h2 or h2c" ;;
   esac
   if ((PERF_SYSCALLS || PERF_RECORD)); then
     command -v perf >/dev/null || die "perf not found (apt-get install -y linux-perf)"
@@ -557,7 +565,7 @@ write_env() {
     echo "haproxy: $(haproxy -v 2>&1 | head -1)"
     echo "nginx: $(nginx -v 2>&1)"
     echo "wrk: $(wrk --version 2>&1 | head -1)"
-    [[ $CLIENT == h2 ]] && echo "h2load: $(h2load --version 2>&1 | head -1); openssl: $(openssl version)"
+    ((H2LOAD)) && echo "h2load: $(h2load --version 2>&1 | head -1); openssl: $(openssl version)"
     ((PERF_SYSCALLS || PERF_RECORD)) && echo "perf: $(perf --version 2>&1)"
     [[ -x $GEOLB ]] && echo "geolb: $GEOLB ($(stat -c '%y' "$GEOLB"))"
     [[ -n ${GEOLB_B:-} && -x $GEOLB_B ]] && echo "geolb-b: $GEOLB_B ($(stat -c '%y' "$GEOLB_B"))"
@@ -607,7 +615,7 @@ main() {
     for t in "${TARGETS[@]}"; do
       for wl in "${WORKLOADS[@]}"; do
         wl_args "$wl"
-        if [[ $CLIENT == h2 ]]; then
+        if ((H2LOAD)); then
           run_h2load "$WARMUP" "$RESULTS/raw/warmup-$t-$wl.h2load" "$SCHEME://127.0.0.1:${TARGET_PORT[$t]}${WL_PATH[$wl]}" "${WL_ARGS[@]}"
           rm -f "$RESULTS/raw/warmup-$t-$wl.h2load.log"
         else
@@ -635,7 +643,7 @@ main() {
   fi
   cat >>"$RESULTS/summary.md" <<EOF
 
-Median over $ROUNDS round(s) of ${DURATION}s, $([[ $CLIENT == h2 ]] && echo "h2load -t1 -c$CONNS -m$H2_STREAMS over TLS 1.3 (HTTP/2)" || echo "wrk -t1 -c$CONNS$( ((PACE_MS)) && echo ", each connection waiting ${PACE_MS} ms after each answer")") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
+Median over $ROUNDS round(s) of ${DURATION}s, $( ((H2LOAD)) && echo "h2load -t1 -c$CONNS -m$H2_STREAMS $([[ $CLIENT == h2 ]] && echo "over TLS 1.3" || echo "over cleartext, by prior knowledge") (HTTP/2)" || echo "wrk -t1 -c$CONNS$( ((PACE_MS)) && echo ", each connection waiting ${PACE_MS} ms after each answer")") on CPU $LOAD_CPU with the backends; proxy on CPU $PROXY_CPU.
 "direct" = wrk straight to one backend (no proxy). Errors = non-2xx/3xx + socket errors, summed over rounds.
 Proxy CPU % = utime+stime of the proxy processes (softirq time may be counted only in CPU0 busy %).
 Proxy user-space share = utime / (utime+stime) of the proxy processes: the rest is system time, the kernel's work for it.
