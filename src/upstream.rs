@@ -939,19 +939,20 @@ impl Upstream {
         };
         // Taken out first, put back in the rare case it makes no target: one
         // hashed lookup a request rather than a read and then a removal.
-        let Ok(authority) = Authority::try_from(host.as_bytes()) else {
-            req.headers_mut().insert(header::HOST, host);
-            return;
-        };
-        let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(scheme);
-        parts.authority = Some(authority);
-        match Uri::from_parts(parts) {
-            Ok(uri) => {
+        let target = Authority::try_from(host.as_bytes())
+            .ok()
+            .and_then(|authority| {
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(scheme);
+                parts.authority = Some(authority);
+                Uri::from_parts(parts).ok()
+            });
+        match target {
+            Some(uri) => {
                 *req.uri_mut() = uri;
                 *req.version_mut() = Version::HTTP_2;
             }
-            Err(_) => {
+            None => {
                 req.headers_mut().insert(header::HOST, host);
             }
         }

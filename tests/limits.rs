@@ -16,12 +16,13 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use support::h2::{ACK, DATA, GOAWAY, H2, HEADERS, PING, frame};
-use support::library::{Answer, Counting, Pki, TcpBackend, metric, tls_connect, tls_list};
+use support::library::{Answer, Counting, Leaf, Pki, TcpBackend, metric, tls_connect, tls_list};
 use support::{
     Backend, Geolb, bounded, connect_from, eventually, get_on, http1_client, http2_client,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -345,6 +346,21 @@ async fn pings_neither_cut_an_idle_http2_connection_early_nor_keep_it_past_idle_
 
 const ONE_THREAD: &str = "worker_threads = 1\n";
 
+/// A TLS connection to `addr` that agreed on h2 (`web.test`, trusted by
+/// `pki`'s clients).
+async fn h2_over_tls(pki: &Pki, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let stream = tls_connect(&pki.client(&[b"h2"]), addr, "web.test")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+}
+
+/// A listener's lines to serve HTTPS with `leaf`.
+fn https_with(leaf: &Leaf) -> String {
+    format!("protocol = \"https\"\n{}\n", tls_list(&[leaf]))
+}
+
 /// A client that agreed on h2 and then speaks HTTP/1.1: HTTP/2's server
 /// takes its bytes for a bad preface, a connection error it may close on
 /// without a GOAWAY (RFC 9113 §3.4), and closes at once: no HTTP/1.1
@@ -354,15 +370,8 @@ async fn a_client_that_agreed_on_h2_and_speaks_http1_is_closed_at_once() {
     let backend = Backend::start("a").await;
     let pki = Pki::new();
     let leaf = pki.leaf("web", &["web.test"]);
-    let geolb = Geolb::start(&config(
-        backend.addr,
-        &format!("protocol = \"https\"\n{}", tls_list(&[&leaf])),
-    ))
-    .await;
-    let mut stream = tls_connect(&pki.client(&[b"h2"]), geolb.listener("web"), "web.test")
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let geolb = Geolb::start(&config(backend.addr, &https_with(&leaf))).await;
+    let mut stream = h2_over_tls(&pki, geolb.listener("web")).await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .await
@@ -379,13 +388,7 @@ async fn a_client_that_agreed_on_h2_and_speaks_http1_is_closed_at_once() {
         String::from_utf8_lossy(&got)
     );
     // Still serving the next client.
-    let (mut h2, _) = H2::over(
-        tls_connect(&pki.client(&[b"h2"]), geolb.listener("web"), "web.test")
-            .await
-            .unwrap(),
-        &[],
-    )
-    .await;
+    let (mut h2, _) = H2::over(h2_over_tls(&pki, geolb.listener("web")).await, &[]).await;
     h2.get(1, "/").await;
     let answer = h2.next_of(HEADERS).await.expect("an answer on stream 1");
     assert_eq!(answer.stream, 1);
@@ -396,7 +399,7 @@ async fn pings_and_idle_http2(runtime: &str, tls: bool) {
     let pki = Pki::new();
     let leaf = pki.leaf("web", &["web.test"]);
     let https = match tls {
-        true => format!("protocol = \"https\"\n{}\n", tls_list(&[&leaf])),
+        true => https_with(&leaf),
         false => String::new(),
     };
     let geolb = Geolb::start(&config_on(
@@ -407,13 +410,7 @@ async fn pings_and_idle_http2(runtime: &str, tls: bool) {
     .await;
     let addr = geolb.listener("web");
     let (mut h2, _) = match tls {
-        true => {
-            let stream = tls_connect(&pki.client(&[b"h2"]), addr, "web.test")
-                .await
-                .unwrap();
-            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-            H2::over(stream, &[]).await
-        }
+        true => H2::over(h2_over_tls(&pki, addr).await, &[]).await,
         false => H2::connect(addr, &[]).await,
     };
     // PINGs for three header timeouts: each is answered, none cuts.

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use super::activity::{Activity, IDLE_TIMEOUT, MAX_HEAD, TrackedIo};
 use super::answer_timer::AnswerTimer;
-use super::body::{Completion, ResponseBody};
+use super::body::{BoxError, Completion, ResponseBody};
 use super::client_cert::{self, ClientCert};
 use super::compress;
 use super::h1::Answer;
@@ -525,16 +525,14 @@ pin_project_lite::pin_project! {
     }
 }
 
-type ServeError = Box<dyn std::error::Error + Send + Sync>;
-
 impl<I, S, B> HyperConn<HyperH2<I, S>, HyperAuto<'_, I, S>>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<ServeError>,
+    S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
-    B::Error: Into<ServeError>,
+    B::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
@@ -551,9 +549,9 @@ type HyperAuto<'a, I, S> = auto::UpgradeableConnection<'a, I, S, TokioExecutor>;
 impl<H2, Auto> std::future::Future for HyperConn<H2, Auto>
 where
     H2: std::future::Future<Output = hyper::Result<()>>,
-    Auto: std::future::Future<Output = Result<(), ServeError>>,
+    Auto: std::future::Future<Output = Result<(), BoxError>>,
 {
-    type Output = Result<(), ServeError>;
+    type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
