@@ -1277,16 +1277,8 @@ async fn every_request_is_seen<S: AsyncRead + AsyncWrite + Unpin>(
 /// `GEOLB_H1_SHOW=1` prints both servers' views of each case.
 #[tokio::test]
 async fn generated_requests_are_served_alike() {
-    let cases: u64 = std::env::var("GEOLB_H1_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
-    let first: u64 = std::env::var("GEOLB_H1_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x6765_6f6c_6231);
     let pair = Pair::start().await;
-    for seed in first..first + cases {
+    for seed in support::generated::seeds(150, 0x6765_6f6c_6231) {
         let script = generated_script(&mut fastrand::Rng::with_seed(seed));
         let shown: Vec<String> = script
             .iter()
@@ -1328,16 +1320,7 @@ fn generated_script(rng: &mut fastrand::Rng) -> Vec<Step> {
 /// leaves a server waiting (a body shorter than its length): each case
 /// ends when the servers close.
 fn generated_request(rng: &mut fastrand::Rng) -> Vec<u8> {
-    fn pick<'a>(rng: &mut fastrand::Rng, from: &[&'a str]) -> &'a str {
-        from[rng.usize(..from.len())]
-    }
-    fn cased(rng: &mut fastrand::Rng, name: &str) -> String {
-        match rng.u8(..4) {
-            0 => name.to_ascii_lowercase(),
-            1 => name.to_ascii_uppercase(),
-            _ => name.to_owned(),
-        }
-    }
+    use support::generated::{cased, pick};
     let eol = if rng.u8(..40) == 0 { "\n" } else { "\r\n" };
     let method = pick(
         rng,
@@ -1392,25 +1375,7 @@ fn generated_request(rng: &mut fastrand::Rng) -> Vec<u8> {
     };
     let mut framed_body = Vec::new();
     let chunked_body = |rng: &mut fastrand::Rng, body: &[u8]| -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut rest = body;
-        while !rest.is_empty() {
-            let n = rng.usize(1..=rest.len());
-            let size = match rng.u8(..6) {
-                0 => format!("{n:X}"),
-                1 => format!("00{n:x}"),
-                _ => format!("{n:x}"),
-            };
-            let ext = match rng.u8(..8) {
-                0 => ";a=b",
-                1 => " ;x",
-                _ => "",
-            };
-            out.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
-            out.extend_from_slice(&rest[..n]);
-            out.extend_from_slice(b"\r\n");
-            rest = &rest[n..];
-        }
+        let mut out = support::generated::chunks(rng, body);
         out.extend_from_slice(b"0\r\n");
         if rng.u8(..6) == 0 {
             out.extend_from_slice(b"X-Trailer: 1\r\n");

@@ -1065,7 +1065,13 @@ fn parse_head(
         }
     };
     let framing = framing(status, version, method, lengths)?;
-    if framing == Framing::Close {
+    // Nor is an HTTP/1.0 backend's connection used again when it offers
+    // to keep it (`Connection: keep-alive`): a later request may carry a
+    // chunked body, which a client must not send to a server it knows to
+    // speak HTTP/1.0 (RFC 9112 §6.1; one that read it as no body would
+    // take its chunks for the next request). hyper's client spoke HTTP/1.0
+    // on such a connection instead, and sent such a body as none.
+    if framing == Framing::Close || version == Version::HTTP_10 {
         keep_alive = false;
     }
     Ok(Some(Some(Head {
