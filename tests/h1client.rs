@@ -1484,12 +1484,7 @@ async fn generated_answers_are_relayed_alike() {
     let (lb, seen, _) = two_clients().await;
     for seed in support::generated::seeds(1000, 0x6765_6f6c_6232) {
         let answer = generated_answer(&mut fastrand::Rng::with_seed(seed));
-        let te = if seed % 3 == 0 {
-            "TE: trailers\r\n"
-        } else {
-            ""
-        };
-        let request = get(&format!("/gen/{seed}"), te);
+        let request = generated_request(seed);
         let case = format!(
             "GEOLB_H1_SEED={seed}: {:?}",
             String::from_utf8_lossy(&answer.bytes)
@@ -1512,6 +1507,45 @@ async fn generated_answers_are_relayed_alike() {
                 assert_eq!(status(&own_resp), 502, "{case}: {own_resp}");
             }
         }
+    }
+}
+
+/// The request for the generated answer of `seed`: a GET, with `TE:
+/// trailers` or not, or an upload by length or by chunks (with trailer
+/// fields, announced or not), so that what each client writes is
+/// compared too.
+fn generated_request(seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x0072_6571_7565_7374);
+    let path = format!("/gen/{seed}");
+    let body: Vec<u8> = (0..rng.usize(1..30))
+        .map(|_| rng.alphanumeric() as u8)
+        .collect();
+    match rng.u8(..5) {
+        0 => get(&path, "TE: trailers\r\n"),
+        1 => {
+            let mut r = format!(
+                "POST {path} HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&body);
+            r
+        }
+        2 => {
+            let announced = if rng.bool() { "Trailer: X-Sum\r\n" } else { "" };
+            let mut r = format!(
+                "PUT {path} HTTP/1.1\r\nHost: a.example\r\n{announced}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes();
+            r.extend_from_slice(&support::generated::chunks(&mut rng, &body));
+            r.extend_from_slice(b"0\r\n");
+            if rng.bool() {
+                r.extend_from_slice(b"X-Sum: 42\r\nX-Other: 1\r\n");
+            }
+            r.extend_from_slice(b"\r\n");
+            r
+        }
+        _ => get(&path, ""),
     }
 }
 

@@ -83,7 +83,8 @@ pub(super) type Answer = (Response<ResponseBody>, Option<RequestId>);
 
 /// hyper's default `h1_max_headers`: past it, 431.
 const MAX_HEADERS: usize = 100;
-/// hyper's limit on the bytes of a chunked body's trailer section.
+/// hyper's limit on the bytes of a chunked body's trailer section (its
+/// fields are as many as a head's, [`MAX_HEADERS`]).
 const TRAILER_LIMIT: usize = 16 * 1024;
 /// hyper's limit on a chunked body's extension bytes.
 const EXTENSIONS_LIMIT: u64 = 16 * 1024;
@@ -167,6 +168,9 @@ struct Reader<I> {
     /// A body was read into the buffer, which is then body-sized: let go
     /// once empty, for heads to be read into one of their size.
     grown: bool,
+    /// A chunked body's trailer section as it is read (none until its
+    /// first field begins).
+    trailers: Option<BytesMut>,
 }
 
 /// How much of the current request's body is still to come.
@@ -183,7 +187,8 @@ struct Chunked {
     state: Chunk,
     size: u64,
     extensions: u64,
-    trailer: usize,
+    /// Trailer fields read.
+    trailers: usize,
 }
 
 /// hyper's chunked decoder's states (`proto::h1::decode`), same rules.
@@ -213,16 +218,24 @@ impl Chunked {
             state: Chunk::Start,
             size: 0,
             extensions: 0,
-            trailer: 0,
+            trailers: 0,
         }
     }
 
     /// Steps through `buf` to the next body bytes, the body's end, or the
-    /// buffer's.
-    fn step(&mut self, buf: &mut BytesMut) -> io::Result<Step> {
+    /// buffer's; a trailer section's bytes go into `trailers`, as hyper's
+    /// decoder keeps them.
+    fn step(&mut self, buf: &mut BytesMut, trailers: &mut Option<BytesMut>) -> io::Result<Step> {
         use Chunk::*;
         fn digit(b: u8) -> Option<u64> {
             (b as char).to_digit(16).map(u64::from)
+        }
+        fn keep(trailers: &mut BytesMut, b: u8) -> io::Result<()> {
+            trailers.extend_from_slice(&[b]);
+            if trailers.len() >= TRAILER_LIMIT {
+                return Err(bad("chunk trailers bytes over limit"));
+            }
+            Ok(())
         }
         while !buf.is_empty() {
             if self.state == Body {
@@ -266,25 +279,59 @@ impl Chunked {
                 (BodyCr, _) => return Err(bad("invalid chunk body CR")),
                 (BodyLf, b'\n') => Start,
                 (BodyLf, _) => return Err(bad("invalid chunk body LF")),
-                (EndCr, b'\r') => EndLf,
-                (EndCr | Trailer, _) => {
-                    // Trailer fields are read and dropped, as a backend
-                    // gets no trailers through hyper's client either.
-                    self.trailer += 1;
-                    if self.trailer > TRAILER_LIMIT {
-                        return Err(bad("chunk trailers over limit"));
+                (EndCr, b'\r') => {
+                    if let Some(t) = trailers {
+                        keep(t, b)?;
                     }
+                    EndLf
+                }
+                (EndCr | Trailer, _) => {
+                    keep(trailers.get_or_insert_with(BytesMut::new), b)?;
                     if b == b'\r' { TrailerLf } else { Trailer }
                 }
-                (TrailerLf, b'\n') => EndCr,
+                (TrailerLf, b'\n') => {
+                    if self.trailers >= MAX_HEADERS {
+                        return Err(bad("chunk trailers count overflow"));
+                    }
+                    self.trailers += 1;
+                    keep(trailers.get_or_insert_with(BytesMut::new), b)?;
+                    EndCr
+                }
                 (TrailerLf, _) => return Err(bad("invalid trailer end LF")),
-                (EndLf, b'\n') => return Ok(Step::End),
+                (EndLf, b'\n') => {
+                    if let Some(t) = trailers {
+                        keep(t, b)?;
+                    }
+                    return Ok(Step::End);
+                }
                 (EndLf, _) => return Err(bad("invalid chunk end LF")),
                 (Body, _) => unreachable!("handled above"),
             };
         }
         Ok(Step::More)
     }
+}
+
+/// A trailer section of `count` fields (each line with its CRLF, then
+/// the empty line's) as hyper's decoder makes it a map; a field it
+/// cannot make fails the body.
+fn trailer_fields(section: &[u8], count: usize) -> io::Result<HeaderMap> {
+    let mut fields = vec![httparse::EMPTY_HEADER; count];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return Err(bad("invalid trailer section"));
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for f in fields.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) else {
+            return Err(bad("invalid trailer field"));
+        };
+        trailers.append(name, value);
+    }
+    Ok(trailers)
 }
 
 /// Where [`Chunked::step`] stopped.
@@ -308,7 +355,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
 
     /// The next piece of the body: from the buffer, else read (when
     /// `read`; without it, `Pending` means the buffer holds no more).
-    fn poll_body(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Option<io::Result<Bytes>>> {
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: bool,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             match &mut self.body {
                 Framing::Done => return Poll::Ready(None),
@@ -321,20 +372,30 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
                     if *left == 0 {
                         self.body = Framing::Done;
                     }
-                    return Poll::Ready(Some(Ok(self.buf.split_to(n).freeze())));
+                    return Poll::Ready(Some(Ok(Frame::data(self.buf.split_to(n).freeze()))));
                 }
                 Framing::Length(_) => {}
-                Framing::Chunked(c) => match c.step(&mut self.buf) {
+                Framing::Chunked(c) => match c.step(&mut self.buf, &mut self.trailers) {
                     Err(e) => {
                         self.body = Framing::Failed;
                         return Poll::Ready(Some(Err(e)));
                     }
                     Ok(Step::End) => {
+                        let fields = c.trailers;
                         self.body = Framing::Done;
-                        return Poll::Ready(None);
+                        let Some(section) = self.trailers.take() else {
+                            return Poll::Ready(None);
+                        };
+                        return Poll::Ready(Some(match trailer_fields(&section, fields) {
+                            Ok(trailers) => Ok(Frame::trailers(trailers)),
+                            Err(e) => {
+                                self.body = Framing::Failed;
+                                Err(e)
+                            }
+                        }));
                     }
                     Ok(Step::Data(n)) => {
-                        return Poll::Ready(Some(Ok(self.buf.split_to(n).freeze())));
+                        return Poll::Ready(Some(Ok(Frame::data(self.buf.split_to(n).freeze()))));
                     }
                     Ok(Step::More) => {}
                 },
@@ -417,7 +478,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Body for H1Body<I> {
         }
         let polled = reader.poll_body(cx, true);
         this.left = reader.body;
-        polled.map(|o| o.map(|r| r.map(Frame::data)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -732,6 +793,7 @@ where
                 expect: false,
                 request: 0,
                 grown: false,
+                trailers: None,
             }),
             continue_owed: AtomicBool::new(false),
             continue_wanted: Notify::new(),
@@ -887,6 +949,7 @@ where
         } else {
             let mut reader = shared.reader();
             reader.body = framing;
+            reader.trailers = None;
             reader.detached = false;
             reader.expect = expect;
             reader.request += 1;
@@ -1822,14 +1885,25 @@ mod tests {
 
     /// The body bytes of `wire` read by [`Chunked`], or its error.
     fn dechunk(wire: &[u8]) -> io::Result<(Vec<u8>, bool)> {
+        dechunk_with_trailers(wire).map(|(body, end, _)| (body, end))
+    }
+
+    /// [`dechunk`], and the trailer fields made of the section read.
+    fn dechunk_with_trailers(wire: &[u8]) -> io::Result<(Vec<u8>, bool, Option<HeaderMap>)> {
         let mut c = Chunked::new();
         let mut buf = BytesMut::from(wire);
+        let mut trailers = None;
         let mut out = Vec::new();
         loop {
-            match c.step(&mut buf)? {
+            match c.step(&mut buf, &mut trailers)? {
                 Step::Data(n) => out.extend_from_slice(&buf.split_to(n)),
-                Step::End => return Ok((out, true)),
-                Step::More => return Ok((out, false)),
+                Step::End => {
+                    let fields = trailers
+                        .map(|t| trailer_fields(&t, c.trailers))
+                        .transpose()?;
+                    return Ok((out, true, fields));
+                }
+                Step::More => return Ok((out, false, None)),
             }
         }
     }
@@ -1839,9 +1913,34 @@ mod tests {
         let (body, end) =
             dechunk(b"4\r\nwiki\r\n5;a=b\r\npedia\r\nA \r\n0123456789\r\n0\r\n\r\n").unwrap();
         assert_eq!((&body[..], end), (&b"wikipedia0123456789"[..], true));
-        // Trailer fields are read and dropped.
-        let (body, end) = dechunk(b"1\r\nx\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
+        // Trailer fields become the body's trailers, as with hyper.
+        let (body, end, trailers) =
+            dechunk_with_trailers(b"1\r\nx\r\n0\r\nX-T: 1\r\nx-t: 2\r\nX-U:3\r\n\r\n").unwrap();
         assert_eq!((&body[..], end), (&b"x"[..], true));
+        let trailers = trailers.expect("trailers");
+        let t: Vec<&str> = trailers
+            .get_all("x-t")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(t, ["1", "2"]);
+        assert_eq!(trailers["x-u"], "3");
+        assert!(dechunk_with_trailers(b"0\r\n\r\n").unwrap().2.is_none());
+        // A field hyper cannot make, too many fields, too many bytes.
+        assert!(dechunk_with_trailers(b"0\r\nX T: 1\r\n\r\n").is_err());
+        let many = format!("0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert!(dechunk_with_trailers(many.as_bytes()).is_err());
+        let exactly = format!("0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS));
+        assert_eq!(
+            dechunk_with_trailers(exactly.as_bytes())
+                .unwrap()
+                .2
+                .unwrap()
+                .len(),
+            MAX_HEADERS
+        );
+        let long = format!("0\r\nX-Big: {}\r\n\r\n", "a".repeat(TRAILER_LIMIT));
+        assert!(dechunk_with_trailers(long.as_bytes()).is_err());
         // Cut anywhere: what came so far, and no end.
         let wire = b"4\r\nwiki\r\n0\r\n\r\n";
         for cut in 0..wire.len() {
