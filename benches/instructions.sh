@@ -39,6 +39,11 @@
 # SAME_FIELDS=forwarded: the three X-Forwarded-* fields only, and geolb's
 # listener has request_id = false.
 #   SAME_FIELDS=1 PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
+# CHUNKED=1 (with BODY): the backend answers that file chunked, with a
+# line before and after it (nginx's addition module): three chunks of
+# data and the last one, in one write. geolb passes a backend's chunks to
+# an HTTP/1.1 client as they came, HAProxy and nginx make them anew.
+#   CHUNKED=1 BODY=1k PROXIES="geolb haproxy nginx" GEOLB=target/release/geolb benches/instructions.sh
 # BODY=16k: the backend answers a 16 KiB text file (text/plain) instead of
 # "hello\n" (any size head -c takes, up to ~300 KB). COMPRESS=gzip (or br,
 # zstd): geolb's listener has compress = { algorithms = [COMPRESS] } and
@@ -86,7 +91,7 @@
 # CALLGRIND_ARGS: more options for callgrind, e.g. --dump-instr=yes (costs
 # by instruction address, whose inlined frames benches/callgrind_inlined.py
 # names: which move made a memcpy).
-# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), SAME_FIELDS (0), BACKEND_PROTO (http1), UPLOAD (none), DURATION (10 s), WARMUP (1 s), CONNS (8),
+# Environment: PROXIES (geolb), CLIENT (h1), REQUEST (plain), SAME_FIELDS (0), BACKEND_PROTO (http1), UPLOAD (none), CHUNKED (none), DURATION (10 s), WARMUP (1 s), CONNS (8),
 # TOP (10 functions per proxy), TOOL (callgrind), KEEP (a directory: the
 # valgrind outputs are copied there as TOOL.PROXY.out), GEOLB.
 set -u
@@ -127,6 +132,15 @@ if [[ -n $BODY ]]; then
   LOCATION="location / { root $WORK/www; default_type text/plain; }"
 fi
 [[ -z $BODY ]] || URL_PATH=/body.txt
+if [[ -n ${CHUNKED:-} ]]; then
+  # nginx's addition module answers a file with one before and after it
+  # with no length: chunked, three chunks of data and the last.
+  [[ -n $BODY ]] || die "CHUNKED=1 needs BODY (the middle chunk's size)"
+  printf 'before\n' >"$WORK/www/before.txt"
+  printf 'after\n' >"$WORK/www/after.txt"
+  LOCATION="location / { root $WORK/www; default_type text/plain; }
+    location = /body.txt { root $WORK/www; default_type text/plain; add_before_body /before.txt; add_after_body /after.txt; addition_types text/plain; }"
+fi
 COMPRESS_LINE=${COMPRESS:+"compress = { algorithms = [\"$COMPRESS\"] }"}
 cat > "$WORK/backend.conf" <<CONF
 worker_processes 1;

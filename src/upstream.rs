@@ -694,6 +694,23 @@ impl BackendBody {
         matches!(self, BackendBody::Own(b) if b.reads_raw())
     }
 
+    /// See [`h1::ResponseBody::reads_chunks_raw`]: only geolb's own
+    /// client's bodies.
+    pub fn reads_chunks_raw(&self) -> bool {
+        matches!(self, BackendBody::Own(b) if b.reads_chunks_raw())
+    }
+
+    /// See [`h1::ResponseBody::poll_raw_chunks`].
+    pub fn poll_raw_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<h1::RawChunks, BackendError>> {
+        match self {
+            BackendBody::Own(b) => b.poll_raw_chunks(cx).map_err(BackendError::Own),
+            BackendBody::Hyper(_) | BackendBody::H2(_) => Poll::Ready(Ok(h1::RawChunks::Frames)),
+        }
+    }
+
     /// See [`h1::ResponseBody::poll_read_raw`].
     pub fn poll_read_raw(
         &mut self,

@@ -81,11 +81,20 @@ fn answer(method: &str, path: &str, body_len: usize) -> Vec<u8> {
         r
     };
     match path {
+        // Sizes in upper case, as hyper's server writes them: geolb's
+        // passes a backend's chunks on as they came, hyper's makes them
+        // anew (`chunks_pass_as_the_backend_framed_them`).
         "/chunked" => format!(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n{:x}\r\n{text}\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n{:X}\r\n{text}\r\n0\r\n\r\n",
             text.len()
         )
         .into_bytes(),
+        // Chunked as backends write it, sizes in lower case or padded,
+        // with an extension on one.
+        "/framed" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5\r\nfirst\r\n00c\r\nsecond chunk\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n\
+            3;ext=1\r\nend\r\n0\r\n\r\n"
+            .to_vec(),
         // Trailers: one announced, one that must not be a trailer, one
         // not announced; only the first reaches a client that takes them.
         "/trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum, Content-Type\r\n\r\n\
@@ -563,6 +572,43 @@ async fn forward_and_answer_the_same_bytes(pair: Pair) {
         )
         .await;
     assert!(client.len() > 300_000, "the large answer came whole");
+}
+
+/// A backend's chunks reach an HTTP/1.1 client as the backend framed
+/// them (sizes in its case and padding, all that one read brought in one
+/// write), but for a size line with an extension, which goes out made
+/// anew without it, and the last chunk, written as before; the same
+/// data as through hyper's server, which makes every size line anew.
+#[tokio::test]
+async fn chunks_pass_as_the_backend_framed_them() {
+    let pair = Pair::start().await;
+    let script = [send(format!(
+        "GET /framed HTTP/1.1\r\nHost: x\r\n\r\n{CLOSE}"
+    ))];
+    let (geolb, _) = pair.through("geolb", &script).await;
+    let (hyper, _) = pair.through("hyper", &script).await;
+    let body = |c: &str| c.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    assert_eq!(
+        body(&geolb),
+        "5\r\nfirst\r\n00c\r\nsecond chunk\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n3\r\nend\r\n0",
+        "{geolb}"
+    );
+    assert_eq!(
+        body(&hyper),
+        "5\r\nfirst\r\nC\r\nsecond chunk\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n3\r\nend\r\n0",
+        "{hyper}"
+    );
+    assert_eq!(body_of(&geolb), body_of(&hyper));
+    // Counted by their data, not their framing: as through hyper's server.
+    let text = pair.geolb.metrics().await;
+    let out = |listener: &str| {
+        let series = format!(
+            "geolb_http_bytes_total{{listener=\"{listener}\",pool=\"p\",direction=\"out\"}}"
+        );
+        support::metric_value(&text, &series)
+    };
+    assert_eq!(out("geolb"), Some((46 + 23) as f64), "{text}");
+    assert_eq!(out("geolb"), out("hyper"));
 }
 
 /// A chunked upload's trailer fields reach the backend as through

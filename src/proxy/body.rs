@@ -192,6 +192,35 @@ impl ResponseBody {
         Poll::Ready(Ok(n))
     }
 
+    /// Whether the body's next bytes are a backend's chunks that may go
+    /// out with their framing as they came ([`Self::poll_raw_chunks`]).
+    pub fn reads_chunks_raw(&self) -> bool {
+        matches!(&self.inner, Inner::Backend(b) if b.reads_chunks_raw())
+    }
+
+    /// The body's next chunks with their framing as the backend sent them
+    /// (see [`crate::upstream::h1::ResponseBody::poll_raw_chunks`]), their
+    /// data counted as the frames of [`Body::poll_frame`] are; the
+    /// response is complete with the last of them.
+    pub fn poll_raw_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<crate::upstream::h1::RawChunks, BoxError>> {
+        let Inner::Backend(body) = &mut self.inner else {
+            return Poll::Ready(Ok(crate::upstream::h1::RawChunks::Frames));
+        };
+        let raw = ready!(body.poll_raw_chunks(cx))?;
+        if let (crate::upstream::h1::RawChunks::Bytes(_, data), Some(c)) =
+            (&raw, self.completion.as_mut())
+        {
+            c.bytes += data;
+        }
+        if self.is_end_stream() {
+            self.end(true);
+        }
+        Poll::Ready(Ok(raw))
+    }
+
     fn end(&mut self, clean: bool) {
         // Finished where it lies and dropped there: taken out, its 200
         // bytes were copied first.

@@ -49,8 +49,8 @@ use crate::conn_lock::{self, ConnLock};
 use crate::readbuf::poll_read_exact_size;
 use crate::request_id::RequestId;
 use crate::upstream::h1::{
-    FieldKind, ReadFields, announced_trailers, content_length_value, field_name, may_be_trailer,
-    names_no_field, parsed_value,
+    FieldKind, RawChunks, ReadFields, announced_trailers, content_length_value, field_name,
+    may_be_trailer, names_no_field, parsed_value,
 };
 use crate::upstream::unread::{Unread, UnreadName, UnreadNames, folded_eq};
 use crate::upstream::{BackendRequestBody, BodyProgress, RequestBody};
@@ -1312,6 +1312,50 @@ impl<I: AsyncRead + AsyncWrite + Socket + Unpin> Writer<I> {
                     Some(true) => return keeps_open(encoder, left, last),
                     Some(false) => return false,
                     None => splice = false,
+                }
+            }
+            // A backend's chunks to a client taking chunks: as they came,
+            // all that a read brought in one write.
+            if encoder == Encoder::Chunked && body.reads_chunks_raw() {
+                let raw = if wrote_head {
+                    poll_fn(|cx| body.poll_raw_chunks(cx)).await
+                } else {
+                    match poll_fn(|cx| Poll::Ready(body.poll_raw_chunks(cx))).await {
+                        Poll::Ready(raw) => raw,
+                        Poll::Pending => {
+                            if self.io.write_all(&self.head).await.is_err() {
+                                return false;
+                            }
+                            wrote_head = true;
+                            continue;
+                        }
+                    }
+                };
+                match raw {
+                    Ok(RawChunks::Bytes(raw, _)) => {
+                        let end = body.is_end_stream();
+                        let head: &[u8] = if wrote_head { &[] } else { &self.head };
+                        let mut slices = [IoSlice::new(head), IoSlice::new(&raw)];
+                        if write_all(&mut self.io, &mut slices).await.is_err() {
+                            return false;
+                        }
+                        wrote_head = true;
+                        if end {
+                            return keeps_open(encoder, left, last);
+                        }
+                        continue;
+                    }
+                    Ok(RawChunks::Frames) => {}
+                    Err(e) => {
+                        // As a failing frame: the backend client gives its
+                        // failure a poll after it, and the head, pending
+                        // then, goes out before the close.
+                        if !wrote_head {
+                            let _ = self.io.write_all(&self.head).await;
+                        }
+                        tracing::debug!(error = %e, "response body failed: connection closed");
+                        return false;
+                    }
                 }
             }
             // The head goes out with the first bytes when they are there,

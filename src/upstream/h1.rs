@@ -1715,6 +1715,99 @@ impl ResponseBody {
         }
     }
 
+    /// Whether the body's next bytes may be taken with their chunked
+    /// framing as it came ([`ResponseBody::poll_raw_chunks`]): it stands
+    /// between two chunks.
+    pub fn reads_chunks_raw(&self) -> bool {
+        self.framing == Framing::Chunked(Chunk::Size)
+            && self.failed.is_none()
+            && self.conn.is_some()
+    }
+
+    /// The body's next whole chunks with their framing, as the backend
+    /// sent them (checked as [`decode_chunk`] checks it), and how many of
+    /// their bytes are data: for a client taking chunks too, which then
+    /// gets them in one write a read rather than one a chunk, and no
+    /// size line made anew. With them the last chunk when it ends the
+    /// body without trailers (the connection then goes back).
+    /// [`RawChunks::Frames`] where the next is to be taken as frames: the
+    /// last chunk with trailers, a size line with anything but hex digits
+    /// (extensions, blanks: the client gets it without), and a chunk
+    /// whose data has begun to come and not ended, which frames stream.
+    pub fn poll_raw_chunks(&mut self, cx: &mut Context<'_>) -> Poll<Result<RawChunks, Error>> {
+        loop {
+            let (Framing::Chunked(Chunk::Size), Some(conn)) = (self.framing, self.conn.as_mut())
+            else {
+                return Poll::Ready(Ok(RawChunks::Frames));
+            };
+            conn.drive_writer(cx);
+            let buf = &conn.link.buf;
+            let (mut at, mut data) = (0, 0u64);
+            // Where the scan stopped: `Ok(true)` in a chunk not all read,
+            // `Ok(false)` before one for frames.
+            let stop: Result<bool, Error> = loop {
+                let Some(end) = buf[at..].iter().position(|&b| b == b'\n') else {
+                    if buf.len() - at > MAX_CHUNK_LINE {
+                        break Err(Error::BadChunk);
+                    }
+                    break Ok(true);
+                };
+                let line = &buf[at..at + end];
+                let Some(size) = chunk_size(line) else {
+                    break Err(Error::BadChunk);
+                };
+                if !line[..line.len() - 1].iter().all(u8::is_ascii_hexdigit) {
+                    break Ok(false);
+                }
+                let data_at = at + end + 1;
+                if size == 0 {
+                    if &buf[data_at..] == b"\r\n" {
+                        at = buf.len();
+                        self.framing = Framing::Chunked(Chunk::Done);
+                    }
+                    break Ok(false);
+                }
+                let Some(chunk_end) = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| data_at.checked_add(size)?.checked_add(2))
+                    .filter(|&e| e <= buf.len())
+                else {
+                    // Read on for it while none of its data has come; once
+                    // some has, frames take it as it comes, so that nothing
+                    // waits for the rest of a chunk.
+                    break Ok(buf.len() == data_at);
+                };
+                if &buf[chunk_end - 2..chunk_end] != b"\r\n" {
+                    break Err(Error::BadChunk);
+                }
+                at = chunk_end;
+                data += size;
+            };
+            if at > 0 {
+                let raw = conn.link.buf.split_to(at).freeze();
+                match stop {
+                    // What came before the fault goes out first, as with
+                    // frames; the fault is the next poll's.
+                    Err(e) => {
+                        self.conn = None;
+                        self.failed = Some(e);
+                    }
+                    Ok(_) if self.at_end() => self.release(),
+                    Ok(_) => {}
+                }
+                return Poll::Ready(Ok(RawChunks::Bytes(raw, data)));
+            }
+            if !stop? {
+                return Poll::Ready(Ok(RawChunks::Frames));
+            }
+            match ready!(Self::poll_fill_unknown(conn, cx, &mut self.read_size)) {
+                Ok(1..) => {}
+                Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     /// Reads a body of unknown length, asking for twice as much next time
     /// when the read filled what it asked for.
     fn poll_fill_unknown(
@@ -1839,6 +1932,15 @@ impl Body for ResponseBody {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// What [`ResponseBody::poll_raw_chunks`] gave.
+pub enum RawChunks {
+    /// Chunks with their framing as the backend sent them, and how many
+    /// of their bytes are data.
+    Bytes(Bytes, u64),
+    /// The body's next part is to be taken as frames.
+    Frames,
 }
 
 /// What decoding a chunked body's buffered bytes gave.
