@@ -22,7 +22,8 @@
 #   WORKLOADS="tiny 1k"  any of tiny, 1k, 64k, upload (every request a
 #                   POST of 1 KiB to /, Content-Length framed: wrk's script,
 #                   h2load -d; the backend reads the body and answers as
-#                   for tiny)
+#                   for tiny), chunked (1 KiB with a line before and after
+#                   it, no length: three chunks and the last, in one write)
 #   LISTENER=      more lines for geolb's listener, e.g. LISTENER='http1_server = "geolb"'
 #   LISTENER_B=    geolb-b's instead (default: LISTENER): one build, two
 #                   settings in the same rounds, e.g. LISTENER_B='splice = false'
@@ -110,7 +111,7 @@ NGINX_KEEPALIVE=$((CONNS > 64 ? CONNS : 64))
 # rest of it into a temporary file, which no one tuning for this would keep.
 NGINX_BUFFERS="            proxy_buffers 8 16k;"
 read -ra WORKLOADS <<<"${WORKLOADS:-tiny 1k}"
-declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k [upload]=/)
+declare -A WL_PATH=([tiny]=/ [1k]=/1k [64k]=/64k [upload]=/ [chunked]=/chunked)
 
 # wl_args WORKLOAD : the load generator's arguments for the workload's
 # requests (the upload's body), into WL_ARGS.
@@ -142,6 +143,11 @@ write_backend_conf() {   # three server blocks; body of "/" names the backend
   local kib i
   kib=$(printf 'x%.0s' $(seq 1024))
   head -c 65536 /dev/zero | tr '\0' y >"$WORK/64k"
+  # The chunked workload: 1 KiB with a line before and after it (nginx's
+  # addition module), sent with no length: three chunks and the last.
+  head -c 1024 /dev/zero | tr '\0' c >"$WORK/chunked.txt"
+  printf 'before\n' >"$WORK/before.txt"
+  printf 'after\n' >"$WORK/after.txt"
   # The upload workload's body, for h2load -d and wrk's script alike.
   head -c 1024 /dev/zero | tr '\0' x >"$WORK/upload.body"
   cat >"$WORK/upload.lua" <<'LUA'
@@ -171,6 +177,9 @@ LUA
         location = /   { return 200 "b$i\n"; }
         location = /1k { return 200 "$kib"; }
         location = /64k { sendfile on; alias $WORK/64k; }
+        location = /chunked { alias $WORK/chunked.txt; add_before_body /before.txt; add_after_body /after.txt; addition_types text/plain; }
+        location = /before.txt { alias $WORK/before.txt; }
+        location = /after.txt { alias $WORK/after.txt; }
         location /     { return 404; }
     }
 EOF
@@ -457,7 +466,7 @@ for r in rows:
     groups.setdefault((r["target"], r["workload"]), []).append(r)
 order = ["direct", "geolb", "geolb-b", "haproxy", "nginx"]
 targets = sorted({t for t, _ in groups}, key=lambda t: order.index(t) if t in order else 99)
-workloads = [w for w in ("tiny", "1k", "64k", "upload") if any(w == k[1] for k in groups)]
+workloads = [w for w in ("tiny", "1k", "64k", "upload", "chunked") if any(w == k[1] for k in groups)]
 # The proxy's CPU time per request split in two: where the kernel's part
 # is as large as another proxy's whole, no user-space work can overtake
 # that proxy by much.
