@@ -1363,8 +1363,18 @@ async fn every_request_is_seen<S: AsyncRead + AsyncWrite + Unpin>(
 /// `GEOLB_H1_SHOW=1` prints both servers' views of each case.
 #[tokio::test]
 async fn generated_requests_are_served_alike() {
-    let pair = Pair::start().await;
-    for seed in support::generated::seeds(150, 0x6765_6f6c_6231) {
+    generated_requests_alike(Pair::start().await, 0x6765_6f6c_6231).await;
+}
+
+/// On one thread (the shape the benchmarks run), other seeds.
+#[tokio::test]
+async fn generated_requests_are_served_alike_on_one_thread() {
+    let pair = Pair::start_on("[runtime]\nworker_threads = 1\n\n").await;
+    generated_requests_alike(pair, 0x6765_6f6c_6233).await;
+}
+
+async fn generated_requests_alike(pair: Pair, first: u64) {
+    for seed in support::generated::seeds(150, first) {
         let script = generated_script(&mut fastrand::Rng::with_seed(seed));
         let shown: Vec<String> = script
             .iter()
