@@ -166,6 +166,20 @@ fn script(path: &str) -> Script {
             plain(&r)
         }
         "/upgrade" => plain(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"),
+        // Chunks of every kind, to be written a few bytes at a time: a
+        // size line, a chunk's data and its CRLF each cut across reads.
+        "/trickle" | "/trickle-trailers" => {
+            let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+                5\r\nfirst\r\n00c\r\nsecond chunk\r\n3;ext=1\r\nend\r\n12c\r\n"
+                .to_vec();
+            r.extend_from_slice(&pattern(3, 300));
+            r.extend_from_slice(b"\r\n0\r\n");
+            if path == "/trickle-trailers" {
+                r.extend_from_slice(b"X-Sum: 42\r\n");
+            }
+            r.extend_from_slice(b"\r\n");
+            plain(&r)
+        }
         p if p.starts_with("/gen/") => {
             let seed = p["/gen/".len()..].parse().unwrap_or(0);
             let answer = generated_answer(&mut fastrand::Rng::with_seed(seed));
@@ -257,11 +271,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, conn: usize, seen: S
         seen.lock()
             .unwrap()
             .push((conn, buf.drain(..end).collect()));
-        // In pieces, so that bodies stream rather than arrive whole.
-        let piece = if script.whole { usize::MAX } else { 100_000 };
+        // In pieces, so that bodies stream rather than arrive whole; a
+        // few bytes at a time for `/trickle*`, each piece its own read.
+        let trickle = path.starts_with("/trickle");
+        let piece = match (trickle, script.whole) {
+            (true, _) => 3,
+            (false, true) => usize::MAX,
+            (false, false) => 100_000,
+        };
         for piece in script.response.chunks(piece) {
             if s.write_all(piece).await.is_err() {
                 return;
+            }
+            if trickle {
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         if s.flush().await.is_err() {
@@ -919,6 +943,27 @@ async fn a_kept_connection_carries_the_next_request() {
         },
     )
     .await;
+}
+
+/// A chunked answer that comes a few bytes a read (every size line, data
+/// and CRLF cut across reads) reaches the client as through hyper's
+/// client, whole, with and without trailers.
+#[tokio::test]
+async fn a_chunked_answer_coming_in_pieces_reaches_the_client_alike() {
+    let (lb, seen, _) = two_clients().await;
+    for path in ["/trickle", "/trickle-trailers"] {
+        let resp = same(&lb, &seen, &get(path, "TE: trailers\r\n")).await;
+        let want = format!(
+            "firstsecond chunkend{}[end]",
+            String::from_utf8_lossy(&pattern(3, 300))
+        );
+        assert!(resp.contains(&want), "{path}: {resp}");
+        assert_eq!(
+            resp.contains("x-sum: 42"),
+            path == "/trickle-trailers",
+            "{resp}"
+        );
+    }
 }
 
 /// A backend that answered in HTTP/1.0 gets no chunked body on that
