@@ -150,7 +150,10 @@ async fn recording_backend() -> (SocketAddr, Record) {
                         let request: Vec<u8> = seen.drain(..done).collect();
                         let mut line = head.split(' ');
                         let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
-                        let resp = answer(method, path, done - end - 4);
+                        // Its data, not its framing: chunk sizes are the
+                        // reads that brought the body, not either server's.
+                        let data = body_of(&String::from_utf8_lossy(&request)).0.len();
+                        let resp = answer(method, path, data);
                         r.requests.lock().unwrap().push(request);
                         r.open.fetch_sub(1, Ordering::SeqCst);
                         counted = false;
@@ -317,9 +320,11 @@ impl Pair {
     /// head (hyper answers it in HTTP/1.0, its last request's version,
     /// and without `Connection: close`; geolb's server, as to a first
     /// head, in HTTP/1.1 with it, which says the close to either); and
-    /// no `100 Continue` before the `400` for a body that came malformed
-    /// with its head (hyper sends one; a server that has the content may
-    /// omit it, RFC 9110 §10.1.1).
+    /// `100 Continue` left out where the body came with its head (hyper
+    /// always sends one, geolb's server when the body is read before the
+    /// answer is ready: a server that has the content may omit it, RFC
+    /// 9110 §10.1.1; the hand-picked "expect 100-continue" case, whose
+    /// client waits for it, checks that it comes when it must).
     async fn alike(&self, case: &str, script: &[Step]) -> String {
         let backend = |r: &str| (by_name(r), body_of(r));
         let client = |c: &str| {
@@ -327,10 +332,7 @@ impl Pair {
                 "HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n",
                 "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n",
             )
-            .replace(
-                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\n",
-                "HTTP/1.1 400 Bad Request\r\n",
-            )
+            .replace("HTTP/1.1 100 Continue\r\n\r\n", "")
         };
         self.compared(case, script, backend, client).await
     }
@@ -621,7 +623,7 @@ async fn request_trailers_reach_the_backend_as_through_hyper() {
                   4\r\nwiki\r\n0\r\nX-Sum: 7\r\nX-Other: 1\r\n\r\n";
     let script = [send(format!("{upload}{CLOSE}"))];
     let client = pair.same("request trailers", &script).await;
-    assert!(client.contains("POST /up with 24 bytes"), "{client}");
+    assert!(client.contains("POST /up with 4 bytes"), "{client}");
     let (_, backend) = pair.through("geolb", &script).await;
     assert!(
         backend[0].ends_with("\r\n\r\n4\r\nwiki\r\n0\r\nx-sum: 7\r\n\r\n"),
