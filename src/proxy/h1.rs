@@ -50,7 +50,7 @@ use crate::readbuf::poll_read_exact_size;
 use crate::request_id::RequestId;
 use crate::upstream::h1::{
     FieldKind, RawChunks, ReadFields, announced_trailers, content_length_value, field_name,
-    may_be_trailer, names_no_field, parsed_value,
+    may_be_trailer, names_no_field, parsed_value, trailer_map,
 };
 use crate::upstream::unread::{Unread, UnreadName, UnreadNames, folded_eq};
 use crate::upstream::{BackendRequestBody, BodyProgress, RequestBody};
@@ -312,28 +312,6 @@ impl Chunked {
     }
 }
 
-/// A trailer section of `count` fields (each line with its CRLF, then
-/// the empty line's) as hyper's decoder makes it a map; a field it
-/// cannot make fails the body.
-fn trailer_fields(section: &[u8], count: usize) -> io::Result<HeaderMap> {
-    let mut fields = vec![httparse::EMPTY_HEADER; count];
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
-    else {
-        return Err(bad("invalid trailer section"));
-    };
-    let mut trailers = HeaderMap::with_capacity(fields.len());
-    for f in fields.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(f.name.as_bytes()),
-            HeaderValue::from_bytes(f.value),
-        ) else {
-            return Err(bad("invalid trailer field"));
-        };
-        trailers.append(name, value);
-    }
-    Ok(trailers)
-}
-
 /// Where [`Chunked::step`] stopped.
 enum Step {
     /// The buffer's first bytes, this many, are body data.
@@ -381,16 +359,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Reader<I> {
                         return Poll::Ready(Some(Err(e)));
                     }
                     Ok(Step::End) => {
-                        let fields = c.trailers;
                         self.body = Framing::Done;
                         let Some(section) = self.trailers.take() else {
                             return Poll::Ready(None);
                         };
-                        return Poll::Ready(Some(match trailer_fields(&section, fields) {
-                            Ok(trailers) => Ok(Frame::trailers(trailers)),
-                            Err(e) => {
+                        // A field hyper cannot make fails the body.
+                        return Poll::Ready(Some(match trailer_map(&section) {
+                            Some(trailers) => Ok(Frame::trailers(trailers)),
+                            None => {
                                 self.body = Framing::Failed;
-                                Err(e)
+                                Err(bad("invalid trailer section"))
                             }
                         }));
                     }
@@ -1927,29 +1905,10 @@ mod tests {
         }
     }
 
-    /// The body bytes of `wire` read by [`Chunked`], or its error.
-    fn dechunk(wire: &[u8]) -> io::Result<(Vec<u8>, bool)> {
-        dechunk_with_trailers(wire).map(|(body, end, _)| (body, end))
-    }
-
-    /// [`dechunk`], and the trailer fields made of the section read.
-    fn dechunk_with_trailers(wire: &[u8]) -> io::Result<(Vec<u8>, bool, Option<HeaderMap>)> {
-        let mut c = Chunked::new();
-        let mut buf = BytesMut::from(wire);
-        let mut trailers = None;
-        let mut out = Vec::new();
-        loop {
-            match c.step(&mut buf, &mut trailers)? {
-                Step::Data(n) => out.extend_from_slice(&buf.split_to(n)),
-                Step::End => {
-                    let fields = trailers
-                        .map(|t| trailer_fields(&t, c.trailers))
-                        .transpose()?;
-                    return Ok((out, true, fields));
-                }
-                Step::More => return Ok((out, false, None)),
-            }
-        }
+    /// The body bytes of `wire` read by [`Chunked`], whether it ended, and
+    /// its trailer fields; `None` for an error.
+    fn dechunk(wire: &[u8]) -> crate::upstream::h1::Decoded {
+        dechunk_in_pieces(&[wire])
     }
 
     /// [`Chunked::step`] over `pieces`, as reads bring them.
@@ -1965,7 +1924,7 @@ mod tests {
                     Step::Data(n) => data.extend_from_slice(&buf.split_to(n)),
                     Step::End => {
                         let fields = match trailers {
-                            Some(t) => trailer_fields(&t, c.trailers).ok()?,
+                            Some(t) => trailer_map(&t)?,
                             None => HeaderMap::new(),
                         };
                         let fields = crate::upstream::h1::trailer_pairs(&fields);
@@ -1988,41 +1947,31 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_read_as_hyper_reads_them() {
-        let (body, end) =
+        let (body, _, end) =
             dechunk(b"4\r\nwiki\r\n5;a=b\r\npedia\r\nA \r\n0123456789\r\n0\r\n\r\n").unwrap();
         assert_eq!((&body[..], end), (&b"wikipedia0123456789"[..], true));
         // Trailer fields become the body's trailers, as with hyper.
-        let (body, end, trailers) =
-            dechunk_with_trailers(b"1\r\nx\r\n0\r\nX-T: 1\r\nx-t: 2\r\nX-U:3\r\n\r\n").unwrap();
+        let (body, trailers, end) =
+            dechunk(b"1\r\nx\r\n0\r\nX-T: 1\r\nx-t: 2\r\nX-U:3\r\n\r\n").unwrap();
         assert_eq!((&body[..], end), (&b"x"[..], true));
-        let trailers = trailers.expect("trailers");
-        let t: Vec<&str> = trailers
-            .get_all("x-t")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        assert_eq!(t, ["1", "2"]);
-        assert_eq!(trailers["x-u"], "3");
-        assert!(dechunk_with_trailers(b"0\r\n\r\n").unwrap().2.is_none());
-        // A field hyper cannot make, too many fields, too many bytes.
-        assert!(dechunk_with_trailers(b"0\r\nX T: 1\r\n\r\n").is_err());
-        let many = format!("0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS + 1));
-        assert!(dechunk_with_trailers(many.as_bytes()).is_err());
-        let exactly = format!("0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS));
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
         assert_eq!(
-            dechunk_with_trailers(exactly.as_bytes())
-                .unwrap()
-                .2
-                .unwrap()
-                .len(),
-            MAX_HEADERS
+            trailers,
+            [pair("x-t", "1"), pair("x-t", "2"), pair("x-u", "3")]
         );
+        assert!(dechunk(b"0\r\n\r\n").unwrap().1.is_empty());
+        // A field hyper cannot make, too many fields, too many bytes.
+        assert!(dechunk(b"0\r\nX T: 1\r\n\r\n").is_none());
+        let many = format!("0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert!(dechunk(many.as_bytes()).is_none());
+        let exactly = format!("0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS));
+        assert_eq!(dechunk(exactly.as_bytes()).unwrap().1.len(), MAX_HEADERS);
         let long = format!("0\r\nX-Big: {}\r\n\r\n", "a".repeat(TRAILER_LIMIT));
-        assert!(dechunk_with_trailers(long.as_bytes()).is_err());
+        assert!(dechunk(long.as_bytes()).is_none());
         // Cut anywhere: what came so far, and no end.
         let wire = b"4\r\nwiki\r\n0\r\n\r\n";
         for cut in 0..wire.len() {
-            let (body, end) = dechunk(&wire[..cut]).unwrap();
+            let (body, _, end) = dechunk(&wire[..cut]).unwrap();
             assert!(!end && b"wiki".starts_with(&body), "{cut}");
         }
         for bad in [
@@ -2035,7 +1984,7 @@ mod tests {
             b"3 4\r\n",
             b"0\r\n\rX",
         ] {
-            assert!(dechunk(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(dechunk(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -2013,28 +2013,33 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Error> {
                     };
                 };
                 let section = buf.split_to(end + 4).freeze();
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let Ok(httparse::Status::Complete((_, parsed))) =
-                    httparse::parse_headers(&section, &mut fields)
-                else {
-                    return Err(Error::BadChunk);
-                };
-                let mut trailers = HeaderMap::with_capacity(parsed.len());
-                for f in parsed {
-                    let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(f.name.as_bytes()),
-                        HeaderValue::from_bytes(f.value),
-                    ) else {
-                        return Err(Error::BadChunk);
-                    };
-                    trailers.append(name, value);
-                }
+                let trailers = trailer_map(&section).ok_or(Error::BadChunk)?;
                 *state = Chunk::Done;
                 return Ok(Step::Trailers(trailers));
             }
             Chunk::Done => return Ok(Step::Done),
         }
     }
+}
+
+/// A chunked body's trailer section (its fields' lines, then the empty
+/// line) as a map, as hyper's decoder makes it: `None` where a line does
+/// not parse, there are more than [`MAX_HEADERS`] fields, or a name or
+/// value cannot be made. Answers' (by this client) and requests' (by the
+/// HTTP/1 server) alike.
+pub(crate) fn trailer_map(section: &[u8]) -> Option<HeaderMap> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return None;
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for f in parsed.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(f.value).ok()?;
+        trailers.append(name, value);
+    }
+    Some(trailers)
 }
 
 /// A chunk-size line without its LF: hex digits, then optional
