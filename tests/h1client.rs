@@ -29,6 +29,9 @@ struct Script {
     close: bool,
     /// Written in one write, not in pieces.
     whole: bool,
+    /// Closed with a shutdown: over TLS, `close_notify` first (a clean
+    /// end, not a cut).
+    shut: bool,
 }
 
 fn script(path: &str) -> Script {
@@ -37,12 +40,14 @@ fn script(path: &str) -> Script {
         response: response.to_vec(),
         close: false,
         whole: false,
+        shut: false,
     };
     let closing = |response: &[u8]| Script {
         early: b"",
         response: response.to_vec(),
         close: true,
         whole: false,
+        shut: false,
     };
     match path {
         "/length" => plain(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-One: 1\r\nX-One: 2\r\n\r\nhello"),
@@ -51,6 +56,10 @@ fn script(path: &str) -> Script {
               5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n",
         ),
         "/close" => closing(b"HTTP/1.1 200 OK\r\nX-Kind: close\r\n\r\nuntil the end"),
+        "/close-notified" => Script {
+            shut: true,
+            ..closing(b"HTTP/1.1 200 OK\r\nX-Kind: close\r\n\r\nuntil the end")
+        },
         "/http10" => closing(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold style"),
         // An HTTP/1.0 backend offering to keep its connection.
         "/http10-kept" => plain(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"),
@@ -62,6 +71,7 @@ fn script(path: &str) -> Script {
             response: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             close: false,
             whole: false,
+            shut: false,
         },
         "/informational" => plain(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes",
@@ -111,6 +121,7 @@ fn script(path: &str) -> Script {
                 response: r,
                 close: false,
                 whole: true,
+                shut: false,
             }
         }
         "/cut" => closing(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"),
@@ -188,6 +199,7 @@ fn script(path: &str) -> Script {
                 response: answer.bytes,
                 close: answer.close,
                 whole: false,
+                shut: true,
             }
         }
         _ => plain(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
@@ -292,6 +304,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, conn: usize, seen: S
             return;
         }
         if script.close {
+            if script.shut {
+                let _ = s.shutdown().await;
+            }
             return;
         }
     }
@@ -1230,6 +1245,13 @@ async fn over_tls_both_clients_send_and_relay_the_same_bytes() {
         resp.ends_with("hello world[end]x-sum: 42\r\n\r\n"),
         "{resp}"
     );
+    // A body that ends at the close is whole only if TLS said so with
+    // `close_notify` (RFC 9112 §9.8); a bare TCP close could be an
+    // attacker's cut, and reaches the client as one (no last chunk).
+    let whole = same(&lb, &seen, &get("/close-notified", "")).await;
+    assert!(whole.ends_with("until the end[end]\r\n"), "{whole}");
+    let cut = same(&lb, &seen, &get("/close", "")).await;
+    assert!(cut.ends_with("until the end[cut]"), "{cut}");
     let mut upload = format!(
         "POST /length HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         1_200_000
@@ -1527,14 +1549,33 @@ fn generated_answer(rng: &mut fastrand::Rng) -> Answer {
 #[tokio::test]
 async fn generated_answers_are_relayed_alike() {
     let (lb, seen, _) = two_clients().await;
-    for seed in support::generated::seeds(1000, 0x6765_6f6c_6232) {
+    generated_answers_alike(
+        &lb,
+        &seen,
+        support::generated::seeds(1000, 0x6765_6f6c_6232),
+    )
+    .await;
+}
+
+/// The same over TLS backends, other seeds: the answer comes in the
+/// records rustls decrypts, not in the socket's reads. The backend ends
+/// a closing answer with `close_notify`, so that a body framed by the
+/// close is whole; a bare close is a cut (`/close` over TLS).
+#[tokio::test]
+async fn generated_answers_are_relayed_alike_over_tls() {
+    let (lb, seen, _) = two_clients_over(Some(backend_tls())).await;
+    generated_answers_alike(&lb, &seen, support::generated::seeds(300, 0x6765_6f6c_6234)).await;
+}
+
+async fn generated_answers_alike(lb: &Lb, seen: &Seen, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
         let answer = generated_answer(&mut fastrand::Rng::with_seed(seed));
         let request = generated_request(seed);
         let case = format!(
             "GEOLB_H1_SEED={seed}: {:?}",
             String::from_utf8_lossy(&answer.bytes)
         );
-        let [(hyper_resp, hyper_req), (own_resp, own_req)] = both_raw(&lb, &seen, &request).await;
+        let [(hyper_resp, hyper_req), (own_resp, own_req)] = both_raw(lb, seen, &request).await;
         assert_eq!(
             by_name(&own_req),
             by_name(&hyper_req),

@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{Geolb, bounded, rss_kib};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -198,8 +200,20 @@ fn send(s: impl AsRef<[u8]>) -> Step {
 
 /// Runs `script` on a new connection to `addr`; everything read until the
 /// server closes (or [`LIMIT`] passes), `Date` values blanked.
-async fn run(addr: SocketAddr, script: &[Step]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+/// Over TLS with `tls` (a connector trusting the listeners' certificate
+/// for `a.test`).
+async fn run(addr: SocketAddr, script: &[Step], tls: Option<&TlsConnector>) -> String {
+    let s = TcpStream::connect(addr).await.unwrap();
+    match tls {
+        None => run_on(s, script).await,
+        Some(tls) => {
+            let name = ServerName::try_from("a.test").unwrap();
+            run_on(tls.connect(name, s).await.unwrap(), script).await
+        }
+    }
+}
+
+async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, script: &[Step]) -> String {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     for step in script {
@@ -251,6 +265,9 @@ fn blank(text: &str, name: &str, len: usize) -> String {
 struct Pair {
     geolb: Geolb,
     record: Record,
+    /// Both listeners over TLS: the client's connector, and the test
+    /// PKI whose files the listeners read.
+    tls: Option<(TlsConnector, support::library::Pki)>,
 }
 
 impl Pair {
@@ -274,12 +291,30 @@ impl Pair {
              [[listener]]\nname = \"geolb\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp1_server = \"geolb\"\n{listener}"
         );
         let geolb = Geolb::start(&config).await;
-        Pair { geolb, record }
+        Pair {
+            geolb,
+            record,
+            tls: None,
+        }
+    }
+
+    /// Both listeners HTTPS, with `runtime`'s lines in the config.
+    async fn start_tls(runtime: &str) -> Pair {
+        let pki = support::library::Pki::new();
+        let leaf = pki.leaf("a.test", &["a.test"]);
+        let listener = format!(
+            "protocol = \"https\"\n{}\n",
+            support::library::tls_list(&[&leaf])
+        );
+        let mut pair = Pair::start_with(runtime, "", &listener).await;
+        pair.tls = Some((pki.client(&[b"http/1.1"]), pki));
+        pair
     }
 
     /// The client's and the backend's view of `script` through `listener`.
     async fn through(&self, listener: &str, script: &[Step]) -> (String, Vec<String>) {
-        let client = run(self.geolb.listener(listener), script).await;
+        let tls = self.tls.as_ref().map(|(connector, _)| connector);
+        let client = run(self.geolb.listener(listener), script, tls).await;
         // A request the client gave up on may still be on its way to the
         // backend after the client saw the end: wait until the backend
         // has been between requests, with nothing new, for a while.
@@ -1373,6 +1408,14 @@ async fn generated_requests_are_served_alike() {
 async fn generated_requests_are_served_alike_on_one_thread() {
     let pair = Pair::start_on("[runtime]\nworker_threads = 1\n\n").await;
     generated_requests_alike(pair, 0x6765_6f6c_6233).await;
+}
+
+/// Over TLS (both listeners HTTPS), other seeds: requests come in the
+/// records rustls decrypts, not in the socket's reads.
+#[tokio::test]
+async fn generated_requests_are_served_alike_over_tls() {
+    let pair = Pair::start_tls("").await;
+    generated_requests_alike(pair, 0x6765_6f6c_6235).await;
 }
 
 async fn generated_requests_alike(pair: Pair, first: u64) {
