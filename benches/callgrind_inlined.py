@@ -16,20 +16,24 @@ OUT: a callgrind output made with --dump-instr=yes; REQUESTS: the run's
 ran (its debug lines: the release profile keeps them). Columns:
 instructions a request (inclusive), calls a request, address, then the
 inlined frames, innermost first, as file:line.
+EVENT=name: another of the output's events than instructions (Ir), e.g.
+DLmw for the writes that missed the last level (`CACHE=1`): which move
+wrote to cold memory.
 Requires addr2line (binutils).
 """
 import collections
+import os
 import re
 import sys
 
 from callgrind_calls import frames, records
 
 
-def sites(path, callee_pattern, binary_name):
+def sites(path, callee_pattern, binary_name, event="Ir"):
     """{address: [calls, inclusive cost]} of the calls to a matching callee
-    made from code of `binary_name`."""
+    made from code of `binary_name`, the cost being of `event`."""
     found = collections.defaultdict(lambda: [0, 0])
-    for _, _, _, callee, calls, cost, addr, ob in records(path, "Ir"):
+    for _, _, _, callee, calls, cost, addr, ob in records(path, event):
         if callee and callee_pattern.search(callee) and (ob or "").endswith("/" + binary_name):
             found[addr][0] += calls
             found[addr][1] += cost
@@ -42,13 +46,14 @@ def main():
     path, requests, pattern, binary = sys.argv[1:5]
     top = int(sys.argv[5]) if len(sys.argv) > 5 else 30
     requests = float(requests)
-    found = sites(path, re.compile(pattern), binary.rsplit("/", 1)[-1])
+    event = os.environ.get("EVENT", "Ir")
+    found = sites(path, re.compile(pattern), binary.rsplit("/", 1)[-1], event)
     if found and set(found) == {0}:
         sys.exit(f"{path} has no instruction addresses: run callgrind with --dump-instr=yes")
     ranked = sorted(found.items(), key=lambda kv: -kv[1][1])[:top]
     for addr, (calls, cost) in ranked:
         chain = " < ".join(frames(binary, addr)[:8])
-        print(f"{cost / requests:8.1f} {calls / requests:6.2f}x  {addr:#x}  {chain}")
+        print(f"{cost / requests:8.2f} {calls / requests:6.2f}x  {addr:#x}  {chain}")
 
 
 if __name__ == "__main__":

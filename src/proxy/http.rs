@@ -401,6 +401,9 @@ async fn serve_hyper<I>(
             if let Some(id) = request_id {
                 header_rules::put_request_id(resp.headers_mut(), &id);
             }
+            if h2 {
+                headers::not_indexed(resp.headers_mut());
+            }
             // Neither side holds the body inline: hyper keeps the body's
             // type in each stream's future (in every state, also before
             // the answer), and tokio moves that future whole as it spawns
