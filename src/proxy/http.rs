@@ -402,7 +402,7 @@ async fn serve_hyper<I>(
                 header_rules::put_request_id(resp.headers_mut(), &id);
             }
             if h2 {
-                headers::not_indexed(resp.headers_mut());
+                headers::dates_not_indexed(resp.headers_mut());
             }
             // Neither side holds the body inline: hyper keeps the body's
             // type in each stream's future (in every state, also before
