@@ -18,7 +18,6 @@ use support::{Geolb, bounded, rss_kib};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -203,12 +202,11 @@ fn send(s: impl AsRef<[u8]>) -> Step {
 /// Over TLS with `tls` (a connector trusting the listeners' certificate
 /// for `a.test`).
 async fn run(addr: SocketAddr, script: &[Step], tls: Option<&TlsConnector>) -> String {
-    let s = TcpStream::connect(addr).await.unwrap();
     match tls {
-        None => run_on(s, script).await,
+        None => run_on(TcpStream::connect(addr).await.unwrap(), script).await,
         Some(tls) => {
-            let name = ServerName::try_from("a.test").unwrap();
-            run_on(tls.connect(name, s).await.unwrap(), script).await
+            let s = support::library::tls_connect(tls, addr, "a.test");
+            run_on(s.await.unwrap(), script).await
         }
     }
 }
