@@ -458,7 +458,7 @@ measure() {
 summarize() {
   summary_python "$RESULTS/results.tsv" "$CONNS" <<'EOF'
 import glob, os, sys
-from summary import fmt, med, num, read_rows, warn_skewed
+from summary import fmt, med, num, print_paired, read_rows, warn_skewed
 rows = read_rows(sys.argv[1])
 conns = int(sys.argv[2])
 groups = {}
@@ -510,6 +510,7 @@ for w in workloads:
               f"{fmt(s['peak_mb'], '.1f')} | {fmt(s['kb_per_conn'], '.1f')} | {fmt(s['proxy_user_share'], '.0f')} | "
               f"{fmt(s['user_us'], '.2f')} | {fmt(s['kernel_us'], '.2f')} | {fmt(s['ipis_per_req'], '.3f')} | {fmt(s['segments_per_req'], '.2f')} | {fmt(s['delayed_acks_per_req'], '.3f')} |"
               + (f" {fmt(s['sys_per_req'], '.2f')} | {fmt(s['cs_per_req'], '.3f')} |" if perf else ""))
+print_paired(rows, targets, workloads)
 if perf:
     # Each kind of system call per request, summed over the rounds.
     raw = os.path.join(os.path.dirname(sys.argv[1]), "raw")
