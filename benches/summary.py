@@ -102,19 +102,19 @@ def paired_ratios(rows, target, anchors, workload, value):
     return out
 
 
-def print_paired(rows, targets, workloads, anchors_all=("nginx", "haproxy")):
+def print_paired(rows, targets, workloads, rate="rps", anchors_all=("nginx", "haproxy")):
     """The table of per-round ratios: each geolb build against each anchor
-    and against the better of them, by req/s and by req/s per proxy core,
-    with the interval `median_interval` gives."""
+    and against the better of them, by the rows' `rate` field and by it
+    per proxy core, with the interval `median_interval` gives."""
     anchors = [a for a in anchors_all if a in targets]
     builds = [t for t in targets if t.startswith("geolb")]
     if not builds or (not anchors and len(builds) < 2):
         return
-    rps = lambda r: num(r["rps"])
-    per_core = lambda r: num(r["rps"]) / (num(r["proxy_cpu"]) / 100) if num(r["rps"]) and num(r["proxy_cpu"]) else None
+    rps = lambda r: num(r[rate])
+    per_core = lambda r: num(r[rate]) / (num(r["proxy_cpu"]) / 100) if num(r[rate]) and num(r["proxy_cpu"]) else None
     print("\nRound by round (each round's ratio of the two, then their median and the interval that holds the"
           " median with 95 % or more from the rounds' order alone; it needs 6 rounds or more):\n")
-    print("| target | workload | against | rounds | ahead | req/s ratio, median | interval (coverage) | per proxy core, median | interval (coverage) |")
+    print("| target | workload | against | rounds | ahead | ratio, median | interval (coverage) | per proxy core, median | interval (coverage) |")
     print("|---|---|---|---:|---:|---:|---|---:|---|")
     span = lambda lo, hi, cov: "—" if lo is None else f"{lo:.2f} to {hi:.2f} ({cov:.0%})"
     refs = [(a, [a]) for a in anchors] + ([("the better anchor", anchors)] if len(anchors) > 1 else [])

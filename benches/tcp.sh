@@ -361,7 +361,7 @@ measure() {
 summarize() {
   summary_python "$RESULTS/results.tsv" <<'EOF'
 import sys
-from summary import fmt, med, num, read_rows, warn_skewed
+from summary import fmt, med, num, print_paired, read_rows, warn_skewed
 rows = read_rows(sys.argv[1])
 for r in rows:   # proxy CPU per unit of work, per run
     cpu_s, units = num(r["proxy_cpu_s"]), num(r["units"])
@@ -411,6 +411,7 @@ if any(w == "conn" for _, w in groups):
         print(f"| {t} | {s['n']}{' (+%d failed)' % s['failed'] if s['failed'] else ''} | {fmt(s['rate'], ',.0f')} | "
               f"{fmt(ratio(s, 'haproxy', 'conn'), '.2f')} | {fmt(ratio(s, 'nginx', 'conn'), '.2f')} | {fmt(s['p50_ms'], '.3f')} | {fmt(s['p99_ms'], '.3f')} | "
               f"{s['errors']} | {fmt(s['proxy_cpu'], '.0f')} | {fmt(s['per_unit'], '.1f')} | {fmt(s['cpu0'], '.0f')} | {fmt(s['cpu1'], '.0f')} | {fmt(s['foreign_cpu'], '.0f')} |")
+print_paired(rows, targets, [w for w in ("iperf", "conn") if any(w == k[1] for k in groups)], rate="rate")
 warn_skewed(rows, sys.argv[1], "the proxy (CPU 0) or iperf3 and the backends (CPU 1) had less of a core")
 EOF
 }
