@@ -15,7 +15,8 @@
 #                   geolb-b is a second geolb build, GEOLB_B, in the same
 #                   rounds (a change's before and after, beside the anchors)
 #   BASELINE=1      also measure wrk straight to one backend ("direct")
-#   ROUNDS=3        interleaved rounds (the table shows the median)
+#   ROUNDS=3        interleaved rounds (the first table shows the median, the
+#                   second each round's ratios and their interval: 6 or more)
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per target and workload, before round 1
 #   CONNS=64        client connections (wrk -c, h2load -c)

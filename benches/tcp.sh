@@ -26,7 +26,8 @@
 #                   SPLICE=true SPLICE_B=false
 #   BASELINE=1      also measure without a proxy ("direct")
 #   WORKLOADS="iperf conn"
-#   ROUNDS=3        interleaved rounds (the tables show the median)
+#   ROUNDS=3        interleaved rounds (the tables show the median; the last,
+#                   each round's ratios and their interval: 6 or more)
 #   DURATION=10     seconds per measured run
 #   WARMUP=2        seconds of warm-up per target and workload, before round 1
 #   CONNS=32        wrk connections for the conn workload
