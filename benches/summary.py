@@ -110,7 +110,7 @@ def print_paired(rows, targets, workloads, rate="rps", anchors_all=("nginx", "ha
     builds = [t for t in targets if t.startswith("geolb")]
     if not builds or (not anchors and len(builds) < 2):
         return
-    rps = lambda r: num(r[rate])
+    value = lambda r: num(r[rate])
     per_core = lambda r: num(r[rate]) / (num(r["proxy_cpu"]) / 100) if num(r[rate]) and num(r["proxy_cpu"]) else None
     print("\nRound by round (each round's ratio of the two, then their median and the interval that holds the"
           " median with 95 % or more from the rounds' order alone; it needs 6 rounds or more):\n")
@@ -123,7 +123,7 @@ def print_paired(rows, targets, workloads, rate="rps", anchors_all=("nginx", "ha
             # Two builds in one run: the first against the second as well.
             pair = [(b, [b]) for b in builds if t == builds[0] and b != t]
             for name, group in refs + pair:
-                ratios = paired_ratios(rows, t, group, w, rps)
+                ratios = paired_ratios(rows, t, group, w, value)
                 if not ratios:
                     continue
                 m, lo, hi, cov = median_interval(ratios)
