@@ -169,6 +169,16 @@ pub(crate) async fn after_woken_tasks() {
     .await
 }
 
+/// The size of what `f` returns (a connection's future), without
+/// calling it.
+#[cfg(test)]
+pub(crate) fn returned_size<F, A, B, C, D, E, R>(_: &F) -> usize
+where
+    F: Fn(A, B, C, D, E) -> R,
+{
+    std::mem::size_of::<R>()
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;

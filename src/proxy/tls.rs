@@ -492,14 +492,7 @@ fn after_handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of what `f` returns, without calling it.
-    fn returned_size<F, A, B, C, D, E, R>(_: &F) -> usize
-    where
-        F: Fn(A, B, C, D, E) -> R,
-    {
-        std::mem::size_of::<R>()
-    }
+    use crate::proxy::returned_size;
 
     /// Every TLS connection's task is this future: it was 9,392 bytes (a
     /// debug build) while it kept the handshake's result, the stream
