@@ -268,13 +268,25 @@ where
             then: Some((conn_ctx, timeouts, max_streams)),
         };
     }
-    // Boxed: hyper's connection state is several KiB, which every
-    // connection's task would otherwise carry, also those geolb serves.
     Serving::Hyper {
-        hyper: super::boxed_in_place(|| {
-            serve_hyper(Box::new(io), conn_ctx, timeouts, max_streams, h2)
-        }),
+        hyper: hyper_serving(io, conn_ctx, timeouts, max_streams, h2),
     }
+}
+
+/// [`serve_hyper`]'s future, boxed: hyper's connection state is several
+/// KiB, which every connection's task would otherwise carry, also those
+/// geolb serves. The stream goes in boxed too (see `serve_hyper`).
+fn hyper_serving<I>(
+    io: I,
+    conn_ctx: Arc<ConnCtx>,
+    timeouts: Timeouts,
+    max_streams: u32,
+    h2: bool,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    super::boxed_in_place(|| serve_hyper(Box::new(io), conn_ctx, timeouts, max_streams, h2))
 }
 
 pin_project_lite::pin_project! {
@@ -334,9 +346,7 @@ where
         match (rest, then) {
             (Some(rest), Some((conn_ctx, timeouts, max_streams))) => {
                 let h2 = rest.opens_http2();
-                let hyper = super::boxed_in_place(|| {
-                    serve_hyper(Box::new(rest), conn_ctx, timeouts, max_streams, h2)
-                });
+                let hyper = hyper_serving(rest, conn_ctx, timeouts, max_streams, h2);
                 self.set(Serving::Hyper { hyper });
                 self.poll_hyper(cx)
             }
